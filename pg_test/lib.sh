@@ -1,0 +1,154 @@
+# shellcheck shell=bash
+# Shared steps for pg_test/setup.sh, pg_test/test.sh and the Dockerfile. Every step is
+# idempotent: it checks what is already there and does only what is missing.
+set -euo pipefail
+
+FLOWGATE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGRX_VERSION=0.18.1                 # newest cargo-pgrx that builds with rustc 1.95 (TOOLCHAIN.md)
+PG_MAJOR=15
+PGMQ_CRATE=0.34.0-alpha.7           # ships pgmq extension SQL 1.13.0
+PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=$PGBIN/pg_config
+APT_PACKAGES=(build-essential pkg-config libssl-dev libclang-dev clang sudo curl ca-certificates
+  postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-cron
+  postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl)
+
+# The demo cluster (setup.sh) and the throwaway test cluster (test.sh); both outside $HOME,
+# which the postgres user cannot enter.
+DEMO_DIR=${FLOWGATE_DEMO_DIR:-/var/tmp/flowgate/demo}
+DEMO_PORT=${FLOWGATE_DEMO_PORT:-5599}
+DEMO_DB=flowgate
+TEST_DIR=${FLOWGATE_TEST_DIR:-/var/tmp/flowgate/test}
+TEST_PORT=${FLOWGATE_TEST_PORT:-5598}
+TEST_DB=flowgate_test
+PGRX_TEST_DIR=${FLOWGATE_PGRX_TEST_DIR:-/var/tmp/flowgate/pgrx-test}
+SOCKET_DIR=/tmp
+
+SUDO=()
+[ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+
+step_started=0
+step() { step_started=$(date +%s); printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+done_step() { printf '    (%ss)\n' "$(( $(date +%s) - step_started ))"; }
+die() { printf '\033[31mERROR: %s\033[0m\n' "$*" >&2; exit 1; }
+
+# Postgres refuses to run as root, and must not start from a cwd it cannot read.
+as_postgres() { (cd / && "${SUDO[@]}" runuser -u postgres -- "$@"); }
+
+install_apt_packages() {
+  step "apt packages"
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "    all ${#APT_PACKAGES[@]} packages present"
+  else
+    echo "    installing: ${missing[*]}"
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  done_step
+}
+
+ensure_postgres_user() {
+  # postgresql-common creates it; make sure anyway (a minimal image may lack it).
+  id postgres >/dev/null 2>&1 || "${SUDO[@]}" useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+}
+
+install_cargo_pgrx() {
+  step "cargo-pgrx $PGRX_VERSION"
+  command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
+  if cargo pgrx --version 2>/dev/null | grep -qx "cargo-pgrx $PGRX_VERSION"; then
+    echo "    already installed"
+  else
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+  fi
+  grep -qs '^pg15 = ' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+  done_step
+}
+
+install_pgmq() {
+  step "pgmq extension SQL from crate pgmq $PGMQ_CRATE"
+  local ext src v
+  ext=$("$PG_CONFIG" --sharedir)/extension
+  src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pgmq-"$PGMQ_CRATE"/src/install/embedded 2>/dev/null | head -1 || true)
+  if [ -z "$src" ]; then
+    (cd / && cargo info "pgmq@$PGMQ_CRATE" >/dev/null 2>&1) || true
+    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pgmq-"$PGMQ_CRATE"/src/install/embedded | head -1)
+  fi
+  v=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$src/pgmq.control")
+  if [ -f "$ext/pgmq--$v.sql" ]; then
+    echo "    pgmq $v already installed"
+  else
+    "${SUDO[@]}" install -m644 "$src/pgmq.control" "$ext/"
+    "${SUDO[@]}" install -m644 "$src/sql/pgmq.sql" "$ext/pgmq--$v.sql"
+    "${SUDO[@]}" install -m644 "$src"/sql/pgmq--*--*.sql "$ext/"
+    echo "    installed pgmq $v"
+  fi
+  done_step
+}
+
+install_dependencies() {
+  install_apt_packages
+  ensure_postgres_user
+  install_cargo_pgrx
+  install_pgmq
+}
+
+# Clusters ----------------------------------------------------------------------------------
+
+cluster_running() { [ -f "$1/data/PG_VERSION" ] && as_postgres "$PGBIN/pg_ctl" -D "$1/data" status >/dev/null 2>&1; }
+
+cluster_stop() { cluster_running "$1" && as_postgres "$PGBIN/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null; return 0; }
+
+# cluster_start DIR PORT DB: create (once) and start a cluster with pg_cron preloaded for DB.
+cluster_start() {
+  local dir=$1 port=$2 db=$3
+  "${SUDO[@]}" install -d -o postgres -g postgres "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    as_postgres "$PGBIN/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+    as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$SOCKET_DIR'
+shared_preload_libraries = 'pg_cron'
+cron.database_name = '$db'
+cron.use_background_workers = on
+max_worker_processes = 16
+CONF
+  fi
+  cluster_running "$dir" || as_postgres "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null \
+    || { cat "$dir/log" >&2; die "postgres did not start (log above)"; }
+  psql_at "$port" postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+    || psql_at "$port" postgres -c "CREATE DATABASE $db" >/dev/null
+}
+
+psql_at() { local port=$1 db=$2; shift 2; psql -X -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$port" -U postgres -d "$db" "$@"; }
+
+# Build -------------------------------------------------------------------------------------
+
+# Install the release build. Running clusters keep the old library mapped, so they are
+# stopped around the copy and started again afterwards.
+install_flowgate() {
+  step "build and install flowgate (release)"
+  local restart=()
+  for d in "$DEMO_DIR" "$TEST_DIR"; do cluster_running "$d" && { restart+=("$d"); cluster_stop "$d"; }; done
+  (cd "$FLOWGATE_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" ${SUDO[0]:+--sudo} 2>&1 | grep -vE '^\s+(Compiling|Checking)' | tail -n 3)
+  for d in "${restart[@]}"; do as_postgres "$PGBIN/pg_ctl" -D "$d/data" -l "$d/log" -w start >/dev/null; done
+  done_step
+}
+
+# (Re)create flowgate in DB when the installed script differs from the one it was created from.
+ensure_extensions() {
+  local port=$1 db=$2 dir=$3 stamp sum
+  stamp="$dir/flowgate.sql.sha256"
+  sum=$(cat "$("$PG_CONFIG" --sharedir)"/extension/flowgate--*.sql | sha256sum | cut -d' ' -f1)
+  psql_at "$port" "$db" -q -c "CREATE EXTENSION IF NOT EXISTS pg_cron; CREATE EXTENSION IF NOT EXISTS pgmq;"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+    psql_at "$port" "$db" -q -c "DROP EXTENSION IF EXISTS flowgate CASCADE; CREATE EXTENSION flowgate;"
+    echo "$sum" | "${SUDO[@]}" tee "$stamp" >/dev/null
+  else
+    psql_at "$port" "$db" -q -c "CREATE EXTENSION IF NOT EXISTS flowgate;"
+  fi
+}

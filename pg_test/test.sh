@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine or a warm one:
+#   1. cargo unit tests (pure Rust, #[test] and proptest) and 2. #[pg_test]s, both through
+#      `cargo pgrx test` against a throwaway Postgres run as the postgres user;
+#   3. every pgTAP file in pg_test/tap/ through pg_prove, against a fresh cluster with pg_cron,
+#      pgmq and the release build of flowgate.
+# Fails if any layer fails or runs nothing. Prints a summary with counts and times.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+t0=$(date +%s)
+LOG_DIR=${FLOWGATE_LOG_DIR:-/var/tmp/flowgate/logs}
+mkdir -p "$LOG_DIR"
+
+install_dependencies
+
+# cargo pgrx test copies its debug build into the shared extension directory: stop our
+# clusters first so no running backend has the library mapped while it is overwritten.
+demo_was_running=0
+cluster_running "$DEMO_DIR" && demo_was_running=1
+cluster_stop "$DEMO_DIR"; cluster_stop "$TEST_DIR"
+
+step "cargo pgrx test (unit tests + #[pg_test]s)"
+t=$(date +%s)
+"${SUDO[@]}" install -d -o postgres -g postgres "$PGRX_TEST_DIR"
+set +e
+(cd "$FLOWGATE_ROOT" && cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DIR") 2>&1 | tee "$LOG_DIR/cargo-test.log" \
+  | grep -E '^test |^test result|panicked|^error|FAILED|failures:' 
+rc=${PIPESTATUS[0]}
+set -e
+cargo_secs=$(( $(date +%s) - t ))
+unit=$(grep -cE '^test .*unit_tests::.* \.\.\. ok$' "$LOG_DIR/cargo-test.log" || true)
+pgt=$(grep -cE '^test .*::tests::pg_.* \.\.\. ok$' "$LOG_DIR/cargo-test.log" || true)
+failed=$(grep -cE '^test .* \.\.\. FAILED$' "$LOG_DIR/cargo-test.log" || true)
+[ "$rc" -eq 0 ] || die "cargo pgrx test failed ($failed failing tests; full log: $LOG_DIR/cargo-test.log)"
+[ "$unit" -gt 0 ] || die "no cargo unit tests ran"
+[ "$pgt" -gt 0 ] || die "no #[pg_test]s ran"
+
+install_flowgate
+
+step "pgTAP suites (pg_prove) on a fresh cluster ($TEST_DIR, port $TEST_PORT)"
+t=$(date +%s)
+cluster_stop "$TEST_DIR"
+"${SUDO[@]}" rm -rf "$TEST_DIR"
+cluster_start "$TEST_DIR" "$TEST_PORT" "$TEST_DB"
+psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pg_cron; CREATE EXTENSION pgmq; CREATE EXTENSION flowgate;"
+mapfile -t tap_files < <(find "$FLOWGATE_ROOT/pg_test/tap" -name '*.sql' | sort)
+[ ${#tap_files[@]} -gt 0 ] || die "no pgTAP files in pg_test/tap"
+set +e
+(cd / && pg_prove -h "$SOCKET_DIR" -p "$TEST_PORT" -U postgres -d "$TEST_DB" "${tap_files[@]}") 2>&1 | tee "$LOG_DIR/pg_prove.log"
+rc=${PIPESTATUS[0]}
+set -e
+tap_secs=$(( $(date +%s) - t ))
+tap_tests=$(sed -n 's/^Files=\([0-9]*\), Tests=\([0-9]*\).*/\2/p' "$LOG_DIR/pg_prove.log")
+tap_files_n=$(sed -n 's/^Files=\([0-9]*\), Tests=.*/\1/p' "$LOG_DIR/pg_prove.log")
+if [ "$rc" -ne 0 ]; then
+  echo "---- postgres log ($TEST_DIR/log) ----"; tail -n 40 "$TEST_DIR/log" || true
+  die "pgTAP suites failed"
+fi
+[ "${tap_tests:-0}" -gt 0 ] || die "pg_prove ran no tests"
+cluster_stop "$TEST_DIR"
+
+[ "$demo_was_running" -eq 1 ] && cluster_start "$DEMO_DIR" "$DEMO_PORT" "$DEMO_DB"
+
+printf '\n%-28s %8s %8s\n' "layer" "tests" "seconds"
+printf '%-28s %8s %8s\n' "cargo unit tests" "$unit" "$cargo_secs"
+printf '%-28s %8s %8s\n' "#[pg_test]" "$pgt" "(same)"
+printf '%-28s %8s %8s\n' "pgTAP ($tap_files_n files)" "$tap_tests" "$tap_secs"
+printf '\nALL TESTS PASSED in %ss\n' "$(( $(date +%s) - t0 ))"

@@ -1,0 +1,108 @@
+//! SQL surface of the core (schema `flowgate`): thin wrappers over `actor`, `settings` and
+//! `store`. Errors leave as `ErrorReport`s carrying the SQLSTATEs documented in the README.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use super::error::CoreError;
+use super::{settings, store};
+
+fn report(func: &'static str) -> impl FnOnce(CoreError) -> ErrorReport {
+    move |e| e.into_report(func)
+}
+
+/// The acting identity: the JWT subject (`request.jwt.claims` → `sub`) when a PostgREST or
+/// Supabase request set one, else `current_user`.
+#[pg_extern(stable, parallel_safe)]
+fn current_actor() -> Result<String, ErrorReport> {
+    store::session_actor(false)
+        .map(|a| a.id)
+        .map_err(report("flowgate.current_actor"))
+}
+
+/// The acting identity with its role, source and trust; `on_behalf_of` shows what a trusted
+/// session acting for someone else would be recorded as (and fails with 42501 otherwise).
+#[pg_extern(stable)]
+fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<JsonB, ErrorReport> {
+    let fail = report("flowgate.current_actor_info");
+    let info = store::session_actor(true)
+        .and_then(|session| super::actor::act_on_behalf(session, on_behalf_of))
+        .and_then(|actor| {
+            let mut value = serde_json::to_value(&actor)?;
+            value["actor_type"] = actor.actor_type().into();
+            Ok(value)
+        });
+    info.map(JsonB).map_err(fail)
+}
+
+/// The effective value of a setting: the stored one, else its documented default.
+#[pg_extern(stable, strict)]
+fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
+    store::get_value(key)
+        .map(JsonB)
+        .map_err(report("flowgate.get_setting"))
+}
+
+/// Store a setting after checking it against its documented type; returns the stored value.
+/// Needs write access to `flowgate.settings` (the extension owner by default).
+#[pg_extern(volatile, strict)]
+fn set_setting(key: &str, value: JsonB) -> Result<JsonB, ErrorReport> {
+    store::set_value(key, value.0)
+        .map(JsonB)
+        .map_err(report("flowgate.set_setting"))
+}
+
+/// Remove a stored setting so its default applies again; returns the default.
+#[pg_extern(volatile, strict)]
+fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
+    store::reset_value(key)
+        .map(JsonB)
+        .map_err(report("flowgate.reset_setting"))
+}
+
+/// Raise 22023 unless `value` is acceptable for `key`. Called by the `flowgate.settings`
+/// trigger so that no write path can store a bad value.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn check_setting(key: &str, value: JsonB) -> Result<bool, ErrorReport> {
+    settings::validate(key, &value.0)
+        .map(|_| true)
+        .map_err(report("flowgate.check_setting"))
+}
+
+/// Every documented setting with its type, default and current value.
+#[pg_extern(stable)]
+#[allow(clippy::type_complexity)]
+fn setting_definitions() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(key, String),
+            name!(kind, String),
+            name!(allowed, String),
+            name!(default_value, JsonB),
+            name!(value, JsonB),
+            name!(is_set, bool),
+            name!(description, String),
+        ),
+    >,
+    ErrorReport,
+> {
+    let mut rows = Vec::new();
+    for def in settings::definitions() {
+        let stored =
+            store::stored_setting(def.key).map_err(report("flowgate.setting_definitions"))?;
+        let is_set = stored.is_some();
+        let value = stored.unwrap_or_else(|| def.default_value());
+        rows.push((
+            def.key.to_owned(),
+            def.kind.name().to_owned(),
+            def.kind.describe(),
+            JsonB(def.default_value()),
+            JsonB(value),
+            is_set,
+            def.doc.to_owned(),
+        ));
+    }
+    Ok(TableIterator::new(rows))
+}

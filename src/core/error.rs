@@ -1,0 +1,249 @@
+//! The core error type and its SQLSTATE contract.
+//!
+//! Every error a caller can cause maps to a documented SQLSTATE chosen so that PostgREST turns
+//! it into the right HTTP status (DESIGN.md, principle 5): class 22 → 400, 42501 → 403,
+//! P0002 → 404, 23505 → 409, 55000 → 400 with a clear message. Module error enums wrap
+//! `CoreError` and convert into [`ErrorReport`] the same way.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// An argument has a value outside what the function accepts.
+    #[error("invalid {what}: {problem}")]
+    InvalidArgument {
+        what: String,
+        problem: String,
+        allowed: String,
+    },
+
+    /// Text that must be JSON of a given shape is not.
+    #[error("invalid JSON in {what}: {problem}")]
+    InvalidJson { what: String, problem: String },
+
+    /// The entity a call names does not exist.
+    #[error("{kind} {id:?} does not exist")]
+    NotFound { kind: String, id: String },
+
+    /// A workflow event that the current state does not accept.
+    #[error("{event} is not allowed in state {state}")]
+    IllegalTransition {
+        state: String,
+        event: String,
+        allowed: Vec<String>,
+    },
+
+    /// The actor may not do this.
+    #[error("permission denied: {actor} may not {action}")]
+    PermissionDenied {
+        actor: String,
+        action: String,
+        allowed: String,
+    },
+
+    /// A unique key is already taken.
+    #[error("{kind} {key:?} already exists")]
+    Duplicate { kind: String, key: String },
+
+    /// A required extension or server feature is missing.
+    #[error("{feature} requires {dependency}")]
+    MissingDependency {
+        feature: String,
+        dependency: String,
+        hint: String,
+    },
+
+    /// A Postgres SPI failure that is not the caller's fault.
+    #[error("SPI failure: {0}")]
+    Spi(#[from] pgrx::spi::SpiError),
+
+    /// A broken internal invariant; always a bug in flowgate.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CoreError {
+    pub fn invalid(
+        what: impl Into<String>,
+        problem: impl Into<String>,
+        allowed: impl Into<String>,
+    ) -> Self {
+        CoreError::InvalidArgument {
+            what: what.into(),
+            problem: problem.into(),
+            allowed: allowed.into(),
+        }
+    }
+
+    pub fn not_found(kind: impl Into<String>, id: impl Into<String>) -> Self {
+        CoreError::NotFound {
+            kind: kind.into(),
+            id: id.into(),
+        }
+    }
+
+    /// The five-character SQLSTATE, as documented in the README.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            CoreError::InvalidArgument { .. } => "22023",
+            CoreError::InvalidJson { .. } => "22P02",
+            CoreError::NotFound { .. } => "P0002",
+            CoreError::IllegalTransition { .. } => "55000",
+            CoreError::PermissionDenied { .. } => "42501",
+            CoreError::Duplicate { .. } => "23505",
+            CoreError::MissingDependency { .. } => "0A000",
+            CoreError::Spi(_) | CoreError::Internal(_) => "XX000",
+        }
+    }
+
+    fn code(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            CoreError::InvalidArgument { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            CoreError::InvalidJson { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
+            CoreError::NotFound { .. } => ERRCODE_NO_DATA_FOUND,
+            CoreError::IllegalTransition { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CoreError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CoreError::Duplicate { .. } => ERRCODE_UNIQUE_VIOLATION,
+            CoreError::MissingDependency { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CoreError::Spi(_) | CoreError::Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    /// What the caller may do instead, shown as the error's HINT.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CoreError::InvalidArgument { allowed, .. } if !allowed.is_empty() => {
+                Some(format!("allowed: {allowed}"))
+            }
+            CoreError::IllegalTransition { state, allowed, .. } => Some(if allowed.is_empty() {
+                format!("{state} is terminal: no event is accepted")
+            } else {
+                format!("events allowed in {state}: {}", allowed.join(", "))
+            }),
+            CoreError::PermissionDenied { allowed, .. } if !allowed.is_empty() => {
+                Some(allowed.clone())
+            }
+            CoreError::MissingDependency { hint, .. } => Some(hint.clone()),
+            CoreError::Spi(_) | CoreError::Internal(_) => Some(
+                "this is a bug in flowgate; please report it with the statement that caused it"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Convert into a Postgres error report attributed to `funcname`.
+    pub fn into_report(self, funcname: &'static str) -> ErrorReport {
+        let hint = self.hint();
+        let report = ErrorReport::new(self.code(), self.to_string(), funcname);
+        match hint {
+            Some(h) => report.set_hint(h),
+            None => report,
+        }
+    }
+}
+
+impl From<CoreError> for ErrorReport {
+    fn from(e: CoreError) -> Self {
+        e.into_report("flowgate")
+    }
+}
+
+impl From<serde_json::Error> for CoreError {
+    fn from(e: serde_json::Error) -> Self {
+        CoreError::Internal(format!("JSON (de)serialisation: {e}"))
+    }
+}
+
+pub type CoreResult<T> = Result<T, CoreError>;
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_a_postgrest_friendly_sqlstate() {
+        let cases: Vec<(CoreError, &str)> = vec![
+            (CoreError::invalid("x", "bad", "a, b"), "22023"),
+            (
+                CoreError::InvalidJson {
+                    what: "x".into(),
+                    problem: "eof".into(),
+                },
+                "22P02",
+            ),
+            (CoreError::not_found("request", "CR-1"), "P0002"),
+            (
+                CoreError::IllegalTransition {
+                    state: "A".into(),
+                    event: "E".into(),
+                    allowed: vec![],
+                },
+                "55000",
+            ),
+            (
+                CoreError::PermissionDenied {
+                    actor: "u".into(),
+                    action: "x".into(),
+                    allowed: String::new(),
+                },
+                "42501",
+            ),
+            (
+                CoreError::Duplicate {
+                    kind: "key".into(),
+                    key: "k".into(),
+                },
+                "23505",
+            ),
+            (
+                CoreError::MissingDependency {
+                    feature: "f".into(),
+                    dependency: "pgmq".into(),
+                    hint: "h".into(),
+                },
+                "0A000",
+            ),
+            (CoreError::Internal("x".into()), "XX000"),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.sqlstate(), code, "{err}");
+            assert_eq!(unpack_sqlstate(err.code() as isize), code, "{err}");
+        }
+    }
+
+    /// Inverse of Postgres' MAKE_SQLSTATE: five 6-bit fields, least significant first.
+    fn unpack_sqlstate(packed: isize) -> String {
+        (0..5)
+            .map(|i| char::from((((packed >> (6 * i)) & 0x3F) as u8) + b'0'))
+            .collect()
+    }
+
+    #[test]
+    fn illegal_transition_names_state_and_allowed_events() {
+        let e = CoreError::IllegalTransition {
+            state: "SUBMITTED".into(),
+            event: "ACTIVATION_CONFIRMED".into(),
+            allowed: vec!["COMMERCIAL_APPROVED".into(), "CANCEL_APPROVED".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "ACTIVATION_CONFIRMED is not allowed in state SUBMITTED"
+        );
+        assert_eq!(
+            e.hint().as_deref(),
+            Some("events allowed in SUBMITTED: COMMERCIAL_APPROVED, CANCEL_APPROVED")
+        );
+        let terminal = CoreError::IllegalTransition {
+            state: "ACTIVATED".into(),
+            event: "X".into(),
+            allowed: vec![],
+        };
+        assert_eq!(
+            terminal.hint().as_deref(),
+            Some("ACTIVATED is terminal: no event is accepted")
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The registry of documented settings and the rules their values follow.
+//!
+//! Settings live in `flowgate.settings (key, value jsonb)`. Every key flowgate reads is declared
+//! here with its type, bounds, default and documentation; the table's trigger calls
+//! [`validate`] so a bad value cannot be stored by any path (the `flowgate.set_setting`
+//! function or a plain `INSERT`). Modules add their keys by listing them in [`definitions`].
+//! Pure: no Postgres access; `store.rs` reads the table.
+
+use serde_json::Value;
+
+use super::error::{CoreError, CoreResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Text {
+        max_len: usize,
+    },
+    /// One of a fixed set of strings.
+    OneOf(&'static [&'static str]),
+    /// A JSON array of Postgres role names.
+    RoleList,
+}
+
+impl Kind {
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Bool => "a JSON boolean".into(),
+            Kind::Int { min, max } => format!("a JSON integer from {min} to {max}"),
+            Kind::Text { max_len } => format!("a JSON string of at most {max_len} characters"),
+            Kind::OneOf(options) => format!("one of the JSON strings {}", options.join(", ")),
+            Kind::RoleList => "a JSON array of role names (1 to 63 characters each)".into(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Bool => "boolean",
+            Kind::Int { .. } => "integer",
+            Kind::Text { .. } => "text",
+            Kind::OneOf(_) => "enum",
+            Kind::RoleList => "role list",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Definition {
+    pub key: &'static str,
+    pub kind: Kind,
+    /// The default as JSON text; checked against `kind` by a unit test.
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+impl Definition {
+    pub fn default_value(&self) -> Value {
+        // Defaults are compile-time constants validated by `every_default_is_valid`; a parse
+        // failure here would be caught by that test, so fall back to null rather than panic.
+        serde_json::from_str(self.default).unwrap_or(Value::Null)
+    }
+}
+
+/// Settings of the shared core.
+pub const CORE: &[Definition] = &[Definition {
+    key: "flowgate.trusted_roles",
+    kind: Kind::RoleList,
+    default: r#"["service_role"]"#,
+    doc: "Members of these roles (and superusers) are trusted: they may act on behalf of another actor and call operator functions.",
+}];
+
+/// Keys that exist only in the pg_test build, to exercise every kind end to end.
+#[cfg(any(test, feature = "pg_test"))]
+pub const TEST_ONLY: &[Definition] = &[
+    Definition {
+        key: "fg_test.flag",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "test",
+    },
+    Definition {
+        key: "fg_test.batch",
+        kind: Kind::Int { min: 1, max: 1000 },
+        default: "100",
+        doc: "test",
+    },
+    Definition {
+        key: "fg_test.label",
+        kind: Kind::Text { max_len: 16 },
+        default: r#""hello""#,
+        doc: "test",
+    },
+    Definition {
+        key: "fg_test.mode",
+        kind: Kind::OneOf(&["auto", "manual"]),
+        default: r#""auto""#,
+        doc: "test",
+    },
+];
+
+/// Every key flowgate knows, in documentation order.
+pub fn definitions() -> impl Iterator<Item = &'static Definition> {
+    let all = CORE.iter();
+    #[cfg(any(test, feature = "pg_test"))]
+    let all = all.chain(TEST_ONLY.iter());
+    all
+}
+
+pub fn definition(key: &str) -> CoreResult<&'static Definition> {
+    definitions().find(|d| d.key == key).ok_or_else(|| {
+        let known: Vec<&str> = definitions().map(|d| d.key).collect();
+        CoreError::invalid(
+            "setting key",
+            format!("{key:?} is not a flowgate setting"),
+            known.join(", "),
+        )
+    })
+}
+
+/// Check that `value` is acceptable for `key`.
+pub fn validate(key: &str, value: &Value) -> CoreResult<&'static Definition> {
+    let def = definition(key)?;
+    let bad = |problem: String| {
+        CoreError::invalid(
+            format!("value for setting {key}"),
+            problem,
+            def.kind.describe(),
+        )
+    };
+    match (def.kind, value) {
+        (Kind::Bool, Value::Bool(_)) => {}
+        (Kind::Int { min, max }, Value::Number(n)) => match n.as_i64() {
+            Some(i) if (min..=max).contains(&i) => {}
+            Some(i) => return Err(bad(format!("{i} is out of range"))),
+            None => return Err(bad(format!("{n} is not an integer"))),
+        },
+        (Kind::Text { max_len }, Value::String(s)) => {
+            if s.chars().count() > max_len {
+                return Err(bad(format!("it is {} characters long", s.chars().count())));
+            }
+        }
+        (Kind::OneOf(options), Value::String(s)) => {
+            if !options.contains(&s.as_str()) {
+                return Err(bad(format!("{s:?} is not a known option")));
+            }
+        }
+        (Kind::RoleList, Value::Array(items)) => {
+            for item in items {
+                match item {
+                    Value::String(r) if !r.is_empty() && r.len() <= 63 && !r.contains('\0') => {}
+                    other => return Err(bad(format!("{other} is not a role name"))),
+                }
+            }
+        }
+        (_, other) => return Err(bad(format!("got {}", type_name(other)))),
+    }
+    Ok(def)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Typed reads: the stored value if present (already validated by the table trigger), else
+/// the default. A stored value of the wrong shape (possible only if the trigger was disabled)
+/// is reported rather than silently replaced.
+pub fn as_bool(def: &Definition, stored: Option<Value>) -> CoreResult<bool> {
+    let v = stored.unwrap_or_else(|| def.default_value());
+    v.as_bool().ok_or_else(|| corrupt(def, &v))
+}
+
+pub fn as_i64(def: &Definition, stored: Option<Value>) -> CoreResult<i64> {
+    let v = stored.unwrap_or_else(|| def.default_value());
+    v.as_i64().ok_or_else(|| corrupt(def, &v))
+}
+
+pub fn as_text(def: &Definition, stored: Option<Value>) -> CoreResult<String> {
+    let v = stored.unwrap_or_else(|| def.default_value());
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| corrupt(def, &v))
+}
+
+pub fn as_list(def: &Definition, stored: Option<Value>) -> CoreResult<Vec<String>> {
+    let v = stored.unwrap_or_else(|| def.default_value());
+    let items = v.as_array().ok_or_else(|| corrupt(def, &v))?;
+    items
+        .iter()
+        .map(|i| {
+            i.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| corrupt(def, &v))
+        })
+        .collect()
+}
+
+fn corrupt(def: &Definition, v: &Value) -> CoreError {
+    CoreError::Internal(format!(
+        "setting {} holds {}, expected {}; was the flowgate.settings trigger disabled?",
+        def.key,
+        type_name(v),
+        def.kind.describe()
+    ))
+}
+
+/// A setting key must be `module.name` in lower case.
+pub fn is_well_formed_key(key: &str) -> bool {
+    let mut parts = key.split('.');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            p.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_definition_is_well_formed_unique_and_has_a_valid_default() {
+        let mut seen = std::collections::HashSet::new();
+        for d in definitions() {
+            assert!(is_well_formed_key(d.key), "{}", d.key);
+            assert!(seen.insert(d.key), "duplicate key {}", d.key);
+            let v: Value =
+                serde_json::from_str(d.default).unwrap_or_else(|e| panic!("{}: {e}", d.key));
+            validate(d.key, &v).unwrap_or_else(|e| panic!("{}: default rejected: {e}", d.key));
+            assert!(!d.doc.is_empty());
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_list_of_known_keys() {
+        let e = validate("flowgate.nope", &json!(1)).unwrap_err();
+        assert_eq!(e.sqlstate(), "22023");
+        assert!(e.hint().unwrap().contains("flowgate.trusted_roles"));
+    }
+
+    #[test]
+    fn values_are_checked_against_their_kind() {
+        let ok = [
+            ("fg_test.flag", json!(true)),
+            ("fg_test.batch", json!(1)),
+            ("fg_test.batch", json!(1000)),
+            ("fg_test.label", json!("0123456789abcdef")),
+            ("fg_test.mode", json!("manual")),
+            ("flowgate.trusted_roles", json!([])),
+            (
+                "flowgate.trusted_roles",
+                json!(["service_role", "ops admins"]),
+            ),
+        ];
+        for (k, v) in ok {
+            assert!(validate(k, &v).is_ok(), "{k} {v}");
+        }
+        let bad = [
+            ("fg_test.flag", json!("true")),
+            ("fg_test.batch", json!(0)),
+            ("fg_test.batch", json!(1001)),
+            ("fg_test.batch", json!(1.5)),
+            ("fg_test.batch", json!("100")),
+            ("fg_test.label", json!("0123456789abcdefg")),
+            ("fg_test.mode", json!("AUTO")),
+            ("fg_test.mode", Value::Null),
+            ("flowgate.trusted_roles", json!("service_role")),
+            ("flowgate.trusted_roles", json!([""])),
+            ("flowgate.trusted_roles", json!([1])),
+            ("flowgate.trusted_roles", json!(["x".repeat(64)])),
+        ];
+        for (k, v) in bad {
+            let e = validate(k, &v).unwrap_err();
+            assert_eq!(e.sqlstate(), "22023", "{k} {v}");
+            assert!(e.hint().is_some(), "the hint says what is allowed");
+        }
+    }
+
+    #[test]
+    fn typed_reads_fall_back_to_defaults_and_report_corruption() {
+        let batch = definition("fg_test.batch").unwrap();
+        assert_eq!(as_i64(batch, None).unwrap(), 100);
+        assert_eq!(as_i64(batch, Some(json!(7))).unwrap(), 7);
+        assert_eq!(
+            as_i64(batch, Some(json!("7"))).unwrap_err().sqlstate(),
+            "XX000"
+        );
+        let roles = definition("flowgate.trusted_roles").unwrap();
+        assert_eq!(
+            as_list(roles, None).unwrap(),
+            vec!["service_role".to_string()]
+        );
+        assert!(as_bool(definition("fg_test.flag").unwrap(), None).is_ok());
+        assert_eq!(
+            as_text(definition("fg_test.mode").unwrap(), None).unwrap(),
+            "auto"
+        );
+    }
+
+    #[test]
+    fn key_shape() {
+        for k in ["flowgate.x", "capacity.confirmation_ttl_days", "a1.b_2"] {
+            assert!(is_well_formed_key(k), "{k}");
+        }
+        for k in [
+            "",
+            "flowgate",
+            "Flowgate.x",
+            "a.b.c",
+            "a.",
+            ".b",
+            "a.b-c",
+            "1a.b",
+        ] {
+            assert!(!is_well_formed_key(k), "{k}");
+        }
+    }
+}
