@@ -16,7 +16,7 @@ ensure_extensions "$DEMO_PORT" "$DEMO_DB" "$DEMO_DIR"
 done_step
 
 step "demo"
-psql_at "$DEMO_PORT" "$DEMO_DB" -f "$FLOWGATE_ROOT/pg_test/demo.sql"
+psql_at "$DEMO_PORT" "$DEMO_DB" -f "$FLOWGATE_ROOT/pg_test/demo.sql" 2>&1 | sed -e "s/^psql:[^ ]* //"
 
 cat <<MSG
 

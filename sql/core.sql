@@ -43,12 +43,14 @@ SET search_path = pg_catalog
 AS $$
 BEGIN
     -- regclass output is already quoted and schema-qualified where needed.
-    EXECUTE format('DROP TRIGGER IF EXISTS flowgate_append_only ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS flowgate_append_only_truncate ON %s', tbl);
-    EXECUTE format('CREATE TRIGGER flowgate_append_only BEFORE UPDATE OR DELETE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION flowgate.forbid_mutation()', tbl);
-    EXECUTE format('CREATE TRIGGER flowgate_append_only_truncate BEFORE TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION flowgate.forbid_mutation()', tbl);
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'flowgate_append_only') THEN
+        EXECUTE format('CREATE TRIGGER flowgate_append_only BEFORE UPDATE OR DELETE ON %s '
+                       'FOR EACH ROW EXECUTE FUNCTION flowgate.forbid_mutation()', tbl);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'flowgate_append_only_truncate') THEN
+        EXECUTE format('CREATE TRIGGER flowgate_append_only_truncate BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION flowgate.forbid_mutation()', tbl);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION flowgate.make_append_only(regclass) IS

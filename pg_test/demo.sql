@@ -1,0 +1,47 @@
+-- What flowgate does so far, shown in psql. Nothing here is left behind: the demo runs in a
+-- transaction that is rolled back.
+\pset footer off
+\echo
+\echo '--- installed extensions'
+SELECT extname, extversion FROM pg_extension WHERE extname IN ('flowgate', 'pgmq', 'pg_cron') ORDER BY 1;
+
+\set QUIET on
+BEGIN;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
+END $$;
+
+\echo '--- who is acting? (psql session, no JWT)'
+SELECT flowgate.current_actor() AS actor, flowgate.current_actor_info() AS info;
+
+\echo '--- the same call as PostgREST makes it for a signed-in user'
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"6a1f3c2e-0d4b-4f8e-9a77-2b1c0e5d9f10","role":"authenticated"}', true) IS NOT NULL AS jwt_set;
+SELECT flowgate.current_actor() AS actor, flowgate.current_actor_info() ->> 'actor_type' AS actor_type;
+RESET ROLE;
+
+\echo '--- documented settings'
+SELECT key, kind, value, description FROM flowgate.setting_definitions();
+
+\echo '--- a bad value is refused with the allowed shape (SQLSTATE 22023)'
+DO $$
+DECLARE hint text;
+BEGIN
+    PERFORM flowgate.set_setting('flowgate.trusted_roles', '"service_role"');
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS hint = PG_EXCEPTION_HINT;
+    RAISE NOTICE 'refused with SQLSTATE %: % (hint: %)', SQLSTATE, SQLERRM, hint;
+END $$;
+
+\echo '--- an append-only event table'
+CREATE TABLE public.demo_events (id bigint GENERATED ALWAYS AS IDENTITY, what text);
+SELECT 'UPDATE, DELETE and TRUNCATE now raise 55000' AS guard FROM flowgate.make_append_only('public.demo_events');
+INSERT INTO public.demo_events (what) VALUES ('REQUEST_SUBMITTED'), ('COMMERCIAL_APPROVED');
+DO $$
+BEGIN
+    UPDATE public.demo_events SET what = 'forged';
+EXCEPTION WHEN OTHERS THEN
+    RAISE NOTICE 'refused with SQLSTATE %: %', SQLSTATE, SQLERRM;
+END $$;
+SELECT * FROM public.demo_events;
+ROLLBACK;

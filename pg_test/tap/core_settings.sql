@@ -1,0 +1,38 @@
+-- flowgate.settings: documented keys, validated values, owner-only writes.
+BEGIN;
+SELECT plan(14);
+
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
+END $$;
+CREATE TEMP TABLE before_count AS SELECT count(*) AS n FROM flowgate.settings;
+GRANT SELECT ON before_count TO PUBLIC;
+
+SELECT is(flowgate.get_setting('flowgate.trusted_roles'), '["service_role"]'::jsonb, 'default applies when unset');
+SELECT is(flowgate.set_setting('flowgate.trusted_roles', '["service_role","ops_admin"]'),
+    '["service_role","ops_admin"]'::jsonb, 'set_setting returns the stored value');
+SELECT is(flowgate.get_setting('flowgate.trusted_roles'), '["service_role","ops_admin"]'::jsonb, 'get_setting reads it back');
+SELECT is((SELECT updated_by FROM flowgate.settings WHERE key = 'flowgate.trusted_roles'), current_user::text,
+    'the writer is recorded');
+SELECT is(flowgate.reset_setting('flowgate.trusted_roles'), '["service_role"]'::jsonb, 'reset returns the default');
+
+SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.trusted_roles', '"service_role"')$$, '22023', NULL,
+    'a value of the wrong type raises 22023');
+SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.nope', '1')$$, '22023', NULL, 'an unknown key raises 22023');
+SELECT throws_ok($$SELECT flowgate.get_setting('flowgate.nope')$$, '22023', NULL, 'reading an unknown key raises 22023');
+SELECT throws_ok($$INSERT INTO flowgate.settings (key, value) VALUES ('flowgate.trusted_roles', '[1]')$$, '22023', NULL,
+    'the trigger validates direct writes too');
+SELECT is((SELECT count(*) FROM flowgate.settings), (SELECT n FROM before_count), 'rejected writes stored nothing');
+
+SET LOCAL ROLE authenticated;
+SELECT is(flowgate.get_setting('flowgate.trusted_roles'), '["service_role"]'::jsonb, 'any role may read settings');
+SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.trusted_roles', '["authenticated"]')$$, '42501', NULL,
+    'only the owner may write settings');
+SELECT is((SELECT count(*) FROM flowgate.settings), (SELECT n FROM before_count), 'the refused write stored nothing');
+RESET ROLE;
+
+SELECT ok((SELECT count(*) > 0 FROM flowgate.setting_definitions() WHERE description <> ''),
+    'every setting is documented');
+
+SELECT * FROM finish();
+ROLLBACK;
