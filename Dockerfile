@@ -17,10 +17,8 @@ RUN pg_test/setup.sh --deps-only \
 
 FROM ${SUPABASE_POSTGRES_IMAGE}
 COPY --from=build /out /tmp/flowgate
-USER root
 RUN set -eu; \
     PG_CONFIG=$(command -v pg_config || ls /usr/lib/postgresql/bin/pg_config /usr/lib/postgresql/15/bin/pg_config 2>/dev/null | head -n1); \
     install -m 0755 /tmp/flowgate/lib/flowgate.so "$("$PG_CONFIG" --pkglibdir)/"; \
     install -m 0644 /tmp/flowgate/extension/* "$("$PG_CONFIG" --sharedir)/extension/"; \
     rm -rf /tmp/flowgate
-USER postgres
