@@ -45,7 +45,7 @@ psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION 
 mapfile -t tap_files < <(find "$FLOWGATE_ROOT/pg_test/tap" -name '*.sql' | sort)
 [ ${#tap_files[@]} -gt 0 ] || die "no pgTAP files in pg_test/tap"
 set +e
-(cd / && pg_prove -h "$SOCKET_DIR" -p "$TEST_PORT" -U postgres -d "$TEST_DB" "${tap_files[@]}") 2>&1 | tee "$LOG_DIR/pg_prove.log"
+(cd / && PGOPTIONS="--client-min-messages=warning" pg_prove -h "$SOCKET_DIR" -p "$TEST_PORT" -U postgres -d "$TEST_DB" "${tap_files[@]}") 2>&1 | tee "$LOG_DIR/pg_prove.log"
 rc=${PIPESTATUS[0]}
 set -e
 tap_secs=$(( $(date +%s) - t ))
