@@ -32,3 +32,29 @@ COMMENT ON FUNCTION flowgate.check_setting(text, jsonb) IS
   'Raise 22023 unless the value is acceptable for the key; used by the settings trigger.';
 COMMENT ON FUNCTION flowgate.setting_definitions() IS
   'Every documented setting: key, kind, allowed values, default, current value and description.';
+
+-- Outbox and schedules ------------------------------------------------------------------
+-- Operator functions: not for PUBLIC. (Reading deliveries is owner-only too.)
+REVOKE EXECUTE ON FUNCTION flowgate.dispatch(int), flowgate.collect(), flowgate.replay_dead(bigint[]),
+    flowgate.set_secret(text, text), flowgate.drop_secret(text),
+    flowgate.record_attempt_isolated(bigint, int, text, text, text, text, text),
+    flowgate.record_attempt(bigint, int, text, text, text, text, text),
+    flowgate.transport_native(bigint[]), flowgate.transport_pg_net(bigint[]),
+    flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int),
+    flowgate.install_schedules(), flowgate.uninstall_schedules(), flowgate.run_periodic()
+  FROM PUBLIC;
+
+COMMENT ON FUNCTION flowgate.dispatch(int) IS
+  'Claim up to max_deliveries due deliveries (SKIP LOCKED) and send them: native transport sends and records '
+  'in this call; pg_net queues them for flowgate.collect(). Returns counts per outcome.';
+COMMENT ON FUNCTION flowgate.collect() IS
+  'Record pg_net responses of in-flight deliveries and expire in-flight deliveries past their lease.';
+COMMENT ON FUNCTION flowgate.replay_dead(bigint[]) IS
+  'Re-queue dead or failed deliveries (attempts reset); returns how many were re-queued.';
+COMMENT ON FUNCTION flowgate.set_secret(text, text) IS
+  'Store a named secret for deliveries (used when Supabase Vault has none of that name). Owner only.';
+COMMENT ON FUNCTION flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int) IS
+  'Enqueue an HTTP delivery; the same idempotency_key returns the first delivery id and writes nothing.';
+COMMENT ON FUNCTION flowgate.install_schedules() IS
+  'Register every periodic flowgate job with pg_cron (idempotent; schedules from settings).';
+COMMENT ON FUNCTION flowgate.uninstall_schedules() IS 'Remove every flowgate job from pg_cron.';

@@ -13,6 +13,11 @@
 pub mod core;
 
 pgrx::extension_sql_file!("../sql/core.sql", name = "core_bootstrap", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/outbox.sql",
+    name = "outbox_tables",
+    requires = ["core_bootstrap"]
+);
 pgrx::extension_sql_file!("../sql/core_finalize.sql", name = "core_finalize", finalize);
 
 /// Required by `cargo pgrx test`.

@@ -1,10 +1,13 @@
 //! The shared core every workflow module stands on (SQL schema `flowgate`): actor identity,
-//! settings, the error contract, the event-store runner and the append-only guard.
+//! settings, the error contract, the event-store runner, the append-only guard, the
+//! outbox of HTTP deliveries and the periodic jobs.
 
 pub mod actor;
 pub mod api;
 pub mod error;
 pub mod eventstore;
+pub mod outbox;
+pub mod schedules;
 pub mod settings;
 pub mod store;
 pub mod workflow;

@@ -66,12 +66,80 @@ impl Definition {
 }
 
 /// Settings of the shared core.
-pub const CORE: &[Definition] = &[Definition {
-    key: "flowgate.trusted_roles",
-    kind: Kind::RoleList,
-    default: r#"["service_role"]"#,
-    doc: "Members of these roles (and superusers) are trusted: they may act on behalf of another actor and call operator functions.",
-}];
+pub const CORE: &[Definition] = &[
+    Definition {
+        key: "flowgate.trusted_roles",
+        kind: Kind::RoleList,
+        default: r#"["service_role"]"#,
+        doc: "Members of these roles (and superusers) are trusted: they may act on behalf of another actor and call operator functions.",
+    },
+    Definition {
+        key: "flowgate.http_transport",
+        kind: Kind::OneOf(&["auto", "pg_net", "native"]),
+        default: r#""auto""#,
+        doc: "How deliveries are sent: pg_net (net.http_post, responses read by flowgate.collect), native (flowgate's Rust client, inside flowgate.dispatch), or auto (pg_net when installed).",
+    },
+    Definition {
+        key: "flowgate.http_timeout_ms",
+        kind: Kind::Int { min: 100, max: 300_000 },
+        default: "10000",
+        doc: "Default per-request timeout of a new delivery, in milliseconds.",
+    },
+    Definition {
+        key: "flowgate.http_max_attempts",
+        kind: Kind::Int { min: 1, max: 100 },
+        default: "8",
+        doc: "Default number of attempts of a new delivery before it is dead.",
+    },
+    Definition {
+        key: "flowgate.http_concurrency",
+        kind: Kind::Int { min: 1, max: 256 },
+        default: "32",
+        doc: "Requests the native transport sends at once.",
+    },
+    Definition {
+        key: "flowgate.retry_base_ms",
+        kind: Kind::Int { min: 10, max: 3_600_000 },
+        default: "1000",
+        doc: "Back-off base: the retry after attempt n waits a uniformly random time up to min(cap, base * 2^(n-1)).",
+    },
+    Definition {
+        key: "flowgate.retry_cap_ms",
+        kind: Kind::Int { min: 100, max: 86_400_000 },
+        default: "600000",
+        doc: "Back-off cap in milliseconds.",
+    },
+    Definition {
+        key: "flowgate.max_retry_after_seconds",
+        kind: Kind::Int { min: 0, max: 86_400 },
+        default: "3600",
+        doc: "Longest Retry-After (from 429/503 responses) that is honoured; longer values are clamped.",
+    },
+    Definition {
+        key: "flowgate.dispatch_batch_size",
+        kind: Kind::Int { min: 1, max: 10_000 },
+        default: "100",
+        doc: "Deliveries claimed by one flowgate.dispatch() call without an argument.",
+    },
+    Definition {
+        key: "flowgate.in_flight_lease_seconds",
+        kind: Kind::Int { min: 10, max: 86_400 },
+        default: "900",
+        doc: "An in-flight delivery with no recorded response after this long (a lost pg_net response) counts as a timed-out attempt.",
+    },
+    Definition {
+        key: "flowgate.dispatch_schedule",
+        kind: Kind::Text { max_len: 64 },
+        default: r#""* * * * *""#,
+        doc: "pg_cron schedule of flowgate.dispatch() (pg_cron 1.5+ also accepts '5 seconds').",
+    },
+    Definition {
+        key: "flowgate.collect_schedule",
+        kind: Kind::Text { max_len: 64 },
+        default: r#""* * * * *""#,
+        doc: "pg_cron schedule of flowgate.collect().",
+    },
+];
 
 /// Keys that exist only in the pg_test build, to exercise every kind end to end.
 #[cfg(any(test, feature = "pg_test"))]

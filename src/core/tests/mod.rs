@@ -44,6 +44,14 @@ CREATE TABLE fg_test.door_effects (
     event_id bigint NOT NULL,
     message  text NOT NULL
 );
+-- What the test response handlers saw.
+CREATE TABLE fg_test.delivery_outcomes (
+    delivery_id bigint NOT NULL,
+    owner_id    text NOT NULL,
+    outcome     text NOT NULL,
+    status_code int,
+    response    jsonb
+);
 -- The SQLSTATE a statement raises, or NULL: lets a test assert an exact error code and then
 -- check that nothing was written, in one transaction.
 CREATE FUNCTION fg_test.sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
@@ -197,6 +205,43 @@ impl Workflow for DoorFlow {
         Ok(())
     }
 }
+
+/// Response handlers that exist only in the pg_test build.
+pub fn outbox_handlers() -> Vec<(&'static str, crate::core::outbox::handlers::Handler)> {
+    vec![
+        ("fg_test.record", record_outcome),
+        ("fg_test.explode", explode),
+    ]
+}
+
+fn record_outcome(
+    client: &mut SpiClient<'_>,
+    call: &crate::core::outbox::handlers::HandlerCall<'_>,
+) -> Result<(), CoreError> {
+    client.update(
+        "INSERT INTO fg_test.delivery_outcomes (delivery_id, owner_id, outcome, status_code, response) VALUES ($1, $2, $3, $4, $5)",
+        None,
+        &[
+            call.delivery_id.into(),
+            call.owner_id.into(),
+            call.outcome.as_str().into(),
+            call.status_code.into(),
+            call.response.clone().map(JsonB).into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// A handler that fails with a real SQL error, to prove handlers are isolated per delivery.
+fn explode(
+    client: &mut SpiClient<'_>,
+    _call: &crate::core::outbox::handlers::HandlerCall<'_>,
+) -> Result<(), CoreError> {
+    client.update("SELECT 1 / 0", None, &[])?;
+    Ok(())
+}
+
+mod outbox;
 
 #[pg_schema]
 mod tests {

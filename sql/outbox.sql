@@ -1,0 +1,65 @@
+-- The outbox: every HTTP side effect flowgate makes is a row here first.
+
+CREATE TYPE flowgate.delivery_status AS ENUM ('pending', 'in_flight', 'delivered', 'failed', 'dead');
+COMMENT ON TYPE flowgate.delivery_status IS
+  'pending: waiting for its next attempt; in_flight: claimed by a dispatcher; delivered: 2xx; '
+  'failed: permanent error (4xx other than 408/425/429, missing secret, handler error); dead: retries exhausted';
+
+CREATE TABLE flowgate.deliveries (
+    id                    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner_module          text NOT NULL CHECK (owner_module ~ '^[a-z][a-z0-9_]{0,62}$'),
+    owner_id              text NOT NULL CHECK (length(owner_id) BETWEEN 1 AND 256),
+    handler               text CHECK (handler ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$'),
+    method                text NOT NULL DEFAULT 'POST' CHECK (method IN ('GET', 'POST', 'PUT', 'PATCH', 'DELETE')),
+    url                   text NOT NULL CHECK (url ~ '^https?://[^/@]+'),
+    headers               jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(headers) = 'object'),
+    auth_secret           text,
+    auth_header           text NOT NULL DEFAULT 'Authorization',
+    auth_scheme           text NOT NULL DEFAULT 'Bearer',
+    body                  jsonb,
+    idempotency_key       text NOT NULL UNIQUE CHECK (length(idempotency_key) BETWEEN 1 AND 255),
+    status                flowgate.delivery_status NOT NULL DEFAULT 'pending',
+    attempts              int NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    max_attempts          int NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 100),
+    timeout_ms            int NOT NULL DEFAULT 10000 CHECK (timeout_ms BETWEEN 100 AND 300000),
+    next_attempt_at       timestamptz NOT NULL DEFAULT now(),
+    transport             text CHECK (transport IN ('native', 'pg_net')),
+    transport_ref         bigint,
+    claimed_at            timestamptz,
+    last_status_code      int,
+    last_error            text,
+    handler_error         text,
+    response_body         text,
+    response_content_type text,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    delivered_at          timestamptz
+);
+COMMENT ON TABLE flowgate.deliveries IS
+  'Outbox of HTTP deliveries. Enqueued inside a workflow transaction, sent by flowgate.dispatch() '
+  '(pg_net or native transport), outcomes recorded with retries, dead letters and owner handlers. '
+  'Secrets are referenced by name (auth_secret) and resolved at send time; they are never stored here.';
+COMMENT ON COLUMN flowgate.deliveries.auth_secret IS
+  'Name of a secret (Supabase Vault, else flowgate.secrets) sent as "<auth_header>: <auth_scheme> <secret>".';
+COMMENT ON COLUMN flowgate.deliveries.transport_ref IS 'pg_net request id while in flight on pg_net.';
+
+CREATE INDEX deliveries_due ON flowgate.deliveries (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX deliveries_in_flight ON flowgate.deliveries (claimed_at) WHERE status = 'in_flight';
+CREATE INDEX deliveries_owner ON flowgate.deliveries (owner_module, owner_id);
+CREATE INDEX deliveries_problems ON flowgate.deliveries (updated_at) WHERE status IN ('failed', 'dead');
+
+SELECT pg_catalog.pg_extension_config_dump('flowgate.deliveries', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flowgate.deliveries', 'id'), '');
+REVOKE ALL ON flowgate.deliveries FROM PUBLIC;
+
+-- Secrets for deliveries when Supabase Vault is not installed. Owner-only: no other role can
+-- read it, and flowgate never copies a value into another table, an error or a log line.
+CREATE TABLE flowgate.secrets (
+    name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,127}$'),
+    value      text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE flowgate.secrets IS
+  'Named secrets (bot tokens, API keys) for deliveries, used when Supabase Vault has no secret of that name. Owner-only.';
+REVOKE ALL ON flowgate.secrets FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('flowgate.secrets', '');

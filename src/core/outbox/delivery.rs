@@ -1,0 +1,346 @@
+//! What a module asks the outbox to send, checked before it is stored. Pure.
+
+use serde_json::{Map, Value};
+
+use crate::core::error::{CoreError, CoreResult};
+
+pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Headers that carry credentials: they must come from a secret reference, never a row.
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "apikey",
+];
+
+/// A request to enqueue. `auth_secret` names a secret resolved at send time (Vault, else
+/// `flowgate.secrets`) and sent as `<auth_header>: <auth_scheme> <secret>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub owner_module: String,
+    pub owner_id: String,
+    /// Response handler (`module.name`) run when the delivery is delivered, fails or dies.
+    pub handler: Option<String>,
+    pub method: String,
+    pub url: String,
+    pub headers: Map<String, Value>,
+    pub auth_secret: Option<String>,
+    pub auth_header: String,
+    pub auth_scheme: String,
+    pub body: Option<Value>,
+    pub idempotency_key: String,
+    pub max_attempts: Option<i32>,
+    pub timeout_ms: Option<i32>,
+}
+
+impl NewDelivery {
+    /// A JSON POST with no auth, no handler and default limits.
+    pub fn post_json(
+        owner_module: &str,
+        owner_id: &str,
+        url: &str,
+        body: Value,
+        idempotency_key: &str,
+    ) -> Self {
+        NewDelivery {
+            owner_module: owner_module.into(),
+            owner_id: owner_id.into(),
+            handler: None,
+            method: "POST".into(),
+            url: url.into(),
+            headers: Map::new(),
+            auth_secret: None,
+            auth_header: "Authorization".into(),
+            auth_scheme: "Bearer".into(),
+            body: Some(body),
+            idempotency_key: idempotency_key.into(),
+            max_attempts: None,
+            timeout_ms: None,
+        }
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_secret_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Check a URL: http(s), a host, no credentials in it.
+pub fn validate_url(url: &str) -> CoreResult<()> {
+    let bad = |p: &str| {
+        CoreError::invalid(
+            "url",
+            p.to_string(),
+            "an http:// or https:// URL with a host and no user:password@",
+        )
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("it is not an http(s) URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(bad("it has no host"));
+    }
+    if authority.contains('@') {
+        return Err(bad("it carries credentials; reference a secret instead"));
+    }
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad(
+            "it is longer than 2048 characters or contains whitespace",
+        ));
+    }
+    Ok(())
+}
+
+/// Validate everything a caller controls before the row is written (the handler name is
+/// checked against the registry by `store::enqueue`).
+pub fn validate(d: &NewDelivery) -> CoreResult<()> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    if !ident(&d.owner_module) {
+        return Err(CoreError::invalid(
+            "owner_module",
+            format!("{:?}", d.owner_module),
+            "a module name such as capacity or intake",
+        ));
+    }
+    if d.owner_id.is_empty() || d.owner_id.len() > 256 {
+        return Err(CoreError::invalid(
+            "owner_id",
+            "it is empty or longer than 256 bytes",
+            "1 to 256 bytes",
+        ));
+    }
+    if !METHODS.contains(&d.method.as_str()) {
+        return Err(CoreError::invalid(
+            "method",
+            format!("{:?}", d.method),
+            METHODS.join(", "),
+        ));
+    }
+    validate_url(&d.url)?;
+    for (name, value) in &d.headers {
+        if !is_token(name) {
+            return Err(CoreError::invalid(
+                "header name",
+                format!("{name:?}"),
+                "an HTTP token (letters, digits, !#$%&'*+-.^_`|~)",
+            ));
+        }
+        if CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(CoreError::invalid(
+                "headers",
+                format!("{name} carries credentials and would be stored in plain text"),
+                "pass auth_secret (the name of a secret in Vault or flowgate.secrets) instead",
+            ));
+        }
+        match value {
+            Value::String(v) if !v.chars().any(|c| c == '\r' || c == '\n') => {}
+            _ => {
+                return Err(CoreError::invalid(
+                    "header value",
+                    format!("{name} is not a single-line string"),
+                    "a JSON string without line breaks",
+                ))
+            }
+        }
+        if name.eq_ignore_ascii_case("idempotency-key") {
+            return Err(CoreError::invalid(
+                "headers",
+                "Idempotency-Key is set by flowgate",
+                "pass idempotency_key instead",
+            ));
+        }
+    }
+    if let Some(s) = &d.auth_secret {
+        if !is_secret_name(s) {
+            return Err(CoreError::invalid(
+                "auth_secret",
+                format!("{s:?}"),
+                "a secret name: a letter, then letters, digits, _ . - (at most 128)",
+            ));
+        }
+        if !is_token(&d.auth_header) {
+            return Err(CoreError::invalid(
+                "auth_header",
+                format!("{:?}", d.auth_header),
+                "an HTTP header name",
+            ));
+        }
+        if !d.auth_scheme.is_empty() && !is_token(&d.auth_scheme) {
+            return Err(CoreError::invalid(
+                "auth_scheme",
+                format!("{:?}", d.auth_scheme),
+                "a scheme such as Bearer, or empty for the bare secret",
+            ));
+        }
+    }
+    if d.idempotency_key.is_empty()
+        || d.idempotency_key.len() > 255
+        || d.idempotency_key.chars().any(char::is_control)
+    {
+        return Err(CoreError::invalid(
+            "idempotency_key",
+            "it is empty, too long or has control characters",
+            "1 to 255 printable bytes",
+        ));
+    }
+    if let Some(m) = d.max_attempts {
+        if !(1..=100).contains(&m) {
+            return Err(CoreError::invalid(
+                "max_attempts",
+                m.to_string(),
+                "1 to 100",
+            ));
+        }
+    }
+    if let Some(t) = d.timeout_ms {
+        if !(100..=300_000).contains(&t) {
+            return Err(CoreError::invalid(
+                "timeout_ms",
+                t.to_string(),
+                "100 to 300000",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The header list sent on the wire: stored headers, the idempotency key, a JSON content
+/// type when there is a body and none was given, and the resolved secret.
+pub fn wire_headers(
+    stored: &Map<String, Value>,
+    idempotency_key: &str,
+    has_body: bool,
+    auth: Option<(&str, &str, &str)>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = stored
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+        .collect();
+    if has_body
+        && !out
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        out.push(("Content-Type".into(), "application/json".into()));
+    }
+    out.push(("Idempotency-Key".into(), idempotency_key.into()));
+    if let Some((header, scheme, secret)) = auth {
+        let value = if scheme.is_empty() {
+            secret.to_string()
+        } else {
+            format!("{scheme} {secret}")
+        };
+        out.push((header.into(), value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok() -> NewDelivery {
+        NewDelivery::post_json(
+            "capacity",
+            "CR-2026-000001",
+            "https://slack.com/api/chat.postMessage",
+            json!({"text": "hi"}),
+            "cr:1:slack",
+        )
+    }
+
+    #[test]
+    fn a_plain_delivery_is_valid() {
+        assert!(validate(&ok()).is_ok());
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_22023() {
+        type Mutation = Box<dyn Fn(&mut NewDelivery)>;
+        let cases: Vec<Mutation> = vec![
+            Box::new(|d| d.owner_module = "Capacity".into()),
+            Box::new(|d| d.owner_id = String::new()),
+            Box::new(|d| d.method = "TRACE".into()),
+            Box::new(|d| d.url = "ftp://x".into()),
+            Box::new(|d| d.url = "https://".into()),
+            Box::new(|d| d.url = "https://user:pw@host/x".into()),
+            Box::new(|d| d.url = "https://host/a b".into()),
+            Box::new(|d| {
+                d.headers.insert("Authorization".into(), json!("Bearer x"));
+            }),
+            Box::new(|d| {
+                d.headers.insert("X-Api-Key".into(), json!("x"));
+            }),
+            Box::new(|d| {
+                d.headers.insert("X-Ok".into(), json!("a\r\nInjected: 1"));
+            }),
+            Box::new(|d| {
+                d.headers.insert("bad header".into(), json!("x"));
+            }),
+            Box::new(|d| {
+                d.headers.insert("X-Num".into(), json!(1));
+            }),
+            Box::new(|d| {
+                d.headers.insert("Idempotency-Key".into(), json!("mine"));
+            }),
+            Box::new(|d| d.auth_secret = Some("bad name!".into())),
+            Box::new(|d| d.idempotency_key = String::new()),
+            Box::new(|d| d.idempotency_key = "x".repeat(256)),
+            Box::new(|d| d.max_attempts = Some(0)),
+            Box::new(|d| d.timeout_ms = Some(5)),
+        ];
+        for (i, mutate) in cases.iter().enumerate() {
+            let mut d = ok();
+            mutate(&mut d);
+            let e = validate(&d).expect_err(&format!("case {i} should fail"));
+            assert_eq!(e.sqlstate(), "22023", "case {i}: {e}");
+            assert!(e.hint().is_some(), "case {i} says what is allowed");
+        }
+    }
+
+    #[test]
+    fn wire_headers_add_key_content_type_and_secret() {
+        let mut stored = Map::new();
+        stored.insert("X-Trace".into(), json!("t1"));
+        let h = wire_headers(
+            &stored,
+            "k1",
+            true,
+            Some(("Authorization", "Bearer", "s3cr3t")),
+        );
+        assert_eq!(
+            h,
+            vec![
+                ("X-Trace".to_string(), "t1".to_string()),
+                ("Content-Type".to_string(), "application/json".to_string()),
+                ("Idempotency-Key".to_string(), "k1".to_string()),
+                ("Authorization".to_string(), "Bearer s3cr3t".to_string()),
+            ]
+        );
+        let bare = wire_headers(&Map::new(), "k2", false, Some(("apikey", "", "s")));
+        assert_eq!(
+            bare.last().unwrap(),
+            &("apikey".to_string(), "s".to_string())
+        );
+        assert_eq!(bare.len(), 2);
+    }
+}

@@ -1,0 +1,75 @@
+//! The registry of response handlers: how an owning module reacts to the outcome of its
+//! delivery (store a Slack `ts`, a Linear issue id, mark an intent validated) in the same
+//! transaction that records the outcome.
+//!
+//! A handler runs when a delivery is delivered, fails permanently or dies. If it raises, the
+//! outcome it was given is rolled back with it (a subtransaction per delivery), and the delivery
+//! is marked `failed` with `handler_error` set, ready for `flowgate.replay_dead`.
+
+use pgrx::spi::SpiClient;
+use serde_json::Value;
+
+use crate::core::error::CoreResult;
+
+/// How a delivery ended, as told to its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// A permanent error (4xx other than 408/425/429, or a missing secret).
+    Failed,
+    /// Retries exhausted.
+    Dead,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Failed => "failed",
+            Outcome::Dead => "dead",
+        }
+    }
+}
+
+/// What a handler is given.
+#[derive(Debug)]
+pub struct HandlerCall<'a> {
+    pub delivery_id: i64,
+    pub owner_module: &'a str,
+    pub owner_id: &'a str,
+    pub outcome: Outcome,
+    pub status_code: Option<i32>,
+    /// The response body (possibly truncated), parsed as JSON when it is JSON.
+    pub response: Option<Value>,
+    pub response_text: &'a str,
+    /// The request body that was sent.
+    pub request: Option<&'a Value>,
+    pub last_error: Option<&'a str>,
+}
+
+pub type Handler = for<'c, 'a> fn(&mut SpiClient<'c>, &HandlerCall<'a>) -> CoreResult<()>;
+
+/// Every handler flowgate knows, by name. Modules add theirs here.
+fn registry() -> Vec<(&'static str, Handler)> {
+    #[allow(unused_mut)]
+    let mut all: Vec<(&'static str, Handler)> = Vec::new();
+    #[cfg(any(test, feature = "pg_test"))]
+    all.extend(crate::core::tests::outbox_handlers());
+    all
+}
+
+pub fn find(name: &str) -> Option<Handler> {
+    registry()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| h)
+}
+
+pub fn names() -> Vec<&'static str> {
+    let names: Vec<&'static str> = registry().into_iter().map(|(n, _)| n).collect();
+    if names.is_empty() {
+        vec!["(no handlers are registered yet)"]
+    } else {
+        names
+    }
+}

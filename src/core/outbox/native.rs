@@ -1,0 +1,285 @@
+//! The native transport: sends a batch of HTTP requests concurrently with per-request
+//! timeouts, using the `ureq` client on plain worker threads.
+//!
+//! Pure Rust: requests go in as owned data and results come out as owned data, so nothing
+//! here touches a Postgres API (which must only ever run on the backend's main thread).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::policy::Attempt;
+
+/// Bodies longer than this are truncated before they are stored.
+pub const MAX_STORED_BODY: usize = 64 * 1024;
+/// Responses longer than this are not read further.
+const MAX_READ_BODY: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: i64,
+    pub method: String,
+    pub url: String,
+    /// Header name/value pairs, secrets already resolved. Never logged.
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub id: i64,
+    pub attempt: Attempt,
+    /// Response body (possibly truncated); empty when there was no response.
+    pub body: String,
+    pub content_type: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl Response {
+    pub fn status(&self) -> Option<u16> {
+        match &self.attempt {
+            Attempt::Response { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+fn agent(concurrency: usize) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_idle_connections(concurrency.max(1) * 2)
+        .max_idle_connections_per_host(concurrency.max(1))
+        .user_agent(concat!("flowgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+fn classify(err: &ureq::Error) -> Attempt {
+    match err {
+        ureq::Error::Timeout(_) => Attempt::Timeout,
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => Attempt::Timeout,
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+            Attempt::Connect(err.to_string())
+        }
+        ureq::Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+            ) =>
+        {
+            Attempt::Connect(e.to_string())
+        }
+        other => Attempt::Transport(other.to_string()),
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_STORED_BODY {
+        let mut cut = MAX_STORED_BODY;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
+    let started = Instant::now();
+    let failed = |attempt: Attempt| Response {
+        id: req.id,
+        attempt,
+        body: String::new(),
+        content_type: None,
+        elapsed: started.elapsed(),
+    };
+    let mut builder = ureq::http::Request::builder()
+        .method(req.method.as_str())
+        .uri(req.url.as_str());
+    for (name, value) in &req.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let request = match builder.body(req.body.clone().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(e) => return failed(Attempt::Transport(format!("invalid request: {e}"))),
+    };
+    let request = agent
+        .configure_request(request)
+        .timeout_global(Some(req.timeout))
+        .build();
+    match agent.run(request) {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after = header("retry-after");
+            let content_type = header("content-type");
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_READ_BODY)
+                .read_to_string();
+            let body = match body {
+                Ok(b) => truncate(b),
+                // The status arrived; an unreadable body does not change the outcome.
+                Err(e) => format!("(body unreadable: {e})"),
+            };
+            Response {
+                id: req.id,
+                attempt: Attempt::Response {
+                    status,
+                    retry_after,
+                },
+                body,
+                content_type,
+                elapsed: started.elapsed(),
+            }
+        }
+        Err(e) => failed(classify(&e)),
+    }
+}
+
+/// Send every request, at most `concurrency` at a time; results come back in input order.
+pub fn send_batch(requests: &[Request], concurrency: usize) -> Vec<Response> {
+    if requests.is_empty() {
+        return Vec::new();
+    }
+    let workers = concurrency.clamp(1, requests.len());
+    let agent = agent(workers);
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Response>>> = Mutex::new(vec![None; requests.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(req) = requests.get(i) else { break };
+                let started = Instant::now();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    send_one(&agent, req)
+                }))
+                .unwrap_or_else(|_| Response {
+                    id: req.id,
+                    attempt: Attempt::Transport("the HTTP client panicked".into()),
+                    body: String::new(),
+                    content_type: None,
+                    elapsed: started.elapsed(),
+                });
+                if let Ok(mut slots) = results.lock() {
+                    slots[i] = Some(outcome);
+                }
+            });
+        }
+    });
+    let slots = results
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    slots
+        .into_iter()
+        .zip(requests)
+        .map(|(slot, req)| {
+            slot.unwrap_or_else(|| Response {
+                id: req.id,
+                attempt: Attempt::Transport("no result recorded".into()),
+                body: String::new(),
+                content_type: None,
+                elapsed: Duration::ZERO,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+    use crate::core::outbox::testserver::{base_url, closed_url};
+
+    fn req(id: i64, url: String) -> Request {
+        Request {
+            id,
+            method: "POST".into(),
+            url,
+            headers: vec![
+                ("Idempotency-Key".into(), format!("k-{id}")),
+                ("Content-Type".into(), "application/json".into()),
+            ],
+            body: Some(b"{\"a\":1}".to_vec()),
+            timeout: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn a_batch_against_a_real_local_server_covers_every_outcome() {
+        let base = base_url();
+        let closed = closed_url();
+        let batch = vec![
+            req(1, format!("{base}/ok")),
+            req(2, format!("{base}/status/400")),
+            req(3, format!("{base}/ratelimit/7")),
+            req(4, format!("{base}/status/503")),
+            req(5, format!("{base}/slow/1500")),
+            req(6, format!("{closed}/ok")),
+        ];
+        let out = send_batch(&batch, 4);
+        assert_eq!(
+            out.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(out[0].status(), Some(200));
+        assert_eq!(
+            out[0].body, "{\"ok\":true,\"key\":\"k-1\",\"len\":7,\"seen\":1}",
+            "key and body reached the server"
+        );
+        assert_eq!(out[0].content_type.as_deref(), Some("application/json"));
+        assert_eq!(out[1].status(), Some(400));
+        assert_eq!(
+            out[2].attempt,
+            Attempt::Response {
+                status: 429,
+                retry_after: Some("7".into())
+            }
+        );
+        assert_eq!(out[3].status(), Some(503));
+        assert_eq!(
+            out[4].attempt,
+            Attempt::Timeout,
+            "the 1.5 s response exceeds the 500 ms timeout"
+        );
+        assert!(out[4].elapsed < Duration::from_millis(1400));
+        assert!(
+            matches!(out[5].attempt, Attempt::Connect(_)),
+            "{:?}",
+            out[5].attempt
+        );
+    }
+
+    #[test]
+    fn a_thousand_requests_in_one_batch() {
+        let base = base_url();
+        let batch: Vec<Request> = (0..1000).map(|i| req(i, format!("{base}/ok"))).collect();
+        let out = send_batch(&batch, 32);
+        assert_eq!(out.len(), 1000);
+        assert!(out.iter().all(|r| r.status() == Some(200)));
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.body.contains(&format!("\"k-{i}\""))));
+    }
+
+    #[test]
+    fn bodies_are_truncated_on_a_char_boundary() {
+        let s = "é".repeat(MAX_STORED_BODY);
+        let t = truncate(s);
+        assert!(t.len() <= MAX_STORED_BODY);
+        assert!(t.chars().all(|c| c == 'é'));
+        assert!(send_batch(&[], 8).is_empty());
+    }
+}

@@ -1,0 +1,346 @@
+//! Outbox data access: enqueue, secret resolution, loading claimed rows for a transport,
+//! recording an attempt's outcome and running the owner's handler.
+
+use std::time::{Duration, SystemTime};
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::{Map, Value};
+
+use super::delivery::{self, NewDelivery};
+use super::handlers::{self, HandlerCall, Outcome};
+use super::native;
+use super::policy::{self, Attempt, RetryPolicy, Verdict};
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::store as settings;
+
+/// The row id of an enqueued delivery, and whether this call created it (false when the
+/// idempotency key was already enqueued by the same owner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: i64,
+    pub created: bool,
+}
+
+/// Enqueue a delivery in the caller's transaction. Enqueueing the same idempotency key again
+/// is a no-op that returns the first row; reusing a key for another owner is 23505.
+pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueued> {
+    delivery::validate(d)?;
+    if let Some(h) = &d.handler {
+        if handlers::find(h).is_none() {
+            return Err(CoreError::invalid(
+                "handler",
+                format!("{h:?} is not a registered response handler"),
+                handlers::names().join(", "),
+            ));
+        }
+    }
+    let max_attempts = match d.max_attempts {
+        Some(m) => m,
+        None => settings::get_i64("flowgate.http_max_attempts")? as i32,
+    };
+    let timeout_ms = match d.timeout_ms {
+        Some(t) => t,
+        None => settings::get_i64("flowgate.http_timeout_ms")? as i32,
+    };
+    let inserted = client.update(
+        "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        None,
+        &[
+            d.owner_module.as_str().into(),
+            d.owner_id.as_str().into(),
+            d.handler.as_deref().into(),
+            d.method.as_str().into(),
+            d.url.as_str().into(),
+            JsonB(Value::Object(d.headers.clone())).into(),
+            d.auth_secret.as_deref().into(),
+            d.auth_header.as_str().into(),
+            d.auth_scheme.as_str().into(),
+            d.body.clone().map(JsonB).into(),
+            d.idempotency_key.as_str().into(),
+            max_attempts.into(),
+            timeout_ms.into(),
+        ],
+    )?;
+    if !inserted.is_empty() {
+        let id = inserted
+            .first()
+            .get_one::<i64>()?
+            .ok_or_else(|| CoreError::Internal("INSERT returned no id".into()))?;
+        return Ok(Enqueued { id, created: true });
+    }
+    let existing = client.select(
+        "SELECT id, owner_module, owner_id FROM flowgate.deliveries WHERE idempotency_key = $1",
+        Some(1),
+        &[d.idempotency_key.as_str().into()],
+    )?;
+    if existing.is_empty() {
+        // Conflicting row deleted concurrently; cannot happen through flowgate's own API.
+        return Err(CoreError::Internal(
+            "idempotency key conflict without a row".into(),
+        ));
+    }
+    let (id, module, owner) = existing.first().get_three::<i64, String, String>()?;
+    let id = id.ok_or_else(|| CoreError::Internal("delivery without id".into()))?;
+    if module.as_deref() != Some(d.owner_module.as_str())
+        || owner.as_deref() != Some(d.owner_id.as_str())
+    {
+        return Err(CoreError::Duplicate {
+            kind: "delivery idempotency key".into(),
+            key: d.idempotency_key.clone(),
+        });
+    }
+    Ok(Enqueued { id, created: false })
+}
+
+/// Resolve a secret by name: Supabase Vault first (when installed), then `flowgate.secrets`.
+/// The value never leaves this process except in the outgoing request header.
+pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<String>> {
+    let vault = client
+        .select(
+            "SELECT to_regclass('vault.decrypted_secrets') IS NOT NULL",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    if vault {
+        let rows = client.select(
+            "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 ORDER BY created_at DESC LIMIT 1",
+            None,
+            &[name.into()],
+        )?;
+        if !rows.is_empty() {
+            if let Some(s) = rows.first().get_one::<String>()? {
+                return Ok(Some(s));
+            }
+        }
+    }
+    let rows = client.select(
+        "SELECT value FROM flowgate.secrets WHERE name = $1",
+        Some(1),
+        &[name.into()],
+    )?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(rows.first().get_one::<String>()?)
+}
+
+/// A claimed delivery ready for a transport, or the reason it cannot be sent.
+pub enum Prepared {
+    Send(native::Request),
+    Unsendable { id: i64, reason: String },
+}
+
+/// Load claimed (`in_flight`) rows and build their wire requests, secrets resolved.
+pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, idempotency_key, timeout_ms \
+             FROM flowgate.deliveries WHERE id = ANY($1) AND status = 'in_flight' ORDER BY id",
+            None,
+            &[ids.to_vec().into()],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut secrets: std::collections::HashMap<String, Option<String>> = Default::default();
+        for row in rows {
+            let id: i64 = row
+                .get(1)?
+                .ok_or_else(|| CoreError::Internal("delivery without id".into()))?;
+            let headers: Map<String, Value> = match row.get::<JsonB>(4)? {
+                Some(JsonB(Value::Object(m))) => m,
+                _ => Map::new(),
+            };
+            let auth_secret: Option<String> = row.get(5)?;
+            let auth = match auth_secret {
+                None => None,
+                Some(name) => {
+                    if !secrets.contains_key(&name) {
+                        let v = resolve_secret(client, &name)?;
+                        secrets.insert(name.clone(), v);
+                    }
+                    match secrets.get(&name).cloned().flatten() {
+                        Some(value) => Some((
+                            row.get::<String>(6)?.unwrap_or_default(),
+                            row.get::<String>(7)?.unwrap_or_default(),
+                            value,
+                        )),
+                        None => {
+                            out.push(Prepared::Unsendable {
+                                id,
+                                reason: format!(
+                                    "secret {name:?} is not defined; add it to Supabase Vault or with flowgate.set_secret(), then flowgate.replay_dead()"
+                                ),
+                            });
+                            continue;
+                        }
+                    }
+                }
+            };
+            let body: Option<String> = row.get(8)?;
+            let key: String = row.get(9)?.unwrap_or_default();
+            let wire = delivery::wire_headers(
+                &headers,
+                &key,
+                body.is_some(),
+                auth.as_ref()
+                    .map(|(h, s, v)| (h.as_str(), s.as_str(), v.as_str())),
+            );
+            out.push(Prepared::Send(native::Request {
+                id,
+                method: row.get::<String>(2)?.unwrap_or_else(|| "POST".into()),
+                url: row.get::<String>(3)?.unwrap_or_default(),
+                headers: wire,
+                body: body.map(String::into_bytes),
+                timeout: Duration::from_millis(row.get::<i32>(10)?.unwrap_or(10_000).max(1) as u64),
+            }));
+        }
+        Ok(out)
+    })
+}
+
+/// Retry tuning from settings.
+pub fn retry_policy() -> CoreResult<RetryPolicy> {
+    Ok(RetryPolicy {
+        base: Duration::from_millis(settings::get_i64("flowgate.retry_base_ms")?.max(1) as u64),
+        cap: Duration::from_millis(settings::get_i64("flowgate.retry_cap_ms")?.max(1) as u64),
+        max_retry_after: Duration::from_secs(
+            settings::get_i64("flowgate.max_retry_after_seconds")?.max(0) as u64,
+        ),
+    })
+}
+
+/// What a transport observed, as passed to [`record`].
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub status_code: Option<i32>,
+    pub retry_after: Option<String>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
+    /// `timeout`, `connect`, `transport` or `unsendable`; `None` when the server answered.
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+}
+
+fn attempt_of(o: &Observed) -> Result<Attempt, String> {
+    let detail = || o.error.clone().unwrap_or_default();
+    match o.error_kind.as_deref() {
+        None => match o.status_code {
+            Some(s) if (100..=599).contains(&s) => Ok(Attempt::Response {
+                status: s as u16,
+                retry_after: o.retry_after.clone(),
+            }),
+            other => Ok(Attempt::Transport(format!(
+                "no usable status code ({other:?})"
+            ))),
+        },
+        Some("timeout") => Ok(Attempt::Timeout),
+        Some("connect") => Ok(Attempt::Connect(detail())),
+        Some("unsendable") => Err(detail()),
+        Some(_) => Ok(Attempt::Transport(detail())),
+    }
+}
+
+/// Record the outcome of one attempt of an `in_flight` delivery and run its handler.
+/// Returns `delivered`, `retry`, `failed`, `dead`, or `skipped` when the row is no longer in
+/// flight (already recorded by someone else).
+pub fn record(id: i64, observed: &Observed) -> CoreResult<&'static str> {
+    let policy = retry_policy()?;
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            "SELECT attempts, max_attempts, owner_module, owner_id, handler, body, status::text \
+             FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
+            None,
+            &[id.into()],
+        )?;
+        if rows.is_empty() {
+            return Err(CoreError::not_found("delivery", id.to_string()));
+        }
+        let row = rows.first();
+        let attempts: i32 = row.get(1)?.unwrap_or(0);
+        let max_attempts: i32 = row.get(2)?.unwrap_or(1);
+        let owner_module: String = row.get(3)?.unwrap_or_default();
+        let owner_id: String = row.get(4)?.unwrap_or_default();
+        let handler: Option<String> = row.get(5)?;
+        let request: Option<JsonB> = row.get(6)?;
+        let status: String = row.get(7)?.unwrap_or_default();
+        if status != "in_flight" {
+            return Ok("skipped");
+        }
+        let verdict = match attempt_of(observed) {
+            Ok(attempt) => policy::decide(
+                attempts.max(1) as u32,
+                max_attempts.max(1) as u32,
+                &attempt,
+                &policy,
+                rand::random::<f64>(),
+                SystemTime::now(),
+            ),
+            Err(reason) => Verdict::Failed { reason },
+        };
+        let (new_status, delay_ms, last_error, word) = match &verdict {
+            Verdict::Delivered => ("delivered", 0i64, None, "delivered"),
+            Verdict::Retry { delay, reason } => (
+                "pending",
+                delay.as_millis().min(i64::MAX as u128) as i64,
+                Some(reason.clone()),
+                "retry",
+            ),
+            Verdict::Failed { reason } => ("failed", 0, Some(reason.clone()), "failed"),
+            Verdict::Dead { reason } => ("dead", 0, Some(reason.clone()), "dead"),
+        };
+        client.update(
+            "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \
+               next_attempt_at = CASE WHEN $2 = 'pending' THEN now() + make_interval(secs => $3::float8 / 1000) ELSE next_attempt_at END, \
+               delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END, \
+               last_status_code = $4, last_error = $5, response_body = $6, response_content_type = $7, \
+               claimed_at = NULL, updated_at = now() \
+             WHERE id = $1",
+            None,
+            &[
+                id.into(),
+                new_status.into(),
+                delay_ms.into(),
+                observed.status_code.into(),
+                last_error.clone().into(),
+                observed.body.clone().into(),
+                observed.content_type.clone().into(),
+            ],
+        )?;
+        let outcome = match verdict {
+            Verdict::Delivered => Some(Outcome::Delivered),
+            Verdict::Failed { .. } => Some(Outcome::Failed),
+            Verdict::Dead { .. } => Some(Outcome::Dead),
+            Verdict::Retry { .. } => None,
+        };
+        if let (Some(outcome), Some(name)) = (outcome, handler) {
+            let run = handlers::find(&name).ok_or_else(|| {
+                CoreError::invalid(
+                    "handler",
+                    format!("{name:?} is no longer registered"),
+                    handlers::names().join(", "),
+                )
+            })?;
+            let text = observed.body.clone().unwrap_or_default();
+            let call = HandlerCall {
+                delivery_id: id,
+                owner_module: &owner_module,
+                owner_id: &owner_id,
+                outcome,
+                status_code: observed.status_code,
+                response: serde_json::from_str(&text).ok(),
+                response_text: &text,
+                request: request.as_ref().map(|j| &j.0),
+                last_error: last_error.as_deref(),
+            };
+            run(client, &call)?;
+        }
+        Ok(word)
+    })
+}

@@ -1,0 +1,111 @@
+//! Periodic jobs: registered with pg_cron by `flowgate.install_schedules()`, or run by the
+//! optional background worker. Every job is an idempotent SQL statement that is safe to run
+//! concurrently and repeatedly.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+use super::error::{CoreError, CoreResult};
+use super::store;
+
+/// A periodic job: its pg_cron name, the setting that holds its cron schedule, and what it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    pub name: &'static str,
+    pub schedule_setting: &'static str,
+    pub command: &'static str,
+}
+
+/// Every periodic flowgate job. Modules add theirs here.
+pub const JOBS: &[Job] = &[
+    Job {
+        name: "flowgate.dispatch",
+        schedule_setting: "flowgate.dispatch_schedule",
+        command: "SELECT flowgate.dispatch()",
+    },
+    Job {
+        name: "flowgate.collect",
+        schedule_setting: "flowgate.collect_schedule",
+        command: "SELECT flowgate.collect()",
+    },
+];
+
+fn require_pg_cron() -> CoreResult<()> {
+    let present =
+        Spi::get_one::<bool>("SELECT to_regproc('cron.schedule') IS NOT NULL")?.unwrap_or(false);
+    if present {
+        Ok(())
+    } else {
+        Err(CoreError::MissingDependency {
+            feature: "flowgate.install_schedules()".into(),
+            dependency: "pg_cron in this database".into(),
+            hint: "add pg_cron to shared_preload_libraries, set cron.database_name to this database and CREATE EXTENSION pg_cron; \
+                   or preload flowgate and set flowgate.worker_database to run the jobs in flowgate's background worker"
+                .into(),
+        })
+    }
+}
+
+/// Register (or update) every periodic job with pg_cron, using the schedules in settings.
+#[pg_extern(volatile)]
+fn install_schedules() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(job_name, String),
+            name!(schedule, String),
+            name!(command, String),
+            name!(jobid, i64),
+        ),
+    >,
+    ErrorReport,
+> {
+    let run = || -> CoreResult<Vec<(String, String, String, i64)>> {
+        require_pg_cron()?;
+        let mut rows = Vec::new();
+        for job in JOBS {
+            let schedule = store::get_text(job.schedule_setting)?;
+            let id = Spi::get_one_with_args::<i64>(
+                "SELECT cron.schedule($1, $2, $3)",
+                &[
+                    job.name.into(),
+                    schedule.as_str().into(),
+                    job.command.into(),
+                ],
+            )?
+            .ok_or_else(|| CoreError::Internal("cron.schedule returned NULL".into()))?;
+            rows.push((job.name.to_owned(), schedule, job.command.to_owned(), id));
+        }
+        Ok(rows)
+    };
+    run()
+        .map(TableIterator::new)
+        .map_err(|e| e.into_report("flowgate.install_schedules"))
+}
+
+/// Remove every flowgate job from pg_cron; returns how many were removed.
+#[pg_extern(volatile)]
+fn uninstall_schedules() -> Result<i64, ErrorReport> {
+    let run = || -> CoreResult<i64> {
+        require_pg_cron()?;
+        let names: Vec<&str> = JOBS.iter().map(|j| j.name).collect();
+        Ok(Spi::get_one_with_args::<i64>(
+            "SELECT count(cron.unschedule(jobname)) FROM cron.job WHERE jobname = ANY($1)",
+            &[names.into()],
+        )?
+        .unwrap_or(0))
+    };
+    run().map_err(|e| e.into_report("flowgate.uninstall_schedules"))
+}
+
+/// Run every periodic job once, in order (what the background worker calls each tick).
+#[pg_extern(volatile)]
+fn run_periodic() -> Result<i64, ErrorReport> {
+    let run = || -> CoreResult<i64> {
+        for job in JOBS {
+            Spi::run(job.command)?;
+        }
+        Ok(JOBS.len() as i64)
+    };
+    run().map_err(|e| e.into_report("flowgate.run_periodic"))
+}

@@ -1,0 +1,349 @@
+//! `#[pg_test]`s of the outbox against a real HTTP server on 127.0.0.1 (started inside the
+//! test backend on its own threads; see `outbox::testserver`).
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use pgrx::JsonB;
+
+    use crate::core::outbox::testserver::{base_url, closed_url, hit_count, TEST_TOKEN};
+
+    fn one<T: pgrx::IntoDatum + pgrx::FromDatum>(q: &str) -> T {
+        Spi::get_one::<T>(q)
+            .expect("query failed")
+            .expect("query returned NULL")
+    }
+
+    fn sqlstate(stmt: &str) -> Option<String> {
+        Spi::get_one_with_args::<String>("SELECT fg_test.sqlstate_of($1)", &[stmt.into()])
+            .expect("sqlstate_of")
+    }
+
+    /// Enqueue a POST to `path` on the test server with the recording handler.
+    fn enqueue(path: &str, key: &str, extra: &str) -> i64 {
+        let url = format!("{}{}", base_url(), path);
+        one(&format!(
+            "SELECT flowgate.enqueue_delivery('fg_test', 'owner-{key}', '{url}', '{key}', '{{\"n\":1}}', handler => 'fg_test.record'{extra})"
+        ))
+    }
+
+    fn dispatch() -> serde_json::Value {
+        one::<JsonB>("SELECT flowgate.dispatch(1000)").0
+    }
+
+    fn status(id: i64) -> String {
+        one(&format!(
+            "SELECT status::text FROM flowgate.deliveries WHERE id = {id}"
+        ))
+    }
+
+    /// Pretend the back-off has elapsed.
+    fn make_due(id: i64) {
+        Spi::run(&format!(
+            "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE id = {id}"
+        ))
+        .unwrap();
+    }
+
+    fn force_native() {
+        Spi::run(r#"SELECT flowgate.set_setting('flowgate.http_transport', '"native"')"#).unwrap();
+    }
+
+    #[pg_test]
+    fn success_is_delivered_and_the_handler_sees_the_response() {
+        force_native();
+        let id = enqueue("/ok", "ok-1", "");
+        let summary = dispatch();
+        assert_eq!(summary["claimed"], 1);
+        assert_eq!(summary["delivered"], 1);
+        assert_eq!(status(id), "delivered");
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT attempts FROM flowgate.deliveries WHERE id = {id}"
+            )),
+            1
+        );
+        let resp: JsonB = one("SELECT response FROM fg_test.delivery_outcomes WHERE owner_id = 'owner-ok-1' AND outcome = 'delivered'");
+        assert_eq!(
+            resp.0["key"], "ok-1",
+            "the Idempotency-Key header reached the server"
+        );
+        assert_eq!(
+            resp.0["len"], 8,
+            "the JSON body reached the server as jsonb text (8 bytes)"
+        );
+        assert_eq!(dispatch()["claimed"], 0, "nothing left to send");
+    }
+
+    #[pg_test]
+    fn a_500_is_retried_with_the_same_key_then_delivered() {
+        force_native();
+        let id = enqueue("/flaky/1", "flaky-1", "");
+        assert_eq!(dispatch()["retry"], 1);
+        assert_eq!(status(id), "pending");
+        assert!(one::<bool>(&format!(
+            "SELECT last_status_code = 500 AND last_error = 'HTTP 500' AND next_attempt_at > claimed_at IS NOT TRUE FROM flowgate.deliveries WHERE id = {id}"
+        )));
+        assert_eq!(dispatch()["claimed"], 0, "not due before its back-off");
+        make_due(id);
+        assert_eq!(dispatch()["delivered"], 1);
+        assert_eq!(status(id), "delivered");
+        assert_eq!(
+            hit_count("/flaky/1", "flaky-1"),
+            2,
+            "exactly two sends, both with the same key"
+        );
+    }
+
+    #[pg_test]
+    fn a_429_honours_retry_after() {
+        force_native();
+        let id = enqueue("/ratelimit/30", "rl-1", "");
+        assert_eq!(dispatch()["retry"], 1);
+        assert!(one::<bool>(&format!(
+            "SELECT next_attempt_at >= now() + interval '29 seconds' AND last_status_code = 429 FROM flowgate.deliveries WHERE id = {id}"
+        )));
+        make_due(id);
+        assert_eq!(dispatch()["delivered"], 1);
+    }
+
+    #[pg_test]
+    fn timeouts_and_refused_connections_are_retried() {
+        force_native();
+        let slow = enqueue("/slow/2000", "slow-timeout", ", timeout_ms => 300");
+        let url = format!("{}/ok", closed_url());
+        let refused: i64 = one(&format!(
+            "SELECT flowgate.enqueue_delivery('fg_test', 'o', '{url}', 'refused-1')"
+        ));
+        let summary = dispatch();
+        assert_eq!(summary["retry"], 2, "{summary}");
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT last_error FROM flowgate.deliveries WHERE id = {slow}"
+            )),
+            "timed out"
+        );
+        assert!(one::<String>(&format!(
+            "SELECT last_error FROM flowgate.deliveries WHERE id = {refused}"
+        ))
+        .starts_with("connection failed"));
+    }
+
+    #[pg_test]
+    fn a_slow_server_within_the_timeout_is_fine() {
+        force_native();
+        let id = enqueue("/slow/300", "slow-ok", ", timeout_ms => 5000");
+        assert_eq!(dispatch()["delivered"], 1);
+        assert_eq!(status(id), "delivered");
+    }
+
+    #[pg_test]
+    fn a_400_fails_at_once_and_tells_the_owner() {
+        force_native();
+        let id = enqueue("/status/400", "bad-1", "");
+        assert_eq!(dispatch()["failed"], 1);
+        assert_eq!(status(id), "failed");
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT attempts FROM flowgate.deliveries WHERE id = {id}"
+            )),
+            1
+        );
+        assert_eq!(
+            one::<String>(
+                "SELECT outcome FROM fg_test.delivery_outcomes WHERE owner_id = 'owner-bad-1'"
+            ),
+            "failed"
+        );
+    }
+
+    #[pg_test]
+    fn retries_run_out_into_dead_and_replay_requeues() {
+        force_native();
+        let id = enqueue("/status/503", "dead-1", ", max_attempts => 2");
+        assert_eq!(dispatch()["retry"], 1);
+        make_due(id);
+        assert_eq!(dispatch()["dead"], 1);
+        assert_eq!(status(id), "dead");
+        assert_eq!(
+            one::<String>(
+                "SELECT outcome FROM fg_test.delivery_outcomes WHERE owner_id = 'owner-dead-1'"
+            ),
+            "dead"
+        );
+        assert_eq!(
+            one::<i32>(&format!("SELECT flowgate.replay_dead(ARRAY[{id}, 999999])")),
+            1
+        );
+        assert!(one::<bool>(&format!(
+            "SELECT status = 'pending' AND attempts = 0 FROM flowgate.deliveries WHERE id = {id}"
+        )));
+        assert_eq!(
+            one::<i32>(&format!("SELECT flowgate.replay_dead(ARRAY[{id}])")),
+            0,
+            "only dead or failed rows"
+        );
+    }
+
+    #[pg_test]
+    fn a_thousand_deliveries_in_one_batch() {
+        force_native();
+        let url = format!("{}/ok", base_url());
+        Spi::run(&format!(
+            "SELECT flowgate.enqueue_delivery('fg_test', 'bulk', '{url}', 'bulk-' || g, jsonb_build_object('g', g)) FROM generate_series(1, 1000) g"
+        ))
+        .unwrap();
+        let summary = dispatch();
+        assert_eq!(summary["claimed"], 1000);
+        assert_eq!(summary["delivered"], 1000, "{summary}");
+        assert_eq!(one::<i64>("SELECT count(*) FROM flowgate.deliveries WHERE owner_id = 'bulk' AND status = 'delivered'"), 1000);
+        assert_eq!(hit_count("/ok", "bulk-777"), 1);
+    }
+
+    #[pg_test]
+    fn enqueue_is_idempotent_per_key_and_owner() {
+        let a = enqueue("/ok", "same-key", "");
+        let b = enqueue("/ok", "same-key", "");
+        assert_eq!(a, b);
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key = 'same-key'"
+            ),
+            1
+        );
+        let url = format!("{}/ok", base_url());
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT flowgate.enqueue_delivery('fg_test', 'someone-else', '{url}', 'same-key')"
+            ))
+            .as_deref(),
+            Some("23505")
+        );
+    }
+
+    #[pg_test]
+    fn bad_deliveries_are_refused_and_write_nothing() {
+        let before: i64 = one("SELECT count(*) FROM flowgate.deliveries");
+        for stmt in [
+            "SELECT flowgate.enqueue_delivery('fg_test', 'o', 'ftp://x/y', 'k1')",
+            "SELECT flowgate.enqueue_delivery('fg_test', 'o', 'https://u:p@x/y', 'k2')",
+            "SELECT flowgate.enqueue_delivery('fg_test', 'o', 'https://x/y', 'k3', headers => '{\"Authorization\":\"Bearer s\"}')",
+            "SELECT flowgate.enqueue_delivery('fg_test', 'o', 'https://x/y', 'k4', method => 'TRACE')",
+            "SELECT flowgate.enqueue_delivery('fg_test', 'o', 'https://x/y', 'k5', handler => 'no.such')",
+            "SELECT flowgate.enqueue_delivery('fg_test', 'o', 'https://x/y', 'k6', headers => '[]')",
+            "SELECT flowgate.enqueue_delivery('Bad Module', 'o', 'https://x/y', 'k7')",
+            "SELECT flowgate.dispatch(0)",
+        ] {
+            assert_eq!(sqlstate(stmt).as_deref(), Some("22023"), "{stmt}");
+        }
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM flowgate.deliveries"),
+            before
+        );
+    }
+
+    #[pg_test]
+    fn secrets_are_resolved_at_send_time_and_never_stored() {
+        force_native();
+        let id = enqueue("/auth", "auth-1", ", auth_secret => 'fg_slack_token'");
+        assert_eq!(
+            dispatch()["failed"],
+            1,
+            "a missing secret fails without a request"
+        );
+        assert!(one::<String>(&format!(
+            "SELECT last_error FROM flowgate.deliveries WHERE id = {id}"
+        ))
+        .contains("fg_slack_token"));
+        assert_eq!(hit_count("/auth", "auth-1"), 0);
+        Spi::run_with_args(
+            "SELECT flowgate.set_secret('fg_slack_token', $1)",
+            &[TEST_TOKEN.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            one::<i32>(&format!("SELECT flowgate.replay_dead(ARRAY[{id}])")),
+            1
+        );
+        assert_eq!(
+            dispatch()["delivered"],
+            1,
+            "the server accepted the bearer token"
+        );
+        let leaks: i64 = Spi::get_one_with_args(
+            "SELECT count(*) FROM flowgate.deliveries d WHERE strpos(d::text, $1) > 0",
+            &[TEST_TOKEN.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(leaks, 0, "the token appears in no deliveries column");
+    }
+
+    #[pg_test]
+    fn a_failing_handler_is_isolated_to_its_delivery() {
+        force_native();
+        let bad = enqueue("/ok", "explode-1", "");
+        Spi::run(&format!(
+            "UPDATE flowgate.deliveries SET handler = 'fg_test.explode' WHERE id = {bad}"
+        ))
+        .unwrap();
+        let good = enqueue("/ok", "fine-1", "");
+        let summary = dispatch();
+        assert_eq!(summary["handler_error"], 1, "{summary}");
+        assert_eq!(summary["delivered"], 1, "{summary}");
+        assert_eq!(status(good), "delivered");
+        assert!(one::<bool>(&format!(
+            "SELECT status = 'failed' AND handler_error = '22012: division by zero' AND last_status_code = 200 FROM flowgate.deliveries WHERE id = {bad}"
+        )));
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM fg_test.delivery_outcomes WHERE owner_id = 'owner-fine-1'"
+            ),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn pg_net_is_required_when_asked_for() {
+        Spi::run(r#"SELECT flowgate.set_setting('flowgate.http_transport', '"pg_net"')"#).unwrap();
+        let has_pg_net: bool =
+            one("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_net')");
+        if !has_pg_net {
+            assert_eq!(
+                sqlstate("SELECT flowgate.dispatch()").as_deref(),
+                Some("0A000")
+            );
+        }
+        Spi::run(r#"SELECT flowgate.set_setting('flowgate.http_transport', '"auto"')"#).unwrap();
+        let expected = if has_pg_net { "pg_net" } else { "native" };
+        assert_eq!(
+            one::<String>("SELECT flowgate.effective_transport()"),
+            expected
+        );
+    }
+
+    #[pg_test]
+    fn stale_in_flight_rows_expire_into_a_retry() {
+        let id = enqueue("/ok", "stale-1", "");
+        Spi::run(&format!(
+            "UPDATE flowgate.deliveries SET status = 'in_flight', attempts = 1, transport = 'pg_net', claimed_at = now() - interval '1 hour' WHERE id = {id}"
+        ))
+        .unwrap();
+        let summary: JsonB = one("SELECT flowgate.collect()");
+        assert_eq!(summary.0["expired"], 1);
+        assert!(one::<bool>(&format!(
+            "SELECT status = 'pending' AND last_error = 'timed out' FROM flowgate.deliveries WHERE id = {id}"
+        )));
+    }
+
+    #[pg_test]
+    fn schedules_need_pg_cron() {
+        let has_cron: bool = one("SELECT to_regproc('cron.schedule') IS NOT NULL");
+        if !has_cron {
+            assert_eq!(
+                sqlstate("SELECT * FROM flowgate.install_schedules()").as_deref(),
+                Some("0A000")
+            );
+        }
+    }
+}
