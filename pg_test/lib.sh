@@ -22,6 +22,8 @@ TEST_DIR=${FLOWGATE_TEST_DIR:-/var/tmp/flowgate/test}
 TEST_PORT=${FLOWGATE_TEST_PORT:-5598}
 TEST_DB=flowgate_test
 PGRX_TEST_DIR=${FLOWGATE_PGRX_TEST_DIR:-/var/tmp/flowgate/pgrx-test}
+TESTD_PORT=${FLOWGATE_TESTD_PORT:-5597}    # pgTAP suites address flowgate-testd here
+TESTD_BIN=$FLOWGATE_ROOT/pg_test/testd/target/release/flowgate-testd
 SOCKET_DIR=/tmp
 
 SUDO=()
@@ -152,3 +154,22 @@ ensure_extensions() {
     psql_at "$port" "$db" -q -c "CREATE EXTENSION IF NOT EXISTS flowgate;"
   fi
 }
+
+# The test HTTP server (pg_test/testd): built once, started per test run.
+build_testd() {
+  (cd "$FLOWGATE_ROOT/pg_test/testd" && cargo build --release --quiet)
+}
+
+start_testd() {
+  build_testd
+  "$TESTD_BIN" serve "$TESTD_PORT" &
+  TESTD_PID=$!
+  for _ in $(seq 1 50); do
+    kill -0 "$TESTD_PID" 2>/dev/null || die "flowgate-testd exited (is port $TESTD_PORT taken? set FLOWGATE_TESTD_PORT)"
+    curl -fs "http://127.0.0.1:$TESTD_PORT/_stats" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  die "flowgate-testd did not start on port $TESTD_PORT"
+}
+
+stop_testd() { [ -n "${TESTD_PID:-}" ] && kill "$TESTD_PID" 2>/dev/null; TESTD_PID=; return 0; }

@@ -42,6 +42,8 @@ cluster_stop "$TEST_DIR"
 "${SUDO[@]}" rm -rf "$TEST_DIR"
 cluster_start "$TEST_DIR" "$TEST_PORT" "$TEST_DB"
 psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pg_cron; CREATE EXTENSION pgmq; CREATE EXTENSION flowgate;"
+start_testd
+trap stop_testd EXIT
 mapfile -t tap_files < <(find "$FLOWGATE_ROOT/pg_test/tap" -name '*.sql' | sort)
 [ ${#tap_files[@]} -gt 0 ] || die "no pgTAP files in pg_test/tap"
 set +e
@@ -51,11 +53,24 @@ set -e
 tap_secs=$(( $(date +%s) - t ))
 tap_tests=$(sed -n 's/^Files=\([0-9]*\), Tests=\([0-9]*\).*/\2/p' "$LOG_DIR/pg_prove.log")
 tap_files_n=$(sed -n 's/^Files=\([0-9]*\), Tests=.*/\1/p' "$LOG_DIR/pg_prove.log")
+tap_skipped=$(grep -c ' skipped: ' "$LOG_DIR/pg_prove.log" || true)
 if [ "$rc" -ne 0 ]; then
   echo "---- postgres log ($TEST_DIR/log) ----"; tail -n 40 "$TEST_DIR/log" || true
   die "pgTAP suites failed"
 fi
 [ "${tap_tests:-0}" -gt 0 ] || die "pg_prove ran no tests"
+
+step "concurrency suites (pg_test/concurrency)"
+t=$(date +%s)
+conc=0
+for s in "$FLOWGATE_ROOT"/pg_test/concurrency/*.sh; do
+  out=$(cd / && PGHOST=$SOCKET_DIR PGPORT=$TEST_PORT PGUSER=postgres PGDATABASE=$TEST_DB \
+        FLOWGATE_TESTD_URL="http://127.0.0.1:$TESTD_PORT" "$s" 2>&1) || { echo "$out"; die "$(basename "$s") failed"; }
+  echo "    $out"
+  conc=$(( conc + $(echo "$out" | awk '/^ok [0-9]+ /{s+=$2} END{print s+0}') ))
+done
+conc_secs=$(( $(date +%s) - t ))
+[ "$conc" -gt 0 ] || die "no concurrency checks ran"
 cluster_stop "$TEST_DIR"
 
 [ "$demo_was_running" -eq 1 ] && cluster_start "$DEMO_DIR" "$DEMO_PORT" "$DEMO_DB"
@@ -64,4 +79,6 @@ printf '\n%-28s %8s %8s\n' "layer" "tests" "seconds"
 printf '%-28s %8s %8s\n' "cargo unit tests" "$unit" "$cargo_secs"
 printf '%-28s %8s %8s\n' "#[pg_test]" "$pgt" "(same)"
 printf '%-28s %8s %8s\n' "pgTAP ($tap_files_n files)" "$tap_tests" "$tap_secs"
+[ "$tap_skipped" -gt 0 ] && printf '%-28s %8s\n' "pgTAP files skipped" "$tap_skipped"
+printf '%-28s %8s %8s\n' "concurrency checks" "$conc" "$conc_secs"
 printf '\nALL TESTS PASSED in %ss\n' "$(( $(date +%s) - t0 ))"

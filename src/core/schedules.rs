@@ -31,8 +31,10 @@ pub const JOBS: &[Job] = &[
 ];
 
 fn require_pg_cron() -> CoreResult<()> {
-    let present =
-        Spi::get_one::<bool>("SELECT to_regproc('cron.schedule') IS NOT NULL")?.unwrap_or(false);
+    let present = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')",
+    )?
+    .unwrap_or(false);
     if present {
         Ok(())
     } else {

@@ -1,5 +1,7 @@
-//! A real HTTP/1.1 server on 127.0.0.1 for tests (unit tests and `#[pg_test]`s); the request
-//! path picks the behaviour. Plain threads and sockets, no Postgres API.
+//! A real HTTP/1.1 server on 127.0.0.1 for tests: started in-process by unit tests and
+//! `#[pg_test]`s, and as the `flowgate-testd` binary (pg_test/testd) for pgTAP, concurrency
+//! suites and benchmarks. The request path picks the behaviour. Plain threads and sockets,
+//! std only, no Postgres API.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,17 +30,40 @@ pub fn hit_count(path: &str, key: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Totals over the requests whose idempotency key starts with `prefix`: (requests, distinct
+/// keys, most requests for one key). Served at `/_stats/<prefix>` so scripts can check "each
+/// key exactly once".
+pub fn stats(prefix: &str) -> (u64, u64, u32) {
+    let h = match hits().lock() {
+        Ok(h) => h,
+        Err(p) => p.into_inner(),
+    };
+    let mut per_key: HashMap<&str, u32> = HashMap::new();
+    for ((_, key), n) in h.iter().filter(|((_, k), _)| k.starts_with(prefix)) {
+        *per_key.entry(key.as_str()).or_insert(0) += n;
+    }
+    let requests = per_key.values().map(|n| u64::from(*n)).sum();
+    (
+        requests,
+        per_key.len() as u64,
+        per_key.values().copied().max().unwrap_or(0),
+    )
+}
+
+/// Serve on `listener` until the process ends, one thread per connection.
+pub fn serve(listener: TcpListener) {
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || handle(stream));
+    }
+}
+
 /// Start the server once per process; returns its base URL (`http://127.0.0.1:PORT`).
 pub fn base_url() -> String {
     static BASE: OnceLock<String> = OnceLock::new();
     BASE.get_or_init(|| {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let base = format!("http://{}", listener.local_addr().expect("local addr"));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || handle(stream));
-            }
-        });
+        std::thread::spawn(move || serve(listener));
         base
     })
     .clone()
@@ -84,6 +109,17 @@ fn handle(stream: TcpStream) {
         let mut body = vec![0; len];
         if reader.read_exact(&mut body).is_err() {
             return;
+        }
+        if let Some(prefix) = path.strip_prefix("/_stats") {
+            let (requests, keys, max) = stats(prefix.trim_start_matches('/'));
+            let payload = format!(
+                "{{\"requests\":{requests},\"distinct_keys\":{keys},\"max_per_key\":{max}}}"
+            );
+            let reply = format!("HTTP/1.1 200 X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}", payload.len());
+            if stream.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+            continue;
         }
         let seen = {
             let mut h = match hits().lock() {

@@ -338,7 +338,8 @@ mod tests {
 
     #[pg_test]
     fn schedules_need_pg_cron() {
-        let has_cron: bool = one("SELECT to_regproc('cron.schedule') IS NOT NULL");
+        let has_cron: bool =
+            one("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron')");
         if !has_cron {
             assert_eq!(
                 sqlstate("SELECT * FROM flowgate.install_schedules()").as_deref(),
