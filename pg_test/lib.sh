@@ -104,9 +104,14 @@ cluster_running() { [ -f "$1/data/PG_VERSION" ] && as_postgres "$PGBIN/pg_ctl" -
 
 cluster_stop() { cluster_running "$1" && as_postgres "$PGBIN/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null; return 0; }
 
-# cluster_start DIR PORT DB: create (once) and start a cluster with pg_cron preloaded for DB.
+# cluster_start DIR PORT DB [worker]: create (once) and start a cluster with pg_cron preloaded
+# for DB; with "worker", flowgate is preloaded too and its background worker runs in DB.
 cluster_start() {
-  local dir=$1 port=$2 db=$3
+  local dir=$1 port=$2 db=$3 preload=pg_cron worker_conf=""
+  if [ "${4:-}" = worker ]; then
+    preload=pg_cron,flowgate
+    worker_conf=$(printf "flowgate.worker_database = '%s'\nflowgate.worker_interval_ms = 200" "$db")
+  fi
   "${SUDO[@]}" install -d -o postgres -g postgres "$dir"
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_postgres "$PGBIN/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
@@ -114,10 +119,11 @@ cluster_start() {
 port = $port
 listen_addresses = ''
 unix_socket_directories = '$SOCKET_DIR'
-shared_preload_libraries = 'pg_cron'
+shared_preload_libraries = '$preload'
 cron.database_name = '$db'
 cron.use_background_workers = on
 max_worker_processes = 16
+$worker_conf
 CONF
   fi
   cluster_running "$dir" || as_postgres "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null \

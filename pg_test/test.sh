@@ -40,7 +40,7 @@ step "pgTAP suites (pg_prove) on a fresh cluster ($TEST_DIR, port $TEST_PORT)"
 t=$(date +%s)
 cluster_stop "$TEST_DIR"
 "${SUDO[@]}" rm -rf "$TEST_DIR"
-cluster_start "$TEST_DIR" "$TEST_PORT" "$TEST_DB"
+cluster_start "$TEST_DIR" "$TEST_PORT" "$TEST_DB" worker
 psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pg_cron; CREATE EXTENSION pgmq; CREATE EXTENSION flowgate;"
 start_testd
 trap stop_testd EXIT

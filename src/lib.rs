@@ -12,6 +12,13 @@
 
 pub mod core;
 
+/// Registers flowgate's GUCs and, when preloaded with `flowgate.worker_database` set, its
+/// background worker.
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    core::worker::init();
+}
+
 pgrx::extension_sql_file!("../sql/core.sql", name = "core_bootstrap", bootstrap);
 pgrx::extension_sql_file!(
     "../sql/outbox.sql",

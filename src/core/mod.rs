@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod schedules;
 pub mod settings;
 pub mod store;
+pub mod worker;
 pub mod workflow;
 
 #[cfg(any(test, feature = "pg_test"))]

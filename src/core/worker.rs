@@ -1,0 +1,97 @@
+//! The optional background worker: runs every periodic job (`flowgate.run_periodic()`) at a
+//! sub-second cadence, for servers whose pg_cron (before 1.5) has no seconds schedules.
+//!
+//! Enabled by preloading flowgate and naming a database:
+//! `shared_preload_libraries = 'flowgate'`, `flowgate.worker_database = 'mydb'`, optionally
+//! `flowgate.worker_interval_ms = 1000` (reloadable). Each tick is its own transaction; a tick
+//! that raises is logged by Postgres, the worker exits and the postmaster restarts it after
+//! five seconds.
+
+use std::ffi::CString;
+use std::time::Duration;
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static WORKER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// Register the GUCs, and the worker when flowgate is being preloaded with a database set.
+pub fn init() {
+    // SAFETY: a plain global of the postmaster, read during _PG_init on the main thread.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    if !preloading {
+        // A postmaster-context setting can only be defined while preloading; without it there
+        // is no worker to configure.
+        return;
+    }
+    GucRegistry::define_string_guc(
+        c"flowgate.worker_database",
+        c"Database in which flowgate's background worker runs the periodic jobs.",
+        c"Empty (the default) starts no worker. Needs flowgate in shared_preload_libraries.",
+        &WORKER_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"flowgate.worker_interval_ms",
+        c"Milliseconds between two runs of flowgate.run_periodic() in the background worker.",
+        c"From 100 ms to one hour; reloadable with pg_reload_conf().",
+        &WORKER_INTERVAL_MS,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    if WORKER_DATABASE.get().is_some() {
+        BackgroundWorkerBuilder::new("flowgate periodic worker")
+            .set_type("flowgate worker")
+            .set_library("flowgate")
+            .set_function("flowgate_worker_main")
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(Some(Duration::from_secs(5)))
+            .load();
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = WORKER_DATABASE.get().and_then(|c| c.into_string().ok());
+    BackgroundWorker::connect_worker_to_spi(database.as_deref(), None);
+    log!(
+        "flowgate worker running periodic jobs in database {}",
+        database.as_deref().unwrap_or("?")
+    );
+    loop {
+        let interval = Duration::from_millis(WORKER_INTERVAL_MS.get().max(100) as u64);
+        if !BackgroundWorker::wait_latch(Some(interval)) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: re-reading the configuration files is what every worker does on SIGHUP,
+            // here on the worker's only thread and outside any transaction.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        BackgroundWorker::transaction(|| {
+            let installed = Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'flowgate')",
+            );
+            match installed {
+                Ok(Some(true)) => {
+                    if let Err(e) = Spi::run("SELECT flowgate.run_periodic()") {
+                        warning!("flowgate worker: periodic jobs failed: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warning!("flowgate worker: cannot check for the extension: {e}"),
+            }
+        });
+    }
+    log!("flowgate worker stopped");
+}
