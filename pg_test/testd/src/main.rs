@@ -42,6 +42,7 @@ fn main() {
                 .unwrap_or_else(|| usage());
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
+                .max_idle_connections(concurrency * 2)
                 .max_idle_connections_per_host(concurrency)
                 .timeout_global(Some(Duration::from_secs(10)))
                 .build()
