@@ -44,4 +44,14 @@ EXCEPTION WHEN OTHERS THEN
     RAISE NOTICE 'refused with SQLSTATE %: %', SQLSTATE, SQLERRM;
 END $$;
 SELECT * FROM public.demo_events;
+
+\echo '--- the outbox: a delivery to a port where nothing listens is retried with back-off'
+SELECT flowgate.set_setting('flowgate.http_transport', '"native"') IS NOT NULL AS native_transport;
+SELECT flowgate.enqueue_delivery('demo', 'CR-2026-000123', 'http://127.0.0.1:9/hook',
+       'demo:CR-2026-000123:created', '{"text": "New capacity request CR-2026-000123"}') AS delivery_id;
+SELECT flowgate.dispatch() AS dispatch_summary;
+SELECT id, status, attempts, last_error, next_attempt_at > now() AS backing_off FROM flowgate.deliveries;
+
+\echo '--- periodic jobs registered with pg_cron'
+SELECT job_name, schedule, command FROM flowgate.install_schedules();
 ROLLBACK;

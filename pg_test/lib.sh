@@ -132,7 +132,7 @@ CONF
     || psql_at "$port" postgres -c "CREATE DATABASE $db" >/dev/null
 }
 
-psql_at() { local port=$1 db=$2; shift 2; psql -X -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$port" -U postgres -d "$db" "$@"; }
+psql_at() { local port=$1 db=$2; shift 2; PGOPTIONS="--client-min-messages=warning" psql -X -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$port" -U postgres -d "$db" "$@"; }
 
 # Build -------------------------------------------------------------------------------------
 

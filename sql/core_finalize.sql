@@ -41,7 +41,8 @@ REVOKE EXECUTE ON FUNCTION flowgate.dispatch(int), flowgate.collect(), flowgate.
     flowgate.record_attempt(bigint, int, text, text, text, text, text),
     flowgate.transport_native(bigint[]), flowgate.transport_pg_net(bigint[]),
     flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int),
-    flowgate.install_schedules(), flowgate.uninstall_schedules(), flowgate.run_periodic()
+    flowgate.install_schedules(), flowgate.uninstall_schedules(), flowgate.run_periodic(boolean),
+    flowgate.prune_deliveries(int)
   FROM PUBLIC;
 
 COMMENT ON FUNCTION flowgate.dispatch(int) IS
@@ -58,3 +59,8 @@ COMMENT ON FUNCTION flowgate.enqueue_delivery(text, text, text, text, jsonb, tex
 COMMENT ON FUNCTION flowgate.install_schedules() IS
   'Register every periodic flowgate job with pg_cron (idempotent; schedules from settings).';
 COMMENT ON FUNCTION flowgate.uninstall_schedules() IS 'Remove every flowgate job from pg_cron.';
+COMMENT ON FUNCTION flowgate.prune_deliveries(int) IS
+  'Delete delivered deliveries older than flowgate.delivered_retention_hours (at most max_rows per call); '
+  'failed and dead deliveries are kept for replay.';
+COMMENT ON FUNCTION flowgate.run_periodic(boolean) IS
+  'Run the periodic jobs once (dispatch, collect, and with include_housekeeping the pruning); used by the background worker.';

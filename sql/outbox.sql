@@ -46,6 +46,7 @@ COMMENT ON COLUMN flowgate.deliveries.transport_ref IS 'pg_net request id while 
 CREATE INDEX deliveries_due ON flowgate.deliveries (next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX deliveries_in_flight ON flowgate.deliveries (claimed_at) WHERE status = 'in_flight';
 CREATE INDEX deliveries_owner ON flowgate.deliveries (owner_module, owner_id);
+CREATE INDEX deliveries_delivered ON flowgate.deliveries (delivered_at) WHERE status = 'delivered';
 CREATE INDEX deliveries_problems ON flowgate.deliveries (updated_at) WHERE status IN ('failed', 'dead');
 
 SELECT pg_catalog.pg_extension_config_dump('flowgate.deliveries', '');

@@ -172,3 +172,20 @@ AS $$
     WITH gone AS (DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name RETURNING 1)
     SELECT count(*) > 0 FROM gone
 $$;
+
+CREATE FUNCTION flowgate.prune_deliveries(max_rows int DEFAULT 10000) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH old AS (
+        SELECT id FROM flowgate.deliveries
+         WHERE status = 'delivered'
+           AND delivered_at < now() - make_interval(hours => (flowgate.get_setting('flowgate.delivered_retention_hours'))::int)
+         ORDER BY delivered_at
+         LIMIT max_rows
+           FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM flowgate.deliveries d USING old WHERE d.id = old.id RETURNING 1
+    )
+    SELECT count(*)::int FROM gone
+$$;

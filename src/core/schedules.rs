@@ -8,12 +8,14 @@ use pgrx::prelude::*;
 use super::error::{CoreError, CoreResult};
 use super::store;
 
-/// A periodic job: its pg_cron name, the setting that holds its cron schedule, and what it runs.
+/// A periodic job: its pg_cron name, the setting that holds its cron schedule, what it runs,
+/// and whether the background worker runs it on every tick (housekeeping does not need to).
 #[derive(Debug, Clone, Copy)]
 pub struct Job {
     pub name: &'static str,
     pub schedule_setting: &'static str,
     pub command: &'static str,
+    pub every_tick: bool,
 }
 
 /// Every periodic flowgate job. Modules add theirs here.
@@ -22,11 +24,19 @@ pub const JOBS: &[Job] = &[
         name: "flowgate.dispatch",
         schedule_setting: "flowgate.dispatch_schedule",
         command: "SELECT flowgate.dispatch()",
+        every_tick: true,
     },
     Job {
         name: "flowgate.collect",
         schedule_setting: "flowgate.collect_schedule",
         command: "SELECT flowgate.collect()",
+        every_tick: true,
+    },
+    Job {
+        name: "flowgate.prune",
+        schedule_setting: "flowgate.prune_schedule",
+        command: "SELECT flowgate.prune_deliveries()",
+        every_tick: false,
     },
 ];
 
@@ -100,14 +110,17 @@ fn uninstall_schedules() -> Result<i64, ErrorReport> {
     run().map_err(|e| e.into_report("flowgate.uninstall_schedules"))
 }
 
-/// Run every periodic job once, in order (what the background worker calls each tick).
+/// Run the periodic jobs once, in order; returns how many ran. The background worker calls it
+/// each tick with `include_housekeeping` false, and with true once a minute.
 #[pg_extern(volatile)]
-fn run_periodic() -> Result<i64, ErrorReport> {
+fn run_periodic(include_housekeeping: default!(bool, "true")) -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
-        for job in JOBS {
+        let mut ran = 0;
+        for job in JOBS.iter().filter(|j| j.every_tick || include_housekeeping) {
             Spi::run(job.command)?;
+            ran += 1;
         }
-        Ok(JOBS.len() as i64)
+        Ok(ran)
     };
     run().map_err(|e| e.into_report("flowgate.run_periodic"))
 }

@@ -134,6 +134,18 @@ pub const CORE: &[Definition] = &[
         doc: "pg_cron schedule of flowgate.dispatch() (pg_cron 1.5+ also accepts '5 seconds').",
     },
     Definition {
+        key: "flowgate.delivered_retention_hours",
+        kind: Kind::Int { min: 1, max: 87_600 },
+        default: "168",
+        doc: "Delivered deliveries older than this are removed by flowgate.prune_deliveries(); failed and dead ones are kept for replay.",
+    },
+    Definition {
+        key: "flowgate.prune_schedule",
+        kind: Kind::Text { max_len: 64 },
+        default: r#""17 * * * *""#,
+        doc: "pg_cron schedule of flowgate.prune_deliveries().",
+    },
+    Definition {
         key: "flowgate.collect_schedule",
         kind: Kind::Text { max_len: 64 },
         default: r#""* * * * *""#,

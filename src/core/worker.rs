@@ -1,5 +1,6 @@
-//! The optional background worker: runs every periodic job (`flowgate.run_periodic()`) at a
-//! sub-second cadence, for servers whose pg_cron (before 1.5) has no seconds schedules.
+//! The optional background worker: runs the periodic jobs (`flowgate.run_periodic()`) at a
+//! sub-second cadence, for servers whose pg_cron (before 1.5) has no seconds schedules;
+//! housekeeping jobs run once a minute.
 //!
 //! Enabled by preloading flowgate and naming a database:
 //! `shared_preload_libraries = 'flowgate'`, `flowgate.worker_database = 'mydb'`, optionally
@@ -68,6 +69,7 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
         "flowgate worker running periodic jobs in database {}",
         database.as_deref().unwrap_or("?")
     );
+    let mut last_housekeeping = std::time::Instant::now();
     loop {
         let interval = Duration::from_millis(WORKER_INTERVAL_MS.get().max(100) as u64);
         if !BackgroundWorker::wait_latch(Some(interval)) {
@@ -78,13 +80,22 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
             // here on the worker's only thread and outside any transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+        let housekeeping = last_housekeeping.elapsed() >= Duration::from_secs(60);
+        if housekeeping {
+            last_housekeeping = std::time::Instant::now();
+        }
+        let command = if housekeeping {
+            "SELECT flowgate.run_periodic(true)"
+        } else {
+            "SELECT flowgate.run_periodic(false)"
+        };
         BackgroundWorker::transaction(|| {
             let installed = Spi::get_one::<bool>(
                 "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'flowgate')",
             );
             match installed {
                 Ok(Some(true)) => {
-                    if let Err(e) = Spi::run("SELECT flowgate.run_periodic()") {
+                    if let Err(e) = Spi::run(command) {
                         warning!("flowgate worker: periodic jobs failed: {e}");
                     }
                 }

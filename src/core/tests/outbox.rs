@@ -347,4 +347,28 @@ mod tests {
             );
         }
     }
+
+    #[pg_test]
+    fn pruning_removes_old_delivered_rows_only() {
+        force_native();
+        let old = enqueue("/ok", "prune-old", "");
+        let recent = enqueue("/ok", "prune-recent", "");
+        let dead = enqueue("/status/503", "prune-dead", ", max_attempts => 1");
+        let summary = dispatch();
+        assert_eq!(summary["delivered"], 2, "{summary}");
+        assert_eq!(summary["dead"], 1, "{summary}");
+        Spi::run(&format!(
+            "UPDATE flowgate.deliveries SET delivered_at = now() - interval '200 hours', updated_at = now() - interval '200 hours' WHERE id IN ({old}, {dead})"
+        ))
+        .unwrap();
+        assert_eq!(one::<i32>("SELECT flowgate.prune_deliveries()"), 1);
+        let left: String = one(&format!(
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM flowgate.deliveries WHERE id IN ({old}, {recent}, {dead})"
+        ));
+        assert_eq!(
+            left,
+            format!("{recent},{dead}"),
+            "the recent delivery and the dead letter stay"
+        );
+    }
 }
