@@ -76,8 +76,10 @@ install_pgmq() {
   ext=$("$PG_CONFIG" --sharedir)/extension
   src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pgmq-"$PGMQ_CRATE"/src/install/embedded 2>/dev/null | head -1 || true)
   if [ -z "$src" ]; then
-    (cd / && cargo info "pgmq@$PGMQ_CRATE" >/dev/null 2>&1) || true
-    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pgmq-"$PGMQ_CRATE"/src/install/embedded | head -1)
+    # `cargo info` downloads and unpacks the crate into the registry as a side effect.
+    (cd / && cargo info "pgmq@$PGMQ_CRATE" >/dev/null 2>&1) || die "could not download crate pgmq $PGMQ_CRATE from crates.io"
+    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pgmq-"$PGMQ_CRATE"/src/install/embedded 2>/dev/null | head -1 || true)
+    [ -n "$src" ] || die "crate pgmq $PGMQ_CRATE has no src/install/embedded directory"
   fi
   v=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$src/pgmq.control")
   if [ -f "$ext/pgmq--$v.sql" ]; then

@@ -16,6 +16,12 @@ install_dependencies
 # clusters first so no running backend has the library mapped while it is overwritten.
 demo_was_running=0
 cluster_running "$DEMO_DIR" && demo_was_running=1
+# Whatever happens below: stop the test HTTP server, bring the demo cluster back.
+on_exit() {
+  stop_testd
+  if [ "$demo_was_running" -eq 1 ] && ! cluster_running "$DEMO_DIR"; then cluster_start "$DEMO_DIR" "$DEMO_PORT" "$DEMO_DB"; fi
+}
+trap on_exit EXIT
 cluster_stop "$DEMO_DIR"; cluster_stop "$TEST_DIR"
 
 step "cargo pgrx test (unit tests + #[pg_test]s)"
@@ -43,7 +49,6 @@ cluster_stop "$TEST_DIR"
 cluster_start "$TEST_DIR" "$TEST_PORT" "$TEST_DB" worker
 psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pg_cron; CREATE EXTENSION pgmq; CREATE EXTENSION flowgate;"
 start_testd
-trap stop_testd EXIT
 mapfile -t tap_files < <(find "$FLOWGATE_ROOT/pg_test/tap" -name '*.sql' | sort)
 [ ${#tap_files[@]} -gt 0 ] || die "no pgTAP files in pg_test/tap"
 set +e
@@ -64,7 +69,7 @@ step "concurrency suites (pg_test/concurrency)"
 t=$(date +%s)
 conc=0
 for s in "$FLOWGATE_ROOT"/pg_test/concurrency/*.sh; do
-  out=$(cd / && PGHOST=$SOCKET_DIR PGPORT=$TEST_PORT PGUSER=postgres PGDATABASE=$TEST_DB \
+  out=$(cd / && PGOPTIONS="--client-min-messages=warning" PGHOST=$SOCKET_DIR PGPORT=$TEST_PORT PGUSER=postgres PGDATABASE=$TEST_DB \
         FLOWGATE_TESTD_URL="http://127.0.0.1:$TESTD_PORT" "$s" 2>&1) || { echo "$out"; die "$(basename "$s") failed"; }
   echo "    $out"
   conc=$(( conc + $(echo "$out" | awk '/^ok [0-9]+ /{s+=$2} END{print s+0}') ))
@@ -73,7 +78,6 @@ conc_secs=$(( $(date +%s) - t ))
 [ "$conc" -gt 0 ] || die "no concurrency checks ran"
 cluster_stop "$TEST_DIR"
 
-[ "$demo_was_running" -eq 1 ] && cluster_start "$DEMO_DIR" "$DEMO_PORT" "$DEMO_DB"
 
 printf '\n%-28s %8s %8s\n' "layer" "tests" "seconds"
 printf '%-28s %8s %8s\n' "cargo unit tests" "$unit" "$cargo_secs"

@@ -38,6 +38,8 @@ COMMENT ON FUNCTION flowgate.setting_definitions() IS
 REVOKE EXECUTE ON FUNCTION flowgate.dispatch(int), flowgate.collect(), flowgate.replay_dead(bigint[]),
     flowgate.set_secret(text, text), flowgate.drop_secret(text),
     flowgate.record_attempt_isolated(bigint, int, text, text, text, text, text),
+    flowgate.record_attempt_checked(bigint, int, text, text, text, text, text),
+    flowgate.rerun_handlers(bigint[]),
     flowgate.record_attempt(bigint, int, text, text, text, text, text),
     flowgate.transport_native(bigint[]), flowgate.transport_pg_net(bigint[]),
     flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int),

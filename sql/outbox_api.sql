@@ -15,13 +15,35 @@ BEGIN
     RETURN flowgate.record_attempt(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+    -- The request itself may have succeeded: a 2xx stays delivered (re-sending could post a
+    -- Slack message twice); flowgate.rerun_handlers() retries just the handler.
     UPDATE flowgate.deliveries
-       SET status = 'failed', last_status_code = p_status_code, response_body = p_body,
-           response_content_type = p_content_type,
-           last_error = 'recording the outcome or running the response handler failed; fix the cause, then flowgate.replay_dead()',
-           handler_error = state || ': ' || msg, claimed_at = NULL, updated_at = now()
-     WHERE id = p_id;
+       SET status = CASE WHEN p_status_code BETWEEN 200 AND 299 THEN 'delivered' ELSE 'failed' END::flowgate.delivery_status,
+           delivered_at = CASE WHEN p_status_code BETWEEN 200 AND 299 THEN clock_timestamp() END,
+           last_status_code = p_status_code, response_body = p_body, response_content_type = p_content_type,
+           last_error = CASE WHEN p_status_code BETWEEN 200 AND 299
+                             THEN 'delivered, but the response handler failed; fix it, then flowgate.rerun_handlers()'
+                             ELSE 'recording the outcome or running the response handler failed; fix the cause, then flowgate.replay_dead()' END,
+           handler_error = state || ': ' || msg, claimed_at = NULL, updated_at = clock_timestamp()
+     WHERE id = p_id AND status = 'in_flight';
     RETURN 'handler_error';
+END
+$$;
+
+-- Record one attempt; only deliveries with a response handler pay for a subtransaction
+-- (a busy batch of plain webhooks would otherwise overflow the 64-entry subxid cache).
+CREATE FUNCTION flowgate.record_attempt_checked(
+    p_id bigint, p_status_code int, p_retry_after text, p_body text, p_content_type text,
+    p_error_kind text, p_error text
+) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM flowgate.deliveries WHERE id = p_id AND handler IS NOT NULL) THEN
+        RETURN flowgate.record_attempt_isolated(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
+    END IF;
+    RETURN flowgate.record_attempt(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
 END
 $$;
 
@@ -68,7 +90,7 @@ BEGIN
             IF r.error_kind = 'native' THEN
                 native_ids := native_ids || r.id;
             ELSE
-                verdict := flowgate.record_attempt_isolated(r.id, NULL, NULL, NULL, NULL, r.error_kind, r.error);
+                verdict := flowgate.record_attempt_checked(r.id, NULL, NULL, NULL, NULL, r.error_kind, r.error);
                 counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
             END IF;
         END LOOP;
@@ -79,7 +101,7 @@ BEGIN
 
     IF cardinality(native_ids) > 0 THEN
         FOR r IN SELECT * FROM flowgate.transport_native(native_ids) LOOP
-            verdict := flowgate.record_attempt_isolated(r.id, r.status_code, r.retry_after, r.body,
+            verdict := flowgate.record_attempt_checked(r.id, r.status_code, r.retry_after, r.body,
                                                         r.content_type, r.error_kind, r.error);
             counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
         END LOOP;
@@ -87,7 +109,8 @@ BEGIN
 
     RETURN jsonb_build_object('transport', chosen, 'claimed', cardinality(ids),
                               'queued', CASE WHEN chosen = 'pg_net'
-                                             THEN cardinality(ids) - cardinality(native_ids) - (counts ->> 'failed')::int
+                                             THEN cardinality(ids) - cardinality(native_ids)
+                                                  - (counts ->> 'failed')::int - (counts ->> 'handler_error')::int
                                              ELSE 0 END)
            || counts;
 END
@@ -111,7 +134,7 @@ BEGIN
             SELECT d.id, resp.status_code,
                    (SELECT h.value FROM jsonb_each_text(coalesce(resp.headers, '{}'::jsonb)) h
                      WHERE lower(h.key) = 'retry-after' LIMIT 1) AS retry_after,
-                   resp.content AS body, resp.content_type,
+                   left(resp.content, 65536) AS body, resp.content_type,
                    CASE WHEN resp.timed_out THEN 'timeout'
                         WHEN resp.error_msg IS NOT NULL THEN 'transport' END AS error_kind,
                    resp.error_msg AS error
@@ -119,21 +142,25 @@ BEGIN
               JOIN net._http_response resp ON resp.id = d.transport_ref
              WHERE d.status = 'in_flight' AND d.transport = 'pg_net'
              ORDER BY d.id
+             LIMIT 500
                FOR UPDATE OF d SKIP LOCKED
         $q$ LOOP
-            verdict := flowgate.record_attempt_isolated(r.id, r.status_code, r.retry_after, r.body,
+            verdict := flowgate.record_attempt_checked(r.id, r.status_code, r.retry_after, r.body,
                                                         r.content_type, r.error_kind, r.error);
             counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
             collected := collected + 1;
         END LOOP;
     END IF;
 
-    -- In flight for longer than the lease with no response recorded: a timed-out attempt.
+    -- In flight for longer than the lease (and never less than its own timeout plus 30 s) with
+    -- no response recorded: a timed-out attempt.
     FOR r IN SELECT id FROM flowgate.deliveries
-              WHERE status = 'in_flight' AND claimed_at < now() - make_interval(secs => lease)
+              WHERE status = 'in_flight'
+                AND claimed_at < now() - make_interval(secs => greatest(lease, timeout_ms / 1000 + 30))
               ORDER BY id
+              LIMIT 500
                 FOR UPDATE SKIP LOCKED LOOP
-        verdict := flowgate.record_attempt_isolated(r.id, NULL, NULL, NULL, NULL, 'timeout',
+        verdict := flowgate.record_attempt_checked(r.id, NULL, NULL, NULL, NULL, 'timeout',
                                                     'no response recorded within the in-flight lease');
         counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
         expired := expired + 1;

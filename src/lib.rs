@@ -1,7 +1,8 @@
 //! flowgate: control-plane workflows inside PostgreSQL.
 //!
 //! Each module owns one SQL schema: `core` (schema `flowgate`) is the shared ground;
-//! `capacity`, `intake`, `ops` and `provisioning` arrive with their issues. DDL lives in
+//! `capacity` is the Capacity Request workflow; `intake`, `ops` and `provisioning` arrive with
+//! their issues. DDL lives in
 //! `sql/*.sql`, loaded below in dependency order.
 
 // SQL entry points return `Result<_, ErrorReport>` because that is the only error type whose
@@ -10,6 +11,7 @@
 
 ::pgrx::pg_module_magic!(name, version);
 
+pub mod capacity;
 pub mod core;
 
 /// Registers flowgate's GUCs and, when preloaded with `flowgate.worker_database` set, its
@@ -24,6 +26,11 @@ pgrx::extension_sql_file!(
     "../sql/outbox.sql",
     name = "outbox_tables",
     requires = ["core_bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/capacity.sql",
+    name = "capacity_tables",
+    requires = ["outbox_tables"]
 );
 pgrx::extension_sql_file!("../sql/core_finalize.sql", name = "core_finalize", finalize);
 

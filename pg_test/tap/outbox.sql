@@ -55,13 +55,13 @@ SELECT throws_ok($$SELECT flowgate.enqueue_delivery('tap', 'x', 'http://127.0.0.
 RESET ROLE;
 
 -- pg_cron registration.
-SELECT is((SELECT count(*)::int FROM flowgate.install_schedules()), 3, 'install_schedules registers dispatch, collect and prune');
+SELECT is((SELECT count(*)::int FROM flowgate.install_schedules()), 4, 'install_schedules registers dispatch, collect, capacity timers and prune');
 SELECT lives_ok('SELECT * FROM flowgate.install_schedules()', 'installing again is harmless');
 SELECT is((SELECT string_agg(jobname || ' | ' || schedule || ' | ' || command, E'\n' ORDER BY jobname)
-             FROM cron.job WHERE jobname LIKE 'flowgate.%'),
-          E'flowgate.collect | * * * * * | SELECT flowgate.collect()\nflowgate.dispatch | * * * * * | SELECT flowgate.dispatch()\nflowgate.prune | 17 * * * * | SELECT flowgate.prune_deliveries()',
+             FROM cron.job WHERE jobname ~ '^(flowgate|capacity)[.]'),
+          E'capacity.timers | */15 * * * * | SELECT capacity.run_capacity_request_timers()\nflowgate.collect | * * * * * | SELECT flowgate.collect()\nflowgate.dispatch | * * * * * | SELECT flowgate.dispatch()\nflowgate.prune | 17 * * * * | SELECT flowgate.prune_deliveries()',
           'one job each, with the schedules from settings');
-SELECT is(flowgate.uninstall_schedules(), 3::bigint, 'uninstall removes all three');
+SELECT is(flowgate.uninstall_schedules(), 4::bigint, 'uninstall removes them all');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -33,6 +33,12 @@ pub const JOBS: &[Job] = &[
         every_tick: true,
     },
     Job {
+        name: "capacity.timers",
+        schedule_setting: "capacity.timers_schedule",
+        command: "SELECT capacity.run_capacity_request_timers()",
+        every_tick: false,
+    },
+    Job {
         name: "flowgate.prune",
         schedule_setting: "flowgate.prune_schedule",
         command: "SELECT flowgate.prune_deliveries()",

@@ -24,6 +24,8 @@ pub enum Kind {
     OneOf(&'static [&'static str]),
     /// A JSON array of Postgres role names.
     RoleList,
+    /// A JSON array of actor ids (JWT subjects, Slack ids: 1 to 256 characters).
+    ActorList,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Text { max_len } => format!("a JSON string of at most {max_len} characters"),
             Kind::OneOf(options) => format!("one of the JSON strings {}", options.join(", ")),
             Kind::RoleList => "a JSON array of role names (1 to 63 characters each)".into(),
+            Kind::ActorList => "a JSON array of actor ids (1 to 256 characters each)".into(),
         }
     }
 
@@ -44,6 +47,7 @@ impl Kind {
             Kind::Text { .. } => "text",
             Kind::OneOf(_) => "enum",
             Kind::RoleList => "role list",
+            Kind::ActorList => "actor list",
         }
     }
 }
@@ -71,7 +75,7 @@ pub const CORE: &[Definition] = &[
         key: "flowgate.trusted_roles",
         kind: Kind::RoleList,
         default: r#"["service_role"]"#,
-        doc: "Members of these roles (and superusers) are trusted: they may act on behalf of another actor and call operator functions.",
+        doc: "Members of these roles (and superusers) are trusted: they may act on behalf of another actor (e.g. a Slack bot for the Slack user) and count as admins of the workflow modules.",
     },
     Definition {
         key: "flowgate.http_transport",
@@ -118,7 +122,7 @@ pub const CORE: &[Definition] = &[
     Definition {
         key: "flowgate.dispatch_batch_size",
         kind: Kind::Int { min: 1, max: 10_000 },
-        default: "100",
+        default: "50",
         doc: "Deliveries claimed by one flowgate.dispatch() call without an argument.",
     },
     Definition {
@@ -184,7 +188,9 @@ pub const TEST_ONLY: &[Definition] = &[
 
 /// Every key flowgate knows, in documentation order.
 pub fn definitions() -> impl Iterator<Item = &'static Definition> {
-    let all = CORE.iter();
+    let all = CORE
+        .iter()
+        .chain(crate::capacity::settings::DEFINITIONS.iter());
     #[cfg(any(test, feature = "pg_test"))]
     let all = all.chain(TEST_ONLY.iter());
     all
@@ -226,6 +232,14 @@ pub fn validate(key: &str, value: &Value) -> CoreResult<&'static Definition> {
         (Kind::OneOf(options), Value::String(s)) => {
             if !options.contains(&s.as_str()) {
                 return Err(bad(format!("{s:?} is not a known option")));
+            }
+        }
+        (Kind::ActorList, Value::Array(items)) => {
+            for item in items {
+                match item {
+                    Value::String(a) if super::actor::validate_actor_id("actor id", a).is_ok() => {}
+                    other => return Err(bad(format!("{other} is not an actor id"))),
+                }
             }
         }
         (Kind::RoleList, Value::Array(items)) => {

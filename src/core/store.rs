@@ -28,13 +28,15 @@ fn guc(name: &str) -> Option<String> {
     }
 }
 
-/// `current_user`, the role privileges are checked against.
+/// The calling role: `current_user` as the caller sees it. Inside a SECURITY DEFINER function
+/// this is still the caller (Postgres' "outer" user), never the function's owner, so identity
+/// and trust cannot be borrowed from a definer.
 pub fn current_user() -> String {
-    // SAFETY: GetUserId() is always valid inside a transaction; with noerr = true
+    // SAFETY: GetOuterUserId() is always valid inside a transaction; with noerr = true
     // GetUserNameFromId returns NULL rather than raising for a dropped role, and the palloc'd
     // result is copied before the memory context can be reset.
     unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), true);
         if name.is_null() {
             String::new()
         } else {
@@ -43,10 +45,11 @@ pub fn current_user() -> String {
     }
 }
 
-/// Whether the current role is a superuser or a member of a role in `flowgate.trusted_roles`.
+/// Whether the calling role (see [`current_user`]) is a superuser or a member of a role in
+/// `flowgate.trusted_roles`.
 pub fn session_is_trusted() -> CoreResult<bool> {
-    // SAFETY: superuser() only reads the current user's catalog entry.
-    if unsafe { pg_sys::superuser() } {
+    // SAFETY: superuser_arg only reads the role's catalog entry; the outer user id is valid.
+    if unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) } {
         return Ok(true);
     }
     let roles = get_list("flowgate.trusted_roles")?;
@@ -55,8 +58,8 @@ pub fn session_is_trusted() -> CoreResult<bool> {
     }
     let trusted = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
-         WHERE r.rolname = ANY($1) AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'))",
-        &[roles.into()],
+         WHERE r.rolname = ANY($1) AND pg_catalog.pg_has_role($2::name, r.oid, 'MEMBER'))",
+        &[roles.into(), current_user().into()],
     )?;
     Ok(trusted.unwrap_or(false))
 }
@@ -82,9 +85,9 @@ pub fn session_actor(with_trust: bool) -> CoreResult<Actor> {
     })
 }
 
-/// The actor a call runs as, honouring `on_behalf_of` for trusted sessions only.
+/// The actor a call runs as (trust computed), honouring `on_behalf_of` for trusted sessions only.
 pub fn acting_actor(on_behalf_of: Option<&str>) -> CoreResult<Actor> {
-    let session = session_actor(on_behalf_of.is_some())?;
+    let session = session_actor(true)?;
     actor::act_on_behalf(session, on_behalf_of)
 }
 

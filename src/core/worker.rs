@@ -47,7 +47,10 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    if WORKER_DATABASE.get().is_some() {
+    let configured = WORKER_DATABASE
+        .get()
+        .is_some_and(|db| !db.as_bytes().is_empty());
+    if configured {
         BackgroundWorkerBuilder::new("flowgate periodic worker")
             .set_type("flowgate worker")
             .set_library("flowgate")

@@ -151,7 +151,13 @@ fn transport_native(
         }
         // Postgres APIs stay on this thread: the batch runs on plain worker threads with
         // owned data, and everything is back here before the next SPI call.
-        for r in native::send_batch(&requests, concurrency) {
+        // SAFETY: InterruptPending is a plain flag Postgres sets from signal handlers; reading
+        // it on this (the backend's main) thread is what CHECK_FOR_INTERRUPTS does.
+        let interrupted = || unsafe { pg_sys::InterruptPending != 0 };
+        let results = native::send_batch(&requests, concurrency, &interrupted);
+        // Cancel, statement_timeout or shutdown: raise it now, after the workers are joined.
+        pgrx::check_for_interrupts!();
+        for r in results {
             let status = r.status().map(i32::from);
             let (kind, error, retry_after) = match &r.attempt {
                 super::policy::Attempt::Response { retry_after, .. } => {
@@ -215,6 +221,25 @@ fn transport_pg_net(
                     continue;
                 }
             };
+            // pg_net keeps request headers in tables PUBLIC can read until it sends them, and its
+            // http_post insists on a plain application/json body: those deliveries go native.
+            let plain_json = req
+                .headers
+                .iter()
+                .all(|(k, v)| !k.eq_ignore_ascii_case("content-type") || v == "application/json");
+            if req.carries_secret || !plain_json {
+                rows.push((
+                    req.id,
+                    None,
+                    None,
+                    None,
+                    None,
+                    Some("native".into()),
+                    None,
+                    None,
+                ));
+                continue;
+            }
             let call = match req.method.as_str() {
                 "POST" => "SELECT net.http_post(url := $1, body := $2::jsonb, headers := $3, timeout_milliseconds := $4)",
                 "GET" => "SELECT net.http_get(url := $1, headers := $2, timeout_milliseconds := $3)",
@@ -265,6 +290,19 @@ fn transport_pg_net(
     run()
         .map(TableIterator::new)
         .map_err(report("flowgate.transport_pg_net"))
+}
+
+/// Run the response handler again for delivered deliveries whose handler failed (no HTTP is
+/// sent: the stored response is used); returns how many handlers now succeeded.
+#[pg_extern(volatile, strict)]
+fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
+    let mut ok = 0;
+    for id in ids {
+        if store::rerun_handler(id).map_err(report("flowgate.rerun_handlers"))? {
+            ok += 1;
+        }
+    }
+    Ok(ok)
 }
 
 /// Record one attempt of an in-flight delivery and run its owner's handler; returns

@@ -24,6 +24,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// True when a header holds a resolved secret (such requests never go through pg_net).
+    pub carries_secret: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -149,17 +151,30 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
 }
 
 /// Send every request, at most `concurrency` at a time; results come back in input order.
-pub fn send_batch(requests: &[Request], concurrency: usize) -> Vec<Response> {
+///
+/// The calling thread only waits, asking `stop()` every 20 ms; once it returns true no new
+/// request is started (those in flight finish within their timeouts) and the ones never started
+/// come back as transport errors. The backend passes "is a cancel or shutdown pending?".
+pub fn send_batch(
+    requests: &[Request],
+    concurrency: usize,
+    stop: &dyn Fn() -> bool,
+) -> Vec<Response> {
     if requests.is_empty() {
         return Vec::new();
     }
     let workers = concurrency.clamp(1, requests.len());
     let agent = agent(workers);
     let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let stopping = std::sync::atomic::AtomicBool::new(false);
     let results: Mutex<Vec<Option<Response>>> = Mutex::new(vec![None; requests.len()]);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(req) = requests.get(i) else { break };
                 let started = Instant::now();
@@ -176,7 +191,15 @@ pub fn send_batch(requests: &[Request], concurrency: usize) -> Vec<Response> {
                 if let Ok(mut slots) = results.lock() {
                     slots[i] = Some(outcome);
                 }
+                finished.fetch_add(1, Ordering::Relaxed);
             });
+        }
+        while finished.load(Ordering::Relaxed) < requests.len() && !stopping.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            if stop() {
+                stopping.store(true, Ordering::Relaxed);
+            }
         }
     });
     let slots = results
@@ -188,7 +211,7 @@ pub fn send_batch(requests: &[Request], concurrency: usize) -> Vec<Response> {
         .map(|(slot, req)| {
             slot.unwrap_or_else(|| Response {
                 id: req.id,
-                attempt: Attempt::Transport("no result recorded".into()),
+                attempt: Attempt::Transport("not sent: the dispatch was interrupted".into()),
                 body: String::new(),
                 content_type: None,
                 elapsed: Duration::ZERO,
@@ -213,6 +236,7 @@ mod unit_tests {
             ],
             body: Some(b"{\"a\":1}".to_vec()),
             timeout: Duration::from_millis(500),
+            carries_secret: false,
         }
     }
 
@@ -228,7 +252,7 @@ mod unit_tests {
             req(5, format!("{base}/slow/1500")),
             req(6, format!("{closed}/ok")),
         ];
-        let out = send_batch(&batch, 4);
+        let out = send_batch(&batch, 4, &|| false);
         assert_eq!(
             out.iter().map(|r| r.id).collect::<Vec<_>>(),
             vec![1, 2, 3, 4, 5, 6]
@@ -265,7 +289,7 @@ mod unit_tests {
     fn a_thousand_requests_in_one_batch() {
         let base = base_url();
         let batch: Vec<Request> = (0..1000).map(|i| req(i, format!("{base}/ok"))).collect();
-        let out = send_batch(&batch, 32);
+        let out = send_batch(&batch, 32, &|| false);
         assert_eq!(out.len(), 1000);
         assert!(out.iter().all(|r| r.status() == Some(200)));
         assert!(out
@@ -275,11 +299,34 @@ mod unit_tests {
     }
 
     #[test]
+    fn a_stop_request_leaves_unstarted_requests_unsent() {
+        let base = base_url();
+        let batch: Vec<Request> = (0..20)
+            .map(|i| req(100 + i, format!("{base}/slow/300")))
+            .collect();
+        let started = std::time::Instant::now();
+        let out = send_batch(&batch, 2, &|| {
+            started.elapsed() > Duration::from_millis(100)
+        });
+        assert_eq!(out.len(), 20);
+        let sent = out.iter().filter(|r| r.status() == Some(200)).count();
+        assert!(
+            (1..=4).contains(&sent),
+            "only the requests already in flight finish ({sent})"
+        );
+        assert!(out
+            .iter()
+            .filter(|r| r.status().is_none())
+            .all(|r| matches!(r.attempt, Attempt::Transport(_))));
+        assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+
+    #[test]
     fn bodies_are_truncated_on_a_char_boundary() {
         let s = "é".repeat(MAX_STORED_BODY);
         let t = truncate(s);
         assert!(t.len() <= MAX_STORED_BODY);
         assert!(t.chars().all(|c| c == 'é'));
-        assert!(send_batch(&[], 8).is_empty());
+        assert!(send_batch(&[], 8, &|| false).is_empty());
     }
 }

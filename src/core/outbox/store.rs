@@ -199,6 +199,7 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
                 headers: wire,
                 body: body.map(String::into_bytes),
                 timeout: Duration::from_millis(row.get::<i32>(10)?.unwrap_or(10_000).max(1) as u64),
+                carries_secret: auth.is_some(),
             }));
         }
         Ok(out)
@@ -297,10 +298,10 @@ pub fn record(id: i64, observed: &Observed) -> CoreResult<&'static str> {
         };
         client.update(
             "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \
-               next_attempt_at = CASE WHEN $2 = 'pending' THEN now() + make_interval(secs => $3::float8 / 1000) ELSE next_attempt_at END, \
-               delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END, \
+               next_attempt_at = CASE WHEN $2 = 'pending' THEN clock_timestamp() + make_interval(secs => $3::float8 / 1000) ELSE next_attempt_at END, \
+               delivered_at = CASE WHEN $2 = 'delivered' THEN clock_timestamp() ELSE delivered_at END, \
                last_status_code = $4, last_error = $5, response_body = $6, response_content_type = $7, \
-               claimed_at = NULL, updated_at = now() \
+               claimed_at = NULL, updated_at = clock_timestamp() \
              WHERE id = $1",
             None,
             &[
@@ -342,5 +343,53 @@ pub fn record(id: i64, observed: &Observed) -> CoreResult<&'static str> {
             run(client, &call)?;
         }
         Ok(word)
+    })
+}
+
+/// Re-run the handler of a delivered delivery whose handler failed, with its stored response.
+/// Returns false when there was nothing to re-run.
+pub fn rerun_handler(id: i64) -> CoreResult<bool> {
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            "SELECT owner_module, owner_id, handler, body, last_status_code, response_body FROM flowgate.deliveries \
+             WHERE id = $1 AND status = 'delivered' AND handler IS NOT NULL AND handler_error IS NOT NULL FOR UPDATE",
+            None,
+            &[id.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let row = rows.first();
+        let owner_module: String = row.get(1)?.unwrap_or_default();
+        let owner_id: String = row.get(2)?.unwrap_or_default();
+        let name: String = row.get(3)?.unwrap_or_default();
+        let request: Option<JsonB> = row.get(4)?;
+        let status_code: Option<i32> = row.get(5)?;
+        let text: String = row.get::<String>(6)?.unwrap_or_default();
+        let run = handlers::find(&name).ok_or_else(|| {
+            CoreError::invalid(
+                "handler",
+                format!("{name:?} is not registered"),
+                handlers::names().join(", "),
+            )
+        })?;
+        let call = HandlerCall {
+            delivery_id: id,
+            owner_module: &owner_module,
+            owner_id: &owner_id,
+            outcome: Outcome::Delivered,
+            status_code,
+            response: serde_json::from_str(&text).ok(),
+            response_text: &text,
+            request: request.as_ref().map(|j| &j.0),
+            last_error: None,
+        };
+        run(client, &call)?;
+        client.update(
+            "UPDATE flowgate.deliveries SET handler_error = NULL, last_error = NULL, updated_at = clock_timestamp() WHERE id = $1",
+            None,
+            &[id.into()],
+        )?;
+        Ok(true)
     })
 }

@@ -292,9 +292,36 @@ mod tests {
         assert_eq!(summary["handler_error"], 1, "{summary}");
         assert_eq!(summary["delivered"], 1, "{summary}");
         assert_eq!(status(good), "delivered");
+        assert!(
+            one::<bool>(&format!(
+                "SELECT status = 'delivered' AND handler_error = '22012: division by zero' AND last_status_code = 200 FROM flowgate.deliveries WHERE id = {bad}"
+            )),
+            "a 2xx stays delivered (never re-sent); only its handler failed"
+        );
+        assert_eq!(
+            one::<i32>(&format!("SELECT flowgate.replay_dead(ARRAY[{bad}])")),
+            0,
+            "nothing to re-send"
+        );
+        // Fix the handler, then re-run it on the stored response: no second request.
+        Spi::run(&format!(
+            "UPDATE flowgate.deliveries SET handler = 'fg_test.record' WHERE id = {bad}"
+        ))
+        .unwrap();
+        assert_eq!(
+            one::<i32>(&format!("SELECT flowgate.rerun_handlers(ARRAY[{bad}])")),
+            1
+        );
+        assert_eq!(hit_count("/ok", "explode-1"), 1);
         assert!(one::<bool>(&format!(
-            "SELECT status = 'failed' AND handler_error = '22012: division by zero' AND last_status_code = 200 FROM flowgate.deliveries WHERE id = {bad}"
+            "SELECT handler_error IS NULL FROM flowgate.deliveries WHERE id = {bad}"
         )));
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM fg_test.delivery_outcomes WHERE owner_id = 'owner-explode-1'"
+            ),
+            1
+        );
         assert_eq!(
             one::<i64>(
                 "SELECT count(*) FROM fg_test.delivery_outcomes WHERE owner_id = 'owner-fine-1'"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# 32 sessions fire conflicting events (confirm, decline, cancel, timeout) at one Capacity
+# Request at the same time. The end is a single consistent history: every accepted call is
+# exactly one event, each event starts from the state the previous one left, and the request's
+# state is the last event's target.
+set -euo pipefail
+q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
+fail() { echo "not ok: $*" >&2; exit 1; }
+
+q "DROP TABLE IF EXISTS public.fg_conc_target, public.fg_conc_results; DROP FUNCTION IF EXISTS public.fg_conc_try(int)"
+q "CREATE TABLE public.fg_conc_target (id text); CREATE TABLE public.fg_conc_results (outcome text)"
+q "CREATE FUNCTION public.fg_conc_try(e int) RETURNS void LANGUAGE plpgsql AS \$\$
+   DECLARE ev text := (ARRAY['CUSTOMER_CONFIRMED','CUSTOMER_DECLINED','CANCEL_APPROVED','CUSTOMER_CONFIRMATION_TIMEOUT'])[e];
+   BEGIN
+     PERFORM capacity.record_capacity_event((SELECT id FROM public.fg_conc_target), ev, '{\"reason\": \"race\"}');
+     INSERT INTO public.fg_conc_results VALUES ('accepted');
+   EXCEPTION WHEN SQLSTATE '55000' THEN
+     INSERT INTO public.fg_conc_results VALUES ('rejected');
+   END \$\$"
+id=$(q "SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id'")
+q "SELECT capacity.apply_event('$id', 'COMMERCIAL_APPROVED'), capacity.apply_event('$id', 'TECH_REVIEW_APPROVED')" >/dev/null
+q "INSERT INTO public.fg_conc_target VALUES ('$id')"
+
+script=$(mktemp); printf '%s\n' '\set e random(1, 4)' 'SELECT public.fg_conc_try(:e);' > "$script"
+pgbench -n -c 32 -j 2 -t 4 -f "$script" >/dev/null 2>&1 || fail "pgbench reported errors"
+rm -f "$script"
+
+attempts=$(q "SELECT count(*) FROM public.fg_conc_results")
+accepted=$(q "SELECT count(*) FROM public.fg_conc_results WHERE outcome = 'accepted'")
+events=$(q "SELECT count(*) FROM capacity.capacity_request_events WHERE capacity_request_id = '$id'")
+[ "$attempts" -eq 128 ] || fail "$attempts of 128 attempts recorded"
+[ "$events" -eq $(( 3 + accepted )) ] || fail "$accepted accepted calls but $(( events - 3 )) events"
+broken=$(q "SELECT count(*) FROM (SELECT from_state, lag(to_state) OVER (ORDER BY seq) AS prev, seq
+                                     FROM capacity.capacity_request_events WHERE capacity_request_id = '$id') h
+             WHERE seq > (SELECT min(seq) FROM capacity.capacity_request_events WHERE capacity_request_id = '$id')
+               AND from_state IS DISTINCT FROM prev")
+[ "$broken" -eq 0 ] || fail "$broken events do not start where the previous one ended"
+final=$(q "SELECT state = (SELECT to_state FROM capacity.capacity_request_events WHERE capacity_request_id = '$id' ORDER BY seq DESC LIMIT 1)
+           FROM capacity.capacity_requests WHERE id = '$id'")
+[ "$final" = t ] || fail "the request's state is not its last event's target"
+[ "$accepted" -ge 1 ] && [ "$accepted" -le 2 ] || fail "$accepted conflicting events accepted (1, or 2 when a cancellation follows)"
+history=$(q "SELECT string_agg(event_type::text, ' > ' ORDER BY seq) FROM capacity.capacity_request_events WHERE capacity_request_id = '$id'")
+q "DROP TABLE public.fg_conc_target, public.fg_conc_results; DROP FUNCTION public.fg_conc_try(int)"
+echo "ok 5 - capacity: 32 sessions x 4 conflicting events on $id: $accepted accepted, $(( attempts - accepted )) rejected (55000); history $history"

@@ -1,0 +1,146 @@
+-- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
+-- Seed 001's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
+BEGIN;
+SELECT plan(49);
+
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN CREATE ROLE service_role NOLOGIN; END IF;
+END $$;
+GRANT USAGE ON SCHEMA flowgate, capacity TO authenticated, service_role;
+INSERT INTO capacity.group_members VALUES ('infra', 'infra-1');
+CREATE TEMP TABLE n_events AS SELECT 0::bigint AS n;
+GRANT ALL ON n_events TO PUBLIC;
+
+-- === Happy path ============================================================================
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 2, 'us-east-1', '{"org":"acme"}',
+         needed_by_date => '2027-01-15', expected_duration_days => 90, estimated_monthly_cost_usd => 48000) -> 'request' ->> 'id' AS cr1 \gset
+SELECT matches(:'cr1'::text, '^CR-[0-9]{4}-[0-9]{6}$', 'ids look like CR-<year>-<6 digits>');
+SELECT is(capacity.get_capacity_request(:'cr1') -> 'request' ->> 'state', 'COMMERCIAL_APPROVAL_REQUIRED', 'a new request waits for commercial approval');
+SELECT is(capacity.get_capacity_request(:'cr1') -> 'request' ->> 'requester_user_id', 'sa-1', 'the requester is the JWT subject');
+
+SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(capacity.record_capacity_event(:'cr1', 'COMMERCIAL_APPROVED') -> 'request' ->> 'state', 'TECHNICAL_REVIEW_REQUIRED', 'the commercial owner approves');
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(capacity.record_capacity_event(:'cr1', 'TECH_REVIEW_APPROVED') -> 'request' ->> 'state', 'CUSTOMER_CONFIRMATION_REQUIRED', 'infra approves');
+SELECT ok((capacity.get_capacity_request(:'cr1') -> 'request' ->> 'customer_confirmation_deadline_at')::timestamptz > now() + interval '6 days',
+          'the confirmation deadline is 5 business days out (at least a week of calendar time)');
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(capacity.record_capacity_event(:'cr1', 'CUSTOMER_CONFIRMED') -> 'request' ->> 'state', 'PROVISIONING_IN_PROGRESS', 'the customer confirms');
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(capacity.record_capacity_event(:'cr1', 'AWS_PROCUREMENT_STARTED') -> 'request' ->> 'state', 'PROVISIONING_IN_PROGRESS', 'procurement start is recorded without a state change');
+SELECT is(capacity.record_capacity_event(:'cr1', 'AWS_CAPACITY_READY') -> 'request' ->> 'state', 'READY_FOR_CUSTOMER', 'capacity is ready');
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(capacity.record_capacity_event(:'cr1', 'ACTIVATION_CONFIRMED') -> 'request' ->> 'state', 'ACTIVATED', 'activated');
+SELECT is(jsonb_array_length(capacity.get_capacity_request(:'cr1') -> 'events'), 7, 'seven events in the history');
+SELECT is(capacity.get_capacity_request(:'cr1') -> 'allowed_events', '[]'::jsonb, 'ACTIVATED accepts nothing');
+SELECT results_eq(format($$SELECT event_type::text || ':' || actor_id FROM capacity.capacity_request_events WHERE capacity_request_id = %L ORDER BY seq$$, :'cr1'),
+    ARRAY['REQUEST_SUBMITTED:sa-1', 'COMMERCIAL_APPROVED:ae-1', 'TECH_REVIEW_APPROVED:infra-1', 'CUSTOMER_CONFIRMED:sa-1',
+          'AWS_PROCUREMENT_STARTED:infra-1', 'AWS_CAPACITY_READY:infra-1', 'ACTIVATION_CONFIRMED:sa-1'],
+    'every decision is attributed to its actor');
+
+-- === Bad input: exact SQLSTATE, nothing written ============================================
+UPDATE n_events SET n = (SELECT count(*) FROM capacity.capacity_request_events);
+SELECT throws_ok($$SELECT capacity.record_capacity_event('CR-2026-999999', 'COMMERCIAL_APPROVED')$$, 'P0002', NULL, 'unknown request: P0002');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'COMMERCIAL_APPROVED')$$, :'cr1'), '55000',
+    'COMMERCIAL_APPROVED is not allowed in state ACTIVATED', 'event not allowed: 55000 naming the state');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'APPROVE_EVERYTHING')$$, :'cr1'), '22023', NULL, 'unknown event: 22023');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'ACTIVATION_CONFIRMED', '[1,2]')$$, :'cr1'), '22023', NULL, 'payload not an object: 22023');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 0, 'us-east-1')$$, '23514', NULL, 'quantity 0 violates its check');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'mars')$$, '23514', NULL, 'a region must look like us-east-1');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', '[]')$$, '22023', NULL, 'customer_ref must be an object');
+SELECT is((SELECT count(*) FROM capacity.capacity_request_events), (SELECT n FROM n_events), 'no rejected call wrote an event');
+SELECT throws_ok($$INSERT INTO capacity.capacity_requests (id, state, requester_user_id, commercial_owner_user_id, infra_owner_group, requested_size, quantity, region)
+                   VALUES ('CR-2026-000000', 'ACTIVATED', 'x', 'x', 'x', 'x', 1, 'us-east-1')$$, '42501', NULL, 'users cannot write the tables directly');
+
+-- === Customer goes dark =====================================================================
+SELECT capacity.create_capacity_request('ae-1', 'infra', '32XL', 1, 'eu-west-1') -> 'request' ->> 'id' AS cr2 \gset
+SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.record_capacity_event(:'cr2', 'COMMERCIAL_APPROVED') IS NOT NULL AS approved \g /dev/null
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.record_capacity_event(:'cr2', 'TECH_REVIEW_APPROVED') IS NOT NULL AS reviewed \g /dev/null
+SELECT throws_ok($$SELECT capacity.run_capacity_request_timers()$$, '42501', NULL, 'only the scheduler runs timers');
+RESET ROLE;
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+UPDATE capacity.capacity_requests SET customer_confirmation_deadline_at = now() - interval '1 minute' WHERE id = :'cr2';
+SELECT is(capacity.run_capacity_request_timers() ->> 'expired', '1', 'the timer expires the request');
+SELECT is(capacity.run_capacity_request_timers() ->> 'expired', '0', 'running it again does nothing');
+SELECT is(capacity.get_capacity_request(:'cr2') -> 'request' ->> 'state', 'EXPIRED', 'EXPIRED');
+SELECT is((SELECT actor_type || ':' || actor_id FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr2' AND event_type = 'CUSTOMER_CONFIRMATION_TIMEOUT'),
+          'system:system', 'the timeout is recorded as the system');
+SELECT is((SELECT string_agg(task_type || ':' || assigned_to || ':' || status, ',') FROM capacity.capacity_request_tasks WHERE capacity_request_id = :'cr2'),
+          'cancellation_decision:ae-1:open', 'one cancellation decision, owned by the commercial owner');
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED')$$, :'cr2'), '22023', NULL, 'a cancellation needs a reason');
+SELECT is(capacity.record_capacity_event(:'cr2', 'CANCEL_APPROVED', '{"reason": "customer unresponsive"}') -> 'request' ->> 'state', 'CANCELLED',
+          'the commercial owner cancels the expired request');
+SELECT is((SELECT status FROM capacity.capacity_request_tasks WHERE capacity_request_id = :'cr2'), 'done', 'the decision task is closed');
+
+-- === AE withdraws after procurement =========================================================
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.create_capacity_request('ae-1', 'infra', '48XL', 4, 'us-west-2') -> 'request' ->> 'id' AS cr3 \gset
+SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.record_capacity_event(:'cr3', 'COMMERCIAL_APPROVED') IS NOT NULL AS a \g /dev/null
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.record_capacity_event(:'cr3', 'TECH_REVIEW_APPROVED') IS NOT NULL AS b \g /dev/null
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.record_capacity_event(:'cr3', 'CUSTOMER_CONFIRMED') IS NOT NULL AS c \g /dev/null
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.record_capacity_event(:'cr3', 'AWS_PROCUREMENT_STARTED') IS NOT NULL AS d \g /dev/null
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"infra wants out"}')$$, :'cr3'), '42501',
+    NULL, 'infra cannot cancel: the decision belongs to the commercial owner');
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"AE withdrew"}')$$, :'cr3'), '42501',
+    NULL, 'nor can the requester');
+SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(capacity.record_capacity_event(:'cr3', 'CANCEL_APPROVED', '{"reason":"AE withdrew after procurement"}') -> 'request' ->> 'cancellation_authorizer_user_id',
+          'ae-1', 'the commercial owner cancels; the authorizer is recorded');
+SELECT is((SELECT cancelled_after_procurement_count FROM capacity.v_metrics), 1::bigint, 'metrics: one cancelled after procurement');
+SELECT is((SELECT expired_count FROM capacity.v_metrics), 1::bigint, 'metrics: one expired');
+
+-- === Multiple Slack threads, one CR ID ======================================================
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'ap-southeast-2') -> 'request' ->> 'id' AS cr4 \gset
+-- The Slack bot (service role) relays button clicks from two threads that mention the same CR.
+SET LOCAL ROLE service_role;
+SELECT set_config('request.jwt.claims', '{"role":"service_role"}', true) \g /dev/null
+SELECT is(capacity.record_capacity_event(:'cr4', 'COMMERCIAL_APPROVED', '{"slack_thread":"1700000000.000100"}', 'slack:A1', on_behalf_of => 'ae-1') ->> 'replayed',
+          'false', 'the first click approves');
+SELECT is(capacity.record_capacity_event(:'cr4', 'COMMERCIAL_APPROVED', '{"slack_thread":"1700000000.000100"}', 'slack:A1', on_behalf_of => 'ae-1') ->> 'replayed',
+          'true', 'Slack retrying the same click is a replay that writes nothing');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'COMMERCIAL_APPROVED', '{"slack_thread":"1700000099.000200"}', 'slack:B7', on_behalf_of => 'ae-1')$$, :'cr4'),
+    '55000', NULL, 'a click in the other thread meets the one true state');
+SELECT is((SELECT count(*)::int FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr4' AND event_type = 'COMMERCIAL_APPROVED'), 1,
+          'one approval in the history');
+SELECT is((SELECT actor_type FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr4' AND event_type = 'COMMERCIAL_APPROVED'),
+          'delegated', 'recorded as delegated by the bot');
+SELECT is(capacity.apply_event(:'cr4', 'TECH_REVIEW_APPROVED') -> 'request' ->> 'state', 'CUSTOMER_CONFIRMATION_REQUIRED',
+          'apply_event (the raw reducer entry point) works for a trusted session');
+RESET ROLE;
+
+-- === RLS: strangers see nothing =============================================================
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"stranger","role":"authenticated"}', true) \g /dev/null
+SELECT is((SELECT count(*)::int FROM capacity.capacity_requests), 0, 'a stranger sees no requests');
+SELECT throws_ok(format($$SELECT capacity.get_capacity_request(%L)$$, :'cr1'), 'P0002', NULL, 'and cannot fetch one');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"x"}')$$, :'cr4'), '42501', NULL,
+    'and cannot act on one');
+SELECT throws_ok(format($$SELECT capacity.apply_event(%L, 'CANCEL_APPROVED')$$, :'cr4'), '42501', NULL,
+    'apply_event is refused to untrusted sessions');
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
+SELECT is((SELECT count(*)::int FROM capacity.capacity_requests), 4, 'infra group members see their group''s requests');
+RESET ROLE;
+
+-- === Threshold approvals ====================================================================
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+SELECT flowgate.set_setting('capacity.auto_approve_below_usd', '10000') \g /dev/null
+SELECT capacity.create_capacity_request('ae-1', 'infra', '20XL', 1, 'us-east-1', estimated_monthly_cost_usd => 5000) -> 'request' ->> 'id' AS cr5 \gset
+SELECT is(capacity.get_capacity_request(:'cr5') -> 'request' ->> 'state', 'TECHNICAL_REVIEW_REQUIRED', 'a cheap request skips commercial approval');
+SELECT is((SELECT actor_id || ' ' || (payload ->> 'reason') FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr5' AND event_type = 'COMMERCIAL_APPROVED'),
+          'system auto-approved: estimated monthly cost 5000 USD is below the 10000 USD threshold', 'recorded as an event by system');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,36 @@
+//! Settings of the capacity module (see `flowgate.setting_definitions()`).
+
+use crate::core::settings::{Definition, Kind};
+
+pub const DEFINITIONS: &[Definition] = &[
+    Definition {
+        key: "capacity.confirmation_ttl_business_days",
+        kind: Kind::Int { min: 1, max: 60 },
+        default: "5",
+        doc: "Business days (Monday to Friday) the customer has to confirm after technical approval; then the request EXPIRES.",
+    },
+    Definition {
+        key: "capacity.auto_approve_below_usd",
+        kind: Kind::Int { min: 0, max: 1_000_000_000 },
+        default: "0",
+        doc: "Requests whose estimated monthly cost is below this skip commercial approval (recorded as COMMERCIAL_APPROVED by system); 0 disables.",
+    },
+    Definition {
+        key: "capacity.warning_hours_before_deadline",
+        kind: Kind::Int { min: 0, max: 720 },
+        default: "24",
+        doc: "The timers send one warning this many hours before a confirmation deadline; 0 disables.",
+    },
+    Definition {
+        key: "capacity.admins",
+        kind: Kind::ActorList,
+        default: "[]",
+        doc: "Actor ids allowed to send any event (trusted sessions always may).",
+    },
+    Definition {
+        key: "capacity.timers_schedule",
+        kind: Kind::Text { max_len: 64 },
+        default: r#""*/15 * * * *""#,
+        doc: "pg_cron schedule of capacity.run_capacity_request_timers().",
+    },
+];

@@ -1,0 +1,338 @@
+//! Data access of the capacity module: the runner binding, facts about the actor, effects.
+
+use chrono::{DateTime, Utc};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::{json, Map, Value};
+
+use super::flow::{CapacityError, CapacityFlow, Command, Effect, Request};
+use super::machine::{Event, Standing};
+use crate::core::actor::Actor;
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::eventstore::{self, Applied, Tables, Workflow};
+use crate::core::store as core_store;
+
+impl Workflow for CapacityFlow {
+    const TABLES: Tables = Tables {
+        projection: "capacity.capacity_requests",
+        id_column: "id",
+        id_type: "text",
+        events: "capacity.capacity_request_events",
+        entity_column: "capacity_request_id",
+        touch_column: Some("updated_at"),
+    };
+
+    fn enqueue_effects(
+        client: &mut SpiClient<'_>,
+        id: &str,
+        event: &Value,
+        effects: Vec<Effect>,
+    ) -> Result<(), CapacityError> {
+        for effect in effects {
+            match effect {
+                Effect::Announce { from, to } => {
+                    let note = json!({
+                        "request_id": id,
+                        "event": event["event_type"],
+                        "from": from.map(|s| s.as_str()),
+                        "to": to.as_str(),
+                        "actor_id": event["actor_id"],
+                    });
+                    client
+                        .update(
+                            "SELECT pg_catalog.pg_notify('flowgate_capacity', $1)",
+                            None,
+                            &[note.to_string().into()],
+                        )
+                        .map_err(CoreError::from)?;
+                }
+                Effect::CancellationTask { assigned_to } => {
+                    client
+                        .update(
+                            "INSERT INTO capacity.capacity_request_tasks (capacity_request_id, task_type, assigned_to, due_at) \
+                             VALUES ($1, 'cancellation_decision', $2, now() + interval '2 days') \
+                             ON CONFLICT (capacity_request_id, task_type) WHERE status = 'open' DO NOTHING",
+                            None,
+                            &[id.into(), assigned_to.into()],
+                        )
+                        .map_err(CoreError::from)?;
+                }
+                Effect::CloseCancellationTasks => {
+                    client
+                        .update(
+                            "UPDATE capacity.capacity_request_tasks SET status = 'done', updated_at = now() \
+                             WHERE capacity_request_id = $1 AND task_type = 'cancellation_decision' AND status = 'open'",
+                            None,
+                            &[id.into()],
+                        )
+                        .map_err(CoreError::from)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `now()` of the current transaction.
+pub fn db_now() -> CoreResult<DateTime<Utc>> {
+    let micros = Spi::get_one::<i64>("SELECT (extract(epoch FROM now()) * 1000000)::bigint")?
+        .ok_or_else(|| CoreError::Internal("now() returned NULL".into()))?;
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| CoreError::Internal("now() out of range".into()))
+}
+
+fn is_admin(actor: &Actor) -> CoreResult<bool> {
+    Ok(core_store::get_list("capacity.admins")?
+        .iter()
+        .any(|a| a == &actor.id))
+}
+
+/// The parties of a request, which never change after creation (so reading them before the
+/// runner takes its lock is safe).
+pub fn parties(id: &str) -> CoreResult<(String, String, String)> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT requester_user_id, commercial_owner_user_id, infra_owner_group FROM capacity.capacity_requests WHERE id = $1",
+            Some(1),
+            &[id.into()],
+        )?;
+        if rows.is_empty() {
+            return Err(CoreError::not_found("capacity request", id));
+        }
+        let (r, o, g) = rows.first().get_three::<String, String, String>()?;
+        Ok((
+            r.unwrap_or_default(),
+            o.unwrap_or_default(),
+            g.unwrap_or_default(),
+        ))
+    })
+}
+
+pub fn standing(actor: &Actor, requester: &str, owner: &str, group: &str) -> CoreResult<Standing> {
+    let in_group = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM capacity.group_members WHERE group_name = $1 AND user_id = $2)",
+        &[group.into(), actor.id.as_str().into()],
+    )?
+    .unwrap_or(false);
+    Ok(Standing::of(
+        actor,
+        requester,
+        owner,
+        in_group,
+        is_admin(actor)?,
+    ))
+}
+
+fn payload_object(payload: Value) -> CoreResult<Map<String, Value>> {
+    let text_len = payload.to_string().len();
+    match payload {
+        Value::Object(m) if text_len <= super::flow::MAX_PAYLOAD => Ok(m),
+        Value::Object(_) => Err(CoreError::invalid(
+            "payload",
+            format!("it is {text_len} bytes"),
+            format!(
+                "a JSON object of at most {} bytes",
+                super::flow::MAX_PAYLOAD
+            ),
+        )),
+        other => Err(CoreError::invalid(
+            "payload",
+            format!("got {other}"),
+            "a JSON object, e.g. {\"reason\": \"...\"}",
+        )),
+    }
+}
+
+/// Apply one event to an existing request as `actor` (permissions decided by the reducer).
+pub fn apply(
+    id: &str,
+    event: Event,
+    payload: Value,
+    actor: &Actor,
+    key: Option<&str>,
+) -> Result<Applied<Request>, CapacityError> {
+    if event == Event::RequestSubmitted {
+        return Err(CoreError::invalid(
+            "event",
+            "REQUEST_SUBMITTED creates a request",
+            "capacity.create_capacity_request(...) to create; any other event for an existing request",
+        )
+        .into());
+    }
+    let (requester, owner, group) = parties(id)?;
+    let cmd = Command {
+        event,
+        payload: payload_object(payload)?,
+        standing: standing(actor, &requester, &owner, &group)?,
+        now: db_now()?,
+        confirmation_ttl_business_days: core_store::get_i64(
+            "capacity.confirmation_ttl_business_days",
+        )? as u32,
+        new_request: None,
+    };
+    eventstore::apply::<CapacityFlow>(id, &cmd, actor, key)
+}
+
+/// Create a request (REQUEST_SUBMITTED), then auto-approve it when it is cheap enough.
+/// Returns the request id and whether it already existed (idempotency key reused).
+pub fn create(
+    request: Request,
+    actor: &Actor,
+    key: Option<&str>,
+) -> Result<(String, bool), CapacityError> {
+    if let Some(k) = key {
+        // Serialise creations that share an actor and key, then look for an earlier one.
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('capacity.create:' || $1 || ':' || $2, 0))",
+            &[actor.id.as_str().into(), k.into()],
+        )
+        .map_err(CoreError::from)?;
+        let earlier = Spi::connect(|client| -> CoreResult<Option<String>> {
+            let rows = client.select(
+                "SELECT capacity_request_id FROM capacity.capacity_request_events \
+                 WHERE event_type = 'REQUEST_SUBMITTED' AND actor_id = $1 AND idempotency_key = $2",
+                Some(1),
+                &[actor.id.as_str().into(), k.into()],
+            )?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            Ok(rows.first().get_one::<String>()?)
+        })?;
+        if let Some(id) = earlier {
+            return Ok((id, true));
+        }
+    }
+    let id = Spi::get_one::<String>(
+        "SELECT 'CR-' || to_char(now(), 'YYYY') || '-' || lpad(nextval('capacity.request_number_seq')::text, 6, '0')",
+    )
+    .map_err(CoreError::from)?
+    .ok_or_else(|| CoreError::Internal("no request id".into()))?;
+    let cost = request
+        .estimated_monthly_cost_usd
+        .as_ref()
+        .and_then(Value::as_f64);
+    let cmd = Command {
+        event: Event::RequestSubmitted,
+        payload: Map::new(),
+        standing: Standing::default(),
+        now: db_now()?,
+        confirmation_ttl_business_days: core_store::get_i64(
+            "capacity.confirmation_ttl_business_days",
+        )? as u32,
+        new_request: Some(request),
+    };
+    eventstore::apply::<CapacityFlow>(&id, &cmd, actor, key)?;
+
+    let threshold = core_store::get_i64("capacity.auto_approve_below_usd")?;
+    if let Some(cost) = cost {
+        if threshold > 0 && cost < threshold as f64 {
+            let payload = json!({
+                "reason": format!("auto-approved: estimated monthly cost {cost} USD is below the {threshold} USD threshold"),
+            });
+            apply(
+                &id,
+                Event::CommercialApproved,
+                payload,
+                &Actor::system(),
+                Some("auto-approval"),
+            )?;
+        }
+    }
+    Ok((id, false))
+}
+
+/// The request as JSON with its most recent events (newest last) and the events it accepts.
+pub fn describe(id: &str, recent: i64) -> CoreResult<Value> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT to_jsonb(r) FROM capacity.capacity_requests r WHERE id = $1",
+            Some(1),
+            &[id.into()],
+        )?;
+        if rows.is_empty() {
+            return Err(CoreError::not_found("capacity request", id));
+        }
+        let request = rows
+            .first()
+            .get_one::<JsonB>()?
+            .map(|j| j.0)
+            .unwrap_or(Value::Null);
+        let events = client
+            .select(
+                "SELECT coalesce(jsonb_agg(e ORDER BY e.seq), '[]') FROM ( \
+                   SELECT seq, event_type, actor_type, actor_id, payload, from_state, to_state, created_at \
+                   FROM capacity.capacity_request_events WHERE capacity_request_id = $1 ORDER BY seq DESC LIMIT $2) e",
+                Some(1),
+                &[id.into(), recent.into()],
+            )?
+            .first()
+            .get_one::<JsonB>()?
+            .map(|j| j.0)
+            .unwrap_or(Value::Array(vec![]));
+        let state = request["state"]
+            .as_str()
+            .and_then(|s| serde_json::from_value(Value::String(s.into())).ok());
+        let allowed: Vec<String> = state
+            .map(|s| {
+                super::machine::allowed_events(s)
+                    .iter()
+                    .map(|e| e.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(json!({"request": request, "events": events, "allowed_events": allowed}))
+    })
+}
+
+/// Expire every request past its confirmation deadline and warn those close to it.
+pub fn run_timers() -> Result<Value, CapacityError> {
+    let due: Vec<String> = Spi::connect_mut(|client| -> CoreResult<Vec<String>> {
+        let rows = client.update(
+            "SELECT id FROM capacity.capacity_requests \
+             WHERE state = 'CUSTOMER_CONFIRMATION_REQUIRED' AND customer_confirmation_deadline_at <= now() \
+             ORDER BY customer_confirmation_deadline_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
+            None,
+            &[],
+        )?;
+        let mut ids = Vec::new();
+        for row in rows {
+            if let Some(id) = row.get::<String>(1)? {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    })?;
+    let system = Actor::system();
+    for id in &due {
+        apply(
+            id,
+            Event::CustomerConfirmationTimeout,
+            json!({"reason": "customer confirmation deadline passed"}),
+            &system,
+            Some("confirmation-timeout"),
+        )?;
+    }
+    let warning_hours = core_store::get_i64("capacity.warning_hours_before_deadline")?;
+    let mut warned = 0i64;
+    if warning_hours > 0 {
+        warned = Spi::get_one_with_args::<i64>(
+            "WITH w AS ( \
+               UPDATE capacity.capacity_requests r SET last_notified_at = now() \
+                WHERE state = 'CUSTOMER_CONFIRMATION_REQUIRED' \
+                  AND customer_confirmation_deadline_at > now() \
+                  AND customer_confirmation_deadline_at <= now() + make_interval(hours => $1) \
+                  AND (last_notified_at IS NULL OR last_notified_at < customer_confirmation_deadline_at - make_interval(hours => $1)) \
+               RETURNING id, customer_confirmation_deadline_at) \
+             SELECT count(*) FROM ( \
+               SELECT pg_catalog.pg_notify('flowgate_capacity', json_build_object('request_id', id, \
+                        'warning', 'customer confirmation due', 'deadline', customer_confirmation_deadline_at)::text) \
+                 FROM w) notified",
+            &[(warning_hours as i32).into()],
+        )
+        .map_err(CoreError::from)?
+        .unwrap_or(0);
+    }
+    Ok(json!({"expired": due.len(), "warned": warned}))
+}
