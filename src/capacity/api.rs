@@ -10,7 +10,7 @@ mod capacity {
     use serde_json::{json, Value};
 
     use crate::capacity::flow::{CapacityError, Request};
-    use crate::capacity::machine::{Event, State};
+    use crate::capacity::machine::{allowed_events, Event, State};
     use crate::capacity::store;
     use crate::core::actor::{validate_actor_id, Actor};
     use crate::core::error::CoreError;
@@ -35,11 +35,19 @@ mod capacity {
         })
     }
 
-    fn result(id: &str, applied: &Applied<Request>) -> Result<JsonB, CoreError> {
-        let mut out = store::describe(id, 20)?;
-        out["event"] = applied.event.clone();
-        out["replayed"] = applied.replayed.into();
-        Ok(JsonB(out))
+    /// What an event call returns: the request as stored, the event (or the earlier one for a
+    /// replayed key) and the events the request accepts now. No further queries.
+    fn result(applied: &Applied<Request>) -> JsonB {
+        let allowed: Vec<String> = allowed_events(applied.state.state)
+            .iter()
+            .map(|e| e.as_str())
+            .collect();
+        JsonB(json!({
+            "request": applied.row,
+            "event": applied.event,
+            "replayed": applied.replayed,
+            "allowed_events": allowed,
+        }))
     }
 
     /// Create a Capacity Request; returns it (json) in COMMERCIAL_APPROVAL_REQUIRED, or
@@ -129,7 +137,7 @@ mod capacity {
                 &actor,
                 idempotency_key,
             )?;
-            Ok(result(request_id, &applied)?)
+            Ok(result(&applied))
         };
         run().map_err(fail)
     }
@@ -161,7 +169,7 @@ mod capacity {
                 &session,
                 None,
             )?;
-            Ok(result(request_id, &applied)?)
+            Ok(result(&applied))
         };
         run().map_err(fail)
     }

@@ -11,6 +11,7 @@ use super::machine::{Event, Standing};
 use crate::core::actor::Actor;
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::eventstore::{self, Applied, Tables, Workflow};
+use crate::core::prepared;
 use crate::core::store as core_store;
 
 impl Workflow for CapacityFlow {
@@ -74,11 +75,13 @@ impl Workflow for CapacityFlow {
     }
 }
 
-/// `now()` of the current transaction.
+/// `now()` of the current transaction, read without a query.
 pub fn db_now() -> CoreResult<DateTime<Utc>> {
-    let micros = Spi::get_one::<i64>("SELECT (extract(epoch FROM now()) * 1000000)::bigint")?
-        .ok_or_else(|| CoreError::Internal("now() returned NULL".into()))?;
-    DateTime::from_timestamp_micros(micros)
+    // SAFETY: the transaction start timestamp is always set inside a transaction.
+    let pg_micros = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
+    // Postgres timestamps count microseconds from 2000-01-01; Unix time from 1970-01-01.
+    let unix_micros = pg_micros + 946_684_800_000_000;
+    DateTime::from_timestamp_micros(unix_micros)
         .ok_or_else(|| CoreError::Internal("now() out of range".into()))
 }
 
@@ -92,9 +95,10 @@ fn is_admin(actor: &Actor) -> CoreResult<bool> {
 /// runner takes its lock is safe).
 pub fn parties(id: &str) -> CoreResult<(String, String, String)> {
     Spi::connect(|client| {
-        let rows = client.select(
+        let rows = prepared::query(
+            client,
             "SELECT requester_user_id, commercial_owner_user_id, infra_owner_group FROM capacity.capacity_requests WHERE id = $1",
-            Some(1),
+            &[prepared::TEXT],
             &[id.into()],
         )?;
         if rows.is_empty() {
@@ -110,11 +114,15 @@ pub fn parties(id: &str) -> CoreResult<(String, String, String)> {
 }
 
 pub fn standing(actor: &Actor, requester: &str, owner: &str, group: &str) -> CoreResult<Standing> {
-    let in_group = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT FROM capacity.group_members WHERE group_name = $1 AND user_id = $2)",
-        &[group.into(), actor.id.as_str().into()],
-    )?
-    .unwrap_or(false);
+    let in_group = Spi::connect(|client| -> CoreResult<bool> {
+        let rows = prepared::query(
+            client,
+            "SELECT EXISTS (SELECT FROM capacity.group_members WHERE group_name = $1 AND user_id = $2)",
+            &[prepared::TEXT, prepared::TEXT],
+            &[group.into(), actor.id.as_str().into()],
+        )?;
+        Ok(rows.first().get_one::<bool>()?.unwrap_or(false))
+    })?;
     Ok(Standing::of(
         actor,
         requester,
@@ -166,9 +174,12 @@ pub fn apply(
         payload: payload_object(payload)?,
         standing: standing(actor, &requester, &owner, &group)?,
         now: db_now()?,
-        confirmation_ttl_business_days: core_store::get_i64(
-            "capacity.confirmation_ttl_business_days",
-        )? as u32,
+        // Only technical approval starts the confirmation clock.
+        confirmation_ttl_business_days: if event == Event::TechReviewApproved {
+            core_store::get_i64("capacity.confirmation_ttl_business_days")? as u32
+        } else {
+            0
+        },
         new_request: None,
     };
     eventstore::apply::<CapacityFlow>(id, &cmd, actor, key)

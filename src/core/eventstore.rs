@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use super::actor::Actor;
 use super::error::CoreError;
+use super::prepared::{self, JSONB, TEXT};
 use super::workflow::{changed_columns, column_list, state_columns, Ident, QualifiedName, Reducer};
 
 /// Where a workflow keeps its rows.
@@ -159,24 +160,24 @@ pub fn apply<W: Workflow>(
 ) -> Result<Applied<W::State>, W::Error> {
     let sql = Sql::for_tables(&W::TABLES)?;
     Spi::connect_mut(|client| {
-        let current = first_json(
-            client
-                .update(sql.lock.as_str(), None, &[entity_id.into()])
-                .map_err(CoreError::from)?,
-        )?;
+        let current = first_json(prepared::run(
+            client,
+            &sql.lock,
+            &[TEXT],
+            &[entity_id.into()],
+        )?)?;
         let before: Option<W::State> = match &current {
             Some(row) => Some(serde_json::from_value(row.clone()).map_err(CoreError::from)?),
             None => None,
         };
 
         if let (Some(key), Some(row)) = (idempotency_key, &current) {
-            let found = client
-                .select(
-                    sql.find_key.as_str(),
-                    Some(1),
-                    &[entity_id.into(), key.into()],
-                )
-                .map_err(CoreError::from)?;
+            let found = prepared::query(
+                client,
+                &sql.find_key,
+                &[TEXT, TEXT],
+                &[entity_id.into(), key.into()],
+            )?;
             if let Some(earlier) = first_json(found)? {
                 // `before` is Some whenever `current` is.
                 let state = before
@@ -205,11 +206,12 @@ pub fn apply<W: Workflow>(
                     Value::String(entity_id.to_owned()),
                 );
                 let q = Sql::insert(&sql.projection, &cols)?;
-                first_json(
-                    client
-                        .update(q.as_str(), None, &[JsonB(Value::Object(cols)).into()])
-                        .map_err(CoreError::from)?,
-                )?
+                first_json(prepared::run(
+                    client,
+                    &q,
+                    &[JSONB],
+                    &[JsonB(Value::Object(cols)).into()],
+                )?)?
             }
             Some(b) => {
                 let changed = changed_columns(&state_columns(b)?, &after_cols);
@@ -217,15 +219,12 @@ pub fn apply<W: Workflow>(
                     current.clone()
                 } else {
                     let q = sql.update(&changed)?;
-                    first_json(
-                        client
-                            .update(
-                                q.as_str(),
-                                None,
-                                &[entity_id.into(), JsonB(Value::Object(changed)).into()],
-                            )
-                            .map_err(CoreError::from)?,
-                    )?
+                    first_json(prepared::run(
+                        client,
+                        &q,
+                        &[TEXT, JSONB],
+                        &[entity_id.into(), JsonB(Value::Object(changed)).into()],
+                    )?)?
                 }
             }
         }
@@ -252,11 +251,12 @@ pub fn apply<W: Workflow>(
             ev.insert("idempotency_key".into(), Value::String(key.to_owned()));
         }
         let q = Sql::insert(&sql.events, &ev)?;
-        let stored_event = first_json(
-            client
-                .update(q.as_str(), None, &[JsonB(Value::Object(ev)).into()])
-                .map_err(CoreError::from)?,
-        )?
+        let stored_event = first_json(prepared::run(
+            client,
+            &q,
+            &[JSONB],
+            &[JsonB(Value::Object(ev)).into()],
+        )?)?
         .ok_or_else(|| {
             CoreError::Internal(format!("insert into {} returned nothing", W::TABLES.events))
         })?;

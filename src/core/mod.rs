@@ -7,6 +7,7 @@ pub mod api;
 pub mod error;
 pub mod eventstore;
 pub mod outbox;
+pub mod prepared;
 pub mod schedules;
 pub mod settings;
 pub mod store;

@@ -56,11 +56,17 @@ pub fn session_is_trusted() -> CoreResult<bool> {
     if roles.is_empty() {
         return Ok(false);
     }
-    let trusted = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
-         WHERE r.rolname = ANY($1) AND pg_catalog.pg_has_role($2::name, r.oid, 'MEMBER'))",
-        &[roles.into(), current_user().into()],
-    )?;
+    let user = current_user();
+    let trusted = Spi::connect(|client| -> CoreResult<Option<bool>> {
+        let rows = super::prepared::query(
+            client,
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
+             WHERE r.rolname = ANY($1) AND pg_catalog.pg_has_role($2::name, r.oid, 'MEMBER'))",
+            &[super::prepared::TEXT_ARRAY, super::prepared::TEXT],
+            &[roles.into(), user.into()],
+        )?;
+        Ok(rows.first().get_one::<bool>()?)
+    })?;
     Ok(trusted.unwrap_or(false))
 }
 
@@ -94,9 +100,10 @@ pub fn acting_actor(on_behalf_of: Option<&str>) -> CoreResult<Actor> {
 /// The stored JSON value of a setting, `None` when it is not set.
 pub fn stored_setting(key: &str) -> CoreResult<Option<Value>> {
     Spi::connect(|client| {
-        let rows = client.select(
+        let rows = super::prepared::query(
+            client,
             "SELECT value FROM flowgate.settings WHERE key = $1",
-            Some(1),
+            &[super::prepared::TEXT],
             &[key.into()],
         )?;
         if rows.is_empty() {

@@ -1,0 +1,69 @@
+-- A PL/pgSQL implementation of the Capacity Request reducer, for benchmarking only (not part of
+-- the extension). It does the same work as capacity.record_capacity_event: look up the parties,
+-- decide the actor's standing (admins from settings, infra group membership), lock the row,
+-- check the transition table and the permission, update the changed columns and updated_at,
+-- append the event with from/to states. Tables are copies of capacity's, in schema bench_ref.
+DROP SCHEMA IF EXISTS bench_ref CASCADE;
+CREATE SCHEMA bench_ref;
+CREATE TABLE bench_ref.capacity_requests (LIKE capacity.capacity_requests INCLUDING ALL);
+CREATE TABLE bench_ref.capacity_request_events (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    capacity_request_id text NOT NULL REFERENCES bench_ref.capacity_requests (id),
+    event_type capacity.cr_event NOT NULL, actor_type text NOT NULL, actor_id text NOT NULL,
+    payload jsonb NOT NULL DEFAULT '{}', idempotency_key text, from_state capacity.cr_state,
+    to_state capacity.cr_state NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE, UNIQUE (capacity_request_id, idempotency_key));
+CREATE INDEX ON bench_ref.capacity_request_events (capacity_request_id, seq);
+SELECT flowgate.make_append_only('bench_ref.capacity_request_events');
+
+CREATE FUNCTION bench_ref.next_state(s capacity.cr_state, e capacity.cr_event) RETURNS capacity.cr_state
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN s = 'SUBMITTED' AND e = 'REQUEST_SUBMITTED' THEN 'COMMERCIAL_APPROVAL_REQUIRED'
+        WHEN s = 'COMMERCIAL_APPROVAL_REQUIRED' AND e = 'COMMERCIAL_APPROVED' THEN 'TECHNICAL_REVIEW_REQUIRED'
+        WHEN s = 'COMMERCIAL_APPROVAL_REQUIRED' AND e = 'COMMERCIAL_REJECTED' THEN 'CANCELLED'
+        WHEN s = 'TECHNICAL_REVIEW_REQUIRED' AND e = 'TECH_REVIEW_APPROVED' THEN 'CUSTOMER_CONFIRMATION_REQUIRED'
+        WHEN s = 'TECHNICAL_REVIEW_REQUIRED' AND e = 'TECH_REVIEW_REJECTED' THEN 'CANCELLED'
+        WHEN s = 'CUSTOMER_CONFIRMATION_REQUIRED' AND e = 'CUSTOMER_CONFIRMED' THEN 'PROVISIONING_IN_PROGRESS'
+        WHEN s = 'CUSTOMER_CONFIRMATION_REQUIRED' AND e = 'CUSTOMER_DECLINED' THEN 'CANCELLED'
+        WHEN s = 'CUSTOMER_CONFIRMATION_REQUIRED' AND e = 'CUSTOMER_CONFIRMATION_TIMEOUT' THEN 'EXPIRED'
+        WHEN s = 'PROVISIONING_IN_PROGRESS' AND e = 'AWS_PROCUREMENT_STARTED' THEN 'PROVISIONING_IN_PROGRESS'
+        WHEN s = 'PROVISIONING_IN_PROGRESS' AND e = 'AWS_CAPACITY_READY' THEN 'READY_FOR_CUSTOMER'
+        WHEN s = 'PROVISIONING_IN_PROGRESS' AND e = 'AWS_PROCUREMENT_FAILED' THEN 'FAILED'
+        WHEN s = 'READY_FOR_CUSTOMER' AND e = 'ACTIVATION_CONFIRMED' THEN 'ACTIVATED'
+        WHEN e = 'CANCEL_APPROVED' AND s NOT IN ('ACTIVATED', 'CANCELLED', 'FAILED') THEN 'CANCELLED'
+    END::capacity.cr_state
+$$;
+
+CREATE FUNCTION bench_ref.record_event(p_id text, p_event text, p_payload jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    actor text := flowgate.current_actor();
+    ev capacity.cr_event := p_event::capacity.cr_event;
+    r bench_ref.capacity_requests;
+    to_s capacity.cr_state;
+    is_admin boolean;
+    in_group boolean;
+    e bench_ref.capacity_request_events;
+BEGIN
+    SELECT * INTO r FROM bench_ref.capacity_requests WHERE id = p_id;
+    IF NOT FOUND THEN RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('capacity request %L does not exist', p_id); END IF;
+    is_admin := (flowgate.current_actor_info() ->> 'trusted')::boolean OR flowgate.get_setting('capacity.admins') ? actor;
+    in_group := EXISTS (SELECT FROM capacity.group_members WHERE group_name = r.infra_owner_group AND user_id = actor);
+    SELECT * INTO r FROM bench_ref.capacity_requests WHERE id = p_id FOR UPDATE;
+    to_s := bench_ref.next_state(r.state, ev);
+    IF to_s IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('%s is not allowed in state %s', ev, r.state);
+    END IF;
+    IF NOT (is_admin OR (ev IN ('AWS_PROCUREMENT_STARTED', 'AWS_CAPACITY_READY', 'AWS_PROCUREMENT_FAILED') AND in_group)) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = format('permission denied: %s may not send %s', actor, ev);
+    END IF;
+    UPDATE bench_ref.capacity_requests
+       SET state = to_s, updated_at = now(),
+           procurement_started_at = CASE WHEN ev = 'AWS_PROCUREMENT_STARTED' THEN coalesce(procurement_started_at, now()) ELSE procurement_started_at END
+     WHERE id = p_id RETURNING * INTO r;
+    INSERT INTO bench_ref.capacity_request_events (capacity_request_id, event_type, actor_type, actor_id, payload, from_state, to_state)
+    VALUES (p_id, ev, 'role', actor, p_payload, r.state, to_s) RETURNING * INTO e;
+    RETURN jsonb_build_object('request', to_jsonb(r), 'event', to_jsonb(e));
+END
+$$;

@@ -1,0 +1,77 @@
+//! A per-backend cache of prepared SPI statements, so hot paths (the event-store runner,
+//! settings, lookups) parse and plan each statement once per connection instead of per call.
+//! Plans live in Postgres' plan cache (SPI_keepplan), which re-plans them after DDL.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgOid;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+
+use super::error::CoreResult;
+
+thread_local! {
+    static STATEMENTS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Most distinct statements kept; beyond it the cache starts over (it only ever holds
+/// flowgate's own statement shapes, so this is a safety net, not a working limit).
+const CAPACITY: usize = 512;
+
+/// Run a statement that writes (or locks rows), prepared once per backend.
+///
+/// The statement is taken out of the cache while it runs, so a nested call (a trigger or an
+/// RLS policy calling back into flowgate) never finds the cache borrowed.
+pub fn run<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &str,
+    types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> CoreResult<SpiTupleTable<'conn>> {
+    let key = format!("w:{sql}");
+    let stmt = match take(&key) {
+        Some(stmt) => stmt,
+        None => client.prepare_mut(sql, types)?.keep(),
+    };
+    let result = client.update(&stmt, None, args);
+    put(key, stmt);
+    Ok(result?)
+}
+
+/// Run a read-only statement, prepared once per backend. Unlike [`run`] it never assigns a
+/// transaction id, so reads from STABLE functions stay cheap.
+pub fn query<'conn>(
+    client: &SpiClient<'conn>,
+    sql: &str,
+    types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> CoreResult<SpiTupleTable<'conn>> {
+    let key = format!("r:{sql}");
+    let stmt = match take(&key) {
+        Some(stmt) => stmt,
+        None => client.prepare(sql, types)?.keep(),
+    };
+    let result = client.select(&stmt, None, args);
+    put(key, stmt);
+    Ok(result?)
+}
+
+fn take(key: &str) -> Option<OwnedPreparedStatement> {
+    STATEMENTS.with(|c| c.borrow_mut().remove(key))
+}
+
+fn put(key: String, stmt: OwnedPreparedStatement) {
+    STATEMENTS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= CAPACITY {
+            c.clear();
+        }
+        c.insert(key, stmt);
+    });
+}
+
+/// Argument type shorthands.
+pub const TEXT: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTOID);
+pub const TEXT_ARRAY: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTARRAYOID);
+pub const JSONB: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::JSONBOID);
