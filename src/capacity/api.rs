@@ -215,6 +215,146 @@ mod capacity {
         };
         run().map_err(fail)
     }
+
+    fn slack_actor(user_id: &str) -> Result<Actor, CoreError> {
+        validate_actor_id("Slack user_id", user_id)?;
+        Ok(Actor {
+            id: user_id.to_string(),
+            role: "slack".into(),
+            source: crate::core::actor::ActorSource::OnBehalf,
+            trusted: false,
+            delegated_by: Some("slack".into()),
+        })
+    }
+
+    fn verify_slack(body: &str, request_timestamp: &str, signature: &str) -> Result<(), CoreError> {
+        let name = core_store::get_text("capacity.slack_signing_secret")?;
+        let secret = Spi::connect(|client| {
+            crate::core::outbox::store::resolve_secret(client, &name)
+        })?
+        .ok_or_else(|| CoreError::MissingDependency {
+            feature: "Slack request verification".into(),
+            dependency: format!("the secret {name:?}"),
+            hint: "store the Slack app's signing secret in Vault or with flowgate.set_secret()"
+                .into(),
+        })?;
+        let now = store::db_now()?.timestamp();
+        crate::capacity::slack::verify(&secret, request_timestamp, body, signature, now)
+    }
+
+    /// What Slack shows the user for an error they can fix (bad command, event not allowed).
+    fn ephemeral(e: CapacityError) -> Result<JsonB, CapacityError> {
+        let CapacityError::Core(core) = &e;
+        match core.sqlstate() {
+            "22023" | "55000" | "42501" | "P0002" => {
+                let hint = core.hint().map(|h| format!("\n{h}")).unwrap_or_default();
+                Ok(JsonB(
+                    json!({"response_type": "ephemeral", "text": format!("{core}{hint}")}),
+                ))
+            }
+            _ => Err(e),
+        }
+    }
+
+    /// Slack slash command (`/capacity create owner=@ana group=infra size=24XL qty=2
+    /// region=us-east-1 cost=48000`): `body` is the raw form-encoded request body,
+    /// `request_timestamp` and `signature` the X-Slack-Request-Timestamp and X-Slack-Signature
+    /// headers. Refused with 42501 unless signed by the app within 5 minutes. Returns Slack's
+    /// response JSON.
+    #[pg_extern(volatile, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn handle_slack_command(
+        body: &str,
+        request_timestamp: &str,
+        signature: &str,
+    ) -> Result<JsonB, ErrorReport> {
+        let run = || -> Result<JsonB, CapacityError> {
+            verify_slack(body, request_timestamp, signature)?;
+            let form = |k: &str| crate::capacity::slack::form_field(body, k);
+            let user = form("user_id").unwrap_or_default();
+            let actor = slack_actor(&user)?;
+            let cmd = match crate::capacity::slack::parse_command(&form("text").unwrap_or_default())
+            {
+                Ok(c) => c,
+                Err(e) => return ephemeral(e.into()),
+            };
+            let request = Request {
+                state: State::Submitted,
+                requester_user_id: actor.id.clone(),
+                commercial_owner_user_id: cmd.commercial_owner,
+                infra_owner_group: cmd.infra_group,
+                customer_ref: json!({}),
+                requested_size: cmd.size,
+                quantity: cmd.quantity,
+                region: cmd.region,
+                needed_by_date: None,
+                expected_duration_days: None,
+                estimated_monthly_cost_usd: cmd.monthly_cost_usd.map(|c| json!(c)),
+                customer_confirmation_deadline_at: None,
+                cancellation_reason: None,
+                cancellation_authorizer_user_id: None,
+                procurement_started_at: None,
+            };
+            let key = form("trigger_id").map(|t| format!("slack:{t}"));
+            let (id, _) = match store::create(request, &actor, key.as_deref()) {
+                Ok(created) => created,
+                Err(e) => return ephemeral(e),
+            };
+            let state = store::describe(&id, 1)?["request"]["state"].clone();
+            Ok(JsonB(
+                json!({"response_type": "in_channel", "text": format!("Created {id} ({})", state.as_str().unwrap_or("?"))}),
+            ))
+        };
+        run().map_err(fail)
+    }
+
+    /// Slack interactivity (a button on a request message): `body` is the raw form-encoded
+    /// request (`payload=<json>`), verified like a slash command. The button value is
+    /// `<request id>:<EVENT>`; the event is recorded for the clicking Slack user, once per
+    /// click (the action_ts is the idempotency key). Returns Slack's response JSON.
+    #[pg_extern(volatile, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn handle_slack_action(
+        body: &str,
+        request_timestamp: &str,
+        signature: &str,
+    ) -> Result<JsonB, ErrorReport> {
+        let run = || -> Result<JsonB, CapacityError> {
+            verify_slack(body, request_timestamp, signature)?;
+            let payload: Value = crate::capacity::slack::form_field(body, "payload")
+                .and_then(|p| serde_json::from_str(&p).ok())
+                .ok_or_else(|| {
+                    CoreError::invalid(
+                        "Slack interaction",
+                        "no JSON payload field",
+                        "payload=<JSON> as Slack sends it",
+                    )
+                })?;
+            if payload["type"] != "block_actions" {
+                return Err(CoreError::invalid(
+                    "Slack interaction type",
+                    format!("{}", payload["type"]),
+                    "block_actions",
+                )
+                .into());
+            }
+            let actor = slack_actor(payload["user"]["id"].as_str().unwrap_or(""))?;
+            let action = &payload["actions"][0];
+            let (id, event) =
+                crate::capacity::slack::parse_action_value(action["value"].as_str().unwrap_or(""))?;
+            let key = format!("slack:{}", action["action_ts"].as_str().unwrap_or(""));
+            let note = json!({"via": "slack", "channel": payload["channel"]["id"], "message_ts": payload["message"]["ts"]});
+            match store::apply(&id, event, note, &actor, Some(&key)) {
+                Ok(applied) => Ok(JsonB(json!({
+                    "response_type": "in_channel",
+                    "replace_original": false,
+                    "text": format!("{id}: {} by <@{}> → {}", event.as_str(), actor.id, applied.state.state.as_str()),
+                }))),
+                Err(e) => ephemeral(e),
+            }
+        };
+        run().map_err(fail)
+    }
 }
 
 pgrx::extension_sql_file!(

@@ -4,6 +4,9 @@
 
 pub mod api;
 pub mod flow;
+pub mod linear;
 pub mod machine;
+pub mod notify;
 pub mod settings;
+pub mod slack;
 pub mod store;

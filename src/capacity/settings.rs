@@ -33,4 +33,46 @@ pub const DEFINITIONS: &[Definition] = &[
         default: r#""*/15 * * * *""#,
         doc: "pg_cron schedule of capacity.run_capacity_request_timers().",
     },
+    Definition {
+        key: "capacity.slack_channel",
+        kind: Kind::Text { max_len: 64 },
+        default: r#""""#,
+        doc: "Slack channel id for request messages (a root message per request, a thread reply per transition); empty disables Slack.",
+    },
+    Definition {
+        key: "capacity.slack_api_url",
+        kind: Kind::Text { max_len: 200 },
+        default: r#""https://slack.com/api""#,
+        doc: "Base URL of Slack's Web API.",
+    },
+    Definition {
+        key: "capacity.slack_token_secret",
+        kind: Kind::Text { max_len: 128 },
+        default: r#""slack_bot_token""#,
+        doc: "Name of the secret (Vault or flowgate.secrets) holding the Slack bot token (xoxb-...).",
+    },
+    Definition {
+        key: "capacity.slack_signing_secret",
+        kind: Kind::Text { max_len: 128 },
+        default: r#""slack_signing_secret""#,
+        doc: "Name of the secret holding the Slack app's signing secret, used to verify slash commands and button clicks.",
+    },
+    Definition {
+        key: "capacity.linear_team_id",
+        kind: Kind::Text { max_len: 64 },
+        default: r#""""#,
+        doc: "Linear team id for request issues (one issue per request, a comment per transition); empty disables Linear.",
+    },
+    Definition {
+        key: "capacity.linear_api_url",
+        kind: Kind::Text { max_len: 200 },
+        default: r#""https://api.linear.app/graphql""#,
+        doc: "Linear's GraphQL endpoint.",
+    },
+    Definition {
+        key: "capacity.linear_token_secret",
+        kind: Kind::Text { max_len: 128 },
+        default: r#""linear_api_key""#,
+        doc: "Name of the secret holding the Linear API key.",
+    },
 ];

@@ -47,6 +47,7 @@ impl Workflow for CapacityFlow {
                             &[note.to_string().into()],
                         )
                         .map_err(CoreError::from)?;
+                    super::notify::announce(client, id, event, from, to)?;
                 }
                 Effect::CancellationTask { assigned_to } => {
                     client

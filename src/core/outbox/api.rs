@@ -61,6 +61,7 @@ fn enqueue_delivery(
             idempotency_key: idempotency_key.into(),
             max_attempts,
             timeout_ms,
+            parked: false,
         };
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };

@@ -33,6 +33,9 @@ pub struct NewDelivery {
     pub idempotency_key: String,
     pub max_attempts: Option<i32>,
     pub timeout_ms: Option<i32>,
+    /// Enqueue without a due time (`next_attempt_at = 'infinity'`) until its owner releases it
+    /// (e.g. a Slack thread reply waiting for the root message's ts).
+    pub parked: bool,
 }
 
 impl NewDelivery {
@@ -58,6 +61,7 @@ impl NewDelivery {
             idempotency_key: idempotency_key.into(),
             max_attempts: None,
             timeout_ms: None,
+            parked: false,
         }
     }
 }

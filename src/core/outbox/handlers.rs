@@ -52,7 +52,7 @@ pub type Handler = for<'c, 'a> fn(&mut SpiClient<'c>, &HandlerCall<'a>) -> CoreR
 /// Every handler flowgate knows, by name. Modules add theirs here.
 fn registry() -> Vec<(&'static str, Handler)> {
     #[allow(unused_mut)]
-    let mut all: Vec<(&'static str, Handler)> = Vec::new();
+    let mut all: Vec<(&'static str, Handler)> = crate::capacity::notify::handlers();
     #[cfg(any(test, feature = "pg_test"))]
     all.extend(crate::core::tests::outbox_handlers());
     all

@@ -46,8 +46,9 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
     };
     let inserted = client.update(
         "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
-         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         None,
         &[
@@ -64,6 +65,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
             d.idempotency_key.as_str().into(),
             max_attempts.into(),
             timeout_ms.into(),
+            d.parked.into(),
         ],
     )?;
     if !inserted.is_empty() {

@@ -9,6 +9,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+/// Slack message timestamps handed out by the fake chat.postMessage.
+static SLACK_TS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(100);
+
 /// The only Authorization value `/auth` accepts.
 pub const TEST_TOKEN: &str = "xoxb-flowgate-test-token-7f3a";
 
@@ -130,7 +133,8 @@ fn handle(stream: TcpStream) {
             *n += 1;
             *n
         };
-        let (status, extra, payload) = respond(&path, &key, &auth, len, seen);
+        let (status, extra, payload) =
+            respond(&path, &key, &auth, &String::from_utf8_lossy(&body), seen);
         let reply = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{payload}",
             payload.len()
@@ -141,7 +145,8 @@ fn handle(stream: TcpStream) {
     }
 }
 
-fn respond(path: &str, key: &str, auth: &str, len: usize, seen: u32) -> (u16, String, String) {
+fn respond(path: &str, key: &str, auth: &str, body: &str, seen: u32) -> (u16, String, String) {
+    let len = body.len();
     let ok = || {
         (
             200,
@@ -174,10 +179,26 @@ fn respond(path: &str, key: &str, auth: &str, len: usize, seen: u32) -> (u16, St
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(1000)));
             ok()
         }
-        _ => (
-            404,
+        // Slack Web API: errors are HTTP 200 with ok=false, as Slack does.
+        ("slack", Some("chat.postMessage")) if auth == format!("Bearer {TEST_TOKEN}") => {
+            let ts = format!("1700000000.{:06}", SLACK_TS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            (200, String::new(), format!("{{\"ok\":true,\"channel\":\"C0TEST\",\"ts\":\"{ts}\"}}"))
+        }
+        ("slack", Some(_)) => (200, String::new(), "{\"ok\":false,\"error\":\"invalid_auth\"}".into()),
+        // Linear GraphQL: issueCreate and commentCreate (a comment needs an issue id).
+        ("linear", Some("graphql")) if body.contains("IssueCreate") => (
+            200,
             String::new(),
-            "{\"error\":\"no such test path\"}".into(),
+            format!(
+                "{{\"data\":{{\"issueCreate\":{{\"success\":true,\"issue\":{{\"id\":\"lin-{key}\",\"identifier\":\"INF-1\"}}}}}}}}"
+            ),
         ),
+        ("linear", Some("graphql")) if body.contains("CommentCreate") && !body.contains("\"issueId\": null") => (
+            200,
+            String::new(),
+            "{\"data\":{\"commentCreate\":{\"success\":true,\"comment\":{\"id\":\"c1\"}}}}".into(),
+        ),
+        ("linear", _) => (200, String::new(), "{\"errors\":[{\"message\":\"Argument Validation Error\"}]}".into()),
+        _ => (404, String::new(), "{\"error\":\"no such test path\"}".into()),
     }
 }

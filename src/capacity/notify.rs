@@ -1,0 +1,194 @@
+//! Projections of a request into Slack and Linear, through the outbox. Enqueued in the
+//! transition's transaction; the response handlers store the Slack thread ts and the Linear
+//! issue id. Replies and comments enqueued before those ids are known are parked
+//! (`next_attempt_at = 'infinity'`) and released by the handler that learns the id.
+
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::Value;
+
+use super::machine::State;
+use super::{linear, slack};
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::outbox::delivery::NewDelivery;
+use crate::core::outbox::handlers::{Handler, HandlerCall, Outcome};
+use crate::core::outbox::store as outbox;
+use crate::core::store as settings;
+
+pub fn handlers() -> Vec<(&'static str, Handler)> {
+    vec![
+        ("capacity.slack_root", slack_root),
+        ("capacity.linear_issue", linear_issue),
+    ]
+}
+
+fn setting(key: &str) -> CoreResult<String> {
+    Ok(settings::get_text(key)?.trim().to_string())
+}
+
+/// Enqueue the Slack and Linear projections of one announced transition.
+pub fn announce(
+    client: &mut SpiClient<'_>,
+    id: &str,
+    event: &Value,
+    from: Option<State>,
+    to: State,
+) -> CoreResult<()> {
+    let channel = setting("capacity.slack_channel")?;
+    let team = setting("capacity.linear_team_id")?;
+    if channel.is_empty() && team.is_empty() {
+        return Ok(());
+    }
+    let rows = client.select(
+        "SELECT to_jsonb(r) FROM capacity.capacity_requests r WHERE id = $1",
+        Some(1),
+        &[id.into()],
+    )?;
+    let request = rows
+        .first()
+        .get_one::<JsonB>()?
+        .map(|j| j.0)
+        .unwrap_or(Value::Null);
+    let event_id = event["id"].as_str().unwrap_or("unknown").to_string();
+    let event_type = event["event_type"].as_str().unwrap_or("?").to_string();
+    let actor = event["actor_id"].as_str().unwrap_or("?").to_string();
+
+    if !channel.is_empty() {
+        let url = format!(
+            "{}/chat.postMessage",
+            setting("capacity.slack_api_url")?.trim_end_matches('/')
+        );
+        let mut d = match from {
+            None => {
+                let mut d = NewDelivery::post_json(
+                    "capacity",
+                    id,
+                    &url,
+                    slack::root_message(&channel, id, &request),
+                    &format!("capacity:{id}:slack:root"),
+                );
+                d.handler = Some("capacity.slack_root".into());
+                d
+            }
+            Some(from) => {
+                let ts = request["slack_thread_ts"].as_str();
+                let body = slack::transition_reply(&channel, ts, id, from, to, &event_type, &actor);
+                let mut d = NewDelivery::post_json(
+                    "capacity",
+                    id,
+                    &url,
+                    body,
+                    &format!("capacity:{id}:slack:reply:{event_id}"),
+                );
+                d.parked = ts.is_none();
+                d
+            }
+        };
+        d.auth_secret = Some(setting("capacity.slack_token_secret")?);
+        d.headers.insert(
+            "Content-Type".into(),
+            "application/json; charset=utf-8".into(),
+        );
+        outbox::enqueue(client, &d)?;
+    }
+    if !team.is_empty() {
+        let url = setting("capacity.linear_api_url")?;
+        let mut d = match from {
+            None => {
+                let mut d = NewDelivery::post_json(
+                    "capacity",
+                    id,
+                    &url,
+                    linear::issue_create(&team, id, &request),
+                    &format!("capacity:{id}:linear:issue"),
+                );
+                d.handler = Some("capacity.linear_issue".into());
+                d
+            }
+            Some(from) => {
+                let issue = request["linear_issue_id"].as_str();
+                let text = format!(
+                    "{} → {} ({event_type} by {actor})",
+                    from.as_str(),
+                    to.as_str()
+                );
+                let mut d = NewDelivery::post_json(
+                    "capacity",
+                    id,
+                    &url,
+                    linear::comment_create(issue, &text),
+                    &format!("capacity:{id}:linear:comment:{event_id}"),
+                );
+                d.parked = issue.is_none();
+                d
+            }
+        };
+        // Linear API keys go in Authorization without a scheme.
+        d.auth_secret = Some(setting("capacity.linear_token_secret")?);
+        d.auth_scheme = String::new();
+        outbox::enqueue(client, &d)?;
+    }
+    Ok(())
+}
+
+fn delivered(call: &HandlerCall<'_>) -> bool {
+    call.outcome == Outcome::Delivered
+}
+
+/// Slack answered chat.postMessage for the root message: keep channel and ts, release replies.
+fn slack_root(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
+    if !delivered(call) {
+        return Ok(());
+    }
+    let response = call.response.clone().unwrap_or(Value::Null);
+    if response["ok"].as_bool() != Some(true) {
+        // Slack reports errors with HTTP 200 and ok=false (invalid_auth, channel_not_found, ...).
+        return Err(CoreError::Internal(format!(
+            "Slack refused the message: {}",
+            response["error"]
+        )));
+    }
+    let (channel, ts) = match (response["channel"].as_str(), response["ts"].as_str()) {
+        (Some(c), Some(t)) => (c.to_string(), t.to_string()),
+        _ => {
+            return Err(CoreError::Internal(format!(
+                "Slack response without channel/ts: {response}"
+            )))
+        }
+    };
+    client.update(
+        "UPDATE capacity.capacity_requests SET slack_channel_id = $2, slack_thread_ts = $3 WHERE id = $1",
+        None,
+        &[call.owner_id.into(), channel.into(), ts.clone().into()],
+    )?;
+    client.update(
+        "UPDATE flowgate.deliveries SET body = jsonb_set(body, '{thread_ts}', to_jsonb($2::text)), next_attempt_at = now(), updated_at = now() \
+         WHERE owner_module = 'capacity' AND owner_id = $1 AND status = 'pending' AND next_attempt_at = 'infinity' \
+           AND idempotency_key LIKE 'capacity:' || $1 || ':slack:reply:%'",
+        None,
+        &[call.owner_id.into(), ts.into()],
+    )?;
+    Ok(())
+}
+
+/// Linear created the issue: keep its id, release the comments.
+fn linear_issue(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
+    if !delivered(call) {
+        return Ok(());
+    }
+    let issue = linear::created_issue_id(&call.response.clone().unwrap_or(Value::Null))
+        .map_err(CoreError::Internal)?;
+    client.update(
+        "UPDATE capacity.capacity_requests SET linear_issue_id = $2 WHERE id = $1",
+        None,
+        &[call.owner_id.into(), issue.clone().into()],
+    )?;
+    client.update(
+        "UPDATE flowgate.deliveries SET body = jsonb_set(body, '{variables,input,issueId}', to_jsonb($2::text)), next_attempt_at = now(), updated_at = now() \
+         WHERE owner_module = 'capacity' AND owner_id = $1 AND status = 'pending' AND next_attempt_at = 'infinity' \
+           AND idempotency_key LIKE 'capacity:' || $1 || ':linear:comment:%'",
+        None,
+        &[call.owner_id.into(), issue.into()],
+    )?;
+    Ok(())
+}
