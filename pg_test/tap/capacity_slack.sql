@@ -2,7 +2,7 @@
 -- outbox against flowgate-testd on 127.0.0.1:5597, and Slack slash commands / buttons with
 -- v0 signatures (computed here with pgcrypto's HMAC, as Slack computes them).
 BEGIN;
-SELECT plan(22);
+SELECT plan(25);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 SELECT flowgate.set_setting('flowgate.http_transport', '"native"') \g /dev/null
@@ -36,6 +36,11 @@ SELECT is((SELECT body -> 'variables' -> 'input' ->> 'issueId' FROM flowgate.del
 SELECT capacity.apply_event(:'cr', 'TECH_REVIEW_APPROVED') \g /dev/null
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id = :'cr' AND status = 'pending' AND next_attempt_at <= now()), 2,
           'once the ids are known, later replies are due at once');
+SELECT flowgate.set_setting('capacity.warning_hours_before_deadline', '720') \g /dev/null
+SELECT is(capacity.run_capacity_request_timers() ->> 'warned', '1', 'a deadline inside the warning window is warned about');
+SELECT is((SELECT body ->> 'thread_ts' FROM flowgate.deliveries WHERE idempotency_key LIKE 'capacity:' || :'cr' || ':slack:reply:warning:%'),
+          (SELECT slack_thread_ts FROM capacity.capacity_requests WHERE id = :'cr'), 'the warning goes into the request''s thread');
+SELECT is(capacity.run_capacity_request_timers() ->> 'warned', '0', 'and only once');
 
 -- === Slack slash command ====================================================================
 CREATE TEMP TABLE slack_req AS
@@ -54,7 +59,7 @@ SELECT is((SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(body, ts))
           'Slack retrying the same command (same trigger_id) creates nothing new');
 SELECT throws_ok($$SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(body || 'x', ts)) FROM slack_req$$, '42501', NULL,
                  'a signature over other bytes is refused');
-SELECT throws_ok($$SELECT capacity.handle_slack_command(body, (ts::bigint - 301)::text, pg_temp.sig(body, (ts::bigint - 301)::text)) FROM slack_req$$, '42501', NULL,
+SELECT throws_ok($$SELECT capacity.handle_slack_command(body, (ts::bigint - 400)::text, pg_temp.sig(body, (ts::bigint - 400)::text)) FROM slack_req$$, '42501', NULL,
                  'a request older than 5 minutes is refused');
 SELECT throws_ok($$SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(body, ts, 'wrong-secret')) FROM slack_req$$, '42501', NULL,
                  'a request signed with another secret is refused');

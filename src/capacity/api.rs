@@ -229,15 +229,16 @@ mod capacity {
 
     fn verify_slack(body: &str, request_timestamp: &str, signature: &str) -> Result<(), CoreError> {
         let name = core_store::get_text("capacity.slack_signing_secret")?;
-        let secret = Spi::connect(|client| {
-            crate::core::outbox::store::resolve_secret(client, &name)
-        })?
-        .ok_or_else(|| CoreError::MissingDependency {
+        let secret =
+            Spi::connect(|client| crate::core::outbox::store::resolve_secret(client, &name))?
+                .ok_or_else(|| {
+                    CoreError::MissingDependency {
             feature: "Slack request verification".into(),
             dependency: format!("the secret {name:?}"),
             hint: "store the Slack app's signing secret in Vault or with flowgate.set_secret()"
                 .into(),
-        })?;
+        }
+                })?;
         let now = store::db_now()?.timestamp();
         crate::capacity::slack::verify(&secret, request_timestamp, body, signature, now)
     }

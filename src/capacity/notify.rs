@@ -131,6 +131,47 @@ pub fn announce(
     Ok(())
 }
 
+/// A thread reply warning that the customer's confirmation is due soon (phase 2).
+pub fn warn(client: &mut SpiClient<'_>, id: &str, deadline: &str) -> CoreResult<()> {
+    let channel = setting("capacity.slack_channel")?;
+    if channel.is_empty() {
+        return Ok(());
+    }
+    let rows = client.select(
+        "SELECT slack_thread_ts, commercial_owner_user_id FROM capacity.capacity_requests WHERE id = $1",
+        Some(1),
+        &[id.into()],
+    )?;
+    let (ts, owner) = rows.first().get_two::<String, String>()?;
+    let text = format!(
+        "{id}: the customer's confirmation is due by {deadline}; <@{}> please chase it, or the request expires",
+        owner.unwrap_or_default()
+    );
+    let mut body = serde_json::json!({"channel": channel, "text": text});
+    if let Some(ts) = &ts {
+        body["thread_ts"] = ts.clone().into();
+    }
+    let url = format!(
+        "{}/chat.postMessage",
+        setting("capacity.slack_api_url")?.trim_end_matches('/')
+    );
+    let mut d = NewDelivery::post_json(
+        "capacity",
+        id,
+        &url,
+        body,
+        &format!("capacity:{id}:slack:reply:warning:{deadline}"),
+    );
+    d.parked = ts.is_none();
+    d.auth_secret = Some(setting("capacity.slack_token_secret")?);
+    d.headers.insert(
+        "Content-Type".into(),
+        "application/json; charset=utf-8".into(),
+    );
+    outbox::enqueue(client, &d)?;
+    Ok(())
+}
+
 fn delivered(call: &HandlerCall<'_>) -> bool {
     call.outcome == Outcome::Delivered
 }

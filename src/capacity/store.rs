@@ -329,22 +329,40 @@ pub fn run_timers() -> Result<Value, CapacityError> {
     let warning_hours = core_store::get_i64("capacity.warning_hours_before_deadline")?;
     let mut warned = 0i64;
     if warning_hours > 0 {
-        warned = Spi::get_one_with_args::<i64>(
-            "WITH w AS ( \
-               UPDATE capacity.capacity_requests r SET last_notified_at = now() \
-                WHERE state = 'CUSTOMER_CONFIRMATION_REQUIRED' \
-                  AND customer_confirmation_deadline_at > now() \
-                  AND customer_confirmation_deadline_at <= now() + make_interval(hours => $1) \
-                  AND (last_notified_at IS NULL OR last_notified_at < customer_confirmation_deadline_at - make_interval(hours => $1)) \
-               RETURNING id, customer_confirmation_deadline_at) \
-             SELECT count(*) FROM ( \
-               SELECT pg_catalog.pg_notify('flowgate_capacity', json_build_object('request_id', id, \
-                        'warning', 'customer confirmation due', 'deadline', customer_confirmation_deadline_at)::text) \
-                 FROM w) notified",
-            &[(warning_hours as i32).into()],
-        )
-        .map_err(CoreError::from)?
-        .unwrap_or(0);
+        warned = Spi::connect_mut(|client| -> CoreResult<i64> {
+            // Overlapping runs cannot warn twice: the UPDATE re-checks last_notified_at under
+            // the row lock, and a concurrently locked row is left for the next run.
+            let rows = client.update(
+                "UPDATE capacity.capacity_requests r SET last_notified_at = now() \
+                  WHERE id IN (SELECT id FROM capacity.capacity_requests \
+                                WHERE state = 'CUSTOMER_CONFIRMATION_REQUIRED' \
+                                  AND customer_confirmation_deadline_at > now() \
+                                  AND customer_confirmation_deadline_at <= now() + make_interval(hours => $1) \
+                                  AND (last_notified_at IS NULL \
+                                       OR last_notified_at < customer_confirmation_deadline_at - make_interval(hours => $1)) \
+                                FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, customer_confirmation_deadline_at::text",
+                None,
+                &[(warning_hours as i32).into()],
+            )?;
+            let mut list = Vec::new();
+            for row in rows {
+                list.push((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<String>(2)?.unwrap_or_default(),
+                ));
+            }
+            for (id, deadline) in &list {
+                let note = json!({"request_id": id, "warning": "customer confirmation due", "deadline": deadline});
+                client.update(
+                    "SELECT pg_catalog.pg_notify('flowgate_capacity', $1)",
+                    None,
+                    &[note.to_string().into()],
+                )?;
+                super::notify::warn(client, id, deadline)?;
+            }
+            Ok(list.len() as i64)
+        })?;
     }
     Ok(json!({"expired": due.len(), "warned": warned}))
 }
