@@ -54,4 +54,29 @@ SELECT id, status, attempts, last_error, next_attempt_at > now() AS backing_off 
 
 \echo '--- periodic jobs registered with pg_cron'
 SELECT job_name, schedule, command FROM flowgate.install_schedules();
+
+\echo '--- a Capacity Request, as PostgREST callers: sa-1 opens it, ae-1 approves, infra-1 reviews'
+GRANT USAGE ON SCHEMA capacity TO authenticated;
+INSERT INTO capacity.group_members VALUES ('infra', 'infra-1');
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) IS NOT NULL AS signed_in_as_sa1;
+SELECT r -> 'request' ->> 'id' AS id, r -> 'request' ->> 'state' AS state
+  FROM capacity.create_capacity_request('ae-1', 'infra', '24XL', 2, 'us-east-1', '{"org": "acme"}',
+       estimated_monthly_cost_usd => 48000) r \gset demo_
+SELECT :'demo_id' AS request, :'demo_state' AS state;
+SELECT set_config('fg.demo_id', :'demo_id', true) IS NOT NULL AS remembered;
+DO $$
+DECLARE hint text;
+BEGIN
+    PERFORM capacity.record_capacity_event(current_setting('fg.demo_id', true), 'COMMERCIAL_APPROVED');
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS hint = PG_EXCEPTION_HINT;
+    RAISE NOTICE 'sa-1 approving: refused with SQLSTATE %: % (hint: %)', SQLSTATE, SQLERRM, hint;
+END $$;
+SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) IS NOT NULL AS signed_in_as_ae1;
+SELECT capacity.record_capacity_event(:'demo_id', 'COMMERCIAL_APPROVED') -> 'request' ->> 'state' AS state;
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) IS NOT NULL AS signed_in_as_infra1;
+SELECT capacity.record_capacity_event(:'demo_id', 'TECH_REVIEW_APPROVED') -> 'request' ->> 'customer_confirmation_deadline_at' AS confirm_by;
+SELECT event_type, actor_id, from_state, to_state FROM capacity.capacity_request_events ORDER BY seq;
+RESET ROLE;
 ROLLBACK;
