@@ -37,11 +37,15 @@ SELECT e.capacity_request_id AS request_id,
        e.to_state AS state,
        e.created_at AS entered_at,
        lead(e.created_at) OVER w AS left_at,
-       coalesce(lead(e.created_at) OVER w, now()) - e.created_at AS time_in_state
+       -- Still there: time so far; terminal states have no duration.
+       CASE WHEN lead(e.created_at) OVER w IS NOT NULL THEN lead(e.created_at) OVER w - e.created_at
+            WHEN e.to_state IN ('ACTIVATED', 'CANCELLED', 'FAILED') THEN NULL
+            ELSE now() - e.created_at END AS time_in_state
   FROM capacity.capacity_request_events e
  WHERE e.from_state IS DISTINCT FROM e.to_state
 WINDOW w AS (PARTITION BY e.capacity_request_id ORDER BY e.seq);
-COMMENT ON VIEW capacity.v_time_in_state IS 'How long each request spent in each state (left_at NULL: still there).';
+COMMENT ON VIEW capacity.v_time_in_state IS
+  'How long each request spent in each state (left_at NULL: still there; time_in_state NULL for ACTIVATED, CANCELLED, FAILED).';
 
 CREATE VIEW capacity.v_approval_latency WITH (security_invoker = true) AS
 SELECT r.id AS request_id,
@@ -64,7 +68,9 @@ CREATE VIEW capacity.v_metrics WITH (security_invoker = true) AS
 SELECT count(*) AS requests,
        count(*) FILTER (WHERE EXISTS (SELECT FROM capacity.capacity_request_events e
                                        WHERE e.capacity_request_id = r.id AND e.to_state = 'EXPIRED')) AS expired_count,
-       count(*) FILTER (WHERE r.state = 'CANCELLED' AND r.procurement_started_at IS NOT NULL) AS cancelled_after_procurement_count,
+       count(*) FILTER (WHERE r.state = 'CANCELLED' AND EXISTS (SELECT FROM capacity.capacity_request_events e
+                                       WHERE e.capacity_request_id = r.id AND e.to_state = 'PROVISIONING_IN_PROGRESS'))
+           AS cancelled_after_procurement_count,
        count(*) FILTER (WHERE NOT r.state IN ('ACTIVATED', 'CANCELLED', 'EXPIRED', 'FAILED')) AS open_requests,
        count(*) FILTER (WHERE r.state = 'ACTIVATED') AS activated_count
   FROM capacity.capacity_requests r;

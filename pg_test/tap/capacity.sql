@@ -1,13 +1,14 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- Seed 001's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(49);
+SELECT plan(53);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN CREATE ROLE service_role NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN CREATE ROLE anon NOLOGIN; END IF;
 END $$;
-GRANT USAGE ON SCHEMA flowgate, capacity TO authenticated, service_role;
+GRANT USAGE ON SCHEMA flowgate, capacity TO authenticated, service_role, anon;
 INSERT INTO capacity.group_members VALUES ('infra', 'infra-1');
 CREATE TEMP TABLE n_events AS SELECT 0::bigint AS n;
 GRANT ALL ON n_events TO PUBLIC;
@@ -42,6 +43,8 @@ SELECT results_eq(format($$SELECT event_type::text || ':' || actor_id FROM capac
     'every decision is attributed to its actor');
 
 -- === Bad input: exact SQLSTATE, nothing written ============================================
+SELECT throws_ok($$SELECT capacity.create_capacity_request('sa-1', 'infra', '24XL', 1, 'us-east-1')$$, '22023', NULL,
+    'the requester cannot be their own commercial owner');
 UPDATE n_events SET n = (SELECT count(*) FROM capacity.capacity_request_events);
 SELECT throws_ok($$SELECT capacity.record_capacity_event('CR-2026-999999', 'COMMERCIAL_APPROVED')$$, 'P0002', NULL, 'unknown request: P0002');
 SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'COMMERCIAL_APPROVED')$$, :'cr1'), '55000',
@@ -113,6 +116,8 @@ SELECT is(capacity.record_capacity_event(:'cr4', 'COMMERCIAL_APPROVED', '{"slack
           'true', 'Slack retrying the same click is a replay that writes nothing');
 SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'COMMERCIAL_APPROVED', '{"slack_thread":"1700000099.000200"}', 'slack:B7', on_behalf_of => 'ae-1')$$, :'cr4'),
     '55000', NULL, 'a click in the other thread meets the one true state');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"x"}', 'slack:A1', on_behalf_of => 'ae-1')$$, :'cr4'),
+    '23505', NULL, 'reusing a key for another event is a conflict, not a replay');
 SELECT is((SELECT count(*)::int FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr4' AND event_type = 'COMMERCIAL_APPROVED'), 1,
           'one approval in the history');
 SELECT is((SELECT actor_type FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr4' AND event_type = 'COMMERCIAL_APPROVED'),
@@ -126,8 +131,15 @@ SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub":"stranger","role":"authenticated"}', true) \g /dev/null
 SELECT is((SELECT count(*)::int FROM capacity.capacity_requests), 0, 'a stranger sees no requests');
 SELECT throws_ok(format($$SELECT capacity.get_capacity_request(%L)$$, :'cr1'), 'P0002', NULL, 'and cannot fetch one');
-SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"x"}')$$, :'cr4'), '42501', NULL,
-    'and cannot act on one');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"x"}')$$, :'cr4'), 'P0002', NULL,
+    'and acting on one says it does not exist (no state leaks)');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"x"}', 'sys:auto-approval')$$, :'cr4'), '22023', NULL,
+    'the sys: key prefix is reserved for flowgate''s own events');
+SET LOCAL ROLE anon;
+SELECT set_config('request.jwt.claims', '{"role":"anon"}', true) \g /dev/null
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1')$$, '42501', NULL,
+    'anonymous callers (no JWT sub) cannot create requests');
+SET LOCAL ROLE authenticated;
 SELECT throws_ok(format($$SELECT capacity.apply_event(%L, 'CANCEL_APPROVED')$$, :'cr4'), '42501', NULL,
     'apply_event is refused to untrusted sessions');
 SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null

@@ -71,7 +71,17 @@ mod capacity {
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CapacityError> {
             let actor = core_store::acting_actor(requester_user_id)?;
+            store::refuse_anonymous(&actor)?;
+            store::check_user_key(idempotency_key)?;
             validate_actor_id("commercial_owner_user_id", commercial_owner_user_id)?;
+            if commercial_owner_user_id == actor.id && !actor.trusted {
+                return Err(CoreError::invalid(
+                    "commercial_owner_user_id",
+                    "the requester cannot be the commercial owner of their own request",
+                    "the account executive or sales lead who owns the commercial decision",
+                )
+                .into());
+            }
             if !matches!(customer_ref.0, Value::Object(_)) {
                 return Err(CoreError::invalid(
                     "customer_ref",
@@ -129,6 +139,8 @@ mod capacity {
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CapacityError> {
             let actor = core_store::acting_actor(on_behalf_of)?;
+            store::refuse_anonymous(&actor)?;
+            store::check_user_key(idempotency_key)?;
             let event = parse_event(event_type)?;
             let applied = store::apply(
                 request_id,
@@ -243,11 +255,12 @@ mod capacity {
         crate::capacity::slack::verify(&secret, request_timestamp, body, signature, now)
     }
 
-    /// What Slack shows the user for an error they can fix (bad command, event not allowed).
+    /// What Slack shows the user for a refusal decided before anything was written (not
+    /// allowed, not permitted, unknown request). Other errors abort the transaction.
     fn ephemeral(e: CapacityError) -> Result<JsonB, CapacityError> {
         let CapacityError::Core(core) = &e;
         match core.sqlstate() {
-            "22023" | "55000" | "42501" | "P0002" => {
+            "55000" | "42501" | "P0002" => {
                 let hint = core.hint().map(|h| format!("\n{h}")).unwrap_or_default();
                 Ok(JsonB(
                     json!({"response_type": "ephemeral", "text": format!("{core}{hint}")}),
@@ -277,8 +290,19 @@ mod capacity {
             let cmd = match crate::capacity::slack::parse_command(&form("text").unwrap_or_default())
             {
                 Ok(c) => c,
-                Err(e) => return ephemeral(e.into()),
+                Err(e) => {
+                    let hint = e.hint().map(|h| format!("\n{h}")).unwrap_or_default();
+                    return Ok(JsonB(
+                        json!({"response_type": "ephemeral", "text": format!("{e}{hint}")}),
+                    ));
+                }
             };
+            if cmd.commercial_owner == actor.id {
+                return Ok(JsonB(json!({
+                    "response_type": "ephemeral",
+                    "text": "you cannot be the commercial owner of your own request",
+                })));
+            }
             let request = Request {
                 state: State::Submitted,
                 requester_user_id: actor.id.clone(),

@@ -142,6 +142,15 @@ pub struct Standing {
 }
 
 impl Standing {
+    /// Whether the actor has anything to do with the request at all.
+    pub fn has_any(&self) -> bool {
+        self.is_requester
+            || self.is_commercial_owner
+            || self.in_infra_group
+            || self.is_admin
+            || self.is_system
+    }
+
     pub fn of(
         actor: &Actor,
         requester: &str,
@@ -172,8 +181,8 @@ pub fn may_send(event: Event, who: &Standing) -> Result<(), &'static str> {
             "the commercial owner, an admin, or the system (threshold approvals)",
         ),
         E::TechReviewApproved | E::TechReviewRejected => (
-            who.in_infra_group,
-            "members of the request's infra owner group, or an admin",
+            who.in_infra_group && !who.is_requester,
+            "members of the request's infra owner group other than the requester, or an admin",
         ),
         E::CustomerConfirmed | E::CustomerDeclined => (
             who.is_commercial_owner || who.is_requester,

@@ -58,6 +58,17 @@ pub fn announce(
             "{}/chat.postMessage",
             setting("capacity.slack_api_url")?.trim_end_matches('/')
         );
+        // Slack enabled after the request was created: post its root message now, so the
+        // parked reply below has a thread to wait for.
+        let from = match from {
+            Some(_)
+                if request["slack_thread_ts"].is_null()
+                    && !delivery_exists(client, &format!("capacity:{id}:slack:root"))? =>
+            {
+                None
+            }
+            other => other,
+        };
         let mut d = match from {
             None => {
                 let mut d = NewDelivery::post_json(
@@ -93,6 +104,15 @@ pub fn announce(
     }
     if !team.is_empty() {
         let url = setting("capacity.linear_api_url")?;
+        let from = match from {
+            Some(_)
+                if request["linear_issue_id"].is_null()
+                    && !delivery_exists(client, &format!("capacity:{id}:linear:issue"))? =>
+            {
+                None
+            }
+            other => other,
+        };
         let mut d = match from {
             None => {
                 let mut d = NewDelivery::post_json(
@@ -170,6 +190,15 @@ pub fn warn(client: &mut SpiClient<'_>, id: &str, deadline: &str) -> CoreResult<
     );
     outbox::enqueue(client, &d)?;
     Ok(())
+}
+
+fn delivery_exists(client: &SpiClient<'_>, key: &str) -> CoreResult<bool> {
+    let rows = client.select(
+        "SELECT FROM flowgate.deliveries WHERE idempotency_key = $1",
+        Some(1),
+        &[key.into()],
+    )?;
+    Ok(!rows.is_empty())
 }
 
 fn delivered(call: &HandlerCall<'_>) -> bool {

@@ -28,11 +28,14 @@ pub fn verify(
     signature: &str,
     now_unix: i64,
 ) -> Result<(), CoreError> {
+    if signing_secret.is_empty() {
+        return Err(forbidden("no signing secret is configured"));
+    }
     let ts: i64 = timestamp
         .trim()
         .parse()
         .map_err(|_| forbidden("the timestamp is not a number"))?;
-    if (now_unix - ts).abs() > REPLAY_WINDOW_SECS {
+    if now_unix.abs_diff(ts) > REPLAY_WINDOW_SECS as u64 {
         return Err(forbidden("the timestamp is outside the 5-minute window"));
     }
     let hex = signature
@@ -171,7 +174,13 @@ pub fn parse_action_value(value: &str) -> Result<(String, Event), CoreError> {
 fn buttons(id: &str, state: State) -> Value {
     let elements: Vec<Value> = allowed_events(state)
         .into_iter()
-        .filter(|e| *e != Event::CustomerConfirmationTimeout)
+        // Timeouts are the system's; a cancellation needs a written reason (API or admin).
+        .filter(|e| {
+            !matches!(
+                e,
+                Event::CustomerConfirmationTimeout | Event::CancelApproved
+            )
+        })
         .take(5)
         .map(|e| {
             json!({
@@ -185,16 +194,24 @@ fn buttons(id: &str, state: State) -> Value {
     json!({"type": "actions", "block_id": format!("capacity:{id}"), "elements": elements})
 }
 
+/// Escape user text for Slack mrkdwn (`&`, `<`, `>`), so `<!channel>` or a fake link in a
+/// field stays text.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// The request's root message (chat.postMessage).
 pub fn root_message(channel: &str, id: &str, request: &Value) -> Value {
     let text = format!(
         "{id}: {} x {} in {} requested by <@{}> (commercial owner <@{}>, infra {})",
         request["quantity"],
-        request["requested_size"].as_str().unwrap_or("?"),
-        request["region"].as_str().unwrap_or("?"),
-        request["requester_user_id"].as_str().unwrap_or("?"),
-        request["commercial_owner_user_id"].as_str().unwrap_or("?"),
-        request["infra_owner_group"].as_str().unwrap_or("?"),
+        escape(request["requested_size"].as_str().unwrap_or("?")),
+        escape(request["region"].as_str().unwrap_or("?")),
+        escape(request["requester_user_id"].as_str().unwrap_or("?")),
+        escape(request["commercial_owner_user_id"].as_str().unwrap_or("?")),
+        escape(request["infra_owner_group"].as_str().unwrap_or("?")),
     );
     let state: Option<State> = serde_json::from_value(request["state"].clone()).ok();
     let mut blocks = vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})];
@@ -215,9 +232,10 @@ pub fn transition_reply(
     actor: &str,
 ) -> Value {
     let text = format!(
-        "{id}: {} → {} ({event} by <@{actor}>)",
+        "{id}: {} → {} ({event} by <@{}>)",
         from.as_str(),
-        to.as_str()
+        to.as_str(),
+        escape(actor)
     );
     let mut body = json!({"channel": channel, "text": text, "blocks": [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
@@ -287,6 +305,29 @@ mod unit_tests {
     }
 
     #[test]
+    fn user_text_cannot_ping_or_link() {
+        assert_eq!(escape("<!channel> & co"), "&lt;!channel&gt; &amp; co");
+        assert!(
+            verify(
+                "",
+                "1700000000",
+                "x",
+                &sign("", "1700000000", "x"),
+                1700000000
+            )
+            .is_err(),
+            "an empty secret verifies nothing"
+        );
+        assert_eq!(
+            verify(SECRET, &i64::MIN.to_string(), "x", "v0=00", i64::MAX)
+                .unwrap_err()
+                .sqlstate(),
+            "42501",
+            "no overflow"
+        );
+    }
+
+    #[test]
     fn buttons_carry_request_and_event() {
         assert_eq!(
             parse_action_value("CR-2026-000123:COMMERCIAL_APPROVED").unwrap(),
@@ -309,8 +350,7 @@ mod unit_tests {
             values,
             vec![
                 "CR-2026-000123:COMMERCIAL_APPROVED",
-                "CR-2026-000123:COMMERCIAL_REJECTED",
-                "CR-2026-000123:CANCEL_APPROVED"
+                "CR-2026-000123:COMMERCIAL_REJECTED"
             ]
         );
         assert_eq!(

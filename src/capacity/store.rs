@@ -170,10 +170,15 @@ pub fn apply(
         .into());
     }
     let (requester, owner, group) = parties(id)?;
+    let standing = standing(actor, &requester, &owner, &group)?;
+    if !standing.has_any() {
+        // Strangers learn nothing: not the state, not whether the request exists.
+        return Err(CoreError::not_found("capacity request", id).into());
+    }
     let cmd = Command {
         event,
         payload: payload_object(payload)?,
-        standing: standing(actor, &requester, &owner, &group)?,
+        standing,
         now: db_now()?,
         // Only technical approval starts the confirmation clock.
         confirmation_ttl_business_days: if event == Event::TechReviewApproved {
@@ -317,14 +322,16 @@ pub fn run_timers() -> Result<Value, CapacityError> {
         Ok(ids)
     })?;
     let system = Actor::system();
+    let mut expired = 0usize;
     for id in &due {
-        apply(
+        let applied = apply(
             id,
             Event::CustomerConfirmationTimeout,
             json!({"reason": "customer confirmation deadline passed"}),
             &system,
-            Some("confirmation-timeout"),
+            Some("sys:confirmation-timeout"),
         )?;
+        expired += usize::from(!applied.replayed);
     }
     let warning_hours = core_store::get_i64("capacity.warning_hours_before_deadline")?;
     let mut warned = 0i64;
@@ -364,5 +371,37 @@ pub fn run_timers() -> Result<Value, CapacityError> {
             Ok(list.len() as i64)
         })?;
     }
-    Ok(json!({"expired": due.len(), "warned": warned}))
+    Ok(json!({"expired": expired, "warned": warned}))
+}
+
+/// Keys starting with `sys:` belong to flowgate's own events (timers, threshold approvals).
+pub fn check_user_key(key: Option<&str>) -> CoreResult<()> {
+    match key {
+        Some(k) if k.starts_with("sys:") => Err(CoreError::invalid(
+            "idempotency_key",
+            format!("{k:?} uses the reserved prefix sys:"),
+            "any key not starting with sys:",
+        )),
+        Some(k) if k.is_empty() || k.len() > 255 => Err(CoreError::invalid(
+            "idempotency_key",
+            "it is empty or longer than 255 bytes",
+            "1 to 255 bytes",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The Supabase anon key has no subject: every anonymous caller would be the same actor.
+pub fn refuse_anonymous(actor: &Actor) -> CoreResult<()> {
+    if !actor.trusted
+        && actor.source == crate::core::actor::ActorSource::Session
+        && actor.role == "anon"
+    {
+        return Err(CoreError::PermissionDenied {
+            actor: actor.id.clone(),
+            action: "use capacity requests anonymously".into(),
+            allowed: "signed-in users (a JWT with a sub claim) and trusted sessions".into(),
+        });
+    }
+    Ok(())
 }

@@ -179,6 +179,16 @@ pub fn apply<W: Workflow>(
                 &[entity_id.into(), key.into()],
             )?;
             if let Some(earlier) = first_json(found)? {
+                // A key names one event: the same key for another event or actor is a conflict.
+                let same = earlier["event_type"].as_str() == Some(W::event_type(event).as_str())
+                    && earlier["actor_id"].as_str() == Some(actor.id.as_str());
+                if !same {
+                    return Err(CoreError::Duplicate {
+                        kind: "idempotency key (used for another event or actor)".into(),
+                        key: key.to_owned(),
+                    }
+                    .into());
+                }
                 // `before` is Some whenever `current` is.
                 let state = before
                     .clone()
