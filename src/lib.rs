@@ -13,6 +13,7 @@
 
 pub mod capacity;
 pub mod core;
+pub mod intake;
 
 /// Registers flowgate's GUCs and, when preloaded with `flowgate.worker_database` set, its
 /// background worker.
@@ -31,6 +32,11 @@ pgrx::extension_sql_file!(
     "../sql/capacity.sql",
     name = "capacity_tables",
     requires = ["outbox_tables"]
+);
+pgrx::extension_sql_file!(
+    "../sql/intake.sql",
+    name = "intake_tables",
+    requires = ["core_bootstrap"]
 );
 pgrx::extension_sql_file!("../sql/core_finalize.sql", name = "core_finalize", finalize);
 

@@ -1,0 +1,32 @@
+-- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
+-- slots lost to aborted claims given back.
+BEGIN;
+SELECT plan(17);
+
+SELECT is(intake.create_pool('tap_drop', 3, '{"max_claims_per_user": 1}') ->> 'queue', 'intake_tap_drop', 'a pool gets its pgmq queue');
+SELECT ok(EXISTS (SELECT FROM pgmq.list_queues() WHERE queue_name = 'intake_tap_drop_dlq'), 'and a dead-letter queue');
+SELECT is((SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_drop' AND status = 'available'), 3, 'inventory is pre-populated');
+
+SELECT throws_ok($$SELECT intake.create_pool('tap_drop', 3)$$, '23505', NULL, 'a pool id is unique');
+SELECT throws_ok($$SELECT intake.create_pool('Bad-Pool', 3)$$, '22023', NULL, 'pool ids are safe identifiers');
+SELECT throws_ok($$SELECT intake.create_pool('x; drop table y', 3)$$, '22023', NULL, 'no SQL reaches a queue name');
+SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batchsize": 5}')$$, '22023', NULL, 'unknown config keys are refused');
+SELECT throws_ok($$SELECT intake.claim_resource('tap_nope', 'u1')$$, 'P0002', NULL, 'an unknown pool is P0002');
+SELECT throws_ok($$SELECT intake.claim_resource('tap_drop', '')$$, '22023', NULL, 'an empty user id is refused');
+SELECT is((SELECT count(*)::int FROM intake.engine_config WHERE pool_id = 'tap_other'), 0, 'refused calls wrote nothing');
+
+SELECT is(intake.claim_resource('tap_drop', 'u1') ->> 'status', 'claimed', 'u1 claims');
+SELECT is(intake.claim_resource('tap_drop', 'u1') ->> 'status', 'limit_reached', 'u1 may claim only once');
+
+-- A claim that aborts after taking its slot number: the sequence does not roll back.
+SAVEPOINT abort_me;
+SELECT intake.claim_resource('tap_drop', 'u2') \g /dev/null
+ROLLBACK TO SAVEPOINT abort_me;
+SELECT is(intake.claim_resource('tap_drop', 'u3') ->> 'slot', '3', 'the next claim gets the next slot');
+SELECT is(intake.claim_resource('tap_drop', 'u4') ->> 'status', 'sold_out', 'the counter is past the inventory: sold out');
+SELECT is(intake.reclaim_slots('tap_drop'), 1::bigint, 'the slot of the aborted claim is given back');
+SELECT is(intake.claim_resource('tap_drop', 'u4') ->> 'slot', '2', 'and claimed by the next user');
+SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_drop), 3, 'one intent per successful claim (the aborted one left none)');
+
+SELECT * FROM finish();
+ROLLBACK;

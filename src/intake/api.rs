@@ -1,0 +1,321 @@
+//! SQL surface of the intake engine (schema `intake`): pools and the claim hot path.
+
+#[pgrx::pg_schema]
+mod intake {
+    use pgrx::pg_sys::panic::ErrorReport;
+    use pgrx::prelude::*;
+    use pgrx::JsonB;
+    use serde_json::{json, Map, Value};
+
+    use crate::core::actor::validate_actor_id;
+    use crate::core::error::{CoreError, CoreResult};
+    use crate::core::prepared::{self, TEXT};
+    use crate::intake::pool::PoolId;
+
+    const CONFIG_KEYS: &[&str] = &[
+        "batch_size",
+        "visibility_timeout_seconds",
+        "validation_webhook_url",
+        "commit_target",
+        "max_retries",
+        "max_claims_per_user",
+        "rate_limit_per_second",
+        "paused",
+    ];
+
+    fn fail(func: &'static str) -> impl FnOnce(CoreError) -> ErrorReport {
+        move |e| e.into_report(func)
+    }
+
+    /// Create a pool: its configuration, `inventory` available slots in `intake.allocations`,
+    /// its pgmq queue and dead-letter queue, and the sequence that hands out slot numbers.
+    /// `config` may set any of the engine_config columns (batch_size, max_claims_per_user, ...).
+    #[pg_extern(volatile)]
+    fn create_pool(
+        pool_id: &str,
+        inventory: i32,
+        config: default!(JsonB, "'{}'"),
+    ) -> Result<JsonB, ErrorReport> {
+        let run = || -> CoreResult<JsonB> {
+            let pool = PoolId::parse(pool_id)?;
+            if !(0..=100_000_000).contains(&inventory) {
+                return Err(CoreError::invalid(
+                    "inventory",
+                    inventory.to_string(),
+                    "0 to 100000000",
+                ));
+            }
+            let mut cfg: Map<String, Value> = match config.0 {
+                Value::Object(m) => m,
+                other => {
+                    return Err(CoreError::invalid(
+                        "config",
+                        format!("got {other}"),
+                        "a JSON object",
+                    ))
+                }
+            };
+            if let Some(bad) = cfg.keys().find(|k| !CONFIG_KEYS.contains(&k.as_str())) {
+                return Err(CoreError::invalid(
+                    "config",
+                    format!("unknown key {bad:?}"),
+                    CONFIG_KEYS.join(", "),
+                ));
+            }
+            cfg.insert("pool_id".into(), pool.as_str().into());
+            cfg.insert("inventory".into(), inventory.into());
+            let cols: Vec<String> = cfg.keys().map(|k| format!("\"{k}\"")).collect();
+            let list = cols.join(", ");
+            Spi::connect_mut(|client| -> CoreResult<()> {
+                let exists = client.select(
+                    "SELECT FROM intake.engine_config WHERE pool_id = $1",
+                    Some(1),
+                    &[pool.as_str().into()],
+                )?;
+                if !exists.is_empty() {
+                    return Err(CoreError::Duplicate {
+                        kind: "pool".into(),
+                        key: pool.as_str().into(),
+                    });
+                }
+                client.update(
+                    &format!(
+                        "INSERT INTO intake.engine_config ({list}) SELECT {list} FROM jsonb_populate_record(NULL::intake.engine_config, $1)"
+                    ),
+                    None,
+                    &[JsonB(Value::Object(cfg.clone())).into()],
+                )?;
+                client.update("SELECT pgmq.create($1)", None, &[pool.queue().into()])?;
+                client.update("SELECT pgmq.create($1)", None, &[pool.dlq().into()])?;
+                // A member of the extension, so DROP EXTENSION takes it along.
+                client.update(
+                    &format!("CREATE SEQUENCE {} AS int MINVALUE 1", pool.slot_sequence()),
+                    None,
+                    &[],
+                )?;
+                client.update(
+                    &format!(
+                        "ALTER EXTENSION flowgate ADD SEQUENCE {}",
+                        pool.slot_sequence()
+                    ),
+                    None,
+                    &[],
+                )?;
+                client.update(
+                    "INSERT INTO intake.allocations (pool_id, slot) SELECT $1, g FROM generate_series(1, $2) g",
+                    None,
+                    &[pool.as_str().into(), inventory.into()],
+                )?;
+                Ok(())
+            })?;
+            Ok(JsonB(
+                json!({"pool_id": pool.as_str(), "inventory": inventory, "queue": pool.queue(), "dlq": pool.dlq()}),
+            ))
+        };
+        run().map_err(fail("intake.create_pool"))
+    }
+
+    /// Drop a pool: its queues, sequence, inventory and configuration.
+    #[pg_extern(volatile, strict)]
+    fn drop_pool(pool_id: &str) -> Result<bool, ErrorReport> {
+        let run = || -> CoreResult<bool> {
+            let pool = PoolId::parse(pool_id)?;
+            Spi::connect_mut(|client| -> CoreResult<bool> {
+                let gone = client.update(
+                    "DELETE FROM intake.engine_config WHERE pool_id = $1 RETURNING 1",
+                    None,
+                    &[pool.as_str().into()],
+                )?;
+                if gone.is_empty() {
+                    return Err(CoreError::not_found("pool", pool.as_str()));
+                }
+                for q in [pool.queue(), pool.dlq()] {
+                    client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
+                }
+                client.update(
+                    &format!(
+                        "ALTER EXTENSION flowgate DROP SEQUENCE {}",
+                        pool.slot_sequence()
+                    ),
+                    None,
+                    &[],
+                )?;
+                client.update(
+                    &format!("DROP SEQUENCE {}", pool.slot_sequence()),
+                    None,
+                    &[],
+                )?;
+                Ok(true)
+            })
+        };
+        run().map_err(fail("intake.drop_pool"))
+    }
+
+    /// Claim one resource of `pool_id` for `user_id`: `{status: "claimed", resource_id, slot,
+    /// msg_id}`, or `{status: "sold_out"}`, `{status: "limit_reached"}`, `{status: "paused"}`.
+    /// The intent (pool, slot, resource, user) is sent to the pool's pgmq queue in the same
+    /// transaction. Slots come from a per-pool sequence and are taken by primary key, so a
+    /// claim's cost does not grow as the pool drains; the only locks are the claimed row and
+    /// the user's claim counter.
+    #[pg_extern(volatile, strict)]
+    fn claim_resource(pool_id: &str, user_id: &str) -> Result<JsonB, ErrorReport> {
+        claim(pool_id, user_id)
+            .map(JsonB)
+            .map_err(fail("intake.claim_resource"))
+    }
+
+    fn claim(pool_id: &str, user_id: &str) -> CoreResult<Value> {
+        let pool = PoolId::parse(pool_id)?;
+        validate_actor_id("user_id", user_id)?;
+        let seq = pool.slot_sequence();
+        Spi::connect_mut(|client| -> CoreResult<Value> {
+            let cfg = prepared::query(
+                client,
+                "SELECT inventory, max_claims_per_user, paused FROM intake.engine_config WHERE pool_id = $1",
+                &[TEXT],
+                &[pool.as_str().into()],
+            )?;
+            if cfg.is_empty() {
+                return Err(CoreError::not_found("pool", pool.as_str()));
+            }
+            let (inventory, max_claims, paused) = cfg.first().get_three::<i32, i32, bool>()?;
+            let (inventory, max_claims) = (inventory.unwrap_or(0), max_claims.unwrap_or(1));
+            if paused == Some(true) {
+                return Ok(json!({"status": "paused", "pool_id": pool.as_str()}));
+            }
+            let sold_out = || json!({"status": "sold_out", "pool_id": pool.as_str()});
+            // Sold out without writing anything: the counter is past the inventory and nothing
+            // was given back. (A racing claim may still find a released slot; that is fine.)
+            let last = prepared::query(
+                client,
+                &format!("SELECT last_value, is_called FROM {seq}"),
+                &[],
+                &[],
+            )?;
+            let (last_value, is_called) = last.first().get_two::<i64, bool>()?;
+            let handed_out = if is_called == Some(true) {
+                last_value.unwrap_or(0)
+            } else {
+                0
+            };
+            if handed_out >= i64::from(inventory) {
+                let released = prepared::query(
+                    client,
+                    "SELECT FROM intake.released_slots WHERE pool_id = $1 LIMIT 1",
+                    &[TEXT],
+                    &[pool.as_str().into()],
+                )?;
+                if released.is_empty() {
+                    return Ok(sold_out());
+                }
+            }
+            let counted = prepared::run(
+                client,
+                "INSERT INTO intake.user_claims AS u (pool_id, user_id, claims) VALUES ($1, $2, 1) \
+                 ON CONFLICT (pool_id, user_id) DO UPDATE SET claims = u.claims + 1 WHERE u.claims < $3 RETURNING claims",
+                &[TEXT, TEXT, pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID)],
+                &[pool.as_str().into(), user_id.into(), max_claims.into()],
+            )?;
+            if counted.is_empty() {
+                return Ok(
+                    json!({"status": "limit_reached", "pool_id": pool.as_str(), "max_claims_per_user": max_claims}),
+                );
+            }
+            // Take a slot: the next number from the sequence, else one given back.
+            for _ in 0..16 {
+                let mut slot =
+                    prepared::run(client, &format!("SELECT nextval('{seq}')::int"), &[], &[])?
+                        .first()
+                        .get_one::<i32>()?
+                        .unwrap_or(i32::MAX);
+                if slot > inventory {
+                    let back = prepared::run(
+                        client,
+                        "DELETE FROM intake.released_slots r USING (SELECT slot FROM intake.released_slots WHERE pool_id = $1 \
+                         LIMIT 1 FOR UPDATE SKIP LOCKED) pick WHERE r.pool_id = $1 AND r.slot = pick.slot RETURNING r.slot",
+                        &[TEXT],
+                        &[pool.as_str().into()],
+                    )?;
+                    if back.is_empty() {
+                        prepared::run(
+                            client,
+                            "UPDATE intake.user_claims SET claims = claims - 1 WHERE pool_id = $1 AND user_id = $2",
+                            &[TEXT, TEXT],
+                            &[pool.as_str().into(), user_id.into()],
+                        )?;
+                        return Ok(sold_out());
+                    }
+                    slot = back.first().get_one::<i32>()?.unwrap_or(i32::MAX);
+                }
+                let taken = prepared::run(
+                    client,
+                    "UPDATE intake.allocations SET status = 'locked', locked_by = $3, locked_at = now() \
+                     WHERE pool_id = $1 AND slot = $2 AND status = 'available' RETURNING resource_id::text",
+                    &[TEXT, pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID), TEXT],
+                    &[pool.as_str().into(), slot.into(), user_id.into()],
+                )?;
+                if taken.is_empty() {
+                    continue; // given back twice (a reclaim raced a slow claim): take another
+                }
+                let resource: String = taken.first().get_one::<String>()?.unwrap_or_default();
+                let intent = json!({"pool_id": pool.as_str(), "slot": slot, "resource_id": resource, "user_id": user_id});
+                let msg_id = prepared::run(
+                    client,
+                    "SELECT * FROM pgmq.send($1, $2)",
+                    &[TEXT, prepared::JSONB],
+                    &[pool.queue().into(), JsonB(intent).into()],
+                )?
+                .first()
+                .get_one::<i64>()?;
+                return Ok(
+                    json!({"status": "claimed", "pool_id": pool.as_str(), "resource_id": resource, "slot": slot, "msg_id": msg_id}),
+                );
+            }
+            Err(CoreError::Internal(
+                "could not take a slot after 16 tries".into(),
+            ))
+        })
+    }
+
+    /// Give back slots whose claim aborted after taking its number (the sequence does not roll
+    /// back): available slots at or below the counter that no claim holds. Safe to run any
+    /// time; a claim re-checks `status = 'available'` before it takes a slot.
+    #[pg_extern(volatile, strict)]
+    fn reclaim_slots(pool_id: &str) -> Result<i64, ErrorReport> {
+        let run = || -> CoreResult<i64> {
+            let pool = PoolId::parse(pool_id)?;
+            let seq = pool.slot_sequence();
+            let handed_out = Spi::get_one::<i64>(&format!(
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}"
+            ))?
+            .unwrap_or(0);
+            Ok(Spi::get_one_with_args::<i64>(
+                "WITH lost AS (SELECT slot FROM intake.allocations WHERE pool_id = $1 AND slot <= $2 \
+                               AND status = 'available' FOR UPDATE SKIP LOCKED), \
+                      ins AS (INSERT INTO intake.released_slots (pool_id, slot) SELECT $1, slot FROM lost \
+                              ON CONFLICT DO NOTHING RETURNING 1) \
+                 SELECT count(*) FROM ins",
+                &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
+            )?
+            .unwrap_or(0))
+        };
+        run().map_err(fail("intake.reclaim_slots"))
+    }
+}
+
+pgrx::extension_sql!(
+    r#"
+REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop_pool(text), intake.reclaim_slots(text) FROM PUBLIC;
+COMMENT ON FUNCTION intake.claim_resource(text, text) IS
+  'Claim one resource for a user: claimed (resource_id, slot, msg_id), sold_out, limit_reached or paused. Never the same resource twice.';
+COMMENT ON FUNCTION intake.create_pool(text, integer, jsonb) IS 'Create a pool with inventory slots, its pgmq queue and DLQ.';
+"#,
+    name = "intake_api",
+    requires = [
+        "intake_tables",
+        intake::create_pool,
+        intake::drop_pool,
+        intake::claim_resource,
+        intake::reclaim_slots
+    ]
+);

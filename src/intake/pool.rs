@@ -1,0 +1,72 @@
+//! Pool ids and the names derived from them (pgmq queues, slot sequences). Pure.
+
+use crate::core::error::{CoreError, CoreResult};
+
+/// A validated pool id: `[a-z][a-z0-9_]{0,39}`, so every derived identifier (`intake_<id>`,
+/// `intake_<id>_dlq`, `slots_<id>`) is a safe, short Postgres name (pgmq adds `q_`/`a_`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolId(String);
+
+impl PoolId {
+    pub fn parse(id: &str) -> CoreResult<PoolId> {
+        let ok = (1..=40).contains(&id.len())
+            && id.starts_with(|c: char| c.is_ascii_lowercase())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(PoolId(id.to_string()))
+        } else {
+            Err(CoreError::invalid(
+                "pool_id",
+                format!("{id:?}"),
+                "1 to 40 characters from a-z, 0-9 and _, starting with a letter",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The pgmq queue holding the pool's intents.
+    pub fn queue(&self) -> String {
+        format!("intake_{}", self.0)
+    }
+
+    /// Its dead-letter queue.
+    pub fn dlq(&self) -> String {
+        format!("intake_{}_dlq", self.0)
+    }
+
+    /// The sequence handing out slot numbers, schema-qualified and quoted.
+    pub fn slot_sequence(&self) -> String {
+        format!("intake.\"slots_{}\"", self.0)
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn pool_ids_are_safe_identifiers() {
+        let p = PoolId::parse("taylor_swift_2027").unwrap();
+        assert_eq!(p.queue(), "intake_taylor_swift_2027");
+        assert_eq!(p.dlq(), "intake_taylor_swift_2027_dlq");
+        assert_eq!(p.slot_sequence(), "intake.\"slots_taylor_swift_2027\"");
+        for bad in [
+            "",
+            "Drop",
+            "1abc",
+            "a-b",
+            "a;drop table x",
+            "a\"b",
+            &"a".repeat(41),
+            "é",
+        ] {
+            assert_eq!(PoolId::parse(bad).unwrap_err().sqlstate(), "22023", "{bad}");
+        }
+        assert!(PoolId::parse(&"a".repeat(40)).is_ok());
+    }
+}
