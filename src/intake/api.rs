@@ -259,11 +259,13 @@ mod intake {
                 }
                 let resource: String = taken.first().get_one::<String>()?.unwrap_or_default();
                 let intent = json!({"pool_id": pool.as_str(), "slot": slot, "resource_id": resource, "user_id": user_id});
+                // What pgmq.send does, as one prepared INSERT into the queue's table (pgmq.send
+                // builds and plans its statement dynamically on every call).
                 let msg_id = prepared::run(
                     client,
-                    "SELECT * FROM pgmq.send($1, $2)",
-                    &[TEXT, prepared::JSONB],
-                    &[pool.queue().into(), JsonB(intent).into()],
+                    &format!("INSERT INTO {} (vt, message) VALUES (clock_timestamp(), $1) RETURNING msg_id", pool.queue_table()),
+                    &[prepared::JSONB],
+                    &[JsonB(intent).into()],
                 )?
                 .first()
                 .get_one::<i64>()?;

@@ -34,6 +34,11 @@ impl PoolId {
         format!("intake_{}", self.0)
     }
 
+    /// The queue's table, schema-qualified and quoted (pgmq's `q_<queue>` layout).
+    pub fn queue_table(&self) -> String {
+        format!("pgmq.\"q_intake_{}\"", self.0)
+    }
+
     /// Its dead-letter queue.
     pub fn dlq(&self) -> String {
         format!("intake_{}_dlq", self.0)
@@ -55,6 +60,7 @@ mod unit_tests {
         assert_eq!(p.queue(), "intake_taylor_swift_2027");
         assert_eq!(p.dlq(), "intake_taylor_swift_2027_dlq");
         assert_eq!(p.slot_sequence(), "intake.\"slots_taylor_swift_2027\"");
+        assert_eq!(p.queue_table(), "pgmq.\"q_intake_taylor_swift_2027\"");
         for bad in [
             "",
             "Drop",
