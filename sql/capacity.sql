@@ -102,8 +102,7 @@ SELECT pg_catalog.pg_extension_config_dump('capacity.group_members', '');
 -- Reads go through RLS; writes only through the SECURITY DEFINER functions.
 REVOKE ALL ON capacity.capacity_requests, capacity.capacity_request_events, capacity.capacity_request_tasks,
               capacity.group_members FROM PUBLIC;
-GRANT SELECT ON capacity.capacity_requests, capacity.capacity_request_events, capacity.capacity_request_tasks,
-                capacity.group_members TO PUBLIC;
+GRANT SELECT ON capacity.capacity_requests, capacity.capacity_request_events, capacity.capacity_request_tasks TO PUBLIC;
 ALTER TABLE capacity.capacity_requests ENABLE ROW LEVEL SECURITY;
 ALTER TABLE capacity.capacity_request_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE capacity.capacity_request_tasks ENABLE ROW LEVEL SECURITY;

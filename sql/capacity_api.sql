@@ -20,10 +20,17 @@ AS $$
 $$;
 COMMENT ON FUNCTION capacity.is_admin() IS 'Whether the caller is a capacity admin (setting capacity.admins) or a trusted session.';
 
+-- The caller's infra groups. SECURITY DEFINER: group membership itself is not public.
+CREATE FUNCTION capacity.my_groups() RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(array_agg(group_name), '{}') FROM capacity.group_members WHERE user_id = flowgate.current_actor() $$;
+COMMENT ON FUNCTION capacity.my_groups() IS 'The infra owner groups the calling actor belongs to.';
+
 CREATE POLICY parties_read ON capacity.capacity_requests FOR SELECT USING (
         requester_user_id = (SELECT flowgate.current_actor())
      OR commercial_owner_user_id = (SELECT flowgate.current_actor())
-     OR infra_owner_group IN (SELECT g.group_name FROM capacity.group_members g WHERE g.user_id = (SELECT flowgate.current_actor()))
+     OR infra_owner_group = ANY ((SELECT capacity.my_groups())::text[])
      OR (SELECT capacity.is_admin()));
 CREATE POLICY parties_read ON capacity.capacity_request_events FOR SELECT USING (
         capacity_request_id IN (SELECT r.id FROM capacity.capacity_requests r));

@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- Seed 001's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(53);
+SELECT plan(54);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -144,6 +144,7 @@ SELECT throws_ok(format($$SELECT capacity.apply_event(%L, 'CANCEL_APPROVED')$$, 
     'apply_event is refused to untrusted sessions');
 SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
 SELECT is((SELECT count(*)::int FROM capacity.capacity_requests), 4, 'infra group members see their group''s requests');
+SELECT throws_ok('SELECT count(*) FROM capacity.group_members', '42501', NULL, 'group membership is not public');
 RESET ROLE;
 
 -- === Threshold approvals ====================================================================
