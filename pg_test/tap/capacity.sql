@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- Seed 001's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(54);
+SELECT plan(56);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -21,6 +21,12 @@ SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 2, 'us-east-1',
 SELECT matches(:'cr1'::text, '^CR-[0-9]{4}-[0-9]{6}$', 'ids look like CR-<year>-<6 digits>');
 SELECT is(capacity.get_capacity_request(:'cr1') -> 'request' ->> 'state', 'COMMERCIAL_APPROVAL_REQUIRED', 'a new request waits for commercial approval');
 SELECT is(capacity.get_capacity_request(:'cr1') -> 'request' ->> 'requester_user_id', 'sa-1', 'the requester is the JWT subject');
+SELECT is(capacity.create_capacity_request('ae-1', 'infra', '24XL', 2, 'us-east-1', '{"org":"acme"}', needed_by_date => '2027-01-15',
+          expected_duration_days => 90, estimated_monthly_cost_usd => 48000) -> 'request' ->> 'id' <> :'cr1', true,
+          'without a key, a second identical call is a second request');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '48XL', 2, 'us-east-1', idempotency_key => 'crm-42')$$ ||
+                 $$, capacity.create_capacity_request('ae-1', 'infra', '24XL', 2, 'us-east-1', idempotency_key => 'crm-42')$$,
+                 '23505', NULL, 'a key reused for a different request is a conflict');
 
 SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
 SELECT is(capacity.record_capacity_event(:'cr1', 'COMMERCIAL_APPROVED') -> 'request' ->> 'state', 'TECHNICAL_REVIEW_REQUIRED', 'the commercial owner approves');
@@ -143,7 +149,7 @@ SET LOCAL ROLE authenticated;
 SELECT throws_ok(format($$SELECT capacity.apply_event(%L, 'CANCEL_APPROVED')$$, :'cr4'), '42501', NULL,
     'apply_event is refused to untrusted sessions');
 SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
-SELECT is((SELECT count(*)::int FROM capacity.capacity_requests), 4, 'infra group members see their group''s requests');
+SELECT is((SELECT count(*)::int FROM capacity.capacity_requests), 5, 'infra group members see their group''s requests');
 SELECT throws_ok('SELECT count(*) FROM capacity.group_members', '42501', NULL, 'group membership is not public');
 RESET ROLE;
 

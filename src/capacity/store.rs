@@ -218,6 +218,29 @@ pub fn create(
             Ok(rows.first().get_one::<String>()?)
         })?;
         if let Some(id) = earlier {
+            // The same key must mean the same request; anything else is a client bug.
+            let same = Spi::get_one_with_args::<bool>(
+                "SELECT commercial_owner_user_id = $2 AND infra_owner_group = $3 AND requested_size = $4 \
+                        AND quantity = $5 AND region = $6 \
+                   FROM capacity.capacity_requests WHERE id = $1",
+                &[
+                    id.as_str().into(),
+                    request.commercial_owner_user_id.as_str().into(),
+                    request.infra_owner_group.as_str().into(),
+                    request.requested_size.as_str().into(),
+                    request.quantity.into(),
+                    request.region.as_str().into(),
+                ],
+            )
+            .map_err(CoreError::from)?
+            .unwrap_or(false);
+            if !same {
+                return Err(CoreError::Duplicate {
+                    kind: "idempotency key (used for a different request)".into(),
+                    key: k.to_string(),
+                }
+                .into());
+            }
             return Ok((id, true));
         }
     }
