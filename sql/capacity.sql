@@ -99,7 +99,8 @@ CREATE TABLE capacity.group_members (
 COMMENT ON TABLE capacity.group_members IS 'Members of infra owner groups: they may record technical reviews and AWS signals.';
 SELECT pg_catalog.pg_extension_config_dump('capacity.group_members', '');
 
--- Reads go through RLS; writes only through the SECURITY DEFINER functions.
+-- Reads go through RLS; writes only through the capacity functions, which run with the
+-- owner's rights and a pinned search_path.
 REVOKE ALL ON capacity.capacity_requests, capacity.capacity_request_events, capacity.capacity_request_tasks,
               capacity.group_members FROM PUBLIC;
 GRANT SELECT ON capacity.capacity_requests, capacity.capacity_request_events, capacity.capacity_request_tasks TO PUBLIC;

@@ -58,17 +58,12 @@ pub fn announce(
             "{}/chat.postMessage",
             setting("capacity.slack_api_url")?.trim_end_matches('/')
         );
-        // Slack enabled after the request was created: post its root message now, so the
-        // parked reply below has a thread to wait for.
-        let from = match from {
-            Some(_)
-                if request["slack_thread_ts"].is_null()
-                    && !delivery_exists(client, &format!("capacity:{id}:slack:root"))? =>
-            {
-                None
-            }
-            other => other,
-        };
+        let from = root_first(
+            client,
+            from,
+            &request["slack_thread_ts"],
+            &format!("capacity:{id}:slack:root"),
+        )?;
         let mut d = match from {
             None => {
                 let mut d = NewDelivery::post_json(
@@ -104,15 +99,12 @@ pub fn announce(
     }
     if !team.is_empty() {
         let url = setting("capacity.linear_api_url")?;
-        let from = match from {
-            Some(_)
-                if request["linear_issue_id"].is_null()
-                    && !delivery_exists(client, &format!("capacity:{id}:linear:issue"))? =>
-            {
-                None
-            }
-            other => other,
-        };
+        let from = root_first(
+            client,
+            from,
+            &request["linear_issue_id"],
+            &format!("capacity:{id}:linear:issue"),
+        )?;
         let mut d = match from {
             None => {
                 let mut d = NewDelivery::post_json(
@@ -192,13 +184,24 @@ pub fn warn(client: &mut SpiClient<'_>, id: &str, deadline: &str) -> CoreResult<
     Ok(())
 }
 
-fn delivery_exists(client: &SpiClient<'_>, key: &str) -> CoreResult<bool> {
+/// Treat a transition as the request's first announcement when its root (Slack message or
+/// Linear issue) was never enqueued: the integration was enabled after the request was
+/// created. Then the root is posted now and later replies have something to wait for.
+fn root_first(
+    client: &SpiClient<'_>,
+    from: Option<State>,
+    root_id: &Value,
+    root_key: &str,
+) -> CoreResult<Option<State>> {
+    if from.is_none() || !root_id.is_null() {
+        return Ok(from);
+    }
     let rows = client.select(
         "SELECT FROM flowgate.deliveries WHERE idempotency_key = $1",
         Some(1),
-        &[key.into()],
+        &[root_key.into()],
     )?;
-    Ok(!rows.is_empty())
+    Ok(if rows.is_empty() { None } else { from })
 }
 
 fn delivered(call: &HandlerCall<'_>) -> bool {

@@ -28,8 +28,8 @@ fn guc(name: &str) -> Option<String> {
     }
 }
 
-/// The calling role: `current_user` as the caller sees it. Inside a SECURITY DEFINER function
-/// this is still the caller (Postgres' "outer" user), never the function's owner, so identity
+/// The calling role: `current_user` as the caller sees it. Inside a function running with its
+/// owner's rights this is still the caller (Postgres' "outer" user), never the function's owner, so identity
 /// and trust cannot be borrowed from a definer.
 pub fn current_user() -> String {
     // SAFETY: GetOuterUserId() is always valid inside a transaction; with noerr = true
