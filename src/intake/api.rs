@@ -279,6 +279,128 @@ mod intake {
         })
     }
 
+    /// Rebuild a pool's UNLOGGED state after a crash (or a restore) from the logged record:
+    /// every intent in its pgmq queue, archive and dead-letter queue is a claim. Claimed slots
+    /// become `locked` again with their resource and user, the rest `available`; slots below the
+    /// counter that no intent holds are given back; user claim counts are recounted; a missing
+    /// slot sequence is recreated past the highest claimed slot. Blocks claims while it runs.
+    #[pg_extern(volatile, strict)]
+    fn recover_pool(pool_id: &str) -> Result<JsonB, ErrorReport> {
+        let run = || -> CoreResult<JsonB> {
+            let pool = PoolId::parse(pool_id)?;
+            let seq = pool.slot_sequence();
+            Spi::connect_mut(|client| -> CoreResult<JsonB> {
+                let cfg = client.update(
+                    "SELECT inventory FROM intake.engine_config WHERE pool_id = $1 FOR UPDATE",
+                    None,
+                    &[pool.as_str().into()],
+                )?;
+                if cfg.is_empty() {
+                    return Err(CoreError::not_found("pool", pool.as_str()));
+                }
+                let inventory = cfg.first().get_one::<i32>()?.unwrap_or(0);
+                client.update("LOCK TABLE intake.allocations, intake.released_slots, intake.user_claims IN EXCLUSIVE MODE", None, &[])?;
+                let intents = format!(
+                    "SELECT (message ->> 'slot')::int AS slot, (message ->> 'resource_id')::uuid AS resource_id, \
+                            message ->> 'user_id' AS user_id, enqueued_at FROM pgmq.\"q_{q}\" \
+                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at FROM pgmq.\"a_{q}\" \
+                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at FROM pgmq.\"q_{d}\" \
+                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at FROM pgmq.\"a_{d}\"",
+                    q = pool.queue(),
+                    d = pool.dlq()
+                );
+                let missing_seq = client
+                    .select(
+                        "SELECT to_regclass($1) IS NULL",
+                        Some(1),
+                        &[seq.clone().into()],
+                    )?
+                    .first()
+                    .get_one::<bool>()?
+                    .unwrap_or(false);
+                if missing_seq {
+                    client.update(
+                        &format!("CREATE SEQUENCE {seq} AS int MINVALUE 1"),
+                        None,
+                        &[],
+                    )?;
+                    client.update(
+                        &format!("ALTER EXTENSION flowgate ADD SEQUENCE {seq}"),
+                        None,
+                        &[],
+                    )?;
+                    client.update(
+                        &format!("SELECT setval('{seq}', m, true) FROM (SELECT max(slot) AS m FROM ({intents}) i) x WHERE m IS NOT NULL"),
+                        None,
+                        &[],
+                    )?;
+                }
+                for table in [
+                    "intake.allocations",
+                    "intake.released_slots",
+                    "intake.user_claims",
+                ] {
+                    client.update(
+                        &format!("DELETE FROM {table} WHERE pool_id = $1"),
+                        None,
+                        &[pool.as_str().into()],
+                    )?;
+                }
+                client.update(
+                    &format!(
+                        "INSERT INTO intake.allocations (pool_id, slot, resource_id, status, locked_by, locked_at) \
+                         SELECT $1, g, coalesce(i.resource_id, gen_random_uuid()), \
+                                CASE WHEN i.slot IS NULL THEN 'available' ELSE 'locked' END, i.user_id, i.enqueued_at \
+                           FROM generate_series(1, $2) g LEFT JOIN (SELECT DISTINCT ON (slot) * FROM ({intents}) x ORDER BY slot, enqueued_at) i ON i.slot = g"
+                    ),
+                    None,
+                    &[pool.as_str().into(), inventory.into()],
+                )?;
+                client.update(
+                    &format!(
+                        "INSERT INTO intake.user_claims (pool_id, user_id, claims) \
+                         SELECT $1, user_id, count(*) FROM ({intents}) i GROUP BY user_id"
+                    ),
+                    None,
+                    &[pool.as_str().into()],
+                )?;
+                let handed_out = client
+                    .select(
+                        &format!(
+                            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}"
+                        ),
+                        Some(1),
+                        &[],
+                    )?
+                    .first()
+                    .get_one::<i64>()?
+                    .unwrap_or(0);
+                client.update(
+                    "INSERT INTO intake.released_slots (pool_id, slot) SELECT pool_id, slot FROM intake.allocations \
+                     WHERE pool_id = $1 AND status = 'available' AND slot <= $2",
+                    None,
+                    &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
+                )?;
+                let summary = client
+                    .select(
+                        "SELECT jsonb_build_object('pool_id', $1::text, 'inventory', $2::int, \
+                           'claimed', count(*) FILTER (WHERE status <> 'available'), \
+                           'available', count(*) FILTER (WHERE status = 'available'), \
+                           'released', (SELECT count(*) FROM intake.released_slots WHERE pool_id = $1), \
+                           'users', (SELECT count(*) FROM intake.user_claims WHERE pool_id = $1)) \
+                         FROM intake.allocations WHERE pool_id = $1",
+                        Some(1),
+                        &[pool.as_str().into(), inventory.into()],
+                    )?
+                    .first()
+                    .get_one::<JsonB>()?
+                    .unwrap_or(JsonB(Value::Null));
+                Ok(summary)
+            })
+        };
+        run().map_err(fail("intake.recover_pool"))
+    }
+
     /// Give back slots whose claim aborted after taking its number (the sequence does not roll
     /// back): available slots at or below the counter that no claim holds. Safe to run any
     /// time; a claim re-checks `status = 'available'` before it takes a slot.
@@ -307,7 +429,8 @@ mod intake {
 
 pgrx::extension_sql!(
     r#"
-REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop_pool(text), intake.reclaim_slots(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop_pool(text), intake.reclaim_slots(text),
+    intake.recover_pool(text) FROM PUBLIC;
 COMMENT ON FUNCTION intake.claim_resource(text, text) IS
   'Claim one resource for a user: claimed (resource_id, slot, msg_id), sold_out, limit_reached or paused. Never the same resource twice.';
 COMMENT ON FUNCTION intake.create_pool(text, integer, jsonb) IS 'Create a pool with inventory slots, its pgmq queue and DLQ.';
