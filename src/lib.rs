@@ -38,7 +38,7 @@ pgrx::extension_sql_file!(
     name = "intake_tables",
     requires = ["core_bootstrap"]
 );
-pgrx::extension_sql_file!("../sql/core_finalize.sql", name = "core_finalize", finalize);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -381,17 +381,3 @@ mod capacity {
         run().map_err(fail)
     }
 }
-
-pgrx::extension_sql_file!(
-    "../../sql/capacity_api.sql",
-    name = "capacity_api",
-    requires = [
-        "capacity_tables",
-        "outbox_api",
-        capacity::apply_event_by_name,
-        capacity::get_capacity_request,
-        capacity::create_capacity_request,
-        capacity::record_capacity_event,
-        capacity::run_capacity_request_timers
-    ]
-);

@@ -426,21 +426,3 @@ mod intake {
         run().map_err(fail("intake.reclaim_slots"))
     }
 }
-
-pgrx::extension_sql!(
-    r#"
-REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop_pool(text), intake.reclaim_slots(text),
-    intake.recover_pool(text) FROM PUBLIC;
-COMMENT ON FUNCTION intake.claim_resource(text, text) IS
-  'Claim one resource for a user: claimed (resource_id, slot, msg_id), sold_out, limit_reached or paused. Never the same resource twice.';
-COMMENT ON FUNCTION intake.create_pool(text, integer, jsonb) IS 'Create a pool with inventory slots, its pgmq queue and DLQ.';
-"#,
-    name = "intake_api",
-    requires = [
-        "intake_tables",
-        intake::create_pool,
-        intake::drop_pool,
-        intake::claim_resource,
-        intake::reclaim_slots
-    ]
-);

@@ -1,5 +1,5 @@
 //! SQL surface of the outbox. The orchestration (`flowgate.dispatch`, `flowgate.collect`) is
-//! PL/pgSQL in `sql/outbox_api.sql` so that each delivery's outcome and handler run in their
+//! PL/pgSQL in `sql/finalize.sql` so that each delivery's outcome and handler run in their
 //! own subtransaction; these functions are the Rust steps it calls.
 
 use pgrx::pg_sys::panic::ErrorReport;
@@ -331,15 +331,3 @@ fn record_attempt(
         .map(str::to_owned)
         .map_err(report("flowgate.record_attempt"))
 }
-
-pgrx::extension_sql_file!(
-    "../../../sql/outbox_api.sql",
-    name = "outbox_api",
-    requires = [
-        "outbox_tables",
-        record_attempt,
-        transport_native,
-        transport_pg_net,
-        effective_transport
-    ]
-);

@@ -1,0 +1,404 @@
+-- Finalize (runs last, after every Rust function exists): SQL that calls or names Rust
+-- functions — triggers, PL/pgSQL orchestration, SQL wrappers, RLS policies, views — plus
+-- privileges and documentation. One file because pgrx allows a single `finalize` and only the
+-- finalize position is guaranteed to follow all generated functions. Sections per module.
+
+-- ==== Core =====================================================================================
+
+CREATE FUNCTION flowgate.settings_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+    PERFORM flowgate.check_setting(NEW.key, NEW.value);
+    NEW.updated_at := now();
+    NEW.updated_by := flowgate.current_actor();
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION flowgate.settings_guard() IS
+  'Validates every write to flowgate.settings against the documented type of its key (22023 otherwise).';
+
+CREATE TRIGGER settings_guard BEFORE INSERT OR UPDATE ON flowgate.settings
+    FOR EACH ROW EXECUTE FUNCTION flowgate.settings_guard();
+
+COMMENT ON FUNCTION flowgate.current_actor() IS
+  'The acting identity: the JWT subject from request.jwt.claims (PostgREST/Supabase), else current_user.';
+COMMENT ON FUNCTION flowgate.current_actor_info(text) IS
+  'The acting identity as JSON (id, role, source, actor_type, trusted); with on_behalf_of, what a trusted '
+  'session acting for that actor would be recorded as (42501 for untrusted sessions).';
+COMMENT ON FUNCTION flowgate.get_setting(text) IS
+  'Effective value of a setting (stored, else default); 22023 for an unknown key.';
+COMMENT ON FUNCTION flowgate.set_setting(text, jsonb) IS
+  'Store a setting after validating it (22023 with the allowed values otherwise); needs write access to flowgate.settings.';
+COMMENT ON FUNCTION flowgate.reset_setting(text) IS
+  'Forget a stored setting so its documented default applies again.';
+COMMENT ON FUNCTION flowgate.check_setting(text, jsonb) IS
+  'Raise 22023 unless the value is acceptable for the key; used by the settings trigger.';
+COMMENT ON FUNCTION flowgate.setting_definitions() IS
+  'Every documented setting: key, kind, allowed values, default, current value and description.';
+
+-- ==== Outbox =====================================================================================
+
+-- Outbox orchestration. PL/pgSQL so that each delivery's outcome and owner handler run in a
+-- subtransaction (an EXCEPTION block): one failing handler never undoes the rest of a batch.
+
+CREATE FUNCTION flowgate.record_attempt_isolated(
+    p_id bigint, p_status_code int, p_retry_after text, p_body text, p_content_type text,
+    p_error_kind text, p_error text
+) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    msg text;
+    state text;
+BEGIN
+    RETURN flowgate.record_attempt(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+    -- The request itself may have succeeded: a 2xx stays delivered (re-sending could post a
+    -- Slack message twice); flowgate.rerun_handlers() retries just the handler.
+    UPDATE flowgate.deliveries
+       SET status = CASE WHEN p_status_code BETWEEN 200 AND 299 THEN 'delivered' ELSE 'failed' END::flowgate.delivery_status,
+           delivered_at = CASE WHEN p_status_code BETWEEN 200 AND 299 THEN clock_timestamp() END,
+           last_status_code = p_status_code, response_body = p_body, response_content_type = p_content_type,
+           last_error = CASE WHEN p_status_code BETWEEN 200 AND 299
+                             THEN 'delivered, but the response handler failed; fix it, then flowgate.rerun_handlers()'
+                             ELSE 'recording the outcome or running the response handler failed; fix the cause, then flowgate.replay_dead()' END,
+           handler_error = state || ': ' || msg, claimed_at = NULL, updated_at = clock_timestamp()
+     WHERE id = p_id AND status = 'in_flight';
+    RETURN 'handler_error';
+END
+$$;
+
+-- Record one attempt; only deliveries with a response handler pay for a subtransaction
+-- (a busy batch of plain webhooks would otherwise overflow the 64-entry subxid cache).
+CREATE FUNCTION flowgate.record_attempt_checked(
+    p_id bigint, p_status_code int, p_retry_after text, p_body text, p_content_type text,
+    p_error_kind text, p_error text
+) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM flowgate.deliveries WHERE id = p_id AND handler IS NOT NULL) THEN
+        RETURN flowgate.record_attempt_isolated(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
+    END IF;
+    RETURN flowgate.record_attempt(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
+END
+$$;
+
+CREATE FUNCTION flowgate.dispatch(max_deliveries int DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n int := coalesce(max_deliveries, (flowgate.get_setting('flowgate.dispatch_batch_size'))::int);
+    chosen text := flowgate.effective_transport();
+    ids bigint[];
+    native_ids bigint[] := '{}';
+    r record;
+    verdict text;
+    counts jsonb := '{"delivered": 0, "retry": 0, "failed": 0, "dead": 0, "skipped": 0, "handler_error": 0}';
+BEGIN
+    IF n IS NULL OR n NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('invalid max_deliveries: %s', n), HINT = 'allowed: 1 to 10000, or NULL for the setting';
+    END IF;
+
+    WITH due AS (
+        SELECT id FROM flowgate.deliveries
+         WHERE status = 'pending' AND next_attempt_at <= now()
+         ORDER BY next_attempt_at, id
+         LIMIT n
+           FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE flowgate.deliveries d
+           SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = now(),
+               transport = chosen, transport_ref = NULL, updated_at = now()
+          FROM due
+         WHERE d.id = due.id
+        RETURNING d.id
+    )
+    SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO ids FROM claimed;
+
+    IF cardinality(ids) = 0 THEN
+        RETURN jsonb_build_object('transport', chosen, 'claimed', 0, 'queued', 0) || counts;
+    END IF;
+
+    IF chosen = 'pg_net' THEN
+        FOR r IN SELECT * FROM flowgate.transport_pg_net(ids) LOOP
+            IF r.error_kind = 'native' THEN
+                native_ids := native_ids || r.id;
+            ELSE
+                verdict := flowgate.record_attempt_checked(r.id, NULL, NULL, NULL, NULL, r.error_kind, r.error);
+                counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
+            END IF;
+        END LOOP;
+        UPDATE flowgate.deliveries SET transport = 'native' WHERE id = ANY (native_ids);
+    ELSE
+        native_ids := ids;
+    END IF;
+
+    IF cardinality(native_ids) > 0 THEN
+        FOR r IN SELECT * FROM flowgate.transport_native(native_ids) LOOP
+            verdict := flowgate.record_attempt_checked(r.id, r.status_code, r.retry_after, r.body,
+                                                        r.content_type, r.error_kind, r.error);
+            counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
+        END LOOP;
+    END IF;
+
+    RETURN jsonb_build_object('transport', chosen, 'claimed', cardinality(ids),
+                              'queued', CASE WHEN chosen = 'pg_net'
+                                             THEN cardinality(ids) - cardinality(native_ids)
+                                                  - (counts ->> 'failed')::int - (counts ->> 'handler_error')::int
+                                             ELSE 0 END)
+           || counts;
+END
+$$;
+
+CREATE FUNCTION flowgate.collect() RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    lease int := (flowgate.get_setting('flowgate.in_flight_lease_seconds'))::int;
+    r record;
+    verdict text;
+    collected int := 0;
+    expired int := 0;
+    counts jsonb := '{"delivered": 0, "retry": 0, "failed": 0, "dead": 0, "skipped": 0, "handler_error": 0}';
+BEGIN
+    -- Responses pg_net has stored for deliveries it sent.
+    IF to_regclass('net._http_response') IS NOT NULL THEN
+        FOR r IN EXECUTE $q$
+            SELECT d.id, resp.status_code,
+                   (SELECT h.value FROM jsonb_each_text(coalesce(resp.headers, '{}'::jsonb)) h
+                     WHERE lower(h.key) = 'retry-after' LIMIT 1) AS retry_after,
+                   left(resp.content, 65536) AS body, resp.content_type,
+                   CASE WHEN resp.timed_out THEN 'timeout'
+                        WHEN resp.error_msg IS NOT NULL THEN 'transport' END AS error_kind,
+                   resp.error_msg AS error
+              FROM flowgate.deliveries d
+              JOIN net._http_response resp ON resp.id = d.transport_ref
+             WHERE d.status = 'in_flight' AND d.transport = 'pg_net'
+             ORDER BY d.id
+             LIMIT 500
+               FOR UPDATE OF d SKIP LOCKED
+        $q$ LOOP
+            verdict := flowgate.record_attempt_checked(r.id, r.status_code, r.retry_after, r.body,
+                                                        r.content_type, r.error_kind, r.error);
+            counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
+            collected := collected + 1;
+        END LOOP;
+    END IF;
+
+    -- In flight for longer than the lease (and never less than its own timeout plus 30 s) with
+    -- no response recorded: a timed-out attempt.
+    FOR r IN SELECT id FROM flowgate.deliveries
+              WHERE status = 'in_flight'
+                AND claimed_at < now() - make_interval(secs => greatest(lease, timeout_ms / 1000 + 30))
+              ORDER BY id
+              LIMIT 500
+                FOR UPDATE SKIP LOCKED LOOP
+        verdict := flowgate.record_attempt_checked(r.id, NULL, NULL, NULL, NULL, 'timeout',
+                                                    'no response recorded within the in-flight lease');
+        counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
+        expired := expired + 1;
+    END LOOP;
+
+    RETURN jsonb_build_object('collected', collected, 'expired', expired) || counts;
+END
+$$;
+
+CREATE FUNCTION flowgate.replay_dead(ids bigint[]) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH replayed AS (
+        UPDATE flowgate.deliveries
+           SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL,
+               handler_error = NULL, claimed_at = NULL, transport_ref = NULL, updated_at = now()
+         WHERE id = ANY (ids) AND status IN ('dead', 'failed')
+        RETURNING 1
+    )
+    SELECT count(*)::int FROM replayed
+$$;
+
+CREATE FUNCTION flowgate.set_secret(name text, value text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO flowgate.secrets AS s (name, value) VALUES (set_secret.name, set_secret.value)
+    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+$$;
+
+CREATE FUNCTION flowgate.drop_secret(name text) RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name RETURNING 1)
+    SELECT count(*) > 0 FROM gone
+$$;
+
+CREATE FUNCTION flowgate.prune_deliveries(max_rows int DEFAULT 10000) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH old AS (
+        SELECT id FROM flowgate.deliveries
+         WHERE status = 'delivered'
+           AND delivered_at < now() - make_interval(hours => (flowgate.get_setting('flowgate.delivered_retention_hours'))::int)
+         ORDER BY delivered_at
+         LIMIT max_rows
+           FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM flowgate.deliveries d USING old WHERE d.id = old.id RETURNING 1
+    )
+    SELECT count(*)::int FROM gone
+$$;
+
+-- Outbox and schedules ------------------------------------------------------------------
+-- Operator functions: not for PUBLIC. (Reading deliveries is owner-only too.)
+REVOKE EXECUTE ON FUNCTION flowgate.dispatch(int), flowgate.collect(), flowgate.replay_dead(bigint[]),
+    flowgate.set_secret(text, text), flowgate.drop_secret(text),
+    flowgate.record_attempt_isolated(bigint, int, text, text, text, text, text),
+    flowgate.record_attempt_checked(bigint, int, text, text, text, text, text),
+    flowgate.rerun_handlers(bigint[]),
+    flowgate.record_attempt(bigint, int, text, text, text, text, text),
+    flowgate.transport_native(bigint[]), flowgate.transport_pg_net(bigint[]),
+    flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int),
+    flowgate.install_schedules(), flowgate.uninstall_schedules(), flowgate.run_periodic(boolean),
+    flowgate.prune_deliveries(int)
+  FROM PUBLIC;
+
+COMMENT ON FUNCTION flowgate.dispatch(int) IS
+  'Claim up to max_deliveries due deliveries (SKIP LOCKED) and send them: native transport sends and records '
+  'in this call; pg_net queues them for flowgate.collect(). Returns counts per outcome.';
+COMMENT ON FUNCTION flowgate.collect() IS
+  'Record pg_net responses of in-flight deliveries and expire in-flight deliveries past their lease.';
+COMMENT ON FUNCTION flowgate.replay_dead(bigint[]) IS
+  'Re-queue dead or failed deliveries (attempts reset); returns how many were re-queued.';
+COMMENT ON FUNCTION flowgate.set_secret(text, text) IS
+  'Store a named secret for deliveries (used when Supabase Vault has none of that name). Owner only.';
+COMMENT ON FUNCTION flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int) IS
+  'Enqueue an HTTP delivery; the same idempotency_key returns the first delivery id and writes nothing.';
+COMMENT ON FUNCTION flowgate.install_schedules() IS
+  'Register every periodic flowgate job with pg_cron (idempotent; schedules from settings).';
+COMMENT ON FUNCTION flowgate.uninstall_schedules() IS 'Remove every flowgate job from pg_cron.';
+COMMENT ON FUNCTION flowgate.prune_deliveries(int) IS
+  'Delete delivered deliveries older than flowgate.delivered_retention_hours (at most max_rows per call); '
+  'failed and dead deliveries are kept for replay.';
+COMMENT ON FUNCTION flowgate.run_periodic(boolean) IS
+  'Run the periodic jobs once (dispatch, collect, and with include_housekeeping the pruning); used by the background worker.';
+
+-- ==== Capacity ===================================================================================
+
+-- Capacity: the typed reducer entry point, row-level security, metrics views, privileges.
+
+CREATE FUNCTION capacity.apply_event(request_id text, event capacity.cr_event, payload jsonb DEFAULT '{}')
+RETURNS jsonb
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT capacity.apply_event_by_name(request_id, event::text, payload) $$;
+COMMENT ON FUNCTION capacity.apply_event(text, capacity.cr_event, jsonb) IS
+  'The reducer entry point for trusted sessions (42501 otherwise): apply one event to a request. '
+  'Users call capacity.record_capacity_event, which adds per-actor permissions and idempotency.';
+
+-- Who may read a request: its requester, its commercial owner, members of its infra owner
+-- group, capacity admins and trusted sessions.
+CREATE FUNCTION capacity.is_admin() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((flowgate.current_actor_info() ->> 'trusted')::boolean, false)
+        OR flowgate.get_setting('capacity.admins') ? flowgate.current_actor()
+$$;
+COMMENT ON FUNCTION capacity.is_admin() IS 'Whether the caller is a capacity admin (setting capacity.admins) or a trusted session.';
+
+-- The caller's infra groups. SECURITY DEFINER: group membership itself is not public.
+CREATE FUNCTION capacity.my_groups() RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(array_agg(group_name), '{}') FROM capacity.group_members WHERE user_id = flowgate.current_actor() $$;
+COMMENT ON FUNCTION capacity.my_groups() IS 'The infra owner groups the calling actor belongs to.';
+
+CREATE POLICY parties_read ON capacity.capacity_requests FOR SELECT USING (
+        requester_user_id = (SELECT flowgate.current_actor())
+     OR commercial_owner_user_id = (SELECT flowgate.current_actor())
+     OR infra_owner_group = ANY ((SELECT capacity.my_groups())::text[])
+     OR (SELECT capacity.is_admin()));
+CREATE POLICY parties_read ON capacity.capacity_request_events FOR SELECT USING (
+        capacity_request_id IN (SELECT r.id FROM capacity.capacity_requests r));
+CREATE POLICY parties_read ON capacity.capacity_request_tasks FOR SELECT USING (
+        assigned_to = (SELECT flowgate.current_actor())
+     OR capacity_request_id IN (SELECT r.id FROM capacity.capacity_requests r));
+
+-- Metrics (seed 000 §7). security_invoker: every reader sees only the requests RLS shows them.
+CREATE VIEW capacity.v_time_in_state WITH (security_invoker = true) AS
+SELECT e.capacity_request_id AS request_id,
+       e.to_state AS state,
+       e.created_at AS entered_at,
+       lead(e.created_at) OVER w AS left_at,
+       -- Still there: time so far; terminal states have no duration.
+       CASE WHEN lead(e.created_at) OVER w IS NOT NULL THEN lead(e.created_at) OVER w - e.created_at
+            WHEN e.to_state IN ('ACTIVATED', 'CANCELLED', 'FAILED') THEN NULL
+            ELSE now() - e.created_at END AS time_in_state
+  FROM capacity.capacity_request_events e
+ WHERE e.from_state IS DISTINCT FROM e.to_state
+WINDOW w AS (PARTITION BY e.capacity_request_id ORDER BY e.seq);
+COMMENT ON VIEW capacity.v_time_in_state IS
+  'How long each request spent in each state (left_at NULL: still there; time_in_state NULL for ACTIVATED, CANCELLED, FAILED).';
+
+CREATE VIEW capacity.v_approval_latency WITH (security_invoker = true) AS
+SELECT r.id AS request_id,
+       r.state,
+       r.created_at AS submitted_at,
+       min(e.created_at) FILTER (WHERE e.event_type = 'COMMERCIAL_APPROVED') AS commercial_approved_at,
+       min(e.created_at) FILTER (WHERE e.event_type = 'TECH_REVIEW_APPROVED') AS technical_approved_at,
+       min(e.created_at) FILTER (WHERE e.event_type = 'CUSTOMER_CONFIRMED') AS customer_confirmed_at,
+       min(e.created_at) FILTER (WHERE e.event_type = 'COMMERCIAL_APPROVED') - r.created_at AS commercial_approval_latency,
+       min(e.created_at) FILTER (WHERE e.event_type = 'TECH_REVIEW_APPROVED')
+         - min(e.created_at) FILTER (WHERE e.event_type = 'COMMERCIAL_APPROVED') AS technical_review_latency,
+       min(e.created_at) FILTER (WHERE e.event_type = 'CUSTOMER_CONFIRMED')
+         - min(e.created_at) FILTER (WHERE e.event_type = 'TECH_REVIEW_APPROVED') AS customer_confirmation_latency
+  FROM capacity.capacity_requests r
+  JOIN capacity.capacity_request_events e ON e.capacity_request_id = r.id
+ GROUP BY r.id, r.state, r.created_at;
+COMMENT ON VIEW capacity.v_approval_latency IS 'Time from submission to each approval gate, per request.';
+
+CREATE VIEW capacity.v_metrics WITH (security_invoker = true) AS
+SELECT count(*) AS requests,
+       count(*) FILTER (WHERE EXISTS (SELECT FROM capacity.capacity_request_events e
+                                       WHERE e.capacity_request_id = r.id AND e.to_state = 'EXPIRED')) AS expired_count,
+       count(*) FILTER (WHERE r.state = 'CANCELLED' AND EXISTS (SELECT FROM capacity.capacity_request_events e
+                                       WHERE e.capacity_request_id = r.id AND e.to_state = 'PROVISIONING_IN_PROGRESS'))
+           AS cancelled_after_procurement_count,
+       count(*) FILTER (WHERE NOT r.state IN ('ACTIVATED', 'CANCELLED', 'EXPIRED', 'FAILED')) AS open_requests,
+       count(*) FILTER (WHERE r.state = 'ACTIVATED') AS activated_count
+  FROM capacity.capacity_requests r;
+COMMENT ON VIEW capacity.v_metrics IS 'Expired count, cancelled-after-procurement count and totals over the requests the reader can see.';
+GRANT SELECT ON capacity.v_time_in_state, capacity.v_approval_latency, capacity.v_metrics TO PUBLIC;
+
+-- Timers are for the scheduler (the extension owner), not for every caller.
+REVOKE EXECUTE ON FUNCTION capacity.run_capacity_request_timers() FROM PUBLIC;
+
+COMMENT ON FUNCTION capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text) IS
+  'Create a Capacity Request (id CR-<year>-<6 digits>) as the caller; returns it with its events.';
+COMMENT ON FUNCTION capacity.record_capacity_event(text, text, jsonb, text, text) IS
+  'Record an event after checking the caller''s permission; a retried idempotency_key returns the first result.';
+COMMENT ON FUNCTION capacity.get_capacity_request(text, integer) IS 'Current state, recent events and allowed events of a request.';
+COMMENT ON FUNCTION capacity.run_capacity_request_timers() IS
+  'Expire requests past their confirmation deadline (cancellation task for the commercial owner) and warn those close to it.';
+
+-- ==== Intake ------------------------------------------------------------------------------------
+REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop_pool(text), intake.reclaim_slots(text),
+    intake.recover_pool(text) FROM PUBLIC;
+COMMENT ON FUNCTION intake.claim_resource(text, text) IS
+  'Claim one resource for a user: claimed (resource_id, slot, msg_id), sold_out, limit_reached or paused. Never the same resource twice.';
+COMMENT ON FUNCTION intake.create_pool(text, integer, jsonb) IS 'Create a pool with inventory slots, its pgmq queue and DLQ.';
+COMMENT ON FUNCTION intake.recover_pool(text) IS
+  'Rebuild a pool''s UNLOGGED inventory, released slots and user counts from its logged pgmq intents (after a crash or restore).';
+COMMENT ON FUNCTION intake.reclaim_slots(text) IS 'Give back slots taken by claims that aborted after drawing their number.';
+COMMENT ON FUNCTION intake.drop_pool(text) IS 'Remove a pool, its queues, sequence and inventory.';
