@@ -79,4 +79,10 @@ SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"
 SELECT capacity.record_capacity_event(:'demo_id', 'TECH_REVIEW_APPROVED') -> 'request' ->> 'customer_confirmation_deadline_at' AS confirm_by;
 SELECT event_type, actor_id, from_state, to_state FROM capacity.capacity_request_events ORDER BY seq;
 RESET ROLE;
+
+\echo '--- a ticket drop: 3 seats, one per fan'
+SELECT intake.create_pool('demo_drop', 3, '{"max_claims_per_user": 1}') ->> 'queue' AS queue;
+SELECT u AS fan, intake.claim_resource('demo_drop', u) ->> 'status' AS result
+  FROM unnest(ARRAY['fan-1', 'fan-1', 'fan-2', 'fan-3', 'fan-4']) WITH ORDINALITY AS t(u, n) ORDER BY n;
+SELECT msg_id, message ->> 'user_id' AS fan, message ->> 'slot' AS seat FROM pgmq.read('intake_demo_drop', 45, 10);
 ROLLBACK;
