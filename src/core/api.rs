@@ -8,24 +8,20 @@ use pgrx::JsonB;
 use super::error::CoreError;
 use super::{settings, store};
 
-fn report(func: &'static str) -> impl FnOnce(CoreError) -> ErrorReport {
-    move |e| e.into_report(func)
-}
-
 /// The acting identity: the JWT subject (`request.jwt.claims` → `sub`) when a PostgREST or
 /// Supabase request set one, else `current_user`.
 #[pg_extern(stable, parallel_safe)]
 fn current_actor() -> Result<String, ErrorReport> {
     store::session_actor(false)
         .map(|a| a.id)
-        .map_err(report("flowgate.current_actor"))
+        .map_err(CoreError::reporter("flowgate.current_actor"))
 }
 
 /// The acting identity with its role, source and trust; `on_behalf_of` shows what a trusted
 /// session acting for someone else would be recorded as (and fails with 42501 otherwise).
 #[pg_extern(stable)]
 fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<JsonB, ErrorReport> {
-    let fail = report("flowgate.current_actor_info");
+    let fail = CoreError::reporter("flowgate.current_actor_info");
     let info = store::session_actor(true)
         .and_then(|session| super::actor::act_on_behalf(session, on_behalf_of))
         .and_then(|actor| {
@@ -41,7 +37,7 @@ fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<Js
 fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
     store::get_value(key)
         .map(JsonB)
-        .map_err(report("flowgate.get_setting"))
+        .map_err(CoreError::reporter("flowgate.get_setting"))
 }
 
 /// Store a setting after checking it against its documented type; returns the stored value.
@@ -50,7 +46,7 @@ fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
 fn set_setting(key: &str, value: JsonB) -> Result<JsonB, ErrorReport> {
     store::set_value(key, value.0)
         .map(JsonB)
-        .map_err(report("flowgate.set_setting"))
+        .map_err(CoreError::reporter("flowgate.set_setting"))
 }
 
 /// Remove a stored setting so its default applies again; returns the default.
@@ -58,7 +54,7 @@ fn set_setting(key: &str, value: JsonB) -> Result<JsonB, ErrorReport> {
 fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
     store::reset_value(key)
         .map(JsonB)
-        .map_err(report("flowgate.reset_setting"))
+        .map_err(CoreError::reporter("flowgate.reset_setting"))
 }
 
 /// Raise 22023 unless `value` is acceptable for `key`. Called by the `flowgate.settings`
@@ -67,7 +63,7 @@ fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
 fn check_setting(key: &str, value: JsonB) -> Result<bool, ErrorReport> {
     settings::validate(key, &value.0)
         .map(|_| true)
-        .map_err(report("flowgate.check_setting"))
+        .map_err(CoreError::reporter("flowgate.check_setting"))
 }
 
 /// Every documented setting with its type, default and current value.
@@ -90,8 +86,8 @@ fn setting_definitions() -> Result<
 > {
     let mut rows = Vec::new();
     for def in settings::definitions() {
-        let stored =
-            store::stored_setting(def.key).map_err(report("flowgate.setting_definitions"))?;
+        let stored = store::stored_setting(def.key)
+            .map_err(CoreError::reporter("flowgate.setting_definitions"))?;
         let is_set = stored.is_some();
         let value = stored.unwrap_or_else(|| def.default_value());
         rows.push((

@@ -134,6 +134,11 @@ impl CoreError {
         }
     }
 
+    /// A `map_err` adapter for SQL entry points: `run().map_err(CoreError::reporter("flowgate.x"))`.
+    pub fn reporter(funcname: &'static str) -> impl FnOnce(CoreError) -> ErrorReport {
+        move |e| e.into_report(funcname)
+    }
+
     /// Convert into a Postgres error report attributed to `funcname`.
     pub fn into_report(self, funcname: &'static str) -> ErrorReport {
         let hint = self.hint();

@@ -23,10 +23,6 @@ mod intake {
         "paused",
     ];
 
-    fn fail(func: &'static str) -> impl FnOnce(CoreError) -> ErrorReport {
-        move |e| e.into_report(func)
-    }
-
     /// Create a pool: its configuration, `inventory` available slots in `intake.allocations`,
     /// its pgmq queue and dead-letter queue, and the sequence that hands out slot numbers.
     /// `config` may set any of the engine_config columns (batch_size, max_claims_per_user, ...).
@@ -112,7 +108,7 @@ mod intake {
                 json!({"pool_id": pool.as_str(), "inventory": inventory, "queue": pool.queue(), "dlq": pool.dlq()}),
             ))
         };
-        run().map_err(fail("intake.create_pool"))
+        run().map_err(CoreError::reporter("intake.create_pool"))
     }
 
     /// Drop a pool: its queues, sequence, inventory and configuration.
@@ -148,7 +144,7 @@ mod intake {
                 Ok(true)
             })
         };
-        run().map_err(fail("intake.drop_pool"))
+        run().map_err(CoreError::reporter("intake.drop_pool"))
     }
 
     /// Claim one resource of `pool_id` for `user_id`: `{status: "claimed", resource_id, slot,
@@ -161,7 +157,7 @@ mod intake {
     fn claim_resource(pool_id: &str, user_id: &str) -> Result<JsonB, ErrorReport> {
         claim(pool_id, user_id)
             .map(JsonB)
-            .map_err(fail("intake.claim_resource"))
+            .map_err(CoreError::reporter("intake.claim_resource"))
     }
 
     fn claim(pool_id: &str, user_id: &str) -> CoreResult<Value> {
@@ -398,7 +394,7 @@ mod intake {
                 Ok(summary)
             })
         };
-        run().map_err(fail("intake.recover_pool"))
+        run().map_err(CoreError::reporter("intake.recover_pool"))
     }
 
     /// Give back slots whose claim aborted after taking its number (the sequence does not roll
@@ -423,6 +419,6 @@ mod intake {
             )?
             .unwrap_or(0))
         };
-        run().map_err(fail("intake.reclaim_slots"))
+        run().map_err(CoreError::reporter("intake.reclaim_slots"))
     }
 }

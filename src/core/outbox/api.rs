@@ -13,10 +13,6 @@ use super::store::{self, Observed, Prepared};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::store as settings;
 
-fn report(func: &'static str) -> impl FnOnce(CoreError) -> ErrorReport {
-    move |e| e.into_report(func)
-}
-
 /// Enqueue an HTTP delivery (operators, tests and SQL-only callers; modules use the Rust API).
 /// Returns the delivery id; the same idempotency key returns the first id and writes nothing.
 #[pg_extern(volatile)]
@@ -65,7 +61,7 @@ fn enqueue_delivery(
         };
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };
-    run().map_err(report("flowgate.enqueue_delivery"))
+    run().map_err(CoreError::reporter("flowgate.enqueue_delivery"))
 }
 
 /// The transport `flowgate.dispatch` uses now: the `flowgate.http_transport` setting, with
@@ -89,7 +85,7 @@ fn effective_transport() -> Result<String, ErrorReport> {
             }),
         }
     };
-    run().map_err(report("flowgate.effective_transport"))
+    run().map_err(CoreError::reporter("flowgate.effective_transport"))
 }
 
 /// One attempt's observation: id, status_code, retry_after, body, content_type, error_kind,
@@ -185,7 +181,7 @@ fn transport_native(
     };
     run()
         .map(TableIterator::new)
-        .map_err(report("flowgate.transport_native"))
+        .map_err(CoreError::reporter("flowgate.transport_native"))
 }
 
 /// pg_net transport: queue each claimed delivery with `net.http_post` / `net.http_get` and
@@ -290,7 +286,7 @@ fn transport_pg_net(
     };
     run()
         .map(TableIterator::new)
-        .map_err(report("flowgate.transport_pg_net"))
+        .map_err(CoreError::reporter("flowgate.transport_pg_net"))
 }
 
 /// Run the response handler again for delivered deliveries whose handler failed (no HTTP is
@@ -299,7 +295,7 @@ fn transport_pg_net(
 fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
     let mut ok = 0;
     for id in ids {
-        if store::rerun_handler(id).map_err(report("flowgate.rerun_handlers"))? {
+        if store::rerun_handler(id).map_err(CoreError::reporter("flowgate.rerun_handlers"))? {
             ok += 1;
         }
     }
@@ -329,5 +325,5 @@ fn record_attempt(
     };
     store::record(id, &observed)
         .map(str::to_owned)
-        .map_err(report("flowgate.record_attempt"))
+        .map_err(CoreError::reporter("flowgate.record_attempt"))
 }

@@ -243,10 +243,24 @@ fn explode(
 
 mod outbox;
 
+/// The single value a test query returns (tests only: a failure fails the test).
+pub(crate) fn one<T: pgrx::IntoDatum + pgrx::FromDatum>(q: &str) -> T {
+    Spi::get_one::<T>(q)
+        .expect("query failed")
+        .expect("query returned NULL")
+}
+
+/// The SQLSTATE `stmt` raises, or `None`: asserts an exact error code in the test's transaction.
+pub(crate) fn sqlstate(stmt: &str) -> Option<String> {
+    Spi::get_one_with_args::<String>("SELECT fg_test.sqlstate_of($1)", &[stmt.into()])
+        .expect("sqlstate_of")
+}
+
 #[pg_schema]
 mod tests {
     use super::*;
     use crate::core::store;
+    use crate::core::tests::{one, sqlstate};
 
     /// Apply a door event as the session's actor (or on behalf of someone, if trusted).
     #[pg_extern]
@@ -265,17 +279,6 @@ mod tests {
             )
         };
         run().map(JsonB).map_err(|e| e.into_report("tests.door"))
-    }
-
-    fn one<T: pgrx::IntoDatum + pgrx::FromDatum>(q: &str) -> T {
-        Spi::get_one::<T>(q)
-            .expect("query failed")
-            .expect("query returned NULL")
-    }
-
-    fn sqlstate(stmt: &str) -> Option<String> {
-        Spi::get_one_with_args::<String>("SELECT fg_test.sqlstate_of($1)", &[stmt.into()])
-            .expect("sqlstate_of")
     }
 
     fn counts() -> (i64, i64) {

@@ -7,17 +7,7 @@ mod tests {
     use pgrx::JsonB;
 
     use crate::core::outbox::testserver::{base_url, closed_url, hit_count, TEST_TOKEN};
-
-    fn one<T: pgrx::IntoDatum + pgrx::FromDatum>(q: &str) -> T {
-        Spi::get_one::<T>(q)
-            .expect("query failed")
-            .expect("query returned NULL")
-    }
-
-    fn sqlstate(stmt: &str) -> Option<String> {
-        Spi::get_one_with_args::<String>("SELECT fg_test.sqlstate_of($1)", &[stmt.into()])
-            .expect("sqlstate_of")
-    }
+    use crate::core::tests::{one, sqlstate};
 
     /// Enqueue a POST to `path` on the test server with the recording handler.
     fn enqueue(path: &str, key: &str, extra: &str) -> i64 {
