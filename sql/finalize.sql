@@ -89,44 +89,17 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION flowgate.dispatch(max_deliveries int DEFAULT NULL) RETURNS jsonb
+-- Send deliveries already claimed (in_flight) by this transaction and record their outcomes.
+CREATE FUNCTION flowgate.send_claimed(ids bigint[], chosen text) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    n int := coalesce(max_deliveries, (flowgate.get_setting('flowgate.dispatch_batch_size'))::int);
-    chosen text := flowgate.effective_transport();
-    ids bigint[];
     native_ids bigint[] := '{}';
     r record;
     verdict text;
     counts jsonb := '{"delivered": 0, "retry": 0, "failed": 0, "dead": 0, "skipped": 0, "handler_error": 0}';
 BEGIN
-    IF n IS NULL OR n NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('invalid max_deliveries: %s', n), HINT = 'allowed: 1 to 10000, or NULL for the setting';
-    END IF;
-
-    WITH due AS (
-        SELECT id FROM flowgate.deliveries
-         WHERE status = 'pending' AND next_attempt_at <= now()
-         ORDER BY next_attempt_at, id
-         LIMIT n
-           FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE flowgate.deliveries d
-           SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = now(),
-               transport = chosen, transport_ref = NULL, updated_at = now()
-          FROM due
-         WHERE d.id = due.id
-        RETURNING d.id
-    )
-    SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO ids FROM claimed;
-
-    IF cardinality(ids) = 0 THEN
-        RETURN jsonb_build_object('transport', chosen, 'claimed', 0, 'queued', 0) || counts;
-    END IF;
-
     IF chosen = 'pg_net' THEN
         FOR r IN SELECT * FROM flowgate.transport_pg_net(ids) LOOP
             IF r.error_kind = 'native' THEN
@@ -155,6 +128,75 @@ BEGIN
                                                   - (counts ->> 'failed')::int - (counts ->> 'handler_error')::int
                                              ELSE 0 END)
            || counts;
+END
+$$;
+
+CREATE FUNCTION flowgate.dispatch(max_deliveries int DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n int := coalesce(max_deliveries, (flowgate.get_setting('flowgate.dispatch_batch_size'))::int);
+    chosen text := flowgate.effective_transport();
+    ids bigint[];
+BEGIN
+    IF n IS NULL OR n NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('invalid max_deliveries: %s', n), HINT = 'allowed: 1 to 10000, or NULL for the setting';
+    END IF;
+
+    WITH due AS (
+        SELECT id FROM flowgate.deliveries
+         WHERE status = 'pending' AND next_attempt_at <= now()
+         ORDER BY next_attempt_at, id
+         LIMIT n
+           FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE flowgate.deliveries d
+           SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = now(),
+               transport = chosen, transport_ref = NULL, updated_at = now()
+          FROM due
+         WHERE d.id = due.id
+        RETURNING d.id
+    )
+    SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO ids FROM claimed;
+
+    IF cardinality(ids) = 0 THEN
+        RETURN jsonb_build_object('transport', chosen, 'claimed', 0, 'queued', 0,
+                                  'delivered', 0, 'retry', 0, 'failed', 0, 'dead', 0, 'skipped', 0, 'handler_error', 0);
+    END IF;
+    RETURN flowgate.send_claimed(ids, chosen);
+END
+$$;
+
+-- Dispatch these deliveries now (those still pending and due; others are skipped): how a
+-- module sends what it has just enqueued without waiting for the next dispatch run.
+CREATE FUNCTION flowgate.dispatch_ids(ids bigint[]) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    chosen text := flowgate.effective_transport();
+    claimed_ids bigint[];
+BEGIN
+    WITH due AS (
+        SELECT id FROM flowgate.deliveries
+         WHERE id = ANY (ids) AND status = 'pending' AND next_attempt_at <= now()
+         ORDER BY id
+           FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE flowgate.deliveries d
+           SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = now(),
+               transport = chosen, transport_ref = NULL, updated_at = now()
+          FROM due
+         WHERE d.id = due.id
+        RETURNING d.id
+    )
+    SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO claimed_ids FROM claimed;
+    IF cardinality(claimed_ids) = 0 THEN
+        RETURN jsonb_build_object('transport', chosen, 'claimed', 0);
+    END IF;
+    RETURN flowgate.send_claimed(claimed_ids, chosen);
 END
 $$;
 
@@ -261,7 +303,7 @@ $$;
 
 -- Outbox and schedules ------------------------------------------------------------------
 -- Operator functions: not for PUBLIC. (Reading deliveries is owner-only too.)
-REVOKE EXECUTE ON FUNCTION flowgate.dispatch(int), flowgate.collect(), flowgate.replay_dead(bigint[]),
+REVOKE EXECUTE ON FUNCTION flowgate.dispatch(int), flowgate.dispatch_ids(bigint[]), flowgate.send_claimed(bigint[], text), flowgate.collect(), flowgate.replay_dead(bigint[]),
     flowgate.set_secret(text, text), flowgate.drop_secret(text),
     flowgate.record_attempt_isolated(bigint, int, text, text, text, text, text),
     flowgate.record_attempt_checked(bigint, int, text, text, text, text, text),
@@ -393,8 +435,78 @@ COMMENT ON FUNCTION capacity.run_capacity_request_timers() IS
   'Expire requests past their confirmation deadline (cancellation task for the commercial owner) and warn those close to it.';
 
 -- ==== Intake ------------------------------------------------------------------------------------
+-- Drain every pool that is not paused, each in its own subtransaction (one broken pool never
+-- stops the others). What pg_cron and the background worker run.
+CREATE FUNCTION intake.drain_all() RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p text;
+    results jsonb := '[]';
+    msg text;
+BEGIN
+    FOR p IN SELECT pool_id FROM intake.engine_config WHERE NOT paused ORDER BY pool_id LOOP
+        BEGIN
+            results := results || jsonb_build_array(intake.drain(p));
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE WARNING 'intake.drain(%) failed: %', p, msg;
+            results := results || jsonb_build_array(jsonb_build_object('pool_id', p, 'status', 'error', 'error', msg));
+        END;
+    END LOOP;
+    RETURN results;
+END
+$$;
+
+-- The ledger: each user reads their own finalized rows (auth.uid() semantics through
+-- flowgate.current_actor(), which is the JWT subject under PostgREST).
+CREATE POLICY transactions_own_rows ON intake.transactions FOR SELECT
+    USING (user_id = flowgate.current_actor());
+
+-- Add the ledger to Supabase Realtime's publication when it exists (now, or later by calling
+-- this again), so clients get their confirmation over websockets.
+CREATE FUNCTION intake.publish_realtime() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'supabase_realtime') THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (SELECT FROM pg_publication WHERE pubname = 'supabase_realtime' AND puballtables)
+       OR EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_realtime'
+                   AND schemaname = 'intake' AND tablename = 'transactions') THEN
+        RETURN true;
+    END IF;
+    ALTER PUBLICATION supabase_realtime ADD TABLE intake.transactions;
+    RETURN true;
+END
+$$;
+SELECT intake.publish_realtime();
+
 REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop_pool(text), intake.reclaim_slots(text),
-    intake.recover_pool(text) FROM PUBLIC;
+    intake.recover_pool(text), intake.drain(text), intake.drain_all(), intake.replay_dlq(text, bigint[]),
+    intake.read_intents(text, integer), intake.report_validation(text, bigint, integer, jsonb, text),
+    intake.report_commit(text, bigint, integer, text), intake.finalize_transaction(jsonb),
+    intake.collect_metrics(text, double precision), intake.publish_realtime() FROM PUBLIC;
+COMMENT ON FUNCTION intake.drain(text) IS
+  'Move up to batch_size intents one step: validation webhook, then ledger commit, through the outbox; DLQ after max_retries reads.';
+COMMENT ON FUNCTION intake.drain_all() IS 'Drain every pool that is not paused (what the schedule runs).';
+COMMENT ON FUNCTION intake.replay_dlq(text, bigint[]) IS
+  'Re-queue dead-lettered intents (all, or the listed DLQ msg_ids), keeping their idempotency key and validation.';
+COMMENT ON FUNCTION intake.read_intents(text, integer) IS
+  'External worker API: read intents with the step, URL, idempotency key and body to POST; report with report_validation/report_commit.';
+COMMENT ON FUNCTION intake.report_validation(text, bigint, integer, jsonb, text) IS
+  'External worker API: apply the validation webhook''s reply (2xx validated, 4xx released, else retried).';
+COMMENT ON FUNCTION intake.report_commit(text, bigint, integer, text) IS
+  'External worker API: apply the ledger''s reply (2xx committed, 4xx dead-lettered, else retried without re-validating).';
+COMMENT ON FUNCTION intake.finalize_transaction(jsonb) IS
+  'The ledger RPC: one finalized row per idempotency key; repeats return the first row as duplicate. Grant EXECUTE to the role the drain authenticates as.';
+COMMENT ON FUNCTION intake.collect_metrics(text, double precision) IS
+  'Write an intake.engine_metrics row per pool from counters (no count(*) over live tables).';
+COMMENT ON FUNCTION intake.publish_realtime() IS
+  'Add intake.transactions to the supabase_realtime publication if it exists; true when published.';
 COMMENT ON FUNCTION intake.claim_resource(text, text) IS
   'Claim one resource for a user: claimed (resource_id, slot, msg_id), sold_out, limit_reached or paused. Never the same resource twice.';
 COMMENT ON FUNCTION intake.create_pool(text, integer, jsonb) IS 'Create a pool with inventory slots, its pgmq queue and DLQ.';

@@ -1,4 +1,5 @@
--- Intake engine (seed 002): burst-absorbing claims. First slice: pools, inventory, claims.
+-- Intake engine (seed 002): burst-absorbing claims, pgmq intents, the drain to a validation
+-- webhook and a ledger, the ledger itself (finalize_transaction), metrics.
 CREATE SCHEMA IF NOT EXISTS intake;
 COMMENT ON SCHEMA intake IS 'Burst-to-Queue ledger: claim inventory at thundering-herd speed, queue intents in pgmq';
 GRANT USAGE ON SCHEMA intake TO PUBLIC;
@@ -9,8 +10,11 @@ CREATE TABLE intake.engine_config (
     batch_size                 int NOT NULL DEFAULT 100 CHECK (batch_size BETWEEN 1 AND 10000),
     visibility_timeout_seconds int NOT NULL DEFAULT 45 CHECK (visibility_timeout_seconds BETWEEN 1 AND 86400),
     validation_webhook_url     text CHECK (validation_webhook_url ~ '^https?://'),
-    commit_target              text,
-    max_retries                int NOT NULL DEFAULT 5 CHECK (max_retries BETWEEN 0 AND 100),
+    validation_auth_secret     text CHECK (validation_auth_secret ~ '^[A-Za-z][A-Za-z0-9_.-]{0,127}$'),
+    commit_target              text CHECK (commit_target ~ '^https?://'),
+    commit_auth_secret         text CHECK (commit_auth_secret ~ '^[A-Za-z][A-Za-z0-9_.-]{0,127}$'),
+    request_timeout_ms         int NOT NULL DEFAULT 10000 CHECK (request_timeout_ms BETWEEN 100 AND 120000),
+    max_retries                int NOT NULL DEFAULT 5 CHECK (max_retries BETWEEN 1 AND 100),
     max_claims_per_user        int NOT NULL DEFAULT 1 CHECK (max_claims_per_user BETWEEN 1 AND 1000000),
     rate_limit_per_second      int CHECK (rate_limit_per_second > 0),
     paused                     boolean NOT NULL DEFAULT false,
@@ -19,6 +23,18 @@ CREATE TABLE intake.engine_config (
 );
 COMMENT ON TABLE intake.engine_config IS
   'One row per pool; read live by every claim and drain (change batch_size, paused, ... to throttle).';
+COMMENT ON COLUMN intake.engine_config.validation_webhook_url IS
+  'POSTed each intent with idempotency_key = its msg_id; 2xx validates, other 4xx rejects (the slot returns to the pool), 5xx/408/429/timeouts retry after the visibility timeout. NULL: no validation step.';
+COMMENT ON COLUMN intake.engine_config.commit_target IS
+  'The ledger: a URL POSTed {"payload": ...} (e.g. PostgREST /rpc/finalize_transaction of the core database), or NULL for intake.finalize_transaction in this database.';
+COMMENT ON COLUMN intake.engine_config.validation_auth_secret IS
+  'Name of a secret (Vault or flowgate.secrets) sent as Authorization: Bearer to the validation webhook; never the secret itself.';
+COMMENT ON COLUMN intake.engine_config.commit_auth_secret IS
+  'Name of the secret sent as Authorization: Bearer to the commit target (the ledger''s service key).';
+COMMENT ON COLUMN intake.engine_config.max_retries IS
+  'A message read more than this many times goes to the dead-letter queue (intake.replay_dlq re-queues it).';
+COMMENT ON COLUMN intake.engine_config.rate_limit_per_second IS
+  'Most intents the drain takes per second from this pool (NULL: batch_size per drain call).';
 SELECT pg_catalog.pg_extension_config_dump('intake.engine_config', '');
 
 -- Inventory: UNLOGGED for speed. A crash empties it; the pool's pgmq messages are the logged
@@ -53,5 +69,79 @@ CREATE UNLOGGED TABLE intake.user_claims (
     PRIMARY KEY (pool_id, user_id)
 );
 
-REVOKE ALL ON intake.engine_config, intake.allocations, intake.released_slots, intake.user_claims FROM PUBLIC;
-GRANT SELECT ON intake.engine_config TO PUBLIC;
+-- Drain outcomes not yet folded into the totals: one row per intent outcome, consumed (deleted)
+-- by intake.collect_metrics, so metrics never count the queue or the inventory.
+CREATE TABLE intake.outcome_log (
+    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pool_id text NOT NULL REFERENCES intake.engine_config (pool_id) ON DELETE CASCADE,
+    outcome text NOT NULL CHECK (outcome IN ('validated', 'committed', 'rejected', 'dead_lettered', 'replayed')),
+    n       int NOT NULL DEFAULT 1,
+    at      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX ON intake.outcome_log (pool_id);
+
+-- When each pool's rate-limited drain last took intents (its own row, so metrics never wait on a drain).
+CREATE TABLE intake.drain_clock (
+    pool_id       text PRIMARY KEY REFERENCES intake.engine_config (pool_id) ON DELETE CASCADE,
+    last_drain_at timestamptz
+);
+
+-- Running totals per pool, folded from the outcome log.
+CREATE TABLE intake.pool_totals (
+    pool_id        text PRIMARY KEY REFERENCES intake.engine_config (pool_id) ON DELETE CASCADE,
+    validated      bigint NOT NULL DEFAULT 0,
+    committed      bigint NOT NULL DEFAULT 0,
+    rejected       bigint NOT NULL DEFAULT 0,
+    dead_lettered  bigint NOT NULL DEFAULT 0,
+    replayed       bigint NOT NULL DEFAULT 0,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per pool and collection (every 5 seconds where the scheduler allows).
+CREATE TABLE intake.engine_metrics (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pool_id             text NOT NULL REFERENCES intake.engine_config (pool_id) ON DELETE CASCADE,
+    collected_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    available_slots     bigint NOT NULL,
+    claimed             bigint NOT NULL,
+    queue_depth         bigint NOT NULL,
+    dlq_depth           bigint NOT NULL,
+    committed           bigint NOT NULL,
+    rejected            bigint NOT NULL,
+    processing_velocity numeric(12, 2) NOT NULL,
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON intake.engine_metrics (pool_id, collected_at DESC);
+COMMENT ON TABLE intake.engine_metrics IS
+  'Pool health over time, written by intake.collect_metrics() from sequences and folded outcome totals (no count(*) over the '
+  'inventory or the queues). processing_velocity: intents committed per second since the previous row.';
+SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('intake.pool_totals', '');
+SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log', '');
+
+-- The ledger (DB2 side of seed 002; the same extension serves both roles). One finalized row per
+-- idempotency key; each user reads only their own rows (RLS, flowgate.current_actor() = JWT sub).
+CREATE TABLE intake.transactions (
+    idempotency_key text PRIMARY KEY CHECK (length(idempotency_key) BETWEEN 1 AND 200),
+    pool_id         text NOT NULL CHECK (pool_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    msg_id          bigint,
+    slot            int,
+    resource_id     uuid NOT NULL,
+    user_id         text NOT NULL,
+    validation      jsonb,
+    details         jsonb NOT NULL DEFAULT '{}',
+    finalized_at    timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (pool_id, resource_id)
+);
+CREATE INDEX ON intake.transactions (user_id);
+COMMENT ON TABLE intake.transactions IS
+  'Finalized intents (the ledger). Written only by intake.finalize_transaction; readable by their user_id under RLS; '
+  'published to supabase_realtime when that publication exists.';
+SELECT pg_catalog.pg_extension_config_dump('intake.transactions', '');
+ALTER TABLE intake.transactions ENABLE ROW LEVEL SECURITY;
+
+REVOKE ALL ON intake.engine_config, intake.allocations, intake.released_slots, intake.user_claims,
+    intake.outcome_log, intake.pool_totals, intake.drain_clock, intake.engine_metrics, intake.transactions FROM PUBLIC;
+GRANT SELECT ON intake.engine_config, intake.engine_metrics, intake.transactions TO PUBLIC;

@@ -18,6 +18,9 @@ CREATE TABLE flowgate.deliveries (
     auth_scheme           text NOT NULL DEFAULT 'Bearer',
     body                  jsonb,
     idempotency_key       text NOT NULL UNIQUE CHECK (length(idempotency_key) BETWEEN 1 AND 255),
+    -- The Idempotency-Key header when several rows are attempts of one logical request (intake
+    -- paces its retries by the queue's visibility timeout); NULL: idempotency_key.
+    wire_key              text CHECK (length(wire_key) BETWEEN 1 AND 255),
     status                flowgate.delivery_status NOT NULL DEFAULT 'pending',
     attempts              int NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts          int NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 100),

@@ -55,13 +55,14 @@ SELECT throws_ok($$SELECT flowgate.enqueue_delivery('tap', 'x', 'http://127.0.0.
 RESET ROLE;
 
 -- pg_cron registration.
-SELECT is((SELECT count(*)::int FROM flowgate.install_schedules()), 4, 'install_schedules registers dispatch, collect, capacity timers and prune');
+SELECT is((SELECT count(*)::int FROM flowgate.install_schedules()), 6, 'install_schedules registers dispatch, collect, capacity timers, intake drain and metrics, and prune');
 SELECT lives_ok('SELECT * FROM flowgate.install_schedules()', 'installing again is harmless');
 SELECT is((SELECT string_agg(jobname || ' | ' || schedule || ' | ' || command, E'\n' ORDER BY jobname)
-             FROM cron.job WHERE jobname ~ '^(flowgate|capacity)[.]'),
-          E'capacity.timers | */15 * * * * | SELECT capacity.run_capacity_request_timers()\nflowgate.collect | * * * * * | SELECT flowgate.collect()\nflowgate.dispatch | * * * * * | SELECT flowgate.dispatch()\nflowgate.prune | 17 * * * * | SELECT flowgate.prune_deliveries()',
-          'one job each, with the schedules from settings');
-SELECT is(flowgate.uninstall_schedules(), 4::bigint, 'uninstall removes them all');
+             FROM cron.job WHERE jobname ~ '^(flowgate|capacity|intake)[.]'),
+          E'capacity.timers | */15 * * * * | SELECT capacity.run_capacity_request_timers()\nflowgate.collect | * * * * * | SELECT flowgate.collect()\nflowgate.dispatch | * * * * * | SELECT flowgate.dispatch()\nflowgate.prune | 17 * * * * | SELECT flowgate.prune_deliveries()'
+          || E'\nintake.drain | * * * * * | SELECT intake.drain_all()\nintake.metrics | * * * * * | SELECT intake.collect_metrics(NULL, 4.5)',
+          'one job each, with the schedules from settings (5-second schedules become every minute on pg_cron 1.4)');
+SELECT is(flowgate.uninstall_schedules(), 6::bigint, 'uninstall removes them all');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -39,6 +39,19 @@ pub const JOBS: &[Job] = &[
         every_tick: false,
     },
     Job {
+        name: "intake.drain",
+        schedule_setting: "intake.drain_schedule",
+        command: "SELECT intake.drain_all()",
+        every_tick: true,
+    },
+    Job {
+        // Every tick of the worker, but a pool is sampled at most every 4.5 s.
+        name: "intake.metrics",
+        schedule_setting: "intake.metrics_schedule",
+        command: "SELECT intake.collect_metrics(NULL, 4.5)",
+        every_tick: true,
+    },
+    Job {
         name: "flowgate.prune",
         schedule_setting: "flowgate.prune_schedule",
         command: "SELECT flowgate.prune_deliveries()",
@@ -80,9 +93,22 @@ fn install_schedules() -> Result<
 > {
     let run = || -> CoreResult<Vec<(String, String, String, i64)>> {
         require_pg_cron()?;
+        // pg_cron < 1.5 has no second-level schedules: those jobs run every minute there.
+        let seconds_ok = Spi::get_one::<bool>(
+            "SELECT string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{1,5}' FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'",
+        )?
+        .unwrap_or(false);
         let mut rows = Vec::new();
         for job in JOBS {
-            let schedule = store::get_text(job.schedule_setting)?;
+            let mut schedule = store::get_text(job.schedule_setting)?;
+            if !seconds_ok && schedule.trim_end().ends_with("seconds") {
+                pgrx::notice!(
+                    "{}: pg_cron before 1.5 has no {:?} schedules; running it every minute (the background worker runs it every tick)",
+                    job.name,
+                    schedule
+                );
+                schedule = "* * * * *".into();
+            }
             let id = Spi::get_one_with_args::<i64>(
                 "SELECT cron.schedule($1, $2, $3)",
                 &[

@@ -11,12 +11,16 @@ mod intake {
     use crate::core::error::{CoreError, CoreResult};
     use crate::core::prepared::{self, TEXT};
     use crate::intake::pool::PoolId;
+    use crate::intake::{drain, ledger, store};
 
     const CONFIG_KEYS: &[&str] = &[
         "batch_size",
         "visibility_timeout_seconds",
         "validation_webhook_url",
+        "validation_auth_secret",
         "commit_target",
+        "commit_auth_secret",
+        "request_timeout_ms",
         "max_retries",
         "max_claims_per_user",
         "rate_limit_per_second",
@@ -58,6 +62,17 @@ mod intake {
                     CONFIG_KEYS.join(", "),
                 ));
             }
+            for key in ["validation_webhook_url", "commit_target"] {
+                if let Some(url) = cfg.get(key).and_then(Value::as_str) {
+                    crate::core::outbox::delivery::validate_url(url).map_err(|_| {
+                        CoreError::invalid(
+                            key,
+                            format!("{url:?}"),
+                            "an http(s) URL with a host and no user:password@",
+                        )
+                    })?;
+                }
+            }
             cfg.insert("pool_id".into(), pool.as_str().into());
             cfg.insert("inventory".into(), inventory.into());
             let cols: Vec<String> = cfg.keys().map(|k| format!("\"{k}\"")).collect();
@@ -81,6 +96,13 @@ mod intake {
                     None,
                     &[JsonB(Value::Object(cfg.clone())).into()],
                 )?;
+                for table in ["intake.pool_totals", "intake.drain_clock"] {
+                    client.update(
+                        &format!("INSERT INTO {table} (pool_id) VALUES ($1)"),
+                        None,
+                        &[pool.as_str().into()],
+                    )?;
+                }
                 client.update("SELECT pgmq.create($1)", None, &[pool.queue().into()])?;
                 client.update("SELECT pgmq.create($1)", None, &[pool.dlq().into()])?;
                 // A member of the extension, so DROP EXTENSION takes it along.
@@ -420,5 +442,317 @@ mod intake {
             .unwrap_or(0))
         };
         run().map_err(CoreError::reporter("intake.reclaim_slots"))
+    }
+
+    /// Drain one pool (seed 002 §1.2): read up to batch_size intents (fewer under
+    /// rate_limit_per_second) with the visibility timeout, and move each one step on: POST the
+    /// queued ones to the validation webhook, commit the validated ones to the ledger, send the
+    /// ones read more than max_retries times to the DLQ. HTTP goes through the outbox; with the
+    /// native transport this call sends and records both stages before it returns. Safe to run
+    /// concurrently (pgmq hands each intent to one reader).
+    #[pg_extern(volatile, strict)]
+    fn drain(pool_id: &str) -> Result<JsonB, ErrorReport> {
+        let run = || -> CoreResult<Value> {
+            let pool = PoolId::parse(pool_id)?;
+            Spi::connect_mut(|client| drain_pool(client, &pool))
+        };
+        run()
+            .map(JsonB)
+            .map_err(CoreError::reporter("intake.drain"))
+    }
+
+    fn drain_pool(client: &mut pgrx::spi::SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
+        let cfg = store::load_config(client, pool)?;
+        if cfg.paused {
+            return Ok(json!({"pool_id": pool.as_str(), "status": "paused"}));
+        }
+        let budget = match cfg.rate_limit {
+            None => cfg.batch_size,
+            Some(rate) => {
+                let clock = client.update(
+                    "SELECT extract(epoch FROM clock_timestamp() - last_drain_at)::float8 FROM intake.drain_clock \
+                      WHERE pool_id = $1 FOR UPDATE SKIP LOCKED",
+                    None,
+                    &[pool.as_str().into()],
+                )?;
+                if clock.is_empty() {
+                    // Another drain of this rate-limited pool is running: it owns the budget.
+                    return Ok(json!({"pool_id": pool.as_str(), "status": "busy"}));
+                }
+                let since: Option<f64> = clock.first().get_one::<f64>()?;
+                drain::budget(cfg.batch_size, Some(rate), since)
+            }
+        };
+        if budget <= 0 {
+            return Ok(json!({"pool_id": pool.as_str(), "status": "throttled"}));
+        }
+        let started = store::start(client, pool, &cfg, budget)?;
+        if cfg.rate_limit.is_some() && started.read > 0 {
+            client.update(
+                "UPDATE intake.drain_clock SET last_drain_at = clock_timestamp() WHERE pool_id = $1",
+                None,
+                &[pool.as_str().into()],
+            )?;
+        }
+        let validation = dispatch(client, started.deliveries.clone())?;
+        // Intents validated just now have their commit delivery waiting: send it in this call.
+        let commits: Vec<i64> = client
+            .select(
+                "SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM flowgate.deliveries \
+                  WHERE idempotency_key = ANY ($1) AND status = 'pending'",
+                Some(1),
+                &[started.commit_keys.clone().into()],
+            )?
+            .first()
+            .get_one::<Vec<i64>>()?
+            .unwrap_or_default();
+        let commit = dispatch(client, commits)?;
+        Ok(json!({
+            "pool_id": pool.as_str(),
+            "status": "drained",
+            "read": started.read,
+            "committed_locally": started.committed,
+            "dead_lettered": started.dead_lettered,
+            "waiting_for_reply": started.waiting,
+            "sent": validation,
+            "commits": commit,
+        }))
+    }
+
+    fn dispatch(client: &mut pgrx::spi::SpiClient<'_>, ids: Vec<i64>) -> CoreResult<Value> {
+        if ids.is_empty() {
+            return Ok(json!({"claimed": 0}));
+        }
+        Ok(client
+            .update("SELECT flowgate.dispatch_ids($1)", Some(1), &[ids.into()])?
+            .first()
+            .get_one::<JsonB>()?
+            .map(|j| j.0)
+            .unwrap_or(Value::Null))
+    }
+
+    /// Re-queue dead-lettered intents of a pool: all of them, or those in `msg_ids`. Each keeps
+    /// its first message id as idempotency key (the webhook and the ledger de-duplicate), and a
+    /// validated intent goes straight to the commit step. Returns the new queue message ids.
+    #[pg_extern(volatile)]
+    fn replay_dlq(
+        pool_id: &str,
+        msg_ids: default!(Option<Vec<i64>>, "NULL"),
+    ) -> Result<JsonB, ErrorReport> {
+        let run = || -> CoreResult<Value> {
+            let pool = PoolId::parse(pool_id)?;
+            Spi::connect_mut(|client| {
+                store::load_config(client, &pool)?;
+                let ids = store::replay(client, &pool, msg_ids)?;
+                Ok(json!({"pool_id": pool.as_str(), "replayed": ids.len(), "msg_ids": ids}))
+            })
+        };
+        run()
+            .map(JsonB)
+            .map_err(CoreError::reporter("intake.replay_dlq"))
+    }
+
+    /// For an external worker (an Edge Function) doing the drain itself: read up to `max`
+    /// intents (default batch_size) and get, for each, the step to perform, the URL, the
+    /// idempotency key and the body to POST. Intents read more than max_retries times are moved
+    /// to the DLQ here and not returned. Report each reply with report_validation/report_commit.
+    #[pg_extern(volatile)]
+    #[allow(clippy::type_complexity)]
+    fn read_intents(
+        pool_id: &str,
+        max: default!(Option<i32>, "NULL"),
+    ) -> Result<
+        TableIterator<
+            'static,
+            (
+                name!(msg_id, i64),
+                name!(read_ct, i32),
+                name!(step, String),
+                name!(url, Option<String>),
+                name!(auth_secret, Option<String>),
+                name!(idempotency_key, String),
+                name!(body, JsonB),
+            ),
+        >,
+        ErrorReport,
+    > {
+        let run = || -> CoreResult<Vec<(i64, i32, String, Option<String>, Option<String>, String, JsonB)>> {
+            let pool = PoolId::parse(pool_id)?;
+            Spi::connect_mut(|client| {
+                let cfg = store::load_config(client, &pool)?;
+                if cfg.paused {
+                    return Ok(vec![]);
+                }
+                let n = max.unwrap_or(cfg.batch_size);
+                if !(1..=10_000).contains(&n) {
+                    return Err(CoreError::invalid("max", n.to_string(), "1 to 10000, or NULL for batch_size"));
+                }
+                let mut out = Vec::new();
+                for intent in store::read(client, &pool, cfg.visibility_timeout, n)? {
+                    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
+                    match drain::plan(intent.state(), intent.read_ct, cfg.max_retries, cfg.webhook.is_some()) {
+                        drain::Step::Validate => out.push((
+                            intent.msg_id,
+                            intent.read_ct,
+                            "validate".into(),
+                            cfg.webhook.clone(),
+                            cfg.webhook_secret.clone(),
+                            drain::wire_key(pool.as_str(), origin, drain::Stage::Validate),
+                            JsonB(drain::validation_body(pool.as_str(), intent.msg_id, intent.read_ct, &intent.message)),
+                        )),
+                        drain::Step::Commit => out.push((
+                            intent.msg_id,
+                            intent.read_ct,
+                            "commit".into(),
+                            cfg.commit_target.clone(),
+                            cfg.commit_secret.clone(),
+                            drain::wire_key(pool.as_str(), origin, drain::Stage::Commit),
+                            JsonB(drain::commit_body(pool.as_str(), intent.msg_id, intent.read_ct, &intent.message)),
+                        )),
+                        drain::Step::DeadLetter(_) | drain::Step::Finish => {
+                            // The same bookkeeping as the drain's own path.
+                            store::settle(client, &pool, &cfg, &intent)?;
+                        }
+                    }
+                }
+                Ok(out)
+            })
+        };
+        run()
+            .map(TableIterator::new)
+            .map_err(CoreError::reporter("intake.read_intents"))
+    }
+
+    /// Report the validation webhook's reply for an intent read with read_intents: a 2xx marks
+    /// it validated (and commits it at once when the ledger is this database), another 4xx
+    /// returns its resource to the pool, anything else (5xx, 408, 429, NULL for no response)
+    /// leaves it for a retry after the visibility timeout. Returns what happened.
+    #[pg_extern(volatile)]
+    fn report_validation(
+        pool_id: &str,
+        msg_id: i64,
+        status_code: Option<i32>,
+        response: default!(Option<JsonB>, "NULL"),
+        error: default!(Option<&str>, "NULL"),
+    ) -> Result<String, ErrorReport> {
+        let run = || -> CoreResult<String> {
+            let pool = PoolId::parse(pool_id)?;
+            check_status(status_code)?;
+            Spi::connect_mut(|client| {
+                store::load_config(client, &pool)?;
+                let r = response.map(|j| j.0);
+                store::apply_validation(
+                    client,
+                    &pool,
+                    msg_id,
+                    &store::HttpReply {
+                        status: status_code,
+                        response: r.as_ref(),
+                        text: "",
+                        error,
+                    },
+                    false,
+                )
+                .map(str::to_owned)
+            })
+        };
+        run().map_err(CoreError::reporter("intake.report_validation"))
+    }
+
+    /// Report the ledger's reply for an intent: a 2xx completes it (resource consumed, intent
+    /// archived), another 4xx parks it in the DLQ, anything else leaves it for a retry (without
+    /// validating again).
+    #[pg_extern(volatile)]
+    fn report_commit(
+        pool_id: &str,
+        msg_id: i64,
+        status_code: Option<i32>,
+        error: default!(Option<&str>, "NULL"),
+    ) -> Result<String, ErrorReport> {
+        let run = || -> CoreResult<String> {
+            let pool = PoolId::parse(pool_id)?;
+            check_status(status_code)?;
+            Spi::connect_mut(|client| {
+                store::load_config(client, &pool)?;
+                store::apply_commit(client, &pool, msg_id, status_code, error).map(str::to_owned)
+            })
+        };
+        run().map_err(CoreError::reporter("intake.report_commit"))
+    }
+
+    fn check_status(status: Option<i32>) -> CoreResult<()> {
+        match status {
+            Some(s) if !(100..=599).contains(&s) => Err(CoreError::invalid(
+                "status_code",
+                s.to_string(),
+                "an HTTP status 100 to 599, or NULL when no response arrived",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The ledger (seed 002 §1.3): write one finalized row per idempotency key and return it.
+    /// The same key again returns the first row with status "duplicate" and writes nothing; the
+    /// same key for another pool, resource or user, or a resource already finalized under
+    /// another key, is 23505. Rows are readable by their user_id only (RLS).
+    #[pg_extern(volatile, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn finalize_transaction(payload: JsonB) -> Result<JsonB, ErrorReport> {
+        let run = || -> CoreResult<Value> {
+            let entry = ledger::parse(&payload.0)?;
+            Spi::connect_mut(|client| store::finalize(client, &entry))
+        };
+        run()
+            .map(JsonB)
+            .map_err(CoreError::reporter("intake.finalize_transaction"))
+    }
+
+    /// Sample every pool (or one) into intake.engine_metrics from sequences and folded outcome
+    /// totals, never counting the inventory or the queues. A pool sampled less than
+    /// `min_interval_seconds` ago is skipped (the scheduler passes 4.5 so that a one-second
+    /// background worker samples every 5 seconds). Returns the samples written.
+    #[pg_extern(volatile)]
+    fn collect_metrics(
+        pool_id: default!(Option<&str>, "NULL"),
+        min_interval_seconds: default!(f64, "0"),
+    ) -> Result<JsonB, ErrorReport> {
+        let run = || -> CoreResult<Value> {
+            let only = pool_id.map(PoolId::parse).transpose()?;
+            Spi::connect_mut(|client| {
+                let pools = client.select(
+                    "SELECT c.pool_id, c.inventory FROM intake.engine_config c \
+                      WHERE ($1::text IS NULL OR c.pool_id = $1) \
+                        AND NOT EXISTS (SELECT FROM intake.engine_metrics m WHERE m.pool_id = c.pool_id \
+                                         AND m.collected_at > clock_timestamp() - make_interval(secs => $2)) \
+                      ORDER BY c.pool_id",
+                    None,
+                    &[only.as_ref().map(|p| p.as_str()).into(), min_interval_seconds.into()],
+                )?;
+                let mut todo = Vec::new();
+                for r in pools {
+                    todo.push((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<i32>(2)?.unwrap_or(0),
+                    ));
+                }
+                if let Some(p) = &only {
+                    if todo.is_empty() && store::load_config(client, p).is_err() {
+                        return Err(CoreError::not_found("pool", p.as_str()));
+                    }
+                }
+                let mut samples = Vec::new();
+                for (id, inventory) in todo {
+                    samples.push(store::collect_metrics(
+                        client,
+                        &PoolId::parse(&id)?,
+                        inventory,
+                    )?);
+                }
+                Ok(Value::Array(samples))
+            })
+        };
+        run()
+            .map(JsonB)
+            .map_err(CoreError::reporter("intake.collect_metrics"))
     }
 }

@@ -1,6 +1,11 @@
-//! The intake engine (seed 002), schema `intake`: a burst-absorbing claim queue. This first
-//! slice has pools, UNLOGGED inventory, the claim hot path with pgmq intents and crash
-//! recovery; the drain (validation webhook, ledger commit, DLQ) and metrics come next.
+//! The intake engine (seed 002), schema `intake`: a burst-absorbing claim queue. Pools of
+//! UNLOGGED inventory, the claim hot path with pgmq intents, the drain through the outbox to a
+//! validation webhook and a ledger (with DLQ and replay), the ledger itself, metrics and crash
+//! recovery.
 
 pub mod api;
+pub mod drain;
+pub mod ledger;
 pub mod pool;
+pub mod settings;
+pub mod store;

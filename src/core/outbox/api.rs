@@ -58,6 +58,7 @@ fn enqueue_delivery(
             max_attempts,
             timeout_ms,
             parked: false,
+            wire_key: None,
         };
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };

@@ -36,6 +36,9 @@ pub struct NewDelivery {
     /// Enqueue without a due time (`next_attempt_at = 'infinity'`) until its owner releases it
     /// (e.g. a Slack thread reply waiting for the root message's ts).
     pub parked: bool,
+    /// The Idempotency-Key header, when it differs from `idempotency_key`: several rows that
+    /// are attempts of one logical request (paced by their owner) share it.
+    pub wire_key: Option<String>,
 }
 
 impl NewDelivery {
@@ -62,6 +65,7 @@ impl NewDelivery {
             max_attempts: None,
             timeout_ms: None,
             parked: false,
+            wire_key: None,
         }
     }
 }
@@ -195,10 +199,8 @@ pub fn validate(d: &NewDelivery) -> CoreResult<()> {
             ));
         }
     }
-    if d.idempotency_key.is_empty()
-        || d.idempotency_key.len() > 255
-        || d.idempotency_key.chars().any(char::is_control)
-    {
+    let bad_key = |k: &str| k.is_empty() || k.len() > 255 || k.chars().any(char::is_control);
+    if bad_key(&d.idempotency_key) || d.wire_key.as_deref().is_some_and(bad_key) {
         return Err(CoreError::invalid(
             "idempotency_key",
             "it is empty, too long or has control characters",
@@ -286,6 +288,8 @@ mod unit_tests {
             Box::new(|d| d.method = "TRACE".into()),
             Box::new(|d| d.url = "ftp://x".into()),
             Box::new(|d| d.url = "https://".into()),
+            Box::new(|d| d.wire_key = Some(String::new())),
+            Box::new(|d| d.wire_key = Some("k\nInjected: 1".into())),
             Box::new(|d| d.url = "https://user:pw@host/x".into()),
             Box::new(|d| d.url = "https://host/a b".into()),
             Box::new(|d| {

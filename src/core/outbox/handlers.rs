@@ -53,6 +53,7 @@ pub type Handler = for<'c, 'a> fn(&mut SpiClient<'c>, &HandlerCall<'a>) -> CoreR
 fn registry() -> Vec<(&'static str, Handler)> {
     #[allow(unused_mut)]
     let mut all: Vec<(&'static str, Handler)> = crate::capacity::notify::handlers();
+    all.extend(crate::intake::store::handlers());
     #[cfg(any(test, feature = "pg_test"))]
     all.extend(crate::core::tests::outbox_handlers());
     all

@@ -46,9 +46,9 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
     };
     let inserted = client.update(
         "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
-         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at) \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END) \
+                 CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         None,
         &[
@@ -66,6 +66,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
             max_attempts.into(),
             timeout_ms.into(),
             d.parked.into(),
+            d.wire_key.as_deref().into(),
         ],
     )?;
     if !inserted.is_empty() {
@@ -144,7 +145,7 @@ pub enum Prepared {
 pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, idempotency_key, timeout_ms \
+            "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, coalesce(wire_key, idempotency_key), timeout_ms \
              FROM flowgate.deliveries WHERE id = ANY($1) AND status = 'in_flight' ORDER BY id",
             None,
             &[ids.to_vec().into()],

@@ -1,0 +1,146 @@
+-- The intake drain (seed 002 §1.2, §3) against flowgate-testd on 127.0.0.1:5597: validation
+-- webhook → ledger through the outbox, 4xx releases the resource, a webhook that is down goes
+-- to the DLQ after max_retries reads and replays once it is back, a ledger that refuses
+-- connections is retried without re-validating; the ledger itself (idempotency, bad payloads,
+-- RLS), the external-worker API and metrics.
+BEGIN;
+SELECT plan(60);
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
+END $$;
+GRANT USAGE ON SCHEMA flowgate, intake TO authenticated;
+
+-- ---- Happy path, ledger in this database (commit_target NULL) ---------------------------------
+SELECT intake.create_pool('tap_local', 5, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "visibility_timeout_seconds": 1}') \g /dev/null
+SELECT intake.claim_resource('tap_local', u) FROM (VALUES ('u1'), ('u2'), ('u3')) v(u) \g /dev/null
+SELECT is(intake.drain('tap_local') ->> 'read', '3', 'the drain reads the three intents');
+SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_local'), 3, 'all three are in the ledger');
+SELECT is((SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_local' AND status = 'consumed'), 3, 'their resources are consumed');
+SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_local), 0, 'the queue is empty');
+SELECT is((SELECT count(*)::int FROM pgmq.a_intake_tap_local WHERE message ->> 'state' = 'committed'), 3,
+          'committed intents are archived (the logged record recover_pool reads)');
+SELECT ok((SELECT bool_and((body ->> 'idempotency_key') = split_part(owner_id, ':', 2) AND wire_key = 'intake:tap_local:' || split_part(owner_id, ':', 2) || ':validate')
+             FROM flowgate.deliveries WHERE owner_id LIKE 'tap_local:%'),
+          'the validation POST carries idempotency_key = msg_id, and the same Idempotency-Key header on every attempt');
+SELECT is((SELECT validation ->> 'ok' FROM intake.transactions WHERE pool_id = 'tap_local' AND user_id = 'u1'), 'true',
+          'the webhook''s answer travels to the ledger row');
+SELECT is(intake.drain('tap_local') ->> 'read', '0', 'a second drain finds nothing');
+
+-- ---- The ledger: idempotent, checked, private -------------------------------------------------
+SELECT is(intake.finalize_transaction(jsonb_build_object('idempotency_key', idempotency_key, 'pool_id', pool_id,
+              'resource_id', resource_id, 'user_id', user_id)) ->> 'status', 'duplicate', 'a repeated key returns the first row')
+  FROM intake.transactions WHERE pool_id = 'tap_local' AND user_id = 'u1';
+SELECT throws_ok(format($$SELECT intake.finalize_transaction('{"idempotency_key": %s, "pool_id": "tap_local", "resource_id": "%s", "user_id": "mallory"}')$$,
+                        to_json(idempotency_key), resource_id), '23505', NULL, 'the same key for another user is 23505')
+  FROM intake.transactions WHERE pool_id = 'tap_local' AND user_id = 'u1';
+SELECT throws_ok(format($$SELECT intake.finalize_transaction('{"idempotency_key": "other", "pool_id": "tap_local", "resource_id": "%s", "user_id": "u1"}')$$,
+                        resource_id), '23505', NULL, 'a resource already in the ledger under another key is 23505')
+  FROM intake.transactions WHERE pool_id = 'tap_local' AND user_id = 'u1';
+SELECT throws_ok($$SELECT intake.finalize_transaction('[]')$$, '22023', NULL, 'a payload must be an object');
+SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "k1", "pool_id": "tap_local", "resource_id": "nope", "user_id": "u9"}')$$,
+                 '22023', NULL, 'resource_id must be a UUID');
+SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "k1", "pool_id": "x''; drop table t; --", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e90", "user_id": "u9"}')$$,
+                 '22023', NULL, 'pool_id must be a pool identifier');
+SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": true, "pool_id": "tap_local", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e90", "user_id": "u9"}')$$,
+                 '22023', NULL, 'idempotency_key must be text or an integer');
+SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "k1", "pool_id": "tap_local", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e90", "user_id": "u9", "admin": true}')$$,
+                 '22023', NULL, 'unknown fields are refused (extra data goes in details)');
+SELECT throws_ok(format($$SELECT intake.finalize_transaction('{"idempotency_key": "k1", "pool_id": "tap_local", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e90", "user_id": "u9", "details": {"blob": "%s"}}')$$,
+                        repeat('x', 70000)), '22023', NULL, 'payloads over 64 KiB are refused');
+SELECT is((SELECT count(*)::int FROM intake.transactions), 3, 'refused payloads wrote nothing');
+SELECT is(intake.finalize_transaction('{"idempotency_key": 7001, "pool_id": "tap_other", "resource_id": "0B9E4C1A-6F0E-4D8E-9B43-2F1C3A5D7E90", "user_id": "u9", "details": {"seat": "A1"}}') ->> 'status',
+          'finalized', 'an external ledger call (numeric key, upper-case UUID, details) is finalized');
+
+SET LOCAL ROLE authenticated;
+SET LOCAL request.jwt.claims = '{"sub": "u1", "role": "authenticated"}';
+SELECT is((SELECT array_agg(user_id) FROM intake.transactions), ARRAY['u1'], 'under RLS a user sees only their own ledger rows');
+SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "k2", "pool_id": "tap_local", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e91", "user_id": "u1"}')$$,
+                 '42501', NULL, 'users cannot write the ledger');
+SELECT throws_ok($$SELECT intake.drain('tap_local')$$, '42501', NULL, 'users cannot drain');
+SELECT throws_ok($$SELECT intake.replay_dlq('tap_local')$$, '42501', NULL, 'users cannot replay the DLQ');
+RESET ROLE;
+RESET request.jwt.claims;
+
+-- ---- A 4xx from the webhook returns the resource to the pool ----------------------------------
+SELECT intake.create_pool('tap_reject', 2, '{"validation_webhook_url": "http://127.0.0.1:5597/status/402"}') \g /dev/null
+SELECT intake.claim_resource('tap_reject', 'r1') \g /dev/null
+SELECT is(intake.drain('tap_reject') #>> '{sent,failed}', '1', 'the webhook refuses with 402');
+SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_reject' AND slot = 1), 'available', 'the resource is available again');
+SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_reject) + (SELECT count(*)::int FROM pgmq.a_intake_tap_reject), 0,
+          'the intent is deleted, not archived');
+SELECT is((SELECT claims FROM intake.user_claims WHERE pool_id = 'tap_reject' AND user_id = 'r1'), 0, 'the user''s claim is given back');
+SELECT is(intake.claim_resource('tap_reject', 'r1') ->> 'status', 'claimed', 'so the user may claim again');
+SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_reject'), 0, 'nothing reached the ledger');
+
+-- ---- A webhook that is down: retried after the visibility timeout, DLQ, replay once it is back --
+SELECT intake.create_pool('tap_down', 3, '{"validation_webhook_url": "http://127.0.0.1:1/refused", "commit_target": "http://127.0.0.1:5597/ok",
+                                           "visibility_timeout_seconds": 1, "max_retries": 2}') \g /dev/null
+SELECT intake.claim_resource('tap_down', 'd1') \g /dev/null
+SELECT is(intake.drain('tap_down') #>> '{sent,dead}', '1', 'read 1: the webhook does not answer');
+SELECT alike((SELECT message ->> 'last_error' FROM pgmq.q_intake_tap_down), 'validation:%', 'the error is kept on the intent');
+SELECT is(intake.drain('tap_down') ->> 'read', '0', 'it is invisible until the visibility timeout passes');
+SELECT pg_sleep(1.1) \g /dev/null
+SELECT is(intake.drain('tap_down') ->> 'read', '1', 'read 2 after the visibility timeout');
+SELECT pg_sleep(1.1) \g /dev/null
+SELECT is(intake.drain('tap_down') ->> 'dead_lettered', '1', 'read 3 > max_retries: dead-lettered');
+SELECT alike((SELECT message ->> 'dlq_reason' FROM pgmq.q_intake_tap_down_dlq), 'read 3 times, more than max_retries = 2%',
+            'the DLQ message says why');
+SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_down' AND slot = 1), 'locked',
+          'its resource stays locked: not sold to anyone else, not lost');
+UPDATE intake.engine_config SET validation_webhook_url = 'http://127.0.0.1:5597/ok' WHERE pool_id = 'tap_down';
+SELECT is(intake.replay_dlq('tap_down') ->> 'replayed', '1', 'the webhook is back: the operator replays the DLQ');
+SELECT is(intake.drain('tap_down') #>> '{commits,delivered}', '1', 'the replayed intent is validated and committed over HTTP');
+SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_down_dlq) + (SELECT count(*)::int FROM pgmq.q_intake_tap_down), 0, 'both queues are empty');
+SELECT is((SELECT array_agg(DISTINCT wire_key) || count(*)::text FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%' AND idempotency_key LIKE '%:validate:%'),
+          (SELECT ARRAY['intake:tap_down:' || (message ->> 'origin_msg_id') || ':validate', '3'] FROM pgmq.a_intake_tap_down),
+          'three validation attempts, before and after the replay, all keyed by the first message id');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%' AND idempotency_key LIKE '%:commit:%'), 1,
+          'the ledger was called once');
+
+-- ---- A ledger that refuses connections: commits retried without validating again -------------
+SELECT intake.create_pool('tap_ledger', 3, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "commit_target": "http://127.0.0.1:1/rpc/finalize_transaction",
+                                             "visibility_timeout_seconds": 1}') \g /dev/null
+SELECT intake.claim_resource('tap_ledger', 'l1') \g /dev/null
+SELECT is(intake.drain('tap_ledger') #>> '{commits,dead}', '1', 'validated, but the ledger refuses the connection');
+SELECT is((SELECT message ->> 'state' FROM pgmq.q_intake_tap_ledger), 'validated', 'the intent stays validated');
+SELECT pg_sleep(1.1) \g /dev/null
+UPDATE intake.engine_config SET commit_target = 'http://127.0.0.1:5597/ok' WHERE pool_id = 'tap_ledger';
+SELECT is(intake.drain('tap_ledger') #>> '{sent,delivered}', '1', 'next read: the ledger is back and the commit goes through');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND idempotency_key LIKE '%:validate:%'), 1,
+          'the webhook was called once: the retry skipped validation');
+SELECT is((SELECT body #>> '{payload,idempotency_key}' FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND status = 'delivered' AND idempotency_key LIKE '%:commit:%'),
+          (SELECT 'tap_ledger:' || msg_id FROM pgmq.a_intake_tap_ledger), 'the commit is PostgREST-shaped: {"payload": {...}} with the ledger key');
+
+-- A ledger that refuses the entry itself (4xx): kept for an operator in the DLQ, resource locked.
+SELECT intake.create_pool('tap_refused', 2, '{"commit_target": "http://127.0.0.1:5597/status/409"}') \g /dev/null
+SELECT intake.claim_resource('tap_refused', 'x1') \g /dev/null
+SELECT is(intake.drain('tap_refused') #>> '{sent,failed}', '1', 'no webhook configured: straight to the ledger, which answers 409');
+SELECT alike((SELECT message ->> 'dlq_reason' FROM pgmq.q_intake_tap_refused_dlq), 'the ledger refused the commit with HTTP 409%', 'dead-lettered with the reason');
+
+-- ---- External worker API (an Edge Function doing the HTTP itself) -----------------------------
+SELECT intake.create_pool('tap_ext', 2, '{"validation_webhook_url": "https://payments.example.com/validate"}') \g /dev/null
+SELECT intake.claim_resource('tap_ext', 'e1') \g /dev/null
+SELECT is((SELECT step || ' ' || url || ' ' || (body ->> 'idempotency_key' = msg_id::text)::text FROM intake.read_intents('tap_ext')),
+          'validate https://payments.example.com/validate true', 'read_intents hands out the step, URL and body');
+SELECT is(intake.report_validation('tap_ext', (SELECT msg_id FROM pgmq.q_intake_tap_ext), 200, '{"payment": "pi_42"}'), 'committed',
+          'a 2xx report validates and (ledger in this database) commits');
+SELECT is((SELECT validation ->> 'payment' FROM intake.transactions WHERE pool_id = 'tap_ext'), 'pi_42', 'with the webhook''s answer');
+SELECT is(intake.report_validation('tap_ext', 999999, 200), 'gone', 'a report for an unknown message changes nothing');
+SELECT throws_ok($$SELECT intake.report_validation('tap_ext', 1, 999)$$, '22023', NULL, 'status codes are HTTP statuses');
+SELECT throws_ok($$SELECT intake.report_commit('tap_nope', 1, 200)$$, 'P0002', NULL, 'unknown pools are P0002');
+
+-- ---- Paused pools, metrics --------------------------------------------------------------------
+UPDATE intake.engine_config SET paused = true WHERE pool_id = 'tap_reject';
+SELECT is(intake.drain('tap_reject') ->> 'status', 'paused', 'a paused pool is not drained');
+SELECT is((SELECT (m ->> 'available_slots') || '/' || (m ->> 'committed') || '/' || (m ->> 'queue_depth') || '/' || (m ->> 'dlq_depth')
+             FROM jsonb_array_elements(intake.collect_metrics('tap_local')) m), '2/3/0/0',
+          'metrics: 2 of 5 slots left, 3 committed, empty queue and DLQ');
+SELECT is((SELECT (m ->> 'queue_depth') || '/' || (m ->> 'rejected') || '/' || (m ->> 'available_slots')
+             FROM jsonb_array_elements(intake.collect_metrics('tap_reject')) m), '1/1/1',
+          'one rejected, one queued, one slot left');
+SELECT is((SELECT count(*)::int FROM intake.outcome_log WHERE pool_id IN ('tap_local', 'tap_reject')), 0, 'the outcome log is folded into totals');
+SELECT is(jsonb_array_length(intake.collect_metrics(NULL, 60)), 4, 'a pool sampled less than min_interval ago is skipped');
+SELECT throws_ok($$SELECT intake.collect_metrics('tap_nope')$$, 'P0002', NULL, 'metrics of an unknown pool is P0002');
+
+SELECT * FROM finish();
+ROLLBACK;

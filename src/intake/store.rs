@@ -1,0 +1,763 @@
+//! The drain's data access: pool configuration, pgmq reads, moving an intent between states
+//! (validated, released, committed, dead-lettered), the outbox deliveries that carry it, the
+//! outbox response handlers, the ledger insert and the metrics sample. The rules themselves are
+//! in `intake::drain` (pure).
+
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::{json, Map, Value};
+
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::outbox::delivery::NewDelivery;
+use crate::core::outbox::handlers::{Handler, HandlerCall};
+use crate::core::outbox::store as outbox;
+use crate::intake::drain::{self, Action, IntentState, Stage, Step};
+use crate::intake::ledger;
+use crate::intake::pool::PoolId;
+
+/// A pool's live configuration (read at the start of every drain).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub inventory: i32,
+    pub batch_size: i32,
+    pub visibility_timeout: i32,
+    pub webhook: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub commit_target: Option<String>,
+    pub commit_secret: Option<String>,
+    pub timeout_ms: i32,
+    pub max_retries: i32,
+    pub rate_limit: Option<i32>,
+    pub paused: bool,
+}
+
+pub fn load_config(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Config> {
+    let rows = client.select(
+        "SELECT inventory, batch_size, visibility_timeout_seconds, validation_webhook_url, validation_auth_secret, \
+                commit_target, commit_auth_secret, request_timeout_ms, max_retries, rate_limit_per_second, paused \
+           FROM intake.engine_config WHERE pool_id = $1",
+        Some(1),
+        &[pool.as_str().into()],
+    )?;
+    if rows.is_empty() {
+        return Err(CoreError::not_found("pool", pool.as_str()));
+    }
+    let r = rows.first();
+    Ok(Config {
+        inventory: r.get(1)?.unwrap_or(0),
+        batch_size: r.get(2)?.unwrap_or(100),
+        visibility_timeout: r.get(3)?.unwrap_or(45),
+        webhook: r.get(4)?,
+        webhook_secret: r.get(5)?,
+        commit_target: r.get(6)?,
+        commit_secret: r.get(7)?,
+        timeout_ms: r.get(8)?.unwrap_or(10_000),
+        max_retries: r.get(9)?.unwrap_or(5),
+        rate_limit: r.get(10)?,
+        paused: r.get(11)?.unwrap_or(false),
+    })
+}
+
+/// An intent as read from the queue.
+#[derive(Debug, Clone)]
+pub struct Intent {
+    pub msg_id: i64,
+    pub read_ct: i32,
+    pub message: Value,
+}
+
+impl Intent {
+    pub fn state(&self) -> IntentState {
+        IntentState::parse(&self.message)
+    }
+}
+
+/// Read up to `n` intents, hiding them for the visibility timeout (pgmq.read).
+pub fn read(client: &mut SpiClient<'_>, pool: &PoolId, vt: i32, n: i32) -> CoreResult<Vec<Intent>> {
+    let rows = client.update(
+        "SELECT msg_id, read_ct, message FROM pgmq.read($1, $2, $3)",
+        None,
+        &[pool.queue().into(), vt.into(), n.into()],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(Intent {
+            msg_id: r.get(1)?.unwrap_or(0),
+            read_ct: r.get(2)?.unwrap_or(1),
+            message: r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
+        });
+    }
+    Ok(out)
+}
+
+/// The intent with this id, locked, if it is still in the queue.
+pub fn lock(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64) -> CoreResult<Option<Intent>> {
+    let rows = client.update(
+        &format!(
+            "SELECT msg_id, read_ct, message FROM {} WHERE msg_id = $1 FOR UPDATE",
+            pool.queue_table()
+        ),
+        None,
+        &[msg_id.into()],
+    )?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let r = rows.first();
+    Ok(Some(Intent {
+        msg_id,
+        read_ct: r.get(2)?.unwrap_or(1),
+        message: r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
+    }))
+}
+
+/// Merge fields into the intent's message (its state travels with it, seed 002 §3).
+fn patch(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64, fields: Value) -> CoreResult<()> {
+    client.update(
+        &format!(
+            "UPDATE {} SET message = message || $2 WHERE msg_id = $1",
+            pool.queue_table()
+        ),
+        None,
+        &[msg_id.into(), JsonB(fields).into()],
+    )?;
+    Ok(())
+}
+
+fn log_outcome(client: &mut SpiClient<'_>, pool: &PoolId, outcome: &str, n: i64) -> CoreResult<()> {
+    if n > 0 {
+        client.update(
+            "INSERT INTO intake.outcome_log (pool_id, outcome, n) VALUES ($1, $2, $3)",
+            None,
+            &[
+                pool.as_str().into(),
+                outcome.into(),
+                (n.min(i64::from(i32::MAX)) as i32).into(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn slot_of(message: &Value) -> Option<i32> {
+    message
+        .get("slot")
+        .and_then(Value::as_i64)
+        .map(|s| s as i32)
+}
+
+/// Validation passed: remember it (and what the webhook said) on the intent.
+fn mark_validated(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intent: &mut Intent,
+    validation: Value,
+) -> CoreResult<()> {
+    let fields = json!({"state": "validated", "validation": validation, "last_error": null});
+    patch(client, pool, intent.msg_id, fields.clone())?;
+    if let (Value::Object(m), Some(f)) = (&mut intent.message, fields.as_object()) {
+        m.extend(f.clone());
+    }
+    log_outcome(client, pool, "validated", 1)
+}
+
+/// Validation refused: the resource returns to the pool, the user's claim is given back and the
+/// intent is deleted.
+fn release(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<()> {
+    if let Some(slot) = slot_of(&intent.message) {
+        let freed = client.update(
+            "UPDATE intake.allocations SET status = 'available', locked_by = NULL, locked_at = NULL, msg_id = NULL \
+              WHERE pool_id = $1 AND slot = $2 AND status = 'locked' RETURNING 1",
+            None,
+            &[pool.as_str().into(), slot.into()],
+        )?;
+        if !freed.is_empty() {
+            client.update(
+                "INSERT INTO intake.released_slots (pool_id, slot) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                None,
+                &[pool.as_str().into(), slot.into()],
+            )?;
+        }
+    }
+    if let Some(user) = intent.message.get("user_id").and_then(Value::as_str) {
+        client.update(
+            "UPDATE intake.user_claims SET claims = claims - 1 WHERE pool_id = $1 AND user_id = $2 AND claims > 0",
+            None,
+            &[pool.as_str().into(), user.into()],
+        )?;
+    }
+    client.update(
+        "SELECT pgmq.delete($1, $2)",
+        None,
+        &[pool.queue().into(), intent.msg_id.into()],
+    )?;
+    log_outcome(client, pool, "rejected", 1)
+}
+
+/// The ledger has the intent: the resource is consumed, the intent archived (the archive stays
+/// part of the logged record `recover_pool` reads).
+fn complete(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<()> {
+    patch(
+        client,
+        pool,
+        intent.msg_id,
+        json!({"state": "committed", "last_error": null}),
+    )?;
+    client.update(
+        "SELECT pgmq.archive($1, $2)",
+        None,
+        &[pool.queue().into(), intent.msg_id.into()],
+    )?;
+    if let Some(slot) = slot_of(&intent.message) {
+        client.update(
+            "UPDATE intake.allocations SET status = 'consumed' WHERE pool_id = $1 AND slot = $2",
+            None,
+            &[pool.as_str().into(), slot.into()],
+        )?;
+    }
+    log_outcome(client, pool, "committed", 1)
+}
+
+/// Park the intent in the dead-letter queue with the reason; its resource stays locked (never
+/// sold twice, never lost) until an operator replays it.
+fn dead_letter(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intent: &Intent,
+    reason: &str,
+) -> CoreResult<()> {
+    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
+    let fields = json!({"dlq_reason": reason, "read_ct": intent.read_ct, "origin_msg_id": origin});
+    client.update(
+        "SELECT pgmq.send($1, $2 || $3 || jsonb_build_object('dead_lettered_at', clock_timestamp()))",
+        None,
+        &[pool.dlq().into(), JsonB(intent.message.clone()).into(), JsonB(fields).into()],
+    )?;
+    client.update(
+        "SELECT pgmq.delete($1, $2)",
+        None,
+        &[pool.queue().into(), intent.msg_id.into()],
+    )?;
+    log_outcome(client, pool, "dead_lettered", 1)
+}
+
+fn note_error(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intent: &Intent,
+    error: &str,
+) -> CoreResult<()> {
+    let error: String = error.chars().take(500).collect();
+    patch(client, pool, intent.msg_id, json!({"last_error": error}))
+}
+
+/// Commit into this database's ledger (commit_target NULL).
+fn commit_locally(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intent: &Intent,
+) -> CoreResult<&'static str> {
+    let payload = drain::ledger_payload(pool.as_str(), intent.msg_id, &intent.message);
+    let entry = ledger::parse(&payload)?;
+    match finalize(client, &entry) {
+        Ok(_) => {
+            complete(client, pool, intent)?;
+            Ok("committed")
+        }
+        Err(CoreError::Duplicate { kind, key }) => {
+            dead_letter(
+                client,
+                pool,
+                intent,
+                &format!("the ledger refused the commit: {kind} {key:?} already exists"),
+            )?;
+            Ok("dead_lettered")
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The outbox delivery for one stage of one read of an intent.
+fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreResult<NewDelivery> {
+    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
+    let (url, secret, body, handler) = match stage {
+        Stage::Validate => (
+            cfg.webhook.clone(),
+            cfg.webhook_secret.clone(),
+            drain::validation_body(
+                pool.as_str(),
+                intent.msg_id,
+                intent.read_ct,
+                &intent.message,
+            ),
+            "intake.validation",
+        ),
+        Stage::Commit => (
+            cfg.commit_target.clone(),
+            cfg.commit_secret.clone(),
+            drain::commit_body(
+                pool.as_str(),
+                intent.msg_id,
+                intent.read_ct,
+                &intent.message,
+            ),
+            "intake.commit",
+        ),
+    };
+    let url =
+        url.ok_or_else(|| CoreError::Internal(format!("no URL for the {} stage", stage.as_str())))?;
+    let mut d = NewDelivery::post_json(
+        "intake",
+        &format!("{}:{}", pool.as_str(), intent.msg_id),
+        &url,
+        body,
+        &drain::delivery_key(pool.as_str(), intent.msg_id, stage, intent.read_ct),
+    );
+    d.handler = Some(handler.into());
+    d.auth_secret = secret;
+    // One attempt per read: the visibility timeout paces retries and read_ct counts them.
+    d.max_attempts = Some(1);
+    d.timeout_ms = Some(cfg.timeout_ms);
+    d.wire_key = Some(drain::wire_key(pool.as_str(), origin, stage));
+    Ok(d)
+}
+
+/// Whether the previous read's delivery for this intent is still waiting for its reply (pg_net
+/// replies arrive later): then this read sends nothing.
+fn previous_in_flight(client: &SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<bool> {
+    if intent.read_ct <= 1 {
+        return Ok(false);
+    }
+    let keys: Vec<String> = [Stage::Validate, Stage::Commit]
+        .iter()
+        .map(|s| drain::delivery_key(pool.as_str(), intent.msg_id, *s, intent.read_ct - 1))
+        .collect();
+    let rows = client.select(
+        "SELECT FROM flowgate.deliveries WHERE idempotency_key = ANY($1) AND status IN ('pending', 'in_flight')",
+        Some(1),
+        &[keys.into()],
+    )?;
+    Ok(!rows.is_empty())
+}
+
+/// Settle an intent that needs no HTTP: archive a committed one, dead-letter one read too often.
+/// Returns "committed", "dead_lettered", or "pending" when it has a step to perform.
+pub fn settle(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    cfg: &Config,
+    intent: &Intent,
+) -> CoreResult<&'static str> {
+    match drain::plan(
+        intent.state(),
+        intent.read_ct,
+        cfg.max_retries,
+        cfg.webhook.is_some(),
+    ) {
+        Step::Finish => {
+            complete(client, pool, intent)?;
+            Ok("committed")
+        }
+        Step::DeadLetter(reason) => {
+            let reason = match intent.message.get("last_error").and_then(Value::as_str) {
+                Some(last) => format!("{reason}; last error: {last}"),
+                None => reason,
+            };
+            dead_letter(client, pool, intent, &reason)?;
+            Ok("dead_lettered")
+        }
+        _ => Ok("pending"),
+    }
+}
+
+/// What one drain did, for its summary.
+#[derive(Debug, Default)]
+pub struct Started {
+    pub read: usize,
+    pub deliveries: Vec<i64>,
+    pub commit_keys: Vec<String>,
+    pub committed: usize,
+    pub dead_lettered: usize,
+    pub waiting: usize,
+}
+
+/// The first half of a drain: read a batch and start each intent's next step.
+pub fn start(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    cfg: &Config,
+    budget: i32,
+) -> CoreResult<Started> {
+    let mut out = Started::default();
+    let intents = read(client, pool, cfg.visibility_timeout, budget)?;
+    out.read = intents.len();
+    for intent in intents {
+        match drain::plan(
+            intent.state(),
+            intent.read_ct,
+            cfg.max_retries,
+            cfg.webhook.is_some(),
+        ) {
+            Step::Finish | Step::DeadLetter(_) => match settle(client, pool, cfg, &intent)? {
+                "committed" => out.committed += 1,
+                _ => out.dead_lettered += 1,
+            },
+            _ if previous_in_flight(client, pool, &intent)? => out.waiting += 1,
+            Step::Commit if cfg.commit_target.is_none() => {
+                match commit_locally(client, pool, &intent)? {
+                    "committed" => out.committed += 1,
+                    _ => out.dead_lettered += 1,
+                }
+            }
+            step => {
+                let stage = if step == Step::Validate {
+                    Stage::Validate
+                } else {
+                    Stage::Commit
+                };
+                let e = outbox::enqueue(client, &delivery(cfg, pool, &intent, stage)?)?;
+                out.deliveries.push(e.id);
+                if stage == Stage::Validate {
+                    out.commit_keys.push(drain::delivery_key(
+                        pool.as_str(),
+                        intent.msg_id,
+                        Stage::Commit,
+                        intent.read_ct,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What came back from an HTTP call (or did not: status None).
+#[derive(Debug, Default)]
+pub struct HttpReply<'a> {
+    pub status: Option<i32>,
+    pub response: Option<&'a Value>,
+    pub text: &'a str,
+    pub error: Option<&'a str>,
+}
+
+/// Apply a validation reply to an intent (outbox handler and `intake.report_validation`).
+/// `enqueue_commit`: start the commit delivery now (the drain's own path); an external worker
+/// commits by itself. Returns what happened.
+pub fn apply_validation(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    msg_id: i64,
+    reply: &HttpReply<'_>,
+    enqueue_commit: bool,
+) -> CoreResult<&'static str> {
+    let Some(mut intent) = lock(client, pool, msg_id)? else {
+        return Ok("gone");
+    };
+    if intent.state() != IntentState::Queued {
+        return Ok("already_validated");
+    }
+    match drain::after_validation(drain::classify(reply.status)) {
+        Action::MarkValidated => {
+            mark_validated(
+                client,
+                pool,
+                &mut intent,
+                drain::validation_record(reply.response, reply.text),
+            )?;
+            let cfg = load_config(client, pool)?;
+            if cfg.commit_target.is_none() {
+                return commit_locally(client, pool, &intent);
+            }
+            if enqueue_commit {
+                outbox::enqueue(client, &delivery(&cfg, pool, &intent, Stage::Commit)?)?;
+            }
+            Ok("validated")
+        }
+        Action::Release => {
+            release(client, pool, &intent)?;
+            Ok("released")
+        }
+        _ => {
+            note_error(
+                client,
+                pool,
+                &intent,
+                &reply_error("validation", reply.status, reply.error),
+            )?;
+            Ok("retry_later")
+        }
+    }
+}
+
+/// Apply a ledger reply (outbox handler and `intake.report_commit`).
+pub fn apply_commit(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    msg_id: i64,
+    status: Option<i32>,
+    error: Option<&str>,
+) -> CoreResult<&'static str> {
+    let Some(intent) = lock(client, pool, msg_id)? else {
+        return Ok("gone");
+    };
+    match drain::after_commit(drain::classify(status), status) {
+        Action::Complete => {
+            complete(client, pool, &intent)?;
+            Ok("committed")
+        }
+        Action::DeadLetter(reason) => {
+            dead_letter(client, pool, &intent, &reason)?;
+            Ok("dead_lettered")
+        }
+        _ => {
+            note_error(client, pool, &intent, &reply_error("commit", status, error))?;
+            Ok("retry_later")
+        }
+    }
+}
+
+fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String {
+    match (status, error) {
+        (Some(s), _) => format!("{stage}: HTTP {s}"),
+        (None, Some(e)) => format!("{stage}: {e}"),
+        (None, None) => format!("{stage}: no response"),
+    }
+}
+
+/// The outbox response handlers of the drain.
+pub fn handlers() -> Vec<(&'static str, Handler)> {
+    vec![
+        ("intake.validation", on_validation as Handler),
+        ("intake.commit", on_commit as Handler),
+    ]
+}
+
+fn owner(call: &HandlerCall<'_>) -> CoreResult<(PoolId, i64)> {
+    let (pool, msg) = call
+        .owner_id
+        .rsplit_once(':')
+        .ok_or_else(|| CoreError::Internal(format!("intake delivery owner {:?}", call.owner_id)))?;
+    let msg_id = msg
+        .parse::<i64>()
+        .map_err(|_| CoreError::Internal(format!("intake delivery owner {:?}", call.owner_id)))?;
+    Ok((PoolId::parse(pool)?, msg_id))
+}
+
+fn pool_exists(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
+    Ok(!client
+        .select(
+            "SELECT FROM intake.engine_config WHERE pool_id = $1",
+            Some(1),
+            &[pool.as_str().into()],
+        )?
+        .is_empty())
+}
+
+fn on_validation(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
+    let (pool, msg_id) = owner(call)?;
+    if !pool_exists(client, &pool)? {
+        return Ok(()); // dropped while the request was out
+    }
+    let reply = HttpReply {
+        status: call.status_code,
+        response: call.response.as_ref(),
+        text: call.response_text,
+        error: call.last_error,
+    };
+    apply_validation(client, &pool, msg_id, &reply, true)?;
+    Ok(())
+}
+
+fn on_commit(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
+    let (pool, msg_id) = owner(call)?;
+    if !pool_exists(client, &pool)? {
+        return Ok(());
+    }
+    apply_commit(client, &pool, msg_id, call.status_code, call.last_error)?;
+    Ok(())
+}
+
+/// Write a ledger entry once per idempotency key. The same key again returns the first row
+/// (`duplicate`); the same key with different contents, or a resource already finalized under
+/// another key, is 23505.
+pub fn finalize(client: &mut SpiClient<'_>, e: &ledger::Entry) -> CoreResult<Value> {
+    check_resource_free(client, e)?;
+    let row_json = "jsonb_build_object('idempotency_key', idempotency_key, 'pool_id', pool_id, 'msg_id', msg_id, 'slot', slot, \
+                    'resource_id', resource_id, 'user_id', user_id, 'finalized_at', finalized_at)";
+    let inserted = client.update(
+        &format!(
+            "INSERT INTO intake.transactions (idempotency_key, pool_id, msg_id, slot, resource_id, user_id, validation, details) \
+             VALUES ($1, $2, $3, $4, $5::uuid, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING {row_json}"
+        ),
+        None,
+        &[
+            e.idempotency_key.as_str().into(),
+            e.pool_id.as_str().into(),
+            e.msg_id.into(),
+            e.slot.into(),
+            e.resource_id.as_str().into(),
+            e.user_id.as_str().into(),
+            e.validation.clone().map(JsonB).into(),
+            JsonB(Value::Object(e.details.clone())).into(),
+        ],
+    )?;
+    if !inserted.is_empty() {
+        let row = inserted
+            .first()
+            .get_one::<JsonB>()?
+            .map(|j| j.0)
+            .unwrap_or(Value::Null);
+        return Ok(json!({"status": "finalized", "transaction": row}));
+    }
+    let existing = client.select(
+        &format!(
+            "SELECT {row_json}, (pool_id, resource_id::text, user_id) = ($2, $3, $4) FROM intake.transactions WHERE idempotency_key = $1"
+        ),
+        Some(1),
+        &[
+            e.idempotency_key.as_str().into(),
+            e.pool_id.as_str().into(),
+            e.resource_id.as_str().into(),
+            e.user_id.as_str().into(),
+        ],
+    )?;
+    if existing.is_empty() {
+        return Err(CoreError::Internal(
+            "ledger key conflict without a row".into(),
+        ));
+    }
+    let (row, same) = existing.first().get_two::<JsonB, bool>()?;
+    if same != Some(true) {
+        return Err(CoreError::Duplicate {
+            kind: "ledger idempotency key (for another pool, resource or user)".into(),
+            key: e.idempotency_key.clone(),
+        });
+    }
+    Ok(json!({"status": "duplicate", "transaction": row.map(|j| j.0).unwrap_or(Value::Null)}))
+}
+
+/// Check that a resource is not already in the ledger under another key (so the raw unique
+/// violation never reaches a caller).
+pub fn check_resource_free(client: &SpiClient<'_>, e: &ledger::Entry) -> CoreResult<()> {
+    let rows = client.select(
+        "SELECT idempotency_key FROM intake.transactions WHERE pool_id = $1 AND resource_id = $2::uuid AND idempotency_key <> $3",
+        Some(1),
+        &[e.pool_id.as_str().into(), e.resource_id.as_str().into(), e.idempotency_key.as_str().into()],
+    )?;
+    if rows.is_empty() {
+        Ok(())
+    } else {
+        Err(CoreError::Duplicate {
+            kind: format!("ledger entry for resource {} of pool", e.resource_id),
+            key: e.pool_id.clone(),
+        })
+    }
+}
+
+/// Re-queue dead-lettered intents (all, or those listed). Each keeps its origin message id, so
+/// the webhook and the ledger see the same idempotency key; a validated intent is not validated
+/// again. Returns the new message ids.
+pub fn replay(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    ids: Option<Vec<i64>>,
+) -> CoreResult<Vec<i64>> {
+    let rows = client.update(
+        &format!(
+            "WITH picked AS (SELECT msg_id, message FROM pgmq.\"q_{dlq}\" WHERE $1::bigint[] IS NULL OR msg_id = ANY ($1) \
+                              ORDER BY msg_id FOR UPDATE SKIP LOCKED), \
+                  gone AS (DELETE FROM pgmq.\"q_{dlq}\" d USING picked WHERE d.msg_id = picked.msg_id RETURNING picked.message) \
+             SELECT (SELECT pgmq.send($2, (message - 'dlq_reason' - 'dead_lettered_at' - 'read_ct' - 'last_error') \
+                                          || jsonb_build_object('replayed_at', clock_timestamp()))) FROM gone",
+            dlq = pool.dlq()
+        ),
+        None,
+        &[ids.into(), pool.queue().into()],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        if let Some(id) = r.get::<i64>(1)? {
+            out.push(id);
+        }
+    }
+    log_outcome(client, pool, "replayed", out.len() as i64)?;
+    Ok(out)
+}
+
+/// Fold the pool's outcome log into its totals, then write one metrics row from counters alone.
+pub fn collect_metrics(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    inventory: i32,
+) -> CoreResult<Value> {
+    client.update(
+        "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \
+              sums AS (SELECT coalesce(sum(n) FILTER (WHERE outcome = 'validated'), 0) AS v, \
+                              coalesce(sum(n) FILTER (WHERE outcome = 'committed'), 0) AS c, \
+                              coalesce(sum(n) FILTER (WHERE outcome = 'rejected'), 0) AS r, \
+                              coalesce(sum(n) FILTER (WHERE outcome = 'dead_lettered'), 0) AS d, \
+                              coalesce(sum(n) FILTER (WHERE outcome = 'replayed'), 0) AS p FROM folded) \
+         INSERT INTO intake.pool_totals AS t (pool_id, validated, committed, rejected, dead_lettered, replayed) \
+         SELECT $1, v, c, r, d, p FROM sums \
+         ON CONFLICT (pool_id) DO UPDATE SET validated = t.validated + EXCLUDED.validated, \
+                committed = t.committed + EXCLUDED.committed, rejected = t.rejected + EXCLUDED.rejected, \
+                dead_lettered = t.dead_lettered + EXCLUDED.dead_lettered, replayed = t.replayed + EXCLUDED.replayed, \
+                updated_at = now()",
+        None,
+        &[pool.as_str().into()],
+    )?;
+    let row = client.update(
+        &format!(
+            "SELECT t.committed, t.rejected, t.dead_lettered, t.replayed, \
+                    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgmq.\"q_{q}_msg_id_seq\"), \
+                    m.committed, extract(epoch FROM clock_timestamp() - m.collected_at)::float8 \
+               FROM intake.pool_totals t \
+               LEFT JOIN LATERAL (SELECT committed, collected_at FROM intake.engine_metrics \
+                                   WHERE pool_id = $1 ORDER BY collected_at DESC LIMIT 1) m ON true \
+              WHERE t.pool_id = $1 FOR UPDATE OF t",
+            q = pool.queue()
+        ),
+        None,
+        &[pool.as_str().into()],
+    )?;
+    let r = row.first();
+    let totals = drain::Totals {
+        committed: r.get(1)?.unwrap_or(0),
+        rejected: r.get(2)?.unwrap_or(0),
+        dead_lettered: r.get(3)?.unwrap_or(0),
+        replayed: r.get(4)?.unwrap_or(0),
+        sent: r.get(5)?.unwrap_or(0),
+    };
+    let prev_committed: Option<i64> = r.get(6)?;
+    let secs: Option<f64> = r.get(7)?;
+    let s = drain::sample(i64::from(inventory), &totals);
+    let velocity = match (prev_committed, secs) {
+        (Some(before), Some(secs)) => drain::velocity(before, totals.committed, secs),
+        _ => 0.0,
+    };
+    client.update(
+        "INSERT INTO intake.engine_metrics (pool_id, available_slots, claimed, queue_depth, dlq_depth, committed, rejected, processing_velocity) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric)",
+        None,
+        &[
+            pool.as_str().into(),
+            s.available_slots.into(),
+            s.claimed.into(),
+            s.queue_depth.into(),
+            s.dlq_depth.into(),
+            totals.committed.into(),
+            totals.rejected.into(),
+            velocity.into(),
+        ],
+    )?;
+    let mut m = Map::new();
+    m.insert("pool_id".into(), pool.as_str().into());
+    m.insert("available_slots".into(), s.available_slots.into());
+    m.insert("claimed".into(), s.claimed.into());
+    m.insert("queue_depth".into(), s.queue_depth.into());
+    m.insert("dlq_depth".into(), s.dlq_depth.into());
+    m.insert("committed".into(), totals.committed.into());
+    m.insert("rejected".into(), totals.rejected.into());
+    m.insert("processing_velocity".into(), json!(velocity));
+    Ok(Value::Object(m))
+}
