@@ -446,7 +446,7 @@ DECLARE
     results jsonb := '[]';
     msg text;
 BEGIN
-    FOR p IN SELECT pool_id FROM intake.engine_config WHERE NOT paused ORDER BY pool_id LOOP
+    FOR p IN SELECT pool_id FROM intake.engine_config WHERE NOT paused AND drain_mode = 'scheduled' ORDER BY pool_id LOOP
         BEGIN
             results := results || jsonb_build_array(intake.drain(p));
         EXCEPTION WHEN OTHERS THEN
@@ -492,7 +492,7 @@ REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop
     intake.collect_metrics(text, double precision), intake.publish_realtime() FROM PUBLIC;
 COMMENT ON FUNCTION intake.drain(text) IS
   'Move up to batch_size intents one step: validation webhook, then ledger commit, through the outbox; DLQ after max_retries reads.';
-COMMENT ON FUNCTION intake.drain_all() IS 'Drain every pool that is not paused (what the schedule runs).';
+COMMENT ON FUNCTION intake.drain_all() IS 'Drain every pool that is not paused and has drain_mode scheduled (what the schedule runs).';
 COMMENT ON FUNCTION intake.replay_dlq(text, bigint[]) IS
   'Re-queue dead-lettered intents (all, or the listed DLQ msg_ids), keeping their idempotency key and validation.';
 COMMENT ON FUNCTION intake.read_intents(text, integer) IS

@@ -18,6 +18,7 @@ CREATE TABLE intake.engine_config (
     max_claims_per_user        int NOT NULL DEFAULT 1 CHECK (max_claims_per_user BETWEEN 1 AND 1000000),
     rate_limit_per_second      int CHECK (rate_limit_per_second > 0),
     paused                     boolean NOT NULL DEFAULT false,
+    drain_mode                 text NOT NULL DEFAULT 'scheduled' CHECK (drain_mode IN ('scheduled', 'external')),
     created_at                 timestamptz NOT NULL DEFAULT now(),
     updated_at                 timestamptz NOT NULL DEFAULT now()
 );
@@ -31,6 +32,9 @@ COMMENT ON COLUMN intake.engine_config.validation_auth_secret IS
   'Name of a secret (Vault or flowgate.secrets) sent as Authorization: Bearer to the validation webhook; never the secret itself.';
 COMMENT ON COLUMN intake.engine_config.commit_auth_secret IS
   'Name of the secret sent as Authorization: Bearer to the commit target (the ledger''s service key).';
+COMMENT ON COLUMN intake.engine_config.drain_mode IS
+  'scheduled: intake.drain_all() (pg_cron or the background worker) drains the pool; external: only explicit intake.drain() '
+  'calls or an external worker (read_intents/report_*) do.';
 COMMENT ON COLUMN intake.engine_config.max_retries IS
   'A message read more than this many times goes to the dead-letter queue (intake.replay_dlq re-queues it).';
 COMMENT ON COLUMN intake.engine_config.rate_limit_per_second IS

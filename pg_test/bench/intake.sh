@@ -21,7 +21,7 @@ trap 'cluster_stop "$BENCH_DIR"' EXIT
 q() { psql_at "$BENCH_PORT" "$BENCH_DB" -tAc "$1"; }
 q "CREATE EXTENSION pgmq; CREATE EXTENSION flowgate;" >/dev/null
 psql_at "$BENCH_PORT" "$BENCH_DB" -q -f "$FLOWGATE_ROOT/pg_test/bench/intake_reference.sql" >/dev/null
-q "SELECT intake.create_pool('bench', $POOL, '{\"max_claims_per_user\": 1000}')" >/dev/null
+q "SELECT intake.create_pool('bench', $POOL, '{\"max_claims_per_user\": 1000, \"drain_mode\": \"external\"}')" >/dev/null
 q "INSERT INTO bench_ref.allocations (pool_id) SELECT 'bench' FROM generate_series(1, $POOL)" >/dev/null
 q "VACUUM ANALYZE" >/dev/null
 

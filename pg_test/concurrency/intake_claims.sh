@@ -7,7 +7,7 @@ q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
 
 q "SELECT intake.drop_pool('herd')" >/dev/null 2>&1 || true
-q "SELECT intake.create_pool('herd', 1000, '{\"max_claims_per_user\": 2}')" >/dev/null
+q "SELECT intake.create_pool('herd', 1000, '{\"max_claims_per_user\": 2, \"drain_mode\": \"external\"}')" >/dev/null
 script=$(mktemp); printf '%s\n' '\set u random(1, 5000)' "SELECT intake.claim_resource('herd', 'user-' || :u);" > "$script"
 pgbench -n -c 64 -j 2 -t 313 -f "$script" >/dev/null 2>&1 || fail "pgbench reported errors"
 rm -f "$script"

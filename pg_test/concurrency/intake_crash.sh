@@ -11,7 +11,7 @@ pgctl() { (cd / && runuser -u postgres -- "$FLOWGATE_PGBIN/pg_ctl" -D "$FLOWGATE
 N=20000
 
 q "SELECT intake.drop_pool('crash')" >/dev/null 2>&1 || true
-q "SELECT intake.create_pool('crash', $N, '{\"max_claims_per_user\": 3}')" >/dev/null
+q "SELECT intake.create_pool('crash', $N, '{\"max_claims_per_user\": 3, \"drain_mode\": \"external\"}')" >/dev/null
 script=$(mktemp); printf '%s\n' '\set u random(1, 100000)' "SELECT intake.claim_resource('crash', 'user-' || :u);" > "$script"
 (pgbench -n -c 16 -j 2 -T 20 -f "$script" >/dev/null 2>&1 || true) &
 bench=$!

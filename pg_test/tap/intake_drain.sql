@@ -19,7 +19,7 @@ SELECT is((SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_loc
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_local), 0, 'the queue is empty');
 SELECT is((SELECT count(*)::int FROM pgmq.a_intake_tap_local WHERE message ->> 'state' = 'committed'), 3,
           'committed intents are archived (the logged record recover_pool reads)');
-SELECT ok((SELECT bool_and((body ->> 'idempotency_key') = split_part(owner_id, ':', 2) AND wire_key = 'intake:tap_local:' || split_part(owner_id, ':', 2) || ':validate')
+SELECT ok((SELECT bool_and((body ->> 'idempotency_key') = split_part(owner_id, ':', 2) AND wire_key = 'intake:tap_local:validate:' || split_part(owner_id, ':', 2))
              FROM flowgate.deliveries WHERE owner_id LIKE 'tap_local:%'),
           'the validation POST carries idempotency_key = msg_id, and the same Idempotency-Key header on every attempt');
 SELECT is((SELECT validation ->> 'ok' FROM intake.transactions WHERE pool_id = 'tap_local' AND user_id = 'u1'), 'true',
@@ -92,7 +92,7 @@ SELECT is(intake.replay_dlq('tap_down') ->> 'replayed', '1', 'the webhook is bac
 SELECT is(intake.drain('tap_down') #>> '{commits,delivered}', '1', 'the replayed intent is validated and committed over HTTP');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_down_dlq) + (SELECT count(*)::int FROM pgmq.q_intake_tap_down), 0, 'both queues are empty');
 SELECT is((SELECT array_agg(DISTINCT wire_key) || count(*)::text FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%' AND idempotency_key LIKE '%:validate:%'),
-          (SELECT ARRAY['intake:tap_down:' || (message ->> 'origin_msg_id') || ':validate', '3'] FROM pgmq.a_intake_tap_down),
+          (SELECT ARRAY['intake:tap_down:validate:' || (message ->> 'origin_msg_id'), '3'] FROM pgmq.a_intake_tap_down),
           'three validation attempts, before and after the replay, all keyed by the first message id');
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%' AND idempotency_key LIKE '%:commit:%'), 1,
           'the ledger was called once');

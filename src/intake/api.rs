@@ -25,6 +25,7 @@ mod intake {
         "max_claims_per_user",
         "rate_limit_per_second",
         "paused",
+        "drain_mode",
     ];
 
     /// Create a pool: its configuration, `inventory` available slots in `intake.allocations`,
@@ -320,10 +321,10 @@ mod intake {
                 client.update("LOCK TABLE intake.allocations, intake.released_slots, intake.user_claims IN EXCLUSIVE MODE", None, &[])?;
                 let intents = format!(
                     "SELECT (message ->> 'slot')::int AS slot, (message ->> 'resource_id')::uuid AS resource_id, \
-                            message ->> 'user_id' AS user_id, enqueued_at FROM pgmq.\"q_{q}\" \
-                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at FROM pgmq.\"a_{q}\" \
-                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at FROM pgmq.\"q_{d}\" \
-                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at FROM pgmq.\"a_{d}\"",
+                            message ->> 'user_id' AS user_id, enqueued_at, message ->> 'state' AS state FROM pgmq.\"q_{q}\" \
+                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"a_{q}\" \
+                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"q_{d}\" \
+                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"a_{d}\"",
                     q = pool.queue(),
                     d = pool.dlq()
                 );
@@ -368,7 +369,7 @@ mod intake {
                     &format!(
                         "INSERT INTO intake.allocations (pool_id, slot, resource_id, status, locked_by, locked_at) \
                          SELECT $1, g, coalesce(i.resource_id, gen_random_uuid()), \
-                                CASE WHEN i.slot IS NULL THEN 'available' ELSE 'locked' END, i.user_id, i.enqueued_at \
+                                CASE WHEN i.slot IS NULL THEN 'available' WHEN i.state = 'committed' THEN 'consumed' ELSE 'locked' END, i.user_id, i.enqueued_at \
                            FROM generate_series(1, $2) g LEFT JOIN (SELECT DISTINCT ON (slot) * FROM ({intents}) x ORDER BY slot, enqueued_at) i ON i.slot = g"
                     ),
                     None,

@@ -155,9 +155,9 @@ pub fn delivery_key(pool: &str, msg_id: i64, stage: Stage, read_ct: i32) -> Stri
 }
 
 /// The Idempotency-Key header: the same for every attempt of a stage, so the receiver can
-/// de-duplicate retries.
+/// de-duplicate retries (`intake:<pool>:<stage>:<origin msg id>`).
 pub fn wire_key(pool: &str, origin: i64, stage: Stage) -> String {
-    format!("intake:{pool}:{origin}:{}", stage.as_str())
+    format!("intake:{pool}:{}:{origin}", stage.as_str())
 }
 
 /// The intent fields every body carries.
@@ -322,7 +322,7 @@ mod unit_tests {
             delivery_key("drop", 42, Stage::Validate, 2),
             "intake:drop:42:validate:2"
         );
-        assert_eq!(wire_key("drop", 42, Stage::Commit), "intake:drop:42:commit");
+        assert_eq!(wire_key("drop", 42, Stage::Commit), "intake:drop:commit:42");
         let v = validation_body("drop", 42, 2, &msg);
         assert_eq!(v["idempotency_key"], 42);
         assert_eq!(v["attempt"], 2);
