@@ -490,6 +490,9 @@ REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop
     intake.read_intents(text, integer), intake.report_validation(text, bigint, integer, jsonb, text),
     intake.report_commit(text, bigint, integer, text), intake.finalize_transaction(jsonb),
     intake.collect_metrics(text, double precision), intake.publish_realtime() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION intake.claim_resource(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION intake.claim(text) IS
+  'Claim one resource for the signed-in caller (JWT sub); for browsers through PostgREST. Same results as claim_resource.';
 COMMENT ON FUNCTION intake.drain(text) IS
   'Move up to batch_size intents one step: validation webhook, then ledger commit, through the outbox; DLQ after max_retries reads.';
 COMMENT ON FUNCTION intake.drain_all() IS 'Drain every pool that is not paused and has drain_mode scheduled (what the schedule runs).';
@@ -508,7 +511,7 @@ COMMENT ON FUNCTION intake.collect_metrics(text, double precision) IS
 COMMENT ON FUNCTION intake.publish_realtime() IS
   'Add intake.transactions to the supabase_realtime publication if it exists; true when published.';
 COMMENT ON FUNCTION intake.claim_resource(text, text) IS
-  'Claim one resource for a user: claimed (resource_id, slot, msg_id), sold_out, limit_reached or paused. Never the same resource twice.';
+  'Trusted backends (grant EXECUTE to the service role): claim one resource for a user: claimed (resource_id, slot, msg_id), sold_out, limit_reached or paused. Never the same resource twice.';
 COMMENT ON FUNCTION intake.create_pool(text, integer, jsonb) IS 'Create a pool with inventory slots, its pgmq queue and DLQ.';
 COMMENT ON FUNCTION intake.recover_pool(text) IS
   'Rebuild a pool''s UNLOGGED inventory, released slots and user counts from its logged pgmq intents (after a crash or restore).';

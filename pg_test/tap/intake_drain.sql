@@ -4,7 +4,7 @@
 -- connections is retried without re-validating; the ledger itself (idempotency, bad payloads,
 -- RLS), the external-worker API and metrics.
 BEGIN;
-SELECT plan(60);
+SELECT plan(64);
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
 END $$;
@@ -58,8 +58,14 @@ SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "k2",
                  '42501', NULL, 'users cannot write the ledger');
 SELECT throws_ok($$SELECT intake.drain('tap_local')$$, '42501', NULL, 'users cannot drain');
 SELECT throws_ok($$SELECT intake.replay_dlq('tap_local')$$, '42501', NULL, 'users cannot replay the DLQ');
+SELECT throws_ok($$SELECT intake.claim_resource('tap_local', 'someone-else')$$, '42501', NULL, 'users cannot claim in another user''s name');
+SET LOCAL request.jwt.claims = '{"sub": "u4", "role": "authenticated"}';
+SELECT is(intake.claim('tap_local') ->> 'status', 'claimed', 'a signed-in user claims for themself through intake.claim');
+SET LOCAL request.jwt.claims = '{"role": "authenticated"}';
+SELECT throws_ok($$SELECT intake.claim('tap_local')$$, '42501', NULL, 'a request without a JWT subject cannot claim');
 RESET ROLE;
 RESET request.jwt.claims;
+SELECT is((SELECT array_agg(message ->> 'user_id') FROM pgmq.q_intake_tap_local), ARRAY['u4'], 'the claim is in the JWT subject''s name, and only that one was made');
 
 -- ---- A 4xx from the webhook returns the resource to the pool ----------------------------------
 SELECT intake.create_pool('tap_reject', 2, '{"validation_webhook_url": "http://127.0.0.1:5597/status/402"}') \g /dev/null
@@ -133,8 +139,8 @@ SELECT throws_ok($$SELECT intake.report_commit('tap_nope', 1, 200)$$, 'P0002', N
 UPDATE intake.engine_config SET paused = true WHERE pool_id = 'tap_reject';
 SELECT is(intake.drain('tap_reject') ->> 'status', 'paused', 'a paused pool is not drained');
 SELECT is((SELECT (m ->> 'available_slots') || '/' || (m ->> 'committed') || '/' || (m ->> 'queue_depth') || '/' || (m ->> 'dlq_depth')
-             FROM jsonb_array_elements(intake.collect_metrics('tap_local')) m), '2/3/0/0',
-          'metrics: 2 of 5 slots left, 3 committed, empty queue and DLQ');
+             FROM jsonb_array_elements(intake.collect_metrics('tap_local')) m), '1/3/1/0',
+          'metrics: 1 of 5 slots left, 3 committed, 1 queued, empty DLQ');
 SELECT is((SELECT (m ->> 'queue_depth') || '/' || (m ->> 'rejected') || '/' || (m ->> 'available_slots')
              FROM jsonb_array_elements(intake.collect_metrics('tap_reject')) m), '1/1/1',
           'one rejected, one queued, one slot left');

@@ -178,12 +178,35 @@ mod intake {
     /// the user's claim counter.
     #[pg_extern(volatile, strict)]
     fn claim_resource(pool_id: &str, user_id: &str) -> Result<JsonB, ErrorReport> {
-        claim(pool_id, user_id)
+        claim_for(pool_id, user_id)
             .map(JsonB)
             .map_err(CoreError::reporter("intake.claim_resource"))
     }
 
-    fn claim(pool_id: &str, user_id: &str) -> CoreResult<Value> {
+    /// Claim one resource of `pool_id` for the signed-in caller (the JWT `sub`, as PostgREST
+    /// passes it): what a browser calls through `/rpc/claim`. Sessions without a JWT subject are
+    /// refused (42501) unless trusted, so no caller can claim in another user's name.
+    #[pg_extern(volatile, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn claim(pool_id: &str) -> Result<JsonB, ErrorReport> {
+        let run = || -> CoreResult<Value> {
+            let actor = crate::core::store::acting_actor(None)?;
+            if actor.source != crate::core::actor::ActorSource::Jwt && !actor.trusted {
+                return Err(CoreError::PermissionDenied {
+                    actor: actor.id,
+                    action: "claim without a signed-in user".into(),
+                    allowed: "requests with a JWT sub claim (PostgREST) and trusted sessions"
+                        .into(),
+                });
+            }
+            claim_for(pool_id, &actor.id)
+        };
+        run()
+            .map(JsonB)
+            .map_err(CoreError::reporter("intake.claim"))
+    }
+
+    fn claim_for(pool_id: &str, user_id: &str) -> CoreResult<Value> {
         let pool = PoolId::parse(pool_id)?;
         validate_actor_id("user_id", user_id)?;
         let seq = pool.slot_sequence();
