@@ -4,7 +4,7 @@
 -- connections is retried without re-validating; the ledger itself (idempotency, bad payloads,
 -- RLS), the external-worker API and metrics.
 BEGIN;
-SELECT plan(64);
+SELECT plan(67);
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
 END $$;
@@ -134,6 +134,13 @@ SELECT is((SELECT validation ->> 'payment' FROM intake.transactions WHERE pool_i
 SELECT is(intake.report_validation('tap_ext', 999999, 200), 'gone', 'a report for an unknown message changes nothing');
 SELECT throws_ok($$SELECT intake.report_validation('tap_ext', 1, 999)$$, '22023', NULL, 'status codes are HTTP statuses');
 SELECT throws_ok($$SELECT intake.report_commit('tap_nope', 1, 200)$$, 'P0002', NULL, 'unknown pools are P0002');
+
+-- ---- Realtime: the ledger joins supabase_realtime when that publication exists ----------------
+SELECT is(intake.publish_realtime(), false, 'no supabase_realtime publication: nothing to join');
+CREATE PUBLICATION supabase_realtime;
+SELECT is(intake.publish_realtime(), true, 'with the publication, the ledger is added');
+SELECT ok(EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_realtime' AND schemaname = 'intake' AND tablename = 'transactions'),
+          'intake.transactions is published');
 
 -- ---- Paused pools, metrics --------------------------------------------------------------------
 UPDATE intake.engine_config SET paused = true WHERE pool_id = 'tap_reject';
