@@ -137,7 +137,9 @@ SELECT throws_ok($$SELECT intake.report_commit('tap_nope', 1, 200)$$, 'P0002', N
 
 -- ---- Realtime: the ledger joins supabase_realtime when that publication exists ----------------
 SELECT is(intake.publish_realtime(), false, 'no supabase_realtime publication: nothing to join');
+SET LOCAL client_min_messages = error;  -- "wal_level is insufficient": fine for this check
 CREATE PUBLICATION supabase_realtime;
+RESET client_min_messages;
 SELECT is(intake.publish_realtime(), true, 'with the publication, the ledger is added');
 SELECT ok(EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_realtime' AND schemaname = 'intake' AND tablename = 'transactions'),
           'intake.transactions is published');
