@@ -119,7 +119,8 @@ CREATE TABLE intake.engine_metrics (
 CREATE INDEX ON intake.engine_metrics (pool_id, collected_at DESC);
 COMMENT ON TABLE intake.engine_metrics IS
   'Pool health over time, written by intake.collect_metrics() from sequences and folded outcome totals (no count(*) over the '
-  'inventory or the queues). processing_velocity: intents committed per second since the previous row.';
+  'inventory or the queues). processing_velocity: intents committed per second since the previous row. Exact, except that a '
+  'claim whose transaction aborts after its queue insert burns a message id and counts as claimed.';
 SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.pool_totals', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log', '');
