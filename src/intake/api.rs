@@ -613,31 +613,17 @@ mod intake {
                 }
                 let mut out = Vec::new();
                 for intent in store::read(client, &pool, cfg.visibility_timeout, n)? {
-                    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
-                    match drain::plan(intent.state(), intent.read_ct, cfg.max_retries, cfg.webhook.is_some()) {
-                        drain::Step::Validate => out.push((
-                            intent.msg_id,
-                            intent.read_ct,
-                            "validate".into(),
-                            cfg.webhook.clone(),
-                            cfg.webhook_secret.clone(),
-                            drain::wire_key(pool.as_str(), origin, drain::Stage::Validate),
-                            JsonB(drain::validation_body(pool.as_str(), intent.msg_id, intent.read_ct, &intent.message)),
-                        )),
-                        drain::Step::Commit => out.push((
-                            intent.msg_id,
-                            intent.read_ct,
-                            "commit".into(),
-                            cfg.commit_target.clone(),
-                            cfg.commit_secret.clone(),
-                            drain::wire_key(pool.as_str(), origin, drain::Stage::Commit),
-                            JsonB(drain::commit_body(pool.as_str(), intent.msg_id, intent.read_ct, &intent.message)),
-                        )),
+                    let stage = match drain::plan(intent.state(), intent.read_ct, cfg.max_retries, cfg.webhook.is_some()) {
+                        drain::Step::Validate => drain::Stage::Validate,
+                        drain::Step::Commit => drain::Stage::Commit,
                         drain::Step::DeadLetter(_) | drain::Step::Finish => {
                             // The same bookkeeping as the drain's own path.
                             store::settle(client, &pool, &cfg, &intent)?;
+                            continue;
                         }
-                    }
+                    };
+                    let req = store::stage_request(&cfg, &pool, &intent, stage);
+                    out.push((intent.msg_id, intent.read_ct, stage.as_str().to_owned(), req.url, req.secret, req.wire_key, JsonB(req.body)));
                 }
                 Ok(out)
             })

@@ -277,10 +277,18 @@ fn commit_locally(
     }
 }
 
-/// The outbox delivery for one stage of one read of an intent.
-fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreResult<NewDelivery> {
+/// Where one stage of one read of an intent goes: URL (None: the ledger in this database),
+/// secret name, body and the Idempotency-Key header. Shared by the drain and the external-worker API.
+pub struct StageRequest {
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub body: Value,
+    pub wire_key: String,
+}
+
+pub fn stage_request(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> StageRequest {
     let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
-    let (url, secret, body, handler) = match stage {
+    let (url, secret, body) = match stage {
         Stage::Validate => (
             cfg.webhook.clone(),
             cfg.webhook_secret.clone(),
@@ -290,7 +298,6 @@ fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreR
                 intent.read_ct,
                 &intent.message,
             ),
-            "intake.validation",
         ),
         Stage::Commit => (
             cfg.commit_target.clone(),
@@ -301,24 +308,39 @@ fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreR
                 intent.read_ct,
                 &intent.message,
             ),
-            "intake.commit",
         ),
     };
-    let url =
-        url.ok_or_else(|| CoreError::Internal(format!("no URL for the {} stage", stage.as_str())))?;
+    StageRequest {
+        url,
+        secret,
+        body,
+        wire_key: drain::wire_key(pool.as_str(), origin, stage),
+    }
+}
+
+/// The outbox delivery for one stage of one read of an intent.
+fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreResult<NewDelivery> {
+    let req = stage_request(cfg, pool, intent, stage);
+    let handler = match stage {
+        Stage::Validate => "intake.validation",
+        Stage::Commit => "intake.commit",
+    };
+    let url = req
+        .url
+        .ok_or_else(|| CoreError::Internal(format!("no URL for the {} stage", stage.as_str())))?;
     let mut d = NewDelivery::post_json(
         "intake",
         &format!("{}:{}", pool.as_str(), intent.msg_id),
         &url,
-        body,
+        req.body,
         &drain::delivery_key(pool.as_str(), intent.msg_id, stage, intent.read_ct),
     );
     d.handler = Some(handler.into());
-    d.auth_secret = secret;
+    d.auth_secret = req.secret;
     // One attempt per read: the visibility timeout paces retries and read_ct counts them.
     d.max_attempts = Some(1);
     d.timeout_ms = Some(cfg.timeout_ms);
-    d.wire_key = Some(drain::wire_key(pool.as_str(), origin, stage));
+    d.wire_key = Some(req.wire_key);
     Ok(d)
 }
 
