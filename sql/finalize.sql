@@ -517,3 +517,289 @@ COMMENT ON FUNCTION intake.recover_pool(text) IS
   'Rebuild a pool''s UNLOGGED inventory, released slots and user counts from its logged pgmq intents (after a crash or restore).';
 COMMENT ON FUNCTION intake.reclaim_slots(text) IS 'Give back slots taken by claims that aborted after drawing their number.';
 COMMENT ON FUNCTION intake.drop_pool(text) IS 'Remove a pool, its queues, sequence and inventory.';
+
+-- ==== Ops ========================================================================================
+-- Gate statuses follow their facts: whenever a check, evidence, approval, exception or
+-- deployment of a release lands (through ops.ingest_event or a direct write a persona's policy
+-- allows), the release's gates are re-evaluated under its row lock.
+CREATE FUNCTION ops.on_gate_fact() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.release_id IS NOT NULL THEN
+        PERFORM ops.refresh_gates(NEW.release_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.on_gate_fact() FROM PUBLIC;
+CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.gate_checks FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
+CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.evidence_artifacts FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
+CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.approvals FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
+CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.exceptions FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
+CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
+
+-- Evidence attached to a gate or check belongs to that gate's release (filled in when omitted,
+-- refused when contradicted).
+CREATE FUNCTION ops.evidence_release() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner uuid;
+BEGIN
+    IF NEW.check_id IS NOT NULL THEN
+        SELECT c.release_id INTO owner FROM ops.gate_checks c WHERE c.check_id = NEW.check_id;
+    ELSIF NEW.gate_id IS NOT NULL THEN
+        SELECT g.release_id INTO owner FROM ops.release_gates g WHERE g.gate_id = NEW.gate_id;
+    END IF;
+    IF owner IS NOT NULL THEN
+        IF NEW.release_id IS NOT NULL AND NEW.release_id <> owner THEN
+            RAISE EXCEPTION USING ERRCODE = '23514',
+                MESSAGE = format('the gate or check of this artifact belongs to release %s, not %s', owner, NEW.release_id),
+                HINT = 'omit release_id, or name a gate or check of the same release';
+        END IF;
+        NEW.release_id := owner;
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.evidence_release() FROM PUBLIC;
+CREATE TRIGGER evidence_release BEFORE INSERT OR UPDATE ON ops.evidence_artifacts
+    FOR EACH ROW EXECUTE FUNCTION ops.evidence_release();
+
+-- The production promotion block: no staging or production deployment of a release that is
+-- not eligible, however the row is written.
+CREATE FUNCTION ops.check_promotion() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    verdict jsonb;
+BEGIN
+    verdict := ops.promotion_status(NEW.release_id, NEW.environment);
+    IF NOT (verdict->>'eligible')::boolean THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('release %s is not eligible for %s', NEW.release_id, NEW.environment),
+            DETAIL = array_to_string(ARRAY(SELECT jsonb_array_elements_text(verdict->'blocking')), '; '),
+            HINT = 'pass (or bypass with an approved exception) every gate ops.environment_gate_requirements lists for the environment';
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.check_promotion() FROM PUBLIC;
+CREATE TRIGGER promotion_block BEFORE INSERT ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.check_promotion();
+
+-- Personas (Phase 4). Identity is flowgate.current_actor(): the JWT subject under PostgREST,
+-- else the login role. Every policy names the roles it is for; anything not granted here is
+-- refused with 42501 (insufficient privilege) or filtered by RLS.
+GRANT USAGE ON SCHEMA ops TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
+
+-- audit_reader, release_manager and sre read everything.
+GRANT SELECT ON ALL TABLES IN SCHEMA ops TO audit_reader, release_manager, sre;
+-- ci_service_role, qa_tester and developer read the release record, not approvals (qa_tester
+-- sees their own) or the ingest log (ci sees what it sent).
+GRANT SELECT ON ops.releases, ops.release_gates, ops.gate_checks, ops.evidence_artifacts, ops.exceptions,
+                ops.deployments, ops.environment_events, ops.incidents, ops.recovery_drills,
+                ops.environment_gate_requirements TO ci_service_role, qa_tester, developer;
+GRANT SELECT ON ops.approvals TO qa_tester;
+GRANT SELECT ON ops.event_ingest_log TO ci_service_role;
+
+CREATE POLICY read_all ON ops.releases FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.release_gates FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.gate_checks FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.evidence_artifacts FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.exceptions FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.deployments FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.environment_events FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.incidents FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.recovery_drills FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+CREATE POLICY read_all ON ops.environment_gate_requirements FOR SELECT
+    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+
+-- Approvals: auditors and SREs read all; a release manager reads the approvals of releases
+-- they created and their own; a QA tester reads their own.
+CREATE POLICY audit_read_approvals ON ops.approvals FOR SELECT TO audit_reader, sre USING (true);
+CREATE POLICY release_manager_read_approvals ON ops.approvals FOR SELECT TO release_manager
+    USING (approver_id = flowgate.current_actor()
+           OR release_id IN (SELECT r.release_id FROM ops.releases r WHERE r.created_by = flowgate.current_actor()));
+CREATE POLICY qa_tester_read_approvals ON ops.approvals FOR SELECT TO qa_tester
+    USING (approver_id = flowgate.current_actor());
+
+-- The ingest log: auditors, release managers and SREs read all; CI reads what it sent.
+CREATE POLICY read_all ON ops.event_ingest_log FOR SELECT TO audit_reader, release_manager, sre USING (true);
+CREATE POLICY ci_read_own ON ops.event_ingest_log FOR SELECT TO ci_service_role
+    USING (received_by = flowgate.current_actor());
+
+-- Writes, each recorded under the writer's own identity.
+GRANT INSERT ON ops.releases TO ci_service_role, release_manager;
+CREATE POLICY create_releases ON ops.releases FOR INSERT TO ci_service_role, release_manager
+    WITH CHECK (created_by = flowgate.current_actor() AND status = 'open');
+GRANT UPDATE (title) ON ops.releases TO release_manager;
+CREATE POLICY release_manager_update_own ON ops.releases FOR UPDATE TO release_manager
+    USING (created_by = flowgate.current_actor()) WITH CHECK (created_by = flowgate.current_actor());
+
+GRANT INSERT ON ops.gate_checks TO ci_service_role, qa_tester, release_manager;
+CREATE POLICY report_checks ON ops.gate_checks FOR INSERT TO ci_service_role, qa_tester, release_manager
+    WITH CHECK (reported_by = flowgate.current_actor());
+
+GRANT INSERT ON ops.approvals TO qa_tester, release_manager;
+CREATE POLICY qa_tester_insert_approvals ON ops.approvals FOR INSERT TO qa_tester
+    WITH CHECK (approver_id = flowgate.current_actor() AND persona_role = 'qa_tester'
+                AND gate_id IN (SELECT g.gate_id FROM ops.release_gates g WHERE g.gate_code = 'G2'));
+CREATE POLICY release_manager_insert_approvals ON ops.approvals FOR INSERT TO release_manager
+    WITH CHECK (approver_id = flowgate.current_actor() AND persona_role = 'release_manager'
+                AND gate_id IN (SELECT g.gate_id FROM ops.release_gates g WHERE g.gate_code IN ('G2', 'G3')));
+
+GRANT INSERT ON ops.evidence_artifacts TO ci_service_role, qa_tester, release_manager, sre, developer;
+CREATE POLICY submit_evidence ON ops.evidence_artifacts FOR INSERT
+    TO ci_service_role, qa_tester, release_manager, sre, developer
+    WITH CHECK (submitted_by = flowgate.current_actor());
+
+GRANT INSERT ON ops.exceptions TO developer, release_manager, sre;
+CREATE POLICY request_exceptions ON ops.exceptions FOR INSERT TO developer, release_manager, sre
+    WITH CHECK (requested_by = flowgate.current_actor() AND status = 'requested');
+GRANT UPDATE (status, decided_by, decided_at, decision_comment) ON ops.exceptions TO release_manager;
+CREATE POLICY release_manager_decide_exceptions ON ops.exceptions FOR UPDATE TO release_manager
+    USING (status IN ('requested', 'approved'))
+    WITH CHECK (decided_by = flowgate.current_actor());
+
+GRANT INSERT ON ops.deployments TO ci_service_role, sre, release_manager;
+GRANT UPDATE (status, g4_status, finished_at, rolled_back_at, rollback_reason) ON ops.deployments
+    TO ci_service_role, sre, release_manager;
+CREATE POLICY record_deployments ON ops.deployments FOR INSERT TO ci_service_role, sre, release_manager
+    WITH CHECK (deployed_by = flowgate.current_actor());
+CREATE POLICY update_deployments ON ops.deployments FOR UPDATE TO ci_service_role, sre, release_manager
+    USING (true);
+
+GRANT INSERT ON ops.environment_events TO sre, ci_service_role, release_manager;
+CREATE POLICY record_environment_events ON ops.environment_events FOR INSERT TO sre, ci_service_role, release_manager
+    WITH CHECK (recorded_by = flowgate.current_actor());
+
+GRANT INSERT, UPDATE (status, resolution, resolved_at) ON ops.incidents TO sre;
+CREATE POLICY sre_open_incidents ON ops.incidents FOR INSERT TO sre WITH CHECK (opened_by = flowgate.current_actor());
+CREATE POLICY sre_update_incidents ON ops.incidents FOR UPDATE TO sre USING (true);
+GRANT INSERT ON ops.recovery_drills TO sre;
+CREATE POLICY sre_record_drills ON ops.recovery_drills FOR INSERT TO sre WITH CHECK (performed_by = flowgate.current_actor());
+
+-- Functions: ingest for the personas that send events; evaluation for all six.
+REVOKE EXECUTE ON FUNCTION ops.ingest_event(jsonb), ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text),
+    ops.promotion_status(uuid, text), ops.refresh_gates(uuid), ops.expire_bypasses() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ops.ingest_event(jsonb) TO ci_service_role, release_manager, qa_tester, sre, developer;
+GRANT EXECUTE ON FUNCTION ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text), ops.promotion_status(uuid, text)
+    TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
+
+-- Reporting views (Phase 5). security_invoker: each reader sees what their policies allow.
+CREATE VIEW ops.v_release_gate_summary WITH (security_invoker = true) AS
+SELECT r.release_id, r.version, r.status AS release_status, g.gate_id, g.gate_code, g.status, g.status_reason,
+       g.required_checks,
+       coalesce(c.reported, 0) AS checks_reported,
+       coalesce(c.passed, 0) AS checks_passed,
+       coalesce(c.failed, 0) AS checks_failed,
+       coalesce(c.reported - c.passed - c.failed, 0) AS checks_open,
+       (SELECT count(*) FROM ops.evidence_artifacts a
+         WHERE a.gate_id = g.gate_id
+            OR a.check_id IN (SELECT gc.check_id FROM ops.gate_checks gc WHERE gc.gate_id = g.gate_id)) AS evidence_count,
+       g.bypass_exception_id, g.bypass_expires_at, g.passed_at, g.evaluated_at
+  FROM ops.releases r
+  JOIN ops.release_gates g ON g.release_id = r.release_id
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS reported,
+               count(*) FILTER (WHERE l.status = 'pass') AS passed,
+               count(*) FILTER (WHERE l.status = 'fail') AS failed
+          FROM (SELECT DISTINCT ON (gc.check_name) gc.status
+                  FROM ops.gate_checks gc WHERE gc.gate_id = g.gate_id
+                 ORDER BY gc.check_name, gc.recorded_at DESC) l) c ON true;
+COMMENT ON VIEW ops.v_release_gate_summary IS
+  'Per release and gate: status and why, latest result per check (reported/passed/failed/open), evidence count, bypass.';
+
+CREATE VIEW ops.v_promotion_eligibility WITH (security_invoker = true) AS
+SELECT r.release_id, r.version, r.status AS release_status, e.environment,
+       (p.verdict->>'eligible')::boolean AS eligible,
+       ARRAY(SELECT jsonb_array_elements_text(p.verdict->'blocking')) AS blocking
+  FROM ops.releases r
+ CROSS JOIN (SELECT DISTINCT environment FROM ops.environment_gate_requirements) e
+ CROSS JOIN LATERAL (SELECT ops.promotion_status(r.release_id, e.environment) AS verdict) p;
+COMMENT ON VIEW ops.v_promotion_eligibility IS
+  'Eligibility of every release for every environment with requirements, evaluated now (ops.is_eligible_for_promotion), with the blocking gates.';
+
+CREATE VIEW ops.v_evidence_completeness WITH (security_invoker = true) AS
+SELECT r.release_id, r.version, g.gate_code, rule.evidence_any_of AS required_any_of,
+       coalesce(array_agg(DISTINCT a.artifact_type) FILTER (WHERE a.artifact_id IS NOT NULL), '{}') AS present_types,
+       count(a.artifact_id) AS artifact_count,
+       (cardinality(rule.evidence_any_of) = 0
+        OR coalesce(array_agg(DISTINCT a.artifact_type) FILTER (WHERE a.artifact_id IS NOT NULL) && rule.evidence_any_of, false)) AS complete
+  FROM ops.releases r
+  JOIN ops.release_gates g ON g.release_id = r.release_id
+  JOIN ops.gate_rules() rule ON rule.gate_code = g.gate_code
+  LEFT JOIN ops.evidence_artifacts a
+    ON a.release_id = r.release_id
+   AND (a.gate_id = g.gate_id
+        OR (a.gate_id IS NULL AND a.check_id IS NULL)
+        OR a.check_id IN (SELECT gc.check_id FROM ops.gate_checks gc WHERE gc.gate_id = g.gate_id))
+ GROUP BY r.release_id, r.version, g.gate_code, rule.evidence_any_of;
+COMMENT ON VIEW ops.v_evidence_completeness IS
+  'Per release and gate: the evidence types the gate needs (any of), those attached (release-level evidence counts for every gate), and whether it is complete.';
+
+CREATE VIEW ops.v_exception_status WITH (security_invoker = true) AS
+SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
+       CASE WHEN x.status = 'requested' AND x.expires_at > now() THEN 'pending_review'
+            WHEN x.status IN ('requested', 'approved') AND x.expires_at <= now() THEN 'expired'
+            WHEN x.status = 'approved' THEN 'active'
+            ELSE x.status END AS effective_status,
+       x.reason, x.requested_by, x.decided_by, x.decided_at, x.decision_comment, x.expires_at,
+       greatest(x.expires_at - now(), interval '0') AS time_remaining, x.created_at
+  FROM ops.exceptions x
+  JOIN ops.release_gates g ON g.gate_id = x.gate_id
+  JOIN ops.releases r ON r.release_id = x.release_id;
+COMMENT ON VIEW ops.v_exception_status IS
+  'Exceptions with their effective status now: pending_review, active, expired, rejected or revoked.';
+
+CREATE VIEW ops.v_deployment_history WITH (security_invoker = true) AS
+SELECT d.deployment_id, d.release_id, r.version, d.environment, d.status, d.g4_status, d.deployed_by, d.external_ref,
+       d.started_at, d.finished_at, d.finished_at - d.started_at AS duration,
+       d.rolled_back_at, d.rollback_reason,
+       lag(r.version) OVER (PARTITION BY d.environment ORDER BY d.recorded_at) AS previous_version,
+       (SELECT max(e.created_at) FROM ops.environment_events e
+         WHERE e.deployment_id = d.deployment_id AND e.event_kind = 'health_check') AS health_checked_at
+  FROM ops.deployments d
+  JOIN ops.releases r ON r.release_id = d.release_id;
+COMMENT ON VIEW ops.v_deployment_history IS
+  'Deployments and rollbacks per environment with G4 status, the version they replaced and when health was checked.';
+
+GRANT SELECT ON ops.v_release_gate_summary, ops.v_promotion_eligibility, ops.v_evidence_completeness,
+                ops.v_exception_status, ops.v_deployment_history
+    TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
+
+-- Supabase's service_role (a trusted role by default) may send every event and read everything.
+DO $grant$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT USAGE ON SCHEMA ops TO service_role;
+        GRANT SELECT ON ALL TABLES IN SCHEMA ops TO service_role;
+        GRANT EXECUTE ON FUNCTION ops.ingest_event(jsonb), ops.evaluate_gate(uuid),
+            ops.is_eligible_for_promotion(uuid, text), ops.promotion_status(uuid, text) TO service_role;
+    END IF;
+END
+$grant$;
+
+COMMENT ON FUNCTION ops.ingest_event(jsonb) IS
+  'Ingest one event envelope; returns {ingest_id, status: accepted|duplicate|rejected|error, detail} and sets response.status '
+  '(200, 400, 403, 409, 413, 422, 500). Every call is logged in ops.event_ingest_log.';
+COMMENT ON FUNCTION ops.evaluate_gate(uuid) IS 'Current status of a gate from its facts: pending, in_progress, passed, failed or bypassed.';
+COMMENT ON FUNCTION ops.is_eligible_for_promotion(uuid, text) IS
+  'Whether every gate the environment requires is passed, or bypassed by an approved unexpired exception, now.';
+COMMENT ON FUNCTION ops.promotion_status(uuid, text) IS 'Eligibility with the blocking gates and why.';
+COMMENT ON FUNCTION ops.refresh_gates(uuid) IS 'Recompute and store a release''s gate statuses (run by triggers).';
+COMMENT ON FUNCTION ops.expire_bypasses() IS 'Re-evaluate gates whose bypassing exception expired (scheduled).';
+COMMENT ON FUNCTION ops.gate_rules() IS 'What each gate requires: evidence types, approver personas, the rule.';

@@ -1,9 +1,8 @@
 //! flowgate: control-plane workflows inside PostgreSQL.
 //!
 //! Each module owns one SQL schema: `core` (schema `flowgate`) is the shared ground;
-//! `capacity` is the Capacity Request workflow; `intake`, `ops` and `provisioning` arrive with
-//! their issues. DDL lives in
-//! `sql/*.sql`, loaded below in dependency order.
+//! `capacity` is the Capacity Request workflow; `intake` the burst-to-queue ledger; `ops` the
+//! release gates control plane. DDL lives in `sql/*.sql`, loaded below in dependency order.
 
 // SQL entry points return `Result<_, ErrorReport>` because that is the only error type whose
 // SQLSTATE, detail and hint pgrx 0.18 passes through to Postgres; errors are the cold path.
@@ -14,6 +13,7 @@
 pub mod capacity;
 pub mod core;
 pub mod intake;
+pub mod ops;
 
 /// Registers flowgate's GUCs and, when preloaded with `flowgate.worker_database` set, its
 /// background worker.
@@ -36,6 +36,11 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/intake.sql",
     name = "intake_tables",
+    requires = ["core_bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/ops.sql",
+    name = "ops_tables",
     requires = ["core_bootstrap"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

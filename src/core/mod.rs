@@ -11,6 +11,7 @@ pub mod prepared;
 pub mod schedules;
 pub mod settings;
 pub mod store;
+pub mod subxact;
 pub mod worker;
 pub mod workflow;
 

@@ -52,6 +52,13 @@ pub const JOBS: &[Job] = &[
         every_tick: true,
     },
     Job {
+        // Gates bypassed by an exception that has since expired are re-evaluated.
+        name: "ops.expiry",
+        schedule_setting: "ops.expiry_schedule",
+        command: "SELECT ops.expire_bypasses()",
+        every_tick: false,
+    },
+    Job {
         name: "flowgate.prune",
         schedule_setting: "flowgate.prune_schedule",
         command: "SELECT flowgate.prune_deliveries()",

@@ -1,0 +1,295 @@
+-- Release gates control plane (seed 003): the 11 ops.* tables of Phase 1, the per-environment
+-- gate requirements, and the six persona roles of Phase 4. Functions, triggers, RLS policies,
+-- grants and views that name Rust functions are in finalize.sql.
+CREATE SCHEMA IF NOT EXISTS ops;
+COMMENT ON SCHEMA ops IS 'Release gates control plane: releases, G1-G4 gates, checks, approvals, evidence, exceptions, deployments, ingest log';
+
+-- The six personas (Phase 4), created if missing. NOLOGIN: people and services log in as their
+-- own roles (or arrive through PostgREST with a JWT role claim) and are granted these.
+DO $roles$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['ci_service_role', 'release_manager', 'qa_tester', 'sre', 'developer', 'audit_reader'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$roles$;
+
+CREATE TYPE ops.ops_event_type AS ENUM (
+    'release_created', 'gate_configured', 'build_complete', 'check_result', 'gate_signoff',
+    'approval', 'evidence_attached', 'exception_requested', 'exception_decided',
+    'deployment_started', 'deployment_finished', 'health_check', 'rollback',
+    'environment_event', 'incident_opened', 'incident_resolved', 'recovery_drill'
+);
+COMMENT ON TYPE ops.ops_event_type IS 'Event types ops.ingest_event accepts (schema_version 1.0).';
+
+CREATE TABLE ops.releases (
+    release_id    uuid PRIMARY KEY,
+    version       text NOT NULL CHECK (length(version) BETWEEN 1 AND 128),
+    title         text CHECK (length(title) <= 500),
+    repository    text CHECK (length(repository) <= 200),
+    commit_sha    text CHECK (commit_sha ~ '^[0-9a-f]{7,64}$'),
+    status        text NOT NULL DEFAULT 'open'
+                  CHECK (status IN ('open', 'in_staging', 'in_production', 'rolled_back')),
+    created_by    text NOT NULL,
+    source_system text NOT NULL,
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ops.releases IS 'One row per release; created by a release_created event. Its four gates are created with it.';
+CREATE INDEX releases_created_by ON ops.releases (created_by);
+SELECT pg_catalog.pg_extension_config_dump('ops.releases', '');
+
+CREATE TABLE ops.release_gates (
+    gate_id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    release_id          uuid NOT NULL REFERENCES ops.releases (release_id) ON DELETE CASCADE,
+    gate_code           text NOT NULL CHECK (gate_code IN ('G1', 'G2', 'G3', 'G4')),
+    status              text NOT NULL DEFAULT 'pending'
+                        CHECK (status IN ('pending', 'in_progress', 'passed', 'failed', 'bypassed')),
+    status_reason       text,
+    required_checks     text[] NOT NULL DEFAULT '{}',
+    bypass_exception_id uuid,
+    bypass_expires_at   timestamptz,
+    evaluated_at        timestamptz,
+    passed_at           timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (release_id, gate_code),
+    UNIQUE (gate_id, release_id),
+    CHECK ((status = 'bypassed') = (bypass_exception_id IS NOT NULL AND bypass_expires_at IS NOT NULL))
+);
+COMMENT ON TABLE ops.release_gates IS
+  'G1-G4 per release. status is written only by the evaluator (ops.refresh_gates), recomputed whenever a check, '
+  'evidence, approval, exception or deployment of the release lands, and when a bypassing exception expires.';
+CREATE INDEX release_gates_bypass_expiry ON ops.release_gates (bypass_expires_at) WHERE status = 'bypassed';
+SELECT pg_catalog.pg_extension_config_dump('ops.release_gates', '');
+
+CREATE TABLE ops.gate_checks (
+    check_id      uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    gate_id       uuid NOT NULL,
+    release_id    uuid NOT NULL,
+    check_name    text NOT NULL CHECK (length(check_name) BETWEEN 1 AND 128),
+    status        text NOT NULL CHECK (status IN ('pass', 'fail', 'pending', 'skipped')),
+    required      boolean NOT NULL DEFAULT true,
+    run_id        text,
+    details_url   text,
+    reported_by   text NOT NULL,
+    source_system text NOT NULL,
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    FOREIGN KEY (gate_id, release_id) REFERENCES ops.release_gates (gate_id, release_id) ON DELETE CASCADE
+);
+COMMENT ON TABLE ops.gate_checks IS 'Every reported check result; the latest per (gate, check_name) counts.';
+CREATE INDEX gate_checks_latest ON ops.gate_checks (gate_id, check_name, recorded_at DESC);
+CREATE INDEX gate_checks_release ON ops.gate_checks (release_id);
+SELECT pg_catalog.pg_extension_config_dump('ops.gate_checks', '');
+
+CREATE TABLE ops.approvals (
+    approval_id   uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    release_id    uuid NOT NULL REFERENCES ops.releases (release_id) ON DELETE CASCADE,
+    gate_id       uuid NOT NULL,
+    approver_id   text NOT NULL,
+    persona_role  text NOT NULL
+                  CHECK (persona_role IN ('release_manager', 'qa_tester', 'sre', 'ci_service_role', 'developer', 'audit_reader')),
+    decision      text NOT NULL CHECK (decision IN ('approved', 'rejected')),
+    comment       text CHECK (length(comment) <= 4000),
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    FOREIGN KEY (gate_id, release_id) REFERENCES ops.release_gates (gate_id, release_id) ON DELETE CASCADE
+);
+COMMENT ON TABLE ops.approvals IS 'Signoffs (G2) and release approvals (G3); the latest by the gate''s approver personas counts.';
+CREATE INDEX approvals_gate ON ops.approvals (gate_id, recorded_at);
+CREATE INDEX approvals_release ON ops.approvals (release_id);
+SELECT pg_catalog.pg_extension_config_dump('ops.approvals', '');
+
+CREATE TABLE ops.evidence_artifacts (
+    artifact_id   uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    release_id    uuid REFERENCES ops.releases (release_id) ON DELETE CASCADE,
+    gate_id       uuid REFERENCES ops.release_gates (gate_id) ON DELETE CASCADE,
+    check_id      uuid REFERENCES ops.gate_checks (check_id) ON DELETE CASCADE,
+    artifact_type text NOT NULL CHECK (artifact_type IN ('build_log', 'test_report', 'qa_signoff', 'security_scan',
+                  'rollback_plan', 'health_check', 'deployment_log', 'runbook', 'reference', 'other')),
+    uri           text NOT NULL CHECK (length(uri) <= 2048),
+    sha256        text CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    description   text CHECK (length(description) <= 2000),
+    submitted_by  text NOT NULL,
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT evidence_is_attached CHECK (
+        artifact_type = 'reference' OR release_id IS NOT NULL OR gate_id IS NOT NULL OR check_id IS NOT NULL)
+);
+COMMENT ON TABLE ops.evidence_artifacts IS
+  'Evidence by reference (URI + optional SHA-256). Every artifact but a reference is attached to a release, gate or check.';
+CREATE INDEX evidence_release ON ops.evidence_artifacts (release_id);
+CREATE INDEX evidence_gate ON ops.evidence_artifacts (gate_id) WHERE gate_id IS NOT NULL;
+CREATE INDEX evidence_check ON ops.evidence_artifacts (check_id) WHERE check_id IS NOT NULL;
+SELECT pg_catalog.pg_extension_config_dump('ops.evidence_artifacts', '');
+
+CREATE TABLE ops.exceptions (
+    exception_id  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    release_id    uuid NOT NULL REFERENCES ops.releases (release_id) ON DELETE CASCADE,
+    gate_id       uuid NOT NULL,
+    reason        text NOT NULL CHECK (length(reason) BETWEEN 1 AND 4000),
+    requested_by  text NOT NULL,
+    status        text NOT NULL DEFAULT 'requested' CHECK (status IN ('requested', 'approved', 'rejected', 'revoked')),
+    decided_by    text,
+    decided_at    timestamptz,
+    decision_comment text CHECK (length(decision_comment) <= 4000),
+    expires_at    timestamptz NOT NULL,
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (gate_id, release_id) REFERENCES ops.release_gates (gate_id, release_id) ON DELETE CASCADE,
+    CONSTRAINT exception_decision_recorded CHECK ((status = 'requested') = (decided_by IS NULL AND decided_at IS NULL)),
+    CONSTRAINT exception_four_eyes CHECK (decided_by IS NULL OR decided_by <> requested_by)
+);
+COMMENT ON TABLE ops.exceptions IS
+  'Gate bypasses. A gate counts as bypassed only while its exception is approved and expires_at is in the future (NR-5: '
+  'every exception expires). The requester cannot decide their own exception.';
+CREATE INDEX exceptions_gate ON ops.exceptions (gate_id, status, expires_at);
+CREATE INDEX exceptions_release ON ops.exceptions (release_id);
+SELECT pg_catalog.pg_extension_config_dump('ops.exceptions', '');
+
+CREATE TABLE ops.deployments (
+    deployment_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    release_id    uuid NOT NULL REFERENCES ops.releases (release_id) ON DELETE CASCADE,
+    environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
+    status        text NOT NULL DEFAULT 'started' CHECK (status IN ('started', 'succeeded', 'failed', 'rolled_back')),
+    g4_status     text NOT NULL DEFAULT 'pending' CHECK (g4_status IN ('pending', 'passed', 'failed')),
+    external_ref  text CHECK (length(external_ref) <= 256),
+    deployed_by   text NOT NULL,
+    rollback_reason text CHECK (length(rollback_reason) <= 4000),
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    rolled_back_at timestamptz,
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE ops.deployments IS
+  'Deployments of a release. Starting one in staging or production requires ops.is_eligible_for_promotion (enforced by trigger).';
+CREATE INDEX deployments_release ON ops.deployments (release_id, recorded_at);
+SELECT pg_catalog.pg_extension_config_dump('ops.deployments', '');
+
+CREATE TABLE ops.environment_events (
+    event_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
+    event_kind    text NOT NULL CHECK (event_kind ~ '^[a-z0-9_]{1,64}$'),
+    release_id    uuid REFERENCES ops.releases (release_id),
+    deployment_id uuid REFERENCES ops.deployments (deployment_id),
+    detail        jsonb NOT NULL DEFAULT '{}',
+    recorded_by   text NOT NULL,
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ops.environment_events IS
+  'Append-only timeline per environment (deployments, rollbacks, incidents, drills, config changes). A release or '
+  'deployment it names cannot be deleted.';
+SELECT flowgate.make_append_only('ops.environment_events');
+CREATE INDEX environment_events_env ON ops.environment_events (environment, created_at);
+SELECT pg_catalog.pg_extension_config_dump('ops.environment_events', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ops.environment_events', 'event_id'), '');
+
+CREATE TABLE ops.event_ingest_log (
+    ingest_id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    idempotency_key    text CHECK (length(idempotency_key) <= 256),
+    event_type         ops.ops_event_type,
+    received_event_type text CHECK (length(received_event_type) <= 257),
+    schema_version     text,
+    source_system      text,
+    release_id         uuid,
+    processing_status  text NOT NULL CHECK (processing_status IN ('accepted', 'duplicate', 'rejected', 'error')),
+    http_status        int NOT NULL CHECK (http_status BETWEEN 100 AND 599),
+    error              text,
+    error_message      text,
+    result             jsonb,
+    original_ingest_id uuid REFERENCES ops.event_ingest_log (ingest_id),
+    envelope           jsonb,
+    envelope_bytes     int NOT NULL,
+    occurred_at        timestamptz,
+    received_by        text NOT NULL,
+    received_at        timestamptz NOT NULL DEFAULT now(),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    CHECK ((processing_status = 'duplicate') = (original_ingest_id IS NOT NULL))
+);
+COMMENT ON TABLE ops.event_ingest_log IS
+  'One row per envelope received, whatever the outcome. At most one accepted row per idempotency_key (unique index); '
+  'a retry of an accepted key is logged as duplicate pointing at it. Rejections and errors do not take the key, so a '
+  'corrected envelope (or one sent after its release exists) can still be accepted.';
+COMMENT ON COLUMN ops.event_ingest_log.envelope IS 'The envelope as received; NULL when it exceeded the size limit (envelope_bytes says how large it was).';
+CREATE UNIQUE INDEX event_ingest_log_idempotency_key ON ops.event_ingest_log (idempotency_key)
+    WHERE processing_status = 'accepted';
+CREATE INDEX event_ingest_log_release ON ops.event_ingest_log (release_id, received_at) WHERE release_id IS NOT NULL;
+CREATE INDEX event_ingest_log_received ON ops.event_ingest_log (received_at);
+SELECT pg_catalog.pg_extension_config_dump('ops.event_ingest_log', '');
+
+CREATE TABLE ops.incidents (
+    incident_id   uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
+    release_id    uuid REFERENCES ops.releases (release_id) ON DELETE SET NULL,
+    deployment_id uuid REFERENCES ops.deployments (deployment_id) ON DELETE SET NULL,
+    severity      text NOT NULL CHECK (severity IN ('sev1', 'sev2', 'sev3', 'sev4')),
+    summary       text NOT NULL CHECK (length(summary) BETWEEN 1 AND 2000),
+    status        text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'resolved')),
+    resolution    text CHECK (length(resolution) <= 4000),
+    opened_by     text NOT NULL,
+    opened_at     timestamptz NOT NULL DEFAULT now(),
+    resolved_at   timestamptz,
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((status = 'resolved') = (resolved_at IS NOT NULL))
+);
+CREATE INDEX incidents_open ON ops.incidents (environment) WHERE status = 'open';
+SELECT pg_catalog.pg_extension_config_dump('ops.incidents', '');
+
+CREATE TABLE ops.recovery_drills (
+    drill_id      uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
+    release_id    uuid REFERENCES ops.releases (release_id) ON DELETE SET NULL,
+    drill_type    text NOT NULL CHECK (drill_type IN ('backup_restore', 'failover', 'rollback', 'region_evacuation')),
+    outcome       text NOT NULL CHECK (outcome IN ('passed', 'failed')),
+    rto_seconds   int CHECK (rto_seconds >= 0),
+    rpo_seconds   int CHECK (rpo_seconds >= 0),
+    evidence_uri  text CHECK (length(evidence_uri) <= 2048),
+    performed_by  text NOT NULL,
+    ingest_id     uuid,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX recovery_drills_env ON ops.recovery_drills (environment, created_at);
+SELECT pg_catalog.pg_extension_config_dump('ops.recovery_drills', '');
+
+-- Which gates an environment requires (data, not code): staging G1+G2, production G1-G4.
+CREATE TABLE ops.environment_gate_requirements (
+    environment text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
+    gate_code   text NOT NULL CHECK (gate_code IN ('G1', 'G2', 'G3', 'G4')),
+    is_default  boolean NOT NULL DEFAULT false,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (environment, gate_code)
+);
+COMMENT ON TABLE ops.environment_gate_requirements IS
+  'Gates a release must have passed (or bypassed) before it is promoted to an environment. An environment with no rows requires nothing.';
+INSERT INTO ops.environment_gate_requirements (environment, gate_code, is_default)
+VALUES ('staging', 'G1', true), ('staging', 'G2', true),
+       ('production', 'G1', true), ('production', 'G2', true), ('production', 'G3', true), ('production', 'G4', true);
+-- Rows the operator added are dumped; the defaults come back with CREATE EXTENSION.
+SELECT pg_catalog.pg_extension_config_dump('ops.environment_gate_requirements', 'WHERE NOT is_default');
+
+-- Reads and writes of personas go through the grants and RLS policies in finalize.sql; nothing
+-- is granted to PUBLIC.
+REVOKE ALL ON ALL TABLES IN SCHEMA ops FROM PUBLIC;
+ALTER TABLE ops.releases ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.release_gates ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.gate_checks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.approvals ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.evidence_artifacts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.exceptions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.deployments ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.environment_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.event_ingest_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.incidents ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.recovery_drills ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ops.environment_gate_requirements ENABLE ROW LEVEL SECURITY;

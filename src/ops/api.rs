@@ -1,0 +1,375 @@
+//! SQL surface of the release-gates control plane (schema `ops`).
+
+#[pgrx::pg_schema]
+mod ops {
+    use pgrx::pg_sys::panic::ErrorReport;
+    use pgrx::prelude::*;
+    use pgrx::JsonB;
+    use serde_json::{json, Value};
+
+    use crate::core::store as core_store;
+    use crate::core::subxact;
+    use crate::ops::envelope;
+    use crate::ops::error::{OpsError, OpsResult};
+    use crate::ops::gates::{GateCode, ALL_GATES};
+    use crate::ops::roles;
+    use crate::ops::store::{self, Apply, Caller, Outcome, Received};
+
+    fn uuid_text(u: pgrx::Uuid) -> String {
+        uuid::Uuid::from_bytes(*u.as_bytes())
+            .hyphenated()
+            .to_string()
+    }
+
+    fn rejection_body(ingest_id: &str, e: &OpsError) -> Value {
+        let mut detail = json!({
+            "error": e.code(),
+            "http_status": e.http_status(),
+            "message": e.to_string(),
+        });
+        if let Some(a) = e.allowed() {
+            detail["allowed"] = json!(a);
+        }
+        json!({"ingest_id": ingest_id, "status": "rejected", "detail": detail})
+    }
+
+    /// Ingest one event envelope (seed 003, Phase 2) and return
+    /// `{ingest_id, status: accepted|duplicate|rejected|error, detail}`.
+    ///
+    /// Every call leaves one `ops.event_ingest_log` row, rejections included, and sets
+    /// PostgREST's `response.status`: 200 accepted or duplicate (a duplicate returns the
+    /// original result and writes nothing else), 400 missing or ill-typed fields or an unknown
+    /// event_type, 403 a sender whose persona may not send the event, 409 an unknown release or
+    /// an event that contradicts the record, 413 an envelope over 64 KiB, 422 an unsupported
+    /// schema_version, 500 an internal error (logged to the server log). Two sessions sending
+    /// the same key at once get one accepted and one duplicate.
+    #[pg_extern(volatile, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn ingest_event(envelope: Option<JsonB>) -> Result<JsonB, ErrorReport> {
+        ingest(envelope.map(|j| j.0).unwrap_or(Value::Null))
+            .map(JsonB)
+            .map_err(OpsError::reporter("ops.ingest_event"))
+    }
+
+    fn ingest(raw: Value) -> OpsResult<Value> {
+        let actor = core_store::acting_actor(None)?;
+        let role = core_store::current_user();
+        let bytes = raw.to_string().len();
+        let (header, parsed) = envelope::parse(&raw);
+        let keep_envelope = (bytes <= envelope::MAX_ENVELOPE_BYTES).then_some(&raw);
+
+        // Who is sending, and may they send this?
+        let caller = Spi::connect(|client| -> OpsResult<Caller> {
+            Ok(Caller {
+                actor_id: actor.id.clone(),
+                trusted: actor.trusted,
+                memberships: store::memberships(client, &role)?,
+            })
+        })?;
+        let parsed = parsed.and_then(|env| {
+            roles::authorize(
+                env.event_type,
+                &caller.actor_id,
+                &caller.memberships,
+                caller.trusted,
+            )
+            .map(|_| env)
+        });
+        let env = match parsed {
+            Ok(env) => env,
+            Err(e) => {
+                return Spi::connect_mut(|client| {
+                    let r = Received {
+                        header: &header,
+                        envelope: keep_envelope,
+                        envelope_bytes: bytes,
+                        occurred_at: None,
+                        received_by: &caller.actor_id,
+                    };
+                    let mut body = rejection_body("", &e);
+                    let id = store::log(
+                        client,
+                        &r,
+                        &Outcome {
+                            status: "rejected",
+                            http_status: e.http_status(),
+                            error: Some(e.code()),
+                            error_message: Some(&e.to_string()),
+                            result: &body,
+                            original_ingest_id: None,
+                        },
+                    )?;
+                    body["ingest_id"] = json!(id);
+                    store::set_response_status(client, e.http_status())?;
+                    Ok(body)
+                });
+            }
+        };
+
+        let received = Received {
+            header: &header,
+            envelope: keep_envelope,
+            envelope_bytes: bytes,
+            occurred_at: env.occurred_at.as_deref(),
+            received_by: &caller.actor_id,
+        };
+
+        // Duplicate, or take the key.
+        let claimed = Spi::connect_mut(|client| -> OpsResult<Result<String, Value>> {
+            let key = &env.idempotency_key;
+            loop {
+                if let Some((original, result)) = store::accepted(client, key)? {
+                    let id = store::log(
+                        client,
+                        &received,
+                        &Outcome {
+                            status: "duplicate",
+                            http_status: 200,
+                            error: None,
+                            error_message: None,
+                            result: &Value::Null,
+                            original_ingest_id: Some(&original),
+                        },
+                    )?;
+                    let mut body = result;
+                    if let Value::Object(m) = &mut body {
+                        m.insert("status".into(), json!("duplicate"));
+                        m.insert("receipt_id".into(), json!(id));
+                    }
+                    store::set_response_status(client, 200)?;
+                    return Ok(Err(body));
+                }
+                if let Some(id) = store::claim_key(client, &received)? {
+                    return Ok(Ok(id));
+                }
+                // Another session committed an accepted row for the key after our look:
+                // go round once more and answer as a duplicate.
+            }
+        })?;
+        let ingest_id = match claimed {
+            Ok(id) => id,
+            Err(duplicate) => return Ok(duplicate),
+        };
+
+        // Apply in a subtransaction, so a failing handler leaves nothing but the log row.
+        let ctx = Apply {
+            ingest_id: &ingest_id,
+            caller: &caller,
+        };
+        let applied = subxact::run(|| Spi::connect_mut(|client| store::apply(client, &ctx, &env)));
+
+        Spi::connect_mut(|client| {
+            let (body, outcome_status, http, error, message): (
+                Value,
+                &str,
+                u16,
+                Option<&str>,
+                Option<String>,
+            ) = match applied {
+                Ok(Ok(detail)) => (
+                    json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail}),
+                    "accepted",
+                    200,
+                    None,
+                    None,
+                ),
+                Ok(Err(e)) if e.http_status() < 500 => {
+                    let body = rejection_body(&ingest_id, &e);
+                    (
+                        body,
+                        "rejected",
+                        e.http_status(),
+                        Some(e.code()),
+                        Some(e.to_string()),
+                    )
+                }
+                Ok(Err(e)) => internal(&ingest_id, &e.to_string()),
+                // A foreign key or unique violation raised by Postgres itself: the event
+                // contradicts the record (e.g. a release deleted meanwhile).
+                Err(c) if c.sqlstate.starts_with("23") => {
+                    let e = OpsError::Conflict(c.message.clone());
+                    let body = rejection_body(&ingest_id, &e);
+                    (body, "rejected", 409, Some("conflict"), Some(c.message))
+                }
+                Err(c) => internal(&ingest_id, &format!("{} ({})", c.message, c.sqlstate)),
+            };
+            store::finish(
+                client,
+                &ingest_id,
+                &Outcome {
+                    status: outcome_status,
+                    http_status: http,
+                    error,
+                    error_message: message.as_deref(),
+                    result: &body,
+                    original_ingest_id: None,
+                },
+            )?;
+            store::set_response_status(client, http)?;
+            Ok(body)
+        })
+    }
+
+    /// A 500: the real message goes to the server log and the log row, the caller gets the
+    /// ingest_id to look it up.
+    fn internal(
+        ingest_id: &str,
+        message: &str,
+    ) -> (
+        Value,
+        &'static str,
+        u16,
+        Option<&'static str>,
+        Option<String>,
+    ) {
+        pgrx::log!("ops.ingest_event: internal error for ingest_id {ingest_id}: {message}");
+        (
+            json!({
+                "ingest_id": ingest_id,
+                "status": "error",
+                "detail": {
+                    "error": "internal_error",
+                    "http_status": 500,
+                    "message": "the event could not be applied; nothing but the ingest log row was written (see the server log for this ingest_id)",
+                },
+            }),
+            "error",
+            500,
+            Some("internal_error"),
+            Some(message.to_owned()),
+        )
+    }
+
+    /// The current status of a gate (pending, in_progress, passed, failed or bypassed),
+    /// computed from the release's facts at this moment; an exception bypasses a gate only while
+    /// it is approved and not expired.
+    #[pg_extern(stable, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn evaluate_gate(gate_id: pgrx::Uuid) -> Result<String, ErrorReport> {
+        let run = || -> OpsResult<String> {
+            let gate = uuid_text(gate_id);
+            Spi::connect(|client| {
+                let t = client.select(
+                    "SELECT release_id::text, gate_code FROM ops.release_gates WHERE gate_id = $1::uuid",
+                    None,
+                    &[gate.as_str().into()],
+                )?;
+                if t.is_empty() {
+                    return Err(OpsError::Core(crate::core::error::CoreError::not_found(
+                        "gate",
+                        gate.clone(),
+                    )));
+                }
+                let (release, code) = t.first().get_two::<String, String>()?;
+                let code = GateCode::parse(&code.unwrap_or_default())?;
+                let evaluations = store::evaluate(client, &release.unwrap_or_default())?;
+                Ok(evaluations
+                    .into_iter()
+                    .find(|e| e.code == code)
+                    .map(|e| e.status.as_str().to_owned())
+                    .unwrap_or_else(|| "pending".into()))
+            })
+        };
+        run().map_err(OpsError::reporter("ops.evaluate_gate"))
+    }
+
+    /// Whether every gate `target_env` requires (ops.environment_gate_requirements) is passed,
+    /// or bypassed by an approved exception that has not expired, at this moment.
+    #[pg_extern(stable, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn is_eligible_for_promotion(
+        release_id: pgrx::Uuid,
+        target_env: &str,
+    ) -> Result<bool, ErrorReport> {
+        let run = || -> OpsResult<bool> {
+            let release = uuid_text(release_id);
+            Spi::connect(|client| Ok(store::promotion(client, &release, target_env)?.0))
+        };
+        run().map_err(OpsError::reporter("ops.is_eligible_for_promotion"))
+    }
+
+    /// Eligibility with its reasons: `{eligible, blocking: ["G3 in_progress: waiting for ...", ...]}`.
+    #[pg_extern(stable, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn promotion_status(release_id: pgrx::Uuid, target_env: &str) -> Result<JsonB, ErrorReport> {
+        let run = || -> OpsResult<Value> {
+            let release = uuid_text(release_id);
+            Spi::connect(|client| {
+                let (ok, blocking) = store::promotion(client, &release, target_env)?;
+                Ok(
+                    json!({"release_id": release, "environment": target_env, "eligible": ok, "blocking": blocking}),
+                )
+            })
+        };
+        run()
+            .map(JsonB)
+            .map_err(OpsError::reporter("ops.promotion_status"))
+    }
+
+    /// Recompute and store the statuses of a release's gates (run by the triggers on checks,
+    /// evidence, approvals, exceptions and deployments). Returns the evaluations.
+    #[pg_extern(volatile, strict)]
+    fn refresh_gates(release_id: pgrx::Uuid) -> Result<JsonB, ErrorReport> {
+        let run = || -> OpsResult<Value> {
+            let release = uuid_text(release_id);
+            let evaluations = Spi::connect_mut(|client| store::refresh(client, &release))?;
+            Ok(serde_json::to_value(evaluations).unwrap_or(Value::Null))
+        };
+        run()
+            .map(JsonB)
+            .map_err(OpsError::reporter("ops.refresh_gates"))
+    }
+
+    /// Re-evaluate releases whose bypassing exception has expired (scheduled every minute), so
+    /// that ops.release_gates.status stays current with the clock. Returns how many releases
+    /// were re-evaluated.
+    #[pg_extern(volatile)]
+    fn expire_bypasses() -> Result<i32, ErrorReport> {
+        let run = || -> OpsResult<i32> {
+            Spi::connect_mut(|client| {
+                let t = client.select(
+                    "SELECT DISTINCT release_id::text FROM ops.release_gates \
+                      WHERE status = 'bypassed' AND bypass_expires_at <= now()",
+                    None,
+                    &[],
+                )?;
+                let mut ids = Vec::new();
+                for row in t {
+                    if let Some(id) = row.get::<String>(1)? {
+                        ids.push(id);
+                    }
+                }
+                for id in &ids {
+                    store::refresh(client, id)?;
+                }
+                Ok(ids.len() as i32)
+            })
+        };
+        run().map_err(OpsError::reporter("ops.expire_bypasses"))
+    }
+
+    /// What each gate requires: evidence types, approver personas, and the rule in words.
+    #[allow(clippy::type_complexity)]
+    #[pg_extern(immutable, parallel_safe)]
+    fn gate_rules() -> TableIterator<
+        'static,
+        (
+            name!(gate_code, String),
+            name!(name, String),
+            name!(evidence_any_of, Vec<String>),
+            name!(approver_roles, Vec<String>),
+            name!(summary, String),
+        ),
+    > {
+        TableIterator::new(ALL_GATES.into_iter().map(|code| {
+            let r = code.rule();
+            (
+                code.as_str().to_owned(),
+                r.name.to_owned(),
+                r.evidence_any_of.iter().map(|s| s.to_string()).collect(),
+                r.approver_roles.iter().map(|s| s.to_string()).collect(),
+                r.summary.to_owned(),
+            )
+        }))
+    }
+}

@@ -1,0 +1,11 @@
+//! The release gates control plane (seed 003), schema `ops`: releases and their G1–G4 gates,
+//! idempotent event ingest, the gate rules, promotion eligibility, personas with RLS, and the
+//! reporting views.
+
+pub mod api;
+pub mod envelope;
+pub mod error;
+pub mod gates;
+pub mod roles;
+pub mod settings;
+pub mod store;
