@@ -163,7 +163,7 @@ CREATE TABLE ops.deployments (
     external_ref  text CHECK (length(external_ref) <= 256),
     deployed_by   text NOT NULL,
     rollback_reason text CHECK (length(rollback_reason) <= 4000),
-    started_at    timestamptz NOT NULL DEFAULT now(),
+    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at   timestamptz,
     rolled_back_at timestamptz,
     ingest_id     uuid,

@@ -770,7 +770,7 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
             }
             write(
                 client,
-                "UPDATE ops.deployments SET status = $2, finished_at = now() WHERE deployment_id = $1::uuid",
+                "UPDATE ops.deployments SET status = $2, finished_at = clock_timestamp() WHERE deployment_id = $1::uuid",
                 &[Some(&b.deployment_id), Some(&b.status)],
             )?;
             if b.status == "succeeded" {
@@ -847,7 +847,7 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
             }
             write(
                 client,
-                "UPDATE ops.deployments SET status = 'rolled_back', rolled_back_at = now(), rollback_reason = $2 \
+                "UPDATE ops.deployments SET status = 'rolled_back', rolled_back_at = clock_timestamp(), rollback_reason = $2 \
                   WHERE deployment_id = $1::uuid",
                 &[Some(&b.deployment_id), Some(&b.reason)],
             )?;

@@ -1,0 +1,253 @@
+-- Release gates (seed 003): ops.ingest_event outcomes of Phase 2 with their HTTP statuses and
+-- log rows, a table of malformed envelopes (each rejected with its documented status, nothing but
+-- the log row written), the gate rules of Phase 3 through events, exceptions and their expiry,
+-- the promotion block, and the DDL guarantees of Phase 1.
+BEGIN;
+SELECT plan(102);
+
+-- Everything a handler may write, to prove a rejection wrote none of it.
+CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
+    SELECT (SELECT count(*) FROM ops.releases) + (SELECT count(*) FROM ops.release_gates)
+         + (SELECT count(*) FROM ops.gate_checks) + (SELECT count(*) FROM ops.approvals)
+         + (SELECT count(*) FROM ops.evidence_artifacts) + (SELECT count(*) FROM ops.exceptions)
+         + (SELECT count(*) FROM ops.deployments) + (SELECT count(*) FROM ops.environment_events)
+         + (SELECT count(*) FROM ops.incidents) + (SELECT count(*) FROM ops.recovery_drills)
+$$;
+-- An envelope for release R1 with the common fields filled in.
+CREATE FUNCTION pg_temp.ev(key text, type text, fields jsonb DEFAULT '{}',
+                           release text DEFAULT 'a0000000-0000-4000-8000-000000000001') RETURNS jsonb
+LANGUAGE sql AS $$
+    SELECT jsonb_build_object('schema_version', '1.0', 'idempotency_key', key, 'event_type', type,
+                              'source_system', 'github_actions', 'release_id', release) || fields
+$$;
+
+-- ---- Phase 1: the schema ------------------------------------------------------------------------
+SELECT is((SELECT count(*)::int FROM pg_tables WHERE schemaname = 'ops'
+            AND tablename IN ('releases', 'release_gates', 'gate_checks', 'approvals', 'evidence_artifacts', 'exceptions',
+                              'deployments', 'environment_events', 'event_ingest_log', 'incidents', 'recovery_drills')),
+          11, 'the 11 ops tables of Phase 1 exist');
+SELECT is((SELECT count(*)::int FROM pg_extension e, unnest(e.extconfig) c
+            WHERE e.extname = 'flowgate' AND c::regclass::text LIKE 'ops.%'), 13,
+          'every ops table (and the environment_events sequence) is registered with pg_extension_config_dump');
+SELECT is((SELECT count(*)::int FROM information_schema.columns
+            WHERE table_schema = 'ops' AND column_name = 'created_at' AND is_nullable = 'NO'
+              AND column_default = 'now()' AND data_type = 'timestamp with time zone'), 12,
+          'every ops table has created_at timestamptz NOT NULL DEFAULT now()');
+SELECT col_not_null('ops', 'exceptions', 'expires_at', 'exceptions.expires_at is NOT NULL (NR-5)');
+SELECT ok((SELECT indisunique FROM pg_index WHERE indexrelid = 'ops.event_ingest_log_idempotency_key'::regclass),
+          'a unique index on event_ingest_log(idempotency_key) (over accepted outcomes) deduplicates');
+SELECT is((SELECT count(*)::int FROM pg_roles WHERE rolname IN ('ci_service_role', 'release_manager', 'qa_tester', 'sre', 'developer', 'audit_reader')
+             AND NOT rolcanlogin), 6, 'the six persona roles exist, NOLOGIN');
+SELECT is((SELECT count(*)::int FROM pg_views WHERE schemaname = 'ops' AND viewname IN
+            ('v_release_gate_summary', 'v_promotion_eligibility', 'v_evidence_completeness', 'v_exception_status', 'v_deployment_history')),
+          5, 'the five reporting views exist');
+SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (artifact_type, uri, submitted_by) VALUES ('test_report', 'https://x', 'me')$$,
+                 '23514', NULL, 'evidence other than a reference must be attached to a release, gate or check');
+SELECT lives_ok($$INSERT INTO ops.evidence_artifacts (artifact_type, uri, submitted_by) VALUES ('reference', 'https://runbook', 'me')$$,
+                'a free-standing reference artifact is allowed');
+
+-- ---- Phase 2: outcomes --------------------------------------------------------------------------
+SELECT is(ops.ingest_event(pg_temp.ev('rel-1', 'release_created', '{"version": "2026.11.1", "repository": "acme/erp"}')) ->> 'status',
+          'accepted', 'release_created is accepted');
+SELECT is(current_setting('response.status'), '200', 'and PostgREST answers 200');
+SELECT is((SELECT string_agg(gate_code || '=' || status, ',' ORDER BY gate_code) FROM ops.release_gates
+            WHERE release_id = 'a0000000-0000-4000-8000-000000000001'), 'G1=pending,G2=pending,G3=pending,G4=pending',
+          'the release gets its four gates, pending');
+
+CREATE TEMP TABLE first_build AS
+SELECT ops.ingest_event(pg_temp.ev('github_actions/101/build_complete', 'build_complete', '{"status": "pass", "run_id": 101}')) AS r;
+SELECT is((SELECT r ->> 'status' FROM first_build), 'accepted', 'a build_complete event is accepted');
+SELECT is((SELECT r #>> '{detail,gates,G1}' FROM first_build), 'passed', 'its detail reports G1 passed');
+SELECT is((SELECT count(*)::int FROM ops.gate_checks WHERE run_id = '101'), 1, 'one G1 check row');
+SELECT is((SELECT ingest_id::text FROM ops.gate_checks WHERE run_id = '101'), (SELECT r ->> 'ingest_id' FROM first_build),
+          'the check row names the ingest record it came from');
+
+SELECT pg_temp.domain_rows() AS before \gset
+CREATE TEMP TABLE retry AS
+SELECT ops.ingest_event(pg_temp.ev('github_actions/101/build_complete', 'build_complete', '{"status": "pass", "run_id": 101}')) AS r;
+SELECT is((SELECT r ->> 'status' FROM retry), 'duplicate', 'the same key again is a duplicate');
+SELECT is((SELECT r ->> 'ingest_id' FROM retry), (SELECT r ->> 'ingest_id' FROM first_build), 'it returns the original ingest_id');
+SELECT is((SELECT r -> 'detail' FROM retry), (SELECT r -> 'detail' FROM first_build), 'and the original result');
+SELECT is(current_setting('response.status'), '200', 'with HTTP 200');
+SELECT is(pg_temp.domain_rows(), :before::bigint, 'a duplicate writes nothing but its log row');
+SELECT is((SELECT processing_status || ' -> ' || original_ingest_id FROM ops.event_ingest_log
+            WHERE ingest_id = (SELECT (r ->> 'receipt_id')::uuid FROM retry)),
+          'duplicate -> ' || (SELECT r ->> 'ingest_id' FROM first_build), 'the duplicate log row points at the accepted one');
+SELECT is((SELECT r ->> 'status' FROM (SELECT ops.ingest_event(pg_temp.ev('github_actions/101/build_complete', 'build_complete',
+              '{"status": "fail", "run_id": 101}')) AS r) x), 'duplicate',
+          'a retry with the same key but a different body is still the duplicate of the first (the key decides)');
+
+SELECT is(ops.ingest_event(pg_temp.ev('v9', 'build_complete', '{"status": "pass", "schema_version": "9.0"}')) #>> '{detail,error}',
+          'unsupported_schema_version', 'an unknown schema_version is rejected');
+SELECT is(current_setting('response.status'), '422', 'with HTTP 422');
+SELECT is(ops.ingest_event(pg_temp.ev('nostatus', 'build_complete')) #>> '{detail,message}', 'missing field "status"',
+          'a missing per-type field is named');
+SELECT is(current_setting('response.status'), '400', 'with HTTP 400');
+SELECT is(ops.ingest_event(pg_temp.ev('ghost', 'build_complete', '{"status": "pass"}', 'b0000000-0000-4000-8000-00000000dead'))
+            #>> '{detail,error}', 'unknown_release', 'an event for an unknown release is rejected');
+SELECT is(current_setting('response.status'), '409', 'with HTTP 409');
+SELECT is((SELECT processing_status || ' ' || http_status FROM ops.event_ingest_log WHERE idempotency_key = 'ghost'), 'rejected 409',
+          'the rejection is logged');
+SELECT is((SELECT count(*)::int FROM ops.event_ingest_log WHERE idempotency_key = 'ghost' AND processing_status = 'accepted'), 0,
+          'and does not take the key');
+
+-- A rejected key is free: once the release exists, the same key is accepted.
+SELECT is(ops.ingest_event(pg_temp.ev('rel-ghost', 'release_created', '{"version": "0.0.1"}', 'b0000000-0000-4000-8000-00000000dead')) ->> 'status',
+          'accepted', 'the missing release is created');
+SELECT is(ops.ingest_event(pg_temp.ev('ghost', 'build_complete', '{"status": "pass"}', 'b0000000-0000-4000-8000-00000000dead')) ->> 'status',
+          'accepted', 'the key rejected with 409 is accepted on retry');
+
+-- An internal error (a broken trigger) is a 500: logged, nothing else written, key not taken.
+CREATE FUNCTION pg_temp.boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$;
+CREATE TRIGGER boom BEFORE INSERT ON ops.gate_checks FOR EACH ROW EXECUTE FUNCTION pg_temp.boom();
+SELECT pg_temp.domain_rows() AS before \gset
+SELECT is(ops.ingest_event(pg_temp.ev('boom-1', 'check_result', '{"gate_code": "G2", "check_name": "e2e", "status": "pass"}')) ->> 'status',
+          'error', 'a failing handler is an error outcome');
+SELECT is(current_setting('response.status'), '500', 'with HTTP 500');
+SELECT is((SELECT processing_status || ' ' || http_status || ' ' || error_message FROM ops.event_ingest_log WHERE idempotency_key = 'boom-1'),
+          'error 500 disk on fire (P0001)', 'the log row keeps the real error');
+SELECT is(pg_temp.domain_rows(), :before::bigint, 'the handler''s writes were rolled back, the log row stayed');
+DROP TRIGGER boom ON ops.gate_checks;
+SELECT is(ops.ingest_event(pg_temp.ev('boom-1', 'check_result', '{"gate_code": "G2", "check_name": "e2e", "status": "pass"}')) ->> 'status',
+          'accepted', 'after the fault is fixed the same key is accepted');
+
+-- SQL metacharacters are data, never code.
+SELECT is(ops.ingest_event(pg_temp.ev($k$x'); DROP TABLE ops.releases; --$k$, 'check_result',
+              jsonb_build_object('gate_code', 'G1', 'check_name', $n$lint"; DELETE FROM ops.gate_checks; --$n$, 'status', 'pass', 'required', false)))
+            ->> 'status', 'accepted', 'a key and a check name full of SQL metacharacters are accepted as text');
+SELECT is((SELECT check_name FROM ops.gate_checks WHERE check_name LIKE 'lint%'), $n$lint"; DELETE FROM ops.gate_checks; --$n$,
+          'and stored verbatim');
+SELECT is((SELECT count(*)::int FROM ops.releases), 2, 'nothing was dropped or deleted');
+
+-- ---- Malformed envelopes ------------------------------------------------------------------------
+CREATE TEMP TABLE bad (n int, label text, envelope jsonb, http int, error text);
+INSERT INTO bad VALUES
+ (1, 'a JSON array', '[1, 2]', 400, 'invalid_field'),
+ (2, 'a JSON string', '"build_complete"', 400, 'invalid_field'),
+ (3, 'an empty object', '{}', 400, 'missing_field'),
+ (4, 'schema_version as an object', pg_temp.ev('b4', 'build_complete', '{"status": "pass", "schema_version": {"v": 1}}'), 400, 'invalid_field'),
+ (5, 'schema_version 2.0', pg_temp.ev('b5', 'build_complete', '{"status": "pass", "schema_version": "2.0"}'), 422, 'unsupported_schema_version'),
+ (6, 'idempotency_key as a number', pg_temp.ev('x', 'build_complete', '{"status": "pass", "idempotency_key": 42}'), 400, 'invalid_field'),
+ (7, 'idempotency_key of 300 characters', pg_temp.ev(repeat('k', 300), 'build_complete', '{"status": "pass"}'), 400, 'invalid_field'),
+ (8, 'idempotency_key with a newline', pg_temp.ev(E'b8\nx', 'build_complete', '{"status": "pass"}'), 400, 'invalid_field'),
+ (9, 'an unknown event_type', pg_temp.ev('b9', 'build_completed', '{"status": "pass"}'), 400, 'unknown_event_type'),
+ (10, 'SQL in event_type', pg_temp.ev('b10', $q$build_complete'; DROP TABLE ops.releases; --$q$), 400, 'unknown_event_type'),
+ (11, 'SQL in release_id', pg_temp.ev('b11', 'build_complete', '{"status": "pass"}', $q$'; DELETE FROM ops.releases; --$q$), 400, 'invalid_field'),
+ (12, 'release_id as a number', pg_temp.ev('b12', 'build_complete', '{"status": "pass", "release_id": 123}'), 400, 'invalid_field'),
+ (13, 'status as an array', pg_temp.ev('b13', 'build_complete', '{"status": ["pass"]}'), 400, 'invalid_field'),
+ (14, 'status not pass|fail', pg_temp.ev('b14', 'build_complete', '{"status": "maybe"}'), 400, 'invalid_field'),
+ (15, 'an unknown field', pg_temp.ev('b15', 'build_complete', '{"status": "pass", "statsu": "pass"}'), 400, 'invalid_field'),
+ (16, 'a 70 KB envelope', pg_temp.ev('b16', 'build_complete', jsonb_build_object('status', 'pass', 'metadata', jsonb_build_object('blob', repeat('x', 70000)))), 413, 'payload_too_large'),
+ (17, 'metadata as a string', pg_temp.ev('b17', 'build_complete', '{"status": "pass", "metadata": "x"}'), 400, 'invalid_field'),
+ (18, 'evidence as an object', pg_temp.ev('b18', 'build_complete', '{"status": "pass", "evidence": {"uri": "x"}}'), 400, 'invalid_field'),
+ (19, 'evidence with a URI that is not one', pg_temp.ev('b19', 'build_complete', '{"status": "pass", "evidence": [{"artifact_type": "build_log", "uri": "not a uri"}]}'), 400, 'invalid_field'),
+ (20, '21 evidence items', pg_temp.ev('b20', 'build_complete', jsonb_build_object('status', 'pass', 'evidence',
+        (SELECT jsonb_agg(jsonb_build_object('artifact_type', 'build_log', 'uri', 'https://ci/' || i)) FROM generate_series(1, 21) i))), 400, 'invalid_field'),
+ (21, 'occurred_at that is not a time', pg_temp.ev('b21', 'build_complete', '{"status": "pass", "occurred_at": "yesterday"}'), 400, 'invalid_field'),
+ (22, 'source_system with spaces', pg_temp.ev('b22', 'build_complete', '{"status": "pass", "source_system": "git hub"}'), 400, 'invalid_field'),
+ (23, 'a missing release_id', pg_temp.ev('b23', 'build_complete', '{"status": "pass", "release_id": null}'), 400, 'missing_field'),
+ (24, 'build_complete for G3', pg_temp.ev('b24', 'build_complete', '{"status": "pass", "gate_code": "G3"}'), 400, 'invalid_field'),
+ (25, 'a gate that does not exist', pg_temp.ev('b25', 'check_result', '{"status": "pass", "gate_code": "G7", "check_name": "x"}'), 400, 'invalid_field'),
+ (26, 'release_created twice', pg_temp.ev('b26', 'release_created', '{"version": "again"}'), 409, 'conflict'),
+ (27, 'a deployment that does not exist', pg_temp.ev('b27', 'deployment_finished', '{"deployment_id": "c0000000-0000-4000-8000-000000000000", "status": "succeeded"}'), 409, 'unknown_reference'),
+ (28, 'an exception without expiry', pg_temp.ev('b28', 'exception_requested', '{"gate_code": "G3", "reason": "hotfix"}'), 400, 'missing_field'),
+ (29, 'an exception expiring in a year', pg_temp.ev('b29', 'exception_requested', jsonb_build_object('gate_code', 'G3', 'reason', 'x', 'expires_at', now() + interval '1 year')), 400, 'invalid_field'),
+ (30, 'a JSON null', 'null', 400, 'invalid_field');
+SELECT pg_temp.domain_rows() AS before \gset
+SELECT count(*) AS logged_before FROM ops.event_ingest_log \gset
+CREATE TEMP TABLE bad_out AS SELECT n, label, http, error, ops.ingest_event(envelope) AS r FROM bad ORDER BY n;
+SELECT is((r #>> '{detail,http_status}') || ' ' || (r #>> '{detail,error}'), http || ' ' || error, label || ' is rejected: ' || http)
+  FROM bad_out ORDER BY n;
+SELECT is(pg_temp.domain_rows(), :before::bigint, 'the 30 malformed envelopes wrote nothing outside the log');
+SELECT is((SELECT count(*)::int FROM ops.event_ingest_log) - :logged_before, 30, 'and exactly one log row each');
+SELECT is((SELECT count(*)::int FROM bad_out o JOIN ops.event_ingest_log l ON l.ingest_id = (o.r ->> 'ingest_id')::uuid
+            WHERE l.processing_status = 'rejected' AND l.http_status = o.http AND l.error = o.error), 30,
+          'each log row records the rejection, its status and error code');
+SELECT is((SELECT envelope_bytes > 70000 AND envelope IS NULL FROM ops.event_ingest_log l JOIN bad_out o
+            ON l.ingest_id = (o.r ->> 'ingest_id')::uuid WHERE o.n = 16), true,
+          'the oversized envelope is logged by size, not stored');
+
+-- ---- Phase 3: the gate rules through events ------------------------------------------------------
+-- R2: G1 and G2 pass, then an e2e check fails G2, which blocks staging and production.
+SELECT ops.ingest_event(pg_temp.ev('r2', 'release_created', '{"version": "2"}', 'a0000000-0000-4000-8000-000000000002')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r2-gate', 'gate_configured', '{"gate_code": "G1", "required_checks": ["build", "unit"]}', 'a0000000-0000-4000-8000-000000000002')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r2-build', 'build_complete', '{"status": "pass"}', 'a0000000-0000-4000-8000-000000000002')) \g /dev/null
+SELECT is(ops.evaluate_gate((SELECT gate_id FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000002' AND gate_code = 'G1')),
+          'in_progress', 'G1 waits for every configured required check');
+SELECT ops.ingest_event(pg_temp.ev('r2-unit', 'check_result', '{"gate_code": "G1", "check_name": "unit", "status": "pass"}', 'a0000000-0000-4000-8000-000000000002')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r2-qa', 'gate_signoff', '{"report_url": "https://qa.example/r2"}', 'a0000000-0000-4000-8000-000000000002')) \g /dev/null
+SELECT ok(ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000002', 'staging'), 'G1 + G2 passed: eligible for staging');
+SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000002', 'production'), 'but not for production');
+SELECT ops.ingest_event(pg_temp.ev('r2-e2e', 'check_result', '{"gate_code": "G2", "check_name": "e2e", "status": "fail", "required": false}', 'a0000000-0000-4000-8000-000000000002')) \g /dev/null
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000002' AND gate_code = 'G2'), 'failed',
+          'a failing check fails G2, and ops.release_gates.status is already current');
+SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000002', 'staging'), 'G2 failed: not eligible for staging');
+SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000002', 'production'), 'G2 failed: not eligible for production');
+SELECT is(ops.ingest_event(pg_temp.ev('r2-deploy', 'deployment_started', '{"environment": "staging"}', 'a0000000-0000-4000-8000-000000000002'))
+            #>> '{detail,error}', 'conflict', 'a staging deployment of an ineligible release is refused (409)');
+SELECT throws_ok($$INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('a0000000-0000-4000-8000-000000000002', 'production', 'me')$$,
+                 '55000', NULL, 'and so is a direct production insert (promotion block trigger)');
+SELECT lives_ok($$INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('a0000000-0000-4000-8000-000000000002', 'dev', 'me')$$,
+                'dev requires no gates');
+
+-- R3: everything but G3's approval; G3 bypassed by an approved exception.
+SELECT ops.ingest_event(pg_temp.ev('r3', 'release_created', '{"version": "3"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r3-build', 'build_complete', '{"status": "pass"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r3-qa', 'gate_signoff', '{}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r3-dep', 'deployment_started', '{"environment": "staging", "deployment_id": "d0000000-0000-4000-8000-000000000003"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r3-fin', 'deployment_finished', '{"deployment_id": "d0000000-0000-4000-8000-000000000003", "status": "succeeded"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r3-health', 'health_check', '{"deployment_id": "d0000000-0000-4000-8000-000000000003", "status": "pass", "uri": "https://grafana/r3"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null
+SELECT is(ops.promotion_status('a0000000-0000-4000-8000-000000000003', 'production') -> 'blocking',
+          '["G3 pending: waiting for a release_manager approval, a rollback_plan artifact"]'::jsonb,
+          'without G3 production is blocked, and the reason says what is missing');
+SET LOCAL request.jwt.claims = '{"sub": "dev-dana", "role": "developer"}';
+CREATE TEMP TABLE exc AS SELECT ops.ingest_event(pg_temp.ev('r3-exc', 'exception_requested',
+    jsonb_build_object('gate_code', 'G3', 'reason', 'CVE hotfix, approver on leave', 'expires_at', now() + interval '2 hours'),
+    'a0000000-0000-4000-8000-000000000003')) AS r;
+RESET request.jwt.claims;
+SELECT is((SELECT r #>> '{detail,exception_status}' FROM exc), 'requested', 'an exception is requested');
+SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'production'), 'a requested exception bypasses nothing');
+SET LOCAL request.jwt.claims = '{"sub": "dev-dana", "role": "developer"}';
+SELECT is(ops.ingest_event(pg_temp.ev('r3-self', 'exception_decided',
+              jsonb_build_object('exception_id', (SELECT r #>> '{detail,exception_id}' FROM exc), 'decision', 'approved'),
+              'a0000000-0000-4000-8000-000000000003')) #>> '{detail,error}', 'forbidden',
+          'the requester cannot decide their own exception (four eyes)');
+SET LOCAL request.jwt.claims = '{"sub": "rm-rita", "role": "release_manager"}';
+SELECT is(ops.ingest_event(pg_temp.ev('r3-approve', 'exception_decided',
+              jsonb_build_object('exception_id', (SELECT r #>> '{detail,exception_id}' FROM exc), 'decision', 'approved'),
+              'a0000000-0000-4000-8000-000000000003')) ->> 'status', 'accepted', 'another release manager approves it');
+RESET request.jwt.claims;
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3'), 'bypassed',
+          'G3 is bypassed');
+SELECT ok(ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'production'),
+          'G3 bypassed through an active exception: eligible for production');
+SELECT is((SELECT effective_status FROM ops.v_exception_status WHERE release_id = 'a0000000-0000-4000-8000-000000000003'), 'active',
+          'v_exception_status shows it active');
+-- Time passes and the exception expires, with no write to trigger a re-evaluation (moving the
+-- clock is simulated by moving expires_at with the trigger off).
+ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates;
+UPDATE ops.exceptions SET expires_at = now() - interval '1 second' WHERE release_id = 'a0000000-0000-4000-8000-000000000003';
+UPDATE ops.release_gates SET bypass_expires_at = now() - interval '1 second'
+ WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3';
+ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates;
+SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'production'),
+          'an expired exception no longer bypasses (decided at evaluation time)');
+SELECT is((SELECT effective_status FROM ops.v_exception_status WHERE release_id = 'a0000000-0000-4000-8000-000000000003'), 'expired',
+          'v_exception_status shows it expired');
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3'), 'bypassed',
+          'the stored status still says bypassed until something re-evaluates it');
+SELECT is(ops.expire_bypasses(), 1, 'the expiry sweep re-evaluates the release');
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3'), 'pending',
+          'and the stored status is current again');
+
+-- ---- Records stay records -----------------------------------------------------------------------
+SELECT throws_ok($$UPDATE ops.environment_events SET event_kind = 'nothing_happened'$$, '55000', NULL, 'environment_events is append-only (UPDATE)');
+SELECT throws_ok($$DELETE FROM ops.environment_events$$, '55000', NULL, 'environment_events is append-only (DELETE)');
+SELECT throws_ok($$SELECT ops.evaluate_gate('00000000-0000-4000-8000-000000000000')$$, 'P0002', NULL, 'evaluate_gate of an unknown gate is P0002');
+SELECT throws_ok($$SELECT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'moon')$$, '22023', NULL,
+                 'an unknown target environment is 22023');
+SELECT throws_ok($$SELECT ops.is_eligible_for_promotion('00000000-0000-4000-8000-000000000000', 'staging')$$, 'P0002', NULL,
+                 'an unknown release is P0002');
+
+SELECT * FROM finish();
+ROLLBACK;
