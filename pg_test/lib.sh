@@ -125,6 +125,7 @@ shared_preload_libraries = '$preload'
 cron.database_name = '$db'
 cron.use_background_workers = on
 max_worker_processes = 16
+max_connections = 150
 $worker_conf
 CONF
   fi
