@@ -1042,10 +1042,12 @@ const FACTS_SQL: &str = "SELECT jsonb_build_object(\
   'now', extract(epoch FROM now()), \
   'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks))) \
                        FROM ops.release_gates WHERE release_id = $1::uuid), '[]'), \
-  'checks', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, c.check_name, c.status, c.required) ORDER BY c.recorded_at) \
-                        FROM ops.gate_checks c JOIN ops.release_gates g ON g.gate_id = c.gate_id \
-                       WHERE c.release_id = $1::uuid), '[]'), \
-  'evidence', coalesce((SELECT jsonb_agg(jsonb_build_array(coalesce(g.gate_code, cg.gate_code), e.artifact_type)) \
+  'checks', coalesce((SELECT jsonb_agg(jsonb_build_array(l.gate_code, l.check_name, l.status, l.required) ORDER BY l.recorded_at) \
+                        FROM (SELECT DISTINCT ON (c.gate_id, c.check_name) g.gate_code, c.check_name, c.status, c.required, c.recorded_at \
+                                FROM ops.gate_checks c JOIN ops.release_gates g ON g.gate_id = c.gate_id \
+                               WHERE c.release_id = $1::uuid \
+                               ORDER BY c.gate_id, c.check_name, c.recorded_at DESC) l), '[]'), \
+  'evidence', coalesce((SELECT jsonb_agg(DISTINCT jsonb_build_array(coalesce(g.gate_code, cg.gate_code), e.artifact_type)) \
                           FROM ops.evidence_artifacts e \
                           LEFT JOIN ops.release_gates g ON g.gate_id = e.gate_id \
                           LEFT JOIN ops.gate_checks c ON c.check_id = e.check_id \
@@ -1060,7 +1062,8 @@ const FACTS_SQL: &str = "SELECT jsonb_build_object(\
   'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status) ORDER BY recorded_at) \
                              FROM ops.deployments WHERE release_id = $1::uuid), '[]'))";
 
-/// Load everything the gate rules read about a release (one statement).
+/// Load everything the gate rules read about a release (one statement): the latest result per
+/// check, the distinct evidence types per gate, approvals in order, exceptions, deployments.
 pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
     let t = read(client, FACTS_SQL, &[Some(release_id)])?;
     let raw: RawFacts =
