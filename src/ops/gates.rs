@@ -585,7 +585,7 @@ mod unit_tests {
         assert_eq!(status(&f, GateCode::G2), GateStatus::Failed);
         // G3 needs G2, so it falls back to in progress.
         assert_eq!(status(&f, GateCode::G3), GateStatus::InProgress);
-        assert_eq!(eligible(&e, STAGING).0, false);
+        assert!(!eligible(&e, STAGING).0);
         assert_eq!(eligible(&e, &ALL_GATES).1, vec![GateCode::G2, GateCode::G3]);
     }
 
@@ -759,7 +759,7 @@ mod unit_tests {
         #[test]
         fn eligibility_matches_required_gates(f in arb_release()) {
             let e = evaluate(&f);
-            for required in [&STAGING[..], &ALL_GATES[..]] {
+            for required in [STAGING, &ALL_GATES[..]] {
                 let (ok, blocking) = eligible(&e, required);
                 prop_assert_eq!(ok, blocking.is_empty());
                 for code in required {

@@ -9,3 +9,6 @@ pub mod gates;
 pub mod roles;
 pub mod settings;
 pub mod store;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;

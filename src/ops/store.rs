@@ -679,11 +679,10 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
             }
             let (status, requested_by, expired) = t.first().get_three::<String, String, bool>()?;
             let status = status.unwrap_or_default();
-            let allowed = match (status.as_str(), b.decision.as_str()) {
-                ("requested", "approved" | "rejected") => true,
-                ("approved", "revoked") => true,
-                _ => false,
-            };
+            let allowed = matches!(
+                (status.as_str(), b.decision.as_str()),
+                ("requested", "approved" | "rejected") | ("approved", "revoked")
+            );
             if !allowed {
                 return Err(OpsError::Conflict(format!(
                     "exception {} is {status}; a requested exception may be approved or rejected, an approved one revoked",
