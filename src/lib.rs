@@ -2,7 +2,7 @@
 //!
 //! Each module owns one SQL schema: `core` (schema `flowgate`) is the shared ground;
 //! `capacity` is the Capacity Request workflow; `intake` the burst-to-queue ledger; `ops` the
-//! release gates control plane. DDL lives in `sql/*.sql`, loaded below in dependency order.
+//! release gates control plane; `provisioning` tenant provisioning jobs. DDL lives in `sql/*.sql`, loaded below in dependency order.
 
 // SQL entry points return `Result<_, ErrorReport>` because that is the only error type whose
 // SQLSTATE, detail and hint pgrx 0.18 passes through to Postgres; errors are the cold path.
@@ -14,6 +14,7 @@ pub mod capacity;
 pub mod core;
 pub mod intake;
 pub mod ops;
+pub mod provisioning;
 
 /// Registers flowgate's GUCs and, when preloaded with `flowgate.worker_database` set, its
 /// background worker.
@@ -41,6 +42,11 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/ops.sql",
     name = "ops_tables",
+    requires = ["core_bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/provisioning.sql",
+    name = "provisioning_tables",
     requires = ["core_bootstrap"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

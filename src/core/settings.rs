@@ -192,7 +192,8 @@ pub fn definitions() -> impl Iterator<Item = &'static Definition> {
         .iter()
         .chain(crate::capacity::settings::DEFINITIONS.iter())
         .chain(crate::intake::settings::DEFINITIONS.iter())
-        .chain(crate::ops::settings::DEFINITIONS.iter());
+        .chain(crate::ops::settings::DEFINITIONS.iter())
+        .chain(crate::provisioning::settings::DEFINITIONS.iter());
     #[cfg(any(test, feature = "pg_test"))]
     let all = all.chain(TEST_ONLY.iter());
     all

@@ -1,0 +1,180 @@
+//! SQL surface of tenant provisioning (schema `provisioning`).
+
+#[pgrx::pg_schema]
+mod provisioning {
+    use std::time::Duration;
+
+    use pgrx::pg_sys::panic::ErrorReport;
+    use pgrx::prelude::*;
+    use pgrx::JsonB;
+    use serde_json::Value;
+
+    use crate::core::actor::validate_actor_id;
+    use crate::core::error::CoreError;
+    use crate::core::store as core_store;
+    use crate::provisioning::error::{ProvisioningError, ProvisioningResult};
+    use crate::provisioning::store::{self, NewClient, Report};
+
+    fn uuid_text(u: pgrx::Uuid) -> String {
+        uuid::Uuid::from_bytes(*u.as_bytes())
+            .hyphenated()
+            .to_string()
+    }
+
+    /// Operator functions are for trusted sessions (superuser, flowgate.trusted_roles).
+    fn operator(action: &str) -> ProvisioningResult<String> {
+        let actor = core_store::acting_actor(None)?;
+        if !actor.trusted {
+            return Err(ProvisioningError::NotAnOperator {
+                actor: actor.id,
+                action: action.into(),
+            });
+        }
+        Ok(actor.id)
+    }
+
+    /// Register a tenant and queue its create_project job. `slug` names the Supabase project
+    /// (3–40 of a-z, 0-9, -); `region` and `plan` default to the provisioning settings.
+    #[pg_extern(volatile)]
+    fn enqueue_client(
+        slug: &str,
+        display_name: &str,
+        region: default!(Option<&str>, "NULL"),
+        plan: default!(Option<&str>, "NULL"),
+        additional_settings: default!(JsonB, "'{}'"),
+    ) -> Result<JsonB, ErrorReport> {
+        let run = || -> ProvisioningResult<Value> {
+            let owner = operator("onboard a tenant")?;
+            let ok_slug = slug.len() >= 3
+                && slug.len() <= 40
+                && slug.starts_with(|c: char| c.is_ascii_lowercase())
+                && slug
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok_slug {
+                return Err(CoreError::invalid(
+                    "slug",
+                    format!("{slug:?}"),
+                    "3 to 40 of a-z, 0-9 and -, starting with a letter",
+                )
+                .into());
+            }
+            if display_name.trim().is_empty() || display_name.chars().count() > 200 {
+                return Err(CoreError::invalid(
+                    "display_name",
+                    "it is empty or longer than 200 characters",
+                    "1 to 200 characters",
+                )
+                .into());
+            }
+            if !additional_settings.0.is_object() {
+                return Err(CoreError::invalid(
+                    "additional_settings",
+                    additional_settings.0.to_string(),
+                    "a JSON object",
+                )
+                .into());
+            }
+            if let Some(p) = plan {
+                if !["free", "pro", "team", "enterprise"].contains(&p) {
+                    return Err(
+                        CoreError::invalid("plan", p, "free, pro, team or enterprise").into(),
+                    );
+                }
+            }
+            if let Some(r) = region {
+                let parts: Vec<&str> = r.split('-').collect();
+                let ok = parts.len() == 3
+                    && parts[0].len() == 2
+                    && parts
+                        .iter()
+                        .take(2)
+                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+                    && parts[2].len() == 1
+                    && parts[2].chars().all(|c| c.is_ascii_digit());
+                if !ok {
+                    return Err(
+                        CoreError::invalid("region", r, "an AWS region such as us-east-1").into(),
+                    );
+                }
+            }
+            store::enqueue_client(&NewClient {
+                slug,
+                display_name,
+                region,
+                plan,
+                settings: additional_settings.0.clone(),
+                owner_id: &owner,
+            })
+        };
+        run()
+            .map(JsonB)
+            .map_err(ProvisioningError::reporter("provisioning.enqueue_client"))
+    }
+
+    /// Claim the oldest due job for `worker` (a running job whose lease expired first), or NULL
+    /// when none is due. No two workers ever get the same job.
+    #[pg_extern(volatile, strict)]
+    fn claim_job(worker: &str) -> Result<Option<JsonB>, ErrorReport> {
+        let run = || -> ProvisioningResult<Option<Value>> {
+            operator("claim provisioning jobs")?;
+            validate_actor_id("worker", worker)?;
+            store::claim(worker)
+        };
+        run()
+            .map(|v| v.map(JsonB))
+            .map_err(ProvisioningError::reporter("provisioning.claim_job"))
+    }
+
+    /// Report the end of an attempt of a claimed job: success, or failure with the HTTP status
+    /// (5xx, 408, 425, 429 and no status retry with back-off until max_attempts; other 4xx fail at
+    /// once). Only the claiming worker may report. `min_retry_seconds` honours a Retry-After.
+    #[pg_extern(volatile)]
+    fn report_job(
+        job_id: pgrx::Uuid,
+        worker: &str,
+        succeeded: bool,
+        status_code: default!(Option<i32>, "NULL"),
+        error: default!(Option<&str>, "NULL"),
+        min_retry_seconds: default!(i32, "0"),
+    ) -> Result<JsonB, ErrorReport> {
+        let run = || -> ProvisioningResult<Value> {
+            operator("report provisioning attempts")?;
+            if let Some(s) = status_code {
+                if !(100..=599).contains(&s) {
+                    return Err(CoreError::invalid(
+                        "status_code",
+                        s.to_string(),
+                        "an HTTP status 100 to 599, or NULL",
+                    )
+                    .into());
+                }
+            }
+            let id = uuid_text(job_id);
+            store::report(&Report {
+                job_id: &id,
+                worker,
+                succeeded,
+                status_code,
+                error,
+                min_delay: Duration::from_secs(min_retry_seconds.clamp(0, 86400) as u64),
+            })
+        };
+        run()
+            .map(JsonB)
+            .map_err(ProvisioningError::reporter("provisioning.report_job"))
+    }
+
+    /// Operator retry after fixing the cause (credentials, a migration): the client's failed or
+    /// waiting jobs start over now (attempts = 0, no claim) and the client goes back to queued.
+    #[pg_extern(volatile, strict)]
+    fn retry(client_id: pgrx::Uuid) -> Result<JsonB, ErrorReport> {
+        let run = || -> ProvisioningResult<Value> {
+            operator("retry provisioning")?;
+            store::retry(&uuid_text(client_id))
+        };
+        run()
+            .map(JsonB)
+            .map_err(ProvisioningError::reporter("provisioning.retry"))
+    }
+}

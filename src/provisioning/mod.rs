@@ -1,0 +1,9 @@
+//! Tenant provisioning (seed 004), schema `provisioning`: clients, their jobs as an
+//! event-sourced workflow on the core runner (queued → running → succeeded | failed, with
+//! back-off), claiming with leases, operator retry and diagnostics.
+
+pub mod api;
+pub mod error;
+pub mod jobs;
+pub mod settings;
+pub mod store;
