@@ -215,7 +215,7 @@ BEGIN
     -- Responses pg_net has stored for deliveries it sent.
     IF to_regclass('net._http_response') IS NOT NULL THEN
         FOR r IN EXECUTE $q$
-            SELECT d.id, resp.status_code,
+            SELECT d.id, d.sensitive, d.transport_ref, resp.status_code,
                    (SELECT h.value FROM jsonb_each_text(coalesce(resp.headers, '{}'::jsonb)) h
                      WHERE lower(h.key) = 'retry-after' LIMIT 1) AS retry_after,
                    left(resp.content, 65536) AS body, resp.content_type,
@@ -231,6 +231,10 @@ BEGIN
         $q$ LOOP
             verdict := flowgate.record_attempt_checked(r.id, r.status_code, r.retry_after, r.body,
                                                         r.content_type, r.error_kind, r.error);
+            -- pg_net keeps responses for hours: a sensitive one (API keys) goes as soon as it is read.
+            IF r.sensitive THEN
+                EXECUTE 'DELETE FROM net._http_response WHERE id = $1' USING r.transport_ref;
+            END IF;
             counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
             collected := collected + 1;
         END LOOP;
@@ -865,7 +869,7 @@ COMMENT ON VIEW provisioning.v_phase_latency IS 'Provisioning latency per phase 
 -- see nothing here: the tables hold project refs and encrypted keys.
 REVOKE EXECUTE ON FUNCTION provisioning.enqueue_client(text, text, text, text, jsonb), provisioning.claim_job(text),
     provisioning.report_job(uuid, text, boolean, integer, text, integer), provisioning.retry(uuid),
-    provisioning.list_jobs(text, integer) FROM PUBLIC;
+    provisioning.list_jobs(text, integer), provisioning.run_jobs(integer), provisioning.tenant_keys(uuid) FROM PUBLIC;
 DO $grant$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
@@ -887,3 +891,6 @@ COMMENT ON FUNCTION provisioning.report_job(uuid, text, boolean, integer, text, 
   'End an attempt: success, or failure with its HTTP status (transient ones retry with back-off and jitter; other 4xx fail at once).';
 COMMENT ON FUNCTION provisioning.retry(uuid) IS 'Operator retry: the client''s failed or waiting jobs start over now (attempts = 0).';
 COMMENT ON FUNCTION provisioning.list_jobs(text, integer) IS 'Provisioning jobs, newest first, optionally of one status.';
+COMMENT ON FUNCTION provisioning.run_jobs(integer) IS
+  'Claim and start due jobs; their Management API calls go through the outbox and each answer moves the job on (scheduled).';
+COMMENT ON FUNCTION provisioning.tenant_keys(uuid) IS 'Decrypt a tenant''s anon key, service key and database password (operators only).';

@@ -21,6 +21,9 @@ CREATE TABLE flowgate.deliveries (
     -- The Idempotency-Key header when several rows are attempts of one logical request (intake
     -- paces its retries by the queue's visibility timeout); NULL: idempotency_key.
     wire_key              text CHECK (length(wire_key) BETWEEN 1 AND 255),
+    -- The request and response carry secrets (a database password, API keys): the response body
+    -- is never stored and the request body is replaced by {"redacted": true} once the delivery ends.
+    sensitive             boolean NOT NULL DEFAULT false,
     status                flowgate.delivery_status NOT NULL DEFAULT 'pending',
     attempts              int NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts          int NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 100),

@@ -19,6 +19,14 @@ CREATE TABLE provisioning.clients (
     provisioning_error        text,
     provisioning_started_at   timestamptz,
     provisioning_completed_at timestamptz,
+    -- Tenant secrets, never in plain text: pgcrypto ciphertext, or Supabase Vault secret ids.
+    key_storage               text CHECK (key_storage IN ('vault', 'pgcrypto')),
+    anon_key_encrypted        bytea,
+    service_key_encrypted     bytea,
+    db_pass_encrypted         bytea,
+    anon_key_secret_id        uuid,
+    service_key_secret_id     uuid,
+    db_pass_secret_id         uuid,
     created_at                timestamptz NOT NULL DEFAULT now(),
     updated_at                timestamptz NOT NULL DEFAULT now()
 );

@@ -20,6 +20,7 @@ pub mod provisioning;
 /// background worker.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    provisioning::keys::init();
     core::worker::init();
 }
 

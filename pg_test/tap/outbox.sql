@@ -55,14 +55,14 @@ SELECT throws_ok($$SELECT flowgate.enqueue_delivery('tap', 'x', 'http://127.0.0.
 RESET ROLE;
 
 -- pg_cron registration.
-SELECT is((SELECT count(*)::int FROM flowgate.install_schedules()), 7, 'install_schedules registers dispatch, collect, capacity timers, intake drain and metrics, ops expiry, and prune');
+SELECT is((SELECT count(*)::int FROM flowgate.install_schedules()), 8, 'install_schedules registers dispatch, collect, capacity timers, intake drain and metrics, ops expiry, provisioning runs, and prune');
 SELECT lives_ok('SELECT * FROM flowgate.install_schedules()', 'installing again is harmless');
 SELECT is((SELECT string_agg(jobname || ' | ' || schedule || ' | ' || command, E'\n' ORDER BY jobname)
-             FROM cron.job WHERE jobname ~ '^(flowgate|capacity|intake|ops)[.]'),
+             FROM cron.job WHERE jobname ~ '^(flowgate|capacity|intake|ops|provisioning)[.]'),
           E'capacity.timers | */15 * * * * | SELECT capacity.run_capacity_request_timers()\nflowgate.collect | * * * * * | SELECT flowgate.collect()\nflowgate.dispatch | * * * * * | SELECT flowgate.dispatch()\nflowgate.prune | 17 * * * * | SELECT flowgate.prune_deliveries()'
-          || E'\nintake.drain | * * * * * | SELECT intake.drain_all()\nintake.metrics | * * * * * | SELECT intake.collect_metrics(NULL, 4.5)\nops.expiry | * * * * * | SELECT ops.expire_bypasses()',
+          || E'\nintake.drain | * * * * * | SELECT intake.drain_all()\nintake.metrics | * * * * * | SELECT intake.collect_metrics(NULL, 4.5)\nops.expiry | * * * * * | SELECT ops.expire_bypasses()\nprovisioning.run | * * * * * | SELECT provisioning.run_jobs()',
           'one job each, with the schedules from settings (5-second schedules become every minute on pg_cron 1.4)');
-SELECT is(flowgate.uninstall_schedules(), 7::bigint, 'uninstall removes them all');
+SELECT is(flowgate.uninstall_schedules(), 8::bigint, 'uninstall removes them all');
 
 SELECT * FROM finish();
 ROLLBACK;

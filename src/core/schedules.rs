@@ -59,6 +59,12 @@ pub const JOBS: &[Job] = &[
         every_tick: false,
     },
     Job {
+        name: "provisioning.run",
+        schedule_setting: "provisioning.run_schedule",
+        command: "SELECT provisioning.run_jobs()",
+        every_tick: true,
+    },
+    Job {
         name: "flowgate.prune",
         schedule_setting: "flowgate.prune_schedule",
         command: "SELECT flowgate.prune_deliveries()",

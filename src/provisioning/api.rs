@@ -177,4 +177,42 @@ mod provisioning {
             .map(JsonB)
             .map_err(ProvisioningError::reporter("provisioning.retry"))
     }
+
+    /// Claim and start up to `max` due jobs and send their Management API calls through the
+    /// outbox (what the schedule runs). Returns the jobs started.
+    #[pg_extern(volatile)]
+    fn run_jobs(max: default!(i32, "10")) -> Result<JsonB, ErrorReport> {
+        let run = || -> ProvisioningResult<Value> {
+            operator("run provisioning jobs")?;
+            crate::provisioning::runner::run(max.clamp(0, 1000))
+        };
+        run()
+            .map(JsonB)
+            .map_err(ProvisioningError::reporter("provisioning.run_jobs"))
+    }
+
+    /// A tenant's decrypted secrets, for operators wiring the tenant up. Never logged.
+    #[allow(clippy::type_complexity)]
+    #[pg_extern(volatile, strict)]
+    fn tenant_keys(
+        client_id: pgrx::Uuid,
+    ) -> Result<
+        TableIterator<
+            'static,
+            (
+                name!(anon_key, Option<String>),
+                name!(service_key, Option<String>),
+                name!(db_pass, Option<String>),
+            ),
+        >,
+        ErrorReport,
+    > {
+        let run = || -> ProvisioningResult<(Option<String>, Option<String>, Option<String>)> {
+            operator("read tenant keys")?;
+            Ok(crate::provisioning::keys::read(&uuid_text(client_id))?)
+        };
+        run()
+            .map(TableIterator::once)
+            .map_err(ProvisioningError::reporter("provisioning.tenant_keys"))
+    }
 }

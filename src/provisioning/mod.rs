@@ -5,5 +5,8 @@
 pub mod api;
 pub mod error;
 pub mod jobs;
+pub mod keys;
+pub mod mgmt;
+pub mod runner;
 pub mod settings;
 pub mod store;

@@ -59,6 +59,7 @@ fn enqueue_delivery(
             timeout_ms,
             parked: false,
             wire_key: None,
+            sensitive: false,
         };
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };

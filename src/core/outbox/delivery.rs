@@ -39,6 +39,9 @@ pub struct NewDelivery {
     /// The Idempotency-Key header, when it differs from `idempotency_key`: several rows that
     /// are attempts of one logical request (paced by their owner) share it.
     pub wire_key: Option<String>,
+    /// The request or response carries secrets: the response body is handed to the handler but
+    /// never stored, and the request body is redacted once the delivery ends.
+    pub sensitive: bool,
 }
 
 impl NewDelivery {
@@ -66,6 +69,7 @@ impl NewDelivery {
             timeout_ms: None,
             parked: false,
             wire_key: None,
+            sensitive: false,
         }
     }
 }

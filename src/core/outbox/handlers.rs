@@ -54,6 +54,7 @@ fn registry() -> Vec<(&'static str, Handler)> {
     #[allow(unused_mut)]
     let mut all: Vec<(&'static str, Handler)> = crate::capacity::notify::handlers();
     all.extend(crate::intake::store::handlers());
+    all.extend(crate::provisioning::runner::handlers());
     #[cfg(any(test, feature = "pg_test"))]
     all.extend(crate::core::tests::outbox_handlers());
     all

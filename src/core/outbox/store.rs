@@ -46,9 +46,9 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
     };
     let inserted = client.update(
         "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
-         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key) \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15) \
+                 CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15, $16) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         None,
         &[
@@ -67,6 +67,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
             timeout_ms.into(),
             d.parked.into(),
             d.wire_key.as_deref().into(),
+            d.sensitive.into(),
         ],
     )?;
     if !inserted.is_empty() {
@@ -303,8 +304,9 @@ pub fn record(id: i64, observed: &Observed) -> CoreResult<&'static str> {
             "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \
                next_attempt_at = CASE WHEN $2 = 'pending' THEN clock_timestamp() + make_interval(secs => $3::float8 / 1000) ELSE next_attempt_at END, \
                delivered_at = CASE WHEN $2 = 'delivered' THEN clock_timestamp() ELSE delivered_at END, \
-               last_status_code = $4, last_error = $5, response_body = $6, response_content_type = $7, \
-               claimed_at = NULL, updated_at = clock_timestamp() \
+               last_status_code = $4, last_error = $5, response_body = CASE WHEN sensitive THEN NULL ELSE $6 END, \
+               response_content_type = $7, claimed_at = NULL, updated_at = clock_timestamp(), \
+               body = CASE WHEN sensitive AND $2 <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE body END \
              WHERE id = $1",
             None,
             &[

@@ -92,6 +92,7 @@ fn handle(stream: TcpStream) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
+        let method = line.split_whitespace().next().unwrap_or("GET").to_string();
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let (mut len, mut key, mut auth) = (0usize, String::new(), String::new());
         loop {
@@ -133,8 +134,11 @@ fn handle(stream: TcpStream) {
             *n += 1;
             *n
         };
-        let (status, extra, payload) =
-            respond(&path, &key, &auth, &String::from_utf8_lossy(&body), seen);
+        let body = String::from_utf8_lossy(&body);
+        let (status, extra, payload) = match path.strip_prefix("/mgmt/") {
+            Some(rest) => management_api(&method, rest, &auth, &body),
+            None => respond(&path, &key, &auth, &body, seen),
+        };
         let reply = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{payload}",
             payload.len()
@@ -200,5 +204,144 @@ fn respond(path: &str, key: &str, auth: &str, body: &str, seen: u32) -> (u16, St
         ),
         ("linear", _) => (200, String::new(), "{\"errors\":[{\"message\":\"Argument Validation Error\"}]}".into()),
         _ => (404, String::new(), "{\"error\":\"no such test path\"}".into()),
+    }
+}
+
+/// Projects the fake Management API has created: name → (ref, number of POSTs that created or
+/// re-created it).
+fn projects() -> &'static Mutex<HashMap<String, (String, u32)>> {
+    static P: OnceLock<Mutex<HashMap<String, (String, u32)>>> = OnceLock::new();
+    P.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A 20-letter project ref derived from the name (FNV-1a, base 36).
+fn project_ref(name: &str) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in name.bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..20)
+        .map(|i| alphabet[((h >> (i * 6)) % 36) as usize] as char)
+        .collect()
+}
+
+/// The fake tenant keys of a project: what tests look for everywhere to prove they are
+/// never stored in plain text.
+pub fn tenant_keys_of(project_ref: &str) -> (String, String) {
+    (
+        format!("eyJhbGciOiJIUzI1NiJ9.anon-{project_ref}.fgtestsig"),
+        format!("eyJhbGciOiJIUzI1NiJ9.service-role-{project_ref}.fgtestsig"),
+    )
+}
+
+fn json_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    let start = body.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = body[start..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    rest.split('"').next()
+}
+
+/// The Supabase Management API, as far as provisioning uses it, at `/mgmt/<mode>/v1/...`.
+/// Modes: `ok`; `flaky` (the first create of a name answers 500); `ratelimit` (the first
+/// create of a name answers 429 with Retry-After: 1); `auth` (401 unless the bearer is
+/// TEST_TOKEN); `slow` (creates the project, then answers after 3 s, past a short timeout).
+/// A migration whose SQL contains `flowgate_test_fail` answers 400 like a syntax error.
+/// `GET /mgmt/_projects/<name>` tells how many times a project was created.
+fn management_api(method: &str, rest: &str, auth: &str, body: &str) -> (u16, String, String) {
+    let mut parts = rest.splitn(2, '/');
+    let mode = parts.next().unwrap_or("ok");
+    let path = format!("/{}", parts.next().unwrap_or(""));
+    let json = |status: u16, payload: String| (status, String::new(), payload);
+    if mode == "_projects" {
+        let name = path.trim_start_matches('/');
+        let creates = projects()
+            .lock()
+            .map(|p| p.get(name).map_or(0, |e| e.1))
+            .unwrap_or(0);
+        return json(200, format!("{{\"creates\":{creates}}}"));
+    }
+    let authorized = !auth.is_empty() && (mode != "auth" || auth == format!("Bearer {TEST_TOKEN}"));
+    if !authorized {
+        return json(401, "{\"message\":\"Unauthorized\"}".into());
+    }
+    if mode == "ratelimit" && method == "POST" && path == "/v1/projects" {
+        // The first create of each project name is turned away.
+        static SEEN: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+        let first = SEEN
+            .get_or_init(|| Mutex::new(std::collections::HashSet::new()))
+            .lock()
+            .map(|mut s| {
+                s.insert(format!(
+                    "{method} {path} {}",
+                    json_field(body, "name").unwrap_or("")
+                ))
+            })
+            .unwrap_or(false);
+        if first {
+            return (
+                429,
+                "Retry-After: 1\r\n".into(),
+                "{\"message\":\"Too many requests\"}".into(),
+            );
+        }
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["v1", "projects"]) => {
+            let list: Vec<String> = projects()
+                .lock()
+                .map(|p| {
+                    p.iter()
+                        .map(|(name, (r, _))| format!("{{\"id\":\"{r}\",\"name\":\"{name}\",\"region\":\"us-east-1\",\"organization_id\":\"org-test\",\"status\":\"ACTIVE_HEALTHY\"}}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json(200, format!("[{}]", list.join(",")))
+        }
+        ("POST", ["v1", "projects"]) => {
+            let Some(name) = json_field(body, "name") else {
+                return json(400, "{\"message\":\"name is required\"}".into());
+            };
+            let region = json_field(body, "region").unwrap_or("us-east-1").to_string();
+            let org = json_field(body, "organization_id").unwrap_or("").to_string();
+            if mode == "flaky" {
+                // The first create of each name fails with 500 and creates nothing.
+                static FAILED: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+                let first = FAILED
+                    .get_or_init(|| Mutex::new(std::collections::HashSet::new()))
+                    .lock()
+                    .map(|mut s| s.insert(name.to_string()))
+                    .unwrap_or(false);
+                if first {
+                    return json(500, "{\"message\":\"Internal server error\"}".into());
+                }
+            }
+            let r = project_ref(name);
+            if let Ok(mut p) = projects().lock() {
+                p.entry(name.to_string()).or_insert((r.clone(), 0)).1 += 1;
+            }
+            if mode == "slow" {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            json(
+                201,
+                format!("{{\"id\":\"{r}\",\"ref\":\"{r}\",\"organization_id\":\"{org}\",\"name\":\"{name}\",\"region\":\"{region}\",\"created_at\":\"2026-11-23T12:00:00Z\",\"status\":\"COMING_UP\"}}"),
+            )
+        }
+        ("GET", ["v1", "projects", r, "api-keys"]) => {
+            let (anon, service) = tenant_keys_of(r);
+            json(200, format!("[{{\"name\":\"anon\",\"api_key\":\"{anon}\"}},{{\"name\":\"service_role\",\"api_key\":\"{service}\"}}]"))
+        }
+        ("GET", ["v1", "projects", r]) => json(200, format!("{{\"id\":\"{r}\",\"status\":\"ACTIVE_HEALTHY\"}}")),
+        ("POST", ["v1", "projects", _r, "database", "query"]) if body.contains("flowgate_test_fail") => {
+            json(400, "{\"message\":\"Failed to run sql query: ERROR:  42601: syntax error at or near \\\"flowgate_test_fail\\\"\"}".into())
+        }
+        ("POST", ["v1", "projects", _r, "database", "query"]) => json(201, "[]".into()),
+        _ => json(404, "{\"message\":\"Not found\"}".into()),
     }
 }

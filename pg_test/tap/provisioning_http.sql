@@ -1,0 +1,173 @@
+-- Tenant provisioning (seed 004) end to end against the Management API played by
+-- flowgate-testd on 127.0.0.1:5597 (/mgmt/<mode>/v1/...), every call through the outbox:
+-- the happy path to ready, a 500 then success, a 429, a 401 fixed by new credentials and an
+-- operator retry, a timeout whose project is adopted instead of created twice, a failed
+-- migration resumed after the fix, and tenant keys never in plain text anywhere.
+BEGIN;
+SELECT plan(36);
+SET LOCAL client_min_messages = error;
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+RESET client_min_messages;
+SET LOCAL flowgate.tenant_key_passphrase = 'tap-passphrase-0123456789abcdef';
+SELECT flowgate.set_setting('provisioning.organization_id', '"org-test"') \g /dev/null
+SELECT flowgate.set_setting('provisioning.request_timeout_ms', '1000') \g /dev/null
+SELECT flowgate.set_setting('provisioning.retry_base_seconds', '1') \g /dev/null
+SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a');
+INSERT INTO provisioning.migrations (version, name, sql) VALUES
+  (1, 'tenant_schema', 'CREATE SCHEMA IF NOT EXISTS app'),
+  (2, 'tenant_tables', 'CREATE TABLE IF NOT EXISTS app.notes (id bigint PRIMARY KEY, body text)');
+
+-- Each run of the suite names its tenants afresh (the fake API remembers projects by name).
+CREATE TEMP TABLE t AS SELECT substr(md5(random()::text || clock_timestamp()::text), 1, 8) AS run;
+CREATE FUNCTION pg_temp.slug(what text) RETURNS text LANGUAGE sql AS $$ SELECT 'tap-' || what || '-' || (SELECT run FROM t) $$;
+CREATE FUNCTION pg_temp.client(what text) RETURNS uuid LANGUAGE sql AS $$ SELECT client_id FROM provisioning.clients WHERE slug = pg_temp.slug(what) $$;
+CREATE FUNCTION pg_temp.api(mode text) RETURNS void LANGUAGE sql AS $$
+    SELECT flowgate.set_setting('provisioning.management_api_url', to_jsonb('http://127.0.0.1:5597/mgmt/' || mode)); $$;
+-- Make every waiting job due now (the test does not wait out the back-off).
+CREATE FUNCTION pg_temp.due() RETURNS void LANGUAGE sql AS $$
+    UPDATE provisioning.client_provisioning_jobs SET next_attempt_at = now() WHERE status = 'queued'; $$;
+
+-- ---- Happy path ------------------------------------------------------------------------------------
+SELECT pg_temp.api('ok') \g /dev/null
+SELECT provisioning.enqueue_client(pg_temp.slug('happy'), 'Happy Tenant', 'eu-west-1', 'pro') \g /dev/null
+SELECT is(jsonb_array_length(provisioning.run_jobs() -> 'started'), 2, 'run_jobs runs create_project, then the schema_sync it queued');
+SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'ready', 'the client is ready');
+SELECT ok((SELECT project_ref ~ '^[a-z0-9]{20}$' FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'with its project_ref');
+SELECT is((SELECT additional_settings #>> '{supabase,region}' FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'eu-west-1',
+          'region (and plan, organization) recorded in additional_settings');
+SELECT is((SELECT schema_version FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 2, 'both migrations applied');
+SELECT is((SELECT key_storage || ' ' || (anon_key_encrypted IS NOT NULL) || ' ' || (service_key_encrypted IS NOT NULL) || ' ' || (db_pass_encrypted IS NOT NULL)
+             FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'pgcrypto true true true', 'the keys and db password are stored encrypted');
+SELECT is((SELECT anon_key FROM provisioning.tenant_keys(pg_temp.client('happy'))),
+          'eyJhbGciOiJIUzI1NiJ9.anon-' || (SELECT project_ref FROM provisioning.clients WHERE slug = pg_temp.slug('happy')) || '.fgtestsig',
+          'and decrypt to what the API returned');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('happy') AND d.status = 'delivered'), 4, 'four Management API calls, all delivered: create, api-keys, 2 migrations');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('happy') AND d.sensitive AND d.body = '{"redacted": true}' AND d.response_body IS NULL), 2,
+          'the create (db_pass) and api-keys deliveries keep neither body');
+
+-- ---- 500, then success -------------------------------------------------------------------------------
+SELECT pg_temp.api('flaky') \g /dev/null
+SELECT provisioning.enqueue_client(pg_temp.slug('flaky'), 'Flaky Tenant') \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT status || ' ' || attempts || ' ' || last_status_code FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('flaky')),
+          'queued 1 500', 'a 500 sends the job back to the queue after attempt 1');
+SELECT alike((SELECT last_error FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('flaky')), 'create: HTTP 500%Internal server error%',
+             'with the step, status and API message as last_error');
+SELECT is((SELECT provisioning_status || ': ' || left(provisioning_error, 16) FROM provisioning.clients WHERE slug = pg_temp.slug('flaky')),
+          'creating_project: create: HTTP 500', 'reflected on the client, which keeps its stage');
+SELECT ok((SELECT next_attempt_at > now() FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('flaky')), 'after a back-off');
+SELECT pg_temp.due() \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('flaky')), 'ready', 'the retry gets through to ready');
+SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part(d.owner_id, ':', 3), ',' ORDER BY d.id)
+             FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('flaky') AND j.job_type = 'create_project'),
+          '1:create,2:lookup,2:create,2:api_keys', 'attempt 2 looks the project up before creating it');
+
+-- ---- 429 ---------------------------------------------------------------------------------------------
+SELECT pg_temp.api('ratelimit') \g /dev/null
+SELECT provisioning.enqueue_client(pg_temp.slug('busy'), 'Busy Tenant') \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT status || ' ' || last_status_code FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('busy')),
+          'queued 429', 'a 429 is transient: queued again');
+SELECT pg_temp.due() \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT pg_temp.due() \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT pg_temp.due() \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('busy')), 'ready', 'and gets through once the limit passes');
+
+-- ---- 401, credentials fixed, operator retry -----------------------------------------------------------------
+SELECT pg_temp.api('auth') \g /dev/null
+SELECT flowgate.set_secret('supabase_access_token', 'sbp_expired_token');
+SELECT provisioning.enqueue_client(pg_temp.slug('creds'), 'Creds Tenant') \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT status || ' ' || attempts || ' ' || last_status_code FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('creds')),
+          'failed 1 401', 'a 401 fails the job at once: no retry');
+SELECT alike((SELECT provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('creds')), '%401%Unauthorized%(not retried)',
+             'the client is failed with the reason');
+SELECT is((SELECT slug FROM provisioning.v_admin_diagnostics WHERE provisioning_status = 'failed'), pg_temp.slug('creds'),
+          'and listed by v_admin_diagnostics');
+SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a');
+SELECT provisioning.retry(pg_temp.client('creds')) \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status || ' ' || coalesce(provisioning_error, '-') FROM provisioning.clients WHERE slug = pg_temp.slug('creds')), 'ready -',
+          'after the token is fixed, provisioning.retry gets it to ready');
+
+-- ---- Timeout: the project was created anyway; the retry adopts it ----------------------------------------------
+SELECT pg_temp.api('slow') \g /dev/null
+SELECT provisioning.enqueue_client(pg_temp.slug('slow'), 'Slow Tenant') \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT alike((SELECT status || ' ' || last_error FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('slow')),
+             'queued create: timed out%', 'a timeout is transient');
+SELECT pg_temp.api('ok') \g /dev/null
+SELECT pg_temp.due() \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('slow')), 'ready', 'the retry finishes');
+SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part(d.owner_id, ':', 3), ',' ORDER BY d.id)
+             FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('slow') AND j.job_type = 'create_project'),
+          '1:create,2:lookup,2:api_keys', 'by adopting the project the timed-out create made, never creating it twice');
+
+-- ---- A failed migration, fixed, resumed where it stopped ------------------------------------------------------
+DELETE FROM provisioning.migrations;
+INSERT INTO provisioning.migrations (version, name, sql) VALUES
+  (1, 'tenant_schema', 'CREATE SCHEMA IF NOT EXISTS app'),
+  (2, 'broken', 'CREATE TABLE app.flowgate_test_fail ('),
+  (3, 'tenant_index', 'CREATE INDEX IF NOT EXISTS notes_body ON app.notes (body)');
+SELECT provisioning.enqueue_client(pg_temp.slug('mig'), 'Migration Tenant') \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status || ' v' || schema_version FROM provisioning.clients WHERE slug = pg_temp.slug('mig')), 'failed v1',
+          'migration 2 fails (400, not retried); migration 1 stays applied');
+SELECT alike((SELECT provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('mig')), 'migration 2: %syntax error%',
+             'the error names the migration and the database''s message');
+UPDATE provisioning.migrations SET sql = 'CREATE TABLE IF NOT EXISTS app.notes (id bigint PRIMARY KEY, body text)' WHERE version = 2;
+SELECT provisioning.retry(pg_temp.client('mig')) \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status || ' v' || schema_version FROM provisioning.clients WHERE slug = pg_temp.slug('mig')), 'ready v3',
+          'after the fix the retry resumes at migration 2 and finishes');
+SELECT is((SELECT string_agg(split_part(wire_key, ':', 4) || '=' || cnt, ',' ORDER BY split_part(wire_key, ':', 4))
+             FROM (SELECT wire_key, count(*) AS cnt FROM flowgate.deliveries
+                    WHERE wire_key LIKE 'provisioning:' || pg_temp.client('mig') || ':migration:%' GROUP BY wire_key) x),
+          '1=1,2=2,3=1', 'migration 1 was sent once, 2 twice (failed, fixed), 3 once');
+
+-- ---- Tenant secrets never in plain text ---------------------------------------------------------------------
+CREATE TEMP TABLE secrets AS
+SELECT k.anon_key AS s FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
+UNION ALL SELECT k.service_key FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
+UNION ALL SELECT k.db_pass FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t);
+SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 18, 'six tenants, three secrets each');
+CREATE FUNCTION pg_temp.plain_text_hits() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    rel regclass;
+    n bigint := 0;
+    hits bigint;
+BEGIN
+    FOR rel IN SELECT c.oid FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+                WHERE c.relkind = 'r' AND ns.nspname NOT IN ('pg_catalog', 'information_schema') AND ns.nspname NOT LIKE 'pg_temp%'
+                  AND ns.nspname NOT LIKE 'pg_toast%' LOOP
+        EXECUTE format('SELECT count(*) FROM %s x WHERE EXISTS (SELECT 1 FROM secrets WHERE strpos(x::text, secrets.s) > 0)', rel) INTO hits;
+        n := n + hits;
+    END LOOP;
+    RETURN n;
+END $$;
+SELECT is(pg_temp.plain_text_hits(), 0::bigint, 'no table of any schema holds a tenant key or db password in plain text');
+SELECT is((SELECT count(*)::int FROM secrets WHERE strpos(coalesce(pg_read_file(current_setting('data_directory') || '/../log', 0, 50000000, true), ''), s) > 0), 0,
+          'nor does the server log');
+SELECT ok((pg_stat_file(current_setting('data_directory') || '/../log', true)).size > 0, '(the server log exists and was read)');
+SELECT is((SELECT count(*)::int FROM secrets WHERE strpos((SELECT string_agg(coalesce(last_error, '') || coalesce(provisioning_error, ''), ' ')
+             FROM provisioning.client_provisioning_jobs j JOIN provisioning.clients c USING (client_id)), s) > 0), 0, 'nor any recorded error');
+-- Without the passphrase, nothing can be stored or read.
+SET LOCAL flowgate.tenant_key_passphrase = '';
+SELECT throws_ok(format($$SELECT * FROM provisioning.tenant_keys(%L)$$, pg_temp.client('happy')), '0A000', NULL,
+                 'without flowgate.tenant_key_passphrase the keys cannot be read');
+
+-- ---- Metrics ----------------------------------------------------------------------------------------------
+SELECT ok((SELECT count(*) = 2 FROM provisioning.v_phase_latency), 'v_phase_latency reports create_project and schema_sync');
+SELECT ok((SELECT bool_and(run_p50_s >= 0) FROM provisioning.v_phase_latency), 'with run times');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,376 @@
+//! The in-database worker: claims due jobs, sends their Management API calls through the outbox
+//! (one delivery per step, `max_attempts = 1`, so the job's own attempts and back-off govern
+//! retries), and applies each answer in the response handler `provisioning.response`.
+//!
+//! create_project: `lookup` (retries only: adopt a project a timed-out attempt created) →
+//! `create` → `api_keys` → succeeded (schema_sync is queued). schema_sync: `migration:N` for each
+//! migration above the client's schema_version, one at a time → succeeded (the client is ready).
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::{json, Value};
+
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::outbox::delivery::NewDelivery;
+use crate::core::outbox::handlers::{Handler, HandlerCall, Outcome};
+use crate::core::outbox::store as outbox;
+use crate::core::store as core_store;
+
+use super::error::ProvisioningResult;
+use super::keys;
+use super::mgmt::{self, Step};
+use super::store::{self, Report};
+
+pub const WORKER: &str = "flowgate";
+const HANDLER: &str = "provisioning.response";
+
+pub fn handlers() -> Vec<(&'static str, Handler)> {
+    vec![(HANDLER, response)]
+}
+
+/// What a step needs to know about its client.
+struct ClientRow {
+    client_id: String,
+    slug: String,
+    region: Option<String>,
+    plan: Option<String>,
+    project_ref: Option<String>,
+    schema_version: i32,
+}
+
+fn load_client(client: &SpiClient<'_>, client_id: &str) -> CoreResult<ClientRow> {
+    let t = client.select(
+        "SELECT slug, region, plan, project_ref, schema_version FROM provisioning.clients WHERE client_id = $1::uuid",
+        None,
+        &[client_id.into()],
+    )?;
+    if t.is_empty() {
+        return Err(CoreError::not_found("client", client_id));
+    }
+    let row = t.first();
+    Ok(ClientRow {
+        client_id: client_id.to_owned(),
+        slug: row.get::<String>(1)?.unwrap_or_default(),
+        region: row.get::<String>(2)?,
+        plan: row.get::<String>(3)?,
+        project_ref: row.get::<String>(4)?,
+        schema_version: row.get::<i32>(5)?.unwrap_or(0),
+    })
+}
+
+fn api_url(path: &str) -> CoreResult<String> {
+    let base = core_store::get_text("provisioning.management_api_url")?;
+    Ok(format!("{}{path}", base.trim_end_matches('/')))
+}
+
+/// Enqueue the delivery of one step.
+fn send(
+    client: &mut SpiClient<'_>,
+    job_id: &str,
+    attempt: i32,
+    c: &ClientRow,
+    step: &Step,
+) -> CoreResult<i64> {
+    let (method, path, body, sensitive): (&str, String, Option<Value>, bool) = match step {
+        Step::Lookup => ("GET", "/v1/projects".into(), None, false),
+        Step::Create => {
+            let org = core_store::get_text("provisioning.organization_id")?;
+            if org.is_empty() {
+                return Err(CoreError::MissingDependency {
+                    feature: "creating Supabase projects".into(),
+                    dependency: "the provisioning.organization_id setting".into(),
+                    hint: "SELECT flowgate.set_setting('provisioning.organization_id', '\"<your org id>\"')".into(),
+                });
+            }
+            let pass = mgmt::db_pass(rand::random::<u32>);
+            keys::store(client, &c.client_id, &c.slug, "db_pass", &pass)?;
+            let region = match &c.region {
+                Some(r) => r.clone(),
+                None => core_store::get_text("provisioning.default_region")?,
+            };
+            let plan = match &c.plan {
+                Some(p) => p.clone(),
+                None => core_store::get_text("provisioning.default_plan")?,
+            };
+            (
+                "POST",
+                "/v1/projects".into(),
+                Some(mgmt::create_body(&org, &c.slug, &pass, &region, &plan)),
+                true,
+            )
+        }
+        Step::ApiKeys => (
+            "GET",
+            format!(
+                "/v1/projects/{}/api-keys",
+                c.project_ref.as_deref().unwrap_or_default()
+            ),
+            None,
+            true,
+        ),
+        Step::Migration(v) => {
+            let t = client.select(
+                "SELECT sql FROM provisioning.migrations WHERE version = $1",
+                None,
+                &[(*v).into()],
+            )?;
+            let sql: String = t.first().get_one::<String>()?.unwrap_or_default();
+            (
+                "POST",
+                format!(
+                    "/v1/projects/{}/database/query",
+                    c.project_ref.as_deref().unwrap_or_default()
+                ),
+                Some(json!({"query": sql})),
+                false,
+            )
+        }
+        Step::Smoke => (
+            "GET",
+            format!(
+                "/v1/projects/{}",
+                c.project_ref.as_deref().unwrap_or_default()
+            ),
+            None,
+            false,
+        ),
+    };
+    let owner = mgmt::owner_id(job_id, attempt, step);
+    // An operator reset numbers attempts from 1 again: the row key must still be new.
+    let key = format!("provisioning:{owner}:{:016x}", rand::random::<u64>());
+    let mut d = NewDelivery::post_json("provisioning", &owner, &api_url(&path)?, Value::Null, &key);
+    d.method = method.into();
+    d.body = body;
+    d.handler = Some(HANDLER.into());
+    d.auth_secret = Some(core_store::get_text("provisioning.access_token_secret")?);
+    d.max_attempts = Some(1);
+    d.timeout_ms = Some(core_store::get_i64("provisioning.request_timeout_ms")? as i32);
+    d.sensitive = sensitive;
+    if let Step::Migration(v) = step {
+        // Every attempt at one migration of one client carries the same Idempotency-Key.
+        d.wire_key = Some(format!("provisioning:{}:migration:{v}", c.client_id));
+    }
+    Ok(outbox::enqueue(client, &d)?.id)
+}
+
+/// The next migration above `version`, if any.
+fn next_migration(client: &SpiClient<'_>, version: i32) -> CoreResult<Option<i32>> {
+    let t = client.select(
+        "SELECT min(version) FROM provisioning.migrations WHERE version > $1",
+        None,
+        &[version.into()],
+    )?;
+    Ok(t.first().get_one::<i32>()?)
+}
+
+/// Begin the attempt of a freshly claimed job: its first step's delivery, or an immediate
+/// report when there is nothing to send.
+fn start(job: &Value) -> ProvisioningResult<()> {
+    let job_id = job["job_id"].as_str().unwrap_or_default().to_owned();
+    let attempt = job["attempts"].as_i64().unwrap_or(1) as i32;
+    let client_id = job["client_id"].as_str().unwrap_or_default().to_owned();
+    let job_type = job["job_type"].as_str().unwrap_or_default().to_owned();
+    let first = Spi::connect_mut(|client| -> CoreResult<Result<(), String>> {
+        let c = load_client(client, &client_id)?;
+        let step = match job_type.as_str() {
+            "create_project" if c.project_ref.is_some() => Step::ApiKeys,
+            "create_project" if attempt > 1 => Step::Lookup,
+            "create_project" => Step::Create,
+            "schema_sync" | "smoke_checks" if c.project_ref.is_none() => {
+                return Ok(Err(
+                    "the client has no project yet (create_project has not succeeded)".into(),
+                ))
+            }
+            "smoke_checks" => Step::Smoke,
+            _ => match next_migration(client, c.schema_version)? {
+                Some(v) => Step::Migration(v),
+                None => return Ok(Ok(())),
+            },
+        };
+        match send(client, &job_id, attempt, &c, &step) {
+            Ok(_) => Ok(Err(String::new())),
+            Err(e @ CoreError::MissingDependency { .. }) => Ok(Err(e.to_string())),
+            Err(e) => Err(e),
+        }
+    })?;
+    match first {
+        // Nothing to send: schema already current.
+        Ok(()) => finish(&job_id, true, None, None).map(|_| ()),
+        Err(msg) if msg.is_empty() => Ok(()),
+        // Cannot even start (no organization id, no pgcrypto): a permanent failure.
+        Err(msg) => finish(&job_id, false, Some(400), Some(&msg)).map(|_| ()),
+    }
+}
+
+fn finish(
+    job_id: &str,
+    succeeded: bool,
+    status_code: Option<i32>,
+    error: Option<&str>,
+) -> ProvisioningResult<Value> {
+    store::report(&Report {
+        job_id,
+        worker: WORKER,
+        succeeded,
+        status_code,
+        error,
+        min_delay: std::time::Duration::ZERO,
+    })
+}
+
+/// Claim and start up to `max` due jobs, then send what is due now. Returns what was started.
+pub fn run(max: i32) -> ProvisioningResult<Value> {
+    // Until the operator has configured the organization, the schedule leaves jobs alone (an
+    // external worker may be driving them through claim_job/report_job).
+    if core_store::get_text("provisioning.organization_id")?.is_empty() {
+        return Ok(json!({"started": [], "skipped": "provisioning.organization_id is not set"}));
+    }
+    let mut started = Vec::new();
+    let mut sent = 0i64;
+    // Rounds: claim what is due, send it (handlers chain the next steps and may queue the next
+    // job, e.g. schema_sync after create_project), until a round claims nothing.
+    for _ in 0..10 {
+        let mut claimed = 0;
+        while (started.len() as i32) < max.max(0) {
+            let Some(job) = store::claim(WORKER)? else {
+                break;
+            };
+            start(&job)?;
+            claimed += 1;
+            started.push(json!({"job_id": job["job_id"], "job_type": job["job_type"], "attempt": job["attempts"]}));
+        }
+        sent += dispatch()?;
+        if claimed == 0 {
+            break;
+        }
+    }
+    Ok(json!({"started": started, "deliveries_sent": sent}))
+}
+
+/// Send provisioning's due deliveries now, including the next steps their handlers enqueue.
+fn dispatch() -> ProvisioningResult<i64> {
+    let mut sent = 0i64;
+    for _ in 0..100 {
+        let n = Spi::get_one::<i64>(
+            "SELECT coalesce(sum(cardinality(ids)), 0)::bigint FROM ( \
+               SELECT array_agg(id) AS ids FROM flowgate.deliveries \
+                WHERE owner_module = 'provisioning' AND status = 'pending' AND next_attempt_at <= now() HAVING count(*) > 0) d, \
+             LATERAL (SELECT flowgate.dispatch_ids(d.ids)) x",
+        )?
+        .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        sent += n;
+    }
+    Ok(sent)
+}
+
+/// The response handler: apply one step's answer and move the attempt on.
+fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
+    let Some((job_id, attempt, step)) = mgmt::parse_owner_id(call.owner_id) else {
+        return Err(CoreError::Internal(format!(
+            "unreadable provisioning owner_id {:?}",
+            call.owner_id
+        )));
+    };
+    // A late answer for an attempt that is no longer running (lease lost, operator reset) is
+    // history: ignore it.
+    let t = client.select(
+        "SELECT client_id::text FROM provisioning.client_provisioning_jobs \
+          WHERE job_id = $1::uuid AND status = 'running' AND attempts = $2 AND claimed_by = $3",
+        None,
+        &[job_id.as_str().into(), attempt.into(), WORKER.into()],
+    )?;
+    if t.is_empty() {
+        return Ok(());
+    }
+    let client_id: String = t.first().get_one::<String>()?.unwrap_or_default();
+    let fail = |status: Option<i32>, why: String| -> CoreResult<()> {
+        finish(&job_id, false, status, Some(&why))
+            .map(|_| ())
+            .map_err(|e| e.into_core())
+    };
+    if call.outcome != Outcome::Delivered {
+        let what = match &step {
+            Step::Migration(v) => format!("migration {v}: "),
+            other => format!("{}: ", other.as_string()),
+        };
+        let detail = mgmt::api_message(call.response.as_ref())
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default();
+        return fail(
+            call.status_code,
+            format!("{what}{}{detail}", call.last_error.unwrap_or("failed")),
+        );
+    }
+    let c = load_client(client, &client_id)?;
+    let next: Option<Step> = match &step {
+        Step::Lookup => match mgmt::find_project(call.response.as_ref(), &c.slug) {
+            Ok(Some(p)) => {
+                save_project(client, &c, &p)?;
+                Some(Step::ApiKeys)
+            }
+            Ok(None) => Some(Step::Create),
+            Err(e) => return fail(call.status_code, e.to_string()),
+        },
+        Step::Create => match mgmt::parse_created(call.response.as_ref()) {
+            Ok(p) => {
+                save_project(client, &c, &p)?;
+                Some(Step::ApiKeys)
+            }
+            Err(e) => return fail(call.status_code, e.to_string()),
+        },
+        Step::ApiKeys => match mgmt::parse_api_keys(call.response.as_ref()) {
+            Ok((anon, service)) => {
+                keys::store(client, &c.client_id, &c.slug, "anon_key", &anon)?;
+                keys::store(client, &c.client_id, &c.slug, "service_key", &service)?;
+                None
+            }
+            Err(e) => return fail(call.status_code, e.to_string()),
+        },
+        Step::Migration(v) => {
+            client.update(
+                "UPDATE provisioning.clients SET schema_version = $2, updated_at = now() WHERE client_id = $1::uuid",
+                None,
+                &[client_id.as_str().into(), (*v).into()],
+            )?;
+            next_migration(client, *v)?.map(Step::Migration)
+        }
+        Step::Smoke => None,
+    };
+    match next {
+        Some(step) => {
+            let c = load_client(client, &client_id)?;
+            send(client, &job_id, attempt, &c, &step)?;
+            Ok(())
+        }
+        None => finish(&job_id, true, None, None)
+            .map(|_| ())
+            .map_err(|e| e.into_core()),
+    }
+}
+
+fn save_project(client: &mut SpiClient<'_>, c: &ClientRow, p: &mgmt::Project) -> CoreResult<()> {
+    let meta = json!({
+        "supabase": {
+            "region": p.region,
+            "plan": c.plan,
+            "organization_id": p.organization_id,
+            "created_at": p.created_at,
+            "status": p.status,
+        }
+    });
+    client.update(
+        "UPDATE provisioning.clients SET project_ref = $2, region = coalesce(region, $3), \
+                additional_settings = additional_settings || $4::jsonb, updated_at = now() WHERE client_id = $1::uuid",
+        None,
+        &[
+            c.client_id.as_str().into(),
+            p.project_ref.as_str().into(),
+            p.region.as_deref().into(),
+            meta.to_string().into(),
+        ],
+    )?;
+    Ok(())
+}
