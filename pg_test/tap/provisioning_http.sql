@@ -4,7 +4,7 @@
 -- operator retry, a timeout whose project is adopted instead of created twice, a failed
 -- migration resumed after the fix, and tenant keys never in plain text anywhere.
 BEGIN;
-SELECT plan(36);
+SELECT plan(37);
 SET LOCAL client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -164,6 +164,10 @@ SELECT is((SELECT count(*)::int FROM secrets WHERE strpos((SELECT string_agg(coa
 SET LOCAL flowgate.tenant_key_passphrase = '';
 SELECT throws_ok(format($$SELECT * FROM provisioning.tenant_keys(%L)$$, pg_temp.client('happy')), '0A000', NULL,
                  'without flowgate.tenant_key_passphrase the keys cannot be read');
+SELECT provisioning.enqueue_client(pg_temp.slug('nokey'), 'No Key Tenant') \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT alike((SELECT provisioning_status || ': ' || provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('nokey')),
+             'failed: %flowgate.tenant_key_passphrase%(not retried)', 'nor stored: the job fails at once and says what to set');
 
 -- ---- Metrics ----------------------------------------------------------------------------------------------
 SELECT ok((SELECT count(*) = 2 FROM provisioning.v_phase_latency), 'v_phase_latency reports create_project and schema_sync');

@@ -323,8 +323,15 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
         },
         Step::ApiKeys => match mgmt::parse_api_keys(call.response.as_ref()) {
             Ok((anon, service)) => {
-                keys::store(client, &c.client_id, &c.slug, "anon_key", &anon)?;
-                keys::store(client, &c.client_id, &c.slug, "service_key", &service)?;
+                // A key that cannot be stored (no passphrase, no pgcrypto) fails the job with the
+                // reason, rather than leaving it running until its lease expires.
+                let stored = keys::store(client, &c.client_id, &c.slug, "anon_key", &anon)
+                    .and_then(|_| {
+                        keys::store(client, &c.client_id, &c.slug, "service_key", &service)
+                    });
+                if let Err(e) = stored {
+                    return fail(Some(400), format!("api_keys: {e}"));
+                }
                 None
             }
             Err(e) => return fail(call.status_code, e.to_string()),
