@@ -610,26 +610,18 @@ GRANT SELECT ON ops.releases, ops.release_gates, ops.gate_checks, ops.evidence_a
 GRANT SELECT ON ops.approvals TO qa_tester;
 GRANT SELECT ON ops.event_ingest_log TO ci_service_role;
 
-CREATE POLICY read_all ON ops.releases FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.release_gates FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.gate_checks FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.evidence_artifacts FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.exceptions FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.deployments FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.environment_events FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.incidents FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.recovery_drills FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
-CREATE POLICY read_all ON ops.environment_gate_requirements FOR SELECT
-    TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true);
+-- The release record (everything but approvals and the ingest log) is readable by all six.
+DO $policies$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['releases', 'release_gates', 'gate_checks', 'evidence_artifacts', 'exceptions', 'deployments',
+                             'environment_events', 'incidents', 'recovery_drills', 'environment_gate_requirements'] LOOP
+        EXECUTE pg_catalog.format('CREATE POLICY read_all ON ops.%I FOR SELECT '
+                                  'TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true)', t);
+    END LOOP;
+END
+$policies$;
 
 -- Approvals: auditors and SREs read all; a release manager reads the approvals of releases
 -- they created and their own; a QA tester reads their own.

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use super::actor::Actor;
 use super::error::CoreError;
-use super::prepared::{self, JSONB, TEXT};
+use super::prepared::{self, first_json, JSONB, TEXT};
 use super::workflow::{changed_columns, column_list, state_columns, Ident, QualifiedName, Reducer};
 
 /// Where a workflow keeps its rows.
@@ -142,13 +142,6 @@ impl Sql {
             ty = self.id_type.as_str()
         ))
     }
-}
-
-fn first_json(table: pgrx::spi::SpiTupleTable<'_>) -> Result<Option<Value>, CoreError> {
-    if table.is_empty() {
-        return Ok(None);
-    }
-    Ok(table.first().get_one::<JsonB>()?.map(|j| j.0))
 }
 
 /// Apply `event` to the entity `entity_id` of workflow `W` as `actor`.

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::JsonB;
+use serde_json::Value;
 
 use super::error::CoreResult;
 
@@ -75,3 +77,27 @@ fn put(key: String, stmt: OwnedPreparedStatement) {
 pub const TEXT: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTOID);
 pub const TEXT_ARRAY: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTARRAYOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::JSONBOID);
+
+/// The first column of the first row as JSON, `None` when there is no row (pgrx 0.18 raises on
+/// an empty table otherwise).
+pub fn first_json(table: SpiTupleTable<'_>) -> CoreResult<Option<Value>> {
+    if table.is_empty() {
+        return Ok(None);
+    }
+    Ok(table.first().get_one::<JsonB>()?.map(|j| j.0))
+}
+
+/// The first column of the first row as text, `None` when there is no row.
+pub fn first_text(table: SpiTupleTable<'_>) -> CoreResult<Option<String>> {
+    if table.is_empty() {
+        return Ok(None);
+    }
+    Ok(table.first().get_one::<String>()?)
+}
+
+/// A `uuid` argument as its canonical text, for binding into text-typed statements.
+pub fn uuid_text(u: pgrx::Uuid) -> String {
+    uuid::Uuid::from_bytes(*u.as_bytes())
+        .hyphenated()
+        .to_string()
+}

@@ -7,6 +7,7 @@ mod ops {
     use pgrx::JsonB;
     use serde_json::{json, Value};
 
+    use crate::core::prepared::uuid_text;
     use crate::core::store as core_store;
     use crate::core::subxact;
     use crate::ops::envelope;
@@ -14,12 +15,6 @@ mod ops {
     use crate::ops::gates::{GateCode, ALL_GATES};
     use crate::ops::roles;
     use crate::ops::store::{self, Apply, Caller, Outcome, Received};
-
-    fn uuid_text(u: pgrx::Uuid) -> String {
-        uuid::Uuid::from_bytes(*u.as_bytes())
-            .hyphenated()
-            .to_string()
-    }
 
     fn rejection_body(ingest_id: &str, e: &OpsError) -> Value {
         let mut detail = json!({
@@ -55,7 +50,7 @@ mod ops {
         let actor = core_store::acting_actor(None)?;
         let role = core_store::current_user();
         let bytes = raw.to_string().len();
-        let (header, parsed) = envelope::parse(&raw);
+        let (header, parsed) = envelope::parse(&raw, bytes);
         let keep_envelope = (bytes <= envelope::MAX_ENVELOPE_BYTES).then_some(&raw);
 
         // Who is sending, and may they send this?

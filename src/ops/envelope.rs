@@ -598,10 +598,10 @@ fn body<T: DeserializeOwned>(event: EventType, rest: Map<String, Value>) -> OpsR
     })
 }
 
-/// Parse and check an envelope. The [`Header`] is returned in every case so that a rejection
-/// can still be logged with whatever identified it.
-pub fn parse(envelope: &Value) -> (Header, OpsResult<Envelope>) {
-    let size = envelope.to_string().len();
+/// Parse and check an envelope of `size` bytes of JSON text (the caller has measured it once).
+/// The [`Header`] is returned in every case so that a rejection can still be logged with
+/// whatever identified it.
+pub fn parse(envelope: &Value, size: usize) -> (Header, OpsResult<Envelope>) {
     let Value::Object(obj) = envelope else {
         return (
             Header::default(),
@@ -1065,6 +1065,10 @@ mod unit_tests {
             "status": "pass",
             "run_id": 123
         })
+    }
+
+    fn parse(v: &Value) -> (Header, OpsResult<Envelope>) {
+        super::parse(v, v.to_string().len())
     }
 
     fn rejected(v: Value) -> (u16, String) {

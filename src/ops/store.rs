@@ -45,17 +45,11 @@ fn read<'c>(
 }
 
 fn first_text(t: SpiTupleTable<'_>) -> OpsResult<Option<String>> {
-    if t.is_empty() {
-        return Ok(None);
-    }
-    Ok(t.first().get_one::<String>()?)
+    Ok(prepared::first_text(t)?)
 }
 
 fn first_json(t: SpiTupleTable<'_>) -> OpsResult<Option<Value>> {
-    if t.is_empty() {
-        return Ok(None);
-    }
-    Ok(t.first().get_one::<JsonB>()?.map(|j| j.0))
+    Ok(prepared::first_json(t)?)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,15 +11,10 @@ mod provisioning {
 
     use crate::core::actor::validate_actor_id;
     use crate::core::error::CoreError;
+    use crate::core::prepared::uuid_text;
     use crate::core::store as core_store;
     use crate::provisioning::error::{ProvisioningError, ProvisioningResult};
     use crate::provisioning::store::{self, NewClient, Report};
-
-    fn uuid_text(u: pgrx::Uuid) -> String {
-        uuid::Uuid::from_bytes(*u.as_bytes())
-            .hyphenated()
-            .to_string()
-    }
 
     /// Operator functions are for trusted sessions (superuser, flowgate.trusted_roles).
     fn operator(action: &str) -> ProvisioningResult<String> {

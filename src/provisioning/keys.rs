@@ -43,19 +43,30 @@ pub enum Storage {
     Pgcrypto(String),
 }
 
-pub fn storage(client: &SpiClient<'_>) -> CoreResult<Storage> {
+/// The schema pgcrypto is installed in, if it is.
+fn pgcrypto_schema(client: &SpiClient<'_>) -> CoreResult<Option<String>> {
     let t = client.select(
-        "SELECT to_regproc('vault.create_secret') IS NOT NULL, \
-                (SELECT n.nspname::text FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
-                  WHERE e.extname = 'pgcrypto')",
+        "SELECT n.nspname::text FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+          WHERE e.extname = 'pgcrypto'",
         None,
         &[],
     )?;
-    let (vault, pgcrypto) = t.first().get_two::<bool, String>()?;
+    Ok(crate::core::prepared::first_text(t)?)
+}
+
+pub fn storage(client: &SpiClient<'_>) -> CoreResult<Storage> {
+    let vault = client
+        .select(
+            "SELECT to_regproc('vault.create_secret') IS NOT NULL",
+            None,
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?;
     if vault == Some(true) {
         return Ok(Storage::Vault);
     }
-    match pgcrypto {
+    match pgcrypto_schema(client)? {
         Some(schema) => Ok(Storage::Pgcrypto(schema)),
         None => Err(CoreError::MissingDependency {
             feature: "storing tenant keys".into(),
@@ -126,55 +137,34 @@ pub fn read(client_id: &str) -> CoreResult<(Option<String>, Option<String>, Opti
         if t.is_empty() {
             return Err(CoreError::not_found("client", client_id));
         }
-        let storage: Option<String> = t.first().get_one::<String>()?;
-        let sql = match storage.as_deref() {
+        let t = match t.first().get_one::<String>()?.as_deref() {
             None => return Ok((None, None, None)),
-            Some("vault") => "SELECT (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.anon_key_secret_id), \
-                                     (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.service_key_secret_id), \
-                                     (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.db_pass_secret_id) \
-                                FROM provisioning.clients c WHERE c.client_id = $1::uuid"
-                .to_owned(),
+            Some("vault") => client.select(
+                "SELECT (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.anon_key_secret_id), \
+                        (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.service_key_secret_id), \
+                        (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.db_pass_secret_id) \
+                   FROM provisioning.clients c WHERE c.client_id = $1::uuid",
+                None,
+                &[client_id.into()],
+            )?,
             Some(_) => {
-                let Storage::Pgcrypto(schema) = storage_for_read(client)? else {
-                    return Err(CoreError::Internal("pgcrypto vanished".into()));
-                };
+                let schema = pgcrypto_schema(client)?.ok_or_else(|| CoreError::MissingDependency {
+                    feature: "reading tenant keys".into(),
+                    dependency: "pgcrypto".into(),
+                    hint: "the keys were stored with pgcrypto; CREATE EXTENSION pgcrypto".into(),
+                })?;
+                let pass = passphrase()?;
                 let s = quote_ident(&schema);
-                format!(
-                    "SELECT {s}.pgp_sym_decrypt(anon_key_encrypted, $2), {s}.pgp_sym_decrypt(service_key_encrypted, $2), \
-                            {s}.pgp_sym_decrypt(db_pass_encrypted, $2) FROM provisioning.clients WHERE client_id = $1::uuid"
-                )
+                client.select(
+                    &format!(
+                        "SELECT {s}.pgp_sym_decrypt(anon_key_encrypted, $2), {s}.pgp_sym_decrypt(service_key_encrypted, $2), \
+                                {s}.pgp_sym_decrypt(db_pass_encrypted, $2) FROM provisioning.clients WHERE client_id = $1::uuid"
+                    ),
+                    None,
+                    &[client_id.into(), pass.as_str().into()],
+                )?
             }
         };
-        let pass = if storage.as_deref() == Some("pgcrypto") {
-            passphrase()?
-        } else {
-            String::new()
-        };
-        let t = if storage.as_deref() == Some("vault") {
-            client.select(&sql, None, &[client_id.into()])?
-        } else {
-            client.select(&sql, None, &[client_id.into(), pass.as_str().into()])?
-        };
-        let (a, s, p) = t.first().get_three::<String, String, String>()?;
-        Ok((a, s, p))
+        Ok(t.first().get_three::<String, String, String>()?)
     })
-}
-
-fn storage_for_read(client: &SpiClient<'_>) -> CoreResult<Storage> {
-    let t = client.select(
-        "SELECT n.nspname::text FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
-          WHERE e.extname = 'pgcrypto'",
-        None,
-        &[],
-    )?;
-    if t.is_empty() {
-        return Err(CoreError::MissingDependency {
-            feature: "reading tenant keys".into(),
-            dependency: "pgcrypto".into(),
-            hint: "the keys were stored with pgcrypto; CREATE EXTENSION pgcrypto".into(),
-        });
-    }
-    Ok(Storage::Pgcrypto(
-        t.first().get_one::<String>()?.unwrap_or_default(),
-    ))
 }

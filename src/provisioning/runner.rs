@@ -170,36 +170,43 @@ fn start(job: &Value) -> ProvisioningResult<()> {
     let attempt = job["attempts"].as_i64().unwrap_or(1) as i32;
     let client_id = job["client_id"].as_str().unwrap_or_default().to_owned();
     let job_type = job["job_type"].as_str().unwrap_or_default().to_owned();
-    let first = Spi::connect_mut(|client| -> CoreResult<Result<(), String>> {
+    let begun = Spi::connect_mut(|client| -> CoreResult<Begun> {
         let c = load_client(client, &client_id)?;
         let step = match job_type.as_str() {
             "create_project" if c.project_ref.is_some() => Step::ApiKeys,
             "create_project" if attempt > 1 => Step::Lookup,
             "create_project" => Step::Create,
             "schema_sync" | "smoke_checks" if c.project_ref.is_none() => {
-                return Ok(Err(
+                return Ok(Begun::CannotStart(
                     "the client has no project yet (create_project has not succeeded)".into(),
                 ))
             }
             "smoke_checks" => Step::Smoke,
             _ => match next_migration(client, c.schema_version)? {
                 Some(v) => Step::Migration(v),
-                None => return Ok(Ok(())),
+                None => return Ok(Begun::NothingToDo),
             },
         };
         match send(client, &job_id, attempt, &c, &step) {
-            Ok(_) => Ok(Err(String::new())),
-            Err(e @ CoreError::MissingDependency { .. }) => Ok(Err(e.to_string())),
+            Ok(_) => Ok(Begun::Sent),
+            Err(e @ CoreError::MissingDependency { .. }) => Ok(Begun::CannotStart(e.to_string())),
             Err(e) => Err(e),
         }
     })?;
-    match first {
-        // Nothing to send: schema already current.
-        Ok(()) => finish(&job_id, true, None, None).map(|_| ()),
-        Err(msg) if msg.is_empty() => Ok(()),
-        // Cannot even start (no organization id, no pgcrypto): a permanent failure.
-        Err(msg) => finish(&job_id, false, Some(400), Some(&msg)).map(|_| ()),
+    match begun {
+        Begun::Sent => Ok(()),
+        // The schema is already current.
+        Begun::NothingToDo => finish(&job_id, true, None, None).map(|_| ()),
+        // No organization id, no pgcrypto, no project: a permanent failure.
+        Begun::CannotStart(why) => finish(&job_id, false, Some(400), Some(&why)).map(|_| ()),
     }
+}
+
+/// How the first step of an attempt went.
+enum Begun {
+    Sent,
+    NothingToDo,
+    CannotStart(String),
 }
 
 fn finish(

@@ -309,22 +309,24 @@ pub fn report(r: &Report<'_>) -> ProvisioningResult<Value> {
 
 /// Reset a client's failed (or waiting) jobs so they run again now: attempts = 0, no claim.
 pub fn retry(client_id: &str) -> ProvisioningResult<Value> {
-    let ids: Vec<String> = Spi::connect(|client| -> ProvisioningResult<Vec<String>> {
+    let (ids, now) = Spi::connect(|client| -> ProvisioningResult<(Vec<String>, String)> {
         let c = client.select(
-            "SELECT provisioning_status FROM provisioning.clients WHERE client_id = $1::uuid",
+            "SELECT 1 FROM provisioning.clients WHERE client_id = $1::uuid",
             None,
             &[client_id.into()],
         )?;
         if c.is_empty() {
             return Err(CoreError::not_found("client", client_id).into());
         }
+        // The newest failed (or retry-waiting) job of each type; older ones are history, and a
+        // type that already has a fresh open job is left alone.
         let t = client.select(
-            "SELECT job_id::text FROM provisioning.client_provisioning_jobs \
-              WHERE client_id = $1::uuid AND (status = 'failed' OR (status = 'queued' AND attempts > 0)) \
+            "SELECT DISTINCT ON (j.job_type) j.job_id::text FROM provisioning.client_provisioning_jobs j \
+              WHERE j.client_id = $1::uuid AND (j.status = 'failed' OR (j.status = 'queued' AND j.attempts > 0)) \
                 AND NOT EXISTS (SELECT 1 FROM provisioning.client_provisioning_jobs o \
-                                 WHERE o.client_id = $1::uuid AND o.job_type = client_provisioning_jobs.job_type \
+                                 WHERE o.client_id = $1::uuid AND o.job_type = j.job_type \
                                    AND o.status IN ('queued', 'running') AND o.attempts = 0) \
-              ORDER BY created_at DESC",
+              ORDER BY j.job_type, j.created_at DESC",
             None,
             &[client_id.into()],
         )?;
@@ -334,7 +336,7 @@ pub fn retry(client_id: &str) -> ProvisioningResult<Value> {
                 ids.push(id);
             }
         }
-        Ok(ids)
+        Ok((ids, clock(client, Duration::ZERO)?.0))
     })?;
     if ids.is_empty() {
         return Err(CoreError::IllegalTransition {
@@ -345,23 +347,8 @@ pub fn retry(client_id: &str) -> ProvisioningResult<Value> {
         .into());
     }
     let mut jobs = Vec::new();
-    // Only the newest failed job of each type is reset (older ones are history).
-    let mut seen_types: Vec<String> = Vec::new();
     for id in ids {
-        let job_type = Spi::connect(|c| -> ProvisioningResult<String> {
-            let t = c.select(
-                "SELECT job_type FROM provisioning.client_provisioning_jobs WHERE job_id = $1::uuid",
-                None,
-                &[id.as_str().into()],
-            )?;
-            Ok(t.first().get_one::<String>()?.unwrap_or_default())
-        })?;
-        if seen_types.contains(&job_type) {
-            continue;
-        }
-        seen_types.push(job_type);
-        let now = Spi::connect(|c| clock(c, Duration::ZERO))?.0;
-        jobs.push(apply(&id, JobEvent::Reset { at: now })?);
+        jobs.push(apply(&id, JobEvent::Reset { at: now.clone() })?);
     }
     Ok(json!({"client_id": client_id, "reset": jobs}))
 }
