@@ -51,7 +51,7 @@ fn pgcrypto_schema(client: &SpiClient<'_>) -> CoreResult<Option<String>> {
         None,
         &[],
     )?;
-    Ok(crate::core::prepared::first_text(t)?)
+    crate::core::prepared::first_text(t)
 }
 
 pub fn storage(client: &SpiClient<'_>) -> CoreResult<Storage> {
