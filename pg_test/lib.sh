@@ -11,7 +11,7 @@ PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PGBIN/pg_config
 APT_PACKAGES=(build-essential pkg-config libssl-dev libclang-dev clang sudo curl ca-certificates
   postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-cron
-  postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl)
+  postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl libfaketime)
 
 # The demo cluster (setup.sh) and the throwaway test cluster (test.sh); both outside $HOME,
 # which the postgres user cannot enter.
@@ -25,6 +25,8 @@ PGRX_TEST_DIR=${FLOWGATE_PGRX_TEST_DIR:-/var/tmp/flowgate/pgrx-test}
 TESTD_PORT=${FLOWGATE_TESTD_PORT:-5597}    # pgTAP suites address flowgate-testd here
 TESTD_BIN=$FLOWGATE_ROOT/pg_test/testd/target/release/flowgate-testd
 SOCKET_DIR=/tmp
+# Extra environment of the postgres servers this script starts (test.sh adds a hostile one).
+CLUSTER_ENV=()
 
 SUDO=()
 [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
@@ -126,13 +128,32 @@ cron.database_name = '$db'
 cron.use_background_workers = on
 max_worker_processes = 16
 max_connections = 150
+# Encrypts flowgate's secrets when Supabase Vault is not installed. A throwaway value for these
+# local clusters only; a real server sets its own (see the README).
+flowgate.tenant_key_passphrase = 'local-clusters-only-passphrase-$(basename "$dir")'
 $worker_conf
 CONF
   fi
-  cluster_running "$dir" || as_postgres "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null \
+  grep -q '^flowgate.tenant_key_passphrase' "$dir/data/postgresql.conf" 2>/dev/null \
+    || echo "flowgate.tenant_key_passphrase = 'local-clusters-only-passphrase-$(basename "$dir")'" | as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null
+  cluster_running "$dir" || as_postgres env "${CLUSTER_ENV[@]}" "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null \
     || { cat "$dir/log" >&2; die "postgres did not start (log above)"; }
   psql_at "$port" postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
     || psql_at "$port" postgres -c "CREATE DATABASE $db" >/dev/null
+}
+
+# cluster_restart DIR [FAKE_TIME]: restart a created cluster; with FAKE_TIME ("YYYY-MM-DD HH:MM:SS",
+# UTC) its clock starts there and runs on (libfaketime), so suites can run on any day and hour.
+cluster_restart() {
+  local dir=$1 fake=${2:-} lib env=(env "${CLUSTER_ENV[@]}")
+  cluster_stop "$dir"
+  if [ -n "$fake" ]; then
+    lib=$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -1)
+    [ -n "$lib" ] || die "libfaketime.so.1 not found (apt package libfaketime)"
+    env+=(TZ=UTC LD_PRELOAD="$lib" FAKETIME="@$fake" FAKETIME_DONT_FAKE_MONOTONIC=1)
+  fi
+  as_postgres "${env[@]}" "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null \
+    || { tail -n 20 "$dir/log" >&2; die "postgres did not restart (log above)"; }
 }
 
 psql_at() { local port=$1 db=$2; shift 2; PGOPTIONS="--client-min-messages=warning" psql -X -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$port" -U postgres -d "$db" "$@"; }
@@ -155,7 +176,7 @@ ensure_extensions() {
   local port=$1 db=$2 dir=$3 stamp sum
   stamp="$dir/flowgate.sql.sha256"
   sum=$(cat "$("$PG_CONFIG" --sharedir)"/extension/flowgate--*.sql | sha256sum | cut -d' ' -f1)
-  psql_at "$port" "$db" -q -c "CREATE EXTENSION IF NOT EXISTS pg_cron; CREATE EXTENSION IF NOT EXISTS pgmq;"
+  psql_at "$port" "$db" -q -c "CREATE EXTENSION IF NOT EXISTS pg_cron; CREATE EXTENSION IF NOT EXISTS pgmq; CREATE EXTENSION IF NOT EXISTS pgcrypto;"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
     psql_at "$port" "$db" -q -c "DROP EXTENSION IF EXISTS flowgate CASCADE; CREATE EXTENSION flowgate;"
     echo "$sum" | "${SUDO[@]}" tee "$stamp" >/dev/null

@@ -46,8 +46,11 @@ step "pgTAP suites (pg_prove) on a fresh cluster ($TEST_DIR, port $TEST_PORT)"
 t=$(date +%s)
 cluster_stop "$TEST_DIR"
 "${SUDO[@]}" rm -rf "$TEST_DIR"
+# The test servers run with Rust backtraces switched on, as a careless environment would have
+# them: no error a client sees may carry one.
+CLUSTER_ENV=(RUST_BACKTRACE=full)
 cluster_start "$TEST_DIR" "$TEST_PORT" "$TEST_DB" worker
-psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pg_cron; CREATE EXTENSION pgmq; CREATE EXTENSION flowgate;"
+psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pg_cron; CREATE EXTENSION pgmq; CREATE EXTENSION pgcrypto; CREATE EXTENSION flowgate;"
 start_testd
 mapfile -t tap_files < <(find "$FLOWGATE_ROOT/pg_test/tap" -name '*.sql' | sort)
 [ ${#tap_files[@]} -gt 0 ] || die "no pgTAP files in pg_test/tap"
@@ -77,6 +80,35 @@ for s in "$FLOWGATE_ROOT"/pg_test/concurrency/*.sh; do
 done
 conc_secs=$(( $(date +%s) - t ))
 [ "$conc" -gt 0 ] || die "no concurrency checks ran"
+
+step "calendar: the date-sensitive suites with the server clock moved (libfaketime)"
+t=$(date +%s)
+# Relative to today, so the moved clock is always near the real one: the coming Saturday
+# morning, Sunday night and Friday a few seconds before midnight (UTC).
+fake_times=("$(date -u -d 'next saturday' +%F) 10:00:00" "$(date -u -d 'next sunday' +%F) 23:30:00"
+            "$(date -u -d 'next friday' +%F) 23:59:30")
+fake_days=(Sat Sun Fri)
+calendar_files=("$FLOWGATE_ROOT"/pg_test/tap/capacity*.sql)
+psql_at "$TEST_PORT" postgres -q -c "DROP DATABASE IF EXISTS flowgate_calendar" -c "CREATE DATABASE flowgate_calendar"
+psql_at "$TEST_PORT" flowgate_calendar -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pgmq; CREATE EXTENSION pgcrypto; CREATE EXTENSION flowgate;"
+cal=0
+for i in "${!fake_times[@]}"; do
+  cluster_restart "$TEST_DIR" "${fake_times[$i]}"
+  seen=$(psql_at "$TEST_PORT" flowgate_calendar -tAc "SELECT to_char(now() AT TIME ZONE 'UTC', 'Dy YYYY-MM-DD HH24:MI:SS')
+                                                       || CASE WHEN now() - '${fake_times[$i]}+00' BETWEEN '0' AND '5 min' THEN '' ELSE ' (not moved)' END")
+  case "$seen" in "${fake_days[$i]} "*[0-9]) ;; *) die "the server clock did not move: wanted ${fake_days[$i]} ${fake_times[$i]}, server says $seen";; esac
+  set +e
+  (cd / && PGOPTIONS="--client-min-messages=warning" pg_prove -h "$SOCKET_DIR" -p "$TEST_PORT" -U postgres -d flowgate_calendar "${calendar_files[@]}") \
+    > "$LOG_DIR/pg_prove-calendar-$i.log" 2>&1
+  rc=$?
+  set -e
+  [ "$rc" -eq 0 ] || { cat "$LOG_DIR/pg_prove-calendar-$i.log"; die "the capacity suites failed with the server clock at $seen"; }
+  n=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\).*/\1/p' "$LOG_DIR/pg_prove-calendar-$i.log")
+  echo "    server clock $seen UTC: $n tests passed"
+  cal=$(( cal + n ))
+done
+cluster_restart "$TEST_DIR"
+cal_secs=$(( $(date +%s) - t ))
 cluster_stop "$TEST_DIR"
 
 
@@ -86,4 +118,5 @@ printf '%-28s %8s %8s\n' "#[pg_test]" "$pgt" "(same)"
 printf '%-28s %8s %8s\n' "pgTAP ($tap_files_n files)" "$tap_tests" "$tap_secs"
 [ "$tap_skipped" -gt 0 ] && printf '%-28s %8s\n' "pgTAP files skipped" "$tap_skipped"
 printf '%-28s %8s %8s\n' "concurrency checks" "$conc" "$conc_secs"
+printf '%-28s %8s %8s\n' "calendar (${#fake_times[@]} clocks)" "$cal" "$cal_secs"
 printf '\nALL TESTS PASSED in %ss\n' "$(( $(date +%s) - t0 ))"

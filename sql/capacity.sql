@@ -20,13 +20,20 @@ CREATE TABLE capacity.capacity_requests (
     state                             capacity.cr_state NOT NULL,
     created_at                        timestamptz NOT NULL DEFAULT now(),
     updated_at                        timestamptz NOT NULL DEFAULT now(),
-    requester_user_id                 text NOT NULL,
-    commercial_owner_user_id          text NOT NULL,
+    requester_user_id                 text NOT NULL CHECK (length(requester_user_id) BETWEEN 1 AND 256),
+    commercial_owner_user_id          text NOT NULL CHECK (length(commercial_owner_user_id) BETWEEN 1 AND 256),
     infra_owner_group                 text NOT NULL CHECK (infra_owner_group ~ '^[A-Za-z0-9_.-]{1,63}$'),
-    customer_ref                      jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(customer_ref) = 'object'),
-    requested_size                    text NOT NULL CHECK (length(requested_size) BETWEEN 1 AND 32),
+    -- A few customer identifiers: at most 4 KiB of JSON text and 5 levels of objects and arrays
+    -- ({"a": 1} is 1 deep; a container at level 5, the root being level 0, is one too many).
+    -- capacity.create_capacity_request reports the same limits with 22023 before writing.
+    customer_ref                      jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(customer_ref) = 'object'
+                                          AND octet_length(customer_ref::text) <= 4096
+                                          AND NOT jsonb_path_exists(customer_ref,
+                                              'strict $.**{5} ? (@.type() == "object" || @.type() == "array")')),
+    requested_size                    text NOT NULL CHECK (length(requested_size) BETWEEN 1 AND 32
+                                          AND requested_size !~ '[[:cntrl:]]'),
     quantity                          int NOT NULL CHECK (quantity BETWEEN 1 AND 10000),
-    region                            text NOT NULL CHECK (region ~ '^[a-z]{2}(-[a-z]+)+-[0-9]+$'),
+    region                            text NOT NULL CHECK (length(region) <= 32 AND region ~ '^[a-z]{2}(-[a-z]+)+-[0-9]+$'),
     needed_by_date                    date,
     expected_duration_days            int CHECK (expected_duration_days > 0),
     estimated_monthly_cost_usd        numeric(14, 2) CHECK (estimated_monthly_cost_usd >= 0),
@@ -35,8 +42,8 @@ CREATE TABLE capacity.capacity_requests (
     linear_issue_id                   text,
     customer_confirmation_deadline_at timestamptz,
     last_notified_at                  timestamptz,
-    cancellation_reason               text,
-    cancellation_authorizer_user_id   text,
+    cancellation_reason               text CHECK (length(cancellation_reason) <= 2000),
+    cancellation_authorizer_user_id   text CHECK (length(cancellation_authorizer_user_id) <= 256),
     procurement_started_at            timestamptz
 );
 COMMENT ON TABLE capacity.capacity_requests IS
@@ -54,8 +61,12 @@ CREATE TABLE capacity.capacity_request_events (
     capacity_request_id text NOT NULL REFERENCES capacity.capacity_requests (id),
     event_type          capacity.cr_event NOT NULL,
     actor_type          text NOT NULL,
-    actor_id            text NOT NULL,
-    payload             jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(payload) = 'object'),
+    actor_id            text NOT NULL CHECK (length(actor_id) BETWEEN 1 AND 256),
+    -- At most 16 KiB of JSON text, 8 levels deep (what capacity.record_capacity_event accepts).
+    payload             jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(payload) = 'object'
+                            AND octet_length(payload::text) <= 16384
+                            AND NOT jsonb_path_exists(payload,
+                                'strict $.**{8} ? (@.type() == "object" || @.type() == "array")')),
     idempotency_key     text CHECK (length(idempotency_key) BETWEEN 1 AND 255),
     from_state          capacity.cr_state,
     to_state            capacity.cr_state NOT NULL,
@@ -76,7 +87,7 @@ CREATE TABLE capacity.capacity_request_tasks (
     id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     capacity_request_id text NOT NULL REFERENCES capacity.capacity_requests (id),
     task_type           text NOT NULL CHECK (task_type IN ('cancellation_decision')),
-    assigned_to         text NOT NULL,
+    assigned_to         text NOT NULL CHECK (length(assigned_to) BETWEEN 1 AND 256),
     due_at              timestamptz,
     status              text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'done', 'cancelled')),
     created_at          timestamptz NOT NULL DEFAULT now(),
@@ -93,7 +104,7 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ca
 -- Who belongs to an infra owner group (actors are JWT subjects or Slack ids, not roles).
 CREATE TABLE capacity.group_members (
     group_name text NOT NULL CHECK (group_name ~ '^[A-Za-z0-9_.-]{1,63}$'),
-    user_id    text NOT NULL,
+    user_id    text NOT NULL CHECK (length(user_id) BETWEEN 1 AND 256),
     PRIMARY KEY (group_name, user_id)
 );
 COMMENT ON TABLE capacity.group_members IS 'Members of infra owner groups: they may record technical reviews and AWS signals.';

@@ -18,6 +18,23 @@ COMMENT ON TABLE flowgate.settings IS
 SELECT pg_catalog.pg_extension_config_dump('flowgate.settings', '');
 
 REVOKE ALL ON flowgate.settings FROM PUBLIC;
+
+-- One person, one actor across surfaces: an external identity (a Slack user id) linked to the
+-- actor it acts as (a JWT subject). Written only through flowgate.link_identity.
+CREATE TABLE flowgate.identity_links (
+    provider    text NOT NULL CHECK (provider ~ '^[a-z][a-z0-9_]{0,31}$'),
+    external_id text NOT NULL CHECK (length(external_id) BETWEEN 1 AND 256),
+    actor_id    text NOT NULL CHECK (length(actor_id) BETWEEN 1 AND 256),
+    linked_by   text NOT NULL,
+    linked_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, external_id)
+);
+CREATE INDEX identity_links_actor ON flowgate.identity_links (actor_id);
+COMMENT ON TABLE flowgate.identity_links IS
+  'External identities (provider slack: a Slack user id) and the actor each acts as. A person links '
+  'their own; a trusted session links anyone''s. Verified Slack requests from a linked id act as the actor.';
+SELECT pg_catalog.pg_extension_config_dump('flowgate.identity_links', '');
+REVOKE ALL ON flowgate.identity_links FROM PUBLIC;
 GRANT SELECT ON flowgate.settings TO PUBLIC;
 GRANT USAGE ON SCHEMA flowgate TO PUBLIC;
 

@@ -22,13 +22,30 @@ COMMENT ON FUNCTION flowgate.settings_guard() IS
 CREATE TRIGGER settings_guard BEFORE INSERT OR UPDATE ON flowgate.settings
     FOR EACH ROW EXECUTE FUNCTION flowgate.settings_guard();
 
+-- Settings that name endpoints, secrets, channels, teams, organisations or people (keys ending
+-- in _url, _secret, _token, _key, _password, _passphrase, _id, _channel or admins) are read only
+-- by the extension owner and service_role; any other role reading one sees its documented
+-- default. The rest (role lists, numbers, schedules) stay readable by every role, because
+-- flowgate.current_actor() reads the role lists with the caller's rights.
+ALTER TABLE flowgate.settings ENABLE ROW LEVEL SECURITY;
+CREATE POLICY public_keys ON flowgate.settings FOR SELECT
+    USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_channel|admins)$');
+DO $grant$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        CREATE POLICY service_role_reads ON flowgate.settings FOR SELECT TO service_role USING (true);
+    END IF;
+END
+$grant$;
+
 COMMENT ON FUNCTION flowgate.current_actor() IS
   'The acting identity: the JWT subject from request.jwt.claims (PostgREST/Supabase), else current_user.';
 COMMENT ON FUNCTION flowgate.current_actor_info(text) IS
   'The acting identity as JSON (id, role, source, actor_type, trusted); with on_behalf_of, what a trusted '
   'session acting for that actor would be recorded as (42501 for untrusted sessions).';
 COMMENT ON FUNCTION flowgate.get_setting(text) IS
-  'Effective value of a setting (stored, else default); 22023 for an unknown key.';
+  'Effective value of a setting (stored, else default); 22023 for an unknown key. Keys naming URLs, secrets, ids, '
+  'channels or admins read as their default except for the extension owner and service_role.';
 COMMENT ON FUNCTION flowgate.set_setting(text, jsonb) IS
   'Store a setting after validating it (22023 with the allowed values otherwise); needs write access to flowgate.settings.';
 COMMENT ON FUNCTION flowgate.reset_setting(text) IS
@@ -272,14 +289,6 @@ AS $$
     SELECT count(*)::int FROM replayed
 $$;
 
-CREATE FUNCTION flowgate.set_secret(name text, value text) RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO flowgate.secrets AS s (name, value) VALUES (set_secret.name, set_secret.value)
-    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
-$$;
-
 CREATE FUNCTION flowgate.drop_secret(name text) RETURNS boolean
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -327,7 +336,8 @@ COMMENT ON FUNCTION flowgate.collect() IS
 COMMENT ON FUNCTION flowgate.replay_dead(bigint[]) IS
   'Re-queue dead or failed deliveries (attempts reset); returns how many were re-queued.';
 COMMENT ON FUNCTION flowgate.set_secret(text, text) IS
-  'Store a named secret for deliveries (used when Supabase Vault has none of that name). Owner only.';
+  'Store a named secret for deliveries: in Supabase Vault when installed, else pgcrypto-encrypted under '
+  'flowgate.tenant_key_passphrase. Visible ASCII only; the value never appears in an error. Owner only. Returns vault or pgcrypto.';
 COMMENT ON FUNCTION flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int) IS
   'Enqueue an HTTP delivery; the same idempotency_key returns the first delivery id and writes nothing.';
 COMMENT ON FUNCTION flowgate.install_schedules() IS
@@ -354,8 +364,10 @@ COMMENT ON FUNCTION capacity.apply_event(text, capacity.cr_event, jsonb) IS
 
 -- Who may read a request: its requester, its commercial owner, members of its infra owner
 -- group, capacity admins and trusted sessions.
+-- SECURITY DEFINER: the capacity.admins setting is not readable by callers; the answer is
+-- about the caller only.
 CREATE FUNCTION capacity.is_admin() RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce((flowgate.current_actor_info() ->> 'trusted')::boolean, false)
@@ -495,6 +507,14 @@ REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop
     intake.report_commit(text, bigint, integer, text), intake.finalize_transaction(jsonb),
     intake.collect_metrics(text, double precision), intake.publish_realtime() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION intake.claim_resource(text, text) FROM PUBLIC;
+-- Pool configuration (webhook URLs, secret names) is for the owner and trusted operators.
+DO $grant$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT SELECT ON intake.engine_config TO service_role;
+    END IF;
+END
+$grant$;
 COMMENT ON FUNCTION intake.claim(text) IS
   'Claim one resource for the signed-in caller (JWT sub); for browsers through PostgREST. Same results as claim_resource.';
 COMMENT ON FUNCTION intake.drain(text) IS
@@ -594,6 +614,296 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION ops.check_promotion() FROM PUBLIC;
 CREATE TRIGGER promotion_block BEFORE INSERT ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.check_promotion();
+
+-- Direct writes keep the rules of ops.ingest_event. Personas write some tables directly (the
+-- grants and policies below); everything ingest checks before it writes holds for those rows
+-- too. Row-local rules are CHECK constraints in ops.sql (23514). The rest are these triggers:
+-- a state change no event can make raises 55000, a value no event can carry raises 22023, each
+-- with a DETAIL and a HINT saying what is allowed. Transitions and the immutability of decided
+-- rows hold for every writer (ingest makes only allowed moves). The rules about a new row's
+-- provenance and times relative to now() hold for writers under row-level security (personas),
+-- not for the owner: ingest sets them itself, and restoring a dump re-inserts old rows.
+-- The checks run AFTER the row is written (and its RLS policy and CHECKs passed), so a persona
+-- writing in someone else's name still gets 42501 first; BEFORE UPDATE triggers only fill in
+-- the time of a decision, finish, rollback or resolution the writer left out.
+
+-- A new row written directly records the present and no envelope: created_at, updated_at,
+-- recorded_at, started_at and opened_at fall within the writing transaction, ingest_id is empty.
+CREATE FUNCTION ops.check_direct_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rec jsonb;
+    col text;
+    ts timestamptz;
+BEGIN
+    IF NOT row_security_active(TG_RELID) THEN
+        RETURN NULL;
+    END IF;
+    rec := to_jsonb(NEW);
+    IF rec->>'ingest_id' IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('a direct write to ops.%s cannot name an ingest_id', TG_TABLE_NAME),
+            DETAIL = format('ingest_id is %s', rec->>'ingest_id'),
+            HINT = 'omit ingest_id: only ops.ingest_event records the envelope a row came from';
+    END IF;
+    FOREACH col IN ARRAY ARRAY['created_at', 'updated_at', 'recorded_at', 'started_at', 'opened_at'] LOOP
+        ts := (rec->>col)::timestamptz;
+        IF ts < now() OR ts > clock_timestamp() THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('%s of a row written directly to ops.%s must be the time of the write', col, TG_TABLE_NAME),
+                DETAIL = format('%s is %s; this transaction started at %s', col, ts, now()),
+                HINT = format('omit %s: the database records when a row is written', col);
+        END IF;
+    END LOOP;
+    IF TG_TABLE_NAME = 'environment_events' AND octet_length(rec->>'detail') > 16384 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'detail of an environment event is too large',
+            DETAIL = format('it is %s bytes of JSON', octet_length(rec->>'detail')),
+            HINT = 'an object of at most 16384 bytes';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.check_direct_insert() FROM PUBLIC;
+DO $triggers$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['releases', 'gate_checks', 'approvals', 'evidence_artifacts', 'exceptions', 'deployments',
+                             'environment_events', 'incidents', 'recovery_drills'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER direct_insert AFTER INSERT ON ops.%I '
+                                  'FOR EACH ROW EXECUTE FUNCTION ops.check_direct_insert()', t);
+    END LOOP;
+END
+$triggers$;
+
+-- A release written directly gets its four gates, as release_created gives them (ingest
+-- creates them itself, in the same transaction).
+CREATE FUNCTION ops.create_release_gates(release uuid) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+INSERT INTO ops.release_gates (release_id, gate_code)
+SELECT r.release_id, g.code FROM ops.releases r CROSS JOIN unnest(ARRAY['G1', 'G2', 'G3', 'G4']) AS g(code)
+ WHERE r.release_id = release
+ON CONFLICT (release_id, gate_code) DO NOTHING
+$$;
+REVOKE EXECUTE ON FUNCTION ops.create_release_gates(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ops.create_release_gates(uuid) TO ci_service_role, release_manager;
+CREATE FUNCTION ops.direct_release_gates() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF row_security_active(TG_RELID) THEN
+        PERFORM ops.create_release_gates(NEW.release_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.direct_release_gates() FROM PUBLIC;
+CREATE TRIGGER release_gates AFTER INSERT ON ops.releases FOR EACH ROW EXECUTE FUNCTION ops.direct_release_gates();
+
+-- The time of a decision, finish, rollback or resolution is the database's (as in ingest): an
+-- UPDATE that makes the move and leaves the column as it was gets now().
+CREATE FUNCTION ops.stamp_transition() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'exceptions' THEN
+        IF NEW.status IS DISTINCT FROM OLD.status AND NEW.status <> 'requested'
+           AND NEW.decided_at IS NOT DISTINCT FROM OLD.decided_at THEN
+            NEW.decided_at := now();
+        END IF;
+    ELSIF TG_TABLE_NAME = 'deployments' THEN
+        IF OLD.status = 'started' AND NEW.status <> 'started' AND NEW.finished_at IS NULL THEN
+            NEW.finished_at := clock_timestamp();
+        END IF;
+        IF OLD.status <> 'rolled_back' AND NEW.status = 'rolled_back' AND NEW.rolled_back_at IS NULL THEN
+            NEW.rolled_back_at := clock_timestamp();
+        END IF;
+    ELSIF TG_TABLE_NAME = 'incidents' THEN
+        IF OLD.status = 'open' AND NEW.status = 'resolved' AND NEW.resolved_at IS NULL THEN
+            NEW.resolved_at := now();
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.stamp_transition() FROM PUBLIC;
+CREATE TRIGGER stamp_transition BEFORE UPDATE ON ops.exceptions FOR EACH ROW EXECUTE FUNCTION ops.stamp_transition();
+CREATE TRIGGER stamp_transition BEFORE UPDATE ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.stamp_transition();
+CREATE TRIGGER stamp_transition BEFORE UPDATE ON ops.incidents FOR EACH ROW EXECUTE FUNCTION ops.stamp_transition();
+
+-- Exceptions (exception_requested / exception_decided): a new one expires in the future (at
+-- most 90 days after it is requested: CHECK exception_expiry_within_90_days); requested ->
+-- approved | rejected, approved -> revoked, nothing else; an expired exception is not approved;
+-- decided_by, decided_at and decision_comment change only with the status. The decider is a
+-- release manager (grants), in their own name (policy), not the requester (CHECK
+-- exception_four_eyes).
+CREATE FUNCTION ops.exception_rules() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF row_security_active(TG_RELID) AND NEW.expires_at <= now() THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('exception %s would expire at %s, which is not in the future', NEW.exception_id, NEW.expires_at),
+                DETAIL = format('an exception is requested at %s', now()),
+                HINT = 'expires_at after now and at most 90 days ahead';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        IF NOT ((OLD.status = 'requested' AND NEW.status IN ('approved', 'rejected'))
+                OR (OLD.status = 'approved' AND NEW.status = 'revoked')) THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('exception %s cannot go from %s to %s', OLD.exception_id, OLD.status, NEW.status),
+                DETAIL = format('it is %s', OLD.status),
+                HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
+        END IF;
+        IF NEW.status = 'approved' AND NEW.expires_at <= now() THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('exception %s has already expired', OLD.exception_id),
+                DETAIL = format('it expired at %s', NEW.expires_at),
+                HINT = 'reject it and request a new exception';
+        END IF;
+        IF row_security_active(TG_RELID) AND (NEW.decided_at < now() OR NEW.decided_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('decided_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('decided_at is %s; this transaction started at %s', NEW.decided_at, now()),
+                HINT = 'omit decided_at: the database records it';
+        END IF;
+    ELSIF (NEW.decided_by, NEW.decided_at, NEW.decision_comment)
+          IS DISTINCT FROM (OLD.decided_by, OLD.decided_at, OLD.decision_comment) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('the decision on exception %s cannot be changed', OLD.exception_id),
+            DETAIL = format('it is %s; decided_by, decided_at and decision_comment change only with the status', OLD.status),
+            HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.exception_rules() FROM PUBLIC;
+CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.exceptions FOR EACH ROW EXECUTE FUNCTION ops.exception_rules();
+
+-- Deployments (deployment_started / deployment_finished / health_check / rollback): a new one is
+-- started with G4 pending; started -> succeeded | failed (finished_at set then), succeeded |
+-- failed -> rolled_back (rolled_back_at and a rollback_reason set then), nothing else;
+-- g4_status changes only on a succeeded deployment, to passed or failed (CHECK
+-- deployment_health_after_success: no health result on a deployment that did not succeed).
+CREATE FUNCTION ops.deployment_rules() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF row_security_active(TG_RELID)
+           AND (NEW.status <> 'started' OR NEW.g4_status <> 'pending' OR NEW.finished_at IS NOT NULL
+                OR NEW.rolled_back_at IS NOT NULL OR NEW.rollback_reason IS NOT NULL) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('deployment %s must be recorded as started', NEW.deployment_id),
+                DETAIL = format('status %s, g4_status %s, finished_at %s, rolled_back_at %s, rollback_reason %s',
+                                NEW.status, NEW.g4_status, coalesce(NEW.finished_at::text, 'NULL'),
+                                coalesce(NEW.rolled_back_at::text, 'NULL'), coalesce(NEW.rollback_reason, 'NULL')),
+                HINT = 'insert status started, g4_status pending and no finish or rollback; then update it as it finishes';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status
+       AND NOT ((OLD.status = 'started' AND NEW.status IN ('succeeded', 'failed'))
+                OR (OLD.status IN ('succeeded', 'failed') AND NEW.status = 'rolled_back')) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('deployment %s cannot go from %s to %s', OLD.deployment_id, OLD.status, NEW.status),
+            DETAIL = format('it is %s', OLD.status),
+            HINT = 'started -> succeeded or failed; succeeded or failed -> rolled_back; rolled_back is final';
+    END IF;
+    IF NEW.g4_status IS DISTINCT FROM OLD.g4_status
+       AND NOT (OLD.status = 'succeeded' AND NEW.status = 'succeeded' AND NEW.g4_status IN ('passed', 'failed')) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('g4_status of deployment %s cannot go from %s to %s', OLD.deployment_id, OLD.g4_status, NEW.g4_status),
+            DETAIL = format('the deployment is %s', OLD.status),
+            HINT = 'a health check (g4_status passed or failed) follows a succeeded deployment; it never goes back to pending';
+    END IF;
+    IF NEW.finished_at IS DISTINCT FROM OLD.finished_at THEN
+        IF NOT (OLD.status = 'started' AND NEW.status <> 'started') THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('finished_at of deployment %s cannot be changed', OLD.deployment_id),
+                DETAIL = format('the deployment is %s', OLD.status),
+                HINT = 'finished_at is set once, when a started deployment succeeds or fails';
+        END IF;
+        IF row_security_active(TG_RELID) AND (NEW.finished_at < now() OR NEW.finished_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('finished_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('finished_at is %s; this transaction started at %s', NEW.finished_at, now()),
+                HINT = 'omit finished_at: the database records it';
+        END IF;
+    END IF;
+    IF (NEW.rolled_back_at, NEW.rollback_reason) IS DISTINCT FROM (OLD.rolled_back_at, OLD.rollback_reason) THEN
+        IF NOT (OLD.status <> 'rolled_back' AND NEW.status = 'rolled_back') THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('the rollback of deployment %s cannot be changed', OLD.deployment_id),
+                DETAIL = format('the deployment is %s', OLD.status),
+                HINT = 'rolled_back_at and rollback_reason are set once, when a finished deployment is rolled back';
+        END IF;
+        IF row_security_active(TG_RELID) AND (NEW.rolled_back_at < now() OR NEW.rolled_back_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('rolled_back_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('rolled_back_at is %s; this transaction started at %s', NEW.rolled_back_at, now()),
+                HINT = 'omit rolled_back_at: the database records it';
+        END IF;
+    END IF;
+    IF NEW.status = 'rolled_back' AND OLD.status <> 'rolled_back' AND NEW.rollback_reason IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('the rollback of deployment %s needs a reason', OLD.deployment_id),
+            DETAIL = 'rollback_reason is empty',
+            HINT = 'set rollback_reason (1 to 4000 characters) with status rolled_back';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.deployment_rules() FROM PUBLIC;
+CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.deployment_rules();
+
+-- Incidents (incident_opened / incident_resolved): a new one is open; open -> resolved (with
+-- resolved_at and an optional resolution, set then); a resolved incident is final.
+CREATE FUNCTION ops.incident_rules() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF row_security_active(TG_RELID) AND (NEW.status <> 'open' OR NEW.resolution IS NOT NULL) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('incident %s must be recorded as open', NEW.incident_id),
+                DETAIL = format('status %s, resolution %s', NEW.status, coalesce(NEW.resolution, 'NULL')),
+                HINT = 'insert status open without a resolution; then resolve it with an update';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF (NEW.status, NEW.resolution, NEW.resolved_at) IS DISTINCT FROM (OLD.status, OLD.resolution, OLD.resolved_at) THEN
+        IF NOT (OLD.status = 'open' AND NEW.status = 'resolved') THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('incident %s cannot go from %s to %s', OLD.incident_id, OLD.status, NEW.status),
+                DETAIL = format('it is %s; status, resolution and resolved_at change only when it is resolved', OLD.status),
+                HINT = 'open -> resolved, once; a resolved incident is final (open a new one)';
+        END IF;
+        IF row_security_active(TG_RELID) AND (NEW.resolved_at < now() OR NEW.resolved_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('resolved_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('resolved_at is %s; this transaction started at %s', NEW.resolved_at, now()),
+                HINT = 'omit resolved_at: the database records it';
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.incident_rules() FROM PUBLIC;
+CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW EXECUTE FUNCTION ops.incident_rules();
 
 -- Personas (Phase 4). Identity is flowgate.current_actor(): the JWT subject under PostgREST,
 -- else the login role. Every policy names the roles it is for; anything not granted here is
@@ -806,10 +1116,15 @@ CREATE FUNCTION provisioning.list_jobs(status text DEFAULT NULL, max_rows int DE
 RETURNS TABLE (job_id uuid, client_id uuid, slug text, job_type text, job_status text, attempts int, max_attempts int,
                next_attempt_at timestamptz, claimed_by text, claimed_at timestamptz, lease_expires_at timestamptz,
                last_error text, last_status_code int, created_at timestamptz, updated_at timestamptz)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF NOT coalesce((flowgate.current_actor_info() ->> 'trusted')::boolean, false) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('permission denied: %s may not list provisioning jobs', flowgate.current_actor()),
+            HINT = 'trusted sessions (superuser, or members of a role in flowgate.trusted_roles, e.g. service_role)';
+    END IF;
     IF status IS NOT NULL AND status NOT IN ('queued', 'running', 'succeeded', 'failed') THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('invalid status: %L', status),
             HINT = 'allowed: queued, running, succeeded, failed, or NULL for all';
@@ -857,7 +1172,9 @@ SELECT job_type, count(*) AS jobs,
   FROM spans GROUP BY job_type;
 COMMENT ON VIEW provisioning.v_phase_latency IS 'Provisioning latency per phase (job type): queue wait and run time, p50/p95, over succeeded jobs.';
 
--- Operators (trusted sessions) run everything; the functions check trust themselves. Tenants
+-- Operators (trusted sessions) run everything. The operator functions are SECURITY DEFINER (the
+-- tables are the owner's) and check trust themselves first; EXECUTE is not PUBLIC's either, and
+-- service_role gets it here (grant it to other roles listed in flowgate.trusted_roles). Tenants
 -- see nothing here: the tables hold project refs and encrypted keys.
 REVOKE EXECUTE ON FUNCTION provisioning.enqueue_client(text, text, text, text, jsonb), provisioning.claim_job(text),
     provisioning.report_job(uuid, text, boolean, integer, text, integer), provisioning.retry(uuid),
@@ -869,7 +1186,8 @@ BEGIN
         GRANT SELECT ON ALL TABLES IN SCHEMA provisioning TO service_role;
         GRANT EXECUTE ON FUNCTION provisioning.enqueue_client(text, text, text, text, jsonb), provisioning.claim_job(text),
             provisioning.report_job(uuid, text, boolean, integer, text, integer), provisioning.retry(uuid),
-            provisioning.list_jobs(text, integer) TO service_role;
+            provisioning.list_jobs(text, integer), provisioning.run_jobs(integer), provisioning.tenant_keys(uuid)
+            TO service_role;
         CREATE POLICY service_role_reads ON provisioning.clients FOR SELECT TO service_role USING (true);
         CREATE POLICY service_role_reads ON provisioning.client_provisioning_jobs FOR SELECT TO service_role USING (true);
         CREATE POLICY service_role_reads ON provisioning.job_events FOR SELECT TO service_role USING (true);
@@ -886,3 +1204,21 @@ COMMENT ON FUNCTION provisioning.list_jobs(text, integer) IS 'Provisioning jobs,
 COMMENT ON FUNCTION provisioning.run_jobs(integer) IS
   'Claim and start due jobs; their Management API calls go through the outbox and each answer moves the job on (scheduled).';
 COMMENT ON FUNCTION provisioning.tenant_keys(uuid) IS 'Decrypt a tenant''s anon key, service key and database password (operators only).';
+
+-- ==== Exposure ====================================================================================
+-- PostgREST's anon and authenticated roles get what PUBLIC gets above (reads under row-level
+-- security, the SECURITY DEFINER entry points) and nothing more: whatever default privileges of
+-- the installing role granted them on these schemas' tables, sequences and functions is taken back.
+DO $exposure$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('REVOKE ALL ON ALL TABLES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
+            EXECUTE pg_catalog.format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
+            EXECUTE pg_catalog.format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
+        END IF;
+    END LOOP;
+END
+$exposure$;

@@ -149,4 +149,6 @@ ALTER TABLE intake.transactions ENABLE ROW LEVEL SECURITY;
 
 REVOKE ALL ON intake.engine_config, intake.allocations, intake.released_slots, intake.user_claims,
     intake.outcome_log, intake.pool_totals, intake.drain_clock, intake.engine_metrics, intake.transactions FROM PUBLIC;
-GRANT SELECT ON intake.engine_config, intake.engine_metrics, intake.transactions TO PUBLIC;
+-- engine_config names webhook URLs and secrets: only the owner and service_role read it.
+-- engine_metrics holds counts only; transactions are read under RLS (each user their own rows).
+GRANT SELECT ON intake.engine_metrics, intake.transactions TO PUBLIC;

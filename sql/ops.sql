@@ -26,16 +26,40 @@ CREATE TYPE ops.ops_event_type AS ENUM (
 );
 COMMENT ON TYPE ops.ops_event_type IS 'Event types ops.ingest_event accepts (schema_version 1.0).';
 
+-- What ops.ingest_event accepts as a value, for the CHECK constraints below: direct writes by
+-- personas (finalize.sql) must hold to the rules of ingest (envelope.rs), and CHECKs hold for
+-- every writer. Both are STRICT: a NULL passes (NOT NULL is said separately).
+-- Free text (check_text): not blank (Unicode White_Space), at most max_chars characters, no
+-- control characters (Cc), newlines and tabs allowed when multiline.
+CREATE FUNCTION ops.is_valid_text(value text, max_chars integer, multiline boolean) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT length(value) <= max_chars
+   AND value ~ E'[^\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]'
+   AND value !~ CASE WHEN multiline THEN E'[\\u0001-\\u0008\\u000b-\\u001f\\u007f-\\u009f]'
+                     ELSE E'[\\u0001-\\u001f\\u007f-\\u009f]' END
+$$;
+-- An absolute URI (check_uri): a scheme, at most 2048 bytes, no whitespace or control characters.
+CREATE FUNCTION ops.is_absolute_uri(value text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT octet_length(value) <= 2048
+   AND value ~ '^[A-Za-z][A-Za-z0-9+.-]*:'
+   AND value !~ E'[\\u0001-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]'
+$$;
+
 CREATE TABLE ops.releases (
     release_id    uuid PRIMARY KEY,
-    version       text NOT NULL CHECK (length(version) BETWEEN 1 AND 128),
-    title         text CHECK (length(title) <= 500),
-    repository    text CHECK (length(repository) <= 200),
+    version       text NOT NULL CHECK (ops.is_valid_text(version, 128, false)),
+    title         text CHECK (ops.is_valid_text(title, 500, false)),
+    repository    text CHECK (ops.is_valid_text(repository, 200, false)),
     commit_sha    text CHECK (commit_sha ~ '^[0-9a-f]{7,64}$'),
     status        text NOT NULL DEFAULT 'open'
                   CHECK (status IN ('open', 'in_staging', 'in_production', 'rolled_back')),
     created_by    text NOT NULL,
-    source_system text NOT NULL,
+    source_system text NOT NULL CHECK (source_system ~ '^[A-Za-z0-9_.:/-]{1,64}$'),
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
@@ -71,13 +95,13 @@ CREATE TABLE ops.gate_checks (
     check_id      uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     gate_id       uuid NOT NULL,
     release_id    uuid NOT NULL,
-    check_name    text NOT NULL CHECK (length(check_name) BETWEEN 1 AND 128),
+    check_name    text NOT NULL CHECK (ops.is_valid_text(check_name, 128, false)),
     status        text NOT NULL CHECK (status IN ('pass', 'fail', 'pending', 'skipped')),
     required      boolean NOT NULL DEFAULT true,
-    run_id        text,
-    details_url   text,
+    run_id        text CHECK (ops.is_valid_text(run_id, 128, false)),
+    details_url   text CHECK (ops.is_absolute_uri(details_url)),
     reported_by   text NOT NULL,
-    source_system text NOT NULL,
+    source_system text NOT NULL CHECK (source_system ~ '^[A-Za-z0-9_.:/-]{1,64}$'),
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
     recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -96,7 +120,7 @@ CREATE TABLE ops.approvals (
     persona_role  text NOT NULL
                   CHECK (persona_role IN ('release_manager', 'qa_tester', 'sre', 'ci_service_role', 'developer', 'audit_reader')),
     decision      text NOT NULL CHECK (decision IN ('approved', 'rejected')),
-    comment       text CHECK (length(comment) <= 4000),
+    comment       text CHECK (ops.is_valid_text(comment, 4000, true)),
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
     recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -114,9 +138,9 @@ CREATE TABLE ops.evidence_artifacts (
     check_id      uuid REFERENCES ops.gate_checks (check_id) ON DELETE CASCADE,
     artifact_type text NOT NULL CHECK (artifact_type IN ('build_log', 'test_report', 'qa_signoff', 'security_scan',
                   'rollback_plan', 'health_check', 'deployment_log', 'runbook', 'reference', 'other')),
-    uri           text NOT NULL CHECK (length(uri) <= 2048),
+    uri           text NOT NULL CHECK (ops.is_absolute_uri(uri)),
     sha256        text CHECK (sha256 ~ '^[0-9a-f]{64}$'),
-    description   text CHECK (length(description) <= 2000),
+    description   text CHECK (ops.is_valid_text(description, 2000, true)),
     submitted_by  text NOT NULL,
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
@@ -134,18 +158,23 @@ CREATE TABLE ops.exceptions (
     exception_id  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     release_id    uuid NOT NULL REFERENCES ops.releases (release_id) ON DELETE CASCADE,
     gate_id       uuid NOT NULL,
-    reason        text NOT NULL CHECK (length(reason) BETWEEN 1 AND 4000),
+    reason        text NOT NULL CHECK (ops.is_valid_text(reason, 4000, true)),
     requested_by  text NOT NULL,
     status        text NOT NULL DEFAULT 'requested' CHECK (status IN ('requested', 'approved', 'rejected', 'revoked')),
     decided_by    text,
     decided_at    timestamptz,
-    decision_comment text CHECK (length(decision_comment) <= 4000),
+    decision_comment text CHECK (ops.is_valid_text(decision_comment, 4000, true)),
     expires_at    timestamptz NOT NULL,
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
     FOREIGN KEY (gate_id, release_id) REFERENCES ops.release_gates (gate_id, release_id) ON DELETE CASCADE,
-    CONSTRAINT exception_decision_recorded CHECK ((status = 'requested') = (decided_by IS NULL AND decided_at IS NULL)),
-    CONSTRAINT exception_four_eyes CHECK (decided_by IS NULL OR decided_by <> requested_by)
+    CONSTRAINT exception_decision_recorded CHECK (CASE WHEN status = 'requested'
+        THEN decided_by IS NULL AND decided_at IS NULL AND decision_comment IS NULL
+        ELSE decided_by IS NOT NULL AND decided_at IS NOT NULL END),
+    CONSTRAINT exception_four_eyes CHECK (decided_by IS NULL OR decided_by <> requested_by),
+    -- ops.ingest_event: at most 90 days ahead (store.rs MAX_EXCEPTION_DAYS); that it is in the
+    -- future when requested is checked by a trigger (finalize.sql), as it depends on now().
+    CONSTRAINT exception_expiry_within_90_days CHECK (expires_at <= created_at + interval '90 days')
 );
 COMMENT ON TABLE ops.exceptions IS
   'Gate bypasses. A gate counts as bypassed only while its exception is approved and expires_at is in the future (NR-5: '
@@ -160,15 +189,18 @@ CREATE TABLE ops.deployments (
     environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
     status        text NOT NULL DEFAULT 'started' CHECK (status IN ('started', 'succeeded', 'failed', 'rolled_back')),
     g4_status     text NOT NULL DEFAULT 'pending' CHECK (g4_status IN ('pending', 'passed', 'failed')),
-    external_ref  text CHECK (length(external_ref) <= 256),
+    external_ref  text CHECK (ops.is_valid_text(external_ref, 256, false)),
     deployed_by   text NOT NULL,
-    rollback_reason text CHECK (length(rollback_reason) <= 4000),
+    rollback_reason text CHECK (ops.is_valid_text(rollback_reason, 4000, true)),
     started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at   timestamptz,
     rolled_back_at timestamptz,
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+    recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- A health result (health_check event) follows a succeeded deployment, which may be rolled
+    -- back later; a started or failed deployment has none.
+    CONSTRAINT deployment_health_after_success CHECK (g4_status = 'pending' OR status IN ('succeeded', 'rolled_back'))
 );
 COMMENT ON TABLE ops.deployments IS
   'Deployments of a release. Starting one in staging or production requires ops.is_eligible_for_promotion (enforced by trigger).';
@@ -181,7 +213,7 @@ CREATE TABLE ops.environment_events (
     event_kind    text NOT NULL CHECK (event_kind ~ '^[a-z0-9_]{1,64}$'),
     release_id    uuid REFERENCES ops.releases (release_id),
     deployment_id uuid REFERENCES ops.deployments (deployment_id),
-    detail        jsonb NOT NULL DEFAULT '{}',
+    detail        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(detail) = 'object'),
     recorded_by   text NOT NULL,
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now()
@@ -233,9 +265,9 @@ CREATE TABLE ops.incidents (
     release_id    uuid REFERENCES ops.releases (release_id) ON DELETE SET NULL,
     deployment_id uuid REFERENCES ops.deployments (deployment_id) ON DELETE SET NULL,
     severity      text NOT NULL CHECK (severity IN ('sev1', 'sev2', 'sev3', 'sev4')),
-    summary       text NOT NULL CHECK (length(summary) BETWEEN 1 AND 2000),
+    summary       text NOT NULL CHECK (ops.is_valid_text(summary, 2000, true)),
     status        text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'resolved')),
-    resolution    text CHECK (length(resolution) <= 4000),
+    resolution    text CHECK (ops.is_valid_text(resolution, 4000, true)),
     opened_by     text NOT NULL,
     opened_at     timestamptz NOT NULL DEFAULT now(),
     resolved_at   timestamptz,
@@ -252,9 +284,9 @@ CREATE TABLE ops.recovery_drills (
     release_id    uuid REFERENCES ops.releases (release_id) ON DELETE SET NULL,
     drill_type    text NOT NULL CHECK (drill_type IN ('backup_restore', 'failover', 'rollback', 'region_evacuation')),
     outcome       text NOT NULL CHECK (outcome IN ('passed', 'failed')),
-    rto_seconds   int CHECK (rto_seconds >= 0),
-    rpo_seconds   int CHECK (rpo_seconds >= 0),
-    evidence_uri  text CHECK (length(evidence_uri) <= 2048),
+    rto_seconds   int CHECK (rto_seconds BETWEEN 0 AND 31536000),
+    rpo_seconds   int CHECK (rpo_seconds BETWEEN 0 AND 31536000),
+    evidence_uri  text CHECK (ops.is_absolute_uri(evidence_uri)),
     performed_by  text NOT NULL,
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now()

@@ -49,6 +49,29 @@ COMMENT ON COLUMN flowgate.deliveries.auth_secret IS
   'Name of a secret (Supabase Vault, else flowgate.secrets) sent as "<auth_header>: <auth_scheme> <secret>".';
 COMMENT ON COLUMN flowgate.deliveries.transport_ref IS 'pg_net request id while in flight on pg_net.';
 
+-- A sensitive delivery never keeps a response body, and its request body goes as soon as it
+-- ends, whichever path ends it (a recorded outcome, a failing response handler, an expiry, an
+-- operator's UPDATE). Its redacted body can no longer be sent, so it is never requeued.
+CREATE FUNCTION flowgate.redact_sensitive() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.body = '{"redacted": true}'::jsonb AND NEW.status IN ('pending', 'in_flight') THEN
+        RAISE EXCEPTION 'delivery % carried secrets and was redacted when it ended; it cannot be sent again', NEW.id
+              USING ERRCODE = '55000',
+                    HINT = 'its owner starts a new delivery (provisioning: provisioning.retry(client_id))';
+    END IF;
+    NEW.response_body := NULL;
+    IF NEW.status IN ('delivered', 'failed', 'dead') THEN
+        NEW.body := '{"redacted": true}'::jsonb;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER deliveries_redact_sensitive BEFORE INSERT OR UPDATE ON flowgate.deliveries
+    FOR EACH ROW WHEN (NEW.sensitive) EXECUTE FUNCTION flowgate.redact_sensitive();
+
 CREATE INDEX deliveries_due ON flowgate.deliveries (next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX deliveries_in_flight ON flowgate.deliveries (claimed_at) WHERE status = 'in_flight';
 CREATE INDEX deliveries_owner ON flowgate.deliveries (owner_module, owner_id);
@@ -59,14 +82,16 @@ SELECT pg_catalog.pg_extension_config_dump('flowgate.deliveries', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flowgate.deliveries', 'id'), '');
 REVOKE ALL ON flowgate.deliveries FROM PUBLIC;
 
--- Secrets for deliveries when Supabase Vault is not installed. Owner-only: no other role can
--- read it, and flowgate never copies a value into another table, an error or a log line.
+-- Secrets for deliveries when Supabase Vault is not installed: pgcrypto ciphertext under
+-- flowgate.tenant_key_passphrase (server configuration only), so neither a read of this table
+-- nor a dump reveals a value. Owner-only; written through flowgate.set_secret.
 CREATE TABLE flowgate.secrets (
-    name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,127}$'),
-    value      text NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    name            text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,127}$'),
+    value_encrypted bytea NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE flowgate.secrets IS
-  'Named secrets (bot tokens, API keys) for deliveries, used when Supabase Vault has no secret of that name. Owner-only.';
+  'Named secrets (bot tokens, API keys) for deliveries, used when Supabase Vault has no secret of that name: '
+  'pgcrypto ciphertext under flowgate.tenant_key_passphrase. Owner-only; write with flowgate.set_secret().';
 REVOKE ALL ON flowgate.secrets FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('flowgate.secrets', '');

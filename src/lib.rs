@@ -20,7 +20,11 @@ pub mod provisioning;
 /// background worker.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    provisioning::keys::init();
+    // pgrx attaches a captured Rust backtrace to the DETAIL of an error that crossed Rust when
+    // RUST_BACKTRACE or RUST_LIB_BACKTRACE is set in the server's environment. A client must
+    // never see one, whatever the environment: turn capturing off before anything can panic.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    core::secrets::init();
     core::worker::init();
 }
 

@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- Seed 001's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(56);
+SELECT plan(61);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -11,6 +11,13 @@ END $$;
 GRANT USAGE ON SCHEMA flowgate, capacity TO authenticated, service_role, anon;
 INSERT INTO capacity.group_members VALUES ('infra', 'infra-1');
 CREATE TEMP TABLE n_events AS SELECT 0::bigint AS n;
+-- The business-day rule computed independently of flowgate: the n-th UTC calendar day after
+-- t that is not a Saturday or Sunday, at t's time of day. Whatever day the suite runs on.
+CREATE FUNCTION pg_temp.plus_business_days(t timestamptz, n int) RETURNS timestamptz LANGUAGE sql AS $$
+    SELECT (((t AT TIME ZONE 'UTC')::date + k) + (t AT TIME ZONE 'UTC')::time) AT TIME ZONE 'UTC'
+      FROM generate_series(1, 2 * n + 7) AS k
+     WHERE extract(isodow FROM (t AT TIME ZONE 'UTC')::date + k) < 6
+     ORDER BY k OFFSET n - 1 LIMIT 1 $$;
 GRANT ALL ON n_events TO PUBLIC;
 
 -- === Happy path ============================================================================
@@ -32,8 +39,9 @@ SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}',
 SELECT is(capacity.record_capacity_event(:'cr1', 'COMMERCIAL_APPROVED') -> 'request' ->> 'state', 'TECHNICAL_REVIEW_REQUIRED', 'the commercial owner approves');
 SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
 SELECT is(capacity.record_capacity_event(:'cr1', 'TECH_REVIEW_APPROVED') -> 'request' ->> 'state', 'CUSTOMER_CONFIRMATION_REQUIRED', 'infra approves');
-SELECT ok((capacity.get_capacity_request(:'cr1') -> 'request' ->> 'customer_confirmation_deadline_at')::timestamptz > now() + interval '6 days',
-          'the confirmation deadline is 5 business days out (at least a week of calendar time)');
+SELECT is((capacity.get_capacity_request(:'cr1') -> 'request' ->> 'customer_confirmation_deadline_at')::timestamptz,
+          pg_temp.plus_business_days(now(), 5),
+          'the confirmation deadline is 5 business days (Monday to Friday, UTC) after the approval, same time of day');
 SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
 SELECT is(capacity.record_capacity_event(:'cr1', 'CUSTOMER_CONFIRMED') -> 'request' ->> 'state', 'PROVISIONING_IN_PROGRESS', 'the customer confirms');
 SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
@@ -160,6 +168,44 @@ SELECT capacity.create_capacity_request('ae-1', 'infra', '20XL', 1, 'us-east-1',
 SELECT is(capacity.get_capacity_request(:'cr5') -> 'request' ->> 'state', 'TECHNICAL_REVIEW_REQUIRED', 'a cheap request skips commercial approval');
 SELECT is((SELECT actor_id || ' ' || (payload ->> 'reason') FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr5' AND event_type = 'COMMERCIAL_APPROVED'),
           'system auto-approved: estimated monthly cost 5000 USD is below the 10000 USD threshold', 'recorded as an event by system');
+
+-- === Claims written by a plain login role are not believed ==================================
+-- A requester who can log in directly writes the commercial owner's subject into
+-- request.jwt.claims and approves her own request: she stays herself, and is refused.
+DO $$ BEGIN CREATE ROLE fg_sa_login LOGIN; END $$;
+GRANT authenticated TO fg_sa_login;
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id' AS cr_imp \gset
+RESET ROLE;
+SET LOCAL SESSION AUTHORIZATION fg_sa_login;
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(flowgate.current_actor(), 'authenticated', 'the forged claims are ignored: the actor is the database role');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'COMMERCIAL_APPROVED')$$, :'cr_imp'), 'P0002', NULL,
+    'so the forged approval finds no request it may act on');
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+SELECT is(capacity.get_capacity_request(:'cr_imp') -> 'request' ->> 'state', 'COMMERCIAL_APPROVAL_REQUIRED', 'and the request still waits for its owner');
+
+-- === No Rust backtrace reaches a client ======================================================
+-- The test servers run with RUST_BACKTRACE=full. An error Postgres raises under flowgate's Rust
+-- code (here a trigger) reaches the caller with its own message and no backtrace in DETAIL.
+CREATE FUNCTION pg_temp.boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'boom' USING ERRCODE = 'P0001'; END $$;
+CREATE TRIGGER tap_boom BEFORE INSERT ON capacity.capacity_request_events FOR EACH ROW EXECUTE FUNCTION pg_temp.boom();
+CREATE TEMP TABLE caught (state text, message text, detail text);
+DO $$
+DECLARE s text; m text; d text;
+BEGIN
+    PERFORM capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1');
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS s = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+    INSERT INTO caught VALUES (s, m, d);
+END $$;
+DROP TRIGGER tap_boom ON capacity.capacity_request_events;
+SELECT is((SELECT state || ' ' || message FROM caught), 'P0001 boom', 'the trigger''s error reaches the caller as raised');
+SELECT is((SELECT coalesce(detail, '') FROM caught), '', 'with no Rust backtrace in its DETAIL');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -2,7 +2,7 @@
 -- outbox against flowgate-testd on 127.0.0.1:5597, and Slack slash commands / buttons with
 -- v0 signatures (computed here with pgcrypto's HMAC, as Slack computes them).
 BEGIN;
-SELECT plan(25);
+SELECT plan(31);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 SELECT flowgate.set_setting('flowgate.http_transport', '"native"') \g /dev/null
@@ -84,6 +84,42 @@ SELECT is((SELECT count(*)::int FROM capacity.capacity_request_events WHERE capa
               AND actor_id = 'U0SA' AND actor_type = 'delegated'), 1, 'recorded once, for the Slack user');
 SELECT throws_ok($$SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, 'v0=00') FROM slack_click WHERE u = 'U0SA'$$,
                  '42501', NULL, 'an unsigned click is refused');
+
+-- === One person, one actor: created through PostgREST, approved from Slack ==================
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN CREATE ROLE authenticator LOGIN NOINHERIT; END IF;
+END $$;
+GRANT authenticated TO authenticator;
+-- The commercial owner links her Slack id to her JWT subject herself, through PostgREST.
+SET LOCAL SESSION AUTHORIZATION authenticator;
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"ae-jwt-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(flowgate.link_identity('slack', 'U0AEJWT') ->> 'actor_id', 'ae-jwt-1', 'a person links her own Slack id to herself');
+SELECT throws_ok($$SELECT flowgate.link_identity('slack', 'U0OTHER', 'someone-else')$$, '42501', NULL,
+    'but not a Slack id to someone else');
+SELECT set_config('request.jwt.claims', '{"sub":"sa-jwt-1","role":"authenticated"}', true) \g /dev/null
+SELECT throws_ok($$SELECT flowgate.link_identity('slack', 'U0AEJWT')$$, '42501', NULL,
+    'nor take over a Slack id linked to another person');
+SELECT capacity.create_capacity_request('ae-jwt-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id' AS cr_api \gset
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+CREATE TEMP TABLE slack_approve AS
+SELECT 'payload=' || replace(replace(jsonb_build_object(
+           'type', 'block_actions', 'user', jsonb_build_object('id', u),
+           'channel', jsonb_build_object('id', 'C0TEST'), 'message', jsonb_build_object('ts', '1700000000.000200'),
+           'actions', jsonb_build_array(jsonb_build_object('action_id', 'capacity:COMMERCIAL_APPROVED',
+                                                           'value', :'cr_api' || ':COMMERCIAL_APPROVED', 'action_ts', a))
+       )::text, '{', '%7B'), '}', '%7D') AS body, u
+  FROM (VALUES ('U0STRANGER', '1700000200.1'), ('U0AEJWT', '1700000201.1')) v(u, a);
+SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, pg_temp.sig(body, extract(epoch FROM now())::bigint::text)) ->> 'response_type'
+             FROM slack_approve WHERE u = 'U0STRANGER'), 'ephemeral', 'an unlinked Slack user is not the commercial owner');
+SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, pg_temp.sig(body, extract(epoch FROM now())::bigint::text)) ->> 'text'
+             FROM slack_approve WHERE u = 'U0AEJWT'), :'cr_api' || ': COMMERCIAL_APPROVED by <@U0AEJWT> → TECHNICAL_REVIEW_REQUIRED',
+          'the owner''s click in Slack approves the request created through the API');
+SELECT is((SELECT actor_id || ' ' || actor_type FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr_api' AND event_type = 'COMMERCIAL_APPROVED'),
+          'ae-jwt-1 delegated', 'recorded as the one actor she is');
 
 SELECT * FROM finish();
 ROLLBACK;

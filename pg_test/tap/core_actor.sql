@@ -1,6 +1,6 @@
 -- flowgate.current_actor() as PostgREST calls it: SET LOCAL ROLE + request.jwt.claims.
 BEGIN;
-SELECT plan(13);
+SELECT plan(22);
 
 DO $$
 BEGIN
@@ -42,5 +42,52 @@ SELECT is(flowgate.current_actor_info('U024BE7LH') ->> 'id', 'U024BE7LH', 'servi
 SELECT is(flowgate.current_actor_info('U024BE7LH') ->> 'delegated_by', 'service_role', 'and the delegation is recorded');
 
 RESET ROLE;
+
+-- === Claims count only for PostgREST's login or a trusted one ===============================
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN CREATE ROLE authenticator LOGIN NOINHERIT; END IF;
+    CREATE ROLE fg_mallory LOGIN;
+END $$;
+GRANT anon, authenticated, service_role TO authenticator;
+GRANT authenticated TO fg_mallory;
+SELECT is(flowgate.get_setting('flowgate.authenticator_roles'), '["authenticator"]'::jsonb,
+    'flowgate.authenticator_roles defaults to Supabase''s PostgREST login');
+
+-- What PostgREST does: log in as authenticator, SET LOCAL ROLE to the JWT's role, set the claims.
+SET LOCAL SESSION AUTHORIZATION authenticator;
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"u-postgrest","role":"authenticated"}', true) \g /dev/null
+SELECT is(flowgate.current_actor() || ' ' || session_user || ' ' || current_user, 'u-postgrest authenticator authenticated',
+    'a PostgREST-shaped call: the JWT subject is the actor');
+SELECT is(flowgate.current_actor_info() ->> 'source', 'jwt', 'taken from the claims');
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+
+-- A login role that writes the claims itself is itself, whatever it writes.
+SET LOCAL SESSION AUTHORIZATION fg_mallory;
+SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(flowgate.current_actor(), 'fg_mallory', 'a plain login role writing request.jwt.claims stays itself');
+SET LOCAL ROLE authenticated;
+SELECT is(flowgate.current_actor(), 'authenticated', 'also after SET ROLE: the actor is the database role');
+SELECT is(flowgate.current_actor_info() ->> 'source', 'session', 'recorded as a session role, not a JWT user');
+SELECT set_config('request.jwt.claim.sub', 'ae-1', true) \g /dev/null
+SELECT is(flowgate.current_actor(), 'authenticated', 'the PostgREST < 10 per-claim settings are ignored the same way');
+SELECT set_config('request.jwt.claims', '{"sub":', true) \g /dev/null
+SELECT is(flowgate.current_actor(), 'authenticated', 'and claims it cannot be believed are not even parsed');
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+SELECT set_config('request.jwt.claim.sub', '', true) \g /dev/null
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+
+-- The setting is the switch: a deployment whose PostgREST logs in under another name lists it.
+SELECT flowgate.set_setting('flowgate.authenticator_roles', '["authenticator", "fg_mallory"]') \g /dev/null
+SET LOCAL SESSION AUTHORIZATION fg_mallory;
+SELECT set_config('request.jwt.claims', '{"sub":"u-custom-login","role":"authenticated"}', true) \g /dev/null
+SELECT is(flowgate.current_actor(), 'u-custom-login', 'a role listed in flowgate.authenticator_roles has its claims believed');
+RESET SESSION AUTHORIZATION;
+SELECT flowgate.reset_setting('flowgate.authenticator_roles') \g /dev/null
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+
 SELECT * FROM finish();
 ROLLBACK;

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules of Phase 3 through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees of Phase 1.
 BEGIN;
-SELECT plan(102);
+SELECT plan(110);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -76,6 +76,28 @@ SELECT is((SELECT processing_status || ' -> ' || original_ingest_id FROM ops.eve
 SELECT is((SELECT r ->> 'status' FROM (SELECT ops.ingest_event(pg_temp.ev('github_actions/101/build_complete', 'build_complete',
               '{"status": "fail", "run_id": 101}')) AS r) x), 'duplicate',
           'a retry with the same key but a different body is still the duplicate of the first (the key decides)');
+
+-- Long keys are stored and compared whole: two keys that share their first 255 characters are
+-- two events, and a key over the 256-character limit is a 400 that stores no key at all.
+-- (A statement_timeout turns a regression that loops into a failure instead of a hang.)
+SET LOCAL statement_timeout = '10s';
+SELECT is(ops.ingest_event(pg_temp.ev(repeat('k', 255) || 'a', 'build_complete', '{"status": "pass", "run_id": 201}')) ->> 'status',
+          'accepted', 'a 256-character key is accepted');
+SELECT is(ops.ingest_event(pg_temp.ev(repeat('k', 255) || 'b', 'build_complete', '{"status": "pass", "run_id": 202}')) ->> 'status',
+          'accepted', 'a second key sharing its first 255 characters is another event, not a duplicate and no loop');
+SELECT is(ops.ingest_event(pg_temp.ev(repeat('k', 255) || 'b', 'build_complete', '{"status": "pass", "run_id": 202}')) ->> 'status',
+          'duplicate', 'the same 256-character key again is its duplicate');
+SELECT is((SELECT string_agg(DISTINCT length(idempotency_key)::text, ',') FROM ops.event_ingest_log WHERE idempotency_key LIKE 'kkkk%'),
+          '256', 'the log stores the whole key, never a cut one');
+SELECT pg_temp.domain_rows() AS before \gset
+CREATE TEMP TABLE long_key AS
+SELECT ops.ingest_event(pg_temp.ev(repeat('k', 257), 'build_complete', '{"status": "pass", "run_id": 203}')) AS r;
+SELECT is((SELECT r #>> '{detail,error}' FROM long_key), 'invalid_field', 'a 257-character key is rejected');
+SELECT is(current_setting('response.status'), '400', 'with HTTP 400');
+SELECT is((SELECT idempotency_key IS NULL AND processing_status = 'rejected' FROM ops.event_ingest_log
+            WHERE ingest_id = (SELECT (r ->> 'ingest_id')::uuid FROM long_key)), true, 'its log row keeps no (cut) key');
+SELECT is(pg_temp.domain_rows(), :before::bigint, 'and nothing else is written');
+RESET statement_timeout;
 
 SELECT is(ops.ingest_event(pg_temp.ev('v9', 'build_complete', '{"status": "pass", "schema_version": "9.0"}')) #>> '{detail,error}',
           'unsupported_schema_version', 'an unknown schema_version is rejected');

@@ -1,6 +1,17 @@
 -- The outbox through SQL, against flowgate-testd on 127.0.0.1:5597 (started by pg_test/test.sh).
 BEGIN;
-SELECT plan(24);
+SELECT plan(36);
+
+-- The SQLSTATE and message of a statement's error, or 'ok'.
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE s text; m text; h text;
+BEGIN
+    EXECUTE q;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS s = RETURNED_SQLSTATE, m = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
+    RETURN s || ': ' || m || ' | ' || coalesce(h, '');
+END $$;
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -63,6 +74,52 @@ SELECT is((SELECT string_agg(jobname || ' | ' || schedule || ' | ' || command, E
           || E'\nintake.drain | * * * * * | SELECT intake.drain_all()\nintake.metrics | * * * * * | SELECT intake.collect_metrics(NULL, 4.5)\nops.expiry | * * * * * | SELECT ops.expire_bypasses()\nprovisioning.run | * * * * * | SELECT provisioning.run_jobs()',
           'one job each, with the schedules from settings (5-second schedules become every minute on pg_cron 1.4)');
 SELECT is(flowgate.uninstall_schedules(), 8::bigint, 'uninstall removes them all');
+
+-- Secrets: encrypted at rest, checked before storing, never echoed.
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+SET LOCAL flowgate.tenant_key_passphrase = 'tap-passphrase-0123456789abcdef';
+SELECT is(flowgate.set_secret('tap_token', 'tap-secret-token-Zq81'), 'pgcrypto', 'without Vault a secret is stored with pgcrypto');
+SELECT ok(NOT EXISTS (SELECT FROM flowgate.secrets WHERE strpos(encode(value_encrypted, 'escape'), 'tap-secret-token') > 0),
+          'flowgate.secrets (and so its dump) holds ciphertext only');
+CREATE TEMP TABLE secret_errors AS
+SELECT v AS value, pg_temp.err(format('SELECT flowgate.set_secret(%L, %L)', n, v)) AS e
+  FROM (VALUES ('tap_token', 'sk_live_…'), ('tap_token', E'line\nbreak-secret-ABC'), ('bad name; --', 'leaky-secret-value-XYZ'),
+               ('tap_token', ' padded-secret-DEF')) t(n, v);
+SELECT is((SELECT string_agg(DISTINCT split_part(e, ':', 1), ',') FROM secret_errors), '22023',
+          'a value that cannot travel in an HTTP header (or a bad name) is refused with 22023');
+SELECT ok(NOT EXISTS (SELECT FROM secret_errors WHERE strpos(e, trim(value)) > 0 OR e LIKE '%secret-ABC%'),
+          'and no error shows the value');
+SELECT is((SELECT count(*)::int FROM flowgate.secrets WHERE name <> 'tap_token'), 0, 'nothing else was stored');
+INSERT INTO flowgate.deliveries (owner_module, owner_id, url, idempotency_key, auth_secret)
+VALUES ('tap', 'r-auth', 'http://127.0.0.1:5597/ok', 'tap-auth-nopass', 'tap_token');
+SET LOCAL flowgate.tenant_key_passphrase = 'another-passphrase-0123456789';
+SELECT is(flowgate.dispatch_ids(ARRAY[(SELECT id FROM flowgate.deliveries WHERE idempotency_key = 'tap-auth-nopass')]) ->> 'failed', '1',
+          'a secret stored under another passphrase fails its delivery, the batch goes on');
+SELECT alike((SELECT last_error FROM flowgate.deliveries WHERE idempotency_key = 'tap-auth-nopass'),
+             '%secret "tap_token"%passphrase%', 'naming the secret and what to set, not the value');
+RESET flowgate.tenant_key_passphrase;
+
+-- Sensitive deliveries (a tenant's database password out, API keys back) keep neither body once
+-- they end, on every path: here the response handler fails, so the isolated recorder's
+-- fallback ends the delivery.
+INSERT INTO flowgate.deliveries (owner_module, owner_id, url, idempotency_key, body, sensitive, handler, status, attempts, claimed_at)
+VALUES ('tap', 'r-secret', 'http://127.0.0.1:5597/ok', 'tap-sensitive-1', '{"db_pass": "hunter2-tenant"}', true,
+        'tap.no_such_handler', 'in_flight', 1, now());
+SELECT is(flowgate.record_attempt_isolated((SELECT id FROM flowgate.deliveries WHERE idempotency_key = 'tap-sensitive-1'),
+          200, NULL, '{"api_keys": [{"name": "service_role", "api_key": "eyJ-secret"}]}', 'application/json', NULL, NULL),
+          'handler_error', 'the response handler fails');
+SELECT is((SELECT status::text || ' ' || body::text || ' ' || coalesce(response_body, '<none>') FROM flowgate.deliveries WHERE idempotency_key = 'tap-sensitive-1'),
+          'delivered {"redacted": true} <none>', 'the failed handler path redacts the request and keeps no response');
+UPDATE flowgate.deliveries SET status = 'failed' WHERE idempotency_key = 'tap-sensitive-1';
+SELECT throws_ok($$UPDATE flowgate.deliveries SET status = 'pending' WHERE idempotency_key = 'tap-sensitive-1'$$, '55000', NULL,
+          'a redacted delivery cannot be requeued (it would send the placeholder)');
+INSERT INTO flowgate.deliveries (owner_module, owner_id, url, idempotency_key, body, sensitive, status)
+VALUES ('tap', 'r-secret', 'http://127.0.0.1:5597/ok', 'tap-sensitive-2', '{"db_pass": "hunter2-tenant"}', true, 'pending');
+UPDATE flowgate.deliveries SET status = 'dead', response_body = 'eyJ-secret' WHERE idempotency_key = 'tap-sensitive-2';
+SELECT is((SELECT body::text || ' ' || coalesce(response_body, '<none>') FROM flowgate.deliveries WHERE idempotency_key = 'tap-sensitive-2'),
+          '{"redacted": true} <none>', 'so does an operator''s direct UPDATE to dead');
+SELECT ok(NOT EXISTS (SELECT FROM flowgate.deliveries WHERE sensitive AND (body::text LIKE '%hunter2%' OR response_body LIKE '%eyJ%')),
+          'no secret is left in any sensitive delivery');
 
 SELECT * FROM finish();
 ROLLBACK;

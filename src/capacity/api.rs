@@ -13,6 +13,7 @@ mod capacity {
     use crate::capacity::machine::{allowed_events, Event, State};
     use crate::capacity::store;
     use crate::core::actor::{validate_actor_id, Actor};
+    use crate::core::args::{RawJsonb, MAX_JSON_ARG_BYTES};
     use crate::core::error::CoreError;
     use crate::core::eventstore::Applied;
     use crate::core::store as core_store;
@@ -22,6 +23,7 @@ mod capacity {
     }
 
     fn parse_event(name: &str) -> Result<Event, CoreError> {
+        crate::capacity::flow::check_lookup("event_type", name)?;
         Event::parse(name).ok_or_else(|| {
             CoreError::invalid(
                 "event_type",
@@ -62,7 +64,7 @@ mod capacity {
         requested_size: &str,
         quantity: i32,
         region: &str,
-        customer_ref: default!(JsonB, "'{}'"),
+        customer_ref: default!(RawJsonb, "'{}'"),
         needed_by_date: default!(Option<pgrx::datum::Date>, "NULL"),
         expected_duration_days: default!(Option<i32>, "NULL"),
         estimated_monthly_cost_usd: default!(Option<pgrx::AnyNumeric>, "NULL"),
@@ -82,14 +84,8 @@ mod capacity {
                 )
                 .into());
             }
-            if !matches!(customer_ref.0, Value::Object(_)) {
-                return Err(CoreError::invalid(
-                    "customer_ref",
-                    "it is not a JSON object",
-                    "a JSON object of minimal customer identifiers",
-                )
-                .into());
-            }
+            let customer_ref = customer_ref.value("customer_ref", MAX_JSON_ARG_BYTES)?;
+            crate::capacity::flow::check_customer_ref(&customer_ref)?;
             let cost = match estimated_monthly_cost_usd {
                 Some(n) => {
                     let text = n.to_string();
@@ -105,7 +101,7 @@ mod capacity {
                 requester_user_id: actor.id.clone(),
                 commercial_owner_user_id: commercial_owner_user_id.into(),
                 infra_owner_group: infra_owner_group.into(),
-                customer_ref: customer_ref.0.clone(),
+                customer_ref,
                 requested_size: requested_size.into(),
                 quantity,
                 region: region.into(),
@@ -133,7 +129,7 @@ mod capacity {
     fn record_capacity_event(
         request_id: &str,
         event_type: &str,
-        payload: default!(JsonB, "'{}'"),
+        payload: default!(RawJsonb, "'{}'"),
         idempotency_key: default!(Option<&str>, "NULL"),
         on_behalf_of: default!(Option<&str>, "NULL"),
     ) -> Result<JsonB, ErrorReport> {
@@ -142,13 +138,8 @@ mod capacity {
             store::refuse_anonymous(&actor)?;
             store::check_user_key(idempotency_key)?;
             let event = parse_event(event_type)?;
-            let applied = store::apply(
-                request_id,
-                event,
-                payload.0.clone(),
-                &actor,
-                idempotency_key,
-            )?;
+            let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;
+            let applied = store::apply(request_id, event, payload, &actor, idempotency_key)?;
             Ok(result(&applied))
         };
         run().map_err(fail)
@@ -162,7 +153,7 @@ mod capacity {
     fn apply_event_by_name(
         request_id: &str,
         event: &str,
-        payload: default!(JsonB, "'{}'"),
+        payload: default!(RawJsonb, "'{}'"),
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CapacityError> {
             let session = core_store::session_actor(true)?;
@@ -174,13 +165,8 @@ mod capacity {
                 }
                 .into());
             }
-            let applied = store::apply(
-                request_id,
-                parse_event(event)?,
-                payload.0.clone(),
-                &session,
-                None,
-            )?;
+            let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;
+            let applied = store::apply(request_id, parse_event(event)?, payload, &session, None)?;
             Ok(result(&applied))
         };
         run().map_err(fail)
@@ -213,13 +199,20 @@ mod capacity {
         store::run_timers().map(JsonB).map_err(fail)
     }
 
-    /// Who am I to this request (for UIs): requester / owner / infra / admin flags.
-    #[pg_extern(stable)]
+    /// Who am I to this request (for UIs): requester / owner / infra / admin flags. SECURITY
+    /// DEFINER because group membership is not readable by callers; it reports only the
+    /// caller's own standing, and a request the caller has no part in does not exist (P0002),
+    /// exactly as under the tables' row-level security.
+    #[pg_extern(stable, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn my_standing(request_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CapacityError> {
             let actor: Actor = core_store::session_actor(true)?;
             let (r, o, g) = store::parties(request_id)?;
             let s = store::standing(&actor, &r, &o, &g)?;
+            if !s.has_any() {
+                return Err(CoreError::not_found("capacity request", request_id).into());
+            }
             Ok(JsonB(json!({
                 "actor": actor.id, "requester": s.is_requester, "commercial_owner": s.is_commercial_owner,
                 "infra_group": s.in_infra_group, "admin": s.is_admin,
@@ -228,14 +221,17 @@ mod capacity {
         run().map_err(fail)
     }
 
+    /// The actor behind a verified Slack request: the actor the Slack user id is linked to
+    /// (`flowgate.link_identity('slack', ...)`), else the Slack user id itself.
     fn slack_actor(user_id: &str) -> Result<Actor, CoreError> {
         validate_actor_id("Slack user_id", user_id)?;
+        let linked = core_store::linked_actor("slack", user_id)?;
         Ok(Actor {
-            id: user_id.to_string(),
+            id: linked.unwrap_or_else(|| user_id.to_string()),
             role: "slack".into(),
             source: crate::core::actor::ActorSource::OnBehalf,
             trusted: false,
-            delegated_by: Some("slack".into()),
+            delegated_by: Some(format!("slack:{user_id}")),
         })
     }
 
@@ -262,9 +258,10 @@ mod capacity {
         match core.sqlstate() {
             "55000" | "42501" | "P0002" => {
                 let hint = core.hint().map(|h| format!("\n{h}")).unwrap_or_default();
-                Ok(JsonB(
-                    json!({"response_type": "ephemeral", "text": format!("{core}{hint}")}),
-                ))
+                Ok(JsonB(json!({
+                    "response_type": "ephemeral",
+                    "text": crate::capacity::slack::escape(&format!("{core}{hint}")),
+                })))
             }
             _ => Err(e),
         }
@@ -292,12 +289,15 @@ mod capacity {
                 Ok(c) => c,
                 Err(e) => {
                     let hint = e.hint().map(|h| format!("\n{h}")).unwrap_or_default();
-                    return Ok(JsonB(
-                        json!({"response_type": "ephemeral", "text": format!("{e}{hint}")}),
-                    ));
+                    return Ok(JsonB(json!({
+                        "response_type": "ephemeral",
+                        "text": crate::capacity::slack::escape(&format!("{e}{hint}")),
+                    })));
                 }
             };
-            if cmd.commercial_owner == actor.id {
+            // The owner is named as a Slack user: the same person as their linked actor.
+            let owner = slack_actor(&cmd.commercial_owner)?.id;
+            if owner == actor.id {
                 return Ok(JsonB(json!({
                     "response_type": "ephemeral",
                     "text": "you cannot be the commercial owner of your own request",
@@ -306,7 +306,7 @@ mod capacity {
             let request = Request {
                 state: State::Submitted,
                 requester_user_id: actor.id.clone(),
-                commercial_owner_user_id: cmd.commercial_owner,
+                commercial_owner_user_id: owner,
                 infra_owner_group: cmd.infra_group,
                 customer_ref: json!({}),
                 requested_size: cmd.size,
@@ -320,6 +320,14 @@ mod capacity {
                 cancellation_authorizer_user_id: None,
                 procurement_started_at: None,
             };
+            // Out-of-bounds fields get the usage privately, like a malformed command.
+            if let Err(e) = request.check_new() {
+                let hint = e.hint().map(|h| format!("\n{h}")).unwrap_or_default();
+                return Ok(JsonB(json!({
+                    "response_type": "ephemeral",
+                    "text": crate::capacity::slack::escape(&format!("{e}{hint}")),
+                })));
+            }
             let key = form("trigger_id").map(|t| format!("slack:{t}"));
             let (id, _) = match store::create(request, &actor, key.as_deref()) {
                 Ok(created) => created,
@@ -363,7 +371,8 @@ mod capacity {
                 )
                 .into());
             }
-            let actor = slack_actor(payload["user"]["id"].as_str().unwrap_or(""))?;
+            let slack_user = payload["user"]["id"].as_str().unwrap_or("");
+            let actor = slack_actor(slack_user)?;
             let action = &payload["actions"][0];
             let (id, event) =
                 crate::capacity::slack::parse_action_value(action["value"].as_str().unwrap_or(""))?;
@@ -373,7 +382,13 @@ mod capacity {
                 Ok(applied) => Ok(JsonB(json!({
                     "response_type": "in_channel",
                     "replace_original": false,
-                    "text": format!("{id}: {} by <@{}> → {}", event.as_str(), actor.id, applied.state.state.as_str()),
+                    "text": format!(
+                        "{}: {} by {} → {}",
+                        crate::capacity::slack::escape(&id),
+                        event.as_str(),
+                        crate::capacity::slack::mention(slack_user),
+                        applied.state.state.as_str()
+                    ),
                 }))),
                 Err(e) => ephemeral(e),
             }

@@ -6,14 +6,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::machine::{allowed_events, may_send, next_state, Event, Standing, State};
-use crate::core::actor::Actor;
+use crate::core::actor::{validate_actor_id, Actor};
 use crate::core::error::CoreError;
 use crate::core::workflow::{Reducer, Transition};
 
 /// Longest free-text reason accepted.
 pub const MAX_REASON: usize = 2000;
-/// Largest event payload accepted, in bytes of JSON text.
+/// Largest event payload accepted, in bytes of JSON text (measured as by [`jsonb_text_len`]).
 pub const MAX_PAYLOAD: usize = 16 * 1024;
+/// Deepest nesting of objects and arrays accepted in an event payload.
+pub const MAX_PAYLOAD_DEPTH: usize = 8;
+/// Largest `customer_ref` accepted, in bytes of JSON text (measured as by [`jsonb_text_len`]),
+/// and its deepest nesting: it holds a few customer identifiers, not documents.
+pub const MAX_CUSTOMER_REF: usize = 4 * 1024;
+pub const MAX_CUSTOMER_REF_DEPTH: usize = 5;
+/// Longest `requested_size`, `region` and `infra_owner_group` accepted, in characters.
+pub const MAX_SIZE_LEN: usize = 32;
+pub const MAX_REGION_LEN: usize = 32;
+pub const MAX_GROUP_LEN: usize = 63;
+/// Longest request id or event name looked up: no longer one exists, and an error message
+/// never repeats an oversized argument.
+pub const MAX_LOOKUP_LEN: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapacityError {
@@ -89,6 +102,135 @@ pub fn add_business_days(from: DateTime<Utc>, n: u32) -> DateTime<Utc> {
         }
     }
     t
+}
+
+/// Bytes of `v` as Postgres prints it as a jsonb (`{"a": 1, "b": [1, 2]}`: a space after every
+/// `:` and `,`), so the limits checked here are the ones the tables' `octet_length(col::text)`
+/// CHECKs enforce on direct writes.
+pub fn jsonb_text_len(v: &Value) -> usize {
+    let separators = |n: usize| 2 * n.saturating_sub(1);
+    match v {
+        Value::Object(m) => {
+            2 + separators(m.len())
+                + m.iter()
+                    .map(|(k, v)| {
+                        Value::String(k.clone()).to_string().len() + 2 + jsonb_text_len(v)
+                    })
+                    .sum::<usize>()
+        }
+        Value::Array(a) => 2 + separators(a.len()) + a.iter().map(jsonb_text_len).sum::<usize>(),
+        scalar => scalar.to_string().len(),
+    }
+}
+
+/// Nesting of objects and arrays: 0 for a scalar, 1 for `{}` or `{"a": 1}`, 2 for `{"a": [1]}`.
+pub fn json_depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(json_depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// 22023 unless `v` is a JSON object of at most `max_len` bytes (as jsonb text) nested at most
+/// `max_depth` levels deep.
+pub fn check_json_object(
+    what: &str,
+    v: &Value,
+    max_len: usize,
+    max_depth: usize,
+    example: &str,
+) -> Result<(), CoreError> {
+    let allowed = || {
+        format!(
+            "a JSON object such as {example}, at most {max_len} bytes of JSON text and nested at most {max_depth} levels deep"
+        )
+    };
+    if !v.is_object() {
+        return Err(CoreError::invalid(
+            what,
+            "it is not a JSON object",
+            allowed(),
+        ));
+    }
+    let len = jsonb_text_len(v);
+    if len > max_len {
+        return Err(CoreError::invalid(
+            what,
+            format!("it is {len} bytes of JSON text"),
+            allowed(),
+        ));
+    }
+    let depth = json_depth(v);
+    if depth > max_depth {
+        return Err(CoreError::invalid(
+            what,
+            format!("it is nested {depth} levels deep"),
+            allowed(),
+        ));
+    }
+    Ok(())
+}
+
+/// `customer_ref`: a few customer identifiers.
+pub fn check_customer_ref(v: &Value) -> Result<(), CoreError> {
+    check_json_object(
+        "customer_ref",
+        v,
+        MAX_CUSTOMER_REF,
+        MAX_CUSTOMER_REF_DEPTH,
+        r#"{"org": "acme", "account_id": "A-123"}"#,
+    )
+}
+
+/// 22023 unless `value` has 1 to `max` characters and no control characters. Only the length:
+/// formats (a region, a group name) are the table's CHECKs.
+fn check_text(what: &str, value: &str, max: usize, example: &str) -> Result<(), CoreError> {
+    let n = value.chars().count();
+    let problem = if n == 0 {
+        "it is empty".to_string()
+    } else if n > max {
+        format!("it is {n} characters long")
+    } else if value.chars().any(char::is_control) {
+        "it contains control characters".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(CoreError::invalid(
+        what,
+        problem,
+        format!("1 to {max} printable characters, e.g. {example}"),
+    ))
+}
+
+/// 22023 for a request id or event name longer than any that exists, before it is looked up
+/// (or repeated in a P0002 message).
+pub fn check_lookup(what: &str, value: &str) -> Result<(), CoreError> {
+    if value.len() > MAX_LOOKUP_LEN {
+        return Err(CoreError::invalid(
+            what,
+            format!("it is {} bytes long", value.len()),
+            format!("at most {MAX_LOOKUP_LEN} bytes, e.g. CR-2026-000123 or COMMERCIAL_APPROVED"),
+        ));
+    }
+    Ok(())
+}
+
+impl Request {
+    /// The bounds of a new request's caller-supplied fields, checked before anything is
+    /// written, whichever surface (SQL, Slack) it came from. The table's CHECKs agree.
+    pub fn check_new(&self) -> Result<(), CoreError> {
+        validate_actor_id("commercial_owner_user_id", &self.commercial_owner_user_id)?;
+        check_text(
+            "infra_owner_group",
+            &self.infra_owner_group,
+            MAX_GROUP_LEN,
+            "infra",
+        )?;
+        check_text("requested_size", &self.requested_size, MAX_SIZE_LEN, "24XL")?;
+        check_text("region", &self.region, MAX_REGION_LEN, "us-east-1")?;
+        check_customer_ref(&self.customer_ref)
+    }
 }
 
 fn reason(
@@ -257,23 +399,55 @@ mod unit_tests {
         Actor::system()
     }
 
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    /// Start times on every day of the week, late on a Friday, on weekends and across month
+    /// and year ends, with the deadline 1 and 5 business days later written out by hand.
     #[test]
-    fn business_days_skip_weekends() {
-        let friday = Utc.with_ymd_and_hms(2026, 11, 20, 15, 0, 0).unwrap();
-        assert_eq!(
-            add_business_days(friday, 1),
-            Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap()
-        );
-        assert_eq!(
-            add_business_days(friday, 5),
-            Utc.with_ymd_and_hms(2026, 11, 27, 15, 0, 0).unwrap()
-        );
-        let saturday = Utc.with_ymd_and_hms(2026, 11, 21, 9, 30, 0).unwrap();
-        assert_eq!(
-            add_business_days(saturday, 1),
-            Utc.with_ymd_and_hms(2026, 11, 23, 9, 30, 0).unwrap()
-        );
-        assert_eq!(add_business_days(friday, 0), friday);
+    fn business_days_over_a_table_of_start_times() {
+        #[rustfmt::skip]
+        let table = [
+            // start,                     +1 business day,          +5 business days
+            (utc(2026, 11, 23, 9, 0),   utc(2026, 11, 24, 9, 0),   utc(2026, 11, 30, 9, 0)),   // Monday
+            (utc(2026, 11, 24, 9, 0),   utc(2026, 11, 25, 9, 0),   utc(2026, 12, 1, 9, 0)),    // Tuesday, across November's end
+            (utc(2026, 11, 25, 14, 5),  utc(2026, 11, 26, 14, 5),  utc(2026, 12, 2, 14, 5)),   // Wednesday
+            (utc(2026, 11, 26, 0, 0),   utc(2026, 11, 27, 0, 0),   utc(2026, 12, 3, 0, 0)),    // Thursday midnight
+            (utc(2026, 11, 27, 15, 0),  utc(2026, 11, 30, 15, 0),  utc(2026, 12, 4, 15, 0)),   // Friday afternoon
+            (utc(2026, 11, 27, 23, 59), utc(2026, 11, 30, 23, 59), utc(2026, 12, 4, 23, 59)),  // Friday 23:59
+            (utc(2026, 11, 28, 0, 0),   utc(2026, 11, 30, 0, 0),   utc(2026, 12, 4, 0, 0)),    // Saturday 00:00
+            (utc(2026, 11, 28, 9, 30),  utc(2026, 11, 30, 9, 30),  utc(2026, 12, 4, 9, 30)),   // Saturday
+            (utc(2026, 11, 29, 1, 43),  utc(2026, 11, 30, 1, 43),  utc(2026, 12, 4, 1, 43)),   // Sunday
+            (utc(2026, 11, 29, 23, 59), utc(2026, 11, 30, 23, 59), utc(2026, 12, 4, 23, 59)),  // Sunday 23:59
+            (utc(2026, 12, 31, 12, 0),  utc(2027, 1, 1, 12, 0),    utc(2027, 1, 7, 12, 0)),    // Thursday, year end
+            (utc(2027, 12, 31, 23, 59), utc(2028, 1, 3, 23, 59),   utc(2028, 1, 7, 23, 59)),   // Friday, year end
+            (utc(2028, 2, 28, 10, 0),   utc(2028, 2, 29, 10, 0),   utc(2028, 3, 6, 10, 0)),    // Monday before a leap day
+            (utc(2027, 1, 31, 8, 0),    utc(2027, 2, 1, 8, 0),     utc(2027, 2, 5, 8, 0)),     // Sunday, month end
+        ];
+        for (start, one, five) in table {
+            assert_eq!(add_business_days(start, 1), one, "{start} + 1");
+            assert_eq!(add_business_days(start, 5), five, "{start} + 5");
+            assert_eq!(add_business_days(start, 0), start, "{start} + 0");
+        }
+    }
+
+    proptest::proptest! {
+        /// For any start and any n: the deadline falls on a weekday at the same time of day,
+        /// and exactly n weekdays lie in (start, deadline].
+        #[test]
+        fn business_days_count_exactly_n_weekdays(secs in 0i64..4_102_444_800, n in 1u32..=60) {
+            let start = DateTime::from_timestamp(secs, 0).unwrap();
+            let end = add_business_days(start, n);
+            proptest::prop_assert!(!matches!(end.weekday(), Weekday::Sat | Weekday::Sun));
+            proptest::prop_assert_eq!(end.time(), start.time());
+            let weekdays = (1..=(end - start).num_days())
+                .map(|k| start + Duration::days(k))
+                .filter(|d| !matches!(d.weekday(), Weekday::Sat | Weekday::Sun))
+                .count();
+            proptest::prop_assert_eq!(weekdays, n as usize);
+            proptest::prop_assert!((end - start).num_days() >= i64::from(n));
+        }
     }
 
     #[test]
@@ -372,6 +546,90 @@ mod unit_tests {
         )
         .unwrap_err();
         assert_eq!(core.sqlstate(), "42501");
+    }
+
+    /// The lengths Postgres prints for these values as jsonb (`octet_length(v::jsonb::text)`)
+    /// and their nesting, so the functions' limits are the tables' CHECK limits.
+    #[test]
+    fn json_is_measured_as_postgres_prints_jsonb() {
+        for (json, pg_len, depth) in [
+            (r#"{}"#, 2, 1),
+            (r#"{"a":1}"#, 8, 1),
+            (r#"{"a":[1]}"#, 10, 2),
+            (r#"{"a":{"b":[]}}"#, 16, 3),
+            (
+                r#"{"a":"x\"y\n\u0001é","b":[1,2.5,null,true,{"c":[]}]}"#,
+                61,
+                4,
+            ),
+            (r#"{"k":"€ <!channel>","l":[[],{}]}"#, 38, 3),
+        ] {
+            let v: Value = serde_json::from_str(json).unwrap();
+            assert_eq!(jsonb_text_len(&v), pg_len, "{json}");
+            assert_eq!(json_depth(&v), depth, "{json}");
+        }
+    }
+
+    #[test]
+    fn customer_ref_is_a_small_shallow_object() {
+        let sized = |n: usize| serde_json::json!({"blob": "x".repeat(n)});
+        assert!(check_customer_ref(&sized(MAX_CUSTOMER_REF - 12)).is_ok());
+        let e = check_customer_ref(&sized(MAX_CUSTOMER_REF - 11)).unwrap_err();
+        assert_eq!(e.sqlstate(), "22023");
+        assert!(e.to_string().contains("4097 bytes"), "{e}");
+        assert!(e.hint().unwrap().contains("at most 4096 bytes"));
+        let deep: Value = serde_json::from_str(r#"{"a":{"b":{"c":{"d":{"e":1}}}}}"#).unwrap();
+        assert!(check_customer_ref(&deep).is_ok());
+        let deeper: Value = serde_json::from_str(r#"{"a":{"b":{"c":{"d":{"e":[1]}}}}}"#).unwrap();
+        let e = check_customer_ref(&deeper).unwrap_err();
+        assert!(e.to_string().contains("nested 6 levels deep"), "{e}");
+        for not_an_object in ["[]", "\"acme\"", "null", "42"] {
+            let v: Value = serde_json::from_str(not_an_object).unwrap();
+            assert_eq!(check_customer_ref(&v).unwrap_err().sqlstate(), "22023");
+        }
+    }
+
+    #[test]
+    fn a_new_request_is_bounded_before_anything_is_written() {
+        assert!(request(State::Submitted).check_new().is_ok());
+        type Breaks = fn(&mut Request);
+        let cases: [(&str, Breaks); 7] = [
+            ("requested_size", |r| r.requested_size = "X".repeat(33)),
+            ("requested_size", |r| {
+                r.requested_size = "24XL\n<!channel>".into()
+            }),
+            ("region", |r| {
+                r.region = format!("us{}-1", "-east".repeat(10))
+            }),
+            ("region", |r| r.region.clear()),
+            ("infra_owner_group", |r| {
+                r.infra_owner_group = "g".repeat(64)
+            }),
+            ("commercial_owner_user_id", |r| {
+                r.commercial_owner_user_id = "o".repeat(257)
+            }),
+            ("customer_ref", |r| {
+                r.customer_ref = serde_json::json!({"x": "y".repeat(5000)})
+            }),
+        ];
+        for (field, spoil) in cases {
+            let mut r = request(State::Submitted);
+            spoil(&mut r);
+            let e = r.check_new().unwrap_err();
+            assert_eq!(e.sqlstate(), "22023", "{field}");
+            assert!(
+                e.to_string().starts_with(&format!("invalid {field}")),
+                "{e}"
+            );
+            assert!(e.hint().is_some(), "{field}: a hint says what is allowed");
+        }
+        assert!(check_lookup("request_id", "CR-2026-000123").is_ok());
+        assert_eq!(
+            check_lookup("request_id", &"CR".repeat(33))
+                .unwrap_err()
+                .sqlstate(),
+            "22023"
+        );
     }
 
     mod props {

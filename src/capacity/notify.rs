@@ -155,14 +155,13 @@ pub fn warn(client: &mut SpiClient<'_>, id: &str, deadline: &str) -> CoreResult<
         &[id.into()],
     )?;
     let (ts, owner) = rows.first().get_two::<String, String>()?;
-    let text = format!(
-        "{id}: the customer's confirmation is due by {deadline}; <@{}> please chase it, or the request expires",
-        owner.unwrap_or_default()
+    let body = slack::confirmation_warning(
+        &channel,
+        ts.as_deref(),
+        id,
+        deadline,
+        &owner.unwrap_or_default(),
     );
-    let mut body = serde_json::json!({"channel": channel, "text": text});
-    if let Some(ts) = &ts {
-        body["thread_ts"] = ts.clone().into();
-    }
     let url = format!(
         "{}/chat.postMessage",
         setting("capacity.slack_api_url")?.trim_end_matches('/')

@@ -194,23 +194,43 @@ fn buttons(id: &str, state: State) -> Value {
     json!({"type": "actions", "block_id": format!("capacity:{id}"), "elements": elements})
 }
 
-/// Escape user text for Slack mrkdwn (`&`, `<`, `>`), so `<!channel>` or a fake link in a
-/// field stays text.
+/// Escape user text for Slack mrkdwn as Slack documents it (`&` → `&amp;`, `<` → `&lt;`,
+/// `>` → `&gt;`), so `<!channel>`, a mention or a fake link in a field stays text.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
+/// Whether `id` looks like a Slack user id (`U…` or, on Enterprise Grid, `W…`, then upper-case
+/// letters and digits): only those become `<@…>` mentions.
+pub fn is_slack_user_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some('U' | 'W'))
+        && id.len() >= 3
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+/// An actor in mrkdwn text: a mention for a Slack user id, the escaped id as plain text for
+/// anything else (a JWT subject, or an id crafted to break out of `<@…>`).
+pub fn mention(id: &str) -> String {
+    if is_slack_user_id(id) {
+        format!("<@{id}>")
+    } else {
+        escape(id)
+    }
+}
+
 /// The request's root message (chat.postMessage).
 pub fn root_message(channel: &str, id: &str, request: &Value) -> Value {
     let text = format!(
-        "{id}: {} x {} in {} requested by <@{}> (commercial owner <@{}>, infra {})",
+        "{}: {} x {} in {} requested by {} (commercial owner {}, infra {})",
+        escape(id),
         request["quantity"],
         escape(request["requested_size"].as_str().unwrap_or("?")),
         escape(request["region"].as_str().unwrap_or("?")),
-        escape(request["requester_user_id"].as_str().unwrap_or("?")),
-        escape(request["commercial_owner_user_id"].as_str().unwrap_or("?")),
+        mention(request["requester_user_id"].as_str().unwrap_or("?")),
+        mention(request["commercial_owner_user_id"].as_str().unwrap_or("?")),
         escape(request["infra_owner_group"].as_str().unwrap_or("?")),
     );
     let state: Option<State> = serde_json::from_value(request["state"].clone()).ok();
@@ -232,15 +252,39 @@ pub fn transition_reply(
     actor: &str,
 ) -> Value {
     let text = format!(
-        "{id}: {} → {} ({event} by <@{}>)",
+        "{}: {} → {} ({} by {})",
+        escape(id),
         from.as_str(),
         to.as_str(),
-        escape(actor)
+        escape(event),
+        mention(actor)
     );
     let mut body = json!({"channel": channel, "text": text, "blocks": [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
         buttons(id, to),
     ]});
+    if let Some(ts) = thread_ts {
+        body["thread_ts"] = ts.into();
+    }
+    body
+}
+
+/// The thread reply warning that the customer's confirmation is due by `deadline`, asking the
+/// commercial owner to chase it; `thread_ts` is filled in once the root message is known.
+pub fn confirmation_warning(
+    channel: &str,
+    thread_ts: Option<&str>,
+    id: &str,
+    deadline: &str,
+    owner: &str,
+) -> Value {
+    let text = format!(
+        "{}: the customer's confirmation is due by {}; {} please chase it, or the request expires",
+        escape(id),
+        escape(deadline),
+        mention(owner)
+    );
+    let mut body = json!({"channel": channel, "text": text});
     if let Some(ts) = thread_ts {
         body["thread_ts"] = ts.into();
     }
@@ -357,5 +401,158 @@ mod unit_tests {
             form_field("a=1&payload=%7B%22x%22%3A1%7D", "payload").as_deref(),
             Some("{\"x\":1}")
         );
+    }
+
+    /// Whether every `<` and `>` in mrkdwn text belongs to a `<@…>` mention of a Slack user id:
+    /// then nothing a caller typed can ping a channel, mention someone or make a link.
+    fn only_safe_markup(text: &str) -> bool {
+        let mut rest = text;
+        let mut plain = String::new();
+        while let Some(i) = rest.find("<@") {
+            plain.push_str(&rest[..i]);
+            let tail = &rest[i + 2..];
+            let Some(end) = tail.find('>') else {
+                return false;
+            };
+            if !is_slack_user_id(&tail[..end]) {
+                return false;
+            }
+            rest = &tail[end + 1..];
+        }
+        plain.push_str(rest);
+        !plain.contains('<') && !plain.contains('>')
+    }
+
+    const HOSTILE: [&str; 7] = [
+        "U9> <!channel",
+        "<!here>",
+        "<!subteam^S0123|admins>",
+        "<https://evil.example|click here>",
+        "U123|x>",
+        "W0B4D <@U0ADMIN>",
+        "&lt;!channel&gt; & co",
+    ];
+
+    #[test]
+    fn mentions_only_for_slack_user_ids() {
+        assert_eq!(mention("U024BE7LH"), "<@U024BE7LH>");
+        assert_eq!(mention("W0123ABC"), "<@W0123ABC>");
+        assert_eq!(mention("U9> <!channel"), "U9&gt; &lt;!channel");
+        for not_an_id in [
+            "sa-1",
+            "u024be7lh",
+            "U1",
+            "X024BE7LH",
+            "U024 BE7",
+            "U024BE7LH>",
+            "",
+            "6a1f3c2e-0000-4000-8000-000000000001",
+        ] {
+            assert!(!is_slack_user_id(not_an_id), "{not_an_id:?}");
+            assert!(!mention(not_an_id).contains('<'), "{not_an_id:?}");
+        }
+        assert_eq!(mention("ae-1 & <co>"), "ae-1 &amp; &lt;co&gt;");
+    }
+
+    #[test]
+    fn the_confirmation_warning_cannot_ping_the_channel() {
+        let body = confirmation_warning(
+            "C1",
+            Some("1700000000.000100"),
+            "CR-2026-000001",
+            "2026-12-04 15:00:00+00",
+            "U9> <!channel",
+        );
+        let text = body["text"].as_str().unwrap();
+        assert!(
+            !text.contains("<!channel>") && !text.contains("<@U9>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("; U9&gt; &lt;!channel please chase it"),
+            "{text}"
+        );
+        assert!(only_safe_markup(text), "{text}");
+        assert_eq!(body["thread_ts"], "1700000000.000100");
+        assert_eq!(body["channel"], "C1");
+
+        let body = confirmation_warning("C1", None, "CR-2026-000001", "2026-12-04", "U0AE");
+        assert_eq!(
+            body["text"],
+            "CR-2026-000001: the customer's confirmation is due by 2026-12-04; <@U0AE> please chase it, or the request expires"
+        );
+        assert!(
+            body.get("thread_ts").is_none(),
+            "parked until the thread is known"
+        );
+    }
+
+    #[test]
+    fn every_message_keeps_hostile_fields_as_text() {
+        for h in HOSTILE {
+            let request = json!({
+                "state": "COMMERCIAL_APPROVAL_REQUIRED", "quantity": 1, "requested_size": h, "region": h,
+                "requester_user_id": h, "commercial_owner_user_id": h, "infra_owner_group": h,
+            });
+            let root = root_message("C1", "CR-2026-000001", &request);
+            assert!(only_safe_markup(root["text"].as_str().unwrap()), "{h}");
+            assert_eq!(root["blocks"][0]["text"]["text"], root["text"]);
+            let reply = transition_reply(
+                "C1",
+                None,
+                "CR-2026-000001",
+                State::CommercialApprovalRequired,
+                State::TechnicalReviewRequired,
+                "COMMERCIAL_APPROVED",
+                h,
+            );
+            assert!(only_safe_markup(reply["text"].as_str().unwrap()), "{h}");
+            let warning = confirmation_warning("C1", None, h, h, h);
+            assert!(only_safe_markup(warning["text"].as_str().unwrap()), "{h}");
+        }
+        let root = root_message(
+            "C1",
+            "CR-2026-000001",
+            &json!({"quantity": 2, "requested_size": "24XL", "region": "us-east-1",
+                    "requester_user_id": "U0SA", "commercial_owner_user_id": "ae-1", "infra_owner_group": "infra"}),
+        );
+        assert_eq!(
+            root["text"],
+            "CR-2026-000001: 2 x 24XL in us-east-1 requested by <@U0SA> (commercial owner ae-1, infra infra)"
+        );
+        let reply = transition_reply(
+            "C1",
+            Some("1.2"),
+            "CR-2026-000001",
+            State::CommercialApprovalRequired,
+            State::TechnicalReviewRequired,
+            "COMMERCIAL_APPROVED",
+            "U0AE",
+        );
+        assert!(reply["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("(COMMERCIAL_APPROVED by <@U0AE>)"));
+    }
+
+    proptest::proptest! {
+        /// Whatever the caller-supplied fields hold, the only markup in a message is a mention
+        /// of a Slack user id.
+        #[test]
+        fn no_field_value_adds_markup(
+            actor in "[<>@!&|^#UWC0-9A-Za-z :/.-]{0,24}",
+            field in "[<>@!&|^#UWC0-9A-Za-z :/.-]{0,24}",
+        ) {
+            let request = json!({"quantity": 1, "requested_size": field, "region": field,
+                                 "requester_user_id": actor, "commercial_owner_user_id": actor,
+                                 "infra_owner_group": field});
+            let root = root_message("C1", "CR-2026-000001", &request);
+            proptest::prop_assert!(only_safe_markup(root["text"].as_str().unwrap()));
+            let reply = transition_reply("C1", None, "CR-2026-000001", State::Expired, State::Cancelled,
+                                         "CANCEL_APPROVED", &actor);
+            proptest::prop_assert!(only_safe_markup(reply["text"].as_str().unwrap()));
+            let warning = confirmation_warning("C1", None, "CR-2026-000001", &field, &actor);
+            proptest::prop_assert!(only_safe_markup(warning["text"].as_str().unwrap()));
+        }
     }
 }

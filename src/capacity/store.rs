@@ -95,6 +95,7 @@ fn is_admin(actor: &Actor) -> CoreResult<bool> {
 /// The parties of a request, which never change after creation (so reading them before the
 /// runner takes its lock is safe).
 pub fn parties(id: &str) -> CoreResult<(String, String, String)> {
+    super::flow::check_lookup("request_id", id)?;
     Spi::connect(|client| {
         let rows = prepared::query(
             client,
@@ -134,21 +135,17 @@ pub fn standing(actor: &Actor, requester: &str, owner: &str, group: &str) -> Cor
 }
 
 fn payload_object(payload: Value) -> CoreResult<Map<String, Value>> {
-    let text_len = payload.to_string().len();
+    super::flow::check_json_object(
+        "payload",
+        &payload,
+        super::flow::MAX_PAYLOAD,
+        super::flow::MAX_PAYLOAD_DEPTH,
+        r#"{"reason": "customer withdrew"}"#,
+    )?;
     match payload {
-        Value::Object(m) if text_len <= super::flow::MAX_PAYLOAD => Ok(m),
-        Value::Object(_) => Err(CoreError::invalid(
-            "payload",
-            format!("it is {text_len} bytes"),
-            format!(
-                "a JSON object of at most {} bytes",
-                super::flow::MAX_PAYLOAD
-            ),
-        )),
-        other => Err(CoreError::invalid(
-            "payload",
-            format!("got {other}"),
-            "a JSON object, e.g. {\"reason\": \"...\"}",
+        Value::Object(m) => Ok(m),
+        _ => Err(CoreError::Internal(
+            "a checked payload is not an object".into(),
         )),
     }
 }
@@ -198,6 +195,7 @@ pub fn create(
     actor: &Actor,
     key: Option<&str>,
 ) -> Result<(String, bool), CapacityError> {
+    request.check_new()?;
     if let Some(k) = key {
         // Serialise creations that share an actor and key, then look for an earlier one.
         Spi::run_with_args(
@@ -285,6 +283,7 @@ pub fn create(
 
 /// The request as JSON with its most recent events (newest last) and the events it accepts.
 pub fn describe(id: &str, recent: i64) -> CoreResult<Value> {
+    super::flow::check_lookup("request_id", id)?;
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT to_jsonb(r) FROM capacity.capacity_requests r WHERE id = $1",

@@ -2,11 +2,13 @@
 //!
 //! PostgREST (and Supabase) put the verified JWT into the transaction-local setting
 //! `request.jwt.claims` (older PostgREST versions: one setting per claim, such as
-//! `request.jwt.claim.sub`) and switch to the JWT's role with `SET LOCAL ROLE`. The actor is the
-//! JWT subject when there is one, else the current database role. Only *trusted* sessions may
-//! act on behalf of someone else; trust comes from real role membership (superuser, or a member
-//! of a role listed in the `flowgate.trusted_roles` setting), not from a claim, because any
-//! session can write `request.jwt.claims` itself.
+//! `request.jwt.claim.sub`) and switch to the JWT's role with `SET LOCAL ROLE`. Any session can
+//! write those settings itself, so they are believed only when the session logged in as one of
+//! the roles PostgREST logs in as (`flowgate.authenticator_roles`) or as a trusted role
+//! (superuser, or a member of a role in `flowgate.trusted_roles`). Then the actor is the JWT
+//! subject when there is one; in every other case it is the current database role. Only
+//! *trusted* sessions may act on behalf of someone else; trust comes from real role membership
+//! of the current role, never from a claim.
 //!
 //! This file is pure: the session facts are read by `session.rs` and passed in.
 
@@ -85,6 +87,18 @@ pub struct SessionFacts<'a> {
     /// `current_user`.
     pub current_user: &'a str,
     pub trusted: bool,
+    /// Whether the claims settings are believed: the session logged in as an authenticator
+    /// role or as a trusted role. When false they are ignored and the actor is `current_user`.
+    pub claims_count: bool,
+}
+
+impl SessionFacts<'_> {
+    /// Whether the session carries any claim settings at all.
+    pub fn has_claims(&self) -> bool {
+        [self.claims, self.legacy_sub, self.legacy_role]
+            .into_iter()
+            .any(|c| non_empty(c).is_some())
+    }
 }
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
@@ -118,6 +132,15 @@ pub fn validate_actor_id(what: &str, id: &str) -> CoreResult<()> {
 pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
     let mut sub: Option<String> = None;
     let mut role: Option<String> = None;
+    if !facts.claims_count {
+        return Ok(Actor {
+            id: facts.current_user.to_owned(),
+            role: facts.current_user.to_owned(),
+            source: ActorSource::Session,
+            trusted: facts.trusted,
+            delegated_by: None,
+        });
+    }
 
     if let Some(raw) = non_empty(facts.claims) {
         let value: serde_json::Value =
@@ -204,6 +227,49 @@ pub fn act_on_behalf(session: Actor, on_behalf_of: Option<&str>) -> CoreResult<A
     })
 }
 
+/// Check an identity provider name: a lowercase identifier such as `slack`.
+pub fn validate_provider(provider: &str) -> CoreResult<()> {
+    let ok = (1..=32).contains(&provider.len())
+        && provider.starts_with(|c: char| c.is_ascii_lowercase())
+        && provider
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        return Ok(());
+    }
+    Err(CoreError::invalid(
+        "provider",
+        format!(
+            "{:?} is not a provider name",
+            provider.chars().take(40).collect::<String>()
+        ),
+        "1 to 32 of a-z, 0-9 and _, starting with a letter, e.g. slack",
+    ))
+}
+
+/// Whether `session` may point an external identity, linked now to `current` (if at all), at
+/// `target` (None: remove the link). A person links an unlinked identity to themselves and
+/// changes or removes only their own links; a trusted session may do anything.
+pub fn may_link(session: &Actor, current: Option<&str>, target: Option<&str>) -> CoreResult<()> {
+    if session.trusted {
+        return Ok(());
+    }
+    let own_target = target.is_none_or(|t| t == session.id);
+    let own_current = current.is_none_or(|c| c == session.id);
+    if own_target && own_current {
+        return Ok(());
+    }
+    Err(CoreError::PermissionDenied {
+        actor: session.id.clone(),
+        action: match (current, target) {
+            (Some(c), _) if c != session.id => format!("change an identity linked to {c:?}"),
+            _ => "link an identity to another actor".into(),
+        },
+        allowed: "link identities to yourself only (omit actor_id); trusted sessions link anyone's"
+            .into(),
+    })
+}
+
 fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
@@ -223,8 +289,32 @@ mod unit_tests {
         SessionFacts {
             claims,
             current_user: user,
+            claims_count: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn claims_written_by_an_ordinary_login_are_ignored() {
+        let f = SessionFacts {
+            claims: Some(r#"{"sub":"the-commercial-owner","role":"authenticated"}"#),
+            legacy_sub: Some("someone-else"),
+            current_user: "mallory",
+            claims_count: false,
+            ..Default::default()
+        };
+        assert!(f.has_claims());
+        let a = resolve(&f).unwrap();
+        assert_eq!((a.id.as_str(), a.role.as_str()), ("mallory", "mallory"));
+        assert_eq!(a.source, ActorSource::Session);
+        // Even malformed claims cannot make such a session fail: they are not read at all.
+        let f = SessionFacts {
+            claims: Some("{oops"),
+            current_user: "mallory",
+            ..Default::default()
+        };
+        assert_eq!(resolve(&f).unwrap().id, "mallory");
+        assert!(!facts(Some("  "), "x").has_claims());
     }
 
     #[test]
@@ -266,6 +356,7 @@ mod unit_tests {
             legacy_role: Some("authenticated"),
             current_user: "authenticator",
             trusted: false,
+            claims_count: true,
         };
         let a = resolve(&f).unwrap();
         assert_eq!(
@@ -324,6 +415,35 @@ mod unit_tests {
         assert_eq!(slack_user.source, ActorSource::OnBehalf);
         assert_eq!(slack_user.delegated_by.as_deref(), Some("service_role"));
         assert!(!slack_user.trusted, "delegated actors do not inherit trust");
+    }
+
+    #[test]
+    fn people_link_only_themselves_and_trusted_sessions_anyone() {
+        let me = resolve(&facts(Some(r#"{"sub":"ae-1"}"#), "authenticated")).unwrap();
+        assert!(
+            may_link(&me, None, Some("ae-1")).is_ok(),
+            "link an unlinked id to me"
+        );
+        assert!(may_link(&me, Some("ae-1"), Some("ae-1")).is_ok());
+        assert!(may_link(&me, Some("ae-1"), None).is_ok(), "unlink my own");
+        for (current, target) in [
+            (None, Some("boss")),
+            (Some("boss"), Some("ae-1")),
+            (Some("boss"), None),
+        ] {
+            let e = may_link(&me, current, target).unwrap_err();
+            assert_eq!(e.sqlstate(), "42501", "{current:?} -> {target:?}");
+        }
+        let bot = SessionFacts {
+            current_user: "service_role",
+            trusted: true,
+            ..Default::default()
+        };
+        assert!(may_link(&resolve(&bot).unwrap(), Some("boss"), Some("ae-1")).is_ok());
+        assert!(validate_provider("slack").is_ok());
+        for bad in ["", "Slack", "1x", "sl ack", &"a".repeat(33)] {
+            assert_eq!(validate_provider(bad).unwrap_err().sqlstate(), "22023");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use super::error::CoreError;
+use super::args::{RawJsonb, MAX_JSON_ARG_BYTES};
+use super::error::{CoreError, CoreResult};
 use super::{settings, store};
 
 /// The acting identity: the JWT subject (`request.jwt.claims` → `sub`) when a PostgREST or
@@ -32,6 +33,43 @@ fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<Js
     info.map(JsonB).map_err(fail)
 }
 
+/// Link an external identity (`provider` 'slack': a Slack user id) to the actor it acts as, so
+/// one person is one actor on every surface. `actor_id` defaults to the caller: a person links
+/// their own id; only trusted sessions link someone else's or change another actor's link.
+/// Returns the link.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn link_identity(
+    provider: &str,
+    external_id: &str,
+    actor_id: default!(Option<&str>, "NULL"),
+) -> Result<JsonB, ErrorReport> {
+    let run = || -> CoreResult<serde_json::Value> {
+        let me;
+        let target = match actor_id {
+            Some(a) => a,
+            None => {
+                me = store::session_actor(false)?.id;
+                &me
+            }
+        };
+        store::link_identity(provider, external_id, Some(target))
+    };
+    run()
+        .map(JsonB)
+        .map_err(CoreError::reporter("flowgate.link_identity"))
+}
+
+/// Remove a link made with `flowgate.link_identity` (your own, or any for trusted sessions).
+/// Returns the removed link, or NULL when there was none.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, ErrorReport> {
+    store::link_identity(provider, external_id, None)
+        .map(|v| (!v.is_null()).then_some(JsonB(v)))
+        .map_err(CoreError::reporter("flowgate.unlink_identity"))
+}
+
 /// The effective value of a setting: the stored one, else its documented default.
 #[pg_extern(stable, strict)]
 fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
@@ -43,8 +81,14 @@ fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
 /// Store a setting after checking it against its documented type; returns the stored value.
 /// Needs write access to `flowgate.settings` (the extension owner by default).
 #[pg_extern(volatile, strict)]
-fn set_setting(key: &str, value: JsonB) -> Result<JsonB, ErrorReport> {
-    store::set_value(key, value.0)
+fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
+    let run = || -> CoreResult<serde_json::Value> {
+        // Who may write, which key, how large: all before the value is read.
+        store::require_settings_writer()?;
+        settings::definition(key)?;
+        store::set_value(key, value.value("value", MAX_JSON_ARG_BYTES)?)
+    };
+    run()
         .map(JsonB)
         .map_err(CoreError::reporter("flowgate.set_setting"))
 }

@@ -54,6 +54,10 @@ pub enum CoreError {
         hint: String,
     },
 
+    /// Concurrent work got in the way; the same call may succeed when sent again.
+    #[error("{what} is busy")]
+    Busy { what: String, hint: String },
+
     /// A Postgres SPI failure that is not the caller's fault.
     #[error("SPI failure: {0}")]
     Spi(#[from] pgrx::spi::SpiError),
@@ -93,6 +97,7 @@ impl CoreError {
             CoreError::PermissionDenied { .. } => "42501",
             CoreError::Duplicate { .. } => "23505",
             CoreError::MissingDependency { .. } => "0A000",
+            CoreError::Busy { .. } => "40001",
             CoreError::Spi(_) | CoreError::Internal(_) => "XX000",
         }
     }
@@ -107,6 +112,7 @@ impl CoreError {
             CoreError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CoreError::Duplicate { .. } => ERRCODE_UNIQUE_VIOLATION,
             CoreError::MissingDependency { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CoreError::Busy { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
             CoreError::Spi(_) | CoreError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -125,7 +131,9 @@ impl CoreError {
             CoreError::PermissionDenied { allowed, .. } if !allowed.is_empty() => {
                 Some(allowed.clone())
             }
-            CoreError::MissingDependency { hint, .. } => Some(hint.clone()),
+            CoreError::MissingDependency { hint, .. } | CoreError::Busy { hint, .. } => {
+                Some(hint.clone())
+            }
             CoreError::Spi(_) | CoreError::Internal(_) => Some(
                 "this is a bug in flowgate; please report it with the statement that caused it"
                     .into(),

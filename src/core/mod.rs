@@ -4,11 +4,13 @@
 
 pub mod actor;
 pub mod api;
+pub mod args;
 pub mod error;
 pub mod eventstore;
 pub mod outbox;
 pub mod prepared;
 pub mod schedules;
+pub mod secrets;
 pub mod settings;
 pub mod store;
 pub mod subxact;

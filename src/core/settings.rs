@@ -78,6 +78,12 @@ pub const CORE: &[Definition] = &[
         doc: "Members of these roles (and superusers) are trusted: they may act on behalf of another actor (e.g. a Slack bot for the Slack user) and count as admins of the workflow modules.",
     },
     Definition {
+        key: "flowgate.authenticator_roles",
+        kind: Kind::RoleList,
+        default: r#"["authenticator"]"#,
+        doc: "The roles PostgREST logs in as (Supabase: authenticator). request.jwt.claims is believed only in sessions that logged in as one of these, or as a trusted role; anywhere else the actor is the database role.",
+    },
+    Definition {
         key: "flowgate.http_transport",
         kind: Kind::OneOf(&["auto", "pg_net", "native"]),
         default: r#""auto""#,

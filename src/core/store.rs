@@ -32,11 +32,23 @@ fn guc(name: &str) -> Option<String> {
 /// owner's rights this is still the caller (Postgres' "outer" user), never the function's owner, so identity
 /// and trust cannot be borrowed from a definer.
 pub fn current_user() -> String {
-    // SAFETY: GetOuterUserId() is always valid inside a transaction; with noerr = true
-    // GetUserNameFromId returns NULL rather than raising for a dropped role, and the palloc'd
-    // result is copied before the memory context can be reset.
+    // SAFETY: GetOuterUserId() is always valid inside a transaction.
+    unsafe { role_name(pg_sys::GetOuterUserId()) }
+}
+
+/// The role the session logged in as (`session_user`); `SET ROLE` does not change it.
+pub fn session_user() -> String {
+    // SAFETY: as in `current_user`; GetSessionUserId() is valid once the session started.
+    unsafe { role_name(pg_sys::GetSessionUserId()) }
+}
+
+/// # Safety
+/// `oid` must be a role id read from the running session.
+unsafe fn role_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: with noerr = true GetUserNameFromId returns NULL rather than raising for a
+    // dropped role, and the palloc'd result is copied before the memory context can be reset.
     unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), true);
+        let name = pg_sys::GetUserNameFromId(oid, true);
         if name.is_null() {
             String::new()
         } else {
@@ -48,20 +60,42 @@ pub fn current_user() -> String {
 /// Whether the calling role (see [`current_user`]) is a superuser or a member of a role in
 /// `flowgate.trusted_roles`.
 pub fn session_is_trusted() -> CoreResult<bool> {
-    // SAFETY: superuser_arg only reads the role's catalog entry; the outer user id is valid.
-    if unsafe { pg_sys::superuser_arg(pg_sys::GetOuterUserId()) } {
+    // SAFETY: GetOuterUserId() is always valid inside a transaction.
+    let (oid, name) = unsafe {
+        (
+            pg_sys::GetOuterUserId(),
+            role_name(pg_sys::GetOuterUserId()),
+        )
+    };
+    role_is_trusted(oid, name)
+}
+
+/// Whether the claims settings may be believed: the session logged in as one of
+/// `flowgate.authenticator_roles` (PostgREST's login, which sets them from a verified JWT) or as
+/// a trusted role. Any other login could have written them itself.
+pub fn claims_count() -> CoreResult<bool> {
+    let user = session_user();
+    if get_list("flowgate.authenticator_roles")?.contains(&user) {
+        return Ok(true);
+    }
+    // SAFETY: GetSessionUserId() is valid once the session started.
+    role_is_trusted(unsafe { pg_sys::GetSessionUserId() }, user)
+}
+
+fn role_is_trusted(oid: pg_sys::Oid, user: String) -> CoreResult<bool> {
+    // SAFETY: superuser_arg only reads the role's catalog entry; the id is the session's.
+    if unsafe { pg_sys::superuser_arg(oid) } {
         return Ok(true);
     }
     let roles = get_list("flowgate.trusted_roles")?;
     if roles.is_empty() {
         return Ok(false);
     }
-    let user = current_user();
     let trusted = Spi::connect(|client| -> CoreResult<Option<bool>> {
         let rows = super::prepared::query(
             client,
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
-             WHERE r.rolname = ANY($1) AND pg_catalog.pg_has_role($2::name, r.oid, 'MEMBER'))",
+             WHERE r.rolname = ANY($1) AND pg_catalog.pg_has_role($2::name, r.oid, 'USAGE'))",
             &[super::prepared::TEXT_ARRAY, super::prepared::TEXT],
             &[roles.into(), user.into()],
         )?;
@@ -82,13 +116,17 @@ pub fn session_actor(with_trust: bool) -> CoreResult<Actor> {
     } else {
         false
     };
-    actor::resolve(&SessionFacts {
+    let mut facts = SessionFacts {
         claims: claims.as_deref(),
         legacy_sub: legacy_sub.as_deref(),
         legacy_role: legacy_role.as_deref(),
         current_user: &user,
         trusted,
-    })
+        claims_count: false,
+    };
+    // Only a session that carries claims pays for checking who logged in.
+    facts.claims_count = facts.has_claims() && claims_count()?;
+    actor::resolve(&facts)
 }
 
 /// The actor a call runs as (trust computed), honouring `on_behalf_of` for trusted sessions only.
@@ -144,6 +182,25 @@ pub fn get_list(key: &str) -> CoreResult<Vec<String>> {
     settings::as_list(def, stored)
 }
 
+/// 42501 unless the calling role may write `flowgate.settings` (the extension owner, or whoever
+/// it granted INSERT and UPDATE to).
+pub fn require_settings_writer() -> CoreResult<()> {
+    let may = Spi::get_one::<bool>(
+        "SELECT pg_catalog.has_table_privilege('flowgate.settings', 'INSERT') \
+            AND pg_catalog.has_table_privilege('flowgate.settings', 'UPDATE')",
+    )?
+    .unwrap_or(false);
+    if may {
+        return Ok(());
+    }
+    Err(super::error::CoreError::PermissionDenied {
+        actor: current_user(),
+        action: "write flowgate settings".into(),
+        allowed: "the extension owner, or roles it granted INSERT and UPDATE on flowgate.settings"
+            .into(),
+    })
+}
+
 /// Store a setting (validated again by the table trigger) and return the stored value.
 pub fn set_value(key: &str, value: Value) -> CoreResult<Value> {
     settings::validate(key, &value)?;
@@ -163,4 +220,57 @@ pub fn reset_value(key: &str) -> CoreResult<Value> {
         &[key.into()],
     )?;
     Ok(def.default_value())
+}
+
+/// The actor an external identity acts as, when it is linked.
+pub fn linked_actor(provider: &str, external_id: &str) -> CoreResult<Option<String>> {
+    Spi::connect(|client| {
+        let rows = super::prepared::query(
+            client,
+            "SELECT actor_id FROM flowgate.identity_links WHERE provider = $1 AND external_id = $2",
+            &[super::prepared::TEXT, super::prepared::TEXT],
+            &[provider.into(), external_id.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(rows.first().get_one::<String>()?)
+    })
+}
+
+/// Link `external_id` at `provider` to `actor_id`, or (with `actor_id` None) remove the link.
+/// The caller may link only themselves and change only their own links, unless trusted.
+pub fn link_identity(
+    provider: &str,
+    external_id: &str,
+    actor_id: Option<&str>,
+) -> CoreResult<serde_json::Value> {
+    let session = session_actor(true)?;
+    actor::validate_provider(provider)?;
+    actor::validate_actor_id("external_id", external_id)?;
+    let current = linked_actor(provider, external_id)?;
+    actor::may_link(&session, current.as_deref(), actor_id)?;
+    let row = match actor_id {
+        Some(target) => {
+            actor::validate_actor_id("actor_id", target)?;
+            Spi::get_one_with_args::<JsonB>(
+                "INSERT INTO flowgate.identity_links AS l (provider, external_id, actor_id, linked_by) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (provider, external_id) DO UPDATE \
+                    SET actor_id = EXCLUDED.actor_id, linked_by = EXCLUDED.linked_by, linked_at = now() \
+                 RETURNING to_jsonb(l)",
+                &[
+                    provider.into(),
+                    external_id.into(),
+                    target.into(),
+                    session.id.clone().into(),
+                ],
+            )?
+        }
+        None => Spi::get_one_with_args::<JsonB>(
+            "DELETE FROM flowgate.identity_links l WHERE provider = $1 AND external_id = $2 RETURNING to_jsonb(l)",
+            &[provider.into(), external_id.into()],
+        )?,
+    };
+    Ok(row.map_or(serde_json::Value::Null, |j| j.0))
 }

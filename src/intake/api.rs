@@ -8,6 +8,9 @@ mod intake {
     use serde_json::{json, Map, Value};
 
     use crate::core::actor::validate_actor_id;
+    use crate::core::args::{
+        self, RawJsonb, MAX_ERROR_TEXT_BYTES, MAX_JSON_ARG_BYTES, MAX_RESPONSE_ARG_BYTES,
+    };
     use crate::core::error::{CoreError, CoreResult};
     use crate::core::prepared::{self, TEXT};
     use crate::intake::pool::PoolId;
@@ -35,10 +38,11 @@ mod intake {
     fn create_pool(
         pool_id: &str,
         inventory: i32,
-        config: default!(JsonB, "'{}'"),
+        config: default!(RawJsonb, "'{}'"),
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<JsonB> {
             let pool = PoolId::parse(pool_id)?;
+            let config = JsonB(config.value("config", MAX_JSON_ARG_BYTES)?);
             if !(0..=100_000_000).contains(&inventory) {
                 return Err(CoreError::invalid(
                     "inventory",
@@ -642,15 +646,18 @@ mod intake {
         pool_id: &str,
         msg_id: i64,
         status_code: Option<i32>,
-        response: default!(Option<JsonB>, "NULL"),
+        response: default!(Option<RawJsonb>, "NULL"),
         error: default!(Option<&str>, "NULL"),
     ) -> Result<String, ErrorReport> {
         let run = || -> CoreResult<String> {
             let pool = PoolId::parse(pool_id)?;
             check_status(status_code)?;
+            if let Some(e) = error {
+                args::check_text_size("error", e, MAX_ERROR_TEXT_BYTES)?;
+            }
+            let r = args::optional(response, "response", MAX_RESPONSE_ARG_BYTES)?;
             Spi::connect_mut(|client| {
                 store::load_config(client, &pool)?;
-                let r = response.map(|j| j.0);
                 store::apply_validation(
                     client,
                     &pool,
@@ -682,6 +689,9 @@ mod intake {
         let run = || -> CoreResult<String> {
             let pool = PoolId::parse(pool_id)?;
             check_status(status_code)?;
+            if let Some(e) = error {
+                args::check_text_size("error", e, MAX_ERROR_TEXT_BYTES)?;
+            }
             Spi::connect_mut(|client| {
                 store::load_config(client, &pool)?;
                 store::apply_commit(client, &pool, msg_id, status_code, error).map(str::to_owned)
@@ -707,9 +717,10 @@ mod intake {
     /// another key, is 23505. Rows are readable by their user_id only (RLS).
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
-    fn finalize_transaction(payload: JsonB) -> Result<JsonB, ErrorReport> {
+    fn finalize_transaction(payload: RawJsonb) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
-            let entry = ledger::parse(&payload.0)?;
+            let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;
+            let entry = ledger::parse(&payload)?;
             Spi::connect_mut(|client| store::finalize(client, &entry))
         };
         run()

@@ -7,6 +7,8 @@ mod ops {
     use pgrx::JsonB;
     use serde_json::{json, Value};
 
+    use crate::core::args::RawJsonb;
+    use crate::core::error::CoreError;
     use crate::core::prepared::uuid_text;
     use crate::core::store as core_store;
     use crate::core::subxact;
@@ -15,6 +17,9 @@ mod ops {
     use crate::ops::gates::{GateCode, ALL_GATES};
     use crate::ops::roles;
     use crate::ops::store::{self, Apply, Caller, Outcome, Received};
+
+    /// How many times a sender looks for an accepted row and tries to take the key.
+    const CLAIM_ROUNDS: usize = 3;
 
     fn rejection_body(ingest_id: &str, e: &OpsError) -> Value {
         let mut detail = json!({
@@ -40,16 +45,25 @@ mod ops {
     /// the same key at once get one accepted and one duplicate.
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
-    fn ingest_event(envelope: Option<JsonB>) -> Result<JsonB, ErrorReport> {
-        ingest(envelope.map(|j| j.0).unwrap_or(Value::Null))
+    fn ingest_event(envelope: Option<RawJsonb>) -> Result<JsonB, ErrorReport> {
+        ingest(envelope)
             .map(JsonB)
             .map_err(OpsError::reporter("ops.ingest_event"))
     }
 
-    fn ingest(raw: Value) -> OpsResult<Value> {
+    fn ingest(envelope: Option<RawJsonb>) -> OpsResult<Value> {
         let actor = core_store::acting_actor(None)?;
         let role = core_store::current_user();
-        let bytes = raw.to_string().len();
+        // The stored size first: an envelope far over the limit is refused (413, logged by size)
+        // without being detoasted or converted. The exact limit is on the JSON text, below.
+        let stored = envelope.as_ref().map_or(0, RawJsonb::size);
+        let raw = if stored > envelope::MAX_ENVELOPE_STORED_BYTES {
+            None
+        } else {
+            envelope::value_of(envelope)?
+        };
+        let bytes = raw.as_ref().map_or(stored, |v| v.to_string().len());
+        let raw = raw.unwrap_or(Value::Null);
         let (header, parsed) = envelope::parse(&raw, bytes);
         let keep_envelope = (bytes <= envelope::MAX_ENVELOPE_BYTES).then_some(&raw);
 
@@ -112,7 +126,10 @@ mod ops {
         // Duplicate, or take the key.
         let claimed = Spi::connect_mut(|client| -> OpsResult<Result<String, Value>> {
             let key = &env.idempotency_key;
-            loop {
+            // Twice is enough: a claim that loses waits for the winner's commit, and the next
+            // look (a new snapshot) sees it. A third round means the key changed hands again
+            // meanwhile; the caller retries.
+            for _ in 0..CLAIM_ROUNDS {
                 if let Some((original, result)) = store::accepted(client, key)? {
                     let id = store::log(
                         client,
@@ -140,6 +157,10 @@ mod ops {
                 // Another session committed an accepted row for the key after our look:
                 // go round once more and answer as a duplicate.
             }
+            Err(OpsError::Core(CoreError::Busy {
+                what: format!("idempotency_key {:?}", key),
+                hint: "the key is being accepted and released by concurrent senders; send the envelope again".into(),
+            }))
         })?;
         let ingest_id = match claimed {
             Ok(id) => id,

@@ -25,6 +25,11 @@ use super::gates::GateCode;
 
 /// Largest envelope accepted, as JSON text.
 pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+/// Largest envelope read at all, as stored jsonb: binary jsonb can be several times larger than
+/// its JSON text (numbers), so this only keeps a huge argument from being converted.
+pub const MAX_ENVELOPE_STORED_BYTES: usize = 16 * MAX_ENVELOPE_BYTES;
+/// Longest idempotency_key accepted, in characters. Keys are stored and compared whole.
+pub const MAX_KEY_CHARS: usize = 256;
 /// Largest `metadata` / `detail` object, as JSON text.
 pub const MAX_OBJECT_BYTES: usize = 16 * 1024;
 /// Most artifacts one envelope may attach.
@@ -557,11 +562,13 @@ fn gate(field: &str, s: &Option<String>, default: Option<GateCode>) -> OpsResult
     }
 }
 
-/// Read a common text field for the log even when the envelope is rejected later.
-fn header_text(obj: &Map<String, Value>, key: &str) -> Option<String> {
+/// Read a common text field for the log even when the envelope is rejected later. A value
+/// longer than `max` characters is not kept at all: it is never cut, because a cut key could
+/// equal another key.
+fn header_text(obj: &Map<String, Value>, key: &str, max: usize) -> Option<String> {
     match obj.get(key) {
-        Some(Value::String(s)) => Some(truncate(s, 200)),
-        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::String(s)) if s.chars().count() <= max => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()).filter(|t| t.len() <= max),
         _ => None,
     }
 }
@@ -598,11 +605,29 @@ fn body<T: DeserializeOwned>(event: EventType, rest: Map<String, Value>) -> OpsR
     })
 }
 
+/// Convert an envelope argument that passed the stored-size check.
+pub fn value_of(arg: Option<crate::core::args::RawJsonb>) -> OpsResult<Option<Value>> {
+    Ok(crate::core::args::optional(
+        arg,
+        "envelope",
+        MAX_ENVELOPE_STORED_BYTES,
+    )?)
+}
+
 /// Parse and check an envelope of `size` bytes of JSON text (the caller has measured it once).
 /// The [`Header`] is returned in every case so that a rejection can still be logged with
 /// whatever identified it.
 pub fn parse(envelope: &Value, size: usize) -> (Header, OpsResult<Envelope>) {
+    let too_large = || {
+        Err(OpsError::PayloadTooLarge {
+            bytes: size,
+            limit: MAX_ENVELOPE_BYTES,
+        })
+    };
     let Value::Object(obj) = envelope else {
+        if size > MAX_ENVELOPE_BYTES {
+            return (Header::default(), too_large());
+        }
         return (
             Header::default(),
             Err(OpsError::invalid(
@@ -613,20 +638,14 @@ pub fn parse(envelope: &Value, size: usize) -> (Header, OpsResult<Envelope>) {
         );
     };
     let header = Header {
-        schema_version: header_text(obj, "schema_version"),
-        idempotency_key: header_text(obj, "idempotency_key"),
-        event_type: header_text(obj, "event_type"),
-        source_system: header_text(obj, "source_system"),
-        release_id: header_text(obj, "release_id"),
+        schema_version: header_text(obj, "schema_version", 32),
+        idempotency_key: header_text(obj, "idempotency_key", MAX_KEY_CHARS),
+        event_type: header_text(obj, "event_type", 64),
+        source_system: header_text(obj, "source_system", 64),
+        release_id: header_text(obj, "release_id", 36),
     };
     if size > MAX_ENVELOPE_BYTES {
-        return (
-            header,
-            Err(OpsError::PayloadTooLarge {
-                bytes: size,
-                limit: MAX_ENVELOPE_BYTES,
-            }),
-        );
+        return (header, too_large());
     }
     let result = parse_object(obj.clone());
     (header, result)
@@ -663,7 +682,7 @@ fn parse_object(mut obj: Map<String, Value>) -> OpsResult<Envelope> {
     let schema_version = schema_version(&obj)?;
 
     let key = required_text(&obj, "idempotency_key", "1 to 256 printable characters")?;
-    check_text("idempotency_key", key, 256, false)?;
+    check_text("idempotency_key", key, MAX_KEY_CHARS, false)?;
     let idempotency_key = key.to_owned();
 
     let et = required_text(&obj, "event_type", &EventType::NAMES.join(", "))?;
@@ -1096,6 +1115,24 @@ mod unit_tests {
                 details_url: None,
             }
         );
+    }
+
+    #[test]
+    fn keys_are_kept_whole_or_not_at_all() {
+        let long = format!("{}é", "k".repeat(MAX_KEY_CHARS - 1));
+        let mut v = build();
+        v["idempotency_key"] = json!(long);
+        let (h, e) = parse(&v);
+        assert_eq!(h.idempotency_key.as_deref(), Some(long.as_str()));
+        assert_eq!(e.unwrap().idempotency_key, long);
+        let longer = format!("{long}x");
+        v["idempotency_key"] = json!(longer);
+        let (h, e) = parse(&v);
+        assert_eq!(
+            h.idempotency_key, None,
+            "an over-long key is not logged cut"
+        );
+        assert_eq!(e.unwrap_err().http_status(), 400);
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl OpsError {
                 "42501" => 403,
                 "P0002" => 404,
                 "23505" => 409,
+                "40001" => 503,
                 _ => 500,
             },
         }
@@ -115,6 +116,7 @@ impl OpsError {
                 "42501" => "forbidden",
                 "P0002" => "not_found",
                 "23505" => "conflict",
+                "40001" => "busy",
                 _ => "internal_error",
             },
         }

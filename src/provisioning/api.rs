@@ -2,6 +2,7 @@
 
 #[pgrx::pg_schema]
 mod provisioning {
+    use crate::core::args::{RawJsonb, MAX_JSON_ARG_BYTES};
     use std::time::Duration;
 
     use pgrx::pg_sys::panic::ErrorReport;
@@ -16,7 +17,10 @@ mod provisioning {
     use crate::provisioning::error::{ProvisioningError, ProvisioningResult};
     use crate::provisioning::store::{self, NewClient, Report};
 
-    /// Operator functions are for trusted sessions (superuser, flowgate.trusted_roles).
+    /// Operator functions are for trusted sessions (superuser, flowgate.trusted_roles). They are
+    /// SECURITY DEFINER (the tables are the extension owner's), so each calls this first: trust
+    /// is the caller's (the outer role, never the definer's), and nothing is read or written
+    /// for anyone else.
     fn operator(action: &str) -> ProvisioningResult<String> {
         let actor = core_store::acting_actor(None)?;
         if !actor.trusted {
@@ -30,16 +34,19 @@ mod provisioning {
 
     /// Register a tenant and queue its create_project job. `slug` names the Supabase project
     /// (3–40 of a-z, 0-9, -); `region` and `plan` default to the provisioning settings.
-    #[pg_extern(volatile)]
+    #[pg_extern(volatile, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn enqueue_client(
         slug: &str,
         display_name: &str,
         region: default!(Option<&str>, "NULL"),
         plan: default!(Option<&str>, "NULL"),
-        additional_settings: default!(JsonB, "'{}'"),
+        additional_settings: default!(RawJsonb, "'{}'"),
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> ProvisioningResult<Value> {
             let owner = operator("onboard a tenant")?;
+            let additional_settings =
+                JsonB(additional_settings.value("additional_settings", MAX_JSON_ARG_BYTES)?);
             let ok_slug = slug.len() >= 3
                 && slug.len() <= 40
                 && slug.starts_with(|c: char| c.is_ascii_lowercase())
@@ -109,7 +116,8 @@ mod provisioning {
 
     /// Claim the oldest due job for `worker` (a running job whose lease expired first), or NULL
     /// when none is due. No two workers ever get the same job.
-    #[pg_extern(volatile, strict)]
+    #[pg_extern(volatile, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn claim_job(worker: &str) -> Result<Option<JsonB>, ErrorReport> {
         let run = || -> ProvisioningResult<Option<Value>> {
             operator("claim provisioning jobs")?;
@@ -124,7 +132,8 @@ mod provisioning {
     /// Report the end of an attempt of a claimed job: success, or failure with the HTTP status
     /// (5xx, 408, 425, 429 and no status retry with back-off until max_attempts; other 4xx fail at
     /// once). Only the claiming worker may report. `min_retry_seconds` honours a Retry-After.
-    #[pg_extern(volatile)]
+    #[pg_extern(volatile, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn report_job(
         job_id: pgrx::Uuid,
         worker: &str,
@@ -162,7 +171,8 @@ mod provisioning {
 
     /// Operator retry after fixing the cause (credentials, a migration): the client's failed or
     /// waiting jobs start over now (attempts = 0, no claim) and the client goes back to queued.
-    #[pg_extern(volatile, strict)]
+    #[pg_extern(volatile, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn retry(client_id: pgrx::Uuid) -> Result<JsonB, ErrorReport> {
         let run = || -> ProvisioningResult<Value> {
             operator("retry provisioning")?;
@@ -175,7 +185,8 @@ mod provisioning {
 
     /// Claim and start up to `max` due jobs and send their Management API calls through the
     /// outbox (what the schedule runs). Returns the jobs started.
-    #[pg_extern(volatile)]
+    #[pg_extern(volatile, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn run_jobs(max: default!(i32, "10")) -> Result<JsonB, ErrorReport> {
         let run = || -> ProvisioningResult<Value> {
             operator("run provisioning jobs")?;
@@ -188,7 +199,8 @@ mod provisioning {
 
     /// A tenant's decrypted secrets, for operators wiring the tenant up. Never logged.
     #[allow(clippy::type_complexity)]
-    #[pg_extern(volatile, strict)]
+    #[pg_extern(volatile, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn tenant_keys(
         client_id: pgrx::Uuid,
     ) -> Result<

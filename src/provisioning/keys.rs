@@ -3,81 +3,14 @@
 //! under a passphrase that lives only in the server configuration (`flowgate.tenant_key_passphrase`,
 //! superuser-only, hidden from SHOW ALL), so neither pg_dump nor a table read reveals them.
 
-use std::ffi::CString;
-
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::core::error::{CoreError, CoreResult};
-
-static PASSPHRASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-
-/// Register `flowgate.tenant_key_passphrase` (every backend that loads flowgate).
-pub fn init() {
-    GucRegistry::define_string_guc(
-        c"flowgate.tenant_key_passphrase",
-        c"Passphrase that encrypts tenant keys with pgcrypto when Supabase Vault is not installed.",
-        c"Set it in postgresql.conf (superuser-only; not shown by SHOW ALL; never in a dump). Changing it makes stored keys unreadable.",
-        &PASSPHRASE,
-        GucContext::Suset,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
-    );
-}
+use crate::core::secrets::{self, Storage};
 
 fn passphrase() -> CoreResult<String> {
-    PASSPHRASE
-        .get()
-        .map(|c| c.to_string_lossy().into_owned())
-        .filter(|p| p.len() >= 16)
-        .ok_or_else(|| CoreError::MissingDependency {
-            feature: "storing tenant keys without Supabase Vault".into(),
-            dependency: "flowgate.tenant_key_passphrase (at least 16 characters)".into(),
-            hint: "install Supabase Vault, or set flowgate.tenant_key_passphrase in postgresql.conf and reload".into(),
-        })
-}
-
-/// Where keys go: "vault" or "pgcrypto" (with the schema pgcrypto lives in).
-pub enum Storage {
-    Vault,
-    Pgcrypto(String),
-}
-
-/// The schema pgcrypto is installed in, if it is.
-fn pgcrypto_schema(client: &SpiClient<'_>) -> CoreResult<Option<String>> {
-    let t = client.select(
-        "SELECT n.nspname::text FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
-          WHERE e.extname = 'pgcrypto'",
-        None,
-        &[],
-    )?;
-    crate::core::prepared::first_text(t)
-}
-
-pub fn storage(client: &SpiClient<'_>) -> CoreResult<Storage> {
-    let vault = client
-        .select(
-            "SELECT to_regproc('vault.create_secret') IS NOT NULL",
-            None,
-            &[],
-        )?
-        .first()
-        .get_one::<bool>()?;
-    if vault == Some(true) {
-        return Ok(Storage::Vault);
-    }
-    match pgcrypto_schema(client)? {
-        Some(schema) => Ok(Storage::Pgcrypto(schema)),
-        None => Err(CoreError::MissingDependency {
-            feature: "storing tenant keys".into(),
-            dependency: "Supabase Vault or pgcrypto".into(),
-            hint: "CREATE EXTENSION pgcrypto (and set flowgate.tenant_key_passphrase), or install Supabase Vault".into(),
-        }),
-    }
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
+    secrets::passphrase("storing tenant keys")
 }
 
 /// Store one secret of a client in column family `what` (anon_key, service_key, db_pass).
@@ -98,25 +31,26 @@ pub fn store(
             )))
         }
     };
-    match storage(client)? {
+    match secrets::storage(client, "storing tenant keys")? {
         Storage::Vault => {
+            // The same name on a retry: the secret is updated, never created twice.
             let name = format!("provisioning/{slug}/{what}");
+            let id = secrets::vault_upsert(client, &name, secret, "flowgate tenant secret")?;
             client.update(
                 &format!(
-                    "UPDATE provisioning.clients SET {id_col} = vault.create_secret($2, $3, 'flowgate tenant secret'), \
+                    "UPDATE provisioning.clients SET {id_col} = $2::uuid, \
                             {enc_col} = NULL, key_storage = 'vault' WHERE client_id = $1::uuid"
                 ),
                 None,
-                &[client_id.into(), secret.into(), name.as_str().into()],
+                &[client_id.into(), id.as_str().into()],
             )?;
         }
         Storage::Pgcrypto(schema) => {
             let pass = passphrase()?;
             client.update(
                 &format!(
-                    "UPDATE provisioning.clients SET {enc_col} = {}.pgp_sym_encrypt($2, $3, 'cipher-algo=aes256'), \
-                            {id_col} = NULL, key_storage = 'pgcrypto' WHERE client_id = $1::uuid",
-                    quote_ident(&schema)
+                    "UPDATE provisioning.clients SET {enc_col} = {schema}.pgp_sym_encrypt($2, $3, 'cipher-algo=aes256'), \
+                            {id_col} = NULL, key_storage = 'pgcrypto' WHERE client_id = $1::uuid"
                 ),
                 None,
                 &[client_id.into(), secret.into(), pass.as_str().into()],
@@ -148,13 +82,13 @@ pub fn read(client_id: &str) -> CoreResult<(Option<String>, Option<String>, Opti
                 &[client_id.into()],
             )?,
             Some(_) => {
-                let schema = pgcrypto_schema(client)?.ok_or_else(|| CoreError::MissingDependency {
+                let schema = secrets::pgcrypto_schema(client)?.ok_or_else(|| CoreError::MissingDependency {
                     feature: "reading tenant keys".into(),
                     dependency: "pgcrypto".into(),
                     hint: "the keys were stored with pgcrypto; CREATE EXTENSION pgcrypto".into(),
                 })?;
                 let pass = passphrase()?;
-                let s = quote_ident(&schema);
+                let s = schema;
                 client.select(
                     &format!(
                         "SELECT {s}.pgp_sym_decrypt(anon_key_encrypted, $2), {s}.pgp_sym_decrypt(service_key_encrypted, $2), \

@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 use super::delivery::NewDelivery;
 use super::native;
 use super::store::{self, Observed, Prepared};
+use crate::core::args::{
+    self, RawJsonb, MAX_JSON_ARG_BYTES, MAX_RESPONSE_ARG_BYTES as MAX_BODY_ARG_BYTES,
+};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::store as settings;
 
@@ -22,9 +25,9 @@ fn enqueue_delivery(
     owner_id: &str,
     url: &str,
     idempotency_key: &str,
-    body: default!(Option<JsonB>, "NULL"),
+    body: default!(Option<RawJsonb>, "NULL"),
     method: default!(&str, "'POST'"),
-    headers: default!(JsonB, "'{}'"),
+    headers: default!(RawJsonb, "'{}'"),
     auth_secret: default!(Option<&str>, "NULL"),
     auth_header: default!(&str, "'Authorization'"),
     auth_scheme: default!(&str, "'Bearer'"),
@@ -33,7 +36,8 @@ fn enqueue_delivery(
     timeout_ms: default!(Option<i32>, "NULL"),
 ) -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
-        let headers = match headers.0 {
+        let body = args::optional(body, "body", MAX_BODY_ARG_BYTES)?;
+        let headers = match headers.value("headers", MAX_JSON_ARG_BYTES)? {
             Value::Object(m) => m,
             other => {
                 return Err(CoreError::invalid(
@@ -53,7 +57,7 @@ fn enqueue_delivery(
             auth_secret: auth_secret.map(str::to_owned),
             auth_header: auth_header.into(),
             auth_scheme: auth_scheme.into(),
-            body: body.map(|b| b.0),
+            body,
             idempotency_key: idempotency_key.into(),
             max_attempts,
             timeout_ms,
@@ -64,6 +68,37 @@ fn enqueue_delivery(
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };
     run().map_err(CoreError::reporter("flowgate.enqueue_delivery"))
+}
+
+/// Store a named secret (a bot token, an API key) that deliveries reference by name: in
+/// Supabase Vault when it is installed, else encrypted with pgcrypto under
+/// `flowgate.tenant_key_passphrase`. The value must travel in an HTTP header (visible ASCII)
+/// and is never shown in an error. Needs write access to `flowgate.secrets` (the extension
+/// owner). Returns where it was stored: `vault` or `pgcrypto`.
+#[pg_extern(volatile, strict)]
+fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
+    let run = || -> CoreResult<String> {
+        require_secrets_writer()?;
+        Spi::connect_mut(|client| store::store_secret(client, name, value)).map(str::to_owned)
+    };
+    run().map_err(CoreError::reporter("flowgate.set_secret"))
+}
+
+fn require_secrets_writer() -> CoreResult<()> {
+    let may = Spi::get_one::<bool>(
+        "SELECT pg_catalog.has_table_privilege('flowgate.secrets', 'INSERT') \
+            AND pg_catalog.has_table_privilege('flowgate.secrets', 'UPDATE')",
+    )?
+    .unwrap_or(false);
+    if may {
+        return Ok(());
+    }
+    Err(CoreError::PermissionDenied {
+        actor: settings::current_user(),
+        action: "store secrets".into(),
+        allowed: "the extension owner, or roles it granted INSERT and UPDATE on flowgate.secrets"
+            .into(),
+    })
 }
 
 /// The transport `flowgate.dispatch` uses now: the `flowgate.http_transport` setting, with

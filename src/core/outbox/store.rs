@@ -14,6 +14,7 @@ use super::native;
 use super::policy::{self, Attempt, RetryPolicy, Verdict};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::store as settings;
+use crate::core::{secrets, subxact};
 
 /// The row id of an enqueued delivery, and whether this call created it (false when the
 /// idempotency key was already enqueued by the same owner).
@@ -101,19 +102,12 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
     Ok(Enqueued { id, created: false })
 }
 
-/// Resolve a secret by name: Supabase Vault first (when installed), then `flowgate.secrets`.
-/// The value never leaves this process except in the outgoing request header.
+/// Resolve a secret by name: Supabase Vault first (when installed), then `flowgate.secrets`
+/// (pgcrypto ciphertext, decrypted with `flowgate.tenant_key_passphrase`). The value never
+/// leaves this process except in the outgoing request header. A secret that is stored but
+/// cannot be decrypted is a [`CoreError::MissingDependency`] that names the secret, not its value.
 pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<String>> {
-    let vault = client
-        .select(
-            "SELECT to_regclass('vault.decrypted_secrets') IS NOT NULL",
-            Some(1),
-            &[],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
-    if vault {
+    if secrets::vault_installed(client)? {
         let rows = client.select(
             "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 ORDER BY created_at DESC LIMIT 1",
             None,
@@ -125,15 +119,81 @@ pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<S
             }
         }
     }
-    let rows = client.select(
-        "SELECT value FROM flowgate.secrets WHERE name = $1",
+    let stored = client.select(
+        "SELECT 1 FROM flowgate.secrets WHERE name = $1",
         Some(1),
         &[name.into()],
     )?;
-    if rows.is_empty() {
+    if stored.is_empty() {
         return Ok(None);
     }
-    Ok(rows.first().get_one::<String>()?)
+    let unreadable = |dependency: &str, hint: &str| CoreError::MissingDependency {
+        feature: format!("reading secret {name:?}"),
+        dependency: dependency.into(),
+        hint: hint.into(),
+    };
+    let schema = secrets::pgcrypto_schema(client)?.ok_or_else(|| {
+        unreadable(
+            "pgcrypto",
+            "the secret was stored with pgcrypto: CREATE EXTENSION pgcrypto",
+        )
+    })?;
+    let pass = secrets::passphrase(&format!("reading secret {name:?}"))?;
+    let sql = format!(
+        "SELECT {schema}.pgp_sym_decrypt(value_encrypted, $2) FROM flowgate.secrets WHERE name = $1"
+    );
+    // A wrong passphrase makes pgcrypto raise; keep that from aborting the caller's batch.
+    match subxact::run(|| {
+        Spi::connect(|c| {
+            crate::core::prepared::first_text(c.select(
+                &sql,
+                Some(1),
+                &[name.into(), pass.as_str().into()],
+            )?)
+        })
+    }) {
+        Ok(result) => result,
+        Err(_) => Err(unreadable(
+            "the flowgate.tenant_key_passphrase it was stored with",
+            "set the passphrase the secret was stored with, or store it again with flowgate.set_secret()",
+        )),
+    }
+}
+
+/// Store a named secret for deliveries: in Vault when it is installed (created or updated by
+/// name), else encrypted with pgcrypto. Returns where it went ("vault" or "pgcrypto").
+pub fn store_secret(
+    client: &mut SpiClient<'_>,
+    name: &str,
+    value: &str,
+) -> CoreResult<&'static str> {
+    secrets::check_name(name)?;
+    secrets::check_value(name, value)?;
+    match secrets::storage(client, "storing secrets")? {
+        secrets::Storage::Vault => {
+            secrets::vault_upsert(client, name, value, "flowgate delivery secret")?;
+            // Vault is read first; a stale local copy must not outlive it.
+            client.update(
+                "DELETE FROM flowgate.secrets WHERE name = $1",
+                None,
+                &[name.into()],
+            )?;
+            Ok("vault")
+        }
+        secrets::Storage::Pgcrypto(schema) => {
+            let pass = secrets::passphrase("storing secrets")?;
+            client.update(
+                &format!(
+                    "INSERT INTO flowgate.secrets AS s (name, value_encrypted) \
+                     VALUES ($1, {schema}.pgp_sym_encrypt($2, $3, 'cipher-algo=aes256')) \
+                     ON CONFLICT (name) DO UPDATE SET value_encrypted = EXCLUDED.value_encrypted, updated_at = now()"
+                ),
+                None,
+                &[name.into(), value.into(), pass.as_str().into()],
+            )?;
+            Ok("pgcrypto")
+        }
+    }
 }
 
 /// A claimed delivery ready for a transport, or the reason it cannot be sent.
@@ -152,7 +212,8 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
             &[ids.to_vec().into()],
         )?;
         let mut out = Vec::with_capacity(rows.len());
-        let mut secrets: std::collections::HashMap<String, Option<String>> = Default::default();
+        let mut resolved: std::collections::HashMap<String, Result<String, String>> =
+            Default::default();
         for row in rows {
             let id: i64 = row
                 .get(1)?
@@ -165,23 +226,28 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
             let auth = match auth_secret {
                 None => None,
                 Some(name) => {
-                    if !secrets.contains_key(&name) {
-                        let v = resolve_secret(client, &name)?;
-                        secrets.insert(name.clone(), v);
+                    if !resolved.contains_key(&name) {
+                        let v = match resolve_secret(client, &name) {
+                            Ok(Some(v)) => Ok(v),
+                            Ok(None) => Err(format!(
+                                "secret {name:?} is not defined; add it to Supabase Vault or with flowgate.set_secret(), then flowgate.replay_dead()"
+                            )),
+                            Err(e @ CoreError::MissingDependency { .. }) => Err(format!(
+                                "{e}; {}; then flowgate.replay_dead()",
+                                e.hint().unwrap_or_default()
+                            )),
+                            Err(e) => return Err(e),
+                        };
+                        resolved.insert(name.clone(), v);
                     }
-                    match secrets.get(&name).cloned().flatten() {
-                        Some(value) => Some((
+                    match resolved[&name].clone() {
+                        Ok(value) => Some((
                             row.get::<String>(6)?.unwrap_or_default(),
                             row.get::<String>(7)?.unwrap_or_default(),
                             value,
                         )),
-                        None => {
-                            out.push(Prepared::Unsendable {
-                                id,
-                                reason: format!(
-                                    "secret {name:?} is not defined; add it to Supabase Vault or with flowgate.set_secret(), then flowgate.replay_dead()"
-                                ),
-                            });
+                        Err(reason) => {
+                            out.push(Prepared::Unsendable { id, reason });
                             continue;
                         }
                     }

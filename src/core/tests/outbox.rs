@@ -246,6 +246,10 @@ mod tests {
         ))
         .contains("fg_slack_token"));
         assert_eq!(hit_count("/auth", "auth-1"), 0);
+        // Without Vault, secrets are pgcrypto ciphertext under the configured passphrase.
+        Spi::run("CREATE EXTENSION IF NOT EXISTS pgcrypto").unwrap();
+        Spi::run("SET LOCAL flowgate.tenant_key_passphrase = 'pgrx-test-passphrase-0123456789'")
+            .unwrap();
         Spi::run_with_args(
             "SELECT flowgate.set_secret('fg_slack_token', $1)",
             &[TEST_TOKEN.into()],
@@ -267,6 +271,13 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(leaks, 0, "the token appears in no deliveries column");
+        let plain: i64 = Spi::get_one_with_args(
+            "SELECT count(*) FROM flowgate.secrets s WHERE strpos(encode(s.value_encrypted, 'escape'), $1) > 0",
+            &[TEST_TOKEN.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(plain, 0, "flowgate.secrets holds ciphertext only");
     }
 
     #[pg_test]

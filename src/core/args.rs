@@ -1,0 +1,187 @@
+//! Hostile-sized arguments. A `jsonb` argument arrives as a Postgres datum; converting it to a
+//! `serde_json::Value` costs several times its size in memory, so a 30 MB argument would cost
+//! gigabytes before any check ran. [`RawJsonb`] takes the argument without touching it: its size
+//! comes from the varlena header (or the toast pointer) without detoasting, so a function checks
+//! the caller's permission first, then the size against a documented limit, and converts last.
+
+use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::nullable::Nullable;
+use pgrx::prelude::*;
+use pgrx::FromDatum;
+use serde_json::Value;
+
+use super::error::{CoreError, CoreResult};
+
+/// The default limit of a jsonb argument (a configuration, a payload, an event body), as stored.
+pub const MAX_JSON_ARG_BYTES: usize = 64 * 1024;
+/// The limit of a reported HTTP response body, as stored.
+pub const MAX_RESPONSE_ARG_BYTES: usize = 1024 * 1024;
+/// The limit of a reported error text.
+pub const MAX_ERROR_TEXT_BYTES: usize = 8 * 1024;
+
+/// A `jsonb` function argument, not yet detoasted or converted.
+pub struct RawJsonb {
+    datum: pg_sys::Datum,
+}
+
+impl FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        (!is_null).then_some(RawJsonb { datum })
+    }
+}
+
+// SAFETY: the argument is declared `jsonb` (below), so a non-null datum is a jsonb varlena that
+// lives for the whole call; nothing is read from it here.
+unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        // SAFETY: the caller upholds ArgAbi's contract (a jsonb datum).
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        // SAFETY: as above.
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+pgrx::impl_sql_translatable!(RawJsonb, arg_only = "jsonb");
+
+impl RawJsonb {
+    /// The size in bytes of the jsonb value once detoasted, read without detoasting it.
+    pub fn size(&self) -> usize {
+        // SAFETY: `datum` is a valid (possibly toasted or compressed) varlena for the call;
+        // toast_raw_datum_size only reads its header or toast pointer.
+        unsafe { pg_sys::toast_raw_datum_size(self.datum) }
+    }
+
+    /// Convert the value, refusing it with 22023 when it is larger than `limit` bytes or nested
+    /// deeper than [`MAX_JSON_DEPTH`] levels.
+    pub fn value(self, what: &str, limit: usize) -> CoreResult<Value> {
+        check_size(what, self.size(), limit)?;
+        // SAFETY: a non-null jsonb datum valid for the call (see FromDatum above); jsonb_out
+        // detoasts it and returns a palloc'd C string, copied before anything else runs.
+        let text = unsafe {
+            pgrx::direct_function_call::<&core::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.datum)])
+                .map(|c| c.to_string_lossy().into_owned())
+        }
+        .ok_or_else(|| CoreError::Internal(format!("{what}: jsonb_out returned NULL")))?;
+        parse_bounded(what, &text)
+    }
+}
+
+/// Deepest nesting of objects and arrays accepted in a JSON argument.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Parse JSON text whose nesting is at most [`MAX_JSON_DEPTH`]: 22023 otherwise, never a panic.
+pub fn parse_bounded(what: &str, text: &str) -> CoreResult<Value> {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in text.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_JSON_DEPTH {
+        return Err(CoreError::invalid(
+            what,
+            format!("it is nested {deepest} levels deep"),
+            format!("JSON nested at most {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| CoreError::InvalidJson {
+        what: what.into(),
+        problem: e.to_string(),
+    })
+}
+
+/// 22023 unless `size` bytes fit in `limit`.
+pub fn check_size(what: &str, size: usize, limit: usize) -> CoreResult<()> {
+    if size > limit {
+        return Err(CoreError::invalid(
+            what,
+            format!("it is {size} bytes"),
+            format!("at most {limit} bytes of JSON"),
+        ));
+    }
+    Ok(())
+}
+
+/// An optional `jsonb` argument, converted after the size check; `None` stays `None`.
+pub fn optional(arg: Option<RawJsonb>, what: &str, limit: usize) -> CoreResult<Option<Value>> {
+    arg.map(|a| a.value(what, limit)).transpose()
+}
+
+/// 22023 unless a text argument of `len` bytes fits in `limit`. Text arrives detoasted, so this
+/// bounds what is parsed or stored, not what Postgres already read.
+pub fn check_text_size(what: &str, text: &str, limit: usize) -> CoreResult<()> {
+    if text.len() > limit {
+        return Err(CoreError::invalid(
+            what,
+            format!("it is {} bytes", text.len()),
+            format!("at most {limit} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_over_the_limit_are_22023_with_the_limit_in_the_hint() {
+        assert!(check_size("payload", 16, 16).is_ok());
+        let e = check_size("payload", 17, 16).unwrap_err();
+        assert_eq!(e.sqlstate(), "22023");
+        assert_eq!(e.hint().unwrap(), "allowed: at most 16 bytes of JSON");
+        assert!(e.to_string().contains("17 bytes"));
+        assert_eq!(
+            check_text_size("text", "abc", 2).unwrap_err().sqlstate(),
+            "22023"
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_strings_do_not_count() {
+        let ok = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
+        );
+        assert!(parse_bounded("v", &ok).is_ok());
+        let deep = format!("[{ok}]");
+        let e = parse_bounded("v", &deep).unwrap_err();
+        assert_eq!(e.sqlstate(), "22023");
+        assert!(e.to_string().contains("65 levels"));
+        // Brackets and escaped quotes inside strings are text, not nesting.
+        let text = format!(r#"{{"a": "{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+        assert_eq!(
+            parse_bounded("v", &text).unwrap()["a"]
+                .as_str()
+                .unwrap()
+                .len(),
+            1001
+        );
+        // 100,000 levels neither overflow the stack nor panic.
+        let huge = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse_bounded("v", &huge).unwrap_err().sqlstate(), "22023");
+    }
+}
