@@ -57,7 +57,7 @@ SELECT job_name, schedule, command FROM flowgate.install_schedules();
 
 \echo '--- a Capacity Request, as PostgREST callers: sa-1 opens it, ae-1 approves, infra-1 reviews'
 GRANT USAGE ON SCHEMA capacity TO authenticated;
-INSERT INTO capacity.group_members VALUES ('infra', 'infra-1');
+INSERT INTO capacity.group_members VALUES ('infra', 'infra-1'), ('commercial_approvers', 'ae-1') ON CONFLICT DO NOTHING;
 SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) IS NOT NULL AS signed_in_as_sa1;
 SELECT r -> 'request' ->> 'id' AS id, r -> 'request' ->> 'state' AS state

@@ -117,6 +117,21 @@ cluster_start() {
     worker_conf=$(printf "flowgate.worker_database = '%s'\nflowgate.worker_interval_ms = 200" "$db")
   fi
   "${SUDO[@]}" install -d -o postgres -g postgres "$dir"
+  # pg_net and Supabase Vault have no Debian package; where they were installed by hand, the
+  # clusters preload them as a Supabase server does (Vault reads its root key from a script).
+  local pkglib extra_conf=""
+  pkglib=$("$PG_CONFIG" --pkglibdir)
+  if [ -f "$pkglib/pg_net.so" ]; then
+    preload="$preload,pg_net"
+    extra_conf+="pg_net.database_name = '$db'"$'\n'
+  fi
+  if [ -f "$pkglib/supabase_vault.so" ]; then
+    preload="$preload,supabase_vault"
+    extra_conf+="vault.getkey_script = '$dir/vault-getkey'"$'\n'
+    printf '#!/bin/sh\necho %s\n' "$(printf '%s' "flowgate-test-vault-$dir" | sha256sum | cut -c1-64)" \
+      | as_postgres tee "$dir/vault-getkey" >/dev/null
+    "${SUDO[@]}" chmod 0700 "$dir/vault-getkey"
+  fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_postgres "$PGBIN/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
     as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null <<CONF
@@ -131,7 +146,7 @@ max_connections = 150
 # Encrypts flowgate's secrets when Supabase Vault is not installed. A throwaway value for these
 # local clusters only; a real server sets its own (see the README).
 flowgate.tenant_key_passphrase = 'local-clusters-only-passphrase-$(basename "$dir")'
-$worker_conf
+$extra_conf$worker_conf
 CONF
   fi
   grep -q '^flowgate.tenant_key_passphrase' "$dir/data/postgresql.conf" 2>/dev/null \

@@ -59,6 +59,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog
 AS $$
 BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'invalid tbl: NULL',
+            HINT = 'the table to make append-only, e.g. ''my_schema.events''::regclass';
+    END IF;
     -- regclass output is already quoted and schema-qualified where needed.
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'flowgate_append_only') THEN
         EXECUTE format('CREATE TRIGGER flowgate_append_only BEFORE UPDATE OR DELETE ON %s '

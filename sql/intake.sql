@@ -73,6 +73,18 @@ CREATE UNLOGGED TABLE intake.user_claims (
     PRIMARY KEY (pool_id, user_id)
 );
 
+-- One row per pool whose UNLOGGED state above is intact. A crash empties it with the rest, and
+-- it is never dumped, so after a crash or a restore the first claim finds no row and rebuilds
+-- the pool from its logged intents (once, under a per-pool lock) before it claims.
+CREATE UNLOGGED TABLE intake.pool_state (
+    pool_id    text PRIMARY KEY REFERENCES intake.engine_config (pool_id) ON DELETE CASCADE,
+    built_at   timestamptz NOT NULL DEFAULT now(),
+    built_from text NOT NULL DEFAULT 'create_pool' CHECK (built_from IN ('create_pool', 'recovery'))
+);
+COMMENT ON TABLE intake.pool_state IS
+  'UNLOGGED marker: a pool has a row while its UNLOGGED inventory is intact. Missing after a crash or a restore; '
+  'the next claim rebuilds the pool from its pgmq intents (intake.recover_pool does the same by hand).';
+
 -- Drain outcomes not yet folded into the totals: one row per intent outcome, consumed (deleted)
 -- by intake.collect_metrics, so metrics never count the queue or the inventory.
 CREATE TABLE intake.outcome_log (
@@ -147,7 +159,7 @@ COMMENT ON TABLE intake.transactions IS
 SELECT pg_catalog.pg_extension_config_dump('intake.transactions', '');
 ALTER TABLE intake.transactions ENABLE ROW LEVEL SECURITY;
 
-REVOKE ALL ON intake.engine_config, intake.allocations, intake.released_slots, intake.user_claims,
+REVOKE ALL ON intake.engine_config, intake.allocations, intake.released_slots, intake.user_claims, intake.pool_state,
     intake.outcome_log, intake.pool_totals, intake.drain_clock, intake.engine_metrics, intake.transactions FROM PUBLIC;
 -- engine_config names webhook URLs and secrets: only the owner and service_role read it.
 -- engine_metrics holds counts only; transactions are read under RLS (each user their own rows).

@@ -16,6 +16,8 @@ pub mod intake;
 pub mod ops;
 pub mod provisioning;
 
+mod fuzz_tests;
+
 /// Registers flowgate's GUCs and, when preloaded with `flowgate.worker_database` set, its
 /// background worker.
 #[pgrx::pg_guard]

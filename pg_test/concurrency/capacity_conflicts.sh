@@ -17,6 +17,7 @@ q "CREATE FUNCTION public.fg_conc_try(e int) RETURNS void LANGUAGE plpgsql AS \$
    EXCEPTION WHEN SQLSTATE '55000' THEN
      INSERT INTO public.fg_conc_results VALUES ('rejected');
    END \$\$"
+q "INSERT INTO capacity.group_members VALUES ('commercial_approvers', 'ae-1') ON CONFLICT DO NOTHING"
 id=$(q "SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id'")
 q "SELECT capacity.apply_event('$id', 'COMMERCIAL_APPROVED'), capacity.apply_event('$id', 'TECH_REVIEW_APPROVED')" >/dev/null
 q "INSERT INTO public.fg_conc_target VALUES ('$id')"

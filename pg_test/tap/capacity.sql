@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- Seed 001's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(61);
+SELECT plan(65);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -9,7 +9,7 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN CREATE ROLE anon NOLOGIN; END IF;
 END $$;
 GRANT USAGE ON SCHEMA flowgate, capacity TO authenticated, service_role, anon;
-INSERT INTO capacity.group_members VALUES ('infra', 'infra-1');
+INSERT INTO capacity.group_members VALUES ('infra', 'infra-1'), ('commercial_approvers', 'ae-1');
 CREATE TEMP TABLE n_events AS SELECT 0::bigint AS n;
 -- The business-day rule computed independently of flowgate: the n-th UTC calendar day after
 -- t that is not a Saturday or Sunday, at t's time of day. Whatever day the suite runs on.
@@ -65,8 +65,8 @@ SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'COMMERCIAL_
     'COMMERCIAL_APPROVED is not allowed in state ACTIVATED', 'event not allowed: 55000 naming the state');
 SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'APPROVE_EVERYTHING')$$, :'cr1'), '22023', NULL, 'unknown event: 22023');
 SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'ACTIVATION_CONFIRMED', '[1,2]')$$, :'cr1'), '22023', NULL, 'payload not an object: 22023');
-SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 0, 'us-east-1')$$, '23514', NULL, 'quantity 0 violates its check');
-SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'mars')$$, '23514', NULL, 'a region must look like us-east-1');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 0, 'us-east-1')$$, '22023', 'invalid quantity: 0', 'quantity 0 is refused up front');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'mars')$$, '22023', NULL, 'a region must look like us-east-1');
 SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', '[]')$$, '22023', NULL, 'customer_ref must be an object');
 SELECT is((SELECT count(*) FROM capacity.capacity_request_events), (SELECT n FROM n_events), 'no rejected call wrote an event');
 SELECT throws_ok($$INSERT INTO capacity.capacity_requests (id, state, requester_user_id, commercial_owner_user_id, infra_owner_group, requested_size, quantity, region)
@@ -168,6 +168,24 @@ SELECT capacity.create_capacity_request('ae-1', 'infra', '20XL', 1, 'us-east-1',
 SELECT is(capacity.get_capacity_request(:'cr5') -> 'request' ->> 'state', 'TECHNICAL_REVIEW_REQUIRED', 'a cheap request skips commercial approval');
 SELECT is((SELECT actor_id || ' ' || (payload ->> 'reason') FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr5' AND event_type = 'COMMERCIAL_APPROVED'),
           'system auto-approved: estimated monthly cost 5000 USD is below the 10000 USD threshold', 'recorded as an event by system');
+
+-- A requester's own estimate approves nothing unless the operator allows it.
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT is(capacity.create_capacity_request('ae-1', 'infra', '20XL', 1, 'us-east-1', estimated_monthly_cost_usd => 5000) -> 'request' ->> 'state',
+          'COMMERCIAL_APPROVAL_REQUIRED', 'a user''s own low estimate does not skip commercial approval');
+RESET ROLE;
+SELECT flowgate.set_setting('capacity.auto_approve_requester_estimates', 'true') \g /dev/null
+SET LOCAL ROLE authenticated;
+SELECT is(capacity.create_capacity_request('ae-1', 'infra', '20XL', 1, 'us-east-1', estimated_monthly_cost_usd => 5000) -> 'request' ->> 'state',
+          'TECHNICAL_REVIEW_REQUIRED', 'unless capacity.auto_approve_requester_estimates says it may');
+-- The commercial owner must be a commercial approver: no naming one's own second account.
+SELECT count(*) AS before FROM capacity.capacity_request_events \gset
+SELECT throws_ok($$SELECT capacity.create_capacity_request('sa-1-second-account', 'infra', '24XL', 1, 'us-east-1')$$, '22023',
+    'invalid commercial_owner_user_id: "sa-1-second-account" is not a commercial approver', 'an owner outside capacity.commercial_approvers_group is refused');
+SELECT is((SELECT count(*) FROM capacity.capacity_request_events), :before::bigint, 'and nothing is written');
+RESET ROLE;
+SELECT flowgate.reset_setting('capacity.auto_approve_requester_estimates') \g /dev/null
 
 -- === Claims written by a plain login role are not believed ==================================
 -- A requester who can log in directly writes the commercial owner's subject into

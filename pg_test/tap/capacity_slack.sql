@@ -13,7 +13,7 @@ SELECT flowgate.set_setting('capacity.linear_api_url', '"http://127.0.0.1:5597/l
 SELECT flowgate.set_secret('slack_bot_token', 'xoxb-flowgate-test-token-7f3a') \g /dev/null
 SELECT flowgate.set_secret('linear_api_key', 'lin_api_test') \g /dev/null
 SELECT flowgate.set_secret('slack_signing_secret', 'sekrit-signing') \g /dev/null
-INSERT INTO capacity.group_members VALUES ('infra', 'U0INFRA');
+INSERT INTO capacity.group_members VALUES ('infra', 'U0INFRA'), ('commercial_approvers', 'U0AE'), ('commercial_approvers', 'ae-jwt-1');
 
 -- === Projections ============================================================================
 SELECT capacity.create_capacity_request('U0AE', 'infra', '24XL', 2, 'us-east-1', requester_user_id => 'U0SA') -> 'request' ->> 'id' AS cr \gset

@@ -128,7 +128,7 @@ SELECT is((SELECT array_agg(key ORDER BY key) FROM flowgate.setting_definitions(
 -- =============================================================================================
 -- (b) Bounded capacity arguments: 22023 with a hint from the functions, CHECKs for direct writes
 -- =============================================================================================
-INSERT INTO capacity.group_members VALUES ('infra', 'infra-1');
+INSERT INTO capacity.group_members VALUES ('infra', 'infra-1'), ('commercial_approvers', 'ae-1'), ('commercial_approvers', 'U9> <!channel'), ('commercial_approvers', 'U0AE');
 SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
 SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1',

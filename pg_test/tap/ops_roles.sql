@@ -3,7 +3,7 @@
 -- and for ops.ingest_event. Every allowed action succeeds; every forbidden one fails with 42501
 -- (or a 403 outcome from ingest) and writes nothing.
 BEGIN;
-SELECT plan(58);
+SELECT plan(62);
 
 -- Two releases: R1 created by release manager rm-1, R2 by rm-2 (trusted setup names them).
 SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'roles-r1', 'event_type', 'release_created',
@@ -185,6 +185,27 @@ SELECT is((SELECT count(*)::int FROM ops.approvals WHERE approver_id IN ('ci-bot
 SELECT is((SELECT count(*)::int FROM ops.exceptions WHERE requested_by = 'dev-1' AND status = 'approved' AND decided_by = 'dev-2'), 0,
           'no self-approved exception exists');
 SELECT is((SELECT count(*)::int FROM ops.deployments), 0, 'no deployment was recorded');
+
+-- ---- A release manager who logs in directly cannot decide her own exception as someone else ----
+-- She writes another person's subject into request.jwt.claims: it is not believed (she did not
+-- log in as PostgREST's authenticator), so she stays herself and four eyes hold.
+DO $$ BEGIN CREATE ROLE fg_rm_login LOGIN; END $$;
+GRANT release_manager TO fg_rm_login;
+SET LOCAL SESSION AUTHORIZATION fg_rm_login;
+SELECT set_config('request.jwt.claims', '{"sub": "rm-other", "role": "release_manager"}', true) \g /dev/null
+SELECT is(ops.ingest_event(pg_temp.ev('imp-exc', 'exception_requested',
+              jsonb_build_object('gate_code', 'G3', 'reason', 'hotfix', 'expires_at', now() + interval '1 day',
+                                 'exception_id', 'f0000000-0000-4000-8000-0000000000aa'))) ->> 'status', 'accepted',
+          'a directly logged-in release manager requests an exception');
+SELECT is(ops.ingest_event(pg_temp.ev('imp-dec', 'exception_decided',
+              jsonb_build_object('exception_id', 'f0000000-0000-4000-8000-0000000000aa', 'decision', 'approved'))) #>> '{detail,error}',
+          'forbidden', 'deciding it with forged claims is her own decision, refused (four eyes)');
+RESET SESSION AUTHORIZATION;
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+SELECT is((SELECT requested_by || ' ' || status FROM ops.exceptions WHERE exception_id = 'f0000000-0000-4000-8000-0000000000aa'),
+          'fg_rm_login requested', 'recorded as the login role, still requested');
+SELECT isnt((SELECT status FROM ops.release_gates WHERE release_id = 'e0000000-0000-4000-8000-000000000001' AND gate_code = 'G3'), 'bypassed',
+            'G3 is not bypassed');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -33,3 +33,6 @@ SELECT is((SELECT response_body::jsonb ->> 'key' FROM flowgate.deliveries WHERE 
 SELECT flowgate.reset_setting('flowgate.http_transport');
 DELETE FROM flowgate.deliveries WHERE idempotency_key = 'tap-pgnet-1';
 SELECT * FROM finish();
+-- Leave the database as found: with pg_net installed, the default transport (auto) would pick
+-- it for every later suite.
+DROP EXTENSION pg_net;

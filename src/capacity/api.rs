@@ -13,7 +13,7 @@ mod capacity {
     use crate::capacity::machine::{allowed_events, Event, State};
     use crate::capacity::store;
     use crate::core::actor::{validate_actor_id, Actor};
-    use crate::core::args::{RawJsonb, MAX_JSON_ARG_BYTES};
+    use crate::core::args::{required, RawJsonb, MAX_JSON_ARG_BYTES};
     use crate::core::error::CoreError;
     use crate::core::eventstore::Applied;
     use crate::core::store as core_store;
@@ -59,12 +59,12 @@ mod capacity {
     #[search_path(pg_catalog, pg_temp)]
     #[allow(clippy::too_many_arguments)]
     fn create_capacity_request(
-        commercial_owner_user_id: &str,
-        infra_owner_group: &str,
-        requested_size: &str,
-        quantity: i32,
-        region: &str,
-        customer_ref: default!(RawJsonb, "'{}'"),
+        commercial_owner_user_id: Option<&str>,
+        infra_owner_group: Option<&str>,
+        requested_size: Option<&str>,
+        quantity: Option<i32>,
+        region: Option<&str>,
+        customer_ref: default!(Option<RawJsonb>, "'{}'"),
         needed_by_date: default!(Option<pgrx::datum::Date>, "NULL"),
         expected_duration_days: default!(Option<i32>, "NULL"),
         estimated_monthly_cost_usd: default!(Option<pgrx::AnyNumeric>, "NULL"),
@@ -74,6 +74,13 @@ mod capacity {
         let run = || -> Result<JsonB, CapacityError> {
             let actor = core_store::acting_actor(requester_user_id)?;
             store::refuse_anonymous(&actor)?;
+            let commercial_owner_user_id =
+                required("commercial_owner_user_id", commercial_owner_user_id)?;
+            let infra_owner_group = required("infra_owner_group", infra_owner_group)?;
+            let requested_size = required("requested_size", requested_size)?;
+            let quantity = required("quantity", quantity)?;
+            let region = required("region", region)?;
+            let customer_ref = required("customer_ref", customer_ref)?;
             store::check_user_key(idempotency_key)?;
             validate_actor_id("commercial_owner_user_id", commercial_owner_user_id)?;
             if commercial_owner_user_id == actor.id && !actor.trusted {
@@ -127,15 +134,18 @@ mod capacity {
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn record_capacity_event(
-        request_id: &str,
-        event_type: &str,
-        payload: default!(RawJsonb, "'{}'"),
+        request_id: Option<&str>,
+        event_type: Option<&str>,
+        payload: default!(Option<RawJsonb>, "'{}'"),
         idempotency_key: default!(Option<&str>, "NULL"),
         on_behalf_of: default!(Option<&str>, "NULL"),
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CapacityError> {
             let actor = core_store::acting_actor(on_behalf_of)?;
             store::refuse_anonymous(&actor)?;
+            let request_id = required("request_id", request_id)?;
+            let event_type = required("event_type", event_type)?;
+            let payload = required("payload", payload)?;
             store::check_user_key(idempotency_key)?;
             let event = parse_event(event_type)?;
             let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;

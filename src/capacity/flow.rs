@@ -24,6 +24,20 @@ pub const MAX_CUSTOMER_REF_DEPTH: usize = 5;
 pub const MAX_SIZE_LEN: usize = 32;
 pub const MAX_REGION_LEN: usize = 32;
 pub const MAX_GROUP_LEN: usize = 63;
+/// Most instances one request may ask for (the table's CHECK says the same).
+pub const MAX_QUANTITY: i32 = 10_000;
+
+/// An AWS region name, as the table's CHECK has it: `^[a-z]{2}(-[a-z]+)+-[0-9]+$`.
+fn is_region(r: &str) -> bool {
+    let parts: Vec<&str> = r.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
+}
 /// Longest request id or event name looked up: no longer one exists, and an error message
 /// never repeats an oversized argument.
 pub const MAX_LOOKUP_LEN: usize = 64;
@@ -229,6 +243,54 @@ impl Request {
         )?;
         check_text("requested_size", &self.requested_size, MAX_SIZE_LEN, "24XL")?;
         check_text("region", &self.region, MAX_REGION_LEN, "us-east-1")?;
+        if !is_region(&self.region) {
+            return Err(CoreError::invalid(
+                "region",
+                format!("{:?} is not an AWS region name", self.region),
+                "a region such as us-east-1, eu-west-2 or ap-southeast-1",
+            ));
+        }
+        if !self
+            .infra_owner_group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Err(CoreError::invalid(
+                "infra_owner_group",
+                format!(
+                    "{:?} has characters a group name cannot have",
+                    self.infra_owner_group
+                ),
+                "1 to 63 of A-Za-z0-9_.-, e.g. infra",
+            ));
+        }
+        if let Some(d) = self
+            .expected_duration_days
+            .filter(|d| !(1..=36_500).contains(d))
+        {
+            return Err(CoreError::invalid(
+                "expected_duration_days",
+                d.to_string(),
+                "1 to 36500 days, or NULL",
+            ));
+        }
+        if let Some(c) = &self.estimated_monthly_cost_usd {
+            let ok = c.as_f64().is_some_and(|v| (0.0..1e12).contains(&v));
+            if !ok {
+                return Err(CoreError::invalid(
+                    "estimated_monthly_cost_usd",
+                    c.to_string(),
+                    "0 to 999999999999.99 USD, or NULL",
+                ));
+            }
+        }
+        if !(1..=MAX_QUANTITY).contains(&self.quantity) {
+            return Err(CoreError::invalid(
+                "quantity",
+                self.quantity.to_string(),
+                format!("1 to {MAX_QUANTITY} instances"),
+            ));
+        }
         check_customer_ref(&self.customer_ref)
     }
 }
@@ -586,6 +648,41 @@ mod unit_tests {
         for not_an_object in ["[]", "\"acme\"", "null", "42"] {
             let v: Value = serde_json::from_str(not_an_object).unwrap();
             assert_eq!(check_customer_ref(&v).unwrap_err().sqlstate(), "22023");
+        }
+    }
+
+    #[test]
+    fn regions_and_quantities_are_checked_up_front() {
+        for ok in ["us-east-1", "eu-west-2", "ap-southeast-1", "us-gov-west-1"] {
+            assert!(is_region(ok), "{ok}");
+        }
+        for bad in [
+            "mars",
+            "us-east",
+            "US-east-1",
+            "u-east-1",
+            "us--1",
+            "us-east-1a",
+            "-east-1",
+            "",
+        ] {
+            assert!(!is_region(bad), "{bad}");
+        }
+        let mut r = request(State::Submitted);
+        r.infra_owner_group = "infra team".into();
+        assert_eq!(r.check_new().unwrap_err().sqlstate(), "22023");
+        let mut r = request(State::Submitted);
+        r.expected_duration_days = Some(0);
+        assert_eq!(r.check_new().unwrap_err().sqlstate(), "22023");
+        for cost in [serde_json::json!(-1), serde_json::json!(1e30)] {
+            let mut r = request(State::Submitted);
+            r.estimated_monthly_cost_usd = Some(cost);
+            assert_eq!(r.check_new().unwrap_err().sqlstate(), "22023");
+        }
+        for q in [0, -1, MAX_QUANTITY + 1] {
+            let mut r = request(State::Submitted);
+            r.quantity = q;
+            assert_eq!(r.check_new().unwrap_err().sqlstate(), "22023", "{q}");
         }
     }
 

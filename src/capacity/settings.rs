@@ -16,6 +16,18 @@ pub const DEFINITIONS: &[Definition] = &[
         doc: "Requests whose estimated monthly cost is below this skip commercial approval (recorded as COMMERCIAL_APPROVED by system); 0 disables.",
     },
     Definition {
+        key: "capacity.auto_approve_requester_estimates",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Whether auto-approval (capacity.auto_approve_below_usd) may rely on a cost estimate typed by the requester (a user or a Slack command); by default only a trusted session's own estimate auto-approves.",
+    },
+    Definition {
+        key: "capacity.commercial_approvers_group",
+        kind: Kind::Text { max_len: 63 },
+        default: r#""commercial_approvers""#,
+        doc: "The capacity group (capacity.group_members) whose members may be named commercial owner; \"\" lets any actor be named (not recommended: a requester could name her own second account).",
+    },
+    Definition {
         key: "capacity.warning_hours_before_deadline",
         kind: Kind::Int { min: 0, max: 720 },
         default: "24",
@@ -29,7 +41,7 @@ pub const DEFINITIONS: &[Definition] = &[
     },
     Definition {
         key: "capacity.timers_schedule",
-        kind: Kind::Text { max_len: 64 },
+        kind: Kind::Schedule,
         default: r#""*/15 * * * *""#,
         doc: "pg_cron schedule of capacity.run_capacity_request_timers().",
     },

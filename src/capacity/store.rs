@@ -188,6 +188,35 @@ pub fn apply(
     eventstore::apply::<CapacityFlow>(id, &cmd, actor, key)
 }
 
+/// 22023 unless `owner` may be named commercial owner: a member of the group in
+/// `capacity.commercial_approvers_group` (when that is not "").
+fn check_commercial_owner(owner: &str) -> CoreResult<()> {
+    let group = core_store::get_text("capacity.commercial_approvers_group")?;
+    if group.is_empty() {
+        return Ok(());
+    }
+    let member = Spi::connect(|client| -> CoreResult<bool> {
+        let rows = prepared::query(
+            client,
+            "SELECT EXISTS (SELECT FROM capacity.group_members WHERE group_name = $1 AND user_id = $2)",
+            &[prepared::TEXT, prepared::TEXT],
+            &[group.as_str().into(), owner.into()],
+        )?;
+        Ok(rows.first().get_one::<bool>()?.unwrap_or(false))
+    })?;
+    if member {
+        return Ok(());
+    }
+    Err(CoreError::invalid(
+        "commercial_owner_user_id",
+        format!("{owner:?} is not a commercial approver"),
+        format!(
+            "a member of the capacity group {group:?} (capacity.commercial_approvers_group); an operator adds one with INSERT INTO capacity.group_members VALUES ('{}', '<actor id>')",
+            group.replace('\'', "''")
+        ),
+    ))
+}
+
 /// Create a request (REQUEST_SUBMITTED), then auto-approve it when it is cheap enough.
 /// Returns the request id and whether it already existed (idempotency key reused).
 pub fn create(
@@ -196,6 +225,7 @@ pub fn create(
     key: Option<&str>,
 ) -> Result<(String, bool), CapacityError> {
     request.check_new()?;
+    check_commercial_owner(&request.commercial_owner_user_id)?;
     if let Some(k) = key {
         // Serialise creations that share an actor and key, then look for an earlier one.
         Spi::run_with_args(
@@ -264,7 +294,10 @@ pub fn create(
     eventstore::apply::<CapacityFlow>(&id, &cmd, actor, key)?;
 
     let threshold = core_store::get_i64("capacity.auto_approve_below_usd")?;
-    if let Some(cost) = cost {
+    // A requester's own estimate approves nothing unless the operator said it may.
+    let estimate_counts =
+        actor.trusted || core_store::get_bool("capacity.auto_approve_requester_estimates")?;
+    if let Some(cost) = cost.filter(|_| estimate_counts) {
         if threshold > 0 && cost < threshold as f64 {
             let payload = json!({
                 "reason": format!("auto-approved: estimated monthly cost {cost} USD is below the {threshold} USD threshold"),

@@ -40,11 +40,13 @@ fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<Js
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn link_identity(
-    provider: &str,
-    external_id: &str,
+    provider: Option<&str>,
+    external_id: Option<&str>,
     actor_id: default!(Option<&str>, "NULL"),
 ) -> Result<JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
+        let provider = super::args::required("provider", provider)?;
+        let external_id = super::args::required("external_id", external_id)?;
         let me;
         let target = match actor_id {
             Some(a) => a,
@@ -104,10 +106,13 @@ fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
 /// Raise 22023 unless `value` is acceptable for `key`. Called by the `flowgate.settings`
 /// trigger so that no write path can store a bad value.
 #[pg_extern(immutable, parallel_safe, strict)]
-fn check_setting(key: &str, value: JsonB) -> Result<bool, ErrorReport> {
-    settings::validate(key, &value.0)
-        .map(|_| true)
-        .map_err(CoreError::reporter("flowgate.check_setting"))
+fn check_setting(key: &str, value: RawJsonb) -> Result<bool, ErrorReport> {
+    let run = || -> CoreResult<bool> {
+        settings::definition(key)?;
+        settings::validate(key, &value.value("value", MAX_JSON_ARG_BYTES)?)?;
+        Ok(true)
+    };
+    run().map_err(CoreError::reporter("flowgate.check_setting"))
 }
 
 /// Every documented setting with its type, default and current value.

@@ -129,6 +129,18 @@ pub fn optional(arg: Option<RawJsonb>, what: &str, limit: usize) -> CoreResult<O
     arg.map(|a| a.value(what, limit)).transpose()
 }
 
+/// A required argument of a function that is not STRICT (it has optional arguments): NULL is
+/// 22023 naming the argument, never a pgrx panic (XX000).
+pub fn required<T>(what: &str, value: Option<T>) -> CoreResult<T> {
+    value.ok_or_else(|| {
+        CoreError::invalid(
+            what,
+            "it is NULL",
+            "a value; only the arguments documented as optional may be NULL",
+        )
+    })
+}
+
 /// 22023 unless a text argument of `len` bytes fits in `limit`. Text arrives detoasted, so this
 /// bounds what is parsed or stored, not what Postgres already read.
 pub fn check_text_size(what: &str, text: &str, limit: usize) -> CoreResult<()> {

@@ -134,6 +134,12 @@ impl CoreError {
             CoreError::MissingDependency { hint, .. } | CoreError::Busy { hint, .. } => {
                 Some(hint.clone())
             }
+            CoreError::NotFound { kind, .. } => Some(format!(
+                "no {kind} has this id that you may see; check the id (ids are exact and case-sensitive) and that you are a party to it"
+            )),
+            CoreError::Duplicate { kind, .. } => Some(format!(
+                "the {kind} is taken: choose another, or repeat the original call unchanged to get its first result"
+            )),
             CoreError::Spi(_) | CoreError::Internal(_) => Some(
                 "this is a bug in flowgate; please report it with the statement that caused it"
                     .into(),

@@ -26,6 +26,8 @@ pub enum Kind {
     RoleList,
     /// A JSON array of actor ids (JWT subjects, Slack ids: 1 to 256 characters).
     ActorList,
+    /// A pg_cron schedule: five cron fields, or "N seconds" (1 to 59; pg_cron 1.5+).
+    Schedule,
 }
 
 impl Kind {
@@ -37,6 +39,7 @@ impl Kind {
             Kind::OneOf(options) => format!("one of the JSON strings {}", options.join(", ")),
             Kind::RoleList => "a JSON array of role names (1 to 63 characters each)".into(),
             Kind::ActorList => "a JSON array of actor ids (1 to 256 characters each)".into(),
+            Kind::Schedule => "a JSON string with a pg_cron schedule: five fields (minute hour day-of-month month day-of-week, each *, a number, a range a-b, a list, or a step /n), or \"N seconds\" with N from 1 to 59 (pg_cron 1.5+)".into(),
         }
     }
 
@@ -48,6 +51,7 @@ impl Kind {
             Kind::OneOf(_) => "enum",
             Kind::RoleList => "role list",
             Kind::ActorList => "actor list",
+            Kind::Schedule => "schedule",
         }
     }
 }
@@ -139,7 +143,7 @@ pub const CORE: &[Definition] = &[
     },
     Definition {
         key: "flowgate.dispatch_schedule",
-        kind: Kind::Text { max_len: 64 },
+        kind: Kind::Schedule,
         default: r#""* * * * *""#,
         doc: "pg_cron schedule of flowgate.dispatch() (pg_cron 1.5+ also accepts '5 seconds').",
     },
@@ -151,13 +155,13 @@ pub const CORE: &[Definition] = &[
     },
     Definition {
         key: "flowgate.prune_schedule",
-        kind: Kind::Text { max_len: 64 },
+        kind: Kind::Schedule,
         default: r#""17 * * * *""#,
         doc: "pg_cron schedule of flowgate.prune_deliveries().",
     },
     Definition {
         key: "flowgate.collect_schedule",
-        kind: Kind::Text { max_len: 64 },
+        kind: Kind::Schedule,
         default: r#""* * * * *""#,
         doc: "pg_cron schedule of flowgate.collect().",
     },
@@ -251,6 +255,11 @@ pub fn validate(key: &str, value: &Value) -> CoreResult<&'static Definition> {
                 }
             }
         }
+        (Kind::Schedule, Value::String(s)) => {
+            if let Err(problem) = check_schedule(s) {
+                return Err(bad(problem));
+            }
+        }
         (Kind::RoleList, Value::Array(items)) => {
             for item in items {
                 match item {
@@ -262,6 +271,58 @@ pub fn validate(key: &str, value: &Value) -> CoreResult<&'static Definition> {
         (_, other) => return Err(bad(format!("got {}", type_name(other)))),
     }
     Ok(def)
+}
+
+/// Check a pg_cron schedule. A sixth field is refused: pg_cron 1.4 accepts it and silently
+/// ignores it (so "*/5 * * * * *" would run every five minutes, not seconds).
+pub fn check_schedule(s: &str) -> Result<(), String> {
+    let shown = || format!("{:?}", s.chars().take(64).collect::<String>());
+    if let Some(n) = s
+        .strip_suffix(" seconds")
+        .or_else(|| s.strip_suffix(" second"))
+    {
+        return match n.trim().parse::<u32>() {
+            Ok(n) if (1..=59).contains(&n) => Ok(()),
+            _ => Err(format!("{} is not 1 to 59 seconds", shown())),
+        };
+    }
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!("{} has {} fields, not 5", shown(), fields.len()));
+    }
+    const RANGES: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    for (field, (name, lo, hi)) in fields.iter().zip(RANGES) {
+        let in_range = |t: &str| t.parse::<u32>().is_ok_and(|v| (lo..=hi).contains(&v));
+        let ok = field.split(',').all(|part| {
+            let (base, step) = match part.split_once('/') {
+                Some((b, st)) => (b, Some(st)),
+                None => (part, None),
+            };
+            let step_ok = step.is_none_or(|st| {
+                st.parse::<u32>()
+                    .is_ok_and(|v| (1..=hi.max(1)).contains(&v))
+            });
+            let base_ok = base == "*"
+                || in_range(base)
+                || base.split_once('-').is_some_and(|(a, b)| {
+                    in_range(a) && in_range(b) && a.parse::<u32>().ok() <= b.parse::<u32>().ok()
+                });
+            step_ok && base_ok
+        });
+        if !ok {
+            return Err(format!(
+                "{} has an invalid {name} field {field:?} ({lo} to {hi})",
+                shown()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -353,6 +414,40 @@ mod unit_tests {
         let e = validate("flowgate.nope", &json!(1)).unwrap_err();
         assert_eq!(e.sqlstate(), "22023");
         assert!(e.hint().unwrap().contains("flowgate.trusted_roles"));
+    }
+
+    #[test]
+    fn schedules_are_checked_before_they_reach_pg_cron() {
+        for ok in [
+            "* * * * *",
+            "17 * * * *",
+            "*/5 0-6 1,15 * 1-5",
+            "10 seconds",
+            "1 second",
+            "0 0 1 1 7",
+        ] {
+            assert!(check_schedule(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "*/5 * * * * *",
+            "every minute",
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * * 13 *",
+            "* * * * 8",
+            "*/0 * * * *",
+            "5-1 * * * *",
+            "0 seconds",
+            "60 seconds",
+            "",
+            "; DROP TABLE x",
+        ] {
+            assert!(check_schedule(bad).is_err(), "{bad}");
+        }
+        let e = validate("flowgate.dispatch_schedule", &json!("*/5 * * * * *")).unwrap_err();
+        assert_eq!(e.sqlstate(), "22023");
+        assert!(e.to_string().contains("6 fields"), "{e}");
     }
 
     #[test]

@@ -267,8 +267,10 @@ pub fn link_identity(
                 ],
             )?
         }
+        // A CTE so that removing nothing is one row holding NULL, not an empty result.
         None => Spi::get_one_with_args::<JsonB>(
-            "DELETE FROM flowgate.identity_links l WHERE provider = $1 AND external_id = $2 RETURNING to_jsonb(l)",
+            "WITH gone AS (DELETE FROM flowgate.identity_links l WHERE provider = $1 AND external_id = $2 RETURNING to_jsonb(l) AS j) \
+             SELECT (SELECT j FROM gone)",
             &[provider.into(), external_id.into()],
         )?,
     };

@@ -129,6 +129,11 @@ mod intake {
                     None,
                     &[pool.as_str().into(), inventory.into()],
                 )?;
+                client.update(
+                    "INSERT INTO intake.pool_state (pool_id) VALUES ($1)",
+                    None,
+                    &[pool.as_str().into()],
+                )?;
                 Ok(())
             })?;
             Ok(JsonB(
@@ -217,14 +222,21 @@ mod intake {
         Spi::connect_mut(|client| -> CoreResult<Value> {
             let cfg = prepared::query(
                 client,
-                "SELECT inventory, max_claims_per_user, paused FROM intake.engine_config WHERE pool_id = $1",
+                "SELECT c.inventory, c.max_claims_per_user, c.paused, s.pool_id IS NOT NULL \
+                   FROM intake.engine_config c LEFT JOIN intake.pool_state s ON s.pool_id = c.pool_id \
+                  WHERE c.pool_id = $1",
                 &[TEXT],
                 &[pool.as_str().into()],
             )?;
             if cfg.is_empty() {
                 return Err(CoreError::not_found("pool", pool.as_str()));
             }
-            let (inventory, max_claims, paused) = cfg.first().get_three::<i32, i32, bool>()?;
+            let row = cfg.first();
+            let (inventory, max_claims, paused) = row.get_three::<i32, i32, bool>()?;
+            if row.get::<bool>(4)? != Some(true) {
+                // A crash or a restore emptied the UNLOGGED inventory: rebuild it first.
+                store::heal(client, &pool)?;
+            }
             let (inventory, max_claims) = (inventory.unwrap_or(0), max_claims.unwrap_or(1));
             if paused == Some(true) {
                 return Ok(json!({"status": "paused", "pool_id": pool.as_str()}));
@@ -334,115 +346,7 @@ mod intake {
     fn recover_pool(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<JsonB> {
             let pool = PoolId::parse(pool_id)?;
-            let seq = pool.slot_sequence();
-            Spi::connect_mut(|client| -> CoreResult<JsonB> {
-                let cfg = client.update(
-                    "SELECT inventory FROM intake.engine_config WHERE pool_id = $1 FOR UPDATE",
-                    None,
-                    &[pool.as_str().into()],
-                )?;
-                if cfg.is_empty() {
-                    return Err(CoreError::not_found("pool", pool.as_str()));
-                }
-                let inventory = cfg.first().get_one::<i32>()?.unwrap_or(0);
-                client.update("LOCK TABLE intake.allocations, intake.released_slots, intake.user_claims IN EXCLUSIVE MODE", None, &[])?;
-                let intents = format!(
-                    "SELECT (message ->> 'slot')::int AS slot, (message ->> 'resource_id')::uuid AS resource_id, \
-                            message ->> 'user_id' AS user_id, enqueued_at, message ->> 'state' AS state FROM pgmq.\"q_{q}\" \
-                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"a_{q}\" \
-                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"q_{d}\" \
-                     UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"a_{d}\"",
-                    q = pool.queue(),
-                    d = pool.dlq()
-                );
-                let missing_seq = client
-                    .select(
-                        "SELECT to_regclass($1) IS NULL",
-                        Some(1),
-                        &[seq.clone().into()],
-                    )?
-                    .first()
-                    .get_one::<bool>()?
-                    .unwrap_or(false);
-                if missing_seq {
-                    client.update(
-                        &format!("CREATE SEQUENCE {seq} AS int MINVALUE 1"),
-                        None,
-                        &[],
-                    )?;
-                    client.update(
-                        &format!("ALTER EXTENSION flowgate ADD SEQUENCE {seq}"),
-                        None,
-                        &[],
-                    )?;
-                    client.update(
-                        &format!("SELECT setval('{seq}', m, true) FROM (SELECT max(slot) AS m FROM ({intents}) i) x WHERE m IS NOT NULL"),
-                        None,
-                        &[],
-                    )?;
-                }
-                for table in [
-                    "intake.allocations",
-                    "intake.released_slots",
-                    "intake.user_claims",
-                ] {
-                    client.update(
-                        &format!("DELETE FROM {table} WHERE pool_id = $1"),
-                        None,
-                        &[pool.as_str().into()],
-                    )?;
-                }
-                client.update(
-                    &format!(
-                        "INSERT INTO intake.allocations (pool_id, slot, resource_id, status, locked_by, locked_at) \
-                         SELECT $1, g, coalesce(i.resource_id, gen_random_uuid()), \
-                                CASE WHEN i.slot IS NULL THEN 'available' WHEN i.state = 'committed' THEN 'consumed' ELSE 'locked' END, i.user_id, i.enqueued_at \
-                           FROM generate_series(1, $2) g LEFT JOIN (SELECT DISTINCT ON (slot) * FROM ({intents}) x ORDER BY slot, enqueued_at) i ON i.slot = g"
-                    ),
-                    None,
-                    &[pool.as_str().into(), inventory.into()],
-                )?;
-                client.update(
-                    &format!(
-                        "INSERT INTO intake.user_claims (pool_id, user_id, claims) \
-                         SELECT $1, user_id, count(*) FROM ({intents}) i GROUP BY user_id"
-                    ),
-                    None,
-                    &[pool.as_str().into()],
-                )?;
-                let handed_out = client
-                    .select(
-                        &format!(
-                            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}"
-                        ),
-                        Some(1),
-                        &[],
-                    )?
-                    .first()
-                    .get_one::<i64>()?
-                    .unwrap_or(0);
-                client.update(
-                    "INSERT INTO intake.released_slots (pool_id, slot) SELECT pool_id, slot FROM intake.allocations \
-                     WHERE pool_id = $1 AND status = 'available' AND slot <= $2",
-                    None,
-                    &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
-                )?;
-                let summary = client
-                    .select(
-                        "SELECT jsonb_build_object('pool_id', $1::text, 'inventory', $2::int, \
-                           'claimed', count(*) FILTER (WHERE status <> 'available'), \
-                           'available', count(*) FILTER (WHERE status = 'available'), \
-                           'released', (SELECT count(*) FROM intake.released_slots WHERE pool_id = $1), \
-                           'users', (SELECT count(*) FROM intake.user_claims WHERE pool_id = $1)) \
-                         FROM intake.allocations WHERE pool_id = $1",
-                        Some(1),
-                        &[pool.as_str().into(), inventory.into()],
-                    )?
-                    .first()
-                    .get_one::<JsonB>()?
-                    .unwrap_or(JsonB(Value::Null));
-                Ok(summary)
-            })
+            Spi::connect_mut(|client| store::rebuild(client, &pool)).map(JsonB)
         };
         run().map_err(CoreError::reporter("intake.recover_pool"))
     }
@@ -564,11 +468,11 @@ mod intake {
     /// validated intent goes straight to the commit step. Returns the new queue message ids.
     #[pg_extern(volatile)]
     fn replay_dlq(
-        pool_id: &str,
+        pool_id: Option<&str>,
         msg_ids: default!(Option<Vec<i64>>, "NULL"),
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
-            let pool = PoolId::parse(pool_id)?;
+            let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
                 store::load_config(client, &pool)?;
                 let ids = store::replay(client, &pool, msg_ids)?;
@@ -587,7 +491,7 @@ mod intake {
     #[pg_extern(volatile)]
     #[allow(clippy::type_complexity)]
     fn read_intents(
-        pool_id: &str,
+        pool_id: Option<&str>,
         max: default!(Option<i32>, "NULL"),
     ) -> Result<
         TableIterator<
@@ -605,7 +509,7 @@ mod intake {
         ErrorReport,
     > {
         let run = || -> CoreResult<Vec<(i64, i32, String, Option<String>, Option<String>, String, JsonB)>> {
-            let pool = PoolId::parse(pool_id)?;
+            let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
                 let cfg = store::load_config(client, &pool)?;
                 if cfg.paused {
@@ -643,14 +547,15 @@ mod intake {
     /// leaves it for a retry after the visibility timeout. Returns what happened.
     #[pg_extern(volatile)]
     fn report_validation(
-        pool_id: &str,
-        msg_id: i64,
+        pool_id: Option<&str>,
+        msg_id: Option<i64>,
         status_code: Option<i32>,
         response: default!(Option<RawJsonb>, "NULL"),
         error: default!(Option<&str>, "NULL"),
     ) -> Result<String, ErrorReport> {
         let run = || -> CoreResult<String> {
-            let pool = PoolId::parse(pool_id)?;
+            let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
+            let msg_id = args::required("msg_id", msg_id)?;
             check_status(status_code)?;
             if let Some(e) = error {
                 args::check_text_size("error", e, MAX_ERROR_TEXT_BYTES)?;
@@ -681,13 +586,14 @@ mod intake {
     /// validating again).
     #[pg_extern(volatile)]
     fn report_commit(
-        pool_id: &str,
-        msg_id: i64,
+        pool_id: Option<&str>,
+        msg_id: Option<i64>,
         status_code: Option<i32>,
         error: default!(Option<&str>, "NULL"),
     ) -> Result<String, ErrorReport> {
         let run = || -> CoreResult<String> {
-            let pool = PoolId::parse(pool_id)?;
+            let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
+            let msg_id = args::required("msg_id", msg_id)?;
             check_status(status_code)?;
             if let Some(e) = error {
                 args::check_text_size("error", e, MAX_ERROR_TEXT_BYTES)?;
@@ -735,9 +641,11 @@ mod intake {
     #[pg_extern(volatile)]
     fn collect_metrics(
         pool_id: default!(Option<&str>, "NULL"),
-        min_interval_seconds: default!(f64, "0"),
+        min_interval_seconds: default!(Option<f64>, "0"),
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
+            let min_interval_seconds =
+                args::required("min_interval_seconds", min_interval_seconds)?;
             let only = pool_id.map(PoolId::parse).transpose()?;
             Spi::connect_mut(|client| {
                 let pools = client.select(

@@ -6,13 +6,13 @@ use crate::core::settings::{Definition, Kind};
 pub const DEFINITIONS: &[Definition] = &[
     Definition {
         key: "intake.drain_schedule",
-        kind: Kind::Text { max_len: 64 },
+        kind: Kind::Schedule,
         default: r#""5 seconds""#,
         doc: "pg_cron schedule of intake.drain_all(); second-level schedules need pg_cron 1.5+ (older versions get every minute).",
     },
     Definition {
         key: "intake.metrics_schedule",
-        kind: Kind::Text { max_len: 64 },
+        kind: Kind::Schedule,
         default: r#""5 seconds""#,
         doc: "pg_cron schedule of intake.collect_metrics(); second-level schedules need pg_cron 1.5+ (older versions get every minute).",
     },

@@ -140,8 +140,13 @@ impl OpsError {
             OpsError::UnknownRelease(_) => {
                 Some("send release_created for this release_id first".into())
             }
+            OpsError::UnknownReference { kind, .. } => Some(format!(
+                "send the event that creates the {kind} first, or check its id"
+            )),
+            OpsError::Conflict(_) => Some(
+                "the record already says otherwise: read ops.v_release_gate_summary or ops.promotion_status(release_id) for the current state".into(),
+            ),
             OpsError::Core(e) => e.hint(),
-            _ => None,
         }
     }
 

@@ -4,7 +4,7 @@ use crate::core::settings::{Definition, Kind};
 
 pub const DEFINITIONS: &[Definition] = &[Definition {
     key: "ops.expiry_schedule",
-    kind: Kind::Text { max_len: 64 },
+    kind: Kind::Schedule,
     default: r#""* * * * *""#,
     doc: "pg_cron schedule of ops.expire_bypasses(), which re-evaluates gates whose bypassing exception expired.",
 }];

@@ -2,7 +2,7 @@
 
 #[pgrx::pg_schema]
 mod provisioning {
-    use crate::core::args::{RawJsonb, MAX_JSON_ARG_BYTES};
+    use crate::core::args::{required, RawJsonb, MAX_JSON_ARG_BYTES};
     use std::time::Duration;
 
     use pgrx::pg_sys::panic::ErrorReport;
@@ -37,16 +37,20 @@ mod provisioning {
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn enqueue_client(
-        slug: &str,
-        display_name: &str,
+        slug: Option<&str>,
+        display_name: Option<&str>,
         region: default!(Option<&str>, "NULL"),
         plan: default!(Option<&str>, "NULL"),
-        additional_settings: default!(RawJsonb, "'{}'"),
+        additional_settings: default!(Option<RawJsonb>, "'{}'"),
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> ProvisioningResult<Value> {
             let owner = operator("onboard a tenant")?;
-            let additional_settings =
-                JsonB(additional_settings.value("additional_settings", MAX_JSON_ARG_BYTES)?);
+            let slug = required("slug", slug)?;
+            let display_name = required("display_name", display_name)?;
+            let additional_settings = JsonB(
+                required("additional_settings", additional_settings)?
+                    .value("additional_settings", MAX_JSON_ARG_BYTES)?,
+            );
             let ok_slug = slug.len() >= 3
                 && slug.len() <= 40
                 && slug.starts_with(|c: char| c.is_ascii_lowercase())
@@ -135,15 +139,19 @@ mod provisioning {
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn report_job(
-        job_id: pgrx::Uuid,
-        worker: &str,
-        succeeded: bool,
+        job_id: Option<pgrx::Uuid>,
+        worker: Option<&str>,
+        succeeded: Option<bool>,
         status_code: default!(Option<i32>, "NULL"),
         error: default!(Option<&str>, "NULL"),
-        min_retry_seconds: default!(i32, "0"),
+        min_retry_seconds: default!(Option<i32>, "0"),
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> ProvisioningResult<Value> {
             operator("report provisioning attempts")?;
+            let job_id = required("job_id", job_id)?;
+            let worker = required("worker", worker)?;
+            let succeeded = required("succeeded", succeeded)?;
+            let min_retry_seconds = required("min_retry_seconds", min_retry_seconds)?;
             if let Some(s) = status_code {
                 if !(100..=599).contains(&s) {
                     return Err(CoreError::invalid(

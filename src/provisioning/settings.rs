@@ -41,7 +41,7 @@ pub const DEFINITIONS: &[Definition] = &[
     },
     Definition {
         key: "provisioning.run_schedule",
-        kind: Kind::Text { max_len: 64 },
+        kind: Kind::Schedule,
         default: r#""10 seconds""#,
         doc: "pg_cron schedule of provisioning.run_jobs(); second-level schedules need pg_cron 1.5+ (older versions get every minute).",
     },

@@ -21,22 +21,30 @@ use crate::core::store as settings;
 #[pg_extern(volatile)]
 #[allow(clippy::too_many_arguments)]
 fn enqueue_delivery(
-    owner_module: &str,
-    owner_id: &str,
-    url: &str,
-    idempotency_key: &str,
+    owner_module: Option<&str>,
+    owner_id: Option<&str>,
+    url: Option<&str>,
+    idempotency_key: Option<&str>,
     body: default!(Option<RawJsonb>, "NULL"),
-    method: default!(&str, "'POST'"),
-    headers: default!(RawJsonb, "'{}'"),
+    method: default!(Option<&str>, "'POST'"),
+    headers: default!(Option<RawJsonb>, "'{}'"),
     auth_secret: default!(Option<&str>, "NULL"),
-    auth_header: default!(&str, "'Authorization'"),
-    auth_scheme: default!(&str, "'Bearer'"),
+    auth_header: default!(Option<&str>, "'Authorization'"),
+    auth_scheme: default!(Option<&str>, "'Bearer'"),
     handler: default!(Option<&str>, "NULL"),
     max_attempts: default!(Option<i32>, "NULL"),
     timeout_ms: default!(Option<i32>, "NULL"),
 ) -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
+        let owner_module = args::required("owner_module", owner_module)?;
+        let owner_id = args::required("owner_id", owner_id)?;
+        let url = args::required("url", url)?;
+        let idempotency_key = args::required("idempotency_key", idempotency_key)?;
+        let method = args::required("method", method)?;
+        let auth_header = args::required("auth_header", auth_header)?;
+        let auth_scheme = args::required("auth_scheme", auth_scheme)?;
         let body = args::optional(body, "body", MAX_BODY_ARG_BYTES)?;
+        let headers = args::required("headers", headers)?;
         let headers = match headers.value("headers", MAX_JSON_ARG_BYTES)? {
             Value::Object(m) => m,
             other => {
@@ -344,7 +352,7 @@ fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
 #[pg_extern(volatile)]
 #[allow(clippy::too_many_arguments)]
 fn record_attempt(
-    id: i64,
+    id: Option<i64>,
     status_code: Option<i32>,
     retry_after: Option<String>,
     body: Option<String>,
@@ -360,7 +368,8 @@ fn record_attempt(
         error_kind,
         error,
     };
-    store::record(id, &observed)
+    args::required("id", id)
+        .and_then(|id| store::record(id, &observed))
         .map(str::to_owned)
         .map_err(CoreError::reporter("flowgate.record_attempt"))
 }
