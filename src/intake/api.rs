@@ -289,8 +289,11 @@ mod intake {
                 if slot > inventory {
                     let back = prepared::run(
                         client,
-                        "DELETE FROM intake.released_slots r USING (SELECT slot FROM intake.released_slots WHERE pool_id = $1 \
-                         LIMIT 1 FOR UPDATE SKIP LOCKED) pick WHERE r.pool_id = $1 AND r.slot = pick.slot RETURNING r.slot",
+                        // One given-back slot, picked once (an InitPlan): as a joined subquery the
+                        // pick could be re-run per outer row and delete several slots while
+                        // returning one, losing the others under contention.
+                        "DELETE FROM intake.released_slots WHERE pool_id = $1 AND slot = \
+                         (SELECT slot FROM intake.released_slots WHERE pool_id = $1 LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING slot",
                         &[TEXT],
                         &[pool.as_str().into()],
                     )?;
