@@ -77,3 +77,39 @@ $$;
 COMMENT ON FUNCTION flowgate.make_append_only(regclass) IS
   'Attach the append-only guard (row UPDATE/DELETE and TRUNCATE raise SQLSTATE 55000) to a table; idempotent.';
 REVOKE ALL ON FUNCTION flowgate.make_append_only(regclass) FROM PUBLIC;
+
+-- Periodic jobs as flowgate ran them (pg_cron 1.4 records only "SELECT 1" for each run): the
+-- latest outcome of every job, and a history of pg_cron and manual runs and of every failure.
+CREATE TABLE flowgate.job_status (
+    job             text PRIMARY KEY,
+    runs            bigint NOT NULL DEFAULT 0,
+    failures        bigint NOT NULL DEFAULT 0,
+    last_runner     text,
+    last_started_at timestamptz,
+    last_duration_ms numeric(12, 3),
+    last_status     text CHECK (last_status IN ('ok', 'error')),
+    last_result     text,
+    last_error      text,
+    last_error_at   timestamptz
+) WITH (fillfactor = 50);  -- one row per job, updated every run: room for HOT updates
+COMMENT ON TABLE flowgate.job_status IS
+  'The latest run of each periodic job (whoever ran it: pg_cron, the background worker, by hand) with its '
+  'outcome, duration and error; runs and failures count since install.';
+
+CREATE TABLE flowgate.job_runs (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job         text NOT NULL,
+    runner      text NOT NULL CHECK (runner IN ('pg_cron', 'worker', 'manual')),
+    started_at  timestamptz NOT NULL,
+    duration_ms numeric(12, 3) NOT NULL,
+    status      text NOT NULL CHECK (status IN ('ok', 'error')),
+    result      text,
+    error       text
+);
+CREATE INDEX job_runs_job ON flowgate.job_runs (job, started_at DESC);
+CREATE INDEX job_runs_started ON flowgate.job_runs (started_at);
+COMMENT ON TABLE flowgate.job_runs IS
+  'History of periodic job runs: every pg_cron and manual run, and every failed run of the background worker '
+  '(its successful ticks only update flowgate.job_status). Kept flowgate.job_run_retention_hours.';
+REVOKE ALL ON flowgate.job_status, flowgate.job_runs FROM PUBLIC;
+

@@ -310,6 +310,12 @@ AS $$
            FOR UPDATE SKIP LOCKED
     ), gone AS (
         DELETE FROM flowgate.deliveries d USING old WHERE d.id = old.id RETURNING 1
+    ), old_runs AS (
+        -- Job run history past its retention goes with the same housekeeping.
+        DELETE FROM flowgate.job_runs r
+         WHERE r.id IN (SELECT id FROM flowgate.job_runs
+                         WHERE started_at < now() - make_interval(hours => (flowgate.get_setting('flowgate.job_run_retention_hours'))::int)
+                         ORDER BY started_at LIMIT max_rows)
     )
     SELECT count(*)::int FROM gone
 $$;
@@ -325,7 +331,7 @@ REVOKE EXECUTE ON FUNCTION flowgate.dispatch(int), flowgate.dispatch_ids(bigint[
     flowgate.transport_native(bigint[]), flowgate.transport_pg_net(bigint[]),
     flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int),
     flowgate.install_schedules(), flowgate.uninstall_schedules(), flowgate.run_periodic(boolean),
-    flowgate.prune_deliveries(int)
+    flowgate.run_job(text, text), flowgate.prune_deliveries(int)
   FROM PUBLIC;
 
 COMMENT ON FUNCTION flowgate.dispatch(int) IS
@@ -343,11 +349,15 @@ COMMENT ON FUNCTION flowgate.enqueue_delivery(text, text, text, text, jsonb, tex
 COMMENT ON FUNCTION flowgate.install_schedules() IS
   'Register every periodic flowgate job with pg_cron (idempotent; schedules from settings).';
 COMMENT ON FUNCTION flowgate.uninstall_schedules() IS 'Remove every flowgate job from pg_cron.';
-COMMENT ON FUNCTION flowgate.prune_deliveries(int) IS
-  'Delete delivered deliveries older than flowgate.delivered_retention_hours (at most max_rows per call); '
-  'failed and dead deliveries are kept for replay.';
 COMMENT ON FUNCTION flowgate.run_periodic(boolean) IS
-  'Run the periodic jobs once (dispatch, collect, and with include_housekeeping the pruning); used by the background worker.';
+  'Run the periodic jobs once by hand, each in its own subtransaction with its outcome recorded (flowgate.job_status, '
+  'flowgate.job_runs); returns how many ran without error. The background worker runs each job in a transaction of its own.';
+COMMENT ON FUNCTION flowgate.run_job(text, text) IS
+  'Run one periodic job now and record its outcome, duration and error (flowgate.job_status, flowgate.job_runs); '
+  'what pg_cron schedules. A failing job is recorded and answered, not raised.';
+COMMENT ON FUNCTION flowgate.prune_deliveries(int) IS
+  'Delete delivered deliveries older than flowgate.delivered_retention_hours and job runs older than '
+  'flowgate.job_run_retention_hours (at most max_rows each per call); failed and dead deliveries are kept for replay.';
 
 -- ==== Capacity ===================================================================================
 

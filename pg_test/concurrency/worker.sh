@@ -25,5 +25,31 @@ ms=$(( ($(date +%s%N) - start) / 1000000 ))
 [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key'")" = delivered ] || fail "not delivered after ${ms} ms"
 [ "$ms" -lt 2000 ] || fail "delivered only after ${ms} ms"
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key'"
+[ "$(q "SELECT last_runner || ' ' || last_status FROM flowgate.job_status WHERE job = 'flowgate.dispatch'")" = "worker ok" ] \
+  || fail "the worker's dispatch runs are not recorded in flowgate.job_status"
+
+# A job that fails on every tick (intake.metrics, broken by a trigger) must not undo or repeat
+# another job's work: each job runs in its own transaction, so 20 deliveries are each sent once.
+q "CREATE OR REPLACE FUNCTION public.fg_worker_boom() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN RAISE EXCEPTION 'metrics are broken'; END \$\$"
+q "CREATE TRIGGER fg_worker_boom BEFORE INSERT ON intake.engine_metrics FOR EACH ROW EXECUTE FUNCTION public.fg_worker_boom()"
+q "SELECT intake.create_pool('worker_$$', 10, '{\"drain_mode\": \"external\"}')" >/dev/null
+failures_before=$(q "SELECT coalesce((SELECT failures FROM flowgate.job_status WHERE job = 'intake.metrics'), 0)")
+q "SELECT flowgate.enqueue_delivery('worker', 'w2', '$FLOWGATE_TESTD_URL/ok', 'wiso-$$-' || g) FROM generate_series(1, 20) g" >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wiso-$$-%' AND status = 'delivered'")" -eq 20 ] && break
+  sleep 0.05
+done
+sleep 1   # a few more ticks, each with the failing job
+delivered=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wiso-$$-%' AND status = 'delivered' AND attempts = 1")
+stats=$(curl -fs "$FLOWGATE_TESTD_URL/_stats/wiso-$$-")
+failures=$(q "SELECT failures FROM flowgate.job_status WHERE job = 'intake.metrics'")
+last_error=$(q "SELECT last_error FROM flowgate.job_status WHERE job = 'intake.metrics'")
+q "DROP TRIGGER fg_worker_boom ON intake.engine_metrics; DROP FUNCTION public.fg_worker_boom()"
+q "SELECT intake.drop_pool('worker_$$')" >/dev/null
+q "DELETE FROM flowgate.deliveries WHERE idempotency_key LIKE 'wiso-$$-%'"
+[ "$delivered" -eq 20 ] || fail "$delivered of 20 deliveries delivered with one attempt while another job failed"
+[ "$stats" = '{"requests":20,"distinct_keys":20,"max_per_key":1}' ] || fail "requests seen while another job failed: $stats"
+[ "$failures" -gt "$failures_before" ] || fail "the failing job's failures were not recorded"
+case "$last_error" in P0001:*"metrics are broken"*) ;; *) fail "last_error of the failing job: $last_error";; esac
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 3 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms)"
+echo "ok 7 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms); with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each"

@@ -70,9 +70,11 @@ SELECT is((SELECT count(*)::int FROM flowgate.install_schedules()), 8, 'install_
 SELECT lives_ok('SELECT * FROM flowgate.install_schedules()', 'installing again is harmless');
 SELECT is((SELECT string_agg(jobname || ' | ' || schedule || ' | ' || command, E'\n' ORDER BY jobname)
              FROM cron.job WHERE jobname ~ '^(flowgate|capacity|intake|ops|provisioning)[.]'),
-          E'capacity.timers | */15 * * * * | SELECT capacity.run_capacity_request_timers()\nflowgate.collect | * * * * * | SELECT flowgate.collect()\nflowgate.dispatch | * * * * * | SELECT flowgate.dispatch()\nflowgate.prune | 17 * * * * | SELECT flowgate.prune_deliveries()'
-          || E'\nintake.drain | * * * * * | SELECT intake.drain_all()\nintake.metrics | * * * * * | SELECT intake.collect_metrics(NULL, 4.5)\nops.expiry | * * * * * | SELECT ops.expire_bypasses()\nprovisioning.run | * * * * * | SELECT provisioning.run_jobs()',
-          'one job each, with the schedules from settings (5-second schedules become every minute on pg_cron 1.4)');
+          (SELECT string_agg(j || ' | ' || sch || ' | SELECT flowgate.run_job(''' || j || ''', ''pg_cron'')', E'\n' ORDER BY j)
+             FROM (VALUES ('capacity.timers', '*/15 * * * *'), ('flowgate.collect', '* * * * *'), ('flowgate.dispatch', '* * * * *'),
+                          ('flowgate.prune', '17 * * * *'), ('intake.drain', '* * * * *'), ('intake.metrics', '* * * * *'),
+                          ('ops.expiry', '* * * * *'), ('provisioning.run', '* * * * *')) v(j, sch)),
+          'one job each, with the schedules from settings (5-second schedules become every minute on pg_cron 1.4), run through flowgate.run_job');
 SELECT is(flowgate.uninstall_schedules(), 8::bigint, 'uninstall removes them all');
 
 -- Secrets: encrypted at rest, checked before storing, never echoed.

@@ -122,16 +122,19 @@ fn install_schedules() -> Result<
                 );
                 schedule = "* * * * *".into();
             }
+            // Through flowgate.run_job, so that flowgate records the outcome, duration and
+            // error of every run (pg_cron 1.4 records only "SELECT 1").
+            let command = format!("SELECT flowgate.run_job('{}', 'pg_cron')", job.name);
             let id = Spi::get_one_with_args::<i64>(
                 "SELECT cron.schedule($1, $2, $3)",
                 &[
                     job.name.into(),
                     schedule.as_str().into(),
-                    job.command.into(),
+                    command.as_str().into(),
                 ],
             )?
             .ok_or_else(|| CoreError::Internal("cron.schedule returned NULL".into()))?;
-            rows.push((job.name.to_owned(), schedule, job.command.to_owned(), id));
+            rows.push((job.name.to_owned(), schedule, command, id));
         }
         Ok(rows)
     };
@@ -155,17 +158,167 @@ fn uninstall_schedules() -> Result<i64, ErrorReport> {
     run().map_err(|e| e.into_report("flowgate.uninstall_schedules"))
 }
 
-/// Run the periodic jobs once, in order; returns how many ran. The background worker calls it
-/// each tick with `include_housekeeping` false, and with true once a minute.
+/// Who ran a job, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    PgCron,
+    Worker,
+    Manual,
+}
+
+impl Runner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runner::PgCron => "pg_cron",
+            Runner::Worker => "worker",
+            Runner::Manual => "manual",
+        }
+    }
+
+    fn parse(s: &str) -> CoreResult<Runner> {
+        match s {
+            "pg_cron" => Ok(Runner::PgCron),
+            "worker" => Ok(Runner::Worker),
+            "manual" => Ok(Runner::Manual),
+            other => Err(CoreError::invalid(
+                "runner",
+                format!("{:?}", other.chars().take(32).collect::<String>()),
+                "pg_cron, worker or manual",
+            )),
+        }
+    }
+}
+
+/// The job called `name`.
+pub fn job(name: &str) -> CoreResult<&'static Job> {
+    JOBS.iter().find(|j| j.name == name).ok_or_else(|| {
+        CoreError::invalid(
+            "job",
+            format!(
+                "{:?} is not a flowgate job",
+                name.chars().take(64).collect::<String>()
+            ),
+            JOBS.iter().map(|j| j.name).collect::<Vec<_>>().join(", "),
+        )
+    })
+}
+
+/// What one run of a job ended with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// The job's result as text (ok) or "SQLSTATE: message" (error), at most 1,000 characters.
+    pub text: String,
+    pub duration_ms: f64,
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(1000).collect()
+}
+
+/// Run one job in a subtransaction, so that its failure undoes only its own writes, then record
+/// the outcome (flowgate.job_status always; flowgate.job_runs for pg_cron and manual runs and
+/// for every failure). The caller's transaction holds nothing else of another job.
+pub fn run_recorded(job: &Job, runner: Runner) -> CoreResult<Outcome> {
+    let started = Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()")?;
+    let t0 = std::time::Instant::now();
+    // Every command is one "SELECT f(...)": its result is read as text.
+    let as_text = format!(
+        "SELECT ({})::text",
+        job.command.strip_prefix("SELECT ").unwrap_or(job.command)
+    );
+    let result = super::subxact::run(|| -> CoreResult<Option<String>> {
+        Ok(Spi::get_one::<String>(&as_text)?)
+    });
+    let duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let (ok, text) = match result {
+        Ok(Ok(r)) => (true, clip(&r.unwrap_or_default())),
+        Ok(Err(e)) => (false, clip(&format!("{}: {e}", e.sqlstate()))),
+        Err(c) => (false, clip(&format!("{}: {}", c.sqlstate, c.message))),
+    };
+    if !ok {
+        pgrx::warning!(
+            "flowgate job {} ({}) failed: {text}",
+            job.name,
+            runner.as_str()
+        );
+    }
+    Spi::run_with_args(
+        "INSERT INTO flowgate.job_status AS s (job, runs, failures, last_runner, last_started_at, last_duration_ms, \
+                last_status, last_result, last_error, last_error_at) \
+         VALUES ($1, 1, CASE WHEN $5 THEN 0 ELSE 1 END, $2, $3, $4, CASE WHEN $5 THEN 'ok' ELSE 'error' END, \
+                 CASE WHEN $5 THEN $6 END, CASE WHEN $5 THEN NULL ELSE $6 END, CASE WHEN $5 THEN NULL ELSE $3 END) \
+         ON CONFLICT (job) DO UPDATE SET runs = s.runs + 1, failures = s.failures + EXCLUDED.failures, \
+                last_runner = EXCLUDED.last_runner, last_started_at = EXCLUDED.last_started_at, \
+                last_duration_ms = EXCLUDED.last_duration_ms, last_status = EXCLUDED.last_status, \
+                last_result = EXCLUDED.last_result, \
+                last_error = coalesce(EXCLUDED.last_error, s.last_error), \
+                last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at)",
+        &[
+            job.name.into(),
+            runner.as_str().into(),
+            started.into(),
+            duration_ms.into(),
+            ok.into(),
+            text.as_str().into(),
+        ],
+    )?;
+    if runner != Runner::Worker || !ok {
+        Spi::run_with_args(
+            "INSERT INTO flowgate.job_runs (job, runner, started_at, duration_ms, status, result, error) \
+             VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN 'ok' ELSE 'error' END, CASE WHEN $5 THEN $6 END, CASE WHEN $5 THEN NULL ELSE $6 END)",
+            &[
+                job.name.into(),
+                runner.as_str().into(),
+                started.into(),
+                duration_ms.into(),
+                ok.into(),
+                text.as_str().into(),
+            ],
+        )?;
+    }
+    Ok(Outcome {
+        ok,
+        text,
+        duration_ms,
+    })
+}
+
+/// Run one periodic job now, in its own subtransaction, and record its outcome, duration and
+/// error in flowgate.job_status and flowgate.job_runs. What pg_cron schedules
+/// (`SELECT flowgate.run_job('<job>', 'pg_cron')`); operators may call it by hand. Returns
+/// `{job, status, duration_ms, result | error}`; a failing job is recorded, not raised.
+#[pg_extern(volatile)]
+fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB, ErrorReport> {
+    let run = || -> CoreResult<serde_json::Value> {
+        let j = self::job(job)?;
+        let o = run_recorded(j, Runner::parse(runner)?)?;
+        let mut v = serde_json::json!({
+            "job": j.name,
+            "status": if o.ok { "ok" } else { "error" },
+            "duration_ms": (o.duration_ms * 1000.0).round() / 1000.0,
+        });
+        v[if o.ok { "result" } else { "error" }] = o.text.into();
+        Ok(v)
+    };
+    run()
+        .map(pgrx::JsonB)
+        .map_err(|e| e.into_report("flowgate.run_job"))
+}
+
+/// Run the periodic jobs once, in order, each in its own subtransaction with its outcome
+/// recorded (a failing job undoes only its own work); returns how many ran without error.
+/// The background worker instead runs each job in a transaction of its own.
 #[pg_extern(volatile)]
 fn run_periodic(include_housekeeping: default!(bool, "true")) -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
-        let mut ran = 0;
+        let mut ok = 0;
         for job in JOBS.iter().filter(|j| j.every_tick || include_housekeeping) {
-            Spi::run(job.command)?;
-            ran += 1;
+            if run_recorded(job, Runner::Manual)?.ok {
+                ok += 1;
+            }
         }
-        Ok(ran)
+        Ok(ok)
     };
     run().map_err(|e| e.into_report("flowgate.run_periodic"))
 }

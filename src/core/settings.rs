@@ -154,6 +154,12 @@ pub const CORE: &[Definition] = &[
         doc: "Delivered deliveries older than this are removed by flowgate.prune_deliveries(); failed and dead ones are kept for replay.",
     },
     Definition {
+        key: "flowgate.job_run_retention_hours",
+        kind: Kind::Int { min: 1, max: 87_600 },
+        default: "168",
+        doc: "Rows of flowgate.job_runs older than this are removed by flowgate.prune_deliveries().",
+    },
+    Definition {
         key: "flowgate.prune_schedule",
         kind: Kind::Schedule,
         default: r#""17 * * * *""#,

@@ -87,25 +87,29 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
         if housekeeping {
             last_housekeeping = std::time::Instant::now();
         }
-        let command = if housekeeping {
-            "SELECT flowgate.run_periodic(true)"
-        } else {
-            "SELECT flowgate.run_periodic(false)"
-        };
-        BackgroundWorker::transaction(|| {
-            let installed = Spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'flowgate')",
-            );
-            match installed {
-                Ok(Some(true)) => {
-                    if let Err(e) = Spi::run(command) {
-                        warning!("flowgate worker: periodic jobs failed: {e}");
+        // One transaction per job: a job that fails (or keeps failing) cannot undo or repeat
+        // the work of another; the dispatcher's recorded attempts are committed on their own.
+        let due = super::schedules::JOBS
+            .iter()
+            .filter(|j| j.every_tick || housekeeping);
+        for job in due {
+            BackgroundWorker::transaction(|| {
+                let installed = Spi::get_one::<bool>(
+                    "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'flowgate')",
+                );
+                match installed {
+                    Ok(Some(true)) => {
+                        if let Err(e) =
+                            super::schedules::run_recorded(job, super::schedules::Runner::Worker)
+                        {
+                            warning!("flowgate worker: recording job {} failed: {e}", job.name);
+                        }
                     }
+                    Ok(_) => {}
+                    Err(e) => warning!("flowgate worker: cannot check for the extension: {e}"),
                 }
-                Ok(_) => {}
-                Err(e) => warning!("flowgate worker: cannot check for the extension: {e}"),
-            }
-        });
+            });
+        }
     }
     log!("flowgate worker stopped");
 }
