@@ -243,17 +243,25 @@ pub fn run_recorded(job: &Job, runner: Runner) -> CoreResult<Outcome> {
             runner.as_str()
         );
     }
+    // The latest outcome always; the history for pg_cron and manual runs and for every failure
+    // (the worker's successful ticks would be tens of rows a second).
+    let keep_history = runner != Runner::Worker || !ok;
     Spi::run_with_args(
-        "INSERT INTO flowgate.job_status AS s (job, runs, failures, last_runner, last_started_at, last_duration_ms, \
-                last_status, last_result, last_error, last_error_at) \
-         VALUES ($1, 1, CASE WHEN $5 THEN 0 ELSE 1 END, $2, $3, $4, CASE WHEN $5 THEN 'ok' ELSE 'error' END, \
-                 CASE WHEN $5 THEN $6 END, CASE WHEN $5 THEN NULL ELSE $6 END, CASE WHEN $5 THEN NULL ELSE $3 END) \
-         ON CONFLICT (job) DO UPDATE SET runs = s.runs + 1, failures = s.failures + EXCLUDED.failures, \
-                last_runner = EXCLUDED.last_runner, last_started_at = EXCLUDED.last_started_at, \
-                last_duration_ms = EXCLUDED.last_duration_ms, last_status = EXCLUDED.last_status, \
-                last_result = EXCLUDED.last_result, \
-                last_error = coalesce(EXCLUDED.last_error, s.last_error), \
-                last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at)",
+        "WITH latest AS ( \
+           INSERT INTO flowgate.job_status AS s (job, runs, failures, last_runner, last_started_at, last_duration_ms, \
+                  last_status, last_result, last_error, last_error_at) \
+           VALUES ($1, 1, CASE WHEN $5 THEN 0 ELSE 1 END, $2, $3, $4, CASE WHEN $5 THEN 'ok' ELSE 'error' END, \
+                   CASE WHEN $5 THEN $6 END, CASE WHEN $5 THEN NULL ELSE $6 END, CASE WHEN $5 THEN NULL ELSE $3 END) \
+           ON CONFLICT (job) DO UPDATE SET runs = s.runs + 1, failures = s.failures + EXCLUDED.failures, \
+                  last_runner = EXCLUDED.last_runner, last_started_at = EXCLUDED.last_started_at, \
+                  last_duration_ms = EXCLUDED.last_duration_ms, last_status = EXCLUDED.last_status, \
+                  last_result = EXCLUDED.last_result, \
+                  last_error = coalesce(EXCLUDED.last_error, s.last_error), \
+                  last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at)) \
+         INSERT INTO flowgate.job_runs (job, runner, started_at, duration_ms, status, result, error) \
+         SELECT $1, $2, $3, $4, CASE WHEN $5 THEN 'ok' ELSE 'error' END, CASE WHEN $5 THEN $6 END, \
+                CASE WHEN $5 THEN NULL ELSE $6 END \
+          WHERE $7",
         &[
             job.name.into(),
             runner.as_str().into(),
@@ -261,22 +269,9 @@ pub fn run_recorded(job: &Job, runner: Runner) -> CoreResult<Outcome> {
             duration_ms.into(),
             ok.into(),
             text.as_str().into(),
+            keep_history.into(),
         ],
     )?;
-    if runner != Runner::Worker || !ok {
-        Spi::run_with_args(
-            "INSERT INTO flowgate.job_runs (job, runner, started_at, duration_ms, status, result, error) \
-             VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN 'ok' ELSE 'error' END, CASE WHEN $5 THEN $6 END, CASE WHEN $5 THEN NULL ELSE $6 END)",
-            &[
-                job.name.into(),
-                runner.as_str().into(),
-                started.into(),
-                duration_ms.into(),
-                ok.into(),
-                text.as_str().into(),
-            ],
-        )?;
-    }
     Ok(Outcome {
         ok,
         text,
