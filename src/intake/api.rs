@@ -242,50 +242,67 @@ mod intake {
                 return Ok(json!({"status": "paused", "pool_id": pool.as_str()}));
             }
             let sold_out = || json!({"status": "sold_out", "pool_id": pool.as_str()});
-            // Sold out without writing anything: the counter is past the inventory and nothing
-            // was given back. (A racing claim may still find a released slot; that is fine.)
-            let last = prepared::query(
+            let int4 = pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID);
+            // The whole claim in one statement (one executor run, not four): unless the counter
+            // is past the inventory with nothing given back (sold out: nothing written), count the
+            // user's claim under the limit, take the next slot number, lock that slot if it is
+            // available and send the intent to the pool's queue. What pgmq.send does, as a
+            // prepared INSERT into the queue's table (pgmq.send plans its statement every call).
+            let fast = prepared::run(
                 client,
-                &format!("SELECT last_value, is_called FROM {seq}"),
-                &[],
-                &[],
+                &format!(
+                    "WITH open AS ( \
+                       SELECT 1 FROM {seq} \
+                        WHERE (CASE WHEN is_called THEN last_value ELSE 0 END) < $4 \
+                           OR EXISTS (SELECT FROM intake.released_slots WHERE pool_id = $1)), \
+                     counted AS ( \
+                       INSERT INTO intake.user_claims AS u (pool_id, user_id, claims) SELECT $1, $2, 1 FROM open \
+                       ON CONFLICT (pool_id, user_id) DO UPDATE SET claims = u.claims + 1 WHERE u.claims < $3 RETURNING 1), \
+                     next AS (SELECT nextval('{seq}')::int AS slot FROM counted), \
+                     taken AS ( \
+                       UPDATE intake.allocations a SET status = 'locked', locked_by = $2, locked_at = now() \
+                         FROM next WHERE a.pool_id = $1 AND a.slot = next.slot AND next.slot <= $4 AND a.status = 'available' \
+                       RETURNING a.slot, a.resource_id), \
+                     sent AS ( \
+                       INSERT INTO {queue} (vt, message) \
+                       SELECT clock_timestamp(), jsonb_build_object('pool_id', $1, 'slot', slot, 'resource_id', resource_id, 'user_id', $2) \
+                         FROM taken RETURNING msg_id) \
+                     SELECT (SELECT count(*) FROM open)::int, (SELECT count(*) FROM counted)::int, (SELECT slot FROM next), \
+                            (SELECT resource_id::text FROM taken), (SELECT msg_id FROM sent)",
+                    queue = pool.queue_table()
+                ),
+                &[TEXT, TEXT, int4, int4],
+                &[pool.as_str().into(), user_id.into(), max_claims.into(), inventory.into()],
             )?;
-            let (last_value, is_called) = last.first().get_two::<i64, bool>()?;
-            let handed_out = if is_called == Some(true) {
-                last_value.unwrap_or(0)
-            } else {
-                0
-            };
-            if handed_out >= i64::from(inventory) {
-                let released = prepared::query(
-                    client,
-                    "SELECT FROM intake.released_slots WHERE pool_id = $1 LIMIT 1",
-                    &[TEXT],
-                    &[pool.as_str().into()],
-                )?;
-                if released.is_empty() {
-                    return Ok(sold_out());
-                }
+            let row = fast.first();
+            let open = row.get::<i32>(1)?.unwrap_or(0);
+            let counted = row.get::<i32>(2)?.unwrap_or(0);
+            let first_slot = row.get::<i32>(3)?;
+            let claimed = |slot: i32, resource: String, msg_id: Option<i64>| json!({"status": "claimed", "pool_id": pool.as_str(), "resource_id": resource, "slot": slot, "msg_id": msg_id});
+            if open == 0 {
+                return Ok(sold_out());
             }
-            let counted = prepared::run(
-                client,
-                "INSERT INTO intake.user_claims AS u (pool_id, user_id, claims) VALUES ($1, $2, 1) \
-                 ON CONFLICT (pool_id, user_id) DO UPDATE SET claims = u.claims + 1 WHERE u.claims < $3 RETURNING claims",
-                &[TEXT, TEXT, pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID)],
-                &[pool.as_str().into(), user_id.into(), max_claims.into()],
-            )?;
-            if counted.is_empty() {
+            if counted == 0 {
                 return Ok(
                     json!({"status": "limit_reached", "pool_id": pool.as_str(), "max_claims_per_user": max_claims}),
                 );
             }
-            // Take a slot: the next number from the sequence, else one given back.
+            if let (Some(slot), Some(resource)) = (first_slot, row.get::<String>(4)?) {
+                return Ok(claimed(slot, resource, row.get::<i64>(5)?));
+            }
+            // The rare path: the number was past the inventory (take a given-back slot) or its
+            // slot was taken meanwhile (a reclaim raced a slow claim). The user is counted.
+            let mut next = first_slot;
             for _ in 0..16 {
-                let mut slot =
-                    prepared::run(client, &format!("SELECT nextval('{seq}')::int"), &[], &[])?
-                        .first()
-                        .get_one::<i32>()?
-                        .unwrap_or(i32::MAX);
+                let mut slot = match next.take() {
+                    Some(s) => s,
+                    None => {
+                        prepared::run(client, &format!("SELECT nextval('{seq}')::int"), &[], &[])?
+                            .first()
+                            .get_one::<i32>()?
+                            .unwrap_or(i32::MAX)
+                    }
+                };
                 if slot > inventory {
                     let back = prepared::run(
                         client,
@@ -312,7 +329,7 @@ mod intake {
                     client,
                     "UPDATE intake.allocations SET status = 'locked', locked_by = $3, locked_at = now() \
                      WHERE pool_id = $1 AND slot = $2 AND status = 'available' RETURNING resource_id::text",
-                    &[TEXT, pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID), TEXT],
+                    &[TEXT, int4, TEXT],
                     &[pool.as_str().into(), slot.into(), user_id.into()],
                 )?;
                 if taken.is_empty() {
@@ -320,8 +337,6 @@ mod intake {
                 }
                 let resource: String = taken.first().get_one::<String>()?.unwrap_or_default();
                 let intent = json!({"pool_id": pool.as_str(), "slot": slot, "resource_id": resource, "user_id": user_id});
-                // What pgmq.send does, as one prepared INSERT into the queue's table (pgmq.send
-                // builds and plans its statement dynamically on every call).
                 let msg_id = prepared::run(
                     client,
                     &format!("INSERT INTO {} (vt, message) VALUES (clock_timestamp(), $1) RETURNING msg_id", pool.queue_table()),
@@ -330,13 +345,12 @@ mod intake {
                 )?
                 .first()
                 .get_one::<i64>()?;
-                return Ok(
-                    json!({"status": "claimed", "pool_id": pool.as_str(), "resource_id": resource, "slot": slot, "msg_id": msg_id}),
-                );
+                return Ok(claimed(slot, resource, msg_id));
             }
-            Err(CoreError::Internal(
-                "could not take a slot after 16 tries".into(),
-            ))
+            Err(CoreError::Busy {
+                what: format!("pool {}", pool.as_str()),
+                hint: "16 slots in a row were taken by concurrent claims; claim again".into(),
+            })
         })
     }
 
