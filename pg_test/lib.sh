@@ -207,6 +207,11 @@ build_testd() {
 
 start_testd() {
   build_testd
+  # A server already answering there (one left running) would be tested instead of ours, with
+  # its request counts from earlier runs: refuse rather than race it.
+  if curl -fs "http://127.0.0.1:$TESTD_PORT/_stats" >/dev/null 2>&1; then
+    die "port $TESTD_PORT already answers (a flowgate-testd left running? pkill -f 'flowgate-testd serve'; or set FLOWGATE_TESTD_PORT)"
+  fi
   "$TESTD_BIN" serve "$TESTD_PORT" &
   TESTD_PID=$!
   for _ in $(seq 1 50); do

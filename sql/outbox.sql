@@ -72,6 +72,22 @@ $$;
 CREATE TRIGGER deliveries_redact_sensitive BEFORE INSERT OR UPDATE ON flowgate.deliveries
     FOR EACH ROW WHEN (NEW.sensitive) EXECUTE FUNCTION flowgate.redact_sensitive();
 
+-- The outbox at a glance: per module, destination host and status.
+CREATE VIEW flowgate.outbox_summary WITH (security_invoker = true) AS
+SELECT owner_module AS module,
+       substring(url FROM '^https?://([^/:?#]+)') AS destination,
+       status,
+       count(*) AS deliveries,
+       min(created_at) AS oldest,
+       min(next_attempt_at) FILTER (WHERE status = 'pending') AS next_attempt_at,
+       max(updated_at) AS last_change,
+       (array_agg(last_error ORDER BY updated_at DESC) FILTER (WHERE last_error IS NOT NULL))[1] AS last_error
+  FROM flowgate.deliveries
+ GROUP BY 1, 2, 3;
+COMMENT ON VIEW flowgate.outbox_summary IS
+  'Deliveries per module, destination host and status, with the oldest, the next attempt due and the latest error. '
+  'Readable by whoever may read flowgate.deliveries (the owner).';
+
 CREATE INDEX deliveries_due ON flowgate.deliveries (next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX deliveries_in_flight ON flowgate.deliveries (claimed_at) WHERE status = 'in_flight';
 CREATE INDEX deliveries_owner ON flowgate.deliveries (owner_module, owner_id);

@@ -4,7 +4,7 @@
 -- connections is retried without re-validating; the ledger itself (idempotency, bad payloads,
 -- RLS), the external-worker API and metrics.
 BEGIN;
-SELECT plan(67);
+SELECT plan(72);
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
 END $$;
@@ -13,7 +13,9 @@ GRANT USAGE ON SCHEMA flowgate, intake TO authenticated;
 -- ---- Happy path, ledger in this database (commit_target NULL) ---------------------------------
 SELECT intake.create_pool('tap_local', 5, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "visibility_timeout_seconds": 1}') \g /dev/null
 SELECT intake.claim_resource('tap_local', u) FROM (VALUES ('u1'), ('u2'), ('u3')) v(u) \g /dev/null
-SELECT is(intake.drain('tap_local') ->> 'read', '3', 'the drain reads the three intents');
+CREATE TEMP TABLE dl AS SELECT intake.drain('tap_local') AS r;
+SELECT is((SELECT r ->> 'read' FROM dl), '3', 'the drain reads the three intents');
+SELECT is((SELECT r ->> 'status' FROM dl), 'drained', 'and says drained: its queue is empty and nothing failed');
 SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_local'), 3, 'all three are in the ledger');
 SELECT is((SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_local' AND status = 'consumed'), 3, 'their resources are consumed');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_local), 0, 'the queue is empty');
@@ -24,7 +26,7 @@ SELECT ok((SELECT bool_and((body ->> 'idempotency_key') = split_part(owner_id, '
           'the validation POST carries idempotency_key = msg_id, and the same Idempotency-Key header on every attempt');
 SELECT is((SELECT validation ->> 'ok' FROM intake.transactions WHERE pool_id = 'tap_local' AND user_id = 'u1'), 'true',
           'the webhook''s answer travels to the ledger row');
-SELECT is(intake.drain('tap_local') ->> 'read', '0', 'a second drain finds nothing');
+SELECT is(intake.drain('tap_local') ->> 'status', 'empty', 'a second drain finds nothing, and says so');
 
 -- ---- The ledger: idempotent, checked, private -------------------------------------------------
 SELECT is(intake.finalize_transaction(jsonb_build_object('idempotency_key', idempotency_key, 'pool_id', pool_id,
@@ -82,9 +84,19 @@ SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_re
 SELECT intake.create_pool('tap_down', 3, '{"validation_webhook_url": "http://127.0.0.1:1/refused", "commit_target": "http://127.0.0.1:5597/ok",
                                            "visibility_timeout_seconds": 1, "max_retries": 2}') \g /dev/null
 SELECT intake.claim_resource('tap_down', 'd1') \g /dev/null
-SELECT is(intake.drain('tap_down') #>> '{sent,dead}', '1', 'read 1: the webhook does not answer');
+CREATE TEMP TABLE dd AS SELECT intake.drain('tap_down') AS r;
+SELECT is((SELECT r #>> '{sent,dead}' FROM dd), '1', 'read 1: the webhook does not answer');
+SELECT is((SELECT r ->> 'status' FROM dd), 'retrying', 'and the drain says retrying, not drained');
 SELECT alike((SELECT message ->> 'last_error' FROM pgmq.q_intake_tap_down), 'validation:%', 'the error is kept on the intent');
-SELECT is(intake.drain('tap_down') ->> 'read', '0', 'it is invisible until the visibility timeout passes');
+CREATE TEMP TABLE dw AS SELECT intake.drain('tap_down') AS r;
+SELECT is((SELECT r ->> 'read' FROM dw), '0', 'it is invisible until the visibility timeout passes');
+SELECT is((SELECT r ->> 'status' FROM dw), 'waiting', 'the drain says waiting');
+SELECT is((SELECT jsonb_build_object('claimed', s -> 'claimed', 'available', s -> 'available', 'queued', s -> 'queued',
+                                     'invisible', s -> 'invisible', 'intact', s -> 'intact', 'next_retry', s -> 'next_retry_at' IS NOT NULL)
+             FROM (SELECT intake.pool_status('tap_down') AS s) x),
+          '{"claimed": 1, "available": 2, "queued": 0, "invisible": 1, "intact": true, "next_retry": true}',
+          'pool_status shows the claim backing off, when it is retried and that the pool is intact');
+SELECT alike(intake.pool_status('tap_down') ->> 'last_error', 'validation:%', 'and the latest error');
 SELECT pg_sleep(1.1) \g /dev/null
 SELECT is(intake.drain('tap_down') ->> 'read', '1', 'read 2 after the visibility timeout');
 SELECT pg_sleep(1.1) \g /dev/null

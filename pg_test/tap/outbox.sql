@@ -1,6 +1,6 @@
 -- The outbox through SQL, against flowgate-testd on 127.0.0.1:5597 (started by pg_test/test.sh).
 BEGIN;
-SELECT plan(36);
+SELECT plan(38);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -76,6 +76,12 @@ SELECT is((SELECT string_agg(jobname || ' | ' || schedule || ' | ' || command, E
                           ('ops.expiry', '* * * * *'), ('provisioning.run', '* * * * *')) v(j, sch)),
           'one job each, with the schedules from settings (5-second schedules become every minute on pg_cron 1.4), run through flowgate.run_job');
 SELECT is(flowgate.uninstall_schedules(), 8::bigint, 'uninstall removes them all');
+
+-- The outbox at a glance.
+SELECT is((SELECT deliveries::int FROM flowgate.outbox_summary WHERE module = 'tap' AND destination = '127.0.0.1' AND status = 'failed'), 1,
+          'outbox_summary counts deliveries per module, destination and status');
+SELECT is((SELECT last_error FROM flowgate.outbox_summary WHERE module = 'tap' AND destination = '127.0.0.1' AND status = 'failed'),
+          'HTTP 404 is a permanent error (not retried)', 'with the latest error');
 
 -- Secrets: encrypted at rest, checked before storing, never echoed.
 CREATE EXTENSION IF NOT EXISTS pgcrypto;

@@ -410,6 +410,22 @@ mod intake {
             .map_err(CoreError::reporter("intake.drain"))
     }
 
+    /// A pool at a glance: inventory by status (available, claimed, consumed, released), the
+    /// queue (due, invisible while backing off or in flight, validated and waiting for the
+    /// ledger), dead letters, the next retry, the latest error, commits per second over the
+    /// last minute (from engine_metrics), and whether its UNLOGGED state is intact. Counts rows:
+    /// for operators, not for a hot path.
+    #[pg_extern(stable, strict)]
+    fn pool_status(pool_id: &str) -> Result<JsonB, ErrorReport> {
+        let run = || -> CoreResult<Value> {
+            let pool = PoolId::parse(pool_id)?;
+            Spi::connect(|client| store::status(client, &pool))
+        };
+        run()
+            .map(JsonB)
+            .map_err(CoreError::reporter("intake.pool_status"))
+    }
+
     fn drain_pool(client: &mut pgrx::spi::SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         let cfg = store::load_config(client, pool)?;
         if cfg.paused {
@@ -456,9 +472,35 @@ mod intake {
             .get_one::<Vec<i64>>()?
             .unwrap_or_default();
         let commit = dispatch(client, commits)?;
+        let queue_empty = client
+            .select(
+                &format!("SELECT NOT EXISTS (SELECT FROM {})", pool.queue_table()),
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        let count = |v: &Value, keys: &[&str]| -> u64 {
+            keys.iter()
+                .filter_map(|k| v.get(*k).and_then(Value::as_u64))
+                .sum()
+        };
+        let trouble = ["retry", "failed", "dead", "handler_error", "skipped"];
+        let status = drain::summarize(&drain::DrainCounts {
+            read: started.read,
+            progressed: started.committed
+                + count(&validation, &["delivered"]) as usize
+                + count(&commit, &["delivered"]) as usize,
+            troubled: started.dead_lettered
+                + count(&validation, &trouble) as usize
+                + count(&commit, &trouble) as usize,
+            waiting: started.waiting,
+            queue_empty,
+        });
         Ok(json!({
             "pool_id": pool.as_str(),
-            "status": "drained",
+            "status": status,
             "read": started.read,
             "committed_locally": started.committed,
             "dead_lettered": started.dead_lettered,

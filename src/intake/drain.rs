@@ -442,3 +442,62 @@ mod unit_tests {
         }
     }
 }
+
+/// What one drain call did, for its honest one-word status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DrainCounts {
+    /// Intents read from the queue.
+    pub read: usize,
+    /// Intents that moved on: validated, committed or released.
+    pub progressed: usize,
+    /// Sends that will be retried, failed or died, and intents dead-lettered.
+    pub troubled: usize,
+    /// Intents waiting for a reply from an external worker.
+    pub waiting: usize,
+    /// Whether the pool's queue is empty after the call.
+    pub queue_empty: bool,
+}
+
+/// `drained` only when the queue is empty and nothing went wrong; `empty` when there was
+/// nothing to read; `waiting` when intents remain but none was due (retries back off by the
+/// visibility timeout) or all wait for a reply; `retrying` when intents were read and every one
+/// failed or will be retried; `partial` when some moved on and work remains or failed.
+pub fn summarize(c: &DrainCounts) -> &'static str {
+    match (c.read, c.queue_empty) {
+        (0, true) => "empty",
+        (0, false) => "waiting",
+        _ if c.troubled == 0 && c.waiting == 0 && c.queue_empty => "drained",
+        _ if c.progressed == 0 && c.troubled > 0 => "retrying",
+        _ if c.progressed == 0 => "waiting",
+        _ => "partial",
+    }
+}
+
+#[cfg(test)]
+mod summary_unit_tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_says_drained_only_when_nothing_is_left_or_failed() {
+        let c = |read, progressed, troubled, waiting, queue_empty| {
+            summarize(&DrainCounts {
+                read,
+                progressed,
+                troubled,
+                waiting,
+                queue_empty,
+            })
+        };
+        assert_eq!(c(0, 0, 0, 0, true), "empty");
+        assert_eq!(c(0, 0, 0, 0, false), "waiting");
+        assert_eq!(c(3, 3, 0, 0, true), "drained");
+        assert_eq!(c(3, 0, 3, 0, false), "retrying", "every send failed");
+        assert_eq!(c(3, 2, 1, 0, false), "partial");
+        assert_eq!(c(3, 3, 0, 0, false), "partial", "more left than one batch");
+        assert_eq!(
+            c(3, 0, 0, 3, false),
+            "waiting",
+            "all waiting for an external reply"
+        );
+    }
+}

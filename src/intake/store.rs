@@ -933,3 +933,52 @@ pub fn heal(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     );
     Ok(true)
 }
+
+/// A pool at a glance (what an operator asks during a sale): its inventory by status, its queue
+/// (due, backing off, validated and waiting for the ledger), its dead letters, the next retry,
+/// the latest error and the commit rate over the last minute. Counts rows: for an operator, not
+/// for a hot path.
+pub fn status(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
+    let q = pool.queue_table();
+    let dlq = format!("pgmq.\"q_{}\"", pool.dlq());
+    let rows = client.select(
+        &format!(
+            "WITH totals AS ( \
+               SELECT t.committed + coalesce((SELECT sum(n) FROM intake.outcome_log o WHERE o.pool_id = t.pool_id AND o.outcome = 'committed'), 0) AS committed, \
+                      t.rejected + coalesce((SELECT sum(n) FROM intake.outcome_log o WHERE o.pool_id = t.pool_id AND o.outcome = 'rejected'), 0) AS rejected \
+                 FROM intake.pool_totals t WHERE t.pool_id = $1), \
+             minute_ago AS ( \
+               SELECT m.committed, m.collected_at FROM intake.engine_metrics m \
+                WHERE m.pool_id = $1 AND m.collected_at <= clock_timestamp() - interval '1 minute' \
+                ORDER BY m.collected_at DESC LIMIT 1) \
+             SELECT jsonb_build_object( \
+               'pool_id', c.pool_id, 'inventory', c.inventory, 'paused', c.paused, 'drain_mode', c.drain_mode, \
+               'intact', EXISTS (SELECT FROM intake.pool_state s WHERE s.pool_id = c.pool_id), \
+               'available', (SELECT count(*) FROM intake.allocations a WHERE a.pool_id = c.pool_id AND a.status = 'available'), \
+               'claimed', (SELECT count(*) FROM intake.allocations a WHERE a.pool_id = c.pool_id AND a.status = 'locked'), \
+               'consumed', (SELECT count(*) FROM intake.allocations a WHERE a.pool_id = c.pool_id AND a.status = 'consumed'), \
+               'released', (SELECT count(*) FROM intake.released_slots r WHERE r.pool_id = c.pool_id), \
+               'queued', (SELECT count(*) FROM {q} WHERE vt <= clock_timestamp()), \
+               'invisible', (SELECT count(*) FROM {q} WHERE vt > clock_timestamp()), \
+               'validated_waiting', (SELECT count(*) FROM {q} WHERE message ->> 'state' = 'validated'), \
+               'committed', (SELECT committed FROM totals), \
+               'rejected', (SELECT rejected FROM totals), \
+               'dlq', (SELECT count(*) FROM {dlq}), \
+               'next_retry_at', (SELECT min(vt) FROM {q} WHERE vt > clock_timestamp()), \
+               'last_error', (SELECT message ->> 'last_error' FROM {q} WHERE message ->> 'last_error' IS NOT NULL ORDER BY msg_id DESC LIMIT 1), \
+               'committed_per_second_last_minute', \
+                 (SELECT round(((SELECT committed FROM totals) - m.committed) \
+                               / greatest(extract(epoch FROM clock_timestamp() - m.collected_at), 1)::numeric, 2) FROM minute_ago m)) \
+             FROM intake.engine_config c WHERE c.pool_id = $1"
+        ),
+        Some(1),
+        &[pool.as_str().into()],
+    )?;
+    if rows.is_empty() {
+        return Err(CoreError::not_found("pool", pool.as_str()));
+    }
+    Ok(rows
+        .first()
+        .get_one::<JsonB>()?
+        .map_or(Value::Null, |j| j.0))
+}
