@@ -1215,6 +1215,69 @@ COMMENT ON FUNCTION provisioning.run_jobs(integer) IS
   'Claim and start due jobs; their Management API calls go through the outbox and each answer moves the job on (scheduled).';
 COMMENT ON FUNCTION provisioning.tenant_keys(uuid) IS 'Decrypt a tenant''s anon key, service key and database password (operators only).';
 
+-- ==== Privileges as a feature ======================================================================
+-- What a backend role (or PostgREST's authenticated role) needs to call each module's API, and
+-- nothing more. Operator functions stay owner-only; trusted-only entry points check trust
+-- themselves, so granting them to an untrusted role gives it nothing but a 42501.
+CREATE FUNCTION flowgate.grant_api(role_name text, modules text[] DEFAULT ARRAY['flowgate', 'capacity', 'intake', 'provisioning'])
+RETURNS TABLE (module text, granted text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m text;
+    f text;
+    api jsonb := '{
+      "flowgate": ["flowgate.current_actor()", "flowgate.current_actor_info(text)", "flowgate.link_identity(text, text, text)",
+                   "flowgate.unlink_identity(text, text)", "flowgate.get_setting(text)", "flowgate.setting_definitions()"],
+      "capacity": ["capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text)",
+                   "capacity.record_capacity_event(text, text, jsonb, text, text)", "capacity.get_capacity_request(text, integer)",
+                   "capacity.my_standing(text)", "capacity.handle_slack_command(text, text, text)",
+                   "capacity.handle_slack_action(text, text, text)"],
+      "intake": ["intake.claim(text)", "intake.claim_resource(text, text)", "intake.finalize_transaction(jsonb)"],
+      "provisioning": ["provisioning.enqueue_client(text, text, text, text, jsonb)", "provisioning.claim_job(text)",
+                       "provisioning.report_job(uuid, text, boolean, integer, text, integer)", "provisioning.retry(uuid)",
+                       "provisioning.list_jobs(text, integer)", "provisioning.run_jobs(integer)", "provisioning.tenant_keys(uuid)"]
+    }';
+BEGIN
+    IF role_name IS NULL OR NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role % does not exist', quote_literal(coalesce(role_name, 'NULL'))
+              USING ERRCODE = '22023', HINT = 'CREATE ROLE it first, or name an existing role such as service_role';
+    END IF;
+    IF role_name IN ('anon', 'public') THEN
+        RAISE EXCEPTION 'the API is not granted to %', role_name
+              USING ERRCODE = '22023', HINT = 'anonymous callers get only what PUBLIC gets; grant to authenticated or a backend role';
+    END IF;
+    FOREACH m IN ARRAY coalesce(modules, '{}') LOOP
+        IF m = 'ops' THEN
+            RAISE EXCEPTION 'ops access is by persona, not by grant_api'
+                  USING ERRCODE = '22023', HINT = format('GRANT ci_service_role (or release_manager, qa_tester, sre, developer, audit_reader) TO %I', role_name);
+        END IF;
+        IF NOT api ? m THEN
+            RAISE EXCEPTION 'unknown module %', quote_literal(m)
+                  USING ERRCODE = '22023', HINT = 'one of: flowgate, capacity, intake, provisioning';
+        END IF;
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', m, role_name);
+        module := m; granted := 'USAGE ON SCHEMA ' || m; RETURN NEXT;
+        FOR f IN SELECT jsonb_array_elements_text(api -> m) LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, role_name);
+            module := m; granted := 'EXECUTE ON FUNCTION ' || f; RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION flowgate.grant_api(text, text[]) FROM PUBLIC;
+COMMENT ON FUNCTION flowgate.grant_api(text, text[]) IS
+  'Grant a role exactly what calling the modules'' API needs (schema usage, EXECUTE on the entry points); owner only. '
+  'Trusted-only entry points (claim_resource, provisioning) still check trust. ops is by persona membership.';
+DO $grant_backend$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        PERFORM flowgate.grant_api('service_role', ARRAY['flowgate', 'capacity', 'intake']);
+    END IF;
+END
+$grant_backend$;
+
 -- ==== Exposure ====================================================================================
 -- PostgREST's anon and authenticated roles get what PUBLIC gets above (reads under row-level
 -- security, the SECURITY DEFINER entry points) and nothing more: whatever default privileges of

@@ -185,9 +185,23 @@ mod intake {
     /// transaction. Slots come from a per-pool sequence and are taken by primary key, so a
     /// claim's cost does not grow as the pool drains; the only locks are the claimed row and
     /// the user's claim counter.
-    #[pg_extern(volatile, strict)]
+    /// For trusted backends only (superusers, members of `flowgate.trusted_roles` such as
+    /// service_role): it names the user, so it runs with the owner's rights after checking that
+    /// the caller is trusted; signed-in users call `intake.claim`.
+    #[pg_extern(volatile, strict, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn claim_resource(pool_id: &str, user_id: &str) -> Result<JsonB, ErrorReport> {
-        claim_for(pool_id, user_id)
+        let run = || -> CoreResult<Value> {
+            if !crate::core::store::session_is_trusted()? {
+                return Err(CoreError::PermissionDenied {
+                    actor: crate::core::store::current_user(),
+                    action: "claim in a named user's name".into(),
+                    allowed: "trusted backends (superuser, or members of a role in flowgate.trusted_roles); signed-in users call intake.claim(pool_id)".into(),
+                });
+            }
+            claim_for(pool_id, user_id)
+        };
+        run()
             .map(JsonB)
             .map_err(CoreError::reporter("intake.claim_resource"))
     }
