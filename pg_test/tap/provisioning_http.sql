@@ -87,8 +87,9 @@ SELECT provisioning.enqueue_client(pg_temp.slug('creds'), 'Creds Tenant') \g /de
 SELECT provisioning.run_jobs() \g /dev/null
 SELECT is((SELECT status || ' ' || attempts || ' ' || last_status_code FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('creds')),
           'failed 1 401', 'a 401 fails the job at once: no retry');
-SELECT alike((SELECT provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('creds')), '%401%Unauthorized%(not retried)',
-             'the client is failed with the reason');
+SELECT is((SELECT provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('creds')),
+          'create: HTTP 401 is a permanent error (not retried) (Unauthorized)',
+          'the client is failed with the reason, saying "not retried" once');
 SELECT is((SELECT slug FROM provisioning.v_admin_diagnostics WHERE provisioning_status = 'failed'), pg_temp.slug('creds'),
           'and listed by v_admin_diagnostics');
 SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a');

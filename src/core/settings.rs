@@ -217,13 +217,35 @@ pub fn definitions() -> impl Iterator<Item = &'static Definition> {
 
 pub fn definition(key: &str) -> CoreResult<&'static Definition> {
     definitions().find(|d| d.key == key).ok_or_else(|| {
-        let known: Vec<&str> = definitions().map(|d| d.key).collect();
+        let shown: String = key.chars().take(64).collect();
+        let closest = definitions()
+            .map(|d| (edit_distance(&shown, d.key), d.key))
+            .min()
+            .filter(|(distance, _)| *distance <= 4)
+            .map(|(_, k)| format!("did you mean {k:?}? "))
+            .unwrap_or_default();
         CoreError::invalid(
             "setting key",
-            format!("{key:?} is not a flowgate setting"),
-            known.join(", "),
+            format!("{shown:?} is not a flowgate setting"),
+            format!("{closest}every key, with its kind and default: SELECT * FROM flowgate.setting_definitions()"),
         )
     })
+}
+
+/// Levenshtein distance of two short strings (keys are at most a few dozen characters).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Check that `value` is acceptable for `key`.
@@ -416,10 +438,25 @@ mod unit_tests {
     }
 
     #[test]
-    fn unknown_keys_are_rejected_with_the_list_of_known_keys() {
+    fn unknown_keys_are_rejected_with_the_closest_known_key() {
         let e = validate("flowgate.nope", &json!(1)).unwrap_err();
         assert_eq!(e.sqlstate(), "22023");
-        assert!(e.hint().unwrap().contains("flowgate.trusted_roles"));
+        assert!(e.hint().unwrap().contains("flowgate.setting_definitions()"));
+        let e = validate("flowgate.trusted_role", &json!([])).unwrap_err();
+        assert!(
+            e.hint()
+                .unwrap()
+                .contains("did you mean \"flowgate.trusted_roles\"?"),
+            "{:?}",
+            e.hint()
+        );
+        let e = validate("capacity.confirmation_ttl_busines_days", &json!(5)).unwrap_err();
+        assert!(e
+            .hint()
+            .unwrap()
+            .contains("capacity.confirmation_ttl_business_days"));
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

@@ -318,6 +318,16 @@ impl Reducer for JobFlow {
     }
 }
 
+/// `error` followed by `suffix`, unless the error already says it (an outbox error such as
+/// "HTTP 404 is a permanent error (not retried)" must not read "(not retried) (not retried)").
+fn with_suffix(error: &str, suffix: &str) -> String {
+    if error.contains(suffix) {
+        error.to_owned()
+    } else {
+        format!("{error} {suffix}")
+    }
+}
+
 fn fail_or_retry(
     mut next: Job,
     transient: bool,
@@ -331,9 +341,12 @@ fn fail_or_retry(
         Transition::to(next).with(Effect::ClientError(error.to_owned()))
     } else {
         let why = if transient {
-            format!("{error} (gave up after {} attempts)", next.attempts)
+            with_suffix(
+                error,
+                &format!("(gave up after {} attempts)", next.attempts),
+            )
         } else {
-            format!("{error} (not retried)")
+            with_suffix(error, "(not retried)")
         };
         next.status = "failed".into();
         next.finished_at = Some(at.to_owned());
@@ -345,6 +358,21 @@ fn fail_or_retry(
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+
+    #[test]
+    fn an_error_never_repeats_its_suffix() {
+        assert_eq!(
+            with_suffix(
+                "HTTP 404 is a permanent error (not retried)",
+                "(not retried)"
+            ),
+            "HTTP 404 is a permanent error (not retried)"
+        );
+        assert_eq!(
+            with_suffix("create: HTTP 401", "(not retried)"),
+            "create: HTTP 401 (not retried)"
+        );
+    }
     use proptest::prelude::*;
 
     fn actor() -> Actor {

@@ -9,8 +9,8 @@ use pgrx::spi::SpiClient;
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::secrets::{self, Storage};
 
-fn passphrase() -> CoreResult<String> {
-    secrets::passphrase("storing tenant keys")
+fn passphrase(what: &str) -> CoreResult<String> {
+    secrets::passphrase(what)
 }
 
 /// Store one secret of a client in column family `what` (anon_key, service_key, db_pass).
@@ -46,7 +46,7 @@ pub fn store(
             )?;
         }
         Storage::Pgcrypto(schema) => {
-            let pass = passphrase()?;
+            let pass = passphrase("storing tenant keys")?;
             client.update(
                 &format!(
                     "UPDATE provisioning.clients SET {enc_col} = {schema}.pgp_sym_encrypt($2, $3, 'cipher-algo=aes256'), \
@@ -87,7 +87,7 @@ pub fn read(client_id: &str) -> CoreResult<(Option<String>, Option<String>, Opti
                     dependency: "pgcrypto".into(),
                     hint: "the keys were stored with pgcrypto; CREATE EXTENSION pgcrypto".into(),
                 })?;
-                let pass = passphrase()?;
+                let pass = passphrase("reading tenant keys")?;
                 let s = schema;
                 client.select(
                     &format!(
