@@ -403,7 +403,7 @@ CREATE POLICY parties_read ON capacity.capacity_request_tasks FOR SELECT USING (
         assigned_to = (SELECT flowgate.current_actor())
      OR capacity_request_id IN (SELECT r.id FROM capacity.capacity_requests r));
 
--- Metrics (seed 000 §7). security_invoker: every reader sees only the requests RLS shows them.
+-- Metrics. security_invoker: every reader sees only the requests RLS shows them.
 CREATE VIEW capacity.v_time_in_state WITH (security_invoker = true) AS
 SELECT e.capacity_request_id AS request_id,
        e.to_state AS state,
@@ -915,7 +915,7 @@ $$;
 REVOKE EXECUTE ON FUNCTION ops.incident_rules() FROM PUBLIC;
 CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW EXECUTE FUNCTION ops.incident_rules();
 
--- Personas (Phase 4). Identity is flowgate.current_actor(): the JWT subject under PostgREST,
+-- Personas. Identity is flowgate.current_actor(): the JWT subject under PostgREST,
 -- else the login role. Every policy names the roles it is for; anything not granted here is
 -- refused with 42501 (insufficient privilege) or filtered by RLS.
 GRANT USAGE ON SCHEMA ops TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
@@ -1015,7 +1015,7 @@ GRANT EXECUTE ON FUNCTION ops.ingest_event(jsonb) TO ci_service_role, release_ma
 GRANT EXECUTE ON FUNCTION ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text), ops.promotion_status(uuid, text)
     TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
 
--- Reporting views (Phase 5). security_invoker: each reader sees what their policies allow.
+-- Reporting views. security_invoker: each reader sees what their policies allow.
 CREATE VIEW ops.v_release_gate_summary WITH (security_invoker = true) AS
 SELECT r.release_id, r.version, r.status AS release_status, g.gate_id, g.gate_code, g.status, g.status_reason,
        g.required_checks,
@@ -1121,7 +1121,7 @@ COMMENT ON FUNCTION ops.expire_bypasses() IS 'Re-evaluate gates whose bypassing 
 COMMENT ON FUNCTION ops.gate_rules() IS 'What each gate requires: evidence types, approver personas, the rule.';
 
 -- ==== Provisioning ================================================================================
--- The seed's GET /clients/provisioning/jobs: jobs, newest first, optionally of one status.
+-- What an admin API's GET /clients/provisioning/jobs returns: jobs, newest first, optionally of one status.
 CREATE FUNCTION provisioning.list_jobs(status text DEFAULT NULL, max_rows int DEFAULT 100)
 RETURNS TABLE (job_id uuid, client_id uuid, slug text, job_type text, job_status text, attempts int, max_attempts int,
                next_attempt_at timestamptz, claimed_by text, claimed_at timestamptz, lease_expires_at timestamptz,
@@ -1149,7 +1149,7 @@ BEGIN
 END
 $$;
 
--- The seed's /admin/provisioning: clients not ready, with their latest job and error.
+-- An admin page's view: clients not ready, with their latest job and error.
 CREATE VIEW provisioning.v_admin_diagnostics WITH (security_invoker = true) AS
 SELECT c.client_id, c.slug, c.display_name, c.provisioning_status, c.provisioning_error, c.schema_version, c.project_ref,
        j.job_id AS latest_job_id, j.job_type AS latest_job_type, j.status AS latest_job_status, j.attempts, j.max_attempts,

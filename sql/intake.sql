@@ -1,4 +1,4 @@
--- Intake engine (seed 002): burst-absorbing claims, pgmq intents, the drain to a validation
+-- Intake engine: burst-absorbing claims, pgmq intents, the drain to a validation
 -- webhook and a ledger, the ledger itself (finalize_transaction), metrics.
 CREATE SCHEMA IF NOT EXISTS intake;
 COMMENT ON SCHEMA intake IS 'Burst-to-Queue ledger: claim inventory at thundering-herd speed, queue intents in pgmq';
@@ -137,7 +137,7 @@ SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.pool_totals', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log', '');
 
--- The ledger (DB2 side of seed 002; the same extension serves both roles). One finalized row per
+-- The ledger (the core database's side; the same extension serves both roles). One finalized row per
 -- idempotency key; each user reads only their own rows (RLS, flowgate.current_actor() = JWT sub).
 CREATE TABLE intake.transactions (
     idempotency_key text PRIMARY KEY CHECK (length(idempotency_key) BETWEEN 1 AND 200),

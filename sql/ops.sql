@@ -1,10 +1,10 @@
--- Release gates control plane (seed 003): the 11 ops.* tables of Phase 1, the per-environment
--- gate requirements, and the six persona roles of Phase 4. Functions, triggers, RLS policies,
+-- Release gates control plane: the 11 ops.* tables, the per-environment
+-- gate requirements, and the six persona roles. Functions, triggers, RLS policies,
 -- grants and views that name Rust functions are in finalize.sql.
 CREATE SCHEMA IF NOT EXISTS ops;
 COMMENT ON SCHEMA ops IS 'Release gates control plane: releases, G1-G4 gates, checks, approvals, evidence, exceptions, deployments, ingest log';
 
--- The six personas (Phase 4), created if missing. NOLOGIN: people and services log in as their
+-- The six personas, created if missing. NOLOGIN: people and services log in as their
 -- own roles (or arrive through PostgREST with a JWT role claim) and are granted these.
 DO $roles$
 DECLARE
@@ -177,8 +177,8 @@ CREATE TABLE ops.exceptions (
     CONSTRAINT exception_expiry_within_90_days CHECK (expires_at <= created_at + interval '90 days')
 );
 COMMENT ON TABLE ops.exceptions IS
-  'Gate bypasses. A gate counts as bypassed only while its exception is approved and expires_at is in the future (NR-5: '
-  'every exception expires). The requester cannot decide their own exception.';
+  'Gate bypasses. A gate counts as bypassed only while its exception is approved and expires_at is in the future '
+  '(every exception expires: expires_at is required, at most 90 days after the request). The requester cannot decide their own exception.';
 CREATE INDEX exceptions_gate ON ops.exceptions (gate_id, status, expires_at);
 CREATE INDEX exceptions_release ON ops.exceptions (release_id);
 SELECT pg_catalog.pg_extension_config_dump('ops.exceptions', '');

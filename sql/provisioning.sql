@@ -1,4 +1,4 @@
--- Tenant provisioning (seed 004): clients, their provisioning jobs (a projection driven by the
+-- Tenant provisioning: clients, their provisioning jobs (a projection driven by the
 -- core event-store runner), the append-only job events, and the canonical migration set.
 -- Functions, policies and views that name Rust functions are in finalize.sql.
 CREATE SCHEMA IF NOT EXISTS provisioning;

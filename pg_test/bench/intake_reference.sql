@@ -1,4 +1,4 @@
--- The seed's claim_resource (seed 002 §1.1), for benchmarking only: SELECT … FOR UPDATE SKIP
+-- The reference claim_resource of the intake design, for benchmarking only: SELECT … FOR UPDATE SKIP
 -- LOCKED LIMIT 1 + UPDATE + pgmq.send over an UNLOGGED table with a partial index on the
 -- available rows. Not part of the extension.
 DROP SCHEMA IF EXISTS bench_ref CASCADE;

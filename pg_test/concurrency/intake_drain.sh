@@ -2,7 +2,7 @@
 # The drain under failure, with real concurrency: 2,000 intents drained at once by four sessions
 # calling intake.drain() in a loop and by the background worker (intake.drain_all every 200 ms),
 # while the validation webhook is down (connection refused) for the first seconds, then the
-# ledger (the commit target) is down, then both recover (seed 002 §3). Checked against the
+# ledger (the commit target) is down, then both recover. Checked against the
 # servers' own request counts: every intent committed exactly once, none lost, none validated
 # twice, nothing in the DLQ.
 set -euo pipefail

@@ -1,5 +1,5 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
--- Seed 001's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
+-- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
 SELECT plan(65);
 

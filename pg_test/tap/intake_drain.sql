@@ -1,4 +1,4 @@
--- The intake drain (seed 002 §1.2, §3) against flowgate-testd on 127.0.0.1:5597: validation
+-- The intake drain against flowgate-testd on 127.0.0.1:5597: validation
 -- webhook → ledger through the outbox, 4xx releases the resource, a webhook that is down goes
 -- to the DLQ after max_retries reads and replays once it is back, a ledger that refuses
 -- connections is retried without re-validating; the ledger itself (idempotency, bad payloads,

@@ -1,4 +1,4 @@
--- Release gates (seed 003, Phase 7): one release driven G1 → G2 → G3 → staging deploy → G4 →
+-- Release gates: one release driven G1 → G2 → G3 → staging deploy → G4 →
 -- production through ops.ingest_event alone, each step sent by its persona the way PostgREST
 -- sends it (SET LOCAL ROLE + request.jwt.claims). Afterwards the whole chain is reconstructed
 -- from ops.* alone: who did what, with which evidence, in which order.

@@ -1,7 +1,7 @@
--- Release gates (seed 003): ops.ingest_event outcomes of Phase 2 with their HTTP statuses and
+-- Release gates: ops.ingest_event outcomes with their HTTP statuses and
 -- log rows, a table of malformed envelopes (each rejected with its documented status, nothing but
--- the log row written), the gate rules of Phase 3 through events, exceptions and their expiry,
--- the promotion block, and the DDL guarantees of Phase 1.
+-- the log row written), the gate rules through events, exceptions and their expiry,
+-- the promotion block, and the DDL guarantees.
 BEGIN;
 SELECT plan(110);
 
@@ -21,11 +21,11 @@ LANGUAGE sql AS $$
                               'source_system', 'github_actions', 'release_id', release) || fields
 $$;
 
--- ---- Phase 1: the schema ------------------------------------------------------------------------
+-- ---- The schema ------------------------------------------------------------------------
 SELECT is((SELECT count(*)::int FROM pg_tables WHERE schemaname = 'ops'
             AND tablename IN ('releases', 'release_gates', 'gate_checks', 'approvals', 'evidence_artifacts', 'exceptions',
                               'deployments', 'environment_events', 'event_ingest_log', 'incidents', 'recovery_drills')),
-          11, 'the 11 ops tables of Phase 1 exist');
+          11, 'the 11 ops tables exist');
 SELECT is((SELECT count(*)::int FROM pg_extension e, unnest(e.extconfig) c
             WHERE e.extname = 'flowgate' AND c::regclass::text LIKE 'ops.%'), 13,
           'every ops table (and the environment_events sequence) is registered with pg_extension_config_dump');
@@ -33,7 +33,7 @@ SELECT is((SELECT count(*)::int FROM information_schema.columns
             WHERE table_schema = 'ops' AND column_name = 'created_at' AND is_nullable = 'NO'
               AND column_default = 'now()' AND data_type = 'timestamp with time zone'), 12,
           'every ops table has created_at timestamptz NOT NULL DEFAULT now()');
-SELECT col_not_null('ops', 'exceptions', 'expires_at', 'exceptions.expires_at is NOT NULL (NR-5)');
+SELECT col_not_null('ops', 'exceptions', 'expires_at', 'exceptions.expires_at is NOT NULL');
 SELECT ok((SELECT indisunique FROM pg_index WHERE indexrelid = 'ops.event_ingest_log_idempotency_key'::regclass),
           'a unique index on event_ingest_log(idempotency_key) (over accepted outcomes) deduplicates');
 SELECT is((SELECT count(*)::int FROM pg_roles WHERE rolname IN ('ci_service_role', 'release_manager', 'qa_tester', 'sre', 'developer', 'audit_reader')
@@ -46,7 +46,7 @@ SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (artifact_type, uri, submi
 SELECT lives_ok($$INSERT INTO ops.evidence_artifacts (artifact_type, uri, submitted_by) VALUES ('reference', 'https://runbook', 'me')$$,
                 'a free-standing reference artifact is allowed');
 
--- ---- Phase 2: outcomes --------------------------------------------------------------------------
+-- ---- Ingest outcomes --------------------------------------------------------------------------
 SELECT is(ops.ingest_event(pg_temp.ev('rel-1', 'release_created', '{"version": "2026.11.1", "repository": "acme/erp"}')) ->> 'status',
           'accepted', 'release_created is accepted');
 SELECT is(current_setting('response.status'), '200', 'and PostgREST answers 200');
@@ -189,7 +189,7 @@ SELECT is((SELECT envelope_bytes > 70000 AND envelope IS NULL FROM ops.event_ing
             ON l.ingest_id = (o.r ->> 'ingest_id')::uuid WHERE o.n = 16), true,
           'the oversized envelope is logged by size, not stored');
 
--- ---- Phase 3: the gate rules through events ------------------------------------------------------
+-- ---- The gate rules through events ------------------------------------------------------
 -- R2: G1 and G2 pass, then an e2e check fails G2, which blocks staging and production.
 SELECT ops.ingest_event(pg_temp.ev('r2', 'release_created', '{"version": "2"}', 'a0000000-0000-4000-8000-000000000002')) \g /dev/null
 SELECT ops.ingest_event(pg_temp.ev('r2-gate', 'gate_configured', '{"gate_code": "G1", "required_checks": ["build", "unit"]}', 'a0000000-0000-4000-8000-000000000002')) \g /dev/null

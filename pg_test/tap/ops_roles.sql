@@ -1,4 +1,4 @@
--- Release gates (seed 003, Phase 4): the persona role matrix, run the way PostgREST runs a
+-- Release gates: the persona role matrix, run the way PostgREST runs a
 -- request (SET LOCAL ROLE <jwt role> + request.jwt.claims), for direct table access (grants + RLS)
 -- and for ops.ingest_event. Every allowed action succeeds; every forbidden one fails with 42501
 -- (or a 403 outcome from ingest) and writes nothing.
@@ -48,7 +48,7 @@ SET LOCAL ROLE ci_service_role;
 SET LOCAL request.jwt.claims = '{"sub": "ci-bot", "role": "ci_service_role"}';
 SELECT throws_ok($$INSERT INTO ops.approvals (release_id, gate_id, approver_id, persona_role, decision)
                    SELECT release_id, gate_id, 'ci-bot', 'release_manager', 'approved' FROM ops.release_gates WHERE gate_code = 'G3' LIMIT 1$$,
-                 '42501', NULL, 'ci_service_role cannot insert into ops.approvals (Phase 4)');
+                 '42501', NULL, 'ci_service_role cannot insert into ops.approvals');
 SELECT throws_ok($$SELECT count(*) FROM ops.approvals$$, '42501', NULL, 'ci_service_role cannot read approvals');
 SELECT lives_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, reported_by, source_system)
                   SELECT gate_id, release_id, 'sast', 'pass', 'ci-bot', 'github_actions' FROM ops.release_gates
@@ -74,7 +74,7 @@ SELECT is((SELECT count(*)::int FROM ops.approvals WHERE approver_id = 'ci-bot')
 SET LOCAL ROLE qa_tester;
 SET LOCAL request.jwt.claims = '{"sub": "qa-1", "role": "qa_tester"}';
 SELECT throws_ok($$UPDATE ops.exceptions SET status = 'approved', decided_by = 'qa-1', decided_at = now()$$,
-                 '42501', NULL, 'qa_tester cannot update ops.exceptions (Phase 4)');
+                 '42501', NULL, 'qa_tester cannot update ops.exceptions');
 SELECT lives_ok($$INSERT INTO ops.approvals (release_id, gate_id, approver_id, persona_role, decision)
                   SELECT release_id, gate_id, 'qa-1', 'qa_tester', 'approved' FROM ops.release_gates
                    WHERE release_id = 'e0000000-0000-4000-8000-000000000001' AND gate_code = 'G2'$$,

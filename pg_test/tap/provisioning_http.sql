@@ -1,4 +1,4 @@
--- Tenant provisioning (seed 004) end to end against the Management API played by
+-- Tenant provisioning end to end against the Management API played by
 -- flowgate-testd on 127.0.0.1:5597 (/mgmt/<mode>/v1/...), every call through the outbox:
 -- the happy path to ready, a 500 then success, a 429, a 401 fixed by new credentials and an
 -- operator retry, a timeout whose project is adopted instead of created twice, a failed

@@ -1,4 +1,4 @@
--- Tenant provisioning (seed 004): onboarding, the job lifecycle on the event-store runner
+-- Tenant provisioning: onboarding, the job lifecycle on the event-store runner
 -- (claim, attempt reports with back-off, permanent failures, lease reclaim, operator retry), the
 -- client stages, the listing and diagnostics, and who may do what.
 BEGIN;

@@ -1,4 +1,4 @@
-//! The Capacity Request state machine (seed 000 §3): states, events, who may send which event,
+//! The Capacity Request state machine: states, events, who may send which event,
 //! and the pure reducer over the whole (state × event) table.
 
 use serde::{Deserialize, Serialize};
@@ -168,7 +168,7 @@ impl Standing {
     }
 }
 
-/// Who may send `event` (seed 000 §5 "validates actor permissions"); `Err` names who may.
+/// Who may send `event`; `Err` names who may.
 pub fn may_send(event: Event, who: &Standing) -> Result<(), &'static str> {
     use Event as E;
     if who.is_admin {

@@ -1,9 +1,10 @@
 //! The core error type and its SQLSTATE contract.
 //!
-//! Every error a caller can cause maps to a documented SQLSTATE chosen so that PostgREST turns
-//! it into the right HTTP status (DESIGN.md, principle 5): class 22 → 400, 42501 → 403,
-//! P0002 → 404, 23505 → 409, 55000 → 400 with a clear message. Module error enums wrap
-//! `CoreError` and convert into [`ErrorReport`] the same way.
+//! Every error a caller can cause maps to one SQLSTATE of the README's table, with a message
+//! that says what was wrong and a hint that says what is allowed; a caller's mistake is never
+//! XX000. PostgREST turns them into HTTP statuses: class 22 → 400, 42501 → 403, 23505 → 409;
+//! P0002, 55000 and 40001 → 500 by its mapping. Module error enums wrap `CoreError` and convert
+//! into [`ErrorReport`] the same way.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;

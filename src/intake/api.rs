@@ -407,7 +407,7 @@ mod intake {
         run().map_err(CoreError::reporter("intake.reclaim_slots"))
     }
 
-    /// Drain one pool (seed 002 §1.2): read up to batch_size intents (fewer under
+    /// Drain one pool: read up to batch_size intents (fewer under
     /// rate_limit_per_second) with the visibility timeout, and move each one step on: POST the
     /// queued ones to the validation webhook, commit the validated ones to the ledger, send the
     /// ones read more than max_retries times to the DLQ. HTTP goes through the outbox; with the
@@ -690,7 +690,7 @@ mod intake {
         }
     }
 
-    /// The ledger (seed 002 §1.3): write one finalized row per idempotency key and return it.
+    /// The ledger: write one finalized row per idempotency key and return it.
     /// The same key again returns the first row with status "duplicate" and writes nothing; the
     /// same key for another pool, resource or user, or a resource already finalized under
     /// another key, is 23505. Rows are readable by their user_id only (RLS).

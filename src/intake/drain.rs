@@ -1,4 +1,4 @@
-//! The drain's rules (seed 002 §1.2, §3), pure: what to do with an intent read from the queue,
+//! The drain's rules, pure: what to do with an intent read from the queue,
 //! what a reply from the validation webhook or the ledger means, the bodies sent, and the
 //! metrics arithmetic. The SQL side (`intake::store`) carries the decisions out.
 
@@ -171,7 +171,7 @@ fn intent_fields(pool: &str, msg_id: i64, message: &Value) -> Map<String, Value>
     m
 }
 
-/// The validation POST (seed 002 §1.2 step 3): the intent with `idempotency_key` = msg_id.
+/// The validation POST: the intent with `idempotency_key` = msg_id.
 pub fn validation_body(pool: &str, msg_id: i64, read_ct: i32, message: &Value) -> Value {
     let origin = origin_msg_id(message, msg_id);
     let mut m = intent_fields(pool, msg_id, message);

@@ -1,4 +1,4 @@
-//! The intake engine (seed 002), schema `intake`: a burst-absorbing claim queue. Pools of
+//! The intake engine, schema `intake`: a burst-absorbing claim queue. Pools of
 //! UNLOGGED inventory, the claim hot path with pgmq intents, the drain through the outbox to a
 //! validation webhook and a ledger (with DLQ and replay), the ledger itself, metrics and crash
 //! recovery.

@@ -111,7 +111,7 @@ pub fn lock(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64) -> CoreResul
     }))
 }
 
-/// Merge fields into the intent's message (its state travels with it, seed 002 §3).
+/// Merge fields into the intent's message (its state travels with it).
 fn patch(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64, fields: Value) -> CoreResult<()> {
     client.update(
         &format!(

@@ -33,7 +33,7 @@ mod ops {
         json!({"ingest_id": ingest_id, "status": "rejected", "detail": detail})
     }
 
-    /// Ingest one event envelope (seed 003, Phase 2) and return
+    /// Ingest one event envelope and return
     /// `{ingest_id, status: accepted|duplicate|rejected|error, detail}`.
     ///
     /// Every call leaves one `ops.event_ingest_log` row, rejections included, and sets

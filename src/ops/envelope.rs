@@ -1,4 +1,4 @@
-//! The ingest envelope (seed 003, Phase 2), checked before anything but the log row is written.
+//! The ingest envelope, checked before anything but the log row is written.
 //! Pure.
 //!
 //! An envelope is one flat JSON object: the common fields below plus the fields of its

@@ -76,7 +76,7 @@ impl OpsError {
         }
     }
 
-    /// The HTTP status of the ingest outcome (seed 003 Phase 2).
+    /// The HTTP status of the ingest outcome.
     pub fn http_status(&self) -> u16 {
         match self {
             OpsError::PayloadTooLarge { .. } => 413,

@@ -1,4 +1,4 @@
-//! The release gate rules (seed 003, Phase 3) as pure functions over facts loaded from
+//! The release gate rules as pure functions over facts loaded from
 //! `ops.*`. Nothing here touches Postgres: `store.rs` loads [`ReleaseFacts`], these rules
 //! decide, and the result is written back to `ops.release_gates`.
 //!

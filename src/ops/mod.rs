@@ -1,4 +1,4 @@
-//! The release gates control plane (seed 003), schema `ops`: releases and their G1–G4 gates,
+//! The release gates control plane, schema `ops`: releases and their G1–G4 gates,
 //! idempotent event ingest, the gate rules, promotion eligibility, personas with RLS, and the
 //! reporting views.
 

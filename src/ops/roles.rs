@@ -1,4 +1,4 @@
-//! Who may send which event (seed 003, Phase 4). Pure.
+//! Who may send which event. Pure.
 //!
 //! Membership is real role membership of the calling role (PostgREST switches to the JWT's
 //! role with `SET LOCAL ROLE`), never a claim. Trusted sessions (superusers, members of

@@ -1,4 +1,4 @@
-//! Tenant provisioning (seed 004), schema `provisioning`: clients, their jobs as an
+//! Tenant provisioning, schema `provisioning`: clients, their jobs as an
 //! event-sourced workflow on the core runner (queued → running → succeeded | failed, with
 //! back-off), claiming with leases, operator retry and diagnostics.
 

@@ -19,7 +19,7 @@ pub const DEFINITIONS: &[Definition] = &[
         key: "provisioning.organization_id",
         kind: Kind::Text { max_len: 100 },
         default: r#""""#,
-        doc: "Supabase organization that new tenant projects are created in (SUPABASE_ORG_ID of the seed). Required.",
+        doc: "Supabase organization that new tenant projects are created in. Required.",
     },
     Definition {
         key: "provisioning.default_region",
