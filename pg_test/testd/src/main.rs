@@ -7,9 +7,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-#[path = "../../../src/core/outbox/testserver.rs"]
-#[allow(dead_code)]
-mod testserver;
+use flowgate_testserver as testserver;
 
 fn usage() -> ! {
     eprintln!("usage: flowgate-testd serve PORT | flowgate-testd blast URL N CONCURRENCY");

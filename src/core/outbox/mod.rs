@@ -12,6 +12,3 @@ pub mod handlers;
 pub mod native;
 pub mod policy;
 pub mod store;
-
-#[cfg(any(test, feature = "pg_test"))]
-pub mod testserver;

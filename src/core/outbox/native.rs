@@ -223,7 +223,7 @@ pub fn send_batch(
 #[cfg(test)]
 mod unit_tests {
     use super::*;
-    use crate::core::outbox::testserver::{base_url, closed_url};
+    use flowgate_testserver::{base_url, closed_url};
 
     fn req(id: i64, url: String) -> Request {
         Request {

@@ -1,13 +1,13 @@
 //! `#[pg_test]`s of the outbox against a real HTTP server on 127.0.0.1 (started inside the
-//! test backend on its own threads; see `outbox::testserver`).
+//! test backend on its own threads; see the flowgate-testserver crate in pg_test/testserver).
 
 #[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
     use pgrx::JsonB;
 
-    use crate::core::outbox::testserver::{base_url, closed_url, hit_count, TEST_TOKEN};
     use crate::core::tests::{one, sqlstate};
+    use flowgate_testserver::{base_url, closed_url, hit_count, TEST_TOKEN};
 
     /// Enqueue a POST to `path` on the test server with the recording handler.
     fn enqueue(path: &str, key: &str, extra: &str) -> i64 {

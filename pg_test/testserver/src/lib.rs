@@ -1,6 +1,6 @@
-//! A real HTTP/1.1 server on 127.0.0.1 for tests: started in-process by unit tests and
-//! `#[pg_test]`s, and as the `flowgate-testd` binary (pg_test/testd) for pgTAP, concurrency
-//! suites and benchmarks. The request path picks the behaviour. Plain threads and sockets,
+//! A real HTTP/1.1 server on 127.0.0.1 for flowgate's tests: started in-process by its unit
+//! tests and `#[pg_test]`s, and served by the `flowgate-testd` binary (pg_test/testd) for the
+//! pgTAP, concurrency and benchmark suites. The request path picks the behaviour. Plain threads and sockets,
 //! std only, no Postgres API.
 
 use std::collections::HashMap;
