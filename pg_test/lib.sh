@@ -149,8 +149,11 @@ flowgate.tenant_key_passphrase = 'local-clusters-only-passphrase-$(basename "$di
 $extra_conf$worker_conf
 CONF
   fi
-  grep -q '^flowgate.tenant_key_passphrase' "$dir/data/postgresql.conf" 2>/dev/null \
-    || echo "flowgate.tenant_key_passphrase = 'local-clusters-only-passphrase-$(basename "$dir")'" | as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null
+  if ! grep -q '^flowgate.tenant_key_passphrase' "$dir/data/postgresql.conf" 2>/dev/null; then
+    # A cluster made before flowgate encrypted its secrets: add a passphrase, and reload it.
+    echo "flowgate.tenant_key_passphrase = 'local-clusters-only-passphrase-$(basename "$dir")'" | as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null
+    cluster_running "$dir" && as_postgres "$PGBIN/pg_ctl" -D "$dir/data" reload >/dev/null
+  fi
   cluster_running "$dir" || as_postgres env "${CLUSTER_ENV[@]}" "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null \
     || { cat "$dir/log" >&2; die "postgres did not start (log above)"; }
   psql_at "$port" postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
@@ -223,3 +226,30 @@ start_testd() {
 }
 
 stop_testd() { [ -n "${TESTD_PID:-}" ] && kill "$TESTD_PID" 2>/dev/null; TESTD_PID=; return 0; }
+
+# The demo's sandbox: flowgate-testd playing the payment webhook, the ledger, Slack, Linear and
+# the Supabase Management API on 127.0.0.1:$SANDBOX_PORT, left running in the background
+# (pid file in $DEMO_DIR); pg_test/setup.sh --stop stops it with the demo cluster.
+SANDBOX_PORT=${FLOWGATE_SANDBOX_PORT:-5595}
+SANDBOX_PID_FILE=$DEMO_DIR/sandbox.pid
+sandbox_running() { [ -f "$SANDBOX_PID_FILE" ] && kill -0 "$(cat "$SANDBOX_PID_FILE")" 2>/dev/null; }
+start_sandbox() {
+  build_testd
+  if sandbox_running; then return 0; fi
+  if curl -fs "http://127.0.0.1:$SANDBOX_PORT/_stats" >/dev/null 2>&1; then
+    die "port $SANDBOX_PORT already answers: set FLOWGATE_SANDBOX_PORT to a free port"
+  fi
+  "${SUDO[@]}" install -d "$DEMO_DIR"
+  nohup "$TESTD_BIN" serve "$SANDBOX_PORT" >"$DEMO_DIR/sandbox.log" 2>&1 &
+  echo $! | "${SUDO[@]}" tee "$SANDBOX_PID_FILE" >/dev/null
+  for _ in $(seq 1 50); do
+    curl -fs "http://127.0.0.1:$SANDBOX_PORT/_stats" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  die "the sandbox did not start on port $SANDBOX_PORT (log: $DEMO_DIR/sandbox.log)"
+}
+stop_sandbox() {
+  sandbox_running && kill "$(cat "$SANDBOX_PID_FILE")" 2>/dev/null
+  "${SUDO[@]}" rm -f "$SANDBOX_PID_FILE"
+  return 0
+}
