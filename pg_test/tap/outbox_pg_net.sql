@@ -1,9 +1,10 @@
 -- The pg_net transport. pg_net sends only after commit, so this file commits, waits for the
 -- pg_net worker, and cleans up after itself. Where pg_net is not installed the whole file is
 -- reported as skipped (TAP "1..0 # SKIP"), not passed.
-SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_net') AS no_pg_net \gset
+SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_net')
+    OR current_setting('shared_preload_libraries') NOT LIKE '%pg_net%' AS no_pg_net \gset
 \if :no_pg_net
-\echo '1..0 # SKIP pg_net is not installed on this server (no Debian package); run this suite in the Docker image'
+\echo '1..0 # SKIP pg_net is not installed and preloaded on this server (no Debian package); run this suite in the Docker image'
 \quit
 \endif
 

@@ -3,9 +3,10 @@
 -- secret of one name: unique index secrets_name_idx), deliveries read their secrets from Vault,
 -- and a tenant whose create_project gets a 500 still reaches ready. Where supabase_vault is not
 -- installed the whole file is reported as skipped (TAP "1..0 # SKIP"), not passed.
-SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'supabase_vault') AS no_vault \gset
+SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'supabase_vault')
+    OR current_setting('shared_preload_libraries') NOT LIKE '%supabase_vault%' AS no_vault \gset
 \if :no_vault
-\echo '1..0 # SKIP supabase_vault is not installed on this server (no Debian package)'
+\echo '1..0 # SKIP supabase_vault is not installed and preloaded on this server (no Debian package)'
 \quit
 \endif
 
