@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(17);
+SELECT plan(19);
 
 SELECT is(intake.create_pool('tap_drop', 3, '{"max_claims_per_user": 1}') ->> 'queue', 'intake_tap_drop', 'a pool gets its pgmq queue');
 SELECT ok(EXISTS (SELECT FROM pgmq.list_queues() WHERE queue_name = 'intake_tap_drop_dlq'), 'and a dead-letter queue');
@@ -27,6 +27,11 @@ SELECT is(intake.claim_resource('tap_drop', 'u4') ->> 'status', 'sold_out', 'the
 SELECT is(intake.reclaim_slots('tap_drop'), 1::bigint, 'the slot of the aborted claim is given back');
 SELECT is(intake.claim_resource('tap_drop', 'u4') ->> 'slot', '2', 'and claimed by the next user');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_drop), 3, 'one intent per successful claim (the aborted one left none)');
+SELECT ok(intake.drop_pool('tap_drop'), 'a pool can be dropped');
+SELECT is((SELECT count(*)::int FROM intake.user_claims WHERE pool_id = 'tap_drop')
+        + (SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_drop')
+        + (SELECT count(*)::int FROM intake.pool_state WHERE pool_id = 'tap_drop'), 0,
+          'with its inventory, marker and per-user counts (user_claims has no foreign key: dropped explicitly)');
 
 SELECT * FROM finish();
 ROLLBACK;

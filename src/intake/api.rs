@@ -157,6 +157,12 @@ mod intake {
                 if gone.is_empty() {
                     return Err(CoreError::not_found("pool", pool.as_str()));
                 }
+                // The one table without a foreign key to engine_config (see sql/intake.sql).
+                client.update(
+                    "DELETE FROM intake.user_claims WHERE pool_id = $1",
+                    None,
+                    &[pool.as_str().into()],
+                )?;
                 for q in [pool.queue(), pool.dlq()] {
                     client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
                 }
@@ -257,6 +263,8 @@ mod intake {
             }
             let sold_out = || json!({"status": "sold_out", "pool_id": pool.as_str()});
             let int4 = pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID);
+            // (The slot is a scalar subquery, not a join: the primary key lookup must not depend
+            // on statistics, which a freshly created pool does not have yet.)
             // The whole claim in one statement (one executor run, not four): unless the counter
             // is past the inventory with nothing given back (sold out: nothing written), count the
             // user's claim under the limit, take the next slot number, lock that slot if it is
@@ -275,7 +283,8 @@ mod intake {
                      next AS (SELECT nextval('{seq}')::int AS slot FROM counted), \
                      taken AS ( \
                        UPDATE intake.allocations a SET status = 'locked', locked_by = $2, locked_at = now() \
-                         FROM next WHERE a.pool_id = $1 AND a.slot = next.slot AND next.slot <= $4 AND a.status = 'available' \
+                        WHERE a.pool_id = $1 AND a.slot = (SELECT slot FROM next) AND (SELECT slot FROM next) <= $4 \
+                          AND a.status = 'available' \
                        RETURNING a.slot, a.resource_id), \
                      sent AS ( \
                        INSERT INTO {queue} (vt, message) \
