@@ -108,13 +108,16 @@ cluster_running() { [ -f "$1/data/PG_VERSION" ] && as_postgres "$PGBIN/pg_ctl" -
 
 cluster_stop() { cluster_running "$1" && as_postgres "$PGBIN/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null; return 0; }
 
-# cluster_start DIR PORT DB [worker]: create (once) and start a cluster with pg_cron preloaded
-# for DB; with "worker", flowgate is preloaded too and its background worker runs in DB.
+# cluster_start DIR PORT DB [worker|preload]: create (once) and start a cluster with pg_cron
+# preloaded for DB; with "preload", flowgate is preloaded too; with "worker", also its background
+# worker runs in DB.
 cluster_start() {
   local dir=$1 port=$2 db=$3 preload=pg_cron worker_conf=""
   if [ "${4:-}" = worker ]; then
     preload=pg_cron,flowgate
     worker_conf=$(printf "flowgate.worker_database = '%s'\nflowgate.worker_interval_ms = 200" "$db")
+  elif [ "${4:-}" = preload ]; then
+    preload=pg_cron,flowgate   # loaded once by the postmaster, not by every new backend
   fi
   "${SUDO[@]}" install -d -o postgres -g postgres "$dir"
   # pg_net and Supabase Vault have no Debian package; where they were installed by hand, the
