@@ -275,18 +275,31 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION flowgate.replay_dead(ids bigint[]) RETURNS integer
+CREATE FUNCTION flowgate.replay_dead(ids bigint[]) RETURNS jsonb
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH replayed AS (
-        UPDATE flowgate.deliveries
+    WITH wanted AS (SELECT DISTINCT w.id FROM unnest(ids) AS w(id) WHERE w.id IS NOT NULL),
+    replayed AS (
+        UPDATE flowgate.deliveries d
            SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL,
                handler_error = NULL, claimed_at = NULL, transport_ref = NULL, updated_at = now()
-         WHERE id = ANY (ids) AND status IN ('dead', 'failed')
-        RETURNING 1
+         WHERE d.id IN (SELECT id FROM wanted) AND d.status IN ('dead', 'failed')
+           AND NOT (d.sensitive AND d.body = '{"redacted": true}'::jsonb)
+        RETURNING d.id
+    ),
+    skipped AS (
+        SELECT w.id,
+               CASE WHEN d.id IS NULL THEN 'no such delivery'
+                    WHEN d.status NOT IN ('dead', 'failed') THEN 'it is ' || d.status || ', not dead or failed'
+                    ELSE 'it carried secrets and was redacted when it ended: its owner starts a new delivery' END AS why
+          FROM wanted w LEFT JOIN flowgate.deliveries d ON d.id = w.id
+         WHERE w.id NOT IN (SELECT id FROM replayed)
     )
-    SELECT count(*)::int FROM replayed
+    SELECT jsonb_build_object(
+        'replayed', (SELECT count(*) FROM replayed),
+        'ids', (SELECT coalesce(jsonb_agg(id ORDER BY id), '[]'::jsonb) FROM replayed),
+        'skipped', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'why', why) ORDER BY id), '[]'::jsonb) FROM skipped))
 $$;
 
 CREATE FUNCTION flowgate.drop_secret(name text) RETURNS boolean
@@ -340,7 +353,7 @@ COMMENT ON FUNCTION flowgate.dispatch(int) IS
 COMMENT ON FUNCTION flowgate.collect() IS
   'Record pg_net responses of in-flight deliveries and expire in-flight deliveries past their lease.';
 COMMENT ON FUNCTION flowgate.replay_dead(bigint[]) IS
-  'Re-queue dead or failed deliveries (attempts reset); returns how many were re-queued.';
+  'Re-queue dead or failed deliveries (attempts reset); returns {replayed, ids, skipped: [{id, why}]}.';
 COMMENT ON FUNCTION flowgate.set_secret(text, text) IS
   'Store a named secret for deliveries: in Supabase Vault when installed, else pgcrypto-encrypted under '
   'flowgate.tenant_key_passphrase. Visible ASCII only; the value never appears in an error. Owner only. Returns vault or pgcrypto.';

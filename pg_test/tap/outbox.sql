@@ -1,6 +1,6 @@
 -- The outbox through SQL, against flowgate-testd on 127.0.0.1:5597 (started by pg_test/test.sh).
 BEGIN;
-SELECT plan(38);
+SELECT plan(39);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -121,6 +121,12 @@ SELECT is((SELECT status::text || ' ' || body::text || ' ' || coalesce(response_
 UPDATE flowgate.deliveries SET status = 'failed' WHERE idempotency_key = 'tap-sensitive-1';
 SELECT throws_ok($$UPDATE flowgate.deliveries SET status = 'pending' WHERE idempotency_key = 'tap-sensitive-1'$$, '55000', NULL,
           'a redacted delivery cannot be requeued (it would send the placeholder)');
+SELECT is(flowgate.replay_dead(ARRAY[(SELECT id FROM flowgate.deliveries WHERE idempotency_key = 'tap-sensitive-1'), -1]) - 'ids',
+          jsonb_build_object('replayed', 0, 'skipped', jsonb_build_array(
+              jsonb_build_object('id', -1, 'why', 'no such delivery'),
+              jsonb_build_object('id', (SELECT id FROM flowgate.deliveries WHERE idempotency_key = 'tap-sensitive-1'),
+                                 'why', 'it carried secrets and was redacted when it ended: its owner starts a new delivery'))),
+          'replay_dead skips what it cannot replay and says why');
 INSERT INTO flowgate.deliveries (owner_module, owner_id, url, idempotency_key, body, sensitive, status)
 VALUES ('tap', 'r-secret', 'http://127.0.0.1:5597/ok', 'tap-sensitive-2', '{"db_pass": "hunter2-tenant"}', true, 'pending');
 UPDATE flowgate.deliveries SET status = 'dead', response_body = 'eyJ-secret' WHERE idempotency_key = 'tap-sensitive-2';

@@ -162,14 +162,18 @@ mod tests {
             "dead"
         );
         assert_eq!(
-            one::<i32>(&format!("SELECT flowgate.replay_dead(ARRAY[{id}, 999999])")),
+            one::<i32>(&format!(
+                "SELECT (flowgate.replay_dead(ARRAY[{id}, 999999]) ->> 'replayed')::int"
+            )),
             1
         );
         assert!(one::<bool>(&format!(
             "SELECT status = 'pending' AND attempts = 0 FROM flowgate.deliveries WHERE id = {id}"
         )));
         assert_eq!(
-            one::<i32>(&format!("SELECT flowgate.replay_dead(ARRAY[{id}])")),
+            one::<i32>(&format!(
+                "SELECT (flowgate.replay_dead(ARRAY[{id}]) ->> 'replayed')::int"
+            )),
             0,
             "only dead or failed rows"
         );
@@ -256,7 +260,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            one::<i32>(&format!("SELECT flowgate.replay_dead(ARRAY[{id}])")),
+            one::<i32>(&format!(
+                "SELECT (flowgate.replay_dead(ARRAY[{id}]) ->> 'replayed')::int"
+            )),
             1
         );
         assert_eq!(
@@ -300,7 +306,9 @@ mod tests {
             "a 2xx stays delivered (never re-sent); only its handler failed"
         );
         assert_eq!(
-            one::<i32>(&format!("SELECT flowgate.replay_dead(ARRAY[{bad}])")),
+            one::<i32>(&format!(
+                "SELECT (flowgate.replay_dead(ARRAY[{bad}]) ->> 'replayed')::int"
+            )),
             0,
             "nothing to re-send"
         );
