@@ -284,7 +284,7 @@ SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedu
               AND NOT has_function_privilege('authenticated', p.oid, 'EXECUTE')
               AND NOT has_function_privilege('anon', p.oid, 'EXECUTE')),
     ARRAY['provisioning.claim_job(text)', 'provisioning.enqueue_client(text,text,text,text,jsonb)', 'provisioning.list_jobs(text,integer)',
-          'provisioning.report_job(uuid,text,boolean,integer,text,integer)', 'provisioning.retry(uuid)', 'provisioning.run_jobs(integer)',
+          'provisioning.report_job(uuid,text,boolean,integer,text,integer)', 'provisioning.retry(text)', 'provisioning.retry(uuid)', 'provisioning.run_jobs(integer)',
           'provisioning.tenant_keys(uuid)'],
     'every operator function is SECURITY DEFINER with a pinned search_path, executable by service_role and not by anon or authenticated');
 

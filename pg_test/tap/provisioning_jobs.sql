@@ -2,7 +2,7 @@
 -- (claim, attempt reports with back-off, permanent failures, lease reclaim, operator retry), the
 -- client stages, the listing and diagnostics, and who may do what.
 BEGIN;
-SELECT plan(45);
+SELECT plan(47);
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
 END $$;
@@ -64,6 +64,8 @@ SELECT is((SELECT provisioning_status || ' ' || coalesce(provisioning_error, '-'
 SELECT throws_ok(format($$SELECT provisioning.retry(%L)$$, (SELECT client_id FROM provisioning.clients WHERE slug = 'acme-corp')),
                  '55000', NULL, 'retrying a client with nothing failed is refused');
 SELECT throws_ok($$SELECT provisioning.retry('00000000-0000-4000-8000-000000000000')$$, 'P0002', NULL, 'an unknown client is P0002');
+SELECT throws_ok($$SELECT provisioning.retry('acme-corp')$$, '55000', NULL, 'retry also takes the client''s slug');
+SELECT throws_ok($$SELECT provisioning.retry('no-such-tenant')$$, 'P0002', NULL, 'an unknown slug is P0002');
 
 -- ---- A permanent failure (401) is not retried --------------------------------------------------------------
 CREATE TEMP TABLE c2 AS SELECT provisioning.claim_job('worker-a') AS j;

@@ -191,6 +191,21 @@ mod provisioning {
             .map_err(ProvisioningError::reporter("provisioning.retry"))
     }
 
+    /// The same operator retry, naming the client by its slug or its id (as text), whichever
+    /// the operator has at hand.
+    #[pg_extern(volatile, strict, security_definer, name = "retry")]
+    #[search_path(pg_catalog, pg_temp)]
+    fn retry_by_slug_or_id(client: &str) -> Result<JsonB, ErrorReport> {
+        let run = || -> ProvisioningResult<Value> {
+            operator("retry provisioning")?;
+            let id = store::client_id_of(client)?;
+            store::retry(&id)
+        };
+        run()
+            .map(JsonB)
+            .map_err(ProvisioningError::reporter("provisioning.retry"))
+    }
+
     /// Claim and start up to `max` due jobs and send their Management API calls through the
     /// outbox (what the schedule runs). Returns the jobs started.
     #[pg_extern(volatile, security_definer)]

@@ -308,6 +308,26 @@ pub fn report(r: &Report<'_>) -> ProvisioningResult<Value> {
 }
 
 /// Reset a client's failed (or waiting) jobs so they run again now: attempts = 0, no claim.
+/// A client's id from its slug or from its id written as text; P0002 when neither names one.
+pub fn client_id_of(slug_or_id: &str) -> ProvisioningResult<String> {
+    if slug_or_id.len() > 64 {
+        return Err(CoreError::invalid(
+            "client",
+            format!("it is {} bytes long", slug_or_id.len()),
+            "a client slug (3 to 40 characters) or a client id (a UUID)",
+        )
+        .into());
+    }
+    let query = if uuid::Uuid::parse_str(slug_or_id).is_ok() {
+        "SELECT (SELECT client_id::text FROM provisioning.clients WHERE client_id = $1::uuid)"
+    } else {
+        "SELECT (SELECT client_id::text FROM provisioning.clients WHERE slug = $1)"
+    };
+    let id =
+        Spi::get_one_with_args::<String>(query, &[slug_or_id.into()]).map_err(CoreError::from)?;
+    id.ok_or_else(|| CoreError::not_found("client", slug_or_id).into())
+}
+
 pub fn retry(client_id: &str) -> ProvisioningResult<Value> {
     let (ids, now) = Spi::connect(|client| -> ProvisioningResult<(Vec<String>, String)> {
         let c = client.select(
