@@ -463,14 +463,14 @@ COMMENT ON VIEW capacity.v_metrics IS 'Expired count, cancelled-after-procuremen
 GRANT SELECT ON capacity.v_time_in_state, capacity.v_approval_latency, capacity.v_metrics TO PUBLIC;
 
 -- Timers are for the scheduler (the extension owner), not for every caller.
-REVOKE EXECUTE ON FUNCTION capacity.run_capacity_request_timers() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION capacity.run_capacity_request_timers(timestamptz) FROM PUBLIC;
 
 COMMENT ON FUNCTION capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text) IS
   'Create a Capacity Request (id CR-<year>-<6 digits>) as the caller; returns it with its events.';
 COMMENT ON FUNCTION capacity.record_capacity_event(text, text, jsonb, text, text) IS
   'Record an event after checking the caller''s permission; a retried idempotency_key returns the first result.';
 COMMENT ON FUNCTION capacity.get_capacity_request(text, integer) IS 'Current state, recent events and allowed events of a request.';
-COMMENT ON FUNCTION capacity.run_capacity_request_timers() IS
+COMMENT ON FUNCTION capacity.run_capacity_request_timers(timestamptz) IS
   'Expire requests past their confirmation deadline (cancellation task for the commercial owner) and warn those close to it.';
 
 -- ==== Intake ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(65);
+SELECT plan(68);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -206,6 +206,15 @@ RESET ROLE;
 RESET SESSION AUTHORIZATION;
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
 SELECT is(capacity.get_capacity_request(:'cr_imp') -> 'request' ->> 'state', 'COMMERCIAL_APPROVAL_REQUIRED', 'and the request still waits for its owner');
+
+-- === Timers as of a given moment (the clock is an input; no deadline edited by hand) =========
+SELECT is(capacity.run_capacity_request_timers(now() + interval '1 day') ->> 'expired', '0',
+          'a day after technical approval, no 5-business-day deadline has passed');
+SELECT is(capacity.run_capacity_request_timers(pg_temp.plus_business_days(now(), 5) + interval '1 second') ->> 'expired', '1',
+          'as of a second after the deadline, the timer expires the waiting request');
+SELECT is((SELECT state::text || ' ' || (payload ? 'as_of')::text FROM capacity.capacity_requests r
+             JOIN capacity.capacity_request_events e ON e.capacity_request_id = r.id AND e.event_type = 'CUSTOMER_CONFIRMATION_TIMEOUT'
+            WHERE r.id = :'cr4'), 'EXPIRED true', 'recorded with the moment it was run as of');
 
 -- === No Rust backtrace reaches a client ======================================================
 -- The test servers run with RUST_BACKTRACE=full. An error Postgres raises under flowgate's Rust

@@ -203,10 +203,14 @@ mod capacity {
 
     /// Emit CUSTOMER_CONFIRMATION_TIMEOUT for every passed deadline (→ EXPIRED, with a
     /// cancellation-decision task for the commercial owner) and warn requests close to theirs.
-    /// Idempotent; overlapping runs skip each other's rows.
+    /// Idempotent; overlapping runs skip each other's rows. `as_of` runs them as of another
+    /// moment (owner only, like the function): what the timers will do at that time.
     #[pg_extern(volatile)]
-    fn run_capacity_request_timers() -> Result<JsonB, ErrorReport> {
-        store::run_timers().map(JsonB).map_err(fail)
+    fn run_capacity_request_timers(
+        as_of: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
+    ) -> Result<JsonB, ErrorReport> {
+        let as_of = as_of.map(|t| t.to_iso_string());
+        store::run_timers(as_of.as_deref()).map(JsonB).map_err(fail)
     }
 
     /// Who am I to this request (for UIs): requester / owner / infra / admin flags. SECURITY

@@ -359,14 +359,17 @@ pub fn describe(id: &str, recent: i64) -> CoreResult<Value> {
 }
 
 /// Expire every request past its confirmation deadline and warn those close to it.
-pub fn run_timers() -> Result<Value, CapacityError> {
+/// Run the timers as of `as_of` (an RFC 3339 time; None: now). The clock is an input: an
+/// operator (or a test) sees what the timers do at a given moment without editing deadlines.
+pub fn run_timers(as_of: Option<&str>) -> Result<Value, CapacityError> {
     let due: Vec<String> = Spi::connect_mut(|client| -> CoreResult<Vec<String>> {
         let rows = client.update(
             "SELECT id FROM capacity.capacity_requests \
-             WHERE state = 'CUSTOMER_CONFIRMATION_REQUIRED' AND customer_confirmation_deadline_at <= now() \
+             WHERE state = 'CUSTOMER_CONFIRMATION_REQUIRED' \
+               AND customer_confirmation_deadline_at <= coalesce($1::timestamptz, now()) \
              ORDER BY customer_confirmation_deadline_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
             None,
-            &[],
+            &[as_of.into()],
         )?;
         let mut ids = Vec::new();
         for row in rows {
@@ -382,7 +385,10 @@ pub fn run_timers() -> Result<Value, CapacityError> {
         let applied = apply(
             id,
             Event::CustomerConfirmationTimeout,
-            json!({"reason": "customer confirmation deadline passed"}),
+            match as_of {
+                None => json!({"reason": "customer confirmation deadline passed"}),
+                Some(t) => json!({"reason": "customer confirmation deadline passed", "as_of": t}),
+            },
             &system,
             Some("sys:confirmation-timeout"),
         )?;
@@ -395,17 +401,17 @@ pub fn run_timers() -> Result<Value, CapacityError> {
             // Overlapping runs cannot warn twice: the UPDATE re-checks last_notified_at under
             // the row lock, and a concurrently locked row is left for the next run.
             let rows = client.update(
-                "UPDATE capacity.capacity_requests r SET last_notified_at = now() \
+                "UPDATE capacity.capacity_requests r SET last_notified_at = coalesce($2::timestamptz, now()) \
                   WHERE id IN (SELECT id FROM capacity.capacity_requests \
                                 WHERE state = 'CUSTOMER_CONFIRMATION_REQUIRED' \
-                                  AND customer_confirmation_deadline_at > now() \
-                                  AND customer_confirmation_deadline_at <= now() + make_interval(hours => $1) \
+                                  AND customer_confirmation_deadline_at > coalesce($2::timestamptz, now()) \
+                                  AND customer_confirmation_deadline_at <= coalesce($2::timestamptz, now()) + make_interval(hours => $1) \
                                   AND (last_notified_at IS NULL \
                                        OR last_notified_at < customer_confirmation_deadline_at - make_interval(hours => $1)) \
                                 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, customer_confirmation_deadline_at::text",
                 None,
-                &[(warning_hours as i32).into()],
+                &[(warning_hours as i32).into(), as_of.into()],
             )?;
             let mut list = Vec::new();
             for row in rows {
