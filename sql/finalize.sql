@@ -1200,7 +1200,7 @@ COMMENT ON VIEW provisioning.v_phase_latency IS 'Provisioning latency per phase 
 -- service_role gets it here (grant it to other roles listed in flowgate.trusted_roles). Tenants
 -- see nothing here: the tables hold project refs and encrypted keys.
 REVOKE EXECUTE ON FUNCTION provisioning.enqueue_client(text, text, text, text, jsonb), provisioning.claim_job(text),
-    provisioning.report_job(uuid, text, boolean, integer, text, integer), provisioning.retry(uuid), provisioning.retry(text),
+    provisioning.report_job(uuid, text, boolean, integer, text, integer), provisioning.retry(uuid), provisioning.retry(text), provisioning.sync_schema(text),
     provisioning.list_jobs(text, integer), provisioning.run_jobs(integer), provisioning.tenant_keys(uuid) FROM PUBLIC;
 DO $grant$
 BEGIN
@@ -1208,7 +1208,7 @@ BEGIN
         GRANT USAGE ON SCHEMA provisioning TO service_role;
         GRANT SELECT ON ALL TABLES IN SCHEMA provisioning TO service_role;
         GRANT EXECUTE ON FUNCTION provisioning.enqueue_client(text, text, text, text, jsonb), provisioning.claim_job(text),
-            provisioning.report_job(uuid, text, boolean, integer, text, integer), provisioning.retry(uuid), provisioning.retry(text),
+            provisioning.report_job(uuid, text, boolean, integer, text, integer), provisioning.retry(uuid), provisioning.retry(text), provisioning.sync_schema(text),
             provisioning.list_jobs(text, integer), provisioning.run_jobs(integer), provisioning.tenant_keys(uuid)
             TO service_role;
         CREATE POLICY service_role_reads ON provisioning.clients FOR SELECT TO service_role USING (true);
@@ -1224,6 +1224,8 @@ COMMENT ON FUNCTION provisioning.report_job(uuid, text, boolean, integer, text, 
   'End an attempt: success, or failure with its HTTP status (transient ones retry with back-off and jitter; other 4xx fail at once).';
 COMMENT ON FUNCTION provisioning.retry(uuid) IS 'Operator retry: the client''s failed or waiting jobs start over now (attempts = 0).';
 COMMENT ON FUNCTION provisioning.retry(text) IS 'Operator retry naming the client by its slug or its id.';
+COMMENT ON FUNCTION provisioning.sync_schema(text) IS
+  'Queue a schema_sync job for every ready client behind the newest migration (or the one named by slug or id).';
 COMMENT ON FUNCTION provisioning.list_jobs(text, integer) IS 'Provisioning jobs, newest first, optionally of one status.';
 COMMENT ON FUNCTION provisioning.run_jobs(integer) IS
   'Claim and start due jobs; their Management API calls go through the outbox and each answer moves the job on (scheduled).';
@@ -1250,7 +1252,7 @@ DECLARE
                    "capacity.handle_slack_action(text, text, text)"],
       "intake": ["intake.claim(text)", "intake.claim_resource(text, text)", "intake.finalize_transaction(jsonb)"],
       "provisioning": ["provisioning.enqueue_client(text, text, text, text, jsonb)", "provisioning.claim_job(text)",
-                       "provisioning.report_job(uuid, text, boolean, integer, text, integer)", "provisioning.retry(uuid)", "provisioning.retry(text)",
+                       "provisioning.report_job(uuid, text, boolean, integer, text, integer)", "provisioning.retry(uuid)", "provisioning.retry(text)", "provisioning.sync_schema(text)",
                        "provisioning.list_jobs(text, integer)", "provisioning.run_jobs(integer)", "provisioning.tenant_keys(uuid)"]
     }';
 BEGIN

@@ -278,13 +278,13 @@ SELECT set_config('request.jwt.claims', '', true) \g /dev/null
 -- =============================================================================================
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text)
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-            WHERE n.nspname = 'provisioning' AND p.proname IN ('enqueue_client', 'claim_job', 'report_job', 'retry', 'run_jobs', 'tenant_keys', 'list_jobs')
+            WHERE n.nspname = 'provisioning' AND p.proname IN ('enqueue_client', 'claim_job', 'report_job', 'retry', 'run_jobs', 'tenant_keys', 'list_jobs', 'sync_schema')
               AND p.prosecdef AND p.proconfig = ARRAY['search_path=pg_catalog, pg_temp']
               AND has_function_privilege('service_role', p.oid, 'EXECUTE')
               AND NOT has_function_privilege('authenticated', p.oid, 'EXECUTE')
               AND NOT has_function_privilege('anon', p.oid, 'EXECUTE')),
     ARRAY['provisioning.claim_job(text)', 'provisioning.enqueue_client(text,text,text,text,jsonb)', 'provisioning.list_jobs(text,integer)',
-          'provisioning.report_job(uuid,text,boolean,integer,text,integer)', 'provisioning.retry(text)', 'provisioning.retry(uuid)', 'provisioning.run_jobs(integer)',
+          'provisioning.report_job(uuid,text,boolean,integer,text,integer)', 'provisioning.retry(text)', 'provisioning.retry(uuid)', 'provisioning.run_jobs(integer)', 'provisioning.sync_schema(text)',
           'provisioning.tenant_keys(uuid)'],
     'every operator function is SECURITY DEFINER with a pinned search_path, executable by service_role and not by anon or authenticated');
 

@@ -4,7 +4,7 @@
 -- operator retry, a timeout whose project is adopted instead of created twice, a failed
 -- migration resumed after the fix, and tenant keys never in plain text anywhere.
 BEGIN;
-SELECT plan(37);
+SELECT plan(41);
 SET LOCAL client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -134,6 +134,16 @@ SELECT is((SELECT string_agg(split_part(wire_key, ':', 4) || '=' || cnt, ',' ORD
              FROM (SELECT wire_key, count(*) AS cnt FROM flowgate.deliveries
                     WHERE wire_key LIKE 'provisioning:' || pg_temp.client('mig') || ':migration:%' GROUP BY wire_key) x),
           '1=1,2=2,3=1', 'migration 1 was sent once, 2 twice (failed, fixed), 3 once');
+
+-- ---- A migration added later reaches a tenant that was already ready ------------------------------------------
+SELECT pg_temp.api('ok') \g /dev/null
+SELECT is(provisioning.sync_schema(pg_temp.slug('happy')) -> 'queued', jsonb_build_array(pg_temp.client('happy')::text),
+          'sync_schema queues the ready tenant that is behind the newest migration (v2 of 3)');
+SELECT is(provisioning.sync_schema(pg_temp.slug('happy')) -> 'queued', '[]'::jsonb, 'once: not again while its job is open');
+SELECT provisioning.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status || ' v' || schema_version FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'ready v3',
+          'the next run applies migration 3 and the tenant is ready again');
+SELECT throws_ok($$SELECT provisioning.sync_schema('no-such-tenant')$$, 'P0002', NULL, 'an unknown client is P0002');
 
 -- ---- Tenant secrets never in plain text ---------------------------------------------------------------------
 CREATE TEMP TABLE secrets AS

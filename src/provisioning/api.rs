@@ -206,6 +206,21 @@ mod provisioning {
             .map_err(ProvisioningError::reporter("provisioning.retry"))
     }
 
+    /// Bring ready tenants up to the newest migration: queue a schema_sync job for every ready
+    /// client behind it (or only `client`, by slug or id). The next run of the jobs applies the
+    /// missing migrations one at a time. Returns `{target_version, queued}`.
+    #[pg_extern(volatile, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn sync_schema(client: default!(Option<&str>, "NULL")) -> Result<JsonB, ErrorReport> {
+        let run = || -> ProvisioningResult<Value> {
+            operator("sync tenant schemas")?;
+            store::sync_schema(client)
+        };
+        run()
+            .map(JsonB)
+            .map_err(ProvisioningError::reporter("provisioning.sync_schema"))
+    }
+
     /// Claim and start up to `max` due jobs and send their Management API calls through the
     /// outbox (what the schedule runs). Returns the jobs started.
     #[pg_extern(volatile, security_definer)]

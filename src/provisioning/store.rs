@@ -140,6 +140,43 @@ pub fn enqueue_job(
     )
 }
 
+/// Queue a schema_sync job for every ready client (or the one named) that is behind the newest
+/// migration and has no open schema_sync job, so migrations added later reach tenants that were
+/// already provisioned. Returns `{target_version, queued: [client ids]}`.
+pub fn sync_schema(only: Option<&str>) -> ProvisioningResult<Value> {
+    let only = only.map(client_id_of).transpose()?;
+    Spi::connect_mut(|client| {
+        let target = client
+            .select(
+                "SELECT coalesce(max(version), 0) FROM provisioning.migrations",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<i32>()?
+            .unwrap_or(0);
+        let behind = client.select(
+            "SELECT c.client_id::text FROM provisioning.clients c \
+              WHERE c.provisioning_status = 'ready' AND coalesce(c.schema_version, 0) < $1 \
+                AND ($2::uuid IS NULL OR c.client_id = $2::uuid) \
+                AND NOT EXISTS (SELECT FROM provisioning.client_provisioning_jobs j \
+                                 WHERE j.client_id = c.client_id AND j.job_type = 'schema_sync' \
+                                   AND j.status IN ('queued', 'running')) \
+              ORDER BY c.created_at, c.client_id LIMIT 10000",
+            None,
+            &[target.into(), only.as_deref().into()],
+        )?;
+        let ids: Vec<String> = behind
+            .into_iter()
+            .filter_map(|row| row.get::<String>(1).ok().flatten())
+            .collect();
+        for id in &ids {
+            enqueue_job(client, id, "schema_sync")?;
+        }
+        Ok(json!({"target_version": target, "queued": ids}))
+    })
+}
+
 /// What `enqueue_client` needs.
 pub struct NewClient<'a> {
     pub slug: &'a str,
