@@ -509,16 +509,22 @@ CREATE FUNCTION intake.publish_realtime() RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    t text;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'supabase_realtime') THEN
         RETURN false;
     END IF;
-    IF EXISTS (SELECT FROM pg_publication WHERE pubname = 'supabase_realtime' AND puballtables)
-       OR EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_realtime'
-                   AND schemaname = 'intake' AND tablename = 'transactions') THEN
+    IF EXISTS (SELECT FROM pg_publication WHERE pubname = 'supabase_realtime' AND puballtables) THEN
         RETURN true;
     END IF;
-    ALTER PUBLICATION supabase_realtime ADD TABLE intake.transactions;
+    -- The ledger (a fan's app hears about its own row) and the pool metrics (a live dashboard).
+    FOREACH t IN ARRAY ARRAY['transactions', 'engine_metrics'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_realtime'
+                        AND schemaname = 'intake' AND tablename = t) THEN
+            EXECUTE format('ALTER PUBLICATION supabase_realtime ADD TABLE intake.%I', t);
+        END IF;
+    END LOOP;
     RETURN true;
 END
 $$;
@@ -556,7 +562,7 @@ COMMENT ON FUNCTION intake.finalize_transaction(jsonb) IS
 COMMENT ON FUNCTION intake.collect_metrics(text, double precision) IS
   'Write an intake.engine_metrics row per pool from counters (no count(*) over live tables).';
 COMMENT ON FUNCTION intake.publish_realtime() IS
-  'Add intake.transactions to the supabase_realtime publication if it exists; true when published.';
+  'Add intake.transactions and intake.engine_metrics to the supabase_realtime publication if it exists; true when published.';
 COMMENT ON FUNCTION intake.claim_resource(text, text) IS
   'Trusted backends (grant EXECUTE to the service role): claim one resource for a user: claimed (resource_id, slot, msg_id), sold_out, limit_reached or paused. Never the same resource twice.';
 COMMENT ON FUNCTION intake.create_pool(text, integer, jsonb) IS 'Create a pool with inventory slots, its pgmq queue and DLQ.';

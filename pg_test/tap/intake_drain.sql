@@ -4,7 +4,7 @@
 -- connections is retried without re-validating; the ledger itself (idempotency, bad payloads,
 -- RLS), the external-worker API and metrics.
 BEGIN;
-SELECT plan(72);
+SELECT plan(74);
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
 END $$;
@@ -155,6 +155,9 @@ RESET client_min_messages;
 SELECT is(intake.publish_realtime(), true, 'with the publication, the ledger is added');
 SELECT ok(EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_realtime' AND schemaname = 'intake' AND tablename = 'transactions'),
           'intake.transactions is published');
+SELECT ok(EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_realtime' AND schemaname = 'intake' AND tablename = 'engine_metrics'),
+          'and so is intake.engine_metrics, for a live dashboard');
+SELECT is(intake.publish_realtime(), true, 'joining again is harmless');
 
 -- ---- Paused pools, metrics --------------------------------------------------------------------
 UPDATE intake.engine_config SET paused = true WHERE pool_id = 'tap_reject';
