@@ -11,7 +11,7 @@ PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PGBIN/pg_config
 APT_PACKAGES=(build-essential pkg-config libssl-dev libclang-dev clang sudo curl ca-certificates
   postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-cron
-  postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl libfaketime)
+  postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl libfaketime chromium)
 
 # The demo cluster (setup.sh) and the throwaway test cluster (test.sh); both outside $HOME,
 # which the postgres user cannot enter.

@@ -1237,6 +1237,132 @@ COMMENT ON FUNCTION provisioning.run_jobs(integer) IS
   'Claim and start due jobs; their Management API calls go through the outbox and each answer moves the job on (scheduled).';
 COMMENT ON FUNCTION provisioning.tenant_keys(uuid) IS 'Decrypt a tenant''s anon key, service key and database password (operators only).';
 
+-- ==== Dashboard ===================================================================================
+-- One self-contained HTML page (inline SVG, no external asset, no script) that PostgREST serves
+-- as text/html: a function returning the "text/html" domain is PostgREST's media-type handler,
+-- so GET /rest/v1/rpc/dashboard with `Accept: text/html` returns the page. It reads as its
+-- caller (SECURITY INVOKER): each reader sees what their privileges and row-level security show.
+CREATE DOMAIN flowgate."text/html" AS text;
+COMMENT ON DOMAIN flowgate."text/html" IS 'HTML text; PostgREST answers a function returning it with Content-Type text/html.';
+
+CREATE FUNCTION flowgate.html(t text) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT replace(replace(replace(replace(replace(coalesce(t, ''), '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '"', '&quot;'), '''', '&#39;')
+$$;
+COMMENT ON FUNCTION flowgate.html(text) IS 'The text escaped for HTML (& < > " ''); NULL is empty.';
+
+-- An SVG polyline of the values, oldest first, scaled into a width x height box.
+CREATE FUNCTION flowgate.svg_line(vals numeric[], colour text, width int DEFAULT 320, height int DEFAULT 60) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN coalesce(array_length(vals, 1), 0) = 0 THEN '' ELSE
+      format('<polyline fill="none" stroke="%s" stroke-width="1.5" data-points="%s" points="%s"/>',
+             flowgate.html(colour), array_length(vals, 1),
+             (SELECT string_agg(
+                       round(CASE WHEN n = 1 THEN 0 ELSE (i - 1) * width::numeric / (n - 1) END, 1)::text || ',' ||
+                       round(height - CASE WHEN hi = lo THEN height / 2.0 ELSE (v - lo) * height / (hi - lo) END, 1)::text, ' ' ORDER BY i)
+                FROM (SELECT v, i, count(*) OVER () AS n, min(v) OVER () AS lo, max(v) OVER () AS hi
+                        FROM unnest(vals) WITH ORDINALITY AS u(v, i)) x))
+    END
+$$;
+
+CREATE FUNCTION flowgate.dashboard(refresh_seconds int DEFAULT 10, samples int DEFAULT 60) RETURNS flowgate."text/html"
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    page text;
+    part text;
+    r record;
+BEGIN
+    IF refresh_seconds IS NULL OR refresh_seconds NOT BETWEEN 1 AND 3600 OR samples IS NULL OR samples NOT BETWEEN 2 AND 1440 THEN
+        RAISE EXCEPTION 'invalid dashboard arguments: refresh_seconds %, samples %', refresh_seconds, samples
+              USING ERRCODE = '22023', HINT = 'refresh_seconds 1 to 3600, samples 2 to 1440';
+    END IF;
+    page := format('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="%s">'
+        '<title>flowgate</title><style>body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}'
+        'table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}'
+        'th{background:#f3f3f3}svg{background:#fafafa;border:1px solid #ddd}.pool{margin:0 0 1.5em}'
+        '.muted{color:#777}</style></head><body><h1>flowgate</h1><p class="muted">as of %s; refreshes every %s s</p>',
+        refresh_seconds, flowgate.html(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"')), refresh_seconds);
+
+    -- Pools: drain over time from engine_metrics.
+    page := page || '<h2>Intake pools</h2>';
+    part := '';
+    FOR r IN
+        SELECT m.pool_id, array_agg(m.available_slots::numeric ORDER BY m.collected_at) AS available,
+               array_agg(m.queue_depth::numeric ORDER BY m.collected_at) AS queue,
+               array_agg(m.processing_velocity ORDER BY m.collected_at) AS velocity,
+               array_agg(m.dlq_depth::numeric ORDER BY m.collected_at) AS dlq,
+               (array_agg(m.available_slots ORDER BY m.collected_at DESC))[1] AS last_available,
+               (array_agg(m.queue_depth ORDER BY m.collected_at DESC))[1] AS last_queue,
+               (array_agg(m.processing_velocity ORDER BY m.collected_at DESC))[1] AS last_velocity,
+               (array_agg(m.dlq_depth ORDER BY m.collected_at DESC))[1] AS last_dlq
+          FROM (SELECT *, row_number() OVER (PARTITION BY pool_id ORDER BY collected_at DESC) AS rn FROM intake.engine_metrics) m
+         WHERE m.rn <= samples
+         GROUP BY m.pool_id ORDER BY m.pool_id
+    LOOP
+        part := part || format('<div class="pool" id="pool-%s"><h3>%s</h3><p>available %s · queue %s · %s committed/s · DLQ %s</p>'
+            '<svg width="320" height="60" viewBox="0 0 320 60" role="img" aria-label="pool %s over time">%s%s%s%s</svg></div>',
+            flowgate.html(r.pool_id), flowgate.html(r.pool_id), r.last_available, r.last_queue, r.last_velocity, r.last_dlq,
+            flowgate.html(r.pool_id),
+            flowgate.svg_line(r.available, '#2a7'), flowgate.svg_line(r.queue, '#27c'),
+            flowgate.svg_line(r.velocity, '#c72'), flowgate.svg_line(r.dlq, '#c22'));
+    END LOOP;
+    page := page || coalesce(nullif(part, ''), '<p class="muted">no pool metrics yet</p>');
+
+    -- Outbox health per destination.
+    page := page || '<h2>Outbox</h2><table id="outbox"><tr><th>module</th><th>destination</th><th>status</th><th>deliveries</th><th>oldest</th><th>latest error</th></tr>';
+    FOR r IN SELECT * FROM flowgate.outbox_summary ORDER BY module, destination, status LOOP
+        page := page || format('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>',
+            flowgate.html(r.module), flowgate.html(r.destination), flowgate.html(r.status::text), r.deliveries,
+            flowgate.html(to_char(r.oldest AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')), flowgate.html(r.last_error));
+    END LOOP;
+    page := page || '</table>';
+
+    -- Capacity requests that wait for someone: their age and who holds the next decision.
+    page := page || '<h2>Capacity requests</h2><table id="capacity"><tr><th>request</th><th>state</th><th>waiting</th><th>next decision</th></tr>';
+    FOR r IN
+        SELECT id, state, now() - updated_at AS age,
+               CASE state WHEN 'COMMERCIAL_APPROVAL_REQUIRED' THEN 'commercial owner ' || commercial_owner_user_id
+                          WHEN 'TECHNICAL_REVIEW_REQUIRED' THEN 'infra group ' || infra_owner_group
+                          WHEN 'CUSTOMER_CONFIRMATION_REQUIRED' THEN 'customer, via requester ' || requester_user_id
+                          WHEN 'PROVISIONING_IN_PROGRESS' THEN 'infra group ' || infra_owner_group
+                          WHEN 'READY_FOR_CUSTOMER' THEN 'requester ' || requester_user_id
+                          WHEN 'EXPIRED' THEN 'commercial owner ' || commercial_owner_user_id END AS holder
+          FROM capacity.capacity_requests
+         WHERE state NOT IN ('ACTIVATED', 'CANCELLED', 'FAILED')
+         ORDER BY updated_at LIMIT 200
+    LOOP
+        page := page || format('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>', flowgate.html(r.id), flowgate.html(r.state::text),
+            flowgate.html(justify_interval(date_trunc('minute', r.age))::text), flowgate.html(r.holder));
+    END LOOP;
+    page := page || '</table>';
+
+    -- Release gates per release.
+    page := page || '<h2>Release gates</h2><table id="gates"><tr><th>release</th><th>status</th><th>G1</th><th>G2</th><th>G3</th><th>G4</th></tr>';
+    FOR r IN
+        SELECT rel.version, rel.status,
+               max(g.status) FILTER (WHERE g.gate_code = 'G1') AS g1, max(g.status) FILTER (WHERE g.gate_code = 'G2') AS g2,
+               max(g.status) FILTER (WHERE g.gate_code = 'G3') AS g3, max(g.status) FILTER (WHERE g.gate_code = 'G4') AS g4
+          FROM ops.releases rel LEFT JOIN ops.release_gates g ON g.release_id = rel.release_id
+         GROUP BY rel.release_id, rel.version, rel.status, rel.created_at ORDER BY rel.created_at DESC LIMIT 50
+    LOOP
+        page := page || format('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>',
+            flowgate.html(r.version), flowgate.html(r.status), flowgate.html(r.g1), flowgate.html(r.g2), flowgate.html(r.g3), flowgate.html(r.g4));
+    END LOOP;
+    page := page || '</table></body></html>';
+    RETURN page;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION flowgate.dashboard(int, int) FROM PUBLIC;
+COMMENT ON FUNCTION flowgate.dashboard(int, int) IS
+  'One self-contained HTML page (inline SVG, no script) of pool drains, outbox health, capacity requests and release gates; '
+  'served by PostgREST as text/html (Accept: text/html). Runs with the caller''s rights; owner only by default.';
+
 -- ==== Privileges as a feature ======================================================================
 -- What a backend role (or PostgREST's authenticated role) needs to call each module's API, and
 -- nothing more. Operator functions stay owner-only; trusted-only entry points check trust
