@@ -11,7 +11,10 @@ PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PGBIN/pg_config
 APT_PACKAGES=(build-essential pkg-config libssl-dev libclang-dev clang sudo curl ca-certificates
   postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-cron
-  postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl libfaketime chromium)
+  postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl)
+# Only the test suite needs these: libfaketime moves a test server's clock, Chromium renders
+# the dashboard. pg_test/test.sh adds them (install_dependencies test).
+TEST_APT_PACKAGES=(libfaketime chromium)
 
 # The demo cluster (setup.sh) and the throwaway test cluster (test.sh); both outside $HOME,
 # which the postgres user cannot enter.
@@ -41,12 +44,13 @@ as_postgres() { (cd / && "${SUDO[@]}" runuser -u postgres -- "$@"); }
 
 install_apt_packages() {
   step "apt packages"
-  local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  local missing=() wanted=("${APT_PACKAGES[@]}")
+  [ "${1:-}" = test ] && wanted+=("${TEST_APT_PACKAGES[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ ${#missing[@]} -eq 0 ]; then
-    echo "    all ${#APT_PACKAGES[@]} packages present"
+    echo "    all ${#wanted[@]} packages present"
   else
     echo "    installing: ${missing[*]}"
     "${SUDO[@]}" apt-get update -qq
@@ -96,7 +100,7 @@ install_pgmq() {
 }
 
 install_dependencies() {
-  install_apt_packages
+  install_apt_packages "${1:-}"
   ensure_postgres_user
   install_cargo_pgrx
   install_pgmq

@@ -10,7 +10,7 @@ t0=$(date +%s)
 LOG_DIR=${FLOWGATE_LOG_DIR:-/var/tmp/flowgate/logs}
 mkdir -p "$LOG_DIR"
 
-install_dependencies
+install_dependencies test
 
 # cargo pgrx test copies its debug build into the shared extension directory: stop our
 # clusters first so no running backend has the library mapped while it is overwritten.
