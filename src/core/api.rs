@@ -86,7 +86,7 @@ fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
 fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
         // Who may write, which key, how large: all before the value is read.
-        store::require_settings_writer()?;
+        store::require_writer("flowgate.settings", "write flowgate settings")?;
         settings::definition(key)?;
         store::set_value(key, value.value("value", MAX_JSON_ARG_BYTES)?)
     };

@@ -182,12 +182,12 @@ pub fn get_list(key: &str) -> CoreResult<Vec<String>> {
     settings::as_list(def, stored)
 }
 
-/// 42501 unless the calling role may write `flowgate.settings` (the extension owner, or whoever
-/// it granted INSERT and UPDATE to).
-pub fn require_settings_writer() -> CoreResult<()> {
-    let may = Spi::get_one::<bool>(
-        "SELECT pg_catalog.has_table_privilege('flowgate.settings', 'INSERT') \
-            AND pg_catalog.has_table_privilege('flowgate.settings', 'UPDATE')",
+/// 42501 unless the calling role may INSERT and UPDATE `table` (one of flowgate's owner-only
+/// tables: the extension owner, or roles it granted both). `action` says what was refused.
+pub fn require_writer(table: &str, action: &str) -> CoreResult<()> {
+    let may = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, 'INSERT') AND pg_catalog.has_table_privilege($1, 'UPDATE')",
+        &[table.into()],
     )?
     .unwrap_or(false);
     if may {
@@ -195,9 +195,8 @@ pub fn require_settings_writer() -> CoreResult<()> {
     }
     Err(super::error::CoreError::PermissionDenied {
         actor: current_user(),
-        action: "write flowgate settings".into(),
-        allowed: "the extension owner, or roles it granted INSERT and UPDATE on flowgate.settings"
-            .into(),
+        action: action.into(),
+        allowed: format!("the extension owner, or roles it granted INSERT and UPDATE on {table}"),
     })
 }
 

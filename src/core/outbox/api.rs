@@ -86,27 +86,10 @@ fn enqueue_delivery(
 #[pg_extern(volatile, strict)]
 fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
     let run = || -> CoreResult<String> {
-        require_secrets_writer()?;
+        settings::require_writer("flowgate.secrets", "store secrets")?;
         Spi::connect_mut(|client| store::store_secret(client, name, value)).map(str::to_owned)
     };
     run().map_err(CoreError::reporter("flowgate.set_secret"))
-}
-
-fn require_secrets_writer() -> CoreResult<()> {
-    let may = Spi::get_one::<bool>(
-        "SELECT pg_catalog.has_table_privilege('flowgate.secrets', 'INSERT') \
-            AND pg_catalog.has_table_privilege('flowgate.secrets', 'UPDATE')",
-    )?
-    .unwrap_or(false);
-    if may {
-        return Ok(());
-    }
-    Err(CoreError::PermissionDenied {
-        actor: settings::current_user(),
-        action: "store secrets".into(),
-        allowed: "the extension owner, or roles it granted INSERT and UPDATE on flowgate.secrets"
-            .into(),
-    })
 }
 
 /// The transport `flowgate.dispatch` uses now: the `flowgate.http_transport` setting, with
