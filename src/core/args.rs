@@ -19,9 +19,11 @@ pub const MAX_RESPONSE_ARG_BYTES: usize = 1024 * 1024;
 /// The limit of a reported error text.
 pub const MAX_ERROR_TEXT_BYTES: usize = 8 * 1024;
 
-/// A `jsonb` function argument, not yet detoasted or converted.
+/// A `jsonb` function argument, not yet detoasted or converted. A NULL that reaches a required
+/// (non-`Option`) argument of a non-STRICT function is kept as "absent" and refused with 22023
+/// by [`RawJsonb::value`], never a panic.
 pub struct RawJsonb {
-    datum: pg_sys::Datum,
+    datum: Option<pg_sys::Datum>,
 }
 
 impl FromDatum for RawJsonb {
@@ -30,7 +32,7 @@ impl FromDatum for RawJsonb {
         is_null: bool,
         _typoid: pg_sys::Oid,
     ) -> Option<Self> {
-        (!is_null).then_some(RawJsonb { datum })
+        (!is_null).then_some(RawJsonb { datum: Some(datum) })
     }
 }
 
@@ -38,10 +40,8 @@ impl FromDatum for RawJsonb {
 // lives for the whole call; nothing is read from it here.
 unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
-        let index = arg.index();
-        // SAFETY: the caller upholds ArgAbi's contract (a jsonb datum).
-        unsafe { arg.unbox_arg_using_from_datum() }
-            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+        // SAFETY: the caller upholds ArgAbi's contract (a jsonb datum, or NULL).
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or(RawJsonb { datum: None })
     }
 
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
@@ -53,21 +53,24 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
 pgrx::impl_sql_translatable!(RawJsonb, arg_only = "jsonb");
 
 impl RawJsonb {
-    /// The size in bytes of the jsonb value once detoasted, read without detoasting it.
+    /// The size in bytes of the jsonb value once detoasted, read without detoasting it (0 for
+    /// an absent value).
     pub fn size(&self) -> usize {
         // SAFETY: `datum` is a valid (possibly toasted or compressed) varlena for the call;
         // toast_raw_datum_size only reads its header or toast pointer.
-        unsafe { pg_sys::toast_raw_datum_size(self.datum) }
+        self.datum
+            .map_or(0, |d| unsafe { pg_sys::toast_raw_datum_size(d) })
     }
 
     /// Convert the value, refusing it with 22023 when it is larger than `limit` bytes or nested
     /// deeper than [`MAX_JSON_DEPTH`] levels.
     pub fn value(self, what: &str, limit: usize) -> CoreResult<Value> {
         check_size(what, self.size(), limit)?;
+        let datum = required(what, self.datum)?;
         // SAFETY: a non-null jsonb datum valid for the call (see FromDatum above); jsonb_out
         // detoasts it and returns a palloc'd C string, copied before anything else runs.
         let text = unsafe {
-            pgrx::direct_function_call::<&core::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.datum)])
+            pgrx::direct_function_call::<&core::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)])
                 .map(|c| c.to_string_lossy().into_owned())
         }
         .ok_or_else(|| CoreError::Internal(format!("{what}: jsonb_out returned NULL")))?;
