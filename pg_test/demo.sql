@@ -49,7 +49,7 @@ SELECT * FROM public.demo_events;
 SELECT flowgate.set_setting('flowgate.http_transport', '"native"') IS NOT NULL AS native_transport;
 SELECT flowgate.enqueue_delivery('demo', 'CR-2026-000123', 'http://127.0.0.1:9/hook',
        'demo:CR-2026-000123:created', '{"text": "New capacity request CR-2026-000123"}') AS delivery_id;
-SELECT flowgate.dispatch() AS dispatch_summary;
+CALL flowgate.run_outbox();
 SELECT id, status, attempts, last_error, next_attempt_at > now() AS backing_off FROM flowgate.deliveries;
 
 \echo '--- periodic jobs registered with pg_cron'

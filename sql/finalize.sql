@@ -57,166 +57,8 @@ COMMENT ON FUNCTION flowgate.setting_definitions() IS
 
 -- ==== Outbox =====================================================================================
 
--- Outbox orchestration. PL/pgSQL so that each delivery's outcome and owner handler run in a
--- subtransaction (an EXCEPTION block): one failing handler never undoes the rest of a batch.
-
-CREATE FUNCTION flowgate.record_attempt_isolated(
-    p_id bigint, p_status_code int, p_retry_after text, p_body text, p_content_type text,
-    p_error_kind text, p_error text
-) RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    msg text;
-    state text;
-BEGIN
-    RETURN flowgate.record_attempt(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
-    -- The request itself may have succeeded: a 2xx stays delivered (re-sending could post a
-    -- Slack message twice); flowgate.rerun_handlers() retries just the handler.
-    UPDATE flowgate.deliveries
-       SET status = CASE WHEN p_status_code BETWEEN 200 AND 299 THEN 'delivered' ELSE 'failed' END::flowgate.delivery_status,
-           delivered_at = CASE WHEN p_status_code BETWEEN 200 AND 299 THEN clock_timestamp() END,
-           last_status_code = p_status_code, response_body = p_body, response_content_type = p_content_type,
-           last_error = CASE WHEN p_status_code BETWEEN 200 AND 299
-                             THEN 'delivered, but the response handler failed; fix it, then flowgate.rerun_handlers()'
-                             ELSE 'recording the outcome or running the response handler failed; fix the cause, then flowgate.replay_dead()' END,
-           handler_error = state || ': ' || msg, claimed_at = NULL, updated_at = clock_timestamp()
-     WHERE id = p_id AND status = 'in_flight';
-    RETURN 'handler_error';
-END
-$$;
-
--- Record one attempt; only deliveries with a response handler pay for a subtransaction
--- (a busy batch of plain webhooks would otherwise overflow the 64-entry subxid cache).
-CREATE FUNCTION flowgate.record_attempt_checked(
-    p_id bigint, p_status_code int, p_retry_after text, p_body text, p_content_type text,
-    p_error_kind text, p_error text
-) RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF EXISTS (SELECT FROM flowgate.deliveries WHERE id = p_id AND handler IS NOT NULL) THEN
-        RETURN flowgate.record_attempt_isolated(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
-    END IF;
-    RETURN flowgate.record_attempt(p_id, p_status_code, p_retry_after, p_body, p_content_type, p_error_kind, p_error);
-END
-$$;
-
--- Send deliveries already claimed (in_flight) by this transaction and record their outcomes.
-CREATE FUNCTION flowgate.send_claimed(ids bigint[], chosen text) RETURNS jsonb
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    native_ids bigint[] := '{}';
-    r record;
-    verdict text;
-    counts jsonb := '{"delivered": 0, "retry": 0, "failed": 0, "dead": 0, "skipped": 0, "handler_error": 0}';
-BEGIN
-    IF chosen = 'pg_net' THEN
-        FOR r IN SELECT * FROM flowgate.transport_pg_net(ids) LOOP
-            IF r.error_kind = 'native' THEN
-                native_ids := native_ids || r.id;
-            ELSE
-                verdict := flowgate.record_attempt_checked(r.id, NULL, NULL, NULL, NULL, r.error_kind, r.error);
-                counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
-            END IF;
-        END LOOP;
-        UPDATE flowgate.deliveries SET transport = 'native' WHERE id = ANY (native_ids);
-    ELSE
-        native_ids := ids;
-    END IF;
-
-    IF cardinality(native_ids) > 0 THEN
-        FOR r IN SELECT * FROM flowgate.transport_native(native_ids) LOOP
-            verdict := flowgate.record_attempt_checked(r.id, r.status_code, r.retry_after, r.body,
-                                                        r.content_type, r.error_kind, r.error);
-            counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
-        END LOOP;
-    END IF;
-
-    RETURN jsonb_build_object('transport', chosen, 'claimed', cardinality(ids),
-                              'queued', CASE WHEN chosen = 'pg_net'
-                                             THEN cardinality(ids) - cardinality(native_ids)
-                                                  - (counts ->> 'failed')::int - (counts ->> 'handler_error')::int
-                                             ELSE 0 END)
-           || counts;
-END
-$$;
-
-CREATE FUNCTION flowgate.dispatch(max_deliveries int DEFAULT NULL) RETURNS jsonb
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    n int := coalesce(max_deliveries, (flowgate.get_setting('flowgate.dispatch_batch_size'))::int);
-    chosen text := flowgate.effective_transport();
-    ids bigint[];
-BEGIN
-    IF n IS NULL OR n NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('invalid max_deliveries: %s', n), HINT = 'allowed: 1 to 10000, or NULL for the setting';
-    END IF;
-
-    WITH due AS (
-        SELECT id FROM flowgate.deliveries
-         WHERE status = 'pending' AND next_attempt_at <= now()
-         ORDER BY next_attempt_at, id
-         LIMIT n
-           FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE flowgate.deliveries d
-           SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = now(),
-               transport = chosen, transport_ref = NULL, updated_at = now()
-          FROM due
-         WHERE d.id = due.id
-        RETURNING d.id
-    )
-    SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO ids FROM claimed;
-
-    IF cardinality(ids) = 0 THEN
-        RETURN jsonb_build_object('transport', chosen, 'claimed', 0, 'queued', 0,
-                                  'delivered', 0, 'retry', 0, 'failed', 0, 'dead', 0, 'skipped', 0, 'handler_error', 0);
-    END IF;
-    RETURN flowgate.send_claimed(ids, chosen);
-END
-$$;
-
--- Dispatch these deliveries now (those still pending and due; others are skipped): how a
--- module sends what it has just enqueued without waiting for the next dispatch run.
-CREATE FUNCTION flowgate.dispatch_ids(ids bigint[]) RETURNS jsonb
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    chosen text := flowgate.effective_transport();
-    claimed_ids bigint[];
-BEGIN
-    WITH due AS (
-        SELECT id FROM flowgate.deliveries
-         WHERE id = ANY (ids) AND status = 'pending' AND next_attempt_at <= now()
-         ORDER BY id
-           FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE flowgate.deliveries d
-           SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = now(),
-               transport = chosen, transport_ref = NULL, updated_at = now()
-          FROM due
-         WHERE d.id = due.id
-        RETURNING d.id
-    )
-    SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO claimed_ids FROM claimed;
-    IF cardinality(claimed_ids) = 0 THEN
-        RETURN jsonb_build_object('transport', chosen, 'claimed', 0);
-    END IF;
-    RETURN flowgate.send_claimed(claimed_ids, chosen);
-END
-$$;
-
+-- Reading pg_net's responses and expiring lost leases: no HTTP here. Each outcome goes through
+-- flowgate.record_attempt, which records it (and runs the owner's handler in a subtransaction).
 CREATE FUNCTION flowgate.collect() RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -246,8 +88,8 @@ BEGIN
              LIMIT 500
                FOR UPDATE OF d SKIP LOCKED
         $q$ LOOP
-            verdict := flowgate.record_attempt_checked(r.id, r.status_code, r.retry_after, r.body,
-                                                        r.content_type, r.error_kind, r.error);
+            verdict := flowgate.record_attempt(r.id, r.status_code, r.retry_after, r.body,
+                                                r.content_type, r.error_kind, r.error);
             -- pg_net keeps responses for hours: a sensitive one (API keys) goes as soon as it is read.
             IF r.sensitive THEN
                 EXECUTE 'DELETE FROM net._http_response WHERE id = $1' USING r.transport_ref;
@@ -265,8 +107,8 @@ BEGIN
               ORDER BY id
               LIMIT 500
                 FOR UPDATE SKIP LOCKED LOOP
-        verdict := flowgate.record_attempt_checked(r.id, NULL, NULL, NULL, NULL, 'timeout',
-                                                    'no response recorded within the in-flight lease');
+        verdict := flowgate.record_attempt(r.id, NULL, NULL, NULL, NULL, 'timeout',
+                                            'no response recorded within the in-flight lease');
         counts := jsonb_set(counts, ARRAY[verdict], to_jsonb((counts ->> verdict)::int + 1));
         expired := expired + 1;
     END LOOP;
@@ -335,21 +177,15 @@ $$;
 
 -- Outbox and schedules ------------------------------------------------------------------
 -- Operator functions: not for PUBLIC. (Reading deliveries is owner-only too.)
-REVOKE EXECUTE ON FUNCTION flowgate.dispatch(int), flowgate.dispatch_ids(bigint[]), flowgate.send_claimed(bigint[], text), flowgate.collect(), flowgate.replay_dead(bigint[]),
+REVOKE EXECUTE ON FUNCTION flowgate.collect(), flowgate.replay_dead(bigint[]),
     flowgate.set_secret(text, text), flowgate.drop_secret(text),
-    flowgate.record_attempt_isolated(bigint, int, text, text, text, text, text),
-    flowgate.record_attempt_checked(bigint, int, text, text, text, text, text),
     flowgate.rerun_handlers(bigint[]),
     flowgate.record_attempt(bigint, int, text, text, text, text, text),
-    flowgate.transport_native(bigint[]), flowgate.transport_pg_net(bigint[]),
     flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int),
     flowgate.install_schedules(), flowgate.uninstall_schedules(), flowgate.run_periodic(boolean),
     flowgate.run_job(text, text), flowgate.prune_deliveries(int)
   FROM PUBLIC;
 
-COMMENT ON FUNCTION flowgate.dispatch(int) IS
-  'Claim up to max_deliveries due deliveries (SKIP LOCKED) and send them: native transport sends and records '
-  'in this call; pg_net queues them for flowgate.collect(). Returns counts per outcome.';
 COMMENT ON FUNCTION flowgate.collect() IS
   'Record pg_net responses of in-flight deliveries and expire in-flight deliveries past their lease.';
 COMMENT ON FUNCTION flowgate.replay_dead(bigint[]) IS
@@ -1438,7 +1274,7 @@ BEGIN
         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             EXECUTE pg_catalog.format('REVOKE ALL ON ALL TABLES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
             EXECUTE pg_catalog.format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
-            EXECUTE pg_catalog.format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
+            EXECUTE pg_catalog.format('REVOKE ALL ON ALL ROUTINES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
         END IF;
     END LOOP;
 END

@@ -42,7 +42,7 @@ CREATE TABLE flowgate.deliveries (
     delivered_at          timestamptz
 );
 COMMENT ON TABLE flowgate.deliveries IS
-  'Outbox of HTTP deliveries. Enqueued inside a workflow transaction, sent by flowgate.dispatch() '
+  'Outbox of HTTP deliveries. Enqueued inside a workflow transaction, sent by CALL flowgate.run_outbox() or the background worker '
   '(pg_net or native transport), outcomes recorded with retries, dead letters and owner handlers. '
   'Secrets are referenced by name (auth_secret) and resolved at send time; they are never stored here.';
 COMMENT ON COLUMN flowgate.deliveries.auth_secret IS

@@ -62,7 +62,9 @@ drain_rate() {   # drain_rate SESSIONS -> intents committed per second
   q "SELECT count(intake.claim_resource('$pool', 'fan-' || g % 5000)) FROM generate_series(1, $DRAIN_N) g" >/dev/null
   t0=$(date +%s.%N)
   for _ in $(seq 1 "$sessions"); do
-    ( while [ "$(q "SELECT intake.drain('$pool') ->> 'read'")" != "0" ]; do :; done ) &
+    ( while [ "$(q "SELECT EXISTS (SELECT FROM pgmq.q_intake_$pool)")" = "t" ]; do
+        psql_at "$BENCH_PORT" "$BENCH_DB" -tA -c "SELECT intake.drain('$pool')" -c "CALL flowgate.run_outbox()" >/dev/null
+      done ) &
     pids+=($!)
   done
   wait "${pids[@]}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Outbox benchmark: deliveries per second end to end (enqueue committed, flowgate.dispatch
+# Outbox benchmark: deliveries per second end to end (enqueue committed, CALL flowgate.run_outbox
 # driven by pgbench, response recorded) against flowgate-testd on 127.0.0.1, for each
 # available transport, beside a raw baseline: the same number of requests sent by a plain
 # ureq client at the same concurrency, measured in the same run against the same server.
@@ -46,7 +46,7 @@ end_to_end() {
   q "TRUNCATE flowgate.deliveries" >/dev/null
   q "SELECT count(flowgate.enqueue_delivery('bench', 'b' || g, '$URL/ok', '$transport-' || g, jsonb_build_object('g', g)))
        FROM generate_series(1, $N) g" >/dev/null
-  echo "SELECT flowgate.dispatch($BATCH);" > /tmp/flowgate-bench-dispatch.sql
+  echo "CALL flowgate.run_outbox($BATCH);" > /tmp/flowgate-bench-dispatch.sql
   local t0 t1 left
   t0=$(now)
   (cd / && pgbench -n -h "$SOCKET_DIR" -p "$BENCH_PORT" -U postgres -c 2 -j 2 -t $(( N / BATCH / 2 + 1 )) \
@@ -56,7 +56,7 @@ end_to_end() {
       q "SELECT flowgate.collect()" >/dev/null; sleep 0.05
     done
   fi
-  while [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE status = 'pending'")" -gt 0 ]; do q "SELECT flowgate.dispatch($BATCH)" >/dev/null; done
+  while [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE status = 'pending'")" -gt 0 ]; do q "CALL flowgate.run_outbox($BATCH)" >/dev/null; done
   t1=$(now)
   left=$(q "SELECT count(*) FROM flowgate.deliveries WHERE status <> 'delivered'")
   [ "$left" -eq 0 ] || die "$transport: $left deliveries not delivered"

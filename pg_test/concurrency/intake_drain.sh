@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The drain under failure, with real concurrency: 2,000 intents drained at once by four sessions
-# calling intake.drain() in a loop and by the background worker (intake.drain_all every 200 ms),
+# calling intake.drain() and CALL flowgate.run_outbox() in a loop and by the background worker
+# (intake.drain_all and the outbox every 200 ms),
 # while the validation webhook is down (connection refused) for the first seconds, then the
 # ledger (the commit target) is down, then both recover. Checked against the
 # servers' own request counts: every intent committed exactly once, none lost, none validated
@@ -21,7 +22,9 @@ q "SELECT count(intake.claim_resource('$P', 'fan-' || g)) FROM generate_series(1
 stop=$(mktemp -u)
 pids=()
 for _ in 1 2 3 4; do
-  ( while [ ! -e "$stop" ]; do q "SELECT intake.drain('$P')" >/dev/null || exit 1; done ) &
+  ( while [ ! -e "$stop" ]; do
+      psql -X -q -v ON_ERROR_STOP=1 -tA -c "SELECT intake.drain('$P')" -c "CALL flowgate.run_outbox()" >/dev/null || exit 1
+    done ) &
   pids+=($!)
 done
 sleep 3

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Many dispatchers at once never send a delivery twice: 2,000 committed deliveries, 8
-# concurrent pgbench clients calling flowgate.dispatch(25) until the outbox is empty; then
+# concurrent pgbench clients calling CALL flowgate.run_outbox(25) until the outbox is empty; then
 # every delivery is delivered once and the server saw exactly one request per key.
 # Env: PGHOST PGPORT PGUSER PGDATABASE, FLOWGATE_TESTD_URL (flowgate-testd base URL).
 set -euo pipefail
@@ -13,12 +13,12 @@ q "DELETE FROM flowgate.deliveries WHERE owner_module = 'concurrency'"
 q "SELECT count(flowgate.enqueue_delivery('concurrency', 'c' || g, '$FLOWGATE_TESTD_URL/ok', 'conc-$$-' || g, jsonb_build_object('g', g)))
      FROM generate_series(1, $N) g" >/dev/null
 
-script=$(mktemp); echo "SELECT flowgate.dispatch(25);" > "$script"
+script=$(mktemp); echo "CALL flowgate.run_outbox(25);" > "$script"
 pgbench -n -c 8 -j 2 -t 20 -f "$script" >/dev/null 2>&1 || fail "pgbench failed"
 rm -f "$script"
 # Whatever the 8 x 20 calls left (none, if every call claimed a full batch) is sent now.
 while [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'concurrency' AND status = 'pending'")" -gt 0 ]; do
-  q "SELECT flowgate.dispatch(500)" >/dev/null
+  q "CALL flowgate.run_outbox(500)" >/dev/null
 done
 
 delivered=$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'concurrency' AND status = 'delivered' AND attempts = 1")

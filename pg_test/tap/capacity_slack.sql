@@ -1,11 +1,56 @@
 -- Capacity projections (Slack messages + thread replies, Linear issue + comments) through the
 -- outbox against flowgate-testd on 127.0.0.1:5597, and Slack slash commands / buttons with
 -- v0 signatures (computed here with pgcrypto's HMAC, as Slack computes them).
-BEGIN;
-SELECT plan(31);
+--
+-- The projections are sent by CALL flowgate.run_outbox(), which cannot run inside a transaction
+-- block: this file runs in autocommit. Where the background worker runs (it sends due
+-- deliveries every 200 ms) whatever is checked before sending is enqueued and checked in one
+-- transaction, and after a CALL the checks read the rows once the request's deliveries have
+-- settled. Checks that must leave nothing behind run in a BEGIN … ROLLBACK block; the end
+-- removes the request, its deliveries, the settings, secrets and group members it added.
+-- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
+-- no worker there: the CALLs send everything).
+SELECT plan(34);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
-SELECT flowgate.set_setting('flowgate.http_transport', '"native"') \g /dev/null
+-- Until none of the request's deliveries is in flight or due (the worker may be sending them).
+CREATE FUNCTION pg_temp.settle(cr text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        IF NOT EXISTS (SELECT FROM flowgate.deliveries
+                        WHERE owner_module = 'capacity' AND owner_id = cr
+                          AND (status = 'in_flight' OR (status = 'pending' AND next_attempt_at <= clock_timestamp()))) THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE WARNING 'deliveries of % still in flight or due after 5 s', cr;
+    RETURN false;
+END $$;
+-- The requests this file commits (owned by U0AE, requested by U0SA: also those a broken
+-- earlier run left), with their deliveries and their history (append-only: removed with its
+-- triggers off, which only a superuser can do)...
+CREATE FUNCTION pg_temp.forget_requests() RETURNS void LANGUAGE plpgsql SET session_replication_role = replica AS $$
+DECLARE
+    ids text[] := ARRAY(SELECT id FROM capacity.capacity_requests WHERE commercial_owner_user_id = 'U0AE' AND requester_user_id = 'U0SA');
+BEGIN
+    DELETE FROM flowgate.deliveries WHERE owner_module = 'capacity' AND owner_id = ANY (ids);
+    DELETE FROM capacity.capacity_request_events WHERE capacity_request_id = ANY (ids);
+    DELETE FROM capacity.capacity_request_tasks WHERE capacity_request_id = ANY (ids);
+    DELETE FROM capacity.capacity_requests WHERE id = ANY (ids);
+END $$;
+-- ... and the file's group members, settings and secrets.
+CREATE FUNCTION pg_temp.cleanup() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_temp.forget_requests();
+    DELETE FROM capacity.group_members WHERE (group_name, user_id) IN (('infra', 'U0INFRA'), ('commercial_approvers', 'U0AE'), ('commercial_approvers', 'ae-jwt-1'));
+    PERFORM flowgate.reset_setting(k) FROM unnest(ARRAY['capacity.slack_channel', 'capacity.slack_api_url', 'capacity.linear_team_id',
+                                                        'capacity.linear_api_url', 'capacity.warning_hours_before_deadline']) k;
+    PERFORM flowgate.drop_secret(s) FROM unnest(ARRAY['slack_bot_token', 'linear_api_key', 'slack_signing_secret']) s;
+END $$;
+SELECT pg_temp.cleanup() \g /dev/null
+
+-- Committed: the outbox reads the secrets and the handlers the settings in their own transactions.
 SELECT flowgate.set_setting('capacity.slack_channel', '"C0TEST"') \g /dev/null
 SELECT flowgate.set_setting('capacity.slack_api_url', '"http://127.0.0.1:5597/slack"') \g /dev/null
 SELECT flowgate.set_setting('capacity.linear_team_id', '"team-1"') \g /dev/null
@@ -13,9 +58,10 @@ SELECT flowgate.set_setting('capacity.linear_api_url', '"http://127.0.0.1:5597/l
 SELECT flowgate.set_secret('slack_bot_token', 'xoxb-flowgate-test-token-7f3a') \g /dev/null
 SELECT flowgate.set_secret('linear_api_key', 'lin_api_test') \g /dev/null
 SELECT flowgate.set_secret('slack_signing_secret', 'sekrit-signing') \g /dev/null
-INSERT INTO capacity.group_members VALUES ('infra', 'U0INFRA'), ('commercial_approvers', 'U0AE'), ('commercial_approvers', 'ae-jwt-1');
+INSERT INTO capacity.group_members VALUES ('infra', 'U0INFRA'), ('commercial_approvers', 'U0AE'), ('commercial_approvers', 'ae-jwt-1') \g /dev/null
 
 -- === Projections ============================================================================
+BEGIN;  -- (until it commits, the background worker cannot send what it enqueues)
 SELECT capacity.create_capacity_request('U0AE', 'infra', '24XL', 2, 'us-east-1', requester_user_id => 'U0SA') -> 'request' ->> 'id' AS cr \gset
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id = :'cr'), 2, 'creating enqueues a Slack message and a Linear issue');
 SELECT ok(NOT EXISTS (SELECT FROM flowgate.deliveries WHERE owner_id = :'cr' AND (body::text LIKE '%xoxb%' OR headers::text LIKE '%xoxb%')),
@@ -23,25 +69,48 @@ SELECT ok(NOT EXISTS (SELECT FROM flowgate.deliveries WHERE owner_id = :'cr' AND
 SELECT capacity.apply_event(:'cr', 'COMMERCIAL_APPROVED') \g /dev/null
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id = :'cr' AND next_attempt_at = 'infinity'), 2,
           'the thread reply and the comment wait (parked) until the message ts and issue id are known');
-SELECT is((flowgate.dispatch(50) ->> 'delivered')::int, 2, 'dispatch sends the message and the issue');
+COMMIT;
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'cr') \g /dev/null
+SELECT is((SELECT string_agg(status || ' ' || attempts, ',' ORDER BY idempotency_key) FROM flowgate.deliveries
+            WHERE idempotency_key IN ('capacity:' || :'cr' || ':linear:issue', 'capacity:' || :'cr' || ':slack:root')),
+          'delivered 1,delivered 1', 'the outbox sends the message and the issue');
 SELECT is((SELECT slack_channel_id || ' ' || (slack_thread_ts IS NOT NULL)::text FROM capacity.capacity_requests WHERE id = :'cr'), 'C0TEST true',
           'Slack''s channel and ts are stored');
 SELECT is((SELECT linear_issue_id FROM capacity.capacity_requests WHERE id = :'cr'), 'lin-capacity:' || :'cr' || ':linear:issue', 'the Linear issue id is stored');
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id = :'cr' AND next_attempt_at = 'infinity'), 0, 'the parked deliveries were released');
-SELECT is((flowgate.dispatch(50) ->> 'delivered')::int, 2, 'the reply and the comment are sent');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries r
+             JOIN flowgate.deliveries root ON root.idempotency_key = 'capacity:' || :'cr'
+                                              || CASE WHEN r.idempotency_key LIKE '%:slack:reply:%' THEN ':slack:root' ELSE ':linear:issue' END
+            WHERE r.owner_id = :'cr' AND (r.idempotency_key LIKE '%:slack:reply:%' OR r.idempotency_key LIKE '%:linear:comment:%')
+              AND r.status = 'delivered' AND r.attempts = 1 AND r.delivered_at > root.delivered_at), 2,
+          'the reply and the comment are sent, once the message and the issue are delivered');
 SELECT is((SELECT body ->> 'thread_ts' FROM flowgate.deliveries WHERE idempotency_key LIKE 'capacity:' || :'cr' || ':slack:reply:%'),
           (SELECT slack_thread_ts FROM capacity.capacity_requests WHERE id = :'cr'), 'the reply went into the request''s thread');
 SELECT is((SELECT body -> 'variables' -> 'input' ->> 'issueId' FROM flowgate.deliveries WHERE idempotency_key LIKE 'capacity:' || :'cr' || ':linear:comment:%'),
           (SELECT linear_issue_id FROM capacity.capacity_requests WHERE id = :'cr'), 'the comment went onto the request''s issue');
+BEGIN;
 SELECT capacity.apply_event(:'cr', 'TECH_REVIEW_APPROVED') \g /dev/null
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id = :'cr' AND status = 'pending' AND next_attempt_at <= now()), 2,
           'once the ids are known, later replies are due at once');
+-- The wide warning window is set and reset in this transaction: nothing else (such as the
+-- worker's timers) ever runs with it.
 SELECT flowgate.set_setting('capacity.warning_hours_before_deadline', '720') \g /dev/null
 SELECT is(capacity.run_capacity_request_timers() ->> 'warned', '1', 'a deadline inside the warning window is warned about');
 SELECT is((SELECT body ->> 'thread_ts' FROM flowgate.deliveries WHERE idempotency_key LIKE 'capacity:' || :'cr' || ':slack:reply:warning:%'),
           (SELECT slack_thread_ts FROM capacity.capacity_requests WHERE id = :'cr'), 'the warning goes into the request''s thread');
 SELECT is(capacity.run_capacity_request_timers() ->> 'warned', '0', 'and only once');
+SELECT flowgate.reset_setting('capacity.warning_hours_before_deadline') \g /dev/null
+COMMIT;
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'cr') \g /dev/null
+SELECT is((SELECT string_agg(status::text, ',') FROM flowgate.deliveries WHERE owner_id = :'cr' AND status <> 'delivered'), NULL,
+          'the later reply, comment and warning are delivered too: nothing of the request is left undelivered');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id = :'cr'), 7,
+          'seven deliveries in all: message, issue, two replies, two comments, the warning');
 
+-- === Slash commands, buttons and identities: checked, then rolled back =====================
+BEGIN;
 -- === Slack slash command ====================================================================
 CREATE TEMP TABLE slack_req AS
 SELECT 'command=%2Fcapacity&text=create+owner%3D%3C%40U0AE%7Cana%3E+group%3Dinfra+size%3D24XL+qty%3D2+region%3Dus-east-1+cost%3D48000'
@@ -120,6 +189,16 @@ SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::
           'the owner''s click in Slack approves the request created through the API');
 SELECT is((SELECT actor_id || ' ' || actor_type FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr_api' AND event_type = 'COMMERCIAL_APPROVED'),
           'ae-jwt-1 delegated', 'recorded as the one actor she is');
+ROLLBACK;
+
+-- ---- Clean up ---------------------------------------------------------------------------------
+SELECT pg_temp.settle(:'cr') \g /dev/null
+SELECT pg_temp.cleanup() \g /dev/null
+SELECT is((SELECT count(*)::int FROM capacity.capacity_requests WHERE id = :'cr')
+            + (SELECT count(*)::int FROM flowgate.deliveries WHERE owner_module = 'capacity' AND owner_id = :'cr')
+            + (SELECT count(*)::int FROM capacity.group_members WHERE user_id IN ('U0INFRA', 'U0AE', 'ae-jwt-1'))
+            + (SELECT count(*)::int FROM flowgate.settings WHERE key IN ('capacity.slack_channel', 'capacity.slack_api_url', 'capacity.linear_team_id',
+                                                                           'capacity.linear_api_url', 'capacity.warning_hours_before_deadline')), 0,
+          'the file leaves no request, delivery, group member or setting behind');
 
 SELECT * FROM finish();
-ROLLBACK;

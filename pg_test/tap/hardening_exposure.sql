@@ -302,7 +302,7 @@ SELECT is((SELECT coalesce(anon_key, 'none') FROM provisioning.tenant_keys((SELE
     'none', 'service_role may read tenant keys (none stored yet)');
 SELECT throws_ok($$SELECT provisioning.retry('00000000-0000-4000-8000-000000000000')$$, 'P0002', NULL,
     'retry runs for service_role (an unknown client is P0002)');
-SELECT is(provisioning.run_jobs(0), '{"started": [], "deliveries_sent": 0}'::jsonb,
+SELECT is(provisioning.run_jobs(0), '{"started": []}'::jsonb,
     'run_jobs runs for service_role (reading the hidden organisation setting with the owner''s rights)');
 RESET ROLE;
 UPDATE counts SET clients = (SELECT count(*) FROM provisioning.clients);

@@ -3,20 +3,59 @@
 -- to the DLQ after max_retries reads and replays once it is back, a ledger that refuses
 -- connections is retried without re-validating; the ledger itself (idempotency, bad payloads,
 -- RLS), the external-worker API and metrics.
-BEGIN;
-SELECT plan(74);
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
+--
+-- The drain only reads intents and enqueues their requests; CALL flowgate.run_outbox() sends
+-- them with no transaction open and the intake response handlers move each intent on (a
+-- validated intent's ledger commit goes out in the same CALL's next round). A CALL cannot run
+-- inside a transaction block, so this file runs in autocommit: its pools are 'external' (the
+-- background worker does not drain them, though it may send what they enqueue), every check
+-- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
+-- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
+SELECT plan(78);
+
+CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext'] $$;
+-- Until none of this file's deliveries is in flight or due (the worker may be sending them).
+CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        IF NOT EXISTS (SELECT FROM flowgate.deliveries
+                        WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = ANY (pg_temp.pools())
+                          AND (status = 'in_flight' OR (status = 'pending' AND next_attempt_at <= clock_timestamp()))) THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE WARNING 'intake deliveries still in flight or due after 5 s';
+    RETURN false;
 END $$;
-GRANT USAGE ON SCHEMA flowgate, intake TO authenticated;
+-- The file's pools (with their queues, inventory and metrics), ledger rows and deliveries.
+CREATE FUNCTION pg_temp.cleanup() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    p text;
+BEGIN
+    FOR p IN SELECT pool_id FROM intake.engine_config WHERE pool_id = ANY (pg_temp.pools()) LOOP
+        PERFORM intake.drop_pool(p);
+    END LOOP;
+    DELETE FROM intake.transactions WHERE pool_id = ANY (pg_temp.pools());
+    DELETE FROM flowgate.deliveries WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = ANY (pg_temp.pools());
+END $$;
+SELECT pg_temp.cleanup() \g /dev/null
 
 -- ---- Happy path, ledger in this database (commit_target NULL) ---------------------------------
-SELECT intake.create_pool('tap_local', 5, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "visibility_timeout_seconds": 1}') \g /dev/null
+SELECT intake.create_pool('tap_local', 5, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "visibility_timeout_seconds": 1, "drain_mode": "external"}') \g /dev/null
 SELECT intake.claim_resource('tap_local', u) FROM (VALUES ('u1'), ('u2'), ('u3')) v(u) \g /dev/null
+BEGIN;  -- (until it commits, the background worker cannot send what the drain enqueued)
 CREATE TEMP TABLE dl AS SELECT intake.drain('tap_local') AS r;
 SELECT is((SELECT r ->> 'read' FROM dl), '3', 'the drain reads the three intents');
-SELECT is((SELECT r ->> 'status' FROM dl), 'drained', 'and says drained: its queue is empty and nothing failed');
-SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_local'), 3, 'all three are in the ledger');
+SELECT is((SELECT (r ->> 'handed_to_outbox') || ' ' || (r ->> 'status') FROM dl), '3 sending',
+          'and hands their three validation requests to the outbox, and says so');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_local:%' AND status = 'pending' AND attempts = 0), 3,
+          'nothing is sent inside the drain: the requests wait in the outbox');
+COMMIT;
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_local'), 3, 'the outbox sends them and the handlers put all three in the ledger');
 SELECT is((SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_local' AND status = 'consumed'), 3, 'their resources are consumed');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_local), 0, 'the queue is empty');
 SELECT is((SELECT count(*)::int FROM pgmq.a_intake_tap_local WHERE message ->> 'state' = 'committed'), 3,
@@ -28,7 +67,12 @@ SELECT is((SELECT validation ->> 'ok' FROM intake.transactions WHERE pool_id = '
           'the webhook''s answer travels to the ledger row');
 SELECT is(intake.drain('tap_local') ->> 'status', 'empty', 'a second drain finds nothing, and says so');
 
--- ---- The ledger: idempotent, checked, private -------------------------------------------------
+-- ---- The ledger: idempotent, checked, private (nothing here is kept) ---------------------------
+BEGIN;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
+END $$;
+GRANT USAGE ON SCHEMA flowgate, intake TO authenticated;
 SELECT is(intake.finalize_transaction(jsonb_build_object('idempotency_key', idempotency_key, 'pool_id', pool_id,
               'resource_id', resource_id, 'user_id', user_id)) ->> 'status', 'duplicate', 'a repeated key returns the first row')
   FROM intake.transactions WHERE pool_id = 'tap_local' AND user_id = 'u1';
@@ -49,30 +93,45 @@ SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "k1",
                  '22023', NULL, 'unknown fields are refused (extra data goes in details)');
 SELECT throws_ok(format($$SELECT intake.finalize_transaction('{"idempotency_key": "k1", "pool_id": "tap_local", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e90", "user_id": "u9", "details": {"blob": "%s"}}')$$,
                         repeat('x', 70000)), '22023', NULL, 'payloads over 64 KiB are refused');
-SELECT is((SELECT count(*)::int FROM intake.transactions), 3, 'refused payloads wrote nothing');
+-- Every refused payload above is for tap_local, or for user u9 or mallory: only u1–u3's rows exist.
+SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_local' OR user_id IN ('u9', 'mallory')), 3,
+          'refused payloads wrote nothing');
 SELECT is(intake.finalize_transaction('{"idempotency_key": 7001, "pool_id": "tap_other", "resource_id": "0B9E4C1A-6F0E-4D8E-9B43-2F1C3A5D7E90", "user_id": "u9", "details": {"seat": "A1"}}') ->> 'status',
           'finalized', 'an external ledger call (numeric key, upper-case UUID, details) is finalized');
 
 SET LOCAL ROLE authenticated;
 SET LOCAL request.jwt.claims = '{"sub": "u1", "role": "authenticated"}';
-SELECT is((SELECT array_agg(user_id) FROM intake.transactions), ARRAY['u1'], 'under RLS a user sees only their own ledger rows');
+SELECT is((SELECT array_agg(user_id) FROM intake.transactions WHERE pool_id IN ('tap_local', 'tap_other')), ARRAY['u1'],
+          'under RLS a user sees only their own ledger rows');
 SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "k2", "pool_id": "tap_local", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e91", "user_id": "u1"}')$$,
                  '42501', NULL, 'users cannot write the ledger');
 SELECT throws_ok($$SELECT intake.drain('tap_local')$$, '42501', NULL, 'users cannot drain');
 SELECT throws_ok($$SELECT intake.replay_dlq('tap_local')$$, '42501', NULL, 'users cannot replay the DLQ');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_local', 'someone-else')$$, '42501', NULL, 'users cannot claim in another user''s name');
+-- Claims through intake.claim go to a pool of this block: a claim rolled back with it would
+-- still have used up a slot and a message id of its pool (the metrics below count those).
+RESET ROLE;
+SELECT intake.create_pool('tap_jwt', 5) \g /dev/null
+SET LOCAL ROLE authenticated;
 SET LOCAL request.jwt.claims = '{"sub": "u4", "role": "authenticated"}';
-SELECT is(intake.claim('tap_local') ->> 'status', 'claimed', 'a signed-in user claims for themself through intake.claim');
+SELECT is(intake.claim('tap_jwt') ->> 'status', 'claimed', 'a signed-in user claims for themself through intake.claim');
 SET LOCAL request.jwt.claims = '{"role": "authenticated"}';
-SELECT throws_ok($$SELECT intake.claim('tap_local')$$, '42501', NULL, 'a request without a JWT subject cannot claim');
+SELECT throws_ok($$SELECT intake.claim('tap_jwt')$$, '42501', NULL, 'a request without a JWT subject cannot claim');
 RESET ROLE;
 RESET request.jwt.claims;
-SELECT is((SELECT array_agg(message ->> 'user_id') FROM pgmq.q_intake_tap_local), ARRAY['u4'], 'the claim is in the JWT subject''s name, and only that one was made');
+SELECT is((SELECT array_agg(message ->> 'user_id') FROM pgmq.q_intake_tap_jwt), ARRAY['u4'], 'the claim is in the JWT subject''s name, and only that one was made');
+ROLLBACK;
+-- One more intent for the metrics at the end: it stays queued in tap_local.
+SELECT intake.claim_resource('tap_local', 'u4') \g /dev/null
 
 -- ---- A 4xx from the webhook returns the resource to the pool ----------------------------------
-SELECT intake.create_pool('tap_reject', 2, '{"validation_webhook_url": "http://127.0.0.1:5597/status/402"}') \g /dev/null
+SELECT intake.create_pool('tap_reject', 2, '{"validation_webhook_url": "http://127.0.0.1:5597/status/402", "drain_mode": "external"}') \g /dev/null
 SELECT intake.claim_resource('tap_reject', 'r1') \g /dev/null
-SELECT is(intake.drain('tap_reject') #>> '{sent,failed}', '1', 'the webhook refuses with 402');
+SELECT intake.drain('tap_reject') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(status || ' ' || last_status_code, ',') FROM flowgate.deliveries WHERE owner_id LIKE 'tap_reject:%'), 'failed 402',
+          'the webhook refuses with 402');
 SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_reject' AND slot = 1), 'available', 'the resource is available again');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_reject) + (SELECT count(*)::int FROM pgmq.a_intake_tap_reject), 0,
           'the intent is deleted, not archived');
@@ -82,11 +141,16 @@ SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_re
 
 -- ---- A webhook that is down: retried after the visibility timeout, DLQ, replay once it is back --
 SELECT intake.create_pool('tap_down', 3, '{"validation_webhook_url": "http://127.0.0.1:1/refused", "commit_target": "http://127.0.0.1:5597/ok",
-                                           "visibility_timeout_seconds": 1, "max_retries": 2}') \g /dev/null
+                                           "visibility_timeout_seconds": 2, "max_retries": 2, "drain_mode": "external"}') \g /dev/null
 SELECT intake.claim_resource('tap_down', 'd1') \g /dev/null
 CREATE TEMP TABLE dd AS SELECT intake.drain('tap_down') AS r;
-SELECT is((SELECT r #>> '{sent,dead}' FROM dd), '1', 'read 1: the webhook does not answer');
-SELECT is((SELECT r ->> 'status' FROM dd), 'retrying', 'and the drain says retrying, not drained');
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(status || ' ' || (last_status_code IS NULL AND last_error IS NOT NULL), ',') FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%'),
+          'dead true', 'read 1: the webhook does not answer (one attempt per read, dead without a status)');
+SELECT is((SELECT (r ->> 'handed_to_outbox') || ' ' || coalesce(message ->> 'state', 'queued') || ' ' || (message ? 'validation')::text
+             FROM dd, pgmq.q_intake_tap_down), '1 queued false',
+          'the intent stays queued for its next read: not validated, not dead-lettered');
 SELECT alike((SELECT message ->> 'last_error' FROM pgmq.q_intake_tap_down), 'validation:%', 'the error is kept on the intent');
 CREATE TEMP TABLE dw AS SELECT intake.drain('tap_down') AS r;
 SELECT is((SELECT r ->> 'read' FROM dw), '0', 'it is invisible until the visibility timeout passes');
@@ -97,9 +161,11 @@ SELECT is((SELECT jsonb_build_object('claimed', s -> 'claimed', 'available', s -
           '{"claimed": 1, "available": 2, "queued": 0, "invisible": 1, "intact": true, "next_retry": true}',
           'pool_status shows the claim backing off, when it is retried and that the pool is intact');
 SELECT alike(intake.pool_status('tap_down') ->> 'last_error', 'validation:%', 'and the latest error');
-SELECT pg_sleep(1.1) \g /dev/null
+SELECT pg_sleep(2.1) \g /dev/null
 SELECT is(intake.drain('tap_down') ->> 'read', '1', 'read 2 after the visibility timeout');
-SELECT pg_sleep(1.1) \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT pg_sleep(2.1) \g /dev/null
 SELECT is(intake.drain('tap_down') ->> 'dead_lettered', '1', 'read 3 > max_retries: dead-lettered');
 SELECT alike((SELECT message ->> 'dlq_reason' FROM pgmq.q_intake_tap_down_dlq), 'read 3 times, more than max_retries = 2%',
             'the DLQ message says why');
@@ -107,7 +173,13 @@ SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_down' AND 
           'its resource stays locked: not sold to anyone else, not lost');
 UPDATE intake.engine_config SET validation_webhook_url = 'http://127.0.0.1:5597/ok' WHERE pool_id = 'tap_down';
 SELECT is(intake.replay_dlq('tap_down') ->> 'replayed', '1', 'the webhook is back: the operator replays the DLQ');
-SELECT is(intake.drain('tap_down') #>> '{commits,delivered}', '1', 'the replayed intent is validated and committed over HTTP');
+SELECT intake.drain('tap_down') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(d.status || ' ' || (a.message ->> 'state'), ',')
+             FROM flowgate.deliveries d, pgmq.a_intake_tap_down a
+            WHERE d.owner_id LIKE 'tap_down:%' AND d.idempotency_key LIKE '%:commit:%'), 'delivered committed',
+          'the replayed intent is validated and committed over HTTP');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_down_dlq) + (SELECT count(*)::int FROM pgmq.q_intake_tap_down), 0, 'both queues are empty');
 SELECT is((SELECT array_agg(DISTINCT wire_key) || count(*)::text FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%' AND idempotency_key LIKE '%:validate:%'),
           (SELECT ARRAY['intake:tap_down:validate:' || (message ->> 'origin_msg_id'), '3'] FROM pgmq.a_intake_tap_down),
@@ -117,37 +189,53 @@ SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'ta
 
 -- ---- A ledger that refuses connections: commits retried without validating again -------------
 SELECT intake.create_pool('tap_ledger', 3, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "commit_target": "http://127.0.0.1:1/rpc/finalize_transaction",
-                                             "visibility_timeout_seconds": 1}') \g /dev/null
+                                             "visibility_timeout_seconds": 1, "drain_mode": "external"}') \g /dev/null
 SELECT intake.claim_resource('tap_ledger', 'l1') \g /dev/null
-SELECT is(intake.drain('tap_ledger') #>> '{commits,dead}', '1', 'validated, but the ledger refuses the connection');
+SELECT intake.drain('tap_ledger') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(split_part(idempotency_key, ':', 4) || ' ' || status, ',' ORDER BY id) FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%'),
+          'validate delivered,commit dead', 'validated (the handler enqueues the commit, which the outbox sends), but the ledger refuses the connection');
 SELECT is((SELECT message ->> 'state' FROM pgmq.q_intake_tap_ledger), 'validated', 'the intent stays validated');
 SELECT pg_sleep(1.1) \g /dev/null
 UPDATE intake.engine_config SET commit_target = 'http://127.0.0.1:5597/ok' WHERE pool_id = 'tap_ledger';
-SELECT is(intake.drain('tap_ledger') #>> '{sent,delivered}', '1', 'next read: the ledger is back and the commit goes through');
+SELECT intake.drain('tap_ledger') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(status::text, ',' ORDER BY id) FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND idempotency_key LIKE '%:commit:%')
+            || ' ' || (SELECT string_agg(message ->> 'state', ',') FROM pgmq.a_intake_tap_ledger), 'dead,delivered committed',
+          'next read: the ledger is back and the commit goes through');
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND idempotency_key LIKE '%:validate:%'), 1,
           'the webhook was called once: the retry skipped validation');
 SELECT is((SELECT body #>> '{payload,idempotency_key}' FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND status = 'delivered' AND idempotency_key LIKE '%:commit:%'),
           (SELECT 'tap_ledger:' || msg_id FROM pgmq.a_intake_tap_ledger), 'the commit is PostgREST-shaped: {"payload": {...}} with the ledger key');
 
 -- A ledger that refuses the entry itself (4xx): kept for an operator in the DLQ, resource locked.
-SELECT intake.create_pool('tap_refused', 2, '{"commit_target": "http://127.0.0.1:5597/status/409"}') \g /dev/null
+SELECT intake.create_pool('tap_refused', 2, '{"commit_target": "http://127.0.0.1:5597/status/409", "drain_mode": "external"}') \g /dev/null
 SELECT intake.claim_resource('tap_refused', 'x1') \g /dev/null
-SELECT is(intake.drain('tap_refused') #>> '{sent,failed}', '1', 'no webhook configured: straight to the ledger, which answers 409');
+SELECT intake.drain('tap_refused') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(split_part(idempotency_key, ':', 4) || ' ' || status || ' ' || last_status_code, ',') FROM flowgate.deliveries WHERE owner_id LIKE 'tap_refused:%'),
+          'commit failed 409', 'no webhook configured: straight to the ledger, which answers 409');
 SELECT alike((SELECT message ->> 'dlq_reason' FROM pgmq.q_intake_tap_refused_dlq), 'the ledger refused the commit with HTTP 409%', 'dead-lettered with the reason');
+SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_refused' AND slot = 1), 'locked', 'and its resource stays locked');
 
 -- ---- External worker API (an Edge Function doing the HTTP itself) -----------------------------
-SELECT intake.create_pool('tap_ext', 2, '{"validation_webhook_url": "https://payments.example.com/validate"}') \g /dev/null
+SELECT intake.create_pool('tap_ext', 2, '{"validation_webhook_url": "https://payments.example.com/validate", "drain_mode": "external"}') \g /dev/null
 SELECT intake.claim_resource('tap_ext', 'e1') \g /dev/null
 SELECT is((SELECT step || ' ' || url || ' ' || (body ->> 'idempotency_key' = msg_id::text)::text FROM intake.read_intents('tap_ext')),
           'validate https://payments.example.com/validate true', 'read_intents hands out the step, URL and body');
 SELECT is(intake.report_validation('tap_ext', (SELECT msg_id FROM pgmq.q_intake_tap_ext), 200, '{"payment": "pi_42"}'), 'committed',
           'a 2xx report validates and (ledger in this database) commits');
 SELECT is((SELECT validation ->> 'payment' FROM intake.transactions WHERE pool_id = 'tap_ext'), 'pi_42', 'with the webhook''s answer');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ext:%'), 0, 'and nothing went through the outbox');
 SELECT is(intake.report_validation('tap_ext', 999999, 200), 'gone', 'a report for an unknown message changes nothing');
 SELECT throws_ok($$SELECT intake.report_validation('tap_ext', 1, 999)$$, '22023', NULL, 'status codes are HTTP statuses');
 SELECT throws_ok($$SELECT intake.report_commit('tap_nope', 1, 200)$$, 'P0002', NULL, 'unknown pools are P0002');
 
--- ---- Realtime: the ledger joins supabase_realtime when that publication exists ----------------
+-- ---- Realtime: the ledger joins supabase_realtime when that publication exists (not kept) -----
+BEGIN;
 SELECT is(intake.publish_realtime(), false, 'no supabase_realtime publication: nothing to join');
 SET LOCAL client_min_messages = error;  -- "wal_level is insufficient": fine for this check
 CREATE PUBLICATION supabase_realtime;
@@ -158,8 +246,14 @@ SELECT ok(EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_re
 SELECT ok(EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'supabase_realtime' AND schemaname = 'intake' AND tablename = 'engine_metrics'),
           'and so is intake.engine_metrics, for a live dashboard');
 SELECT is(intake.publish_realtime(), true, 'joining again is harmless');
+ROLLBACK;
 
--- ---- Paused pools, metrics --------------------------------------------------------------------
+-- ---- Paused pools, metrics (not kept) ---------------------------------------------------------
+BEGIN;
+-- The background worker samples every pool every few seconds: keep it out of this block (its
+-- sampling starts by folding intake.outcome_log) and forget its samples of this file's pools.
+LOCK TABLE intake.outcome_log IN EXCLUSIVE MODE;
+DELETE FROM intake.engine_metrics WHERE pool_id = ANY (pg_temp.pools());
 UPDATE intake.engine_config SET paused = true WHERE pool_id = 'tap_reject';
 SELECT is(intake.drain('tap_reject') ->> 'status', 'paused', 'a paused pool is not drained');
 SELECT is((SELECT (m ->> 'available_slots') || '/' || (m ->> 'committed') || '/' || (m ->> 'queue_depth') || '/' || (m ->> 'dlq_depth')
@@ -169,8 +263,18 @@ SELECT is((SELECT (m ->> 'queue_depth') || '/' || (m ->> 'rejected') || '/' || (
              FROM jsonb_array_elements(intake.collect_metrics('tap_reject')) m), '1/1/1',
           'one rejected, one queued, one slot left');
 SELECT is((SELECT count(*)::int FROM intake.outcome_log WHERE pool_id IN ('tap_local', 'tap_reject')), 0, 'the outcome log is folded into totals');
-SELECT is(jsonb_array_length(intake.collect_metrics(NULL, 60)), 4, 'a pool sampled less than min_interval ago is skipped');
+SELECT is((SELECT array_agg(m ->> 'pool_id' ORDER BY m ->> 'pool_id') FROM jsonb_array_elements(intake.collect_metrics(NULL, 60)) m
+            WHERE m ->> 'pool_id' = ANY (pg_temp.pools())),
+          ARRAY['tap_down', 'tap_ext', 'tap_ledger', 'tap_refused'], 'a pool sampled less than min_interval ago is skipped');
 SELECT throws_ok($$SELECT intake.collect_metrics('tap_nope')$$, 'P0002', NULL, 'metrics of an unknown pool is P0002');
+ROLLBACK;
+
+-- ---- Clean up ---------------------------------------------------------------------------------
+SELECT pg_temp.settle() \g /dev/null
+SELECT pg_temp.cleanup() \g /dev/null
+SELECT is((SELECT count(*)::int FROM intake.engine_config WHERE pool_id = ANY (pg_temp.pools()))
+            + (SELECT count(*)::int FROM intake.transactions WHERE pool_id = ANY (pg_temp.pools()))
+            + (SELECT count(*)::int FROM flowgate.deliveries WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = ANY (pg_temp.pools())), 0,
+          'the file leaves no pool, ledger row or delivery behind');
 
 SELECT * FROM finish();
-ROLLBACK;

@@ -3,19 +3,35 @@
 -- the happy path to ready, a 500 then success, a 429, a 401 fixed by new credentials and an
 -- operator retry, a timeout whose project is adopted instead of created twice, a failed
 -- migration resumed after the fix, and tenant keys never in plain text anywhere.
-BEGIN;
-SELECT plan(41);
-SET LOCAL client_min_messages = error;
+--
+-- provisioning.run_jobs() only claims due jobs and enqueues each one's first request;
+-- CALL flowgate.run_outbox() sends with no transaction open and the response handler chains
+-- the next step (and queues the next job). A CALL cannot run inside a transaction block, so
+-- this file runs in autocommit, and the background worker (run_jobs and the outbox every
+-- 200 ms) may move committed jobs on too: pg_temp.run_jobs() below runs jobs and the outbox
+-- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
+-- put until pg_temp.due() makes it due), and checks of what a call did before anything is
+-- sent run in the transaction that made the call. The end removes what the file created.
+SELECT plan(45);
+SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
-SET LOCAL flowgate.tenant_key_passphrase = 'tap-passphrase-0123456789abcdef';
+-- Tenant keys are encrypted with the server's flowgate.tenant_key_passphrase: the worker's
+-- handlers store them with it, so this session uses the same one (its own only on a server
+-- without one).
+SELECT set_config('flowgate.tenant_key_passphrase', 'tap-passphrase-0123456789abcdef', false)
+ WHERE coalesce(current_setting('flowgate.tenant_key_passphrase', true), '') = '' \g /dev/null
 SELECT flowgate.set_setting('provisioning.organization_id', '"org-test"') \g /dev/null
 SELECT flowgate.set_setting('provisioning.request_timeout_ms', '1000') \g /dev/null
-SELECT flowgate.set_setting('provisioning.retry_base_seconds', '1') \g /dev/null
-SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a');
+SELECT flowgate.set_setting('provisioning.retry_base_seconds', '3600') \g /dev/null
+SELECT flowgate.set_setting('provisioning.retry_cap_seconds', '86400') \g /dev/null
+SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a') \g /dev/null
+-- The migration set is global: kept aside and put back at the end.
+CREATE TEMP TABLE saved_migrations AS SELECT version, name, sql, created_at FROM provisioning.migrations;
+DELETE FROM provisioning.migrations \g /dev/null
 INSERT INTO provisioning.migrations (version, name, sql) VALUES
   (1, 'tenant_schema', 'CREATE SCHEMA IF NOT EXISTS app'),
-  (2, 'tenant_tables', 'CREATE TABLE IF NOT EXISTS app.notes (id bigint PRIMARY KEY, body text)');
+  (2, 'tenant_tables', 'CREATE TABLE IF NOT EXISTS app.notes (id bigint PRIMARY KEY, body text)') \g /dev/null
 
 -- Each run of the suite names its tenants afresh (the fake API remembers projects by name).
 CREATE TEMP TABLE t AS SELECT substr(md5(random()::text || clock_timestamp()::text), 1, 8) AS run;
@@ -23,15 +39,79 @@ CREATE FUNCTION pg_temp.slug(what text) RETURNS text LANGUAGE sql AS $$ SELECT '
 CREATE FUNCTION pg_temp.client(what text) RETURNS uuid LANGUAGE sql AS $$ SELECT client_id FROM provisioning.clients WHERE slug = pg_temp.slug(what) $$;
 CREATE FUNCTION pg_temp.api(mode text) RETURNS void LANGUAGE sql AS $$
     SELECT flowgate.set_setting('provisioning.management_api_url', to_jsonb('http://127.0.0.1:5597/mgmt/' || mode)); $$;
--- Make every waiting job due now (the test does not wait out the back-off).
+-- This run's jobs.
+CREATE FUNCTION pg_temp.jobs() RETURNS SETOF provisioning.client_provisioning_jobs LANGUAGE sql AS $$
+    SELECT j.* FROM provisioning.client_provisioning_jobs j JOIN provisioning.clients c USING (client_id)
+     WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t) $$;
+-- Make this run's waiting jobs due now (the test does not wait out the back-off).
 CREATE FUNCTION pg_temp.due() RETURNS void LANGUAGE sql AS $$
-    UPDATE provisioning.client_provisioning_jobs SET next_attempt_at = now() WHERE status = 'queued'; $$;
+    UPDATE provisioning.client_provisioning_jobs SET next_attempt_at = now() WHERE status = 'queued' AND job_id IN (SELECT job_id FROM pg_temp.jobs()); $$;
+-- Nothing of this run is being sent or due to be sent, and no job is running (waiting for a reply).
+CREATE FUNCTION pg_temp.quiet() RETURNS boolean LANGUAGE sql AS $$
+    SELECT NOT EXISTS (SELECT FROM flowgate.deliveries d JOIN pg_temp.jobs() j ON d.owner_id LIKE j.job_id || ':%'
+                        WHERE d.owner_module = 'provisioning'
+                          AND (d.status = 'in_flight' OR (d.status = 'pending' AND d.next_attempt_at <= clock_timestamp())))
+       AND NOT EXISTS (SELECT FROM pg_temp.jobs() WHERE status = 'running') $$;
+-- Until quiet (the worker may be sending this run's deliveries).
+CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        IF pg_temp.quiet() THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE WARNING 'provisioning deliveries or jobs of this run still busy after 5 s';
+    RETURN false;
+END $$;
+-- What provisioning.run_jobs() did before the outbox existed, as the schedule does it now:
+-- start due jobs, commit, CALL flowgate.run_outbox() (whose rounds send each job's steps as
+-- the handler chains them), and again until this run's jobs are quiet and none is due.
+CREATE PROCEDURE pg_temp.run_jobs() LANGUAGE plpgsql AS $$
+DECLARE
+    summary jsonb;
+BEGIN
+    FOR i IN 1..200 LOOP
+        PERFORM provisioning.run_jobs();
+        COMMIT;
+        CALL flowgate.run_outbox(NULL, 'manual', summary);
+        IF pg_temp.quiet() AND NOT EXISTS (SELECT FROM pg_temp.jobs() WHERE status = 'queued' AND next_attempt_at <= clock_timestamp()) THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE WARNING 'provisioning jobs of this run still busy after 200 rounds';
+END $$;
+-- This run's clients, jobs and deliveries; their history is append-only: removed with its
+-- triggers off (which only a superuser can do).
+CREATE FUNCTION pg_temp.forget_clients() RETURNS void LANGUAGE plpgsql SET session_replication_role = replica AS $$
+DECLARE
+    jobs uuid[] := ARRAY(SELECT job_id FROM pg_temp.jobs());
+BEGIN
+    DELETE FROM flowgate.deliveries d WHERE d.owner_module = 'provisioning' AND split_part(d.owner_id, ':', 1) = ANY (jobs::text[]);
+    DELETE FROM provisioning.job_events WHERE job_id = ANY (jobs);
+    DELETE FROM provisioning.client_provisioning_jobs WHERE job_id = ANY (jobs);
+    DELETE FROM provisioning.clients WHERE slug LIKE 'tap-%-' || (SELECT run FROM t);
+END $$;
 
 -- ---- Happy path ------------------------------------------------------------------------------------
 SELECT pg_temp.api('ok') \g /dev/null
+BEGIN;  -- (until it commits, the background worker cannot start the job or send its request)
 SELECT provisioning.enqueue_client(pg_temp.slug('happy'), 'Happy Tenant', 'eu-west-1', 'pro') \g /dev/null
-SELECT is(jsonb_array_length(provisioning.run_jobs() -> 'started'), 2, 'run_jobs runs create_project, then the schema_sync it queued');
-SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'ready', 'the client is ready');
+SELECT is((SELECT array_agg(s ->> 'job_type') FROM jsonb_array_elements(provisioning.run_jobs() -> 'started') s
+            WHERE (s ->> 'job_id')::uuid IN (SELECT job_id FROM pg_temp.jobs())), ARRAY['create_project'],
+          'run_jobs starts create_project');
+SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 3) || ' ' || d.status || ' ' || d.attempts, ',')
+             FROM flowgate.deliveries d JOIN pg_temp.jobs() j ON d.owner_id LIKE j.job_id || ':%' WHERE d.owner_module = 'provisioning'),
+          'create pending 0', 'it enqueues the job''s first request and sends nothing itself');
+COMMIT;
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(job_type || CASE WHEN job_type = 'create_project' THEN ' ' || status ELSE '' END, ',' ORDER BY created_at) FROM pg_temp.jobs()),
+          'create_project succeeded,schema_sync',
+          'the outbox sends create, then the api-keys call the handler chains; the job succeeds and queues schema_sync');
+CALL pg_temp.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'ready', 'run_jobs starts schema_sync, the outbox sends its migrations: the client is ready');
 SELECT ok((SELECT project_ref ~ '^[a-z0-9]{20}$' FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'with its project_ref');
 SELECT is((SELECT additional_settings #>> '{supabase,region}' FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'eu-west-1',
           'region (and plan, organization) recorded in additional_settings');
@@ -50,7 +130,7 @@ SELECT is((SELECT count(*)::int FROM flowgate.deliveries d JOIN provisioning.cli
 -- ---- 500, then success -------------------------------------------------------------------------------
 SELECT pg_temp.api('flaky') \g /dev/null
 SELECT provisioning.enqueue_client(pg_temp.slug('flaky'), 'Flaky Tenant') \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT status || ' ' || attempts || ' ' || last_status_code FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('flaky')),
           'queued 1 500', 'a 500 sends the job back to the queue after attempt 1');
 SELECT alike((SELECT last_error FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('flaky')), 'create: HTTP 500%Internal server error%',
@@ -59,7 +139,7 @@ SELECT is((SELECT provisioning_status || ': ' || left(provisioning_error, 16) FR
           'creating_project: create: HTTP 500', 'reflected on the client, which keeps its stage');
 SELECT ok((SELECT next_attempt_at > now() FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('flaky')), 'after a back-off');
 SELECT pg_temp.due() \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('flaky')), 'ready', 'the retry gets through to ready');
 SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part(d.owner_id, ':', 3), ',' ORDER BY d.id)
              FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
@@ -69,44 +149,40 @@ SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part
 -- ---- 429 ---------------------------------------------------------------------------------------------
 SELECT pg_temp.api('ratelimit') \g /dev/null
 SELECT provisioning.enqueue_client(pg_temp.slug('busy'), 'Busy Tenant') \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT status || ' ' || last_status_code FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('busy')),
           'queued 429', 'a 429 is transient: queued again');
 SELECT pg_temp.due() \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
-SELECT pg_temp.due() \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
-SELECT pg_temp.due() \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('busy')), 'ready', 'and gets through once the limit passes');
 
 -- ---- 401, credentials fixed, operator retry -----------------------------------------------------------------
 SELECT pg_temp.api('auth') \g /dev/null
-SELECT flowgate.set_secret('supabase_access_token', 'sbp_expired_token');
+SELECT flowgate.set_secret('supabase_access_token', 'sbp_expired_token') \g /dev/null
 SELECT provisioning.enqueue_client(pg_temp.slug('creds'), 'Creds Tenant') \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT status || ' ' || attempts || ' ' || last_status_code FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('creds')),
           'failed 1 401', 'a 401 fails the job at once: no retry');
 SELECT is((SELECT provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('creds')),
           'create: HTTP 401 is a permanent error (not retried) (Unauthorized)',
           'the client is failed with the reason, saying "not retried" once');
-SELECT is((SELECT slug FROM provisioning.v_admin_diagnostics WHERE provisioning_status = 'failed'), pg_temp.slug('creds'),
+SELECT is((SELECT slug FROM provisioning.v_admin_diagnostics WHERE provisioning_status = 'failed' AND slug LIKE 'tap-%-' || (SELECT run FROM t)), pg_temp.slug('creds'),
           'and listed by v_admin_diagnostics');
-SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a');
+SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a') \g /dev/null
 SELECT provisioning.retry(pg_temp.client('creds')) \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status || ' ' || coalesce(provisioning_error, '-') FROM provisioning.clients WHERE slug = pg_temp.slug('creds')), 'ready -',
           'after the token is fixed, provisioning.retry gets it to ready');
 
 -- ---- Timeout: the project was created anyway; the retry adopts it ----------------------------------------------
 SELECT pg_temp.api('slow') \g /dev/null
 SELECT provisioning.enqueue_client(pg_temp.slug('slow'), 'Slow Tenant') \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT alike((SELECT status || ' ' || last_error FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('slow')),
              'queued create: timed out%', 'a timeout is transient');
 SELECT pg_temp.api('ok') \g /dev/null
 SELECT pg_temp.due() \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('slow')), 'ready', 'the retry finishes');
 SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part(d.owner_id, ':', 3), ',' ORDER BY d.id)
              FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
@@ -114,20 +190,20 @@ SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part
           '1:create,2:lookup,2:api_keys', 'by adopting the project the timed-out create made, never creating it twice');
 
 -- ---- A failed migration, fixed, resumed where it stopped ------------------------------------------------------
-DELETE FROM provisioning.migrations;
+DELETE FROM provisioning.migrations \g /dev/null
 INSERT INTO provisioning.migrations (version, name, sql) VALUES
   (1, 'tenant_schema', 'CREATE SCHEMA IF NOT EXISTS app'),
   (2, 'broken', 'CREATE TABLE app.flowgate_test_fail ('),
-  (3, 'tenant_index', 'CREATE INDEX IF NOT EXISTS notes_body ON app.notes (body)');
+  (3, 'tenant_index', 'CREATE INDEX IF NOT EXISTS notes_body ON app.notes (body)') \g /dev/null
 SELECT provisioning.enqueue_client(pg_temp.slug('mig'), 'Migration Tenant') \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status || ' v' || schema_version FROM provisioning.clients WHERE slug = pg_temp.slug('mig')), 'failed v1',
           'migration 2 fails (400, not retried); migration 1 stays applied');
 SELECT alike((SELECT provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('mig')), 'migration 2: %syntax error%',
              'the error names the migration and the database''s message');
 UPDATE provisioning.migrations SET sql = 'CREATE TABLE IF NOT EXISTS app.notes (id bigint PRIMARY KEY, body text)' WHERE version = 2;
 SELECT provisioning.retry(pg_temp.client('mig')) \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status || ' v' || schema_version FROM provisioning.clients WHERE slug = pg_temp.slug('mig')), 'ready v3',
           'after the fix the retry resumes at migration 2 and finishes');
 SELECT is((SELECT string_agg(split_part(wire_key, ':', 4) || '=' || cnt, ',' ORDER BY split_part(wire_key, ':', 4))
@@ -137,10 +213,12 @@ SELECT is((SELECT string_agg(split_part(wire_key, ':', 4) || '=' || cnt, ',' ORD
 
 -- ---- A migration added later reaches a tenant that was already ready ------------------------------------------
 SELECT pg_temp.api('ok') \g /dev/null
+BEGIN;  -- (the worker must not run the queued job between the two calls)
 SELECT is(provisioning.sync_schema(pg_temp.slug('happy')) -> 'queued', jsonb_build_array(pg_temp.client('happy')::text),
           'sync_schema queues the ready tenant that is behind the newest migration (v2 of 3)');
 SELECT is(provisioning.sync_schema(pg_temp.slug('happy')) -> 'queued', '[]'::jsonb, 'once: not again while its job is open');
-SELECT provisioning.run_jobs() \g /dev/null
+COMMIT;
+CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status || ' v' || schema_version FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'ready v3',
           'the next run applies migration 3 and the tenant is ready again');
 SELECT throws_ok($$SELECT provisioning.sync_schema('no-such-tenant')$$, 'P0002', NULL, 'an unknown client is P0002');
@@ -171,7 +249,9 @@ SELECT is((SELECT count(*)::int FROM secrets WHERE strpos(coalesce(pg_read_file(
 SELECT ok((pg_stat_file(current_setting('data_directory') || '/../log', true)).size > 0, '(the server log exists and was read)');
 SELECT is((SELECT count(*)::int FROM secrets WHERE strpos((SELECT string_agg(coalesce(last_error, '') || coalesce(provisioning_error, ''), ' ')
              FROM provisioning.client_provisioning_jobs j JOIN provisioning.clients c USING (client_id)), s) > 0), 0, 'nor any recorded error');
--- Without the passphrase, nothing can be stored or read.
+-- Without the passphrase, nothing can be stored or read. In one transaction: the job must be
+-- started here, without it, not by the worker (which has the server's).
+BEGIN;
 SET LOCAL flowgate.tenant_key_passphrase = '';
 SELECT throws_ok(format($$SELECT * FROM provisioning.tenant_keys(%L)$$, pg_temp.client('happy')), '0A000', NULL,
                  'without flowgate.tenant_key_passphrase the keys cannot be read');
@@ -179,10 +259,28 @@ SELECT provisioning.enqueue_client(pg_temp.slug('nokey'), 'No Key Tenant') \g /d
 SELECT provisioning.run_jobs() \g /dev/null
 SELECT alike((SELECT provisioning_status || ': ' || provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('nokey')),
              'failed: %flowgate.tenant_key_passphrase%(not retried)', 'nor stored: the job fails at once and says what to set');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries d JOIN pg_temp.jobs() j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('nokey')), 0, 'and nothing was enqueued for it');
+COMMIT;
 
 -- ---- Metrics ----------------------------------------------------------------------------------------------
 SELECT ok((SELECT count(*) = 2 FROM provisioning.v_phase_latency), 'v_phase_latency reports create_project and schema_sync');
 SELECT ok((SELECT bool_and(run_p50_s >= 0) FROM provisioning.v_phase_latency), 'with run times');
 
+-- ---- Clean up ---------------------------------------------------------------------------------------------
+SELECT pg_temp.settle() \g /dev/null
+CREATE TEMP TABLE run_jobs AS SELECT job_id FROM pg_temp.jobs();
+SELECT pg_temp.forget_clients() \g /dev/null
+DELETE FROM provisioning.migrations \g /dev/null
+INSERT INTO provisioning.migrations (version, name, sql, created_at) SELECT version, name, sql, created_at FROM saved_migrations \g /dev/null
+SELECT flowgate.reset_setting(k) FROM unnest(ARRAY['provisioning.organization_id', 'provisioning.request_timeout_ms', 'provisioning.retry_base_seconds',
+                                                   'provisioning.retry_cap_seconds', 'provisioning.management_api_url']) k \g /dev/null
+SELECT flowgate.drop_secret('supabase_access_token') \g /dev/null
+SELECT is((SELECT count(*)::int FROM provisioning.clients WHERE slug LIKE 'tap-%-' || (SELECT run FROM t))
+            + (SELECT count(*)::int FROM provisioning.client_provisioning_jobs WHERE job_id IN (SELECT job_id FROM run_jobs))
+            + (SELECT count(*)::int FROM flowgate.deliveries WHERE owner_module = 'provisioning' AND split_part(owner_id, ':', 1) IN (SELECT job_id::text FROM run_jobs))
+            + (SELECT count(*)::int FROM flowgate.settings WHERE key IN ('provisioning.organization_id', 'provisioning.request_timeout_ms', 'provisioning.retry_base_seconds',
+                                                                           'provisioning.retry_cap_seconds', 'provisioning.management_api_url')), 0,
+          'the file leaves no client, job, delivery or setting behind');
+
 SELECT * FROM finish();
-ROLLBACK;

@@ -3,6 +3,12 @@
 -- secret of one name: unique index secrets_name_idx), deliveries read their secrets from Vault,
 -- and a tenant whose create_project gets a 500 still reaches ready. Where supabase_vault is not
 -- installed the whole file is reported as skipped (TAP "1..0 # SKIP"), not passed.
+--
+-- The outbox sends with CALL flowgate.run_outbox(), which commits between claiming, sending and
+-- recording, so this file runs in autocommit and removes what it committed at the end: its
+-- secrets, settings, delivery, tenant (client, jobs and their events) and the supabase_vault
+-- extension when it created it. The test server's background worker runs the outbox and
+-- provisioning in this database too: the checks wait until the rows have settled.
 SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'supabase_vault')
     OR current_setting('shared_preload_libraries') NOT LIKE '%supabase_vault%' AS no_vault \gset
 \if :no_vault
@@ -10,12 +16,42 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'supabase_va
 \quit
 \endif
 
-BEGIN;
+SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
+RESET client_min_messages;
 SELECT plan(14);
-SET LOCAL client_min_messages = error;
+SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'supabase_vault') AS made_vault \gset
+SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS supabase_vault CASCADE;
 RESET client_min_messages;
+SELECT NOT EXISTS (SELECT FROM vault.secrets WHERE name = 'supabase_access_token') AS made_access_token \gset
+SELECT 'tap-vault-' || substr(md5(random()::text || clock_timestamp()::text), 1, 8) AS run \gset
+CREATE TEMP TABLE t AS SELECT :'run'::text AS slug;
+
+-- Wait (up to 10 s) until none of the deliveries whose key is LIKE the pattern is in flight or due.
+CREATE FUNCTION pg_temp.settle(pattern text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..200 LOOP
+        EXIT WHEN NOT EXISTS (SELECT FROM flowgate.deliveries
+                               WHERE idempotency_key LIKE pattern
+                                 AND (status = 'in_flight' OR (status = 'pending' AND next_attempt_at <= clock_timestamp())));
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+-- Run provisioning's jobs and the outbox, as pg_cron and the worker do, until the condition
+-- holds (up to 10 s). Called on its own, so that each step commits.
+CREATE PROCEDURE pg_temp.drive(condition text) LANGUAGE plpgsql AS $$
+DECLARE done boolean; summary jsonb;
+BEGIN
+    FOR i IN 1..200 LOOP
+        EXECUTE 'SELECT ' || condition INTO done;
+        EXIT WHEN done;
+        PERFORM provisioning.run_jobs();
+        COMMIT;
+        CALL flowgate.run_outbox(NULL, 'manual', summary);
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
 
 -- ---- Named secrets -------------------------------------------------------------------------------
 SELECT is(flowgate.set_secret('tap_vault_token', 'first-value-0001'), 'vault', 'with Vault installed, set_secret stores in Vault');
@@ -26,8 +62,10 @@ SELECT is((SELECT count(*)::int FROM flowgate.secrets WHERE name = 'tap_vault_to
 SELECT ok(NOT EXISTS (SELECT FROM vault.secrets WHERE name = 'tap_vault_token' AND secret LIKE '%xoxb%'), 'Vault keeps it encrypted');
 
 SELECT flowgate.set_setting('flowgate.http_transport', '"native"') \g /dev/null
-SELECT flowgate.enqueue_delivery('tap', 'vault', 'http://127.0.0.1:5597/auth', 'tap-vault-auth-1', '{}', auth_secret => 'tap_vault_token') \g /dev/null
-SELECT is(flowgate.dispatch_ids(ARRAY[(SELECT id FROM flowgate.deliveries WHERE idempotency_key = 'tap-vault-auth-1')]) ->> 'delivered', '1',
+SELECT flowgate.enqueue_delivery('tap', 'vault', 'http://127.0.0.1:5597/auth', :'run' || '-auth-1', '{}', auth_secret => 'tap_vault_token') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'run' || '-%') \g /dev/null
+SELECT is((SELECT status::text || ' ' || last_status_code FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-auth-1'), 'delivered 200',
           'a delivery authenticates with the secret read from Vault');
 
 -- ---- Tenant keys: a 500 on create_project, then ready ------------------------------------------------
@@ -35,13 +73,18 @@ SELECT flowgate.set_setting('provisioning.organization_id', '"org-test"') \g /de
 SELECT flowgate.set_setting('provisioning.request_timeout_ms', '1000') \g /dev/null
 SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a') \g /dev/null
 SELECT flowgate.set_setting('provisioning.management_api_url', '"http://127.0.0.1:5597/mgmt/flaky"') \g /dev/null
-CREATE TEMP TABLE t AS SELECT 'tap-vault-' || substr(md5(random()::text || clock_timestamp()::text), 1, 8) AS slug;
 SELECT provisioning.enqueue_client((SELECT slug FROM t), 'Vault Tenant') \g /dev/null
-SELECT provisioning.run_jobs() \g /dev/null
-SELECT is((SELECT j.status || ' ' || j.last_status_code FROM provisioning.client_provisioning_jobs j JOIN provisioning.clients c USING (client_id)
-            WHERE c.slug = (SELECT slug FROM t)), 'queued 500', 'create_project got a 500: the job waits for its retry');
-UPDATE provisioning.client_provisioning_jobs SET next_attempt_at = now() WHERE status = 'queued';
-SELECT provisioning.run_jobs() \g /dev/null
+CALL pg_temp.drive($$EXISTS (SELECT FROM provisioning.job_events e JOIN provisioning.client_provisioning_jobs j USING (job_id)
+                               JOIN provisioning.clients c USING (client_id)
+                              WHERE c.slug = (SELECT slug FROM t) AND e.event_type = 'attempt_failed')$$);
+SELECT is((SELECT e.to_status || ' ' || (e.payload ->> 'status_code') FROM provisioning.job_events e
+             JOIN provisioning.client_provisioning_jobs j USING (job_id) JOIN provisioning.clients c USING (client_id)
+            WHERE c.slug = (SELECT slug FROM t) AND e.event_type = 'attempt_failed' ORDER BY e.id LIMIT 1),
+          'queued 500', 'create_project got a 500: the job waits for its retry');
+-- Do not wait out the back-off.
+UPDATE provisioning.client_provisioning_jobs SET next_attempt_at = now()
+ WHERE status = 'queued' AND client_id = (SELECT client_id FROM provisioning.clients WHERE slug = (SELECT slug FROM t));
+CALL pg_temp.drive($$(SELECT provisioning_status IN ('ready', 'failed') FROM provisioning.clients WHERE slug = (SELECT slug FROM t))$$);
 SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = (SELECT slug FROM t)), 'ready',
           'the retry stores the database password again (updated in Vault, not created twice) and the tenant is ready');
 SELECT is((SELECT key_storage FROM provisioning.clients WHERE slug = (SELECT slug FROM t)), 'vault', 'its keys are in Vault');
@@ -55,5 +98,27 @@ SELECT is((SELECT anon_key FROM provisioning.tenant_keys((SELECT client_id FROM 
 SELECT ok(NOT EXISTS (SELECT FROM flowgate.deliveries WHERE body::text LIKE '%eyJhbGciOiJIUzI1NiJ9.anon-%' OR response_body LIKE '%eyJhbGciOiJIUzI1NiJ9%'),
           'no key in any delivery');
 
+-- ---- Leave the database as found ------------------------------------------------------------------
+SELECT flowgate.reset_setting(k) FROM unnest(ARRAY['flowgate.http_transport', 'provisioning.organization_id', 'provisioning.request_timeout_ms',
+                                                   'provisioning.management_api_url']) k \g /dev/null
+CREATE TEMP TABLE tap_jobs AS
+SELECT job_id FROM provisioning.client_provisioning_jobs WHERE client_id = (SELECT client_id FROM provisioning.clients WHERE slug = (SELECT slug FROM t));
+DELETE FROM flowgate.deliveries
+ WHERE idempotency_key LIKE :'run' || '-%'
+    OR (owner_module = 'provisioning' AND split_part(owner_id, ':', 1) IN (SELECT job_id::text FROM tap_jobs));
+-- The job history is append-only (its trigger refuses DELETE): removed with triggers off, for
+-- this session only.
+SET session_replication_role = replica;
+DELETE FROM provisioning.job_events WHERE job_id IN (SELECT job_id FROM tap_jobs);
+DELETE FROM provisioning.client_provisioning_jobs WHERE job_id IN (SELECT job_id FROM tap_jobs);
+DELETE FROM provisioning.clients WHERE slug = (SELECT slug FROM t);
+RESET session_replication_role;
+DELETE FROM vault.secrets WHERE name = 'tap_vault_token' OR name LIKE 'provisioning/' || :'run' || '/%';
+\if :made_access_token
+DELETE FROM vault.secrets WHERE name = 'supabase_access_token';
+\endif
+\if :made_vault
+DROP EXTENSION supabase_vault;
+\endif
+
 SELECT * FROM finish();
-ROLLBACK;

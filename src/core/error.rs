@@ -55,6 +55,11 @@ pub enum CoreError {
         hint: String,
     },
 
+    /// The call controls its own transactions (it commits between steps), so it cannot run
+    /// inside a transaction block or a function.
+    #[error("{what} must be CALLed on its own, not inside a transaction block or a function")]
+    NeedsOwnTransactions { what: String, hint: String },
+
     /// Concurrent work got in the way; the same call may succeed when sent again.
     #[error("{what} is busy")]
     Busy { what: String, hint: String },
@@ -98,6 +103,7 @@ impl CoreError {
             CoreError::PermissionDenied { .. } => "42501",
             CoreError::Duplicate { .. } => "23505",
             CoreError::MissingDependency { .. } => "0A000",
+            CoreError::NeedsOwnTransactions { .. } => "2D000",
             CoreError::Busy { .. } => "40001",
             CoreError::Spi(_) | CoreError::Internal(_) => "XX000",
         }
@@ -113,6 +119,7 @@ impl CoreError {
             CoreError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CoreError::Duplicate { .. } => ERRCODE_UNIQUE_VIOLATION,
             CoreError::MissingDependency { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CoreError::NeedsOwnTransactions { .. } => ERRCODE_INVALID_TRANSACTION_TERMINATION,
             CoreError::Busy { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
             CoreError::Spi(_) | CoreError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -132,7 +139,9 @@ impl CoreError {
             CoreError::PermissionDenied { allowed, .. } if !allowed.is_empty() => {
                 Some(allowed.clone())
             }
-            CoreError::MissingDependency { hint, .. } | CoreError::Busy { hint, .. } => {
+            CoreError::MissingDependency { hint, .. }
+            | CoreError::Busy { hint, .. }
+            | CoreError::NeedsOwnTransactions { hint, .. } => {
                 Some(hint.clone())
             }
             CoreError::NotFound { kind, .. } => Some(format!(

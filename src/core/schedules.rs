@@ -10,6 +10,8 @@ use super::store;
 
 /// A periodic job: its pg_cron name, the setting that holds its cron schedule, what it runs,
 /// and whether the background worker runs it on every tick (housekeeping does not need to).
+/// A command is one `SELECT f(...)` run in a transaction, or a `CALL` of a procedure that
+/// controls its own transactions (and records its own outcome).
 #[derive(Debug, Clone, Copy)]
 pub struct Job {
     pub name: &'static str,
@@ -18,12 +20,30 @@ pub struct Job {
     pub every_tick: bool,
 }
 
+impl Job {
+    /// A procedure that commits between its steps: never run inside another transaction.
+    pub fn is_procedure(&self) -> bool {
+        self.command.starts_with("CALL ")
+    }
+
+    /// What pg_cron runs: through flowgate.run_job, so that flowgate records the outcome,
+    /// duration and error of every run (pg_cron 1.4 records only "SELECT 1"); a procedure is
+    /// called directly and records its own.
+    pub fn cron_command(&self) -> String {
+        match self.command.strip_suffix("()") {
+            Some(call) if self.is_procedure() => format!("{call}(runner => 'pg_cron')"),
+            _ => format!("SELECT flowgate.run_job('{}', 'pg_cron')", self.name),
+        }
+    }
+}
+
 /// Every periodic flowgate job. Modules add theirs here.
 pub const JOBS: &[Job] = &[
     Job {
+        // A procedure: it commits between claiming, sending and recording.
         name: "flowgate.dispatch",
         schedule_setting: "flowgate.dispatch_schedule",
-        command: "SELECT flowgate.dispatch()",
+        command: "CALL flowgate.run_outbox()",
         every_tick: true,
     },
     Job {
@@ -122,9 +142,7 @@ fn install_schedules() -> Result<
                 );
                 schedule = "* * * * *".into();
             }
-            // Through flowgate.run_job, so that flowgate records the outcome, duration and
-            // error of every run (pg_cron 1.4 records only "SELECT 1").
-            let command = format!("SELECT flowgate.run_job('{}', 'pg_cron')", job.name);
+            let command = job.cron_command();
             let id = Spi::get_one_with_args::<i64>(
                 "SELECT cron.schedule($1, $2, $3)",
                 &[
@@ -175,7 +193,7 @@ impl Runner {
         }
     }
 
-    fn parse(s: &str) -> CoreResult<Runner> {
+    pub fn parse(s: &str) -> CoreResult<Runner> {
         match s {
             "pg_cron" => Ok(Runner::PgCron),
             "worker" => Ok(Runner::Worker),
@@ -220,6 +238,15 @@ fn clip(s: &str) -> String {
 /// the outcome (flowgate.job_status always; flowgate.job_runs for pg_cron and manual runs and
 /// for every failure). The caller's transaction holds nothing else of another job.
 pub fn run_recorded(job: &Job, runner: Runner) -> CoreResult<Outcome> {
+    if job.is_procedure() {
+        return Err(CoreError::NeedsOwnTransactions {
+            what: job.command.trim_start_matches("CALL ").into(),
+            hint: format!(
+                "job {} is not run through flowgate.run_job: {} in autocommit mode (psql, pg_cron), or let the background worker run it",
+                job.name, job.command
+            ),
+        });
+    }
     let started = Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()")?;
     let t0 = std::time::Instant::now();
     // Every command is one "SELECT f(...)": its result is read as text.
@@ -236,16 +263,36 @@ pub fn run_recorded(job: &Job, runner: Runner) -> CoreResult<Outcome> {
         Ok(Err(e)) => (false, clip(&format!("{}: {e}", e.sqlstate()))),
         Err(c) => (false, clip(&format!("{}: {}", c.sqlstate, c.message))),
     };
+    record_outcome(job.name, runner, started, duration_ms, ok, &text)?;
+    Ok(Outcome {
+        ok,
+        text,
+        duration_ms,
+    })
+}
+
+/// Record how one run of a job ended: flowgate.job_status always; flowgate.job_runs for
+/// pg_cron and manual runs and for every failure (the worker's successful ticks would be tens
+/// of rows a second).
+pub fn record_outcome(
+    job: &str,
+    runner: Runner,
+    started: Option<pgrx::datum::TimestampWithTimeZone>,
+    duration_ms: f64,
+    ok: bool,
+    text: &str,
+) -> CoreResult<()> {
     if !ok {
-        pgrx::warning!(
-            "flowgate job {} ({}) failed: {text}",
-            job.name,
-            runner.as_str()
-        );
+        pgrx::warning!("flowgate job {job} ({}) failed: {text}", runner.as_str());
     }
-    // The latest outcome always; the history for pg_cron and manual runs and for every failure
-    // (the worker's successful ticks would be tens of rows a second).
     let keep_history = runner != Runner::Worker || !ok;
+    let started = match started {
+        Some(t) => Some(t),
+        None => Spi::get_one_with_args::<pgrx::datum::TimestampWithTimeZone>(
+            "SELECT clock_timestamp() - make_interval(secs => $1 / 1000)",
+            &[duration_ms.into()],
+        )?,
+    };
     Spi::run_with_args(
         "WITH latest AS ( \
            INSERT INTO flowgate.job_status AS s (job, runs, failures, last_runner, last_started_at, last_duration_ms, \
@@ -263,20 +310,16 @@ pub fn run_recorded(job: &Job, runner: Runner) -> CoreResult<Outcome> {
                 CASE WHEN $5 THEN NULL ELSE $6 END \
           WHERE $7",
         &[
-            job.name.into(),
+            job.into(),
             runner.as_str().into(),
             started.into(),
             duration_ms.into(),
             ok.into(),
-            text.as_str().into(),
+            clip(text).into(),
             keep_history.into(),
         ],
     )?;
-    Ok(Outcome {
-        ok,
-        text,
-        duration_ms,
-    })
+    Ok(())
 }
 
 /// Run one periodic job now, in its own subtransaction, and record its outcome, duration and
@@ -303,12 +346,18 @@ fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB,
 
 /// Run the periodic jobs once, in order, each in its own subtransaction with its outcome
 /// recorded (a failing job undoes only its own work); returns how many ran without error.
+/// The outbox is not among them: it sends outside any transaction, with
+/// `CALL flowgate.run_outbox()`.
 /// The background worker instead runs each job in a transaction of its own.
 #[pg_extern(volatile)]
 fn run_periodic(include_housekeeping: default!(bool, "true")) -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
         let mut ok = 0;
-        for job in JOBS.iter().filter(|j| j.every_tick || include_housekeeping) {
+        // Procedures (the outbox) commit between steps and cannot run inside this call.
+        for job in JOBS
+            .iter()
+            .filter(|j| (j.every_tick || include_housekeeping) && !j.is_procedure())
+        {
             if run_recorded(job, Runner::Manual)?.ok {
                 ok += 1;
             }

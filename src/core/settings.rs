@@ -91,7 +91,7 @@ pub const CORE: &[Definition] = &[
         key: "flowgate.http_transport",
         kind: Kind::OneOf(&["auto", "pg_net", "native"]),
         default: r#""auto""#,
-        doc: "How deliveries are sent: pg_net (net.http_post, responses read by flowgate.collect), native (flowgate's Rust client, inside flowgate.dispatch), or auto (pg_net when installed).",
+        doc: "How deliveries are sent: pg_net (net.http_post after the claim commits, responses read by flowgate.collect), native (flowgate's Rust client, with no transaction open), or auto (pg_net when installed).",
     },
     Definition {
         key: "flowgate.http_timeout_ms",
@@ -133,7 +133,13 @@ pub const CORE: &[Definition] = &[
         key: "flowgate.dispatch_batch_size",
         kind: Kind::Int { min: 1, max: 10_000 },
         default: "50",
-        doc: "Deliveries claimed by one flowgate.dispatch() call without an argument.",
+        doc: "Deliveries claimed per round of the outbox runner (CALL flowgate.run_outbox(), the worker): one claim transaction, one send, one record transaction.",
+    },
+    Definition {
+        key: "flowgate.outbox_run_seconds",
+        kind: Kind::Int { min: 1, max: 3_600 },
+        default: "20",
+        doc: "How long one CALL flowgate.run_outbox() (or one worker tick) keeps claiming new rounds while deliveries are due.",
     },
     Definition {
         key: "flowgate.in_flight_lease_seconds",
@@ -145,7 +151,7 @@ pub const CORE: &[Definition] = &[
         key: "flowgate.dispatch_schedule",
         kind: Kind::Schedule,
         default: r#""* * * * *""#,
-        doc: "pg_cron schedule of flowgate.dispatch() (pg_cron 1.5+ also accepts '5 seconds').",
+        doc: "pg_cron schedule of CALL flowgate.run_outbox() (pg_cron 1.5+ also accepts '5 seconds').",
     },
     Definition {
         key: "flowgate.delivered_retention_hours",

@@ -16,6 +16,12 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::panic::AssertUnwindSafe;
+
+use super::error::{CoreError, CoreResult};
+use super::outbox::engine::{self, Limits, Transactions};
+use super::schedules::{self, Runner};
+use super::subxact;
 
 static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static WORKER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -93,6 +99,10 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
             .iter()
             .filter(|j| j.every_tick || housekeeping);
         for job in due {
+            if job.is_procedure() {
+                run_outbox();
+                continue;
+            }
             BackgroundWorker::transaction(|| {
                 let installed = Spi::get_one::<bool>(
                     "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'flowgate')",
@@ -112,4 +122,56 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
         }
     }
     log!("flowgate worker stopped");
+}
+
+/// The outbox job, natively: claim and record in transactions of their own, send in none.
+fn run_outbox() {
+    let t0 = std::time::Instant::now();
+    let installed = BackgroundWorker::transaction(|| {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'flowgate')",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    });
+    if !installed {
+        return;
+    }
+    let mut tx = WorkerTransactions;
+    let limits = tx.step(|| Limits::from_settings(None));
+    let result = limits.and_then(|l| engine::run(&mut tx, l));
+    let duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let recorded = tx.step(|| {
+        let (ok, text) = match &result {
+            Ok(s) => (true, s.to_json().to_string()),
+            Err(e) => (false, format!("{}: {e}", e.sqlstate())),
+        };
+        schedules::record_outcome("flowgate.dispatch", Runner::Worker, None, duration_ms, ok, &text)
+    });
+    if let Err(e) = recorded {
+        warning!("flowgate worker: recording the outbox run failed: {e}");
+    }
+}
+
+/// The worker's transactions: each step is one, committed unless it failed (then its
+/// subtransaction is rolled back and the empty transaction commits).
+struct WorkerTransactions;
+
+impl Transactions for WorkerTransactions {
+    fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
+        BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            match subxact::run(step) {
+                Ok(result) => result,
+                Err(caught) => Err(CoreError::Internal(format!(
+                    "{}: {}",
+                    caught.sqlstate, caught.message
+                ))),
+            }
+        }))
+    }
+
+    fn stopping(&self) -> bool {
+        BackgroundWorker::sigterm_received()
+    }
 }

@@ -419,9 +419,10 @@ mod intake {
     /// Drain one pool: read up to batch_size intents (fewer under
     /// rate_limit_per_second) with the visibility timeout, and move each one step on: POST the
     /// queued ones to the validation webhook, commit the validated ones to the ledger, send the
-    /// ones read more than max_retries times to the DLQ. HTTP goes through the outbox; with the
-    /// native transport this call sends and records both stages before it returns. Safe to run
-    /// concurrently (pgmq hands each intent to one reader).
+    /// ones read more than max_retries times to the DLQ. Nothing is sent here: each request is
+    /// handed to the outbox (CALL flowgate.run_outbox() or the worker sends it with no
+    /// transaction open) and its answer moves the intent on. Safe to run concurrently (pgmq
+    /// hands each intent to one reader).
     #[pg_extern(volatile, strict)]
     fn drain(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
@@ -482,19 +483,6 @@ mod intake {
                 &[pool.as_str().into()],
             )?;
         }
-        let validation = dispatch(client, started.deliveries.clone())?;
-        // Intents validated just now have their commit delivery waiting: send it in this call.
-        let commits: Vec<i64> = client
-            .select(
-                "SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM flowgate.deliveries \
-                  WHERE idempotency_key = ANY ($1) AND status = 'pending'",
-                Some(1),
-                &[started.commit_keys.clone().into()],
-            )?
-            .first()
-            .get_one::<Vec<i64>>()?
-            .unwrap_or_default();
-        let commit = dispatch(client, commits)?;
         let queue_empty = client
             .select(
                 &format!("SELECT NOT EXISTS (SELECT FROM {})", pool.queue_table()),
@@ -504,20 +492,14 @@ mod intake {
             .first()
             .get_one::<bool>()?
             .unwrap_or(false);
-        let count = |v: &Value, keys: &[&str]| -> u64 {
-            keys.iter()
-                .filter_map(|k| v.get(*k).and_then(Value::as_u64))
-                .sum()
-        };
-        let trouble = ["retry", "failed", "dead", "handler_error", "skipped"];
+        // The validation and commit requests go out through the outbox (CALL
+        // flowgate.run_outbox() or the worker), with no transaction open; their handlers move
+        // each intent on.
         let status = drain::summarize(&drain::DrainCounts {
             read: started.read,
-            progressed: started.committed
-                + count(&validation, &["delivered"]) as usize
-                + count(&commit, &["delivered"]) as usize,
-            troubled: started.dead_lettered
-                + count(&validation, &trouble) as usize
-                + count(&commit, &trouble) as usize,
+            progressed: started.committed,
+            handed: started.deliveries.len(),
+            troubled: started.dead_lettered,
             waiting: started.waiting,
             queue_empty,
         });
@@ -528,21 +510,8 @@ mod intake {
             "committed_locally": started.committed,
             "dead_lettered": started.dead_lettered,
             "waiting_for_reply": started.waiting,
-            "sent": validation,
-            "commits": commit,
+            "handed_to_outbox": started.deliveries.len(),
         }))
-    }
-
-    fn dispatch(client: &mut pgrx::spi::SpiClient<'_>, ids: Vec<i64>) -> CoreResult<Value> {
-        if ids.is_empty() {
-            return Ok(json!({"claimed": 0}));
-        }
-        Ok(client
-            .update("SELECT flowgate.dispatch_ids($1)", Some(1), &[ids.into()])?
-            .first()
-            .get_one::<JsonB>()?
-            .map(|j| j.0)
-            .unwrap_or(Value::Null))
     }
 
     /// Re-queue dead-lettered intents of a pool: all of them, or those in `msg_ids`. Each keeps

@@ -448,9 +448,11 @@ mod unit_tests {
 pub struct DrainCounts {
     /// Intents read from the queue.
     pub read: usize,
-    /// Intents that moved on: validated, committed or released.
+    /// Intents that moved on here: committed locally or released.
     pub progressed: usize,
-    /// Sends that will be retried, failed or died, and intents dead-lettered.
+    /// Intents whose next request (validation or ledger commit) was handed to the outbox.
+    pub handed: usize,
+    /// Intents dead-lettered.
     pub troubled: usize,
     /// Intents waiting for a reply from an external worker.
     pub waiting: usize,
@@ -459,16 +461,18 @@ pub struct DrainCounts {
 }
 
 /// `drained` only when the queue is empty and nothing went wrong; `empty` when there was
-/// nothing to read; `waiting` when intents remain but none was due (retries back off by the
-/// visibility timeout) or all wait for a reply; `retrying` when intents were read and every one
-/// failed or will be retried; `partial` when some moved on and work remains or failed.
+/// nothing to read; `sending` when every intent read was handed to the outbox (their answers
+/// move them on; `intake.pool_status` shows how they fare); `waiting` when intents remain but
+/// none was due (retries back off by the visibility timeout) or all wait for a reply;
+/// `retrying` when every intent read was dead-lettered; `partial` for a mix.
 pub fn summarize(c: &DrainCounts) -> &'static str {
     match (c.read, c.queue_empty) {
         (0, true) => "empty",
         (0, false) => "waiting",
-        _ if c.troubled == 0 && c.waiting == 0 && c.queue_empty => "drained",
-        _ if c.progressed == 0 && c.troubled > 0 => "retrying",
-        _ if c.progressed == 0 => "waiting",
+        _ if c.troubled == 0 && c.waiting == 0 && c.handed == 0 && c.queue_empty => "drained",
+        _ if c.handed == c.read => "sending",
+        _ if c.progressed == 0 && c.handed == 0 && c.troubled > 0 => "retrying",
+        _ if c.progressed == 0 && c.handed == 0 => "waiting",
         _ => "partial",
     }
 }
@@ -479,23 +483,26 @@ mod summary_unit_tests {
 
     #[test]
     fn a_drain_says_drained_only_when_nothing_is_left_or_failed() {
-        let c = |read, progressed, troubled, waiting, queue_empty| {
+        let c = |read, progressed, handed, troubled, waiting, queue_empty| {
             summarize(&DrainCounts {
                 read,
                 progressed,
+                handed,
                 troubled,
                 waiting,
                 queue_empty,
             })
         };
-        assert_eq!(c(0, 0, 0, 0, true), "empty");
-        assert_eq!(c(0, 0, 0, 0, false), "waiting");
-        assert_eq!(c(3, 3, 0, 0, true), "drained");
-        assert_eq!(c(3, 0, 3, 0, false), "retrying", "every send failed");
-        assert_eq!(c(3, 2, 1, 0, false), "partial");
-        assert_eq!(c(3, 3, 0, 0, false), "partial", "more left than one batch");
+        assert_eq!(c(0, 0, 0, 0, 0, true), "empty");
+        assert_eq!(c(0, 0, 0, 0, 0, false), "waiting");
+        assert_eq!(c(3, 3, 0, 0, 0, true), "drained", "all committed locally");
+        assert_eq!(c(3, 0, 3, 0, 0, false), "sending", "all handed to the outbox");
+        assert_eq!(c(3, 0, 0, 3, 0, false), "retrying", "every intent dead-lettered");
+        assert_eq!(c(3, 2, 0, 1, 0, false), "partial");
+        assert_eq!(c(3, 1, 2, 0, 0, false), "partial");
+        assert_eq!(c(3, 3, 0, 0, 0, false), "partial", "more left than one batch");
         assert_eq!(
-            c(3, 0, 0, 3, false),
+            c(3, 0, 0, 0, 3, false),
             "waiting",
             "all waiting for an external reply"
         );

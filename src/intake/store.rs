@@ -397,7 +397,6 @@ pub fn settle(
 pub struct Started {
     pub read: usize,
     pub deliveries: Vec<i64>,
-    pub commit_keys: Vec<String>,
     pub committed: usize,
     pub dead_lettered: usize,
     pub waiting: usize,
@@ -439,14 +438,6 @@ pub fn start(
                 };
                 let e = outbox::enqueue(client, &delivery(cfg, pool, &intent, stage)?)?;
                 out.deliveries.push(e.id);
-                if stage == Stage::Validate {
-                    out.commit_keys.push(drain::delivery_key(
-                        pool.as_str(),
-                        intent.msg_id,
-                        Stage::Commit,
-                        intent.read_ct,
-                    ));
-                }
             }
         }
     }

@@ -225,7 +225,9 @@ fn finish(
     })
 }
 
-/// Claim and start up to `max` due jobs, then send what is due now. Returns what was started.
+/// Claim and start up to `max` due jobs: each enqueues its first step's request, which the
+/// outbox sends (CALL flowgate.run_outbox() or the worker) with no transaction open; the
+/// response handler chains the next step. Returns what was started.
 pub fn run(max: i32) -> ProvisioningResult<Value> {
     // Until the operator has configured the organization, the schedule leaves jobs alone (an
     // external worker may be driving them through claim_job/report_job).
@@ -233,44 +235,14 @@ pub fn run(max: i32) -> ProvisioningResult<Value> {
         return Ok(json!({"started": [], "skipped": "provisioning.organization_id is not set"}));
     }
     let mut started = Vec::new();
-    let mut sent = 0i64;
-    // Rounds: claim what is due, send it (handlers chain the next steps and may queue the next
-    // job, e.g. schema_sync after create_project), until a round claims nothing.
-    for _ in 0..10 {
-        let mut claimed = 0;
-        while (started.len() as i32) < max.max(0) {
-            let Some(job) = store::claim(WORKER)? else {
-                break;
-            };
-            start(&job)?;
-            claimed += 1;
-            started.push(json!({"job_id": job["job_id"], "job_type": job["job_type"], "attempt": job["attempts"]}));
-        }
-        sent += dispatch()?;
-        if claimed == 0 {
+    while (started.len() as i32) < max.max(0) {
+        let Some(job) = store::claim(WORKER)? else {
             break;
-        }
+        };
+        start(&job)?;
+        started.push(json!({"job_id": job["job_id"], "job_type": job["job_type"], "attempt": job["attempts"]}));
     }
-    Ok(json!({"started": started, "deliveries_sent": sent}))
-}
-
-/// Send provisioning's due deliveries now, including the next steps their handlers enqueue.
-fn dispatch() -> ProvisioningResult<i64> {
-    let mut sent = 0i64;
-    for _ in 0..100 {
-        let n = Spi::get_one::<i64>(
-            "SELECT coalesce(sum(cardinality(ids)), 0)::bigint FROM ( \
-               SELECT array_agg(id) AS ids FROM flowgate.deliveries \
-                WHERE owner_module = 'provisioning' AND status = 'pending' AND next_attempt_at <= now() HAVING count(*) > 0) d, \
-             LATERAL (SELECT flowgate.dispatch_ids(d.ids)) x",
-        )?
-        .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        sent += n;
-    }
-    Ok(sent)
+    Ok(json!({"started": started}))
 }
 
 /// The response handler: apply one step's answer and move the attempt on.

@@ -1,15 +1,14 @@
-//! SQL surface of the outbox. The orchestration (`flowgate.dispatch`, `flowgate.collect`) is
-//! PL/pgSQL in `sql/finalize.sql` so that each delivery's outcome and handler run in their
-//! own subtransaction; these functions are the Rust steps it calls.
+//! SQL surface of the outbox. Sending is `CALL flowgate.run_outbox()` (procedure.rs) or the
+//! background worker; `flowgate.collect` (PL/pgSQL in `sql/finalize.sql`) reads pg_net's
+//! responses and expires lost leases through `flowgate.record_attempt`.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::JsonB;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::delivery::NewDelivery;
-use super::native;
-use super::store::{self, Observed, Prepared};
+use super::engine;
+use super::store::{self, Observed};
 use crate::core::args::{
     self, RawJsonb, MAX_JSON_ARG_BYTES, MAX_RESPONSE_ARG_BYTES as MAX_BODY_ARG_BYTES,
 };
@@ -92,229 +91,13 @@ fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
     run().map_err(CoreError::reporter("flowgate.set_secret"))
 }
 
-/// The transport `flowgate.dispatch` uses now: the `flowgate.http_transport` setting, with
-/// `auto` meaning pg_net when that extension is installed, else native.
+/// The transport the outbox uses now: the `flowgate.http_transport` setting, with `auto`
+/// meaning pg_net when that extension is installed, else native.
 #[pg_extern(stable)]
 fn effective_transport() -> Result<String, ErrorReport> {
-    let run = || -> CoreResult<String> {
-        let wanted = settings::get_text("flowgate.http_transport")?;
-        let has_pg_net = Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_net')",
-        )?
-        .unwrap_or(false);
-        match (wanted.as_str(), has_pg_net) {
-            ("native", _) | ("auto", false) => Ok("native".into()),
-            ("pg_net", true) | ("auto", true) => Ok("pg_net".into()),
-            _ => Err(CoreError::MissingDependency {
-                feature: "flowgate.http_transport = pg_net".into(),
-                dependency: "the pg_net extension".into(),
-                hint: "CREATE EXTENSION pg_net, or set flowgate.http_transport to auto or native"
-                    .into(),
-            }),
-        }
-    };
-    run().map_err(CoreError::reporter("flowgate.effective_transport"))
-}
-
-/// One attempt's observation: id, status_code, retry_after, body, content_type, error_kind,
-/// error, elapsed_ms (the SQL column names are declared on the functions below).
-type AttemptRow = (
-    i64,
-    Option<i32>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i32>,
-);
-
-fn unsendable(id: i64, reason: String) -> AttemptRow {
-    (
-        id,
-        None,
-        None,
-        None,
-        None,
-        Some("unsendable".into()),
-        Some(reason),
-        None,
-    )
-}
-
-/// Native transport: send the claimed deliveries concurrently and return what happened to
-/// each. Writes nothing; `flowgate.dispatch` records the rows.
-#[pg_extern(volatile, strict)]
-#[allow(clippy::type_complexity)]
-fn transport_native(
-    ids: Vec<i64>,
-) -> Result<
-    TableIterator<
-        'static,
-        (
-            name!(id, i64),
-            name!(status_code, Option<i32>),
-            name!(retry_after, Option<String>),
-            name!(body, Option<String>),
-            name!(content_type, Option<String>),
-            name!(error_kind, Option<String>),
-            name!(error, Option<String>),
-            name!(elapsed_ms, Option<i32>),
-        ),
-    >,
-    ErrorReport,
-> {
-    let run = || -> CoreResult<Vec<AttemptRow>> {
-        let concurrency = settings::get_i64("flowgate.http_concurrency")? as usize;
-        let mut rows = Vec::with_capacity(ids.len());
-        let mut requests = Vec::with_capacity(ids.len());
-        for p in store::prepare(&ids)? {
-            match p {
-                Prepared::Send(r) => requests.push(r),
-                Prepared::Unsendable { id, reason } => rows.push(unsendable(id, reason)),
-            }
-        }
-        // Postgres APIs stay on this thread: the batch runs on plain worker threads with
-        // owned data, and everything is back here before the next SPI call.
-        // SAFETY: InterruptPending is a plain flag Postgres sets from signal handlers; reading
-        // it on this (the backend's main) thread is what CHECK_FOR_INTERRUPTS does.
-        let interrupted = || unsafe { pg_sys::InterruptPending != 0 };
-        let results = native::send_batch(&requests, concurrency, &interrupted);
-        // Cancel, statement_timeout or shutdown: raise it now, after the workers are joined.
-        pgrx::check_for_interrupts!();
-        for r in results {
-            let status = r.status().map(i32::from);
-            let (kind, error, retry_after) = match &r.attempt {
-                super::policy::Attempt::Response { retry_after, .. } => {
-                    (None, None, retry_after.clone())
-                }
-                super::policy::Attempt::Timeout => {
-                    (Some("timeout"), Some("timed out".to_string()), None)
-                }
-                super::policy::Attempt::Connect(e) => (Some("connect"), Some(e.clone()), None),
-                super::policy::Attempt::Transport(e) => (Some("transport"), Some(e.clone()), None),
-            };
-            rows.push((
-                r.id,
-                status,
-                retry_after,
-                status.map(|_| r.body),
-                r.content_type,
-                kind.map(str::to_owned),
-                error,
-                Some(r.elapsed.as_millis().min(i32::MAX as u128) as i32),
-            ));
-        }
-        Ok(rows)
-    };
-    run()
-        .map(TableIterator::new)
-        .map_err(CoreError::reporter("flowgate.transport_native"))
-}
-
-/// pg_net transport: queue each claimed delivery with `net.http_post` / `net.http_get` and
-/// remember pg_net's request id; `flowgate.collect` reads the responses later. Returns the
-/// deliveries it did not queue: `unsendable` ones (a missing secret) and those whose method
-/// pg_net cannot send (`error_kind = 'native'`), which `flowgate.dispatch` sends natively.
-#[pg_extern(volatile, strict)]
-#[allow(clippy::type_complexity)]
-fn transport_pg_net(
-    ids: Vec<i64>,
-) -> Result<
-    TableIterator<
-        'static,
-        (
-            name!(id, i64),
-            name!(status_code, Option<i32>),
-            name!(retry_after, Option<String>),
-            name!(body, Option<String>),
-            name!(content_type, Option<String>),
-            name!(error_kind, Option<String>),
-            name!(error, Option<String>),
-            name!(elapsed_ms, Option<i32>),
-        ),
-    >,
-    ErrorReport,
-> {
-    let run = || -> CoreResult<Vec<AttemptRow>> {
-        let mut rows = Vec::new();
-        for p in store::prepare(&ids)? {
-            let req = match p {
-                Prepared::Send(r) => r,
-                Prepared::Unsendable { id, reason } => {
-                    rows.push(unsendable(id, reason));
-                    continue;
-                }
-            };
-            // pg_net keeps request headers in tables PUBLIC can read until it sends them, and its
-            // http_post insists on a plain application/json body: those deliveries go native.
-            let plain_json = req
-                .headers
-                .iter()
-                .all(|(k, v)| !k.eq_ignore_ascii_case("content-type") || v == "application/json");
-            if req.carries_secret || !plain_json {
-                rows.push((
-                    req.id,
-                    None,
-                    None,
-                    None,
-                    None,
-                    Some("native".into()),
-                    None,
-                    None,
-                ));
-                continue;
-            }
-            let call = match req.method.as_str() {
-                "POST" => "SELECT net.http_post(url := $1, body := $2::jsonb, headers := $3, timeout_milliseconds := $4)",
-                "GET" => "SELECT net.http_get(url := $1, headers := $2, timeout_milliseconds := $3)",
-                _ => {
-                    rows.push((req.id, None, None, None, None, Some("native".into()), None, None));
-                    continue;
-                }
-            };
-            let headers: Map<String, Value> = req
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            let body = req
-                .body
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned());
-            let timeout = req.timeout.as_millis().min(i32::MAX as u128) as i32;
-            Spi::connect_mut(|client| -> CoreResult<()> {
-                let args = if req.method == "GET" {
-                    vec![
-                        req.url.as_str().into(),
-                        JsonB(Value::Object(headers)).into(),
-                        timeout.into(),
-                    ]
-                } else {
-                    vec![
-                        req.url.as_str().into(),
-                        body.into(),
-                        JsonB(Value::Object(headers)).into(),
-                        timeout.into(),
-                    ]
-                };
-                let request_id = client
-                    .update(call, Some(1), &args)?
-                    .first()
-                    .get_one::<i64>()?;
-                client.update(
-                    "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = now() WHERE id = $1",
-                    None,
-                    &[req.id.into(), request_id.into()],
-                )?;
-                Ok(())
-            })?;
-        }
-        Ok(rows)
-    };
-    run()
-        .map(TableIterator::new)
-        .map_err(CoreError::reporter("flowgate.transport_pg_net"))
+    engine::Transport::current()
+        .map(|t| t.as_str().to_owned())
+        .map_err(CoreError::reporter("flowgate.effective_transport"))
 }
 
 /// Run the response handler again for delivered deliveries whose handler failed (no HTTP is
@@ -330,8 +113,9 @@ fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
     Ok(ok)
 }
 
-/// Record one attempt of an in-flight delivery and run its owner's handler; returns
-/// `delivered`, `retry`, `failed`, `dead` or `skipped`.
+/// Record one attempt of an in-flight delivery and run its owner's handler (in a
+/// subtransaction when it has one); returns `delivered`, `retry`, `failed`, `dead`, `skipped`
+/// or `handler_error`. For collectors of responses sent elsewhere (pg_net, an Edge Function).
 #[pg_extern(volatile)]
 #[allow(clippy::too_many_arguments)]
 fn record_attempt(
@@ -352,7 +136,7 @@ fn record_attempt(
         error,
     };
     args::required("id", id)
-        .and_then(|id| store::record(id, &observed))
-        .map(str::to_owned)
+        .and_then(|id| store::record(id, None, &observed.typed()))
+        .map(|r| r.as_str().to_owned())
         .map_err(CoreError::reporter("flowgate.record_attempt"))
 }

@@ -1,14 +1,17 @@
 //! The outbox: every HTTP side effect flowgate makes goes through `flowgate.deliveries`.
 //!
-//! A transition enqueues a row in the user's transaction; nothing is sent there. A dispatcher
-//! (`flowgate.dispatch`, scheduled) claims due rows with `SKIP LOCKED` and hands them to a
-//! transport: pg_net where installed, else the native Rust client. Outcomes are recorded with
-//! retries (exponential back-off, full jitter, Retry-After), dead letters, and the owner's
-//! response handler, each delivery in its own subtransaction.
+//! A transition enqueues a row in the user's transaction; nothing is sent there. The outbox
+//! runner (`CALL flowgate.run_outbox()`, or the background worker) claims due rows in a short
+//! transaction, sends them with no transaction open, and records each outcome in a new one
+//! (see `engine`): pg_net where installed, else the native Rust client. Outcomes are recorded
+//! with retries (exponential back-off, full jitter, Retry-After), dead letters, and the owner's
+//! response handler, isolated in a subtransaction.
 
 pub mod api;
 pub mod delivery;
+pub mod engine;
 pub mod handlers;
 pub mod native;
 pub mod policy;
+pub mod procedure;
 pub mod store;

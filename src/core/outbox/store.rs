@@ -287,7 +287,7 @@ pub fn retry_policy() -> CoreResult<RetryPolicy> {
     })
 }
 
-/// What a transport observed, as passed to [`record`].
+/// What a transport observed, as text (pg_net's response table, `flowgate.record_attempt`).
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub status_code: Option<i32>,
@@ -299,122 +299,270 @@ pub struct Observed {
     pub error: Option<String>,
 }
 
-fn attempt_of(o: &Observed) -> Result<Attempt, String> {
-    let detail = || o.error.clone().unwrap_or_default();
-    match o.error_kind.as_deref() {
-        None => match o.status_code {
-            Some(s) if (100..=599).contains(&s) => Ok(Attempt::Response {
-                status: s as u16,
-                retry_after: o.retry_after.clone(),
-            }),
-            other => Ok(Attempt::Transport(format!(
-                "no usable status code ({other:?})"
-            ))),
-        },
-        Some("timeout") => Ok(Attempt::Timeout),
-        Some("connect") => Ok(Attempt::Connect(detail())),
-        Some("unsendable") => Err(detail()),
-        Some(_) => Ok(Attempt::Transport(detail())),
+impl Observed {
+    /// The typed observation: a status outside 100..=599 is a transport error.
+    pub fn typed(&self) -> Observation {
+        let detail = || self.error.clone().unwrap_or_default();
+        let attempt = match self.error_kind.as_deref() {
+            None => match self.status_code {
+                Some(s) if (100..=599).contains(&s) => Ok(Attempt::Response {
+                    status: s as u16,
+                    retry_after: self.retry_after.clone(),
+                }),
+                other => Ok(Attempt::Transport(format!(
+                    "no usable status code ({other:?})"
+                ))),
+            },
+            Some("timeout") => Ok(Attempt::Timeout),
+            Some("connect") => Ok(Attempt::Connect(detail())),
+            Some("unsendable") => Err(detail()),
+            Some(_) => Ok(Attempt::Transport(detail())),
+        };
+        Observation {
+            attempt,
+            body: self.body.clone(),
+            content_type: self.content_type.clone(),
+        }
     }
 }
 
-/// Record the outcome of one attempt of an `in_flight` delivery and run its handler.
-/// Returns `delivered`, `retry`, `failed`, `dead`, or `skipped` when the row is no longer in
-/// flight (already recorded by someone else).
-pub fn record(id: i64, observed: &Observed) -> CoreResult<&'static str> {
+/// What one attempt came to: the transport's observation, or why it could not be sent at all
+/// (a secret that is missing or unreadable).
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub attempt: Result<Attempt, String>,
+    /// The response body (possibly truncated) when the server answered.
+    pub body: Option<String>,
+    pub content_type: Option<String>,
+}
+
+impl Observation {
+    pub fn unsendable(reason: String) -> Self {
+        Observation {
+            attempt: Err(reason),
+            body: None,
+            content_type: None,
+        }
+    }
+
+    pub fn status_code(&self) -> Option<i32> {
+        match &self.attempt {
+            Ok(Attempt::Response { status, .. }) => Some(i32::from(*status)),
+            _ => None,
+        }
+    }
+}
+
+/// How recording one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Delivered,
+    /// Back to pending, due after its back-off.
+    Retry,
+    Failed,
+    Dead,
+    /// No longer in flight under this lease: someone else recorded it (or its lease expired
+    /// and it was claimed again); nothing was written.
+    Skipped,
+    /// Recording or the owner's handler raised: the handler's writes were undone and the
+    /// delivery is kept with `handler_error` set.
+    HandlerError,
+}
+
+impl Recorded {
+    pub const ALL: [Recorded; 6] = [
+        Recorded::Delivered,
+        Recorded::Retry,
+        Recorded::Failed,
+        Recorded::Dead,
+        Recorded::Skipped,
+        Recorded::HandlerError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recorded::Delivered => "delivered",
+            Recorded::Retry => "retry",
+            Recorded::Failed => "failed",
+            Recorded::Dead => "dead",
+            Recorded::Skipped => "skipped",
+            Recorded::HandlerError => "handler_error",
+        }
+    }
+}
+
+/// The row an attempt is recorded on, locked.
+struct InFlight {
+    attempts: i32,
+    max_attempts: i32,
+    owner_module: String,
+    owner_id: String,
+    handler: Option<String>,
+    request: Option<JsonB>,
+}
+
+/// Lock the delivery and check that it is still in flight under `lease` (its attempt number
+/// when it was claimed; `None` accepts any attempt, as pg_net's collector does). `None` when
+/// it is gone, no longer in flight, or leased again.
+fn lock_in_flight(
+    client: &mut SpiClient<'_>,
+    id: i64,
+    lease: Option<i32>,
+) -> CoreResult<Option<InFlight>> {
+    let rows = client.update(
+        "SELECT attempts, max_attempts, owner_module, owner_id, handler, body, status::text \
+         FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
+        None,
+        &[id.into()],
+    )?;
+    if rows.is_empty() {
+        // Deleted meanwhile (an operator's DELETE): nothing to record, and the rest of the
+        // round is recorded as usual.
+        return Ok(None);
+    }
+    let first = rows.first();
+    let status: String = first.get(7)?.unwrap_or_default();
+    let row = InFlight {
+        attempts: first.get(1)?.unwrap_or(0),
+        max_attempts: first.get(2)?.unwrap_or(1),
+        owner_module: first.get(3)?.unwrap_or_default(),
+        owner_id: first.get(4)?.unwrap_or_default(),
+        handler: first.get(5)?,
+        request: first.get(6)?,
+    };
+    if status != "in_flight" || lease.is_some_and(|l| l != row.attempts) {
+        return Ok(None);
+    }
+    Ok(Some(row))
+}
+
+/// Record the outcome of one attempt of an `in_flight` delivery and run its owner's handler.
+/// A delivery with a handler is recorded in a subtransaction: when recording or the handler
+/// raises, their writes are undone and the delivery is kept (a 2xx stays delivered, since
+/// sending it again could post a Slack message twice) with `handler_error` set.
+pub fn record(id: i64, lease: Option<i32>, observed: &Observation) -> CoreResult<Recorded> {
     let policy = retry_policy()?;
-    Spi::connect_mut(|client| {
-        let rows = client.update(
-            "SELECT attempts, max_attempts, owner_module, owner_id, handler, body, status::text \
-             FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
-            None,
-            &[id.into()],
-        )?;
-        if rows.is_empty() {
-            return Err(CoreError::not_found("delivery", id.to_string()));
-        }
-        let row = rows.first();
-        let attempts: i32 = row.get(1)?.unwrap_or(0);
-        let max_attempts: i32 = row.get(2)?.unwrap_or(1);
-        let owner_module: String = row.get(3)?.unwrap_or_default();
-        let owner_id: String = row.get(4)?.unwrap_or_default();
-        let handler: Option<String> = row.get(5)?;
-        let request: Option<JsonB> = row.get(6)?;
-        let status: String = row.get(7)?.unwrap_or_default();
-        if status != "in_flight" {
-            return Ok("skipped");
-        }
-        let verdict = match attempt_of(observed) {
-            Ok(attempt) => policy::decide(
-                attempts.max(1) as u32,
-                max_attempts.max(1) as u32,
-                &attempt,
-                &policy,
-                rand::random::<f64>(),
-                SystemTime::now(),
-            ),
-            Err(reason) => Verdict::Failed { reason },
+    let row = Spi::connect_mut(|client| lock_in_flight(client, id, lease))?;
+    let Some(row) = row else {
+        return Ok(Recorded::Skipped);
+    };
+    if row.handler.is_none() {
+        return Spi::connect_mut(|client| apply(client, id, &row, observed, &policy));
+    }
+    match subxact::run(|| Spi::connect_mut(|client| apply(client, id, &row, observed, &policy))) {
+        Ok(Ok(recorded)) => Ok(recorded),
+        Ok(Err(e)) => keep_after_handler_error(id, observed, &format!("{}: {e}", e.sqlstate())),
+        Err(caught) => keep_after_handler_error(
+            id,
+            observed,
+            &format!("{}: {}", caught.sqlstate, caught.message),
+        ),
+    }
+}
+
+fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> CoreResult<Recorded> {
+    Spi::run_with_args(
+        "UPDATE flowgate.deliveries \
+            SET status = CASE WHEN $2 BETWEEN 200 AND 299 THEN 'delivered' ELSE 'failed' END::flowgate.delivery_status, \
+                delivered_at = CASE WHEN $2 BETWEEN 200 AND 299 THEN clock_timestamp() END, \
+                last_status_code = $2, response_body = CASE WHEN sensitive THEN NULL ELSE $3 END, response_content_type = $4, \
+                last_error = CASE WHEN $2 BETWEEN 200 AND 299 \
+                                  THEN 'delivered, but the response handler failed; fix it, then flowgate.rerun_handlers()' \
+                                  ELSE 'recording the outcome or running the response handler failed; fix the cause, then flowgate.replay_dead()' END, \
+                handler_error = $5, claimed_at = NULL, updated_at = clock_timestamp() \
+          WHERE id = $1 AND status = 'in_flight'",
+        &[
+            id.into(),
+            observed.status_code().into(),
+            observed.body.clone().into(),
+            observed.content_type.clone().into(),
+            error.chars().take(2000).collect::<String>().into(),
+        ],
+    )?;
+    Ok(Recorded::HandlerError)
+}
+
+/// Write the verdict on the locked row and run the owner's handler.
+fn apply(
+    client: &mut SpiClient<'_>,
+    id: i64,
+    row: &InFlight,
+    observed: &Observation,
+    policy: &RetryPolicy,
+) -> CoreResult<Recorded> {
+    let verdict = match &observed.attempt {
+        Ok(attempt) => policy::decide(
+            row.attempts.max(1) as u32,
+            row.max_attempts.max(1) as u32,
+            attempt,
+            policy,
+            rand::random::<f64>(),
+            SystemTime::now(),
+        ),
+        Err(reason) => Verdict::Failed {
+            reason: reason.clone(),
+        },
+    };
+    let (new_status, delay_ms, last_error, recorded) = match &verdict {
+        Verdict::Delivered => ("delivered", 0i64, None, Recorded::Delivered),
+        Verdict::Retry { delay, reason } => (
+            "pending",
+            delay.as_millis().min(i64::MAX as u128) as i64,
+            Some(reason.clone()),
+            Recorded::Retry,
+        ),
+        Verdict::Failed { reason } => ("failed", 0, Some(reason.clone()), Recorded::Failed),
+        Verdict::Dead { reason } => ("dead", 0, Some(reason.clone()), Recorded::Dead),
+    };
+    let status_code = observed.status_code();
+    client.update(
+        "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \
+           next_attempt_at = CASE WHEN $2 = 'pending' THEN clock_timestamp() + make_interval(secs => $3::float8 / 1000) ELSE next_attempt_at END, \
+           delivered_at = CASE WHEN $2 = 'delivered' THEN clock_timestamp() ELSE delivered_at END, \
+           last_status_code = $4, last_error = $5, response_body = CASE WHEN sensitive THEN NULL ELSE $6 END, \
+           response_content_type = $7, claimed_at = NULL, updated_at = clock_timestamp(), \
+           body = CASE WHEN sensitive AND $2 <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE body END \
+         WHERE id = $1",
+        None,
+        &[
+            id.into(),
+            new_status.into(),
+            delay_ms.into(),
+            status_code.into(),
+            last_error.clone().into(),
+            observed.body.clone().into(),
+            observed.content_type.clone().into(),
+        ],
+    )?;
+    let outcome = match verdict {
+        Verdict::Delivered => Some(Outcome::Delivered),
+        Verdict::Failed { .. } => Some(Outcome::Failed),
+        Verdict::Dead { .. } => Some(Outcome::Dead),
+        Verdict::Retry { .. } => None,
+    };
+    if let (Some(outcome), Some(name)) = (outcome, row.handler.as_deref()) {
+        let run = handlers::find(name).ok_or_else(|| {
+            CoreError::invalid(
+                "handler",
+                format!("{name:?} is no longer registered"),
+                handlers::names().join(", "),
+            )
+        })?;
+        let text = observed.body.clone().unwrap_or_default();
+        let call = HandlerCall {
+            delivery_id: id,
+            owner_module: &row.owner_module,
+            owner_id: &row.owner_id,
+            outcome,
+            status_code,
+            response: serde_json::from_str(&text).ok(),
+            response_text: &text,
+            request: row.request.as_ref().map(|j| &j.0),
+            last_error: last_error.as_deref(),
         };
-        let (new_status, delay_ms, last_error, word) = match &verdict {
-            Verdict::Delivered => ("delivered", 0i64, None, "delivered"),
-            Verdict::Retry { delay, reason } => (
-                "pending",
-                delay.as_millis().min(i64::MAX as u128) as i64,
-                Some(reason.clone()),
-                "retry",
-            ),
-            Verdict::Failed { reason } => ("failed", 0, Some(reason.clone()), "failed"),
-            Verdict::Dead { reason } => ("dead", 0, Some(reason.clone()), "dead"),
-        };
-        client.update(
-            "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \
-               next_attempt_at = CASE WHEN $2 = 'pending' THEN clock_timestamp() + make_interval(secs => $3::float8 / 1000) ELSE next_attempt_at END, \
-               delivered_at = CASE WHEN $2 = 'delivered' THEN clock_timestamp() ELSE delivered_at END, \
-               last_status_code = $4, last_error = $5, response_body = CASE WHEN sensitive THEN NULL ELSE $6 END, \
-               response_content_type = $7, claimed_at = NULL, updated_at = clock_timestamp(), \
-               body = CASE WHEN sensitive AND $2 <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE body END \
-             WHERE id = $1",
-            None,
-            &[
-                id.into(),
-                new_status.into(),
-                delay_ms.into(),
-                observed.status_code.into(),
-                last_error.clone().into(),
-                observed.body.clone().into(),
-                observed.content_type.clone().into(),
-            ],
-        )?;
-        let outcome = match verdict {
-            Verdict::Delivered => Some(Outcome::Delivered),
-            Verdict::Failed { .. } => Some(Outcome::Failed),
-            Verdict::Dead { .. } => Some(Outcome::Dead),
-            Verdict::Retry { .. } => None,
-        };
-        if let (Some(outcome), Some(name)) = (outcome, handler) {
-            let run = handlers::find(&name).ok_or_else(|| {
-                CoreError::invalid(
-                    "handler",
-                    format!("{name:?} is no longer registered"),
-                    handlers::names().join(", "),
-                )
-            })?;
-            let text = observed.body.clone().unwrap_or_default();
-            let call = HandlerCall {
-                delivery_id: id,
-                owner_module: &owner_module,
-                owner_id: &owner_id,
-                outcome,
-                status_code: observed.status_code,
-                response: serde_json::from_str(&text).ok(),
-                response_text: &text,
-                request: request.as_ref().map(|j| &j.0),
-                last_error: last_error.as_deref(),
-            };
-            run(client, &call)?;
-        }
-        Ok(word)
-    })
+        run(client, &call)?;
+    }
+    Ok(recorded)
 }
 
 /// Re-run the handler of a delivered delivery whose handler failed, with its stored response.

@@ -6,6 +6,7 @@ mod tests {
     use pgrx::prelude::*;
     use pgrx::JsonB;
 
+    use crate::core::outbox::engine;
     use crate::core::tests::{one, sqlstate};
     use flowgate_testserver::{base_url, closed_url, hit_count, TEST_TOKEN};
 
@@ -17,8 +18,25 @@ mod tests {
         ))
     }
 
+    /// One run of the outbox engine with every step in the test's transaction (a `#[pg_test]`
+    /// cannot commit; CALL flowgate.run_outbox() is covered by pgTAP and the fault suite).
+    /// A statement of its own, as a CALL's steps are: it sees everything the test wrote.
+    #[pg_extern]
+    fn outbox_run_in_test_transaction() -> JsonB {
+        let limits = engine::Limits {
+            batch: 1000,
+            max_deliveries: 1000,
+            budget: std::time::Duration::from_secs(60),
+        };
+        JsonB(
+            engine::run(&mut engine::InOneTransaction, limits)
+                .unwrap()
+                .to_json(),
+        )
+    }
+
     fn dispatch() -> serde_json::Value {
-        one::<JsonB>("SELECT flowgate.dispatch(1000)").0
+        one::<JsonB>("SELECT tests.outbox_run_in_test_transaction()").0
     }
 
     fn status(id: i64) -> String {
@@ -226,10 +244,14 @@ mod tests {
             "SELECT flowgate.enqueue_delivery('fg_test', 'o', 'https://x/y', 'k5', handler => 'no.such')",
             "SELECT flowgate.enqueue_delivery('fg_test', 'o', 'https://x/y', 'k6', headers => '[]')",
             "SELECT flowgate.enqueue_delivery('Bad Module', 'o', 'https://x/y', 'k7')",
-            "SELECT flowgate.dispatch(0)",
         ] {
             assert_eq!(sqlstate(stmt).as_deref(), Some("22023"), "{stmt}");
         }
+        assert_eq!(
+            sqlstate("CALL flowgate.run_outbox()").as_deref(),
+            Some("2D000"),
+            "the outbox never sends inside a transaction"
+        );
         assert_eq!(
             one::<i64>("SELECT count(*) FROM flowgate.deliveries"),
             before
@@ -265,10 +287,11 @@ mod tests {
             )),
             1
         );
+        let summary = dispatch();
         assert_eq!(
-            dispatch()["delivered"],
+            summary["delivered"],
             1,
-            "the server accepted the bearer token"
+            "the server accepted the bearer token: {summary}"
         );
         let leaks: i64 = Spi::get_one_with_args(
             "SELECT count(*) FROM flowgate.deliveries d WHERE strpos(d::text, $1) > 0",
@@ -346,7 +369,7 @@ mod tests {
             one("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_net')");
         if !has_pg_net {
             assert_eq!(
-                sqlstate("SELECT flowgate.dispatch()").as_deref(),
+                sqlstate("SELECT flowgate.effective_transport()").as_deref(),
                 Some("0A000")
             );
         }

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The outbox under faults, counted by the server (flowgate-testd counts requests per
+# Idempotency-Key). Three parts:
+#   1. No transaction is open while requests are in flight: 200 deliveries to a 2-second
+#      endpoint, sent by CALL flowgate.run_outbox() and the background worker, with
+#      pg_stat_activity sampled throughout: no sender holds a snapshot (backend_xmin) or shows
+#      an open transaction for longer than one claim or one record.
+#   2. A cancel (statement_timeout) while requests are on the wire: the CALL fails with 57014,
+#      the claims it committed stay leased, and after the lease each delivery is sent once more
+#      with the same key and delivered.
+#   3. kill -9 of the sending backend mid-send (Postgres restarts): after the lease every
+#      delivery is delivered, no key is sent more than twice, attempts recorded equal requests
+#      seen, nothing stays in_flight.
+# The lease (flowgate.in_flight_lease_seconds, at least timeout + 30 s) is passed by moving
+# claimed_at back: time is an input, the tests do not wait for it.
+# Env: PGHOST PGPORT PGUSER PGDATABASE, FLOWGATE_TESTD_URL, FLOWGATE_PGDATA (for the log).
+set -euo pipefail
+q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
+fail() { echo "not ok: $*" >&2; exit 1; }
+T=${FLOWGATE_TESTD_URL:?set FLOWGATE_TESTD_URL to a running flowgate-testd}
+LOG="$FLOWGATE_PGDATA/../log"
+K=faults-$$   # key prefix, unique per run: the server's counts are per key across runs
+
+stat() { curl -fs "$T/_stats/$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
+enqueue() {   # enqueue PREFIX N PATH
+  q "SELECT count(flowgate.enqueue_delivery('faults', '$1-' || g, '$T$3', '$1-' || g, jsonb_build_object('g', g),
+              timeout_ms => 10000)) FROM generate_series(1, $2) g" >/dev/null
+}
+# Pass the lease of every delivery of PREFIX still in flight, let collect() expire it, make
+# the retry due, and send until none is left.
+after_lease() {
+  q "UPDATE flowgate.deliveries SET claimed_at = claimed_at - interval '2 hours'
+      WHERE idempotency_key LIKE '$1-%' AND status = 'in_flight'"
+  q "SELECT flowgate.collect()" >/dev/null
+  for _ in $(seq 1 50); do
+    q "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$1-%' AND status = 'pending'"
+    q "CALL flowgate.run_outbox()" >/dev/null
+    [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$1-%' AND status IN ('pending', 'in_flight')")" -eq 0 ] && return 0
+    sleep 0.2
+  done
+  fail "$1: deliveries still pending or in flight after the lease"
+}
+
+q "SELECT flowgate.set_setting('flowgate.http_transport', '\"native\"')" >/dev/null
+q "SELECT flowgate.set_setting('flowgate.http_concurrency', '64')" >/dev/null
+
+# 1. Sampled: nothing held while sending.
+enqueue "$K-slow" 200 /slow/2000
+samples=$(mktemp)
+( psql -X -q -c "SET application_name = 'fg_faults_call'" -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 ) &
+caller=$!
+while kill -0 "$caller" 2>/dev/null \
+      || [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-slow-%' AND status <> 'delivered'")" -gt 0 ]; do
+  q "SELECT backend_type || '|' || coalesce(extract(epoch FROM clock_timestamp() - xact_start)::numeric(8,3)::text, '-')
+            || '|' || coalesce(age(backend_xmin)::text, '-') || '|' || coalesce(backend_xid::text, '-')
+       FROM pg_stat_activity
+      WHERE pid <> pg_backend_pid() AND datname = current_database()
+        AND (application_name = 'fg_faults_call' OR backend_type = 'flowgate worker')" >> "$samples"
+  sleep 0.05
+done
+wait "$caller" || fail "CALL flowgate.run_outbox() failed"
+n_samples=$(wc -l < "$samples")
+longest=$(awk -F'|' '$2 != "-" && $2 + 0 > m { m = $2 + 0 } END { printf "%.3f", m + 0 }' "$samples")
+xmin_held=$(awk -F'|' '$3 != "-"' "$samples" | wc -l)
+rm -f "$samples"
+[ "$n_samples" -ge 20 ] || fail "only $n_samples samples of the senders"
+awk -v l="$longest" 'BEGIN { exit !(l < 1.0) }' || fail "a sender showed a transaction open for $longest s (the endpoint takes 2 s)"
+[ "$xmin_held" -le $(( n_samples / 10 )) ] || fail "$xmin_held of $n_samples samples hold a snapshot"
+[ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-slow-%' AND status = 'delivered' AND attempts = 1")" -eq 200 ] \
+  || fail "not every slow delivery was delivered on its first attempt"
+[ "$(stat "$K-slow-" max_per_key)" -eq 1 ] && [ "$(stat "$K-slow-" distinct_keys)" -eq 200 ] || fail "a slow delivery was sent twice or not at all"
+echo "ok 1 - outbox faults: 200 deliveries to a 2 s endpoint ($n_samples samples of the senders): longest open transaction ${longest} s, $xmin_held samples holding a snapshot, each key sent once"
+
+# 2. statement_timeout while requests are on the wire.
+enqueue "$K-cancel" 20 /slow/3000
+set +e
+err=$(psql -X -q -v ON_ERROR_STOP=1 -c "SET statement_timeout = '1s'" -c "CALL flowgate.run_outbox()" 2>&1 >/dev/null)
+set -e
+case "$err" in *"canceling statement due to statement timeout"*) ;; *) fail "the CALL was not cancelled: $err";; esac
+in_flight=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-cancel-%' AND status = 'in_flight'")
+delivered_early=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-cancel-%' AND status = 'delivered'")
+[ $(( in_flight + delivered_early )) -eq 20 ] || fail "after the cancel: $in_flight in flight, $delivered_early delivered, of 20"
+sleep 2.5   # the requests the cancelled CALL sent finish on the server
+after_lease "$K-cancel"
+cancel_ok=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-cancel-%' AND status = 'delivered'")
+[ "$cancel_ok" -eq 20 ] || fail "$cancel_ok of 20 delivered after the cancel"
+[ "$(stat "$K-cancel-" max_per_key)" -le 2 ] || fail "a cancelled delivery was sent more than twice"
+attempts=$(q "SELECT sum(attempts) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-cancel-%'")
+reqs=$(stat "$K-cancel-" requests)
+[ "$attempts" -eq "$reqs" ] || fail "cancel: $attempts attempts recorded, $reqs requests seen"
+echo "ok 1 - outbox faults: statement_timeout mid-send ($in_flight left in flight under their lease): all 20 delivered after it, $reqs requests for $attempts recorded attempts, none sent more than twice"
+
+# 3. kill -9 of the sending backend mid-send.
+enqueue "$K-kill" 40 /slow/3000
+log_lines_before=$(wc -l < "$LOG")
+( psql -X -q -c "SET application_name = 'fg_faults_kill'" -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+victim=""
+for _ in $(seq 1 50); do
+  sleep 0.1
+  victim=$(q "SELECT pid FROM pg_stat_activity WHERE application_name = 'fg_faults_kill' AND state = 'active'" 2>/dev/null || true)
+  sent=$(stat "$K-kill-" requests)
+  [ -n "$victim" ] && [ "${sent:-0}" -gt 0 ] && break
+done
+[ -n "$victim" ] || fail "no sending backend to kill"
+sleep 0.5
+kill -9 "$victim"
+wait || true
+for _ in $(seq 1 100); do q "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
+tail -n +"$log_lines_before" "$LOG" | grep -q "terminated by signal 9" || fail "the kill did not make Postgres reinitialize"
+sleep 3   # requests sent before the crash finish on the server
+stranded=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-kill-%' AND status = 'in_flight'")
+[ "$stranded" -gt 0 ] || fail "nothing was in flight at the crash"
+after_lease "$K-kill"
+kill_ok=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-kill-%' AND status = 'delivered'")
+[ "$kill_ok" -eq 40 ] || fail "$kill_ok of 40 delivered after the crash"
+[ "$(stat "$K-kill-" max_per_key)" -le 2 ] || fail "a delivery was sent more than twice across the crash"
+attempts=$(q "SELECT sum(attempts) FROM flowgate.deliveries WHERE idempotency_key LIKE '$K-kill-%'")
+reqs=$(stat "$K-kill-" requests)
+[ "$attempts" -eq "$reqs" ] || fail "kill: $attempts attempts recorded, $reqs requests seen"
+[ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'faults' AND status = 'in_flight'")" -eq 0 ] || fail "deliveries left in flight"
+echo "ok 1 - outbox faults: kill -9 of the sender mid-send ($stranded in flight at the crash): all 40 delivered after the lease with the same keys, $reqs requests for $attempts recorded attempts, none sent more than twice, none left in flight"
+
+q "DELETE FROM flowgate.deliveries WHERE owner_module = 'faults'"
+q "SELECT flowgate.reset_setting('flowgate.http_transport'), flowgate.reset_setting('flowgate.http_concurrency')" >/dev/null

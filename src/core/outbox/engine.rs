@@ -1,0 +1,446 @@
+//! How the outbox sends: claim, send, record. Each step that touches the database is a
+//! transaction of its own, and the send happens in none, so no snapshot, row lock or open
+//! transaction waits on a remote server.
+//!
+//! 1. **Claim** (a short transaction): take due deliveries with `SKIP LOCKED`, mark them
+//!    `in_flight` with their attempt number as the lease, and build their requests with secrets
+//!    resolved. Deliveries pg_net can carry are queued with `net.http_*` here (pg_net sends
+//!    them once this commits); those that cannot be sent at all (a missing secret) are recorded
+//!    here.
+//! 2. **Send** (no transaction): the native client sends the rest concurrently.
+//! 3. **Record** (a new transaction): each outcome is written under its lease; a delivery with
+//!    a response handler is recorded in a subtransaction (see [`store::record`]).
+//!
+//! A crash, cancel or timeout between the steps leaves rows `in_flight`; `flowgate.collect`
+//! expires them after the lease and they are sent again with the same Idempotency-Key: at most
+//! one extra request per lease, and an outcome once recorded is never lost. A late record
+//! under an expired lease is skipped.
+
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Map, Value};
+
+use super::native;
+use super::store::{self, Observation, Prepared, Recorded};
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::store as settings;
+
+/// How a batch travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Native,
+    PgNet,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Native => "native",
+            Transport::PgNet => "pg_net",
+        }
+    }
+
+    /// The transport in use now: the `flowgate.http_transport` setting, with `auto` meaning
+    /// pg_net when that extension is installed, else native.
+    pub fn current() -> CoreResult<Transport> {
+        let wanted = settings::get_text("flowgate.http_transport")?;
+        let has_pg_net = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_net')",
+        )?
+        .unwrap_or(false);
+        match (wanted.as_str(), has_pg_net) {
+            ("native", _) | ("auto", false) => Ok(Transport::Native),
+            ("pg_net", true) | ("auto", true) => Ok(Transport::PgNet),
+            _ => Err(CoreError::MissingDependency {
+                feature: "flowgate.http_transport = pg_net".into(),
+                dependency: "the pg_net extension".into(),
+                hint: "CREATE EXTENSION pg_net, or set flowgate.http_transport to auto or native"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// How many attempts ended which way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts([u32; 6]);
+
+impl Counts {
+    pub fn add(&mut self, r: Recorded) {
+        self.0[Recorded::ALL.iter().position(|x| *x == r).unwrap_or(0)] += 1;
+    }
+
+    pub fn merge(&mut self, other: &Counts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    pub fn get(&self, r: Recorded) -> u32 {
+        self.0[Recorded::ALL.iter().position(|x| *x == r).unwrap_or(0)]
+    }
+
+    pub fn to_json(&self) -> Map<String, Value> {
+        Recorded::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), json!(self.get(*r))))
+            .collect()
+    }
+}
+
+/// A claimed delivery on its way to the native client.
+#[derive(Debug)]
+pub struct Leased {
+    /// The delivery's attempt number when it was claimed.
+    pub lease: i32,
+    pub request: native::Request,
+}
+
+/// What one claim took.
+#[derive(Debug)]
+pub struct Claimed {
+    pub transport: Transport,
+    pub claimed: usize,
+    /// Handed to pg_net (sent after the claim commits; `flowgate.collect` records them).
+    pub queued: usize,
+    /// To be sent by the native client after the claim commits.
+    pub native: Vec<Leased>,
+    /// Recorded during the claim: deliveries that could not be sent at all.
+    pub recorded: Counts,
+    pub concurrency: usize,
+}
+
+/// A sent request's observation, with the lease it was sent under.
+#[derive(Debug)]
+pub struct Sent {
+    pub id: i64,
+    pub lease: i32,
+    pub observation: Observation,
+}
+
+/// Claim up to `max` due deliveries. Runs in the caller's transaction, which must commit
+/// before [`send`].
+pub fn claim(max: i64) -> CoreResult<Claimed> {
+    let transport = Transport::current()?;
+    let concurrency = settings::get_i64("flowgate.http_concurrency")?.max(1) as usize;
+    let leases: Vec<(i64, i32)> = Spi::connect_mut(|client| {
+        let rows = client.update(
+            "WITH due AS ( \
+               SELECT id FROM flowgate.deliveries \
+                WHERE status = 'pending' AND next_attempt_at <= clock_timestamp() \
+                ORDER BY next_attempt_at, id \
+                LIMIT $1 \
+                  FOR UPDATE SKIP LOCKED) \
+             UPDATE flowgate.deliveries d \
+                SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
+                    transport = $2, transport_ref = NULL, updated_at = clock_timestamp() \
+               FROM due WHERE d.id = due.id \
+             RETURNING d.id, d.attempts",
+            None,
+            &[max.into(), transport.as_str().into()],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push((
+                row.get::<i64>(1)?.unwrap_or_default(),
+                row.get::<i32>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, CoreError>(out)
+    })?;
+    let mut claimed = Claimed {
+        transport,
+        claimed: leases.len(),
+        queued: 0,
+        native: Vec::new(),
+        recorded: Counts::default(),
+        concurrency,
+    };
+    if leases.is_empty() {
+        return Ok(claimed);
+    }
+    let lease_of = |id: i64| {
+        leases
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, l)| *l)
+            .unwrap_or_default()
+    };
+    let ids: Vec<i64> = leases.iter().map(|(id, _)| *id).collect();
+    for p in store::prepare(&ids)? {
+        match p {
+            Prepared::Unsendable { id, reason } => {
+                let r = store::record(id, Some(lease_of(id)), &Observation::unsendable(reason))?;
+                claimed.recorded.add(r);
+            }
+            Prepared::Send(request) => {
+                let lease = lease_of(request.id);
+                if transport == Transport::PgNet && queue_on_pg_net(&request)? {
+                    claimed.queued += 1;
+                } else {
+                    claimed.native.push(Leased { lease, request });
+                }
+            }
+        }
+    }
+    // Those pg_net cannot carry travel natively; say so on the row.
+    let native_ids: Vec<i64> = claimed.native.iter().map(|l| l.request.id).collect();
+    if transport == Transport::PgNet && !native_ids.is_empty() {
+        Spi::run_with_args(
+            "UPDATE flowgate.deliveries SET transport = 'native' WHERE id = ANY ($1)",
+            &[native_ids.into()],
+        )?;
+    }
+    Ok(claimed)
+}
+
+/// Queue one request with pg_net and remember its request id; false when pg_net cannot carry
+/// it: a resolved secret (pg_net keeps request headers in tables PUBLIC can read until it
+/// sends them), a body that is not plain JSON, or a method other than GET and POST.
+fn queue_on_pg_net(req: &native::Request) -> CoreResult<bool> {
+    let plain_json = req
+        .headers
+        .iter()
+        .all(|(k, v)| !k.eq_ignore_ascii_case("content-type") || v == "application/json");
+    if req.carries_secret || !plain_json || !matches!(req.method.as_str(), "GET" | "POST") {
+        return Ok(false);
+    }
+    let headers: Map<String, Value> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let timeout = req.timeout.as_millis().min(i32::MAX as u128) as i32;
+    let request_id = if req.method == "GET" {
+        Spi::get_one_with_args::<i64>(
+            "SELECT net.http_get(url := $1, headers := $2, timeout_milliseconds := $3)",
+            &[
+                req.url.as_str().into(),
+                JsonB(Value::Object(headers)).into(),
+                timeout.into(),
+            ],
+        )?
+    } else {
+        let body = req
+            .body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        Spi::get_one_with_args::<i64>(
+            "SELECT net.http_post(url := $1, body := $2::jsonb, headers := $3, timeout_milliseconds := $4)",
+            &[
+                req.url.as_str().into(),
+                body.into(),
+                JsonB(Value::Object(headers)).into(),
+                timeout.into(),
+            ],
+        )?
+    };
+    Spi::run_with_args(
+        "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = clock_timestamp() WHERE id = $1",
+        &[req.id.into(), request_id.into()],
+    )?;
+    Ok(true)
+}
+
+/// Send the natively carried deliveries of a committed claim. Touches no Postgres API, so it
+/// runs outside any transaction; `stop()` is asked between requests (a pending cancel).
+pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> Vec<Sent> {
+    let (leases, requests): (Vec<i32>, Vec<native::Request>) =
+        batch.into_iter().map(|l| (l.lease, l.request)).unzip();
+    native::send_batch(&requests, concurrency, stop)
+        .into_iter()
+        .zip(leases)
+        .map(|(r, lease)| {
+            let answered = r.status().is_some();
+            Sent {
+                id: r.id,
+                lease,
+                observation: Observation {
+                    attempt: Ok(r.attempt),
+                    body: answered.then_some(r.body),
+                    content_type: r.content_type,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Record what was sent, each under its lease. Runs in a new transaction.
+pub fn record(sent: &[Sent]) -> CoreResult<Counts> {
+    let mut counts = Counts::default();
+    for s in sent {
+        counts.add(store::record(s.id, Some(s.lease), &s.observation)?);
+    }
+    Ok(counts)
+}
+
+/// Where the transaction boundaries of a run are: a procedure commits through SPI, the
+/// background worker starts and commits its own transactions.
+pub trait Transactions {
+    /// Run `step` in a transaction of its own and commit it; roll it back when it fails.
+    fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R>;
+    /// Called after a claim has committed and before the send: from here until the next step
+    /// this backend holds no transaction resources.
+    fn between(&mut self) {}
+    /// A cancel or shutdown is pending: stop sending and claiming.
+    fn stopping(&self) -> bool;
+}
+
+/// Bounds of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most deliveries one claim takes.
+    pub batch: i64,
+    /// Most deliveries the whole run claims.
+    pub max_deliveries: i64,
+    /// No new claim after this long.
+    pub budget: Duration,
+}
+
+impl Limits {
+    /// `max_deliveries` is NULL or 1 to 1,000,000.
+    pub fn check_max(max_deliveries: Option<i64>) -> CoreResult<()> {
+        match max_deliveries {
+            Some(m) if !(1..=1_000_000).contains(&m) => Err(CoreError::invalid(
+                "max_deliveries",
+                m.to_string(),
+                "1 to 1000000, or NULL for as many as are due within flowgate.outbox_run_seconds",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// From settings; `max_deliveries` NULL means no count limit within the time budget.
+    pub fn from_settings(max_deliveries: Option<i64>) -> CoreResult<Limits> {
+        Self::check_max(max_deliveries)?;
+        Ok(Limits {
+            batch: settings::get_i64("flowgate.dispatch_batch_size")?.max(1),
+            max_deliveries: max_deliveries.unwrap_or(i64::MAX),
+            budget: Duration::from_secs(
+                settings::get_i64("flowgate.outbox_run_seconds")?.max(1) as u64,
+            ),
+        })
+    }
+}
+
+/// What a run did, as the procedure returns it and the job history records it.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub transport: Option<Transport>,
+    pub rounds: u32,
+    pub claimed: usize,
+    pub queued: usize,
+    pub sent: usize,
+    pub counts: Counts,
+}
+
+impl Summary {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert(
+            "transport".into(),
+            json!(self.transport.map(Transport::as_str)),
+        );
+        m.insert("rounds".into(), json!(self.rounds));
+        m.insert("claimed".into(), json!(self.claimed));
+        m.insert("queued".into(), json!(self.queued));
+        m.insert("sent".into(), json!(self.sent));
+        m.extend(self.counts.to_json());
+        Value::Object(m)
+    }
+}
+
+/// Claim, send and record in rounds until nothing is due, the run has claimed
+/// `max_deliveries`, its time budget is spent, or a cancel is pending.
+pub fn run(tx: &mut impl Transactions, limits: Limits) -> CoreResult<Summary> {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    while (summary.claimed as i64) < limits.max_deliveries
+        && started.elapsed() < limits.budget
+        && !tx.stopping()
+    {
+        let want = limits
+            .batch
+            .min(limits.max_deliveries - summary.claimed as i64);
+        let claimed = tx.step(|| claim(want))?;
+        summary.rounds += 1;
+        summary.transport = Some(claimed.transport);
+        summary.claimed += claimed.claimed;
+        summary.queued += claimed.queued;
+        summary.counts.merge(&claimed.recorded);
+        if claimed.claimed == 0 {
+            break;
+        }
+        if claimed.native.is_empty() {
+            continue;
+        }
+        tx.between();
+        let sent = send(claimed.native, claimed.concurrency, &|| tx.stopping());
+        summary.sent += sent.len();
+        // A cancel or timeout that arrived during the send ends the call here: the claims stay
+        // leased and are sent once more, with the same key, after the lease. (Recording first
+        // under held interrupts is not possible: Postgres's regex engine, which the table's
+        // CHECKs use, aborts on a pending cancel regardless.)
+        pgrx::check_for_interrupts!();
+        let counts = tx.step(|| record(&sent))?;
+        summary.counts.merge(&counts);
+    }
+    Ok(summary)
+}
+
+/// Run the steps inside the caller's one transaction (tests only: a `#[pg_test]` cannot
+/// commit, and nothing else may send inside a transaction).
+#[cfg(any(test, feature = "pg_test"))]
+pub struct InOneTransaction;
+
+#[cfg(any(test, feature = "pg_test"))]
+impl Transactions for InOneTransaction {
+    fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
+        step()
+    }
+    fn stopping(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_and_merge_by_outcome() {
+        let mut a = Counts::default();
+        a.add(Recorded::Delivered);
+        a.add(Recorded::Delivered);
+        a.add(Recorded::HandlerError);
+        let mut b = Counts::default();
+        b.add(Recorded::Retry);
+        b.merge(&a);
+        assert_eq!(b.get(Recorded::Delivered), 2);
+        assert_eq!(b.get(Recorded::Retry), 1);
+        assert_eq!(b.get(Recorded::HandlerError), 1);
+        assert_eq!(b.get(Recorded::Dead), 0);
+        let j = b.to_json();
+        assert_eq!(j["delivered"], 2);
+        assert_eq!(j["handler_error"], 1);
+        assert_eq!(j.len(), 6);
+    }
+
+    #[test]
+    fn a_summary_names_every_outcome() {
+        let s = Summary {
+            transport: Some(Transport::Native),
+            rounds: 2,
+            claimed: 3,
+            ..Default::default()
+        };
+        let v = s.to_json();
+        assert_eq!(v["transport"], "native");
+        assert_eq!(v["claimed"], 3);
+        for r in Recorded::ALL {
+            assert_eq!(v[r.as_str()], 0);
+        }
+    }
+}
