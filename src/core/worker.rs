@@ -147,7 +147,14 @@ fn run_outbox() {
             Ok(s) => (true, s.to_json().to_string()),
             Err(e) => (false, format!("{}: {e}", e.sqlstate())),
         };
-        schedules::record_outcome("flowgate.dispatch", Runner::Worker, None, duration_ms, ok, &text)
+        schedules::record_outcome(
+            "flowgate.dispatch",
+            Runner::Worker,
+            None,
+            duration_ms,
+            ok,
+            &text,
+        )
     });
     if let Err(e) = recorded {
         warning!("flowgate worker: recording the outbox run failed: {e}");
@@ -160,14 +167,12 @@ struct WorkerTransactions;
 
 impl Transactions for WorkerTransactions {
     fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
-        BackgroundWorker::transaction(AssertUnwindSafe(|| {
-            match subxact::run(step) {
-                Ok(result) => result,
-                Err(caught) => Err(CoreError::Internal(format!(
-                    "{}: {}",
-                    caught.sqlstate, caught.message
-                ))),
-            }
+        BackgroundWorker::transaction(AssertUnwindSafe(|| match subxact::run(step) {
+            Ok(result) => result,
+            Err(caught) => Err(CoreError::Internal(format!(
+                "{}: {}",
+                caught.sqlstate, caught.message
+            ))),
         }))
     }
 

@@ -496,11 +496,23 @@ mod summary_unit_tests {
         assert_eq!(c(0, 0, 0, 0, 0, true), "empty");
         assert_eq!(c(0, 0, 0, 0, 0, false), "waiting");
         assert_eq!(c(3, 3, 0, 0, 0, true), "drained", "all committed locally");
-        assert_eq!(c(3, 0, 3, 0, 0, false), "sending", "all handed to the outbox");
-        assert_eq!(c(3, 0, 0, 3, 0, false), "retrying", "every intent dead-lettered");
+        assert_eq!(
+            c(3, 0, 3, 0, 0, false),
+            "sending",
+            "all handed to the outbox"
+        );
+        assert_eq!(
+            c(3, 0, 0, 3, 0, false),
+            "retrying",
+            "every intent dead-lettered"
+        );
         assert_eq!(c(3, 2, 0, 1, 0, false), "partial");
         assert_eq!(c(3, 1, 2, 0, 0, false), "partial");
-        assert_eq!(c(3, 3, 0, 0, 0, false), "partial", "more left than one batch");
+        assert_eq!(
+            c(3, 3, 0, 0, 0, false),
+            "partial",
+            "more left than one batch"
+        );
         assert_eq!(
             c(3, 0, 0, 0, 3, false),
             "waiting",

@@ -319,7 +319,7 @@ impl Limits {
             batch: settings::get_i64("flowgate.dispatch_batch_size")?.max(1),
             max_deliveries: max_deliveries.unwrap_or(i64::MAX),
             budget: Duration::from_secs(
-                settings::get_i64("flowgate.outbox_run_seconds")?.max(1) as u64,
+                settings::get_i64("flowgate.outbox_run_seconds")?.max(1) as u64
             ),
         })
     }

@@ -94,7 +94,8 @@ fn call(max: Option<i32>, runner: Option<&str>, atomic: bool) -> CoreResult<Json
     // SAFETY: the CALL is non-atomic (checked above), so this connection may commit; it is
     // closed on every path below before returning.
     unsafe {
-        if pg_sys::SPI_connect_ext(pg_sys::SPI_OPT_NONATOMIC as i32) != pg_sys::SPI_OK_CONNECT as i32
+        if pg_sys::SPI_connect_ext(pg_sys::SPI_OPT_NONATOMIC as i32)
+            != pg_sys::SPI_OK_CONNECT as i32
         {
             return Err(CoreError::Internal("SPI_connect_ext failed".into()));
         }

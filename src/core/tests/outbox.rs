@@ -289,8 +289,7 @@ mod tests {
         );
         let summary = dispatch();
         assert_eq!(
-            summary["delivered"],
-            1,
+            summary["delivered"], 1,
             "the server accepted the bearer token: {summary}"
         );
         let leaks: i64 = Spi::get_one_with_args(
