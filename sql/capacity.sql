@@ -1,4 +1,4 @@
--- Capacity Request workflow (seeds 000, 001): enums, projection, append-only events, tasks.
+-- Capacity Request workflow: enums, projection, append-only events, tasks.
 CREATE SCHEMA IF NOT EXISTS capacity;
 COMMENT ON SCHEMA capacity IS 'Capacity Requests for instances above 16XL: approval gates, confirmation TTL, cancellation ownership';
 GRANT USAGE ON SCHEMA capacity TO PUBLIC;

@@ -181,7 +181,7 @@ REVOKE EXECUTE ON FUNCTION flowgate.collect(), flowgate.replay_dead(bigint[]),
     flowgate.set_secret(text, text), flowgate.drop_secret(text),
     flowgate.rerun_handlers(bigint[]),
     flowgate.record_attempt(bigint, int, text, text, text, text, text),
-    flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int),
+    flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int, text),
     flowgate.install_schedules(), flowgate.uninstall_schedules(), flowgate.run_periodic(boolean),
     flowgate.run_job(text, text), flowgate.prune_deliveries(int)
   FROM PUBLIC;
@@ -193,7 +193,7 @@ COMMENT ON FUNCTION flowgate.replay_dead(bigint[]) IS
 COMMENT ON FUNCTION flowgate.set_secret(text, text) IS
   'Store a named secret for deliveries: in Supabase Vault when installed, else pgcrypto-encrypted under '
   'flowgate.tenant_key_passphrase. Visible ASCII only; the value never appears in an error. Owner only. Returns vault or pgcrypto.';
-COMMENT ON FUNCTION flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int) IS
+COMMENT ON FUNCTION flowgate.enqueue_delivery(text, text, text, text, jsonb, text, jsonb, text, text, text, text, int, int, text) IS
   'Enqueue an HTTP delivery; the same idempotency_key returns the first delivery id and writes nothing.';
 COMMENT ON FUNCTION flowgate.install_schedules() IS
   'Register every periodic flowgate job with pg_cron (idempotent; schedules from settings).';

@@ -24,6 +24,9 @@ CREATE TABLE flowgate.deliveries (
     -- The request and response carry secrets (a database password, API keys): the response body
     -- is never stored and the request body is replaced by {"redacted": true} once the delivery ends.
     sensitive             boolean NOT NULL DEFAULT false,
+    -- The destination it shares flow limits with (flowgate.flow_limits): the URL's host:port,
+    -- or what its module chose (slack:<channel>, supabase-management-api).
+    flow_key              text NOT NULL CHECK (length(flow_key) BETWEEN 1 AND 255),
     status                flowgate.delivery_status NOT NULL DEFAULT 'pending',
     attempts              int NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts          int NOT NULL DEFAULT 8 CHECK (max_attempts BETWEEN 1 AND 100),
@@ -48,6 +51,23 @@ COMMENT ON TABLE flowgate.deliveries IS
 COMMENT ON COLUMN flowgate.deliveries.auth_secret IS
   'Name of a secret (Supabase Vault, else flowgate.secrets) sent as "<auth_header>: <auth_scheme> <secret>".';
 COMMENT ON COLUMN flowgate.deliveries.transport_ref IS 'pg_net request id while in flight on pg_net.';
+
+-- A row written without a flow key (an operator's INSERT) gets its URL's host and port, as
+-- flowgate.enqueue_delivery does (core::outbox::flow::host_key).
+CREATE FUNCTION flowgate.default_flow_key() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.flow_key IS NULL THEN
+        NEW.flow_key := lower(substring(NEW.url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#]+)'));
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION flowgate.default_flow_key() FROM PUBLIC;
+CREATE TRIGGER default_flow_key BEFORE INSERT ON flowgate.deliveries
+    FOR EACH ROW EXECUTE FUNCTION flowgate.default_flow_key();
 
 -- A sensitive delivery never keeps a response body, and its request body goes as soon as it
 -- ends, whichever path ends it (a recorded outcome, a failing response handler, an expiry, an
@@ -90,6 +110,7 @@ COMMENT ON VIEW flowgate.outbox_summary IS
 
 CREATE INDEX deliveries_due ON flowgate.deliveries (next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX deliveries_in_flight ON flowgate.deliveries (claimed_at) WHERE status = 'in_flight';
+CREATE INDEX deliveries_in_flight_per_flow ON flowgate.deliveries (flow_key) WHERE status = 'in_flight';
 CREATE INDEX deliveries_owner ON flowgate.deliveries (owner_module, owner_id);
 CREATE INDEX deliveries_delivered ON flowgate.deliveries (delivered_at) WHERE status = 'delivered';
 CREATE INDEX deliveries_problems ON flowgate.deliveries (updated_at) WHERE status IN ('failed', 'dead');
@@ -111,3 +132,16 @@ COMMENT ON TABLE flowgate.secrets IS
   'pgcrypto ciphertext under flowgate.tenant_key_passphrase. Owner-only; write with flowgate.set_secret().';
 REVOKE ALL ON flowgate.secrets FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('flowgate.secrets', '');
+
+-- Flow control state per flow key: the token bucket and a pause from Retry-After. Runners lock a
+-- key's row while they take their share, so limits hold across all of them. Transient by
+-- nature (a crash refills the buckets), hence UNLOGGED and not dumped.
+CREATE UNLOGGED TABLE flowgate.flow_state (
+    flow_key     text PRIMARY KEY,
+    tokens       float8 NOT NULL,
+    refilled_at  timestamptz NOT NULL,
+    paused_until timestamptz
+);
+COMMENT ON TABLE flowgate.flow_state IS
+  'Per flow key: token bucket (tokens at refilled_at) and paused_until (a 429/503 Retry-After), kept by the outbox runners.';
+REVOKE ALL ON flowgate.flow_state FROM PUBLIC;

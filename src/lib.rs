@@ -18,6 +18,15 @@ pub mod provisioning;
 
 mod fuzz_tests;
 
+/// The modules core serves: their settings, response handlers and periodic jobs
+/// (`core::module`). Core reads this list and never names a module itself.
+pub static MODULES: &[&core::module::Module] = &[
+    &capacity::MODULE,
+    &intake::MODULE,
+    &ops::MODULE,
+    &provisioning::MODULE,
+];
+
 /// Registers flowgate's GUCs and, when preloaded with `flowgate.worker_database` set, its
 /// background worker.
 #[pgrx::pg_guard]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The thundering herd: 64 clients drain a 100,000-item pool completely (102,400 attempts,
-# in ten chunks of 10,240), for flowgate's intake.claim_resource and for the seed's SKIP LOCKED
+# in ten chunks of 10,240), for flowgate's intake.claim_resource and for the plain SKIP LOCKED
 # reference (pg_test/bench/intake_reference.sql), beside the machine's floor (one UPDATE by
 # primary key + one INSERT per transaction), all in one run.
 #   pg_test/bench/intake.sh [pool size]   (default 100000)
@@ -65,7 +65,7 @@ printf '\nThundering herd: %s clients drain a %s-item pool (%s attempts, 10 chun
 printf '| %-34s | %10s | %12s | %14s | %13s | %10s |\n' "implementation" "drain (s)" "claims/s" "first 10%/s" "last 10%/s" "last/first"
 printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------------" "------------" "--------------" "----------------" "---------------" "------------"
 printf '| %-34s | %10s | %12s | %14s | %13s | %10s |\n' "flowgate intake.claim_resource" "$fg_secs" "$fg_rate" "$fg_first" "$fg_last" "$(awk -v a="$fg_last" -v b="$fg_first" 'BEGIN { printf "%.2f", a / b }')"
-printf '| %-34s | %10s | %12s | %14s | %13s | %10s |\n' "seed reference (SKIP LOCKED)" "$ref_secs" "$ref_rate" "$ref_first" "$ref_last" "$(awk -v a="$ref_last" -v b="$ref_first" 'BEGIN { printf "%.2f", a / b }')"
+printf '| %-34s | %10s | %12s | %14s | %13s | %10s |\n' "SKIP LOCKED reference" "$ref_secs" "$ref_rate" "$ref_first" "$ref_last" "$(awk -v a="$ref_last" -v b="$ref_first" 'BEGIN { printf "%.2f", a / b }')"
 printf '| %-34s | %10s | %12s | %14s | %13s | %10s |\n' "floor (UPDATE by PK + INSERT)" "10 (fixed)" "$floor_tps" "-" "-" "-"
 printf '\ndrain time vs reference: %sx shorter; throughput vs floor: %s\n' \
   "$(awk -v a="$ref_secs" -v b="$fg_secs" 'BEGIN { printf "%.1f", a / b }')" "$(awk -v a="$fg_rate" -v b="$floor_tps" 'BEGIN { printf "%.2f", a / b }')"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Intake, steady state and end to end, each beside its reference in the same run:
 #  1. claims/s and p50/p99 latency at 1, 16, 64 and 128 clients on a 1,000,000-item pool, for
-#     intake.claim_resource and for the seed's SKIP LOCKED reference (pg_test/bench/intake_reference.sql);
+#     intake.claim_resource and for the plain SKIP LOCKED reference (pg_test/bench/intake_reference.sql);
 #  2. the end-to-end drain rate (intents validated by a webhook and committed to an HTTP ledger,
 #     both flowgate-testd on 127.0.0.1) with 1 and 4 concurrent drain sessions, beside the rate
 #     of the two plain HTTP requests per intent that a drain cannot beat (flowgate-testd blast).

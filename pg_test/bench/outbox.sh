@@ -7,7 +7,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 N=${1:-20000}
 CONC=32            # flowgate.http_concurrency (the default) and the baseline's concurrency
-BATCH=1000         # deliveries claimed per dispatch call
+BATCH=1000         # deliveries claimed per round and per CALL
 BENCH_DIR=/var/tmp/flowgate/bench
 BENCH_PORT=5596
 BENCH_DB=flowgate_bench
@@ -72,6 +72,8 @@ fi
 # Two dispatchers at half the per-dispatcher concurrency: the same 32 requests in flight as
 # the baseline.
 q "SELECT flowgate.set_setting('flowgate.http_concurrency', '$(( CONC / 2 ))')" >/dev/null
+# Each round of a runner claims a whole batch (one claim, one send of BATCH, one record).
+q "SELECT flowgate.set_setting('flowgate.dispatch_batch_size', '$BATCH')" >/dev/null
 declare -A secs
 for i in $(seq 1 "$REPEAT"); do
   read -r _ s _ < <("$TESTD_BIN" blast "$URL/ok" "$N" "$CONC")

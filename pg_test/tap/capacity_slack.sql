@@ -45,13 +45,17 @@ BEGIN
     PERFORM pg_temp.forget_requests();
     DELETE FROM capacity.group_members WHERE (group_name, user_id) IN (('infra', 'U0INFRA'), ('commercial_approvers', 'U0AE'), ('commercial_approvers', 'ae-jwt-1'));
     PERFORM flowgate.reset_setting(k) FROM unnest(ARRAY['capacity.slack_channel', 'capacity.slack_api_url', 'capacity.linear_team_id',
-                                                        'capacity.linear_api_url', 'capacity.warning_hours_before_deadline']) k;
+                                                        'capacity.linear_api_url', 'capacity.warning_hours_before_deadline',
+                                                        'flowgate.flow_limits']) k;
     PERFORM flowgate.drop_secret(s) FROM unnest(ARRAY['slack_bot_token', 'linear_api_key', 'slack_signing_secret']) s;
 END $$;
 SELECT pg_temp.cleanup() \g /dev/null
 
 -- Committed: the outbox reads the secrets and the handlers the settings in their own transactions.
 SELECT flowgate.set_setting('capacity.slack_channel', '"C0TEST"') \g /dev/null
+-- Slack's one message per second per channel (the default flow limit, tested in the outbox
+-- suites) would space this file's messages out by seconds: lift it for the test channel.
+SELECT flowgate.set_setting('flowgate.flow_limits', '{"slack:C0TEST": {"per_second": 1000, "burst": 1000}}') \g /dev/null
 SELECT flowgate.set_setting('capacity.slack_api_url', '"http://127.0.0.1:5597/slack"') \g /dev/null
 SELECT flowgate.set_setting('capacity.linear_team_id', '"team-1"') \g /dev/null
 SELECT flowgate.set_setting('capacity.linear_api_url', '"http://127.0.0.1:5597/linear/graphql"') \g /dev/null

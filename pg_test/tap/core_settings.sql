@@ -1,6 +1,6 @@
 -- flowgate.settings: documented keys, validated values, owner-only writes.
 BEGIN;
-SELECT plan(14);
+SELECT plan(18);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -33,6 +33,14 @@ RESET ROLE;
 
 SELECT ok((SELECT count(*) > 0 FROM flowgate.setting_definitions() WHERE description <> ''),
     'every setting is documented');
+
+-- Flow limits: a shape checked before it is stored.
+SELECT ok(flowgate.get_setting('flowgate.flow_limits') ? 'slack:*', 'Slack''s per-channel limit is on by default');
+SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.flow_limits', '{"slack:*": {"per_second": 0}}')$$, '22023', NULL,
+    'a rate of zero is refused');
+SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.flow_limits', '{"x": {"max_in_flight": 2, "rate": 1}}')$$, '22023', NULL,
+    'so is an unknown limit');
+SELECT is((SELECT count(*)::int FROM flowgate.settings WHERE key = 'flowgate.flow_limits'), 0, 'and nothing was stored');
 
 SELECT * FROM finish();
 ROLLBACK;

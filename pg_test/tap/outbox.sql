@@ -62,7 +62,8 @@ SELECT ok((SELECT delivered_at IS NOT NULL AND claimed_at IS NULL AND attempts =
 -- A permanent failure, retries, and a Retry-After.
 SELECT flowgate.enqueue_delivery('tap_outbox', 'r2', 'http://127.0.0.1:5597/status/404', :'run' || '-404') \g /dev/null
 SELECT flowgate.enqueue_delivery('tap_outbox', 'r3', 'http://127.0.0.1:5597/status/502', :'run' || '-502', max_attempts => 2) \g /dev/null
-SELECT flowgate.enqueue_delivery('tap_outbox', 'r5', 'http://127.0.0.1:5597/ratelimit/120', :'run' || '-429') \g /dev/null
+-- (Its own flow key: a 429 pauses its whole flow key, here for two minutes.)
+SELECT flowgate.enqueue_delivery('tap_outbox', 'r5', 'http://127.0.0.1:5597/ratelimit/120', :'run' || '-429', flow_key => :'run' || '-flow') \g /dev/null
 CALL flowgate.run_outbox() \gset
 SELECT is((:'summary'::jsonb ->> 'claimed')::int,
           (SELECT sum(value::int)::int FROM jsonb_each_text(:'summary'::jsonb)

@@ -1,4 +1,4 @@
-//! Capacity Requests for instances above 16XL (seeds 000 and 001), schema `capacity`: approval
+//! Capacity Requests for instances above 16XL, schema `capacity`: approval
 //! gates, the customer-confirmation TTL in business days, cancellation ownership, timers and
 //! metrics, on the core event-store runner.
 
@@ -10,3 +10,18 @@ pub mod notify;
 pub mod settings;
 pub mod slack;
 pub mod store;
+
+use crate::core::schedules::Job;
+
+/// What this module plugs into core: its settings, response handlers and periodic jobs.
+pub static MODULE: crate::core::module::Module = crate::core::module::Module {
+    name: "capacity",
+    settings: settings::DEFINITIONS,
+    handlers: crate::core::module::handlers(notify::HANDLERS),
+    jobs: &[Job {
+        name: "capacity.timers",
+        schedule_setting: "capacity.timers_schedule",
+        command: "SELECT capacity.run_capacity_request_timers()",
+        every_tick: false,
+    }],
+};

@@ -15,12 +15,10 @@ use crate::core::outbox::handlers::{Handler, HandlerCall, Outcome};
 use crate::core::outbox::store as outbox;
 use crate::core::store as settings;
 
-pub fn handlers() -> Vec<(&'static str, Handler)> {
-    vec![
-        ("capacity.slack_root", slack_root),
-        ("capacity.linear_issue", linear_issue),
-    ]
-}
+pub const HANDLERS: &[(&str, Handler)] = &[
+    ("capacity.slack_root", slack_root),
+    ("capacity.linear_issue", linear_issue),
+];
 
 fn setting(key: &str) -> CoreResult<String> {
     Ok(settings::get_text(key)?.trim().to_string())
@@ -91,6 +89,8 @@ pub fn announce(
             }
         };
         d.auth_secret = Some(setting("capacity.slack_token_secret")?);
+        // Slack allows about one message per second per channel (flowgate.flow_limits).
+        d.flow_key = Some(format!("slack:{channel}"));
         d.headers.insert(
             "Content-Type".into(),
             "application/json; charset=utf-8".into(),
@@ -143,7 +143,7 @@ pub fn announce(
     Ok(())
 }
 
-/// A thread reply warning that the customer's confirmation is due soon (phase 2).
+/// A thread reply warning that the customer's confirmation is due soon (inside the warning window).
 pub fn warn(client: &mut SpiClient<'_>, id: &str, deadline: &str) -> CoreResult<()> {
     let channel = setting("capacity.slack_channel")?;
     if channel.is_empty() {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod args;
 pub mod error;
 pub mod eventstore;
+pub mod module;
 pub mod outbox;
 pub mod prepared;
 pub mod schedules;

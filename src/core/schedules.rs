@@ -37,8 +37,8 @@ impl Job {
     }
 }
 
-/// Every periodic flowgate job. Modules add theirs here.
-pub const JOBS: &[Job] = &[
+/// Core's periodic jobs; each module adds its own (`core::module`).
+const CORE_JOBS: &[Job] = &[
     Job {
         // A procedure: it commits between claiming, sending and recording.
         name: "flowgate.dispatch",
@@ -53,44 +53,21 @@ pub const JOBS: &[Job] = &[
         every_tick: true,
     },
     Job {
-        name: "capacity.timers",
-        schedule_setting: "capacity.timers_schedule",
-        command: "SELECT capacity.run_capacity_request_timers()",
-        every_tick: false,
-    },
-    Job {
-        name: "intake.drain",
-        schedule_setting: "intake.drain_schedule",
-        command: "SELECT intake.drain_all()",
-        every_tick: true,
-    },
-    Job {
-        // Every tick of the worker, but a pool is sampled at most every 4.5 s.
-        name: "intake.metrics",
-        schedule_setting: "intake.metrics_schedule",
-        command: "SELECT intake.collect_metrics(NULL, 4.5)",
-        every_tick: true,
-    },
-    Job {
-        // Gates bypassed by an exception that has since expired are re-evaluated.
-        name: "ops.expiry",
-        schedule_setting: "ops.expiry_schedule",
-        command: "SELECT ops.expire_bypasses()",
-        every_tick: false,
-    },
-    Job {
-        name: "provisioning.run",
-        schedule_setting: "provisioning.run_schedule",
-        command: "SELECT provisioning.run_jobs()",
-        every_tick: true,
-    },
-    Job {
         name: "flowgate.prune",
         schedule_setting: "flowgate.prune_schedule",
         command: "SELECT flowgate.prune_deliveries()",
         every_tick: false,
     },
 ];
+
+/// Every periodic flowgate job: the modules' first (what they enqueue, the outbox sends in
+/// the same worker tick), then core's.
+pub fn jobs() -> impl Iterator<Item = &'static Job> {
+    super::module::all()
+        .iter()
+        .flat_map(|m| m.jobs.iter())
+        .chain(CORE_JOBS.iter())
+}
 
 fn require_pg_cron() -> CoreResult<()> {
     let present = Spi::get_one::<bool>(
@@ -132,7 +109,7 @@ fn install_schedules() -> Result<
         )?
         .unwrap_or(false);
         let mut rows = Vec::new();
-        for job in JOBS {
+        for job in jobs() {
             let mut schedule = store::get_text(job.schedule_setting)?;
             if !seconds_ok && schedule.trim_end().ends_with("seconds") {
                 pgrx::notice!(
@@ -166,7 +143,7 @@ fn install_schedules() -> Result<
 fn uninstall_schedules() -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
         require_pg_cron()?;
-        let names: Vec<&str> = JOBS.iter().map(|j| j.name).collect();
+        let names: Vec<&str> = jobs().map(|j| j.name).collect();
         Ok(Spi::get_one_with_args::<i64>(
             "SELECT count(cron.unschedule(jobname)) FROM cron.job WHERE jobname = ANY($1)",
             &[names.into()],
@@ -209,14 +186,14 @@ impl Runner {
 
 /// The job called `name`.
 pub fn job(name: &str) -> CoreResult<&'static Job> {
-    JOBS.iter().find(|j| j.name == name).ok_or_else(|| {
+    jobs().find(|j| j.name == name).ok_or_else(|| {
         CoreError::invalid(
             "job",
             format!(
                 "{:?} is not a flowgate job",
                 name.chars().take(64).collect::<String>()
             ),
-            JOBS.iter().map(|j| j.name).collect::<Vec<_>>().join(", "),
+            jobs().map(|j| j.name).collect::<Vec<_>>().join(", "),
         )
     })
 }
@@ -354,10 +331,7 @@ fn run_periodic(include_housekeeping: default!(bool, "true")) -> Result<i64, Err
     let run = || -> CoreResult<i64> {
         let mut ok = 0;
         // Procedures (the outbox) commit between steps and cannot run inside this call.
-        for job in JOBS
-            .iter()
-            .filter(|j| (j.every_tick || include_housekeeping) && !j.is_procedure())
-        {
+        for job in jobs().filter(|j| (j.every_tick || include_housekeeping) && !j.is_procedure()) {
             if run_recorded(job, Runner::Manual)?.ok {
                 ok += 1;
             }

@@ -28,6 +28,8 @@ pub enum Kind {
     ActorList,
     /// A pg_cron schedule: five cron fields, or "N seconds" (1 to 59; pg_cron 1.5+).
     Schedule,
+    /// Per-destination flow limits (`core::outbox::flow`).
+    FlowLimits,
 }
 
 impl Kind {
@@ -39,6 +41,7 @@ impl Kind {
             Kind::OneOf(options) => format!("one of the JSON strings {}", options.join(", ")),
             Kind::RoleList => "a JSON array of role names (1 to 63 characters each)".into(),
             Kind::ActorList => "a JSON array of actor ids (1 to 256 characters each)".into(),
+            Kind::FlowLimits => "a JSON object of flow key (or prefix*) to {\"max_in_flight\": 1-10000, \"per_second\": number, \"burst\": 1-100000}".into(),
             Kind::Schedule => "a JSON string with a pg_cron schedule: five fields (minute hour day-of-month month day-of-week, each *, a number, a range a-b, a list, or a step /n), or \"N seconds\" with N from 1 to 59 (pg_cron 1.5+)".into(),
         }
     }
@@ -52,6 +55,7 @@ impl Kind {
             Kind::RoleList => "role list",
             Kind::ActorList => "actor list",
             Kind::Schedule => "schedule",
+            Kind::FlowLimits => "flow limits",
         }
     }
 }
@@ -136,6 +140,12 @@ pub const CORE: &[Definition] = &[
         doc: "Deliveries claimed per round of the outbox runner (CALL flowgate.run_outbox(), the worker): one claim transaction, one send, one record transaction.",
     },
     Definition {
+        key: "flowgate.flow_limits",
+        kind: Kind::FlowLimits,
+        default: r#"{"slack:*": {"per_second": 1, "burst": 1}, "supabase-management-api": {"max_in_flight": 4, "per_second": 2, "burst": 10}}"#,
+        doc: "Per-destination flow control, honoured by every outbox runner at once: flow key (a delivery's host:port, or what its module set: slack:<channel>, supabase-management-api) or prefix* to max_in_flight and a token bucket (per_second, burst). A 429/503 with Retry-After pauses its whole flow key.",
+    },
+    Definition {
         key: "flowgate.outbox_run_seconds",
         kind: Kind::Int { min: 1, max: 3_600 },
         default: "20",
@@ -212,10 +222,7 @@ pub const TEST_ONLY: &[Definition] = &[
 pub fn definitions() -> impl Iterator<Item = &'static Definition> {
     let all = CORE
         .iter()
-        .chain(crate::capacity::settings::DEFINITIONS.iter())
-        .chain(crate::intake::settings::DEFINITIONS.iter())
-        .chain(crate::ops::settings::DEFINITIONS.iter())
-        .chain(crate::provisioning::settings::DEFINITIONS.iter());
+        .chain(super::module::all().iter().flat_map(|m| m.settings.iter()));
     #[cfg(any(test, feature = "pg_test"))]
     let all = all.chain(TEST_ONLY.iter());
     all
@@ -291,6 +298,11 @@ pub fn validate(key: &str, value: &Value) -> CoreResult<&'static Definition> {
         }
         (Kind::Schedule, Value::String(s)) => {
             if let Err(problem) = check_schedule(s) {
+                return Err(bad(problem));
+            }
+        }
+        (Kind::FlowLimits, v @ Value::Object(_)) => {
+            if let Err(problem) = super::outbox::flow::parse_limits(v) {
                 return Err(bad(problem));
             }
         }

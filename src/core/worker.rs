@@ -95,9 +95,7 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
         }
         // One transaction per job: a job that fails (or keeps failing) cannot undo or repeat
         // the work of another; the dispatcher's recorded attempts are committed on their own.
-        let due = super::schedules::JOBS
-            .iter()
-            .filter(|j| j.every_tick || housekeeping);
+        let due = super::schedules::jobs().filter(|j| j.every_tick || housekeeping);
         for job in due {
             if job.is_procedure() {
                 run_outbox();

@@ -9,3 +9,27 @@ pub mod ledger;
 pub mod pool;
 pub mod settings;
 pub mod store;
+
+use crate::core::schedules::Job;
+
+/// What this module plugs into core: its settings, response handlers and periodic jobs.
+pub static MODULE: crate::core::module::Module = crate::core::module::Module {
+    name: "intake",
+    settings: settings::DEFINITIONS,
+    handlers: crate::core::module::handlers(store::HANDLERS),
+    jobs: &[
+        Job {
+            name: "intake.drain",
+            schedule_setting: "intake.drain_schedule",
+            command: "SELECT intake.drain_all()",
+            every_tick: true,
+        },
+        Job {
+            // Every tick of the worker, but a pool is sampled at most every 4.5 s.
+            name: "intake.metrics",
+            schedule_setting: "intake.metrics_schedule",
+            command: "SELECT intake.collect_metrics(NULL, 4.5)",
+            every_tick: true,
+        },
+    ],
+};

@@ -538,12 +538,10 @@ fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String 
 }
 
 /// The outbox response handlers of the drain.
-pub fn handlers() -> Vec<(&'static str, Handler)> {
-    vec![
-        ("intake.validation", on_validation as Handler),
-        ("intake.commit", on_commit as Handler),
-    ]
-}
+pub const HANDLERS: &[(&str, Handler)] = &[
+    ("intake.validation", on_validation),
+    ("intake.commit", on_commit),
+];
 
 fn owner(call: &HandlerCall<'_>) -> CoreResult<(PoolId, i64)> {
     let (pool, msg) = call

@@ -1136,7 +1136,7 @@ mod unit_tests {
     }
 
     #[test]
-    fn phase_2_statuses() {
+    fn an_unsupported_schema_version_is_422() {
         let mut v = build();
         v["schema_version"] = json!("2.0");
         assert_eq!(rejected(v).0, 422);

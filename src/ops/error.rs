@@ -189,7 +189,7 @@ mod unit_tests {
     use super::*;
 
     #[test]
-    fn statuses_follow_phase_2() {
+    fn each_error_has_its_documented_http_status() {
         assert_eq!(
             OpsError::UnsupportedSchemaVersion {
                 got: "\"9\"".into()

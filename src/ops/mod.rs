@@ -12,3 +12,19 @@ pub mod store;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
+
+use crate::core::schedules::Job;
+
+/// What this module plugs into core: its settings, response handlers and periodic jobs.
+pub static MODULE: crate::core::module::Module = crate::core::module::Module {
+    name: "ops",
+    settings: settings::DEFINITIONS,
+    handlers: &[],
+    jobs: &[Job {
+        // Gates bypassed by an exception that has since expired are re-evaluated.
+        name: "ops.expiry",
+        schedule_setting: "ops.expiry_schedule",
+        command: "SELECT ops.expire_bypasses()",
+        every_tick: false,
+    }],
+};

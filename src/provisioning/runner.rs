@@ -24,9 +24,7 @@ use super::store::{self, Report};
 pub const WORKER: &str = "flowgate";
 const HANDLER: &str = "provisioning.response";
 
-pub fn handlers() -> Vec<(&'static str, Handler)> {
-    vec![(HANDLER, response)]
-}
+pub const HANDLERS: &[(&str, Handler)] = &[(HANDLER, response)];
 
 /// What a step needs to know about its client.
 struct ClientRow {
@@ -146,6 +144,8 @@ fn send(
     d.max_attempts = Some(1);
     d.timeout_ms = Some(core_store::get_i64("provisioning.request_timeout_ms")? as i32);
     d.sensitive = sensitive;
+    // The Management API's rate limits are per account, whatever the host path.
+    d.flow_key = Some("supabase-management-api".into());
     if let Step::Migration(v) = step {
         // Every attempt at one migration of one client carries the same Idempotency-Key.
         d.wire_key = Some(format!("provisioning:{}:migration:{v}", c.client_id));

@@ -33,6 +33,7 @@ fn enqueue_delivery(
     handler: default!(Option<&str>, "NULL"),
     max_attempts: default!(Option<i32>, "NULL"),
     timeout_ms: default!(Option<i32>, "NULL"),
+    flow_key: default!(Option<&str>, "NULL"),
 ) -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
         let owner_module = args::required("owner_module", owner_module)?;
@@ -71,6 +72,7 @@ fn enqueue_delivery(
             parked: false,
             wire_key: None,
             sensitive: false,
+            flow_key: flow_key.map(str::to_owned),
         };
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };

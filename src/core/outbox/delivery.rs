@@ -42,6 +42,18 @@ pub struct NewDelivery {
     /// The request or response carries secrets: the response body is handed to the handler but
     /// never stored, and the request body is redacted once the delivery ends.
     pub sensitive: bool,
+    /// The destination it shares flow limits with (`core::outbox::flow`); `None`: the URL's
+    /// host and port.
+    pub flow_key: Option<String>,
+}
+
+impl NewDelivery {
+    /// The flow key it is enqueued with.
+    pub fn effective_flow_key(&self) -> String {
+        self.flow_key
+            .clone()
+            .unwrap_or_else(|| super::flow::host_key(&self.url))
+    }
 }
 
 impl NewDelivery {
@@ -70,6 +82,7 @@ impl NewDelivery {
             parked: false,
             wire_key: None,
             sensitive: false,
+            flow_key: None,
         }
     }
 }
@@ -131,6 +144,15 @@ pub fn validate(d: &NewDelivery) -> CoreResult<()> {
             format!("{:?}", d.owner_module),
             "a module name such as capacity or intake",
         ));
+    }
+    if let Some(k) = &d.flow_key {
+        if k.is_empty() || k.len() > 255 || k.chars().any(char::is_control) {
+            return Err(CoreError::invalid(
+                "flow_key",
+                format!("{:?}", k.chars().take(64).collect::<String>()),
+                "1 to 255 visible characters, e.g. slack:C123 or api.example.com",
+            ));
+        }
     }
     if d.owner_id.is_empty() || d.owner_id.len() > 256 {
         return Err(CoreError::invalid(

@@ -22,6 +22,9 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
+use pgrx::spi::SpiClient;
+
+use super::flow;
 use super::native;
 use super::store::{self, Observation, Prepared, Recorded};
 use crate::core::error::{CoreError, CoreResult};
@@ -95,7 +98,21 @@ impl Counts {
 pub struct Leased {
     /// The delivery's attempt number when it was claimed.
     pub lease: i32,
+    pub max_attempts: i32,
+    /// Whether its owner has a response handler (recorded one by one, isolated).
+    pub has_handler: bool,
+    pub flow_key: String,
     pub request: native::Request,
+}
+
+/// One claimed row: its id, the attempt number it was claimed with (the lease), and what
+/// recording needs.
+struct Lease {
+    id: i64,
+    attempt: i32,
+    max_attempts: i32,
+    has_handler: bool,
+    flow_key: String,
 }
 
 /// What one claim took.
@@ -117,39 +134,21 @@ pub struct Claimed {
 pub struct Sent {
     pub id: i64,
     pub lease: i32,
+    pub max_attempts: i32,
+    pub has_handler: bool,
+    pub flow_key: String,
     pub observation: Observation,
 }
 
-/// Claim up to `max` due deliveries. Runs in the caller's transaction, which must commit
-/// before [`send`].
+/// Claim up to `max` due deliveries, within each flow key's limits. Runs in the caller's
+/// transaction, which must commit before [`send`].
 pub fn claim(max: i64) -> CoreResult<Claimed> {
     let transport = Transport::current()?;
     let concurrency = settings::get_i64("flowgate.http_concurrency")?.max(1) as usize;
-    let leases: Vec<(i64, i32)> = Spi::connect_mut(|client| {
-        let rows = client.update(
-            "WITH due AS ( \
-               SELECT id FROM flowgate.deliveries \
-                WHERE status = 'pending' AND next_attempt_at <= clock_timestamp() \
-                ORDER BY next_attempt_at, id \
-                LIMIT $1 \
-                  FOR UPDATE SKIP LOCKED) \
-             UPDATE flowgate.deliveries d \
-                SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
-                    transport = $2, transport_ref = NULL, updated_at = clock_timestamp() \
-               FROM due WHERE d.id = due.id \
-             RETURNING d.id, d.attempts",
-            None,
-            &[max.into(), transport.as_str().into()],
-        )?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push((
-                row.get::<i64>(1)?.unwrap_or_default(),
-                row.get::<i32>(2)?.unwrap_or_default(),
-            ));
-        }
-        Ok::<_, CoreError>(out)
-    })?;
+    let limits = flow::parse_limits(&settings::get_value("flowgate.flow_limits")?)
+        .map_err(|p| CoreError::Internal(format!("stored flowgate.flow_limits: {p}")))?;
+    let leases: Vec<Lease> =
+        Spi::connect_mut(|client| claim_rows(client, max, transport, &limits))?;
     let mut claimed = Claimed {
         transport,
         claimed: leases.len(),
@@ -161,26 +160,32 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
     if leases.is_empty() {
         return Ok(claimed);
     }
+    let by_id: std::collections::HashMap<i64, &Lease> = leases.iter().map(|l| (l.id, l)).collect();
     let lease_of = |id: i64| {
-        leases
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, l)| *l)
-            .unwrap_or_default()
+        by_id.get(&id).copied().ok_or_else(|| {
+            CoreError::Internal(format!("delivery {id} was prepared but not claimed"))
+        })
     };
-    let ids: Vec<i64> = leases.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
     for p in store::prepare(&ids)? {
         match p {
             Prepared::Unsendable { id, reason } => {
-                let r = store::record(id, Some(lease_of(id)), &Observation::unsendable(reason))?;
+                let lease = lease_of(id)?.attempt;
+                let r = store::record(id, Some(lease), &Observation::unsendable(reason))?;
                 claimed.recorded.add(r);
             }
             Prepared::Send(request) => {
-                let lease = lease_of(request.id);
+                let l = lease_of(request.id)?;
                 if transport == Transport::PgNet && queue_on_pg_net(&request)? {
                     claimed.queued += 1;
                 } else {
-                    claimed.native.push(Leased { lease, request });
+                    claimed.native.push(Leased {
+                        lease: l.attempt,
+                        max_attempts: l.max_attempts,
+                        has_handler: l.has_handler,
+                        flow_key: l.flow_key.clone(),
+                        request,
+                    });
                 }
             }
         }
@@ -194,6 +199,170 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
         )?;
     }
     Ok(claimed)
+}
+
+/// The claim itself: due rows in order, each flow key given at most its allowance (its cap on
+/// requests in flight, its token bucket, no pause); rows of a limited key that must wait are
+/// moved to when their turn comes, so they do not fill every claim.
+fn claim_rows(
+    client: &mut SpiClient<'_>,
+    max: i64,
+    transport: Transport,
+    limits: &[(String, flow::Limit)],
+) -> CoreResult<Vec<Lease>> {
+    // Twice the batch: room for other keys when one key is held back.
+    let candidates: Vec<(i64, String)> = {
+        let rows = client.update(
+            "SELECT id, flow_key FROM flowgate.deliveries \
+              WHERE status = 'pending' AND next_attempt_at <= clock_timestamp() \
+              ORDER BY next_attempt_at, id \
+              LIMIT $1 \
+                FOR UPDATE SKIP LOCKED",
+            None,
+            &[(max.saturating_mul(2).min(20_000)).into()],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push((
+                row.get::<i64>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        out
+    };
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<&str> = candidates.iter().map(|(_, k)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let limited: Vec<(&str, flow::Limit)> = keys
+        .iter()
+        .filter_map(|k| flow::limit_for(limits, k).map(|l| (*k, l)))
+        .collect();
+    if !limited.is_empty() {
+        let names: Vec<&str> = limited.iter().map(|(k, _)| *k).collect();
+        let bursts: Vec<f64> = limited.iter().map(|(_, l)| l.burst).collect();
+        client.update(
+            "INSERT INTO flowgate.flow_state (flow_key, tokens, refilled_at) \
+             SELECT k, b, clock_timestamp() FROM unnest($1::text[], $2::float8[]) AS u(k, b) \
+             ON CONFLICT (flow_key) DO NOTHING",
+            None,
+            &[names.into(), bursts.into()],
+        )?;
+    }
+    // The state of every candidate key that has one (limited, or paused by a Retry-After),
+    // locked in key order: runners take their shares one after another.
+    let mut state: std::collections::HashMap<String, (Option<flow::Bucket>, u32)> =
+        Default::default();
+    let now: f64;
+    {
+        let rows = client.update(
+            "SELECT fs.flow_key, fs.tokens, extract(epoch FROM fs.refilled_at)::float8, \
+                    extract(epoch FROM fs.paused_until)::float8, \
+                    (SELECT count(*) FROM flowgate.deliveries d \
+                      WHERE d.status = 'in_flight' AND d.flow_key = fs.flow_key)::int, \
+                    extract(epoch FROM clock_timestamp())::float8 \
+               FROM flowgate.flow_state fs WHERE fs.flow_key = ANY ($1) \
+              ORDER BY fs.flow_key FOR UPDATE",
+            None,
+            &[keys.clone().into()],
+        )?;
+        let mut clock = None;
+        for row in rows {
+            let key: String = row.get(1)?.unwrap_or_default();
+            let bucket = flow::Bucket {
+                tokens: row.get::<f64>(2)?.unwrap_or(0.0),
+                refilled_at: row.get::<f64>(3)?.unwrap_or(0.0),
+                paused_until: row.get::<f64>(4)?,
+            };
+            let in_flight = row.get::<i32>(5)?.unwrap_or(0).max(0) as u32;
+            clock = row.get::<f64>(6)?;
+            state.insert(key, (Some(bucket), in_flight));
+        }
+        now = match clock {
+            Some(c) => c,
+            None => Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")?
+                .unwrap_or_default(),
+        };
+    }
+    // Allowance per key, decided once; then walk the candidates in due order.
+    let mut allowance: std::collections::HashMap<&str, (u32, Option<flow::Bucket>, u32)> =
+        Default::default();
+    let mut chosen: Vec<i64> = Vec::new();
+    let mut deferred: Vec<(i64, f64)> = Vec::new();
+    for (id, key) in &candidates {
+        let limit = flow::limit_for(limits, key);
+        let entry = allowance.entry(key.as_str()).or_insert_with(|| {
+            let (bucket, in_flight) = state.get(key).copied().unwrap_or((None, 0));
+            let (n, b) = flow::allowance(limit.as_ref(), bucket, in_flight, now);
+            (n, b, 0)
+        });
+        if entry.0 > 0 && (chosen.len() as i64) < max {
+            entry.0 -= 1;
+            if let Some(b) = entry.1 {
+                if limit.and_then(|l| l.per_second).is_some() {
+                    entry.1 = Some(flow::take(b, 1));
+                }
+            }
+            chosen.push(*id);
+        } else if entry.0 == 0 {
+            // Held back by its key: move it to when its turn comes.
+            entry.2 += 1;
+            let wait = match (limit.as_ref(), entry.1.as_ref()) {
+                (Some(l), Some(b)) => flow::wait_for(l, b, entry.2, now),
+                (None, Some(b)) => b.paused_until.map_or(0.0, |u| (u - now).max(0.0)),
+                _ => 0.0,
+            };
+            // Held back only by the cap on requests in flight: look again in a second.
+            deferred.push((*id, if wait > 0.0 { wait } else { 1.0 }));
+        }
+    }
+    // What each limited key took.
+    let (names, tokens): (Vec<&str>, Vec<f64>) = allowance
+        .iter()
+        .filter_map(|(k, (_, b, _))| b.map(|b| (*k, b.tokens)))
+        .unzip();
+    if !names.is_empty() {
+        client.update(
+            "UPDATE flowgate.flow_state fs SET tokens = u.t, refilled_at = to_timestamp($3) \
+               FROM unnest($1::text[], $2::float8[]) AS u(k, t) WHERE fs.flow_key = u.k",
+            None,
+            &[names.into(), tokens.into(), now.into()],
+        )?;
+    }
+    if !deferred.is_empty() {
+        let (ids, waits): (Vec<i64>, Vec<f64>) = deferred.into_iter().unzip();
+        client.update(
+            "UPDATE flowgate.deliveries d SET next_attempt_at = clock_timestamp() + make_interval(secs => u.w) \
+               FROM unnest($1::bigint[], $2::float8[]) AS u(id, w) WHERE d.id = u.id",
+            None,
+            &[ids.into(), waits.into()],
+        )?;
+    }
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client.update(
+        "UPDATE flowgate.deliveries d \
+            SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
+                transport = $2, transport_ref = NULL, updated_at = clock_timestamp() \
+          WHERE d.id = ANY ($1) \
+         RETURNING d.id, d.attempts, d.max_attempts, d.handler IS NOT NULL, d.flow_key",
+        None,
+        &[chosen.into(), transport.as_str().into()],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(Lease {
+            id: row.get::<i64>(1)?.unwrap_or_default(),
+            attempt: row.get::<i32>(2)?.unwrap_or_default(),
+            max_attempts: row.get::<i32>(3)?.unwrap_or(1),
+            has_handler: row.get::<bool>(4)?.unwrap_or(true),
+            flow_key: row.get::<String>(5)?.unwrap_or_default(),
+        });
+    }
+    Ok(out)
 }
 
 /// Queue one request with pg_net and remember its request id; false when pg_net cannot carry
@@ -247,16 +416,26 @@ fn queue_on_pg_net(req: &native::Request) -> CoreResult<bool> {
 /// Send the natively carried deliveries of a committed claim. Touches no Postgres API, so it
 /// runs outside any transaction; `stop()` is asked between requests (a pending cancel).
 pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> Vec<Sent> {
-    let (leases, requests): (Vec<i32>, Vec<native::Request>) =
-        batch.into_iter().map(|l| (l.lease, l.request)).unzip();
+    let (leases, requests): (Vec<(i32, i32, bool, String)>, Vec<native::Request>) = batch
+        .into_iter()
+        .map(|l| {
+            (
+                (l.lease, l.max_attempts, l.has_handler, l.flow_key),
+                l.request,
+            )
+        })
+        .unzip();
     native::send_batch(&requests, concurrency, stop)
         .into_iter()
         .zip(leases)
-        .map(|(r, lease)| {
+        .map(|(r, (lease, max_attempts, has_handler, flow_key))| {
             let answered = r.status().is_some();
             Sent {
                 id: r.id,
                 lease,
+                max_attempts,
+                has_handler,
+                flow_key,
                 observation: Observation {
                     attempt: Ok(r.attempt),
                     body: answered.then_some(r.body),
@@ -267,12 +446,47 @@ pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> 
         .collect()
 }
 
-/// Record what was sent, each under its lease. Runs in a new transaction.
+/// Record what was sent, each under its lease. Runs in a new transaction: deliveries without
+/// a response handler in one statement, the others one by one, each in a subtransaction.
 pub fn record(sent: &[Sent]) -> CoreResult<Counts> {
+    let policy = store::retry_policy()?;
     let mut counts = Counts::default();
-    for s in sent {
-        counts.add(store::record(s.id, Some(s.lease), &s.observation)?);
+    let plain: Vec<store::Unhandled<'_>> = sent
+        .iter()
+        .filter(|s| !s.has_handler)
+        .map(|s| store::Unhandled {
+            id: s.id,
+            lease: s.lease,
+            max_attempts: s.max_attempts,
+            observed: &s.observation,
+        })
+        .collect();
+    for (r, u) in store::record_batch(&plain, &policy)?
+        .into_iter()
+        .zip(&plain)
+    {
+        // Not written: no longer in flight under its lease, or given a handler meanwhile (an
+        // operator's UPDATE); the row-by-row path tells which.
+        counts.add(match r {
+            Recorded::Skipped => store::record_with(u.id, Some(u.lease), u.observed, &policy)?,
+            r => r,
+        });
     }
+    for s in sent.iter().filter(|s| s.has_handler) {
+        counts.add(store::record_with(
+            s.id,
+            Some(s.lease),
+            &s.observation,
+            &policy,
+        )?);
+    }
+    // (Those with a handler were paused by record_with.)
+    let pauses: Vec<(&str, std::time::Duration)> = sent
+        .iter()
+        .filter(|s| !s.has_handler)
+        .filter_map(|s| store::pause_of(&s.observation, &policy).map(|d| (s.flow_key.as_str(), d)))
+        .collect();
+    store::pause_flows(&pauses)?;
     Ok(counts)
 }
 

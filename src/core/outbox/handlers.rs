@@ -49,12 +49,13 @@ pub struct HandlerCall<'a> {
 
 pub type Handler = for<'c, 'a> fn(&mut SpiClient<'c>, &HandlerCall<'a>) -> CoreResult<()>;
 
-/// Every handler flowgate knows, by name. Modules add theirs here.
+/// Every handler flowgate knows, by name: those of each module (`core::module`).
 fn registry() -> Vec<(&'static str, Handler)> {
     #[allow(unused_mut)]
-    let mut all: Vec<(&'static str, Handler)> = crate::capacity::notify::handlers();
-    all.extend(crate::intake::store::handlers());
-    all.extend(crate::provisioning::runner::handlers());
+    let mut all: Vec<(&'static str, Handler)> = crate::core::module::all()
+        .iter()
+        .flat_map(|m| m.handlers.iter().copied())
+        .collect();
     #[cfg(any(test, feature = "pg_test"))]
     all.extend(crate::core::tests::outbox_handlers());
     all

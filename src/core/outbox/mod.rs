@@ -10,6 +10,7 @@
 pub mod api;
 pub mod delivery;
 pub mod engine;
+pub mod flow;
 pub mod handlers;
 pub mod native;
 pub mod policy;

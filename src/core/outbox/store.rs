@@ -47,9 +47,9 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
     };
     let inserted = client.update(
         "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
-         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive) \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15, $16) \
+                 CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15, $16, $17) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         None,
         &[
@@ -69,6 +69,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
             d.parked.into(),
             d.wire_key.as_deref().into(),
             d.sensitive.into(),
+            d.effective_flow_key().into(),
         ],
     )?;
     if !inserted.is_empty() {
@@ -399,6 +400,7 @@ struct InFlight {
     owner_id: String,
     handler: Option<String>,
     request: Option<JsonB>,
+    flow_key: String,
 }
 
 /// Lock the delivery and check that it is still in flight under `lease` (its attempt number
@@ -410,7 +412,7 @@ fn lock_in_flight(
     lease: Option<i32>,
 ) -> CoreResult<Option<InFlight>> {
     let rows = client.update(
-        "SELECT attempts, max_attempts, owner_module, owner_id, handler, body, status::text \
+        "SELECT attempts, max_attempts, owner_module, owner_id, handler, body, status::text, flow_key \
          FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
         None,
         &[id.into()],
@@ -429,6 +431,7 @@ fn lock_in_flight(
         owner_id: first.get(4)?.unwrap_or_default(),
         handler: first.get(5)?,
         request: first.get(6)?,
+        flow_key: first.get(8)?.unwrap_or_default(),
     };
     if status != "in_flight" || lease.is_some_and(|l| l != row.attempts) {
         return Ok(None);
@@ -441,15 +444,27 @@ fn lock_in_flight(
 /// raises, their writes are undone and the delivery is kept (a 2xx stays delivered, since
 /// sending it again could post a Slack message twice) with `handler_error` set.
 pub fn record(id: i64, lease: Option<i32>, observed: &Observation) -> CoreResult<Recorded> {
-    let policy = retry_policy()?;
+    record_with(id, lease, observed, &retry_policy()?)
+}
+
+/// [`record`] with the retry policy already read (a round reads it once).
+pub fn record_with(
+    id: i64,
+    lease: Option<i32>,
+    observed: &Observation,
+    policy: &RetryPolicy,
+) -> CoreResult<Recorded> {
     let row = Spi::connect_mut(|client| lock_in_flight(client, id, lease))?;
     let Some(row) = row else {
         return Ok(Recorded::Skipped);
     };
-    if row.handler.is_none() {
-        return Spi::connect_mut(|client| apply(client, id, &row, observed, &policy));
+    if let Some(d) = pause_of(observed, policy) {
+        pause_flows(&[(row.flow_key.as_str(), d)])?;
     }
-    match subxact::run(|| Spi::connect_mut(|client| apply(client, id, &row, observed, &policy))) {
+    if row.handler.is_none() {
+        return Spi::connect_mut(|client| apply(client, id, &row, observed, policy));
+    }
+    match subxact::run(|| Spi::connect_mut(|client| apply(client, id, &row, observed, policy))) {
         Ok(Ok(recorded)) => Ok(recorded),
         Ok(Err(e)) => keep_after_handler_error(id, observed, &format!("{}: {e}", e.sqlstate())),
         Err(caught) => keep_after_handler_error(
@@ -482,18 +497,59 @@ fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> Cor
     Ok(Recorded::HandlerError)
 }
 
-/// Write the verdict on the locked row and run the owner's handler.
-fn apply(
-    client: &mut SpiClient<'_>,
-    id: i64,
-    row: &InFlight,
+/// How long a 429 or 503 with Retry-After pauses its whole flow key (clamped like the
+/// delivery's own wait).
+pub fn pause_of(observed: &Observation, policy: &RetryPolicy) -> Option<Duration> {
+    match &observed.attempt {
+        Ok(Attempt::Response {
+            status: 429 | 503,
+            retry_after: Some(v),
+        }) => policy::parse_retry_after(v, SystemTime::now())
+            .map(|d| d.min(policy.max_retry_after))
+            .filter(|d| !d.is_zero()),
+        _ => None,
+    }
+}
+
+/// Pause flow keys until now + their wait (a later pause already set is kept).
+pub fn pause_flows(pauses: &[(&str, Duration)]) -> CoreResult<()> {
+    if pauses.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = pauses.iter().map(|(k, _)| *k).collect();
+    let secs: Vec<f64> = pauses.iter().map(|(_, d)| d.as_secs_f64()).collect();
+    Spi::run_with_args(
+        "INSERT INTO flowgate.flow_state AS fs (flow_key, tokens, refilled_at, paused_until) \
+         SELECT k, 0, clock_timestamp(), clock_timestamp() + make_interval(secs => max(w)) \
+           FROM unnest($1::text[], $2::float8[]) AS u(k, w) GROUP BY k \
+         ON CONFLICT (flow_key) DO UPDATE \
+            SET paused_until = greatest(fs.paused_until, EXCLUDED.paused_until)",
+        &[keys.into(), secs.into()],
+    )?;
+    Ok(())
+}
+
+/// What an attempt comes to, ready to be written.
+struct Decided {
+    verdict: Verdict,
+    /// The delivery's next status.
+    status: &'static str,
+    /// Back-off before the next attempt (pending only).
+    delay_ms: i64,
+    last_error: Option<String>,
+    recorded: Recorded,
+}
+
+fn decide(
+    attempts: i32,
+    max_attempts: i32,
     observed: &Observation,
     policy: &RetryPolicy,
-) -> CoreResult<Recorded> {
+) -> Decided {
     let verdict = match &observed.attempt {
         Ok(attempt) => policy::decide(
-            row.attempts.max(1) as u32,
-            row.max_attempts.max(1) as u32,
+            attempts.max(1) as u32,
+            max_attempts.max(1) as u32,
             attempt,
             policy,
             rand::random::<f64>(),
@@ -503,7 +559,7 @@ fn apply(
             reason: reason.clone(),
         },
     };
-    let (new_status, delay_ms, last_error, recorded) = match &verdict {
+    let (status, delay_ms, last_error, recorded) = match &verdict {
         Verdict::Delivered => ("delivered", 0i64, None, Recorded::Delivered),
         Verdict::Retry { delay, reason } => (
             "pending",
@@ -514,6 +570,105 @@ fn apply(
         Verdict::Failed { reason } => ("failed", 0, Some(reason.clone()), Recorded::Failed),
         Verdict::Dead { reason } => ("dead", 0, Some(reason.clone()), Recorded::Dead),
     };
+    Decided {
+        verdict,
+        status,
+        delay_ms,
+        last_error,
+        recorded,
+    }
+}
+
+/// One attempt of a delivery without a response handler, to be recorded in a batch.
+pub struct Unhandled<'a> {
+    pub id: i64,
+    /// The attempt number it was claimed with.
+    pub lease: i32,
+    pub max_attempts: i32,
+    pub observed: &'a Observation,
+}
+
+/// Record attempts of deliveries that have no response handler in one statement: each row is
+/// written only while still in flight under its lease; the others are `Skipped`.
+pub fn record_batch(items: &[Unhandled<'_>], policy: &RetryPolicy) -> CoreResult<Vec<Recorded>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let decided: Vec<Decided> = items
+        .iter()
+        .map(|u| decide(u.lease, u.max_attempts, u.observed, policy))
+        .collect();
+    let ids: Vec<i64> = items.iter().map(|u| u.id).collect();
+    let leases: Vec<i32> = items.iter().map(|u| u.lease).collect();
+    let statuses: Vec<&str> = decided.iter().map(|d| d.status).collect();
+    let delays: Vec<i64> = decided.iter().map(|d| d.delay_ms).collect();
+    let codes: Vec<Option<i32>> = items.iter().map(|u| u.observed.status_code()).collect();
+    let errors: Vec<Option<String>> = decided.iter().map(|d| d.last_error.clone()).collect();
+    let bodies: Vec<Option<String>> = items.iter().map(|u| u.observed.body.clone()).collect();
+    let types: Vec<Option<String>> = items
+        .iter()
+        .map(|u| u.observed.content_type.clone())
+        .collect();
+    let written: Vec<i64> = Spi::connect_mut(|client| {
+        let rows = client.update(
+            "UPDATE flowgate.deliveries d SET status = u.status::flowgate.delivery_status, \
+               next_attempt_at = CASE WHEN u.status = 'pending' THEN clock_timestamp() + make_interval(secs => u.delay_ms::float8 / 1000) ELSE d.next_attempt_at END, \
+               delivered_at = CASE WHEN u.status = 'delivered' THEN clock_timestamp() ELSE d.delivered_at END, \
+               last_status_code = u.code, last_error = u.error, \
+               response_body = CASE WHEN d.sensitive THEN NULL ELSE u.body END, \
+               response_content_type = u.content_type, claimed_at = NULL, updated_at = clock_timestamp(), \
+               body = CASE WHEN d.sensitive AND u.status <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE d.body END \
+             FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \
+                  AS u(id, lease, status, delay_ms, code, error, body, content_type) \
+            WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.lease AND d.handler IS NULL \
+            RETURNING d.id",
+            None,
+            &[
+                ids.into(),
+                leases.into(),
+                statuses.into(),
+                delays.into(),
+                codes.into(),
+                errors.into(),
+                bodies.into(),
+                types.into(),
+            ],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(row.get::<i64>(1)?.unwrap_or_default());
+        }
+        Ok::<_, CoreError>(out)
+    })?;
+    let written: std::collections::HashSet<i64> = written.into_iter().collect();
+    Ok(items
+        .iter()
+        .zip(decided)
+        .map(|(u, d)| {
+            if written.contains(&u.id) {
+                d.recorded
+            } else {
+                Recorded::Skipped
+            }
+        })
+        .collect())
+}
+
+/// Write the verdict on the locked row and run the owner's handler.
+fn apply(
+    client: &mut SpiClient<'_>,
+    id: i64,
+    row: &InFlight,
+    observed: &Observation,
+    policy: &RetryPolicy,
+) -> CoreResult<Recorded> {
+    let Decided {
+        verdict,
+        status: new_status,
+        delay_ms,
+        last_error,
+        recorded,
+    } = decide(row.attempts, row.max_attempts, observed, policy);
     let status_code = observed.status_code();
     client.update(
         "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \

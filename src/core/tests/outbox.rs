@@ -111,8 +111,67 @@ mod tests {
         assert!(one::<bool>(&format!(
             "SELECT next_attempt_at >= now() + interval '29 seconds' AND last_status_code = 429 FROM flowgate.deliveries WHERE id = {id}"
         )));
+        // The whole destination waits, not only the delivery that got the 429.
+        let same_host = enqueue("/ok", "rl-2", "");
+        let elsewhere = enqueue("/ok", "rl-3", ", flow_key => 'fg-test-elsewhere'");
         make_due(id);
-        assert_eq!(dispatch()["delivered"], 1);
+        let summary = dispatch();
+        assert_eq!(summary["delivered"], 1, "{summary}");
+        assert_eq!(status(elsewhere), "delivered");
+        assert_eq!(status(same_host), "pending");
+        assert_eq!(status(id), "pending");
+        assert!(one::<bool>(&format!(
+            "SELECT next_attempt_at >= now() + interval '25 seconds' FROM flowgate.deliveries WHERE id = {same_host}"
+        )), "held back until the pause ends");
+        // The pause ends.
+        Spi::run("UPDATE flowgate.flow_state SET paused_until = now() - interval '1 second'")
+            .unwrap();
+        make_due(id);
+        make_due(same_host);
+        assert_eq!(dispatch()["delivered"], 2);
+    }
+
+    #[pg_test]
+    fn a_rate_limited_flow_key_gets_its_tokens_and_no_more() {
+        force_native();
+        Spi::run(
+            r#"SELECT flowgate.set_setting('flowgate.flow_limits', '{"fg-test-slow*": {"per_second": 0.5, "burst": 3}, "fg-test-capped": {"max_in_flight": 2}}')"#,
+        )
+        .unwrap();
+        let ids: Vec<i64> = (1..=5)
+            .map(|i| enqueue("/ok", &format!("tb-{i}"), ", flow_key => 'fg-test-slow-1'"))
+            .collect();
+        assert_eq!(dispatch()["delivered"], 3, "the burst");
+        let waiting: Vec<f64> = ids
+            .iter()
+            .filter(|id| status(**id) == "pending")
+            .map(|id| {
+                one::<f64>(&format!(
+                    "SELECT extract(epoch FROM next_attempt_at - clock_timestamp())::float8 FROM flowgate.deliveries WHERE id = {id}"
+                ))
+            })
+            .collect();
+        assert_eq!(waiting.len(), 2);
+        assert!(
+            waiting.iter().all(|w| *w > 1.0),
+            "spaced by the rate: {waiting:?}"
+        );
+        assert_eq!(
+            dispatch()["claimed"],
+            0,
+            "nothing more before the tokens come back"
+        );
+        // Two of a capped key are in flight elsewhere: the cap leaves no room.
+        let capped: Vec<i64> = (1..=3)
+            .map(|i| enqueue("/ok", &format!("cap-{i}"), ", flow_key => 'fg-test-capped'"))
+            .collect();
+        Spi::run(&format!(
+            "UPDATE flowgate.deliveries SET status = 'in_flight', attempts = 1, claimed_at = now() WHERE id IN ({}, {})",
+            capped[0], capped[1]
+        ))
+        .unwrap();
+        assert_eq!(dispatch()["claimed"], 0, "two in flight, cap two");
+        assert_eq!(status(capped[2]), "pending");
     }
 
     #[pg_test]
