@@ -416,15 +416,12 @@ fn queue_on_pg_net(req: &native::Request) -> CoreResult<bool> {
 /// Send the natively carried deliveries of a committed claim. Touches no Postgres API, so it
 /// runs outside any transaction; `stop()` is asked between requests (a pending cancel).
 pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> Vec<Sent> {
-    let (leases, requests): (Vec<(i32, i32, bool, String)>, Vec<native::Request>) = batch
-        .into_iter()
-        .map(|l| {
-            (
-                (l.lease, l.max_attempts, l.has_handler, l.flow_key),
-                l.request,
-            )
-        })
-        .unzip();
+    let mut requests = Vec::with_capacity(batch.len());
+    let mut leases = Vec::with_capacity(batch.len());
+    for l in batch {
+        requests.push(l.request);
+        leases.push((l.lease, l.max_attempts, l.has_handler, l.flow_key));
+    }
     native::send_batch(&requests, concurrency, stop)
         .into_iter()
         .zip(leases)
