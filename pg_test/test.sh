@@ -3,7 +3,9 @@
 #   1. cargo unit tests (pure Rust, #[test] and proptest) and 2. #[pg_test]s, both through
 #      `cargo pgrx test` against a throwaway Postgres run as the postgres user;
 #   3. every pgTAP file in pg_test/tap/ through pg_prove, against a fresh cluster with pg_cron,
-#      pgmq and the release build of flowgate.
+#      pgmq and the release build of flowgate;
+#   4. every SQL example of README.md, run and its output compared (pg_test/readme.sh, on a
+#      fresh cluster and sandbox of its own); then the concurrency suites and the calendar.
 # Fails if any layer fails or runs nothing. Prints a summary with counts and times.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 t0=$(date +%s)
@@ -68,6 +70,18 @@ if [ "$rc" -ne 0 ]; then
 fi
 [ "${tap_tests:-0}" -gt 0 ] || die "pg_prove ran no tests"
 
+step "README examples (pg_test/readme.sh: every SQL block of README.md, output compared)"
+t=$(date +%s)
+set +e
+(cd / && "$FLOWGATE_ROOT/pg_test/readme.sh") > "$LOG_DIR/readme.log" 2>&1
+rc=$?
+set -e
+{ grep -vE '^ok [0-9]+ ' "$LOG_DIR/readme.log" || true; } | sed 's/^/    /'
+readme_secs=$(( $(date +%s) - t ))
+readme=$(grep -cE '^ok [0-9]+ ' "$LOG_DIR/readme.log" || true)
+[ "$rc" -eq 0 ] || die "README.md's examples do not print what it shows (above; full log: $LOG_DIR/readme.log)"
+[ "$readme" -gt 0 ] || die "pg_test/readme.sh checked no README statement"
+
 step "concurrency suites (pg_test/concurrency)"
 t=$(date +%s)
 conc=0
@@ -117,6 +131,7 @@ printf '%-28s %8s %8s\n' "cargo unit tests" "$unit" "$cargo_secs"
 printf '%-28s %8s %8s\n' "#[pg_test]" "$pgt" "(same)"
 printf '%-28s %8s %8s\n' "pgTAP ($tap_files_n files)" "$tap_tests" "$tap_secs"
 [ "$tap_skipped" -gt 0 ] && printf '%-28s %8s\n' "pgTAP files skipped" "$tap_skipped"
+printf '%-28s %8s %8s\n' "README examples" "$readme" "$readme_secs"
 printf '%-28s %8s %8s\n' "concurrency checks" "$conc" "$conc_secs"
 printf '%-28s %8s %8s\n' "calendar (${#fake_times[@]} clocks)" "$cal" "$cal_secs"
 printf '\nALL TESTS PASSED in %ss\n' "$(( $(date +%s) - t0 ))"

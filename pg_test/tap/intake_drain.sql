@@ -11,7 +11,7 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(78);
+SELECT plan(79);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext'] $$;
@@ -60,7 +60,8 @@ SELECT is((SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_loc
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_local), 0, 'the queue is empty');
 SELECT is((SELECT count(*)::int FROM pgmq.a_intake_tap_local WHERE message ->> 'state' = 'committed'), 3,
           'committed intents are archived (the logged record recover_pool reads)');
-SELECT ok((SELECT bool_and((body ->> 'idempotency_key') = split_part(owner_id, ':', 2) AND wire_key = 'intake:tap_local:validate:' || split_part(owner_id, ':', 2))
+SELECT ok((SELECT bool_and((body ->> 'idempotency_key') = split_part(owner_id, ':', 2) AND idempotency_key = 'intake:tap_local:validate:' || split_part(owner_id, ':', 2)
+                      AND wire_key IS NULL)
              FROM flowgate.deliveries WHERE owner_id LIKE 'tap_local:%'),
           'the validation POST carries idempotency_key = msg_id, and the same Idempotency-Key header on every attempt');
 SELECT is((SELECT validation ->> 'ok' FROM intake.transactions WHERE pool_id = 'tap_local' AND user_id = 'u1'), 'true',
@@ -146,8 +147,9 @@ SELECT intake.claim_resource('tap_down', 'd1') \g /dev/null
 CREATE TEMP TABLE dd AS SELECT intake.drain('tap_down') AS r;
 CALL flowgate.run_outbox() \gset
 SELECT pg_temp.settle() \g /dev/null
-SELECT is((SELECT string_agg(status || ' ' || (last_status_code IS NULL AND last_error IS NOT NULL), ',') FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%'),
-          'dead true', 'read 1: the webhook does not answer (one attempt per read, dead without a status)');
+SELECT is((SELECT string_agg(status || ' ' || (last_status_code IS NULL AND last_error IS NOT NULL) || ' ' || (next_attempt_at = 'infinity'), ',')
+             FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%'),
+          'pending true true', 'read 1: the webhook does not answer: its one delivery waits for the next read (parked, not dead)');
 SELECT is((SELECT (r ->> 'handed_to_outbox') || ' ' || coalesce(message ->> 'state', 'queued') || ' ' || (message ? 'validation')::text
              FROM dd, pgmq.q_intake_tap_down), '1 queued false',
           'the intent stays queued for its next read: not validated, not dead-lettered');
@@ -169,6 +171,9 @@ SELECT pg_sleep(2.1) \g /dev/null
 SELECT is(intake.drain('tap_down') ->> 'dead_lettered', '1', 'read 3 > max_retries: dead-lettered');
 SELECT alike((SELECT message ->> 'dlq_reason' FROM pgmq.q_intake_tap_down_dlq), 'read 3 times, more than max_retries = 2%',
             'the DLQ message says why');
+SELECT is((SELECT string_agg(status || ' ' || attempts || ' ' || (last_error LIKE 'the intent was dead-lettered: read 3 times%'), ',')
+             FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%'),
+          'dead 2 true', 'its delivery, waiting for a read that will not come, is dead now: a dead delivery is one not tried again');
 SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_down' AND slot = 1), 'locked',
           'its resource stays locked: not sold to anyone else, not lost');
 UPDATE intake.engine_config SET validation_webhook_url = 'http://127.0.0.1:5597/ok' WHERE pool_id = 'tap_down';
@@ -181,9 +186,9 @@ SELECT is((SELECT string_agg(d.status || ' ' || (a.message ->> 'state'), ',')
             WHERE d.owner_id LIKE 'tap_down:%' AND d.idempotency_key LIKE '%:commit:%'), 'delivered committed',
           'the replayed intent is validated and committed over HTTP');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_down_dlq) + (SELECT count(*)::int FROM pgmq.q_intake_tap_down), 0, 'both queues are empty');
-SELECT is((SELECT array_agg(DISTINCT wire_key) || count(*)::text FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%' AND idempotency_key LIKE '%:validate:%'),
-          (SELECT ARRAY['intake:tap_down:validate:' || (message ->> 'origin_msg_id'), '3'] FROM pgmq.a_intake_tap_down),
-          'three validation attempts, before and after the replay, all keyed by the first message id');
+SELECT is((SELECT array_agg(idempotency_key || ' ' || status || ' ' || attempts) FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%' AND idempotency_key LIKE '%:validate:%'),
+          (SELECT ARRAY['intake:tap_down:validate:' || (message ->> 'origin_msg_id') || ' delivered 3'] FROM pgmq.a_intake_tap_down),
+          'one validation delivery, three attempts before and after the replay, keyed by the first message id');
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_down:%' AND idempotency_key LIKE '%:commit:%'), 1,
           'the ledger was called once');
 
@@ -194,17 +199,17 @@ SELECT intake.claim_resource('tap_ledger', 'l1') \g /dev/null
 SELECT intake.drain('tap_ledger') \g /dev/null
 CALL flowgate.run_outbox() \gset
 SELECT pg_temp.settle() \g /dev/null
-SELECT is((SELECT string_agg(split_part(idempotency_key, ':', 4) || ' ' || status, ',' ORDER BY id) FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%'),
-          'validate delivered,commit dead', 'validated (the handler enqueues the commit, which the outbox sends), but the ledger refuses the connection');
+SELECT is((SELECT string_agg(split_part(idempotency_key, ':', 3) || ' ' || status, ',' ORDER BY id) FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%'),
+          'validate delivered,commit pending', 'validated (the handler enqueues the commit, which the outbox sends), but the ledger refuses the connection: the commit waits for the next read');
 SELECT is((SELECT message ->> 'state' FROM pgmq.q_intake_tap_ledger), 'validated', 'the intent stays validated');
 SELECT pg_sleep(1.1) \g /dev/null
 UPDATE intake.engine_config SET commit_target = 'http://127.0.0.1:5597/ok' WHERE pool_id = 'tap_ledger';
 SELECT intake.drain('tap_ledger') \g /dev/null
 CALL flowgate.run_outbox() \gset
 SELECT pg_temp.settle() \g /dev/null
-SELECT is((SELECT string_agg(status::text, ',' ORDER BY id) FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND idempotency_key LIKE '%:commit:%')
-            || ' ' || (SELECT string_agg(message ->> 'state', ',') FROM pgmq.a_intake_tap_ledger), 'dead,delivered committed',
-          'next read: the ledger is back and the commit goes through');
+SELECT is((SELECT string_agg(status::text || ' ' || attempts, ',' ORDER BY id) FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND idempotency_key LIKE '%:commit:%')
+            || ' ' || (SELECT string_agg(message ->> 'state', ',') FROM pgmq.a_intake_tap_ledger), 'delivered 2 committed',
+          'next read: the ledger is back and the same commit delivery goes through on its second attempt');
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND idempotency_key LIKE '%:validate:%'), 1,
           'the webhook was called once: the retry skipped validation');
 SELECT is((SELECT body #>> '{payload,idempotency_key}' FROM flowgate.deliveries WHERE owner_id LIKE 'tap_ledger:%' AND status = 'delivered' AND idempotency_key LIKE '%:commit:%'),
@@ -216,7 +221,7 @@ SELECT intake.claim_resource('tap_refused', 'x1') \g /dev/null
 SELECT intake.drain('tap_refused') \g /dev/null
 CALL flowgate.run_outbox() \gset
 SELECT pg_temp.settle() \g /dev/null
-SELECT is((SELECT string_agg(split_part(idempotency_key, ':', 4) || ' ' || status || ' ' || last_status_code, ',') FROM flowgate.deliveries WHERE owner_id LIKE 'tap_refused:%'),
+SELECT is((SELECT string_agg(split_part(idempotency_key, ':', 3) || ' ' || status || ' ' || last_status_code, ',') FROM flowgate.deliveries WHERE owner_id LIKE 'tap_refused:%'),
           'commit failed 409', 'no webhook configured: straight to the ledger, which answers 409');
 SELECT alike((SELECT message ->> 'dlq_reason' FROM pgmq.q_intake_tap_refused_dlq), 'the ledger refused the commit with HTTP 409%', 'dead-lettered with the reason');
 SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_refused' AND slot = 1), 'locked', 'and its resource stays locked');

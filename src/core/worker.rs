@@ -137,7 +137,12 @@ fn run_outbox() {
         return;
     }
     let mut tx = WorkerTransactions;
-    let limits = tx.step(|| Limits::from_settings(None));
+    // One tick's worth of rounds at most, so the other jobs keep their cadence.
+    let tick = Duration::from_millis(WORKER_INTERVAL_MS.get().max(100) as u64);
+    let limits = tx.step(|| Limits::from_settings(None)).map(|l| Limits {
+        budget: l.budget.min(tick.max(Duration::from_secs(1))),
+        ..l
+    });
     let result = limits.and_then(|l| engine::run(&mut tx, l));
     let duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let recorded = tx.step(|| {

@@ -148,14 +148,11 @@ impl Stage {
     }
 }
 
-/// The outbox row's key: one delivery per intent, stage and read (each read is one attempt;
-/// retries are paced by the visibility timeout, not by the outbox).
-pub fn delivery_key(pool: &str, msg_id: i64, stage: Stage, read_ct: i32) -> String {
-    format!("intake:{pool}:{msg_id}:{}:{read_ct}", stage.as_str())
-}
-
-/// The Idempotency-Key header: the same for every attempt of a stage, so the receiver can
-/// de-duplicate retries (`intake:<pool>:<stage>:<origin msg id>`).
+/// The key of an intent's request for one stage: its outbox row (one per intent and stage,
+/// whatever the number of reads: each read re-arms it for one more attempt, so retries are
+/// paced by the visibility timeout) and its Idempotency-Key header, the same for every attempt
+/// and across DLQ replays, so the receiver can de-duplicate (`intake:<pool>:<stage>:<origin
+/// msg id>`).
 pub fn wire_key(pool: &str, origin: i64, stage: Stage) -> String {
     format!("intake:{pool}:{}:{origin}", stage.as_str())
 }
@@ -318,10 +315,6 @@ mod unit_tests {
     fn keys_and_bodies() {
         let msg = json!({"pool_id": "drop", "slot": 7, "resource_id": "r-1", "user_id": "u1", "state": "validated",
                          "validation": {"payment": "pi_1"}});
-        assert_eq!(
-            delivery_key("drop", 42, Stage::Validate, 2),
-            "intake:drop:42:validate:2"
-        );
         assert_eq!(wire_key("drop", 42, Stage::Commit), "intake:drop:commit:42");
         let v = validation_body("drop", 42, 2, &msg);
         assert_eq!(v["idempotency_key"], 42);

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::delivery::NewDelivery;
 use crate::core::outbox::handlers::{Handler, HandlerCall};
-use crate::core::outbox::store as outbox;
+use crate::core::outbox::store::{self as outbox, Rearmed};
 use crate::intake::drain::{self, Action, IntentState, Stage, Step};
 use crate::intake::ledger;
 use crate::intake::pool::PoolId;
@@ -238,6 +238,19 @@ fn dead_letter(
         None,
         &[pool.queue().into(), intent.msg_id.into()],
     )?;
+    // Its requests waiting for another read will not get one: they are dead now (and come
+    // back if the intent is replayed from the DLQ).
+    let keys: Vec<String> = [Stage::Validate, Stage::Commit]
+        .iter()
+        .map(|s| drain::wire_key(pool.as_str(), origin, *s))
+        .collect();
+    client.update(
+        "UPDATE flowgate.deliveries SET status = 'dead', last_error = left('the intent was dead-lettered: ' || $2, 2000), \
+                updated_at = clock_timestamp() \
+          WHERE idempotency_key = ANY ($1) AND owner_module = 'intake' AND status = 'pending' AND next_attempt_at = 'infinity'",
+        None,
+        &[keys.into(), reason.into()],
+    )?;
     log_outcome(client, pool, "dead_lettered", 1)
 }
 
@@ -318,7 +331,7 @@ pub fn stage_request(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage)
     }
 }
 
-/// The outbox delivery for one stage of one read of an intent.
+/// The outbox delivery for one stage of an intent (re-armed on every read).
 fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreResult<NewDelivery> {
     let req = stage_request(cfg, pool, intent, stage);
     let handler = match stage {
@@ -333,33 +346,15 @@ fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreR
         &format!("{}:{}", pool.as_str(), intent.msg_id),
         &url,
         req.body,
-        &drain::delivery_key(pool.as_str(), intent.msg_id, stage, intent.read_ct),
+        &req.wire_key,
     );
     d.handler = Some(handler.into());
     d.auth_secret = req.secret;
-    // One attempt per read: the visibility timeout paces retries and read_ct counts them.
+    // One attempt per read (outbox::rearm): the visibility timeout paces retries and read_ct
+    // counts them.
     d.max_attempts = Some(1);
     d.timeout_ms = Some(cfg.timeout_ms);
-    d.wire_key = Some(req.wire_key);
     Ok(d)
-}
-
-/// Whether the previous read's delivery for this intent is still waiting for its reply (pg_net
-/// replies arrive later): then this read sends nothing.
-fn previous_in_flight(client: &SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<bool> {
-    if intent.read_ct <= 1 {
-        return Ok(false);
-    }
-    let keys: Vec<String> = [Stage::Validate, Stage::Commit]
-        .iter()
-        .map(|s| drain::delivery_key(pool.as_str(), intent.msg_id, *s, intent.read_ct - 1))
-        .collect();
-    let rows = client.select(
-        "SELECT FROM flowgate.deliveries WHERE idempotency_key = ANY($1) AND status IN ('pending', 'in_flight')",
-        Some(1),
-        &[keys.into()],
-    )?;
-    Ok(!rows.is_empty())
 }
 
 /// Settle an intent that needs no HTTP: archive a committed one, dead-letter one read too often.
@@ -423,7 +418,6 @@ pub fn start(
                 "committed" => out.committed += 1,
                 _ => out.dead_lettered += 1,
             },
-            _ if previous_in_flight(client, pool, &intent)? => out.waiting += 1,
             Step::Commit if cfg.commit_target.is_none() => {
                 match commit_locally(client, pool, &intent)? {
                     "committed" => out.committed += 1,
@@ -436,8 +430,12 @@ pub fn start(
                 } else {
                     Stage::Commit
                 };
-                let e = outbox::enqueue(client, &delivery(cfg, pool, &intent, stage)?)?;
-                out.deliveries.push(e.id);
+                match outbox::rearm(client, &delivery(cfg, pool, &intent, stage)?)? {
+                    Rearmed::Created(id) | Rearmed::Again(id) => out.deliveries.push(id),
+                    // The previous read's attempt is still out (pg_net answers later), or was
+                    // delivered and its handler failed (flowgate.rerun_handlers): nothing to send.
+                    Rearmed::Busy(_) | Rearmed::Delivered(_) => out.waiting += 1,
+                }
             }
         }
     }
@@ -482,7 +480,7 @@ pub fn apply_validation(
                 return commit_locally(client, pool, &intent);
             }
             if enqueue_commit {
-                outbox::enqueue(client, &delivery(&cfg, pool, &intent, Stage::Commit)?)?;
+                outbox::rearm(client, &delivery(&cfg, pool, &intent, Stage::Commit)?)?;
             }
             Ok("validated")
         }
@@ -575,7 +573,10 @@ fn on_validation(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResu
         text: call.response_text,
         error: call.last_error,
     };
-    apply_validation(client, &pool, msg_id, &reply, true)?;
+    if apply_validation(client, &pool, msg_id, &reply, true)? == "retry_later" {
+        // Not dead: the intent's next read sends it again.
+        outbox::park(client, call.delivery_id)?;
+    }
     Ok(())
 }
 
@@ -584,7 +585,9 @@ fn on_commit(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<(
     if !pool_exists(client, &pool)? {
         return Ok(());
     }
-    apply_commit(client, &pool, msg_id, call.status_code, call.last_error)?;
+    if apply_commit(client, &pool, msg_id, call.status_code, call.last_error)? == "retry_later" {
+        outbox::park(client, call.delivery_id)?;
+    }
     Ok(())
 }
 

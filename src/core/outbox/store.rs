@@ -103,6 +103,94 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
     Ok(Enqueued { id, created: false })
 }
 
+/// What [`rearm`] did with a delivery whose owner paces its retries itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rearmed {
+    /// Enqueued for the first time.
+    Created(i64),
+    /// A finished attempt (failed, dead, or parked waiting for its owner) is due again, for
+    /// one more attempt, with the new body and owner id.
+    Again(i64),
+    /// Still pending and due, or in flight: this call changes nothing.
+    Busy(i64),
+    /// Already delivered.
+    Delivered(i64),
+}
+
+/// Enqueue a delivery that is one logical request retried at its owner's pace (intake's
+/// intents, read again after their visibility timeout): the same key is one row, not one per
+/// try. A first call enqueues it; a later one gives a finished attempt one more, with what
+/// this call says now (body, owner id, URL, headers, secret, timeout and flow key may change
+/// from try to try, e.g. an operator fixing a webhook URL; the Idempotency-Key stays).
+pub fn rearm(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed> {
+    let e = enqueue(client, d).or_else(|err| match err {
+        // Same key, another owner id: an earlier try of the same request.
+        CoreError::Duplicate { .. } => Ok(Enqueued {
+            id: -1,
+            created: false,
+        }),
+        other => Err(other),
+    })?;
+    if e.created {
+        return Ok(Rearmed::Created(e.id));
+    }
+    let rows = client.update(
+        "WITH cur AS ( \
+           SELECT id, status::text AS status, next_attempt_at = 'infinity' AS parked FROM flowgate.deliveries \
+            WHERE idempotency_key = $1 AND owner_module = $2 FOR UPDATE), \
+         again AS ( \
+           UPDATE flowgate.deliveries d \
+              SET status = 'pending', next_attempt_at = clock_timestamp(), \
+                  max_attempts = least(d.attempts + 1, 100), owner_id = $3, body = $4, \
+                  url = $5, headers = $6, auth_secret = $7, timeout_ms = coalesce($8, d.timeout_ms), flow_key = $9, \
+                  claimed_at = NULL, transport_ref = NULL, updated_at = clock_timestamp() \
+             FROM cur WHERE d.id = cur.id \
+              AND (cur.status IN ('failed', 'dead') OR (cur.status = 'pending' AND cur.parked)) \
+           RETURNING d.id) \
+         SELECT cur.id, cur.status, EXISTS (SELECT FROM again) FROM cur",
+        None,
+        &[
+            d.idempotency_key.as_str().into(),
+            d.owner_module.as_str().into(),
+            d.owner_id.as_str().into(),
+            d.body.clone().map(JsonB).into(),
+            d.url.as_str().into(),
+            JsonB(Value::Object(d.headers.clone())).into(),
+            d.auth_secret.as_deref().into(),
+            d.timeout_ms.into(),
+            d.effective_flow_key().into(),
+        ],
+    )?;
+    if rows.is_empty() {
+        return Err(CoreError::Duplicate {
+            kind: "delivery idempotency key".into(),
+            key: d.idempotency_key.clone(),
+        });
+    }
+    let row = rows.first();
+    let id: i64 = row.get(1)?.unwrap_or_default();
+    let status: String = row.get(2)?.unwrap_or_default();
+    let again: bool = row.get(3)?.unwrap_or(false);
+    Ok(match (again, status.as_str()) {
+        (true, _) => Rearmed::Again(id),
+        (false, "delivered") => Rearmed::Delivered(id),
+        _ => Rearmed::Busy(id),
+    })
+}
+
+/// Park a delivery whose owner will rearm it (its attempt failed in a way the owner retries
+/// later): pending, never due by itself. Run by the owner's handler, in the recording
+/// transaction.
+pub fn park(client: &mut SpiClient<'_>, id: i64) -> CoreResult<()> {
+    client.update(
+        "UPDATE flowgate.deliveries SET status = 'pending', next_attempt_at = 'infinity', updated_at = clock_timestamp() \
+          WHERE id = $1 AND status IN ('failed', 'dead')",
+        None,
+        &[id.into()],
+    )?;
+    Ok(())
+}
+
 /// Resolve a secret by name: Supabase Vault first (when installed), then `flowgate.secrets`
 /// (pgcrypto ciphertext, decrypted with `flowgate.tenant_key_passphrase`). The value never
 /// leaves this process except in the outgoing request header. A secret that is stored but
