@@ -319,7 +319,9 @@ done
 curl -fs "http://127.0.0.1:$README_TESTD_PORT/_stats" >/dev/null 2>&1 || die "flowgate-testd did not start on port $README_TESTD_PORT"
 
 # ---- Run every section's session, in document order, then compare ------------------------------
+# psql as a reader's would run: no psqlrc (-X), no PGOPTIONS from the caller's environment, and
+# no session allowed to hang the suite (5 minutes each; the whole README runs in seconds).
 for s in "$work"/session-*.sql; do
-  (cd / && psql -X -q -h "$SOCKET_DIR" -p "$README_PORT" -U postgres -d "$README_DB" -f "$s") >"${s%.sql}.out" 2>&1 || true
+  (cd / && PGOPTIONS='' timeout 300 psql -X -q -h "$SOCKET_DIR" -p "$README_PORT" -U postgres -d "$README_DB" -f "$s") >"${s%.sql}.out" 2>&1 || true
 done
 perl "$work/readme.pl" compare "$work" "$README_TESTD_PORT" "$SHOW"
