@@ -59,6 +59,40 @@ pub fn query<'conn>(
     Ok(result?)
 }
 
+/// [`run`] with the parameter types taken from the arguments (a typed NULL included).
+pub fn exec<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> CoreResult<SpiTupleTable<'conn>> {
+    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+    let key = format!("w:{types:?}:{sql}");
+    let stmt = match take(&key) {
+        Some(stmt) => stmt,
+        None => client.prepare_mut(sql, &types)?.keep(),
+    };
+    let result = client.update(&stmt, None, args);
+    put(key, stmt);
+    Ok(result?)
+}
+
+/// [`query`] with the parameter types taken from the arguments.
+pub fn read<'conn>(
+    client: &SpiClient<'conn>,
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> CoreResult<SpiTupleTable<'conn>> {
+    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+    let key = format!("r:{types:?}:{sql}");
+    let stmt = match take(&key) {
+        Some(stmt) => stmt,
+        None => client.prepare(sql, &types)?.keep(),
+    };
+    let result = client.select(&stmt, None, args);
+    put(key, stmt);
+    Ok(result?)
+}
+
 fn take(key: &str) -> Option<OwnedPreparedStatement> {
     STATEMENTS.with(|c| c.borrow_mut().remove(key))
 }

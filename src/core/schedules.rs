@@ -313,7 +313,12 @@ fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB,
             "status": if o.ok { "ok" } else { "error" },
             "duration_ms": (o.duration_ms * 1000.0).round() / 1000.0,
         });
-        v[if o.ok { "result" } else { "error" }] = o.text.into();
+        // A job's result is usually JSON: shown as JSON, not as a string holding it.
+        v[if o.ok { "result" } else { "error" }] = if o.ok {
+            serde_json::from_str(&o.text).unwrap_or(serde_json::Value::String(o.text))
+        } else {
+            o.text.into()
+        };
         Ok(v)
     };
     run()

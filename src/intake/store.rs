@@ -11,6 +11,7 @@ use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::delivery::NewDelivery;
 use crate::core::outbox::handlers::{Handler, HandlerCall};
 use crate::core::outbox::store::{self as outbox, Rearmed};
+use crate::core::prepared;
 use crate::intake::drain::{self, Action, IntentState, Stage, Step};
 use crate::intake::ledger;
 use crate::intake::pool::PoolId;
@@ -32,12 +33,9 @@ pub struct Config {
 }
 
 pub fn load_config(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Config> {
-    let rows = client.select(
-        "SELECT inventory, batch_size, visibility_timeout_seconds, validation_webhook_url, validation_auth_secret, \
+    let rows = prepared::read(client, "SELECT inventory, batch_size, visibility_timeout_seconds, validation_webhook_url, validation_auth_secret, \
                 commit_target, commit_auth_secret, request_timeout_ms, max_retries, rate_limit_per_second, paused \
-           FROM intake.engine_config WHERE pool_id = $1",
-        Some(1),
-        &[pool.as_str().into()],
+           FROM intake.engine_config WHERE pool_id = $1", &[pool.as_str().into()],
     )?;
     if rows.is_empty() {
         return Err(CoreError::not_found("pool", pool.as_str()));
@@ -74,9 +72,9 @@ impl Intent {
 
 /// Read up to `n` intents, hiding them for the visibility timeout (pgmq.read).
 pub fn read(client: &mut SpiClient<'_>, pool: &PoolId, vt: i32, n: i32) -> CoreResult<Vec<Intent>> {
-    let rows = client.update(
+    let rows = prepared::exec(
+        client,
         "SELECT msg_id, read_ct, message FROM pgmq.read($1, $2, $3)",
-        None,
         &[pool.queue().into(), vt.into(), n.into()],
     )?;
     let mut out = Vec::with_capacity(rows.len());
@@ -92,12 +90,12 @@ pub fn read(client: &mut SpiClient<'_>, pool: &PoolId, vt: i32, n: i32) -> CoreR
 
 /// The intent with this id, locked, if it is still in the queue.
 pub fn lock(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64) -> CoreResult<Option<Intent>> {
-    let rows = client.update(
+    let rows = prepared::exec(
+        client,
         &format!(
             "SELECT msg_id, read_ct, message FROM {} WHERE msg_id = $1 FOR UPDATE",
             pool.queue_table()
         ),
-        None,
         &[msg_id.into()],
     )?;
     if rows.is_empty() {
@@ -113,12 +111,12 @@ pub fn lock(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64) -> CoreResul
 
 /// Merge fields into the intent's message (its state travels with it).
 fn patch(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64, fields: Value) -> CoreResult<()> {
-    client.update(
+    prepared::exec(
+        client,
         &format!(
             "UPDATE {} SET message = message || $2 WHERE msg_id = $1",
             pool.queue_table()
         ),
-        None,
         &[msg_id.into(), JsonB(fields).into()],
     )?;
     Ok(())
@@ -126,9 +124,9 @@ fn patch(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64, fields: Value) 
 
 fn log_outcome(client: &mut SpiClient<'_>, pool: &PoolId, outcome: &str, n: i64) -> CoreResult<()> {
     if n > 0 {
-        client.update(
+        prepared::exec(
+            client,
             "INSERT INTO intake.outcome_log (pool_id, outcome, n) VALUES ($1, $2, $3)",
-            None,
             &[
                 pool.as_str().into(),
                 outcome.into(),
@@ -165,30 +163,21 @@ fn mark_validated(
 /// intent is deleted.
 fn release(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<()> {
     if let Some(slot) = slot_of(&intent.message) {
-        let freed = client.update(
-            "UPDATE intake.allocations SET status = 'available', locked_by = NULL, locked_at = NULL, msg_id = NULL \
-              WHERE pool_id = $1 AND slot = $2 AND status = 'locked' RETURNING 1",
-            None,
-            &[pool.as_str().into(), slot.into()],
+        let freed = prepared::exec(client, "UPDATE intake.allocations SET status = 'available', locked_by = NULL, locked_at = NULL, msg_id = NULL \
+              WHERE pool_id = $1 AND slot = $2 AND status = 'locked' RETURNING 1", &[pool.as_str().into(), slot.into()],
         )?;
         if !freed.is_empty() {
-            client.update(
-                "INSERT INTO intake.released_slots (pool_id, slot) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                None,
-                &[pool.as_str().into(), slot.into()],
+            prepared::exec(client, "INSERT INTO intake.released_slots (pool_id, slot) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[pool.as_str().into(), slot.into()],
             )?;
         }
     }
     if let Some(user) = intent.message.get("user_id").and_then(Value::as_str) {
-        client.update(
-            "UPDATE intake.user_claims SET claims = claims - 1 WHERE pool_id = $1 AND user_id = $2 AND claims > 0",
-            None,
-            &[pool.as_str().into(), user.into()],
+        prepared::exec(client, "UPDATE intake.user_claims SET claims = claims - 1 WHERE pool_id = $1 AND user_id = $2 AND claims > 0", &[pool.as_str().into(), user.into()],
         )?;
     }
-    client.update(
+    prepared::exec(
+        client,
         "SELECT pgmq.delete($1, $2)",
-        None,
         &[pool.queue().into(), intent.msg_id.into()],
     )?;
     log_outcome(client, pool, "rejected", 1)
@@ -203,15 +192,15 @@ fn complete(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreR
         intent.msg_id,
         json!({"state": "committed", "last_error": null}),
     )?;
-    client.update(
+    prepared::exec(
+        client,
         "SELECT pgmq.archive($1, $2)",
-        None,
         &[pool.queue().into(), intent.msg_id.into()],
     )?;
     if let Some(slot) = slot_of(&intent.message) {
-        client.update(
+        prepared::exec(
+            client,
             "UPDATE intake.allocations SET status = 'consumed' WHERE pool_id = $1 AND slot = $2",
-            None,
             &[pool.as_str().into(), slot.into()],
         )?;
     }
@@ -228,14 +217,11 @@ fn dead_letter(
 ) -> CoreResult<()> {
     let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
     let fields = json!({"dlq_reason": reason, "read_ct": intent.read_ct, "origin_msg_id": origin});
-    client.update(
-        "SELECT pgmq.send($1, $2 || $3 || jsonb_build_object('dead_lettered_at', clock_timestamp()))",
-        None,
-        &[pool.dlq().into(), JsonB(intent.message.clone()).into(), JsonB(fields).into()],
+    prepared::exec(client, "SELECT pgmq.send($1, $2 || $3 || jsonb_build_object('dead_lettered_at', clock_timestamp()))", &[pool.dlq().into(), JsonB(intent.message.clone()).into(), JsonB(fields).into()],
     )?;
-    client.update(
+    prepared::exec(
+        client,
         "SELECT pgmq.delete($1, $2)",
-        None,
         &[pool.queue().into(), intent.msg_id.into()],
     )?;
     // Its requests waiting for another read will not get one: they are dead now (and come
@@ -244,12 +230,9 @@ fn dead_letter(
         .iter()
         .map(|s| drain::wire_key(pool.as_str(), origin, *s))
         .collect();
-    client.update(
-        "UPDATE flowgate.deliveries SET status = 'dead', last_error = left('the intent was dead-lettered: ' || $2, 2000), \
+    prepared::exec(client, "UPDATE flowgate.deliveries SET status = 'dead', last_error = left('the intent was dead-lettered: ' || $2, 2000), \
                 updated_at = clock_timestamp() \
-          WHERE idempotency_key = ANY ($1) AND owner_module = 'intake' AND status = 'pending' AND next_attempt_at = 'infinity'",
-        None,
-        &[keys.into(), reason.into()],
+          WHERE idempotency_key = ANY ($1) AND owner_module = 'intake' AND status = 'pending' AND next_attempt_at = 'infinity'", &[keys.into(), reason.into()],
     )?;
     log_outcome(client, pool, "dead_lettered", 1)
 }
@@ -598,13 +581,10 @@ pub fn finalize(client: &mut SpiClient<'_>, e: &ledger::Entry) -> CoreResult<Val
     check_resource_free(client, e)?;
     let row_json = "jsonb_build_object('idempotency_key', idempotency_key, 'pool_id', pool_id, 'msg_id', msg_id, 'slot', slot, \
                     'resource_id', resource_id, 'user_id', user_id, 'finalized_at', finalized_at)";
-    let inserted = client.update(
-        &format!(
+    let inserted = prepared::exec(client, &format!(
             "INSERT INTO intake.transactions (idempotency_key, pool_id, msg_id, slot, resource_id, user_id, validation, details) \
              VALUES ($1, $2, $3, $4, $5::uuid, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING {row_json}"
-        ),
-        None,
-        &[
+        ), &[
             e.idempotency_key.as_str().into(),
             e.pool_id.as_str().into(),
             e.msg_id.into(),
@@ -623,12 +603,9 @@ pub fn finalize(client: &mut SpiClient<'_>, e: &ledger::Entry) -> CoreResult<Val
             .unwrap_or(Value::Null);
         return Ok(json!({"status": "finalized", "transaction": row}));
     }
-    let existing = client.select(
-        &format!(
+    let existing = prepared::read(client, &format!(
             "SELECT {row_json}, (pool_id, resource_id::text, user_id) = ($2, $3, $4) FROM intake.transactions WHERE idempotency_key = $1"
-        ),
-        Some(1),
-        &[
+        ), &[
             e.idempotency_key.as_str().into(),
             e.pool_id.as_str().into(),
             e.resource_id.as_str().into(),
@@ -653,10 +630,7 @@ pub fn finalize(client: &mut SpiClient<'_>, e: &ledger::Entry) -> CoreResult<Val
 /// Check that a resource is not already in the ledger under another key (so the raw unique
 /// violation never reaches a caller).
 pub fn check_resource_free(client: &SpiClient<'_>, e: &ledger::Entry) -> CoreResult<()> {
-    let rows = client.select(
-        "SELECT idempotency_key FROM intake.transactions WHERE pool_id = $1 AND resource_id = $2::uuid AND idempotency_key <> $3",
-        Some(1),
-        &[e.pool_id.as_str().into(), e.resource_id.as_str().into(), e.idempotency_key.as_str().into()],
+    let rows = prepared::read(client, "SELECT idempotency_key FROM intake.transactions WHERE pool_id = $1 AND resource_id = $2::uuid AND idempotency_key <> $3", &[e.pool_id.as_str().into(), e.resource_id.as_str().into(), e.idempotency_key.as_str().into()],
     )?;
     if rows.is_empty() {
         Ok(())
@@ -704,8 +678,7 @@ pub fn collect_metrics(
     pool: &PoolId,
     inventory: i32,
 ) -> CoreResult<Value> {
-    client.update(
-        "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \
+    prepared::exec(client, "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \
               sums AS (SELECT coalesce(sum(n) FILTER (WHERE outcome = 'validated'), 0) AS v, \
                               coalesce(sum(n) FILTER (WHERE outcome = 'committed'), 0) AS c, \
                               coalesce(sum(n) FILTER (WHERE outcome = 'rejected'), 0) AS r, \
@@ -716,12 +689,9 @@ pub fn collect_metrics(
          ON CONFLICT (pool_id) DO UPDATE SET validated = t.validated + EXCLUDED.validated, \
                 committed = t.committed + EXCLUDED.committed, rejected = t.rejected + EXCLUDED.rejected, \
                 dead_lettered = t.dead_lettered + EXCLUDED.dead_lettered, replayed = t.replayed + EXCLUDED.replayed, \
-                updated_at = now()",
-        None,
-        &[pool.as_str().into()],
+                updated_at = now()", &[pool.as_str().into()],
     )?;
-    let row = client.update(
-        &format!(
+    let row = prepared::exec(client, &format!(
             "SELECT t.committed, t.rejected, t.dead_lettered, t.replayed, \
                     (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgmq.\"q_{q}_msg_id_seq\"), \
                     m.committed, extract(epoch FROM clock_timestamp() - m.collected_at)::float8 \
@@ -730,9 +700,7 @@ pub fn collect_metrics(
                                    WHERE pool_id = $1 ORDER BY collected_at DESC LIMIT 1) m ON true \
               WHERE t.pool_id = $1 FOR UPDATE OF t",
             q = pool.queue()
-        ),
-        None,
-        &[pool.as_str().into()],
+        ), &[pool.as_str().into()],
     )?;
     let r = row.first();
     let totals = drain::Totals {
@@ -749,11 +717,8 @@ pub fn collect_metrics(
         (Some(before), Some(secs)) => drain::velocity(before, totals.committed, secs),
         _ => 0.0,
     };
-    client.update(
-        "INSERT INTO intake.engine_metrics (pool_id, available_slots, claimed, queue_depth, dlq_depth, committed, rejected, processing_velocity) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric)",
-        None,
-        &[
+    prepared::exec(client, "INSERT INTO intake.engine_metrics (pool_id, available_slots, claimed, queue_depth, dlq_depth, committed, rejected, processing_velocity) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric)", &[
             pool.as_str().into(),
             s.available_slots.into(),
             s.claimed.into(),
@@ -784,16 +749,16 @@ pub fn collect_metrics(
 pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
     let seq = pool.slot_sequence();
 
-    let cfg = client.update(
+    let cfg = prepared::exec(
+        client,
         "SELECT inventory FROM intake.engine_config WHERE pool_id = $1 FOR UPDATE",
-        None,
         &[pool.as_str().into()],
     )?;
     if cfg.is_empty() {
         return Err(CoreError::not_found("pool", pool.as_str()));
     }
     let inventory = cfg.first().get_one::<i32>()?.unwrap_or(0);
-    client.update("LOCK TABLE intake.allocations, intake.released_slots, intake.user_claims IN EXCLUSIVE MODE", None, &[])?;
+    prepared::exec(client, "LOCK TABLE intake.allocations, intake.released_slots, intake.user_claims IN EXCLUSIVE MODE", &[])?;
     let intents = format!(
         "SELECT (message ->> 'slot')::int AS slot, (message ->> 'resource_id')::uuid AS resource_id, \
                 message ->> 'user_id' AS user_id, enqueued_at, message ->> 'state' AS state FROM pgmq.\"q_{q}\" \
@@ -813,20 +778,17 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         .get_one::<bool>()?
         .unwrap_or(false);
     if missing_seq {
-        client.update(
+        prepared::exec(
+            client,
             &format!("CREATE SEQUENCE {seq} AS int MINVALUE 1"),
-            None,
             &[],
         )?;
-        client.update(
+        prepared::exec(
+            client,
             &format!("ALTER EXTENSION flowgate ADD SEQUENCE {seq}"),
-            None,
             &[],
         )?;
-        client.update(
-            &format!("SELECT setval('{seq}', m, true) FROM (SELECT max(slot) AS m FROM ({intents}) i) x WHERE m IS NOT NULL"),
-            None,
-            &[],
+        prepared::exec(client, &format!("SELECT setval('{seq}', m, true) FROM (SELECT max(slot) AS m FROM ({intents}) i) x WHERE m IS NOT NULL"), &[],
         )?;
     }
     for table in [
@@ -834,28 +796,25 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         "intake.released_slots",
         "intake.user_claims",
     ] {
-        client.update(
+        prepared::exec(
+            client,
             &format!("DELETE FROM {table} WHERE pool_id = $1"),
-            None,
             &[pool.as_str().into()],
         )?;
     }
-    client.update(
-        &format!(
+    prepared::exec(client, &format!(
             "INSERT INTO intake.allocations (pool_id, slot, resource_id, status, locked_by, locked_at) \
              SELECT $1, g, coalesce(i.resource_id, gen_random_uuid()), \
                     CASE WHEN i.slot IS NULL THEN 'available' WHEN i.state = 'committed' THEN 'consumed' ELSE 'locked' END, i.user_id, i.enqueued_at \
                FROM generate_series(1, $2) g LEFT JOIN (SELECT DISTINCT ON (slot) * FROM ({intents}) x ORDER BY slot, enqueued_at) i ON i.slot = g"
-        ),
-        None,
-        &[pool.as_str().into(), inventory.into()],
+        ), &[pool.as_str().into(), inventory.into()],
     )?;
-    client.update(
+    prepared::exec(
+        client,
         &format!(
             "INSERT INTO intake.user_claims (pool_id, user_id, claims) \
              SELECT $1, user_id, count(*) FROM ({intents}) i GROUP BY user_id"
         ),
-        None,
         &[pool.as_str().into()],
     )?;
     let handed_out = client
@@ -867,11 +826,8 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         .first()
         .get_one::<i64>()?
         .unwrap_or(0);
-    client.update(
-        "INSERT INTO intake.released_slots (pool_id, slot) SELECT pool_id, slot FROM intake.allocations \
-         WHERE pool_id = $1 AND status = 'available' AND slot <= $2",
-        None,
-        &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
+    prepared::exec(client, "INSERT INTO intake.released_slots (pool_id, slot) SELECT pool_id, slot FROM intake.allocations \
+         WHERE pool_id = $1 AND status = 'available' AND slot <= $2", &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
     )?;
     let summary = client
         .select(
@@ -887,10 +843,10 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         .first()
         .get_one::<JsonB>()?
         .unwrap_or(JsonB(Value::Null));
-    client.update(
+    prepared::exec(
+        client,
         "INSERT INTO intake.pool_state (pool_id, built_from) VALUES ($1, 'recovery') \
          ON CONFLICT (pool_id) DO UPDATE SET built_at = now(), built_from = 'recovery'",
-        None,
         &[pool.as_str().into()],
     )?;
     Ok(summary.0)
@@ -900,10 +856,7 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
 /// first such claim rebuilds it under a per-pool lock; claims that arrive meanwhile wait for
 /// it, then find the pool intact and carry on. Returns whether this call rebuilt it.
 pub fn heal(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
-    client.update(
-        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('intake.heal:' || $1, 0))",
-        None,
-        &[pool.as_str().into()],
+    prepared::exec(client, "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('intake.heal:' || $1, 0))", &[pool.as_str().into()],
     )?;
     let intact = client
         .select(

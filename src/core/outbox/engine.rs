@@ -28,6 +28,7 @@ use super::flow;
 use super::native;
 use super::store::{self, Observation, Prepared, Recorded};
 use crate::core::error::{CoreError, CoreResult};
+use crate::core::prepared;
 use crate::core::store as settings;
 
 /// How a batch travels.
@@ -212,13 +213,13 @@ fn claim_rows(
 ) -> CoreResult<Vec<Lease>> {
     // Twice the batch: room for other keys when one key is held back.
     let candidates: Vec<(i64, String)> = {
-        let rows = client.update(
+        let rows = prepared::exec(
+            client,
             "SELECT id, flow_key FROM flowgate.deliveries \
               WHERE status = 'pending' AND next_attempt_at <= clock_timestamp() \
               ORDER BY next_attempt_at, id \
               LIMIT $1 \
                 FOR UPDATE SKIP LOCKED",
-            None,
             &[(max.saturating_mul(2).min(20_000)).into()],
         )?;
         let mut out = Vec::with_capacity(rows.len());
@@ -243,11 +244,11 @@ fn claim_rows(
     if !limited.is_empty() {
         let names: Vec<&str> = limited.iter().map(|(k, _)| *k).collect();
         let bursts: Vec<f64> = limited.iter().map(|(_, l)| l.burst).collect();
-        client.update(
+        prepared::exec(
+            client,
             "INSERT INTO flowgate.flow_state (flow_key, tokens, refilled_at) \
              SELECT k, b, clock_timestamp() FROM unnest($1::text[], $2::float8[]) AS u(k, b) \
              ON CONFLICT (flow_key) DO NOTHING",
-            None,
             &[names.into(), bursts.into()],
         )?;
     }
@@ -257,7 +258,8 @@ fn claim_rows(
         Default::default();
     let now: f64;
     {
-        let rows = client.update(
+        let rows = prepared::exec(
+            client,
             "SELECT fs.flow_key, fs.tokens, extract(epoch FROM fs.refilled_at)::float8, \
                     extract(epoch FROM fs.paused_until)::float8, \
                     (SELECT count(*) FROM flowgate.deliveries d \
@@ -265,7 +267,6 @@ fn claim_rows(
                     extract(epoch FROM clock_timestamp())::float8 \
                FROM flowgate.flow_state fs WHERE fs.flow_key = ANY ($1) \
               ORDER BY fs.flow_key FOR UPDATE",
-            None,
             &[keys.clone().into()],
         )?;
         let mut clock = None;
@@ -324,32 +325,29 @@ fn claim_rows(
         .filter_map(|(k, (_, b, _))| b.map(|b| (*k, b.tokens)))
         .unzip();
     if !names.is_empty() {
-        client.update(
+        prepared::exec(
+            client,
             "UPDATE flowgate.flow_state fs SET tokens = u.t, refilled_at = to_timestamp($3) \
                FROM unnest($1::text[], $2::float8[]) AS u(k, t) WHERE fs.flow_key = u.k",
-            None,
             &[names.into(), tokens.into(), now.into()],
         )?;
     }
     if !deferred.is_empty() {
         let (ids, waits): (Vec<i64>, Vec<f64>) = deferred.into_iter().unzip();
-        client.update(
-            "UPDATE flowgate.deliveries d SET next_attempt_at = clock_timestamp() + make_interval(secs => u.w) \
-               FROM unnest($1::bigint[], $2::float8[]) AS u(id, w) WHERE d.id = u.id",
-            None,
-            &[ids.into(), waits.into()],
+        prepared::exec(client, "UPDATE flowgate.deliveries d SET next_attempt_at = clock_timestamp() + make_interval(secs => u.w) \
+               FROM unnest($1::bigint[], $2::float8[]) AS u(id, w) WHERE d.id = u.id", &[ids.into(), waits.into()],
         )?;
     }
     if chosen.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = client.update(
+    let rows = prepared::exec(
+        client,
         "UPDATE flowgate.deliveries d \
             SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
                 transport = $2, transport_ref = NULL, updated_at = clock_timestamp() \
           WHERE d.id = ANY ($1) \
          RETURNING d.id, d.attempts, d.max_attempts, d.handler IS NOT NULL, d.flow_key",
-        None,
         &[chosen.into(), transport.as_str().into()],
     )?;
     let mut out = Vec::with_capacity(rows.len());

@@ -13,6 +13,7 @@ use super::handlers::{self, HandlerCall, Outcome};
 use super::native;
 use super::policy::{self, Attempt, RetryPolicy, Verdict};
 use crate::core::error::{CoreError, CoreResult};
+use crate::core::prepared;
 use crate::core::store as settings;
 use crate::core::{secrets, subxact};
 
@@ -45,14 +46,11 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
         Some(t) => t,
         None => settings::get_i64("flowgate.http_timeout_ms")? as i32,
     };
-    let inserted = client.update(
-        "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
+    let inserted = prepared::exec(client, "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
          auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
                  CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15, $16, $17) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-        None,
-        &[
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id", &[
             d.owner_module.as_str().into(),
             d.owner_id.as_str().into(),
             d.handler.as_deref().into(),
@@ -79,9 +77,9 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
             .ok_or_else(|| CoreError::Internal("INSERT returned no id".into()))?;
         return Ok(Enqueued { id, created: true });
     }
-    let existing = client.select(
+    let existing = prepared::read(
+        client,
         "SELECT id, owner_module, owner_id FROM flowgate.deliveries WHERE idempotency_key = $1",
-        Some(1),
         &[d.idempotency_key.as_str().into()],
     )?;
     if existing.is_empty() {
@@ -134,8 +132,7 @@ pub fn rearm(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed>
     if e.created {
         return Ok(Rearmed::Created(e.id));
     }
-    let rows = client.update(
-        "WITH cur AS ( \
+    let rows = prepared::exec(client, "WITH cur AS ( \
            SELECT id, status::text AS status, next_attempt_at = 'infinity' AS parked FROM flowgate.deliveries \
             WHERE idempotency_key = $1 AND owner_module = $2 FOR UPDATE), \
          again AS ( \
@@ -147,9 +144,7 @@ pub fn rearm(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed>
              FROM cur WHERE d.id = cur.id \
               AND (cur.status IN ('failed', 'dead') OR (cur.status = 'pending' AND cur.parked)) \
            RETURNING d.id) \
-         SELECT cur.id, cur.status, EXISTS (SELECT FROM again) FROM cur",
-        None,
-        &[
+         SELECT cur.id, cur.status, EXISTS (SELECT FROM again) FROM cur", &[
             d.idempotency_key.as_str().into(),
             d.owner_module.as_str().into(),
             d.owner_id.as_str().into(),
@@ -182,11 +177,8 @@ pub fn rearm(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed>
 /// later): pending, never due by itself. Run by the owner's handler, in the recording
 /// transaction.
 pub fn park(client: &mut SpiClient<'_>, id: i64) -> CoreResult<()> {
-    client.update(
-        "UPDATE flowgate.deliveries SET status = 'pending', next_attempt_at = 'infinity', updated_at = clock_timestamp() \
-          WHERE id = $1 AND status IN ('failed', 'dead')",
-        None,
-        &[id.into()],
+    prepared::exec(client, "UPDATE flowgate.deliveries SET status = 'pending', next_attempt_at = 'infinity', updated_at = clock_timestamp() \
+          WHERE id = $1 AND status IN ('failed', 'dead')", &[id.into()],
     )?;
     Ok(())
 }
@@ -197,10 +189,7 @@ pub fn park(client: &mut SpiClient<'_>, id: i64) -> CoreResult<()> {
 /// cannot be decrypted is a [`CoreError::MissingDependency`] that names the secret, not its value.
 pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<String>> {
     if secrets::vault_installed(client)? {
-        let rows = client.select(
-            "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 ORDER BY created_at DESC LIMIT 1",
-            None,
-            &[name.into()],
+        let rows = prepared::read(client, "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 ORDER BY created_at DESC LIMIT 1", &[name.into()],
         )?;
         if !rows.is_empty() {
             if let Some(s) = rows.first().get_one::<String>()? {
@@ -208,9 +197,9 @@ pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<S
             }
         }
     }
-    let stored = client.select(
+    let stored = prepared::read(
+        client,
         "SELECT 1 FROM flowgate.secrets WHERE name = $1",
-        Some(1),
         &[name.into()],
     )?;
     if stored.is_empty() {
@@ -262,23 +251,20 @@ pub fn store_secret(
         secrets::Storage::Vault => {
             secrets::vault_upsert(client, name, value, "flowgate delivery secret")?;
             // Vault is read first; a stale local copy must not outlive it.
-            client.update(
+            prepared::exec(
+                client,
                 "DELETE FROM flowgate.secrets WHERE name = $1",
-                None,
                 &[name.into()],
             )?;
             Ok("vault")
         }
         secrets::Storage::Pgcrypto(schema) => {
             let pass = secrets::passphrase("storing secrets")?;
-            client.update(
-                &format!(
+            prepared::exec(client, &format!(
                     "INSERT INTO flowgate.secrets AS s (name, value_encrypted) \
                      VALUES ($1, {schema}.pgp_sym_encrypt($2, $3, 'cipher-algo=aes256')) \
                      ON CONFLICT (name) DO UPDATE SET value_encrypted = EXCLUDED.value_encrypted, updated_at = now()"
-                ),
-                None,
-                &[name.into(), value.into(), pass.as_str().into()],
+                ), &[name.into(), value.into(), pass.as_str().into()],
             )?;
             Ok("pgcrypto")
         }
@@ -294,11 +280,8 @@ pub enum Prepared {
 /// Load claimed (`in_flight`) rows and build their wire requests, secrets resolved.
 pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
     Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, coalesce(wire_key, idempotency_key), timeout_ms \
-             FROM flowgate.deliveries WHERE id = ANY($1) AND status = 'in_flight' ORDER BY id",
-            None,
-            &[ids.to_vec().into()],
+        let rows = prepared::read(client, "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, coalesce(wire_key, idempotency_key), timeout_ms \
+             FROM flowgate.deliveries WHERE id = ANY($1) AND status = 'in_flight' ORDER BY id", &[ids.to_vec().into()],
         )?;
         let mut out = Vec::with_capacity(rows.len());
         let mut resolved: std::collections::HashMap<String, Result<String, String>> =
@@ -499,11 +482,8 @@ fn lock_in_flight(
     id: i64,
     lease: Option<i32>,
 ) -> CoreResult<Option<InFlight>> {
-    let rows = client.update(
-        "SELECT attempts, max_attempts, owner_module, owner_id, handler, body, status::text, flow_key \
-         FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
-        None,
-        &[id.into()],
+    let rows = prepared::exec(client, "SELECT attempts, max_attempts, owner_module, owner_id, handler, body, status::text, flow_key \
+         FROM flowgate.deliveries WHERE id = $1 FOR UPDATE", &[id.into()],
     )?;
     if rows.is_empty() {
         // Deleted meanwhile (an operator's DELETE): nothing to record, and the rest of the
@@ -698,8 +678,7 @@ pub fn record_batch(items: &[Unhandled<'_>], policy: &RetryPolicy) -> CoreResult
         .map(|u| u.observed.content_type.clone())
         .collect();
     let written: Vec<i64> = Spi::connect_mut(|client| {
-        let rows = client.update(
-            "UPDATE flowgate.deliveries d SET status = u.status::flowgate.delivery_status, \
+        let rows = prepared::exec(client, "UPDATE flowgate.deliveries d SET status = u.status::flowgate.delivery_status, \
                next_attempt_at = CASE WHEN u.status = 'pending' THEN clock_timestamp() + make_interval(secs => u.delay_ms::float8 / 1000) ELSE d.next_attempt_at END, \
                delivered_at = CASE WHEN u.status = 'delivered' THEN clock_timestamp() ELSE d.delivered_at END, \
                last_status_code = u.code, last_error = u.error, \
@@ -709,9 +688,7 @@ pub fn record_batch(items: &[Unhandled<'_>], policy: &RetryPolicy) -> CoreResult
              FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \
                   AS u(id, lease, status, delay_ms, code, error, body, content_type) \
             WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.lease AND d.handler IS NULL \
-            RETURNING d.id",
-            None,
-            &[
+            RETURNING d.id", &[
                 ids.into(),
                 leases.into(),
                 statuses.into(),
@@ -758,16 +735,13 @@ fn apply(
         recorded,
     } = decide(row.attempts, row.max_attempts, observed, policy);
     let status_code = observed.status_code();
-    client.update(
-        "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \
+    prepared::exec(client, "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \
            next_attempt_at = CASE WHEN $2 = 'pending' THEN clock_timestamp() + make_interval(secs => $3::float8 / 1000) ELSE next_attempt_at END, \
            delivered_at = CASE WHEN $2 = 'delivered' THEN clock_timestamp() ELSE delivered_at END, \
            last_status_code = $4, last_error = $5, response_body = CASE WHEN sensitive THEN NULL ELSE $6 END, \
            response_content_type = $7, claimed_at = NULL, updated_at = clock_timestamp(), \
            body = CASE WHEN sensitive AND $2 <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE body END \
-         WHERE id = $1",
-        None,
-        &[
+         WHERE id = $1", &[
             id.into(),
             new_status.into(),
             delay_ms.into(),
@@ -812,11 +786,8 @@ fn apply(
 /// Returns false when there was nothing to re-run.
 pub fn rerun_handler(id: i64) -> CoreResult<bool> {
     Spi::connect_mut(|client| {
-        let rows = client.update(
-            "SELECT owner_module, owner_id, handler, body, last_status_code, response_body FROM flowgate.deliveries \
-             WHERE id = $1 AND status = 'delivered' AND handler IS NOT NULL AND handler_error IS NOT NULL FOR UPDATE",
-            None,
-            &[id.into()],
+        let rows = prepared::exec(client, "SELECT owner_module, owner_id, handler, body, last_status_code, response_body FROM flowgate.deliveries \
+             WHERE id = $1 AND status = 'delivered' AND handler IS NOT NULL AND handler_error IS NOT NULL FOR UPDATE", &[id.into()],
         )?;
         if rows.is_empty() {
             return Ok(false);
@@ -847,10 +818,7 @@ pub fn rerun_handler(id: i64) -> CoreResult<bool> {
             last_error: None,
         };
         run(client, &call)?;
-        client.update(
-            "UPDATE flowgate.deliveries SET handler_error = NULL, last_error = NULL, updated_at = clock_timestamp() WHERE id = $1",
-            None,
-            &[id.into()],
+        prepared::exec(client, "UPDATE flowgate.deliveries SET handler_error = NULL, last_error = NULL, updated_at = clock_timestamp() WHERE id = $1", &[id.into()],
         )?;
         Ok(true)
     })
