@@ -11,9 +11,13 @@
 #   3. kill -9 of the sending backend mid-send (Postgres restarts): after the lease every
 #      delivery is delivered, no key is sent more than twice, attempts recorded equal requests
 #      seen, nothing stays in_flight.
+#   4. kill -9 after the send, before the record: the answers are in, but the record step waits
+#      on a row lock this script holds when the backend dies. The same holds.
+#   5. A server restart (fast shutdown) mid-send. The same holds.
 # The lease (flowgate.in_flight_lease_seconds, at least timeout + 30 s) is passed by moving
 # claimed_at back: time is an input, the tests do not wait for it.
-# Env: PGHOST PGPORT PGUSER PGDATABASE, FLOWGATE_TESTD_URL, FLOWGATE_PGDATA (for the log).
+# Env: PGHOST PGPORT PGUSER PGDATABASE, FLOWGATE_TESTD_URL, FLOWGATE_PGDATA (for the log),
+# FLOWGATE_PGBIN (pg_ctl, for the restart).
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
@@ -22,6 +26,21 @@ LOG="$FLOWGATE_PGDATA/../log"
 K=faults-$$   # key prefix, unique per run: the server's counts are per key across runs
 
 stat() { curl -fs "$T/_stats/$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
+pgctl() { (cd / && runuser -u postgres -- "$FLOWGATE_PGBIN/pg_ctl" -D "$FLOWGATE_PGDATA" "$@"); }
+wait_up() { for _ in $(seq 1 100); do q "SELECT 1" >/dev/null 2>&1 && return 0; sleep 0.1; done; fail "the server did not come back"; }
+# After a fault: every delivery of PREFIX (N of them) delivered after the lease, none sent more
+# than twice, attempts recorded equal to requests seen, none left in flight.
+check_after() {   # check_after PREFIX N WHAT
+  local ok attempts reqs
+  after_lease "$1"
+  ok=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$1-%' AND status = 'delivered'")
+  [ "$ok" -eq "$2" ] || fail "$3: $ok of $2 delivered"
+  [ "$(stat "$1-" max_per_key)" -le 2 ] || fail "$3: a delivery was sent more than twice"
+  attempts=$(q "SELECT sum(attempts) FROM flowgate.deliveries WHERE idempotency_key LIKE '$1-%'")
+  reqs=$(stat "$1-" requests)
+  [ "$attempts" -eq "$reqs" ] || fail "$3: $attempts attempts recorded, $reqs requests seen"
+  echo "$reqs $attempts"
+}
 enqueue() {   # enqueue PREFIX N PATH
   q "SELECT count(flowgate.enqueue_delivery('faults', '$1-' || g, '$T$3', '$1-' || g, jsonb_build_object('g', g),
               timeout_ms => 10000)) FROM generate_series(1, $2) g" >/dev/null
@@ -134,6 +153,59 @@ reqs=$(stat "$K-kill-" requests)
 [ "$attempts" -eq "$reqs" ] || fail "kill: $attempts attempts recorded, $reqs requests seen"
 [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'faults' AND status = 'in_flight'")" -eq 0 ] || fail "deliveries left in flight"
 echo "ok 1 - outbox faults: kill -9 of the sender mid-send ($stranded in flight at the crash): all 40 delivered after the lease with the same keys, $reqs requests for $attempts recorded attempts, none sent more than twice, none left in flight"
+
+# 4. kill -9 after the send, before the record. The deliveries are enqueued parked and made
+# due by the sending session; once the server has their requests, this script locks their rows
+# so the record step waits, and the sender is killed while it waits.
+C="$K-unrecorded"
+psql -X -q -v ON_ERROR_STOP=1 -1 \
+  -c "SELECT count(flowgate.enqueue_delivery('faults', '$C-' || g, '$T/slow/500', '$C-' || g, '{}', timeout_ms => 10000))
+        FROM generate_series(1, 10) g" \
+  -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$C-%'" >/dev/null
+log_lines_before=$(wc -l < "$LOG")
+( psql -X -q -c "SET application_name = 'fg_faults_unrecorded'" \
+      -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$C-%'" \
+      -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+caller=$!
+holder=$(mktemp -u)
+for _ in $(seq 1 50); do [ "$(stat "$C-" requests)" -ge 1 ] && break; sleep 0.05; done
+# Hold the rows (in flight, sent) until the sender is dead.
+( psql -X -q -c "BEGIN" -c "SELECT id FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%' AND status = 'in_flight' FOR UPDATE" \
+       -c "SELECT pg_sleep(30)" >/dev/null 2>&1 || true ) &
+locker=$!
+waiting=""
+for _ in $(seq 1 100); do
+  waiting=$(q "SELECT pid FROM pg_stat_activity WHERE application_name = 'fg_faults_unrecorded' AND wait_event_type = 'Lock'" 2>/dev/null || true)
+  [ -n "$waiting" ] && break
+  sleep 0.05
+done
+[ -n "$waiting" ] || fail "the sender never waited to record (did it send at all? $(stat "$C-" requests) requests)"
+sent_before=$(stat "$C-" requests)
+kill -9 "$waiting"
+wait "$caller" "$locker" 2>/dev/null || true
+wait_up
+tail -n +"$log_lines_before" "$LOG" | grep -q "terminated by signal 9" || fail "the kill did not make Postgres reinitialize"
+unrecorded=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%' AND status = 'in_flight'")
+[ "$unrecorded" -eq 10 ] || fail "$unrecorded of 10 left in flight unrecorded"
+res=$(check_after "$C" 10 "kill before record"); read -r reqs attempts <<< "$res"
+echo "ok 1 - outbox faults: kill -9 after the send ($sent_before requests answered), before the record: all 10 delivered after the lease, $reqs requests for $attempts attempts, none sent more than twice"
+
+# 5. A server restart (fast shutdown) while requests are on the wire.
+C="$K-restart"
+psql -X -q -v ON_ERROR_STOP=1 -1 \
+  -c "SELECT count(flowgate.enqueue_delivery('faults', '$C-' || g, '$T/slow/2000', '$C-' || g, '{}', timeout_ms => 10000))
+        FROM generate_series(1, 20) g" \
+  -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$C-%'" >/dev/null
+( psql -X -q -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$C-%'" \
+      -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+caller=$!
+for _ in $(seq 1 50); do [ "$(stat "$C-" requests)" -ge 1 ] && break; sleep 0.05; done
+pgctl -m fast -w restart -l "$LOG" >/dev/null
+wait "$caller" 2>/dev/null || true
+wait_up
+stranded=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%' AND status = 'in_flight'")
+res=$(check_after "$C" 20 "restart"); read -r reqs attempts <<< "$res"
+echo "ok 1 - outbox faults: server restarted mid-send ($stranded left in flight): all 20 delivered after the lease, $reqs requests for $attempts attempts, none sent more than twice"
 
 q "DELETE FROM flowgate.deliveries WHERE owner_module = 'faults'"
 q "SELECT flowgate.reset_setting('flowgate.http_transport'), flowgate.reset_setting('flowgate.http_concurrency')" >/dev/null
