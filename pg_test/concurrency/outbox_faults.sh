@@ -124,10 +124,16 @@ reqs=$(stat "$C-" requests)
 [ "$attempts" -eq "$reqs" ] || fail "cancel: $attempts attempts recorded, $reqs requests seen"
 echo "ok 1 - outbox faults: statement_timeout mid-send ($in_flight left in flight under their lease): all 20 delivered after it, $reqs requests for $attempts recorded attempts, none sent more than twice"
 
-# 3. kill -9 of the sending backend mid-send.
-enqueue "$K-kill" 40 /slow/3000
+# 3. kill -9 of the sending backend mid-send (enqueued parked, made due by the sender itself,
+# as above).
+psql -X -q -v ON_ERROR_STOP=1 -1 \
+  -c "SELECT count(flowgate.enqueue_delivery('faults', '$K-kill-' || g, '$T/slow/3000', '$K-kill-' || g, jsonb_build_object('g', g), timeout_ms => 10000))
+        FROM generate_series(1, 40) g" \
+  -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$K-kill-%'" >/dev/null
 log_lines_before=$(wc -l < "$LOG")
-( psql -X -q -c "SET application_name = 'fg_faults_kill'" -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+( psql -X -q -c "SET application_name = 'fg_faults_kill'" \
+      -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$K-kill-%'" \
+      -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
 victim=""
 for _ in $(seq 1 50); do
   sleep 0.1

@@ -1,6 +1,5 @@
 //! SQL surface of the outbox. Sending is `CALL flowgate.run_outbox()` (procedure.rs) or the
-//! background worker; `flowgate.collect` (PL/pgSQL in `sql/finalize.sql`) reads pg_net's
-//! responses and expires lost leases through `flowgate.record_attempt`.
+//! background worker; `flowgate.collect` reads pg_net's responses and expires lost leases.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -100,6 +99,16 @@ fn effective_transport() -> Result<String, ErrorReport> {
     engine::Transport::current()
         .map(|t| t.as_str().to_owned())
         .map_err(CoreError::reporter("flowgate.effective_transport"))
+}
+
+/// Record the responses pg_net stored for deliveries it carried, and expire deliveries in
+/// flight past their lease as timed-out attempts (retried with the same key). No HTTP.
+/// Returns `{collected, expired, delivered, retry, failed, dead, skipped, handler_error}`.
+#[pg_extern(volatile)]
+fn collect() -> Result<pgrx::JsonB, ErrorReport> {
+    engine::collect()
+        .map(|c| pgrx::JsonB(c.to_json()))
+        .map_err(CoreError::reporter("flowgate.collect"))
 }
 
 /// Run the response handler again for delivered deliveries whose handler failed (no HTTP is
