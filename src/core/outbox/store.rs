@@ -121,32 +121,59 @@ pub enum Rearmed {
 /// this call says now (body, owner id, URL, headers, secret, timeout and flow key may change
 /// from try to try, e.g. an operator fixing a webhook URL; the Idempotency-Key stays).
 pub fn rearm(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed> {
-    let e = enqueue(client, d).or_else(|err| match err {
-        // Same key, another owner id: an earlier try of the same request.
-        CoreError::Duplicate { .. } => Ok(Enqueued {
-            id: -1,
-            created: false,
-        }),
-        other => Err(other),
-    })?;
-    if e.created {
-        return Ok(Rearmed::Created(e.id));
+    // Never wait for a row someone is recording (its handler may be waiting for a lock this
+    // caller holds, e.g. the intent a drain has just read): a locked row is busy.
+    let rows = prepared::exec(
+        client,
+        "SELECT id, status::text, next_attempt_at = 'infinity', owner_module FROM flowgate.deliveries \
+          WHERE idempotency_key = $1 FOR UPDATE SKIP LOCKED",
+        &[d.idempotency_key.as_str().into()],
+    )?;
+    if rows.is_empty() {
+        let exists = prepared::exec(
+            client,
+            "SELECT id FROM flowgate.deliveries WHERE idempotency_key = $1",
+            &[d.idempotency_key.as_str().into()],
+        )?;
+        if !exists.is_empty() {
+            return Ok(Rearmed::Busy(
+                exists.first().get_one::<i64>()?.unwrap_or_default(),
+            ));
+        }
+        let e = enqueue(client, d)?;
+        return Ok(if e.created {
+            Rearmed::Created(e.id)
+        } else {
+            Rearmed::Busy(e.id)
+        });
     }
-    let rows = prepared::exec(client, "WITH cur AS ( \
-           SELECT id, status::text AS status, next_attempt_at = 'infinity' AS parked FROM flowgate.deliveries \
-            WHERE idempotency_key = $1 AND owner_module = $2 FOR UPDATE), \
-         again AS ( \
-           UPDATE flowgate.deliveries d \
-              SET status = 'pending', next_attempt_at = clock_timestamp(), \
-                  max_attempts = least(d.attempts + 1, 100), owner_id = $3, body = $4, \
-                  url = $5, headers = $6, auth_secret = $7, timeout_ms = coalesce($8, d.timeout_ms), flow_key = $9, \
-                  claimed_at = NULL, transport_ref = NULL, updated_at = clock_timestamp() \
-             FROM cur WHERE d.id = cur.id \
-              AND (cur.status IN ('failed', 'dead') OR (cur.status = 'pending' AND cur.parked)) \
-           RETURNING d.id) \
-         SELECT cur.id, cur.status, EXISTS (SELECT FROM again) FROM cur", &[
-            d.idempotency_key.as_str().into(),
-            d.owner_module.as_str().into(),
+    let row = rows.first();
+    let id: i64 = row.get(1)?.unwrap_or_default();
+    let status: String = row.get(2)?.unwrap_or_default();
+    let parked: bool = row.get(3)?.unwrap_or(false);
+    let module: String = row.get(4)?.unwrap_or_default();
+    if module != d.owner_module {
+        return Err(CoreError::Duplicate {
+            kind: "delivery idempotency key".into(),
+            key: d.idempotency_key.clone(),
+        });
+    }
+    match status.as_str() {
+        "failed" | "dead" => {}
+        "pending" if parked => {}
+        "delivered" => return Ok(Rearmed::Delivered(id)),
+        _ => return Ok(Rearmed::Busy(id)),
+    }
+    prepared::exec(
+        client,
+        "UPDATE flowgate.deliveries d \
+            SET status = 'pending', next_attempt_at = clock_timestamp(), \
+                max_attempts = least(d.attempts + 1, 100), owner_id = $2, body = $3, \
+                url = $4, headers = $5, auth_secret = $6, timeout_ms = coalesce($7, d.timeout_ms), flow_key = $8, \
+                claimed_at = NULL, transport_ref = NULL, updated_at = clock_timestamp() \
+          WHERE d.id = $1",
+        &[
+            id.into(),
             d.owner_id.as_str().into(),
             d.body.clone().map(JsonB).into(),
             d.url.as_str().into(),
@@ -156,21 +183,7 @@ pub fn rearm(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed>
             d.effective_flow_key().into(),
         ],
     )?;
-    if rows.is_empty() {
-        return Err(CoreError::Duplicate {
-            kind: "delivery idempotency key".into(),
-            key: d.idempotency_key.clone(),
-        });
-    }
-    let row = rows.first();
-    let id: i64 = row.get(1)?.unwrap_or_default();
-    let status: String = row.get(2)?.unwrap_or_default();
-    let again: bool = row.get(3)?.unwrap_or(false);
-    Ok(match (again, status.as_str()) {
-        (true, _) => Rearmed::Again(id),
-        (false, "delivered") => Rearmed::Delivered(id),
-        _ => Rearmed::Busy(id),
-    })
+    Ok(Rearmed::Again(id))
 }
 
 /// Park a delivery whose owner will rearm it (its attempt failed in a way the owner retries
