@@ -1,5 +1,6 @@
 -- What flowgate does so far, shown in psql. Nothing here is left behind: the demo runs in a
--- transaction that is rolled back.
+-- transaction that is rolled back, and its outbox part (which sends with no transaction open)
+-- removes the delivery it made.
 \pset footer off
 \echo
 \echo '--- installed extensions'
@@ -45,13 +46,6 @@ EXCEPTION WHEN OTHERS THEN
 END $$;
 SELECT * FROM public.demo_events;
 
-\echo '--- the outbox: a delivery to a port where nothing listens is retried with back-off'
-SELECT flowgate.set_setting('flowgate.http_transport', '"native"') IS NOT NULL AS native_transport;
-SELECT flowgate.enqueue_delivery('demo', 'CR-2026-000123', 'http://127.0.0.1:9/hook',
-       'demo:CR-2026-000123:created', '{"text": "New capacity request CR-2026-000123"}') AS delivery_id;
-CALL flowgate.run_outbox();
-SELECT id, status, attempts, last_error, next_attempt_at > now() AS backing_off FROM flowgate.deliveries;
-
 \echo '--- periodic jobs registered with pg_cron'
 SELECT job_name, schedule, command FROM flowgate.install_schedules();
 
@@ -86,3 +80,11 @@ SELECT u AS fan, intake.claim_resource('demo_drop', u) ->> 'status' AS result
   FROM unnest(ARRAY['fan-1', 'fan-1', 'fan-2', 'fan-3', 'fan-4']) WITH ORDINALITY AS t(u, n) ORDER BY n;
 SELECT msg_id, message ->> 'user_id' AS fan, message ->> 'slot' AS seat FROM pgmq.read('intake_demo_drop', 45, 10);
 ROLLBACK;
+
+\echo '--- the outbox: a delivery to a port where nothing listens is retried with back-off'
+\echo '    (CALL flowgate.run_outbox() claims, sends with no transaction open, then records)'
+SELECT flowgate.enqueue_delivery('demo', 'CR-2026-000123', 'http://127.0.0.1:9/hook',
+       'demo:outbox:' || gen_random_uuid(), '{"text": "New capacity request CR-2026-000123"}') AS delivery_id \gset
+CALL flowgate.run_outbox();
+SELECT status, attempts, last_error, next_attempt_at > now() AS backing_off FROM flowgate.deliveries WHERE id = :delivery_id;
+DELETE FROM flowgate.deliveries WHERE id = :delivery_id;

@@ -74,6 +74,9 @@ drain_rate() {   # drain_rate SESSIONS -> intents committed per second
   awk -v n="$DRAIN_N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f %.1f\n", n / (b - a), b - a }'
 }
 q "SELECT flowgate.set_setting('flowgate.http_concurrency', '16')" >/dev/null
+# One outbox round per drain batch: the 200 requests a drain hands over are claimed, sent and
+# recorded together.
+q "SELECT flowgate.set_setting('flowgate.dispatch_batch_size', '200')" >/dev/null
 read -r d1 d1s < <(drain_rate 1)
 read -r d4 d4s < <(drain_rate 4)
 read -r _ bs braw < <("$TESTD_BIN" blast "$URL/ok" $(( DRAIN_N * 2 )) 16)
