@@ -17,8 +17,11 @@ script=$(mktemp); echo "CALL flowgate.run_outbox(25);" > "$script"
 pgbench -n -c 8 -j 2 -t 20 -f "$script" >/dev/null 2>&1 || fail "pgbench failed"
 rm -f "$script"
 # Whatever the 8 x 20 calls left (none, if every call claimed a full batch) is sent now.
-while [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'concurrency' AND status = 'pending'")" -gt 0 ]; do
+# (The background worker may still be sending some: wait until none is pending or in flight.)
+for _ in $(seq 1 300); do
+  [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'concurrency' AND status IN ('pending', 'in_flight')")" -eq 0 ] && break
   q "CALL flowgate.run_outbox(500)" >/dev/null
+  sleep 0.1
 done
 
 delivered=$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'concurrency' AND status = 'delivered' AND attempts = 1")
