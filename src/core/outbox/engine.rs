@@ -100,8 +100,6 @@ pub struct Leased {
     /// The delivery's attempt number when it was claimed.
     pub lease: i32,
     pub max_attempts: i32,
-    /// Whether its owner has a response handler (recorded one by one, isolated).
-    pub has_handler: bool,
     pub flow_key: String,
     pub request: native::Request,
 }
@@ -112,7 +110,6 @@ struct Lease {
     id: i64,
     attempt: i32,
     max_attempts: i32,
-    has_handler: bool,
     flow_key: String,
 }
 
@@ -136,7 +133,6 @@ pub struct Sent {
     pub id: i64,
     pub lease: i32,
     pub max_attempts: i32,
-    pub has_handler: bool,
     pub flow_key: String,
     pub observation: Observation,
 }
@@ -183,7 +179,6 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
                     claimed.native.push(Leased {
                         lease: l.attempt,
                         max_attempts: l.max_attempts,
-                        has_handler: l.has_handler,
                         flow_key: l.flow_key.clone(),
                         request,
                     });
@@ -347,7 +342,7 @@ fn claim_rows(
             SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
                 transport = $2, transport_ref = NULL, updated_at = clock_timestamp() \
           WHERE d.id = ANY ($1) \
-         RETURNING d.id, d.attempts, d.max_attempts, d.handler IS NOT NULL, d.flow_key",
+         RETURNING d.id, d.attempts, d.max_attempts, d.flow_key",
         &[chosen.into(), transport.as_str().into()],
     )?;
     let mut out = Vec::with_capacity(rows.len());
@@ -356,8 +351,7 @@ fn claim_rows(
             id: row.get::<i64>(1)?.unwrap_or_default(),
             attempt: row.get::<i32>(2)?.unwrap_or_default(),
             max_attempts: row.get::<i32>(3)?.unwrap_or(1),
-            has_handler: row.get::<bool>(4)?.unwrap_or(true),
-            flow_key: row.get::<String>(5)?.unwrap_or_default(),
+            flow_key: row.get::<String>(4)?.unwrap_or_default(),
         });
     }
     Ok(out)
@@ -418,18 +412,17 @@ pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> 
     let mut leases = Vec::with_capacity(batch.len());
     for l in batch {
         requests.push(l.request);
-        leases.push((l.lease, l.max_attempts, l.has_handler, l.flow_key));
+        leases.push((l.lease, l.max_attempts, l.flow_key));
     }
     native::send_batch(&requests, concurrency, stop)
         .into_iter()
         .zip(leases)
-        .map(|(r, (lease, max_attempts, has_handler, flow_key))| {
+        .map(|(r, (lease, max_attempts, flow_key))| {
             let answered = r.status().is_some();
             Sent {
                 id: r.id,
                 lease,
                 max_attempts,
-                has_handler,
                 flow_key,
                 observation: Observation {
                     attempt: Ok(r.attempt),
@@ -441,44 +434,25 @@ pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> 
         .collect()
 }
 
-/// Record what was sent, each under its lease. Runs in a new transaction: deliveries without
-/// a response handler in one statement, the others one by one, each in a subtransaction.
+/// Record what was sent, each under its lease, in a new transaction: one statement for the
+/// round, then each owner's response handler in its own subtransaction.
 pub fn record(sent: &[Sent]) -> CoreResult<Counts> {
     let policy = store::retry_policy()?;
     let mut counts = Counts::default();
-    let plain: Vec<store::Unhandled<'_>> = sent
+    let items: Vec<store::Batched<'_>> = sent
         .iter()
-        .filter(|s| !s.has_handler)
-        .map(|s| store::Unhandled {
+        .map(|s| store::Batched {
             id: s.id,
             lease: s.lease,
             max_attempts: s.max_attempts,
             observed: &s.observation,
         })
         .collect();
-    for (r, u) in store::record_batch(&plain, &policy)?
-        .into_iter()
-        .zip(&plain)
-    {
-        // Not written: no longer in flight under its lease, or given a handler meanwhile (an
-        // operator's UPDATE); the row-by-row path tells which.
-        counts.add(match r {
-            Recorded::Skipped => store::record_with(u.id, Some(u.lease), u.observed, &policy)?,
-            r => r,
-        });
+    for r in store::record_batch(&items, &policy)? {
+        counts.add(r);
     }
-    for s in sent.iter().filter(|s| s.has_handler) {
-        counts.add(store::record_with(
-            s.id,
-            Some(s.lease),
-            &s.observation,
-            &policy,
-        )?);
-    }
-    // (Those with a handler were paused by record_with.)
     let pauses: Vec<(&str, std::time::Duration)> = sent
         .iter()
-        .filter(|s| !s.has_handler)
         .filter_map(|s| store::pause_of(&s.observation, &policy).map(|d| (s.flow_key.as_str(), d)))
         .collect();
     store::pause_flows(&pauses)?;

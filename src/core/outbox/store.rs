@@ -557,8 +557,20 @@ pub fn record_with(
 }
 
 fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> CoreResult<Recorded> {
+    keep_after_handler_error_in(id, observed, error, "status = 'in_flight'")
+}
+
+/// The delivery whose handler failed, kept: a 2xx stays delivered (sending again could post a
+/// Slack message twice), anything else is failed; `handler_error` says why. `guard` says which
+/// state the row must still be in.
+fn keep_after_handler_error_in(
+    id: i64,
+    observed: &Observation,
+    error: &str,
+    guard: &str,
+) -> CoreResult<Recorded> {
     Spi::run_with_args(
-        "UPDATE flowgate.deliveries \
+        &format!("UPDATE flowgate.deliveries \
             SET status = CASE WHEN $2 BETWEEN 200 AND 299 THEN 'delivered' ELSE 'failed' END::flowgate.delivery_status, \
                 delivered_at = CASE WHEN $2 BETWEEN 200 AND 299 THEN clock_timestamp() END, \
                 last_status_code = $2, response_body = CASE WHEN sensitive THEN NULL ELSE $3 END, response_content_type = $4, \
@@ -566,7 +578,7 @@ fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> Cor
                                   THEN 'delivered, but the response handler failed; fix it, then flowgate.rerun_handlers()' \
                                   ELSE 'recording the outcome or running the response handler failed; fix the cause, then flowgate.replay_dead()' END, \
                 handler_error = $5, claimed_at = NULL, updated_at = clock_timestamp() \
-          WHERE id = $1 AND status = 'in_flight'",
+          WHERE id = $1 AND {guard}"),
         &[
             id.into(),
             observed.status_code().into(),
@@ -660,8 +672,8 @@ fn decide(
     }
 }
 
-/// One attempt of a delivery without a response handler, to be recorded in a batch.
-pub struct Unhandled<'a> {
+/// One attempt to record in a batch.
+pub struct Batched<'a> {
     pub id: i64,
     /// The attempt number it was claimed with.
     pub lease: i32,
@@ -669,9 +681,11 @@ pub struct Unhandled<'a> {
     pub observed: &'a Observation,
 }
 
-/// Record attempts of deliveries that have no response handler in one statement: each row is
-/// written only while still in flight under its lease; the others are `Skipped`.
-pub fn record_batch(items: &[Unhandled<'_>], policy: &RetryPolicy) -> CoreResult<Vec<Recorded>> {
+/// Record a round's attempts in one statement: each row is written only while still in flight
+/// under its lease (the others are `Skipped`). Then the owners' response handlers run, each in
+/// a subtransaction: one that raises has its writes undone and its delivery kept with
+/// `handler_error` set (see [`keep_after_handler_error_in`]); the recorded outcomes stand.
+pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<Vec<Recorded>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
@@ -690,8 +704,13 @@ pub fn record_batch(items: &[Unhandled<'_>], policy: &RetryPolicy) -> CoreResult
         .iter()
         .map(|u| u.observed.content_type.clone())
         .collect();
-    let written: Vec<i64> = Spi::connect_mut(|client| {
-        let rows = prepared::exec(client, "UPDATE flowgate.deliveries d SET status = u.status::flowgate.delivery_status, \
+    // What each written row's handler needs: its owner and the request as it was sent (the
+    // row's body may be redacted by this very statement).
+    type Written = (Option<String>, String, String, Option<JsonB>);
+    let written: std::collections::HashMap<i64, Written> = Spi::connect_mut(|client| {
+        let rows = prepared::exec(
+            client,
+            "UPDATE flowgate.deliveries d SET status = u.status::flowgate.delivery_status, \
                next_attempt_at = CASE WHEN u.status = 'pending' THEN clock_timestamp() + make_interval(secs => u.delay_ms::float8 / 1000) ELSE d.next_attempt_at END, \
                delivered_at = CASE WHEN u.status = 'delivered' THEN clock_timestamp() ELSE d.delivered_at END, \
                last_status_code = u.code, last_error = u.error, \
@@ -699,9 +718,11 @@ pub fn record_batch(items: &[Unhandled<'_>], policy: &RetryPolicy) -> CoreResult
                response_content_type = u.content_type, claimed_at = NULL, updated_at = clock_timestamp(), \
                body = CASE WHEN d.sensitive AND u.status <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE d.body END \
              FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \
-                  AS u(id, lease, status, delay_ms, code, error, body, content_type) \
-            WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.lease AND d.handler IS NULL \
-            RETURNING d.id", &[
+                  AS u(id, lease, status, delay_ms, code, error, body, content_type), \
+                  (SELECT x.id, x.body FROM flowgate.deliveries x WHERE x.id = ANY ($1)) AS sent \
+            WHERE d.id = u.id AND sent.id = u.id AND d.status = 'in_flight' AND d.attempts = u.lease \
+            RETURNING d.id, d.handler, d.owner_module, d.owner_id, sent.body",
+            &[
                 ids.into(),
                 leases.into(),
                 statuses.into(),
@@ -712,24 +733,78 @@ pub fn record_batch(items: &[Unhandled<'_>], policy: &RetryPolicy) -> CoreResult
                 types.into(),
             ],
         )?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = std::collections::HashMap::with_capacity(rows.len());
         for row in rows {
-            out.push(row.get::<i64>(1)?.unwrap_or_default());
+            out.insert(
+                row.get::<i64>(1)?.unwrap_or_default(),
+                (
+                    row.get::<String>(2)?,
+                    row.get::<String>(3)?.unwrap_or_default(),
+                    row.get::<String>(4)?.unwrap_or_default(),
+                    row.get::<JsonB>(5)?,
+                ),
+            );
         }
         Ok::<_, CoreError>(out)
     })?;
-    let written: std::collections::HashSet<i64> = written.into_iter().collect();
-    Ok(items
-        .iter()
-        .zip(decided)
-        .map(|(u, d)| {
-            if written.contains(&u.id) {
-                d.recorded
-            } else {
-                Recorded::Skipped
+    let mut out = Vec::with_capacity(items.len());
+    for (u, d) in items.iter().zip(decided) {
+        let Some((handler, owner_module, owner_id, request)) = written.get(&u.id) else {
+            out.push(Recorded::Skipped);
+            continue;
+        };
+        let outcome = match d.verdict {
+            Verdict::Delivered => Outcome::Delivered,
+            Verdict::Failed { .. } => Outcome::Failed,
+            Verdict::Dead { .. } => Outcome::Dead,
+            Verdict::Retry { .. } => {
+                out.push(d.recorded);
+                continue;
             }
-        })
-        .collect())
+        };
+        let Some(name) = handler else {
+            out.push(d.recorded);
+            continue;
+        };
+        let text = u.observed.body.clone().unwrap_or_default();
+        let call = HandlerCall {
+            delivery_id: u.id,
+            owner_module,
+            owner_id,
+            outcome,
+            status_code: u.observed.status_code(),
+            response: serde_json::from_str(&text).ok(),
+            response_text: &text,
+            request: request.as_ref().map(|j| &j.0),
+            last_error: d.last_error.as_deref(),
+        };
+        let ran = subxact::run(|| {
+            let run = handlers::find(name).ok_or_else(|| {
+                CoreError::invalid(
+                    "handler",
+                    format!("{name:?} is no longer registered"),
+                    handlers::names().join(", "),
+                )
+            })?;
+            Spi::connect_mut(|client| run(client, &call))
+        });
+        out.push(match ran {
+            Ok(Ok(())) => d.recorded,
+            Ok(Err(e)) => keep_after_handler_error_in(
+                u.id,
+                u.observed,
+                &format!("{}: {e}", e.sqlstate()),
+                "true",
+            )?,
+            Err(c) => keep_after_handler_error_in(
+                u.id,
+                u.observed,
+                &format!("{}: {}", c.sqlstate, c.message),
+                "true",
+            )?,
+        });
+    }
+    Ok(out)
 }
 
 /// Write the verdict on the locked row and run the owner's handler.
