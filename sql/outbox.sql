@@ -67,7 +67,7 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION flowgate.default_flow_key() FROM PUBLIC;
 CREATE TRIGGER default_flow_key BEFORE INSERT ON flowgate.deliveries
-    FOR EACH ROW EXECUTE FUNCTION flowgate.default_flow_key();
+    FOR EACH ROW WHEN (NEW.flow_key IS NULL) EXECUTE FUNCTION flowgate.default_flow_key();
 
 -- A sensitive delivery never keeps a response body, and its request body goes as soon as it
 -- ends, whichever path ends it (a recorded outcome, a failing response handler, an expiry, an

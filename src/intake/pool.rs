@@ -39,6 +39,11 @@ impl PoolId {
         format!("pgmq.\"q_intake_{}\"", self.0)
     }
 
+    /// The queue's archive table (pgmq's `a_<queue>` layout).
+    pub fn archive_table(&self) -> String {
+        format!("pgmq.\"a_intake_{}\"", self.0)
+    }
+
     /// Its dead-letter queue.
     pub fn dlq(&self) -> String {
         format!("intake_{}_dlq", self.0)

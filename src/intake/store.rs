@@ -177,8 +177,8 @@ fn release(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreRe
     }
     prepared::exec(
         client,
-        "SELECT pgmq.delete($1, $2)",
-        &[pool.queue().into(), intent.msg_id.into()],
+        &format!("DELETE FROM {} WHERE msg_id = $1", pool.queue_table()),
+        &[intent.msg_id.into()],
     )?;
     log_outcome(client, pool, "rejected", 1)
 }
@@ -186,16 +186,22 @@ fn release(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreRe
 /// The ledger has the intent: the resource is consumed, the intent archived (the archive stays
 /// part of the logged record `recover_pool` reads).
 fn complete(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<()> {
-    patch(
-        client,
-        pool,
-        intent.msg_id,
-        json!({"state": "committed", "last_error": null}),
-    )?;
+    // pgmq.archive's move, as one prepared statement on the queue's tables (pgmq.archive is
+    // PL/pgSQL that plans its dynamic SQL on every call), with the committed state patched in.
     prepared::exec(
         client,
-        "SELECT pgmq.archive($1, $2)",
-        &[pool.queue().into(), intent.msg_id.into()],
+        &format!(
+            "WITH moved AS (DELETE FROM {queue} WHERE msg_id = $1 \
+                            RETURNING msg_id, read_ct, enqueued_at, last_read_at, vt, message || $2 AS message, headers) \
+             INSERT INTO {archive} (msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers) \
+             SELECT msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers FROM moved",
+            queue = pool.queue_table(),
+            archive = pool.archive_table()
+        ),
+        &[
+            intent.msg_id.into(),
+            JsonB(json!({"state": "committed", "last_error": null})).into(),
+        ],
     )?;
     if let Some(slot) = slot_of(&intent.message) {
         prepared::exec(

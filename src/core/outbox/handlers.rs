@@ -68,6 +68,17 @@ pub fn find(name: &str) -> Option<Handler> {
         .map(|(_, h)| h)
 }
 
+/// The handler called `name`, or 22023 naming the registered ones.
+pub fn registered(name: &str) -> crate::core::error::CoreResult<Handler> {
+    find(name).ok_or_else(|| {
+        crate::core::error::CoreError::invalid(
+            "handler",
+            format!("{name:?} is not registered"),
+            names().join(", "),
+        )
+    })
+}
+
 pub fn names() -> Vec<&'static str> {
     let names: Vec<&'static str> = registry().into_iter().map(|(n, _)| n).collect();
     if names.is_empty() {

@@ -779,13 +779,7 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
             last_error: d.last_error.as_deref(),
         };
         let ran = subxact::run(|| {
-            let run = handlers::find(name).ok_or_else(|| {
-                CoreError::invalid(
-                    "handler",
-                    format!("{name:?} is no longer registered"),
-                    handlers::names().join(", "),
-                )
-            })?;
+            let run = handlers::registered(name)?;
             Spi::connect_mut(|client| run(client, &call))
         });
         out.push(match ran {
@@ -846,13 +840,7 @@ fn apply(
         Verdict::Retry { .. } => None,
     };
     if let (Some(outcome), Some(name)) = (outcome, row.handler.as_deref()) {
-        let run = handlers::find(name).ok_or_else(|| {
-            CoreError::invalid(
-                "handler",
-                format!("{name:?} is no longer registered"),
-                handlers::names().join(", "),
-            )
-        })?;
+        let run = handlers::registered(name)?;
         let text = observed.body.clone().unwrap_or_default();
         let call = HandlerCall {
             delivery_id: id,
@@ -887,13 +875,7 @@ pub fn rerun_handler(id: i64) -> CoreResult<bool> {
         let request: Option<JsonB> = row.get(4)?;
         let status_code: Option<i32> = row.get(5)?;
         let text: String = row.get::<String>(6)?.unwrap_or_default();
-        let run = handlers::find(&name).ok_or_else(|| {
-            CoreError::invalid(
-                "handler",
-                format!("{name:?} is not registered"),
-                handlers::names().join(", "),
-            )
-        })?;
+        let run = handlers::registered(&name)?;
         let call = HandlerCall {
             delivery_id: id,
             owner_module: &owner_module,
