@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(45);
+SELECT plan(46);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -173,6 +173,9 @@ SELECT provisioning.retry(pg_temp.client('creds')) \g /dev/null
 CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status || ' ' || coalesce(provisioning_error, '-') FROM provisioning.clients WHERE slug = pg_temp.slug('creds')), 'ready -',
           'after the token is fixed, provisioning.retry gets it to ready');
+SELECT throws_ok(format('SELECT provisioning.retry(%L::uuid)', pg_temp.client('creds')), '55000',
+                 'retry is not allowed in state ready (no job failed or waiting to retry)',
+                 'retrying a ready client says what it is (the hint points at sync_schema)');
 
 -- ---- Timeout: the project was created anyway; the retry adopts it ----------------------------------------------
 SELECT pg_temp.api('slow') \g /dev/null

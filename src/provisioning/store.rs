@@ -366,18 +366,20 @@ pub fn client_id_of(slug_or_id: &str) -> ProvisioningResult<String> {
 }
 
 pub fn retry(client_id: &str) -> ProvisioningResult<Value> {
-    let (ids, now) = Spi::connect(|client| -> ProvisioningResult<(Vec<String>, String)> {
-        let c = client.select(
-            "SELECT 1 FROM provisioning.clients WHERE client_id = $1::uuid",
+    let (ids, now, status) = Spi::connect(
+        |client| -> ProvisioningResult<(Vec<String>, String, String)> {
+            let c = client.select(
+            "SELECT provisioning_status::text FROM provisioning.clients WHERE client_id = $1::uuid",
             None,
             &[client_id.into()],
         )?;
-        if c.is_empty() {
-            return Err(CoreError::not_found("client", client_id).into());
-        }
-        // The newest failed (or retry-waiting) job of each type; older ones are history, and a
-        // type that already has a fresh open job is left alone.
-        let t = client.select(
+            if c.is_empty() {
+                return Err(CoreError::not_found("client", client_id).into());
+            }
+            let status: String = c.first().get_one::<String>()?.unwrap_or_default();
+            // The newest failed (or retry-waiting) job of each type; older ones are history, and a
+            // type that already has a fresh open job is left alone.
+            let t = client.select(
             "SELECT DISTINCT ON (j.job_type) j.job_id::text FROM provisioning.client_provisioning_jobs j \
               WHERE j.client_id = $1::uuid AND (j.status = 'failed' OR (j.status = 'queued' AND j.attempts > 0)) \
                 AND NOT EXISTS (SELECT 1 FROM provisioning.client_provisioning_jobs o \
@@ -387,19 +389,25 @@ pub fn retry(client_id: &str) -> ProvisioningResult<Value> {
             None,
             &[client_id.into()],
         )?;
-        let mut ids = Vec::new();
-        for row in t {
-            if let Some(id) = row.get::<String>(1)? {
-                ids.push(id);
+            let mut ids = Vec::new();
+            for row in t {
+                if let Some(id) = row.get::<String>(1)? {
+                    ids.push(id);
+                }
             }
-        }
-        Ok((ids, clock(client, Duration::ZERO)?.0))
-    })?;
+            Ok((ids, clock(client, Duration::ZERO)?.0, status))
+        },
+    )?;
     if ids.is_empty() {
+        // Nothing failed and nothing waits to retry: say what the client is and what to do.
         return Err(CoreError::IllegalTransition {
-            state: "no failed or waiting job".into(),
+            state: format!("{status} (no job failed or waiting to retry)"),
             event: "retry".into(),
-            allowed: vec!["retry a client whose job failed or is waiting to retry".into()],
+            allowed: vec![if status == "ready" {
+                "provisioning.sync_schema(client) to bring it to new migrations".into()
+            } else {
+                "none needed: its jobs are queued or running".into()
+            }],
         }
         .into());
     }
