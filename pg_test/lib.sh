@@ -26,7 +26,7 @@ TEST_PORT=${FLOWGATE_TEST_PORT:-5598}
 TEST_DB=flowgate_test
 PGRX_TEST_DIR=${FLOWGATE_PGRX_TEST_DIR:-/var/tmp/flowgate/pgrx-test}
 TESTD_PORT=${FLOWGATE_TESTD_PORT:-5597}    # pgTAP suites address flowgate-testd here
-TESTD_BIN=$FLOWGATE_ROOT/pg_test/testd/target/release/flowgate-testd
+TESTD_BIN=${CARGO_TARGET_DIR:-$FLOWGATE_ROOT/pg_test/testd/target}/release/flowgate-testd
 SOCKET_DIR=/tmp
 # Extra environment of the postgres servers this script starts (test.sh adds a hostile one).
 CLUSTER_ENV=()
