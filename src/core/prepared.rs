@@ -21,7 +21,8 @@ thread_local! {
 /// flowgate's own statement shapes, so this is a safety net, not a working limit).
 const CAPACITY: usize = 512;
 
-/// Run a statement that writes (or locks rows), prepared once per backend.
+/// Run a statement that writes (or locks rows), prepared once per backend (per parameter
+/// types: the same text with a differently typed argument is another plan).
 ///
 /// The statement is taken out of the cache while it runs, so a nested call (a trigger or an
 /// RLS policy calling back into flowgate) never finds the cache borrowed.
@@ -31,7 +32,7 @@ pub fn run<'conn>(
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> CoreResult<SpiTupleTable<'conn>> {
-    let key = format!("w:{sql}");
+    let key = format!("w:{types:?}:{sql}");
     let stmt = match take(&key) {
         Some(stmt) => stmt,
         None => client.prepare_mut(sql, types)?.keep(),
@@ -49,7 +50,7 @@ pub fn query<'conn>(
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> CoreResult<SpiTupleTable<'conn>> {
-    let key = format!("r:{sql}");
+    let key = format!("r:{types:?}:{sql}");
     let stmt = match take(&key) {
         Some(stmt) => stmt,
         None => client.prepare(sql, types)?.keep(),
@@ -59,21 +60,18 @@ pub fn query<'conn>(
     Ok(result?)
 }
 
-/// [`run`] with the parameter types taken from the arguments (a typed NULL included).
+/// The parameter types of a call, taken from its arguments (a typed NULL included).
+fn types_of(args: &[DatumWithOid<'_>]) -> Vec<PgOid> {
+    args.iter().map(|a| PgOid::from(a.oid())).collect()
+}
+
+/// [`run`] with the parameter types taken from the arguments.
 pub fn exec<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &str,
     args: &[DatumWithOid<'_>],
 ) -> CoreResult<SpiTupleTable<'conn>> {
-    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-    let key = format!("w:{types:?}:{sql}");
-    let stmt = match take(&key) {
-        Some(stmt) => stmt,
-        None => client.prepare_mut(sql, &types)?.keep(),
-    };
-    let result = client.update(&stmt, None, args);
-    put(key, stmt);
-    Ok(result?)
+    run(client, sql, &types_of(args), args)
 }
 
 /// [`query`] with the parameter types taken from the arguments.
@@ -82,15 +80,7 @@ pub fn read<'conn>(
     sql: &str,
     args: &[DatumWithOid<'_>],
 ) -> CoreResult<SpiTupleTable<'conn>> {
-    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-    let key = format!("r:{types:?}:{sql}");
-    let stmt = match take(&key) {
-        Some(stmt) => stmt,
-        None => client.prepare(sql, &types)?.keep(),
-    };
-    let result = client.select(&stmt, None, args);
-    put(key, stmt);
-    Ok(result?)
+    query(client, sql, &types_of(args), args)
 }
 
 fn take(key: &str) -> Option<OwnedPreparedStatement> {

@@ -480,10 +480,6 @@ impl Recorded {
 struct InFlight {
     attempts: i32,
     max_attempts: i32,
-    owner_module: String,
-    owner_id: String,
-    handler: Option<String>,
-    request: Option<JsonB>,
     flow_key: String,
 }
 
@@ -495,8 +491,10 @@ fn lock_in_flight(
     id: i64,
     lease: Option<i32>,
 ) -> CoreResult<Option<InFlight>> {
-    let rows = prepared::exec(client, "SELECT attempts, max_attempts, owner_module, owner_id, handler, body, status::text, flow_key \
-         FROM flowgate.deliveries WHERE id = $1 FOR UPDATE", &[id.into()],
+    let rows = prepared::exec(
+        client,
+        "SELECT attempts, max_attempts, status::text, flow_key FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
+        &[id.into()],
     )?;
     if rows.is_empty() {
         // Deleted meanwhile (an operator's DELETE): nothing to record, and the rest of the
@@ -504,15 +502,11 @@ fn lock_in_flight(
         return Ok(None);
     }
     let first = rows.first();
-    let status: String = first.get(7)?.unwrap_or_default();
+    let status: String = first.get(3)?.unwrap_or_default();
     let row = InFlight {
         attempts: first.get(1)?.unwrap_or(0),
         max_attempts: first.get(2)?.unwrap_or(1),
-        owner_module: first.get(3)?.unwrap_or_default(),
-        owner_id: first.get(4)?.unwrap_or_default(),
-        handler: first.get(5)?,
-        request: first.get(6)?,
-        flow_key: first.get(8)?.unwrap_or_default(),
+        flow_key: first.get(4)?.unwrap_or_default(),
     };
     if status != "in_flight" || lease.is_some_and(|l| l != row.attempts) {
         return Ok(None);
@@ -521,56 +515,44 @@ fn lock_in_flight(
 }
 
 /// Record the outcome of one attempt of an `in_flight` delivery and run its owner's handler.
-/// A delivery with a handler is recorded in a subtransaction: when recording or the handler
-/// raises, their writes are undone and the delivery is kept (a 2xx stays delivered, since
-/// sending it again could post a Slack message twice) with `handler_error` set.
+/// A handler runs in a subtransaction: when it raises, its writes are undone and the delivery
+/// is kept (a 2xx stays delivered, since sending it again could post a Slack message twice)
+/// with `handler_error` set.
 pub fn record(id: i64, lease: Option<i32>, observed: &Observation) -> CoreResult<Recorded> {
     record_with(id, lease, observed, &retry_policy()?)
 }
 
-/// [`record`] with the retry policy already read (a round reads it once).
+/// [`record`] with the retry policy already read: one row through [`record_batch`], under
+/// its lease (or, with none, whatever attempt it is in flight under), and a Retry-After
+/// pauses its flow key.
 pub fn record_with(
     id: i64,
     lease: Option<i32>,
     observed: &Observation,
     policy: &RetryPolicy,
 ) -> CoreResult<Recorded> {
-    let row = Spi::connect_mut(|client| lock_in_flight(client, id, lease))?;
-    let Some(row) = row else {
+    let Some(row) = Spi::connect_mut(|client| lock_in_flight(client, id, lease))? else {
         return Ok(Recorded::Skipped);
     };
     if let Some(d) = pause_of(observed, policy) {
         pause_flows(&[(row.flow_key.as_str(), d)])?;
     }
-    if row.handler.is_none() {
-        return Spi::connect_mut(|client| apply(client, id, &row, observed, policy));
-    }
-    match subxact::run(|| Spi::connect_mut(|client| apply(client, id, &row, observed, policy))) {
-        Ok(Ok(recorded)) => Ok(recorded),
-        Ok(Err(e)) => keep_after_handler_error(id, observed, &format!("{}: {e}", e.sqlstate())),
-        Err(caught) => keep_after_handler_error(
-            id,
-            observed,
-            &format!("{}: {}", caught.sqlstate, caught.message),
-        ),
-    }
-}
-
-fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> CoreResult<Recorded> {
-    keep_after_handler_error_in(id, observed, error, "status = 'in_flight'")
+    let item = Batched {
+        id,
+        lease: row.attempts,
+        max_attempts: row.max_attempts,
+        observed,
+    };
+    Ok(record_batch(&[item], policy)?
+        .pop()
+        .unwrap_or(Recorded::Skipped))
 }
 
 /// The delivery whose handler failed, kept: a 2xx stays delivered (sending again could post a
-/// Slack message twice), anything else is failed; `handler_error` says why. `guard` says which
-/// state the row must still be in.
-fn keep_after_handler_error_in(
-    id: i64,
-    observed: &Observation,
-    error: &str,
-    guard: &str,
-) -> CoreResult<Recorded> {
+/// Slack message twice), anything else is failed; `handler_error` says why.
+fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> CoreResult<Recorded> {
     Spi::run_with_args(
-        &format!("UPDATE flowgate.deliveries \
+        "UPDATE flowgate.deliveries \
             SET status = CASE WHEN $2 BETWEEN 200 AND 299 THEN 'delivered' ELSE 'failed' END::flowgate.delivery_status, \
                 delivered_at = CASE WHEN $2 BETWEEN 200 AND 299 THEN clock_timestamp() END, \
                 last_status_code = $2, response_body = CASE WHEN sensitive THEN NULL ELSE $3 END, response_content_type = $4, \
@@ -578,7 +560,7 @@ fn keep_after_handler_error_in(
                                   THEN 'delivered, but the response handler failed; fix it, then flowgate.rerun_handlers()' \
                                   ELSE 'recording the outcome or running the response handler failed; fix the cause, then flowgate.replay_dead()' END, \
                 handler_error = $5, claimed_at = NULL, updated_at = clock_timestamp() \
-          WHERE id = $1 AND {guard}"),
+          WHERE id = $1",
         &[
             id.into(),
             observed.status_code().into(),
@@ -784,78 +766,17 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
         });
         out.push(match ran {
             Ok(Ok(())) => d.recorded,
-            Ok(Err(e)) => keep_after_handler_error_in(
-                u.id,
-                u.observed,
-                &format!("{}: {e}", e.sqlstate()),
-                "true",
-            )?,
-            Err(c) => keep_after_handler_error_in(
+            Ok(Err(e)) => {
+                keep_after_handler_error(u.id, u.observed, &format!("{}: {e}", e.sqlstate()))?
+            }
+            Err(c) => keep_after_handler_error(
                 u.id,
                 u.observed,
                 &format!("{}: {}", c.sqlstate, c.message),
-                "true",
             )?,
         });
     }
     Ok(out)
-}
-
-/// Write the verdict on the locked row and run the owner's handler.
-fn apply(
-    client: &mut SpiClient<'_>,
-    id: i64,
-    row: &InFlight,
-    observed: &Observation,
-    policy: &RetryPolicy,
-) -> CoreResult<Recorded> {
-    let Decided {
-        verdict,
-        status: new_status,
-        delay_ms,
-        last_error,
-        recorded,
-    } = decide(row.attempts, row.max_attempts, observed, policy);
-    let status_code = observed.status_code();
-    prepared::exec(client, "UPDATE flowgate.deliveries SET status = $2::flowgate.delivery_status, \
-           next_attempt_at = CASE WHEN $2 = 'pending' THEN clock_timestamp() + make_interval(secs => $3::float8 / 1000) ELSE next_attempt_at END, \
-           delivered_at = CASE WHEN $2 = 'delivered' THEN clock_timestamp() ELSE delivered_at END, \
-           last_status_code = $4, last_error = $5, response_body = CASE WHEN sensitive THEN NULL ELSE $6 END, \
-           response_content_type = $7, claimed_at = NULL, updated_at = clock_timestamp(), \
-           body = CASE WHEN sensitive AND $2 <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE body END \
-         WHERE id = $1", &[
-            id.into(),
-            new_status.into(),
-            delay_ms.into(),
-            status_code.into(),
-            last_error.clone().into(),
-            observed.body.clone().into(),
-            observed.content_type.clone().into(),
-        ],
-    )?;
-    let outcome = match verdict {
-        Verdict::Delivered => Some(Outcome::Delivered),
-        Verdict::Failed { .. } => Some(Outcome::Failed),
-        Verdict::Dead { .. } => Some(Outcome::Dead),
-        Verdict::Retry { .. } => None,
-    };
-    if let (Some(outcome), Some(name)) = (outcome, row.handler.as_deref()) {
-        let run = handlers::registered(name)?;
-        let text = observed.body.clone().unwrap_or_default();
-        let call = HandlerCall {
-            delivery_id: id,
-            owner_module: &row.owner_module,
-            owner_id: &row.owner_id,
-            outcome,
-            status_code,
-            response: serde_json::from_str(&text).ok(),
-            response_text: &text,
-            request: row.request.as_ref().map(|j| &j.0),
-            last_error: last_error.as_deref(),
-        };
-        run(client, &call)?;
-    }
-    Ok(recorded)
 }
 
 /// Re-run the handler of a delivered delivery whose handler failed, with its stored response.
