@@ -312,6 +312,10 @@ REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop
     intake.report_commit(text, bigint, integer, text), intake.finalize_transaction(jsonb),
     intake.collect_metrics(text, double precision), intake.publish_realtime() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION intake.claim_resource(text, text) FROM PUBLIC;
+-- The claim statement's plan is the same for every pool and user: plan it once per connection
+-- (a generic plan) instead of five custom plans first, which a drop's short-lived connections pay.
+ALTER FUNCTION intake.claim_resource(text, text) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION intake.claim(text) SET plan_cache_mode = force_generic_plan;
 -- Pool configuration (webhook URLs, secret names) is for the owner and trusted operators.
 DO $grant$
 BEGIN

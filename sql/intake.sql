@@ -41,13 +41,19 @@ COMMENT ON COLUMN intake.engine_config.rate_limit_per_second IS
   'Most intents the drain takes per second from this pool (NULL: batch_size per drain call).';
 SELECT pg_catalog.pg_extension_config_dump('intake.engine_config', '');
 
+-- A slot's state. An enum, not a text column with a CHECK: Postgres re-reads a CHECK's stored
+-- expression in every statement that writes the table, and every claim writes this one.
+CREATE TYPE intake.slot_status AS ENUM ('available', 'locked', 'consumed');
+
 -- Inventory: UNLOGGED for speed. A crash empties it; the pool's pgmq messages are the logged
 -- record of every claim (slot, resource, user), from which it can be rebuilt.
+-- No foreign key, like user_claims below: its trigger would run in every claim's UPDATE;
+-- intake.drop_pool deletes these rows itself.
 CREATE UNLOGGED TABLE intake.allocations (
-    pool_id     text NOT NULL REFERENCES intake.engine_config (pool_id) ON DELETE CASCADE,
+    pool_id     text NOT NULL,
     slot        int NOT NULL,
     resource_id uuid NOT NULL DEFAULT gen_random_uuid(),
-    status      text NOT NULL DEFAULT 'available' CHECK (status IN ('available', 'locked', 'consumed')),
+    status      intake.slot_status NOT NULL DEFAULT 'available',
     locked_by   text,
     locked_at   timestamptz,
     msg_id      bigint,

@@ -29,7 +29,8 @@ BEGIN
 END
 $$;
 
--- The machine's floor: one single-row UPDATE by primary key plus one INSERT.
-CREATE UNLOGGED TABLE bench_ref.floor (id int PRIMARY KEY, v int NOT NULL DEFAULT 0);
+-- The machine's floor: one logged single-row UPDATE by primary key plus one logged INSERT per
+-- transaction (flowgate's slot UPDATE is on an UNLOGGED table; its intent INSERT is logged).
+CREATE TABLE bench_ref.floor (id int PRIMARY KEY, v int NOT NULL DEFAULT 0);
 CREATE TABLE bench_ref.floor_log (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, ref int, at timestamptz DEFAULT now());
 INSERT INTO bench_ref.floor (id) SELECT g FROM generate_series(1, 100000) g;

@@ -29,8 +29,8 @@ q "SELECT intake.create_pool('steady', $POOL, '{\"max_claims_per_user\": 1000000
 q "INSERT INTO bench_ref.allocations (pool_id) SELECT 'steady' FROM generate_series(1, $POOL)" >/dev/null
 q "VACUUM ANALYZE" >/dev/null
 
-printf '%s\n' '\set u random(1, 1000000)' "SELECT intake.claim_resource('steady', 'user-' || :u);" > /tmp/fg-steady-flowgate.sql
-printf '%s\n' '\set u random(1, 1000000)' "SELECT bench_ref.claim_resource('steady', 'user-' || :u);" > /tmp/fg-steady-reference.sql
+printf '%s\n' '\set u random(1, 1000000)' "SELECT intake.claim_resource('steady', 'user-:u');" > /tmp/fg-steady-flowgate.sql
+printf '%s\n' '\set u random(1, 1000000)' "SELECT bench_ref.claim_resource('steady', 'user-:u');" > /tmp/fg-steady-reference.sql
 LOGS=$(mktemp -d); chmod 777 "$LOGS"
 # run SCRIPT CLIENTS: "tps p50_ms p99_ms" from pgbench's per-transaction log (latency in µs, column 3)
 run() {

@@ -12,9 +12,8 @@ mod intake {
         self, RawJsonb, MAX_ERROR_TEXT_BYTES, MAX_JSON_ARG_BYTES, MAX_RESPONSE_ARG_BYTES,
     };
     use crate::core::error::{CoreError, CoreResult};
-    use crate::core::prepared::{self, TEXT};
     use crate::intake::pool::PoolId;
-    use crate::intake::{drain, ledger, store};
+    use crate::intake::{claim, drain, ledger, store};
 
     const CONFIG_KEYS: &[&str] = &[
         "batch_size",
@@ -157,12 +156,14 @@ mod intake {
                 if gone.is_empty() {
                     return Err(CoreError::not_found("pool", pool.as_str()));
                 }
-                // The one table without a foreign key to engine_config (see sql/intake.sql).
-                client.update(
-                    "DELETE FROM intake.user_claims WHERE pool_id = $1",
-                    None,
-                    &[pool.as_str().into()],
-                )?;
+                // The tables without a foreign key to engine_config (see sql/intake.sql).
+                for table in ["intake.user_claims", "intake.allocations"] {
+                    client.update(
+                        &format!("DELETE FROM {table} WHERE pool_id = $1"),
+                        None,
+                        &[pool.as_str().into()],
+                    )?;
+                }
                 for q in [pool.queue(), pool.dlq()] {
                     client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
                 }
@@ -238,143 +239,7 @@ mod intake {
     fn claim_for(pool_id: &str, user_id: &str) -> CoreResult<Value> {
         let pool = PoolId::parse(pool_id)?;
         validate_actor_id("user_id", user_id)?;
-        let seq = pool.slot_sequence();
-        Spi::connect_mut(|client| -> CoreResult<Value> {
-            let cfg = prepared::query(
-                client,
-                "SELECT c.inventory, c.max_claims_per_user, c.paused, s.pool_id IS NOT NULL \
-                   FROM intake.engine_config c LEFT JOIN intake.pool_state s ON s.pool_id = c.pool_id \
-                  WHERE c.pool_id = $1",
-                &[TEXT],
-                &[pool.as_str().into()],
-            )?;
-            if cfg.is_empty() {
-                return Err(CoreError::not_found("pool", pool.as_str()));
-            }
-            let row = cfg.first();
-            let (inventory, max_claims, paused) = row.get_three::<i32, i32, bool>()?;
-            if row.get::<bool>(4)? != Some(true) {
-                // A crash or a restore emptied the UNLOGGED inventory: rebuild it first.
-                store::heal(client, &pool)?;
-            }
-            let (inventory, max_claims) = (inventory.unwrap_or(0), max_claims.unwrap_or(1));
-            if paused == Some(true) {
-                return Ok(json!({"status": "paused", "pool_id": pool.as_str()}));
-            }
-            let sold_out = || json!({"status": "sold_out", "pool_id": pool.as_str()});
-            let int4 = pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID);
-            // (The slot is a scalar subquery, not a join: the primary key lookup must not depend
-            // on statistics, which a freshly created pool does not have yet.)
-            // The whole claim in one statement (one executor run, not four): unless the counter
-            // is past the inventory with nothing given back (sold out: nothing written), count the
-            // user's claim under the limit, take the next slot number, lock that slot if it is
-            // available and send the intent to the pool's queue. What pgmq.send does, as a
-            // prepared INSERT into the queue's table (pgmq.send plans its statement every call).
-            let fast = prepared::run(
-                client,
-                &format!(
-                    "WITH open AS ( \
-                       SELECT 1 FROM {seq} \
-                        WHERE (CASE WHEN is_called THEN last_value ELSE 0 END) < $4 \
-                           OR EXISTS (SELECT FROM intake.released_slots WHERE pool_id = $1)), \
-                     counted AS ( \
-                       INSERT INTO intake.user_claims AS u (pool_id, user_id, claims) SELECT $1, $2, 1 FROM open \
-                       ON CONFLICT (pool_id, user_id) DO UPDATE SET claims = u.claims + 1 WHERE u.claims < $3 RETURNING 1), \
-                     next AS (SELECT nextval('{seq}')::int AS slot FROM counted), \
-                     taken AS ( \
-                       UPDATE intake.allocations a SET status = 'locked', locked_by = $2, locked_at = now() \
-                        WHERE a.pool_id = $1 AND a.slot = (SELECT slot FROM next) AND (SELECT slot FROM next) <= $4 \
-                          AND a.status = 'available' \
-                       RETURNING a.slot, a.resource_id), \
-                     sent AS ( \
-                       INSERT INTO {queue} (vt, message) \
-                       SELECT clock_timestamp(), jsonb_build_object('pool_id', $1, 'slot', slot, 'resource_id', resource_id, 'user_id', $2) \
-                         FROM taken RETURNING msg_id) \
-                     SELECT (SELECT count(*) FROM open)::int, (SELECT count(*) FROM counted)::int, (SELECT slot FROM next), \
-                            (SELECT resource_id::text FROM taken), (SELECT msg_id FROM sent)",
-                    queue = pool.queue_table()
-                ),
-                &[TEXT, TEXT, int4, int4],
-                &[pool.as_str().into(), user_id.into(), max_claims.into(), inventory.into()],
-            )?;
-            let row = fast.first();
-            let open = row.get::<i32>(1)?.unwrap_or(0);
-            let counted = row.get::<i32>(2)?.unwrap_or(0);
-            let first_slot = row.get::<i32>(3)?;
-            let claimed = |slot: i32, resource: String, msg_id: Option<i64>| json!({"status": "claimed", "pool_id": pool.as_str(), "resource_id": resource, "slot": slot, "msg_id": msg_id});
-            if open == 0 {
-                return Ok(sold_out());
-            }
-            if counted == 0 {
-                return Ok(
-                    json!({"status": "limit_reached", "pool_id": pool.as_str(), "max_claims_per_user": max_claims}),
-                );
-            }
-            if let (Some(slot), Some(resource)) = (first_slot, row.get::<String>(4)?) {
-                return Ok(claimed(slot, resource, row.get::<i64>(5)?));
-            }
-            // The rare path: the number was past the inventory (take a given-back slot) or its
-            // slot was taken meanwhile (a reclaim raced a slow claim). The user is counted.
-            let mut next = first_slot;
-            for _ in 0..16 {
-                let mut slot = match next.take() {
-                    Some(s) => s,
-                    None => {
-                        prepared::run(client, &format!("SELECT nextval('{seq}')::int"), &[], &[])?
-                            .first()
-                            .get_one::<i32>()?
-                            .unwrap_or(i32::MAX)
-                    }
-                };
-                if slot > inventory {
-                    let back = prepared::run(
-                        client,
-                        // One given-back slot, picked once (an InitPlan): as a joined subquery the
-                        // pick could be re-run per outer row and delete several slots while
-                        // returning one, losing the others under contention.
-                        "DELETE FROM intake.released_slots WHERE pool_id = $1 AND slot = \
-                         (SELECT slot FROM intake.released_slots WHERE pool_id = $1 LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING slot",
-                        &[TEXT],
-                        &[pool.as_str().into()],
-                    )?;
-                    if back.is_empty() {
-                        prepared::run(
-                            client,
-                            "UPDATE intake.user_claims SET claims = claims - 1 WHERE pool_id = $1 AND user_id = $2",
-                            &[TEXT, TEXT],
-                            &[pool.as_str().into(), user_id.into()],
-                        )?;
-                        return Ok(sold_out());
-                    }
-                    slot = back.first().get_one::<i32>()?.unwrap_or(i32::MAX);
-                }
-                let taken = prepared::run(
-                    client,
-                    "UPDATE intake.allocations SET status = 'locked', locked_by = $3, locked_at = now() \
-                     WHERE pool_id = $1 AND slot = $2 AND status = 'available' RETURNING resource_id::text",
-                    &[TEXT, int4, TEXT],
-                    &[pool.as_str().into(), slot.into(), user_id.into()],
-                )?;
-                if taken.is_empty() {
-                    continue; // given back twice (a reclaim raced a slow claim): take another
-                }
-                let resource: String = taken.first().get_one::<String>()?.unwrap_or_default();
-                let intent = json!({"pool_id": pool.as_str(), "slot": slot, "resource_id": resource, "user_id": user_id});
-                let msg_id = prepared::run(
-                    client,
-                    &format!("INSERT INTO {} (vt, message) VALUES (clock_timestamp(), $1) RETURNING msg_id", pool.queue_table()),
-                    &[prepared::JSONB],
-                    &[JsonB(intent).into()],
-                )?
-                .first()
-                .get_one::<i64>()?;
-                return Ok(claimed(slot, resource, msg_id));
-            }
-            Err(CoreError::Busy {
-                what: format!("pool {}", pool.as_str()),
-                hint: "16 slots in a row were taken by concurrent claims; claim again".into(),
-            })
-        })
+        Spi::connect_mut(|client| claim::claim(client, &pool, user_id))
     }
 
     /// Rebuild a pool's UNLOGGED state after a crash (or a restore) from the logged record:

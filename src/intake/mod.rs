@@ -4,6 +4,7 @@
 //! recovery.
 
 pub mod api;
+pub mod claim;
 pub mod drain;
 pub mod ledger;
 pub mod pool;

@@ -51,7 +51,12 @@ impl PoolId {
 
     /// The sequence handing out slot numbers, schema-qualified and quoted.
     pub fn slot_sequence(&self) -> String {
-        format!("intake.\"slots_{}\"", self.0)
+        format!("intake.\"{}\"", self.slot_sequence_name())
+    }
+
+    /// The slot sequence's name in schema `intake`, unquoted (for catalog lookups).
+    pub fn slot_sequence_name(&self) -> String {
+        format!("slots_{}", self.0)
     }
 }
 

@@ -811,7 +811,7 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
     prepared::exec(client, &format!(
             "INSERT INTO intake.allocations (pool_id, slot, resource_id, status, locked_by, locked_at) \
              SELECT $1, g, coalesce(i.resource_id, gen_random_uuid()), \
-                    CASE WHEN i.slot IS NULL THEN 'available' WHEN i.state = 'committed' THEN 'consumed' ELSE 'locked' END, i.user_id, i.enqueued_at \
+                    (CASE WHEN i.slot IS NULL THEN 'available' WHEN i.state = 'committed' THEN 'consumed' ELSE 'locked' END)::intake.slot_status, i.user_id, i.enqueued_at \
                FROM generate_series(1, $2) g LEFT JOIN (SELECT DISTINCT ON (slot) * FROM ({intents}) x ORDER BY slot, enqueued_at) i ON i.slot = g"
         ), &[pool.as_str().into(), inventory.into()],
     )?;
@@ -858,7 +858,8 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
     Ok(summary.0)
 }
 
-/// Called by a claim that found the pool's UNLOGGED state missing (a crash or a restore): the
+/// Called by a claim that found the pool's UNLOGGED state or its slot sequence missing (a crash
+/// or a restore: sequences are not in dumps either): the
 /// first such claim rebuilds it under a per-pool lock; claims that arrive meanwhile wait for
 /// it, then find the pool intact and carry on. Returns whether this call rebuilt it.
 pub fn heal(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
@@ -866,9 +867,10 @@ pub fn heal(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     )?;
     let intact = client
         .select(
-            "SELECT EXISTS (SELECT FROM intake.pool_state WHERE pool_id = $1)",
+            "SELECT EXISTS (SELECT FROM intake.pool_state WHERE pool_id = $1) \
+                AND pg_catalog.to_regclass($2) IS NOT NULL",
             Some(1),
-            &[pool.as_str().into()],
+            &[pool.as_str().into(), pool.slot_sequence().into()],
         )?
         .first()
         .get_one::<bool>()?

@@ -1,0 +1,245 @@
+//! The claim hot path: one statement per claim in the common case.
+//!
+//! A claim counts the user under the pool's per-user limit, takes the next slot number from the
+//! pool's sequence, locks that slot by primary key and sends the intent to the pool's pgmq
+//! queue. All of that, and the reading of the pool's configuration, is one prepared statement
+//! (one executor run): the pool's live `engine_config` row gates it, so a paused, missing or
+//! crash-emptied pool writes nothing and falls to [`slow_path`], which says why (or heals the
+//! pool and claims again). Slots are taken by primary key, never searched for, so the cost of a
+//! claim does not grow as the pool drains; the only row locks are the user's counter and the
+//! claimed slot.
+
+use std::ffi::CString;
+
+use pgrx::pg_sys;
+use pgrx::spi::SpiClient;
+use serde_json::{json, Value};
+
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::prepared::{self, TEXT};
+use crate::intake::pool::PoolId;
+use crate::intake::store;
+
+/// How many slot numbers one claim may try after its first one was taken by a racing reclaim.
+const MAX_RETAKES: usize = 16;
+
+/// What the one-statement attempt found.
+struct Attempt {
+    /// The pool's per-user limit; `None` when the pool did not let the claim in (missing,
+    /// paused, its UNLOGGED state lost, or sold out with nothing given back).
+    max_claims: Option<i32>,
+    /// The slot number taken once the user was counted; `None` at the user's limit.
+    slot: Option<i32>,
+    /// The claimed resource and its intent's queue message, when the slot was still available.
+    resource_id: Option<String>,
+    msg_id: Option<i64>,
+}
+
+/// Claim one resource of `pool` for `user` (already validated), answering with the claim or
+/// with why there was none (`sold_out`, `limit_reached`, `paused`).
+pub fn claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResult<Value> {
+    let mut healed = false;
+    let attempt = loop {
+        // The claim statement names the pool's sequence and queue, so it runs only once the
+        // sequence is known to exist (a catalog-cache lookup, no statement).
+        if sequence_exists(pool) {
+            let attempt = try_claim(client, pool, user)?;
+            if attempt.max_claims.is_some() {
+                break attempt;
+            }
+        }
+        match slow_path(client, pool)? {
+            Refusal::Answer(answer) => return Ok(answer),
+            // At most once: a pool whose state was lost is rebuilt, then claimed from again.
+            Refusal::Healed if !healed => healed = true,
+            Refusal::Healed => {
+                return Err(CoreError::Busy {
+                    what: format!("pool {}", pool.as_str()),
+                    hint: "the pool was being rebuilt after a restart; claim again".into(),
+                })
+            }
+        }
+    };
+    let max_claims = attempt.max_claims.unwrap_or(1);
+    let Some(slot) = attempt.slot else {
+        return Ok(json!({"status": "limit_reached", "pool_id": pool.as_str(), "max_claims_per_user": max_claims}));
+    };
+    if let Some(resource) = attempt.resource_id {
+        return Ok(claimed(pool, slot, &resource, attempt.msg_id));
+    }
+    retake(client, pool, user, slot)
+}
+
+/// Whether the pool's slot sequence exists, from the catalog cache.
+fn sequence_exists(pool: &PoolId) -> bool {
+    let Ok(name) = CString::new(pool.slot_sequence_name()) else {
+        return false;
+    };
+    // SAFETY: both lookups only read the catalog caches; the names are NUL-terminated.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"intake".as_ptr(), true);
+        schema != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(name.as_ptr(), schema) != pg_sys::InvalidOid
+    }
+}
+
+fn claimed(pool: &PoolId, slot: i32, resource: &str, msg_id: Option<i64>) -> Value {
+    json!({"status": "claimed", "pool_id": pool.as_str(), "resource_id": resource, "slot": slot, "msg_id": msg_id})
+}
+
+fn sold_out(pool: &PoolId) -> Value {
+    json!({"status": "sold_out", "pool_id": pool.as_str()})
+}
+
+/// The whole claim in one statement: unless the pool is paused, missing, not rebuilt since a
+/// crash, or its counter is past the inventory with nothing given back (then nothing is
+/// written), count the user's claim under the limit, take the next slot number, lock that slot
+/// if it is still available and send the intent to the pool's queue. The queue write is what
+/// `pgmq.send` does, as a prepared INSERT into the queue's table (`pgmq.send` plans its
+/// statement on every call).
+fn try_claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResult<Attempt> {
+    // Each value the later steps need is a scalar subquery (an InitPlan run once): the slot's
+    // primary-key lookup then never depends on join statistics, which a new pool lacks.
+    let sql = format!(
+        "WITH open AS ( \
+           SELECT c.inventory, c.max_claims_per_user FROM intake.engine_config c \
+            WHERE c.pool_id = $1 AND NOT c.paused \
+              AND EXISTS (SELECT FROM intake.pool_state s WHERE s.pool_id = $1) \
+              AND ((SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}) < c.inventory \
+                   OR EXISTS (SELECT FROM intake.released_slots r WHERE r.pool_id = $1))), \
+         counted AS ( \
+           INSERT INTO intake.user_claims AS u (pool_id, user_id, claims) SELECT $1, $2, 1 FROM open \
+           ON CONFLICT (pool_id, user_id) DO UPDATE SET claims = u.claims + 1 \
+            WHERE u.claims < (SELECT max_claims_per_user FROM open) \
+           RETURNING nextval('{seq}')::int AS slot), \
+         taken AS ( \
+           UPDATE intake.allocations a SET status = 'locked', locked_by = $2, locked_at = now() \
+            WHERE a.pool_id = $1 AND a.slot = (SELECT slot FROM counted) \
+              AND a.slot <= (SELECT inventory FROM open) AND a.status = 'available' \
+           RETURNING a.slot, a.resource_id), \
+         sent AS ( \
+           INSERT INTO {queue} (vt, message) \
+           SELECT clock_timestamp(), jsonb_build_object('pool_id', $1, 'slot', slot, 'resource_id', resource_id, 'user_id', $2) \
+             FROM taken RETURNING msg_id) \
+         SELECT (SELECT max_claims_per_user FROM open), (SELECT slot FROM counted), \
+                (SELECT resource_id::text FROM taken), (SELECT msg_id FROM sent)",
+        seq = pool.slot_sequence(),
+        queue = pool.queue_table()
+    );
+    let rows = prepared::run(client, &sql, &[TEXT, TEXT], &[pool.as_str().into(), user.into()])?;
+    let row = rows.first();
+    Ok(Attempt {
+        max_claims: row.get::<i32>(1)?,
+        slot: row.get::<i32>(2)?,
+        resource_id: row.get::<String>(3)?,
+        msg_id: row.get::<i64>(4)?,
+    })
+}
+
+/// Why a pool let no claim in, read after the one-statement attempt wrote nothing.
+enum Refusal {
+    Answer(Value),
+    /// The pool's UNLOGGED state had been lost (a crash or a restore) and is rebuilt now.
+    Healed,
+}
+
+fn slow_path(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Refusal> {
+    let cfg = prepared::query(
+        client,
+        "SELECT c.paused, EXISTS (SELECT FROM intake.pool_state s WHERE s.pool_id = c.pool_id) \
+           FROM intake.engine_config c WHERE c.pool_id = $1",
+        &[TEXT],
+        &[pool.as_str().into()],
+    )?;
+    if cfg.is_empty() {
+        return Err(CoreError::not_found("pool", pool.as_str()));
+    }
+    let (paused, intact) = cfg.first().get_two::<bool, bool>()?;
+    if intact != Some(true) || !sequence_exists(pool) {
+        // Rebuilt here, or by a concurrent claim this one waited for: claim again either way.
+        store::heal(client, pool)?;
+        return Ok(Refusal::Healed);
+    }
+    if paused == Some(true) {
+        return Ok(Refusal::Answer(json!({"status": "paused", "pool_id": pool.as_str()})));
+    }
+    Ok(Refusal::Answer(sold_out(pool)))
+}
+
+/// The rare path: the user is counted and holds slot number `first`, but that number was past
+/// the inventory (then a given-back slot is taken instead) or its slot was taken meanwhile (a
+/// reclaim raced a slow claim; then the next number is tried). Sold out after all: the user's
+/// count is given back.
+fn retake(client: &mut SpiClient<'_>, pool: &PoolId, user: &str, first: i32) -> CoreResult<Value> {
+    let int4 = pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID);
+    let inventory = prepared::query(
+        client,
+        "SELECT inventory FROM intake.engine_config WHERE pool_id = $1",
+        &[TEXT],
+        &[pool.as_str().into()],
+    )?
+    .first()
+    .get_one::<i32>()?
+    .unwrap_or(0);
+    let seq = pool.slot_sequence();
+    let mut next = Some(first);
+    for _ in 0..MAX_RETAKES {
+        let mut slot = match next.take() {
+            Some(s) => s,
+            None => prepared::run(client, &format!("SELECT nextval('{seq}')::int"), &[], &[])?
+                .first()
+                .get_one::<i32>()?
+                .unwrap_or(i32::MAX),
+        };
+        if slot > inventory {
+            let back = prepared::run(
+                client,
+                // One given-back slot, picked once (an InitPlan): as a joined subquery the pick
+                // could be re-run per outer row and delete several slots while returning one,
+                // losing the others under contention.
+                "DELETE FROM intake.released_slots WHERE pool_id = $1 AND slot = \
+                 (SELECT slot FROM intake.released_slots WHERE pool_id = $1 LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING slot",
+                &[TEXT],
+                &[pool.as_str().into()],
+            )?;
+            if back.is_empty() {
+                prepared::run(
+                    client,
+                    "UPDATE intake.user_claims SET claims = claims - 1 WHERE pool_id = $1 AND user_id = $2",
+                    &[TEXT, TEXT],
+                    &[pool.as_str().into(), user.into()],
+                )?;
+                return Ok(sold_out(pool));
+            }
+            slot = back.first().get_one::<i32>()?.unwrap_or(i32::MAX);
+        }
+        let taken = prepared::run(
+            client,
+            "UPDATE intake.allocations SET status = 'locked', locked_by = $3, locked_at = now() \
+             WHERE pool_id = $1 AND slot = $2 AND status = 'available' RETURNING resource_id::text",
+            &[TEXT, int4, TEXT],
+            &[pool.as_str().into(), slot.into(), user.into()],
+        )?;
+        if taken.is_empty() {
+            continue; // given back twice (a reclaim raced a slow claim): take another
+        }
+        let resource: String = taken.first().get_one::<String>()?.unwrap_or_default();
+        let intent = json!({"pool_id": pool.as_str(), "slot": slot, "resource_id": resource, "user_id": user});
+        let msg_id = prepared::run(
+            client,
+            &format!(
+                "INSERT INTO {} (vt, message) VALUES (clock_timestamp(), $1) RETURNING msg_id",
+                pool.queue_table()
+            ),
+            &[prepared::JSONB],
+            &[pgrx::JsonB(intent).into()],
+        )?
+        .first()
+        .get_one::<i64>()?;
+        return Ok(claimed(pool, slot, &resource, msg_id));
+    }
+    Err(CoreError::Busy {
+        what: format!("pool {}", pool.as_str()),
+        hint: format!("{MAX_RETAKES} slots in a row were taken by concurrent claims; claim again"),
+    })
+}
