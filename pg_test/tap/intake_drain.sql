@@ -11,10 +11,10 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(79);
+SELECT plan(83);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext'] $$;
+    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch'] $$;
 -- Until none of this file's deliveries is in flight or due (the worker may be sending them).
 CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -273,6 +273,25 @@ SELECT is((SELECT array_agg(m ->> 'pool_id' ORDER BY m ->> 'pool_id') FROM jsonb
           ARRAY['tap_down', 'tap_ext', 'tap_ledger', 'tap_refused'], 'a pool sampled less than min_interval ago is skipped');
 SELECT throws_ok($$SELECT intake.collect_metrics('tap_nope')$$, 'P0002', NULL, 'metrics of an unknown pool is P0002');
 ROLLBACK;
+
+-- ---- A recording round's replies at once (batch handlers), a failing delivery isolated -------
+SELECT intake.create_pool('tap_batch', 4, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "drain_mode": "external"}') \g /dev/null
+SELECT intake.claim_resource('tap_batch', u) FROM (VALUES ('b1'), ('b2'), ('b3')) v(u) \g /dev/null
+BEGIN;
+SELECT is(intake.drain('tap_batch') ->> 'handed_to_outbox', '3', 'the drain hands its three validation requests over in one statement');
+-- A fourth delivery for the same handler whose owner names no queue message: the batch form
+-- raises on it, so the round falls back to one subtransaction per delivery.
+SELECT flowgate.enqueue_delivery('intake', 'tap_batch:not-a-message', 'http://127.0.0.1:5597/ok', 'tap-batch-bogus', '{}',
+                                 handler => 'intake.validation') \g /dev/null
+COMMIT;
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_batch'), 3,
+          'the three intents are validated and committed though a delivery of their round failed in its handler');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'tap_batch:%' AND handler_error IS NOT NULL), 1,
+          'only that delivery keeps a handler error');
+SELECT matches((SELECT handler_error FROM flowgate.deliveries WHERE idempotency_key = 'tap-batch-bogus'), 'intake delivery owner',
+               'which says what was wrong');
 
 -- ---- Clean up ---------------------------------------------------------------------------------
 SELECT pg_temp.settle() \g /dev/null

@@ -18,6 +18,7 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
     name: "capacity",
     settings: settings::DEFINITIONS,
     handlers: crate::core::module::handlers(notify::HANDLERS),
+    batch_handlers: &[],
     jobs: &[Job {
         name: "capacity.timers",
         schedule_setting: "capacity.timers_schedule",

@@ -2,7 +2,7 @@
 //! its periodic jobs. Each module exposes a `MODULE`; the crate root lists them
 //! (`crate::MODULES`) and core reads that list, so core never names a module.
 
-use super::outbox::handlers::Handler;
+use super::outbox::handlers::{BatchHandler, Handler};
 use super::schedules::Job;
 use super::settings::Definition;
 
@@ -12,6 +12,9 @@ pub struct Module {
     pub settings: &'static [Definition],
     /// Response handlers by name (`<module>.<handler>`), as deliveries reference them.
     pub handlers: &'static [(&'static str, Handler)],
+    /// Optional batch forms of some of those handlers: one call for all of a recording round's
+    /// deliveries with that handler (see `core::outbox::handlers::BatchHandler`).
+    pub batch_handlers: &'static [(&'static str, BatchHandler)],
     pub jobs: &'static [Job],
 }
 
@@ -21,6 +24,17 @@ pub struct Module {
 pub const fn handlers(
     list: &'static [(&'static str, Handler)],
 ) -> &'static [(&'static str, Handler)] {
+    if cfg!(test) {
+        &[]
+    } else {
+        list
+    }
+}
+
+/// A module's batch handlers, empty in the pure unit-test binary like [`handlers`].
+pub const fn batch_handlers(
+    list: &'static [(&'static str, BatchHandler)],
+) -> &'static [(&'static str, BatchHandler)] {
     if cfg!(test) {
         &[]
     } else {
@@ -51,6 +65,13 @@ mod unit_tests {
             }
             for (h, _) in m.handlers {
                 assert!(h.starts_with(&prefix), "handler {h} of {}", m.name);
+            }
+            for (h, _) in m.batch_handlers {
+                assert!(
+                    m.handlers.iter().any(|(n, _)| n == h),
+                    "batch handler {h} of {} has no single-delivery form",
+                    m.name
+                );
             }
             for j in m.jobs {
                 assert!(j.name.starts_with(&prefix), "job {} of {}", j.name, m.name);

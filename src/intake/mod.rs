@@ -8,6 +8,7 @@ pub mod claim;
 pub mod drain;
 pub mod ledger;
 pub mod pool;
+pub mod replies;
 pub mod settings;
 pub mod store;
 
@@ -17,7 +18,8 @@ use crate::core::schedules::Job;
 pub static MODULE: crate::core::module::Module = crate::core::module::Module {
     name: "intake",
     settings: settings::DEFINITIONS,
-    handlers: crate::core::module::handlers(store::HANDLERS),
+    handlers: crate::core::module::handlers(replies::HANDLERS),
+    batch_handlers: crate::core::module::batch_handlers(replies::BATCH_HANDLERS),
     jobs: &[
         Job {
             name: "intake.drain",

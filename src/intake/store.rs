@@ -3,13 +3,14 @@
 //! outbox response handlers, the ledger insert and the metrics sample. The rules themselves are
 //! in `intake::drain` (pure).
 
+use std::collections::HashMap;
+
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::delivery::NewDelivery;
-use crate::core::outbox::handlers::{Handler, HandlerCall};
 use crate::core::outbox::store::{self as outbox, Rearmed};
 use crate::core::prepared;
 use crate::intake::drain::{self, Action, IntentState, Stage, Step};
@@ -122,7 +123,7 @@ fn patch(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64, fields: Value) 
     Ok(())
 }
 
-fn log_outcome(client: &mut SpiClient<'_>, pool: &PoolId, outcome: &str, n: i64) -> CoreResult<()> {
+pub fn log_outcome(client: &mut SpiClient<'_>, pool: &PoolId, outcome: &str, n: i64) -> CoreResult<()> {
     if n > 0 {
         prepared::exec(
             client,
@@ -213,6 +214,99 @@ fn complete(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreR
     log_outcome(client, pool, "committed", 1)
 }
 
+/// The intents with these ids still in the queue, locked (in id order), by id.
+pub fn lock_many(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    msg_ids: &[i64],
+) -> CoreResult<HashMap<i64, Intent>> {
+    let rows = prepared::exec(
+        client,
+        &format!(
+            "SELECT msg_id, read_ct, message FROM {} WHERE msg_id = ANY ($1) ORDER BY msg_id FOR UPDATE",
+            pool.queue_table()
+        ),
+        &[msg_ids.to_vec().into()],
+    )?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let msg_id: i64 = r.get(1)?.unwrap_or(0);
+        out.insert(
+            msg_id,
+            Intent {
+                msg_id,
+                read_ct: r.get(2)?.unwrap_or(1),
+                message: r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// [`mark_validated`] for many intents in two statements: each intent gets the validation
+/// record under its id in `records`.
+pub fn mark_validated_many(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intents: &mut [Intent],
+    records: Vec<(i64, Value)>,
+) -> CoreResult<()> {
+    let mut patches = Map::with_capacity(records.len());
+    for (msg_id, record) in records {
+        patches.insert(
+            msg_id.to_string(),
+            json!({"state": "validated", "validation": record, "last_error": null}),
+        );
+    }
+    let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
+    for intent in intents.iter_mut() {
+        if let (Value::Object(m), Some(Value::Object(f))) =
+            (&mut intent.message, patches.get(&intent.msg_id.to_string()))
+        {
+            m.extend(f.clone());
+        }
+    }
+    prepared::exec(
+        client,
+        &format!(
+            "UPDATE {} SET message = message || ($2 -> msg_id::text) WHERE msg_id = ANY ($1)",
+            pool.queue_table()
+        ),
+        &[ids.into(), JsonB(Value::Object(patches)).into()],
+    )?;
+    log_outcome(client, pool, "validated", intents.len() as i64)
+}
+
+/// [`complete`] for many intents in three statements.
+pub fn complete_many(client: &mut SpiClient<'_>, pool: &PoolId, intents: &[Intent]) -> CoreResult<()> {
+    if intents.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
+    let slots: Vec<i32> = intents.iter().filter_map(|i| slot_of(&i.message)).collect();
+    prepared::exec(
+        client,
+        &format!(
+            "WITH moved AS (DELETE FROM {queue} WHERE msg_id = ANY ($1) \
+                            RETURNING msg_id, read_ct, enqueued_at, last_read_at, vt, message || $2 AS message, headers) \
+             INSERT INTO {archive} (msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers) \
+             SELECT msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers FROM moved",
+            queue = pool.queue_table(),
+            archive = pool.archive_table()
+        ),
+        &[
+            ids.into(),
+            JsonB(json!({"state": "committed", "last_error": null})).into(),
+        ],
+    )?;
+    prepared::exec(
+        client,
+        "UPDATE intake.allocations SET status = 'consumed' WHERE pool_id = $1 AND slot = ANY ($2)",
+        &[pool.as_str().into(), slots.into()],
+    )?;
+    log_outcome(client, pool, "committed", intents.len() as i64)
+}
+
 /// Park the intent in the dead-letter queue with the reason; its resource stays locked (never
 /// sold twice, never lost) until an operator replays it.
 fn dead_letter(
@@ -254,7 +348,7 @@ fn note_error(
 }
 
 /// Commit into this database's ledger (commit_target NULL).
-fn commit_locally(
+pub fn commit_locally(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
     intent: &Intent,
@@ -321,7 +415,7 @@ pub fn stage_request(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage)
 }
 
 /// The outbox delivery for one stage of an intent (re-armed on every read).
-fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreResult<NewDelivery> {
+pub fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreResult<NewDelivery> {
     let req = stage_request(cfg, pool, intent, stage);
     let handler = match stage {
         Stage::Validate => "intake.validation",
@@ -396,6 +490,7 @@ pub fn start(
     let mut out = Started::default();
     let intents = read(client, pool, cfg.visibility_timeout, budget)?;
     out.read = intents.len();
+    let mut requests = Vec::new();
     for intent in intents {
         match drain::plan(
             intent.state(),
@@ -419,13 +514,17 @@ pub fn start(
                 } else {
                     Stage::Commit
                 };
-                match outbox::rearm(client, &delivery(cfg, pool, &intent, stage)?)? {
-                    Rearmed::Created(id) | Rearmed::Again(id) => out.deliveries.push(id),
-                    // The previous read's attempt is still out (pg_net answers later), or was
-                    // delivered and its handler failed (flowgate.rerun_handlers): nothing to send.
-                    Rearmed::Busy(_) | Rearmed::Delivered(_) => out.waiting += 1,
-                }
+                requests.push(delivery(cfg, pool, &intent, stage)?);
             }
+        }
+    }
+    // The batch's requests in one statement (those never sent before; the rest one by one).
+    for rearmed in outbox::rearm_many(client, &requests)? {
+        match rearmed {
+            Rearmed::Created(id) | Rearmed::Again(id) => out.deliveries.push(id),
+            // The previous read's attempt is still out (pg_net answers later), or was
+            // delivered and its handler failed (flowgate.rerun_handlers): nothing to send.
+            Rearmed::Busy(_) | Rearmed::Delivered(_) => out.waiting += 1,
         }
     }
     Ok(out)
@@ -522,62 +621,6 @@ fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String 
         (None, Some(e)) => format!("{stage}: {e}"),
         (None, None) => format!("{stage}: no response"),
     }
-}
-
-/// The outbox response handlers of the drain.
-pub const HANDLERS: &[(&str, Handler)] = &[
-    ("intake.validation", on_validation),
-    ("intake.commit", on_commit),
-];
-
-fn owner(call: &HandlerCall<'_>) -> CoreResult<(PoolId, i64)> {
-    let (pool, msg) = call
-        .owner_id
-        .rsplit_once(':')
-        .ok_or_else(|| CoreError::Internal(format!("intake delivery owner {:?}", call.owner_id)))?;
-    let msg_id = msg
-        .parse::<i64>()
-        .map_err(|_| CoreError::Internal(format!("intake delivery owner {:?}", call.owner_id)))?;
-    Ok((PoolId::parse(pool)?, msg_id))
-}
-
-fn pool_exists(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
-    Ok(!client
-        .select(
-            "SELECT FROM intake.engine_config WHERE pool_id = $1",
-            Some(1),
-            &[pool.as_str().into()],
-        )?
-        .is_empty())
-}
-
-fn on_validation(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
-    let (pool, msg_id) = owner(call)?;
-    if !pool_exists(client, &pool)? {
-        return Ok(()); // dropped while the request was out
-    }
-    let reply = HttpReply {
-        status: call.status_code,
-        response: call.response.as_ref(),
-        text: call.response_text,
-        error: call.last_error,
-    };
-    if apply_validation(client, &pool, msg_id, &reply, true)? == "retry_later" {
-        // Not dead: the intent's next read sends it again.
-        outbox::park(client, call.delivery_id)?;
-    }
-    Ok(())
-}
-
-fn on_commit(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
-    let (pool, msg_id) = owner(call)?;
-    if !pool_exists(client, &pool)? {
-        return Ok(());
-    }
-    if apply_commit(client, &pool, msg_id, call.status_code, call.last_error)? == "retry_later" {
-        outbox::park(client, call.delivery_id)?;
-    }
-    Ok(())
 }
 
 /// Write a ledger entry once per idempotency key. The same key again returns the first row

@@ -20,6 +20,7 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
     name: "ops",
     settings: settings::DEFINITIONS,
     handlers: &[],
+    batch_handlers: &[],
     jobs: &[Job {
         // Gates bypassed by an exception that has since expired are re-evaluated.
         name: "ops.expiry",

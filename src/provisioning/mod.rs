@@ -18,6 +18,7 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
     name: "provisioning",
     settings: settings::DEFINITIONS,
     handlers: crate::core::module::handlers(runner::HANDLERS),
+    batch_handlers: &[],
     jobs: &[Job {
         name: "provisioning.run",
         schedule_setting: "provisioning.run_schedule",

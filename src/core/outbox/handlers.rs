@@ -49,6 +49,12 @@ pub struct HandlerCall<'a> {
 
 pub type Handler = for<'c, 'a> fn(&mut SpiClient<'c>, &HandlerCall<'a>) -> CoreResult<()>;
 
+/// A handler's batch form: all of one recording round's deliveries with that handler at once,
+/// with the same effect as calling the single form on each. It runs in one subtransaction; if
+/// it raises, that is rolled back and the single form runs for each delivery in its own, so a
+/// failing delivery is isolated exactly as without the batch form.
+pub type BatchHandler = for<'c, 'a, 'b> fn(&mut SpiClient<'c>, &'b [HandlerCall<'a>]) -> CoreResult<()>;
+
 /// Every handler flowgate knows, by name: those of each module (`core::module`).
 fn registry() -> Vec<(&'static str, Handler)> {
     #[allow(unused_mut)]
@@ -59,6 +65,15 @@ fn registry() -> Vec<(&'static str, Handler)> {
     #[cfg(any(test, feature = "pg_test"))]
     all.extend(crate::core::tests::outbox_handlers());
     all
+}
+
+/// The batch form of the handler called `name`, when its module gives one.
+pub fn find_batch(name: &str) -> Option<BatchHandler> {
+    crate::core::module::all()
+        .iter()
+        .flat_map(|m| m.batch_handlers.iter())
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| *h)
 }
 
 pub fn find(name: &str) -> Option<Handler> {

@@ -28,53 +28,7 @@ pub struct Enqueued {
 /// Enqueue a delivery in the caller's transaction. Enqueueing the same idempotency key again
 /// is a no-op that returns the first row; reusing a key for another owner is 23505.
 pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueued> {
-    delivery::validate(d)?;
-    if let Some(h) = &d.handler {
-        if handlers::find(h).is_none() {
-            return Err(CoreError::invalid(
-                "handler",
-                format!("{h:?} is not a registered response handler"),
-                handlers::names().join(", "),
-            ));
-        }
-    }
-    let max_attempts = match d.max_attempts {
-        Some(m) => m,
-        None => settings::get_i64("flowgate.http_max_attempts")? as i32,
-    };
-    let timeout_ms = match d.timeout_ms {
-        Some(t) => t,
-        None => settings::get_i64("flowgate.http_timeout_ms")? as i32,
-    };
-    let inserted = prepared::exec(client, "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
-         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15, $16, $17) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id", &[
-            d.owner_module.as_str().into(),
-            d.owner_id.as_str().into(),
-            d.handler.as_deref().into(),
-            d.method.as_str().into(),
-            d.url.as_str().into(),
-            JsonB(Value::Object(d.headers.clone())).into(),
-            d.auth_secret.as_deref().into(),
-            d.auth_header.as_str().into(),
-            d.auth_scheme.as_str().into(),
-            d.body.clone().map(JsonB).into(),
-            d.idempotency_key.as_str().into(),
-            max_attempts.into(),
-            timeout_ms.into(),
-            d.parked.into(),
-            d.wire_key.as_deref().into(),
-            d.sensitive.into(),
-            d.effective_flow_key().into(),
-        ],
-    )?;
-    if !inserted.is_empty() {
-        let id = inserted
-            .first()
-            .get_one::<i64>()?
-            .ok_or_else(|| CoreError::Internal("INSERT returned no id".into()))?;
+    if let Some(id) = insert(client, d, false)? {
         return Ok(Enqueued { id, created: true });
     }
     let existing = prepared::read(
@@ -101,6 +55,115 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
     Ok(Enqueued { id, created: false })
 }
 
+/// Check a delivery before it is stored (its fields, its handler) and fill in the default
+/// attempt and timeout limits: `(max_attempts, timeout_ms)`.
+fn checked_limits(d: &NewDelivery) -> CoreResult<(i32, i32)> {
+    delivery::validate(d)?;
+    if let Some(h) = &d.handler {
+        if handlers::find(h).is_none() {
+            return Err(CoreError::invalid(
+                "handler",
+                format!("{h:?} is not a registered response handler"),
+                handlers::names().join(", "),
+            ));
+        }
+    }
+    let max_attempts = match d.max_attempts {
+        Some(m) => m,
+        None => settings::get_i64("flowgate.http_max_attempts")? as i32,
+    };
+    let timeout_ms = match d.timeout_ms {
+        Some(t) => t,
+        None => settings::get_i64("flowgate.http_timeout_ms")? as i32,
+    };
+    Ok((max_attempts, timeout_ms))
+}
+
+/// [`rearm`] for many deliveries (a drain's batch): the keys never enqueued before are inserted
+/// in one statement, the others rearmed one by one. Answers in the order given.
+pub fn rearm_many(client: &mut SpiClient<'_>, ds: &[NewDelivery]) -> CoreResult<Vec<Rearmed>> {
+    if ds.len() < 2 {
+        return ds.iter().map(|d| rearm(client, d)).collect();
+    }
+    let mut rows = Vec::with_capacity(ds.len());
+    for d in ds {
+        let (max_attempts, timeout_ms) = checked_limits(d)?;
+        rows.push(serde_json::json!({
+            "owner_module": d.owner_module, "owner_id": d.owner_id, "handler": d.handler,
+            "method": d.method, "url": d.url, "headers": d.headers, "auth_secret": d.auth_secret,
+            "auth_header": d.auth_header, "auth_scheme": d.auth_scheme, "body": d.body,
+            "idempotency_key": d.idempotency_key, "max_attempts": max_attempts,
+            "timeout_ms": timeout_ms, "parked": d.parked, "wire_key": d.wire_key,
+            "sensitive": d.sensitive, "flow_key": d.effective_flow_key(),
+        }));
+    }
+    // Only keys with no row at all (visible or not yet committed), as in `insert(.., true)`:
+    // never waiting for a row another transaction is recording.
+    let inserted = prepared::exec(client, "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key) \
+         SELECT r.owner_module, r.owner_id, r.handler, r.method, r.url, r.headers, r.auth_secret, r.auth_header, r.auth_scheme, \
+                r.body, r.idempotency_key, r.max_attempts, r.timeout_ms, \
+                CASE WHEN r.parked THEN 'infinity'::timestamptz ELSE now() END, r.wire_key, r.sensitive, r.flow_key \
+           FROM jsonb_to_recordset($1) AS r (owner_module text, owner_id text, handler text, method text, url text, \
+                headers jsonb, auth_secret text, auth_header text, auth_scheme text, body jsonb, idempotency_key text, \
+                max_attempts int, timeout_ms int, parked bool, wire_key text, sensitive bool, flow_key text) \
+          WHERE NOT EXISTS (SELECT FROM flowgate.deliveries x WHERE x.idempotency_key = r.idempotency_key) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
+        &[JsonB(Value::Array(rows)).into()],
+    )?;
+    let mut created = std::collections::HashMap::with_capacity(inserted.len());
+    for row in inserted {
+        if let (Some(id), Some(key)) = (row.get::<i64>(1)?, row.get::<String>(2)?) {
+            created.insert(key, id);
+        }
+    }
+    let mut out = Vec::with_capacity(ds.len());
+    for d in ds {
+        out.push(match created.remove(&d.idempotency_key) {
+            Some(id) => Rearmed::Created(id),
+            None => rearm(client, d)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Insert a validated delivery unless its idempotency key is taken; its id when inserted.
+/// `if_absent`: only when no row with the key is visible at all, so the call never waits for
+/// a row another transaction is recording (which the caller may be blocking).
+fn insert(client: &mut SpiClient<'_>, d: &NewDelivery, if_absent: bool) -> CoreResult<Option<i64>> {
+    let (max_attempts, timeout_ms) = checked_limits(d)?;
+    let inserted = prepared::exec(client, "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15, $16, $17 \
+          WHERE NOT $18 OR NOT EXISTS (SELECT FROM flowgate.deliveries WHERE idempotency_key = $11) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id", &[
+            d.owner_module.as_str().into(),
+            d.owner_id.as_str().into(),
+            d.handler.as_deref().into(),
+            d.method.as_str().into(),
+            d.url.as_str().into(),
+            JsonB(Value::Object(d.headers.clone())).into(),
+            d.auth_secret.as_deref().into(),
+            d.auth_header.as_str().into(),
+            d.auth_scheme.as_str().into(),
+            d.body.clone().map(JsonB).into(),
+            d.idempotency_key.as_str().into(),
+            max_attempts.into(),
+            timeout_ms.into(),
+            d.parked.into(),
+            d.wire_key.as_deref().into(),
+            d.sensitive.into(),
+            d.effective_flow_key().into(),
+            if_absent.into(),
+        ],
+    )?;
+    if inserted.is_empty() {
+        return Ok(None);
+    }
+    Ok(inserted.first().get_one::<i64>()?)
+}
+
 /// What [`rearm`] did with a delivery whose owner paces its retries itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rearmed {
@@ -121,6 +184,10 @@ pub enum Rearmed {
 /// this call says now (body, owner id, URL, headers, secret, timeout and flow key may change
 /// from try to try, e.g. an operator fixing a webhook URL; the Idempotency-Key stays).
 pub fn rearm(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed> {
+    // The common case, a key never enqueued, in one statement.
+    if let Some(id) = insert(client, d, true)? {
+        return Ok(Rearmed::Created(id));
+    }
     // Never wait for a row someone is recording (its handler may be waiting for a lock this
     // caller holds, e.g. the intent a drain has just read): a locked row is busy.
     let rows = prepared::exec(
@@ -729,10 +796,16 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
         }
         Ok::<_, CoreError>(out)
     })?;
-    let mut out = Vec::with_capacity(items.len());
-    for (u, d) in items.iter().zip(decided) {
-        let Some((handler, owner_module, owner_id, request)) = written.get(&u.id) else {
-            out.push(Recorded::Skipped);
+    let texts: Vec<String> = items
+        .iter()
+        .map(|u| u.observed.body.clone().unwrap_or_default())
+        .collect();
+    let mut out: Vec<Option<Recorded>> = Vec::with_capacity(items.len());
+    // The deliveries whose handler runs now: (position, handler, outcome).
+    let mut due: Vec<(usize, &str, Outcome)> = Vec::new();
+    for (i, (u, d)) in items.iter().zip(&decided).enumerate() {
+        let Some((handler, ..)) = written.get(&u.id) else {
+            out.push(Some(Recorded::Skipped));
             continue;
         };
         let outcome = match d.verdict {
@@ -740,43 +813,91 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
             Verdict::Failed { .. } => Outcome::Failed,
             Verdict::Dead { .. } => Outcome::Dead,
             Verdict::Retry { .. } => {
-                out.push(d.recorded);
+                out.push(Some(d.recorded));
                 continue;
             }
         };
         let Some(name) = handler else {
-            out.push(d.recorded);
+            out.push(Some(d.recorded));
             continue;
         };
-        let text = u.observed.body.clone().unwrap_or_default();
-        let call = HandlerCall {
-            delivery_id: u.id,
-            owner_module,
-            owner_id,
-            outcome,
-            status_code: u.observed.status_code(),
-            response: serde_json::from_str(&text).ok(),
-            response_text: &text,
-            request: request.as_ref().map(|j| &j.0),
-            last_error: d.last_error.as_deref(),
-        };
-        let ran = subxact::run(|| {
-            let run = handlers::registered(name)?;
-            Spi::connect_mut(|client| run(client, &call))
-        });
-        out.push(match ran {
-            Ok(Ok(())) => d.recorded,
-            Ok(Err(e)) => {
-                keep_after_handler_error(u.id, u.observed, &format!("{}: {e}", e.sqlstate()))?
-            }
-            Err(c) => keep_after_handler_error(
-                u.id,
-                u.observed,
-                &format!("{}: {}", c.sqlstate, c.message),
-            )?,
-        });
+        out.push(None);
+        due.push((i, name.as_str(), outcome));
     }
-    Ok(out)
+    // Grouped by handler (a stable sort: each handler sees its deliveries in round order).
+    due.sort_by(|a, b| a.1.cmp(b.1));
+    let calls: Vec<HandlerCall<'_>> = due
+        .iter()
+        .map(|&(i, _, outcome)| {
+            let u = &items[i];
+            let (_, owner_module, owner_id, request) = &written[&u.id];
+            HandlerCall {
+                delivery_id: u.id,
+                owner_module,
+                owner_id,
+                outcome,
+                status_code: u.observed.status_code(),
+                response: serde_json::from_str(&texts[i]).ok(),
+                response_text: &texts[i],
+                request: request.as_ref().map(|j| &j.0),
+                last_error: decided[i].last_error.as_deref(),
+            }
+        })
+        .collect();
+    let mut start = 0;
+    while start < due.len() {
+        let name = due[start].1;
+        let end = start + due[start..].iter().take_while(|r| r.1 == name).count();
+        // A handler's batch form takes the whole group in one subtransaction; if it raises,
+        // that is rolled back and each delivery runs the single form in its own.
+        let batched = match handlers::find_batch(name) {
+            Some(batch) if end - start > 1 => matches!(
+                subxact::run(|| Spi::connect_mut(|client| batch(client, &calls[start..end]))),
+                Ok(Ok(()))
+            ),
+            _ => false,
+        };
+        for k in start..end {
+            let i = due[k].0;
+            out[i] = Some(if batched {
+                decided[i].recorded
+            } else {
+                run_handler(name, &calls[k], items[i].observed, decided[i].recorded)?
+            });
+        }
+        start = end;
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or(Recorded::Skipped))
+        .collect())
+}
+
+/// Run one delivery's handler in a subtransaction of its own: what recording it comes to
+/// (`recorded`), or the delivery kept with the handler's error.
+fn run_handler(
+    name: &str,
+    call: &HandlerCall<'_>,
+    observed: &Observation,
+    recorded: Recorded,
+) -> CoreResult<Recorded> {
+    let ran = subxact::run(|| {
+        let run = handlers::registered(name)?;
+        Spi::connect_mut(|client| run(client, call))
+    });
+    match ran {
+        Ok(Ok(())) => Ok(recorded),
+        Ok(Err(e)) => keep_after_handler_error(
+            call.delivery_id,
+            observed,
+            &format!("{}: {e}", e.sqlstate()),
+        ),
+        Err(c) => keep_after_handler_error(
+            call.delivery_id,
+            observed,
+            &format!("{}: {}", c.sqlstate, c.message),
+        ),
+    }
 }
 
 /// Re-run the handler of a delivered delivery whose handler failed, with its stored response.
