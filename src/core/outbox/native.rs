@@ -5,7 +5,7 @@
 //! here touches a Postgres API (which must only ever run on the backend's main thread).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::policy::Attempt;
@@ -152,7 +152,8 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
 
 /// Send every request, at most `concurrency` at a time; results come back in input order.
 ///
-/// The calling thread only waits, asking `stop()` every 20 ms; once it returns true no new
+/// The calling thread only waits: it wakes when the last request finishes, and asks `stop()`
+/// every 20 ms meanwhile; once that returns true no new
 /// request is started (those in flight finish within their timeouts) and the ones never started
 /// come back as transport errors. The backend passes "is a cancel or shutdown pending?".
 pub fn send_batch(
@@ -166,7 +167,8 @@ pub fn send_batch(
     let workers = concurrency.clamp(1, requests.len());
     let agent = agent(workers);
     let next = AtomicUsize::new(0);
-    let finished = AtomicUsize::new(0);
+    // How many requests have finished, and a signal for each one.
+    let finished = (Mutex::new(0usize), Condvar::new());
     let stopping = std::sync::atomic::AtomicBool::new(false);
     let results: Mutex<Vec<Option<Response>>> = Mutex::new(vec![None; requests.len()]);
     std::thread::scope(|scope| {
@@ -191,12 +193,18 @@ pub fn send_batch(
                 if let Ok(mut slots) = results.lock() {
                     slots[i] = Some(outcome);
                 }
-                finished.fetch_add(1, Ordering::Relaxed);
+                let (count, signal) = &finished;
+                *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                signal.notify_one();
             });
         }
-        while finished.load(Ordering::Relaxed) < requests.len() && !stopping.load(Ordering::Relaxed)
-        {
-            std::thread::sleep(Duration::from_millis(20));
+        let (count, signal) = &finished;
+        let mut done = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *done < requests.len() && !stopping.load(Ordering::Relaxed) {
+            done = signal
+                .wait_timeout(done, Duration::from_millis(20))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
             if stop() {
                 stopping.store(true, Ordering::Relaxed);
             }
