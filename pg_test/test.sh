@@ -87,7 +87,7 @@ t=$(date +%s)
 conc=0
 for s in "$FLOWGATE_ROOT"/pg_test/concurrency/*.sh; do
   out=$(cd / && PGOPTIONS="--client-min-messages=warning" PGHOST=$SOCKET_DIR PGPORT=$TEST_PORT PGUSER=postgres PGDATABASE=$TEST_DB \
-        FLOWGATE_TESTD_URL="http://127.0.0.1:$TESTD_PORT" FLOWGATE_PGBIN="$PGBIN" FLOWGATE_PGDATA="$TEST_DIR/data" \
+        FLOWGATE_TESTD_URL="http://127.0.0.1:$TESTD_PORT" FLOWGATE_TESTD_BIN="$TESTD_BIN" FLOWGATE_PGBIN="$PGBIN" FLOWGATE_PGDATA="$TEST_DIR/data" \
         "$s" 2>&1) || { echo "$out"; tail -n 30 "$TEST_DIR/log"; die "$(basename "$s") failed"; }
   echo "    $out"
   conc=$(( conc + $(echo "$out" | awk '/^ok [0-9]+ /{s+=$2} END{print s+0}') ))

@@ -14,18 +14,22 @@
 #   4. kill -9 after the send, before the record: the answers are in, but the record step waits
 #      on a row lock this script holds when the backend dies. The same holds.
 #   5. A server restart (fast shutdown) mid-send. The same holds.
+#   6. kill -9 after the claim committed, before any request reached the destination (a
+#      listener that never accepts, `flowgate-testd hold`): after the lease each delivery is
+#      sent once, with its key, to the destination now answering there.
 # The lease (flowgate.in_flight_lease_seconds, at least timeout + 30 s) is passed by moving
 # claimed_at back: time is an input, the tests do not wait for it.
-# Env: PGHOST PGPORT PGUSER PGDATABASE, FLOWGATE_TESTD_URL, FLOWGATE_PGDATA (for the log),
-# FLOWGATE_PGBIN (pg_ctl, for the restart).
+# Env: PGHOST PGPORT PGUSER PGDATABASE, FLOWGATE_TESTD_URL, FLOWGATE_TESTD_BIN (the server's
+# binary, for part 6), FLOWGATE_PGDATA (for the log), FLOWGATE_PGBIN (pg_ctl, for the restart).
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
 T=${FLOWGATE_TESTD_URL:?set FLOWGATE_TESTD_URL to a running flowgate-testd}
+TESTD=${FLOWGATE_TESTD_BIN:?set FLOWGATE_TESTD_BIN to the flowgate-testd binary}
 LOG="$FLOWGATE_PGDATA/../log"
 K=faults-$$   # key prefix, unique per run: the server's counts are per key across runs
 
-stat() { curl -fs "$T/_stats/$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
+stat() { curl -fs "${3:-$T}/_stats/$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }   # stat PREFIX FIELD [SERVER]
 pgctl() { (cd / && runuser -u postgres -- "$FLOWGATE_PGBIN/pg_ctl" -D "$FLOWGATE_PGDATA" "$@"); }
 wait_up() { for _ in $(seq 1 100); do q "SELECT 1" >/dev/null 2>&1 && return 0; sleep 0.1; done; fail "the server did not come back"; }
 # After a fault: every delivery of PREFIX (N of them) delivered after the lease, none sent more
@@ -212,6 +216,57 @@ wait_up
 stranded=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%' AND status = 'in_flight'")
 res=$(check_after "$C" 20 "restart"); read -r reqs attempts <<< "$res"
 echo "ok 1 - outbox faults: server restarted mid-send ($stranded left in flight): all 20 delivered after the lease, $reqs requests for $attempts attempts, none sent more than twice"
+
+# 6. kill -9 after the claim committed, before any request reached the destination: it is a
+# listener that never accepts (the requests wait in its backlog, unread). The sender is killed
+# once all ten are leased; then a real server takes the port and, after the lease, gets each
+# delivery once with its key.
+C="$K-unsent"
+hold_out=$(mktemp)
+"$TESTD" hold 0 > "$hold_out" &
+holder=$!
+for _ in $(seq 1 50); do [ -s "$hold_out" ] && break; sleep 0.05; done
+HP=$(head -1 "$hold_out"); rm -f "$hold_out"
+[ -n "$HP" ] || fail "flowgate-testd hold printed no port"
+psql -X -q -v ON_ERROR_STOP=1 -1 \
+  -c "SELECT count(flowgate.enqueue_delivery('faults', '$C-' || g, 'http://127.0.0.1:$HP/ok', '$C-' || g, '{}', timeout_ms => 10000))
+        FROM generate_series(1, 10) g" \
+  -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$C-%'" >/dev/null
+log_lines_before=$(wc -l < "$LOG")
+( psql -X -q -c "SET application_name = 'fg_faults_unsent'" \
+      -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$C-%'" \
+      -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+caller=$!
+for _ in $(seq 1 100); do
+  [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%' AND status = 'in_flight'")" -eq 10 ] && break
+  sleep 0.05
+done
+[ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%' AND status = 'in_flight'")" -eq 10 ] \
+  || fail "the ten deliveries were never all leased"
+sleep 0.3   # the sender is now waiting on the destination that never reads
+# The session that made them due sends them, unless the background worker claimed them first.
+sender=$(q "SELECT pid FROM pg_stat_activity WHERE application_name = 'fg_faults_unsent' AND state = 'active'")
+[ -n "$sender" ] || sender=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowgate worker' AND datname = current_database()")
+[ -n "$sender" ] || fail "no sending backend to kill"
+kill -9 "$sender"
+wait "$caller" 2>/dev/null || true
+wait_up
+tail -n +"$log_lines_before" "$LOG" | grep -q "terminated by signal 9" || fail "the kill did not make Postgres reinitialize"
+kill "$holder"; wait "$holder" 2>/dev/null || true
+"$TESTD" serve "$HP" >/dev/null 2>&1 &
+server=$!
+for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$HP/_stats" >/dev/null 2>&1 && break; sleep 0.05; done
+after_lease "$C"
+unsent_ok=$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%' AND status = 'delivered'")
+reqs=$(stat "$C-" requests "http://127.0.0.1:$HP")
+keys=$(stat "$C-" distinct_keys "http://127.0.0.1:$HP")
+most=$(stat "$C-" max_per_key "http://127.0.0.1:$HP")
+attempts=$(q "SELECT sum(attempts) FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%'")
+kill "$server"; wait "$server" 2>/dev/null || true
+[ "$unsent_ok" -eq 10 ] || fail "$unsent_ok of 10 delivered after the crash before the send"
+[ "$reqs" -eq 10 ] && [ "$keys" -eq 10 ] && [ "$most" -eq 1 ] || fail "kill before send: $reqs requests for $keys keys (most $most per key) reached the destination"
+[ "$attempts" -eq 20 ] || fail "kill before send: $attempts attempts recorded (the expired lease and the delivery: 20)"
+echo "ok 1 - outbox faults: kill -9 after the claim, before any request reached the destination: after the lease each of the 10 was delivered once with its key ($reqs requests), each with 2 attempts recorded (the expired lease and the send)"
 
 q "DELETE FROM flowgate.deliveries WHERE owner_module = 'faults'"
 q "SELECT flowgate.reset_setting('flowgate.http_transport'), flowgate.reset_setting('flowgate.http_concurrency')" >/dev/null

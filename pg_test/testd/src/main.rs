@@ -3,6 +3,9 @@
 //! `flowgate-testd blast URL N CONCURRENCY` sends N JSON POSTs with distinct Idempotency-Keys,
 //! CONCURRENCY at a time, with a plain ureq client, and prints `requests seconds per_second`:
 //! the baseline the outbox benchmark compares against.
+//! `flowgate-testd hold PORT` listens on 127.0.0.1:PORT (0: any free port, printed) and never
+//! accepts: a destination whose connections wait in the backlog with no request ever read, for
+//! fault tests that need a sender stopped before anything reached the server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use flowgate_testserver as testserver;
 
 fn usage() -> ! {
-    eprintln!("usage: flowgate-testd serve PORT | flowgate-testd blast URL N CONCURRENCY");
+    eprintln!("usage: flowgate-testd serve PORT | flowgate-testd blast URL N CONCURRENCY | flowgate-testd hold PORT");
     std::process::exit(2)
 }
 
@@ -27,6 +30,23 @@ fn main() {
                 std::process::exit(1)
             });
             testserver::serve(listener);
+        }
+        Some("hold") => {
+            let port: u16 = args
+                .get(2)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| usage());
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| {
+                eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
+                std::process::exit(1)
+            });
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+            println!("{port}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         Some("blast") => {
             let url = args.get(2).cloned().unwrap_or_else(|| usage());
