@@ -62,7 +62,9 @@ pub fn claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
     };
     let max_claims = attempt.max_claims.unwrap_or(1);
     let Some(slot) = attempt.slot else {
-        return Ok(json!({"status": "limit_reached", "pool_id": pool.as_str(), "max_claims_per_user": max_claims}));
+        return Ok(
+            json!({"status": "limit_reached", "pool_id": pool.as_str(), "max_claims_per_user": max_claims}),
+        );
     };
     if let Some(resource) = attempt.resource_id {
         return Ok(claimed(pool, slot, &resource, attempt.msg_id));
@@ -126,7 +128,12 @@ fn try_claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
         seq = pool.slot_sequence(),
         queue = pool.queue_table()
     );
-    let rows = prepared::run(client, &sql, &[TEXT, TEXT], &[pool.as_str().into(), user.into()])?;
+    let rows = prepared::run(
+        client,
+        &sql,
+        &[TEXT, TEXT],
+        &[pool.as_str().into(), user.into()],
+    )?;
     let row = rows.first();
     Ok(Attempt {
         max_claims: row.get::<i32>(1)?,
@@ -161,7 +168,9 @@ fn slow_path(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Refusal> {
         return Ok(Refusal::Healed);
     }
     if paused == Some(true) {
-        return Ok(Refusal::Answer(json!({"status": "paused", "pool_id": pool.as_str()})));
+        return Ok(Refusal::Answer(
+            json!({"status": "paused", "pool_id": pool.as_str()}),
+        ));
     }
     Ok(Refusal::Answer(sold_out(pool)))
 }

@@ -123,7 +123,12 @@ fn patch(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64, fields: Value) 
     Ok(())
 }
 
-pub fn log_outcome(client: &mut SpiClient<'_>, pool: &PoolId, outcome: &str, n: i64) -> CoreResult<()> {
+pub fn log_outcome(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    outcome: &str,
+    n: i64,
+) -> CoreResult<()> {
     if n > 0 {
         prepared::exec(
             client,
@@ -278,7 +283,11 @@ pub fn mark_validated_many(
 }
 
 /// [`complete`] for many intents in three statements.
-pub fn complete_many(client: &mut SpiClient<'_>, pool: &PoolId, intents: &[Intent]) -> CoreResult<()> {
+pub fn complete_many(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intents: &[Intent],
+) -> CoreResult<()> {
     if intents.is_empty() {
         return Ok(());
     }
@@ -415,7 +424,12 @@ pub fn stage_request(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage)
 }
 
 /// The outbox delivery for one stage of an intent (re-armed on every read).
-pub fn delivery(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> CoreResult<NewDelivery> {
+pub fn delivery(
+    cfg: &Config,
+    pool: &PoolId,
+    intent: &Intent,
+    stage: Stage,
+) -> CoreResult<NewDelivery> {
     let req = stage_request(cfg, pool, intent, stage);
     let handler = match stage {
         Stage::Validate => "intake.validation",

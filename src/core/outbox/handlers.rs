@@ -53,7 +53,8 @@ pub type Handler = for<'c, 'a> fn(&mut SpiClient<'c>, &HandlerCall<'a>) -> CoreR
 /// with the same effect as calling the single form on each. It runs in one subtransaction; if
 /// it raises, that is rolled back and the single form runs for each delivery in its own, so a
 /// failing delivery is isolated exactly as without the batch form.
-pub type BatchHandler = for<'c, 'a, 'b> fn(&mut SpiClient<'c>, &'b [HandlerCall<'a>]) -> CoreResult<()>;
+pub type BatchHandler =
+    for<'c, 'a, 'b> fn(&mut SpiClient<'c>, &'b [HandlerCall<'a>]) -> CoreResult<()>;
 
 /// Every handler flowgate knows, by name: those of each module (`core::module`).
 fn registry() -> Vec<(&'static str, Handler)> {
