@@ -4,11 +4,13 @@
 //! pool's sequence, locks that slot by primary key and sends the intent to the pool's pgmq
 //! queue. All of that, and the reading of the pool's configuration, is one prepared statement
 //! (one executor run): the pool's live `engine_config` row gates it, so a paused, missing or
-//! crash-emptied pool writes nothing and falls to [`slow_path`], which says why (or heals the
-//! pool and claims again). Slots are taken by primary key, never searched for, so the cost of a
+//! crash-emptied pool writes nothing and a read-only look at the pool ([`standing`]) says why
+//! (or heals the pool and claims again). Slots are taken by primary key, never searched for, so the cost of a
 //! claim does not grow as the pool drains; the only row locks are the user's counter and the
 //! claimed slot.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::ffi::CString;
 
 use pgrx::pg_sys;
@@ -35,31 +37,81 @@ struct Attempt {
     msg_id: Option<i64>,
 }
 
+thread_local! {
+    /// Pools this backend has found intact (their UNLOGGED state and slot sequence present).
+    /// A crash ends every backend and a restore is another database, so a pool found intact
+    /// stays so for the backend's life unless dropped or emptied by hand, which the claim
+    /// statement's own gate catches.
+    static INTACT: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+fn known_intact(pool: &PoolId) -> bool {
+    INTACT.with(|s| s.borrow().contains(pool.as_str()))
+}
+
+fn remember(pool: &PoolId, intact: bool) {
+    INTACT.with(|s| {
+        let mut s = s.borrow_mut();
+        if intact {
+            s.insert(pool.as_str().to_string());
+        } else {
+            s.remove(pool.as_str());
+        }
+    });
+}
+
 /// Claim one resource of `pool` for `user` (already validated), answering with the claim or
 /// with why there was none (`sold_out`, `limit_reached`, `paused`).
+///
+/// A backend's first claim on a pool checks, read-only, that the pool is intact, and rebuilds
+/// it first if a crash or a restore emptied it. That check comes before any write: the claim
+/// statement locks the inventory tables, which the rebuild must lock exclusively.
 pub fn claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResult<Value> {
     let mut healed = false;
-    let attempt = loop {
-        // The claim statement names the pool's sequence and queue, so it runs only once the
-        // sequence is known to exist (a catalog-cache lookup, no statement).
-        if sequence_exists(pool) {
-            let attempt = try_claim(client, pool, user)?;
-            if attempt.max_claims.is_some() {
-                break attempt;
+    // At most: the first check, the claim, and the claim again after a rebuild.
+    for _ in 0..3 {
+        if !(known_intact(pool) && sequence_exists(pool)) {
+            match standing(client, pool)? {
+                Standing::Paused => return Ok(paused(pool)),
+                Standing::Intact => {}
+                Standing::Healed => healed = true,
+            }
+            remember(pool, true);
+            continue;
+        }
+        let attempt = try_claim(client, pool, user)?;
+        if attempt.max_claims.is_none() {
+            // The statement let no claim in: paused, sold out, or the pool's state lost.
+            remember(pool, false);
+            match standing(client, pool)? {
+                Standing::Paused => return Ok(paused(pool)),
+                Standing::Intact => {
+                    remember(pool, true);
+                    return Ok(sold_out(pool));
+                }
+                Standing::Healed if !healed => {
+                    healed = true;
+                    remember(pool, true);
+                    continue;
+                }
+                Standing::Healed => break,
             }
         }
-        match slow_path(client, pool)? {
-            Refusal::Answer(answer) => return Ok(answer),
-            // At most once: a pool whose state was lost is rebuilt, then claimed from again.
-            Refusal::Healed if !healed => healed = true,
-            Refusal::Healed => {
-                return Err(CoreError::Busy {
-                    what: format!("pool {}", pool.as_str()),
-                    hint: "the pool was being rebuilt after a restart; claim again".into(),
-                })
-            }
-        }
-    };
+        return settle(client, pool, user, attempt);
+    }
+    Err(CoreError::Busy {
+        what: format!("pool {}", pool.as_str()),
+        hint: "the pool was being rebuilt after a restart; claim again".into(),
+    })
+}
+
+/// What a claim that passed the pool's gate comes to.
+fn settle(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    user: &str,
+    attempt: Attempt,
+) -> CoreResult<Value> {
     let max_claims = attempt.max_claims.unwrap_or(1);
     let Some(slot) = attempt.slot else {
         return Ok(
@@ -70,6 +122,10 @@ pub fn claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
         return Ok(claimed(pool, slot, &resource, attempt.msg_id));
     }
     retake(client, pool, user, slot)
+}
+
+fn paused(pool: &PoolId) -> Value {
+    json!({"status": "paused", "pool_id": pool.as_str()})
 }
 
 /// Whether the pool's slot sequence exists, from the catalog cache.
@@ -143,14 +199,17 @@ fn try_claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
     })
 }
 
-/// Why a pool let no claim in, read after the one-statement attempt wrote nothing.
-enum Refusal {
-    Answer(Value),
-    /// The pool's UNLOGGED state had been lost (a crash or a restore) and is rebuilt now.
+/// A pool's standing, read without writing anything.
+enum Standing {
+    Paused,
+    /// Intact and not paused.
+    Intact,
+    /// Its UNLOGGED state or slot sequence had been lost (a crash or a restore) and is rebuilt
+    /// now, by this call or by a concurrent claim it waited for.
     Healed,
 }
 
-fn slow_path(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Refusal> {
+fn standing(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Standing> {
     let cfg = prepared::query(
         client,
         "SELECT c.paused, EXISTS (SELECT FROM intake.pool_state s WHERE s.pool_id = c.pool_id) \
@@ -163,16 +222,14 @@ fn slow_path(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Refusal> {
     }
     let (paused, intact) = cfg.first().get_two::<bool, bool>()?;
     if intact != Some(true) || !sequence_exists(pool) {
-        // Rebuilt here, or by a concurrent claim this one waited for: claim again either way.
         store::heal(client, pool)?;
-        return Ok(Refusal::Healed);
+        return Ok(Standing::Healed);
     }
-    if paused == Some(true) {
-        return Ok(Refusal::Answer(
-            json!({"status": "paused", "pool_id": pool.as_str()}),
-        ));
-    }
-    Ok(Refusal::Answer(sold_out(pool)))
+    Ok(if paused == Some(true) {
+        Standing::Paused
+    } else {
+        Standing::Intact
+    })
 }
 
 /// The rare path: the user is counted and holds slot number `first`, but that number was past
