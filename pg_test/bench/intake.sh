@@ -3,7 +3,8 @@
 # in ten chunks of 10,240), for flowgate's intake.claim_resource and for the plain SKIP LOCKED
 # reference (pg_test/bench/intake_reference.sql), beside the machine's floor (one logged UPDATE
 # by primary key + one logged INSERT per transaction), all in one run. The floor runs in the same
-# shape (the same ten chunks of new connections), so every rate pays the same connection cost.
+# shape (the same ten chunks of new connections), so every rate pays the same connection cost,
+# and takes turns with flowgate chunk by chunk, so both are timed in the same minutes.
 #   pg_test/bench/intake.sh [pool size]   (default 100000)
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 POOL=${1:-100000}
@@ -37,28 +38,38 @@ printf '%s\n' '\set id random(1, 100000)' 'BEGIN;' 'UPDATE bench_ref.floor SET v
 now() { date +%s.%N; }
 pgb() { (cd / && pgbench -n -h "$SOCKET_DIR" -p "$BENCH_PORT" -U postgres -c "$CLIENTS" -j 2 "$@" "$BENCH_DB" 2>&1); }
 
-# drain NAME SCRIPT CLAIMED_SQL: ten chunks; prints "total_seconds first_rate last_rate"
-drain() {
-  local script=$2 claimed_sql=$3 t0 t1 c0 c1 first last start
-  start=$(now); c0=0
-  for i in $(seq 1 10); do
-    t0=$(now); pgb -t "$CHUNK_TX" -f "$script" >/dev/null; t1=$(now)
-    c1=$(q "$claimed_sql")
-    rate=$(awk -v c="$(( c1 - c0 ))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", c / (b - a) }')
-    [ "$i" -eq 1 ] && first=$rate
-    [ "$i" -eq 10 ] && last=$rate
-    c0=$c1
-  done
-  pgb -t "$TAIL_TX" -f "$script" >/dev/null     # the remaining claims, then sold out
-  c1=$(q "$claimed_sql")
-  echo "$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') $first $last $c1"
+RES=$(mktemp -d)
+# chunk KEY SCRIPT TX COUNT_SQL: one pgbench run, TX transactions per client on 64 new
+# connections; appends "seconds done" (done: what COUNT_SQL counts, before to after) to $RES/KEY.
+chunk() {
+  local before after t0 t1
+  before=$(q "$4"); t0=$(now)
+  pgb -t "$3" -f "$2" >/dev/null
+  t1=$(now); after=$(q "$4")
+  echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }') $(( after - before ))" >> "$RES/$1"
 }
-read -r fg_secs fg_first fg_last fg_claimed < <(drain flowgate /tmp/fg-intake-flowgate.sql \
-  "SELECT count(*) FROM intake.allocations WHERE pool_id = 'bench' AND status = 'locked'")
-read -r ref_secs ref_first ref_last ref_claimed < <(drain reference /tmp/fg-intake-reference.sql \
-  "SELECT count(*) FROM bench_ref.allocations WHERE status = 'locked'")
-read -r floor_secs floor_first floor_last floor_done < <(drain floor /tmp/fg-intake-floor.sql \
-  "SELECT count(*) FROM bench_ref.floor_log")
+# summarize KEY: "seconds first_rate last_rate done" over its chunks (the 11th is the tail)
+summarize() {
+  awk 'NR == 1 { f = $2 / $1 } NR == 10 { l = $2 / $1 } { s += $1; n += $2 }
+       END { printf "%.1f %.0f %.0f %d\n", s, f, l, n }' "$RES/$1"
+}
+FG_COUNT="SELECT count(*) FROM intake.allocations WHERE pool_id = 'bench' AND status = 'locked'"
+REF_COUNT="SELECT count(*) FROM bench_ref.allocations WHERE status = 'locked'"
+FLOOR_COUNT="SELECT count(*) FROM bench_ref.floor_log"
+# flowgate and the floor take turns, chunk by chunk, so both see the same minutes of this
+# machine; then the reference. The last chunk (the tail) sells the rest, then sold out.
+for i in $(seq 1 10); do
+  chunk flowgate /tmp/fg-intake-flowgate.sql "$CHUNK_TX" "$FG_COUNT"
+  chunk floor /tmp/fg-intake-floor.sql "$CHUNK_TX" "$FLOOR_COUNT"
+done
+chunk flowgate /tmp/fg-intake-flowgate.sql "$TAIL_TX" "$FG_COUNT"
+chunk floor /tmp/fg-intake-floor.sql "$TAIL_TX" "$FLOOR_COUNT"
+for i in $(seq 1 10); do chunk reference /tmp/fg-intake-reference.sql "$CHUNK_TX" "$REF_COUNT"; done
+chunk reference /tmp/fg-intake-reference.sql "$TAIL_TX" "$REF_COUNT"
+read -r fg_secs fg_first fg_last fg_claimed < <(summarize flowgate)
+read -r ref_secs ref_first ref_last ref_claimed < <(summarize reference)
+read -r floor_secs floor_first floor_last floor_done < <(summarize floor)
+rm -rf "$RES"
 [ "$fg_claimed" -eq "$POOL" ] || die "flowgate claimed $fg_claimed of $POOL"
 dups=$(q "SELECT count(*) - count(DISTINCT message ->> 'resource_id') FROM pgmq.q_intake_bench")
 [ "$dups" -eq 0 ] || die "flowgate sold $dups resources twice"
