@@ -4,8 +4,9 @@
 //! pool's sequence, locks that slot by primary key and sends the intent to the pool's pgmq
 //! queue. All of that, and the reading of the pool's configuration, is one prepared statement
 //! (one executor run): the pool's live `engine_config` row gates it, so a paused, missing or
-//! crash-emptied pool writes nothing and a read-only look at the pool ([`standing`]) says why
-//! (or heals the pool and claims again). Slots are taken by primary key, never searched for, so the cost of a
+//! sold-out pool writes nothing and a read-only look at the pool ([`standing`]) says why. A
+//! backend's first claim on a pool makes that look first, and rebuilds a pool a crash or a
+//! restore emptied. Slots are taken by primary key, never searched for, so the cost of a
 //! claim does not grow as the pool drains; the only row locks are the user's counter and the
 //! claimed slot.
 
@@ -40,8 +41,9 @@ struct Attempt {
 thread_local! {
     /// Pools this backend has found intact (their UNLOGGED state and slot sequence present).
     /// A crash ends every backend and a restore is another database, so a pool found intact
-    /// stays so for the backend's life unless dropped or emptied by hand, which the claim
-    /// statement's own gate catches.
+    /// stays so for the backend's life: the claim statement does not look at the crash marker
+    /// again. (A pool dropped meanwhile fails the statement's configuration gate; a marker
+    /// deleted by hand only makes a later backend rebuild an intact pool, as recover_pool does.)
     static INTACT: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
@@ -149,9 +151,9 @@ fn sold_out(pool: &PoolId) -> Value {
     json!({"status": "sold_out", "pool_id": pool.as_str()})
 }
 
-/// The whole claim in one statement: unless the pool is paused, missing, not rebuilt since a
-/// crash, or its counter is past the inventory with nothing given back (then nothing is
-/// written), count the user's claim under the limit, take the next slot number, lock that slot
+/// The whole claim in one statement, for a pool this backend found intact: unless the pool is
+/// paused, missing, or its counter is past the inventory with nothing given back (then nothing
+/// is written), count the user's claim under the limit, take the next slot number, lock that slot
 /// if it is still available and send the intent to the pool's queue. The queue write is what
 /// `pgmq.send` does, as a prepared INSERT into the queue's table (`pgmq.send` plans its
 /// statement on every call).
@@ -162,7 +164,6 @@ fn try_claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
         "WITH open AS ( \
            SELECT c.inventory, c.max_claims_per_user FROM intake.engine_config c \
             WHERE c.pool_id = $1 AND NOT c.paused \
-              AND EXISTS (SELECT FROM intake.pool_state s WHERE s.pool_id = $1) \
               AND ((SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}) < c.inventory \
                    OR EXISTS (SELECT FROM intake.released_slots r WHERE r.pool_id = $1))), \
          counted AS ( \
