@@ -13,7 +13,7 @@ mod intake {
     };
     use crate::core::error::{CoreError, CoreResult};
     use crate::intake::pool::PoolId;
-    use crate::intake::{claim, drain, ledger, store};
+    use crate::intake::{book, claim, drain, ledger, metrics, recovery, store};
 
     const CONFIG_KEYS: &[&str] = &[
         "batch_size",
@@ -251,7 +251,7 @@ mod intake {
     fn recover_pool(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<JsonB> {
             let pool = PoolId::parse(pool_id)?;
-            Spi::connect_mut(|client| store::rebuild(client, &pool)).map(JsonB)
+            Spi::connect_mut(|client| recovery::rebuild(client, &pool)).map(JsonB)
         };
         run().map_err(CoreError::reporter("intake.recover_pool"))
     }
@@ -308,7 +308,7 @@ mod intake {
     fn pool_status(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
             let pool = PoolId::parse(pool_id)?;
-            Spi::connect(|client| store::status(client, &pool))
+            Spi::connect(|client| metrics::status(client, &pool))
         };
         run()
             .map(JsonB)
@@ -543,7 +543,7 @@ mod intake {
         let run = || -> CoreResult<Value> {
             let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;
             let entry = ledger::parse(&payload)?;
-            Spi::connect_mut(|client| store::finalize(client, &entry))
+            Spi::connect_mut(|client| book::finalize(client, &entry))
         };
         run()
             .map(JsonB)
@@ -587,7 +587,7 @@ mod intake {
                 }
                 let mut samples = Vec::new();
                 for (id, inventory) in todo {
-                    samples.push(store::collect_metrics(
+                    samples.push(metrics::collect_metrics(
                         client,
                         &PoolId::parse(&id)?,
                         inventory,

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared::{self, TEXT};
 use crate::intake::pool::PoolId;
-use crate::intake::store;
+use crate::intake::recovery;
 
 /// How many slot numbers one claim may try after its first one was taken by a racing reclaim.
 const MAX_RETAKES: usize = 16;
@@ -223,7 +223,7 @@ fn standing(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Standing> {
     }
     let (paused, intact) = cfg.first().get_two::<bool, bool>()?;
     if intact != Some(true) || !sequence_exists(pool) {
-        store::heal(client, pool)?;
+        recovery::heal(client, pool)?;
         return Ok(Standing::Healed);
     }
     Ok(if paused == Some(true) {

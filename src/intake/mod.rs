@@ -4,10 +4,13 @@
 //! recovery.
 
 pub mod api;
+pub mod book;
 pub mod claim;
 pub mod drain;
 pub mod ledger;
+pub mod metrics;
 pub mod pool;
+pub mod recovery;
 pub mod replies;
 pub mod settings;
 pub mod store;

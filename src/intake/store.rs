@@ -1,13 +1,12 @@
 //! The drain's data access: pool configuration, pgmq reads, moving an intent between states
-//! (validated, released, committed, dead-lettered), the outbox deliveries that carry it, the
-//! outbox response handlers, the ledger insert and the metrics sample. The rules themselves are
-//! in `intake::drain` (pure).
-
-use std::collections::HashMap;
+//! (validated, released, committed, dead-lettered), the outbox deliveries that carry it and the
+//! DLQ replay. The rules themselves are in `intake::drain` (pure); the response handlers are in
+//! `intake::replies`, the ledger's storage in `intake::book`, metrics in `intake::metrics` and
+//! crash recovery in `intake::recovery`.
 
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::delivery::NewDelivery;
@@ -143,7 +142,7 @@ pub fn log_outcome(
     Ok(())
 }
 
-fn slot_of(message: &Value) -> Option<i32> {
+pub fn slot_of(message: &Value) -> Option<i32> {
     message
         .get("slot")
         .and_then(Value::as_i64)
@@ -219,103 +218,6 @@ fn complete(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreR
     log_outcome(client, pool, "committed", 1)
 }
 
-/// The intents with these ids still in the queue, locked (in id order), by id.
-pub fn lock_many(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    msg_ids: &[i64],
-) -> CoreResult<HashMap<i64, Intent>> {
-    let rows = prepared::exec(
-        client,
-        &format!(
-            "SELECT msg_id, read_ct, message FROM {} WHERE msg_id = ANY ($1) ORDER BY msg_id FOR UPDATE",
-            pool.queue_table()
-        ),
-        &[msg_ids.to_vec().into()],
-    )?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for r in rows {
-        let msg_id: i64 = r.get(1)?.unwrap_or(0);
-        out.insert(
-            msg_id,
-            Intent {
-                msg_id,
-                read_ct: r.get(2)?.unwrap_or(1),
-                message: r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// [`mark_validated`] for many intents in two statements: each intent gets the validation
-/// record under its id in `records`.
-pub fn mark_validated_many(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    intents: &mut [Intent],
-    records: Vec<(i64, Value)>,
-) -> CoreResult<()> {
-    let mut patches = Map::with_capacity(records.len());
-    for (msg_id, record) in records {
-        patches.insert(
-            msg_id.to_string(),
-            json!({"state": "validated", "validation": record, "last_error": null}),
-        );
-    }
-    let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
-    for intent in intents.iter_mut() {
-        if let (Value::Object(m), Some(Value::Object(f))) =
-            (&mut intent.message, patches.get(&intent.msg_id.to_string()))
-        {
-            m.extend(f.clone());
-        }
-    }
-    prepared::exec(
-        client,
-        &format!(
-            "UPDATE {} SET message = message || ($2 -> msg_id::text) WHERE msg_id = ANY ($1)",
-            pool.queue_table()
-        ),
-        &[ids.into(), JsonB(Value::Object(patches)).into()],
-    )?;
-    log_outcome(client, pool, "validated", intents.len() as i64)
-}
-
-/// [`complete`] for many intents in three statements.
-pub fn complete_many(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    intents: &[Intent],
-) -> CoreResult<()> {
-    if intents.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
-    let slots: Vec<i32> = intents.iter().filter_map(|i| slot_of(&i.message)).collect();
-    prepared::exec(
-        client,
-        &format!(
-            "WITH moved AS (DELETE FROM {queue} WHERE msg_id = ANY ($1) \
-                            RETURNING msg_id, read_ct, enqueued_at, last_read_at, vt, message || $2 AS message, headers) \
-             INSERT INTO {archive} (msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers) \
-             SELECT msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers FROM moved",
-            queue = pool.queue_table(),
-            archive = pool.archive_table()
-        ),
-        &[
-            ids.into(),
-            JsonB(json!({"state": "committed", "last_error": null})).into(),
-        ],
-    )?;
-    prepared::exec(
-        client,
-        "UPDATE intake.allocations SET status = 'consumed' WHERE pool_id = $1 AND slot = ANY ($2)",
-        &[pool.as_str().into(), slots.into()],
-    )?;
-    log_outcome(client, pool, "committed", intents.len() as i64)
-}
-
 /// Park the intent in the dead-letter queue with the reason; its resource stays locked (never
 /// sold twice, never lost) until an operator replays it.
 fn dead_letter(
@@ -364,7 +266,7 @@ pub fn commit_locally(
 ) -> CoreResult<&'static str> {
     let payload = drain::ledger_payload(pool.as_str(), intent.msg_id, &intent.message);
     let entry = ledger::parse(&payload)?;
-    match finalize(client, &entry) {
+    match crate::intake::book::finalize(client, &entry) {
         Ok(_) => {
             complete(client, pool, intent)?;
             Ok("committed")
@@ -637,74 +539,6 @@ fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String 
     }
 }
 
-/// Write a ledger entry once per idempotency key. The same key again returns the first row
-/// (`duplicate`); the same key with different contents, or a resource already finalized under
-/// another key, is 23505.
-pub fn finalize(client: &mut SpiClient<'_>, e: &ledger::Entry) -> CoreResult<Value> {
-    check_resource_free(client, e)?;
-    let row_json = "jsonb_build_object('idempotency_key', idempotency_key, 'pool_id', pool_id, 'msg_id', msg_id, 'slot', slot, \
-                    'resource_id', resource_id, 'user_id', user_id, 'finalized_at', finalized_at)";
-    let inserted = prepared::exec(client, &format!(
-            "INSERT INTO intake.transactions (idempotency_key, pool_id, msg_id, slot, resource_id, user_id, validation, details) \
-             VALUES ($1, $2, $3, $4, $5::uuid, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING {row_json}"
-        ), &[
-            e.idempotency_key.as_str().into(),
-            e.pool_id.as_str().into(),
-            e.msg_id.into(),
-            e.slot.into(),
-            e.resource_id.as_str().into(),
-            e.user_id.as_str().into(),
-            e.validation.clone().map(JsonB).into(),
-            JsonB(Value::Object(e.details.clone())).into(),
-        ],
-    )?;
-    if !inserted.is_empty() {
-        let row = inserted
-            .first()
-            .get_one::<JsonB>()?
-            .map(|j| j.0)
-            .unwrap_or(Value::Null);
-        return Ok(json!({"status": "finalized", "transaction": row}));
-    }
-    let existing = prepared::read(client, &format!(
-            "SELECT {row_json}, (pool_id, resource_id::text, user_id) = ($2, $3, $4) FROM intake.transactions WHERE idempotency_key = $1"
-        ), &[
-            e.idempotency_key.as_str().into(),
-            e.pool_id.as_str().into(),
-            e.resource_id.as_str().into(),
-            e.user_id.as_str().into(),
-        ],
-    )?;
-    if existing.is_empty() {
-        return Err(CoreError::Internal(
-            "ledger key conflict without a row".into(),
-        ));
-    }
-    let (row, same) = existing.first().get_two::<JsonB, bool>()?;
-    if same != Some(true) {
-        return Err(CoreError::Duplicate {
-            kind: "ledger idempotency key (for another pool, resource or user)".into(),
-            key: e.idempotency_key.clone(),
-        });
-    }
-    Ok(json!({"status": "duplicate", "transaction": row.map(|j| j.0).unwrap_or(Value::Null)}))
-}
-
-/// Check that a resource is not already in the ledger under another key (so the raw unique
-/// violation never reaches a caller).
-pub fn check_resource_free(client: &SpiClient<'_>, e: &ledger::Entry) -> CoreResult<()> {
-    let rows = prepared::read(client, "SELECT idempotency_key FROM intake.transactions WHERE pool_id = $1 AND resource_id = $2::uuid AND idempotency_key <> $3", &[e.pool_id.as_str().into(), e.resource_id.as_str().into(), e.idempotency_key.as_str().into()],
-    )?;
-    if rows.is_empty() {
-        Ok(())
-    } else {
-        Err(CoreError::Duplicate {
-            kind: format!("ledger entry for resource {} of pool", e.resource_id),
-            key: e.pool_id.clone(),
-        })
-    }
-}
-
 /// Re-queue dead-lettered intents (all, or those listed). Each keeps its origin message id, so
 /// the webhook and the ledger see the same idempotency key; a validated intent is not validated
 /// again. Returns the new message ids.
@@ -733,262 +567,4 @@ pub fn replay(
     }
     log_outcome(client, pool, "replayed", out.len() as i64)?;
     Ok(out)
-}
-
-/// Fold the pool's outcome log into its totals, then write one metrics row from counters alone.
-pub fn collect_metrics(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    inventory: i32,
-) -> CoreResult<Value> {
-    prepared::exec(client, "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \
-              sums AS (SELECT coalesce(sum(n) FILTER (WHERE outcome = 'validated'), 0) AS v, \
-                              coalesce(sum(n) FILTER (WHERE outcome = 'committed'), 0) AS c, \
-                              coalesce(sum(n) FILTER (WHERE outcome = 'rejected'), 0) AS r, \
-                              coalesce(sum(n) FILTER (WHERE outcome = 'dead_lettered'), 0) AS d, \
-                              coalesce(sum(n) FILTER (WHERE outcome = 'replayed'), 0) AS p FROM folded) \
-         INSERT INTO intake.pool_totals AS t (pool_id, validated, committed, rejected, dead_lettered, replayed) \
-         SELECT $1, v, c, r, d, p FROM sums \
-         ON CONFLICT (pool_id) DO UPDATE SET validated = t.validated + EXCLUDED.validated, \
-                committed = t.committed + EXCLUDED.committed, rejected = t.rejected + EXCLUDED.rejected, \
-                dead_lettered = t.dead_lettered + EXCLUDED.dead_lettered, replayed = t.replayed + EXCLUDED.replayed, \
-                updated_at = now()", &[pool.as_str().into()],
-    )?;
-    let row = prepared::exec(client, &format!(
-            "SELECT t.committed, t.rejected, t.dead_lettered, t.replayed, \
-                    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgmq.\"q_{q}_msg_id_seq\"), \
-                    m.committed, extract(epoch FROM clock_timestamp() - m.collected_at)::float8 \
-               FROM intake.pool_totals t \
-               LEFT JOIN LATERAL (SELECT committed, collected_at FROM intake.engine_metrics \
-                                   WHERE pool_id = $1 ORDER BY collected_at DESC LIMIT 1) m ON true \
-              WHERE t.pool_id = $1 FOR UPDATE OF t",
-            q = pool.queue()
-        ), &[pool.as_str().into()],
-    )?;
-    let r = row.first();
-    let totals = drain::Totals {
-        committed: r.get(1)?.unwrap_or(0),
-        rejected: r.get(2)?.unwrap_or(0),
-        dead_lettered: r.get(3)?.unwrap_or(0),
-        replayed: r.get(4)?.unwrap_or(0),
-        sent: r.get(5)?.unwrap_or(0),
-    };
-    let prev_committed: Option<i64> = r.get(6)?;
-    let secs: Option<f64> = r.get(7)?;
-    let s = drain::sample(i64::from(inventory), &totals);
-    let velocity = match (prev_committed, secs) {
-        (Some(before), Some(secs)) => drain::velocity(before, totals.committed, secs),
-        _ => 0.0,
-    };
-    prepared::exec(client, "INSERT INTO intake.engine_metrics (pool_id, available_slots, claimed, queue_depth, dlq_depth, committed, rejected, processing_velocity) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric)", &[
-            pool.as_str().into(),
-            s.available_slots.into(),
-            s.claimed.into(),
-            s.queue_depth.into(),
-            s.dlq_depth.into(),
-            totals.committed.into(),
-            totals.rejected.into(),
-            velocity.into(),
-        ],
-    )?;
-    let mut m = Map::new();
-    m.insert("pool_id".into(), pool.as_str().into());
-    m.insert("available_slots".into(), s.available_slots.into());
-    m.insert("claimed".into(), s.claimed.into());
-    m.insert("queue_depth".into(), s.queue_depth.into());
-    m.insert("dlq_depth".into(), s.dlq_depth.into());
-    m.insert("committed".into(), totals.committed.into());
-    m.insert("rejected".into(), totals.rejected.into());
-    m.insert("processing_velocity".into(), json!(velocity));
-    Ok(Value::Object(m))
-}
-
-/// Rebuild a pool's UNLOGGED state (inventory, given-back slots, per-user counts, the slot
-/// sequence when a restore lost it) from the logged record: every intent in its pgmq queue,
-/// archive and dead-letter queue is a claim. Claimed slots become `locked` (or `consumed` when
-/// committed) with their resource and user, the rest `available`; slots below the counter that
-/// no intent holds are given back. Blocks claims while it runs; marks the pool intact.
-pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
-    let seq = pool.slot_sequence();
-
-    let cfg = prepared::exec(
-        client,
-        "SELECT inventory FROM intake.engine_config WHERE pool_id = $1 FOR UPDATE",
-        &[pool.as_str().into()],
-    )?;
-    if cfg.is_empty() {
-        return Err(CoreError::not_found("pool", pool.as_str()));
-    }
-    let inventory = cfg.first().get_one::<i32>()?.unwrap_or(0);
-    prepared::exec(client, "LOCK TABLE intake.allocations, intake.released_slots, intake.user_claims IN EXCLUSIVE MODE", &[])?;
-    let intents = format!(
-        "SELECT (message ->> 'slot')::int AS slot, (message ->> 'resource_id')::uuid AS resource_id, \
-                message ->> 'user_id' AS user_id, enqueued_at, message ->> 'state' AS state FROM pgmq.\"q_{q}\" \
-         UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"a_{q}\" \
-         UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"q_{d}\" \
-         UNION ALL SELECT (message ->> 'slot')::int, (message ->> 'resource_id')::uuid, message ->> 'user_id', enqueued_at, message ->> 'state' FROM pgmq.\"a_{d}\"",
-        q = pool.queue(),
-        d = pool.dlq()
-    );
-    let missing_seq = client
-        .select(
-            "SELECT to_regclass($1) IS NULL",
-            Some(1),
-            &[seq.clone().into()],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
-    if missing_seq {
-        prepared::exec(
-            client,
-            &format!("CREATE SEQUENCE {seq} AS int MINVALUE 1"),
-            &[],
-        )?;
-        prepared::exec(
-            client,
-            &format!("ALTER EXTENSION flowgate ADD SEQUENCE {seq}"),
-            &[],
-        )?;
-        prepared::exec(client, &format!("SELECT setval('{seq}', m, true) FROM (SELECT max(slot) AS m FROM ({intents}) i) x WHERE m IS NOT NULL"), &[],
-        )?;
-    }
-    for table in [
-        "intake.allocations",
-        "intake.released_slots",
-        "intake.user_claims",
-    ] {
-        prepared::exec(
-            client,
-            &format!("DELETE FROM {table} WHERE pool_id = $1"),
-            &[pool.as_str().into()],
-        )?;
-    }
-    prepared::exec(client, &format!(
-            "INSERT INTO intake.allocations (pool_id, slot, resource_id, status, locked_by, locked_at) \
-             SELECT $1, g, coalesce(i.resource_id, gen_random_uuid()), \
-                    (CASE WHEN i.slot IS NULL THEN 'available' WHEN i.state = 'committed' THEN 'consumed' ELSE 'locked' END)::intake.slot_status, i.user_id, i.enqueued_at \
-               FROM generate_series(1, $2) g LEFT JOIN (SELECT DISTINCT ON (slot) * FROM ({intents}) x ORDER BY slot, enqueued_at) i ON i.slot = g"
-        ), &[pool.as_str().into(), inventory.into()],
-    )?;
-    prepared::exec(
-        client,
-        &format!(
-            "INSERT INTO intake.user_claims (pool_id, user_id, claims) \
-             SELECT $1, user_id, count(*) FROM ({intents}) i GROUP BY user_id"
-        ),
-        &[pool.as_str().into()],
-    )?;
-    let handed_out = client
-        .select(
-            &format!("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}"),
-            Some(1),
-            &[],
-        )?
-        .first()
-        .get_one::<i64>()?
-        .unwrap_or(0);
-    prepared::exec(client, "INSERT INTO intake.released_slots (pool_id, slot) SELECT pool_id, slot FROM intake.allocations \
-         WHERE pool_id = $1 AND status = 'available' AND slot <= $2", &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
-    )?;
-    let summary = client
-        .select(
-            "SELECT jsonb_build_object('pool_id', $1::text, 'inventory', $2::int, \
-               'claimed', count(*) FILTER (WHERE status <> 'available'), \
-               'available', count(*) FILTER (WHERE status = 'available'), \
-               'released', (SELECT count(*) FROM intake.released_slots WHERE pool_id = $1), \
-               'users', (SELECT count(*) FROM intake.user_claims WHERE pool_id = $1)) \
-             FROM intake.allocations WHERE pool_id = $1",
-            Some(1),
-            &[pool.as_str().into(), inventory.into()],
-        )?
-        .first()
-        .get_one::<JsonB>()?
-        .unwrap_or(JsonB(Value::Null));
-    prepared::exec(
-        client,
-        "INSERT INTO intake.pool_state (pool_id, built_from) VALUES ($1, 'recovery') \
-         ON CONFLICT (pool_id) DO UPDATE SET built_at = now(), built_from = 'recovery'",
-        &[pool.as_str().into()],
-    )?;
-    Ok(summary.0)
-}
-
-/// Called by a claim that found the pool's UNLOGGED state or its slot sequence missing (a crash
-/// or a restore: sequences are not in dumps either): the
-/// first such claim rebuilds it under a per-pool lock; claims that arrive meanwhile wait for
-/// it, then find the pool intact and carry on. Returns whether this call rebuilt it.
-pub fn heal(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
-    prepared::exec(client, "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('intake.heal:' || $1, 0))", &[pool.as_str().into()],
-    )?;
-    let intact = client
-        .select(
-            "SELECT EXISTS (SELECT FROM intake.pool_state WHERE pool_id = $1) \
-                AND pg_catalog.to_regclass($2) IS NOT NULL",
-            Some(1),
-            &[pool.as_str().into(), pool.slot_sequence().into()],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
-    if intact {
-        return Ok(false);
-    }
-    let summary = rebuild(client, pool)?;
-    pgrx::log!(
-        "intake: pool {} had lost its UNLOGGED state (a crash or a restore); rebuilt from its logged intents: {}",
-        pool.as_str(),
-        summary
-    );
-    Ok(true)
-}
-
-/// A pool at a glance (what an operator asks during a sale): its inventory by status, its queue
-/// (due, backing off, validated and waiting for the ledger), its dead letters, the next retry,
-/// the latest error and the commit rate over the last minute. Counts rows: for an operator, not
-/// for a hot path.
-pub fn status(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
-    let q = pool.queue_table();
-    let dlq = format!("pgmq.\"q_{}\"", pool.dlq());
-    let rows = client.select(
-        &format!(
-            "WITH totals AS ( \
-               SELECT t.committed + coalesce((SELECT sum(n) FROM intake.outcome_log o WHERE o.pool_id = t.pool_id AND o.outcome = 'committed'), 0) AS committed, \
-                      t.rejected + coalesce((SELECT sum(n) FROM intake.outcome_log o WHERE o.pool_id = t.pool_id AND o.outcome = 'rejected'), 0) AS rejected \
-                 FROM intake.pool_totals t WHERE t.pool_id = $1), \
-             minute_ago AS ( \
-               SELECT m.committed, m.collected_at FROM intake.engine_metrics m \
-                WHERE m.pool_id = $1 AND m.collected_at <= clock_timestamp() - interval '1 minute' \
-                ORDER BY m.collected_at DESC LIMIT 1) \
-             SELECT jsonb_build_object( \
-               'pool_id', c.pool_id, 'inventory', c.inventory, 'paused', c.paused, 'drain_mode', c.drain_mode, \
-               'intact', EXISTS (SELECT FROM intake.pool_state s WHERE s.pool_id = c.pool_id), \
-               'available', (SELECT count(*) FROM intake.allocations a WHERE a.pool_id = c.pool_id AND a.status = 'available'), \
-               'claimed', (SELECT count(*) FROM intake.allocations a WHERE a.pool_id = c.pool_id AND a.status = 'locked'), \
-               'consumed', (SELECT count(*) FROM intake.allocations a WHERE a.pool_id = c.pool_id AND a.status = 'consumed'), \
-               'released', (SELECT count(*) FROM intake.released_slots r WHERE r.pool_id = c.pool_id), \
-               'queued', (SELECT count(*) FROM {q} WHERE vt <= clock_timestamp()), \
-               'invisible', (SELECT count(*) FROM {q} WHERE vt > clock_timestamp()), \
-               'validated_waiting', (SELECT count(*) FROM {q} WHERE message ->> 'state' = 'validated'), \
-               'committed', (SELECT committed FROM totals), \
-               'rejected', (SELECT rejected FROM totals), \
-               'dlq', (SELECT count(*) FROM {dlq}), \
-               'next_retry_at', (SELECT min(vt) FROM {q} WHERE vt > clock_timestamp()), \
-               'last_error', (SELECT message ->> 'last_error' FROM {q} WHERE message ->> 'last_error' IS NOT NULL ORDER BY msg_id DESC LIMIT 1), \
-               'committed_per_second_last_minute', \
-                 (SELECT round(((SELECT committed FROM totals) - m.committed) \
-                               / greatest(extract(epoch FROM clock_timestamp() - m.collected_at), 1)::numeric, 2) FROM minute_ago m)) \
-             FROM intake.engine_config c WHERE c.pool_id = $1"
-        ),
-        Some(1),
-        &[pool.as_str().into()],
-    )?;
-    if rows.is_empty() {
-        return Err(CoreError::not_found("pool", pool.as_str()));
-    }
-    Ok(rows
-        .first()
-        .get_one::<JsonB>()?
-        .map_or(Value::Null, |j| j.0))
 }
