@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use super::delivery::NewDelivery;
 use super::engine;
-use super::store::{self, Observed};
+use super::record::{self, Observed};
+use super::store;
 use crate::core::args::{
     self, RawJsonb, MAX_JSON_ARG_BYTES, MAX_RESPONSE_ARG_BYTES as MAX_BODY_ARG_BYTES,
 };
@@ -117,7 +118,7 @@ fn collect() -> Result<pgrx::JsonB, ErrorReport> {
 fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
     let mut ok = 0;
     for id in ids {
-        if store::rerun_handler(id).map_err(CoreError::reporter("flowgate.rerun_handlers"))? {
+        if record::rerun_handler(id).map_err(CoreError::reporter("flowgate.rerun_handlers"))? {
             ok += 1;
         }
     }
@@ -147,7 +148,7 @@ fn record_attempt(
         error,
     };
     args::required("id", id)
-        .and_then(|id| store::record(id, None, &observed.typed()))
+        .and_then(|id| record::record(id, None, &observed.typed()))
         .map(|r| r.as_str().to_owned())
         .map_err(CoreError::reporter("flowgate.record_attempt"))
 }

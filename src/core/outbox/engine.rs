@@ -9,7 +9,7 @@
 //!    here.
 //! 2. **Send** (no transaction): the native client sends the rest concurrently.
 //! 3. **Record** (a new transaction): each outcome is written under its lease; a delivery with
-//!    a response handler is recorded in a subtransaction (see [`store::record`]).
+//!    a response handler is recorded in a subtransaction (see [`record::record`]).
 //!
 //! A crash, cancel or timeout between the steps leaves rows `in_flight`; `flowgate.collect`
 //! expires them after the lease and they are sent again with the same Idempotency-Key: at most
@@ -26,7 +26,8 @@ use pgrx::spi::SpiClient;
 
 use super::flow;
 use super::native;
-use super::store::{self, Observation, Prepared, Recorded};
+use super::record::{self, Observation, Recorded};
+use super::store::{self, Prepared};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared;
 use crate::core::store as settings;
@@ -168,7 +169,7 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
         match p {
             Prepared::Unsendable { id, reason } => {
                 let lease = lease_of(id)?.attempt;
-                let r = store::record(id, Some(lease), &Observation::unsendable(reason))?;
+                let r = record::record(id, Some(lease), &Observation::unsendable(reason))?;
                 claimed.recorded.add(r);
             }
             Prepared::Send(request) => {
@@ -437,25 +438,25 @@ pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> 
 /// Record what was sent, each under its lease, in a new transaction: one statement for the
 /// round, then each owner's response handler in its own subtransaction.
 pub fn record(sent: &[Sent]) -> CoreResult<Counts> {
-    let policy = store::retry_policy()?;
+    let policy = record::retry_policy()?;
     let mut counts = Counts::default();
-    let items: Vec<store::Batched<'_>> = sent
+    let items: Vec<record::Batched<'_>> = sent
         .iter()
-        .map(|s| store::Batched {
+        .map(|s| record::Batched {
             id: s.id,
             lease: s.lease,
             max_attempts: s.max_attempts,
             observed: &s.observation,
         })
         .collect();
-    for r in store::record_batch(&items, &policy)? {
+    for r in record::record_batch(&items, &policy)? {
         counts.add(r);
     }
     let pauses: Vec<(&str, std::time::Duration)> = sent
         .iter()
-        .filter_map(|s| store::pause_of(&s.observation, &policy).map(|d| (s.flow_key.as_str(), d)))
+        .filter_map(|s| record::pause_of(&s.observation, &policy).map(|d| (s.flow_key.as_str(), d)))
         .collect();
-    store::pause_flows(&pauses)?;
+    record::pause_flows(&pauses)?;
     Ok(counts)
 }
 
@@ -484,13 +485,13 @@ const COLLECT_BATCH: i64 = 500;
 /// flight past their lease (and never less than their own timeout plus 30 s) as timed-out
 /// attempts, which are then retried with the same key. No HTTP; one short transaction.
 pub fn collect() -> CoreResult<Collected> {
-    let policy = store::retry_policy()?;
+    let policy = record::retry_policy()?;
     let lease = settings::get_i64("flowgate.in_flight_lease_seconds")?;
     let mut out = Collected::default();
     let has_pg_net = Spi::get_one::<bool>("SELECT to_regclass('net._http_response') IS NOT NULL")?
         .unwrap_or(false);
     if has_pg_net {
-        let answered: Vec<(i64, bool, Option<i64>, store::Observed)> = Spi::connect_mut(
+        let answered: Vec<(i64, bool, Option<i64>, record::Observed)> = Spi::connect_mut(
             |client| {
                 let rows = prepared::exec(
                 client,
@@ -513,7 +514,7 @@ pub fn collect() -> CoreResult<Collected> {
                         row.get::<i64>(1)?.unwrap_or_default(),
                         row.get::<bool>(2)?.unwrap_or(false),
                         row.get::<i64>(3)?,
-                        store::Observed {
+                        record::Observed {
                             status_code: row.get(4)?,
                             retry_after: row.get(5)?,
                             body: row.get(6)?,
@@ -528,7 +529,7 @@ pub fn collect() -> CoreResult<Collected> {
         )?;
         for (id, sensitive, transport_ref, observed) in answered {
             out.counts
-                .add(store::record_with(id, None, &observed.typed(), &policy)?);
+                .add(record::record_with(id, None, &observed.typed(), &policy)?);
             // pg_net keeps responses for hours: a sensitive one (API keys) goes once read.
             if sensitive {
                 Spi::run_with_args(
@@ -563,7 +564,7 @@ pub fn collect() -> CoreResult<Collected> {
     for id in expired {
         // Any attempt: the lease of whoever claimed it has passed.
         out.counts
-            .add(store::record_with(id, None, &timed_out, &policy)?);
+            .add(record::record_with(id, None, &timed_out, &policy)?);
         out.expired += 1;
     }
     Ok(out)

@@ -15,4 +15,5 @@ pub mod handlers;
 pub mod native;
 pub mod policy;
 pub mod procedure;
+pub mod record;
 pub mod store;
