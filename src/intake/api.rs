@@ -13,7 +13,7 @@ mod intake {
     };
     use crate::core::error::{CoreError, CoreResult};
     use crate::intake::pool::PoolId;
-    use crate::intake::{book, claim, drain, ledger, metrics, recovery, store};
+    use crate::intake::{book, claim, drain, ledger, metrics, pools, recovery, store};
 
     const CONFIG_KEYS: &[&str] = &[
         "batch_size",
@@ -79,62 +79,7 @@ mod intake {
             }
             cfg.insert("pool_id".into(), pool.as_str().into());
             cfg.insert("inventory".into(), inventory.into());
-            let cols: Vec<String> = cfg.keys().map(|k| format!("\"{k}\"")).collect();
-            let list = cols.join(", ");
-            Spi::connect_mut(|client| -> CoreResult<()> {
-                let exists = client.select(
-                    "SELECT FROM intake.engine_config WHERE pool_id = $1",
-                    Some(1),
-                    &[pool.as_str().into()],
-                )?;
-                if !exists.is_empty() {
-                    return Err(CoreError::Duplicate {
-                        kind: "pool".into(),
-                        key: pool.as_str().into(),
-                    });
-                }
-                client.update(
-                    &format!(
-                        "INSERT INTO intake.engine_config ({list}) SELECT {list} FROM jsonb_populate_record(NULL::intake.engine_config, $1)"
-                    ),
-                    None,
-                    &[JsonB(Value::Object(cfg.clone())).into()],
-                )?;
-                for table in ["intake.pool_totals", "intake.drain_clock"] {
-                    client.update(
-                        &format!("INSERT INTO {table} (pool_id) VALUES ($1)"),
-                        None,
-                        &[pool.as_str().into()],
-                    )?;
-                }
-                client.update("SELECT pgmq.create($1)", None, &[pool.queue().into()])?;
-                client.update("SELECT pgmq.create($1)", None, &[pool.dlq().into()])?;
-                // A member of the extension, so DROP EXTENSION takes it along.
-                client.update(
-                    &format!("CREATE SEQUENCE {} AS int MINVALUE 1", pool.slot_sequence()),
-                    None,
-                    &[],
-                )?;
-                client.update(
-                    &format!(
-                        "ALTER EXTENSION flowgate ADD SEQUENCE {}",
-                        pool.slot_sequence()
-                    ),
-                    None,
-                    &[],
-                )?;
-                client.update(
-                    "INSERT INTO intake.allocations (pool_id, slot) SELECT $1, g FROM generate_series(1, $2) g",
-                    None,
-                    &[pool.as_str().into(), inventory.into()],
-                )?;
-                client.update(
-                    "INSERT INTO intake.pool_state (pool_id) VALUES ($1)",
-                    None,
-                    &[pool.as_str().into()],
-                )?;
-                Ok(())
-            })?;
+            Spi::connect_mut(|client| pools::create(client, &pool, inventory, cfg))?;
             Ok(JsonB(
                 json!({"pool_id": pool.as_str(), "inventory": inventory, "queue": pool.queue(), "dlq": pool.dlq()}),
             ))
@@ -147,41 +92,7 @@ mod intake {
     fn drop_pool(pool_id: &str) -> Result<bool, ErrorReport> {
         let run = || -> CoreResult<bool> {
             let pool = PoolId::parse(pool_id)?;
-            Spi::connect_mut(|client| -> CoreResult<bool> {
-                let gone = client.update(
-                    "DELETE FROM intake.engine_config WHERE pool_id = $1 RETURNING 1",
-                    None,
-                    &[pool.as_str().into()],
-                )?;
-                if gone.is_empty() {
-                    return Err(CoreError::not_found("pool", pool.as_str()));
-                }
-                // The tables without a foreign key to engine_config (see sql/intake.sql).
-                for table in ["intake.user_claims", "intake.allocations"] {
-                    client.update(
-                        &format!("DELETE FROM {table} WHERE pool_id = $1"),
-                        None,
-                        &[pool.as_str().into()],
-                    )?;
-                }
-                for q in [pool.queue(), pool.dlq()] {
-                    client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
-                }
-                client.update(
-                    &format!(
-                        "ALTER EXTENSION flowgate DROP SEQUENCE {}",
-                        pool.slot_sequence()
-                    ),
-                    None,
-                    &[],
-                )?;
-                client.update(
-                    &format!("DROP SEQUENCE {}", pool.slot_sequence()),
-                    None,
-                    &[],
-                )?;
-                Ok(true)
-            })
+            Spi::connect_mut(|client| pools::drop(client, &pool))
         };
         run().map_err(CoreError::reporter("intake.drop_pool"))
     }
@@ -263,20 +174,7 @@ mod intake {
     fn reclaim_slots(pool_id: &str) -> Result<i64, ErrorReport> {
         let run = || -> CoreResult<i64> {
             let pool = PoolId::parse(pool_id)?;
-            let seq = pool.slot_sequence();
-            let handed_out = Spi::get_one::<i64>(&format!(
-                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}"
-            ))?
-            .unwrap_or(0);
-            Ok(Spi::get_one_with_args::<i64>(
-                "WITH lost AS (SELECT slot FROM intake.allocations WHERE pool_id = $1 AND slot <= $2 \
-                               AND status = 'available' FOR UPDATE SKIP LOCKED), \
-                      ins AS (INSERT INTO intake.released_slots (pool_id, slot) SELECT $1, slot FROM lost \
-                              ON CONFLICT DO NOTHING RETURNING 1) \
-                 SELECT count(*) FROM ins",
-                &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
-            )?
-            .unwrap_or(0))
+            Spi::connect_mut(|client| pools::reclaim_slots(client, &pool))
         };
         run().map_err(CoreError::reporter("intake.reclaim_slots"))
     }
@@ -292,7 +190,7 @@ mod intake {
     fn drain(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
             let pool = PoolId::parse(pool_id)?;
-            Spi::connect_mut(|client| drain_pool(client, &pool))
+            Spi::connect_mut(|client| store::drain(client, &pool))
         };
         run()
             .map(JsonB)
@@ -315,70 +213,6 @@ mod intake {
             .map_err(CoreError::reporter("intake.pool_status"))
     }
 
-    fn drain_pool(client: &mut pgrx::spi::SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
-        let cfg = store::load_config(client, pool)?;
-        if cfg.paused {
-            return Ok(json!({"pool_id": pool.as_str(), "status": "paused"}));
-        }
-        let budget = match cfg.rate_limit {
-            None => cfg.batch_size,
-            Some(rate) => {
-                let clock = client.update(
-                    "SELECT extract(epoch FROM clock_timestamp() - last_drain_at)::float8 FROM intake.drain_clock \
-                      WHERE pool_id = $1 FOR UPDATE SKIP LOCKED",
-                    None,
-                    &[pool.as_str().into()],
-                )?;
-                if clock.is_empty() {
-                    // Another drain of this rate-limited pool is running: it owns the budget.
-                    return Ok(json!({"pool_id": pool.as_str(), "status": "busy"}));
-                }
-                let since: Option<f64> = clock.first().get_one::<f64>()?;
-                drain::budget(cfg.batch_size, Some(rate), since)
-            }
-        };
-        if budget <= 0 {
-            return Ok(json!({"pool_id": pool.as_str(), "status": "throttled"}));
-        }
-        let started = store::start(client, pool, &cfg, budget)?;
-        if cfg.rate_limit.is_some() && started.read > 0 {
-            client.update(
-                "UPDATE intake.drain_clock SET last_drain_at = clock_timestamp() WHERE pool_id = $1",
-                None,
-                &[pool.as_str().into()],
-            )?;
-        }
-        let queue_empty = client
-            .select(
-                &format!("SELECT NOT EXISTS (SELECT FROM {})", pool.queue_table()),
-                Some(1),
-                &[],
-            )?
-            .first()
-            .get_one::<bool>()?
-            .unwrap_or(false);
-        // The validation and commit requests go out through the outbox (CALL
-        // flowgate.run_outbox() or the worker), with no transaction open; their handlers move
-        // each intent on.
-        let status = drain::summarize(&drain::DrainCounts {
-            read: started.read,
-            progressed: started.committed,
-            handed: started.deliveries.len(),
-            troubled: started.dead_lettered,
-            waiting: started.waiting,
-            queue_empty,
-        });
-        Ok(json!({
-            "pool_id": pool.as_str(),
-            "status": status,
-            "read": started.read,
-            "committed_locally": started.committed,
-            "dead_lettered": started.dead_lettered,
-            "waiting_for_reply": started.waiting,
-            "handed_to_outbox": started.deliveries.len(),
-        }))
-    }
-
     /// Re-queue dead-lettered intents of a pool: all of them, or those in `msg_ids`. Each keeps
     /// its first message id as idempotency key (the webhook and the ledger de-duplicate), and a
     /// validated intent goes straight to the commit step. Returns the new queue message ids.
@@ -391,7 +225,7 @@ mod intake {
             let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
                 store::load_config(client, &pool)?;
-                let ids = store::replay(client, &pool, msg_ids)?;
+                let ids = pools::replay(client, &pool, msg_ids)?;
                 Ok(json!({"pool_id": pool.as_str(), "replayed": ids.len(), "msg_ids": ids}))
             })
         };

@@ -10,6 +10,7 @@ pub mod drain;
 pub mod ledger;
 pub mod metrics;
 pub mod pool;
+pub mod pools;
 pub mod recovery;
 pub mod replies;
 pub mod settings;

@@ -85,15 +85,7 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         ),
         &[pool.as_str().into()],
     )?;
-    let handed_out = client
-        .select(
-            &format!("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}"),
-            Some(1),
-            &[],
-        )?
-        .first()
-        .get_one::<i64>()?
-        .unwrap_or(0);
+    let handed_out = crate::intake::pools::handed_out(client, pool)?;
     prepared::exec(client, "INSERT INTO intake.released_slots (pool_id, slot) SELECT pool_id, slot FROM intake.allocations \
          WHERE pool_id = $1 AND status = 'available' AND slot <= $2", &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
     )?;

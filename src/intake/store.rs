@@ -539,32 +539,68 @@ fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String 
     }
 }
 
-/// Re-queue dead-lettered intents (all, or those listed). Each keeps its origin message id, so
-/// the webhook and the ledger see the same idempotency key; a validated intent is not validated
-/// again. Returns the new message ids.
-pub fn replay(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    ids: Option<Vec<i64>>,
-) -> CoreResult<Vec<i64>> {
-    let rows = client.update(
-        &format!(
-            "WITH picked AS (SELECT msg_id, message FROM pgmq.\"q_{dlq}\" WHERE $1::bigint[] IS NULL OR msg_id = ANY ($1) \
-                              ORDER BY msg_id FOR UPDATE SKIP LOCKED), \
-                  gone AS (DELETE FROM pgmq.\"q_{dlq}\" d USING picked WHERE d.msg_id = picked.msg_id RETURNING picked.message) \
-             SELECT (SELECT pgmq.send($2, (message - 'dlq_reason' - 'dead_lettered_at' - 'read_ct' - 'last_error') \
-                                          || jsonb_build_object('replayed_at', clock_timestamp()))) FROM gone",
-            dlq = pool.dlq()
-        ),
-        None,
-        &[ids.into(), pool.queue().into()],
-    )?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        if let Some(id) = r.get::<i64>(1)? {
-            out.push(id);
-        }
+/// One drain of a pool (`intake.drain`): start the next step of up to a batch of intents and say
+/// what it did.
+pub fn drain(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
+    let cfg = load_config(client, pool)?;
+    if cfg.paused {
+        return Ok(json!({"pool_id": pool.as_str(), "status": "paused"}));
     }
-    log_outcome(client, pool, "replayed", out.len() as i64)?;
-    Ok(out)
+    let budget = match cfg.rate_limit {
+        None => cfg.batch_size,
+        Some(rate) => {
+            let clock = client.update(
+                "SELECT extract(epoch FROM clock_timestamp() - last_drain_at)::float8 FROM intake.drain_clock \
+                  WHERE pool_id = $1 FOR UPDATE SKIP LOCKED",
+                None,
+                &[pool.as_str().into()],
+            )?;
+            if clock.is_empty() {
+                // Another drain of this rate-limited pool is running: it owns the budget.
+                return Ok(json!({"pool_id": pool.as_str(), "status": "busy"}));
+            }
+            let since: Option<f64> = clock.first().get_one::<f64>()?;
+            drain::budget(cfg.batch_size, Some(rate), since)
+        }
+    };
+    if budget <= 0 {
+        return Ok(json!({"pool_id": pool.as_str(), "status": "throttled"}));
+    }
+    let started = start(client, pool, &cfg, budget)?;
+    if cfg.rate_limit.is_some() && started.read > 0 {
+        client.update(
+            "UPDATE intake.drain_clock SET last_drain_at = clock_timestamp() WHERE pool_id = $1",
+            None,
+            &[pool.as_str().into()],
+        )?;
+    }
+    let queue_empty = client
+        .select(
+            &format!("SELECT NOT EXISTS (SELECT FROM {})", pool.queue_table()),
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    // The validation and commit requests go out through the outbox (CALL
+    // flowgate.run_outbox() or the worker), with no transaction open; their handlers move
+    // each intent on.
+    let status = drain::summarize(&drain::DrainCounts {
+        read: started.read,
+        progressed: started.committed,
+        handed: started.deliveries.len(),
+        troubled: started.dead_lettered,
+        waiting: started.waiting,
+        queue_empty,
+    });
+    Ok(json!({
+        "pool_id": pool.as_str(),
+        "status": status,
+        "read": started.read,
+        "committed_locally": started.committed,
+        "dead_lettered": started.dead_lettered,
+        "waiting_for_reply": started.waiting,
+        "handed_to_outbox": started.deliveries.len(),
+    }))
 }

@@ -1,0 +1,177 @@
+//! A pool's lifecycle and its operator actions: creating and dropping it (configuration,
+//! inventory, queues, slot sequence), giving back lost slots and replaying dead letters.
+
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::{Map, Value};
+
+use crate::core::error::{CoreError, CoreResult};
+use crate::intake::pool::PoolId;
+use crate::intake::store::log_outcome;
+
+/// Create a pool from its checked configuration `cfg` (engine_config columns, with `pool_id`
+/// and `inventory`): its configuration row, counters, pgmq queue and dead-letter queue, slot
+/// sequence, `inventory` available slots and its intact marker. 23505 if it exists.
+pub fn create(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    inventory: i32,
+    cfg: Map<String, Value>,
+) -> CoreResult<()> {
+    let cols: Vec<String> = cfg.keys().map(|k| format!("\"{k}\"")).collect();
+    let list = cols.join(", ");
+    let exists = client.select(
+        "SELECT FROM intake.engine_config WHERE pool_id = $1",
+        Some(1),
+        &[pool.as_str().into()],
+    )?;
+    if !exists.is_empty() {
+        return Err(CoreError::Duplicate {
+            kind: "pool".into(),
+            key: pool.as_str().into(),
+        });
+    }
+    client.update(
+        &format!(
+            "INSERT INTO intake.engine_config ({list}) SELECT {list} FROM jsonb_populate_record(NULL::intake.engine_config, $1)"
+        ),
+        None,
+        &[JsonB(Value::Object(cfg)).into()],
+    )?;
+    for table in ["intake.pool_totals", "intake.drain_clock"] {
+        client.update(
+            &format!("INSERT INTO {table} (pool_id) VALUES ($1)"),
+            None,
+            &[pool.as_str().into()],
+        )?;
+    }
+    client.update("SELECT pgmq.create($1)", None, &[pool.queue().into()])?;
+    client.update("SELECT pgmq.create($1)", None, &[pool.dlq().into()])?;
+    // A member of the extension, so DROP EXTENSION takes it along.
+    client.update(
+        &format!("CREATE SEQUENCE {} AS int MINVALUE 1", pool.slot_sequence()),
+        None,
+        &[],
+    )?;
+    client.update(
+        &format!(
+            "ALTER EXTENSION flowgate ADD SEQUENCE {}",
+            pool.slot_sequence()
+        ),
+        None,
+        &[],
+    )?;
+    client.update(
+        "INSERT INTO intake.allocations (pool_id, slot) SELECT $1, g FROM generate_series(1, $2) g",
+        None,
+        &[pool.as_str().into(), inventory.into()],
+    )?;
+    client.update(
+        "INSERT INTO intake.pool_state (pool_id) VALUES ($1)",
+        None,
+        &[pool.as_str().into()],
+    )?;
+    Ok(())
+}
+
+/// Drop a pool: its queues, sequence, inventory and configuration. P0002 if it does not exist.
+pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
+    let gone = client.update(
+        "DELETE FROM intake.engine_config WHERE pool_id = $1 RETURNING 1",
+        None,
+        &[pool.as_str().into()],
+    )?;
+    if gone.is_empty() {
+        return Err(CoreError::not_found("pool", pool.as_str()));
+    }
+    // The tables without a foreign key to engine_config (see sql/intake.sql).
+    for table in ["intake.user_claims", "intake.allocations"] {
+        client.update(
+            &format!("DELETE FROM {table} WHERE pool_id = $1"),
+            None,
+            &[pool.as_str().into()],
+        )?;
+    }
+    for q in [pool.queue(), pool.dlq()] {
+        client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
+    }
+    client.update(
+        &format!(
+            "ALTER EXTENSION flowgate DROP SEQUENCE {}",
+            pool.slot_sequence()
+        ),
+        None,
+        &[],
+    )?;
+    client.update(
+        &format!("DROP SEQUENCE {}", pool.slot_sequence()),
+        None,
+        &[],
+    )?;
+    Ok(true)
+}
+
+/// How many slot numbers the pool's sequence has handed out (its counter).
+pub fn handed_out(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<i64> {
+    Ok(client
+        .select(
+            &format!(
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {}",
+                pool.slot_sequence()
+            ),
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0))
+}
+
+/// Give back slots whose claim aborted after taking its number (the sequence does not roll
+/// back): available slots at or below the counter that no claim holds.
+pub fn reclaim_slots(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<i64> {
+    let handed_out = handed_out(client, pool)?;
+    Ok(client
+        .update(
+            "WITH lost AS (SELECT slot FROM intake.allocations WHERE pool_id = $1 AND slot <= $2 \
+                           AND status = 'available' FOR UPDATE SKIP LOCKED), \
+                  ins AS (INSERT INTO intake.released_slots (pool_id, slot) SELECT $1, slot FROM lost \
+                          ON CONFLICT DO NOTHING RETURNING 1) \
+             SELECT count(*) FROM ins",
+            None,
+            &[pool.as_str().into(), (handed_out.min(i64::from(i32::MAX)) as i32).into()],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0))
+}
+
+/// Re-queue dead-lettered intents (all, or those listed). Each keeps its origin message id, so
+/// the webhook and the ledger see the same idempotency key; a validated intent is not validated
+/// again. Returns the new message ids.
+pub fn replay(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    ids: Option<Vec<i64>>,
+) -> CoreResult<Vec<i64>> {
+    let rows = client.update(
+        &format!(
+            "WITH picked AS (SELECT msg_id, message FROM pgmq.\"q_{dlq}\" WHERE $1::bigint[] IS NULL OR msg_id = ANY ($1) \
+                              ORDER BY msg_id FOR UPDATE SKIP LOCKED), \
+                  gone AS (DELETE FROM pgmq.\"q_{dlq}\" d USING picked WHERE d.msg_id = picked.msg_id RETURNING picked.message) \
+             SELECT (SELECT pgmq.send($2, (message - 'dlq_reason' - 'dead_lettered_at' - 'read_ct' - 'last_error') \
+                                          || jsonb_build_object('replayed_at', clock_timestamp()))) FROM gone",
+            dlq = pool.dlq()
+        ),
+        None,
+        &[ids.into(), pool.queue().into()],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        if let Some(id) = r.get::<i64>(1)? {
+            out.push(id);
+        }
+    }
+    log_outcome(client, pool, "replayed", out.len() as i64)?;
+    Ok(out)
+}
