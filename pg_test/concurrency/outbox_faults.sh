@@ -49,6 +49,22 @@ enqueue() {   # enqueue PREFIX N PATH
   q "SELECT count(flowgate.enqueue_delivery('faults', '$1-' || g, '$T$3', '$1-' || g, jsonb_build_object('g', g),
               timeout_ms => 10000)) FROM generate_series(1, $2) g" >/dev/null
 }
+# enqueue_parked PREFIX N URL: N deliveries, enqueued parked in one transaction, so the
+# background worker (which also runs the outbox here) never sees them due before the sender
+# that send_due starts.
+enqueue_parked() {
+  psql -X -q -v ON_ERROR_STOP=1 -1 \
+    -c "SELECT count(flowgate.enqueue_delivery('faults', '$1-' || g, '$3', '$1-' || g, jsonb_build_object('g', g), timeout_ms => 10000))
+          FROM generate_series(1, $2) g" \
+    -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$1-%'" >/dev/null
+}
+# send_due PREFIX APPNAME: in one session named APPNAME, make PREFIX's deliveries due and send
+# them (CALL flowgate.run_outbox()); its failure (a kill, a restart) is the point, not an error.
+send_due() {
+  psql -X -q -c "SET application_name = '$2'" \
+       -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$1-%'" \
+       -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true
+}
 # Pass the lease of every delivery of PREFIX still in flight, let collect() expire it, make
 # the retry due, and send until none is left.
 after_lease() {
@@ -100,11 +116,7 @@ echo "ok 1 - outbox faults: 200 deliveries to a 2 s endpoint ($n_samples samples
 # with new keys.
 for try in 1 2 3; do
   C="$K-cancel$try"   # a fresh key prefix per try: the server counts per key
-  # Enqueued parked in one transaction: the worker never sees them due before the CALL.
-  psql -X -q -v ON_ERROR_STOP=1 -1 \
-    -c "SELECT count(flowgate.enqueue_delivery('faults', '$C-' || g, '$T/slow/3000', '$C-' || g, jsonb_build_object('g', g), timeout_ms => 10000))
-          FROM generate_series(1, 20) g" \
-    -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$C-%'" >/dev/null
+  enqueue_parked "$C" 20 "$T/slow/3000"
   set +e
   err=$(psql -X -q -v ON_ERROR_STOP=1 -c "SET statement_timeout = '1s'" \
           -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$C-%'" \
@@ -130,14 +142,9 @@ echo "ok 1 - outbox faults: statement_timeout mid-send ($in_flight left in fligh
 
 # 3. kill -9 of the sending backend mid-send (enqueued parked, made due by the sender itself,
 # as above).
-psql -X -q -v ON_ERROR_STOP=1 -1 \
-  -c "SELECT count(flowgate.enqueue_delivery('faults', '$K-kill-' || g, '$T/slow/3000', '$K-kill-' || g, jsonb_build_object('g', g), timeout_ms => 10000))
-        FROM generate_series(1, 40) g" \
-  -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$K-kill-%'" >/dev/null
+enqueue_parked "$K-kill" 40 "$T/slow/3000"
 log_lines_before=$(wc -l < "$LOG")
-( psql -X -q -c "SET application_name = 'fg_faults_kill'" \
-      -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$K-kill-%'" \
-      -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+send_due "$K-kill" fg_faults_kill &
 victim=""
 for _ in $(seq 1 50); do
   sleep 0.1
@@ -168,14 +175,9 @@ echo "ok 1 - outbox faults: kill -9 of the sender mid-send ($stranded in flight 
 # due by the sending session; once the server has their requests, this script locks their rows
 # so the record step waits, and the sender is killed while it waits.
 C="$K-unrecorded"
-psql -X -q -v ON_ERROR_STOP=1 -1 \
-  -c "SELECT count(flowgate.enqueue_delivery('faults', '$C-' || g, '$T/slow/500', '$C-' || g, '{}', timeout_ms => 10000))
-        FROM generate_series(1, 10) g" \
-  -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$C-%'" >/dev/null
+enqueue_parked "$C" 10 "$T/slow/500"
 log_lines_before=$(wc -l < "$LOG")
-( psql -X -q -c "SET application_name = 'fg_faults_unrecorded'" \
-      -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$C-%'" \
-      -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+send_due "$C" fg_faults_unrecorded &
 caller=$!
 holder=$(mktemp -u)
 for _ in $(seq 1 50); do [ "$(stat "$C-" requests)" -ge 1 ] && break; sleep 0.05; done
@@ -202,12 +204,8 @@ echo "ok 1 - outbox faults: kill -9 after the send ($sent_before requests answer
 
 # 5. A server restart (fast shutdown) while requests are on the wire.
 C="$K-restart"
-psql -X -q -v ON_ERROR_STOP=1 -1 \
-  -c "SELECT count(flowgate.enqueue_delivery('faults', '$C-' || g, '$T/slow/2000', '$C-' || g, '{}', timeout_ms => 10000))
-        FROM generate_series(1, 20) g" \
-  -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$C-%'" >/dev/null
-( psql -X -q -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$C-%'" \
-      -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+enqueue_parked "$C" 20 "$T/slow/2000"
+send_due "$C" fg_faults_restart &
 caller=$!
 for _ in $(seq 1 50); do [ "$(stat "$C-" requests)" -ge 1 ] && break; sleep 0.05; done
 pgctl -m fast -w restart -l "$LOG" >/dev/null
@@ -228,14 +226,9 @@ holder=$!
 for _ in $(seq 1 50); do [ -s "$hold_out" ] && break; sleep 0.05; done
 HP=$(head -1 "$hold_out"); rm -f "$hold_out"
 [ -n "$HP" ] || fail "flowgate-testd hold printed no port"
-psql -X -q -v ON_ERROR_STOP=1 -1 \
-  -c "SELECT count(flowgate.enqueue_delivery('faults', '$C-' || g, 'http://127.0.0.1:$HP/ok', '$C-' || g, '{}', timeout_ms => 10000))
-        FROM generate_series(1, 10) g" \
-  -c "UPDATE flowgate.deliveries SET next_attempt_at = 'infinity' WHERE idempotency_key LIKE '$C-%'" >/dev/null
+enqueue_parked "$C" 10 "http://127.0.0.1:$HP/ok"
 log_lines_before=$(wc -l < "$LOG")
-( psql -X -q -c "SET application_name = 'fg_faults_unsent'" \
-      -c "UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key LIKE '$C-%'" \
-      -c "CALL flowgate.run_outbox()" >/dev/null 2>&1 || true ) &
+send_due "$C" fg_faults_unsent &
 caller=$!
 for _ in $(seq 1 100); do
   [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE '$C-%' AND status = 'in_flight'")" -eq 10 ] && break

@@ -17,30 +17,22 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// A listener on 127.0.0.1 at the port argument (0: any free port); exits when it cannot bind.
+fn listen(port: Option<&String>) -> std::net::TcpListener {
+    let port: u16 = port.and_then(|p| p.parse().ok()).unwrap_or_else(|| usage());
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| {
+        eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
+        std::process::exit(1)
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("serve") => {
-            let port: u16 = args
-                .get(2)
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| usage());
-            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| {
-                eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
-                std::process::exit(1)
-            });
-            testserver::serve(listener);
-        }
+        Some("serve") => testserver::serve(listen(args.get(2))),
         Some("hold") => {
-            let port: u16 = args
-                .get(2)
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| usage());
-            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| {
-                eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
-                std::process::exit(1)
-            });
-            let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+            let listener = listen(args.get(2));
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
             println!("{port}");
             use std::io::Write;
             let _ = std::io::stdout().flush();
