@@ -1,6 +1,7 @@
 //! Outbox data access: enqueue and rearm, parking, secret resolution and loading claimed rows
 //! for a transport. Recording an outcome is in `record`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use pgrx::prelude::*;
@@ -27,7 +28,7 @@ pub struct Enqueued {
 /// Enqueue a delivery in the caller's transaction. Enqueueing the same idempotency key again
 /// is a no-op that returns the first row; reusing a key for another owner is 23505.
 pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueued> {
-    if let Some(id) = insert(client, d, false)? {
+    if let Some(id) = insert(client, std::slice::from_ref(d), false)?.remove(&d.idempotency_key) {
         return Ok(Enqueued { id, created: true });
     }
     let existing = prepared::read(
@@ -81,9 +82,24 @@ fn checked_limits(d: &NewDelivery) -> CoreResult<(i32, i32)> {
 /// [`rearm`] for many deliveries (a drain's batch): the keys never enqueued before are inserted
 /// in one statement, the others rearmed one by one. Answers in the order given.
 pub fn rearm_many(client: &mut SpiClient<'_>, ds: &[NewDelivery]) -> CoreResult<Vec<Rearmed>> {
-    if ds.len() < 2 {
-        return ds.iter().map(|d| rearm(client, d)).collect();
-    }
+    let mut created = insert(client, ds, true)?;
+    ds.iter()
+        .map(|d| match created.remove(&d.idempotency_key) {
+            Some(id) => Ok(Rearmed::Created(id)),
+            None => rearm_existing(client, d),
+        })
+        .collect()
+}
+
+/// Insert checked deliveries in one statement, each unless its idempotency key is taken; the
+/// ids of those inserted, by key. `if_absent`: only keys with no row visible at all, so the
+/// call never waits for a row another transaction is recording (which the caller may be
+/// blocking).
+fn insert(
+    client: &mut SpiClient<'_>,
+    ds: &[NewDelivery],
+    if_absent: bool,
+) -> CoreResult<HashMap<String, i64>> {
     let mut rows = Vec::with_capacity(ds.len());
     for d in ds {
         let (max_attempts, timeout_ms) = checked_limits(d)?;
@@ -96,8 +112,9 @@ pub fn rearm_many(client: &mut SpiClient<'_>, ds: &[NewDelivery]) -> CoreResult<
             "sensitive": d.sensitive, "flow_key": d.effective_flow_key(),
         }));
     }
-    // Only keys with no row at all (visible or not yet committed), as in `insert(.., true)`:
-    // never waiting for a row another transaction is recording.
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
     let inserted = prepared::exec(client, "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
          auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key) \
          SELECT r.owner_module, r.owner_id, r.handler, r.method, r.url, r.headers, r.auth_secret, r.auth_header, r.auth_scheme, \
@@ -106,61 +123,17 @@ pub fn rearm_many(client: &mut SpiClient<'_>, ds: &[NewDelivery]) -> CoreResult<
            FROM jsonb_to_recordset($1) AS r (owner_module text, owner_id text, handler text, method text, url text, \
                 headers jsonb, auth_secret text, auth_header text, auth_scheme text, body jsonb, idempotency_key text, \
                 max_attempts int, timeout_ms int, parked bool, wire_key text, sensitive bool, flow_key text) \
-          WHERE NOT EXISTS (SELECT FROM flowgate.deliveries x WHERE x.idempotency_key = r.idempotency_key) \
+          WHERE NOT $2 OR NOT EXISTS (SELECT FROM flowgate.deliveries x WHERE x.idempotency_key = r.idempotency_key) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
-        &[JsonB(Value::Array(rows)).into()],
+        &[JsonB(Value::Array(rows)).into(), if_absent.into()],
     )?;
-    let mut created = std::collections::HashMap::with_capacity(inserted.len());
+    let mut out = HashMap::with_capacity(inserted.len());
     for row in inserted {
         if let (Some(id), Some(key)) = (row.get::<i64>(1)?, row.get::<String>(2)?) {
-            created.insert(key, id);
+            out.insert(key, id);
         }
     }
-    let mut out = Vec::with_capacity(ds.len());
-    for d in ds {
-        out.push(match created.remove(&d.idempotency_key) {
-            Some(id) => Rearmed::Created(id),
-            None => rearm(client, d)?,
-        });
-    }
     Ok(out)
-}
-
-/// Insert a validated delivery unless its idempotency key is taken; its id when inserted.
-/// `if_absent`: only when no row with the key is visible at all, so the call never waits for
-/// a row another transaction is recording (which the caller may be blocking).
-fn insert(client: &mut SpiClient<'_>, d: &NewDelivery, if_absent: bool) -> CoreResult<Option<i64>> {
-    let (max_attempts, timeout_ms) = checked_limits(d)?;
-    let inserted = prepared::exec(client, "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
-         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                CASE WHEN $14 THEN 'infinity'::timestamptz ELSE now() END, $15, $16, $17 \
-          WHERE NOT $18 OR NOT EXISTS (SELECT FROM flowgate.deliveries WHERE idempotency_key = $11) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id", &[
-            d.owner_module.as_str().into(),
-            d.owner_id.as_str().into(),
-            d.handler.as_deref().into(),
-            d.method.as_str().into(),
-            d.url.as_str().into(),
-            JsonB(Value::Object(d.headers.clone())).into(),
-            d.auth_secret.as_deref().into(),
-            d.auth_header.as_str().into(),
-            d.auth_scheme.as_str().into(),
-            d.body.clone().map(JsonB).into(),
-            d.idempotency_key.as_str().into(),
-            max_attempts.into(),
-            timeout_ms.into(),
-            d.parked.into(),
-            d.wire_key.as_deref().into(),
-            d.sensitive.into(),
-            d.effective_flow_key().into(),
-            if_absent.into(),
-        ],
-    )?;
-    if inserted.is_empty() {
-        return Ok(None);
-    }
-    Ok(inserted.first().get_one::<i64>()?)
 }
 
 /// What [`rearm`] did with a delivery whose owner paces its retries itself.
@@ -183,10 +156,11 @@ pub enum Rearmed {
 /// this call says now (body, owner id, URL, headers, secret, timeout and flow key may change
 /// from try to try, e.g. an operator fixing a webhook URL; the Idempotency-Key stays).
 pub fn rearm(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed> {
-    // The common case, a key never enqueued, in one statement.
-    if let Some(id) = insert(client, d, true)? {
-        return Ok(Rearmed::Created(id));
-    }
+    Ok(rearm_many(client, std::slice::from_ref(d))?.remove(0))
+}
+
+/// [`rearm`] of a key that [`insert`] found taken.
+fn rearm_existing(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rearmed> {
     // Never wait for a row someone is recording (its handler may be waiting for a lock this
     // caller holds, e.g. the intent a drain has just read): a locked row is busy.
     let rows = prepared::exec(
