@@ -13,7 +13,7 @@ mod intake {
     };
     use crate::core::error::{CoreError, CoreResult};
     use crate::intake::pool::PoolId;
-    use crate::intake::{book, claim, drain, ledger, metrics, pools, recovery, store};
+    use crate::intake::{book, claim, drain, ledger, metrics, pools, recovery, requests, store};
 
     const CONFIG_KEYS: &[&str] = &[
         "batch_size",
@@ -280,7 +280,7 @@ mod intake {
                             continue;
                         }
                     };
-                    let req = store::stage_request(&cfg, &pool, &intent, stage);
+                    let req = requests::stage_request(&cfg, &pool, &intent, stage);
                     out.push((intent.msg_id, intent.read_ct, stage.as_str().to_owned(), req.url, req.secret, req.wire_key, JsonB(req.body)));
                 }
                 Ok(out)

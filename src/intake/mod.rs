@@ -13,6 +13,7 @@ pub mod pool;
 pub mod pools;
 pub mod recovery;
 pub mod replies;
+pub mod requests;
 pub mod settings;
 pub mod store;
 

@@ -7,19 +7,17 @@
 //! the outbox rolls it back and runs the single form for each delivery in its own
 //! subtransaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
-use serde_json::{json, Map, Value};
 
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::handlers::{BatchHandler, Handler, HandlerCall};
 use crate::core::outbox::store as outbox;
-use crate::core::prepared;
 use crate::intake::drain::{self, Action, IntentState, Stage};
 use crate::intake::pool::PoolId;
-use crate::intake::store::{self, log_outcome, slot_of, HttpReply, Intent};
+use crate::intake::requests;
+use crate::intake::store::{self, HttpReply};
 
 /// The outbox response handlers of the drain.
 pub const HANDLERS: &[(&str, Handler)] = &[
@@ -111,7 +109,7 @@ fn on_validations(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> Core
             continue;
         }
         let ids: Vec<i64> = group.iter().map(|(id, _)| *id).collect();
-        let mut intents = lock_many(client, &pool, &ids)?;
+        let mut intents = store::lock_many(client, &pool, &ids)?;
         let mut validated = Vec::new();
         let mut records = Vec::new();
         for (msg_id, call) in group {
@@ -132,7 +130,7 @@ fn on_validations(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> Core
         if validated.is_empty() {
             continue;
         }
-        mark_validated_many(client, &pool, &mut validated, records)?;
+        store::mark_validated_many(client, &pool, &mut validated, records)?;
         let cfg = store::load_config(client, &pool)?;
         if cfg.commit_target.is_none() {
             for intent in &validated {
@@ -141,7 +139,7 @@ fn on_validations(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> Core
         } else {
             let requests = validated
                 .iter()
-                .map(|intent| store::delivery(&cfg, &pool, intent, Stage::Commit))
+                .map(|intent| requests::delivery(&cfg, &pool, intent, Stage::Commit))
                 .collect::<CoreResult<Vec<_>>>()?;
             outbox::rearm_many(client, &requests)?;
         }
@@ -155,7 +153,7 @@ fn on_commits(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> CoreResu
             continue;
         }
         let ids: Vec<i64> = group.iter().map(|(id, _)| *id).collect();
-        let mut intents = lock_many(client, &pool, &ids)?;
+        let mut intents = store::lock_many(client, &pool, &ids)?;
         let mut done = Vec::new();
         for (msg_id, call) in group {
             let Some(intent) = intents.remove(&msg_id) else {
@@ -171,104 +169,7 @@ fn on_commits(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> CoreResu
                 outbox::park(client, call.delivery_id)?;
             }
         }
-        complete_many(client, &pool, &done)?;
+        store::complete_many(client, &pool, &done)?;
     }
     Ok(())
-}
-
-/// The intents with these ids still in the queue, locked (in id order), by id.
-pub fn lock_many(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    msg_ids: &[i64],
-) -> CoreResult<HashMap<i64, Intent>> {
-    let rows = prepared::exec(
-        client,
-        &format!(
-            "SELECT msg_id, read_ct, message FROM {} WHERE msg_id = ANY ($1) ORDER BY msg_id FOR UPDATE",
-            pool.queue_table()
-        ),
-        &[msg_ids.to_vec().into()],
-    )?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for r in rows {
-        let msg_id: i64 = r.get(1)?.unwrap_or(0);
-        out.insert(
-            msg_id,
-            Intent {
-                msg_id,
-                read_ct: r.get(2)?.unwrap_or(1),
-                message: r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// [`mark_validated`] for many intents in two statements: each intent gets the validation
-/// record under its id in `records`.
-pub fn mark_validated_many(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    intents: &mut [Intent],
-    records: Vec<(i64, Value)>,
-) -> CoreResult<()> {
-    let mut patches = Map::with_capacity(records.len());
-    for (msg_id, record) in records {
-        patches.insert(
-            msg_id.to_string(),
-            json!({"state": "validated", "validation": record, "last_error": null}),
-        );
-    }
-    let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
-    for intent in intents.iter_mut() {
-        if let (Value::Object(m), Some(Value::Object(f))) =
-            (&mut intent.message, patches.get(&intent.msg_id.to_string()))
-        {
-            m.extend(f.clone());
-        }
-    }
-    prepared::exec(
-        client,
-        &format!(
-            "UPDATE {} SET message = message || ($2 -> msg_id::text) WHERE msg_id = ANY ($1)",
-            pool.queue_table()
-        ),
-        &[ids.into(), JsonB(Value::Object(patches)).into()],
-    )?;
-    log_outcome(client, pool, "validated", intents.len() as i64)
-}
-
-/// [`complete`] for many intents in three statements.
-pub fn complete_many(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    intents: &[Intent],
-) -> CoreResult<()> {
-    if intents.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
-    let slots: Vec<i32> = intents.iter().filter_map(|i| slot_of(&i.message)).collect();
-    prepared::exec(
-        client,
-        &format!(
-            "WITH moved AS (DELETE FROM {queue} WHERE msg_id = ANY ($1) \
-                            RETURNING msg_id, read_ct, enqueued_at, last_read_at, vt, message || $2 AS message, headers) \
-             INSERT INTO {archive} (msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers) \
-             SELECT msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers FROM moved",
-            queue = pool.queue_table(),
-            archive = pool.archive_table()
-        ),
-        &[
-            ids.into(),
-            JsonB(json!({"state": "committed", "last_error": null})).into(),
-        ],
-    )?;
-    prepared::exec(
-        client,
-        "UPDATE intake.allocations SET status = 'consumed' WHERE pool_id = $1 AND slot = ANY ($2)",
-        &[pool.as_str().into(), slots.into()],
-    )?;
-    log_outcome(client, pool, "committed", intents.len() as i64)
 }

@@ -4,17 +4,19 @@
 //! `intake::replies`, the ledger's storage in `intake::book`, metrics in `intake::metrics` and
 //! crash recovery in `intake::recovery`.
 
+use std::collections::HashMap;
+
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::core::error::{CoreError, CoreResult};
-use crate::core::outbox::delivery::NewDelivery;
 use crate::core::outbox::store::{self as outbox, Rearmed};
 use crate::core::prepared;
 use crate::intake::drain::{self, Action, IntentState, Stage, Step};
 use crate::intake::ledger;
 use crate::intake::pool::PoolId;
+use crate::intake::requests;
 
 /// A pool's live configuration (read at the start of every drain).
 #[derive(Debug, Clone)]
@@ -90,23 +92,7 @@ pub fn read(client: &mut SpiClient<'_>, pool: &PoolId, vt: i32, n: i32) -> CoreR
 
 /// The intent with this id, locked, if it is still in the queue.
 pub fn lock(client: &mut SpiClient<'_>, pool: &PoolId, msg_id: i64) -> CoreResult<Option<Intent>> {
-    let rows = prepared::exec(
-        client,
-        &format!(
-            "SELECT msg_id, read_ct, message FROM {} WHERE msg_id = $1 FOR UPDATE",
-            pool.queue_table()
-        ),
-        &[msg_id.into()],
-    )?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let r = rows.first();
-    Ok(Some(Intent {
-        msg_id,
-        read_ct: r.get(2)?.unwrap_or(1),
-        message: r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
-    }))
+    Ok(lock_many(client, pool, &[msg_id])?.remove(&msg_id))
 }
 
 /// Merge fields into the intent's message (its state travels with it).
@@ -142,7 +128,7 @@ pub fn log_outcome(
     Ok(())
 }
 
-pub fn slot_of(message: &Value) -> Option<i32> {
+fn slot_of(message: &Value) -> Option<i32> {
     message
         .get("slot")
         .and_then(Value::as_i64)
@@ -156,12 +142,13 @@ fn mark_validated(
     intent: &mut Intent,
     validation: Value,
 ) -> CoreResult<()> {
-    let fields = json!({"state": "validated", "validation": validation, "last_error": null});
-    patch(client, pool, intent.msg_id, fields.clone())?;
-    if let (Value::Object(m), Some(f)) = (&mut intent.message, fields.as_object()) {
-        m.extend(f.clone());
-    }
-    log_outcome(client, pool, "validated", 1)
+    let msg_id = intent.msg_id;
+    mark_validated_many(
+        client,
+        pool,
+        std::slice::from_mut(intent),
+        vec![(msg_id, validation)],
+    )
 }
 
 /// Validation refused: the resource returns to the pool, the user's claim is given back and the
@@ -191,12 +178,87 @@ fn release(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreRe
 /// The ledger has the intent: the resource is consumed, the intent archived (the archive stays
 /// part of the logged record `recover_pool` reads).
 fn complete(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<()> {
-    // pgmq.archive's move, as one prepared statement on the queue's tables (pgmq.archive is
-    // PL/pgSQL that plans its dynamic SQL on every call), with the committed state patched in.
+    complete_many(client, pool, std::slice::from_ref(intent))
+}
+
+/// The intents with these ids still in the queue, locked (in id order), by id.
+pub fn lock_many(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    msg_ids: &[i64],
+) -> CoreResult<HashMap<i64, Intent>> {
+    let rows = prepared::exec(
+        client,
+        &format!(
+            "SELECT msg_id, read_ct, message FROM {} WHERE msg_id = ANY ($1) ORDER BY msg_id FOR UPDATE",
+            pool.queue_table()
+        ),
+        &[msg_ids.to_vec().into()],
+    )?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let msg_id: i64 = r.get(1)?.unwrap_or(0);
+        out.insert(
+            msg_id,
+            Intent {
+                msg_id,
+                read_ct: r.get(2)?.unwrap_or(1),
+                message: r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// [`mark_validated`] for many intents in two statements: each intent gets the validation
+/// record under its id in `records`.
+pub fn mark_validated_many(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intents: &mut [Intent],
+    records: Vec<(i64, Value)>,
+) -> CoreResult<()> {
+    let mut patches = Map::with_capacity(records.len());
+    for (msg_id, record) in records {
+        patches.insert(
+            msg_id.to_string(),
+            json!({"state": "validated", "validation": record, "last_error": null}),
+        );
+    }
+    let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
+    for intent in intents.iter_mut() {
+        if let (Value::Object(m), Some(Value::Object(f))) =
+            (&mut intent.message, patches.get(&intent.msg_id.to_string()))
+        {
+            m.extend(f.clone());
+        }
+    }
     prepared::exec(
         client,
         &format!(
-            "WITH moved AS (DELETE FROM {queue} WHERE msg_id = $1 \
+            "UPDATE {} SET message = message || ($2 -> msg_id::text) WHERE msg_id = ANY ($1)",
+            pool.queue_table()
+        ),
+        &[ids.into(), JsonB(Value::Object(patches)).into()],
+    )?;
+    log_outcome(client, pool, "validated", intents.len() as i64)
+}
+
+/// [`complete`] for many intents in three statements.
+pub fn complete_many(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intents: &[Intent],
+) -> CoreResult<()> {
+    if intents.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
+    let slots: Vec<i32> = intents.iter().filter_map(|i| slot_of(&i.message)).collect();
+    prepared::exec(
+        client,
+        &format!(
+            "WITH moved AS (DELETE FROM {queue} WHERE msg_id = ANY ($1) \
                             RETURNING msg_id, read_ct, enqueued_at, last_read_at, vt, message || $2 AS message, headers) \
              INSERT INTO {archive} (msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers) \
              SELECT msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers FROM moved",
@@ -204,18 +266,16 @@ fn complete(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreR
             archive = pool.archive_table()
         ),
         &[
-            intent.msg_id.into(),
+            ids.into(),
             JsonB(json!({"state": "committed", "last_error": null})).into(),
         ],
     )?;
-    if let Some(slot) = slot_of(&intent.message) {
-        prepared::exec(
-            client,
-            "UPDATE intake.allocations SET status = 'consumed' WHERE pool_id = $1 AND slot = $2",
-            &[pool.as_str().into(), slot.into()],
-        )?;
-    }
-    log_outcome(client, pool, "committed", 1)
+    prepared::exec(
+        client,
+        "UPDATE intake.allocations SET status = 'consumed' WHERE pool_id = $1 AND slot = ANY ($2)",
+        &[pool.as_str().into(), slots.into()],
+    )?;
+    log_outcome(client, pool, "committed", intents.len() as i64)
 }
 
 /// Park the intent in the dead-letter queue with the reason; its resource stays locked (never
@@ -282,78 +342,6 @@ pub fn commit_locally(
         }
         Err(e) => Err(e),
     }
-}
-
-/// Where one stage of one read of an intent goes: URL (None: the ledger in this database),
-/// secret name, body and the Idempotency-Key header. Shared by the drain and the external-worker API.
-pub struct StageRequest {
-    pub url: Option<String>,
-    pub secret: Option<String>,
-    pub body: Value,
-    pub wire_key: String,
-}
-
-pub fn stage_request(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> StageRequest {
-    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
-    let (url, secret, body) = match stage {
-        Stage::Validate => (
-            cfg.webhook.clone(),
-            cfg.webhook_secret.clone(),
-            drain::validation_body(
-                pool.as_str(),
-                intent.msg_id,
-                intent.read_ct,
-                &intent.message,
-            ),
-        ),
-        Stage::Commit => (
-            cfg.commit_target.clone(),
-            cfg.commit_secret.clone(),
-            drain::commit_body(
-                pool.as_str(),
-                intent.msg_id,
-                intent.read_ct,
-                &intent.message,
-            ),
-        ),
-    };
-    StageRequest {
-        url,
-        secret,
-        body,
-        wire_key: drain::wire_key(pool.as_str(), origin, stage),
-    }
-}
-
-/// The outbox delivery for one stage of an intent (re-armed on every read).
-pub fn delivery(
-    cfg: &Config,
-    pool: &PoolId,
-    intent: &Intent,
-    stage: Stage,
-) -> CoreResult<NewDelivery> {
-    let req = stage_request(cfg, pool, intent, stage);
-    let handler = match stage {
-        Stage::Validate => "intake.validation",
-        Stage::Commit => "intake.commit",
-    };
-    let url = req
-        .url
-        .ok_or_else(|| CoreError::Internal(format!("no URL for the {} stage", stage.as_str())))?;
-    let mut d = NewDelivery::post_json(
-        "intake",
-        &format!("{}:{}", pool.as_str(), intent.msg_id),
-        &url,
-        req.body,
-        &req.wire_key,
-    );
-    d.handler = Some(handler.into());
-    d.auth_secret = req.secret;
-    // One attempt per read (outbox::rearm): the visibility timeout paces retries and read_ct
-    // counts them.
-    d.max_attempts = Some(1);
-    d.timeout_ms = Some(cfg.timeout_ms);
-    Ok(d)
 }
 
 /// Settle an intent that needs no HTTP: archive a committed one, dead-letter one read too often.
@@ -430,7 +418,7 @@ pub fn start(
                 } else {
                     Stage::Commit
                 };
-                requests.push(delivery(cfg, pool, &intent, stage)?);
+                requests.push(requests::delivery(cfg, pool, &intent, stage)?);
             }
         }
     }
@@ -484,7 +472,10 @@ pub fn apply_validation(
                 return commit_locally(client, pool, &intent);
             }
             if enqueue_commit {
-                outbox::rearm(client, &delivery(&cfg, pool, &intent, Stage::Commit)?)?;
+                outbox::rearm(
+                    client,
+                    &requests::delivery(&cfg, pool, &intent, Stage::Commit)?,
+                )?;
             }
             Ok("validated")
         }

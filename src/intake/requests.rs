@@ -1,0 +1,82 @@
+//! What an intent sends at each stage of the drain: the validation webhook's or the ledger's
+//! URL, secret, body and Idempotency-Key, and the outbox delivery that carries it.
+
+use serde_json::Value;
+
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::outbox::delivery::NewDelivery;
+use crate::intake::drain::{self, Stage};
+use crate::intake::pool::PoolId;
+use crate::intake::store::{Config, Intent};
+
+/// Where one stage of one read of an intent goes: URL (None: the ledger in this database),
+/// secret name, body and the Idempotency-Key header. Shared by the drain and the external-worker API.
+pub struct StageRequest {
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub body: Value,
+    pub wire_key: String,
+}
+
+pub fn stage_request(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage) -> StageRequest {
+    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
+    let (url, secret, body) = match stage {
+        Stage::Validate => (
+            cfg.webhook.clone(),
+            cfg.webhook_secret.clone(),
+            drain::validation_body(
+                pool.as_str(),
+                intent.msg_id,
+                intent.read_ct,
+                &intent.message,
+            ),
+        ),
+        Stage::Commit => (
+            cfg.commit_target.clone(),
+            cfg.commit_secret.clone(),
+            drain::commit_body(
+                pool.as_str(),
+                intent.msg_id,
+                intent.read_ct,
+                &intent.message,
+            ),
+        ),
+    };
+    StageRequest {
+        url,
+        secret,
+        body,
+        wire_key: drain::wire_key(pool.as_str(), origin, stage),
+    }
+}
+
+/// The outbox delivery for one stage of an intent (re-armed on every read).
+pub fn delivery(
+    cfg: &Config,
+    pool: &PoolId,
+    intent: &Intent,
+    stage: Stage,
+) -> CoreResult<NewDelivery> {
+    let req = stage_request(cfg, pool, intent, stage);
+    let handler = match stage {
+        Stage::Validate => "intake.validation",
+        Stage::Commit => "intake.commit",
+    };
+    let url = req
+        .url
+        .ok_or_else(|| CoreError::Internal(format!("no URL for the {} stage", stage.as_str())))?;
+    let mut d = NewDelivery::post_json(
+        "intake",
+        &format!("{}:{}", pool.as_str(), intent.msg_id),
+        &url,
+        req.body,
+        &req.wire_key,
+    );
+    d.handler = Some(handler.into());
+    d.auth_secret = req.secret;
+    // One attempt per read (outbox::rearm): the visibility timeout paces retries and read_ct
+    // counts them.
+    d.max_attempts = Some(1);
+    d.timeout_ms = Some(cfg.timeout_ms);
+    Ok(d)
+}
