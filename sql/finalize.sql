@@ -353,25 +353,43 @@ COMMENT ON FUNCTION intake.drop_pool(text) IS 'Remove a pool, its queues, sequen
 
 -- ==== Ops ========================================================================================
 -- Gate statuses follow their facts: whenever a check, evidence, approval, exception or
--- deployment of a release lands (through ops.ingest_event or a direct write a persona's policy
--- allows), the release's gates are re-evaluated under its row lock.
+-- deployment of a release is written or deleted, or a gate's required checks change, the
+-- release's gates are re-evaluated under its row lock. ops.ingest_event writes facts of the
+-- release it is applying and then evaluates that release once (the WHEN clauses skip it
+-- meanwhile); any other writer, and any other release, is evaluated row by row here.
 CREATE FUNCTION ops.on_gate_fact() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.release_id IS NOT NULL THEN
+    IF TG_OP <> 'DELETE' AND NEW.release_id IS NOT NULL THEN
         PERFORM ops.refresh_gates(NEW.release_id);
+    END IF;
+    IF TG_OP <> 'INSERT' AND OLD.release_id IS NOT NULL
+       AND OLD.release_id IS DISTINCT FROM (CASE WHEN TG_OP = 'UPDATE' THEN NEW.release_id END) THEN
+        PERFORM ops.refresh_gates(OLD.release_id);
     END IF;
     RETURN NULL;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION ops.on_gate_fact() FROM PUBLIC;
-CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.gate_checks FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
-CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.evidence_artifacts FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
-CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.approvals FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
-CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.exceptions FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
-CREATE TRIGGER refresh_gates AFTER INSERT OR UPDATE ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.on_gate_fact();
+DO $triggers$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['gate_checks', 'evidence_artifacts', 'approvals', 'exceptions', 'deployments'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER refresh_gates_insert AFTER INSERT ON ops.%I FOR EACH ROW '
+                                  'WHEN (NOT ops.ingest_applying(NEW.release_id)) EXECUTE FUNCTION ops.on_gate_fact()', t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER refresh_gates_update AFTER UPDATE ON ops.%I FOR EACH ROW '
+                                  'WHEN (NOT ops.ingest_applying(NEW.release_id) OR OLD.release_id IS DISTINCT FROM NEW.release_id) '
+                                  'EXECUTE FUNCTION ops.on_gate_fact()', t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER refresh_gates_delete AFTER DELETE ON ops.%I FOR EACH ROW '
+                                  'WHEN (NOT ops.ingest_applying(OLD.release_id)) EXECUTE FUNCTION ops.on_gate_fact()', t);
+    END LOOP;
+END
+$triggers$;
+CREATE TRIGGER refresh_gates_update AFTER UPDATE OF required_checks ON ops.release_gates FOR EACH ROW
+    WHEN (NOT ops.ingest_applying(NEW.release_id)) EXECUTE FUNCTION ops.on_gate_fact();
 
 -- Evidence attached to a gate or check belongs to that gate's release (filled in when omitted,
 -- refused when contradicted).
@@ -482,8 +500,10 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['releases', 'gate_checks', 'approvals', 'evidence_artifacts', 'exceptions', 'deployments',
                              'environment_events', 'incidents', 'recovery_drills'] LOOP
-        EXECUTE pg_catalog.format('CREATE TRIGGER direct_insert AFTER INSERT ON ops.%I '
-                                  'FOR EACH ROW EXECUTE FUNCTION ops.check_direct_insert()', t);
+        -- The WHEN clause spares every write by ops.ingest_event (the owner) a PL/pgSQL call.
+        EXECUTE pg_catalog.format('CREATE TRIGGER direct_insert AFTER INSERT ON ops.%I FOR EACH ROW '
+                                  'WHEN (pg_catalog.row_security_active(%L::regclass)) '
+                                  'EXECUTE FUNCTION ops.check_direct_insert()', t, 'ops.' || pg_catalog.quote_ident(t));
     END LOOP;
 END
 $triggers$;
@@ -513,7 +533,8 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION ops.direct_release_gates() FROM PUBLIC;
-CREATE TRIGGER release_gates AFTER INSERT ON ops.releases FOR EACH ROW EXECUTE FUNCTION ops.direct_release_gates();
+CREATE TRIGGER release_gates AFTER INSERT ON ops.releases FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.releases'::regclass)) EXECUTE FUNCTION ops.direct_release_gates();
 
 -- The time of a decision, finish, rollback or resolution is the database's (as in ingest): an
 -- UPDATE that makes the move and leaves the column as it was gets now().
@@ -839,14 +860,25 @@ COMMENT ON VIEW ops.v_release_gate_summary IS
   'Per release and gate: status and why, latest result per check (reported/passed/failed/open), evidence count, bypass.';
 
 CREATE VIEW ops.v_promotion_eligibility WITH (security_invoker = true) AS
-SELECT r.release_id, r.version, r.status AS release_status, e.environment,
-       (p.verdict->>'eligible')::boolean AS eligible,
-       ARRAY(SELECT jsonb_array_elements_text(p.verdict->'blocking')) AS blocking
+WITH stored AS (
+    SELECT g.release_id, e.environment,
+           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= now()), false) AS exact,
+           coalesce(bool_and(g.status IN ('passed', 'bypassed')) FILTER (WHERE q.gate_code IS NOT NULL), true) AS eligible,
+           coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code)
+                    FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') AS blocking
+      FROM ops.release_gates g
+     CROSS JOIN (SELECT DISTINCT environment FROM ops.environment_gate_requirements) e
+      LEFT JOIN ops.environment_gate_requirements q ON q.environment = e.environment AND q.gate_code = g.gate_code
+     GROUP BY g.release_id, e.environment)
+SELECT r.release_id, r.version, r.status AS release_status, s.environment,
+       CASE WHEN s.exact THEN s.eligible ELSE (p.verdict->>'eligible')::boolean END AS eligible,
+       CASE WHEN s.exact THEN s.blocking ELSE ARRAY(SELECT jsonb_array_elements_text(p.verdict->'blocking')) END AS blocking
   FROM ops.releases r
- CROSS JOIN (SELECT DISTINCT environment FROM ops.environment_gate_requirements) e
- CROSS JOIN LATERAL (SELECT ops.promotion_status(r.release_id, e.environment) AS verdict) p;
+  JOIN stored s ON s.release_id = r.release_id
+  LEFT JOIN LATERAL (SELECT ops.promotion_status(r.release_id, s.environment) AS verdict WHERE NOT s.exact) p ON true;
 COMMENT ON VIEW ops.v_promotion_eligibility IS
-  'Eligibility of every release for every environment with requirements, evaluated now (ops.is_eligible_for_promotion), with the blocking gates.';
+  'Eligibility of every release for every environment with requirements, now, with the blocking gates: the stored gate statuses, '
+  'or a fresh evaluation (ops.promotion_status) for a release whose bypassing exception has expired since.';
 
 CREATE VIEW ops.v_evidence_completeness WITH (security_invoker = true) AS
 SELECT r.release_id, r.version, g.gate_code, rule.evidence_any_of AS required_any_of,
@@ -916,6 +948,8 @@ COMMENT ON FUNCTION ops.is_eligible_for_promotion(uuid, text) IS
   'Whether every gate the environment requires is passed, or bypassed by an approved unexpired exception, now.';
 COMMENT ON FUNCTION ops.promotion_status(uuid, text) IS 'Eligibility with the blocking gates and why.';
 COMMENT ON FUNCTION ops.refresh_gates(uuid) IS 'Recompute and store a release''s gate statuses (run by triggers).';
+COMMENT ON FUNCTION ops.ingest_applying(uuid) IS
+  'Whether ops.ingest_event in this session is applying an event to the release (the gate triggers then leave its evaluation to the ingest).';
 COMMENT ON FUNCTION ops.expire_bypasses() IS 'Re-evaluate gates whose bypassing exception expired (scheduled).';
 COMMENT ON FUNCTION ops.gate_rules() IS 'What each gate requires: evidence types, approver personas, the rule.';
 

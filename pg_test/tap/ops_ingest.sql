@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(110);
+SELECT plan(120);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -247,13 +247,18 @@ SELECT is((SELECT effective_status FROM ops.v_exception_status WHERE release_id 
           'v_exception_status shows it active');
 -- Time passes and the exception expires, with no write to trigger a re-evaluation (moving the
 -- clock is simulated by moving expires_at with the trigger off).
-ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates;
+ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
 UPDATE ops.exceptions SET expires_at = now() - interval '1 second' WHERE release_id = 'a0000000-0000-4000-8000-000000000003';
 UPDATE ops.release_gates SET bypass_expires_at = now() - interval '1 second'
  WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3';
-ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates;
+ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
 SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'production'),
           'an expired exception no longer bypasses (decided at evaluation time)');
+SELECT is((SELECT eligible FROM ops.v_promotion_eligibility WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND environment = 'production'),
+          false, 'v_promotion_eligibility sees the expiry too (it evaluates a release with an expired bypass afresh)');
+SELECT is(ops.promotion_status('a0000000-0000-4000-8000-000000000003', 'production') -> 'blocking',
+          '["G3 pending: waiting for a release_manager approval, a rollback_plan artifact"]'::jsonb,
+          'and promotion_status gives the reason the fresh evaluation gives');
 SELECT is((SELECT effective_status FROM ops.v_exception_status WHERE release_id = 'a0000000-0000-4000-8000-000000000003'), 'expired',
           'v_exception_status shows it expired');
 SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3'), 'bypassed',
@@ -261,6 +266,30 @@ SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-000
 SELECT is(ops.expire_bypasses(), 1, 'the expiry sweep re-evaluates the release');
 SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3'), 'pending',
           'and the stored status is current again');
+
+-- ---- Stored statuses stay exact -----------------------------------------------------------------
+-- Eligibility reads ops.release_gates, so every write path must leave it equal to a fresh
+-- evaluation: ingest (which evaluates each release once per envelope), direct writes, deletes,
+-- and a change of a gate's required checks.
+SELECT is((SELECT count(*) FROM ops.release_gates WHERE status <> ops.evaluate_gate(gate_id)), 0::bigint,
+          'after every event above, each stored gate status equals a fresh evaluation');
+SELECT is((SELECT count(*) FROM ops.v_promotion_eligibility v
+            WHERE v.eligible IS DISTINCT FROM ops.is_eligible_for_promotion(v.release_id, v.environment)
+               OR v.blocking IS DISTINCT FROM ARRAY(SELECT jsonb_array_elements_text(ops.promotion_status(v.release_id, v.environment) -> 'blocking'))),
+          0::bigint, 'v_promotion_eligibility agrees with ops.is_eligible_for_promotion and ops.promotion_status for every release');
+SELECT ok(NOT ops.ingest_applying('a0000000-0000-4000-8000-000000000002'), 'outside an ingest no release is being applied');
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000002' AND gate_code = 'G2'), 'failed',
+          'setup: R2''s G2 is failed by its e2e check');
+DELETE FROM ops.gate_checks WHERE release_id = 'a0000000-0000-4000-8000-000000000002' AND check_name = 'e2e';
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000002' AND gate_code = 'G2'), 'passed',
+          'deleting the failing check (the owner) re-evaluates G2 at once');
+SELECT ok(ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000002', 'staging'), 'and R2 is eligible for staging again');
+UPDATE ops.release_gates SET required_checks = '{build,unit,lint}'
+ WHERE release_id = 'a0000000-0000-4000-8000-000000000002' AND gate_code = 'G1';
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000002' AND gate_code = 'G1'), 'in_progress',
+          'a direct change of G1''s required checks re-evaluates it (lint has not reported)');
+SELECT is((SELECT count(*) FROM ops.release_gates WHERE status <> ops.evaluate_gate(gate_id)), 0::bigint,
+          'and every stored status still equals a fresh evaluation');
 
 -- ---- Records stay records -----------------------------------------------------------------------
 SELECT throws_ok($$UPDATE ops.environment_events SET event_kind = 'nothing_happened'$$, '55000', NULL, 'environment_events is append-only (UPDATE)');

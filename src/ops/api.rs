@@ -14,6 +14,7 @@ mod ops {
     use crate::core::subxact;
     use crate::ops::envelope;
     use crate::ops::error::{OpsError, OpsResult};
+    use crate::ops::evaluation;
     use crate::ops::gates::{GateCode, ALL_GATES};
     use crate::ops::roles;
     use crate::ops::store::{self, Apply, Caller, Outcome, Received};
@@ -109,7 +110,6 @@ mod ops {
                         },
                     )?;
                     body["ingest_id"] = json!(id);
-                    store::set_response_status(client, e.http_status())?;
                     Ok(body)
                 });
             }
@@ -130,6 +130,9 @@ mod ops {
             // look (a new snapshot) sees it. A third round means the key changed hands again
             // meanwhile; the caller retries.
             for _ in 0..CLAIM_ROUNDS {
+                if let Some(id) = store::claim_key(client, &received)? {
+                    return Ok(Ok(id));
+                }
                 if let Some((original, result)) = store::accepted(client, key)? {
                     let id = store::log(
                         client,
@@ -148,14 +151,10 @@ mod ops {
                         m.insert("status".into(), json!("duplicate"));
                         m.insert("receipt_id".into(), json!(id));
                     }
-                    store::set_response_status(client, 200)?;
                     return Ok(Err(body));
                 }
-                if let Some(id) = store::claim_key(client, &received)? {
-                    return Ok(Ok(id));
-                }
-                // Another session committed an accepted row for the key after our look:
-                // go round once more and answer as a duplicate.
+                // The sender that held the key released it (a rejection) after our insert
+                // found it taken: go round once more and take it.
             }
             Err(OpsError::Core(CoreError::Busy {
                 what: format!("idempotency_key {:?}", key),
@@ -172,7 +171,14 @@ mod ops {
             ingest_id: &ingest_id,
             caller: &caller,
         };
-        let applied = subxact::run(|| Spi::connect_mut(|client| store::apply(client, &ctx, &env)));
+        let applied = subxact::run(|| {
+            let _applying = env
+                .release_id
+                .as_deref()
+                .and_then(|r| uuid::Uuid::parse_str(r).ok())
+                .map(evaluation::Applying::start);
+            Spi::connect_mut(|client| store::apply(client, &ctx, &env))
+        });
 
         Spi::connect_mut(|client| {
             let (body, outcome_status, http, error, message): (
@@ -221,7 +227,6 @@ mod ops {
                     original_ingest_id: None,
                 },
             )?;
-            store::set_response_status(client, http)?;
             Ok(body)
         })
     }
@@ -278,7 +283,7 @@ mod ops {
                 }
                 let (release, code) = t.first().get_two::<String, String>()?;
                 let code = GateCode::parse(&code.unwrap_or_default())?;
-                let evaluations = store::evaluate(client, &release.unwrap_or_default())?;
+                let evaluations = evaluation::evaluate(client, &release.unwrap_or_default())?;
                 Ok(evaluations
                     .into_iter()
                     .find(|e| e.code == code)
@@ -299,7 +304,7 @@ mod ops {
     ) -> Result<bool, ErrorReport> {
         let run = || -> OpsResult<bool> {
             let release = uuid_text(release_id);
-            Spi::connect(|client| Ok(store::promotion(client, &release, target_env)?.0))
+            Spi::connect(|client| Ok(evaluation::promotion(client, &release, target_env)?.0))
         };
         run().map_err(OpsError::reporter("ops.is_eligible_for_promotion"))
     }
@@ -311,7 +316,7 @@ mod ops {
         let run = || -> OpsResult<Value> {
             let release = uuid_text(release_id);
             Spi::connect(|client| {
-                let (ok, blocking) = store::promotion(client, &release, target_env)?;
+                let (ok, blocking) = evaluation::promotion(client, &release, target_env)?;
                 Ok(
                     json!({"release_id": release, "environment": target_env, "eligible": ok, "blocking": blocking}),
                 )
@@ -328,12 +333,20 @@ mod ops {
     fn refresh_gates(release_id: pgrx::Uuid) -> Result<JsonB, ErrorReport> {
         let run = || -> OpsResult<Value> {
             let release = uuid_text(release_id);
-            let evaluations = Spi::connect_mut(|client| store::refresh(client, &release))?;
+            let evaluations = Spi::connect_mut(|client| evaluation::refresh(client, &release))?;
             Ok(serde_json::to_value(evaluations).unwrap_or(Value::Null))
         };
         run()
             .map(JsonB)
             .map_err(OpsError::reporter("ops.refresh_gates"))
+    }
+
+    /// Whether `ops.ingest_event` in this session is applying an event to the release right now.
+    /// The triggers that re-evaluate a release's gates when a fact row is written skip such a
+    /// release (their WHEN clause): the ingest evaluates it once, after all its writes.
+    #[pg_extern(volatile, strict, parallel_restricted)]
+    fn ingest_applying(release_id: pgrx::Uuid) -> bool {
+        evaluation::is_applying(uuid::Uuid::from_bytes(*release_id.as_bytes()))
     }
 
     /// Re-evaluate releases whose bypassing exception has expired (scheduled every minute), so
@@ -356,7 +369,7 @@ mod ops {
                     }
                 }
                 for id in &ids {
-                    store::refresh(client, id)?;
+                    evaluation::refresh(client, id)?;
                 }
                 Ok(ids.len() as i32)
             })

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod envelope;
 pub mod error;
+pub mod evaluation;
 pub mod gates;
 pub mod roles;
 pub mod settings;

@@ -1,21 +1,22 @@
-//! Data access of the release-gates module: the ingest log, the domain handlers that turn a
-//! checked envelope into rows of `ops.*`, and the gate evaluator's loader and writer.
+//! Data access of the release-gates module: the ingest log, and the domain handlers that turn a
+//! checked envelope into rows of `ops.*`.
 //!
 //! Every handler starts by locking its release row (`FOR NO KEY UPDATE`), so events of one
-//! release are applied one at a time and the gate statuses written after each are computed
-//! from everything committed before it. Different releases never wait for each other.
+//! release are applied one at a time, and ends by evaluating the release's gates once from
+//! everything committed before it and written by it. Different releases never wait for each
+//! other.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::JsonB;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::envelope::{self, Artifact, Body, Envelope, EventType, Header};
 use super::error::{OpsError, OpsResult};
-use super::gates::{self, GateCode, ReleaseFacts};
+use super::evaluation;
+use super::gates::GateCode;
 use super::roles;
-use crate::core::prepared::{self, JSONB, TEXT};
+use crate::core::prepared::{self, TEXT};
 
 /// Longest an exception may run.
 pub const MAX_EXCEPTION_DAYS: i64 = 90;
@@ -25,7 +26,7 @@ fn args<'a>(values: &'a [Option<&'a str>]) -> Vec<DatumWithOid<'a>> {
 }
 
 /// A write (or a locking read), all arguments text.
-fn write<'c>(
+pub(super) fn write<'c>(
     client: &mut SpiClient<'c>,
     sql: &str,
     values: &[Option<&str>],
@@ -35,7 +36,7 @@ fn write<'c>(
 }
 
 /// A plain read, all arguments text.
-fn read<'c>(
+pub(super) fn read<'c>(
     client: &SpiClient<'c>,
     sql: &str,
     values: &[Option<&str>],
@@ -44,11 +45,11 @@ fn read<'c>(
     Ok(prepared::query(client, sql, &types, &args(values))?)
 }
 
-fn first_text(t: SpiTupleTable<'_>) -> OpsResult<Option<String>> {
+pub(super) fn first_text(t: SpiTupleTable<'_>) -> OpsResult<Option<String>> {
     Ok(prepared::first_text(t)?)
 }
 
-fn first_json(t: SpiTupleTable<'_>) -> OpsResult<Option<Value>> {
+pub(super) fn first_json(t: SpiTupleTable<'_>) -> OpsResult<Option<Value>> {
     Ok(prepared::first_json(t)?)
 }
 
@@ -141,7 +142,8 @@ fn log_args<'a>(
 }
 
 /// Write a finished log row (rejections, duplicates) and return its ingest_id. When `result`
-/// has an `ingest_id` key it is set to the new row's id.
+/// has an `ingest_id` key it is set to the new row's id. PostgREST answers with the outcome's
+/// HTTP status (`response.status`, set by the same statement).
 pub fn log(client: &mut SpiClient<'_>, r: &Received<'_>, o: &Outcome<'_>) -> OpsResult<String> {
     let envelope_text = r.envelope.map(Value::to_string);
     let bytes = r.envelope_bytes.to_string();
@@ -157,7 +159,7 @@ pub fn log(client: &mut SpiClient<'_>, r: &Received<'_>, o: &Outcome<'_>) -> Ops
                     CASE WHEN $15::jsonb ? 'ingest_id' THEN jsonb_set($15::jsonb, '{{ingest_id}}', to_jsonb(id.v::text)) \
                          ELSE $15::jsonb END, \
                     $16::uuid, $7::jsonb, $8::int, $9::timestamptz, $10 FROM id \
-             RETURNING ingest_id::text"
+             RETURNING ingest_id::text, pg_catalog.set_config('response.status', $12, true)"
         ),
         &[
             a[0],
@@ -220,7 +222,9 @@ pub fn claim_key(client: &mut SpiClient<'_>, r: &Received<'_>) -> OpsResult<Opti
     first_text(t)
 }
 
-/// Record the outcome on the row that claimed the key. A rejection or error releases the key.
+/// Record the outcome on the row that claimed the key, and make PostgREST answer with its HTTP
+/// status (`response.status`, set by the same statement). A rejection or error releases the
+/// key.
 pub fn finish(client: &mut SpiClient<'_>, ingest_id: &str, o: &Outcome<'_>) -> OpsResult<()> {
     let http = o.http_status.to_string();
     let result = o.result.to_string();
@@ -228,7 +232,8 @@ pub fn finish(client: &mut SpiClient<'_>, ingest_id: &str, o: &Outcome<'_>) -> O
         client,
         "UPDATE ops.event_ingest_log SET processing_status = $2, http_status = $3::int, error = $4, \
                 error_message = $5, result = $6::jsonb \
-          WHERE ingest_id = $1::uuid",
+          WHERE ingest_id = $1::uuid \
+         RETURNING pg_catalog.set_config('response.status', $3, true)",
         &[
             Some(ingest_id),
             Some(o.status),
@@ -237,17 +242,6 @@ pub fn finish(client: &mut SpiClient<'_>, ingest_id: &str, o: &Outcome<'_>) -> O
             o.error_message,
             Some(&result),
         ],
-    )?;
-    Ok(())
-}
-
-/// Make PostgREST answer with this HTTP status.
-pub fn set_response_status(client: &mut SpiClient<'_>, status: u16) -> OpsResult<()> {
-    let s = status.to_string();
-    write(
-        client,
-        "SELECT pg_catalog.set_config('response.status', $1, true)",
-        &[Some(&s)],
     )?;
     Ok(())
 }
@@ -276,15 +270,6 @@ fn gate_id(client: &SpiClient<'_>, release_id: &str, gate: GateCode) -> OpsResul
         kind: "gate".into(),
         id: format!("{gate} of release {release_id}"),
     })
-}
-
-fn gate_statuses(client: &SpiClient<'_>, release_id: &str) -> OpsResult<Value> {
-    let t = read(
-        client,
-        "SELECT coalesce(jsonb_object_agg(gate_code, status), '{}') FROM ops.release_gates WHERE release_id = $1::uuid",
-        &[Some(release_id)],
-    )?;
-    Ok(first_json(t)?.unwrap_or(Value::Null))
 }
 
 /// The context a handler runs in.
@@ -460,7 +445,6 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
                     id: format!("{gate} of release {r}"),
                 });
             }
-            refresh(client, r)?;
             detail.insert("gate_code".into(), json!(gate.as_str()));
             detail.insert("required_checks".into(), json!(names));
         }
@@ -473,15 +457,16 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
             details_url,
         } => {
             let r = release.unwrap_or_default();
-            let g = gate_id(client, r, *gate)?;
             let req = required.to_string();
             let t = write(
                 client,
                 "INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
                                               reported_by, source_system, ingest_id) \
-                 VALUES ($1::uuid, $2::uuid, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid) RETURNING check_id::text",
+                 SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
+                   FROM ops.release_gates g WHERE g.release_id = $2::uuid AND g.gate_code = $1 \
+                 RETURNING check_id::text",
                 &[
-                    Some(&g),
+                    Some(gate.as_str()),
                     Some(r),
                     Some(check_name),
                     Some(status),
@@ -493,6 +478,12 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
                     Some(ctx.ingest_id),
                 ],
             )?;
+            if t.is_empty() {
+                return Err(OpsError::UnknownReference {
+                    kind: "gate".into(),
+                    id: format!("{gate} of release {r}"),
+                });
+            }
             let check_id = first_text(t)?.unwrap_or_default();
             detail.insert("gate_code".into(), json!(gate.as_str()));
             detail.insert("check_id".into(), json!(check_id));
@@ -712,7 +703,7 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
         }
         Body::DeploymentStarted(b) => {
             let r = release.unwrap_or_default();
-            let (ok, blocking) = promotion(client, r, &b.environment)?;
+            let (ok, blocking) = evaluation::promotion(client, r, &b.environment)?;
             if !ok {
                 return Err(OpsError::Conflict(format!(
                     "release {r} is not eligible for {}: {}",
@@ -994,7 +985,13 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
             }
             detail.insert("artifact_ids".into(), json!(ids));
         }
-        detail.insert("gates".into(), gate_statuses(client, r)?);
+        // The triggers on fact rows skipped this release (evaluation::Applying): evaluate it
+        // once, now that every fact of the envelope is written.
+        let statuses: Map<String, Value> = evaluation::refresh_locked(client, r)?
+            .into_iter()
+            .map(|e| (e.code.as_str().to_owned(), json!(e.status.as_str())))
+            .collect();
+        detail.insert("gates".into(), Value::Object(statuses));
     }
     Ok(Value::Object(detail))
 }
@@ -1014,231 +1011,4 @@ fn check_deployment_ref(client: &SpiClient<'_>, deployment_id: Option<&str>) -> 
         }
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Evaluation
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct RawFacts {
-    now: f64,
-    gates: Vec<(String, Vec<String>)>,
-    checks: Vec<(String, String, String, bool)>,
-    evidence: Vec<(Option<String>, String)>,
-    approvals: Vec<(String, String, String, String)>,
-    exceptions: Vec<(String, String, String, f64)>,
-    deployments: Vec<(String, String, String)>,
-}
-
-const FACTS_SQL: &str = "SELECT jsonb_build_object(\
-  'now', extract(epoch FROM now()), \
-  'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks))) \
-                       FROM ops.release_gates WHERE release_id = $1::uuid), '[]'), \
-  'checks', coalesce((SELECT jsonb_agg(jsonb_build_array(l.gate_code, l.check_name, l.status, l.required) ORDER BY l.recorded_at) \
-                        FROM (SELECT DISTINCT ON (c.gate_id, c.check_name) g.gate_code, c.check_name, c.status, c.required, c.recorded_at \
-                                FROM ops.gate_checks c JOIN ops.release_gates g ON g.gate_id = c.gate_id \
-                               WHERE c.release_id = $1::uuid \
-                               ORDER BY c.gate_id, c.check_name, c.recorded_at DESC) l), '[]'), \
-  'evidence', coalesce((SELECT jsonb_agg(DISTINCT jsonb_build_array(coalesce(g.gate_code, cg.gate_code), e.artifact_type)) \
-                          FROM ops.evidence_artifacts e \
-                          LEFT JOIN ops.release_gates g ON g.gate_id = e.gate_id \
-                          LEFT JOIN ops.gate_checks c ON c.check_id = e.check_id \
-                          LEFT JOIN ops.release_gates cg ON cg.gate_id = c.gate_id \
-                         WHERE e.release_id = $1::uuid), '[]'), \
-  'approvals', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, a.approver_id, a.persona_role, a.decision) ORDER BY a.recorded_at) \
-                           FROM ops.approvals a JOIN ops.release_gates g ON g.gate_id = a.gate_id \
-                          WHERE a.release_id = $1::uuid), '[]'), \
-  'exceptions', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, x.exception_id, x.status, extract(epoch FROM x.expires_at))) \
-                            FROM ops.exceptions x JOIN ops.release_gates g ON g.gate_id = x.gate_id \
-                           WHERE x.release_id = $1::uuid), '[]'), \
-  'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status) ORDER BY recorded_at) \
-                             FROM ops.deployments WHERE release_id = $1::uuid), '[]'))";
-
-/// Load everything the gate rules read about a release (one statement): the latest result per
-/// check, the distinct evidence types per gate, approvals in order, exceptions, deployments.
-pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
-    let t = read(client, FACTS_SQL, &[Some(release_id)])?;
-    let raw: RawFacts =
-        serde_json::from_value(first_json(t)?.unwrap_or(Value::Null)).map_err(|e| {
-            OpsError::Core(crate::core::error::CoreError::Internal(format!(
-                "release facts did not load: {e}"
-            )))
-        })?;
-    let mut facts = ReleaseFacts {
-        now: raw.now,
-        ..Default::default()
-    };
-    for (code, required) in raw.gates {
-        let code = GateCode::parse(&code)?;
-        facts.gates.entry(code).or_default().required_checks = required;
-    }
-    for (code, name, status, required) in raw.checks {
-        if let Some(status) = gates::CheckStatus::parse(&status) {
-            facts
-                .gates
-                .entry(GateCode::parse(&code)?)
-                .or_default()
-                .checks
-                .push(gates::CheckFact {
-                    name,
-                    status,
-                    required,
-                });
-        }
-    }
-    for (code, artifact_type) in raw.evidence {
-        match code {
-            Some(c) => facts
-                .gates
-                .entry(GateCode::parse(&c)?)
-                .or_default()
-                .evidence
-                .push(artifact_type),
-            // Release-level evidence counts for every gate.
-            None => {
-                for g in gates::ALL_GATES {
-                    facts
-                        .gates
-                        .entry(g)
-                        .or_default()
-                        .evidence
-                        .push(artifact_type.clone());
-                }
-            }
-        }
-    }
-    for (code, approver_id, persona_role, decision) in raw.approvals {
-        facts
-            .gates
-            .entry(GateCode::parse(&code)?)
-            .or_default()
-            .approvals
-            .push(gates::ApprovalFact {
-                approver_id,
-                persona_role,
-                approved: decision == "approved",
-            });
-    }
-    for (code, exception_id, status, expires_at) in raw.exceptions {
-        facts
-            .gates
-            .entry(GateCode::parse(&code)?)
-            .or_default()
-            .exceptions
-            .push(gates::ExceptionFact {
-                exception_id,
-                status,
-                expires_at,
-            });
-    }
-    for (environment, status, g4_status) in raw.deployments {
-        facts.deployments.push(gates::DeploymentFact {
-            environment,
-            status,
-            g4_status,
-        });
-    }
-    Ok(facts)
-}
-
-fn release_exists(client: &SpiClient<'_>, release_id: &str) -> OpsResult<()> {
-    let t = read(
-        client,
-        "SELECT 1 FROM ops.releases WHERE release_id = $1::uuid",
-        &[Some(release_id)],
-    )?;
-    if t.is_empty() {
-        return Err(OpsError::Core(crate::core::error::CoreError::not_found(
-            "release", release_id,
-        )));
-    }
-    Ok(())
-}
-
-/// Evaluate every gate of a release from current facts, without writing.
-pub fn evaluate(client: &SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates::Evaluation>> {
-    release_exists(client, release_id)?;
-    Ok(gates::evaluate(&load_facts(client, release_id)?))
-}
-
-/// Recompute and store the gate statuses of a release (under its row lock).
-pub fn refresh(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates::Evaluation>> {
-    let t = write(
-        client,
-        "SELECT 1 FROM ops.releases WHERE release_id = $1::uuid FOR NO KEY UPDATE",
-        &[Some(release_id)],
-    )?;
-    if t.is_empty() {
-        // Deleted meanwhile (cascade): nothing to evaluate.
-        return Ok(Vec::new());
-    }
-    let evaluations = gates::evaluate(&load_facts(client, release_id)?);
-    let rows: Vec<Value> = evaluations
-        .iter()
-        .map(|e| {
-            json!({
-                "gate_code": e.code.as_str(),
-                "status": e.status.as_str(),
-                "reason": e.reason,
-                "bypass_exception_id": e.bypass.as_ref().map(|b| b.0.clone()),
-                "bypass_expires_at": e.bypass.as_ref().map(|b| b.1),
-            })
-        })
-        .collect();
-    prepared::run(
-        client,
-        "UPDATE ops.release_gates g \
-            SET status = n.status, status_reason = n.reason, bypass_exception_id = n.bypass_exception_id, \
-                bypass_expires_at = to_timestamp(n.bypass_expires_at), evaluated_at = now(), \
-                passed_at = CASE WHEN n.status = 'passed' THEN coalesce(g.passed_at, now()) END \
-           FROM jsonb_to_recordset($2) AS n(gate_code text, status text, reason text, bypass_exception_id uuid, \
-                                           bypass_expires_at float8) \
-          WHERE g.release_id = $1::uuid AND g.gate_code = n.gate_code \
-            AND (g.status, g.status_reason, g.bypass_exception_id) IS DISTINCT FROM (n.status, n.reason, n.bypass_exception_id)",
-        &[TEXT, JSONB],
-        &[release_id.into(), JsonB(Value::Array(rows)).into()],
-    )?;
-    Ok(evaluations)
-}
-
-/// The gates `environment` requires.
-pub fn required_gates(client: &SpiClient<'_>, environment: &str) -> OpsResult<Vec<GateCode>> {
-    if !envelope::ENVIRONMENTS.contains(&environment) {
-        return Err(OpsError::Core(crate::core::error::CoreError::invalid(
-            "target_env",
-            format!("{environment:?} is not an environment"),
-            envelope::ENVIRONMENTS.join(", "),
-        )));
-    }
-    let t = read(
-        client,
-        "SELECT gate_code FROM ops.environment_gate_requirements WHERE environment = $1 ORDER BY gate_code",
-        &[Some(environment)],
-    )?;
-    let mut out = Vec::new();
-    for row in t {
-        if let Some(code) = row.get::<String>(1)? {
-            out.push(GateCode::parse(&code)?);
-        }
-    }
-    Ok(out)
-}
-
-/// Whether a release may be promoted to `environment` now, and what stands in the way
-/// ("G3 in_progress: waiting for ...").
-pub fn promotion(
-    client: &SpiClient<'_>,
-    release_id: &str,
-    environment: &str,
-) -> OpsResult<(bool, Vec<String>)> {
-    let required = required_gates(client, environment)?;
-    let evaluations = evaluate(client, release_id)?;
-    let (ok, blocking) = gates::eligible(&evaluations, &required);
-    let reasons = blocking
-        .iter()
-        .filter_map(|code| evaluations.iter().find(|e| e.code == *code))
-        .map(|e| format!("{} {}: {}", e.code, e.status.as_str(), e.reason))
-        .collect();
-    Ok((ok, reasons))
 }

@@ -1,0 +1,346 @@
+//! Gate evaluation: loading a release's facts, evaluating and storing its gate statuses, and
+//! promotion eligibility.
+//!
+//! The stored statuses in `ops.release_gates` are exact at every moment but two:
+//! - while an `ops.ingest_event` is applying an event to the release (it writes the facts, then
+//!   re-evaluates the release once, before its subtransaction ends; the triggers on fact rows
+//!   skip that release meanwhile, see [`Applying`]);
+//! - after a bypassing exception expired, until the next write or the expiry sweep. Expiry is
+//!   the only way time changes an evaluation, and it happens at the earliest
+//!   `bypass_expires_at` of the release's gates, so a reader compares that with `now()`.
+//!
+//! Eligibility reads the stored statuses and falls back to a fresh evaluation in those two
+//! cases.
+
+use std::cell::RefCell;
+
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::envelope;
+use super::error::{OpsError, OpsResult};
+use super::gates::{self, GateCode, ReleaseFacts};
+use super::store::{first_json, read, write};
+use crate::core::prepared::{self, JSONB, TEXT};
+
+// ---------------------------------------------------------------------------------------------
+// The release an ingest is applying
+// ---------------------------------------------------------------------------------------------
+
+thread_local! {
+    /// Releases whose events `ops.ingest_event` is applying in this backend, innermost last.
+    static APPLYING: RefCell<Vec<uuid::Uuid>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks a release as being applied by this backend's ingest until dropped (also when an error
+/// unwinds). The fact triggers skip the release meanwhile; the ingest re-evaluates it once.
+pub struct Applying(());
+
+impl Applying {
+    pub fn start(release_id: uuid::Uuid) -> Applying {
+        APPLYING.with(|a| a.borrow_mut().push(release_id));
+        Applying(())
+    }
+}
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        APPLYING.with(|a| {
+            a.borrow_mut().pop();
+        });
+    }
+}
+
+/// Whether this backend's ingest is applying an event to the release right now.
+pub fn is_applying(release_id: uuid::Uuid) -> bool {
+    APPLYING.with(|a| a.borrow().contains(&release_id))
+}
+
+
+#[derive(Deserialize)]
+struct RawFacts {
+    now: f64,
+    gates: Vec<(String, Vec<String>)>,
+    checks: Vec<(String, String, String, bool)>,
+    evidence: Vec<(Option<String>, String)>,
+    approvals: Vec<(String, String, String, String)>,
+    exceptions: Vec<(String, String, String, f64)>,
+    deployments: Vec<(String, String, String)>,
+}
+
+const FACTS_SQL: &str = "SELECT jsonb_build_object(\
+  'now', extract(epoch FROM now()), \
+  'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks))) \
+                       FROM ops.release_gates WHERE release_id = $1::uuid), '[]'), \
+  'checks', coalesce((WITH RECURSIVE names AS ( \
+                          SELECT g.gate_id, g.gate_code, \
+                                 (SELECT min(c.check_name) FROM ops.gate_checks c WHERE c.gate_id = g.gate_id) AS name \
+                            FROM ops.release_gates g WHERE g.release_id = $1::uuid \
+                          UNION ALL \
+                          SELECT n.gate_id, n.gate_code, \
+                                 (SELECT min(c.check_name) FROM ops.gate_checks c WHERE c.gate_id = n.gate_id AND c.check_name > n.name) \
+                            FROM names n WHERE n.name IS NOT NULL) \
+                       SELECT jsonb_agg(jsonb_build_array(n.gate_code, n.name, l.status, l.required) ORDER BY l.recorded_at) \
+                         FROM names n \
+                        CROSS JOIN LATERAL (SELECT c.status, c.required, c.recorded_at FROM ops.gate_checks c \
+                                             WHERE c.gate_id = n.gate_id AND c.check_name = n.name \
+                                             ORDER BY c.recorded_at DESC LIMIT 1) l \
+                        WHERE n.name IS NOT NULL), '[]'), \
+  'evidence', coalesce((SELECT jsonb_agg(DISTINCT jsonb_build_array(coalesce(g.gate_code, cg.gate_code), e.artifact_type)) \
+                          FROM ops.evidence_artifacts e \
+                          LEFT JOIN ops.release_gates g ON g.gate_id = e.gate_id \
+                          LEFT JOIN ops.gate_checks c ON c.check_id = e.check_id \
+                          LEFT JOIN ops.release_gates cg ON cg.gate_id = c.gate_id \
+                         WHERE e.release_id = $1::uuid), '[]'), \
+  'approvals', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, a.approver_id, a.persona_role, a.decision) ORDER BY a.recorded_at) \
+                           FROM ops.approvals a JOIN ops.release_gates g ON g.gate_id = a.gate_id \
+                          WHERE a.release_id = $1::uuid), '[]'), \
+  'exceptions', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, x.exception_id, x.status, extract(epoch FROM x.expires_at))) \
+                            FROM ops.exceptions x JOIN ops.release_gates g ON g.gate_id = x.gate_id \
+                           WHERE x.release_id = $1::uuid), '[]'), \
+  'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status) ORDER BY recorded_at) \
+                             FROM ops.deployments WHERE release_id = $1::uuid), '[]'))";
+
+/// Load everything the gate rules read about a release (one statement): the latest result per
+/// check, the distinct evidence types per gate, approvals in order, exceptions, deployments.
+///
+/// Checks are reported again and again (every CI run), so a release collects many rows per
+/// check. The latest per check is found by walking the `(gate_id, check_name, recorded_at)`
+/// index from name to name, one probe per distinct check, instead of sorting every row: the
+/// cost follows the number of checks, not the number of reports.
+pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
+    let t = read(client, FACTS_SQL, &[Some(release_id)])?;
+    let raw: RawFacts =
+        serde_json::from_value(first_json(t)?.unwrap_or(Value::Null)).map_err(|e| {
+            OpsError::Core(crate::core::error::CoreError::Internal(format!(
+                "release facts did not load: {e}"
+            )))
+        })?;
+    let mut facts = ReleaseFacts {
+        now: raw.now,
+        ..Default::default()
+    };
+    for (code, required) in raw.gates {
+        let code = GateCode::parse(&code)?;
+        facts.gates.entry(code).or_default().required_checks = required;
+    }
+    for (code, name, status, required) in raw.checks {
+        if let Some(status) = gates::CheckStatus::parse(&status) {
+            facts
+                .gates
+                .entry(GateCode::parse(&code)?)
+                .or_default()
+                .checks
+                .push(gates::CheckFact {
+                    name,
+                    status,
+                    required,
+                });
+        }
+    }
+    for (code, artifact_type) in raw.evidence {
+        match code {
+            Some(c) => facts
+                .gates
+                .entry(GateCode::parse(&c)?)
+                .or_default()
+                .evidence
+                .push(artifact_type),
+            // Release-level evidence counts for every gate.
+            None => {
+                for g in gates::ALL_GATES {
+                    facts
+                        .gates
+                        .entry(g)
+                        .or_default()
+                        .evidence
+                        .push(artifact_type.clone());
+                }
+            }
+        }
+    }
+    for (code, approver_id, persona_role, decision) in raw.approvals {
+        facts
+            .gates
+            .entry(GateCode::parse(&code)?)
+            .or_default()
+            .approvals
+            .push(gates::ApprovalFact {
+                approver_id,
+                persona_role,
+                approved: decision == "approved",
+            });
+    }
+    for (code, exception_id, status, expires_at) in raw.exceptions {
+        facts
+            .gates
+            .entry(GateCode::parse(&code)?)
+            .or_default()
+            .exceptions
+            .push(gates::ExceptionFact {
+                exception_id,
+                status,
+                expires_at,
+            });
+    }
+    for (environment, status, g4_status) in raw.deployments {
+        facts.deployments.push(gates::DeploymentFact {
+            environment,
+            status,
+            g4_status,
+        });
+    }
+    Ok(facts)
+}
+
+fn release_exists(client: &SpiClient<'_>, release_id: &str) -> OpsResult<()> {
+    let t = read(
+        client,
+        "SELECT 1 FROM ops.releases WHERE release_id = $1::uuid",
+        &[Some(release_id)],
+    )?;
+    if t.is_empty() {
+        return Err(OpsError::Core(crate::core::error::CoreError::not_found(
+            "release", release_id,
+        )));
+    }
+    Ok(())
+}
+
+/// Evaluate every gate of a release from current facts, without writing.
+pub fn evaluate(client: &SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates::Evaluation>> {
+    release_exists(client, release_id)?;
+    Ok(gates::evaluate(&load_facts(client, release_id)?))
+}
+
+/// Recompute and store the gate statuses of a release, taking its row lock.
+pub fn refresh(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates::Evaluation>> {
+    let t = write(
+        client,
+        "SELECT 1 FROM ops.releases WHERE release_id = $1::uuid FOR NO KEY UPDATE",
+        &[Some(release_id)],
+    )?;
+    if t.is_empty() {
+        // Deleted meanwhile (cascade): nothing to evaluate.
+        return Ok(Vec::new());
+    }
+    refresh_locked(client, release_id)
+}
+
+/// Recompute and store the gate statuses of a release whose row lock the caller holds.
+pub fn refresh_locked(
+    client: &mut SpiClient<'_>,
+    release_id: &str,
+) -> OpsResult<Vec<gates::Evaluation>> {
+    let evaluations = gates::evaluate(&load_facts(client, release_id)?);
+    let rows: Vec<Value> = evaluations
+        .iter()
+        .map(|e| {
+            json!({
+                "gate_code": e.code.as_str(),
+                "status": e.status.as_str(),
+                "reason": e.reason,
+                "bypass_exception_id": e.bypass.as_ref().map(|b| b.0.clone()),
+                "bypass_expires_at": e.bypass.as_ref().map(|b| b.1),
+            })
+        })
+        .collect();
+    prepared::run(
+        client,
+        "UPDATE ops.release_gates g \
+            SET status = n.status, status_reason = n.reason, bypass_exception_id = n.bypass_exception_id, \
+                bypass_expires_at = to_timestamp(n.bypass_expires_at), evaluated_at = now(), \
+                passed_at = CASE WHEN n.status = 'passed' THEN coalesce(g.passed_at, now()) END \
+           FROM jsonb_to_recordset($2) AS n(gate_code text, status text, reason text, bypass_exception_id uuid, \
+                                           bypass_expires_at float8) \
+          WHERE g.release_id = $1::uuid AND g.gate_code = n.gate_code \
+            AND (g.status, g.status_reason, g.bypass_exception_id) IS DISTINCT FROM (n.status, n.reason, n.bypass_exception_id)",
+        &[TEXT, JSONB],
+        &[release_id.into(), JsonB(Value::Array(rows)).into()],
+    )?;
+    Ok(evaluations)
+}
+
+fn check_environment(environment: &str) -> OpsResult<()> {
+    if envelope::ENVIRONMENTS.contains(&environment) {
+        return Ok(());
+    }
+    Err(OpsError::Core(crate::core::error::CoreError::invalid(
+        "target_env",
+        format!("{environment:?} is not an environment"),
+        envelope::ENVIRONMENTS.join(", "),
+    )))
+}
+
+/// The gates `environment` requires.
+pub fn required_gates(client: &SpiClient<'_>, environment: &str) -> OpsResult<Vec<GateCode>> {
+    check_environment(environment)?;
+    let t = read(
+        client,
+        "SELECT gate_code FROM ops.environment_gate_requirements WHERE environment = $1 ORDER BY gate_code",
+        &[Some(environment)],
+    )?;
+    let mut out = Vec::new();
+    for row in t {
+        if let Some(code) = row.get::<String>(1)? {
+            out.push(GateCode::parse(&code)?);
+        }
+    }
+    Ok(out)
+}
+
+/// What the stored statuses say about promotion to `environment`, or None when they cannot be
+/// trusted now (a bypass expired, the release is being applied, or it has not got its four
+/// gates, which includes a release that does not exist).
+fn stored_promotion(
+    client: &SpiClient<'_>,
+    release_id: &str,
+    environment: &str,
+) -> OpsResult<Option<(bool, Vec<String>)>> {
+    if uuid::Uuid::parse_str(release_id).is_ok_and(is_applying) {
+        return Ok(None);
+    }
+    let t = read(
+        client,
+        "SELECT count(*)::int = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= now()), false), \
+                coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code) \
+                         FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') \
+           FROM ops.release_gates g \
+           LEFT JOIN ops.environment_gate_requirements q ON q.environment = $2 AND q.gate_code = g.gate_code \
+          WHERE g.release_id = $1::uuid",
+        &[Some(release_id), Some(environment)],
+    )?;
+    let (exact, blocking) = t.first().get_two::<bool, Vec<String>>()?;
+    Ok(match exact {
+        Some(true) => {
+            let blocking = blocking.unwrap_or_default();
+            Some((blocking.is_empty(), blocking))
+        }
+        _ => None,
+    })
+}
+
+/// Whether a release may be promoted to `environment` now, and what stands in the way
+/// ("G3 in_progress: waiting for ..."). Read from the stored statuses when they are exact now,
+/// else evaluated from the facts.
+pub fn promotion(
+    client: &SpiClient<'_>,
+    release_id: &str,
+    environment: &str,
+) -> OpsResult<(bool, Vec<String>)> {
+    check_environment(environment)?;
+    if let Some(stored) = stored_promotion(client, release_id, environment)? {
+        return Ok(stored);
+    }
+    let required = required_gates(client, environment)?;
+    let evaluations = evaluate(client, release_id)?;
+    let (ok, blocking) = gates::eligible(&evaluations, &required);
+    let reasons = blocking
+        .iter()
+        .filter_map(|code| evaluations.iter().find(|e| e.code == *code))
+        .map(|e| format!("{} {}: {}", e.code, e.status.as_str(), e.reason))
+        .collect();
+    Ok((ok, reasons))
+}
