@@ -870,12 +870,15 @@ WITH stored AS (
      CROSS JOIN (SELECT DISTINCT environment FROM ops.environment_gate_requirements) e
       LEFT JOIN ops.environment_gate_requirements q ON q.environment = e.environment AND q.gate_code = g.gate_code
      GROUP BY g.release_id, e.environment)
+-- CASE, not a lateral join: only a release whose stored statuses are not exact now pays for a
+-- fresh evaluation (a lateral join's condition is checked after its function ran).
 SELECT r.release_id, r.version, r.status AS release_status, s.environment,
-       CASE WHEN s.exact THEN s.eligible ELSE (p.verdict->>'eligible')::boolean END AS eligible,
-       CASE WHEN s.exact THEN s.blocking ELSE ARRAY(SELECT jsonb_array_elements_text(p.verdict->'blocking')) END AS blocking
+       CASE WHEN s.exact THEN s.eligible
+            ELSE (ops.promotion_status(r.release_id, s.environment)->>'eligible')::boolean END AS eligible,
+       CASE WHEN s.exact THEN s.blocking
+            ELSE ARRAY(SELECT jsonb_array_elements_text(ops.promotion_status(r.release_id, s.environment)->'blocking')) END AS blocking
   FROM ops.releases r
-  JOIN stored s ON s.release_id = r.release_id
-  LEFT JOIN LATERAL (SELECT ops.promotion_status(r.release_id, s.environment) AS verdict WHERE NOT s.exact) p ON true;
+  JOIN stored s ON s.release_id = r.release_id;
 COMMENT ON VIEW ops.v_promotion_eligibility IS
   'Eligibility of every release for every environment with requirements, now, with the blocking gates: the stored gate statuses, '
   'or a fresh evaluation (ops.promotion_status) for a release whose bypassing exception has expired since.';

@@ -28,27 +28,24 @@ COMMENT ON TYPE ops.ops_event_type IS 'Event types ops.ingest_event accepts (sch
 
 -- What ops.ingest_event accepts as a value, for the CHECK constraints below: direct writes by
 -- personas (finalize.sql) must hold to the rules of ingest (envelope.rs), and CHECKs hold for
--- every writer. Both are STRICT: a NULL passes (NOT NULL is said separately).
+-- every writer. A NULL passes (NOT NULL is said separately).
+-- Both are SQL-standard bodies: their names are bound when the function is created, so no
+-- search_path can redirect them, and the planner inlines them into each CHECK (a function with
+-- a SET clause is called, parsed and planned anew in every statement that writes the table).
 -- Free text (check_text): not blank (Unicode White_Space), at most max_chars characters, no
 -- control characters (Cc), newlines and tabs allowed when multiline.
 CREATE FUNCTION ops.is_valid_text(value text, max_chars integer, multiline boolean) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-SELECT length(value) <= max_chars
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN length(value) <= max_chars
    AND value ~ E'[^\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]'
    AND value !~ CASE WHEN multiline THEN E'[\\u0001-\\u0008\\u000b-\\u001f\\u007f-\\u009f]'
-                     ELSE E'[\\u0001-\\u001f\\u007f-\\u009f]' END
-$$;
+                     ELSE E'[\\u0001-\\u001f\\u007f-\\u009f]' END;
 -- An absolute URI (check_uri): a scheme, at most 2048 bytes, no whitespace or control characters.
 CREATE FUNCTION ops.is_absolute_uri(value text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-SELECT octet_length(value) <= 2048
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN octet_length(value) <= 2048
    AND value ~ '^[A-Za-z][A-Za-z0-9+.-]*:'
-   AND value !~ E'[\\u0001-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]'
-$$;
+   AND value !~ E'[\\u0001-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]';
 
 CREATE TABLE ops.releases (
     release_id    uuid PRIMARY KEY,
@@ -108,7 +105,9 @@ CREATE TABLE ops.gate_checks (
     FOREIGN KEY (gate_id, release_id) REFERENCES ops.release_gates (gate_id, release_id) ON DELETE CASCADE
 );
 COMMENT ON TABLE ops.gate_checks IS 'Every reported check result; the latest per (gate, check_name) counts.';
-CREATE INDEX gate_checks_latest ON ops.gate_checks (gate_id, check_name, recorded_at DESC);
+-- The gate evaluator walks this index from check name to check name (bytewise order: it needs
+-- the distinct names, not a language's sort order, and bytewise comparison is the cheap one).
+CREATE INDEX gate_checks_latest ON ops.gate_checks (gate_id, check_name COLLATE "C", recorded_at DESC);
 CREATE INDEX gate_checks_release ON ops.gate_checks (release_id);
 SELECT pg_catalog.pg_extension_config_dump('ops.gate_checks', '');
 

@@ -76,16 +76,17 @@ const FACTS_SQL: &str = "SELECT jsonb_build_object(\
                        FROM ops.release_gates WHERE release_id = $1::uuid), '[]'), \
   'checks', coalesce((WITH RECURSIVE names AS ( \
                           SELECT g.gate_id, g.gate_code, \
-                                 (SELECT min(c.check_name) FROM ops.gate_checks c WHERE c.gate_id = g.gate_id) AS name \
+                                 (SELECT min(c.check_name COLLATE \"C\") FROM ops.gate_checks c WHERE c.gate_id = g.gate_id) AS name \
                             FROM ops.release_gates g WHERE g.release_id = $1::uuid \
                           UNION ALL \
                           SELECT n.gate_id, n.gate_code, \
-                                 (SELECT min(c.check_name) FROM ops.gate_checks c WHERE c.gate_id = n.gate_id AND c.check_name > n.name) \
+                                 (SELECT min(c.check_name COLLATE \"C\") FROM ops.gate_checks c \
+                                   WHERE c.gate_id = n.gate_id AND c.check_name COLLATE \"C\" > n.name) \
                             FROM names n WHERE n.name IS NOT NULL) \
                        SELECT jsonb_agg(jsonb_build_array(n.gate_code, n.name, l.status, l.required) ORDER BY l.recorded_at) \
                          FROM names n \
                         CROSS JOIN LATERAL (SELECT c.status, c.required, c.recorded_at FROM ops.gate_checks c \
-                                             WHERE c.gate_id = n.gate_id AND c.check_name = n.name \
+                                             WHERE c.gate_id = n.gate_id AND c.check_name COLLATE \"C\" = n.name \
                                              ORDER BY c.recorded_at DESC LIMIT 1) l \
                         WHERE n.name IS NOT NULL), '[]'), \
   'evidence', coalesce((SELECT jsonb_agg(DISTINCT jsonb_build_array(coalesce(g.gate_code, cg.gate_code), e.artifact_type)) \
