@@ -58,7 +58,6 @@ pub fn is_applying(release_id: uuid::Uuid) -> bool {
     APPLYING.with(|a| a.borrow().contains(&release_id))
 }
 
-
 #[derive(Deserialize)]
 struct RawFacts {
     now: f64,
