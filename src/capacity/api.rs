@@ -222,8 +222,7 @@ mod capacity {
     fn my_standing(request_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CapacityError> {
             let actor: Actor = core_store::session_actor(true)?;
-            let (r, o, g) = store::parties(request_id)?;
-            let s = store::standing(&actor, &r, &o, &g)?;
+            let s = store::standing(request_id, &actor)?;
             if !s.has_any() {
                 return Err(CoreError::not_found("capacity request", request_id).into());
             }

@@ -12,6 +12,7 @@ use crate::core::actor::Actor;
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::eventstore::{self, Applied, Tables, Workflow};
 use crate::core::prepared;
+use crate::core::settings;
 use crate::core::store as core_store;
 
 impl Workflow for CapacityFlow {
@@ -86,52 +87,37 @@ pub fn db_now() -> CoreResult<DateTime<Utc>> {
         .ok_or_else(|| CoreError::Internal("now() out of range".into()))
 }
 
-fn is_admin(actor: &Actor) -> CoreResult<bool> {
-    Ok(core_store::get_list("capacity.admins")?
-        .iter()
-        .any(|a| a == &actor.id))
-}
-
-/// The parties of a request, which never change after creation (so reading them before the
-/// runner takes its lock is safe).
-pub fn parties(id: &str) -> CoreResult<(String, String, String)> {
+/// The actor's standing on a request, read in one statement: the request's parties (which
+/// never change after creation, so reading them before the runner takes its lock is safe), the
+/// actor's membership of the request's infra group, and the `capacity.admins` setting.
+/// P0002 when the request does not exist.
+pub fn standing(id: &str, actor: &Actor) -> CoreResult<Standing> {
     super::flow::check_lookup("request_id", id)?;
+    let admins = settings::definition("capacity.admins")?;
     Spi::connect(|client| {
         let rows = prepared::query(
             client,
-            "SELECT requester_user_id, commercial_owner_user_id, infra_owner_group FROM capacity.capacity_requests WHERE id = $1",
-            &[prepared::TEXT],
-            &[id.into()],
+            "SELECT r.requester_user_id, r.commercial_owner_user_id, \
+                    EXISTS (SELECT FROM capacity.group_members m \
+                             WHERE m.group_name = r.infra_owner_group AND m.user_id = $2), \
+                    (SELECT s.value FROM flowgate.settings s WHERE s.key = 'capacity.admins') \
+               FROM capacity.capacity_requests r WHERE r.id = $1",
+            &[prepared::TEXT, prepared::TEXT],
+            &[id.into(), actor.id.as_str().into()],
         )?;
         if rows.is_empty() {
             return Err(CoreError::not_found("capacity request", id));
         }
-        let (r, o, g) = rows.first().get_three::<String, String, String>()?;
-        Ok((
-            r.unwrap_or_default(),
-            o.unwrap_or_default(),
-            g.unwrap_or_default(),
-        ))
+        let row = rows.first();
+        let requester = row.get::<String>(1)?.unwrap_or_default();
+        let owner = row.get::<String>(2)?.unwrap_or_default();
+        let in_group = row.get::<bool>(3)?.unwrap_or(false);
+        let stored_admins = row.get::<JsonB>(4)?.map(|j| j.0);
+        let is_admin = settings::as_list(admins, stored_admins)?
+            .iter()
+            .any(|a| a == &actor.id);
+        Ok(Standing::of(actor, &requester, &owner, in_group, is_admin))
     })
-}
-
-pub fn standing(actor: &Actor, requester: &str, owner: &str, group: &str) -> CoreResult<Standing> {
-    let in_group = Spi::connect(|client| -> CoreResult<bool> {
-        let rows = prepared::query(
-            client,
-            "SELECT EXISTS (SELECT FROM capacity.group_members WHERE group_name = $1 AND user_id = $2)",
-            &[prepared::TEXT, prepared::TEXT],
-            &[group.into(), actor.id.as_str().into()],
-        )?;
-        Ok(rows.first().get_one::<bool>()?.unwrap_or(false))
-    })?;
-    Ok(Standing::of(
-        actor,
-        requester,
-        owner,
-        in_group,
-        is_admin(actor)?,
-    ))
 }
 
 fn payload_object(payload: Value) -> CoreResult<Map<String, Value>> {
@@ -166,8 +152,7 @@ pub fn apply(
         )
         .into());
     }
-    let (requester, owner, group) = parties(id)?;
-    let standing = standing(actor, &requester, &owner, &group)?;
+    let standing = standing(id, actor)?;
     if !standing.has_any() {
         // Strangers learn nothing: not the state, not whether the request exists.
         return Err(CoreError::not_found("capacity request", id).into());
