@@ -12,7 +12,6 @@ use crate::core::actor::Actor;
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::eventstore::{self, Applied, Tables, Workflow};
 use crate::core::prepared;
-use crate::core::settings;
 use crate::core::store as core_store;
 
 impl Workflow for CapacityFlow {
@@ -87,20 +86,18 @@ pub fn db_now() -> CoreResult<DateTime<Utc>> {
         .ok_or_else(|| CoreError::Internal("now() out of range".into()))
 }
 
-/// The actor's standing on a request, read in one statement: the request's parties (which
-/// never change after creation, so reading them before the runner takes its lock is safe), the
-/// actor's membership of the request's infra group, and the `capacity.admins` setting.
+/// The actor's standing on a request: the request's parties (which never change after
+/// creation, so reading them before the runner takes its lock is safe) and the actor's
+/// membership of its infra group in one statement, then the `capacity.admins` setting.
 /// P0002 when the request does not exist.
 pub fn standing(id: &str, actor: &Actor) -> CoreResult<Standing> {
     super::flow::check_lookup("request_id", id)?;
-    let admins = settings::definition("capacity.admins")?;
-    Spi::connect(|client| {
+    let (requester, owner, in_group) = Spi::connect(|client| {
         let rows = prepared::query(
             client,
             "SELECT r.requester_user_id, r.commercial_owner_user_id, \
                     EXISTS (SELECT FROM capacity.group_members m \
-                             WHERE m.group_name = r.infra_owner_group AND m.user_id = $2), \
-                    (SELECT s.value FROM flowgate.settings s WHERE s.key = 'capacity.admins') \
+                             WHERE m.group_name = r.infra_owner_group AND m.user_id = $2) \
                FROM capacity.capacity_requests r WHERE r.id = $1",
             &[prepared::TEXT, prepared::TEXT],
             &[id.into(), actor.id.as_str().into()],
@@ -108,16 +105,17 @@ pub fn standing(id: &str, actor: &Actor) -> CoreResult<Standing> {
         if rows.is_empty() {
             return Err(CoreError::not_found("capacity request", id));
         }
-        let row = rows.first();
-        let requester = row.get::<String>(1)?.unwrap_or_default();
-        let owner = row.get::<String>(2)?.unwrap_or_default();
-        let in_group = row.get::<bool>(3)?.unwrap_or(false);
-        let stored_admins = row.get::<JsonB>(4)?.map(|j| j.0);
-        let is_admin = settings::as_list(admins, stored_admins)?
-            .iter()
-            .any(|a| a == &actor.id);
-        Ok(Standing::of(actor, &requester, &owner, in_group, is_admin))
-    })
+        let (r, o, g) = rows.first().get_three::<String, String, bool>()?;
+        Ok((
+            r.unwrap_or_default(),
+            o.unwrap_or_default(),
+            g.unwrap_or(false),
+        ))
+    })?;
+    let is_admin = core_store::get_list("capacity.admins")?
+        .iter()
+        .any(|a| a == &actor.id);
+    Ok(Standing::of(actor, &requester, &owner, in_group, is_admin))
 }
 
 fn payload_object(payload: Value) -> CoreResult<Map<String, Value>> {

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use super::envelope;
 use super::error::{OpsError, OpsResult};
 use super::gates::{self, GateCode, ReleaseFacts};
-use super::store::{first_json, read, write};
+use super::store::{first_json, lock_release_row, read};
 use crate::core::prepared::{self, JSONB, TEXT};
 
 // ---------------------------------------------------------------------------------------------
@@ -217,12 +217,7 @@ pub fn evaluate(client: &SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates
 
 /// Recompute and store the gate statuses of a release, taking its row lock.
 pub fn refresh(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates::Evaluation>> {
-    let t = write(
-        client,
-        "SELECT 1 FROM ops.releases WHERE release_id = $1::uuid FOR NO KEY UPDATE",
-        &[Some(release_id)],
-    )?;
-    if t.is_empty() {
+    if lock_release_row(client, release_id)?.is_none() {
         // Deleted meanwhile (cascade): nothing to evaluate.
         return Ok(Vec::new());
     }

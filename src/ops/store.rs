@@ -250,14 +250,24 @@ pub fn finish(client: &mut SpiClient<'_>, ingest_id: &str, o: &Outcome<'_>) -> O
 // Handlers
 // ---------------------------------------------------------------------------------------------
 
-/// Lock the release row; 409 when it does not exist.
-fn lock_release(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<String> {
+/// Lock the release row, so events of one release are applied (and its gates evaluated) one
+/// at a time; its status, or None when it does not exist.
+pub(super) fn lock_release_row(
+    client: &mut SpiClient<'_>,
+    release_id: &str,
+) -> OpsResult<Option<String>> {
     let t = write(
         client,
         "SELECT status FROM ops.releases WHERE release_id = $1::uuid FOR NO KEY UPDATE",
         &[Some(release_id)],
     )?;
-    first_text(t)?.ok_or_else(|| OpsError::UnknownRelease(release_id.to_owned()))
+    first_text(t)
+}
+
+/// Lock the release row; 409 when it does not exist.
+fn lock_release(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<String> {
+    lock_release_row(client, release_id)?
+        .ok_or_else(|| OpsError::UnknownRelease(release_id.to_owned()))
 }
 
 fn gate_id(client: &SpiClient<'_>, release_id: &str, gate: GateCode) -> OpsResult<String> {
