@@ -12,12 +12,14 @@ mod ops {
     use crate::core::prepared::uuid_text;
     use crate::core::store as core_store;
     use crate::core::subxact;
+    use crate::ops::apply::{self, Apply};
     use crate::ops::envelope;
     use crate::ops::error::{OpsError, OpsResult};
     use crate::ops::evaluation;
     use crate::ops::gates::{GateCode, ALL_GATES};
     use crate::ops::roles;
-    use crate::ops::store::{self, Apply, Caller, Outcome, Received};
+    use crate::ops::roles::Caller;
+    use crate::ops::store::{self, Outcome, Received};
 
     /// How many times a sender looks for an accepted row and tries to take the key.
     const CLAIM_ROUNDS: usize = 3;
@@ -173,11 +175,10 @@ mod ops {
         };
         let applied = subxact::run(|| {
             let _applying = env
-                .release_id
-                .as_deref()
+                .release_id()
                 .and_then(|r| uuid::Uuid::parse_str(r).ok())
                 .map(evaluation::Applying::start);
-            Spi::connect_mut(|client| store::apply(client, &ctx, &env))
+            Spi::connect_mut(|client| apply::apply(client, &ctx, &env))
         });
 
         Spi::connect_mut(|client| {

@@ -3,6 +3,7 @@
 //! reporting views.
 
 pub mod api;
+pub mod apply;
 pub mod envelope;
 pub mod error;
 pub mod evaluation;

@@ -7,6 +7,81 @@
 
 use super::envelope::EventType;
 use super::error::{OpsError, OpsResult};
+use super::gates::GateCode;
+
+/// Who sends an envelope.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub actor_id: String,
+    pub trusted: bool,
+    /// The ops personas the calling role is a member of.
+    pub memberships: Vec<String>,
+}
+
+impl Caller {
+    /// The persona the caller is recorded as.
+    pub fn persona(&self) -> Option<&'static str> {
+        persona_of(&self.memberships)
+    }
+
+    /// The identity recorded for `field` (approver, creator): the caller's own, or the one
+    /// `named`, which only a trusted session may name for someone else.
+    pub fn identity(&self, field: &str, named: &Option<String>) -> OpsResult<String> {
+        match named {
+            Some(n) if *n != self.actor_id && !self.trusted => Err(OpsError::Forbidden {
+                actor: self.actor_id.clone(),
+                action: format!("set {field} to someone else ({n:?})"),
+                allowed: format!(
+                    "omit {field} to act as yourself; only trusted sessions may name another identity"
+                ),
+            }),
+            Some(n) => Ok(n.clone()),
+            None => Ok(self.actor_id.clone()),
+        }
+    }
+
+    /// The persona a decision on `gate` is recorded under: the one `asked` for (a trusted
+    /// session may name any; anyone else only one they are a member of), else the caller's
+    /// first membership among the gate's approvers. 403 when the caller approves nothing
+    /// there, 400 when the persona named does not approve this gate.
+    pub fn approver_persona(&self, gate: GateCode, asked: &Option<String>) -> OpsResult<String> {
+        let approvers = gate.rule().approver_roles;
+        if approvers.is_empty() {
+            return Err(OpsError::invalid(
+                "gate_code",
+                format!("{gate} takes no approvals"),
+                "G2 (QA signoff) or G3 (release approval)",
+            ));
+        }
+        let persona = if self.trusted {
+            asked.clone().unwrap_or_else(|| approvers[0].to_owned())
+        } else {
+            let mine = self
+                .memberships
+                .iter()
+                .find(|m| approvers.contains(&m.as_str()));
+            match (mine, asked) {
+                (Some(m), None) => m.clone(),
+                (Some(_), Some(p)) if self.memberships.contains(p) => p.clone(),
+                _ => {
+                    return Err(OpsError::Forbidden {
+                        actor: self.actor_id.clone(),
+                        action: format!("approve {gate}"),
+                        allowed: format!("members of {}", approvers.join(", ")),
+                    })
+                }
+            }
+        };
+        if !approvers.contains(&persona.as_str()) {
+            return Err(OpsError::invalid(
+                "persona_role",
+                format!("{persona} does not approve {gate}"),
+                approvers.join(", "),
+            ));
+        }
+        Ok(persona)
+    }
+}
 
 /// The six personas, in the order a member of several is recorded as.
 pub const PERSONAS: &[&str] = &[
@@ -103,6 +178,69 @@ mod unit_tests {
                 "{name}"
             );
         }
+    }
+
+    fn caller(trusted: bool, roles: &[&str]) -> Caller {
+        Caller {
+            actor_id: "me".into(),
+            trusted,
+            memberships: m(roles),
+        }
+    }
+
+    #[test]
+    fn only_trusted_sessions_name_someone_else() {
+        let me = caller(false, &["release_manager"]);
+        assert_eq!(me.identity("approver_id", &None).unwrap(), "me");
+        assert_eq!(
+            me.identity("approver_id", &Some("me".into())).unwrap(),
+            "me"
+        );
+        let e = me
+            .identity("approver_id", &Some("boss".into()))
+            .unwrap_err();
+        assert_eq!(e.http_status(), 403);
+        let agent = caller(true, &[]);
+        assert_eq!(
+            agent.identity("approver_id", &Some("boss".into())).unwrap(),
+            "boss"
+        );
+    }
+
+    #[test]
+    fn approver_persona_follows_the_gate_and_membership() {
+        let qa = caller(false, &["developer", "qa_tester"]);
+        assert_eq!(
+            qa.approver_persona(GateCode::G2, &None).unwrap(),
+            "qa_tester"
+        );
+        assert_eq!(
+            qa.approver_persona(GateCode::G3, &None)
+                .unwrap_err()
+                .http_status(),
+            403
+        );
+        let qa_as_rm = qa.approver_persona(GateCode::G2, &Some("release_manager".into()));
+        assert_eq!(qa_as_rm.unwrap_err().http_status(), 403);
+        let rm = caller(false, &["release_manager", "qa_tester"]);
+        assert_eq!(
+            rm.approver_persona(GateCode::G2, &Some("qa_tester".into()))
+                .unwrap(),
+            "qa_tester"
+        );
+        assert_eq!(
+            rm.approver_persona(GateCode::G1, &None)
+                .unwrap_err()
+                .http_status(),
+            400
+        );
+        let agent = caller(true, &[]);
+        assert_eq!(
+            agent.approver_persona(GateCode::G3, &None).unwrap(),
+            "release_manager"
+        );
+        let wrong = agent.approver_persona(GateCode::G3, &Some("qa_tester".into()));
+        assert_eq!(wrong.unwrap_err().http_status(), 400);
     }
 
     #[test]

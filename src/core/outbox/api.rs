@@ -6,9 +6,9 @@ use pgrx::prelude::*;
 use serde_json::Value;
 
 use super::delivery::NewDelivery;
-use super::engine;
 use super::record::{self, Observed};
 use super::store;
+use super::{collect, engine};
 use crate::core::args::{
     self, RawJsonb, MAX_JSON_ARG_BYTES, MAX_RESPONSE_ARG_BYTES as MAX_BODY_ARG_BYTES,
 };
@@ -107,7 +107,7 @@ fn effective_transport() -> Result<String, ErrorReport> {
 /// Returns `{collected, expired, delivered, retry, failed, dead, skipped, handler_error}`.
 #[pg_extern(volatile)]
 fn collect() -> Result<pgrx::JsonB, ErrorReport> {
-    engine::collect()
+    collect::collect()
         .map(|c| pgrx::JsonB(c.to_json()))
         .map_err(CoreError::reporter("flowgate.collect"))
 }

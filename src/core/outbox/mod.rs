@@ -8,6 +8,7 @@
 //! response handler, isolated in a subtransaction.
 
 pub mod api;
+pub mod collect;
 pub mod delivery;
 pub mod engine;
 pub mod flow;

@@ -1,0 +1,122 @@
+//! Collection: the outcomes of deliveries no run is waiting for. Responses pg_net stored for
+//! the deliveries it carried are recorded, and deliveries in flight past their lease are
+//! recorded as timed out, to be sent again with the same key.
+
+use pgrx::prelude::*;
+use serde_json::{json, Map, Value};
+
+use super::engine::Counts;
+use super::record::{self, Observation};
+use crate::core::error::{CoreError, CoreResult};
+use crate::core::prepared;
+use crate::core::store as settings;
+
+/// What one collection did: pg_net responses recorded, leases expired, and their outcomes.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    pub collected: u32,
+    pub expired: u32,
+    pub counts: Counts,
+}
+
+impl Collected {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("collected".into(), json!(self.collected));
+        m.insert("expired".into(), json!(self.expired));
+        m.extend(self.counts.to_json());
+        Value::Object(m)
+    }
+}
+
+/// Most rows one collection looks at per kind: a bound, the schedule comes back for the rest.
+const COLLECT_BATCH: i64 = 500;
+
+/// Record the responses pg_net has stored for deliveries it carried, and expire deliveries in
+/// flight past their lease (and never less than their own timeout plus 30 s) as timed-out
+/// attempts, which are then retried with the same key. No HTTP; one short transaction.
+pub fn collect() -> CoreResult<Collected> {
+    let policy = record::retry_policy()?;
+    let lease = settings::get_i64("flowgate.in_flight_lease_seconds")?;
+    let mut out = Collected::default();
+    let has_pg_net = Spi::get_one::<bool>("SELECT to_regclass('net._http_response') IS NOT NULL")?
+        .unwrap_or(false);
+    if has_pg_net {
+        let answered: Vec<(i64, bool, Option<i64>, record::Observed)> = Spi::connect_mut(
+            |client| {
+                let rows = prepared::exec(
+                client,
+                "SELECT d.id, d.sensitive, d.transport_ref, resp.status_code, \
+                        (SELECT h.value FROM jsonb_each_text(coalesce(resp.headers, '{}'::jsonb)) h \
+                          WHERE lower(h.key) = 'retry-after' LIMIT 1), \
+                        left(resp.content, 65536), resp.content_type, \
+                        CASE WHEN resp.timed_out THEN 'timeout' WHEN resp.error_msg IS NOT NULL THEN 'transport' END, \
+                        resp.error_msg \
+                   FROM flowgate.deliveries d \
+                   JOIN net._http_response resp ON resp.id = d.transport_ref \
+                  WHERE d.status = 'in_flight' AND d.transport = 'pg_net' \
+                  ORDER BY d.id LIMIT $1 \
+                    FOR UPDATE OF d SKIP LOCKED",
+                &[COLLECT_BATCH.into()],
+            )?;
+                let mut v = Vec::with_capacity(rows.len());
+                for row in rows {
+                    v.push((
+                        row.get::<i64>(1)?.unwrap_or_default(),
+                        row.get::<bool>(2)?.unwrap_or(false),
+                        row.get::<i64>(3)?,
+                        record::Observed {
+                            status_code: row.get(4)?,
+                            retry_after: row.get(5)?,
+                            body: row.get(6)?,
+                            content_type: row.get(7)?,
+                            error_kind: row.get(8)?,
+                            error: row.get(9)?,
+                        },
+                    ));
+                }
+                Ok::<_, CoreError>(v)
+            },
+        )?;
+        for (id, sensitive, transport_ref, observed) in answered {
+            out.counts
+                .add(record::record_with(id, None, &observed.typed(), &policy)?);
+            // pg_net keeps responses for hours: a sensitive one (API keys) goes once read.
+            if sensitive {
+                Spi::run_with_args(
+                    "DELETE FROM net._http_response WHERE id = $1",
+                    &[transport_ref.into()],
+                )?;
+            }
+            out.collected += 1;
+        }
+    }
+    let expired: Vec<i64> = Spi::connect_mut(|client| {
+        let rows = prepared::exec(
+            client,
+            "SELECT id FROM flowgate.deliveries \
+              WHERE status = 'in_flight' \
+                AND claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30)) \
+              ORDER BY id LIMIT $2 \
+                FOR UPDATE SKIP LOCKED",
+            &[(lease as f64).into(), COLLECT_BATCH.into()],
+        )?;
+        let mut v = Vec::with_capacity(rows.len());
+        for row in rows {
+            v.push(row.get::<i64>(1)?.unwrap_or_default());
+        }
+        Ok::<_, CoreError>(v)
+    })?;
+    let timed_out = Observation {
+        attempt: Ok(super::policy::Attempt::Timeout),
+        body: None,
+        content_type: None,
+    };
+    for id in expired {
+        // Any attempt: the lease of whoever claimed it has passed.
+        out.counts
+            .add(record::record_with(id, None, &timed_out, &policy)?);
+        out.expired += 1;
+    }
+    Ok(out)
+}

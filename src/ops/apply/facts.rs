@@ -1,0 +1,134 @@
+//! What a gate is decided on: check results (build_complete, check_result), decisions
+//! (gate_signoff, approval) and evidence (evidence_attached).
+
+use pgrx::spi::SpiClient;
+
+use super::{first_text, gate_id, insert_artifact, read, unknown_gate, write, Applied, Apply};
+use crate::ops::envelope::{Artifact, Attachment, CheckReport, Envelope, EventType, Signoff};
+use crate::ops::error::{OpsError, OpsResult};
+
+/// A check's result on a gate of the release; the envelope's evidence goes to the check.
+pub(super) fn check(
+    client: &mut SpiClient<'_>,
+    ctx: &Apply<'_>,
+    env: &Envelope,
+    r: &str,
+    b: &CheckReport,
+    out: &mut Applied,
+) -> OpsResult<()> {
+    let required = b.required.to_string();
+    let t = write(
+        client,
+        "INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
+                                      reported_by, source_system, ingest_id) \
+         SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
+           FROM ops.release_gates g WHERE g.release_id = $2::uuid AND g.gate_code = $1 \
+         RETURNING check_id::text",
+        &[
+            Some(b.gate.as_str()),
+            Some(r),
+            Some(&b.check_name),
+            Some(&b.status),
+            Some(&required),
+            b.run_id.as_deref(),
+            b.details_url.as_deref(),
+            Some(&ctx.caller.actor_id),
+            Some(&env.source_system),
+            Some(ctx.ingest_id),
+        ],
+    )?;
+    if t.is_empty() {
+        return Err(unknown_gate(r, b.gate));
+    }
+    let check_id = first_text(t)?.unwrap_or_default();
+    out.set("gate_code", b.gate.as_str());
+    out.set("check_id", check_id.as_str());
+    out.attach_gate = Some(b.gate);
+    out.attach_check = Some(check_id);
+    Ok(())
+}
+
+/// A decision on G2 or G3 under the persona the caller approves as (`roles`); a gate_signoff
+/// is QA evidence itself.
+pub(super) fn signoff(
+    client: &mut SpiClient<'_>,
+    ctx: &Apply<'_>,
+    env: &Envelope,
+    r: &str,
+    b: &Signoff,
+    out: &mut Applied,
+) -> OpsResult<()> {
+    let approver = ctx.caller.identity("approver_id", &b.approver_id)?;
+    let persona = ctx.caller.approver_persona(b.gate, &b.persona_role)?;
+    let g = gate_id(client, r, b.gate)?;
+    let decision = if b.approved { "approved" } else { "rejected" };
+    let t = write(
+        client,
+        "INSERT INTO ops.approvals (release_id, gate_id, approver_id, persona_role, decision, comment, ingest_id) \
+         VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7::uuid) RETURNING approval_id::text",
+        &[
+            Some(r),
+            Some(&g),
+            Some(&approver),
+            Some(&persona),
+            Some(decision),
+            b.comment.as_deref(),
+            Some(ctx.ingest_id),
+        ],
+    )?;
+    out.set("approval_id", first_text(t)?);
+    out.set("gate_code", b.gate.as_str());
+    out.set("approver_id", approver.as_str());
+    out.set("persona_role", persona.as_str());
+    if env.event_type == EventType::GateSignoff {
+        // The signoff itself is QA evidence: its report, or this ingest record.
+        let uri = b
+            .report_url
+            .clone()
+            .unwrap_or_else(|| format!("urn:flowgate:ops:ingest:{}", ctx.ingest_id));
+        let a = Artifact {
+            artifact_type: "qa_signoff".into(),
+            uri,
+            sha256: None,
+            description: Some(format!("{} signoff by {approver}: {decision}", b.gate)),
+        };
+        insert_artifact(client, ctx, r, Some(&g), None, &a)?;
+    }
+    out.attach_gate = Some(b.gate);
+    Ok(())
+}
+
+/// An artifact on the release, or on one of its gates or checks (404 for a check of another
+/// release).
+pub(super) fn attach(
+    client: &mut SpiClient<'_>,
+    ctx: &Apply<'_>,
+    r: &str,
+    b: &Attachment,
+    out: &mut Applied,
+) -> OpsResult<()> {
+    let g = b.gate.map(|g| gate_id(client, r, g)).transpose()?;
+    if let Some(c) = &b.check_id {
+        let t = read(
+            client,
+            "SELECT 1 FROM ops.gate_checks WHERE check_id = $1::uuid AND release_id = $2::uuid",
+            &[Some(c), Some(r)],
+        )?;
+        if t.is_empty() {
+            return Err(OpsError::UnknownReference {
+                kind: "check".into(),
+                id: format!("{c} of release {r}"),
+            });
+        }
+    }
+    let id = insert_artifact(
+        client,
+        ctx,
+        r,
+        g.as_deref(),
+        b.check_id.as_deref(),
+        &b.artifact,
+    )?;
+    out.set("artifact_id", id);
+    Ok(())
+}

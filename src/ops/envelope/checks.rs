@@ -1,0 +1,216 @@
+//! Checks of single values: text, identifiers, URIs, times, artifacts, gate codes.
+
+use serde_json::{Map, Value};
+
+use super::{Artifact, ARTIFACT_TYPES, MAX_OBJECT_BYTES};
+use crate::ops::error::{OpsError, OpsResult};
+use crate::ops::gates::GateCode;
+
+pub(super) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Free text: non-empty, at most `max` characters, no control characters except newlines and
+/// tabs when `multiline`.
+pub(super) fn check_text(field: &str, s: &str, max: usize, multiline: bool) -> OpsResult<()> {
+    let allowed = format!("1 to {max} printable characters");
+    if s.trim().is_empty() {
+        return Err(OpsError::invalid(field, "it is empty", allowed));
+    }
+    let n = s.chars().count();
+    if n > max {
+        return Err(OpsError::invalid(
+            field,
+            format!("it is {n} characters long"),
+            allowed,
+        ));
+    }
+    if s.chars()
+        .any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t')))
+    {
+        return Err(OpsError::invalid(
+            field,
+            "it contains control characters",
+            allowed,
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn opt_text(
+    field: &str,
+    s: &Option<String>,
+    max: usize,
+    multiline: bool,
+) -> OpsResult<()> {
+    match s {
+        Some(s) => check_text(field, s, max, multiline),
+        None => Ok(()),
+    }
+}
+
+pub fn check_uuid(field: &str, s: &str) -> OpsResult<String> {
+    uuid::Uuid::parse_str(s)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| {
+            OpsError::invalid(
+                field,
+                format!("{:?} is not a UUID", truncate(s, 64)),
+                "a UUID such as 4f1c2a9e-8d3b-4c55-9a7e-0b6d2f1e3c4a",
+            )
+        })
+}
+
+pub(super) fn opt_uuid(field: &str, s: Option<String>) -> OpsResult<Option<String>> {
+    s.map(|s| check_uuid(field, &s)).transpose()
+}
+
+pub(super) fn check_uri(field: &str, s: &str) -> OpsResult<()> {
+    let allowed = "an absolute URI of at most 2048 characters (https://..., s3://...)";
+    let scheme_end = s.find(':').unwrap_or(0);
+    let scheme_ok = scheme_end > 0
+        && s[..scheme_end].starts_with(|c: char| c.is_ascii_alphabetic())
+        && s[..scheme_end]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok || s.len() > 2048 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(OpsError::invalid(
+            field,
+            format!("{:?} is not an absolute URI", truncate(s, 80)),
+            allowed,
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn one_of(field: &str, s: &str, allowed: &[&str]) -> OpsResult<()> {
+    if allowed.contains(&s) {
+        Ok(())
+    } else {
+        Err(OpsError::invalid(
+            field,
+            format!("{:?} is not accepted", truncate(s, 64)),
+            allowed.join(", "),
+        ))
+    }
+}
+
+pub(super) fn check_sha(s: &Option<String>) -> OpsResult<()> {
+    match s {
+        Some(s)
+            if !(s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) =>
+        {
+            Err(OpsError::invalid(
+                "sha256",
+                "it is not 64 lowercase hex digits",
+                "the artifact's SHA-256 as 64 lowercase hex digits",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn check_object(field: &str, m: &Option<Map<String, Value>>) -> OpsResult<()> {
+    if let Some(m) = m {
+        let size = Value::Object(m.clone()).to_string().len();
+        if size > MAX_OBJECT_BYTES {
+            return Err(OpsError::invalid(
+                field,
+                format!("it is {size} bytes of JSON"),
+                format!("an object of at most {MAX_OBJECT_BYTES} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_timestamp(field: &str, s: &str) -> OpsResult<()> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|_| ())
+        .map_err(|e| {
+            OpsError::invalid(
+                field,
+                format!("{:?} is not an RFC 3339 time ({e})", truncate(s, 64)),
+                "an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z",
+            )
+        })
+}
+
+pub(super) fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+pub(super) fn check_artifact(prefix: &str, a: &Artifact) -> OpsResult<()> {
+    one_of(
+        &format!("{prefix}artifact_type"),
+        &a.artifact_type,
+        ARTIFACT_TYPES,
+    )?;
+    check_uri(&format!("{prefix}uri"), &a.uri)?;
+    check_sha(&a.sha256)?;
+    opt_text(&format!("{prefix}description"), &a.description, 2000, true)
+}
+
+pub(super) fn gate(
+    field: &str,
+    s: &Option<String>,
+    default: Option<GateCode>,
+) -> OpsResult<GateCode> {
+    match (s, default) {
+        (Some(s), _) => GateCode::parse(s).map_err(|_| {
+            OpsError::invalid(
+                field,
+                format!("{:?} is not a gate", truncate(s, 16)),
+                "G1, G2, G3 or G4",
+            )
+        }),
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err(OpsError::MissingField {
+            field: field.into(),
+            allowed: "G1, G2, G3 or G4".into(),
+        }),
+    }
+}
+
+/// Read a common text field for the log even when the envelope is rejected later. A value
+/// longer than `max` characters is not kept at all: it is never cut, because a cut key could
+/// equal another key.
+pub(super) fn header_text(obj: &Map<String, Value>, key: &str, max: usize) -> Option<String> {
+    match obj.get(key) {
+        Some(Value::String(s)) if s.chars().count() <= max => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()).filter(|t| t.len() <= max),
+        _ => None,
+    }
+}
+
+pub(super) fn required_text<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    allowed: &str,
+) -> OpsResult<&'a str> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Err(OpsError::MissingField {
+            field: key.into(),
+            allowed: allowed.into(),
+        }),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(OpsError::invalid(
+            key,
+            format!("it is a JSON {}", json_kind(other)),
+            format!("a string: {allowed}"),
+        )),
+    }
+}

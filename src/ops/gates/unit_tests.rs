@@ -1,0 +1,299 @@
+use super::*;
+use proptest::prelude::*;
+
+fn check(name: &str, status: CheckStatus, required: bool) -> CheckFact {
+    CheckFact {
+        name: name.into(),
+        status,
+        required,
+    }
+}
+
+fn approval(role: &str, approved: bool) -> ApprovalFact {
+    ApprovalFact {
+        approver_id: format!("{role}-1"),
+        persona_role: role.into(),
+        approved,
+    }
+}
+
+fn deployed(env: &str, g4: &str) -> DeploymentFact {
+    DeploymentFact {
+        environment: env.into(),
+        status: "succeeded".into(),
+        g4_status: g4.into(),
+    }
+}
+
+/// A release with every gate passed.
+fn all_passed() -> ReleaseFacts {
+    let mut gates = BTreeMap::new();
+    gates.insert(
+        GateCode::G1,
+        GateFacts {
+            checks: vec![check("build", CheckStatus::Pass, true)],
+            ..Default::default()
+        },
+    );
+    gates.insert(
+        GateCode::G2,
+        GateFacts {
+            evidence: vec!["qa_signoff".into()],
+            approvals: vec![approval("qa_tester", true)],
+            ..Default::default()
+        },
+    );
+    gates.insert(
+        GateCode::G3,
+        GateFacts {
+            evidence: vec!["rollback_plan".into()],
+            approvals: vec![approval("release_manager", true)],
+            ..Default::default()
+        },
+    );
+    gates.insert(
+        GateCode::G4,
+        GateFacts {
+            evidence: vec!["health_check".into()],
+            ..Default::default()
+        },
+    );
+    ReleaseFacts {
+        gates,
+        deployments: vec![deployed("staging", "passed")],
+        now: 1_000.0,
+    }
+}
+
+fn status(facts: &ReleaseFacts, code: GateCode) -> GateStatus {
+    evaluate(facts)
+        .into_iter()
+        .find(|e| e.code == code)
+        .unwrap()
+        .status
+}
+
+const STAGING: &[GateCode] = &[GateCode::G1, GateCode::G2];
+
+#[test]
+fn all_gates_passed_is_eligible_everywhere() {
+    let e = evaluate(&all_passed());
+    assert!(e.iter().all(|g| g.status == GateStatus::Passed), "{e:?}");
+    assert_eq!(eligible(&e, STAGING), (true, vec![]));
+    assert_eq!(eligible(&e, &ALL_GATES), (true, vec![]));
+}
+
+#[test]
+fn g2_failed_blocks_staging_and_production() {
+    let mut f = all_passed();
+    f.gates
+        .get_mut(&GateCode::G2)
+        .unwrap()
+        .checks
+        .push(check("e2e", CheckStatus::Fail, false));
+    let e = evaluate(&f);
+    assert_eq!(status(&f, GateCode::G2), GateStatus::Failed);
+    // G3 needs G2, so it falls back to in progress.
+    assert_eq!(status(&f, GateCode::G3), GateStatus::InProgress);
+    assert!(!eligible(&e, STAGING).0);
+    assert_eq!(eligible(&e, &ALL_GATES).1, vec![GateCode::G2, GateCode::G3]);
+}
+
+#[test]
+fn g3_bypassed_by_an_active_exception_is_eligible_for_production() {
+    let mut f = all_passed();
+    let g3 = f.gates.get_mut(&GateCode::G3).unwrap();
+    g3.approvals.clear();
+    g3.exceptions.push(ExceptionFact {
+        exception_id: "x1".into(),
+        status: "approved".into(),
+        expires_at: 2_000.0,
+    });
+    assert_eq!(status(&f, GateCode::G3), GateStatus::Bypassed);
+    assert!(eligible(&evaluate(&f), &ALL_GATES).0);
+
+    // Expired, requested or rejected exceptions do not bypass.
+    for (state, expires) in [
+        ("approved", 1_000.0),
+        ("requested", 2_000.0),
+        ("rejected", 2_000.0),
+    ] {
+        let g3 = f.gates.get_mut(&GateCode::G3).unwrap();
+        g3.exceptions[0].status = state.into();
+        g3.exceptions[0].expires_at = expires;
+        assert_eq!(status(&f, GateCode::G3), GateStatus::InProgress, "{state}");
+        assert!(!eligible(&evaluate(&f), &ALL_GATES).0);
+    }
+}
+
+#[test]
+fn g1_waits_for_configured_checks_and_takes_the_latest_result() {
+    let mut f = all_passed();
+    let g1 = f.gates.get_mut(&GateCode::G1).unwrap();
+    g1.required_checks = vec!["build".into(), "lint".into()];
+    assert_eq!(status(&f, GateCode::G1), GateStatus::InProgress);
+    let g1 = f.gates.get_mut(&GateCode::G1).unwrap();
+    g1.checks.push(check("lint", CheckStatus::Fail, true));
+    assert_eq!(status(&f, GateCode::G1), GateStatus::Failed);
+    let g1 = f.gates.get_mut(&GateCode::G1).unwrap();
+    g1.checks.push(check("lint", CheckStatus::Pass, true));
+    assert_eq!(status(&f, GateCode::G1), GateStatus::Passed);
+    // An optional check failing does not fail G1.
+    let g1 = f.gates.get_mut(&GateCode::G1).unwrap();
+    g1.checks
+        .push(check("flaky-canary", CheckStatus::Fail, false));
+    assert_eq!(status(&f, GateCode::G1), GateStatus::Passed);
+    // Nothing reported at all is pending, not passed.
+    assert_eq!(
+        status(&ReleaseFacts::default(), GateCode::G1),
+        GateStatus::Pending
+    );
+}
+
+#[test]
+fn g3_needs_a_release_manager_not_a_qa_tester() {
+    let mut f = all_passed();
+    let g3 = f.gates.get_mut(&GateCode::G3).unwrap();
+    g3.approvals = vec![approval("qa_tester", true)];
+    assert_eq!(status(&f, GateCode::G3), GateStatus::InProgress);
+    let g3 = f.gates.get_mut(&GateCode::G3).unwrap();
+    g3.approvals.push(approval("release_manager", false));
+    assert_eq!(status(&f, GateCode::G3), GateStatus::Failed);
+}
+
+#[test]
+fn g4_needs_health_evidence_and_a_promoted_deployment() {
+    let mut f = all_passed();
+    f.deployments = vec![deployed("dev", "passed")];
+    // Health evidence is there but no staging or production deployment yet.
+    assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
+    f.deployments.push(deployed("staging", "failed"));
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Failed);
+    f.deployments.push(deployed("staging", "passed"));
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
+    f.gates.get_mut(&GateCode::G4).unwrap().evidence.clear();
+    assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
+}
+
+fn arb_gate() -> impl Strategy<Value = GateFacts> {
+    let check = (
+        prop::sample::select(vec!["build", "lint", "e2e"]),
+        prop::sample::select(vec![
+            CheckStatus::Pass,
+            CheckStatus::Fail,
+            CheckStatus::Pending,
+            CheckStatus::Skipped,
+        ]),
+        any::<bool>(),
+    )
+        .prop_map(|(n, s, r)| check(n, s, r));
+    let evidence = prop::sample::select(vec![
+        "test_report",
+        "qa_signoff",
+        "rollback_plan",
+        "health_check",
+        "build_log",
+    ])
+    .prop_map(String::from);
+    let approval = (
+        prop::sample::select(vec!["qa_tester", "release_manager", "developer"]),
+        any::<bool>(),
+    )
+        .prop_map(|(r, a)| approval(r, a));
+    let exception = (
+        prop::sample::select(vec!["approved", "requested", "rejected"]),
+        0.0..2_000.0f64,
+    )
+        .prop_map(|(s, t)| ExceptionFact {
+            exception_id: "x".into(),
+            status: s.into(),
+            expires_at: t,
+        });
+    (
+        prop::collection::vec(
+            prop::sample::select(vec!["build", "lint"]).prop_map(String::from),
+            0..2,
+        ),
+        prop::collection::vec(check, 0..5),
+        prop::collection::vec(evidence, 0..3),
+        prop::collection::vec(approval, 0..3),
+        prop::collection::vec(exception, 0..2),
+    )
+        .prop_map(
+            |(required_checks, checks, evidence, approvals, exceptions)| GateFacts {
+                required_checks,
+                checks,
+                evidence,
+                approvals,
+                exceptions,
+            },
+        )
+}
+
+fn arb_release() -> impl Strategy<Value = ReleaseFacts> {
+    let deployment = (
+        prop::sample::select(vec!["dev", "staging", "production"]),
+        prop::sample::select(vec!["pending", "passed", "failed"]),
+    )
+        .prop_map(|(e, g)| deployed(e, g));
+    (
+        prop::collection::vec(arb_gate(), 4),
+        prop::collection::vec(deployment, 0..3),
+    )
+        .prop_map(|(gates, deployments)| ReleaseFacts {
+            gates: ALL_GATES.into_iter().zip(gates).collect(),
+            deployments,
+            now: 1_000.0,
+        })
+}
+
+proptest! {
+    /// A gate is bypassed exactly when it would not pass on its own and an approved,
+    /// unexpired exception exists; a passed gate is never reported as bypassed.
+    #[test]
+    fn bypass_only_through_active_exceptions(f in arb_release()) {
+        for e in evaluate(&f) {
+            let gate = &f.gates[&e.code];
+            let active = gate.exceptions.iter().any(|x| x.active_at(f.now));
+            if e.status == GateStatus::Bypassed {
+                prop_assert!(active);
+            }
+            if !active {
+                prop_assert_ne!(e.status, GateStatus::Bypassed);
+            }
+        }
+    }
+
+    /// Eligibility is exactly "every required gate satisfied", and a G1 that is passed
+    /// never has a failed required check as latest result.
+    #[test]
+    fn eligibility_matches_required_gates(f in arb_release()) {
+        let e = evaluate(&f);
+        for required in [STAGING, &ALL_GATES[..]] {
+            let (ok, blocking) = eligible(&e, required);
+            prop_assert_eq!(ok, blocking.is_empty());
+            for code in required {
+                let satisfied = e.iter().any(|g| g.code == *code && g.status.satisfied());
+                prop_assert_eq!(satisfied, !blocking.contains(code));
+            }
+        }
+        let g1 = &e[0];
+        if g1.status == GateStatus::Passed {
+            let (waiting, failed) = unmet_checks(&f.gates[&GateCode::G1]);
+            prop_assert!(waiting.is_empty() && failed.is_empty());
+        }
+    }
+
+    /// Adding a late passing result for every required check never makes G1 fail.
+    #[test]
+    fn a_fixed_check_clears_g1(f in arb_release()) {
+        let mut f = f;
+        let g1 = f.gates.get_mut(&GateCode::G1).unwrap();
+        let names: Vec<String> = required_names(g1).into_iter().map(String::from).collect();
+        for n in names {
+            g1.checks.push(check(&n, CheckStatus::Pass, true));
+        }
+        let s = status(&f, GateCode::G1);
+        prop_assert!(s != GateStatus::Failed);
+    }
+}
