@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine or a warm one:
 #   1. cargo unit tests (pure Rust, #[test] and proptest) and 2. #[pg_test]s, both through
 #      `cargo pgrx test` against a throwaway Postgres run as the postgres user;
-#   3. every pgTAP file in pg_test/tap/ through pg_prove, against a fresh cluster with pg_cron,
+#   3. the order of the generated install script (pg_test/surface_check.sh);
+#      every pgTAP file in pg_test/tap/ through pg_prove, against a fresh cluster with pg_cron,
 #      pgmq and the release build of flowgate;
 #   4. every SQL example of README.md, run and its output compared (pg_test/readme.sh, on a
 #      fresh cluster and sandbox of its own); then the concurrency suites and the calendar.
@@ -43,6 +44,11 @@ failed=$(grep -cE '^test .* \.\.\. FAILED$' "$LOG_DIR/cargo-test.log" || true)
 [ "$pgt" -gt 0 ] || die "no #[pg_test]s ran"
 
 install_flowgate
+
+step "surface order: each function a sql/<module>/surface.sql names is created before it"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$FLOWGATE_ROOT/Cargo.toml" | head -n 1)
+"$FLOWGATE_ROOT/pg_test/surface_check.sh" "$("$PG_CONFIG" --sharedir)/extension/flowgate--$version.sql" \
+  || die "a surface file names a function its requires do not put before it (above)"
 
 step "pgTAP suites (pg_prove) on a fresh cluster ($TEST_DIR, port $TEST_PORT)"
 t=$(date +%s)

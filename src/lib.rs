@@ -2,7 +2,9 @@
 //!
 //! Each module owns one SQL schema: `core` (schema `flowgate`) is the shared ground;
 //! `capacity` is the Capacity Request workflow; `intake` the burst-to-queue ledger; `ops` the
-//! release gates control plane; `provisioning` tenant provisioning jobs. DDL lives in `sql/*.sql`, loaded below in dependency order.
+//! release gates control plane; `provisioning` tenant provisioning jobs. Each module's SQL
+//! lives in `sql/<module>/`: its tables, and its surface (the SQL that names its Rust
+//! functions), loaded after every function it names.
 
 // SQL entry points return `Result<_, ErrorReport>` because that is the only error type whose
 // SQLSTATE, detail and hint pgrx 0.18 passes through to Postgres; errors are the cold path.
@@ -39,32 +41,8 @@ pub extern "C-unwind" fn _PG_init() {
     core::worker::init();
 }
 
-pgrx::extension_sql_file!("../sql/core.sql", name = "core_bootstrap", bootstrap);
-pgrx::extension_sql_file!(
-    "../sql/outbox.sql",
-    name = "outbox_tables",
-    requires = ["core_bootstrap"]
-);
-pgrx::extension_sql_file!(
-    "../sql/capacity.sql",
-    name = "capacity_tables",
-    requires = ["outbox_tables"]
-);
-pgrx::extension_sql_file!(
-    "../sql/intake.sql",
-    name = "intake_tables",
-    requires = ["core_bootstrap"]
-);
-pgrx::extension_sql_file!(
-    "../sql/ops.sql",
-    name = "ops_tables",
-    requires = ["core_bootstrap"]
-);
-pgrx::extension_sql_file!(
-    "../sql/provisioning.sql",
-    name = "provisioning_tables",
-    requires = ["core_bootstrap"]
-);
+// Each module loads its own SQL (sql/<module>/, declared in src/<module>/mod.rs). What spans
+// modules runs last.
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// Required by `cargo pgrx test`.

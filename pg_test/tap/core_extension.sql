@@ -1,6 +1,6 @@
 -- The extension itself: objects, dependencies, DROP/CREATE cycles, pg_dump registration.
 BEGIN;
-SELECT plan(16);
+SELECT plan(19);
 
 SELECT has_extension('flowgate', 'flowgate is installed');
 SELECT has_extension('pgmq', 'pgmq is installed');
@@ -12,6 +12,24 @@ SELECT is((SELECT extrelocatable FROM pg_extension WHERE extname = 'flowgate'), 
 SELECT ok(
     (SELECT 'flowgate.settings'::regclass::oid = ANY (extconfig) FROM pg_extension WHERE extname = 'flowgate'),
     'flowgate.settings is registered with pg_extension_config_dump');
+
+-- Every function and procedure of the extension says what it is for (\df+, PostgREST's OpenAPI):
+-- Rust functions through their doc comment (#[documented]), SQL ones through a COMMENT.
+SELECT is_empty($$
+    SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
+      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+      JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'flowgate'
+     WHERE coalesce(obj_description(p.oid, 'pg_proc'), '') = ''$$,
+    'every function of the extension has a COMMENT');
+SELECT cmp_ok(
+    (SELECT count(*)::int FROM pg_catalog.pg_proc p
+      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+      JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'flowgate'
+     WHERE p.probin = '$libdir/flowgate'), '>=', 50,
+    'the Rust functions are among them');
+SELECT is(obj_description('ops.ingest_event(jsonb)'::regprocedure, 'pg_proc'),
+    (SELECT obj_description('ops.ingest_event(jsonb)'::regprocedure, 'pg_proc') WHERE obj_description('ops.ingest_event(jsonb)'::regprocedure, 'pg_proc') !~ '`'),
+    'a doc comment becomes the COMMENT without Markdown backticks');
 
 SELECT throws_ok('DROP EXTENSION pgmq', '2BP01', NULL, 'pgmq cannot be dropped while flowgate needs it');
 

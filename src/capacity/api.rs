@@ -4,6 +4,7 @@
 
 #[pgrx::pg_schema]
 mod capacity {
+    use flowgate_macros::documented;
     use pgrx::pg_sys::panic::ErrorReport;
     use pgrx::prelude::*;
     use pgrx::JsonB;
@@ -52,9 +53,15 @@ mod capacity {
         }))
     }
 
-    /// Create a Capacity Request; returns it (json) in COMMERCIAL_APPROVAL_REQUIRED, or
-    /// TECHNICAL_REVIEW_REQUIRED when its cost is under `capacity.auto_approve_below_usd`.
-    /// The requester is the caller; a trusted session may name `requester_user_id`.
+    /// Create a Capacity Request (id `CR-<year>-<6 digits>`) as the caller, or as
+    /// `requester_user_id` from a trusted session; returns it with its events and allowed events. A
+    /// retried `idempotency_key` returns the first request. 42501 for anonymous callers, 22023 for
+    /// bad arguments (e.g. the requester named as commercial owner).
+    ///
+    /// The request starts in COMMERCIAL_APPROVAL_REQUIRED, or TECHNICAL_REVIEW_REQUIRED when its
+    /// cost is under `capacity.auto_approve_below_usd` (a requester's own estimate counts only with
+    /// `capacity.auto_approve_requester_estimates`). A key reused for a different request is 23505.
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     #[allow(clippy::too_many_arguments)]
@@ -128,9 +135,13 @@ mod capacity {
         run().map_err(fail)
     }
 
-    /// Record an event with permission checks and idempotency: a retried `idempotency_key`
-    /// returns the first result and writes nothing. A trusted session may pass `on_behalf_of`
-    /// (e.g. the Slack user behind a button).
+    /// Record an event on a request after checking the caller's permission; returns
+    /// `{request, event, replayed, allowed_events}`. A retried `idempotency_key` returns the first
+    /// result and writes nothing. 42501 when the caller may not, 55000 when the request's state
+    /// does not accept the event, P0002 for an unknown request.
+    ///
+    /// A trusted session may pass `on_behalf_of` (e.g. the Slack user behind a button).
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn record_capacity_event(
@@ -155,9 +166,14 @@ mod capacity {
         run().map_err(fail)
     }
 
-    /// The raw reducer entry point for trusted sessions (operators, integrations): applies the
-    /// event as the session's actor with an admin's standing. Users call
-    /// `capacity.record_capacity_event`. (SQL wrapper: `capacity.apply_event(text, capacity.cr_event, jsonb)`.)
+    /// The reducer entry point for trusted sessions (42501 otherwise), with the event named as
+    /// text: apply one event to a request as the session's actor, with an admin's standing; returns
+    /// `{request, event, replayed, allowed_events}`. Users call `capacity.record_capacity_event`,
+    /// which adds per-actor permissions and idempotency.
+    ///
+    /// For operators and integrations; SQL callers usually go through its typed wrapper
+    /// `capacity.apply_event(text, capacity.cr_event, jsonb)`.
+    #[documented]
     #[pg_extern(volatile, security_definer, name = "apply_event_by_name")]
     #[search_path(pg_catalog, pg_temp)]
     fn apply_event_by_name(
@@ -182,8 +198,10 @@ mod capacity {
         run().map_err(fail)
     }
 
-    /// The request, its `recent_events` latest events and the events it accepts now. Runs with
-    /// the caller's rights: a request the caller may not see does not exist (P0002).
+    /// A request's current state, its `recent_events` latest events (1 to 1000) and the events it
+    /// accepts now, as `{request, events, allowed_events}`. Runs with the caller's rights: a
+    /// request the caller may not see does not exist (P0002).
+    #[documented]
     #[pg_extern(stable)]
     fn get_capacity_request(
         request_id: &str,
@@ -201,10 +219,14 @@ mod capacity {
             .map_err(fail)
     }
 
-    /// Emit CUSTOMER_CONFIRMATION_TIMEOUT for every passed deadline (→ EXPIRED, with a
-    /// cancellation-decision task for the commercial owner) and warn requests close to theirs.
-    /// Idempotent; overlapping runs skip each other's rows. `as_of` runs them as of another
-    /// moment (owner only, like the function): what the timers will do at that time.
+    /// Expire requests past their customer confirmation deadline (CUSTOMER_CONFIRMATION_TIMEOUT,
+    /// with a cancellation-decision task for the commercial owner) and warn those close to it;
+    /// returns `{expired, warned}` counts. Idempotent; overlapping runs skip each other's rows.
+    /// Owner only (the schedule runs it).
+    ///
+    /// `as_of` runs the timers as of another moment: what they will do at that time, with no
+    /// deadline edited by hand.
+    #[documented]
     #[pg_extern(volatile)]
     fn run_capacity_request_timers(
         as_of: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
@@ -213,10 +235,13 @@ mod capacity {
         store::run_timers(as_of.as_deref()).map(JsonB).map_err(fail)
     }
 
-    /// Who am I to this request (for UIs): requester / owner / infra / admin flags. SECURITY
-    /// DEFINER because group membership is not readable by callers; it reports only the
-    /// caller's own standing, and a request the caller has no part in does not exist (P0002),
-    /// exactly as under the tables' row-level security.
+    /// The caller's own standing on a request, for UIs:
+    /// `{actor, requester, commercial_owner, infra_group, admin}`. A request the caller has no part
+    /// in does not exist (P0002), exactly as under the tables' row-level security.
+    ///
+    /// SECURITY DEFINER because group membership is not readable by callers; it reports only the
+    /// caller's own standing.
+    #[documented]
     #[pg_extern(stable, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn my_standing(request_id: &str) -> Result<JsonB, ErrorReport> {
@@ -280,11 +305,17 @@ mod capacity {
         }
     }
 
-    /// Slack slash command (`/capacity create owner=@ana group=infra size=24XL qty=2
-    /// region=us-east-1 cost=48000`): `body` is the raw form-encoded request body,
-    /// `request_timestamp` and `signature` the X-Slack-Request-Timestamp and X-Slack-Signature
-    /// headers. Refused with 42501 unless signed by the app within 5 minutes. Returns Slack's
-    /// response JSON.
+    /// Slack slash command
+    /// (`/capacity create owner=@ana group=infra size=24XL qty=2 region=us-east-1 cost=48000`):
+    /// creates a Capacity Request for the Slack user and returns Slack's response JSON. `body` is
+    /// the raw form-encoded request body, `request_timestamp` and `signature` its Slack headers;
+    /// 42501 unless signed by the app within 5 minutes.
+    ///
+    /// The headers are X-Slack-Request-Timestamp and X-Slack-Signature. The Slack user acts as the
+    /// actor their Slack id is linked to, else as the Slack id; the trigger_id is the idempotency
+    /// key. Usage errors and refusals decided before anything is written come back as an ephemeral
+    /// message.
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn handle_slack_command(
@@ -354,10 +385,15 @@ mod capacity {
         run().map_err(fail)
     }
 
-    /// Slack interactivity (a button on a request message): `body` is the raw form-encoded
-    /// request (`payload=<json>`), verified like a slash command. The button value is
-    /// `<request id>:<EVENT>`; the event is recorded for the clicking Slack user, once per
-    /// click (the action_ts is the idempotency key). Returns Slack's response JSON.
+    /// Slack interactivity (a button on a request message): records the button's event, value
+    /// `<request id>:<EVENT>`, for the clicking Slack user, once per click, and returns Slack's
+    /// response JSON. `body` is the raw form-encoded request (`payload=<json>`), verified like a
+    /// slash command (42501 unless signed by the app within 5 minutes).
+    ///
+    /// The click's action_ts is the idempotency key. Refusals decided before anything was written
+    /// (not allowed, not permitted, unknown request) come back as an ephemeral message; other
+    /// errors abort the transaction.
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn handle_slack_action(

@@ -26,3 +26,24 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
         every_tick: false,
     }],
 };
+
+// The schema's SQL, beside this code: tables first, then the surface that names Rust functions,
+// after each of them (`requires`; .ci/run checks the order).
+pgrx::extension_sql_file!(
+    "../../sql/capacity/tables.sql",
+    name = "capacity_tables",
+    requires = ["outbox_tables"]
+);
+pgrx::extension_sql_file!(
+    "../../sql/capacity/surface.sql",
+    name = "capacity_surface",
+    requires = [
+        "capacity_tables",
+        capacity::api::capacity::apply_event_by_name,
+        capacity::api::capacity::record_capacity_event,
+        capacity::api::capacity::run_capacity_request_timers,
+        core::api::current_actor,
+        core::api::current_actor_info,
+        core::api::get_setting,
+    ]
+);

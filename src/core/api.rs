@@ -1,6 +1,7 @@
 //! SQL surface of the core (schema `flowgate`): thin wrappers over `actor`, `settings` and
 //! `store`. Errors leave as `ErrorReport`s carrying the SQLSTATEs documented in the README.
 
+use flowgate_macros::documented;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -11,6 +12,7 @@ use super::{settings, store};
 
 /// The acting identity: the JWT subject (`request.jwt.claims` → `sub`) when a PostgREST or
 /// Supabase request set one, else `current_user`.
+#[documented]
 #[pg_extern(stable, parallel_safe)]
 fn current_actor() -> Result<String, ErrorReport> {
     store::session_actor(false)
@@ -18,8 +20,10 @@ fn current_actor() -> Result<String, ErrorReport> {
         .map_err(CoreError::reporter("flowgate.current_actor"))
 }
 
-/// The acting identity with its role, source and trust; `on_behalf_of` shows what a trusted
-/// session acting for someone else would be recorded as (and fails with 42501 otherwise).
+/// The acting identity as JSON: `id`, `role`, `source`, `actor_type`, `trusted` (and
+/// `delegated_by` when delegated). With `on_behalf_of`, what a trusted session acting for that
+/// actor would be recorded as; 42501 for untrusted sessions.
+#[documented]
 #[pg_extern(stable)]
 fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<JsonB, ErrorReport> {
     let fail = CoreError::reporter("flowgate.current_actor_info");
@@ -34,9 +38,10 @@ fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<Js
 }
 
 /// Link an external identity (`provider` 'slack': a Slack user id) to the actor it acts as, so
-/// one person is one actor on every surface. `actor_id` defaults to the caller: a person links
-/// their own id; only trusted sessions link someone else's or change another actor's link.
-/// Returns the link.
+/// one person is one actor on every surface; returns the link. `actor_id` defaults to the
+/// caller: a person links their own id, and only trusted sessions link someone else's or
+/// change another actor's link (42501 otherwise).
+#[documented]
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn link_identity(
@@ -62,8 +67,9 @@ fn link_identity(
         .map_err(CoreError::reporter("flowgate.link_identity"))
 }
 
-/// Remove a link made with `flowgate.link_identity` (your own, or any for trusted sessions).
-/// Returns the removed link, or NULL when there was none.
+/// Remove a link made with `flowgate.link_identity`: your own, or any for trusted sessions
+/// (42501 otherwise). Returns the removed link, or NULL when there was none.
+#[documented]
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, ErrorReport> {
@@ -72,7 +78,13 @@ fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, E
         .map_err(CoreError::reporter("flowgate.unlink_identity"))
 }
 
-/// The effective value of a setting: the stored one, else its documented default.
+/// The effective value of a setting: the stored one, else its documented default (22023 for an
+/// unknown key). Keys naming URLs, secrets, ids, channels or admins read as their default
+/// except for the extension owner and service_role.
+///
+/// The hiding is the row-level security of `flowgate.settings`: this function reads the table
+/// with the caller's rights.
+#[documented]
 #[pg_extern(stable, strict)]
 fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
     store::get_value(key)
@@ -80,8 +92,10 @@ fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
         .map_err(CoreError::reporter("flowgate.get_setting"))
 }
 
-/// Store a setting after checking it against its documented type; returns the stored value.
-/// Needs write access to `flowgate.settings` (the extension owner by default).
+/// Store a setting after validating it against its documented type (22023 with the allowed
+/// values otherwise); returns the stored value. Needs write access to `flowgate.settings` (the
+/// extension owner by default; 42501 otherwise).
+#[documented]
 #[pg_extern(volatile, strict)]
 fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
@@ -95,7 +109,9 @@ fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
         .map_err(CoreError::reporter("flowgate.set_setting"))
 }
 
-/// Remove a stored setting so its default applies again; returns the default.
+/// Forget a stored setting so its documented default applies again; returns that default
+/// (22023 for an unknown key). Needs write access to `flowgate.settings`.
+#[documented]
 #[pg_extern(volatile, strict)]
 fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
     store::reset_value(key)
@@ -103,8 +119,9 @@ fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
         .map_err(CoreError::reporter("flowgate.reset_setting"))
 }
 
-/// Raise 22023 unless `value` is acceptable for `key`. Called by the `flowgate.settings`
-/// trigger so that no write path can store a bad value.
+/// Raise 22023 unless `value` is acceptable for `key`; true otherwise. The `flowgate.settings`
+/// trigger calls it, so that no write path can store a bad value.
+#[documented]
 #[pg_extern(immutable, parallel_safe, strict)]
 fn check_setting(key: &str, value: RawJsonb) -> Result<bool, ErrorReport> {
     let run = || -> CoreResult<bool> {
@@ -115,7 +132,9 @@ fn check_setting(key: &str, value: RawJsonb) -> Result<bool, ErrorReport> {
     run().map_err(CoreError::reporter("flowgate.check_setting"))
 }
 
-/// Every documented setting with its type, default and current value.
+/// Every documented setting: key, kind, allowed values, default, current value, whether it is
+/// set, and description.
+#[documented]
 #[pg_extern(stable)]
 #[allow(clippy::type_complexity)]
 fn setting_definitions() -> Result<

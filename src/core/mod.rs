@@ -20,3 +20,35 @@ pub mod workflow;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
+
+// The schema's SQL, beside this code: tables first (no Rust function needed), then the surface
+// that names Rust functions, after each of them (`requires`; .ci/run checks the order).
+pgrx::extension_sql_file!(
+    "../../sql/core/tables.sql",
+    name = "core_bootstrap",
+    bootstrap
+);
+pgrx::extension_sql_file!(
+    "../../sql/core/outbox.sql",
+    name = "outbox_tables",
+    requires = ["core_bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../../sql/core/surface.sql",
+    name = "core_surface",
+    requires = [
+        "outbox_tables",
+        core::api::check_setting,
+        core::api::current_actor,
+        core::api::get_setting,
+        core::outbox::api::collect,
+        core::outbox::api::enqueue_delivery,
+        core::outbox::api::record_attempt,
+        core::outbox::api::rerun_handlers,
+        core::outbox::api::set_secret,
+        core::schedules::install_schedules,
+        core::schedules::run_job,
+        core::schedules::run_periodic,
+        core::schedules::uninstall_schedules,
+    ]
+);

@@ -2,6 +2,7 @@
 //! optional background worker. Every job is an idempotent SQL statement that is safe to run
 //! concurrently and repeatedly.
 
+use flowgate_macros::documented;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
@@ -87,7 +88,13 @@ fn require_pg_cron() -> CoreResult<()> {
     }
 }
 
-/// Register (or update) every periodic job with pg_cron, using the schedules in settings.
+/// Register (or update) every periodic flowgate job with pg_cron, using the schedules in
+/// settings; idempotent. Returns one row per job (job_name, schedule, command, jobid); 0A000
+/// when pg_cron is not installed in this database. Extension owner only.
+///
+/// On pg_cron before 1.5, which has no second-level schedules, such a job is scheduled every
+/// minute instead, with a notice.
+#[documented]
 #[pg_extern(volatile)]
 fn install_schedules() -> Result<
     TableIterator<
@@ -138,7 +145,9 @@ fn install_schedules() -> Result<
         .map_err(|e| e.into_report("flowgate.install_schedules"))
 }
 
-/// Remove every flowgate job from pg_cron; returns how many were removed.
+/// Remove every flowgate job from pg_cron; returns how many were removed (0A000 when pg_cron
+/// is not installed). Extension owner only.
+#[documented]
 #[pg_extern(volatile)]
 fn uninstall_schedules() -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
@@ -300,9 +309,14 @@ pub fn record_outcome(
 }
 
 /// Run one periodic job now, in its own subtransaction, and record its outcome, duration and
-/// error in flowgate.job_status and flowgate.job_runs. What pg_cron schedules
-/// (`SELECT flowgate.run_job('<job>', 'pg_cron')`); operators may call it by hand. Returns
-/// `{job, status, duration_ms, result | error}`; a failing job is recorded, not raised.
+/// error (flowgate.job_status, flowgate.job_runs); returns
+/// `{job, status, duration_ms, result | error}`. A failing job is recorded and answered, not
+/// raised. What pg_cron schedules; extension owner only.
+///
+/// pg_cron runs `SELECT flowgate.run_job('<job>', 'pg_cron')`; operators may call it by hand
+/// (`runner` defaults to 'manual'). An unknown job or runner is 22023; the outbox job, a
+/// procedure that commits between its steps, is 2D000.
+#[documented]
 #[pg_extern(volatile)]
 fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
@@ -326,11 +340,15 @@ fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB,
         .map_err(|e| e.into_report("flowgate.run_job"))
 }
 
-/// Run the periodic jobs once, in order, each in its own subtransaction with its outcome
-/// recorded (a failing job undoes only its own work); returns how many ran without error.
-/// The outbox is not among them: it sends outside any transaction, with
+/// Run the periodic jobs once by hand, in order, each in its own subtransaction with its
+/// outcome recorded (flowgate.job_status, flowgate.job_runs); returns how many ran without
+/// error. `include_housekeeping` false skips jobs such as pruning. The outbox is not run: use
 /// `CALL flowgate.run_outbox()`.
-/// The background worker instead runs each job in a transaction of its own.
+///
+/// A failing job undoes only its own work. The outbox sends outside any transaction, so it
+/// cannot run inside this call. The background worker instead runs each job in a transaction
+/// of its own.
+#[documented]
 #[pg_extern(volatile)]
 fn run_periodic(include_housekeeping: default!(bool, "true")) -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {

@@ -2,6 +2,7 @@
 
 #[pgrx::pg_schema]
 mod intake {
+    use flowgate_macros::documented;
     use pgrx::pg_sys::panic::ErrorReport;
     use pgrx::prelude::*;
     use pgrx::JsonB;
@@ -30,9 +31,11 @@ mod intake {
         "drain_mode",
     ];
 
-    /// Create a pool: its configuration, `inventory` available slots in `intake.allocations`,
-    /// its pgmq queue and dead-letter queue, and the sequence that hands out slot numbers.
-    /// `config` may set any of the engine_config columns (batch_size, max_claims_per_user, ...).
+    /// Create a pool: its configuration, `inventory` available slots in `intake.allocations`, its
+    /// pgmq queue and dead-letter queue, and the sequence that hands out slot numbers; returns
+    /// `{pool_id, inventory, queue, dlq}`. `config` may set any `intake.engine_config` column
+    /// (batch_size, max_claims_per_user, ...); 22023 for an unknown key. Owner only unless granted.
+    #[documented]
     #[pg_extern(volatile)]
     fn create_pool(
         pool_id: &str,
@@ -87,7 +90,9 @@ mod intake {
         run().map_err(CoreError::reporter("intake.create_pool"))
     }
 
-    /// Drop a pool: its queues, sequence, inventory and configuration.
+    /// Remove a pool: its queues, slot sequence, inventory and configuration; true when done, P0002
+    /// for an unknown pool. Owner only unless granted.
+    #[documented]
     #[pg_extern(volatile, strict)]
     fn drop_pool(pool_id: &str) -> Result<bool, ErrorReport> {
         let run = || -> CoreResult<bool> {
@@ -97,15 +102,20 @@ mod intake {
         run().map_err(CoreError::reporter("intake.drop_pool"))
     }
 
-    /// Claim one resource of `pool_id` for `user_id`: `{status: "claimed", resource_id, slot,
-    /// msg_id}`, or `{status: "sold_out"}`, `{status: "limit_reached"}`, `{status: "paused"}`.
+    /// For trusted backends only (superusers, members of a role in `flowgate.trusted_roles` such as
+    /// service_role; 42501 otherwise): claim one resource of `pool_id` for `user_id`. Returns
+    /// `{status: "claimed", resource_id, slot, msg_id}`, or status sold_out, limit_reached or
+    /// paused; never the same resource twice. Grant EXECUTE to the service role; signed-in users
+    /// call `intake.claim`.
+    ///
     /// The intent (pool, slot, resource, user) is sent to the pool's pgmq queue in the same
-    /// transaction. Slots come from a per-pool sequence and are taken by primary key, so a
-    /// claim's cost does not grow as the pool drains; the only locks are the claimed row and
-    /// the user's claim counter.
-    /// For trusted backends only (superusers, members of `flowgate.trusted_roles` such as
-    /// service_role): it names the user, so it runs with the owner's rights after checking that
-    /// the caller is trusted; signed-in users call `intake.claim`.
+    /// transaction. Slots come from a per-pool sequence and are taken by primary key, so a claim's
+    /// cost does not grow as the pool drains; the only locks are the claimed row and the user's
+    /// claim counter.
+    ///
+    /// It names the user, so it runs with the owner's rights after checking that the caller is
+    /// trusted.
+    #[documented]
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn claim_resource(pool_id: &str, user_id: &str) -> Result<JsonB, ErrorReport> {
@@ -124,9 +134,11 @@ mod intake {
             .map_err(CoreError::reporter("intake.claim_resource"))
     }
 
-    /// Claim one resource of `pool_id` for the signed-in caller (the JWT `sub`, as PostgREST
-    /// passes it): what a browser calls through `/rpc/claim`. Sessions without a JWT subject are
-    /// refused (42501) unless trusted, so no caller can claim in another user's name.
+    /// Claim one resource of `pool_id` for the signed-in caller (the JWT `sub`): what a browser
+    /// calls through PostgREST's `/rpc/claim`. Same results as `intake.claim_resource`. A session
+    /// without a JWT subject gets 42501 unless trusted, so no caller can claim in another user's
+    /// name.
+    #[documented]
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn claim(pool_id: &str) -> Result<JsonB, ErrorReport> {
@@ -153,11 +165,15 @@ mod intake {
         Spi::connect_mut(|client| claim::claim(client, &pool, user_id))
     }
 
-    /// Rebuild a pool's UNLOGGED state after a crash (or a restore) from the logged record:
-    /// every intent in its pgmq queue, archive and dead-letter queue is a claim. Claimed slots
-    /// become `locked` again with their resource and user, the rest `available`; slots below the
-    /// counter that no intent holds are given back; user claim counts are recounted; a missing
-    /// slot sequence is recreated past the highest claimed slot. Blocks claims while it runs.
+    /// Rebuild a pool's UNLOGGED inventory, released slots, user claim counts and a missing slot
+    /// sequence from its logged pgmq intents, after a crash or a restore; returns the resulting
+    /// counts. Blocks claims while it runs. Owner only unless granted.
+    ///
+    /// Every intent in the pool's queue, archive and dead-letter queue is a claim. Claimed slots
+    /// become `locked` (or `consumed` when committed) again with their resource and user, the rest
+    /// `available`; slots below the counter that no intent holds are given back. The first claim
+    /// that finds the state gone runs the same rebuild by itself.
+    #[documented]
     #[pg_extern(volatile, strict)]
     fn recover_pool(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<JsonB> {
@@ -167,9 +183,12 @@ mod intake {
         run().map_err(CoreError::reporter("intake.recover_pool"))
     }
 
-    /// Give back slots whose claim aborted after taking its number (the sequence does not roll
-    /// back): available slots at or below the counter that no claim holds. Safe to run any
-    /// time; a claim re-checks `status = 'available'` before it takes a slot.
+    /// Give back slots taken by claims that aborted after drawing their number (the slot sequence
+    /// does not roll back); returns how many. Safe to run any time. Owner only unless granted.
+    ///
+    /// Those are the available slots at or below the counter that no claim holds; a claim re-checks
+    /// `status = 'available'` before it takes a slot.
+    #[documented]
     #[pg_extern(volatile, strict)]
     fn reclaim_slots(pool_id: &str) -> Result<i64, ErrorReport> {
         let run = || -> CoreResult<i64> {
@@ -179,13 +198,15 @@ mod intake {
         run().map_err(CoreError::reporter("intake.reclaim_slots"))
     }
 
-    /// Drain one pool: read up to batch_size intents (fewer under
-    /// rate_limit_per_second) with the visibility timeout, and move each one step on: POST the
-    /// queued ones to the validation webhook, commit the validated ones to the ledger, send the
-    /// ones read more than max_retries times to the DLQ. Nothing is sent here: each request is
-    /// handed to the outbox (CALL flowgate.run_outbox() or the worker sends it with no
-    /// transaction open) and its answer moves the intent on. Safe to run concurrently (pgmq
-    /// hands each intent to one reader).
+    /// Drain one pool: move up to batch_size intents (fewer under rate_limit_per_second) one step
+    /// on, to the validation webhook, then to the ledger commit, both through the outbox; intents
+    /// read more than max_retries times go to the DLQ. Returns what it did. Safe to run
+    /// concurrently; owner only unless granted.
+    ///
+    /// Intents are read with the visibility timeout, and pgmq hands each to one reader. Nothing is
+    /// sent here: each request is handed to the outbox (CALL flowgate.run_outbox() or the worker
+    /// sends it with no transaction open) and its answer moves the intent on.
+    #[documented]
     #[pg_extern(volatile, strict)]
     fn drain(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
@@ -197,11 +218,13 @@ mod intake {
             .map_err(CoreError::reporter("intake.drain"))
     }
 
-    /// A pool at a glance: inventory by status (available, claimed, consumed, released), the
-    /// queue (due, invisible while backing off or in flight, validated and waiting for the
-    /// ledger), dead letters, the next retry, the latest error, commits per second over the
-    /// last minute (from engine_metrics), and whether its UNLOGGED state is intact. Counts rows:
-    /// for operators, not for a hot path.
+    /// A pool at a glance: inventory by status (available, claimed, consumed, released), the queue
+    /// (due, invisible, validated and waiting for the ledger), dead letters, the next retry, the
+    /// latest error, commits per second over the last minute and whether its UNLOGGED state is
+    /// intact. Counts rows: for operators, not for a hot path.
+    ///
+    /// Invisible intents are backing off or in flight; commits per second come from engine_metrics.
+    #[documented]
     #[pg_extern(stable, strict)]
     fn pool_status(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
@@ -213,9 +236,13 @@ mod intake {
             .map_err(CoreError::reporter("intake.pool_status"))
     }
 
-    /// Re-queue dead-lettered intents of a pool: all of them, or those in `msg_ids`. Each keeps
-    /// its first message id as idempotency key (the webhook and the ledger de-duplicate), and a
-    /// validated intent goes straight to the commit step. Returns the new queue message ids.
+    /// Re-queue a pool's dead-lettered intents (all, or the DLQ `msg_ids` listed), keeping their
+    /// idempotency key and validation; returns `{pool_id, replayed, msg_ids}` with the new queue
+    /// message ids. Owner only unless granted.
+    ///
+    /// Each intent keeps its first message id as idempotency key (the webhook and the ledger
+    /// de-duplicate), and a validated intent goes straight to the commit step.
+    #[documented]
     #[pg_extern(volatile)]
     fn replay_dlq(
         pool_id: Option<&str>,
@@ -234,10 +261,14 @@ mod intake {
             .map_err(CoreError::reporter("intake.replay_dlq"))
     }
 
-    /// For an external worker (an Edge Function) doing the drain itself: read up to `max`
-    /// intents (default batch_size) and get, for each, the step to perform, the URL, the
-    /// idempotency key and the body to POST. Intents read more than max_retries times are moved
-    /// to the DLQ here and not returned. Report each reply with report_validation/report_commit.
+    /// External worker API: read up to `max` intents of a pool (default batch_size; none while
+    /// paused), each with the step to perform, the URL, the auth secret's name, the idempotency key
+    /// and the body to POST. Report each reply with `intake.report_validation` or
+    /// `intake.report_commit`. Owner only unless granted (grant it to the worker's role).
+    ///
+    /// For an external worker (an Edge Function) doing the drain itself. Intents read more than
+    /// max_retries times are moved to the DLQ here and not returned.
+    #[documented]
     #[pg_extern(volatile)]
     #[allow(clippy::type_complexity)]
     fn read_intents(
@@ -291,10 +322,13 @@ mod intake {
             .map_err(CoreError::reporter("intake.read_intents"))
     }
 
-    /// Report the validation webhook's reply for an intent read with read_intents: a 2xx marks
-    /// it validated (and commits it at once when the ledger is this database), another 4xx
-    /// returns its resource to the pool, anything else (5xx, 408, 429, NULL for no response)
-    /// leaves it for a retry after the visibility timeout. Returns what happened.
+    /// External worker API: apply the validation webhook's reply for an intent read with
+    /// `intake.read_intents`: 2xx validates it, other 4xx release its resource to the pool,
+    /// anything else (5xx, 408, 425, 429, NULL for no response) retries it after the visibility
+    /// timeout. Returns what happened. Owner only unless granted.
+    ///
+    /// A validated intent is committed at once when the ledger is this database.
+    #[documented]
     #[pg_extern(volatile)]
     fn report_validation(
         pool_id: Option<&str>,
@@ -331,9 +365,11 @@ mod intake {
         run().map_err(CoreError::reporter("intake.report_validation"))
     }
 
-    /// Report the ledger's reply for an intent: a 2xx completes it (resource consumed, intent
-    /// archived), another 4xx parks it in the DLQ, anything else leaves it for a retry (without
-    /// validating again).
+    /// External worker API: apply the ledger's reply for an intent: 2xx completes it (resource
+    /// consumed, intent archived), other 4xx dead-letter it, anything else (5xx, 408, 425, 429,
+    /// NULL for no response) leaves it for a retry without validating again. Returns what happened.
+    /// Owner only unless granted.
+    #[documented]
     #[pg_extern(volatile)]
     fn report_commit(
         pool_id: Option<&str>,
@@ -367,10 +403,13 @@ mod intake {
         }
     }
 
-    /// The ledger: write one finalized row per idempotency key and return it.
-    /// The same key again returns the first row with status "duplicate" and writes nothing; the
-    /// same key for another pool, resource or user, or a resource already finalized under
-    /// another key, is 23505. Rows are readable by their user_id only (RLS).
+    /// The ledger RPC: write one finalized row per idempotency key and return it; the same key
+    /// again returns the first row as "duplicate" and writes nothing. 23505 for a key reused for
+    /// another pool, resource or user, or a resource finalized under another key; 22023 for a bad
+    /// payload. Grant EXECUTE to the role the drain authenticates as.
+    ///
+    /// Rows are readable by their user_id only (RLS).
+    #[documented]
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn finalize_transaction(payload: RawJsonb) -> Result<JsonB, ErrorReport> {
@@ -384,10 +423,13 @@ mod intake {
             .map_err(CoreError::reporter("intake.finalize_transaction"))
     }
 
-    /// Sample every pool (or one) into intake.engine_metrics from sequences and folded outcome
-    /// totals, never counting the inventory or the queues. A pool sampled less than
-    /// `min_interval_seconds` ago is skipped (the scheduler passes 4.5 so that a one-second
-    /// background worker samples every 5 seconds). Returns the samples written.
+    /// Sample every pool (or only `pool_id`) into `intake.engine_metrics` from sequences and folded
+    /// outcome totals, never counting the inventory or the queues; a pool sampled less than
+    /// `min_interval_seconds` ago is skipped. Returns the samples written. Owner only unless
+    /// granted.
+    ///
+    /// The scheduler passes 4.5 so that a one-second background worker samples every 5 seconds.
+    #[documented]
     #[pg_extern(volatile)]
     fn collect_metrics(
         pool_id: default!(Option<&str>, "NULL"),

@@ -41,3 +41,32 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
         },
     ],
 };
+
+// The schema's SQL, beside this code: tables first, then the surface that names Rust functions,
+// after each of them (`requires`; .ci/run checks the order).
+pgrx::extension_sql_file!(
+    "../../sql/intake/tables.sql",
+    name = "intake_tables",
+    requires = ["core_bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../../sql/intake/surface.sql",
+    name = "intake_surface",
+    requires = [
+        "intake_tables",
+        core::api::current_actor,
+        intake::api::intake::claim,
+        intake::api::intake::claim_resource,
+        intake::api::intake::collect_metrics,
+        intake::api::intake::create_pool,
+        intake::api::intake::drain,
+        intake::api::intake::drop_pool,
+        intake::api::intake::finalize_transaction,
+        intake::api::intake::read_intents,
+        intake::api::intake::reclaim_slots,
+        intake::api::intake::recover_pool,
+        intake::api::intake::replay_dlq,
+        intake::api::intake::report_commit,
+        intake::api::intake::report_validation,
+    ]
+);

@@ -84,7 +84,7 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     if gone.is_empty() {
         return Err(CoreError::not_found("pool", pool.as_str()));
     }
-    // The tables without a foreign key to engine_config (see sql/intake.sql).
+    // The tables without a foreign key to engine_config (see sql/intake/tables.sql).
     for table in ["intake.user_claims", "intake.allocations"] {
         client.update(
             &format!("DELETE FROM {table} WHERE pool_id = $1"),

@@ -2,6 +2,7 @@
 
 #[pgrx::pg_schema]
 mod ops {
+    use flowgate_macros::documented;
     use pgrx::pg_sys::panic::ErrorReport;
     use pgrx::prelude::*;
     use pgrx::JsonB;
@@ -36,16 +37,19 @@ mod ops {
         json!({"ingest_id": ingest_id, "status": "rejected", "detail": detail})
     }
 
-    /// Ingest one event envelope and return
-    /// `{ingest_id, status: accepted|duplicate|rejected|error, detail}`.
+    /// Ingest one event envelope; returns
+    /// `{ingest_id, status: accepted|duplicate|rejected|error, detail}` and sets PostgREST's
+    /// `response.status` (200, 400, 403, 409, 413, 422, 500). Every call, rejections included, is
+    /// logged in `ops.event_ingest_log`. For the sending personas: ci_service_role,
+    /// release_manager, qa_tester, sre, developer.
     ///
-    /// Every call leaves one `ops.event_ingest_log` row, rejections included, and sets
-    /// PostgREST's `response.status`: 200 accepted or duplicate (a duplicate returns the
-    /// original result and writes nothing else), 400 missing or ill-typed fields or an unknown
-    /// event_type, 403 a sender whose persona may not send the event, 409 an unknown release or
-    /// an event that contradicts the record, 413 an envelope over 64 KiB, 422 an unsupported
-    /// schema_version, 500 an internal error (logged to the server log). Two sessions sending
-    /// the same key at once get one accepted and one duplicate.
+    /// The statuses: 200 accepted or duplicate (a duplicate returns the original result and writes
+    /// nothing else), 400 missing or ill-typed fields or an unknown event_type, 403 a sender whose
+    /// persona may not send the event, 409 an unknown release or an event that contradicts the
+    /// record, 413 an envelope over 64 KiB, 422 an unsupported schema_version, 500 an internal
+    /// error (logged to the server log). Two sessions sending the same key at once get one accepted
+    /// and one duplicate.
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn ingest_event(envelope: Option<RawJsonb>) -> Result<JsonB, ErrorReport> {
@@ -262,9 +266,10 @@ mod ops {
         )
     }
 
-    /// The current status of a gate (pending, in_progress, passed, failed or bypassed),
-    /// computed from the release's facts at this moment; an exception bypasses a gate only while
-    /// it is approved and not expired.
+    /// The current status of a gate, computed from its release's facts at this moment: pending,
+    /// in_progress, passed, failed or bypassed (only while an exception is approved and not
+    /// expired). P0002 for an unknown gate.
+    #[documented]
     #[pg_extern(stable, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn evaluate_gate(gate_id: pgrx::Uuid) -> Result<String, ErrorReport> {
@@ -295,8 +300,10 @@ mod ops {
         run().map_err(OpsError::reporter("ops.evaluate_gate"))
     }
 
-    /// Whether every gate `target_env` requires (ops.environment_gate_requirements) is passed,
-    /// or bypassed by an approved exception that has not expired, at this moment.
+    /// Whether every gate `target_env` requires (`ops.environment_gate_requirements`) is passed, or
+    /// bypassed by an approved exception that has not expired, at this moment. P0002 for an unknown
+    /// release, 22023 for an environment other than dev, staging or production.
+    #[documented]
     #[pg_extern(stable, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn is_eligible_for_promotion(
@@ -310,7 +317,10 @@ mod ops {
         run().map_err(OpsError::reporter("ops.is_eligible_for_promotion"))
     }
 
-    /// Eligibility with its reasons: `{eligible, blocking: ["G3 in_progress: waiting for ...", ...]}`.
+    /// Promotion eligibility of a release to `target_env` with the blocking gates and why:
+    /// `{release_id, environment, eligible, blocking: ["G3 pending: waiting for ...", ...]}`. The
+    /// same rule as `ops.is_eligible_for_promotion`, with the same errors.
+    #[documented]
     #[pg_extern(stable, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn promotion_status(release_id: pgrx::Uuid, target_env: &str) -> Result<JsonB, ErrorReport> {
@@ -328,8 +338,10 @@ mod ops {
             .map_err(OpsError::reporter("ops.promotion_status"))
     }
 
-    /// Recompute and store the statuses of a release's gates (run by the triggers on checks,
-    /// evidence, approvals, exceptions and deployments). Returns the evaluations.
+    /// Recompute and store the statuses of a release's gates; returns the evaluations (none for a
+    /// release that no longer exists). Run by the triggers on checks, evidence, approvals,
+    /// exceptions and deployments; not granted to PUBLIC.
+    #[documented]
     #[pg_extern(volatile, strict)]
     fn refresh_gates(release_id: pgrx::Uuid) -> Result<JsonB, ErrorReport> {
         let run = || -> OpsResult<Value> {
@@ -342,17 +354,22 @@ mod ops {
             .map_err(OpsError::reporter("ops.refresh_gates"))
     }
 
-    /// Whether `ops.ingest_event` in this session is applying an event to the release right now.
+    /// Whether `ops.ingest_event` in this session is applying an event to the release right now;
+    /// the gate triggers then leave the release's evaluation to the ingest.
+    ///
     /// The triggers that re-evaluate a release's gates when a fact row is written skip such a
     /// release (their WHEN clause): the ingest evaluates it once, after all its writes.
+    #[documented]
     #[pg_extern(volatile, strict, parallel_restricted)]
     fn ingest_applying(release_id: pgrx::Uuid) -> bool {
         evaluation::is_applying(uuid::Uuid::from_bytes(*release_id.as_bytes()))
     }
 
-    /// Re-evaluate releases whose bypassing exception has expired (scheduled every minute), so
-    /// that ops.release_gates.status stays current with the clock. Returns how many releases
-    /// were re-evaluated.
+    /// Re-evaluate the releases whose bypassing exception has expired, so that
+    /// `ops.release_gates.status` stays current with the clock; returns how many releases were
+    /// re-evaluated. Run by the ops.expiry schedule (every minute by default); not granted to
+    /// PUBLIC.
+    #[documented]
     #[pg_extern(volatile)]
     fn expire_bypasses() -> Result<i32, ErrorReport> {
         let run = || -> OpsResult<i32> {
@@ -378,8 +395,10 @@ mod ops {
         run().map_err(OpsError::reporter("ops.expire_bypasses"))
     }
 
-    /// What each gate requires: evidence types, approver personas, and the rule in words.
+    /// What each gate (G1 to G4) requires: one row per gate with its name, the evidence types any
+    /// of which counts, the approver personas, and the rule in words.
     #[allow(clippy::type_complexity)]
+    #[documented]
     #[pg_extern(immutable, parallel_safe)]
     fn gate_rules() -> TableIterator<
         'static,

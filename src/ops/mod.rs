@@ -31,3 +31,27 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
         every_tick: false,
     }],
 };
+
+// The schema's SQL, beside this code: tables first, then the surface that names Rust functions,
+// after each of them (`requires`; .ci/run checks the order).
+pgrx::extension_sql_file!(
+    "../../sql/ops/tables.sql",
+    name = "ops_tables",
+    requires = ["core_bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../../sql/ops/surface.sql",
+    name = "ops_surface",
+    requires = [
+        "ops_tables",
+        core::api::current_actor,
+        ops::api::ops::evaluate_gate,
+        ops::api::ops::expire_bypasses,
+        ops::api::ops::gate_rules,
+        ops::api::ops::ingest_applying,
+        ops::api::ops::ingest_event,
+        ops::api::ops::is_eligible_for_promotion,
+        ops::api::ops::promotion_status,
+        ops::api::ops::refresh_gates,
+    ]
+);

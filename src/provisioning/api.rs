@@ -5,6 +5,7 @@ mod provisioning {
     use crate::core::args::{required, RawJsonb, MAX_JSON_ARG_BYTES};
     use std::time::Duration;
 
+    use flowgate_macros::documented;
     use pgrx::pg_sys::panic::ErrorReport;
     use pgrx::prelude::*;
     use pgrx::JsonB;
@@ -32,8 +33,13 @@ mod provisioning {
         Ok(actor.id)
     }
 
-    /// Register a tenant and queue its create_project job. `slug` names the Supabase project
-    /// (3–40 of a-z, 0-9, -); `region` and `plan` default to the provisioning settings.
+    /// Register a tenant and queue its create_project job; returns
+    /// `{client_id, slug, provisioning_status, job}`. Operators (trusted sessions) only, 42501
+    /// otherwise; 23505 for a slug already taken, 22023 for a bad argument.
+    ///
+    /// `slug` names the Supabase project (3 to 40 of a-z, 0-9 and -, starting with a letter);
+    /// `region` and `plan` default to the provisioning settings.
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn enqueue_client(
@@ -119,7 +125,11 @@ mod provisioning {
     }
 
     /// Claim the oldest due job for `worker` (a running job whose lease expired first), or NULL
-    /// when none is due. No two workers ever get the same job.
+    /// when none is due; no two workers ever get the same job. Operators (trusted sessions) only,
+    /// 42501 otherwise.
+    ///
+    /// A job whose lease expired counts its attempt as failed.
+    #[documented]
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn claim_job(worker: &str) -> Result<Option<JsonB>, ErrorReport> {
@@ -133,9 +143,13 @@ mod provisioning {
             .map_err(ProvisioningError::reporter("provisioning.claim_job"))
     }
 
-    /// Report the end of an attempt of a claimed job: success, or failure with the HTTP status
-    /// (5xx, 408, 425, 429 and no status retry with back-off until max_attempts; other 4xx fail at
-    /// once). Only the claiming worker may report. `min_retry_seconds` honours a Retry-After.
+    /// Report the end of an attempt of a claimed job: success, or failure with its HTTP status
+    /// (5xx, 408, 425, 429 and no status retry with back-off and jitter until max_attempts; other
+    /// 4xx fail at once). Only the claiming worker may report, before its lease expires (55000
+    /// otherwise). Operators (trusted sessions) only, 42501 otherwise.
+    ///
+    /// `min_retry_seconds` honours a Retry-After.
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn report_job(
@@ -178,7 +192,10 @@ mod provisioning {
     }
 
     /// Operator retry after fixing the cause (credentials, a migration): the client's failed or
-    /// waiting jobs start over now (attempts = 0, no claim) and the client goes back to queued.
+    /// waiting jobs start over now (attempts = 0, no claim) and the client goes back to queued;
+    /// returns `{client_id, reset}`. Operators (trusted sessions) only, 42501 otherwise; P0002 for
+    /// an unknown client.
+    #[documented]
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn retry(client_id: pgrx::Uuid) -> Result<JsonB, ErrorReport> {
@@ -191,8 +208,10 @@ mod provisioning {
             .map_err(ProvisioningError::reporter("provisioning.retry"))
     }
 
-    /// The same operator retry, naming the client by its slug or its id (as text), whichever
-    /// the operator has at hand.
+    /// Operator retry naming the client by its slug or its id (as text), whichever the operator has
+    /// at hand: the same as `provisioning.retry(uuid)`. Operators (trusted sessions) only, 42501
+    /// otherwise; P0002 when neither names a client.
+    #[documented]
     #[pg_extern(volatile, strict, security_definer, name = "retry")]
     #[search_path(pg_catalog, pg_temp)]
     fn retry_by_slug_or_id(client: &str) -> Result<JsonB, ErrorReport> {
@@ -207,8 +226,12 @@ mod provisioning {
     }
 
     /// Bring ready tenants up to the newest migration: queue a schema_sync job for every ready
-    /// client behind it (or only `client`, by slug or id). The next run of the jobs applies the
-    /// missing migrations one at a time. Returns `{target_version, queued}`.
+    /// client behind it (or only `client`, by slug or id); returns `{target_version, queued}`.
+    /// Operators (trusted sessions) only, 42501 otherwise.
+    ///
+    /// A client that already has an open schema_sync job is not queued again. The next run of the
+    /// jobs applies the missing migrations one at a time.
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn sync_schema(client: default!(Option<&str>, "NULL")) -> Result<JsonB, ErrorReport> {
@@ -221,8 +244,10 @@ mod provisioning {
             .map_err(ProvisioningError::reporter("provisioning.sync_schema"))
     }
 
-    /// Claim and start up to `max` due jobs and send their Management API calls through the
-    /// outbox (what the schedule runs). Returns the jobs started.
+    /// Claim and start up to `max` due jobs; their Management API calls go through the outbox and
+    /// each answer moves the job on. Returns the jobs started. What the schedule runs; operators
+    /// (trusted sessions) only, 42501 otherwise.
+    #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn run_jobs(max: default!(i32, "10")) -> Result<JsonB, ErrorReport> {
@@ -235,8 +260,10 @@ mod provisioning {
             .map_err(ProvisioningError::reporter("provisioning.run_jobs"))
     }
 
-    /// A tenant's decrypted secrets, for operators wiring the tenant up. Never logged.
+    /// Decrypt a tenant's anon key, service key and database password, to wire the tenant up;
+    /// never logged. Operators (trusted sessions) only, 42501 otherwise.
     #[allow(clippy::type_complexity)]
+    #[documented]
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn tenant_keys(

@@ -26,3 +26,28 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
         every_tick: true,
     }],
 };
+
+// The schema's SQL, beside this code: tables first, then the surface that names Rust functions,
+// after each of them (`requires`; .ci/run checks the order).
+pgrx::extension_sql_file!(
+    "../../sql/provisioning/tables.sql",
+    name = "provisioning_tables",
+    requires = ["core_bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../../sql/provisioning/surface.sql",
+    name = "provisioning_surface",
+    requires = [
+        "provisioning_tables",
+        core::api::current_actor,
+        core::api::current_actor_info,
+        provisioning::api::provisioning::claim_job,
+        provisioning::api::provisioning::enqueue_client,
+        provisioning::api::provisioning::report_job,
+        provisioning::api::provisioning::retry,
+        provisioning::api::provisioning::retry_by_slug_or_id,
+        provisioning::api::provisioning::run_jobs,
+        provisioning::api::provisioning::sync_schema,
+        provisioning::api::provisioning::tenant_keys,
+    ]
+);

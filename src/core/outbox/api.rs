@@ -1,6 +1,7 @@
 //! SQL surface of the outbox. Sending is `CALL flowgate.run_outbox()` (procedure.rs) or the
 //! background worker; `flowgate.collect` reads pg_net's responses and expires lost leases.
 
+use flowgate_macros::documented;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use serde_json::Value;
@@ -15,8 +16,14 @@ use crate::core::args::{
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::store as settings;
 
-/// Enqueue an HTTP delivery (operators, tests and SQL-only callers; modules use the Rust API).
-/// Returns the delivery id; the same idempotency key returns the first id and writes nothing.
+/// Enqueue an HTTP delivery and return its id; the same `idempotency_key` returns the first
+/// delivery's id and writes nothing (23505 when another owner used that key). Credentials go in
+/// a named secret (`auth_secret`): in `headers` or the URL they are refused (22023). Extension
+/// owner only.
+///
+/// For operators, tests and SQL-only callers; modules use the Rust API
+/// (`core::outbox::store::enqueue`).
+#[documented]
 #[pg_extern(volatile)]
 #[allow(clippy::too_many_arguments)]
 fn enqueue_delivery(
@@ -81,9 +88,13 @@ fn enqueue_delivery(
 
 /// Store a named secret (a bot token, an API key) that deliveries reference by name: in
 /// Supabase Vault when it is installed, else encrypted with pgcrypto under
-/// `flowgate.tenant_key_passphrase`. The value must travel in an HTTP header (visible ASCII)
-/// and is never shown in an error. Needs write access to `flowgate.secrets` (the extension
-/// owner). Returns where it was stored: `vault` or `pgcrypto`.
+/// `flowgate.tenant_key_passphrase`. Returns `vault` or `pgcrypto`. Visible ASCII only; the
+/// value never appears in an error. Extension owner only.
+///
+/// Visible ASCII because the value travels in an HTTP header. Besides EXECUTE, the caller needs
+/// write access to `flowgate.secrets` (42501 otherwise); 0A000 when neither Vault nor pgcrypto
+/// with a passphrase is available.
+#[documented]
 #[pg_extern(volatile, strict)]
 fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
     let run = || -> CoreResult<String> {
@@ -93,8 +104,9 @@ fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
     run().map_err(CoreError::reporter("flowgate.set_secret"))
 }
 
-/// The transport the outbox uses now: the `flowgate.http_transport` setting, with `auto`
-/// meaning pg_net when that extension is installed, else native.
+/// The transport the outbox uses now, `pg_net` or `native`: the `flowgate.http_transport`
+/// setting, with `auto` meaning pg_net when that extension is installed, else native.
+#[documented]
 #[pg_extern(stable)]
 fn effective_transport() -> Result<String, ErrorReport> {
     engine::Transport::current()
@@ -102,9 +114,11 @@ fn effective_transport() -> Result<String, ErrorReport> {
         .map_err(CoreError::reporter("flowgate.effective_transport"))
 }
 
-/// Record the responses pg_net stored for deliveries it carried, and expire deliveries in
-/// flight past their lease as timed-out attempts (retried with the same key). No HTTP.
-/// Returns `{collected, expired, delivered, retry, failed, dead, skipped, handler_error}`.
+/// Record the responses pg_net stored for in-flight deliveries, and expire deliveries in flight
+/// past their lease as timed-out attempts (retried with the same key); sends no HTTP. Returns
+/// `{collected, expired, delivered, retry, failed, dead, skipped, handler_error}`. Extension
+/// owner only.
+#[documented]
 #[pg_extern(volatile)]
 fn collect() -> Result<pgrx::JsonB, ErrorReport> {
     collect::collect()
@@ -112,8 +126,12 @@ fn collect() -> Result<pgrx::JsonB, ErrorReport> {
         .map_err(CoreError::reporter("flowgate.collect"))
 }
 
-/// Run the response handler again for delivered deliveries whose handler failed (no HTTP is
-/// sent: the stored response is used); returns how many handlers now succeeded.
+/// Run the response handler again, on the stored response, for delivered deliveries whose
+/// handler failed (no HTTP is sent); returns how many handlers now succeeded. Extension owner
+/// only.
+///
+/// Ids that are not delivered deliveries with a failed handler are passed over.
+#[documented]
 #[pg_extern(volatile, strict)]
 fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
     let mut ok = 0;
@@ -125,9 +143,12 @@ fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
     Ok(ok)
 }
 
-/// Record one attempt of an in-flight delivery and run its owner's handler (in a
-/// subtransaction when it has one); returns `delivered`, `retry`, `failed`, `dead`, `skipped`
-/// or `handler_error`. For collectors of responses sent elsewhere (pg_net, an Edge Function).
+/// Record one attempt of an in-flight delivery sent elsewhere (pg_net, an Edge Function) and
+/// run its owner's handler; returns `delivered`, `retry`, `failed`, `dead`, `skipped` or
+/// `handler_error`. Extension owner only.
+///
+/// The handler runs in a subtransaction when the delivery has one.
+#[documented]
 #[pg_extern(volatile)]
 #[allow(clippy::too_many_arguments)]
 fn record_attempt(

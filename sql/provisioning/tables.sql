@@ -1,6 +1,6 @@
 -- Tenant provisioning: clients, their provisioning jobs (a projection driven by the
 -- core event-store runner), the append-only job events, and the canonical migration set.
--- Functions, policies and views that name Rust functions are in finalize.sql.
+-- Functions, policies and views that name Rust functions are in surface.sql.
 CREATE SCHEMA IF NOT EXISTS provisioning;
 COMMENT ON SCHEMA provisioning IS 'Tenant provisioning: one Supabase project per client, created and schema-synced by jobs';
 

@@ -1,6 +1,6 @@
 -- Release gates control plane: the 11 ops.* tables, the per-environment
 -- gate requirements, and the six persona roles. Functions, triggers, RLS policies,
--- grants and views that name Rust functions are in finalize.sql.
+-- grants and views that name Rust functions are in surface.sql.
 CREATE SCHEMA IF NOT EXISTS ops;
 COMMENT ON SCHEMA ops IS 'Release gates control plane: releases, G1-G4 gates, checks, approvals, evidence, exceptions, deployments, ingest log';
 
@@ -27,7 +27,7 @@ CREATE TYPE ops.ops_event_type AS ENUM (
 COMMENT ON TYPE ops.ops_event_type IS 'Event types ops.ingest_event accepts (schema_version 1.0).';
 
 -- What ops.ingest_event accepts as a value, for the CHECK constraints below: direct writes by
--- personas (finalize.sql) must hold to the rules of ingest (envelope.rs), and CHECKs hold for
+-- personas (surface.sql) must hold to the rules of ingest (envelope.rs), and CHECKs hold for
 -- every writer. A NULL passes (NOT NULL is said separately).
 -- Both are SQL-standard bodies: their names are bound when the function is created, so no
 -- search_path can redirect them, and the planner inlines them into each CHECK (a function with
@@ -172,7 +172,7 @@ CREATE TABLE ops.exceptions (
         ELSE decided_by IS NOT NULL AND decided_at IS NOT NULL END),
     CONSTRAINT exception_four_eyes CHECK (decided_by IS NULL OR decided_by <> requested_by),
     -- ops.ingest_event: at most 90 days ahead (store.rs MAX_EXCEPTION_DAYS); that it is in the
-    -- future when requested is checked by a trigger (finalize.sql), as it depends on now().
+    -- future when requested is checked by a trigger (surface.sql), as it depends on now().
     CONSTRAINT exception_expiry_within_90_days CHECK (expires_at <= created_at + interval '90 days')
 );
 COMMENT ON TABLE ops.exceptions IS
@@ -309,7 +309,7 @@ VALUES ('staging', 'G1', true), ('staging', 'G2', true),
 -- Rows the operator added are dumped; the defaults come back with CREATE EXTENSION.
 SELECT pg_catalog.pg_extension_config_dump('ops.environment_gate_requirements', 'WHERE NOT is_default');
 
--- Reads and writes of personas go through the grants and RLS policies in finalize.sql; nothing
+-- Reads and writes of personas go through the grants and RLS policies in surface.sql; nothing
 -- is granted to PUBLIC.
 REVOKE ALL ON ALL TABLES IN SCHEMA ops FROM PUBLIC;
 ALTER TABLE ops.releases ENABLE ROW LEVEL SECURITY;
@@ -324,3 +324,8 @@ ALTER TABLE ops.event_ingest_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ops.incidents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ops.recovery_drills ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ops.environment_gate_requirements ENABLE ROW LEVEL SECURITY;
+
+COMMENT ON FUNCTION ops.is_valid_text(text, integer, boolean) IS
+  'CHECK helper: not blank, at most max_chars characters, no control characters (newlines and tabs allowed when multiline).';
+COMMENT ON FUNCTION ops.is_absolute_uri(text) IS
+  'CHECK helper: an absolute URI (a scheme), at most 2048 bytes, no whitespace or control characters.';

@@ -145,3 +145,8 @@ CREATE UNLOGGED TABLE flowgate.flow_state (
 COMMENT ON TABLE flowgate.flow_state IS
   'Per flow key: token bucket (tokens at refilled_at) and paused_until (a 429/503 Retry-After), kept by the outbox runners.';
 REVOKE ALL ON flowgate.flow_state FROM PUBLIC;
+
+COMMENT ON FUNCTION flowgate.default_flow_key() IS
+  'Trigger: a delivery written without a flow key gets its URL''s host and port, as flowgate.enqueue_delivery does.';
+COMMENT ON FUNCTION flowgate.redact_sensitive() IS
+  'Trigger: a sensitive delivery keeps no response body, and its request body goes as soon as it ends, on every path.';

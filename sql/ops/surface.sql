@@ -1,0 +1,614 @@
+-- ops surface: gate statuses kept by triggers, the rules of direct writes, personas' grants and
+-- policies, reporting views; loaded after every Rust function it names (requires in src/ops/mod.rs).
+
+-- Gate statuses follow their facts: whenever a check, evidence, approval, exception or
+-- deployment of a release is written or deleted, or a gate's required checks change, the
+-- release's gates are re-evaluated under its row lock. ops.ingest_event writes facts of the
+-- release it is applying and then evaluates that release once (the WHEN clauses skip it
+-- meanwhile); any other writer, and any other release, is evaluated row by row here.
+CREATE FUNCTION ops.on_gate_fact() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP <> 'DELETE' AND NEW.release_id IS NOT NULL THEN
+        PERFORM ops.refresh_gates(NEW.release_id);
+    END IF;
+    IF TG_OP <> 'INSERT' AND OLD.release_id IS NOT NULL
+       AND OLD.release_id IS DISTINCT FROM (CASE WHEN TG_OP = 'UPDATE' THEN NEW.release_id END) THEN
+        PERFORM ops.refresh_gates(OLD.release_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.on_gate_fact() FROM PUBLIC;
+DO $triggers$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['gate_checks', 'evidence_artifacts', 'approvals', 'exceptions', 'deployments'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER refresh_gates_insert AFTER INSERT ON ops.%I FOR EACH ROW '
+                                  'WHEN (NOT ops.ingest_applying(NEW.release_id)) EXECUTE FUNCTION ops.on_gate_fact()', t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER refresh_gates_update AFTER UPDATE ON ops.%I FOR EACH ROW '
+                                  'WHEN (NOT ops.ingest_applying(NEW.release_id) OR OLD.release_id IS DISTINCT FROM NEW.release_id) '
+                                  'EXECUTE FUNCTION ops.on_gate_fact()', t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER refresh_gates_delete AFTER DELETE ON ops.%I FOR EACH ROW '
+                                  'WHEN (NOT ops.ingest_applying(OLD.release_id)) EXECUTE FUNCTION ops.on_gate_fact()', t);
+    END LOOP;
+END
+$triggers$;
+CREATE TRIGGER refresh_gates_update AFTER UPDATE OF required_checks ON ops.release_gates FOR EACH ROW
+    WHEN (NOT ops.ingest_applying(NEW.release_id)) EXECUTE FUNCTION ops.on_gate_fact();
+
+-- Evidence attached to a gate or check belongs to that gate's release (filled in when omitted,
+-- refused when contradicted).
+CREATE FUNCTION ops.evidence_release() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner uuid;
+BEGIN
+    IF NEW.check_id IS NOT NULL THEN
+        SELECT c.release_id INTO owner FROM ops.gate_checks c WHERE c.check_id = NEW.check_id;
+    ELSIF NEW.gate_id IS NOT NULL THEN
+        SELECT g.release_id INTO owner FROM ops.release_gates g WHERE g.gate_id = NEW.gate_id;
+    END IF;
+    IF owner IS NOT NULL THEN
+        IF NEW.release_id IS NOT NULL AND NEW.release_id <> owner THEN
+            RAISE EXCEPTION USING ERRCODE = '23514',
+                MESSAGE = format('the gate or check of this artifact belongs to release %s, not %s', owner, NEW.release_id),
+                HINT = 'omit release_id, or name a gate or check of the same release';
+        END IF;
+        NEW.release_id := owner;
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.evidence_release() FROM PUBLIC;
+CREATE TRIGGER evidence_release BEFORE INSERT OR UPDATE ON ops.evidence_artifacts
+    FOR EACH ROW EXECUTE FUNCTION ops.evidence_release();
+
+-- The production promotion block: no staging or production deployment of a release that is
+-- not eligible, however the row is written.
+CREATE FUNCTION ops.check_promotion() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    verdict jsonb;
+BEGIN
+    verdict := ops.promotion_status(NEW.release_id, NEW.environment);
+    IF NOT (verdict->>'eligible')::boolean THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('release %s is not eligible for %s', NEW.release_id, NEW.environment),
+            DETAIL = array_to_string(ARRAY(SELECT jsonb_array_elements_text(verdict->'blocking')), '; '),
+            HINT = 'pass (or bypass with an approved exception) every gate ops.environment_gate_requirements lists for the environment';
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.check_promotion() FROM PUBLIC;
+CREATE TRIGGER promotion_block BEFORE INSERT ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.check_promotion();
+
+-- Direct writes keep the rules of ops.ingest_event. Personas write some tables directly (the
+-- grants and policies below); everything ingest checks before it writes holds for those rows
+-- too. Row-local rules are CHECK constraints in tables.sql (23514). The rest are these triggers:
+-- a state change no event can make raises 55000, a value no event can carry raises 22023, each
+-- with a DETAIL and a HINT saying what is allowed. Transitions and the immutability of decided
+-- rows hold for every writer (ingest makes only allowed moves). The rules about a new row's
+-- provenance and times relative to now() hold for writers under row-level security (personas),
+-- not for the owner: ingest sets them itself, and restoring a dump re-inserts old rows.
+-- The checks run AFTER the row is written (and its RLS policy and CHECKs passed), so a persona
+-- writing in someone else's name still gets 42501 first; BEFORE UPDATE triggers only fill in
+-- the time of a decision, finish, rollback or resolution the writer left out.
+
+-- A new row written directly records the present and no envelope: created_at, updated_at,
+-- recorded_at, started_at and opened_at fall within the writing transaction, ingest_id is empty.
+CREATE FUNCTION ops.check_direct_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rec jsonb;
+    col text;
+    ts timestamptz;
+BEGIN
+    IF NOT row_security_active(TG_RELID) THEN
+        RETURN NULL;
+    END IF;
+    rec := to_jsonb(NEW);
+    IF rec->>'ingest_id' IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('a direct write to ops.%s cannot name an ingest_id', TG_TABLE_NAME),
+            DETAIL = format('ingest_id is %s', rec->>'ingest_id'),
+            HINT = 'omit ingest_id: only ops.ingest_event records the envelope a row came from';
+    END IF;
+    FOREACH col IN ARRAY ARRAY['created_at', 'updated_at', 'recorded_at', 'started_at', 'opened_at'] LOOP
+        ts := (rec->>col)::timestamptz;
+        IF ts < now() OR ts > clock_timestamp() THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('%s of a row written directly to ops.%s must be the time of the write', col, TG_TABLE_NAME),
+                DETAIL = format('%s is %s; this transaction started at %s', col, ts, now()),
+                HINT = format('omit %s: the database records when a row is written', col);
+        END IF;
+    END LOOP;
+    IF TG_TABLE_NAME = 'environment_events' AND octet_length(rec->>'detail') > 16384 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'detail of an environment event is too large',
+            DETAIL = format('it is %s bytes of JSON', octet_length(rec->>'detail')),
+            HINT = 'an object of at most 16384 bytes';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.check_direct_insert() FROM PUBLIC;
+DO $triggers$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['releases', 'gate_checks', 'approvals', 'evidence_artifacts', 'exceptions', 'deployments',
+                             'environment_events', 'incidents', 'recovery_drills'] LOOP
+        -- The WHEN clause spares every write by ops.ingest_event (the owner) a PL/pgSQL call.
+        EXECUTE pg_catalog.format('CREATE TRIGGER direct_insert AFTER INSERT ON ops.%I FOR EACH ROW '
+                                  'WHEN (pg_catalog.row_security_active(%L::regclass)) '
+                                  'EXECUTE FUNCTION ops.check_direct_insert()', t, 'ops.' || pg_catalog.quote_ident(t));
+    END LOOP;
+END
+$triggers$;
+
+-- A release written directly gets its four gates, as release_created gives them (ingest
+-- creates them itself, in the same transaction).
+CREATE FUNCTION ops.create_release_gates(release uuid) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+INSERT INTO ops.release_gates (release_id, gate_code)
+SELECT r.release_id, g.code FROM ops.releases r CROSS JOIN unnest(ARRAY['G1', 'G2', 'G3', 'G4']) AS g(code)
+ WHERE r.release_id = release
+ON CONFLICT (release_id, gate_code) DO NOTHING
+$$;
+REVOKE EXECUTE ON FUNCTION ops.create_release_gates(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ops.create_release_gates(uuid) TO ci_service_role, release_manager;
+CREATE FUNCTION ops.direct_release_gates() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF row_security_active(TG_RELID) THEN
+        PERFORM ops.create_release_gates(NEW.release_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.direct_release_gates() FROM PUBLIC;
+CREATE TRIGGER release_gates AFTER INSERT ON ops.releases FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.releases'::regclass)) EXECUTE FUNCTION ops.direct_release_gates();
+
+-- The time of a decision, finish, rollback or resolution is the database's (as in ingest): an
+-- UPDATE that makes the move and leaves the column as it was gets now().
+CREATE FUNCTION ops.stamp_transition() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'exceptions' THEN
+        IF NEW.status IS DISTINCT FROM OLD.status AND NEW.status <> 'requested'
+           AND NEW.decided_at IS NOT DISTINCT FROM OLD.decided_at THEN
+            NEW.decided_at := now();
+        END IF;
+    ELSIF TG_TABLE_NAME = 'deployments' THEN
+        IF OLD.status = 'started' AND NEW.status <> 'started' AND NEW.finished_at IS NULL THEN
+            NEW.finished_at := clock_timestamp();
+        END IF;
+        IF OLD.status <> 'rolled_back' AND NEW.status = 'rolled_back' AND NEW.rolled_back_at IS NULL THEN
+            NEW.rolled_back_at := clock_timestamp();
+        END IF;
+    ELSIF TG_TABLE_NAME = 'incidents' THEN
+        IF OLD.status = 'open' AND NEW.status = 'resolved' AND NEW.resolved_at IS NULL THEN
+            NEW.resolved_at := now();
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.stamp_transition() FROM PUBLIC;
+CREATE TRIGGER stamp_transition BEFORE UPDATE ON ops.exceptions FOR EACH ROW EXECUTE FUNCTION ops.stamp_transition();
+CREATE TRIGGER stamp_transition BEFORE UPDATE ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.stamp_transition();
+CREATE TRIGGER stamp_transition BEFORE UPDATE ON ops.incidents FOR EACH ROW EXECUTE FUNCTION ops.stamp_transition();
+
+-- Exceptions (exception_requested / exception_decided): a new one expires in the future (at
+-- most 90 days after it is requested: CHECK exception_expiry_within_90_days); requested ->
+-- approved | rejected, approved -> revoked, nothing else; an expired exception is not approved;
+-- decided_by, decided_at and decision_comment change only with the status. The decider is a
+-- release manager (grants), in their own name (policy), not the requester (CHECK
+-- exception_four_eyes).
+CREATE FUNCTION ops.exception_rules() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF row_security_active(TG_RELID) AND NEW.expires_at <= now() THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('exception %s would expire at %s, which is not in the future', NEW.exception_id, NEW.expires_at),
+                DETAIL = format('an exception is requested at %s', now()),
+                HINT = 'expires_at after now and at most 90 days ahead';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        IF NOT ((OLD.status = 'requested' AND NEW.status IN ('approved', 'rejected'))
+                OR (OLD.status = 'approved' AND NEW.status = 'revoked')) THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('exception %s cannot go from %s to %s', OLD.exception_id, OLD.status, NEW.status),
+                DETAIL = format('it is %s', OLD.status),
+                HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
+        END IF;
+        IF NEW.status = 'approved' AND NEW.expires_at <= now() THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('exception %s has already expired', OLD.exception_id),
+                DETAIL = format('it expired at %s', NEW.expires_at),
+                HINT = 'reject it and request a new exception';
+        END IF;
+        IF row_security_active(TG_RELID) AND (NEW.decided_at < now() OR NEW.decided_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('decided_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('decided_at is %s; this transaction started at %s', NEW.decided_at, now()),
+                HINT = 'omit decided_at: the database records it';
+        END IF;
+    ELSIF (NEW.decided_by, NEW.decided_at, NEW.decision_comment)
+          IS DISTINCT FROM (OLD.decided_by, OLD.decided_at, OLD.decision_comment) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('the decision on exception %s cannot be changed', OLD.exception_id),
+            DETAIL = format('it is %s; decided_by, decided_at and decision_comment change only with the status', OLD.status),
+            HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.exception_rules() FROM PUBLIC;
+CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.exceptions FOR EACH ROW EXECUTE FUNCTION ops.exception_rules();
+
+-- Deployments (deployment_started / deployment_finished / health_check / rollback): a new one is
+-- started with G4 pending; started -> succeeded | failed (finished_at set then), succeeded |
+-- failed -> rolled_back (rolled_back_at and a rollback_reason set then), nothing else;
+-- g4_status changes only on a succeeded deployment, to passed or failed (CHECK
+-- deployment_health_after_success: no health result on a deployment that did not succeed).
+CREATE FUNCTION ops.deployment_rules() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF row_security_active(TG_RELID)
+           AND (NEW.status <> 'started' OR NEW.g4_status <> 'pending' OR NEW.finished_at IS NOT NULL
+                OR NEW.rolled_back_at IS NOT NULL OR NEW.rollback_reason IS NOT NULL) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('deployment %s must be recorded as started', NEW.deployment_id),
+                DETAIL = format('status %s, g4_status %s, finished_at %s, rolled_back_at %s, rollback_reason %s',
+                                NEW.status, NEW.g4_status, coalesce(NEW.finished_at::text, 'NULL'),
+                                coalesce(NEW.rolled_back_at::text, 'NULL'), coalesce(NEW.rollback_reason, 'NULL')),
+                HINT = 'insert status started, g4_status pending and no finish or rollback; then update it as it finishes';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status
+       AND NOT ((OLD.status = 'started' AND NEW.status IN ('succeeded', 'failed'))
+                OR (OLD.status IN ('succeeded', 'failed') AND NEW.status = 'rolled_back')) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('deployment %s cannot go from %s to %s', OLD.deployment_id, OLD.status, NEW.status),
+            DETAIL = format('it is %s', OLD.status),
+            HINT = 'started -> succeeded or failed; succeeded or failed -> rolled_back; rolled_back is final';
+    END IF;
+    IF NEW.g4_status IS DISTINCT FROM OLD.g4_status
+       AND NOT (OLD.status = 'succeeded' AND NEW.status = 'succeeded' AND NEW.g4_status IN ('passed', 'failed')) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('g4_status of deployment %s cannot go from %s to %s', OLD.deployment_id, OLD.g4_status, NEW.g4_status),
+            DETAIL = format('the deployment is %s', OLD.status),
+            HINT = 'a health check (g4_status passed or failed) follows a succeeded deployment; it never goes back to pending';
+    END IF;
+    IF NEW.finished_at IS DISTINCT FROM OLD.finished_at THEN
+        IF NOT (OLD.status = 'started' AND NEW.status <> 'started') THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('finished_at of deployment %s cannot be changed', OLD.deployment_id),
+                DETAIL = format('the deployment is %s', OLD.status),
+                HINT = 'finished_at is set once, when a started deployment succeeds or fails';
+        END IF;
+        IF row_security_active(TG_RELID) AND (NEW.finished_at < now() OR NEW.finished_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('finished_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('finished_at is %s; this transaction started at %s', NEW.finished_at, now()),
+                HINT = 'omit finished_at: the database records it';
+        END IF;
+    END IF;
+    IF (NEW.rolled_back_at, NEW.rollback_reason) IS DISTINCT FROM (OLD.rolled_back_at, OLD.rollback_reason) THEN
+        IF NOT (OLD.status <> 'rolled_back' AND NEW.status = 'rolled_back') THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('the rollback of deployment %s cannot be changed', OLD.deployment_id),
+                DETAIL = format('the deployment is %s', OLD.status),
+                HINT = 'rolled_back_at and rollback_reason are set once, when a finished deployment is rolled back';
+        END IF;
+        IF row_security_active(TG_RELID) AND (NEW.rolled_back_at < now() OR NEW.rolled_back_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('rolled_back_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('rolled_back_at is %s; this transaction started at %s', NEW.rolled_back_at, now()),
+                HINT = 'omit rolled_back_at: the database records it';
+        END IF;
+    END IF;
+    IF NEW.status = 'rolled_back' AND OLD.status <> 'rolled_back' AND NEW.rollback_reason IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('the rollback of deployment %s needs a reason', OLD.deployment_id),
+            DETAIL = 'rollback_reason is empty',
+            HINT = 'set rollback_reason (1 to 4000 characters) with status rolled_back';
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.deployment_rules() FROM PUBLIC;
+CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.deployment_rules();
+
+-- Incidents (incident_opened / incident_resolved): a new one is open; open -> resolved (with
+-- resolved_at and an optional resolution, set then); a resolved incident is final.
+CREATE FUNCTION ops.incident_rules() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF row_security_active(TG_RELID) AND (NEW.status <> 'open' OR NEW.resolution IS NOT NULL) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('incident %s must be recorded as open', NEW.incident_id),
+                DETAIL = format('status %s, resolution %s', NEW.status, coalesce(NEW.resolution, 'NULL')),
+                HINT = 'insert status open without a resolution; then resolve it with an update';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF (NEW.status, NEW.resolution, NEW.resolved_at) IS DISTINCT FROM (OLD.status, OLD.resolution, OLD.resolved_at) THEN
+        IF NOT (OLD.status = 'open' AND NEW.status = 'resolved') THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('incident %s cannot go from %s to %s', OLD.incident_id, OLD.status, NEW.status),
+                DETAIL = format('it is %s; status, resolution and resolved_at change only when it is resolved', OLD.status),
+                HINT = 'open -> resolved, once; a resolved incident is final (open a new one)';
+        END IF;
+        IF row_security_active(TG_RELID) AND (NEW.resolved_at < now() OR NEW.resolved_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('resolved_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('resolved_at is %s; this transaction started at %s', NEW.resolved_at, now()),
+                HINT = 'omit resolved_at: the database records it';
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.incident_rules() FROM PUBLIC;
+CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW EXECUTE FUNCTION ops.incident_rules();
+
+-- Personas. Identity is flowgate.current_actor(): the JWT subject under PostgREST,
+-- else the login role. Every policy names the roles it is for; anything not granted here is
+-- refused with 42501 (insufficient privilege) or filtered by RLS.
+GRANT USAGE ON SCHEMA ops TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
+
+-- audit_reader, release_manager and sre read everything.
+GRANT SELECT ON ALL TABLES IN SCHEMA ops TO audit_reader, release_manager, sre;
+-- ci_service_role, qa_tester and developer read the release record, not approvals (qa_tester
+-- sees their own) or the ingest log (ci sees what it sent).
+GRANT SELECT ON ops.releases, ops.release_gates, ops.gate_checks, ops.evidence_artifacts, ops.exceptions,
+                ops.deployments, ops.environment_events, ops.incidents, ops.recovery_drills,
+                ops.environment_gate_requirements TO ci_service_role, qa_tester, developer;
+GRANT SELECT ON ops.approvals TO qa_tester;
+GRANT SELECT ON ops.event_ingest_log TO ci_service_role;
+
+-- The release record (everything but approvals and the ingest log) is readable by all six.
+DO $policies$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['releases', 'release_gates', 'gate_checks', 'evidence_artifacts', 'exceptions', 'deployments',
+                             'environment_events', 'incidents', 'recovery_drills', 'environment_gate_requirements'] LOOP
+        EXECUTE pg_catalog.format('CREATE POLICY read_all ON ops.%I FOR SELECT '
+                                  'TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true)', t);
+    END LOOP;
+END
+$policies$;
+
+-- Approvals: auditors and SREs read all; a release manager reads the approvals of releases
+-- they created and their own; a QA tester reads their own.
+CREATE POLICY audit_read_approvals ON ops.approvals FOR SELECT TO audit_reader, sre USING (true);
+CREATE POLICY release_manager_read_approvals ON ops.approvals FOR SELECT TO release_manager
+    USING (approver_id = flowgate.current_actor()
+           OR release_id IN (SELECT r.release_id FROM ops.releases r WHERE r.created_by = flowgate.current_actor()));
+CREATE POLICY qa_tester_read_approvals ON ops.approvals FOR SELECT TO qa_tester
+    USING (approver_id = flowgate.current_actor());
+
+-- The ingest log: auditors, release managers and SREs read all; CI reads what it sent.
+CREATE POLICY read_all ON ops.event_ingest_log FOR SELECT TO audit_reader, release_manager, sre USING (true);
+CREATE POLICY ci_read_own ON ops.event_ingest_log FOR SELECT TO ci_service_role
+    USING (received_by = flowgate.current_actor());
+
+-- Writes, each recorded under the writer's own identity.
+GRANT INSERT ON ops.releases TO ci_service_role, release_manager;
+CREATE POLICY create_releases ON ops.releases FOR INSERT TO ci_service_role, release_manager
+    WITH CHECK (created_by = flowgate.current_actor() AND status = 'open');
+GRANT UPDATE (title) ON ops.releases TO release_manager;
+CREATE POLICY release_manager_update_own ON ops.releases FOR UPDATE TO release_manager
+    USING (created_by = flowgate.current_actor()) WITH CHECK (created_by = flowgate.current_actor());
+
+GRANT INSERT ON ops.gate_checks TO ci_service_role, qa_tester, release_manager;
+CREATE POLICY report_checks ON ops.gate_checks FOR INSERT TO ci_service_role, qa_tester, release_manager
+    WITH CHECK (reported_by = flowgate.current_actor());
+
+GRANT INSERT ON ops.approvals TO qa_tester, release_manager;
+CREATE POLICY qa_tester_insert_approvals ON ops.approvals FOR INSERT TO qa_tester
+    WITH CHECK (approver_id = flowgate.current_actor() AND persona_role = 'qa_tester'
+                AND gate_id IN (SELECT g.gate_id FROM ops.release_gates g WHERE g.gate_code = 'G2'));
+CREATE POLICY release_manager_insert_approvals ON ops.approvals FOR INSERT TO release_manager
+    WITH CHECK (approver_id = flowgate.current_actor() AND persona_role = 'release_manager'
+                AND gate_id IN (SELECT g.gate_id FROM ops.release_gates g WHERE g.gate_code IN ('G2', 'G3')));
+
+GRANT INSERT ON ops.evidence_artifacts TO ci_service_role, qa_tester, release_manager, sre, developer;
+CREATE POLICY submit_evidence ON ops.evidence_artifacts FOR INSERT
+    TO ci_service_role, qa_tester, release_manager, sre, developer
+    WITH CHECK (submitted_by = flowgate.current_actor());
+
+GRANT INSERT ON ops.exceptions TO developer, release_manager, sre;
+CREATE POLICY request_exceptions ON ops.exceptions FOR INSERT TO developer, release_manager, sre
+    WITH CHECK (requested_by = flowgate.current_actor() AND status = 'requested');
+GRANT UPDATE (status, decided_by, decided_at, decision_comment) ON ops.exceptions TO release_manager;
+CREATE POLICY release_manager_decide_exceptions ON ops.exceptions FOR UPDATE TO release_manager
+    USING (status IN ('requested', 'approved'))
+    WITH CHECK (decided_by = flowgate.current_actor());
+
+GRANT INSERT ON ops.deployments TO ci_service_role, sre, release_manager;
+GRANT UPDATE (status, g4_status, finished_at, rolled_back_at, rollback_reason) ON ops.deployments
+    TO ci_service_role, sre, release_manager;
+CREATE POLICY record_deployments ON ops.deployments FOR INSERT TO ci_service_role, sre, release_manager
+    WITH CHECK (deployed_by = flowgate.current_actor());
+CREATE POLICY update_deployments ON ops.deployments FOR UPDATE TO ci_service_role, sre, release_manager
+    USING (true);
+
+GRANT INSERT ON ops.environment_events TO sre, ci_service_role, release_manager;
+CREATE POLICY record_environment_events ON ops.environment_events FOR INSERT TO sre, ci_service_role, release_manager
+    WITH CHECK (recorded_by = flowgate.current_actor());
+
+GRANT INSERT, UPDATE (status, resolution, resolved_at) ON ops.incidents TO sre;
+CREATE POLICY sre_open_incidents ON ops.incidents FOR INSERT TO sre WITH CHECK (opened_by = flowgate.current_actor());
+CREATE POLICY sre_update_incidents ON ops.incidents FOR UPDATE TO sre USING (true);
+GRANT INSERT ON ops.recovery_drills TO sre;
+CREATE POLICY sre_record_drills ON ops.recovery_drills FOR INSERT TO sre WITH CHECK (performed_by = flowgate.current_actor());
+
+-- Functions: ingest for the personas that send events; evaluation for all six.
+REVOKE EXECUTE ON FUNCTION ops.ingest_event(jsonb), ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text),
+    ops.promotion_status(uuid, text), ops.refresh_gates(uuid), ops.expire_bypasses() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ops.ingest_event(jsonb) TO ci_service_role, release_manager, qa_tester, sre, developer;
+GRANT EXECUTE ON FUNCTION ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text), ops.promotion_status(uuid, text)
+    TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
+
+-- Reporting views. security_invoker: each reader sees what their policies allow.
+CREATE VIEW ops.v_release_gate_summary WITH (security_invoker = true) AS
+SELECT r.release_id, r.version, r.status AS release_status, g.gate_id, g.gate_code, g.status, g.status_reason,
+       g.required_checks,
+       coalesce(c.reported, 0) AS checks_reported,
+       coalesce(c.passed, 0) AS checks_passed,
+       coalesce(c.failed, 0) AS checks_failed,
+       coalesce(c.reported - c.passed - c.failed, 0) AS checks_open,
+       (SELECT count(*) FROM ops.evidence_artifacts a
+         WHERE a.gate_id = g.gate_id
+            OR a.check_id IN (SELECT gc.check_id FROM ops.gate_checks gc WHERE gc.gate_id = g.gate_id)) AS evidence_count,
+       g.bypass_exception_id, g.bypass_expires_at, g.passed_at, g.evaluated_at
+  FROM ops.releases r
+  JOIN ops.release_gates g ON g.release_id = r.release_id
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS reported,
+               count(*) FILTER (WHERE l.status = 'pass') AS passed,
+               count(*) FILTER (WHERE l.status = 'fail') AS failed
+          FROM (SELECT DISTINCT ON (gc.check_name) gc.status
+                  FROM ops.gate_checks gc WHERE gc.gate_id = g.gate_id
+                 ORDER BY gc.check_name, gc.recorded_at DESC) l) c ON true;
+COMMENT ON VIEW ops.v_release_gate_summary IS
+  'Per release and gate: status and why, latest result per check (reported/passed/failed/open), evidence count, bypass.';
+
+CREATE VIEW ops.v_promotion_eligibility WITH (security_invoker = true) AS
+WITH stored AS (
+    SELECT g.release_id, e.environment,
+           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= now()), false) AS exact,
+           coalesce(bool_and(g.status IN ('passed', 'bypassed')) FILTER (WHERE q.gate_code IS NOT NULL), true) AS eligible,
+           coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code)
+                    FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') AS blocking
+      FROM ops.release_gates g
+     CROSS JOIN (SELECT DISTINCT environment FROM ops.environment_gate_requirements) e
+      LEFT JOIN ops.environment_gate_requirements q ON q.environment = e.environment AND q.gate_code = g.gate_code
+     GROUP BY g.release_id, e.environment)
+-- CASE, not a lateral join: only a release whose stored statuses are not exact now pays for a
+-- fresh evaluation (a lateral join's condition is checked after its function ran).
+SELECT r.release_id, r.version, r.status AS release_status, s.environment,
+       CASE WHEN s.exact THEN s.eligible
+            ELSE (ops.promotion_status(r.release_id, s.environment)->>'eligible')::boolean END AS eligible,
+       CASE WHEN s.exact THEN s.blocking
+            ELSE ARRAY(SELECT jsonb_array_elements_text(ops.promotion_status(r.release_id, s.environment)->'blocking')) END AS blocking
+  FROM ops.releases r
+  JOIN stored s ON s.release_id = r.release_id;
+COMMENT ON VIEW ops.v_promotion_eligibility IS
+  'Eligibility of every release for every environment with requirements, now, with the blocking gates: the stored gate statuses, '
+  'or a fresh evaluation (ops.promotion_status) for a release whose bypassing exception has expired since.';
+
+CREATE VIEW ops.v_evidence_completeness WITH (security_invoker = true) AS
+SELECT r.release_id, r.version, g.gate_code, rule.evidence_any_of AS required_any_of,
+       coalesce(array_agg(DISTINCT a.artifact_type) FILTER (WHERE a.artifact_id IS NOT NULL), '{}') AS present_types,
+       count(a.artifact_id) AS artifact_count,
+       (cardinality(rule.evidence_any_of) = 0
+        OR coalesce(array_agg(DISTINCT a.artifact_type) FILTER (WHERE a.artifact_id IS NOT NULL) && rule.evidence_any_of, false)) AS complete
+  FROM ops.releases r
+  JOIN ops.release_gates g ON g.release_id = r.release_id
+  JOIN ops.gate_rules() rule ON rule.gate_code = g.gate_code
+  LEFT JOIN ops.evidence_artifacts a
+    ON a.release_id = r.release_id
+   AND (a.gate_id = g.gate_id
+        OR (a.gate_id IS NULL AND a.check_id IS NULL)
+        OR a.check_id IN (SELECT gc.check_id FROM ops.gate_checks gc WHERE gc.gate_id = g.gate_id))
+ GROUP BY r.release_id, r.version, g.gate_code, rule.evidence_any_of;
+COMMENT ON VIEW ops.v_evidence_completeness IS
+  'Per release and gate: the evidence types the gate needs (any of), those attached (release-level evidence counts for every gate), and whether it is complete.';
+
+CREATE VIEW ops.v_exception_status WITH (security_invoker = true) AS
+SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
+       CASE WHEN x.status = 'requested' AND x.expires_at > now() THEN 'pending_review'
+            WHEN x.status IN ('requested', 'approved') AND x.expires_at <= now() THEN 'expired'
+            WHEN x.status = 'approved' THEN 'active'
+            ELSE x.status END AS effective_status,
+       x.reason, x.requested_by, x.decided_by, x.decided_at, x.decision_comment, x.expires_at,
+       greatest(x.expires_at - now(), interval '0') AS time_remaining, x.created_at
+  FROM ops.exceptions x
+  JOIN ops.release_gates g ON g.gate_id = x.gate_id
+  JOIN ops.releases r ON r.release_id = x.release_id;
+COMMENT ON VIEW ops.v_exception_status IS
+  'Exceptions with their effective status now: pending_review, active, expired, rejected or revoked.';
+
+CREATE VIEW ops.v_deployment_history WITH (security_invoker = true) AS
+SELECT d.deployment_id, d.release_id, r.version, d.environment, d.status, d.g4_status, d.deployed_by, d.external_ref,
+       d.started_at, d.finished_at, d.finished_at - d.started_at AS duration,
+       d.rolled_back_at, d.rollback_reason,
+       lag(r.version) OVER (PARTITION BY d.environment ORDER BY d.recorded_at) AS previous_version,
+       (SELECT max(e.created_at) FROM ops.environment_events e
+         WHERE e.deployment_id = d.deployment_id AND e.event_kind = 'health_check') AS health_checked_at
+  FROM ops.deployments d
+  JOIN ops.releases r ON r.release_id = d.release_id;
+COMMENT ON VIEW ops.v_deployment_history IS
+  'Deployments and rollbacks per environment with G4 status, the version they replaced and when health was checked.';
+
+GRANT SELECT ON ops.v_release_gate_summary, ops.v_promotion_eligibility, ops.v_evidence_completeness,
+                ops.v_exception_status, ops.v_deployment_history
+    TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
+
+-- Supabase's service_role (a trusted role by default) may send every event and read everything.
+DO $grant$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT USAGE ON SCHEMA ops TO service_role;
+        GRANT SELECT ON ALL TABLES IN SCHEMA ops TO service_role;
+        GRANT EXECUTE ON FUNCTION ops.ingest_event(jsonb), ops.evaluate_gate(uuid),
+            ops.is_eligible_for_promotion(uuid, text), ops.promotion_status(uuid, text) TO service_role;
+    END IF;
+END
+$grant$;
+
+COMMENT ON FUNCTION ops.on_gate_fact() IS
+  'Trigger: a fact written or deleted outside ops.ingest_event re-evaluates its release''s gates under the release''s row lock.';
+COMMENT ON FUNCTION ops.evidence_release() IS
+  'Trigger: evidence on a gate or check belongs to that gate''s release (filled in when omitted, 23514 when contradicted).';
+COMMENT ON FUNCTION ops.check_promotion() IS
+  'Trigger: no staging or production deployment of a release that is not eligible (55000), however the row is written.';
+COMMENT ON FUNCTION ops.check_direct_insert() IS
+  'Trigger: a row a persona writes directly records the present and no envelope, as ingest would (22023 otherwise).';
+COMMENT ON FUNCTION ops.create_release_gates(uuid) IS
+  'Give a release its four gates (G1-G4), as release_created does; nothing for gates it has.';
+COMMENT ON FUNCTION ops.direct_release_gates() IS
+  'Trigger: a release a persona writes directly gets its four gates.';
+COMMENT ON FUNCTION ops.stamp_transition() IS
+  'Trigger: an UPDATE that decides, finishes, rolls back or resolves and leaves its time as it was gets now().';
+COMMENT ON FUNCTION ops.exception_rules() IS
+  'Trigger: exceptions move requested -> approved | rejected, approved -> revoked, nothing else; an expired one is not approved (55000).';
+COMMENT ON FUNCTION ops.deployment_rules() IS
+  'Trigger: deployments move started -> succeeded | failed -> rolled_back; G4 changes only on a succeeded deployment (55000).';
+COMMENT ON FUNCTION ops.incident_rules() IS
+  'Trigger: incidents move open -> resolved, and a resolved incident is final (55000).';
