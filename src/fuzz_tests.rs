@@ -10,14 +10,14 @@ mod unit_tests {
     use serde_json::{json, Map, Value};
 
     use crate::core::args::parse_bounded;
-    use crate::core::error::CoreError;
+    use crate::core::error::{CoreError, SqlError};
 
     const DOCUMENTED: &[&str] = &[
         "22023", "22P02", "P0002", "55000", "42501", "23505", "23514", "40001", "0A000",
     ];
 
     fn documented(e: &CoreError) -> bool {
-        DOCUMENTED.contains(&e.sqlstate())
+        DOCUMENTED.contains(&e.sqlstate().as_str())
     }
 
     /// Any JSON value: scalars with hostile strings, arrays and objects up to 6 levels deep.

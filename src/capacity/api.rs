@@ -10,17 +10,17 @@ mod capacity {
     use pgrx::JsonB;
     use serde_json::{json, Value};
 
-    use crate::capacity::flow::{CapacityError, Request};
+    use crate::capacity::flow::Request;
     use crate::capacity::machine::{allowed_events, Event, State};
     use crate::capacity::store;
     use crate::core::actor::{validate_actor_id, Actor};
     use crate::core::args::{required, RawJsonb, MAX_JSON_ARG_BYTES};
-    use crate::core::error::CoreError;
+    use crate::core::error::{CoreError, SqlError};
     use crate::core::eventstore::Applied;
     use crate::core::store as core_store;
 
-    fn fail(e: impl Into<CapacityError>) -> ErrorReport {
-        e.into().into()
+    fn fail(e: CoreError) -> ErrorReport {
+        e.report("capacity")
     }
 
     fn parse_event(name: &str) -> Result<Event, CoreError> {
@@ -78,7 +78,7 @@ mod capacity {
         requester_user_id: default!(Option<&str>, "NULL"),
         idempotency_key: default!(Option<&str>, "NULL"),
     ) -> Result<JsonB, ErrorReport> {
-        let run = || -> Result<JsonB, CapacityError> {
+        let run = || -> Result<JsonB, CoreError> {
             let actor = core_store::acting_actor(requester_user_id)?;
             store::refuse_anonymous(&actor)?;
             let commercial_owner_user_id =
@@ -95,8 +95,7 @@ mod capacity {
                     "commercial_owner_user_id",
                     "the requester cannot be the commercial owner of their own request",
                     "the account executive or sales lead who owns the commercial decision",
-                )
-                .into());
+                ));
             }
             let customer_ref = customer_ref.value("customer_ref", MAX_JSON_ARG_BYTES)?;
             crate::capacity::flow::check_customer_ref(&customer_ref)?;
@@ -151,7 +150,7 @@ mod capacity {
         idempotency_key: default!(Option<&str>, "NULL"),
         on_behalf_of: default!(Option<&str>, "NULL"),
     ) -> Result<JsonB, ErrorReport> {
-        let run = || -> Result<JsonB, CapacityError> {
+        let run = || -> Result<JsonB, CoreError> {
             let actor = core_store::acting_actor(on_behalf_of)?;
             store::refuse_anonymous(&actor)?;
             let request_id = required("request_id", request_id)?;
@@ -181,15 +180,14 @@ mod capacity {
         event: &str,
         payload: default!(RawJsonb, "'{}'"),
     ) -> Result<JsonB, ErrorReport> {
-        let run = || -> Result<JsonB, CapacityError> {
+        let run = || -> Result<JsonB, CoreError> {
             let session = core_store::session_actor(true)?;
             if !session.trusted {
                 return Err(CoreError::PermissionDenied {
                     actor: session.id,
                     action: "call capacity.apply_event".into(),
                     allowed: "trusted sessions only; use capacity.record_capacity_event".into(),
-                }
-                .into());
+                });
             }
             let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;
             let applied = store::apply(request_id, parse_event(event)?, payload, &session, None)?;
@@ -245,11 +243,11 @@ mod capacity {
     #[pg_extern(stable, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn my_standing(request_id: &str) -> Result<JsonB, ErrorReport> {
-        let run = || -> Result<JsonB, CapacityError> {
+        let run = || -> Result<JsonB, CoreError> {
             let actor: Actor = core_store::session_actor(true)?;
             let s = store::standing(request_id, &actor)?;
             if !s.has_any() {
-                return Err(CoreError::not_found("capacity request", request_id).into());
+                return Err(CoreError::not_found("capacity request", request_id));
             }
             Ok(JsonB(json!({
                 "actor": actor.id, "requester": s.is_requester, "commercial_owner": s.is_commercial_owner,
@@ -291,17 +289,18 @@ mod capacity {
 
     /// What Slack shows the user for a refusal decided before anything was written (not
     /// allowed, not permitted, unknown request). Other errors abort the transaction.
-    fn ephemeral(e: CapacityError) -> Result<JsonB, CapacityError> {
-        let CapacityError::Core(core) = &e;
-        match core.sqlstate() {
-            "55000" | "42501" | "P0002" => {
+    fn ephemeral(core: CoreError) -> Result<JsonB, CoreError> {
+        match core {
+            CoreError::IllegalTransition { .. }
+            | CoreError::PermissionDenied { .. }
+            | CoreError::NotFound { .. } => {
                 let hint = core.hint().map(|h| format!("\n{h}")).unwrap_or_default();
                 Ok(JsonB(json!({
                     "response_type": "ephemeral",
                     "text": crate::capacity::slack::escape(&format!("{core}{hint}")),
                 })))
             }
-            _ => Err(e),
+            _ => Err(core),
         }
     }
 
@@ -323,7 +322,7 @@ mod capacity {
         request_timestamp: &str,
         signature: &str,
     ) -> Result<JsonB, ErrorReport> {
-        let run = || -> Result<JsonB, CapacityError> {
+        let run = || -> Result<JsonB, CoreError> {
             verify_slack(body, request_timestamp, signature)?;
             let form = |k: &str| crate::capacity::slack::form_field(body, k);
             let user = form("user_id").unwrap_or_default();
@@ -401,7 +400,7 @@ mod capacity {
         request_timestamp: &str,
         signature: &str,
     ) -> Result<JsonB, ErrorReport> {
-        let run = || -> Result<JsonB, CapacityError> {
+        let run = || -> Result<JsonB, CoreError> {
             verify_slack(body, request_timestamp, signature)?;
             let payload: Value = crate::capacity::slack::form_field(body, "payload")
                 .and_then(|p| serde_json::from_str(&p).ok())
@@ -417,8 +416,7 @@ mod capacity {
                     "Slack interaction type",
                     format!("{}", payload["type"]),
                     "block_actions",
-                )
-                .into());
+                ));
             }
             let slack_user = payload["user"]["id"].as_str().unwrap_or("");
             let actor = slack_actor(slack_user)?;

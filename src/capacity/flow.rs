@@ -42,20 +42,6 @@ fn is_region(r: &str) -> bool {
 /// never repeats an oversized argument.
 pub const MAX_LOOKUP_LEN: usize = 64;
 
-#[derive(Debug, thiserror::Error)]
-pub enum CapacityError {
-    #[error(transparent)]
-    Core(#[from] CoreError),
-}
-
-impl From<CapacityError> for pgrx::pg_sys::panic::ErrorReport {
-    fn from(e: CapacityError) -> Self {
-        match e {
-            CapacityError::Core(c) => c.into_report("capacity"),
-        }
-    }
-}
-
 /// The projection row (`capacity.capacity_requests`), field names = column names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -323,13 +309,13 @@ impl Reducer for CapacityFlow {
     type State = Request;
     type Event = Command;
     type Effect = Effect;
-    type Error = CapacityError;
+    type Error = CoreError;
 
     fn reduce(
         state: Option<&Request>,
         cmd: &Command,
         actor: &Actor,
-    ) -> Result<Transition<Request, Effect>, CapacityError> {
+    ) -> Result<Transition<Request, Effect>, CoreError> {
         let Some(current) = state else {
             return match (cmd.event, &cmd.new_request) {
                 (Event::RequestSubmitted, Some(new)) => {
@@ -341,7 +327,7 @@ impl Reducer for CapacityFlow {
                         to: r.state,
                     }))
                 }
-                _ => Err(CoreError::not_found("capacity request", "(unknown)").into()),
+                _ => Err(CoreError::not_found("capacity request", "(unknown)")),
             };
         };
         let Some(to) = next_state(current.state, cmd.event) else {
@@ -352,16 +338,14 @@ impl Reducer for CapacityFlow {
                     .iter()
                     .map(|e| e.as_str())
                     .collect(),
-            }
-            .into());
+            });
         };
         if let Err(allowed) = may_send(cmd.event, &cmd.standing) {
             return Err(CoreError::PermissionDenied {
                 actor: actor.id.clone(),
                 action: format!("send {} to this request", cmd.event.as_str()),
                 allowed: format!("{} may", allowed),
-            }
-            .into());
+            });
         }
         let mut next = current.clone();
         next.state = to;

@@ -294,6 +294,7 @@ pub fn confirmation_warning(
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
 
     const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 

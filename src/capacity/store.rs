@@ -6,7 +6,7 @@ use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
-use super::flow::{CapacityError, CapacityFlow, Command, Effect, Request};
+use super::flow::{CapacityFlow, Command, Effect, Request};
 use super::machine::{Event, Standing};
 use crate::core::actor::Actor;
 use crate::core::error::{CoreError, CoreResult};
@@ -29,7 +29,7 @@ impl Workflow for CapacityFlow {
         id: &str,
         event: &Value,
         effects: Vec<Effect>,
-    ) -> Result<(), CapacityError> {
+    ) -> Result<(), CoreError> {
         for effect in effects {
             match effect {
                 Effect::Announce { from, to } => {
@@ -141,19 +141,18 @@ pub fn apply(
     payload: Value,
     actor: &Actor,
     key: Option<&str>,
-) -> Result<Applied<Request>, CapacityError> {
+) -> Result<Applied<Request>, CoreError> {
     if event == Event::RequestSubmitted {
         return Err(CoreError::invalid(
             "event",
             "REQUEST_SUBMITTED creates a request",
             "capacity.create_capacity_request(...) to create; any other event for an existing request",
-        )
-        .into());
+        ));
     }
     let standing = standing(id, actor)?;
     if !standing.has_any() {
         // Strangers learn nothing: not the state, not whether the request exists.
-        return Err(CoreError::not_found("capacity request", id).into());
+        return Err(CoreError::not_found("capacity request", id));
     }
     let cmd = Command {
         event,
@@ -206,7 +205,7 @@ pub fn create(
     request: Request,
     actor: &Actor,
     key: Option<&str>,
-) -> Result<(String, bool), CapacityError> {
+) -> Result<(String, bool), CoreError> {
     request.check_new()?;
     check_commercial_owner(&request.commercial_owner_user_id)?;
     if let Some(k) = key {
@@ -249,8 +248,7 @@ pub fn create(
                 return Err(CoreError::Duplicate {
                     kind: "idempotency key (used for a different request)".into(),
                     key: k.to_string(),
-                }
-                .into());
+                });
             }
             return Ok((id, true));
         }
@@ -344,7 +342,7 @@ pub fn describe(id: &str, recent: i64) -> CoreResult<Value> {
 /// Expire every request past its confirmation deadline and warn those close to it.
 /// Run the timers as of `as_of` (an RFC 3339 time; None: now). The clock is an input: an
 /// operator (or a test) sees what the timers do at a given moment without editing deadlines.
-pub fn run_timers(as_of: Option<&str>) -> Result<Value, CapacityError> {
+pub fn run_timers(as_of: Option<&str>) -> Result<Value, CoreError> {
     let due: Vec<String> = Spi::connect_mut(|client| -> CoreResult<Vec<String>> {
         let rows = client.update(
             "SELECT id FROM capacity.capacity_requests \

@@ -284,6 +284,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
 
     pub(super) fn facts<'a>(claims: Option<&'a str>, user: &'a str) -> SessionFacts<'a> {
         SessionFacts {

@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use super::args::{RawJsonb, MAX_JSON_ARG_BYTES};
-use super::error::{CoreError, CoreResult};
+use super::error::CoreResult;
 use super::{settings, store};
 
 /// The acting identity: the JWT subject (`request.jwt.claims` → `sub`) when a PostgREST or
@@ -17,7 +17,7 @@ use super::{settings, store};
 fn current_actor() -> Result<String, ErrorReport> {
     store::session_actor(false)
         .map(|a| a.id)
-        .map_err(CoreError::reporter("flowgate.current_actor"))
+        .map_err(ErrorReport::from)
 }
 
 /// The acting identity as JSON: `id`, `role`, `source`, `actor_type`, `trusted` (and
@@ -26,7 +26,7 @@ fn current_actor() -> Result<String, ErrorReport> {
 #[documented]
 #[pg_extern(stable)]
 fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<JsonB, ErrorReport> {
-    let fail = CoreError::reporter("flowgate.current_actor_info");
+    let fail = ErrorReport::from;
     let info = store::session_actor(true)
         .and_then(|session| super::actor::act_on_behalf(session, on_behalf_of))
         .and_then(|actor| {
@@ -62,9 +62,7 @@ fn link_identity(
         };
         store::link_identity(provider, external_id, Some(target))
     };
-    run()
-        .map(JsonB)
-        .map_err(CoreError::reporter("flowgate.link_identity"))
+    run().map(JsonB).map_err(ErrorReport::from)
 }
 
 /// Remove a link made with `flowgate.link_identity`: your own, or any for trusted sessions
@@ -75,7 +73,7 @@ fn link_identity(
 fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, ErrorReport> {
     store::link_identity(provider, external_id, None)
         .map(|v| (!v.is_null()).then_some(JsonB(v)))
-        .map_err(CoreError::reporter("flowgate.unlink_identity"))
+        .map_err(ErrorReport::from)
 }
 
 /// The effective value of a setting: the stored one, else its documented default (22023 for an
@@ -87,9 +85,7 @@ fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, E
 #[documented]
 #[pg_extern(stable, strict)]
 fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
-    store::get_value(key)
-        .map(JsonB)
-        .map_err(CoreError::reporter("flowgate.get_setting"))
+    store::get_value(key).map(JsonB).map_err(ErrorReport::from)
 }
 
 /// Store a setting after validating it against its documented type (22023 with the allowed
@@ -104,9 +100,7 @@ fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
         settings::definition(key)?;
         store::set_value(key, value.value("value", MAX_JSON_ARG_BYTES)?)
     };
-    run()
-        .map(JsonB)
-        .map_err(CoreError::reporter("flowgate.set_setting"))
+    run().map(JsonB).map_err(ErrorReport::from)
 }
 
 /// Forget a stored setting so its documented default applies again; returns that default
@@ -116,7 +110,7 @@ fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
 fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
     store::reset_value(key)
         .map(JsonB)
-        .map_err(CoreError::reporter("flowgate.reset_setting"))
+        .map_err(ErrorReport::from)
 }
 
 /// Raise 22023 unless `value` is acceptable for `key`; true otherwise. The `flowgate.settings`
@@ -129,7 +123,7 @@ fn check_setting(key: &str, value: RawJsonb) -> Result<bool, ErrorReport> {
         settings::validate(key, &value.value("value", MAX_JSON_ARG_BYTES)?)?;
         Ok(true)
     };
-    run().map_err(CoreError::reporter("flowgate.check_setting"))
+    run().map_err(ErrorReport::from)
 }
 
 /// Every documented setting: key, kind, allowed values, default, current value, whether it is
@@ -154,8 +148,7 @@ fn setting_definitions() -> Result<
 > {
     let mut rows = Vec::new();
     for def in settings::definitions() {
-        let stored = store::stored_setting(def.key)
-            .map_err(CoreError::reporter("flowgate.setting_definitions"))?;
+        let stored = store::stored_setting(def.key).map_err(ErrorReport::from)?;
         let is_set = stored.is_some();
         let value = stored.unwrap_or_else(|| def.default_value());
         rows.push((

@@ -160,6 +160,7 @@ pub fn check_text_size(what: &str, text: &str, limit: usize) -> CoreResult<()> {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
 
     #[test]
     fn sizes_over_the_limit_are_22023_with_the_limit_in_the_hint() {

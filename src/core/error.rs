@@ -3,8 +3,13 @@
 //! Every error a caller can cause maps to one SQLSTATE of the README's table, with a message
 //! that says what was wrong and a hint that says what is allowed; a caller's mistake is never
 //! XX000. PostgREST turns them into HTTP statuses: class 22 → 400, 42501 → 403, 23505 → 409;
-//! P0002, 55000 and 40001 → 500 by its mapping. Module error enums wrap `CoreError` and convert
-//! into [`ErrorReport`] the same way.
+//! P0002, 55000 and 40001 → 500 by its mapping.
+//!
+//! One idiom for every module: an error type implements [`SqlError`] in one place, saying per
+//! variant its SQLSTATE, DETAIL and HINT (its message is its `Display`), and converts into
+//! [`ErrorReport`] with `From`, so a SQL entry point ends in `?` or `.map_err(ErrorReport::from)`
+//! and never names itself. A module with errors of its own (ops, provisioning) has an enum that
+//! wraps `CoreError` for the rest; a module without (capacity, intake) uses `CoreError`.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
@@ -92,24 +97,49 @@ impl CoreError {
             id: id.into(),
         }
     }
+}
 
-    /// The five-character SQLSTATE, as documented in the README.
-    pub fn sqlstate(&self) -> &'static str {
-        match self {
-            CoreError::InvalidArgument { .. } => "22023",
-            CoreError::InvalidJson { .. } => "22P02",
-            CoreError::NotFound { .. } => "P0002",
-            CoreError::IllegalTransition { .. } => "55000",
-            CoreError::PermissionDenied { .. } => "42501",
-            CoreError::Duplicate { .. } => "23505",
-            CoreError::MissingDependency { .. } => "0A000",
-            CoreError::NeedsOwnTransactions { .. } => "2D000",
-            CoreError::Busy { .. } => "40001",
-            CoreError::Spi(_) | CoreError::Internal(_) => "XX000",
-        }
+/// How an error reaches Postgres: its SQLSTATE, its message (`Display`), and the DETAIL and
+/// HINT that say what was wrong and what is allowed.
+pub trait SqlError: std::fmt::Display {
+    /// The SQLSTATE.
+    fn errcode(&self) -> PgSqlErrorCode;
+
+    /// The SQLSTATE as its five characters, e.g. "22023".
+    fn sqlstate(&self) -> String {
+        // Postgres packs the five characters into 6-bit fields, the first one lowest.
+        let packed = self.errcode() as u32;
+        (0..5)
+            .map(|i| char::from((((packed >> (6 * i)) & 0x3F) as u8) + b'0'))
+            .collect()
     }
 
-    fn code(&self) -> PgSqlErrorCode {
+    /// Facts about this occurrence beyond the message, if any.
+    fn detail(&self) -> Option<String> {
+        None
+    }
+
+    /// What the caller may do instead, if anything.
+    fn hint(&self) -> Option<String> {
+        None
+    }
+
+    /// The report Postgres raises, attributed to `module` (the error's LOCATION in a verbose
+    /// log; the file and line are where the report was made).
+    fn report(&self, module: &'static str) -> ErrorReport {
+        let mut report = ErrorReport::new(self.errcode(), self.to_string(), module);
+        if let Some(d) = self.detail() {
+            report = report.set_detail(d);
+        }
+        if let Some(h) = self.hint() {
+            report = report.set_hint(h);
+        }
+        report
+    }
+}
+
+impl SqlError for CoreError {
+    fn errcode(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
         match self {
             CoreError::InvalidArgument { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
@@ -125,8 +155,7 @@ impl CoreError {
         }
     }
 
-    /// What the caller may do instead, shown as the error's HINT.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             CoreError::InvalidArgument { allowed, .. } if !allowed.is_empty() => {
                 Some(format!("allowed: {allowed}"))
@@ -157,26 +186,11 @@ impl CoreError {
             _ => None,
         }
     }
-
-    /// A `map_err` adapter for SQL entry points: `run().map_err(CoreError::reporter("flowgate.x"))`.
-    pub fn reporter(funcname: &'static str) -> impl FnOnce(CoreError) -> ErrorReport {
-        move |e| e.into_report(funcname)
-    }
-
-    /// Convert into a Postgres error report attributed to `funcname`.
-    pub fn into_report(self, funcname: &'static str) -> ErrorReport {
-        let hint = self.hint();
-        let report = ErrorReport::new(self.code(), self.to_string(), funcname);
-        match hint {
-            Some(h) => report.set_hint(h),
-            None => report,
-        }
-    }
 }
 
 impl From<CoreError> for ErrorReport {
     fn from(e: CoreError) -> Self {
-        e.into_report("flowgate")
+        e.report("flowgate")
     }
 }
 
@@ -239,15 +253,7 @@ mod unit_tests {
         ];
         for (err, code) in cases {
             assert_eq!(err.sqlstate(), code, "{err}");
-            assert_eq!(unpack_sqlstate(err.code() as isize), code, "{err}");
         }
-    }
-
-    /// Inverse of Postgres' MAKE_SQLSTATE: five 6-bit fields, least significant first.
-    fn unpack_sqlstate(packed: isize) -> String {
-        (0..5)
-            .map(|i| char::from((((packed >> (6 * i)) & 0x3F) as u8) + b'0'))
-            .collect()
     }
 
     #[test]

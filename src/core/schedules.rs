@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 use super::error::{CoreError, CoreResult};
 use super::store;
+use crate::core::error::SqlError;
 
 /// A periodic job: its pg_cron name, the setting that holds its cron schedule, what it runs,
 /// and whether the background worker runs it on every tick (housekeeping does not need to).
@@ -140,9 +141,7 @@ fn install_schedules() -> Result<
         }
         Ok(rows)
     };
-    run()
-        .map(TableIterator::new)
-        .map_err(|e| e.into_report("flowgate.install_schedules"))
+    run().map(TableIterator::new).map_err(ErrorReport::from)
 }
 
 /// Remove every flowgate job from pg_cron; returns how many were removed (0A000 when pg_cron
@@ -159,7 +158,7 @@ fn uninstall_schedules() -> Result<i64, ErrorReport> {
         )?
         .unwrap_or(0))
     };
-    run().map_err(|e| e.into_report("flowgate.uninstall_schedules"))
+    run().map_err(ErrorReport::from)
 }
 
 /// Who ran a job, as recorded.
@@ -335,9 +334,7 @@ fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB,
         };
         Ok(v)
     };
-    run()
-        .map(pgrx::JsonB)
-        .map_err(|e| e.into_report("flowgate.run_job"))
+    run().map(pgrx::JsonB).map_err(ErrorReport::from)
 }
 
 /// Run the periodic jobs once by hand, in order, each in its own subtransaction with its
@@ -361,5 +358,5 @@ fn run_periodic(include_housekeeping: default!(bool, "true")) -> Result<i64, Err
         }
         Ok(ok)
     };
-    run().map_err(|e| e.into_report("flowgate.run_periodic"))
+    run().map_err(ErrorReport::from)
 }

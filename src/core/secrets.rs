@@ -175,6 +175,7 @@ pub fn check_value(name: &str, value: &str) -> CoreResult<()> {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
 
     #[test]
     fn values_that_cannot_travel_in_a_header_are_refused_without_being_echoed() {

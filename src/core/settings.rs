@@ -440,6 +440,7 @@ pub fn is_well_formed_key(key: &str) -> bool {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
     use serde_json::json;
 
     #[test]

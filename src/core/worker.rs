@@ -22,6 +22,7 @@ use super::error::{CoreError, CoreResult};
 use super::outbox::engine::{self, Limits, Transactions};
 use super::schedules::{self, Runner};
 use super::subxact;
+use crate::core::error::SqlError;
 
 static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static WORKER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);

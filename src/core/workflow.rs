@@ -164,6 +164,7 @@ pub fn column_list<'a>(keys: impl Iterator<Item = &'a String>) -> CoreResult<Vec
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
     use serde_json::json;
 
     #[test]

@@ -124,6 +124,7 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
     use serde_json::json;
 
     fn good() -> Value {

@@ -63,6 +63,7 @@ impl PoolId {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
 
     #[test]
     fn pool_ids_are_safe_identifiers() {

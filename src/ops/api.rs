@@ -27,7 +27,7 @@ mod ops {
 
     fn rejection_body(ingest_id: &str, e: &OpsError) -> Value {
         let mut detail = json!({
-            "error": e.code(),
+            "error": e.kind(),
             "http_status": e.http_status(),
             "message": e.to_string(),
         });
@@ -53,9 +53,7 @@ mod ops {
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn ingest_event(envelope: Option<RawJsonb>) -> Result<JsonB, ErrorReport> {
-        ingest(envelope)
-            .map(JsonB)
-            .map_err(OpsError::reporter("ops.ingest_event"))
+        ingest(envelope).map(JsonB).map_err(ErrorReport::from)
     }
 
     fn ingest(envelope: Option<RawJsonb>) -> OpsResult<Value> {
@@ -109,7 +107,7 @@ mod ops {
                         &Outcome {
                             status: "rejected",
                             http_status: e.http_status(),
-                            error: Some(e.code()),
+                            error: Some(e.kind()),
                             error_message: Some(&e.to_string()),
                             result: &body,
                             original_ingest_id: None,
@@ -206,7 +204,7 @@ mod ops {
                         body,
                         "rejected",
                         e.http_status(),
-                        Some(e.code()),
+                        Some(e.kind()),
                         Some(e.to_string()),
                     )
                 }
@@ -297,7 +295,7 @@ mod ops {
                     .unwrap_or_else(|| "pending".into()))
             })
         };
-        run().map_err(OpsError::reporter("ops.evaluate_gate"))
+        run().map_err(ErrorReport::from)
     }
 
     /// Whether every gate `target_env` requires (`ops.environment_gate_requirements`) is passed, or
@@ -314,7 +312,7 @@ mod ops {
             let release = uuid_text(release_id);
             Spi::connect(|client| Ok(evaluation::promotion(client, &release, target_env)?.0))
         };
-        run().map_err(OpsError::reporter("ops.is_eligible_for_promotion"))
+        run().map_err(ErrorReport::from)
     }
 
     /// Promotion eligibility of a release to `target_env` with the blocking gates and why:
@@ -333,9 +331,7 @@ mod ops {
                 )
             })
         };
-        run()
-            .map(JsonB)
-            .map_err(OpsError::reporter("ops.promotion_status"))
+        run().map(JsonB).map_err(ErrorReport::from)
     }
 
     /// Recompute and store the statuses of a release's gates; returns the evaluations (none for a
@@ -349,9 +345,7 @@ mod ops {
             let evaluations = Spi::connect_mut(|client| evaluation::refresh(client, &release))?;
             Ok(serde_json::to_value(evaluations).unwrap_or(Value::Null))
         };
-        run()
-            .map(JsonB)
-            .map_err(OpsError::reporter("ops.refresh_gates"))
+        run().map(JsonB).map_err(ErrorReport::from)
     }
 
     /// Whether `ops.ingest_event` in this session is applying an event to the release right now;
@@ -392,7 +386,7 @@ mod ops {
                 Ok(ids.len() as i32)
             })
         };
-        run().map_err(OpsError::reporter("ops.expire_bypasses"))
+        run().map_err(ErrorReport::from)
     }
 
     /// What each gate (G1 to G4) requires: one row per gate with its name, the evidence types any

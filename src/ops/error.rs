@@ -9,7 +9,7 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
 
-use crate::core::error::CoreError;
+use crate::core::error::{CoreError, SqlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -76,50 +76,61 @@ impl OpsError {
         }
     }
 
-    /// The HTTP status of the ingest outcome.
-    pub fn http_status(&self) -> u16 {
+    /// What each error is, in one place: the HTTP status of its ingest outcome, the
+    /// machine-readable `error` of a rejected outcome, and the SQLSTATE a raising function
+    /// (`ops.evaluate_gate`, `ops.promotion_status`, ...) reports.
+    fn mapping(&self) -> (u16, &'static str, PgSqlErrorCode) {
+        use PgSqlErrorCode::*;
         match self {
-            OpsError::PayloadTooLarge { .. } => 413,
-            OpsError::UnsupportedSchemaVersion { .. } => 422,
-            OpsError::MissingField { .. }
-            | OpsError::InvalidField { .. }
-            | OpsError::UnknownEventType { .. } => 400,
-            OpsError::UnknownRelease(_)
-            | OpsError::UnknownReference { .. }
-            | OpsError::Conflict(_) => 409,
-            OpsError::Forbidden { .. } => 403,
-            OpsError::Core(e) => match e.sqlstate() {
-                "22023" | "22P02" => 400,
-                "42501" => 403,
-                "P0002" => 404,
-                "23505" => 409,
-                "40001" => 503,
-                _ => 500,
-            },
+            OpsError::PayloadTooLarge { .. } => {
+                (413, "payload_too_large", ERRCODE_INVALID_PARAMETER_VALUE)
+            }
+            OpsError::UnsupportedSchemaVersion { .. } => (
+                422,
+                "unsupported_schema_version",
+                ERRCODE_INVALID_PARAMETER_VALUE,
+            ),
+            OpsError::MissingField { .. } => {
+                (400, "missing_field", ERRCODE_INVALID_PARAMETER_VALUE)
+            }
+            OpsError::InvalidField { .. } => {
+                (400, "invalid_field", ERRCODE_INVALID_PARAMETER_VALUE)
+            }
+            OpsError::UnknownEventType { .. } => {
+                (400, "unknown_event_type", ERRCODE_INVALID_PARAMETER_VALUE)
+            }
+            OpsError::UnknownRelease(_) => (409, "unknown_release", ERRCODE_NO_DATA_FOUND),
+            OpsError::UnknownReference { .. } => (409, "unknown_reference", ERRCODE_NO_DATA_FOUND),
+            OpsError::Conflict(_) => (409, "conflict", ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+            OpsError::Forbidden { .. } => (403, "forbidden", ERRCODE_INSUFFICIENT_PRIVILEGE),
+            OpsError::Core(e) => {
+                let (http, kind) = match e {
+                    CoreError::InvalidArgument { .. } | CoreError::InvalidJson { .. } => {
+                        (400, "invalid_field")
+                    }
+                    CoreError::PermissionDenied { .. } => (403, "forbidden"),
+                    CoreError::NotFound { .. } => (404, "not_found"),
+                    CoreError::Duplicate { .. } => (409, "conflict"),
+                    CoreError::Busy { .. } => (503, "busy"),
+                    CoreError::IllegalTransition { .. }
+                    | CoreError::MissingDependency { .. }
+                    | CoreError::NeedsOwnTransactions { .. }
+                    | CoreError::Spi(_)
+                    | CoreError::Internal(_) => (500, "internal_error"),
+                };
+                (http, kind, e.errcode())
+            }
         }
     }
 
+    /// The HTTP status of the ingest outcome.
+    pub fn http_status(&self) -> u16 {
+        self.mapping().0
+    }
+
     /// The machine-readable `error` of a rejected outcome.
-    pub fn code(&self) -> &'static str {
-        match self {
-            OpsError::PayloadTooLarge { .. } => "payload_too_large",
-            OpsError::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
-            OpsError::MissingField { .. } => "missing_field",
-            OpsError::InvalidField { .. } => "invalid_field",
-            OpsError::UnknownEventType { .. } => "unknown_event_type",
-            OpsError::UnknownRelease(_) => "unknown_release",
-            OpsError::UnknownReference { .. } => "unknown_reference",
-            OpsError::Conflict(_) => "conflict",
-            OpsError::Forbidden { .. } => "forbidden",
-            OpsError::Core(e) => match e.sqlstate() {
-                "22023" | "22P02" => "invalid_field",
-                "42501" => "forbidden",
-                "P0002" => "not_found",
-                "23505" => "conflict",
-                "40001" => "busy",
-                _ => "internal_error",
-            },
-        }
+    pub fn kind(&self) -> &'static str {
+        self.mapping().1
     }
 
     /// What the caller may send instead.
@@ -149,44 +160,61 @@ impl OpsError {
             OpsError::Core(e) => e.hint(),
         }
     }
+}
 
-    fn sql_code(&self) -> PgSqlErrorCode {
-        use PgSqlErrorCode::*;
-        match self.http_status() {
-            400 | 413 | 422 => ERRCODE_INVALID_PARAMETER_VALUE,
-            403 => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            404 => ERRCODE_NO_DATA_FOUND,
-            409 => match self {
-                OpsError::UnknownRelease(_) | OpsError::UnknownReference { .. } => {
-                    ERRCODE_NO_DATA_FOUND
-                }
-                OpsError::Conflict(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                _ => ERRCODE_UNIQUE_VIOLATION,
-            },
-            _ => ERRCODE_INTERNAL_ERROR,
-        }
+impl SqlError for OpsError {
+    fn errcode(&self) -> PgSqlErrorCode {
+        self.mapping().2
     }
 
-    pub fn into_report(self, funcname: &'static str) -> ErrorReport {
-        if let OpsError::Core(e) = self {
-            return e.into_report(funcname);
-        }
-        let hint = self.allowed().map(|a| format!("allowed: {a}"));
-        let report = ErrorReport::new(self.sql_code(), self.to_string(), funcname);
-        match hint {
-            Some(h) => report.set_hint(h),
-            None => report,
+    fn hint(&self) -> Option<String> {
+        match self {
+            OpsError::Core(e) => e.hint(),
+            _ => self.allowed().map(|a| format!("allowed: {a}")),
         }
     }
+}
 
-    pub fn reporter(funcname: &'static str) -> impl FnOnce(OpsError) -> ErrorReport {
-        move |e| e.into_report(funcname)
+impl From<OpsError> for ErrorReport {
+    fn from(e: OpsError) -> Self {
+        e.report("ops")
     }
 }
 
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+
+    #[test]
+    fn each_error_has_its_sqlstate_beside_its_http_status() {
+        let forbidden = OpsError::Forbidden {
+            actor: "a".into(),
+            action: "b".into(),
+            allowed: "c".into(),
+        };
+        assert_eq!(
+            (forbidden.http_status(), forbidden.sqlstate()),
+            (403, "42501".into())
+        );
+        let missing = OpsError::UnknownRelease("r".into());
+        assert_eq!(
+            (missing.kind(), missing.sqlstate()),
+            ("unknown_release", "P0002".into())
+        );
+        let conflict = OpsError::Conflict("c".into());
+        assert_eq!(conflict.sqlstate(), "55000");
+        let busy = OpsError::Core(CoreError::Busy {
+            what: "k".into(),
+            hint: "again".into(),
+        });
+        assert_eq!(
+            (busy.http_status(), busy.kind(), busy.sqlstate()),
+            (503, "busy", "40001".into())
+        );
+        assert_eq!(busy.hint().as_deref(), Some("again"));
+        let bad = OpsError::invalid("f", "p", "x or y");
+        assert_eq!(bad.hint().as_deref(), Some("allowed: x or y"));
+    }
 
     #[test]
     fn each_error_has_its_documented_http_status() {

@@ -1,8 +1,11 @@
-//! Errors of the provisioning module, mapped to the core SQLSTATE contract.
+//! Errors of the provisioning module: its own (a taken slug, a caller who is not an operator)
+//! and the core's, each with its SQLSTATE and hint.
 
 use pgrx::pg_sys::panic::ErrorReport;
 
-use crate::core::error::CoreError;
+use pgrx::PgSqlErrorCode;
+
+use crate::core::error::{CoreError, SqlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisioningError {
@@ -32,24 +35,35 @@ impl From<serde_json::Error> for ProvisioningError {
 
 pub type ProvisioningResult<T> = Result<T, ProvisioningError>;
 
-impl ProvisioningError {
-    /// SQLSTATE through the core contract: a taken slug is 23505, a non-operator 42501.
-    pub fn into_core(self) -> CoreError {
+/// Who may run operator functions, as their hint says.
+const OPERATORS: &str =
+    "trusted sessions (superuser, or members of a role in flowgate.trusted_roles, e.g. service_role)";
+
+impl SqlError for ProvisioningError {
+    fn errcode(&self) -> PgSqlErrorCode {
         match self {
-            ProvisioningError::ClientExists(slug) => CoreError::Duplicate {
-                kind: "client slug".into(),
-                key: slug,
-            },
-            ProvisioningError::NotAnOperator { actor, action } => CoreError::PermissionDenied {
-                actor,
-                action,
-                allowed: "trusted sessions (superuser, or members of a role in flowgate.trusted_roles, e.g. service_role)".into(),
-            },
-            ProvisioningError::Core(e) => e,
+            ProvisioningError::ClientExists(_) => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            ProvisioningError::NotAnOperator { .. } => {
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
+            ProvisioningError::Core(e) => e.errcode(),
         }
     }
 
-    pub fn reporter(funcname: &'static str) -> impl FnOnce(ProvisioningError) -> ErrorReport {
-        move |e| e.into_core().into_report(funcname)
+    fn hint(&self) -> Option<String> {
+        match self {
+            ProvisioningError::ClientExists(_) => Some(
+                "slugs are unique: choose another, or repeat the original call unchanged to get its first result"
+                    .into(),
+            ),
+            ProvisioningError::NotAnOperator { .. } => Some(OPERATORS.into()),
+            ProvisioningError::Core(e) => e.hint(),
+        }
+    }
+}
+
+impl From<ProvisioningError> for ErrorReport {
+    fn from(e: ProvisioningError) -> Self {
+        e.report("provisioning")
     }
 }

@@ -16,7 +16,7 @@ use crate::core::outbox::handlers::{Handler, HandlerCall, Outcome};
 use crate::core::outbox::store as outbox;
 use crate::core::store as core_store;
 
-use super::error::ProvisioningResult;
+use super::error::{ProvisioningError, ProvisioningResult};
 use super::keys;
 use super::mgmt::{self, Step};
 use super::store::{self, Report};
@@ -209,6 +209,15 @@ enum Begun {
     CannotStart(String),
 }
 
+/// Response handlers return core's error type. Finishing a job raises only core errors (a
+/// taken slug or a non-operator cannot happen here); anything else would be a bug.
+fn handler_error(e: ProvisioningError) -> CoreError {
+    match e {
+        ProvisioningError::Core(c) => c,
+        other => CoreError::Internal(format!("finishing a job: {other}")),
+    }
+}
+
 fn finish(
     job_id: &str,
     succeeded: bool,
@@ -268,7 +277,7 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
     let fail = |status: Option<i32>, why: String| -> CoreResult<()> {
         finish(&job_id, false, status, Some(&why))
             .map(|_| ())
-            .map_err(|e| e.into_core())
+            .map_err(handler_error)
     };
     if call.outcome != Outcome::Delivered {
         let what = match &step {
@@ -333,7 +342,7 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
         }
         None => finish(&job_id, true, None, None)
             .map(|_| ())
-            .map_err(|e| e.into_core()),
+            .map_err(handler_error),
     }
 }
 

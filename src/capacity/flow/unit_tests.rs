@@ -1,5 +1,6 @@
 use super::*;
 use crate::capacity::machine::{EVENTS, STATES};
+use crate::core::error::SqlError;
 use chrono::TimeZone;
 
 fn request(state: State) -> Request {
@@ -101,8 +102,7 @@ fn the_reducer_agrees_with_the_table_for_every_cell() {
             match next_state(s, e) {
                 Some(to) => assert_eq!(result.unwrap().state.state, to, "{s:?} × {e:?}"),
                 None => {
-                    let err = result.unwrap_err();
-                    let CapacityError::Core(core) = &err;
+                    let core = result.unwrap_err();
                     assert_eq!(core.sqlstate(), "55000", "{s:?} × {e:?}");
                     assert!(
                         core.to_string().contains(&s.as_str()),
@@ -118,8 +118,7 @@ fn the_reducer_agrees_with_the_table_for_every_cell() {
 fn cancellation_needs_a_reason_and_records_the_authorizer() {
     let mut cmd = admin_cmd(Event::CancelApproved);
     cmd.payload.clear();
-    let err = CapacityFlow::reduce(Some(&request(State::Expired)), &cmd, &admin()).unwrap_err();
-    let CapacityError::Core(core) = err;
+    let core = CapacityFlow::reduce(Some(&request(State::Expired)), &cmd, &admin()).unwrap_err();
     assert_eq!(core.sqlstate(), "22023");
     let t = CapacityFlow::reduce(
         Some(&request(State::Expired)),
@@ -182,7 +181,7 @@ fn the_wrong_actor_is_refused_with_42501() {
         is_requester: true,
         ..Default::default()
     };
-    let CapacityError::Core(core) = CapacityFlow::reduce(
+    let core = CapacityFlow::reduce(
         Some(&request(State::CommercialApprovalRequired)),
         &cmd,
         &admin(),

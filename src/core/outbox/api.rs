@@ -83,7 +83,7 @@ fn enqueue_delivery(
         };
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };
-    run().map_err(CoreError::reporter("flowgate.enqueue_delivery"))
+    run().map_err(ErrorReport::from)
 }
 
 /// Store a named secret (a bot token, an API key) that deliveries reference by name: in
@@ -101,7 +101,7 @@ fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
         settings::require_writer("flowgate.secrets", "store secrets")?;
         Spi::connect_mut(|client| store::store_secret(client, name, value)).map(str::to_owned)
     };
-    run().map_err(CoreError::reporter("flowgate.set_secret"))
+    run().map_err(ErrorReport::from)
 }
 
 /// The transport the outbox uses now, `pg_net` or `native`: the `flowgate.http_transport`
@@ -111,7 +111,7 @@ fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
 fn effective_transport() -> Result<String, ErrorReport> {
     engine::Transport::current()
         .map(|t| t.as_str().to_owned())
-        .map_err(CoreError::reporter("flowgate.effective_transport"))
+        .map_err(ErrorReport::from)
 }
 
 /// Record the responses pg_net stored for in-flight deliveries, and expire deliveries in flight
@@ -123,7 +123,7 @@ fn effective_transport() -> Result<String, ErrorReport> {
 fn collect() -> Result<pgrx::JsonB, ErrorReport> {
     collect::collect()
         .map(|c| pgrx::JsonB(c.to_json()))
-        .map_err(CoreError::reporter("flowgate.collect"))
+        .map_err(ErrorReport::from)
 }
 
 /// Run the response handler again, on the stored response, for delivered deliveries whose
@@ -136,7 +136,7 @@ fn collect() -> Result<pgrx::JsonB, ErrorReport> {
 fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
     let mut ok = 0;
     for id in ids {
-        if record::rerun_handler(id).map_err(CoreError::reporter("flowgate.rerun_handlers"))? {
+        if record::rerun_handler(id).map_err(ErrorReport::from)? {
             ok += 1;
         }
     }
@@ -171,5 +171,5 @@ fn record_attempt(
     args::required("id", id)
         .and_then(|id| record::record(id, None, &observed.typed()))
         .map(|r| r.as_str().to_owned())
-        .map_err(CoreError::reporter("flowgate.record_attempt"))
+        .map_err(ErrorReport::from)
 }

@@ -288,6 +288,7 @@ pub fn wire_headers(
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::core::error::SqlError;
     use serde_json::json;
 
     fn ok() -> NewDelivery {

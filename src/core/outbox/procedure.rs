@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 use pgrx::{IntoDatum, JsonB};
 
 use super::engine::{self, Limits, Transactions};
+use crate::core::error::SqlError;
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::schedules::{self, Runner};
 
@@ -58,8 +59,7 @@ pub unsafe extern "C-unwind" fn flowgate_run_outbox(
         // SAFETY: fcinfo is valid, and the result is built in the caller's memory context.
         Ok(summary) => unsafe { one_column_row(fcinfo, summary) },
         Err(e) => {
-            e.into_report("flowgate.run_outbox")
-                .report(PgLogLevel::ERROR);
+            e.report("flowgate").report(PgLogLevel::ERROR);
             unreachable!("an ERROR report does not return")
         }
     }

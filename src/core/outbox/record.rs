@@ -11,6 +11,7 @@ use pgrx::JsonB;
 
 use super::handlers::{self, HandlerCall, Outcome};
 use super::policy::{self, Attempt, RetryPolicy, Verdict};
+use crate::core::error::SqlError;
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared;
 use crate::core::store as settings;

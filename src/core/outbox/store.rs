@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::delivery::{self, NewDelivery};
 use super::handlers;
 use super::native;
+use crate::core::error::SqlError;
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared;
 use crate::core::store as settings;

@@ -278,7 +278,9 @@ mod tests {
                 json!({"state": applied.state, "row": applied.row, "event": applied.event, "replayed": applied.replayed}),
             )
         };
-        run().map(JsonB).map_err(|e| e.into_report("tests.door"))
+        run()
+            .map(JsonB)
+            .map_err(pgrx::pg_sys::panic::ErrorReport::from)
     }
 
     fn counts() -> (i64, i64) {
