@@ -3,7 +3,7 @@
 -- and for ops.ingest_event. Every allowed action succeeds; every forbidden one fails with 42501
 -- (or a 403 outcome from ingest) and writes nothing.
 BEGIN;
-SELECT plan(62);
+SELECT plan(65);
 
 -- Two releases: R1 created by release manager rm-1, R2 by rm-2 (trusted setup names them).
 SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'roles-r1', 'event_type', 'release_created',
@@ -206,6 +206,20 @@ SELECT is((SELECT requested_by || ' ' || status FROM ops.exceptions WHERE except
           'fg_rm_login requested', 'recorded as the login role, still requested');
 SELECT isnt((SELECT status FROM ops.release_gates WHERE release_id = 'e0000000-0000-4000-8000-000000000001' AND gate_code = 'G3'), 'bypassed',
             'G3 is not bypassed');
+
+-- The matrix the grants and policies come from: every table of ops has row-level security and
+-- at least one policy; what it grants is what the installed catalog says.
+SELECT is_empty($$
+    SELECT c.relname FROM pg_catalog.pg_class c
+     WHERE c.relnamespace = 'ops'::regnamespace AND c.relkind = 'r'
+       AND (NOT c.relrowsecurity OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid))$$,
+    'every ops table has row-level security and a policy from the persona matrix');
+SELECT ok((SELECT count(*) FROM ops.persona_privileges() s WHERE s LIKE 'CREATE POLICY %') =
+          (SELECT count(*) FROM pg_catalog.pg_policies WHERE schemaname = 'ops'),
+    'ops.persona_privileges() lists every ops policy there is');
+SELECT is((SELECT pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint WHERE conname = 'approvals_persona_role_check'),
+    $$CHECK ((persona_role = ANY (ARRAY['release_manager'::text, 'qa_tester'::text, 'sre'::text, 'ci_service_role'::text, 'developer'::text, 'audit_reader'::text])))$$,
+    'an approval is recorded under one of the six personas');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -169,7 +169,6 @@ SELECT r.release_id, g.code FROM ops.releases r CROSS JOIN unnest(ARRAY['G1', 'G
 ON CONFLICT (release_id, gate_code) DO NOTHING
 $$;
 REVOKE EXECUTE ON FUNCTION ops.create_release_gates(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ops.create_release_gates(uuid) TO ci_service_role, release_manager;
 CREATE FUNCTION ops.direct_release_gates() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -384,105 +383,9 @@ $$;
 REVOKE EXECUTE ON FUNCTION ops.incident_rules() FROM PUBLIC;
 CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW EXECUTE FUNCTION ops.incident_rules();
 
--- Personas. Identity is flowgate.current_actor(): the JWT subject under PostgREST,
--- else the login role. Every policy names the roles it is for; anything not granted here is
--- refused with 42501 (insufficient privilege) or filtered by RLS.
-GRANT USAGE ON SCHEMA ops TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
-
--- audit_reader, release_manager and sre read everything.
-GRANT SELECT ON ALL TABLES IN SCHEMA ops TO audit_reader, release_manager, sre;
--- ci_service_role, qa_tester and developer read the release record, not approvals (qa_tester
--- sees their own) or the ingest log (ci sees what it sent).
-GRANT SELECT ON ops.releases, ops.release_gates, ops.gate_checks, ops.evidence_artifacts, ops.exceptions,
-                ops.deployments, ops.environment_events, ops.incidents, ops.recovery_drills,
-                ops.environment_gate_requirements TO ci_service_role, qa_tester, developer;
-GRANT SELECT ON ops.approvals TO qa_tester;
-GRANT SELECT ON ops.event_ingest_log TO ci_service_role;
-
--- The release record (everything but approvals and the ingest log) is readable by all six.
-DO $policies$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['releases', 'release_gates', 'gate_checks', 'evidence_artifacts', 'exceptions', 'deployments',
-                             'environment_events', 'incidents', 'recovery_drills', 'environment_gate_requirements'] LOOP
-        EXECUTE pg_catalog.format('CREATE POLICY read_all ON ops.%I FOR SELECT '
-                                  'TO audit_reader, release_manager, sre, ci_service_role, qa_tester, developer USING (true)', t);
-    END LOOP;
-END
-$policies$;
-
--- Approvals: auditors and SREs read all; a release manager reads the approvals of releases
--- they created and their own; a QA tester reads their own.
-CREATE POLICY audit_read_approvals ON ops.approvals FOR SELECT TO audit_reader, sre USING (true);
-CREATE POLICY release_manager_read_approvals ON ops.approvals FOR SELECT TO release_manager
-    USING (approver_id = flowgate.current_actor()
-           OR release_id IN (SELECT r.release_id FROM ops.releases r WHERE r.created_by = flowgate.current_actor()));
-CREATE POLICY qa_tester_read_approvals ON ops.approvals FOR SELECT TO qa_tester
-    USING (approver_id = flowgate.current_actor());
-
--- The ingest log: auditors, release managers and SREs read all; CI reads what it sent.
-CREATE POLICY read_all ON ops.event_ingest_log FOR SELECT TO audit_reader, release_manager, sre USING (true);
-CREATE POLICY ci_read_own ON ops.event_ingest_log FOR SELECT TO ci_service_role
-    USING (received_by = flowgate.current_actor());
-
--- Writes, each recorded under the writer's own identity.
-GRANT INSERT ON ops.releases TO ci_service_role, release_manager;
-CREATE POLICY create_releases ON ops.releases FOR INSERT TO ci_service_role, release_manager
-    WITH CHECK (created_by = flowgate.current_actor() AND status = 'open');
-GRANT UPDATE (title) ON ops.releases TO release_manager;
-CREATE POLICY release_manager_update_own ON ops.releases FOR UPDATE TO release_manager
-    USING (created_by = flowgate.current_actor()) WITH CHECK (created_by = flowgate.current_actor());
-
-GRANT INSERT ON ops.gate_checks TO ci_service_role, qa_tester, release_manager;
-CREATE POLICY report_checks ON ops.gate_checks FOR INSERT TO ci_service_role, qa_tester, release_manager
-    WITH CHECK (reported_by = flowgate.current_actor());
-
-GRANT INSERT ON ops.approvals TO qa_tester, release_manager;
-CREATE POLICY qa_tester_insert_approvals ON ops.approvals FOR INSERT TO qa_tester
-    WITH CHECK (approver_id = flowgate.current_actor() AND persona_role = 'qa_tester'
-                AND gate_id IN (SELECT g.gate_id FROM ops.release_gates g WHERE g.gate_code = 'G2'));
-CREATE POLICY release_manager_insert_approvals ON ops.approvals FOR INSERT TO release_manager
-    WITH CHECK (approver_id = flowgate.current_actor() AND persona_role = 'release_manager'
-                AND gate_id IN (SELECT g.gate_id FROM ops.release_gates g WHERE g.gate_code IN ('G2', 'G3')));
-
-GRANT INSERT ON ops.evidence_artifacts TO ci_service_role, qa_tester, release_manager, sre, developer;
-CREATE POLICY submit_evidence ON ops.evidence_artifacts FOR INSERT
-    TO ci_service_role, qa_tester, release_manager, sre, developer
-    WITH CHECK (submitted_by = flowgate.current_actor());
-
-GRANT INSERT ON ops.exceptions TO developer, release_manager, sre;
-CREATE POLICY request_exceptions ON ops.exceptions FOR INSERT TO developer, release_manager, sre
-    WITH CHECK (requested_by = flowgate.current_actor() AND status = 'requested');
-GRANT UPDATE (status, decided_by, decided_at, decision_comment) ON ops.exceptions TO release_manager;
-CREATE POLICY release_manager_decide_exceptions ON ops.exceptions FOR UPDATE TO release_manager
-    USING (status IN ('requested', 'approved'))
-    WITH CHECK (decided_by = flowgate.current_actor());
-
-GRANT INSERT ON ops.deployments TO ci_service_role, sre, release_manager;
-GRANT UPDATE (status, g4_status, finished_at, rolled_back_at, rollback_reason) ON ops.deployments
-    TO ci_service_role, sre, release_manager;
-CREATE POLICY record_deployments ON ops.deployments FOR INSERT TO ci_service_role, sre, release_manager
-    WITH CHECK (deployed_by = flowgate.current_actor());
-CREATE POLICY update_deployments ON ops.deployments FOR UPDATE TO ci_service_role, sre, release_manager
-    USING (true);
-
-GRANT INSERT ON ops.environment_events TO sre, ci_service_role, release_manager;
-CREATE POLICY record_environment_events ON ops.environment_events FOR INSERT TO sre, ci_service_role, release_manager
-    WITH CHECK (recorded_by = flowgate.current_actor());
-
-GRANT INSERT, UPDATE (status, resolution, resolved_at) ON ops.incidents TO sre;
-CREATE POLICY sre_open_incidents ON ops.incidents FOR INSERT TO sre WITH CHECK (opened_by = flowgate.current_actor());
-CREATE POLICY sre_update_incidents ON ops.incidents FOR UPDATE TO sre USING (true);
-GRANT INSERT ON ops.recovery_drills TO sre;
-CREATE POLICY sre_record_drills ON ops.recovery_drills FOR INSERT TO sre WITH CHECK (performed_by = flowgate.current_actor());
-
--- Functions: ingest for the personas that send events; evaluation for all six.
+-- Functions: not for PUBLIC; the persona matrix grants them (below).
 REVOKE EXECUTE ON FUNCTION ops.ingest_event(jsonb), ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text),
     ops.promotion_status(uuid, text), ops.refresh_gates(uuid), ops.expire_bypasses() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ops.ingest_event(jsonb) TO ci_service_role, release_manager, qa_tester, sre, developer;
-GRANT EXECUTE ON FUNCTION ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text), ops.promotion_status(uuid, text)
-    TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
 
 -- Reporting views. security_invoker: each reader sees what their policies allow.
 CREATE VIEW ops.v_release_gate_summary WITH (security_invoker = true) AS
@@ -576,9 +479,19 @@ SELECT d.deployment_id, d.release_id, r.version, d.environment, d.status, d.g4_s
 COMMENT ON VIEW ops.v_deployment_history IS
   'Deployments and rollbacks per environment with G4 status, the version they replaced and when health was checked.';
 
-GRANT SELECT ON ops.v_release_gate_summary, ops.v_promotion_eligibility, ops.v_evidence_completeness,
-                ops.v_exception_status, ops.v_deployment_history
-    TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
+-- Personas: the roles, their GRANTs, row-level security policies and the CHECK on an approval's
+-- persona, all from the persona matrix (src/ops/personas.rs), which also decides who may send
+-- which event. Anything not granted is refused with 42501 (insufficient privilege) or filtered
+-- by row-level security. ops.persona_privileges() lists the statements for an operator to read.
+DO $personas$
+DECLARE
+    s text;
+BEGIN
+    FOR s IN SELECT ops.persona_privileges() LOOP
+        EXECUTE s;
+    END LOOP;
+END
+$personas$;
 
 -- Supabase's service_role (a trusted role by default) may send every event and read everything.
 DO $grant$

@@ -1,22 +1,11 @@
--- Release gates control plane: the 11 ops.* tables, the per-environment
--- gate requirements, and the six persona roles. Functions, triggers, RLS policies,
+-- Release gates control plane: the 11 ops.* tables and the per-environment
+-- gate requirements. Functions, triggers, RLS policies,
 -- grants and views that name Rust functions are in surface.sql.
 CREATE SCHEMA IF NOT EXISTS ops;
 COMMENT ON SCHEMA ops IS 'Release gates control plane: releases, G1-G4 gates, checks, approvals, evidence, exceptions, deployments, ingest log';
 
--- The six personas, created if missing. NOLOGIN: people and services log in as their
--- own roles (or arrive through PostgREST with a JWT role claim) and are granted these.
-DO $roles$
-DECLARE
-    r text;
-BEGIN
-    FOREACH r IN ARRAY ARRAY['ci_service_role', 'release_manager', 'qa_tester', 'sre', 'developer', 'audit_reader'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
-        END IF;
-    END LOOP;
-END
-$roles$;
+-- The six persona roles, their grants and policies come from the persona matrix
+-- (src/ops/personas.rs), run by surface.sql.
 
 CREATE TYPE ops.ops_event_type AS ENUM (
     'release_created', 'gate_configured', 'build_complete', 'check_result', 'gate_signoff',
@@ -116,8 +105,7 @@ CREATE TABLE ops.approvals (
     release_id    uuid NOT NULL REFERENCES ops.releases (release_id) ON DELETE CASCADE,
     gate_id       uuid NOT NULL,
     approver_id   text NOT NULL,
-    persona_role  text NOT NULL
-                  CHECK (persona_role IN ('release_manager', 'qa_tester', 'sre', 'ci_service_role', 'developer', 'audit_reader')),
+    persona_role  text NOT NULL,   -- one of the personas: CHECK approvals_persona_role_check (surface.sql)
     decision      text NOT NULL CHECK (decision IN ('approved', 'rejected')),
     comment       text CHECK (ops.is_valid_text(comment, 4000, true)),
     ingest_id     uuid,

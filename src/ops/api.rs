@@ -389,6 +389,15 @@ mod ops {
         run().map_err(ErrorReport::from)
     }
 
+    /// The statements that give each persona its access, generated from the persona matrix: the
+    /// roles, GRANTs, row-level security policies and the CHECK on an approval's persona. The
+    /// install runs them; read them to see what each persona may do.
+    #[documented]
+    #[pg_extern(immutable, parallel_safe)]
+    fn persona_privileges() -> SetOfIterator<'static, String> {
+        SetOfIterator::new(crate::ops::personas::privileges())
+    }
+
     /// What each gate (G1 to G4) requires: one row per gate with its name, the evidence types any
     /// of which counts, the approver personas, and the rule in words.
     #[allow(clippy::type_complexity)]

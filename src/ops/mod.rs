@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod error;
 pub mod evaluation;
 pub mod gates;
+pub mod personas;
 pub mod roles;
 pub mod settings;
 pub mod store;
@@ -51,6 +52,7 @@ pgrx::extension_sql_file!(
         ops::api::ops::ingest_applying,
         ops::api::ops::ingest_event,
         ops::api::ops::is_eligible_for_promotion,
+        ops::api::ops::persona_privileges,
         ops::api::ops::promotion_status,
         ops::api::ops::refresh_gates,
     ]

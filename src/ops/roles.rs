@@ -1,4 +1,5 @@
-//! Who may send which event. Pure.
+//! Who may send which event, approve as which persona, and name whom. Pure; the personas and
+//! what each may write come from the persona matrix (`personas`).
 //!
 //! Membership is real role membership of the calling role (PostgREST switches to the JWT's
 //! role with `SET LOCAL ROLE`), never a claim. Trusted sessions (superusers, members of
@@ -8,6 +9,7 @@
 use super::envelope::EventType;
 use super::error::{OpsError, OpsResult};
 use super::gates::GateCode;
+use super::personas::{senders, PERSONAS};
 
 /// Who sends an envelope.
 #[derive(Debug, Clone)]
@@ -80,41 +82,6 @@ impl Caller {
             ));
         }
         Ok(persona)
-    }
-}
-
-/// The six personas, in the order a member of several is recorded as.
-pub const PERSONAS: &[&str] = &[
-    "release_manager",
-    "qa_tester",
-    "sre",
-    "ci_service_role",
-    "developer",
-    "audit_reader",
-];
-
-/// The personas that may send an event type.
-pub fn senders(event: EventType) -> &'static [&'static str] {
-    use EventType as T;
-    match event {
-        T::ReleaseCreated | T::GateConfigured => &["ci_service_role", "release_manager"],
-        T::BuildComplete | T::CheckResult => &["ci_service_role", "qa_tester", "release_manager"],
-        T::GateSignoff => &["qa_tester", "release_manager"],
-        T::Approval => &["release_manager"],
-        T::EvidenceAttached => &[
-            "ci_service_role",
-            "qa_tester",
-            "release_manager",
-            "sre",
-            "developer",
-        ],
-        T::ExceptionRequested => &["developer", "release_manager", "sre"],
-        T::ExceptionDecided => &["release_manager"],
-        T::DeploymentStarted | T::DeploymentFinished | T::HealthCheck | T::Rollback => {
-            &["ci_service_role", "sre", "release_manager"]
-        }
-        T::EnvironmentEvent => &["sre", "ci_service_role", "release_manager"],
-        T::IncidentOpened | T::IncidentResolved | T::RecoveryDrill => &["sre"],
     }
 }
 

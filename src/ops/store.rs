@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::envelope::{self, EventType, Header};
 use super::error::{OpsError, OpsResult};
-use super::roles;
+use super::personas;
 use crate::core::prepared::{self, TEXT};
 
 fn args<'a>(values: &'a [Option<&'a str>]) -> Vec<DatumWithOid<'a>> {
@@ -50,7 +50,7 @@ pub(super) fn first_json(t: SpiTupleTable<'_>) -> OpsResult<Option<Value>> {
 
 /// The ops personas the calling role (the outer user, even inside SECURITY DEFINER) belongs to.
 pub fn memberships(client: &SpiClient<'_>, role: &str) -> OpsResult<Vec<String>> {
-    let personas: Vec<String> = roles::PERSONAS.iter().map(|s| s.to_string()).collect();
+    let personas: Vec<String> = personas::PERSONAS.iter().map(|s| s.to_string()).collect();
     let t = prepared::query(
         client,
         "SELECT coalesce(array_agg(r.rolname::text), '{}') FROM pg_catalog.pg_roles r \

@@ -11,7 +11,7 @@ use super::checks::{
 use super::{EventType, ENVIRONMENTS};
 use crate::ops::error::{OpsError, OpsResult};
 use crate::ops::gates::GateCode;
-use crate::ops::roles;
+use crate::ops::personas;
 
 /// An artifact to attach.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -440,7 +440,7 @@ pub(super) fn parse_body(
             one_of("decision", &decision, &["approved", "rejected"])?;
             opt_text("approver_id", &b.approver_id, 256, false)?;
             if let Some(p) = &b.persona_role {
-                one_of("persona_role", p, roles::PERSONAS)?;
+                one_of("persona_role", p, personas::PERSONAS)?;
             }
             opt_text("comment", &b.comment, 4000, true)?;
             if let Some(u) = &b.report_url {
