@@ -426,36 +426,7 @@ mod intake {
                 args::required("min_interval_seconds", min_interval_seconds)?;
             let only = pool_id.map(PoolId::parse).transpose()?;
             Spi::connect_mut(|client| {
-                let pools = client.select(
-                    "SELECT c.pool_id, c.inventory FROM intake.engine_config c \
-                      WHERE ($1::text IS NULL OR c.pool_id = $1) \
-                        AND NOT EXISTS (SELECT FROM intake.engine_metrics m WHERE m.pool_id = c.pool_id \
-                                         AND m.collected_at > clock_timestamp() - make_interval(secs => $2)) \
-                      ORDER BY c.pool_id",
-                    None,
-                    &[only.as_ref().map(|p| p.as_str()).into(), min_interval_seconds.into()],
-                )?;
-                let mut todo = Vec::new();
-                for r in pools {
-                    todo.push((
-                        r.get::<String>(1)?.unwrap_or_default(),
-                        r.get::<i32>(2)?.unwrap_or(0),
-                    ));
-                }
-                if let Some(p) = &only {
-                    if todo.is_empty() && store::load_config(client, p).is_err() {
-                        return Err(CoreError::not_found("pool", p.as_str()));
-                    }
-                }
-                let mut samples = Vec::new();
-                for (id, inventory) in todo {
-                    samples.push(metrics::collect_metrics(
-                        client,
-                        &PoolId::parse(&id)?,
-                        inventory,
-                    )?);
-                }
-                Ok(Value::Array(samples))
+                metrics::collect_due(client, only.as_ref(), min_interval_seconds)
             })
         };
         run().map(JsonB).map_err(ErrorReport::from)

@@ -8,6 +8,7 @@ use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared;
 use crate::intake::drain;
 use crate::intake::pool::PoolId;
+use crate::intake::store;
 
 /// Fold the pool's outcome log into its totals, then write one metrics row from counters alone.
 pub fn collect_metrics(
@@ -125,4 +126,39 @@ pub fn status(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         .first()
         .get_one::<JsonB>()?
         .map_or(Value::Null, |j| j.0))
+}
+
+/// Sample every pool (or `only` that one) not sampled in the last `min_interval_seconds`;
+/// the samples taken. P0002 for an unknown pool.
+pub fn collect_due(
+    client: &mut SpiClient<'_>,
+    only: Option<&PoolId>,
+    min_interval_seconds: f64,
+) -> CoreResult<Value> {
+    let pools = client.select(
+        "SELECT c.pool_id, c.inventory FROM intake.engine_config c \
+          WHERE ($1::text IS NULL OR c.pool_id = $1) \
+            AND NOT EXISTS (SELECT FROM intake.engine_metrics m WHERE m.pool_id = c.pool_id \
+                             AND m.collected_at > clock_timestamp() - make_interval(secs => $2)) \
+          ORDER BY c.pool_id",
+        None,
+        &[only.map(|p| p.as_str()).into(), min_interval_seconds.into()],
+    )?;
+    let mut todo = Vec::new();
+    for r in pools {
+        todo.push((
+            r.get::<String>(1)?.unwrap_or_default(),
+            r.get::<i32>(2)?.unwrap_or(0),
+        ));
+    }
+    if let Some(p) = only {
+        if todo.is_empty() && store::load_config(client, p).is_err() {
+            return Err(CoreError::not_found("pool", p.as_str()));
+        }
+    }
+    let mut samples = Vec::new();
+    for (id, inventory) in todo {
+        samples.push(collect_metrics(client, &PoolId::parse(&id)?, inventory)?);
+    }
+    Ok(Value::Array(samples))
 }

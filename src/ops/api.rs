@@ -17,7 +17,7 @@ mod ops {
     use crate::ops::envelope;
     use crate::ops::error::{OpsError, OpsResult};
     use crate::ops::evaluation;
-    use crate::ops::gates::{GateCode, ALL_GATES};
+    use crate::ops::gates::ALL_GATES;
     use crate::ops::roles;
     use crate::ops::roles::Caller;
     use crate::ops::store::{self, Outcome, Received};
@@ -271,31 +271,8 @@ mod ops {
     #[pg_extern(stable, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn evaluate_gate(gate_id: pgrx::Uuid) -> Result<String, ErrorReport> {
-        let run = || -> OpsResult<String> {
-            let gate = uuid_text(gate_id);
-            Spi::connect(|client| {
-                let t = client.select(
-                    "SELECT release_id::text, gate_code FROM ops.release_gates WHERE gate_id = $1::uuid",
-                    None,
-                    &[gate.as_str().into()],
-                )?;
-                if t.is_empty() {
-                    return Err(OpsError::Core(crate::core::error::CoreError::not_found(
-                        "gate",
-                        gate.clone(),
-                    )));
-                }
-                let (release, code) = t.first().get_two::<String, String>()?;
-                let code = GateCode::parse(&code.unwrap_or_default())?;
-                let evaluations = evaluation::evaluate(client, &release.unwrap_or_default())?;
-                Ok(evaluations
-                    .into_iter()
-                    .find(|e| e.code == code)
-                    .map(|e| e.status.as_str().to_owned())
-                    .unwrap_or_else(|| "pending".into()))
-            })
-        };
-        run().map_err(ErrorReport::from)
+        let gate = uuid_text(gate_id);
+        Spi::connect(|client| evaluation::gate_status(client, &gate)).map_err(ErrorReport::from)
     }
 
     /// Whether every gate `target_env` requires (`ops.environment_gate_requirements`) is passed, or
@@ -366,27 +343,7 @@ mod ops {
     #[documented]
     #[pg_extern(volatile)]
     fn expire_bypasses() -> Result<i32, ErrorReport> {
-        let run = || -> OpsResult<i32> {
-            Spi::connect_mut(|client| {
-                let t = client.select(
-                    "SELECT DISTINCT release_id::text FROM ops.release_gates \
-                      WHERE status = 'bypassed' AND bypass_expires_at <= now()",
-                    None,
-                    &[],
-                )?;
-                let mut ids = Vec::new();
-                for row in t {
-                    if let Some(id) = row.get::<String>(1)? {
-                        ids.push(id);
-                    }
-                }
-                for id in &ids {
-                    evaluation::refresh(client, id)?;
-                }
-                Ok(ids.len() as i32)
-            })
-        };
-        run().map_err(ErrorReport::from)
+        Spi::connect_mut(evaluation::expire_bypasses).map_err(ErrorReport::from)
     }
 
     /// The statements that give each persona its access, generated from the persona matrix: the

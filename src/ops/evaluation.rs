@@ -23,6 +23,7 @@ use super::envelope;
 use super::error::{OpsError, OpsResult};
 use super::gates::{self, GateCode, ReleaseFacts};
 use super::store::{first_json, lock_release_row, read};
+use crate::core::error::CoreError;
 use crate::core::prepared::{self, JSONB, TEXT};
 
 // ---------------------------------------------------------------------------------------------
@@ -338,4 +339,44 @@ pub fn promotion(
         .map(|e| format!("{} {}: {}", e.code, e.status.as_str(), e.reason))
         .collect();
     Ok((ok, reasons))
+}
+
+/// The current status of one gate, from its release's facts now; P0002 for an unknown gate.
+pub fn gate_status(client: &SpiClient<'_>, gate_id: &str) -> OpsResult<String> {
+    let t = read(
+        client,
+        "SELECT release_id::text, gate_code FROM ops.release_gates WHERE gate_id = $1::uuid",
+        &[Some(gate_id)],
+    )?;
+    if t.is_empty() {
+        return Err(OpsError::Core(CoreError::not_found("gate", gate_id)));
+    }
+    let (release, code) = t.first().get_two::<String, String>()?;
+    let code = GateCode::parse(&code.unwrap_or_default())?;
+    let evaluations = evaluate(client, &release.unwrap_or_default())?;
+    Ok(evaluations
+        .into_iter()
+        .find(|e| e.code == code)
+        .map(|e| e.status.as_str().to_owned())
+        .unwrap_or_else(|| "pending".into()))
+}
+
+/// Re-evaluate the releases whose bypassing exception has expired; how many there were.
+pub fn expire_bypasses(client: &mut SpiClient<'_>) -> OpsResult<i32> {
+    let t = read(
+        client,
+        "SELECT DISTINCT release_id::text FROM ops.release_gates \
+          WHERE status = 'bypassed' AND bypass_expires_at <= now()",
+        &[],
+    )?;
+    let mut ids = Vec::new();
+    for row in t {
+        if let Some(id) = row.get::<String>(1)? {
+            ids.push(id);
+        }
+    }
+    for id in &ids {
+        refresh(client, id)?;
+    }
+    Ok(ids.len() as i32)
 }
