@@ -22,6 +22,18 @@ id=$(q "SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-
 q "SELECT capacity.apply_event('$id', 'COMMERCIAL_APPROVED'), capacity.apply_event('$id', 'TECH_REVIEW_APPROVED')" >/dev/null
 q "INSERT INTO public.fg_conc_target VALUES ('$id')"
 
+# Every transition sends NOTIFY flowgate_capacity once it commits (psql prints the
+# notifications its own session receives after each statement).
+heard=$(psql -X -q -v ON_ERROR_STOP=1 -c "LISTEN flowgate_capacity" \
+          -c "SELECT capacity.record_capacity_event('$id', 'CUSTOMER_CONFIRMED') IS NOT NULL" 2>&1 \
+        | grep -F 'Asynchronous notification "flowgate_capacity"' | grep -F "\"request_id\":\"$id\"" \
+        | grep -cF '"to":"PROVISIONING_IN_PROGRESS"' || true)
+[ "$heard" -eq 1 ] || fail "no NOTIFY flowgate_capacity for the transition of $id"
+# Back to the state the race starts from: a second request, taken to the same point.
+id=$(q "SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id'")
+q "SELECT capacity.apply_event('$id', 'COMMERCIAL_APPROVED'), capacity.apply_event('$id', 'TECH_REVIEW_APPROVED')" >/dev/null
+q "UPDATE public.fg_conc_target SET id = '$id'"
+
 script=$(mktemp); printf '%s\n' '\set e random(1, 4)' 'SELECT public.fg_conc_try(:e);' > "$script"
 pgbench -n -c 32 -j 2 -t 4 -f "$script" >/dev/null 2>&1 || fail "pgbench reported errors"
 rm -f "$script"
@@ -42,4 +54,4 @@ final=$(q "SELECT state = (SELECT to_state FROM capacity.capacity_request_events
 [ "$accepted" -ge 1 ] && [ "$accepted" -le 2 ] || fail "$accepted conflicting events accepted (1, or 2 when a cancellation follows)"
 history=$(q "SELECT string_agg(event_type::text, ' > ' ORDER BY seq) FROM capacity.capacity_request_events WHERE capacity_request_id = '$id'")
 q "DROP TABLE public.fg_conc_target, public.fg_conc_results; DROP FUNCTION public.fg_conc_try(int)"
-echo "ok 5 - capacity: 32 sessions x 4 conflicting events on $id: $accepted accepted, $(( attempts - accepted )) rejected (55000); history $history"
+echo "ok 6 - capacity: NOTIFY flowgate_capacity on a transition; 32 sessions x 4 conflicting events on $id: $accepted accepted, $(( attempts - accepted )) rejected (55000); history $history"

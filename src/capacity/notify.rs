@@ -32,8 +32,9 @@ pub fn announce(
     from: Option<State>,
     to: State,
 ) -> CoreResult<()> {
-    let channel = setting("capacity.slack_channel")?;
-    let team = setting("capacity.linear_team_id")?;
+    let targets = settings::read_settings(&["capacity.slack_channel", "capacity.linear_team_id"])?;
+    let channel = targets.text("capacity.slack_channel")?.trim().to_owned();
+    let team = targets.text("capacity.linear_team_id")?.trim().to_owned();
     if channel.is_empty() && team.is_empty() {
         return Ok(());
     }

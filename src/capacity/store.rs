@@ -40,13 +40,17 @@ impl Workflow for CapacityFlow {
                         "to": to.as_str(),
                         "actor_id": event["actor_id"],
                     });
-                    client
-                        .update(
-                            "SELECT pg_catalog.pg_notify('flowgate_capacity', $1)",
-                            None,
-                            &[note.to_string().into()],
-                        )
-                        .map_err(CoreError::from)?;
+                    // pg_notify itself, called directly: no statement to plan and run.
+                    // SAFETY: pg_notify is Postgres' own fmgr function taking two texts.
+                    unsafe {
+                        pgrx::direct_function_call::<()>(
+                            pgrx::pg_sys::pg_notify,
+                            &[
+                                "flowgate_capacity".into_datum(),
+                                note.to_string().into_datum(),
+                            ],
+                        );
+                    }
                     super::notify::announce(client, id, event, from, to)?;
                 }
                 Effect::CancellationTask { assigned_to } => {

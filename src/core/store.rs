@@ -7,7 +7,7 @@ use pgrx::JsonB;
 use serde_json::Value;
 
 use super::actor::{self, Actor, SessionFacts};
-use super::error::CoreResult;
+use super::error::{CoreError, CoreResult};
 use super::settings::{self, Definition};
 
 /// The value of a (custom) configuration setting, `None` if it was never defined.
@@ -180,6 +180,66 @@ pub fn get_text(key: &str) -> CoreResult<String> {
 pub fn get_list(key: &str) -> CoreResult<Vec<String>> {
     let (def, stored) = load(key)?;
     settings::as_list(def, stored)
+}
+
+/// Several settings read in one statement, for a caller that needs more than one.
+pub struct SettingsRead {
+    stored: Vec<(&'static Definition, Option<Value>)>,
+}
+
+impl SettingsRead {
+    fn get(&self, key: &str) -> CoreResult<(&'static Definition, Option<Value>)> {
+        self.stored
+            .iter()
+            .find(|(d, _)| d.key == key)
+            .cloned()
+            .ok_or_else(|| CoreError::Internal(format!("setting {key} was not read")))
+    }
+
+    pub fn text(&self, key: &str) -> CoreResult<String> {
+        let (def, stored) = self.get(key)?;
+        settings::as_text(def, stored)
+    }
+
+    pub fn list(&self, key: &str) -> CoreResult<Vec<String>> {
+        let (def, stored) = self.get(key)?;
+        settings::as_list(def, stored)
+    }
+}
+
+/// Read `keys` (each a documented setting) in one statement.
+pub fn read_settings(keys: &[&str]) -> CoreResult<SettingsRead> {
+    let defs = keys
+        .iter()
+        .map(|k| settings::definition(k))
+        .collect::<CoreResult<Vec<_>>>()?;
+    let wanted: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+    let mut found: Vec<(String, Value)> = Spi::connect(|client| -> CoreResult<_> {
+        let rows = super::prepared::query(
+            client,
+            "SELECT key, value FROM flowgate.settings WHERE key = ANY($1)",
+            &[super::prepared::TEXT_ARRAY],
+            &[wanted.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let (Some(k), Some(v)) = (row.get::<String>(1)?, row.get::<JsonB>(2)?) {
+                out.push((k, v.0));
+            }
+        }
+        Ok(out)
+    })?;
+    let stored = defs
+        .into_iter()
+        .map(|d| {
+            let v = found
+                .iter()
+                .position(|(k, _)| k == d.key)
+                .map(|i| found.swap_remove(i).1);
+            (d, v)
+        })
+        .collect();
+    Ok(SettingsRead { stored })
 }
 
 /// 42501 unless the calling role may INSERT and UPDATE `table` (one of flowgate's owner-only
