@@ -1,6 +1,18 @@
 -- ops surface: gate statuses kept by triggers, the rules of direct writes, personas' grants and
 -- policies, reporting views; loaded after every Rust function it names (requires in src/ops/mod.rs).
 
+-- The value lists of ops (src/ops/values.rs) as CHECK constraints of the columns that hold
+-- them (23514 for a direct write outside a list), before anything else is added.
+DO $values$
+DECLARE
+    s text;
+BEGIN
+    FOR s IN SELECT ops.value_constraints() LOOP
+        EXECUTE s;
+    END LOOP;
+END
+$values$;
+
 -- Gate statuses follow their facts: whenever a check, evidence, approval, exception or
 -- deployment of a release is written or deleted, or a gate's required checks change, the
 -- release's gates are re-evaluated under its row lock. ops.ingest_event writes facts of the

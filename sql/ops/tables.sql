@@ -5,7 +5,9 @@ CREATE SCHEMA IF NOT EXISTS ops;
 COMMENT ON SCHEMA ops IS 'Release gates control plane: releases, G1-G4 gates, checks, approvals, evidence, exceptions, deployments, ingest log';
 
 -- The six persona roles, their grants and policies come from the persona matrix
--- (src/ops/personas.rs), run by surface.sql.
+-- (src/ops/personas.rs), run by surface.sql. So do the CHECKs of the columns that hold a value
+-- list (statuses, environments, gate codes, severities, ...): ops.ingest_event checks envelopes
+-- against the same lists (src/ops/values.rs), and surface.sql adds them as <table>_<column>_check.
 
 CREATE TYPE ops.ops_event_type AS ENUM (
     'release_created', 'gate_configured', 'build_complete', 'check_result', 'gate_signoff',
@@ -42,8 +44,7 @@ CREATE TABLE ops.releases (
     title         text CHECK (ops.is_valid_text(title, 500, false)),
     repository    text CHECK (ops.is_valid_text(repository, 200, false)),
     commit_sha    text CHECK (commit_sha ~ '^[0-9a-f]{7,64}$'),
-    status        text NOT NULL DEFAULT 'open'
-                  CHECK (status IN ('open', 'in_staging', 'in_production', 'rolled_back')),
+    status        text NOT NULL DEFAULT 'open',
     created_by    text NOT NULL,
     source_system text NOT NULL CHECK (source_system ~ '^[A-Za-z0-9_.:/-]{1,64}$'),
     ingest_id     uuid,
@@ -57,9 +58,8 @@ SELECT pg_catalog.pg_extension_config_dump('ops.releases', '');
 CREATE TABLE ops.release_gates (
     gate_id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     release_id          uuid NOT NULL REFERENCES ops.releases (release_id) ON DELETE CASCADE,
-    gate_code           text NOT NULL CHECK (gate_code IN ('G1', 'G2', 'G3', 'G4')),
-    status              text NOT NULL DEFAULT 'pending'
-                        CHECK (status IN ('pending', 'in_progress', 'passed', 'failed', 'bypassed')),
+    gate_code           text NOT NULL,
+    status              text NOT NULL DEFAULT 'pending',
     status_reason       text,
     required_checks     text[] NOT NULL DEFAULT '{}',
     bypass_exception_id uuid,
@@ -82,7 +82,7 @@ CREATE TABLE ops.gate_checks (
     gate_id       uuid NOT NULL,
     release_id    uuid NOT NULL,
     check_name    text NOT NULL CHECK (ops.is_valid_text(check_name, 128, false)),
-    status        text NOT NULL CHECK (status IN ('pass', 'fail', 'pending', 'skipped')),
+    status        text NOT NULL,
     required      boolean NOT NULL DEFAULT true,
     run_id        text CHECK (ops.is_valid_text(run_id, 128, false)),
     details_url   text CHECK (ops.is_absolute_uri(details_url)),
@@ -106,7 +106,7 @@ CREATE TABLE ops.approvals (
     gate_id       uuid NOT NULL,
     approver_id   text NOT NULL,
     persona_role  text NOT NULL,   -- one of the personas: CHECK approvals_persona_role_check (surface.sql)
-    decision      text NOT NULL CHECK (decision IN ('approved', 'rejected')),
+    decision      text NOT NULL,
     comment       text CHECK (ops.is_valid_text(comment, 4000, true)),
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
@@ -123,8 +123,7 @@ CREATE TABLE ops.evidence_artifacts (
     release_id    uuid REFERENCES ops.releases (release_id) ON DELETE CASCADE,
     gate_id       uuid REFERENCES ops.release_gates (gate_id) ON DELETE CASCADE,
     check_id      uuid REFERENCES ops.gate_checks (check_id) ON DELETE CASCADE,
-    artifact_type text NOT NULL CHECK (artifact_type IN ('build_log', 'test_report', 'qa_signoff', 'security_scan',
-                  'rollback_plan', 'health_check', 'deployment_log', 'runbook', 'reference', 'other')),
+    artifact_type text NOT NULL,
     uri           text NOT NULL CHECK (ops.is_absolute_uri(uri)),
     sha256        text CHECK (sha256 ~ '^[0-9a-f]{64}$'),
     description   text CHECK (ops.is_valid_text(description, 2000, true)),
@@ -147,7 +146,7 @@ CREATE TABLE ops.exceptions (
     gate_id       uuid NOT NULL,
     reason        text NOT NULL CHECK (ops.is_valid_text(reason, 4000, true)),
     requested_by  text NOT NULL,
-    status        text NOT NULL DEFAULT 'requested' CHECK (status IN ('requested', 'approved', 'rejected', 'revoked')),
+    status        text NOT NULL DEFAULT 'requested',
     decided_by    text,
     decided_at    timestamptz,
     decision_comment text CHECK (ops.is_valid_text(decision_comment, 4000, true)),
@@ -173,9 +172,9 @@ SELECT pg_catalog.pg_extension_config_dump('ops.exceptions', '');
 CREATE TABLE ops.deployments (
     deployment_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     release_id    uuid NOT NULL REFERENCES ops.releases (release_id) ON DELETE CASCADE,
-    environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
-    status        text NOT NULL DEFAULT 'started' CHECK (status IN ('started', 'succeeded', 'failed', 'rolled_back')),
-    g4_status     text NOT NULL DEFAULT 'pending' CHECK (g4_status IN ('pending', 'passed', 'failed')),
+    environment   text NOT NULL,
+    status        text NOT NULL DEFAULT 'started',
+    g4_status     text NOT NULL DEFAULT 'pending',
     external_ref  text CHECK (ops.is_valid_text(external_ref, 256, false)),
     deployed_by   text NOT NULL,
     rollback_reason text CHECK (ops.is_valid_text(rollback_reason, 4000, true)),
@@ -196,7 +195,7 @@ SELECT pg_catalog.pg_extension_config_dump('ops.deployments', '');
 
 CREATE TABLE ops.environment_events (
     event_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
+    environment   text NOT NULL,
     event_kind    text NOT NULL CHECK (event_kind ~ '^[a-z0-9_]{1,64}$'),
     release_id    uuid REFERENCES ops.releases (release_id),
     deployment_id uuid REFERENCES ops.deployments (deployment_id),
@@ -221,7 +220,7 @@ CREATE TABLE ops.event_ingest_log (
     schema_version     text,
     source_system      text,
     release_id         uuid,
-    processing_status  text NOT NULL CHECK (processing_status IN ('accepted', 'duplicate', 'rejected', 'error')),
+    processing_status  text NOT NULL,
     http_status        int NOT NULL CHECK (http_status BETWEEN 100 AND 599),
     error              text,
     error_message      text,
@@ -248,12 +247,12 @@ SELECT pg_catalog.pg_extension_config_dump('ops.event_ingest_log', '');
 
 CREATE TABLE ops.incidents (
     incident_id   uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
+    environment   text NOT NULL,
     release_id    uuid REFERENCES ops.releases (release_id) ON DELETE SET NULL,
     deployment_id uuid REFERENCES ops.deployments (deployment_id) ON DELETE SET NULL,
-    severity      text NOT NULL CHECK (severity IN ('sev1', 'sev2', 'sev3', 'sev4')),
+    severity      text NOT NULL,
     summary       text NOT NULL CHECK (ops.is_valid_text(summary, 2000, true)),
-    status        text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'resolved')),
+    status        text NOT NULL DEFAULT 'open',
     resolution    text CHECK (ops.is_valid_text(resolution, 4000, true)),
     opened_by     text NOT NULL,
     opened_at     timestamptz NOT NULL DEFAULT now(),
@@ -267,10 +266,10 @@ SELECT pg_catalog.pg_extension_config_dump('ops.incidents', '');
 
 CREATE TABLE ops.recovery_drills (
     drill_id      uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    environment   text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
+    environment   text NOT NULL,
     release_id    uuid REFERENCES ops.releases (release_id) ON DELETE SET NULL,
-    drill_type    text NOT NULL CHECK (drill_type IN ('backup_restore', 'failover', 'rollback', 'region_evacuation')),
-    outcome       text NOT NULL CHECK (outcome IN ('passed', 'failed')),
+    drill_type    text NOT NULL,
+    outcome       text NOT NULL,
     rto_seconds   int CHECK (rto_seconds BETWEEN 0 AND 31536000),
     rpo_seconds   int CHECK (rpo_seconds BETWEEN 0 AND 31536000),
     evidence_uri  text CHECK (ops.is_absolute_uri(evidence_uri)),
@@ -283,8 +282,8 @@ SELECT pg_catalog.pg_extension_config_dump('ops.recovery_drills', '');
 
 -- Which gates an environment requires (data, not code): staging G1+G2, production G1-G4.
 CREATE TABLE ops.environment_gate_requirements (
-    environment text NOT NULL CHECK (environment IN ('dev', 'staging', 'production')),
-    gate_code   text NOT NULL CHECK (gate_code IN ('G1', 'G2', 'G3', 'G4')),
+    environment text NOT NULL,
+    gate_code   text NOT NULL,
     is_default  boolean NOT NULL DEFAULT false,
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (environment, gate_code)

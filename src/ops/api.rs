@@ -355,6 +355,15 @@ mod ops {
         SetOfIterator::new(crate::ops::personas::privileges())
     }
 
+    /// The CHECK constraints that hold each value list of ops (statuses, environments,
+    /// severities, ...) in its columns, generated from the lists ops.ingest_event checks
+    /// envelopes against. The install runs them.
+    #[documented]
+    #[pg_extern(immutable, parallel_safe)]
+    fn value_constraints() -> SetOfIterator<'static, String> {
+        SetOfIterator::new(crate::ops::values::constraints())
+    }
+
     /// What each gate (G1 to G4) requires: one row per gate with its name, the evidence types any
     /// of which counts, the approver personas, and the rule in words.
     #[allow(clippy::type_complexity)]

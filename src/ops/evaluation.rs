@@ -19,10 +19,10 @@ use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::envelope;
 use super::error::{OpsError, OpsResult};
 use super::gates::{self, GateCode, ReleaseFacts};
 use super::store::{first_json, lock_release_row, read};
+use super::values;
 use crate::core::error::CoreError;
 use crate::core::prepared::{self, JSONB, TEXT};
 
@@ -260,13 +260,13 @@ pub fn refresh_locked(
 }
 
 fn check_environment(environment: &str) -> OpsResult<()> {
-    if envelope::ENVIRONMENTS.contains(&environment) {
+    if values::ENVIRONMENTS.contains(&environment) {
         return Ok(());
     }
     Err(OpsError::Core(crate::core::error::CoreError::invalid(
         "target_env",
         format!("{environment:?} is not an environment"),
-        envelope::ENVIRONMENTS.join(", "),
+        values::ENVIRONMENTS.join(", "),
     )))
 }
 

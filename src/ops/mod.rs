@@ -12,6 +12,7 @@ pub mod personas;
 pub mod roles;
 pub mod settings;
 pub mod store;
+pub mod values;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -53,6 +54,7 @@ pgrx::extension_sql_file!(
         ops::api::ops::ingest_event,
         ops::api::ops::is_eligible_for_promotion,
         ops::api::ops::persona_privileges,
+        ops::api::ops::value_constraints,
         ops::api::ops::promotion_status,
         ops::api::ops::refresh_gates,
     ]

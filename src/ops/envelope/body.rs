@@ -8,10 +8,10 @@ use super::checks::{
     check_artifact, check_object, check_text, check_timestamp, check_uri, check_uuid, gate, one_of,
     opt_text, opt_uuid, truncate,
 };
-use super::{EventType, ENVIRONMENTS};
+use super::EventType;
 use crate::ops::error::{OpsError, OpsResult};
 use crate::ops::gates::GateCode;
-use crate::ops::personas;
+use crate::ops::{personas, values};
 
 /// An artifact to attach.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -400,9 +400,9 @@ pub(super) fn parse_body(
                 "status",
                 &b.status,
                 if build {
-                    &["pass", "fail"]
+                    values::BUILD_STATUSES
                 } else {
-                    &["pass", "fail", "pending", "skipped"]
+                    values::CHECK_STATUSES
                 },
             )?;
             let run_id = b.run_id.map(TextOrNumber::into_text);
@@ -437,7 +437,7 @@ pub(super) fn parse_body(
                     })
                 }
             };
-            one_of("decision", &decision, &["approved", "rejected"])?;
+            one_of("decision", &decision, values::DECISIONS)?;
             opt_text("approver_id", &b.approver_id, 256, false)?;
             if let Some(p) = &b.persona_role {
                 one_of("persona_role", p, personas::PERSONAS)?;
@@ -489,17 +489,13 @@ pub(super) fn parse_body(
         T::ExceptionDecided => {
             let mut b: ExceptionDecided = body(event, rest)?;
             b.exception_id = check_uuid("exception_id", &b.exception_id)?;
-            one_of(
-                "decision",
-                &b.decision,
-                &["approved", "rejected", "revoked"],
-            )?;
+            one_of("decision", &b.decision, values::EXCEPTION_DECISIONS)?;
             opt_text("comment", &b.comment, 4000, true)?;
             Parsed::Release(OnRelease::ExceptionDecided(b))
         }
         T::DeploymentStarted => {
             let mut b: DeploymentStarted = body(event, rest)?;
-            one_of("environment", &b.environment, ENVIRONMENTS)?;
+            one_of("environment", &b.environment, values::ENVIRONMENTS)?;
             b.deployment_id = opt_uuid("deployment_id", b.deployment_id)?;
             opt_text("external_ref", &b.external_ref, 256, false)?;
             Parsed::Release(OnRelease::DeploymentStarted(b))
@@ -507,13 +503,13 @@ pub(super) fn parse_body(
         T::DeploymentFinished => {
             let mut b: DeploymentFinished = body(event, rest)?;
             b.deployment_id = check_uuid("deployment_id", &b.deployment_id)?;
-            one_of("status", &b.status, &["succeeded", "failed"])?;
+            one_of("status", &b.status, values::DEPLOYMENT_OUTCOMES)?;
             Parsed::Release(OnRelease::DeploymentFinished(b))
         }
         T::HealthCheck => {
             let mut b: HealthCheck = body(event, rest)?;
             b.deployment_id = check_uuid("deployment_id", &b.deployment_id)?;
-            one_of("status", &b.status, &["pass", "fail"])?;
+            one_of("status", &b.status, values::HEALTH_RESULTS)?;
             check_uri("uri", &b.uri)?;
             check_object("details", &b.details)?;
             Parsed::Release(OnRelease::HealthCheck(b))
@@ -526,7 +522,7 @@ pub(super) fn parse_body(
         }
         T::EnvironmentEvent => {
             let mut b: EnvironmentEvent = body(event, rest)?;
-            one_of("environment", &b.environment, ENVIRONMENTS)?;
+            one_of("environment", &b.environment, values::ENVIRONMENTS)?;
             if b.event_kind.is_empty()
                 || b.event_kind.len() > 64
                 || !b
@@ -546,8 +542,8 @@ pub(super) fn parse_body(
         }
         T::IncidentOpened => {
             let mut b: IncidentOpened = body(event, rest)?;
-            one_of("environment", &b.environment, ENVIRONMENTS)?;
-            one_of("severity", &b.severity, &["sev1", "sev2", "sev3", "sev4"])?;
+            one_of("environment", &b.environment, values::ENVIRONMENTS)?;
+            one_of("severity", &b.severity, values::SEVERITIES)?;
             check_text("summary", &b.summary, 2000, true)?;
             b.incident_id = opt_uuid("incident_id", b.incident_id)?;
             b.deployment_id = opt_uuid("deployment_id", b.deployment_id)?;
@@ -561,18 +557,9 @@ pub(super) fn parse_body(
         }
         T::RecoveryDrill => {
             let b: RecoveryDrill = body(event, rest)?;
-            one_of("environment", &b.environment, ENVIRONMENTS)?;
-            one_of(
-                "drill_type",
-                &b.drill_type,
-                &[
-                    "backup_restore",
-                    "failover",
-                    "rollback",
-                    "region_evacuation",
-                ],
-            )?;
-            one_of("outcome", &b.outcome, &["passed", "failed"])?;
+            one_of("environment", &b.environment, values::ENVIRONMENTS)?;
+            one_of("drill_type", &b.drill_type, values::DRILL_TYPES)?;
+            one_of("outcome", &b.outcome, values::DRILL_OUTCOMES)?;
             for (f, v) in [
                 ("rto_seconds", b.rto_seconds),
                 ("rpo_seconds", b.rpo_seconds),

@@ -2,9 +2,10 @@
 
 use serde_json::{Map, Value};
 
-use super::{Artifact, ARTIFACT_TYPES, MAX_OBJECT_BYTES};
+use super::{Artifact, MAX_OBJECT_BYTES};
 use crate::ops::error::{OpsError, OpsResult};
 use crate::ops::gates::GateCode;
+use crate::ops::values::ARTIFACT_TYPES;
 
 pub(super) fn json_kind(v: &Value) -> &'static str {
     match v {

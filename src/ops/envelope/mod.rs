@@ -43,19 +43,6 @@ pub const MAX_OBJECT_BYTES: usize = 16 * 1024;
 /// Most artifacts one envelope may attach.
 pub const MAX_EVIDENCE: usize = 20;
 pub const SUPPORTED_SCHEMA_VERSIONS: &[&str] = &["1.0"];
-pub const ENVIRONMENTS: &[&str] = &["dev", "staging", "production"];
-pub const ARTIFACT_TYPES: &[&str] = &[
-    "build_log",
-    "test_report",
-    "qa_signoff",
-    "security_scan",
-    "rollback_plan",
-    "health_check",
-    "deployment_log",
-    "runbook",
-    "reference",
-    "other",
-];
 
 const COMMON: &[&str] = &[
     "schema_version",
