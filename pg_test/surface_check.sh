@@ -16,6 +16,12 @@
 #   ...(...)), or FUNCTION|PROCEDURE|ROUTINE schema.name without "(", where schema is one of
 #   flowgate, ops, intake, capacity, provisioning. Not a use: a table name followed by "("
 #   (after INTO, TABLE, EXISTS, REFERENCES, ON, ONLY, VIEW, COPY, ANALYZE, or "::").
+# - A use of a Rust function (a block "-- flowgate::<module path>::<name>" creating it with
+#   'MODULE_PATHNAME', '<rust name>_wrapper') must also be in the surface block's "-- requires:"
+#   list (as pgrx matches it: the path, or a tail of it): created earlier is not enough, since
+#   pgrx orders what nothing requires as it likes.
+# - Not seen: names inside SQL text a function generates and a DO block executes (the ops
+#   persona and value statements); their block's requires name those functions by hand.
 # - Comments (-- and /* */) and single-quoted literals are ignored, also across lines; the
 #   bodies of dollar-quoted functions are read as code. Names are compared in lower case.
 # - Exit status: 0 all uses satisfied, 1 some use unsatisfied, 2 usage or block lookup error.
@@ -70,7 +76,7 @@ function creations(s,   t, r) {
         t = substr(s, RSTART, RLENGTH)
         sub("^create[ \t]+(or[ \t]+replace[ \t]+)?(function|procedure)[ \t]+", "", t)
         t = norm(t)
-        if (f > 1) self[t] = 1; else if (!(t in made)) made[t] = FNR
+        if (f > 1) self[t] = 1; else { if (!(t in made)) made[t] = FNR; lastmade = t }
         r = sprintf("%" RLENGTH "s", "")
         s = substr(s, 1, RSTART - 1) r substr(s, RSTART + RLENGTH)
     }
@@ -103,8 +109,19 @@ BEGIN {
     key = ENVIRON["KEY"]; sub(/\r$/, "", key)
 }
 FNR == 1 { f++; st = 0; lastword = "" }
-f == 1 && $0 == "/* <begin connected objects> */" { st = 0; begin = FNR; block++ }
-f == 1 && index($0, key) && hit[block]++ == 0 { nblocks++; bstart = begin }
+f == 1 && $0 == "/* <begin connected objects> */" { st = 0; begin = FNR; block++; modp = ""; lastmade = ""; inreq = 0 }
+f == 1 && index($0, key) && hit[block]++ == 0 { nblocks++; bstart = begin; sblock = block }
+# A block header: "-- requires:" then one "--   name" line per requirement.
+f == 1 && inreq && /^--   / { req[block, substr($0, 6)] = 1; next }
+f == 1 { inreq = ($0 == "-- requires:") }
+# A Rust function: "-- flowgate::module::path::sql_name", then its CREATE FUNCTION, then
+# AS MODULE_PATHNAME and its C symbol, the Rust name followed by _wrapper: its path is the
+# module path and the Rust name.
+f == 1 && /^-- flowgate::/ { modp = substr($0, 4); sub(/^flowgate::/, "", modp); sub(/::[^:]*$/, "", modp) }
+f == 1 && modp != "" && match($0, /'"'"'MODULE_PATHNAME'"'"', '"'"'[a-z0-9_]+_wrapper'"'"'/) {
+    sym = substr($0, RSTART + 20, RLENGTH - 29)
+    if (lastmade != "") rust[lastmade] = rust[lastmade] " " modp "::" sym
+}
 f == 1 { creations(clean($0)); next }
 {
     s = creations(clean($0))
@@ -114,7 +131,23 @@ f == 1 { creations(clean($0)); next }
 END {
     if (nblocks != 1) { print "error: its first line is in " nblocks + 0 " blocks of the install script, expected 1"; exit }
     print "checked " nuses + 0 " " nnames + 0 " " bstart
-    for (t in used) if (!(t in self) && !((t in made) && made[t] < bstart)) print "missing " t
+    for (t in used) {
+        if (!(t in self) && !((t in made) && made[t] < bstart)) print "missing " t
+        # A Rust function used must be named in the requires of the block, not just come first.
+        if (t in rust && !(t in self)) {
+            n = split(rust[t], ps, " ")
+            for (i = 1; i <= n; i++) {
+                ok = 0
+                for (k in req) {
+                    split(k, kk, SUBSEP)
+                    if (kk[1] != sblock) continue
+                    r = kk[2]
+                    if (ps[i] == r || (length(ps[i]) > length(r) + 2 && substr(ps[i], length(ps[i]) - length(r) - 1) == "::" r)) ok = 1
+                }
+                if (!ok) print "unrequired " t " " ps[i]
+            }
+        }
+    }
 }
 '
 
@@ -129,6 +162,8 @@ for file in "$@"; do
             error:)  die "$file: ${out#error: }" ;;
             missing) echo "surface_check: $file: $a is used but not created before the file (add it to the file's requires)" >&2
                      failed=$((failed + 1)) ;;
+            unrequired) echo "surface_check: $file: $a (Rust function $b) is used but not in the file's requires: it comes first only by luck" >&2
+                     failed=$((failed + 1)) ;;
             checked) echo "surface_check: $file: $a uses of $b functions checked (block at line $c)"
                      total=$((total + a)) ;;
         esac
@@ -136,7 +171,7 @@ for file in "$@"; do
 done
 
 if [[ $failed -gt 0 ]]; then
-    echo "surface_check: FAILED: $failed function(s) used before they are created" >&2
+    echo "surface_check: FAILED: $failed use(s) of functions not created before, or not required by, their surface file" >&2
     exit 1
 fi
 echo "surface_check: OK: $# surface file(s), $total uses, all created before use"

@@ -3,7 +3,7 @@
 -- and for ops.ingest_event. Every allowed action succeeds; every forbidden one fails with 42501
 -- (or a 403 outcome from ingest) and writes nothing.
 BEGIN;
-SELECT plan(65);
+SELECT plan(67);
 
 -- Two releases: R1 created by release manager rm-1, R2 by rm-2 (trusted setup names them).
 SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'roles-r1', 'event_type', 'release_created',
@@ -120,6 +120,12 @@ SELECT lives_ok($$INSERT INTO ops.approvals (release_id, gate_id, approver_id, p
                    WHERE release_id = 'e0000000-0000-4000-8000-000000000001' AND gate_code = 'G3'$$,
                 'release_manager approves G3');
 SELECT throws_ok($$DELETE FROM ops.releases$$, '42501', NULL, 'release_manager cannot delete releases');
+-- An approval is checked in this order: a gate that takes none (400), someone else named as
+-- approver (403), then the persona.
+SELECT is(ops.ingest_event(pg_temp.ev('roles-rm-g1', 'approval', '{"gate_code": "G1", "decision": "approved", "approver_id": "rm-9"}'))
+          #>> '{detail,error}', 'invalid_field', 'an approval of G1 is refused as such (400), even when it names someone else');
+SELECT is(ops.ingest_event(pg_temp.ev('roles-rm-g3', 'approval', '{"gate_code": "G3", "decision": "approved", "approver_id": "rm-9"}'))
+          #>> '{detail,error}', 'forbidden', 'an approval of G3 naming someone else is 403');
 SELECT lives_ok($$UPDATE ops.releases SET title = 'mine' WHERE release_id IN ('e0000000-0000-4000-8000-000000000001', 'e0000000-0000-4000-8000-000000000002')$$,
                 'release_manager updates release titles');
 RESET ROLE;

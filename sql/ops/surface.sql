@@ -397,7 +397,8 @@ CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW
 
 -- Functions: not for PUBLIC; the persona matrix grants them (below).
 REVOKE EXECUTE ON FUNCTION ops.ingest_event(jsonb), ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text),
-    ops.promotion_status(uuid, text), ops.refresh_gates(uuid), ops.expire_bypasses() FROM PUBLIC;
+    ops.promotion_status(uuid, text), ops.refresh_gates(uuid), ops.expire_bypasses(),
+    ops.persona_privileges(), ops.value_constraints() FROM PUBLIC;
 
 -- Reporting views. security_invoker: each reader sees what their policies allow.
 CREATE VIEW ops.v_release_gate_summary WITH (security_invoker = true) AS

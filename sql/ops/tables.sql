@@ -18,7 +18,7 @@ CREATE TYPE ops.ops_event_type AS ENUM (
 COMMENT ON TYPE ops.ops_event_type IS 'Event types ops.ingest_event accepts (schema_version 1.0).';
 
 -- What ops.ingest_event accepts as a value, for the CHECK constraints below: direct writes by
--- personas (surface.sql) must hold to the rules of ingest (envelope.rs), and CHECKs hold for
+-- personas (surface.sql) must hold to the rules of ingest (src/ops/envelope/), and CHECKs hold for
 -- every writer. A NULL passes (NOT NULL is said separately).
 -- Both are SQL-standard bodies: their names are bound when the function is created, so no
 -- search_path can redirect them, and the planner inlines them into each CHECK (a function with
@@ -158,7 +158,7 @@ CREATE TABLE ops.exceptions (
         THEN decided_by IS NULL AND decided_at IS NULL AND decision_comment IS NULL
         ELSE decided_by IS NOT NULL AND decided_at IS NOT NULL END),
     CONSTRAINT exception_four_eyes CHECK (decided_by IS NULL OR decided_by <> requested_by),
-    -- ops.ingest_event: at most 90 days ahead (store.rs MAX_EXCEPTION_DAYS); that it is in the
+    -- ops.ingest_event: at most 90 days ahead (apply/exceptions.rs MAX_EXCEPTION_DAYS); that it is in the
     -- future when requested is checked by a trigger (surface.sql), as it depends on now().
     CONSTRAINT exception_expiry_within_90_days CHECK (expires_at <= created_at + interval '90 days')
 );

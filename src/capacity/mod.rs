@@ -28,7 +28,7 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
 };
 
 // The schema's SQL, beside this code: tables first, then the surface that names Rust functions,
-// after each of them (`requires`; .ci/run checks the order).
+// after each of them (`requires`; pg_test/surface_check.sh checks both in CI).
 pgrx::extension_sql_file!(
     "../../sql/capacity/tables.sql",
     name = "capacity_tables",

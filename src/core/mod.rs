@@ -22,7 +22,7 @@ pub mod workflow;
 mod tests;
 
 // The schema's SQL, beside this code: tables first (no Rust function needed), then the surface
-// that names Rust functions, after each of them (`requires`; .ci/run checks the order).
+// that names Rust functions, after each of them (`requires`; pg_test/surface_check.sh checks both in CI).
 pgrx::extension_sql_file!(
     "../../sql/core/tables.sql",
     name = "core_bootstrap",

@@ -348,7 +348,7 @@ mod ops {
 
     /// The statements that give each persona its access, generated from the persona matrix: the
     /// roles, GRANTs, row-level security policies and the CHECK on an approval's persona. The
-    /// install runs them; read them to see what each persona may do.
+    /// install runs them; the owner reads them to see what each persona may do.
     #[documented]
     #[pg_extern(immutable, parallel_safe)]
     fn persona_privileges() -> SetOfIterator<'static, String> {
@@ -357,7 +357,7 @@ mod ops {
 
     /// The CHECK constraints that hold each value list of ops (statuses, environments,
     /// severities, ...) in its columns, generated from the lists ops.ingest_event checks
-    /// envelopes against. The install runs them.
+    /// envelopes against. The install runs them; owner only.
     #[documented]
     #[pg_extern(immutable, parallel_safe)]
     fn value_constraints() -> SetOfIterator<'static, String> {

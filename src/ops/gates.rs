@@ -1,5 +1,5 @@
 //! The release gate rules as pure functions over facts loaded from
-//! `ops.*`. Nothing here touches Postgres: `store.rs` loads [`ReleaseFacts`], these rules
+//! `ops.*`. Nothing here touches Postgres: `evaluation.rs` loads [`ReleaseFacts`], these rules
 //! decide, and the result is written back to `ops.release_gates`.
 //!
 //! | gate | passed when |

@@ -47,14 +47,8 @@ impl Caller {
     /// first membership among the gate's approvers. 403 when the caller approves nothing
     /// there, 400 when the persona named does not approve this gate.
     pub fn approver_persona(&self, gate: GateCode, asked: &Option<String>) -> OpsResult<String> {
+        check_takes_approvals(gate)?;
         let approvers = gate.rule().approver_roles;
-        if approvers.is_empty() {
-            return Err(OpsError::invalid(
-                "gate_code",
-                format!("{gate} takes no approvals"),
-                "G2 (QA signoff) or G3 (release approval)",
-            ));
-        }
         let persona = if self.trusted {
             asked.clone().unwrap_or_else(|| approvers[0].to_owned())
         } else {
@@ -83,6 +77,18 @@ impl Caller {
         }
         Ok(persona)
     }
+}
+
+/// 400 unless `gate` takes approvals (G2, G3).
+pub fn check_takes_approvals(gate: GateCode) -> OpsResult<()> {
+    if gate.rule().approver_roles.is_empty() {
+        return Err(OpsError::invalid(
+            "gate_code",
+            format!("{gate} takes no approvals"),
+            "G2 (QA signoff) or G3 (release approval)",
+        ));
+    }
+    Ok(())
 }
 
 /// The persona recorded for a caller who is a member of `memberships`.

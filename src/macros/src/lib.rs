@@ -62,8 +62,8 @@ pub fn documented(args: TokenStream, item: TokenStream) -> TokenStream {
         );
         return e.to_compile_error().into();
     }
-    if text.contains("$doc$") {
-        let e = syn::Error::new_spanned(ident, "a doc comment may not contain $doc$");
+    if text.contains("$doc$") || text.contains("$comment$") {
+        let e = syn::Error::new_spanned(ident, "a doc comment may not contain $doc$ or $comment$");
         return e.to_compile_error().into();
     }
     let sql = format!(

@@ -6,6 +6,7 @@ use pgrx::spi::SpiClient;
 use super::{first_text, gate_id, insert_artifact, read, unknown_gate, write, Applied, Apply};
 use crate::ops::envelope::{Artifact, Attachment, CheckReport, Envelope, EventType, Signoff};
 use crate::ops::error::{OpsError, OpsResult};
+use crate::ops::roles;
 
 /// A check's result on a gate of the release; the envelope's evidence goes to the check.
 pub(super) fn check(
@@ -58,6 +59,8 @@ pub(super) fn signoff(
     b: &Signoff,
     out: &mut Applied,
 ) -> OpsResult<()> {
+    // In this order: a gate without approvals (400), someone else named (403), the persona.
+    roles::check_takes_approvals(b.gate)?;
     let approver = ctx.caller.identity("approver_id", &b.approver_id)?;
     let persona = ctx.caller.approver_persona(b.gate, &b.persona_role)?;
     let g = gate_id(client, r, b.gate)?;
