@@ -48,17 +48,26 @@ pub(super) fn first_json(t: SpiTupleTable<'_>) -> OpsResult<Option<Value>> {
 // The caller
 // ---------------------------------------------------------------------------------------------
 
-/// The ops personas the calling role (the outer user, even inside SECURITY DEFINER) belongs to.
-pub fn memberships(client: &SpiClient<'_>, role: &str) -> OpsResult<Vec<String>> {
-    let personas: Vec<String> = personas::PERSONAS.iter().map(|s| s.to_string()).collect();
-    let t = prepared::query(
-        client,
-        "SELECT coalesce(array_agg(r.rolname::text), '{}') FROM pg_catalog.pg_roles r \
-          WHERE r.rolname = ANY($1) AND pg_catalog.pg_has_role($2::name, r.oid, 'MEMBER')",
-        &[prepared::TEXT_ARRAY, TEXT],
-        &[personas.into(), role.into()],
-    )?;
-    Ok(t.first().get_one::<Vec<String>>()?.unwrap_or_default())
+/// The ops personas the calling role (the outer user, even inside SECURITY DEFINER) is a member
+/// of, in the matrix's order, from the role caches (no statement). A superuser is a member of
+/// every role, as `pg_has_role(..., 'MEMBER')` says.
+pub fn memberships() -> Vec<String> {
+    // SAFETY: GetOuterUserId() is valid inside a transaction; get_role_oid (missing_ok) and
+    // is_member_of_role only read the role caches; the names are NUL-terminated.
+    unsafe {
+        let me = pgrx::pg_sys::GetOuterUserId();
+        personas::PERSONAS
+            .iter()
+            .filter(|p| {
+                let Ok(name) = std::ffi::CString::new(**p) else {
+                    return false;
+                };
+                let oid = pgrx::pg_sys::get_role_oid(name.as_ptr(), true);
+                oid != pgrx::pg_sys::InvalidOid && pgrx::pg_sys::is_member_of_role(me, oid)
+            })
+            .map(|p| (*p).to_owned())
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
