@@ -50,6 +50,9 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$FLOWGATE_ROOT/Cargo.toml" | hea
 "$FLOWGATE_ROOT/pg_test/surface_check.sh" "$("$PG_CONFIG" --sharedir)/extension/flowgate--$version.sql" \
   || die "a surface file names a function its requires do not put before it (above)"
 
+step "releases: released scripts unchanged, an upgrade path from each to this version"
+"$FLOWGATE_ROOT/pg_test/release_check.sh" || die "the release rules do not hold (above)"
+
 step "pgTAP suites (pg_prove) on a fresh cluster ($TEST_DIR, port $TEST_PORT)"
 t=$(date +%s)
 cluster_stop "$TEST_DIR"
