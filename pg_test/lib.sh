@@ -205,6 +205,23 @@ install_flowgate() {
   done_step
 }
 
+# The version being built (Cargo.toml), and the newest release before it (sql/released/), if any.
+current_version() { sed -n 's/^version = "\(.*\)"$/\1/p' "$FLOWGATE_ROOT/Cargo.toml" | head -n 1; }
+previous_release() {
+  (cd "$FLOWGATE_ROOT/sql/released" && ls flowgate--*.sql 2>/dev/null) | sed 's/^flowgate--\(.*\)\.sql$/\1/' \
+    | { grep -vx "$(current_version)" || true; } | sort -V | tail -n 1
+}
+
+# Put the previous release's install script (as released) beside this version's, so a test can
+# create flowgate at that version and upgrade it; prints the version, or nothing.
+install_previous_release() {
+  local prev
+  prev=$(previous_release)
+  [ -n "$prev" ] || return 0
+  "${SUDO[@]}" install -m 644 "$FLOWGATE_ROOT/sql/released/flowgate--$prev.sql" "$("$PG_CONFIG" --sharedir)/extension/"
+  echo "$prev"
+}
+
 # (Re)create flowgate in DB when the installed script differs from the one it was created from.
 ensure_extensions() {
   local port=$1 db=$2 dir=$3 stamp sum

@@ -46,7 +46,7 @@ failed=$(grep -cE '^test .* \.\.\. FAILED$' "$LOG_DIR/cargo-test.log" || true)
 install_flowgate
 
 step "surface order: each function a sql/<module>/surface.sql names is created before it"
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$FLOWGATE_ROOT/Cargo.toml" | head -n 1)
+version=$(current_version)
 "$FLOWGATE_ROOT/pg_test/surface_check.sh" "$("$PG_CONFIG" --sharedir)/extension/flowgate--$version.sql" \
   || die "a surface file names a function its requires do not put before it (above)"
 
@@ -61,7 +61,17 @@ cluster_stop "$TEST_DIR"
 # them: no error a client sees may carry one.
 CLUSTER_ENV=(RUST_BACKTRACE=full)
 cluster_start "$TEST_DIR" "$TEST_PORT" "$TEST_DB" worker
-psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pg_cron; CREATE EXTENSION pgmq; CREATE EXTENSION pgcrypto; CREATE EXTENSION flowgate;"
+psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION pgtap; CREATE EXTENSION pg_cron; CREATE EXTENSION pgmq; CREATE EXTENSION pgcrypto;"
+# The suites run on a database upgraded from the previous release (created from its install
+# script as released, then ALTER EXTENSION flowgate UPDATE), as a live one would be; the
+# upgrade step below proves its catalog equals a fresh install's.
+prev=$(install_previous_release)
+if [ -n "$prev" ]; then
+  psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION flowgate VERSION '$prev'" -c "ALTER EXTENSION flowgate UPDATE"
+  echo "    flowgate created at $prev and updated to $(psql_at "$TEST_PORT" "$TEST_DB" -tAc "SELECT extversion FROM pg_extension WHERE extname = 'flowgate'")"
+else
+  psql_at "$TEST_PORT" "$TEST_DB" -q -c "CREATE EXTENSION flowgate"
+fi
 start_testd
 mapfile -t tap_files < <(find "$FLOWGATE_ROOT/pg_test/tap" -name '*.sql' | sort)
 [ ${#tap_files[@]} -gt 0 ] || die "no pgTAP files in pg_test/tap"
@@ -104,6 +114,13 @@ done
 conc_secs=$(( $(date +%s) - t ))
 [ "$conc" -gt 0 ] || die "no concurrency checks ran"
 
+step "upgrade from the previous release, with work in flight in every module (pg_test/upgrade.sh)"
+t=$(date +%s)
+out=$("$FLOWGATE_ROOT/pg_test/upgrade.sh" 2>&1) || { echo "$out"; die "the upgrade test failed"; }
+echo "$out" | sed 's/^/    /'
+upgrade=$(echo "$out" | awk '/^ok [0-9]+ /{s+=$2} END{print s+0}')
+upgrade_secs=$(( $(date +%s) - t ))
+
 step "calendar: the date-sensitive suites with the server clock moved (libfaketime)"
 t=$(date +%s)
 # Relative to today, so the moved clock is always near the real one: the coming Saturday
@@ -142,5 +159,6 @@ printf '%-28s %8s %8s\n' "pgTAP ($tap_files_n files)" "$tap_tests" "$tap_secs"
 [ "$tap_skipped" -gt 0 ] && printf '%-28s %8s\n' "pgTAP files skipped" "$tap_skipped"
 printf '%-28s %8s %8s\n' "README examples" "$readme" "$readme_secs"
 printf '%-28s %8s %8s\n' "concurrency checks" "$conc" "$conc_secs"
+printf '%-28s %8s %8s\n' "upgrade checks" "$upgrade" "$upgrade_secs"
 printf '%-28s %8s %8s\n' "calendar (${#fake_times[@]} clocks)" "$cal" "$cal_secs"
 printf '\nALL TESTS PASSED in %ss\n' "$(( $(date +%s) - t0 ))"

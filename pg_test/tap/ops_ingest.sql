@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(120);
+SELECT plan(123);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -299,6 +299,15 @@ SELECT throws_ok($$SELECT ops.is_eligible_for_promotion('a0000000-0000-4000-8000
                  'an unknown target environment is 22023');
 SELECT throws_ok($$SELECT ops.is_eligible_for_promotion('00000000-0000-4000-8000-000000000000', 'staging')$$, 'P0002', NULL,
                  'an unknown release is P0002');
+
+-- A TRUNCATE (owner only) re-evaluates every release: no G1 stays passed without its checks.
+SELECT ok((SELECT count(*) FROM ops.release_gates WHERE gate_code = 'G1' AND status = 'passed') > 0,
+          'before: some G1 gates passed on their checks');
+TRUNCATE ops.gate_checks CASCADE;
+SELECT is((SELECT count(*) FROM ops.release_gates WHERE gate_code = 'G1' AND status = 'passed'), 0::bigint,
+          'after TRUNCATE ops.gate_checks: no G1 is still passed');
+SELECT is((SELECT count(*) FROM ops.release_gates WHERE status <> ops.evaluate_gate(gate_id)), 0::bigint,
+          'and every stored status equals a fresh evaluation');
 
 SELECT * FROM finish();
 ROLLBACK;

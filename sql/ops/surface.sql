@@ -52,6 +52,31 @@ $triggers$;
 CREATE TRIGGER refresh_gates_update AFTER UPDATE OF required_checks ON ops.release_gates FOR EACH ROW
     WHEN (NOT ops.ingest_applying(NEW.release_id)) EXECUTE FUNCTION ops.on_gate_fact();
 
+-- A TRUNCATE of a fact table (owner only) changes the facts of every release at once: each
+-- release's gates are re-evaluated, so no stored status outlives the facts it came from.
+CREATE FUNCTION ops.on_facts_truncated() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ops.refresh_gates(r.release_id) FROM ops.releases r ORDER BY r.release_id;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.on_facts_truncated() FROM PUBLIC;
+COMMENT ON FUNCTION ops.on_facts_truncated() IS
+  'Trigger: a TRUNCATE of checks, evidence, approvals, exceptions or deployments re-evaluates every release''s gates.';
+CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.gate_checks
+    FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
+CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.evidence_artifacts
+    FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
+CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.approvals
+    FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
+CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.exceptions
+    FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
+CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.deployments
+    FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
+
 -- Evidence attached to a gate or check belongs to that gate's release (filled in when omitted,
 -- refused when contradicted).
 CREATE FUNCTION ops.evidence_release() RETURNS trigger

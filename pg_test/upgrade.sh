@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The upgrade path, on the running test cluster: a database created at the previous release
+# (its install script as kept in sql/released/, with this build's library, which still has every
+# function an earlier release names) holds work in flight in every module; then ALTER EXTENSION
+# flowgate UPDATE moves it to this version. Nothing may be lost and every workflow must carry on:
+# a capacity request mid-approval reaches ACTIVATED, queued intents drain into the ledger, a
+# pending delivery is sent, a provisioning job finishes, an ingested release keeps its gates
+# exact. Then the upgraded catalog must equal a fresh install's, object for object.
+# Prints "ok N - ..." lines (N checks each). Expects lib.sh's test cluster and flowgate-testd.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+fail() { echo "not ok: upgrade: $*" >&2; exit 1; }
+OLD_DB=flowgate_upgrade
+NEW_DB=flowgate_fresh
+TESTD="http://127.0.0.1:$TESTD_PORT"
+q() { psql_at "$TEST_PORT" "$OLD_DB" -tA -c "$1"; }
+
+current=$(current_version)
+prev=$(install_previous_release)
+if [ -z "$prev" ]; then
+  echo "ok 0 - upgrade: no release before $current to upgrade from"
+  exit 0
+fi
+
+for db in "$OLD_DB" "$NEW_DB"; do
+  psql_at "$TEST_PORT" postgres -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+  psql_at "$TEST_PORT" "$db" -q -c "CREATE EXTENSION pgmq; CREATE EXTENSION pgcrypto;"
+done
+psql_at "$TEST_PORT" "$OLD_DB" -q -c "CREATE EXTENSION flowgate VERSION '$prev'"
+psql_at "$TEST_PORT" "$NEW_DB" -q -c "CREATE EXTENSION flowgate"
+[ "$(q "SELECT extversion FROM pg_extension WHERE extname = 'flowgate'")" = "$prev" ] || fail "not created at $prev"
+
+# ---- work in flight at the previous release ----------------------------------------------------
+psql_at "$TEST_PORT" "$OLD_DB" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SELECT set_config('flowgate.tenant_key_passphrase', 'upgrade-passphrase-0123456789abcdef', false)
+ WHERE coalesce(current_setting('flowgate.tenant_key_passphrase', true), '') = '';
+-- capacity: a request past its commercial approval, waiting for technical review
+INSERT INTO capacity.group_members VALUES ('commercial_approvers', 'ae-1');
+CREATE TABLE public.upg AS SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id' AS cr;
+SELECT capacity.apply_event((SELECT cr FROM public.upg), 'COMMERCIAL_APPROVED');
+-- intake: a pool with six claims whose intents wait in the queue
+SELECT intake.create_pool('upg', 10, jsonb_build_object('validation_webhook_url', '$TESTD/ok', 'drain_mode', 'external'));
+SELECT intake.claim_resource('upg', 'user-' || g) FROM generate_series(1, 6) g;
+-- outbox: a delivery nobody has sent yet
+SELECT flowgate.enqueue_delivery('upgrade', 'd1', '$TESTD/ok', 'upgrade-d1', '{"hello": "upgrade"}');
+-- ops: a release with a passed G1 check
+SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/r', 'event_type', 'release_created',
+       'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001', 'version', 'v1'));
+SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/c1', 'event_type', 'check_result',
+       'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001', 'gate_code', 'G1', 'check_name', 'build', 'status', 'pass'));
+-- provisioning: a tenant whose job is queued
+SELECT flowgate.set_setting('provisioning.organization_id', '"org-upgrade"');
+SELECT flowgate.set_setting('provisioning.management_api_url', to_jsonb('$TESTD/mgmt/ok'::text));
+SELECT flowgate.set_secret('supabase_access_token', 'upgrade-token-0123456789');
+SELECT provisioning.enqueue_client('upgrade-tenant-' || substr(md5(random()::text), 1, 8), 'Upgrade Tenant', 'eu-west-1', 'pro');
+SQL
+before=$(q "SELECT (SELECT count(*) FROM capacity.capacity_request_events) || ' ' || (SELECT count(*) FROM pgmq.q_intake_upg)
+             || ' ' || (SELECT count(*) FROM flowgate.deliveries WHERE status = 'pending') || ' ' || (SELECT count(*) FROM ops.event_ingest_log)
+             || ' ' || (SELECT count(*) FROM provisioning.client_provisioning_jobs WHERE status = 'queued')
+             || ' ' || (SELECT count(*) FROM flowgate.settings)")
+read -r events queued pending logged jobs settings <<<"$before"
+[ "$queued" -eq 6 ] && [ "$pending" -ge 1 ] && [ "$jobs" -eq 1 ] || fail "the work in flight was not set up ($before)"
+
+# ---- the upgrade ------------------------------------------------------------------------------
+psql_at "$TEST_PORT" "$OLD_DB" -q -c "ALTER EXTENSION flowgate UPDATE"
+[ "$(q "SELECT extversion FROM pg_extension WHERE extname = 'flowgate'")" = "$current" ] || fail "not at $current after the update"
+after=$(q "SELECT (SELECT count(*) FROM capacity.capacity_request_events) || ' ' || (SELECT count(*) FROM pgmq.q_intake_upg)
+            || ' ' || (SELECT count(*) FROM flowgate.deliveries WHERE status = 'pending') || ' ' || (SELECT count(*) FROM ops.event_ingest_log)
+            || ' ' || (SELECT count(*) FROM provisioning.client_provisioning_jobs WHERE status = 'queued')
+            || ' ' || (SELECT count(*) FROM flowgate.settings)")
+[ "$after" = "$before" ] || fail "rows changed in the update: before $before, after $after"
+echo "ok 2 - upgrade: $prev -> $current with ALTER EXTENSION flowgate UPDATE; every row kept ($events request events, $queued queued intents, $pending pending deliveries, $logged ingest log rows, $jobs queued job, $settings settings)"
+
+# ---- every workflow carries on -------------------------------------------------------------------
+cr=$(q "SELECT cr FROM public.upg")
+for e in TECH_REVIEW_APPROVED CUSTOMER_CONFIRMED AWS_CAPACITY_READY ACTIVATION_CONFIRMED; do
+  state=$(q "SELECT capacity.apply_event('$cr', '$e') -> 'request' ->> 'state'")
+done
+[ "$state" = ACTIVATED ] || fail "the capacity request ended in $state, not ACTIVATED"
+q "SELECT intake.drain('upg')" >/dev/null
+for _ in $(seq 1 100); do
+  psql_at "$TEST_PORT" "$OLD_DB" -q -c "CALL flowgate.run_outbox()" >/dev/null
+  psql_at "$TEST_PORT" "$OLD_DB" -q -c "SELECT provisioning.run_jobs()" >/dev/null
+  done_now=$(q "SELECT (SELECT count(*) FROM intake.transactions WHERE pool_id = 'upg') = 6
+                   AND NOT EXISTS (SELECT FROM flowgate.deliveries WHERE status IN ('pending', 'in_flight'))
+                   AND NOT EXISTS (SELECT FROM provisioning.client_provisioning_jobs WHERE status IN ('queued', 'running'))")
+  [ "$done_now" = t ] && break
+  sleep 0.1
+done
+[ "$(q "SELECT count(*) FROM intake.transactions WHERE pool_id = 'upg'")" -eq 6 ] || fail "the six queued intents did not reach the ledger"
+[ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = 'upgrade-d1'")" = delivered ] || fail "the pending delivery was not sent"
+jobs_left=$(q "SELECT string_agg(job_type || ' ' || status, ', ') FROM provisioning.client_provisioning_jobs WHERE status <> 'succeeded'")
+[ -z "$jobs_left" ] || fail "provisioning jobs did not finish: $jobs_left"
+ready=$(q "SELECT count(*) FROM provisioning.clients WHERE provisioning_status = 'ready'")
+[ "$ready" -eq 1 ] || fail "the tenant is not ready"
+r=a1a1a1a1-0000-4000-8000-000000000001
+q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/c2', 'event_type', 'check_result',
+     'source_system', 'upgrade', 'release_id', '$r', 'gate_code', 'G1', 'check_name', 'unit', 'status', 'fail'))" >/dev/null
+g1=$(q "SELECT status FROM ops.release_gates WHERE release_id = '$r' AND gate_code = 'G1'")
+exact=$(q "SELECT count(*) FROM ops.release_gates WHERE status <> ops.evaluate_gate(gate_id)")
+[ "$g1" = failed ] && [ "$exact" -eq 0 ] || fail "the release's gates after the upgrade: G1 $g1, $exact stored statuses stale"
+echo "ok 5 - upgrade: in flight across it: the request reached ACTIVATED, 6 queued intents drained into the ledger, the pending delivery was sent, the tenant's jobs finished (ready), the release's G1 re-evaluated on a new check (failed, all statuses exact)"
+
+# ---- the upgraded catalog equals a fresh install ---------------------------------------------------
+# (The pool's own objects, which create_pool makes, go first: a fresh install has none.)
+q "SELECT intake.drop_pool('upg')" >/dev/null
+describe() {
+  psql_at "$TEST_PORT" "$1" -tA <<'SQL'
+WITH members AS (
+    SELECT classid, objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'flowgate' WHERE d.deptype = 'e'),
+acl(oid, cls, txt) AS (
+    SELECT c.oid, 'pg_class'::regclass, string_agg(a.grantee::regrole || ':' || a.privilege_type, ',' ORDER BY a.grantee::regrole::text, a.privilege_type)
+      FROM pg_class c, aclexplode(c.relacl) a WHERE c.relacl IS NOT NULL GROUP BY c.oid
+    UNION ALL
+    SELECT p.oid, 'pg_proc'::regclass, string_agg(a.grantee::regrole || ':' || a.privilege_type, ',' ORDER BY a.grantee::regrole::text, a.privilege_type)
+      FROM pg_proc p, aclexplode(p.proacl) a WHERE p.proacl IS NOT NULL GROUP BY p.oid)
+SELECT line FROM (
+    SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc) || ' ' || coalesce(p.probin, '') || ' '
+           || p.provolatile::text || p.prosecdef::text || p.proisstrict::text || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
+           || ' ' || pg_get_function_result(p.oid) || ' ' || coalesce(md5(obj_description(p.oid, 'pg_proc')), '-')
+           || ' acl ' || coalesce((SELECT txt FROM acl WHERE acl.oid = p.oid AND cls = 'pg_proc'::regclass), '-') AS line
+      FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
+    UNION ALL
+    SELECT 'relation ' || c.oid::regclass || ' ' || c.relkind::text || ' ' || c.relpersistence::text || ' rls ' || c.relrowsecurity
+           || ' ' || coalesce(md5(obj_description(c.oid, 'pg_class')), '-')
+           || ' acl ' || coalesce((SELECT txt FROM acl WHERE acl.oid = c.oid AND cls = 'pg_class'::regclass), '-')
+           || CASE WHEN c.relkind = 'v' THEN ' ' || md5(pg_get_viewdef(c.oid)) ELSE '' END
+      FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
+    UNION ALL
+    SELECT 'column ' || c.oid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+           || a.attnotnull || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '-') || ' '
+           || coalesce((SELECT string_agg(x.grantee::regrole || ':' || x.privilege_type, ',' ORDER BY x.grantee::regrole::text, x.privilege_type) FROM aclexplode(a.attacl) x), '-')
+      FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
+      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+      LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+    UNION ALL
+    SELECT 'constraint ' || co.conrelid::regclass || ' ' || co.conname || ' ' || pg_get_constraintdef(co.oid)
+      FROM pg_constraint co JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = co.conrelid
+    UNION ALL
+    SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+      FROM pg_index i JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = i.indrelid
+    UNION ALL
+    SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+      FROM pg_trigger t JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = t.tgrelid WHERE NOT t.tgisinternal
+    UNION ALL
+    SELECT 'policy ' || po.schemaname || '.' || po.tablename || ' ' || po.policyname || ' ' || po.cmd || ' ' || po.permissive || ' '
+           || (SELECT string_agg(x, ',' ORDER BY x) FROM unnest(po.roles) x) || ' ' || coalesce(po.qual, '-') || ' ' || coalesce(po.with_check, '-')
+      FROM pg_policies po
+     WHERE po.schemaname IN ('flowgate', 'capacity', 'intake', 'ops', 'provisioning')
+    UNION ALL
+    SELECT 'type ' || t.oid::regtype || ' ' || t.typtype::text || ' '
+           || coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid), '')
+      FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+    UNION ALL
+    SELECT 'schema ' || n.nspname || ' ' || coalesce(array_to_string(n.nspacl, ','), '-')
+      FROM pg_namespace n WHERE n.nspname IN ('flowgate', 'capacity', 'intake', 'ops', 'provisioning')
+    UNION ALL
+    SELECT 'config ' || c.oid::regclass || ' ' || coalesce(e.extcondition[array_position(e.extconfig, c.oid)], '')
+      FROM pg_extension e, unnest(e.extconfig) cfg(oid) JOIN pg_class c ON c.oid = cfg.oid WHERE e.extname = 'flowgate'
+) all_objects ORDER BY line;
+SQL
+}
+old_cat=$(mktemp); new_cat=$(mktemp)
+trap 'rm -f "$old_cat" "$new_cat"' EXIT
+describe "$OLD_DB" > "$old_cat"
+describe "$NEW_DB" > "$new_cat"
+objects=$(wc -l < "$new_cat")
+[ "$objects" -gt 500 ] || fail "the catalog description has only $objects lines"
+if ! diff -u "$new_cat" "$old_cat" > /tmp/flowgate-upgrade-catalog.diff; then
+  head -n 40 /tmp/flowgate-upgrade-catalog.diff >&2
+  fail "the upgraded catalog differs from a fresh install's ($prev -> $current; full diff: /tmp/flowgate-upgrade-catalog.diff)"
+fi
+echo "ok 1 - upgrade: the upgraded catalog equals a fresh $current install ($objects objects and properties compared: functions, relations, columns, constraints, indexes, triggers, policies, types, grants, comments)"
+
+psql_at "$TEST_PORT" postgres -q -c "DROP DATABASE $OLD_DB" -c "DROP DATABASE $NEW_DB"
