@@ -2,7 +2,10 @@
 #   docker build -t flowgate-postgres .
 #   docker run -e POSTGRES_PASSWORD=postgres -p 5432:5432 flowgate-postgres
 #   psql ... -c 'CREATE EXTENSION flowgate CASCADE;'
-# The build stage uses the same script and pinned versions as the README's setup command.
+# The build stage uses the same script and pinned versions as the README's setup command. It
+# builds the checked-out tree: for a release, `git checkout v<version>` first (tags v0.1.0, ...).
+# The image gets the version's install script and every upgrade script (sql/flowgate--A--B.sql),
+# so a database created at an earlier release moves up with ALTER EXTENSION flowgate UPDATE.
 
 ARG SUPABASE_POSTGRES_IMAGE=supabase/postgres:15.8.1.085
 
