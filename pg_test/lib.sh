@@ -205,20 +205,26 @@ install_flowgate() {
   done_step
 }
 
-# The version being built (Cargo.toml), and the newest release before it (sql/released/), if any.
+# The version being built (Cargo.toml); the releases before it (sql/released/), oldest first.
 current_version() { sed -n 's/^version = "\(.*\)"$/\1/p' "$FLOWGATE_ROOT/Cargo.toml" | head -n 1; }
-previous_release() {
+previous_releases() {
   (cd "$FLOWGATE_ROOT/sql/released" && ls flowgate--*.sql 2>/dev/null) | sed 's/^flowgate--\(.*\)\.sql$/\1/' \
-    | { grep -vx "$(current_version)" || true; } | sort -V | tail -n 1
+    | { grep -vx "$(current_version)" || true; } | sort -V
 }
 
-# Put the previous release's install script (as released) beside this version's, so a test can
-# create flowgate at that version and upgrade it; prints the version, or nothing.
+# Put a release's install script (as released) beside this version's, so a test can create
+# flowgate at that version and upgrade it.
+install_release_script() {
+  "${SUDO[@]}" install -m 644 "$FLOWGATE_ROOT/sql/released/flowgate--$1.sql" "$("$PG_CONFIG" --sharedir)/extension/"
+}
+
+# The newest release before this version, its install script put beside this version's;
+# prints the version, or nothing when there is none.
 install_previous_release() {
   local prev
-  prev=$(previous_release)
+  prev=$(previous_releases | tail -n 1)
   [ -n "$prev" ] || return 0
-  "${SUDO[@]}" install -m 644 "$FLOWGATE_ROOT/sql/released/flowgate--$prev.sql" "$("$PG_CONFIG" --sharedir)/extension/"
+  install_release_script "$prev"
   echo "$prev"
 }
 
@@ -226,7 +232,10 @@ install_previous_release() {
 ensure_extensions() {
   local port=$1 db=$2 dir=$3 stamp sum
   stamp="$dir/flowgate.sql.sha256"
-  sum=$(cat "$("$PG_CONFIG" --sharedir)"/extension/flowgate--*.sql | sha256sum | cut -d' ' -f1)
+  # This version's install script and the upgrade scripts (not older install scripts a test
+  # put beside them).
+  sum=$( (cat "$("$PG_CONFIG" --sharedir)/extension/flowgate--$(current_version).sql" \
+             "$("$PG_CONFIG" --sharedir)"/extension/flowgate--*--*.sql 2>/dev/null || true) | sha256sum | cut -d' ' -f1)
   psql_at "$port" "$db" -q -c "CREATE EXTENSION IF NOT EXISTS pg_cron; CREATE EXTENSION IF NOT EXISTS pgmq; CREATE EXTENSION IF NOT EXISTS pgcrypto;"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
     psql_at "$port" "$db" -q -c "DROP EXTENSION IF EXISTS flowgate CASCADE; CREATE EXTENSION flowgate;"

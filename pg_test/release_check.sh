@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The release rules, checked in CI:
-# - a released install script (sql/released/flowgate--<version>.sql) never changes: each one
-#   matches its line in sql/released/SHA256SUMS, and (where the repository history is at hand)
-#   no commit after the one that added it modified it;
+# - a released install script (sql/released/flowgate--<version>.sql) never changes: it matches
+#   its line in sql/released/SHA256SUMS and, where the history is at hand, its copy at the tag
+#   v<version>; every tag v<version> has its released script;
 # - a released upgrade script (sql/flowgate--<from>--<to>.sql with <to> released) never changes
-#   either, by the same history rule;
+#   either: it matches its copy at the tag v<to> (and its checksum, when SHA256SUMS lists it);
 # - every released version has a chain of upgrade scripts to the version in Cargo.toml.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,21 +23,34 @@ for f in sql/released/flowgate--*.sql; do
     grep -q "  flowgate--$v.sql\$" sql/released/SHA256SUMS || fail "$f has no checksum in sql/released/SHA256SUMS"
 done
 [[ ${#released[@]} -gt 0 ]] || fail "no released install script in sql/released/"
-(cd sql/released && sha256sum --quiet -c SHA256SUMS) || fail "a released install script changed (sql/released/SHA256SUMS)"
+# Every checksum line names a file that is there (a deleted release is caught here too).
+while read -r _ name; do
+    [[ -f sql/released/$name || -f sql/$name ]] || fail "SHA256SUMS lists $name, which is missing"
+done < sql/released/SHA256SUMS
+(cd sql/released && sed 's#  \(flowgate--[^-]*--.*\)$#  ../\1#' SHA256SUMS | sha256sum --quiet -c -) \
+    || fail "a released script changed (sql/released/SHA256SUMS)"
 
-# History: a released file is added once and never modified afterwards.
-if git rev-parse --git-dir >/dev/null 2>&1; then
-    for f in sql/released/flowgate--*.sql sql/flowgate--*--*.sql; do
-        to=${f##*--}; to=${to%.sql}
-        [[ $f == sql/released/* ]] || [[ " ${released[*]} " == *" $to "* ]] || continue
-        changed=$(git log --format=%h --diff-filter=M -- "$f" | head -n 1)
-        [[ -z $changed ]] || fail "$f was changed after its release (commit $changed); ship the change as a new upgrade script"
+# Against the tags: each released file equals its copy at its release's tag.
+tags=()
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    mapfile -t tags < <(git tag --list 'v*' | sed 's/^v//')
+fi
+if [[ ${#tags[@]} -eq 0 ]]; then
+    echo "release_check: no release tags in this checkout: checked the checksums only"
+else
+    for v in "${tags[@]}"; do
+        f=sql/released/flowgate--$v.sql
+        [[ -f $f ]] || fail "tag v$v has no released install script $f"
+        git show "v$v:$f" 2>/dev/null | cmp -s - "$f" || fail "$f differs from its copy at tag v$v"
+        for u in sql/flowgate--*--"$v".sql; do
+            git show "v$v:$u" 2>/dev/null | cmp -s - "$u" || fail "$u differs from its copy at tag v$v"
+        done
     done
 fi
 
 # Every released version reaches the current one through upgrade scripts.
-reach() {  # reach FROM: succeeds when a chain of sql/flowgate--FROM--*.sql leads to $current
-    local from=$1 seen=$2 next
+reach() {  # reach FROM SEEN: succeeds when a chain of sql/flowgate--FROM--*.sql leads to $current
+    local from=$1 seen=$2 next s
     [[ $from == "$current" ]] && return 0
     for s in sql/flowgate--"$from"--*.sql; do
         next=${s#sql/flowgate--"$from"--}; next=${next%.sql}
@@ -49,4 +62,4 @@ reach() {  # reach FROM: succeeds when a chain of sql/flowgate--FROM--*.sql lead
 for v in "${released[@]}"; do
     reach "$v" "$v" || fail "no chain of upgrade scripts from released $v to $current (sql/flowgate--$v--....sql)"
 done
-echo "release_check: ${#released[@]} released version(s) (${released[*]}) unchanged, each upgrades to $current"
+echo "release_check: ${#released[@]} released version(s) (${released[*]}) unchanged${tags:+ (and equal to their tags)}, each upgrades to $current"

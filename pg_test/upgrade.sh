@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The upgrade path, on the running test cluster: a database created at the previous release
-# (its install script as kept in sql/released/, with this build's library, which still has every
-# function an earlier release names) holds work in flight in every module; then ALTER EXTENSION
-# flowgate UPDATE moves it to this version. Nothing may be lost and every workflow must carry on:
-# a capacity request mid-approval reaches ACTIVATED, queued intents drain into the ledger, a
-# pending delivery is sent, a provisioning job finishes, an ingested release keeps its gates
-# exact. Then the upgraded catalog must equal a fresh install's, object for object.
+# The upgrade path, on the running test cluster, from every earlier release: a database created
+# at that release (its install script as kept in sql/released/, with this build's library, which
+# still has every function an earlier release names) holds work in flight in every module; then
+# ALTER EXTENSION flowgate UPDATE moves it to this version. Nothing may be lost and every
+# workflow must carry on: a capacity request mid-approval reaches ACTIVATED, queued intents
+# drain into the ledger, a pending delivery is sent, a provisioning job finishes, an ingested
+# release keeps its gates exact. Then the upgraded catalog must equal a fresh install's, object
+# for object. Both databases are made under Supabase-style default privileges for anon and
+# authenticated, so an update that forgets the exposure rule shows up as a difference.
 # Prints "ok N - ..." lines (N checks each). Expects lib.sh's test cluster and flowgate-testd.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 fail() { echo "not ok: upgrade: $*" >&2; exit 1; }
@@ -13,17 +15,124 @@ OLD_DB=flowgate_upgrade
 NEW_DB=flowgate_fresh
 TESTD="http://127.0.0.1:$TESTD_PORT"
 q() { psql_at "$TEST_PORT" "$OLD_DB" -tA -c "$1"; }
-
 current=$(current_version)
-prev=$(install_previous_release)
-if [ -z "$prev" ]; then
+mapfile -t releases < <(previous_releases)
+if [ ${#releases[@]} -eq 0 ]; then
   echo "ok 0 - upgrade: no release before $current to upgrade from"
   exit 0
 fi
+curl -fsS -o /dev/null "$TESTD/ok" || fail "flowgate-testd does not answer at $TESTD (start it: lib.sh start_testd)"
+work=$(mktemp -d)
+made_roles=()
+cleanup() {
+  rm -rf "$work"
+  for db in "$OLD_DB" "$NEW_DB"; do psql_at "$TEST_PORT" postgres -q -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true; done
+  for r in "${made_roles[@]}"; do psql_at "$TEST_PORT" postgres -q -c "DROP ROLE IF EXISTS $r" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+for r in anon authenticated; do
+  if [ -z "$(psql_at "$TEST_PORT" postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$r'")" ]; then
+    psql_at "$TEST_PORT" postgres -q -c "CREATE ROLE $r NOLOGIN"
+    made_roles+=("$r")
+  fi
+done
 
+# The catalog of flowgate in a database, one sorted line per object and property.
+describe() {
+  psql_at "$TEST_PORT" "$1" -tA <<'SQL'
+WITH members AS (
+    SELECT classid, objid, objsubid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'flowgate'
+     WHERE d.deptype = 'e'),
+acl(oid, cls, txt) AS (
+    SELECT c.oid, 'pg_class'::regclass, string_agg(a.grantee::regrole || ':' || a.privilege_type, ',' ORDER BY a.grantee::regrole::text, a.privilege_type)
+      FROM pg_class c, aclexplode(c.relacl) a WHERE c.relacl IS NOT NULL GROUP BY c.oid
+    UNION ALL
+    SELECT p.oid, 'pg_proc'::regclass, string_agg(a.grantee::regrole || ':' || a.privilege_type, ',' ORDER BY a.grantee::regrole::text, a.privilege_type)
+      FROM pg_proc p, aclexplode(p.proacl) a WHERE p.proacl IS NOT NULL GROUP BY p.oid),
+rels AS (SELECT c.* FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid)
+SELECT line FROM (
+    -- every member, whatever its kind
+    SELECT 'member ' || pg_describe_object(classid, objid, objsubid) AS line FROM members
+    UNION ALL
+    SELECT 'function ' || p.oid::regprocedure || ' (' || pg_get_function_arguments(p.oid) || ') ' || md5(p.prosrc) || ' '
+           || coalesce(p.probin, '') || ' ' || p.prokind::text || p.provolatile::text || p.proparallel::text
+           || ' secdef ' || p.prosecdef || ' strict ' || p.proisstrict || ' leakproof ' || p.proleakproof || ' cost ' || p.procost
+           || ' lang ' || l.lanname || ' owner ' || p.proowner::regrole || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
+           || ' returns ' || pg_get_function_result(p.oid) || ' ' || coalesce(md5(obj_description(p.oid, 'pg_proc')), '-')
+           || ' acl ' || coalesce((SELECT txt FROM acl WHERE acl.oid = p.oid AND cls = 'pg_proc'::regclass), '-')
+      FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid JOIN pg_language l ON l.oid = p.prolang
+    UNION ALL
+    SELECT 'relation ' || c.oid::regclass || ' ' || c.relkind::text || ' ' || c.relpersistence::text || ' rls ' || c.relrowsecurity
+           || ' force ' || c.relforcerowsecurity || ' owner ' || c.relowner::regrole || ' options ' || coalesce(array_to_string(c.reloptions, ','), '-')
+           || ' ' || coalesce(md5(obj_description(c.oid, 'pg_class')), '-')
+           || ' acl ' || coalesce((SELECT txt FROM acl WHERE acl.oid = c.oid AND cls = 'pg_class'::regclass), '-')
+           || CASE WHEN c.relkind = 'v' THEN ' ' || md5(pg_get_viewdef(c.oid)) ELSE '' END
+      FROM rels c
+    UNION ALL
+    SELECT 'column ' || c.oid::regclass || '.' || a.attnum || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+           || a.attnotnull || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '-') || ' identity ' || a.attidentity::text
+           || ' generated ' || a.attgenerated::text || ' collation ' || a.attcollation::regcollation || ' '
+           || coalesce(md5(col_description(c.oid, a.attnum)), '-') || ' '
+           || coalesce((SELECT string_agg(x.grantee::regrole || ':' || x.privilege_type, ',' ORDER BY x.grantee::regrole::text, x.privilege_type)
+                          FROM aclexplode(a.attacl) x), '-')
+      FROM rels c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+      LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+    UNION ALL
+    SELECT 'sequence ' || s.seqrelid::regclass || ' ' || format_type(s.seqtypid, NULL) || ' ' || s.seqstart || ' ' || s.seqincrement
+           || ' ' || s.seqmax || ' ' || s.seqmin || ' ' || s.seqcache || ' ' || s.seqcycle
+           || ' owned by ' || coalesce((SELECT d.refobjid::regclass || '.' || d.refobjsubid FROM pg_depend d
+                                          WHERE d.objid = s.seqrelid AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                                            AND d.refclassid = 'pg_class'::regclass LIMIT 1), '-')
+      FROM pg_sequence s JOIN rels c ON c.oid = s.seqrelid
+    UNION ALL
+    SELECT 'constraint ' || co.conrelid::regclass || ' ' || co.conname || ' ' || pg_get_constraintdef(co.oid)
+           || ' ' || coalesce(md5(obj_description(co.oid, 'pg_constraint')), '-')
+      FROM pg_constraint co JOIN rels c ON c.oid = co.conrelid
+    UNION ALL
+    SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN rels c ON c.oid = i.indrelid
+    UNION ALL
+    SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text || ' '
+           || coalesce(md5(obj_description(t.oid, 'pg_trigger')), '-')
+      FROM pg_trigger t JOIN rels c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal
+    UNION ALL
+    SELECT 'policy ' || po.schemaname || '.' || po.tablename || ' ' || po.policyname || ' ' || po.cmd || ' ' || po.permissive || ' '
+           || (SELECT string_agg(x, ',' ORDER BY x) FROM unnest(po.roles) x) || ' ' || coalesce(po.qual, '-') || ' ' || coalesce(po.with_check, '-')
+      FROM pg_policies po WHERE po.schemaname IN ('flowgate', 'capacity', 'intake', 'ops', 'provisioning')
+    UNION ALL
+    SELECT 'type ' || t.oid::regtype || ' ' || t.typtype::text || ' ' || coalesce(format_type(nullif(t.typbasetype, 0), NULL), '-') || ' '
+           || coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid), '')
+           || coalesce((SELECT string_agg(pg_get_constraintdef(co.oid), ',' ORDER BY co.conname) FROM pg_constraint co WHERE co.contypid = t.oid), '')
+           || ' ' || coalesce(md5(obj_description(t.oid, 'pg_type')), '-')
+      FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+    UNION ALL
+    SELECT 'schema ' || n.nspname || ' owner ' || n.nspowner::regrole || ' ' || coalesce(md5(obj_description(n.oid, 'pg_namespace')), '-') || ' '
+           || coalesce((SELECT string_agg(x.grantee::regrole || ':' || x.privilege_type, ',' ORDER BY x.grantee::regrole::text, x.privilege_type)
+                          FROM aclexplode(n.nspacl) x), '-')
+      FROM pg_namespace n WHERE n.nspname IN ('flowgate', 'capacity', 'intake', 'ops', 'provisioning')
+    UNION ALL
+    SELECT 'config ' || c.oid::regclass || ' ' || coalesce(e.extcondition[array_position(e.extconfig, c.oid)], '')
+      FROM pg_extension e, unnest(e.extconfig) cfg(oid) JOIN pg_class c ON c.oid = cfg.oid WHERE e.extname = 'flowgate'
+    UNION ALL
+    -- rows the install writes
+    SELECT 'seed ops.environment_gate_requirements ' || md5(string_agg(r::text, ',' ORDER BY r::text))
+      FROM (SELECT environment, gate_code, is_default FROM ops.environment_gate_requirements) r
+    UNION ALL
+    SELECT 'publication ' || p.pubname || ' ' || pr.prrelid::regclass
+      FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid JOIN rels c ON c.oid = pr.prrelid
+) all_objects ORDER BY line;
+SQL
+}
+
+upgrade_from() {
+local prev=$1
+install_release_script "$prev"
 for db in "$OLD_DB" "$NEW_DB"; do
   psql_at "$TEST_PORT" postgres -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-  psql_at "$TEST_PORT" "$db" -q -c "CREATE EXTENSION pgmq; CREATE EXTENSION pgcrypto;"
+  # What Supabase's images do: whatever the installing role creates, anon and authenticated may use.
+  psql_at "$TEST_PORT" "$db" -q -c "ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO anon, authenticated" \
+    -c "ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO anon, authenticated" \
+    -c "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO anon, authenticated" \
+    -c "CREATE EXTENSION pgmq; CREATE EXTENSION pgcrypto;"
 done
 psql_at "$TEST_PORT" "$OLD_DB" -q -c "CREATE EXTENSION flowgate VERSION '$prev'"
 psql_at "$TEST_PORT" "$NEW_DB" -q -c "CREATE EXTENSION flowgate"
@@ -103,72 +212,18 @@ echo "ok 5 - upgrade: in flight across it: the request reached ACTIVATED, 6 queu
 # ---- the upgraded catalog equals a fresh install ---------------------------------------------------
 # (The pool's own objects, which create_pool makes, go first: a fresh install has none.)
 q "SELECT intake.drop_pool('upg')" >/dev/null
-describe() {
-  psql_at "$TEST_PORT" "$1" -tA <<'SQL'
-WITH members AS (
-    SELECT classid, objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'flowgate' WHERE d.deptype = 'e'),
-acl(oid, cls, txt) AS (
-    SELECT c.oid, 'pg_class'::regclass, string_agg(a.grantee::regrole || ':' || a.privilege_type, ',' ORDER BY a.grantee::regrole::text, a.privilege_type)
-      FROM pg_class c, aclexplode(c.relacl) a WHERE c.relacl IS NOT NULL GROUP BY c.oid
-    UNION ALL
-    SELECT p.oid, 'pg_proc'::regclass, string_agg(a.grantee::regrole || ':' || a.privilege_type, ',' ORDER BY a.grantee::regrole::text, a.privilege_type)
-      FROM pg_proc p, aclexplode(p.proacl) a WHERE p.proacl IS NOT NULL GROUP BY p.oid)
-SELECT line FROM (
-    SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc) || ' ' || coalesce(p.probin, '') || ' '
-           || p.provolatile::text || p.prosecdef::text || p.proisstrict::text || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
-           || ' ' || pg_get_function_result(p.oid) || ' ' || coalesce(md5(obj_description(p.oid, 'pg_proc')), '-')
-           || ' acl ' || coalesce((SELECT txt FROM acl WHERE acl.oid = p.oid AND cls = 'pg_proc'::regclass), '-') AS line
-      FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
-    UNION ALL
-    SELECT 'relation ' || c.oid::regclass || ' ' || c.relkind::text || ' ' || c.relpersistence::text || ' rls ' || c.relrowsecurity
-           || ' ' || coalesce(md5(obj_description(c.oid, 'pg_class')), '-')
-           || ' acl ' || coalesce((SELECT txt FROM acl WHERE acl.oid = c.oid AND cls = 'pg_class'::regclass), '-')
-           || CASE WHEN c.relkind = 'v' THEN ' ' || md5(pg_get_viewdef(c.oid)) ELSE '' END
-      FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
-    UNION ALL
-    SELECT 'column ' || c.oid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
-           || a.attnotnull || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '-') || ' '
-           || coalesce((SELECT string_agg(x.grantee::regrole || ':' || x.privilege_type, ',' ORDER BY x.grantee::regrole::text, x.privilege_type) FROM aclexplode(a.attacl) x), '-')
-      FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
-      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-      LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
-    UNION ALL
-    SELECT 'constraint ' || co.conrelid::regclass || ' ' || co.conname || ' ' || pg_get_constraintdef(co.oid)
-      FROM pg_constraint co JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = co.conrelid
-    UNION ALL
-    SELECT 'index ' || pg_get_indexdef(i.indexrelid)
-      FROM pg_index i JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = i.indrelid
-    UNION ALL
-    SELECT 'trigger ' || pg_get_triggerdef(t.oid)
-      FROM pg_trigger t JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = t.tgrelid WHERE NOT t.tgisinternal
-    UNION ALL
-    SELECT 'policy ' || po.schemaname || '.' || po.tablename || ' ' || po.policyname || ' ' || po.cmd || ' ' || po.permissive || ' '
-           || (SELECT string_agg(x, ',' ORDER BY x) FROM unnest(po.roles) x) || ' ' || coalesce(po.qual, '-') || ' ' || coalesce(po.with_check, '-')
-      FROM pg_policies po
-     WHERE po.schemaname IN ('flowgate', 'capacity', 'intake', 'ops', 'provisioning')
-    UNION ALL
-    SELECT 'type ' || t.oid::regtype || ' ' || t.typtype::text || ' '
-           || coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid), '')
-      FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
-    UNION ALL
-    SELECT 'schema ' || n.nspname || ' ' || coalesce(array_to_string(n.nspacl, ','), '-')
-      FROM pg_namespace n WHERE n.nspname IN ('flowgate', 'capacity', 'intake', 'ops', 'provisioning')
-    UNION ALL
-    SELECT 'config ' || c.oid::regclass || ' ' || coalesce(e.extcondition[array_position(e.extconfig, c.oid)], '')
-      FROM pg_extension e, unnest(e.extconfig) cfg(oid) JOIN pg_class c ON c.oid = cfg.oid WHERE e.extname = 'flowgate'
-) all_objects ORDER BY line;
-SQL
-}
-old_cat=$(mktemp); new_cat=$(mktemp)
-trap 'rm -f "$old_cat" "$new_cat"' EXIT
+old_cat=$work/upgraded.txt; new_cat=$work/fresh.txt
 describe "$OLD_DB" > "$old_cat"
 describe "$NEW_DB" > "$new_cat"
 objects=$(wc -l < "$new_cat")
 [ "$objects" -gt 500 ] || fail "the catalog description has only $objects lines"
-if ! diff -u "$new_cat" "$old_cat" > /tmp/flowgate-upgrade-catalog.diff; then
-  head -n 40 /tmp/flowgate-upgrade-catalog.diff >&2
-  fail "the upgraded catalog differs from a fresh install's ($prev -> $current; full diff: /tmp/flowgate-upgrade-catalog.diff)"
+if ! diff -u "$new_cat" "$old_cat" > "$work/catalog.diff"; then
+  head -n 60 "$work/catalog.diff" >&2
+  fail "the upgraded catalog differs from a fresh install's ($prev -> $current; - fresh, + upgraded)"
 fi
 echo "ok 1 - upgrade: the upgraded catalog equals a fresh $current install ($objects objects and properties compared: functions, relations, columns, constraints, indexes, triggers, policies, types, grants, comments)"
+}
 
-psql_at "$TEST_PORT" postgres -q -c "DROP DATABASE $OLD_DB" -c "DROP DATABASE $NEW_DB"
+for prev in "${releases[@]}"; do
+  upgrade_from "$prev"
+done

@@ -1,6 +1,11 @@
 -- flowgate 0.1.0 -> 0.1.1 (ALTER EXTENSION flowgate UPDATE TO '0.1.1')
 \echo Use "ALTER EXTENSION flowgate UPDATE" to load this file. \quit
 
+-- Releases first, then the fact tables (the triggers below): the order ops.ingest_event takes
+-- them in, so an ingest running during the update waits instead of deadlocking with it. Ingest
+-- and direct writes of ops wait until the update commits.
+LOCK TABLE ops.releases IN EXCLUSIVE MODE;
+
 -- A TRUNCATE of a fact table (owner only) changes the facts of every release at once: each
 -- release's gates are re-evaluated, so no stored status outlives the facts it came from.
 CREATE FUNCTION ops.on_facts_truncated() RETURNS trigger
@@ -27,4 +32,18 @@ CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.deployments
     FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
 
 -- A database upgraded from 0.1.0 may already hold stale statuses from an earlier TRUNCATE.
-SELECT count(ops.refresh_gates(r.release_id)) FROM ops.releases r;
+SELECT count(ops.refresh_gates(r.release_id)) FROM (SELECT release_id FROM ops.releases ORDER BY release_id) r;
+
+-- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
+-- get nothing the installing role's default privileges gave them on what this update created.
+DO $exposure$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
+        END IF;
+    END LOOP;
+END
+$exposure$;
