@@ -131,31 +131,31 @@ mod ops {
             // look (a new snapshot) sees it. A third round means the key changed hands again
             // meanwhile; the caller retries.
             for _ in 0..CLAIM_ROUNDS {
-                if let Some(id) = store::claim_key(client, &received)? {
-                    return Ok(Ok(id));
+                let (original, result) = match store::claim_key(client, &received)? {
+                    store::Claim::Taken(id) => return Ok(Ok(id)),
+                    store::Claim::Held(original, result) => (original, result),
+                    // The sender that held the key committed after this statement began, or
+                    // released it (a rejection): go round once more.
+                    store::Claim::Contended => continue,
+                };
+                let id = store::log(
+                    client,
+                    &received,
+                    &Outcome {
+                        status: "duplicate",
+                        http_status: 200,
+                        error: None,
+                        error_message: None,
+                        result: &Value::Null,
+                        original_ingest_id: Some(&original),
+                    },
+                )?;
+                let mut body = result;
+                if let Value::Object(m) = &mut body {
+                    m.insert("status".into(), json!("duplicate"));
+                    m.insert("receipt_id".into(), json!(id));
                 }
-                if let Some((original, result)) = store::accepted(client, key)? {
-                    let id = store::log(
-                        client,
-                        &received,
-                        &Outcome {
-                            status: "duplicate",
-                            http_status: 200,
-                            error: None,
-                            error_message: None,
-                            result: &Value::Null,
-                            original_ingest_id: Some(&original),
-                        },
-                    )?;
-                    let mut body = result;
-                    if let Value::Object(m) = &mut body {
-                        m.insert("status".into(), json!("duplicate"));
-                        m.insert("receipt_id".into(), json!(id));
-                    }
-                    return Ok(Err(body));
-                }
-                // The sender that held the key released it (a rejection) after our insert
-                // found it taken: go round once more and take it.
+                return Ok(Err(body));
             }
             Err(OpsError::Core(CoreError::Busy {
                 what: format!("idempotency_key {:?}", key),

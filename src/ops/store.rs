@@ -172,39 +172,48 @@ pub fn log(client: &mut SpiClient<'_>, r: &Received<'_>, o: &Outcome<'_>) -> Ops
     })
 }
 
-/// The accepted row of a key, if one is committed (or written by this transaction).
-pub fn accepted(client: &SpiClient<'_>, key: &str) -> OpsResult<Option<(String, Value)>> {
-    let t = read(
-        client,
-        "SELECT ingest_id::text, result FROM ops.event_ingest_log \
-          WHERE idempotency_key = $1 AND processing_status = 'accepted'",
-        &[Some(key)],
-    )?;
-    if t.is_empty() {
-        return Ok(None);
-    }
-    let (id, result) = t.first().get_two::<String, JsonB>()?;
-    Ok(id.map(|id| (id, result.map_or(Value::Null, |j| j.0))))
+/// What a try to take an idempotency key found.
+pub enum Claim {
+    /// The key is this envelope's now: the accepted row's ingest_id (its outcome comes later).
+    Taken(String),
+    /// An earlier envelope holds it: that row's ingest_id and result.
+    Held(String, Value),
+    /// Taken by a sender whose row this statement cannot see yet (it committed after the
+    /// statement began, or released the key meanwhile): try again.
+    Contended,
 }
 
-/// Take the key: insert the accepted row, or return None when another accepted row holds it
-/// (waiting for a concurrent sender to commit or roll back first).
-pub fn claim_key(client: &mut SpiClient<'_>, r: &Received<'_>) -> OpsResult<Option<String>> {
+/// Take the key: insert the accepted row, or else find the accepted row that holds it, in one
+/// statement (the insert waits for a concurrent sender of the same key to commit or roll back).
+pub fn claim_key(client: &mut SpiClient<'_>, r: &Received<'_>) -> OpsResult<Claim> {
     let envelope_text = r.envelope.map(Value::to_string);
     let bytes = r.envelope_bytes.to_string();
     let a = log_args(r, &envelope_text, &bytes);
     let t = write(
         client,
         &format!(
-            "INSERT INTO ops.event_ingest_log ({LOG_COLUMNS}) \
-             VALUES ($1, $2::ops.ops_event_type, $3, $4, $5, $6::uuid, 'accepted', 200, NULL, NULL, NULL, NULL, \
-                     $7::jsonb, $8::int, $9::timestamptz, $10) \
-             ON CONFLICT (idempotency_key) WHERE processing_status = 'accepted' DO NOTHING \
-             RETURNING ingest_id::text"
+            "WITH taken AS ( \
+               INSERT INTO ops.event_ingest_log ({LOG_COLUMNS}) \
+               VALUES ($1, $2::ops.ops_event_type, $3, $4, $5, $6::uuid, 'accepted', 200, NULL, NULL, NULL, NULL, \
+                       $7::jsonb, $8::int, $9::timestamptz, $10) \
+               ON CONFLICT (idempotency_key) WHERE processing_status = 'accepted' DO NOTHING \
+               RETURNING ingest_id::text AS id), \
+             held AS ( \
+               SELECT l.ingest_id::text AS id, l.result FROM ops.event_ingest_log l \
+                WHERE l.idempotency_key = $1 AND l.processing_status = 'accepted') \
+             SELECT (SELECT id FROM taken), (SELECT id FROM held), (SELECT result FROM held)"
         ),
         &a,
     )?;
-    first_text(t)
+    let row = t.first();
+    let taken = row.get::<String>(1)?;
+    let held = row.get::<String>(2)?;
+    let result = row.get::<JsonB>(3)?;
+    Ok(match (taken, held) {
+        (Some(id), _) => Claim::Taken(id),
+        (None, Some(id)) => Claim::Held(id, result.map_or(Value::Null, |j| j.0)),
+        (None, None) => Claim::Contended,
+    })
 }
 
 /// Record the outcome on the row that claimed the key, and make PostgREST answer with its HTTP
