@@ -19,10 +19,6 @@ mod capacity {
     use crate::core::eventstore::Applied;
     use crate::core::store as core_store;
 
-    fn fail(e: CoreError) -> ErrorReport {
-        e.report("capacity")
-    }
-
     fn parse_event(name: &str) -> Result<Event, CoreError> {
         crate::capacity::flow::check_lookup("event_type", name)?;
         Event::parse(name).ok_or_else(|| {
@@ -131,7 +127,7 @@ mod capacity {
             out["replayed"] = existed.into();
             Ok(JsonB(out))
         };
-        run().map_err(fail)
+        run().map_err(|e| e.report("capacity"))
     }
 
     /// Record an event on a request after checking the caller's permission; returns
@@ -162,7 +158,7 @@ mod capacity {
             let applied = store::apply(request_id, event, payload, &actor, idempotency_key)?;
             Ok(result(&applied))
         };
-        run().map_err(fail)
+        run().map_err(|e| e.report("capacity"))
     }
 
     /// The reducer entry point for trusted sessions (42501 otherwise), with the event named as
@@ -193,7 +189,7 @@ mod capacity {
             let applied = store::apply(request_id, parse_event(event)?, payload, &session, None)?;
             Ok(result(&applied))
         };
-        run().map_err(fail)
+        run().map_err(|e| e.report("capacity"))
     }
 
     /// A request's current state, its `recent_events` latest events (1 to 1000) and the events it
@@ -206,15 +202,16 @@ mod capacity {
         recent_events: default!(i32, "20"),
     ) -> Result<JsonB, ErrorReport> {
         if !(1..=1000).contains(&recent_events) {
-            return Err(fail(CoreError::invalid(
+            return Err(CoreError::invalid(
                 "recent_events",
                 recent_events.to_string(),
                 "1 to 1000",
-            )));
+            )
+            .report("capacity"));
         }
         store::describe(request_id, recent_events as i64)
             .map(JsonB)
-            .map_err(fail)
+            .map_err(|e| e.report("capacity"))
     }
 
     /// Expire requests past their customer confirmation deadline (CUSTOMER_CONFIRMATION_TIMEOUT,
@@ -230,7 +227,9 @@ mod capacity {
         as_of: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
     ) -> Result<JsonB, ErrorReport> {
         let as_of = as_of.map(|t| t.to_iso_string());
-        store::run_timers(as_of.as_deref()).map(JsonB).map_err(fail)
+        store::run_timers(as_of.as_deref())
+            .map(JsonB)
+            .map_err(|e| e.report("capacity"))
     }
 
     /// The caller's own standing on a request, for UIs:
@@ -254,7 +253,7 @@ mod capacity {
                 "infra_group": s.in_infra_group, "admin": s.is_admin,
             })))
         };
-        run().map_err(fail)
+        run().map_err(|e| e.report("capacity"))
     }
 
     /// The actor behind a verified Slack request: the actor the Slack user id is linked to
@@ -381,7 +380,7 @@ mod capacity {
                 json!({"response_type": "in_channel", "text": format!("Created {id} ({})", state.as_str().unwrap_or("?"))}),
             ))
         };
-        run().map_err(fail)
+        run().map_err(|e| e.report("capacity"))
     }
 
     /// Slack interactivity (a button on a request message): records the button's event, value
@@ -440,6 +439,6 @@ mod capacity {
                 Err(e) => ephemeral(e),
             }
         };
-        run().map_err(fail)
+        run().map_err(|e| e.report("capacity"))
     }
 }

@@ -15,9 +15,7 @@ use super::{settings, store};
 #[documented]
 #[pg_extern(stable, parallel_safe)]
 fn current_actor() -> Result<String, ErrorReport> {
-    store::session_actor(false)
-        .map(|a| a.id)
-        .map_err(ErrorReport::from)
+    Ok(store::session_actor(false).map(|a| a.id)?)
 }
 
 /// The acting identity as JSON: `id`, `role`, `source`, `actor_type`, `trusted` (and
@@ -26,7 +24,6 @@ fn current_actor() -> Result<String, ErrorReport> {
 #[documented]
 #[pg_extern(stable)]
 fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<JsonB, ErrorReport> {
-    let fail = ErrorReport::from;
     let info = store::session_actor(true)
         .and_then(|session| super::actor::act_on_behalf(session, on_behalf_of))
         .and_then(|actor| {
@@ -34,7 +31,7 @@ fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<Js
             value["actor_type"] = actor.actor_type().into();
             Ok(value)
         });
-    info.map(JsonB).map_err(fail)
+    Ok(info.map(JsonB)?)
 }
 
 /// Link an external identity (`provider` 'slack': a Slack user id) to the actor it acts as, so
@@ -62,7 +59,7 @@ fn link_identity(
         };
         store::link_identity(provider, external_id, Some(target))
     };
-    run().map(JsonB).map_err(ErrorReport::from)
+    Ok(run().map(JsonB)?)
 }
 
 /// Remove a link made with `flowgate.link_identity`: your own, or any for trusted sessions
@@ -71,9 +68,8 @@ fn link_identity(
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, ErrorReport> {
-    store::link_identity(provider, external_id, None)
-        .map(|v| (!v.is_null()).then_some(JsonB(v)))
-        .map_err(ErrorReport::from)
+    Ok(store::link_identity(provider, external_id, None)
+        .map(|v| (!v.is_null()).then_some(JsonB(v)))?)
 }
 
 /// The effective value of a setting: the stored one, else its documented default (22023 for an
@@ -85,7 +81,7 @@ fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, E
 #[documented]
 #[pg_extern(stable, strict)]
 fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
-    store::get_value(key).map(JsonB).map_err(ErrorReport::from)
+    Ok(store::get_value(key).map(JsonB)?)
 }
 
 /// Store a setting after validating it against its documented type (22023 with the allowed
@@ -100,7 +96,7 @@ fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
         settings::definition(key)?;
         store::set_value(key, value.value("value", MAX_JSON_ARG_BYTES)?)
     };
-    run().map(JsonB).map_err(ErrorReport::from)
+    Ok(run().map(JsonB)?)
 }
 
 /// Forget a stored setting so its documented default applies again; returns that default
@@ -108,9 +104,7 @@ fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
 #[documented]
 #[pg_extern(volatile, strict)]
 fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
-    store::reset_value(key)
-        .map(JsonB)
-        .map_err(ErrorReport::from)
+    Ok(store::reset_value(key).map(JsonB)?)
 }
 
 /// Raise 22023 unless `value` is acceptable for `key`; true otherwise. The `flowgate.settings`
@@ -123,7 +117,7 @@ fn check_setting(key: &str, value: RawJsonb) -> Result<bool, ErrorReport> {
         settings::validate(key, &value.value("value", MAX_JSON_ARG_BYTES)?)?;
         Ok(true)
     };
-    run().map_err(ErrorReport::from)
+    Ok(run()?)
 }
 
 /// Every documented setting: key, kind, allowed values, default, current value, whether it is
@@ -148,7 +142,7 @@ fn setting_definitions() -> Result<
 > {
     let mut rows = Vec::new();
     for def in settings::definitions() {
-        let stored = store::stored_setting(def.key).map_err(ErrorReport::from)?;
+        let stored = store::stored_setting(def.key)?;
         let is_set = stored.is_some();
         let value = stored.unwrap_or_else(|| def.default_value());
         rows.push((

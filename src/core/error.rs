@@ -7,8 +7,8 @@
 //!
 //! One idiom for every module: an error type implements [`SqlError`] in one place, saying per
 //! variant its SQLSTATE, DETAIL and HINT (its message is its `Display`), and converts into
-//! [`ErrorReport`] with `From`, so a SQL entry point ends in `?` or `.map_err(ErrorReport::from)`
-//! and never names itself. A module with errors of its own (ops, provisioning) has an enum that
+//! [`ErrorReport`] with `From`, so a SQL entry point ends in `?` and never names itself (the
+//! report's LOCATION is that `?`). A module with errors of its own (ops, provisioning) has an enum that
 //! wraps `CoreError` for the rest; a module without (capacity, intake) uses `CoreError`.
 
 use pgrx::pg_sys::panic::ErrorReport;
@@ -124,8 +124,10 @@ pub trait SqlError: std::fmt::Display {
         None
     }
 
-    /// The report Postgres raises, attributed to `module` (the error's LOCATION in a verbose
-    /// log; the file and line are where the report was made).
+    /// The report Postgres raises, attributed to `module`. Its LOCATION (in a verbose log) is
+    /// the entry point's file and line: this and the `From` conversions track their caller, so
+    /// an entry point ending in `?` is where the report is made.
+    #[track_caller]
     fn report(&self, module: &'static str) -> ErrorReport {
         let mut report = ErrorReport::new(self.errcode(), self.to_string(), module);
         if let Some(d) = self.detail() {
@@ -189,6 +191,7 @@ impl SqlError for CoreError {
 }
 
 impl From<CoreError> for ErrorReport {
+    #[track_caller]
     fn from(e: CoreError) -> Self {
         e.report("flowgate")
     }

@@ -141,7 +141,7 @@ fn install_schedules() -> Result<
         }
         Ok(rows)
     };
-    run().map(TableIterator::new).map_err(ErrorReport::from)
+    Ok(run().map(TableIterator::new)?)
 }
 
 /// Remove every flowgate job from pg_cron; returns how many were removed (0A000 when pg_cron
@@ -158,7 +158,7 @@ fn uninstall_schedules() -> Result<i64, ErrorReport> {
         )?
         .unwrap_or(0))
     };
-    run().map_err(ErrorReport::from)
+    Ok(run()?)
 }
 
 /// Who ran a job, as recorded.
@@ -334,7 +334,7 @@ fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB,
         };
         Ok(v)
     };
-    run().map(pgrx::JsonB).map_err(ErrorReport::from)
+    Ok(run().map(pgrx::JsonB)?)
 }
 
 /// Run the periodic jobs once by hand, in order, each in its own subtransaction with its
@@ -358,5 +358,5 @@ fn run_periodic(include_housekeeping: default!(bool, "true")) -> Result<i64, Err
         }
         Ok(ok)
     };
-    run().map_err(ErrorReport::from)
+    Ok(run()?)
 }

@@ -87,7 +87,7 @@ mod intake {
                 json!({"pool_id": pool.as_str(), "inventory": inventory, "queue": pool.queue(), "dlq": pool.dlq()}),
             ))
         };
-        run().map_err(ErrorReport::from)
+        Ok(run()?)
     }
 
     /// Remove a pool: its queues, slot sequence, inventory and configuration; true when done, P0002
@@ -99,7 +99,7 @@ mod intake {
             let pool = PoolId::parse(pool_id)?;
             Spi::connect_mut(|client| pools::drop(client, &pool))
         };
-        run().map_err(ErrorReport::from)
+        Ok(run()?)
     }
 
     /// For trusted backends only (superusers, members of a role in `flowgate.trusted_roles` such as
@@ -129,7 +129,7 @@ mod intake {
             }
             claim_for(pool_id, user_id)
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Claim one resource of `pool_id` for the signed-in caller (the JWT `sub`): what a browser
@@ -152,7 +152,7 @@ mod intake {
             }
             claim_for(pool_id, &actor.id)
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     fn claim_for(pool_id: &str, user_id: &str) -> CoreResult<Value> {
@@ -176,7 +176,7 @@ mod intake {
             let pool = PoolId::parse(pool_id)?;
             Spi::connect_mut(|client| recovery::rebuild(client, &pool)).map(JsonB)
         };
-        run().map_err(ErrorReport::from)
+        Ok(run()?)
     }
 
     /// Give back slots taken by claims that aborted after drawing their number (the slot sequence
@@ -191,7 +191,7 @@ mod intake {
             let pool = PoolId::parse(pool_id)?;
             Spi::connect_mut(|client| pools::reclaim_slots(client, &pool))
         };
-        run().map_err(ErrorReport::from)
+        Ok(run()?)
     }
 
     /// Drain one pool: move up to batch_size intents (fewer under rate_limit_per_second) one step
@@ -209,7 +209,7 @@ mod intake {
             let pool = PoolId::parse(pool_id)?;
             Spi::connect_mut(|client| store::drain(client, &pool))
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// A pool at a glance: inventory by status (available, claimed, consumed, released), the queue
@@ -225,7 +225,7 @@ mod intake {
             let pool = PoolId::parse(pool_id)?;
             Spi::connect(|client| metrics::status(client, &pool))
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Re-queue a pool's dead-lettered intents (all, or the DLQ `msg_ids` listed), keeping their
@@ -248,7 +248,7 @@ mod intake {
                 Ok(json!({"pool_id": pool.as_str(), "replayed": ids.len(), "msg_ids": ids}))
             })
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// External worker API: read up to `max` intents of a pool (default batch_size; none while
@@ -307,7 +307,7 @@ mod intake {
                 Ok(out)
             })
         };
-        run().map(TableIterator::new).map_err(ErrorReport::from)
+        Ok(run().map(TableIterator::new)?)
     }
 
     /// External worker API: apply the validation webhook's reply for an intent read with
@@ -350,7 +350,7 @@ mod intake {
                 .map(str::to_owned)
             })
         };
-        run().map_err(ErrorReport::from)
+        Ok(run()?)
     }
 
     /// External worker API: apply the ledger's reply for an intent: 2xx completes it (resource
@@ -377,7 +377,7 @@ mod intake {
                 store::apply_commit(client, &pool, msg_id, status_code, error).map(str::to_owned)
             })
         };
-        run().map_err(ErrorReport::from)
+        Ok(run()?)
     }
 
     fn check_status(status: Option<i32>) -> CoreResult<()> {
@@ -406,7 +406,7 @@ mod intake {
             let entry = ledger::parse(&payload)?;
             Spi::connect_mut(|client| book::finalize(client, &entry))
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Sample every pool (or only `pool_id`) into `intake.engine_metrics` from sequences and folded
@@ -429,6 +429,6 @@ mod intake {
                 metrics::collect_due(client, only.as_ref(), min_interval_seconds)
             })
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 }

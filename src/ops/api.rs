@@ -53,7 +53,7 @@ mod ops {
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn ingest_event(envelope: Option<RawJsonb>) -> Result<JsonB, ErrorReport> {
-        ingest(envelope).map(JsonB).map_err(ErrorReport::from)
+        Ok(ingest(envelope).map(JsonB)?)
     }
 
     fn ingest(envelope: Option<RawJsonb>) -> OpsResult<Value> {
@@ -269,7 +269,9 @@ mod ops {
     #[search_path(pg_catalog, pg_temp)]
     fn evaluate_gate(gate_id: pgrx::Uuid) -> Result<String, ErrorReport> {
         let gate = uuid_text(gate_id);
-        Spi::connect(|client| evaluation::gate_status(client, &gate)).map_err(ErrorReport::from)
+        Ok(Spi::connect(|client| {
+            evaluation::gate_status(client, &gate)
+        })?)
     }
 
     /// Whether every gate `target_env` requires (`ops.environment_gate_requirements`) is passed, or
@@ -286,7 +288,7 @@ mod ops {
             let release = uuid_text(release_id);
             Spi::connect(|client| Ok(evaluation::promotion(client, &release, target_env)?.0))
         };
-        run().map_err(ErrorReport::from)
+        Ok(run()?)
     }
 
     /// Promotion eligibility of a release to `target_env` with the blocking gates and why:
@@ -305,7 +307,7 @@ mod ops {
                 )
             })
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Recompute and store the statuses of a release's gates; returns the evaluations (none for a
@@ -319,7 +321,7 @@ mod ops {
             let evaluations = Spi::connect_mut(|client| evaluation::refresh(client, &release))?;
             Ok(serde_json::to_value(evaluations).unwrap_or(Value::Null))
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Whether `ops.ingest_event` in this session is applying an event to the release right now;
@@ -340,7 +342,7 @@ mod ops {
     #[documented]
     #[pg_extern(volatile)]
     fn expire_bypasses() -> Result<i32, ErrorReport> {
-        Spi::connect_mut(evaluation::expire_bypasses).map_err(ErrorReport::from)
+        Ok(Spi::connect_mut(evaluation::expire_bypasses)?)
     }
 
     /// The statements that give each persona its access, generated from the persona matrix: the

@@ -176,6 +176,7 @@ impl SqlError for OpsError {
 }
 
 impl From<OpsError> for ErrorReport {
+    #[track_caller]
     fn from(e: OpsError) -> Self {
         e.report("ops")
     }

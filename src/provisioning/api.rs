@@ -119,7 +119,7 @@ mod provisioning {
                 owner_id: &owner,
             })
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Claim the oldest due job for `worker` (a running job whose lease expired first), or NULL
@@ -136,7 +136,7 @@ mod provisioning {
             validate_actor_id("worker", worker)?;
             store::claim(worker)
         };
-        run().map(|v| v.map(JsonB)).map_err(ErrorReport::from)
+        Ok(run().map(|v| v.map(JsonB))?)
     }
 
     /// Report the end of an attempt of a claimed job: success, or failure with its HTTP status
@@ -182,7 +182,7 @@ mod provisioning {
                 min_delay: Duration::from_secs(min_retry_seconds.clamp(0, 86400) as u64),
             })
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Operator retry after fixing the cause (credentials, a migration): the client's failed or
@@ -197,7 +197,7 @@ mod provisioning {
             operator("retry provisioning")?;
             store::retry(&uuid_text(client_id))
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Operator retry naming the client by its slug or its id (as text), whichever the operator has
@@ -212,7 +212,7 @@ mod provisioning {
             let id = store::client_id_of(client)?;
             store::retry(&id)
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Bring ready tenants up to the newest migration: queue a schema_sync job for every ready
@@ -229,7 +229,7 @@ mod provisioning {
             operator("sync tenant schemas")?;
             store::sync_schema(client)
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Claim and start up to `max` due jobs; their Management API calls go through the outbox and
@@ -243,7 +243,7 @@ mod provisioning {
             operator("run provisioning jobs")?;
             crate::provisioning::runner::run(max.clamp(0, 1000))
         };
-        run().map(JsonB).map_err(ErrorReport::from)
+        Ok(run().map(JsonB)?)
     }
 
     /// Decrypt a tenant's anon key, service key and database password, to wire the tenant up;
@@ -269,6 +269,6 @@ mod provisioning {
             operator("read tenant keys")?;
             Ok(crate::provisioning::keys::read(&uuid_text(client_id))?)
         };
-        run().map(TableIterator::once).map_err(ErrorReport::from)
+        Ok(run().map(TableIterator::once)?)
     }
 }

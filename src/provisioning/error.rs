@@ -63,6 +63,7 @@ impl SqlError for ProvisioningError {
 }
 
 impl From<ProvisioningError> for ErrorReport {
+    #[track_caller]
     fn from(e: ProvisioningError) -> Self {
         e.report("provisioning")
     }

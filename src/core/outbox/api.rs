@@ -83,7 +83,7 @@ fn enqueue_delivery(
         };
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };
-    run().map_err(ErrorReport::from)
+    Ok(run()?)
 }
 
 /// Store a named secret (a bot token, an API key) that deliveries reference by name: in
@@ -101,7 +101,7 @@ fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
         settings::require_writer("flowgate.secrets", "store secrets")?;
         Spi::connect_mut(|client| store::store_secret(client, name, value)).map(str::to_owned)
     };
-    run().map_err(ErrorReport::from)
+    Ok(run()?)
 }
 
 /// The transport the outbox uses now, `pg_net` or `native`: the `flowgate.http_transport`
@@ -109,9 +109,7 @@ fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
 #[documented]
 #[pg_extern(stable)]
 fn effective_transport() -> Result<String, ErrorReport> {
-    engine::Transport::current()
-        .map(|t| t.as_str().to_owned())
-        .map_err(ErrorReport::from)
+    Ok(engine::Transport::current().map(|t| t.as_str().to_owned())?)
 }
 
 /// Record the responses pg_net stored for in-flight deliveries, and expire deliveries in flight
@@ -121,9 +119,7 @@ fn effective_transport() -> Result<String, ErrorReport> {
 #[documented]
 #[pg_extern(volatile)]
 fn collect() -> Result<pgrx::JsonB, ErrorReport> {
-    collect::collect()
-        .map(|c| pgrx::JsonB(c.to_json()))
-        .map_err(ErrorReport::from)
+    Ok(collect::collect().map(|c| pgrx::JsonB(c.to_json()))?)
 }
 
 /// Run the response handler again, on the stored response, for delivered deliveries whose
@@ -136,7 +132,7 @@ fn collect() -> Result<pgrx::JsonB, ErrorReport> {
 fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
     let mut ok = 0;
     for id in ids {
-        if record::rerun_handler(id).map_err(ErrorReport::from)? {
+        if record::rerun_handler(id)? {
             ok += 1;
         }
     }
@@ -168,8 +164,7 @@ fn record_attempt(
         error_kind,
         error,
     };
-    args::required("id", id)
+    Ok(args::required("id", id)
         .and_then(|id| record::record(id, None, &observed.typed()))
-        .map(|r| r.as_str().to_owned())
-        .map_err(ErrorReport::from)
+        .map(|r| r.as_str().to_owned())?)
 }
