@@ -135,20 +135,29 @@ pub fn acting_actor(on_behalf_of: Option<&str>) -> CoreResult<Actor> {
     actor::act_on_behalf(session, on_behalf_of)
 }
 
-/// The stored JSON value of a setting, `None` when it is not set.
-pub fn stored_setting(key: &str) -> CoreResult<Option<Value>> {
+/// The stored JSON values of `keys` (those that are set), in one statement.
+fn stored_settings(keys: &[&str]) -> CoreResult<Vec<(String, Value)>> {
+    let wanted: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
     Spi::connect(|client| {
         let rows = super::prepared::query(
             client,
-            "SELECT value FROM flowgate.settings WHERE key = $1",
-            &[super::prepared::TEXT],
-            &[key.into()],
+            "SELECT key, value FROM flowgate.settings WHERE key = ANY($1)",
+            &[super::prepared::TEXT_ARRAY],
+            &[wanted.into()],
         )?;
-        if rows.is_empty() {
-            return Ok(None);
+        let mut out = Vec::with_capacity(keys.len());
+        for row in rows {
+            if let (Some(k), Some(v)) = (row.get::<String>(1)?, row.get::<JsonB>(2)?) {
+                out.push((k, v.0));
+            }
         }
-        Ok(rows.first().get_one::<JsonB>()?.map(|j| j.0))
+        Ok(out)
     })
+}
+
+/// The stored JSON value of a setting, `None` when it is not set.
+pub fn stored_setting(key: &str) -> CoreResult<Option<Value>> {
+    Ok(stored_settings(&[key])?.pop().map(|(_, v)| v))
 }
 
 fn load(key: &str) -> CoreResult<(&'static Definition, Option<Value>)> {
@@ -213,22 +222,7 @@ pub fn read_settings(keys: &[&str]) -> CoreResult<SettingsRead> {
         .iter()
         .map(|k| settings::definition(k))
         .collect::<CoreResult<Vec<_>>>()?;
-    let wanted: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-    let mut found: Vec<(String, Value)> = Spi::connect(|client| -> CoreResult<_> {
-        let rows = super::prepared::query(
-            client,
-            "SELECT key, value FROM flowgate.settings WHERE key = ANY($1)",
-            &[super::prepared::TEXT_ARRAY],
-            &[wanted.into()],
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            if let (Some(k), Some(v)) = (row.get::<String>(1)?, row.get::<JsonB>(2)?) {
-                out.push((k, v.0));
-            }
-        }
-        Ok(out)
-    })?;
+    let mut found = stored_settings(keys)?;
     let stored = defs
         .into_iter()
         .map(|d| {

@@ -200,7 +200,8 @@ pub fn claim_key(client: &mut SpiClient<'_>, r: &Received<'_>) -> OpsResult<Clai
                RETURNING ingest_id::text AS id), \
              held AS ( \
                SELECT l.ingest_id::text AS id, l.result FROM ops.event_ingest_log l \
-                WHERE l.idempotency_key = $1 AND l.processing_status = 'accepted') \
+                WHERE NOT EXISTS (SELECT FROM taken) \
+                  AND l.idempotency_key = $1 AND l.processing_status = 'accepted') \
              SELECT (SELECT id FROM taken), (SELECT id FROM held), (SELECT result FROM held)"
         ),
         &a,
