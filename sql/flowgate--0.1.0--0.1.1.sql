@@ -6,6 +6,20 @@
 -- and direct writes of ops wait until the update commits.
 LOCK TABLE ops.releases IN EXCLUSIVE MODE;
 
+-- The CHECK helpers are the envelope checks themselves, as C functions: a CHECK calls them
+-- without inlining and planning a SQL body in every statement that writes the table. Same
+-- rules, so every stored row still holds.
+CREATE OR REPLACE FUNCTION ops.is_valid_text(value text, max_chars integer, multiline boolean) RETURNS boolean
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'is_valid_text_wrapper';
+COMMENT ON FUNCTION ops.is_valid_text(text, integer, boolean) IS
+  'CHECK helper: not blank, at most max_chars characters, no control characters (newlines and tabs allowed when multiline). The rule ops.ingest_event checks free text with.';
+CREATE OR REPLACE FUNCTION ops.is_absolute_uri(value text) RETURNS boolean
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'is_absolute_uri_wrapper';
+COMMENT ON FUNCTION ops.is_absolute_uri(text) IS
+  'CHECK helper: an absolute URI (a scheme), at most 2048 bytes, no whitespace or control characters. The rule ops.ingest_event checks URIs with.';
+
 -- A TRUNCATE of a fact table (owner only) changes the facts of every release at once: each
 -- release's gates are re-evaluated, so no stored status outlives the facts it came from.
 CREATE FUNCTION ops.on_facts_truncated() RETURNS trigger

@@ -17,26 +17,11 @@ CREATE TYPE ops.ops_event_type AS ENUM (
 );
 COMMENT ON TYPE ops.ops_event_type IS 'Event types ops.ingest_event accepts (schema_version 1.0).';
 
--- What ops.ingest_event accepts as a value, for the CHECK constraints below: direct writes by
--- personas (surface.sql) must hold to the rules of ingest (src/ops/envelope/), and CHECKs hold for
--- every writer. A NULL passes (NOT NULL is said separately).
--- Both are SQL-standard bodies: their names are bound when the function is created, so no
--- search_path can redirect them, and the planner inlines them into each CHECK (a function with
--- a SET clause is called, parsed and planned anew in every statement that writes the table).
--- Free text (check_text): not blank (Unicode White_Space), at most max_chars characters, no
--- control characters (Cc), newlines and tabs allowed when multiline.
-CREATE FUNCTION ops.is_valid_text(value text, max_chars integer, multiline boolean) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN length(value) <= max_chars
-   AND value ~ E'[^\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]'
-   AND value !~ CASE WHEN multiline THEN E'[\\u0001-\\u0008\\u000b-\\u001f\\u007f-\\u009f]'
-                     ELSE E'[\\u0001-\\u001f\\u007f-\\u009f]' END;
--- An absolute URI (check_uri): a scheme, at most 2048 bytes, no whitespace or control characters.
-CREATE FUNCTION ops.is_absolute_uri(value text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN octet_length(value) <= 2048
-   AND value ~ '^[A-Za-z][A-Za-z0-9+.-]*:'
-   AND value !~ E'[\\u0001-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]';
+-- What ops.ingest_event accepts as a value is what the CHECK constraints below accept: direct
+-- writes by personas (surface.sql) hold to the rules of ingest, and CHECKs hold for every
+-- writer. ops.is_valid_text and ops.is_absolute_uri are the envelope checks themselves
+-- (src/ops/envelope/checks.rs), as C functions: a CHECK calls them without parsing or planning
+-- anything per statement. A NULL passes (NOT NULL is said separately).
 
 CREATE TABLE ops.releases (
     release_id    uuid PRIMARY KEY,
@@ -312,7 +297,4 @@ ALTER TABLE ops.incidents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ops.recovery_drills ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ops.environment_gate_requirements ENABLE ROW LEVEL SECURITY;
 
-COMMENT ON FUNCTION ops.is_valid_text(text, integer, boolean) IS
-  'CHECK helper: not blank, at most max_chars characters, no control characters (newlines and tabs allowed when multiline).';
-COMMENT ON FUNCTION ops.is_absolute_uri(text) IS
-  'CHECK helper: an absolute URI (a scheme), at most 2048 bytes, no whitespace or control characters.';
+

@@ -25,18 +25,6 @@ mod ops {
     /// How many times a sender looks for an accepted row and tries to take the key.
     const CLAIM_ROUNDS: usize = 3;
 
-    fn rejection_body(ingest_id: &str, e: &OpsError) -> Value {
-        let mut detail = json!({
-            "error": e.kind(),
-            "http_status": e.http_status(),
-            "message": e.to_string(),
-        });
-        if let Some(a) = e.allowed() {
-            detail["allowed"] = json!(a);
-        }
-        json!({"ingest_id": ingest_id, "status": "rejected", "detail": detail})
-    }
-
     /// Ingest one event envelope; returns
     /// `{ingest_id, status: accepted|duplicate|rejected|error, detail}` and sets PostgREST's
     /// `response.status` (200, 400, 403, 409, 413, 422, 500). Every call, rejections included, is
@@ -86,179 +74,184 @@ mod ops {
             )
             .map(|_| env)
         });
-        let env = match parsed {
-            Ok(env) => env,
-            Err(e) => {
-                return Spi::connect_mut(|client| {
-                    let r = Received {
-                        header: &header,
-                        envelope: keep_envelope,
-                        envelope_bytes: bytes,
-                        occurred_at: None,
-                        received_by: &caller.actor_id,
-                    };
-                    let mut body = rejection_body("", &e);
-                    let id = store::log(
-                        client,
-                        &r,
-                        &Outcome {
-                            status: "rejected",
-                            http_status: e.http_status(),
-                            error: Some(e.kind()),
-                            error_message: Some(&e.to_string()),
-                            result: &body,
-                            original_ingest_id: None,
-                        },
-                    )?;
-                    body["ingest_id"] = json!(id);
-                    Ok(body)
-                });
-            }
-        };
-
-        let received = Received {
+        let mut received = Received {
             header: &header,
             envelope: keep_envelope,
             envelope_bytes: bytes,
-            occurred_at: env.occurred_at.as_deref(),
+            occurred_at: None,
             received_by: &caller.actor_id,
         };
-
-        // Duplicate, or take the key.
-        let claimed = Spi::connect_mut(|client| -> OpsResult<Result<String, Value>> {
-            let key = &env.idempotency_key;
-            // Twice is enough: a claim that loses waits for the winner's commit, and the next
-            // look (a new snapshot) sees it. A third round means the key changed hands again
-            // meanwhile; the caller retries.
-            for _ in 0..CLAIM_ROUNDS {
-                let (original, result) = match store::claim_key(client, &received)? {
-                    store::Claim::Taken(id) => return Ok(Ok(id)),
-                    store::Claim::Held(original, result) => (original, result),
-                    // The sender that held the key committed after this statement began, or
-                    // released it (a rejection): go round once more.
-                    store::Claim::Contended => continue,
-                };
-                let id = store::log(
-                    client,
-                    &received,
-                    &Outcome {
-                        status: "duplicate",
-                        http_status: 200,
-                        error: None,
-                        error_message: None,
-                        result: &Value::Null,
-                        original_ingest_id: Some(&original),
-                    },
-                )?;
-                let mut body = result;
-                if let Value::Object(m) = &mut body {
-                    m.insert("status".into(), json!("duplicate"));
-                    m.insert("receipt_id".into(), json!(id));
-                }
-                return Ok(Err(body));
-            }
-            Err(OpsError::Core(CoreError::Busy {
-                what: format!("idempotency_key {:?}", key),
-                hint: "the key is being accepted and released by concurrent senders; send the envelope again".into(),
-            }))
-        })?;
-        let ingest_id = match claimed {
-            Ok(id) => id,
-            Err(duplicate) => return Ok(duplicate),
+        let ingest_id = store::new_ingest_id();
+        let env = match parsed {
+            Ok(env) => env,
+            Err(e) => return Finished::refused(&ingest_id, &e).log(&ingest_id, &received),
         };
+        received.occurred_at = env.occurred_at.as_deref();
 
-        // Apply in a subtransaction, so a failing handler leaves nothing but the log row.
+        // A duplicate of an accepted envelope writes only its log row. Otherwise the event is
+        // applied in a subtransaction, and the accepted log row, written last, takes the key;
+        // when a concurrent sender took it meanwhile (the insert waits for its commit), the
+        // subtransaction is rolled back and the envelope is a duplicate of that sender's. A
+        // refused or failing event leaves nothing but its log row.
+        let key = &env.idempotency_key;
         let ctx = Apply {
             ingest_id: &ingest_id,
             caller: &caller,
         };
-        let applied = subxact::run(|| {
-            let _applying = env
-                .release_id()
-                .and_then(|r| uuid::Uuid::parse_str(r).ok())
-                .map(evaluation::Applying::start);
-            Spi::connect_mut(|client| apply::apply(client, &ctx, &env))
-        });
-
-        Spi::connect_mut(|client| {
-            let (body, outcome_status, http, error, message): (
-                Value,
-                &str,
-                u16,
-                Option<&str>,
-                Option<String>,
-            ) = match applied {
-                Ok(Ok(detail)) => (
-                    json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail}),
-                    "accepted",
-                    200,
-                    None,
-                    None,
-                ),
-                Ok(Err(e)) if e.http_status() < 500 => {
-                    let body = rejection_body(&ingest_id, &e);
-                    (
-                        body,
-                        "rejected",
-                        e.http_status(),
-                        Some(e.kind()),
-                        Some(e.to_string()),
-                    )
+        // Twice is enough: losing the key means its holder committed, and the next look (a new
+        // snapshot) sees it. A third round means the key changed hands again meanwhile; the
+        // caller retries.
+        for _ in 0..CLAIM_ROUNDS {
+            if let Some((original, result)) = Spi::connect(|client| store::held(&client, key))? {
+                return duplicate(&received, &original, result);
+            }
+            let applied = subxact::run(|| -> Result<Value, Step> {
+                let _applying = env
+                    .release_id()
+                    .and_then(|r| uuid::Uuid::parse_str(r).ok())
+                    .map(evaluation::Applying::start);
+                Spi::connect_mut(|client| {
+                    let detail = apply::apply(client, &ctx, &env).map_err(Step::Refused)?;
+                    let body =
+                        json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail});
+                    let accepted = Outcome {
+                        status: "accepted",
+                        http_status: 200,
+                        error: None,
+                        error_message: None,
+                        result: &body,
+                        original_ingest_id: None,
+                    };
+                    match store::log(client, &ingest_id, &received, &accepted) {
+                        Ok(true) => Ok(body),
+                        Ok(false) => Err(Step::KeyTaken),
+                        Err(e) => Err(Step::Refused(e)),
+                    }
+                })
+            });
+            let finished = match applied {
+                Ok(Ok(body)) => return Ok(body),
+                Ok(Err(Step::KeyTaken)) => continue,
+                Ok(Err(Step::Refused(e))) if e.http_status() < 500 => {
+                    Finished::refused(&ingest_id, &e)
                 }
-                Ok(Err(e)) => internal(&ingest_id, &e.to_string()),
+                Ok(Err(Step::Refused(e))) => Finished::internal(&ingest_id, &e.to_string()),
+                // A serialization failure or a deadlock: the caller's transaction has to be
+                // retried as a whole, so it is not this envelope's outcome.
+                Err(c) if c.sqlstate == "40001" || c.sqlstate == "40P01" => {
+                    return Err(OpsError::Core(CoreError::Busy {
+                        what: format!("idempotency_key {key:?}"),
+                        hint: format!("{} ({}); retry the transaction", c.message, c.sqlstate),
+                    }))
+                }
                 // A foreign key or unique violation raised by Postgres itself: the event
                 // contradicts the record (e.g. a release deleted meanwhile).
                 Err(c) if c.sqlstate.starts_with("23") => {
-                    let e = OpsError::Conflict(c.message.clone());
-                    let body = rejection_body(&ingest_id, &e);
-                    (body, "rejected", 409, Some("conflict"), Some(c.message))
+                    Finished::refused(&ingest_id, &OpsError::Conflict(c.message))
                 }
-                Err(c) => internal(&ingest_id, &format!("{} ({})", c.message, c.sqlstate)),
+                Err(c) => {
+                    Finished::internal(&ingest_id, &format!("{} ({})", c.message, c.sqlstate))
+                }
             };
-            store::finish(
-                client,
-                &ingest_id,
-                &Outcome {
-                    status: outcome_status,
-                    http_status: http,
-                    error,
-                    error_message: message.as_deref(),
-                    result: &body,
-                    original_ingest_id: None,
-                },
-            )?;
-            Ok(body)
-        })
+            return finished.log(&ingest_id, &received);
+        }
+        Err(OpsError::Core(CoreError::Busy {
+            what: format!("idempotency_key {key:?}"),
+            hint: "the key is being accepted and released by concurrent senders; send the envelope again".into(),
+        }))
     }
 
-    /// A 500: the real message goes to the server log and the log row, the caller gets the
-    /// ingest_id to look it up.
-    fn internal(
-        ingest_id: &str,
-        message: &str,
-    ) -> (
-        Value,
-        &'static str,
-        u16,
-        Option<&'static str>,
-        Option<String>,
-    ) {
-        pgrx::log!("ops.ingest_event: internal error for ingest_id {ingest_id}: {message}");
-        (
-            json!({
-                "ingest_id": ingest_id,
-                "status": "error",
-                "detail": {
-                    "error": "internal_error",
-                    "http_status": 500,
-                    "message": "the event could not be applied; nothing but the ingest log row was written (see the server log for this ingest_id)",
-                },
-            }),
-            "error",
-            500,
-            Some("internal_error"),
-            Some(message.to_owned()),
-        )
+    /// Why an applying subtransaction was rolled back.
+    enum Step {
+        /// The handler (or the log write) refused the event, or failed.
+        Refused(OpsError),
+        /// A concurrent sender's accepted row took the idempotency key first.
+        KeyTaken,
+    }
+
+    /// Log a duplicate of the accepted row `original`, and answer with that row's result.
+    fn duplicate(received: &Received<'_>, original: &str, result: Value) -> OpsResult<Value> {
+        let receipt = store::new_ingest_id();
+        let outcome = Outcome {
+            status: "duplicate",
+            http_status: 200,
+            error: None,
+            error_message: None,
+            result: &Value::Null,
+            original_ingest_id: Some(original),
+        };
+        Spi::connect_mut(|client| store::log(client, &receipt, received, &outcome))?;
+        let mut body = result;
+        if let Value::Object(m) = &mut body {
+            m.insert("status".into(), json!("duplicate"));
+            m.insert("receipt_id".into(), json!(receipt));
+        }
+        Ok(body)
+    }
+
+    /// The outcome of an envelope that was not accepted: its answer and what its log row says.
+    struct Finished {
+        body: Value,
+        status: &'static str,
+        http_status: u16,
+        error: &'static str,
+        message: String,
+    }
+
+    impl Finished {
+        /// Refused (4xx): the caller is told why.
+        fn refused(ingest_id: &str, e: &OpsError) -> Finished {
+            let mut detail = json!({
+                "error": e.kind(),
+                "http_status": e.http_status(),
+                "message": e.to_string(),
+            });
+            if let Some(a) = e.allowed() {
+                detail["allowed"] = json!(a);
+            }
+            Finished {
+                body: json!({"ingest_id": ingest_id, "status": "rejected", "detail": detail}),
+                status: "rejected",
+                http_status: e.http_status(),
+                error: e.kind(),
+                message: e.to_string(),
+            }
+        }
+
+        /// A 500: the real message goes to the server log and the log row, the caller gets the
+        /// ingest_id to look it up.
+        fn internal(ingest_id: &str, message: &str) -> Finished {
+            pgrx::log!("ops.ingest_event: internal error for ingest_id {ingest_id}: {message}");
+            Finished {
+                body: json!({
+                    "ingest_id": ingest_id,
+                    "status": "error",
+                    "detail": {
+                        "error": "internal_error",
+                        "http_status": 500,
+                        "message": "the event could not be applied; nothing but the ingest log row was written (see the server log for this ingest_id)",
+                    },
+                }),
+                status: "error",
+                http_status: 500,
+                error: "internal_error",
+                message: message.to_owned(),
+            }
+        }
+
+        /// Write the log row and answer.
+        fn log(self, ingest_id: &str, received: &Received<'_>) -> OpsResult<Value> {
+            let outcome = Outcome {
+                status: self.status,
+                http_status: self.http_status,
+                error: Some(self.error),
+                error_message: Some(&self.message),
+                result: &self.body,
+                original_ingest_id: None,
+            };
+            Spi::connect_mut(|client| store::log(client, ingest_id, received, &outcome))?;
+            Ok(self.body)
+        }
     }
 
     /// The current status of a gate, computed from its release's facts at this moment: pending,
@@ -343,6 +336,22 @@ mod ops {
     #[pg_extern(volatile)]
     fn expire_bypasses() -> Result<i32, ErrorReport> {
         Ok(Spi::connect_mut(evaluation::expire_bypasses)?)
+    }
+
+    /// CHECK helper: not blank, at most max_chars characters, no control characters (newlines
+    /// and tabs allowed when multiline). The rule ops.ingest_event checks free text with.
+    #[documented]
+    #[pg_extern(immutable, strict, parallel_safe)]
+    fn is_valid_text(value: &str, max_chars: i32, multiline: bool) -> bool {
+        usize::try_from(max_chars).is_ok_and(|max| envelope::text_ok(value, max, multiline))
+    }
+
+    /// CHECK helper: an absolute URI (a scheme), at most 2048 bytes, no whitespace or control
+    /// characters. The rule ops.ingest_event checks URIs with.
+    #[documented]
+    #[pg_extern(immutable, strict, parallel_safe)]
+    fn is_absolute_uri(value: &str) -> bool {
+        envelope::uri_ok(value)
     }
 
     /// The statements that give each persona its access, generated from the persona matrix: the

@@ -13,15 +13,18 @@
 //! cases.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{OpsError, OpsResult};
 use super::gates::{self, GateCode, ReleaseFacts};
-use super::store::{first_json, lock_release_row, read};
+use super::envelope::CheckReport;
+use super::store::{lock_release_row, read, write};
 use super::values;
 use crate::core::error::CoreError;
 use crate::core::prepared::{self, JSONB, TEXT};
@@ -62,7 +65,8 @@ pub fn is_applying(release_id: uuid::Uuid) -> bool {
 #[derive(Deserialize)]
 struct RawFacts {
     now: f64,
-    gates: Vec<(String, Vec<String>)>,
+    /// Each gate's required checks and stored status, reason and bypassing exception.
+    gates: Vec<(String, Vec<String>, String, Option<String>, Option<String>)>,
     checks: Vec<(String, String, String, bool)>,
     evidence: Vec<(Option<String>, String)>,
     approvals: Vec<(String, String, String, String)>,
@@ -70,9 +74,11 @@ struct RawFacts {
     deployments: Vec<(String, String, String)>,
 }
 
-const FACTS_SQL: &str = "SELECT jsonb_build_object(\
+/// Everything the gate rules read about the release `$1`, as one JSON value.
+const FACTS: &str = "jsonb_build_object(\
   'now', extract(epoch FROM now()), \
-  'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks))) \
+  'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks), status, status_reason, \
+                                                        bypass_exception_id)) \
                        FROM ops.release_gates WHERE release_id = $1::uuid), '[]'), \
   'checks', coalesce((WITH RECURSIVE names AS ( \
                           SELECT g.gate_id, g.gate_code, \
@@ -104,28 +110,75 @@ const FACTS_SQL: &str = "SELECT jsonb_build_object(\
   'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status) ORDER BY recorded_at) \
                              FROM ops.deployments WHERE release_id = $1::uuid), '[]'))";
 
+/// A check result that the statement loading its release's facts writes first. That
+/// statement reads the facts from before its own write (one snapshot), so the new result is
+/// merged into them here: it is the latest of its check.
+pub struct NewCheck<'a> {
+    pub report: &'a CheckReport,
+    pub reported_by: &'a str,
+    pub source_system: &'a str,
+    pub ingest_id: &'a str,
+}
+
+/// The facts, read alone.
+static READ_FACTS: LazyLock<String> = LazyLock::new(|| format!("SELECT NULL::text, {FACTS}"));
+
+/// The facts, read by the statement that writes a check result (`NewCheck`); the check's id
+/// first, NULL when the release has no such gate.
+static WRITE_CHECK_READ_FACTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH written AS ( \
+           INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
+                                        reported_by, source_system, ingest_id) \
+           SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
+             FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = $2 \
+           RETURNING check_id::text) \
+         SELECT (SELECT check_id FROM written), {FACTS}"
+    )
+});
+
+/// What `ops.release_gates` holds for a gate now: status, reason, bypassing exception.
+type Stored = (String, Option<String>, Option<String>);
+
+/// What [`load`] read.
+struct Loaded {
+    facts: ReleaseFacts,
+    stored: BTreeMap<GateCode, Stored>,
+    /// The id of the `NewCheck` written, if one was.
+    check_id: Option<String>,
+}
+
 /// Load everything the gate rules read about a release (one statement): the latest result per
 /// check, the distinct evidence types per gate, approvals in order, exceptions, deployments.
-///
+pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
+    let t = read(client, &READ_FACTS, &[Some(release_id)])?;
+    Ok(load(t)?.facts)
+}
+
 /// Checks are reported again and again (every CI run), so a release collects many rows per
 /// check. The latest per check is found by walking the `(gate_id, check_name, recorded_at)`
 /// index from name to name, one probe per distinct check, instead of sorting every row: the
 /// cost follows the number of checks, not the number of reports.
-pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
-    let t = read(client, FACTS_SQL, &[Some(release_id)])?;
-    let raw: RawFacts =
-        serde_json::from_value(first_json(t)?.unwrap_or(Value::Null)).map_err(|e| {
-            OpsError::Core(crate::core::error::CoreError::Internal(format!(
-                "release facts did not load: {e}"
-            )))
-        })?;
+fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
+    let (check_id, raw) = if t.is_empty() {
+        (None, None)
+    } else {
+        t.first().get_two::<String, JsonB>()?
+    };
+    let raw: RawFacts = serde_json::from_value(raw.map_or(Value::Null, |j| j.0)).map_err(|e| {
+        OpsError::Core(crate::core::error::CoreError::Internal(format!(
+            "release facts did not load: {e}"
+        )))
+    })?;
     let mut facts = ReleaseFacts {
         now: raw.now,
         ..Default::default()
     };
-    for (code, required) in raw.gates {
+    let mut stored = BTreeMap::new();
+    for (code, required, status, reason, bypass) in raw.gates {
         let code = GateCode::parse(&code)?;
         facts.gates.entry(code).or_default().required_checks = required;
+        stored.insert(code, (status, reason, bypass));
     }
     for (code, name, status, required) in raw.checks {
         if let Some(status) = gates::CheckStatus::parse(&status) {
@@ -193,7 +246,11 @@ pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<Release
             g4_status,
         });
     }
-    Ok(facts)
+    Ok(Loaded {
+        facts,
+        stored,
+        check_id,
+    })
 }
 
 fn release_exists(client: &SpiClient<'_>, release_id: &str) -> OpsResult<()> {
@@ -222,17 +279,70 @@ pub fn refresh(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<Vec<ga
         // Deleted meanwhile (cascade): nothing to evaluate.
         return Ok(Vec::new());
     }
-    refresh_locked(client, release_id)
+    Ok(refresh_locked(client, release_id, None)?.0)
 }
 
-/// Recompute and store the gate statuses of a release whose row lock the caller holds.
+/// Recompute and store the gate statuses of a release whose row lock the caller holds, after
+/// writing `new_check` if there is one (its id is returned; None means the release has no such
+/// gate, and nothing was written). Only statuses that changed are written.
 pub fn refresh_locked(
     client: &mut SpiClient<'_>,
     release_id: &str,
-) -> OpsResult<Vec<gates::Evaluation>> {
-    let evaluations = gates::evaluate(&load_facts(client, release_id)?);
-    let rows: Vec<Value> = evaluations
+    new_check: Option<&NewCheck<'_>>,
+) -> OpsResult<(Vec<gates::Evaluation>, Option<String>)> {
+    let Loaded {
+        mut facts,
+        stored,
+        check_id,
+    } = match new_check {
+        None => load(read(client, &READ_FACTS, &[Some(release_id)])?)?,
+        Some(c) => {
+            let required = c.report.required.to_string();
+            let t = write(
+                client,
+                &WRITE_CHECK_READ_FACTS,
+                &[
+                    Some(release_id),
+                    Some(c.report.gate.as_str()),
+                    Some(&c.report.check_name),
+                    Some(&c.report.status),
+                    Some(&required),
+                    c.report.run_id.as_deref(),
+                    c.report.details_url.as_deref(),
+                    Some(c.reported_by),
+                    Some(c.source_system),
+                    Some(c.ingest_id),
+                ],
+            )?;
+            let loaded = load(t)?;
+            if loaded.check_id.is_none() {
+                return Ok((Vec::new(), None));
+            }
+            loaded
+        }
+    };
+    if let Some(c) = new_check {
+        if let Some(status) = gates::CheckStatus::parse(&c.report.status) {
+            let checks = &mut facts.gates.entry(c.report.gate).or_default().checks;
+            checks.retain(|f| f.name != c.report.check_name);
+            checks.push(gates::CheckFact {
+                name: c.report.check_name.clone(),
+                status,
+                required: c.report.required,
+            });
+        }
+    }
+    let evaluations = gates::evaluate(&facts);
+    let changed: Vec<Value> = evaluations
         .iter()
+        .filter(|e| {
+            let now = (
+                e.status.as_str().to_owned(),
+                Some(e.reason.clone()),
+                e.bypass.as_ref().map(|b| b.0.clone()),
+            );
+            stored.get(&e.code) != Some(&now)
+        })
         .map(|e| {
             json!({
                 "gate_code": e.code.as_str(),
@@ -243,20 +353,22 @@ pub fn refresh_locked(
             })
         })
         .collect();
-    prepared::run(
-        client,
-        "UPDATE ops.release_gates g \
-            SET status = n.status, status_reason = n.reason, bypass_exception_id = n.bypass_exception_id, \
-                bypass_expires_at = to_timestamp(n.bypass_expires_at), evaluated_at = now(), \
-                passed_at = CASE WHEN n.status = 'passed' THEN coalesce(g.passed_at, now()) END \
-           FROM jsonb_to_recordset($2) AS n(gate_code text, status text, reason text, bypass_exception_id uuid, \
-                                           bypass_expires_at float8) \
-          WHERE g.release_id = $1::uuid AND g.gate_code = n.gate_code \
-            AND (g.status, g.status_reason, g.bypass_exception_id) IS DISTINCT FROM (n.status, n.reason, n.bypass_exception_id)",
-        &[TEXT, JSONB],
-        &[release_id.into(), JsonB(Value::Array(rows)).into()],
-    )?;
-    Ok(evaluations)
+    if !changed.is_empty() {
+        prepared::run(
+            client,
+            "UPDATE ops.release_gates g \
+                SET status = n.status, status_reason = n.reason, bypass_exception_id = n.bypass_exception_id, \
+                    bypass_expires_at = to_timestamp(n.bypass_expires_at), evaluated_at = now(), \
+                    passed_at = CASE WHEN n.status = 'passed' THEN coalesce(g.passed_at, now()) END \
+               FROM jsonb_to_recordset($2) AS n(gate_code text, status text, reason text, bypass_exception_id uuid, \
+                                               bypass_expires_at float8) \
+              WHERE g.release_id = $1::uuid AND g.gate_code = n.gate_code \
+                AND (g.status, g.status_reason, g.bypass_exception_id) IS DISTINCT FROM (n.status, n.reason, n.bypass_exception_id)",
+            &[TEXT, JSONB],
+            &[release_id.into(), JsonB(Value::Array(changed)).into()],
+        )?;
+    }
+    Ok((evaluations, check_id))
 }
 
 fn check_environment(environment: &str) -> OpsResult<()> {

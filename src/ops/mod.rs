@@ -39,7 +39,11 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
 pgrx::extension_sql_file!(
     "../../sql/ops/tables.sql",
     name = "ops_tables",
-    requires = ["core_bootstrap"]
+    requires = [
+        "core_bootstrap",
+        ops::api::ops::is_valid_text,
+        ops::api::ops::is_absolute_uri
+    ]
 );
 pgrx::extension_sql_file!(
     "../../sql/ops/surface.sql",

@@ -8,7 +8,7 @@ use pgrx::JsonB;
 use serde_json::Value;
 
 use super::envelope::{self, EventType, Header};
-use super::error::{OpsError, OpsResult};
+use super::error::OpsResult;
 use super::personas;
 use crate::core::prepared::{self, TEXT};
 
@@ -38,10 +38,6 @@ pub(super) fn read<'c>(
 
 pub(super) fn first_text(t: SpiTupleTable<'_>) -> OpsResult<Option<String>> {
     Ok(prepared::first_text(t)?)
-}
-
-pub(super) fn first_json(t: SpiTupleTable<'_>) -> OpsResult<Option<Value>> {
-    Ok(prepared::first_json(t)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,10 +122,41 @@ fn log_args<'a>(
     ]
 }
 
-/// Write a finished log row (rejections, duplicates) and return its ingest_id. When `result`
-/// has an `ingest_id` key it is set to the new row's id. PostgREST answers with the outcome's
-/// HTTP status (`response.status`, set by the same statement).
-pub fn log(client: &mut SpiClient<'_>, r: &Received<'_>, o: &Outcome<'_>) -> OpsResult<String> {
+/// A new ingest_id (a random UUID, `gen_random_uuid()` called directly: no statement).
+pub fn new_ingest_id() -> String {
+    // SAFETY: gen_random_uuid takes no arguments and returns a non-NULL uuid.
+    let id = unsafe {
+        pgrx::direct_function_call::<pgrx::Uuid>(pgrx::pg_sys::gen_random_uuid, &[])
+    };
+    id.map(prepared::uuid_text).unwrap_or_default()
+}
+
+/// The accepted row that holds an idempotency key, if one is committed: its ingest_id and
+/// result.
+pub fn held(client: &SpiClient<'_>, key: &str) -> OpsResult<Option<(String, Value)>> {
+    let t = read(
+        client,
+        "SELECT ingest_id::text, result FROM ops.event_ingest_log \
+          WHERE idempotency_key = $1 AND processing_status = 'accepted'",
+        &[Some(key)],
+    )?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let (id, result) = t.first().get_two::<String, JsonB>()?;
+    Ok(id.map(|id| (id, result.map_or(Value::Null, |j| j.0))))
+}
+
+/// Write the envelope's log row, once, with its outcome, and make PostgREST answer with the
+/// outcome's HTTP status (`response.status`, set by the same statement). An accepted row takes
+/// the idempotency key: false when an accepted row holds it already (the insert waits for a
+/// concurrent sender of the same key to commit or roll back), and nothing was written.
+pub fn log(
+    client: &mut SpiClient<'_>,
+    ingest_id: &str,
+    r: &Received<'_>,
+    o: &Outcome<'_>,
+) -> OpsResult<bool> {
     let envelope_text = r.envelope.map(Value::to_string);
     let bytes = r.envelope_bytes.to_string();
     let a = log_args(r, &envelope_text, &bytes);
@@ -138,13 +165,11 @@ pub fn log(client: &mut SpiClient<'_>, r: &Received<'_>, o: &Outcome<'_>) -> Ops
     let t = write(
         client,
         &format!(
-            "WITH id AS (SELECT gen_random_uuid() AS v) \
-             INSERT INTO ops.event_ingest_log (ingest_id, {LOG_COLUMNS}) \
-             SELECT id.v, $1, $2::ops.ops_event_type, $3, $4, $5, $6::uuid, $11, $12::int, $13, $14, \
-                    CASE WHEN $15::jsonb ? 'ingest_id' THEN jsonb_set($15::jsonb, '{{ingest_id}}', to_jsonb(id.v::text)) \
-                         ELSE $15::jsonb END, \
-                    $16::uuid, $7::jsonb, $8::int, $9::timestamptz, $10 FROM id \
-             RETURNING ingest_id::text, pg_catalog.set_config('response.status', $12, true)"
+            "INSERT INTO ops.event_ingest_log (ingest_id, {LOG_COLUMNS}) \
+             VALUES ($17::uuid, $1, $2::ops.ops_event_type, $3, $4, $5, $6::uuid, $11, $12::int, $13, $14, $15::jsonb, \
+                     $16::uuid, $7::jsonb, $8::int, $9::timestamptz, $10) \
+             ON CONFLICT (idempotency_key) WHERE processing_status = 'accepted' DO NOTHING \
+             RETURNING pg_catalog.set_config('response.status', $12, true)"
         ),
         &[
             a[0],
@@ -163,82 +188,10 @@ pub fn log(client: &mut SpiClient<'_>, r: &Received<'_>, o: &Outcome<'_>) -> Ops
             o.error_message,
             result.as_deref(),
             o.original_ingest_id,
-        ],
-    )?;
-    first_text(t)?.ok_or_else(|| {
-        OpsError::Core(crate::core::error::CoreError::Internal(
-            "the ingest log row was not written".into(),
-        ))
-    })
-}
-
-/// What a try to take an idempotency key found.
-pub enum Claim {
-    /// The key is this envelope's now: the accepted row's ingest_id (its outcome comes later).
-    Taken(String),
-    /// An earlier envelope holds it: that row's ingest_id and result.
-    Held(String, Value),
-    /// Taken by a sender whose row this statement cannot see yet (it committed after the
-    /// statement began, or released the key meanwhile): try again.
-    Contended,
-}
-
-/// Take the key: insert the accepted row, or else find the accepted row that holds it, in one
-/// statement (the insert waits for a concurrent sender of the same key to commit or roll back).
-pub fn claim_key(client: &mut SpiClient<'_>, r: &Received<'_>) -> OpsResult<Claim> {
-    let envelope_text = r.envelope.map(Value::to_string);
-    let bytes = r.envelope_bytes.to_string();
-    let a = log_args(r, &envelope_text, &bytes);
-    let t = write(
-        client,
-        &format!(
-            "WITH taken AS ( \
-               INSERT INTO ops.event_ingest_log ({LOG_COLUMNS}) \
-               VALUES ($1, $2::ops.ops_event_type, $3, $4, $5, $6::uuid, 'accepted', 200, NULL, NULL, NULL, NULL, \
-                       $7::jsonb, $8::int, $9::timestamptz, $10) \
-               ON CONFLICT (idempotency_key) WHERE processing_status = 'accepted' DO NOTHING \
-               RETURNING ingest_id::text AS id), \
-             held AS ( \
-               SELECT l.ingest_id::text AS id, l.result FROM ops.event_ingest_log l \
-                WHERE NOT EXISTS (SELECT FROM taken) \
-                  AND l.idempotency_key = $1 AND l.processing_status = 'accepted') \
-             SELECT (SELECT id FROM taken), (SELECT id FROM held), (SELECT result FROM held)"
-        ),
-        &a,
-    )?;
-    let row = t.first();
-    let taken = row.get::<String>(1)?;
-    let held = row.get::<String>(2)?;
-    let result = row.get::<JsonB>(3)?;
-    Ok(match (taken, held) {
-        (Some(id), _) => Claim::Taken(id),
-        (None, Some(id)) => Claim::Held(id, result.map_or(Value::Null, |j| j.0)),
-        (None, None) => Claim::Contended,
-    })
-}
-
-/// Record the outcome on the row that claimed the key, and make PostgREST answer with its HTTP
-/// status (`response.status`, set by the same statement). A rejection or error releases the
-/// key.
-pub fn finish(client: &mut SpiClient<'_>, ingest_id: &str, o: &Outcome<'_>) -> OpsResult<()> {
-    let http = o.http_status.to_string();
-    let result = o.result.to_string();
-    write(
-        client,
-        "UPDATE ops.event_ingest_log SET processing_status = $2, http_status = $3::int, error = $4, \
-                error_message = $5, result = $6::jsonb \
-          WHERE ingest_id = $1::uuid \
-         RETURNING pg_catalog.set_config('response.status', $3, true)",
-        &[
             Some(ingest_id),
-            Some(o.status),
-            Some(&http),
-            o.error,
-            o.error_message,
-            Some(&result),
         ],
     )?;
-    Ok(())
+    Ok(!t.is_empty())
 }
 
 // ---------------------------------------------------------------------------------------------

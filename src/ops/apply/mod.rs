@@ -31,23 +31,29 @@ pub struct Apply<'a> {
 
 /// What a handler adds to the accepted outcome.
 #[derive(Default)]
-struct Applied {
+struct Applied<'a> {
     /// The `detail` of the outcome.
     detail: Map<String, Value>,
     /// The gate the envelope's extra evidence is attached to.
     attach_gate: Option<GateCode>,
     /// The check the envelope's extra evidence is attached to.
     attach_check: Option<String>,
+    /// A check result left for the evaluation to write (and merge into the facts it reads).
+    new_check: Option<evaluation::NewCheck<'a>>,
 }
 
-impl Applied {
+impl Applied<'_> {
     fn set(&mut self, key: &str, value: impl Into<Value>) {
         self.detail.insert(key.to_owned(), value.into());
     }
 }
 
 /// Apply a checked envelope; returns the `detail` of the accepted outcome.
-pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> OpsResult<Value> {
+pub fn apply<'a>(
+    client: &mut SpiClient<'_>,
+    ctx: &Apply<'a>,
+    env: &'a Envelope,
+) -> OpsResult<Value> {
     let mut out = Applied::default();
     match &env.body {
         Body::Release { release_id, event } => {
@@ -115,7 +121,13 @@ pub fn apply(client: &mut SpiClient<'_>, ctx: &Apply<'_>, env: &Envelope) -> Ops
         }
         // The triggers on fact rows skipped this release (evaluation::Applying): evaluate it
         // once, now that every fact of the envelope is written.
-        let statuses: Map<String, Value> = evaluation::refresh_locked(client, r)?
+        let new_check = out.new_check.take();
+        let (evaluations, check_id) = evaluation::refresh_locked(client, r, new_check.as_ref())?;
+        if let Some(c) = &new_check {
+            let id = check_id.ok_or_else(|| unknown_gate(r, c.report.gate))?;
+            out.set("check_id", id);
+        }
+        let statuses: Map<String, Value> = evaluations
             .into_iter()
             .map(|e| (e.code.as_str().to_owned(), json!(e.status.as_str())))
             .collect();

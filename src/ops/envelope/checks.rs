@@ -18,31 +18,32 @@ pub(super) fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// Free text: non-empty, at most `max` characters, no control characters except newlines and
-/// tabs when `multiline`.
+/// Free text: not blank (Unicode White_Space), at most `max` characters, no control characters
+/// (Cc) except newlines and tabs when `multiline`. The CHECK constraints of ops call the same
+/// rule (`ops.is_valid_text`).
+pub fn text_ok(s: &str, max: usize, multiline: bool) -> bool {
+    !s.trim().is_empty()
+        && s.chars().count() <= max
+        && !s
+            .chars()
+            .any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t')))
+}
+
+/// [`text_ok`], with the reason when it fails.
 pub(super) fn check_text(field: &str, s: &str, max: usize, multiline: bool) -> OpsResult<()> {
+    if text_ok(s, max, multiline) {
+        return Ok(());
+    }
     let allowed = format!("1 to {max} printable characters");
-    if s.trim().is_empty() {
-        return Err(OpsError::invalid(field, "it is empty", allowed));
-    }
     let n = s.chars().count();
-    if n > max {
-        return Err(OpsError::invalid(
-            field,
-            format!("it is {n} characters long"),
-            allowed,
-        ));
-    }
-    if s.chars()
-        .any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t')))
-    {
-        return Err(OpsError::invalid(
-            field,
-            "it contains control characters",
-            allowed,
-        ));
-    }
-    Ok(())
+    let problem = if s.trim().is_empty() {
+        "it is empty".to_owned()
+    } else if n > max {
+        format!("it is {n} characters long")
+    } else {
+        "it contains control characters".to_owned()
+    };
+    Err(OpsError::invalid(field, problem, allowed))
 }
 
 pub(super) fn opt_text(
@@ -73,22 +74,29 @@ pub(super) fn opt_uuid(field: &str, s: Option<String>) -> OpsResult<Option<Strin
     s.map(|s| check_uuid(field, &s)).transpose()
 }
 
-pub(super) fn check_uri(field: &str, s: &str) -> OpsResult<()> {
-    let allowed = "an absolute URI of at most 2048 characters (https://..., s3://...)";
-    let scheme_end = s.find(':').unwrap_or(0);
-    let scheme_ok = scheme_end > 0
-        && s[..scheme_end].starts_with(|c: char| c.is_ascii_alphabetic())
-        && s[..scheme_end]
+/// An absolute URI: a scheme (a letter, then letters, digits, `+`, `-`, `.`) and a colon, at
+/// most 2048 bytes, no whitespace or control characters. The CHECK constraints of ops call the
+/// same rule (`ops.is_absolute_uri`).
+pub fn uri_ok(s: &str) -> bool {
+    let scheme = &s[..s.find(':').unwrap_or(0)];
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    if !scheme_ok || s.len() > 2048 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(OpsError::invalid(
-            field,
-            format!("{:?} is not an absolute URI", truncate(s, 80)),
-            allowed,
-        ));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && s.len() <= 2048
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// [`uri_ok`], with the reason when it fails.
+pub(super) fn check_uri(field: &str, s: &str) -> OpsResult<()> {
+    if uri_ok(s) {
+        return Ok(());
     }
-    Ok(())
+    Err(OpsError::invalid(
+        field,
+        format!("{:?} is not an absolute URI", truncate(s, 80)),
+        "an absolute URI of at most 2048 characters (https://..., s3://...)",
+    ))
 }
 
 pub(super) fn one_of(field: &str, s: &str, allowed: &[&str]) -> OpsResult<()> {
