@@ -20,7 +20,7 @@ mod ops {
     use crate::ops::gates::ALL_GATES;
     use crate::ops::roles;
     use crate::ops::roles::Caller;
-    use crate::ops::store::{self, Outcome, Received};
+    use crate::ops::store::{self, Outcome, Precheck, Received};
 
     /// How many times a sender looks for an accepted row and tries to take the key.
     const CLAIM_ROUNDS: usize = 3;
@@ -88,23 +88,28 @@ mod ops {
         };
         received.occurred_at = env.occurred_at.as_deref();
 
-        // A duplicate of an accepted envelope writes only its log row. Otherwise the event is
-        // applied in a subtransaction, and the accepted log row, written last, takes the key;
-        // when a concurrent sender took it meanwhile (the insert waits for its commit), the
-        // subtransaction is rolled back and the envelope is a duplicate of that sender's. A
-        // refused or failing event leaves nothing but its log row.
+        // One statement finds the accepted row that holds the key (this envelope is then its
+        // duplicate and writes only its log row) or else locks the release the envelope is
+        // about. The event is applied in a subtransaction, and the accepted log row, written
+        // last, takes the key; when a concurrent sender took it meanwhile (the insert waits for
+        // its commit), the subtransaction is rolled back and the envelope is a duplicate of that
+        // sender's. A refused or failing event leaves nothing but its log row.
         let key = &env.idempotency_key;
-        let ctx = Apply {
-            ingest_id: &ingest_id,
-            caller: &caller,
-        };
         // Twice is enough: losing the key means its holder committed, and the next look (a new
         // snapshot) sees it. A third round means the key changed hands again meanwhile; the
         // caller retries.
         for _ in 0..CLAIM_ROUNDS {
-            if let Some((original, result)) = Spi::connect(|client| store::held(&client, key))? {
-                return duplicate(&received, &original, result);
-            }
+            let lock = match Spi::connect_mut(|client| {
+                store::precheck(client, key, apply::release_to_lock(&env))
+            })? {
+                Precheck::Held(original, result) => return duplicate(&received, &original, result),
+                Precheck::Clear(lock) => lock,
+            };
+            let ctx = Apply {
+                ingest_id: &ingest_id,
+                caller: &caller,
+                lock,
+            };
             let applied = subxact::run(|| -> Result<Value, Step> {
                 let _applying = env
                     .release_id()

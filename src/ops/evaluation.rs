@@ -5,25 +5,25 @@
 //! - while an `ops.ingest_event` is applying an event to the release (it writes the facts, then
 //!   re-evaluates the release once, before its subtransaction ends; the triggers on fact rows
 //!   skip that release meanwhile, see [`Applying`]);
-//! - after a bypassing exception expired, until the next write or the expiry sweep. Expiry is
-//!   the only way time changes an evaluation, and it happens at the earliest
-//!   `bypass_expires_at` of the release's gates, so a reader compares that with `now()`.
+//! - after a bypassing exception expired, until the next write that re-evaluates the gate, or
+//!   the expiry sweep. Expiry is the only way time changes an evaluation, and it happens at the
+//!   earliest `bypass_expires_at` of the release's gates, so a reader compares that with
+//!   `now()`.
 //!
 //! Eligibility reads the stored statuses and falls back to a fresh evaluation in those two
 //! cases.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::envelope::CheckReport;
 use super::error::{OpsError, OpsResult};
 use super::gates::{self, GateCode, ReleaseFacts};
-use super::envelope::CheckReport;
 use super::store::{lock_release_row, read, write};
 use super::values;
 use crate::core::error::CoreError;
@@ -62,11 +62,13 @@ pub fn is_applying(release_id: uuid::Uuid) -> bool {
     APPLYING.with(|a| a.borrow().contains(&release_id))
 }
 
+/// A gate as loaded: code, required checks, stored status, reason and bypassing exception.
+type RawGate = (String, Vec<String>, String, Option<String>, Option<String>);
+
 #[derive(Deserialize)]
 struct RawFacts {
     now: f64,
-    /// Each gate's required checks and stored status, reason and bypassing exception.
-    gates: Vec<(String, Vec<String>, String, Option<String>, Option<String>)>,
+    gates: Vec<RawGate>,
     checks: Vec<(String, String, String, bool)>,
     evidence: Vec<(Option<String>, String)>,
     approvals: Vec<(String, String, String, String)>,
@@ -74,7 +76,8 @@ struct RawFacts {
     deployments: Vec<(String, String, String)>,
 }
 
-/// Everything the gate rules read about the release `$1`, as one JSON value.
+/// Everything the gate rules read about the release `$1` for the gates `{G}` (a text[]
+/// literal), as one JSON value; every gate's stored status.
 const FACTS: &str = "jsonb_build_object(\
   'now', extract(epoch FROM now()), \
   'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks), status, status_reason, \
@@ -83,7 +86,7 @@ const FACTS: &str = "jsonb_build_object(\
   'checks', coalesce((WITH RECURSIVE names AS ( \
                           SELECT g.gate_id, g.gate_code, \
                                  (SELECT min(c.check_name COLLATE \"C\") FROM ops.gate_checks c WHERE c.gate_id = g.gate_id) AS name \
-                            FROM ops.release_gates g WHERE g.release_id = $1::uuid \
+                            FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[]) \
                           UNION ALL \
                           SELECT n.gate_id, n.gate_code, \
                                  (SELECT min(c.check_name COLLATE \"C\") FROM ops.gate_checks c \
@@ -103,12 +106,12 @@ const FACTS: &str = "jsonb_build_object(\
                          WHERE e.release_id = $1::uuid), '[]'), \
   'approvals', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, a.approver_id, a.persona_role, a.decision) ORDER BY a.recorded_at) \
                            FROM ops.approvals a JOIN ops.release_gates g ON g.gate_id = a.gate_id \
-                          WHERE a.release_id = $1::uuid), '[]'), \
+                          WHERE a.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[])), '[]'), \
   'exceptions', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, x.exception_id, x.status, extract(epoch FROM x.expires_at))) \
                             FROM ops.exceptions x JOIN ops.release_gates g ON g.gate_id = x.gate_id \
-                           WHERE x.release_id = $1::uuid), '[]'), \
+                           WHERE x.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[])), '[]'), \
   'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status) ORDER BY recorded_at) \
-                             FROM ops.deployments WHERE release_id = $1::uuid), '[]'))";
+                             FROM ops.deployments WHERE release_id = $1::uuid AND 'G4' = ANY ({G}::text[])), '[]'))";
 
 /// A check result that the statement loading its release's facts writes first. That
 /// statement reads the facts from before its own write (one snapshot), so the new result is
@@ -120,12 +123,16 @@ pub struct NewCheck<'a> {
     pub ingest_id: &'a str,
 }
 
-/// The facts, read alone.
-static READ_FACTS: LazyLock<String> = LazyLock::new(|| format!("SELECT NULL::text, {FACTS}"));
-
-/// The facts, read by the statement that writes a check result (`NewCheck`); the check's id
-/// first, NULL when the release has no such gate.
-static WRITE_CHECK_READ_FACTS: LazyLock<String> = LazyLock::new(|| {
+/// The statement that reads the facts of the gates `inputs`, and writes a check result first
+/// when `writes_check` (its id is the first column, NULL when the release has no such gate; the
+/// result is `$1` to `$10` as in [`refresh_locked`]). The gates are a literal, so each scope is
+/// its own prepared statement with its own generic plan.
+fn facts_sql(inputs: &[GateCode], writes_check: bool) -> String {
+    let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
+    let facts = FACTS.replace("{G}", &format!("'{{{}}}'", codes.join(",")));
+    if !writes_check {
+        return format!("SELECT NULL::text, {facts}");
+    }
     format!(
         "WITH written AS ( \
            INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
@@ -133,9 +140,9 @@ static WRITE_CHECK_READ_FACTS: LazyLock<String> = LazyLock::new(|| {
            SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
              FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = $2 \
            RETURNING check_id::text) \
-         SELECT (SELECT check_id FROM written), {FACTS}"
+         SELECT (SELECT check_id FROM written), {facts}"
     )
-});
+}
 
 /// What `ops.release_gates` holds for a gate now: status, reason, bypassing exception.
 type Stored = (String, Option<String>, Option<String>);
@@ -151,7 +158,11 @@ struct Loaded {
 /// Load everything the gate rules read about a release (one statement): the latest result per
 /// check, the distinct evidence types per gate, approvals in order, exceptions, deployments.
 pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
-    let t = read(client, &READ_FACTS, &[Some(release_id)])?;
+    let t = read(
+        client,
+        &facts_sql(&gates::ALL_GATES, false),
+        &[Some(release_id)],
+    )?;
     Ok(load(t)?.facts)
 }
 
@@ -279,28 +290,48 @@ pub fn refresh(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<Vec<ga
         // Deleted meanwhile (cascade): nothing to evaluate.
         return Ok(Vec::new());
     }
-    Ok(refresh_locked(client, release_id, None)?.0)
+    Ok(refresh_locked(client, release_id, None)?.evaluations)
+}
+
+/// What [`refresh_locked`] did.
+pub struct Refreshed {
+    /// The gates it evaluated, in order.
+    pub evaluations: Vec<gates::Evaluation>,
+    /// Every gate's status now: evaluated, or stored (a gate the new check cannot change).
+    pub statuses: Vec<(GateCode, String)>,
+    /// The id of the `NewCheck` written; None when there was none, or the release has no such
+    /// gate (then nothing was written).
+    pub check_id: Option<String>,
 }
 
 /// Recompute and store the gate statuses of a release whose row lock the caller holds, after
-/// writing `new_check` if there is one (its id is returned; None means the release has no such
-/// gate, and nothing was written). Only statuses that changed are written.
+/// writing `new_check` if there is one. A new check is evaluated with the gates it can change,
+/// from their facts alone (`GateCode::scope`); otherwise every gate is. Only statuses that
+/// changed are written.
 pub fn refresh_locked(
     client: &mut SpiClient<'_>,
     release_id: &str,
     new_check: Option<&NewCheck<'_>>,
-) -> OpsResult<(Vec<gates::Evaluation>, Option<String>)> {
+) -> OpsResult<Refreshed> {
+    let (affected, inputs) = match new_check {
+        Some(c) => c.report.gate.scope(),
+        None => (&gates::ALL_GATES[..], &gates::ALL_GATES[..]),
+    };
     let Loaded {
         mut facts,
         stored,
         check_id,
     } = match new_check {
-        None => load(read(client, &READ_FACTS, &[Some(release_id)])?)?,
+        None => load(read(
+            client,
+            &facts_sql(inputs, false),
+            &[Some(release_id)],
+        )?)?,
         Some(c) => {
             let required = c.report.required.to_string();
             let t = write(
                 client,
-                &WRITE_CHECK_READ_FACTS,
+                &facts_sql(inputs, true),
                 &[
                     Some(release_id),
                     Some(c.report.gate.as_str()),
@@ -316,7 +347,11 @@ pub fn refresh_locked(
             )?;
             let loaded = load(t)?;
             if loaded.check_id.is_none() {
-                return Ok((Vec::new(), None));
+                return Ok(Refreshed {
+                    evaluations: Vec::new(),
+                    statuses: Vec::new(),
+                    check_id: None,
+                });
             }
             loaded
         }
@@ -332,7 +367,11 @@ pub fn refresh_locked(
             });
         }
     }
-    let evaluations = gates::evaluate(&facts);
+    // Facts of gates outside the inputs were not loaded: only the affected gates count.
+    let evaluations: Vec<gates::Evaluation> = gates::evaluate(&facts)
+        .into_iter()
+        .filter(|e| affected.contains(&e.code))
+        .collect();
     let changed: Vec<Value> = evaluations
         .iter()
         .filter(|e| {
@@ -368,7 +407,21 @@ pub fn refresh_locked(
             &[release_id.into(), JsonB(Value::Array(changed)).into()],
         )?;
     }
-    Ok((evaluations, check_id))
+    let statuses = stored
+        .into_iter()
+        .map(|(code, (status, _, _))| {
+            let now = evaluations
+                .iter()
+                .find(|e| e.code == code)
+                .map_or(status, |e| e.status.as_str().to_owned());
+            (code, now)
+        })
+        .collect();
+    Ok(Refreshed {
+        evaluations,
+        statuses,
+        check_id,
+    })
 }
 
 fn check_environment(environment: &str) -> OpsResult<()> {

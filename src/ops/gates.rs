@@ -54,6 +54,18 @@ impl GateCode {
         }
     }
 
+    /// The gates whose status a fact about this gate can change, and the gates whose facts
+    /// evaluating those reads (G3 follows G2's status).
+    pub fn scope(self) -> (&'static [GateCode], &'static [GateCode]) {
+        use GateCode::*;
+        match self {
+            G1 => (&[G1], &[G1]),
+            G2 => (&[G2, G3], &[G2, G3]),
+            G3 => (&[G3], &[G2, G3]),
+            G4 => (&[G4], &[G4]),
+        }
+    }
+
     /// What each gate needs, stated once: `ops.gate_rules()` and the evidence view read this.
     pub fn rule(self) -> GateRule {
         match self {

@@ -125,26 +125,77 @@ fn log_args<'a>(
 /// A new ingest_id (a random UUID, `gen_random_uuid()` called directly: no statement).
 pub fn new_ingest_id() -> String {
     // SAFETY: gen_random_uuid takes no arguments and returns a non-NULL uuid.
-    let id = unsafe {
-        pgrx::direct_function_call::<pgrx::Uuid>(pgrx::pg_sys::gen_random_uuid, &[])
-    };
+    let id =
+        unsafe { pgrx::direct_function_call::<pgrx::Uuid>(pgrx::pg_sys::gen_random_uuid, &[]) };
     id.map(prepared::uuid_text).unwrap_or_default()
 }
 
-/// The accepted row that holds an idempotency key, if one is committed: its ingest_id and
-/// result.
-pub fn held(client: &SpiClient<'_>, key: &str) -> OpsResult<Option<(String, Value)>> {
-    let t = read(
-        client,
-        "SELECT ingest_id::text, result FROM ops.event_ingest_log \
-          WHERE idempotency_key = $1 AND processing_status = 'accepted'",
-        &[Some(key)],
-    )?;
-    if t.is_empty() {
-        return Ok(None);
-    }
-    let (id, result) = t.first().get_two::<String, JsonB>()?;
-    Ok(id.map(|id| (id, result.map_or(Value::Null, |j| j.0))))
+/// What an envelope finds before it is applied.
+pub enum Precheck {
+    /// An accepted row holds its idempotency key: that row's ingest_id and result.
+    Held(String, Value),
+    /// The key is free (as far as committed rows show); the release row, if one was to be
+    /// locked, is locked.
+    Clear(ReleaseLock),
+}
+
+/// The release row an envelope's events are applied under.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReleaseLock {
+    /// Not locked (the envelope names no release, or creates it).
+    NotTaken,
+    /// Locked by this transaction.
+    Taken,
+    /// The release does not exist.
+    Missing,
+}
+
+/// Look for the accepted row that holds an idempotency key and, when there is none, lock the
+/// release row the envelope is about (`FOR NO KEY UPDATE`, so events of one release are
+/// applied one at a time): one statement. The lock wait ends this statement, so the next one
+/// reads everything the previous holder committed.
+pub fn precheck(
+    client: &mut SpiClient<'_>,
+    key: &str,
+    release_to_lock: Option<&str>,
+) -> OpsResult<Precheck> {
+    const HELD: &str = "SELECT ingest_id::text AS id, result FROM ops.event_ingest_log \
+                         WHERE idempotency_key = $1 AND processing_status = 'accepted'";
+    let (id, result, lock) = match release_to_lock {
+        None => {
+            let t = read(client, HELD, &[Some(key)])?;
+            if t.is_empty() {
+                return Ok(Precheck::Clear(ReleaseLock::NotTaken));
+            }
+            let (id, result) = t.first().get_two::<String, JsonB>()?;
+            (id, result, ReleaseLock::NotTaken)
+        }
+        Some(release) => {
+            let t = write(
+                client,
+                &format!(
+                    "WITH held AS ({HELD}) \
+                     SELECT (SELECT id FROM held), (SELECT result FROM held), \
+                            (SELECT true FROM ops.releases r \
+                              WHERE r.release_id = $2::uuid AND NOT EXISTS (SELECT FROM held) \
+                                FOR NO KEY UPDATE OF r)"
+                ),
+                &[Some(key), Some(release)],
+            )?;
+            let row = t.first();
+            let locked = row.get::<bool>(3)?.unwrap_or(false);
+            let lock = if locked {
+                ReleaseLock::Taken
+            } else {
+                ReleaseLock::Missing
+            };
+            (row.get::<String>(1)?, row.get::<JsonB>(2)?, lock)
+        }
+    };
+    Ok(match id {
+        Some(id) => Precheck::Held(id, result.map_or(Value::Null, |j| j.0)),
+        None => Precheck::Clear(lock),
+    })
 }
 
 /// Write the envelope's log row, once, with its outcome, and make PostgREST answer with the

@@ -15,7 +15,7 @@ use super::error::{OpsError, OpsResult};
 use super::evaluation;
 use super::gates::GateCode;
 use super::roles::Caller;
-use super::store::{first_text, lock_release_row, read, write};
+use super::store::{first_text, lock_release_row, read, write, ReleaseLock};
 
 mod deployments;
 mod environment;
@@ -27,6 +27,21 @@ mod release;
 pub struct Apply<'a> {
     pub ingest_id: &'a str,
     pub caller: &'a Caller,
+    /// Whether the caller locked the release row already (`release_to_lock`).
+    pub lock: ReleaseLock,
+}
+
+/// The release whose row is locked before an envelope is applied: the one every event about an
+/// existing release names (release_created makes its release).
+pub fn release_to_lock(env: &Envelope) -> Option<&str> {
+    match &env.body {
+        Body::Release {
+            event: OnRelease::ReleaseCreated(_),
+            ..
+        } => None,
+        Body::Release { release_id, .. } => Some(release_id),
+        Body::Environment { release_id, .. } => release_id.as_deref(),
+    }
 }
 
 /// What a handler adds to the accepted outcome.
@@ -60,7 +75,7 @@ pub fn apply<'a>(
             let r = release_id.as_str();
             out.set("release_id", r);
             if !matches!(event, OnRelease::ReleaseCreated(_)) {
-                lock_release(client, r)?;
+                lock_release(client, ctx, r)?;
             }
             match event {
                 OnRelease::ReleaseCreated(b) => release::created(client, ctx, env, r, b, &mut out),
@@ -85,7 +100,7 @@ pub fn apply<'a>(
             match r {
                 Some(r) => {
                     out.set("release_id", r);
-                    lock_release(client, r)?;
+                    lock_release(client, ctx, r)?;
                 }
                 None if !env.evidence.is_empty() => {
                     return Err(OpsError::invalid(
@@ -122,24 +137,34 @@ pub fn apply<'a>(
         // The triggers on fact rows skipped this release (evaluation::Applying): evaluate it
         // once, now that every fact of the envelope is written.
         let new_check = out.new_check.take();
-        let (evaluations, check_id) = evaluation::refresh_locked(client, r, new_check.as_ref())?;
+        let refreshed = evaluation::refresh_locked(client, r, new_check.as_ref())?;
         if let Some(c) = &new_check {
-            let id = check_id.ok_or_else(|| unknown_gate(r, c.report.gate))?;
+            let id = refreshed
+                .check_id
+                .ok_or_else(|| unknown_gate(r, c.report.gate))?;
             out.set("check_id", id);
         }
-        let statuses: Map<String, Value> = evaluations
+        let statuses: Map<String, Value> = refreshed
+            .statuses
             .into_iter()
-            .map(|e| (e.code.as_str().to_owned(), json!(e.status.as_str())))
+            .map(|(code, status)| (code.as_str().to_owned(), json!(status)))
             .collect();
         out.set("gates", Value::Object(statuses));
     }
     Ok(Value::Object(out.detail))
 }
 
-/// Lock the release row; 409 when it does not exist.
-fn lock_release(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<String> {
-    lock_release_row(client, release_id)?
-        .ok_or_else(|| OpsError::UnknownRelease(release_id.to_owned()))
+/// Lock the release row, unless the caller did; 409 when it does not exist.
+fn lock_release(client: &mut SpiClient<'_>, ctx: &Apply<'_>, release_id: &str) -> OpsResult<()> {
+    let exists = match ctx.lock {
+        ReleaseLock::Taken => true,
+        ReleaseLock::Missing => false,
+        ReleaseLock::NotTaken => lock_release_row(client, release_id)?.is_some(),
+    };
+    if !exists {
+        return Err(OpsError::UnknownRelease(release_id.to_owned()));
+    }
+    Ok(())
 }
 
 fn gate_id(client: &SpiClient<'_>, release_id: &str, gate: GateCode) -> OpsResult<String> {

@@ -296,4 +296,36 @@ proptest! {
         let s = status(&f, GateCode::G1);
         prop_assert!(s != GateStatus::Failed);
     }
+
+    /// A fact about a gate changes only the gates of its scope, and those evaluate the same
+    /// from the facts of the scope's inputs alone (the ingest of a check loads no more).
+    #[test]
+    fn a_gate_scope_is_all_a_fact_changes(f in arb_release(), other in arb_release()) {
+        let full = evaluate(&f);
+        for gate in ALL_GATES {
+            let (affected, inputs) = gate.scope();
+            // Other facts for this gate: only the affected gates may change.
+            let mut changed = f.clone();
+            changed.gates.insert(gate, other.gates[&gate].clone());
+            if gate == GateCode::G4 {
+                changed.deployments = other.deployments.clone();
+            }
+            for (before, after) in full.iter().zip(evaluate(&changed)) {
+                if !affected.contains(&before.code) {
+                    prop_assert_eq!(before, &after);
+                }
+            }
+            // The inputs' facts alone give the affected gates' evaluations.
+            let mut alone = f.clone();
+            alone.gates.retain(|code, _| inputs.contains(code));
+            if !inputs.contains(&GateCode::G4) {
+                alone.deployments.clear();
+            }
+            let partial = evaluate(&alone);
+            for code in affected {
+                let i = ALL_GATES.iter().position(|c| c == code).unwrap();
+                prop_assert_eq!(&full[i], &partial[i]);
+            }
+        }
+    }
 }
