@@ -2,18 +2,16 @@
 -- the extension). It does the same work as capacity.record_capacity_event: look up the parties,
 -- decide the actor's standing (admins from settings, infra group membership), lock the row,
 -- check the transition table and the permission, update the changed columns and updated_at,
--- append the event with from/to states. Tables are copies of capacity's, in schema bench_ref.
+-- append the event with from/to states. Tables are copies of capacity's (LIKE ... INCLUDING ALL),
+-- in schema bench_ref.
 DROP SCHEMA IF EXISTS bench_ref CASCADE;
 CREATE SCHEMA bench_ref;
 CREATE TABLE bench_ref.capacity_requests (LIKE capacity.capacity_requests INCLUDING ALL);
-CREATE TABLE bench_ref.capacity_request_events (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    capacity_request_id text NOT NULL REFERENCES bench_ref.capacity_requests (id),
-    event_type capacity.cr_event NOT NULL, actor_type text NOT NULL, actor_id text NOT NULL,
-    payload jsonb NOT NULL DEFAULT '{}', idempotency_key text, from_state capacity.cr_state,
-    to_state capacity.cr_state NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE, UNIQUE (capacity_request_id, idempotency_key));
-CREATE INDEX ON bench_ref.capacity_request_events (capacity_request_id, seq);
+-- The event log as capacity has it (columns, defaults, identity, CHECKs and indexes), so both
+-- sides write the same rows into the same shape of table.
+CREATE TABLE bench_ref.capacity_request_events (LIKE capacity.capacity_request_events INCLUDING ALL);
+ALTER TABLE bench_ref.capacity_request_events
+    ADD FOREIGN KEY (capacity_request_id) REFERENCES bench_ref.capacity_requests (id);
 SELECT flowgate.make_append_only('bench_ref.capacity_request_events');
 
 CREATE FUNCTION bench_ref.next_state(s capacity.cr_state, e capacity.cr_event) RETURNS capacity.cr_state
