@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(123);
+SELECT plan(127);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -211,6 +211,26 @@ SELECT throws_ok($$INSERT INTO ops.deployments (release_id, environment, deploye
                  '55000', NULL, 'and so is a direct production insert (promotion block trigger)');
 SELECT lives_ok($$INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('a0000000-0000-4000-8000-000000000002', 'dev', 'me')$$,
                 'dev requires no gates');
+
+-- R4: a check result re-evaluates the gates it can change, and only those: G3 follows G2.
+SELECT ops.ingest_event(pg_temp.ev('r4', 'release_created', '{"version": "4"}', 'a0000000-0000-4000-8000-000000000004')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r4-build', 'build_complete', '{"status": "pass"}', 'a0000000-0000-4000-8000-000000000004')) \g /dev/null
+SELECT ops.ingest_event(pg_temp.ev('r4-qa', 'gate_signoff', '{}', 'a0000000-0000-4000-8000-000000000004')) \g /dev/null
+SET LOCAL request.jwt.claims = '{"sub": "rm-rita", "role": "release_manager"}';
+SELECT is(ops.ingest_event(pg_temp.ev('r4-rm', 'approval',
+              '{"decision": "approved", "evidence": [{"artifact_type": "rollback_plan", "uri": "https://wiki.example/r4/rollback"}]}',
+              'a0000000-0000-4000-8000-000000000004')) #>> '{detail,gates,G3}', 'passed', 'setup: R4''s G3 passed (G2 passed too)');
+RESET request.jwt.claims;
+SELECT is(ops.ingest_event(pg_temp.ev('r4-e2e', 'check_result', '{"gate_code": "G2", "check_name": "e2e", "status": "fail"}',
+              'a0000000-0000-4000-8000-000000000004')) -> 'detail' -> 'gates',
+          jsonb_build_object('G1', 'passed', 'G2', 'failed', 'G3', ops.evaluate_gate((SELECT gate_id FROM ops.release_gates
+              WHERE release_id = 'a0000000-0000-4000-8000-000000000004' AND gate_code = 'G3')), 'G4', 'pending'),
+          'a failing G2 check answers with every gate: G2 failed, G3 re-evaluated, G1 and G4 as stored');
+SELECT is((SELECT string_agg(gate_code || '=' || status, ',' ORDER BY gate_code) FROM ops.release_gates
+            WHERE release_id = 'a0000000-0000-4000-8000-000000000004'), 'G1=passed,G2=failed,G3=in_progress,G4=pending',
+          'G3 no longer passes once G2 fails, and the stored statuses say so');
+SELECT is((SELECT count(*) FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000004'
+              AND status <> ops.evaluate_gate(gate_id)), 0::bigint, 'each equals a fresh evaluation');
 
 -- R3: everything but G3's approval; G3 bypassed by an approved exception.
 SELECT ops.ingest_event(pg_temp.ev('r3', 'release_created', '{"version": "3"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null
