@@ -4,11 +4,13 @@
 # Invariants: one accepted outcome per key, every other send of a key a duplicate pointing at
 # it, every envelope logged, every accepted event applied exactly once, and the stored gate
 # statuses equal a fresh evaluation (no update lost between concurrent events of one release).
+# Then 4 sessions at once on each of 40 release_created keys, an event that cannot be applied
+# twice: one accepted per key, the others its duplicates (never a 409 "release exists").
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
 
-q "DROP TABLE IF EXISTS public.fg_ops_events; DROP SEQUENCE IF EXISTS public.fg_ops_seq"
+q "DROP TABLE IF EXISTS public.fg_ops_events; DROP TABLE IF EXISTS public.fg_ops_creates; DROP SEQUENCE IF EXISTS public.fg_ops_seq"
 q "DELETE FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/%'"
 # 10 releases.
 q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'conc/release/' || r, 'event_type', 'release_created',
@@ -66,4 +68,42 @@ stale=$(q "SELECT count(*) FROM ops.release_gates g WHERE g.release_id::text LIK
 statuses=$(q "SELECT string_agg(DISTINCT status, ',') FROM ops.release_gates WHERE release_id::text LIKE 'c0c0c0c0-%' AND gate_code = 'G1'")
 q "REVOKE ALL ON public.fg_ops_events FROM ci_service_role; REVOKE ALL ON SEQUENCE public.fg_ops_seq FROM ci_service_role;
    DROP TABLE public.fg_ops_events; DROP SEQUENCE public.fg_ops_seq"
+
+# Same-key races of an event that cannot be applied twice: 4 sessions send each of 40
+# release_created envelopes at once (the copies are consecutive, so different sessions take them
+# together). The first to commit is accepted; the others wait on its release row, and are its
+# duplicates, never a 409 "release exists".
+q "DELETE FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/create/%'; DELETE FROM ops.releases WHERE release_id::text LIKE 'c1c1c1c1-%'"
+q "CREATE TABLE public.fg_ops_creates AS
+   SELECT row_number() OVER (ORDER BY r, copy) AS n,
+          jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'conc/create/' || r, 'event_type', 'release_created',
+                             'source_system', 'github_actions', 'release_id', 'c1c1c1c1-0000-4000-8000-' || lpad(r::text, 12, '0'),
+                             'version', 'race-' || r) AS envelope
+     FROM generate_series(1, 40) r, generate_series(1, 4) copy;
+   CREATE SEQUENCE public.fg_ops_seq; GRANT SELECT ON public.fg_ops_creates TO ci_service_role;
+   GRANT USAGE ON SEQUENCE public.fg_ops_seq TO ci_service_role"
+script=$(mktemp)
+cat > "$script" <<'SQL'
+BEGIN;
+SET LOCAL ROLE ci_service_role;
+SET LOCAL request.jwt.claims = '{"sub": "github-actions[bot]", "role": "ci_service_role"}';
+SELECT nextval('public.fg_ops_seq') AS n \gset
+SELECT ops.ingest_event(envelope) FROM public.fg_ops_creates WHERE n = :n;
+COMMIT;
+SQL
+pgbench -n -c 40 -j 2 -t 4 -f "$script" >/dev/null 2>&1 || fail "pgbench reported errors (same-key creates)"
+rm -f "$script"
+read -r c_accepted c_dup c_other <<<"$(q "SELECT count(*) FILTER (WHERE processing_status = 'accepted'), count(*) FILTER (WHERE processing_status = 'duplicate'),
+                                             count(*) FILTER (WHERE processing_status NOT IN ('accepted', 'duplicate'))
+                                        FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/create/%'" | tr '|' ' ')"
+[ "$c_other" -eq 0 ] || fail "$c_other same-key release_created sends were rejected or failed: $(q "SELECT string_agg(DISTINCT http_status || ' ' || error, ', ')
+                                                                                              FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/create/%'
+                                                                                               AND processing_status NOT IN ('accepted', 'duplicate')")"
+[ "$c_accepted" -eq 40 ] || fail "$c_accepted accepted outcomes for 40 raced release_created keys"
+[ "$c_dup" -eq 120 ] || fail "$c_dup duplicates for 120 raced copies"
+gates=$(q "SELECT count(*) FROM ops.release_gates WHERE release_id::text LIKE 'c1c1c1c1-%'")
+[ "$gates" -eq 160 ] || fail "$gates gates for 40 releases created"
+q "REVOKE ALL ON public.fg_ops_creates FROM ci_service_role; REVOKE ALL ON SEQUENCE public.fg_ops_seq FROM ci_service_role;
+   DROP TABLE public.fg_ops_creates; DROP SEQUENCE public.fg_ops_seq"
+echo "ok 3 - ops ingest: 4 sessions at once on each of 40 release_created keys: 40 accepted, 120 duplicates, none refused, 160 gates"
 echo "ok 6 - ops ingest: 100 sessions, 1000 sends of 700 keys (300 raced duplicates) in ${secs%.*}s: 700 accepted once each, 300 duplicates pointing at them, 1000 log rows, 700 checks applied, stored G1 statuses ($statuses) equal a fresh evaluation"

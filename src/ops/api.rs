@@ -36,7 +36,8 @@ mod ops {
     /// persona may not send the event, 409 an unknown release or an event that contradicts the
     /// record, 413 an envelope over 64 KiB, 422 an unsupported schema_version, 500 an internal
     /// error (logged to the server log). Two sessions sending the same key at once get one accepted
-    /// and one duplicate.
+    /// and one duplicate. A serialization failure or a deadlock is raised (SQLSTATE class 40) and
+    /// logs nothing: the caller retries its transaction.
     #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
@@ -158,6 +159,15 @@ mod ops {
                     Finished::internal(&ingest_id, &format!("{} ({})", c.message, c.sqlstate))
                 }
             };
+            // A concurrent sender of the same key may have committed while this one waited
+            // (for the release lock, or on a row that sender wrote) and looked for the key
+            // before that: the event then fails on that sender's effects (its release exists,
+            // its exception is decided). Answer with that sender's outcome, as a duplicate.
+            if let Precheck::Held(original, result) =
+                Spi::connect_mut(|client| store::precheck(client, key, None))?
+            {
+                return duplicate(&received, &original, result);
+            }
             return finished.log(&ingest_id, &received);
         }
         Err(OpsError::Core(CoreError::Busy {

@@ -357,15 +357,19 @@ pub fn refresh_locked(
         }
     };
     if let Some(c) = new_check {
-        if let Some(status) = gates::CheckStatus::parse(&c.report.status) {
-            let checks = &mut facts.gates.entry(c.report.gate).or_default().checks;
-            checks.retain(|f| f.name != c.report.check_name);
-            checks.push(gates::CheckFact {
-                name: c.report.check_name.clone(),
-                status,
-                required: c.report.required,
-            });
-        }
+        let status = gates::CheckStatus::parse(&c.report.status).ok_or_else(|| {
+            OpsError::Core(CoreError::Internal(format!(
+                "check status {:?} passed the envelope checks but is not a check status",
+                c.report.status
+            )))
+        })?;
+        let checks = &mut facts.gates.entry(c.report.gate).or_default().checks;
+        checks.retain(|f| f.name != c.report.check_name);
+        checks.push(gates::CheckFact {
+            name: c.report.check_name.clone(),
+            status,
+            required: c.report.required,
+        });
     }
     // Facts of gates outside the inputs were not loaded: only the affected gates count.
     let evaluations: Vec<gates::Evaluation> = gates::evaluate(&facts)

@@ -152,8 +152,11 @@ pub enum ReleaseLock {
 
 /// Look for the accepted row that holds an idempotency key and, when there is none, lock the
 /// release row the envelope is about (`FOR NO KEY UPDATE`, so events of one release are
-/// applied one at a time): one statement. The lock wait ends this statement, so the next one
-/// reads everything the previous holder committed.
+/// applied one at a time): one statement. The look uses the statement's snapshot, taken before
+/// any lock wait, so it does not see what the previous lock holder committed; the statements
+/// after it do. A concurrent sender of the same key is found later: by the accepted log row's
+/// insert, or by the look again after a refusal. The lock is held until the caller's
+/// transaction ends, also when the event is refused.
 pub fn precheck(
     client: &mut SpiClient<'_>,
     key: &str,
@@ -161,9 +164,11 @@ pub fn precheck(
 ) -> OpsResult<Precheck> {
     const HELD: &str = "SELECT ingest_id::text AS id, result FROM ops.event_ingest_log \
                          WHERE idempotency_key = $1 AND processing_status = 'accepted'";
+    // Both forms run as writes: a read-only SPI statement would see the calling statement's
+    // snapshot, and miss a sender of the same key that committed since it began.
     let (id, result, lock) = match release_to_lock {
         None => {
-            let t = read(client, HELD, &[Some(key)])?;
+            let t = write(client, HELD, &[Some(key)])?;
             if t.is_empty() {
                 return Ok(Precheck::Clear(ReleaseLock::NotTaken));
             }
