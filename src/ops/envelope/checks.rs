@@ -1,5 +1,6 @@
 //! Checks of single values: text, identifiers, URIs, times, artifacts, gate codes.
 
+use chrono::Datelike;
 use serde_json::{Map, Value};
 
 use super::{Artifact, MAX_OBJECT_BYTES};
@@ -141,16 +142,30 @@ pub(super) fn check_object(field: &str, m: &Option<Map<String, Value>>) -> OpsRe
 }
 
 pub fn check_timestamp(field: &str, s: &str) -> OpsResult<()> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|_| ())
-        .map_err(|e| {
-            OpsError::invalid(
-                field,
-                format!("{:?} is not an RFC 3339 time ({e})", truncate(s, 64)),
-                "an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z",
-            )
-        })
+    let allowed = "an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z";
+    let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
+        OpsError::invalid(
+            field,
+            format!("{:?} is not an RFC 3339 time ({e})", truncate(s, 64)),
+            allowed,
+        )
+    })?;
+    // RFC 3339 allows what a timestamptz does not: year 0 and offsets past ±15:59.
+    if t.year() < 1 || t.offset().local_minus_utc().abs() > MAX_OFFSET_SECONDS {
+        return Err(OpsError::invalid(
+            field,
+            format!(
+                "{:?} is out of range (a year from 1, an offset within ±15:59)",
+                truncate(s, 64)
+            ),
+            allowed,
+        ));
+    }
+    Ok(())
 }
+
+/// The largest UTC offset a timestamptz accepts in its input, 15:59.
+const MAX_OFFSET_SECONDS: i32 = 15 * 3600 + 59 * 60;
 
 pub(super) fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

@@ -134,3 +134,26 @@ proptest! {
         prop_assert_eq!(parse(&v).1.unwrap_err().http_status(), 400);
     }
 }
+
+/// Times are RFC 3339, within what a timestamptz takes: a year from 1, an offset up to 15:59.
+#[test]
+fn times_are_ones_postgres_can_store() {
+    for ok in [
+        "2026-11-30T12:00:00Z",
+        "0001-01-01T00:00:00+15:59",
+        "2026-01-01T00:00:00-15:59",
+        "9999-12-31T23:59:59.999999Z",
+    ] {
+        assert!(check_timestamp("occurred_at", ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "0000-06-01T00:00:00Z",
+        "2026-06-01T00:00:00+20:00",
+        "2026-06-01T00:00:00-16:00",
+        "yesterday",
+        "2026-06-01T00:00:00",
+    ] {
+        let e = check_timestamp("occurred_at", bad).unwrap_err();
+        assert_eq!(e.http_status(), 400, "{bad}");
+    }
+}
