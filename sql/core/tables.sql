@@ -1,6 +1,21 @@
 -- flowgate core, part 1 (bootstrap): tables and plain-SQL helpers that need no Rust function.
 -- The schema `flowgate` itself is created by CREATE EXTENSION from the control file.
 
+-- Every text flowgate reads is UTF-8 (its Rust functions take text as UTF-8 strings). In a
+-- database of another encoding a non-ASCII value would fail deep inside a call, so the install
+-- refuses it here, before anything is created.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'feature_not_supported',
+            MESSAGE = 'flowgate needs a UTF8 database',
+            DETAIL = pg_catalog.format('This database''s encoding is %s.', pg_catalog.getdatabaseencoding()),
+            HINT = 'Install flowgate in a database created with ENCODING ''UTF8'' (as every Supabase database is).';
+    END IF;
+END
+$encoding$;
+
 COMMENT ON SCHEMA flowgate IS
   'flowgate shared core: actor identity, settings, the append-only guard and (later) the outbox';
 
