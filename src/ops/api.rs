@@ -135,13 +135,9 @@ mod ops {
                     }
                 })
             });
-            let finished = match applied {
+            let failure = match applied {
                 Ok(Ok(body)) => return Ok(body),
                 Ok(Err(Step::KeyTaken)) => continue,
-                Ok(Err(Step::Refused(e))) if e.http_status() < 500 => {
-                    Finished::refused(&ingest_id, &e)
-                }
-                Ok(Err(Step::Refused(e))) => Finished::internal(&ingest_id, &e.to_string()),
                 // A serialization failure or a deadlock: the caller's transaction has to be
                 // retried as a whole, so it is not this envelope's outcome.
                 Err(c) if c.sqlstate == "40001" || c.sqlstate == "40P01" => {
@@ -150,14 +146,8 @@ mod ops {
                         hint: format!("{} ({}); retry the transaction", c.message, c.sqlstate),
                     }))
                 }
-                // A foreign key or unique violation raised by Postgres itself: the event
-                // contradicts the record (e.g. a release deleted meanwhile).
-                Err(c) if c.sqlstate.starts_with("23") => {
-                    Finished::refused(&ingest_id, &OpsError::Conflict(c.message))
-                }
-                Err(c) => {
-                    Finished::internal(&ingest_id, &format!("{} ({})", c.message, c.sqlstate))
-                }
+                Ok(Err(Step::Refused(e))) => Ok(e),
+                Err(c) => Err(c),
             };
             // A concurrent sender of the same key may have committed while this one waited
             // (for the release lock, or on a row that sender wrote) and looked for the key
@@ -168,6 +158,18 @@ mod ops {
             {
                 return duplicate(&received, &original, result);
             }
+            let finished = match failure {
+                Ok(e) if e.http_status() < 500 => Finished::refused(&ingest_id, &e),
+                Ok(e) => Finished::internal(&ingest_id, &e.to_string()),
+                // A foreign key or unique violation raised by Postgres itself: the event
+                // contradicts the record (e.g. a release deleted meanwhile).
+                Err(c) if c.sqlstate.starts_with("23") => {
+                    Finished::refused(&ingest_id, &OpsError::Conflict(c.message))
+                }
+                Err(c) => {
+                    Finished::internal(&ingest_id, &format!("{} ({})", c.message, c.sqlstate))
+                }
+            };
             return finished.log(&ingest_id, &received);
         }
         Err(OpsError::Core(CoreError::Busy {

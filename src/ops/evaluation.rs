@@ -127,21 +127,45 @@ pub struct NewCheck<'a> {
 /// when `writes_check` (its id is the first column, NULL when the release has no such gate; the
 /// result is `$1` to `$10` as in [`refresh_locked`]). The gates are a literal, so each scope is
 /// its own prepared statement with its own generic plan.
-fn facts_sql(inputs: &[GateCode], writes_check: bool) -> String {
+///
+/// An evaluation that stores its result (`stores`) also bumps the release row: an update that
+/// changes nothing, under the lock the caller holds. A row lock alone is not a concurrent update
+/// to Postgres, so without it a `REPEATABLE READ` transaction whose snapshot is older than
+/// another evaluation of the release would evaluate from facts that miss what that one wrote
+/// (two events can each leave the stored statuses as they were while their facts together
+/// change them). With it, that transaction fails with 40001 when it locks or bumps the row. The
+/// bump is in the evaluating statement, so an envelope refused before it (or rolled back with
+/// it) leaves no new row version.
+fn facts_sql(inputs: &[GateCode], writes_check: bool, stores: bool) -> String {
     let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
     let facts = FACTS.replace("{G}", &format!("'{{{}}}'", codes.join(",")));
-    if !writes_check {
-        return format!("SELECT NULL::text, {facts}");
+    let mut ctes = Vec::new();
+    if stores {
+        ctes.push(
+            "bumped AS (UPDATE ops.releases SET status = status WHERE release_id = $1::uuid)",
+        );
     }
-    format!(
-        "WITH written AS ( \
-           INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
-                                        reported_by, source_system, ingest_id) \
-           SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
-             FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = $2 \
-           RETURNING check_id::text) \
-         SELECT (SELECT check_id FROM written), {facts}"
-    )
+    if writes_check {
+        ctes.push(
+            "written AS ( \
+               INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
+                                            reported_by, source_system, ingest_id) \
+               SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
+                 FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = $2 \
+               RETURNING check_id::text)",
+        );
+    }
+    let with = if ctes.is_empty() {
+        String::new()
+    } else {
+        format!("WITH {} ", ctes.join(", "))
+    };
+    let check_id = if writes_check {
+        "(SELECT check_id FROM written)"
+    } else {
+        "NULL::text"
+    };
+    format!("{with}SELECT {check_id}, {facts}")
 }
 
 /// What `ops.release_gates` holds for a gate now: status, reason, bypassing exception.
@@ -160,7 +184,7 @@ struct Loaded {
 pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
     let t = read(
         client,
-        &facts_sql(&gates::ALL_GATES, false),
+        &facts_sql(&gates::ALL_GATES, false, false),
         &[Some(release_id)],
     )?;
     Ok(load(t)?.facts)
@@ -322,16 +346,16 @@ pub fn refresh_locked(
         stored,
         check_id,
     } = match new_check {
-        None => load(read(
+        None => load(write(
             client,
-            &facts_sql(inputs, false),
+            &facts_sql(inputs, false, true),
             &[Some(release_id)],
         )?)?,
         Some(c) => {
             let required = c.report.required.to_string();
             let t = write(
                 client,
-                &facts_sql(inputs, true),
+                &facts_sql(inputs, true, true),
                 &[
                     Some(release_id),
                     Some(c.report.gate.as_str()),

@@ -151,7 +151,7 @@ pub enum ReleaseLock {
 }
 
 /// Look for the accepted row that holds an idempotency key and, when there is none, lock the
-/// release row the envelope is about ([`LOCK_RELEASE`], so events of one release are applied
+/// release row the envelope is about (`FOR NO KEY UPDATE`, so events of one release are applied
 /// one at a time): one statement. The look uses the statement's snapshot, taken before
 /// any lock wait, so it does not see what the previous lock holder committed; the statements
 /// after it do. A concurrent sender of the same key is found later: by the accepted log row's
@@ -179,10 +179,11 @@ pub fn precheck(
             let t = write(
                 client,
                 &format!(
-                    "WITH held AS ({HELD}), \
-                     locked AS ({} AND NOT EXISTS (SELECT FROM held) RETURNING true AS ok) \
-                     SELECT (SELECT id FROM held), (SELECT result FROM held), (SELECT ok FROM locked)",
-                    LOCK_RELEASE.replace("{release}", "$2")
+                    "WITH held AS ({HELD}) \
+                     SELECT (SELECT id FROM held), (SELECT result FROM held), \
+                            (SELECT true FROM ops.releases r \
+                              WHERE r.release_id = $2::uuid AND NOT EXISTS (SELECT FROM held) \
+                                FOR NO KEY UPDATE OF r)"
                 ),
                 &[Some(key), Some(release)],
             )?;
@@ -253,27 +254,16 @@ pub fn log(
 // The release lock
 // ---------------------------------------------------------------------------------------------
 
-/// Lock the release row `{release}` (a parameter), so events of one release are applied (and its gates evaluated) one
-/// at a time. It is an update that changes nothing, not a `SELECT ... FOR NO KEY UPDATE`: the
-/// same lock, and a new row version besides. A `REPEATABLE READ` transaction whose snapshot is
-/// older than another evaluation of the release then fails (40001) instead of evaluating from
-/// facts that miss what was written under the lock before it. (A lock alone does not count as a
-/// concurrent update, and two events can leave the stored statuses as they were while their
-/// facts together change them.)
-const LOCK_RELEASE: &str =
-    "UPDATE ops.releases SET status = status WHERE release_id = {release}::uuid";
-
-/// Lock the release row ([`LOCK_RELEASE`]); its status, or None when it does not exist.
+/// Lock the release row (`FOR NO KEY UPDATE`), so events of one release are applied (and its
+/// gates evaluated) one at a time; its status, or None when it does not exist. The evaluation
+/// that follows also bumps the row (`evaluation::facts_sql`).
 pub(super) fn lock_release_row(
     client: &mut SpiClient<'_>,
     release_id: &str,
 ) -> OpsResult<Option<String>> {
     let t = write(
         client,
-        &format!(
-            "{} RETURNING status",
-            LOCK_RELEASE.replace("{release}", "$1")
-        ),
+        "SELECT status FROM ops.releases WHERE release_id = $1::uuid FOR NO KEY UPDATE",
         &[Some(release_id)],
     )?;
     first_text(t)
