@@ -149,7 +149,8 @@ cluster_start() {
     "${SUDO[@]}" chmod 0700 "$dir/vault-getkey"
   fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
-    as_postgres "$PGBIN/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+    # UTF8 whatever the environment says (flowgate refuses other encodings); C.UTF-8 collation.
+    as_postgres "$PGBIN/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
     as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null <<CONF
 port = $port
 listen_addresses = ''

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Stored gate statuses stay exact for a REPEATABLE READ sender. Two check results whose facts
+# Interleavings of ops.ingest_event that timing alone would rarely produce, driven in order
+# through FIFOs (sessions that wait are seen waiting in pg_stat_activity first).
+#
+# 1. Stored gate statuses stay exact for a REPEATABLE READ sender. Two check results whose facts
 # together change G1 while each alone leaves its stored status as it was: G1 requires a and b,
 # a has failed (G1 failed). Session S takes its snapshot; then another session reports b pass
 # and commits (G1 still failed: a failed); then S reports a pass. S's snapshot misses b, so an
 # evaluation from it would store "in_progress, waiting for b" where the facts say passed. S must
 # fail with 40001 (its transaction is retried) and the stored status must equal a fresh
-# evaluation. Run in this order with a FIFO, so no timing decides it.
+# evaluation.
+# 2. Two senders of one key at once, for events that cannot be applied twice (release_created,
+# exception_decided): the second waits for the first (on its release row, or on the release
+# lock), fails on the first's effects, and must answer as its duplicate, not 409.
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
@@ -15,13 +21,14 @@ ev() {  # key event_type fields
   echo "jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/$1', 'event_type', '$2',
         'source_system', 'github_actions', 'release_id', '$R') || '$3'::jsonb"
 }
-q "DELETE FROM ops.event_ingest_log WHERE idempotency_key LIKE 'iso/%'; DELETE FROM ops.releases WHERE release_id = '$R'"
+q "DELETE FROM ops.event_ingest_log WHERE idempotency_key LIKE 'iso/%'; DELETE FROM ops.releases WHERE release_id::text LIKE 'c5c5c5c5-%'"
 q "SELECT ops.ingest_event($(ev 1 release_created '{"version": "iso"}'))" >/dev/null
 q "SELECT ops.ingest_event($(ev 2 gate_configured '{"gate_code": "G1", "required_checks": ["a", "b"]}'))" >/dev/null
 g1=$(q "SELECT ops.ingest_event($(ev 3 check_result '{"gate_code": "G1", "check_name": "a", "status": "fail"}')) #>> '{detail,gates,G1}'")
 [ "$g1" = failed ] || fail "setup: G1 is $g1 after a failed"
 
 dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
 mkfifo "$dir/in"
 psql -X -q -tA -v ON_ERROR_STOP=1 <"$dir/in" >"$dir/out" 2>&1 &
 session=$!
@@ -34,7 +41,7 @@ g1=$(q "SELECT ops.ingest_event($(ev 4 check_result '{"gate_code": "G1", "check_
 echo "SELECT ops.ingest_event($(ev 5 check_result '{"gate_code": "G1", "check_name": "a", "status": "pass"}')); COMMIT;" >&7
 exec 7>&-
 rc=0; wait "$session" || rc=$?
-out=$(cat "$dir/out"); rm -rf "$dir"
+out=$(cat "$dir/out")
 [ "$rc" -ne 0 ] && grep -q 'could not serialize access' <<<"$out" \
   || fail "the REPEATABLE READ sender was not refused with 40001 (exit $rc): $out"
 read -r stored fresh <<<"$(q "SELECT status, ops.evaluate_gate(gate_id) FROM ops.release_gates WHERE release_id = '$R' AND gate_code = 'G1'" | tr '|' ' ')"
@@ -44,4 +51,60 @@ accepted=$(q "SELECT count(*) FROM ops.event_ingest_log WHERE idempotency_key = 
 # Retried (as its client would), the event is accepted and G1 passes.
 g1=$(q "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT ops.ingest_event($(ev 5 check_result '{"gate_code": "G1", "check_name": "a", "status": "pass"}')) #>> '{detail,gates,G1}'; COMMIT;")
 [ "$g1" = passed ] || fail "retried, G1 is $g1"
+
+# ---- 2. same-key senders of events that cannot apply twice --------------------------------------
+# session NAME: a psql reading statements from $dir/NAME.in (fd in fd_NAME), writing to NAME.out.
+session() {
+  mkfifo "$dir/$1.in"
+  psql -X -q -tA <"$dir/$1.in" >"$dir/$1.out" 2>&1 &
+  eval "pid_$1=$!"
+  exec {fd}>"$dir/$1.in"
+  eval "fd_$1=$fd"
+}
+say() { local fd; eval "fd=\$fd_$1"; echo "$2" >&"$fd"; }
+until_printed() {  # NAME TEXT
+  for _ in $(seq 1 200); do grep -q "$2" "$dir/$1.out" 2>/dev/null && return 0; sleep 0.05; done
+  fail "session $1 never printed $2: $(cat "$dir/$1.out")"
+}
+until_waiting() {  # NAME: its backend waits on a lock
+  local pid; pid=$(sed -n 's/^backend \([0-9]*\)$/\1/p' "$dir/$1.out" | head -n 1)
+  for _ in $(seq 1 200); do
+    [ "$(q "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $pid")" = Lock ] && return 0; sleep 0.05
+  done
+  fail "session $1 never waited on a lock"
+}
+finish() {  # \q, not EOF: the other session's psql holds a copy of this FIFO's write end
+  local fd pid; eval "fd=\$fd_$1; pid=\$pid_$1"
+  echo '\q' >&"$fd"; exec {fd}>&-; wait "$pid" || true
+}
+race() {  # LABEL ENVELOPE-SQL [SETUP-SQL]: A applies and holds, B sends the same, A commits
+  local setup=${3:-}
+  session a; session b
+  say a "BEGIN; $setup SELECT ops.ingest_event($2) ->> 'status'; SELECT 'a applied';"
+  until_printed a 'a applied'
+  say b "SELECT 'backend ' || pg_backend_pid(); $setup SELECT 'b: ' || (ops.ingest_event($2) ->> 'status');"
+  until_printed b 'backend '
+  until_waiting b
+  say a "COMMIT;"
+  finish a; finish b
+  grep -q '^accepted$' "$dir/a.out" || fail "$1: the first sender was not accepted: $(cat "$dir/a.out")"
+  grep -q '^b: duplicate$' "$dir/b.out" || fail "$1: the second sender was not a duplicate: $(cat "$dir/b.out")"
+  rm -f "$dir"/a.* "$dir"/b.*
+}
+R2=c5c5c5c5-0000-4000-8000-000000000002
+q "DELETE FROM ops.releases WHERE release_id = '$R2'"
+race release_created "jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/create', 'event_type', 'release_created',
+      'source_system', 'github_actions', 'release_id', '$R2', 'version', 'iso-2')"
+dana="SET LOCAL request.jwt.claims = '{\"sub\": \"dev-dana\", \"role\": \"developer\"}';"
+rita="SET request.jwt.claims = '{\"sub\": \"rm-rita\", \"role\": \"release_manager\"}';"
+exc=$(q "BEGIN; $dana SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/exc', 'event_type',
+            'exception_requested', 'source_system', 'github_actions', 'release_id', '$R', 'gate_code', 'G3', 'reason', 'hotfix',
+            'expires_at', now() + interval '2 hours')) #>> '{detail,exception_id}'; COMMIT;")
+[ -n "$exc" ] || fail "setup: no exception requested"
+race exception_decided "jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/decide', 'event_type', 'exception_decided',
+      'source_system', 'github_actions', 'release_id', '$R', 'exception_id', '$exc', 'decision', 'approved')" "$rita"
+logged=$(q "SELECT string_agg(processing_status, ',' ORDER BY processing_status) FROM ops.event_ingest_log
+             WHERE idempotency_key IN ('iso/create', 'iso/decide')")
+[ "$logged" = "accepted,accepted,duplicate,duplicate" ] || fail "log rows of the two races: $logged"
+echo "ok 2 - ops ingest, one key sent twice at once for release_created and for exception_decided: the second sender waits, then answers as the first's duplicate (no 409), one log row each"
 echo "ok 4 - ops ingest under REPEATABLE READ: a sender whose snapshot misses a committed check of the release fails with 40001 and logs nothing, the stored G1 ($stored) equals a fresh evaluation, and the retry passes G1"
