@@ -1,6 +1,20 @@
 -- flowgate 0.1.0 -> 0.1.1 (ALTER EXTENSION flowgate UPDATE TO '0.1.1')
 \echo Use "ALTER EXTENSION flowgate UPDATE" to load this file. \quit
 
+-- 0.1.1 refuses to be installed in a database that is not UTF8 (flowgate reads text as UTF-8).
+-- An existing install there is updated, with a warning.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE WARNING USING
+            MESSAGE = 'flowgate needs a UTF8 database',
+            DETAIL = pg_catalog.format('This database''s encoding is %s; a non-ASCII value makes flowgate calls fail.',
+                                       pg_catalog.getdatabaseencoding()),
+            HINT = 'Move the data to a database created with ENCODING ''UTF8''.';
+    END IF;
+END
+$encoding$;
+
 -- Releases first, then the fact tables (the triggers below): the order ops.ingest_event takes
 -- them in, so an ingest running during the update waits instead of deadlocking with it. Ingest
 -- and direct writes of ops wait until the update commits.
