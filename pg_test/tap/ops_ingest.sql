@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(129);
+SELECT plan(134);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -213,6 +213,26 @@ SELECT throws_ok($$INSERT INTO ops.deployments (release_id, environment, deploye
                  '55000', NULL, 'and so is a direct production insert (promotion block trigger)');
 SELECT lives_ok($$INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('a0000000-0000-4000-8000-000000000002', 'dev', 'me')$$,
                 'dev requires no gates');
+
+-- A key is its sender's: another caller sending an accepted key gets a 409 that says nothing of
+-- the original, and the original's sender still gets its duplicate.
+SET LOCAL request.jwt.claims = '{"sub": "ci-one", "role": "ci_service_role"}';
+SELECT is(ops.ingest_event(pg_temp.ev('mine/1', 'check_result', '{"gate_code": "G1", "check_name": "own", "status": "pass"}',
+              'a0000000-0000-4000-8000-000000000002')) ->> 'status', 'accepted', 'setup: ci-one''s check is accepted');
+SET LOCAL request.jwt.claims = '{"sub": "ci-two", "role": "ci_service_role"}';
+CREATE TEMP TABLE other_sender AS SELECT ops.ingest_event(pg_temp.ev('mine/1', 'check_result',
+    '{"gate_code": "G1", "check_name": "own", "status": "pass"}', 'a0000000-0000-4000-8000-000000000002')) AS r;
+SELECT is((SELECT (r #>> '{detail,http_status}') || ' ' || (r #>> '{detail,error}') || ' ' || (r ->> 'status') FROM other_sender),
+          '409 conflict rejected', 'another sender''s envelope with that key is a 409 conflict');
+SELECT is((SELECT l.processing_status || ' ' || l.received_by || ' ' || (l.original_ingest_id IS NULL)::text
+             FROM ops.event_ingest_log l JOIN other_sender o ON l.ingest_id = (o.r ->> 'ingest_id')::uuid),
+          'rejected ci-two true', 'logged as its own rejection, pointing at nothing');
+SELECT ok((SELECT NOT (r::text LIKE '%check_id%') AND NOT (r::text LIKE '%ci-one%') FROM other_sender),
+          'and the answer holds nothing of the original (no check_id, no sender)');
+SET LOCAL request.jwt.claims = '{"sub": "ci-one", "role": "ci_service_role"}';
+SELECT is(ops.ingest_event(pg_temp.ev('mine/1', 'check_result', '{"gate_code": "G1", "check_name": "own", "status": "pass"}',
+              'a0000000-0000-4000-8000-000000000002')) ->> 'status', 'duplicate', 'the original sender gets its duplicate');
+RESET request.jwt.claims;
 
 -- R4: a check result re-evaluates the gates it can change, and only those: G3 follows G2.
 SELECT ops.ingest_event(pg_temp.ev('r4', 'release_created', '{"version": "4"}', 'a0000000-0000-4000-8000-000000000004')) \g /dev/null

@@ -20,7 +20,7 @@ mod ops {
     use crate::ops::gates::ALL_GATES;
     use crate::ops::roles;
     use crate::ops::roles::Caller;
-    use crate::ops::store::{self, Outcome, Precheck, Received};
+    use crate::ops::store::{self, HeldKey, Outcome, Precheck, Received};
 
     /// How many times a sender looks for an accepted row and tries to take the key.
     const CLAIM_ROUNDS: usize = 3;
@@ -32,7 +32,7 @@ mod ops {
     /// release_manager, qa_tester, sre, developer.
     ///
     /// The statuses: 200 accepted or duplicate (a duplicate returns the original result and writes
-    /// nothing else), 400 missing or ill-typed fields or an unknown event_type, 403 a sender whose
+    /// nothing else; a key accepted from another sender is a 409), 400 missing or ill-typed fields or an unknown event_type, 403 a sender whose
     /// persona may not send the event, 409 an unknown release or an event that contradicts the
     /// record, 413 an envelope over 64 KiB, 422 an unsupported schema_version, 500 an internal
     /// error (logged to the server log). Two sessions sending the same key at once get one accepted
@@ -103,7 +103,7 @@ mod ops {
             let lock = match Spi::connect_mut(|client| {
                 store::precheck(client, key, apply::release_to_lock(&env))
             })? {
-                Precheck::Held(original, result) => return duplicate(&received, &original, result),
+                Precheck::Held(held) => return answer_held(&received, &ingest_id, held),
                 Precheck::Clear(lock) => lock,
             };
             let ctx = Apply {
@@ -153,10 +153,10 @@ mod ops {
             // (for the release lock, or on a row that sender wrote) and looked for the key
             // before that: the event then fails on that sender's effects (its release exists,
             // its exception is decided). Answer with that sender's outcome, as a duplicate.
-            if let Precheck::Held(original, result) =
+            if let Precheck::Held(held) =
                 Spi::connect_mut(|client| store::precheck(client, key, None))?
             {
-                return duplicate(&received, &original, result);
+                return answer_held(&received, &ingest_id, held);
             }
             let finished = match failure {
                 Ok(e) if e.http_status() < 500 => Finished::refused(&ingest_id, &e),
@@ -184,6 +184,21 @@ mod ops {
         Refused(OpsError),
         /// A concurrent sender's accepted row took the idempotency key first.
         KeyTaken,
+    }
+
+    /// An envelope whose key an accepted row holds: from the same sender, a duplicate of it;
+    /// from anyone else, a conflict (409) that says nothing of that row, logged with this
+    /// envelope's ingest_id. A key is its sender's: another caller must not read the result of an
+    /// event it did not send (an approval's ids, say).
+    fn answer_held(received: &Received<'_>, ingest_id: &str, held: HeldKey) -> OpsResult<Value> {
+        if held.sender != received.received_by {
+            let e = OpsError::Conflict(
+                "idempotency_key is taken by another sender's accepted envelope; send the event with a key of your own"
+                    .into(),
+            );
+            return Finished::refused(ingest_id, &e).log(ingest_id, received);
+        }
+        duplicate(received, &held.ingest_id, held.result)
     }
 
     /// Log a duplicate of the accepted row `original`, and answer with that row's result.

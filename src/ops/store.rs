@@ -132,11 +132,19 @@ pub fn new_ingest_id() -> String {
 
 /// What an envelope finds before it is applied.
 pub enum Precheck {
-    /// An accepted row holds its idempotency key: that row's ingest_id and result.
-    Held(String, Value),
+    /// An accepted row holds its idempotency key.
+    Held(HeldKey),
     /// The key is free (as far as committed rows show); the release row, if one was to be
     /// locked, is locked.
     Clear(ReleaseLock),
+}
+
+/// The accepted row that holds an idempotency key.
+pub struct HeldKey {
+    pub ingest_id: String,
+    pub result: Value,
+    /// Who sent it (`received_by`).
+    pub sender: String,
 }
 
 /// The release row an envelope's events are applied under.
@@ -162,25 +170,26 @@ pub fn precheck(
     key: &str,
     release_to_lock: Option<&str>,
 ) -> OpsResult<Precheck> {
-    const HELD: &str = "SELECT ingest_id::text AS id, result FROM ops.event_ingest_log \
+    const HELD: &str =
+        "SELECT ingest_id::text AS id, result, received_by FROM ops.event_ingest_log \
                          WHERE idempotency_key = $1 AND processing_status = 'accepted'";
     // Both forms run as writes: a read-only SPI statement would see the calling statement's
     // snapshot, and miss a sender of the same key that committed since it began.
-    let (id, result, lock) = match release_to_lock {
+    let (id, result, sender, lock) = match release_to_lock {
         None => {
             let t = write(client, HELD, &[Some(key)])?;
             if t.is_empty() {
                 return Ok(Precheck::Clear(ReleaseLock::NotTaken));
             }
-            let (id, result) = t.first().get_two::<String, JsonB>()?;
-            (id, result, ReleaseLock::NotTaken)
+            let (id, result, sender) = t.first().get_three::<String, JsonB, String>()?;
+            (id, result, sender, ReleaseLock::NotTaken)
         }
         Some(release) => {
             let t = write(
                 client,
                 &format!(
                     "WITH held AS ({HELD}) \
-                     SELECT (SELECT id FROM held), (SELECT result FROM held), \
+                     SELECT (SELECT id FROM held), (SELECT result FROM held), (SELECT received_by FROM held), \
                             (SELECT true FROM ops.releases r \
                               WHERE r.release_id = $2::uuid AND NOT EXISTS (SELECT FROM held) \
                                 FOR NO KEY UPDATE OF r)"
@@ -188,17 +197,26 @@ pub fn precheck(
                 &[Some(key), Some(release)],
             )?;
             let row = t.first();
-            let locked = row.get::<bool>(3)?.unwrap_or(false);
+            let locked = row.get::<bool>(4)?.unwrap_or(false);
             let lock = if locked {
                 ReleaseLock::Taken
             } else {
                 ReleaseLock::Missing
             };
-            (row.get::<String>(1)?, row.get::<JsonB>(2)?, lock)
+            (
+                row.get::<String>(1)?,
+                row.get::<JsonB>(2)?,
+                row.get::<String>(3)?,
+                lock,
+            )
         }
     };
     Ok(match id {
-        Some(id) => Precheck::Held(id, result.map_or(Value::Null, |j| j.0)),
+        Some(ingest_id) => Precheck::Held(HeldKey {
+            ingest_id,
+            result: result.map_or(Value::Null, |j| j.0),
+            sender: sender.unwrap_or_default(),
+        }),
         None => Precheck::Clear(lock),
     })
 }
