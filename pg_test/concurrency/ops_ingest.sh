@@ -11,7 +11,7 @@ q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
 
 q "DROP TABLE IF EXISTS public.fg_ops_events; DROP TABLE IF EXISTS public.fg_ops_creates; DROP SEQUENCE IF EXISTS public.fg_ops_seq"
-q "DELETE FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/%'"
+q "DELETE FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/%'; DELETE FROM ops.releases WHERE release_id::text LIKE 'c0c0c0c0-%'"
 # 10 releases.
 q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'conc/release/' || r, 'event_type', 'release_created',
        'source_system', 'github_actions', 'release_id', 'c0c0c0c0-0000-4000-8000-' || lpad(r::text, 12, '0'), 'version', 'conc-' || r))
