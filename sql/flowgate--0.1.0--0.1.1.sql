@@ -20,6 +20,11 @@ $encoding$;
 -- and direct writes of ops wait until the update commits.
 LOCK TABLE ops.releases IN EXCLUSIVE MODE;
 
+-- Every evaluation of a release now bumps its row (an update that changes nothing, for
+-- REPEATABLE READ writers): room on each page keeps those updates HOT. Existing pages keep
+-- their fill until rewritten.
+ALTER TABLE ops.releases SET (fillfactor = 90);
+
 -- The CHECK helpers are the envelope checks themselves, as C functions: a CHECK calls them
 -- without inlining and planning a SQL body in every statement that writes the table. Same
 -- rules, so every stored row still holds.

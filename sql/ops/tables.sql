@@ -35,7 +35,7 @@ CREATE TABLE ops.releases (
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 90);  -- room for HOT updates: every evaluation of a release bumps its row
 COMMENT ON TABLE ops.releases IS 'One row per release; created by a release_created event. Its four gates are created with it.';
 CREATE INDEX releases_created_by ON ops.releases (created_by);
 SELECT pg_catalog.pg_extension_config_dump('ops.releases', '');
