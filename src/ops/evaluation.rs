@@ -14,7 +14,8 @@
 //! cases.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::JsonB;
@@ -136,7 +137,24 @@ pub struct NewCheck<'a> {
 /// change them). With it, that transaction fails with 40001 when it locks or bumps the row. The
 /// bump is in the evaluating statement, so an envelope refused before it (or rolled back with
 /// it) leaves no new row version.
-fn facts_sql(inputs: &[GateCode], writes_check: bool, stores: bool) -> String {
+fn facts_sql(inputs: &[GateCode], writes_check: bool, stores: bool) -> Rc<str> {
+    thread_local! {
+        /// Each shape's text, built once per backend (a handful of scopes and flags).
+        static TEXTS: RefCell<HashMap<FactsShape, Rc<str>>> = RefCell::new(HashMap::new());
+    }
+    let shape = (inputs.to_vec(), writes_check, stores);
+    if let Some(text) = TEXTS.with(|t| t.borrow().get(&shape).cloned()) {
+        return text;
+    }
+    let text: Rc<str> = build_facts_sql(inputs, writes_check, stores).into();
+    TEXTS.with(|t| t.borrow_mut().insert(shape, text.clone()));
+    text
+}
+
+/// The gates read, whether a check is written, whether the result is stored.
+type FactsShape = (Vec<GateCode>, bool, bool);
+
+fn build_facts_sql(inputs: &[GateCode], writes_check: bool, stores: bool) -> String {
     let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
     let facts = FACTS.replace("{G}", &format!("'{{{}}}'", codes.join(",")));
     let mut ctes = Vec::new();
