@@ -52,6 +52,25 @@ final=$(q "SELECT state = (SELECT to_state FROM capacity.capacity_request_events
            FROM capacity.capacity_requests WHERE id = '$id'")
 [ "$final" = t ] || fail "the request's state is not its last event's target"
 [ "$accepted" -ge 1 ] && [ "$accepted" -le 2 ] || fail "$accepted conflicting events accepted (1, or 2 when a cancellation follows)"
+# A stranger neither waits for a request's row lock nor learns that the request exists: while
+# another session holds the lock, a stranger's event is answered P0002 at once, where one of
+# the request's parties waits for the lock (55P03 under a 1 s lock_timeout).
+state_of() {  # the SQLSTATE a statement raises ('00000' when it succeeds), with lock_timeout 1 s
+  psql -X -q -c "SET lock_timeout = '1s'" -c "SET client_min_messages = notice" \
+    -c "DO \$\$ BEGIN EXECUTE \$q\$$1\$q\$; RAISE NOTICE 'state=00000'; EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'state=%', SQLSTATE; END \$\$" 2>&1 \
+    | sed -n 's/.*state=\([0-9A-Z]*\).*/\1/p'
+}
+psql -X -q -c "BEGIN" -c "SELECT FROM capacity.capacity_requests WHERE id = '$id' FOR UPDATE" -c "SELECT pg_sleep(4)" -c "COMMIT" >/dev/null &
+holder=$!
+for _ in $(seq 1 50); do
+  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(4)' AND state = 'active'")" -eq 1 ] && break
+  sleep 0.1
+done
+stranger=$(state_of "SELECT capacity.record_capacity_event('$id', 'CANCEL_APPROVED', '{\"reason\": \"x\"}', NULL, 'no-party-of-this-request')")
+party=$(state_of "SELECT capacity.record_capacity_event('$id', 'CANCEL_APPROVED', '{\"reason\": \"x\"}', NULL, 'ae-1')")
+wait "$holder"
+[ "$stranger" = P0002 ] || fail "a stranger's event on a locked request raised ${stranger:-nothing}, expected P0002 at once"
+[ "$party" = 55P03 ] || fail "a party's event on a locked request raised ${party:-nothing}, expected to wait for the lock (55P03)"
 history=$(q "SELECT string_agg(event_type::text, ' > ' ORDER BY seq) FROM capacity.capacity_request_events WHERE capacity_request_id = '$id'")
 q "DROP TABLE public.fg_conc_target, public.fg_conc_results; DROP FUNCTION public.fg_conc_try(int)"
-echo "ok 6 - capacity: NOTIFY flowgate_capacity on a transition; 32 sessions x 4 conflicting events on $id: $accepted accepted, $(( attempts - accepted )) rejected (55000); history $history"
+echo "ok 6 - capacity: NOTIFY flowgate_capacity on a transition; a stranger waits for no lock (P0002), a party does (55P03); 32 sessions x 4 conflicting events on $id: $accepted accepted, $(( attempts - accepted )) rejected (55000); history $history"

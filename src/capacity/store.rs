@@ -153,11 +153,10 @@ pub fn apply(
             "capacity.create_capacity_request(...) to create; any other event for an existing request",
         ));
     }
-    let standing = standing(id, actor)?;
-    if !standing.has_any() {
+    let Some((row, standing)) = lock_for(id, actor)? else {
         // Strangers learn nothing: not the state, not whether the request exists.
         return Err(CoreError::not_found("capacity request", id));
-    }
+    };
     let cmd = Command {
         event,
         payload: payload_object(payload)?,
@@ -171,7 +170,55 @@ pub fn apply(
         },
         new_request: None,
     };
-    eventstore::apply::<CapacityFlow>(id, &cmd, actor, key)
+    eventstore::apply_locked::<CapacityFlow>(id, Some(row), &cmd, actor, key)
+}
+
+/// Lock a request for an event from `actor`, reading the actor's standing on it (its parties,
+/// the actor's membership of its infra group, `capacity.admins`) in the same statement. A
+/// stranger's call locks nothing and finds nothing, so it can neither delay the request's
+/// parties nor tell whether the request exists. Returns the locked row (`to_jsonb`) and the
+/// standing, or `None`.
+fn lock_for(id: &str, actor: &Actor) -> CoreResult<Option<(Value, Standing)>> {
+    super::flow::check_lookup("request_id", id)?;
+    let admins = crate::core::settings::definition("capacity.admins")?;
+    // Admin by session (trusted) or the system: standing on every request.
+    let own = Standing::of(actor, "", "", false, false);
+    Spi::connect_mut(|client| {
+        let rows = prepared::run(
+            client,
+            "WITH a AS (SELECT coalesce((SELECT s.value FROM flowgate.settings s WHERE s.key = 'capacity.admins'), $4) AS admins) \
+             SELECT to_jsonb(r), g.in_group, a.admins \
+               FROM capacity.capacity_requests r CROSS JOIN a \
+               CROSS JOIN LATERAL (SELECT EXISTS (SELECT FROM capacity.group_members m \
+                                                   WHERE m.group_name = r.infra_owner_group AND m.user_id = $2) AS in_group) g \
+              WHERE r.id = $1 \
+                AND ($3 OR r.requester_user_id = $2 OR r.commercial_owner_user_id = $2 OR g.in_group \
+                     OR (jsonb_typeof(a.admins) = 'array' AND a.admins ? $2)) \
+                FOR UPDATE OF r",
+            &[prepared::TEXT, prepared::TEXT, prepared::BOOL, prepared::JSONB],
+            &[
+                id.into(),
+                actor.id.as_str().into(),
+                (own.is_admin || own.is_system).into(),
+                JsonB(admins.default_value()).into(),
+            ],
+        )?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let (row, in_group, listed) = rows.first().get_three::<JsonB, bool, JsonB>()?;
+        let row = row.map(|j| j.0).unwrap_or(Value::Null);
+        let listed = crate::core::settings::as_list(admins, listed.map(|j| j.0))?;
+        let party = |column: &str| row[column].as_str().unwrap_or_default().to_owned();
+        let standing = Standing::of(
+            actor,
+            &party("requester_user_id"),
+            &party("commercial_owner_user_id"),
+            in_group.unwrap_or(false),
+            listed.iter().any(|a| a == &actor.id),
+        );
+        Ok(Some((row, standing)))
+    })
 }
 
 /// 22023 unless `owner` may be named commercial owner: a member of the group in

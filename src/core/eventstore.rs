@@ -16,6 +16,12 @@
 //! `idempotency_key text` with `UNIQUE (entity_column, idempotency_key)`, and the
 //! `flowgate.forbid_mutation()` trigger. Column values are written through
 //! `jsonb_populate_record`, so Postgres casts JSON to each column's type (enums included).
+//!
+//! A write reads back only what Postgres decided: defaults, generated columns, the touched
+//! column and every value whose stored form may print differently from what was sent (all types
+//! but text, varchar, enums and json). The rest of the returned row is the locked row or the
+//! values written. A table with a BEFORE row trigger, which may change anything, is read back
+//! whole.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -72,76 +78,195 @@ pub struct Applied<S> {
 }
 
 struct Sql {
-    lock: String,
-    find_key: String,
     projection: QualifiedName,
     events: QualifiedName,
     id: Ident,
     id_type: Ident,
+    entity: Ident,
     touch: Option<Ident>,
 }
 
 impl Sql {
     fn for_tables(t: &Tables) -> Result<Sql, CoreError> {
-        let projection = QualifiedName::parse(t.projection)?;
-        let events = QualifiedName::parse(t.events)?;
-        let id = Ident::new(t.id_column)?;
-        let id_type = Ident::new(t.id_type)?;
-        let entity = Ident::new(t.entity_column)?;
-        let touch = t.touch_column.map(Ident::new).transpose()?;
         Ok(Sql {
-            lock: format!(
-                "SELECT to_jsonb(p) FROM {} p WHERE {} = $1::{} FOR UPDATE",
-                projection.quoted(),
-                id.quoted(),
-                id_type.as_str()
-            ),
-            find_key: format!(
-                "SELECT to_jsonb(e) FROM {} e WHERE {} = $1::{} AND idempotency_key = $2",
-                events.quoted(),
-                entity.quoted(),
-                id_type.as_str()
-            ),
-            projection,
-            events,
-            id,
-            id_type,
-            touch,
+            projection: QualifiedName::parse(t.projection)?,
+            events: QualifiedName::parse(t.events)?,
+            id: Ident::new(t.id_column)?,
+            id_type: Ident::new(t.id_type)?,
+            entity: Ident::new(t.entity_column)?,
+            touch: t.touch_column.map(Ident::new).transpose()?,
         })
     }
 
-    fn insert(table: &QualifiedName, row: &Map<String, Value>) -> Result<String, CoreError> {
+    fn lock(&self) -> String {
+        format!(
+            "SELECT to_jsonb(p) FROM {} p WHERE {} = $1::{} FOR UPDATE",
+            self.projection.quoted(),
+            self.id.quoted(),
+            self.id_type.as_str()
+        )
+    }
+
+    fn find_key(&self) -> String {
+        format!(
+            "SELECT to_jsonb(e) FROM {} e WHERE {} = $1::{} AND idempotency_key = $2",
+            self.events.quoted(),
+            self.entity.quoted(),
+            self.id_type.as_str()
+        )
+    }
+
+    /// Insert `row` (column -> JSON value, cast to each column's type by
+    /// `jsonb_populate_record`) and read back what Postgres decided (see [`Shape::read_back`]).
+    fn insert(
+        table: &QualifiedName,
+        shape: &Shape,
+        row: &Map<String, Value>,
+    ) -> Result<String, CoreError> {
         let cols = column_list(row.keys())?;
         let list = cols
             .iter()
             .map(Ident::quoted)
             .collect::<Vec<_>>()
             .join(", ");
+        let t = table.quoted();
+        let returning = shape.read_back(&t, shape.before_insert_row, |c| {
+            !(row.contains_key(c.name.as_str()) && c.prints_as_sent)
+        });
         Ok(format!(
-            "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_record(NULL::{t}, $1) RETURNING to_jsonb({t}.*)",
-            t = table.quoted()
+            "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_record(NULL::{t}, $1) RETURNING {returning}"
         ))
     }
 
-    fn update(&self, changed: &Map<String, Value>) -> Result<String, CoreError> {
-        let cols = column_list(changed.keys())?;
-        let mut sets: Vec<String> = cols
-            .iter()
-            .map(|c| format!("{c} = r.{c}", c = c.quoted()))
-            .collect();
-        if let Some(t) = &self.touch {
-            if !changed.contains_key(t.as_str()) {
-                sets.push(format!("{} = now()", t.quoted()));
-            }
+    /// Set the changed columns (and the touched one) and read back what Postgres decided. The
+    /// values come from one `jsonb_populate_record` in a sub-SELECT: as a joined FROM item it
+    /// would make the update carry and lock a second row source.
+    fn update(&self, shape: &Shape, changed: &Map<String, Value>) -> Result<String, CoreError> {
+        let mut targets: Vec<String> = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        for c in column_list(changed.keys())? {
+            values.push(format!("r.{}", c.quoted()));
+            targets.push(c.quoted());
         }
+        let touched = self
+            .touch
+            .as_ref()
+            .filter(|t| !changed.contains_key(t.as_str()));
+        if let Some(t) = touched {
+            targets.push(t.quoted());
+            values.push("now()".into());
+        }
+        let t = self.projection.quoted();
+        let sets = match (targets.len(), changed.is_empty()) {
+            (0, _) => return Err(CoreError::Internal("an update that sets nothing".into())),
+            (1, true) => format!("{} = {}", targets[0], values[0]),
+            _ => format!(
+                "({}) = (SELECT {} FROM jsonb_populate_record(NULL::{t}, $2) r)",
+                targets.join(", "),
+                values.join(", ")
+            ),
+        };
+        let returning = shape.read_back("p", shape.before_update_row, |c| {
+            changed.contains_key(c.name.as_str()) || touched.is_some_and(|t| t.as_str() == c.name)
+        });
         Ok(format!(
-            "UPDATE {t} p SET {sets} FROM jsonb_populate_record(NULL::{t}, $2) r WHERE p.{id} = $1::{ty} RETURNING to_jsonb(p)",
-            t = self.projection.quoted(),
-            sets = sets.join(", "),
+            "UPDATE {t} p SET {sets} WHERE p.{id} = $1::{ty} RETURNING {returning}",
             id = self.id.quoted(),
             ty = self.id_type.as_str()
         ))
     }
+}
+
+/// One live column of a table, as the runner sees it.
+struct Column {
+    name: String,
+    /// The stored value prints back exactly as it was sent (text, varchar, enums, json, jsonb),
+    /// so the runner need not read it back.
+    prints_as_sent: bool,
+    /// A generated column: Postgres computes it on every write.
+    generated: bool,
+}
+
+/// What the runner needs to know of a table to read back only what Postgres decided.
+struct Shape {
+    columns: Vec<Column>,
+    /// A BEFORE row trigger may change any column of the row being written.
+    before_insert_row: bool,
+    before_update_row: bool,
+}
+
+impl Shape {
+    /// The table's columns and triggers, from the relation cache (no statement).
+    fn of(table: &QualifiedName) -> Result<Shape, CoreError> {
+        let rel = pgrx::PgRelation::open_with_name_and_share_lock(&table.quoted())
+            .map_err(|e| CoreError::Internal(format!("{}: {e}", table.quoted())))?;
+        let columns = rel
+            .tuple_desc()
+            .iter()
+            .filter(|a| !a.is_dropped())
+            .map(|a| Column {
+                name: a.name().to_owned(),
+                prints_as_sent: prints_as_sent(a.atttypid),
+                generated: a.attgenerated != 0,
+            })
+            .collect();
+        // SAFETY: trigdesc is null or the relation cache entry's trigger descriptor, valid while
+        // the relation is open.
+        let (before_insert_row, before_update_row) = unsafe {
+            rel.trigdesc.as_ref().map_or((false, false), |t| {
+                (t.trig_insert_before_row, t.trig_update_before_row)
+            })
+        };
+        Ok(Shape {
+            columns,
+            before_insert_row,
+            before_update_row,
+        })
+    }
+
+    /// The RETURNING list of a write to `alias`: the whole row as JSON when a BEFORE row trigger
+    /// may have changed anything (or a column name needs more than plain quoting), else a JSON
+    /// object of the generated columns and of those `wanted` says the runner does not know.
+    fn read_back(&self, alias: &str, whole: bool, wanted: impl Fn(&Column) -> bool) -> String {
+        let full = format!("to_jsonb({alias}.*)");
+        if whole {
+            return full;
+        }
+        let mut pairs = Vec::new();
+        for c in self.columns.iter().filter(|c| c.generated || wanted(c)) {
+            let Ok(id) = Ident::new(&c.name) else {
+                return full;
+            };
+            pairs.push(format!("'{}', {alias}.{}", id.as_str(), id.quoted()));
+        }
+        if pairs.is_empty() {
+            return "'{}'::jsonb".into();
+        }
+        // jsonb_build_object takes at most 100 arguments: 50 columns per call.
+        pairs
+            .chunks(50)
+            .map(|c| format!("jsonb_build_object({})", c.join(", ")))
+            .collect::<Vec<_>>()
+            .join(" || ")
+    }
+}
+
+/// Whether a value of type `oid` prints back exactly as the JSON value that was written.
+fn prints_as_sent(oid: pgrx::pg_sys::Oid) -> bool {
+    use pgrx::pg_sys::{PgBuiltInOids as B, PgOid};
+    match PgOid::from(oid) {
+        PgOid::BuiltIn(B::TEXTOID | B::VARCHAROID | B::JSONOID | B::JSONBOID) => true,
+        // SAFETY: a type cache lookup by OID; an unknown OID is simply not an enum.
+        _ => unsafe { pgrx::pg_sys::type_is_enum(oid) },
+    }
+}
+
+/// `row` with the columns Postgres returned laid over it.
+fn merged(mut row: Map<String, Value>, returned: Option<Value>) -> Map<String, Value> {
+    if let Some(Value::Object(r)) = returned {
+        row.extend(r);
+    }
+    row
 }
 
 /// Apply `event` to the entity `entity_id` of workflow `W` as `actor`.
@@ -152,13 +277,29 @@ pub fn apply<W: Workflow>(
     idempotency_key: Option<&str>,
 ) -> Result<Applied<W::State>, W::Error> {
     let sql = Sql::for_tables(&W::TABLES)?;
-    Spi::connect_mut(|client| {
-        let current = first_json(prepared::run(
+    let current = Spi::connect_mut(|client| {
+        first_json(prepared::run(
             client,
-            &sql.lock,
+            &sql.lock(),
             &[TEXT],
             &[entity_id.into()],
-        )?)?;
+        )?)
+    })?;
+    apply_locked::<W>(entity_id, current, event, actor, idempotency_key)
+}
+
+/// [`apply`] for a caller that has already locked the entity's projection row
+/// (`SELECT to_jsonb(p) ... FOR UPDATE`, usually together with facts the event needs) and
+/// passes it as `current` (`None`: the entity does not exist and the event creates it).
+pub fn apply_locked<W: Workflow>(
+    entity_id: &str,
+    current: Option<Value>,
+    event: &W::Event,
+    actor: &Actor,
+    idempotency_key: Option<&str>,
+) -> Result<Applied<W::State>, W::Error> {
+    let sql = Sql::for_tables(&W::TABLES)?;
+    Spi::connect_mut(|client| {
         let before: Option<W::State> = match &current {
             Some(row) => Some(serde_json::from_value(row.clone()).map_err(CoreError::from)?),
             None => None,
@@ -167,7 +308,7 @@ pub fn apply<W: Workflow>(
         if let (Some(key), Some(row)) = (idempotency_key, &current) {
             let found = prepared::query(
                 client,
-                &sql.find_key,
+                &sql.find_key(),
                 &[TEXT, TEXT],
                 &[entity_id.into(), key.into()],
             )?;
@@ -198,8 +339,14 @@ pub fn apply<W: Workflow>(
         let transition = W::reduce(before.as_ref(), event, actor)?;
         let after_cols = state_columns(&transition.state)?;
 
-        let row = match &before {
-            None => {
+        let vanished = || {
+            CoreError::Internal(format!(
+                "{} row {entity_id} vanished while locked",
+                W::TABLES.projection
+            ))
+        };
+        let row = match (&before, current) {
+            (None, _) => {
                 let mut cols: Map<String, Value> = after_cols
                     .into_iter()
                     .filter(|(_, v)| !v.is_null())
@@ -208,35 +355,37 @@ pub fn apply<W: Workflow>(
                     W::TABLES.id_column.to_owned(),
                     Value::String(entity_id.to_owned()),
                 );
-                let q = Sql::insert(&sql.projection, &cols)?;
-                first_json(prepared::run(
+                let q = Sql::insert(&sql.projection, &Shape::of(&sql.projection)?, &cols)?;
+                let returned = first_json(prepared::run(
                     client,
                     &q,
                     &[JSONB],
-                    &[JsonB(Value::Object(cols)).into()],
+                    &[JsonB(Value::Object(cols.clone())).into()],
                 )?)?
+                .ok_or_else(vanished)?;
+                Value::Object(merged(cols, Some(returned)))
             }
-            Some(b) => {
+            (Some(_), None) => return Err(vanished().into()),
+            (Some(b), Some(current)) => {
                 let changed = changed_columns(&state_columns(b)?, &after_cols);
                 if changed.is_empty() && sql.touch.is_none() {
-                    current.clone()
+                    current
                 } else {
-                    let q = sql.update(&changed)?;
-                    first_json(prepared::run(
+                    let q = sql.update(&Shape::of(&sql.projection)?, &changed)?;
+                    let returned = first_json(prepared::run(
                         client,
                         &q,
                         &[TEXT, JSONB],
                         &[entity_id.into(), JsonB(Value::Object(changed)).into()],
                     )?)?
+                    .ok_or_else(vanished)?;
+                    match current {
+                        Value::Object(locked) => Value::Object(merged(locked, Some(returned))),
+                        _ => returned,
+                    }
                 }
             }
-        }
-        .ok_or_else(|| {
-            CoreError::Internal(format!(
-                "{} row {entity_id} vanished while locked",
-                W::TABLES.projection
-            ))
-        })?;
+        };
 
         let mut ev = W::event_extra(before.as_ref(), &transition.state);
         ev.insert(
@@ -253,16 +402,17 @@ pub fn apply<W: Workflow>(
         if let Some(key) = idempotency_key {
             ev.insert("idempotency_key".into(), Value::String(key.to_owned()));
         }
-        let q = Sql::insert(&sql.events, &ev)?;
-        let stored_event = first_json(prepared::run(
+        let q = Sql::insert(&sql.events, &Shape::of(&sql.events)?, &ev)?;
+        let returned = first_json(prepared::run(
             client,
             &q,
             &[JSONB],
-            &[JsonB(Value::Object(ev)).into()],
+            &[JsonB(Value::Object(ev.clone())).into()],
         )?)?
         .ok_or_else(|| {
             CoreError::Internal(format!("insert into {} returned nothing", W::TABLES.events))
         })?;
+        let stored_event = Value::Object(merged(ev, Some(returned)));
 
         W::enqueue_effects(client, entity_id, &stored_event, transition.effects)?;
         Ok(Applied {

@@ -98,6 +98,7 @@ fn put(key: String, stmt: OwnedPreparedStatement) {
 }
 
 /// Argument type shorthands.
+pub const BOOL: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::BOOLOID);
 pub const TEXT: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTOID);
 pub const TEXT_ARRAY: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTARRAYOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::JSONBOID);

@@ -474,6 +474,38 @@ mod tests {
         );
     }
 
+    /// The runner reads back only what Postgres decided, yet answers with the rows as stored:
+    /// defaults, identities and touched columns included, and whatever a BEFORE row trigger
+    /// changed.
+    #[pg_test]
+    fn the_answer_is_the_rows_as_stored() {
+        let stored = |answer: &JsonB| {
+            let row: JsonB = one("SELECT to_jsonb(d) FROM fg_test.doors d WHERE id = 'd9'");
+            let event: JsonB = one(
+                "SELECT to_jsonb(e) FROM fg_test.door_events e WHERE door_id = 'd9' ORDER BY id DESC LIMIT 1",
+            );
+            assert_eq!(answer.0["row"], row.0, "row");
+            assert_eq!(answer.0["event"], event.0, "event");
+        };
+        stored(&one("SELECT tests.door('d9', 'INSTALL')"));
+        stored(&one("SELECT tests.door('d9', 'OPEN')"));
+        Spi::run(
+            "CREATE FUNCTION fg_test.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+               IF TG_TABLE_NAME = 'doors' THEN NEW.created_at := '2001-02-03 04:05:06+00'; \
+               ELSE NEW.payload := '{\"stamped\": true}'; END IF; \
+               RETURN NEW; \
+             END $$; \
+             CREATE TRIGGER stamp BEFORE UPDATE ON fg_test.doors FOR EACH ROW EXECUTE FUNCTION fg_test.stamp(); \
+             CREATE TRIGGER stamp BEFORE INSERT ON fg_test.door_events FOR EACH ROW EXECUTE FUNCTION fg_test.stamp()",
+        )
+        .unwrap();
+        let closed: JsonB = one("SELECT tests.door('d9', 'CLOSE')");
+        stored(&closed);
+        assert_eq!(closed.0["row"]["created_at"], "2001-02-03T04:05:06+00:00");
+        assert_eq!(closed.0["event"]["payload"], json!({"stamped": true}));
+    }
+
     #[pg_test]
     fn idempotency_keys_replay_the_first_result_and_write_nothing() {
         Spi::run("SELECT tests.door('d4', 'INSTALL')").unwrap();
