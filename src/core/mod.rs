@@ -3,6 +3,7 @@
 //! outbox of HTTP deliveries and the periodic jobs.
 
 pub mod actor;
+pub mod answer;
 pub mod api;
 pub mod args;
 pub mod error;

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
@@ -13,33 +14,37 @@ use serde_json::Value;
 
 use super::error::CoreResult;
 
-thread_local! {
-    static STATEMENTS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+/// One prepared form of a statement text: for writing or reading, with these parameter types.
+struct Prepared {
+    writes: bool,
+    types: Vec<u32>,
+    stmt: Rc<OwnedPreparedStatement>,
 }
 
-/// Most distinct statements kept; beyond it the cache starts over (it only ever holds
+thread_local! {
+    /// Statement text -> its prepared forms. Looked up by the text itself (no key is built per
+    /// call); a statement in use is shared (`Rc`), so a nested call (a trigger or an RLS policy
+    /// calling back into flowgate) that prepares or clears never frees it under its runner.
+    static STATEMENTS: RefCell<HashMap<String, Vec<Prepared>>> = RefCell::new(HashMap::new());
+}
+
+/// Most distinct statement texts kept; beyond it the cache starts over (it only ever holds
 /// flowgate's own statement shapes, so this is a safety net, not a working limit).
 const CAPACITY: usize = 512;
 
 /// Run a statement that writes (or locks rows), prepared once per backend (per parameter
 /// types: the same text with a differently typed argument is another plan).
-///
-/// The statement is taken out of the cache while it runs, so a nested call (a trigger or an
-/// RLS policy calling back into flowgate) never finds the cache borrowed.
 pub fn run<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &str,
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> CoreResult<SpiTupleTable<'conn>> {
-    let key = format!("w:{types:?}:{sql}");
-    let stmt = match take(&key) {
+    let stmt = match cached(sql, true, types) {
         Some(stmt) => stmt,
-        None => client.prepare_mut(sql, types)?.keep(),
+        None => keep(sql, true, types, client.prepare_mut(sql, types)?.keep()),
     };
-    let result = client.update(&stmt, None, args);
-    put(key, stmt);
-    Ok(result?)
+    Ok(client.update(&*stmt, None, args)?)
 }
 
 /// Run a read-only statement, prepared once per backend. Unlike [`run`] it never assigns a
@@ -50,14 +55,11 @@ pub fn query<'conn>(
     types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> CoreResult<SpiTupleTable<'conn>> {
-    let key = format!("r:{types:?}:{sql}");
-    let stmt = match take(&key) {
+    let stmt = match cached(sql, false, types) {
         Some(stmt) => stmt,
-        None => client.prepare(sql, types)?.keep(),
+        None => keep(sql, false, types, client.prepare(sql, types)?.keep()),
     };
-    let result = client.select(&stmt, None, args);
-    put(key, stmt);
-    Ok(result?)
+    Ok(client.select(&*stmt, None, args)?)
 }
 
 /// The parameter types of a call, taken from its arguments (a typed NULL included).
@@ -83,18 +85,43 @@ pub fn read<'conn>(
     query(client, sql, &types_of(args), args)
 }
 
-fn take(key: &str) -> Option<OwnedPreparedStatement> {
-    STATEMENTS.with(|c| c.borrow_mut().remove(key))
+fn same_types(kept: &[u32], types: &[PgOid]) -> bool {
+    kept.len() == types.len()
+        && kept
+            .iter()
+            .zip(types)
+            .all(|(k, t)| *k == t.value().to_u32())
 }
 
-fn put(key: String, stmt: OwnedPreparedStatement) {
+fn cached(sql: &str, writes: bool, types: &[PgOid]) -> Option<Rc<OwnedPreparedStatement>> {
+    STATEMENTS.with(|c| {
+        c.borrow()
+            .get(sql)?
+            .iter()
+            .find(|p| p.writes == writes && same_types(&p.types, types))
+            .map(|p| Rc::clone(&p.stmt))
+    })
+}
+
+fn keep(
+    sql: &str,
+    writes: bool,
+    types: &[PgOid],
+    stmt: OwnedPreparedStatement,
+) -> Rc<OwnedPreparedStatement> {
+    let stmt = Rc::new(stmt);
     STATEMENTS.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() >= CAPACITY {
             c.clear();
         }
-        c.insert(key, stmt);
+        c.entry(sql.to_owned()).or_default().push(Prepared {
+            writes,
+            types: types.iter().map(|t| t.value().to_u32()).collect(),
+            stmt: Rc::clone(&stmt),
+        });
     });
+    stmt
 }
 
 /// Argument type shorthands.

@@ -9,6 +9,7 @@ mod intake {
     use serde_json::{json, Map, Value};
 
     use crate::core::actor::validate_actor_id;
+    use crate::core::answer::JsonbAnswer;
     use crate::core::args::{
         self, RawJsonb, MAX_ERROR_TEXT_BYTES, MAX_JSON_ARG_BYTES, MAX_RESPONSE_ARG_BYTES,
     };
@@ -118,8 +119,8 @@ mod intake {
     #[documented]
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
-    fn claim_resource(pool_id: &str, user_id: &str) -> Result<JsonB, ErrorReport> {
-        let run = || -> CoreResult<Value> {
+    fn claim_resource(pool_id: &str, user_id: &str) -> Result<JsonbAnswer, ErrorReport> {
+        let run = || -> CoreResult<JsonbAnswer> {
             if !crate::core::store::session_is_trusted()? {
                 return Err(CoreError::PermissionDenied {
                     actor: crate::core::store::current_user(),
@@ -129,7 +130,7 @@ mod intake {
             }
             claim_for(pool_id, user_id)
         };
-        Ok(run().map(JsonB)?)
+        Ok(run()?)
     }
 
     /// Claim one resource of `pool_id` for the signed-in caller (the JWT `sub`): what a browser
@@ -139,8 +140,8 @@ mod intake {
     #[documented]
     #[pg_extern(volatile, strict, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
-    fn claim(pool_id: &str) -> Result<JsonB, ErrorReport> {
-        let run = || -> CoreResult<Value> {
+    fn claim(pool_id: &str) -> Result<JsonbAnswer, ErrorReport> {
+        let run = || -> CoreResult<JsonbAnswer> {
             let actor = crate::core::store::acting_actor(None)?;
             if actor.source != crate::core::actor::ActorSource::Jwt && !actor.trusted {
                 return Err(CoreError::PermissionDenied {
@@ -152,13 +153,15 @@ mod intake {
             }
             claim_for(pool_id, &actor.id)
         };
-        Ok(run().map(JsonB)?)
+        Ok(run()?)
     }
 
-    fn claim_for(pool_id: &str, user_id: &str) -> CoreResult<Value> {
+    /// The claim's answer: the datum its statement built, or (no claim) one built here once
+    /// the SPI connection is closed.
+    fn claim_for(pool_id: &str, user_id: &str) -> CoreResult<JsonbAnswer> {
         let pool = PoolId::parse(pool_id)?;
         validate_actor_id("user_id", user_id)?;
-        Spi::connect_mut(|client| claim::claim(client, &pool, user_id))
+        Spi::connect_mut(|client| claim::claim(client, &pool, user_id))?.into_jsonb()
     }
 
     /// Rebuild a pool's UNLOGGED inventory, released slots, user claim counts and a missing slot

@@ -18,6 +18,7 @@ use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
+use crate::core::answer::{Answer, JsonbAnswer};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared::{self, TEXT};
 use crate::intake::pool::PoolId;
@@ -36,6 +37,8 @@ struct Attempt {
     /// The claimed resource and its intent's queue message, when the slot was still available.
     resource_id: Option<String>,
     msg_id: Option<i64>,
+    /// The claim's answer as the statement built it, when it claimed.
+    answer: Option<JsonbAnswer>,
 }
 
 thread_local! {
@@ -63,18 +66,19 @@ fn remember(pool: &PoolId, intact: bool) {
 }
 
 /// Claim one resource of `pool` for `user` (already validated), answering with the claim or
-/// with why there was none (`sold_out`, `limit_reached`, `paused`).
+/// with why there was none (`sold_out`, `limit_reached`, `paused`). Must run in the function's
+/// own `Spi::connect`: a claim's answer is the datum its statement built.
 ///
 /// A backend's first claim on a pool checks, read-only, that the pool is intact, and rebuilds
 /// it first if a crash or a restore emptied it. That check comes before any write: the claim
 /// statement locks the inventory tables, which the rebuild must lock exclusively.
-pub fn claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResult<Value> {
+pub fn claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResult<Answer> {
     let mut healed = false;
     // At most: the first check, the claim, and the claim again after a rebuild.
     for _ in 0..3 {
         if !(known_intact(pool) && sequence_exists(pool)) {
             match standing(client, pool)? {
-                Standing::Paused => return Ok(paused(pool)),
+                Standing::Paused => return Ok(Answer::Value(paused(pool))),
                 Standing::Intact => {}
                 Standing::Healed => healed = true,
             }
@@ -86,10 +90,10 @@ pub fn claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
             // The statement let no claim in: paused, sold out, or the pool's state lost.
             remember(pool, false);
             match standing(client, pool)? {
-                Standing::Paused => return Ok(paused(pool)),
+                Standing::Paused => return Ok(Answer::Value(paused(pool))),
                 Standing::Intact => {
                     remember(pool, true);
-                    return Ok(sold_out(pool));
+                    return Ok(Answer::Value(sold_out(pool)));
                 }
                 Standing::Healed if !healed => {
                     healed = true;
@@ -113,17 +117,23 @@ fn settle(
     pool: &PoolId,
     user: &str,
     attempt: Attempt,
-) -> CoreResult<Value> {
+) -> CoreResult<Answer> {
     let max_claims = attempt.max_claims.unwrap_or(1);
     let Some(slot) = attempt.slot else {
-        return Ok(
+        return Ok(Answer::Value(
             json!({"status": "limit_reached", "pool_id": pool.as_str(), "max_claims_per_user": max_claims}),
-        );
+        ));
     };
-    if let Some(resource) = attempt.resource_id {
-        return Ok(claimed(pool, slot, &resource, attempt.msg_id));
+    match (attempt.answer, attempt.resource_id) {
+        (Some(answer), _) => Ok(Answer::Built(answer)),
+        (None, Some(resource)) => Ok(Answer::Value(claimed(
+            pool,
+            slot,
+            &resource,
+            attempt.msg_id,
+        ))),
+        (None, None) => retake(client, pool, user, slot).map(Answer::Value),
     }
-    retake(client, pool, user, slot)
 }
 
 fn paused(pool: &PoolId) -> Value {
@@ -180,8 +190,10 @@ fn try_claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
            INSERT INTO {queue} (vt, message) \
            SELECT clock_timestamp(), jsonb_build_object('pool_id', $1, 'slot', slot, 'resource_id', resource_id, 'user_id', $2) \
              FROM taken RETURNING msg_id) \
-         SELECT (SELECT max_claims_per_user FROM open), (SELECT slot FROM counted), \
-                (SELECT resource_id::text FROM taken), (SELECT msg_id FROM sent)",
+         SELECT m, s, r, i, CASE WHEN r IS NOT NULL THEN jsonb_build_object( \
+                  'status', 'claimed', 'pool_id', $1, 'resource_id', r, 'slot', s, 'msg_id', i) END \
+           FROM (SELECT (SELECT max_claims_per_user FROM open) AS m, (SELECT slot FROM counted) AS s, \
+                        (SELECT resource_id::text FROM taken) AS r, (SELECT msg_id FROM sent) AS i) x",
         seq = pool.slot_sequence(),
         queue = pool.queue_table()
     );
@@ -197,6 +209,7 @@ fn try_claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
         slot: row.get::<i32>(2)?,
         resource_id: row.get::<String>(3)?,
         msg_id: row.get::<i64>(4)?,
+        answer: JsonbAnswer::from_current(&row, 5)?,
     })
 }
 
