@@ -62,10 +62,12 @@ state_of() {  # the SQLSTATE a statement raises ('00000' when it succeeds), with
 }
 psql -X -q -c "BEGIN" -c "SELECT FROM capacity.capacity_requests WHERE id = '$id' FOR UPDATE" -c "SELECT pg_sleep(4)" -c "COMMIT" >/dev/null &
 holder=$!
+held=0
 for _ in $(seq 1 50); do
-  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(4)' AND state = 'active'")" -eq 1 ] && break
+  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(4)' AND state = 'active'")" -eq 1 ] && { held=1; break; }
   sleep 0.1
 done
+[ "$held" -eq 1 ] || fail "the session holding the request's lock did not start within 5 s"
 stranger=$(state_of "SELECT capacity.record_capacity_event('$id', 'CANCEL_APPROVED', '{\"reason\": \"x\"}', NULL, 'no-party-of-this-request')")
 party=$(state_of "SELECT capacity.record_capacity_event('$id', 'CANCEL_APPROVED', '{\"reason\": \"x\"}', NULL, 'ae-1')")
 wait "$holder"

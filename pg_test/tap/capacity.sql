@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(68);
+SELECT plan(70);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -215,6 +215,19 @@ SELECT is(capacity.run_capacity_request_timers(pg_temp.plus_business_days(now(),
 SELECT is((SELECT state::text || ' ' || (payload ? 'as_of')::text FROM capacity.capacity_requests r
              JOIN capacity.capacity_request_events e ON e.capacity_request_id = r.id AND e.event_type = 'CUSTOMER_CONFIRMATION_TIMEOUT'
             WHERE r.id = :'cr4'), 'EXPIRED true', 'recorded with the moment it was run as of');
+
+-- === An event's answer is the rows as stored ==================================================
+-- The runner reads back only what Postgres decided; the answer is still exactly what to_jsonb
+-- gives for the stored request (numeric and date columns included) and the stored event.
+SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 2, 'us-east-1', '{"org": "acme"}', needed_by_date => '2027-01-15',
+       estimated_monthly_cost_usd => 48000) -> 'request' ->> 'id' AS stored_id \gset
+CREATE TEMP TABLE answered AS
+SELECT capacity.record_capacity_event(:'stored_id', 'CANCEL_APPROVED', '{"reason": "budget moved", "n": 1.50}') AS a;
+SELECT is((SELECT a -> 'request' FROM answered), (SELECT to_jsonb(r) FROM capacity.capacity_requests r WHERE id = :'stored_id'),
+          'the answer''s request is the row as stored');
+SELECT is((SELECT a -> 'event' FROM answered),
+          (SELECT to_jsonb(e) FROM capacity.capacity_request_events e WHERE capacity_request_id = :'stored_id' ORDER BY seq DESC LIMIT 1),
+          'the answer''s event is the event as stored');
 
 -- === No Rust backtrace reaches a client ======================================================
 -- The test servers run with RUST_BACKTRACE=full. An error Postgres raises under flowgate's Rust

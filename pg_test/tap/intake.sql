@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(21);
+SELECT plan(22);
 
 SELECT is(intake.create_pool('tap_drop', 3, '{"max_claims_per_user": 1}') ->> 'queue', 'intake_tap_drop', 'a pool gets its pgmq queue');
 SELECT ok(EXISTS (SELECT FROM pgmq.list_queues() WHERE queue_name = 'intake_tap_drop_dlq'), 'and a dead-letter queue');
@@ -32,7 +32,7 @@ SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_drop), 3, 'one intent per
 SELECT is((SELECT intake.claim_resource('tap_drop', 'u9')),
           (SELECT jsonb_build_object('status', 'sold_out', 'pool_id', 'tap_drop')),
           'a sold-out answer has exactly status and pool_id');
-SELECT intake.create_pool('tap_many', 40, '{"max_claims_per_user": 1}') \g /dev/null
+SELECT intake.create_pool('tap_many', 42, '{"max_claims_per_user": 1}') \g /dev/null
 CREATE TEMP TABLE tap_answers AS SELECT intake.claim_resource('tap_many', 'm' || g) AS a FROM generate_series(1, 40) g;
 SELECT is((SELECT count(*)::int FROM tap_answers c
              JOIN pgmq.q_intake_tap_many q ON q.msg_id = (c.a ->> 'msg_id')::bigint
@@ -40,6 +40,10 @@ SELECT is((SELECT count(*)::int FROM tap_answers c
                                            'slot', (q.message ->> 'slot')::int, 'msg_id', q.msg_id)
               AND q.message ->> 'user_id' = 'm' || (c.a ->> 'slot')),
           40, 'forty claims in one statement: each answer is exactly its intent (slot, resource, msg_id)');
+-- Two answers alive in one row: each call's answer outlives the next call's SPI connection.
+SELECT is((SELECT (a ->> 'slot') || ',' || (b ->> 'slot')
+             FROM (SELECT intake.claim_resource('tap_many', 'x1') AS a, intake.claim_resource('tap_many', 'x2') AS b) s),
+          '41,42', 'two claims in one row keep their own answers');
 SELECT ok(intake.drop_pool('tap_drop'), 'a pool can be dropped');
 SELECT is((SELECT count(*)::int FROM intake.user_claims WHERE pool_id = 'tap_drop')
         + (SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_drop')

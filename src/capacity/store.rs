@@ -153,6 +153,15 @@ pub fn apply(
             "capacity.create_capacity_request(...) to create; any other event for an existing request",
         ));
     }
+    let now = db_now()?;
+    // Only technical approval starts the confirmation clock.
+    let confirmation_ttl_business_days = if event == Event::TechReviewApproved {
+        core_store::get_i64("capacity.confirmation_ttl_business_days")? as u32
+    } else {
+        0
+    };
+    // Permission first (a stranger learns nothing, not even that the payload is malformed),
+    // then the payload.
     let Some((row, standing)) = lock_for(id, actor)? else {
         // Strangers learn nothing: not the state, not whether the request exists.
         return Err(CoreError::not_found("capacity request", id));
@@ -161,13 +170,8 @@ pub fn apply(
         event,
         payload: payload_object(payload)?,
         standing,
-        now: db_now()?,
-        // Only technical approval starts the confirmation clock.
-        confirmation_ttl_business_days: if event == Event::TechReviewApproved {
-            core_store::get_i64("capacity.confirmation_ttl_business_days")? as u32
-        } else {
-            0
-        },
+        now,
+        confirmation_ttl_business_days,
         new_request: None,
     };
     eventstore::apply_locked::<CapacityFlow>(id, Some(row), &cmd, actor, key)

@@ -131,7 +131,7 @@ impl Sql {
             .join(", ");
         let t = table.quoted();
         let returning = shape.read_back(&t, shape.before_insert_row, |c| {
-            !(row.contains_key(c.name.as_str()) && c.prints_as_sent)
+            !row.get(c.name.as_str()).is_some_and(|v| c.sent.prints(v))
         });
         Ok(format!(
             "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_record(NULL::{t}, $1) RETURNING {returning}"
@@ -180,9 +180,8 @@ impl Sql {
 /// One live column of a table, as the runner sees it.
 struct Column {
     name: String,
-    /// The stored value prints back exactly as it was sent (text, varchar, enums, json, jsonb),
-    /// so the runner need not read it back.
-    prints_as_sent: bool,
+    /// Which values sent to it print back exactly as they were sent.
+    sent: Sent,
     /// A generated column: Postgres computes it on every write.
     generated: bool,
 }
@@ -198,25 +197,40 @@ struct Shape {
 impl Shape {
     /// The table's columns and triggers, from the relation cache (no statement).
     fn of(table: &QualifiedName) -> Result<Shape, CoreError> {
-        let rel = pgrx::PgRelation::open_with_name_and_share_lock(&table.quoted())
-            .map_err(|e| CoreError::Internal(format!("{}: {e}", table.quoted())))?;
+        let missing = || CoreError::Internal(format!("{}: no such relation", table.quoted()));
+        // SAFETY: to_regclass takes a text and returns NULL (None) for a missing relation.
+        let oid = unsafe {
+            pgrx::direct_function_call::<pgrx::pg_sys::Oid>(
+                pgrx::pg_sys::to_regclass,
+                &[table.quoted().into_datum()],
+            )
+        }
+        .ok_or_else(missing)?;
+        // The lock the write takes anyway, held to the end of the transaction: no trigger or
+        // column can be added between this look and the write.
+        // SAFETY: locking a relation by OID; a dropped OID is caught by the open below.
+        unsafe {
+            pgrx::pg_sys::LockRelationOid(oid, pgrx::pg_sys::RowExclusiveLock as _);
+        }
+        // SAFETY: the relation is locked (above), as PgRelation::open requires.
+        let rel = unsafe { pgrx::PgRelation::open(oid) };
+        // SAFETY: trigdesc is null or the relation cache entry's trigger descriptor; the flags are
+        // copied before any catalog access, which could rebuild the entry and free it.
+        let (before_insert_row, before_update_row) = unsafe {
+            rel.trigdesc.as_ref().map_or((false, false), |t| {
+                (t.trig_insert_before_row, t.trig_update_before_row)
+            })
+        };
         let columns = rel
             .tuple_desc()
             .iter()
             .filter(|a| !a.is_dropped())
             .map(|a| Column {
                 name: a.name().to_owned(),
-                prints_as_sent: prints_as_sent(a.atttypid),
+                sent: Sent::of(a.atttypid, a.atttypmod),
                 generated: a.attgenerated != 0,
             })
             .collect();
-        // SAFETY: trigdesc is null or the relation cache entry's trigger descriptor, valid while
-        // the relation is open.
-        let (before_insert_row, before_update_row) = unsafe {
-            rel.trigdesc.as_ref().map_or((false, false), |t| {
-                (t.trig_insert_before_row, t.trig_update_before_row)
-            })
-        };
         Ok(Shape {
             columns,
             before_insert_row,
@@ -251,13 +265,37 @@ impl Shape {
     }
 }
 
-/// Whether a value of type `oid` prints back exactly as the JSON value that was written.
-fn prints_as_sent(oid: pgrx::pg_sys::Oid) -> bool {
-    use pgrx::pg_sys::{PgBuiltInOids as B, PgOid};
-    match PgOid::from(oid) {
-        PgOid::BuiltIn(B::TEXTOID | B::VARCHAROID | B::JSONOID | B::JSONBOID) => true,
-        // SAFETY: a type cache lookup by OID; an unknown OID is simply not an enum.
-        _ => unsafe { pgrx::pg_sys::type_is_enum(oid) },
+/// Which JSON values written to a column of some type print back exactly as they were sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// text, unbounded varchar, enums: strings (a number or an object would be stored as its
+    /// text, and print back as a string).
+    Strings,
+    /// json, jsonb: any value.
+    Any,
+    /// Everything else (numbers, dates, uuids, bounded varchar, domains, arrays, ...): none.
+    Nothing,
+}
+
+impl Sent {
+    fn of(oid: pgrx::pg_sys::Oid, typmod: i32) -> Sent {
+        use pgrx::pg_sys::{PgBuiltInOids as B, PgOid};
+        match PgOid::from(oid) {
+            PgOid::BuiltIn(B::JSONOID | B::JSONBOID) => Sent::Any,
+            PgOid::BuiltIn(B::TEXTOID) => Sent::Strings,
+            PgOid::BuiltIn(B::VARCHAROID) if typmod < 0 => Sent::Strings,
+            // SAFETY: a type cache lookup by OID; an unknown OID is simply not an enum.
+            _ if unsafe { pgrx::pg_sys::type_is_enum(oid) } => Sent::Strings,
+            _ => Sent::Nothing,
+        }
+    }
+
+    fn prints(self, value: &Value) -> bool {
+        match self {
+            Sent::Any => true,
+            Sent::Strings => value.is_string() || value.is_null(),
+            Sent::Nothing => false,
+        }
     }
 }
 
@@ -381,7 +419,13 @@ pub fn apply_locked<W: Workflow>(
                     .ok_or_else(vanished)?;
                     match current {
                         Value::Object(locked) => Value::Object(merged(locked, Some(returned))),
-                        _ => returned,
+                        _ => {
+                            return Err(CoreError::Internal(format!(
+                                "{} row {entity_id} was not read as an object",
+                                W::TABLES.projection
+                            ))
+                            .into())
+                        }
                     }
                 }
             }
