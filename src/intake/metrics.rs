@@ -11,11 +11,24 @@ use crate::intake::pool::PoolId;
 use crate::intake::store;
 
 /// Fold the pool's outcome log into its totals, then write one metrics row from counters alone.
+/// `None` when the pool was dropped meanwhile.
+///
+/// The pool's configuration row is locked first (`FOR KEY SHARE`), in the order
+/// `intake.drop_pool` takes its locks: a drop then waits for the sample, or the sample for the
+/// drop, and finds the pool gone; the two never wait for each other (a deadlock).
 pub fn collect_metrics(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
     inventory: i32,
-) -> CoreResult<Value> {
+) -> CoreResult<Option<Value>> {
+    let live = prepared::exec(
+        client,
+        "SELECT FROM intake.engine_config WHERE pool_id = $1 FOR KEY SHARE",
+        &[pool.as_str().into()],
+    )?;
+    if live.is_empty() {
+        return Ok(None);
+    }
     prepared::exec(client, "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \
               sums AS (SELECT coalesce(sum(n) FILTER (WHERE outcome = 'validated'), 0) AS v, \
                               coalesce(sum(n) FILTER (WHERE outcome = 'committed'), 0) AS c, \
@@ -76,7 +89,7 @@ pub fn collect_metrics(
     m.insert("committed".into(), totals.committed.into());
     m.insert("rejected".into(), totals.rejected.into());
     m.insert("processing_velocity".into(), json!(velocity));
-    Ok(Value::Object(m))
+    Ok(Some(Value::Object(m)))
 }
 
 /// A pool at a glance (what an operator asks during a sale): its inventory by status, its queue
@@ -158,7 +171,7 @@ pub fn collect_due(
     }
     let mut samples = Vec::new();
     for (id, inventory) in todo {
-        samples.push(collect_metrics(client, &PoolId::parse(&id)?, inventory)?);
+        samples.extend(collect_metrics(client, &PoolId::parse(&id)?, inventory)?);
     }
     Ok(Value::Array(samples))
 }
