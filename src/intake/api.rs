@@ -246,7 +246,9 @@ mod intake {
         let run = || -> CoreResult<Value> {
             let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
-                store::load_config(client, &pool)?;
+                if !store::hold_pool(client, &pool)? {
+                    return Err(CoreError::not_found("pool", pool.as_str()));
+                }
                 let ids = pools::replay(client, &pool, msg_ids)?;
                 Ok(json!({"pool_id": pool.as_str(), "replayed": ids.len(), "msg_ids": ids}))
             })

@@ -13,20 +13,14 @@ use crate::intake::store;
 /// Fold the pool's outcome log into its totals, then write one metrics row from counters alone.
 /// `None` when the pool was dropped meanwhile.
 ///
-/// The pool's configuration row is locked first (`FOR KEY SHARE`), in the order
-/// `intake.drop_pool` takes its locks: a drop then waits for the sample, or the sample for the
-/// drop, and finds the pool gone; the two never wait for each other (a deadlock).
+/// The pool is held first ([`store::hold_pool`]): a drop waits for the sample, or the sample
+/// for the drop and finds the pool gone; the two never wait for each other.
 pub fn collect_metrics(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
     inventory: i32,
 ) -> CoreResult<Option<Value>> {
-    let live = prepared::exec(
-        client,
-        "SELECT FROM intake.engine_config WHERE pool_id = $1 FOR KEY SHARE",
-        &[pool.as_str().into()],
-    )?;
-    if live.is_empty() {
+    if !store::hold_pool(client, pool)? {
         return Ok(None);
     }
     prepared::exec(client, "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \

@@ -43,14 +43,10 @@ fn owner(call: &HandlerCall<'_>) -> CoreResult<(PoolId, i64)> {
     Ok((PoolId::parse(pool)?, msg_id))
 }
 
-fn pool_exists(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
-    Ok(!client
-        .select(
-            "SELECT FROM intake.engine_config WHERE pool_id = $1",
-            Some(1),
-            &[pool.as_str().into()],
-        )?
-        .is_empty())
+/// Whether the pool still exists, holding it until the transaction ends
+/// ([`store::hold_pool`]): a pool dropped while its requests were out is skipped.
+fn pool_exists(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
+    store::hold_pool(client, pool)
 }
 
 fn reply<'a>(call: &'a HandlerCall<'a>) -> HttpReply<'a> {
