@@ -246,7 +246,7 @@ mod intake {
         let run = || -> CoreResult<Value> {
             let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
-                if !store::hold_pool(client, &pool)? {
+                if !pools::hold(client, &pool)? {
                     return Err(CoreError::not_found("pool", pool.as_str()));
                 }
                 let ids = pools::replay(client, &pool, msg_ids)?;

@@ -8,19 +8,19 @@ use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared;
 use crate::intake::drain;
 use crate::intake::pool::PoolId;
-use crate::intake::store;
+use crate::intake::{pools, store};
 
 /// Fold the pool's outcome log into its totals, then write one metrics row from counters alone.
 /// `None` when the pool was dropped meanwhile.
 ///
-/// The pool is held first ([`store::hold_pool`]): a drop waits for the sample, or the sample
+/// The pool is held first ([`pools::hold`]): a drop waits for the sample, or the sample
 /// for the drop and finds the pool gone; the two never wait for each other.
 pub fn collect_metrics(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
     inventory: i32,
 ) -> CoreResult<Option<Value>> {
-    if !store::hold_pool(client, pool)? {
+    if !pools::hold(client, pool)? {
         return Ok(None);
     }
     prepared::exec(client, "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \

@@ -6,6 +6,7 @@ use pgrx::JsonB;
 use serde_json::{Map, Value};
 
 use crate::core::error::{CoreError, CoreResult};
+use crate::core::prepared;
 use crate::intake::pool::PoolId;
 use crate::intake::store::log_outcome;
 
@@ -72,6 +73,21 @@ pub fn create(
         &[pool.as_str().into()],
     )?;
     Ok(())
+}
+
+/// Hold the pool for this transaction: lock its configuration row `FOR KEY SHARE`, so it cannot
+/// be dropped until the transaction ends; a drop in progress is waited for, and then the pool is
+/// gone (`false`). Every transaction that writes a pool's rows takes this first, in the order
+/// `intake.drop_pool` takes its locks (the configuration row, then the pool's rows): otherwise
+/// a writer holding an intent's row, whose foreign key then needs the configuration row, and a
+/// drop holding that row and deleting the intent's, would wait for each other.
+pub fn hold(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
+    Ok(!prepared::exec(
+        client,
+        "SELECT FROM intake.engine_config WHERE pool_id = $1 FOR KEY SHARE",
+        &[pool.as_str().into()],
+    )?
+    .is_empty())
 }
 
 /// Drop a pool: its queues, sequence, inventory and configuration. P0002 if it does not exist.

@@ -16,8 +16,8 @@ use crate::core::outbox::handlers::{BatchHandler, Handler, HandlerCall};
 use crate::core::outbox::store as outbox;
 use crate::intake::drain::{self, Action, IntentState, Stage};
 use crate::intake::pool::PoolId;
-use crate::intake::requests;
 use crate::intake::store::{self, HttpReply};
+use crate::intake::{pools, requests};
 
 /// The outbox response handlers of the drain.
 pub const HANDLERS: &[(&str, Handler)] = &[
@@ -44,9 +44,9 @@ fn owner(call: &HandlerCall<'_>) -> CoreResult<(PoolId, i64)> {
 }
 
 /// Whether the pool still exists, holding it until the transaction ends
-/// ([`store::hold_pool`]): a pool dropped while its requests were out is skipped.
+/// ([`pools::hold`]): a pool dropped while its requests were out is skipped.
 fn pool_exists(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
-    store::hold_pool(client, pool)
+    pools::hold(client, pool)
 }
 
 fn reply<'a>(call: &'a HandlerCall<'a>) -> HttpReply<'a> {

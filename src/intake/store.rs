@@ -34,21 +34,6 @@ pub struct Config {
     pub paused: bool,
 }
 
-/// Hold the pool for this transaction: lock its configuration row `FOR KEY SHARE`, so it cannot
-/// be dropped until the transaction ends; a drop in progress is waited for, and then the pool is
-/// gone (`false`). Every transaction that writes a pool's rows takes this first, in the order
-/// `intake.drop_pool` takes its locks (the configuration row, then the pool's rows): otherwise
-/// a writer holding an intent's row, whose foreign key then needs the configuration row, and a
-/// drop holding that row and deleting the intent's, would wait for each other.
-pub fn hold_pool(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
-    Ok(!prepared::exec(
-        client,
-        "SELECT FROM intake.engine_config WHERE pool_id = $1 FOR KEY SHARE",
-        &[pool.as_str().into()],
-    )?
-    .is_empty())
-}
-
 pub fn load_config(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Config> {
     let rows = prepared::read(client, "SELECT inventory, batch_size, visibility_timeout_seconds, validation_webhook_url, validation_auth_secret, \
                 commit_target, commit_auth_secret, request_timeout_ms, max_retries, rate_limit_per_second, paused \
@@ -548,7 +533,7 @@ fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String 
 /// One drain of a pool (`intake.drain`): start the next step of up to a batch of intents and say
 /// what it did.
 pub fn drain(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
-    if !hold_pool(client, pool)? {
+    if !crate::intake::pools::hold(client, pool)? {
         return Err(CoreError::not_found("pool", pool.as_str()));
     }
     let cfg = load_config(client, pool)?;
