@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(22);
+SELECT plan(24);
 
 SELECT is(intake.create_pool('tap_drop', 3, '{"max_claims_per_user": 1}') ->> 'queue', 'intake_tap_drop', 'a pool gets its pgmq queue');
 SELECT ok(EXISTS (SELECT FROM pgmq.list_queues() WHERE queue_name = 'intake_tap_drop_dlq'), 'and a dead-letter queue');
@@ -13,6 +13,8 @@ SELECT throws_ok($$SELECT intake.create_pool('x; drop table y', 3)$$, '22023', N
 SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batchsize": 5}')$$, '22023', NULL, 'unknown config keys are refused');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_nope', 'u1')$$, 'P0002', NULL, 'an unknown pool is P0002');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_drop', '')$$, '22023', NULL, 'an empty user id is refused');
+SELECT throws_ok($$SELECT intake.pool_status('tap_nope')$$, 'P0002', NULL, 'the status of an unknown pool is P0002');
+SELECT throws_ok($$SELECT intake.reclaim_slots('tap_nope')$$, 'P0002', NULL, 'reclaiming the slots of an unknown pool is P0002');
 SELECT is((SELECT count(*)::int FROM intake.engine_config WHERE pool_id = 'tap_other'), 0, 'refused calls wrote nothing');
 
 SELECT is(intake.claim_resource('tap_drop', 'u1') ->> 'status', 'claimed', 'u1 claims');

@@ -192,7 +192,12 @@ mod intake {
     fn reclaim_slots(pool_id: &str) -> Result<i64, ErrorReport> {
         let run = || -> CoreResult<i64> {
             let pool = PoolId::parse(pool_id)?;
-            Spi::connect_mut(|client| pools::reclaim_slots(client, &pool))
+            Spi::connect_mut(|client| {
+                if !pools::hold(client, &pool)? {
+                    return Err(CoreError::not_found("pool", pool.as_str()));
+                }
+                pools::reclaim_slots(client, &pool)
+            })
         };
         Ok(run()?)
     }
@@ -287,6 +292,9 @@ mod intake {
         let run = || -> CoreResult<Vec<(i64, i32, String, Option<String>, Option<String>, String, JsonB)>> {
             let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
+                if !pools::hold(client, &pool)? {
+                    return Err(CoreError::not_found("pool", pool.as_str()));
+                }
                 let cfg = store::load_config(client, &pool)?;
                 if cfg.paused {
                     return Ok(vec![]);
@@ -339,7 +347,9 @@ mod intake {
             }
             let r = args::optional(response, "response", MAX_RESPONSE_ARG_BYTES)?;
             Spi::connect_mut(|client| {
-                store::load_config(client, &pool)?;
+                if !pools::hold(client, &pool)? {
+                    return Err(CoreError::not_found("pool", pool.as_str()));
+                }
                 store::apply_validation(
                     client,
                     &pool,
@@ -378,7 +388,9 @@ mod intake {
                 args::check_text_size("error", e, MAX_ERROR_TEXT_BYTES)?;
             }
             Spi::connect_mut(|client| {
-                store::load_config(client, &pool)?;
+                if !pools::hold(client, &pool)? {
+                    return Err(CoreError::not_found("pool", pool.as_str()));
+                }
                 store::apply_commit(client, &pool, msg_id, status_code, error).map(str::to_owned)
             })
         };

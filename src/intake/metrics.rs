@@ -91,6 +91,9 @@ pub fn collect_metrics(
 /// the latest error and the commit rate over the last minute. Counts rows: for an operator, not
 /// for a hot path.
 pub fn status(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
+    // The statement below names the pool's queue tables: an unknown (or just dropped) pool is
+    // P0002 here, not a missing relation when it is parsed.
+    store::load_config(client, pool)?;
     let q = pool.queue_table();
     let dlq = format!("pgmq.\"q_{}\"", pool.dlq());
     let rows = client.select(
