@@ -67,6 +67,10 @@ CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.deployments
 -- A database upgraded from 0.1.0 may already hold stale statuses from an earlier TRUNCATE.
 SELECT count(ops.refresh_gates(r.release_id)) FROM (SELECT release_id FROM ops.releases ORDER BY release_id) r;
 
+-- A pool's rebuild locks its own queue table, no longer the inventory tables all pools share.
+COMMENT ON FUNCTION intake.recover_pool(text) IS
+  'Rebuild a pool''s UNLOGGED inventory, released slots, user claim counts and a missing slot sequence from its logged pgmq intents, after a crash or a restore; returns the resulting counts. Blocks the pool''s claims (not other pools'') while it runs. Owner only unless granted.';
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

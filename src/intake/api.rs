@@ -166,7 +166,7 @@ mod intake {
 
     /// Rebuild a pool's UNLOGGED inventory, released slots, user claim counts and a missing slot
     /// sequence from its logged pgmq intents, after a crash or a restore; returns the resulting
-    /// counts. Blocks claims while it runs. Owner only unless granted.
+    /// counts. Blocks the pool's claims (not other pools') while it runs. Owner only unless granted.
     ///
     /// Every intent in the pool's queue, archive and dead-letter queue is a claim. Claimed slots
     /// become `locked` (or `consumed` when committed) again with their resource and user, the rest

@@ -13,7 +13,8 @@ use crate::intake::pool::PoolId;
 /// sequence when a restore lost it) from the logged record: every intent in its pgmq queue,
 /// archive and dead-letter queue is a claim. Claimed slots become `locked` (or `consumed` when
 /// committed) with their resource and user, the rest `available`; slots below the counter that
-/// no intent holds are given back. Blocks claims while it runs; marks the pool intact.
+/// no intent holds are given back. Blocks the pool's claims (not other pools') while it runs;
+/// marks the pool intact.
 pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
     let seq = pool.slot_sequence();
 
@@ -26,7 +27,15 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         return Err(CoreError::not_found("pool", pool.as_str()));
     }
     let inventory = cfg.first().get_one::<i32>()?.unwrap_or(0);
-    prepared::exec(client, "LOCK TABLE intake.allocations, intake.released_slots, intake.user_claims IN EXCLUSIVE MODE", &[])?;
+    // Wait for the pool's claims in flight and keep new ones out while it is rebuilt: every claim
+    // writes the pool's queue table in its one statement, so an EXCLUSIVE lock on that table (not
+    // on the inventory tables, which all pools share) holds this pool's claims alone. Its other
+    // writers (drains, answers, reclaims) hold the configuration row, locked above.
+    prepared::exec(
+        client,
+        &format!("LOCK TABLE {} IN EXCLUSIVE MODE", pool.queue_table()),
+        &[],
+    )?;
     let intents = format!(
         "SELECT (message ->> 'slot')::int AS slot, (message ->> 'resource_id')::uuid AS resource_id, \
                 message ->> 'user_id' AS user_id, enqueued_at, message ->> 'state' AS state FROM pgmq.\"q_{q}\" \
