@@ -263,10 +263,13 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
         )));
     };
     // A late answer for an attempt that is no longer running (lease lost, operator reset) is
-    // history: ignore it.
-    let t = client.select(
+    // history: ignore it. The job is locked first, before the client row its step writes: a
+    // reclaim of the expired lease locks the job, then the client, so the two wait for each
+    // other in that one order (and the answer finds the attempt over and is ignored).
+    let t = client.update(
         "SELECT client_id::text FROM provisioning.client_provisioning_jobs \
-          WHERE job_id = $1::uuid AND status = 'running' AND attempts = $2 AND claimed_by = $3",
+          WHERE job_id = $1::uuid AND status = 'running' AND attempts = $2 AND claimed_by = $3 \
+            FOR UPDATE",
         None,
         &[job_id.as_str().into(), attempt.into(), WORKER.into()],
     )?;
