@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Pools dropped while they are drained, answered and sampled: intake.drop_pool in one session
 # against intake.drain, CALL flowgate.run_outbox() (which records the validation and commit
-# answers), intake.collect_metrics, and an external worker (intake.read_intents and
-# intake.report_validation on its own pools, then intake.reclaim_slots) looping in four others,
-# on 30 pools with intents in flight. A drop and a writer of the same pool wait for each other in one order only: no
+# answers), intake.collect_metrics, an external worker (intake.read_intents and
+# intake.report_validation on its own pools, then intake.reclaim_slots) and claims looping in
+# five others, on 30 pools with intents in flight and items left to claim. A drop and a writer of the same pool wait for each other in one order only: no
 # session may get a deadlock (40P01), and a writer may only find the pool gone (P0002).
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
@@ -13,7 +13,7 @@ P=cdrop_$$
 POOLS=30
 
 for i in $(seq 1 $POOLS); do
-  q "SELECT intake.create_pool('${P}_$i', 40, '{\"validation_webhook_url\": \"$T/ok\", \"commit_target\": \"$T/ok\",
+  q "SELECT intake.create_pool('${P}_$i', 60, '{\"validation_webhook_url\": \"$T/ok\", \"commit_target\": \"$T/ok\",
      \"batch_size\": 20, \"drain_mode\": \"external\"}')" >/dev/null
   q "SELECT count(intake.claim_resource('${P}_$i', 'u' || g)) FROM generate_series(1, 40) g" >/dev/null
 done
@@ -37,6 +37,15 @@ pids+=($!)
 ( while [ ! -e "$stop" ]; do run -c "CALL flowgate.run_outbox()"; done ) &
 pids+=($!)
 ( while [ ! -e "$stop" ]; do run -c "SELECT intake.collect_metrics(NULL, 0)"; done ) &
+pids+=($!)
+( while [ ! -e "$stop" ]; do
+    run -c "DO \$\$ DECLARE p text; BEGIN
+              FOR k IN 1..20 LOOP
+                p := '${P}_' || (1 + floor(random() * $POOLS))::int;
+                BEGIN PERFORM intake.claim_resource(p, 'c' || k || '-' || floor(random() * 1000)::int);
+                EXCEPTION WHEN SQLSTATE 'P0002' THEN NULL; END;
+              END LOOP; END \$\$"
+  done ) &
 pids+=($!)
 ( while [ ! -e "$stop" ]; do
     run -c "DO \$\$ DECLARE p text; i record; BEGIN
@@ -67,4 +76,4 @@ rm -f "$errors"
 [ "$left" -eq 0 ] || fail "$left of $POOLS pools left after dropping them all"
 [ "$deadlocks" -eq 0 ] || fail "$deadlocks deadlocks between drop_pool and the pools' writers"
 [ -z "$unexpected" ] || fail "errors other than a pool gone: $(echo "$unexpected" | head -3)"
-echo "ok 1 - intake: $POOLS pools dropped while drained, answered (run_outbox), sampled and worked by an external worker (read_intents, report_validation, reclaim_slots) in other sessions: no deadlock, no error but a pool gone (P0002)"
+echo "ok 1 - intake: $POOLS pools dropped while drained, answered (run_outbox), sampled, worked by an external worker (read_intents, report_validation, reclaim_slots) and claimed from in other sessions: no deadlock, no error but a pool gone (P0002)"

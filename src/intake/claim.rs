@@ -140,16 +140,29 @@ fn paused(pool: &PoolId) -> Value {
     json!({"status": "paused", "pool_id": pool.as_str()})
 }
 
-/// Whether the pool's slot sequence exists, from the catalog cache.
+/// Whether the pool's slot sequence exists: looked up in the catalog cache, then locked
+/// (`AccessShareLock`, which the claim statement takes on it anyway) and looked up again. A
+/// pool being dropped has its sequence dropped first, so a claim arriving meanwhile waits here
+/// for the drop and then finds the pool gone (P0002), instead of failing inside its statement
+/// on the vanished relation.
 fn sequence_exists(pool: &PoolId) -> bool {
     let Ok(name) = CString::new(pool.slot_sequence_name()) else {
         return false;
     };
-    // SAFETY: both lookups only read the catalog caches; the names are NUL-terminated.
+    // SAFETY: the lookups only read the catalog caches (the names are NUL-terminated); the lock
+    // is taken by OID and kept to the end of the transaction, as a statement's would be.
     unsafe {
         let schema = pg_sys::get_namespace_oid(c"intake".as_ptr(), true);
-        schema != pg_sys::InvalidOid
-            && pg_sys::get_relname_relid(name.as_ptr(), schema) != pg_sys::InvalidOid
+        if schema == pg_sys::InvalidOid {
+            return false;
+        }
+        let seq = pg_sys::get_relname_relid(name.as_ptr(), schema);
+        if seq == pg_sys::InvalidOid {
+            return false;
+        }
+        // Locking processes the invalidations of a drop committed meanwhile.
+        pg_sys::LockRelationOid(seq, pg_sys::AccessShareLock as _);
+        pg_sys::get_relname_relid(name.as_ptr(), schema) == seq
     }
 }
 

@@ -91,6 +91,11 @@ pub fn hold(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
 }
 
 /// Drop a pool: its queues, sequence, inventory and configuration. P0002 if it does not exist.
+///
+/// The order is the one every other session takes: the configuration row first (its writers
+/// hold it, [`hold`]), then the slot sequence, which a claim locks before its statement (see
+/// `claim::sequence_exists`): claims under way finish first, later ones wait and then find the
+/// pool gone. The queues and the pool's rows go last, when nothing of the pool can be running.
 pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     let gone = client.update(
         "DELETE FROM intake.engine_config WHERE pool_id = $1 RETURNING 1",
@@ -99,17 +104,6 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     )?;
     if gone.is_empty() {
         return Err(CoreError::not_found("pool", pool.as_str()));
-    }
-    // The tables without a foreign key to engine_config (see sql/intake/tables.sql).
-    for table in ["intake.user_claims", "intake.allocations"] {
-        client.update(
-            &format!("DELETE FROM {table} WHERE pool_id = $1"),
-            None,
-            &[pool.as_str().into()],
-        )?;
-    }
-    for q in [pool.queue(), pool.dlq()] {
-        client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
     }
     client.update(
         &format!(
@@ -124,6 +118,17 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
         None,
         &[],
     )?;
+    for q in [pool.queue(), pool.dlq()] {
+        client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
+    }
+    // The tables without a foreign key to engine_config (see sql/intake/tables.sql).
+    for table in ["intake.user_claims", "intake.allocations"] {
+        client.update(
+            &format!("DELETE FROM {table} WHERE pool_id = $1"),
+            None,
+            &[pool.as_str().into()],
+        )?;
+    }
     Ok(true)
 }
 
