@@ -71,7 +71,7 @@ fn remember(pool: &PoolId, intact: bool) {
 ///
 /// A backend's first claim on a pool checks, read-only, that the pool is intact, and rebuilds
 /// it first if a crash or a restore emptied it. That check comes before any write: the claim
-/// statement locks the inventory tables, which the rebuild must lock exclusively.
+/// statement locks the pool's queue table, which the rebuild locks exclusively.
 pub fn claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResult<Answer> {
     let mut healed = false;
     // At most: the first check, the claim, and the claim again after a rebuild.
