@@ -32,25 +32,35 @@ q "CREATE TABLE public.fg_ops_events AS
      FROM sends"
 q "CREATE SEQUENCE public.fg_ops_seq; GRANT SELECT ON public.fg_ops_events TO ci_service_role; GRANT USAGE ON SEQUENCE public.fg_ops_seq TO ci_service_role"
 
-script=$(mktemp)
-cat > "$script" <<'SQL'
+# send TABLE CLIENTS TX: CLIENTS sessions send TX envelopes each from TABLE (in its column n
+# order, one per transaction) as the CI persona, signed in through PostgREST's claims.
+send() {
+  local script; script=$(mktemp)
+  cat > "$script" <<SQL
 BEGIN;
 SET LOCAL ROLE ci_service_role;
 SET LOCAL request.jwt.claims = '{"sub": "github-actions[bot]", "role": "ci_service_role"}';
-SELECT nextval('public.fg_ops_seq') AS n \gset
-SELECT ops.ingest_event(envelope) FROM public.fg_ops_events WHERE n = :n;
+SELECT nextval('public.fg_ops_seq') AS n \\gset
+SELECT ops.ingest_event(envelope) FROM $1 WHERE n = :n;
 COMMIT;
 SQL
+  pgbench -n -c "$2" -j 2 -t "$3" -f "$script" >/dev/null 2>&1 || { rm -f "$script"; return 1; }
+  rm -f "$script"
+}
+# outcomes KEY_PATTERN: "accepted duplicates other" among the log rows of those keys.
+outcomes() {
+  q "SELECT count(*) FILTER (WHERE processing_status = 'accepted'), count(*) FILTER (WHERE processing_status = 'duplicate'),
+            count(*) FILTER (WHERE processing_status NOT IN ('accepted', 'duplicate'))
+       FROM ops.event_ingest_log WHERE idempotency_key LIKE '$1'" | tr '|' ' '
+}
+
 t0=$(date +%s.%N)
-pgbench -n -c 100 -j 2 -t 10 -f "$script" >/dev/null 2>&1 || fail "pgbench reported errors"
+send public.fg_ops_events 100 10 || fail "pgbench reported errors"
 secs=$(echo "$(date +%s.%N) - $t0" | bc)
-rm -f "$script"
 
 logged=$(q "SELECT count(*) FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/github_actions/%'")
 [ "$logged" -eq 1000 ] || fail "$logged of 1000 sends logged"
-read -r accepted dup other <<<"$(q "SELECT count(*) FILTER (WHERE processing_status = 'accepted'), count(*) FILTER (WHERE processing_status = 'duplicate'),
-                                       count(*) FILTER (WHERE processing_status NOT IN ('accepted', 'duplicate'))
-                                  FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/github_actions/%'" | tr '|' ' ')"
+read -r accepted dup other <<<"$(outcomes 'conc/github_actions/%')"
 [ "$other" -eq 0 ] || fail "$other sends were rejected or failed"
 [ "$accepted" -eq 700 ] || fail "$accepted accepted outcomes for 700 keys"
 [ "$dup" -eq 300 ] || fail "$dup duplicates for 300 repeated keys"
@@ -82,20 +92,8 @@ q "CREATE TABLE public.fg_ops_creates AS
      FROM generate_series(1, 40) r, generate_series(1, 4) copy;
    CREATE SEQUENCE public.fg_ops_seq; GRANT SELECT ON public.fg_ops_creates TO ci_service_role;
    GRANT USAGE ON SEQUENCE public.fg_ops_seq TO ci_service_role"
-script=$(mktemp)
-cat > "$script" <<'SQL'
-BEGIN;
-SET LOCAL ROLE ci_service_role;
-SET LOCAL request.jwt.claims = '{"sub": "github-actions[bot]", "role": "ci_service_role"}';
-SELECT nextval('public.fg_ops_seq') AS n \gset
-SELECT ops.ingest_event(envelope) FROM public.fg_ops_creates WHERE n = :n;
-COMMIT;
-SQL
-pgbench -n -c 40 -j 2 -t 4 -f "$script" >/dev/null 2>&1 || fail "pgbench reported errors (same-key creates)"
-rm -f "$script"
-read -r c_accepted c_dup c_other <<<"$(q "SELECT count(*) FILTER (WHERE processing_status = 'accepted'), count(*) FILTER (WHERE processing_status = 'duplicate'),
-                                             count(*) FILTER (WHERE processing_status NOT IN ('accepted', 'duplicate'))
-                                        FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/create/%'" | tr '|' ' ')"
+send public.fg_ops_creates 40 4 || fail "pgbench reported errors (same-key creates)"
+read -r c_accepted c_dup c_other <<<"$(outcomes 'conc/create/%')"
 [ "$c_other" -eq 0 ] || fail "$c_other same-key release_created sends were rejected or failed: $(q "SELECT string_agg(DISTINCT http_status || ' ' || error, ', ')
                                                                                               FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/create/%'
                                                                                                AND processing_status NOT IN ('accepted', 'duplicate')")"

@@ -323,7 +323,7 @@ pub fn apply<W: Workflow>(
             &[entity_id.into()],
         )?)
     })?;
-    apply_locked::<W>(entity_id, current, event, actor, idempotency_key)
+    run::<W>(&sql, entity_id, current, event, actor, idempotency_key)
 }
 
 /// [`apply`] for a caller that has already locked the entity's projection row
@@ -336,7 +336,25 @@ pub fn apply_locked<W: Workflow>(
     actor: &Actor,
     idempotency_key: Option<&str>,
 ) -> Result<Applied<W::State>, W::Error> {
-    let sql = Sql::for_tables(&W::TABLES)?;
+    run::<W>(
+        &Sql::for_tables(&W::TABLES)?,
+        entity_id,
+        current,
+        event,
+        actor,
+        idempotency_key,
+    )
+}
+
+/// The runner on a locked (or missing) projection row.
+fn run<W: Workflow>(
+    sql: &Sql,
+    entity_id: &str,
+    current: Option<Value>,
+    event: &W::Event,
+    actor: &Actor,
+    idempotency_key: Option<&str>,
+) -> Result<Applied<W::State>, W::Error> {
     Spi::connect_mut(|client| {
         let before: Option<W::State> = match &current {
             Some(row) => Some(serde_json::from_value(row.clone()).map_err(CoreError::from)?),

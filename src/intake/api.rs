@@ -193,9 +193,7 @@ mod intake {
         let run = || -> CoreResult<i64> {
             let pool = PoolId::parse(pool_id)?;
             Spi::connect_mut(|client| {
-                if !pools::hold(client, &pool)? {
-                    return Err(CoreError::not_found("pool", pool.as_str()));
-                }
+                pools::held(client, &pool)?;
                 pools::reclaim_slots(client, &pool)
             })
         };
@@ -251,9 +249,7 @@ mod intake {
         let run = || -> CoreResult<Value> {
             let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
-                if !pools::hold(client, &pool)? {
-                    return Err(CoreError::not_found("pool", pool.as_str()));
-                }
+                pools::held(client, &pool)?;
                 let ids = pools::replay(client, &pool, msg_ids)?;
                 Ok(json!({"pool_id": pool.as_str(), "replayed": ids.len(), "msg_ids": ids}))
             })
@@ -292,9 +288,7 @@ mod intake {
         let run = || -> CoreResult<Vec<(i64, i32, String, Option<String>, Option<String>, String, JsonB)>> {
             let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
-                if !pools::hold(client, &pool)? {
-                    return Err(CoreError::not_found("pool", pool.as_str()));
-                }
+                pools::held(client, &pool)?;
                 let cfg = store::load_config(client, &pool)?;
                 if cfg.paused {
                     return Ok(vec![]);
@@ -347,9 +341,7 @@ mod intake {
             }
             let r = args::optional(response, "response", MAX_RESPONSE_ARG_BYTES)?;
             Spi::connect_mut(|client| {
-                if !pools::hold(client, &pool)? {
-                    return Err(CoreError::not_found("pool", pool.as_str()));
-                }
+                pools::held(client, &pool)?;
                 store::apply_validation(
                     client,
                     &pool,
@@ -388,9 +380,7 @@ mod intake {
                 args::check_text_size("error", e, MAX_ERROR_TEXT_BYTES)?;
             }
             Spi::connect_mut(|client| {
-                if !pools::hold(client, &pool)? {
-                    return Err(CoreError::not_found("pool", pool.as_str()));
-                }
+                pools::held(client, &pool)?;
                 store::apply_commit(client, &pool, msg_id, status_code, error).map(str::to_owned)
             })
         };

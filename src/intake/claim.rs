@@ -34,10 +34,8 @@ struct Attempt {
     max_claims: Option<i32>,
     /// The slot number taken once the user was counted; `None` at the user's limit.
     slot: Option<i32>,
-    /// The claimed resource and its intent's queue message, when the slot was still available.
-    resource_id: Option<String>,
-    msg_id: Option<i64>,
-    /// The claim's answer as the statement built it, when it claimed.
+    /// The claim's answer as the statement built it (the resource, the slot, the intent's queue
+    /// message), when the slot was still available.
     answer: Option<JsonbAnswer>,
 }
 
@@ -124,15 +122,9 @@ fn settle(
             json!({"status": "limit_reached", "pool_id": pool.as_str(), "max_claims_per_user": max_claims}),
         ));
     };
-    match (attempt.answer, attempt.resource_id) {
-        (Some(answer), _) => Ok(Answer::Built(answer)),
-        (None, Some(resource)) => Ok(Answer::Value(claimed(
-            pool,
-            slot,
-            &resource,
-            attempt.msg_id,
-        ))),
-        (None, None) => retake(client, pool, user, slot).map(Answer::Value),
+    match attempt.answer {
+        Some(answer) => Ok(Answer::Built(answer)),
+        None => retake(client, pool, user, slot).map(Answer::Value),
     }
 }
 
@@ -203,7 +195,7 @@ fn try_claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
            INSERT INTO {queue} (vt, message) \
            SELECT clock_timestamp(), jsonb_build_object('pool_id', $1, 'slot', slot, 'resource_id', resource_id, 'user_id', $2) \
              FROM taken RETURNING msg_id) \
-         SELECT m, s, r, i, CASE WHEN r IS NOT NULL THEN jsonb_build_object( \
+         SELECT m, s, CASE WHEN r IS NOT NULL THEN jsonb_build_object( \
                   'status', 'claimed', 'pool_id', $1, 'resource_id', r, 'slot', s, 'msg_id', i) END \
            FROM (SELECT (SELECT max_claims_per_user FROM open) AS m, (SELECT slot FROM counted) AS s, \
                         (SELECT resource_id::text FROM taken) AS r, (SELECT msg_id FROM sent) AS i) x",
@@ -220,9 +212,7 @@ fn try_claim(client: &mut SpiClient<'_>, pool: &PoolId, user: &str) -> CoreResul
     Ok(Attempt {
         max_claims: row.get::<i32>(1)?,
         slot: row.get::<i32>(2)?,
-        resource_id: row.get::<String>(3)?,
-        msg_id: row.get::<i64>(4)?,
-        answer: JsonbAnswer::from_current(&row, 5)?,
+        answer: JsonbAnswer::from_current(&row, 3)?,
     })
 }
 

@@ -90,6 +90,15 @@ pub fn hold(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     .is_empty())
 }
 
+/// [`hold`] for a call naming the pool: P0002 when it does not exist (or was just dropped).
+pub fn held(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<()> {
+    if hold(client, pool)? {
+        Ok(())
+    } else {
+        Err(CoreError::not_found("pool", pool.as_str()))
+    }
+}
+
 /// Drop a pool: its queues, sequence, inventory and configuration. P0002 if it does not exist.
 ///
 /// The order is the one every other session takes: the configuration row first (its writers

@@ -43,12 +43,6 @@ fn owner(call: &HandlerCall<'_>) -> CoreResult<(PoolId, i64)> {
     Ok((PoolId::parse(pool)?, msg_id))
 }
 
-/// Whether the pool still exists, holding it until the transaction ends
-/// ([`pools::hold`]): a pool dropped while its requests were out is skipped.
-fn pool_exists(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
-    pools::hold(client, pool)
-}
-
 fn reply<'a>(call: &'a HandlerCall<'a>) -> HttpReply<'a> {
     HttpReply {
         status: call.status_code,
@@ -60,8 +54,8 @@ fn reply<'a>(call: &'a HandlerCall<'a>) -> HttpReply<'a> {
 
 fn on_validation(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
     let (pool, msg_id) = owner(call)?;
-    if !pool_exists(client, &pool)? {
-        return Ok(()); // dropped while the request was out
+    if !pools::hold(client, &pool)? {
+        return Ok(()); // dropped while the request was out (held to the end otherwise)
     }
     if store::apply_validation(client, &pool, msg_id, &reply(call), true)? == "retry_later" {
         // Not dead: the intent's next read sends it again.
@@ -72,7 +66,7 @@ fn on_validation(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResu
 
 fn on_commit(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
     let (pool, msg_id) = owner(call)?;
-    if !pool_exists(client, &pool)? {
+    if !pools::hold(client, &pool)? {
         return Ok(());
     }
     if store::apply_commit(client, &pool, msg_id, call.status_code, call.last_error)?
@@ -101,7 +95,7 @@ fn by_pool<'b, 'a>(calls: &'b [HandlerCall<'a>]) -> CoreResult<ByPool<'b, 'a>> {
 
 fn on_validations(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> CoreResult<()> {
     for (_, (pool, group)) in by_pool(calls)? {
-        if !pool_exists(client, &pool)? {
+        if !pools::hold(client, &pool)? {
             continue;
         }
         let ids: Vec<i64> = group.iter().map(|(id, _)| *id).collect();
@@ -145,7 +139,7 @@ fn on_validations(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> Core
 
 fn on_commits(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> CoreResult<()> {
     for (_, (pool, group)) in by_pool(calls)? {
-        if !pool_exists(client, &pool)? {
+        if !pools::hold(client, &pool)? {
             continue;
         }
         let ids: Vec<i64> = group.iter().map(|(id, _)| *id).collect();

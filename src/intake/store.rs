@@ -533,9 +533,7 @@ fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String 
 /// One drain of a pool (`intake.drain`): start the next step of up to a batch of intents and say
 /// what it did.
 pub fn drain(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
-    if !crate::intake::pools::hold(client, pool)? {
-        return Err(CoreError::not_found("pool", pool.as_str()));
-    }
+    crate::intake::pools::held(client, pool)?;
     let cfg = load_config(client, pool)?;
     if cfg.paused {
         return Ok(json!({"pool_id": pool.as_str(), "status": "paused"}));
