@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(134);
+SELECT plan(148);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -308,6 +308,66 @@ SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-000
 SELECT is(ops.expire_bypasses(), 1, 'the expiry sweep re-evaluates the release');
 SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3'), 'pending',
           'and the stored status is current again');
+
+-- ---- A repeated check result -------------------------------------------------------------------
+-- A result that repeats its check's latest one (same status, same required) changes no
+-- evaluation, so the ingest writes it without evaluating the release again: the release row is
+-- not bumped (its ctid stays). Any other result, or a repeat while a bypass the check could
+-- change has expired, is evaluated.
+CREATE FUNCTION pg_temp.chk(key text, body text) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT ops.ingest_event(pg_temp.ev(key, 'check_result', body::jsonb, 'a0000000-0000-4000-8000-000000000009'))
+$$;
+CREATE FUNCTION pg_temp.r9_ctid() RETURNS tid LANGUAGE sql AS $$
+    SELECT ctid FROM ops.releases WHERE release_id = 'a0000000-0000-4000-8000-000000000009'
+$$;
+CREATE FUNCTION pg_temp.r9_g1() RETURNS text LANGUAGE sql AS $$
+    SELECT status || ': ' || status_reason FROM ops.release_gates
+     WHERE release_id = 'a0000000-0000-4000-8000-000000000009' AND gate_code = 'G1'
+$$;
+SELECT ops.ingest_event(pg_temp.ev('r9', 'release_created', '{"version": "9"}', 'a0000000-0000-4000-8000-000000000009')) \g /dev/null
+SELECT pg_temp.chk('r9-unit-1', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') \g /dev/null
+SELECT pg_temp.chk('r9-lint-1', '{"gate_code": "G1", "check_name": "lint", "status": "fail"}') \g /dev/null
+SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint, unit',
+          'failed checks are named in name order, not in the order they were reported');
+CREATE TEMP TABLE r9_before AS SELECT pg_temp.r9_ctid() AS row_at, (SELECT count(*) FROM ops.gate_checks
+  WHERE release_id = 'a0000000-0000-4000-8000-000000000009') AS checks;
+CREATE TEMP TABLE r9_repeat AS SELECT pg_temp.chk('r9-unit-2', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') AS r;
+SELECT is((SELECT r #>> '{detail,gates,G1}' FROM r9_repeat), 'failed', 'a repeated result is accepted with the gate statuses');
+SELECT ok((SELECT r #>> '{detail,check_id}' FROM r9_repeat) IN (SELECT check_id::text FROM ops.gate_checks WHERE check_name = 'unit'),
+          'and its check row is written');
+SELECT is((SELECT count(*) FROM ops.gate_checks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
+          (SELECT checks + 1 FROM r9_before), 'one row more');
+SELECT is(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'the release was not evaluated again (its row was not bumped)');
+SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint, unit', 'and the stored status and reason are those a fresh evaluation gives');
+SELECT pg_temp.chk('r9-unit-3', '{"gate_code": "G1", "check_name": "unit", "status": "pass"}') \g /dev/null
+SELECT isnt(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'a new status is evaluated');
+SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint', 'and stored');
+UPDATE r9_before SET row_at = pg_temp.r9_ctid();
+SELECT is(pg_temp.chk('r9-lint-2', '{"gate_code": "G1", "check_name": "lint", "status": "fail", "required": false}') #>> '{detail,gates,G1}',
+          'passed', 'the same status with another required flag is evaluated: lint no longer blocks G1');
+SELECT isnt(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'and the release row was bumped');
+-- A bypass of G1 that has expired: a repeat evaluates, and the stored status is current again.
+SELECT pg_temp.chk('r9-unit-4', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') \g /dev/null
+SET LOCAL request.jwt.claims = '{"sub": "dev-dana", "role": "developer"}';
+CREATE TEMP TABLE r9_exc AS SELECT ops.ingest_event(pg_temp.ev('r9-exc', 'exception_requested',
+    jsonb_build_object('gate_code', 'G1', 'reason', 'flaky runner', 'expires_at', now() + interval '2 hours'),
+    'a0000000-0000-4000-8000-000000000009')) AS r;
+SET LOCAL request.jwt.claims = '{"sub": "rm-rita", "role": "release_manager"}';
+SELECT ops.ingest_event(pg_temp.ev('r9-exc-ok', 'exception_decided',
+    jsonb_build_object('exception_id', (SELECT r #>> '{detail,exception_id}' FROM r9_exc), 'decision', 'approved'),
+    'a0000000-0000-4000-8000-000000000009')) \g /dev/null
+RESET request.jwt.claims;
+SELECT is(split_part(pg_temp.r9_g1(), ':', 1), 'bypassed', 'setup: G1 is bypassed');
+SELECT is(pg_temp.chk('r9-unit-5', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') #>> '{detail,gates,G1}',
+          'bypassed', 'a repeat while the bypass is active answers bypassed');
+ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
+UPDATE ops.exceptions SET expires_at = now() - interval '1 second' WHERE release_id = 'a0000000-0000-4000-8000-000000000009';
+UPDATE ops.release_gates SET bypass_expires_at = now() - interval '1 second'
+ WHERE release_id = 'a0000000-0000-4000-8000-000000000009' AND gate_code = 'G1';
+ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
+SELECT is(pg_temp.chk('r9-unit-6', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') #>> '{detail,gates,G1}',
+          'failed', 'a repeat after the bypass expired is evaluated: G1 is failed');
+SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: unit', 'and stored so');
 
 -- ---- Stored statuses stay exact -----------------------------------------------------------------
 -- Eligibility reads ops.release_gates, so every write path must leave it equal to a fresh

@@ -1,5 +1,5 @@
 //! The release gate rules as pure functions over facts loaded from
-//! `ops.*`. Nothing here touches Postgres: `evaluation.rs` loads [`ReleaseFacts`], these rules
+//! `ops.*`. Nothing here touches Postgres: `evaluation/` loads [`ReleaseFacts`], these rules
 //! decide, and the result is written back to `ops.release_gates`.
 //!
 //! | gate | passed when |
@@ -239,14 +239,20 @@ fn evidence_present(facts: &GateFacts, any_of: &[&str]) -> bool {
     facts.evidence.iter().any(|t| any_of.contains(&t.as_str()))
 }
 
-/// Required check names: configured ones plus those reported as required, in order.
+/// Required check names: the configured ones in their order, then those reported as required
+/// by name. Nothing here depends on the order the latest results were reported in, so a result
+/// that repeats its check's latest one changes no evaluation (the ingest relies on it).
 fn required_names(facts: &GateFacts) -> Vec<&str> {
     let mut names: Vec<&str> = facts.required_checks.iter().map(String::as_str).collect();
-    for c in &facts.checks {
-        if c.required && !names.contains(&c.name.as_str()) {
-            names.push(&c.name);
-        }
-    }
+    let mut reported: Vec<&str> = facts
+        .checks
+        .iter()
+        .filter(|c| c.required && !names.contains(&c.name.as_str()))
+        .map(|c| c.name.as_str())
+        .collect();
+    reported.sort_unstable();
+    reported.dedup();
+    names.extend(reported);
     names
 }
 
@@ -316,14 +322,14 @@ fn g1(facts: &GateFacts) -> (GateStatus, String) {
 fn g2(facts: &GateFacts) -> (GateStatus, String) {
     let rule = GateCode::G2.rule();
     let failing: Vec<&str> = {
-        let mut names: Vec<&str> = Vec::new();
-        for c in &facts.checks {
-            if !names.contains(&c.name.as_str())
-                && latest(facts, &c.name) == Some(CheckStatus::Fail)
-            {
-                names.push(&c.name);
-            }
-        }
+        let mut names: Vec<&str> = facts
+            .checks
+            .iter()
+            .filter(|c| latest(facts, &c.name) == Some(CheckStatus::Fail))
+            .map(|c| c.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
         names
     };
     if !failing.is_empty() {

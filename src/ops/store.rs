@@ -274,7 +274,7 @@ pub fn log(
 
 /// Lock the release row (`FOR NO KEY UPDATE`), so events of one release are applied (and its
 /// gates evaluated) one at a time; its status, or None when it does not exist. The evaluation
-/// that follows also bumps the row (`evaluation::facts_sql`).
+/// that follows also bumps the row (`evaluation::facts::facts_sql`).
 pub(super) fn lock_release_row(
     client: &mut SpiClient<'_>,
     release_id: &str,

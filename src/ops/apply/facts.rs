@@ -10,8 +10,9 @@ use crate::ops::evaluation::NewCheck;
 use crate::ops::roles;
 
 /// A check's result on a gate of the release; the envelope's evidence goes to the check. Without
-/// evidence, the result is left for the evaluation to write in the statement that reads the
-/// release's facts (the hot path: CI reports checks all day).
+/// evidence, the result is left for the evaluation to write, with the look at the check's latest
+/// result that spares the evaluation when it is repeated (the hot path: CI reports checks all
+/// day).
 pub(super) fn check<'a>(
     client: &mut SpiClient<'_>,
     ctx: &Apply<'a>,

@@ -54,7 +54,7 @@ struct Applied<'a> {
     attach_gate: Option<GateCode>,
     /// The check the envelope's extra evidence is attached to.
     attach_check: Option<String>,
-    /// A check result left for the evaluation to write (and merge into the facts it reads).
+    /// A check result left for the evaluation to write (`evaluation::refresh_locked`).
     new_check: Option<evaluation::NewCheck<'a>>,
 }
 

@@ -328,4 +328,38 @@ proptest! {
             }
         }
     }
+
+    /// The rules read the latest result per check and nothing of the order the results came
+    /// in: a result that repeats its check's latest one (which moves that check to the end of
+    /// the loaded facts) changes no evaluation, reason texts included. The ingest writes such
+    /// a result without evaluating the release again.
+    #[test]
+    fn a_repeated_latest_result_changes_nothing(f in arb_release(), pick in any::<prop::sample::Index>()) {
+        // As loaded: one latest result per check.
+        let mut f = f;
+        for gate in f.gates.values_mut() {
+            let mut seen: Vec<String> = Vec::new();
+            let mut latest: Vec<CheckFact> = Vec::new();
+            for c in gate.checks.iter().rev() {
+                if !seen.contains(&c.name) {
+                    seen.push(c.name.clone());
+                    latest.push(c.clone());
+                }
+            }
+            latest.reverse();
+            gate.checks = latest;
+        }
+        let before = evaluate(&f);
+        for code in ALL_GATES {
+            let checks = &f.gates[&code].checks;
+            if checks.is_empty() {
+                continue;
+            }
+            let mut repeated = f.clone();
+            let list = &mut repeated.gates.get_mut(&code).unwrap().checks;
+            let again = list.remove(pick.index(list.len()));
+            list.push(again);
+            prop_assert_eq!(&before, &evaluate(&repeated));
+        }
+    }
 }

@@ -1,0 +1,309 @@
+//! Loading what the gate rules read about a release, and writing a check result with the
+//! look at its check's latest result that decides whether the release is evaluated again.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use pgrx::spi::{SpiClient, SpiTupleTable};
+use pgrx::JsonB;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::ops::envelope::CheckReport;
+use crate::ops::error::{OpsError, OpsResult};
+use crate::ops::gates::{self, GateCode, ReleaseFacts};
+use crate::ops::store::{read, write};
+
+/// A gate as loaded: code, required checks, stored status, reason and bypassing exception.
+type RawGate = (String, Vec<String>, String, Option<String>, Option<String>);
+
+#[derive(Deserialize)]
+struct RawFacts {
+    now: f64,
+    gates: Vec<RawGate>,
+    checks: Vec<(String, String, String, bool)>,
+    evidence: Vec<(Option<String>, String)>,
+    approvals: Vec<(String, String, String, String)>,
+    exceptions: Vec<(String, String, String, f64)>,
+    deployments: Vec<(String, String, String)>,
+}
+
+/// Everything the gate rules read about the release `$1` for the gates `{G}` (a text[]
+/// literal), as one JSON value; every gate's stored status.
+const FACTS: &str = "jsonb_build_object(\
+  'now', extract(epoch FROM now()), \
+  'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks), status, status_reason, \
+                                                        bypass_exception_id)) \
+                       FROM ops.release_gates WHERE release_id = $1::uuid), '[]'), \
+  'checks', coalesce((WITH RECURSIVE names AS ( \
+                          SELECT g.gate_id, g.gate_code, \
+                                 (SELECT min(c.check_name COLLATE \"C\") FROM ops.gate_checks c WHERE c.gate_id = g.gate_id) AS name \
+                            FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[]) \
+                          UNION ALL \
+                          SELECT n.gate_id, n.gate_code, \
+                                 (SELECT min(c.check_name COLLATE \"C\") FROM ops.gate_checks c \
+                                   WHERE c.gate_id = n.gate_id AND c.check_name COLLATE \"C\" > n.name) \
+                            FROM names n WHERE n.name IS NOT NULL) \
+                       SELECT jsonb_agg(jsonb_build_array(n.gate_code, n.name, l.status, l.required) ORDER BY l.recorded_at) \
+                         FROM names n \
+                        CROSS JOIN LATERAL (SELECT c.status, c.required, c.recorded_at FROM ops.gate_checks c \
+                                             WHERE c.gate_id = n.gate_id AND c.check_name COLLATE \"C\" = n.name \
+                                             ORDER BY c.recorded_at DESC LIMIT 1) l \
+                        WHERE n.name IS NOT NULL), '[]'), \
+  'evidence', coalesce((SELECT jsonb_agg(DISTINCT jsonb_build_array(coalesce(g.gate_code, cg.gate_code), e.artifact_type)) \
+                          FROM ops.evidence_artifacts e \
+                          LEFT JOIN ops.release_gates g ON g.gate_id = e.gate_id \
+                          LEFT JOIN ops.gate_checks c ON c.check_id = e.check_id \
+                          LEFT JOIN ops.release_gates cg ON cg.gate_id = c.gate_id \
+                         WHERE e.release_id = $1::uuid), '[]'), \
+  'approvals', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, a.approver_id, a.persona_role, a.decision) ORDER BY a.recorded_at) \
+                           FROM ops.approvals a JOIN ops.release_gates g ON g.gate_id = a.gate_id \
+                          WHERE a.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[])), '[]'), \
+  'exceptions', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, x.exception_id, x.status, extract(epoch FROM x.expires_at))) \
+                            FROM ops.exceptions x JOIN ops.release_gates g ON g.gate_id = x.gate_id \
+                           WHERE x.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[])), '[]'), \
+  'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status) ORDER BY recorded_at) \
+                             FROM ops.deployments WHERE release_id = $1::uuid AND 'G4' = ANY ({G}::text[])), '[]'))";
+
+/// A check result for the evaluation to write ([`write_check`]).
+pub struct NewCheck<'a> {
+    pub report: &'a CheckReport,
+    pub reported_by: &'a str,
+    pub source_system: &'a str,
+    pub ingest_id: &'a str,
+}
+
+/// The statement that reads the facts of the gates `inputs` (the release is `$1`). The gates
+/// are a literal, so each scope is its own prepared statement with its own generic plan.
+///
+/// An evaluation that stores its result (`stores`) also bumps the release row: an update that
+/// changes nothing, under the lock the caller holds. A row lock alone is not a concurrent update
+/// to Postgres, so without it a `REPEATABLE READ` transaction whose snapshot is older than
+/// another evaluation of the release would evaluate from facts that miss what that one wrote
+/// (two events can each leave the stored statuses as they were while their facts together
+/// change them). With it, that transaction fails with 40001 when it locks or bumps the row. The
+/// bump is in the evaluating statement, so an envelope refused before it (or rolled back with
+/// it) leaves no new row version.
+pub(super) fn facts_sql(inputs: &[GateCode], stores: bool) -> Rc<str> {
+    thread_local! {
+        /// Each shape's text, built once per backend (a handful of scopes).
+        static TEXTS: RefCell<HashMap<FactsShape, Rc<str>>> = RefCell::new(HashMap::new());
+    }
+    let shape = (inputs.to_vec(), stores);
+    if let Some(text) = TEXTS.with(|t| t.borrow().get(&shape).cloned()) {
+        return text;
+    }
+    let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
+    let facts = FACTS.replace("{G}", &format!("'{{{}}}'", codes.join(",")));
+    let text: Rc<str> = if stores {
+        format!("WITH bumped AS (UPDATE ops.releases SET status = status WHERE release_id = $1::uuid) SELECT {facts}")
+    } else {
+        format!("SELECT {facts}")
+    }
+    .into();
+    TEXTS.with(|t| t.borrow_mut().insert(shape, text.clone()));
+    text
+}
+
+/// The gates read, whether the result is stored.
+type FactsShape = (Vec<GateCode>, bool);
+
+/// What [`write_check`] did.
+pub(super) enum Written {
+    /// The release has no such gate: nothing was written.
+    NoGate,
+    /// The result repeats its check's latest one: no evaluation changes, and the stored
+    /// statuses (every gate's, by code) are the answer.
+    Repeat {
+        check_id: String,
+        statuses: Vec<(GateCode, String)>,
+    },
+    /// The release's gates are to be evaluated, with the result (written) among their facts.
+    Evaluate { check_id: String },
+}
+
+/// Write a check result of the release `release_id`, whose row lock the caller holds. The
+/// statement also reads the check's latest result before this one, so the release is not
+/// evaluated again when the new result repeats it: the rules read the latest result per check
+/// and nothing of the order results came in (`gates::required_names`), so every evaluation
+/// stays as stored. CI reports the same results all day; this is their path.
+///
+/// It is evaluated all the same when a gate the result can change (`affected`) holds a bypass
+/// that has expired: expiry is the one way time changes an evaluation, and the stored status
+/// is then out of date. No row is bumped on the repeat path: it changes no evaluation, so a
+/// `REPEATABLE READ` transaction that misses it evaluates right.
+pub(super) fn write_check(
+    client: &mut SpiClient<'_>,
+    release_id: &str,
+    c: &NewCheck<'_>,
+    affected: &[GateCode],
+) -> OpsResult<Written> {
+    const SQL: &str = "WITH latest AS ( \
+           SELECT l.status, l.required FROM ops.release_gates g \
+            CROSS JOIN LATERAL (SELECT c.status, c.required FROM ops.gate_checks c \
+                                 WHERE c.gate_id = g.gate_id AND c.check_name COLLATE \"C\" = $3 \
+                                 ORDER BY c.recorded_at DESC LIMIT 1) l \
+            WHERE g.release_id = $1::uuid AND g.gate_code = $2), \
+         written AS ( \
+           INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
+                                        reported_by, source_system, ingest_id) \
+           SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
+             FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = $2 \
+           RETURNING check_id::text) \
+         SELECT (SELECT check_id FROM written), \
+                EXISTS (SELECT FROM latest WHERE status = $4 AND required = $5::boolean) \
+                AND NOT EXISTS (SELECT FROM ops.release_gates \
+                                 WHERE release_id = $1::uuid AND gate_code = ANY ($11::text[]) \
+                                   AND bypass_expires_at <= now()), \
+                (SELECT array_agg(gate_code || ' ' || status ORDER BY gate_code) \
+                   FROM ops.release_gates WHERE release_id = $1::uuid)";
+    let required = c.report.required.to_string();
+    let codes: Vec<&str> = affected.iter().map(|g| g.as_str()).collect();
+    let affected = format!("{{{}}}", codes.join(","));
+    let t = write(
+        client,
+        SQL,
+        &[
+            Some(release_id),
+            Some(c.report.gate.as_str()),
+            Some(&c.report.check_name),
+            Some(&c.report.status),
+            Some(&required),
+            c.report.run_id.as_deref(),
+            c.report.details_url.as_deref(),
+            Some(c.reported_by),
+            Some(c.source_system),
+            Some(c.ingest_id),
+            Some(&affected),
+        ],
+    )?;
+    let row = t.first();
+    let Some(check_id) = row.get::<String>(1)? else {
+        return Ok(Written::NoGate);
+    };
+    if row.get::<bool>(2)? != Some(true) {
+        return Ok(Written::Evaluate { check_id });
+    }
+    let mut statuses = Vec::new();
+    for pair in row.get::<Vec<String>>(3)?.unwrap_or_default() {
+        if let Some((code, status)) = pair.split_once(' ') {
+            statuses.push((GateCode::parse(code)?, status.to_owned()));
+        }
+    }
+    Ok(Written::Repeat { check_id, statuses })
+}
+
+/// What `ops.release_gates` holds for a gate now: status, reason, bypassing exception.
+pub(super) type Stored = (String, Option<String>, Option<String>);
+
+/// What [`load`] read.
+pub(super) struct Loaded {
+    pub facts: ReleaseFacts,
+    pub stored: BTreeMap<GateCode, Stored>,
+}
+
+/// Load everything the gate rules read about a release (one statement): the latest result per
+/// check, the distinct evidence types per gate, approvals in order, exceptions, deployments.
+pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
+    let t = read(
+        client,
+        &facts_sql(&gates::ALL_GATES, false),
+        &[Some(release_id)],
+    )?;
+    Ok(load(t)?.facts)
+}
+
+/// Checks are reported again and again (every CI run), so a release collects many rows per
+/// check. The latest per check is found by walking the `(gate_id, check_name, recorded_at)`
+/// index from name to name, one probe per distinct check, instead of sorting every row: the
+/// cost follows the number of checks, not the number of reports.
+pub(super) fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
+    let raw = if t.is_empty() {
+        None
+    } else {
+        t.first().get::<JsonB>(1)?
+    };
+    let raw: RawFacts = serde_json::from_value(raw.map_or(Value::Null, |j| j.0)).map_err(|e| {
+        OpsError::Core(crate::core::error::CoreError::Internal(format!(
+            "release facts did not load: {e}"
+        )))
+    })?;
+    let mut facts = ReleaseFacts {
+        now: raw.now,
+        ..Default::default()
+    };
+    let mut stored = BTreeMap::new();
+    for (code, required, status, reason, bypass) in raw.gates {
+        let code = GateCode::parse(&code)?;
+        facts.gates.entry(code).or_default().required_checks = required;
+        stored.insert(code, (status, reason, bypass));
+    }
+    for (code, name, status, required) in raw.checks {
+        if let Some(status) = gates::CheckStatus::parse(&status) {
+            facts
+                .gates
+                .entry(GateCode::parse(&code)?)
+                .or_default()
+                .checks
+                .push(gates::CheckFact {
+                    name,
+                    status,
+                    required,
+                });
+        }
+    }
+    for (code, artifact_type) in raw.evidence {
+        match code {
+            Some(c) => facts
+                .gates
+                .entry(GateCode::parse(&c)?)
+                .or_default()
+                .evidence
+                .push(artifact_type),
+            // Release-level evidence counts for every gate.
+            None => {
+                for g in gates::ALL_GATES {
+                    facts
+                        .gates
+                        .entry(g)
+                        .or_default()
+                        .evidence
+                        .push(artifact_type.clone());
+                }
+            }
+        }
+    }
+    for (code, approver_id, persona_role, decision) in raw.approvals {
+        facts
+            .gates
+            .entry(GateCode::parse(&code)?)
+            .or_default()
+            .approvals
+            .push(gates::ApprovalFact {
+                approver_id,
+                persona_role,
+                approved: decision == "approved",
+            });
+    }
+    for (code, exception_id, status, expires_at) in raw.exceptions {
+        facts
+            .gates
+            .entry(GateCode::parse(&code)?)
+            .or_default()
+            .exceptions
+            .push(gates::ExceptionFact {
+                exception_id,
+                status,
+                expires_at,
+            });
+    }
+    for (environment, status, g4_status) in raw.deployments {
+        facts.deployments.push(gates::DeploymentFact {
+            environment,
+            status,
+            g4_status,
+        });
+    }
+    Ok(Loaded { facts, stored })
+}

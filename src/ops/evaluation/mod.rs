@@ -1,0 +1,318 @@
+//! Gate evaluation: loading a release's facts, evaluating and storing its gate statuses, and
+//! promotion eligibility.
+//!
+//! The stored statuses in `ops.release_gates` are exact at every moment but two:
+//! - while an `ops.ingest_event` is applying an event to the release (it writes the facts, then
+//!   re-evaluates the release once, before its subtransaction ends; the triggers on fact rows
+//!   skip that release meanwhile, see [`Applying`]);
+//! - after a bypassing exception expired, until the next write that re-evaluates the gate, or
+//!   the expiry sweep. Expiry is the only way time changes an evaluation, and it happens at the
+//!   earliest `bypass_expires_at` of the release's gates, so a reader compares that with
+//!   `now()`.
+//!
+//! Eligibility reads the stored statuses and falls back to a fresh evaluation in those two
+//! cases.
+
+use std::cell::RefCell;
+
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+
+use super::error::{OpsError, OpsResult};
+use super::gates::{self, GateCode};
+use super::store::{lock_release_row, read, write};
+use super::values;
+use crate::core::error::CoreError;
+use crate::core::prepared::{self, JSONB, TEXT};
+
+mod facts;
+
+pub use facts::{load_facts, NewCheck};
+use facts::{Loaded, Written};
+
+// ---------------------------------------------------------------------------------------------
+// The release an ingest is applying
+// ---------------------------------------------------------------------------------------------
+
+thread_local! {
+    /// Releases whose events `ops.ingest_event` is applying in this backend, innermost last.
+    static APPLYING: RefCell<Vec<uuid::Uuid>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks a release as being applied by this backend's ingest until dropped (also when an error
+/// unwinds). The fact triggers skip the release meanwhile; the ingest re-evaluates it once.
+pub struct Applying(());
+
+impl Applying {
+    pub fn start(release_id: uuid::Uuid) -> Applying {
+        APPLYING.with(|a| a.borrow_mut().push(release_id));
+        Applying(())
+    }
+}
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        APPLYING.with(|a| {
+            a.borrow_mut().pop();
+        });
+    }
+}
+
+/// Whether this backend's ingest is applying an event to the release right now.
+pub fn is_applying(release_id: uuid::Uuid) -> bool {
+    APPLYING.with(|a| a.borrow().contains(&release_id))
+}
+
+fn release_exists(client: &SpiClient<'_>, release_id: &str) -> OpsResult<()> {
+    let t = read(
+        client,
+        "SELECT 1 FROM ops.releases WHERE release_id = $1::uuid",
+        &[Some(release_id)],
+    )?;
+    if t.is_empty() {
+        return Err(OpsError::Core(crate::core::error::CoreError::not_found(
+            "release", release_id,
+        )));
+    }
+    Ok(())
+}
+
+/// Evaluate every gate of a release from current facts, without writing.
+pub fn evaluate(client: &SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates::Evaluation>> {
+    release_exists(client, release_id)?;
+    Ok(gates::evaluate(&load_facts(client, release_id)?))
+}
+
+/// Recompute and store the gate statuses of a release, taking its row lock.
+pub fn refresh(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates::Evaluation>> {
+    if lock_release_row(client, release_id)?.is_none() {
+        // Deleted meanwhile (cascade): nothing to evaluate.
+        return Ok(Vec::new());
+    }
+    Ok(refresh_locked(client, release_id, None)?.evaluations)
+}
+
+/// What [`refresh_locked`] did.
+#[derive(Default)]
+pub struct Refreshed {
+    /// The gates it evaluated, in order (none when a new check repeats its latest result).
+    pub evaluations: Vec<gates::Evaluation>,
+    /// Every gate's status now: evaluated, or stored (a gate the new check cannot change).
+    pub statuses: Vec<(GateCode, String)>,
+    /// The id of the `NewCheck` written; None when there was none, or the release has no such
+    /// gate (then nothing was written).
+    pub check_id: Option<String>,
+}
+
+/// Recompute and store the gate statuses of a release whose row lock the caller holds, after
+/// writing `new_check` if there is one. A new check is evaluated with the gates it can change,
+/// from their facts alone (`GateCode::scope`), unless it repeats its check's latest result
+/// (`facts::write_check`); otherwise every gate is. Only statuses that changed are written.
+pub fn refresh_locked(
+    client: &mut SpiClient<'_>,
+    release_id: &str,
+    new_check: Option<&NewCheck<'_>>,
+) -> OpsResult<Refreshed> {
+    let (affected, inputs) = match new_check {
+        Some(c) => c.report.gate.scope(),
+        None => (&gates::ALL_GATES[..], &gates::ALL_GATES[..]),
+    };
+    let check_id = match new_check {
+        None => None,
+        Some(c) => match facts::write_check(client, release_id, c, affected)? {
+            Written::NoGate => return Ok(Refreshed::default()),
+            Written::Repeat { check_id, statuses } => {
+                return Ok(Refreshed {
+                    evaluations: Vec::new(),
+                    statuses,
+                    check_id: Some(check_id),
+                })
+            }
+            Written::Evaluate { check_id } => Some(check_id),
+        },
+    };
+    // A later statement than the check's write: the facts include it.
+    let Loaded { facts, stored } = facts::load(write(
+        client,
+        &facts::facts_sql(inputs, true),
+        &[Some(release_id)],
+    )?)?;
+    // Facts of gates outside the inputs were not loaded: only the affected gates count.
+    let evaluations: Vec<gates::Evaluation> = gates::evaluate(&facts)
+        .into_iter()
+        .filter(|e| affected.contains(&e.code))
+        .collect();
+    let changed: Vec<Value> = evaluations
+        .iter()
+        .filter(|e| {
+            let now = (
+                e.status.as_str().to_owned(),
+                Some(e.reason.clone()),
+                e.bypass.as_ref().map(|b| b.0.clone()),
+            );
+            stored.get(&e.code) != Some(&now)
+        })
+        .map(|e| {
+            json!({
+                "gate_code": e.code.as_str(),
+                "status": e.status.as_str(),
+                "reason": e.reason,
+                "bypass_exception_id": e.bypass.as_ref().map(|b| b.0.clone()),
+                "bypass_expires_at": e.bypass.as_ref().map(|b| b.1),
+            })
+        })
+        .collect();
+    if !changed.is_empty() {
+        prepared::run(
+            client,
+            "UPDATE ops.release_gates g \
+                SET status = n.status, status_reason = n.reason, bypass_exception_id = n.bypass_exception_id, \
+                    bypass_expires_at = to_timestamp(n.bypass_expires_at), evaluated_at = now(), \
+                    passed_at = CASE WHEN n.status = 'passed' THEN coalesce(g.passed_at, now()) END \
+               FROM jsonb_to_recordset($2) AS n(gate_code text, status text, reason text, bypass_exception_id uuid, \
+                                               bypass_expires_at float8) \
+              WHERE g.release_id = $1::uuid AND g.gate_code = n.gate_code \
+                AND (g.status, g.status_reason, g.bypass_exception_id) IS DISTINCT FROM (n.status, n.reason, n.bypass_exception_id)",
+            &[TEXT, JSONB],
+            &[release_id.into(), JsonB(Value::Array(changed)).into()],
+        )?;
+    }
+    let statuses = stored
+        .into_iter()
+        .map(|(code, (status, _, _))| {
+            let now = evaluations
+                .iter()
+                .find(|e| e.code == code)
+                .map_or(status, |e| e.status.as_str().to_owned());
+            (code, now)
+        })
+        .collect();
+    Ok(Refreshed {
+        evaluations,
+        statuses,
+        check_id,
+    })
+}
+
+fn check_environment(environment: &str) -> OpsResult<()> {
+    if values::ENVIRONMENTS.contains(&environment) {
+        return Ok(());
+    }
+    Err(OpsError::Core(crate::core::error::CoreError::invalid(
+        "target_env",
+        format!("{environment:?} is not an environment"),
+        values::ENVIRONMENTS.join(", "),
+    )))
+}
+
+/// The gates `environment` requires.
+pub fn required_gates(client: &SpiClient<'_>, environment: &str) -> OpsResult<Vec<GateCode>> {
+    check_environment(environment)?;
+    let t = read(
+        client,
+        "SELECT gate_code FROM ops.environment_gate_requirements WHERE environment = $1 ORDER BY gate_code",
+        &[Some(environment)],
+    )?;
+    let mut out = Vec::new();
+    for row in t {
+        if let Some(code) = row.get::<String>(1)? {
+            out.push(GateCode::parse(&code)?);
+        }
+    }
+    Ok(out)
+}
+
+/// What the stored statuses say about promotion to `environment`, or None when they cannot be
+/// trusted now (a bypass expired, the release is being applied, or it has not got its four
+/// gates, which includes a release that does not exist).
+fn stored_promotion(
+    client: &SpiClient<'_>,
+    release_id: &str,
+    environment: &str,
+) -> OpsResult<Option<(bool, Vec<String>)>> {
+    if uuid::Uuid::parse_str(release_id).is_ok_and(is_applying) {
+        return Ok(None);
+    }
+    let t = read(
+        client,
+        "SELECT count(*)::int = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= now()), false), \
+                coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code) \
+                         FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') \
+           FROM ops.release_gates g \
+           LEFT JOIN ops.environment_gate_requirements q ON q.environment = $2 AND q.gate_code = g.gate_code \
+          WHERE g.release_id = $1::uuid",
+        &[Some(release_id), Some(environment)],
+    )?;
+    let (exact, blocking) = t.first().get_two::<bool, Vec<String>>()?;
+    Ok(match exact {
+        Some(true) => {
+            let blocking = blocking.unwrap_or_default();
+            Some((blocking.is_empty(), blocking))
+        }
+        _ => None,
+    })
+}
+
+/// Whether a release may be promoted to `environment` now, and what stands in the way
+/// ("G3 in_progress: waiting for ..."). Read from the stored statuses when they are exact now,
+/// else evaluated from the facts.
+pub fn promotion(
+    client: &SpiClient<'_>,
+    release_id: &str,
+    environment: &str,
+) -> OpsResult<(bool, Vec<String>)> {
+    check_environment(environment)?;
+    if let Some(stored) = stored_promotion(client, release_id, environment)? {
+        return Ok(stored);
+    }
+    let required = required_gates(client, environment)?;
+    let evaluations = evaluate(client, release_id)?;
+    let (ok, blocking) = gates::eligible(&evaluations, &required);
+    let reasons = blocking
+        .iter()
+        .filter_map(|code| evaluations.iter().find(|e| e.code == *code))
+        .map(|e| format!("{} {}: {}", e.code, e.status.as_str(), e.reason))
+        .collect();
+    Ok((ok, reasons))
+}
+
+/// The current status of one gate, from its release's facts now; P0002 for an unknown gate.
+pub fn gate_status(client: &SpiClient<'_>, gate_id: &str) -> OpsResult<String> {
+    let t = read(
+        client,
+        "SELECT release_id::text, gate_code FROM ops.release_gates WHERE gate_id = $1::uuid",
+        &[Some(gate_id)],
+    )?;
+    if t.is_empty() {
+        return Err(OpsError::Core(CoreError::not_found("gate", gate_id)));
+    }
+    let (release, code) = t.first().get_two::<String, String>()?;
+    let code = GateCode::parse(&code.unwrap_or_default())?;
+    let evaluations = evaluate(client, &release.unwrap_or_default())?;
+    Ok(evaluations
+        .into_iter()
+        .find(|e| e.code == code)
+        .map(|e| e.status.as_str().to_owned())
+        .unwrap_or_else(|| "pending".into()))
+}
+
+/// Re-evaluate the releases whose bypassing exception has expired; how many there were.
+pub fn expire_bypasses(client: &mut SpiClient<'_>) -> OpsResult<i32> {
+    let t = read(
+        client,
+        "SELECT DISTINCT release_id::text FROM ops.release_gates \
+          WHERE status = 'bypassed' AND bypass_expires_at <= now()",
+        &[],
+    )?;
+    let mut ids = Vec::new();
+    for row in t {
+        if let Some(id) = row.get::<String>(1)? {
+            ids.push(id);
+        }
+    }
+    for id in &ids {
+        refresh(client, id)?;
+    }
+    Ok(ids.len() as i32)
+}
