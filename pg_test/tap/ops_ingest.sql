@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(148);
+SELECT plan(150);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -132,6 +132,15 @@ SELECT is(pg_temp.domain_rows(), :before::bigint, 'the handler''s writes were ro
 DROP TRIGGER boom ON ops.gate_checks;
 SELECT is(ops.ingest_event(pg_temp.ev('boom-1', 'check_result', '{"gate_code": "G2", "check_name": "e2e", "status": "pass"}')) ->> 'status',
           'accepted', 'after the fault is fixed the same key is accepted');
+
+-- The log keeps the envelope as sent (a number at full precision) and the answer as answered.
+CREATE TEMP TABLE exact_env AS SELECT pg_temp.ev('exact-1', 'check_result',
+    '{"gate_code": "G1", "check_name": "exact", "status": "pass", "required": false, "x_run": 12345678901234567890.000000000000000001}') AS e;
+CREATE TEMP TABLE exact_out AS SELECT ops.ingest_event(e) AS r FROM exact_env;
+SELECT is((SELECT envelope FROM ops.event_ingest_log WHERE idempotency_key = 'exact-1'), (SELECT e FROM exact_env),
+          'the log keeps the envelope exactly as sent, digits and all');
+SELECT is((SELECT result FROM ops.event_ingest_log WHERE idempotency_key = 'exact-1'), (SELECT r FROM exact_out),
+          'and the result exactly as answered');
 
 -- SQL metacharacters are data, never code.
 SELECT is(ops.ingest_event(pg_temp.ev($k$x'); DROP TABLE ops.releases; --$k$, 'check_result',

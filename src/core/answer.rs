@@ -52,6 +52,13 @@ impl JsonbAnswer {
     }
 }
 
+impl JsonbAnswer {
+    /// The datum, for a statement of the same call to take as a `jsonb` argument.
+    pub fn datum(&self) -> pg_sys::Datum {
+        self.0
+    }
+}
+
 /// What a hot path answers from inside its `Spi::connect`: the datum its statement built, or a
 /// value built in Rust, converted once the connection is closed.
 pub enum Answer {

@@ -62,6 +62,12 @@ impl RawJsonb {
             .map_or(0, |d| unsafe { pg_sys::toast_raw_datum_size(d) })
     }
 
+    /// The jsonb datum as the caller passed it (possibly toasted), valid for the call; None for
+    /// an absent value. A statement of the call may take it as a `jsonb` argument as it is.
+    pub fn datum(&self) -> Option<pg_sys::Datum> {
+        self.datum
+    }
+
     /// Convert the value, refusing it with 22023 when it is larger than `limit` bytes or nested
     /// deeper than [`MAX_JSON_DEPTH`] levels.
     pub fn value(self, what: &str, limit: usize) -> CoreResult<Value> {

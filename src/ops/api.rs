@@ -8,6 +8,7 @@ mod ops {
     use pgrx::JsonB;
     use serde_json::{json, Value};
 
+    use crate::core::answer::JsonbAnswer;
     use crate::core::args::RawJsonb;
     use crate::core::error::CoreError;
     use crate::core::prepared::uuid_text;
@@ -41,15 +42,17 @@ mod ops {
     #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
-    fn ingest_event(envelope: Option<RawJsonb>) -> Result<JsonB, ErrorReport> {
-        Ok(ingest(envelope).map(JsonB)?)
+    fn ingest_event(envelope: Option<RawJsonb>) -> Result<JsonbAnswer, ErrorReport> {
+        Ok(ingest(envelope)?)
     }
 
-    fn ingest(envelope: Option<RawJsonb>) -> OpsResult<Value> {
+    fn ingest(envelope: Option<RawJsonb>) -> OpsResult<JsonbAnswer> {
         let actor = core_store::acting_actor(None)?;
         // The stored size first: an envelope far over the limit is refused (413, logged by size)
         // without being detoasted or converted. The exact limit is on the JSON text, below.
         let stored = envelope.as_ref().map_or(0, RawJsonb::size);
+        // Logged as sent (the argument itself), not printed and parsed again.
+        let sent = envelope.as_ref().and_then(RawJsonb::datum);
         let raw = if stored > envelope::MAX_ENVELOPE_STORED_BYTES {
             None
         } else {
@@ -58,7 +61,7 @@ mod ops {
         let bytes = raw.as_ref().map_or(stored, |v| v.to_string().len());
         let raw = raw.unwrap_or(Value::Null);
         let (header, parsed) = envelope::parse(&raw, bytes);
-        let keep_envelope = (bytes <= envelope::MAX_ENVELOPE_BYTES).then_some(&raw);
+        let keep_envelope = sent.filter(|_| bytes <= envelope::MAX_ENVELOPE_BYTES);
 
         // Who is sending, and may they send this?
         let caller = Caller {
@@ -111,29 +114,32 @@ mod ops {
                 caller: &caller,
                 lock,
             };
-            let applied = subxact::run(|| -> Result<Value, Step> {
+            let applied = subxact::run(|| -> Result<JsonbAnswer, Step> {
                 let _applying = env
                     .release_id()
                     .and_then(|r| uuid::Uuid::parse_str(r).ok())
                     .map(evaluation::Applying::start);
-                Spi::connect_mut(|client| {
-                    let detail = apply::apply(client, &ctx, &env).map_err(Step::Refused)?;
-                    let body =
-                        json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail});
-                    let accepted = Outcome {
-                        status: "accepted",
-                        http_status: 200,
-                        error: None,
-                        error_message: None,
-                        result: &body,
-                        original_ingest_id: None,
-                    };
-                    match store::log(client, &ingest_id, &received, &accepted) {
-                        Ok(true) => Ok(body),
-                        Ok(false) => Err(Step::KeyTaken),
-                        Err(e) => Err(Step::Refused(e)),
-                    }
-                })
+                let detail = Spi::connect_mut(|client| apply::apply(client, &ctx, &env))
+                    .map_err(Step::Refused)?;
+                // Built once, outside SPI: logged and answered as the same datum.
+                let body =
+                    answer(json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail}))
+                        .map_err(Step::Refused)?;
+                let accepted = Outcome {
+                    status: "accepted",
+                    http_status: 200,
+                    error: None,
+                    error_message: None,
+                    result: Some(body.datum()),
+                    original_ingest_id: None,
+                };
+                match Spi::connect_mut(|client| {
+                    store::log(client, &ingest_id, &received, &accepted)
+                }) {
+                    Ok(true) => Ok(body),
+                    Ok(false) => Err(Step::KeyTaken),
+                    Err(e) => Err(Step::Refused(e)),
+                }
             });
             let failure = match applied {
                 Ok(Ok(body)) => return Ok(body),
@@ -190,7 +196,11 @@ mod ops {
     /// from anyone else, a conflict (409) that says nothing of that row, logged with this
     /// envelope's ingest_id. A key is its sender's: another caller must not read the result of an
     /// event it did not send (an approval's ids, say).
-    fn answer_held(received: &Received<'_>, ingest_id: &str, held: HeldKey) -> OpsResult<Value> {
+    fn answer_held(
+        received: &Received<'_>,
+        ingest_id: &str,
+        held: HeldKey,
+    ) -> OpsResult<JsonbAnswer> {
         if held.sender != received.received_by {
             let e = OpsError::Conflict(
                 "idempotency_key is taken by another sender's accepted envelope; send the event with a key of your own"
@@ -202,14 +212,14 @@ mod ops {
     }
 
     /// Log a duplicate of the accepted row `original`, and answer with that row's result.
-    fn duplicate(received: &Received<'_>, original: &str, result: Value) -> OpsResult<Value> {
+    fn duplicate(received: &Received<'_>, original: &str, result: Value) -> OpsResult<JsonbAnswer> {
         let receipt = store::new_ingest_id();
         let outcome = Outcome {
             status: "duplicate",
             http_status: 200,
             error: None,
             error_message: None,
-            result: &Value::Null,
+            result: None,
             original_ingest_id: Some(original),
         };
         Spi::connect_mut(|client| store::log(client, &receipt, received, &outcome))?;
@@ -218,7 +228,7 @@ mod ops {
             m.insert("status".into(), json!("duplicate"));
             m.insert("receipt_id".into(), json!(receipt));
         }
-        Ok(body)
+        answer(body)
     }
 
     /// The outcome of an envelope that was not accepted: its answer and what its log row says.
@@ -272,18 +282,24 @@ mod ops {
         }
 
         /// Write the log row and answer.
-        fn log(self, ingest_id: &str, received: &Received<'_>) -> OpsResult<Value> {
+        fn log(self, ingest_id: &str, received: &Received<'_>) -> OpsResult<JsonbAnswer> {
+            let body = answer(self.body)?;
             let outcome = Outcome {
                 status: self.status,
                 http_status: self.http_status,
                 error: Some(self.error),
                 error_message: Some(&self.message),
-                result: &self.body,
+                result: Some(body.datum()),
                 original_ingest_id: None,
             };
             Spi::connect_mut(|client| store::log(client, ingest_id, received, &outcome))?;
-            Ok(self.body)
+            Ok(body)
         }
+    }
+
+    /// An answer as a `jsonb` datum of the call (outside any `Spi::connect`).
+    fn answer(body: Value) -> OpsResult<JsonbAnswer> {
+        Ok(JsonbAnswer::from_value(body)?)
     }
 
     /// The current status of a gate, computed from its release's facts at this moment: pending,

@@ -3,6 +3,7 @@
 //! `ops.*` are in `apply/`.
 
 use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::JsonB;
 use serde_json::Value;
@@ -10,7 +11,7 @@ use serde_json::Value;
 use super::envelope::{self, EventType, Header};
 use super::error::OpsResult;
 use super::personas;
-use crate::core::prepared::{self, TEXT};
+use crate::core::prepared::{self, JSONB, TEXT};
 
 fn args<'a>(values: &'a [Option<&'a str>]) -> Vec<DatumWithOid<'a>> {
     values.iter().map(|v| (*v).into()).collect()
@@ -73,8 +74,8 @@ pub fn memberships() -> Vec<String> {
 /// What the log row says about the envelope itself.
 pub struct Received<'a> {
     pub header: &'a Header,
-    /// The envelope, unless it was over the size limit.
-    pub envelope: Option<&'a Value>,
+    /// The envelope as sent (a `jsonb` argument of the call), unless it was over the size limit.
+    pub envelope: Option<pg_sys::Datum>,
     pub envelope_bytes: usize,
     pub occurred_at: Option<&'a str>,
     pub received_by: &'a str,
@@ -86,19 +87,21 @@ pub struct Outcome<'a> {
     pub http_status: u16,
     pub error: Option<&'a str>,
     pub error_message: Option<&'a str>,
-    pub result: &'a Value,
+    /// The answer (a `jsonb` datum of the call), logged with the row; None for a duplicate.
+    pub result: Option<pg_sys::Datum>,
     pub original_ingest_id: Option<&'a str>,
 }
 
-const LOG_COLUMNS: &str = "idempotency_key, event_type, received_event_type, schema_version, source_system, \
-    release_id, processing_status, http_status, error, error_message, result, original_ingest_id, envelope, \
-    envelope_bytes, occurred_at, received_by";
+/// The log row's insert; an accepted row takes the idempotency key (see [`log`]).
+const LOG_INSERT: &str = "INSERT INTO ops.event_ingest_log (ingest_id, idempotency_key, event_type, received_event_type, \
+        schema_version, source_system, release_id, processing_status, http_status, error, error_message, result, \
+        original_ingest_id, envelope, envelope_bytes, occurred_at, received_by) \
+     VALUES ($17::uuid, $1, $2::ops.ops_event_type, $3, $4, $5, $6::uuid, $11, $12::int, $13, $14, $15, \
+             $16::uuid, $7, $8::int, $9::timestamptz, $10) \
+     ON CONFLICT (idempotency_key) WHERE processing_status = 'accepted' DO NOTHING \
+     RETURNING pg_catalog.set_config('response.status', $12, true)";
 
-fn log_args<'a>(
-    r: &'a Received<'a>,
-    envelope_text: &'a Option<String>,
-    bytes: &'a str,
-) -> [Option<&'a str>; 10] {
+fn log_args<'a>(r: &'a Received<'a>, bytes: &'a str) -> [Option<&'a str>; 9] {
     let h = r.header;
     let release = h
         .release_id
@@ -115,7 +118,6 @@ fn log_args<'a>(
         h.schema_version.as_deref(),
         h.source_system.as_deref(),
         release,
-        envelope_text.as_deref(),
         Some(bytes),
         r.occurred_at,
         Some(r.received_by),
@@ -170,14 +172,25 @@ pub fn precheck(
     key: &str,
     release_to_lock: Option<&str>,
 ) -> OpsResult<Precheck> {
-    const HELD: &str =
-        "SELECT ingest_id::text AS id, result, received_by FROM ops.event_ingest_log \
-                         WHERE idempotency_key = $1 AND processing_status = 'accepted'";
+    macro_rules! held {
+        () => {
+            "SELECT ingest_id::text AS id, result, received_by FROM ops.event_ingest_log \
+              WHERE idempotency_key = $1 AND processing_status = 'accepted'"
+        };
+    }
+    const HELD_OR_LOCK: &str = concat!(
+        "WITH held AS (",
+        held!(),
+        ") SELECT (SELECT id FROM held), (SELECT result FROM held), (SELECT received_by FROM held), \
+                  (SELECT true FROM ops.releases r \
+                    WHERE r.release_id = $2::uuid AND NOT EXISTS (SELECT FROM held) \
+                      FOR NO KEY UPDATE OF r)"
+    );
     // Both forms run as writes: a read-only SPI statement would see the calling statement's
     // snapshot, and miss a sender of the same key that committed since it began.
     let (id, result, sender, lock) = match release_to_lock {
         None => {
-            let t = write(client, HELD, &[Some(key)])?;
+            let t = write(client, held!(), &[Some(key)])?;
             if t.is_empty() {
                 return Ok(Precheck::Clear(ReleaseLock::NotTaken));
             }
@@ -185,17 +198,7 @@ pub fn precheck(
             (id, result, sender, ReleaseLock::NotTaken)
         }
         Some(release) => {
-            let t = write(
-                client,
-                &format!(
-                    "WITH held AS ({HELD}) \
-                     SELECT (SELECT id FROM held), (SELECT result FROM held), (SELECT received_by FROM held), \
-                            (SELECT true FROM ops.releases r \
-                              WHERE r.release_id = $2::uuid AND NOT EXISTS (SELECT FROM held) \
-                                FOR NO KEY UPDATE OF r)"
-                ),
-                &[Some(key), Some(release)],
-            )?;
+            let t = write(client, HELD_OR_LOCK, &[Some(key), Some(release)])?;
             let row = t.first();
             let locked = row.get::<bool>(4)?.unwrap_or(false);
             let lock = if locked {
@@ -231,40 +234,40 @@ pub fn log(
     r: &Received<'_>,
     o: &Outcome<'_>,
 ) -> OpsResult<bool> {
-    let envelope_text = r.envelope.map(Value::to_string);
     let bytes = r.envelope_bytes.to_string();
-    let a = log_args(r, &envelope_text, &bytes);
+    let a = log_args(r, &bytes);
     let http = o.http_status.to_string();
-    let result = (!o.result.is_null()).then(|| o.result.to_string());
-    let t = write(
-        client,
-        &format!(
-            "INSERT INTO ops.event_ingest_log (ingest_id, {LOG_COLUMNS}) \
-             VALUES ($17::uuid, $1, $2::ops.ops_event_type, $3, $4, $5, $6::uuid, $11, $12::int, $13, $14, $15::jsonb, \
-                     $16::uuid, $7::jsonb, $8::int, $9::timestamptz, $10) \
-             ON CONFLICT (idempotency_key) WHERE processing_status = 'accepted' DO NOTHING \
-             RETURNING pg_catalog.set_config('response.status', $12, true)"
-        ),
-        &[
-            a[0],
-            a[1],
-            a[2],
-            a[3],
-            a[4],
-            a[5],
-            a[6],
-            a[7],
-            a[8],
-            a[9],
-            Some(o.status),
-            Some(&http),
-            o.error,
-            o.error_message,
-            result.as_deref(),
-            o.original_ingest_id,
-            Some(ingest_id),
-        ],
-    )?;
+    let jsonb = |d: Option<pg_sys::Datum>| match d {
+        // SAFETY: a jsonb datum of this call (the argument, or an answer built in the call's
+        // memory context), valid while the statement runs.
+        Some(d) => unsafe { DatumWithOid::new(d, pg_sys::JSONBOID) },
+        None => DatumWithOid::null_oid(pg_sys::JSONBOID),
+    };
+    // Text arguments are copied into the statement's arguments.
+    let text = |v: Option<&str>| -> DatumWithOid<'static> { v.into() };
+    let args = [
+        text(a[0]),
+        text(a[1]),
+        text(a[2]),
+        text(a[3]),
+        text(a[4]),
+        text(a[5]),
+        jsonb(r.envelope),
+        text(a[6]),
+        text(a[7]),
+        text(a[8]),
+        text(Some(o.status)),
+        text(Some(&http)),
+        text(o.error),
+        text(o.error_message),
+        jsonb(o.result),
+        text(o.original_ingest_id),
+        text(Some(ingest_id)),
+    ];
+    let mut types = [TEXT; 17];
+    types[6] = JSONB;
+    types[14] = JSONB;
+    let t = prepared::run(client, LOG_INSERT, &types, &args)?;
     Ok(!t.is_empty())
 }
 
