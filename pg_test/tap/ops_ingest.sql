@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(150);
+SELECT plan(151);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -68,6 +68,9 @@ SELECT ops.ingest_event(pg_temp.ev('github_actions/101/build_complete', 'build_c
 SELECT is((SELECT r ->> 'status' FROM retry), 'duplicate', 'the same key again is a duplicate');
 SELECT is((SELECT r ->> 'ingest_id' FROM retry), (SELECT r ->> 'ingest_id' FROM first_build), 'it returns the original ingest_id');
 SELECT is((SELECT r -> 'detail' FROM retry), (SELECT r -> 'detail' FROM first_build), 'and the original result');
+SELECT is((SELECT r FROM retry), (SELECT f.r || jsonb_build_object('status', 'duplicate', 'receipt_id', t.r ->> 'receipt_id')
+                                     FROM first_build f, retry t),
+          'the whole answer is the original one, marked duplicate, with its own receipt_id');
 SELECT is(current_setting('response.status'), '200', 'with HTTP 200');
 SELECT is(pg_temp.domain_rows(), :before::bigint, 'a duplicate writes nothing but its log row');
 SELECT is((SELECT processing_status || ' -> ' || original_ingest_id FROM ops.event_ingest_log

@@ -85,6 +85,7 @@ mod ops {
             occurred_at: None,
             received_by: &caller.actor_id,
         };
+        // The envelope's log row's id, whatever its outcome (a duplicate's receipt_id).
         let ingest_id = store::new_ingest_id();
         let env = match parsed {
             Ok(env) => env,
@@ -104,7 +105,7 @@ mod ops {
         // caller retries.
         for _ in 0..CLAIM_ROUNDS {
             let lock = match Spi::connect_mut(|client| {
-                store::precheck(client, key, apply::release_to_lock(&env))
+                store::precheck(client, key, &ingest_id, apply::release_to_lock(&env))
             })? {
                 Precheck::Held(held) => return answer_held(&received, &ingest_id, held),
                 Precheck::Clear(lock) => lock,
@@ -160,7 +161,7 @@ mod ops {
             // before that: the event then fails on that sender's effects (its release exists,
             // its exception is decided). Answer with that sender's outcome, as a duplicate.
             if let Precheck::Held(held) =
-                Spi::connect_mut(|client| store::precheck(client, key, None))?
+                Spi::connect_mut(|client| store::precheck(client, key, &ingest_id, None))?
             {
                 return answer_held(&received, &ingest_id, held);
             }
@@ -208,27 +209,28 @@ mod ops {
             );
             return Finished::refused(ingest_id, &e).log(ingest_id, received);
         }
-        duplicate(received, &held.ingest_id, held.result)
+        duplicate(received, ingest_id, held)
     }
 
-    /// Log a duplicate of the accepted row `original`, and answer with that row's result.
-    fn duplicate(received: &Received<'_>, original: &str, result: Value) -> OpsResult<JsonbAnswer> {
-        let receipt = store::new_ingest_id();
+    /// Log this envelope (ingest id `receipt`) as a duplicate of the accepted row that holds its
+    /// key, and answer with that row's result as the duplicate (built by the precheck).
+    fn duplicate(received: &Received<'_>, receipt: &str, held: HeldKey) -> OpsResult<JsonbAnswer> {
         let outcome = Outcome {
             status: "duplicate",
             http_status: 200,
             error: None,
             error_message: None,
             result: None,
-            original_ingest_id: Some(original),
+            original_ingest_id: Some(&held.ingest_id),
         };
-        Spi::connect_mut(|client| store::log(client, &receipt, received, &outcome))?;
-        let mut body = result;
-        if let Value::Object(m) = &mut body {
-            m.insert("status".into(), json!("duplicate"));
-            m.insert("receipt_id".into(), json!(receipt));
+        Spi::connect_mut(|client| store::log(client, receipt, received, &outcome))?;
+        match held.answer {
+            Some(answer) => Ok(answer),
+            None => Err(OpsError::Core(CoreError::Internal(format!(
+                "the accepted row {} has no result",
+                held.ingest_id
+            )))),
         }
-        answer(body)
     }
 
     /// The outcome of an envelope that was not accepted: its answer and what its log row says.

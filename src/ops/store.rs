@@ -5,12 +5,11 @@
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::spi::{SpiClient, SpiTupleTable};
-use pgrx::JsonB;
-use serde_json::Value;
 
 use super::envelope::{self, EventType, Header};
 use super::error::OpsResult;
 use super::personas;
+use crate::core::answer::JsonbAnswer;
 use crate::core::prepared::{self, JSONB, TEXT};
 
 fn args<'a>(values: &'a [Option<&'a str>]) -> Vec<DatumWithOid<'a>> {
@@ -142,7 +141,9 @@ pub enum Precheck {
 /// The accepted row that holds an idempotency key.
 pub struct HeldKey {
     pub ingest_id: String,
-    pub result: Value,
+    /// Its result as this envelope's duplicate answer: `status` duplicate, `receipt_id` the
+    /// receipt (built by the statement, a datum of the call).
+    pub answer: Option<JsonbAnswer>,
     /// Who sent it (`received_by`).
     pub sender: String,
 }
@@ -165,58 +166,59 @@ pub enum ReleaseLock {
 /// after it do. A concurrent sender of the same key is found later: by the accepted log row's
 /// insert, or by the look again after a refusal. The lock is held until the caller's
 /// transaction ends, also when the event is refused.
+///
+/// A held key's answer, should this envelope be its duplicate under the ingest id `receipt`, is
+/// built by the statement. Must run in the function's own `Spi::connect` (see `JsonbAnswer`).
 pub fn precheck(
     client: &mut SpiClient<'_>,
     key: &str,
+    receipt: &str,
     release_to_lock: Option<&str>,
 ) -> OpsResult<Precheck> {
+    // The key is $1 and the receipt $2 in both forms.
     macro_rules! held {
         () => {
-            "SELECT ingest_id::text AS id, result, received_by FROM ops.event_ingest_log \
-              WHERE idempotency_key = $1 AND processing_status = 'accepted'"
+            "SELECT ingest_id::text AS id, \
+                    CASE WHEN result IS NULL OR jsonb_typeof(result) = 'object' \
+                         THEN coalesce(result, jsonb_build_object('ingest_id', ingest_id::text)) \
+                              || jsonb_build_object('status', 'duplicate', 'receipt_id', $2::text) \
+                         ELSE result END AS answer, \
+                    received_by \
+               FROM ops.event_ingest_log WHERE idempotency_key = $1 AND processing_status = 'accepted'"
         };
     }
     const HELD_OR_LOCK: &str = concat!(
         "WITH held AS (",
         held!(),
-        ") SELECT (SELECT id FROM held), (SELECT result FROM held), (SELECT received_by FROM held), \
+        ") SELECT (SELECT id FROM held), (SELECT answer FROM held), (SELECT received_by FROM held), \
                   (SELECT true FROM ops.releases r \
-                    WHERE r.release_id = $2::uuid AND NOT EXISTS (SELECT FROM held) \
+                    WHERE r.release_id = $3::uuid AND NOT EXISTS (SELECT FROM held) \
                       FOR NO KEY UPDATE OF r)"
     );
     // Both forms run as writes: a read-only SPI statement would see the calling statement's
     // snapshot, and miss a sender of the same key that committed since it began.
-    let (id, result, sender, lock) = match release_to_lock {
-        None => {
-            let t = write(client, held!(), &[Some(key)])?;
-            if t.is_empty() {
-                return Ok(Precheck::Clear(ReleaseLock::NotTaken));
-            }
-            let (id, result, sender) = t.first().get_three::<String, JsonB, String>()?;
-            (id, result, sender, ReleaseLock::NotTaken)
-        }
-        Some(release) => {
-            let t = write(client, HELD_OR_LOCK, &[Some(key), Some(release)])?;
-            let row = t.first();
-            let locked = row.get::<bool>(4)?.unwrap_or(false);
-            let lock = if locked {
-                ReleaseLock::Taken
-            } else {
-                ReleaseLock::Missing
-            };
-            (
-                row.get::<String>(1)?,
-                row.get::<JsonB>(2)?,
-                row.get::<String>(3)?,
-                lock,
-            )
-        }
+    let t = match release_to_lock {
+        None => write(client, held!(), &[Some(key), Some(receipt)])?,
+        Some(release) => write(
+            client,
+            HELD_OR_LOCK,
+            &[Some(key), Some(receipt), Some(release)],
+        )?,
     };
-    Ok(match id {
+    if t.is_empty() {
+        return Ok(Precheck::Clear(ReleaseLock::NotTaken));
+    }
+    let row = t.first();
+    let lock = match release_to_lock {
+        None => ReleaseLock::NotTaken,
+        Some(_) if row.get::<bool>(4)? == Some(true) => ReleaseLock::Taken,
+        Some(_) => ReleaseLock::Missing,
+    };
+    Ok(match row.get::<String>(1)? {
         Some(ingest_id) => Precheck::Held(HeldKey {
             ingest_id,
-            result: result.map_or(Value::Null, |j| j.0),
-            sender: sender.unwrap_or_default(),
+            answer: JsonbAnswer::from_current(&row, 2)?,
+            sender: row.get::<String>(3)?.unwrap_or_default(),
         }),
         None => Precheck::Clear(lock),
     })

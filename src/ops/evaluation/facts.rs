@@ -153,11 +153,10 @@ pub(super) fn write_check(
            RETURNING check_id::text) \
          SELECT (SELECT check_id FROM written), \
                 EXISTS (SELECT FROM latest WHERE status = $4 AND required = $5::boolean) \
-                AND NOT EXISTS (SELECT FROM ops.release_gates \
-                                 WHERE release_id = $1::uuid AND gate_code = ANY ($11::text[]) \
-                                   AND bypass_expires_at <= now()), \
-                (SELECT array_agg(gate_code || ' ' || status ORDER BY gate_code) \
-                   FROM ops.release_gates WHERE release_id = $1::uuid)";
+                AND NOT coalesce(s.expired, false), s.statuses \
+           FROM (SELECT array_agg(gate_code || ' ' || status ORDER BY gate_code) AS statuses, \
+                        bool_or(gate_code = ANY ($11::text[]) AND bypass_expires_at <= now()) AS expired \
+                   FROM ops.release_gates WHERE release_id = $1::uuid) s";
     let required = c.report.required.to_string();
     let codes: Vec<&str> = affected.iter().map(|g| g.as_str()).collect();
     let affected = format!("{{{}}}", codes.join(","));
