@@ -123,9 +123,9 @@ fn log_args<'a>(r: &'a Received<'a>, bytes: &'a str) -> [Option<&'a str>; 9] {
     ]
 }
 
-/// A new ingest_id: a random (version 4) UUID from the operating system's generator, as
-/// `gen_random_uuid()` makes, without a statement.
-pub fn new_ingest_id() -> String {
+/// A new row id (an ingest_id, a check_id): a random (version 4) UUID, as `gen_random_uuid()`
+/// makes, from the operating system's generator and without a statement.
+pub fn new_id() -> String {
     uuid::Uuid::new_v4().hyphenated().to_string()
 }
 

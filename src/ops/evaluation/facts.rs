@@ -146,9 +146,9 @@ pub(super) fn write_check(
                                  ORDER BY c.recorded_at DESC LIMIT 1) l \
             WHERE g.release_id = $1::uuid AND g.gate_code = $2), \
          written AS ( \
-           INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
-                                        reported_by, source_system, ingest_id) \
-           SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
+           INSERT INTO ops.gate_checks (check_id, gate_id, release_id, check_name, status, required, run_id, \
+                                        details_url, reported_by, source_system, ingest_id) \
+           SELECT $12::uuid, g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
              FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = $2 \
            RETURNING check_id::text) \
          SELECT (SELECT check_id FROM written), \
@@ -175,6 +175,8 @@ pub(super) fn write_check(
             Some(c.source_system),
             Some(c.ingest_id),
             Some(&affected),
+            // A v4 UUID as the column's default makes, without OpenSSL's generator.
+            Some(&crate::ops::store::new_id()),
         ],
     )?;
     let row = t.first();
