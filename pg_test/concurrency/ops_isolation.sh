@@ -12,6 +12,13 @@
 # 2. Two senders of one key at once, for events that cannot be applied twice (release_created,
 # exception_decided): the second waits for the first (on its release row, or on the release
 # lock), fails on the first's effects, and must answer as its duplicate, not 409.
+# 3. A repeated check result against a REPEATABLE READ direct writer of the same check. G1
+# requires u, whose latest result is fail. Session S takes its snapshot; CI reports u fail again
+# (a repeat: the release is not evaluated again) and commits; then S inserts u pass directly,
+# dated at its transaction's start (allowed: within the writing transaction), so CI's fail is
+# the latest. S's trigger evaluates from a snapshot where its own pass is the latest: S must
+# fail with 40001 when it locks the release (the repeat bumped it), and the stored G1 must equal
+# a fresh evaluation (failed).
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
@@ -106,5 +113,33 @@ race exception_decided "jsonb_build_object('schema_version', '1.0', 'idempotency
 logged=$(q "SELECT string_agg(processing_status, ',' ORDER BY processing_status) FROM ops.event_ingest_log
              WHERE idempotency_key IN ('iso/create', 'iso/decide')")
 [ "$logged" = "accepted,accepted,duplicate,duplicate" ] || fail "log rows of the two races: $logged"
+# ---- 3. a repeated result against a REPEATABLE READ direct writer --------------------------------
+R3=c5c5c5c5-0000-4000-8000-000000000003
+q "DELETE FROM ops.releases WHERE release_id = '$R3'"
+ev3() {  # key fields
+  echo "jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/r3/$1', 'event_type', 'check_result',
+        'source_system', 'github_actions', 'release_id', '$R3') || '$2'::jsonb"
+}
+q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/r3/create', 'event_type', 'release_created',
+      'source_system', 'github_actions', 'release_id', '$R3', 'version', 'iso-3'))" >/dev/null
+g1=$(q "SELECT ops.ingest_event($(ev3 1 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) #>> '{detail,gates,G1}'")
+[ "$g1" = failed ] || fail "setup: G1 is $g1 after u failed"
+session s
+say s "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 'snapshot taken';"
+until_printed s 'snapshot taken'
+g1=$(q "SELECT ops.ingest_event($(ev3 2 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) #>> '{detail,gates,G1}'")
+[ "$g1" = failed ] || fail "the repeated u fail answered G1 $g1"
+say s "INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, reported_by, source_system, recorded_at)
+         SELECT gate_id, release_id, 'u', 'pass', current_user, 'direct', now() FROM ops.release_gates
+          WHERE release_id = '$R3' AND gate_code = 'G1';
+       SELECT 'inserted'; COMMIT;"
+finish s
+out=$(cat "$dir/s.out")
+grep -q 'could not serialize access' <<<"$out" \
+  || fail "the REPEATABLE READ direct writer was not refused with 40001: $out"
+read -r stored fresh <<<"$(q "SELECT status, ops.evaluate_gate(gate_id) FROM ops.release_gates WHERE release_id = '$R3' AND gate_code = 'G1'" | tr '|' ' ')"
+[ "$stored" = "$fresh" ] && [ "$stored" = failed ] || fail "after the refused writer: stored G1 $stored, a fresh evaluation says $fresh"
+echo "ok 1 - ops ingest, a repeated check result (not evaluated again) against a REPEATABLE READ direct writer of an earlier-dated result of the same check: the writer fails with 40001 and the stored G1 ($stored) equals a fresh evaluation"
+
 echo "ok 2 - ops ingest, one key sent twice at once for release_created and for exception_decided: the second sender waits, then answers as the first's duplicate (no 409), one log row each"
 echo "ok 4 - ops ingest under REPEATABLE READ: a sender whose snapshot misses a committed check of the release fails with 40001 and logs nothing, the stored G1 ($stored) equals a fresh evaluation, and the retry passes G1"

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(151);
+SELECT plan(153);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -144,6 +144,12 @@ SELECT is((SELECT envelope FROM ops.event_ingest_log WHERE idempotency_key = 'ex
           'the log keeps the envelope exactly as sent, digits and all');
 SELECT is((SELECT result FROM ops.event_ingest_log WHERE idempotency_key = 'exact-1'), (SELECT r FROM exact_out),
           'and the result exactly as answered');
+
+-- A NULL envelope is refused and logged as JSON null (a NULL envelope column means "over the limit").
+CREATE TEMP TABLE null_env AS SELECT ops.ingest_event(NULL) AS r;
+SELECT is((SELECT r ->> 'status' FROM null_env), 'rejected', 'a NULL envelope is rejected');
+SELECT is((SELECT envelope FROM ops.event_ingest_log WHERE ingest_id = (SELECT (r ->> 'ingest_id')::uuid FROM null_env)),
+          'null'::jsonb, 'and logged as JSON null');
 
 -- SQL metacharacters are data, never code.
 SELECT is(ops.ingest_event(pg_temp.ev($k$x'); DROP TABLE ops.releases; --$k$, 'check_result',
@@ -323,9 +329,10 @@ SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-000
 
 -- ---- A repeated check result -------------------------------------------------------------------
 -- A result that repeats its check's latest one (same status, same required) changes no
--- evaluation, so the ingest writes it without evaluating the release again: the release row is
--- not bumped (its ctid stays). Any other result, or a repeat while a bypass the check could
--- change has expired, is evaluated.
+-- evaluation, so the ingest writes it without evaluating the release again: a mark put on the
+-- stored reason stays. The release row is bumped all the same (a REPEATABLE READ transaction
+-- that misses the result must fail when it locks the release). Any other result, or a repeat
+-- while a bypass of a gate the check's evaluation reads has expired, is evaluated.
 CREATE FUNCTION pg_temp.chk(key text, body text) RETURNS jsonb LANGUAGE sql AS $$
     SELECT ops.ingest_event(pg_temp.ev(key, 'check_result', body::jsonb, 'a0000000-0000-4000-8000-000000000009'))
 $$;
@@ -341,6 +348,12 @@ SELECT pg_temp.chk('r9-unit-1', '{"gate_code": "G1", "check_name": "unit", "stat
 SELECT pg_temp.chk('r9-lint-1', '{"gate_code": "G1", "check_name": "lint", "status": "fail"}') \g /dev/null
 SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint, unit',
           'failed checks are named in name order, not in the order they were reported');
+SELECT is(pg_temp.r9_g1(),
+          (SELECT e ->> 'status' || ': ' || (e ->> 'reason') FROM jsonb_array_elements(ops.refresh_gates('a0000000-0000-4000-8000-000000000009')) e
+            WHERE e ->> 'code' = 'G1'),
+          'which is what a fresh evaluation gives');
+UPDATE ops.release_gates SET status_reason = status_reason || ' [mark]'
+ WHERE release_id = 'a0000000-0000-4000-8000-000000000009' AND gate_code = 'G1';
 CREATE TEMP TABLE r9_before AS SELECT pg_temp.r9_ctid() AS row_at, (SELECT count(*) FROM ops.gate_checks
   WHERE release_id = 'a0000000-0000-4000-8000-000000000009') AS checks;
 CREATE TEMP TABLE r9_repeat AS SELECT pg_temp.chk('r9-unit-2', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') AS r;
@@ -349,15 +362,13 @@ SELECT ok((SELECT r #>> '{detail,check_id}' FROM r9_repeat) IN (SELECT check_id:
           'and its check row is written');
 SELECT is((SELECT count(*) FROM ops.gate_checks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
           (SELECT checks + 1 FROM r9_before), 'one row more');
-SELECT is(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'the release was not evaluated again (its row was not bumped)');
-SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint, unit', 'and the stored status and reason are those a fresh evaluation gives');
+SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint, unit [mark]', 'the release was not evaluated again (the mark stays)');
+SELECT isnt(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'but its row was bumped');
 SELECT pg_temp.chk('r9-unit-3', '{"gate_code": "G1", "check_name": "unit", "status": "pass"}') \g /dev/null
-SELECT isnt(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'a new status is evaluated');
-SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint', 'and stored');
-UPDATE r9_before SET row_at = pg_temp.r9_ctid();
+SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint', 'a new status is evaluated and stored');
 SELECT is(pg_temp.chk('r9-lint-2', '{"gate_code": "G1", "check_name": "lint", "status": "fail", "required": false}') #>> '{detail,gates,G1}',
           'passed', 'the same status with another required flag is evaluated: lint no longer blocks G1');
-SELECT isnt(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'and the release row was bumped');
+SELECT is(pg_temp.r9_g1(), 'passed: every required check passed', 'and stored');
 -- A bypass of G1 that has expired: a repeat evaluates, and the stored status is current again.
 SELECT pg_temp.chk('r9-unit-4', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') \g /dev/null
 SET LOCAL request.jwt.claims = '{"sub": "dev-dana", "role": "developer"}';

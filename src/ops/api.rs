@@ -61,7 +61,14 @@ mod ops {
         let bytes = raw.as_ref().map_or(stored, |v| v.to_string().len());
         let raw = raw.unwrap_or(Value::Null);
         let (header, parsed) = envelope::parse(&raw, bytes);
-        let keep_envelope = sent.filter(|_| bytes <= envelope::MAX_ENVELOPE_BYTES);
+        // A SQL NULL envelope is logged as JSON null (a NULL log column means "over the limit").
+        let null_envelope = match sent {
+            None => Some(answer(Value::Null)?),
+            Some(_) => None,
+        };
+        let keep_envelope = sent
+            .or(null_envelope.as_ref().map(JsonbAnswer::datum))
+            .filter(|_| bytes <= envelope::MAX_ENVELOPE_BYTES);
 
         // Who is sending, and may they send this?
         let caller = Caller {

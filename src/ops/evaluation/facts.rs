@@ -77,26 +77,27 @@ pub struct NewCheck<'a> {
 /// The statement that reads the facts of the gates `inputs` (the release is `$1`). The gates
 /// are a literal, so each scope is its own prepared statement with its own generic plan.
 ///
-/// An evaluation that stores its result (`stores`) also bumps the release row: an update that
-/// changes nothing, under the lock the caller holds. A row lock alone is not a concurrent update
-/// to Postgres, so without it a `REPEATABLE READ` transaction whose snapshot is older than
-/// another evaluation of the release would evaluate from facts that miss what that one wrote
-/// (two events can each leave the stored statuses as they were while their facts together
-/// change them). With it, that transaction fails with 40001 when it locks or bumps the row. The
-/// bump is in the evaluating statement, so an envelope refused before it (or rolled back with
-/// it) leaves no new row version.
-pub(super) fn facts_sql(inputs: &[GateCode], stores: bool) -> Rc<str> {
+/// An evaluation that stores its result bumps the release row (`bump`; in the check's own
+/// statement when it wrote one, [`write_check`]): an update that changes nothing, under the lock
+/// the caller holds. A row lock alone is not a concurrent update to Postgres, so without it a
+/// `REPEATABLE READ` transaction whose snapshot is older than another evaluation of the release
+/// would evaluate from facts that miss what that one wrote (two events can each leave the
+/// stored statuses as they were while their facts together change them). With it, that
+/// transaction fails with 40001 when it locks or bumps the row. The bump is in a writing
+/// statement of the evaluation, so an envelope refused before it (or rolled back with it)
+/// leaves no new row version.
+pub(super) fn facts_sql(inputs: &[GateCode], bump: bool) -> Rc<str> {
     thread_local! {
         /// Each shape's text, built once per backend (a handful of scopes).
         static TEXTS: RefCell<HashMap<FactsShape, Rc<str>>> = RefCell::new(HashMap::new());
     }
-    let shape = (inputs.to_vec(), stores);
+    let shape = (inputs.to_vec(), bump);
     if let Some(text) = TEXTS.with(|t| t.borrow().get(&shape).cloned()) {
         return text;
     }
     let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
     let facts = FACTS.replace("{G}", &format!("'{{{}}}'", codes.join(",")));
-    let text: Rc<str> = if stores {
+    let text: Rc<str> = if bump {
         format!("WITH bumped AS (UPDATE ops.releases SET status = status WHERE release_id = $1::uuid) SELECT {facts}")
     } else {
         format!("SELECT {facts}")
@@ -106,7 +107,7 @@ pub(super) fn facts_sql(inputs: &[GateCode], stores: bool) -> Rc<str> {
     text
 }
 
-/// The gates read, whether the result is stored.
+/// The gates read, whether the statement bumps the release row.
 type FactsShape = (Vec<GateCode>, bool);
 
 /// What [`write_check`] did.
@@ -119,7 +120,8 @@ pub(super) enum Written {
         check_id: String,
         statuses: Vec<(GateCode, String)>,
     },
-    /// The release's gates are to be evaluated, with the result (written) among their facts.
+    /// The release's gates are to be evaluated, with the result (written) among their facts;
+    /// the release row is bumped already.
     Evaluate { check_id: String },
 }
 
@@ -129,17 +131,23 @@ pub(super) enum Written {
 /// and nothing of the order results came in (`gates::required_names`), so every evaluation
 /// stays as stored. CI reports the same results all day; this is their path.
 ///
-/// It is evaluated all the same when a gate the result can change (`affected`) holds a bypass
-/// that has expired: expiry is the one way time changes an evaluation, and the stored status
-/// is then out of date. No row is bumped on the repeat path: it changes no evaluation, so a
-/// `REPEATABLE READ` transaction that misses it evaluates right.
+/// It is evaluated all the same when a gate whose facts the evaluation reads (`inputs`: G3
+/// follows G2's status) holds a bypass that has expired: expiry is the one way time changes an
+/// evaluation, and the stored status is then out of date.
+///
+/// The statement bumps the release row, as every evaluation does ([`facts_sql`]), on the repeat
+/// path too: a `REPEATABLE READ` transaction whose snapshot misses this result could otherwise
+/// write a result of the same check dated before it (a direct insert may set `recorded_at` to
+/// its transaction's start) and store an evaluation in which its own result is the latest.
+/// With the bump it fails with 40001 when it locks the release.
 pub(super) fn write_check(
     client: &mut SpiClient<'_>,
     release_id: &str,
     c: &NewCheck<'_>,
-    affected: &[GateCode],
+    inputs: &[GateCode],
 ) -> OpsResult<Written> {
-    const SQL: &str = "WITH latest AS ( \
+    const SQL: &str = "WITH bumped AS (UPDATE ops.releases SET status = status WHERE release_id = $1::uuid), \
+         latest AS ( \
            SELECT l.status, l.required FROM ops.release_gates g \
             CROSS JOIN LATERAL (SELECT c.status, c.required FROM ops.gate_checks c \
                                  WHERE c.gate_id = g.gate_id AND c.check_name COLLATE \"C\" = $3 \
@@ -158,8 +166,8 @@ pub(super) fn write_check(
                         bool_or(gate_code = ANY ($11::text[]) AND bypass_expires_at <= now()) AS expired \
                    FROM ops.release_gates WHERE release_id = $1::uuid) s";
     let required = c.report.required.to_string();
-    let codes: Vec<&str> = affected.iter().map(|g| g.as_str()).collect();
-    let affected = format!("{{{}}}", codes.join(","));
+    let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
+    let inputs = format!("{{{}}}", codes.join(","));
     let t = write(
         client,
         SQL,
@@ -174,7 +182,7 @@ pub(super) fn write_check(
             Some(c.reported_by),
             Some(c.source_system),
             Some(c.ingest_id),
-            Some(&affected),
+            Some(&inputs),
             // A v4 UUID as the column's default makes, without OpenSSL's generator.
             Some(&crate::ops::store::new_id()),
         ],

@@ -120,7 +120,7 @@ pub fn refresh_locked(
     };
     let check_id = match new_check {
         None => None,
-        Some(c) => match facts::write_check(client, release_id, c, affected)? {
+        Some(c) => match facts::write_check(client, release_id, c, inputs)? {
             Written::NoGate => return Ok(Refreshed::default()),
             Written::Repeat { check_id, statuses } => {
                 return Ok(Refreshed {
@@ -132,10 +132,11 @@ pub fn refresh_locked(
             Written::Evaluate { check_id } => Some(check_id),
         },
     };
-    // A later statement than the check's write: the facts include it.
+    // A later statement than the check's write: the facts include it. The check's statement
+    // bumped the release row already.
     let Loaded { facts, stored } = facts::load(write(
         client,
-        &facts::facts_sql(inputs, true),
+        &facts::facts_sql(inputs, check_id.is_none()),
         &[Some(release_id)],
     )?)?;
     // Facts of gates outside the inputs were not loaded: only the affected gates count.
