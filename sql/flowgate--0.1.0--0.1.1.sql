@@ -64,7 +64,9 @@ CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.exceptions
 CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.deployments
     FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
 
--- A database upgraded from 0.1.0 may already hold stale statuses from an earlier TRUNCATE.
+-- A database upgraded from 0.1.0 may already hold stale statuses from an earlier TRUNCATE. The
+-- same pass rewrites every reason in 0.1.1's fixed order of check names: a repeated check result
+-- is not evaluated again, so the stored reasons must already be what an evaluation gives.
 SELECT count(ops.refresh_gates(r.release_id)) FROM (SELECT release_id FROM ops.releases ORDER BY release_id) r;
 
 -- A pool's rebuild locks its own queue table, no longer the inventory tables all pools share.
