@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(153);
+SELECT plan(157);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -391,6 +391,38 @@ ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
 SELECT is(pg_temp.chk('r9-unit-6', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') #>> '{detail,gates,G1}',
           'failed', 'a repeat after the bypass expired is evaluated: G1 is failed');
 SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: unit', 'and stored so');
+-- G3 follows G2: after G2's bypass expired, a repeated G3 check is evaluated too.
+CREATE FUNCTION pg_temp.r10(key text, type text, body jsonb) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT ops.ingest_event(pg_temp.ev(key, type, body, 'a0000000-0000-4000-8000-000000000010'))
+$$;
+CREATE FUNCTION pg_temp.r10_gate(code text) RETURNS text LANGUAGE sql AS $$
+    SELECT status || ': ' || status_reason FROM ops.release_gates
+     WHERE release_id = 'a0000000-0000-4000-8000-000000000010' AND gate_code = code
+$$;
+SELECT pg_temp.r10('r10', 'release_created', '{"version": "10"}') \g /dev/null
+SELECT pg_temp.r10('r10-e2e', 'check_result', '{"gate_code": "G2", "check_name": "e2e", "status": "fail"}') \g /dev/null
+SET LOCAL request.jwt.claims = '{"sub": "dev-dana", "role": "developer"}';
+CREATE TEMP TABLE r10_exc AS SELECT pg_temp.r10('r10-exc', 'exception_requested',
+    jsonb_build_object('gate_code', 'G2', 'reason', 'known flake', 'expires_at', now() + interval '2 hours')) AS r;
+SET LOCAL request.jwt.claims = '{"sub": "rm-rita", "role": "release_manager"}';
+SELECT pg_temp.r10('r10-exc-ok', 'exception_decided',
+    jsonb_build_object('exception_id', (SELECT r #>> '{detail,exception_id}' FROM r10_exc), 'decision', 'approved')) \g /dev/null
+RESET request.jwt.claims;
+SELECT pg_temp.r10('r10-smoke-1', 'check_result', '{"gate_code": "G3", "check_name": "smoke", "status": "pass"}') \g /dev/null
+SELECT is(split_part(pg_temp.r10_gate('G2'), ':', 1) || ' / ' || pg_temp.r10_gate('G3'),
+          'bypassed / in_progress: waiting for a release_manager approval, a rollback_plan artifact',
+          'setup: G2 bypassed, so G3 waits only for its own approval and rollback plan');
+ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
+UPDATE ops.exceptions SET expires_at = now() - interval '1 second' WHERE release_id = 'a0000000-0000-4000-8000-000000000010';
+UPDATE ops.release_gates SET bypass_expires_at = now() - interval '1 second'
+ WHERE release_id = 'a0000000-0000-4000-8000-000000000010' AND gate_code = 'G2';
+ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
+SELECT pg_temp.r10('r10-smoke-2', 'check_result', '{"gate_code": "G3", "check_name": "smoke", "status": "pass"}') \g /dev/null
+SELECT is(pg_temp.r10_gate('G3'),
+          'in_progress: waiting for a release_manager approval, a rollback_plan artifact, G2 passed (it is failed)',
+          'a repeated G3 result after G2''s bypass expired is evaluated: G3 now waits for G2');
+SELECT is(split_part(pg_temp.r10_gate('G2'), ':', 1), 'bypassed', 'G2 itself, which a G3 result cannot change, stays stored as it was');
+SELECT is(ops.expire_bypasses(), 1, 'until the expiry sweep re-evaluates the release');
 
 -- ---- Stored statuses stay exact -----------------------------------------------------------------
 -- Eligibility reads ops.release_gates, so every write path must leave it equal to a fresh
