@@ -21,6 +21,19 @@ LANGUAGE sql AS $$
                               'source_system', 'github_actions', 'release_id', release) || fields
 $$;
 
+-- Time passes and a release's bypass of a gate expires, with no write to trigger a re-evaluation
+-- (moving the clock is simulated by moving expires_at with the exceptions' trigger off).
+CREATE FUNCTION pg_temp.expire_bypass(release uuid, gate text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
+    UPDATE ops.exceptions x SET expires_at = now() - interval '1 second'
+      FROM ops.release_gates g WHERE g.gate_id = x.gate_id AND g.release_id = release AND g.gate_code = gate;
+    UPDATE ops.release_gates SET bypass_expires_at = now() - interval '1 second'
+     WHERE release_id = release AND gate_code = gate;
+    ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
+END
+$$;
+
 -- ---- The schema ------------------------------------------------------------------------
 SELECT is((SELECT count(*)::int FROM pg_tables WHERE schemaname = 'ops'
             AND tablename IN ('releases', 'release_gates', 'gate_checks', 'approvals', 'evidence_artifacts', 'exceptions',
@@ -305,13 +318,8 @@ SELECT ok(ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 
           'G3 bypassed through an active exception: eligible for production');
 SELECT is((SELECT effective_status FROM ops.v_exception_status WHERE release_id = 'a0000000-0000-4000-8000-000000000003'), 'active',
           'v_exception_status shows it active');
--- Time passes and the exception expires, with no write to trigger a re-evaluation (moving the
--- clock is simulated by moving expires_at with the trigger off).
-ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
-UPDATE ops.exceptions SET expires_at = now() - interval '1 second' WHERE release_id = 'a0000000-0000-4000-8000-000000000003';
-UPDATE ops.release_gates SET bypass_expires_at = now() - interval '1 second'
- WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND gate_code = 'G3';
-ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
+-- Time passes and the exception expires, with no write to trigger a re-evaluation.
+SELECT pg_temp.expire_bypass('a0000000-0000-4000-8000-000000000003', 'G3') \g /dev/null
 SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'production'),
           'an expired exception no longer bypasses (decided at evaluation time)');
 SELECT is((SELECT eligible FROM ops.v_promotion_eligibility WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND environment = 'production'),
@@ -383,11 +391,7 @@ RESET request.jwt.claims;
 SELECT is(split_part(pg_temp.r9_g1(), ':', 1), 'bypassed', 'setup: G1 is bypassed');
 SELECT is(pg_temp.chk('r9-unit-5', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') #>> '{detail,gates,G1}',
           'bypassed', 'a repeat while the bypass is active answers bypassed');
-ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
-UPDATE ops.exceptions SET expires_at = now() - interval '1 second' WHERE release_id = 'a0000000-0000-4000-8000-000000000009';
-UPDATE ops.release_gates SET bypass_expires_at = now() - interval '1 second'
- WHERE release_id = 'a0000000-0000-4000-8000-000000000009' AND gate_code = 'G1';
-ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
+SELECT pg_temp.expire_bypass('a0000000-0000-4000-8000-000000000009', 'G1') \g /dev/null
 SELECT is(pg_temp.chk('r9-unit-6', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') #>> '{detail,gates,G1}',
           'failed', 'a repeat after the bypass expired is evaluated: G1 is failed');
 SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: unit', 'and stored so');
@@ -412,11 +416,7 @@ SELECT pg_temp.r10('r10-smoke-1', 'check_result', '{"gate_code": "G3", "check_na
 SELECT is(split_part(pg_temp.r10_gate('G2'), ':', 1) || ' / ' || pg_temp.r10_gate('G3'),
           'bypassed / in_progress: waiting for a release_manager approval, a rollback_plan artifact',
           'setup: G2 bypassed, so G3 waits only for its own approval and rollback plan');
-ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
-UPDATE ops.exceptions SET expires_at = now() - interval '1 second' WHERE release_id = 'a0000000-0000-4000-8000-000000000010';
-UPDATE ops.release_gates SET bypass_expires_at = now() - interval '1 second'
- WHERE release_id = 'a0000000-0000-4000-8000-000000000010' AND gate_code = 'G2';
-ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
+SELECT pg_temp.expire_bypass('a0000000-0000-4000-8000-000000000010', 'G2') \g /dev/null
 SELECT pg_temp.r10('r10-smoke-2', 'check_result', '{"gate_code": "G3", "check_name": "smoke", "status": "pass"}') \g /dev/null
 SELECT is(pg_temp.r10_gate('G3'),
           'in_progress: waiting for a release_manager approval, a rollback_plan artifact, G2 passed (it is failed)',
