@@ -50,9 +50,7 @@ impl JsonbAnswer {
             .map(JsonbAnswer)
             .ok_or_else(|| CoreError::Internal("a jsonb answer converted to NULL".into()))
     }
-}
 
-impl JsonbAnswer {
     /// The datum, for a statement of the same call to take as a `jsonb` argument.
     pub fn datum(&self) -> pg_sys::Datum {
         self.0
