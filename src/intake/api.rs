@@ -288,8 +288,7 @@ mod intake {
         let run = || -> CoreResult<Vec<(i64, i32, String, Option<String>, Option<String>, String, JsonB)>> {
             let pool = PoolId::parse(args::required("pool_id", pool_id)?)?;
             Spi::connect_mut(|client| {
-                pools::held(client, &pool)?;
-                let cfg = store::load_config(client, &pool)?;
+                let cfg = pools::held_config(client, &pool)?;
                 if cfg.paused {
                     return Ok(vec![]);
                 }

@@ -8,7 +8,7 @@ use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared;
 use crate::intake::drain;
 use crate::intake::pool::PoolId;
-use crate::intake::{pools, store};
+use crate::intake::pools;
 
 /// Fold the pool's outcome log into its totals, then write one metrics row from counters alone.
 /// `None` when the pool was dropped meanwhile.
@@ -93,7 +93,7 @@ pub fn collect_metrics(
 pub fn status(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
     // The statement below names the pool's queue tables: an unknown (or just dropped) pool is
     // P0002 here, not a missing relation when it is parsed.
-    store::load_config(client, pool)?;
+    pools::load_config(client, pool)?;
     let q = pool.queue_table();
     let dlq = format!("pgmq.\"q_{}\"", pool.dlq());
     let rows = client.select(
@@ -162,7 +162,7 @@ pub fn collect_due(
         ));
     }
     if let Some(p) = only {
-        if todo.is_empty() && store::load_config(client, p).is_err() {
+        if todo.is_empty() && pools::load_config(client, p).is_err() {
             return Err(CoreError::not_found("pool", p.as_str()));
         }
     }

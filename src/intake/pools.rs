@@ -1,7 +1,8 @@
 //! A pool's lifecycle and its operator actions: creating and dropping it (configuration,
-//! inventory, queues, slot sequence), giving back lost slots and replaying dead letters.
+//! inventory, queues, slot sequence), reading and holding its configuration, giving back lost
+//! slots and replaying dead letters.
 
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::JsonB;
 use serde_json::{Map, Value};
 
@@ -75,6 +76,62 @@ pub fn create(
     Ok(())
 }
 
+/// A pool's live configuration (read at the start of every drain).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub inventory: i32,
+    pub batch_size: i32,
+    pub visibility_timeout: i32,
+    pub webhook: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub commit_target: Option<String>,
+    pub commit_secret: Option<String>,
+    pub timeout_ms: i32,
+    pub max_retries: i32,
+    pub rate_limit: Option<i32>,
+    pub paused: bool,
+}
+
+/// A pool's configuration row (`$1` the pool).
+macro_rules! config_row {
+    () => {
+        "SELECT inventory, batch_size, visibility_timeout_seconds, validation_webhook_url, validation_auth_secret, \
+                commit_target, commit_auth_secret, request_timeout_ms, max_retries, rate_limit_per_second, paused \
+           FROM intake.engine_config WHERE pool_id = $1"
+    };
+}
+const CONFIG: &str = config_row!();
+/// The same, holding the pool ([`hold`]).
+const CONFIG_HELD: &str = concat!(config_row!(), " FOR KEY SHARE");
+
+pub fn load_config(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Config> {
+    config_of(
+        pool,
+        prepared::read(client, CONFIG, &[pool.as_str().into()])?,
+    )
+}
+
+/// The configuration read by [`CONFIG`] (P0002 when there was no row).
+fn config_of(pool: &PoolId, rows: SpiTupleTable<'_>) -> CoreResult<Config> {
+    if rows.is_empty() {
+        return Err(CoreError::not_found("pool", pool.as_str()));
+    }
+    let r = rows.first();
+    Ok(Config {
+        inventory: r.get(1)?.unwrap_or(0),
+        batch_size: r.get(2)?.unwrap_or(100),
+        visibility_timeout: r.get(3)?.unwrap_or(45),
+        webhook: r.get(4)?,
+        webhook_secret: r.get(5)?,
+        commit_target: r.get(6)?,
+        commit_secret: r.get(7)?,
+        timeout_ms: r.get(8)?.unwrap_or(10_000),
+        max_retries: r.get(9)?.unwrap_or(5),
+        rate_limit: r.get(10)?,
+        paused: r.get(11)?.unwrap_or(false),
+    })
+}
+
 /// Hold the pool for this transaction: lock its configuration row `FOR KEY SHARE`, so it cannot
 /// be dropped until the transaction ends; a drop in progress is waited for, and then the pool is
 /// gone (`false`). Every transaction that writes a pool's rows takes this first, in the order
@@ -97,6 +154,14 @@ pub fn held(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<()> {
     } else {
         Err(CoreError::not_found("pool", pool.as_str()))
     }
+}
+
+/// [`held`], reading the pool's configuration in the same statement.
+pub fn held_config(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Config> {
+    config_of(
+        pool,
+        prepared::exec(client, CONFIG_HELD, &[pool.as_str().into()])?,
+    )
 }
 
 /// Drop a pool: its queues, sequence, inventory and configuration. P0002 if it does not exist.

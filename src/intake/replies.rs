@@ -121,7 +121,7 @@ fn on_validations(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> Core
             continue;
         }
         store::mark_validated_many(client, &pool, &mut validated, records)?;
-        let cfg = store::load_config(client, &pool)?;
+        let cfg = pools::load_config(client, &pool)?;
         if cfg.commit_target.is_none() {
             for intent in &validated {
                 store::commit_locally(client, &pool, intent)?;

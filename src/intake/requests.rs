@@ -7,7 +7,8 @@ use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::delivery::NewDelivery;
 use crate::intake::drain::{self, Stage};
 use crate::intake::pool::PoolId;
-use crate::intake::store::{Config, Intent};
+use crate::intake::pools::Config;
+use crate::intake::store::Intent;
 
 /// Where one stage of one read of an intent goes: URL (None: the ledger in this database),
 /// secret name, body and the Idempotency-Key header. Shared by the drain and the external-worker API.

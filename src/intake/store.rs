@@ -16,47 +16,8 @@ use crate::core::prepared;
 use crate::intake::drain::{self, Action, IntentState, Stage, Step};
 use crate::intake::ledger;
 use crate::intake::pool::PoolId;
+use crate::intake::pools::{self, Config};
 use crate::intake::requests;
-
-/// A pool's live configuration (read at the start of every drain).
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub inventory: i32,
-    pub batch_size: i32,
-    pub visibility_timeout: i32,
-    pub webhook: Option<String>,
-    pub webhook_secret: Option<String>,
-    pub commit_target: Option<String>,
-    pub commit_secret: Option<String>,
-    pub timeout_ms: i32,
-    pub max_retries: i32,
-    pub rate_limit: Option<i32>,
-    pub paused: bool,
-}
-
-pub fn load_config(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Config> {
-    let rows = prepared::read(client, "SELECT inventory, batch_size, visibility_timeout_seconds, validation_webhook_url, validation_auth_secret, \
-                commit_target, commit_auth_secret, request_timeout_ms, max_retries, rate_limit_per_second, paused \
-           FROM intake.engine_config WHERE pool_id = $1", &[pool.as_str().into()],
-    )?;
-    if rows.is_empty() {
-        return Err(CoreError::not_found("pool", pool.as_str()));
-    }
-    let r = rows.first();
-    Ok(Config {
-        inventory: r.get(1)?.unwrap_or(0),
-        batch_size: r.get(2)?.unwrap_or(100),
-        visibility_timeout: r.get(3)?.unwrap_or(45),
-        webhook: r.get(4)?,
-        webhook_secret: r.get(5)?,
-        commit_target: r.get(6)?,
-        commit_secret: r.get(7)?,
-        timeout_ms: r.get(8)?.unwrap_or(10_000),
-        max_retries: r.get(9)?.unwrap_or(5),
-        rate_limit: r.get(10)?,
-        paused: r.get(11)?.unwrap_or(false),
-    })
-}
 
 /// An intent as read from the queue.
 #[derive(Debug, Clone)]
@@ -467,7 +428,7 @@ pub fn apply_validation(
                 &mut intent,
                 drain::validation_record(reply.response, reply.text),
             )?;
-            let cfg = load_config(client, pool)?;
+            let cfg = pools::load_config(client, pool)?;
             if cfg.commit_target.is_none() {
                 return commit_locally(client, pool, &intent);
             }
@@ -533,8 +494,7 @@ fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String 
 /// One drain of a pool (`intake.drain`): start the next step of up to a batch of intents and say
 /// what it did.
 pub fn drain(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
-    crate::intake::pools::held(client, pool)?;
-    let cfg = load_config(client, pool)?;
+    let cfg = pools::held_config(client, pool)?;
     if cfg.paused {
         return Ok(json!({"pool_id": pool.as_str(), "status": "paused"}));
     }
