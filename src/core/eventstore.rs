@@ -300,8 +300,8 @@ impl Sent {
 }
 
 /// `row` with the columns Postgres returned laid over it.
-fn merged(mut row: Map<String, Value>, returned: Option<Value>) -> Map<String, Value> {
-    if let Some(Value::Object(r)) = returned {
+fn merged(mut row: Map<String, Value>, returned: Value) -> Map<String, Value> {
+    if let Value::Object(r) = returned {
         row.extend(r);
     }
     row
@@ -419,7 +419,7 @@ fn run<W: Workflow>(
                     &[JsonB(Value::Object(cols.clone())).into()],
                 )?)?
                 .ok_or_else(vanished)?;
-                Value::Object(merged(cols, Some(returned)))
+                Value::Object(merged(cols, returned))
             }
             (Some(_), None) => return Err(vanished().into()),
             (Some(b), Some(current)) => {
@@ -436,7 +436,7 @@ fn run<W: Workflow>(
                     )?)?
                     .ok_or_else(vanished)?;
                     match current {
-                        Value::Object(locked) => Value::Object(merged(locked, Some(returned))),
+                        Value::Object(locked) => Value::Object(merged(locked, returned)),
                         _ => {
                             return Err(CoreError::Internal(format!(
                                 "{} row {entity_id} was not read as an object",
@@ -474,7 +474,7 @@ fn run<W: Workflow>(
         .ok_or_else(|| {
             CoreError::Internal(format!("insert into {} returned nothing", W::TABLES.events))
         })?;
-        let stored_event = Value::Object(merged(ev, Some(returned)));
+        let stored_event = Value::Object(merged(ev, returned));
 
         W::enqueue_effects(client, entity_id, &stored_event, transition.effects)?;
         Ok(Applied {
