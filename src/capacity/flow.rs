@@ -393,6 +393,8 @@ impl Reducer for CapacityFlow {
 
     fn event_extra(before: Option<&Request>, after: &Request) -> Map<String, Value> {
         let mut m = Map::new();
+        // The event's id, as the column's default would make it, without OpenSSL's generator.
+        m.insert("id".into(), crate::core::store::new_id().into());
         m.insert("from_state".into(), before.map(|b| b.state.as_str()).into());
         m.insert("to_state".into(), after.state.as_str().into());
         m

@@ -10,6 +10,13 @@ use super::actor::{self, Actor, SessionFacts};
 use super::error::{CoreError, CoreResult};
 use super::settings::{self, Definition};
 
+/// A new row id (an ingest_id, a check_id, an event id): a random (version 4) UUID, as
+/// `gen_random_uuid()` makes, from the operating system's generator and without a statement
+/// (`gen_random_uuid` draws from OpenSSL's generator, about 2% of a hot path's time).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
+}
+
 /// The value of a (custom) configuration setting, `None` if it was never defined.
 fn guc(name: &str) -> Option<String> {
     let cname = CString::new(name).ok()?;

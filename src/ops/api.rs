@@ -93,7 +93,7 @@ mod ops {
             received_by: &caller.actor_id,
         };
         // The envelope's log row's id, whatever its outcome (a duplicate's receipt_id).
-        let ingest_id = store::new_id();
+        let ingest_id = core_store::new_id();
         let env = match parsed {
             Ok(env) => env,
             Err(e) => return Finished::refused(&ingest_id, &e).log(&ingest_id, &received),

@@ -123,12 +123,6 @@ fn log_args<'a>(r: &'a Received<'a>, bytes: &'a str) -> [Option<&'a str>; 9] {
     ]
 }
 
-/// A new row id (an ingest_id, a check_id): a random (version 4) UUID, as `gen_random_uuid()`
-/// makes, from the operating system's generator and without a statement.
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().hyphenated().to_string()
-}
-
 /// What an envelope finds before it is applied.
 pub enum Precheck {
     /// An accepted row holds its idempotency key.

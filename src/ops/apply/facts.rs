@@ -34,9 +34,9 @@ pub(super) fn check<'a>(
     let required = b.required.to_string();
     let t = write(
         client,
-        "INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, run_id, details_url, \
-                                      reported_by, source_system, ingest_id) \
-         SELECT g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
+        "INSERT INTO ops.gate_checks (check_id, gate_id, release_id, check_name, status, required, run_id, \
+                                      details_url, reported_by, source_system, ingest_id) \
+         SELECT $11::uuid, g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
            FROM ops.release_gates g WHERE g.release_id = $2::uuid AND g.gate_code = $1 \
          RETURNING check_id::text",
         &[
@@ -50,6 +50,7 @@ pub(super) fn check<'a>(
             Some(&ctx.caller.actor_id),
             Some(&env.source_system),
             Some(ctx.ingest_id),
+            Some(&crate::core::store::new_id()),
         ],
     )?;
     if t.is_empty() {

@@ -184,7 +184,7 @@ pub(super) fn write_check(
             Some(c.ingest_id),
             Some(&inputs),
             // A v4 UUID as the column's default makes, without OpenSSL's generator.
-            Some(&crate::ops::store::new_id()),
+            Some(&crate::core::store::new_id()),
         ],
     )?;
     let row = t.first();
