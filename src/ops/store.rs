@@ -147,15 +147,15 @@ pub struct HeldKey {
 pub enum ReleaseLock {
     /// Not locked (the envelope names no release, or creates it).
     NotTaken,
-    /// Locked by this transaction.
+    /// Taken (locked and bumped, [`lock_release_row`]) by this transaction.
     Taken,
     /// The release does not exist.
     Missing,
 }
 
-/// Look for the accepted row that holds an idempotency key and, when there is none, lock the
-/// release row the envelope is about (`FOR NO KEY UPDATE`, so events of one release are applied
-/// one at a time): one statement. The look uses the statement's snapshot, taken before
+/// Look for the accepted row that holds an idempotency key and, when there is none, take the
+/// release row the envelope is about as [`lock_release_row`] does (so events of one release are
+/// applied one at a time): one statement. The look uses the statement's snapshot, taken before
 /// any lock wait, so it does not see what the previous lock holder committed; the statements
 /// after it do. A concurrent sender of the same key is found later: by the accepted log row's
 /// insert, or by the look again after a refusal. The lock is held until the caller's
@@ -184,10 +184,10 @@ pub fn precheck(
     const HELD_OR_LOCK: &str = concat!(
         "WITH held AS (",
         held!(),
-        ") SELECT (SELECT id FROM held), (SELECT answer FROM held), (SELECT received_by FROM held), \
-                  (SELECT true FROM ops.releases r \
-                    WHERE r.release_id = $3::uuid AND NOT EXISTS (SELECT FROM held) \
-                      FOR NO KEY UPDATE OF r)"
+        "), locked AS (UPDATE ops.releases r SET status = r.status \
+                         WHERE r.release_id = $3::uuid AND NOT EXISTS (SELECT FROM held) RETURNING true AS taken) \
+         SELECT (SELECT id FROM held), (SELECT answer FROM held), (SELECT received_by FROM held), \
+                (SELECT taken FROM locked)"
     );
     // Both forms run as writes: a read-only SPI statement would see the calling statement's
     // snapshot, and miss a sender of the same key that committed since it began.
@@ -269,16 +269,24 @@ pub fn log(
 // The release lock
 // ---------------------------------------------------------------------------------------------
 
-/// Lock the release row (`FOR NO KEY UPDATE`), so events of one release are applied (and its
-/// gates evaluated) one at a time; its status, or None when it does not exist. The evaluation
-/// that follows also bumps the row (`evaluation::facts::facts_sql`).
+/// Take the release row, so events of one release are applied (and its gates evaluated) one at
+/// a time; its status, or None when it does not exist. The row is taken by an update that
+/// changes nothing (a bump), which locks it as `FOR NO KEY UPDATE` would and is also a
+/// concurrent update to Postgres, which a lock alone is not: a `REPEATABLE READ` transaction
+/// whose snapshot is older than another evaluation of the release would otherwise evaluate from
+/// facts that miss what that one wrote (two events can each leave the stored statuses as they
+/// were while their facts together change them). With the bump, that transaction fails with
+/// 40001 when it takes the row. The bump is made by this transaction itself, not by the
+/// subtransaction an envelope's handler runs in: an update of a row its parent locked would
+/// record both in a new MultiXact, on every event. An envelope refused after the precheck
+/// leaves that row version (its log row is written all the same).
 pub(super) fn lock_release_row(
     client: &mut SpiClient<'_>,
     release_id: &str,
 ) -> OpsResult<Option<String>> {
     let t = write(
         client,
-        "SELECT status FROM ops.releases WHERE release_id = $1::uuid FOR NO KEY UPDATE",
+        "UPDATE ops.releases SET status = status WHERE release_id = $1::uuid RETURNING status",
         &[Some(release_id)],
     )?;
     first_text(t)

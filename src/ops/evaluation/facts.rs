@@ -76,39 +76,20 @@ pub struct NewCheck<'a> {
 
 /// The statement that reads the facts of the gates `inputs` (the release is `$1`). The gates
 /// are a literal, so each scope is its own prepared statement with its own generic plan.
-///
-/// An evaluation that stores its result bumps the release row (`bump`; in the check's own
-/// statement when it wrote one, [`write_check`]): an update that changes nothing, under the lock
-/// the caller holds. A row lock alone is not a concurrent update to Postgres, so without it a
-/// `REPEATABLE READ` transaction whose snapshot is older than another evaluation of the release
-/// would evaluate from facts that miss what that one wrote (two events can each leave the
-/// stored statuses as they were while their facts together change them). With it, that
-/// transaction fails with 40001 when it locks or bumps the row. The bump is in a writing
-/// statement of the evaluation, so an envelope refused before it (or rolled back with it)
-/// leaves no new row version.
-pub(super) fn facts_sql(inputs: &[GateCode], bump: bool) -> Rc<str> {
+pub(super) fn facts_sql(inputs: &[GateCode]) -> Rc<str> {
     thread_local! {
-        /// Each shape's text, built once per backend (a handful of scopes).
-        static TEXTS: RefCell<HashMap<FactsShape, Rc<str>>> = RefCell::new(HashMap::new());
+        /// Each scope's text, built once per backend (a handful of scopes).
+        static TEXTS: RefCell<HashMap<Vec<GateCode>, Rc<str>>> = RefCell::new(HashMap::new());
     }
-    let shape = (inputs.to_vec(), bump);
-    if let Some(text) = TEXTS.with(|t| t.borrow().get(&shape).cloned()) {
+    if let Some(text) = TEXTS.with(|t| t.borrow().get(inputs).cloned()) {
         return text;
     }
     let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
     let facts = FACTS.replace("{G}", &format!("'{{{}}}'", codes.join(",")));
-    let text: Rc<str> = if bump {
-        format!("WITH bumped AS (UPDATE ops.releases SET status = status WHERE release_id = $1::uuid) SELECT {facts}")
-    } else {
-        format!("SELECT {facts}")
-    }
-    .into();
-    TEXTS.with(|t| t.borrow_mut().insert(shape, text.clone()));
+    let text: Rc<str> = format!("SELECT {facts}").into();
+    TEXTS.with(|t| t.borrow_mut().insert(inputs.to_vec(), text.clone()));
     text
 }
-
-/// The gates read, whether the statement bumps the release row.
-type FactsShape = (Vec<GateCode>, bool);
 
 /// What [`write_check`] did.
 pub(super) enum Written {
@@ -120,12 +101,12 @@ pub(super) enum Written {
         check_id: String,
         statuses: Vec<(GateCode, String)>,
     },
-    /// The release's gates are to be evaluated, with the result (written) among their facts;
-    /// the release row is bumped already.
+    /// The release's gates are to be evaluated, with the result (written) among their facts.
     Evaluate { check_id: String },
 }
 
-/// Write a check result of the release `release_id`, whose row lock the caller holds. The
+/// Write a check result of the release `release_id`, whose row the caller has bumped
+/// (`store::lock_release_row`, and the ingest's precheck, which takes the same lock). The
 /// statement also reads the check's latest result before this one, so the release is not
 /// evaluated again when the new result repeats it: the rules read the latest result per check
 /// and nothing of the order results came in (`gates::required_names`), so every evaluation
@@ -135,19 +116,17 @@ pub(super) enum Written {
 /// follows G2's status) holds a bypass that has expired: expiry is the one way time changes an
 /// evaluation, and the stored status is then out of date.
 ///
-/// The statement bumps the release row, as every evaluation does ([`facts_sql`]), on the repeat
-/// path too: a `REPEATABLE READ` transaction whose snapshot misses this result could otherwise
-/// write a result of the same check dated before it (a direct insert may set `recorded_at` to
-/// its transaction's start) and store an evaluation in which its own result is the latest.
-/// With the bump it fails with 40001 when it locks the release.
+/// The repeat path relies on the bump too: a `REPEATABLE READ` transaction whose snapshot misses
+/// this result could otherwise write a result of the same check dated before it (a direct
+/// insert may set `recorded_at` to its transaction's start) and store an evaluation in which
+/// its own result is the latest. With the bump it fails with 40001 when it takes the release.
 pub(super) fn write_check(
     client: &mut SpiClient<'_>,
     release_id: &str,
     c: &NewCheck<'_>,
     inputs: &[GateCode],
 ) -> OpsResult<Written> {
-    const SQL: &str = "WITH bumped AS (UPDATE ops.releases SET status = status WHERE release_id = $1::uuid), \
-         latest AS ( \
+    const SQL: &str = "WITH latest AS ( \
            SELECT l.status, l.required FROM ops.release_gates g \
             CROSS JOIN LATERAL (SELECT c.status, c.required FROM ops.gate_checks c \
                                  WHERE c.gate_id = g.gate_id AND c.check_name COLLATE \"C\" = $3 \
@@ -215,11 +194,7 @@ pub(super) struct Loaded {
 /// Load everything the gate rules read about a release (one statement): the latest result per
 /// check, the distinct evidence types per gate, approvals in order, exceptions, deployments.
 pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<ReleaseFacts> {
-    let t = read(
-        client,
-        &facts_sql(&gates::ALL_GATES, false),
-        &[Some(release_id)],
-    )?;
+    let t = read(client, &facts_sql(&gates::ALL_GATES), &[Some(release_id)])?;
     Ok(load(t)?.facts)
 }
 

@@ -105,7 +105,8 @@ pub struct Refreshed {
     pub check_id: Option<String>,
 }
 
-/// Recompute and store the gate statuses of a release whose row lock the caller holds, after
+/// Recompute and store the gate statuses of a release whose row the caller has bumped
+/// (`store::lock_release_row`, or the ingest's precheck), after
 /// writing `new_check` if there is one. A new check is evaluated with the gates it can change,
 /// from their facts alone (`GateCode::scope`), unless it repeats its check's latest result
 /// (`facts::write_check`); otherwise every gate is. Only statuses that changed are written.
@@ -132,11 +133,10 @@ pub fn refresh_locked(
             Written::Evaluate { check_id } => Some(check_id),
         },
     };
-    // A later statement than the check's write: the facts include it. The check's statement
-    // bumped the release row already.
+    // A later statement than the check's write: the facts include it.
     let Loaded { facts, stored } = facts::load(write(
         client,
-        &facts::facts_sql(inputs, check_id.is_none()),
+        &facts::facts_sql(inputs),
         &[Some(release_id)],
     )?)?;
     // Facts of gates outside the inputs were not loaded: only the affected gates count.
