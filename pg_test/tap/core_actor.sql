@@ -1,6 +1,6 @@
 -- flowgate.current_actor() as PostgREST calls it: SET LOCAL ROLE + request.jwt.claims.
 BEGIN;
-SELECT plan(22);
+SELECT plan(27);
 
 DO $$
 BEGIN
@@ -88,6 +88,46 @@ SELECT is(flowgate.current_actor(), 'u-custom-login', 'a role listed in flowgate
 RESET SESSION AUTHORIZATION;
 SELECT flowgate.reset_setting('flowgate.authenticator_roles') \g /dev/null
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+
+-- A caller's search_path cannot change who it is. flowgate.current_actor() runs with the
+-- caller's search_path (row security policies call it); a login that puts a schema of its own
+-- before pg_catalog, with an "=" that is always true, must still not pass as trusted or as an
+-- authenticator, so its forged claims still do not count.
+CREATE SCHEMA fg_mallory_ops AUTHORIZATION fg_mallory;
+SET LOCAL SESSION AUTHORIZATION fg_mallory;
+CREATE FUNCTION fg_mallory_ops.yes(name, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE FUNCTION fg_mallory_ops.yes(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE OPERATOR fg_mallory_ops.= (LEFTARG = name, RIGHTARG = text, FUNCTION = fg_mallory_ops.yes);
+CREATE OPERATOR fg_mallory_ops.= (LEFTARG = text, RIGHTARG = text, FUNCTION = fg_mallory_ops.yes);
+-- (What the calls return is kept and compared after the search_path is reset: pgTAP's own
+-- comparisons would use the shadowing operator.)
+CREATE TEMP TABLE mallory_seen (actor text, trusted text, on_behalf text);
+SET LOCAL search_path = fg_mallory_ops, pg_catalog, pg_temp;
+SELECT pg_catalog.set_config('request.jwt.claims', '{"sub":"u-victim","role":"authenticated"}', true) \g /dev/null
+INSERT INTO mallory_seen (actor, trusted) SELECT flowgate.current_actor(), flowgate.current_actor_info() ->> 'trusted';
+DO $$
+BEGIN
+    UPDATE mallory_seen SET on_behalf = flowgate.current_actor_info('u-victim') ->> 'id';
+EXCEPTION WHEN insufficient_privilege THEN
+    UPDATE mallory_seen SET on_behalf = '42501';
+END $$;
+RESET search_path;
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+RESET SESSION AUTHORIZATION;
+SELECT is((SELECT actor FROM mallory_seen), 'fg_mallory', 'an operator shadowing = in the caller''s search_path does not make its claims count');
+SELECT is((SELECT trusted FROM mallory_seen), 'false', 'nor make it trusted');
+SELECT is((SELECT on_behalf FROM mallory_seen), '42501', 'so it may not act on behalf of anyone (42501)');
+
+-- The anon key has no subject: every anonymous caller would be one actor, so it links nothing.
+SET LOCAL SESSION AUTHORIZATION authenticator;
+SET LOCAL ROLE anon;
+SELECT set_config('request.jwt.claims', '{"role":"anon"}', true) \g /dev/null
+SELECT throws_ok($$SELECT flowgate.link_identity('slack', 'U0ANON00001')$$, '42501', NULL,
+    'an anonymous caller may not link a Slack id (it would be everyone''s)');
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+SELECT is((SELECT count(*) FROM flowgate.identity_links WHERE external_id = 'U0ANON00001'), 0::bigint, 'and nothing was linked');
 
 SELECT * FROM finish();
 ROLLBACK;

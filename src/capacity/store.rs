@@ -490,15 +490,5 @@ pub fn check_user_key(key: Option<&str>) -> CoreResult<()> {
 
 /// The Supabase anon key has no subject: every anonymous caller would be the same actor.
 pub fn refuse_anonymous(actor: &Actor) -> CoreResult<()> {
-    if !actor.trusted
-        && actor.source == crate::core::actor::ActorSource::Session
-        && actor.role == "anon"
-    {
-        return Err(CoreError::PermissionDenied {
-            actor: actor.id.clone(),
-            action: "use capacity requests anonymously".into(),
-            allowed: "signed-in users (a JWT with a sub claim) and trusted sessions".into(),
-        });
-    }
-    Ok(())
+    actor.refuse_anonymous("use capacity requests anonymously")
 }

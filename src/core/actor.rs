@@ -70,6 +70,20 @@ impl Actor {
         }
     }
 
+    /// 42501 for an anonymous caller (`action` says what was refused): a session whose role is
+    /// `anon` and that names no user. Every anonymous caller would be the same actor, so a write
+    /// in its name would be everyone's (the Supabase anon key has no subject).
+    pub fn refuse_anonymous(&self, action: &str) -> CoreResult<()> {
+        if !self.trusted && self.source == ActorSource::Session && self.role == "anon" {
+            return Err(CoreError::PermissionDenied {
+                actor: self.id.clone(),
+                action: action.into(),
+                allowed: "signed-in users (a JWT with a sub claim) and trusted sessions".into(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn actor_type(&self) -> &'static str {
         self.source.as_str()
     }

@@ -17,6 +17,13 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().hyphenated().to_string()
 }
 
+// IDENTITY_SQL: the statements that decide who the caller is (trust, and the settings that
+// name trusted and authenticator roles) also run inside `flowgate.current_actor()`, which row
+// security policies call with the caller's own `search_path`. A caller who puts a schema of
+// its own before `pg_catalog` could shadow an unqualified operator (`=` returning true) and
+// make those statements say it is trusted. So they name every object with its schema,
+// operators included (`OPERATOR(pg_catalog.=)`), and casts to `pg_catalog` types.
+
 /// The value of a (custom) configuration setting, `None` if it was never defined.
 fn guc(name: &str) -> Option<String> {
     let cname = CString::new(name).ok()?;
@@ -101,8 +108,10 @@ fn role_is_trusted(oid: pg_sys::Oid, user: String) -> CoreResult<bool> {
     let trusted = Spi::connect(|client| -> CoreResult<Option<bool>> {
         let rows = super::prepared::query(
             client,
+            // Every name is qualified, operators too (IDENTITY_SQL).
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
-             WHERE r.rolname = ANY($1) AND pg_catalog.pg_has_role($2::name, r.oid, 'USAGE'))",
+             WHERE r.rolname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) \
+               AND pg_catalog.pg_has_role($2::pg_catalog.name, r.oid, 'USAGE'))",
             &[super::prepared::TEXT_ARRAY, super::prepared::TEXT],
             &[roles.into(), user.into()],
         )?;
@@ -148,7 +157,8 @@ fn stored_settings(keys: &[&str]) -> CoreResult<Vec<(String, Value)>> {
     Spi::connect(|client| {
         let rows = super::prepared::query(
             client,
-            "SELECT key, value FROM flowgate.settings WHERE key = ANY($1)",
+            // Every name is qualified, operators too (IDENTITY_SQL).
+            "SELECT key, value FROM flowgate.settings WHERE key OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
             &[super::prepared::TEXT_ARRAY],
             &[wanted.into()],
         )?;
@@ -164,7 +174,10 @@ fn stored_settings(keys: &[&str]) -> CoreResult<Vec<(String, Value)>> {
 
 /// The stored JSON value of a setting, `None` when it is not set.
 pub fn stored_setting(key: &str) -> CoreResult<Option<Value>> {
-    Ok(stored_settings(&[key])?.pop().map(|(_, v)| v))
+    Ok(stored_settings(&[key])?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v))
 }
 
 fn load(key: &str) -> CoreResult<(&'static Definition, Option<Value>)> {
@@ -306,6 +319,7 @@ pub fn link_identity(
     actor_id: Option<&str>,
 ) -> CoreResult<serde_json::Value> {
     let session = session_actor(true)?;
+    session.refuse_anonymous("link or unlink an identity anonymously")?;
     actor::validate_provider(provider)?;
     actor::validate_actor_id("external_id", external_id)?;
     let current = linked_actor(provider, external_id)?;
