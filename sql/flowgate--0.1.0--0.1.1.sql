@@ -73,6 +73,11 @@ SELECT count(ops.refresh_gates(r.release_id)) FROM (SELECT release_id FROM ops.r
 COMMENT ON FUNCTION intake.recover_pool(text) IS
   'Rebuild a pool''s UNLOGGED inventory, released slots, user claim counts and a missing slot sequence from its logged pgmq intents, after a crash or a restore; returns the resulting counts. Blocks the pool''s claims (not other pools'') while it runs. Owner only unless granted.';
 
+-- The ledger RPC is for trusted backends only: a finalized row names its user, and
+-- flowgate.grant_api grants intake.finalize_transaction with intake.claim.
+COMMENT ON FUNCTION intake.finalize_transaction(jsonb) IS
+  'The ledger RPC, for trusted backends only (superusers, members of a role in flowgate.trusted_roles such as service_role; 42501 otherwise): write one finalized row per idempotency key and return it; the same key again returns the first row as "duplicate" and writes nothing. 23505 for a key reused for another pool, resource or user, or a resource finalized under another key; 22023 for a bad payload. The drain posts here (through PostgREST) as a trusted role; signed-in users may not, since a row names its user.';
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

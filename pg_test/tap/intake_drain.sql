@@ -11,7 +11,7 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(83);
+SELECT plan(85);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch'] $$;
@@ -106,6 +106,14 @@ SELECT is((SELECT array_agg(user_id) FROM intake.transactions WHERE pool_id IN (
           'under RLS a user sees only their own ledger rows');
 SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "k2", "pool_id": "tap_local", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e91", "user_id": "u1"}')$$,
                  '42501', NULL, 'users cannot write the ledger');
+-- Not even once granted the module's API (grant_api grants intake.claim with it): a ledger row
+-- names its user, so only trusted backends write one.
+RESET ROLE;
+SELECT count(*) FROM flowgate.grant_api('authenticated', ARRAY['intake']) \g /dev/null
+SET LOCAL ROLE authenticated;
+SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "forged", "pool_id": "tap_any", "resource_id": "0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e92", "user_id": "victim"}')$$,
+                 '42501', NULL, 'users granted the intake API still cannot write the ledger (trusted backends only)');
+SELECT is((SELECT count(*)::int FROM intake.transactions WHERE idempotency_key = 'forged'), 0, 'and nothing was written');
 SELECT throws_ok($$SELECT intake.drain('tap_local')$$, '42501', NULL, 'users cannot drain');
 SELECT throws_ok($$SELECT intake.replay_dlq('tap_local')$$, '42501', NULL, 'users cannot replay the DLQ');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_local', 'someone-else')$$, '42501', NULL, 'users cannot claim in another user''s name');

@@ -397,10 +397,12 @@ mod intake {
         }
     }
 
-    /// The ledger RPC: write one finalized row per idempotency key and return it; the same key
-    /// again returns the first row as "duplicate" and writes nothing. 23505 for a key reused for
-    /// another pool, resource or user, or a resource finalized under another key; 22023 for a bad
-    /// payload. Grant EXECUTE to the role the drain authenticates as.
+    /// The ledger RPC, for trusted backends only (superusers, members of a role in
+    /// `flowgate.trusted_roles` such as service_role; 42501 otherwise): write one finalized row
+    /// per idempotency key and return it; the same key again returns the first row as
+    /// "duplicate" and writes nothing. 23505 for a key reused for another pool, resource or user,
+    /// or a resource finalized under another key; 22023 for a bad payload. The drain posts here
+    /// (through PostgREST) as a trusted role; signed-in users may not, since a row names its user.
     ///
     /// Rows are readable by their user_id only (RLS).
     #[documented]
@@ -408,6 +410,13 @@ mod intake {
     #[search_path(pg_catalog, pg_temp)]
     fn finalize_transaction(payload: RawJsonb) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
+            if !crate::core::store::session_is_trusted()? {
+                return Err(CoreError::PermissionDenied {
+                    actor: crate::core::store::current_user(),
+                    action: "write the ledger (a finalized row names its user)".into(),
+                    allowed: "trusted backends (superuser, or members of a role in flowgate.trusted_roles), as the drain posts".into(),
+                });
+            }
             let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;
             let entry = ledger::parse(&payload)?;
             Spi::connect_mut(|client| book::finalize(client, &entry))
