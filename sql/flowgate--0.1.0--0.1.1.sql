@@ -78,6 +78,9 @@ COMMENT ON FUNCTION intake.recover_pool(text) IS
 COMMENT ON FUNCTION intake.finalize_transaction(jsonb) IS
   'The ledger RPC, for trusted backends only (superusers, members of a role in flowgate.trusted_roles such as service_role; 42501 otherwise): write one finalized row per idempotency key and return it; the same key again returns the first row as "duplicate" and writes nothing. 23505 for a key reused for another pool, resource or user, or a resource finalized under another key; 22023 for a bad payload. The drain posts here (through PostgREST) as a trusted role; signed-in users may not, since a row names its user.';
 
+-- intake.pool_status is owner only, as documented (it was left executable by PUBLIC).
+REVOKE EXECUTE ON FUNCTION intake.pool_status(text) FROM PUBLIC;
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

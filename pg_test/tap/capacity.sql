@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(70);
+SELECT plan(71);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -68,6 +68,8 @@ SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'ACTIVATION_
 SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 0, 'us-east-1')$$, '22023', 'invalid quantity: 0', 'quantity 0 is refused up front');
 SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'mars')$$, '22023', NULL, 'a region must look like us-east-1');
 SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', '[]')$$, '22023', NULL, 'customer_ref must be an object');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', '{"n": 1e400}')$$, '22023', NULL,
+                 'a number beyond a 64-bit float is a bad value (22023), as documented');
 SELECT is((SELECT count(*) FROM capacity.capacity_request_events), (SELECT n FROM n_events), 'no rejected call wrote an event');
 SELECT throws_ok($$INSERT INTO capacity.capacity_requests (id, state, requester_user_id, commercial_owner_user_id, infra_owner_group, requested_size, quantity, region)
                    VALUES ('CR-2026-000000', 'ACTIVATED', 'x', 'x', 'x', 'x', 1, 'us-east-1')$$, '42501', NULL, 'users cannot write the tables directly');

@@ -1,7 +1,17 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(24);
+SELECT plan(29);
+-- The message (and detail) of the error a statement raises.
+CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE m text; d text;
+BEGIN
+    EXECUTE stmt;
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+    RETURN m || ' ' || coalesce(d, '');
+END $$;
 
 SELECT is(intake.create_pool('tap_drop', 3, '{"max_claims_per_user": 1}') ->> 'queue', 'intake_tap_drop', 'a pool gets its pgmq queue');
 SELECT ok(EXISTS (SELECT FROM pgmq.list_queues() WHERE queue_name = 'intake_tap_drop_dlq'), 'and a dead-letter queue');
@@ -10,6 +20,14 @@ SELECT is((SELECT count(*)::int FROM intake.allocations WHERE pool_id = 'tap_dro
 SELECT throws_ok($$SELECT intake.create_pool('tap_drop', 3)$$, '23505', NULL, 'a pool id is unique');
 SELECT throws_ok($$SELECT intake.create_pool('Bad-Pool', 3)$$, '22023', NULL, 'pool ids are safe identifiers');
 SELECT throws_ok($$SELECT intake.create_pool('x; drop table y', 3)$$, '22023', NULL, 'no SQL reaches a queue name');
+SELECT is(intake.create_pool(repeat('l', 36), 1) ->> 'dlq', 'intake_' || repeat('l', 36) || '_dlq', 'a 36-character pool id is the longest: its dead-letter queue''s name is pgmq''s longest');
+SELECT throws_ok($$SELECT intake.create_pool(repeat('l', 37), 1)$$, '22023', NULL, 'a 37-character one is refused before pgmq would (22023, not P0001)');
+SELECT ok((SELECT octet_length(message) < 1200 FROM (SELECT pg_temp.error_of($$SELECT intake.pool_status(repeat('X', 1000000))$$) AS message) m),
+          'an error quoting a 1 MB argument quotes at most 1 KiB of it');
+SELECT throws_ok($$SELECT intake.create_pool('tap_cred', 1, '{"validation_webhook_url": "https://payuser:S3cr3tPassw0rd@pay.example/validate"}')$$,
+                 '22023', NULL, 'a webhook URL with credentials is refused');
+SELECT ok(pg_temp.error_of($$SELECT intake.create_pool('tap_cred', 1, '{"validation_webhook_url": "https://payuser:S3cr3tPassw0rd@pay.example/validate"}')$$) NOT LIKE '%S3cr3t%',
+          'and the error does not quote the credentials');
 SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batchsize": 5}')$$, '22023', NULL, 'unknown config keys are refused');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_nope', 'u1')$$, 'P0002', NULL, 'an unknown pool is P0002');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_drop', '')$$, '22023', NULL, 'an empty user id is refused');

@@ -11,7 +11,7 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(85);
+SELECT plan(86);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch'] $$;
@@ -116,6 +116,7 @@ SELECT throws_ok($$SELECT intake.finalize_transaction('{"idempotency_key": "forg
 SELECT is((SELECT count(*)::int FROM intake.transactions WHERE idempotency_key = 'forged'), 0, 'and nothing was written');
 SELECT throws_ok($$SELECT intake.drain('tap_local')$$, '42501', NULL, 'users cannot drain');
 SELECT throws_ok($$SELECT intake.replay_dlq('tap_local')$$, '42501', NULL, 'users cannot replay the DLQ');
+SELECT throws_ok($$SELECT intake.pool_status('tap_local')$$, '42501', NULL, 'nor read a pool''s status (owner only)');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_local', 'someone-else')$$, '42501', NULL, 'users cannot claim in another user''s name');
 -- Claims through intake.claim go to a pool of this block: a claim rolled back with it would
 -- still have used up a slot and a message id of its pool (the metrics below count those).

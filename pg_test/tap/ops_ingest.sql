@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(157);
+SELECT plan(159);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -207,16 +207,19 @@ INSERT INTO bad VALUES
  (29, 'an exception expiring in a year', pg_temp.ev('b29', 'exception_requested', jsonb_build_object('gate_code', 'G3', 'reason', 'x', 'expires_at', now() + interval '1 year')), 400, 'invalid_field'),
  (30, 'a JSON null', 'null', 400, 'invalid_field'),
  (31, 'occurred_at in year 0, which Postgres has not', pg_temp.ev('b31', 'build_complete', '{"status": "pass", "occurred_at": "0000-06-01T00:00:00Z"}'), 400, 'invalid_field'),
- (32, 'occurred_at with a +20:00 offset, past Postgres'' limit', pg_temp.ev('b32', 'build_complete', '{"status": "pass", "occurred_at": "2026-06-01T00:00:00+20:00"}'), 400, 'invalid_field');
+ (32, 'occurred_at with a +20:00 offset, past Postgres'' limit', pg_temp.ev('b32', 'build_complete', '{"status": "pass", "occurred_at": "2026-06-01T00:00:00+20:00"}'), 400, 'invalid_field'),
+ (33, 'a number beyond a 64-bit float', pg_temp.ev('b33', 'build_complete', '{"status": "pass", "metadata": {"n": 1e400}}'), 400, 'invalid_field'),
+ (34, 'metadata nested 70 levels deep', pg_temp.ev('b34', 'build_complete',
+        ('{"status": "pass", "metadata": ' || repeat('{"a": ', 70) || '1' || repeat('}', 70) || '}')::jsonb), 400, 'invalid_field');
 SELECT pg_temp.domain_rows() AS before \gset
 SELECT count(*) AS logged_before FROM ops.event_ingest_log \gset
 CREATE TEMP TABLE bad_out AS SELECT n, label, http, error, ops.ingest_event(envelope) AS r FROM bad ORDER BY n;
 SELECT is((r #>> '{detail,http_status}') || ' ' || (r #>> '{detail,error}'), http || ' ' || error, label || ' is rejected: ' || http)
   FROM bad_out ORDER BY n;
-SELECT is(pg_temp.domain_rows(), :before::bigint, 'the 32 malformed envelopes wrote nothing outside the log');
-SELECT is((SELECT count(*)::int FROM ops.event_ingest_log) - :logged_before, 32, 'and exactly one log row each');
+SELECT is(pg_temp.domain_rows(), :before::bigint, 'the 34 malformed envelopes wrote nothing outside the log');
+SELECT is((SELECT count(*)::int FROM ops.event_ingest_log) - :logged_before, 34, 'and exactly one log row each');
 SELECT is((SELECT count(*)::int FROM bad_out o JOIN ops.event_ingest_log l ON l.ingest_id = (o.r ->> 'ingest_id')::uuid
-            WHERE l.processing_status = 'rejected' AND l.http_status = o.http AND l.error = o.error), 32,
+            WHERE l.processing_status = 'rejected' AND l.http_status = o.http AND l.error = o.error), 34,
           'each log row records the rejection, its status and error code');
 SELECT is((SELECT envelope_bytes > 70000 AND envelope IS NULL FROM ops.event_ingest_log l JOIN bad_out o
             ON l.ingest_id = (o.r ->> 'ingest_id')::uuid WHERE o.n = 16), true,

@@ -61,7 +61,7 @@ REVOKE EXECUTE ON FUNCTION intake.create_pool(text, integer, jsonb), intake.drop
     intake.recover_pool(text), intake.drain(text), intake.drain_all(), intake.replay_dlq(text, bigint[]),
     intake.read_intents(text, integer), intake.report_validation(text, bigint, integer, jsonb, text),
     intake.report_commit(text, bigint, integer, text), intake.finalize_transaction(jsonb),
-    intake.collect_metrics(text, double precision), intake.publish_realtime() FROM PUBLIC;
+    intake.collect_metrics(text, double precision), intake.publish_realtime(), intake.pool_status(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION intake.claim_resource(text, text) FROM PUBLIC;
 -- The claim statement's plan is the same for every pool and user: plan it once per connection
 -- (a generic plan) instead of five custom plans first, which a drop's short-lived connections pay.

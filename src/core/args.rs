@@ -80,7 +80,15 @@ impl RawJsonb {
                 .map(|c| c.to_string_lossy().into_owned())
         }
         .ok_or_else(|| CoreError::Internal(format!("{what}: jsonb_out returned NULL")))?;
-        parse_bounded(what, &text)
+        // Postgres printed the text, so it is valid JSON: what cannot be read is a value beyond
+        // what JSON here holds (a number past a 64-bit float, such as 1e400), a bad value
+        // (22023) rather than bad text.
+        parse_bounded(what, &text).map_err(|e| match e {
+            CoreError::InvalidJson { what, problem } => {
+                CoreError::invalid(what, problem, "JSON whose numbers fit a 64-bit float")
+            }
+            other => other,
+        })
     }
 }
 

@@ -129,15 +129,32 @@ pub trait SqlError: std::fmt::Display {
     /// an entry point ending in `?` is where the report is made.
     #[track_caller]
     fn report(&self, module: &'static str) -> ErrorReport {
-        let mut report = ErrorReport::new(self.errcode(), self.to_string(), module);
+        let mut report = ErrorReport::new(self.errcode(), bounded(self.to_string()), module);
         if let Some(d) = self.detail() {
-            report = report.set_detail(d);
+            report = report.set_detail(bounded(d));
         }
         if let Some(h) = self.hint() {
-            report = report.set_hint(h);
+            report = report.set_hint(bounded(h));
         }
         report
     }
+}
+
+/// Most bytes of a message, detail or hint. An error may quote what the caller sent (a pool id
+/// that is not one, say); quoted whole, a 20 MB argument would make a 20 MB error, in the
+/// client's answer and the server log.
+pub const MAX_REPORT_BYTES: usize = 1024;
+
+/// `text` cut to [`MAX_REPORT_BYTES`] (at a character boundary), saying how long it was.
+pub fn bounded(text: String) -> String {
+    if text.len() <= MAX_REPORT_BYTES {
+        return text;
+    }
+    let mut end = MAX_REPORT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
 }
 
 impl SqlError for CoreError {
@@ -208,6 +225,16 @@ pub type CoreResult<T> = Result<T, CoreError>;
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+
+    #[test]
+    fn reports_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(MAX_REPORT_BYTES);
+        let cut = bounded(long.clone());
+        assert!(cut.len() < MAX_REPORT_BYTES + 40, "{} bytes", cut.len());
+        assert!(cut.ends_with(&format!("… ({} bytes in all)", long.len())));
+        assert!(cut.starts_with("éé"));
+    }
 
     #[test]
     fn every_variant_has_a_postgrest_friendly_sqlstate() {

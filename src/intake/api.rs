@@ -72,12 +72,12 @@ mod intake {
             }
             for key in ["validation_webhook_url", "commit_target"] {
                 if let Some(url) = cfg.get(key).and_then(Value::as_str) {
-                    crate::core::outbox::delivery::validate_url(url).map_err(|_| {
-                        CoreError::invalid(
-                            key,
-                            format!("{url:?}"),
-                            "an http(s) URL with a host and no user:password@",
-                        )
+                    // The reason only: the URL may carry the very credentials it is refused for.
+                    crate::core::outbox::delivery::validate_url(url).map_err(|e| match e {
+                        CoreError::InvalidArgument {
+                            problem, allowed, ..
+                        } => CoreError::invalid(key, problem, allowed),
+                        other => other,
                     })?;
                 }
             }

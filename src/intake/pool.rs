@@ -2,14 +2,18 @@
 
 use crate::core::error::{CoreError, CoreResult};
 
-/// A validated pool id: `[a-z][a-z0-9_]{0,39}`, so every derived identifier (`intake_<id>`,
-/// `intake_<id>_dlq`, `slots_<id>`) is a safe, short Postgres name (pgmq adds `q_`/`a_`).
+/// A validated pool id: `[a-z][a-z0-9_]{0,35}`, so every derived identifier (`intake_<id>`,
+/// `intake_<id>_dlq`, `slots_<id>`) is a safe, short Postgres name (pgmq adds `q_`/`a_`), and
+/// the dead-letter queue's name fits pgmq's limit of 47 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolId(String);
 
+/// The longest pool id: `intake_<id>_dlq` is then pgmq's longest queue name (47 characters).
+const MAX_LEN: usize = 36;
+
 impl PoolId {
     pub fn parse(id: &str) -> CoreResult<PoolId> {
-        let ok = (1..=40).contains(&id.len())
+        let ok = (1..=MAX_LEN).contains(&id.len())
             && id.starts_with(|c: char| c.is_ascii_lowercase())
             && id
                 .chars()
@@ -20,7 +24,7 @@ impl PoolId {
             Err(CoreError::invalid(
                 "pool_id",
                 format!("{id:?}"),
-                "1 to 40 characters from a-z, 0-9 and _, starting with a letter",
+                "1 to 36 characters from a-z, 0-9 and _, starting with a letter",
             ))
         }
     }
@@ -79,11 +83,13 @@ mod unit_tests {
             "a-b",
             "a;drop table x",
             "a\"b",
-            &"a".repeat(41),
+            &"a".repeat(37),
             "é",
         ] {
             assert_eq!(PoolId::parse(bad).unwrap_err().sqlstate(), "22023", "{bad}");
         }
-        assert!(PoolId::parse(&"a".repeat(40)).is_ok());
+        assert!(PoolId::parse(&"a".repeat(36)).is_ok());
+        // The longest id's dead-letter queue name is pgmq's longest.
+        assert_eq!(PoolId::parse(&"a".repeat(36)).unwrap().dlq().len(), 47);
     }
 }

@@ -172,6 +172,23 @@ pub fn value_of(arg: Option<crate::core::args::RawJsonb>) -> OpsResult<Option<Va
     )?)
 }
 
+/// Why an envelope Postgres holds could not be read as JSON here (a number beyond a 64-bit
+/// float, nesting deeper than `core::args::MAX_JSON_DEPTH`): a 400 like any malformed envelope,
+/// logged, rather than an error raised before the log row.
+pub fn unreadable(e: OpsError) -> OpsError {
+    use crate::core::error::CoreError;
+    let problem = match e {
+        OpsError::Core(CoreError::InvalidArgument { problem, .. })
+        | OpsError::Core(CoreError::InvalidJson { problem, .. }) => problem,
+        other => return other,
+    };
+    OpsError::invalid(
+        "envelope",
+        problem,
+        "JSON whose numbers fit a 64-bit float, nested at most 64 levels deep",
+    )
+}
+
 /// Parse and check an envelope of `size` bytes of JSON text (the caller has measured it once).
 /// The [`Header`] is returned in every case so that a rejection can still be logged with
 /// whatever identified it.
