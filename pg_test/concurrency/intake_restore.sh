@@ -16,11 +16,22 @@ q -d postgres -c "CREATE DATABASE $SRC" -c "CREATE DATABASE $DST" >/dev/null
 q -d "$SRC" -c "CREATE EXTENSION pgmq" -c "CREATE EXTENSION flowgate" >/dev/null
 q -d "$SRC" -c "SELECT intake.create_pool('r1', 500, '{\"max_claims_per_user\": 2, \"drain_mode\": \"external\"}')" >/dev/null
 q -d "$SRC" -c "SELECT intake.claim_resource('r1', 'user-' || (g % 150)) FROM generate_series(1, 200) g" >/dev/null
+# Two more pools, for what an operator does first after a restore: give back slots, drop a pool.
+q -d "$SRC" -c "SELECT intake.create_pool(p, 10, '{\"drain_mode\": \"external\"}') FROM unnest(ARRAY['r2', 'r3']) p" \
+  -c "SELECT intake.claim_resource('r2', 'user-' || g) FROM generate_series(1, 4) g" >/dev/null
 before=$(q -d "$SRC" -c "SELECT count(*) FROM pgmq.q_intake_r1")
 pg_dump -Fc -d "$SRC" -f "/tmp/$SRC.dump" 2>/dev/null
 pg_restore -d "$DST" "/tmp/$SRC.dump" || fail "pg_restore failed"
 [ "$(q -d "$DST" -c "SELECT to_regclass('intake.slots_r1') IS NULL")" = t ] || fail "the slot sequence came back from the dump?"
 [ "$(q -d "$DST" -c "SELECT count(*) FROM intake.allocations WHERE pool_id = 'r1'")" -eq 0 ] || fail "the UNLOGGED inventory came back from the dump?"
+
+# Before any claim: reclaim_slots rebuilds the pool and gives back nothing a claim holds;
+# drop_pool drops a pool whose slot sequence the dump left out.
+reclaimed=$(q -d "$DST" -c "SELECT intake.reclaim_slots('r2')") || fail "reclaim_slots failed after the restore"
+r2_locked=$(q -d "$DST" -c "SELECT count(*) FROM intake.allocations WHERE pool_id = 'r2' AND status = 'locked'")
+[ "$reclaimed" -eq 0 ] && [ "$r2_locked" -eq 4 ] || fail "reclaim_slots after the restore: $reclaimed given back, $r2_locked of 4 claims locked"
+q -d "$DST" -c "SELECT intake.drop_pool('r3')" >/dev/null || fail "drop_pool failed after the restore"
+[ "$(q -d "$DST" -c "SELECT count(*) FROM intake.engine_config WHERE pool_id = 'r3'")" -eq 0 ] || fail "r3 is still there"
 
 # Claim on in the restored copy until sold out.
 q -d "$DST" -c "SELECT intake.claim_resource('r1', 'user-' || g) FROM generate_series(1000, 1400) g" >/dev/null
@@ -36,4 +47,4 @@ limit=$(q -d "$DST" -c "SELECT intake.claim_resource('r1', 'user-7') ->> 'status
 [ "$kept" -eq "$before" ] || fail "only $kept of the $before claims in the dump kept their slot and resource"
 [ "$over" -eq 0 ] || fail "$over users over the limit after the restore"
 [ "$limit" = sold_out ] || [ "$limit" = limit_reached ] || fail "a claim after selling out answered $limit"
-echo "ok 5 - intake restore: a dump taken after $before claims restored into a new database; its first claim rebuilt inventory and slot sequence, then 500 of 500 sold, none twice, all $before kept, no user over 2"
+echo "ok 5 - intake restore: a dump taken after $before claims restored into a new database; its first claim rebuilt inventory and slot sequence, then 500 of 500 sold, none twice, all $before kept, no user over 2; reclaim_slots and drop_pool work before any claim"

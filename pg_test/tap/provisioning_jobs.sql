@@ -2,7 +2,7 @@
 -- (claim, attempt reports with back-off, permanent failures, lease reclaim, operator retry), the
 -- client stages, the listing and diagnostics, and who may do what.
 BEGIN;
-SELECT plan(47);
+SELECT plan(51);
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
 END $$;
@@ -77,6 +77,18 @@ SELECT provisioning.retry((SELECT client_id FROM provisioning.clients WHERE slug
 -- ---- An expired lease is reclaimed ------------------------------------------------------------------------
 CREATE TEMP TABLE c3 AS SELECT provisioning.claim_job('worker-dies') AS j;
 UPDATE provisioning.client_provisioning_jobs SET lease_expires_at = now() - interval '1 second';
+CREATE TEMP TABLE c3_before AS SELECT to_jsonb(j) AS row, (SELECT count(*) FROM provisioning.job_events) AS events
+  FROM provisioning.client_provisioning_jobs j WHERE job_id = (SELECT (j ->> 'job_id')::uuid FROM c3);
+SELECT throws_ok(format($$SELECT provisioning.report_job(%L, 'worker-dies', true)$$, (SELECT j ->> 'job_id' FROM c3)), '55000', NULL,
+                 'a lease that ran out is lost before any worker reclaims the job: its report is refused');
+SELECT throws_ok(format($$SELECT provisioning.report_job(%L, 'worker-dies', false, 500, repeat('e', 8193))$$, (SELECT j ->> 'job_id' FROM c3)), '22023', NULL,
+                 'an error text over 8 KiB is refused (22023)');
+SELECT throws_ok(format($$SELECT provisioning.report_job(%L, E'worker\nnewline', true)$$, (SELECT j ->> 'job_id' FROM c3)), '22023', NULL,
+                 'so is a worker name with a control character');
+SELECT is((SELECT to_jsonb(j)::text || ' ' || (SELECT count(*) FROM provisioning.job_events) FROM provisioning.client_provisioning_jobs j
+            WHERE job_id = (SELECT (j ->> 'job_id')::uuid FROM c3)),
+          (SELECT row::text || ' ' || events FROM c3_before),
+          'and none of them changed the job or its history');
 CREATE TEMP TABLE c4 AS SELECT provisioning.claim_job('worker-b') AS j;
 SELECT is((SELECT (j ->> 'claimed_by') || ' ' || (j ->> 'attempts') FROM c4), 'worker-b 2', 'a job whose lease expired goes to the next worker (attempt 2)');
 SELECT alike((SELECT j ->> 'last_error' FROM c4), 'lease expired: worker worker-dies did not finish attempt 1%', 'the lost attempt is on record');

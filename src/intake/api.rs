@@ -193,6 +193,9 @@ mod intake {
         let run = || -> CoreResult<i64> {
             let pool = PoolId::parse(pool_id)?;
             Spi::connect_mut(|client| {
+                // After a crash or a restore the pool is rebuilt first (which gives back what
+                // no intent holds); its slot sequence may not even exist before.
+                recovery::heal(client, &pool)?;
                 pools::held(client, &pool)?;
                 pools::reclaim_slots(client, &pool)
             })

@@ -179,19 +179,32 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     if gone.is_empty() {
         return Err(CoreError::not_found("pool", pool.as_str()));
     }
-    client.update(
-        &format!(
-            "ALTER EXTENSION flowgate DROP SEQUENCE {}",
-            pool.slot_sequence()
-        ),
-        None,
-        &[],
-    )?;
-    client.update(
-        &format!("DROP SEQUENCE {}", pool.slot_sequence()),
-        None,
-        &[],
-    )?;
+    // A restored database has no slot sequence until the pool is rebuilt (pg_dump leaves out
+    // an extension's member sequences): there is nothing to drop then.
+    let has_sequence = client
+        .select(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            Some(1),
+            &[pool.slot_sequence().into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    if has_sequence {
+        client.update(
+            &format!(
+                "ALTER EXTENSION flowgate DROP SEQUENCE {}",
+                pool.slot_sequence()
+            ),
+            None,
+            &[],
+        )?;
+        client.update(
+            &format!("DROP SEQUENCE {}", pool.slot_sequence()),
+            None,
+            &[],
+        )?;
+    }
     for q in [pool.queue(), pool.dlq()] {
         client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
     }

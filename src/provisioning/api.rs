@@ -162,6 +162,14 @@ mod provisioning {
             let worker = required("worker", worker)?;
             let succeeded = required("succeeded", succeeded)?;
             let min_retry_seconds = required("min_retry_seconds", min_retry_seconds)?;
+            validate_actor_id("worker", worker)?;
+            if let Some(e) = error {
+                crate::core::args::check_text_size(
+                    "error",
+                    e,
+                    crate::core::args::MAX_ERROR_TEXT_BYTES,
+                )?;
+            }
             if let Some(s) = status_code {
                 if !(100..=599).contains(&s) {
                     return Err(CoreError::invalid(

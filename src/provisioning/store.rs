@@ -284,20 +284,32 @@ pub struct Report<'a> {
 pub fn report(r: &Report<'_>) -> ProvisioningResult<Value> {
     Spi::connect_mut(|client| {
         let t = client.update(
-            "SELECT status, claimed_by, attempts FROM provisioning.client_provisioning_jobs WHERE job_id = $1::uuid FOR UPDATE",
+            "SELECT status, claimed_by, attempts, lease_expires_at > now() \
+               FROM provisioning.client_provisioning_jobs WHERE job_id = $1::uuid FOR UPDATE",
             None,
             &[r.job_id.into()],
         )?;
         if t.is_empty() {
             return Err(CoreError::not_found("provisioning job", r.job_id).into());
         }
-        let (status, claimed_by, attempts) = t.first().get_three::<String, String, i32>()?;
-        if status.as_deref() != Some("running") || claimed_by.as_deref() != Some(r.worker) {
+        let row = t.first();
+        let (status, claimed_by, attempts) = (
+            row.get::<String>(1)?,
+            row.get::<String>(2)?,
+            row.get::<i32>(3)?,
+        );
+        // A lease that ran out is lost even before another worker reclaims the job.
+        let leased = row.get::<bool>(4)? == Some(true);
+        if status.as_deref() != Some("running")
+            || claimed_by.as_deref() != Some(r.worker)
+            || !leased
+        {
             return Err(CoreError::IllegalTransition {
                 state: format!(
-                    "{} (claimed by {})",
+                    "{} (claimed by {}{})",
                     status.unwrap_or_default(),
-                    claimed_by.unwrap_or_else(|| "nobody".into())
+                    claimed_by.unwrap_or_else(|| "nobody".into()),
+                    if leased { "" } else { ", lease expired" }
                 ),
                 event: format!("a report from {}", r.worker),
                 allowed: vec![
