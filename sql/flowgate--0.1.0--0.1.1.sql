@@ -65,8 +65,9 @@ CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.deployments
     FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
 
 -- A database upgraded from 0.1.0 may already hold stale statuses from an earlier TRUNCATE. The
--- same pass rewrites every reason in 0.1.1's fixed order of check names: a repeated check result
--- is not evaluated again, so the stored reasons must already be what an evaluation gives.
+-- same pass rewrites every reason in 0.1.1's fixed order of check names, and without the
+-- approver's id in a rejection's reason (ops.approvals keeps who): a repeated check result is not
+-- evaluated again, so the stored reasons must already be what an evaluation gives.
 SELECT count(ops.refresh_gates(r.release_id)) FROM (SELECT release_id FROM ops.releases ORDER BY release_id) r;
 
 -- A pool's rebuild locks its own queue table, no longer the inventory tables all pools share.
@@ -80,6 +81,13 @@ COMMENT ON FUNCTION intake.finalize_transaction(jsonb) IS
 
 -- intake.pool_status is owner only, as documented (it was left executable by PUBLIC).
 REVOKE EXECUTE ON FUNCTION intake.pool_status(text) FROM PUBLIC;
+
+-- A delivery's secret body fields (a new project's database password) are referenced by
+-- secret name and set when the request is built, as auth_secret is; they were stored in the
+-- body (and so in dumps and the WAL) until the delivery ended.
+ALTER TABLE flowgate.deliveries ADD COLUMN body_secrets jsonb CHECK (jsonb_typeof(body_secrets) = 'object');
+COMMENT ON COLUMN flowgate.deliveries.body_secrets IS
+  'Top-level body fields that are secrets, each with the name of its secret (Supabase Vault, else flowgate.secrets), set when the request is built; the stored body does not hold them.';
 
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(159);
+SELECT plan(161);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -287,6 +287,14 @@ SELECT is((SELECT string_agg(gate_code || '=' || status, ',' ORDER BY gate_code)
           'G3 no longer passes once G2 fails, and the stored statuses say so');
 SELECT is((SELECT count(*) FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000004'
               AND status <> ops.evaluate_gate(gate_id)), 0::bigint, 'each equals a fresh evaluation');
+-- A rejection fails G3; its reason names the persona, not who rejected (every persona reads the
+-- gate statuses; fewer see ops.approvals).
+SET LOCAL request.jwt.claims = '{"sub": "rm-rita", "role": "release_manager"}';
+SELECT is(ops.ingest_event(pg_temp.ev('r4-rm-no', 'approval', '{"decision": "rejected"}',
+              'a0000000-0000-4000-8000-000000000004')) #>> '{detail,gates,G3}', 'failed', 'a release_manager rejection fails G3');
+RESET request.jwt.claims;
+SELECT is((SELECT status_reason FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000004' AND gate_code = 'G3'),
+          'release approval rejected (release_manager)', 'and the stored reason does not name the approver');
 
 -- R3: everything but G3's approval; G3 bypassed by an approved exception.
 SELECT ops.ingest_event(pg_temp.ev('r3', 'release_created', '{"version": "3"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null

@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(46);
+SELECT plan(49);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -126,6 +126,31 @@ SELECT is((SELECT count(*)::int FROM flowgate.deliveries d JOIN provisioning.cli
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
             WHERE j.client_id = pg_temp.client('happy') AND d.sensitive AND d.body = '{"redacted": true}' AND d.response_body IS NULL), 2,
           'the create (db_pass) and api-keys deliveries keep neither body');
+SELECT is((SELECT d.body_secrets FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('happy') AND d.url LIKE '%/v1/projects'),
+          jsonb_build_object('db_pass', 'provisioning.' || pg_temp.slug('happy') || '.db_pass'),
+          'the create request took db_pass from a secret (the test API answers 400 without one)');
+-- A create request waiting to be sent: its row holds the secret's name, not the password.
+CREATE FUNCTION pg_temp.pending_create() RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE r jsonb;
+BEGIN
+    BEGIN
+        PERFORM provisioning.enqueue_client(pg_temp.slug('sealed'), 'Sealed Tenant');
+        PERFORM provisioning.run_jobs();
+        SELECT jsonb_build_object('body', d.body, 'body_secrets', d.body_secrets, 'status', d.status::text,
+                                  'pass', (SELECT k.db_pass FROM provisioning.tenant_keys(pg_temp.client('sealed')) k))
+          INTO r
+          FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+         WHERE j.client_id = pg_temp.client('sealed');
+        RAISE EXCEPTION 'roll back' USING ERRCODE = 'P0001';
+    EXCEPTION WHEN raise_exception THEN NULL;
+    END;
+    RETURN r;
+END $$;
+CREATE TEMP TABLE sealed AS SELECT pg_temp.pending_create() AS r;
+SELECT is((SELECT r ->> 'status' FROM sealed), 'pending', 'a create request is enqueued');
+SELECT ok((SELECT NOT (r -> 'body' ? 'db_pass') AND length(r ->> 'pass') = 32 AND strpos((r - 'pass')::text, r ->> 'pass') = 0 FROM sealed),
+          'its row holds no db_pass: the 32-character password is in the tenant keys and its secret only');
 
 -- ---- 500, then success -------------------------------------------------------------------------------
 SELECT pg_temp.api('flaky') \g /dev/null

@@ -42,7 +42,10 @@ CREATE TABLE flowgate.deliveries (
     response_content_type text,
     created_at            timestamptz NOT NULL DEFAULT now(),
     updated_at            timestamptz NOT NULL DEFAULT now(),
-    delivered_at          timestamptz
+    delivered_at          timestamptz,
+    -- Body fields that are secrets, by secret name ({"db_pass": "<name>"}): set in the body when
+    -- the request is built, as auth_secret is, so the row (and a dump, and the WAL) never holds them.
+    body_secrets          jsonb CHECK (jsonb_typeof(body_secrets) = 'object')
 );
 COMMENT ON TABLE flowgate.deliveries IS
   'Outbox of HTTP deliveries. Enqueued inside a workflow transaction, sent by CALL flowgate.run_outbox() or the background worker '
@@ -51,6 +54,8 @@ COMMENT ON TABLE flowgate.deliveries IS
 COMMENT ON COLUMN flowgate.deliveries.auth_secret IS
   'Name of a secret (Supabase Vault, else flowgate.secrets) sent as "<auth_header>: <auth_scheme> <secret>".';
 COMMENT ON COLUMN flowgate.deliveries.transport_ref IS 'pg_net request id while in flight on pg_net.';
+COMMENT ON COLUMN flowgate.deliveries.body_secrets IS
+  'Top-level body fields that are secrets, each with the name of its secret (Supabase Vault, else flowgate.secrets), set when the request is built; the stored body does not hold them.';
 
 -- A row written without a flow key (an operator's INSERT) gets its URL's host and port, as
 -- flowgate.enqueue_delivery does (core::outbox::flow::host_key).

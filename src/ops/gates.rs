@@ -342,10 +342,9 @@ fn g2(facts: &GateFacts) -> (GateStatus, String) {
         if !a.approved {
             return (
                 GateStatus::Failed,
-                format!(
-                    "QA signoff rejected by {} ({})",
-                    a.approver_id, a.persona_role
-                ),
+                // Who rejected it is in ops.approvals, which row security shows to fewer
+                // personas than the gate statuses: the reason names the persona only.
+                format!("QA signoff rejected ({})", a.persona_role),
             );
         }
     }
@@ -375,7 +374,8 @@ fn g3(facts: &GateFacts, g2_status: GateStatus) -> (GateStatus, String) {
         if !a.approved {
             return (
                 GateStatus::Failed,
-                format!("release approval rejected by {}", a.approver_id),
+                // As for G2: the approver's identity stays in ops.approvals.
+                format!("release approval rejected ({})", a.persona_role),
             );
         }
     }

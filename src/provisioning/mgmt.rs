@@ -97,18 +97,12 @@ fn project_of(v: &Value) -> Option<Project> {
     })
 }
 
-/// The body of `POST /v1/projects`.
-pub fn create_body(
-    organization_id: &str,
-    name: &str,
-    db_pass: &str,
-    region: &str,
-    plan: &str,
-) -> Value {
+/// The body of `POST /v1/projects` without `db_pass`, which the outbox sets from its secret when it
+/// sends the request (`body_secrets`).
+pub fn create_body(organization_id: &str, name: &str, region: &str, plan: &str) -> Value {
     json!({
         "organization_id": organization_id,
         "name": name,
-        "db_pass": db_pass,
         "region": region,
         "plan": plan,
     })

@@ -82,6 +82,9 @@ fn send(
             }
             let pass = mgmt::db_pass(rand::random::<u32>);
             keys::store(client, &c.client_id, &c.slug, "db_pass", &pass)?;
+            // The request carries the password by reference (`body_secrets`), set when it is
+            // sent: the delivery row, a dump and the WAL hold only the secret's name.
+            outbox::store_secret(client, &db_pass_secret(&c.slug), &pass)?;
             let region = match &c.region {
                 Some(r) => r.clone(),
                 None => core_store::get_text("provisioning.default_region")?,
@@ -93,7 +96,7 @@ fn send(
             (
                 "POST",
                 "/v1/projects".into(),
-                Some(mgmt::create_body(&org, &c.slug, &pass, &region, &plan)),
+                Some(mgmt::create_body(&org, &c.slug, &region, &plan)),
                 true,
             )
         }
@@ -144,6 +147,9 @@ fn send(
     d.max_attempts = Some(1);
     d.timeout_ms = Some(core_store::get_i64("provisioning.request_timeout_ms")? as i32);
     d.sensitive = sensitive;
+    if matches!(step, Step::Create) {
+        d.body_secrets = vec![("db_pass".into(), db_pass_secret(&c.slug))];
+    }
     // The Management API's rate limits are per account, whatever the host path.
     d.flow_key = Some("supabase-management-api".into());
     if let Step::Migration(v) = step {
@@ -151,6 +157,12 @@ fn send(
         d.wire_key = Some(format!("provisioning:{}:migration:{v}", c.client_id));
     }
     Ok(outbox::enqueue(client, &d)?.id)
+}
+
+/// The name of the secret a client's create request takes its `db_pass` from (Supabase Vault,
+/// else `flowgate.secrets`).
+pub fn db_pass_secret(slug: &str) -> String {
+    format!("provisioning.{slug}.db_pass")
 }
 
 /// The next migration above `version`, if any.

@@ -307,6 +307,10 @@ fn management_api(method: &str, rest: &str, auth: &str, body: &str) -> (u16, Str
             let Some(name) = json_field(body, "name") else {
                 return json(400, "{\"message\":\"name is required\"}".into());
             };
+            // As the Management API: a project needs its database password.
+            if json_field(body, "db_pass").is_none_or(str::is_empty) {
+                return json(400, "{\"message\":\"db_pass is required\"}".into());
+            }
             let region = json_field(body, "region").unwrap_or("us-east-1").to_string();
             let org = json_field(body, "organization_id").unwrap_or("").to_string();
             if mode == "flaky" {

@@ -80,6 +80,7 @@ fn enqueue_delivery(
             wire_key: None,
             sensitive: false,
             flow_key: flow_key.map(str::to_owned),
+            body_secrets: Vec::new(),
         };
         Spi::connect_mut(|client| store::enqueue(client, &d)).map(|e| e.id)
     };

@@ -45,6 +45,10 @@ pub struct NewDelivery {
     /// The destination it shares flow limits with (`core::outbox::flow`); `None`: the URL's
     /// host and port.
     pub flow_key: Option<String>,
+    /// Top-level fields of the JSON body that are secrets (a database password), each with the
+    /// name of the secret that holds it (Supabase Vault, else `flowgate.secrets`, as for
+    /// `auth_secret`): set in the body when the request is built, never stored with the row.
+    pub body_secrets: Vec<(String, String)>,
 }
 
 impl NewDelivery {
@@ -83,9 +87,13 @@ impl NewDelivery {
             wire_key: None,
             sensitive: false,
             flow_key: None,
+            body_secrets: Vec::new(),
         }
     }
 }
+
+/// Most secret fields in one body.
+pub const MAX_BODY_SECRETS: usize = 8;
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
@@ -202,6 +210,31 @@ pub fn validate(d: &NewDelivery) -> CoreResult<()> {
             ));
         }
     }
+    if !d.body_secrets.is_empty() {
+        if !matches!(d.body, Some(Value::Object(_))) || d.body_secrets.len() > MAX_BODY_SECRETS {
+            return Err(CoreError::invalid(
+                "body_secrets",
+                "they need a JSON object body, and there are at most 8",
+                "up to 8 top-level fields of a JSON object body",
+            ));
+        }
+        for (field, name) in &d.body_secrets {
+            if field.is_empty() || field.len() > 64 || !is_token(field) {
+                return Err(CoreError::invalid(
+                    "body_secrets",
+                    "a field name is not a 1 to 64 character token",
+                    "top-level field names of letters, digits and _ -",
+                ));
+            }
+            if !is_secret_name(name) {
+                return Err(CoreError::invalid(
+                    "body_secrets",
+                    format!("{name:?} is not a secret name"),
+                    "a secret name: a letter, then letters, digits, _ . - (at most 128)",
+                ));
+            }
+        }
+    }
     if let Some(s) = &d.auth_secret {
         if !is_secret_name(s) {
             return Err(CoreError::invalid(
@@ -299,6 +332,34 @@ mod unit_tests {
             json!({"text": "hi"}),
             "cr:1:slack",
         )
+    }
+
+    #[test]
+    fn body_secrets_name_secrets_of_an_object_body() {
+        let mut d = ok();
+        d.body_secrets = vec![("db_pass".into(), "provisioning.acme.db_pass".into())];
+        assert!(validate(&d).is_ok());
+        for (field, name) in [
+            ("db pass", "provisioning.acme.db_pass"),
+            ("", "x"),
+            ("db_pass", "provisioning/acme/db_pass"),
+            ("db_pass", "hunter2 is the password"),
+        ] {
+            let mut bad = ok();
+            bad.body_secrets = vec![(field.into(), name.into())];
+            assert_eq!(
+                validate(&bad).unwrap_err().sqlstate(),
+                "22023",
+                "{field} {name}"
+            );
+        }
+        let mut not_object = ok();
+        not_object.body = Some(json!(["x"]));
+        not_object.body_secrets = vec![("db_pass".into(), "s".into())];
+        assert_eq!(validate(&not_object).unwrap_err().sqlstate(), "22023");
+        let mut many = ok();
+        many.body_secrets = (0..9).map(|i| (format!("f{i}"), "s".into())).collect();
+        assert_eq!(validate(&many).unwrap_err().sqlstate(), "22023");
     }
 
     #[test]

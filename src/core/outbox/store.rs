@@ -111,19 +111,23 @@ fn insert(
             "idempotency_key": d.idempotency_key, "max_attempts": max_attempts,
             "timeout_ms": timeout_ms, "parked": d.parked, "wire_key": d.wire_key,
             "sensitive": d.sensitive, "flow_key": d.effective_flow_key(),
+            "body_secrets": (!d.body_secrets.is_empty()).then(|| {
+                d.body_secrets.iter().map(|(f, n)| (f.clone(), Value::String(n.clone()))).collect::<Map<String, Value>>()
+            }),
         }));
     }
     if rows.is_empty() {
         return Ok(HashMap::new());
     }
     let inserted = prepared::exec(client, "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
-         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key) \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key, \
+         body_secrets) \
          SELECT r.owner_module, r.owner_id, r.handler, r.method, r.url, r.headers, r.auth_secret, r.auth_header, r.auth_scheme, \
                 r.body, r.idempotency_key, r.max_attempts, r.timeout_ms, \
-                CASE WHEN r.parked THEN 'infinity'::timestamptz ELSE now() END, r.wire_key, r.sensitive, r.flow_key \
+                CASE WHEN r.parked THEN 'infinity'::timestamptz ELSE now() END, r.wire_key, r.sensitive, r.flow_key, r.body_secrets \
            FROM jsonb_to_recordset($1) AS r (owner_module text, owner_id text, handler text, method text, url text, \
                 headers jsonb, auth_secret text, auth_header text, auth_scheme text, body jsonb, idempotency_key text, \
-                max_attempts int, timeout_ms int, parked bool, wire_key text, sensitive bool, flow_key text) \
+                max_attempts int, timeout_ms int, parked bool, wire_key text, sensitive bool, flow_key text, body_secrets jsonb) \
           WHERE NOT $2 OR NOT EXISTS (SELECT FROM flowgate.deliveries x WHERE x.idempotency_key = r.idempotency_key) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
         &[JsonB(Value::Array(rows)).into(), if_absent.into()],
@@ -334,12 +338,12 @@ pub enum Prepared {
 /// Load claimed (`in_flight`) rows and build their wire requests, secrets resolved.
 pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
     Spi::connect(|client| {
-        let rows = prepared::read(client, "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, coalesce(wire_key, idempotency_key), timeout_ms \
+        let rows = prepared::read(client, "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, coalesce(wire_key, idempotency_key), timeout_ms, \
+                    body_secrets \
              FROM flowgate.deliveries WHERE id = ANY($1) AND status = 'in_flight' ORDER BY id", &[ids.to_vec().into()],
         )?;
         let mut out = Vec::with_capacity(rows.len());
-        let mut resolved: std::collections::HashMap<String, Result<String, String>> =
-            Default::default();
+        let mut secrets = Secrets::default();
         for row in rows {
             let id: i64 = row
                 .get(1)?
@@ -351,35 +355,32 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
             let auth_secret: Option<String> = row.get(5)?;
             let auth = match auth_secret {
                 None => None,
-                Some(name) => {
-                    if !resolved.contains_key(&name) {
-                        let v = match resolve_secret(client, &name) {
-                            Ok(Some(v)) => Ok(v),
-                            Ok(None) => Err(format!(
-                                "secret {name:?} is not defined; add it to Supabase Vault or with flowgate.set_secret(), then flowgate.replay_dead()"
-                            )),
-                            Err(e @ CoreError::MissingDependency { .. }) => Err(format!(
-                                "{e}; {}; then flowgate.replay_dead()",
-                                e.hint().unwrap_or_default()
-                            )),
-                            Err(e) => return Err(e),
-                        };
-                        resolved.insert(name.clone(), v);
+                Some(name) => match secrets.get(client, &name)? {
+                    Ok(value) => Some((
+                        row.get::<String>(6)?.unwrap_or_default(),
+                        row.get::<String>(7)?.unwrap_or_default(),
+                        value,
+                    )),
+                    Err(reason) => {
+                        out.push(Prepared::Unsendable { id, reason });
+                        continue;
                     }
-                    match resolved[&name].clone() {
-                        Ok(value) => Some((
-                            row.get::<String>(6)?.unwrap_or_default(),
-                            row.get::<String>(7)?.unwrap_or_default(),
-                            value,
-                        )),
-                        Err(reason) => {
-                            out.push(Prepared::Unsendable { id, reason });
-                            continue;
-                        }
+                },
+            };
+            let mut body: Option<String> = row.get(8)?;
+            let body_secrets = match row.get::<JsonB>(11)? {
+                Some(JsonB(Value::Object(m))) => m,
+                _ => Map::new(),
+            };
+            if !body_secrets.is_empty() {
+                match with_secrets(client, &mut secrets, body.as_deref(), &body_secrets)? {
+                    Ok(text) => body = Some(text),
+                    Err(reason) => {
+                        out.push(Prepared::Unsendable { id, reason });
+                        continue;
                     }
                 }
-            };
-            let body: Option<String> = row.get(8)?;
+            }
             let key: String = row.get(9)?.unwrap_or_default();
             let wire = delivery::wire_headers(
                 &headers,
@@ -395,9 +396,61 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
                 headers: wire,
                 body: body.map(String::into_bytes),
                 timeout: Duration::from_millis(row.get::<i32>(10)?.unwrap_or(10_000).max(1) as u64),
-                carries_secret: auth.is_some(),
+                carries_secret: auth.is_some() || !body_secrets.is_empty(),
             }));
         }
         Ok(out)
     })
+}
+
+/// The secrets of one batch of requests, each resolved once: its value, or why a delivery that
+/// names it cannot be sent.
+#[derive(Default)]
+struct Secrets(HashMap<String, Result<String, String>>);
+
+impl Secrets {
+    fn get(&mut self, client: &SpiClient<'_>, name: &str) -> CoreResult<Result<String, String>> {
+        if let Some(v) = self.0.get(name) {
+            return Ok(v.clone());
+        }
+        let v = match resolve_secret(client, name) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(format!(
+                "secret {name:?} is not defined; add it to Supabase Vault or with flowgate.set_secret(), then flowgate.replay_dead()"
+            )),
+            Err(e @ CoreError::MissingDependency { .. }) => Err(format!(
+                "{e}; {}; then flowgate.replay_dead()",
+                e.hint().unwrap_or_default()
+            )),
+            Err(e) => return Err(e),
+        };
+        self.0.insert(name.to_owned(), v.clone());
+        Ok(v)
+    }
+}
+
+/// The stored body with its secret fields set (`body_secrets`: field -> secret name), as the
+/// text sent; or why it cannot be sent.
+fn with_secrets(
+    client: &SpiClient<'_>,
+    secrets: &mut Secrets,
+    body: Option<&str>,
+    body_secrets: &Map<String, Value>,
+) -> CoreResult<Result<String, String>> {
+    let mut object = match body.map(serde_json::from_str::<Value>) {
+        Some(Ok(Value::Object(m))) => m,
+        _ => return Ok(Err("body_secrets need a JSON object body".into())),
+    };
+    for (field, name) in body_secrets {
+        let Some(name) = name.as_str() else {
+            return Ok(Err(format!("body_secrets.{field} is not a secret name")));
+        };
+        match secrets.get(client, name)? {
+            Ok(value) => {
+                object.insert(field.clone(), Value::String(value));
+            }
+            Err(reason) => return Ok(Err(reason)),
+        }
+    }
+    Ok(Ok(Value::Object(object).to_string()))
 }
