@@ -62,6 +62,7 @@ pgrx::extension_sql_file!(
         intake::api::intake::drain,
         intake::api::intake::drop_pool,
         intake::api::intake::finalize_transaction,
+        intake::api::intake::pool_status,
         intake::api::intake::read_intents,
         intake::api::intake::reclaim_slots,
         intake::api::intake::recover_pool,

@@ -359,8 +359,9 @@ fn claim_rows(
 }
 
 /// Queue one request with pg_net and remember its request id; false when pg_net cannot carry
-/// it: a resolved secret (pg_net keeps request headers in tables PUBLIC can read until it
-/// sends them), a body that is not plain JSON, or a method other than GET and POST.
+/// it: a resolved secret or a sensitive delivery (pg_net keeps requests until it sends them,
+/// and responses for hours, in tables PUBLIC can read), a body that is not plain JSON, or a
+/// method other than GET and POST.
 fn queue_on_pg_net(req: &native::Request) -> CoreResult<bool> {
     let plain_json = req
         .headers

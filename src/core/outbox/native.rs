@@ -24,7 +24,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
     pub timeout: Duration,
-    /// True when a header holds a resolved secret (such requests never go through pg_net).
+    /// True when the request holds a resolved secret (a header, a body field) or the delivery
+    /// is sensitive (its answer holds secrets): such requests never go through pg_net.
     pub carries_secret: bool,
 }
 

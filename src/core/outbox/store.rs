@@ -339,7 +339,7 @@ pub enum Prepared {
 pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
     Spi::connect(|client| {
         let rows = prepared::read(client, "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, coalesce(wire_key, idempotency_key), timeout_ms, \
-                    body_secrets \
+                    body_secrets, sensitive \
              FROM flowgate.deliveries WHERE id = ANY($1) AND status = 'in_flight' ORDER BY id", &[ids.to_vec().into()],
         )?;
         let mut out = Vec::with_capacity(rows.len());
@@ -396,7 +396,10 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
                 headers: wire,
                 body: body.map(String::into_bytes),
                 timeout: Duration::from_millis(row.get::<i32>(10)?.unwrap_or(10_000).max(1) as u64),
-                carries_secret: auth.is_some() || !body_secrets.is_empty(),
+                // pg_net keeps requests and responses in tables PUBLIC can read.
+                carries_secret: auth.is_some()
+                    || !body_secrets.is_empty()
+                    || row.get::<bool>(12)? == Some(true),
             }));
         }
         Ok(out)
