@@ -83,8 +83,12 @@ fn send(
             let pass = mgmt::db_pass(rand::random::<u32>);
             keys::store(client, &c.client_id, &c.slug, "db_pass", &pass)?;
             // The request carries the password by reference (`body_secrets`), set when it is
-            // sent: the delivery row, a dump and the WAL hold only the secret's name.
-            outbox::store_secret(client, &db_pass_secret(&c.slug), &pass)?;
+            // sent: the delivery row, a dump and the WAL hold only the secret's name. (Until
+            // ALTER EXTENSION flowgate UPDATE has run, the body holds it, as 0.1.0's did.)
+            let by_reference = outbox::body_secrets_supported();
+            if by_reference {
+                outbox::store_secret(client, &db_pass_secret(&c.slug), &pass)?;
+            }
             let region = match &c.region {
                 Some(r) => r.clone(),
                 None => core_store::get_text("provisioning.default_region")?,
@@ -96,7 +100,13 @@ fn send(
             (
                 "POST",
                 "/v1/projects".into(),
-                Some(mgmt::create_body(&org, &c.slug, &region, &plan)),
+                Some({
+                    let mut body = mgmt::create_body(&org, &c.slug, &region, &plan);
+                    if !by_reference {
+                        body["db_pass"] = pass.clone().into();
+                    }
+                    body
+                }),
                 true,
             )
         }
@@ -147,7 +157,7 @@ fn send(
     d.max_attempts = Some(1);
     d.timeout_ms = Some(core_store::get_i64("provisioning.request_timeout_ms")? as i32);
     d.sensitive = sensitive;
-    if matches!(step, Step::Create) {
+    if matches!(step, Step::Create) && outbox::body_secrets_supported() {
         d.body_secrets = vec![("db_pass".into(), db_pass_secret(&c.slug))];
     }
     // The Management API's rate limits are per account, whatever the host path.

@@ -119,17 +119,36 @@ fn insert(
     if rows.is_empty() {
         return Ok(HashMap::new());
     }
-    let inserted = prepared::exec(client, "INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
-         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key, \
-         body_secrets) \
+    let with_secrets = body_secrets_supported();
+    if !with_secrets && ds.iter().any(|d| !d.body_secrets.is_empty()) {
+        return Err(CoreError::MissingDependency {
+            feature: "secret body fields (body_secrets)".into(),
+            dependency: "flowgate's SQL of this version".into(),
+            hint: "run ALTER EXTENSION flowgate UPDATE".into(),
+        });
+    }
+    macro_rules! insert_sql {
+        ($col:literal, $val:literal, $ty:literal) => {
+            concat!("INSERT INTO flowgate.deliveries (owner_module, owner_id, handler, method, url, headers, auth_secret, \
+         auth_header, auth_scheme, body, idempotency_key, max_attempts, timeout_ms, next_attempt_at, wire_key, sensitive, flow_key", $col, ") \
          SELECT r.owner_module, r.owner_id, r.handler, r.method, r.url, r.headers, r.auth_secret, r.auth_header, r.auth_scheme, \
                 r.body, r.idempotency_key, r.max_attempts, r.timeout_ms, \
-                CASE WHEN r.parked THEN 'infinity'::timestamptz ELSE now() END, r.wire_key, r.sensitive, r.flow_key, r.body_secrets \
+                CASE WHEN r.parked THEN 'infinity'::timestamptz ELSE now() END, r.wire_key, r.sensitive, r.flow_key", $val, " \
            FROM jsonb_to_recordset($1) AS r (owner_module text, owner_id text, handler text, method text, url text, \
                 headers jsonb, auth_secret text, auth_header text, auth_scheme text, body jsonb, idempotency_key text, \
-                max_attempts int, timeout_ms int, parked bool, wire_key text, sensitive bool, flow_key text, body_secrets jsonb) \
+                max_attempts int, timeout_ms int, parked bool, wire_key text, sensitive bool, flow_key text", $ty, ") \
           WHERE NOT $2 OR NOT EXISTS (SELECT FROM flowgate.deliveries x WHERE x.idempotency_key = r.idempotency_key) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key")
+        };
+    }
+    let sql = if with_secrets {
+        insert_sql!(", body_secrets", ", r.body_secrets", ", body_secrets jsonb")
+    } else {
+        insert_sql!("", "", "")
+    };
+    let inserted = prepared::exec(
+        client,
+        sql,
         &[JsonB(Value::Array(rows)).into(), if_absent.into()],
     )?;
     let mut out = HashMap::with_capacity(inserted.len());
@@ -338,10 +357,19 @@ pub enum Prepared {
 /// Load claimed (`in_flight`) rows and build their wire requests, secrets resolved.
 pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
     Spi::connect(|client| {
-        let rows = prepared::read(client, "SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, coalesce(wire_key, idempotency_key), timeout_ms, \
-                    body_secrets, sensitive \
-             FROM flowgate.deliveries WHERE id = ANY($1) AND status = 'in_flight' ORDER BY id", &[ids.to_vec().into()],
-        )?;
+        macro_rules! prepare_sql {
+            ($secrets:literal) => {
+                concat!("SELECT id, method, url, headers, auth_secret, auth_header, auth_scheme, body::text, coalesce(wire_key, idempotency_key), timeout_ms, ",
+                    $secrets, ", sensitive \
+             FROM flowgate.deliveries WHERE id = ANY($1) AND status = 'in_flight' ORDER BY id")
+            };
+        }
+        let sql = if body_secrets_supported() {
+            prepare_sql!("body_secrets")
+        } else {
+            prepare_sql!("NULL::jsonb")
+        };
+        let rows = prepared::read(client, sql, &[ids.to_vec().into()])?;
         let mut out = Vec::with_capacity(rows.len());
         let mut secrets = Secrets::default();
         for row in rows {
@@ -404,6 +432,24 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
         }
         Ok(out)
     })
+}
+
+/// Whether `flowgate.deliveries` has its `body_secrets` column (0.1.1). A database whose SQL is
+/// still 0.1.0's, with this library installed and `ALTER EXTENSION flowgate UPDATE` not yet
+/// run, lacks it. Looked up in the catalog cache on every use, never remembered: the update
+/// may run while this backend lives.
+pub fn body_secrets_supported() -> bool {
+    // SAFETY: catalog cache look-ups by NUL-terminated names; no pointer outlives the call.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"flowgate".as_ptr(), true);
+        if schema == pg_sys::InvalidOid {
+            return false;
+        }
+        let table = pg_sys::get_relname_relid(c"deliveries".as_ptr(), schema);
+        table != pg_sys::InvalidOid
+            && pg_sys::get_attnum(table, c"body_secrets".as_ptr())
+                != pg_sys::InvalidAttrNumber as i16
+    }
 }
 
 /// The secrets of one batch of requests, each resolved once: its value, or why a delivery that
