@@ -89,6 +89,43 @@ ALTER TABLE flowgate.deliveries ADD COLUMN body_secrets jsonb CHECK (jsonb_typeo
 COMMENT ON COLUMN flowgate.deliveries.body_secrets IS
   'Top-level body fields that are secrets, each with the name of its secret (Supabase Vault, else flowgate.secrets), set when the request is built; the stored body does not hold them.';
 
+-- The id sequences of the metrics and the outcome log go into dumps with their tables (a
+-- restored database started them at 1 again, and every sample then failed on a taken id).
+SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log_id_seq', '');
+
+-- A restore loads ops.deployments by COPY, possibly before the facts that made each
+-- deployment eligible: the promotion block lets a COPY through (the gate triggers step aside
+-- too, in ops.ingest_applying), so a dump restores whole, with the statuses it holds.
+CREATE OR REPLACE FUNCTION ops.check_promotion() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    verdict jsonb;
+BEGIN
+    IF pg_catalog.current_query() ~* '^\s*copy\s' THEN
+        RETURN NEW;
+    END IF;
+    verdict := ops.promotion_status(NEW.release_id, NEW.environment);
+    IF NOT (verdict->>'eligible')::boolean THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('release %s is not eligible for %s', NEW.release_id, NEW.environment),
+            DETAIL = array_to_string(ARRAY(SELECT jsonb_array_elements_text(verdict->'blocking')), '; '),
+            HINT = 'pass (or bypass with an approved exception) every gate ops.environment_gate_requirements lists for the environment';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION ops.ingest_applying(uuid) IS
+  'Whether ops.ingest_event in this session is applying an event to the release right now, or a restore is loading the table (a COPY); the gate triggers then leave the release''s evaluation to the ingest, or its stored statuses as the dump has them.';
+
+-- auto uses pg_net only where PUBLIC can neither read its request queue nor write its
+-- responses (pg_net as installed grants both).
+COMMENT ON FUNCTION flowgate.effective_transport() IS
+  'The transport the outbox uses now, pg_net or native: the flowgate.http_transport setting, with auto meaning pg_net when that extension is installed and PUBLIC can neither read its request queue nor write its responses, else native.';
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

@@ -9,19 +9,42 @@ SRC=fg_restore_src_$$
 DST=fg_restore_dst_$$
 q() { psql -X -q -v ON_ERROR_STOP=1 -tA "$@"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
-cleanup() { q -d postgres -c "DROP DATABASE IF EXISTS $SRC" -c "DROP DATABASE IF EXISTS $DST" >/dev/null 2>&1 || true; rm -f "/tmp/$SRC.dump"; }
+cleanup() { q -d postgres -c "DROP DATABASE IF EXISTS $SRC" -c "DROP DATABASE IF EXISTS $DST" >/dev/null 2>&1 || true; rm -f "/tmp/$SRC.dump" "/tmp/$SRC.restore.log"; }
 trap cleanup EXIT
 
 q -d postgres -c "CREATE DATABASE $SRC" -c "CREATE DATABASE $DST" >/dev/null
 q -d "$SRC" -c "CREATE EXTENSION pgmq" -c "CREATE EXTENSION flowgate" >/dev/null
 q -d "$SRC" -c "SELECT intake.create_pool('r1', 500, '{\"max_claims_per_user\": 2, \"drain_mode\": \"external\"}')" >/dev/null
 q -d "$SRC" -c "SELECT intake.claim_resource('r1', 'user-' || (g % 150)) FROM generate_series(1, 200) g" >/dev/null
+# A rate-limited pool (its drain clock is not in dumps) and metrics (their id sequence is).
+q -d "$SRC" -c "SELECT intake.create_pool('rl', 5, jsonb_build_object('rate_limit_per_second', 50,
+                  'validation_webhook_url', '${FLOWGATE_TESTD_URL:-http://127.0.0.1:5597}/ok'))" \
+  -c "SELECT intake.claim_resource('rl', 'user-' || g) FROM generate_series(1, 3) g" \
+  -c "SELECT intake.collect_metrics()" >/dev/null
+# ops: a release deployed to staging once eligible, then made ineligible by a failing G2 check.
+# A restore must bring the deployment back (it was allowed when made) and the stored statuses.
+ev() { echo "ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', '$1', 'event_type', '$2',
+        'source_system', 'restore', 'release_id', 'a5a5a5a5-0000-4000-8000-000000000001') || '$3'::jsonb)"; }
+q -d "$SRC" -c "SELECT $(ev r1 release_created '{"version": "1"}')" -c "SELECT $(ev r1-b build_complete '{"status": "pass"}')" \
+  -c "SELECT $(ev r1-q gate_signoff '{}')" \
+  -c "SELECT $(ev r1-d deployment_started '{"environment": "staging", "deployment_id": "d5d5d5d5-0000-4000-8000-000000000001"}')" \
+  -c "SELECT $(ev r1-f deployment_finished '{"deployment_id": "d5d5d5d5-0000-4000-8000-000000000001", "status": "succeeded"}')" \
+  -c "SELECT $(ev r1-e2e check_result '{"gate_code": "G2", "check_name": "e2e", "status": "fail"}')" >/dev/null
+ops_state="SELECT (SELECT count(*) FROM ops.deployments) || ' ' || (SELECT count(*) FROM ops.environment_events) || ' '
+             || (SELECT string_agg(gate_code || '=' || status, ',' ORDER BY gate_code) FROM ops.release_gates)"
+ops_before=$(q -d "$SRC" -c "$ops_state")
+case "$ops_before" in 1\ *G2=failed*) ;; *) fail "the ops scenario was not set up: $ops_before" ;; esac
 # Two more pools, for what an operator does first after a restore: give back slots, drop a pool.
 q -d "$SRC" -c "SELECT intake.create_pool(p, 10, '{\"drain_mode\": \"external\"}') FROM unnest(ARRAY['r2', 'r3']) p" \
   -c "SELECT intake.claim_resource('r2', 'user-' || g) FROM generate_series(1, 4) g" >/dev/null
 before=$(q -d "$SRC" -c "SELECT count(*) FROM pgmq.q_intake_r1")
 pg_dump -Fc -d "$SRC" -f "/tmp/$SRC.dump" 2>/dev/null
-pg_restore -d "$DST" "/tmp/$SRC.dump" || fail "pg_restore failed"
+pg_restore -d "$DST" "/tmp/$SRC.dump" 2> "/tmp/$SRC.restore.log" || fail "pg_restore failed: $(head -c 600 "/tmp/$SRC.restore.log")"
+ops_after=$(q -d "$DST" -c "$ops_state")
+[ "$ops_after" = "$ops_before" ] || fail "ops after the restore: $ops_after (before: $ops_before)"
+drained=$(q -d "$DST" -c "SELECT intake.drain('rl') ->> 'status'")
+[ "$drained" != busy ] || fail "a rate-limited pool's drain answers busy after the restore"
+q -d "$DST" -c "SELECT intake.collect_metrics()" -c "SELECT intake.collect_metrics()" >/dev/null || fail "collect_metrics failed after the restore"
 [ "$(q -d "$DST" -c "SELECT to_regclass('intake.slots_r1') IS NULL")" = t ] || fail "the slot sequence came back from the dump?"
 [ "$(q -d "$DST" -c "SELECT count(*) FROM intake.allocations WHERE pool_id = 'r1'")" -eq 0 ] || fail "the UNLOGGED inventory came back from the dump?"
 
@@ -47,4 +70,4 @@ limit=$(q -d "$DST" -c "SELECT intake.claim_resource('r1', 'user-7') ->> 'status
 [ "$kept" -eq "$before" ] || fail "only $kept of the $before claims in the dump kept their slot and resource"
 [ "$over" -eq 0 ] || fail "$over users over the limit after the restore"
 [ "$limit" = sold_out ] || [ "$limit" = limit_reached ] || fail "a claim after selling out answered $limit"
-echo "ok 5 - intake restore: a dump taken after $before claims restored into a new database; its first claim rebuilt inventory and slot sequence, then 500 of 500 sold, none twice, all $before kept, no user over 2; reclaim_slots and drop_pool work before any claim"
+echo "ok 5 - intake restore: a dump taken after $before claims restored into a new database; its first claim rebuilt inventory and slot sequence, then 500 of 500 sold, none twice, all $before kept, no user over 2; reclaim_slots and drop_pool work before any claim; ops deployments and gate statuses restored as dumped ($ops_after), a rate-limited pool drains, metrics go on"

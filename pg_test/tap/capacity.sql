@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(71);
+SELECT plan(72);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -149,6 +149,8 @@ SELECT is((SELECT count(*)::int FROM capacity.capacity_requests), 0, 'a stranger
 SELECT throws_ok(format($$SELECT capacity.get_capacity_request(%L)$$, :'cr1'), 'P0002', NULL, 'and cannot fetch one');
 SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"x"}')$$, :'cr4'), 'P0002', NULL,
     'and acting on one says it does not exist (no state leaks)');
+SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason": 1e400}')$$, :'cr4'), 'P0002', NULL,
+                 'nor learn, from a payload that would not convert, anything but that there is no such request for them');
 SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED', '{"reason":"x"}', 'sys:auto-approval')$$, :'cr4'), '22023', NULL,
     'the sys: key prefix is reserved for flowgate''s own events');
 SET LOCAL ROLE anon;

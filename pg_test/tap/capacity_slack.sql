@@ -10,7 +10,7 @@
 -- removes the request, its deliveries, the settings, secrets and group members it added.
 -- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
 -- no worker there: the CALLs send everything).
-SELECT plan(34);
+SELECT plan(35);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Until none of the request's deliveries is in flight or due (the worker may be sending them).
@@ -136,6 +136,8 @@ SELECT throws_ok($$SELECT capacity.handle_slack_command(body, (ts::bigint - 400)
                  'a request older than 5 minutes is refused');
 SELECT throws_ok($$SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(body, ts, 'wrong-secret')) FROM slack_req$$, '42501', NULL,
                  'a request signed with another secret is refused');
+SELECT throws_ok($$SELECT capacity.handle_slack_command(repeat('a', 262145), ts, 'v0=00') FROM slack_req$$, '22023', NULL,
+                 'a body over 256 KiB is refused before its signature is computed');
 SELECT is((SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts)) ->> 'response_type'
              FROM (SELECT replace(body, 'create+owner', 'frobnicate+owner') AS b, ts FROM slack_req) x), 'ephemeral',
           'a malformed command gets the usage, privately');

@@ -14,7 +14,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_net')
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(6);
+SELECT plan(8);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_net') AS made_pg_net \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pg_net;
@@ -22,7 +22,21 @@ RESET client_min_messages;
 -- A key of this run's own (flowgate-testd counts the requests of each key for as long as it runs).
 SELECT 'tap-pgnet-' || substr(md5(random()::text || clock_timestamp()::text), 1, 8) AS key \gset
 
+-- pg_net as installed lets PUBLIC read its request queue and write its responses: any role could
+-- then read a request and forge the response flowgate records. auto does not use it then, and
+-- asking for it by name is refused; once those grants are revoked it carries deliveries.
+SELECT has_schema_privilege('public', 'net', 'USAGE') AS net_was_open,
+       has_table_privilege('public', 'net.http_request_queue', 'SELECT') AS queue_was_open,
+       has_table_privilege('public', 'net._http_response', 'INSERT') AS responses_were_open \gset
+GRANT USAGE ON SCHEMA net TO PUBLIC;
+GRANT SELECT ON net.http_request_queue TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON net._http_response TO PUBLIC;
+SELECT is(flowgate.effective_transport(), 'native', 'auto does not use a pg_net whose queue and responses PUBLIC can read and write');
 SELECT flowgate.set_setting('flowgate.http_transport', '"pg_net"') \g /dev/null
+SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL, 'and pg_net by name is refused there (the hint names the REVOKEs)');
+REVOKE SELECT ON net.http_request_queue FROM PUBLIC;
+REVOKE INSERT, UPDATE, DELETE ON net._http_response FROM PUBLIC;
+
 SELECT flowgate.enqueue_delivery('tap', 'pgnet', 'http://127.0.0.1:5597/ok', :'key', '{"via": "pg_net"}') \g /dev/null
 -- The test server's background worker runs the outbox too, and may claim the delivery first:
 -- either way it goes out through pg_net.
@@ -61,8 +75,9 @@ SELECT is((SELECT status::text FROM flowgate.deliveries WHERE idempotency_key = 
 SELECT is((SELECT response_body::jsonb ->> 'key' FROM flowgate.deliveries WHERE idempotency_key = :'key'), :'key',
           'the Idempotency-Key header went through pg_net');
 
--- Leave the database as found: with pg_net installed, the default transport (auto) would pick
--- it for every later suite. Whatever the worker handed to pg_net meanwhile is collected first,
+-- Leave the database as found: with pg_net installed and closed to PUBLIC, the default transport
+-- (auto) would pick it for every later suite. Whatever the worker handed to pg_net meanwhile is
+-- collected first,
 -- so that nothing is left in flight when pg_net and its response table go.
 SELECT flowgate.reset_setting('flowgate.http_transport') \g /dev/null
 \if :made_pg_net
@@ -78,5 +93,17 @@ END $$;
 DELETE FROM flowgate.deliveries WHERE idempotency_key = :'key' AND status <> 'in_flight';
 \if :made_pg_net
 DROP EXTENSION pg_net;
+\else
+-- The grants as they were.
+\if :net_was_open
+\else
+REVOKE USAGE ON SCHEMA net FROM PUBLIC;
+\endif
+\if :queue_was_open
+GRANT SELECT ON net.http_request_queue TO PUBLIC;
+\endif
+\if :responses_were_open
+GRANT INSERT, UPDATE, DELETE ON net._http_response TO PUBLIC;
+\endif
 \endif
 SELECT * FROM finish();

@@ -143,8 +143,10 @@ COMMENT ON TABLE intake.engine_metrics IS
   'inventory or the queues). processing_velocity: intents committed per second since the previous row. Exact, except that a '
   'claim whose transaction aborts after its queue insert burns a message id and counts as claimed.';
 SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.pool_totals', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log', '');
+SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log_id_seq', '');
 
 -- The ledger (the core database's side; the same extension serves both roles). One finalized row per
 -- idempotency key; each user reads only their own rows (RLS, flowgate.current_actor() = JWT sub).

@@ -14,7 +14,7 @@ mod capacity {
     use crate::capacity::machine::{allowed_events, Event, State};
     use crate::capacity::store;
     use crate::core::actor::{validate_actor_id, Actor};
-    use crate::core::args::{required, RawJsonb, MAX_JSON_ARG_BYTES};
+    use crate::core::args::{check_size, required, RawJsonb, MAX_JSON_ARG_BYTES};
     use crate::core::error::{CoreError, SqlError};
     use crate::core::eventstore::Applied;
     use crate::core::store as core_store;
@@ -154,7 +154,10 @@ mod capacity {
             let payload = required("payload", payload)?;
             store::check_user_key(idempotency_key)?;
             let event = parse_event(event_type)?;
-            let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;
+            // The size now; the conversion once the caller's standing on the request is known
+            // (a stranger learns nothing, not even that the payload would not parse).
+            check_size("payload", payload.size(), MAX_JSON_ARG_BYTES)?;
+            let payload = || payload.value("payload", MAX_JSON_ARG_BYTES);
             let applied = store::apply(request_id, event, payload, &actor, idempotency_key)?;
             Ok(result(&applied))
         };
@@ -186,7 +189,13 @@ mod capacity {
                 });
             }
             let payload = payload.value("payload", MAX_JSON_ARG_BYTES)?;
-            let applied = store::apply(request_id, parse_event(event)?, payload, &session, None)?;
+            let applied = store::apply(
+                request_id,
+                parse_event(event)?,
+                || Ok(payload),
+                &session,
+                None,
+            )?;
             Ok(result(&applied))
         };
         run().map_err(|e| e.report("capacity"))
@@ -258,6 +267,10 @@ mod capacity {
 
     /// The actor behind a verified Slack request: the actor the Slack user id is linked to
     /// (`flowgate.link_identity('slack', ...)`), else the Slack user id itself.
+    /// Most bytes of a Slack request body: a slash command is a few hundred, an interaction
+    /// payload (the message's blocks included) a few tens of KiB.
+    const MAX_SLACK_BODY_BYTES: usize = 256 * 1024;
+
     fn slack_actor(user_id: &str) -> Result<Actor, CoreError> {
         validate_actor_id("Slack user_id", user_id)?;
         let linked = core_store::linked_actor("slack", user_id)?;
@@ -271,6 +284,9 @@ mod capacity {
     }
 
     fn verify_slack(body: &str, request_timestamp: &str, signature: &str) -> Result<(), CoreError> {
+        // Anyone may call (Slack signs, it does not log in): the size first, so no caller makes
+        // the database hash or parse a body no Slack request has.
+        crate::core::args::check_text_size("Slack request body", body, MAX_SLACK_BODY_BYTES)?;
         let name = core_store::get_text("capacity.slack_signing_secret")?;
         let secret =
             Spi::connect(|client| crate::core::outbox::store::resolve_secret(client, &name))?
@@ -424,7 +440,7 @@ mod capacity {
                 crate::capacity::slack::parse_action_value(action["value"].as_str().unwrap_or(""))?;
             let key = format!("slack:{}", action["action_ts"].as_str().unwrap_or(""));
             let note = json!({"via": "slack", "channel": payload["channel"]["id"], "message_ts": payload["message"]["ts"]});
-            match store::apply(&id, event, note, &actor, Some(&key)) {
+            match store::apply(&id, event, || Ok(note), &actor, Some(&key)) {
                 Ok(applied) => Ok(JsonB(json!({
                     "response_type": "in_channel",
                     "replace_original": false,

@@ -8,6 +8,20 @@ pub const ISSUE_CREATE: &str =
 pub const COMMENT_CREATE: &str =
     "mutation CommentCreate($input: CommentCreateInput!) { commentCreate(input: $input) { success comment { id } } }";
 
+/// `text` as literal Markdown (Linear renders descriptions and comments): every character that
+/// could start a link, an image, emphasis, a heading or HTML is backslash-escaped, so a size or
+/// an actor id cannot put a tracking image or a link in the issue.
+pub fn markdown_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\`*_{}[]()#+-.!<>|~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 pub fn issue_create(team_id: &str, id: &str, request: &Value) -> Value {
     let title = format!(
         "{id}: {} x {} in {}",
@@ -18,10 +32,10 @@ pub fn issue_create(team_id: &str, id: &str, request: &Value) -> Value {
     let description = format!(
         "Capacity Request **{id}** (state of record in Postgres; this issue is informational).\n\n\
          - requester: {}\n- commercial owner: {}\n- infra owner group: {}\n- needed by: {}\n- estimated monthly cost (USD): {}",
-        request["requester_user_id"].as_str().unwrap_or("?"),
-        request["commercial_owner_user_id"].as_str().unwrap_or("?"),
-        request["infra_owner_group"].as_str().unwrap_or("?"),
-        request["needed_by_date"].as_str().unwrap_or("-"),
+        markdown_literal(request["requester_user_id"].as_str().unwrap_or("?")),
+        markdown_literal(request["commercial_owner_user_id"].as_str().unwrap_or("?")),
+        markdown_literal(request["infra_owner_group"].as_str().unwrap_or("?")),
+        markdown_literal(request["needed_by_date"].as_str().unwrap_or("-")),
         request["estimated_monthly_cost_usd"],
     );
     json!({"query": ISSUE_CREATE, "variables": {"input": {"teamId": team_id, "title": title, "description": description}}})
@@ -50,6 +64,22 @@ pub fn created_issue_id(response: &Value) -> Result<String, String> {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+
+    #[test]
+    fn user_text_is_literal_markdown() {
+        assert_eq!(
+            markdown_literal("![](https://evil.example/p)"),
+            "\\!\\[\\]\\(https://evil\\.example/p\\)"
+        );
+        assert_eq!(markdown_literal("ae-1"), "ae\\-1");
+        let p = issue_create(
+            "team-1",
+            "CR-2026-000001",
+            &json!({"requester_user_id": "[x](https://evil.example)"}),
+        );
+        let d = p["variables"]["input"]["description"].as_str().unwrap();
+        assert!(!d.contains("[x](https"), "{d}");
+    }
 
     #[test]
     fn payloads_follow_linears_graphql_shapes() {

@@ -121,9 +121,10 @@ pub fn announce(
             Some(from) => {
                 let issue = request["linear_issue_id"].as_str();
                 let text = format!(
-                    "{} → {} ({event_type} by {actor})",
+                    "{} → {} ({event_type} by {})",
                     from.as_str(),
-                    to.as_str()
+                    to.as_str(),
+                    linear::markdown_literal(&actor)
                 );
                 let mut d = NewDelivery::post_json(
                     "capacity",

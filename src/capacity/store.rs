@@ -142,7 +142,7 @@ fn payload_object(payload: Value) -> CoreResult<Map<String, Value>> {
 pub fn apply(
     id: &str,
     event: Event,
-    payload: Value,
+    payload: impl FnOnce() -> Result<Value, CoreError>,
     actor: &Actor,
     key: Option<&str>,
 ) -> Result<Applied<Request>, CoreError> {
@@ -168,7 +168,7 @@ pub fn apply(
     };
     let cmd = Command {
         event,
-        payload: payload_object(payload)?,
+        payload: payload_object(payload()?)?,
         standing,
         now,
         confirmation_ttl_business_days,
@@ -341,7 +341,7 @@ pub fn create(
             apply(
                 &id,
                 Event::CommercialApproved,
-                payload,
+                || Ok(payload),
                 &Actor::system(),
                 Some("auto-approval"),
             )?;
@@ -421,9 +421,13 @@ pub fn run_timers(as_of: Option<&str>) -> Result<Value, CoreError> {
         let applied = apply(
             id,
             Event::CustomerConfirmationTimeout,
-            match as_of {
-                None => json!({"reason": "customer confirmation deadline passed"}),
-                Some(t) => json!({"reason": "customer confirmation deadline passed", "as_of": t}),
+            || {
+                Ok(match as_of {
+                    None => json!({"reason": "customer confirmation deadline passed"}),
+                    Some(t) => {
+                        json!({"reason": "customer confirmation deadline passed", "as_of": t})
+                    }
+                })
             },
             &system,
             Some("sys:confirmation-timeout"),

@@ -42,6 +42,32 @@ fn guc(name: &str) -> Option<String> {
     }
 }
 
+/// Whether the statement this backend is running, as the client sent it, is a `COPY`: how
+/// pg_restore (and psql, for a plain dump) loads every table. A restore brings rows with the
+/// state derived from them (stored gate statuses, say) in the same dump, in an order of its
+/// own, so triggers that derive or guard state step aside for it. Only a role that row security
+/// does not apply to can `COPY FROM` into a table that has it (Postgres refuses the others),
+/// and such a role could disable the triggers anyway.
+pub fn statement_is_copy() -> bool {
+    // SAFETY: debug_query_string is the backend's current client statement, a NUL-terminated
+    // string owned by Postgres for the duration of the statement, or NULL (a background job).
+    let text = unsafe {
+        let q = pg_sys::debug_query_string;
+        if q.is_null() {
+            return false;
+        }
+        CStr::from_ptr(q)
+    };
+    let bytes = text.to_bytes();
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    bytes[start..].len() > 5
+        && bytes[start..start + 4].eq_ignore_ascii_case(b"copy")
+        && bytes[start + 4].is_ascii_whitespace()
+}
+
 /// The calling role: `current_user` as the caller sees it. Inside a function running with its
 /// owner's rights this is still the caller (Postgres' "outer" user), never the function's owner, so identity
 /// and trust cannot be borrowed from a definer.

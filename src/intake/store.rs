@@ -501,6 +501,13 @@ pub fn drain(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
     let budget = match cfg.rate_limit {
         None => cfg.batch_size,
         Some(rate) => {
+            // The pool's clock row, should it be missing: the table is not in dumps, so a
+            // restored pool has none (and would otherwise read as busy for good).
+            client.update(
+                "INSERT INTO intake.drain_clock (pool_id) VALUES ($1) ON CONFLICT (pool_id) DO NOTHING",
+                None,
+                &[pool.as_str().into()],
+            )?;
             let clock = client.update(
                 "SELECT extract(epoch FROM clock_timestamp() - last_drain_at)::float8 FROM intake.drain_clock \
                   WHERE pool_id = $1 FOR UPDATE SKIP LOCKED",

@@ -380,15 +380,19 @@ mod ops {
         Ok(run().map(JsonB)?)
     }
 
-    /// Whether `ops.ingest_event` in this session is applying an event to the release right now;
-    /// the gate triggers then leave the release's evaluation to the ingest.
+    /// Whether `ops.ingest_event` in this session is applying an event to the release right now,
+    /// or a restore is loading the table (a COPY); the gate triggers then leave the release's
+    /// evaluation to the ingest, or its stored statuses as the dump has them.
     ///
     /// The triggers that re-evaluate a release's gates when a fact row is written skip such a
-    /// release (their WHEN clause): the ingest evaluates it once, after all its writes.
+    /// release (their WHEN clause): the ingest evaluates it once, after all its writes. A
+    /// restore loads the facts table by table, in an order of its own: evaluating a release
+    /// from the facts loaded so far would overwrite the statuses the dump holds.
     #[documented]
     #[pg_extern(volatile, strict, parallel_restricted)]
     fn ingest_applying(release_id: pgrx::Uuid) -> bool {
         evaluation::is_applying(uuid::Uuid::from_bytes(*release_id.as_bytes()))
+            || core_store::statement_is_copy()
     }
 
     /// Re-evaluate the releases whose bypassing exception has expired, so that

@@ -106,7 +106,8 @@ fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
 }
 
 /// The transport the outbox uses now, `pg_net` or `native`: the `flowgate.http_transport`
-/// setting, with `auto` meaning pg_net when that extension is installed, else native.
+/// setting, with `auto` meaning pg_net when that extension is installed and PUBLIC can neither
+/// read its request queue nor write its responses, else native.
 #[documented]
 #[pg_extern(stable)]
 fn effective_transport() -> Result<String, ErrorReport> {

@@ -53,7 +53,7 @@ pub fn collect() -> CoreResult<Collected> {
                         CASE WHEN resp.timed_out THEN 'timeout' WHEN resp.error_msg IS NOT NULL THEN 'transport' END, \
                         resp.error_msg \
                    FROM flowgate.deliveries d \
-                   JOIN net._http_response resp ON resp.id = d.transport_ref \
+                   JOIN net._http_response resp ON resp.id = d.transport_ref AND resp.created >= d.claimed_at \
                   WHERE d.status = 'in_flight' AND d.transport = 'pg_net' \
                   ORDER BY d.id LIMIT $1 \
                     FOR UPDATE OF d SKIP LOCKED",
