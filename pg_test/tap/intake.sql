@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(29);
+SELECT plan(30);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -22,6 +22,14 @@ SELECT throws_ok($$SELECT intake.create_pool('Bad-Pool', 3)$$, '22023', NULL, 'p
 SELECT throws_ok($$SELECT intake.create_pool('x; drop table y', 3)$$, '22023', NULL, 'no SQL reaches a queue name');
 SELECT is(intake.create_pool(repeat('l', 36), 1) ->> 'dlq', 'intake_' || repeat('l', 36) || '_dlq', 'a 36-character pool id is the longest: its dead-letter queue''s name is pgmq''s longest');
 SELECT throws_ok($$SELECT intake.create_pool(repeat('l', 37), 1)$$, '22023', NULL, 'a 37-character one is refused before pgmq would (22023, not P0001)');
+-- Default privileges of the creating role do not reach a pool's slot sequence (whoever could
+-- setval it would make the pool sell out with nothing sold).
+ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO PUBLIC;
+SELECT intake.create_pool('tap_defpriv', 2) \g /dev/null
+ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM PUBLIC;
+SELECT is((SELECT relacl IS NULL OR NOT EXISTS (SELECT FROM aclexplode(relacl) a WHERE a.grantee <> relowner)
+             FROM pg_class WHERE oid = 'intake.slots_tap_defpriv'::regclass), true,
+          'a new pool''s slot sequence is granted to no one but its owner');
 SELECT ok((SELECT octet_length(message) < 1200 FROM (SELECT pg_temp.error_of($$SELECT intake.pool_status(repeat('X', 1000000))$$) AS message) m),
           'an error quoting a 1 MB argument quotes at most 1 KiB of it');
 SELECT throws_ok($$SELECT intake.create_pool('tap_cred', 1, '{"validation_webhook_url": "https://payuser:S3cr3tPassw0rd@pay.example/validate"}')$$,

@@ -63,6 +63,7 @@ pub fn create(
         None,
         &[],
     )?;
+    owner_only(client, &pool.slot_sequence())?;
     client.update(
         "INSERT INTO intake.allocations (pool_id, slot) SELECT $1, g FROM generate_series(1, $2) g",
         None,
@@ -217,6 +218,29 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
         )?;
     }
     Ok(true)
+}
+
+/// Take back whatever the creating role's default privileges granted on a pool's slot
+/// sequence (a role that could `setval` it would make the pool sell out with nothing sold):
+/// it is flowgate's own state, as the install's objects are.
+pub fn owner_only(client: &mut SpiClient<'_>, sequence: &str) -> CoreResult<()> {
+    let revokes = client.select(
+        "SELECT pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM %s', c.oid::regclass, \
+                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END) \
+           FROM pg_catalog.pg_class c CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a \
+           LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee \
+          WHERE c.oid = $1::regclass AND a.grantee <> c.relowner",
+        None,
+        &[sequence.into()],
+    )?;
+    let statements: Vec<String> = revokes
+        .into_iter()
+        .filter_map(|row| row.get::<String>(1).ok().flatten())
+        .collect();
+    for statement in statements {
+        client.update(&statement, None, &[])?;
+    }
+    Ok(())
 }
 
 /// How many slot numbers the pool's sequence has handed out (its counter).

@@ -65,6 +65,7 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
             &format!("ALTER EXTENSION flowgate ADD SEQUENCE {seq}"),
             &[],
         )?;
+        crate::intake::pools::owner_only(client, &seq)?;
         prepared::exec(client, &format!("SELECT setval('{seq}', m, true) FROM (SELECT max(slot) AS m FROM ({intents}) i) x WHERE m IS NOT NULL"), &[],
         )?;
     }

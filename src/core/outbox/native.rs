@@ -27,6 +27,11 @@ pub struct Request {
     /// True when the request holds a resolved secret (a header, a body field) or the delivery
     /// is sensitive (its answer holds secrets): such requests never go through pg_net.
     pub carries_secret: bool,
+    /// The latest moment the request may start and still be answered (or time out) before its
+    /// claim's lease runs out; `None`: no limit. A request still waiting for a free sender then
+    /// is not sent (its attempt is recorded as not reaching the destination, and retried), so
+    /// it never goes out while a runner that took it over after the lease sends it too.
+    pub start_by: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +186,25 @@ pub fn send_batch(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(req) = requests.get(i) else { break };
                 let started = Instant::now();
+                if req.start_by.is_some_and(|by| started > by) {
+                    // Sending now could overlap the send of the runner that takes the delivery
+                    // over once this lease has run out.
+                    if let Ok(mut slots) = results.lock() {
+                        slots[i] = Some(Response {
+                            id: req.id,
+                            attempt: Attempt::Transport(
+                                "not sent: its lease would have run out before an answer".into(),
+                            ),
+                            body: String::new(),
+                            content_type: None,
+                            elapsed: Duration::ZERO,
+                        });
+                    }
+                    let (count, signal) = &finished;
+                    *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    signal.notify_one();
+                    continue;
+                }
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     send_one(&agent, req)
                 }))
@@ -246,7 +270,27 @@ mod unit_tests {
             body: Some(b"{\"a\":1}".to_vec()),
             timeout: Duration::from_millis(500),
             carries_secret: false,
+            start_by: None,
         }
+    }
+
+    #[test]
+    fn a_request_past_its_start_by_is_not_sent() {
+        let base = base_url();
+        let mut late = req(901, format!("{base}/ok"));
+        late.start_by = Some(Instant::now() - Duration::from_secs(1));
+        let out = send_batch(&[late], 1, &|| false);
+        assert_eq!(out[0].status(), None);
+        assert!(
+            matches!(&out[0].attempt, Attempt::Transport(m) if m.contains("lease")),
+            "{:?}",
+            out[0].attempt
+        );
+        // The server never saw the key: the next send of it is its first.
+        let mut on_time = req(901, format!("{base}/ok"));
+        on_time.start_by = Some(Instant::now() + Duration::from_secs(60));
+        let out = send_batch(&[on_time], 1, &|| false);
+        assert!(out[0].body.contains("\"seen\":1"), "{}", out[0].body);
     }
 
     #[test]

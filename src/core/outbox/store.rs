@@ -370,6 +370,9 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
             prepare_sql!("NULL::jsonb")
         };
         let rows = prepared::read(client, sql, &[ids.to_vec().into()])?;
+        // The claim is this transaction's: its lease runs from about now.
+        let claimed = std::time::Instant::now();
+        let lease_seconds = settings::get_i64("flowgate.in_flight_lease_seconds")?.max(1) as f64;
         let mut out = Vec::with_capacity(rows.len());
         let mut secrets = Secrets::default();
         for row in rows {
@@ -395,6 +398,8 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
                     }
                 },
             };
+            let timeout =
+                Duration::from_millis(row.get::<i32>(10)?.unwrap_or(10_000).max(1) as u64);
             let mut body: Option<String> = row.get(8)?;
             let body_secrets = match row.get::<JsonB>(11)? {
                 Some(JsonB(Value::Object(m))) => m,
@@ -423,7 +428,8 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
                 url: row.get::<String>(3)?.unwrap_or_default(),
                 headers: wire,
                 body: body.map(String::into_bytes),
-                timeout: Duration::from_millis(row.get::<i32>(10)?.unwrap_or(10_000).max(1) as u64),
+                timeout,
+                start_by: Some(start_by(claimed, lease_seconds, timeout)),
                 // pg_net keeps requests and responses in tables PUBLIC can read.
                 carries_secret: auth.is_some()
                     || !body_secrets.is_empty()
@@ -432,6 +438,18 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
         }
         Ok(out)
     })
+}
+
+/// The latest start of a request claimed at `claimed` that still ends (answered or timed out,
+/// and 5 s to record it) before its lease runs out. The lease is what `flowgate.collect`
+/// expires in-flight rows after: `flowgate.in_flight_lease_seconds`, or the timeout and 30 s.
+fn start_by(
+    claimed: std::time::Instant,
+    lease_seconds: f64,
+    timeout: Duration,
+) -> std::time::Instant {
+    let lease = Duration::from_secs_f64(lease_seconds.max(timeout.as_secs_f64() + 30.0));
+    claimed + lease.saturating_sub(timeout + Duration::from_secs(5))
 }
 
 /// Whether `flowgate.deliveries` has its `body_secrets` column (0.1.1). A database whose SQL is
