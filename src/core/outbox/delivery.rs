@@ -6,6 +6,20 @@ use crate::core::error::{CoreError, CoreResult};
 
 pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 
+/// Headers the HTTP client sets from the request itself (its target, its body's framing, the
+/// connection): one given by a caller would misdirect or corrupt the request.
+const TRANSPORT_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+];
+
 /// Headers that carry credentials: they must come from a secret reference, never a row.
 const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
@@ -185,6 +199,13 @@ pub fn validate(d: &NewDelivery) -> CoreResult<()> {
                 "an HTTP token (letters, digits, !#$%&'*+-.^_`|~)",
             ));
         }
+        if TRANSPORT_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(CoreError::invalid(
+                "headers",
+                format!("{name} is set by the HTTP client from the request itself"),
+                "headers other than Host, Content-Length, Transfer-Encoding, Connection, Keep-Alive, Upgrade, TE, Trailer and Expect",
+            ));
+        }
         if CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
             return Err(CoreError::invalid(
                 "headers",
@@ -193,12 +214,14 @@ pub fn validate(d: &NewDelivery) -> CoreResult<()> {
             ));
         }
         match value {
-            Value::String(v) if !v.chars().any(|c| c == '\r' || c == '\n') => {}
+            // What a header field value may hold (RFC 9110 5.5): visible characters, spaces
+            // and tabs, no other control character.
+            Value::String(v) if !v.chars().any(|c| c.is_control() && c != '\t') => {}
             _ => {
                 return Err(CoreError::invalid(
                     "header value",
-                    format!("{name} is not a single-line string"),
-                    "a JSON string without line breaks",
+                    format!("{name} is not a string of visible characters, spaces and tabs"),
+                    "a JSON string without line breaks or other control characters",
                 ))
             }
         }
@@ -388,6 +411,15 @@ mod unit_tests {
             }),
             Box::new(|d| {
                 d.headers.insert("X-Ok".into(), json!("a\r\nInjected: 1"));
+            }),
+            Box::new(|d| {
+                d.headers.insert("X-T".into(), json!("a\u{b}b"));
+            }),
+            Box::new(|d| {
+                d.headers.insert("Content-Length".into(), json!("0"));
+            }),
+            Box::new(|d| {
+                d.headers.insert("Host".into(), json!("metadata.internal"));
             }),
             Box::new(|d| {
                 d.headers.insert("bad header".into(), json!("x"));
