@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(44);
+SELECT plan(46);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -119,6 +119,12 @@ SELECT is((SELECT (response_body::jsonb ->> 'seen')::int FROM flowgate.deliverie
 SELECT throws_ok(format($$SELECT flowgate.enqueue_delivery('tap_outbox', 'x', 'http://127.0.0.1:5597/ok', %L, headers => '{"Authorization": "Bearer leaked"}')$$,
                         :'run' || '-bad'),
                  '22023', NULL, 'credentials in plain headers are refused');
+SELECT throws_ok(format($$SELECT flowgate.enqueue_delivery('tap_outbox', 'x', 'http://127.0.0.1:5597/ok', %L, '{"a": 1}', headers => '{"Content-Length": "0"}')$$,
+                        :'run' || '-bad'),
+                 '22023', NULL, 'a Content-Length header (which dropped the body) is refused');
+SELECT throws_ok(format($$SELECT flowgate.enqueue_delivery('tap_outbox', 'x', 'http://127.0.0.1:5597/ok', %L, headers => jsonb_build_object('X-T', 'a' || chr(11) || 'b'))$$,
+                        :'run' || '-bad'),
+                 '22023', NULL, 'so is a header value with a control character');
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-bad'), 0, 'and nothing was written');
 
 BEGIN;
