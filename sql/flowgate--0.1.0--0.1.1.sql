@@ -95,8 +95,15 @@ SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log_id_seq', '');
 
 -- A restore loads ops.deployments by COPY, possibly before the facts that made each
--- deployment eligible: the promotion block lets a COPY through (the gate triggers step aside
--- too, in ops.ingest_applying), so a dump restores whole, with the statuses it holds.
+-- deployment eligible: the promotion block lets a restore's COPY through (a COPY by a role row
+-- security does not apply to; the gate triggers step aside too, in ops.ingest_applying), so a
+-- dump restores whole, with the statuses it holds.
+CREATE FUNCTION ops."restore_loading"() RETURNS bool
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'restore_loading_wrapper';
+COMMENT ON FUNCTION ops.restore_loading() IS
+  'Whether a restore is loading ops'' tables now (a COPY by a role row security does not apply to, as pg_restore runs): the promotion block then lets past deployments in.';
 CREATE OR REPLACE FUNCTION ops.check_promotion() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -104,7 +111,7 @@ AS $$
 DECLARE
     verdict jsonb;
 BEGIN
-    IF pg_catalog.current_query() ~* '^\s*copy\s' THEN
+    IF ops.restore_loading() THEN
         RETURN NEW;
     END IF;
     verdict := ops.promotion_status(NEW.release_id, NEW.environment);
@@ -119,7 +126,7 @@ END
 $$;
 
 COMMENT ON FUNCTION ops.ingest_applying(uuid) IS
-  'Whether ops.ingest_event in this session is applying an event to the release right now, or a restore is loading the table (a COPY); the gate triggers then leave the release''s evaluation to the ingest, or its stored statuses as the dump has them.';
+  'Whether ops.ingest_event in this session is applying an event to the release right now, or a restore is loading the table (a COPY by a role row security does not apply to); the gate triggers then leave the release''s evaluation to the ingest, or its stored statuses as the dump has them.';
 
 -- auto uses pg_net only where PUBLIC can neither read its request queue nor write its
 -- responses (pg_net as installed grants both).
@@ -135,6 +142,7 @@ BEGIN
     FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
+            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
         END IF;
     END LOOP;
 END

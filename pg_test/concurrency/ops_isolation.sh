@@ -139,6 +139,40 @@ grep -q 'could not serialize access' <<<"$out" \
   || fail "the REPEATABLE READ direct writer was not refused with 40001: $out"
 read -r stored fresh <<<"$(q "SELECT status, ops.evaluate_gate(gate_id) FROM ops.release_gates WHERE release_id = '$R3' AND gate_code = 'G1'" | tr '|' ' ')"
 [ "$stored" = "$fresh" ] && [ "$stored" = failed ] || fail "after the refused writer: stored G1 $stored, a fresh evaluation says $fresh"
+# ---- 4. one login, two personas; a persona's COPY ------------------------------------------------
+# A login that is a member of developer and release_manager (and sre), without JWT claims, is
+# one actor whatever role it sets: it cannot request an exception as a developer and approve it
+# as a release manager. And a persona's COPY (INSERT ... RETURNING) TO STDOUT, which writes under
+# its row security, is not a restore: the promotion block still refuses an ineligible deployment.
+R4=c5c5c5c5-0000-4000-8000-000000000004
+q "DELETE FROM ops.releases WHERE release_id = '$R4'"
+q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/r4/create', 'event_type', 'release_created',
+      'source_system', 'github_actions', 'release_id', '$R4', 'version', 'iso-4'))" >/dev/null
+q "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fg_iso_two') THEN CREATE ROLE fg_iso_two LOGIN; END IF; END \$\$" 
+q "GRANT developer, release_manager, sre TO fg_iso_two"
+ev4() {  # key type fields
+  echo "ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/r4/$1', 'event_type', '$2',
+        'source_system', 'github_actions', 'release_id', '$R4') || $3)"
+}
+decided=$(psql -X -q -tA -v ON_ERROR_STOP=1 2>&1 <<SQL
+SET SESSION AUTHORIZATION fg_iso_two;
+SET ROLE developer;
+SELECT $(ev4 req exception_requested "jsonb_build_object('gate_code', 'G3', 'reason', 'mine', 'expires_at', now() + interval '1 day')") #>> '{detail,exception_id}' AS exc \\gset
+SET ROLE release_manager;
+SELECT $(ev4 dec exception_decided "jsonb_build_object('exception_id', :'exc', 'decision', 'approved')") #>> '{detail,http_status}';
+SQL
+)
+approved=$(q "SELECT count(*) FROM ops.exceptions WHERE release_id = '$R4' AND status = 'approved'")
+[ "$approved" -eq 0 ] && [ "$decided" != 200 ] \
+  || fail "one login requested an exception as developer and approved it as release_manager (answer $decided)"
+copied=$(psql -X -q -tA -c "SET SESSION AUTHORIZATION fg_iso_two" -c "SET ROLE sre" \
+  -c "COPY (INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('$R4', 'production', 'fg_iso_two') RETURNING deployment_id) TO STDOUT" 2>&1 || true)
+deployed=$(q "SELECT count(*) FROM ops.deployments WHERE release_id = '$R4'")
+[ "$deployed" -eq 0 ] && grep -q 'not eligible' <<<"$copied" \
+  || fail "a persona's COPY (INSERT ... RETURNING) got past the promotion block: $copied"
+q "DELETE FROM ops.releases WHERE release_id = '$R4'; DROP OWNED BY fg_iso_two; DROP ROLE fg_iso_two"
+echo "ok 3 - ops identity: one login with two personas and no JWT is one actor (its exception approved by itself: $decided, refused); a persona's COPY (INSERT ... RETURNING) TO STDOUT is refused by the promotion block like an INSERT"
+
 echo "ok 1 - ops ingest, a repeated check result (not evaluated again) against a REPEATABLE READ direct writer of an earlier-dated result of the same check: the writer fails with 40001 and the stored G1 ($stored) equals a fresh evaluation"
 
 echo "ok 2 - ops ingest, one key sent twice at once for release_created and for exception_decided: the second sender waits, then answers as the first's duplicate (no 409), one log row each"

@@ -69,12 +69,12 @@ SET LOCAL SESSION AUTHORIZATION fg_mallory;
 SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
 SELECT is(flowgate.current_actor(), 'fg_mallory', 'a plain login role writing request.jwt.claims stays itself');
 SET LOCAL ROLE authenticated;
-SELECT is(flowgate.current_actor(), 'authenticated', 'also after SET ROLE: the actor is the database role');
+SELECT is(flowgate.current_actor(), 'fg_mallory', 'also after SET ROLE: the actor is the login (one login is one actor, whatever role it sets)');
 SELECT is(flowgate.current_actor_info() ->> 'source', 'session', 'recorded as a session role, not a JWT user');
 SELECT set_config('request.jwt.claim.sub', 'ae-1', true) \g /dev/null
-SELECT is(flowgate.current_actor(), 'authenticated', 'the PostgREST < 10 per-claim settings are ignored the same way');
+SELECT is(flowgate.current_actor(), 'fg_mallory', 'the PostgREST < 10 per-claim settings are ignored the same way');
 SELECT set_config('request.jwt.claims', '{"sub":', true) \g /dev/null
-SELECT is(flowgate.current_actor(), 'authenticated', 'and claims it cannot be believed are not even parsed');
+SELECT is(flowgate.current_actor(), 'fg_mallory', 'and claims it cannot be believed are not even parsed');
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
 SELECT set_config('request.jwt.claim.sub', '', true) \g /dev/null
 RESET ROLE;

@@ -107,9 +107,9 @@ CREATE TRIGGER evidence_release BEFORE INSERT OR UPDATE ON ops.evidence_artifact
     FOR EACH ROW EXECUTE FUNCTION ops.evidence_release();
 
 -- The production promotion block: no staging or production deployment of a release that is
--- not eligible, however the row is written; except by a restore loading the table (a COPY:
--- pg_restore and psql load dumps so), whose deployments were allowed when they were made and
--- whose facts may not all be loaded yet.
+-- not eligible, however the row is written; except by a restore loading the table (a COPY by a
+-- role row security does not apply to: pg_restore and psql load dumps so), whose deployments
+-- were allowed when they were made and whose facts may not all be loaded yet.
 CREATE FUNCTION ops.check_promotion() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -117,7 +117,7 @@ AS $$
 DECLARE
     verdict jsonb;
 BEGIN
-    IF pg_catalog.current_query() ~* '^\s*copy\s' THEN
+    IF ops.restore_loading() THEN
         RETURN NEW;
     END IF;
     verdict := ops.promotion_status(NEW.release_id, NEW.environment);

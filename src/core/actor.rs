@@ -100,6 +100,11 @@ pub struct SessionFacts<'a> {
     pub legacy_role: Option<&'a str>,
     /// `current_user`.
     pub current_user: &'a str,
+    /// The login (`session_user`) when it is not `current_user` and is not trusted: a login that
+    /// switched to another role with `SET ROLE`. One login is one actor, whatever role it sets
+    /// (a member of two personas could otherwise request an exception as one and approve it as
+    /// the other); trusted logins act as the role they set. `None` otherwise.
+    pub login: Option<&'a str>,
     pub trusted: bool,
     /// Whether the claims settings are believed: the session logged in as an authenticator
     /// role or as a trusted role. When false they are ignored and the actor is `current_user`.
@@ -148,7 +153,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
     let mut role: Option<String> = None;
     if !facts.claims_count {
         return Ok(Actor {
-            id: facts.current_user.to_owned(),
+            id: facts.login.unwrap_or(facts.current_user).to_owned(),
             role: facts.current_user.to_owned(),
             source: ActorSource::Session,
             trusted: facts.trusted,
@@ -304,6 +309,7 @@ mod unit_tests {
         SessionFacts {
             claims,
             current_user: user,
+            login: None,
             claims_count: true,
             ..Default::default()
         }
@@ -315,6 +321,7 @@ mod unit_tests {
             claims: Some(r#"{"sub":"the-commercial-owner","role":"authenticated"}"#),
             legacy_sub: Some("someone-else"),
             current_user: "mallory",
+            login: None,
             claims_count: false,
             ..Default::default()
         };
@@ -326,6 +333,7 @@ mod unit_tests {
         let f = SessionFacts {
             claims: Some("{oops"),
             current_user: "mallory",
+            login: None,
             ..Default::default()
         };
         assert_eq!(resolve(&f).unwrap().id, "mallory");
@@ -370,6 +378,7 @@ mod unit_tests {
             legacy_sub: Some("u-legacy"),
             legacy_role: Some("authenticated"),
             current_user: "authenticator",
+            login: None,
             trusted: false,
             claims_count: true,
         };
@@ -421,6 +430,7 @@ mod unit_tests {
 
         let bot = SessionFacts {
             current_user: "service_role",
+            login: None,
             trusted: true,
             ..Default::default()
         };
@@ -451,6 +461,7 @@ mod unit_tests {
         }
         let bot = SessionFacts {
             current_user: "service_role",
+            login: None,
             trusted: true,
             ..Default::default()
         };

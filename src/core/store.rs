@@ -68,6 +68,30 @@ pub fn statement_is_copy() -> bool {
         && bytes[start + 4].is_ascii_whitespace()
 }
 
+/// Whether a restore is loading `schema.table` now: the statement is a [`COPY`](statement_is_copy)
+/// and row security does not apply to the calling role on that table (its owner, a superuser,
+/// a role with BYPASSRLS), as for pg_restore. A role row security applies to can also run a
+/// `COPY` (`COPY (INSERT ... RETURNING) TO STDOUT` writes rows under its policies), so the
+/// statement alone decides nothing.
+pub fn restore_loading(schema: &CStr, table: &CStr) -> bool {
+    if !statement_is_copy() {
+        return false;
+    }
+    // SAFETY: catalog cache look-ups by NUL-terminated names; check_enable_rls with noError
+    // reads the relation's flags and the role's attributes only. GetOuterUserId() is the
+    // calling role outside any SECURITY DEFINER function (a trigger's caller).
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        if ns == pg_sys::InvalidOid {
+            return false;
+        }
+        let rel = pg_sys::get_relname_relid(table.as_ptr(), ns);
+        rel != pg_sys::InvalidOid
+            && pg_sys::check_enable_rls(rel, pg_sys::GetOuterUserId(), true)
+                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
 /// The calling role: `current_user` as the caller sees it. Inside a function running with its
 /// owner's rights this is still the caller (Postgres' "outer" user), never the function's owner, so identity
 /// and trust cannot be borrowed from a definer.
@@ -163,11 +187,23 @@ pub fn session_actor(with_trust: bool) -> CoreResult<Actor> {
         legacy_sub: legacy_sub.as_deref(),
         legacy_role: legacy_role.as_deref(),
         current_user: &user,
+        login: None,
         trusted,
         claims_count: false,
     };
     // Only a session that carries claims pays for checking who logged in.
     facts.claims_count = facts.has_claims() && claims_count()?;
+    // Without believed claims the actor is the login, unless it is the role in effect or a
+    // trusted login (which may act as the roles it sets).
+    let login;
+    if !facts.claims_count {
+        login = session_user();
+        // SAFETY: GetSessionUserId() is valid once the session started.
+        if login != user && !role_is_trusted(unsafe { pg_sys::GetSessionUserId() }, login.clone())?
+        {
+            facts.login = Some(&login);
+        }
+    }
     actor::resolve(&facts)
 }
 

@@ -381,8 +381,9 @@ mod ops {
     }
 
     /// Whether `ops.ingest_event` in this session is applying an event to the release right now,
-    /// or a restore is loading the table (a COPY); the gate triggers then leave the release's
-    /// evaluation to the ingest, or its stored statuses as the dump has them.
+    /// or a restore is loading the table (a COPY by a role row security does not apply to); the
+    /// gate triggers then leave the release's evaluation to the ingest, or its stored statuses
+    /// as the dump has them.
     ///
     /// The triggers that re-evaluate a release's gates when a fact row is written skip such a
     /// release (their WHEN clause): the ingest evaluates it once, after all its writes. A
@@ -392,7 +393,15 @@ mod ops {
     #[pg_extern(volatile, strict, parallel_restricted)]
     fn ingest_applying(release_id: pgrx::Uuid) -> bool {
         evaluation::is_applying(uuid::Uuid::from_bytes(*release_id.as_bytes()))
-            || core_store::statement_is_copy()
+            || core_store::restore_loading(c"ops", c"gate_checks")
+    }
+
+    /// Whether a restore is loading ops' tables now (a COPY by a role row security does not
+    /// apply to, as pg_restore runs): the promotion block then lets past deployments in.
+    #[documented]
+    #[pg_extern(volatile, parallel_restricted)]
+    fn restore_loading() -> bool {
+        core_store::restore_loading(c"ops", c"deployments")
     }
 
     /// Re-evaluate the releases whose bypassing exception has expired, so that

@@ -61,5 +61,6 @@ pgrx::extension_sql_file!(
         ops::api::ops::value_constraints,
         ops::api::ops::promotion_status,
         ops::api::ops::refresh_gates,
+        ops::api::ops::restore_loading,
     ]
 );
