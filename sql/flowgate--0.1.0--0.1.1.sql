@@ -133,6 +133,19 @@ COMMENT ON FUNCTION ops.ingest_applying(uuid) IS
 COMMENT ON FUNCTION flowgate.effective_transport() IS
   'The transport the outbox uses now, pg_net or native: the flowgate.http_transport setting, with auto meaning pg_net when that extension is installed and PUBLIC can neither read its request queue nor write its responses, else native.';
 
+-- A qa_signoff artifact (it alone passes G2) comes only from the personas who sign G2 off: the
+-- one insert policy of ops.evidence_artifacts becomes one per persona, from the persona matrix.
+DROP POLICY inserts ON ops.evidence_artifacts;
+DO $evidence$
+DECLARE
+    s text;
+BEGIN
+    FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'CREATE POLICY %\_inserts ON ops.evidence\_artifacts %' LOOP
+        EXECUTE s;
+    END LOOP;
+END
+$evidence$;
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

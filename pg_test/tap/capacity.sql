@@ -203,7 +203,7 @@ RESET ROLE;
 SET LOCAL SESSION AUTHORIZATION fg_sa_login;
 SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
-SELECT is(flowgate.current_actor(), 'authenticated', 'the forged claims are ignored: the actor is the database role');
+SELECT is(flowgate.current_actor(), 'fg_sa_login', 'the forged claims are ignored: the actor is the login');
 SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'COMMERCIAL_APPROVED')$$, :'cr_imp'), 'P0002', NULL,
     'so the forged approval finds no request it may act on');
 RESET ROLE;

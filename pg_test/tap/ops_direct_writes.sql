@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(82);
+SELECT plan(85);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -226,6 +226,15 @@ SELECT throws_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name,
 SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (release_id, artifact_type, uri, submitted_by)
                    VALUES ('d6000000-0000-4000-8000-000000000001', 'test_report', 'see the wiki', 'ci-bot')$$,
                  '23514', NULL, 'evidence needs an absolute URI');
+-- A qa_signoff alone passes G2: only the personas who sign G2 off attach one.
+SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (release_id, artifact_type, uri, submitted_by)
+                   VALUES ('d6000000-0000-4000-8000-000000000001', 'qa_signoff', 'https://x.example/fake', 'ci-bot')$$,
+                 '42501', NULL, 'ci cannot attach a qa_signoff directly');
+SELECT is(ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'dw-fake-qa', 'event_type', 'evidence_attached',
+              'source_system', 'github_actions', 'release_id', 'd6000000-0000-4000-8000-000000000001',
+              'artifact_type', 'qa_signoff', 'uri', 'https://x.example/fake')) #>> '{detail,http_status}', '403',
+          'nor through ingest (403)');
+SELECT is((SELECT count(*)::int FROM ops.evidence_artifacts WHERE uri = 'https://x.example/fake'), 0, 'and no such artifact was written');
 SELECT throws_ok($$INSERT INTO ops.releases (release_id, version, created_by, source_system) VALUES ('d6000000-0000-4000-8000-000000000009', '   ', 'ci-bot', 'github_actions')$$,
                  '23514', NULL, 'a release with a blank version is refused');
 SELECT lives_ok($$INSERT INTO ops.releases (release_id, version, created_by, source_system) VALUES ('d6000000-0000-4000-8000-000000000004', 'dw-direct', 'ci-bot', 'github_actions')$$,

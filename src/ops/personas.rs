@@ -114,7 +114,13 @@ pub const MATRIX: &[Access] = &[
         read_all: ALL,
         read_some: &[],
         insert: &[CI, QA_TESTER, RELEASE_MANAGER, SRE, DEVELOPER],
-        insert_check: concat!("submitted_by = ", me!()),
+        // A qa_signoff (it alone passes G2) only from those who sign G2 off
+        // (`roles::Caller::may_attach`).
+        insert_check: concat!(
+            "submitted_by = ",
+            me!(),
+            " AND (artifact_type <> 'qa_signoff' OR '{persona}' IN ({signers}))"
+        ),
         update: None,
     },
     Access {
@@ -291,10 +297,18 @@ pub fn privileges() -> Vec<String> {
                     } else {
                         gates.join(", ")
                     };
+                    let signers = GateCode::G2
+                        .rule()
+                        .approver_roles
+                        .iter()
+                        .map(|r| format!("'{r}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     let check = a
                         .insert_check
                         .replace("{persona}", p)
-                        .replace("{gates}", &gates);
+                        .replace("{gates}", &gates)
+                        .replace("{signers}", &signers);
                     out.push(format!(
                         "CREATE POLICY {p}_inserts ON ops.{t} FOR INSERT TO {p} WITH CHECK ({check})"
                     ));

@@ -21,6 +21,30 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// 403 unless the caller may attach evidence of `artifact_type`: a `qa_signoff` is the word
+    /// that a release passed its testing (it alone passes G2), so only the personas who sign G2
+    /// off (or a trusted session) give it.
+    pub fn may_attach(&self, artifact_type: &str) -> OpsResult<()> {
+        let signers = GateCode::G2.rule().approver_roles;
+        if artifact_type != "qa_signoff"
+            || self.trusted
+            || self
+                .memberships
+                .iter()
+                .any(|m| signers.contains(&m.as_str()))
+        {
+            return Ok(());
+        }
+        Err(OpsError::Forbidden {
+            actor: self.actor_id.clone(),
+            action: "attach a qa_signoff artifact".into(),
+            allowed: format!(
+                "a qa_signoff comes from {} (gate_signoff); attach a test_report instead",
+                signers.join(" or ")
+            ),
+        })
+    }
+
     /// The persona the caller is recorded as.
     pub fn persona(&self) -> Option<&'static str> {
         persona_of(&self.memberships)

@@ -194,6 +194,7 @@ fn insert_artifact(
     check_id: Option<&str>,
     a: &Artifact,
 ) -> OpsResult<String> {
+    ctx.caller.may_attach(&a.artifact_type)?;
     let t = write(
         client,
         "INSERT INTO ops.evidence_artifacts (release_id, gate_id, check_id, artifact_type, uri, sha256, description, \
