@@ -135,11 +135,16 @@ COMMENT ON FUNCTION flowgate.effective_transport() IS
 
 -- A qa_signoff artifact (it alone passes G2) comes only from the personas who sign G2 off: the
 -- one insert policy of ops.evidence_artifacts becomes one per persona, from the persona matrix.
-DROP POLICY inserts ON ops.evidence_artifacts;
+-- (Whatever insert policies it has go first: 0.1.0's script run by this library made them
+-- per persona already.)
 DO $evidence$
 DECLARE
     s text;
 BEGIN
+    FOR s IN SELECT policyname FROM pg_catalog.pg_policies
+              WHERE schemaname = 'ops' AND tablename = 'evidence_artifacts' AND cmd = 'INSERT' LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON ops.evidence_artifacts', s);
+    END LOOP;
     FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'CREATE POLICY %\_inserts ON ops.evidence\_artifacts %' LOOP
         EXECUTE s;
     END LOOP;
