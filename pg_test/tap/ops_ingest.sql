@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(161);
+SELECT plan(162);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -295,6 +295,10 @@ SELECT is(ops.ingest_event(pg_temp.ev('r4-rm-no', 'approval', '{"decision": "rej
 RESET request.jwt.claims;
 SELECT is((SELECT status_reason FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000004' AND gate_code = 'G3'),
           'release approval rejected (release_manager)', 'and the stored reason does not name the approver');
+SELECT ok(NOT EXISTS (SELECT FROM ops.evidence_artifacts a JOIN ops.approvals p ON p.release_id = a.release_id
+                      WHERE a.artifact_type = 'qa_signoff' AND strpos(a.description, p.approver_id) > 0)
+          AND EXISTS (SELECT FROM ops.evidence_artifacts WHERE artifact_type = 'qa_signoff'),
+          'nor does a signoff''s evidence row, which every persona reads');
 
 -- R3: everything but G3's approval; G3 bypassed by an approved exception.
 SELECT ops.ingest_event(pg_temp.ev('r3', 'release_created', '{"version": "3"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null
