@@ -182,16 +182,7 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     }
     // A restored database has no slot sequence until the pool is rebuilt (pg_dump leaves out
     // an extension's member sequences): there is nothing to drop then.
-    let has_sequence = client
-        .select(
-            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-            Some(1),
-            &[pool.slot_sequence().into()],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
-    if has_sequence {
+    if has_slot_sequence(client, pool)? {
         client.update(
             &format!(
                 "ALTER EXTENSION flowgate DROP SEQUENCE {}",
@@ -218,6 +209,20 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
         )?;
     }
     Ok(true)
+}
+
+/// Whether the pool's slot sequence exists (a restore leaves it out: pg_dump skips an
+/// extension's member sequences).
+pub fn has_slot_sequence(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
+    Ok(client
+        .select(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            Some(1),
+            &[pool.slot_sequence().into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false))
 }
 
 /// Take back whatever the creating role's default privileges granted on a pool's slot

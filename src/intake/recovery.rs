@@ -45,16 +45,7 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         q = pool.queue(),
         d = pool.dlq()
     );
-    let missing_seq = client
-        .select(
-            "SELECT to_regclass($1) IS NULL",
-            Some(1),
-            &[seq.clone().into()],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
-    if missing_seq {
+    if !crate::intake::pools::has_slot_sequence(client, pool)? {
         prepared::exec(
             client,
             &format!("CREATE SEQUENCE {seq} AS int MINVALUE 1"),

@@ -32,62 +32,7 @@ use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared;
 use crate::core::store as settings;
 
-/// How a batch travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Native,
-    PgNet,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Native => "native",
-            Transport::PgNet => "pg_net",
-        }
-    }
-
-    /// The transport in use now: the `flowgate.http_transport` setting, with `auto` meaning
-    /// pg_net when that extension is installed and closed to PUBLIC, else native.
-    ///
-    /// pg_net as installed grants PUBLIC its request queue and response table: any role could
-    /// then read a queued request's body and write the response flowgate records as the
-    /// delivery's outcome (and hands to its handler). So pg_net carries deliveries only where
-    /// PUBLIC can neither read `net.http_request_queue` nor write `net._http_response`; asked
-    /// for by name where it is open, it is refused (0A000) with the REVOKEs that close it.
-    pub fn current() -> CoreResult<Transport> {
-        let wanted = settings::get_text("flowgate.http_transport")?;
-        if wanted == "native" {
-            return Ok(Transport::Native);
-        }
-        let (has_pg_net, open) = Spi::get_two::<bool, bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_net'), \
-                    CASE WHEN pg_catalog.to_regclass('net.http_request_queue') IS NULL \
-                           OR pg_catalog.to_regclass('net._http_response') IS NULL THEN false \
-                         ELSE pg_catalog.has_schema_privilege('public', 'net', 'USAGE') \
-                              AND (pg_catalog.has_table_privilege('public', 'net.http_request_queue', 'SELECT') \
-                                   OR pg_catalog.has_table_privilege('public', 'net._http_response', 'INSERT, UPDATE, DELETE')) END",
-        )?;
-        let (has_pg_net, open) = (has_pg_net.unwrap_or(false), open.unwrap_or(true));
-        match (wanted.as_str(), has_pg_net, open) {
-            ("auto", false, _) | ("auto", true, true) => Ok(Transport::Native),
-            ("pg_net", true, false) | ("auto", true, false) => Ok(Transport::PgNet),
-            ("pg_net", true, true) => Err(CoreError::MissingDependency {
-                feature: "flowgate.http_transport = pg_net".into(),
-                dependency: "a pg_net whose request queue and responses PUBLIC cannot read or write".into(),
-                hint: "REVOKE SELECT ON net.http_request_queue FROM PUBLIC; REVOKE INSERT, UPDATE, DELETE ON net._http_response FROM PUBLIC; \
-                       or set flowgate.http_transport to auto or native"
-                    .into(),
-            }),
-            _ => Err(CoreError::MissingDependency {
-                feature: "flowgate.http_transport = pg_net".into(),
-                dependency: "the pg_net extension".into(),
-                hint: "CREATE EXTENSION pg_net, or set flowgate.http_transport to auto or native"
-                    .into(),
-            }),
-        }
-    }
-}
+pub use super::transport::Transport;
 
 /// How many attempts ended which way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -18,3 +18,4 @@ pub mod policy;
 pub mod procedure;
 pub mod record;
 pub mod store;
+pub mod transport;

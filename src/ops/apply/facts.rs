@@ -109,7 +109,11 @@ pub(super) fn signoff(
             sha256: None,
             // Every persona reads evidence; who signed off stays in ops.approvals, which
             // row security shows to fewer of them.
-            description: Some(format!("{} signoff ({}): {decision}", b.gate, persona.as_str())),
+            description: Some(format!(
+                "{} signoff ({}): {decision}",
+                b.gate,
+                persona.as_str()
+            )),
         };
         insert_artifact(client, ctx, r, Some(&g), None, &a)?;
     }
