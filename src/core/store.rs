@@ -77,18 +77,29 @@ pub fn restore_loading(schema: &CStr, table: &CStr) -> bool {
     if !statement_is_copy() {
         return false;
     }
-    // SAFETY: catalog cache look-ups by NUL-terminated names; check_enable_rls with noError
-    // reads the relation's flags and the role's attributes only. GetOuterUserId() is the
-    // calling role outside any SECURITY DEFINER function (a trigger's caller).
+    let Some(rel) = relation_id(schema, table) else {
+        return false;
+    };
+    // SAFETY: check_enable_rls with noError reads the relation's flags and the role's
+    // attributes only. GetOuterUserId() is the calling role outside any SECURITY DEFINER
+    // function (a trigger's caller).
+    unsafe {
+        pg_sys::check_enable_rls(rel, pg_sys::GetOuterUserId(), true)
+            != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
+/// The OID of the relation `schema.name`, looked up in the catalog cache (no statement, no
+/// lock); `None` when either does not exist.
+pub fn relation_id(schema: &CStr, name: &CStr) -> Option<pg_sys::Oid> {
+    // SAFETY: catalog cache look-ups by NUL-terminated names; missing_ok, so no error.
     unsafe {
         let ns = pg_sys::get_namespace_oid(schema.as_ptr(), true);
         if ns == pg_sys::InvalidOid {
-            return false;
+            return None;
         }
-        let rel = pg_sys::get_relname_relid(table.as_ptr(), ns);
-        rel != pg_sys::InvalidOid
-            && pg_sys::check_enable_rls(rel, pg_sys::GetOuterUserId(), true)
-                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        let rel = pg_sys::get_relname_relid(name.as_ptr(), ns);
+        (rel != pg_sys::InvalidOid).then_some(rel)
     }
 }
 

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::core::answer::{Answer, JsonbAnswer};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::prepared::{self, TEXT};
+use crate::core::store::relation_id;
 use crate::intake::pool::PoolId;
 use crate::intake::recovery;
 
@@ -141,21 +142,14 @@ fn sequence_exists(pool: &PoolId) -> bool {
     let Ok(name) = CString::new(pool.slot_sequence_name()) else {
         return false;
     };
-    // SAFETY: the lookups only read the catalog caches (the names are NUL-terminated); the lock
-    // is taken by OID and kept to the end of the transaction, as a statement's would be.
-    unsafe {
-        let schema = pg_sys::get_namespace_oid(c"intake".as_ptr(), true);
-        if schema == pg_sys::InvalidOid {
-            return false;
-        }
-        let seq = pg_sys::get_relname_relid(name.as_ptr(), schema);
-        if seq == pg_sys::InvalidOid {
-            return false;
-        }
-        // Locking processes the invalidations of a drop committed meanwhile.
-        pg_sys::LockRelationOid(seq, pg_sys::AccessShareLock as _);
-        pg_sys::get_relname_relid(name.as_ptr(), schema) == seq
-    }
+    let Some(seq) = relation_id(c"intake", &name) else {
+        return false;
+    };
+    // SAFETY: the lock is taken by OID and kept to the end of the transaction, as a statement's
+    // would be. Locking processes the invalidations of a drop committed meanwhile, so the
+    // second look-up sees it.
+    unsafe { pg_sys::LockRelationOid(seq, pg_sys::AccessShareLock as _) };
+    relation_id(c"intake", &name) == Some(seq)
 }
 
 fn claimed(pool: &PoolId, slot: i32, resource: &str, msg_id: Option<i64>) -> Value {

@@ -53,19 +53,18 @@ mod ops {
         let stored = envelope.as_ref().map_or(0, RawJsonb::size);
         // Logged as sent (the argument itself), not printed and parsed again.
         let sent = envelope.as_ref().and_then(RawJsonb::datum);
-        let (raw, unreadable) = if stored > envelope::MAX_ENVELOPE_STORED_BYTES {
-            (None, None)
+        let raw = if stored > envelope::MAX_ENVELOPE_STORED_BYTES {
+            Ok(None)
         } else {
-            match envelope::value_of(envelope) {
-                Ok(v) => (v, None),
-                Err(e) => (None, Some(envelope::unreadable(e))),
-            }
+            envelope::value_of(envelope).map_err(envelope::unreadable)
         };
-        let bytes = raw.as_ref().map_or(stored, |v| v.to_string().len());
-        let raw = raw.unwrap_or(Value::Null);
-        let (header, parsed) = match unreadable {
-            Some(e) => (envelope::Header::default(), Err(e)),
-            None => envelope::parse(&raw, bytes),
+        let bytes = match &raw {
+            Ok(Some(v)) => v.to_string().len(),
+            _ => stored,
+        };
+        let (header, parsed) = match raw {
+            Ok(v) => envelope::parse(&v.unwrap_or(Value::Null), bytes),
+            Err(e) => (envelope::Header::default(), Err(e)),
         };
         // A SQL NULL envelope is logged as JSON null (a NULL log column means "over the limit").
         let null_envelope = match sent {

@@ -69,6 +69,8 @@ fn send(
     c: &ClientRow,
     step: &Step,
 ) -> CoreResult<i64> {
+    // Body fields the outbox sets from named secrets when it sends (the create's db_pass).
+    let mut body_secrets = Vec::new();
     let (method, path, body, sensitive): (&str, String, Option<Value>, bool) = match step {
         Step::Lookup => ("GET", "/v1/projects".into(), None, false),
         Step::Create => {
@@ -87,7 +89,9 @@ fn send(
             // ALTER EXTENSION flowgate UPDATE has run, the body holds it, as 0.1.0's did.)
             let by_reference = outbox::body_secrets_supported();
             if by_reference {
-                outbox::store_secret(client, &db_pass_secret(&c.slug), &pass)?;
+                let secret = format!("provisioning.{}.db_pass", c.slug);
+                outbox::store_secret(client, &secret, &pass)?;
+                body_secrets.push(("db_pass".to_owned(), secret));
             }
             let region = match &c.region {
                 Some(r) => r.clone(),
@@ -157,9 +161,7 @@ fn send(
     d.max_attempts = Some(1);
     d.timeout_ms = Some(core_store::get_i64("provisioning.request_timeout_ms")? as i32);
     d.sensitive = sensitive;
-    if matches!(step, Step::Create) && outbox::body_secrets_supported() {
-        d.body_secrets = vec![("db_pass".into(), db_pass_secret(&c.slug))];
-    }
+    d.body_secrets = body_secrets;
     // The Management API's rate limits are per account, whatever the host path.
     d.flow_key = Some("supabase-management-api".into());
     if let Step::Migration(v) = step {
@@ -167,12 +169,6 @@ fn send(
         d.wire_key = Some(format!("provisioning:{}:migration:{v}", c.client_id));
     }
     Ok(outbox::enqueue(client, &d)?.id)
-}
-
-/// The name of the secret a client's create request takes its `db_pass` from (Supabase Vault,
-/// else `flowgate.secrets`).
-pub fn db_pass_secret(slug: &str) -> String {
-    format!("provisioning.{slug}.db_pass")
 }
 
 /// The next migration above `version`, if any.

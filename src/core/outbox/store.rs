@@ -457,17 +457,12 @@ fn start_by(
 /// run, lacks it. Looked up in the catalog cache on every use, never remembered: the update
 /// may run while this backend lives.
 pub fn body_secrets_supported() -> bool {
-    // SAFETY: catalog cache look-ups by NUL-terminated names; no pointer outlives the call.
-    unsafe {
-        let schema = pg_sys::get_namespace_oid(c"flowgate".as_ptr(), true);
-        if schema == pg_sys::InvalidOid {
-            return false;
+    settings::relation_id(c"flowgate", c"deliveries").is_some_and(|table| {
+        // SAFETY: a catalog cache look-up by a NUL-terminated column name.
+        unsafe {
+            pg_sys::get_attnum(table, c"body_secrets".as_ptr()) != pg_sys::InvalidAttrNumber as i16
         }
-        let table = pg_sys::get_relname_relid(c"deliveries".as_ptr(), schema);
-        table != pg_sys::InvalidOid
-            && pg_sys::get_attnum(table, c"body_secrets".as_ptr())
-                != pg_sys::InvalidAttrNumber as i16
-    }
+    })
 }
 
 /// The secrets of one batch of requests, each resolved once: its value, or why a delivery that

@@ -177,10 +177,8 @@ pub fn value_of(arg: Option<crate::core::args::RawJsonb>) -> OpsResult<Option<Va
 /// logged, rather than an error raised before the log row.
 pub fn unreadable(e: OpsError) -> OpsError {
     use crate::core::error::CoreError;
-    let problem = match e {
-        OpsError::Core(CoreError::InvalidArgument { problem, .. })
-        | OpsError::Core(CoreError::InvalidJson { problem, .. }) => problem,
-        other => return other,
+    let OpsError::Core(CoreError::InvalidArgument { problem, .. }) = e else {
+        return e;
     };
     OpsError::invalid(
         "envelope",
