@@ -67,7 +67,8 @@ CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.deployments
 -- A database upgraded from 0.1.0 may already hold stale statuses from an earlier TRUNCATE. The
 -- same pass rewrites every reason in 0.1.1's fixed order of check names, and without the
 -- approver's id in a rejection's reason (ops.approvals keeps who): a repeated check result is not
--- evaluated again, so the stored reasons must already be what an evaluation gives.
+-- evaluated again, so the stored reasons must already be what an evaluation gives. It also
+-- withdraws G4 where a rollback came after the deployment that passed it (0.1.1's rule).
 SELECT count(ops.refresh_gates(r.release_id)) FROM (SELECT release_id FROM ops.releases ORDER BY release_id) r;
 
 -- A pool's rebuild locks its own queue table, no longer the inventory tables all pools share.

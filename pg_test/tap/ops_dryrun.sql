@@ -3,7 +3,7 @@
 -- sends it (SET LOCAL ROLE + request.jwt.claims). Afterwards the whole chain is reconstructed
 -- from ops.* alone: who did what, with which evidence, in which order.
 BEGIN;
-SELECT plan(30);
+SELECT plan(35);
 
 CREATE FUNCTION pg_temp.send(key text, type text, fields jsonb) RETURNS jsonb LANGUAGE sql AS $$
     SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', key, 'event_type', type,
@@ -120,6 +120,23 @@ SELECT is((SELECT string_agg(environment || '=' || eligible, ',' ORDER BY enviro
 SELECT is((SELECT count(*)::int FROM ops.v_release_gate_summary
             WHERE release_id = '99999999-0000-4000-8000-000000000042' AND status = 'passed' AND checks_failed = 0), 4,
           'v_release_gate_summary: four gates passed, no failing check');
+
+-- ---- A rollback withdraws G4 ---------------------------------------------------------------------
+SET LOCAL ROLE ci_service_role;
+SET LOCAL request.jwt.claims = '{"sub": "github-actions[bot]", "role": "ci_service_role"}';
+SELECT is(pg_temp.send('github_actions/9005/rollback', 'rollback',
+          '{"deployment_id": "99999999-0000-4000-8000-0000000000b1", "reason": "error rate 4% after the deploy"}') #>> '{detail,gates,G4}',
+          'failed', 'production is rolled back: G4 failed (the staging health before it no longer counts)');
+SELECT ok(NOT ops.is_eligible_for_promotion('99999999-0000-4000-8000-000000000042', 'production'), '   and the release may not go to production again');
+SELECT is(pg_temp.send('github_actions/9006/deploy-staging', 'deployment_started',
+          '{"environment": "staging", "deployment_id": "99999999-0000-4000-8000-0000000000a2", "external_ref": "argo/odoo-staging/119"}') #>> '{detail,gates,G4}',
+          'in_progress', 'a new staging deployment: G4 waits for its health check');
+SELECT is(pg_temp.send('github_actions/9006/deploy-staging-done', 'deployment_finished',
+          '{"deployment_id": "99999999-0000-4000-8000-0000000000a2", "status": "succeeded"}') ->> 'status', 'accepted', '   and succeeds');
+SELECT is(pg_temp.send('github_actions/9006/health', 'health_check',
+          '{"deployment_id": "99999999-0000-4000-8000-0000000000a2", "status": "pass", "uri": "https://grafana.acme/d/odoo-staging?from=now-5m"}')
+          #>> '{detail,gates,G4}', 'passed', '   which passes: G4 passed again');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;

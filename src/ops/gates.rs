@@ -7,7 +7,7 @@
 //! | G1 | every required check (configured names, plus checks reported as required) has `pass` as its latest result |
 //! | G2 | QA evidence (`test_report` or `qa_signoff`) is attached, no check's latest result is `fail`, required checks passed, the latest signoff is not a rejection |
 //! | G3 | the latest release-manager approval is `approved`, a `rollback_plan` artifact is attached, and G2 is passed (or bypassed) |
-//! | G4 | a staging or production deployment has `g4_status = passed` and a `health_check` artifact is attached |
+//! | G4 | a staging or production deployment not rolled back, and recorded after the latest rollback, has `g4_status = passed`, and a `health_check` artifact is attached |
 //!
 //! A gate that is not passed counts as `bypassed` while an exception for it is approved and
 //! not expired at evaluation time. Evidence attached to the release itself (no gate) counts
@@ -95,7 +95,7 @@ impl GateCode {
                 name: "post-deployment health",
                 evidence_any_of: &["health_check"],
                 approver_roles: &[],
-                summary: "a staging or production deployment has g4_status passed and a health check artifact is attached",
+                summary: "a staging or production deployment after the latest rollback has g4_status passed and a health check artifact is attached",
             },
         }
     }
@@ -405,8 +405,12 @@ fn g4(facts: &GateFacts, deployments: &[DeploymentFact]) -> (GateStatus, String)
         .iter()
         .filter(|d| d.environment == "staging" || d.environment == "production")
         .collect();
+    // A rollback withdraws the health of every staging or production deployment recorded
+    // before it (and its own): only deployments after the latest rollback count.
+    let rolled_back = promoted.iter().rposition(|d| d.status == "rolled_back");
+    let current = &promoted[rolled_back.map_or(0, |i| i + 1)..];
     let health = evidence_present(facts, rule.evidence_any_of);
-    if promoted.iter().any(|d| d.g4_status == "passed") {
+    if current.iter().any(|d| d.g4_status == "passed") {
         if health {
             return (
                 GateStatus::Passed,
@@ -418,19 +422,26 @@ fn g4(facts: &GateFacts, deployments: &[DeploymentFact]) -> (GateStatus, String)
             "deployment health passed; waiting for a health_check artifact".into(),
         );
     }
-    match promoted.last() {
-        Some(d) if d.g4_status == "failed" => (
+    match (current.last(), rolled_back) {
+        (Some(d), _) if d.g4_status == "failed" => (
             GateStatus::Failed,
             format!("post-deployment health check failed in {}", d.environment),
         ),
-        Some(d) => (
+        (Some(d), _) => (
             GateStatus::InProgress,
             format!(
                 "waiting for the health check of the {} deployment",
                 d.environment
             ),
         ),
-        None => open(facts, "no staging or production deployment yet".into()),
+        (None, Some(i)) => (
+            GateStatus::Failed,
+            format!(
+                "the {} deployment was rolled back; a new staging or production deployment has to pass its health check",
+                promoted[i].environment
+            ),
+        ),
+        (None, None) => open(facts, "no staging or production deployment yet".into()),
     }
 }
 

@@ -175,6 +175,29 @@ fn g4_needs_health_evidence_and_a_promoted_deployment() {
     assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
 }
 
+#[test]
+fn g4_is_withdrawn_by_a_rollback_until_a_later_deployment_passes() {
+    let mut f = all_passed();
+    f.deployments = vec![deployed("staging", "passed")];
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
+    // Production is deployed and rolled back: staging's earlier health no longer counts.
+    let mut prod = deployed("production", "pending");
+    prod.status = "rolled_back".into();
+    f.deployments.push(prod);
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Failed);
+    // The rolled-back deployment itself had passed: still withdrawn.
+    f.deployments[1].g4_status = "passed".into();
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Failed);
+    // A dev deployment after it changes nothing.
+    f.deployments.push(deployed("dev", "passed"));
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Failed);
+    // A new staging deployment waits for its health check, then passes.
+    f.deployments.push(deployed("staging", "pending"));
+    assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
+    f.deployments.last_mut().unwrap().g4_status = "passed".into();
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
+}
+
 fn arb_gate() -> impl Strategy<Value = GateFacts> {
     let check = (
         prop::sample::select(vec!["build", "lint", "e2e"]),
