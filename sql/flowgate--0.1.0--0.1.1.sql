@@ -152,6 +152,137 @@ BEGIN
 END
 $evidence$;
 
+-- Exceptions: a revocation is recorded beside the approval it withdraws (0.1.0 wrote the revoker
+-- over the approver). A revoked row of 0.1.0 names its revoker as its decider: that becomes its
+-- revocation (the approval it withdrew was not kept).
+ALTER TABLE ops.exceptions
+    ADD COLUMN revoked_by text,
+    ADD COLUMN revoked_at timestamptz,
+    ADD COLUMN revoke_comment text CHECK (ops.is_valid_text(revoke_comment, 4000, true));
+UPDATE ops.exceptions SET revoked_by = decided_by, revoked_at = decided_at, revoke_comment = decision_comment
+ WHERE status = 'revoked';
+ALTER TABLE ops.exceptions ADD CONSTRAINT exception_revocation_recorded CHECK (CASE WHEN status = 'revoked'
+        THEN revoked_by IS NOT NULL AND revoked_at IS NOT NULL AND revoked_by <> requested_by
+        ELSE revoked_by IS NULL AND revoked_at IS NULL AND revoke_comment IS NULL END);
+COMMENT ON TABLE ops.exceptions IS
+  'Gate bypasses. A gate counts as bypassed only while its exception is approved and expires_at is in the future '
+  '(every exception expires: expires_at is required, at most 90 days after the request). The requester cannot decide their own exception. '
+  'A revoked exception keeps its approval (decided_by, decided_at, decision_comment) beside its revocation (revoked_by, revoked_at, revoke_comment).';
+CREATE OR REPLACE FUNCTION ops.stamp_transition() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'exceptions' THEN
+        IF OLD.status = 'requested' AND NEW.status IN ('approved', 'rejected')
+           AND NEW.decided_at IS NOT DISTINCT FROM OLD.decided_at THEN
+            NEW.decided_at := now();
+        END IF;
+        IF OLD.status <> 'revoked' AND NEW.status = 'revoked' AND NEW.revoked_at IS NOT DISTINCT FROM OLD.revoked_at THEN
+            NEW.revoked_at := now();
+        END IF;
+    ELSIF TG_TABLE_NAME = 'deployments' THEN
+        IF OLD.status = 'started' AND NEW.status <> 'started' AND NEW.finished_at IS NULL THEN
+            NEW.finished_at := clock_timestamp();
+        END IF;
+        IF OLD.status <> 'rolled_back' AND NEW.status = 'rolled_back' AND NEW.rolled_back_at IS NULL THEN
+            NEW.rolled_back_at := clock_timestamp();
+        END IF;
+    ELSIF TG_TABLE_NAME = 'incidents' THEN
+        IF OLD.status = 'open' AND NEW.status = 'resolved' AND NEW.resolved_at IS NULL THEN
+            NEW.resolved_at := now();
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE FUNCTION ops.exception_rules() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF row_security_active(TG_RELID) AND NEW.expires_at <= now() THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('exception %s would expire at %s, which is not in the future', NEW.exception_id, NEW.expires_at),
+                DETAIL = format('an exception is requested at %s', now()),
+                HINT = 'expires_at after now and at most 90 days ahead';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        IF NOT ((OLD.status = 'requested' AND NEW.status IN ('approved', 'rejected'))
+                OR (OLD.status = 'approved' AND NEW.status = 'revoked')) THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('exception %s cannot go from %s to %s', OLD.exception_id, OLD.status, NEW.status),
+                DETAIL = format('it is %s', OLD.status),
+                HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
+        END IF;
+        IF NEW.status = 'approved' AND NEW.expires_at <= now() THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = format('exception %s has already expired', OLD.exception_id),
+                DETAIL = format('it expired at %s', NEW.expires_at),
+                HINT = 'reject it and request a new exception';
+        END IF;
+        IF NEW.status = 'revoked' THEN
+            IF (NEW.decided_by, NEW.decided_at, NEW.decision_comment)
+               IS DISTINCT FROM (OLD.decided_by, OLD.decided_at, OLD.decision_comment) THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('the approval of exception %s stays as recorded when it is revoked', OLD.exception_id),
+                    DETAIL = format('it was approved by %s at %s', OLD.decided_by, OLD.decided_at),
+                    HINT = 'revoke with status, revoked_by and revoke_comment; decided_by, decided_at and decision_comment keep the approval';
+            END IF;
+            IF row_security_active(TG_RELID) AND (NEW.revoked_at < now() OR NEW.revoked_at > clock_timestamp()) THEN
+                RAISE EXCEPTION USING ERRCODE = '22023',
+                    MESSAGE = format('revoked_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                    DETAIL = format('revoked_at is %s; this transaction started at %s', NEW.revoked_at, now()),
+                    HINT = 'omit revoked_at: the database records it';
+            END IF;
+        ELSIF row_security_active(TG_RELID) AND (NEW.decided_at < now() OR NEW.decided_at > clock_timestamp()) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('decided_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                DETAIL = format('decided_at is %s; this transaction started at %s', NEW.decided_at, now()),
+                HINT = 'omit decided_at: the database records it';
+        END IF;
+    ELSIF (NEW.decided_by, NEW.decided_at, NEW.decision_comment, NEW.revoked_by, NEW.revoked_at, NEW.revoke_comment)
+          IS DISTINCT FROM (OLD.decided_by, OLD.decided_at, OLD.decision_comment, OLD.revoked_by, OLD.revoked_at, OLD.revoke_comment) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('the decision on exception %s cannot be changed', OLD.exception_id),
+            DETAIL = format('it is %s; a decision and a revocation are recorded only with the status they make', OLD.status),
+            HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE VIEW ops.v_exception_status WITH (security_invoker = true) AS
+SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
+       CASE WHEN x.status = 'requested' AND x.expires_at > now() THEN 'pending_review'
+            WHEN x.status IN ('requested', 'approved') AND x.expires_at <= now() THEN 'expired'
+            WHEN x.status = 'approved' THEN 'active'
+            ELSE x.status END AS effective_status,
+       x.reason, x.requested_by, x.decided_by, x.decided_at, x.decision_comment, x.expires_at,
+       greatest(x.expires_at - now(), interval '0') AS time_remaining, x.created_at,
+       x.revoked_by, x.revoked_at, x.revoke_comment
+  FROM ops.exceptions x
+  JOIN ops.release_gates g ON g.gate_id = x.gate_id
+  JOIN ops.releases r ON r.release_id = x.release_id;
+-- Release managers revoke in their own name; the approval stays (the persona matrix's grant and
+-- policy, as a fresh install makes them). The statements now follow the columns the tables have
+-- (an earlier version's script run with this library gets that version's grant and policy), so
+-- they are no longer immutable.
+ALTER FUNCTION ops.persona_privileges() STABLE;
+DO $revocation$
+DECLARE
+    s text;
+BEGIN
+    DROP POLICY IF EXISTS updates ON ops.exceptions;
+    FOR s IN SELECT x FROM ops.persona_privileges() x
+              WHERE x LIKE 'GRANT UPDATE (%) ON ops.exceptions %' OR x LIKE 'CREATE POLICY updates ON ops.exceptions %' LOOP
+        EXECUTE s;
+    END LOOP;
+END
+$revocation$;
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

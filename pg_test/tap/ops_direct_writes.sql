@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(85);
+SELECT plan(93);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -77,7 +77,8 @@ SELECT throws_ok($$UPDATE ops.exceptions SET decided_by = 'rm-1', decision_comme
 SELECT throws_ok($$UPDATE ops.exceptions SET status = 'approved', decided_by = 'rm-1', decided_at = now() - interval '3 days'
                     WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
                  '22023', NULL, 'a backdated decision is refused (decided_at is the time of the write)');
-SELECT throws_ok($$UPDATE ops.exceptions SET status = 'revoked', decided_by = 'rm-1' WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
+SELECT throws_ok($$UPDATE ops.exceptions SET status = 'revoked', decided_by = 'rm-1', decided_at = now(), revoked_by = 'rm-1'
+                    WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
                  '55000', NULL, 'a requested exception cannot be revoked (requested -> approved | rejected only)');
 SELECT lives_ok($$UPDATE ops.exceptions SET status = 'approved', decided_by = 'rm-1', decision_comment = 'until the scanner is back'
                    WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
@@ -106,9 +107,23 @@ SELECT throws_ok($$UPDATE ops.exceptions SET status = 'approved', decided_by = '
                  '55000', NULL, 'an expired exception cannot be approved');
 SELECT lives_ok($$UPDATE ops.exceptions SET status = 'rejected', decided_by = 'rm-2' WHERE exception_id = 'd6e00000-0000-4000-8000-000000000002'$$,
                 'but it can be rejected');
-SELECT lives_ok($$UPDATE ops.exceptions SET status = 'revoked', decided_by = 'rm-2', decision_comment = 'scanner is back'
+SELECT throws_ok($$UPDATE ops.exceptions SET status = 'revoked', revoked_by = 'rm-2', decided_by = 'rm-2', decision_comment = 'scanner is back'
+                    WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
+                 '55000', NULL, 'a revocation does not write over the approval it withdraws');
+SELECT throws_ok($$UPDATE ops.exceptions SET status = 'revoked', decided_by = 'rm-1', decided_at = now(), revoked_by = 'rm-1'
+                    WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
+                 '42501', NULL, 'nor is it made in another release manager''s name (policy)');
+SELECT throws_ok($$UPDATE ops.exceptions SET status = 'revoked', revoked_by = 'rm-2', revoked_at = now() - interval '1 day'
+                    WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
+                 '22023', NULL, 'nor backdated (revoked_at is the time of the write)');
+SELECT throws_ok($$UPDATE ops.exceptions SET revoked_by = 'rm-2' WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
+                 '42501', NULL, 'a revoker on an exception still approved is refused (policy; the owner below meets CHECK exception_revocation_recorded)');
+SELECT lives_ok($$UPDATE ops.exceptions SET status = 'revoked', revoked_by = 'rm-2', revoke_comment = 'scanner is back'
                    WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
                 'another release manager revokes the approved exception');
+SELECT is((SELECT decided_by || ' ' || decision_comment || ' | ' || revoked_by || ' ' || revoke_comment || ' ' || (revoked_at = now())
+             FROM ops.exceptions WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'),
+          'rm-1 until the scanner is back | rm-2 scanner is back true', 'the approval stays beside its revocation, timed by the database');
 SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G3'), 'pending',
           'and G3 is no longer bypassed');
 UPDATE ops.exceptions SET status = 'approved' WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001';
@@ -116,10 +131,15 @@ SELECT is((SELECT status FROM ops.exceptions WHERE exception_id = 'd6e00000-0000
           'a revoked exception is out of reach of release managers (RLS): nothing changes');
 RESET ROLE;
 SELECT throws_ok($$UPDATE ops.exceptions SET status = 'approved' WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
-                 '55000', NULL, 'and final for every writer, the owner included');
+                 '23514', NULL, 'and final for every writer, the owner included: a revoked row keeps its revocation (CHECK)');
+SELECT throws_ok($$UPDATE ops.exceptions SET status = 'approved', revoked_by = NULL, revoked_at = NULL, revoke_comment = NULL
+                    WHERE exception_id = 'd6e00000-0000-4000-8000-000000000001'$$,
+                 '55000', NULL, 'and cannot be approved again without it (revoked is final)');
+SELECT throws_ok($$UPDATE ops.exceptions SET revoked_by = 'rm-2' WHERE exception_id = 'd6e00000-0000-4000-8000-000000000003'$$,
+                 '23514', NULL, 'a revoker on an exception that is not revoked is refused (CHECK exception_revocation_recorded)');
 SELECT is((SELECT string_agg(status || '/' || coalesce(decided_by, '-'), ',' ORDER BY exception_id) FROM ops.exceptions
             WHERE release_id = 'd6000000-0000-4000-8000-000000000001'),
-          'revoked/rm-2,rejected/rm-2,requested/-', 'the three exceptions end revoked, rejected and requested');
+          'revoked/rm-1,rejected/rm-2,requested/-', 'the three exceptions end revoked (approved by rm-1), rejected and requested');
 
 -- ==== Deployments: G4 through a failed deployment (ci_service_role) ================================
 SET LOCAL ROLE ci_service_role;
@@ -282,8 +302,11 @@ SET LOCAL ROLE release_manager;
 SET LOCAL request.jwt.claims = '{"sub": "rm-1", "role": "release_manager"}';
 SELECT is(ops.ingest_event(pg_temp.ev('dw-i-exc-ok', 'exception_decided', '{"exception_id": "d6e00000-0000-4000-8000-000000000009", "decision": "approved", "comment": "ok"}',
               'd6000000-0000-4000-8000-000000000003')) ->> 'status', 'accepted', 'ingest: a release manager approves it');
-SELECT is(ops.ingest_event(pg_temp.ev('dw-i-exc-rv', 'exception_decided', '{"exception_id": "d6e00000-0000-4000-8000-000000000009", "decision": "revoked"}',
+SELECT is(ops.ingest_event(pg_temp.ev('dw-i-exc-rv', 'exception_decided', '{"exception_id": "d6e00000-0000-4000-8000-000000000009", "decision": "revoked", "comment": "vendor shipped"}',
               'd6000000-0000-4000-8000-000000000003')) ->> 'status', 'accepted', 'ingest: and revokes it');
+SELECT is((SELECT status || '/' || decided_by || '/' || decision_comment || '/' || revoked_by || '/' || revoke_comment || '/' || (revoked_at = now())
+             FROM ops.exceptions WHERE exception_id = 'd6e00000-0000-4000-8000-000000000009'),
+          'revoked/rm-1/ok/rm-1/vendor shipped/true', 'ingest: the revocation is recorded beside the approval');
 RESET ROLE;
 SET LOCAL ROLE ci_service_role;
 SET LOCAL request.jwt.claims = '{"sub": "ci-bot", "role": "ci_service_role"}';

@@ -234,9 +234,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_TABLE_NAME = 'exceptions' THEN
-        IF NEW.status IS DISTINCT FROM OLD.status AND NEW.status <> 'requested'
+        IF OLD.status = 'requested' AND NEW.status IN ('approved', 'rejected')
            AND NEW.decided_at IS NOT DISTINCT FROM OLD.decided_at THEN
             NEW.decided_at := now();
+        END IF;
+        IF OLD.status <> 'revoked' AND NEW.status = 'revoked' AND NEW.revoked_at IS NOT DISTINCT FROM OLD.revoked_at THEN
+            NEW.revoked_at := now();
         END IF;
     ELSIF TG_TABLE_NAME = 'deployments' THEN
         IF OLD.status = 'started' AND NEW.status <> 'started' AND NEW.finished_at IS NULL THEN
@@ -261,9 +264,10 @@ CREATE TRIGGER stamp_transition BEFORE UPDATE ON ops.incidents FOR EACH ROW EXEC
 -- Exceptions (exception_requested / exception_decided): a new one expires in the future (at
 -- most 90 days after it is requested: CHECK exception_expiry_within_90_days); requested ->
 -- approved | rejected, approved -> revoked, nothing else; an expired exception is not approved;
--- decided_by, decided_at and decision_comment change only with the status. The decider is a
--- release manager (grants), in their own name (policy), not the requester (CHECK
--- exception_four_eyes).
+-- decided_by, decided_at and decision_comment change only with a decision, and revoked_by,
+-- revoked_at and revoke_comment only with a revocation, which leaves the approval as it was. The
+-- decider or revoker is a release manager (grants), in their own name (policy), not the
+-- requester (CHECKs exception_four_eyes, exception_revocation_recorded).
 CREATE FUNCTION ops.exception_rules() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -292,17 +296,31 @@ BEGIN
                 DETAIL = format('it expired at %s', NEW.expires_at),
                 HINT = 'reject it and request a new exception';
         END IF;
-        IF row_security_active(TG_RELID) AND (NEW.decided_at < now() OR NEW.decided_at > clock_timestamp()) THEN
+        IF NEW.status = 'revoked' THEN
+            IF (NEW.decided_by, NEW.decided_at, NEW.decision_comment)
+               IS DISTINCT FROM (OLD.decided_by, OLD.decided_at, OLD.decision_comment) THEN
+                RAISE EXCEPTION USING ERRCODE = '55000',
+                    MESSAGE = format('the approval of exception %s stays as recorded when it is revoked', OLD.exception_id),
+                    DETAIL = format('it was approved by %s at %s', OLD.decided_by, OLD.decided_at),
+                    HINT = 'revoke with status, revoked_by and revoke_comment; decided_by, decided_at and decision_comment keep the approval';
+            END IF;
+            IF row_security_active(TG_RELID) AND (NEW.revoked_at < now() OR NEW.revoked_at > clock_timestamp()) THEN
+                RAISE EXCEPTION USING ERRCODE = '22023',
+                    MESSAGE = format('revoked_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
+                    DETAIL = format('revoked_at is %s; this transaction started at %s', NEW.revoked_at, now()),
+                    HINT = 'omit revoked_at: the database records it';
+            END IF;
+        ELSIF row_security_active(TG_RELID) AND (NEW.decided_at < now() OR NEW.decided_at > clock_timestamp()) THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
                 MESSAGE = format('decided_at written directly to ops.%s must be the time of the write', TG_TABLE_NAME),
                 DETAIL = format('decided_at is %s; this transaction started at %s', NEW.decided_at, now()),
                 HINT = 'omit decided_at: the database records it';
         END IF;
-    ELSIF (NEW.decided_by, NEW.decided_at, NEW.decision_comment)
-          IS DISTINCT FROM (OLD.decided_by, OLD.decided_at, OLD.decision_comment) THEN
+    ELSIF (NEW.decided_by, NEW.decided_at, NEW.decision_comment, NEW.revoked_by, NEW.revoked_at, NEW.revoke_comment)
+          IS DISTINCT FROM (OLD.decided_by, OLD.decided_at, OLD.decision_comment, OLD.revoked_by, OLD.revoked_at, OLD.revoke_comment) THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
             MESSAGE = format('the decision on exception %s cannot be changed', OLD.exception_id),
-            DETAIL = format('it is %s; decided_by, decided_at and decision_comment change only with the status', OLD.status),
+            DETAIL = format('it is %s; a decision and a revocation are recorded only with the status they make', OLD.status),
             HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
     END IF;
     RETURN NULL;
@@ -503,7 +521,8 @@ SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
             WHEN x.status = 'approved' THEN 'active'
             ELSE x.status END AS effective_status,
        x.reason, x.requested_by, x.decided_by, x.decided_at, x.decision_comment, x.expires_at,
-       greatest(x.expires_at - now(), interval '0') AS time_remaining, x.created_at
+       greatest(x.expires_at - now(), interval '0') AS time_remaining, x.created_at,
+       x.revoked_by, x.revoked_at, x.revoke_comment
   FROM ops.exceptions x
   JOIN ops.release_gates g ON g.gate_id = x.gate_id
   JOIN ops.releases r ON r.release_id = x.release_id;

@@ -138,7 +138,15 @@ CREATE TABLE ops.exceptions (
     expires_at    timestamptz NOT NULL,
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
+    -- A revocation is recorded beside the approval it withdraws: decided_by, decided_at and
+    -- decision_comment keep the approval.
+    revoked_by    text,
+    revoked_at    timestamptz,
+    revoke_comment text CHECK (ops.is_valid_text(revoke_comment, 4000, true)),
     FOREIGN KEY (gate_id, release_id) REFERENCES ops.release_gates (gate_id, release_id) ON DELETE CASCADE,
+    CONSTRAINT exception_revocation_recorded CHECK (CASE WHEN status = 'revoked'
+        THEN revoked_by IS NOT NULL AND revoked_at IS NOT NULL AND revoked_by <> requested_by
+        ELSE revoked_by IS NULL AND revoked_at IS NULL AND revoke_comment IS NULL END),
     CONSTRAINT exception_decision_recorded CHECK (CASE WHEN status = 'requested'
         THEN decided_by IS NULL AND decided_at IS NULL AND decision_comment IS NULL
         ELSE decided_by IS NOT NULL AND decided_at IS NOT NULL END),
@@ -149,7 +157,8 @@ CREATE TABLE ops.exceptions (
 );
 COMMENT ON TABLE ops.exceptions IS
   'Gate bypasses. A gate counts as bypassed only while its exception is approved and expires_at is in the future '
-  '(every exception expires: expires_at is required, at most 90 days after the request). The requester cannot decide their own exception.';
+  '(every exception expires: expires_at is required, at most 90 days after the request). The requester cannot decide their own exception. '
+  'A revoked exception keeps its approval (decided_by, decided_at, decision_comment) beside its revocation (revoked_by, revoked_at, revoke_comment).';
 CREATE INDEX exceptions_gate ON ops.exceptions (gate_id, status, expires_at);
 CREATE INDEX exceptions_release ON ops.exceptions (release_id);
 SELECT pg_catalog.pg_extension_config_dump('ops.exceptions', '');

@@ -103,6 +103,15 @@ pub fn relation_id(schema: &CStr, name: &CStr) -> Option<pg_sys::Oid> {
     }
 }
 
+/// Whether the table `schema.name` has the column `column` (not dropped), from the catalog
+/// cache: the schema an older version's script made lacks the columns added since.
+pub fn column_exists(schema: &CStr, name: &CStr, column: &CStr) -> bool {
+    relation_id(schema, name).is_some_and(|table| {
+        // SAFETY: a catalog cache look-up by a NUL-terminated column name.
+        unsafe { pg_sys::get_attnum(table, column.as_ptr()) != pg_sys::InvalidAttrNumber as i16 }
+    })
+}
+
 /// The calling role: `current_user` as the caller sees it. Inside a function running with its
 /// owner's rights this is still the caller (Postgres' "outer" user), never the function's owner, so identity
 /// and trust cannot be borrowed from a definer.

@@ -433,9 +433,16 @@ mod ops {
     /// roles, GRANTs, row-level security policies and the CHECK on an approval's persona. The
     /// install runs them; the owner reads them to see what each persona may do.
     #[documented]
-    #[pg_extern(immutable, parallel_safe)]
+    #[pg_extern(stable, parallel_safe)]
     fn persona_privileges() -> SetOfIterator<'static, String> {
-        SetOfIterator::new(crate::ops::personas::privileges())
+        let has_column = |table: &str, column: &str| match (
+            std::ffi::CString::new(table),
+            std::ffi::CString::new(column),
+        ) {
+            (Ok(t), Ok(c)) => core_store::column_exists(c"ops", &t, &c),
+            _ => false,
+        };
+        SetOfIterator::new(crate::ops::personas::privileges(&has_column))
     }
 
     /// The CHECK constraints that hold each value list of ops (statuses, environments,

@@ -27,6 +27,10 @@ pub struct Update {
     pub columns: &'static [&'static str],
     pub using: &'static str,
     pub check: &'static str,
+    /// The check on a table that lacks a column of `columns` (an earlier version's install script
+    /// run with this library, before `ALTER EXTENSION ... UPDATE`): the column, and the check
+    /// that version had. Columns a table lacks are left out of the grant.
+    pub before: Option<(&'static str, &'static str)>,
 }
 
 /// One table of `ops` and who may do what with it.
@@ -66,6 +70,7 @@ pub const MATRIX: &[Access] = &[
             columns: &["title"],
             using: concat!("created_by = ", me!()),
             check: concat!("created_by = ", me!()),
+            before: None,
         }),
     },
     Access {
@@ -131,9 +136,27 @@ pub const MATRIX: &[Access] = &[
         insert_check: concat!("requested_by = ", me!(), " AND status = 'requested'"),
         update: Some(Update {
             personas: &[RELEASE_MANAGER],
-            columns: &["status", "decided_by", "decided_at", "decision_comment"],
+            columns: &[
+                "status",
+                "decided_by",
+                "decided_at",
+                "decision_comment",
+                "revoked_by",
+                "revoked_at",
+                "revoke_comment",
+            ],
             using: "status IN ('requested', 'approved')",
-            check: concat!("decided_by = ", me!()),
+            // The decider of a decision, the revoker of a revocation (the approval it withdraws
+            // stays as recorded: ops.exception_rules).
+            check: concat!(
+                "CASE WHEN status = 'revoked' THEN revoked_by = ",
+                me!(),
+                " ELSE decided_by = ",
+                me!(),
+                " END"
+            ),
+            // 0.1.0 had no revocation columns: a revocation named its revoker as the decider.
+            before: Some(("revoked_by", concat!("decided_by = ", me!()))),
         }),
     },
     Access {
@@ -147,6 +170,7 @@ pub const MATRIX: &[Access] = &[
             columns: &["status", "g4_status", "finished_at", "rolled_back_at", "rollback_reason"],
             using: "true",
             check: "true",
+            before: None,
         }),
     },
     Access {
@@ -168,6 +192,7 @@ pub const MATRIX: &[Access] = &[
             columns: &["status", "resolution", "resolved_at"],
             using: "true",
             check: "true",
+            before: None,
         }),
     },
     Access {
@@ -250,7 +275,7 @@ pub const VIEWS: &[&str] = &[
 /// The statements that give every persona its access, in order: the roles (NOLOGIN, created
 /// if missing), schema usage, the CHECK on an approval's persona, then per table its GRANTs and
 /// policies, then the views and the functions.
-pub fn privileges() -> Vec<String> {
+pub fn privileges(has_column: &dyn Fn(&str, &str) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     out.push(format!(
         "DO $roles$ DECLARE r text; BEGIN FOREACH r IN ARRAY ARRAY['{}'] LOOP \
@@ -322,16 +347,26 @@ pub fn privileges() -> Vec<String> {
             }
         }
         if let Some(u) = &a.update {
+            let columns: Vec<&str> = u
+                .columns
+                .iter()
+                .copied()
+                .filter(|c| has_column(t, c))
+                .collect();
+            let check = match u.before {
+                Some((column, check)) if !has_column(t, column) => check,
+                _ => u.check,
+            };
             out.push(format!(
                 "GRANT UPDATE ({}) ON ops.{t} TO {}",
-                u.columns.join(", "),
+                columns.join(", "),
                 quoted(u.personas)
             ));
             out.push(format!(
                 "CREATE POLICY updates ON ops.{t} FOR UPDATE TO {} USING ({}) WITH CHECK ({})",
                 quoted(u.personas),
                 u.using,
-                u.check
+                check
             ));
         }
     }
@@ -399,7 +434,7 @@ mod unit_tests {
             "ops.promotion_status",
             "ops.create_release_gates",
         ];
-        for statement in privileges() {
+        for statement in privileges(&|_, _| true) {
             for (i, _) in statement.match_indices('(') {
                 let name: String = statement[..i]
                     .chars()
@@ -430,7 +465,7 @@ mod unit_tests {
 
     #[test]
     fn approvals_are_inserted_for_the_gates_each_persona_approves() {
-        let sql = privileges().join(";\n");
+        let sql = privileges(&|_, _| true).join(";\n");
         assert!(sql.contains(
             "CREATE POLICY qa_tester_inserts ON ops.approvals FOR INSERT TO qa_tester WITH CHECK \
              (approver_id = flowgate.current_actor() AND persona_role = 'qa_tester' AND gate_id IN \

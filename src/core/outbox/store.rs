@@ -457,12 +457,7 @@ fn start_by(
 /// run, lacks it. Looked up in the catalog cache on every use, never remembered: the update
 /// may run while this backend lives.
 pub fn body_secrets_supported() -> bool {
-    settings::relation_id(c"flowgate", c"deliveries").is_some_and(|table| {
-        // SAFETY: a catalog cache look-up by a NUL-terminated column name.
-        unsafe {
-            pg_sys::get_attnum(table, c"body_secrets".as_ptr()) != pg_sys::InvalidAttrNumber as i16
-        }
-    })
+    settings::column_exists(c"flowgate", c"deliveries", c"body_secrets")
 }
 
 /// The secrets of one batch of requests, each resolved once: its value, or why a delivery that

@@ -107,10 +107,17 @@ pub(super) fn decide(
             allowed: "another release manager decides (four eyes)".into(),
         });
     }
+    // A revocation is recorded beside the approval it withdraws, which stays as it was.
+    let sql = if b.decision == "revoked" {
+        "UPDATE ops.exceptions SET status = $2, revoked_by = $3, revoked_at = now(), revoke_comment = $4 \
+          WHERE exception_id = $1::uuid"
+    } else {
+        "UPDATE ops.exceptions SET status = $2, decided_by = $3, decided_at = now(), decision_comment = $4 \
+          WHERE exception_id = $1::uuid"
+    };
     write(
         client,
-        "UPDATE ops.exceptions SET status = $2, decided_by = $3, decided_at = now(), decision_comment = $4 \
-          WHERE exception_id = $1::uuid",
+        sql,
         &[
             Some(&b.exception_id),
             Some(&b.decision),
