@@ -218,7 +218,7 @@ BEGIN
                 DETAIL = format('it is %s', OLD.status),
                 HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
         END IF;
-        IF NEW.status = 'approved' AND NEW.expires_at <= now() THEN
+        IF NEW.status = 'approved' AND NEW.expires_at <= clock_timestamp() THEN
             RAISE EXCEPTION USING ERRCODE = '55000',
                 MESSAGE = format('exception %s has already expired', OLD.exception_id),
                 DETAIL = format('it expired at %s', NEW.expires_at),
@@ -282,6 +282,31 @@ BEGIN
     END LOOP;
 END
 $revocation$;
+
+
+-- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp()), not by
+-- the transaction's start: a transaction that began before an exception expired cannot promote
+-- on it after.
+CREATE OR REPLACE VIEW ops.v_promotion_eligibility WITH (security_invoker = true) AS
+WITH stored AS (
+    SELECT g.release_id, e.environment,
+           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= clock_timestamp()), false) AS exact,
+           coalesce(bool_and(g.status IN ('passed', 'bypassed')) FILTER (WHERE q.gate_code IS NOT NULL), true) AS eligible,
+           coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code)
+                    FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') AS blocking
+      FROM ops.release_gates g
+     CROSS JOIN (SELECT DISTINCT environment FROM ops.environment_gate_requirements) e
+      LEFT JOIN ops.environment_gate_requirements q ON q.environment = e.environment AND q.gate_code = g.gate_code
+     GROUP BY g.release_id, e.environment)
+-- CASE, not a lateral join: only a release whose stored statuses are not exact now pays for a
+-- fresh evaluation (a lateral join's condition is checked after its function ran).
+SELECT r.release_id, r.version, r.status AS release_status, s.environment,
+       CASE WHEN s.exact THEN s.eligible
+            ELSE (ops.promotion_status(r.release_id, s.environment)->>'eligible')::boolean END AS eligible,
+       CASE WHEN s.exact THEN s.blocking
+            ELSE ARRAY(SELECT jsonb_array_elements_text(ops.promotion_status(r.release_id, s.environment)->'blocking')) END AS blocking
+  FROM ops.releases r
+  JOIN stored s ON s.release_id = r.release_id;
 
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.

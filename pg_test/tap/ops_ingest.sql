@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(162);
+SELECT plan(165);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -333,6 +333,20 @@ SELECT ok(ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 
           'G3 bypassed through an active exception: eligible for production');
 SELECT is((SELECT effective_status FROM ops.v_exception_status WHERE release_id = 'a0000000-0000-4000-8000-000000000003'), 'active',
           'v_exception_status shows it active');
+-- The exception expires while this transaction runs: after it began (now()), before this
+-- statement (clock_timestamp()).
+SELECT pg_sleep(0.05) \g /dev/null
+ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
+UPDATE ops.exceptions SET expires_at = clock_timestamp() WHERE release_id = 'a0000000-0000-4000-8000-000000000003';
+UPDATE ops.release_gates g SET bypass_expires_at = x.expires_at FROM ops.exceptions x
+ WHERE x.gate_id = g.gate_id AND g.release_id = 'a0000000-0000-4000-8000-000000000003';
+ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
+SELECT ok((SELECT expires_at > now() AND expires_at < clock_timestamp() FROM ops.exceptions WHERE release_id = 'a0000000-0000-4000-8000-000000000003'),
+          'setup: the exception expired after this transaction began');
+SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'production'),
+          'an exception that expired while the transaction ran bypasses nothing (the clock decides, not the transaction''s start)');
+SELECT throws_ok($$INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('a0000000-0000-4000-8000-000000000003', 'production', 'ci')$$,
+                 '55000', NULL, 'and the promotion block refuses production');
 -- Time passes and the exception expires, with no write to trigger a re-evaluation.
 SELECT pg_temp.expire_bypass('a0000000-0000-4000-8000-000000000003', 'G3') \g /dev/null
 SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'production'),

@@ -290,7 +290,7 @@ BEGIN
                 DETAIL = format('it is %s', OLD.status),
                 HINT = 'a requested exception may be approved or rejected, an approved one revoked; rejected and revoked ones are final';
         END IF;
-        IF NEW.status = 'approved' AND NEW.expires_at <= now() THEN
+        IF NEW.status = 'approved' AND NEW.expires_at <= clock_timestamp() THEN
             RAISE EXCEPTION USING ERRCODE = '55000',
                 MESSAGE = format('exception %s has already expired', OLD.exception_id),
                 DETAIL = format('it expired at %s', NEW.expires_at),
@@ -475,7 +475,7 @@ COMMENT ON VIEW ops.v_release_gate_summary IS
 CREATE VIEW ops.v_promotion_eligibility WITH (security_invoker = true) AS
 WITH stored AS (
     SELECT g.release_id, e.environment,
-           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= now()), false) AS exact,
+           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= clock_timestamp()), false) AS exact,
            coalesce(bool_and(g.status IN ('passed', 'bypassed')) FILTER (WHERE q.gate_code IS NOT NULL), true) AS eligible,
            coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code)
                     FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') AS blocking

@@ -72,7 +72,7 @@ pub(super) fn decide(
 ) -> OpsResult<()> {
     let t = write(
         client,
-        "SELECT status, requested_by, expires_at <= now() FROM ops.exceptions \
+        "SELECT status, requested_by, expires_at <= clock_timestamp() FROM ops.exceptions \
           WHERE exception_id = $1::uuid AND release_id = $2::uuid FOR UPDATE",
         &[Some(&b.exception_id), Some(r)],
     )?;

@@ -32,7 +32,7 @@ struct RawFacts {
 /// Everything the gate rules read about the release `$1` for the gates `{G}` (a text[]
 /// literal), as one JSON value; every gate's stored status.
 const FACTS: &str = "jsonb_build_object(\
-  'now', extract(epoch FROM now()), \
+  'now', extract(epoch FROM clock_timestamp()), \
   'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks), status, status_reason, \
                                                         bypass_exception_id)) \
                        FROM ops.release_gates WHERE release_id = $1::uuid), '[]'), \
@@ -142,7 +142,7 @@ pub(super) fn write_check(
                 EXISTS (SELECT FROM latest WHERE status = $4 AND required = $5::boolean) \
                 AND NOT coalesce(s.expired, false), s.statuses \
            FROM (SELECT array_agg(gate_code || ' ' || status ORDER BY gate_code) AS statuses, \
-                        bool_or(gate_code = ANY ($11::text[]) AND bypass_expires_at <= now()) AS expired \
+                        bool_or(gate_code = ANY ($11::text[]) AND bypass_expires_at <= clock_timestamp()) AS expired \
                    FROM ops.release_gates WHERE release_id = $1::uuid) s";
     let required = c.report.required.to_string();
     let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();

@@ -8,7 +8,10 @@
 //! - after a bypassing exception expired, until the next write that re-evaluates the gate, or
 //!   the expiry sweep. Expiry is the only way time changes an evaluation, and it happens at the
 //!   earliest `bypass_expires_at` of the release's gates, so a reader compares that with
-//!   `now()`.
+//!   `clock_timestamp()`.
+//!
+//! Expiry is judged by the clock when the evaluation runs, never by the transaction's start
+//! (`now()`): a transaction that began before an exception expired cannot promote on it after.
 //!
 //! Eligibility reads the stored statuses and falls back to a fresh evaluation in those two
 //! cases.
@@ -237,7 +240,7 @@ fn stored_promotion(
     }
     let t = read(
         client,
-        "SELECT count(*)::int = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= now()), false), \
+        "SELECT count(*)::int = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= clock_timestamp()), false), \
                 coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code) \
                          FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') \
            FROM ops.release_gates g \
@@ -303,7 +306,7 @@ pub fn expire_bypasses(client: &mut SpiClient<'_>) -> OpsResult<i32> {
     let t = read(
         client,
         "SELECT DISTINCT release_id::text FROM ops.release_gates \
-          WHERE status = 'bypassed' AND bypass_expires_at <= now()",
+          WHERE status = 'bypassed' AND bypass_expires_at <= clock_timestamp()",
         &[],
     )?;
     let mut ids = Vec::new();
