@@ -308,6 +308,22 @@ SELECT r.release_id, r.version, r.status AS release_status, s.environment,
   FROM ops.releases r
   JOIN stored s ON s.release_id = r.release_id;
 
+-- A release manager reads the approvals of the releases they created and their own; the ingest
+-- log's approval and signoff envelopes now follow the same rule (0.1.0 showed them all).
+DO $log_reads$
+DECLARE
+    s text;
+BEGIN
+    FOR s IN SELECT policyname FROM pg_catalog.pg_policies
+              WHERE schemaname = 'ops' AND tablename = 'event_ingest_log' AND cmd = 'SELECT' LOOP
+        EXECUTE pg_catalog.format('DROP POLICY %I ON ops.event_ingest_log', s);
+    END LOOP;
+    FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'CREATE POLICY % ON ops.event\_ingest\_log FOR SELECT %' LOOP
+        EXECUTE s;
+    END LOOP;
+END
+$log_reads$;
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

@@ -3,7 +3,7 @@
 -- and for ops.ingest_event. Every allowed action succeeds; every forbidden one fails with 42501
 -- (or a 403 outcome from ingest) and writes nothing.
 BEGIN;
-SELECT plan(67);
+SELECT plan(68);
 
 -- Two releases: R1 created by release manager rm-1, R2 by rm-2 (trusted setup names them).
 SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'roles-r1', 'event_type', 'release_created',
@@ -108,6 +108,8 @@ SET LOCAL ROLE release_manager;
 SET LOCAL request.jwt.claims = '{"sub": "rm-1", "role": "release_manager"}';
 SELECT is((SELECT count(*)::int FROM ops.approvals), 2,
           'release_manager rm-1 reads the approvals of the release they created (not rm-2''s)');
+SELECT is((SELECT string_agg(idempotency_key, ',' ORDER BY idempotency_key) FROM ops.event_ingest_log WHERE idempotency_key LIKE 'roles-%'),
+          'roles-r1,roles-r2,roles-x1', 'and of the ingest log every row but the envelope of rm-2''s approval of rm-2''s release');
 SELECT lives_ok($$UPDATE ops.exceptions SET status = 'approved', decided_by = 'rm-1', decided_at = now()
                    WHERE exception_id = 'f0000000-0000-4000-8000-000000000001'$$,
                 'release_manager decides an exception');

@@ -213,8 +213,22 @@ pub const MATRIX: &[Access] = &[
     },
     Access {
         table: "event_ingest_log",
-        read_all: &[AUDIT_READER, RELEASE_MANAGER, SRE],
-        read_some: &[(CI, concat!("received_by = ", me!()))],
+        read_all: &[AUDIT_READER, SRE],
+        // A release manager reads the approvals of the releases they created and their own
+        // (ops.approvals), so the same of the envelopes that carry approvals; every other row.
+        read_some: &[
+            (CI, concat!("received_by = ", me!())),
+            (
+                RELEASE_MANAGER,
+                concat!(
+                    "event_type IS NULL OR event_type NOT IN ('approval', 'gate_signoff') OR received_by = ",
+                    me!(),
+                    " OR release_id IN (SELECT r.release_id FROM ops.releases r WHERE r.created_by = ",
+                    me!(),
+                    ")"
+                ),
+            ),
+        ],
         insert: &[],
         insert_check: "",
         update: None,
