@@ -156,6 +156,21 @@ SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency
        'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001', 'version', 'v1'));
 SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/c1', 'event_type', 'check_result',
        'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001', 'gate_code', 'G1', 'check_name', 'build', 'status', 'pass'));
+-- ops: an exception dev-1 requested, rm-1 approved and rm-2 revoked (this library on the old
+-- schema records the revoker as the decider, as the old version did)
+SET request.jwt.claims = '{"sub": "dev-1", "role": "developer"}';
+SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/x', 'event_type', 'exception_requested',
+       'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001', 'gate_code', 'G3', 'reason', 'approver away',
+       'expires_at', now() + interval '1 day', 'exception_id', 'a1a1a1a1-0000-4000-8000-0000000000e1'));
+SET request.jwt.claims = '{"sub": "rm-1", "role": "release_manager"}';
+SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/x-ok', 'event_type', 'exception_decided',
+       'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001', 'exception_id', 'a1a1a1a1-0000-4000-8000-0000000000e1',
+       'decision', 'approved', 'comment', 'one day'));
+SET request.jwt.claims = '{"sub": "rm-2", "role": "release_manager"}';
+CREATE TABLE public.upg_revoke AS SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/x-rv',
+       'event_type', 'exception_decided', 'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001',
+       'exception_id', 'a1a1a1a1-0000-4000-8000-0000000000e1', 'decision', 'revoked', 'comment', 'back early')) ->> 'status' AS status;
+RESET request.jwt.claims;
 -- provisioning: a tenant whose job is queued
 SELECT flowgate.set_setting('provisioning.organization_id', '"org-upgrade"');
 SELECT flowgate.set_setting('provisioning.management_api_url', to_jsonb('$TESTD/mgmt/ok'::text));
@@ -168,6 +183,7 @@ before=$(q "SELECT (SELECT count(*) FROM capacity.capacity_request_events) || ' 
              || ' ' || (SELECT count(*) FROM flowgate.settings)")
 read -r events queued pending logged jobs settings <<<"$before"
 [ "$queued" -eq 6 ] && [ "$pending" -ge 1 ] && [ "$jobs" -eq 1 ] || fail "the work in flight was not set up ($before)"
+[ "$(q "SELECT status FROM public.upg_revoke")" = accepted ] || fail "the revocation on the old schema was not accepted"
 
 # ---- the upgrade ------------------------------------------------------------------------------
 psql_at "$TEST_PORT" "$OLD_DB" -q -c "ALTER EXTENSION flowgate UPDATE"
@@ -207,7 +223,10 @@ q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempote
 g1=$(q "SELECT status FROM ops.release_gates WHERE release_id = '$r' AND gate_code = 'G1'")
 exact=$(q "SELECT count(*) FROM ops.release_gates WHERE status <> ops.evaluate_gate(gate_id)")
 [ "$g1" = failed ] && [ "$exact" -eq 0 ] || fail "the release's gates after the upgrade: G1 $g1, $exact stored statuses stale"
-echo "ok 5 - upgrade: in flight across it: the request reached ACTIVATED, 6 queued intents drained into the ledger, the pending delivery was sent, the tenant's jobs finished (ready), the release's G1 re-evaluated on a new check (failed, all statuses exact)"
+revocation=$(q "SELECT decided_by || ' ' || decision_comment || ' / ' || revoked_by || ' ' || revoke_comment FROM ops.exceptions
+                WHERE exception_id = 'a1a1a1a1-0000-4000-8000-0000000000e1'")
+[ "$revocation" = "rm-1 one day / rm-2 back early" ] || fail "the revoked exception after the upgrade: $revocation"
+echo "ok 5 - upgrade: in flight across it: the request reached ACTIVATED, 6 queued intents drained into the ledger, the pending delivery was sent, the tenant's jobs finished (ready), the release's G1 re-evaluated on a new check (failed, all statuses exact), a revoked exception keeps its approver beside its revoker"
 
 # ---- the upgraded catalog equals a fresh install ---------------------------------------------------
 # (The pool's own objects, which create_pool makes, go first: a fresh install has none.)

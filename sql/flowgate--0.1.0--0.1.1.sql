@@ -161,6 +161,16 @@ ALTER TABLE ops.exceptions
     ADD COLUMN revoke_comment text CHECK (ops.is_valid_text(revoke_comment, 4000, true));
 UPDATE ops.exceptions SET revoked_by = decided_by, revoked_at = decided_at, revoke_comment = decision_comment
  WHERE status = 'revoked';
+-- Where the approval came through ops.ingest_event, its accepted envelope still says who approved,
+-- when and why: the approval is restored from it (0.1.0's trigger would refuse the change).
+ALTER TABLE ops.exceptions DISABLE TRIGGER ingest_rules;
+UPDATE ops.exceptions x
+   SET decided_by = l.received_by, decided_at = l.received_at, decision_comment = l.envelope ->> 'comment'
+  FROM ops.event_ingest_log l
+ WHERE x.status = 'revoked' AND l.processing_status = 'accepted' AND l.event_type = 'exception_decided'
+   AND l.release_id = x.release_id AND l.envelope ->> 'exception_id' = x.exception_id::text
+   AND l.envelope ->> 'decision' = 'approved' AND l.received_by <> x.requested_by;
+ALTER TABLE ops.exceptions ENABLE TRIGGER ingest_rules;
 ALTER TABLE ops.exceptions ADD CONSTRAINT exception_revocation_recorded CHECK (CASE WHEN status = 'revoked'
         THEN revoked_by IS NOT NULL AND revoked_at IS NOT NULL AND revoked_by <> requested_by
         ELSE revoked_by IS NULL AND revoked_at IS NULL AND revoke_comment IS NULL END);
@@ -202,10 +212,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        IF row_security_active(TG_RELID) AND NEW.expires_at <= now() THEN
+        IF row_security_active(TG_RELID) AND NEW.expires_at <= clock_timestamp() THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
                 MESSAGE = format('exception %s would expire at %s, which is not in the future', NEW.exception_id, NEW.expires_at),
-                DETAIL = format('an exception is requested at %s', now()),
+                DETAIL = format('an exception is requested at %s', clock_timestamp()),
                 HINT = 'expires_at after now and at most 90 days ahead';
         END IF;
         RETURN NULL;
@@ -256,12 +266,12 @@ END
 $$;
 CREATE OR REPLACE VIEW ops.v_exception_status WITH (security_invoker = true) AS
 SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
-       CASE WHEN x.status = 'requested' AND x.expires_at > now() THEN 'pending_review'
-            WHEN x.status IN ('requested', 'approved') AND x.expires_at <= now() THEN 'expired'
+       CASE WHEN x.status = 'requested' AND x.expires_at > clock_timestamp() THEN 'pending_review'
+            WHEN x.status IN ('requested', 'approved') AND x.expires_at <= clock_timestamp() THEN 'expired'
             WHEN x.status = 'approved' THEN 'active'
             ELSE x.status END AS effective_status,
        x.reason, x.requested_by, x.decided_by, x.decided_at, x.decision_comment, x.expires_at,
-       greatest(x.expires_at - now(), interval '0') AS time_remaining, x.created_at,
+       greatest(x.expires_at - clock_timestamp(), interval '0') AS time_remaining, x.created_at,
        x.revoked_by, x.revoked_at, x.revoke_comment
   FROM ops.exceptions x
   JOIN ops.release_gates g ON g.gate_id = x.gate_id

@@ -3,7 +3,7 @@
 -- sends it (SET LOCAL ROLE + request.jwt.claims). Afterwards the whole chain is reconstructed
 -- from ops.* alone: who did what, with which evidence, in which order.
 BEGIN;
-SELECT plan(35);
+SELECT plan(37);
 
 CREATE FUNCTION pg_temp.send(key text, type text, fields jsonb) RETURNS jsonb LANGUAGE sql AS $$
     SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', key, 'event_type', type,
@@ -124,10 +124,33 @@ SELECT is((SELECT count(*)::int FROM ops.v_release_gate_summary
 -- ---- A rollback withdraws G4 ---------------------------------------------------------------------
 SET LOCAL ROLE ci_service_role;
 SET LOCAL request.jwt.claims = '{"sub": "github-actions[bot]", "role": "ci_service_role"}';
+-- Staging is redeployed and healthy while production runs; then production is rolled back.
+SELECT is((SELECT string_agg(pg_temp.send(k, t, f::jsonb) ->> 'status', ',' ORDER BY n)
+             FROM (VALUES (1, 'github_actions/9005/deploy-staging', 'deployment_started',
+                           '{"environment": "staging", "deployment_id": "99999999-0000-4000-8000-0000000000a3"}'),
+                          (2, 'github_actions/9005/deploy-staging-done', 'deployment_finished',
+                           '{"deployment_id": "99999999-0000-4000-8000-0000000000a3", "status": "succeeded"}'),
+                          (3, 'github_actions/9005/health', 'health_check',
+                           '{"deployment_id": "99999999-0000-4000-8000-0000000000a3", "status": "pass", "uri": "https://grafana.acme/d/odoo-staging?from=now-1m"}'))
+                  AS x(n, k, t, f)),
+          'accepted,accepted,accepted', 'staging is redeployed and passes its health check while production runs');
 SELECT is(pg_temp.send('github_actions/9005/rollback', 'rollback',
           '{"deployment_id": "99999999-0000-4000-8000-0000000000b1", "reason": "error rate 4% after the deploy"}') #>> '{detail,gates,G4}',
           'failed', 'production is rolled back: G4 failed (the staging health before it no longer counts)');
 SELECT ok(NOT ops.is_eligible_for_promotion('99999999-0000-4000-8000-000000000042', 'production'), '   and the release may not go to production again');
+-- Health evidence from earlier transactions (the chain above ran in this one) does not speak for
+-- a deployment made after it: a healthy-marked staging deployment written directly, with no new
+-- health_check artifact, leaves G4 waiting.
+RESET ROLE;
+UPDATE ops.evidence_artifacts SET created_at = created_at - interval '1 minute'
+ WHERE release_id = '99999999-0000-4000-8000-000000000042' AND artifact_type = 'health_check';
+SET LOCAL ROLE ci_service_role;
+INSERT INTO ops.deployments (deployment_id, release_id, environment, deployed_by)
+VALUES ('99999999-0000-4000-8000-0000000000c1', '99999999-0000-4000-8000-000000000042', 'staging', 'github-actions[bot]');
+UPDATE ops.deployments SET status = 'succeeded' WHERE deployment_id = '99999999-0000-4000-8000-0000000000c1';
+UPDATE ops.deployments SET g4_status = 'passed' WHERE deployment_id = '99999999-0000-4000-8000-0000000000c1';
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = '99999999-0000-4000-8000-000000000042' AND gate_code = 'G4'),
+          'in_progress', 'a deployment marked healthy directly, with only older health evidence: G4 waits for a health_check artifact');
 SELECT is(pg_temp.send('github_actions/9006/deploy-staging', 'deployment_started',
           '{"environment": "staging", "deployment_id": "99999999-0000-4000-8000-0000000000a2", "external_ref": "argo/odoo-staging/119"}') #>> '{detail,gates,G4}',
           'in_progress', 'a new staging deployment: G4 waits for its health check');

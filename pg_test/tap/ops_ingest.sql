@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(165);
+SELECT plan(166);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -347,6 +347,8 @@ SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-00000000000
           'an exception that expired while the transaction ran bypasses nothing (the clock decides, not the transaction''s start)');
 SELECT throws_ok($$INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('a0000000-0000-4000-8000-000000000003', 'production', 'ci')$$,
                  '55000', NULL, 'and the promotion block refuses production');
+SELECT is((SELECT effective_status FROM ops.v_exception_status WHERE release_id = 'a0000000-0000-4000-8000-000000000003'), 'expired',
+          'v_exception_status says so too');
 -- Time passes and the exception expires, with no write to trigger a re-evaluation.
 SELECT pg_temp.expire_bypass('a0000000-0000-4000-8000-000000000003', 'G3') \g /dev/null
 SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 'production'),

@@ -274,10 +274,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        IF row_security_active(TG_RELID) AND NEW.expires_at <= now() THEN
+        IF row_security_active(TG_RELID) AND NEW.expires_at <= clock_timestamp() THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
                 MESSAGE = format('exception %s would expire at %s, which is not in the future', NEW.exception_id, NEW.expires_at),
-                DETAIL = format('an exception is requested at %s', now()),
+                DETAIL = format('an exception is requested at %s', clock_timestamp()),
                 HINT = 'expires_at after now and at most 90 days ahead';
         END IF;
         RETURN NULL;
@@ -516,12 +516,12 @@ COMMENT ON VIEW ops.v_evidence_completeness IS
 
 CREATE VIEW ops.v_exception_status WITH (security_invoker = true) AS
 SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
-       CASE WHEN x.status = 'requested' AND x.expires_at > now() THEN 'pending_review'
-            WHEN x.status IN ('requested', 'approved') AND x.expires_at <= now() THEN 'expired'
+       CASE WHEN x.status = 'requested' AND x.expires_at > clock_timestamp() THEN 'pending_review'
+            WHEN x.status IN ('requested', 'approved') AND x.expires_at <= clock_timestamp() THEN 'expired'
             WHEN x.status = 'approved' THEN 'active'
             ELSE x.status END AS effective_status,
        x.reason, x.requested_by, x.decided_by, x.decided_at, x.decision_comment, x.expires_at,
-       greatest(x.expires_at - now(), interval '0') AS time_remaining, x.created_at,
+       greatest(x.expires_at - clock_timestamp(), interval '0') AS time_remaining, x.created_at,
        x.revoked_by, x.revoked_at, x.revoke_comment
   FROM ops.exceptions x
   JOIN ops.release_gates g ON g.gate_id = x.gate_id

@@ -7,7 +7,7 @@
 //! | G1 | every required check (configured names, plus checks reported as required) has `pass` as its latest result |
 //! | G2 | QA evidence (`test_report` or `qa_signoff`) is attached, no check's latest result is `fail`, required checks passed, the latest signoff is not a rejection |
 //! | G3 | the latest release-manager approval is `approved`, a `rollback_plan` artifact is attached, and G2 is passed (or bypassed) |
-//! | G4 | a staging or production deployment not rolled back, and recorded after the latest rollback, has `g4_status = passed`, and a `health_check` artifact is attached |
+//! | G4 | a staging or production deployment started after the latest rollback has `g4_status = passed`, and a `health_check` artifact was attached since it started |
 //!
 //! A gate that is not passed counts as `bypassed` while an exception for it is approved and
 //! not expired at evaluation time. Evidence attached to the release itself (no gate) counts
@@ -95,7 +95,7 @@ impl GateCode {
                 name: "post-deployment health",
                 evidence_any_of: &["health_check"],
                 approver_roles: &[],
-                summary: "a staging or production deployment after the latest rollback has g4_status passed and a health check artifact is attached",
+                summary: "a staging or production deployment started after the latest rollback has g4_status passed and a health check artifact attached since it started",
             },
         }
     }
@@ -203,6 +203,9 @@ pub struct GateFacts {
     pub checks: Vec<CheckFact>,
     /// Types of the artifacts attached to this gate, its checks, or the release itself.
     pub evidence: Vec<String>,
+    /// When each of those types was last attached: seconds since the epoch, the start of the
+    /// attaching transaction (`created_at`).
+    pub evidence_latest: BTreeMap<String, f64>,
     pub approvals: Vec<ApprovalFact>,
     pub exceptions: Vec<ExceptionFact>,
 }
@@ -212,6 +215,13 @@ pub struct DeploymentFact {
     pub environment: String,
     pub status: String,
     pub g4_status: String,
+    /// The start of the transaction that wrote it (`created_at`), seconds since the epoch: the
+    /// time an artifact's `created_at` is compared with.
+    pub created: f64,
+    /// When it was recorded (`recorded_at`, the clock), seconds since the epoch.
+    pub recorded: f64,
+    /// When it was rolled back (`rolled_back_at`, the clock), seconds since the epoch.
+    pub rolled_back_at: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -219,7 +229,8 @@ pub struct ReleaseFacts {
     pub gates: BTreeMap<GateCode, GateFacts>,
     /// In the order they were recorded.
     pub deployments: Vec<DeploymentFact>,
-    /// Evaluation time, seconds since the epoch (the database's `now()`).
+    /// Evaluation time, seconds since the epoch (the clock when the evaluation runs,
+    /// `clock_timestamp()`).
     pub now: f64,
 }
 
@@ -401,17 +412,33 @@ fn g3(facts: &GateFacts, g2_status: GateStatus) -> (GateStatus, String) {
 
 fn g4(facts: &GateFacts, deployments: &[DeploymentFact]) -> (GateStatus, String) {
     let rule = GateCode::G4.rule();
-    let promoted: Vec<&DeploymentFact> = deployments
+    let promoted = deployments
         .iter()
-        .filter(|d| d.environment == "staging" || d.environment == "production")
-        .collect();
+        .filter(|d| d.environment == "staging" || d.environment == "production");
     // A rollback withdraws the health of every staging or production deployment recorded
-    // before it (and its own): only deployments after the latest rollback count.
-    let rolled_back = promoted.iter().rposition(|d| d.status == "rolled_back");
-    let current = &promoted[rolled_back.map_or(0, |i| i + 1)..];
-    let health = evidence_present(facts, rule.evidence_any_of);
-    if current.iter().any(|d| d.g4_status == "passed") {
-        if health {
+    // before it was rolled back (and its own): only deployments started after the latest
+    // rollback count.
+    let rollback = promoted
+        .clone()
+        .filter_map(|d| d.rolled_back_at.map(|at| (at, d)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let current: Vec<&DeploymentFact> = promoted
+        .filter(|d| d.status != "rolled_back" && rollback.is_none_or(|(at, _)| d.recorded > at))
+        .collect();
+    // Health evidence speaks for a deployment only if it was attached once the deployment
+    // existed: older evidence (from before a rollback, say) does not.
+    let latest_health = rule
+        .evidence_any_of
+        .iter()
+        .filter_map(|t| facts.evidence_latest.get(*t).copied())
+        .max_by(f64::total_cmp);
+    let healthy: Vec<&&DeploymentFact> =
+        current.iter().filter(|d| d.g4_status == "passed").collect();
+    if !healthy.is_empty() {
+        if healthy
+            .iter()
+            .any(|d| latest_health.is_some_and(|at| at >= d.created))
+        {
             return (
                 GateStatus::Passed,
                 "deployment health passed and health check evidence attached".into(),
@@ -419,10 +446,10 @@ fn g4(facts: &GateFacts, deployments: &[DeploymentFact]) -> (GateStatus, String)
         }
         return (
             GateStatus::InProgress,
-            "deployment health passed; waiting for a health_check artifact".into(),
+            "deployment health passed; waiting for a health_check artifact attached since the deployment".into(),
         );
     }
-    match (current.last(), rolled_back) {
+    match (current.last(), rollback) {
         (Some(d), _) if d.g4_status == "failed" => (
             GateStatus::Failed,
             format!("post-deployment health check failed in {}", d.environment),
@@ -434,11 +461,11 @@ fn g4(facts: &GateFacts, deployments: &[DeploymentFact]) -> (GateStatus, String)
                 d.environment
             ),
         ),
-        (None, Some(i)) => (
+        (None, Some((_, d))) => (
             GateStatus::Failed,
             format!(
                 "the {} deployment was rolled back; a new staging or production deployment has to pass its health check",
-                promoted[i].environment
+                d.environment
             ),
         ),
         (None, None) => open(facts, "no staging or production deployment yet".into()),

@@ -20,7 +20,7 @@ pub(super) fn request(
     let days = MAX_EXCEPTION_DAYS.to_string();
     let t = read(
         client,
-        "SELECT $1::timestamptz > now() AND $1::timestamptz <= now() + make_interval(days => $2::int)",
+        "SELECT $1::timestamptz > clock_timestamp() AND $1::timestamptz <= now() + make_interval(days => $2::int)",
         &[Some(&b.expires_at), Some(&days)],
     )?;
     if t.first().get_one::<bool>()? != Some(true) {
@@ -107,8 +107,12 @@ pub(super) fn decide(
             allowed: "another release manager decides (four eyes)".into(),
         });
     }
-    // A revocation is recorded beside the approval it withdraws, which stays as it was.
-    let sql = if b.decision == "revoked" {
+    // A revocation is recorded beside the approval it withdraws, which stays as it was. A
+    // schema without the revocation columns (an earlier version's, before `ALTER EXTENSION
+    // flowgate UPDATE`) records the revoker as the decider, as that version did.
+    let revocation_columns =
+        crate::core::store::column_exists(c"ops", c"exceptions", c"revoked_by");
+    let sql = if b.decision == "revoked" && revocation_columns {
         "UPDATE ops.exceptions SET status = $2, revoked_by = $3, revoked_at = now(), revoke_comment = $4 \
           WHERE exception_id = $1::uuid"
     } else {

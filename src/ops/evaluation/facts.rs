@@ -23,10 +23,10 @@ struct RawFacts {
     now: f64,
     gates: Vec<RawGate>,
     checks: Vec<(String, String, String, bool)>,
-    evidence: Vec<(Option<String>, String)>,
+    evidence: Vec<(Option<String>, String, f64)>,
     approvals: Vec<(String, String, String, String)>,
     exceptions: Vec<(String, String, String, f64)>,
-    deployments: Vec<(String, String, String)>,
+    deployments: Vec<(String, String, String, f64, f64, Option<f64>)>,
 }
 
 /// Everything the gate rules read about the release `$1` for the gates `{G}` (a text[]
@@ -51,19 +51,23 @@ const FACTS: &str = "jsonb_build_object(\
                                              WHERE c.gate_id = n.gate_id AND c.check_name COLLATE \"C\" = n.name \
                                              ORDER BY c.recorded_at DESC LIMIT 1) l \
                         WHERE n.name IS NOT NULL), '[]'), \
-  'evidence', coalesce((SELECT jsonb_agg(DISTINCT jsonb_build_array(coalesce(g.gate_code, cg.gate_code), e.artifact_type)) \
-                          FROM ops.evidence_artifacts e \
-                          LEFT JOIN ops.release_gates g ON g.gate_id = e.gate_id \
-                          LEFT JOIN ops.gate_checks c ON c.check_id = e.check_id \
-                          LEFT JOIN ops.release_gates cg ON cg.gate_id = c.gate_id \
-                         WHERE e.release_id = $1::uuid), '[]'), \
+  'evidence', coalesce((SELECT jsonb_agg(jsonb_build_array(x.code, x.artifact_type, x.latest)) \
+                          FROM (SELECT coalesce(g.gate_code, cg.gate_code) AS code, e.artifact_type, \
+                                       extract(epoch FROM max(e.created_at)) AS latest \
+                                  FROM ops.evidence_artifacts e \
+                                  LEFT JOIN ops.release_gates g ON g.gate_id = e.gate_id \
+                                  LEFT JOIN ops.gate_checks c ON c.check_id = e.check_id \
+                                  LEFT JOIN ops.release_gates cg ON cg.gate_id = c.gate_id \
+                                 WHERE e.release_id = $1::uuid GROUP BY 1, 2) x), '[]'), \
   'approvals', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, a.approver_id, a.persona_role, a.decision) ORDER BY a.recorded_at) \
                            FROM ops.approvals a JOIN ops.release_gates g ON g.gate_id = a.gate_id \
                           WHERE a.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[])), '[]'), \
   'exceptions', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, x.exception_id, x.status, extract(epoch FROM x.expires_at))) \
                             FROM ops.exceptions x JOIN ops.release_gates g ON g.gate_id = x.gate_id \
                            WHERE x.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[])), '[]'), \
-  'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status) ORDER BY recorded_at) \
+  'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status, extract(epoch FROM created_at), \
+                                                              extract(epoch FROM recorded_at), extract(epoch FROM rolled_back_at)) \
+                                            ORDER BY recorded_at, deployment_id) \
                              FROM ops.deployments WHERE release_id = $1::uuid AND 'G4' = ANY ({G}::text[])), '[]'))";
 
 /// A check result for the evaluation to write ([`write_check`]).
@@ -237,25 +241,22 @@ pub(super) fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
                 });
         }
     }
-    for (code, artifact_type) in raw.evidence {
-        match code {
-            Some(c) => facts
-                .gates
-                .entry(GateCode::parse(&c)?)
-                .or_default()
-                .evidence
-                .push(artifact_type),
-            // Release-level evidence counts for every gate.
-            None => {
-                for g in gates::ALL_GATES {
-                    facts
-                        .gates
-                        .entry(g)
-                        .or_default()
-                        .evidence
-                        .push(artifact_type.clone());
-                }
+    for (code, artifact_type, latest) in raw.evidence {
+        // Release-level evidence counts for every gate.
+        let codes = match code {
+            Some(c) => vec![GateCode::parse(&c)?],
+            None => gates::ALL_GATES.to_vec(),
+        };
+        for g in codes {
+            let gate = facts.gates.entry(g).or_default();
+            if !gate.evidence.contains(&artifact_type) {
+                gate.evidence.push(artifact_type.clone());
             }
+            let at = gate
+                .evidence_latest
+                .entry(artifact_type.clone())
+                .or_insert(latest);
+            *at = at.max(latest);
         }
     }
     for (code, approver_id, persona_role, decision) in raw.approvals {
@@ -282,11 +283,14 @@ pub(super) fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
                 expires_at,
             });
     }
-    for (environment, status, g4_status) in raw.deployments {
+    for (environment, status, g4_status, created, recorded, rolled_back_at) in raw.deployments {
         facts.deployments.push(gates::DeploymentFact {
             environment,
             status,
             g4_status,
+            created,
+            recorded,
+            rolled_back_at,
         });
     }
     Ok(Loaded { facts, stored })

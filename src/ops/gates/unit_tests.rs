@@ -22,7 +22,27 @@ fn deployed(env: &str, g4: &str) -> DeploymentFact {
         environment: env.into(),
         status: "succeeded".into(),
         g4_status: g4.into(),
+        created: 0.0,
+        recorded: 0.0,
+        rolled_back_at: None,
     }
+}
+
+/// Deployed at `t` (its transaction and the clock agree).
+fn deployed_at(env: &str, g4: &str, t: f64) -> DeploymentFact {
+    DeploymentFact {
+        created: t,
+        recorded: t,
+        ..deployed(env, g4)
+    }
+}
+
+fn health_attached_at(f: &mut ReleaseFacts, t: f64) {
+    let g4 = f.gates.get_mut(&GateCode::G4).unwrap();
+    if !g4.evidence.iter().any(|e| e == "health_check") {
+        g4.evidence.push("health_check".into());
+    }
+    g4.evidence_latest.insert("health_check".into(), t);
 }
 
 /// A release with every gate passed.
@@ -55,6 +75,7 @@ fn all_passed() -> ReleaseFacts {
         GateCode::G4,
         GateFacts {
             evidence: vec!["health_check".into()],
+            evidence_latest: BTreeMap::from([("health_check".to_string(), 0.0)]),
             ..Default::default()
         },
     );
@@ -171,30 +192,55 @@ fn g4_needs_health_evidence_and_a_promoted_deployment() {
     assert_eq!(status(&f, GateCode::G4), GateStatus::Failed);
     f.deployments.push(deployed("staging", "passed"));
     assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
-    f.gates.get_mut(&GateCode::G4).unwrap().evidence.clear();
+    let g4 = f.gates.get_mut(&GateCode::G4).unwrap();
+    g4.evidence.clear();
+    g4.evidence_latest.clear();
     assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
 }
 
 #[test]
 fn g4_is_withdrawn_by_a_rollback_until_a_later_deployment_passes() {
     let mut f = all_passed();
-    f.deployments = vec![deployed("staging", "passed")];
+    f.deployments = vec![deployed_at("staging", "passed", 10.0)];
+    health_attached_at(&mut f, 11.0);
     assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
-    // Production is deployed and rolled back: staging's earlier health no longer counts.
-    let mut prod = deployed("production", "pending");
+    // Production is deployed, then a second staging deployment passes, then production is
+    // rolled back: everything recorded before the rollback is withdrawn, the later staging
+    // deployment included (it was started before the rollback).
+    let mut prod = deployed_at("production", "pending", 20.0);
+    f.deployments.push(prod.clone());
+    f.deployments.push(deployed_at("staging", "passed", 30.0));
+    health_attached_at(&mut f, 31.0);
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
     prod.status = "rolled_back".into();
-    f.deployments.push(prod);
+    prod.rolled_back_at = Some(40.0);
+    f.deployments[1] = prod;
     assert_eq!(status(&f, GateCode::G4), GateStatus::Failed);
     // The rolled-back deployment itself had passed: still withdrawn.
     f.deployments[1].g4_status = "passed".into();
     assert_eq!(status(&f, GateCode::G4), GateStatus::Failed);
     // A dev deployment after it changes nothing.
-    f.deployments.push(deployed("dev", "passed"));
+    f.deployments.push(deployed_at("dev", "passed", 50.0));
     assert_eq!(status(&f, GateCode::G4), GateStatus::Failed);
-    // A new staging deployment waits for its health check, then passes.
-    f.deployments.push(deployed("staging", "pending"));
+    // A new staging deployment waits for its health check.
+    f.deployments.push(deployed_at("staging", "pending", 60.0));
     assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
+    // It passes, but the only health evidence is from before it: not yet.
     f.deployments.last_mut().unwrap().g4_status = "passed".into();
+    assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
+    // Evidence attached since it started: passed.
+    health_attached_at(&mut f, 61.0);
+    assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
+}
+
+#[test]
+fn g4_needs_health_evidence_attached_since_the_deployment() {
+    let mut f = all_passed();
+    health_attached_at(&mut f, 5.0);
+    f.deployments = vec![deployed_at("staging", "passed", 10.0)];
+    assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
+    // Attached in the deployment's own transaction (the same start time): it counts.
+    health_attached_at(&mut f, 10.0);
     assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
 }
 
@@ -246,6 +292,7 @@ fn arb_gate() -> impl Strategy<Value = GateFacts> {
             |(required_checks, checks, evidence, approvals, exceptions)| GateFacts {
                 required_checks,
                 checks,
+                evidence_latest: evidence.iter().map(|e: &String| (e.clone(), 0.0)).collect(),
                 evidence,
                 approvals,
                 exceptions,
