@@ -226,7 +226,10 @@ exact=$(q "SELECT count(*) FROM ops.release_gates WHERE status <> ops.evaluate_g
 revocation=$(q "SELECT decided_by || ' ' || decision_comment || ' / ' || revoked_by || ' ' || revoke_comment FROM ops.exceptions
                 WHERE exception_id = 'a1a1a1a1-0000-4000-8000-0000000000e1'")
 [ "$revocation" = "rm-1 one day / rm-2 back early" ] || fail "the revoked exception after the upgrade: $revocation"
-echo "ok 5 - upgrade: in flight across it: the request reached ACTIVATED, 6 queued intents drained into the ledger, the pending delivery was sent, the tenant's jobs finished (ready), the release's G1 re-evaluated on a new check (failed, all statuses exact), a revoked exception keeps its approver beside its revoker"
+queue_grants=$(q "SELECT count(*) FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+                  WHERE c.relnamespace = 'pgmq'::regnamespace AND c.relname LIKE '%intake\_upg%' AND a.grantee <> c.relowner")
+[ "$queue_grants" -eq 0 ] || fail "the pool's queue tables still grant $queue_grants privileges to other roles after the upgrade"
+echo "ok 5 - upgrade: in flight across it: the request reached ACTIVATED, 6 queued intents drained into the ledger, the pending delivery was sent, the tenant's jobs finished (ready), the release's G1 re-evaluated on a new check (failed, all statuses exact), a revoked exception keeps its approver beside its revoker, the pool's queue tables are owner-only"
 
 # ---- the upgraded catalog equals a fresh install ---------------------------------------------------
 # (The pool's own objects, which create_pool makes, go first: a fresh install has none.)

@@ -334,6 +334,31 @@ BEGIN
 END
 $log_reads$;
 
+-- A pool's pgmq queue tables and sequences are flowgate's own state: whatever the creating
+-- role's default privileges (or pgmq) granted on them is taken back, as intake.create_pool now
+-- does (whoever could read or write them would read every user's claim intents, forge or
+-- delete them).
+DO $queues$
+DECLARE
+    s text;
+BEGIN
+    FOR s IN
+        SELECT pg_catalog.format('REVOKE ALL ON %s %s FROM %s', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+                                 c.oid::regclass, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END)
+          FROM intake.engine_config p
+          CROSS JOIN LATERAL unnest(ARRAY['q_intake_' || p.pool_id, 'a_intake_' || p.pool_id, 'q_intake_' || p.pool_id || '_msg_id_seq',
+                                          'q_intake_' || p.pool_id || '_dlq', 'a_intake_' || p.pool_id || '_dlq',
+                                          'q_intake_' || p.pool_id || '_dlq_msg_id_seq']) n
+          JOIN pg_catalog.pg_class c ON c.relname = n AND c.relnamespace = 'pgmq'::regnamespace
+          CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+          LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+         WHERE a.grantee <> c.relowner
+    LOOP
+        EXECUTE s;
+    END LOOP;
+END
+$queues$;
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

@@ -1,6 +1,6 @@
 -- flowgate.current_actor() as PostgREST calls it: SET LOCAL ROLE + request.jwt.claims.
 BEGIN;
-SELECT plan(27);
+SELECT plan(30);
 
 DO $$
 BEGIN
@@ -128,6 +128,19 @@ RESET ROLE;
 RESET SESSION AUTHORIZATION;
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
 SELECT is((SELECT count(*) FROM flowgate.identity_links WHERE external_id = 'U0ANON00001'), 0::bigint, 'and nothing was linked');
+
+-- Nor has a signed-in role's token without a subject: every such caller would be the role.
+SET LOCAL SESSION AUTHORIZATION authenticator;
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"role":"authenticated"}', true) \g /dev/null
+SELECT throws_ok($$SELECT flowgate.link_identity('slack', 'U0NOSUB0001')$$, '42501', NULL,
+    'a token without sub may not link a Slack id either');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1')$$, '42501', NULL,
+    'nor create a capacity request in the role''s name');
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+SELECT is((SELECT count(*) FROM capacity.capacity_requests WHERE requester_user_id = 'authenticated'), 0::bigint, 'and nothing was written');
 
 SELECT * FROM finish();
 ROLLBACK;

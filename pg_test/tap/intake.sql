@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(30);
+SELECT plan(32);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -24,12 +24,22 @@ SELECT is(intake.create_pool(repeat('l', 36), 1) ->> 'dlq', 'intake_' || repeat(
 SELECT throws_ok($$SELECT intake.create_pool(repeat('l', 37), 1)$$, '22023', NULL, 'a 37-character one is refused before pgmq would (22023, not P0001)');
 -- Default privileges of the creating role do not reach a pool's slot sequence (whoever could
 -- setval it would make the pool sell out with nothing sold).
+-- Nor its pgmq queue tables (whoever could read or write them would read every user's claim
+-- intents, forge or delete them).
 ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO PUBLIC;
+ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC;
 SELECT intake.create_pool('tap_defpriv', 2) \g /dev/null
 ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM PUBLIC;
 SELECT is((SELECT relacl IS NULL OR NOT EXISTS (SELECT FROM aclexplode(relacl) a WHERE a.grantee <> relowner)
              FROM pg_class WHERE oid = 'intake.slots_tap_defpriv'::regclass), true,
           'a new pool''s slot sequence is granted to no one but its owner');
+SELECT is((SELECT string_agg(c.relname || ':' || a.privilege_type, ', ' ORDER BY c.relname, a.privilege_type)
+             FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+            WHERE c.relnamespace = 'pgmq'::regnamespace AND c.relname LIKE '%intake\_tap\_defpriv%' AND a.grantee <> c.relowner),
+          NULL, 'nor are its queue''s and dead-letter queue''s tables and sequences');
+SELECT is((SELECT count(*)::int FROM pg_class WHERE relnamespace = 'pgmq'::regnamespace AND relname LIKE '%intake\_tap\_defpriv%' AND relkind IN ('r', 'S')),
+          6, '(six of them: queue, archive and message id sequence, twice)');
 SELECT ok((SELECT octet_length(message) < 1200 FROM (SELECT pg_temp.error_of($$SELECT intake.pool_status(repeat('X', 1000000))$$) AS message) m),
           'an error quoting a 1 MB argument quotes at most 1 KiB of it');
 SELECT throws_ok($$SELECT intake.create_pool('tap_cred', 1, '{"validation_webhook_url": "https://payuser:S3cr3tPassw0rd@pay.example/validate"}')$$,

@@ -280,6 +280,7 @@ mod capacity {
             source: crate::core::actor::ActorSource::OnBehalf,
             trusted: false,
             delegated_by: Some(format!("slack:{user_id}")),
+            nameless: false,
         })
     }
 

@@ -56,6 +56,10 @@ pub struct Actor {
     /// For `OnBehalf`: the session identity that vouched for `id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delegated_by: Option<String>,
+    /// A session whose believed JWT claims name no subject (a token without `sub`): its id is
+    /// the role, which every such caller shares.
+    #[serde(skip)]
+    pub nameless: bool,
 }
 
 impl Actor {
@@ -67,14 +71,19 @@ impl Actor {
             source: ActorSource::System,
             trusted: true,
             delegated_by: None,
+            nameless: false,
         }
     }
 
     /// 42501 for an anonymous caller (`action` says what was refused): a session whose role is
-    /// `anon` and that names no user. Every anonymous caller would be the same actor, so a write
-    /// in its name would be everyone's (the Supabase anon key has no subject).
+    /// `anon`, or whose JWT names no subject, and that is not trusted. Every such caller would be
+    /// the same actor, so a write in its name would be everyone's (the Supabase anon key has no
+    /// subject; neither has a token minted for a role without one).
     pub fn refuse_anonymous(&self, action: &str) -> CoreResult<()> {
-        if !self.trusted && self.source == ActorSource::Session && self.role == "anon" {
+        if !self.trusted
+            && self.source == ActorSource::Session
+            && (self.role == "anon" || self.nameless)
+        {
             return Err(CoreError::PermissionDenied {
                 actor: self.id.clone(),
                 action: action.into(),
@@ -158,6 +167,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
             source: ActorSource::Session,
             trusted: facts.trusted,
             delegated_by: None,
+            nameless: false,
         });
     }
 
@@ -206,6 +216,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
                 source: ActorSource::Jwt,
                 trusted: facts.trusted,
                 delegated_by: None,
+                nameless: false,
             }
         }
         None => Actor {
@@ -214,6 +225,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
             source: ActorSource::Session,
             trusted: facts.trusted,
             delegated_by: None,
+            nameless: facts.has_claims(),
         },
     };
     Ok(actor)
@@ -243,6 +255,7 @@ pub fn act_on_behalf(session: Actor, on_behalf_of: Option<&str>) -> CoreResult<A
         source: ActorSource::OnBehalf,
         trusted: false,
         delegated_by: Some(session.id),
+        nameless: false,
     })
 }
 
@@ -351,6 +364,26 @@ mod unit_tests {
         assert_eq!(a.role, "authenticated");
         assert_eq!(a.source, ActorSource::Jwt);
         assert_eq!(a.actor_type(), "user");
+    }
+
+    #[test]
+    fn a_token_without_a_subject_is_refused_like_anon_unless_trusted() {
+        let nameless =
+            resolve(&facts(Some(r#"{"role":"authenticated"}"#), "authenticated")).unwrap();
+        assert_eq!(nameless.id, "authenticated");
+        assert!(nameless.refuse_anonymous("write").is_err());
+        let signed_in = resolve(&facts(
+            Some(r#"{"sub":"u1","role":"authenticated"}"#),
+            "authenticated",
+        ))
+        .unwrap();
+        assert!(signed_in.refuse_anonymous("write").is_ok());
+        let mut trusted = facts(Some(r#"{"role":"service_role"}"#), "service_role");
+        trusted.trusted = true;
+        assert!(resolve(&trusted).unwrap().refuse_anonymous("write").is_ok());
+        // A login without claims is its role, as ever (psql, pg_cron).
+        let psql = resolve(&facts(None, "alice")).unwrap();
+        assert!(psql.refuse_anonymous("write").is_ok());
     }
 
     #[test]

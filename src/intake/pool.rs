@@ -38,6 +38,21 @@ impl PoolId {
         format!("intake_{}", self.0)
     }
 
+    /// The tables and sequences pgmq made for the pool's queue and dead-letter queue,
+    /// schema-qualified and quoted (pgmq's `q_<queue>`, `a_<queue>`, `q_<queue>_msg_id_seq`).
+    pub fn queue_relations(&self) -> Vec<String> {
+        [self.queue(), self.dlq()]
+            .iter()
+            .flat_map(|q| {
+                [
+                    format!("pgmq.\"q_{q}\""),
+                    format!("pgmq.\"a_{q}\""),
+                    format!("pgmq.\"q_{q}_msg_id_seq\""),
+                ]
+            })
+            .collect()
+    }
+
     /// The queue's table, schema-qualified and quoted (pgmq's `q_<queue>` layout).
     pub fn queue_table(&self) -> String {
         format!("pgmq.\"q_intake_{}\"", self.0)

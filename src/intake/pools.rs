@@ -49,6 +49,9 @@ pub fn create(
     }
     client.update("SELECT pgmq.create($1)", None, &[pool.queue().into()])?;
     client.update("SELECT pgmq.create($1)", None, &[pool.dlq().into()])?;
+    for relation in pool.queue_relations() {
+        owner_only(client, &relation)?;
+    }
     // A member of the extension, so DROP EXTENSION takes it along.
     client.update(
         &format!("CREATE SEQUENCE {} AS int MINVALUE 1", pool.slot_sequence()),
@@ -225,18 +228,20 @@ pub fn has_slot_sequence(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bo
         .unwrap_or(false))
 }
 
-/// Take back whatever the creating role's default privileges granted on a pool's slot
-/// sequence (a role that could `setval` it would make the pool sell out with nothing sold):
-/// it is flowgate's own state, as the install's objects are.
-pub fn owner_only(client: &mut SpiClient<'_>, sequence: &str) -> CoreResult<()> {
+/// Take back whatever the creating role's default privileges (or pgmq) granted on a pool's
+/// table or sequence: a role that could `setval` the slot sequence would make the pool sell out
+/// with nothing sold, and one that could read or write its queue would read every user's claim
+/// intents, forge or delete them. They are flowgate's own state, as the install's objects are.
+pub fn owner_only(client: &mut SpiClient<'_>, relation: &str) -> CoreResult<()> {
     let revokes = client.select(
-        "SELECT pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM %s', c.oid::regclass, \
+        "SELECT pg_catalog.format('REVOKE ALL ON %s %s FROM %s', \
+                CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass, \
                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END) \
            FROM pg_catalog.pg_class c CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a \
            LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee \
           WHERE c.oid = $1::regclass AND a.grantee <> c.relowner",
         None,
-        &[sequence.into()],
+        &[relation.into()],
     )?;
     let statements: Vec<String> = revokes
         .into_iter()
