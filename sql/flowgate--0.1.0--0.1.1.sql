@@ -359,6 +359,15 @@ BEGIN
 END
 $queues$;
 
+-- A NULL where a value is required is 22023, not a NULL answer (PostgREST answered 200 null).
+ALTER FUNCTION intake.claim(text) CALLED ON NULL INPUT;
+ALTER FUNCTION capacity.get_capacity_request(text, integer) CALLED ON NULL INPUT;
+ALTER FUNCTION capacity.my_standing(text) CALLED ON NULL INPUT;
+ALTER FUNCTION capacity.handle_slack_command(text, text, text) CALLED ON NULL INPUT;
+ALTER FUNCTION capacity.handle_slack_action(text, text, text) CALLED ON NULL INPUT;
+ALTER FUNCTION flowgate.unlink_identity(text, text) CALLED ON NULL INPUT;
+ALTER FUNCTION flowgate.get_setting(text) CALLED ON NULL INPUT;
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

@@ -3,7 +3,7 @@
 -- tables' CHECKs; Slack text that cannot ping or link; capacity.my_standing for signed-in users;
 -- the provisioning operator functions for service_role and for nobody untrusted.
 BEGIN;
-SELECT plan(83);
+SELECT plan(91);
 
 -- A Supabase project has anon, authenticated and service_role before any extension is installed,
 -- and its installing role may carry default privileges that grant every new table, sequence and
@@ -340,6 +340,16 @@ RESET ROLE;
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
 SELECT is((SELECT count(*) FROM provisioning.clients) || ' ' || (SELECT string_agg(status || ':' || attempts, ',') FROM provisioning.client_provisioning_jobs),
     (SELECT clients FROM counts) || ' queued:1', 'the refused calls wrote nothing: one client, its job still queued after one attempt');
+
+-- A NULL where a value is required is 22023 (PostgREST would otherwise answer 200 with null).
+SELECT throws_ok($$SELECT intake.claim(NULL)$$, '22023', NULL, 'intake.claim(NULL): 22023');
+SELECT throws_ok($$SELECT capacity.get_capacity_request(NULL)$$, '22023', NULL, 'capacity.get_capacity_request(NULL): 22023');
+SELECT throws_ok($$SELECT capacity.get_capacity_request('CR-2026-000001', NULL)$$, '22023', NULL, 'and with recent_events NULL');
+SELECT throws_ok($$SELECT capacity.my_standing(NULL)$$, '22023', NULL, 'capacity.my_standing(NULL): 22023');
+SELECT throws_ok($$SELECT capacity.handle_slack_command(NULL, NULL, NULL)$$, '22023', NULL, 'capacity.handle_slack_command(NULL, ...): 22023');
+SELECT throws_ok($$SELECT capacity.handle_slack_action('payload=x', '1', NULL)$$, '22023', NULL, 'capacity.handle_slack_action(..., NULL): 22023');
+SELECT throws_ok($$SELECT flowgate.unlink_identity(NULL, 'U1')$$, '22023', NULL, 'flowgate.unlink_identity(NULL, ...): 22023');
+SELECT throws_ok($$SELECT flowgate.get_setting(NULL)$$, '22023', NULL, 'flowgate.get_setting(NULL): 22023');
 
 SELECT * FROM finish();
 ROLLBACK;

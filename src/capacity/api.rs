@@ -207,9 +207,12 @@ mod capacity {
     #[documented]
     #[pg_extern(stable)]
     fn get_capacity_request(
-        request_id: &str,
-        recent_events: default!(i32, "20"),
+        request_id: Option<&str>,
+        recent_events: default!(Option<i32>, "20"),
     ) -> Result<JsonB, ErrorReport> {
+        let (request_id, recent_events) = required("request_id", request_id)
+            .and_then(|r| Ok((r, required("recent_events", recent_events)?)))
+            .map_err(|e| e.report("capacity"))?;
         if !(1..=1000).contains(&recent_events) {
             return Err(CoreError::invalid(
                 "recent_events",
@@ -250,8 +253,9 @@ mod capacity {
     #[documented]
     #[pg_extern(stable, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
-    fn my_standing(request_id: &str) -> Result<JsonB, ErrorReport> {
+    fn my_standing(request_id: Option<&str>) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CoreError> {
+            let request_id = required("request_id", request_id)?;
             let actor: Actor = core_store::session_actor(true)?;
             let s = store::standing(request_id, &actor)?;
             if !s.has_any() {
@@ -282,6 +286,19 @@ mod capacity {
             delegated_by: Some(format!("slack:{user_id}")),
             nameless: false,
         })
+    }
+
+    /// A Slack handler's three arguments, none NULL (22023).
+    fn slack_arguments<'a>(
+        body: Option<&'a str>,
+        request_timestamp: Option<&'a str>,
+        signature: Option<&'a str>,
+    ) -> Result<(&'a str, &'a str, &'a str), CoreError> {
+        Ok((
+            required("body", body)?,
+            required("request_timestamp", request_timestamp)?,
+            required("signature", signature)?,
+        ))
     }
 
     fn verify_slack(body: &str, request_timestamp: &str, signature: &str) -> Result<(), CoreError> {
@@ -334,11 +351,13 @@ mod capacity {
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn handle_slack_command(
-        body: &str,
-        request_timestamp: &str,
-        signature: &str,
+        body: Option<&str>,
+        request_timestamp: Option<&str>,
+        signature: Option<&str>,
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CoreError> {
+            let (body, request_timestamp, signature) =
+                slack_arguments(body, request_timestamp, signature)?;
             verify_slack(body, request_timestamp, signature)?;
             let form = |k: &str| crate::capacity::slack::form_field(body, k);
             let user = form("user_id").unwrap_or_default();
@@ -412,11 +431,13 @@ mod capacity {
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn handle_slack_action(
-        body: &str,
-        request_timestamp: &str,
-        signature: &str,
+        body: Option<&str>,
+        request_timestamp: Option<&str>,
+        signature: Option<&str>,
     ) -> Result<JsonB, ErrorReport> {
         let run = || -> Result<JsonB, CoreError> {
+            let (body, request_timestamp, signature) =
+                slack_arguments(body, request_timestamp, signature)?;
             verify_slack(body, request_timestamp, signature)?;
             let payload: Value = crate::capacity::slack::form_field(body, "payload")
                 .and_then(|p| serde_json::from_str(&p).ok())

@@ -67,9 +67,17 @@ fn link_identity(
 #[documented]
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, ErrorReport> {
-    Ok(store::link_identity(provider, external_id, None)
-        .map(|v| (!v.is_null()).then_some(JsonB(v)))?)
+fn unlink_identity(
+    provider: Option<&str>,
+    external_id: Option<&str>,
+) -> Result<Option<JsonB>, ErrorReport> {
+    let run = || -> CoreResult<Option<JsonB>> {
+        let provider = super::args::required("provider", provider)?;
+        let external_id = super::args::required("external_id", external_id)?;
+        store::link_identity(provider, external_id, None)
+            .map(|v| (!v.is_null()).then_some(JsonB(v)))
+    };
+    Ok(run()?)
 }
 
 /// The effective value of a setting: the stored one, else its documented default (22023 for an
@@ -79,9 +87,11 @@ fn unlink_identity(provider: &str, external_id: &str) -> Result<Option<JsonB>, E
 /// The hiding is the row-level security of `flowgate.settings`: this function reads the table
 /// with the caller's rights.
 #[documented]
-#[pg_extern(stable, strict)]
-fn get_setting(key: &str) -> Result<JsonB, ErrorReport> {
-    Ok(store::get_value(key).map(JsonB)?)
+#[pg_extern(stable)]
+fn get_setting(key: Option<&str>) -> Result<JsonB, ErrorReport> {
+    Ok(super::args::required("key", key)
+        .and_then(store::get_value)
+        .map(JsonB)?)
 }
 
 /// Store a setting after validating it against its documented type (22023 with the allowed

@@ -138,10 +138,11 @@ mod intake {
     /// without a JWT subject gets 42501 unless trusted, so no caller can claim in another user's
     /// name.
     #[documented]
-    #[pg_extern(volatile, strict, security_definer)]
+    #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
-    fn claim(pool_id: &str) -> Result<JsonbAnswer, ErrorReport> {
+    fn claim(pool_id: Option<&str>) -> Result<JsonbAnswer, ErrorReport> {
         let run = || -> CoreResult<JsonbAnswer> {
+            let pool_id = args::required("pool_id", pool_id)?;
             let actor = crate::core::store::acting_actor(None)?;
             if actor.source != crate::core::actor::ActorSource::Jwt && !actor.trusted {
                 return Err(CoreError::PermissionDenied {
