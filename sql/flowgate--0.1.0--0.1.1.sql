@@ -368,6 +368,11 @@ ALTER FUNCTION capacity.handle_slack_action(text, text, text) CALLED ON NULL INP
 ALTER FUNCTION flowgate.unlink_identity(text, text) CALLED ON NULL INPUT;
 ALTER FUNCTION flowgate.get_setting(text) CALLED ON NULL INPUT;
 
+-- Settings whose keys end in _ids (capacity.slack_team_ids) are hidden like those ending in _id.
+DROP POLICY public_keys ON flowgate.settings;
+CREATE POLICY public_keys ON flowgate.settings FOR SELECT
+    USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$');
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$

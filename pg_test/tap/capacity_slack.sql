@@ -10,7 +10,7 @@
 -- removes the request, its deliveries, the settings, secrets and group members it added.
 -- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
 -- no worker there: the CALLs send everything).
-SELECT plan(35);
+SELECT plan(37);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Until none of the request's deliveries is in flight or due (the worker may be sending them).
@@ -138,6 +138,13 @@ SELECT throws_ok($$SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(bo
                  'a request signed with another secret is refused');
 SELECT throws_ok($$SELECT capacity.handle_slack_command(repeat('a', 262145), ts, 'v0=00') FROM slack_req$$, '22023', NULL,
                  'a body over 256 KiB is refused before its signature is computed');
+-- With capacity.slack_team_ids set, only users of those workspaces are served.
+SELECT flowgate.set_setting('capacity.slack_team_ids', '["T0HOME"]') \g /dev/null
+SELECT throws_ok($$SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts)) FROM (SELECT body || '&team_id=T0EVIL' AS b, ts FROM slack_req) x$$,
+                 '42501', NULL, 'a signed command from a workspace not in capacity.slack_team_ids is refused');
+SELECT throws_ok($$SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(body, ts)) FROM slack_req$$,
+                 '42501', NULL, 'and one naming no workspace');
+SELECT flowgate.reset_setting('capacity.slack_team_ids') \g /dev/null
 SELECT is((SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts)) ->> 'response_type'
              FROM (SELECT replace(body, 'create+owner', 'frobnicate+owner') AS b, ts FROM slack_req) x), 'ephemeral',
           'a malformed command gets the usage, privately');

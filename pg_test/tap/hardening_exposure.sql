@@ -3,7 +3,7 @@
 -- tables' CHECKs; Slack text that cannot ping or link; capacity.my_standing for signed-in users;
 -- the provisioning operator functions for service_role and for nobody untrusted.
 BEGIN;
-SELECT plan(91);
+SELECT plan(93);
 
 -- A Supabase project has anon, authenticated and service_role before any extension is installed,
 -- and its installing role may carry default privileges that grant every new table, sequence and
@@ -122,7 +122,7 @@ SELECT is((SELECT count(*)::int FROM flowgate.settings), 6, 'service_role reads 
 RESET ROLE;
 SELECT is((SELECT array_agg(key ORDER BY key) FROM flowgate.setting_definitions()
             WHERE (default_value::text ~ '^"https?://' OR key ~ '(secret|token|password|passphrase|channel|team|organization|admins)')
-              AND key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_channel|admins)$'), NULL,
+              AND key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$'), NULL,
     'every documented key that names a URL, secret, channel, team, organisation or admins is one the policy hides');
 
 -- =============================================================================================
@@ -227,14 +227,14 @@ SELECT capacity.apply_event(:'cr_good', 'COMMERCIAL_APPROVED') \g /dev/null
 SELECT capacity.apply_event(:'cr_good', 'TECH_REVIEW_APPROVED') \g /dev/null
 SELECT is(capacity.run_capacity_request_timers() ->> 'warned', '2', 'both requests are warned about their confirmation deadline');
 SELECT is((SELECT body ->> 'text' FROM flowgate.deliveries WHERE idempotency_key LIKE 'capacity:' || :'cr_evil' || ':slack:reply:warning:%'),
-    (SELECT format('%s: the customer''s confirmation is due by %s; U9&gt; &lt;!channel please chase it, or the request expires',
+    (SELECT format('%s: the customer''s confirmation is due by %s; `U9&gt; &lt;!channel` please chase it, or the request expires',
                    id, customer_confirmation_deadline_at::text)
        FROM capacity.capacity_requests WHERE id = :'cr_evil'),
-    'the confirmation warning shows the owner id `U9> <!channel` as escaped text: no channel ping, no mention');
+    'the confirmation warning shows the owner id `U9> <!channel` as escaped inline code: no channel ping, no mention, no link');
 SELECT alike((SELECT body ->> 'text' FROM flowgate.deliveries WHERE idempotency_key LIKE 'capacity:' || :'cr_good' || ':slack:reply:warning:%'),
     '%; <@U0AE> please chase it, or the request expires', 'a Slack user id as owner is mentioned');
 SELECT is((SELECT body ->> 'text' FROM flowgate.deliveries WHERE idempotency_key = 'capacity:' || :'cr_evil' || ':slack:root'),
-    :'cr_evil' || ': 1 x 24XL in us-east-1 requested by <@U0SA> (commercial owner U9&gt; &lt;!channel, infra infra)',
+    :'cr_evil' || ': 1 x `24XL` in `us-east-1` requested by <@U0SA> (commercial owner `U9&gt; &lt;!channel`, infra `infra`)',
     'the root message escapes the owner and mentions the requester');
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries
             WHERE owner_module = 'capacity' AND (body::text ~ '<[!#]' OR body::text ~ '<@[^UW]' OR body::text ~ '<https?:')), 0,
@@ -340,6 +340,12 @@ RESET ROLE;
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
 SELECT is((SELECT count(*) FROM provisioning.clients) || ' ' || (SELECT string_agg(status || ':' || attempts, ',') FROM provisioning.client_provisioning_jobs),
     (SELECT clients FROM counts) || ' queued:1', 'the refused calls wrote nothing: one client, its job still queued after one attempt');
+
+-- A cost that numeric(14,2) would round up to 10^12 is refused before the write (22023, not 22003).
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', estimated_monthly_cost_usd => 999999999999.995)$$,
+                 '22023', NULL, 'a cost that rounds to 10^12 USD: 22023');
+SELECT throws_ok($$SELECT capacity.handle_slack_action('payload=x', '1', repeat('a', 68))$$, '22023', NULL,
+                 'a Slack signature longer than v0= and 64 hex digits: 22023 before anything is hashed');
 
 -- A NULL where a value is required is 22023 (PostgREST would otherwise answer 200 with null).
 SELECT throws_ok($$SELECT intake.claim(NULL)$$, '22023', NULL, 'intake.claim(NULL): 22023');

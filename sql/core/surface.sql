@@ -20,13 +20,13 @@ CREATE TRIGGER settings_guard BEFORE INSERT OR UPDATE ON flowgate.settings
     FOR EACH ROW EXECUTE FUNCTION flowgate.settings_guard();
 
 -- Settings that name endpoints, secrets, channels, teams, organisations or people (keys ending
--- in _url, _secret, _token, _key, _password, _passphrase, _id, _channel or admins) are read only
+-- in _url, _secret, _token, _key, _password, _passphrase, _id, _ids, _channel or admins) are read only
 -- by the extension owner and service_role; any other role reading one sees its documented
 -- default. The rest (role lists, numbers, schedules) stay readable by every role, because
 -- flowgate.current_actor() reads the role lists with the caller's rights.
 ALTER TABLE flowgate.settings ENABLE ROW LEVEL SECURITY;
 CREATE POLICY public_keys ON flowgate.settings FOR SELECT
-    USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_channel|admins)$');
+    USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$');
 DO $grant$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN

@@ -288,6 +288,26 @@ mod capacity {
         })
     }
 
+    /// 42501 unless every Slack workspace named (the request's team, the user's own team) is
+    /// one of `capacity.slack_team_ids`, when that is set: an app installed org-wide or used in a
+    /// shared channel also hears users of other workspaces.
+    fn check_slack_teams(teams: &[Option<&str>]) -> Result<(), CoreError> {
+        let allowed = core_store::get_list("capacity.slack_team_ids")?;
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        for team in teams {
+            if !team.is_some_and(|t| allowed.iter().any(|a| a == t)) {
+                return Err(CoreError::PermissionDenied {
+                    actor: format!("a user of Slack workspace {}", team.unwrap_or("(none)")),
+                    action: "use this Slack app".into(),
+                    allowed: "users of the workspaces listed in capacity.slack_team_ids".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A Slack handler's three arguments, none NULL (22023).
     fn slack_arguments<'a>(
         body: Option<&'a str>,
@@ -305,6 +325,7 @@ mod capacity {
         // Anyone may call (Slack signs, it does not log in): the size first, so no caller makes
         // the database hash or parse a body no Slack request has.
         crate::core::args::check_text_size("Slack request body", body, MAX_SLACK_BODY_BYTES)?;
+        crate::capacity::slack::check_header_sizes(request_timestamp, signature)?;
         let name = core_store::get_text("capacity.slack_signing_secret")?;
         let secret =
             Spi::connect(|client| crate::core::outbox::store::resolve_secret(client, &name))?
@@ -316,7 +337,9 @@ mod capacity {
                 .into(),
         }
                 })?;
-        let now = store::db_now()?.timestamp();
+        // The clock, not the transaction's start: a transaction held open does not stretch the
+        // window a signed request is accepted in.
+        let now = store::clock_now()?.timestamp();
         crate::capacity::slack::verify(&secret, request_timestamp, body, signature, now)
     }
 
@@ -360,6 +383,7 @@ mod capacity {
                 slack_arguments(body, request_timestamp, signature)?;
             verify_slack(body, request_timestamp, signature)?;
             let form = |k: &str| crate::capacity::slack::form_field(body, k);
+            check_slack_teams(&[form("team_id").as_deref()])?;
             let user = form("user_id").unwrap_or_default();
             let actor = slack_actor(&user)?;
             let cmd = match crate::capacity::slack::parse_command(&form("text").unwrap_or_default())
@@ -455,6 +479,11 @@ mod capacity {
                     "block_actions",
                 ));
             }
+            let mut teams = vec![payload["team"]["id"].as_str()];
+            if let Some(own) = payload["user"]["team_id"].as_str() {
+                teams.push(Some(own));
+            }
+            check_slack_teams(&teams)?;
             let slack_user = payload["user"]["id"].as_str().unwrap_or("");
             let actor = slack_actor(slack_user)?;
             let action = &payload["actions"][0];

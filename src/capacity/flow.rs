@@ -261,7 +261,10 @@ impl Request {
             ));
         }
         if let Some(c) = &self.estimated_monthly_cost_usd {
-            let ok = c.as_f64().is_some_and(|v| (0.0..1e12).contains(&v));
+            // The column is numeric(14,2): a value that rounds to 10^12 would overflow it (22003).
+            let ok = c
+                .as_f64()
+                .is_some_and(|v| (0.0..999_999_999_999.995).contains(&v));
             if !ok {
                 return Err(CoreError::invalid(
                     "estimated_monthly_cost_usd",

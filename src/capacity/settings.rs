@@ -70,6 +70,12 @@ pub const DEFINITIONS: &[Definition] = &[
         doc: "Name of the secret holding the Slack app's signing secret, used to verify slash commands and button clicks.",
     },
     Definition {
+        key: "capacity.slack_team_ids",
+        kind: Kind::ActorList,
+        default: "[]",
+        doc: "Slack workspace (team) ids whose users may use the slash command and buttons (the request's team and, in a shared channel, the user's own); empty allows any workspace the app is installed in.",
+    },
+    Definition {
         key: "capacity.linear_team_id",
         kind: Kind::Text { max_len: 64 },
         default: r#""""#,

@@ -81,6 +81,15 @@ impl Workflow for CapacityFlow {
 }
 
 /// `now()` of the current transaction, read without a query.
+/// The clock now (`clock_timestamp()`): for a deadline that must not stretch with a long
+/// transaction, such as the age of a signed request.
+pub fn clock_now() -> CoreResult<DateTime<Utc>> {
+    // SAFETY: reads the system clock as Postgres does; no state.
+    let pg_micros = unsafe { pgrx::pg_sys::GetCurrentTimestamp() };
+    DateTime::from_timestamp_micros(pg_micros + 946_684_800_000_000)
+        .ok_or_else(|| CoreError::Internal("clock_timestamp() out of range".into()))
+}
+
 pub fn db_now() -> CoreResult<DateTime<Utc>> {
     // SAFETY: the transaction start timestamp is always set inside a transaction.
     let pg_micros = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
