@@ -144,7 +144,8 @@ DECLARE
     f text;
     api jsonb := '{
       "flowgate": ["flowgate.current_actor()", "flowgate.current_actor_info(text)", "flowgate.link_identity(text, text, text)",
-                   "flowgate.unlink_identity(text, text)", "flowgate.get_setting(text)", "flowgate.setting_definitions()"],
+                   "flowgate.confirm_identity_link(text, text, text)", "flowgate.unlink_identity(text, text)",
+                   "flowgate.get_setting(text)", "flowgate.setting_definitions()"],
       "capacity": ["capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text)",
                    "capacity.record_capacity_event(text, text, jsonb, text, text)", "capacity.get_capacity_request(text, integer)",
                    "capacity.my_standing(text)", "capacity.handle_slack_command(text, text, text)",

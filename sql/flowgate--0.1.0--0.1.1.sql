@@ -373,6 +373,91 @@ DROP POLICY public_keys ON flowgate.settings;
 CREATE POLICY public_keys ON flowgate.settings FOR SELECT
     USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$');
 
+-- A person links their own Slack id with a code Slack gave that id (/capacity link), confirmed
+-- signed in (flowgate.confirm_identity_link): naming an id no longer links it (anyone could
+-- claim an approver's Slack id, whose clicks would then act as them).
+COMMENT ON TABLE flowgate.identity_links IS
+  'External identities (provider slack: a Slack user id) and the actor each acts as. A person links '
+  'their own with a code the provider gave that identity (flowgate.confirm_identity_link); a trusted '
+  'session links anyone''s. Verified Slack requests from a linked id act as the actor.';
+-- The one-time codes that prove control of an external identity: a verified request of that
+-- identity (a signed Slack `/capacity link`) asks for one, and the person signed in elsewhere
+-- confirms it (flowgate.confirm_identity_link). Only a hash is kept; a code lives ten minutes
+-- and a new one replaces it. Not dumped: a restored database starts with none pending.
+CREATE TABLE flowgate.identity_link_codes (
+    provider    text NOT NULL CHECK (provider ~ '^[a-z][a-z0-9_]{0,31}$'),
+    external_id text NOT NULL CHECK (length(external_id) BETWEEN 1 AND 256),
+    code_sha256 text NOT NULL CHECK (code_sha256 ~ '^[0-9a-f]{64}$'),
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (provider, external_id)
+);
+COMMENT ON TABLE flowgate.identity_link_codes IS
+  'Pending proofs of control of an external identity (a hash of a one-time code, ten minutes), '
+  'issued to the identity itself (Slack: /capacity link) and confirmed with flowgate.confirm_identity_link.';
+REVOKE ALL ON flowgate.identity_link_codes FROM PUBLIC;
+CREATE FUNCTION flowgate."confirm_identity_link"(
+	"provider" TEXT, /* Option < & str > */
+	"external_id" TEXT, /* Option < & str > */
+	"code" TEXT /* Option < & str > */
+) RETURNS jsonb /* Result < JsonB, ErrorReport > */
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'confirm_identity_link_wrapper';
+COMMENT ON FUNCTION flowgate.confirm_identity_link(text, text, text) IS
+  $doc$Link an external identity to the caller with the one-time code that identity was given (in Slack: /capacity link, answered privately to the Slack user), within ten minutes; returns the link. This is how a person links their own Slack id: the code proves it is theirs. 42501 for a wrong, used or expired code, or an anonymous caller.$doc$;
+-- grant_api hands out confirm_identity_link with the rest of the flowgate API.
+CREATE OR REPLACE FUNCTION flowgate.grant_api(role_name text, modules text[] DEFAULT ARRAY['flowgate', 'capacity', 'intake', 'provisioning'])
+RETURNS TABLE (module text, granted text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m text;
+    f text;
+    api jsonb := '{
+      "flowgate": ["flowgate.current_actor()", "flowgate.current_actor_info(text)", "flowgate.link_identity(text, text, text)",
+                   "flowgate.confirm_identity_link(text, text, text)", "flowgate.unlink_identity(text, text)",
+                   "flowgate.get_setting(text)", "flowgate.setting_definitions()"],
+      "capacity": ["capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text)",
+                   "capacity.record_capacity_event(text, text, jsonb, text, text)", "capacity.get_capacity_request(text, integer)",
+                   "capacity.my_standing(text)", "capacity.handle_slack_command(text, text, text)",
+                   "capacity.handle_slack_action(text, text, text)"],
+      "intake": ["intake.claim(text)", "intake.claim_resource(text, text)", "intake.finalize_transaction(jsonb)"],
+      "provisioning": ["provisioning.enqueue_client(text, text, text, text, jsonb)", "provisioning.claim_job(text)",
+                       "provisioning.report_job(uuid, text, boolean, integer, text, integer)", "provisioning.retry(uuid)", "provisioning.retry(text)", "provisioning.sync_schema(text)",
+                       "provisioning.list_jobs(text, integer)", "provisioning.run_jobs(integer)", "provisioning.tenant_keys(uuid)"]
+    }';
+BEGIN
+    IF role_name IS NULL OR NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role % does not exist', quote_literal(coalesce(role_name, 'NULL'))
+              USING ERRCODE = '22023', HINT = 'CREATE ROLE it first, or name an existing role such as service_role';
+    END IF;
+    IF role_name IN ('anon', 'public') THEN
+        RAISE EXCEPTION 'the API is not granted to %', role_name
+              USING ERRCODE = '22023', HINT = 'anonymous callers get only what PUBLIC gets; grant to authenticated or a backend role';
+    END IF;
+    FOREACH m IN ARRAY coalesce(modules, '{}') LOOP
+        IF m = 'ops' THEN
+            RAISE EXCEPTION 'ops access is by persona, not by grant_api'
+                  USING ERRCODE = '22023', HINT = format('GRANT ci_service_role (or release_manager, qa_tester, sre, developer, audit_reader) TO %I', role_name);
+        END IF;
+        IF NOT api ? m THEN
+            RAISE EXCEPTION 'unknown module %', quote_literal(m)
+                  USING ERRCODE = '22023', HINT = 'one of: flowgate, capacity, intake, provisioning';
+        END IF;
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', m, role_name);
+        module := m; granted := 'USAGE ON SCHEMA ' || m; RETURN NEXT;
+        FOR f IN SELECT jsonb_array_elements_text(api -> m) LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, role_name);
+            module := m; granted := 'EXECUTE ON FUNCTION ' || f; RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION flowgate.link_identity(text, text, text) IS
+  $doc$Link an external identity (provider 'slack': a Slack user id) to the actor it acts as, so one person is one actor on every surface; returns the link. For trusted sessions, which link anyone's (actor_id defaults to the caller). Anyone else gets 42501 unless the identity is linked to them already: a person proves an identity is theirs with a code (flowgate.confirm_identity_link).$doc$;
+
 -- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
 -- get nothing the installing role's default privileges gave them on what this update created.
 DO $exposure$
@@ -383,6 +468,8 @@ BEGIN
         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
             EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
+            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.confirm_identity_link(text, text, text) FROM %I', r);
+            EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
         END IF;
     END LOOP;
 END

@@ -178,7 +178,7 @@ END $$;
 -- identity, the JWT sub or, for the plain login, its role: never the sub it forged; anon has none):
 --  * a capacity request and its REQUEST_SUBMITTED event (capacity.create_capacity_request is for
 --    every signed-in user and every login acting as itself; anon is refused);
---  * its own Slack link (flowgate.link_identity without actor_id links the caller; unlink_identity
+--  * its own Slack link (flowgate.confirm_identity_link links the caller, given the code; unlink_identity
 --    removes it);
 --  * an intake claim: intake.claim locks a free slot for the caller, counts the claim and queues
 --    the intent in the pool's pgmq queue.

@@ -369,7 +369,8 @@ mod capacity {
     /// The headers are X-Slack-Request-Timestamp and X-Slack-Signature. The Slack user acts as the
     /// actor their Slack id is linked to, else as the Slack id; the trigger_id is the idempotency
     /// key. Usage errors and refusals decided before anything is written come back as an ephemeral
-    /// message.
+    /// message. `/capacity link` answers the Slack user alone with a one-time code that links
+    /// their Slack id to them once they confirm it signed in (`flowgate.confirm_identity_link`).
     #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
@@ -386,8 +387,16 @@ mod capacity {
             check_slack_teams(&[form("team_id").as_deref()])?;
             let user = form("user_id").unwrap_or_default();
             let actor = slack_actor(&user)?;
-            let cmd = match crate::capacity::slack::parse_command(&form("text").unwrap_or_default())
-            {
+            let text = form("text").unwrap_or_default();
+            if crate::capacity::slack::is_link_command(&text) {
+                // Only this Slack user sees the answer: the code proves the id is theirs.
+                let code = core_store::issue_link_code("slack", &user)?;
+                return Ok(JsonB(json!({
+                    "response_type": "ephemeral",
+                    "text": crate::capacity::slack::link_code_reply(&user, &code),
+                })));
+            }
+            let cmd = match crate::capacity::slack::parse_command(&text) {
                 Ok(c) => c,
                 Err(e) => {
                     let hint = e.hint().map(|h| format!("\n{h}")).unwrap_or_default();

@@ -106,7 +106,22 @@ pub struct CreateCommand {
 }
 
 pub const COMMAND_USAGE: &str =
-    "create owner=@user group=<infra group> size=<e.g. 24XL> qty=<n> region=<e.g. us-east-1> [cost=<USD per month>]";
+    "create owner=@user group=<infra group> size=<e.g. 24XL> qty=<n> region=<e.g. us-east-1> [cost=<USD per month>], or link";
+
+/// Whether the slash command's text is `link` (ask for a code that links the Slack id).
+pub fn is_link_command(text: &str) -> bool {
+    text.trim() == "link"
+}
+
+/// The private answer to `/capacity link`: the code and what to do with it.
+pub fn link_code_reply(user_id: &str, code: &str) -> String {
+    format!(
+        "Your link code is `{code}` (valid {} minutes, for you alone). Signed in to the app, call \
+         flowgate.confirm_identity_link('slack', '{}', '{code}') to act as yourself from Slack.",
+        crate::core::store::LINK_CODE_MINUTES,
+        escape(&user_id.replace(['`', '\''], ""))
+    )
+}
 
 /// Parse the text of the slash command.
 pub fn parse_command(text: &str) -> Result<CreateCommand, CoreError> {

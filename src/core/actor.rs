@@ -280,26 +280,61 @@ pub fn validate_provider(provider: &str) -> CoreResult<()> {
 }
 
 /// Whether `session` may point an external identity, linked now to `current` (if at all), at
-/// `target` (None: remove the link). A person links an unlinked identity to themselves and
-/// changes or removes only their own links; a trusted session may do anything.
+/// `target` (None: remove the link) without proving control of it. A person removes only their
+/// own links (and may "link" one that is theirs already); linking an identity that is not yet
+/// theirs takes a code the identity itself asked for (`confirm_identity_link`): anyone could
+/// otherwise claim an approver's Slack id, whose clicks would then act as them. A trusted
+/// session may do anything.
 pub fn may_link(session: &Actor, current: Option<&str>, target: Option<&str>) -> CoreResult<()> {
     if session.trusted {
         return Ok(());
     }
-    let own_target = target.is_none_or(|t| t == session.id);
     let own_current = current.is_none_or(|c| c == session.id);
-    if own_target && own_current {
+    let allowed = match target {
+        None => own_current,
+        Some(t) => t == session.id && current == Some(session.id.as_str()),
+    };
+    if allowed {
         return Ok(());
     }
     Err(CoreError::PermissionDenied {
         actor: session.id.clone(),
         action: match (current, target) {
             (Some(c), _) if c != session.id => format!("change an identity linked to {c:?}"),
+            (_, Some(t)) if t == session.id => {
+                "link an identity without proving it is theirs".into()
+            }
             _ => "link an identity to another actor".into(),
         },
-        allowed: "link identities to yourself only (omit actor_id); trusted sessions link anyone's"
+        allowed: "a link code the identity asked for (in Slack: /capacity link), confirmed with \
+                  flowgate.confirm_identity_link(provider, external_id, code); trusted sessions link anyone's"
             .into(),
     })
+}
+
+/// Characters of a link code: no 0/O or 1/I/L to misread.
+const LINK_CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+
+/// A link code from random bytes (12 characters of a 31-letter alphabet, about 59 bits), shown
+/// in groups of four.
+pub fn link_code(random: [u8; 12]) -> String {
+    let letters: Vec<char> = random
+        .iter()
+        .map(|b| LINK_CODE_ALPHABET[*b as usize % LINK_CODE_ALPHABET.len()] as char)
+        .collect();
+    letters
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// A code as typed, in the form it was issued: upper case, no spaces or dashes.
+pub fn normalize_link_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -476,15 +511,19 @@ mod unit_tests {
     }
 
     #[test]
-    fn people_link_only_themselves_and_trusted_sessions_anyone() {
+    fn people_link_only_with_a_code_and_trusted_sessions_anyone() {
         let me = resolve(&facts(Some(r#"{"sub":"ae-1"}"#), "authenticated")).unwrap();
         assert!(
-            may_link(&me, None, Some("ae-1")).is_ok(),
-            "link an unlinked id to me"
+            may_link(&me, Some("ae-1"), Some("ae-1")).is_ok(),
+            "mine already"
         );
-        assert!(may_link(&me, Some("ae-1"), Some("ae-1")).is_ok());
         assert!(may_link(&me, Some("ae-1"), None).is_ok(), "unlink my own");
+        assert!(
+            may_link(&me, None, None).is_ok(),
+            "unlink what is not linked"
+        );
         for (current, target) in [
+            (None, Some("ae-1")),
             (None, Some("boss")),
             (Some("boss"), Some("ae-1")),
             (Some("boss"), None),
@@ -503,6 +542,19 @@ mod unit_tests {
         for bad in ["", "Slack", "1x", "sl ack", &"a".repeat(33)] {
             assert_eq!(validate_provider(bad).unwrap_err().sqlstate(), "22023");
         }
+    }
+
+    #[test]
+    fn link_codes_are_unambiguous_and_typed_back_in_any_form() {
+        let code = link_code([0, 1, 30, 31, 255, 128, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(code.len(), 14);
+        assert_eq!(code.matches('-').count(), 2);
+        assert!(code
+            .chars()
+            .all(|c| c == '-' || LINK_CODE_ALPHABET.contains(&(c as u8))));
+        assert!(!code.contains(['0', 'O', '1', 'I', 'L']));
+        let typed = format!(" {} ", code.to_lowercase().replace('-', " "));
+        assert_eq!(normalize_link_code(&typed), code.replace('-', ""));
     }
 
     #[test]

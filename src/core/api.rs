@@ -35,9 +35,10 @@ fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<Js
 }
 
 /// Link an external identity (`provider` 'slack': a Slack user id) to the actor it acts as, so
-/// one person is one actor on every surface; returns the link. `actor_id` defaults to the
-/// caller: a person links their own id, and only trusted sessions link someone else's or
-/// change another actor's link (42501 otherwise).
+/// one person is one actor on every surface; returns the link. For trusted sessions, which link
+/// anyone's (`actor_id` defaults to the caller). Anyone else gets 42501 unless the identity is
+/// linked to them already: a person proves an identity is theirs with a code
+/// (`flowgate.confirm_identity_link`).
 #[documented]
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -58,6 +59,28 @@ fn link_identity(
             }
         };
         store::link_identity(provider, external_id, Some(target))
+    };
+    Ok(run().map(JsonB)?)
+}
+
+/// Link an external identity to the caller with the one-time code that identity was given (in
+/// Slack: `/capacity link`, answered privately to the Slack user), within ten minutes; returns
+/// the link. This is how a person links their own Slack id: the code proves it is theirs. 42501
+/// for a wrong, used or expired code, or an anonymous caller.
+#[documented]
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn confirm_identity_link(
+    provider: Option<&str>,
+    external_id: Option<&str>,
+    code: Option<&str>,
+) -> Result<JsonB, ErrorReport> {
+    let run = || -> CoreResult<serde_json::Value> {
+        store::confirm_identity_link(
+            super::args::required("provider", provider)?,
+            super::args::required("external_id", external_id)?,
+            super::args::required("code", code)?,
+        )
     };
     Ok(run().map(JsonB)?)
 }

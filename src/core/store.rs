@@ -432,3 +432,78 @@ pub fn link_identity(
     };
     Ok(row.map_or(serde_json::Value::Null, |j| j.0))
 }
+
+/// How long a link code proves control of an external identity.
+pub const LINK_CODE_MINUTES: i32 = 10;
+
+fn code_hash(code: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(actor::normalize_link_code(code).as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A one-time code proving that whoever holds it controls `external_id` at `provider`: to be
+/// given only to that identity, in answer to a request the provider verified (a signed Slack
+/// `/capacity link`). It replaces the identity's earlier code and lives [`LINK_CODE_MINUTES`].
+pub fn issue_link_code(provider: &str, external_id: &str) -> CoreResult<String> {
+    actor::validate_provider(provider)?;
+    actor::validate_actor_id("external_id", external_id)?;
+    let code = actor::link_code(rand::random());
+    Spi::run_with_args(
+        "INSERT INTO flowgate.identity_link_codes (provider, external_id, code_sha256, expires_at) \
+         VALUES ($1, $2, $3, pg_catalog.clock_timestamp() + pg_catalog.make_interval(mins => $4)) \
+         ON CONFLICT (provider, external_id) DO UPDATE \
+            SET code_sha256 = EXCLUDED.code_sha256, expires_at = EXCLUDED.expires_at",
+        &[
+            provider.into(),
+            external_id.into(),
+            code_hash(&code).into(),
+            LINK_CODE_MINUTES.into(),
+        ],
+    )?;
+    Ok(code)
+}
+
+/// Link `external_id` at `provider` to the caller, who proves control of it with the code the
+/// identity was given ([`issue_link_code`]); the code is used up. A link to someone else moves
+/// to the caller: the identity itself vouched.
+pub fn confirm_identity_link(
+    provider: &str,
+    external_id: &str,
+    code: &str,
+) -> CoreResult<serde_json::Value> {
+    let session = session_actor(true)?;
+    session.refuse_anonymous("link an identity anonymously")?;
+    actor::validate_provider(provider)?;
+    actor::validate_actor_id("external_id", external_id)?;
+    super::args::check_text_size("code", code, 64)?;
+    let row = Spi::get_one_with_args::<JsonB>(
+        "WITH used AS (DELETE FROM flowgate.identity_link_codes \
+                        WHERE provider = $1 AND external_id = $2 AND code_sha256 = $3 \
+                          AND expires_at > pg_catalog.clock_timestamp() RETURNING provider) \
+         INSERT INTO flowgate.identity_links AS l (provider, external_id, actor_id, linked_by) \
+         SELECT $1, $2, $4, $4 FROM used \
+         ON CONFLICT (provider, external_id) DO UPDATE \
+            SET actor_id = EXCLUDED.actor_id, linked_by = EXCLUDED.linked_by, linked_at = now() \
+         RETURNING to_jsonb(l)",
+        &[
+            provider.into(),
+            external_id.into(),
+            code_hash(code).into(),
+            session.id.clone().into(),
+        ],
+    );
+    match row {
+        Ok(Some(link)) => Ok(link.0),
+        Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => Err(CoreError::PermissionDenied {
+            actor: session.id,
+            action: format!("link {provider} identity {external_id:?}"),
+            allowed: format!(
+                "the code that identity was given (in Slack: /capacity link), within {LINK_CODE_MINUTES} minutes"
+            ),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
