@@ -10,7 +10,7 @@
 -- removes the request, its deliveries, the settings, secrets and group members it added.
 -- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
 -- no worker there: the CALLs send everything).
-SELECT plan(43);
+SELECT plan(44);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Until none of the request's deliveries is in flight or due (the worker may be sending them).
@@ -145,6 +145,9 @@ SELECT throws_ok($$SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts
 SELECT throws_ok($$SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(body, ts)) FROM slack_req$$,
                  '42501', NULL, 'and one naming no workspace');
 SELECT flowgate.reset_setting('capacity.slack_team_ids') \g /dev/null
+SELECT throws_ok($$SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts))
+                     FROM (SELECT replace(body, 'trigger_id=', 'trigger_id=' || repeat('9', 300)) AS b, ts FROM slack_req) x$$,
+                 '22023', NULL, 'a trigger_id too long for an idempotency key: 22023 before anything is written');
 SELECT is((SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts)) ->> 'response_type'
              FROM (SELECT replace(body, 'create+owner', 'frobnicate+owner') AS b, ts FROM slack_req) x), 'ephemeral',
           'a malformed command gets the usage, privately');

@@ -440,6 +440,8 @@ mod capacity {
                 })));
             }
             let key = form("trigger_id").map(|t| format!("slack:{t}"));
+            // A key the events table cannot hold is refused here (22023), not by its CHECK.
+            store::check_user_key(key.as_deref())?;
             let (id, _) = match store::create(request, &actor, key.as_deref()) {
                 Ok(created) => created,
                 Err(e) => return ephemeral(e),
@@ -499,6 +501,7 @@ mod capacity {
             let (id, event) =
                 crate::capacity::slack::parse_action_value(action["value"].as_str().unwrap_or(""))?;
             let key = format!("slack:{}", action["action_ts"].as_str().unwrap_or(""));
+            store::check_user_key(Some(&key))?;
             let note = json!({"via": "slack", "channel": payload["channel"]["id"], "message_ts": payload["message"]["ts"]});
             match store::apply(&id, event, || Ok(note), &actor, Some(&key)) {
                 Ok(applied) => Ok(JsonB(json!({
