@@ -196,18 +196,34 @@ $grant_backend$;
 
 -- ==== Exposure ====================================================================================
 -- PostgREST's anon and authenticated roles get what PUBLIC gets above (reads under row-level
--- security, the SECURITY DEFINER entry points) and nothing more: whatever default privileges of
--- the installing role granted them on these schemas' tables, sequences and functions is taken back.
+-- security, the SECURITY DEFINER entry points) and nothing more; so does every other role the
+-- installing role's default privileges name (for every schema or for one of these), the ops
+-- personas included: whatever those defaults granted on these schemas' tables, sequences and
+-- functions is taken back, and the personas get the persona matrix's grants again. service_role
+-- (trusted, granted its API above) keeps what it has; PUBLIC's defaults are the operator's.
 DO $exposure$
 DECLARE
     r text;
+    s text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
-        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            EXECUTE pg_catalog.format('REVOKE ALL ON ALL TABLES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
-            EXECUTE pg_catalog.format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
-            EXECUTE pg_catalog.format('REVOKE ALL ON ALL ROUTINES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
-        END IF;
+    FOR r IN
+        SELECT rolname FROM pg_catalog.pg_roles WHERE rolname IN ('anon', 'authenticated')
+        UNION
+        SELECT g.rolname
+          FROM pg_catalog.pg_default_acl d
+         CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) a
+          JOIN pg_catalog.pg_roles g ON g.oid = a.grantee
+         WHERE d.defaclrole = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+           AND (d.defaclnamespace = 0 OR d.defaclnamespace IN (SELECT oid FROM pg_catalog.pg_namespace
+                                                                WHERE nspname IN ('flowgate', 'capacity', 'intake', 'provisioning', 'ops')))
+           AND g.rolname NOT IN ('service_role', current_user)
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON ALL TABLES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ALL ROUTINES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
+    END LOOP;
+    FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'GRANT %' LOOP
+        EXECUTE s;
     END LOOP;
 END
 $exposure$;

@@ -458,19 +458,29 @@ $$;
 COMMENT ON FUNCTION flowgate.link_identity(text, text, text) IS
   $doc$Link an external identity (provider 'slack': a Slack user id) to the actor it acts as, so one person is one actor on every surface; returns the link. For trusted sessions, which link anyone's (actor_id defaults to the caller). Anyone else gets 42501 unless the identity is linked to them already: a person proves an identity is theirs with a code (flowgate.confirm_identity_link).$doc$;
 
--- The exposure rule of a fresh install (finalize.sql): PostgREST's anon and authenticated roles
--- get nothing the installing role's default privileges gave them on what this update created.
+-- The exposure rule of a fresh install (finalize.sql): anon, authenticated and every other role
+-- the installing role's default privileges name (service_role aside) get nothing those defaults
+-- gave them on what this update created.
 DO $exposure$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
-        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
-            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
-            EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.confirm_identity_link(text, text, text) FROM %I', r);
-            EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
-        END IF;
+    FOR r IN
+        SELECT rolname FROM pg_catalog.pg_roles WHERE rolname IN ('anon', 'authenticated')
+        UNION
+        SELECT g.rolname
+          FROM pg_catalog.pg_default_acl d
+         CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) a
+          JOIN pg_catalog.pg_roles g ON g.oid = a.grantee
+         WHERE d.defaclrole = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+           AND (d.defaclnamespace = 0 OR d.defaclnamespace IN (SELECT oid FROM pg_catalog.pg_namespace
+                                                                WHERE nspname IN ('flowgate', 'capacity', 'intake', 'provisioning', 'ops')))
+           AND g.rolname NOT IN ('service_role', current_user)
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.confirm_identity_link(text, text, text) FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
     END LOOP;
 END
 $exposure$;

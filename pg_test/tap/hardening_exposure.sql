@@ -3,7 +3,7 @@
 -- tables' CHECKs; Slack text that cannot ping or link; capacity.my_standing for signed-in users;
 -- the provisioning operator functions for service_role and for nobody untrusted.
 BEGIN;
-SELECT plan(93);
+SELECT plan(97);
 
 -- A Supabase project has anon, authenticated and service_role before any extension is installed,
 -- and its installing role may carry default privileges that grant every new table, sequence and
@@ -14,14 +14,33 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN CREATE ROLE service_role NOLOGIN; END IF;
 END $$;
-ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO anon, authenticated;
-ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO anon, authenticated;
-ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO anon, authenticated;
+-- So may they name other roles: a reporting role, and a persona that exists already.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fg_reporting') THEN CREATE ROLE fg_reporting NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'developer') THEN CREATE ROLE developer NOLOGIN; END IF;
+END $$;
+ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO anon, authenticated, fg_reporting, developer;
+ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO anon, authenticated, fg_reporting, developer;
+ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO anon, authenticated, fg_reporting, developer;
 DROP EXTENSION flowgate;
 CREATE EXTENSION flowgate;
-ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM anon, authenticated;
-ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM anon, authenticated;
-ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM anon, authenticated;
+ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM anon, authenticated, fg_reporting, developer;
+ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM anon, authenticated, fg_reporting, developer;
+ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM anon, authenticated, fg_reporting, developer;
+SELECT is((SELECT string_agg(DISTINCT c.oid::regclass::text, ', ') FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+            WHERE c.relnamespace::regnamespace::text IN ('flowgate', 'capacity', 'intake', 'provisioning', 'ops')
+              AND a.grantee = 'fg_reporting'::regrole), NULL,
+          'a role the installing role''s default privileges name gets nothing on flowgate''s tables, sequences or views');
+SELECT is((SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
+            WHERE p.pronamespace::regnamespace::text IN ('flowgate', 'capacity', 'intake', 'provisioning', 'ops')
+              AND a.grantee = 'fg_reporting'::regrole), NULL,
+          'nor on its functions (beyond what PUBLIC gets)');
+SELECT ok(NOT has_table_privilege('developer', 'flowgate.secrets', 'SELECT') AND NOT has_table_privilege('developer', 'ops.approvals', 'SELECT')
+          AND NOT has_table_privilege('developer', 'ops.releases', 'UPDATE'),
+          'a persona named by them gets no more than the persona matrix: not flowgate.secrets, not ops.approvals, no UPDATE of releases');
+SELECT ok(has_table_privilege('developer', 'ops.releases', 'SELECT') AND has_table_privilege('developer', 'ops.exceptions', 'INSERT')
+          AND has_function_privilege('developer', 'ops.ingest_event(jsonb)', 'EXECUTE'),
+          'and keeps what the matrix gives it');
 -- PostgREST exposing every schema: the worst case for what follows.
 GRANT USAGE ON SCHEMA flowgate, capacity, intake, provisioning TO anon, authenticated, service_role;
 
