@@ -144,7 +144,7 @@ DECLARE
     f text;
     api jsonb := '{
       "flowgate": ["flowgate.current_actor()", "flowgate.current_actor_info(text)", "flowgate.link_identity(text, text, text)",
-                   "flowgate.confirm_identity_link(text, text, text)", "flowgate.unlink_identity(text, text)",
+                   "flowgate.request_identity_link(text)", "flowgate.unlink_identity(text, text)",
                    "flowgate.get_setting(text)", "flowgate.setting_definitions()"],
       "capacity": ["capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text)",
                    "capacity.record_capacity_event(text, text, jsonb, text, text)", "capacity.get_capacity_request(text, integer)",
@@ -221,6 +221,8 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON ALL TABLES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON ALL ROUTINES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
+        -- Nor may they create objects in these schemas (a later upgrade script would find them).
+        EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
     FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'GRANT %' LOOP
         EXECUTE s;

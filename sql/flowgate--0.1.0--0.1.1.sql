@@ -373,40 +373,53 @@ DROP POLICY public_keys ON flowgate.settings;
 CREATE POLICY public_keys ON flowgate.settings FOR SELECT
     USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$');
 
--- A person links their own Slack id with a code Slack gave that id (/capacity link), confirmed
--- signed in (flowgate.confirm_identity_link): naming an id no longer links it (anyone could
--- claim an approver's Slack id, whose clicks would then act as them).
+-- A person links their own Slack id with a code they ask for signed in
+-- (flowgate.request_identity_link) and redeem from Slack (/capacity link CODE): naming an id no
+-- longer links it (anyone could claim an approver's Slack id, whose clicks would then act as
+-- them). Links people made for themselves that way under 0.1.0 prove nothing and are removed
+-- (a NOTICE says how many); links a trusted session made stay.
+DO $links$
+DECLARE
+    n bigint;
+BEGIN
+    WITH gone AS (DELETE FROM flowgate.identity_links WHERE linked_by = actor_id RETURNING 1)
+    SELECT count(*) INTO n FROM gone;
+    IF n > 0 THEN
+        RAISE NOTICE 'flowgate: % self-made identity link(s) removed; their owners link again with flowgate.request_identity_link and /capacity link CODE', n;
+    END IF;
+END
+$links$;
 COMMENT ON TABLE flowgate.identity_links IS
   'External identities (provider slack: a Slack user id) and the actor each acts as. A person links '
-  'their own with a code the provider gave that identity (flowgate.confirm_identity_link); a trusted '
-  'session links anyone''s. Verified Slack requests from a linked id act as the actor.';
--- The one-time codes that prove control of an external identity: a verified request of that
--- identity (a signed Slack `/capacity link`) asks for one, and the person signed in elsewhere
--- confirms it (flowgate.confirm_identity_link). Only a hash is kept; a code lives ten minutes
--- and a new one replaces it. Not dumped: a restored database starts with none pending.
+  'their own by redeeming, as that identity, a code they asked for signed in (flowgate.request_identity_link); '
+  'a trusted session links anyone''s. Verified Slack requests from a linked id act as the actor.';
+-- The one-time codes that link an external identity to the person who asked for one signed in
+-- (flowgate.request_identity_link): the identity redeems it in a request its provider verified
+-- (a signed Slack `/capacity link CODE`). Only a hash is kept; a code lives ten minutes and a
+-- new one replaces the asker's last. Not dumped: a restored database starts with none pending.
 CREATE TABLE flowgate.identity_link_codes (
     provider    text NOT NULL CHECK (provider ~ '^[a-z][a-z0-9_]{0,31}$'),
-    external_id text NOT NULL CHECK (length(external_id) BETWEEN 1 AND 256),
+    actor_id    text NOT NULL CHECK (length(actor_id) BETWEEN 1 AND 256),
     code_sha256 text NOT NULL CHECK (code_sha256 ~ '^[0-9a-f]{64}$'),
     expires_at  timestamptz NOT NULL,
-    PRIMARY KEY (provider, external_id)
+    PRIMARY KEY (provider, actor_id),
+    UNIQUE (provider, code_sha256)
 );
 COMMENT ON TABLE flowgate.identity_link_codes IS
-  'Pending proofs of control of an external identity (a hash of a one-time code, ten minutes), '
-  'issued to the identity itself (Slack: /capacity link) and confirmed with flowgate.confirm_identity_link.';
+  'Pending identity links: a hash of a one-time code per asker (flowgate.request_identity_link), ten minutes, '
+  'redeemed by the external identity in a request its provider verified (Slack: /capacity link CODE).';
 REVOKE ALL ON flowgate.identity_link_codes FROM PUBLIC;
-CREATE FUNCTION flowgate."confirm_identity_link"(
-	"provider" TEXT, /* Option < & str > */
-	"external_id" TEXT, /* Option < & str > */
-	"code" TEXT /* Option < & str > */
+CREATE FUNCTION flowgate."request_identity_link"(
+	"provider" TEXT /* Option < & str > */
 ) RETURNS jsonb /* Result < JsonB, ErrorReport > */
 VOLATILE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'confirm_identity_link_wrapper';
-COMMENT ON FUNCTION flowgate.confirm_identity_link(text, text, text) IS
-  $doc$Link an external identity to the caller with the one-time code that identity was given (in Slack: /capacity link, answered privately to the Slack user), within ten minutes; returns the link. This is how a person links their own Slack id: the code proves it is theirs. 42501 for a wrong, used or expired code, or an anonymous caller.$doc$;
--- grant_api hands out confirm_identity_link with the rest of the flowgate API.
+AS 'MODULE_PATHNAME', 'request_identity_link_wrapper';
+COMMENT ON FUNCTION flowgate.request_identity_link(text) IS
+  $doc$A one-time code that links your identity at provider to you, signed in: the identity redeems it (in Slack: /capacity link CODE, a request Slack signs) within ten minutes; a new code replaces the last. Returns {provider, actor_id, code, expires_at}. This is how a person links their own Slack id: only the Slack user who sends the code is linked. 42501 for an anonymous caller.$doc$;
+-- grant_api hands out request_identity_link with the rest of the flowgate API; service_role,
+-- granted that API at install, gets it now.
 CREATE OR REPLACE FUNCTION flowgate.grant_api(role_name text, modules text[] DEFAULT ARRAY['flowgate', 'capacity', 'intake', 'provisioning'])
 RETURNS TABLE (module text, granted text)
 LANGUAGE plpgsql
@@ -417,7 +430,7 @@ DECLARE
     f text;
     api jsonb := '{
       "flowgate": ["flowgate.current_actor()", "flowgate.current_actor_info(text)", "flowgate.link_identity(text, text, text)",
-                   "flowgate.confirm_identity_link(text, text, text)", "flowgate.unlink_identity(text, text)",
+                   "flowgate.request_identity_link(text)", "flowgate.unlink_identity(text, text)",
                    "flowgate.get_setting(text)", "flowgate.setting_definitions()"],
       "capacity": ["capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text)",
                    "capacity.record_capacity_event(text, text, jsonb, text, text)", "capacity.get_capacity_request(text, integer)",
@@ -455,8 +468,15 @@ BEGIN
     END LOOP;
 END
 $$;
+DO $grant_backend$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT EXECUTE ON FUNCTION flowgate.request_identity_link(text) TO service_role;
+    END IF;
+END
+$grant_backend$;
 COMMENT ON FUNCTION flowgate.link_identity(text, text, text) IS
-  $doc$Link an external identity (provider 'slack': a Slack user id) to the actor it acts as, so one person is one actor on every surface; returns the link. For trusted sessions, which link anyone's (actor_id defaults to the caller). Anyone else gets 42501 unless the identity is linked to them already: a person proves an identity is theirs with a code (flowgate.confirm_identity_link).$doc$;
+  $doc$Link an external identity (provider 'slack': a Slack user id) to the actor it acts as, so one person is one actor on every surface; returns the link. For trusted sessions, which link anyone's (actor_id defaults to the caller). Anyone else gets 42501 unless the identity is linked to them already: a person links their own with a code (flowgate.request_identity_link).$doc$;
 
 -- The exposure rule of a fresh install (finalize.sql): anon, authenticated and every other role
 -- the installing role's default privileges name (service_role aside) get nothing those defaults
@@ -479,8 +499,9 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
-        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.confirm_identity_link(text, text, text) FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.request_identity_link(text) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
 END
 $exposure$;

@@ -178,8 +178,8 @@ END $$;
 -- identity, the JWT sub or, for the plain login, its role: never the sub it forged; anon has none):
 --  * a capacity request and its REQUEST_SUBMITTED event (capacity.create_capacity_request is for
 --    every signed-in user and every login acting as itself; anon is refused);
---  * its own Slack link (flowgate.confirm_identity_link links the caller, given the code; unlink_identity
---    removes it);
+--  * its own Slack link code (flowgate.request_identity_link: a code only the identity can redeem)
+--    and its own Slack link (unlink_identity removes it);
 --  * an intake claim: intake.claim locks a free slot for the caller, counts the claim and queues
 --    the intent in the pool's pgmq queue.
 -- A row version that left a table is "removed", one that appeared "added" (an update is both).
@@ -189,6 +189,7 @@ CREATE FUNCTION hostile.allowed(tbl text, change text, r jsonb, me text) RETURNS
         WHEN tbl = 'capacity.capacity_request_events' THEN change = 'added' AND r->>'actor_id' = me
                                                           AND r->>'event_type' = 'REQUEST_SUBMITTED'
         WHEN tbl = 'flowgate.identity_links' THEN r->>'actor_id' = me
+        WHEN tbl = 'flowgate.identity_link_codes' THEN r->>'actor_id' = me
         WHEN tbl = 'intake.user_claims' THEN r->>'user_id' = me
         WHEN tbl = 'intake.allocations' THEN (change = 'removed' AND r->>'status' = 'available')
                                           OR (change = 'added' AND r->>'locked_by' = me)

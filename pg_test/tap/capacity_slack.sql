@@ -10,7 +10,7 @@
 -- removes the request, its deliveries, the settings, secrets and group members it added.
 -- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
 -- no worker there: the CALLs send everything).
-SELECT plan(44);
+SELECT plan(46);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Until none of the request's deliveries is in flight or due (the worker may be sending them).
@@ -176,33 +176,36 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN CREATE ROLE authenticator LOGIN NOINHERIT; END IF;
 END $$;
 GRANT authenticated TO authenticator;
--- The commercial owner links her Slack id to her JWT subject herself: Slack gives her a code
--- (only she sees it), and she confirms it signed in, through PostgREST.
-CREATE FUNCTION pg_temp.slack_link_code() RETURNS jsonb LANGUAGE sql AS $$
+-- The commercial owner links her Slack id to her JWT subject herself: signed in (PostgREST) she
+-- asks for a code, and sends it from Slack, whose signature says which Slack user she is.
+CREATE TEMP TABLE slack_link (n int, code text);
+GRANT SELECT, INSERT ON slack_link TO PUBLIC;
+CREATE FUNCTION pg_temp.slack_link(code text) RETURNS jsonb LANGUAGE sql AS $$
     SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts))
-      FROM (SELECT 'command=%2Fcapacity&text=link&user_id=U0AEJWT&channel_id=C0TEST&trigger_id=1.2.3' AS b,
+      FROM (SELECT 'command=%2Fcapacity&text=link+' || replace(code, ' ', '+') || '&user_id=U0AEJWT&channel_id=C0TEST&trigger_id=1.2.3' AS b,
                    extract(epoch FROM now())::bigint::text AS ts) x $$;
-CREATE TEMP TABLE slack_link AS
-SELECT 1 AS n, substring(r ->> 'text' FROM 'code is `([A-Z0-9-]+)`') AS code, r ->> 'response_type' AS answer
-  FROM (SELECT pg_temp.slack_link_code() AS r) y;
-INSERT INTO slack_link SELECT 2, substring(r ->> 'text' FROM 'code is `([A-Z0-9-]+)`'), r ->> 'response_type'
-  FROM (SELECT pg_temp.slack_link_code() AS r) y;
-GRANT SELECT ON slack_link TO PUBLIC;
 SET LOCAL SESSION AUTHORIZATION authenticator;
 SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub":"ae-jwt-1","role":"authenticated"}', true) \g /dev/null
 SELECT throws_ok($$SELECT flowgate.link_identity('slack', 'U0AEJWT')$$, '42501', NULL,
     'naming a Slack id does not link it: anyone could claim an approver''s id');
-SELECT is((SELECT string_agg(answer, ',' ORDER BY n) FROM slack_link WHERE code ~ '^[A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4}$'),
-          'ephemeral,ephemeral', '/capacity link answers the Slack user alone, with a code');
-SELECT throws_ok($$SELECT flowgate.confirm_identity_link('slack', 'U0AEJWT', 'AAAA-BBBB-CCCC')$$, '42501', NULL,
-    'a wrong code links nothing');
-SELECT throws_ok($$SELECT flowgate.confirm_identity_link('slack', 'U0AEJWT', (SELECT code FROM slack_link WHERE n = 1))$$, '42501', NULL,
-    'nor does a code a newer one replaced');
-SELECT is(flowgate.confirm_identity_link('slack', 'U0AEJWT', lower((SELECT code FROM slack_link WHERE n = 2))) ->> 'actor_id', 'ae-jwt-1',
-    'the newest code, typed in lower case, links her Slack id to her');
-SELECT throws_ok($$SELECT flowgate.confirm_identity_link('slack', 'U0AEJWT', (SELECT code FROM slack_link WHERE n = 2))$$, '42501', NULL,
-    'and is used up');
+INSERT INTO slack_link SELECT 1, flowgate.request_identity_link('slack') ->> 'code';
+INSERT INTO slack_link SELECT 2, flowgate.request_identity_link('slack') ->> 'code';
+SELECT is((SELECT count(*)::int FROM slack_link WHERE code ~ '^[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}$'), 2,
+          'a signed-in person gets a one-time code (twice: the second replaces the first)');
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+SELECT set_config('request.jwt.claims', '', true) \g /dev/null
+SELECT matches(pg_temp.slack_link('AAAA-BBBB-CCCC') ->> 'text', 'may not link', 'from Slack, a wrong code links nothing (privately)');
+SELECT matches(pg_temp.slack_link((SELECT code FROM slack_link WHERE n = 1)) ->> 'text', 'may not link', 'nor does a code a newer one replaced');
+SELECT is((SELECT count(*)::int FROM flowgate.identity_links WHERE external_id = 'U0AEJWT'), 0, 'so far nothing is linked');
+SELECT is(pg_temp.slack_link(lower((SELECT code FROM slack_link WHERE n = 2))) ->> 'text', 'Linked: as <@U0AEJWT>, you act from Slack as `ae-jwt-1`.',
+          'the newest code, typed in lower case, links the Slack user who sent it to the person who asked for it');
+SELECT matches(pg_temp.slack_link((SELECT code FROM slack_link WHERE n = 2)) ->> 'text', 'may not link', 'and is used up (a replayed request links nothing)');
+SELECT is((SELECT actor_id || ' by ' || linked_by FROM flowgate.identity_links WHERE external_id = 'U0AEJWT'), 'ae-jwt-1 by ae-jwt-1', 'one link');
+SET LOCAL SESSION AUTHORIZATION authenticator;
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"ae-jwt-1","role":"authenticated"}', true) \g /dev/null
 SELECT is(flowgate.link_identity('slack', 'U0AEJWT') ->> 'actor_id', 'ae-jwt-1', 'linking it again is a no-op for its owner');
 SELECT throws_ok($$SELECT flowgate.link_identity('slack', 'U0OTHER', 'someone-else')$$, '42501', NULL,
     'but not a Slack id to someone else');

@@ -35,7 +35,8 @@ SELECT pg_catalog.pg_extension_config_dump('flowgate.settings', '');
 REVOKE ALL ON flowgate.settings FROM PUBLIC;
 
 -- One person, one actor across surfaces: an external identity (a Slack user id) linked to the
--- actor it acts as (a JWT subject). Written only through flowgate.link_identity.
+-- actor it acts as (a JWT subject). Written only through flowgate.link_identity (trusted
+-- sessions) and the redemption of a code from flowgate.request_identity_link.
 CREATE TABLE flowgate.identity_links (
     provider    text NOT NULL CHECK (provider ~ '^[a-z][a-z0-9_]{0,31}$'),
     external_id text NOT NULL CHECK (length(external_id) BETWEEN 1 AND 256),
@@ -47,25 +48,26 @@ CREATE TABLE flowgate.identity_links (
 CREATE INDEX identity_links_actor ON flowgate.identity_links (actor_id);
 COMMENT ON TABLE flowgate.identity_links IS
   'External identities (provider slack: a Slack user id) and the actor each acts as. A person links '
-  'their own with a code the provider gave that identity (flowgate.confirm_identity_link); a trusted '
-  'session links anyone''s. Verified Slack requests from a linked id act as the actor.';
+  'their own by redeeming, as that identity, a code they asked for signed in (flowgate.request_identity_link); '
+  'a trusted session links anyone''s. Verified Slack requests from a linked id act as the actor.';
 SELECT pg_catalog.pg_extension_config_dump('flowgate.identity_links', '');
 REVOKE ALL ON flowgate.identity_links FROM PUBLIC;
 
--- The one-time codes that prove control of an external identity: a verified request of that
--- identity (a signed Slack `/capacity link`) asks for one, and the person signed in elsewhere
--- confirms it (flowgate.confirm_identity_link). Only a hash is kept; a code lives ten minutes
--- and a new one replaces it. Not dumped: a restored database starts with none pending.
+-- The one-time codes that link an external identity to the person who asked for one signed in
+-- (flowgate.request_identity_link): the identity redeems it in a request its provider verified
+-- (a signed Slack `/capacity link CODE`). Only a hash is kept; a code lives ten minutes and a
+-- new one replaces the asker's last. Not dumped: a restored database starts with none pending.
 CREATE TABLE flowgate.identity_link_codes (
     provider    text NOT NULL CHECK (provider ~ '^[a-z][a-z0-9_]{0,31}$'),
-    external_id text NOT NULL CHECK (length(external_id) BETWEEN 1 AND 256),
+    actor_id    text NOT NULL CHECK (length(actor_id) BETWEEN 1 AND 256),
     code_sha256 text NOT NULL CHECK (code_sha256 ~ '^[0-9a-f]{64}$'),
     expires_at  timestamptz NOT NULL,
-    PRIMARY KEY (provider, external_id)
+    PRIMARY KEY (provider, actor_id),
+    UNIQUE (provider, code_sha256)
 );
 COMMENT ON TABLE flowgate.identity_link_codes IS
-  'Pending proofs of control of an external identity (a hash of a one-time code, ten minutes), '
-  'issued to the identity itself (Slack: /capacity link) and confirmed with flowgate.confirm_identity_link.';
+  'Pending identity links: a hash of a one-time code per asker (flowgate.request_identity_link), ten minutes, '
+  'redeemed by the external identity in a request its provider verified (Slack: /capacity link CODE).';
 REVOKE ALL ON flowgate.identity_link_codes FROM PUBLIC;
 GRANT SELECT ON flowgate.settings TO PUBLIC;
 GRANT USAGE ON SCHEMA flowgate TO PUBLIC;

@@ -369,8 +369,8 @@ mod capacity {
     /// The headers are X-Slack-Request-Timestamp and X-Slack-Signature. The Slack user acts as the
     /// actor their Slack id is linked to, else as the Slack id; the trigger_id is the idempotency
     /// key. Usage errors and refusals decided before anything is written come back as an ephemeral
-    /// message. `/capacity link` answers the Slack user alone with a one-time code that links
-    /// their Slack id to them once they confirm it signed in (`flowgate.confirm_identity_link`).
+    /// message. `/capacity link CODE` links the Slack user to whoever asked for the code signed in
+    /// (`flowgate.request_identity_link`).
     #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
@@ -388,13 +388,19 @@ mod capacity {
             let user = form("user_id").unwrap_or_default();
             let actor = slack_actor(&user)?;
             let text = form("text").unwrap_or_default();
-            if crate::capacity::slack::is_link_command(&text) {
-                // Only this Slack user sees the answer: the code proves the id is theirs.
-                let code = core_store::issue_link_code("slack", &user)?;
-                return Ok(JsonB(json!({
-                    "response_type": "ephemeral",
-                    "text": crate::capacity::slack::link_code_reply(&user, &code),
-                })));
+            if let Some(code) = crate::capacity::slack::link_command(&text) {
+                // The Slack user Slack signed for redeems the code its owner asked for signed in.
+                let reply = match core_store::redeem_link_code("slack", &user, code) {
+                    Ok(link) => crate::capacity::slack::link_reply(
+                        &user,
+                        link["actor_id"].as_str().unwrap_or("?"),
+                    ),
+                    Err(e @ CoreError::PermissionDenied { .. }) => {
+                        crate::capacity::slack::escape(&format!("{e}"))
+                    }
+                    Err(e) => return Err(e),
+                };
+                return Ok(JsonB(json!({"response_type": "ephemeral", "text": reply})));
             }
             let cmd = match crate::capacity::slack::parse_command(&text) {
                 Ok(c) => c,

@@ -106,20 +106,23 @@ pub struct CreateCommand {
 }
 
 pub const COMMAND_USAGE: &str =
-    "create owner=@user group=<infra group> size=<e.g. 24XL> qty=<n> region=<e.g. us-east-1> [cost=<USD per month>], or link";
+    "create owner=@user group=<infra group> size=<e.g. 24XL> qty=<n> region=<e.g. us-east-1> [cost=<USD per month>], or link <code from flowgate.request_identity_link('slack')>";
 
-/// Whether the slash command's text is `link` (ask for a code that links the Slack id).
-pub fn is_link_command(text: &str) -> bool {
-    text.trim() == "link"
+/// The code of `/capacity link CODE`, when the slash command is that.
+pub fn link_command(text: &str) -> Option<&str> {
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("link"), Some(code), None) => Some(code),
+        _ => None,
+    }
 }
 
-/// The private answer to `/capacity link`: the code and what to do with it.
-pub fn link_code_reply(user_id: &str, code: &str) -> String {
+/// The private answer to `/capacity link CODE` once linked.
+pub fn link_reply(user_id: &str, actor: &str) -> String {
     format!(
-        "Your link code is `{code}` (valid {} minutes, for you alone). Signed in to the app, call \
-         flowgate.confirm_identity_link('slack', '{}', '{code}') to act as yourself from Slack.",
-        crate::core::store::LINK_CODE_MINUTES,
-        escape(&user_id.replace(['`', '\''], ""))
+        "Linked: as {}, you act from Slack as {}.",
+        mention(user_id),
+        literal(actor)
     )
 }
 

@@ -282,9 +282,9 @@ pub fn validate_provider(provider: &str) -> CoreResult<()> {
 /// Whether `session` may point an external identity, linked now to `current` (if at all), at
 /// `target` (None: remove the link) without proving control of it. A person removes only their
 /// own links (and may "link" one that is theirs already); linking an identity that is not yet
-/// theirs takes a code the identity itself asked for (`confirm_identity_link`): anyone could
-/// otherwise claim an approver's Slack id, whose clicks would then act as them. A trusted
-/// session may do anything.
+/// theirs takes a code they ask for signed in and the identity redeems
+/// (`request_identity_link`): anyone could otherwise claim an approver's Slack id, whose clicks
+/// would then act as them. A trusted session may do anything.
 pub fn may_link(session: &Actor, current: Option<&str>, target: Option<&str>) -> CoreResult<()> {
     if session.trusted {
         return Ok(());
@@ -306,8 +306,8 @@ pub fn may_link(session: &Actor, current: Option<&str>, target: Option<&str>) ->
             }
             _ => "link an identity to another actor".into(),
         },
-        allowed: "a link code the identity asked for (in Slack: /capacity link), confirmed with \
-                  flowgate.confirm_identity_link(provider, external_id, code); trusted sessions link anyone's"
+        allowed: "a code from flowgate.request_identity_link(provider), redeemed by the identity \
+                  (in Slack: /capacity link CODE); trusted sessions link anyone's"
             .into(),
     })
 }

@@ -37,8 +37,8 @@ fn current_actor_info(on_behalf_of: default!(Option<&str>, "NULL")) -> Result<Js
 /// Link an external identity (`provider` 'slack': a Slack user id) to the actor it acts as, so
 /// one person is one actor on every surface; returns the link. For trusted sessions, which link
 /// anyone's (`actor_id` defaults to the caller). Anyone else gets 42501 unless the identity is
-/// linked to them already: a person proves an identity is theirs with a code
-/// (`flowgate.confirm_identity_link`).
+/// linked to them already: a person links their own with a code
+/// (`flowgate.request_identity_link`).
 #[documented]
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -63,24 +63,17 @@ fn link_identity(
     Ok(run().map(JsonB)?)
 }
 
-/// Link an external identity to the caller with the one-time code that identity was given (in
-/// Slack: `/capacity link`, answered privately to the Slack user), within ten minutes; returns
-/// the link. This is how a person links their own Slack id: the code proves it is theirs. 42501
-/// for a wrong, used or expired code, or an anonymous caller.
+/// A one-time code that links your identity at `provider` to you, signed in: the identity
+/// redeems it (in Slack: `/capacity link CODE`, a request Slack signs) within ten minutes; a
+/// new code replaces the last. Returns `{provider, actor_id, code, expires_at}`. This is how a
+/// person links their own Slack id: only the Slack user who sends the code is linked. 42501
+/// for an anonymous caller.
 #[documented]
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn confirm_identity_link(
-    provider: Option<&str>,
-    external_id: Option<&str>,
-    code: Option<&str>,
-) -> Result<JsonB, ErrorReport> {
+fn request_identity_link(provider: Option<&str>) -> Result<JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
-        store::confirm_identity_link(
-            super::args::required("provider", provider)?,
-            super::args::required("external_id", external_id)?,
-            super::args::required("code", code)?,
-        )
+        store::request_identity_link(super::args::required("provider", provider)?)
     };
     Ok(run().map(JsonB)?)
 }

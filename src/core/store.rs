@@ -407,6 +407,17 @@ pub fn link_identity(
     let current = linked_actor(provider, external_id)?;
     actor::may_link(&session, current.as_deref(), actor_id)?;
     let row = match actor_id {
+        // An untrusted caller may only "link" an identity that is theirs already: nothing is
+        // written (a write could race with a redeemed code moving the link to its owner).
+        Some(_) if !session.trusted => Spi::get_one_with_args::<JsonB>(
+            "SELECT (SELECT to_jsonb(l) FROM flowgate.identity_links l \
+                      WHERE provider = $1 AND external_id = $2 AND actor_id = $3)",
+            &[
+                provider.into(),
+                external_id.into(),
+                session.id.clone().into(),
+            ],
+        )?,
         Some(target) => {
             actor::validate_actor_id("actor_id", target)?;
             Spi::get_one_with_args::<JsonB>(
@@ -423,17 +434,23 @@ pub fn link_identity(
                 ],
             )?
         }
-        // A CTE so that removing nothing is one row holding NULL, not an empty result.
+        // A CTE so that removing nothing is one row holding NULL, not an empty result. An
+        // untrusted caller removes only a link that is theirs when the statement runs.
         None => Spi::get_one_with_args::<JsonB>(
-            "WITH gone AS (DELETE FROM flowgate.identity_links l WHERE provider = $1 AND external_id = $2 RETURNING to_jsonb(l) AS j) \
+            "WITH gone AS (DELETE FROM flowgate.identity_links l WHERE provider = $1 AND external_id = $2 \
+                             AND ($3::text IS NULL OR actor_id = $3) RETURNING to_jsonb(l) AS j) \
              SELECT (SELECT j FROM gone)",
-            &[provider.into(), external_id.into()],
+            &[
+                provider.into(),
+                external_id.into(),
+                (!session.trusted).then(|| session.id.clone()).into(),
+            ],
         )?,
     };
     Ok(row.map_or(serde_json::Value::Null, |j| j.0))
 }
 
-/// How long a link code proves control of an external identity.
+/// How long a link code waits for its identity to redeem it.
 pub const LINK_CODE_MINUTES: i32 = 10;
 
 fn code_hash(code: &str) -> String {
@@ -444,66 +461,84 @@ fn code_hash(code: &str) -> String {
         .collect()
 }
 
-/// A one-time code proving that whoever holds it controls `external_id` at `provider`: to be
-/// given only to that identity, in answer to a request the provider verified (a signed Slack
-/// `/capacity link`). It replaces the identity's earlier code and lives [`LINK_CODE_MINUTES`].
-pub fn issue_link_code(provider: &str, external_id: &str) -> CoreResult<String> {
+/// Twelve bytes from the operating system's generator, through a v4 UUID (the bytes that carry
+/// its version and variant left out).
+fn random_bytes() -> [u8; 12] {
+    let u = uuid::Uuid::new_v4();
+    let b = u.as_bytes();
+    [
+        b[0], b[1], b[2], b[3], b[4], b[5], b[7], b[9], b[10], b[11], b[12], b[13],
+    ]
+}
+
+/// A one-time code for the signed-in caller: the identity at `provider` that redeems it (in
+/// Slack: `/capacity link CODE`, a request the provider signed) is linked to the caller. One
+/// code per caller and provider (a new one replaces it), living [`LINK_CODE_MINUTES`]; only its
+/// hash is kept. The caller's own session asks for it, so nobody else can hold it unless they
+/// are given it.
+pub fn request_identity_link(provider: &str) -> CoreResult<serde_json::Value> {
+    let session = session_actor(true)?;
+    session.refuse_anonymous("link an identity anonymously")?;
     actor::validate_provider(provider)?;
-    actor::validate_actor_id("external_id", external_id)?;
-    let code = actor::link_code(rand::random());
-    Spi::run_with_args(
-        "INSERT INTO flowgate.identity_link_codes (provider, external_id, code_sha256, expires_at) \
+    let code = actor::link_code(random_bytes());
+    let expires = Spi::get_one_with_args::<String>(
+        "INSERT INTO flowgate.identity_link_codes (provider, actor_id, code_sha256, expires_at) \
          VALUES ($1, $2, $3, pg_catalog.clock_timestamp() + pg_catalog.make_interval(mins => $4)) \
-         ON CONFLICT (provider, external_id) DO UPDATE \
-            SET code_sha256 = EXCLUDED.code_sha256, expires_at = EXCLUDED.expires_at",
+         ON CONFLICT (provider, actor_id) DO UPDATE \
+            SET code_sha256 = EXCLUDED.code_sha256, expires_at = EXCLUDED.expires_at \
+         RETURNING expires_at::text",
         &[
             provider.into(),
-            external_id.into(),
+            session.id.clone().into(),
             code_hash(&code).into(),
             LINK_CODE_MINUTES.into(),
         ],
     )?;
-    Ok(code)
+    Ok(serde_json::json!({
+        "provider": provider,
+        "actor_id": session.id,
+        "code": code,
+        "expires_at": expires,
+    }))
 }
 
-/// Link `external_id` at `provider` to the caller, who proves control of it with the code the
-/// identity was given ([`issue_link_code`]); the code is used up. A link to someone else moves
-/// to the caller: the identity itself vouched.
-pub fn confirm_identity_link(
+/// Link `external_id` at `provider`, whose request the provider verified (a signed Slack
+/// command names its user), to the actor that asked for `code`; the code is used up. A link to
+/// someone else moves: the identity itself redeemed the code. 42501 for a wrong, used or
+/// expired code.
+pub fn redeem_link_code(
     provider: &str,
     external_id: &str,
     code: &str,
 ) -> CoreResult<serde_json::Value> {
-    let session = session_actor(true)?;
-    session.refuse_anonymous("link an identity anonymously")?;
     actor::validate_provider(provider)?;
     actor::validate_actor_id("external_id", external_id)?;
     super::args::check_text_size("code", code, 64)?;
-    let row = Spi::get_one_with_args::<JsonB>(
-        "WITH used AS (DELETE FROM flowgate.identity_link_codes \
-                        WHERE provider = $1 AND external_id = $2 AND code_sha256 = $3 \
-                          AND expires_at > pg_catalog.clock_timestamp() RETURNING provider) \
-         INSERT INTO flowgate.identity_links AS l (provider, external_id, actor_id, linked_by) \
-         SELECT $1, $2, $4, $4 FROM used \
-         ON CONFLICT (provider, external_id) DO UPDATE \
-            SET actor_id = EXCLUDED.actor_id, linked_by = EXCLUDED.linked_by, linked_at = now() \
-         RETURNING to_jsonb(l)",
-        &[
-            provider.into(),
-            external_id.into(),
-            code_hash(code).into(),
-            session.id.clone().into(),
-        ],
-    );
-    match row {
-        Ok(Some(link)) => Ok(link.0),
-        Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => Err(CoreError::PermissionDenied {
-            actor: session.id,
-            action: format!("link {provider} identity {external_id:?}"),
-            allowed: format!(
-                "the code that identity was given (in Slack: /capacity link), within {LINK_CODE_MINUTES} minutes"
-            ),
-        }),
-        Err(e) => Err(e.into()),
-    }
+    let row = Spi::connect_mut(|client| {
+        client
+            .update(
+                "WITH used AS (DELETE FROM flowgate.identity_link_codes \
+                                WHERE provider = $1 AND code_sha256 = $3 \
+                                  AND expires_at > pg_catalog.clock_timestamp() RETURNING actor_id) \
+                 INSERT INTO flowgate.identity_links AS l (provider, external_id, actor_id, linked_by) \
+                 SELECT $1, $2, actor_id, actor_id FROM used \
+                 ON CONFLICT (provider, external_id) DO UPDATE \
+                    SET actor_id = EXCLUDED.actor_id, linked_by = EXCLUDED.linked_by, linked_at = now() \
+                 RETURNING to_jsonb(l)",
+                None,
+                &[provider.into(), external_id.into(), code_hash(code).into()],
+            )?
+            .into_iter()
+            .next()
+            .map(|r| r.get::<JsonB>(1))
+            .transpose()
+            .map(Option::flatten)
+    })?;
+    row.map(|j| j.0).ok_or_else(|| CoreError::PermissionDenied {
+        actor: format!("{provider} {external_id}"),
+        action: "link to the actor behind a code".into(),
+        allowed: format!(
+            "a code the person asked for signed in (flowgate.request_identity_link), within {LINK_CODE_MINUTES} minutes, once"
+        ),
+    })
 }
