@@ -528,7 +528,6 @@ pub fn redeem_link_code(
                 None,
                 &[provider.into(), external_id.into(), code_hash(code).into()],
             )?
-            .into_iter()
             .next()
             .map(|r| r.get::<JsonB>(1))
             .transpose()
