@@ -294,13 +294,13 @@ END
 $revocation$;
 
 
--- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp()), not by
--- the transaction's start: a transaction that began before an exception expired cannot promote
--- on it after.
+-- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp(); the view:
+-- its statement's start, which keeps it one plan), not by the transaction's start: a transaction
+-- that began before an exception expired cannot promote on it after.
 CREATE OR REPLACE VIEW ops.v_promotion_eligibility WITH (security_invoker = true) AS
 WITH stored AS (
     SELECT g.release_id, e.environment,
-           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= clock_timestamp()), false) AS exact,
+           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= statement_timestamp()), false) AS exact,
            coalesce(bool_and(g.status IN ('passed', 'bypassed')) FILTER (WHERE q.gate_code IS NOT NULL), true) AS eligible,
            coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code)
                     FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') AS blocking

@@ -83,9 +83,9 @@ INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, required, 
 SELECT gate_id, release_id, 'e2e', CASE WHEN right(release_id::text, 4)::int % 100 BETWEEN 70 AND 84 THEN 'fail' ELSE 'pass' END, false, 'bench', 'bench'
   FROM ops.release_gates WHERE gate_code = 'G2' AND release_id::text LIKE 'e1e1e1e1-%';
 INSERT INTO ops.evidence_artifacts (release_id, gate_id, artifact_type, uri, submitted_by)
-SELECT release_id, gate_id, CASE gate_code WHEN 'G2' THEN 'test_report' WHEN 'G3' THEN 'rollback_plan' ELSE 'health_check' END,
+SELECT release_id, gate_id, CASE gate_code WHEN 'G2' THEN 'test_report' ELSE 'rollback_plan' END,
        'https://evidence/' || gate_id, 'bench'
-  FROM ops.release_gates WHERE gate_code IN ('G2', 'G3', 'G4') AND release_id::text LIKE 'e1e1e1e1-%';
+  FROM ops.release_gates WHERE gate_code IN ('G2', 'G3') AND release_id::text LIKE 'e1e1e1e1-%';
 INSERT INTO ops.approvals (release_id, gate_id, approver_id, persona_role, decision)
 SELECT release_id, gate_id, 'rm', 'release_manager', 'approved' FROM ops.release_gates
  WHERE gate_code = 'G3' AND release_id::text LIKE 'e1e1e1e1-%' AND right(release_id::text, 4)::int % 100 < 85;
@@ -94,6 +94,10 @@ SELECT release_id, gate_id, 'bench', 'dev', 'approved', 'rm', now(), now() + int
  WHERE gate_code = 'G3' AND release_id::text LIKE 'e1e1e1e1-%' AND right(release_id::text, 4)::int % 100 BETWEEN 85 AND 89;
 INSERT INTO ops.deployments (release_id, environment, status, g4_status, deployed_by)
 SELECT release_id, 'staging', 'succeeded', 'passed', 'bench' FROM ops.releases WHERE release_id::text LIKE 'e1e1e1e1-%';
+-- The health check evidence of each staging deployment, attached after it (a later transaction).
+INSERT INTO ops.evidence_artifacts (release_id, gate_id, artifact_type, uri, submitted_by)
+SELECT release_id, gate_id, 'health_check', 'https://evidence/' || gate_id, 'bench'
+  FROM ops.release_gates WHERE gate_code = 'G4' AND release_id::text LIKE 'e1e1e1e1-%';
 SET session_replication_role = origin;
 SELECT count(ops.refresh_gates(release_id)) FROM ops.releases WHERE release_id::text LIKE 'e1e1e1e1-%' \g /dev/null
 VACUUM ANALYZE;

@@ -472,10 +472,13 @@ SELECT r.release_id, r.version, r.status AS release_status, g.gate_id, g.gate_co
 COMMENT ON VIEW ops.v_release_gate_summary IS
   'Per release and gate: status and why, latest result per check (reported/passed/failed/open), evidence count, bypass.';
 
+-- A bypass counts as expired from its expiry on, judged at the start of the reading statement
+-- (statement_timestamp(), stable: the stored statuses' CTE is inlined and filtered with the
+-- query; a volatile clock would make Postgres materialize it for every release).
 CREATE VIEW ops.v_promotion_eligibility WITH (security_invoker = true) AS
 WITH stored AS (
     SELECT g.release_id, e.environment,
-           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= clock_timestamp()), false) AS exact,
+           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= statement_timestamp()), false) AS exact,
            coalesce(bool_and(g.status IN ('passed', 'bypassed')) FILTER (WHERE q.gate_code IS NOT NULL), true) AS eligible,
            coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code)
                     FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') AS blocking
