@@ -25,6 +25,16 @@ LOCK TABLE ops.releases IN EXCLUSIVE MODE;
 -- their fill until rewritten.
 ALTER TABLE ops.releases SET (fillfactor = 90);
 
+-- Evidence records when it was attached by the clock (G4 counts a health_check artifact from
+-- its deployment's recorded_at on): existing rows take their created_at, before any
+-- re-evaluation below reads them.
+ALTER TABLE ops.evidence_artifacts ADD COLUMN recorded_at timestamptz;
+ALTER TABLE ops.evidence_artifacts DISABLE TRIGGER USER;
+UPDATE ops.evidence_artifacts SET recorded_at = created_at;
+ALTER TABLE ops.evidence_artifacts ENABLE TRIGGER USER;
+ALTER TABLE ops.evidence_artifacts ALTER COLUMN recorded_at SET DEFAULT clock_timestamp(),
+                                   ALTER COLUMN recorded_at SET NOT NULL;
+
 -- The CHECK helpers are the envelope checks themselves, as C functions: a CHECK calls them
 -- without inlining and planning a SQL body in every statement that writes the table. Same
 -- rules, so every stored row still holds.
@@ -376,8 +386,10 @@ CREATE POLICY public_keys ON flowgate.settings FOR SELECT
 -- A person links their own Slack id with a code they ask for signed in
 -- (flowgate.request_identity_link) and redeem from Slack (/capacity link CODE): naming an id no
 -- longer links it (anyone could claim an approver's Slack id, whose clicks would then act as
--- them). Links people made for themselves that way under 0.1.0 prove nothing and are removed
--- (a NOTICE says how many); links a trusted session made stay.
+-- them). Links whose linked_by is their actor_id prove nothing and are removed (a NOTICE says
+-- how many): those people made for themselves under 0.1.0, and also a trusted session's link of
+-- its own id, or a provisioned link its owner later linked again; links a trusted session made
+-- for someone else stay.
 DO $links$
 DECLARE
     n bigint;

@@ -1,6 +1,6 @@
 -- flowgate.current_actor() as PostgREST calls it: SET LOCAL ROLE + request.jwt.claims.
 BEGIN;
-SELECT plan(30);
+SELECT plan(32);
 
 DO $$
 BEGIN
@@ -122,8 +122,8 @@ SELECT is((SELECT on_behalf FROM mallory_seen), '42501', 'so it may not act on b
 SET LOCAL SESSION AUTHORIZATION authenticator;
 SET LOCAL ROLE anon;
 SELECT set_config('request.jwt.claims', '{"role":"anon"}', true) \g /dev/null
-SELECT throws_ok($$SELECT flowgate.link_identity('slack', 'U0ANON00001')$$, '42501', NULL,
-    'an anonymous caller may not link a Slack id (it would be everyone''s)');
+SELECT throws_ok($$SELECT flowgate.request_identity_link('slack')$$, '42501', NULL,
+    'an anonymous caller may not ask for a Slack link code (the link would be everyone''s)');
 RESET ROLE;
 RESET SESSION AUTHORIZATION;
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
@@ -133,14 +133,17 @@ SELECT is((SELECT count(*) FROM flowgate.identity_links WHERE external_id = 'U0A
 SET LOCAL SESSION AUTHORIZATION authenticator;
 SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"role":"authenticated"}', true) \g /dev/null
-SELECT throws_ok($$SELECT flowgate.link_identity('slack', 'U0NOSUB0001')$$, '42501', NULL,
-    'a token without sub may not link a Slack id either');
+SELECT throws_ok($$SELECT flowgate.request_identity_link('slack')$$, '42501', NULL,
+    'a token without sub may not ask for a link code either');
 SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1')$$, '42501', NULL,
     'nor create a capacity request in the role''s name');
 RESET ROLE;
 RESET SESSION AUTHORIZATION;
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
 SELECT is((SELECT count(*) FROM capacity.capacity_requests WHERE requester_user_id = 'authenticated'), 0::bigint, 'and nothing was written');
+SELECT throws_ok($$SELECT flowgate.request_identity_link('slack')$$, '42501', NULL,
+    'nor does a trusted login acting as its role (a code would link Slack users to that shared actor)');
+SELECT is((SELECT count(*) FROM flowgate.identity_link_codes), 0::bigint, 'no link code was issued');
 
 SELECT * FROM finish();
 ROLLBACK;

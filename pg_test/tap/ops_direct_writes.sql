@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(93);
+SELECT plan(95);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -198,6 +198,12 @@ SELECT throws_ok($$UPDATE ops.deployments SET g4_status = 'pending' WHERE deploy
                  '55000', NULL, 'health never goes back to pending');
 SELECT throws_ok($$UPDATE ops.deployments SET finished_at = clock_timestamp() WHERE deployment_id = 'd6d00000-0000-4000-8000-000000000002'$$,
                  '55000', NULL, 'finished_at is set once');
+SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'd6000000-0000-4000-8000-000000000002' AND gate_code = 'G4'), 'in_progress',
+          'the health_check artifact attached before this deployment does not speak for it: G4 waits');
+SELECT lives_ok($$INSERT INTO ops.evidence_artifacts (release_id, gate_id, artifact_type, uri, submitted_by)
+                  SELECT release_id, gate_id, 'health_check', 'https://health/dw-d2', 'ci-bot' FROM ops.release_gates
+                   WHERE release_id = 'd6000000-0000-4000-8000-000000000002' AND gate_code = 'G4'$$,
+                'ci attaches this deployment''s health_check artifact');
 RESET ROLE;
 SELECT is((SELECT status || '/' || g4_status || '/' || (finished_at BETWEEN now() AND clock_timestamp())
              FROM ops.deployments WHERE deployment_id = 'd6d00000-0000-4000-8000-000000000002'),

@@ -138,13 +138,9 @@ SELECT is(pg_temp.send('github_actions/9005/rollback', 'rollback',
           '{"deployment_id": "99999999-0000-4000-8000-0000000000b1", "reason": "error rate 4% after the deploy"}') #>> '{detail,gates,G4}',
           'failed', 'production is rolled back: G4 failed (the staging health before it no longer counts)');
 SELECT ok(NOT ops.is_eligible_for_promotion('99999999-0000-4000-8000-000000000042', 'production'), '   and the release may not go to production again');
--- Health evidence from earlier transactions (the chain above ran in this one) does not speak for
--- a deployment made after it: a healthy-marked staging deployment written directly, with no new
--- health_check artifact, leaves G4 waiting.
-RESET ROLE;
-UPDATE ops.evidence_artifacts SET created_at = created_at - interval '1 minute'
- WHERE release_id = '99999999-0000-4000-8000-000000000042' AND artifact_type = 'health_check';
-SET LOCAL ROLE ci_service_role;
+-- Health evidence attached before a deployment does not speak for it (evidence and deployments
+-- are timed by the clock, so this holds inside this one transaction too): a staging deployment
+-- marked healthy directly, with no new health_check artifact, leaves G4 waiting.
 INSERT INTO ops.deployments (deployment_id, release_id, environment, deployed_by)
 VALUES ('99999999-0000-4000-8000-0000000000c1', '99999999-0000-4000-8000-000000000042', 'staging', 'github-actions[bot]');
 UPDATE ops.deployments SET status = 'succeeded' WHERE deployment_id = '99999999-0000-4000-8000-0000000000c1';

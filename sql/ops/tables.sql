@@ -115,6 +115,8 @@ CREATE TABLE ops.evidence_artifacts (
     submitted_by  text NOT NULL,
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
+    -- When it was attached by the clock (G4 compares it with a deployment's recorded_at).
+    recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT evidence_is_attached CHECK (
         artifact_type = 'reference' OR release_id IS NOT NULL OR gate_id IS NOT NULL OR check_id IS NOT NULL)
 );

@@ -390,14 +390,16 @@ mod capacity {
             let text = form("text").unwrap_or_default();
             if let Some(code) = crate::capacity::slack::link_command(&text) {
                 // The Slack user Slack signed for redeems the code its owner asked for signed in.
-                let reply = match core_store::redeem_link_code("slack", &user, code) {
+                let reply = match core_store::redeem_link_code("slack", &user, &code) {
                     Ok(link) => crate::capacity::slack::link_reply(
                         &user,
                         link["actor_id"].as_str().unwrap_or("?"),
                     ),
-                    Err(e @ CoreError::PermissionDenied { .. }) => {
-                        crate::capacity::slack::escape(&format!("{e}"))
-                    }
+                    // Nothing was written: the answer says why, privately.
+                    Err(
+                        e
+                        @ (CoreError::PermissionDenied { .. } | CoreError::InvalidArgument { .. }),
+                    ) => crate::capacity::slack::escape(&format!("{e}")),
                     Err(e) => return Err(e),
                 };
                 return Ok(JsonB(json!({"response_type": "ephemeral", "text": reply})));

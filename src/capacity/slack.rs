@@ -108,13 +108,15 @@ pub struct CreateCommand {
 pub const COMMAND_USAGE: &str =
     "create owner=@user group=<infra group> size=<e.g. 24XL> qty=<n> region=<e.g. us-east-1> [cost=<USD per month>], or link <code from flowgate.request_identity_link('slack')>";
 
-/// The code of `/capacity link CODE`, when the slash command is that.
-pub fn link_command(text: &str) -> Option<&str> {
+/// The code of `/capacity link CODE` (its groups may be typed apart), when the slash command is
+/// that.
+pub fn link_command(text: &str) -> Option<String> {
     let mut words = text.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some("link"), Some(code), None) => Some(code),
-        _ => None,
+    if !words.next()?.eq_ignore_ascii_case("link") {
+        return None;
     }
+    let code: String = words.collect();
+    (!code.is_empty()).then_some(code)
 }
 
 /// The private answer to `/capacity link CODE` once linked.

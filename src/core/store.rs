@@ -479,10 +479,20 @@ fn random_bytes() -> [u8; 12] {
 pub fn request_identity_link(provider: &str) -> CoreResult<serde_json::Value> {
     let session = session_actor(true)?;
     session.refuse_anonymous("link an identity anonymously")?;
+    // A person: a code for a role or a service (a service key, a psql login) would link every
+    // Slack user who redeems it to that shared actor. Trusted sessions use link_identity.
+    if session.source != actor::ActorSource::Jwt {
+        return Err(CoreError::PermissionDenied {
+            actor: session.id,
+            action: "ask for an identity link code without a signed-in user".into(),
+            allowed: "signed-in users (a JWT with a sub claim); trusted sessions link with flowgate.link_identity".into(),
+        });
+    }
     actor::validate_provider(provider)?;
     let code = actor::link_code(random_bytes());
     let expires = Spi::get_one_with_args::<String>(
-        "INSERT INTO flowgate.identity_link_codes (provider, actor_id, code_sha256, expires_at) \
+        "WITH stale AS (DELETE FROM flowgate.identity_link_codes WHERE expires_at <= pg_catalog.clock_timestamp()) \
+         INSERT INTO flowgate.identity_link_codes (provider, actor_id, code_sha256, expires_at) \
          VALUES ($1, $2, $3, pg_catalog.clock_timestamp() + pg_catalog.make_interval(mins => $4)) \
          ON CONFLICT (provider, actor_id) DO UPDATE \
             SET code_sha256 = EXCLUDED.code_sha256, expires_at = EXCLUDED.expires_at \

@@ -7,7 +7,7 @@
 //! | G1 | every required check (configured names, plus checks reported as required) has `pass` as its latest result |
 //! | G2 | QA evidence (`test_report` or `qa_signoff`) is attached, no check's latest result is `fail`, required checks passed, the latest signoff is not a rejection |
 //! | G3 | the latest release-manager approval is `approved`, a `rollback_plan` artifact is attached, and G2 is passed (or bypassed) |
-//! | G4 | a staging or production deployment started after the latest rollback has `g4_status = passed`, and a `health_check` artifact was attached since it started |
+//! | G4 | a staging or production deployment recorded after the latest rollback has `g4_status = passed`, and a `health_check` artifact was attached since it was recorded |
 //!
 //! A gate that is not passed counts as `bypassed` while an exception for it is approved and
 //! not expired at evaluation time. Evidence attached to the release itself (no gate) counts
@@ -95,7 +95,7 @@ impl GateCode {
                 name: "post-deployment health",
                 evidence_any_of: &["health_check"],
                 approver_roles: &[],
-                summary: "a staging or production deployment started after the latest rollback has g4_status passed and a health check artifact attached since it started",
+                summary: "a staging or production deployment recorded after the latest rollback has g4_status passed and a health check artifact attached since it was recorded",
             },
         }
     }
@@ -203,8 +203,8 @@ pub struct GateFacts {
     pub checks: Vec<CheckFact>,
     /// Types of the artifacts attached to this gate, its checks, or the release itself.
     pub evidence: Vec<String>,
-    /// When each of those types was last attached: seconds since the epoch, the start of the
-    /// attaching transaction (`created_at`).
+    /// When each of those types was last attached: seconds since the epoch, by the clock
+    /// (`recorded_at`).
     pub evidence_latest: BTreeMap<String, f64>,
     pub approvals: Vec<ApprovalFact>,
     pub exceptions: Vec<ExceptionFact>,
@@ -215,10 +215,8 @@ pub struct DeploymentFact {
     pub environment: String,
     pub status: String,
     pub g4_status: String,
-    /// The start of the transaction that wrote it (`created_at`), seconds since the epoch: the
-    /// time an artifact's `created_at` is compared with.
-    pub created: f64,
-    /// When it was recorded (`recorded_at`, the clock), seconds since the epoch.
+    /// When it was recorded (`recorded_at`, the clock), seconds since the epoch: health
+    /// evidence counts for it from then on.
     pub recorded: f64,
     /// When it was rolled back (`rolled_back_at`, the clock), seconds since the epoch.
     pub rolled_back_at: Option<f64>,
@@ -437,7 +435,7 @@ fn g4(facts: &GateFacts, deployments: &[DeploymentFact]) -> (GateStatus, String)
     if !healthy.is_empty() {
         if healthy
             .iter()
-            .any(|d| latest_health.is_some_and(|at| at >= d.created))
+            .any(|d| latest_health.is_some_and(|at| at >= d.recorded))
         {
             return (
                 GateStatus::Passed,

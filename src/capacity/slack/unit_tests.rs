@@ -174,6 +174,21 @@ fn caller_text_is_inline_code_so_slack_neither_links_nor_formats_it() {
 }
 
 #[test]
+fn link_commands_take_the_code_however_it_is_typed() {
+    assert_eq!(
+        link_command("link K7QX-M2PA-9ZHT").as_deref(),
+        Some("K7QX-M2PA-9ZHT")
+    );
+    assert_eq!(
+        link_command(" Link k7qx m2pa 9zht ").as_deref(),
+        Some("k7qxm2pa9zht")
+    );
+    assert_eq!(link_command("link"), None);
+    assert_eq!(link_command("create owner=@ana"), None);
+    assert_eq!(link_command("linked ABC"), None);
+}
+
+#[test]
 fn mentions_only_for_slack_user_ids() {
     assert_eq!(mention("U024BE7LH"), "<@U024BE7LH>");
     assert_eq!(mention("W0123ABC"), "<@W0123ABC>");

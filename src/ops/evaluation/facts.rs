@@ -26,7 +26,7 @@ struct RawFacts {
     evidence: Vec<(Option<String>, String, f64)>,
     approvals: Vec<(String, String, String, String)>,
     exceptions: Vec<(String, String, String, f64)>,
-    deployments: Vec<(String, String, String, f64, f64, Option<f64>)>,
+    deployments: Vec<(String, String, String, f64, Option<f64>)>,
 }
 
 /// Everything the gate rules read about the release `$1` for the gates `{G}` (a text[]
@@ -53,7 +53,7 @@ const FACTS: &str = "jsonb_build_object(\
                         WHERE n.name IS NOT NULL), '[]'), \
   'evidence', coalesce((SELECT jsonb_agg(jsonb_build_array(x.code, x.artifact_type, x.latest)) \
                           FROM (SELECT coalesce(g.gate_code, cg.gate_code) AS code, e.artifact_type, \
-                                       extract(epoch FROM max(e.created_at)) AS latest \
+                                       extract(epoch FROM max(e.{ATTACHED})) AS latest \
                                   FROM ops.evidence_artifacts e \
                                   LEFT JOIN ops.release_gates g ON g.gate_id = e.gate_id \
                                   LEFT JOIN ops.gate_checks c ON c.check_id = e.check_id \
@@ -65,7 +65,7 @@ const FACTS: &str = "jsonb_build_object(\
   'exceptions', coalesce((SELECT jsonb_agg(jsonb_build_array(g.gate_code, x.exception_id, x.status, extract(epoch FROM x.expires_at))) \
                             FROM ops.exceptions x JOIN ops.release_gates g ON g.gate_id = x.gate_id \
                            WHERE x.release_id = $1::uuid AND g.gate_code = ANY ({G}::text[])), '[]'), \
-  'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status, extract(epoch FROM created_at), \
+  'deployments', coalesce((SELECT jsonb_agg(jsonb_build_array(environment, status, g4_status, \
                                                               extract(epoch FROM recorded_at), extract(epoch FROM rolled_back_at)) \
                                             ORDER BY recorded_at, deployment_id) \
                              FROM ops.deployments WHERE release_id = $1::uuid AND 'G4' = ANY ({G}::text[])), '[]'))";
@@ -80,18 +80,28 @@ pub struct NewCheck<'a> {
 
 /// The statement that reads the facts of the gates `inputs` (the release is `$1`). The gates
 /// are a literal, so each scope is its own prepared statement with its own generic plan.
+///
+/// Evidence is timed by its `recorded_at` (the clock); a schema from before that column (an
+/// earlier version's, before `ALTER EXTENSION flowgate UPDATE`) has only `created_at`.
 pub(super) fn facts_sql(inputs: &[GateCode]) -> Rc<str> {
     thread_local! {
-        /// Each scope's text, built once per backend (a handful of scopes).
-        static TEXTS: RefCell<HashMap<Vec<GateCode>, Rc<str>>> = RefCell::new(HashMap::new());
+        /// Each scope's text, built once per backend (a handful of scopes, two schemas).
+        static TEXTS: RefCell<HashMap<(Vec<GateCode>, bool), Rc<str>>> = RefCell::new(HashMap::new());
     }
-    if let Some(text) = TEXTS.with(|t| t.borrow().get(inputs).cloned()) {
+    let clocked = crate::core::store::column_exists(c"ops", c"evidence_artifacts", c"recorded_at");
+    let key = (inputs.to_vec(), clocked);
+    if let Some(text) = TEXTS.with(|t| t.borrow().get(&key).cloned()) {
         return text;
     }
     let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
-    let facts = FACTS.replace("{G}", &format!("'{{{}}}'", codes.join(",")));
+    let facts = FACTS
+        .replace("{G}", &format!("'{{{}}}'", codes.join(",")))
+        .replace(
+            "{ATTACHED}",
+            if clocked { "recorded_at" } else { "created_at" },
+        );
     let text: Rc<str> = format!("SELECT {facts}").into();
-    TEXTS.with(|t| t.borrow_mut().insert(inputs.to_vec(), text.clone()));
+    TEXTS.with(|t| t.borrow_mut().insert(key, text.clone()));
     text
 }
 
@@ -283,12 +293,11 @@ pub(super) fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
                 expires_at,
             });
     }
-    for (environment, status, g4_status, created, recorded, rolled_back_at) in raw.deployments {
+    for (environment, status, g4_status, recorded, rolled_back_at) in raw.deployments {
         facts.deployments.push(gates::DeploymentFact {
             environment,
             status,
             g4_status,
-            created,
             recorded,
             rolled_back_at,
         });

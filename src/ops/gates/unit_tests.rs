@@ -22,16 +22,14 @@ fn deployed(env: &str, g4: &str) -> DeploymentFact {
         environment: env.into(),
         status: "succeeded".into(),
         g4_status: g4.into(),
-        created: 0.0,
         recorded: 0.0,
         rolled_back_at: None,
     }
 }
 
-/// Deployed at `t` (its transaction and the clock agree).
+/// Deployed (recorded) at `t`.
 fn deployed_at(env: &str, g4: &str, t: f64) -> DeploymentFact {
     DeploymentFact {
-        created: t,
         recorded: t,
         ..deployed(env, g4)
     }
@@ -239,7 +237,7 @@ fn g4_needs_health_evidence_attached_since_the_deployment() {
     health_attached_at(&mut f, 5.0);
     f.deployments = vec![deployed_at("staging", "passed", 10.0)];
     assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
-    // Attached in the deployment's own transaction (the same start time): it counts.
+    // Attached at the moment it was recorded: it counts.
     health_attached_at(&mut f, 10.0);
     assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
 }
