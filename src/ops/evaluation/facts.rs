@@ -83,10 +83,13 @@ pub struct NewCheck<'a> {
 ///
 /// Evidence is timed by its `recorded_at` (the clock); a schema from before that column (an
 /// earlier version's, before `ALTER EXTENSION flowgate UPDATE`) has only `created_at`.
+/// The facts statements built so far: by scope, and whether evidence has `recorded_at`.
+type FactTexts = HashMap<(Vec<GateCode>, bool), Rc<str>>;
+
 pub(super) fn facts_sql(inputs: &[GateCode]) -> Rc<str> {
     thread_local! {
         /// Each scope's text, built once per backend (a handful of scopes, two schemas).
-        static TEXTS: RefCell<HashMap<(Vec<GateCode>, bool), Rc<str>>> = RefCell::new(HashMap::new());
+        static TEXTS: RefCell<FactTexts> = RefCell::new(HashMap::new());
     }
     let clocked = crate::core::store::column_exists(c"ops", c"evidence_artifacts", c"recorded_at");
     let key = (inputs.to_vec(), clocked);
