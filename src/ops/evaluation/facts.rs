@@ -78,14 +78,14 @@ pub struct NewCheck<'a> {
     pub ingest_id: &'a str,
 }
 
+/// The facts statements built so far: by scope, and whether evidence has `recorded_at`.
+type FactTexts = HashMap<(Vec<GateCode>, bool), Rc<str>>;
+
 /// The statement that reads the facts of the gates `inputs` (the release is `$1`). The gates
 /// are a literal, so each scope is its own prepared statement with its own generic plan.
 ///
 /// Evidence is timed by its `recorded_at` (the clock); a schema from before that column (an
 /// earlier version's, before `ALTER EXTENSION flowgate UPDATE`) has only `created_at`.
-/// The facts statements built so far: by scope, and whether evidence has `recorded_at`.
-type FactTexts = HashMap<(Vec<GateCode>, bool), Rc<str>>;
-
 pub(super) fn facts_sql(inputs: &[GateCode]) -> Rc<str> {
     thread_local! {
         /// Each scope's text, built once per backend (a handful of scopes, two schemas).
