@@ -461,6 +461,13 @@ fn code_hash(code: &str) -> String {
         .collect()
 }
 
+/// Four bytes from the operating system's generator (a v4 UUID's first four, all random), for
+/// secrets such as a new database's password: no user-space generator state crosses a fork.
+pub fn os_random_u32() -> u32 {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
 /// Twelve bytes from the operating system's generator, through a v4 UUID (the bytes that carry
 /// its version and variant left out).
 fn random_bytes() -> [u8; 12] {

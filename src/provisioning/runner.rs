@@ -82,7 +82,7 @@ fn send(
                     hint: "SELECT flowgate.set_setting('provisioning.organization_id', '\"<your org id>\"')".into(),
                 });
             }
-            let pass = mgmt::db_pass(rand::random::<u32>);
+            let pass = mgmt::db_pass(crate::core::store::os_random_u32);
             keys::store(client, &c.client_id, &c.slug, "db_pass", &pass)?;
             // The request carries the password by reference (`body_secrets`), set when it is
             // sent: the delivery row, a dump and the WAL hold only the secret's name. (Until
