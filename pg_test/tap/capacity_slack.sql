@@ -10,7 +10,7 @@
 -- removes the request, its deliveries, the settings, secrets and group members it added.
 -- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
 -- no worker there: the CALLs send everything).
-SELECT plan(46);
+SELECT plan(48);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Until none of the request's deliveries is in flight or due (the worker may be sending them).
@@ -136,6 +136,11 @@ SELECT throws_ok($$SELECT capacity.handle_slack_command(body, (ts::bigint - 400)
                  'a request older than 5 minutes is refused');
 SELECT throws_ok($$SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(body, ts, 'wrong-secret')) FROM slack_req$$, '42501', NULL,
                  'a request signed with another secret is refused');
+SELECT is((SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts)) ->> 'response_type'
+             FROM (SELECT replace(replace(body, 'owner%3D%3C%40U0AE%7Cana%3E', 'owner%3D%3C%40U0NOBODY%7Cx%3E'), 'trigger_id=', 'trigger_id=9') AS b, ts
+                     FROM slack_req) x), 'ephemeral',
+          'an owner who is not a commercial approver gets a private answer, not an error');
+SELECT is((SELECT count(*)::int FROM capacity.capacity_requests WHERE commercial_owner_user_id = 'U0NOBODY'), 0, 'and nothing is created');
 SELECT throws_ok($$SELECT capacity.handle_slack_command(repeat('a', 262145), ts, 'v0=00') FROM slack_req$$, '22023', NULL,
                  'a body over 256 KiB is refused before its signature is computed');
 -- With capacity.slack_team_ids set, only users of those workspaces are served.

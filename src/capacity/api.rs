@@ -439,8 +439,12 @@ mod capacity {
                 cancellation_authorizer_user_id: None,
                 procurement_started_at: None,
             };
-            // Out-of-bounds fields get the usage privately, like a malformed command.
-            if let Err(e) = request.check_new() {
+            // Out-of-bounds fields, or an owner who is not a commercial approver, get the usage
+            // privately, like a malformed command (both are checked again by the creation).
+            if let Err(e) = request
+                .check_new()
+                .and_then(|_| store::check_commercial_owner(&request.commercial_owner_user_id))
+            {
                 let hint = e.hint().map(|h| format!("\n{h}")).unwrap_or_default();
                 return Ok(JsonB(json!({
                     "response_type": "ephemeral",

@@ -236,7 +236,7 @@ fn lock_for(id: &str, actor: &Actor) -> CoreResult<Option<(Value, Standing)>> {
 
 /// 22023 unless `owner` may be named commercial owner: a member of the group in
 /// `capacity.commercial_approvers_group` (when that is not "").
-fn check_commercial_owner(owner: &str) -> CoreResult<()> {
+pub fn check_commercial_owner(owner: &str) -> CoreResult<()> {
     let group = core_store::get_text("capacity.commercial_approvers_group")?;
     if group.is_empty() {
         return Ok(());
