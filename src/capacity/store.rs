@@ -80,23 +80,30 @@ impl Workflow for CapacityFlow {
     }
 }
 
-/// `now()` of the current transaction, read without a query.
+/// A Postgres timestamp (microseconds since 2000-01-01) as a UTC time.
+fn from_pg_micros(pg_micros: i64, what: &str) -> CoreResult<DateTime<Utc>> {
+    // Unix time counts from 1970-01-01.
+    DateTime::from_timestamp_micros(pg_micros + 946_684_800_000_000)
+        .ok_or_else(|| CoreError::Internal(format!("{what} out of range")))
+}
+
 /// The clock now (`clock_timestamp()`): for a deadline that must not stretch with a long
 /// transaction, such as the age of a signed request.
 pub fn clock_now() -> CoreResult<DateTime<Utc>> {
     // SAFETY: reads the system clock as Postgres does; no state.
-    let pg_micros = unsafe { pgrx::pg_sys::GetCurrentTimestamp() };
-    DateTime::from_timestamp_micros(pg_micros + 946_684_800_000_000)
-        .ok_or_else(|| CoreError::Internal("clock_timestamp() out of range".into()))
+    from_pg_micros(
+        unsafe { pgrx::pg_sys::GetCurrentTimestamp() },
+        "clock_timestamp()",
+    )
 }
 
+/// `now()` of the current transaction, read without a query.
 pub fn db_now() -> CoreResult<DateTime<Utc>> {
     // SAFETY: the transaction start timestamp is always set inside a transaction.
-    let pg_micros = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
-    // Postgres timestamps count microseconds from 2000-01-01; Unix time from 1970-01-01.
-    let unix_micros = pg_micros + 946_684_800_000_000;
-    DateTime::from_timestamp_micros(unix_micros)
-        .ok_or_else(|| CoreError::Internal("now() out of range".into()))
+    from_pg_micros(
+        unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() },
+        "now()",
+    )
 }
 
 /// The actor's standing on a request: the request's parties (which never change after

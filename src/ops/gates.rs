@@ -201,11 +201,9 @@ pub struct GateFacts {
     pub required_checks: Vec<String>,
     /// Latest result per check name.
     pub checks: Vec<CheckFact>,
-    /// Types of the artifacts attached to this gate, its checks, or the release itself.
-    pub evidence: Vec<String>,
-    /// When each of those types was last attached: seconds since the epoch, by the clock
-    /// (`recorded_at`).
-    pub evidence_latest: BTreeMap<String, f64>,
+    /// Types of the artifacts attached to this gate, its checks, or the release itself, each
+    /// with when it was last attached: seconds since the epoch, by the clock (`recorded_at`).
+    pub evidence: BTreeMap<String, f64>,
     pub approvals: Vec<ApprovalFact>,
     pub exceptions: Vec<ExceptionFact>,
 }
@@ -245,7 +243,7 @@ pub struct Evaluation {
 }
 
 fn evidence_present(facts: &GateFacts, any_of: &[&str]) -> bool {
-    facts.evidence.iter().any(|t| any_of.contains(&t.as_str()))
+    any_of.iter().any(|t| facts.evidence.contains_key(*t))
 }
 
 /// Required check names: the configured ones in their order, then those reported as required
@@ -428,7 +426,7 @@ fn g4(facts: &GateFacts, deployments: &[DeploymentFact]) -> (GateStatus, String)
     let latest_health = rule
         .evidence_any_of
         .iter()
-        .filter_map(|t| facts.evidence_latest.get(*t).copied())
+        .filter_map(|t| facts.evidence.get(*t).copied())
         .max_by(f64::total_cmp);
     let healthy: Vec<&&DeploymentFact> =
         current.iter().filter(|d| d.g4_status == "passed").collect();

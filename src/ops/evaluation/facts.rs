@@ -261,12 +261,11 @@ pub(super) fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
             None => gates::ALL_GATES.to_vec(),
         };
         for g in codes {
-            let gate = facts.gates.entry(g).or_default();
-            if !gate.evidence.contains(&artifact_type) {
-                gate.evidence.push(artifact_type.clone());
-            }
-            let at = gate
-                .evidence_latest
+            let at = facts
+                .gates
+                .entry(g)
+                .or_default()
+                .evidence
                 .entry(artifact_type.clone())
                 .or_insert(latest);
             *at = at.max(latest);

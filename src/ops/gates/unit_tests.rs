@@ -37,10 +37,7 @@ fn deployed_at(env: &str, g4: &str, t: f64) -> DeploymentFact {
 
 fn health_attached_at(f: &mut ReleaseFacts, t: f64) {
     let g4 = f.gates.get_mut(&GateCode::G4).unwrap();
-    if !g4.evidence.iter().any(|e| e == "health_check") {
-        g4.evidence.push("health_check".into());
-    }
-    g4.evidence_latest.insert("health_check".into(), t);
+    g4.evidence.insert("health_check".into(), t);
 }
 
 /// A release with every gate passed.
@@ -56,7 +53,7 @@ fn all_passed() -> ReleaseFacts {
     gates.insert(
         GateCode::G2,
         GateFacts {
-            evidence: vec!["qa_signoff".into()],
+            evidence: BTreeMap::from([("qa_signoff".to_string(), 0.0)]),
             approvals: vec![approval("qa_tester", true)],
             ..Default::default()
         },
@@ -64,7 +61,7 @@ fn all_passed() -> ReleaseFacts {
     gates.insert(
         GateCode::G3,
         GateFacts {
-            evidence: vec!["rollback_plan".into()],
+            evidence: BTreeMap::from([("rollback_plan".to_string(), 0.0)]),
             approvals: vec![approval("release_manager", true)],
             ..Default::default()
         },
@@ -72,8 +69,7 @@ fn all_passed() -> ReleaseFacts {
     gates.insert(
         GateCode::G4,
         GateFacts {
-            evidence: vec!["health_check".into()],
-            evidence_latest: BTreeMap::from([("health_check".to_string(), 0.0)]),
+            evidence: BTreeMap::from([("health_check".to_string(), 0.0)]),
             ..Default::default()
         },
     );
@@ -192,7 +188,6 @@ fn g4_needs_health_evidence_and_a_promoted_deployment() {
     assert_eq!(status(&f, GateCode::G4), GateStatus::Passed);
     let g4 = f.gates.get_mut(&GateCode::G4).unwrap();
     g4.evidence.clear();
-    g4.evidence_latest.clear();
     assert_eq!(status(&f, GateCode::G4), GateStatus::InProgress);
 }
 
@@ -290,8 +285,7 @@ fn arb_gate() -> impl Strategy<Value = GateFacts> {
             |(required_checks, checks, evidence, approvals, exceptions)| GateFacts {
                 required_checks,
                 checks,
-                evidence_latest: evidence.iter().map(|e: &String| (e.clone(), 0.0)).collect(),
-                evidence,
+                evidence: evidence.into_iter().map(|e: String| (e, 0.0)).collect(),
                 approvals,
                 exceptions,
             },
