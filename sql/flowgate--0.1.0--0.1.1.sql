@@ -144,23 +144,6 @@ COMMENT ON FUNCTION ops.ingest_applying(uuid) IS
 COMMENT ON FUNCTION flowgate.effective_transport() IS
   'The transport the outbox uses now, pg_net or native: the flowgate.http_transport setting, with auto meaning pg_net when that extension is installed and PUBLIC can neither read its request queue nor write its responses, else native.';
 
--- A qa_signoff artifact (it alone passes G2) comes only from the personas who sign G2 off: the
--- one insert policy of ops.evidence_artifacts becomes one per persona, from the persona matrix.
--- (Whatever insert policies it has go first: 0.1.0's script run by this library made them
--- per persona already.)
-DO $evidence$
-DECLARE
-    s text;
-BEGIN
-    FOR s IN SELECT policyname FROM pg_catalog.pg_policies
-              WHERE schemaname = 'ops' AND tablename = 'evidence_artifacts' AND cmd = 'INSERT' LOOP
-        EXECUTE pg_catalog.format('DROP POLICY %I ON ops.evidence_artifacts', s);
-    END LOOP;
-    FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'CREATE POLICY %\_inserts ON ops.evidence\_artifacts %' LOOP
-        EXECUTE s;
-    END LOOP;
-END
-$evidence$;
 
 -- Exceptions: a revocation is recorded beside the approval it withdraws (0.1.0 wrote the revoker
 -- over the approver). A revoked row of 0.1.0 names its revoker as its decider: that becomes its
@@ -286,22 +269,36 @@ SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
   FROM ops.exceptions x
   JOIN ops.release_gates g ON g.gate_id = x.gate_id
   JOIN ops.releases r ON r.release_id = x.release_id;
--- Release managers revoke in their own name; the approval stays (the persona matrix's grant and
--- policy, as a fresh install makes them). The statements now follow the columns the tables have
--- (an earlier version's script run with this library gets that version's grant and policy), so
--- they are no longer immutable.
+-- The statements of the persona matrix now follow the columns the tables have (an earlier
+-- version's script run with this library gets that version's grants and policies), so they are
+-- no longer immutable.
 ALTER FUNCTION ops.persona_privileges() STABLE;
-DO $revocation$
+-- The policies 0.1.1's persona matrix changed, made again from it: a qa_signoff artifact (it
+-- alone passes G2) only from the personas who sign G2 off (one insert policy per persona on
+-- ops.evidence_artifacts); revocations in one's own name, the approval left as it was (the
+-- update policy of ops.exceptions and its column grant); a release manager reads the ingest
+-- log's approval and signoff envelopes only for the releases they created and their own, as in
+-- ops.approvals (its read policies). Whatever policies a table has for that command go first
+-- (0.1.0's script run by this library may have made some of the new ones already).
+DO $matrix$
 DECLARE
+    p record;
     s text;
 BEGIN
-    DROP POLICY IF EXISTS updates ON ops.exceptions;
-    FOR s IN SELECT x FROM ops.persona_privileges() x
-              WHERE x LIKE 'GRANT UPDATE (%) ON ops.exceptions %' OR x LIKE 'CREATE POLICY updates ON ops.exceptions %' LOOP
-        EXECUTE s;
+    FOR p IN SELECT * FROM (VALUES ('evidence_artifacts', 'INSERT'), ('exceptions', 'UPDATE'),
+                                   ('event_ingest_log', 'SELECT')) v(tbl, cmd) LOOP
+        FOR s IN SELECT policyname FROM pg_catalog.pg_policies
+                  WHERE schemaname = 'ops' AND tablename = p.tbl AND cmd = p.cmd LOOP
+            EXECUTE pg_catalog.format('DROP POLICY %I ON ops.%I', s, p.tbl);
+        END LOOP;
+        FOR s IN SELECT x FROM ops.persona_privileges() x
+                  WHERE x LIKE 'CREATE POLICY % ON ops.' || p.tbl || ' FOR ' || p.cmd || ' %'
+                     OR (p.cmd = 'UPDATE' AND x LIKE 'GRANT UPDATE (%) ON ops.' || p.tbl || ' %') LOOP
+            EXECUTE s;
+        END LOOP;
     END LOOP;
 END
-$revocation$;
+$matrix$;
 
 
 -- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp(); the view:
@@ -328,21 +325,6 @@ SELECT r.release_id, r.version, r.status AS release_status, s.environment,
   FROM ops.releases r
   JOIN stored s ON s.release_id = r.release_id;
 
--- A release manager reads the approvals of the releases they created and their own; the ingest
--- log's approval and signoff envelopes now follow the same rule (0.1.0 showed them all).
-DO $log_reads$
-DECLARE
-    s text;
-BEGIN
-    FOR s IN SELECT policyname FROM pg_catalog.pg_policies
-              WHERE schemaname = 'ops' AND tablename = 'event_ingest_log' AND cmd = 'SELECT' LOOP
-        EXECUTE pg_catalog.format('DROP POLICY %I ON ops.event_ingest_log', s);
-    END LOOP;
-    FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'CREATE POLICY % ON ops.event\_ingest\_log FOR SELECT %' LOOP
-        EXECUTE s;
-    END LOOP;
-END
-$log_reads$;
 
 -- A pool's pgmq queue tables and sequences are flowgate's own state: whatever the creating
 -- role's default privileges (or pgmq) granted on them is taken back, as intake.create_pool now
