@@ -185,7 +185,7 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     }
     // A restored database has no slot sequence until the pool is rebuilt (pg_dump leaves out
     // an extension's member sequences): there is nothing to drop then.
-    if has_slot_sequence(client, pool)? {
+    if has_slot_sequence(pool) {
         client.update(
             &format!(
                 "ALTER EXTENSION flowgate DROP SEQUENCE {}",
@@ -215,17 +215,10 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
 }
 
 /// Whether the pool's slot sequence exists (a restore leaves it out: pg_dump skips an
-/// extension's member sequences).
-pub fn has_slot_sequence(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
-    Ok(client
-        .select(
-            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-            Some(1),
-            &[pool.slot_sequence().into()],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false))
+/// extension's member sequences), from the catalog cache.
+pub fn has_slot_sequence(pool: &PoolId) -> bool {
+    std::ffi::CString::new(pool.slot_sequence_name())
+        .is_ok_and(|name| crate::core::store::relation_id(c"intake", &name).is_some())
 }
 
 /// Take back whatever the creating role's default privileges (or pgmq) granted on a pool's

@@ -45,7 +45,7 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         q = pool.queue(),
         d = pool.dlq()
     );
-    if !crate::intake::pools::has_slot_sequence(client, pool)? {
+    if !crate::intake::pools::has_slot_sequence(pool) {
         prepared::exec(
             client,
             &format!("CREATE SEQUENCE {seq} AS int MINVALUE 1"),

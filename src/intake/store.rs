@@ -501,24 +501,28 @@ pub fn drain(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
     let budget = match cfg.rate_limit {
         None => cfg.batch_size,
         Some(rate) => {
-            // The pool's clock row, should it be missing: the table is not in dumps, so a
-            // restored pool has none (and would otherwise read as busy for good).
-            client.update(
-                "INSERT INTO intake.drain_clock (pool_id) VALUES ($1) ON CONFLICT (pool_id) DO NOTHING",
-                None,
-                &[pool.as_str().into()],
-            )?;
             let clock = client.update(
                 "SELECT extract(epoch FROM clock_timestamp() - last_drain_at)::float8 FROM intake.drain_clock \
                   WHERE pool_id = $1 FOR UPDATE SKIP LOCKED",
                 None,
                 &[pool.as_str().into()],
             )?;
-            if clock.is_empty() {
-                // Another drain of this rate-limited pool is running: it owns the budget.
-                return Ok(json!({"pool_id": pool.as_str(), "status": "busy"}));
-            }
-            let since: Option<f64> = clock.first().get_one::<f64>()?;
+            let since: Option<f64> = if !clock.is_empty() {
+                clock.first().get_one::<f64>()?
+            } else {
+                // No row to take: another drain of this rate-limited pool holds it (and the
+                // budget), or it is missing (the table is not in dumps, so a restored pool has
+                // none): then it is made here, taken by this drain, never drained before.
+                let made = client.update(
+                    "INSERT INTO intake.drain_clock (pool_id) VALUES ($1) ON CONFLICT (pool_id) DO NOTHING RETURNING true",
+                    None,
+                    &[pool.as_str().into()],
+                )?;
+                if made.is_empty() {
+                    return Ok(json!({"pool_id": pool.as_str(), "status": "busy"}));
+                }
+                None
+            };
             drain::budget(cfg.batch_size, Some(rate), since)
         }
     };
