@@ -14,6 +14,7 @@ mod capacity {
     use crate::capacity::machine::{allowed_events, Event, State};
     use crate::capacity::store;
     use crate::core::actor::{validate_actor_id, Actor};
+    use crate::core::answer::JsonbAnswer;
     use crate::core::args::{check_size, required, RawJsonb, MAX_JSON_ARG_BYTES};
     use crate::core::error::{CoreError, SqlError};
     use crate::core::eventstore::Applied;
@@ -36,12 +37,12 @@ mod capacity {
 
     /// What an event call returns: the request as stored, the event (or the earlier one for a
     /// replayed key) and the events the request accepts now. No further queries.
-    fn result(applied: &Applied<Request>) -> JsonB {
+    fn result(applied: &Applied<Request>) -> Result<JsonbAnswer, CoreError> {
         let allowed: Vec<String> = allowed_events(applied.state.state)
             .iter()
             .map(|e| e.as_str())
             .collect();
-        JsonB(json!({
+        JsonbAnswer::from_value(json!({
             "request": applied.row,
             "event": applied.event,
             "replayed": applied.replayed,
@@ -145,8 +146,8 @@ mod capacity {
         payload: default!(Option<RawJsonb>, "'{}'"),
         idempotency_key: default!(Option<&str>, "NULL"),
         on_behalf_of: default!(Option<&str>, "NULL"),
-    ) -> Result<JsonB, ErrorReport> {
-        let run = || -> Result<JsonB, CoreError> {
+    ) -> Result<JsonbAnswer, ErrorReport> {
+        let run = || -> Result<JsonbAnswer, CoreError> {
             let actor = core_store::acting_actor(on_behalf_of)?;
             store::refuse_anonymous(&actor)?;
             let request_id = required("request_id", request_id)?;
@@ -159,7 +160,7 @@ mod capacity {
             check_size("payload", payload.size(), MAX_JSON_ARG_BYTES)?;
             let payload = || payload.value("payload", MAX_JSON_ARG_BYTES);
             let applied = store::apply(request_id, event, payload, &actor, idempotency_key)?;
-            Ok(result(&applied))
+            result(&applied)
         };
         run().map_err(|e| e.report("capacity"))
     }
@@ -178,8 +179,8 @@ mod capacity {
         request_id: &str,
         event: &str,
         payload: default!(RawJsonb, "'{}'"),
-    ) -> Result<JsonB, ErrorReport> {
-        let run = || -> Result<JsonB, CoreError> {
+    ) -> Result<JsonbAnswer, ErrorReport> {
+        let run = || -> Result<JsonbAnswer, CoreError> {
             let session = core_store::session_actor(true)?;
             if !session.trusted {
                 return Err(CoreError::PermissionDenied {
@@ -196,7 +197,7 @@ mod capacity {
                 &session,
                 None,
             )?;
-            Ok(result(&applied))
+            result(&applied)
         };
         run().map_err(|e| e.report("capacity"))
     }

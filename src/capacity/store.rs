@@ -226,9 +226,10 @@ fn lock_for(id: &str, actor: &Actor) -> CoreResult<Option<(Value, Standing)>> {
         if rows.is_empty() {
             return Ok(None);
         }
-        let (row, in_group, listed) = rows.first().get_three::<JsonB, bool, JsonB>()?;
-        let row = row.map(|j| j.0).unwrap_or(Value::Null);
-        let listed = crate::core::settings::as_list(admins, listed.map(|j| j.0))?;
+        let first = rows.first();
+        let row = prepared::json_at(&first, 1)?.unwrap_or(Value::Null);
+        let in_group = first.get::<bool>(2)?;
+        let listed = crate::core::settings::as_list(admins, prepared::json_at(&first, 3)?)?;
         let party = |column: &str| row[column].as_str().unwrap_or_default().to_owned();
         let standing = Standing::of(
             actor,

@@ -42,13 +42,11 @@ impl JsonbAnswer {
         Ok(Some(JsonbAnswer(owned)))
     }
 
-    /// An answer built in Rust (`jsonb_in` of its text, as pgrx's `JsonB` does), allocated in
+    /// An answer built in Rust (with Postgres' jsonb builder, `super::jsonb`), allocated in
     /// the current memory context: call it outside any `Spi::connect`, whose memory is freed
     /// when the connection ends (see [`Answer`]).
     pub fn from_value(value: Value) -> CoreResult<Self> {
-        pgrx::IntoDatum::into_datum(pgrx::JsonB(value))
-            .map(JsonbAnswer)
-            .ok_or_else(|| CoreError::Internal("a jsonb answer converted to NULL".into()))
+        super::jsonb::to_datum(&value).map(JsonbAnswer)
     }
 
     /// The datum, for a statement of the same call to take as a `jsonb` argument.

@@ -25,7 +25,6 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
 use serde_json::{Map, Value};
 
 use super::actor::Actor;
@@ -416,7 +415,7 @@ fn run<W: Workflow>(
                     client,
                     &q,
                     &[JSONB],
-                    &[JsonB(Value::Object(cols.clone())).into()],
+                    &[prepared::object_arg(&cols)?],
                 )?)?
                 .ok_or_else(vanished)?;
                 Value::Object(merged(cols, returned))
@@ -432,7 +431,7 @@ fn run<W: Workflow>(
                         client,
                         &q,
                         &[TEXT, JSONB],
-                        &[entity_id.into(), JsonB(Value::Object(changed)).into()],
+                        &[entity_id.into(), prepared::object_arg(&changed)?],
                     )?)?
                     .ok_or_else(vanished)?;
                     match current {
@@ -469,7 +468,7 @@ fn run<W: Workflow>(
             client,
             &q,
             &[JSONB],
-            &[JsonB(Value::Object(ev.clone())).into()],
+            &[prepared::object_arg(&ev)?],
         )?)?
         .ok_or_else(|| {
             CoreError::Internal(format!("insert into {} returned nothing", W::TABLES.events))

@@ -8,6 +8,7 @@ pub mod api;
 pub mod args;
 pub mod error;
 pub mod eventstore;
+pub mod jsonb;
 pub mod module;
 pub mod outbox;
 pub mod prepared;

@@ -9,7 +9,6 @@ use std::rc::Rc;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use pgrx::JsonB;
 use serde_json::Value;
 
 use super::error::CoreResult;
@@ -131,12 +130,42 @@ pub const TEXT_ARRAY: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTAR
 pub const JSONB: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::JSONBOID);
 
 /// The first column of the first row as JSON, `None` when there is no row (pgrx 0.18 raises on
-/// an empty table otherwise).
+/// an empty table otherwise) or the value is NULL.
 pub fn first_json(table: SpiTupleTable<'_>) -> CoreResult<Option<Value>> {
     if table.is_empty() {
         return Ok(None);
     }
-    Ok(table.first().get_one::<JsonB>()?.map(|j| j.0))
+    json_at(&table.first(), 1)
+}
+
+/// Column `ordinal` (1-based, `jsonb`) of the current row of `table` as JSON, read from the
+/// datum (`super::jsonb`), not from its text.
+pub fn json_at(table: &SpiTupleTable<'_>, ordinal: usize) -> CoreResult<Option<Value>> {
+    if table.column_type_oid(ordinal)? != JSONB {
+        return Err(super::error::CoreError::Internal(format!(
+            "column {ordinal} is not jsonb"
+        )));
+    }
+    match table.get_datum_by_ordinal(ordinal)? {
+        None => Ok(None),
+        // SAFETY: a non-null jsonb datum of the current SPI result, valid while `table` is.
+        Some(d) => unsafe { super::jsonb::from_datum(d) }.map(Some),
+    }
+}
+
+/// A `jsonb` argument built from `value` (`super::jsonb`), not printed and parsed again.
+pub fn jsonb_arg(value: &Value) -> CoreResult<DatumWithOid<'static>> {
+    let d = super::jsonb::to_datum(value)?;
+    // SAFETY: a jsonb datum allocated in the current memory context, which lasts at least as
+    // long as the statement it is handed to.
+    Ok(unsafe { DatumWithOid::new(d, pgrx::pg_sys::JSONBOID) })
+}
+
+/// [`jsonb_arg`] of a JSON object.
+pub fn object_arg(map: &serde_json::Map<String, Value>) -> CoreResult<DatumWithOid<'static>> {
+    let d = super::jsonb::object_to_datum(map)?;
+    // SAFETY: as in `jsonb_arg`.
+    Ok(unsafe { DatumWithOid::new(d, pgrx::pg_sys::JSONBOID) })
 }
 
 /// The first column of the first row as text, `None` when there is no row.

@@ -241,6 +241,7 @@ fn explode(
     Ok(())
 }
 
+mod jsonb;
 mod outbox;
 
 /// The single value a test query returns (tests only: a failure fails the test).

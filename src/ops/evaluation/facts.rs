@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use pgrx::spi::{SpiClient, SpiTupleTable};
-use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -223,9 +222,9 @@ pub(super) fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
     let raw = if t.is_empty() {
         None
     } else {
-        t.first().get::<JsonB>(1)?
+        crate::core::prepared::json_at(&t.first(), 1)?
     };
-    let raw: RawFacts = serde_json::from_value(raw.map_or(Value::Null, |j| j.0)).map_err(|e| {
+    let raw: RawFacts = serde_json::from_value(raw.unwrap_or(Value::Null)).map_err(|e| {
         OpsError::Core(crate::core::error::CoreError::Internal(format!(
             "release facts did not load: {e}"
         )))

@@ -1,0 +1,77 @@
+//! `#[pg_test]`s of the jsonb builder and reader (`core::jsonb`) against Postgres' own text
+//! conversions: the same values both ways.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::datum::DatumWithOid;
+    use pgrx::prelude::*;
+    use serde_json::Value;
+
+    use crate::core::jsonb;
+
+    /// JSON texts covering every kind of value, nesting, numbers beyond 64 bits and strings
+    /// that need escaping.
+    const TEXTS: &[&str] = &[
+        r#"{"a": 1, "b": [true, false, null], "c": {"d": "e", "": ""}, "z": []}"#,
+        r#"{}"#,
+        r#"[]"#,
+        r#"[[], {}, [[1]], {"x": {"y": {"z": null}}}]"#,
+        r#""a string at the top""#,
+        r#"42"#,
+        r#"-9223372036854775808"#,
+        r#"18446744073709551615"#,
+        r#"123456789012345678901234567890"#,
+        r#"1.5"#,
+        r#"-0.25e-3"#,
+        r#"1e20"#,
+        r#"true"#,
+        r#"null"#,
+        r#"{"quote \" and backslash \\": "tab\tnewline\nunicode \u00e9 \ud83d\ude00 nul-free"}"#,
+        r#"{"b": 2, "a": 1, "aa": 3, "ab": [1.0, 2.50, -3]}"#,
+    ];
+
+    /// The same value as `jsonb_in` of serde's text of it (what pgrx's `JsonB` stores: a number
+    /// serde holds as a float is that float's text either way).
+    #[pg_test]
+    fn built_jsonb_equals_jsonb_in_of_the_text() {
+        for text in TEXTS {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let printed = value.to_string();
+            let text = &printed.as_str();
+            let d = jsonb::to_datum(&value).unwrap();
+            // SAFETY: a jsonb datum of this memory context, used by the statement below.
+            let built = unsafe { DatumWithOid::new(d, pg_sys::JSONBOID) };
+            let same = Spi::get_one_with_args::<bool>(
+                "SELECT $1 = $2::jsonb AND $1::text = ($2::jsonb)::text",
+                &[built, (*text).into()],
+            )
+            .unwrap();
+            assert_eq!(same, Some(true), "built differently: {text}");
+        }
+    }
+
+    #[pg_test]
+    fn read_value_equals_serde_of_the_text() {
+        for text in TEXTS {
+            let expected: Value = serde_json::from_str(text).unwrap();
+            let read = Spi::connect(|client| {
+                let t = client.select("SELECT $1::jsonb", None, &[(*text).into()])?;
+                Ok::<_, pgrx::spi::SpiError>(crate::core::prepared::json_at(&t.first(), 1))
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(read, Some(expected), "read differently: {text}");
+        }
+    }
+
+    #[pg_test]
+    fn a_jsonb_null_column_reads_as_none() {
+        let read = Spi::connect(|client| {
+            let t = client.select("SELECT NULL::jsonb", None, &[])?;
+            Ok::<_, pgrx::spi::SpiError>(crate::core::prepared::json_at(&t.first(), 1))
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(read, None);
+    }
+}
