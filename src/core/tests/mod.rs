@@ -498,6 +498,10 @@ mod tests {
         assert!(one::<bool>(
             "SELECT updated_at = now() FROM fg_test.doors WHERE id = 'd9'"
         ));
+        // CLOSE's statement is built and kept now; the triggers added below must be seen by
+        // the next CLOSE all the same (the kept statements are dropped on the invalidation).
+        stored(&one("SELECT tests.door('d9', 'CLOSE')"));
+        stored(&one("SELECT tests.door('d9', 'OPEN')"));
         Spi::run(
             "CREATE FUNCTION fg_test.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN \
