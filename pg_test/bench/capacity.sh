@@ -4,7 +4,11 @@
 # the same invocation. Workload: 10,000 requests in PROVISIONING_IN_PROGRESS; each transaction
 # records AWS_PROCUREMENT_STARTED (a legal transition that keeps the state and appends an event)
 # on a random request, as an admin.
-#   pg_test/bench/capacity.sh [seconds per run]   (default 10)
+# Each client count runs in ROUNDS alternating turns (flowgate, then the reference, each SECS /
+# ROUNDS seconds), so both are timed in the same minutes of a machine whose speed drifts; the
+# rates are the transactions of all turns over their time, and the per-turn ratios are printed
+# beside them.
+#   pg_test/bench/capacity.sh [seconds per client count and side]   (default 10)
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 SECS=${1:-10}
 BENCH_DIR=/var/tmp/flowgate/bench
@@ -30,22 +34,31 @@ printf '%s\n' '\set n random(1, 10000)' \
   "SELECT capacity.record_capacity_event('CR-2026-' || lpad(:n::text, 6, '0'), 'AWS_PROCUREMENT_STARTED');" > /tmp/fg-bench-rust.sql
 printf '%s\n' '\set n random(1, 10000)' \
   "SELECT bench_ref.record_event('CR-2026-' || lpad(:n::text, 6, '0'), 'AWS_PROCUREMENT_STARTED');" > /tmp/fg-bench-plpgsql.sql
-tps() {
-  (cd / && pgbench -n -h "$SOCKET_DIR" -p "$BENCH_PORT" -U postgres -c "$1" -j "$(( $1 < 2 ? 1 : 2 ))" -T "$SECS" -f "$2" "$BENCH_DB" 2>&1) \
-    | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | cut -d. -f1
+ROUNDS=5
+TURN=$(( (SECS + ROUNDS - 1) / ROUNDS ))
+# turn CLIENTS SCRIPT: the transactions one turn of TURN seconds completed
+turn() {
+  (cd / && pgbench -n -h "$SOCKET_DIR" -p "$BENCH_PORT" -U postgres -c "$1" -j "$(( $1 < 2 ? 1 : 2 ))" -T "$TURN" -f "$2" "$BENCH_DB" 2>&1) \
+    | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -1
 }
 rows=()
 for c in 1 8 32; do
-  r=$(tps "$c" /tmp/fg-bench-rust.sql)
-  p=$(tps "$c" /tmp/fg-bench-plpgsql.sql)
-  rows+=("$c|$r|$p|$(awk -v a="$r" -v b="$p" 'BEGIN { printf "%.2f", a / b }')")
+  r=0; p=0; turns=()
+  for _ in $(seq 1 "$ROUNDS"); do
+    a=$(turn "$c" /tmp/fg-bench-rust.sql)
+    b=$(turn "$c" /tmp/fg-bench-plpgsql.sql)
+    r=$(( r + a )); p=$(( p + b ))
+    turns+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')")
+  done
+  secs=$(( TURN * ROUNDS ))
+  rows+=("$c|$(( r / secs ))|$(( p / secs ))|$(awk -v a="$r" -v b="$p" 'BEGIN { printf "%.2f", a / b }')|${turns[*]}")
 done
 events=$(psql_at "$BENCH_PORT" "$BENCH_DB" -tAc "SELECT count(*) FROM capacity.capacity_request_events")
 
-printf '\nCapacity transitions per second (%s s per run, 10,000 requests, %s cores; %s events recorded by flowgate)\n\n' "$SECS" "$(nproc)" "$events"
-printf '| %7s | %29s | %26s | %7s |\n' "clients" "record_capacity_event (tps)" "PL/pgSQL reference (tps)" "ratio"
-printf '|%s|%s|%s|%s|\n' "---------" "-------------------------------" "----------------------------" "---------"
+printf '\nCapacity transitions per second (%s turns of %s s per side and client count, 10,000 requests, %s cores; %s events recorded by flowgate)\n\n' "$ROUNDS" "$TURN" "$(nproc)" "$events"
+printf '| %7s | %29s | %26s | %7s | %29s |\n' "clients" "record_capacity_event (tps)" "PL/pgSQL reference (tps)" "ratio" "ratio per turn"
+printf '|%s|%s|%s|%s|%s|\n' "---------" "-------------------------------" "----------------------------" "---------" "-------------------------------"
 for row in "${rows[@]}"; do
-  IFS='|' read -r a b c d <<<"$row"
-  printf '| %7s | %29s | %26s | %7s |\n' "$a" "$b" "$c" "$d"
+  IFS='|' read -r a b c d e <<<"$row"
+  printf '| %7s | %29s | %26s | %7s | %29s |\n' "$a" "$b" "$c" "$d" "$e"
 done

@@ -10,7 +10,7 @@
 #     release, both reading the stored statuses, and ops.evaluate_gate per gate (a fresh
 #     evaluation from facts), beside a GROUP BY over the stored gate statuses (the floor: what a
 #     report reading ops.release_gates costs).
-#   pg_test/bench/ops.sh [seconds per run]   (default 10)
+#   pg_test/bench/ops.sh [seconds per client count and side]   (default 10)
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 SECS=${1:-10}
 BENCH_DIR=/var/tmp/flowgate/bench
@@ -55,15 +55,26 @@ printf '%s\n' '\set r random(1, 100)' '\set m random(1, 1000)' \
    SELECT v->>'idempotency_key', (v->>'event_type')::ops.ops_event_type, v->>'event_type', v->>'schema_version', v->>'source_system',
           (v->>'release_id')::uuid, 'accepted', 200, v, length(v::text), current_user FROM e
    ON CONFLICT (idempotency_key) DO NOTHING;" > /tmp/fg-bench-floor.sql
-tps() {
-  (cd / && pgbench -n -h "$SOCKET_DIR" -p "$BENCH_PORT" -U postgres -c "$1" -j "$(( $1 < 2 ? 1 : 2 ))" -T "$SECS" -f "$2" "$BENCH_DB" 2>&1) \
-    | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | cut -d. -f1
+# Each client count runs in ROUNDS alternating turns (ingest, then the floor, each SECS / ROUNDS
+# seconds), so both are timed in the same minutes of a machine whose speed drifts; the rates
+# are the events of all turns over their time, and the per-turn ratios are printed beside them.
+ROUNDS=5
+TURN=$(( (SECS + ROUNDS - 1) / ROUNDS ))
+turn() {  # CLIENTS SCRIPT: the transactions one turn completed
+  (cd / && pgbench -n -h "$SOCKET_DIR" -p "$BENCH_PORT" -U postgres -c "$1" -j "$(( $1 < 2 ? 1 : 2 ))" -T "$TURN" -f "$2" "$BENCH_DB" 2>&1) \
+    | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -1
 }
 rows=()
 for c in 1 8 32; do
-  i=$(tps "$c" /tmp/fg-bench-ingest.sql)
-  f=$(tps "$c" /tmp/fg-bench-floor.sql)
-  rows+=("$c|$i|$f|$(awk -v a="$i" -v b="$f" 'BEGIN { printf "%.2f", a / b }')")
+  i=0; f=0; turns=()
+  for _ in $(seq 1 "$ROUNDS"); do
+    a=$(turn "$c" /tmp/fg-bench-ingest.sql)
+    b=$(turn "$c" /tmp/fg-bench-floor.sql)
+    i=$(( i + a )); f=$(( f + b ))
+    turns+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')")
+  done
+  secs=$(( TURN * ROUNDS ))
+  rows+=("$c|$(( i / secs ))|$(( f / secs ))|$(awk -v a="$i" -v b="$f" 'BEGIN { printf "%.2f", a / b }')|${turns[*]}")
 done
 read -r accepted dup other <<<"$(psql_at "$BENCH_PORT" "$BENCH_DB" -tAc "SELECT count(*) FILTER (WHERE processing_status = 'accepted'),
     count(*) FILTER (WHERE processing_status = 'duplicate'), count(*) FILTER (WHERE processing_status NOT IN ('accepted', 'duplicate'))
@@ -123,12 +134,12 @@ stored=$(timed "SELECT count(*) FILTER (WHERE ok) FROM (SELECT g.release_id, boo
                  WHERE g.release_id::text LIKE 'e1e1e1e1-%' GROUP BY g.release_id) x")
 stored_eligible=$(cat /tmp/fg-bench-out)
 
-printf '\nops.ingest_event, events per second (%s s per run, 30%% repeated keys, 100 releases, %s cores)\n\n' "$SECS" "$(nproc)"
-printf '| %7s | %22s | %37s | %7s |\n' "clients" "ops.ingest_event (eps)" "floor: INSERT ... ON CONFLICT (eps)" "ratio"
-printf '|%s|%s|%s|%s|\n' "---------" "------------------------" "---------------------------------------" "---------"
+printf '\nops.ingest_event, events per second (%s turns of %s s per side and client count, 30%% repeated keys, 100 releases, %s cores)\n\n' "$ROUNDS" "$TURN" "$(nproc)"
+printf '| %7s | %22s | %37s | %7s | %29s |\n' "clients" "ops.ingest_event (eps)" "floor: INSERT ... ON CONFLICT (eps)" "ratio" "ratio per turn"
+printf '|%s|%s|%s|%s|%s|\n' "---------" "------------------------" "---------------------------------------" "---------" "-------------------------------"
 for row in "${rows[@]}"; do
-  IFS='|' read -r a b c d <<<"$row"
-  printf '| %7s | %22s | %37s | %7s |\n' "$a" "$b" "$c" "$d"
+  IFS='|' read -r a b c d e <<<"$row"
+  printf '| %7s | %22s | %37s | %7s | %29s |\n' "$a" "$b" "$c" "$d" "$e"
 done
 printf '\nOutcomes: %s accepted, %s duplicates, %s other (rejected or error)\n' "$accepted" "$dup" "$other"
 printf '\nPromotion eligibility for production over 10,000 releases (best of 3, each a new psql)\n\n'
