@@ -411,7 +411,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'request_identity_link_wrapper';
 COMMENT ON FUNCTION flowgate.request_identity_link(text) IS
-  $doc$A one-time code that links your identity at provider to you, signed in: the identity redeems it (in Slack: /capacity link CODE, a request Slack signs) within ten minutes; a new code replaces the last. Returns {provider, actor_id, code, expires_at}. This is how a person links their own Slack id: only the Slack user who sends the code is linked. 42501 for an anonymous caller.$doc$;
+  $doc$A one-time code that links your identity at provider to you, signed in: the identity redeems it (in Slack: /capacity link CODE, a request Slack signs) within ten minutes; a new code replaces the last. Returns {provider, actor_id, code, expires_at}. This is how a person links their own Slack id: only the Slack user who sends the code is linked. 42501 for an anonymous caller; 22023 for a provider no module redeems codes for (slack does).$doc$;
 -- grant_api hands out request_identity_link with the rest of the flowgate API; service_role,
 -- granted that API at install, gets it now.
 CREATE OR REPLACE FUNCTION flowgate.grant_api(role_name text, modules text[] DEFAULT ARRAY['flowgate', 'capacity', 'intake', 'provisioning'])

@@ -1,6 +1,6 @@
 -- flowgate.current_actor() as PostgREST calls it: SET LOCAL ROLE + request.jwt.claims.
 BEGIN;
-SELECT plan(32);
+SELECT plan(34);
 
 DO $$
 BEGIN
@@ -61,8 +61,12 @@ SELECT set_config('request.jwt.claims', '{"sub":"u-postgrest","role":"authentica
 SELECT is(flowgate.current_actor() || ' ' || session_user || ' ' || current_user, 'u-postgrest authenticator authenticated',
     'a PostgREST-shaped call: the JWT subject is the actor');
 SELECT is(flowgate.current_actor_info() ->> 'source', 'jwt', 'taken from the claims');
+-- Link codes exist for the providers a module redeems them for (Slack, in capacity) only.
+SELECT throws_ok($$SELECT flowgate.request_identity_link('github')$$, '22023', NULL,
+    'a signed-in user gets no link code for a provider nothing redeems');
 RESET ROLE;
 RESET SESSION AUTHORIZATION;
+SELECT is((SELECT count(*) FROM flowgate.identity_link_codes WHERE provider = 'github'), 0::bigint, 'and no code was stored');
 
 -- A login role that writes the claims itself is itself, whatever it writes.
 SET LOCAL SESSION AUTHORIZATION fg_mallory;

@@ -25,6 +25,7 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
         command: "SELECT capacity.run_capacity_request_timers()",
         every_tick: false,
     }],
+    identity_providers: &["slack"],
 };
 
 // The schema's SQL, beside this code: tables first, then the surface that names Rust functions,

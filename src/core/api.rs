@@ -67,7 +67,7 @@ fn link_identity(
 /// redeems it (in Slack: `/capacity link CODE`, a request Slack signs) within ten minutes; a
 /// new code replaces the last. Returns `{provider, actor_id, code, expires_at}`. This is how a
 /// person links their own Slack id: only the Slack user who sends the code is linked. 42501
-/// for an anonymous caller.
+/// for an anonymous caller; 22023 for a provider no module redeems codes for (`slack` does).
 #[documented]
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]

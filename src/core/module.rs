@@ -16,6 +16,10 @@ pub struct Module {
     /// deliveries with that handler (see `core::outbox::handlers::BatchHandler`).
     pub batch_handlers: &'static [(&'static str, BatchHandler)],
     pub jobs: &'static [Job],
+    /// Identity providers whose verified requests redeem link codes in this module (Slack's
+    /// signed commands in capacity): `flowgate.request_identity_link` issues codes for these
+    /// only.
+    pub identity_providers: &'static [&'static str],
 }
 
 /// A module's response handlers as its `MODULE` lists them. Handlers are Postgres code, so the
@@ -45,6 +49,14 @@ pub const fn batch_handlers(
 /// Every module, in the order their settings, handlers and jobs are listed.
 pub fn all() -> &'static [&'static Module] {
     crate::MODULES
+}
+
+/// The identity providers some module redeems link codes for, in module order.
+pub fn identity_providers() -> Vec<&'static str> {
+    all()
+        .iter()
+        .flat_map(|m| m.identity_providers.iter().copied())
+        .collect()
 }
 
 #[cfg(test)]

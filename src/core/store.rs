@@ -496,6 +496,14 @@ pub fn request_identity_link(provider: &str) -> CoreResult<serde_json::Value> {
         });
     }
     actor::validate_provider(provider)?;
+    let providers = super::module::identity_providers();
+    if !providers.contains(&provider) {
+        return Err(CoreError::invalid(
+            "provider",
+            format!("{provider:?} does not redeem link codes"),
+            providers.join(", "),
+        ));
+    }
     let code = actor::link_code(random_bytes());
     let expires = Spi::get_one_with_args::<String>(
         "WITH stale AS (DELETE FROM flowgate.identity_link_codes WHERE expires_at <= pg_catalog.clock_timestamp()) \

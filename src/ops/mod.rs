@@ -32,6 +32,7 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
         command: "SELECT ops.expire_bypasses()",
         every_tick: false,
     }],
+    identity_providers: &[],
 };
 
 // The schema's SQL, beside this code: tables first, then the surface that names Rust functions,

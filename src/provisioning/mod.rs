@@ -25,6 +25,7 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
         command: "SELECT provisioning.run_jobs()",
         every_tick: true,
     }],
+    identity_providers: &[],
 };
 
 // The schema's SQL, beside this code: tables first, then the surface that names Rust functions,
