@@ -8,8 +8,12 @@
 //!    event and the current state without writing anything;
 //! 3. run the pure reducer;
 //! 4. insert the projection row (creation) or update only the columns that changed;
-//! 5. append the event row (entity id, type, actor, payload, idempotency key, extras);
+//! 5. append the event row (entity id, type, actor, payload, idempotency key, extras), in the
+//!    same statement as the update when there is one;
 //! 6. hand the effects to the workflow, which enqueues them (outbox rows, tasks, ...).
+//!
+//! The statements are built from each table's shape and kept per backend
+//! ([`statements`]); values cross as `jsonb` datums (`core::jsonb`), never as JSON text.
 //!
 //! Table contract: the projection has a primary-key column `tables.id_column`; the event table
 //! has `tables.entity_column`, `event_type`, `actor_id`, `actor_type`, `payload jsonb`,

@@ -13,6 +13,21 @@ use serde_json::{Map, Number, Value};
 
 use super::error::{CoreError, CoreResult};
 
+/// Deepest nesting of arrays and objects converted either way: what `serde_json` reads from
+/// text (127 levels, its recursion limit), so a value read here is one pgrx's `JsonB` would
+/// have read.
+/// Postgres stores deeper `jsonb`; a `serde_json::Value` that deep would overflow the stack
+/// when it is dropped or deserialized (both recurse), so it is refused with 22023 instead.
+pub const MAX_DEPTH: usize = 127;
+
+fn too_deep() -> CoreError {
+    CoreError::invalid(
+        "jsonb value",
+        format!("nested deeper than {MAX_DEPTH} levels of arrays and objects"),
+        format!("at most {MAX_DEPTH} levels"),
+    )
+}
+
 /// A `jsonb` datum of `value`, allocated in the current memory context.
 pub fn to_datum(value: &Value) -> CoreResult<pg_sys::Datum> {
     let mut state: *mut pg_sys::JsonbParseState = ptr::null_mut();
@@ -21,7 +36,7 @@ pub fn to_datum(value: &Value) -> CoreResult<pg_sys::Datum> {
     // A scalar at the top is a one-element "raw scalar" array, as jsonb_in stores it.
     unsafe {
         let root = match value {
-            Value::Object(_) | Value::Array(_) => push_container(&mut state, value)?,
+            Value::Object(_) | Value::Array(_) => push_container(&mut state, value, 1)?,
             scalar => {
                 let mut open = empty(pg_sys::jbvType::jbvArray);
                 open.val.array.rawScalar = true;
@@ -40,7 +55,7 @@ pub fn object_to_datum(map: &Map<String, Value>) -> CoreResult<pg_sys::Datum> {
     let mut state: *mut pg_sys::JsonbParseState = ptr::null_mut();
     // SAFETY: as in `to_datum`.
     unsafe {
-        let root = push_object(&mut state, map)?;
+        let root = push_object(&mut state, map, 1)?;
         Ok(pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(root)))
     }
 }
@@ -62,6 +77,9 @@ pub unsafe fn from_datum(datum: pg_sys::Datum) -> CoreResult<Value> {
             let tok = pg_sys::JsonbIteratorNext(&mut it, &mut v, false);
             let done = match tok {
                 Tok::WJB_DONE => return Err(CoreError::Internal("an empty jsonb value".into())),
+                Tok::WJB_BEGIN_ARRAY | Tok::WJB_BEGIN_OBJECT if open.len() >= MAX_DEPTH => {
+                    return Err(too_deep())
+                }
                 Tok::WJB_BEGIN_ARRAY => {
                     raw_scalar = v.val.array.rawScalar;
                     open.push((Value::Array(Vec::new()), None));
@@ -131,18 +149,23 @@ fn empty(kind: pg_sys::jbvType::Type) -> pg_sys::JsonbValue {
 
 /// Push an object or array (and everything in it) onto the parse state; the finished value
 /// when it is the outermost.
+/// (`depth`: this container's level, 1 at the top.)
 unsafe fn push_container(
     state: &mut *mut pg_sys::JsonbParseState,
     value: &Value,
+    depth: usize,
 ) -> CoreResult<*mut pg_sys::JsonbValue> {
     // SAFETY (whole body): see `to_datum`; every pointer handed over lives as long as `value`.
     unsafe {
         match value {
-            Value::Object(map) => push_object(state, map),
+            Value::Object(map) => push_object(state, map, depth),
             Value::Array(items) => {
+                if depth > MAX_DEPTH {
+                    return Err(too_deep());
+                }
                 pg_sys::pushJsonbValue(state, Tok::WJB_BEGIN_ARRAY, ptr::null_mut());
                 for v in items {
-                    push_member(state, Tok::WJB_ELEM, v)?;
+                    push_member(state, Tok::WJB_ELEM, v, depth)?;
                 }
                 Ok(pg_sys::pushJsonbValue(
                     state,
@@ -158,14 +181,18 @@ unsafe fn push_container(
 unsafe fn push_object(
     state: &mut *mut pg_sys::JsonbParseState,
     map: &Map<String, Value>,
+    depth: usize,
 ) -> CoreResult<*mut pg_sys::JsonbValue> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
     // SAFETY: see `to_datum`.
     unsafe {
         pg_sys::pushJsonbValue(state, Tok::WJB_BEGIN_OBJECT, ptr::null_mut());
         for (k, v) in map {
             let mut key = string(k)?;
             pg_sys::pushJsonbValue(state, Tok::WJB_KEY, &mut key);
-            push_member(state, Tok::WJB_VALUE, v)?;
+            push_member(state, Tok::WJB_VALUE, v, depth)?;
         }
         Ok(pg_sys::pushJsonbValue(
             state,
@@ -175,16 +202,18 @@ unsafe fn push_object(
     }
 }
 
+/// A member of a container at level `depth`.
 unsafe fn push_member(
     state: &mut *mut pg_sys::JsonbParseState,
     tok: Tok::Type,
     value: &Value,
+    depth: usize,
 ) -> CoreResult<()> {
     // SAFETY: see `to_datum`.
     unsafe {
         match value {
             Value::Object(_) | Value::Array(_) => {
-                push_container(state, value)?;
+                push_container(state, value, depth + 1)?;
             }
             scalar => {
                 let mut v = scalar_of(scalar)?;

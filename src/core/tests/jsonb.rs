@@ -7,6 +7,7 @@ mod tests {
     use pgrx::prelude::*;
     use serde_json::Value;
 
+    use crate::core::error::SqlError;
     use crate::core::jsonb;
 
     /// JSON texts covering every kind of value, nesting, numbers beyond 64 bits and strings
@@ -62,6 +63,38 @@ mod tests {
             .unwrap();
             assert_eq!(read, Some(expected), "read differently: {text}");
         }
+    }
+
+    /// Nesting as deep as serde_json reads is converted both ways; deeper is 22023, never a
+    /// stack overflow (a `serde_json::Value` recurses when dropped).
+    #[pg_test]
+    fn nesting_is_bounded_both_ways() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let read = |text: &str| {
+            Spi::connect(|client| {
+                let t = client.select("SELECT $1::jsonb", None, &[text.into()])?;
+                Ok::<_, pgrx::spi::SpiError>(crate::core::prepared::json_at(&t.first(), 1))
+            })
+            .unwrap()
+        };
+        let deepest = nested(jsonb::MAX_DEPTH);
+        let value = read(&deepest).unwrap().unwrap();
+        assert_eq!(value, serde_json::from_str::<Value>(&deepest).unwrap());
+        assert!(jsonb::to_datum(&value).is_ok());
+        for depth in [jsonb::MAX_DEPTH + 1, 5000] {
+            let e = read(&nested(depth)).unwrap_err();
+            assert_eq!(e.sqlstate(), "22023", "read at depth {depth}");
+        }
+        let mut deeper = value;
+        deeper = Value::Array(vec![deeper]);
+        assert_eq!(jsonb::to_datum(&deeper).unwrap_err().sqlstate(), "22023");
+        let object = serde_json::json!({ "a": deeper });
+        assert_eq!(
+            jsonb::object_to_datum(object.as_object().unwrap())
+                .unwrap_err()
+                .sqlstate(),
+            "22023"
+        );
     }
 
     #[pg_test]
