@@ -4,10 +4,8 @@
 # the same invocation. Workload: 10,000 requests in PROVISIONING_IN_PROGRESS; each transaction
 # records AWS_PROCUREMENT_STARTED (a legal transition that keeps the state and appends an event)
 # on a random request, as an admin.
-# Each client count runs in ROUNDS alternating turns (flowgate, then the reference, each SECS /
-# ROUNDS seconds), so both are timed in the same minutes of a machine whose speed drifts; the
-# rates are the transactions of all turns over their time, and the per-turn ratios are printed
-# beside them.
+# Each client count runs in five alternating turns (flowgate, then the reference; see
+# pg_test/bench/turns.sh), so both are timed in the same minutes.
 #   pg_test/bench/capacity.sh [seconds per client count and side]   (default 10)
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 SECS=${1:-10}
@@ -34,28 +32,13 @@ printf '%s\n' '\set n random(1, 10000)' \
   "SELECT capacity.record_capacity_event('CR-2026-' || lpad(:n::text, 6, '0'), 'AWS_PROCUREMENT_STARTED');" > /tmp/fg-bench-rust.sql
 printf '%s\n' '\set n random(1, 10000)' \
   "SELECT bench_ref.record_event('CR-2026-' || lpad(:n::text, 6, '0'), 'AWS_PROCUREMENT_STARTED');" > /tmp/fg-bench-plpgsql.sql
-ROUNDS=5
-TURN=$(( (SECS + ROUNDS - 1) / ROUNDS ))
-# turn CLIENTS SCRIPT: the transactions one turn of TURN seconds completed
-turn() {
-  (cd / && pgbench -n -h "$SOCKET_DIR" -p "$BENCH_PORT" -U postgres -c "$1" -j "$(( $1 < 2 ? 1 : 2 ))" -T "$TURN" -f "$2" "$BENCH_DB" 2>&1) \
-    | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -1
-}
+source "$FLOWGATE_ROOT/pg_test/bench/turns.sh"
+BENCH_TURN=$(bench_turn_seconds "$SECS")
 rows=()
-for c in 1 8 32; do
-  r=0; p=0; turns=()
-  for _ in $(seq 1 "$ROUNDS"); do
-    a=$(turn "$c" /tmp/fg-bench-rust.sql)
-    b=$(turn "$c" /tmp/fg-bench-plpgsql.sql)
-    r=$(( r + a )); p=$(( p + b ))
-    turns+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')")
-  done
-  secs=$(( TURN * ROUNDS ))
-  rows+=("$c|$(( r / secs ))|$(( p / secs ))|$(awk -v a="$r" -v b="$p" 'BEGIN { printf "%.2f", a / b }')|${turns[*]}")
-done
+for c in 1 8 32; do rows+=("$c|$(bench_alternate "$c" /tmp/fg-bench-rust.sql /tmp/fg-bench-plpgsql.sql)"); done
 events=$(psql_at "$BENCH_PORT" "$BENCH_DB" -tAc "SELECT count(*) FROM capacity.capacity_request_events")
 
-printf '\nCapacity transitions per second (%s turns of %s s per side and client count, 10,000 requests, %s cores; %s events recorded by flowgate)\n\n' "$ROUNDS" "$TURN" "$(nproc)" "$events"
+printf '\nCapacity transitions per second (%s turns of %s s per side and client count, 10,000 requests, %s cores; %s events recorded by flowgate)\n\n' "$BENCH_ROUNDS" "$BENCH_TURN" "$(nproc)" "$events"
 printf '| %7s | %29s | %26s | %7s | %29s |\n' "clients" "record_capacity_event (tps)" "PL/pgSQL reference (tps)" "ratio" "ratio per turn"
 printf '|%s|%s|%s|%s|%s|\n' "---------" "-------------------------------" "----------------------------" "---------" "-------------------------------"
 for row in "${rows[@]}"; do

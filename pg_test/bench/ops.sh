@@ -4,6 +4,8 @@
 #     already-accepted key, check_result events spread over 100 releases; the floor is a plain
 #     INSERT ... ON CONFLICT (idempotency_key) DO NOTHING of the same envelope into a table of
 #     the ingest log's shape (no validation, no handler, no gate evaluation: no ingest can beat it).
+#     Each client count runs in five alternating turns (ingest, then the floor; see
+#     pg_test/bench/turns.sh), so both are timed in the same minutes.
 #  2. Promotion eligibility over 10,000 releases (70% eligible, 15% with a failed G2 check, 15%
 #     without a G3 approval of which a third are bypassed by an exception): v_promotion_eligibility
 #     (one query, with the blocking reasons) and ops.is_eligible_for_promotion called once per
@@ -55,27 +57,10 @@ printf '%s\n' '\set r random(1, 100)' '\set m random(1, 1000)' \
    SELECT v->>'idempotency_key', (v->>'event_type')::ops.ops_event_type, v->>'event_type', v->>'schema_version', v->>'source_system',
           (v->>'release_id')::uuid, 'accepted', 200, v, length(v::text), current_user FROM e
    ON CONFLICT (idempotency_key) DO NOTHING;" > /tmp/fg-bench-floor.sql
-# Each client count runs in ROUNDS alternating turns (ingest, then the floor, each SECS / ROUNDS
-# seconds), so both are timed in the same minutes of a machine whose speed drifts; the rates
-# are the events of all turns over their time, and the per-turn ratios are printed beside them.
-ROUNDS=5
-TURN=$(( (SECS + ROUNDS - 1) / ROUNDS ))
-turn() {  # CLIENTS SCRIPT: the transactions one turn completed
-  (cd / && pgbench -n -h "$SOCKET_DIR" -p "$BENCH_PORT" -U postgres -c "$1" -j "$(( $1 < 2 ? 1 : 2 ))" -T "$TURN" -f "$2" "$BENCH_DB" 2>&1) \
-    | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -1
-}
+source "$FLOWGATE_ROOT/pg_test/bench/turns.sh"
+BENCH_TURN=$(bench_turn_seconds "$SECS")
 rows=()
-for c in 1 8 32; do
-  i=0; f=0; turns=()
-  for _ in $(seq 1 "$ROUNDS"); do
-    a=$(turn "$c" /tmp/fg-bench-ingest.sql)
-    b=$(turn "$c" /tmp/fg-bench-floor.sql)
-    i=$(( i + a )); f=$(( f + b ))
-    turns+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')")
-  done
-  secs=$(( TURN * ROUNDS ))
-  rows+=("$c|$(( i / secs ))|$(( f / secs ))|$(awk -v a="$i" -v b="$f" 'BEGIN { printf "%.2f", a / b }')|${turns[*]}")
-done
+for c in 1 8 32; do rows+=("$c|$(bench_alternate "$c" /tmp/fg-bench-ingest.sql /tmp/fg-bench-floor.sql)"); done
 read -r accepted dup other <<<"$(psql_at "$BENCH_PORT" "$BENCH_DB" -tAc "SELECT count(*) FILTER (WHERE processing_status = 'accepted'),
     count(*) FILTER (WHERE processing_status = 'duplicate'), count(*) FILTER (WHERE processing_status NOT IN ('accepted', 'duplicate'))
     FROM ops.event_ingest_log WHERE idempotency_key LIKE 'new/%' OR idempotency_key LIKE 'warm/%'" | tr '|' ' ')"
@@ -134,7 +119,7 @@ stored=$(timed "SELECT count(*) FILTER (WHERE ok) FROM (SELECT g.release_id, boo
                  WHERE g.release_id::text LIKE 'e1e1e1e1-%' GROUP BY g.release_id) x")
 stored_eligible=$(cat /tmp/fg-bench-out)
 
-printf '\nops.ingest_event, events per second (%s turns of %s s per side and client count, 30%% repeated keys, 100 releases, %s cores)\n\n' "$ROUNDS" "$TURN" "$(nproc)"
+printf '\nops.ingest_event, events per second (%s turns of %s s per side and client count, 30%% repeated keys, 100 releases, %s cores)\n\n' "$BENCH_ROUNDS" "$BENCH_TURN" "$(nproc)"
 printf '| %7s | %22s | %37s | %7s | %29s |\n' "clients" "ops.ingest_event (eps)" "floor: INSERT ... ON CONFLICT (eps)" "ratio" "ratio per turn"
 printf '|%s|%s|%s|%s|%s|\n' "---------" "------------------------" "---------------------------------------" "---------" "-------------------------------"
 for row in "${rows[@]}"; do
