@@ -9,7 +9,8 @@
 //! 3. run the pure reducer;
 //! 4. insert the projection row (creation) or update only the columns that changed;
 //! 5. append the event row (entity id, type, actor, payload, idempotency key, extras), in the
-//!    same statement as the update when there is one;
+//!    same statement as the update when there is one and neither table has a trigger of its
+//!    own on those writes;
 //! 6. hand the effects to the workflow, which enqueues them (outbox rows, tasks, ...).
 //!
 //! The statements are built from each table's shape and kept per backend
@@ -246,6 +247,16 @@ fn run<W: Workflow>(
                 let changed = changed_columns(&state_columns(b)?, &after_cols);
                 if changed.is_empty() && !sql.touches() {
                     (Value::Object(locked), append(client, &ev)?)
+                } else if !sql.may_merge()? {
+                    let q = sql.update(&changed)?;
+                    let updated = first_json(prepared::run(
+                        client,
+                        &q,
+                        &[TEXT, JSONB],
+                        &[entity_id.into(), prepared::object_arg(&changed)?],
+                    )?)?
+                    .ok_or_else(vanished)?;
+                    (Value::Object(merged(locked, updated)), append(client, &ev)?)
                 } else {
                     // One statement updates the row and appends the event.
                     let q = sql.update_and_append(&changed, &ev)?;

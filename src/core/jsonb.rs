@@ -225,7 +225,25 @@ unsafe fn push_member(
 }
 
 /// A jsonb string pointing at `s` (not copied: `s` must outlive the jsonb being built).
+/// Refused as `jsonb_in` refuses them: a string longer than a jsonb entry holds (its length
+/// would spill into the entry's type bits), and the NUL character, which jsonb does not store
+/// (a dump holding one would not load back).
 fn string(s: &str) -> CoreResult<pg_sys::JsonbValue> {
+    /// JENTRY_OFFLENMASK: the longest string a jsonb entry holds.
+    const LONGEST: usize = 0x0FFF_FFFF;
+    if s.len() > LONGEST {
+        return Err(CoreError::invalid(
+            "JSON string",
+            format!("{} bytes long", s.len()),
+            format!("at most {LONGEST} bytes, as jsonb stores"),
+        ));
+    }
+    if s.contains('\0') {
+        return Err(CoreError::InvalidJson {
+            what: "JSON string".into(),
+            problem: "it holds the NUL character (\\u0000), which jsonb does not store".into(),
+        });
+    }
     let len = i32::try_from(s.len())
         .map_err(|_| CoreError::Internal("a JSON string over 2 GB".into()))?;
     let mut v = empty(pg_sys::jbvType::jbvString);

@@ -166,9 +166,31 @@ impl Sql {
         })
     }
 
+    /// Whether the update and the append may be one statement ([`Sql::update_and_append`]):
+    /// unless the projection has an UPDATE trigger or the event table an INSERT trigger of its
+    /// own. In one statement the projection's AFTER triggers would fire after the event row
+    /// is written, and whatever the event's insert runs would see the row as it was before
+    /// the update (the statement's snapshot); two statements keep the order of two writes.
+    pub(super) fn may_merge(&self) -> Result<bool, CoreError> {
+        let projection = shape(&self.projection)?;
+        let events = shape(&self.events)?;
+        Ok(!projection.has_own_trigger_on(pg_sys::TRIGGER_TYPE_UPDATE)
+            && !events.has_own_trigger_on(pg_sys::TRIGGER_TYPE_INSERT))
+    }
+
+    /// Update the projection row (`$1` its id, `$2` the changed columns) and read back what
+    /// Postgres decided (see [`Sql::update_text`]).
+    pub(super) fn update(&self, changed: &Map<String, Value>) -> Result<Rc<str>, CoreError> {
+        let key = update_key(&self.projection, changed);
+        Sql::text(&[&self.projection], key, |shapes| {
+            self.update_text(&shapes[0], changed)
+        })
+    }
+
     /// Update the projection row (`$1` its id, `$2` the changed columns) and append the event
     /// row (`$3`) in one statement; returns what Postgres decided of each, in two columns.
-    /// The event's foreign key is checked at the statement's end, on the updated row.
+    /// The event's foreign key is checked at the statement's end, on the updated row. Only
+    /// where [`Sql::may_merge`].
     pub(super) fn update_and_append(
         &self,
         changed: &Map<String, Value>,
@@ -302,11 +324,14 @@ fn shape(table: &QualifiedName) -> Result<Rc<Shape>, CoreError> {
             return Ok(shape);
         }
     }
+    // The generation before the look: an invalidation processed during it makes the kept
+    // shape's generation old, and the next call looks again.
+    let read_in = generation();
     let (oid, shape) = Shape::of(table)?;
     let shape = Rc::new(shape);
     SHAPES.with(|c| {
         c.borrow_mut()
-            .insert(name, (generation(), oid, Rc::clone(&shape)))
+            .insert(name, (read_in, oid, Rc::clone(&shape)))
     });
     Ok(shape)
 }
@@ -326,6 +351,15 @@ struct Shape {
     /// A BEFORE row trigger may change any column of the row being written.
     before_insert_row: bool,
     before_update_row: bool,
+    /// The events (`TRIGGER_TYPE_INSERT`, `TRIGGER_TYPE_UPDATE`, ...) some trigger of the
+    /// table's own fires on (not Postgres' internal foreign-key triggers).
+    own_triggers: u32,
+}
+
+impl Shape {
+    fn has_own_trigger_on(&self, event: u32) -> bool {
+        self.own_triggers & event != 0
+    }
 }
 
 impl Shape {
@@ -334,26 +368,41 @@ impl Shape {
     fn of(table: &QualifiedName) -> Result<(pg_sys::Oid, Shape), CoreError> {
         let missing = || CoreError::Internal(format!("{}: no such relation", table.quoted()));
         // SAFETY: to_regclass takes a text and returns NULL (None) for a missing relation.
-        let oid = unsafe {
+        let look = || unsafe {
             pgrx::direct_function_call::<pgrx::pg_sys::Oid>(
                 pgrx::pg_sys::to_regclass,
                 &[table.quoted().into_datum()],
             )
-        }
-        .ok_or_else(missing)?;
+        };
+        let mut oid = look().ok_or_else(missing)?;
         // The lock the write takes anyway, held to the end of the transaction: no trigger or
-        // column can be added between this look and the write.
-        // SAFETY: locking a relation by OID; a dropped OID is caught by the open below.
-        unsafe {
-            pgrx::pg_sys::LockRelationOid(oid, pgrx::pg_sys::RowExclusiveLock as _);
+        // column can be added between this look and the write. Locking processes the
+        // invalidations of a drop committed meanwhile: the name is looked up again until it
+        // names the relation locked (as RangeVarGetRelidExtended does).
+        for _ in 0..3 {
+            // SAFETY: locking a relation by OID (a dropped one is simply a lock on nothing).
+            unsafe { pgrx::pg_sys::LockRelationOid(oid, pgrx::pg_sys::RowExclusiveLock as _) };
+            let again = look().ok_or_else(missing)?;
+            if again == oid {
+                break;
+            }
+            oid = again;
         }
-        // SAFETY: the relation is locked (above), as PgRelation::open requires.
+        // SAFETY: a relation that exists now and is locked (above), as PgRelation::open requires.
         let rel = unsafe { pgrx::PgRelation::open(oid) };
         // SAFETY: trigdesc is null or the relation cache entry's trigger descriptor; the flags are
         // copied before any catalog access, which could rebuild the entry and free it.
-        let (before_insert_row, before_update_row) = unsafe {
-            rel.trigdesc.as_ref().map_or((false, false), |t| {
-                (t.trig_insert_before_row, t.trig_update_before_row)
+        let (before_insert_row, before_update_row, own_triggers) = unsafe {
+            rel.trigdesc.as_ref().map_or((false, false, 0), |t| {
+                let all = std::slice::from_raw_parts(
+                    t.triggers,
+                    usize::try_from(t.numtriggers).unwrap_or(0),
+                );
+                let own = all
+                    .iter()
+                    .filter(|g| !g.tgisinternal)
+                    .fold(0u32, |kinds, g| kinds | g.tgtype as u16 as u32);
+                (t.trig_insert_before_row, t.trig_update_before_row, own)
             })
         };
         let columns = rel
@@ -372,6 +421,7 @@ impl Shape {
                 columns,
                 before_insert_row,
                 before_update_row,
+                own_triggers,
             },
         ))
     }

@@ -97,6 +97,20 @@ mod tests {
         );
     }
 
+    /// A NUL character is refused, as jsonb_in refuses \u0000: a jsonb holding one would print
+    /// as text no restore could load.
+    #[pg_test]
+    fn a_nul_character_is_refused() {
+        for value in [
+            serde_json::json!({"a": "x\0y"}),
+            serde_json::json!({"x\0": 1}),
+            serde_json::json!(["\0"]),
+        ] {
+            let e = jsonb::to_datum(&value).unwrap_err();
+            assert_eq!(e.sqlstate(), "22P02", "{value}");
+        }
+    }
+
     #[pg_test]
     fn a_jsonb_null_column_reads_as_none() {
         let read = Spi::connect(|client| {

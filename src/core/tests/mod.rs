@@ -498,10 +498,19 @@ mod tests {
         assert!(one::<bool>(
             "SELECT updated_at = now() FROM fg_test.doors WHERE id = 'd9'"
         ));
-        // CLOSE's statement is built and kept now; the triggers added below must be seen by
-        // the next CLOSE all the same (the kept statements are dropped on the invalidation).
+        // CLOSE's statement (the update and the append in one) is built and kept now; a column
+        // added to the event table must be read back by the next CLOSE all the same (the kept
+        // statements are dropped on the invalidation).
         stored(&one("SELECT tests.door('d9', 'CLOSE')"));
         stored(&one("SELECT tests.door('d9', 'OPEN')"));
+        Spi::run("ALTER TABLE fg_test.door_events ADD COLUMN note text DEFAULT 'added later'")
+            .unwrap();
+        let closed: JsonB = one("SELECT tests.door('d9', 'CLOSE')");
+        stored(&closed);
+        assert_eq!(closed.0["event"]["note"], json!("added later"));
+        stored(&one("SELECT tests.door('d9', 'OPEN')"));
+        // With triggers of their own on these writes, the update and the append are two
+        // statements again, and each sees what the triggers did.
         Spi::run(
             "CREATE FUNCTION fg_test.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN \
