@@ -5,7 +5,7 @@
 //! next call, after the write's lock is taken.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use pgrx::prelude::*;
@@ -28,9 +28,13 @@ pub(super) struct Sql {
 }
 
 thread_local! {
-    /// Bumped by every relation cache invalidation this backend processes: what was built
-    /// under an older generation is built again.
+    /// Bumped by every relation cache invalidation this backend processes of a table the
+    /// runner writes (or of every relation: a cache reset): what was built under an older
+    /// generation is built again.
     static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The tables whose shapes were read (their OIDs): invalidations of other relations
+    /// (statistics updates, other sessions' temporary tables) keep what was built.
+    static WATCHED: RefCell<HashSet<pg_sys::Oid>> = RefCell::new(HashSet::new());
     static LISTENING: Cell<bool> = const { Cell::new(false) };
     /// Each workflow's tables, by projection name (`Tables` are constants).
     static TABLES: RefCell<HashMap<&'static str, Rc<Sql>>> = RefCell::new(HashMap::new());
@@ -48,9 +52,16 @@ type KeptShape = (u64, pg_sys::Oid, Rc<Shape>);
 const TEXTS_KEPT: usize = 256;
 
 #[pg_guard]
-unsafe extern "C-unwind" fn relation_invalidated(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
-    // A Cell: never fails, whatever the runner is doing when Postgres processes invalidations.
-    GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+unsafe extern "C-unwind" fn relation_invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // Never fails, whatever the runner is doing when Postgres processes invalidations: a
+    // watched set it cannot read right now counts as watching everything.
+    let unrelated = relid != pg_sys::InvalidOid
+        && WATCHED
+            .try_with(|w| w.try_borrow().is_ok_and(|w| !w.contains(&relid)))
+            .unwrap_or(false);
+    if !unrelated {
+        let _ = GENERATION.try_with(|g| g.set(g.get().wrapping_add(1)));
+    }
 }
 
 fn listen() {
@@ -328,6 +339,7 @@ fn shape(table: &QualifiedName) -> Result<Rc<Shape>, CoreError> {
     // shape's generation old, and the next call looks again.
     let read_in = generation();
     let (oid, shape) = Shape::of(table)?;
+    WATCHED.with(|w| w.borrow_mut().insert(oid));
     let shape = Rc::new(shape);
     SHAPES.with(|c| {
         c.borrow_mut()
