@@ -37,7 +37,7 @@ mod capacity {
 
     /// What an event call returns: the request as stored, the event (or the earlier one for a
     /// replayed key) and the events the request accepts now. No further queries.
-    fn result(applied: &Applied<Request>) -> Result<JsonbAnswer, CoreError> {
+    fn result(applied: Applied<Request>) -> Result<JsonbAnswer, CoreError> {
         let allowed: Vec<String> = allowed_events(applied.state.state)
             .iter()
             .map(|e| e.as_str())
@@ -160,7 +160,7 @@ mod capacity {
             check_size("payload", payload.size(), MAX_JSON_ARG_BYTES)?;
             let payload = || payload.value("payload", MAX_JSON_ARG_BYTES);
             let applied = store::apply(request_id, event, payload, &actor, idempotency_key)?;
-            result(&applied)
+            result(applied)
         };
         run().map_err(|e| e.report("capacity"))
     }
@@ -197,7 +197,7 @@ mod capacity {
                 &session,
                 None,
             )?;
-            result(&applied)
+            result(applied)
         };
         run().map_err(|e| e.report("capacity"))
     }

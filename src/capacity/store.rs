@@ -220,7 +220,7 @@ fn lock_for(id: &str, actor: &Actor) -> CoreResult<Option<(Value, Standing)>> {
                 id.into(),
                 actor.id.as_str().into(),
                 (own.is_admin || own.is_system).into(),
-                JsonB(admins.default_value()).into(),
+                prepared::jsonb_arg(&admins.default_value())?,
             ],
         )?;
         if rows.is_empty() {

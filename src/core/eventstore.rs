@@ -30,6 +30,7 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::actor::Actor;
@@ -142,7 +143,8 @@ fn run<W: Workflow>(
 ) -> Result<Applied<W::State>, W::Error> {
     Spi::connect_mut(|client| {
         let before: Option<W::State> = match &current {
-            Some(row) => Some(serde_json::from_value(row.clone()).map_err(CoreError::from)?),
+            // Read from the row in place: a copy of every column would be made only to be read.
+            Some(row) => Some(W::State::deserialize(row).map_err(CoreError::from)?),
             None => None,
         };
 
