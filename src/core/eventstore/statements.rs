@@ -1,8 +1,9 @@
 //! The statements of the event-store runner, built from each table's shape (its columns and
 //! triggers, read from the relation cache) and kept per backend: a workflow's statements are
-//! the same few texts on every call. What was built is dropped when Postgres invalidates any
-//! relation's cache entry (a column or trigger added, a table dropped), and rebuilt on the
-//! next call, after the write's lock is taken.
+//! the same few texts on every call. What was built is dropped when Postgres invalidates the
+//! relation cache entry of a table the runner writes (a column or trigger added, the table
+//! dropped or renamed), or the whole cache, and rebuilt on the next call, after the write's
+//! lock is taken (which processes the invalidations sent before it).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
