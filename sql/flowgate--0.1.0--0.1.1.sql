@@ -403,6 +403,16 @@ COMMENT ON TABLE flowgate.identity_link_codes IS
   'Pending identity links: a hash of a one-time code per asker (flowgate.request_identity_link), ten minutes, '
   'redeemed by the external identity in a request its provider verified (Slack: /capacity link CODE).';
 REVOKE ALL ON flowgate.identity_link_codes FROM PUBLIC;
+-- Signed Slack requests handled lately, with their answers (capacity.handle_slack_command and
+-- handle_slack_action): the same request sent again gets the same answer and changes nothing.
+CREATE TABLE capacity.slack_requests (
+    signature   text PRIMARY KEY CHECK (signature ~ '^v0=[0-9a-f]{64}$'),
+    received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    answer      jsonb
+);
+COMMENT ON TABLE capacity.slack_requests IS
+  'Signed Slack requests of the last 15 minutes and their answers: a request sent again gets the same answer and changes nothing.';
+REVOKE ALL ON capacity.slack_requests FROM PUBLIC;
 CREATE FUNCTION flowgate."request_identity_link"(
 	"provider" TEXT /* Option < & str > */
 ) RETURNS jsonb /* Result < JsonB, ErrorReport > */
@@ -495,6 +505,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.request_identity_link(text) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE capacity.slack_requests FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
 END

@@ -10,7 +10,7 @@
 -- removes the request, its deliveries, the settings, secrets and group members it added.
 -- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
 -- no worker there: the CALLs send everything).
-SELECT plan(48);
+SELECT plan(52);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Until none of the request's deliveries is in flight or due (the worker may be sending them).
@@ -167,9 +167,26 @@ SELECT 'payload=' || replace(replace(jsonb_build_object(
   FROM (VALUES ('U0INFRA', 'CUSTOMER_CONFIRMED', '1700000100.1'), ('U0SA', 'CUSTOMER_CONFIRMED', '1700000101.1')) v(u, ev, a);
 SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, pg_temp.sig(body, extract(epoch FROM now())::bigint::text)) ->> 'response_type'
              FROM slack_click WHERE u = 'U0INFRA'), 'ephemeral', 'infra cannot confirm for the customer: a private refusal');
+-- A click refused in one state, sent again once the request has moved to a state that would
+-- allow it (a replay, or a retry): the same refusal, nothing recorded.
+CREATE TEMP TABLE slack_early AS
+SELECT 'payload=' || replace(replace(jsonb_build_object(
+           'type', 'block_actions', 'user', jsonb_build_object('id', 'U0INFRA'),
+           'channel', jsonb_build_object('id', 'C0TEST'), 'message', jsonb_build_object('ts', '1700000000.000100'),
+           'actions', jsonb_build_array(jsonb_build_object('action_id', 'capacity:AWS_CAPACITY_READY',
+                                                           'value', :'cr' || ':AWS_CAPACITY_READY', 'action_ts', '1700000102.1'))
+       )::text, '{', '%7B'), '}', '%7D') AS body, extract(epoch FROM now())::bigint::text AS ts;
+SELECT is((SELECT capacity.handle_slack_action(body, ts, pg_temp.sig(body, ts)) ->> 'response_type' FROM slack_early), 'ephemeral',
+          'capacity ready before the customer confirmed: refused, privately');
 SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, pg_temp.sig(body, extract(epoch FROM now())::bigint::text)) ->> 'text'
              FROM slack_click WHERE u = 'U0SA'), :'cr' || ': CUSTOMER_CONFIRMED by <@U0SA> → PROVISIONING_IN_PROGRESS',
           'the requester''s click confirms');
+SELECT is((SELECT capacity.handle_slack_action(body, ts, pg_temp.sig(body, ts)) ->> 'response_type' FROM slack_early), 'ephemeral',
+          'the refused click sent again, now that the request is provisioning: the same refusal');
+SELECT is((SELECT capacity.handle_slack_action(body, ts, 'v0=' || upper(substr(pg_temp.sig(body, ts), 4))) ->> 'response_type' FROM slack_early),
+          'ephemeral', 'also with its signature''s hex digits in upper case');
+SELECT is((SELECT count(*)::int FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr' AND event_type = 'AWS_CAPACITY_READY'), 0,
+          'and nothing was recorded: a refused click stays refused');
 SELECT is((SELECT count(*)::int FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr' AND event_type = 'CUSTOMER_CONFIRMED'
               AND actor_id = 'U0SA' AND actor_type = 'delegated'), 1, 'recorded once, for the Slack user');
 SELECT throws_ok($$SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, 'v0=00') FROM slack_click WHERE u = 'U0SA'$$,

@@ -371,7 +371,8 @@ mod capacity {
     /// actor their Slack id is linked to, else as the Slack id; the trigger_id is the idempotency
     /// key. Usage errors and refusals decided before anything is written come back as an ephemeral
     /// message. `/capacity link CODE` links the Slack user to whoever asked for the code signed in
-    /// (`flowgate.request_identity_link`).
+    /// (`flowgate.request_identity_link`). The same signed request sent again within its window
+    /// gets the answer it got and changes nothing (`capacity.slack_requests`).
     #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
@@ -386,85 +387,95 @@ mod capacity {
             verify_slack(body, request_timestamp, signature)?;
             let form = |k: &str| crate::capacity::slack::form_field(body, k);
             check_slack_teams(&[form("team_id").as_deref()])?;
-            let user = form("user_id").unwrap_or_default();
-            let actor = slack_actor(&user)?;
-            let text = form("text").unwrap_or_default();
-            if let Some(code) = crate::capacity::slack::link_command(&text) {
-                // The Slack user Slack signed for redeems the code its owner asked for signed in.
-                let reply = match core_store::redeem_link_code("slack", &user, &code) {
-                    Ok(link) => crate::capacity::slack::link_reply(
-                        &user,
-                        link["actor_id"].as_str().unwrap_or("?"),
-                    ),
-                    // Nothing was written: the answer says why, privately.
-                    Err(
-                        e
-                        @ (CoreError::PermissionDenied { .. } | CoreError::InvalidArgument { .. }),
-                    ) => crate::capacity::slack::escape(&format!("{e}")),
-                    Err(e) => return Err(e),
-                };
-                return Ok(JsonB(json!({"response_type": "ephemeral", "text": reply})));
+            // The same signed request again gets the answer it got (see slack_replay).
+            if let Some(answer) = store::slack_replay(signature)? {
+                return Ok(JsonB(answer));
             }
-            let cmd = match crate::capacity::slack::parse_command(&text) {
-                Ok(c) => c,
-                Err(e) => {
-                    let hint = e.hint().map(|h| format!("\n{h}")).unwrap_or_default();
-                    return Ok(JsonB(json!({
-                        "response_type": "ephemeral",
-                        "text": crate::capacity::slack::escape(&format!("{e}{hint}")),
-                    })));
-                }
+            let answer = slack_command(&form)?;
+            store::slack_answered(signature, &answer.0)?;
+            Ok(answer)
+        };
+        run().map_err(|e| e.report("capacity"))
+    }
+
+    /// A verified slash command from a served workspace, handled for the first time.
+    fn slack_command(form: &dyn Fn(&str) -> Option<String>) -> Result<JsonB, CoreError> {
+        let user = form("user_id").unwrap_or_default();
+        let actor = slack_actor(&user)?;
+        let text = form("text").unwrap_or_default();
+        if let Some(code) = crate::capacity::slack::link_command(&text) {
+            // The Slack user Slack signed for redeems the code its owner asked for signed in.
+            let reply = match core_store::redeem_link_code("slack", &user, &code) {
+                Ok(link) => crate::capacity::slack::link_reply(
+                    &user,
+                    link["actor_id"].as_str().unwrap_or("?"),
+                ),
+                // Nothing was written: the answer says why, privately.
+                Err(
+                    e @ (CoreError::PermissionDenied { .. } | CoreError::InvalidArgument { .. }),
+                ) => crate::capacity::slack::escape(&format!("{e}")),
+                Err(e) => return Err(e),
             };
-            // The owner is named as a Slack user: the same person as their linked actor.
-            let owner = slack_actor(&cmd.commercial_owner)?.id;
-            if owner == actor.id {
-                return Ok(JsonB(json!({
-                    "response_type": "ephemeral",
-                    "text": "you cannot be the commercial owner of your own request",
-                })));
-            }
-            let request = Request {
-                state: State::Submitted,
-                requester_user_id: actor.id.clone(),
-                commercial_owner_user_id: owner,
-                infra_owner_group: cmd.infra_group,
-                customer_ref: json!({}),
-                requested_size: cmd.size,
-                quantity: cmd.quantity,
-                region: cmd.region,
-                needed_by_date: None,
-                expected_duration_days: None,
-                estimated_monthly_cost_usd: cmd.monthly_cost_usd.map(|c| json!(c)),
-                customer_confirmation_deadline_at: None,
-                cancellation_reason: None,
-                cancellation_authorizer_user_id: None,
-                procurement_started_at: None,
-            };
-            // Out-of-bounds fields, or an owner who is not a commercial approver, get the usage
-            // privately, like a malformed command (both are checked again by the creation).
-            if let Err(e) = request
-                .check_new()
-                .and_then(|_| store::check_commercial_owner(&request.commercial_owner_user_id))
-            {
+            return Ok(JsonB(json!({"response_type": "ephemeral", "text": reply})));
+        }
+        let cmd = match crate::capacity::slack::parse_command(&text) {
+            Ok(c) => c,
+            Err(e) => {
                 let hint = e.hint().map(|h| format!("\n{h}")).unwrap_or_default();
                 return Ok(JsonB(json!({
                     "response_type": "ephemeral",
                     "text": crate::capacity::slack::escape(&format!("{e}{hint}")),
                 })));
             }
-            let key = form("trigger_id").map(|t| format!("slack:{t}"));
-            // A key the events table cannot hold is refused here (22023), not by its CHECK.
-            store::check_user_key(key.as_deref())?;
-            let (id, _) = match store::create(request, &actor, key.as_deref()) {
-                Ok(created) => created,
-                Err(e) => return ephemeral(e),
-            };
-            let state = store::describe(&id, 1)?["request"]["state"].clone();
-            Ok(JsonB(
-                json!({"response_type": "in_channel", "text": format!("Created {id} ({})", state.as_str().unwrap_or("?"))}),
-            ))
         };
-        run().map_err(|e| e.report("capacity"))
+        // The owner is named as a Slack user: the same person as their linked actor.
+        let owner = slack_actor(&cmd.commercial_owner)?.id;
+        if owner == actor.id {
+            return Ok(JsonB(json!({
+                "response_type": "ephemeral",
+                "text": "you cannot be the commercial owner of your own request",
+            })));
+        }
+        let request = Request {
+            state: State::Submitted,
+            requester_user_id: actor.id.clone(),
+            commercial_owner_user_id: owner,
+            infra_owner_group: cmd.infra_group,
+            customer_ref: json!({}),
+            requested_size: cmd.size,
+            quantity: cmd.quantity,
+            region: cmd.region,
+            needed_by_date: None,
+            expected_duration_days: None,
+            estimated_monthly_cost_usd: cmd.monthly_cost_usd.map(|c| json!(c)),
+            customer_confirmation_deadline_at: None,
+            cancellation_reason: None,
+            cancellation_authorizer_user_id: None,
+            procurement_started_at: None,
+        };
+        // Out-of-bounds fields, or an owner who is not a commercial approver, get the usage
+        // privately, like a malformed command (both are checked again by the creation).
+        if let Err(e) = request
+            .check_new()
+            .and_then(|_| store::check_commercial_owner(&request.commercial_owner_user_id))
+        {
+            let hint = e.hint().map(|h| format!("\n{h}")).unwrap_or_default();
+            return Ok(JsonB(json!({
+                "response_type": "ephemeral",
+                "text": crate::capacity::slack::escape(&format!("{e}{hint}")),
+            })));
+        }
+        let key = form("trigger_id").map(|t| format!("slack:{t}"));
+        // A key the events table cannot hold is refused here (22023), not by its CHECK.
+        store::check_user_key(key.as_deref())?;
+        let (id, _) = match store::create(request, &actor, key.as_deref()) {
+            Ok(created) => created,
+            Err(e) => return ephemeral(e),
+        };
+        let state = store::describe(&id, 1)?["request"]["state"].clone();
+        Ok(JsonB(
+            json!({"response_type": "in_channel", "text": format!("Created {id} ({})", state.as_str().unwrap_or("?"))}),
+        ))
     }
 
     /// Slack interactivity (a button on a request message): records the button's event, value
@@ -474,7 +485,9 @@ mod capacity {
     ///
     /// The click's action_ts is the idempotency key. Refusals decided before anything was written
     /// (not allowed, not permitted, unknown request) come back as an ephemeral message; other
-    /// errors abort the transaction.
+    /// errors abort the transaction. The same signed click sent again within its window gets the
+    /// answer it got and changes nothing, even when the request has moved on since: a refused
+    /// click stays refused (`capacity.slack_requests`).
     #[documented]
     #[pg_extern(volatile, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
@@ -508,29 +521,41 @@ mod capacity {
                 teams.push(Some(own));
             }
             check_slack_teams(&teams)?;
-            let slack_user = payload["user"]["id"].as_str().unwrap_or("");
-            let actor = slack_actor(slack_user)?;
-            let action = &payload["actions"][0];
-            let (id, event) =
-                crate::capacity::slack::parse_action_value(action["value"].as_str().unwrap_or(""))?;
-            let key = format!("slack:{}", action["action_ts"].as_str().unwrap_or(""));
-            store::check_user_key(Some(&key))?;
-            let note = json!({"via": "slack", "channel": payload["channel"]["id"], "message_ts": payload["message"]["ts"]});
-            match store::apply(&id, event, || Ok(note), &actor, Some(&key)) {
-                Ok(applied) => Ok(JsonB(json!({
-                    "response_type": "in_channel",
-                    "replace_original": false,
-                    "text": format!(
-                        "{}: {} by {} → {}",
-                        crate::capacity::slack::escape(&id),
-                        event.as_str(),
-                        crate::capacity::slack::mention(slack_user),
-                        applied.state.state.as_str()
-                    ),
-                }))),
-                Err(e) => ephemeral(e),
+            // The same signed click again gets the answer it got, even when the request has
+            // moved on since (see slack_replay).
+            if let Some(answer) = store::slack_replay(signature)? {
+                return Ok(JsonB(answer));
             }
+            let answer = slack_action(&payload)?;
+            store::slack_answered(signature, &answer.0)?;
+            Ok(answer)
         };
         run().map_err(|e| e.report("capacity"))
+    }
+
+    /// A verified click from a served workspace, handled for the first time.
+    fn slack_action(payload: &Value) -> Result<JsonB, CoreError> {
+        let slack_user = payload["user"]["id"].as_str().unwrap_or("");
+        let actor = slack_actor(slack_user)?;
+        let action = &payload["actions"][0];
+        let (id, event) =
+            crate::capacity::slack::parse_action_value(action["value"].as_str().unwrap_or(""))?;
+        let key = format!("slack:{}", action["action_ts"].as_str().unwrap_or(""));
+        store::check_user_key(Some(&key))?;
+        let note = json!({"via": "slack", "channel": payload["channel"]["id"], "message_ts": payload["message"]["ts"]});
+        match store::apply(&id, event, || Ok(note), &actor, Some(&key)) {
+            Ok(applied) => Ok(JsonB(json!({
+                "response_type": "in_channel",
+                "replace_original": false,
+                "text": format!(
+                    "{}: {} by {} → {}",
+                    crate::capacity::slack::escape(&id),
+                    event.as_str(),
+                    crate::capacity::slack::mention(slack_user),
+                    applied.state.state.as_str()
+                ),
+            }))),
+            Err(e) => ephemeral(e),
+        }
     }
 }

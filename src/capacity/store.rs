@@ -513,3 +513,57 @@ pub fn check_user_key(key: Option<&str>) -> CoreResult<()> {
 pub fn refuse_anonymous(actor: &Actor) -> CoreResult<()> {
     actor.refuse_anonymous("use capacity requests anonymously")
 }
+
+/// How long a handled Slack request's answer is kept: a signature is accepted 5 minutes either
+/// side of its timestamp, so 10 minutes after it was first seen it cannot come again; 15 to
+/// spare.
+const SLACK_REQUESTS_KEPT_MINUTES: i32 = 15;
+
+/// Take a verified Slack request (by its signature) for this transaction: `None` when it is
+/// new (the caller handles it and records the answer with [`slack_answered`]), or the answer
+/// it got when it was handled before. Two copies sent at once: the second waits for the
+/// first's transaction and gets its answer (or is handled, if the first failed).
+pub fn slack_replay(signature: &str) -> CoreResult<Option<Value>> {
+    let key = signature.to_ascii_lowercase();
+    Spi::connect_mut(|client| {
+        let taken = prepared::run(
+            client,
+            "WITH stale AS (DELETE FROM capacity.slack_requests \
+                             WHERE received_at < pg_catalog.clock_timestamp() - pg_catalog.make_interval(mins => $2)) \
+             INSERT INTO capacity.slack_requests (signature) VALUES ($1) \
+             ON CONFLICT (signature) DO NOTHING RETURNING true",
+            &[prepared::TEXT, prepared::INT4],
+            &[key.as_str().into(), SLACK_REQUESTS_KEPT_MINUTES.into()],
+        )?;
+        if !taken.is_empty() {
+            return Ok(None);
+        }
+        // Handled before, and committed (the insert waited for it): a write, so its snapshot
+        // is taken now and sees that answer.
+        let earlier = prepared::run(
+            client,
+            "SELECT answer FROM capacity.slack_requests WHERE signature = $1",
+            &[prepared::TEXT],
+            &[key.as_str().into()],
+        )?;
+        Ok(Some(if earlier.is_empty() {
+            Value::Null
+        } else {
+            prepared::json_at(&earlier.first(), 1)?.unwrap_or(Value::Null)
+        }))
+    })
+}
+
+/// Record the answer a Slack request taken with [`slack_replay`] got.
+pub fn slack_answered(signature: &str, answer: &Value) -> CoreResult<()> {
+    let key = signature.to_ascii_lowercase();
+    Spi::connect_mut(|client| {
+        prepared::run(
+            client,
+            "UPDATE capacity.slack_requests SET answer = $2 WHERE signature = $1",
+            &[prepared::TEXT, prepared::JSONB],
+            &[key.as_str().into(), prepared::jsonb_arg(answer)?],
+        )?;
+        Ok(())
+    })
+}

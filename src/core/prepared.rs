@@ -125,6 +125,7 @@ fn keep(
 
 /// Argument type shorthands.
 pub const BOOL: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::BOOLOID);
+pub const INT4: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID);
 pub const TEXT: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTOID);
 pub const TEXT_ARRAY: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTARRAYOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::JSONBOID);
