@@ -183,7 +183,11 @@ mod tests {
             "SELECT flowgate.enqueue_delivery('fg_test', 'o', '{url}', 'refused-1')"
         ));
         let summary = dispatch();
-        assert_eq!(summary["retry"], 2, "{summary}");
+        // Each was retried, none delivered. The back-off has full jitter (it may be near zero),
+        // so the refused one can come due again and be retried once more while the slow one
+        // times out: at least two retries, not exactly two.
+        assert_eq!(summary["delivered"], 0, "{summary}");
+        assert!(summary["retry"].as_i64() >= Some(2), "{summary}");
         assert_eq!(
             one::<String>(&format!(
                 "SELECT last_error FROM flowgate.deliveries WHERE id = {slow}"
