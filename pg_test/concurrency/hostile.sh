@@ -181,7 +181,9 @@ END $$;
 --  * its own Slack link code (flowgate.request_identity_link: a code only the identity can redeem)
 --    and its own Slack link (unlink_identity removes it);
 --  * an intake claim: intake.claim locks a free slot for the caller, counts the claim and queues
---    the intent in the pool's pgmq queue.
+--    the intent in the pool's pgmq queue;
+--  * the answer to a Slack request signed with the app's secret (capacity.slack_requests: only a
+--    verified request gets one, so that the same request sent again gets the same answer).
 -- A row version that left a table is "removed", one that appeared "added" (an update is both).
 CREATE FUNCTION hostile.allowed(tbl text, change text, r jsonb, me text) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(CASE
@@ -191,6 +193,7 @@ CREATE FUNCTION hostile.allowed(tbl text, change text, r jsonb, me text) RETURNS
         WHEN tbl = 'flowgate.identity_links' THEN r->>'actor_id' = me
         WHEN tbl = 'flowgate.identity_link_codes' THEN r->>'actor_id' = me
         WHEN tbl = 'intake.user_claims' THEN r->>'user_id' = me
+        WHEN tbl = 'capacity.slack_requests' THEN change = 'added' AND r->>'signature' ~ '^v0=[0-9a-f]{64}$'
         WHEN tbl = 'intake.allocations' THEN (change = 'removed' AND r->>'status' = 'available')
                                           OR (change = 'added' AND r->>'locked_by' = me)
         WHEN tbl LIKE 'pgmq.q\_intake\_%' THEN change = 'added' AND r->'message'->>'user_id' = me
@@ -600,4 +603,4 @@ if [ -s "$WORK/failures" ]; then
   cat "$WORK/failures" >&2
   fail "hostile: failures in $total calls of $nfun functions as ${#CALLERS[@]} roles (${secs}s)"
 fi
-echo "ok $checks - hostile: $total calls of $nfun functions as ${#CALLERS[@]} roles in ${secs}s: no XX000, only documented SQLSTATEs ($states), no backend died, peak memory $peak MB, nothing written by anon/authenticated/audit_reader/plain login (but their own capacity requests, Slack links and intake claims)"
+echo "ok $checks - hostile: $total calls of $nfun functions as ${#CALLERS[@]} roles in ${secs}s: no XX000, only documented SQLSTATEs ($states), no backend died, peak memory $peak MB, nothing written by anon/authenticated/audit_reader/plain login (but their own capacity requests, Slack links and intake claims, and the answers to signed Slack requests)"
