@@ -387,15 +387,24 @@ mod capacity {
             verify_slack(body, request_timestamp, signature)?;
             let form = |k: &str| crate::capacity::slack::form_field(body, k);
             check_slack_teams(&[form("team_id").as_deref()])?;
-            // The same signed request again gets the answer it got (see slack_replay).
-            if let Some(answer) = store::slack_replay(signature)? {
-                return Ok(JsonB(answer));
-            }
-            let answer = slack_command(&form)?;
-            store::slack_answered(signature, &answer.0)?;
-            Ok(answer)
+            once_per_request(signature, || slack_command(&form))
         };
         run().map_err(|e| e.report("capacity"))
+    }
+
+    /// Handle a verified Slack request (by `signature`) once: the same request sent again gets
+    /// the answer it got, even when what it acts on has moved on since (a refused click stays
+    /// refused; see `store::slack_replay`).
+    fn once_per_request(
+        signature: &str,
+        handle: impl FnOnce() -> Result<JsonB, CoreError>,
+    ) -> Result<JsonB, CoreError> {
+        if let Some(answer) = store::slack_replay(signature)? {
+            return Ok(JsonB(answer));
+        }
+        let answer = handle()?;
+        store::slack_answered(signature, &answer.0)?;
+        Ok(answer)
     }
 
     /// A verified slash command from a served workspace, handled for the first time.
@@ -521,14 +530,7 @@ mod capacity {
                 teams.push(Some(own));
             }
             check_slack_teams(&teams)?;
-            // The same signed click again gets the answer it got, even when the request has
-            // moved on since (see slack_replay).
-            if let Some(answer) = store::slack_replay(signature)? {
-                return Ok(JsonB(answer));
-            }
-            let answer = slack_action(&payload)?;
-            store::slack_answered(signature, &answer.0)?;
-            Ok(answer)
+            once_per_request(signature, || slack_action(&payload))
         };
         run().map_err(|e| e.report("capacity"))
     }
