@@ -411,7 +411,7 @@ CREATE TABLE capacity.slack_requests (
     answer      jsonb
 );
 COMMENT ON TABLE capacity.slack_requests IS
-  'Signed Slack requests of the last 15 minutes and their answers: a request sent again gets the same answer and changes nothing.';
+  'Signed Slack requests and their answers, kept at least 15 minutes (pruned as later requests come): a request sent again gets the same answer and changes nothing.';
 REVOKE ALL ON capacity.slack_requests FROM PUBLIC;
 CREATE FUNCTION flowgate."request_identity_link"(
 	"provider" TEXT /* Option < & str > */

@@ -122,13 +122,14 @@ ALTER TABLE capacity.capacity_request_tasks ENABLE ROW LEVEL SECURITY;
 -- Signed Slack requests handled lately, with their answers: a request sent again (Slack, an
 -- edge function retrying, or anyone who saw it) within its signature's window gets the answer
 -- it got and changes nothing, even when the request it acts on has moved on since (a refused
--- click stays refused). Kept 15 minutes (a signature is accepted 5 minutes either side of its
--- timestamp); not dumped: a restored database starts with none.
+-- click stays refused). Kept at least 15 minutes (a signature is accepted 5 minutes either side
+-- of its timestamp), pruned as later requests come; not dumped: a restored database starts
+-- with none.
 CREATE TABLE capacity.slack_requests (
     signature   text PRIMARY KEY CHECK (signature ~ '^v0=[0-9a-f]{64}$'),
     received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     answer      jsonb
 );
 COMMENT ON TABLE capacity.slack_requests IS
-  'Signed Slack requests of the last 15 minutes and their answers: a request sent again gets the same answer and changes nothing.';
+  'Signed Slack requests and their answers, kept at least 15 minutes (pruned as later requests come): a request sent again gets the same answer and changes nothing.';
 REVOKE ALL ON capacity.slack_requests FROM PUBLIC;

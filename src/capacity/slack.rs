@@ -78,7 +78,9 @@ pub fn sign(signing_secret: &str, timestamp: &str, body: &str) -> String {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    // Hex digits only: from_str_radix would also take a sign ("+a"), another spelling of a
+    // signature that a request sent again could use.
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())

@@ -514,9 +514,9 @@ pub fn refuse_anonymous(actor: &Actor) -> CoreResult<()> {
     actor.refuse_anonymous("use capacity requests anonymously")
 }
 
-/// How long a handled Slack request's answer is kept: a signature is accepted 5 minutes either
-/// side of its timestamp, so 10 minutes after it was first seen it cannot come again; 15 to
-/// spare.
+/// How long a handled Slack request's answer is kept at least (it is pruned as later requests
+/// come): a signature is accepted 5 minutes either side of its timestamp, so 10 minutes after
+/// it was first seen it cannot come again; 15 to spare.
 const SLACK_REQUESTS_KEPT_MINUTES: i32 = 15;
 
 /// Take a verified Slack request (by its signature) for this transaction: `None` when it is
@@ -528,8 +528,12 @@ pub fn slack_replay(signature: &str) -> CoreResult<Option<Value>> {
     Spi::connect_mut(|client| {
         let taken = prepared::run(
             client,
-            "WITH stale AS (DELETE FROM capacity.slack_requests \
-                             WHERE received_at < pg_catalog.clock_timestamp() - pg_catalog.make_interval(mins => $2)) \
+            // Old answers go as requests come, a few at a time, and only those no other call
+            // is deleting: no Slack request waits for another's transaction to prune.
+            "WITH stale AS (DELETE FROM capacity.slack_requests WHERE signature IN ( \
+                              SELECT signature FROM capacity.slack_requests \
+                               WHERE received_at < pg_catalog.clock_timestamp() - pg_catalog.make_interval(mins => $2) \
+                               LIMIT 100 FOR UPDATE SKIP LOCKED)) \
              INSERT INTO capacity.slack_requests (signature) VALUES ($1) \
              ON CONFLICT (signature) DO NOTHING RETURNING true",
             &[prepared::TEXT, prepared::INT4],
@@ -546,11 +550,17 @@ pub fn slack_replay(signature: &str) -> CoreResult<Option<Value>> {
             &[prepared::TEXT],
             &[key.as_str().into()],
         )?;
-        Ok(Some(if earlier.is_empty() {
-            Value::Null
+        let answer = if earlier.is_empty() {
+            None
         } else {
-            prepared::json_at(&earlier.first(), 1)?.unwrap_or(Value::Null)
-        }))
+            prepared::json_at(&earlier.first(), 1)?
+        };
+        // Pruned meanwhile (its first copy was held open past the retention): not handled
+        // again here; the sender tries again.
+        answer.map(Some).ok_or_else(|| CoreError::Busy {
+            what: "a Slack request".into(),
+            hint: "the same request was being handled; send it again".into(),
+        })
     })
 }
 

@@ -31,6 +31,10 @@ fn tampering_stale_requests_and_garbage_are_refused_with_42501() {
         );
     }
     assert!(verify(SECRET, "1700000000", body, &sig, 1700000000 + 299).is_ok());
+    // One signature, one spelling (but for the case of its hex digits): "+a", which Rust's
+    // integer parsing reads as 0a, is not hex.
+    assert_eq!(decode_hex("+a"), None);
+    assert_eq!(decode_hex("0A"), Some(vec![10]));
 }
 
 #[test]
