@@ -249,19 +249,8 @@ fn run<W: Workflow>(
                 let changed = changed_columns(&state_columns(b)?, &after_cols);
                 if changed.is_empty() && !sql.touches() {
                     (Value::Object(locked), append(client, &ev)?)
-                } else if !sql.may_merge()? {
-                    let q = sql.update(&changed)?;
-                    let updated = first_json(prepared::run(
-                        client,
-                        &q,
-                        &[TEXT, JSONB],
-                        &[entity_id.into(), prepared::object_arg(&changed)?],
-                    )?)?
-                    .ok_or_else(vanished)?;
-                    (Value::Object(merged(locked, updated)), append(client, &ev)?)
-                } else {
+                } else if let Some(q) = sql.update_and_append(&changed, &ev)? {
                     // One statement updates the row and appends the event.
-                    let q = sql.update_and_append(&changed, &ev)?;
                     let t = prepared::run(
                         client,
                         &q,
@@ -279,6 +268,16 @@ fn run<W: Workflow>(
                     let updated = prepared::json_at(&first, 1)?.ok_or_else(vanished)?;
                     let appended = prepared::json_at(&first, 2)?.ok_or_else(event_vanished)?;
                     (Value::Object(merged(locked, updated)), appended)
+                } else {
+                    let q = sql.update(&changed)?;
+                    let updated = first_json(prepared::run(
+                        client,
+                        &q,
+                        &[TEXT, JSONB],
+                        &[entity_id.into(), prepared::object_arg(&changed)?],
+                    )?)?
+                    .ok_or_else(vanished)?;
+                    (Value::Object(merged(locked, updated)), append(client, &ev)?)
                 }
             }
         };

@@ -144,13 +144,22 @@ impl Sql {
             .iter()
             .map(|t| shape(t))
             .collect::<Result<Vec<_>, _>>()?;
+        Sql::kept(&shapes, key, build)
+    }
+
+    /// [`Sql::text`] for a caller that has read (and locked) the tables' shapes already.
+    fn kept(
+        shapes: &[Rc<Shape>],
+        key: String,
+        build: impl FnOnce(&[Rc<Shape>]) -> Result<String, CoreError>,
+    ) -> Result<Rc<str>, CoreError> {
         let now = generation();
         if let Some((g, text)) = TEXTS.with(|c| c.borrow().get(&key).cloned()) {
             if g == now {
                 return Ok(text);
             }
         }
-        let text: Rc<str> = build(&shapes)?.into();
+        let text: Rc<str> = build(shapes)?.into();
         TEXTS.with(|c| {
             let mut c = c.borrow_mut();
             if c.len() >= TEXTS_KEPT {
@@ -178,18 +187,6 @@ impl Sql {
         })
     }
 
-    /// Whether the update and the append may be one statement ([`Sql::update_and_append`]):
-    /// unless the projection has an UPDATE trigger or the event table an INSERT trigger of its
-    /// own. In one statement the projection's AFTER triggers would fire after the event row
-    /// is written, and whatever the event's insert runs would see the row as it was before
-    /// the update (the statement's snapshot); two statements keep the order of two writes.
-    pub(super) fn may_merge(&self) -> Result<bool, CoreError> {
-        let projection = shape(&self.projection)?;
-        let events = shape(&self.events)?;
-        Ok(!projection.has_own_trigger_on(pg_sys::TRIGGER_TYPE_UPDATE)
-            && !events.has_own_trigger_on(pg_sys::TRIGGER_TYPE_INSERT))
-    }
-
     /// Update the projection row (`$1` its id, `$2` the changed columns) and read back what
     /// Postgres decided (see [`Sql::update_text`]).
     pub(super) fn update(&self, changed: &Map<String, Value>) -> Result<Rc<str>, CoreError> {
@@ -201,25 +198,37 @@ impl Sql {
 
     /// Update the projection row (`$1` its id, `$2` the changed columns) and append the event
     /// row (`$3`) in one statement; returns what Postgres decided of each, in two columns.
-    /// The event's foreign key is checked at the statement's end, on the updated row. Only
-    /// where [`Sql::may_merge`].
+    /// The event's foreign key is checked at the statement's end, on the updated row.
+    ///
+    /// `None` when the projection has an UPDATE trigger or the event table an INSERT trigger
+    /// of its own: in one statement the projection's AFTER triggers would fire after the event
+    /// row is written, and whatever the event's insert runs would see the row as it was before
+    /// the update (the statement's snapshot); the caller writes them in two statements, which
+    /// keep the order of two writes.
     pub(super) fn update_and_append(
         &self,
         changed: &Map<String, Value>,
         event: &Map<String, Value>,
-    ) -> Result<Rc<str>, CoreError> {
+    ) -> Result<Option<Rc<str>>, CoreError> {
+        let shapes = [shape(&self.projection)?, shape(&self.events)?];
+        if shapes[0].has_own_trigger_on(pg_sys::TRIGGER_TYPE_UPDATE)
+            || shapes[1].has_own_trigger_on(pg_sys::TRIGGER_TYPE_INSERT)
+        {
+            return Ok(None);
+        }
         let key = format!(
             "{}\0\0{}",
             update_key(&self.projection, changed),
             insert_key(&self.events, event)
         );
-        Sql::text(&[&self.projection, &self.events], key, |shapes| {
+        Sql::kept(&shapes, key, |shapes| {
             Ok(format!(
                 "WITH u AS ({}), e AS ({}) SELECT (SELECT * FROM u), (SELECT * FROM e)",
                 self.update_text(&shapes[0], changed)?,
                 insert_text(&self.events, &shapes[1], event, 3)?
             ))
         })
+        .map(Some)
     }
 
     /// Set the changed columns (and the touched one) and read back what Postgres decided
