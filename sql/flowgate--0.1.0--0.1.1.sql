@@ -93,6 +93,36 @@ COMMENT ON FUNCTION intake.finalize_transaction(jsonb) IS
 -- intake.pool_status is owner only, as documented (it was left executable by PUBLIC).
 REVOKE EXECUTE ON FUNCTION intake.pool_status(text) FROM PUBLIC;
 
+-- A pool's URLs hold, in every writer, to the rule intake.create_pool checks them with (0.1.0's
+-- CHECK took any text after http(s)://, credentials included, into the table and its dumps).
+-- A stored URL that breaks the rule keeps the constraint NOT VALID, with a warning that names
+-- neither the pool nor the URL (it may carry the credentials), until the owner fixes the row
+-- and validates the constraint.
+CREATE FUNCTION intake."is_endpoint_url"("value" text) RETURNS bool
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'is_endpoint_url_wrapper';
+COMMENT ON FUNCTION intake.is_endpoint_url(text) IS
+  'CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048 characters, no whitespace or control characters. The rule intake.create_pool checks its URLs with, so a direct write of intake.engine_config holds to it too.';
+ALTER TABLE intake.engine_config
+    DROP CONSTRAINT engine_config_validation_webhook_url_check,
+    DROP CONSTRAINT engine_config_commit_target_check,
+    ADD CONSTRAINT engine_config_validation_webhook_url_check CHECK (intake.is_endpoint_url(validation_webhook_url)) NOT VALID,
+    ADD CONSTRAINT engine_config_commit_target_check CHECK (intake.is_endpoint_url(commit_target)) NOT VALID;
+DO $$
+DECLARE
+    c text;
+BEGIN
+    FOREACH c IN ARRAY ARRAY['engine_config_validation_webhook_url_check', 'engine_config_commit_target_check'] LOOP
+        BEGIN
+            EXECUTE format('ALTER TABLE intake.engine_config VALIDATE CONSTRAINT %I', c);
+        EXCEPTION WHEN check_violation THEN
+            RAISE WARNING 'a pool''s URL in intake.engine_config breaks %', c
+                USING HINT = format('set it to an http(s) URL without user:password@ (reference a secret instead), then ALTER TABLE intake.engine_config VALIDATE CONSTRAINT %I', c);
+        END;
+    END LOOP;
+END
+$$;
+
 -- A delivery's secret body fields (a new project's database password) are referenced by
 -- secret name and set when the request is built, as auth_secret is; they were stored in the
 -- body (and so in dumps and the WAL) until the delivery ended.
@@ -504,6 +534,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.request_identity_link(text) FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION intake.is_endpoint_url(text) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE capacity.slack_requests FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);

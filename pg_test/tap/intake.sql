@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(32);
+SELECT plan(36);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -46,6 +46,17 @@ SELECT throws_ok($$SELECT intake.create_pool('tap_cred', 1, '{"validation_webhoo
                  '22023', NULL, 'a webhook URL with credentials is refused');
 SELECT ok(pg_temp.error_of($$SELECT intake.create_pool('tap_cred', 1, '{"validation_webhook_url": "https://payuser:S3cr3tPassw0rd@pay.example/validate"}')$$) NOT LIKE '%S3cr3t%',
           'and the error does not quote the credentials');
+-- A direct write of a pool's configuration (the documented way to tune a pool) holds to the
+-- same rule: no credentials stored in the table, and so in its dumps.
+SELECT throws_ok($$UPDATE intake.engine_config SET validation_webhook_url = 'https://payuser:S3cr3tPassw0rd@pay.example/validate' WHERE pool_id = 'tap_drop'$$,
+                 '23514', NULL, 'a direct update to a webhook URL with credentials is refused');
+SELECT throws_ok($$UPDATE intake.engine_config SET commit_target = 'https:// pay.example/commit' WHERE pool_id = 'tap_drop'$$,
+                 '23514', NULL, 'so is a commit target create_pool would refuse (whitespace)');
+SELECT lives_ok($$UPDATE intake.engine_config SET commit_target = 'http://127.0.0.1:5597/ok', validation_webhook_url = NULL WHERE pool_id = 'tap_drop'$$,
+                'a URL create_pool accepts may be written directly');
+SELECT is((SELECT coalesce(validation_webhook_url, '-') || ' ' || commit_target FROM intake.engine_config WHERE pool_id = 'tap_drop'),
+          '- http://127.0.0.1:5597/ok', 'the refused writes left nothing');
+UPDATE intake.engine_config SET commit_target = NULL WHERE pool_id = 'tap_drop';
 SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batchsize": 5}')$$, '22023', NULL, 'unknown config keys are refused');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_nope', 'u1')$$, 'P0002', NULL, 'an unknown pool is P0002');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_drop', '')$$, '22023', NULL, 'an empty user id is refused');
