@@ -37,12 +37,27 @@ thread_local! {
     /// (statistics updates, other sessions' temporary tables) keep what was built.
     static WATCHED: RefCell<HashSet<pg_sys::Oid>> = RefCell::new(HashSet::new());
     static LISTENING: Cell<bool> = const { Cell::new(false) };
-    /// Each workflow's tables, by projection name (`Tables` are constants).
-    static TABLES: RefCell<HashMap<&'static str, Rc<Sql>>> = RefCell::new(HashMap::new());
+    /// Each workflow's tables, by every name in its `Tables` (constants): two workflows that
+    /// share a projection may keep their events elsewhere.
+    static TABLES: RefCell<HashMap<TablesKey, Rc<Sql>>> = RefCell::new(HashMap::new());
     /// Each table's shape, by quoted name.
     static SHAPES: RefCell<HashMap<String, KeptShape>> = RefCell::new(HashMap::new());
     /// Each write's text by what it depends on (see [`Sql::text`]), with its generation.
     static TEXTS: RefCell<HashMap<String, (u64, Rc<str>)>> = RefCell::new(HashMap::new());
+}
+
+/// A workflow's `Tables`, every field.
+type TablesKey = [Option<&'static str>; 6];
+
+fn tables_key(t: &Tables) -> TablesKey {
+    [
+        Some(t.projection),
+        Some(t.id_column),
+        Some(t.id_type),
+        Some(t.events),
+        Some(t.entity_column),
+        t.touch_column,
+    ]
 }
 
 /// A table's shape as kept: the generation it was read in, the table's OID and the shape.
@@ -86,7 +101,8 @@ fn generation() -> u64 {
 impl Sql {
     /// The workflow's tables, named and quoted on its first use in the backend.
     pub(super) fn for_tables(t: &Tables) -> Result<Rc<Sql>, CoreError> {
-        if let Some(sql) = TABLES.with(|c| c.borrow().get(t.projection).cloned()) {
+        let key = tables_key(t);
+        if let Some(sql) = TABLES.with(|c| c.borrow().get(&key).cloned()) {
             return Ok(sql);
         }
         let projection = QualifiedName::parse(t.projection)?;
@@ -115,7 +131,7 @@ impl Sql {
             lock,
             find_key,
         });
-        TABLES.with(|c| c.borrow_mut().insert(t.projection, Rc::clone(&sql)));
+        TABLES.with(|c| c.borrow_mut().insert(key, Rc::clone(&sql)));
         Ok(sql)
     }
 
