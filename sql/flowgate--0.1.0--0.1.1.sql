@@ -102,7 +102,7 @@ CREATE FUNCTION intake."is_endpoint_url"("value" text) RETURNS bool
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'is_endpoint_url_wrapper';
 COMMENT ON FUNCTION intake.is_endpoint_url(text) IS
-  'CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048 characters, no whitespace or control characters. The rule intake.create_pool checks its URLs with, so a direct write of intake.engine_config holds to it too.';
+  'CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048 bytes, no whitespace or control characters. The rule intake.create_pool checks its URLs with, so a direct write of intake.engine_config holds to it too.';
 ALTER TABLE intake.engine_config
     DROP CONSTRAINT engine_config_validation_webhook_url_check,
     DROP CONSTRAINT engine_config_commit_target_check,

@@ -429,8 +429,8 @@ mod intake {
     }
 
     /// CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most
-    /// 2048 characters, no whitespace or control characters. The rule intake.create_pool checks
-    /// its URLs with, so a direct write of intake.engine_config holds to it too.
+    /// 2048 bytes, no whitespace or control characters. The rule intake.create_pool checks its
+    /// URLs with, so a direct write of intake.engine_config holds to it too.
     #[documented]
     #[pg_extern(immutable, strict, parallel_safe)]
     fn is_endpoint_url(value: &str) -> bool {

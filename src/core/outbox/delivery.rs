@@ -143,9 +143,7 @@ pub fn validate_url(url: &str) -> CoreResult<()> {
         return Err(bad("it carries credentials; reference a secret instead"));
     }
     if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad(
-            "it is longer than 2048 characters or contains whitespace",
-        ));
+        return Err(bad("it is longer than 2048 bytes or contains whitespace"));
     }
     Ok(())
 }
