@@ -93,31 +93,36 @@ COMMENT ON FUNCTION intake.finalize_transaction(jsonb) IS
 -- intake.pool_status is owner only, as documented (it was left executable by PUBLIC).
 REVOKE EXECUTE ON FUNCTION intake.pool_status(text) FROM PUBLIC;
 
--- A pool's URLs hold, in every writer, to the rule intake.create_pool checks them with (0.1.0's
--- CHECK took any text after http(s)://, credentials included, into the table and its dumps).
--- A stored URL that breaks the rule keeps the constraint NOT VALID, with a warning that names
--- neither the pool nor the URL (it may carry the credentials), until the owner fixes the row
--- and validates the constraint.
-CREATE FUNCTION intake."is_endpoint_url"("value" text) RETURNS bool
+-- The URLs flowgate sends to (a delivery's, a pool's webhook and commit target) hold, in every
+-- writer, to the rule flowgate checks them with when it writes them itself: 0.1.0's CHECKs took
+-- credentials (https://user:password@host) into the tables and their dumps. A stored URL that
+-- breaks the rule keeps its constraint NOT VALID, with a warning that names neither the row nor
+-- the URL (it may carry the credentials), until the owner fixes the row and validates it.
+CREATE FUNCTION flowgate."is_endpoint_url"("value" text) RETURNS bool
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'is_endpoint_url_wrapper';
-COMMENT ON FUNCTION intake.is_endpoint_url(text) IS
-  'CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048 bytes, no whitespace or control characters. The rule intake.create_pool checks its URLs with, so a direct write of intake.engine_config holds to it too.';
+COMMENT ON FUNCTION flowgate.is_endpoint_url(text) IS
+  'CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048 bytes, no whitespace or control characters. The rule every URL flowgate sends to is checked with, so direct writes of flowgate.deliveries and intake.engine_config hold to it too.';
+ALTER TABLE flowgate.deliveries
+    DROP CONSTRAINT deliveries_url_check,
+    ADD CONSTRAINT deliveries_url_check CHECK (flowgate.is_endpoint_url(url)) NOT VALID;
 ALTER TABLE intake.engine_config
     DROP CONSTRAINT engine_config_validation_webhook_url_check,
     DROP CONSTRAINT engine_config_commit_target_check,
-    ADD CONSTRAINT engine_config_validation_webhook_url_check CHECK (intake.is_endpoint_url(validation_webhook_url)) NOT VALID,
-    ADD CONSTRAINT engine_config_commit_target_check CHECK (intake.is_endpoint_url(commit_target)) NOT VALID;
+    ADD CONSTRAINT engine_config_validation_webhook_url_check CHECK (flowgate.is_endpoint_url(validation_webhook_url)) NOT VALID,
+    ADD CONSTRAINT engine_config_commit_target_check CHECK (flowgate.is_endpoint_url(commit_target)) NOT VALID;
 DO $$
 DECLARE
-    c text;
+    c record;
 BEGIN
-    FOREACH c IN ARRAY ARRAY['engine_config_validation_webhook_url_check', 'engine_config_commit_target_check'] LOOP
+    FOR c IN SELECT * FROM (VALUES ('flowgate.deliveries', 'deliveries_url_check'),
+                                   ('intake.engine_config', 'engine_config_validation_webhook_url_check'),
+                                   ('intake.engine_config', 'engine_config_commit_target_check')) v(t, con) LOOP
         BEGIN
-            EXECUTE format('ALTER TABLE intake.engine_config VALIDATE CONSTRAINT %I', c);
+            EXECUTE pg_catalog.format('ALTER TABLE %s VALIDATE CONSTRAINT %I', c.t, c.con);
         EXCEPTION WHEN check_violation THEN
-            RAISE WARNING 'a pool''s URL in intake.engine_config breaks %', c
-                USING HINT = format('set it to an http(s) URL without user:password@ (reference a secret instead), then ALTER TABLE intake.engine_config VALIDATE CONSTRAINT %I', c);
+            RAISE WARNING 'a URL in % breaks %', c.t, c.con
+                USING HINT = pg_catalog.format('set it to an http(s) URL without user:password@ (reference a secret instead), then ALTER TABLE %s VALIDATE CONSTRAINT %I', c.t, c.con);
         END;
     END LOOP;
 END
@@ -534,7 +539,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.request_identity_link(text) FROM %I', r);
-        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION intake.is_endpoint_url(text) FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.is_endpoint_url(text) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE capacity.slack_requests FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);

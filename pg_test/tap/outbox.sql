@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(46);
+SELECT plan(48);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -162,6 +162,13 @@ SELECT is((SELECT deliveries::int FROM flowgate.outbox_summary WHERE module = 't
           'outbox_summary counts deliveries per module, destination and status');
 SELECT is((SELECT last_error FROM flowgate.outbox_summary WHERE module = 'tap_outbox' AND destination = '127.0.0.1' AND status = 'failed'),
           'HTTP 404 is a permanent error (not retried)', 'with the latest error');
+
+-- A delivery written directly holds to the rule flowgate.enqueue_delivery checks URLs with: no
+-- credentials in the table (and so in its dumps), whoever writes it.
+SELECT throws_ok($$INSERT INTO flowgate.deliveries (owner_module, owner_id, url, idempotency_key)
+                   VALUES ('tap_outbox', 'r-cred', 'https://payuser:S3cr3tPassw0rd@pay.example/x', 'tap-cred-direct')$$,
+                 '23514', NULL, 'a delivery written directly to a URL with credentials is refused');
+SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE idempotency_key = 'tap-cred-direct'), 0, 'and nothing was written');
 
 -- Sensitive deliveries (a tenant's database password out, API keys back) keep neither body once
 -- they end, on every path: here the response handler fails, so flowgate.record_attempt keeps the

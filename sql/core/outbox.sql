@@ -11,7 +11,7 @@ CREATE TABLE flowgate.deliveries (
     owner_id              text NOT NULL CHECK (length(owner_id) BETWEEN 1 AND 256),
     handler               text CHECK (handler ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$'),
     method                text NOT NULL DEFAULT 'POST' CHECK (method IN ('GET', 'POST', 'PUT', 'PATCH', 'DELETE')),
-    url                   text NOT NULL CHECK (url ~ '^https?://[^/@]+'),
+    url                   text NOT NULL CHECK (flowgate.is_endpoint_url(url)),
     headers               jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(headers) = 'object'),
     auth_secret           text,
     auth_header           text NOT NULL DEFAULT 'Authorization',

@@ -18,6 +18,15 @@ fn current_actor() -> Result<String, ErrorReport> {
     Ok(store::session_actor(false).map(|a| a.id)?)
 }
 
+/// CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048
+/// bytes, no whitespace or control characters. The rule every URL flowgate sends to is checked
+/// with, so direct writes of flowgate.deliveries and intake.engine_config hold to it too.
+#[documented]
+#[pg_extern(immutable, strict, parallel_safe)]
+fn is_endpoint_url(value: &str) -> bool {
+    super::outbox::delivery::validate_url(value).is_ok()
+}
+
 /// The acting identity as JSON: `id`, `role`, `source`, `actor_type`, `trusted` (and
 /// `delegated_by` when delegated). With `on_behalf_of`, what a trusted session acting for that
 /// actor would be recorded as; 42501 for untrusted sessions.

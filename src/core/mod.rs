@@ -33,7 +33,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../../sql/core/outbox.sql",
     name = "outbox_tables",
-    requires = ["core_bootstrap"]
+    requires = ["core_bootstrap", core::api::is_endpoint_url]
 );
 pgrx::extension_sql_file!(
     "../../sql/core/surface.sql",

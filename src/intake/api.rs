@@ -428,15 +428,6 @@ mod intake {
         Ok(run().map(JsonB)?)
     }
 
-    /// CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most
-    /// 2048 bytes, no whitespace or control characters. The rule intake.create_pool checks its
-    /// URLs with, so a direct write of intake.engine_config holds to it too.
-    #[documented]
-    #[pg_extern(immutable, strict, parallel_safe)]
-    fn is_endpoint_url(value: &str) -> bool {
-        crate::core::outbox::delivery::validate_url(value).is_ok()
-    }
-
     /// Sample every pool (or only `pool_id`) into `intake.engine_metrics` from sequences and folded
     /// outcome totals, never counting the inventory or the queues; a pool sampled less than
     /// `min_interval_seconds` ago is skipped. Returns the samples written. Owner only unless

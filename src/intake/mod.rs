@@ -48,7 +48,7 @@ pub static MODULE: crate::core::module::Module = crate::core::module::Module {
 pgrx::extension_sql_file!(
     "../../sql/intake/tables.sql",
     name = "intake_tables",
-    requires = ["core_bootstrap", intake::api::intake::is_endpoint_url]
+    requires = ["core_bootstrap", core::api::is_endpoint_url]
 );
 pgrx::extension_sql_file!(
     "../../sql/intake/surface.sql",
