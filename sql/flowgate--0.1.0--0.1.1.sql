@@ -96,37 +96,67 @@ REVOKE EXECUTE ON FUNCTION intake.pool_status(text) FROM PUBLIC;
 -- The URLs flowgate sends to (a delivery's, a pool's webhook and commit target) hold, in every
 -- writer, to the rule flowgate checks them with when it writes them itself: 0.1.0's CHECKs took
 -- credentials (https://user:password@host) into the tables and their dumps. A stored URL that
--- breaks the rule keeps its constraint NOT VALID, with a warning that names neither the row nor
--- the URL (it may carry the credentials), until the owner fixes the row and validates it.
+-- breaks the rule loses its user:password@ part (or, still breaking it, becomes
+-- https://invalid.invalid/, a name that never resolves): a delivery still to be sent fails, a
+-- pool is paused until its owner names a secret for the credentials and resumes it. Only then
+-- are the new constraints added (a constraint left NOT VALID would still fail every later
+-- update of such a row: the outbox's claims, a pool's drain). The tables are taken in the order
+-- a drain takes them (the pool's configuration, then the deliveries), so a drain running
+-- during the update waits instead of deadlocking with it.
+LOCK TABLE intake.engine_config IN ACCESS EXCLUSIVE MODE;
+LOCK TABLE flowgate.deliveries IN ACCESS EXCLUSIVE MODE;
 CREATE FUNCTION flowgate."is_endpoint_url"("value" text) RETURNS bool
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'is_endpoint_url_wrapper';
 COMMENT ON FUNCTION flowgate.is_endpoint_url(text) IS
   'CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048 bytes, no whitespace or control characters. The rule every URL flowgate sends to is checked with, so direct writes of flowgate.deliveries and intake.engine_config hold to it too.';
+DO $$
+DECLARE
+    failed bigint;
+    kept bigint;
+    pools text;
+BEGIN
+    WITH bad AS (
+        UPDATE flowgate.deliveries
+           SET url = (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE 'https://invalid.invalid/' END
+                  FROM pg_catalog.regexp_replace(url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1') u),
+               status = CASE WHEN status IN ('pending', 'in_flight') THEN 'failed'::flowgate.delivery_status ELSE status END,
+               last_error = CASE WHEN status IN ('pending', 'in_flight')
+                                 THEN 'flowgate 0.1.1: its URL carried credentials or broke the URL rule; enqueue it again with a secret for the credentials'
+                                 ELSE last_error END
+         WHERE NOT flowgate.is_endpoint_url(url)
+        RETURNING status, last_error)
+    SELECT count(*) FILTER (WHERE last_error LIKE 'flowgate 0.1.1:%'), count(*) INTO failed, kept FROM bad;
+    IF kept > 0 THEN
+        RAISE WARNING '% deliveries had URLs that carried credentials or broke the URL rule: the credentials were removed, % not yet sent failed', kept, failed
+            USING HINT = 'enqueue them again with auth_secret naming a secret (flowgate.set_secret) for the credentials';
+    END IF;
+    WITH bad AS (
+        UPDATE intake.engine_config
+           SET validation_webhook_url = CASE WHEN flowgate.is_endpoint_url(validation_webhook_url) IS FALSE
+                                             THEN (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE 'https://invalid.invalid/' END
+                  FROM pg_catalog.regexp_replace(validation_webhook_url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1') u) ELSE validation_webhook_url END,
+               commit_target = CASE WHEN flowgate.is_endpoint_url(commit_target) IS FALSE
+                                    THEN (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE 'https://invalid.invalid/' END
+                  FROM pg_catalog.regexp_replace(commit_target, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1') u) ELSE commit_target END,
+               paused = true, updated_at = now()
+         WHERE flowgate.is_endpoint_url(validation_webhook_url) IS FALSE OR flowgate.is_endpoint_url(commit_target) IS FALSE
+        RETURNING pool_id)
+    SELECT pg_catalog.string_agg(pool_id, ', ' ORDER BY pool_id) INTO pools FROM bad;
+    IF pools IS NOT NULL THEN
+        RAISE WARNING 'pools paused: %: a webhook URL or commit target carried credentials or broke the URL rule (the credentials were removed)', pools
+            USING HINT = 'name a secret for the credentials (validation_auth_secret, commit_auth_secret), check the URLs, then UPDATE intake.engine_config SET paused = false';
+    END IF;
+END
+$$;
 ALTER TABLE flowgate.deliveries
     DROP CONSTRAINT deliveries_url_check,
-    ADD CONSTRAINT deliveries_url_check CHECK (flowgate.is_endpoint_url(url)) NOT VALID;
+    ADD CONSTRAINT deliveries_url_check CHECK (flowgate.is_endpoint_url(url));
 ALTER TABLE intake.engine_config
     DROP CONSTRAINT engine_config_validation_webhook_url_check,
     DROP CONSTRAINT engine_config_commit_target_check,
-    ADD CONSTRAINT engine_config_validation_webhook_url_check CHECK (flowgate.is_endpoint_url(validation_webhook_url)) NOT VALID,
-    ADD CONSTRAINT engine_config_commit_target_check CHECK (flowgate.is_endpoint_url(commit_target)) NOT VALID;
-DO $$
-DECLARE
-    c record;
-BEGIN
-    FOR c IN SELECT * FROM (VALUES ('flowgate.deliveries', 'deliveries_url_check'),
-                                   ('intake.engine_config', 'engine_config_validation_webhook_url_check'),
-                                   ('intake.engine_config', 'engine_config_commit_target_check')) v(t, con) LOOP
-        BEGIN
-            EXECUTE pg_catalog.format('ALTER TABLE %s VALIDATE CONSTRAINT %I', c.t, c.con);
-        EXCEPTION WHEN check_violation THEN
-            RAISE WARNING 'a URL in % breaks %', c.t, c.con
-                USING HINT = pg_catalog.format('set it to an http(s) URL without user:password@ (reference a secret instead), then ALTER TABLE %s VALIDATE CONSTRAINT %I', c.t, c.con);
-        END;
-    END LOOP;
-END
-$$;
+    ADD CONSTRAINT engine_config_validation_webhook_url_check CHECK (flowgate.is_endpoint_url(validation_webhook_url)),
+    ADD CONSTRAINT engine_config_commit_target_check CHECK (flowgate.is_endpoint_url(commit_target));
 
 -- A delivery's secret body fields (a new project's database password) are referenced by
 -- secret name and set when the request is built, as auth_secret is; they were stored in the

@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(36);
+SELECT plan(37);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -57,6 +57,8 @@ SELECT lives_ok($$UPDATE intake.engine_config SET commit_target = 'http://127.0.
 SELECT is((SELECT coalesce(validation_webhook_url, '-') || ' ' || commit_target FROM intake.engine_config WHERE pool_id = 'tap_drop'),
           '- http://127.0.0.1:5597/ok', 'the refused writes left nothing');
 UPDATE intake.engine_config SET commit_target = NULL WHERE pool_id = 'tap_drop';
+SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"commit_target": 5}')$$, '22023', NULL,
+                 'a URL that is not a JSON string is refused as a bad argument (22023), not by the table''s CHECK');
 SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batchsize": 5}')$$, '22023', NULL, 'unknown config keys are refused');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_nope', 'u1')$$, 'P0002', NULL, 'an unknown pool is P0002');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_drop', '')$$, '22023', NULL, 'an empty user id is refused');

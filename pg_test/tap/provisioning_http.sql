@@ -22,7 +22,8 @@ RESET client_min_messages;
 SELECT set_config('flowgate.tenant_key_passphrase', 'tap-passphrase-0123456789abcdef', false)
  WHERE coalesce(current_setting('flowgate.tenant_key_passphrase', true), '') = '' \g /dev/null
 SELECT flowgate.set_setting('provisioning.organization_id', '"org-test"') \g /dev/null
-SELECT flowgate.set_setting('provisioning.request_timeout_ms', '1000') \g /dev/null
+-- Long enough for a loaded machine's answers, short of the slow mode's 3 s.
+SELECT flowgate.set_setting('provisioning.request_timeout_ms', '2000') \g /dev/null
 SELECT flowgate.set_setting('provisioning.retry_base_seconds', '3600') \g /dev/null
 SELECT flowgate.set_setting('provisioning.retry_cap_seconds', '86400') \g /dev/null
 SELECT flowgate.set_secret('supabase_access_token', 'xoxb-flowgate-test-token-7f3a') \g /dev/null

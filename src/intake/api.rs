@@ -71,7 +71,23 @@ mod intake {
                 ));
             }
             for key in ["validation_webhook_url", "commit_target"] {
-                if let Some(url) = cfg.get(key).and_then(Value::as_str) {
+                let url = match cfg.get(key) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(url)) => Some(url),
+                    Some(other) => {
+                        return Err(CoreError::invalid(
+                            key,
+                            match other {
+                                Value::Bool(_) => "got a JSON boolean",
+                                Value::Number(_) => "got a JSON number",
+                                Value::Array(_) => "got a JSON array",
+                                _ => "got a JSON object",
+                            },
+                            "an http:// or https:// URL (a JSON string), or null",
+                        ))
+                    }
+                };
+                if let Some(url) = url {
                     // The reason only: the URL may carry the very credentials it is refused for.
                     crate::core::outbox::delivery::validate_url(url).map_err(|e| match e {
                         CoreError::InvalidArgument {

@@ -50,13 +50,22 @@ thread_local! {
 type TablesKey = [Option<&'static str>; 6];
 
 fn tables_key(t: &Tables) -> TablesKey {
+    // Every field named: a field added to `Tables` does not compile until it is keyed too.
+    let Tables {
+        projection,
+        id_column,
+        id_type,
+        events,
+        entity_column,
+        touch_column,
+    } = *t;
     [
-        Some(t.projection),
-        Some(t.id_column),
-        Some(t.id_type),
-        Some(t.events),
-        Some(t.entity_column),
-        t.touch_column,
+        Some(projection),
+        Some(id_column),
+        Some(id_type),
+        Some(events),
+        Some(entity_column),
+        touch_column,
     ]
 }
 
@@ -206,7 +215,7 @@ impl Sql {
     /// Update the projection row (`$1` its id, `$2` the changed columns) and read back what
     /// Postgres decided (see [`Sql::update_text`]).
     pub(super) fn update(&self, changed: &Map<String, Value>) -> Result<Rc<str>, CoreError> {
-        let key = update_key(&self.projection, changed);
+        let key = self.update_key(changed);
         Sql::text(&[&self.projection], key, |shapes| {
             self.update_text(&shapes[0], changed)
         })
@@ -234,7 +243,7 @@ impl Sql {
         }
         let key = format!(
             "{}\0\0{}",
-            update_key(&self.projection, changed),
+            self.update_key(changed),
             insert_key(&self.events, event)
         );
         Sql::kept(&shapes, key, |shapes| {
@@ -245,6 +254,18 @@ impl Sql {
             ))
         })
         .map(Some)
+    }
+
+    /// An update's text depends on the columns it sets, and on the row's id column, its type
+    /// and the touched column, which it names too.
+    fn update_key(&self, changed: &Map<String, Value>) -> String {
+        let kind = format!(
+            "U\0{}\0{}\0{}",
+            self.id.as_str(),
+            self.id_type.as_str(),
+            self.touch.as_ref().map_or("", Ident::as_str)
+        );
+        written_key(&kind, &self.projection, changed, |_| ' ')
     }
 
     /// Set the changed columns (and the touched one) and read back what Postgres decided
@@ -310,9 +331,6 @@ fn written_key(
 }
 
 /// An update's text depends on the columns it sets.
-fn update_key(table: &QualifiedName, changed: &Map<String, Value>) -> String {
-    written_key("U", table, changed, |_| ' ')
-}
 
 /// An insert's text depends on which values print back as they were sent, so each value's
 /// JSON kind is part of the key.
