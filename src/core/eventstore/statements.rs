@@ -330,8 +330,6 @@ fn written_key(
     key
 }
 
-/// An update's text depends on the columns it sets.
-
 /// An insert's text depends on which values print back as they were sent, so each value's
 /// JSON kind is part of the key.
 fn insert_key(table: &QualifiedName, row: &Map<String, Value>) -> String {
