@@ -111,6 +111,14 @@ SELECT pg_temp.settle() \g /dev/null
 SELECT is((SELECT string_agg(job_type || CASE WHEN job_type = 'create_project' THEN ' ' || status ELSE '' END, ',' ORDER BY created_at) FROM pg_temp.jobs()),
           'create_project succeeded,schema_sync',
           'the outbox sends create, then the api-keys call the handler chains; the job succeeds and queues schema_sync');
+-- (When the create did not succeed, say why: the job's error and its deliveries' outcomes.)
+SELECT diag('happy path: ' || string_agg(x, '; '))
+  FROM (SELECT j.job_type || ' ' || j.status || ': ' || coalesce(j.last_error, '-') AS x FROM pg_temp.jobs() j WHERE j.job_type = 'create_project' AND j.status <> 'succeeded'
+        UNION ALL
+        SELECT 'delivery ' || split_part(d.owner_id, ':', 3) || ' ' || d.status || ' ' || d.attempts || ' ' || coalesce(d.transport, '-') || ': ' || coalesce(d.last_error, '-')
+          FROM flowgate.deliveries d JOIN pg_temp.jobs() j ON d.owner_id LIKE j.job_id || ':%'
+         WHERE d.owner_module = 'provisioning' AND j.job_type = 'create_project' AND j.status <> 'succeeded') y
+HAVING count(*) > 0;
 CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'ready', 'run_jobs starts schema_sync, the outbox sends its migrations: the client is ready');
 SELECT ok((SELECT project_ref ~ '^[a-z0-9]{20}$' FROM provisioning.clients WHERE slug = pg_temp.slug('happy')), 'with its project_ref');
