@@ -188,7 +188,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
             Some(other) => {
                 return Err(CoreError::invalid(
                     "JWT claim \"sub\"",
-                    format!("it is a JSON {}", json_kind(other)),
+                    format!("it is a JSON {}", super::args::json_kind(other)),
                     "a string (RFC 7519 §4.1.2)",
                 ))
             }
@@ -335,17 +335,6 @@ pub fn normalize_link_code(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_uppercase())
         .collect()
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "boolean",
-        serde_json::Value::Number(_) => "number",
-        serde_json::Value::String(_) => "string",
-        serde_json::Value::Array(_) => "array",
-        serde_json::Value::Object(_) => "object",
-    }
 }
 
 #[cfg(test)]

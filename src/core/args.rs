@@ -171,6 +171,19 @@ pub fn check_text_size(what: &str, text: &str, limit: usize) -> CoreResult<()> {
     Ok(())
 }
 
+/// A JSON value's kind, for saying what was sent instead: null, boolean, number, string, array,
+/// object.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
 #[cfg(test)]
 mod unit_tests {
     use super::*;

@@ -77,12 +77,7 @@ mod intake {
                     Some(other) => {
                         return Err(CoreError::invalid(
                             key,
-                            match other {
-                                Value::Bool(_) => "got a JSON boolean",
-                                Value::Number(_) => "got a JSON number",
-                                Value::Array(_) => "got a JSON array",
-                                _ => "got a JSON object",
-                            },
+                            format!("got a JSON {}", args::json_kind(other)),
                             "an http:// or https:// URL (a JSON string), or null",
                         ))
                     }

@@ -23,6 +23,9 @@ pub(super) struct Sql {
     id: Ident,
     id_type: Ident,
     touch: Option<Ident>,
+    /// What every update's text depends on besides its columns: the table, the id column, its
+    /// type and the touched column (see [`Sql::update_key`]).
+    update_kind: String,
     /// The projection lock, and the look for an idempotency key.
     lock: String,
     find_key: String,
@@ -131,12 +134,20 @@ impl Sql {
             entity.quoted(),
             id_type.as_str()
         );
+        let touch = t.touch_column.map(Ident::new).transpose()?;
+        let update_kind = format!(
+            "U\0{}\0{}\0{}",
+            id.as_str(),
+            id_type.as_str(),
+            touch.as_ref().map_or("", Ident::as_str)
+        );
         let sql = Rc::new(Sql {
             projection,
             events,
             id,
             id_type,
-            touch: t.touch_column.map(Ident::new).transpose()?,
+            touch,
+            update_kind,
             lock,
             find_key,
         });
@@ -259,13 +270,7 @@ impl Sql {
     /// An update's text depends on the columns it sets, and on the row's id column, its type
     /// and the touched column, which it names too.
     fn update_key(&self, changed: &Map<String, Value>) -> String {
-        let kind = format!(
-            "U\0{}\0{}\0{}",
-            self.id.as_str(),
-            self.id_type.as_str(),
-            self.touch.as_ref().map_or("", Ident::as_str)
-        );
-        written_key(&kind, &self.projection, changed, |_| ' ')
+        written_key(&self.update_kind, &self.projection, changed, |_| ' ')
     }
 
     /// Set the changed columns (and the touched one) and read back what Postgres decided

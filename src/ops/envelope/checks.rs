@@ -8,16 +8,7 @@ use crate::ops::error::{OpsError, OpsResult};
 use crate::ops::gates::GateCode;
 use crate::ops::values::ARTIFACT_TYPES;
 
-pub(super) fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
+pub(super) use crate::core::args::json_kind;
 
 /// Free text: not blank (Unicode White_Space), at most `max` characters, no control characters
 /// (Cc) except newlines and tabs when `multiline`. The CHECK constraints of ops call the same
