@@ -112,14 +112,17 @@ COMMENT ON FUNCTION flowgate.is_endpoint_url(text) IS
   'CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048 bytes, no whitespace or control characters. The rule every URL flowgate sends to is checked with, so direct writes of flowgate.deliveries and intake.engine_config hold to it too.';
 DO $$
 DECLARE
+    -- A URL's user:password@ part, and what a URL still breaking the rule without it becomes.
+    userinfo constant text := '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@';
+    nowhere constant text := 'https://invalid.invalid/';
     failed bigint;
     kept bigint;
     pools text;
 BEGIN
     WITH bad AS (
         UPDATE flowgate.deliveries
-           SET url = (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE 'https://invalid.invalid/' END
-                  FROM pg_catalog.regexp_replace(url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1') u),
+           SET url = (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE nowhere END
+                  FROM pg_catalog.regexp_replace(url, userinfo, '\1') u),
                status = CASE WHEN status IN ('pending', 'in_flight') THEN 'failed'::flowgate.delivery_status ELSE status END,
                last_error = CASE WHEN status IN ('pending', 'in_flight')
                                  THEN 'flowgate 0.1.1: its URL carried credentials or broke the URL rule; enqueue it again with a secret for the credentials'
@@ -134,11 +137,11 @@ BEGIN
     WITH bad AS (
         UPDATE intake.engine_config
            SET validation_webhook_url = CASE WHEN flowgate.is_endpoint_url(validation_webhook_url) IS FALSE
-                                             THEN (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE 'https://invalid.invalid/' END
-                  FROM pg_catalog.regexp_replace(validation_webhook_url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1') u) ELSE validation_webhook_url END,
+                                             THEN (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE nowhere END
+                  FROM pg_catalog.regexp_replace(validation_webhook_url, userinfo, '\1') u) ELSE validation_webhook_url END,
                commit_target = CASE WHEN flowgate.is_endpoint_url(commit_target) IS FALSE
-                                    THEN (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE 'https://invalid.invalid/' END
-                  FROM pg_catalog.regexp_replace(commit_target, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@', '\1') u) ELSE commit_target END,
+                                    THEN (SELECT CASE WHEN flowgate.is_endpoint_url(u) THEN u ELSE nowhere END
+                  FROM pg_catalog.regexp_replace(commit_target, userinfo, '\1') u) ELSE commit_target END,
                paused = true, updated_at = now()
          WHERE flowgate.is_endpoint_url(validation_webhook_url) IS FALSE OR flowgate.is_endpoint_url(commit_target) IS FALSE
         RETURNING pool_id)
