@@ -28,6 +28,25 @@ INSERT INTO bench_ref.capacity_requests SELECT * FROM capacity.capacity_requests
 VACUUM ANALYZE;
 SQL
 
+# The reference answers what flowgate answers: the same keys and values, apart from the new
+# event's id, sequence and time (its own sequence, clock_timestamp()) and the time procurement
+# started (each side's first event sets it); checked in a transaction rolled back, so the timed
+# runs start from the same rows.
+same=$(psql_at "$BENCH_PORT" "$BENCH_DB" -tA <<'SQL'
+BEGIN;
+WITH x AS (SELECT capacity.record_capacity_event('CR-2026-000001', 'AWS_PROCUREMENT_STARTED') AS a,
+                  bench_ref.record_event('CR-2026-000001', 'AWS_PROCUREMENT_STARTED') AS b)
+SELECT a - 'request' - 'event' = b - 'request' - 'event'
+   AND (a -> 'request') - 'procurement_started_at' = (b -> 'request') - 'procurement_started_at'
+   AND (a -> 'event') - 'id' - 'seq' - 'created_at' = (b -> 'event') - 'id' - 'seq' - 'created_at'
+  FROM x;
+ROLLBACK;
+SQL
+)
+if [ "$(echo "$same" | grep -x -c -e t)" != 1 ]; then
+  echo "capacity.sh: the reference does not answer as record_capacity_event does" >&2; exit 1
+fi
+
 printf '%s\n' '\set n random(1, 10000)' \
   "SELECT capacity.record_capacity_event('CR-2026-' || lpad(:n::text, 6, '0'), 'AWS_PROCUREMENT_STARTED');" > /tmp/fg-bench-rust.sql
 printf '%s\n' '\set n random(1, 10000)' \

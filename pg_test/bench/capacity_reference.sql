@@ -2,8 +2,9 @@
 -- the extension). It does the same work as capacity.record_capacity_event: look up the parties,
 -- decide the actor's standing (admins from settings, infra group membership), lock the row,
 -- check the transition table and the permission, update the changed columns and updated_at,
--- append the event with from/to states. Tables are copies of capacity's (LIKE ... INCLUDING ALL),
--- in schema bench_ref.
+-- append the event with from/to states, and answer as it does ({request, event, replayed,
+-- allowed_events}; pg_test/bench/capacity.sh checks the two answers agree). Tables are copies of
+-- capacity's (LIKE ... INCLUDING ALL), in schema bench_ref.
 DROP SCHEMA IF EXISTS bench_ref CASCADE;
 CREATE SCHEMA bench_ref;
 CREATE TABLE bench_ref.capacity_requests (LIKE capacity.capacity_requests INCLUDING ALL);
@@ -32,6 +33,35 @@ LANGUAGE sql IMMUTABLE AS $$
         WHEN e = 'CANCEL_APPROVED' AND s NOT IN ('ACTIVATED', 'CANCELLED', 'FAILED') THEN 'CANCELLED'
     END::capacity.cr_state
 $$;
+
+-- The events a state accepts, in the enum's order, as constants (the fastest form PL/pgSQL has:
+-- an inlined CASE, no query); checked against next_state below, so the two cannot disagree.
+CREATE FUNCTION bench_ref.allowed_events(s capacity.cr_state) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE s
+        WHEN 'SUBMITTED' THEN '["REQUEST_SUBMITTED", "CANCEL_APPROVED"]'
+        WHEN 'COMMERCIAL_APPROVAL_REQUIRED' THEN '["COMMERCIAL_APPROVED", "COMMERCIAL_REJECTED", "CANCEL_APPROVED"]'
+        WHEN 'TECHNICAL_REVIEW_REQUIRED' THEN '["TECH_REVIEW_APPROVED", "TECH_REVIEW_REJECTED", "CANCEL_APPROVED"]'
+        WHEN 'CUSTOMER_CONFIRMATION_REQUIRED' THEN '["CUSTOMER_CONFIRMED", "CUSTOMER_DECLINED", "CUSTOMER_CONFIRMATION_TIMEOUT", "CANCEL_APPROVED"]'
+        WHEN 'PROVISIONING_IN_PROGRESS' THEN '["AWS_PROCUREMENT_STARTED", "AWS_CAPACITY_READY", "AWS_PROCUREMENT_FAILED", "CANCEL_APPROVED"]'
+        WHEN 'READY_FOR_CUSTOMER' THEN '["CANCEL_APPROVED", "ACTIVATION_CONFIRMED"]'
+        WHEN 'EXPIRED' THEN '["CANCEL_APPROVED"]'
+        ELSE '[]'
+    END::jsonb
+$$;
+DO $check$
+DECLARE
+    bad text;
+BEGIN
+    SELECT string_agg(s::text, ', ') INTO bad FROM unnest(enum_range(NULL::capacity.cr_state)) s
+     WHERE bench_ref.allowed_events(s) IS DISTINCT FROM
+           (SELECT coalesce(jsonb_agg(a ORDER BY a), '[]') FROM unnest(enum_range(NULL::capacity.cr_event)) a
+             WHERE bench_ref.next_state(s, a) IS NOT NULL);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'bench_ref.allowed_events disagrees with bench_ref.next_state for %', bad;
+    END IF;
+END
+$check$;
 
 CREATE FUNCTION bench_ref.record_event(p_id text, p_event text, p_payload jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -62,6 +92,9 @@ BEGIN
      WHERE id = p_id RETURNING * INTO r;
     INSERT INTO bench_ref.capacity_request_events (capacity_request_id, event_type, actor_type, actor_id, payload, from_state, to_state)
     VALUES (p_id, ev, 'role', actor, p_payload, r.state, to_s) RETURNING * INTO e;
-    RETURN jsonb_build_object('request', to_jsonb(r), 'event', to_jsonb(e));
+    -- The answer record_capacity_event gives: the request, the event, whether it was a replay,
+    -- and the events the new state accepts (in the enum's order).
+    RETURN jsonb_build_object('request', to_jsonb(r), 'event', to_jsonb(e), 'replayed', false,
+        'allowed_events', bench_ref.allowed_events(to_s));
 END
 $$;
