@@ -14,10 +14,14 @@ pub struct JsonbAnswer(pg_sys::Datum);
 
 impl JsonbAnswer {
     /// Column `ordinal` (1-based) of the current row of `table` (positioned with `first()`),
-    /// which must be the result of a
-    /// statement of the current `Spi::connect` (the one the function opened): the value is
-    /// copied out of SPI's memory into the context that was current when the connection was
-    /// opened, the function's own. `None` when there is no row or the value is NULL.
+    /// which must be the result of a statement of the function's own `Spi::connect` (the
+    /// outermost): the value is copied out of SPI's memory into the context that was current
+    /// when that connection was opened, the function's own. `None` when there is no row or the
+    /// value is NULL.
+    ///
+    /// Inside a nested connection that context would be the outer connection's, freed when it
+    /// closes, before Postgres reads the answer: the copy is checked and an internal error
+    /// (XX000) raised instead of an answer that points at freed memory.
     pub fn from_current(table: &SpiTupleTable<'_>, ordinal: usize) -> CoreResult<Option<Self>> {
         if table.is_empty() {
             return Ok(None);
@@ -39,6 +43,12 @@ impl JsonbAnswer {
             let flat = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
             pg_sys::SPI_datumTransfer(pg_sys::Datum::from(flat), false, -1)
         };
+        // SAFETY: `owned` was just palloc'd by SPI_datumTransfer (a chunk of a valid context).
+        if unsafe { in_spi_memory(owned.cast_mut_ptr()) } {
+            return Err(CoreError::Internal(
+                "an answer was read in a nested SPI connection, whose memory ends with the outer one".into(),
+            ));
+        }
         Ok(Some(JsonbAnswer(owned)))
     }
 
@@ -53,6 +63,17 @@ impl JsonbAnswer {
     pub fn datum(&self) -> pg_sys::Datum {
         self.0
     }
+}
+
+/// Whether a palloc'd chunk lives in an SPI connection's own memory ("SPI Proc" or "SPI Exec",
+/// Postgres' names for them), which the connection's end frees.
+///
+/// # Safety
+/// `chunk` must point at a live palloc'd chunk.
+unsafe fn in_spi_memory(chunk: *mut std::ffi::c_void) -> bool {
+    // SAFETY: the caller's promise; a valid context always has a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr((*pg_sys::GetMemoryChunkContext(chunk)).name) };
+    name == c"SPI Proc" || name == c"SPI Exec"
 }
 
 /// What a hot path answers from inside its `Spi::connect`: the datum its statement built, or a

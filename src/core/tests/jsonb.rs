@@ -121,4 +121,35 @@ mod tests {
         .unwrap();
         assert_eq!(read, None);
     }
+
+    /// An answer read in the function's own connection lives outside SPI's memory; read in a
+    /// nested one, it is refused (XX000) instead of pointing at memory the outer connection's
+    /// end frees.
+    #[pg_test]
+    fn an_answer_is_read_in_the_outermost_connection_only() {
+        use crate::core::answer::JsonbAnswer;
+        let sql = "SELECT jsonb_build_object('status', 'claimed', 'n', 1)";
+        let outer = Spi::connect(|client| {
+            let t = client.select(sql, None, &[])?;
+            Ok::<_, pgrx::spi::SpiError>(JsonbAnswer::from_current(&t.first(), 1))
+        })
+        .unwrap()
+        .unwrap()
+        .expect("an answer");
+        // Still readable after the connection closed: it lives in the test's own context.
+        // SAFETY: a jsonb datum of this call.
+        let read = unsafe { jsonb::from_datum(outer.datum()) }.unwrap();
+        assert_eq!(read, serde_json::json!({"status": "claimed", "n": 1}));
+
+        let nested = Spi::connect(|_outer| {
+            Spi::connect(|client| {
+                let t = client.select(sql, None, &[])?;
+                Ok::<_, pgrx::spi::SpiError>(
+                    JsonbAnswer::from_current(&t.first(), 1).map(|a| a.is_some()),
+                )
+            })
+        })
+        .unwrap();
+        assert_eq!(nested.unwrap_err().sqlstate(), "XX000");
+    }
 }
