@@ -168,6 +168,26 @@ ALTER TABLE flowgate.deliveries ADD COLUMN body_secrets jsonb CHECK (jsonb_typeo
 COMMENT ON COLUMN flowgate.deliveries.body_secrets IS
   'Top-level body fields that are secrets, each with the name of its secret (Supabase Vault, else flowgate.secrets), set when the request is built; the stored body does not hold them.';
 
+-- pg_net numbers its requests with the sequence of an UNLOGGED table, which a crash, an
+-- immediate shutdown, a restore from a base backup or a promoted standby resets to 1 along with
+-- pg_net's queue and responses: a delivery in flight then could be recorded with the response
+-- to a later request that got its id. A delivery now keeps the pg_net epoch its request id
+-- belongs to (flowgate.pg_net_epoch, UNLOGGED, reset with pg_net's tables); one of an earlier
+-- epoch is a lost attempt, retried with the same key. Deliveries in flight on pg_net now
+-- have no epoch: the first collect counts them lost and they are sent again with their key
+-- (which of them pg_net had sent cannot be told).
+ALTER TABLE flowgate.deliveries ADD COLUMN transport_epoch uuid;
+COMMENT ON COLUMN flowgate.deliveries.transport_epoch IS
+  'The pg_net epoch (flowgate.pg_net_epoch) its transport_ref belongs to: a response is this delivery''s only in the same epoch.';
+CREATE UNLOGGED TABLE flowgate.pg_net_epoch (
+    epoch    uuid NOT NULL,
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+COMMENT ON TABLE flowgate.pg_net_epoch IS
+  'The current pg_net epoch: begun by the first delivery queued on pg_net since pg_net''s unlogged tables (and this one) were last reset. '
+  'A pg_net response is a delivery''s only when the delivery''s transport_epoch is this epoch; in-flight deliveries of an earlier epoch count as lost attempts, retried with the same key.';
+REVOKE ALL ON flowgate.pg_net_epoch FROM PUBLIC;
+
 -- The id sequences of the metrics and the outcome log go into dumps with their tables (a
 -- restored database started them at 1 again, and every sample then failed on a taken id).
 SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics_id_seq', '');
@@ -575,6 +595,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.is_endpoint_url(text) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE capacity.slack_requests FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.pg_net_epoch FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
 END

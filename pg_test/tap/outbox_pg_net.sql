@@ -14,7 +14,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_net')
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(8);
+SELECT plan(12);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_net') AS made_pg_net \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pg_net;
@@ -48,6 +48,8 @@ SELECT is((:'summary'::jsonb ->> 'claimed')::int,
           'every delivery it claims is queued with pg_net or recorded (what pg_net cannot carry goes natively)');
 SELECT ok((SELECT transport = 'pg_net' AND transport_ref IS NOT NULL FROM flowgate.deliveries WHERE idempotency_key = :'key'),
           'the delivery was queued with net.http_post, and the pg_net request id is kept');
+SELECT ok((SELECT d.transport_epoch = e.epoch FROM flowgate.deliveries d, flowgate.pg_net_epoch e WHERE d.idempotency_key = :'key'),
+          'with the pg_net epoch that id belongs to');
 
 -- Wait (up to 10 s) for pg_net's worker to store the response, then collect it.
 CREATE TEMP TABLE k AS SELECT :'key'::text AS key;
@@ -74,6 +76,35 @@ SELECT is((SELECT attempts FROM flowgate.deliveries WHERE idempotency_key = :'ke
 SELECT is((SELECT status::text FROM flowgate.deliveries WHERE idempotency_key = :'key'), 'delivered', 'delivered through pg_net');
 SELECT is((SELECT response_body::jsonb ->> 'key' FROM flowgate.deliveries WHERE idempotency_key = :'key'), :'key',
           'the Idempotency-Key header went through pg_net');
+
+-- A crash (or a restore, or a promoted standby) resets pg_net's unlogged tables and its id
+-- sequence, and flowgate.pg_net_epoch with them: a request id of before then may name a later
+-- request. Played here: a delivery in flight under an earlier epoch's request id, and a
+-- response stored under that id for another request. It is not that delivery's response: the
+-- delivery is a lost attempt, retried with its key at once (not after its lease).
+-- (A back-off of up to an hour meanwhile, so the test server's worker does not send it again
+-- before it is looked at.)
+SELECT flowgate.set_setting('flowgate.retry_base_ms', '3600000') \g /dev/null
+SELECT flowgate.set_setting('flowgate.retry_cap_ms', '86400000') \g /dev/null
+SELECT 'tap-pgnet-lost-' || substr(md5(random()::text || clock_timestamp()::text), 1, 8) AS lost \gset
+SELECT flowgate.enqueue_delivery('tap', 'pgnet-lost', 'http://127.0.0.1:5597/ok', :'lost', '{"via": "pg_net"}') AS lost_id \gset
+CREATE TEMP TABLE forged AS SELECT (SELECT max(id) FROM net._http_response) + 1000000 AS id;
+UPDATE flowgate.deliveries SET status = 'in_flight', attempts = 1, transport = 'pg_net', claimed_at = clock_timestamp() - interval '1 second',
+       transport_ref = (SELECT id FROM forged), transport_epoch = gen_random_uuid()
+ WHERE id = :lost_id;
+INSERT INTO net._http_response (id, status_code, content_type, content, timed_out)
+SELECT id, 200, 'application/json', '{"forged": true}', false FROM forged;
+SELECT flowgate.collect() \g /dev/null
+SELECT is((SELECT status::text || ' ' || attempts FROM flowgate.deliveries WHERE id = :lost_id), 'pending 1',
+          'a delivery in flight under an earlier pg_net epoch is not recorded with the response its request id now names');
+SELECT is((SELECT last_status_code IS NULL AND response_body IS NULL FROM flowgate.deliveries WHERE id = :lost_id), true,
+          'nothing of that response is kept on it');
+SELECT ok((SELECT last_error LIKE 'transport error: pg_net lost the request: its tables were reset%' FROM flowgate.deliveries WHERE id = :lost_id),
+          'it is recorded at once (claimed a second ago, its lease is minutes) as a lost attempt, to be sent again with its key');
+DELETE FROM net._http_response WHERE id = (SELECT id FROM forged);
+DELETE FROM flowgate.deliveries WHERE id = :lost_id;
+SELECT flowgate.reset_setting('flowgate.retry_base_ms') \g /dev/null
+SELECT flowgate.reset_setting('flowgate.retry_cap_ms') \g /dev/null
 
 -- Leave the database as found: with pg_net installed and closed to PUBLIC, the default transport
 -- (auto) would pick it for every later suite. Whatever the worker handed to pg_net meanwhile is

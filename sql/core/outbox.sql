@@ -45,7 +45,9 @@ CREATE TABLE flowgate.deliveries (
     delivered_at          timestamptz,
     -- Body fields that are secrets, by secret name ({"db_pass": "<name>"}): set in the body when
     -- the request is built, as auth_secret is, so the row (and a dump, and the WAL) never holds them.
-    body_secrets          jsonb CHECK (jsonb_typeof(body_secrets) = 'object')
+    body_secrets          jsonb CHECK (jsonb_typeof(body_secrets) = 'object'),
+    -- The pg_net epoch (flowgate.pg_net_epoch) transport_ref was handed out in.
+    transport_epoch       uuid
 );
 COMMENT ON TABLE flowgate.deliveries IS
   'Outbox of HTTP deliveries. Enqueued inside a workflow transaction, sent by CALL flowgate.run_outbox() or the background worker '
@@ -54,6 +56,8 @@ COMMENT ON TABLE flowgate.deliveries IS
 COMMENT ON COLUMN flowgate.deliveries.auth_secret IS
   'Name of a secret (Supabase Vault, else flowgate.secrets) sent as "<auth_header>: <auth_scheme> <secret>".';
 COMMENT ON COLUMN flowgate.deliveries.transport_ref IS 'pg_net request id while in flight on pg_net.';
+COMMENT ON COLUMN flowgate.deliveries.transport_epoch IS
+  'The pg_net epoch (flowgate.pg_net_epoch) its transport_ref belongs to: a response is this delivery''s only in the same epoch.';
 COMMENT ON COLUMN flowgate.deliveries.body_secrets IS
   'Top-level body fields that are secrets, each with the name of its secret (Supabase Vault, else flowgate.secrets), set when the request is built; the stored body does not hold them.';
 
@@ -123,6 +127,21 @@ CREATE INDEX deliveries_problems ON flowgate.deliveries (updated_at) WHERE statu
 SELECT pg_catalog.pg_extension_config_dump('flowgate.deliveries', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('flowgate.deliveries', 'id'), '');
 REVOKE ALL ON flowgate.deliveries FROM PUBLIC;
+
+-- pg_net numbers its requests with the sequence of an UNLOGGED table, which a crash, an
+-- immediate shutdown, a restore from a base backup or a promoted standby resets to 1 along with
+-- pg_net's queue and responses: a request id then names another request. This UNLOGGED row is
+-- reset with them, so the epoch it holds (begun by the first request queued after a reset) tells
+-- whose ids a delivery's transport_ref belongs to. Not in dumps: a restored database begins an
+-- epoch of its own. Owner-only.
+CREATE UNLOGGED TABLE flowgate.pg_net_epoch (
+    epoch    uuid NOT NULL,
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+COMMENT ON TABLE flowgate.pg_net_epoch IS
+  'The current pg_net epoch: begun by the first delivery queued on pg_net since pg_net''s unlogged tables (and this one) were last reset. '
+  'A pg_net response is a delivery''s only when the delivery''s transport_epoch is this epoch; in-flight deliveries of an earlier epoch count as lost attempts, retried with the same key.';
+REVOKE ALL ON flowgate.pg_net_epoch FROM PUBLIC;
 
 -- Secrets for deliveries when Supabase Vault is not installed: pgcrypto ciphertext under
 -- flowgate.tenant_key_passphrase (server configuration only), so neither a read of this table

@@ -32,9 +32,10 @@ impl Collected {
 /// Most rows one collection looks at per kind: a bound, the schedule comes back for the rest.
 const COLLECT_BATCH: i64 = 500;
 
-/// Record the responses pg_net has stored for deliveries it carried, and expire deliveries in
-/// flight past their lease (and never less than their own timeout plus 30 s) as timed-out
-/// attempts, which are then retried with the same key. No HTTP; one short transaction.
+/// Record the responses pg_net has stored for deliveries it carried in the current pg_net epoch,
+/// and expire deliveries in flight past their lease (and never less than their own timeout
+/// plus 30 s) as timed-out attempts, and those pg_net carried in an earlier epoch as lost ones:
+/// both are retried with the same key. No HTTP; one short transaction.
 pub fn collect() -> CoreResult<Collected> {
     let policy = record::retry_policy()?;
     let lease = settings::get_i64("flowgate.in_flight_lease_seconds")?;
@@ -55,6 +56,7 @@ pub fn collect() -> CoreResult<Collected> {
                    FROM flowgate.deliveries d \
                    JOIN net._http_response resp ON resp.id = d.transport_ref AND resp.created >= d.claimed_at \
                   WHERE d.status = 'in_flight' AND d.transport = 'pg_net' \
+                    AND d.transport_epoch = (SELECT e.epoch FROM flowgate.pg_net_epoch e) \
                   ORDER BY d.id LIMIT $1 \
                     FOR UPDATE OF d SKIP LOCKED",
                 &[COLLECT_BATCH.into()],
@@ -91,19 +93,27 @@ pub fn collect() -> CoreResult<Collected> {
             out.collected += 1;
         }
     }
-    let expired: Vec<i64> = Spi::connect_mut(|client| {
+    // In flight past the lease; or carried by pg_net in an earlier pg_net epoch (its request
+    // and response went when pg_net's unlogged tables were reset, and its request id may name
+    // another request now): at once, not after the lease.
+    let expired: Vec<(i64, bool)> = Spi::connect_mut(|client| {
         let rows = prepared::exec(
             client,
-            "SELECT id FROM flowgate.deliveries \
+            "SELECT id, transport = 'pg_net' AND transport_epoch IS DISTINCT FROM (SELECT e.epoch FROM flowgate.pg_net_epoch e) \
+               FROM flowgate.deliveries \
               WHERE status = 'in_flight' \
-                AND claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30)) \
+                AND (claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30)) \
+                     OR (transport = 'pg_net' AND transport_epoch IS DISTINCT FROM (SELECT e.epoch FROM flowgate.pg_net_epoch e))) \
               ORDER BY id LIMIT $2 \
                 FOR UPDATE SKIP LOCKED",
             &[(lease as f64).into(), COLLECT_BATCH.into()],
         )?;
         let mut v = Vec::with_capacity(rows.len());
         for row in rows {
-            v.push(row.get::<i64>(1)?.unwrap_or_default());
+            v.push((
+                row.get::<i64>(1)?.unwrap_or_default(),
+                row.get::<bool>(2)?.unwrap_or(false),
+            ));
         }
         Ok::<_, CoreError>(v)
     })?;
@@ -112,10 +122,19 @@ pub fn collect() -> CoreResult<Collected> {
         body: None,
         content_type: None,
     };
-    for id in expired {
-        // Any attempt: the lease of whoever claimed it has passed.
+    let lost = Observation {
+        attempt: Ok(super::policy::Attempt::Transport(
+            "pg_net lost the request: its tables were reset (a crash, a restore or a promoted standby) before the response was collected"
+                .into(),
+        )),
+        body: None,
+        content_type: None,
+    };
+    for (id, epoch_gone) in expired {
+        // Any attempt: the lease of whoever claimed it has passed, or its epoch has.
+        let observed = if epoch_gone { &lost } else { &timed_out };
         out.counts
-            .add(record::record_with(id, None, &timed_out, &policy)?);
+            .add(record::record_with(id, None, observed, &policy)?);
         out.expired += 1;
     }
     Ok(out)

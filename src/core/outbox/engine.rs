@@ -131,6 +131,8 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
         })
     };
     let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
+    // The pg_net epoch the requests queued here belong to, looked up once per claim.
+    let mut epoch: Option<String> = None;
     for p in store::prepare(&ids)? {
         match p {
             Prepared::Unsendable { id, reason } => {
@@ -140,7 +142,7 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
             }
             Prepared::Send(request) => {
                 let l = lease_of(request.id)?;
-                if transport == Transport::PgNet && queue_on_pg_net(&request)? {
+                if transport == Transport::PgNet && queue_on_pg_net(&request, &mut epoch)? {
                     claimed.queued += 1;
                 } else {
                     claimed.native.push(Leased {
@@ -307,7 +309,7 @@ fn claim_rows(
         client,
         "UPDATE flowgate.deliveries d \
             SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
-                transport = $2, transport_ref = NULL, updated_at = clock_timestamp() \
+                transport = $2, transport_ref = NULL, transport_epoch = NULL, updated_at = clock_timestamp() \
           WHERE d.id = ANY ($1) \
          RETURNING d.id, d.attempts, d.max_attempts, d.flow_key",
         &[chosen.into(), transport.as_str().into()],
@@ -324,11 +326,12 @@ fn claim_rows(
     Ok(out)
 }
 
-/// Queue one request with pg_net and remember its request id; false when pg_net cannot carry
+/// Queue one request with pg_net and remember its request id and the pg_net epoch it belongs to
+/// (`epoch`, looked up by the first request of the claim); false when pg_net cannot carry
 /// it: a resolved secret or a sensitive delivery (pg_net keeps requests until it sends them,
 /// and responses for hours, in tables PUBLIC can read), a body that is not plain JSON, or a
 /// method other than GET and POST.
-fn queue_on_pg_net(req: &native::Request) -> CoreResult<bool> {
+fn queue_on_pg_net(req: &native::Request, epoch: &mut Option<String>) -> CoreResult<bool> {
     let plain_json = req
         .headers
         .iter()
@@ -366,9 +369,13 @@ fn queue_on_pg_net(req: &native::Request) -> CoreResult<bool> {
             ],
         )?
     };
+    let epoch = match epoch {
+        Some(e) => e.clone(),
+        None => epoch.insert(super::transport::pg_net_epoch()?).clone(),
+    };
     Spi::run_with_args(
-        "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = clock_timestamp() WHERE id = $1",
-        &[req.id.into(), request_id.into()],
+        "UPDATE flowgate.deliveries SET transport_ref = $2, transport_epoch = $3::uuid, updated_at = clock_timestamp() WHERE id = $1",
+        &[req.id.into(), request_id.into(), epoch.into()],
     )?;
     Ok(true)
 }

@@ -62,3 +62,33 @@ impl Transport {
         }
     }
 }
+
+/// The current pg_net epoch (`flowgate.pg_net_epoch`), begun now when there is none: pg_net's
+/// request ids name requests only within one epoch, since a crash (or a restore, or a promoted
+/// standby) resets pg_net's unlogged id sequence, queue and responses, and that row with them.
+/// Statements that write (a new snapshot each), so an epoch a concurrent runner began and
+/// committed while this one waited on it is seen.
+pub fn pg_net_epoch() -> CoreResult<String> {
+    const CURRENT: &str = "SELECT (SELECT epoch::text FROM flowgate.pg_net_epoch)";
+    let current = || {
+        Spi::connect_mut(|client| {
+            crate::core::prepared::first_text(crate::core::prepared::exec(client, CURRENT, &[])?)
+        })
+    };
+    if let Some(epoch) = current()? {
+        return Ok(epoch);
+    }
+    Spi::connect_mut(|client| {
+        crate::core::prepared::exec(
+            client,
+            "INSERT INTO flowgate.pg_net_epoch (epoch) VALUES (pg_catalog.gen_random_uuid()) ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .map(|_| ())
+    })?;
+    current()?.ok_or_else(|| CoreError::Busy {
+        what: "the pg_net epoch".into(),
+        hint: "a concurrent runner began it after this transaction's snapshot; the next round queues on pg_net"
+            .into(),
+    })
+}
