@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(166);
+SELECT plan(167);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -333,6 +333,13 @@ SELECT ok(ops.is_eligible_for_promotion('a0000000-0000-4000-8000-000000000003', 
           'G3 bypassed through an active exception: eligible for production');
 SELECT is((SELECT effective_status FROM ops.v_exception_status WHERE release_id = 'a0000000-0000-4000-8000-000000000003'), 'active',
           'v_exception_status shows it active');
+-- Its owner brings the exception's expiry forward: the stored bypass ends then too (eligibility
+-- read from the stored statuses trusts that expiry).
+UPDATE ops.exceptions SET expires_at = now() + interval '1 minute' WHERE release_id = 'a0000000-0000-4000-8000-000000000003';
+SELECT ok((SELECT g.status = 'bypassed' AND abs(extract(epoch FROM g.bypass_expires_at - x.expires_at)) < 0.001
+             FROM ops.release_gates g JOIN ops.exceptions x ON x.exception_id = g.bypass_exception_id
+            WHERE g.release_id = 'a0000000-0000-4000-8000-000000000003' AND g.gate_code = 'G3'),
+          'an exception whose expiry is moved moves the stored bypass''s expiry with it');
 -- The exception expires while this transaction runs: after it began (now()), before this
 -- statement (clock_timestamp()).
 SELECT pg_sleep(0.05) \g /dev/null

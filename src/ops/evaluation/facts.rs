@@ -14,8 +14,16 @@ use crate::ops::error::{OpsError, OpsResult};
 use crate::ops::gates::{self, GateCode, ReleaseFacts};
 use crate::ops::store::{read, write};
 
-/// A gate as loaded: code, required checks, stored status, reason and bypassing exception.
-type RawGate = (String, Vec<String>, String, Option<String>, Option<String>);
+/// A gate as loaded: code, required checks, stored status, reason, bypassing exception and
+/// its stored expiry (epoch seconds).
+type RawGate = (
+    String,
+    Vec<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+);
 
 #[derive(Deserialize)]
 struct RawFacts {
@@ -33,7 +41,7 @@ struct RawFacts {
 const FACTS: &str = "jsonb_build_object(\
   'now', extract(epoch FROM clock_timestamp()), \
   'gates', coalesce((SELECT jsonb_agg(jsonb_build_array(gate_code, to_jsonb(required_checks), status, status_reason, \
-                                                        bypass_exception_id)) \
+                                                        bypass_exception_id, extract(epoch FROM bypass_expires_at))) \
                        FROM ops.release_gates WHERE release_id = $1::uuid), '[]'), \
   'checks', coalesce((WITH RECURSIVE names AS ( \
                           SELECT g.gate_id, g.gate_code, \
@@ -198,8 +206,9 @@ pub(super) fn write_check(
     Ok(Written::Repeat { check_id, statuses })
 }
 
-/// What `ops.release_gates` holds for a gate now: status, reason, bypassing exception.
-pub(super) type Stored = (String, Option<String>, Option<String>);
+/// What `ops.release_gates` holds for a gate now: status, reason, bypassing exception and when
+/// that bypass expires (epoch seconds).
+pub(super) type Stored = (String, Option<String>, Option<String>, Option<f64>);
 
 /// What [`load`] read.
 pub(super) struct Loaded {
@@ -234,10 +243,10 @@ pub(super) fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
         ..Default::default()
     };
     let mut stored = BTreeMap::new();
-    for (code, required, status, reason, bypass) in raw.gates {
+    for (code, required, status, reason, bypass, expires) in raw.gates {
         let code = GateCode::parse(&code)?;
         facts.gates.entry(code).or_default().required_checks = required;
-        stored.insert(code, (status, reason, bypass));
+        stored.insert(code, (status, reason, bypass, expires));
     }
     for (code, name, status, required) in raw.checks {
         if let Some(status) = gates::CheckStatus::parse(&status) {

@@ -149,14 +149,7 @@ pub fn refresh_locked(
         .collect();
     let changed: Vec<Value> = evaluations
         .iter()
-        .filter(|e| {
-            let now = (
-                e.status.as_str().to_owned(),
-                Some(e.reason.clone()),
-                e.bypass.as_ref().map(|b| b.0.clone()),
-            );
-            stored.get(&e.code) != Some(&now)
-        })
+        .filter(|e| stored.get(&e.code).is_none_or(|s| !same_as_stored(e, s)))
         .map(|e| {
             json!({
                 "gate_code": e.code.as_str(),
@@ -177,14 +170,15 @@ pub fn refresh_locked(
                FROM jsonb_to_recordset($2) AS n(gate_code text, status text, reason text, bypass_exception_id uuid, \
                                                bypass_expires_at float8) \
               WHERE g.release_id = $1::uuid AND g.gate_code = n.gate_code \
-                AND (g.status, g.status_reason, g.bypass_exception_id) IS DISTINCT FROM (n.status, n.reason, n.bypass_exception_id)",
+                AND (g.status, g.status_reason, g.bypass_exception_id, g.bypass_expires_at) \
+                    IS DISTINCT FROM (n.status, n.reason, n.bypass_exception_id, to_timestamp(n.bypass_expires_at))",
             &[TEXT, JSONB],
             &[release_id.into(), JsonB(Value::Array(changed)).into()],
         )?;
     }
     let statuses = stored
         .into_iter()
-        .map(|(code, (status, _, _))| {
+        .map(|(code, (status, ..))| {
             let now = evaluations
                 .iter()
                 .find(|e| e.code == code)
@@ -197,6 +191,22 @@ pub fn refresh_locked(
         statuses,
         check_id,
     })
+}
+
+/// Whether an evaluation says what is stored: status, reason, bypassing exception, and when
+/// that bypass expires (an exception's expiry moved by its owner changes when the bypass ends,
+/// not the reason). Expiries cross as epoch seconds in `f64`; within a millisecond is the same.
+fn same_as_stored(e: &gates::Evaluation, stored: &facts::Stored) -> bool {
+    let (status, reason, bypass, expires) = stored;
+    let expiry_same = match (e.bypass.as_ref().map(|b| b.1), expires) {
+        (None, None) => true,
+        (Some(a), Some(b)) => (a - b).abs() < 0.001,
+        _ => false,
+    };
+    status == e.status.as_str()
+        && reason.as_deref() == Some(e.reason.as_str())
+        && bypass.as_deref() == e.bypass.as_ref().map(|b| b.0.as_str())
+        && expiry_same
 }
 
 fn check_environment(environment: &str) -> OpsResult<()> {
