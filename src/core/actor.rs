@@ -300,7 +300,8 @@ pub fn may_link(session: &Actor, current: Option<&str>, target: Option<&str>) ->
     Err(CoreError::PermissionDenied {
         actor: session.id.clone(),
         action: match (current, target) {
-            (Some(c), _) if c != session.id => format!("change an identity linked to {c:?}"),
+            // Not who: the link is another actor's, which this caller may not read.
+            (Some(c), _) if c != session.id => "change an identity linked to another actor".into(),
             (_, Some(t)) if t == session.id => {
                 "link an identity without proving it is theirs".into()
             }
@@ -519,6 +520,8 @@ mod unit_tests {
         ] {
             let e = may_link(&me, current, target).unwrap_err();
             assert_eq!(e.sqlstate(), "42501", "{current:?} -> {target:?}");
+            // A refusal never says whom another's link names.
+            assert!(!e.to_string().contains("boss"), "{e}");
         }
         let bot = SessionFacts {
             current_user: "service_role",
