@@ -14,7 +14,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_net')
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(12);
+SELECT plan(13);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_net') AS made_pg_net \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pg_net;
@@ -36,6 +36,15 @@ SELECT flowgate.set_setting('flowgate.http_transport', '"pg_net"') \g /dev/null
 SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL, 'and pg_net by name is refused there (the hint names the REVOKEs)');
 REVOKE SELECT ON net.http_request_queue FROM PUBLIC;
 REVOKE INSERT, UPDATE, DELETE ON net._http_response FROM PUBLIC;
+-- Closed to PUBLIC but open to PostgREST's authenticated role by a grant of its own is open too.
+SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') AS has_authenticated \gset
+\if :has_authenticated
+GRANT INSERT ON net._http_response TO authenticated;
+SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL, 'so is one whose responses authenticated may write');
+REVOKE INSERT ON net._http_response FROM authenticated;
+\else
+SELECT pass('so is one whose responses authenticated may write (no authenticated role here)');
+\endif
 
 SELECT flowgate.enqueue_delivery('tap', 'pgnet', 'http://127.0.0.1:5597/ok', :'key', '{"via": "pg_net"}') \g /dev/null
 -- The test server's background worker runs the outbox too, and may claim the delivery first:

@@ -27,8 +27,9 @@ impl Transport {
     /// pg_net as installed grants PUBLIC its request queue and response table: any role could
     /// then read a queued request's body and write the response flowgate records as the
     /// delivery's outcome (and hands to its handler). So pg_net carries deliveries only where
-    /// PUBLIC can neither read `net.http_request_queue` nor write `net._http_response`; asked
-    /// for by name where it is open, it is refused (0A000) with the REVOKEs that close it.
+    /// neither PUBLIC nor PostgREST's `anon` and `authenticated` (grants of their own included)
+    /// can read `net.http_request_queue` or write `net._http_response`; asked for by name where
+    /// it is open, it is refused (0A000) with the REVOKEs that close it.
     pub fn current() -> CoreResult<Transport> {
         let wanted = settings::get_text("flowgate.http_transport")?;
         if wanted == "native" {
@@ -38,9 +39,11 @@ impl Transport {
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_net'), \
                     CASE WHEN pg_catalog.to_regclass('net.http_request_queue') IS NULL \
                            OR pg_catalog.to_regclass('net._http_response') IS NULL THEN false \
-                         ELSE pg_catalog.has_schema_privilege('public', 'net', 'USAGE') \
-                              AND (pg_catalog.has_table_privilege('public', 'net.http_request_queue', 'SELECT') \
-                                   OR pg_catalog.has_table_privilege('public', 'net._http_response', 'INSERT, UPDATE, DELETE')) END",
+                         ELSE EXISTS (SELECT FROM (SELECT 'public'::name UNION ALL \
+                                                     SELECT rolname FROM pg_catalog.pg_roles WHERE rolname IN ('anon', 'authenticated')) r(role) \
+                                       WHERE pg_catalog.has_schema_privilege(r.role, 'net', 'USAGE') \
+                                         AND (pg_catalog.has_table_privilege(r.role, 'net.http_request_queue', 'SELECT') \
+                                              OR pg_catalog.has_table_privilege(r.role, 'net._http_response', 'INSERT, UPDATE, DELETE'))) END",
         )?;
         let (has_pg_net, open) = (has_pg_net.unwrap_or(false), open.unwrap_or(true));
         match (wanted.as_str(), has_pg_net, open) {
@@ -49,8 +52,8 @@ impl Transport {
             ("pg_net", true, true) => Err(CoreError::MissingDependency {
                 feature: "flowgate.http_transport = pg_net".into(),
                 dependency: "a pg_net whose request queue and responses PUBLIC cannot read or write".into(),
-                hint: "REVOKE SELECT ON net.http_request_queue FROM PUBLIC; REVOKE INSERT, UPDATE, DELETE ON net._http_response FROM PUBLIC; \
-                       or set flowgate.http_transport to auto or native"
+                hint: "REVOKE SELECT ON net.http_request_queue FROM PUBLIC; REVOKE INSERT, UPDATE, DELETE ON net._http_response FROM PUBLIC \
+                       (and from anon and authenticated where they were granted them); or set flowgate.http_transport to auto or native"
                     .into(),
             }),
             _ => Err(CoreError::MissingDependency {
