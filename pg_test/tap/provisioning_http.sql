@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(49);
+SELECT plan(52);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -207,6 +207,11 @@ SELECT provisioning.retry(pg_temp.client('creds')) \g /dev/null
 CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT provisioning_status || ' ' || coalesce(provisioning_error, '-') FROM provisioning.clients WHERE slug = pg_temp.slug('creds')), 'ready -',
           'after the token is fixed, provisioning.retry gets it to ready');
+SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part(d.owner_id, ':', 3), ',' ORDER BY d.id)
+             FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('creds') AND j.job_type = 'create_project'),
+          '1:create,1:lookup,1:create,1:api_keys',
+          'the retry (attempts numbered from 1 again) looks the project up before creating it, as any attempt after a create does');
 SELECT throws_ok(format('SELECT provisioning.retry(%L::uuid)', pg_temp.client('creds')), '55000',
                  'retry is not allowed in state ready (no job failed or waiting to retry)',
                  'retrying a ready client says what it is (the hint points at sync_schema)');
@@ -225,6 +230,27 @@ SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part
              FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
             WHERE j.client_id = pg_temp.client('slow') AND j.job_type = 'create_project'),
           '1:create,2:lookup,2:api_keys', 'by adopting the project the timed-out create made, never creating it twice');
+
+-- ---- A lease that ran out with the create still waiting to be sent ----------------------------------------------
+-- (The create is held back an hour, as a paused flow or a stalled outbox would hold it.)
+SELECT pg_temp.api('ok') \g /dev/null
+BEGIN;
+SELECT provisioning.enqueue_client(pg_temp.slug('stall'), 'Stalled Tenant') \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+UPDATE flowgate.deliveries d SET next_attempt_at = now() + interval '1 hour'
+  FROM pg_temp.jobs() j WHERE d.owner_id LIKE j.job_id || ':%' AND j.client_id = pg_temp.client('stall') \g /dev/null
+UPDATE provisioning.client_provisioning_jobs SET lease_expires_at = now() - interval '1 second'
+ WHERE client_id = pg_temp.client('stall') \g /dev/null
+COMMIT;
+CALL pg_temp.run_jobs() \g /dev/null
+SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part(d.owner_id, ':', 3) || ' ' || d.status, ',' ORDER BY d.id)
+             FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('stall') AND j.job_type = 'create_project'),
+          '1:create failed,2:lookup delivered,2:create delivered,2:api_keys delivered',
+          'the next attempt drops the waiting create of the lapsed one and looks up before creating: one project');
+SELECT is((SELECT d.last_error FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id = j.job_id || ':1:create'
+            WHERE j.client_id = pg_temp.client('stall')),
+          'superseded: the attempt it belonged to ended before it was sent', 'saying why it was never sent');
 
 -- ---- A failed migration, fixed, resumed where it stopped ------------------------------------------------------
 DELETE FROM provisioning.migrations \g /dev/null
@@ -265,7 +291,7 @@ CREATE TEMP TABLE secrets AS
 SELECT k.anon_key AS s FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
 UNION ALL SELECT k.service_key FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
 UNION ALL SELECT k.db_pass FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t);
-SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 18, 'six tenants, three secrets each');
+SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 21, 'seven tenants, three secrets each');
 CREATE FUNCTION pg_temp.plain_text_hits() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     rel regclass;

@@ -189,10 +189,15 @@ fn start(job: &Value) -> ProvisioningResult<()> {
     let client_id = job["client_id"].as_str().unwrap_or_default().to_owned();
     let job_type = job["job_type"].as_str().unwrap_or_default().to_owned();
     let begun = Spi::connect_mut(|client| -> CoreResult<Begun> {
+        supersede_earlier_attempts(client, &job_id)?;
         let c = load_client(client, &client_id)?;
         let step = match job_type.as_str() {
             "create_project" if c.project_ref.is_some() => Step::ApiKeys,
-            "create_project" if attempt > 1 => Step::Lookup,
+            // Any attempt but a client's very first may follow a create that went out (an
+            // operator's reset numbers attempts from 1 again): look the project up first.
+            "create_project" if attempt > 1 || create_claimed_before(client, &client_id)? => {
+                Step::Lookup
+            }
             "create_project" => Step::Create,
             "schema_sync" | "smoke_checks" if c.project_ref.is_none() => {
                 return Ok(Begun::CannotStart(
@@ -218,6 +223,48 @@ fn start(job: &Value) -> ProvisioningResult<()> {
         // No organization id, no pgcrypto, no project: a permanent failure.
         Begun::CannotStart(why) => finish(&job_id, false, Some(400), Some(&why)).map(|_| ()),
     }
+}
+
+/// A new attempt begins: requests of the job's earlier attempts still waiting to be sent never
+/// will be (a create among them would make a second project, a migration run twice). Their
+/// answers would be ignored anyway; one already in flight cannot be stopped, and is waited for
+/// ([`earlier_create_in_flight`]).
+fn supersede_earlier_attempts(client: &mut SpiClient<'_>, job_id: &str) -> CoreResult<()> {
+    client.update(
+        "UPDATE flowgate.deliveries \
+            SET status = 'failed', last_error = 'superseded: the attempt it belonged to ended before it was sent', \
+                updated_at = clock_timestamp() \
+          WHERE owner_module = 'provisioning' AND owner_id LIKE $1 || ':%' AND status = 'pending'",
+        None,
+        &[job_id.into()],
+    )?;
+    Ok(())
+}
+
+/// Whether the client's create_project jobs were claimed before this attempt's claim.
+fn create_claimed_before(client: &SpiClient<'_>, client_id: &str) -> CoreResult<bool> {
+    let t = client.select(
+        "SELECT count(*) > 1 FROM provisioning.job_events e \
+           JOIN provisioning.client_provisioning_jobs j ON j.job_id = e.job_id \
+          WHERE j.client_id = $1::uuid AND j.job_type = 'create_project' AND e.event_type = 'claimed'",
+        None,
+        &[client_id.into()],
+    )?;
+    Ok(t.first().get_one::<bool>()?.unwrap_or(true))
+}
+
+/// Whether a create request of an earlier attempt for the client is still in flight: its
+/// project may appear after a look-up that did not find it.
+fn earlier_create_in_flight(client: &SpiClient<'_>, client_id: &str) -> CoreResult<bool> {
+    let t = client.select(
+        "SELECT EXISTS (SELECT FROM flowgate.deliveries d \
+                          JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%:create' \
+                         WHERE j.client_id = $1::uuid AND j.job_type = 'create_project' \
+                           AND d.owner_module = 'provisioning' AND d.status = 'in_flight')",
+        None,
+        &[client_id.into()],
+    )?;
+    Ok(t.first().get_one::<bool>()?.unwrap_or(true))
 }
 
 /// How the first step of an attempt went.
@@ -292,6 +339,11 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
         &[job_id.as_str().into(), attempt.into(), WORKER.into()],
     )?;
     if t.is_empty() {
+        // Except a project a late create made: recorded on a client without one, so no later
+        // attempt makes another (its look-up may run before the project is listed).
+        if step == Step::Create && call.outcome == Outcome::Delivered {
+            adopt_late_project(client, &job_id, call)?;
+        }
         return Ok(());
     }
     let client_id: String = t.first().get_one::<String>()?.unwrap_or_default();
@@ -319,6 +371,13 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
             Ok(Some(p)) => {
                 save_project(client, &c, &p)?;
                 Some(Step::ApiKeys)
+            }
+            Ok(None) if earlier_create_in_flight(client, &client_id)? => {
+                return fail(
+                    Some(503),
+                    "lookup: a create request of an earlier attempt is still in flight; the next attempt looks again"
+                        .into(),
+                )
             }
             Ok(None) => Some(Step::Create),
             Err(e) => return fail(call.status_code, e.to_string()),
@@ -365,6 +424,33 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
             .map(|_| ())
             .map_err(handler_error),
     }
+}
+
+/// Record the project a create of an ended attempt made, on a client that has none yet. The
+/// job is locked first, then the client, as a running attempt's answer does.
+fn adopt_late_project(
+    client: &mut SpiClient<'_>,
+    job_id: &str,
+    call: &HandlerCall<'_>,
+) -> CoreResult<()> {
+    let Ok(p) = mgmt::parse_created(call.response.as_ref()) else {
+        return Ok(());
+    };
+    let t = client.update(
+        "SELECT j.client_id::text FROM provisioning.client_provisioning_jobs j \
+          WHERE j.job_id = $1::uuid AND j.job_type = 'create_project' FOR UPDATE",
+        None,
+        &[job_id.into()],
+    )?;
+    if t.is_empty() {
+        return Ok(());
+    }
+    let client_id: String = t.first().get_one::<String>()?.unwrap_or_default();
+    let c = load_client(client, &client_id)?;
+    if c.project_ref.is_none() {
+        save_project(client, &c, &p)?;
+    }
+    Ok(())
 }
 
 fn save_project(client: &mut SpiClient<'_>, c: &ClientRow, p: &mgmt::Project) -> CoreResult<()> {
