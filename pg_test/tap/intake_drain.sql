@@ -11,10 +11,10 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(86);
+SELECT plan(89);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch'] $$;
+    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag'] $$;
 -- Until none of this file's deliveries is in flight or due (the worker may be sending them).
 CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -149,6 +149,26 @@ SELECT is((SELECT claims FROM intake.user_claims WHERE pool_id = 'tap_reject' AN
 SELECT is(intake.claim_resource('tap_reject', 'r1') ->> 'status', 'claimed', 'so the user may claim again');
 SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_reject'), 0, 'nothing reached the ledger');
 
+-- ---- The outbox behind the drain: reads counted while the request waits are not failures -------
+SELECT intake.create_pool('tap_lag', 2, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "visibility_timeout_seconds": 1,
+                                          "max_retries": 1, "drain_mode": "external"}') \g /dev/null
+SELECT intake.claim_resource('tap_lag', 'l1') \g /dev/null
+BEGIN;
+SELECT intake.drain('tap_lag') \g /dev/null
+-- (The outbox is behind: the validation request is due in an hour.)
+UPDATE flowgate.deliveries SET next_attempt_at = now() + interval '1 hour' WHERE owner_id LIKE 'tap_lag:%' \g /dev/null
+COMMIT;
+SELECT pg_sleep(1.1) \g /dev/null
+CREATE TEMP TABLE dlag AS SELECT intake.drain('tap_lag') AS r;
+SELECT is((SELECT (r ->> 'read') || ' ' || coalesce(r ->> 'dead_lettered', '0') || ' ' || (SELECT count(*) FROM pgmq.q_intake_tap_lag_dlq) FROM dlag), '1 0 0',
+          'read 2 > max_retries while its request is still due: not dead-lettered (the reads counted the outbox''s lag)');
+UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE owner_id LIKE 'tap_lag:%' \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_lag'), 1,
+          'the answer comes and finds its intent: validated, booked once');
+SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_lag) + (SELECT count(*)::int FROM pgmq.q_intake_tap_lag_dlq), 0, 'both queues are empty');
+
 -- ---- A webhook that is down: retried after the visibility timeout, DLQ, replay once it is back --
 SELECT intake.create_pool('tap_down', 3, '{"validation_webhook_url": "http://127.0.0.1:1/refused", "commit_target": "http://127.0.0.1:5597/ok",
                                            "visibility_timeout_seconds": 2, "max_retries": 2, "drain_mode": "external"}') \g /dev/null
@@ -279,7 +299,7 @@ SELECT is((SELECT (m ->> 'queue_depth') || '/' || (m ->> 'rejected') || '/' || (
 SELECT is((SELECT count(*)::int FROM intake.outcome_log WHERE pool_id IN ('tap_local', 'tap_reject')), 0, 'the outcome log is folded into totals');
 SELECT is((SELECT array_agg(m ->> 'pool_id' ORDER BY m ->> 'pool_id') FROM jsonb_array_elements(intake.collect_metrics(NULL, 60)) m
             WHERE m ->> 'pool_id' = ANY (pg_temp.pools())),
-          ARRAY['tap_down', 'tap_ext', 'tap_ledger', 'tap_refused'], 'a pool sampled less than min_interval ago is skipped');
+          ARRAY['tap_down', 'tap_ext', 'tap_lag', 'tap_ledger', 'tap_refused'], 'a pool sampled less than min_interval ago is skipped');
 SELECT throws_ok($$SELECT intake.collect_metrics('tap_nope')$$, 'P0002', NULL, 'metrics of an unknown pool is P0002');
 ROLLBACK;
 

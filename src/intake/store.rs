@@ -306,7 +306,9 @@ pub fn commit_locally(
 }
 
 /// Settle an intent that needs no HTTP: archive a committed one, dead-letter one read too often.
-/// Returns "committed", "dead_lettered", or "pending" when it has a step to perform.
+/// Returns "committed", "dead_lettered", "waiting" (read too often, but a request of it is
+/// still due or in flight: the reads counted the outbox's lag, not failed attempts, and its
+/// answer is still to come), or "pending" when it has a step to perform.
 pub fn settle(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
@@ -323,6 +325,7 @@ pub fn settle(
             complete(client, pool, intent)?;
             Ok("committed")
         }
+        Step::DeadLetter(_) if request_outstanding(client, pool, intent)? => Ok("waiting"),
         Step::DeadLetter(reason) => {
             let reason = match intent.message.get("last_error").and_then(Value::as_str) {
                 Some(last) => format!("{reason}; last error: {last}"),
@@ -333,6 +336,29 @@ pub fn settle(
         }
         _ => Ok("pending"),
     }
+}
+
+/// Whether a request of the intent (either stage) is due to be sent or in flight: not parked
+/// for the next read, not finished.
+fn request_outstanding(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intent: &Intent,
+) -> CoreResult<bool> {
+    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
+    let keys: Vec<String> = [Stage::Validate, Stage::Commit]
+        .iter()
+        .map(|s| drain::wire_key(pool.as_str(), origin, *s))
+        .collect();
+    // A statement that writes nothing but takes a new snapshot: an answer recorded since the
+    // drain's statement began counts.
+    let t = prepared::exec(
+        client,
+        "SELECT EXISTS (SELECT FROM flowgate.deliveries WHERE idempotency_key = ANY ($1) AND owner_module = 'intake' \
+                          AND (status = 'in_flight' OR (status = 'pending' AND next_attempt_at <> 'infinity')))",
+        &[keys.into()],
+    )?;
+    Ok(t.first().get_one::<bool>()?.unwrap_or(false))
 }
 
 /// What one drain did, for its summary.
@@ -365,6 +391,7 @@ pub fn start(
         ) {
             Step::Finish | Step::DeadLetter(_) => match settle(client, pool, cfg, &intent)? {
                 "committed" => out.committed += 1,
+                "waiting" => out.waiting += 1,
                 _ => out.dead_lettered += 1,
             },
             Step::Commit if cfg.commit_target.is_none() => {
