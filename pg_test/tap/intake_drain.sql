@@ -11,7 +11,7 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(89);
+SELECT plan(90);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag'] $$;
@@ -321,6 +321,18 @@ SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id LIKE 'ta
           'only that delivery keeps a handler error');
 SELECT matches((SELECT handler_error FROM flowgate.deliveries WHERE idempotency_key = 'tap-batch-bogus'), 'intake delivery owner',
                'which says what was wrong');
+
+-- ---- A pool dropped and made again under its id ------------------------------------------------
+-- Its predecessor's ledger row (message 1) and requests stay; the new queue's message ids go on
+-- after theirs, so its intents neither find their ledger key taken nor their request delivered.
+SELECT intake.drop_pool('tap_lag') \g /dev/null
+SELECT intake.create_pool('tap_lag', 1, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "drain_mode": "external"}') \g /dev/null
+SELECT intake.claim_resource('tap_lag', 'l2') \g /dev/null
+SELECT intake.drain('tap_lag') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(user_id || ' ' || idempotency_key, ',' ORDER BY finalized_at) FROM intake.transactions WHERE pool_id = 'tap_lag'),
+          'l1 tap_lag:1,l2 tap_lag:2', 'the new pool''s intent is booked under a key of its own');
 
 -- ---- Clean up ---------------------------------------------------------------------------------
 SELECT pg_temp.settle() \g /dev/null

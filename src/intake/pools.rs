@@ -14,6 +14,28 @@ use crate::intake::store::log_outcome;
 /// Create a pool from its checked configuration `cfg` (engine_config columns, with `pool_id`
 /// and `inventory`): its configuration row, counters, pgmq queue and dead-letter queue, slot
 /// sequence, `inventory` available slots and its intact marker. 23505 if it exists.
+/// A pool made again under the id of a dropped one: its intents' message ids go on after the
+/// highest its predecessor used, as its ledger rows (`<pool>:<msg id>`) and its requests
+/// (`intake:<pool>:<stage>:<msg id>`) still carry them; a new queue would number from 1 again,
+/// and its intents would find those taken (a duplicate in the ledger, a request already
+/// delivered).
+fn continue_message_ids(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<()> {
+    let seq = format!("pgmq.\"q_{}_msg_id_seq\"", pool.queue());
+    client.update(
+        &format!(
+            "SELECT setval('{seq}', m) FROM ( \
+               SELECT greatest((SELECT max(msg_id) FROM intake.transactions WHERE pool_id = $1), \
+                               (SELECT max(split_part(idempotency_key, ':', 4)::bigint) FROM flowgate.deliveries \
+                                 WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = $1 \
+                                   AND idempotency_key ~ '^intake:[a-z0-9_]+:(validate|commit):[0-9]{{1,18}}$')) AS m) x \
+              WHERE m IS NOT NULL"
+        ),
+        None,
+        &[pool.as_str().into()],
+    )?;
+    Ok(())
+}
+
 pub fn create(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
@@ -52,6 +74,7 @@ pub fn create(
     for relation in pool.queue_relations() {
         owner_only(client, &relation)?;
     }
+    continue_message_ids(client, pool)?;
     // A member of the extension, so DROP EXTENSION takes it along.
     client.update(
         &format!("CREATE SEQUENCE {} AS int MINVALUE 1", pool.slot_sequence()),
