@@ -91,6 +91,20 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// When the customer's confirmation window of `current` closed, if a confirmation arrives at
+/// `cmd.now` or later: the request expires then (the timers record it), and a confirmation
+/// after it is not one, however long the timers take to run.
+fn confirmation_closed(current: &Request, cmd: &Command) -> Option<DateTime<Utc>> {
+    if cmd.event != Event::CustomerConfirmed {
+        return None;
+    }
+    let deadline = current.customer_confirmation_deadline_at.as_deref()?;
+    let closed = DateTime::parse_from_rfc3339(deadline)
+        .ok()?
+        .with_timezone(&Utc);
+    (cmd.now >= closed).then_some(closed)
+}
+
 /// `n` business days (Monday to Friday) after `from`, keeping the time of day.
 pub fn add_business_days(from: DateTime<Utc>, n: u32) -> DateTime<Utc> {
     let mut t = from;
@@ -348,6 +362,17 @@ impl Reducer for CapacityFlow {
                 actor: actor.id.clone(),
                 action: format!("send {} to this request", cmd.event.as_str()),
                 allowed: format!("{} may", allowed),
+            });
+        }
+        if let Some(closed) = confirmation_closed(current, cmd) {
+            return Err(CoreError::IllegalTransition {
+                state: format!(
+                    "{} past its confirmation deadline ({}): it expires at the timers' next run",
+                    current.state.as_str(),
+                    ts(closed)
+                ),
+                event: cmd.event.as_str(),
+                allowed: vec![Event::CancelApproved.as_str()],
             });
         }
         let mut next = current.clone();

@@ -344,3 +344,36 @@ mod props {
         }
     }
 }
+
+/// A confirmation at or after the deadline is refused (55000, naming the deadline), whoever
+/// sends it and however late the timers run; one a microsecond before it is accepted.
+#[test]
+fn a_confirmation_after_the_deadline_is_refused() {
+    let deadline = utc(2026, 11, 27, 15, 0);
+    let mut waiting = request(State::CustomerConfirmationRequired);
+    waiting.customer_confirmation_deadline_at = Some(ts(deadline));
+    for (now, accepted) in [
+        (deadline - Duration::microseconds(1), true),
+        (deadline, false),
+        (deadline + Duration::days(3), false),
+    ] {
+        let mut cmd = admin_cmd(Event::CustomerConfirmed);
+        cmd.now = now;
+        match CapacityFlow::reduce(Some(&waiting), &cmd, &admin()) {
+            Ok(r) => {
+                assert!(accepted, "{now}");
+                assert_eq!(r.state.state, State::ProvisioningInProgress);
+            }
+            Err(e) => {
+                assert!(!accepted, "{now}: {e}");
+                assert_eq!(e.sqlstate(), "55000");
+                assert!(e.to_string().contains("2026-11-27T15:00:00"), "{e}");
+            }
+        }
+    }
+    // Declining late, or the timers' own timeout, are not affected.
+    let mut cmd = admin_cmd(Event::CustomerConfirmationTimeout);
+    cmd.now = deadline + Duration::days(1);
+    let r = CapacityFlow::reduce(Some(&waiting), &cmd, &admin()).unwrap();
+    assert_eq!(r.state.state, State::Expired);
+}
