@@ -192,6 +192,15 @@ REVOKE ALL ON flowgate.pg_net_epoch FROM PUBLIC;
 -- restored database started them at 1 again, and every sample then failed on a taken id).
 SELECT pg_catalog.pg_extension_config_dump('intake.engine_metrics_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log_id_seq', '');
+-- A 0.1.0 dump carried neither: restored (into 0.1.0, as the README says) and then updated,
+-- both started at 1 under the restored rows, and every sample or outcome collided with one.
+-- Each goes on after its table's highest id (never back).
+SELECT pg_catalog.setval('intake.engine_metrics_id_seq', x.m)
+  FROM (SELECT max(id) AS m FROM intake.engine_metrics) x, intake.engine_metrics_id_seq s
+ WHERE x.m > CASE WHEN s.is_called THEN s.last_value ELSE 0 END;
+SELECT pg_catalog.setval('intake.outcome_log_id_seq', x.m)
+  FROM (SELECT max(id) AS m FROM intake.outcome_log) x, intake.outcome_log_id_seq s
+ WHERE x.m > CASE WHEN s.is_called THEN s.last_value ELSE 0 END;
 
 -- A restore loads ops.deployments by COPY, possibly before the facts that made each
 -- deployment eligible: the promotion block lets a restore's COPY through (a COPY by a role row
