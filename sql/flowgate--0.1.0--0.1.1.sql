@@ -211,7 +211,7 @@ STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'restore_loading_wrapper';
 COMMENT ON FUNCTION ops.restore_loading() IS
-  'Whether a restore is loading ops'' tables now (a COPY by a role row security does not apply to, as pg_restore runs): the promotion block then lets past deployments in.';
+  'Whether a restore is loading ops.deployments now (a COPY into it by a role row security does not apply to, as pg_restore runs): the promotion block then lets past deployments in.';
 CREATE OR REPLACE FUNCTION ops.check_promotion() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

@@ -12,6 +12,7 @@ pub mod jsonb;
 pub mod module;
 pub mod outbox;
 pub mod prepared;
+pub mod restore;
 pub mod schedules;
 pub mod secrets;
 pub mod settings;

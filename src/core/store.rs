@@ -42,53 +42,6 @@ fn guc(name: &str) -> Option<String> {
     }
 }
 
-/// Whether the statement this backend is running, as the client sent it, is a `COPY`: how
-/// pg_restore (and psql, for a plain dump) loads every table. A restore brings rows with the
-/// state derived from them (stored gate statuses, say) in the same dump, in an order of its
-/// own, so triggers that derive or guard state step aside for it. Only a role that row security
-/// does not apply to can `COPY FROM` into a table that has it (Postgres refuses the others),
-/// and such a role could disable the triggers anyway.
-pub fn statement_is_copy() -> bool {
-    // SAFETY: debug_query_string is the backend's current client statement, a NUL-terminated
-    // string owned by Postgres for the duration of the statement, or NULL (a background job).
-    let text = unsafe {
-        let q = pg_sys::debug_query_string;
-        if q.is_null() {
-            return false;
-        }
-        CStr::from_ptr(q)
-    };
-    let bytes = text.to_bytes();
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    bytes[start..].len() > 5
-        && bytes[start..start + 4].eq_ignore_ascii_case(b"copy")
-        && bytes[start + 4].is_ascii_whitespace()
-}
-
-/// Whether a restore is loading `schema.table` now: the statement is a [`COPY`](statement_is_copy)
-/// and row security does not apply to the calling role on that table (its owner, a superuser,
-/// a role with BYPASSRLS), as for pg_restore. A role row security applies to can also run a
-/// `COPY` (`COPY (INSERT ... RETURNING) TO STDOUT` writes rows under its policies), so the
-/// statement alone decides nothing.
-pub fn restore_loading(schema: &CStr, table: &CStr) -> bool {
-    if !statement_is_copy() {
-        return false;
-    }
-    let Some(rel) = relation_id(schema, table) else {
-        return false;
-    };
-    // SAFETY: check_enable_rls with noError reads the relation's flags and the role's
-    // attributes only. GetOuterUserId() is the calling role outside any SECURITY DEFINER
-    // function (a trigger's caller).
-    unsafe {
-        pg_sys::check_enable_rls(rel, pg_sys::GetOuterUserId(), true)
-            != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
-    }
-}
-
 /// The OID of the relation `schema.name`, looked up in the catalog cache (no statement, no
 /// lock); `None` when either does not exist.
 pub fn relation_id(schema: &CStr, name: &CStr) -> Option<pg_sys::Oid> {

@@ -355,6 +355,15 @@ mod ops {
     fn promotion_status(release_id: pgrx::Uuid, target_env: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> OpsResult<Value> {
             let release = uuid_text(release_id);
+            // A restore loading ops.deployments: the promotion block of a 0.1.0 install (its
+            // trigger asks this function, and a dump restored into 0.1.0 before the update runs
+            // it) lets past deployments in, as 0.1.1's own trigger does (ops.restore_loading).
+            if crate::core::restore::restore_loading_into(c"ops", c"deployments") {
+                return Ok(
+                    json!({"release_id": release, "environment": target_env, "eligible": true,
+                                 "blocking": [], "restoring": true}),
+                );
+            }
             Spi::connect(|client| {
                 let (ok, blocking) = evaluation::promotion(client, &release, target_env)?;
                 Ok(
@@ -392,15 +401,15 @@ mod ops {
     #[pg_extern(volatile, strict, parallel_restricted)]
     fn ingest_applying(release_id: pgrx::Uuid) -> bool {
         evaluation::is_applying(uuid::Uuid::from_bytes(*release_id.as_bytes()))
-            || core_store::restore_loading(c"ops", c"gate_checks")
+            || crate::core::restore::restore_loading(c"ops", c"gate_checks")
     }
 
-    /// Whether a restore is loading ops' tables now (a COPY by a role row security does not
-    /// apply to, as pg_restore runs): the promotion block then lets past deployments in.
+    /// Whether a restore is loading ops.deployments now (a COPY into it by a role row security
+    /// does not apply to, as pg_restore runs): the promotion block then lets past deployments in.
     #[documented]
     #[pg_extern(volatile, parallel_restricted)]
     fn restore_loading() -> bool {
-        core_store::restore_loading(c"ops", c"deployments")
+        crate::core::restore::restore_loading_into(c"ops", c"deployments")
     }
 
     /// Re-evaluate the releases whose bypassing exception has expired, so that
