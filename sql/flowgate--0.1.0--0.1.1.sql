@@ -168,6 +168,24 @@ ALTER TABLE flowgate.deliveries ADD COLUMN body_secrets jsonb CHECK (jsonb_typeo
 COMMENT ON COLUMN flowgate.deliveries.body_secrets IS
   'Top-level body fields that are secrets, each with the name of its secret (Supabase Vault, else flowgate.secrets), set when the request is built; the stored body does not hold them.';
 
+-- A default requirement deleted and written again by the operator was no longer marked a
+-- default: dumped, it collided on restore with the one CREATE EXTENSION makes, and the COPY of
+-- the table failed whole. Whether a row is a default is now a property of its pair.
+CREATE FUNCTION ops.mark_default_requirement() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.is_default := (NEW.environment, NEW.gate_code) IN (('staging', 'G1'), ('staging', 'G2'),
+        ('production', 'G1'), ('production', 'G2'), ('production', 'G3'), ('production', 'G4'));
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.mark_default_requirement() FROM PUBLIC;
+CREATE TRIGGER mark_default BEFORE INSERT OR UPDATE ON ops.environment_gate_requirements
+    FOR EACH ROW EXECUTE FUNCTION ops.mark_default_requirement();
+UPDATE ops.environment_gate_requirements SET is_default = is_default;
+
 -- pg_net numbers its requests with the sequence of an UNLOGGED table, which a crash, an
 -- immediate shutdown, a restore from a base backup or a promoted standby resets to 1 along with
 -- pg_net's queue and responses: a delivery in flight then could be recorded with the response
@@ -605,6 +623,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE capacity.slack_requests FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.pg_net_epoch FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.mark_default_requirement() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
 END

@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(95);
+SELECT plan(97);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -345,6 +345,16 @@ SELECT is(ops.ingest_event(pg_temp.ev('dw-i-exc-long', 'exception_requested',
               'd6000000-0000-4000-8000-000000000003')) #>> '{detail,error}', 'invalid_field', 'ingest still refuses 91 days itself (400)');
 SELECT is((SELECT count(*)::int FROM ops.event_ingest_log WHERE idempotency_key LIKE 'dw-i-%' AND processing_status = 'accepted'), 14,
           'every ingest event above was accepted, none failed on the new rules');
+
+-- Which requirements are defaults (left out of dumps, made by CREATE EXTENSION) follows the pair.
+DELETE FROM ops.environment_gate_requirements WHERE environment = 'production' AND gate_code = 'G4';
+INSERT INTO ops.environment_gate_requirements (environment, gate_code) VALUES ('production', 'G4'), ('staging', 'G3');
+SELECT is((SELECT string_agg(environment || ' ' || gate_code || ' ' || is_default, ',' ORDER BY environment)
+             FROM ops.environment_gate_requirements WHERE (environment, gate_code) IN (('production', 'G4'), ('staging', 'G3'))),
+          'production G4 true,staging G3 false', 'a default written again is a default (not dumped twice); another row is not');
+UPDATE ops.environment_gate_requirements SET is_default = true WHERE environment = 'staging' AND gate_code = 'G3';
+SELECT is((SELECT is_default FROM ops.environment_gate_requirements WHERE environment = 'staging' AND gate_code = 'G3'), false,
+          'and a row cannot be made a default (it would be left out of dumps)');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -228,6 +228,23 @@ CREATE TRIGGER release_gates AFTER INSERT ON ops.releases FOR EACH ROW
 
 -- The time of a decision, finish, rollback or resolution is the database's (as in ingest): an
 -- UPDATE that makes the move and leaves the column as it was gets now().
+-- Whether a requirement is one of the built-in defaults is a property of its pair, not of how
+-- the row was written: a default deleted and written again is a default again, so it stays out
+-- of dumps (CREATE EXTENSION makes it) and a restore does not collide with it.
+CREATE FUNCTION ops.mark_default_requirement() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.is_default := (NEW.environment, NEW.gate_code) IN (('staging', 'G1'), ('staging', 'G2'),
+        ('production', 'G1'), ('production', 'G2'), ('production', 'G3'), ('production', 'G4'));
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.mark_default_requirement() FROM PUBLIC;
+CREATE TRIGGER mark_default BEFORE INSERT OR UPDATE ON ops.environment_gate_requirements
+    FOR EACH ROW EXECUTE FUNCTION ops.mark_default_requirement();
+
 CREATE FUNCTION ops.stamp_transition() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
