@@ -182,6 +182,8 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION ops.mark_default_requirement() FROM PUBLIC;
+COMMENT ON FUNCTION ops.mark_default_requirement() IS
+  'Trigger: marks a gate requirement a default (is_default) exactly when its pair is one of the six CREATE EXTENSION makes, however the row was written.';
 CREATE TRIGGER mark_default BEFORE INSERT OR UPDATE ON ops.environment_gate_requirements
     FOR EACH ROW EXECUTE FUNCTION ops.mark_default_requirement();
 UPDATE ops.environment_gate_requirements SET is_default = is_default;
@@ -198,11 +200,14 @@ ALTER TABLE flowgate.deliveries ADD COLUMN transport_epoch uuid;
 COMMENT ON COLUMN flowgate.deliveries.transport_epoch IS
   'The pg_net epoch (flowgate.pg_net_epoch) its transport_ref belongs to: a response is this delivery''s only in the same epoch.';
 CREATE UNLOGGED TABLE flowgate.pg_net_epoch (
-    epoch    uuid NOT NULL,
-    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+    epoch     uuid NOT NULL,
+    -- The pg_net the epoch was begun for (its response table): one dropped and created again
+    -- numbers from 1 too, and is another epoch.
+    net_relid oid NOT NULL,
+    only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row)
 );
 COMMENT ON TABLE flowgate.pg_net_epoch IS
-  'The current pg_net epoch: begun by the first delivery queued on pg_net since pg_net''s unlogged tables (and this one) were last reset. '
+  'The current pg_net epoch: begun by the first delivery queued on pg_net since pg_net''s unlogged tables (and this one) were last reset, or pg_net was created again. '
   'A pg_net response is a delivery''s only when the delivery''s transport_epoch is this epoch; in-flight deliveries of an earlier epoch count as lost attempts, retried with the same key.';
 REVOKE ALL ON flowgate.pg_net_epoch FROM PUBLIC;
 

@@ -135,11 +135,14 @@ REVOKE ALL ON flowgate.deliveries FROM PUBLIC;
 -- whose ids a delivery's transport_ref belongs to. Not in dumps: a restored database begins an
 -- epoch of its own. Owner-only.
 CREATE UNLOGGED TABLE flowgate.pg_net_epoch (
-    epoch    uuid NOT NULL,
-    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+    epoch     uuid NOT NULL,
+    -- The pg_net the epoch was begun for (its response table): one dropped and created again
+    -- numbers from 1 too, and is another epoch.
+    net_relid oid NOT NULL,
+    only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row)
 );
 COMMENT ON TABLE flowgate.pg_net_epoch IS
-  'The current pg_net epoch: begun by the first delivery queued on pg_net since pg_net''s unlogged tables (and this one) were last reset. '
+  'The current pg_net epoch: begun by the first delivery queued on pg_net since pg_net''s unlogged tables (and this one) were last reset, or pg_net was created again. '
   'A pg_net response is a delivery''s only when the delivery''s transport_epoch is this epoch; in-flight deliveries of an earlier epoch count as lost attempts, retried with the same key.';
 REVOKE ALL ON flowgate.pg_net_epoch FROM PUBLIC;
 

@@ -242,6 +242,8 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION ops.mark_default_requirement() FROM PUBLIC;
+COMMENT ON FUNCTION ops.mark_default_requirement() IS
+  'Trigger: marks a gate requirement a default (is_default) exactly when its pair is one of the six CREATE EXTENSION makes, however the row was written.';
 CREATE TRIGGER mark_default BEFORE INSERT OR UPDATE ON ops.environment_gate_requirements
     FOR EACH ROW EXECUTE FUNCTION ops.mark_default_requirement();
 

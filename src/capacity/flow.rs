@@ -372,7 +372,11 @@ impl Reducer for CapacityFlow {
                     ts(closed)
                 ),
                 event: cmd.event.as_str(),
-                allowed: vec![Event::CancelApproved.as_str()],
+                allowed: allowed_events(current.state)
+                    .iter()
+                    .filter(|e| **e != Event::CustomerConfirmed)
+                    .map(|e| e.as_str())
+                    .collect(),
             });
         }
         let mut next = current.clone();

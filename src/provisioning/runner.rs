@@ -231,10 +231,13 @@ fn start(job: &Value) -> ProvisioningResult<()> {
 /// ([`earlier_create_in_flight`]).
 fn supersede_earlier_attempts(client: &mut SpiClient<'_>, job_id: &str) -> CoreResult<()> {
     client.update(
+        // One a runner is claiming now (locked) goes out, and is waited for as in flight.
         "UPDATE flowgate.deliveries \
             SET status = 'failed', last_error = 'superseded: the attempt it belonged to ended before it was sent', \
                 updated_at = clock_timestamp() \
-          WHERE owner_module = 'provisioning' AND owner_id LIKE $1 || ':%' AND status = 'pending'",
+          WHERE id IN (SELECT id FROM flowgate.deliveries \
+                        WHERE owner_module = 'provisioning' AND owner_id LIKE $1 || ':%' AND status = 'pending' \
+                          FOR UPDATE SKIP LOCKED)",
         None,
         &[job_id.into()],
     )?;
@@ -367,6 +370,8 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
     }
     let c = load_client(client, &client_id)?;
     let next: Option<Step> = match &step {
+        // A late create of an earlier attempt was recorded meanwhile: that is the project.
+        Step::Lookup if c.project_ref.is_some() => Some(Step::ApiKeys),
         Step::Lookup => match mgmt::find_project(call.response.as_ref(), &c.slug) {
             Ok(Some(p)) => {
                 save_project(client, &c, &p)?;

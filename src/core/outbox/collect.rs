@@ -42,23 +42,33 @@ pub fn collect() -> CoreResult<Collected> {
     let mut out = Collected::default();
     let has_pg_net = Spi::get_one::<bool>("SELECT to_regclass('net._http_response') IS NOT NULL")?
         .unwrap_or(false);
+    // Before `ALTER EXTENSION flowgate UPDATE` the schema may have no epoch: ids are matched
+    // alone, as before.
+    let epochs = super::transport::pg_net_epoch_supported();
+    let same_epoch = if epochs {
+        format!(
+            "AND d.transport_epoch = {}",
+            super::transport::CURRENT_EPOCH
+        )
+    } else {
+        String::new()
+    };
     if has_pg_net {
         let answered: Vec<(i64, bool, Option<i64>, record::Observed)> = Spi::connect_mut(
             |client| {
                 let rows = prepared::exec(
                 client,
-                "SELECT d.id, d.sensitive, d.transport_ref, resp.status_code, \
-                        (SELECT h.value FROM jsonb_each_text(coalesce(resp.headers, '{}'::jsonb)) h \
+                &format!("SELECT d.id, d.sensitive, d.transport_ref, resp.status_code, \
+                        (SELECT h.value FROM jsonb_each_text(coalesce(resp.headers, '{{}}'::jsonb)) h \
                           WHERE lower(h.key) = 'retry-after' LIMIT 1), \
                         left(resp.content, 65536), resp.content_type, \
                         CASE WHEN resp.timed_out THEN 'timeout' WHEN resp.error_msg IS NOT NULL THEN 'transport' END, \
                         resp.error_msg \
                    FROM flowgate.deliveries d \
                    JOIN net._http_response resp ON resp.id = d.transport_ref AND resp.created >= d.claimed_at \
-                  WHERE d.status = 'in_flight' AND d.transport = 'pg_net' \
-                    AND d.transport_epoch = (SELECT e.epoch FROM flowgate.pg_net_epoch e) \
+                  WHERE d.status = 'in_flight' AND d.transport = 'pg_net' {same_epoch} \
                   ORDER BY d.id LIMIT $1 \
-                    FOR UPDATE OF d SKIP LOCKED",
+                    FOR UPDATE OF d SKIP LOCKED"),
                 &[COLLECT_BATCH.into()],
             )?;
                 let mut v = Vec::with_capacity(rows.len());
@@ -96,16 +106,26 @@ pub fn collect() -> CoreResult<Collected> {
     // In flight past the lease; or carried by pg_net in an earlier pg_net epoch (its request
     // and response went when pg_net's unlogged tables were reset, and its request id may name
     // another request now): at once, not after the lease.
+    // (An epoch of none: a delivery queued before the update that brought epochs.)
+    let gone = if epochs {
+        format!(
+            "(transport = 'pg_net' AND (transport_epoch IS NULL OR transport_epoch IS DISTINCT FROM {}))",
+            super::transport::CURRENT_EPOCH
+        )
+    } else {
+        "false".to_owned()
+    };
     let expired: Vec<(i64, bool)> = Spi::connect_mut(|client| {
         let rows = prepared::exec(
             client,
-            "SELECT id, transport = 'pg_net' AND transport_epoch IS DISTINCT FROM (SELECT e.epoch FROM flowgate.pg_net_epoch e) \
-               FROM flowgate.deliveries \
-              WHERE status = 'in_flight' \
-                AND (claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30)) \
-                     OR (transport = 'pg_net' AND transport_epoch IS DISTINCT FROM (SELECT e.epoch FROM flowgate.pg_net_epoch e))) \
-              ORDER BY id LIMIT $2 \
-                FOR UPDATE SKIP LOCKED",
+            &format!(
+                "SELECT id, {gone} FROM flowgate.deliveries \
+                  WHERE status = 'in_flight' \
+                    AND (claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30)) \
+                         OR {gone}) \
+                  ORDER BY id LIMIT $2 \
+                    FOR UPDATE SKIP LOCKED"
+            ),
             &[(lease as f64).into(), COLLECT_BATCH.into()],
         )?;
         let mut v = Vec::with_capacity(rows.len());

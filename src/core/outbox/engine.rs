@@ -305,15 +305,21 @@ fn claim_rows(
     if chosen.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = prepared::exec(
-        client,
+    // Before `ALTER EXTENSION flowgate UPDATE` the table may not have the epoch column yet.
+    let sql = if super::transport::pg_net_epoch_supported() {
         "UPDATE flowgate.deliveries d \
             SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
                 transport = $2, transport_ref = NULL, transport_epoch = NULL, updated_at = clock_timestamp() \
           WHERE d.id = ANY ($1) \
-         RETURNING d.id, d.attempts, d.max_attempts, d.flow_key",
-        &[chosen.into(), transport.as_str().into()],
-    )?;
+         RETURNING d.id, d.attempts, d.max_attempts, d.flow_key"
+    } else {
+        "UPDATE flowgate.deliveries d \
+            SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
+                transport = $2, transport_ref = NULL, updated_at = clock_timestamp() \
+          WHERE d.id = ANY ($1) \
+         RETURNING d.id, d.attempts, d.max_attempts, d.flow_key"
+    };
+    let rows = prepared::exec(client, sql, &[chosen.into(), transport.as_str().into()])?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         out.push(Lease {
@@ -369,6 +375,13 @@ fn queue_on_pg_net(req: &native::Request, epoch: &mut Option<String>) -> CoreRes
             ],
         )?
     };
+    if !super::transport::pg_net_epoch_supported() {
+        Spi::run_with_args(
+            "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = clock_timestamp() WHERE id = $1",
+            &[req.id.into(), request_id.into()],
+        )?;
+        return Ok(true);
+    }
     let epoch = match epoch {
         Some(e) => e.clone(),
         None => epoch.insert(super::transport::pg_net_epoch()?).clone(),

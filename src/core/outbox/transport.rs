@@ -66,16 +66,33 @@ impl Transport {
     }
 }
 
+/// Whether this database's schema has the pg_net epoch (`flowgate.deliveries.transport_epoch`,
+/// 0.1.1): the library runs against the schema it is installed beside until
+/// `ALTER EXTENSION flowgate UPDATE`, and sends as before the epoch until then.
+pub fn pg_net_epoch_supported() -> bool {
+    settings::column_exists(c"flowgate", c"deliveries", c"transport_epoch")
+}
+
+/// The current pg_net epoch as SQL: the epoch row begun for the pg_net installed now (its
+/// response table, by OID: a pg_net dropped and created again numbers from 1 too), or NULL.
+pub const CURRENT_EPOCH: &str = "(SELECT e.epoch FROM flowgate.pg_net_epoch e \
+     WHERE e.net_relid = pg_catalog.to_regclass('net._http_response'))";
+
 /// The current pg_net epoch (`flowgate.pg_net_epoch`), begun now when there is none: pg_net's
 /// request ids name requests only within one epoch, since a crash (or a restore, or a promoted
-/// standby) resets pg_net's unlogged id sequence, queue and responses, and that row with them.
+/// standby) resets pg_net's unlogged id sequence, queue and responses, and that row with them;
+/// so does dropping pg_net and creating it again, which the row's `net_relid` tells.
 /// Statements that write (a new snapshot each), so an epoch a concurrent runner began and
 /// committed while this one waited on it is seen.
 pub fn pg_net_epoch() -> CoreResult<String> {
-    const CURRENT: &str = "SELECT (SELECT epoch::text FROM flowgate.pg_net_epoch)";
+    let current_sql = format!("SELECT {CURRENT_EPOCH}::text");
     let current = || {
         Spi::connect_mut(|client| {
-            crate::core::prepared::first_text(crate::core::prepared::exec(client, CURRENT, &[])?)
+            crate::core::prepared::first_text(crate::core::prepared::exec(
+                client,
+                &current_sql,
+                &[],
+            )?)
         })
     };
     if let Some(epoch) = current()? {
@@ -84,7 +101,16 @@ pub fn pg_net_epoch() -> CoreResult<String> {
     Spi::connect_mut(|client| {
         crate::core::prepared::exec(
             client,
-            "INSERT INTO flowgate.pg_net_epoch (epoch) VALUES (pg_catalog.gen_random_uuid()) ON CONFLICT DO NOTHING",
+            "DELETE FROM flowgate.pg_net_epoch \
+              WHERE net_relid IS DISTINCT FROM pg_catalog.to_regclass('net._http_response')",
+            &[],
+        )?;
+        crate::core::prepared::exec(
+            client,
+            "INSERT INTO flowgate.pg_net_epoch (epoch, net_relid) \
+             SELECT pg_catalog.gen_random_uuid(), pg_catalog.to_regclass('net._http_response') \
+              WHERE pg_catalog.to_regclass('net._http_response') IS NOT NULL \
+             ON CONFLICT DO NOTHING",
             &[],
         )
         .map(|_| ())
