@@ -152,8 +152,11 @@ fn uninstall_schedules() -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
         require_pg_cron()?;
         let names: Vec<&str> = jobs().map(|j| j.name).collect();
+        // The caller's own jobs: pg_cron names a job by (name, user), and cron.unschedule(name)
+        // finds only the caller's; a superuser also sees another role's rows, and their name
+        // would not be found.
         Ok(Spi::get_one_with_args::<i64>(
-            "SELECT count(cron.unschedule(jobname)) FROM cron.job WHERE jobname = ANY($1)",
+            "SELECT count(cron.unschedule(jobid)) FROM cron.job WHERE jobname = ANY($1) AND username = current_user",
             &[names.into()],
         )?
         .unwrap_or(0))

@@ -75,6 +75,11 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = WORKER_DATABASE.get().and_then(|c| c.into_string().ok());
     BackgroundWorker::connect_worker_to_spi(database.as_deref(), None);
+    // The worker runs as the bootstrap superuser, with the database's own defaults applied
+    // (ALTER DATABASE ... SET): a search_path its owner set would make every unqualified name
+    // in the jobs' statements (clock_timestamp(), an operator) theirs, run as superuser.
+    BackgroundWorker::transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp"))
+        .unwrap_or_else(|e| pgrx::error!("flowgate worker: could not pin search_path: {e}"));
     log!(
         "flowgate worker running periodic jobs in database {}",
         database.as_deref().unwrap_or("?")

@@ -115,14 +115,13 @@ pub fn collect() -> CoreResult<Collected> {
     } else {
         "false".to_owned()
     };
+    let lapsed = "claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30))";
     let expired: Vec<(i64, bool)> = Spi::connect_mut(|client| {
         let rows = prepared::exec(
             client,
             &format!(
-                "SELECT id, {gone} FROM flowgate.deliveries \
-                  WHERE status = 'in_flight' \
-                    AND (claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30)) \
-                         OR {gone}) \
+                "SELECT id, NOT {lapsed} FROM flowgate.deliveries \
+                  WHERE status = 'in_flight' AND ({lapsed} OR {gone}) \
                   ORDER BY id LIMIT $2 \
                     FOR UPDATE SKIP LOCKED"
             ),
@@ -150,9 +149,10 @@ pub fn collect() -> CoreResult<Collected> {
         body: None,
         content_type: None,
     };
-    for (id, epoch_gone) in expired {
-        // Any attempt: the lease of whoever claimed it has passed, or its epoch has.
-        let observed = if epoch_gone { &lost } else { &timed_out };
+    for (id, only_epoch_gone) in expired {
+        // Any attempt: the lease of whoever claimed it has passed (timed out), or else its
+        // pg_net epoch has (lost).
+        let observed = if only_epoch_gone { &lost } else { &timed_out };
         out.counts
             .add(record::record_with(id, None, observed, &policy)?);
         out.expired += 1;
