@@ -188,6 +188,11 @@ CREATE TRIGGER mark_default BEFORE INSERT OR UPDATE ON ops.environment_gate_requ
     FOR EACH ROW EXECUTE FUNCTION ops.mark_default_requirement();
 UPDATE ops.environment_gate_requirements SET is_default = is_default;
 
+-- The jobs pg_cron runs (as the extension's owner) resolve their names in pg_catalog, not in
+-- the database's default search_path, which the database owner sets.
+ALTER FUNCTION flowgate.run_job(text, text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION flowgate.run_periodic(boolean) SET search_path TO pg_catalog, pg_temp;
+
 -- pg_net numbers its requests with the sequence of an UNLOGGED table, which a crash, an
 -- immediate shutdown, a restore from a base backup or a promoted standby resets to 1 along with
 -- pg_net's queue and responses: a delivery in flight then could be recorded with the response

@@ -320,6 +320,7 @@ pub fn record_outcome(
 /// procedure that commits between its steps, is 2D000.
 #[documented]
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
         let j = self::job(job)?;
@@ -350,6 +351,7 @@ fn run_job(job: &str, runner: default!(&str, "'manual'")) -> Result<pgrx::JsonB,
 /// of its own.
 #[documented]
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn run_periodic(include_housekeeping: default!(bool, "true")) -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
         let mut ok = 0;

@@ -89,6 +89,7 @@ fn call(max: Option<i32>, runner: Option<&str>, atomic: bool) -> CoreResult<Json
         });
     }
     let limits = Limits::from_settings(max.map(i64::from))?;
+    pin_search_path();
     let started = Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()")?;
     let t0 = Instant::now();
     // SAFETY: the CALL is non-atomic (checked above), so this connection may commit; it is
@@ -117,6 +118,28 @@ fn call(max: Option<i32>, runner: Option<&str>, atomic: bool) -> CoreResult<Json
     Ok(JsonB(summary.to_json()))
 }
 
+/// Resolve every name the steps use in pg_catalog (and pg_temp last), for the rest of the
+/// current transaction. A procedure that commits cannot carry `SET search_path` itself, and its
+/// caller is usually pg_cron running as the extension's owner: the session's search_path is
+/// the database's default, which the database owner sets (`ALTER DATABASE ... SET`), and would
+/// otherwise decide what `clock_timestamp()` or `to_jsonb` mean in the statements run here.
+fn pin_search_path() {
+    // SAFETY: a transaction-local GUC assignment by name, inside a transaction (each step's,
+    // or the CALL's own), with NUL-terminated constants; an invalid value would raise an ERROR.
+    unsafe {
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
 /// Transaction boundaries of a non-atomic CALL.
 struct Procedure {
     /// A send happened since the last commit: the transaction SPI_commit started then has
@@ -137,6 +160,7 @@ impl Transactions for Procedure {
             pg_sys::pgstat_report_xact_timestamp(pg_sys::GetCurrentTimestamp());
             pg_sys::EnsurePortalSnapshotExists();
         }
+        pin_search_path();
         let result = step();
         // SAFETY: as above; SPI_commit/SPI_rollback release the portal snapshot and start the
         // next transaction.
