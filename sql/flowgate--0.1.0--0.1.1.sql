@@ -638,3 +638,33 @@ BEGIN
     END LOOP;
 END
 $exposure$;
+
+-- Owner and operator functions that run statements resolve their names in pg_catalog (and
+-- pg_temp last), not in the caller's search_path: a database's default search_path is its
+-- owner's to set, and the extension's owner (pg_cron) or a superuser calls these. Last in this
+-- script, after every CREATE OR REPLACE of them.
+DO $pin$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure
+          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+         WHERE p.prolang = (SELECT oid FROM pg_catalog.pg_language WHERE lanname = 'c')
+           AND (n.nspname, p.proname) IN (
+               ('ops', 'refresh_gates'), ('ops', 'expire_bypasses'),
+               ('intake', 'create_pool'), ('intake', 'drop_pool'), ('intake', 'recover_pool'),
+               ('intake', 'reclaim_slots'), ('intake', 'drain'), ('intake', 'pool_status'),
+               ('intake', 'replay_dlq'), ('intake', 'read_intents'), ('intake', 'report_validation'),
+               ('intake', 'report_commit'), ('intake', 'collect_metrics'),
+               ('capacity', 'get_capacity_request'), ('capacity', 'run_capacity_request_timers'),
+               ('flowgate', 'set_setting'), ('flowgate', 'reset_setting'),
+               ('flowgate', 'install_schedules'), ('flowgate', 'uninstall_schedules'),
+               ('flowgate', 'enqueue_delivery'), ('flowgate', 'set_secret'),
+               ('flowgate', 'effective_transport'), ('flowgate', 'collect'),
+               ('flowgate', 'rerun_handlers'), ('flowgate', 'record_attempt'))
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path TO pg_catalog, pg_temp', f);
+    END LOOP;
+END
+$pin$;

@@ -207,6 +207,7 @@ mod capacity {
     /// request the caller may not see does not exist (P0002).
     #[documented]
     #[pg_extern(stable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn get_capacity_request(
         request_id: Option<&str>,
         recent_events: default!(Option<i32>, "20"),
@@ -236,6 +237,7 @@ mod capacity {
     /// deadline edited by hand.
     #[documented]
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn run_capacity_request_timers(
         as_of: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
     ) -> Result<JsonB, ErrorReport> {

@@ -124,6 +124,7 @@ fn get_setting(key: Option<&str>) -> Result<JsonB, ErrorReport> {
 /// extension owner by default; 42501 otherwise).
 #[documented]
 #[pg_extern(volatile, strict)]
+#[search_path(pg_catalog, pg_temp)]
 fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
         // Who may write, which key, how large: all before the value is read.
@@ -138,6 +139,7 @@ fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
 /// (22023 for an unknown key). Needs write access to `flowgate.settings`.
 #[documented]
 #[pg_extern(volatile, strict)]
+#[search_path(pg_catalog, pg_temp)]
 fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
     Ok(store::reset_value(key).map(JsonB)?)
 }

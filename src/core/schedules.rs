@@ -97,6 +97,7 @@ fn require_pg_cron() -> CoreResult<()> {
 /// minute instead, with a notice.
 #[documented]
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn install_schedules() -> Result<
     TableIterator<
         'static,
@@ -148,6 +149,7 @@ fn install_schedules() -> Result<
 /// is not installed). Extension owner only.
 #[documented]
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn uninstall_schedules() -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
         require_pg_cron()?;

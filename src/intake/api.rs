@@ -38,6 +38,7 @@ mod intake {
     /// (batch_size, max_claims_per_user, ...); 22023 for an unknown key. Owner only unless granted.
     #[documented]
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn create_pool(
         pool_id: &str,
         inventory: i32,
@@ -106,6 +107,7 @@ mod intake {
     /// for an unknown pool. Owner only unless granted.
     #[documented]
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn drop_pool(pool_id: &str) -> Result<bool, ErrorReport> {
         let run = || -> CoreResult<bool> {
             let pool = PoolId::parse(pool_id)?;
@@ -186,6 +188,7 @@ mod intake {
     /// that finds the state gone runs the same rebuild by itself.
     #[documented]
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn recover_pool(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<JsonB> {
             let pool = PoolId::parse(pool_id)?;
@@ -201,6 +204,7 @@ mod intake {
     /// `status = 'available'` before it takes a slot.
     #[documented]
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn reclaim_slots(pool_id: &str) -> Result<i64, ErrorReport> {
         let run = || -> CoreResult<i64> {
             let pool = PoolId::parse(pool_id)?;
@@ -225,6 +229,7 @@ mod intake {
     /// sends it with no transaction open) and its answer moves the intent on.
     #[documented]
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn drain(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
             let pool = PoolId::parse(pool_id)?;
@@ -241,6 +246,7 @@ mod intake {
     /// Invisible intents are backing off or in flight; commits per second come from engine_metrics.
     #[documented]
     #[pg_extern(stable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn pool_status(pool_id: &str) -> Result<JsonB, ErrorReport> {
         let run = || -> CoreResult<Value> {
             let pool = PoolId::parse(pool_id)?;
@@ -257,6 +263,7 @@ mod intake {
     /// de-duplicate), and a validated intent goes straight to the commit step.
     #[documented]
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn replay_dlq(
         pool_id: Option<&str>,
         msg_ids: default!(Option<Vec<i64>>, "NULL"),
@@ -281,6 +288,7 @@ mod intake {
     /// max_retries times are moved to the DLQ here and not returned.
     #[documented]
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     #[allow(clippy::type_complexity)]
     fn read_intents(
         pool_id: Option<&str>,
@@ -339,6 +347,7 @@ mod intake {
     /// A validated intent is committed at once when the ledger is this database.
     #[documented]
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn report_validation(
         pool_id: Option<&str>,
         msg_id: Option<i64>,
@@ -380,6 +389,7 @@ mod intake {
     /// Owner only unless granted.
     #[documented]
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn report_commit(
         pool_id: Option<&str>,
         msg_id: Option<i64>,
@@ -447,6 +457,7 @@ mod intake {
     /// The scheduler passes 4.5 so that a one-second background worker samples every 5 seconds.
     #[documented]
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn collect_metrics(
         pool_id: default!(Option<&str>, "NULL"),
         min_interval_seconds: default!(Option<f64>, "0"),

@@ -379,6 +379,7 @@ mod ops {
     /// exceptions and deployments; not granted to PUBLIC.
     #[documented]
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn refresh_gates(release_id: pgrx::Uuid) -> Result<JsonB, ErrorReport> {
         let run = || -> OpsResult<Value> {
             let release = uuid_text(release_id);
@@ -418,6 +419,7 @@ mod ops {
     /// PUBLIC.
     #[documented]
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn expire_bypasses() -> Result<i32, ErrorReport> {
         Ok(Spi::connect_mut(evaluation::expire_bypasses)?)
     }

@@ -25,6 +25,7 @@ use crate::core::store as settings;
 /// (`core::outbox::store::enqueue`).
 #[documented]
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn enqueue_delivery(
     owner_module: Option<&str>,
@@ -97,6 +98,7 @@ fn enqueue_delivery(
 /// with a passphrase is available.
 #[documented]
 #[pg_extern(volatile, strict)]
+#[search_path(pg_catalog, pg_temp)]
 fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
     let run = || -> CoreResult<String> {
         settings::require_writer("flowgate.secrets", "store secrets")?;
@@ -110,6 +112,7 @@ fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
 /// read its request queue nor write its responses, else native.
 #[documented]
 #[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
 fn effective_transport() -> Result<String, ErrorReport> {
     Ok(engine::Transport::current().map(|t| t.as_str().to_owned())?)
 }
@@ -120,6 +123,7 @@ fn effective_transport() -> Result<String, ErrorReport> {
 /// owner only.
 #[documented]
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn collect() -> Result<pgrx::JsonB, ErrorReport> {
     Ok(collect::collect().map(|c| pgrx::JsonB(c.to_json()))?)
 }
@@ -131,6 +135,7 @@ fn collect() -> Result<pgrx::JsonB, ErrorReport> {
 /// Ids that are not delivered deliveries with a failed handler are passed over.
 #[documented]
 #[pg_extern(volatile, strict)]
+#[search_path(pg_catalog, pg_temp)]
 fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
     let mut ok = 0;
     for id in ids {
@@ -148,6 +153,7 @@ fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
 /// The handler runs in a subtransaction when the delivery has one.
 #[documented]
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn record_attempt(
     id: Option<i64>,
