@@ -21,26 +21,16 @@ q -d "$SRC" -c "SELECT intake.create_pool('rl', 5, jsonb_build_object('rate_limi
                   'validation_webhook_url', '${FLOWGATE_TESTD_URL:-http://127.0.0.1:5597}/ok'))" \
   -c "SELECT intake.claim_resource('rl', 'user-' || g) FROM generate_series(1, 3) g" \
   -c "SELECT intake.collect_metrics()" >/dev/null
-# ops: a release deployed to staging once eligible, then made ineligible by a failing G2 check.
-# A restore must bring the deployment back (it was allowed when made) and the stored statuses.
-ev() { echo "ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', '$1', 'event_type', '$2',
-        'source_system', 'restore', 'release_id', 'a5a5a5a5-0000-4000-8000-000000000001') || '$3'::jsonb)"; }
-q -d "$SRC" -c "SELECT $(ev r1 release_created '{"version": "1"}')" -c "SELECT $(ev r1-b build_complete '{"status": "pass"}')" \
-  -c "SELECT $(ev r1-q gate_signoff '{}')" \
-  -c "SELECT $(ev r1-d deployment_started '{"environment": "staging", "deployment_id": "d5d5d5d5-0000-4000-8000-000000000001"}')" \
-  -c "SELECT $(ev r1-f deployment_finished '{"deployment_id": "d5d5d5d5-0000-4000-8000-000000000001", "status": "succeeded"}')" \
-  -c "SELECT $(ev r1-e2e check_result '{"gate_code": "G2", "check_name": "e2e", "status": "fail"}')" >/dev/null
-ops_state="SELECT (SELECT count(*) FROM ops.deployments) || ' ' || (SELECT count(*) FROM ops.environment_events) || ' '
-             || (SELECT string_agg(gate_code || '=' || status, ',' ORDER BY gate_code) FROM ops.release_gates)"
-ops_before=$(q -d "$SRC" -c "$ops_state")
-case "$ops_before" in 1\ *G2=failed*) ;; *) fail "the ops scenario was not set up: $ops_before" ;; esac
+# ops: a release deployed to staging, then made ineligible (pg_test/ops_deployed.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/../ops_deployed.sh"
+ops_before=$(ops_deployed "$SRC" r1 5)
 # Two more pools, for what an operator does first after a restore: give back slots, drop a pool.
 q -d "$SRC" -c "SELECT intake.create_pool(p, 10, '{\"drain_mode\": \"external\"}') FROM unnest(ARRAY['r2', 'r3']) p" \
   -c "SELECT intake.claim_resource('r2', 'user-' || g) FROM generate_series(1, 4) g" >/dev/null
 before=$(q -d "$SRC" -c "SELECT count(*) FROM pgmq.q_intake_r1")
 pg_dump -Fc -d "$SRC" -f "/tmp/$SRC.dump" 2>/dev/null
 pg_restore -d "$DST" "/tmp/$SRC.dump" 2> "/tmp/$SRC.restore.log" || fail "pg_restore failed: $(head -c 600 "/tmp/$SRC.restore.log")"
-ops_after=$(q -d "$DST" -c "$ops_state")
+ops_after=$(q -d "$DST" -c "$OPS_STATE")
 [ "$ops_after" = "$ops_before" ] || fail "ops after the restore: $ops_after (before: $ops_before)"
 drained=$(q -d "$DST" -c "SELECT intake.drain('rl') ->> 'status'")
 [ "$drained" != busy ] || fail "a rate-limited pool's drain answers busy after the restore"

@@ -24,18 +24,9 @@ trap cleanup EXIT
 
 q -d postgres -c "CREATE DATABASE $SRC" -c "CREATE DATABASE $DST" >/dev/null
 for db in "$SRC" "$DST"; do q -d "$db" -c "CREATE EXTENSION pgmq" -c "CREATE EXTENSION flowgate VERSION '$prev'" >/dev/null; done
-# ops: a release deployed to staging once eligible, then made ineligible by a failing G2 check.
-ev() { echo "ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', '$1', 'event_type', '$2',
-        'source_system', 'restore', 'release_id', 'a6a6a6a6-0000-4000-8000-000000000001') || '$3'::jsonb)"; }
-q -d "$SRC" -c "SELECT $(ev a1 release_created '{"version": "1"}')" -c "SELECT $(ev a1-b build_complete '{"status": "pass"}')" \
-  -c "SELECT $(ev a1-q gate_signoff '{}')" \
-  -c "SELECT $(ev a1-d deployment_started '{"environment": "staging", "deployment_id": "d6d6d6d6-0000-4000-8000-000000000001"}')" \
-  -c "SELECT $(ev a1-f deployment_finished '{"deployment_id": "d6d6d6d6-0000-4000-8000-000000000001", "status": "succeeded"}')" \
-  -c "SELECT $(ev a1-e2e check_result '{"gate_code": "G2", "check_name": "e2e", "status": "fail"}')" >/dev/null
-ops_state="SELECT (SELECT count(*) FROM ops.deployments) || ' ' || (SELECT count(*) FROM ops.environment_events) || ' '
-             || (SELECT string_agg(gate_code || '=' || status, ',' ORDER BY gate_code) FROM ops.release_gates)"
-ops_before=$(q -d "$SRC" -c "$ops_state")
-case "$ops_before" in 1\ *G2=failed*) ;; *) fail "the ops scenario was not set up: $ops_before" ;; esac
+# ops: a release deployed to staging, then made ineligible (pg_test/ops_deployed.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/../ops_deployed.sh"
+ops_before=$(ops_deployed "$SRC" a1 6)
 # intake: a pool with metrics samples (their id sequence was not in $prev's dumps).
 q -d "$SRC" -c "SELECT intake.create_pool('a1', 5, '{\"drain_mode\": \"external\"}')" \
   -c "SELECT intake.collect_metrics('a1')" -c "SELECT intake.collect_metrics('a1')" >/dev/null
@@ -47,7 +38,7 @@ if grep -E 'COPY|violat|not eligible' "/tmp/$SRC.restore.log" >/dev/null; then
   fail "rows did not load: $(grep -E -m 3 'COPY|violat|not eligible' "/tmp/$SRC.restore.log" | head -c 600)"
 fi
 q -d "$DST" -c "ALTER EXTENSION flowgate UPDATE" >/dev/null
-ops_after=$(q -d "$DST" -c "$ops_state")
+ops_after=$(q -d "$DST" -c "$OPS_STATE")
 [ "$ops_after" = "$ops_before" ] || fail "ops after the restore and update: $ops_after (before: $ops_before)"
 q -d "$DST" -c "SELECT intake.collect_metrics('a1')" >/dev/null || fail "a metrics sample after the update collided with a restored one"
 after=$(q -d "$DST" -c "SELECT count(*) FROM intake.engine_metrics")
