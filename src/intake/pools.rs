@@ -11,9 +11,6 @@ use crate::core::prepared;
 use crate::intake::pool::PoolId;
 use crate::intake::store::log_outcome;
 
-/// Create a pool from its checked configuration `cfg` (engine_config columns, with `pool_id`
-/// and `inventory`): its configuration row, counters, pgmq queue and dead-letter queue, slot
-/// sequence, `inventory` available slots and its intact marker. 23505 if it exists.
 /// A pool made again under the id of a dropped one: its intents' message ids go on after the
 /// highest its predecessor used, as its ledger rows (`<pool>:<msg id>`) and its requests
 /// (`intake:<pool>:<stage>:<msg id>`) still carry them; a new queue would number from 1 again,
@@ -36,6 +33,9 @@ fn continue_message_ids(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult
     Ok(())
 }
 
+/// Create a pool from its checked configuration `cfg` (engine_config columns, with `pool_id`
+/// and `inventory`): its configuration row, counters, pgmq queue and dead-letter queue, slot
+/// sequence, `inventory` available slots and its intact marker. 23505 if it exists.
 pub fn create(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
