@@ -651,6 +651,9 @@ BEGIN
         SELECT p.oid::regprocedure
           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
          WHERE p.prolang = (SELECT oid FROM pg_catalog.pg_language WHERE lanname = 'c')
+           AND EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e'
+                          AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'flowgate'))
            AND (n.nspname, p.proname) IN (
                ('ops', 'refresh_gates'), ('ops', 'expire_bypasses'),
                ('intake', 'create_pool'), ('intake', 'drop_pool'), ('intake', 'recover_pool'),
