@@ -131,7 +131,9 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
         })
     };
     let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
-    // The pg_net epoch the requests queued here belong to, looked up once per claim.
+    // The pg_net epoch the requests queued here belong to, looked up by the first of them;
+    // none before the update that brought epochs (`pg_net_epoch_supported`).
+    let epochs = transport == Transport::PgNet && super::transport::pg_net_epoch_supported();
     let mut epoch: Option<String> = None;
     for p in store::prepare(&ids)? {
         match p {
@@ -142,7 +144,9 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
             }
             Prepared::Send(request) => {
                 let l = lease_of(request.id)?;
-                if transport == Transport::PgNet && queue_on_pg_net(&request, &mut epoch)? {
+                if transport == Transport::PgNet
+                    && queue_on_pg_net(&request, epochs.then_some(&mut epoch))?
+                {
                     claimed.queued += 1;
                 } else {
                     claimed.native.push(Leased {
@@ -306,20 +310,22 @@ fn claim_rows(
         return Ok(Vec::new());
     }
     // Before `ALTER EXTENSION flowgate UPDATE` the table may not have the epoch column yet.
-    let sql = if super::transport::pg_net_epoch_supported() {
-        "UPDATE flowgate.deliveries d \
-            SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
-                transport = $2, transport_ref = NULL, transport_epoch = NULL, updated_at = clock_timestamp() \
-          WHERE d.id = ANY ($1) \
-         RETURNING d.id, d.attempts, d.max_attempts, d.flow_key"
+    let clear_epoch = if super::transport::pg_net_epoch_supported() {
+        ", transport_epoch = NULL"
     } else {
-        "UPDATE flowgate.deliveries d \
-            SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
-                transport = $2, transport_ref = NULL, updated_at = clock_timestamp() \
-          WHERE d.id = ANY ($1) \
-         RETURNING d.id, d.attempts, d.max_attempts, d.flow_key"
+        ""
     };
-    let rows = prepared::exec(client, sql, &[chosen.into(), transport.as_str().into()])?;
+    let rows = prepared::exec(
+        client,
+        &format!(
+            "UPDATE flowgate.deliveries d \
+                SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
+                    transport = $2, transport_ref = NULL{clear_epoch}, updated_at = clock_timestamp() \
+              WHERE d.id = ANY ($1) \
+             RETURNING d.id, d.attempts, d.max_attempts, d.flow_key"
+        ),
+        &[chosen.into(), transport.as_str().into()],
+    )?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         out.push(Lease {
@@ -333,11 +339,12 @@ fn claim_rows(
 }
 
 /// Queue one request with pg_net and remember its request id and the pg_net epoch it belongs to
-/// (`epoch`, looked up by the first request of the claim); false when pg_net cannot carry
+/// (`epoch`, looked up by the first request of the claim; None on a schema without epochs);
+/// false when pg_net cannot carry
 /// it: a resolved secret or a sensitive delivery (pg_net keeps requests until it sends them,
 /// and responses for hours, in tables PUBLIC can read), a body that is not plain JSON, or a
 /// method other than GET and POST.
-fn queue_on_pg_net(req: &native::Request, epoch: &mut Option<String>) -> CoreResult<bool> {
+fn queue_on_pg_net(req: &native::Request, epoch: Option<&mut Option<String>>) -> CoreResult<bool> {
     let plain_json = req
         .headers
         .iter()
@@ -375,13 +382,13 @@ fn queue_on_pg_net(req: &native::Request, epoch: &mut Option<String>) -> CoreRes
             ],
         )?
     };
-    if !super::transport::pg_net_epoch_supported() {
+    let Some(epoch) = epoch else {
         Spi::run_with_args(
             "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = clock_timestamp() WHERE id = $1",
             &[req.id.into(), request_id.into()],
         )?;
         return Ok(true);
-    }
+    };
     let epoch = match epoch {
         Some(e) => e.clone(),
         None => epoch.insert(super::transport::pg_net_epoch()?).clone(),
