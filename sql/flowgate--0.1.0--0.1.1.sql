@@ -336,6 +336,13 @@ BEGIN
                 DETAIL = format('an exception is requested at %s', clock_timestamp()),
                 HINT = 'expires_at after now and at most 90 days ahead';
         END IF;
+        -- 90 days of 24 hours exactly (the CHECK allows two more, for rows 0.1.0 wrote).
+        IF row_security_active(TG_RELID) AND NEW.expires_at > NEW.created_at + interval '2160 hours' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('exception %s would expire at %s, more than 90 days after it is requested', NEW.exception_id, NEW.expires_at),
+                DETAIL = format('it is requested at %s', NEW.created_at),
+                HINT = 'expires_at after now and at most 90 days (2160 hours) ahead';
+        END IF;
         RETURN NULL;
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
@@ -490,6 +497,44 @@ DROP POLICY public_keys ON flowgate.settings;
 CREATE POLICY public_keys ON flowgate.settings FOR SELECT
     USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$');
 
+-- A restore keeps each setting's updated_at and updated_by as the dump has them (the trigger
+-- stamped the time and role of the restore instead).
+CREATE FUNCTION flowgate."restore_loading_settings"() RETURNS bool
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'restore_loading_settings_wrapper';
+COMMENT ON FUNCTION flowgate.restore_loading_settings() IS
+  'Whether a restore is loading flowgate.settings now (a COPY into it by a role row security does not apply to, as pg_restore runs): the settings trigger then keeps each row''s updated_at and updated_by as the dump has them.';
+CREATE OR REPLACE FUNCTION flowgate.settings_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+    PERFORM flowgate.check_setting(NEW.key, NEW.value);
+    -- A restore keeps when and by whom each setting was last written, as the dump has it.
+    IF TG_OP = 'INSERT' AND NEW.updated_at IS NOT NULL AND NEW.updated_by IS NOT NULL
+       AND flowgate.restore_loading_settings() THEN
+        RETURN NEW;
+    END IF;
+    NEW.updated_at := now();
+    NEW.updated_by := flowgate.current_actor();
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION flowgate.settings_guard() IS
+  'Validates every write to flowgate.settings against the documented type of its key (22023 otherwise) and stamps updated_at and updated_by (a restore keeps the dump''s).';
+
+-- An exception's longest life in hours, not in days: interval '90 days' added to its creation
+-- followed the session's time zone, so the same row passed in one session and failed (23514)
+-- in another across a daylight-saving change, an approval or a restore among them. Two hours
+-- over 90 x 24 keep the rows 0.1.0 wrote in such a zone valid.
+ALTER TABLE ops.exceptions DROP CONSTRAINT exception_expiry_within_90_days,
+    ADD CONSTRAINT exception_expiry_within_90_days CHECK (expires_at <= created_at + interval '2162 hours');
+
+-- Capacity ids: the year is UTC's, and numbers past 999999 are not cut to six digits.
+COMMENT ON FUNCTION capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text) IS
+  $doc$Create a Capacity Request (id CR-<year>-<number>: the year in UTC, the number at least 6 digits) as the caller, or as requester_user_id from a trusted session; returns it with its events and allowed events. A retried idempotency_key returns the first request. 42501 for anonymous callers, 22023 for bad arguments (e.g. the requester named as commercial owner).$doc$;
+
 -- A person links their own Slack id with a code they ask for signed in
 -- (flowgate.request_identity_link) and redeem from Slack (/capacity link CODE): naming an id no
 -- longer links it (anyone could claim an approver's Slack id, whose clicks would then act as
@@ -628,6 +673,7 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.restore_loading_settings() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.request_identity_link(text) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.is_endpoint_url(text) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);

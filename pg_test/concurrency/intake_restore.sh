@@ -28,10 +28,17 @@ ops_before=$(ops_deployed "$SRC" r1 5)
 q -d "$SRC" -c "SELECT intake.create_pool(p, 10, '{\"drain_mode\": \"external\"}') FROM unnest(ARRAY['r2', 'r3']) p" \
   -c "SELECT intake.claim_resource('r2', 'user-' || g) FROM generate_series(1, 4) g" >/dev/null
 before=$(q -d "$SRC" -c "SELECT count(*) FROM pgmq.q_intake_r1")
+# A setting, restored with when and by whom it was written.
+SETTINGS="SELECT string_agg(format('%s=%s at %s by %s', key, value, updated_at, updated_by), ', ' ORDER BY key) FROM flowgate.settings"
+q -d "$SRC" -c "SELECT flowgate.set_setting('capacity.confirmation_ttl_business_days', '4')" >/dev/null
+settings_before=$(q -d "$SRC" -c "$SETTINGS")
+sleep 1
 pg_dump -Fc -d "$SRC" -f "/tmp/$SRC.dump" 2>/dev/null
 pg_restore -d "$DST" "/tmp/$SRC.dump" 2> "/tmp/$SRC.restore.log" || fail "pg_restore failed: $(head -c 600 "/tmp/$SRC.restore.log")"
 ops_after=$(q -d "$DST" -c "$OPS_STATE")
 [ "$ops_after" = "$ops_before" ] || fail "ops after the restore: $ops_after (before: $ops_before)"
+settings_after=$(q -d "$DST" -c "$SETTINGS")
+[ "$settings_after" = "$settings_before" ] || fail "settings after the restore: $settings_after (before: $settings_before)"
 drained=$(q -d "$DST" -c "SELECT intake.drain('rl') ->> 'status'")
 [ "$drained" != busy ] || fail "a rate-limited pool's drain answers busy after the restore"
 q -d "$DST" -c "SELECT intake.collect_metrics()" -c "SELECT intake.collect_metrics()" >/dev/null || fail "collect_metrics failed after the restore"
@@ -60,4 +67,4 @@ limit=$(q -d "$DST" -c "SELECT intake.claim_resource('r1', 'user-7') ->> 'status
 [ "$kept" -eq "$before" ] || fail "only $kept of the $before claims in the dump kept their slot and resource"
 [ "$over" -eq 0 ] || fail "$over users over the limit after the restore"
 [ "$limit" = sold_out ] || [ "$limit" = limit_reached ] || fail "a claim after selling out answered $limit"
-echo "ok 5 - intake restore: a dump taken after $before claims restored into a new database; its first claim rebuilt inventory and slot sequence, then 500 of 500 sold, none twice, all $before kept, no user over 2; reclaim_slots and drop_pool work before any claim; ops deployments and gate statuses restored as dumped ($ops_after), a rate-limited pool drains, metrics go on"
+echo "ok 5 - intake restore: a dump taken after $before claims restored into a new database; its first claim rebuilt inventory and slot sequence, then 500 of 500 sold, none twice, all $before kept, no user over 2; reclaim_slots and drop_pool work before any claim; ops deployments and gate statuses restored as dumped ($ops_after), settings with their writers and times, a rate-limited pool drains, metrics go on"

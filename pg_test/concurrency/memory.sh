@@ -61,4 +61,24 @@ probe postgres '' "flowgate.enqueue_delivery('core', 'x', 'http://127.0.0.1:1/',
 q "SELECT count(*) FROM ops.event_ingest_log WHERE http_status = 413 AND envelope IS NULL" | grep -qv '^0$' \
   || fail "the oversized envelope was not logged as a 413 without its body"
 q "DELETE FROM ops.event_ingest_log WHERE http_status = 413; DROP TABLE public.fg_big"
-echo "ok 1 - memory: $calls calls with a 30 MB jsonb argument ($size), each refused or answered with its SQLSTATE; peak memory grew at most $max kB (limit $LIMIT_KB kB)"
+big_calls=$calls
+
+# Small as stored, huge as text: 3,000 numbers of 10^131000 take about 48 kB in jsonb and
+# would print as 393 MB. Refused before anything is printed.
+q "DROP TABLE IF EXISTS public.fg_wide"
+q "CREATE TABLE public.fg_wide AS
+   SELECT jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'mem/2', 'event_type', 'release_created',
+            'source_system', 'github_actions', 'release_id', 'a0000000-0000-4000-8000-00000000beef',
+            'metadata', jsonb_build_object('n', jsonb_agg('1e131000'::numeric))) AS v
+     FROM generate_series(1, 3000);
+   GRANT SELECT ON public.fg_wide TO PUBLIC"
+wide_size=$(q "SELECT pg_column_size(v::text::jsonb) FROM public.fg_wide")
+wide="(SELECT v FROM public.fg_wide)"
+probe authenticated '{"sub":"u-1","role":"authenticated"}' "capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', $wide)" 22023
+probe postgres '' "flowgate.check_setting('flowgate.http_timeout_ms', $wide)" 22023
+probe postgres '' "ops.ingest_event($wide)" 00000
+# Logged unread: a 400 saying why, by size (its key was not read either).
+WIDE="FROM ops.event_ingest_log WHERE http_status = 400 AND error_message LIKE '%numbers print as more than%'"
+q "SELECT count(*) $WIDE" | grep -qx 1 || fail "the envelope whose numbers print too wide was not logged as a 400"
+q "DELETE $WIDE; DROP TABLE public.fg_wide"
+echo "ok 1 - memory: $big_calls calls with a 30 MB jsonb argument ($size) and $((calls - big_calls)) with $wide_size bytes of jsonb numbers that print as 393 MB, each refused or answered with its SQLSTATE; peak memory grew at most $max kB (limit $LIMIT_KB kB)"

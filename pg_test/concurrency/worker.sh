@@ -51,5 +51,23 @@ q "DELETE FROM flowgate.deliveries WHERE idempotency_key LIKE 'wiso-$$-%'"
 [ "$stats" = '{"requests":20,"distinct_keys":20,"max_per_key":1}' ] || fail "requests seen while another job failed: $stats"
 [ "$failures" -gt "$failures_before" ] || fail "the failing job's failures were not recorded"
 case "$last_error" in P0001:*"metrics are broken"*) ;; *) fail "last_error of the failing job: $last_error";; esac
+# An operator's pg_terminate_backend (a script ending a database's sessions) stops the worker;
+# the postmaster starts it again after its restart time (5 s), and it delivers on its own.
+old_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowgate worker'")
+q "SELECT pg_terminate_backend($old_pid)" >/dev/null
+new_pid=""
+for _ in $(seq 1 150); do
+  new_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowgate worker' AND pid <> $old_pid")
+  [ -n "$new_pid" ] && break
+  sleep 0.1
+done
+[ -n "$new_pid" ] || fail "the worker did not come back within 15 s of pg_terminate_backend"
+key2="worker-back-$$"
+q "SELECT flowgate.enqueue_delivery('worker', 'w2', '$FLOWGATE_TESTD_URL/ok', '$key2')" >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key2'")" = delivered ] && break
+  sleep 0.05
+done
+[ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key2'")" = delivered ] || fail "the restarted worker did not deliver"
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 7 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms); with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each"
+echo "ok 8 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms); with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend, it came back (pid $old_pid -> $new_pid) and delivered"

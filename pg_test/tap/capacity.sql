@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(72);
+SELECT plan(75);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -250,6 +250,23 @@ END $$;
 DROP TRIGGER tap_boom ON capacity.capacity_request_events;
 SELECT is((SELECT state || ' ' || message FROM caught), 'P0001 boom', 'the trigger''s error reaches the caller as raised');
 SELECT is((SELECT coalesce(detail, '') FROM caught), '', 'with no Rust backtrace in its DETAIL');
+
+-- Ids: the year is UTC's whatever the session's time zone, and a number past 999999 is not
+-- cut to six digits (lpad truncates).
+RESET ROLE;
+CREATE TEMP TABLE seq_before AS SELECT last_value, is_called FROM capacity.request_number_seq;
+SELECT setval('capacity.request_number_seq', 999999) \g /dev/null
+SET LOCAL ROLE authenticated;
+SET LOCAL TimeZone = 'Pacific/Kiritimati';
+SELECT set_config('request.jwt.claims', '{"sub":"sa-1","role":"authenticated"}', true) \g /dev/null
+SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id' AS big1 \gset
+SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id' AS big2 \gset
+SELECT is(:'big1'::text, 'CR-' || to_char(now() AT TIME ZONE 'UTC', 'YYYY') || '-1000000', 'the millionth request is numbered 1000000, in UTC''s year');
+SELECT is(:'big2'::text, 'CR-' || to_char(now() AT TIME ZONE 'UTC', 'YYYY') || '-1000001', 'and the next one 1000001 (no two share an id)');
+SELECT is(capacity.get_capacity_request(:'big2') -> 'request' ->> 'state', 'COMMERCIAL_APPROVAL_REQUIRED', 'a seven-digit id is looked up like any other');
+RESET TimeZone;
+RESET ROLE;
+SELECT setval('capacity.request_number_seq', last_value, is_called) FROM seq_before \g /dev/null
 
 SELECT * FROM finish();
 ROLLBACK;

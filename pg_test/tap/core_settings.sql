@@ -1,6 +1,6 @@
 -- flowgate.settings: documented keys, validated values, owner-only writes.
 BEGIN;
-SELECT plan(18);
+SELECT plan(21);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -28,6 +28,8 @@ SET LOCAL ROLE authenticated;
 SELECT is(flowgate.get_setting('flowgate.trusted_roles'), '["service_role"]'::jsonb, 'any role may read settings');
 SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.trusted_roles', '["authenticated"]')$$, '42501', NULL,
     'only the owner may write settings');
+SELECT throws_ok($$SELECT flowgate.reset_setting('no.such_key')$$, '42501', NULL,
+    'nor reset them: refused before the key is looked at');
 SELECT is((SELECT count(*) FROM flowgate.settings), (SELECT n FROM before_count), 'the refused write stored nothing');
 RESET ROLE;
 
@@ -41,6 +43,20 @@ SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.flow_limits', '{"slack:
 SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.flow_limits', '{"x": {"max_in_flight": 2, "rate": 1}}')$$, '22023', NULL,
     'so is an unknown limit');
 SELECT is((SELECT count(*)::int FROM flowgate.settings WHERE key = 'flowgate.flow_limits'), 0, 'and nothing was stored');
+
+-- A restore (a COPY into flowgate.settings by a role row security does not apply to, as
+-- pg_restore runs) keeps when and by whom each setting was written; any other write is stamped.
+COPY flowgate.settings (key, value, updated_at, updated_by) FROM stdin;
+capacity.confirmation_ttl_business_days	7	2026-01-05 10:00:00+00	alice
+\.
+SELECT is((SELECT (updated_at = '2026-01-05 10:00:00+00', updated_by) FROM flowgate.settings
+            WHERE key = 'capacity.confirmation_ttl_business_days'), (true, 'alice'::text),
+    'a restore keeps updated_at and updated_by as the dump has them');
+INSERT INTO flowgate.settings (key, value, updated_at, updated_by)
+VALUES ('capacity.auto_approve_below_usd', '100', '2026-01-05 10:00:00+00', 'alice');
+SELECT ok((SELECT updated_at = now() AND updated_by = current_user FROM flowgate.settings
+             WHERE key = 'capacity.auto_approve_below_usd'),
+    'an INSERT that is not a restore is stamped with its own time and writer');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -247,7 +247,7 @@ SELECT capacity.apply_event(:'cr_good', 'TECH_REVIEW_APPROVED') \g /dev/null
 SELECT is(capacity.run_capacity_request_timers() ->> 'warned', '2', 'both requests are warned about their confirmation deadline');
 SELECT is((SELECT body ->> 'text' FROM flowgate.deliveries WHERE idempotency_key LIKE 'capacity:' || :'cr_evil' || ':slack:reply:warning:%'),
     (SELECT format('%s: the customer''s confirmation is due by %s; `U9&gt; &lt;!channel` please chase it, or the request expires',
-                   id, customer_confirmation_deadline_at::text)
+                   id, to_char(customer_confirmation_deadline_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
        FROM capacity.capacity_requests WHERE id = :'cr_evil'),
     'the confirmation warning shows the owner id `U9> <!channel` as escaped inline code: no channel ping, no mention, no link');
 SELECT alike((SELECT body ->> 'text' FROM flowgate.deliveries WHERE idempotency_key LIKE 'capacity:' || :'cr_good' || ':slack:reply:warning:%'),

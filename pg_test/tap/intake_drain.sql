@@ -11,10 +11,10 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(90);
+SELECT plan(92);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag'] $$;
+    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict'] $$;
 -- Until none of this file's deliveries is in flight or due (the worker may be sending them).
 CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -333,6 +333,33 @@ CALL flowgate.run_outbox() \gset
 SELECT pg_temp.settle() \g /dev/null
 SELECT is((SELECT string_agg(user_id || ' ' || idempotency_key, ',' ORDER BY finalized_at) FROM intake.transactions WHERE pool_id = 'tap_lag'),
           'l1 tap_lag:1,l2 tap_lag:2', 'the new pool''s intent is booked under a key of its own');
+
+-- ---- A webhook that keeps Idempotency-Keys, and a ledger behind PostgREST ----------------------
+-- The webhook answers 500 twice, then 200, and refuses a key sent again with another body (422),
+-- as servers that keep keys do; the ledger is PostgREST's RPC, which finds the function by the
+-- body's keys (finalize_transaction(payload): a body with any other key is a 404).
+SELECT format('{"validation_webhook_url": "http://127.0.0.1:5597/strict/2/%s", "commit_target": "http://127.0.0.1:5597/rest/v1/rpc/finalize_transaction",
+                "visibility_timeout_seconds": 1, "max_retries": 5, "drain_mode": "external"}', gen_random_uuid()) AS strict_cfg \gset
+SELECT intake.create_pool('tap_strict', 2, :'strict_cfg') \g /dev/null
+SELECT intake.claim_resource('tap_strict', 's1') \g /dev/null
+SELECT intake.drain('tap_strict') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT pg_sleep(1.1) \g /dev/null
+SELECT intake.drain('tap_strict') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT pg_sleep(1.1) \g /dev/null
+SELECT intake.drain('tap_strict') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(split_part(idempotency_key, ':', 3) || ' ' || status || ' ' || attempts, ',' ORDER BY id)
+             FROM flowgate.deliveries WHERE owner_id LIKE 'tap_strict:%'),
+          'validate delivered 3,commit delivered 1',
+          'three reads send the validation with the same key and the same body (no 422), and the commit goes through PostgREST''s RPC');
+SELECT is((SELECT string_agg(message ->> 'state', ',') FROM pgmq.a_intake_tap_strict), 'committed', 'the intent is committed');
 
 -- ---- Clean up ---------------------------------------------------------------------------------
 SELECT pg_temp.settle() \g /dev/null

@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(97);
+SELECT plan(98);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -31,7 +31,7 @@ SELECT throws_ok($$INSERT INTO ops.exceptions (release_id, gate_id, reason, requ
 SELECT throws_ok($$INSERT INTO ops.exceptions (release_id, gate_id, reason, requested_by, expires_at)
                    SELECT release_id, gate_id, 'forever', 'dev-1', now() + interval '90 days 1 second' FROM ops.release_gates
                     WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G3'$$,
-                 '23514', NULL, 'so is one expiring a second after 90 days');
+                 '22023', NULL, 'so is one expiring a second after 90 days of 24 hours');
 SELECT throws_ok($$INSERT INTO ops.exceptions (release_id, gate_id, reason, requested_by, expires_at)
                    SELECT release_id, gate_id, 'forever', 'dev-1', now() - interval '1 minute' FROM ops.release_gates
                     WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G3'$$,
@@ -355,6 +355,17 @@ SELECT is((SELECT string_agg(environment || ' ' || gate_code || ' ' || is_defaul
 UPDATE ops.environment_gate_requirements SET is_default = true WHERE environment = 'staging' AND gate_code = 'G3';
 SELECT is((SELECT is_default FROM ops.environment_gate_requirements WHERE environment = 'staging' AND gate_code = 'G3'), false,
           'and a row cannot be made a default (it would be left out of dumps)');
+
+-- The 90 days are hours, whatever the session's time zone: an exception made at the limit in
+-- January (UTC) is valid in a New York session too, where 90 calendar days from it end an hour
+-- earlier (clocks go forward in March).
+RESET ROLE;
+SET LOCAL TimeZone = 'America/New_York';
+SELECT lives_ok($$INSERT INTO ops.exceptions (release_id, gate_id, reason, requested_by, expires_at, created_at)
+                  SELECT release_id, gate_id, 'at the limit', 'dev-1', '2026-04-10 12:00:00+00', '2026-01-10 12:00:00+00'
+                    FROM ops.release_gates WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G3'$$,
+                'an exception of exactly 2160 hours is valid in a session across a daylight-saving change');
+RESET TimeZone;
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -11,7 +11,8 @@ CREATE TYPE capacity.cr_event AS ENUM (
     'CUSTOMER_CONFIRMED', 'CUSTOMER_DECLINED', 'CUSTOMER_CONFIRMATION_TIMEOUT', 'AWS_PROCUREMENT_STARTED',
     'AWS_CAPACITY_READY', 'AWS_PROCUREMENT_FAILED', 'CANCEL_APPROVED', 'ACTIVATION_CONFIRMED');
 
--- CR-<year>-<6 digits>: unique, gap-tolerant (a rolled-back creation burns a number).
+-- CR-<year>-<number>: the year in UTC, the number zero-padded to at least 6 digits; unique,
+-- gap-tolerant (a rolled-back creation burns a number).
 CREATE SEQUENCE capacity.request_number_seq;
 SELECT pg_catalog.pg_extension_config_dump('capacity.request_number_seq', '');
 

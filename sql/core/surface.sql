@@ -8,13 +8,18 @@ SET search_path = pg_catalog
 AS $$
 BEGIN
     PERFORM flowgate.check_setting(NEW.key, NEW.value);
+    -- A restore keeps when and by whom each setting was last written, as the dump has it.
+    IF TG_OP = 'INSERT' AND NEW.updated_at IS NOT NULL AND NEW.updated_by IS NOT NULL
+       AND flowgate.restore_loading_settings() THEN
+        RETURN NEW;
+    END IF;
     NEW.updated_at := now();
     NEW.updated_by := flowgate.current_actor();
     RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION flowgate.settings_guard() IS
-  'Validates every write to flowgate.settings against the documented type of its key (22023 otherwise).';
+  'Validates every write to flowgate.settings against the documented type of its key (22023 otherwise) and stamps updated_at and updated_by (a restore keeps the dump''s).';
 
 CREATE TRIGGER settings_guard BEFORE INSERT OR UPDATE ON flowgate.settings
     FOR EACH ROW EXECUTE FUNCTION flowgate.settings_guard();

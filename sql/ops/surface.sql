@@ -299,6 +299,13 @@ BEGIN
                 DETAIL = format('an exception is requested at %s', clock_timestamp()),
                 HINT = 'expires_at after now and at most 90 days ahead';
         END IF;
+        -- 90 days of 24 hours exactly (the CHECK allows two more, for rows 0.1.0 wrote).
+        IF row_security_active(TG_RELID) AND NEW.expires_at > NEW.created_at + interval '2160 hours' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('exception %s would expire at %s, more than 90 days after it is requested', NEW.exception_id, NEW.expires_at),
+                DETAIL = format('it is requested at %s', NEW.created_at),
+                HINT = 'expires_at after now and at most 90 days (2160 hours) ahead';
+        END IF;
         RETURN NULL;
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN

@@ -153,9 +153,11 @@ CREATE TABLE ops.exceptions (
         THEN decided_by IS NULL AND decided_at IS NULL AND decision_comment IS NULL
         ELSE decided_by IS NOT NULL AND decided_at IS NOT NULL END),
     CONSTRAINT exception_four_eyes CHECK (decided_by IS NULL OR decided_by <> requested_by),
-    -- ops.ingest_event: at most 90 days ahead (apply/exceptions.rs MAX_EXCEPTION_DAYS); that it is in the
-    -- future when requested is checked by a trigger (surface.sql), as it depends on now().
-    CONSTRAINT exception_expiry_within_90_days CHECK (expires_at <= created_at + interval '90 days')
+    -- ops.ingest_event: at most 90 days of 24 hours ahead (apply/exceptions.rs MAX_EXCEPTION_DAYS);
+    -- that it is in the future when requested is checked by a trigger (surface.sql), as it
+    -- depends on now(). In hours, so the check does not depend on the session's time zone; two
+    -- more than 90 x 24 for rows 0.1.0 wrote in a zone whose clocks went back in those days.
+    CONSTRAINT exception_expiry_within_90_days CHECK (expires_at <= created_at + interval '2162 hours')
 );
 COMMENT ON TABLE ops.exceptions IS
   'Gate bypasses. A gate counts as bypassed only while its exception is approved and expires_at is in the future '

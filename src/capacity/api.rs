@@ -50,10 +50,10 @@ mod capacity {
         }))
     }
 
-    /// Create a Capacity Request (id `CR-<year>-<6 digits>`) as the caller, or as
-    /// `requester_user_id` from a trusted session; returns it with its events and allowed events. A
-    /// retried `idempotency_key` returns the first request. 42501 for anonymous callers, 22023 for
-    /// bad arguments (e.g. the requester named as commercial owner).
+    /// Create a Capacity Request (id `CR-<year>-<number>`: the year in UTC, the number at least 6
+    /// digits) as the caller, or as `requester_user_id` from a trusted session; returns it with its
+    /// events and allowed events. A retried `idempotency_key` returns the first request. 42501 for
+    /// anonymous callers, 22023 for bad arguments (e.g. the requester named as commercial owner).
     ///
     /// The request starts in COMMERCIAL_APPROVAL_REQUIRED, or TECHNICAL_REVIEW_REQUIRED when its
     /// cost is under `capacity.auto_approve_below_usd` (a requester's own estimate counts only with

@@ -91,18 +91,31 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// When the customer's confirmation window of `current` closed, if a confirmation arrives at
-/// `cmd.now` or later: the request expires then (the timers record it), and a confirmation
-/// after it is not one, however long the timers take to run.
-fn confirmation_closed(current: &Request, cmd: &Command) -> Option<DateTime<Utc>> {
-    if cmd.event != Event::CustomerConfirmed {
-        return None;
-    }
+/// Why `cmd.event` comes on the wrong side of `current`'s confirmation deadline, as the state it
+/// finds: a confirmation at or after the deadline is not one, however long the timers take to
+/// expire the request, and a timeout before it is not one either, whoever sends it.
+fn outside_confirmation_window(current: &Request, cmd: &Command) -> Option<String> {
+    let late = match cmd.event {
+        Event::CustomerConfirmed => true,
+        Event::CustomerConfirmationTimeout => false,
+        _ => return None,
+    };
     let deadline = current.customer_confirmation_deadline_at.as_deref()?;
-    let closed = DateTime::parse_from_rfc3339(deadline)
+    let deadline = DateTime::parse_from_rfc3339(deadline)
         .ok()?
         .with_timezone(&Utc);
-    (cmd.now >= closed).then_some(closed)
+    let state = current.state.as_str();
+    match (late, cmd.now >= deadline) {
+        (true, true) => Some(format!(
+            "{state} past its confirmation deadline ({}): it expires at the timers' next run",
+            ts(deadline)
+        )),
+        (false, false) => Some(format!(
+            "{state} until its confirmation deadline ({})",
+            ts(deadline)
+        )),
+        _ => None,
+    }
 }
 
 /// `n` business days (Monday to Friday) after `from`, keeping the time of day.
@@ -364,17 +377,13 @@ impl Reducer for CapacityFlow {
                 allowed: format!("{} may", allowed),
             });
         }
-        if let Some(closed) = confirmation_closed(current, cmd) {
+        if let Some(state) = outside_confirmation_window(current, cmd) {
             return Err(CoreError::IllegalTransition {
-                state: format!(
-                    "{} past its confirmation deadline ({}): it expires at the timers' next run",
-                    current.state.as_str(),
-                    ts(closed)
-                ),
+                state,
                 event: cmd.event.as_str(),
                 allowed: allowed_events(current.state)
                     .iter()
-                    .filter(|e| **e != Event::CustomerConfirmed)
+                    .filter(|e| **e != cmd.event)
                     .map(|e| e.as_str())
                     .collect(),
             });

@@ -162,6 +162,18 @@ pub fn apply(
     actor: &Actor,
     key: Option<&str>,
 ) -> Result<Applied<Request>, CoreError> {
+    apply_at(id, event, payload, actor, key, db_now()?)
+}
+
+/// [`apply`] with the reducer's clock at `now` (the timers' `as_of`).
+pub fn apply_at(
+    id: &str,
+    event: Event,
+    payload: impl FnOnce() -> Result<Value, CoreError>,
+    actor: &Actor,
+    key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Applied<Request>, CoreError> {
     if event == Event::RequestSubmitted {
         return Err(CoreError::invalid(
             "event",
@@ -169,7 +181,6 @@ pub fn apply(
             "capacity.create_capacity_request(...) to create; any other event for an existing request",
         ));
     }
-    let now = db_now()?;
     // Only technical approval starts the confirmation clock.
     let confirmation_ttl_business_days = if event == Event::TechReviewApproved {
         core_store::get_i64("capacity.confirmation_ttl_business_days")? as u32
@@ -325,8 +336,11 @@ pub fn create(
             return Ok((id, true));
         }
     }
+    // The year in UTC (the session's time zone would give two ids of one instant two years
+    // around New Year); the number padded to six digits, never cut (lpad truncates).
     let id = Spi::get_one::<String>(
-        "SELECT 'CR-' || to_char(now(), 'YYYY') || '-' || lpad(nextval('capacity.request_number_seq')::text, 6, '0')",
+        "SELECT 'CR-' || to_char(now() AT TIME ZONE 'UTC', 'YYYY') || '-' || lpad(n::text, greatest(6, length(n::text)), '0') \
+           FROM (SELECT nextval('capacity.request_number_seq') AS n) s",
     )
     .map_err(CoreError::from)?
     .ok_or_else(|| CoreError::Internal("no request id".into()))?;
@@ -432,10 +446,18 @@ pub fn run_timers(as_of: Option<&str>) -> Result<Value, CoreError> {
         }
         Ok(ids)
     })?;
+    // The timers' clock: what the reducer sees as now (a timeout before the deadline is
+    // refused).
+    let at = Spi::get_one_with_args::<i64>(
+        "SELECT (extract(epoch FROM coalesce($1::timestamptz, now())) * 1000000)::int8",
+        &[as_of.into()],
+    )?
+    .and_then(DateTime::from_timestamp_micros)
+    .ok_or_else(|| CoreError::Internal("the timers' time is out of range".into()))?;
     let system = Actor::system();
     let mut expired = 0usize;
     for id in &due {
-        let applied = apply(
+        let applied = apply_at(
             id,
             Event::CustomerConfirmationTimeout,
             || {
@@ -448,6 +470,7 @@ pub fn run_timers(as_of: Option<&str>) -> Result<Value, CoreError> {
             },
             &system,
             Some("sys:confirmation-timeout"),
+            at,
         )?;
         expired += usize::from(!applied.replayed);
     }
@@ -466,7 +489,7 @@ pub fn run_timers(as_of: Option<&str>) -> Result<Value, CoreError> {
                                   AND (last_notified_at IS NULL \
                                        OR last_notified_at < customer_confirmation_deadline_at - make_interval(hours => $1)) \
                                 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, customer_confirmation_deadline_at::text",
+                 RETURNING id, to_char(customer_confirmation_deadline_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
                 None,
                 &[(warning_hours as i32).into(), as_of.into()],
             )?;

@@ -141,7 +141,12 @@ fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
 #[pg_extern(volatile, strict)]
 #[search_path(pg_catalog, pg_temp)]
 fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
-    Ok(store::reset_value(key).map(JsonB)?)
+    let run = || -> CoreResult<serde_json::Value> {
+        // Who may reset first: a caller who may not learns nothing about the key.
+        store::require_deleter("flowgate.settings", "reset flowgate settings")?;
+        store::reset_value(key)
+    };
+    Ok(run().map(JsonB)?)
 }
 
 /// Raise 22023 unless `value` is acceptable for `key`; true otherwise. The `flowgate.settings`
@@ -155,6 +160,15 @@ fn check_setting(key: &str, value: RawJsonb) -> Result<bool, ErrorReport> {
         Ok(true)
     };
     Ok(run()?)
+}
+
+/// Whether a restore is loading `flowgate.settings` now (a COPY into it by a role row security
+/// does not apply to, as pg_restore runs): the settings trigger then keeps each row's
+/// `updated_at` and `updated_by` as the dump has them.
+#[documented]
+#[pg_extern(volatile, parallel_restricted)]
+fn restore_loading_settings() -> bool {
+    super::restore::restore_loading_into(c"flowgate", c"settings")
 }
 
 /// Every documented setting: key, kind, allowed values, default, current value, whether it is

@@ -73,6 +73,18 @@ impl RawJsonb {
     pub fn value(self, what: &str, limit: usize) -> CoreResult<Value> {
         check_size(what, self.size(), limit)?;
         let datum = required(what, self.datum)?;
+        // Numbers print far wider than they are stored (`1e131000`: 16 bytes, 131,001
+        // characters), so a value whose numbers alone would print past the limit is refused
+        // before anything is printed: a 64 kB argument cannot cost gigabytes of text.
+        // SAFETY: a non-null jsonb datum valid for the call (see FromDatum above).
+        let numbers = unsafe { super::jsonb::printed_numbers_width(datum, limit) };
+        if numbers > limit {
+            return Err(CoreError::invalid(
+                what,
+                format!("its numbers print as more than {limit} characters"),
+                format!("at most {limit} bytes of JSON"),
+            ));
+        }
         // SAFETY: a non-null jsonb datum valid for the call (see FromDatum above); jsonb_out
         // detoasts it and returns a palloc'd C string, copied before anything else runs.
         let text = unsafe {

@@ -295,6 +295,82 @@ fn numeric(n: &Number) -> CoreResult<pg_sys::Numeric> {
     Ok(d.cast_mut_ptr())
 }
 
+/// How many characters the numbers of a non-null `jsonb` datum print as (`numeric_out`), read
+/// from each number's header without printing it; counting stops once past `cap`. A number is
+/// stored in a few bytes whatever its magnitude (`1e131000` takes 16 and prints as 131,001
+/// characters), so a caller's value is measured this way before it is printed at all.
+///
+/// # Safety
+/// `datum` must be a valid, non-null `jsonb` datum for the duration of the call.
+pub unsafe fn printed_numbers_width(datum: pg_sys::Datum, cap: usize) -> usize {
+    // SAFETY: the caller guarantees a jsonb datum; detoasting returns it or a flat copy.
+    unsafe {
+        let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+        let mut it = pg_sys::JsonbIteratorInit(&mut (*jb).root);
+        let mut v = empty(pg_sys::jbvType::jbvNull);
+        let mut width = 0usize;
+        loop {
+            match pg_sys::JsonbIteratorNext(&mut it, &mut v, false) {
+                Tok::WJB_DONE => return width,
+                Tok::WJB_VALUE | Tok::WJB_ELEM if v.type_ == pg_sys::jbvType::jbvNumeric => {
+                    width = width.saturating_add(numeric_width(v.val.numeric));
+                    if width > cap {
+                        return width;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The most characters `numeric_out` prints for `n`, from its header in Postgres' numeric
+/// format (a 16-bit header, short or long form, then base-10000 digits): a sign, the integer
+/// part's digits (four per base-10000 digit up to its weight), and the display scale's.
+///
+/// # Safety
+/// `n` must point to a valid, detoasted numeric.
+unsafe fn numeric_width(n: pg_sys::Numeric) -> usize {
+    // SAFETY: a numeric varlena: its payload starts with the header and holds `len` bytes.
+    let (len, data) = unsafe {
+        let v = n.cast::<pg_sys::varlena>();
+        (
+            pgrx::varlena::varsize_any_exhdr(v),
+            pgrx::varlena::vardata_any(v).cast::<u8>(),
+        )
+    };
+    if len < 2 {
+        return 1;
+    }
+    // SAFETY: at least the two header bytes are there (checked above), four in the long form.
+    let header = unsafe { u16::from_ne_bytes([*data, *data.add(1)]) };
+    let (weight, dscale, header_len) = match header & 0xC000 {
+        // NaN and the infinities (not in jsonb, which refuses them): "-Infinity" at most.
+        0xC000 => return 9,
+        // Short form: dscale in bits 7-12, a 7-bit signed weight in bits 0-6.
+        0x8000 => {
+            let low = i32::from(header & 0x003F);
+            let weight = if header & 0x0040 != 0 { low - 64 } else { low };
+            (weight, usize::from((header & 0x1F80) >> 7), 2)
+        }
+        // Long form: dscale in the low 14 bits, then a 16-bit signed weight.
+        _ if len >= 4 => {
+            // SAFETY: len >= 4: the weight's two bytes are there.
+            let weight = i32::from(unsafe { i16::from_ne_bytes([*data.add(2), *data.add(3)]) });
+            (weight, usize::from(header & 0x3FFF), 4)
+        }
+        _ => return 1,
+    };
+    let digits = (len - header_len) / 2;
+    let integer = if digits == 0 || weight < 0 {
+        1
+    } else {
+        (usize::try_from(weight).unwrap_or(0) + 1) * 4
+    };
+    let fraction = if dscale > 0 { 1 + dscale } else { 0 };
+    1 + integer + fraction
+}
+
 fn string_of(v: &pg_sys::JsonbValue) -> CoreResult<String> {
     // SAFETY: a jbvString's bytes (len of them) live in the jsonb being walked.
     let bytes = unsafe {

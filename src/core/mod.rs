@@ -44,6 +44,7 @@ pgrx::extension_sql_file!(
         core::api::check_setting,
         core::api::current_actor,
         core::api::get_setting,
+        core::api::restore_loading_settings,
         core::outbox::api::collect,
         core::outbox::api::enqueue_delivery,
         core::outbox::api::record_attempt,

@@ -294,9 +294,19 @@ pub fn read_settings(keys: &[&str]) -> CoreResult<SettingsRead> {
 /// 42501 unless the calling role may INSERT and UPDATE `table` (one of flowgate's owner-only
 /// tables: the extension owner, or roles it granted both). `action` says what was refused.
 pub fn require_writer(table: &str, action: &str) -> CoreResult<()> {
+    require_privileges(table, &["INSERT", "UPDATE"], action)
+}
+
+/// 42501 unless the calling role may DELETE from `table` (one of flowgate's owner-only tables).
+pub fn require_deleter(table: &str, action: &str) -> CoreResult<()> {
+    require_privileges(table, &["DELETE"], action)
+}
+
+/// 42501 unless the calling role holds every one of `privileges` on `table`.
+fn require_privileges(table: &str, privileges: &[&str], action: &str) -> CoreResult<()> {
     let may = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.has_table_privilege($1, 'INSERT') AND pg_catalog.has_table_privilege($1, 'UPDATE')",
-        &[table.into()],
+        "SELECT bool_and(pg_catalog.has_table_privilege($1, p)) FROM pg_catalog.unnest($2::text[]) p",
+        &[table.into(), privileges.to_vec().into()],
     )?
     .unwrap_or(false);
     if may {
@@ -305,7 +315,10 @@ pub fn require_writer(table: &str, action: &str) -> CoreResult<()> {
     Err(super::error::CoreError::PermissionDenied {
         actor: current_user(),
         action: action.into(),
-        allowed: format!("the extension owner, or roles it granted INSERT and UPDATE on {table}"),
+        allowed: format!(
+            "the extension owner, or roles it granted {} on {table}",
+            privileges.join(" and ")
+        ),
     })
 }
 
@@ -464,7 +477,7 @@ pub fn request_identity_link(provider: &str) -> CoreResult<serde_json::Value> {
          VALUES ($1, $2, $3, pg_catalog.clock_timestamp() + pg_catalog.make_interval(mins => $4)) \
          ON CONFLICT (provider, actor_id) DO UPDATE \
             SET code_sha256 = EXCLUDED.code_sha256, expires_at = EXCLUDED.expires_at \
-         RETURNING expires_at::text",
+         RETURNING pg_catalog.to_json(expires_at) OPERATOR(pg_catalog.#>>) '{}'",
         &[
             provider.into(),
             session.id.clone().into(),

@@ -125,7 +125,15 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
             });
         }
     }
-    log!("flowgate worker stopped");
+    // Stopped by SIGTERM: at shutdown, or by an operator's pg_terminate_backend (a script that
+    // ends a database's sessions, DROP DATABASE ... WITH (FORCE)). Exit code 1 asks the
+    // postmaster to start the worker again after its restart time (5 s) unless it is shutting
+    // down; exit code 0 would end it for good, and the outbox, drains and timers with it, until
+    // the next server restart.
+    log!("flowgate worker stopped; the postmaster restarts it in 5 s unless it is shutting down");
+    // SAFETY: proc_exit runs the backend's exit callbacks and ends the process, as any worker
+    // does when it returns; nothing of this function runs after it.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// The outbox job, natively: claim and record in transactions of their own, send in none.

@@ -168,12 +168,14 @@ fn intent_fields(pool: &str, msg_id: i64, message: &Value) -> Map<String, Value>
     m
 }
 
-/// The validation POST: the intent with `idempotency_key` = msg_id.
-pub fn validation_body(pool: &str, msg_id: i64, read_ct: i32, message: &Value) -> Value {
+/// The validation POST: the intent, with `msg_id` and `idempotency_key` its first message id.
+/// The same bytes on every attempt and after a replay (a new message id), as the
+/// Idempotency-Key it goes with requires: a server that keeps keys refuses a key sent again
+/// with another body, and a refused payment would give the resource back.
+pub fn validation_body(pool: &str, msg_id: i64, message: &Value) -> Value {
     let origin = origin_msg_id(message, msg_id);
-    let mut m = intent_fields(pool, msg_id, message);
+    let mut m = intent_fields(pool, origin, message);
     m.insert("idempotency_key".into(), origin.into());
-    m.insert("attempt".into(), read_ct.into());
     Value::Object(m)
 }
 
@@ -188,9 +190,10 @@ pub fn ledger_payload(pool: &str, msg_id: i64, message: &Value) -> Value {
     Value::Object(m)
 }
 
-/// The commit POST: PostgREST's RPC convention, one named argument.
-pub fn commit_body(pool: &str, msg_id: i64, read_ct: i32, message: &Value) -> Value {
-    json!({"payload": ledger_payload(pool, msg_id, message), "attempt": read_ct})
+/// The commit POST: PostgREST's RPC convention, one named argument and nothing else (PostgREST
+/// picks the function by the body's keys: another key names another function, and fails).
+pub fn commit_body(pool: &str, msg_id: i64, message: &Value) -> Value {
+    json!({"payload": ledger_payload(pool, msg_id, message)})
 }
 
 /// Keep what the webhook answered, bounded: a JSON value up to 4 KiB, else a marker.
@@ -316,19 +319,25 @@ mod unit_tests {
         let msg = json!({"pool_id": "drop", "slot": 7, "resource_id": "r-1", "user_id": "u1", "state": "validated",
                          "validation": {"payment": "pi_1"}});
         assert_eq!(wire_key("drop", 42, Stage::Commit), "intake:drop:commit:42");
-        let v = validation_body("drop", 42, 2, &msg);
+        let v = validation_body("drop", 42, &msg);
         assert_eq!(v["idempotency_key"], 42);
-        assert_eq!(v["attempt"], 2);
         assert_eq!(v["user_id"], "u1");
-        let c = commit_body("drop", 42, 1, &msg);
+        let c = commit_body("drop", 42, &msg);
         assert_eq!(c["payload"]["idempotency_key"], "drop:42");
         assert_eq!(c["payload"]["validation"]["payment"], "pi_1");
-        // A replayed intent keeps its first identity.
+        // PostgREST's RPC: the function's one argument, no other key.
+        assert_eq!(c.as_object().map(|o| o.len()), Some(1));
+        // A replayed intent keeps its first identity, and sends the same bytes.
         let replayed =
             json!({"slot": 7, "resource_id": "r-1", "user_id": "u1", "origin_msg_id": 42});
         assert_eq!(
-            validation_body("drop", 99, 1, &replayed)["idempotency_key"],
+            validation_body("drop", 99, &replayed)["idempotency_key"],
             42
+        );
+        let first = json!({"slot": 7, "resource_id": "r-1", "user_id": "u1"});
+        assert_eq!(
+            validation_body("drop", 99, &replayed),
+            validation_body("drop", 42, &first)
         );
         assert_eq!(
             ledger_payload("drop", 99, &replayed)["idempotency_key"],

@@ -25,22 +25,12 @@ pub fn stage_request(cfg: &Config, pool: &PoolId, intent: &Intent, stage: Stage)
         Stage::Validate => (
             cfg.webhook.clone(),
             cfg.webhook_secret.clone(),
-            drain::validation_body(
-                pool.as_str(),
-                intent.msg_id,
-                intent.read_ct,
-                &intent.message,
-            ),
+            drain::validation_body(pool.as_str(), intent.msg_id, &intent.message),
         ),
         Stage::Commit => (
             cfg.commit_target.clone(),
             cfg.commit_secret.clone(),
-            drain::commit_body(
-                pool.as_str(),
-                intent.msg_id,
-                intent.read_ct,
-                &intent.message,
-            ),
+            drain::commit_body(pool.as_str(), intent.msg_id, &intent.message),
         ),
     };
     StageRequest {
@@ -75,6 +65,9 @@ pub fn delivery(
     );
     d.handler = Some(handler.into());
     d.auth_secret = req.secret;
+    // Which read of the intent this is, beside the body (which stays the same bytes).
+    d.headers
+        .insert("Flowgate-Attempt".into(), intent.read_ct.to_string().into());
     // One attempt per read (outbox::rearm): the visibility timeout paces retries and read_ct
     // counts them.
     d.max_attempts = Some(1);

@@ -101,12 +101,13 @@ impl Workflow for JobFlow {
     }
 }
 
-/// The database clock as text, plus an offset (for leases and retry times).
+/// The database clock as ISO 8601 text (whatever the session's DateStyle: a zone abbreviation
+/// such as IST would be read back as another zone), plus an offset (for leases and retry times).
 fn clock(client: &SpiClient<'_>, plus: Duration) -> ProvisioningResult<(String, String)> {
     let secs = plus.as_secs_f64().to_string();
     let t = prepared::query(
         client,
-        "SELECT now()::text, (now() + make_interval(secs => $1::float8))::text",
+        "SELECT to_json(now()) #>> '{}', to_json(now() + make_interval(secs => $1::float8)) #>> '{}'",
         &[TEXT],
         &[secs.as_str().into()],
     )?;

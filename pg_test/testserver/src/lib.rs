@@ -203,8 +203,91 @@ fn respond(path: &str, key: &str, auth: &str, body: &str, seen: u32) -> (u16, St
             "{\"data\":{\"commentCreate\":{\"success\":true,\"comment\":{\"id\":\"c1\"}}}}".into(),
         ),
         ("linear", _) => (200, String::new(), "{\"errors\":[{\"message\":\"Argument Validation Error\"}]}".into()),
+        // PostgREST's RPC: the function is picked by the body's keys, so a body for
+        // finalize_transaction(payload jsonb) is an object whose only key is "payload".
+        ("rest", Some("v1")) if path.ends_with("/rpc/finalize_transaction") => {
+            if top_level_keys(body) == ["payload"] {
+                (200, String::new(), "{\"status\":\"finalized\"}".into())
+            } else {
+                (
+                    404,
+                    String::new(),
+                    "{\"code\":\"PGRST202\",\"message\":\"Could not find the function public.finalize_transaction with the given arguments\"}".into(),
+                )
+            }
+        }
+        // A server that keeps Idempotency-Keys (the IETF draft, Stripe): a key sent again to
+        // the same path with another body is refused with 422.
+        // `/strict/<n>/...` answers 500 to the first `n` requests per key.
+        ("strict", n) => {
+            let fails: u32 = n.and_then(|n| n.parse().ok()).unwrap_or(0);
+            let same = {
+                let mut b = match bodies().lock() {
+                    Ok(b) => b,
+                    Err(p) => p.into_inner(),
+                };
+                b.entry(format!("{path} {key}"))
+                    .or_insert_with(|| body.to_string())
+                    == body
+            };
+            if !same {
+                (422, String::new(), "{\"error\":\"idempotency_key_reused_with_another_body\"}".into())
+            } else if seen <= fails {
+                (500, String::new(), "{\"error\":\"flaky\"}".into())
+            } else {
+                ok()
+            }
+        }
         _ => (404, String::new(), "{\"error\":\"no such test path\"}".into()),
     }
+}
+
+/// The first body sent with each Idempotency-Key to each `/strict/...` path.
+fn bodies() -> &'static Mutex<HashMap<String, String>> {
+    static B: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    B.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The keys of a JSON object's top level, in order (empty for anything else). A scanner, not a
+/// parser: strings and nesting are tracked, nothing is validated.
+fn top_level_keys(body: &str) -> Vec<String> {
+    let text = body.trim();
+    if !text.starts_with('{') {
+        return Vec::new();
+    }
+    let (mut keys, mut depth, mut in_string, mut escaped) = (Vec::new(), 0usize, false, false);
+    let mut current = String::new();
+    let mut expect_key = true;
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+                current.push(c);
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+                if depth == 1 && expect_key {
+                    keys.push(std::mem::take(&mut current));
+                    expect_key = false;
+                }
+            } else {
+                current.push(c);
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                current.clear();
+            }
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth = depth.saturating_sub(1),
+            ',' if depth == 1 => expect_key = true,
+            _ => {}
+        }
+    }
+    keys
 }
 
 /// Projects the fake Management API has created: name → (ref, number of POSTs that created or

@@ -377,3 +377,32 @@ fn a_confirmation_after_the_deadline_is_refused() {
     let r = CapacityFlow::reduce(Some(&waiting), &cmd, &admin()).unwrap();
     assert_eq!(r.state.state, State::Expired);
 }
+
+/// A timeout before the deadline is refused (55000, naming the deadline), even from an admin;
+/// one at the deadline expires the request.
+#[test]
+fn a_timeout_before_the_deadline_is_refused() {
+    let deadline = utc(2026, 11, 27, 15, 0);
+    let mut waiting = request(State::CustomerConfirmationRequired);
+    waiting.customer_confirmation_deadline_at = Some(ts(deadline));
+    for (now, accepted) in [
+        (deadline - Duration::days(4), false),
+        (deadline - Duration::microseconds(1), false),
+        (deadline, true),
+        (deadline + Duration::days(3), true),
+    ] {
+        let mut cmd = admin_cmd(Event::CustomerConfirmationTimeout);
+        cmd.now = now;
+        match CapacityFlow::reduce(Some(&waiting), &cmd, &admin()) {
+            Ok(r) => {
+                assert!(accepted, "{now}");
+                assert_eq!(r.state.state, State::Expired);
+            }
+            Err(e) => {
+                assert!(!accepted, "{now}: {e}");
+                assert_eq!(e.sqlstate(), "55000");
+                assert!(e.to_string().contains("2026-11-27T15:00:00"), "{e}");
+            }
+        }
+    }
+}

@@ -116,12 +116,15 @@ pub fn collect() -> CoreResult<Collected> {
         "false".to_owned()
     };
     let lapsed = "claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30))";
-    let expired: Vec<(i64, bool)> = Spi::connect_mut(|client| {
+    // Sent natively by a backend of a server that has restarted since (a crash, a killed
+    // backend, a stop): its sender is gone, so its response will never be recorded.
+    let restarted = "(transport = 'native' AND claimed_at < pg_postmaster_start_time())";
+    let expired: Vec<(i64, Gone)> = Spi::connect_mut(|client| {
         let rows = prepared::exec(
             client,
             &format!(
-                "SELECT id, NOT {lapsed} FROM flowgate.deliveries \
-                  WHERE status = 'in_flight' AND ({lapsed} OR {gone}) \
+                "SELECT id, CASE WHEN {lapsed} THEN 0 WHEN {gone} THEN 1 ELSE 2 END FROM flowgate.deliveries \
+                  WHERE status = 'in_flight' AND ({lapsed} OR {gone} OR {restarted}) \
                   ORDER BY id LIMIT $2 \
                     FOR UPDATE SKIP LOCKED"
             ),
@@ -129,33 +132,51 @@ pub fn collect() -> CoreResult<Collected> {
         )?;
         let mut v = Vec::with_capacity(rows.len());
         for row in rows {
-            v.push((
-                row.get::<i64>(1)?.unwrap_or_default(),
-                row.get::<bool>(2)?.unwrap_or(false),
-            ));
+            let why = match row.get::<i32>(2)?.unwrap_or(0) {
+                1 => Gone::PgNetEpoch,
+                2 => Gone::Restarted,
+                _ => Gone::Lapsed,
+            };
+            v.push((row.get::<i64>(1)?.unwrap_or_default(), why));
         }
         Ok::<_, CoreError>(v)
     })?;
-    let timed_out = Observation {
-        attempt: Ok(super::policy::Attempt::Timeout),
+    let observed = |attempt: super::policy::Attempt| Observation {
+        attempt: Ok(attempt),
         body: None,
         content_type: None,
     };
-    let lost = Observation {
-        attempt: Ok(super::policy::Attempt::Transport(
-            "pg_net lost the request: its tables were reset (a crash, a restore or a promoted standby) before the response was collected"
-                .into(),
-        )),
-        body: None,
-        content_type: None,
-    };
-    for (id, only_epoch_gone) in expired {
+    let timed_out = observed(super::policy::Attempt::Timeout);
+    let lost = observed(super::policy::Attempt::Transport(
+        "pg_net lost the request: its tables were reset (a crash, a restore or a promoted standby) before the response was collected"
+            .into(),
+    ));
+    let restarted = observed(super::policy::Attempt::Transport(
+        "the server restarted while the request was in flight: its sender is gone and its response was never recorded"
+            .into(),
+    ));
+    for (id, why) in expired {
         // Any attempt: the lease of whoever claimed it has passed (timed out), or else its
-        // pg_net epoch has (lost).
-        let observed = if only_epoch_gone { &lost } else { &timed_out };
+        // pg_net epoch has, or its sender's server restarted (lost).
+        let observed = match why {
+            Gone::Lapsed => &timed_out,
+            Gone::PgNetEpoch => &lost,
+            Gone::Restarted => &restarted,
+        };
         out.counts
             .add(record::record_with(id, None, observed, &policy)?);
         out.expired += 1;
     }
     Ok(out)
+}
+
+/// Why an in-flight delivery is recorded without its response.
+#[derive(Clone, Copy)]
+enum Gone {
+    /// Its lease has passed: a timed-out attempt.
+    Lapsed,
+    /// Carried by pg_net in an earlier pg_net epoch.
+    PgNetEpoch,
+    /// Sent natively before the server last started.
+    Restarted,
 }

@@ -266,11 +266,28 @@ pub fn park(client: &mut SpiClient<'_>, id: i64) -> CoreResult<()> {
 /// cannot be decrypted is a [`CoreError::MissingDependency`] that names the secret, not its value.
 pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<String>> {
     if secrets::vault_installed(client)? {
-        let rows = prepared::read(client, "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 ORDER BY created_at DESC LIMIT 1", &[name.into()],
-        )?;
-        if !rows.is_empty() {
-            if let Some(s) = rows.first().get_one::<String>()? {
-                return Ok(Some(s));
+        // A secret Vault cannot decrypt (a backup restored under another root key) raises; it
+        // is this delivery's failure, not an error that aborts the caller's batch.
+        let found = subxact::run(|| {
+            Spi::connect(|c| {
+                let rows = prepared::read(c, "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 ORDER BY created_at DESC LIMIT 1", &[name.into()],
+                )?;
+                if rows.is_empty() {
+                    return Ok(None);
+                }
+                Ok::<_, CoreError>(rows.first().get_one::<String>()?)
+            })
+        });
+        match found {
+            Ok(Ok(Some(s))) => return Ok(Some(s)),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(CoreError::MissingDependency {
+                    feature: format!("reading secret {name:?}"),
+                    dependency: "the Vault key it was stored with".into(),
+                    hint: "restore the database's Vault root key, or store the secret again with flowgate.set_secret()".into(),
+                })
             }
         }
     }

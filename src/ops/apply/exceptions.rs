@@ -17,11 +17,13 @@ pub(super) fn request(
     b: &ExceptionRequest,
     out: &mut Applied,
 ) -> OpsResult<()> {
-    let days = MAX_EXCEPTION_DAYS.to_string();
+    // Days of 24 hours: `interval 'N days'` added to a time follows the session's time zone
+    // (a day across a daylight-saving change is 23 or 25 hours), and the limit may not.
+    let hours = (MAX_EXCEPTION_DAYS * 24).to_string();
     let t = read(
         client,
-        "SELECT $1::timestamptz > clock_timestamp() AND $1::timestamptz <= now() + make_interval(days => $2::int)",
-        &[Some(&b.expires_at), Some(&days)],
+        "SELECT $1::timestamptz > clock_timestamp() AND $1::timestamptz <= now() + make_interval(hours => $2::int)",
+        &[Some(&b.expires_at), Some(&hours)],
     )?;
     if t.first().get_one::<bool>()? != Some(true) {
         return Err(OpsError::invalid(
