@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(75);
+SELECT plan(77);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -70,7 +70,12 @@ SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24X
 SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', '[]')$$, '22023', NULL, 'customer_ref must be an object');
 SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', '{"n": 1e400}')$$, '22023', NULL,
                  'a number beyond a 64-bit float is a bad value (22023), as documented');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', '{"account": 123456789012345678901}')$$, '22023',
+                 'invalid customer_ref: the number 123456789012345678901 does not fit a 64-bit float exactly',
+                 'so is one a 64-bit float would round (it would be stored as another number)');
 SELECT is((SELECT count(*) FROM capacity.capacity_request_events), (SELECT n FROM n_events), 'no rejected call wrote an event');
+SELECT is(capacity.create_capacity_request('ae-1', 'other-infra', '24XL', 1, 'us-east-1', '{"account": 18446744073709551615, "rate": 0.1}') #> '{request,customer_ref}',
+          '{"account": 18446744073709551615, "rate": 0.1}'::jsonb, 'a 64-bit integer and a decimal a float holds are kept as sent');
 SELECT throws_ok($$INSERT INTO capacity.capacity_requests (id, state, requester_user_id, commercial_owner_user_id, infra_owner_group, requested_size, quantity, region)
                    VALUES ('CR-2026-000000', 'ACTIVATED', 'x', 'x', 'x', 'x', 1, 'us-east-1')$$, '42501', NULL, 'users cannot write the tables directly');
 

@@ -68,9 +68,20 @@ impl RawJsonb {
         self.datum
     }
 
-    /// Convert the value, refusing it with 22023 when it is larger than `limit` bytes or nested
-    /// deeper than [`MAX_JSON_DEPTH`] levels.
+    /// Convert the value, refusing it with 22023 when it is larger than `limit` bytes, nested
+    /// deeper than [`MAX_JSON_DEPTH`] levels, or holds a number a 64-bit float would round.
     pub fn value(self, what: &str, limit: usize) -> CoreResult<Value> {
+        self.read(what, limit, true)
+    }
+
+    /// [`RawJsonb::value`] for a caller that keeps the argument itself (its [`RawJsonb::datum`])
+    /// and reads the JSON only to check and route it (an ops envelope, logged as sent): a
+    /// number a 64-bit float would round is read rounded instead of refused.
+    pub fn value_as_sent(self, what: &str, limit: usize) -> CoreResult<Value> {
+        self.read(what, limit, false)
+    }
+
+    fn read(self, what: &str, limit: usize, exact_numbers: bool) -> CoreResult<Value> {
         check_size(what, self.size(), limit)?;
         let datum = required(what, self.datum)?;
         // Numbers print far wider than they are stored (`1e131000`: 16 bytes, 131,001
@@ -92,6 +103,16 @@ impl RawJsonb {
                 .map(|c| c.to_string_lossy().into_owned())
         }
         .ok_or_else(|| CoreError::Internal(format!("{what}: jsonb_out returned NULL")))?;
+        // A number read as a 64-bit float must be the number sent: a customer's account id of
+        // 21 digits would otherwise be stored as another number, without a word.
+        if let Some(n) = inexact_number(&text).filter(|_| exact_numbers) {
+            let shown: String = n.chars().take(40).collect();
+            return Err(CoreError::invalid(
+                what,
+                format!("the number {shown} does not fit a 64-bit float exactly"),
+                "JSON whose numbers fit a 64-bit float exactly (send a longer number as a string)",
+            ));
+        }
         // Postgres printed the text, so it is valid JSON: what cannot be read is a value beyond
         // what JSON here holds (a number past a 64-bit float, such as 1e400), a bad value
         // (22023) rather than bad text.
@@ -102,6 +123,73 @@ impl RawJsonb {
             other => other,
         })
     }
+}
+
+/// The first number of JSON text (as Postgres prints it) that a 64-bit float does not hold
+/// exactly, which `serde_json` would read rounded (`123456789012345678901` as
+/// `123456789012345680000`, 20 significant decimal digits as 17); None when every number is
+/// exact. Numbers beyond a float's range are left to the parser, which refuses them.
+pub fn inexact_number(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    while i < b.len() {
+        let c = b[i];
+        i += 1;
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if c == b'"' {
+            in_string = true;
+        } else if c == b'-' || c.is_ascii_digit() {
+            let start = i - 1;
+            while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                i += 1;
+            }
+            let number = &text[start..i];
+            if !exact_as_float(number) {
+                return Some(number);
+            }
+        }
+    }
+    None
+}
+
+/// Whether a JSON number reads as a 64-bit integer or float of the same value.
+fn exact_as_float(number: &str) -> bool {
+    if number.parse::<i64>().is_ok() || number.parse::<u64>().is_ok() {
+        return true;
+    }
+    match number.parse::<f64>() {
+        Ok(f) if f.is_finite() => decimal(number) == decimal(&f.to_string()),
+        _ => true,
+    }
+}
+
+/// A decimal number as (negative, significant digits, exponent): the value is
+/// 0.<digits> x 10^exponent, with no leading or trailing zero digit (zero: no digits).
+fn decimal(number: &str) -> Option<(bool, String, i64)> {
+    let (negative, unsigned) = match number.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, number),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(p) => (&unsigned[..p], unsigned[p + 1..].parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all = format!("{integer}{fraction}");
+    let significant = all.trim_start_matches('0');
+    let point = i64::try_from(integer.len()).ok()? + exponent
+        - i64::try_from(all.len() - significant.len()).ok()?;
+    let digits = significant.trim_end_matches('0');
+    if digits.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    Some((negative, digits.to_owned(), point))
 }
 
 /// Deepest nesting of objects and arrays accepted in a JSON argument.
@@ -238,5 +326,30 @@ mod unit_tests {
         // 100,000 levels neither overflow the stack nor panic.
         let huge = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(parse_bounded("v", &huge).unwrap_err().sqlstate(), "22023");
+    }
+
+    #[test]
+    fn numbers_a_float_holds_exactly_pass_and_others_are_named() {
+        for ok in [
+            r#"{"a": 1, "b": -0, "c": 0.1, "d": 19.99, "e": 1.50, "f": 9223372036854775807}"#,
+            r#"[18446744073709551615, 0.30000000000000004, 100000000000000000000, 1e21, 5e-324]"#,
+            r#"{"s": "123456789012345678901", "t": "a \"12345678901234567890123\" b"}"#,
+        ] {
+            assert_eq!(inexact_number(ok), None, "{ok}");
+        }
+        assert_eq!(
+            inexact_number(r#"{"account": 123456789012345678901}"#),
+            Some("123456789012345678901")
+        );
+        assert_eq!(
+            inexact_number(r#"[1, 3.14159265358979323846]"#),
+            Some("3.14159265358979323846")
+        );
+        assert_eq!(
+            inexact_number("-18446744073709551617"),
+            Some("-18446744073709551617")
+        );
+        // Beyond a float's range: left to the parser (22023 there).
+        assert_eq!(inexact_number("[1e400]"), None);
     }
 }

@@ -165,11 +165,10 @@ fn missing_release(event_type: EventType) -> OpsError {
 
 /// Convert an envelope argument that passed the stored-size check.
 pub fn value_of(arg: Option<crate::core::args::RawJsonb>) -> OpsResult<Option<Value>> {
-    Ok(crate::core::args::optional(
-        arg,
-        "envelope",
-        MAX_ENVELOPE_STORED_BYTES,
-    )?)
+    // The log keeps the envelope as sent (the argument itself), digits and all.
+    Ok(arg
+        .map(|a| a.value_as_sent("envelope", MAX_ENVELOPE_STORED_BYTES))
+        .transpose()?)
 }
 
 /// Why an envelope Postgres holds could not be read as JSON here (a number beyond a 64-bit
