@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(77);
+SELECT plan(78);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -96,6 +96,8 @@ SELECT is((SELECT actor_type || ':' || actor_id FROM capacity.capacity_request_e
           'system:system', 'the timeout is recorded as the system');
 SELECT is((SELECT string_agg(task_type || ':' || assigned_to || ':' || status, ',') FROM capacity.capacity_request_tasks WHERE capacity_request_id = :'cr2'),
           'cancellation_decision:ae-1:open', 'one cancellation decision, owned by the commercial owner');
+SELECT is((SELECT due_at FROM capacity.capacity_request_tasks WHERE capacity_request_id = :'cr2'), pg_temp.plus_business_days(now(), 2),
+          'due two business days after the expiry');
 SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub":"ae-1","role":"authenticated"}', true) \g /dev/null
 SELECT throws_ok(format($$SELECT capacity.record_capacity_event(%L, 'CANCEL_APPROVED')$$, :'cr2'), '22023', NULL, 'a cancellation needs a reason');

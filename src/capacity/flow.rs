@@ -80,7 +80,11 @@ pub enum Effect {
     /// Tell the humans (Slack thread reply, Linear comment, NOTIFY).
     Announce { from: Option<State>, to: State },
     /// The customer went dark: the commercial owner must decide whether to cancel.
-    CancellationTask { assigned_to: String },
+    CancellationTask {
+        assigned_to: String,
+        /// Two business days after the expiry (RFC 3339).
+        due_at: String,
+    },
     /// The decision was made: close open cancellation tasks.
     CloseCancellationTasks,
 }
@@ -117,6 +121,10 @@ fn outside_confirmation_window(current: &Request, cmd: &Command) -> Option<Strin
         _ => None,
     }
 }
+
+/// Business days the commercial owner has to decide on an expired request (its cancellation
+/// task's due date).
+pub const CANCELLATION_TASK_BUSINESS_DAYS: u32 = 2;
 
 /// `n` business days (Monday to Friday) after `from`, keeping the time of day.
 pub fn add_business_days(from: DateTime<Utc>, n: u32) -> DateTime<Utc> {
@@ -411,6 +419,7 @@ impl Reducer for CapacityFlow {
             Event::CustomerConfirmationTimeout => {
                 t = t.with(Effect::CancellationTask {
                     assigned_to: current.commercial_owner_user_id.clone(),
+                    due_at: ts(add_business_days(cmd.now, CANCELLATION_TASK_BUSINESS_DAYS)),
                 });
             }
             _ => {}

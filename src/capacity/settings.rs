@@ -7,7 +7,7 @@ pub const DEFINITIONS: &[Definition] = &[
         key: "capacity.confirmation_ttl_business_days",
         kind: Kind::Int { min: 1, max: 60 },
         default: "5",
-        doc: "Business days (Monday to Friday) the customer has to confirm after technical approval; then the request EXPIRES.",
+        doc: "Business days (Monday to Friday, in UTC, at the time of day of the approval) the customer has to confirm after technical approval; then the request EXPIRES.",
     },
     Definition {
         key: "capacity.auto_approve_below_usd",

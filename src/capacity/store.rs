@@ -53,14 +53,17 @@ impl Workflow for CapacityFlow {
                     }
                     super::notify::announce(client, id, event, from, to)?;
                 }
-                Effect::CancellationTask { assigned_to } => {
+                Effect::CancellationTask {
+                    assigned_to,
+                    due_at,
+                } => {
                     client
                         .update(
                             "INSERT INTO capacity.capacity_request_tasks (capacity_request_id, task_type, assigned_to, due_at) \
-                             VALUES ($1, 'cancellation_decision', $2, now() + interval '2 days') \
+                             VALUES ($1, 'cancellation_decision', $2, $3::timestamptz) \
                              ON CONFLICT (capacity_request_id, task_type) WHERE status = 'open' DO NOTHING",
                             None,
-                            &[id.into(), assigned_to.into()],
+                            &[id.into(), assigned_to.into(), due_at.into()],
                         )
                         .map_err(CoreError::from)?;
                 }

@@ -249,12 +249,14 @@ pub fn velocity(committed_before: i64, committed_now: i64, seconds: f64) -> f64 
 }
 
 /// How many intents a drain may take: the batch size, and under a rate limit no more than
-/// `rate × seconds since the last drain that took any` (the first drain takes one second's worth).
+/// `rate × seconds since the last drain that took any` (the first drain takes one second's worth,
+/// and so does one after the clock went back past the last drain: waiting for the clock to
+/// catch up would stop the pool for as long as it was set ahead).
 pub fn budget(batch_size: i32, rate_per_second: Option<i32>, since_last: Option<f64>) -> i32 {
     match rate_per_second {
         None => batch_size,
         Some(rate) => {
-            let secs = since_last.unwrap_or(1.0).max(0.0);
+            let secs = since_last.filter(|s| *s >= 0.0).unwrap_or(1.0);
             let allowed = (f64::from(rate) * secs).floor();
             batch_size.min(allowed.min(f64::from(i32::MAX)) as i32)
         }
@@ -405,6 +407,8 @@ mod unit_tests {
         assert_eq!(budget(100, Some(10), Some(0.5)), 5);
         assert_eq!(budget(100, Some(10), Some(0.05)), 0);
         assert_eq!(budget(100, Some(1000), Some(60.0)), 100);
+        // The clock went back an hour past the last drain: one second's worth, not nothing.
+        assert_eq!(budget(100, Some(10), Some(-3600.0)), 10);
     }
 
     proptest! {

@@ -156,8 +156,10 @@ fn tech_approval_sets_the_business_day_deadline_and_timeout_assigns_the_owner() 
     )
     .unwrap();
     assert_eq!(t.state.state, State::Expired);
+    // Due two business days after the expiry: from Friday 2026-11-20 15:00, Tuesday.
     assert!(t.effects.contains(&Effect::CancellationTask {
-        assigned_to: "ae-1".into()
+        assigned_to: "ae-1".into(),
+        due_at: "2026-11-24T15:00:00.000000Z".into(),
     }));
 }
 
