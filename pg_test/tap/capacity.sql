@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(78);
+SELECT plan(79);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -226,6 +226,15 @@ SELECT is(capacity.run_capacity_request_timers(pg_temp.plus_business_days(now(),
 SELECT is((SELECT state::text || ' ' || (payload ? 'as_of')::text FROM capacity.capacity_requests r
              JOIN capacity.capacity_request_events e ON e.capacity_request_id = r.id AND e.event_type = 'CUSTOMER_CONFIRMATION_TIMEOUT'
             WHERE r.id = :'cr4'), 'EXPIRED true', 'recorded with the moment it was run as of');
+-- A confirmation is judged when it arrives, not when its transaction began (this file is one
+-- transaction, begun long before this deadline).
+SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1') -> 'request' ->> 'id' AS cr_late \gset
+SELECT capacity.apply_event(:'cr_late', 'COMMERCIAL_APPROVED') \g /dev/null
+SELECT capacity.apply_event(:'cr_late', 'TECH_REVIEW_APPROVED') \g /dev/null
+UPDATE capacity.capacity_requests SET customer_confirmation_deadline_at = clock_timestamp() + interval '200 milliseconds' WHERE id = :'cr_late';
+SELECT pg_sleep(0.3) \g /dev/null
+SELECT throws_ok(format($$SELECT capacity.apply_event(%L, 'CUSTOMER_CONFIRMED')$$, :'cr_late'), '55000', NULL,
+                 'a confirmation arriving after the deadline is refused, though its transaction began before it');
 
 -- === An event's answer is the rows as stored ==================================================
 -- The runner reads back only what Postgres decided; the answer is still exactly what to_jsonb

@@ -165,7 +165,14 @@ pub fn apply(
     actor: &Actor,
     key: Option<&str>,
 ) -> Result<Applied<Request>, CoreError> {
-    apply_at(id, event, payload, actor, key, db_now()?)
+    // A confirmation is judged when it arrives (the clock), not when its transaction began: a
+    // transaction open since before the deadline does not confirm after it.
+    let now = if event == Event::CustomerConfirmed {
+        clock_now()?
+    } else {
+        db_now()?
+    };
+    apply_at(id, event, payload, actor, key, now)
 }
 
 /// [`apply`] with the reducer's clock at `now` (the timers' `as_of`).
