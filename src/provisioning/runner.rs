@@ -82,8 +82,17 @@ fn send(
                     hint: "SELECT flowgate.set_setting('provisioning.organization_id', '\"<your org id>\"')".into(),
                 });
             }
-            let pass = mgmt::db_pass(crate::core::store::os_random_u32);
-            keys::store(client, &c.client_id, &c.slug, "db_pass", &pass)?;
+            // One password per client, kept from its first create on: every create of the
+            // client is the same request (same body, same Idempotency-Key below), so an API
+            // that keeps keys answers a re-sent create with the project the first one made.
+            let pass = match keys::read(&c.client_id)?.2 {
+                Some(kept) => kept,
+                None => {
+                    let pass = mgmt::db_pass(crate::core::store::os_random_u32);
+                    keys::store(client, &c.client_id, &c.slug, "db_pass", &pass)?;
+                    pass
+                }
+            };
             // The request carries the password by reference (`body_secrets`), set when it is
             // sent: the delivery row, a dump and the WAL hold only the secret's name. (Until
             // ALTER EXTENSION flowgate UPDATE has run, the body holds it, as 0.1.0's did.)
@@ -164,9 +173,14 @@ fn send(
     d.body_secrets = body_secrets;
     // The Management API's rate limits are per account, whatever the host path.
     d.flow_key = Some("supabase-management-api".into());
-    if let Step::Migration(v) = step {
-        // Every attempt at one migration of one client carries the same Idempotency-Key.
-        d.wire_key = Some(format!("provisioning:{}:migration:{v}", c.client_id));
+    match step {
+        // Every attempt at one migration of one client carries the same Idempotency-Key, and
+        // so does every create of one client's project.
+        Step::Migration(v) => {
+            d.wire_key = Some(format!("provisioning:{}:migration:{v}", c.client_id));
+        }
+        Step::Create => d.wire_key = Some(format!("provisioning:{}:create", c.client_id)),
+        _ => {}
     }
     Ok(outbox::enqueue(client, &d)?.id)
 }
