@@ -11,10 +11,10 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(92);
+SELECT plan(93);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict'] $$;
+    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict', 'tap_gone'] $$;
 -- Until none of this file's deliveries is in flight or due (the worker may be sending them).
 CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -360,6 +360,17 @@ SELECT is((SELECT string_agg(split_part(idempotency_key, ':', 3) || ' ' || statu
           'validate delivered 3,commit delivered 1',
           'three reads send the validation with the same key and the same body (no 422), and the commit goes through PostgREST''s RPC');
 SELECT is((SELECT string_agg(message ->> 'state', ',') FROM pgmq.a_intake_tap_strict), 'committed', 'the intent is committed');
+
+-- ---- A dropped pool's requests not sent yet are never sent ---------------------------------------
+SELECT intake.create_pool('tap_gone', 2, '{"validation_webhook_url": "http://127.0.0.1:1/refused", "drain_mode": "external"}') \g /dev/null
+SELECT intake.claim_resource('tap_gone', 'g1') \g /dev/null
+SELECT intake.drain('tap_gone') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT intake.drop_pool('tap_gone') \g /dev/null
+SELECT is((SELECT string_agg(status || ': ' || last_error, ',') FROM flowgate.deliveries WHERE owner_id LIKE 'tap_gone:%'),
+          'dead: intake pool tap_gone was dropped before this request was sent',
+          'its validation request, waiting for the next read, is dead: no payment call for a pool that is gone');
 
 -- ---- Clean up ---------------------------------------------------------------------------------
 SELECT pg_temp.settle() \g /dev/null

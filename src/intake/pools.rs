@@ -191,7 +191,8 @@ pub fn held_config(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Conf
     )
 }
 
-/// Drop a pool: its queues, sequence, inventory and configuration. P0002 if it does not exist.
+/// Drop a pool: its queues, sequence, inventory and configuration, and its requests not sent yet
+/// (dead). P0002 if it does not exist.
 ///
 /// The order is the one every other session takes: the configuration row first (its writers
 /// hold it, [`hold`]), then the slot sequence, which a claim locks before its statement (see
@@ -226,6 +227,16 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     for q in [pool.queue(), pool.dlq()] {
         client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
     }
+    // Its requests not sent yet never will be: a payment webhook called for a pool that is gone
+    // would charge for nothing. (One in flight finishes; its answer finds no pool.)
+    client.update(
+        "UPDATE flowgate.deliveries SET status = 'dead', \
+                last_error = 'intake pool ' || $1 || ' was dropped before this request was sent', \
+                updated_at = clock_timestamp() \
+          WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = $1 AND status = 'pending'",
+        None,
+        &[pool.as_str().into()],
+    )?;
     // The tables without a foreign key to engine_config (see sql/intake/tables.sql).
     for table in ["intake.user_claims", "intake.allocations"] {
         client.update(
