@@ -203,7 +203,7 @@ ALTER FUNCTION flowgate.run_periodic(boolean) SET search_path TO pg_catalog, pg_
 -- (which of them pg_net had sent cannot be told).
 ALTER TABLE flowgate.deliveries ADD COLUMN transport_epoch uuid;
 COMMENT ON COLUMN flowgate.deliveries.transport_epoch IS
-  'The pg_net epoch (flowgate.pg_net_epoch) its transport_ref belongs to: a response is this delivery''s only in the same epoch.';
+  'The epoch its attempt was handed out in: on pg_net the pg_net epoch (flowgate.pg_net_epoch) its transport_ref belongs to (a response is this delivery''s only in the same epoch); natively the server run (flowgate.server_run) that sends it.';
 CREATE UNLOGGED TABLE flowgate.pg_net_epoch (
     epoch     uuid NOT NULL,
     -- The pg_net the epoch was begun for (its response table): one dropped and created again
@@ -215,6 +215,23 @@ COMMENT ON TABLE flowgate.pg_net_epoch IS
   'The current pg_net epoch: begun by the first delivery queued on pg_net since pg_net''s unlogged tables (and this one) were last reset, or pg_net was created again. '
   'A pg_net response is a delivery''s only when the delivery''s transport_epoch is this epoch; in-flight deliveries of an earlier epoch count as lost attempts, retried with the same key.';
 REVOKE ALL ON flowgate.pg_net_epoch FROM PUBLIC;
+
+-- A native request is sent by a backend of this server; one in flight when the server restarted
+-- (a crash, a killed backend: Postgres reinitializes every session; an immediate or a clean
+-- shutdown) has lost its sender. This UNLOGGED row names the server's run: a crash empties it,
+-- and a restart makes it stale (it keeps the postmaster start time it was begun under, compared
+-- for equality, never ordered: a clock stepped back does not move a run). A delivery claimed
+-- natively keeps the run in transport_epoch; one of another run is a lost attempt at the next
+-- collect, retried with its key. Not in dumps. Owner-only.
+CREATE UNLOGGED TABLE flowgate.server_run (
+    run      uuid NOT NULL,
+    started  timestamptz NOT NULL,
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+COMMENT ON TABLE flowgate.server_run IS
+  'The current run of this server: begun by the first native claim since the server started or crashed (the row is UNLOGGED, and keeps the postmaster start time it was begun under). '
+  'A native delivery in flight whose transport_epoch is an earlier run lost its sender: it counts as a lost attempt, retried with the same key.';
+REVOKE ALL ON flowgate.server_run FROM PUBLIC;
 
 -- The id sequences of the metrics and the outcome log go into dumps with their tables (a
 -- restored database started them at 1 again, and every sample then failed on a taken id).
@@ -535,6 +552,28 @@ ALTER TABLE ops.exceptions DROP CONSTRAINT exception_expiry_within_90_days,
 COMMENT ON FUNCTION capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text) IS
   $doc$Create a Capacity Request (id CR-<year>-<number>: the year in UTC, the number at least 6 digits) as the caller, or as requester_user_id from a trusted session; returns it with its events and allowed events. A retried idempotency_key returns the first request. 42501 for anonymous callers, 22023 for bad arguments (e.g. the requester named as commercial owner).$doc$;
 
+-- An intake pool's slot sequence joined the extension before its privileges were taken back,
+-- so the extension recorded the defaults' grants as its initial privileges, and dumps carried a
+-- REVOKE for a sequence they do not create (the restore failed on it). Joining again records
+-- the privileges it has.
+DO $slots$
+DECLARE
+    seq regclass;
+BEGIN
+    FOR seq IN
+        SELECT c.oid::regclass
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'intake' AND c.relkind = 'S' AND c.relname LIKE 'slots\_%'
+           AND EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e'
+                          AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'flowgate'))
+    LOOP
+        EXECUTE pg_catalog.format('ALTER EXTENSION flowgate DROP SEQUENCE %s', seq);
+        EXECUTE pg_catalog.format('ALTER EXTENSION flowgate ADD SEQUENCE %s', seq);
+    END LOOP;
+END
+$slots$;
+
 -- A person links their own Slack id with a code they ask for signed in
 -- (flowgate.request_identity_link) and redeem from Slack (/capacity link CODE): naming an id no
 -- longer links it (anyone could claim an approver's Slack id, whose clicks would then act as
@@ -679,6 +718,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.identity_link_codes FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE capacity.slack_requests FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.pg_net_epoch FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.server_run FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.mark_default_requirement() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;

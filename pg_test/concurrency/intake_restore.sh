@@ -14,6 +14,9 @@ trap cleanup EXIT
 
 q -d postgres -c "CREATE DATABASE $SRC" -c "CREATE DATABASE $DST" >/dev/null
 q -d "$SRC" -c "CREATE EXTENSION pgmq" -c "CREATE EXTENSION flowgate" >/dev/null
+# Default privileges that grant on new sequences: a pool's slot sequence (not in dumps) must not
+# leave the dump a REVOKE on a sequence it does not create.
+q -d "$SRC" -c "ALTER DEFAULT PRIVILEGES GRANT SELECT ON SEQUENCES TO PUBLIC" >/dev/null
 q -d "$SRC" -c "SELECT intake.create_pool('r1', 500, '{\"max_claims_per_user\": 2, \"drain_mode\": \"external\"}')" >/dev/null
 q -d "$SRC" -c "SELECT intake.claim_resource('r1', 'user-' || (g % 150)) FROM generate_series(1, 200) g" >/dev/null
 # A rate-limited pool (its drain clock is not in dumps) and metrics (their id sequence is).

@@ -72,7 +72,7 @@ q "CREATE TABLE public.fg_wide AS
             'metadata', jsonb_build_object('n', jsonb_agg('1e131000'::numeric))) AS v
      FROM generate_series(1, 3000);
    GRANT SELECT ON public.fg_wide TO PUBLIC"
-wide_size=$(q "SELECT pg_column_size(v::text::jsonb) FROM public.fg_wide")
+wide_size=$(q "SELECT pg_column_size(v || '{}'::jsonb) FROM public.fg_wide")   # uncompressed, never printed
 wide="(SELECT v FROM public.fg_wide)"
 probe authenticated '{"sub":"u-1","role":"authenticated"}' "capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', $wide)" 22023
 probe postgres '' "flowgate.check_setting('flowgate.http_timeout_ms', $wide)" 22023

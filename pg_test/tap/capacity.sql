@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(79);
+SELECT plan(80);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -266,6 +266,19 @@ END $$;
 DROP TRIGGER tap_boom ON capacity.capacity_request_events;
 SELECT is((SELECT state || ' ' || message FROM caught), 'P0001 boom', 'the trigger''s error reaches the caller as raised');
 SELECT is((SELECT coalesce(detail, '') FROM caught), '', 'with no Rust backtrace in its DETAIL');
+
+-- A request made from Slack before its requester linked their Slack id: once linked, that
+-- requester is the actor, and may not pass their own technical review.
+RESET ROLE;
+INSERT INTO capacity.capacity_requests (id, state, requester_user_id, commercial_owner_user_id, infra_owner_group, requested_size, quantity, region)
+VALUES ('CR-2026-990001', 'TECHNICAL_REVIEW_REQUIRED', 'U0SELFREQ', 'ae-1', 'infra', '24XL', 1, 'us-east-1');
+INSERT INTO flowgate.identity_links (provider, external_id, actor_id, linked_by) VALUES ('slack', 'U0SELFREQ', 'infra-1', 'infra-1');
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
+SELECT throws_ok($$SELECT capacity.record_capacity_event('CR-2026-990001', 'TECH_REVIEW_APPROVED')$$, '42501', NULL,
+                 'a requester who linked the Slack id they requested with may not pass their own technical review');
+RESET ROLE;
+DELETE FROM flowgate.identity_links WHERE external_id = 'U0SELFREQ';
 
 -- Ids: the year is UTC's whatever the session's time zone, and a number past 999999 is not
 -- cut to six digits (lpad truncates).

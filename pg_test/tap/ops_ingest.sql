@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(167);
+SELECT plan(168);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -267,6 +267,18 @@ SET LOCAL request.jwt.claims = '{"sub": "ci-one", "role": "ci_service_role"}';
 SELECT is(ops.ingest_event(pg_temp.ev('mine/1', 'check_result', '{"gate_code": "G1", "check_name": "own", "status": "pass"}',
               'a0000000-0000-4000-8000-000000000002')) ->> 'status', 'duplicate', 'the original sender gets its duplicate');
 RESET request.jwt.claims;
+-- A persona token without a subject (every holder would be one actor) is refused, logged.
+CREATE TEMP TABLE approvals_before AS SELECT count(*) AS n FROM ops.approvals;
+SET LOCAL ROLE release_manager;
+SET LOCAL request.jwt.claims = '{"role": "release_manager"}';
+CREATE TEMP TABLE nameless AS SELECT ops.ingest_event(pg_temp.ev('nameless-1', 'approval',
+    '{"decision": "approved", "evidence": [{"artifact_type": "rollback_plan", "uri": "https://wiki.example/n/rollback"}]}',
+    'a0000000-0000-4000-8000-000000000002')) AS r;
+RESET ROLE;
+RESET request.jwt.claims;
+SELECT is((SELECT (r ->> 'status') || ' ' || (r #>> '{detail,http_status}') FROM nameless)
+            || ' ' || ((SELECT count(*) FROM ops.approvals) = (SELECT n FROM approvals_before))::text,
+          'rejected 403 true', 'a JWT with no subject is refused (403, logged) and approves nothing');
 
 -- R4: a check result re-evaluates the gates it can change, and only those: G3 follows G2.
 SELECT ops.ingest_event(pg_temp.ev('r4', 'release_created', '{"version": "4"}', 'a0000000-0000-4000-8000-000000000004')) \g /dev/null

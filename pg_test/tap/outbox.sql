@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(48);
+SELECT plan(49);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -108,6 +108,24 @@ SELECT is((SELECT status::text || ' ' || attempts || ' ' || last_error || ' ' ||
 -- Do not wait out the back-off.
 UPDATE flowgate.deliveries SET next_attempt_at = now() WHERE idempotency_key = :'run' || '-crash-1';
 COMMIT;
+-- A native attempt of an earlier run of the server (it restarted or crashed since) lost its
+-- sender: collect counts it lost at once, not after its lease. One of this run, and one claimed
+-- before runs existed (no run), wait for their lease.
+BEGIN;
+INSERT INTO flowgate.server_run AS r (run, started) VALUES (gen_random_uuid(), pg_postmaster_start_time())
+    ON CONFLICT (only_row) DO UPDATE SET run = EXCLUDED.run, started = EXCLUDED.started WHERE r.started <> EXCLUDED.started;
+SELECT flowgate.enqueue_delivery('tap_outbox', 'r5', 'http://127.0.0.1:5597/ok', :'run' || '-run-' || n) FROM generate_series(1, 3) n \g /dev/null
+UPDATE flowgate.deliveries
+   SET status = 'in_flight', attempts = 1, claimed_at = clock_timestamp(), transport = 'native',
+       transport_epoch = CASE idempotency_key WHEN :'run' || '-run-1' THEN gen_random_uuid()
+                                              WHEN :'run' || '-run-2' THEN (SELECT run FROM flowgate.server_run) END
+ WHERE idempotency_key LIKE :'run' || '-run-%';
+SELECT flowgate.collect() \g /dev/null
+SELECT is((SELECT string_agg(right(idempotency_key, 1) || ' ' || status || ' ' || coalesce(left(last_error, 27), '-'), ', ' ORDER BY idempotency_key)
+             FROM flowgate.deliveries WHERE idempotency_key LIKE :'run' || '-run-%'),
+          '1 pending transport error: the server, 2 in_flight -, 3 in_flight -',
+          'a native attempt of an earlier server run is lost at once; this run''s, and one of no run, wait for their lease');
+ROLLBACK;
 CALL flowgate.run_outbox() \gset
 SELECT pg_temp.settle(:'run' || '-%') \g /dev/null
 SELECT is((SELECT status::text || ' ' || attempts || ' ' || (response_body::jsonb ->> 'key') FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-crash-1'),

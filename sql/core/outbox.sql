@@ -57,7 +57,7 @@ COMMENT ON COLUMN flowgate.deliveries.auth_secret IS
   'Name of a secret (Supabase Vault, else flowgate.secrets) sent as "<auth_header>: <auth_scheme> <secret>".';
 COMMENT ON COLUMN flowgate.deliveries.transport_ref IS 'pg_net request id while in flight on pg_net.';
 COMMENT ON COLUMN flowgate.deliveries.transport_epoch IS
-  'The pg_net epoch (flowgate.pg_net_epoch) its transport_ref belongs to: a response is this delivery''s only in the same epoch.';
+  'The epoch its attempt was handed out in: on pg_net the pg_net epoch (flowgate.pg_net_epoch) its transport_ref belongs to (a response is this delivery''s only in the same epoch); natively the server run (flowgate.server_run) that sends it.';
 COMMENT ON COLUMN flowgate.deliveries.body_secrets IS
   'Top-level body fields that are secrets, each with the name of its secret (Supabase Vault, else flowgate.secrets), set when the request is built; the stored body does not hold them.';
 
@@ -145,6 +145,23 @@ COMMENT ON TABLE flowgate.pg_net_epoch IS
   'The current pg_net epoch: begun by the first delivery queued on pg_net since pg_net''s unlogged tables (and this one) were last reset, or pg_net was created again. '
   'A pg_net response is a delivery''s only when the delivery''s transport_epoch is this epoch; in-flight deliveries of an earlier epoch count as lost attempts, retried with the same key.';
 REVOKE ALL ON flowgate.pg_net_epoch FROM PUBLIC;
+
+-- A native request is sent by a backend of this server; one in flight when the server restarted
+-- (a crash, a killed backend: Postgres reinitializes every session; an immediate or a clean
+-- shutdown) has lost its sender. This UNLOGGED row names the server's run: a crash empties it,
+-- and a restart makes it stale (it keeps the postmaster start time it was begun under, compared
+-- for equality, never ordered: a clock stepped back does not move a run). A delivery claimed
+-- natively keeps the run in transport_epoch; one of another run is a lost attempt at the next
+-- collect, retried with its key. Not in dumps. Owner-only.
+CREATE UNLOGGED TABLE flowgate.server_run (
+    run      uuid NOT NULL,
+    started  timestamptz NOT NULL,
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+COMMENT ON TABLE flowgate.server_run IS
+  'The current run of this server: begun by the first native claim since the server started or crashed (the row is UNLOGGED, and keeps the postmaster start time it was begun under). '
+  'A native delivery in flight whose transport_epoch is an earlier run lost its sender: it counts as a lost attempt, retried with the same key.';
+REVOKE ALL ON flowgate.server_run FROM PUBLIC;
 
 -- Secrets for deliveries when Supabase Vault is not installed: pgcrypto ciphertext under
 -- flowgate.tenant_key_passphrase (server configuration only), so neither a read of this table

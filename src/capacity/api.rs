@@ -12,7 +12,7 @@ mod capacity {
 
     use crate::capacity::flow::Request;
     use crate::capacity::machine::{allowed_events, Event, State};
-    use crate::capacity::store;
+    use crate::capacity::{replays, store};
     use crate::core::actor::{validate_actor_id, Actor};
     use crate::core::answer::JsonbAnswer;
     use crate::core::args::{check_size, required, RawJsonb, MAX_JSON_ARG_BYTES};
@@ -396,16 +396,16 @@ mod capacity {
 
     /// Handle a verified Slack request (by `signature`) once: the same request sent again gets
     /// the answer it got, even when what it acts on has moved on since (a refused click stays
-    /// refused; see `store::slack_replay`).
+    /// refused; see `replays::slack_replay`).
     fn once_per_request(
         signature: &str,
         handle: impl FnOnce() -> Result<JsonB, CoreError>,
     ) -> Result<JsonB, CoreError> {
-        if let Some(answer) = store::slack_replay(signature)? {
+        if let Some(answer) = replays::slack_replay(signature)? {
             return Ok(JsonB(answer));
         }
         let answer = handle()?;
-        store::slack_answered(signature, &answer.0)?;
+        replays::slack_answered(signature, &answer.0)?;
         Ok(answer)
     }
 

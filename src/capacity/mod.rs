@@ -7,6 +7,7 @@ pub mod flow;
 pub mod linear;
 pub mod machine;
 pub mod notify;
+pub mod replays;
 pub mod settings;
 pub mod slack;
 pub mod store;

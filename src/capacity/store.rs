@@ -165,24 +165,20 @@ pub fn apply(
     actor: &Actor,
     key: Option<&str>,
 ) -> Result<Applied<Request>, CoreError> {
-    // A confirmation is judged when it arrives (the clock), not when its transaction began: a
-    // transaction open since before the deadline does not confirm after it.
-    let now = if event == Event::CustomerConfirmed {
-        clock_now()?
-    } else {
-        db_now()?
-    };
-    apply_at(id, event, payload, actor, key, now)
+    apply_at(id, event, payload, actor, key, None)
 }
 
-/// [`apply`] with the reducer's clock at `now` (the timers' `as_of`).
+/// [`apply`] with the reducer's clock at `at` (the timers' `as_of`); None: the call's own time,
+/// the transaction's start, or for a confirmation the clock once the request is locked (a
+/// transaction open since before the deadline, or one that waited for the lock past it, does
+/// not confirm after it).
 pub fn apply_at(
     id: &str,
     event: Event,
     payload: impl FnOnce() -> Result<Value, CoreError>,
     actor: &Actor,
     key: Option<&str>,
-    now: DateTime<Utc>,
+    at: Option<DateTime<Utc>>,
 ) -> Result<Applied<Request>, CoreError> {
     if event == Event::RequestSubmitted {
         return Err(CoreError::invalid(
@@ -202,6 +198,11 @@ pub fn apply_at(
     let Some((row, standing)) = lock_for(id, actor)? else {
         // Strangers learn nothing: not the state, not whether the request exists.
         return Err(CoreError::not_found("capacity request", id));
+    };
+    let now = match at {
+        Some(at) => at,
+        None if event == Event::CustomerConfirmed => clock_now()?,
+        None => db_now()?,
     };
     let cmd = Command {
         event,
@@ -228,13 +229,18 @@ fn lock_for(id: &str, actor: &Actor) -> CoreResult<Option<(Value, Standing)>> {
         let rows = prepared::run(
             client,
             "WITH a AS (SELECT coalesce((SELECT s.value FROM flowgate.settings s WHERE s.key = 'capacity.admins'), $4) AS admins) \
-             SELECT to_jsonb(r), g.in_group, a.admins \
+             SELECT to_jsonb(r), g.in_group, a.admins, k.requester, k.owner \
                FROM capacity.capacity_requests r CROSS JOIN a \
                CROSS JOIN LATERAL (SELECT EXISTS (SELECT FROM capacity.group_members m \
                                                    WHERE m.group_name = r.infra_owner_group AND m.user_id = $2) AS in_group) g \
+               CROSS JOIN LATERAL (SELECT coalesce(bool_or(l.external_id = r.requester_user_id), false) AS requester, \
+                                          coalesce(bool_or(l.external_id = r.commercial_owner_user_id), false) AS owner \
+                                     FROM flowgate.identity_links l \
+                                    WHERE l.provider = 'slack' AND l.actor_id = $2 \
+                                      AND l.external_id IN (r.requester_user_id, r.commercial_owner_user_id)) k \
               WHERE r.id = $1 \
                 AND ($3 OR r.requester_user_id = $2 OR r.commercial_owner_user_id = $2 OR g.in_group \
-                     OR (jsonb_typeof(a.admins) = 'array' AND a.admins ? $2)) \
+                     OR k.requester OR k.owner OR (jsonb_typeof(a.admins) = 'array' AND a.admins ? $2)) \
                 FOR UPDATE OF r",
             &[prepared::TEXT, prepared::TEXT, prepared::BOOL, prepared::JSONB],
             &[
@@ -251,11 +257,19 @@ fn lock_for(id: &str, actor: &Actor) -> CoreResult<Option<(Value, Standing)>> {
         let row = prepared::json_at(&first, 1)?.unwrap_or(Value::Null);
         let in_group = first.get::<bool>(2)?;
         let listed = crate::core::settings::as_list(admins, prepared::json_at(&first, 3)?)?;
-        let party = |column: &str| row[column].as_str().unwrap_or_default().to_owned();
+        // A party recorded by a Slack id the actor has linked since (a request made from Slack
+        // before its requester linked) is the actor: its requester may not review it.
+        let party = |column: &str, linked: usize| -> CoreResult<String> {
+            Ok(if first.get::<bool>(linked)?.unwrap_or(false) {
+                actor.id.clone()
+            } else {
+                row[column].as_str().unwrap_or_default().to_owned()
+            })
+        };
         let standing = Standing::of(
             actor,
-            &party("requester_user_id"),
-            &party("commercial_owner_user_id"),
+            &party("requester_user_id", 4)?,
+            &party("commercial_owner_user_id", 5)?,
             in_group.unwrap_or(false),
             listed.iter().any(|a| a == &actor.id),
         );
@@ -480,7 +494,7 @@ pub fn run_timers(as_of: Option<&str>) -> Result<Value, CoreError> {
             },
             &system,
             Some("sys:confirmation-timeout"),
-            at,
+            Some(at),
         )?;
         expired += usize::from(!applied.replayed);
     }
@@ -545,68 +559,4 @@ pub fn check_user_key(key: Option<&str>) -> CoreResult<()> {
 /// The Supabase anon key has no subject: every anonymous caller would be the same actor.
 pub fn refuse_anonymous(actor: &Actor) -> CoreResult<()> {
     actor.refuse_anonymous("use capacity requests anonymously")
-}
-
-/// How long a handled Slack request's answer is kept at least (it is pruned as later requests
-/// come): a signature is accepted 5 minutes either side of its timestamp, so 10 minutes after
-/// it was first seen it cannot come again; 15 to spare.
-const SLACK_REQUESTS_KEPT_MINUTES: i32 = 15;
-
-/// Take a verified Slack request (by its signature) for this transaction: `None` when it is
-/// new (the caller handles it and records the answer with [`slack_answered`]), or the answer
-/// it got when it was handled before. Two copies sent at once: the second waits for the
-/// first's transaction and gets its answer (or is handled, if the first failed).
-pub fn slack_replay(signature: &str) -> CoreResult<Option<Value>> {
-    let key = signature.to_ascii_lowercase();
-    Spi::connect_mut(|client| {
-        let taken = prepared::run(
-            client,
-            // Old answers go as requests come, a few at a time, and only those no other call
-            // is deleting: no Slack request waits for another's transaction to prune.
-            "WITH stale AS (DELETE FROM capacity.slack_requests WHERE signature IN ( \
-                              SELECT signature FROM capacity.slack_requests \
-                               WHERE received_at < pg_catalog.clock_timestamp() - pg_catalog.make_interval(mins => $2) \
-                               LIMIT 100 FOR UPDATE SKIP LOCKED)) \
-             INSERT INTO capacity.slack_requests (signature) VALUES ($1) \
-             ON CONFLICT (signature) DO NOTHING RETURNING true",
-            &[prepared::TEXT, prepared::INT4],
-            &[key.as_str().into(), SLACK_REQUESTS_KEPT_MINUTES.into()],
-        )?;
-        if !taken.is_empty() {
-            return Ok(None);
-        }
-        // Handled before, and committed (the insert waited for it): a write, so its snapshot
-        // is taken now and sees that answer.
-        let earlier = prepared::run(
-            client,
-            "SELECT answer FROM capacity.slack_requests WHERE signature = $1",
-            &[prepared::TEXT],
-            &[key.as_str().into()],
-        )?;
-        let answer = if earlier.is_empty() {
-            None
-        } else {
-            prepared::json_at(&earlier.first(), 1)?
-        };
-        // Pruned meanwhile (its first copy was held open past the retention): not handled
-        // again here; the sender tries again.
-        answer.map(Some).ok_or_else(|| CoreError::Busy {
-            what: "a Slack request".into(),
-            hint: "the same request was being handled; send it again".into(),
-        })
-    })
-}
-
-/// Record the answer a Slack request taken with [`slack_replay`] got.
-pub fn slack_answered(signature: &str, answer: &Value) -> CoreResult<()> {
-    let key = signature.to_ascii_lowercase();
-    Spi::connect_mut(|client| {
-        prepared::run(
-            client,
-            "UPDATE capacity.slack_requests SET answer = $2 WHERE signature = $1",
-            &[prepared::TEXT, prepared::JSONB],
-            &[key.as_str().into(), prepared::jsonb_arg(answer)?],
-        )?;
-        Ok(())
-    })
 }

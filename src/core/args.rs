@@ -183,8 +183,10 @@ fn decimal(number: &str) -> Option<(bool, String, i64)> {
     let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let all = format!("{integer}{fraction}");
     let significant = all.trim_start_matches('0');
-    let point = i64::try_from(integer.len()).ok()? + exponent
-        - i64::try_from(all.len() - significant.len()).ok()?;
+    let point = i64::try_from(integer.len())
+        .ok()?
+        .checked_add(exponent)?
+        .checked_sub(i64::try_from(all.len() - significant.len()).ok()?)?;
     let digits = significant.trim_end_matches('0');
     if digits.is_empty() {
         return Some((false, String::new(), 0));
@@ -351,5 +353,10 @@ mod unit_tests {
         );
         // Beyond a float's range: left to the parser (22023 there).
         assert_eq!(inexact_number("[1e400]"), None);
+        // An exponent past i64 neither overflows nor passes.
+        assert_eq!(
+            inexact_number("[0e9223372036854775807]"),
+            Some("0e9223372036854775807")
+        );
     }
 }

@@ -154,11 +154,14 @@ fn uninstall_schedules() -> Result<i64, ErrorReport> {
     let run = || -> CoreResult<i64> {
         require_pg_cron()?;
         let names: Vec<&str> = jobs().map(|j| j.name).collect();
-        // The caller's own jobs: pg_cron names a job by (name, user), and cron.unschedule(name)
-        // finds only the caller's; a superuser also sees another role's rows, and their name
-        // would not be found.
+        // By id: pg_cron names a job by (name, user), and cron.unschedule(name) finds only the
+        // caller's. The caller's own jobs in this database; for a superuser, every role's (a
+        // restored dump brings its jobs with the source's role, which a quiet copy must lose).
         Ok(Spi::get_one_with_args::<i64>(
-            "SELECT count(cron.unschedule(jobid)) FROM cron.job WHERE jobname = ANY($1) AND username = current_user",
+            "SELECT count(cron.unschedule(j.jobid)) FROM cron.job j \
+              WHERE j.jobname = ANY($1) AND j.database = pg_catalog.current_database() \
+                AND (j.username = current_user \
+                     OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))",
             &[names.into()],
         )?
         .unwrap_or(0))

@@ -81,6 +81,9 @@ pub fn create(
         None,
         &[],
     )?;
+    // Owner-only before it joins the extension, which records its privileges then: a dump
+    // carries no REVOKE for a sequence it does not create.
+    owner_only(client, &pool.slot_sequence())?;
     client.update(
         &format!(
             "ALTER EXTENSION flowgate ADD SEQUENCE {}",
@@ -89,7 +92,6 @@ pub fn create(
         None,
         &[],
     )?;
-    owner_only(client, &pool.slot_sequence())?;
     client.update(
         "INSERT INTO intake.allocations (pool_id, slot) SELECT $1, g FROM generate_series(1, $2) g",
         None,
@@ -191,8 +193,8 @@ pub fn held_config(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Conf
     )
 }
 
-/// Drop a pool: its queues, sequence, inventory and configuration, and its requests not sent yet
-/// (dead). P0002 if it does not exist.
+/// Drop a pool: its queues, sequence, inventory and configuration, and its validation requests
+/// not sent yet (dead). P0002 if it does not exist.
 ///
 /// The order is the one every other session takes: the configuration row first (its writers
 /// hold it, [`hold`]), then the slot sequence, which a claim locks before its statement (see
@@ -227,13 +229,15 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     for q in [pool.queue(), pool.dlq()] {
         client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
     }
-    // Its requests not sent yet never will be: a payment webhook called for a pool that is gone
-    // would charge for nothing. (One in flight finishes; its answer finds no pool.)
+    // Its validation requests not sent yet never will be: a payment webhook called for a pool
+    // that is gone would charge for nothing. (One in flight finishes; its answer finds no pool.)
+    // A ledger commit still goes: its payment was taken.
     client.update(
         "UPDATE flowgate.deliveries SET status = 'dead', \
                 last_error = 'intake pool ' || $1 || ' was dropped before this request was sent', \
                 updated_at = clock_timestamp() \
-          WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = $1 AND status = 'pending'",
+          WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = $1 AND status = 'pending' \
+            AND handler = 'intake.validation'",
         None,
         &[pool.as_str().into()],
     )?;

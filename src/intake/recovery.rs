@@ -51,12 +51,13 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
             &format!("CREATE SEQUENCE {seq} AS int MINVALUE 1"),
             &[],
         )?;
+        // Owner-only before it joins the extension (see intake::pools::create).
+        crate::intake::pools::owner_only(client, &seq)?;
         prepared::exec(
             client,
             &format!("ALTER EXTENSION flowgate ADD SEQUENCE {seq}"),
             &[],
         )?;
-        crate::intake::pools::owner_only(client, &seq)?;
         prepared::exec(client, &format!("SELECT setval('{seq}', m, true) FROM (SELECT max(slot) AS m FROM ({intents}) i) x WHERE m IS NOT NULL"), &[],
         )?;
     }

@@ -81,7 +81,12 @@ mod ops {
             trusted: actor.trusted,
             memberships: store::memberships(),
         };
+        // Anonymous callers (the anon role, a JWT without a subject) first: every one of them
+        // would be the same actor, so an approval in its name would be no one's (403, logged).
         let parsed = parsed.and_then(|env| {
+            actor
+                .refuse_anonymous("send ops events anonymously")
+                .map_err(OpsError::Core)?;
             roles::authorize(
                 env.event_type,
                 &caller.actor_id,

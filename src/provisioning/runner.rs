@@ -175,11 +175,18 @@ fn send(
     d.flow_key = Some("supabase-management-api".into());
     match step {
         // Every attempt at one migration of one client carries the same Idempotency-Key, and
-        // so does every create of one client's project.
+        // so does every create of one client's project with the same body (its password is
+        // kept; a changed region, plan or organization is another request, under another key).
         Step::Migration(v) => {
             d.wire_key = Some(format!("provisioning:{}:migration:{v}", c.client_id));
         }
-        Step::Create => d.wire_key = Some(format!("provisioning:{}:create", c.client_id)),
+        Step::Create => {
+            use sha2::{Digest, Sha256};
+            let body = d.body.as_ref().map(Value::to_string).unwrap_or_default();
+            let digest = Sha256::digest(body.as_bytes());
+            let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            d.wire_key = Some(format!("provisioning:{}:create:{short}", c.client_id));
+        }
         _ => {}
     }
     Ok(outbox::enqueue(client, &d)?.id)

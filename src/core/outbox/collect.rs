@@ -116,9 +116,17 @@ pub fn collect() -> CoreResult<Collected> {
         "false".to_owned()
     };
     let lapsed = "claimed_at < clock_timestamp() - make_interval(secs => greatest($1::float8, timeout_ms / 1000.0 + 30))";
-    // Sent natively by a backend of a server that has restarted since (a crash, a killed
-    // backend, a stop): its sender is gone, so its response will never be recorded.
-    let restarted = "(transport = 'native' AND claimed_at < pg_postmaster_start_time())";
+    // Sent natively in an earlier run of the server (it restarted or crashed since: a killed
+    // backend reinitializes every session): its sender is gone, so its response will never be
+    // recorded. (A delivery claimed before the update that brought runs has none: its lease.)
+    let restarted = if super::transport::server_run_supported() {
+        format!(
+            "(transport = 'native' AND transport_epoch IS NOT NULL AND transport_epoch IS DISTINCT FROM {})",
+            super::transport::CURRENT_RUN
+        )
+    } else {
+        "false".to_owned()
+    };
     let expired: Vec<(i64, Gone)> = Spi::connect_mut(|client| {
         let rows = prepared::exec(
             client,

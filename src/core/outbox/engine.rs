@@ -159,15 +159,34 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
             }
         }
     }
-    // Those pg_net cannot carry travel natively; say so on the row.
+    // Those pg_net cannot carry travel natively; say so on the row, with the run sending them.
     let native_ids: Vec<i64> = claimed.native.iter().map(|l| l.request.id).collect();
     if transport == Transport::PgNet && !native_ids.is_empty() {
+        let run = native_run(Transport::Native)?;
+        let set_epoch = if run.is_some() {
+            ", transport_epoch = $2::uuid"
+        } else {
+            ""
+        };
         Spi::run_with_args(
-            "UPDATE flowgate.deliveries SET transport = 'native' WHERE id = ANY ($1)",
-            &[native_ids.into()],
+            &format!(
+                "UPDATE flowgate.deliveries SET transport = 'native'{set_epoch} \
+                  WHERE id = ANY ($1) AND $2::text IS NOT DISTINCT FROM $2::text"
+            ),
+            &[native_ids.into(), run.into()],
         )?;
     }
     Ok(claimed)
+}
+
+/// The server run a native claim belongs to (`flowgate.server_run`); None on pg_net (its epoch
+/// is set as each request is queued) and on a schema without runs.
+fn native_run(transport: Transport) -> CoreResult<Option<String>> {
+    if transport == Transport::Native && super::transport::server_run_supported() {
+        Ok(Some(super::transport::server_run()?))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The claim itself: due rows in order, each flow key given at most its allowance (its cap on
@@ -309,22 +328,25 @@ fn claim_rows(
     if chosen.is_empty() {
         return Ok(Vec::new());
     }
-    // Before `ALTER EXTENSION flowgate UPDATE` the table may not have the epoch column yet.
-    let clear_epoch = if super::transport::pg_net_epoch_supported() {
-        ", transport_epoch = NULL"
+    // The epoch of the attempt: natively the server run that sends it; on pg_net the pg_net
+    // epoch, set as each request is queued. Before `ALTER EXTENSION flowgate UPDATE` the table
+    // may not have the epoch column yet.
+    let set_epoch = if super::transport::pg_net_epoch_supported() {
+        ", transport_epoch = $3::uuid"
     } else {
         ""
     };
+    let run = native_run(transport)?;
     let rows = prepared::exec(
         client,
         &format!(
             "UPDATE flowgate.deliveries d \
                 SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
-                    transport = $2, transport_ref = NULL{clear_epoch}, updated_at = clock_timestamp() \
-              WHERE d.id = ANY ($1) \
+                    transport = $2, transport_ref = NULL{set_epoch}, updated_at = clock_timestamp() \
+              WHERE d.id = ANY ($1) AND $3::text IS NOT DISTINCT FROM $3::text \
              RETURNING d.id, d.attempts, d.max_attempts, d.flow_key"
         ),
-        &[chosen.into(), transport.as_str().into()],
+        &[chosen.into(), transport.as_str().into(), run.into()],
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {

@@ -121,3 +121,52 @@ pub fn pg_net_epoch() -> CoreResult<String> {
             .into(),
     })
 }
+
+/// Whether this database's schema has the server run (`flowgate.server_run`, 0.1.1): before
+/// `ALTER EXTENSION flowgate UPDATE` a native attempt in flight waits for its lease as before.
+pub fn server_run_supported() -> bool {
+    settings::relation_id(c"flowgate", c"server_run").is_some()
+}
+
+/// The current server run as SQL: the run row begun under this postmaster's start time (compared
+/// for equality: a clock stepped back does not make a run stale), or NULL after a restart or a
+/// crash (which empties the UNLOGGED row).
+pub const CURRENT_RUN: &str = "(SELECT r.run FROM flowgate.server_run r \
+     WHERE r.started = pg_catalog.pg_postmaster_start_time())";
+
+/// The current server run (`flowgate.server_run`), begun now when there is none: the native
+/// attempts claimed in it are sent by this server's backends; one of an earlier run lost its
+/// sender when the server restarted or crashed. Statements that write (a new snapshot each), so
+/// a run a concurrent runner began and committed while this one waited on it is seen.
+pub fn server_run() -> CoreResult<String> {
+    let current_sql = format!("SELECT {CURRENT_RUN}::text");
+    let current = || {
+        Spi::connect_mut(|client| {
+            crate::core::prepared::first_text(crate::core::prepared::exec(
+                client,
+                &current_sql,
+                &[],
+            )?)
+        })
+    };
+    if let Some(run) = current()? {
+        return Ok(run);
+    }
+    Spi::connect_mut(|client| {
+        crate::core::prepared::exec(
+            client,
+            "INSERT INTO flowgate.server_run AS r (run, started) \
+             VALUES (pg_catalog.gen_random_uuid(), pg_catalog.pg_postmaster_start_time()) \
+             ON CONFLICT (only_row) DO UPDATE SET run = EXCLUDED.run, started = EXCLUDED.started \
+              WHERE r.started IS DISTINCT FROM EXCLUDED.started",
+            &[],
+        )
+        .map(|_| ())
+    })?;
+    current()?.ok_or_else(|| CoreError::Busy {
+        what: "the server run".into(),
+        hint:
+            "a concurrent runner began it after this transaction's snapshot; the next round sends"
+                .into(),
+    })
+}
