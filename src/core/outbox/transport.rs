@@ -85,8 +85,28 @@ pub const CURRENT_EPOCH: &str = "(SELECT e.epoch FROM flowgate.pg_net_epoch e \
 /// Statements that write (a new snapshot each), so an epoch a concurrent runner began and
 /// committed while this one waited on it is seen.
 pub fn pg_net_epoch() -> CoreResult<String> {
-    let current_sql = format!("SELECT {CURRENT_EPOCH}::text");
-    let current = || {
+    current_or_begun(
+        CURRENT_EPOCH,
+        &[
+            "DELETE FROM flowgate.pg_net_epoch \
+              WHERE net_relid IS DISTINCT FROM pg_catalog.to_regclass('net._http_response')",
+            "INSERT INTO flowgate.pg_net_epoch (epoch, net_relid) \
+             SELECT pg_catalog.gen_random_uuid(), pg_catalog.to_regclass('net._http_response') \
+              WHERE pg_catalog.to_regclass('net._http_response') IS NOT NULL \
+             ON CONFLICT DO NOTHING",
+        ],
+        "the pg_net epoch",
+        "a concurrent runner began it after this transaction's snapshot; the next round queues on pg_net",
+    )
+}
+
+/// The id `current` (SQL) names, or the one `begin` (statements) makes when there is none. The
+/// look-ups write (a new snapshot each), so one a concurrent runner began and committed while
+/// this one waited on it is seen; one begun after this transaction's snapshot is a Busy error
+/// (40001: the caller retries).
+fn current_or_begun(current: &str, begin: &[&str], what: &str, hint: &str) -> CoreResult<String> {
+    let current_sql = format!("SELECT {current}::text");
+    let look = || {
         Spi::connect_mut(|client| {
             crate::core::prepared::first_text(crate::core::prepared::exec(
                 client,
@@ -95,30 +115,18 @@ pub fn pg_net_epoch() -> CoreResult<String> {
             )?)
         })
     };
-    if let Some(epoch) = current()? {
-        return Ok(epoch);
+    if let Some(id) = look()? {
+        return Ok(id);
     }
     Spi::connect_mut(|client| {
-        crate::core::prepared::exec(
-            client,
-            "DELETE FROM flowgate.pg_net_epoch \
-              WHERE net_relid IS DISTINCT FROM pg_catalog.to_regclass('net._http_response')",
-            &[],
-        )?;
-        crate::core::prepared::exec(
-            client,
-            "INSERT INTO flowgate.pg_net_epoch (epoch, net_relid) \
-             SELECT pg_catalog.gen_random_uuid(), pg_catalog.to_regclass('net._http_response') \
-              WHERE pg_catalog.to_regclass('net._http_response') IS NOT NULL \
-             ON CONFLICT DO NOTHING",
-            &[],
-        )
-        .map(|_| ())
+        for sql in begin {
+            crate::core::prepared::exec(client, sql, &[])?;
+        }
+        Ok::<_, CoreError>(())
     })?;
-    current()?.ok_or_else(|| CoreError::Busy {
-        what: "the pg_net epoch".into(),
-        hint: "a concurrent runner began it after this transaction's snapshot; the next round queues on pg_net"
-            .into(),
+    look()?.ok_or_else(|| CoreError::Busy {
+        what: what.into(),
+        hint: hint.into(),
     })
 }
 
@@ -139,34 +147,13 @@ pub const CURRENT_RUN: &str = "(SELECT r.run FROM flowgate.server_run r \
 /// sender when the server restarted or crashed. Statements that write (a new snapshot each), so
 /// a run a concurrent runner began and committed while this one waited on it is seen.
 pub fn server_run() -> CoreResult<String> {
-    let current_sql = format!("SELECT {CURRENT_RUN}::text");
-    let current = || {
-        Spi::connect_mut(|client| {
-            crate::core::prepared::first_text(crate::core::prepared::exec(
-                client,
-                &current_sql,
-                &[],
-            )?)
-        })
-    };
-    if let Some(run) = current()? {
-        return Ok(run);
-    }
-    Spi::connect_mut(|client| {
-        crate::core::prepared::exec(
-            client,
-            "INSERT INTO flowgate.server_run AS r (run, started) \
-             VALUES (pg_catalog.gen_random_uuid(), pg_catalog.pg_postmaster_start_time()) \
-             ON CONFLICT (only_row) DO UPDATE SET run = EXCLUDED.run, started = EXCLUDED.started \
-              WHERE r.started IS DISTINCT FROM EXCLUDED.started",
-            &[],
-        )
-        .map(|_| ())
-    })?;
-    current()?.ok_or_else(|| CoreError::Busy {
-        what: "the server run".into(),
-        hint:
-            "a concurrent runner began it after this transaction's snapshot; the next round sends"
-                .into(),
-    })
+    current_or_begun(
+        CURRENT_RUN,
+        &["INSERT INTO flowgate.server_run AS r (run, started) \
+           VALUES (pg_catalog.gen_random_uuid(), pg_catalog.pg_postmaster_start_time()) \
+           ON CONFLICT (only_row) DO UPDATE SET run = EXCLUDED.run, started = EXCLUDED.started \
+            WHERE r.started IS DISTINCT FROM EXCLUDED.started"],
+        "the server run",
+        "a concurrent runner began it after this transaction's snapshot; the next round sends",
+    )
 }
