@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(49);
+SELECT plan(50);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -173,6 +173,13 @@ SELECT is((SELECT string_agg(jobname || ' | ' || schedule || ' | ' || command, E
                           ('ops.expiry', '* * * * *'), ('provisioning.run', '* * * * *')) v(j, sch)),
           'one job each, with the schedules from settings (5-second schedules become every minute on pg_cron 1.4): the outbox as CALL flowgate.run_outbox, the others through flowgate.run_job');
 SELECT is(flowgate.uninstall_schedules(), 8::bigint, 'uninstall removes them all');
+-- A restored dump's jobs: another role's, for a database of another name (the source's).
+INSERT INTO cron.job (schedule, command, nodename, nodeport, database, username, jobname)
+VALUES ('* * * * *', 'SELECT 1', 'localhost', 5432, 'fg_source_db_gone', 'fg_source_owner', 'flowgate.dispatch'),
+       ('* * * * *', 'SELECT 1', 'localhost', 5432, current_database(), 'fg_source_owner', 'flowgate.collect'),
+       ('* * * * *', 'SELECT 1', 'localhost', 5432, 'postgres', 'fg_source_owner', 'flowgate.prune');
+SELECT is(flowgate.uninstall_schedules(), 2::bigint,
+          'a superuser also removes a restored dump''s jobs (another role''s here, or for a database this server lacks), not another database''s');
 ROLLBACK;
 
 -- The outbox at a glance.

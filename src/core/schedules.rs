@@ -155,13 +155,16 @@ fn uninstall_schedules() -> Result<i64, ErrorReport> {
         require_pg_cron()?;
         let names: Vec<&str> = jobs().map(|j| j.name).collect();
         // By id: pg_cron names a job by (name, user), and cron.unschedule(name) finds only the
-        // caller's. The caller's own jobs in this database; for a superuser, every role's (a
-        // restored dump brings its jobs with the source's role, which a quiet copy must lose).
+        // caller's. The caller's own jobs in this database; for a superuser, every role's, and
+        // those for a database this server does not have (a restored dump brings its jobs with
+        // the source's role and database name, which a quiet copy must lose).
         Ok(Spi::get_one_with_args::<i64>(
             "SELECT count(cron.unschedule(j.jobid)) FROM cron.job j \
-              WHERE j.jobname = ANY($1) AND j.database = pg_catalog.current_database() \
-                AND (j.username = current_user \
-                     OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))",
+              WHERE j.jobname = ANY($1) \
+                AND ((j.database = pg_catalog.current_database() AND j.username = current_user) \
+                     OR ((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) \
+                         AND (j.database = pg_catalog.current_database() \
+                              OR NOT EXISTS (SELECT FROM pg_catalog.pg_database d WHERE d.datname = j.database))))",
             &[names.into()],
         )?
         .unwrap_or(0))
