@@ -4,7 +4,8 @@
 #   psql ... -c 'CREATE EXTENSION flowgate CASCADE;'
 # The build stage uses the same script and pinned versions as the README's setup command. It
 # builds the checked-out tree: for a release, `git checkout v<version>` first (tags v0.1.0, ...).
-# The image gets the version's install script and every upgrade script (sql/flowgate--A--B.sql),
+# The image gets the version's install script, every released one (sql/released/: a dump
+# restores into the release it was taken at) and every upgrade script (sql/flowgate--A--B.sql),
 # so a database created at an earlier release moves up with ALTER EXTENSION flowgate UPDATE.
 
 ARG SUPABASE_POSTGRES_IMAGE=supabase/postgres:15.8.1.085
@@ -16,7 +17,8 @@ RUN pg_test/setup.sh --deps-only \
  && cargo pgrx package --pg-config /usr/lib/postgresql/15/bin/pg_config \
  && mkdir -p /out/lib /out/extension \
  && cp target/release/flowgate-pg15/usr/lib/postgresql/15/lib/flowgate.so /out/lib/ \
- && cp target/release/flowgate-pg15/usr/share/postgresql/15/extension/flowgate* /out/extension/
+ && cp target/release/flowgate-pg15/usr/share/postgresql/15/extension/flowgate* /out/extension/ \
+ && cp sql/released/flowgate--*.sql /out/extension/
 
 FROM ${SUPABASE_POSTGRES_IMAGE}
 COPY --from=build /out /tmp/flowgate

@@ -574,6 +574,57 @@ BEGIN
 END
 $slots$;
 
+-- A Slack id linked to its person's actor (flowgate.request_identity_link redeemed from Slack,
+-- or a trusted session's flowgate.link_identity) is that person: requests recorded with the
+-- Slack id as requester or commercial owner (made from Slack before the link) name the actor
+-- from then on, for permissions and for reading alike. A requester cannot pass their own
+-- technical review by linking, and unlinking later gives the Slack id nothing back.
+CREATE FUNCTION capacity.adopt_linked_parties() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.provider = 'slack' THEN
+        UPDATE capacity.capacity_requests SET requester_user_id = NEW.actor_id WHERE requester_user_id = NEW.external_id;
+        UPDATE capacity.capacity_requests SET commercial_owner_user_id = NEW.actor_id WHERE commercial_owner_user_id = NEW.external_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION capacity.adopt_linked_parties() FROM PUBLIC;
+COMMENT ON FUNCTION capacity.adopt_linked_parties() IS
+  'Trigger: a Slack id linked to an actor makes the requests naming that Slack id as requester or commercial owner name the actor.';
+CREATE TRIGGER adopt_linked_parties AFTER INSERT OR UPDATE OF actor_id ON flowgate.identity_links
+    FOR EACH ROW EXECUTE FUNCTION capacity.adopt_linked_parties();
+-- Requests already naming a linked Slack id name its actor.
+UPDATE capacity.capacity_requests r SET requester_user_id = l.actor_id
+  FROM flowgate.identity_links l WHERE l.provider = 'slack' AND r.requester_user_id = l.external_id;
+UPDATE capacity.capacity_requests r SET commercial_owner_user_id = l.actor_id
+  FROM flowgate.identity_links l WHERE l.provider = 'slack' AND r.commercial_owner_user_id = l.external_id;
+
+-- drop_secret forgets a secret in Vault too: Vault is read first when a delivery is sent, so a
+-- secret dropped from flowgate.secrets alone was still sent.
+CREATE OR REPLACE FUNCTION flowgate.drop_secret(name text) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dropped bigint;
+    in_vault bigint := 0;
+BEGIN
+    DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name;
+    GET DIAGNOSTICS dropped = ROW_COUNT;
+    -- Vault is read first when a delivery is sent: a secret left there would still be sent.
+    IF pg_catalog.to_regclass('vault.secrets') IS NOT NULL THEN
+        EXECUTE 'DELETE FROM vault.secrets WHERE name = $1' USING drop_secret.name;
+        GET DIAGNOSTICS in_vault = ROW_COUNT;
+    END IF;
+    RETURN dropped + in_vault > 0;
+END
+$$;
+COMMENT ON FUNCTION flowgate.drop_secret(text) IS
+  'Forget a named secret, in Supabase Vault (when installed) and in flowgate.secrets; true when one existed.';
+
 -- A person links their own Slack id with a code they ask for signed in
 -- (flowgate.request_identity_link) and redeem from Slack (/capacity link CODE): naming an id no
 -- longer links it (anyone could claim an approver's Slack id, whose clicks would then act as
@@ -712,6 +763,7 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION capacity.adopt_linked_parties() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.restore_loading_settings() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.request_identity_link(text) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.is_endpoint_url(text) FROM %I', r);

@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(80);
+SELECT plan(82);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -277,8 +277,15 @@ SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
 SELECT throws_ok($$SELECT capacity.record_capacity_event('CR-2026-990001', 'TECH_REVIEW_APPROVED')$$, '42501', NULL,
                  'a requester who linked the Slack id they requested with may not pass their own technical review');
+SELECT is(capacity.get_capacity_request('CR-2026-990001') -> 'request' ->> 'requester_user_id', 'infra-1',
+          'the request names the linked actor, who reads it as its requester');
 RESET ROLE;
 DELETE FROM flowgate.identity_links WHERE external_id = 'U0SELFREQ';
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"sub":"infra-1","role":"authenticated"}', true) \g /dev/null
+SELECT throws_ok($$SELECT capacity.record_capacity_event('CR-2026-990001', 'TECH_REVIEW_APPROVED')$$, '42501', NULL,
+                 'and unlinking afterwards changes nothing');
+RESET ROLE;
 
 -- Ids: the year is UTC's whatever the session's time zone, and a number past 999999 is not
 -- cut to six digits (lpad truncates).

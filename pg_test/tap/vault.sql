@@ -19,7 +19,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'supabase_va
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(14);
+SELECT plan(16);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'supabase_vault') AS made_vault \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS supabase_vault CASCADE;
@@ -67,6 +67,9 @@ CALL flowgate.run_outbox() \gset
 SELECT pg_temp.settle(:'run' || '-%') \g /dev/null
 SELECT is((SELECT status::text || ' ' || last_status_code FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-auth-1'), 'delivered 200',
           'a delivery authenticates with the secret read from Vault');
+SELECT flowgate.set_secret('tap_vault_dropped', 'to-be-dropped-0001') \g /dev/null
+SELECT is(flowgate.drop_secret('tap_vault_dropped'), true, 'drop_secret forgets a secret stored in Vault');
+SELECT is((SELECT count(*)::int FROM vault.secrets WHERE name = 'tap_vault_dropped'), 0, 'it is gone from Vault, so no delivery sends it');
 
 -- ---- Tenant keys: a 500 on create_project, then ready ------------------------------------------------
 SELECT flowgate.set_setting('provisioning.organization_id', '"org-test"') \g /dev/null

@@ -43,6 +43,29 @@ CREATE POLICY parties_read ON capacity.capacity_request_tasks FOR SELECT USING (
         assigned_to = (SELECT flowgate.current_actor())
      OR capacity_request_id IN (SELECT r.id FROM capacity.capacity_requests r));
 
+-- A Slack id linked to its person's actor (flowgate.request_identity_link redeemed from Slack,
+-- or a trusted session's flowgate.link_identity) is that person: requests recorded with the
+-- Slack id as requester or commercial owner (made from Slack before the link) name the actor
+-- from then on, for permissions and for reading alike. A requester cannot pass their own
+-- technical review by linking, and unlinking later gives the Slack id nothing back.
+CREATE FUNCTION capacity.adopt_linked_parties() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.provider = 'slack' THEN
+        UPDATE capacity.capacity_requests SET requester_user_id = NEW.actor_id WHERE requester_user_id = NEW.external_id;
+        UPDATE capacity.capacity_requests SET commercial_owner_user_id = NEW.actor_id WHERE commercial_owner_user_id = NEW.external_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION capacity.adopt_linked_parties() FROM PUBLIC;
+COMMENT ON FUNCTION capacity.adopt_linked_parties() IS
+  'Trigger: a Slack id linked to an actor makes the requests naming that Slack id as requester or commercial owner name the actor.';
+CREATE TRIGGER adopt_linked_parties AFTER INSERT OR UPDATE OF actor_id ON flowgate.identity_links
+    FOR EACH ROW EXECUTE FUNCTION capacity.adopt_linked_parties();
+
 -- Metrics. security_invoker: every reader sees only the requests RLS shows them.
 CREATE VIEW capacity.v_time_in_state WITH (security_invoker = true) AS
 SELECT e.capacity_request_id AS request_id,

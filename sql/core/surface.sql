@@ -71,11 +71,22 @@ AS $$
 $$;
 
 CREATE FUNCTION flowgate.drop_secret(name text) RETURNS boolean
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH gone AS (DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name RETURNING 1)
-    SELECT count(*) > 0 FROM gone
+DECLARE
+    dropped bigint;
+    in_vault bigint := 0;
+BEGIN
+    DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name;
+    GET DIAGNOSTICS dropped = ROW_COUNT;
+    -- Vault is read first when a delivery is sent: a secret left there would still be sent.
+    IF pg_catalog.to_regclass('vault.secrets') IS NOT NULL THEN
+        EXECUTE 'DELETE FROM vault.secrets WHERE name = $1' USING drop_secret.name;
+        GET DIAGNOSTICS in_vault = ROW_COUNT;
+    END IF;
+    RETURN dropped + in_vault > 0;
+END
 $$;
 
 CREATE FUNCTION flowgate.prune_deliveries(max_rows int DEFAULT 10000) RETURNS integer
@@ -118,4 +129,4 @@ COMMENT ON FUNCTION flowgate.prune_deliveries(int) IS
   'Delete delivered deliveries older than flowgate.delivered_retention_hours and job runs older than '
   'flowgate.job_run_retention_hours (at most max_rows each per call); failed and dead deliveries are kept for replay.';
 COMMENT ON FUNCTION flowgate.drop_secret(text) IS
-  'Forget a secret stored in flowgate.secrets; true when one existed.';
+  'Forget a named secret, in Supabase Vault (when installed) and in flowgate.secrets; true when one existed.';

@@ -229,18 +229,13 @@ fn lock_for(id: &str, actor: &Actor) -> CoreResult<Option<(Value, Standing)>> {
         let rows = prepared::run(
             client,
             "WITH a AS (SELECT coalesce((SELECT s.value FROM flowgate.settings s WHERE s.key = 'capacity.admins'), $4) AS admins) \
-             SELECT to_jsonb(r), g.in_group, a.admins, k.requester, k.owner \
+             SELECT to_jsonb(r), g.in_group, a.admins \
                FROM capacity.capacity_requests r CROSS JOIN a \
                CROSS JOIN LATERAL (SELECT EXISTS (SELECT FROM capacity.group_members m \
                                                    WHERE m.group_name = r.infra_owner_group AND m.user_id = $2) AS in_group) g \
-               CROSS JOIN LATERAL (SELECT coalesce(bool_or(l.external_id = r.requester_user_id), false) AS requester, \
-                                          coalesce(bool_or(l.external_id = r.commercial_owner_user_id), false) AS owner \
-                                     FROM flowgate.identity_links l \
-                                    WHERE l.provider = 'slack' AND l.actor_id = $2 \
-                                      AND l.external_id IN (r.requester_user_id, r.commercial_owner_user_id)) k \
               WHERE r.id = $1 \
                 AND ($3 OR r.requester_user_id = $2 OR r.commercial_owner_user_id = $2 OR g.in_group \
-                     OR k.requester OR k.owner OR (jsonb_typeof(a.admins) = 'array' AND a.admins ? $2)) \
+                     OR (jsonb_typeof(a.admins) = 'array' AND a.admins ? $2)) \
                 FOR UPDATE OF r",
             &[prepared::TEXT, prepared::TEXT, prepared::BOOL, prepared::JSONB],
             &[
@@ -257,19 +252,13 @@ fn lock_for(id: &str, actor: &Actor) -> CoreResult<Option<(Value, Standing)>> {
         let row = prepared::json_at(&first, 1)?.unwrap_or(Value::Null);
         let in_group = first.get::<bool>(2)?;
         let listed = crate::core::settings::as_list(admins, prepared::json_at(&first, 3)?)?;
-        // A party recorded by a Slack id the actor has linked since (a request made from Slack
-        // before its requester linked) is the actor: its requester may not review it.
-        let party = |column: &str, linked: usize| -> CoreResult<String> {
-            Ok(if first.get::<bool>(linked)?.unwrap_or(false) {
-                actor.id.clone()
-            } else {
-                row[column].as_str().unwrap_or_default().to_owned()
-            })
-        };
+        // Parties are actors: a Slack id linked since the request was made was replaced by its
+        // actor when it was linked (capacity.adopt_linked_parties).
+        let party = |column: &str| row[column].as_str().unwrap_or_default().to_owned();
         let standing = Standing::of(
             actor,
-            &party("requester_user_id", 4)?,
-            &party("commercial_owner_user_id", 5)?,
+            &party("requester_user_id"),
+            &party("commercial_owner_user_id"),
             in_group.unwrap_or(false),
             listed.iter().any(|a| a == &actor.id),
         );
