@@ -508,6 +508,10 @@ ALTER FUNCTION capacity.handle_slack_command(text, text, text) CALLED ON NULL IN
 ALTER FUNCTION capacity.handle_slack_action(text, text, text) CALLED ON NULL INPUT;
 ALTER FUNCTION flowgate.unlink_identity(text, text) CALLED ON NULL INPUT;
 ALTER FUNCTION flowgate.get_setting(text) CALLED ON NULL INPUT;
+ALTER FUNCTION flowgate.set_setting(text, jsonb) CALLED ON NULL INPUT;
+ALTER FUNCTION flowgate.reset_setting(text) CALLED ON NULL INPUT;
+ALTER FUNCTION flowgate.set_secret(text, text) CALLED ON NULL INPUT;
+ALTER FUNCTION flowgate.rerun_handlers(bigint[]) CALLED ON NULL INPUT;
 
 -- Settings whose keys end in _ids (capacity.slack_team_ids) are hidden like those ending in _id.
 DROP POLICY public_keys ON flowgate.settings;

@@ -123,12 +123,13 @@ fn get_setting(key: Option<&str>) -> Result<JsonB, ErrorReport> {
 /// values otherwise); returns the stored value. Needs write access to `flowgate.settings` (the
 /// extension owner by default; 42501 otherwise).
 #[documented]
-#[pg_extern(volatile, strict)]
+#[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
+fn set_setting(key: Option<&str>, value: RawJsonb) -> Result<JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
-        // Who may write, which key, how large: all before the value is read.
+        // Who may write, which key, how large: all before the value is read (a NULL is 22023).
         store::require_writer("flowgate.settings", "write flowgate settings")?;
+        let key = super::args::required("key", key)?;
         settings::definition(key)?;
         store::set_value(key, value.value("value", MAX_JSON_ARG_BYTES)?)
     };
@@ -138,13 +139,13 @@ fn set_setting(key: &str, value: RawJsonb) -> Result<JsonB, ErrorReport> {
 /// Forget a stored setting so its documented default applies again; returns that default
 /// (22023 for an unknown key). Needs write access to `flowgate.settings`.
 #[documented]
-#[pg_extern(volatile, strict)]
+#[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn reset_setting(key: &str) -> Result<JsonB, ErrorReport> {
+fn reset_setting(key: Option<&str>) -> Result<JsonB, ErrorReport> {
     let run = || -> CoreResult<serde_json::Value> {
         // Who may reset first: a caller who may not learns nothing about the key.
         store::require_deleter("flowgate.settings", "reset flowgate settings")?;
-        store::reset_value(key)
+        store::reset_value(super::args::required("key", key)?)
     };
     Ok(run().map(JsonB)?)
 }

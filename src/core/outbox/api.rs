@@ -97,11 +97,14 @@ fn enqueue_delivery(
 /// write access to `flowgate.secrets` (42501 otherwise); 0A000 when neither Vault nor pgcrypto
 /// with a passphrase is available.
 #[documented]
-#[pg_extern(volatile, strict)]
+#[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn set_secret(name: &str, value: &str) -> Result<String, ErrorReport> {
+fn set_secret(name: Option<&str>, value: Option<&str>) -> Result<String, ErrorReport> {
     let run = || -> CoreResult<String> {
         settings::require_writer("flowgate.secrets", "store secrets")?;
+        // A NULL (a script's unset variable) is 22023, not a NULL answer that stored nothing.
+        let name = crate::core::args::required("name", name)?;
+        let value = crate::core::args::required("value", value)?;
         Spi::connect_mut(|client| store::store_secret(client, name, value)).map(str::to_owned)
     };
     Ok(run()?)
@@ -134,11 +137,12 @@ fn collect() -> Result<pgrx::JsonB, ErrorReport> {
 ///
 /// Ids that are not delivered deliveries with a failed handler are passed over.
 #[documented]
-#[pg_extern(volatile, strict)]
+#[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn rerun_handlers(ids: Vec<i64>) -> Result<i32, ErrorReport> {
+fn rerun_handlers(ids: Option<Vec<Option<i64>>>) -> Result<i32, ErrorReport> {
+    let ids = crate::core::args::required("ids", ids)?;
     let mut ok = 0;
-    for id in ids {
+    for id in ids.into_iter().flatten() {
         if record::rerun_handler(id)? {
             ok += 1;
         }
