@@ -591,21 +591,16 @@ BEGIN
     IF NEW.provider = 'slack' THEN
         UPDATE capacity.capacity_requests SET requester_user_id = NEW.actor_id WHERE requester_user_id = NEW.external_id;
         UPDATE capacity.capacity_requests SET commercial_owner_user_id = NEW.actor_id WHERE commercial_owner_user_id = NEW.external_id;
+        UPDATE capacity.capacity_request_tasks SET assigned_to = NEW.actor_id WHERE assigned_to = NEW.external_id AND status = 'open';
     END IF;
     RETURN NULL;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION capacity.adopt_linked_parties() FROM PUBLIC;
 COMMENT ON FUNCTION capacity.adopt_linked_parties() IS
-  'Trigger: a Slack id linked to an actor makes the requests naming that Slack id as requester or commercial owner name the actor.';
+  'Trigger: a Slack id linked to an actor makes the requests naming that Slack id as requester or commercial owner, and their open tasks assigned to it, name the actor.';
 CREATE TRIGGER adopt_linked_parties AFTER INSERT OR UPDATE OF actor_id ON flowgate.identity_links
     FOR EACH ROW EXECUTE FUNCTION capacity.adopt_linked_parties();
--- Requests already naming a linked Slack id name its actor.
-UPDATE capacity.capacity_requests r SET requester_user_id = l.actor_id
-  FROM flowgate.identity_links l WHERE l.provider = 'slack' AND r.requester_user_id = l.external_id;
-UPDATE capacity.capacity_requests r SET commercial_owner_user_id = l.actor_id
-  FROM flowgate.identity_links l WHERE l.provider = 'slack' AND r.commercial_owner_user_id = l.external_id;
-
 -- drop_secret forgets a secret in Vault too: Vault is read first when a delivery is sent, so a
 -- secret dropped from flowgate.secrets alone was still sent.
 CREATE OR REPLACE FUNCTION flowgate.drop_secret(name text) RETURNS boolean
@@ -619,7 +614,8 @@ BEGIN
     DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name;
     GET DIAGNOSTICS dropped = ROW_COUNT;
     -- Vault is read first when a delivery is sent: a secret left there would still be sent.
-    IF pg_catalog.to_regclass('vault.secrets') IS NOT NULL THEN
+    IF pg_catalog.to_regnamespace('vault') IS NOT NULL AND pg_catalog.has_schema_privilege('vault', 'USAGE')
+       AND pg_catalog.to_regclass('vault.secrets') IS NOT NULL AND pg_catalog.has_table_privilege('vault.secrets', 'DELETE') THEN
         EXECUTE 'DELETE FROM vault.secrets WHERE name = $1' USING drop_secret.name;
         GET DIAGNOSTICS in_vault = ROW_COUNT;
     END IF;
@@ -651,6 +647,14 @@ COMMENT ON TABLE flowgate.identity_links IS
   'External identities (provider slack: a Slack user id) and the actor each acts as. A person links '
   'their own by redeeming, as that identity, a code they asked for signed in (flowgate.request_identity_link); '
   'a trusted session links anyone''s. Verified Slack requests from a linked id act as the actor.';
+-- Requests (and their open tasks) naming a linked Slack id name its actor: the links that stay,
+-- after the self-made ones above are gone (anyone could make one under 0.1.0).
+UPDATE capacity.capacity_requests r SET requester_user_id = l.actor_id
+  FROM flowgate.identity_links l WHERE l.provider = 'slack' AND r.requester_user_id = l.external_id;
+UPDATE capacity.capacity_requests r SET commercial_owner_user_id = l.actor_id
+  FROM flowgate.identity_links l WHERE l.provider = 'slack' AND r.commercial_owner_user_id = l.external_id;
+UPDATE capacity.capacity_request_tasks t SET assigned_to = l.actor_id
+  FROM flowgate.identity_links l WHERE l.provider = 'slack' AND t.assigned_to = l.external_id AND t.status = 'open';
 -- The one-time codes that link an external identity to the person who asked for one signed in
 -- (flowgate.request_identity_link): the identity redeems it in a request its provider verified
 -- (a signed Slack `/capacity link CODE`). Only a hash is kept; a code lives ten minutes and a

@@ -56,13 +56,14 @@ BEGIN
     IF NEW.provider = 'slack' THEN
         UPDATE capacity.capacity_requests SET requester_user_id = NEW.actor_id WHERE requester_user_id = NEW.external_id;
         UPDATE capacity.capacity_requests SET commercial_owner_user_id = NEW.actor_id WHERE commercial_owner_user_id = NEW.external_id;
+        UPDATE capacity.capacity_request_tasks SET assigned_to = NEW.actor_id WHERE assigned_to = NEW.external_id AND status = 'open';
     END IF;
     RETURN NULL;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION capacity.adopt_linked_parties() FROM PUBLIC;
 COMMENT ON FUNCTION capacity.adopt_linked_parties() IS
-  'Trigger: a Slack id linked to an actor makes the requests naming that Slack id as requester or commercial owner name the actor.';
+  'Trigger: a Slack id linked to an actor makes the requests naming that Slack id as requester or commercial owner, and their open tasks assigned to it, name the actor.';
 CREATE TRIGGER adopt_linked_parties AFTER INSERT OR UPDATE OF actor_id ON flowgate.identity_links
     FOR EACH ROW EXECUTE FUNCTION capacity.adopt_linked_parties();
 

@@ -81,7 +81,8 @@ BEGIN
     DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name;
     GET DIAGNOSTICS dropped = ROW_COUNT;
     -- Vault is read first when a delivery is sent: a secret left there would still be sent.
-    IF pg_catalog.to_regclass('vault.secrets') IS NOT NULL THEN
+    IF pg_catalog.to_regnamespace('vault') IS NOT NULL AND pg_catalog.has_schema_privilege('vault', 'USAGE')
+       AND pg_catalog.to_regclass('vault.secrets') IS NOT NULL AND pg_catalog.has_table_privilege('vault.secrets', 'DELETE') THEN
         EXECUTE 'DELETE FROM vault.secrets WHERE name = $1' USING drop_secret.name;
         GET DIAGNOSTICS in_vault = ROW_COUNT;
     END IF;
