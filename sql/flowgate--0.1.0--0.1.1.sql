@@ -318,6 +318,16 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF row_security_active(TG_RELID) THEN
+        -- An anonymous writer (a JWT without a subject: every holder would be the same actor) writes
+        -- nothing in its name, as ops.ingest_event refuses it.
+        IF flowgate.actor_is_anonymous() THEN
+            RAISE EXCEPTION USING ERRCODE = '42501',
+                MESSAGE = format('an anonymous caller may not write ops.%s', TG_TABLE_NAME),
+                DETAIL = 'the session''s JWT names no subject: every such caller would be the same actor',
+                HINT = 'sign in (a JWT with a sub claim), or write from a trusted session';
+        END IF;
+    END IF;
     IF TG_TABLE_NAME = 'exceptions' THEN
         IF OLD.status = 'requested' AND NEW.status IN ('approved', 'rejected')
            AND NEW.decided_at IS NOT DISTINCT FROM OLD.decided_at THEN
@@ -625,6 +635,60 @@ $$;
 COMMENT ON FUNCTION flowgate.drop_secret(text) IS
   'Forget a named secret, in Supabase Vault (when installed) and in flowgate.secrets; true when one existed.';
 
+-- Direct writes by an anonymous caller (a persona JWT without a subject) are refused, as
+-- ops.ingest_event refuses them: every holder of such a token would be one actor.
+CREATE FUNCTION flowgate."actor_is_anonymous"() RETURNS bool
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'actor_is_anonymous_wrapper';
+COMMENT ON FUNCTION flowgate.actor_is_anonymous() IS
+  'Whether the acting identity is anonymous: the anon role, or a JWT with no subject from an untrusted session (every such caller would be one actor, the role). Row rules of direct writes refuse such writers, as the write functions do.';
+CREATE OR REPLACE FUNCTION ops.check_direct_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rec jsonb;
+    col text;
+    ts timestamptz;
+BEGIN
+    IF NOT row_security_active(TG_RELID) THEN
+        RETURN NULL;
+    END IF;
+    -- An anonymous writer (a JWT without a subject: every holder would be the same actor) writes
+    -- nothing in its name, as ops.ingest_event refuses it.
+    IF flowgate.actor_is_anonymous() THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('an anonymous caller may not write ops.%s', TG_TABLE_NAME),
+            DETAIL = 'the session''s JWT names no subject: every such caller would be the same actor',
+            HINT = 'sign in (a JWT with a sub claim), or write from a trusted session';
+    END IF;
+    rec := to_jsonb(NEW);
+    IF rec->>'ingest_id' IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('a direct write to ops.%s cannot name an ingest_id', TG_TABLE_NAME),
+            DETAIL = format('ingest_id is %s', rec->>'ingest_id'),
+            HINT = 'omit ingest_id: only ops.ingest_event records the envelope a row came from';
+    END IF;
+    FOREACH col IN ARRAY ARRAY['created_at', 'updated_at', 'recorded_at', 'started_at', 'opened_at'] LOOP
+        ts := (rec->>col)::timestamptz;
+        IF ts < now() OR ts > clock_timestamp() THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('%s of a row written directly to ops.%s must be the time of the write', col, TG_TABLE_NAME),
+                DETAIL = format('%s is %s; this transaction started at %s', col, ts, now()),
+                HINT = format('omit %s: the database records when a row is written', col);
+        END IF;
+    END LOOP;
+    IF TG_TABLE_NAME = 'environment_events' AND octet_length(rec->>'detail') > 16384 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'detail of an environment event is too large',
+            DETAIL = format('it is %s bytes of JSON', octet_length(rec->>'detail')),
+            HINT = 'an object of at most 16384 bytes';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- A person links their own Slack id with a code they ask for signed in
 -- (flowgate.request_identity_link) and redeem from Slack (/capacity link CODE): naming an id no
 -- longer links it (anyone could claim an approver's Slack id, whose clicks would then act as
@@ -771,6 +835,7 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.on_facts_truncated() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.restore_loading() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.actor_is_anonymous() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION capacity.adopt_linked_parties() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.restore_loading_settings() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION flowgate.request_identity_link(text) FROM %I', r);

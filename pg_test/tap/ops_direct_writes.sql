@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(98);
+SELECT plan(99);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -20,6 +20,14 @@ SELECT ops.ingest_event(pg_temp.ev('dw-i', 'release_created', '{"version": "dw-i
 SELECT ops.ingest_event(pg_temp.ev('dw-d-build', 'build_complete', '{"status": "pass"}', 'd6000000-0000-4000-8000-000000000002')) \g /dev/null
 SELECT ops.ingest_event(pg_temp.ev('dw-d-qa', 'gate_signoff', '{"report_url": "https://qa/dw-d"}', 'd6000000-0000-4000-8000-000000000002')) \g /dev/null
 SELECT ok(ops.is_eligible_for_promotion('d6000000-0000-4000-8000-000000000002', 'staging'), 'setup: release D is eligible for staging');
+
+-- ==== Anonymous writers: a persona JWT without a subject writes nothing ===========================
+SET LOCAL ROLE developer;
+SET LOCAL request.jwt.claims = '{"role": "developer"}';
+SELECT throws_ok($$INSERT INTO ops.exceptions (release_id, gate_id, reason, requested_by, expires_at)
+                   SELECT release_id, gate_id, 'nobody', 'developer', now() + interval '1 day' FROM ops.release_gates
+                    WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G3'$$,
+                 '42501', NULL, 'a persona token with no sub cannot write an exception in the role''s name');
 
 -- ==== Exceptions: the 90-day cap, a future expiry, provenance (developer) ==========================
 SET LOCAL ROLE developer;

@@ -159,6 +159,14 @@ BEGIN
     IF NOT row_security_active(TG_RELID) THEN
         RETURN NULL;
     END IF;
+    -- An anonymous writer (a JWT without a subject: every holder would be the same actor) writes
+    -- nothing in its name, as ops.ingest_event refuses it.
+    IF flowgate.actor_is_anonymous() THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('an anonymous caller may not write ops.%s', TG_TABLE_NAME),
+            DETAIL = 'the session''s JWT names no subject: every such caller would be the same actor',
+            HINT = 'sign in (a JWT with a sub claim), or write from a trusted session';
+    END IF;
     rec := to_jsonb(NEW);
     IF rec->>'ingest_id' IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -252,6 +260,16 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF row_security_active(TG_RELID) THEN
+        -- An anonymous writer (a JWT without a subject: every holder would be the same actor) writes
+        -- nothing in its name, as ops.ingest_event refuses it.
+        IF flowgate.actor_is_anonymous() THEN
+            RAISE EXCEPTION USING ERRCODE = '42501',
+                MESSAGE = format('an anonymous caller may not write ops.%s', TG_TABLE_NAME),
+                DETAIL = 'the session''s JWT names no subject: every such caller would be the same actor',
+                HINT = 'sign in (a JWT with a sub claim), or write from a trusted session';
+        END IF;
+    END IF;
     IF TG_TABLE_NAME = 'exceptions' THEN
         IF OLD.status = 'requested' AND NEW.status IN ('approved', 'rejected')
            AND NEW.decided_at IS NOT DISTINCT FROM OLD.decided_at THEN

@@ -18,6 +18,15 @@ fn current_actor() -> Result<String, ErrorReport> {
     Ok(store::session_actor(false).map(|a| a.id)?)
 }
 
+/// Whether the acting identity is anonymous: the `anon` role, or a JWT with no subject from an
+/// untrusted session (every such caller would be one actor, the role). Row rules of direct
+/// writes refuse such writers, as the write functions do.
+#[documented]
+#[pg_extern(stable, parallel_safe)]
+fn actor_is_anonymous() -> Result<bool, ErrorReport> {
+    Ok(store::session_actor(true).map(|a| a.refuse_anonymous("").is_err())?)
+}
+
 /// CHECK helper: an http:// or https:// URL with a host, no user:password@ in it, at most 2048
 /// bytes, no whitespace or control characters. The rule every URL flowgate sends to is checked
 /// with, so direct writes of flowgate.deliveries and intake.engine_config hold to it too.

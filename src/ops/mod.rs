@@ -51,6 +51,7 @@ pgrx::extension_sql_file!(
     name = "ops_surface",
     requires = [
         "ops_tables",
+        core::api::actor_is_anonymous,
         core::api::current_actor,
         ops::api::ops::evaluate_gate,
         ops::api::ops::expire_bypasses,
