@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(53);
+SELECT plan(54);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -185,6 +185,35 @@ SELECT is((SELECT count(*) || ' ' || count(DISTINCT d.wire_key) || ' ' || count(
           '2 1 1 true',
           'both creates are one request: one Idempotency-Key for the client and body, the same body (the password kept from the first)');
 
+-- ---- An answer after the attempt's lease ran out (its request waited in the outbox) --------------------
+-- The answer is progress: the lease runs again from it, the attempt goes on and finishes, and no
+-- second attempt sends its steps again. (Scheduled claims are held off meanwhile by an empty
+-- organization id, so nothing reclaims the job before its answers come.)
+SELECT pg_temp.api('ok') \g /dev/null
+SELECT provisioning.enqueue_client(pg_temp.slug('lapsed'), 'Lapsed Tenant') \g /dev/null
+BEGIN;
+SELECT provisioning.run_jobs() \g /dev/null
+UPDATE provisioning.client_provisioning_jobs SET lease_expires_at = now() - interval '1 second'
+ WHERE client_id = pg_temp.client('lapsed') AND job_type = 'create_project';
+SELECT flowgate.set_setting('provisioning.organization_id', '""') \g /dev/null
+COMMIT;
+CALL flowgate.run_outbox() \gset
+CALL flowgate.run_outbox() \gset
+CALL flowgate.run_outbox() \gset
+DO $$
+BEGIN
+    FOR i IN 1..200 LOOP
+        EXIT WHEN NOT EXISTS (SELECT FROM provisioning.client_provisioning_jobs
+                               WHERE client_id = pg_temp.client('lapsed') AND job_type = 'create_project' AND status = 'running');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT flowgate.set_setting('provisioning.organization_id', '"org-test"') \g /dev/null
+SELECT is((SELECT status || ' ' || attempts FROM provisioning.client_provisioning_jobs
+            WHERE client_id = pg_temp.client('lapsed') AND job_type = 'create_project'),
+          'succeeded 1', 'an answer after the lease ran out renews it: the attempt finishes, none is sent twice');
+CALL pg_temp.run_jobs() \g /dev/null
+
 -- ---- 429 ---------------------------------------------------------------------------------------------
 SELECT pg_temp.api('ratelimit') \g /dev/null
 SELECT provisioning.enqueue_client(pg_temp.slug('busy'), 'Busy Tenant') \g /dev/null
@@ -296,7 +325,7 @@ CREATE TEMP TABLE secrets AS
 SELECT k.anon_key AS s FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
 UNION ALL SELECT k.service_key FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
 UNION ALL SELECT k.db_pass FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t);
-SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 21, 'seven tenants, three secrets each');
+SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 24, 'eight tenants, three secrets each');
 CREATE FUNCTION pg_temp.plain_text_hits() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     rel regclass;

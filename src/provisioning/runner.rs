@@ -371,6 +371,19 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
         return Ok(());
     }
     let client_id: String = t.first().get_one::<String>()?.unwrap_or_default();
+    // An answer is progress: the attempt's lease runs from now again, so a job whose requests
+    // wait in the outbox (its rate limits) is not handed to another attempt, which would send
+    // its last step again (a migration twice), while this one is still going.
+    client.update(
+        "UPDATE provisioning.client_provisioning_jobs \
+            SET lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => $2)) \
+          WHERE job_id = $1::uuid",
+        None,
+        &[
+            job_id.as_str().into(),
+            (core_store::get_i64("provisioning.lease_seconds")? as f64).into(),
+        ],
+    )?;
     let fail = |status: Option<i32>, why: String| -> CoreResult<()> {
         finish(&job_id, false, status, Some(&why))
             .map(|_| ())
