@@ -71,6 +71,24 @@ pub fn create(
     }
     client.update("SELECT pgmq.create($1)", None, &[pool.queue().into()])?;
     client.update("SELECT pgmq.create($1)", None, &[pool.dlq().into()])?;
+    // Before pgmq 1.6 a queue's tables are members of pgmq, left out of dumps: say so once,
+    // where the operator sees it (README: requirements).
+    let old_pgmq = client
+        .select(
+            "SELECT string_to_array(split_part(extversion, '-', 1), '.')::int[] < '{1,6}' \
+               FROM pg_catalog.pg_extension WHERE extname = 'pgmq'",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    if old_pgmq {
+        pgrx::warning!(
+            "intake pool {}: pgmq before 1.6 keeps its queue tables out of pg_dump, so a backup would not hold its queued intents; ALTER EXTENSION pgmq UPDATE (1.6 or later)",
+            pool.as_str()
+        );
+    }
     for relation in pool.queue_relations() {
         owner_only(client, &relation)?;
     }
