@@ -689,6 +689,10 @@ BEGIN
 END
 $$;
 
+-- A running attempt's lease is renewed by each answer of its steps (not a job event).
+COMMENT ON TABLE provisioning.client_provisioning_jobs IS
+  'Projection of each job''s events (provisioning.job_events); written only through the job reducer, but for a running attempt''s lease, which each answer of its steps renews.';
+
 -- A person links their own Slack id with a code they ask for signed in
 -- (flowgate.request_identity_link) and redeem from Slack (/capacity link CODE): naming an id no
 -- longer links it (anyone could claim an approver's Slack id, whose clicks would then act as

@@ -53,7 +53,7 @@ CREATE TABLE provisioning.client_provisioning_jobs (
     CHECK ((status = 'running') = (claimed_at IS NOT NULL AND claimed_by IS NOT NULL AND lease_expires_at IS NOT NULL))
 );
 COMMENT ON TABLE provisioning.client_provisioning_jobs IS
-  'Projection of each job''s events (provisioning.job_events); written only through the job reducer.';
+  'Projection of each job''s events (provisioning.job_events); written only through the job reducer, but for a running attempt''s lease, which each answer of its steps renews.';
 -- The claim scans: due queued jobs oldest first, and running jobs whose lease ran out.
 CREATE INDEX jobs_due ON provisioning.client_provisioning_jobs (next_attempt_at, created_at) WHERE status = 'queued';
 CREATE INDEX jobs_lease ON provisioning.client_provisioning_jobs (lease_expires_at) WHERE status = 'running';

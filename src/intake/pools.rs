@@ -75,8 +75,9 @@ pub fn create(
     // where the operator sees it (README: requirements).
     let old_pgmq = client
         .select(
-            "SELECT string_to_array(split_part(extversion, '-', 1), '.')::int[] < '{1,6}' \
-               FROM pg_catalog.pg_extension WHERE extname = 'pgmq'",
+            "SELECT coalesce((SELECT pg_catalog.regexp_split_to_array( \
+                                        substring(extversion FROM '^[0-9]+(?:[.][0-9]+)*'), '[.]')::int[] < '{1,6}' \
+                                FROM pg_catalog.pg_extension WHERE extname = 'pgmq'), false)",
             Some(1),
             &[],
         )?
