@@ -162,19 +162,16 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
     // Those pg_net cannot carry travel natively; say so on the row, with the run sending them.
     let native_ids: Vec<i64> = claimed.native.iter().map(|l| l.request.id).collect();
     if transport == Transport::PgNet && !native_ids.is_empty() {
-        let run = native_run(Transport::Native)?;
-        let set_epoch = if run.is_some() {
-            ", transport_epoch = $2::uuid"
-        } else {
-            ""
-        };
-        Spi::run_with_args(
-            &format!(
-                "UPDATE flowgate.deliveries SET transport = 'native'{set_epoch} \
-                  WHERE id = ANY ($1) AND $2::text IS NOT DISTINCT FROM $2::text"
-            ),
-            &[native_ids.into(), run.into()],
-        )?;
+        match native_run(Transport::Native)? {
+            Some(run) => Spi::run_with_args(
+                "UPDATE flowgate.deliveries SET transport = 'native', transport_epoch = $2::uuid WHERE id = ANY ($1)",
+                &[native_ids.into(), run.into()],
+            )?,
+            None => Spi::run_with_args(
+                "UPDATE flowgate.deliveries SET transport = 'native' WHERE id = ANY ($1)",
+                &[native_ids.into()],
+            )?,
+        }
     }
     Ok(claimed)
 }
@@ -331,22 +328,23 @@ fn claim_rows(
     // The epoch of the attempt: natively the server run that sends it; on pg_net the pg_net
     // epoch, set as each request is queued. Before `ALTER EXTENSION flowgate UPDATE` the table
     // may not have the epoch column yet.
+    let mut args = vec![chosen.into(), transport.as_str().into()];
     let set_epoch = if super::transport::pg_net_epoch_supported() {
+        args.push(native_run(transport)?.into());
         ", transport_epoch = $3::uuid"
     } else {
         ""
     };
-    let run = native_run(transport)?;
     let rows = prepared::exec(
         client,
         &format!(
             "UPDATE flowgate.deliveries d \
                 SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
                     transport = $2, transport_ref = NULL{set_epoch}, updated_at = clock_timestamp() \
-              WHERE d.id = ANY ($1) AND $3::text IS NOT DISTINCT FROM $3::text \
+              WHERE d.id = ANY ($1) \
              RETURNING d.id, d.attempts, d.max_attempts, d.flow_key"
         ),
-        &[chosen.into(), transport.as_str().into(), run.into()],
+        &args,
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
