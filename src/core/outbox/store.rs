@@ -264,13 +264,17 @@ pub fn park(client: &mut SpiClient<'_>, id: i64) -> CoreResult<()> {
 /// (pgcrypto ciphertext, decrypted with `flowgate.tenant_key_passphrase`). The value never
 /// leaves this process except in the outgoing request header. A secret that is stored but
 /// cannot be decrypted is a [`CoreError::MissingDependency`] that names the secret, not its value.
+///
+/// The look-ups run as statements that write (a new snapshot each), as the claim does: a
+/// read-only one would see the snapshot its transaction began with, and miss a secret stored
+/// with a delivery that committed after it and that the claim's own statement found.
 pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<String>> {
     if secrets::vault_installed(client)? {
         // A secret Vault cannot decrypt (a backup restored under another root key) raises; it
         // is this delivery's failure, not an error that aborts the caller's batch.
         let found = subxact::run(|| {
-            Spi::connect(|c| {
-                let rows = prepared::read(c, "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 ORDER BY created_at DESC LIMIT 1", &[name.into()],
+            Spi::connect_mut(|c| {
+                let rows = prepared::exec(c, "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 ORDER BY created_at DESC LIMIT 1", &[name.into()],
                 )?;
                 if rows.is_empty() {
                     return Ok(None);
@@ -291,12 +295,15 @@ pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<S
             }
         }
     }
-    let stored = prepared::read(
-        client,
-        "SELECT 1 FROM flowgate.secrets WHERE name = $1",
-        &[name.into()],
-    )?;
-    if stored.is_empty() {
+    let stored = Spi::connect_mut(|c| {
+        prepared::exec(
+            c,
+            "SELECT 1 FROM flowgate.secrets WHERE name = $1",
+            &[name.into()],
+        )
+        .map(|t| !t.is_empty())
+    })?;
+    if !stored {
         return Ok(None);
     }
     let unreadable = |dependency: &str, hint: &str| CoreError::MissingDependency {
@@ -316,8 +323,8 @@ pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<S
     );
     // A wrong passphrase makes pgcrypto raise; keep that from aborting the caller's batch.
     match subxact::run(|| {
-        Spi::connect(|c| {
-            crate::core::prepared::first_text(c.select(
+        Spi::connect_mut(|c| {
+            crate::core::prepared::first_text(c.update(
                 &sql,
                 Some(1),
                 &[name.into(), pass.as_str().into()],
