@@ -200,7 +200,8 @@ $grant_backend$;
 -- installing role's default privileges name (for every schema or for one of these), the ops
 -- personas included: whatever those defaults granted on these schemas' tables, sequences and
 -- functions is taken back, and the personas get the persona matrix's grants again. service_role
--- (trusted, granted its API above) keeps what it has; PUBLIC's defaults are the operator's.
+-- (trusted, granted its API above) keeps its reads and API, and loses any owner's rights the
+-- defaults gave it; PUBLIC's defaults are the operator's.
 DO $exposure$
 DECLARE
     r text;
@@ -227,5 +228,17 @@ BEGIN
     FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'GRANT %' LOOP
         EXECUTE s;
     END LOOP;
+    -- service_role keeps its reads and its API, never an owner's rights: what defaults gave it
+    -- beyond that (writes, TRUNCATE, triggers, references, sequences, CREATE, the secrets'
+    -- ciphertext) is taken back. A table write would let it trust every role (settings), skip
+    -- a state, re-point a delivery with its secrets, or hang a trigger on a table the owner's
+    -- jobs write, which would run as the owner.
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') AND current_user <> 'service_role' THEN
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER
+            ON ALL TABLES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
+        REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
+        REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
+        REVOKE ALL ON TABLE flowgate.secrets FROM service_role;
+    END IF;
 END
 $exposure$;

@@ -460,6 +460,20 @@ END
 $matrix$;
 
 
+-- A persona's direct insert into ops.environment_events names its columns, never event_id: with
+-- the whole table granted, OVERRIDING SYSTEM VALUE took the identity's future values and every
+-- later ingest that writes the timeline failed on the key.
+DO $timeline$
+DECLARE
+    s text;
+BEGIN
+    FOR s IN SELECT x FROM ops.persona_privileges() x WHERE x LIKE 'GRANT INSERT (%) ON ops.environment_events TO %' LOOP
+        EXECUTE 'REVOKE INSERT ON ops.environment_events FROM ' || pg_catalog.split_part(s, ' TO ', 2);
+        EXECUTE s;
+    END LOOP;
+END
+$timeline$;
+
 -- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp(); the view:
 -- its statement's start, which keeps it one plan), not by the transaction's start: a transaction
 -- that began before an exception expired cannot promote on it after.
@@ -621,6 +635,13 @@ DECLARE
     dropped bigint;
     in_vault bigint := 0;
 BEGIN
+    -- The names set_secret stores, and no other (a module's own secrets, such as tenant keys,
+    -- are named otherwise and are not this function's to drop).
+    IF drop_secret.name IS NULL OR drop_secret.name !~ '^[A-Za-z][A-Za-z0-9_.-]{0,127}$' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'invalid secret name: ' || coalesce(pg_catalog.quote_literal(pg_catalog.left(drop_secret.name, 64)), 'NULL'),
+            HINT = '1 to 128 of A-Za-z0-9_.-, starting with a letter: a name flowgate.set_secret() stores';
+    END IF;
     DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name;
     GET DIAGNOSTICS dropped = ROW_COUNT;
     -- Vault is read first when a delivery is sent: a secret left there would still be sent.
@@ -851,6 +872,21 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.mark_default_requirement() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
+    -- service_role, where the installing role's defaults gave it owner's rights on these
+    -- schemas (0.1.0 left them): taken back as a fresh install does (finalize.sql).
+    IF EXISTS (SELECT FROM pg_catalog.pg_default_acl d CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) a
+                 JOIN pg_catalog.pg_roles g ON g.oid = a.grantee
+                WHERE g.rolname = 'service_role'
+                  AND d.defaclrole = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+                  AND (d.defaclnamespace = 0 OR d.defaclnamespace IN (SELECT oid FROM pg_catalog.pg_namespace
+                                                                       WHERE nspname IN ('flowgate', 'capacity', 'intake', 'provisioning', 'ops'))))
+       AND current_user <> 'service_role' THEN
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER
+            ON ALL TABLES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
+        REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
+        REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
+        REVOKE ALL ON TABLE flowgate.secrets FROM service_role;
+    END IF;
 END
 $exposure$;
 

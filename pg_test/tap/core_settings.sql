@@ -1,6 +1,6 @@
 -- flowgate.settings: documented keys, validated values, owner-only writes.
 BEGIN;
-SELECT plan(23);
+SELECT plan(25);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -22,6 +22,9 @@ SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.trusted_roles', NULL)$$
     'a NULL value raises 22023 (not a NULL answer that stored nothing)');
 SELECT throws_ok($$SELECT flowgate.set_secret('tap_null_secret', NULL)$$, '22023', NULL,
     'so does a NULL secret');
+SELECT throws_ok($$SELECT flowgate.drop_secret('provisioning/acme/db_pass')$$, '22023', NULL,
+    'drop_secret refuses a name set_secret never stores (a tenant key''s)');
+SELECT throws_ok($$SELECT flowgate.drop_secret(NULL)$$, '22023', NULL, 'and a NULL name');
 SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.nope', '1')$$, '22023', NULL, 'an unknown key raises 22023');
 SELECT throws_ok($$SELECT flowgate.get_setting('flowgate.nope')$$, '22023', NULL, 'reading an unknown key raises 22023');
 SELECT throws_ok($$INSERT INTO flowgate.settings (key, value) VALUES ('flowgate.trusted_roles', '[1]')$$, '22023', NULL,

@@ -3,7 +3,7 @@
 -- tables' CHECKs; Slack text that cannot ping or link; capacity.my_standing for signed-in users;
 -- the provisioning operator functions for service_role and for nobody untrusted.
 BEGIN;
-SELECT plan(97);
+SELECT plan(98);
 
 -- A Supabase project has anon, authenticated and service_role before any extension is installed,
 -- and its installing role may carry default privileges that grant every new table, sequence and
@@ -19,14 +19,14 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fg_reporting') THEN CREATE ROLE fg_reporting NOLOGIN; END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'developer') THEN CREATE ROLE developer NOLOGIN; END IF;
 END $$;
-ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO anon, authenticated, fg_reporting, developer;
-ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO anon, authenticated, fg_reporting, developer;
-ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO anon, authenticated, fg_reporting, developer;
+ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO anon, authenticated, fg_reporting, developer, service_role;
+ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO anon, authenticated, fg_reporting, developer, service_role;
+ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO anon, authenticated, fg_reporting, developer, service_role;
 DROP EXTENSION flowgate;
 CREATE EXTENSION flowgate;
-ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM anon, authenticated, fg_reporting, developer;
-ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM anon, authenticated, fg_reporting, developer;
-ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM anon, authenticated, fg_reporting, developer;
+ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM anon, authenticated, fg_reporting, developer, service_role;
+ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM anon, authenticated, fg_reporting, developer, service_role;
+ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM anon, authenticated, fg_reporting, developer, service_role;
 SELECT is((SELECT string_agg(DISTINCT c.oid::regclass::text, ', ') FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
             WHERE c.relnamespace::regnamespace::text IN ('flowgate', 'capacity', 'intake', 'provisioning', 'ops')
               AND a.grantee = 'fg_reporting'::regrole), NULL,
@@ -41,6 +41,12 @@ SELECT ok(NOT has_table_privilege('developer', 'flowgate.secrets', 'SELECT') AND
 SELECT ok(has_table_privilege('developer', 'ops.releases', 'SELECT') AND has_table_privilege('developer', 'ops.exceptions', 'INSERT')
           AND has_function_privilege('developer', 'ops.ingest_event(jsonb)', 'EXECUTE'),
           'and keeps what the matrix gives it');
+SELECT is((SELECT string_agg(DISTINCT c.oid::regclass::text || ' ' || a.privilege_type, ', ')
+             FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+            WHERE c.relnamespace::regnamespace::text IN ('flowgate', 'capacity', 'intake', 'provisioning', 'ops')
+              AND a.grantee = 'service_role'::regrole
+              AND (a.privilege_type <> 'SELECT' OR c.relkind = 'S' OR c.oid = 'flowgate.secrets'::regclass)), NULL,
+          'service_role named by them keeps only reads: no write, TRUNCATE, trigger or sequence, nor flowgate.secrets');
 -- PostgREST exposing every schema: the worst case for what follows.
 GRANT USAGE ON SCHEMA flowgate, capacity, intake, provisioning TO anon, authenticated, service_role;
 

@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(99);
+SELECT plan(100);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -290,6 +290,9 @@ SELECT throws_ok($$INSERT INTO ops.recovery_drills (environment, drill_type, out
                  '23514', NULL, 'a drill with an RTO over a year is refused');
 SELECT throws_ok($$INSERT INTO ops.environment_events (environment, event_kind, detail, recorded_by) VALUES ('staging', 'config_change', '[1, 2]', 'sre-1')$$,
                  '23514', NULL, 'an environment event''s detail must be an object');
+SELECT throws_ok($$INSERT INTO ops.environment_events (event_id, environment, event_kind, recorded_by) OVERRIDING SYSTEM VALUE
+                   SELECT g, 'staging', 'config_change', 'sre-1' FROM generate_series(900000, 900010) g$$,
+                 '42501', NULL, 'nor may a persona choose its event_id (taking the ids later ingests would get)');
 RESET ROLE;
 SET LOCAL ROLE release_manager;
 SET LOCAL request.jwt.claims = '{"sub": "rm-1", "role": "release_manager"}';

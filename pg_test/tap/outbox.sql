@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(50);
+SELECT plan(53);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -257,11 +257,26 @@ SELECT is((SELECT string_agg(split_part(idempotency_key, '-auth-', 2) || ' ' || 
 SELECT alike((SELECT last_error FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-auth-nopass'),
              '%secret "tap_token"%passphrase%', 'naming the secret and what to set, not the value');
 RESET flowgate.tenant_key_passphrase;
+-- The passphrase from a file (a setting's value is readable by pg_read_all_settings members):
+-- used instead of the setting when flowgate.tenant_key_passphrase_file names one.
+COPY (SELECT 'file-passphrase-0123456789abcdef') TO '/tmp/flowgate-tap-passphrase';
+SET flowgate.tenant_key_passphrase_file = '/tmp/flowgate-tap-passphrase';
+SELECT flowgate.set_secret('tap_file_token', 'tap-file-token-0001') \g /dev/null
+SELECT is((SELECT pgp_sym_decrypt(value_encrypted, 'file-passphrase-0123456789abcdef') FROM flowgate.secrets WHERE name = 'tap_file_token'),
+          'tap-file-token-0001', 'a secret is encrypted under the passphrase file''s first line');
+SET flowgate.tenant_key_passphrase_file = 'relative/passphrase';
+SELECT throws_ok($$SELECT flowgate.set_secret('tap_file_token', 'tap-file-token-0002')$$, '0A000', NULL,
+                 'a passphrase file that is not an absolute path is refused (0A000)');
+SET flowgate.tenant_key_passphrase_file = '/tmp/flowgate-tap-no-such-passphrase';
+SELECT alike(pg_temp.err($$SELECT flowgate.set_secret('tap_file_token', 'tap-file-token-0003')$$),
+             '0A000:%/tmp/flowgate-tap-no-such-passphrase%', 'so is one the server cannot read, by its path');
+RESET flowgate.tenant_key_passphrase_file;
 
 -- Leave the database as found.
 SELECT pg_temp.settle(:'run' || '-%') \g /dev/null
 DELETE FROM flowgate.deliveries WHERE idempotency_key LIKE :'run' || '-%';
 SELECT flowgate.drop_secret('tap_token') \g /dev/null
+SELECT flowgate.drop_secret('tap_file_token') \g /dev/null
 SELECT flowgate.reset_setting('flowgate.http_transport') \g /dev/null
 DROP TABLE secret_errors;
 \if :made_pgcrypto

@@ -14,7 +14,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_net')
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(13);
+SELECT plan(19);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_net') AS made_pg_net \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pg_net;
@@ -34,8 +34,31 @@ GRANT INSERT, UPDATE, DELETE ON net._http_response TO PUBLIC;
 SELECT is(flowgate.effective_transport(), 'native', 'auto does not use a pg_net whose queue and responses PUBLIC can read and write');
 SELECT flowgate.set_setting('flowgate.http_transport', '"pg_net"') \g /dev/null
 SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL, 'and pg_net by name is refused there (the hint names the REVOKEs)');
-REVOKE SELECT ON net.http_request_queue FROM PUBLIC;
-REVOKE INSERT, UPDATE, DELETE ON net._http_response FROM PUBLIC;
+-- pg_net 0.12+ grants PUBLIC every privilege on both tables and the queue's sequence.
+REVOKE ALL ON ALL TABLES IN SCHEMA net FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA net FROM PUBLIC;
+-- Closed to reading but open to tampering is open too: a role that may put a trigger on the
+-- queue (it would run as whoever queues: the outbox's runner), a role that may set the queue's
+-- id sequence (ids of requests in flight), and a user trigger already on the queue.
+SELECT pg_get_serial_sequence('net.http_request_queue', 'id') AS queue_seq \gset
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tap_pgnet_other') THEN CREATE ROLE tap_pgnet_other NOLOGIN; END IF;
+END $$;
+GRANT USAGE ON SCHEMA net TO tap_pgnet_other;
+GRANT TRIGGER ON net.http_request_queue TO tap_pgnet_other;
+SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL,
+                 'pg_net is refused where another role may put a trigger on its queue (it would run as the runner)');
+REVOKE TRIGGER ON net.http_request_queue FROM tap_pgnet_other;
+GRANT UPDATE ON SEQUENCE :queue_seq TO tap_pgnet_other;
+SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL, 'or may set its request ids');
+REVOKE ALL ON SEQUENCE :queue_seq FROM tap_pgnet_other;
+REVOKE USAGE ON SCHEMA net FROM tap_pgnet_other;
+DROP ROLE tap_pgnet_other;
+CREATE FUNCTION public.tap_pgnet_peek() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER tap_pgnet_peek BEFORE INSERT ON net.http_request_queue FOR EACH ROW EXECUTE FUNCTION public.tap_pgnet_peek();
+SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL, 'or where a user trigger sits on the queue');
+DROP TRIGGER tap_pgnet_peek ON net.http_request_queue;
+DROP FUNCTION public.tap_pgnet_peek();
 -- Closed to PUBLIC but open to PostgREST's authenticated role by a grant of its own is open too.
 SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') AS has_authenticated \gset
 \if :has_authenticated
@@ -85,6 +108,60 @@ SELECT is((SELECT attempts FROM flowgate.deliveries WHERE idempotency_key = :'ke
 SELECT is((SELECT status::text FROM flowgate.deliveries WHERE idempotency_key = :'key'), 'delivered', 'delivered through pg_net');
 SELECT is((SELECT response_body::jsonb ->> 'key' FROM flowgate.deliveries WHERE idempotency_key = :'key'), :'key',
           'the Idempotency-Key header went through pg_net');
+
+-- A URL pg_net's parser refuses (flowgate's accepts it) would abort the claim of the whole
+-- batch on every round: it travels natively instead, where its failure is recorded.
+SELECT flowgate.enqueue_delivery('tap', 'pgnet-badurl', 'http://127.0.0.1:99999/x', :'key' || '-badurl', '{}') \g /dev/null
+CALL flowgate.run_outbox() \gset
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT attempts >= 1 AND status <> 'in_flight' FROM flowgate.deliveries WHERE idempotency_key = (SELECT key FROM k) || '-badurl');
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT is((SELECT transport || ' ' || (attempts >= 1) || ' ' || (last_error IS NOT NULL) FROM flowgate.deliveries
+            WHERE idempotency_key = :'key' || '-badurl'),
+          'native true true', 'a URL pg_net refuses to queue travels natively, and its failure is recorded');
+
+-- pg_net stores a response body as the server sent it, whatever its encoding: flowgate keeps
+-- valid text (a byte that is not UTF-8 replaced), never bytes a dump could not restore.
+SELECT flowgate.set_setting('flowgate.retry_base_ms', '3600000') \g /dev/null
+SELECT flowgate.set_setting('flowgate.retry_cap_ms', '86400000') \g /dev/null
+SELECT flowgate.enqueue_delivery('tap', 'pgnet-latin1', 'http://127.0.0.1:5597/latin1', :'key' || '-latin1', '{}') \g /dev/null
+CALL flowgate.run_outbox() \gset
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT attempts >= 1 AND status <> 'in_flight' FROM flowgate.deliveries WHERE idempotency_key = (SELECT key FROM k) || '-latin1');
+        PERFORM flowgate.collect();
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT is((SELECT transport || ' ' || last_status_code || ' ' || response_body FROM flowgate.deliveries WHERE idempotency_key = :'key' || '-latin1'),
+          'pg_net 500 <p>Caf' || chr(65533) || '</p>', 'a Latin-1 body pg_net stored is kept as valid text');
+DELETE FROM flowgate.deliveries WHERE idempotency_key IN (:'key' || '-badurl', :'key' || '-latin1') AND status <> 'in_flight';
+SELECT flowgate.reset_setting('flowgate.retry_base_ms') \g /dev/null
+SELECT flowgate.reset_setting('flowgate.retry_cap_ms') \g /dev/null
+
+-- A request whose lease ran out while pg_net had not sent it (its worker slow, stopped, or
+-- serving another database) is withdrawn from pg_net's queue before the delivery is sent
+-- again: it never goes twice. Played in one transaction, so pg_net's worker cannot take the
+-- queued row first.
+BEGIN;
+SELECT flowgate.enqueue_delivery('tap', 'pgnet-lapsed', 'http://127.0.0.1:5597/ok', :'key' || '-lapsed', '{}') AS lapsed_id \gset
+INSERT INTO net.http_request_queue (method, url, headers, timeout_milliseconds)
+VALUES ('POST', 'http://127.0.0.1:5597/ok', '{}', 1000) RETURNING id AS queued_ref \gset
+UPDATE flowgate.deliveries SET status = 'in_flight', attempts = 1, transport = 'pg_net', claimed_at = clock_timestamp() - interval '2 hours',
+       transport_ref = :queued_ref,
+       transport_epoch = (SELECT epoch FROM flowgate.pg_net_epoch WHERE net_relid = to_regclass('net._http_response'))
+ WHERE id = :lapsed_id;
+SELECT flowgate.collect() \g /dev/null
+SELECT is((SELECT (last_error LIKE '%withdrawn from pg_net''s queue%') || ' ' || status::text
+                  || ' ' || NOT EXISTS (SELECT FROM net.http_request_queue WHERE id = :queued_ref)
+             FROM flowgate.deliveries WHERE id = :lapsed_id),
+          'true pending true', 'a pg_net request whose lease ran out before pg_net sent it is withdrawn from its queue, then sent again');
+ROLLBACK;
 
 -- A crash (or a restore, or a promoted standby) resets pg_net's unlogged tables and its id
 -- sequence, and flowgate.pg_net_epoch with them: a request id of before then may name a later
@@ -143,7 +220,8 @@ REVOKE USAGE ON SCHEMA net FROM PUBLIC;
 GRANT SELECT ON net.http_request_queue TO PUBLIC;
 \endif
 \if :responses_were_open
-GRANT INSERT, UPDATE, DELETE ON net._http_response TO PUBLIC;
+GRANT ALL ON ALL TABLES IN SCHEMA net TO PUBLIC;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA net TO PUBLIC;
 \endif
 \endif
 SELECT * FROM finish();

@@ -19,7 +19,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'supabase_va
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(16);
+SELECT plan(20);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'supabase_vault') AS made_vault \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS supabase_vault CASCADE;
@@ -61,6 +61,24 @@ SELECT is((SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = 'ta
 SELECT is((SELECT count(*)::int FROM flowgate.secrets WHERE name = 'tap_vault_token'), 0, 'and no copy in flowgate.secrets');
 SELECT ok(NOT EXISTS (SELECT FROM vault.secrets WHERE name = 'tap_vault_token' AND secret LIKE '%xoxb%'), 'Vault keeps it encrypted');
 
+-- Vault 0.3 inserts what create_secret is given and encrypts it in a second statement: a value
+-- passed there would be in the WAL (and a dead row version) in plain text. Only a placeholder
+-- is; the WAL written since holds no trace of the value.
+SELECT pg_current_wal_lsn() AS wal_from \gset
+SELECT flowgate.set_secret('tap_vault_wal', 'WALPLAIN-' || :'run') \g /dev/null
+SELECT ok(NOT EXISTS (
+    SELECT FROM pg_ls_waldir() w
+     WHERE w.name BETWEEN pg_walfile_name(:'wal_from') AND pg_walfile_name(pg_current_wal_lsn())
+       AND position(convert_to('WALPLAIN-' || :'run', 'UTF8') IN pg_read_binary_file('pg_wal/' || w.name)) > 0),
+    'a new Vault secret''s value is never written in plain text (WAL searched)');
+-- A secret Vault cannot decrypt (stored under another root key: a backup restored elsewhere)
+-- is replaced when it is stored again: Vault would decrypt it before an update, and fail.
+UPDATE vault.secrets SET secret = encode(convert_to('not ciphertext under this key', 'UTF8'), 'base64') WHERE name = 'tap_vault_wal';
+SELECT throws_ok($$SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = 'tap_vault_wal'$$, '22000', NULL,
+                 '(Vault cannot decrypt it)');
+SELECT is(flowgate.set_secret('tap_vault_wal', 'stored-again-0001'), 'vault', 'set_secret stores it again');
+SELECT is((SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = 'tap_vault_wal'), 'stored-again-0001',
+          'and Vault reads the new value');
 SELECT flowgate.set_setting('flowgate.http_transport', '"native"') \g /dev/null
 SELECT flowgate.enqueue_delivery('tap', 'vault', 'http://127.0.0.1:5597/auth', :'run' || '-auth-1', '{}', auth_secret => 'tap_vault_token') \g /dev/null
 CALL flowgate.run_outbox() \gset
@@ -116,7 +134,7 @@ DELETE FROM provisioning.job_events WHERE job_id IN (SELECT job_id FROM tap_jobs
 DELETE FROM provisioning.client_provisioning_jobs WHERE job_id IN (SELECT job_id FROM tap_jobs);
 DELETE FROM provisioning.clients WHERE slug = (SELECT slug FROM t);
 RESET session_replication_role;
-DELETE FROM vault.secrets WHERE name = 'tap_vault_token' OR name LIKE 'provisioning/' || :'run' || '/%';
+DELETE FROM vault.secrets WHERE name IN ('tap_vault_token', 'tap_vault_wal') OR name LIKE 'provisioning/' || :'run' || '/%';
 \if :made_access_token
 DELETE FROM vault.secrets WHERE name = 'supabase_access_token';
 \endif

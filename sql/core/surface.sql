@@ -78,6 +78,13 @@ DECLARE
     dropped bigint;
     in_vault bigint := 0;
 BEGIN
+    -- The names set_secret stores, and no other (a module's own secrets, such as tenant keys,
+    -- are named otherwise and are not this function's to drop).
+    IF drop_secret.name IS NULL OR drop_secret.name !~ '^[A-Za-z][A-Za-z0-9_.-]{0,127}$' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'invalid secret name: ' || coalesce(pg_catalog.quote_literal(pg_catalog.left(drop_secret.name, 64)), 'NULL'),
+            HINT = '1 to 128 of A-Za-z0-9_.-, starting with a letter: a name flowgate.set_secret() stores';
+    END IF;
     DELETE FROM flowgate.secrets s WHERE s.name = drop_secret.name;
     GET DIAGNOSTICS dropped = ROW_COUNT;
     -- Vault is read first when a delivery is sent: a secret left there would still be sent.

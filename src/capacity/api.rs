@@ -241,6 +241,11 @@ mod capacity {
     fn run_capacity_request_timers(
         as_of: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
     ) -> Result<JsonB, ErrorReport> {
+        if let Some(t) = as_of.filter(|t| t.is_infinity() || t.is_neg_infinity()) {
+            return Err(
+                CoreError::invalid("as_of", t.to_iso_string(), "a finite time").report("capacity"),
+            );
+        }
         let as_of = as_of.map(|t| t.to_iso_string());
         store::run_timers(as_of.as_deref())
             .map(JsonB)

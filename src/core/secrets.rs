@@ -14,6 +14,10 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use super::error::{CoreError, CoreResult};
 
 static PASSPHRASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static PASSPHRASE_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Longest passphrase file read, in bytes (a passphrase, not a key store).
+const MAX_PASSPHRASE_FILE_BYTES: u64 = 4096;
 
 /// Longest secret value accepted, in bytes.
 pub const MAX_SECRET_BYTES: usize = 8192;
@@ -28,19 +32,73 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
     );
+    GucRegistry::define_string_guc(
+        c"flowgate.tenant_key_passphrase_file",
+        c"File holding the passphrase that encrypts flowgate's secrets with pgcrypto when Supabase Vault is not installed; used instead of flowgate.tenant_key_passphrase when set.",
+        c"An absolute path the server can read (owned by its OS user, mode 0600). Unlike a setting's value, the file cannot be read by pg_read_all_settings members or, on a server that does not preload flowgate, by any role.",
+        &PASSPHRASE_FILE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
 }
 
-/// The passphrase, when it is set and long enough.
+/// The passphrase: from `flowgate.tenant_key_passphrase_file` when it is set, else
+/// `flowgate.tenant_key_passphrase`; at least 16 characters. A setting's value can be read by
+/// members of `pg_read_all_settings` (`pg_monitor`), and by any role on a server that does not
+/// preload flowgate (it is then a placeholder until the library loads); a file cannot.
 pub fn passphrase(feature: &str) -> CoreResult<String> {
-    PASSPHRASE
+    let missing = |dependency: String, hint: &str| CoreError::MissingDependency {
+        feature: format!("{feature} without Supabase Vault"),
+        dependency,
+        hint: hint.into(),
+    };
+    let file = PASSPHRASE_FILE
         .get()
         .map(|c| c.to_string_lossy().into_owned())
-        .filter(|p| p.len() >= 16)
-        .ok_or_else(|| CoreError::MissingDependency {
-            feature: format!("{feature} without Supabase Vault"),
-            dependency: "flowgate.tenant_key_passphrase (at least 16 characters)".into(),
-            hint: "install Supabase Vault, or set flowgate.tenant_key_passphrase in postgresql.conf and reload".into(),
+        .filter(|p| !p.is_empty());
+    let Some(path) = file else {
+        return PASSPHRASE
+            .get()
+            .map(|c| c.to_string_lossy().into_owned())
+            .filter(|p| p.len() >= 16)
+            .ok_or_else(|| {
+                missing(
+                    "flowgate.tenant_key_passphrase (at least 16 characters)".into(),
+                    "install Supabase Vault, or set flowgate.tenant_key_passphrase_file (or flowgate.tenant_key_passphrase) in postgresql.conf and reload",
+                )
+            });
+    };
+    let unreadable = |why: String| {
+        missing(
+            format!("the passphrase file {path:?} flowgate.tenant_key_passphrase_file names ({why})"),
+            "an absolute path to a file the server's OS user can read, holding the passphrase (at least 16 characters) on its first line",
+        )
+    };
+    if !std::path::Path::new(&path).is_absolute() {
+        return Err(unreadable("not an absolute path".into()));
+    }
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| {
+            f.take(MAX_PASSPHRASE_FILE_BYTES + 1)
+                .read_to_end(&mut bytes)
         })
+        .map_err(|e| unreadable(e.kind().to_string()))?;
+    if bytes.len() as u64 > MAX_PASSPHRASE_FILE_BYTES {
+        return Err(unreadable(format!(
+            "longer than {MAX_PASSPHRASE_FILE_BYTES} bytes"
+        )));
+    }
+    // Never shown: not UTF-8, or too short, is said without the content.
+    let text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8 text".into()))?;
+    let first = text.lines().next().unwrap_or("").trim_end().to_owned();
+    if first.chars().count() < 16 {
+        return Err(unreadable(
+            "its first line is shorter than 16 characters".into(),
+        ));
+    }
+    Ok(first)
 }
 
 /// Where secrets go: Vault, or pgcrypto (with the quoted schema it lives in).
@@ -64,7 +122,10 @@ pub fn pgcrypto_schema(client: &SpiClient<'_>) -> CoreResult<Option<String>> {
 pub fn vault_installed(client: &SpiClient<'_>) -> CoreResult<bool> {
     Ok(client
         .select(
-            "SELECT to_regproc('vault.create_secret') IS NOT NULL AND to_regclass('vault.decrypted_secrets') IS NOT NULL",
+            // By signature: `to_regproc` finds nothing once the name is overloaded.
+            "SELECT to_regprocedure('vault.create_secret(text, text, text, uuid)') IS NOT NULL \
+                AND to_regprocedure('vault.update_secret(uuid, text, text, text, uuid)') IS NOT NULL \
+                AND to_regclass('vault.decrypted_secrets') IS NOT NULL",
             None,
             &[],
         )?
@@ -87,8 +148,46 @@ pub fn storage(client: &SpiClient<'_>, feature: &str) -> CoreResult<Storage> {
     }
 }
 
+/// What a failed Vault read means. Vault decrypts in its view: a data exception (class 22:
+/// pgsodium's "invalid ciphertext", text that is not UTF-8) is a secret stored under another
+/// root key (a backup restored elsewhere); a refused read is a missing grant; anything else (a
+/// lock or statement timeout, a deadlock) is passing, and the caller's round is retried.
+pub fn vault_read_failed(name: &str, caught: &super::subxact::Caught) -> CoreError {
+    let feature = format!("reading secret {name:?}");
+    if caught.sqlstate.starts_with("22") {
+        CoreError::MissingDependency {
+            feature,
+            dependency: "the Vault key it was stored with".into(),
+            hint: "restore the database's Vault root key, or store the secret again with flowgate.set_secret()".into(),
+        }
+    } else if caught.sqlstate.starts_with("42") {
+        CoreError::MissingDependency {
+            feature,
+            dependency: "read access to vault.decrypted_secrets".into(),
+            hint: "GRANT SELECT ON vault.decrypted_secrets to the role that runs the outbox (the owner of flowgate's functions)".into(),
+        }
+    } else {
+        CoreError::Busy {
+            what: format!("{feature} from Vault (SQLSTATE {})", caught.sqlstate),
+            hint: "a passing failure (a lock or statement timeout); the next round reads it again"
+                .into(),
+        }
+    }
+}
+
+/// A value stored in place of a secret's own while Vault creates its row: Vault 0.3 inserts the
+/// value it is given as it is and encrypts it in a second statement, so the first row version,
+/// in the WAL and until vacuum in the table's page, would hold the secret in plain text. Only
+/// this placeholder is written that way; the secret itself goes in by `vault.update_secret`,
+/// which writes ciphertext only.
+const VAULT_PLACEHOLDER: &str = "flowgate: value being stored";
+
 /// Create or update the Vault secret called `name`; returns its id. Idempotent: Vault refuses a
-/// second secret of one name (unique index `secrets_name_idx`), so an existing one is updated.
+/// second secret of one name (unique index `secrets_name_idx`), so an existing one is updated
+/// (whoever created it: a Vault secret of that name is the one deliveries send). One that
+/// cannot be decrypted (stored under another root key, from a backup restored here; Vault
+/// decrypts it before an update) is replaced: its value is lost anyway, and a new one is what
+/// the caller is storing.
 pub fn vault_upsert(
     client: &mut SpiClient<'_>,
     name: &str,
@@ -101,21 +200,54 @@ pub fn vault_upsert(
         &[name.into()],
     )?)?;
     let id = match existing {
-        Some(id) => {
+        Some(id) if vault_readable(&id)? => id,
+        Some(unreadable) => {
             client.update(
-                "SELECT vault.update_secret($1::uuid, $2)",
+                "DELETE FROM vault.secrets WHERE id = $1::uuid",
                 None,
-                &[id.as_str().into(), value.into()],
+                &[unreadable.as_str().into()],
             )?;
-            Some(id)
+            vault_create(client, name, description)?
         }
-        None => super::prepared::first_text(client.update(
-            "SELECT vault.create_secret($1, $2, $3)::text",
-            None,
-            &[value.into(), name.into(), description.into()],
-        )?)?,
+        None => vault_create(client, name, description)?,
     };
-    id.ok_or_else(|| CoreError::Internal(format!("Vault returned no id for secret {name:?}")))
+    client.update(
+        "SELECT vault.update_secret($1::uuid, $2)",
+        None,
+        &[id.as_str().into(), value.into()],
+    )?;
+    Ok(id)
+}
+
+/// A new Vault secret called `name` holding [`VAULT_PLACEHOLDER`]; its id.
+fn vault_create(client: &mut SpiClient<'_>, name: &str, description: &str) -> CoreResult<String> {
+    super::prepared::first_text(client.update(
+        "SELECT vault.create_secret($1, $2, $3)::text",
+        None,
+        &[VAULT_PLACEHOLDER.into(), name.into(), description.into()],
+    )?)?
+    .ok_or_else(|| CoreError::Internal(format!("Vault returned no id for secret {name:?}")))
+}
+
+/// Whether Vault can decrypt the secret `id` (a data exception when it was stored under another
+/// root key; any other failure is the caller's).
+fn vault_readable(id: &str) -> CoreResult<bool> {
+    let read = super::subxact::run(|| {
+        pgrx::Spi::connect_mut(|c| {
+            super::prepared::exec(
+                c,
+                "SELECT length(decrypted_secret) FROM vault.decrypted_secrets WHERE id = $1::uuid",
+                &[id.into()],
+            )
+            .map(|_| ())
+        })
+    });
+    match read {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(e),
+        Err(caught) if caught.sqlstate.starts_with("22") => Ok(false),
+        Err(caught) => Err(vault_read_failed(id, &caught)),
+    }
 }
 
 /// Check a secret's name.

@@ -465,6 +465,14 @@ mod intake {
         let run = || -> CoreResult<Value> {
             let min_interval_seconds =
                 args::required("min_interval_seconds", min_interval_seconds)?;
+            // An interval holds about 292,000 years of seconds; NaN and infinity none.
+            if !(0.0..=1e12).contains(&min_interval_seconds) {
+                return Err(CoreError::invalid(
+                    "min_interval_seconds",
+                    min_interval_seconds.to_string(),
+                    "0 to 1e12 seconds",
+                ));
+            }
             let only = pool_id.map(PoolId::parse).transpose()?;
             Spi::connect_mut(|client| {
                 metrics::collect_due(client, only.as_ref(), min_interval_seconds)

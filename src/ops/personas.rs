@@ -273,6 +273,26 @@ fn updaters(table: &str) -> &'static [&'static str] {
         .map_or(&[], |u| u.personas)
 }
 
+/// The columns a persona may set in a direct insert, for tables whose key an identity column
+/// gives: all but that column. With the whole table granted, `OVERRIDING SYSTEM VALUE` would let
+/// a persona take the identity's future values, and every later ingest that writes a row there
+/// would fail on the key. None: the table grants every column.
+fn insert_columns(table: &str) -> Option<&'static [&'static str]> {
+    match table {
+        "environment_events" => Some(&[
+            "environment",
+            "event_kind",
+            "release_id",
+            "deployment_id",
+            "detail",
+            "recorded_by",
+            "ingest_id",
+            "created_at",
+        ]),
+        _ => None,
+    }
+}
+
 fn quoted(roles: &[&str]) -> String {
     roles.join(", ")
 }
@@ -322,7 +342,14 @@ pub fn privileges(has_column: &dyn Fn(&str, &str) -> bool) -> Vec<String> {
             ));
         }
         if !a.insert.is_empty() {
-            out.push(format!("GRANT INSERT ON ops.{t} TO {}", quoted(a.insert)));
+            match insert_columns(t) {
+                Some(cols) => out.push(format!(
+                    "GRANT INSERT ({}) ON ops.{t} TO {}",
+                    cols.join(", "),
+                    quoted(a.insert)
+                )),
+                None => out.push(format!("GRANT INSERT ON ops.{t} TO {}", quoted(a.insert))),
+            }
             if a.insert_check.contains("{persona}") {
                 for p in a.insert {
                     let gates: Vec<String> = ALL_GATES

@@ -60,8 +60,26 @@ pub fn store(
     Ok(())
 }
 
-/// The decrypted secrets of a client: (anon_key, service_key, db_pass).
+/// The decrypted secrets of a client: (anon_key, service_key, db_pass). Keys stored under
+/// another Vault root key or passphrase (a backup restored elsewhere) are a
+/// [`CoreError::MissingDependency`] naming the key, never the decryption's own error.
 pub fn read(client_id: &str) -> CoreResult<(Option<String>, Option<String>, Option<String>)> {
+    match crate::core::subxact::run(|| read_stored(client_id)) {
+        Ok(read) => read,
+        Err(caught) if caught.sqlstate.starts_with("22") || caught.sqlstate.starts_with("39") => {
+            Err(CoreError::MissingDependency {
+                feature: "reading tenant keys".into(),
+                dependency:
+                    "the Vault root key or flowgate.tenant_key_passphrase they were stored with"
+                        .into(),
+                hint: "restore that key (or passphrase) on this server".into(),
+            })
+        }
+        Err(caught) => Err(secrets::vault_read_failed("tenant keys", &caught)),
+    }
+}
+
+fn read_stored(client_id: &str) -> CoreResult<(Option<String>, Option<String>, Option<String>)> {
     Spi::connect(|client| {
         let t = client.select(
             "SELECT key_storage FROM provisioning.clients WHERE client_id = $1::uuid",

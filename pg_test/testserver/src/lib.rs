@@ -125,6 +125,23 @@ fn handle(stream: TcpStream) {
             }
             continue;
         }
+        // Bodies that are not valid text: Latin-1 (not UTF-8), and UTF-8 holding a NUL, as
+        // servers do send; with a 500, so the response is kept on the delivery.
+        let raw: Option<&[u8]> = match path.as_str() {
+            "/latin1" => Some(b"<p>Caf\xe9</p>"),
+            "/nul" => Some(b"<p>a\x00b</p>"),
+            _ => None,
+        };
+        if let Some(payload) = raw {
+            let head = format!(
+                "HTTP/1.1 500 X\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n",
+                payload.len()
+            );
+            if stream.write_all(head.as_bytes()).is_err() || stream.write_all(payload).is_err() {
+                return;
+            }
+            continue;
+        }
         let seen = {
             let mut h = match hits().lock() {
                 Ok(h) => h,

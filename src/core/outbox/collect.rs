@@ -45,30 +45,36 @@ pub fn collect() -> CoreResult<Collected> {
     // Before `ALTER EXTENSION flowgate UPDATE` the schema may have no epoch: ids are matched
     // alone, as before.
     let epochs = super::transport::pg_net_epoch_supported();
+    // Within an epoch a request id names one request, so its response is this attempt's. (Without
+    // epochs, a response older than the claim is an earlier request's under a reused id. With
+    // them, that test would miss responses: pg_net stamps a response with its batch's start,
+    // which can precede a claim that committed before the batch read its queue.)
     let same_epoch = if epochs {
         format!(
             "AND d.transport_epoch = {}",
             super::transport::CURRENT_EPOCH
         )
     } else {
-        String::new()
+        "AND resp.created >= d.claimed_at".to_owned()
     };
     if has_pg_net {
         let answered: Vec<(i64, bool, Option<i64>, record::Observed)> = Spi::connect_mut(
             |client| {
                 let rows = prepared::exec(
                 client,
+                // pg_net stores what the server sent without checking its encoding: its text
+                // is read as bytes and made valid here (`native::stored_text`).
                 &format!("SELECT d.id, d.sensitive, d.transport_ref, resp.status_code, \
-                        (SELECT h.value FROM jsonb_each_text(coalesce(resp.headers, '{{}}'::jsonb)) h \
+                        (SELECT pg_catalog.textsend(h.value) FROM jsonb_each_text(coalesce(resp.headers, '{{}}'::jsonb)) h \
                           WHERE lower(h.key) = 'retry-after' LIMIT 1), \
-                        left(resp.content, 65536), resp.content_type, \
+                        substring(pg_catalog.textsend(resp.content) FROM 1 FOR {max}), pg_catalog.textsend(resp.content_type), \
                         CASE WHEN resp.timed_out THEN 'timeout' WHEN resp.error_msg IS NOT NULL THEN 'transport' END, \
-                        resp.error_msg \
+                        pg_catalog.textsend(resp.error_msg) \
                    FROM flowgate.deliveries d \
-                   JOIN net._http_response resp ON resp.id = d.transport_ref AND resp.created >= d.claimed_at \
+                   JOIN net._http_response resp ON resp.id = d.transport_ref \
                   WHERE d.status = 'in_flight' AND d.transport = 'pg_net' {same_epoch} \
                   ORDER BY d.id LIMIT $1 \
-                    FOR UPDATE OF d SKIP LOCKED"),
+                    FOR UPDATE OF d SKIP LOCKED", max = super::native::MAX_STORED_BODY),
                 &[COLLECT_BATCH.into()],
             )?;
                 let mut v = Vec::with_capacity(rows.len());
@@ -79,11 +85,11 @@ pub fn collect() -> CoreResult<Collected> {
                         row.get::<i64>(3)?,
                         record::Observed {
                             status_code: row.get(4)?,
-                            retry_after: row.get(5)?,
-                            body: row.get(6)?,
-                            content_type: row.get(7)?,
+                            retry_after: text_of(row.get(5)?),
+                            body: text_of(row.get(6)?),
+                            content_type: text_of(row.get(7)?),
                             error_kind: row.get(8)?,
-                            error: row.get(9)?,
+                            error: text_of(row.get(9)?),
                         },
                     ));
                 }
@@ -127,11 +133,12 @@ pub fn collect() -> CoreResult<Collected> {
     } else {
         "false".to_owned()
     };
-    let expired: Vec<(i64, Gone)> = Spi::connect_mut(|client| {
+    let expired: Vec<(i64, Gone, Option<i64>)> = Spi::connect_mut(|client| {
         let rows = prepared::exec(
             client,
             &format!(
-                "SELECT id, CASE WHEN {lapsed} THEN 0 WHEN {gone} THEN 1 ELSE 2 END FROM flowgate.deliveries \
+                "SELECT id, CASE WHEN {gone} THEN 1 WHEN {lapsed} THEN 0 ELSE 2 END, \
+                        CASE WHEN transport = 'pg_net' THEN transport_ref END FROM flowgate.deliveries \
                   WHERE status = 'in_flight' AND ({lapsed} OR {gone} OR {restarted}) \
                   ORDER BY id LIMIT $2 \
                     FOR UPDATE SKIP LOCKED"
@@ -145,7 +152,9 @@ pub fn collect() -> CoreResult<Collected> {
                 2 => Gone::Restarted,
                 _ => Gone::Lapsed,
             };
-            v.push((row.get::<i64>(1)?.unwrap_or_default(), why));
+            // Its request id names it only within its epoch (without epochs: not withdrawn).
+            let pg_net_ref = if epochs { row.get::<i64>(3)? } else { None };
+            v.push((row.get::<i64>(1)?.unwrap_or_default(), why, pg_net_ref));
         }
         Ok::<_, CoreError>(v)
     })?;
@@ -163,19 +172,74 @@ pub fn collect() -> CoreResult<Collected> {
         "the server restarted while the request was in flight: its sender is gone and its response was never recorded"
             .into(),
     ));
-    for (id, why) in expired {
+    let withdrawn = observed(super::policy::Attempt::Transport(
+        "pg_net had not sent the request when its lease ran out: it was withdrawn from pg_net's queue"
+            .into(),
+    ));
+    for (id, why, pg_net_ref) in expired {
         // Any attempt: the lease of whoever claimed it has passed (timed out), or else its
-        // pg_net epoch has, or its sender's server restarted (lost).
-        let observed = match why {
-            Gone::Lapsed => &timed_out,
-            Gone::PgNetEpoch => &lost,
-            Gone::Restarted => &restarted,
+        // pg_net epoch has, or its sender's server restarted (lost). A lapsed request pg_net
+        // still holds is withdrawn (never sent: sending it again is no duplicate), or left while
+        // pg_net's worker is sending it; one pg_net no longer holds has gone out, and times out.
+        let observed = match (why, pg_net_ref) {
+            (Gone::Lapsed, Some(r)) => match withdraw_from_pg_net(r) {
+                Queued::Withdrawn => &withdrawn,
+                Queued::Sending => continue,
+                Queued::Gone => &timed_out,
+            },
+            (Gone::Lapsed, None) => &timed_out,
+            (Gone::PgNetEpoch, _) => &lost,
+            (Gone::Restarted, _) => &restarted,
         };
         out.counts
             .add(record::record_with(id, None, observed, &policy)?);
         out.expired += 1;
     }
     Ok(out)
+}
+
+/// Where a lapsed pg_net request is.
+enum Queued {
+    /// Still queued, not taken by pg_net's worker: deleted now, it will never be sent.
+    Withdrawn,
+    /// Queued and locked: pg_net's worker is sending it now.
+    Sending,
+    /// Not in the queue (sent), or the queue cannot be read or written by this role.
+    Gone,
+}
+
+/// Take the request `id` out of pg_net's queue if pg_net's worker has not taken it (its batch
+/// deletes the rows it sends, so a locked row is being sent). In a subtransaction: a role that
+/// may not write pg_net's queue, or a pg_net without one, leaves the lapse as it was.
+fn withdraw_from_pg_net(id: i64) -> Queued {
+    let step = || -> CoreResult<Queued> {
+        let deleted = Spi::get_one_with_args::<bool>(
+            "WITH w AS (DELETE FROM net.http_request_queue q \
+                         WHERE q.id = (SELECT x.id FROM net.http_request_queue x WHERE x.id = $1 FOR UPDATE SKIP LOCKED) \
+                         RETURNING 1) \
+             SELECT EXISTS (SELECT FROM w)",
+            &[id.into()],
+        )?
+        .unwrap_or(false);
+        if deleted {
+            return Ok(Queued::Withdrawn);
+        }
+        let held = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM net.http_request_queue WHERE id = $1)",
+            &[id.into()],
+        )?
+        .unwrap_or(false);
+        Ok(if held { Queued::Sending } else { Queued::Gone })
+    };
+    match crate::core::subxact::run(step) {
+        Ok(Ok(q)) => q,
+        _ => Queued::Gone,
+    }
+}
+
+/// Bytes pg_net stored as text, as text a `text` column can hold.
+fn text_of(bytes: Option<Vec<u8>>) -> Option<String> {
+    bytes.map(|b| super::native::stored_text(&b))
 }
 
 /// Why an in-flight delivery is recorded without its response.

@@ -363,15 +363,54 @@ fn claim_rows(
 /// false when pg_net cannot carry
 /// it: a resolved secret or a sensitive delivery (pg_net keeps requests until it sends them,
 /// and responses for hours, in tables PUBLIC can read), a body that is not plain JSON, or a
-/// method other than GET and POST.
+/// method other than GET and POST (or a GET with a body, which `net.http_get` would drop). A
+/// request pg_net refuses to queue (its URL parser is stricter than flowgate's: a port past
+/// 65535, a character a host name may not hold) travels natively too, where its failure is
+/// recorded, instead of aborting the claim of the whole batch on every round.
 fn queue_on_pg_net(req: &native::Request, epoch: Option<&mut Option<String>>) -> CoreResult<bool> {
     let plain_json = req
         .headers
         .iter()
         .all(|(k, v)| !k.eq_ignore_ascii_case("content-type") || v == "application/json");
-    if req.carries_secret || !plain_json || !matches!(req.method.as_str(), "GET" | "POST") {
+    let method_fits = match req.method.as_str() {
+        "GET" => req.body.is_none(),
+        "POST" => true,
+        _ => false,
+    };
+    if req.carries_secret || !plain_json || !method_fits {
         return Ok(false);
     }
+    let request_id = match crate::core::subxact::run(|| pg_net_request(req)) {
+        Ok(r) => r?,
+        Err(refused) => {
+            pgrx::debug1!(
+                "flowgate: pg_net refused delivery {} ({}); it travels natively",
+                req.id,
+                refused.sqlstate
+            );
+            return Ok(false);
+        }
+    };
+    let Some(epoch) = epoch else {
+        Spi::run_with_args(
+            "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = clock_timestamp() WHERE id = $1",
+            &[req.id.into(), request_id.into()],
+        )?;
+        return Ok(true);
+    };
+    let epoch = match epoch {
+        Some(e) => e.clone(),
+        None => epoch.insert(super::transport::pg_net_epoch()?).clone(),
+    };
+    Spi::run_with_args(
+        "UPDATE flowgate.deliveries SET transport_ref = $2, transport_epoch = $3::uuid, updated_at = clock_timestamp() WHERE id = $1",
+        &[req.id.into(), request_id.into(), epoch.into()],
+    )?;
+    Ok(true)
+}
+
+/// Queue `req` with `net.http_get` or `net.http_post`; pg_net's request id.
+fn pg_net_request(req: &native::Request) -> CoreResult<Option<i64>> {
     let headers: Map<String, Value> = req
         .headers
         .iter()
@@ -402,22 +441,7 @@ fn queue_on_pg_net(req: &native::Request, epoch: Option<&mut Option<String>>) ->
             ],
         )?
     };
-    let Some(epoch) = epoch else {
-        Spi::run_with_args(
-            "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = clock_timestamp() WHERE id = $1",
-            &[req.id.into(), request_id.into()],
-        )?;
-        return Ok(true);
-    };
-    let epoch = match epoch {
-        Some(e) => e.clone(),
-        None => epoch.insert(super::transport::pg_net_epoch()?).clone(),
-    };
-    Spi::run_with_args(
-        "UPDATE flowgate.deliveries SET transport_ref = $2, transport_epoch = $3::uuid, updated_at = clock_timestamp() WHERE id = $1",
-        &[req.id.into(), request_id.into(), epoch.into()],
-    )?;
-    Ok(true)
+    Ok(request_id)
 }
 
 /// Send the natively carried deliveries of a committed claim. Touches no Postgres API, so it

@@ -86,6 +86,32 @@ fn classify(err: &ureq::Error) -> Attempt {
     }
 }
 
+/// A response's text as it can be stored in a `text` column: at most `MAX_STORED_BODY` bytes
+/// cut on a character boundary, bytes that are not UTF-8 replaced (a character the cut split is
+/// dropped), and NUL, which `text` cannot hold (it would end the value early in every reader
+/// and in a dump), replaced too.
+pub fn stored_text(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(MAX_STORED_BODY)];
+    let text = match std::str::from_utf8(cut) {
+        Ok(s) => s.to_owned(),
+        // Only the end is incomplete: the character the cut (or the sender) split.
+        Err(e) if e.error_len().is_none() => {
+            String::from_utf8_lossy(&cut[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(cut).into_owned(),
+    };
+    truncate(without_nul(text))
+}
+
+/// `s` with NUL replaced by U+FFFD.
+fn without_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
 fn truncate(mut s: String) -> String {
     if s.len() > MAX_STORED_BODY {
         let mut cut = MAX_STORED_BODY;
@@ -137,7 +163,7 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
                 .limit(MAX_READ_BODY)
                 .read_to_string();
             let body = match body {
-                Ok(b) => truncate(b),
+                Ok(b) => truncate(without_nul(b)),
                 // The status arrived; an unreadable body does not change the outcome.
                 Err(e) => format!("(body unreadable: {e})"),
             };
@@ -372,6 +398,22 @@ mod unit_tests {
             .filter(|r| r.status().is_none())
             .all(|r| matches!(r.attempt, Attempt::Transport(_))));
         assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn stored_text_is_valid_text() {
+        assert_eq!(stored_text(b"Caf\xe9!"), "Caf\u{FFFD}!");
+        assert_eq!(stored_text(b"a\0b"), "a\u{FFFD}b");
+        assert_eq!(stored_text("ok é".as_bytes()), "ok é");
+        // A character split by the cut is dropped, not replaced.
+        let mut long = vec![b'a'; MAX_STORED_BODY - 1];
+        long.extend_from_slice("é".as_bytes());
+        let t = stored_text(&long);
+        assert_eq!(t.len(), MAX_STORED_BODY - 1);
+        assert!(t.bytes().all(|b| b == b'a'));
+        // NUL replaced near the limit still fits it.
+        let t = stored_text(&vec![0u8; MAX_STORED_BODY + 10]);
+        assert!(t.len() <= MAX_STORED_BODY && !t.contains('\0'));
     }
 
     #[test]

@@ -286,13 +286,7 @@ pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<S
             Ok(Ok(Some(s))) => return Ok(Some(s)),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(CoreError::MissingDependency {
-                    feature: format!("reading secret {name:?}"),
-                    dependency: "the Vault key it was stored with".into(),
-                    hint: "restore the database's Vault root key, or store the secret again with flowgate.set_secret()".into(),
-                })
-            }
+            Err(caught) => return Err(secrets::vault_read_failed(name, &caught)),
         }
     }
     let stored = Spi::connect_mut(|c| {

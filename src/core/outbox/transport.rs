@@ -22,38 +22,38 @@ impl Transport {
     }
 
     /// The transport in use now: the `flowgate.http_transport` setting, with `auto` meaning
-    /// pg_net when that extension is installed and closed to PUBLIC, else native.
+    /// pg_net when that extension is installed, closed to other roles and served by a pg_net
+    /// worker in this database, else native.
     ///
-    /// pg_net as installed grants PUBLIC its request queue and response table: any role could
-    /// then read a queued request's body and write the response flowgate records as the
-    /// delivery's outcome (and hands to its handler). So pg_net carries deliveries only where
-    /// neither PUBLIC nor PostgREST's `anon` and `authenticated` (grants of their own included)
-    /// can read `net.http_request_queue` or write `net._http_response`; asked for by name where
-    /// it is open, it is refused (0A000) with the REVOKEs that close it.
+    /// pg_net as installed grants PUBLIC everything on its request queue and response table: any
+    /// role could then read a queued request's body, rewrite its URL, write the response
+    /// flowgate records as the delivery's outcome (and hands to its handler), or put a trigger
+    /// on the queue that runs as whoever queues (the outbox's runner). So pg_net carries
+    /// deliveries only where no role but superusers, the tables' owners and roles that can act
+    /// as the runner anyway holds any write, TRUNCATE, REFERENCES or TRIGGER privilege on either
+    /// table or may set the queue's id sequence; where neither PUBLIC nor PostgREST's `anon` and
+    /// `authenticated` can read them; and where no user trigger sits on either table. Asked for
+    /// by name where it is open, it is refused (0A000) with the REVOKEs that close it.
+    ///
+    /// pg_net's one worker serves the database `pg_net.database_name` names: elsewhere its queue
+    /// is never sent, so `auto` sends natively there.
     pub fn current() -> CoreResult<Transport> {
         let wanted = settings::get_text("flowgate.http_transport")?;
         if wanted == "native" {
             return Ok(Transport::Native);
         }
-        let (has_pg_net, open) = Spi::get_two::<bool, bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_net'), \
-                    CASE WHEN pg_catalog.to_regclass('net.http_request_queue') IS NULL \
-                           OR pg_catalog.to_regclass('net._http_response') IS NULL THEN false \
-                         ELSE EXISTS (SELECT FROM (SELECT 'public'::name UNION ALL \
-                                                     SELECT rolname FROM pg_catalog.pg_roles WHERE rolname IN ('anon', 'authenticated')) r(role) \
-                                       WHERE pg_catalog.has_schema_privilege(r.role, 'net', 'USAGE') \
-                                         AND (pg_catalog.has_table_privilege(r.role, 'net.http_request_queue', 'SELECT') \
-                                              OR pg_catalog.has_table_privilege(r.role, 'net._http_response', 'INSERT, UPDATE, DELETE'))) END",
-        )?;
+        let (has_pg_net, open) = Spi::get_two::<bool, bool>(PG_NET_STATE)?;
         let (has_pg_net, open) = (has_pg_net.unwrap_or(false), open.unwrap_or(true));
         match (wanted.as_str(), has_pg_net, open) {
             ("auto", false, _) | ("auto", true, true) => Ok(Transport::Native),
+            ("auto", true, false) if !pg_net_worker_here()? => Ok(Transport::Native),
             ("pg_net", true, false) | ("auto", true, false) => Ok(Transport::PgNet),
             ("pg_net", true, true) => Err(CoreError::MissingDependency {
                 feature: "flowgate.http_transport = pg_net".into(),
-                dependency: "a pg_net whose request queue and responses PUBLIC cannot read or write".into(),
-                hint: "REVOKE SELECT ON net.http_request_queue FROM PUBLIC; REVOKE INSERT, UPDATE, DELETE ON net._http_response FROM PUBLIC \
-                       (and from anon and authenticated where they were granted them); or set flowgate.http_transport to auto or native"
+                dependency: "a pg_net whose request queue and responses no other role can read, write or put a trigger on".into(),
+                hint: "REVOKE ALL ON ALL TABLES IN SCHEMA net FROM PUBLIC; REVOKE ALL ON ALL SEQUENCES IN SCHEMA net FROM PUBLIC \
+                       (and from every other role but the runner's, anon and authenticated included); drop user triggers on \
+                       net.http_request_queue and net._http_response; or set flowgate.http_transport to auto or native"
                     .into(),
             }),
             _ => Err(CoreError::MissingDependency {
@@ -64,6 +64,38 @@ impl Transport {
             }),
         }
     }
+}
+
+/// Whether pg_net is installed (first column) and open (second): a role other than superusers,
+/// the tables' owners and members of the current role holds a privilege on its request queue,
+/// response table or the queue's id sequence that lets it tamper (PUBLIC, `anon` and
+/// `authenticated` reading them too), or a user trigger sits on either table.
+const PG_NET_STATE: &str = "\
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_net'), \
+           CASE WHEN t.q IS NULL OR t.r IS NULL THEN false ELSE \
+             EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid IN (t.q, t.r) AND NOT g.tgisinternal) \
+             OR EXISTS (SELECT FROM (SELECT 'public'::name, true UNION ALL \
+                                     SELECT o.rolname, o.rolname IN ('anon', 'authenticated') FROM pg_catalog.pg_roles o \
+                                      WHERE NOT o.rolsuper AND o.rolname !~ '^pg_' \
+                                        AND o.oid NOT IN (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid IN (t.q, t.r)) \
+                                        AND NOT pg_catalog.pg_has_role(o.oid, current_user, 'MEMBER')) x(role, reader) \
+                         WHERE pg_catalog.has_schema_privilege(x.role, 'net', 'USAGE') \
+                           AND (pg_catalog.has_table_privilege(x.role, t.q, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') \
+                                OR pg_catalog.has_table_privilege(x.role, t.r, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') \
+                                OR (t.s IS NOT NULL AND pg_catalog.has_sequence_privilege(x.role, t.s, 'UPDATE')) \
+                                OR (x.reader AND (pg_catalog.has_table_privilege(x.role, t.q, 'SELECT') \
+                                                  OR pg_catalog.has_table_privilege(x.role, t.r, 'SELECT'))))) END \
+      FROM (SELECT pg_catalog.to_regclass('net.http_request_queue') AS q, pg_catalog.to_regclass('net._http_response') AS r, \
+                   pg_catalog.to_regclass(pg_catalog.pg_get_serial_sequence('net.http_request_queue', 'id')) AS s) t";
+
+/// Whether a pg_net worker serves this database now (pg_net has one, in the database
+/// `pg_net.database_name` names; it shows in `pg_stat_activity` under its own backend type).
+fn pg_net_worker_here() -> CoreResult<bool> {
+    Ok(Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity \
+                         WHERE backend_type LIKE 'pg\\_net%' AND datname = pg_catalog.current_database())",
+    )?
+    .unwrap_or(false))
 }
 
 /// Whether this database's schema has the pg_net epoch (`flowgate.deliveries.transport_epoch`,

@@ -1,6 +1,6 @@
 //! Checks of single values: text, identifiers, URIs, times, artifacts, gate codes.
 
-use chrono::Datelike;
+use chrono::{Datelike, Timelike};
 use serde_json::{Map, Value};
 
 use super::{Artifact, MAX_OBJECT_BYTES};
@@ -141,12 +141,17 @@ pub fn check_timestamp(field: &str, s: &str) -> OpsResult<()> {
             allowed,
         )
     })?;
-    // RFC 3339 allows what a timestamptz does not: year 0 and offsets past ±15:59.
-    if t.year() < 1 || t.offset().local_minus_utc().abs() > MAX_OFFSET_SECONDS {
+    // RFC 3339 allows what a timestamptz does not: year 0, offsets past ±15:59, and a leap
+    // second with a fraction (`:60.5`; chrono holds a leap second as a nanosecond count past
+    // one second; `:60` alone Postgres reads as the next minute).
+    if t.year() < 1
+        || t.offset().local_minus_utc().abs() > MAX_OFFSET_SECONDS
+        || t.nanosecond() > 1_000_000_000
+    {
         return Err(OpsError::invalid(
             field,
             format!(
-                "{:?} is out of range (a year from 1, an offset within ±15:59)",
+                "{:?} is out of range (a year from 1, an offset within ±15:59, no fraction of a leap second)",
                 truncate(s, 64)
             ),
             allowed,

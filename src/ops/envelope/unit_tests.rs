@@ -143,6 +143,7 @@ fn times_are_ones_postgres_can_store() {
         "0001-01-01T00:00:00+15:59",
         "2026-01-01T00:00:00-15:59",
         "9999-12-31T23:59:59.999999Z",
+        "2026-12-31T23:59:60Z",
     ] {
         assert!(check_timestamp("occurred_at", ok).is_ok(), "{ok}");
     }
@@ -152,6 +153,7 @@ fn times_are_ones_postgres_can_store() {
         "2026-06-01T00:00:00-16:00",
         "yesterday",
         "2026-06-01T00:00:00",
+        "2026-12-31T23:59:60.5Z",
     ] {
         let e = check_timestamp("occurred_at", bad).unwrap_err();
         assert_eq!(e.http_status(), 400, "{bad}");
