@@ -76,3 +76,28 @@ wait "$holder"
 history=$(q "SELECT string_agg(event_type::text, ' > ' ORDER BY seq) FROM capacity.capacity_request_events WHERE capacity_request_id = '$id'")
 q "DROP TABLE public.fg_conc_target, public.fg_conc_results; DROP FUNCTION public.fg_conc_try(int)"
 echo "ok 6 - capacity: NOTIFY flowgate_capacity on a transition; a stranger waits for no lock (P0002), a party does (55P03); 32 sessions x 4 conflicting events on $id: $accepted accepted, $(( attempts - accepted )) rejected (55000); history $history"
+
+# The same idempotency key from two sessions at once, the second in a REPEATABLE READ
+# transaction whose snapshot is older than the first's commit: it cannot see the request the
+# first made, so it is told to retry (40001), not a unique violation (23505, which the README
+# keeps for a key reused for another request); retried, it gets the first's request.
+key="rr-key-$$"
+create="SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', idempotency_key => '$key') -> 'request' ->> 'id'"
+psql -X -q -c "BEGIN" -c "$create" -c "SELECT pg_sleep(3)" -c "COMMIT" >/dev/null &
+first=$!
+held=0
+for _ in $(seq 1 50); do
+  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)' AND state = 'active'")" -eq 1 ] && { held=1; break; }
+  sleep 0.1
+done
+[ "$held" -eq 1 ] || fail "the first creation did not start within 5 s"
+rr=$(psql -X -q -c "SET client_min_messages = notice" -c "BEGIN ISOLATION LEVEL REPEATABLE READ" -c "SELECT 1" \
+       -c "DO \$\$ BEGIN PERFORM ($create); RAISE NOTICE 'state=00000'; EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'state=%', SQLSTATE; END \$\$" \
+       -c "COMMIT" 2>&1 | sed -n 's/.*state=\([0-9A-Z]*\).*/\1/p')
+wait "$first"
+[ "$rr" = 40001 ] || fail "a REPEATABLE READ creation with a key a concurrent call held raised ${rr:-nothing}, expected 40001"
+ids=$(q "SELECT count(DISTINCT capacity_request_id) FROM capacity.capacity_request_events WHERE idempotency_key = '$key' AND actor_id = current_user")
+again=$(q "$create")
+[ "$ids" -eq 1 ] && [ "$(q "SELECT count(*) FROM capacity.capacity_request_events WHERE capacity_request_id = '$again' AND event_type = 'REQUEST_SUBMITTED'")" -eq 1 ] \
+  || fail "the key made $ids requests, or the retry did not return the first"
+echo "ok 7 - capacity: the same idempotency key from a REPEATABLE READ transaction that waited for it: 40001 (retry), then the first request"

@@ -45,3 +45,22 @@ retried=$(q "SELECT count(*) FROM public.fg_prov_claims WHERE attempt > 1")
 workers=$(q "SELECT count(DISTINCT worker) FROM public.fg_prov_claims")
 q "DROP TABLE public.fg_prov_claims; SELECT flowgate.reset_setting('provisioning.retry_base_seconds'), flowgate.reset_setting('provisioning.max_attempts')" >/dev/null
 echo "ok 4 - provisioning: 16 workers, 400 tenants, $claims claims ($retried retries after 503s) by $workers workers: no job attempt held twice, one claim event each, all 400 ready with 2 jobs"
+
+# Two schema syncs of one client at once: one queues its job; the other, which looked before the
+# first committed, skips the client (already queued), with no unique violation.
+made_migration=$(q "SELECT NOT EXISTS (SELECT FROM provisioning.migrations)")
+[ "$made_migration" = t ] && q "INSERT INTO provisioning.migrations (version, name, sql) VALUES (1, 'conc_sync', 'SELECT 1')"
+cid=$(q "UPDATE provisioning.clients SET schema_version = 0 WHERE slug = '$run-1' RETURNING client_id")
+psql -X -q -c "BEGIN" -c "SELECT provisioning.sync_schema('$cid')" -c "SELECT pg_sleep(2)" -c "COMMIT" >/dev/null &
+first=$!
+for _ in $(seq 1 50); do
+  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'")" -eq 1 ] && break
+  sleep 0.1
+done
+second=$(q "SELECT jsonb_array_length(provisioning.sync_schema('$cid') -> 'queued')") || fail "the second sync_schema failed"
+wait "$first"
+open=$(q "SELECT count(*) FROM provisioning.client_provisioning_jobs WHERE client_id = '$cid' AND job_type = 'schema_sync' AND status IN ('queued', 'running')")
+q "UPDATE provisioning.client_provisioning_jobs SET status = 'failed' WHERE client_id = '$cid' AND job_type = 'schema_sync' AND status = 'queued'" >/dev/null 2>&1 || true
+[ "$made_migration" = t ] && q "DELETE FROM provisioning.migrations WHERE version = 1 AND name = 'conc_sync'"
+[ "$second" -eq 0 ] && [ "$open" -eq 1 ] || fail "the concurrent sync queued $second (want 0), $open open jobs (want 1)"
+echo "ok 5 - provisioning: two sync_schema calls for one client at once: one job queued, the other call skips it"

@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(37);
+SELECT plan(39);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -78,6 +78,16 @@ SELECT is(intake.claim_resource('tap_drop', 'u4') ->> 'status', 'sold_out', 'the
 SELECT is(intake.reclaim_slots('tap_drop'), 1::bigint, 'the slot of the aborted claim is given back');
 SELECT is(intake.claim_resource('tap_drop', 'u4') ->> 'slot', '2', 'and claimed by the next user');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_drop), 3, 'one intent per successful claim (the aborted one left none)');
+-- Without anyone calling reclaim_slots: the metrics job gives back an aborted claim's slot once
+-- the counter has reached the inventory.
+SELECT intake.create_pool('tap_auto', 2) \g /dev/null
+SELECT intake.claim_resource('tap_auto', 'a1') \g /dev/null
+SAVEPOINT abort_auto;
+SELECT intake.claim_resource('tap_auto', 'a2') \g /dev/null
+ROLLBACK TO SAVEPOINT abort_auto;
+SELECT is(intake.claim_resource('tap_auto', 'a3') ->> 'status', 'sold_out', 'an aborted claim''s slot makes a pool look sold out');
+SELECT intake.collect_metrics('tap_auto') \g /dev/null
+SELECT is(intake.claim_resource('tap_auto', 'a3') ->> 'slot', '2', 'until the metrics job gives it back');
 -- A claim's answer (the jsonb its statement built) is exactly the claim: its slot, its resource,
 -- the intent's msg_id, with these keys and types, also when many claims run in one statement.
 SELECT is((SELECT intake.claim_resource('tap_drop', 'u9')),

@@ -305,12 +305,30 @@ pub fn create(
     request.check_new()?;
     check_commercial_owner(&request.commercial_owner_user_id)?;
     if let Some(k) = key {
-        // Serialise creations that share an actor and key, then look for an earlier one.
-        Spi::run_with_args(
-            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('capacity.create:' || $1 || ':' || $2, 0))",
+        // Serialise creations that share an actor and key, then look for an earlier one. A
+        // caller that had to wait, in a transaction whose snapshot is older than the lock
+        // (REPEATABLE READ, SERIALIZABLE), could not see the request the other call committed
+        // and would fail on the key's unique index: it retries instead (40001).
+        let free = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('capacity.create:' || $1 || ':' || $2, 0))",
             &[actor.id.as_str().into(), k.into()],
         )
-        .map_err(CoreError::from)?;
+        .map_err(CoreError::from)?
+        .unwrap_or(false);
+        if !free {
+            Spi::run_with_args(
+                "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('capacity.create:' || $1 || ':' || $2, 0))",
+                &[actor.id.as_str().into(), k.into()],
+            )
+            .map_err(CoreError::from)?;
+            // SAFETY: reads the transaction's isolation level, set for the whole transaction.
+            if unsafe { pgrx::pg_sys::XactIsoLevel } >= pgrx::pg_sys::XACT_REPEATABLE_READ as i32 {
+                return Err(CoreError::Busy {
+                    what: format!("idempotency key {k:?} (a concurrent call held it: what it made is not in this transaction's snapshot)"),
+                    hint: "retry the transaction: the retry returns the request that call made".into(),
+                });
+            }
+        }
         let earlier = Spi::connect(|client| -> CoreResult<Option<String>> {
             let rows = client.select(
                 "SELECT capacity_request_id FROM capacity.capacity_request_events \

@@ -15,6 +15,11 @@ use crate::intake::pools;
 ///
 /// The pool is held first ([`pools::hold`]): a drop waits for the sample, or the sample
 /// for the drop and finds the pool gone; the two never wait for each other.
+///
+/// A pool whose slot counter has reached its inventory first gets back the slots of claims
+/// that aborted after taking their number ([`pools::reclaim_slots`]: a client that
+/// disconnected, a statement timeout, a caller's rollback), so it does not answer "sold out"
+/// while such slots are still free: the job that samples every pool does this within seconds.
 pub fn collect_metrics(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
@@ -22,6 +27,9 @@ pub fn collect_metrics(
 ) -> CoreResult<Option<Value>> {
     if !pools::hold(client, pool)? {
         return Ok(None);
+    }
+    if pools::handed_out(client, pool)? >= i64::from(inventory) {
+        pools::reclaim_slots(client, pool)?;
     }
     prepared::exec(client, "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \
               sums AS (SELECT coalesce(sum(n) FILTER (WHERE outcome = 'validated'), 0) AS v, \

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::store::{self as outbox, Rearmed};
 use crate::core::prepared;
+use crate::core::subxact;
 use crate::intake::drain::{self, Action, IntentState, Stage, Step};
 use crate::intake::ledger;
 use crate::intake::pool::PoolId;
@@ -415,8 +416,16 @@ pub fn start(
         match rearmed {
             Rearmed::Created(id) | Rearmed::Again(id) => out.deliveries.push(id),
             // The previous read's attempt is still out (pg_net answers later), or was
-            // delivered and its handler failed (flowgate.rerun_handlers): nothing to send.
+            // delivered: nothing to send.
             Rearmed::Busy(_) | Rearmed::Delivered(_) => out.waiting += 1,
+            // Delivered, and its handler failed (say, on the lock this drain's read held):
+            // the stored answer is applied now, in a subtransaction, to the intent this read
+            // holds. A validated intent then commits on its next read, instead of being read
+            // until it is dead-lettered with its payment taken.
+            Rearmed::Unhandled(id) => {
+                let _ = subxact::run(|| crate::core::outbox::record::rerun_handler(id));
+                out.waiting += 1;
+            }
         }
     }
     Ok(out)

@@ -167,12 +167,30 @@ pub fn sync_schema(only: Option<&str>) -> ProvisioningResult<Value> {
             None,
             &[target.into(), only.as_deref().into()],
         )?;
-        let ids: Vec<String> = behind
+        let behind: Vec<String> = behind
             .into_iter()
             .filter_map(|row| row.get::<String>(1).ok().flatten())
             .collect();
-        for id in &ids {
-            enqueue_job(client, id, "schema_sync")?;
+        // A concurrent sync (or a retry) may queue the same client's job between the look-up
+        // and the insert: the one-open-job index refuses the second, which is then skipped
+        // (queued already), not an error that would roll back every other client's job.
+        let mut ids = Vec::with_capacity(behind.len());
+        for id in behind {
+            match crate::core::subxact::run(|| enqueue_job(client, &id, "schema_sync")) {
+                Ok(Ok(_)) => ids.push(id),
+                Ok(Err(e)) => return Err(e),
+                Err(c) if c.sqlstate == "23505" => {}
+                Err(c) => {
+                    return Err(CoreError::Busy {
+                        what: format!(
+                            "queueing schema_sync for client {id} (SQLSTATE {})",
+                            c.sqlstate
+                        ),
+                        hint: "call provisioning.sync_schema() again".into(),
+                    }
+                    .into())
+                }
+            }
         }
         Ok(json!({"target_version": target, "queued": ids}))
     })

@@ -19,7 +19,6 @@
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
 use pgrx::spi::SpiClient;
@@ -145,7 +144,7 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
             Prepared::Send(request) => {
                 let l = lease_of(request.id)?;
                 if transport == Transport::PgNet
-                    && queue_on_pg_net(&request, epochs.then_some(&mut epoch))?
+                    && super::transport::queue_on_pg_net(&request, epochs.then_some(&mut epoch))?
                 {
                     claimed.queued += 1;
                 } else {
@@ -356,92 +355,6 @@ fn claim_rows(
         });
     }
     Ok(out)
-}
-
-/// Queue one request with pg_net and remember its request id and the pg_net epoch it belongs to
-/// (`epoch`, looked up by the first request of the claim; None on a schema without epochs);
-/// false when pg_net cannot carry
-/// it: a resolved secret or a sensitive delivery (pg_net keeps requests until it sends them,
-/// and responses for hours, in tables PUBLIC can read), a body that is not plain JSON, or a
-/// method other than GET and POST (or a GET with a body, which `net.http_get` would drop). A
-/// request pg_net refuses to queue (its URL parser is stricter than flowgate's: a port past
-/// 65535, a character a host name may not hold) travels natively too, where its failure is
-/// recorded, instead of aborting the claim of the whole batch on every round.
-fn queue_on_pg_net(req: &native::Request, epoch: Option<&mut Option<String>>) -> CoreResult<bool> {
-    let plain_json = req
-        .headers
-        .iter()
-        .all(|(k, v)| !k.eq_ignore_ascii_case("content-type") || v == "application/json");
-    let method_fits = match req.method.as_str() {
-        "GET" => req.body.is_none(),
-        "POST" => true,
-        _ => false,
-    };
-    if req.carries_secret || !plain_json || !method_fits {
-        return Ok(false);
-    }
-    let request_id = match crate::core::subxact::run(|| pg_net_request(req)) {
-        Ok(r) => r?,
-        Err(refused) => {
-            pgrx::debug1!(
-                "flowgate: pg_net refused delivery {} ({}); it travels natively",
-                req.id,
-                refused.sqlstate
-            );
-            return Ok(false);
-        }
-    };
-    let Some(epoch) = epoch else {
-        Spi::run_with_args(
-            "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = clock_timestamp() WHERE id = $1",
-            &[req.id.into(), request_id.into()],
-        )?;
-        return Ok(true);
-    };
-    let epoch = match epoch {
-        Some(e) => e.clone(),
-        None => epoch.insert(super::transport::pg_net_epoch()?).clone(),
-    };
-    Spi::run_with_args(
-        "UPDATE flowgate.deliveries SET transport_ref = $2, transport_epoch = $3::uuid, updated_at = clock_timestamp() WHERE id = $1",
-        &[req.id.into(), request_id.into(), epoch.into()],
-    )?;
-    Ok(true)
-}
-
-/// Queue `req` with `net.http_get` or `net.http_post`; pg_net's request id.
-fn pg_net_request(req: &native::Request) -> CoreResult<Option<i64>> {
-    let headers: Map<String, Value> = req
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    let timeout = req.timeout.as_millis().min(i32::MAX as u128) as i32;
-    let request_id = if req.method == "GET" {
-        Spi::get_one_with_args::<i64>(
-            "SELECT net.http_get(url := $1, headers := $2, timeout_milliseconds := $3)",
-            &[
-                req.url.as_str().into(),
-                JsonB(Value::Object(headers)).into(),
-                timeout.into(),
-            ],
-        )?
-    } else {
-        let body = req
-            .body
-            .as_ref()
-            .map(|b| String::from_utf8_lossy(b).into_owned());
-        Spi::get_one_with_args::<i64>(
-            "SELECT net.http_post(url := $1, body := $2::jsonb, headers := $3, timeout_milliseconds := $4)",
-            &[
-                req.url.as_str().into(),
-                body.into(),
-                JsonB(Value::Object(headers)).into(),
-                timeout.into(),
-            ],
-        )?
-    };
-    Ok(request_id)
 }
 
 /// Send the natively carried deliveries of a committed claim. Touches no Postgres API, so it

@@ -172,6 +172,10 @@ pub enum Rearmed {
     Busy(i64),
     /// Already delivered.
     Delivered(i64),
+    /// Delivered, but its handler failed (a lock it waited for, a timeout): its owner id is
+    /// now this call's, so [`super::record::rerun_handler`] applies the stored response to what
+    /// the owner has now (intake: the intent's message id after a replay from the DLQ).
+    Unhandled(i64),
 }
 
 /// Enqueue a delivery that is one logical request retried at its owner's pace (intake's
@@ -189,7 +193,7 @@ fn rearm_existing(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rea
     // caller holds, e.g. the intent a drain has just read): a locked row is busy.
     let rows = prepared::exec(
         client,
-        "SELECT id, status::text, next_attempt_at = 'infinity', owner_module FROM flowgate.deliveries \
+        "SELECT id, status::text, next_attempt_at = 'infinity', owner_module, handler_error IS NOT NULL FROM flowgate.deliveries \
           WHERE idempotency_key = $1 FOR UPDATE SKIP LOCKED",
         &[d.idempotency_key.as_str().into()],
     )?;
@@ -216,6 +220,7 @@ fn rearm_existing(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rea
     let status: String = row.get(2)?.unwrap_or_default();
     let parked: bool = row.get(3)?.unwrap_or(false);
     let module: String = row.get(4)?.unwrap_or_default();
+    let unhandled: bool = row.get(5)?.unwrap_or(false);
     if module != d.owner_module {
         return Err(CoreError::Duplicate {
             kind: "delivery idempotency key".into(),
@@ -225,6 +230,14 @@ fn rearm_existing(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Rea
     match status.as_str() {
         "failed" | "dead" => {}
         "pending" if parked => {}
+        "delivered" if unhandled => {
+            prepared::exec(
+                client,
+                "UPDATE flowgate.deliveries SET owner_id = $2, updated_at = clock_timestamp() WHERE id = $1",
+                &[id.into(), d.owner_id.as_str().into()],
+            )?;
+            return Ok(Rearmed::Unhandled(id));
+        }
         "delivered" => return Ok(Rearmed::Delivered(id)),
         _ => return Ok(Rearmed::Busy(id)),
     }
