@@ -537,10 +537,11 @@ ALTER FUNCTION flowgate.reset_setting(text) CALLED ON NULL INPUT;
 ALTER FUNCTION flowgate.set_secret(text, text) CALLED ON NULL INPUT;
 ALTER FUNCTION flowgate.rerun_handlers(bigint[]) CALLED ON NULL INPUT;
 
--- Settings whose keys end in _ids (capacity.slack_team_ids) are hidden like those ending in _id.
+-- Settings whose keys end in _ids (capacity.slack_team_ids) are hidden like those ending in _id,
+-- and flowgate.flow_limits (its keys name destination hosts, Slack channels and tenants).
 DROP POLICY public_keys ON flowgate.settings;
 CREATE POLICY public_keys ON flowgate.settings FOR SELECT
-    USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$');
+    USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins|flow_limits)$');
 
 -- A restore keeps each setting's updated_at and updated_by as the dump has them (the trigger
 -- stamped the time and role of the restore instead).

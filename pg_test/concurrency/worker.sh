@@ -28,6 +28,27 @@ q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key'"
 [ "$(q "SELECT last_runner || ' ' || last_status FROM flowgate.job_status WHERE job = 'flowgate.dispatch'")" = "worker ok" ] \
   || fail "the worker's dispatch runs are not recorded in flowgate.job_status"
 
+# A run of a job inside a transaction left open (flowgate.run_job('intake.metrics') then
+# pg_sleep) holds that job's status row: the worker does not wait for it, and goes on running
+# every job (a delivery enqueued meanwhile is sent within the usual time).
+psql -X -q -c "BEGIN" -c "SELECT flowgate.run_job('intake.metrics')" -c "SELECT pg_sleep(5)" -c "COMMIT" >/dev/null &
+holder=$!
+for _ in $(seq 1 50); do
+  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'")" -eq 1 ] && break
+  sleep 0.1
+done
+sleep 0.5  # the worker's next ticks reach intake.metrics
+key="worker-held-$$"
+q "SELECT flowgate.enqueue_delivery('worker', 'w1', '$FLOWGATE_TESTD_URL/ok', '$key')" >/dev/null
+for _ in $(seq 1 40); do
+  [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key'")" = delivered ] && break
+  sleep 0.05
+done
+held_status=$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key'")
+wait "$holder"
+q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key'"
+[ "$held_status" = delivered ] || fail "with a job's status row held by an open transaction, the worker stalled (delivery $held_status after 2 s)"
+
 # A job that fails on every tick (intake.metrics, broken by a trigger) must not undo or repeat
 # another job's work: each job runs in its own transaction, so 20 deliveries are each sent once.
 q "CREATE OR REPLACE FUNCTION public.fg_worker_boom() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN RAISE EXCEPTION 'metrics are broken'; END \$\$"
@@ -70,4 +91,4 @@ for _ in $(seq 1 100); do
 done
 [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key2'")" = delivered ] || fail "the restarted worker did not deliver"
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 8 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms); with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend, it came back (pid $old_pid -> $new_pid) and delivered"
+echo "ok 8 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend, it came back (pid $old_pid -> $new_pid) and delivered"

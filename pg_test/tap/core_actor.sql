@@ -1,6 +1,6 @@
 -- flowgate.current_actor() as PostgREST calls it: SET LOCAL ROLE + request.jwt.claims.
 BEGIN;
-SELECT plan(34);
+SELECT plan(37);
 
 DO $$
 BEGIN
@@ -23,6 +23,19 @@ SELECT throws_ok($$SELECT flowgate.current_actor_info('U024BE7LH')$$, '42501', N
     'an untrusted session may not act on behalf of someone else');
 SELECT is(flowgate.current_actor_info('6a1f3c2e-0d4b-4f8e-9a77-2b1c0e5d9f10') ->> 'source', 'jwt',
     'naming yourself is allowed');
+
+-- A Supabase anonymous sign-in: a subject of its own, but a new one per sign-in.
+SELECT set_config('request.jwt.claims', '{"sub":"0f7c-anon-signin-1","role":"authenticated","is_anonymous":true}', true);
+SELECT is(flowgate.actor_is_anonymous(), true, 'a Supabase anonymous sign-in is anonymous');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1')$$, '42501', NULL,
+    'and may not write (a script would be a new user on every sign-in)');
+RESET ROLE;
+SELECT flowgate.set_setting('flowgate.allow_anonymous_users', 'true') \g /dev/null
+SET LOCAL ROLE authenticated;
+SELECT is(flowgate.actor_is_anonymous(), false, 'unless flowgate.allow_anonymous_users is on');
+RESET ROLE;
+SELECT flowgate.reset_setting('flowgate.allow_anonymous_users') \g /dev/null
+SET LOCAL ROLE authenticated;
 
 -- The anon key: a JWT without sub.
 SET LOCAL ROLE anon;

@@ -146,8 +146,8 @@ SET LOCAL ROLE service_role;
 SELECT is((SELECT count(*)::int FROM flowgate.settings), 6, 'service_role reads every stored setting');
 RESET ROLE;
 SELECT is((SELECT array_agg(key ORDER BY key) FROM flowgate.setting_definitions()
-            WHERE (default_value::text ~ '^"https?://' OR key ~ '(secret|token|password|passphrase|channel|team|organization|admins)')
-              AND key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$'), NULL,
+            WHERE (default_value::text ~ '^"https?://' OR key ~ '(secret|token|password|passphrase|channel|team|organization|admins|flow_limits)')
+              AND key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins|flow_limits)$'), NULL,
     'every documented key that names a URL, secret, channel, team, organisation or admins is one the policy hides');
 
 -- =============================================================================================

@@ -31,7 +31,7 @@ CREATE TRIGGER settings_guard BEFORE INSERT OR UPDATE ON flowgate.settings
 -- flowgate.current_actor() reads the role lists with the caller's rights.
 ALTER TABLE flowgate.settings ENABLE ROW LEVEL SECURITY;
 CREATE POLICY public_keys ON flowgate.settings FOR SELECT
-    USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins)$');
+    USING (key !~ '(_url|_secret|_token|_key|_password|_passphrase|_id|_ids|_channel|admins|flow_limits)$');
 DO $grant$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN

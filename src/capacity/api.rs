@@ -293,6 +293,7 @@ mod capacity {
             trusted: false,
             delegated_by: Some(format!("slack:{user_id}")),
             nameless: false,
+            anonymous_sign_in: false,
         })
     }
 

@@ -216,18 +216,28 @@ fn slack_root(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<
     }
     let response = call.response.clone().unwrap_or(Value::Null);
     if response["ok"].as_bool() != Some(true) {
-        // Slack reports errors with HTTP 200 and ok=false (invalid_auth, channel_not_found, ...).
-        return Err(CoreError::Internal(format!(
-            "Slack refused the message: {}",
-            response["error"]
-        )));
+        // Slack reports errors with HTTP 200 and ok=false (invalid_auth, channel_not_found, ...):
+        // a configuration to fix, not a bug (0A000 with what to do).
+        let error: String = response["error"]
+            .as_str()
+            .unwrap_or("no error given")
+            .chars()
+            .take(100)
+            .collect();
+        return Err(CoreError::MissingDependency {
+            feature: format!("posting the Slack message of request {}", call.owner_id),
+            dependency: format!("a bot token and channel Slack accepts (Slack answered ok=false: {error})"),
+            hint: "fix the slack_bot_token secret or capacity.slack_channel, then flowgate.rerun_handlers() with this delivery's id".into(),
+        });
     }
     let (channel, ts) = match (response["channel"].as_str(), response["ts"].as_str()) {
         (Some(c), Some(t)) => (c.to_string(), t.to_string()),
         _ => {
-            return Err(CoreError::Internal(format!(
-                "Slack response without channel/ts: {response}"
-            )))
+            return Err(CoreError::MissingDependency {
+                feature: format!("threading the Slack messages of request {}", call.owner_id),
+                dependency: "a chat.postMessage answer with channel and ts".into(),
+                hint: "check capacity.slack_api_url points at Slack's Web API, then flowgate.rerun_handlers()".into(),
+            })
         }
     };
     client.update(

@@ -60,6 +60,11 @@ pub struct Actor {
     /// the role, which every such caller shares.
     #[serde(skip)]
     pub nameless: bool,
+    /// A Supabase anonymous sign-in (`is_anonymous: true` in believed claims): a real subject,
+    /// but one a script gets anew on every sign-in, so per-user limits would not hold. Treated
+    /// as anonymous unless `flowgate.allow_anonymous_users` is on (the session resolver reads it).
+    #[serde(skip)]
+    pub anonymous_sign_in: bool,
 }
 
 impl Actor {
@@ -72,22 +77,22 @@ impl Actor {
             trusted: true,
             delegated_by: None,
             nameless: false,
+            anonymous_sign_in: false,
         }
     }
 
     /// 42501 for an anonymous caller (`action` says what was refused): a session whose role is
-    /// `anon`, or whose JWT names no subject, and that is not trusted. Every such caller would be
+    /// `anon`, or whose JWT names no subject, or a Supabase anonymous sign-in (see
+    /// `anonymous_sign_in`), and that is not trusted. Every such caller would be
     /// the same actor, so a write in its name would be everyone's (the Supabase anon key has no
     /// subject; neither has a token minted for a role without one).
     pub fn refuse_anonymous(&self, action: &str) -> CoreResult<()> {
-        if !self.trusted
-            && self.source == ActorSource::Session
-            && (self.role == "anon" || self.nameless)
-        {
+        let shared = self.source == ActorSource::Session && (self.role == "anon" || self.nameless);
+        if !self.trusted && (shared || self.anonymous_sign_in) {
             return Err(CoreError::PermissionDenied {
                 actor: self.id.clone(),
                 action: action.into(),
-                allowed: "signed-in users (a JWT with a sub claim) and trusted sessions".into(),
+                allowed: "signed-in users (a JWT with a sub claim, not an anonymous sign-in unless flowgate.allow_anonymous_users is on) and trusted sessions".into(),
             });
         }
         Ok(())
@@ -160,6 +165,7 @@ pub fn validate_actor_id(what: &str, id: &str) -> CoreResult<()> {
 pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
     let mut sub: Option<String> = None;
     let mut role: Option<String> = None;
+    let mut anonymous_sign_in = false;
     if !facts.claims_count {
         return Ok(Actor {
             id: facts.login.unwrap_or(facts.current_user).to_owned(),
@@ -168,6 +174,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
             trusted: facts.trusted,
             delegated_by: None,
             nameless: false,
+            anonymous_sign_in: false,
         });
     }
 
@@ -193,6 +200,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
                 ))
             }
         }
+        anonymous_sign_in = obj.get("is_anonymous") == Some(&serde_json::Value::Bool(true));
         if let Some(serde_json::Value::String(r)) = obj.get("role") {
             if !r.trim().is_empty() {
                 role = Some(r.clone());
@@ -217,6 +225,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
                 trusted: facts.trusted,
                 delegated_by: None,
                 nameless: false,
+                anonymous_sign_in,
             }
         }
         None => Actor {
@@ -226,6 +235,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
             trusted: facts.trusted,
             delegated_by: None,
             nameless: facts.has_claims(),
+            anonymous_sign_in: false,
         },
     };
     Ok(actor)
@@ -256,6 +266,7 @@ pub fn act_on_behalf(session: Actor, on_behalf_of: Option<&str>) -> CoreResult<A
         trusted: false,
         delegated_by: Some(session.id),
         nameless: false,
+        anonymous_sign_in: false,
     })
 }
 

@@ -289,6 +289,33 @@ pub fn record_outcome(
             &[duration_ms.into()],
         )?,
     };
+    // A job's status row held by an open transaction (a `run_job` inside a transaction not yet
+    // committed) is not waited for: the worker would stop every job behind it until that
+    // transaction ends. The run is then kept in flowgate.job_runs only (a failure always is).
+    let held = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM flowgate.job_status WHERE job = $1) \
+            AND NOT EXISTS (SELECT FROM flowgate.job_status WHERE job = $1 FOR UPDATE SKIP LOCKED)",
+        &[job.into()],
+    )?
+    .unwrap_or(false);
+    if held {
+        if keep_history {
+            Spi::run_with_args(
+                "INSERT INTO flowgate.job_runs (job, runner, started_at, duration_ms, status, result, error) \
+                 VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN 'ok' ELSE 'error' END, CASE WHEN $5 THEN $6 END, \
+                         CASE WHEN $5 THEN NULL ELSE $6 END)",
+                &[
+                    job.into(),
+                    runner.as_str().into(),
+                    started.into(),
+                    duration_ms.into(),
+                    ok.into(),
+                    clip(text).into(),
+                ],
+            )?;
+        }
+        return Ok(());
+    }
     Spi::run_with_args(
         "WITH latest AS ( \
            INSERT INTO flowgate.job_status AS s (job, runs, failures, last_runner, last_started_at, last_duration_ms, \

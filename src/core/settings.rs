@@ -92,6 +92,12 @@ pub const CORE: &[Definition] = &[
         doc: "The roles PostgREST logs in as (Supabase: authenticator). request.jwt.claims is believed only in sessions that logged in as one of these, or as a trusted role; anywhere else the actor is the database role.",
     },
     Definition {
+        key: "flowgate.allow_anonymous_users",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Whether Supabase anonymous sign-ins (a JWT with is_anonymous: true) act as users. Off: they are refused as anonymous callers are (42501), since a script gets a new subject on every sign-in and per-user limits (intake's max_claims_per_user) would not hold.",
+    },
+    Definition {
         key: "flowgate.http_transport",
         kind: Kind::OneOf(&["auto", "pg_net", "native"]),
         default: r#""auto""#,

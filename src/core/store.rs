@@ -177,7 +177,12 @@ pub fn session_actor(with_trust: bool) -> CoreResult<Actor> {
             facts.login = Some(&login);
         }
     }
-    actor::resolve(&facts)
+    let mut actor = actor::resolve(&facts)?;
+    // Read only for such sessions: the setting costs a look-up no other caller pays.
+    if actor.anonymous_sign_in && get_bool("flowgate.allow_anonymous_users")? {
+        actor.anonymous_sign_in = false;
+    }
+    Ok(actor)
 }
 
 /// The actor a call runs as (trust computed), honouring `on_behalf_of` for trusted sessions only.

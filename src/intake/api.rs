@@ -165,6 +165,9 @@ mod intake {
                         .into(),
                 });
             }
+            // A Supabase anonymous sign-in is a new subject per sign-in: per-user limits would
+            // not hold (unless flowgate.allow_anonymous_users).
+            actor.refuse_anonymous("claim as an anonymous sign-in")?;
             claim_for(pool_id, &actor.id)
         };
         Ok(run()?)

@@ -103,3 +103,44 @@ pub fn names() -> Vec<&'static str> {
         names
     }
 }
+
+/// A response body as the JSON a handler reads: None when it is not JSON. A string holding NUL
+/// (`\u0000`), which no `text` or `jsonb` value can hold, has it replaced by U+FFFD, so a
+/// remote's id or message a handler stores (a Slack `ts`, a Linear issue id, an API's error)
+/// is never cut short or refused when it is written.
+pub fn response_json(text: &str) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(text).ok()?;
+    without_nul(&mut v);
+    Some(v)
+}
+
+/// Replace NUL in every string and key of `v` (nesting is bounded by serde_json's own limit).
+fn without_nul(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(without_nul),
+        serde_json::Value::Object(m) => {
+            if m.keys().any(|k| k.contains('\0')) {
+                *m = std::mem::take(m)
+                    .into_iter()
+                    .map(|(k, x)| (k.replace('\0', "\u{FFFD}"), x))
+                    .collect();
+            }
+            m.values_mut().for_each(without_nul);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn response_json_holds_no_nul() {
+        let v = response_json(r#"{"ok": true, "ts": "1\u00002", "a\u0000": ["x\u0000"]}"#).unwrap();
+        assert_eq!(v["ts"], "1\u{FFFD}2");
+        assert_eq!(v["a\u{FFFD}"][0], "x\u{FFFD}");
+        assert!(response_json("not json").is_none());
+    }
+}
