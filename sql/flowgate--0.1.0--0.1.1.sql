@@ -281,10 +281,10 @@ $$;
 COMMENT ON FUNCTION ops.ingest_applying(uuid) IS
   'Whether ops.ingest_event in this session is applying an event to the release right now, or a restore is loading the table (a COPY by a role row security does not apply to); the gate triggers then leave the release''s evaluation to the ingest, or its stored statuses as the dump has them.';
 
--- auto uses pg_net only where PUBLIC can neither read its request queue nor write its
--- responses (pg_net as installed grants both).
+-- auto uses pg_net only where no other role can read it or tamper with it, the caller may use
+-- it, and a pg_net worker serves this database (pg_net as installed grants PUBLIC everything).
 COMMENT ON FUNCTION flowgate.effective_transport() IS
-  'The transport the outbox uses now, pg_net or native: the flowgate.http_transport setting, with auto meaning pg_net when that extension is installed and PUBLIC can neither read its request queue nor write its responses, else native.';
+  'The transport the outbox uses now, pg_net or native: the flowgate.http_transport setting, with auto meaning pg_net where that extension is installed, closed to other roles, usable by the caller and served by a pg_net worker in this database, else native.';
 
 
 -- Exceptions: a revocation is recorded beside the approval it withdraws (0.1.0 wrote the revoker
@@ -873,15 +873,10 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.mark_default_requirement() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
-    -- service_role, where the installing role's defaults gave it owner's rights on these
-    -- schemas (0.1.0 left them): taken back as a fresh install does (finalize.sql).
-    IF EXISTS (SELECT FROM pg_catalog.pg_default_acl d CROSS JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) a
-                 JOIN pg_catalog.pg_roles g ON g.oid = a.grantee
-                WHERE g.rolname = 'service_role'
-                  AND d.defaclrole = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
-                  AND (d.defaclnamespace = 0 OR d.defaclnamespace IN (SELECT oid FROM pg_catalog.pg_namespace
-                                                                       WHERE nspname IN ('flowgate', 'capacity', 'intake', 'provisioning', 'ops'))))
-       AND current_user <> 'service_role' THEN
+    -- service_role keeps its reads and API, never an owner's rights (0.1.0 left what default
+    -- privileges gave it, whoever installed it): taken back as a fresh install does
+    -- (finalize.sql). The install granted it no write, so nothing it needs goes.
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') AND current_user <> 'service_role' THEN
         REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER
             ON ALL TABLES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
         REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;

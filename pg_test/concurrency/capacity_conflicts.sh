@@ -100,4 +100,20 @@ ids=$(q "SELECT count(DISTINCT capacity_request_id) FROM capacity.capacity_reque
 again=$(q "$create")
 [ "$ids" -eq 1 ] && [ "$(q "SELECT count(*) FROM capacity.capacity_request_events WHERE capacity_request_id = '$again' AND event_type = 'REQUEST_SUBMITTED'")" -eq 1 ] \
   || fail "the key made $ids requests, or the retry did not return the first"
-echo "ok 7 - capacity: the same idempotency key from a REPEATABLE READ transaction that waited for it: 40001 (retry), then the first request"
+# And without waiting: the other call committed after this transaction's snapshot was taken.
+key2="rr-key2-$$"
+create2="SELECT capacity.create_capacity_request('ae-1', 'infra', '24XL', 1, 'us-east-1', idempotency_key => '$key2') -> 'request' ->> 'id'"
+out=$(mktemp)
+psql -X -q -c "SET client_min_messages = notice" -c "BEGIN ISOLATION LEVEL REPEATABLE READ" -c "SELECT 1" -c "SELECT pg_sleep(2)" \
+     -c "DO \$\$ BEGIN PERFORM ($create2); RAISE NOTICE 'state=00000'; EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'state=%', SQLSTATE; END \$\$" \
+     -c "COMMIT" > "$out" 2>&1 &
+late=$!
+for _ in $(seq 1 50); do
+  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'")" -eq 1 ] && break
+  sleep 0.1
+done
+q "$create2" >/dev/null
+wait "$late"
+rr2=$(sed -n 's/.*state=\([0-9A-Z]*\).*/\1/p' "$out"); rm -f "$out"
+[ "$rr2" = 40001 ] || fail "a REPEATABLE READ creation whose snapshot missed a committed creation with its key raised ${rr2:-nothing}, expected 40001"
+echo "ok 7 - capacity: the same idempotency key from a REPEATABLE READ transaction, after waiting for it or with a snapshot from before it: 40001 (retry), then the first request"

@@ -90,3 +90,20 @@ q "SELECT intake.drop_pool('$P')" >/dev/null
 [ "$dlq" -eq 0 ] && [ "$committed" -eq 1 ] && [ "$consumed" -eq 1 ] || fail "after the replay: committed $committed, consumed $consumed, DLQ $dlq (want 1, 1, 0)"
 [ "$v_max" -eq 1 ] || fail "the webhook saw the replayed intent $v_max times (want once)"
 echo "ok 2 - intake: an intent dead-lettered while its answer's handler failed commits once replayed, on the stored answer (webhook called once)"
+
+# A webhook that accepts with JSON holding a NUL escape (`\u0000`, which no text or jsonb
+# value can store): the answer is kept with U+FFFD in its place and the intent commits, where
+# the handler used to fail on it and the validated intent went to the DLQ.
+P=${P%_dlq}_nul
+q "SELECT intake.create_pool('$P', 3, '{\"validation_webhook_url\": \"$T/nuljson\",
+   \"visibility_timeout_seconds\": 1, \"max_retries\": 3, \"batch_size\": 10}')" >/dev/null
+q "SELECT intake.claim_resource('$P', 'buyer-3')" >/dev/null
+for _ in $(seq 1 80); do
+  [ "$(q "SELECT count(*) FROM pgmq.q_intake_$P")" -eq 0 ] && break
+  drive; sleep 0.25
+done
+ts=$(q "SELECT message -> 'validation' ->> 'ts' FROM pgmq.a_intake_$P WHERE message ->> 'state' = 'committed'")
+dlq=$(q "SELECT count(*) FROM pgmq.q_intake_${P}_dlq")
+q "SELECT intake.drop_pool('$P')" >/dev/null
+[ "$dlq" -eq 0 ] && [ "$ts" = "1"$'\xef\xbf\xbd'"2" ] || fail "a NUL in the webhook's answer: committed ts ${ts:-none}, DLQ $dlq"
+echo "ok 3 - intake: a webhook answer holding a NUL escape is stored with U+FFFD and the intent commits"

@@ -31,6 +31,9 @@ q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key'"
 # A run of a job inside a transaction left open (flowgate.run_job('intake.metrics') then
 # pg_sleep) holds that job's status row: the worker does not wait for it, and goes on running
 # every job (a delivery enqueued meanwhile is sent within the usual time).
+# (A pool with a claim, so that the open run holds that pool's totals too.)
+q "SELECT intake.create_pool('worker_held_$$', 5, '{\"drain_mode\": \"external\"}')" >/dev/null
+q "SELECT intake.claim_resource('worker_held_$$', 'held-user')" >/dev/null
 psql -X -q -c "BEGIN" -c "SELECT flowgate.run_job('intake.metrics')" -c "SELECT pg_sleep(5)" -c "COMMIT" >/dev/null &
 holder=$!
 for _ in $(seq 1 50); do
@@ -47,7 +50,8 @@ done
 held_status=$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key'")
 wait "$holder"
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key'"
-[ "$held_status" = delivered ] || fail "with a job's status row held by an open transaction, the worker stalled (delivery $held_status after 2 s)"
+q "SELECT intake.drop_pool('worker_held_$$')" >/dev/null
+[ "$held_status" = delivered ] || fail "with a job's status row and a pool's totals held by an open transaction, the worker stalled (delivery $held_status after 2 s)"
 
 # A job that fails on every tick (intake.metrics, broken by a trigger) must not undo or repeat
 # another job's work: each job runs in its own transaction, so 20 deliveries are each sent once.

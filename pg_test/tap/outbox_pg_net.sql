@@ -14,7 +14,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_net')
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(19);
+SELECT plan(21);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_net') AS made_pg_net \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pg_net;
@@ -59,6 +59,26 @@ CREATE TRIGGER tap_pgnet_peek BEFORE INSERT ON net.http_request_queue FOR EACH R
 SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL, 'or where a user trigger sits on the queue');
 DROP TRIGGER tap_pgnet_peek ON net.http_request_queue;
 DROP FUNCTION public.tap_pgnet_peek();
+-- Closed, pg_net is usable only by a runner that may queue, withdraw and read responses (pg_net's
+-- owner keeps every right; on Supabase the outbox runs as postgres, which does not own them).
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tap_pgnet_runner') THEN CREATE ROLE tap_pgnet_runner NOLOGIN; END IF;
+END $$;
+SET ROLE tap_pgnet_runner;
+SELECT throws_ok('SELECT flowgate.effective_transport()', '0A000', NULL,
+                 'a runner that may not queue on pg_net is refused it (the hint names the grants)');
+RESET ROLE;
+GRANT USAGE ON SCHEMA net TO tap_pgnet_runner;
+GRANT SELECT, INSERT, DELETE ON net.http_request_queue TO tap_pgnet_runner;
+GRANT SELECT, DELETE ON net._http_response TO tap_pgnet_runner;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA net TO tap_pgnet_runner;
+SET ROLE tap_pgnet_runner;
+SELECT is(flowgate.effective_transport(), 'pg_net', 'granted them, it carries deliveries on pg_net');
+RESET ROLE;
+REVOKE ALL ON ALL TABLES IN SCHEMA net FROM tap_pgnet_runner;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA net FROM tap_pgnet_runner;
+REVOKE USAGE ON SCHEMA net FROM tap_pgnet_runner;
+DROP ROLE tap_pgnet_runner;
 -- Closed to PUBLIC but open to PostgREST's authenticated role by a grant of its own is open too.
 SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') AS has_authenticated \gset
 \if :has_authenticated

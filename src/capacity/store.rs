@@ -295,6 +295,20 @@ pub fn check_commercial_owner(owner: &str) -> CoreResult<()> {
     ))
 }
 
+/// Whether the transaction reads one snapshot throughout (REPEATABLE READ, SERIALIZABLE).
+fn snapshot_per_transaction() -> bool {
+    // SAFETY: reads the transaction's isolation level, set for the whole transaction.
+    unsafe { pgrx::pg_sys::XactIsoLevel >= pgrx::pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// 40001 for a creation whose key a concurrent call used after this transaction's snapshot.
+fn key_taken_since_snapshot(key: &str) -> CoreError {
+    CoreError::Busy {
+        what: format!("idempotency key {key:?} (a concurrent call used it: what it made is not in this transaction's snapshot)"),
+        hint: "retry the transaction: the retry returns the request that call made".into(),
+    }
+}
+
 /// Create a request (REQUEST_SUBMITTED), then auto-approve it when it is cheap enough.
 /// Returns the request id and whether it already existed (idempotency key reused).
 pub fn create(
@@ -321,12 +335,8 @@ pub fn create(
                 &[actor.id.as_str().into(), k.into()],
             )
             .map_err(CoreError::from)?;
-            // SAFETY: reads the transaction's isolation level, set for the whole transaction.
-            if unsafe { pgrx::pg_sys::XactIsoLevel } >= pgrx::pg_sys::XACT_REPEATABLE_READ as i32 {
-                return Err(CoreError::Busy {
-                    what: format!("idempotency key {k:?} (a concurrent call held it: what it made is not in this transaction's snapshot)"),
-                    hint: "retry the transaction: the retry returns the request that call made".into(),
-                });
+            if snapshot_per_transaction() {
+                return Err(key_taken_since_snapshot(k));
             }
         }
         let earlier = Spi::connect(|client| -> CoreResult<Option<String>> {
@@ -389,7 +399,22 @@ pub fn create(
         )? as u32,
         new_request: Some(request),
     };
-    eventstore::apply::<CapacityFlow>(&id, &cmd, actor, key)?;
+    // A REPEATABLE READ or SERIALIZABLE caller whose snapshot is older than a concurrent
+    // creation with the same key did not see it: the key's unique index refuses this one, and
+    // the caller is told to retry (40001), which returns that request.
+    if key.is_some() && snapshot_per_transaction() {
+        let created = crate::core::subxact::run_only(&["23505"], || {
+            eventstore::apply::<CapacityFlow>(&id, &cmd, actor, key)
+        });
+        match created {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => return Err(key_taken_since_snapshot(key.unwrap_or_default())),
+        }
+    } else {
+        eventstore::apply::<CapacityFlow>(&id, &cmd, actor, key)?;
+    }
 
     let threshold = core_store::get_i64("capacity.auto_approve_below_usd")?;
     // A requester's own estimate approves nothing unless the operator said it may.

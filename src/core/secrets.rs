@@ -150,8 +150,10 @@ pub fn storage(client: &SpiClient<'_>, feature: &str) -> CoreResult<Storage> {
 
 /// What a failed Vault read means. Vault decrypts in its view: a data exception (class 22:
 /// pgsodium's "invalid ciphertext", text that is not UTF-8) is a secret stored under another
-/// root key (a backup restored elsewhere); a refused read is a missing grant; anything else (a
-/// lock or statement timeout, a deadlock) is passing, and the caller's round is retried.
+/// root key (a backup restored elsewhere); a refused read is a missing grant; a lock or
+/// statement timeout, a deadlock or a serialization failure is passing, and the caller's round
+/// is retried; anything else (a Vault that cannot load its root key) is a missing dependency of
+/// the deliveries that name a secret, never a failure of every round.
 pub fn vault_read_failed(name: &str, caught: &super::subxact::Caught) -> CoreError {
     let feature = format!("reading secret {name:?}");
     if caught.sqlstate.starts_with("22") {
@@ -166,11 +168,21 @@ pub fn vault_read_failed(name: &str, caught: &super::subxact::Caught) -> CoreErr
             dependency: "read access to vault.decrypted_secrets".into(),
             hint: "GRANT SELECT ON vault.decrypted_secrets to the role that runs the outbox (the owner of flowgate's functions)".into(),
         }
-    } else {
+    } else if matches!(
+        caught.sqlstate.as_str(),
+        "55P03" | "40P01" | "40001" | "57014"
+    ) || caught.sqlstate.starts_with("53")
+    {
         CoreError::Busy {
             what: format!("{feature} from Vault (SQLSTATE {})", caught.sqlstate),
             hint: "a passing failure (a lock or statement timeout); the next round reads it again"
                 .into(),
+        }
+    } else {
+        CoreError::MissingDependency {
+            feature,
+            dependency: format!("a Vault that can decrypt (it raised SQLSTATE {})", caught.sqlstate),
+            hint: "check supabase_vault's root key (its getkey script or pgsodium's server key) in the server log".into(),
         }
     }
 }

@@ -101,7 +101,7 @@ pub const CORE: &[Definition] = &[
         key: "flowgate.http_transport",
         kind: Kind::OneOf(&["auto", "pg_net", "native"]),
         default: r#""auto""#,
-        doc: "How deliveries are sent: pg_net (net.http_post after the claim commits, responses read by flowgate.collect), native (flowgate's Rust client, with no transaction open), or auto (pg_net when installed and neither PUBLIC nor anon or authenticated can read net.http_request_queue or write net._http_response).",
+        doc: "How deliveries are sent: pg_net (net.http_post after the claim commits, responses read by flowgate.collect), native (flowgate's Rust client, with no transaction open), or auto (pg_net where installed, closed to other roles, usable by the runner and served by a pg_net worker in this database; README: the outbox's transports).",
     },
     Definition {
         key: "flowgate.http_timeout_ms",

@@ -43,6 +43,23 @@ fn must_propagate(code: PgSqlErrorCode) -> bool {
 /// Run `step` in a subtransaction. `Ok(Ok(_))` keeps its writes; `Ok(Err(_))` (an error the
 /// step returned) and `Err(Caught)` (an error it raised, or a panic) roll them back.
 pub fn run<R, E>(step: impl FnOnce() -> Result<R, E>) -> Result<Result<R, E>, Caught> {
+    run_catching(None, step)
+}
+
+/// [`run`] that catches only errors whose SQLSTATE is in `codes`: any other error raised in the
+/// step is rolled back and continues to the caller as it was raised (its SQLSTATE, message,
+/// detail and hint intact).
+pub fn run_only<R, E>(
+    codes: &[&str],
+    step: impl FnOnce() -> Result<R, E>,
+) -> Result<Result<R, E>, Caught> {
+    run_catching(Some(codes), step)
+}
+
+fn run_catching<R, E>(
+    codes: Option<&[&str]>,
+    step: impl FnOnce() -> Result<R, E>,
+) -> Result<Result<R, E>, Caught> {
     // SAFETY: this is the sequence PL/pgSQL's exec_stmt_block uses. We are inside a transaction
     // (every SQL-callable function is); the memory context and resource owner saved here are
     // valid for the whole call and are restored on both paths before returning. SPI
@@ -80,7 +97,8 @@ pub fn run<R, E>(step: impl FnOnce() -> Result<R, E>) -> Result<Result<R, E>, Ca
                     (ereport.sql_error_code(), ereport.message().to_owned())
                 }
             };
-            if must_propagate(code) {
+            let caught_here = codes.is_none_or(|c| c.contains(&sqlstate_text(code).as_str()));
+            if must_propagate(code) || !caught_here {
                 cause.rethrow();
             }
             Err(Caught {

@@ -196,21 +196,13 @@ pub fn commit_body(pool: &str, msg_id: i64, message: &Value) -> Value {
     json!({"payload": ledger_payload(pool, msg_id, message)})
 }
 
-/// Keep what the webhook answered, bounded: a JSON value up to 4 KiB, else a marker. The record
-/// only informs: an answer `jsonb` cannot hold (a NUL character, `\u0000`) is a marker too, not
-/// a failure that would keep a validated intent from committing.
+/// Keep what the webhook answered, bounded: a JSON value up to 4 KiB, else a marker. (The
+/// outbox hands handlers answers whose strings hold no NUL, which `jsonb` could not store:
+/// `core::outbox::handlers::response_json`.)
 pub fn validation_record(response: Option<&Value>, text: &str) -> Value {
     match response {
-        Some(v) => {
-            let printed = v.to_string();
-            if printed.len() > 4096 {
-                json!({"truncated": true})
-            } else if printed.contains("\\u0000") {
-                json!({"unstorable": "the answer holds a NUL character, which jsonb cannot store"})
-            } else {
-                v.clone()
-            }
-        }
+        Some(v) if v.to_string().len() <= 4096 => v.clone(),
+        Some(_) => json!({"truncated": true}),
         None if text.is_empty() => Value::Null,
         None => {
             json!({"text": text.chars().take(512).map(|c| if c == '\0' { '\u{FFFD}' } else { c }).collect::<String>()})
@@ -374,12 +366,6 @@ mod unit_tests {
             json!({"truncated": true})
         );
         assert_eq!(validation_record(None, ""), Value::Null);
-        // What jsonb cannot hold is kept as a marker, never an error.
-        assert!(
-            validation_record(Some(&json!({"ok": true, "ts": "1\u{0}2"})), "")
-                .get("unstorable")
-                .is_some()
-        );
         assert_eq!(
             validation_record(None, "a\u{0}b")["text"],
             json!("a\u{FFFD}b")

@@ -11,12 +11,13 @@ use crate::intake::pool::PoolId;
 use crate::intake::pools;
 
 /// Fold the pool's outcome log into its totals, then write one metrics row from counters alone.
-/// `None` when the pool was dropped meanwhile.
+/// `None` when the pool was dropped meanwhile, or another transaction is sampling it.
 ///
 /// The pool is held first ([`pools::hold`]): a drop waits for the sample, or the sample
 /// for the drop and finds the pool gone; the two never wait for each other.
 ///
-/// A pool whose slot counter has reached its inventory first gets back the slots of claims
+/// A pool whose slot counter has reached its inventory, with no given-back slot waiting, first
+/// gets back the slots of claims
 /// that aborted after taking their number ([`pools::reclaim_slots`]: a client that
 /// disconnected, a statement timeout, a caller's rollback), so it does not answer "sold out"
 /// while such slots are still free: the job that samples every pool does this within seconds.
@@ -28,7 +29,23 @@ pub fn collect_metrics(
     if !pools::hold(client, pool)? {
         return Ok(None);
     }
-    if pools::handed_out(client, pool)? >= i64::from(inventory) {
+    // One sample of a pool at a time, and never a wait for another: a sample taken in a
+    // transaction left open (a `flowgate.run_job('intake.metrics')` not yet committed) holds
+    // the pool's totals, and the worker, which runs every job in turn, would wait behind it.
+    let free = prepared::exec(
+        client,
+        "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('flowgate.intake.metrics:' || $1, 0))",
+        &[pool.as_str().into()],
+    )?
+    .first()
+    .get_one::<bool>()?
+    .unwrap_or(false);
+    if !free {
+        return Ok(None);
+    }
+    if pools::handed_out(client, pool)? >= i64::from(inventory)
+        && !pools::has_released_slots(client, pool)?
+    {
         pools::reclaim_slots(client, pool)?;
     }
     prepared::exec(client, "WITH folded AS (DELETE FROM intake.outcome_log WHERE pool_id = $1 RETURNING outcome, n), \

@@ -319,6 +319,19 @@ pub fn handed_out(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<i64> {
         .unwrap_or(0))
 }
 
+/// Whether the pool has given-back slots waiting for a claim.
+pub fn has_released_slots(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
+    Ok(client
+        .select(
+            "SELECT EXISTS (SELECT FROM intake.released_slots WHERE pool_id = $1)",
+            Some(1),
+            &[pool.as_str().into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false))
+}
+
 /// Give back slots whose claim aborted after taking its number (the sequence does not roll
 /// back): available slots at or below the counter that no claim holds.
 pub fn reclaim_slots(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<i64> {

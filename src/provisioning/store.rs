@@ -176,20 +176,14 @@ pub fn sync_schema(only: Option<&str>) -> ProvisioningResult<Value> {
         // (queued already), not an error that would roll back every other client's job.
         let mut ids = Vec::with_capacity(behind.len());
         for id in behind {
-            match crate::core::subxact::run(|| enqueue_job(client, &id, "schema_sync")) {
+            // Only the unique violation is caught; any other error stands as raised.
+            let queued = crate::core::subxact::run_only(&["23505"], || {
+                enqueue_job(client, &id, "schema_sync")
+            });
+            match queued {
                 Ok(Ok(_)) => ids.push(id),
                 Ok(Err(e)) => return Err(e),
-                Err(c) if c.sqlstate == "23505" => {}
-                Err(c) => {
-                    return Err(CoreError::Busy {
-                        what: format!(
-                            "queueing schema_sync for client {id} (SQLSTATE {})",
-                            c.sqlstate
-                        ),
-                        hint: "call provisioning.sync_schema() again".into(),
-                    }
-                    .into())
-                }
+                Err(_already_queued) => {}
             }
         }
         Ok(json!({"target_version": target, "queued": ids}))

@@ -178,6 +178,8 @@ fn respond(path: &str, key: &str, auth: &str, body: &str, seen: u32) -> (u16, St
     let mut parts = path.trim_start_matches('/').split('/');
     match (parts.next().unwrap_or(""), parts.next()) {
         ("ok", _) => ok(),
+        // A 2xx whose JSON holds a NUL escape, which no text or jsonb value can store.
+        ("nuljson", _) => (200, String::new(), r#"{"ok":true,"ts":"1\u00002"}"#.into()),
         ("auth", _) if auth == format!("Bearer {TEST_TOKEN}") => ok(),
         ("auth", _) => (401, String::new(), "{\"error\":\"invalid_auth\"}".into()),
         ("status", Some(code)) => (

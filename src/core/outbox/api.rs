@@ -111,8 +111,8 @@ fn set_secret(name: Option<&str>, value: Option<&str>) -> Result<String, ErrorRe
 }
 
 /// The transport the outbox uses now, `pg_net` or `native`: the `flowgate.http_transport`
-/// setting, with `auto` meaning pg_net when that extension is installed and PUBLIC can neither
-/// read its request queue nor write its responses, else native.
+/// setting, with `auto` meaning pg_net where that extension is installed, closed to other
+/// roles, usable by the caller and served by a pg_net worker in this database, else native.
 #[documented]
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]

@@ -40,8 +40,13 @@ pub fn collect() -> CoreResult<Collected> {
     let policy = record::retry_policy()?;
     let lease = settings::get_i64("flowgate.in_flight_lease_seconds")?;
     let mut out = Collected::default();
-    let has_pg_net = Spi::get_one::<bool>("SELECT to_regclass('net._http_response') IS NOT NULL")?
-        .unwrap_or(false);
+    // pg_net's responses, where this role may read them (a role pg_net was closed to finds
+    // none: its in-flight pg_net deliveries lapse, and everything else is still collected).
+    let has_pg_net = Spi::get_one::<bool>(
+        "SELECT CASE WHEN to_regclass('net._http_response') IS NULL THEN false \
+                     ELSE has_table_privilege('net._http_response', 'SELECT') END",
+    )?
+    .unwrap_or(false);
     // Before `ALTER EXTENSION flowgate UPDATE` the schema may have no epoch: ids are matched
     // alone, as before.
     let epochs = super::transport::pg_net_epoch_supported();
@@ -137,8 +142,8 @@ pub fn collect() -> CoreResult<Collected> {
         let rows = prepared::exec(
             client,
             &format!(
-                "SELECT id, CASE WHEN {gone} THEN 1 WHEN {lapsed} THEN 0 ELSE 2 END, \
-                        CASE WHEN transport = 'pg_net' THEN transport_ref END FROM flowgate.deliveries \
+                "SELECT id, CASE WHEN {lapsed} THEN 0 WHEN {gone} THEN 1 ELSE 2 END, \
+                        CASE WHEN transport = 'pg_net' AND NOT {gone} THEN transport_ref END FROM flowgate.deliveries \
                   WHERE status = 'in_flight' AND ({lapsed} OR {gone} OR {restarted}) \
                   ORDER BY id LIMIT $2 \
                     FOR UPDATE SKIP LOCKED"
@@ -152,7 +157,8 @@ pub fn collect() -> CoreResult<Collected> {
                 2 => Gone::Restarted,
                 _ => Gone::Lapsed,
             };
-            // Its request id names it only within its epoch (without epochs: not withdrawn).
+            // Its request id names it only within its epoch: one from an earlier epoch is never
+            // withdrawn by id (without epochs: none is).
             let pg_net_ref = if epochs { row.get::<i64>(3)? } else { None };
             v.push((row.get::<i64>(1)?.unwrap_or_default(), why, pg_net_ref));
         }

@@ -26,8 +26,8 @@ impl Transport {
     }
 
     /// The transport in use now: the `flowgate.http_transport` setting, with `auto` meaning
-    /// pg_net when that extension is installed, closed to other roles and served by a pg_net
-    /// worker in this database, else native.
+    /// pg_net when that extension is installed, closed to other roles, usable by this role and
+    /// served by a pg_net worker in this database, else native.
     ///
     /// pg_net as installed grants PUBLIC everything on its request queue and response table: any
     /// role could then read a queued request's body, rewrite its URL, write the response
@@ -35,9 +35,11 @@ impl Transport {
     /// on the queue that runs as whoever queues (the outbox's runner). So pg_net carries
     /// deliveries only where no role but superusers, the tables' owners and roles that can act
     /// as the runner anyway holds any write, TRUNCATE, REFERENCES or TRIGGER privilege on either
-    /// table or may set the queue's id sequence; where neither PUBLIC nor PostgREST's `anon` and
-    /// `authenticated` can read them; and where no user trigger sits on either table. Asked for
-    /// by name where it is open, it is refused (0A000) with the REVOKEs that close it.
+    /// table (on any column too) or may set the queue's id sequence; where neither PUBLIC nor
+    /// PostgREST's `anon` and `authenticated` can read them; and where no user trigger sits on
+    /// either table. The runner itself needs to queue (`net.http_*` insert as their caller),
+    /// withdraw and read responses. Asked for by name where it is open or not usable, it is
+    /// refused (0A000) with the statements that fix it.
     ///
     /// pg_net's one worker serves the database `pg_net.database_name` names: elsewhere its queue
     /// is never sent, so `auto` sends natively there.
@@ -46,36 +48,64 @@ impl Transport {
         if wanted == "native" {
             return Ok(Transport::Native);
         }
-        let (has_pg_net, open) = Spi::get_two::<bool, bool>(PG_NET_STATE)?;
-        let (has_pg_net, open) = (has_pg_net.unwrap_or(false), open.unwrap_or(true));
-        match (wanted.as_str(), has_pg_net, open) {
-            ("auto", false, _) | ("auto", true, true) => Ok(Transport::Native),
-            ("auto", true, false) if !pg_net_worker_here()? => Ok(Transport::Native),
-            ("pg_net", true, false) | ("auto", true, false) => Ok(Transport::PgNet),
-            ("pg_net", true, true) => Err(CoreError::MissingDependency {
+        let state = Spi::connect(|client| {
+            let row = client.select(PG_NET_STATE, Some(1), &[])?.first();
+            Ok::<_, CoreError>((
+                row.get::<bool>(1)?.unwrap_or(false),
+                row.get::<bool>(2)?.unwrap_or(true),
+                row.get::<bool>(3)?.unwrap_or(false),
+                row.get::<bool>(4)?.unwrap_or(false),
+            ))
+        })?;
+        let (installed, open, usable, worker_here) = state;
+        let refused = |dependency: &str, hint: String| {
+            Err(CoreError::MissingDependency {
                 feature: "flowgate.http_transport = pg_net".into(),
-                dependency: "a pg_net whose request queue and responses no other role can read, write or put a trigger on".into(),
-                hint: "REVOKE ALL ON ALL TABLES IN SCHEMA net FROM PUBLIC; REVOKE ALL ON ALL SEQUENCES IN SCHEMA net FROM PUBLIC \
-                       (and from every other role but the runner's, anon and authenticated included); drop user triggers on \
-                       net.http_request_queue and net._http_response; or set flowgate.http_transport to auto or native"
+                dependency: dependency.into(),
+                hint,
+            })
+        };
+        match wanted.as_str() {
+            "auto" if installed && !open && usable && worker_here => Ok(Transport::PgNet),
+            "auto" => Ok(Transport::Native),
+            _ if !installed => refused(
+                "the pg_net extension",
+                "CREATE EXTENSION pg_net, or set flowgate.http_transport to auto or native".into(),
+            ),
+            _ if open => refused(
+                "a pg_net whose request queue and responses no other role can read, write or put a trigger on",
+                "REVOKE ALL ON ALL TABLES IN SCHEMA net FROM PUBLIC; REVOKE ALL ON ALL SEQUENCES IN SCHEMA net FROM PUBLIC \
+                 (and from every other role but the runner's, anon and authenticated included, column grants too); drop user \
+                 triggers on net.http_request_queue and net._http_response; or set flowgate.http_transport to auto or native"
                     .into(),
-            }),
-            _ => Err(CoreError::MissingDependency {
-                feature: "flowgate.http_transport = pg_net".into(),
-                dependency: "the pg_net extension".into(),
-                hint: "CREATE EXTENSION pg_net, or set flowgate.http_transport to auto or native"
-                    .into(),
-            }),
+            ),
+            _ if !usable => refused(
+                "a pg_net this role may queue on, withdraw from and read responses of",
+                format!(
+                    "as pg_net's owner: GRANT USAGE ON SCHEMA net TO {r}; GRANT SELECT, INSERT, DELETE ON net.http_request_queue TO {r}; \
+                     GRANT SELECT, DELETE ON net._http_response TO {r}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA net TO {r}",
+                    r = current_role_quoted()?
+                ),
+            ),
+            _ => Ok(Transport::PgNet),
         }
     }
 }
 
-/// Whether pg_net is installed (first column) and open (second): a role other than superusers,
-/// the tables' owners and members of the current role holds a privilege on its request queue,
-/// response table or the queue's id sequence that lets it tamper (PUBLIC, `anon` and
-/// `authenticated` reading them too), or a user trigger sits on either table.
+/// `current_user`, quoted as an identifier.
+fn current_role_quoted() -> CoreResult<String> {
+    Ok(Spi::get_one::<String>("SELECT pg_catalog.quote_ident(current_user)")?.unwrap_or_default())
+}
+
+/// Whether pg_net is installed; whether it is open (a role other than superusers, the tables'
+/// owners and members of the current role holds a privilege on its request queue, response
+/// table or the queue's id sequence that lets it tamper, table-wide or on a column; PUBLIC,
+/// `anon` or `authenticated` may read them; or a user trigger sits on either table); whether
+/// the current role may queue, withdraw and read responses; and whether a pg_net worker serves
+/// this database (pg_net's `pg_net.database_name`, readable by every role where pg_net is
+/// preloaded; or its worker seen in `pg_stat_activity`, whose application name every role sees).
 const PG_NET_STATE: &str = "\
-    SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_net'), \
+    SELECT t.q IS NOT NULL AND t.r IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_net'), \
            CASE WHEN t.q IS NULL OR t.r IS NULL THEN false ELSE \
              EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid IN (t.q, t.r) AND NOT g.tgisinternal) \
              OR EXISTS (SELECT FROM (SELECT 'public'::name, true UNION ALL \
@@ -84,23 +114,25 @@ const PG_NET_STATE: &str = "\
                                         AND o.oid NOT IN (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid IN (t.q, t.r)) \
                                         AND NOT pg_catalog.pg_has_role(o.oid, current_user, 'MEMBER')) x(role, reader) \
                          WHERE pg_catalog.has_schema_privilege(x.role, 'net', 'USAGE') \
-                           AND (pg_catalog.has_table_privilege(x.role, t.q, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') \
-                                OR pg_catalog.has_table_privilege(x.role, t.r, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') \
+                           AND (pg_catalog.has_table_privilege(x.role, t.q, 'DELETE, TRUNCATE, TRIGGER') \
+                                OR pg_catalog.has_table_privilege(x.role, t.r, 'DELETE, TRUNCATE, TRIGGER') \
+                                OR pg_catalog.has_any_column_privilege(x.role, t.q, 'INSERT, UPDATE, REFERENCES') \
+                                OR pg_catalog.has_any_column_privilege(x.role, t.r, 'INSERT, UPDATE, REFERENCES') \
                                 OR (t.s IS NOT NULL AND pg_catalog.has_sequence_privilege(x.role, t.s, 'UPDATE')) \
-                                OR (x.reader AND (pg_catalog.has_table_privilege(x.role, t.q, 'SELECT') \
-                                                  OR pg_catalog.has_table_privilege(x.role, t.r, 'SELECT'))))) END \
+                                OR (x.reader AND (pg_catalog.has_any_column_privilege(x.role, t.q, 'SELECT') \
+                                                  OR pg_catalog.has_any_column_privilege(x.role, t.r, 'SELECT'))))) END, \
+           CASE WHEN t.q IS NULL OR t.r IS NULL THEN false ELSE \
+             pg_catalog.has_schema_privilege('net', 'USAGE') \
+             AND pg_catalog.has_table_privilege(t.q, 'INSERT') AND pg_catalog.has_table_privilege(t.q, 'SELECT') \
+             AND pg_catalog.has_table_privilege(t.q, 'DELETE') AND pg_catalog.has_table_privilege(t.r, 'SELECT') \
+             AND (t.s IS NULL OR pg_catalog.has_sequence_privilege(t.s, 'USAGE')) END, \
+           coalesce(pg_catalog.current_setting('pg_net.database_name', true) = pg_catalog.current_database(), false) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
+                         WHERE (a.backend_type LIKE 'pg\\_net%' OR a.application_name LIKE 'pg\\_net%') \
+                           AND a.datname = pg_catalog.current_database()) \
       FROM (SELECT pg_catalog.to_regclass('net.http_request_queue') AS q, pg_catalog.to_regclass('net._http_response') AS r, \
-                   pg_catalog.to_regclass(pg_catalog.pg_get_serial_sequence('net.http_request_queue', 'id')) AS s) t";
-
-/// Whether a pg_net worker serves this database now (pg_net has one, in the database
-/// `pg_net.database_name` names; it shows in `pg_stat_activity` under its own backend type).
-fn pg_net_worker_here() -> CoreResult<bool> {
-    Ok(Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity \
-                         WHERE backend_type LIKE 'pg\\_net%' AND datname = pg_catalog.current_database())",
-    )?
-    .unwrap_or(false))
-}
+                   CASE WHEN pg_catalog.to_regclass('net.http_request_queue') IS NOT NULL \
+                        THEN pg_catalog.to_regclass(pg_catalog.pg_get_serial_sequence('net.http_request_queue', 'id')) END AS s) t";
 
 /// Whether this database's schema has the pg_net epoch (`flowgate.deliveries.transport_epoch`,
 /// 0.1.1): the library runs against the schema it is installed beside until
