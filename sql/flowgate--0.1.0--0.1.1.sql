@@ -474,6 +474,74 @@ BEGIN
 END
 $timeline$;
 
+-- A persona's direct write of a deployment, an incident or a recovery drill has the effects
+-- ops.ingest_event gives the same move: the environment's timeline entry (deployment_started,
+-- deployment_succeeded | deployment_failed, rollback, health_check, incident_opened,
+-- incident_resolved, recovery_drill, recorded by the writer) and, for a deployment that
+-- succeeds or is rolled back, the release's status (in_staging | in_production, rolled_back).
+-- Only for writers row security applies to (ingest and restores write as the owner, and make
+-- these entries themselves or have them in the dump). SECURITY DEFINER: a persona writes
+-- neither the timeline nor the release's status directly.
+CREATE FUNCTION ops.direct_effects() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    actor text := flowgate.current_actor();
+    kind text;
+    detail jsonb := '{}';
+BEGIN
+    IF TG_TABLE_NAME = 'deployments' THEN
+        IF TG_OP = 'INSERT' THEN
+            kind := 'deployment_started';
+        ELSIF OLD.status = 'started' AND NEW.status IN ('succeeded', 'failed') THEN
+            kind := 'deployment_' || NEW.status;
+            IF NEW.status = 'succeeded' THEN
+                UPDATE ops.releases SET updated_at = now(), status = CASE
+                           WHEN NEW.environment = 'production' THEN 'in_production'
+                           WHEN NEW.environment = 'staging' AND status = 'open' THEN 'in_staging' ELSE status END
+                 WHERE release_id = NEW.release_id;
+            END IF;
+        ELSIF OLD.status <> 'rolled_back' AND NEW.status = 'rolled_back' THEN
+            kind := 'rollback';
+            detail := jsonb_build_object('reason', NEW.rollback_reason);
+            UPDATE ops.releases SET status = 'rolled_back', updated_at = now() WHERE release_id = NEW.release_id;
+        ELSIF OLD.g4_status IS DISTINCT FROM NEW.g4_status THEN
+            kind := 'health_check';
+            detail := jsonb_build_object('g4_status', NEW.g4_status);
+        END IF;
+        IF kind IS NOT NULL THEN
+            INSERT INTO ops.environment_events (environment, event_kind, release_id, deployment_id, detail, recorded_by)
+            VALUES (NEW.environment, kind, NEW.release_id, NEW.deployment_id, detail, actor);
+        END IF;
+    ELSIF TG_TABLE_NAME = 'incidents' THEN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO ops.environment_events (environment, event_kind, release_id, deployment_id, detail, recorded_by)
+            VALUES (NEW.environment, 'incident_opened', NEW.release_id, NEW.deployment_id,
+                    jsonb_build_object('incident_id', NEW.incident_id, 'severity', NEW.severity), actor);
+        ELSIF OLD.status = 'open' AND NEW.status = 'resolved' THEN
+            INSERT INTO ops.environment_events (environment, event_kind, release_id, detail, recorded_by)
+            VALUES (NEW.environment, 'incident_resolved', NEW.release_id, jsonb_build_object('incident_id', NEW.incident_id), actor);
+        END IF;
+    ELSIF TG_TABLE_NAME = 'recovery_drills' THEN
+        INSERT INTO ops.environment_events (environment, event_kind, release_id, detail, recorded_by)
+        VALUES (NEW.environment, 'recovery_drill', NEW.release_id,
+                jsonb_build_object('drill_id', NEW.drill_id, 'drill_type', NEW.drill_type, 'outcome', NEW.outcome), actor);
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.direct_effects() FROM PUBLIC;
+COMMENT ON FUNCTION ops.direct_effects() IS
+  'Trigger: a persona''s direct write of a deployment, incident or recovery drill gets what ops.ingest_event gives the same move: its environment timeline entry and, for a deployment that succeeds or is rolled back, the release''s status.';
+CREATE TRIGGER direct_effects AFTER INSERT OR UPDATE ON ops.deployments FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.deployments'::regclass)) EXECUTE FUNCTION ops.direct_effects();
+CREATE TRIGGER direct_effects AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.incidents'::regclass)) EXECUTE FUNCTION ops.direct_effects();
+CREATE TRIGGER direct_effects AFTER INSERT ON ops.recovery_drills FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.recovery_drills'::regclass)) EXECUTE FUNCTION ops.direct_effects();
+
 -- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp(); the view:
 -- its statement's start, which keeps it one plan), not by the transaction's start: a transaction
 -- that began before an exception expired cannot promote on it after.
@@ -871,6 +939,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.pg_net_epoch FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.server_run FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.mark_default_requirement() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.direct_effects() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
     -- service_role keeps its reads and API, never an owner's rights (0.1.0 left what default

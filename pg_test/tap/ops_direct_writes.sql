@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(100);
+SELECT plan(103);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -218,6 +218,15 @@ SELECT is((SELECT status || '/' || g4_status || '/' || (finished_at BETWEEN now(
           'succeeded/passed/true', 'succeeded with health passed, finished_at recorded by the database');
 SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'd6000000-0000-4000-8000-000000000002' AND gate_code = 'G4'), 'passed',
           'G4 passes the legitimate way');
+-- Direct writes get what ingest gives the same moves: the environment's timeline, in the
+-- writer's name, and the release's status (the direct rollback of the first deployment made it
+-- rolled_back, which a later staging success does not undo, as through ingest).
+SELECT is((SELECT string_agg(event_kind || ':' || recorded_by, ',' ORDER BY event_id) FROM ops.environment_events
+            WHERE deployment_id IN ('d6d00000-0000-4000-8000-000000000001', 'd6d00000-0000-4000-8000-000000000002')),
+          'deployment_started:ci-bot,deployment_failed:ci-bot,rollback:ci-bot,deployment_started:ci-bot,deployment_succeeded:ci-bot,health_check:ci-bot',
+          'direct deployment writes are on the timeline (the first two through ingest), in the writer''s name');
+SELECT is((SELECT status FROM ops.releases WHERE release_id = 'd6000000-0000-4000-8000-000000000002'), 'rolled_back',
+          'and the direct rollback moved the release as a rollback event does');
 
 -- ==== Incidents (sre) ================================================================================
 SET LOCAL ROLE sre;
@@ -241,6 +250,9 @@ RESET ROLE;
 SELECT is((SELECT status || '/' || resolution || '/' || (resolved_at = now()) FROM ops.incidents WHERE incident_id = 'd6100000-0000-4000-8000-000000000001'),
           'resolved/scaled out/true', 'the incident is resolved once, at the time of the write');
 SELECT is((SELECT count(*)::int FROM ops.incidents WHERE opened_by = 'sre-1'), 1, 'no other incident was written');
+SELECT is((SELECT string_agg(event_kind, ',' ORDER BY event_id) FROM ops.environment_events
+            WHERE detail ->> 'incident_id' = 'd6100000-0000-4000-8000-000000000001'),
+          'incident_opened,incident_resolved', 'the incident''s opening and resolution are on the timeline');
 
 -- ==== Values and times of the other direct writes =====================================================
 SET LOCAL ROLE ci_service_role;
@@ -304,7 +316,7 @@ SELECT is((SELECT (SELECT count(*) FROM ops.gate_checks WHERE release_id = 'd600
                 + (SELECT count(*) FROM ops.evidence_artifacts WHERE release_id = 'd6000000-0000-4000-8000-000000000001')
                 + (SELECT count(*) FROM ops.releases WHERE release_id = 'd6000000-0000-4000-8000-000000000009')
                 + (SELECT count(*) FROM ops.recovery_drills WHERE performed_by = 'sre-1')
-                + (SELECT count(*) FROM ops.environment_events WHERE recorded_by = 'sre-1'))::int, 0,
+                + (SELECT count(*) FROM ops.environment_events WHERE recorded_by = 'sre-1' AND event_kind = 'config_change'))::int, 0,
           'none of the refused rows was written');
 
 -- ==== Ingest still passes: the same moves through ops.ingest_event, each by its persona ==============

@@ -487,6 +487,74 @@ $$;
 REVOKE EXECUTE ON FUNCTION ops.incident_rules() FROM PUBLIC;
 CREATE TRIGGER ingest_rules AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW EXECUTE FUNCTION ops.incident_rules();
 
+-- A persona's direct write of a deployment, an incident or a recovery drill has the effects
+-- ops.ingest_event gives the same move: the environment's timeline entry (deployment_started,
+-- deployment_succeeded | deployment_failed, rollback, health_check, incident_opened,
+-- incident_resolved, recovery_drill, recorded by the writer) and, for a deployment that
+-- succeeds or is rolled back, the release's status (in_staging | in_production, rolled_back).
+-- Only for writers row security applies to (ingest and restores write as the owner, and make
+-- these entries themselves or have them in the dump). SECURITY DEFINER: a persona writes
+-- neither the timeline nor the release's status directly.
+CREATE FUNCTION ops.direct_effects() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    actor text := flowgate.current_actor();
+    kind text;
+    detail jsonb := '{}';
+BEGIN
+    IF TG_TABLE_NAME = 'deployments' THEN
+        IF TG_OP = 'INSERT' THEN
+            kind := 'deployment_started';
+        ELSIF OLD.status = 'started' AND NEW.status IN ('succeeded', 'failed') THEN
+            kind := 'deployment_' || NEW.status;
+            IF NEW.status = 'succeeded' THEN
+                UPDATE ops.releases SET updated_at = now(), status = CASE
+                           WHEN NEW.environment = 'production' THEN 'in_production'
+                           WHEN NEW.environment = 'staging' AND status = 'open' THEN 'in_staging' ELSE status END
+                 WHERE release_id = NEW.release_id;
+            END IF;
+        ELSIF OLD.status <> 'rolled_back' AND NEW.status = 'rolled_back' THEN
+            kind := 'rollback';
+            detail := jsonb_build_object('reason', NEW.rollback_reason);
+            UPDATE ops.releases SET status = 'rolled_back', updated_at = now() WHERE release_id = NEW.release_id;
+        ELSIF OLD.g4_status IS DISTINCT FROM NEW.g4_status THEN
+            kind := 'health_check';
+            detail := jsonb_build_object('g4_status', NEW.g4_status);
+        END IF;
+        IF kind IS NOT NULL THEN
+            INSERT INTO ops.environment_events (environment, event_kind, release_id, deployment_id, detail, recorded_by)
+            VALUES (NEW.environment, kind, NEW.release_id, NEW.deployment_id, detail, actor);
+        END IF;
+    ELSIF TG_TABLE_NAME = 'incidents' THEN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO ops.environment_events (environment, event_kind, release_id, deployment_id, detail, recorded_by)
+            VALUES (NEW.environment, 'incident_opened', NEW.release_id, NEW.deployment_id,
+                    jsonb_build_object('incident_id', NEW.incident_id, 'severity', NEW.severity), actor);
+        ELSIF OLD.status = 'open' AND NEW.status = 'resolved' THEN
+            INSERT INTO ops.environment_events (environment, event_kind, release_id, detail, recorded_by)
+            VALUES (NEW.environment, 'incident_resolved', NEW.release_id, jsonb_build_object('incident_id', NEW.incident_id), actor);
+        END IF;
+    ELSIF TG_TABLE_NAME = 'recovery_drills' THEN
+        INSERT INTO ops.environment_events (environment, event_kind, release_id, detail, recorded_by)
+        VALUES (NEW.environment, 'recovery_drill', NEW.release_id,
+                jsonb_build_object('drill_id', NEW.drill_id, 'drill_type', NEW.drill_type, 'outcome', NEW.outcome), actor);
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.direct_effects() FROM PUBLIC;
+COMMENT ON FUNCTION ops.direct_effects() IS
+  'Trigger: a persona''s direct write of a deployment, incident or recovery drill gets what ops.ingest_event gives the same move: its environment timeline entry and, for a deployment that succeeds or is rolled back, the release''s status.';
+CREATE TRIGGER direct_effects AFTER INSERT OR UPDATE ON ops.deployments FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.deployments'::regclass)) EXECUTE FUNCTION ops.direct_effects();
+CREATE TRIGGER direct_effects AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.incidents'::regclass)) EXECUTE FUNCTION ops.direct_effects();
+CREATE TRIGGER direct_effects AFTER INSERT ON ops.recovery_drills FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.recovery_drills'::regclass)) EXECUTE FUNCTION ops.direct_effects();
+
 -- Functions: not for PUBLIC; the persona matrix grants them (below).
 REVOKE EXECUTE ON FUNCTION ops.ingest_event(jsonb), ops.evaluate_gate(uuid), ops.is_eligible_for_promotion(uuid, text),
     ops.promotion_status(uuid, text), ops.refresh_gates(uuid), ops.expire_bypasses(),

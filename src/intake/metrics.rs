@@ -43,7 +43,10 @@ pub fn collect_metrics(
     if !free {
         return Ok(None);
     }
-    if pools::handed_out(client, pool)? >= i64::from(inventory)
+    // (Only an intact pool: after a crash or a restore its UNLOGGED state and slot sequence
+    // wait for the first claim, which rebuilds them and gives back what it finds.)
+    if pools::intact(client, pool)?
+        && pools::handed_out(client, pool)? >= i64::from(inventory)
         && !pools::has_released_slots(client, pool)?
     {
         pools::reclaim_slots(client, pool)?;

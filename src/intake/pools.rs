@@ -319,6 +319,20 @@ pub fn handed_out(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<i64> {
         .unwrap_or(0))
 }
 
+/// Whether the pool's UNLOGGED state is intact (its marker row and its slot sequence exist).
+pub fn intact(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
+    Ok(client
+        .select(
+            "SELECT EXISTS (SELECT FROM intake.pool_state WHERE pool_id = $1) \
+                AND pg_catalog.to_regclass($2) IS NOT NULL",
+            Some(1),
+            &[pool.as_str().into(), pool.slot_sequence().into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false))
+}
+
 /// Whether the pool has given-back slots waiting for a claim.
 pub fn has_released_slots(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     Ok(client
