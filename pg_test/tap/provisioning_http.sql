@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(54);
+SELECT plan(55);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -139,6 +139,17 @@ SELECT is((SELECT d.body_secrets FROM flowgate.deliveries d JOIN provisioning.cl
             WHERE j.client_id = pg_temp.client('happy') AND d.url LIKE '%/v1/projects'),
           jsonb_build_object('db_pass', 'provisioning.' || pg_temp.slug('happy') || '.db_pass'),
           'the create request took db_pass from a secret (the test API answers 400 without one)');
+CREATE FUNCTION pg_temp.secrets_named(n text) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE c int;
+BEGIN
+    SELECT count(*) INTO c FROM flowgate.secrets WHERE name = n;
+    IF to_regclass('vault.secrets') IS NOT NULL THEN
+        EXECUTE 'SELECT $1 + count(*)::int FROM vault.secrets WHERE name = $2' INTO c USING c, n;
+    END IF;
+    RETURN c;
+END $$;
+SELECT is(pg_temp.secrets_named('provisioning.' || pg_temp.slug('happy') || '.db_pass'), 0,
+          'that named copy of the password is dropped once the project exists (it stays in the tenant keys)');
 -- A create request waiting to be sent: its row holds the secret's name, not the password.
 CREATE FUNCTION pg_temp.pending_create() RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE r jsonb;

@@ -513,5 +513,13 @@ fn save_project(client: &mut SpiClient<'_>, c: &ClientRow, p: &mgmt::Project) ->
             meta.to_string().into(),
         ],
     )?;
+    // The copy of the database password the create request carried by reference is not kept
+    // once the project exists: a named secret, any delivery could name it. The password stays
+    // in the client's tenant keys (provisioning.tenant_keys).
+    client.update(
+        "SELECT flowgate.drop_secret($1)",
+        None,
+        &[format!("provisioning.{}.db_pass", c.slug).into()],
+    )?;
     Ok(())
 }
