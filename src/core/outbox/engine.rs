@@ -134,6 +134,7 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
     // none before the update that brought epochs (`pg_net_epoch_supported`).
     let epochs = transport == Transport::PgNet && super::transport::pg_net_epoch_supported();
     let mut epoch: Option<String> = None;
+    let mut for_pg_net = Vec::new();
     for p in store::prepare(&ids)? {
         match p {
             Prepared::Unsendable { id, reason } => {
@@ -143,19 +144,27 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
             }
             Prepared::Send(request) => {
                 let l = lease_of(request.id)?;
-                if transport == Transport::PgNet
-                    && super::transport::queue_on_pg_net(&request, epochs.then_some(&mut epoch))?
-                {
-                    claimed.queued += 1;
+                let leased = Leased {
+                    lease: l.attempt,
+                    max_attempts: l.max_attempts,
+                    flow_key: l.flow_key.clone(),
+                    request,
+                };
+                if transport == Transport::PgNet && super::transport::pg_net_fits(&leased.request) {
+                    for_pg_net.push(leased);
                 } else {
-                    claimed.native.push(Leased {
-                        lease: l.attempt,
-                        max_attempts: l.max_attempts,
-                        flow_key: l.flow_key.clone(),
-                        request,
-                    });
+                    claimed.native.push(leased);
                 }
             }
+        }
+    }
+    let requests: Vec<&native::Request> = for_pg_net.iter().map(|l| &l.request).collect();
+    let queued = super::transport::queue_on_pg_net(&requests, epochs, &mut epoch)?;
+    for (leased, queued) in for_pg_net.into_iter().zip(queued) {
+        if queued {
+            claimed.queued += 1;
+        } else {
+            claimed.native.push(leased);
         }
     }
     // Those pg_net cannot carry travel natively; say so on the row, with the run sending them.

@@ -226,19 +226,11 @@ pub fn server_run() -> CoreResult<String> {
     )
 }
 
-/// Queue one request with pg_net and remember its request id and the pg_net epoch it belongs to
-/// (`epoch`, looked up by the first request of the claim; None on a schema without epochs);
-/// false when pg_net cannot carry
-/// it: a resolved secret or a sensitive delivery (pg_net keeps requests until it sends them,
-/// and responses for hours, in tables PUBLIC can read), a body that is not plain JSON, or a
-/// method other than GET and POST (or a GET with a body, which `net.http_get` would drop). A
-/// request pg_net refuses to queue (its URL parser is stricter than flowgate's: a port past
-/// 65535, a character a host name may not hold) travels natively too, where its failure is
-/// recorded, instead of aborting the claim of the whole batch on every round.
-pub fn queue_on_pg_net(
-    req: &native::Request,
-    epoch: Option<&mut Option<String>>,
-) -> CoreResult<bool> {
+/// Whether pg_net can carry `req`: not with a resolved secret or as a sensitive delivery
+/// (pg_net keeps requests until it sends them, and responses for hours, in tables its owner
+/// may open to others), not a body that is not plain JSON, and only GET and POST (a GET
+/// without a body: `net.http_get` would drop it).
+pub fn pg_net_fits(req: &native::Request) -> bool {
     let plain_json = req
         .headers
         .iter()
@@ -248,36 +240,78 @@ pub fn queue_on_pg_net(
         "POST" => true,
         _ => false,
     };
-    if req.carries_secret || !plain_json || !method_fits {
-        return Ok(false);
+    !req.carries_secret && plain_json && method_fits
+}
+
+/// Queue requests that fit pg_net (`pg_net_fits`) with it, remembering each one's pg_net
+/// request id and epoch (`epoch`: looked up, or begun, once for the claim; `epochs` false on a
+/// schema without them); which were queued. All in one subtransaction; if pg_net refuses one
+/// (its URL parser is stricter than flowgate's: a port past 65535, a character a host name may
+/// not hold) that is rolled back and each is queued in its own, and those pg_net refuses
+/// travel natively, where their failure is recorded, instead of aborting the claim of the
+/// whole batch on every round. (One subtransaction per request would overflow each backend's
+/// cache of 64 and slow every other session's visibility checks.)
+pub fn queue_on_pg_net(
+    reqs: &[&native::Request],
+    epochs: bool,
+    epoch: &mut Option<String>,
+) -> CoreResult<Vec<bool>> {
+    if reqs.is_empty() {
+        return Ok(Vec::new());
     }
-    let request_id = match crate::core::subxact::run(|| pg_net_request(req)) {
-        Ok(r) => r?,
-        Err(refused) => {
-            pgrx::debug1!(
-                "flowgate: pg_net refused delivery {} ({}); it travels natively",
-                req.id,
-                refused.sqlstate
-            );
-            return Ok(false);
+    // Outside the subtransactions: an epoch begun in one rolled back would not exist.
+    if epochs && epoch.is_none() {
+        *epoch = Some(pg_net_epoch()?);
+    }
+    let epoch = if epochs { epoch.as_deref() } else { None };
+    let all = crate::core::subxact::run(|| -> CoreResult<()> {
+        for req in reqs {
+            remember_pg_net_request(req.id, pg_net_request(req)?, epoch)?;
         }
-    };
-    let Some(epoch) = epoch else {
-        Spi::run_with_args(
+        Ok(())
+    });
+    match all {
+        Ok(Ok(())) => return Ok(vec![true; reqs.len()]),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {}
+    }
+    let mut queued = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        match crate::core::subxact::run(|| pg_net_request(req)) {
+            Ok(request_id) => {
+                remember_pg_net_request(req.id, request_id?, epoch)?;
+                queued.push(true);
+            }
+            Err(refused) => {
+                pgrx::debug1!(
+                    "flowgate: pg_net refused delivery {} ({}); it travels natively",
+                    req.id,
+                    refused.sqlstate
+                );
+                queued.push(false);
+            }
+        }
+    }
+    Ok(queued)
+}
+
+/// Keep the pg_net request id (and epoch) a delivery was queued under.
+fn remember_pg_net_request(
+    id: i64,
+    request_id: Option<i64>,
+    epoch: Option<&str>,
+) -> CoreResult<()> {
+    match epoch {
+        None => Spi::run_with_args(
             "UPDATE flowgate.deliveries SET transport_ref = $2, updated_at = clock_timestamp() WHERE id = $1",
-            &[req.id.into(), request_id.into()],
-        )?;
-        return Ok(true);
-    };
-    let epoch = match epoch {
-        Some(e) => e.clone(),
-        None => epoch.insert(pg_net_epoch()?).clone(),
-    };
-    Spi::run_with_args(
-        "UPDATE flowgate.deliveries SET transport_ref = $2, transport_epoch = $3::uuid, updated_at = clock_timestamp() WHERE id = $1",
-        &[req.id.into(), request_id.into(), epoch.into()],
-    )?;
-    Ok(true)
+            &[id.into(), request_id.into()],
+        )?,
+        Some(e) => Spi::run_with_args(
+            "UPDATE flowgate.deliveries SET transport_ref = $2, transport_epoch = $3::uuid, updated_at = clock_timestamp() WHERE id = $1",
+            &[id.into(), request_id.into(), e.into()],
+        )?,
+    }
+    Ok(())
 }
 
 /// Queue `req` with `net.http_get` or `net.http_post`; pg_net's request id.
