@@ -338,7 +338,11 @@ SELECT is((SELECT string_agg(user_id || ' ' || idempotency_key, ',' ORDER BY fin
 -- The webhook answers 500 twice, then 200, and refuses a key sent again with another body (422),
 -- as servers that keep keys do; the ledger is PostgREST's RPC, which finds the function by the
 -- body's keys (finalize_transaction(payload): a body with any other key is a 404).
+-- Supabase's API gateway in front of PostgREST wants the service key as apikey (flowgate-testd
+-- refuses a /rest/v1 request without it, 401): a commit target there gets it so.
+SELECT flowgate.set_secret('tap_ledger_key', 'xoxb-flowgate-test-token-7f3a') \g /dev/null
 SELECT format('{"validation_webhook_url": "http://127.0.0.1:5597/strict/2/%s", "commit_target": "http://127.0.0.1:5597/rest/v1/rpc/finalize_transaction",
+                "commit_auth_secret": "tap_ledger_key",
                 "visibility_timeout_seconds": 1, "max_retries": 5, "drain_mode": "external"}', gen_random_uuid()) AS strict_cfg \gset
 SELECT intake.create_pool('tap_strict', 2, :'strict_cfg') \g /dev/null
 SELECT intake.claim_resource('tap_strict', 's1') \g /dev/null
@@ -375,6 +379,7 @@ SELECT is((SELECT string_agg(status || ': ' || last_error, ',') FROM flowgate.de
 -- ---- Clean up ---------------------------------------------------------------------------------
 SELECT pg_temp.settle() \g /dev/null
 SELECT pg_temp.cleanup() \g /dev/null
+SELECT flowgate.drop_secret('tap_ledger_key') \g /dev/null
 SELECT is((SELECT count(*)::int FROM intake.engine_config WHERE pool_id = ANY (pg_temp.pools()))
             + (SELECT count(*)::int FROM intake.transactions WHERE pool_id = ANY (pg_temp.pools()))
             + (SELECT count(*)::int FROM flowgate.deliveries WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = ANY (pg_temp.pools())), 0,

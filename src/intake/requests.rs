@@ -65,6 +65,12 @@ pub fn delivery(
     );
     d.handler = Some(handler.into());
     d.auth_secret = req.secret;
+    // A ledger behind Supabase's API gateway (`https://<project>.supabase.co/rest/v1/rpc/...`)
+    // takes the service key as `apikey` (and a legacy JWT key as the bearer too).
+    if stage == Stage::Commit && url_path_starts(&url, "/rest/v1/") {
+        d.auth_header = crate::core::outbox::delivery::SUPABASE_AUTH.into();
+        d.auth_scheme = String::new();
+    }
     // Which read of the intent this is, beside the body (which stays the same bytes).
     d.headers
         .insert("Flowgate-Attempt".into(), intent.read_ct.to_string().into());
@@ -73,4 +79,12 @@ pub fn delivery(
     d.max_attempts = Some(1);
     d.timeout_ms = Some(cfg.timeout_ms);
     Ok(d)
+}
+
+/// Whether `url`'s path starts with `prefix` (scheme and authority skipped).
+fn url_path_starts(url: &str, prefix: &str) -> bool {
+    url.split_once("://")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+        .is_some_and(|path| path.starts_with(prefix))
 }

@@ -94,7 +94,8 @@ fn handle(stream: TcpStream) {
         }
         let method = line.split_whitespace().next().unwrap_or("GET").to_string();
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let (mut len, mut key, mut auth) = (0usize, String::new(), String::new());
+        let (mut len, mut key, mut auth, mut apikey) =
+            (0usize, String::new(), String::new(), String::new());
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
@@ -106,6 +107,7 @@ fn handle(stream: TcpStream) {
                     "content-length" => len = value.parse().unwrap_or(0),
                     "idempotency-key" => key = value,
                     "authorization" => auth = value,
+                    "apikey" => apikey = value,
                     _ => {}
                 }
             }
@@ -154,6 +156,11 @@ fn handle(stream: TcpStream) {
         let body = String::from_utf8_lossy(&body);
         let (status, extra, payload) = match path.strip_prefix("/mgmt/") {
             Some(rest) => management_api(&method, rest, &auth, &body),
+            None if path.starts_with("/rest/v1/") && !supabase_gateway_admits(&apikey, &auth) => (
+                401,
+                String::new(),
+                "{\"message\":\"No API key found in request\",\"hint\":\"No `apikey` request header or url param was found.\"}".into(),
+            ),
             None => respond(&path, &key, &auth, &body, seen),
         };
         let reply = format!(
@@ -164,6 +171,19 @@ fn handle(stream: TcpStream) {
             return;
         }
     }
+}
+
+/// Supabase's API gateway in front of PostgREST (`/rest/v1/...`): the project's key in the
+/// `apikey` header; a legacy JWT key also as `Authorization: Bearer`, and a new `sb_` secret
+/// key never there.
+fn supabase_gateway_admits(apikey: &str, auth: &str) -> bool {
+    let key_ok = apikey == TEST_TOKEN || apikey == format!("sb_secret_{TEST_TOKEN}");
+    let bearer_ok = if apikey.starts_with("sb_") {
+        auth.is_empty()
+    } else {
+        auth == format!("Bearer {apikey}")
+    };
+    key_ok && bearer_ok
 }
 
 fn respond(path: &str, key: &str, auth: &str, body: &str, seen: u32) -> (u16, String, String) {

@@ -29,8 +29,13 @@ const CREDENTIAL_HEADERS: &[&str] = &[
     "apikey",
 ];
 
+/// `auth_header` value that sends the secret as Supabase's API gateway wants a project key:
+/// `apikey: <secret>`, plus `Authorization: Bearer <secret>` unless it is a new-style `sb_` key.
+pub const SUPABASE_AUTH: &str = "Supabase";
+
 /// A request to enqueue. `auth_secret` names a secret resolved at send time (Vault, else
-/// `flowgate.secrets`) and sent as `<auth_header>: <auth_scheme> <secret>`.
+/// `flowgate.secrets`) and sent as `<auth_header>: <auth_scheme> <secret>` (or, with
+/// `auth_header` [`SUPABASE_AUTH`], as Supabase's gateway wants it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {
     pub owner_module: String,
@@ -328,7 +333,14 @@ pub fn wire_headers(
         out.push(("Content-Type".into(), "application/json".into()));
     }
     out.push(("Idempotency-Key".into(), idempotency_key.into()));
-    if let Some((header, scheme, secret)) = auth {
+    if let Some((_, _, secret)) = auth.filter(|(h, _, _)| h.eq_ignore_ascii_case(SUPABASE_AUTH)) {
+        // Supabase's API gateway: the key as `apikey`; a legacy (JWT) key also as the bearer
+        // PostgREST takes the role from; a new `sb_` secret key never as a bearer (refused).
+        out.push(("apikey".into(), secret.into()));
+        if !secret.starts_with("sb_") {
+            out.push(("Authorization".into(), format!("Bearer {secret}")));
+        }
+    } else if let Some((header, scheme, secret)) = auth {
         let value = if scheme.is_empty() {
             secret.to_string()
         } else {
@@ -468,5 +480,32 @@ mod unit_tests {
             &("apikey".to_string(), "s".to_string())
         );
         assert_eq!(bare.len(), 2);
+        // Supabase's gateway: apikey, and the bearer only for a legacy (JWT) key.
+        let legacy = wire_headers(
+            &Map::new(),
+            "k3",
+            false,
+            Some((SUPABASE_AUTH, "", "eyJhbGc.x.y")),
+        );
+        assert_eq!(
+            legacy[1..].to_vec(),
+            vec![
+                ("apikey".to_string(), "eyJhbGc.x.y".to_string()),
+                (
+                    "Authorization".to_string(),
+                    "Bearer eyJhbGc.x.y".to_string()
+                )
+            ]
+        );
+        let new_key = wire_headers(
+            &Map::new(),
+            "k4",
+            false,
+            Some(("supabase", "", "sb_secret_abc")),
+        );
+        assert_eq!(
+            new_key[1..].to_vec(),
+            vec![("apikey".to_string(), "sb_secret_abc".to_string())]
+        );
     }
 }
