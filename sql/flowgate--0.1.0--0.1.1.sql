@@ -481,7 +481,8 @@ $timeline$;
 -- succeeds or is rolled back, the release's status (in_staging | in_production, rolled_back).
 -- Only for writers row security applies to (ingest and restores write as the owner, and make
 -- these entries themselves or have them in the dump). SECURITY DEFINER: a persona writes
--- neither the timeline nor the release's status directly.
+-- neither the timeline nor the release's status directly. The triggers are named to fire
+-- after the rule triggers (AFTER triggers fire in name order): a refused move takes no lock.
 CREATE FUNCTION ops.direct_effects() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -535,11 +536,11 @@ $$;
 REVOKE EXECUTE ON FUNCTION ops.direct_effects() FROM PUBLIC;
 COMMENT ON FUNCTION ops.direct_effects() IS
   'Trigger: a persona''s direct write of a deployment, incident or recovery drill gets what ops.ingest_event gives the same move: its environment timeline entry and, for a deployment that succeeds or is rolled back, the release''s status.';
-CREATE TRIGGER direct_effects AFTER INSERT OR UPDATE ON ops.deployments FOR EACH ROW
+CREATE TRIGGER timeline_effects AFTER INSERT OR UPDATE ON ops.deployments FOR EACH ROW
     WHEN (pg_catalog.row_security_active('ops.deployments'::regclass)) EXECUTE FUNCTION ops.direct_effects();
-CREATE TRIGGER direct_effects AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW
+CREATE TRIGGER timeline_effects AFTER INSERT OR UPDATE ON ops.incidents FOR EACH ROW
     WHEN (pg_catalog.row_security_active('ops.incidents'::regclass)) EXECUTE FUNCTION ops.direct_effects();
-CREATE TRIGGER direct_effects AFTER INSERT ON ops.recovery_drills FOR EACH ROW
+CREATE TRIGGER timeline_effects AFTER INSERT ON ops.recovery_drills FOR EACH ROW
     WHEN (pg_catalog.row_security_active('ops.recovery_drills'::regclass)) EXECUTE FUNCTION ops.direct_effects();
 
 -- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp(); the view:

@@ -78,6 +78,14 @@ q "DELETE FROM flowgate.deliveries WHERE idempotency_key LIKE 'wiso-$$-%'"
 case "$last_error" in P0001:*"metrics are broken"*) ;; *) fail "last_error of the failing job: $last_error";; esac
 # An operator's pg_terminate_backend (a script ending a database's sessions) stops the worker;
 # the postmaster starts it again after its restart time (5 s), and it delivers on its own.
+# Terminated while it is sending (a slow endpoint keeps a request on the wire): the send loop
+# stops early on the signal, and the worker must still stop (pgrx clears its SIGTERM flag when
+# read, so a signal the send loop noticed was once forgotten and the worker ran on).
+q "SELECT flowgate.enqueue_delivery('worker', 'w3', '$FLOWGATE_TESTD_URL/slow/2000', 'wslow-$$-' || g) FROM generate_series(1, 3) g" >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%' AND status = 'in_flight'")" -gt 0 ] && break
+  sleep 0.05
+done
 old_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowgate worker'")
 q "SELECT pg_terminate_backend($old_pid)" >/dev/null
 new_pid=""
@@ -94,5 +102,10 @@ for _ in $(seq 1 100); do
   sleep 0.05
 done
 [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key2'")" = delivered ] || fail "the restarted worker did not deliver"
+for _ in $(seq 1 100); do
+  [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%' AND status = 'in_flight'")" -eq 0 ] && break
+  sleep 0.1
+done
+q "DELETE FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%'"
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 8 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend, it came back (pid $old_pid -> $new_pid) and delivered"
+echo "ok 8 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered"

@@ -87,7 +87,7 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
     let mut last_housekeeping = std::time::Instant::now();
     loop {
         let interval = Duration::from_millis(WORKER_INTERVAL_MS.get().max(100) as u64);
-        if !BackgroundWorker::wait_latch(Some(interval)) {
+        if !BackgroundWorker::wait_latch(Some(interval)) || stop_requested() {
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -103,6 +103,9 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
         // the work of another; the dispatcher's recorded attempts are committed on their own.
         let due = super::schedules::jobs().filter(|j| j.every_tick || housekeeping);
         for job in due {
+            if stop_requested() {
+                break;
+            }
             if job.is_procedure() {
                 run_outbox();
                 continue;
@@ -134,6 +137,15 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
     // SAFETY: proc_exit runs the backend's exit callbacks and ends the process, as any worker
     // does when it returns; nothing of this function runs after it.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Whether SIGTERM has come (shutdown, `pg_terminate_backend`). Read from the flag the handler
+/// sets for Postgres itself, which stays set: pgrx's `sigterm_received()` clears its own flag
+/// when read, so a SIGTERM the outbox's send loop noticed (to stop early) was forgotten by the
+/// time the main loop looked, and the worker went on running until the next server restart.
+fn stop_requested() -> bool {
+    // SAFETY: a flag of this process, set by its signal handler; read only.
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
 }
 
 /// The outbox job, natively: claim and record in transactions of their own, send in none.
@@ -194,6 +206,6 @@ impl Transactions for WorkerTransactions {
     }
 
     fn stopping(&self) -> bool {
-        BackgroundWorker::sigterm_received()
+        stop_requested()
     }
 }

@@ -81,10 +81,40 @@ pub fn delivery(
     Ok(d)
 }
 
-/// Whether `url`'s path starts with `prefix` (scheme and authority skipped).
+/// Whether `url`'s path starts with `prefix` (scheme and authority skipped; the authority ends
+/// at the first `/`, `?` or `#`, as `delivery::validate_url` reads it).
 fn url_path_starts(url: &str, prefix: &str) -> bool {
     url.split_once("://")
         .map(|(_, rest)| rest)
-        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+        .and_then(|rest| rest.find(['/', '?', '#']).map(|i| &rest[i..]))
         .is_some_and(|path| path.starts_with(prefix))
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::url_path_starts;
+
+    #[test]
+    fn only_a_path_counts() {
+        assert!(url_path_starts(
+            "https://x.supabase.co/rest/v1/rpc/f",
+            "/rest/v1/"
+        ));
+        assert!(!url_path_starts(
+            "https://ledger.example?next=/rest/v1/x",
+            "/rest/v1/"
+        ));
+        assert!(!url_path_starts(
+            "https://ledger.example#/rest/v1/",
+            "/rest/v1/"
+        ));
+        assert!(!url_path_starts(
+            "https://ledger.example//rest/v1/",
+            "/rest/v1/"
+        ));
+        assert!(!url_path_starts(
+            "https://ledger.example/api/rest/v1/",
+            "/rest/v1/"
+        ));
+    }
 }
