@@ -242,3 +242,13 @@ BEGIN
     END IF;
 END
 $exposure$;
+
+-- The installing role's default privileges as they were (lifted by the bootstrap, tables.sql).
+DO $defaults$
+BEGIN
+    IF pg_catalog.current_setting('flowgate_install.lifted_public_execute', true) = 'on' THEN
+        ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+        PERFORM pg_catalog.set_config('flowgate_install.lifted_public_execute', '', true);
+    END IF;
+END
+$defaults$;

@@ -15,6 +15,22 @@ BEGIN
 END
 $encoding$;
 
+-- Where the updating role's default privileges revoke EXECUTE from PUBLIC, that default is
+-- lifted for this script and put back at its end, as the install does (core tables.sql,
+-- finalize.sql): the functions this update creates are callable as a fresh install's are.
+DO $defaults$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_default_acl d
+                WHERE d.defaclrole = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+                  AND d.defaclnamespace = 0 AND d.defaclobjtype = 'f'
+                  AND NOT EXISTS (SELECT FROM pg_catalog.aclexplode(d.defaclacl) a
+                                   WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')) THEN
+        ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC;
+        PERFORM pg_catalog.set_config('flowgate_install.lifted_public_execute', 'on', true);
+    END IF;
+END
+$defaults$;
+
 -- Releases first, then the fact tables (the triggers below): the order ops.ingest_event takes
 -- them in, so an ingest running during the update waits instead of deadlocking with it. Ingest
 -- and direct writes of ops wait until the update commits.
@@ -988,3 +1004,13 @@ BEGIN
     END LOOP;
 END
 $pin$;
+
+-- The updating role's default privileges as they were (lifted at the top of this script).
+DO $defaults$
+BEGIN
+    IF pg_catalog.current_setting('flowgate_install.lifted_public_execute', true) = 'on' THEN
+        ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+        PERFORM pg_catalog.set_config('flowgate_install.lifted_public_execute', '', true);
+    END IF;
+END
+$defaults$;

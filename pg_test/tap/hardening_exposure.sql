@@ -3,7 +3,7 @@
 -- tables' CHECKs; Slack text that cannot ping or link; capacity.my_standing for signed-in users;
 -- the provisioning operator functions for service_role and for nobody untrusted.
 BEGIN;
-SELECT plan(98);
+SELECT plan(100);
 
 -- A Supabase project has anon, authenticated and service_role before any extension is installed,
 -- and its installing role may carry default privileges that grant every new table, sequence and
@@ -22,8 +22,20 @@ END $$;
 ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO anon, authenticated, fg_reporting, developer, service_role;
 ALTER DEFAULT PRIVILEGES GRANT ALL ON SEQUENCES TO anon, authenticated, fg_reporting, developer, service_role;
 ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO anon, authenticated, fg_reporting, developer, service_role;
+-- And revoke EXECUTE from PUBLIC on new functions, as Supabase's guide to securing the API
+-- suggests.
+ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+CREATE TEMP TABLE defaults_before AS SELECT defaclacl::text AS acl FROM pg_default_acl
+ WHERE defaclrole = current_user::regrole AND defaclnamespace = 0 AND defaclobjtype = 'f';
 DROP EXTENSION flowgate;
 CREATE EXTENSION flowgate;
+SELECT is((SELECT defaclacl::text FROM pg_default_acl WHERE defaclrole = current_user::regrole AND defaclnamespace = 0 AND defaclobjtype = 'f'),
+          (SELECT acl FROM defaults_before), 'the installing role''s default privileges are as they were after the install');
+SELECT ok(has_function_privilege('public', 'flowgate.current_actor()', 'EXECUTE')
+          AND has_function_privilege('public', 'capacity.create_capacity_request(text, text, text, integer, text, jsonb, date, integer, numeric, text, text)', 'EXECUTE')
+          AND NOT has_function_privilege('public', 'flowgate.set_secret(text, text)', 'EXECUTE'),
+          'under defaults that revoke EXECUTE from PUBLIC, the public surface stays callable (current_actor for row-level security, the user entry points) and operator functions stay revoked');
+ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC;
 ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM anon, authenticated, fg_reporting, developer, service_role;
 ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM anon, authenticated, fg_reporting, developer, service_role;
 ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM anon, authenticated, fg_reporting, developer, service_role;

@@ -16,6 +16,25 @@ BEGIN
 END
 $encoding$;
 
+-- A function is callable by PUBLIC unless this script revokes it (Postgres' default, which the
+-- public surface relies on: flowgate.current_actor(), which row-level security calls; the user
+-- entry points). Where the installing role's default privileges revoke EXECUTE from PUBLIC
+-- (Supabase's guide to securing the API suggests it), that default is lifted for the length of
+-- this script and put back at its end (finalize.sql): the functions this script does not revoke
+-- stay callable, and the role's defaults are as they were.
+DO $defaults$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_default_acl d
+                WHERE d.defaclrole = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+                  AND d.defaclnamespace = 0 AND d.defaclobjtype = 'f'
+                  AND NOT EXISTS (SELECT FROM pg_catalog.aclexplode(d.defaclacl) a
+                                   WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')) THEN
+        ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC;
+        PERFORM pg_catalog.set_config('flowgate_install.lifted_public_execute', 'on', true);
+    END IF;
+END
+$defaults$;
+
 COMMENT ON SCHEMA flowgate IS
   'flowgate shared core: actor identity, settings, the append-only guard and (later) the outbox';
 
