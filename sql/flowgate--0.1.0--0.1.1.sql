@@ -1005,6 +1005,10 @@ BEGIN
 END
 $pin$;
 
+-- unlink_identity no longer tells an untrusted caller whether an id is linked to someone else.
+COMMENT ON FUNCTION flowgate.unlink_identity(text, text) IS
+  $doc$Remove a link made with flowgate.link_identity: your own, or any for trusted sessions. Returns the removed link, or NULL when there was none of yours (whether or not the id is linked to someone else, which this does not tell); 42501 for an anonymous caller.$doc$;
+
 -- The updating role's default privileges as they were (lifted at the top of this script).
 DO $defaults$
 BEGIN

@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(39);
+SELECT plan(43);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -60,6 +60,10 @@ UPDATE intake.engine_config SET commit_target = NULL WHERE pool_id = 'tap_drop';
 SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"commit_target": 5}')$$, '22023', NULL,
                  'a URL that is not a JSON string is refused as a bad argument (22023), not by the table''s CHECK');
 SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batchsize": 5}')$$, '22023', NULL, 'unknown config keys are refused');
+SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"paused": "yes"}')$$, '22023', NULL, 'a config value of the wrong JSON type is refused ("yes" for a boolean)');
+SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batch_size": 1.5}')$$, '22023', NULL, 'so is a fraction for an integer');
+SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"paused": null}')$$, '22023', NULL, 'and null for a setting that must have a value');
+SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batch_size": 0}')$$, '22023', NULL, 'a value out of its range is 22023 (not the CHECK''s 23514)');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_nope', 'u1')$$, 'P0002', NULL, 'an unknown pool is P0002');
 SELECT throws_ok($$SELECT intake.claim_resource('tap_drop', '')$$, '22023', NULL, 'an empty user id is refused');
 SELECT throws_ok($$SELECT intake.pool_status('tap_nope')$$, 'P0002', NULL, 'the status of an unknown pool is P0002');

@@ -248,10 +248,10 @@ pub fn act_on_behalf(session: Actor, on_behalf_of: Option<&str>) -> CoreResult<A
     let Some(other) = on_behalf_of else {
         return Ok(session);
     };
-    validate_actor_id("on_behalf_of", other)?;
     if other == session.id {
         return Ok(session);
     }
+    // Permission first: an untrusted caller learns nothing about what it sent.
     if !session.trusted {
         return Err(CoreError::PermissionDenied {
             actor: session.id,
@@ -259,6 +259,7 @@ pub fn act_on_behalf(session: Actor, on_behalf_of: Option<&str>) -> CoreResult<A
             allowed: "only trusted sessions (superuser, or members of a role in the flowgate.trusted_roles setting) may name another actor; omit on_behalf_of to act as yourself".into(),
         });
     }
+    validate_actor_id("on_behalf_of", other)?;
     Ok(Actor {
         id: other.to_owned(),
         role: session.role,
@@ -300,9 +301,11 @@ pub fn may_link(session: &Actor, current: Option<&str>, target: Option<&str>) ->
     if session.trusted {
         return Ok(());
     }
-    let own_current = current.is_none_or(|c| c == session.id);
+    // Unlinking removes only the caller's own link (the statement says whose), so it is allowed
+    // whatever the link names: the answer (NULL) is the same for an identity linked to nobody
+    // and one linked to someone else, and a refusal never tells the two apart either.
     let allowed = match target {
-        None => own_current,
+        None => true,
         Some(t) => t == session.id && current == Some(session.id.as_str()),
     };
     if allowed {
@@ -310,12 +313,8 @@ pub fn may_link(session: &Actor, current: Option<&str>, target: Option<&str>) ->
     }
     Err(CoreError::PermissionDenied {
         actor: session.id.clone(),
-        action: match (current, target) {
-            // Not who: the link is another actor's, which this caller may not read.
-            (Some(c), _) if c != session.id => "change an identity linked to another actor".into(),
-            (_, Some(t)) if t == session.id => {
-                "link an identity without proving it is theirs".into()
-            }
+        action: match target {
+            Some(t) if t == session.id => "link an identity without proving it is theirs".into(),
             _ => "link an identity to another actor".into(),
         },
         allowed: "a code from flowgate.request_identity_link(provider), redeemed by the identity \
@@ -523,17 +522,24 @@ mod unit_tests {
             may_link(&me, None, None).is_ok(),
             "unlink what is not linked"
         );
+        // Unlinking another's link is no refusal: it removes nothing, as for an unlinked id.
+        assert!(may_link(&me, Some("boss"), None).is_ok());
         for (current, target) in [
             (None, Some("ae-1")),
             (None, Some("boss")),
             (Some("boss"), Some("ae-1")),
-            (Some("boss"), None),
         ] {
             let e = may_link(&me, current, target).unwrap_err();
             assert_eq!(e.sqlstate(), "42501", "{current:?} -> {target:?}");
-            // A refusal never says whom another's link names.
+            // A refusal never says whom another's link names, nor whether there is one.
             assert!(!e.to_string().contains("boss"), "{e}");
         }
+        assert_eq!(
+            may_link(&me, None, Some("ae-1")).unwrap_err().to_string(),
+            may_link(&me, Some("boss"), Some("ae-1"))
+                .unwrap_err()
+                .to_string()
+        );
         let bot = SessionFacts {
             current_user: "service_role",
             login: None,

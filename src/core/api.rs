@@ -96,8 +96,9 @@ fn request_identity_link(provider: Option<&str>) -> Result<JsonB, ErrorReport> {
     Ok(run().map(JsonB)?)
 }
 
-/// Remove a link made with `flowgate.link_identity`: your own, or any for trusted sessions
-/// (42501 otherwise). Returns the removed link, or NULL when there was none.
+/// Remove a link made with `flowgate.link_identity`: your own, or any for trusted sessions.
+/// Returns the removed link, or NULL when there was none of yours (whether or not the id is
+/// linked to someone else, which this does not tell); 42501 for an anonymous caller.
 #[documented]
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]

@@ -288,6 +288,11 @@ pub fn validate(key: &str, value: &Value) -> CoreResult<&'static Definition> {
             if s.chars().count() > max_len {
                 return Err(bad(format!("it is {} characters long", s.chars().count())));
             }
+            // Ids, names and URLs: a control character would only fail later, in a caller's
+            // request that never named it (a flow key, a header, a Slack channel).
+            if s.chars().any(char::is_control) {
+                return Err(bad("it contains a control character".into()));
+            }
         }
         (Kind::OneOf(options), Value::String(s)) => {
             if !options.contains(&s.as_str()) {
@@ -481,6 +486,12 @@ mod unit_tests {
             .unwrap()
             .contains("capacity.confirmation_ttl_business_days"));
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(
+            validate("capacity.slack_channel", &json!("C\u{7}X"))
+                .unwrap_err()
+                .sqlstate(),
+            "22023"
+        );
         assert_eq!(edit_distance("", "abc"), 3);
     }
 

@@ -71,6 +71,42 @@ mod intake {
                     CONFIG_KEYS.join(", "),
                 ));
             }
+            // Each value as its column takes it: JSON integers, a JSON boolean, JSON strings
+            // (a cast would turn "yes" into true, or 1.5 into an error without a hint).
+            for (key, value) in &cfg {
+                let fits = match key.as_str() {
+                    "batch_size"
+                    | "visibility_timeout_seconds"
+                    | "request_timeout_ms"
+                    | "max_retries"
+                    | "max_claims_per_user" => {
+                        value.as_i64().is_some_and(|n| i32::try_from(n).is_ok())
+                    }
+                    "rate_limit_per_second" => {
+                        value.is_null() || value.as_i64().is_some_and(|n| i32::try_from(n).is_ok())
+                    }
+                    "paused" => value.is_boolean(),
+                    "drain_mode" => value.is_string(),
+                    _ => value.is_null() || value.is_string(),
+                };
+                if !fits {
+                    return Err(CoreError::invalid(
+                        key.as_str(),
+                        format!("got a JSON {}", args::json_kind(value)),
+                        match key.as_str() {
+                            "paused" => "true or false",
+                            "drain_mode" => "a JSON string",
+                            "rate_limit_per_second" => "a JSON integer, or null",
+                            "batch_size"
+                            | "visibility_timeout_seconds"
+                            | "request_timeout_ms"
+                            | "max_retries"
+                            | "max_claims_per_user" => "a JSON integer",
+                            _ => "a JSON string, or null",
+                        },
+                    ));
+                }
+            }
             for key in ["validation_webhook_url", "commit_target"] {
                 let url = match cfg.get(key) {
                     None | Some(Value::Null) => None,
@@ -95,7 +131,21 @@ mod intake {
             }
             cfg.insert("pool_id".into(), pool.as_str().into());
             cfg.insert("inventory".into(), inventory.into());
-            Spi::connect_mut(|client| pools::create(client, &pool, inventory, cfg))?;
+            // A value out of its column's range is the caller's: 22023 with the rule it broke,
+            // not the CHECK's 23514 (every other error stands as raised).
+            let created = crate::core::subxact::run_only(&["23514", "22003"], || {
+                Spi::connect_mut(|client| pools::create(client, &pool, inventory, cfg))
+            });
+            match created {
+                Ok(r) => r?,
+                Err(caught) => {
+                    return Err(CoreError::invalid(
+                        "config",
+                        caught.message,
+                        "the ranges intake.create_pool documents (README: intake settings)",
+                    ))
+                }
+            }
             Ok(JsonB(
                 json!({"pool_id": pool.as_str(), "inventory": inventory, "queue": pool.queue(), "dlq": pool.dlq()}),
             ))

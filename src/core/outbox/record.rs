@@ -243,6 +243,8 @@ pub fn pause_of(observed: &Observation, policy: &RetryPolicy) -> Option<Duration
 }
 
 /// Pause flow keys until now + their wait (a later pause already set is kept).
+/// Keys are written in key order, the order a claim locks them in (`engine`), so a round
+/// pausing several keys and a claim taking them never deadlock.
 pub fn pause_flows(pauses: &[(&str, Duration)]) -> CoreResult<()> {
     if pauses.is_empty() {
         return Ok(());
@@ -252,7 +254,7 @@ pub fn pause_flows(pauses: &[(&str, Duration)]) -> CoreResult<()> {
     Spi::run_with_args(
         "INSERT INTO flowgate.flow_state AS fs (flow_key, tokens, refilled_at, paused_until) \
          SELECT k, 0, clock_timestamp(), clock_timestamp() + make_interval(secs => max(w)) \
-           FROM unnest($1::text[], $2::float8[]) AS u(k, w) GROUP BY k \
+           FROM unnest($1::text[], $2::float8[]) AS u(k, w) GROUP BY k ORDER BY k \
          ON CONFLICT (flow_key) DO UPDATE \
             SET paused_until = greatest(fs.paused_until, EXCLUDED.paused_until)",
         &[keys.into(), secs.into()],
