@@ -20,6 +20,9 @@ $encoding$;
 -- finalize.sql): the functions this update creates are callable as a fresh install's are.
 DO $defaults$
 BEGIN
+    -- Set either way: a value already in the session (SET, ALTER ROLE ... SET) must not make the
+    -- end of the script revoke what this script did not lift.
+    PERFORM pg_catalog.set_config('flowgate_install.lifted_public_execute', 'off', true);
     IF EXISTS (SELECT FROM pg_catalog.pg_default_acl d
                 WHERE d.defaclrole = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
                   AND d.defaclnamespace = 0 AND d.defaclobjtype = 'f'
@@ -1008,6 +1011,22 @@ $pin$;
 -- unlink_identity no longer tells an untrusted caller whether an id is linked to someone else.
 COMMENT ON FUNCTION flowgate.unlink_identity(text, text) IS
   $doc$Remove a link made with flowgate.link_identity: your own, or any for trusted sessions. Returns the removed link, or NULL when there was none of yours (whether or not the id is linked to someone else, which this does not tell); 42501 for an anonymous caller.$doc$;
+
+-- Text settings refuse control characters now (an id or URL holding one failed every call that
+-- used it). A stored value holding one is reset to its default, with a warning: left, it would
+-- make a dump of flowgate.settings fail to restore.
+DO $settings$
+DECLARE
+    k text;
+BEGIN
+    FOR k IN SELECT s.key FROM flowgate.settings s
+              WHERE pg_catalog.jsonb_typeof(s.value) = 'string' AND (s.value #>> '{}') ~ '[[:cntrl:]]' LOOP
+        DELETE FROM flowgate.settings s WHERE s.key = k;
+        RAISE WARNING 'flowgate setting % held a control character; it is reset to its default', k
+            USING HINT = 'set it again with flowgate.set_setting()';
+    END LOOP;
+END
+$settings$;
 
 -- The updating role's default privileges as they were (lifted at the top of this script).
 DO $defaults$

@@ -81,4 +81,14 @@ probe postgres '' "ops.ingest_event($wide)" 00000
 WIDE="FROM ops.event_ingest_log WHERE http_status = 400 AND error_message LIKE '%numbers print as more than%'"
 q "SELECT count(*) $WIDE" | grep -qx 1 || fail "the envelope whose numbers print too wide was not logged as a 400"
 q "DELETE $WIDE; DROP TABLE public.fg_wide"
-echo "ok 1 - memory: $big_calls calls with a 30 MB jsonb argument ($size) and $((calls - big_calls)) with $wide_size bytes of jsonb numbers that print as 393 MB, each refused or answered with its SQLSTATE; peak memory grew at most $max kB (limit $LIMIT_KB kB)"
+wide_calls=$((calls - big_calls))
+
+# A 30 MB text argument naming whom to act for, from a caller who may not: refused (42501)
+# before the value is looked at, never copied into the error.
+q "DROP TABLE IF EXISTS public.fg_long; CREATE TABLE public.fg_long AS SELECT repeat(chr(127), 30000000) AS v;
+   GRANT SELECT ON public.fg_long TO PUBLIC"
+long="(SELECT v FROM public.fg_long)"
+probe authenticated '{"sub":"u-1","role":"authenticated"}' "flowgate.current_actor_info($long)" 42501
+probe authenticated '{"sub":"u-1","role":"authenticated"}' "capacity.record_capacity_event('CR-2026-000001', 'COMMERCIAL_APPROVED', '{}', NULL, $long)" 42501
+q "DROP TABLE public.fg_long"
+echo "ok 1 - memory: $big_calls calls with a 30 MB jsonb argument ($size), $wide_calls with $wide_size bytes of jsonb numbers that print as 393 MB and $((calls - big_calls - wide_calls)) with a 30 MB on_behalf_of from an untrusted caller, each refused or answered with its SQLSTATE; peak memory grew at most $max kB (limit $LIMIT_KB kB)"

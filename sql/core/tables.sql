@@ -24,6 +24,9 @@ $encoding$;
 -- stay callable, and the role's defaults are as they were.
 DO $defaults$
 BEGIN
+    -- Set either way: a value already in the session (SET, ALTER ROLE ... SET) must not make the
+    -- end of the script revoke what this script did not lift.
+    PERFORM pg_catalog.set_config('flowgate_install.lifted_public_execute', 'off', true);
     IF EXISTS (SELECT FROM pg_catalog.pg_default_acl d
                 WHERE d.defaclrole = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
                   AND d.defaclnamespace = 0 AND d.defaclobjtype = 'f'

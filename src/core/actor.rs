@@ -255,7 +255,8 @@ pub fn act_on_behalf(session: Actor, on_behalf_of: Option<&str>) -> CoreResult<A
     if !session.trusted {
         return Err(CoreError::PermissionDenied {
             actor: session.id,
-            action: format!("act on behalf of {other:?}"),
+            // Not the value: it is unchecked (and unbounded) until permission is granted.
+            action: "act on behalf of another actor".into(),
             allowed: "only trusted sessions (superuser, or members of a role in the flowgate.trusted_roles setting) may name another actor; omit on_behalf_of to act as yourself".into(),
         });
     }

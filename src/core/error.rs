@@ -199,7 +199,7 @@ impl SqlError for CoreError {
                 "the {kind} is taken: choose another, or repeat the original call unchanged to get its first result"
             )),
             CoreError::InvalidJson { what, .. } => Some(format!(
-                "send {what} as valid JSON text (RFC 8259, UTF-8, no NUL character)"
+                "send {what} as valid JSON of the shape it takes (RFC 8259 text, UTF-8, no NUL character)"
             )),
             CoreError::Spi(_) | CoreError::Internal(_) => Some(
                 "this is a bug in flowgate; please report it with the statement that caused it"

@@ -37,7 +37,9 @@ impl Kind {
         match self {
             Kind::Bool => "a JSON boolean".into(),
             Kind::Int { min, max } => format!("a JSON integer from {min} to {max}"),
-            Kind::Text { max_len } => format!("a JSON string of at most {max_len} characters"),
+            Kind::Text { max_len } => {
+                format!("a JSON string of at most {max_len} characters, no control characters")
+            }
             Kind::OneOf(options) => format!("one of the JSON strings {}", options.join(", ")),
             Kind::RoleList => "a JSON array of role names (1 to 63 characters each)".into(),
             Kind::ActorList => "a JSON array of actor ids (1 to 256 characters each)".into(),

@@ -87,7 +87,7 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
     let mut last_housekeeping = std::time::Instant::now();
     loop {
         let interval = Duration::from_millis(WORKER_INTERVAL_MS.get().max(100) as u64);
-        if !BackgroundWorker::wait_latch(Some(interval)) || stop_requested() {
+        if stop_requested() || !BackgroundWorker::wait_latch(Some(interval)) {
             break;
         }
         if BackgroundWorker::sighup_received() {

@@ -142,7 +142,7 @@ mod intake {
                     return Err(CoreError::invalid(
                         "config",
                         caught.message,
-                        "the ranges intake.create_pool documents (README: intake settings)",
+                        "the values the README's intake.engine_config table allows (batch_size 1-10000, visibility_timeout_seconds 1-86400, request_timeout_ms 100-120000, max_retries 1-100, max_claims_per_user 1-1000000, rate_limit_per_second 1 or more, drain_mode scheduled or external)",
                     ))
                 }
             }
