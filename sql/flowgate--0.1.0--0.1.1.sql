@@ -1020,7 +1020,8 @@ DECLARE
     k text;
 BEGIN
     FOR k IN SELECT s.key FROM flowgate.settings s
-              WHERE pg_catalog.jsonb_typeof(s.value) = 'string' AND (s.value #>> '{}') ~ '[[:cntrl:]]' LOOP
+              WHERE pg_catalog.jsonb_typeof(s.value) = 'string' AND (s.value #>> '{}') ~ '[[:cntrl:]]'
+                AND s.key IN (SELECT d.key FROM flowgate.setting_definitions() d WHERE d.kind = 'text') LOOP
         DELETE FROM flowgate.settings s WHERE s.key = k;
         RAISE WARNING 'flowgate setting % held a control character; it is reset to its default', k
             USING HINT = 'set it again with flowgate.set_setting()';

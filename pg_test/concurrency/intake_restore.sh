@@ -70,4 +70,10 @@ limit=$(q -d "$DST" -c "SELECT intake.claim_resource('r1', 'user-7') ->> 'status
 [ "$kept" -eq "$before" ] || fail "only $kept of the $before claims in the dump kept their slot and resource"
 [ "$over" -eq 0 ] || fail "$over users over the limit after the restore"
 [ "$limit" = sold_out ] || [ "$limit" = limit_reached ] || fail "a claim after selling out answered $limit"
+# pgmq grants pg_monitor SELECT on the tables created in its schema (a default privilege of
+# its own): a restore creates the pool's queue tables under it, and the rebuild on the first
+# claim makes them owner-only again, as create_pool made them.
+open_queue=$(q -d "$DST" -c "SELECT string_agg(c.relname, ',') FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+                               WHERE c.relnamespace = 'pgmq'::regnamespace AND c.relname LIKE '%intake_r1%' AND a.grantee <> c.relowner")
+[ -z "$open_queue" ] || fail "after the restore and the first claim, the pool's queue tables are open to others: $open_queue"
 echo "ok 5 - intake restore: a dump taken after $before claims restored into a new database; its first claim rebuilt inventory and slot sequence, then 500 of 500 sold, none twice, all $before kept, no user over 2; reclaim_slots and drop_pool work before any claim; ops deployments and gate statuses restored as dumped ($ops_after), settings with their writers and times, a rate-limited pool drains, metrics go on"

@@ -10,7 +10,7 @@
 -- removes the request, its deliveries, the settings, secrets and group members it added.
 -- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
 -- no worker there: the CALLs send everything).
-SELECT plan(52);
+SELECT plan(56);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Until none of the request's deliveries is in flight or due (the worker may be sending them).
@@ -112,6 +112,33 @@ SELECT is((SELECT string_agg(status::text, ',') FROM flowgate.deliveries WHERE o
           'the later reply, comment and warning are delivered too: nothing of the request is left undelivered');
 SELECT is((SELECT count(*)::int FROM flowgate.deliveries WHERE owner_id = :'cr'), 7,
           'seven deliveries in all: message, issue, two replies, two comments, the warning');
+
+-- Slack answers HTTP 200 with ok: false when it posts nothing (here: a wrong bot token). That
+-- message is not delivered: failed, saying why, and sent again by replay_dead once the token is
+-- fixed (it posted nothing, so nothing is posted twice); its thread then gets its replies.
+SELECT flowgate.set_secret('slack_bot_token', 'xoxb-wrong-token-0001') \g /dev/null
+SELECT flowgate.set_setting('capacity.linear_team_id', '""') \g /dev/null
+BEGIN;
+SELECT capacity.create_capacity_request('U0AE', 'infra', '24XL', 1, 'us-east-1', requester_user_id => 'U0SA') -> 'request' ->> 'id' AS cr2 \gset
+SELECT capacity.apply_event(:'cr2', 'COMMERCIAL_APPROVED') \g /dev/null
+COMMIT;
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'cr2') \g /dev/null
+SELECT is((SELECT status::text || ' ' || (handler_error IS NULL) FROM flowgate.deliveries WHERE idempotency_key = 'capacity:' || :'cr2' || ':slack:root'),
+          'failed true', 'a Slack answer of ok: false is not delivered (failed, not delivered with a handler error)');
+SELECT ok((SELECT last_error LIKE 'Slack refused the request: invalid_auth%replay_dead%' FROM flowgate.deliveries
+            WHERE idempotency_key = 'capacity:' || :'cr2' || ':slack:root'), 'it says what Slack answered and what to do');
+SELECT flowgate.set_secret('slack_bot_token', 'xoxb-flowgate-test-token-7f3a') \g /dev/null
+SELECT flowgate.replay_dead(ARRAY[(SELECT id FROM flowgate.deliveries WHERE idempotency_key = 'capacity:' || :'cr2' || ':slack:root')]) \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'cr2') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'cr2') \g /dev/null
+SELECT is((SELECT slack_thread_ts IS NOT NULL FROM capacity.capacity_requests WHERE id = :'cr2'), true,
+          'replayed with the right token, the message is posted and its thread kept');
+SELECT is((SELECT string_agg(status::text, ',') FROM flowgate.deliveries WHERE owner_id = :'cr2'), 'delivered,delivered',
+          'and the reply waiting for it is sent');
+SELECT flowgate.set_setting('capacity.linear_team_id', '"team-1"') \g /dev/null
 
 -- === Slash commands, buttons and identities: checked, then rolled back =====================
 BEGIN;

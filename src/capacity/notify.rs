@@ -17,8 +17,76 @@ use crate::core::store as settings;
 
 pub const HANDLERS: &[(&str, Handler)] = &[
     ("capacity.slack_root", slack_root),
+    ("capacity.slack_reply", slack_reply),
     ("capacity.linear_issue", linear_issue),
+    ("capacity.linear_comment", linear_comment),
 ];
+
+/// Slack's errors that pass (tried again); any other `ok: false` waits for its cause to be fixed.
+const SLACK_TRANSIENT: &[&str] = &[
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+    "ratelimited",
+];
+
+/// Slack answers HTTP 200 with `ok: false` when it posted nothing (invalid_auth,
+/// channel_not_found, not_in_channel, ...): the delivery is not delivered (CoreError::Refused).
+fn slack_posted(call: &HandlerCall<'_>) -> CoreResult<Value> {
+    let response = call.response.clone().unwrap_or(Value::Null);
+    if response["ok"].as_bool() == Some(true) {
+        return Ok(response);
+    }
+    let error: String = response["error"]
+        .as_str()
+        .unwrap_or("no ok: true in its answer")
+        .chars()
+        .take(100)
+        .collect();
+    Err(CoreError::Refused {
+        service: "Slack".into(),
+        transient: SLACK_TRANSIENT.contains(&error.as_str()),
+        answer: error,
+        hint: "check capacity.slack_channel (the bot must be in it) and the secret capacity.slack_token_secret names; \
+               then flowgate.replay_dead() with this delivery's id (nothing was posted)"
+            .into(),
+    })
+}
+
+/// Linear answers HTTP 200 with an `errors` list when it did nothing: the delivery is not
+/// delivered (rate limits are tried again).
+fn linear_done(call: &HandlerCall<'_>) -> CoreResult<Value> {
+    let response = call.response.clone().unwrap_or(Value::Null);
+    let Some(errors) = response.get("errors").filter(|e| !e.is_null()) else {
+        return Ok(response);
+    };
+    let text = errors.to_string();
+    Err(CoreError::Refused {
+        service: "Linear".into(),
+        transient: text.contains("RATELIMITED"),
+        answer: text.chars().take(300).collect(),
+        hint: "check capacity.linear_team_id and the secret capacity.linear_token_secret names; \
+               then flowgate.replay_dead() with this delivery's id (nothing was created)"
+            .into(),
+    })
+}
+
+/// A thread reply or warning: posted, or refused (`slack_posted`).
+fn slack_reply(_client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
+    if delivered(call) {
+        slack_posted(call)?;
+    }
+    Ok(())
+}
+
+/// A comment on the request's issue: created, or refused (`linear_done`).
+fn linear_comment(_client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()> {
+    if delivered(call) {
+        linear_done(call)?;
+    }
+    Ok(())
+}
 
 fn setting(key: &str) -> CoreResult<String> {
     Ok(settings::get_text(key)?.trim().to_string())
@@ -86,6 +154,7 @@ pub fn announce(
                     &format!("capacity:{id}:slack:reply:{event_id}"),
                 );
                 d.parked = ts.is_none();
+                d.handler = Some("capacity.slack_reply".into());
                 d
             }
         };
@@ -134,6 +203,7 @@ pub fn announce(
                     &format!("capacity:{id}:linear:comment:{event_id}"),
                 );
                 d.parked = issue.is_none();
+                d.handler = Some("capacity.linear_comment".into());
                 d
             }
         };
@@ -176,7 +246,10 @@ pub fn warn(client: &mut SpiClient<'_>, id: &str, deadline: &str) -> CoreResult<
         &format!("capacity:{id}:slack:reply:warning:{deadline}"),
     );
     d.parked = ts.is_none();
+    d.handler = Some("capacity.slack_reply".into());
     d.auth_secret = Some(setting("capacity.slack_token_secret")?);
+    // Paced with the channel's other messages (flowgate.flow_limits), as announce does.
+    d.flow_key = Some(format!("slack:{channel}"));
     d.headers.insert(
         "Content-Type".into(),
         "application/json; charset=utf-8".into(),
@@ -214,22 +287,7 @@ fn slack_root(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<
     if !delivered(call) {
         return Ok(());
     }
-    let response = call.response.clone().unwrap_or(Value::Null);
-    if response["ok"].as_bool() != Some(true) {
-        // Slack reports errors with HTTP 200 and ok=false (invalid_auth, channel_not_found, ...):
-        // a configuration to fix, not a bug (0A000 with what to do).
-        let error: String = response["error"]
-            .as_str()
-            .unwrap_or("no error given")
-            .chars()
-            .take(100)
-            .collect();
-        return Err(CoreError::MissingDependency {
-            feature: format!("posting the Slack message of request {}", call.owner_id),
-            dependency: format!("a bot token and channel Slack accepts (Slack answered ok=false: {error})"),
-            hint: "fix the slack_bot_token secret or capacity.slack_channel, then flowgate.rerun_handlers() with this delivery's id".into(),
-        });
-    }
+    let response = slack_posted(call)?;
     let (channel, ts) = match (response["channel"].as_str(), response["ts"].as_str()) {
         (Some(c), Some(t)) => (c.to_string(), t.to_string()),
         _ => {
@@ -260,8 +318,13 @@ fn linear_issue(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResul
     if !delivered(call) {
         return Ok(());
     }
-    let issue = linear::created_issue_id(&call.response.clone().unwrap_or(Value::Null))
-        .map_err(CoreError::Internal)?;
+    let answer = linear_done(call)?;
+    let issue =
+        linear::created_issue_id(&answer).map_err(|problem| CoreError::MissingDependency {
+            feature: format!("the Linear issue of request {}", call.owner_id),
+            dependency: format!("an issueCreate answer with the issue's id ({problem})"),
+            hint: "check capacity.linear_api_url points at Linear's GraphQL API".into(),
+        })?;
     client.update(
         "UPDATE capacity.capacity_requests SET linear_issue_id = $2 WHERE id = $1",
         None,

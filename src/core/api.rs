@@ -141,7 +141,9 @@ fn set_setting(key: Option<&str>, value: RawJsonb) -> Result<JsonB, ErrorReport>
         store::require_writer("flowgate.settings", "write flowgate settings")?;
         let key = super::args::required("key", key)?;
         settings::definition(key)?;
-        store::set_value(key, value.value("value", MAX_JSON_ARG_BYTES)?)
+        let value = value.value("value", MAX_JSON_ARG_BYTES)?;
+        settings::validate_new(key, &value)?;
+        store::set_value(key, value)
     };
     Ok(run().map(JsonB)?)
 }

@@ -65,6 +65,18 @@ pub enum CoreError {
     #[error("{what} must be CALLed on its own, not inside a transaction block or a function")]
     NeedsOwnTransactions { what: String, hint: String },
 
+    /// A remote service refused a request in its answer (Slack's `ok: false`, a GraphQL
+    /// `errors` list) though HTTP said 2xx: nothing was done there, so the outbox records the
+    /// delivery as not delivered (`transient`: tried again; else failed, for
+    /// `flowgate.replay_dead` once the cause is fixed).
+    #[error("{service} refused the request: {answer}")]
+    Refused {
+        service: String,
+        answer: String,
+        hint: String,
+        transient: bool,
+    },
+
     /// Concurrent work got in the way; the same call may succeed when sent again.
     #[error("{what} is busy")]
     Busy { what: String, hint: String },
@@ -167,7 +179,9 @@ impl SqlError for CoreError {
             CoreError::IllegalTransition { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CoreError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CoreError::Duplicate { .. } => ERRCODE_UNIQUE_VIOLATION,
-            CoreError::MissingDependency { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CoreError::MissingDependency { .. } | CoreError::Refused { .. } => {
+                ERRCODE_FEATURE_NOT_SUPPORTED
+            }
             CoreError::NeedsOwnTransactions { .. } => ERRCODE_INVALID_TRANSACTION_TERMINATION,
             CoreError::Busy { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
             CoreError::Spi(_) | CoreError::Internal(_) => ERRCODE_INTERNAL_ERROR,
@@ -188,6 +202,7 @@ impl SqlError for CoreError {
                 Some(allowed.clone())
             }
             CoreError::MissingDependency { hint, .. }
+            | CoreError::Refused { hint, .. }
             | CoreError::Busy { hint, .. }
             | CoreError::NeedsOwnTransactions { hint, .. } => {
                 Some(hint.clone())

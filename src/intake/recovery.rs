@@ -45,6 +45,12 @@ pub fn rebuild(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
         q = pool.queue(),
         d = pool.dlq()
     );
+    // The pool's queue tables owner-only again: a restore creates them under the target
+    // database's default privileges (pgmq's own grant SELECT to pg_monitor), and a dump carries
+    // no REVOKE for privileges they never had.
+    for relation in pool.queue_relations() {
+        crate::intake::pools::owner_only(client, &relation)?;
+    }
     if !crate::intake::pools::has_slot_sequence(pool) {
         prepared::exec(
             client,

@@ -114,6 +114,7 @@ impl OpsError {
                     CoreError::Busy { .. } => (503, "busy"),
                     CoreError::IllegalTransition { .. }
                     | CoreError::MissingDependency { .. }
+                    | CoreError::Refused { .. }
                     | CoreError::NeedsOwnTransactions { .. }
                     | CoreError::Spi(_)
                     | CoreError::Internal(_) => (500, "internal_error"),

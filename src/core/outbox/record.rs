@@ -228,6 +228,43 @@ fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> Cor
     Ok(Recorded::HandlerError)
 }
 
+/// A delivery whose answer, though 2xx, says the remote did nothing (its handler returned
+/// [`CoreError::Refused`]): not delivered. A transient refusal is tried again in a minute (dead
+/// once its attempts are spent); any other is failed, for `flowgate.replay_dead` once the cause
+/// is fixed. Sending it again posts nothing twice: nothing was posted.
+fn refused_in_answer(id: i64, observed: &Observation, e: &CoreError) -> CoreResult<Recorded> {
+    let transient = matches!(
+        e,
+        CoreError::Refused {
+            transient: true,
+            ..
+        }
+    );
+    let why = format!("{e}; {}", e.hint().unwrap_or_default());
+    let status = Spi::get_one_with_args::<String>(
+        "UPDATE flowgate.deliveries \
+            SET status = CASE WHEN NOT $5 THEN 'failed' WHEN attempts < max_attempts THEN 'pending' ELSE 'dead' END::flowgate.delivery_status, \
+                next_attempt_at = CASE WHEN $5 AND attempts < max_attempts THEN clock_timestamp() + interval '60 seconds' ELSE next_attempt_at END, \
+                delivered_at = NULL, last_status_code = $2, response_body = CASE WHEN sensitive THEN NULL ELSE $3 END, \
+                response_content_type = $4, last_error = left($6, 2000), handler_error = NULL, claimed_at = NULL, \
+                updated_at = clock_timestamp() \
+          WHERE id = $1 RETURNING status::text",
+        &[
+            id.into(),
+            observed.status_code().into(),
+            observed.body.clone().into(),
+            observed.content_type.clone().into(),
+            transient.into(),
+            why.into(),
+        ],
+    )?;
+    Ok(match status.as_deref() {
+        Some("pending") => Recorded::Retry,
+        Some("dead") => Recorded::Dead,
+        _ => Recorded::Failed,
+    })
+}
+
 /// How long a 429 or 503 with Retry-After pauses its whole flow key (clamped like the
 /// delivery's own wait).
 pub fn pause_of(observed: &Observation, policy: &RetryPolicy) -> Option<Duration> {
@@ -478,6 +515,7 @@ fn run_handler(
     });
     match ran {
         Ok(Ok(())) => Ok(recorded),
+        Ok(Err(e @ CoreError::Refused { .. })) => refused_in_answer(call.delivery_id, observed, &e),
         Ok(Err(e)) => keep_after_handler_error(
             call.delivery_id,
             observed,
@@ -520,7 +558,34 @@ pub fn rerun_handler(id: i64) -> CoreResult<bool> {
             request: request.as_ref().map(|j| &j.0),
             last_error: None,
         };
-        run(client, &call)?;
+        if let Err(e) = run(client, &call) {
+            return match e {
+                // Nothing was done remotely: failed now, for replay_dead to send again.
+                CoreError::Refused {
+                    service,
+                    answer,
+                    hint,
+                    ..
+                } => {
+                    let observed = Observation {
+                        attempt: Ok(super::policy::Attempt::Response {
+                            status: status_code.unwrap_or(200).clamp(100, 599) as u16,
+                            retry_after: None,
+                        }),
+                        body: Some(text.clone()),
+                        content_type: None,
+                    };
+                    let refused = CoreError::Refused {
+                        service,
+                        answer,
+                        hint,
+                        transient: false,
+                    };
+                    refused_in_answer(id, &observed, &refused).map(|_| false)
+                }
+                other => Err(other),
+            };
+        }
         prepared::exec(client, "UPDATE flowgate.deliveries SET handler_error = NULL, last_error = NULL, updated_at = clock_timestamp() WHERE id = $1", &[id.into()],
         )?;
         Ok(true)
