@@ -1,6 +1,6 @@
 -- flowgate.settings: documented keys, validated values, owner-only writes.
 BEGIN;
-SELECT plan(25);
+SELECT plan(27);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -25,6 +25,10 @@ SELECT throws_ok($$SELECT flowgate.set_secret('tap_null_secret', NULL)$$, '22023
 SELECT throws_ok($$SELECT flowgate.drop_secret('provisioning/acme/db_pass')$$, '22023', NULL,
     'drop_secret refuses a name set_secret never stores (a tenant key''s)');
 SELECT throws_ok($$SELECT flowgate.drop_secret(NULL)$$, '22023', NULL, 'and a NULL name');
+SELECT throws_ok($$SELECT flowgate.set_setting('capacity.slack_api_url', '"slack.com/api"')$$, '22023', NULL,
+    'a *_url setting must be an http(s) endpoint (else every request enqueued to it fails the user''s call)');
+SELECT throws_ok($$SELECT flowgate.set_setting('capacity.slack_token_secret', '"slack bot token"')$$, '22023', NULL,
+    'and a *_secret setting a secret''s name');
 SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.nope', '1')$$, '22023', NULL, 'an unknown key raises 22023');
 SELECT throws_ok($$SELECT flowgate.get_setting('flowgate.nope')$$, '22023', NULL, 'reading an unknown key raises 22023');
 SELECT throws_ok($$INSERT INTO flowgate.settings (key, value) VALUES ('flowgate.trusted_roles', '[1]')$$, '22023', NULL,

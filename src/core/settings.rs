@@ -270,18 +270,36 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Check that `value` is acceptable for `key`.
-/// [`validate`] for a new value (`flowgate.set_setting`), which also refuses a text setting
-/// holding a control character: an id, a name or a URL with one would only fail later, in a
-/// caller's request that never named it (a flow key, a header, a Slack channel). Not part of
-/// `validate`, which the table's trigger runs on every row, restores of older backups included.
+/// [`validate`] for a new value (`flowgate.set_setting`), which also holds a text setting to
+/// what it names: no control character (an id, a name or a URL with one would only fail later,
+/// in a caller's request that never named it: a flow key, a header, a Slack channel); a key
+/// ending in `_url` an http(s) endpoint, one ending in `_secret` a secret's name (or they fail
+/// every user call that enqueues a request to them). Not part of `validate`, which the table's
+/// trigger runs on every row, restores of older backups included.
 pub fn validate_new(key: &str, value: &Value) -> CoreResult<&'static Definition> {
     let def = validate(key, value)?;
     if let (Kind::Text { .. }, Value::String(s)) = (&def.kind, value) {
+        let what = || format!("value for setting {key}");
         if s.chars().any(char::is_control) {
             return Err(CoreError::invalid(
-                format!("value for setting {key}"),
+                what(),
                 "it contains a control character",
                 def.kind.describe(),
+            ));
+        }
+        if key.ends_with("_url") {
+            super::outbox::delivery::validate_url(s).map_err(|e| match e {
+                CoreError::InvalidArgument {
+                    problem, allowed, ..
+                } => CoreError::invalid(what(), problem, allowed),
+                other => other,
+            })?;
+        }
+        if key.ends_with("_secret") && !super::outbox::delivery::is_secret_name(s) {
+            return Err(CoreError::invalid(
+                what(),
+                format!("{:?} is not a secret's name", s.chars().take(64).collect::<String>()),
+                "1 to 128 of A-Za-z0-9_.-, starting with a letter (a name flowgate.set_secret stores, or a Vault secret's)",
             ));
         }
     }
@@ -507,6 +525,19 @@ mod unit_tests {
                 .sqlstate(),
             "22023"
         );
+        for (key, bad) in [
+            ("capacity.slack_api_url", "slack.com/api"),
+            ("capacity.linear_api_url", ""),
+            ("capacity.slack_token_secret", "slack bot token"),
+            ("capacity.slack_token_secret", ""),
+        ] {
+            assert_eq!(
+                validate_new(key, &json!(bad)).unwrap_err().sqlstate(),
+                "22023",
+                "{key} = {bad:?}"
+            );
+        }
+        assert!(validate_new("capacity.slack_api_url", &json!("https://slack.com/api")).is_ok());
         // The trigger's check lets a restore of an older backup load such a row.
         assert!(validate("capacity.slack_channel", &json!("C\u{7}X")).is_ok());
         assert_eq!(edit_distance("", "abc"), 3);

@@ -120,7 +120,7 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn is_secret_name(s: &str) -> bool {
+pub fn is_secret_name(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
         && s.chars()
