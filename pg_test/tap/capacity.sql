@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(82);
+SELECT plan(84);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -303,6 +303,16 @@ SELECT is(capacity.get_capacity_request(:'big2') -> 'request' ->> 'state', 'COMM
 RESET TimeZone;
 RESET ROLE;
 SELECT setval('capacity.request_number_seq', last_value, is_called) FROM seq_before \g /dev/null
+
+-- A party named by a Slack id linked to its person is stored as that person, as a link made
+-- later would have rewritten it (and as a restore of that copy keeps it); a requester cannot
+-- name themselves as commercial owner through their linked Slack id.
+SELECT flowgate.link_identity('slack', 'U0LNKAE', 'ae-lnk') \g /dev/null
+INSERT INTO capacity.group_members VALUES ('commercial_approvers', 'U0LNKAE');
+SELECT is(capacity.create_capacity_request('U0LNKAE', 'infra', '24XL', 1, 'us-east-1', requester_user_id => 'sa-lnk') #>> '{request,commercial_owner_user_id}',
+          'ae-lnk', 'a commercial owner named by a linked Slack id is stored as the person it is linked to');
+SELECT throws_ok($$SELECT capacity.create_capacity_request('U0LNKAE', 'infra', '24XL', 1, 'us-east-1', requester_user_id => 'ae-lnk')$$,
+                 '22023', NULL, 'and that person cannot be the requester too');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -312,12 +312,31 @@ fn key_taken_since_snapshot(key: &str) -> CoreError {
 /// Create a request (REQUEST_SUBMITTED), then auto-approve it when it is cheap enough.
 /// Returns the request id and whether it already existed (idempotency key reused).
 pub fn create(
-    request: Request,
+    mut request: Request,
     actor: &Actor,
     key: Option<&str>,
 ) -> Result<(String, bool), CoreError> {
     request.check_new()?;
     check_commercial_owner(&request.commercial_owner_user_id)?;
+    // A party named by a Slack id linked to its person is stored as that person's actor, as
+    // the link would have rewritten it had the request come first (capacity.adopt_linked_parties):
+    // one person is one party, here and in a restored copy alike. (Compared again as stored: a
+    // requester cannot name themselves as commercial owner through their Slack id.)
+    for party in [
+        &mut request.requester_user_id,
+        &mut request.commercial_owner_user_id,
+    ] {
+        if let Some(person) = crate::core::store::linked_actor("slack", party)? {
+            *party = person;
+        }
+    }
+    if request.commercial_owner_user_id == request.requester_user_id && !actor.trusted {
+        return Err(CoreError::invalid(
+            "commercial_owner_user_id",
+            "it names the requester (a Slack id linked to them)",
+            "another member of the commercial approvers' group: a requester does not approve their own request",
+        ));
+    }
     if let Some(k) = key {
         // Serialise creations that share an actor and key, then look for an earlier one. A
         // caller that had to wait, in a transaction whose snapshot is older than the lock

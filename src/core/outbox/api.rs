@@ -143,7 +143,9 @@ fn rerun_handlers(ids: Option<Vec<Option<i64>>>) -> Result<i32, ErrorReport> {
     let ids = crate::core::args::required("ids", ids)?;
     let mut ok = 0;
     for id in ids.into_iter().flatten() {
-        if record::rerun_handler(id)? {
+        // Each in its own subtransaction: one that fails again keeps its handler_error and
+        // is not counted; the others go on.
+        if let Ok(Ok(true)) = crate::core::subxact::run(|| record::rerun_handler(id)) {
             ok += 1;
         }
     }
