@@ -247,7 +247,7 @@ mod capacity {
             );
         }
         let as_of = as_of.map(|t| t.to_iso_string());
-        store::run_timers(as_of.as_deref())
+        crate::capacity::timers::run_timers(as_of.as_deref())
             .map(JsonB)
             .map_err(|e| e.report("capacity"))
     }

@@ -11,6 +11,7 @@ pub mod replays;
 pub mod settings;
 pub mod slack;
 pub mod store;
+pub mod timers;
 
 use crate::core::schedules::Job;
 
