@@ -14,18 +14,26 @@ T=${FLOWGATE_TESTD_URL:?set FLOWGATE_TESTD_URL to a running flowgate-testd}
 P=hretry_$$  # unique per run: the test server counts requests per key across runs
 
 q "SELECT intake.drop_pool('$P')" >/dev/null 2>&1 || true
-q "SELECT intake.create_pool('$P', 3, '{\"validation_webhook_url\": \"$T/ok\",
-   \"visibility_timeout_seconds\": 1, \"max_retries\": 4, \"batch_size\": 10}')" >/dev/null
-q "CREATE TABLE public.${P}_blocked (blocked boolean);
-   INSERT INTO public.${P}_blocked VALUES (true);
-   CREATE FUNCTION public.${P}_block() RETURNS trigger LANGUAGE plpgsql AS \$\$
-   BEGIN
-       IF NEW.message ->> 'state' = 'validated' AND EXISTS (SELECT FROM public.${P}_blocked) THEN
-           RAISE EXCEPTION 'the handler cannot mark the intent now' USING ERRCODE = '55P03';
-       END IF;
-       RETURN NEW;
-   END \$\$;
-   CREATE TRIGGER block BEFORE UPDATE ON pgmq.q_intake_$P FOR EACH ROW EXECUTE FUNCTION public.${P}_block();"
+# blocked_pool MAX_RETRIES: pool $P, whose handler cannot mark an intent validated (a trigger on
+# its queue raises, as a lock timeout would) until `unblock`; `unblocked_done` removes it.
+blocked_pool() {
+  q "SELECT intake.create_pool('$P', 3, '{\"validation_webhook_url\": \"$T/ok\",
+     \"visibility_timeout_seconds\": 1, \"max_retries\": $1, \"batch_size\": 10}')" >/dev/null
+  q "CREATE TABLE public.${P}_blocked (blocked boolean);
+     INSERT INTO public.${P}_blocked VALUES (true);
+     CREATE FUNCTION public.${P}_block() RETURNS trigger LANGUAGE plpgsql AS \$\$
+     BEGIN
+         IF NEW.message ->> 'state' = 'validated' AND EXISTS (SELECT FROM public.${P}_blocked) THEN
+             RAISE EXCEPTION 'the handler cannot mark the intent now' USING ERRCODE = '55P03';
+         END IF;
+         RETURN NEW;
+     END \$\$;
+     CREATE TRIGGER block BEFORE UPDATE ON pgmq.q_intake_$P FOR EACH ROW EXECUTE FUNCTION public.${P}_block();"
+}
+unblock() { q "DELETE FROM public.${P}_blocked"; }
+unblocked_done() { q "DROP TRIGGER block ON pgmq.q_intake_$P; DROP FUNCTION public.${P}_block(); DROP TABLE public.${P}_blocked"; }
+
+blocked_pool 4
 q "SELECT intake.claim_resource('$P', 'buyer-1')" >/dev/null
 drive() { psql -X -q -v ON_ERROR_STOP=1 -tA -c "SELECT intake.drain('$P')" -c "CALL flowgate.run_outbox()" >/dev/null; }
 unhandled="SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'intake' AND owner_id LIKE '$P:%' AND status = 'delivered' AND handler_error IS NOT NULL"
@@ -34,7 +42,7 @@ for _ in $(seq 1 80); do
   drive; sleep 0.1
 done
 [ "$(q "$unhandled")" -eq 1 ] || fail "the validation was not delivered with a failed handler"
-q "DELETE FROM public.${P}_blocked"
+unblock
 for _ in $(seq 1 120); do
   [ "$(q "SELECT count(*) FROM pgmq.q_intake_$P")" -eq 0 ] && break
   drive; sleep 0.25
@@ -45,7 +53,7 @@ consumed=$(q "SELECT count(*) FROM intake.allocations WHERE pool_id = '$P' AND s
 left=$(q "$unhandled")
 stat() { curl -fs "$T/_stats/$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
 v_max=$(stat intake:$P:validate: max_per_key)
-q "DROP TRIGGER block ON pgmq.q_intake_$P; DROP FUNCTION public.${P}_block(); DROP TABLE public.${P}_blocked"
+unblocked_done
 q "SELECT intake.drop_pool('$P')" >/dev/null
 [ "$dlq" -eq 0 ] || fail "$dlq intents in the DLQ"
 [ "$committed" -eq 1 ] && [ "$consumed" -eq 1 ] || fail "committed $committed, consumed $consumed (want 1, 1)"
@@ -57,25 +65,14 @@ echo "ok 1 - intake: a validation answer whose handler failed is applied on the 
 # message id), the stored answer is applied to the replayed intent, which commits; the webhook
 # is not called again.
 P=${P}_dlq
-q "SELECT intake.create_pool('$P', 3, '{\"validation_webhook_url\": \"$T/ok\",
-   \"visibility_timeout_seconds\": 1, \"max_retries\": 2, \"batch_size\": 10}')" >/dev/null
-q "CREATE TABLE public.${P}_blocked (blocked boolean);
-   INSERT INTO public.${P}_blocked VALUES (true);
-   CREATE FUNCTION public.${P}_block() RETURNS trigger LANGUAGE plpgsql AS \$\$
-   BEGIN
-       IF NEW.message ->> 'state' = 'validated' AND EXISTS (SELECT FROM public.${P}_blocked) THEN
-           RAISE EXCEPTION 'the handler cannot mark the intent now' USING ERRCODE = '55P03';
-       END IF;
-       RETURN NEW;
-   END \$\$;
-   CREATE TRIGGER block BEFORE UPDATE ON pgmq.q_intake_$P FOR EACH ROW EXECUTE FUNCTION public.${P}_block();"
+blocked_pool 2
 q "SELECT intake.claim_resource('$P', 'buyer-2')" >/dev/null
 for _ in $(seq 1 120); do
   [ "$(q "SELECT count(*) FROM pgmq.q_intake_${P}_dlq")" -eq 1 ] && break
   drive; sleep 0.25
 done
 [ "$(q "SELECT count(*) FROM pgmq.q_intake_${P}_dlq")" -eq 1 ] || fail "the blocked intent was not dead-lettered"
-q "DELETE FROM public.${P}_blocked"
+unblock
 q "SELECT intake.replay_dlq('$P')" >/dev/null
 for _ in $(seq 1 120); do
   [ "$(q "SELECT count(*) FROM pgmq.q_intake_$P")" -eq 0 ] && break
@@ -85,7 +82,7 @@ committed=$(q "SELECT count(*) FROM pgmq.a_intake_$P WHERE message ->> 'state' =
 dlq=$(q "SELECT count(*) FROM pgmq.q_intake_${P}_dlq")
 consumed=$(q "SELECT count(*) FROM intake.allocations WHERE pool_id = '$P' AND status = 'consumed'")
 v_max=$(stat intake:$P:validate: max_per_key)
-q "DROP TRIGGER block ON pgmq.q_intake_$P; DROP FUNCTION public.${P}_block(); DROP TABLE public.${P}_blocked"
+unblocked_done
 q "SELECT intake.drop_pool('$P')" >/dev/null
 [ "$dlq" -eq 0 ] && [ "$committed" -eq 1 ] && [ "$consumed" -eq 1 ] || fail "after the replay: committed $committed, consumed $consumed, DLQ $dlq (want 1, 1, 0)"
 [ "$v_max" -eq 1 ] || fail "the webhook saw the replayed intent $v_max times (want once)"

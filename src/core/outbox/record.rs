@@ -232,14 +232,12 @@ fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> Cor
 /// [`CoreError::Refused`]): not delivered. A transient refusal is tried again in a minute (dead
 /// once its attempts are spent); any other is failed, for `flowgate.replay_dead` once the cause
 /// is fixed. Sending it again posts nothing twice: nothing was posted.
-fn refused_in_answer(id: i64, observed: &Observation, e: &CoreError) -> CoreResult<Recorded> {
-    let transient = matches!(
-        e,
-        CoreError::Refused {
-            transient: true,
-            ..
-        }
-    );
+fn refused_in_answer(
+    id: i64,
+    observed: &Observation,
+    e: &CoreError,
+    transient: bool,
+) -> CoreResult<Recorded> {
     let why = format!("{e}; {}", e.hint().unwrap_or_default());
     let status = Spi::get_one_with_args::<String>(
         "UPDATE flowgate.deliveries \
@@ -515,7 +513,9 @@ fn run_handler(
     });
     match ran {
         Ok(Ok(())) => Ok(recorded),
-        Ok(Err(e @ CoreError::Refused { .. })) => refused_in_answer(call.delivery_id, observed, &e),
+        Ok(Err(e @ CoreError::Refused { transient, .. })) => {
+            refused_in_answer(call.delivery_id, observed, &e, transient)
+        }
         Ok(Err(e)) => keep_after_handler_error(
             call.delivery_id,
             observed,
@@ -560,13 +560,9 @@ pub fn rerun_handler(id: i64) -> CoreResult<bool> {
         };
         if let Err(e) = run(client, &call) {
             return match e {
-                // Nothing was done remotely: failed now, for replay_dead to send again.
-                CoreError::Refused {
-                    service,
-                    answer,
-                    hint,
-                    ..
-                } => {
+                // Nothing was done remotely: failed now (not retried: an operator asked for
+                // this run), for replay_dead to send again.
+                e @ CoreError::Refused { .. } => {
                     let observed = Observation {
                         attempt: Ok(super::policy::Attempt::Response {
                             status: status_code.unwrap_or(200).clamp(100, 599) as u16,
@@ -575,13 +571,7 @@ pub fn rerun_handler(id: i64) -> CoreResult<bool> {
                         body: Some(text.clone()),
                         content_type: None,
                     };
-                    let refused = CoreError::Refused {
-                        service,
-                        answer,
-                        hint,
-                        transient: false,
-                    };
-                    refused_in_answer(id, &observed, &refused).map(|_| false)
+                    refused_in_answer(id, &observed, &e, false).map(|_| false)
                 }
                 other => Err(other),
             };

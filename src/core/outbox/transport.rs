@@ -126,10 +126,11 @@ const PG_NET_STATE: &str = "\
              AND pg_catalog.has_table_privilege(t.q, 'INSERT') AND pg_catalog.has_table_privilege(t.q, 'SELECT') \
              AND pg_catalog.has_table_privilege(t.q, 'DELETE') AND pg_catalog.has_table_privilege(t.r, 'SELECT') \
              AND (t.s IS NULL OR pg_catalog.has_sequence_privilege(t.s, 'USAGE')) END, \
-           coalesce(pg_catalog.current_setting('pg_net.database_name', true) = pg_catalog.current_database(), false) \
+           CASE WHEN t.q IS NULL THEN false ELSE \
+             coalesce(pg_catalog.current_setting('pg_net.database_name', true) = pg_catalog.current_database(), false) \
              OR EXISTS (SELECT FROM pg_catalog.pg_stat_activity a \
                          WHERE (a.backend_type LIKE 'pg\\_net%' OR a.application_name LIKE 'pg\\_net%') \
-                           AND a.datname = pg_catalog.current_database()) \
+                           AND a.datname = pg_catalog.current_database()) END \
       FROM (SELECT pg_catalog.to_regclass('net.http_request_queue') AS q, pg_catalog.to_regclass('net._http_response') AS r, \
                    CASE WHEN pg_catalog.to_regclass('net.http_request_queue') IS NOT NULL \
                         THEN pg_catalog.to_regclass(pg_catalog.pg_get_serial_sequence('net.http_request_queue', 'id')) END AS s) t";
