@@ -39,10 +39,36 @@ $defaults$;
 -- and direct writes of ops wait until the update commits.
 LOCK TABLE ops.releases IN EXCLUSIVE MODE;
 
--- Every evaluation of a release now bumps its row (an update that changes nothing, for
--- REPEATABLE READ writers): room on each page keeps those updates HOT. Existing pages keep
--- their fill until rewritten.
-ALTER TABLE ops.releases SET (fillfactor = 90);
+-- Writers of a release take turns on its row in ops.release_locks (an upsert that changes
+-- nothing, for REPEATABLE READ writers too; see sql/ops/tables.sql); the row goes with its
+-- release.
+CREATE UNLOGGED TABLE ops.release_locks (
+    release_id uuid PRIMARY KEY
+);
+COMMENT ON TABLE ops.release_locks IS
+  'One row per release an event was applied to since the server last crashed: the row writers of the release lock in '
+  'turn (ops.ingest_event, the gate triggers). Holds no data; owner only, not dumped.';
+REVOKE ALL ON ops.release_locks FROM PUBLIC;
+ALTER TABLE ops.release_locks ENABLE ROW LEVEL SECURITY;
+CREATE FUNCTION ops.drop_release_locks() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM ops.release_locks l USING deleted_releases d WHERE l.release_id = d.release_id;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.drop_release_locks() FROM PUBLIC;
+COMMENT ON FUNCTION ops.drop_release_locks() IS
+  'Trigger: the lock rows of deleted releases are deleted with them.';
+CREATE TRIGGER drop_release_locks AFTER DELETE ON ops.releases REFERENCING OLD TABLE AS deleted_releases
+    FOR EACH STATEMENT EXECUTE FUNCTION ops.drop_release_locks();
+
+-- The ingest log's time index is a BRIN index: the log is appended in time order, and an insert
+-- leaves a BRIN index untouched until its range is summarized.
+DROP INDEX ops.event_ingest_log_received;
+CREATE INDEX event_ingest_log_received ON ops.event_ingest_log USING brin (received_at) WITH (autosummarize = on);
 
 -- Evidence records when it was attached by the clock (G4 counts a health_check artifact from
 -- its deployment's recorded_at on): existing rows take their created_at, before any
@@ -960,6 +986,8 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE flowgate.server_run FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.mark_default_requirement() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.direct_effects() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.drop_release_locks() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE ops.release_locks FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
     -- service_role keeps its reads and API, never an owner's rights (0.1.0 left what default

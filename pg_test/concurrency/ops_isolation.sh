@@ -17,7 +17,7 @@
 # (a repeat: the release is not evaluated again) and commits; then S inserts u pass directly,
 # dated at its transaction's start (allowed: within the writing transaction), so CI's fail is
 # the latest. S's trigger evaluates from a snapshot where its own pass is the latest: S must
-# fail with 40001 when it locks the release (the repeat bumped it), and the stored G1 must equal
+# fail with 40001 when it takes the release lock (the repeat rewrote its row), and the stored G1 must equal
 # a fresh evaluation (failed).
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(168);
+SELECT plan(174);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -388,14 +388,14 @@ SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-000
 -- ---- A repeated check result -------------------------------------------------------------------
 -- A result that repeats its check's latest one (same status, same required) changes no
 -- evaluation, so the ingest writes it without evaluating the release again: a mark put on the
--- stored reason stays. The release row is bumped all the same (a REPEATABLE READ transaction
--- that misses the result must fail when it locks the release). Any other result, or a repeat
+-- stored reason stays. The release's lock row is rewritten all the same (a REPEATABLE READ
+-- transaction that misses the result must fail when it takes the release). Any other result, or a repeat
 -- while a bypass of a gate the check's evaluation reads has expired, is evaluated.
 CREATE FUNCTION pg_temp.chk(key text, body text) RETURNS jsonb LANGUAGE sql AS $$
     SELECT ops.ingest_event(pg_temp.ev(key, 'check_result', body::jsonb, 'a0000000-0000-4000-8000-000000000009'))
 $$;
 CREATE FUNCTION pg_temp.r9_ctid() RETURNS tid LANGUAGE sql AS $$
-    SELECT ctid FROM ops.releases WHERE release_id = 'a0000000-0000-4000-8000-000000000009'
+    SELECT ctid FROM ops.release_locks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'
 $$;
 CREATE FUNCTION pg_temp.r9_g1() RETURNS text LANGUAGE sql AS $$
     SELECT status || ': ' || status_reason FROM ops.release_gates
@@ -421,7 +421,7 @@ SELECT ok((SELECT r #>> '{detail,check_id}' FROM r9_repeat) IN (SELECT check_id:
 SELECT is((SELECT count(*) FROM ops.gate_checks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
           (SELECT checks + 1 FROM r9_before), 'one row more');
 SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint, unit [mark]', 'the release was not evaluated again (the mark stays)');
-SELECT isnt(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'but its row was bumped');
+SELECT isnt(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'but its release lock row was rewritten (a REPEATABLE READ writer that missed it fails on it)');
 SELECT pg_temp.chk('r9-unit-3', '{"gate_code": "G1", "check_name": "unit", "status": "pass"}') \g /dev/null
 SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint', 'a new status is evaluated and stored');
 SELECT is(pg_temp.chk('r9-lint-2', '{"gate_code": "G1", "check_name": "lint", "status": "fail", "required": false}') #>> '{detail,gates,G1}',
@@ -497,6 +497,24 @@ SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-000
           'a direct change of G1''s required checks re-evaluates it (lint has not reported)');
 SELECT is((SELECT count(*) FROM ops.release_gates WHERE status <> ops.evaluate_gate(gate_id)), 0::bigint,
           'and every stored status still equals a fresh evaluation');
+
+-- ---- The release lock -----------------------------------------------------------------------------
+-- Its rows hold nothing: a crash empties the UNLOGGED table (as TRUNCATE does here) and the next
+-- event takes its release's row again; a deleted release's row goes with it.
+SELECT ok(EXISTS (SELECT FROM ops.release_locks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
+          'an event applied to a release left its lock row');
+TRUNCATE ops.release_locks;
+SELECT is((SELECT pg_temp.chk('r9-after-crash', '{"gate_code": "G1", "check_name": "unit", "status": "pass"}') ->> 'status'), 'accepted',
+          'after the lock rows are gone (a crash) an event is applied');
+SELECT ok(EXISTS (SELECT FROM ops.release_locks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
+          'and takes its release''s row again');
+DELETE FROM ops.releases WHERE release_id = 'a0000000-0000-4000-8000-000000000009';
+SELECT ok(NOT EXISTS (SELECT FROM ops.release_locks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
+          'a deleted release''s lock row goes with it');
+SELECT is((SELECT pg_temp.chk('r9-deleted', '{"gate_code": "G1", "check_name": "unit", "status": "pass"}') #>> '{detail,error}'),
+          'unknown_release', 'an event for it is rejected as for an unknown release (409)');
+SELECT ok(NOT EXISTS (SELECT FROM ops.release_locks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
+          'and takes no lock row');
 
 -- ---- Records stay records -----------------------------------------------------------------------
 SELECT throws_ok($$UPDATE ops.environment_events SET event_kind = 'nothing_happened'$$, '55000', NULL, 'environment_events is append-only (UPDATE)');

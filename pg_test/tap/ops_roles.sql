@@ -3,7 +3,7 @@
 -- and for ops.ingest_event. Every allowed action succeeds; every forbidden one fails with 42501
 -- (or a 403 outcome from ingest) and writes nothing.
 BEGIN;
-SELECT plan(68);
+SELECT plan(69);
 
 -- Two releases: R1 created by release manager rm-1, R2 by rm-2 (trusted setup names them).
 SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'roles-r1', 'event_type', 'release_created',
@@ -25,8 +25,8 @@ GRANT EXECUTE ON FUNCTION pg_temp.ev(text, text, jsonb) TO PUBLIC;
 
 -- ---- audit_reader: reads everything, writes nothing --------------------------------------------
 SELECT ok((SELECT bool_and(has_table_privilege('audit_reader', c.oid, 'SELECT')) FROM pg_class c
-            WHERE c.relnamespace = 'ops'::regnamespace AND c.relkind IN ('r', 'v')),
-          'audit_reader has SELECT on every ops table and view');
+            WHERE c.relnamespace = 'ops'::regnamespace AND c.relkind IN ('r', 'v') AND c.relname <> 'release_locks'),
+          'audit_reader has SELECT on every ops table and view (but the release locks, which hold no data)');
 SELECT ok((SELECT NOT bool_or(has_table_privilege('audit_reader', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')) FROM pg_class c
             WHERE c.relnamespace = 'ops'::regnamespace AND c.relkind IN ('r', 'v')),
           'audit_reader has no INSERT, UPDATE, DELETE or TRUNCATE on any of them');
@@ -219,9 +219,15 @@ SELECT isnt((SELECT status FROM ops.release_gates WHERE release_id = 'e0000000-0
 -- at least one policy; what it grants is what the installed catalog says.
 SELECT is_empty($$
     SELECT c.relname FROM pg_catalog.pg_class c
-     WHERE c.relnamespace = 'ops'::regnamespace AND c.relkind = 'r'
+     WHERE c.relnamespace = 'ops'::regnamespace AND c.relkind = 'r' AND c.relname <> 'release_locks'
        AND (NOT c.relrowsecurity OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid))$$,
     'every ops table has row-level security and a policy from the persona matrix');
+SELECT ok((SELECT c.relrowsecurity AND c.relpersistence = 'u'
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a
+                                   WHERE a.grantee <> c.relowner)
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
+             FROM pg_catalog.pg_class c WHERE c.oid = 'ops.release_locks'::regclass),
+    'the release locks are owner only (row-level security, no policy, no grant) and unlogged');
 SELECT ok((SELECT count(*) FROM ops.persona_privileges() s WHERE s LIKE 'CREATE POLICY %') =
           (SELECT count(*) FROM pg_catalog.pg_policies WHERE schemaname = 'ops'),
     'ops.persona_privileges() lists every ops policy there is');

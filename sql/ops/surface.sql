@@ -234,6 +234,22 @@ REVOKE EXECUTE ON FUNCTION ops.direct_release_gates() FROM PUBLIC;
 CREATE TRIGGER release_gates AFTER INSERT ON ops.releases FOR EACH ROW
     WHEN (pg_catalog.row_security_active('ops.releases'::regclass)) EXECUTE FUNCTION ops.direct_release_gates();
 
+-- A deleted release's lock row (ops.release_locks) goes with it, however the release is deleted.
+CREATE FUNCTION ops.drop_release_locks() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM ops.release_locks l USING deleted_releases d WHERE l.release_id = d.release_id;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.drop_release_locks() FROM PUBLIC;
+COMMENT ON FUNCTION ops.drop_release_locks() IS
+  'Trigger: the lock rows of deleted releases are deleted with them.';
+CREATE TRIGGER drop_release_locks AFTER DELETE ON ops.releases REFERENCING OLD TABLE AS deleted_releases
+    FOR EACH STATEMENT EXECUTE FUNCTION ops.drop_release_locks();
+
 -- The time of a decision, finish, rollback or resolution is the database's (as in ingest): an
 -- UPDATE that makes the move and leaves the column as it was gets now().
 -- Whether a requirement is one of the built-in defaults is a property of its pair, not of how

@@ -35,10 +35,24 @@ CREATE TABLE ops.releases (
     ingest_id     uuid,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
-) WITH (fillfactor = 90);  -- room for HOT updates: every evaluation of a release bumps its row
+);
 COMMENT ON TABLE ops.releases IS 'One row per release; created by a release_created event. Its four gates are created with it.';
 CREATE INDEX releases_created_by ON ops.releases (created_by);
 SELECT pg_catalog.pg_extension_config_dump('ops.releases', '');
+
+-- The lock the events of one release are applied under (ops::store::lock_release_row): every
+-- writer that evaluates the release rewrites its row here (an upsert that changes nothing), so
+-- writers of one release take turns, and a REPEATABLE READ writer whose snapshot misses an
+-- earlier writer's commit fails with 40001 when it takes the row instead of storing statuses
+-- from stale facts. It holds no data: UNLOGGED (taking it writes no WAL and checks none of
+-- ops.releases' constraints), emptied by a crash and never dumped; a row comes back the next
+-- time its release is taken. Owner only.
+CREATE UNLOGGED TABLE ops.release_locks (
+    release_id uuid PRIMARY KEY
+);
+COMMENT ON TABLE ops.release_locks IS
+  'One row per release an event was applied to since the server last crashed: the row writers of the release lock in '
+  'turn (ops.ingest_event, the gate triggers). Holds no data; owner only, not dumped.';
 
 CREATE TABLE ops.release_gates (
     gate_id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -240,7 +254,9 @@ COMMENT ON COLUMN ops.event_ingest_log.envelope IS 'The envelope as received; NU
 CREATE UNIQUE INDEX event_ingest_log_idempotency_key ON ops.event_ingest_log (idempotency_key)
     WHERE processing_status = 'accepted';
 CREATE INDEX event_ingest_log_release ON ops.event_ingest_log (release_id, received_at) WHERE release_id IS NOT NULL;
-CREATE INDEX event_ingest_log_received ON ops.event_ingest_log (received_at);
+-- The log is appended in time order: a BRIN index finds a time range as well, and an insert
+-- leaves it untouched until the range is summarized (no hot right-most page, no WAL per row).
+CREATE INDEX event_ingest_log_received ON ops.event_ingest_log USING brin (received_at) WITH (autosummarize = on);
 SELECT pg_catalog.pg_extension_config_dump('ops.event_ingest_log', '');
 
 CREATE TABLE ops.incidents (
@@ -309,5 +325,7 @@ ALTER TABLE ops.event_ingest_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ops.incidents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ops.recovery_drills ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ops.environment_gate_requirements ENABLE ROW LEVEL SECURITY;
+-- No policy: no one but the owner reads or writes the release locks, whatever is granted.
+ALTER TABLE ops.release_locks ENABLE ROW LEVEL SECURITY;
 
 

@@ -129,6 +129,7 @@ pub const INT4: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID);
 pub const TEXT: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTOID);
 pub const TEXT_ARRAY: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTARRAYOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::JSONBOID);
+pub const UUID: PgOid = PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::UUIDOID);
 
 /// The first column of the first row as JSON, `None` when there is no row (pgrx 0.18 raises on
 /// an empty table otherwise) or the value is NULL.

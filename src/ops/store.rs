@@ -7,10 +7,19 @@ use pgrx::pg_sys;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 
 use super::envelope::{self, EventType, Header};
-use super::error::OpsResult;
+use super::error::{OpsError, OpsResult};
 use super::personas;
 use crate::core::answer::JsonbAnswer;
-use crate::core::prepared::{self, JSONB, TEXT};
+use crate::core::error::CoreError;
+use crate::core::prepared::{self, JSONB, TEXT, UUID};
+
+/// A release id (checked by the envelope) as a `uuid` argument.
+pub(super) fn uuid_arg(id: &str) -> OpsResult<DatumWithOid<'static>> {
+    let checked = envelope::check_uuid("release_id", id)?;
+    let parsed = uuid::Uuid::parse_str(&checked)
+        .map_err(|e| OpsError::Core(CoreError::Internal(format!("release id {checked}: {e}"))))?;
+    Ok(pgrx::Uuid::from_bytes(*parsed.as_bytes()).into())
+}
 
 fn args<'a>(values: &'a [Option<&'a str>]) -> Vec<DatumWithOid<'a>> {
     values.iter().map(|v| (*v).into()).collect()
@@ -123,6 +132,38 @@ fn log_args<'a>(r: &'a Received<'a>, bytes: &'a str) -> [Option<&'a str>; 9] {
     ]
 }
 
+/// The statement that takes the lock of the release `$release` (a `uuid` placeholder: a text
+/// one cast in the filter would be parsed again for every row a small table is scanned for) when
+/// `$cond` holds and the release exists (see [`lock_release_row`]): an upsert into
+/// `ops.release_locks` that changes nothing, or in a schema from before that table (an earlier
+/// version's, until `ALTER EXTENSION flowgate UPDATE`) an update of the release's own row that
+/// changes nothing.
+macro_rules! take_release {
+    (lock_row, $release:literal, $cond:literal) => {
+        concat!(
+            "INSERT INTO ops.release_locks AS l (release_id) \
+             SELECT r.release_id FROM ops.releases r WHERE r.release_id = ",
+            $release,
+            " AND ",
+            $cond,
+            " ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id"
+        )
+    };
+    (release_row, $release:literal, $cond:literal) => {
+        concat!(
+            "UPDATE ops.releases r SET status = r.status WHERE r.release_id = ",
+            $release,
+            " AND ",
+            $cond
+        )
+    };
+}
+
+/// Whether the schema has `ops.release_locks` (it is older until the extension is updated).
+fn has_lock_rows() -> bool {
+    crate::core::store::relation_id(c"ops", c"release_locks").is_some()
+}
+
 /// What an envelope finds before it is applied.
 pub enum Precheck {
     /// An accepted row holds its idempotency key.
@@ -142,19 +183,19 @@ pub struct HeldKey {
     pub sender: String,
 }
 
-/// The release row an envelope's events are applied under.
+/// The release lock an envelope's events are applied under ([`lock_release_row`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ReleaseLock {
     /// Not locked (the envelope names no release, or creates it).
     NotTaken,
-    /// Taken (locked and bumped, [`lock_release_row`]) by this transaction.
+    /// Taken by this transaction.
     Taken,
     /// The release does not exist.
     Missing,
 }
 
 /// Look for the accepted row that holds an idempotency key and, when there is none, take the
-/// release row the envelope is about as [`lock_release_row`] does (so events of one release are
+/// lock of the release the envelope is about as [`lock_release_row`] does (so events of one release are
 /// applied one at a time): one statement. The look uses the statement's snapshot, taken before
 /// any lock wait, so it does not see what the previous lock holder committed; the statements
 /// after it do. A concurrent sender of the same key is found later: by the accepted log row's
@@ -181,22 +222,32 @@ pub fn precheck(
                FROM ops.event_ingest_log WHERE idempotency_key = $1 AND processing_status = 'accepted'"
         };
     }
-    const HELD_OR_LOCK: &str = concat!(
-        "WITH held AS (",
-        held!(),
-        "), locked AS (UPDATE ops.releases r SET status = r.status \
-                         WHERE r.release_id = $3::uuid AND NOT EXISTS (SELECT FROM held) RETURNING true AS taken) \
-         SELECT (SELECT id FROM held), (SELECT answer FROM held), (SELECT received_by FROM held), \
-                (SELECT taken FROM locked)"
-    );
+    macro_rules! held_or_lock {
+        ($form:ident) => {
+            concat!(
+                "WITH held AS (",
+                held!(),
+                "), locked AS (",
+                take_release!($form, "$3", "NOT EXISTS (SELECT FROM held)"),
+                " RETURNING true AS taken) \
+                 SELECT (SELECT id FROM held), (SELECT answer FROM held), (SELECT received_by FROM held), \
+                        (SELECT taken FROM locked)"
+            )
+        };
+    }
     // Both forms run as writes: a read-only SPI statement would see the calling statement's
     // snapshot, and miss a sender of the same key that committed since it began.
     let t = match release_to_lock {
         None => write(client, held!(), &[Some(key), Some(receipt)])?,
-        Some(release) => write(
+        Some(release) => prepared::run(
             client,
-            HELD_OR_LOCK,
-            &[Some(key), Some(receipt), Some(release)],
+            if has_lock_rows() {
+                held_or_lock!(lock_row)
+            } else {
+                held_or_lock!(release_row)
+            },
+            &[TEXT, TEXT, UUID],
+            &[key.into(), receipt.into(), uuid_arg(release)?],
         )?,
     };
     if t.is_empty() {
@@ -269,25 +320,32 @@ pub fn log(
 // The release lock
 // ---------------------------------------------------------------------------------------------
 
-/// Take the release row, so events of one release are applied (and its gates evaluated) one at
-/// a time; its status, or None when it does not exist. The row is taken by an update that
-/// changes nothing (a bump), which locks it as `FOR NO KEY UPDATE` would and is also a
-/// concurrent update to Postgres, which a lock alone is not: a `REPEATABLE READ` transaction
-/// whose snapshot is older than another evaluation of the release would otherwise evaluate from
-/// facts that miss what that one wrote (two events can each leave the stored statuses as they
-/// were while their facts together change them). With the bump, that transaction fails with
-/// 40001 when it takes the row. The bump is made by this transaction itself, not by the
-/// subtransaction an envelope's handler runs in: an update of a row its parent locked would
-/// record both in a new MultiXact, on every event. An envelope refused after the precheck
-/// leaves that row version (its log row is written all the same).
-pub(super) fn lock_release_row(
-    client: &mut SpiClient<'_>,
-    release_id: &str,
-) -> OpsResult<Option<String>> {
-    let t = write(
+/// Take the release's lock, so events of one release are applied (and its gates evaluated) one
+/// at a time; false when the release does not exist. The lock is the release's row in
+/// `ops.release_locks`, rewritten (an upsert that changes nothing): that locks it as
+/// `FOR NO KEY UPDATE` would and is also a concurrent update to Postgres, which a lock alone is
+/// not: a `REPEATABLE READ` transaction whose snapshot is older than another evaluation of the
+/// release would otherwise evaluate from facts that miss what that one wrote (two events can
+/// each leave the stored statuses as they were while their facts together change them). With
+/// the rewrite, that transaction fails with 40001 when it takes the row. The table is UNLOGGED
+/// and narrow: taking the lock writes no WAL and checks none of `ops.releases`' constraints.
+/// Before `ALTER EXTENSION flowgate UPDATE` has made the table, the release's own row is
+/// rewritten instead (as the earlier version did).
+///
+/// The lock is taken by this transaction itself, not by the subtransaction an envelope's
+/// handler runs in: a rewrite of a row its parent had locked would record both in a new
+/// MultiXact, on every event. An envelope refused after the precheck leaves that row version
+/// (its log row is written all the same).
+pub(super) fn lock_release_row(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<bool> {
+    let t = prepared::run(
         client,
-        "UPDATE ops.releases SET status = status WHERE release_id = $1::uuid RETURNING status",
-        &[Some(release_id)],
+        if has_lock_rows() {
+            concat!(take_release!(lock_row, "$1", "true"), " RETURNING true")
+        } else {
+            concat!(take_release!(release_row, "$1", "true"), " RETURNING true")
+        },
+        &[UUID],
+        &[uuid_arg(release_id)?],
     )?;
-    first_text(t)
+    Ok(!t.is_empty())
 }

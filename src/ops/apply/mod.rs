@@ -2,10 +2,9 @@
 //! of events (a release and its gates; checks, approvals and evidence; exceptions; deployments;
 //! the environment's own record).
 //!
-//! Every envelope about an existing release is applied under the release row's lock (a bump
-//! that locks it, `store::lock_release_row`, taken by the ingest's first statement or else
-//! here), so events of one
-//! release are applied one at a time, and ends by evaluating the release's gates once from
+//! Every envelope about an existing release is applied under the release's lock
+//! (`store::lock_release_row`, taken by the ingest's first statement or else here), so events
+//! of one release are applied one at a time, and ends by evaluating the release's gates once from
 //! everything committed before it and written by it: every gate, or for a check result the
 //! gates it can change (`GateCode::scope`). Different releases never wait for each other.
 
@@ -161,7 +160,7 @@ fn lock_release(client: &mut SpiClient<'_>, ctx: &Apply<'_>, release_id: &str) -
     let exists = match ctx.lock {
         ReleaseLock::Taken => true,
         ReleaseLock::Missing => false,
-        ReleaseLock::NotTaken => lock_release_row(client, release_id)?.is_some(),
+        ReleaseLock::NotTaken => lock_release_row(client, release_id)?,
     };
     if !exists {
         return Err(OpsError::UnknownRelease(release_id.to_owned()));

@@ -9,10 +9,11 @@ use pgrx::spi::{SpiClient, SpiTupleTable};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::core::prepared::{self, BOOL, TEXT, TEXT_ARRAY, UUID};
 use crate::ops::envelope::CheckReport;
 use crate::ops::error::{OpsError, OpsResult};
 use crate::ops::gates::{self, GateCode, ReleaseFacts};
-use crate::ops::store::{read, write};
+use crate::ops::store::{read, uuid_arg};
 
 /// A gate as loaded: code, required checks, stored status, reason, bypassing exception and
 /// its stored expiry (epoch seconds).
@@ -129,7 +130,7 @@ pub(super) enum Written {
     Evaluate { check_id: String },
 }
 
-/// Write a check result of the release `release_id`, whose row the caller has bumped
+/// Write a check result of the release `release_id`, whose lock the caller holds
 /// (`store::lock_release_row`, and the ingest's precheck, which takes the same lock). The
 /// statement also reads the check's latest result before this one, so the release is not
 /// evaluated again when the new result repeats it: the rules read the latest result per check
@@ -140,54 +141,59 @@ pub(super) enum Written {
 /// follows G2's status) holds a bypass that has expired: expiry is the one way time changes an
 /// evaluation, and the stored status is then out of date.
 ///
-/// The repeat path relies on the bump too: a `REPEATABLE READ` transaction whose snapshot misses
+/// The repeat path relies on the lock's rewrite too: a `REPEATABLE READ` transaction whose snapshot misses
 /// this result could otherwise write a result of the same check dated before it (a direct
 /// insert may set `recorded_at` to its transaction's start) and store an evaluation in which
-/// its own result is the latest. With the bump it fails with 40001 when it takes the release.
+/// its own result is the latest. Instead it fails with 40001 when it takes the release.
 pub(super) fn write_check(
     client: &mut SpiClient<'_>,
     release_id: &str,
     c: &NewCheck<'_>,
     inputs: &[GateCode],
 ) -> OpsResult<Written> {
-    const SQL: &str = "WITH latest AS ( \
-           SELECT l.status, l.required FROM ops.release_gates g \
-            CROSS JOIN LATERAL (SELECT c.status, c.required FROM ops.gate_checks c \
-                                 WHERE c.gate_id = g.gate_id AND c.check_name COLLATE \"C\" = $3 \
-                                 ORDER BY c.recorded_at DESC LIMIT 1) l \
-            WHERE g.release_id = $1::uuid AND g.gate_code = $2), \
+    // The release's gates are read once (the CTE `g`, used twice, is computed once). The check's
+    // latest result is read by the main query: every part of a statement reads one snapshot,
+    // so it does not see the row `written` inserts.
+    const SQL: &str = "WITH g AS ( \
+           SELECT gate_id, release_id, gate_code, status, bypass_expires_at FROM ops.release_gates \
+            WHERE release_id = $1), \
          written AS ( \
            INSERT INTO ops.gate_checks (check_id, gate_id, release_id, check_name, status, required, run_id, \
                                         details_url, reported_by, source_system, ingest_id) \
-           SELECT $12::uuid, g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
-             FROM ops.release_gates g WHERE g.release_id = $1::uuid AND g.gate_code = $2 \
-           RETURNING check_id::text) \
-         SELECT (SELECT check_id FROM written), \
-                EXISTS (SELECT FROM latest WHERE status = $4 AND required = $5::boolean) \
+           SELECT $12::uuid, g.gate_id, g.release_id, $3, $4, $5, $6, $7, $8, $9, $10::uuid \
+             FROM g WHERE g.gate_code = $2 \
+           RETURNING check_id, gate_id) \
+         SELECT w.check_id::text, \
+                EXISTS (SELECT FROM (SELECT c.status, c.required FROM ops.gate_checks c \
+                                      WHERE c.gate_id = w.gate_id AND c.check_name COLLATE \"C\" = $3 \
+                                      ORDER BY c.recorded_at DESC LIMIT 1) l \
+                         WHERE l.status = $4 AND l.required = $5) \
                 AND NOT coalesce(s.expired, false), s.statuses \
            FROM (SELECT array_agg(gate_code || ' ' || status ORDER BY gate_code) AS statuses, \
-                        bool_or(gate_code = ANY ($11::text[]) AND bypass_expires_at <= clock_timestamp()) AS expired \
-                   FROM ops.release_gates WHERE release_id = $1::uuid) s";
-    let required = c.report.required.to_string();
-    let codes: Vec<&str> = inputs.iter().map(|g| g.as_str()).collect();
-    let inputs = format!("{{{}}}", codes.join(","));
-    let t = write(
+                        bool_or(gate_code = ANY ($11) AND bypass_expires_at <= clock_timestamp()) AS expired \
+                   FROM g) s \
+           LEFT JOIN written w ON true";
+    let codes: Vec<String> = inputs.iter().map(|g| g.as_str().to_owned()).collect();
+    let t = prepared::run(
         client,
         SQL,
         &[
-            Some(release_id),
-            Some(c.report.gate.as_str()),
-            Some(&c.report.check_name),
-            Some(&c.report.status),
-            Some(&required),
-            c.report.run_id.as_deref(),
-            c.report.details_url.as_deref(),
-            Some(c.reported_by),
-            Some(c.source_system),
-            Some(c.ingest_id),
-            Some(&inputs),
+            UUID, TEXT, TEXT, TEXT, BOOL, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT_ARRAY, TEXT,
+        ],
+        &[
+            uuid_arg(release_id)?,
+            c.report.gate.as_str().into(),
+            c.report.check_name.as_str().into(),
+            c.report.status.as_str().into(),
+            c.report.required.into(),
+            c.report.run_id.as_deref().into(),
+            c.report.details_url.as_deref().into(),
+            c.reported_by.into(),
+            c.source_system.into(),
+            c.ingest_id.into(),
+            codes.into(),
             // A v4 UUID as the column's default makes, without OpenSSL's generator.
-            Some(&crate::core::store::new_id()),
+            crate::core::store::new_id().into(),
         ],
     )?;
     let row = t.first();

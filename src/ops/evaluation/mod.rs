@@ -89,7 +89,7 @@ pub fn evaluate(client: &SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates
 
 /// Recompute and store the gate statuses of a release, taking its row lock.
 pub fn refresh(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<Vec<gates::Evaluation>> {
-    if lock_release_row(client, release_id)?.is_none() {
+    if !lock_release_row(client, release_id)? {
         // Deleted meanwhile (cascade): nothing to evaluate.
         return Ok(Vec::new());
     }
@@ -108,7 +108,7 @@ pub struct Refreshed {
     pub check_id: Option<String>,
 }
 
-/// Recompute and store the gate statuses of a release whose row the caller has bumped
+/// Recompute and store the gate statuses of a release whose lock the caller holds
 /// (`store::lock_release_row`, or the ingest's precheck), after
 /// writing `new_check` if there is one. A new check is evaluated with the gates it can change,
 /// from their facts alone (`GateCode::scope`), unless it repeats its check's latest result
