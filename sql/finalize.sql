@@ -239,6 +239,7 @@ BEGIN
         REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
         REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
         REVOKE ALL ON TABLE flowgate.secrets FROM service_role;
+        REVOKE ALL ON TABLE ops.release_locks FROM service_role;  -- holds no data: owner only
     END IF;
 END
 $exposure$;

@@ -39,9 +39,9 @@ $defaults$;
 -- and direct writes of ops wait until the update commits.
 LOCK TABLE ops.releases IN EXCLUSIVE MODE;
 
--- Writers of a release take turns on its row in ops.release_locks (an upsert that changes
--- nothing, for REPEATABLE READ writers too; see sql/ops/tables.sql); the row goes with its
--- release.
+-- Writers of a release lock its row and then rewrite its row in ops.release_locks (an upsert
+-- that changes nothing, for REPEATABLE READ writers; see sql/ops/tables.sql) instead of
+-- rewriting the release's own row; the lock row goes with its release.
 CREATE UNLOGGED TABLE ops.release_locks (
     release_id uuid PRIMARY KEY
 );
@@ -999,6 +999,7 @@ BEGIN
         REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
         REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
         REVOKE ALL ON TABLE flowgate.secrets FROM service_role;
+        REVOKE ALL ON TABLE ops.release_locks FROM service_role;
     END IF;
 END
 $exposure$;

@@ -171,6 +171,50 @@ deployed=$(q "SELECT count(*) FROM ops.deployments WHERE release_id = '$R4'")
 [ "$deployed" -eq 0 ] && grep -q 'not eligible' <<<"$copied" \
   || fail "a persona's COPY (INSERT ... RETURNING) got past the promotion block: $copied"
 q "DELETE FROM ops.releases WHERE release_id = '$R4'; DROP OWNED BY fg_iso_two; DROP ROLE fg_iso_two"
+# ---- 5. the release lock against direct edits and deletions --------------------------------------
+# Every writer of a release takes its row first, then its lock row: an ingest finishing a
+# deployment (which updates the release) waits for a direct edit of the release, whose own fact
+# write takes the lock after it, instead of deadlocking with it; and a sender that waited while
+# the release was deleted answers as for an unknown release and leaves no lock row.
+# (New ids each run: a release with a deployment keeps its timeline entries and is never deleted.)
+R5=$(q "SELECT gen_random_uuid()")
+ev5() {  # key type fields
+  echo "ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/$R5/$1', 'event_type', '$2',
+        'source_system', 'github_actions', 'release_id', '$R5') || '$3'::jsonb)"
+}
+D5=$(q "SELECT gen_random_uuid()")
+q "SELECT $(ev5 create release_created '{"version": "iso-5"}')" >/dev/null
+q "SELECT $(ev5 dep deployment_started "{\"environment\": \"dev\", \"deployment_id\": \"$D5\"}")" >/dev/null
+session a; session b
+say a "BEGIN; UPDATE ops.releases SET title = 'renamed' WHERE release_id = '$R5'; SELECT 'a edited';"
+until_printed a 'a edited'
+say b "SELECT 'backend ' || pg_backend_pid(); SELECT 'b: ' || ($(ev5 fin deployment_finished "{\"deployment_id\": \"$D5\", \"status\": \"succeeded\"}") ->> 'status');"
+until_printed b 'backend '
+until_waiting b
+say a "INSERT INTO ops.evidence_artifacts (release_id, artifact_type, uri, submitted_by) VALUES ('$R5', 'runbook', 'https://x/rb', 'rm-1');
+       COMMIT; SELECT 'a committed';"
+until_printed a 'a committed'
+finish a; finish b
+grep -q '^b: accepted$' "$dir/b.out" || fail "the deployment's ingest behind a direct edit of its release: $(cat "$dir/b.out")"
+status=$(q "SELECT status FROM ops.releases WHERE release_id = '$R5'")
+[ "$status" = open ] || fail "a dev deployment moved the release to $status"
+rm -f "$dir"/a.* "$dir"/b.*
+R5=$(q "SELECT gen_random_uuid()")
+q "SELECT $(ev5 create release_created '{"version": "iso-5b"}')" >/dev/null
+session a; session b
+say a "BEGIN; SELECT $(ev5 c1 check_result '{"gate_code": "G1", "check_name": "u", "status": "pass"}') ->> 'status'; SELECT 'a applied';"
+until_printed a 'a applied'
+say b "SELECT 'backend ' || pg_backend_pid(); SELECT 'b: ' || coalesce(a #>> '{detail,error}', a::text)
+         FROM (SELECT $(ev5 c2 check_result '{"gate_code": "G1", "check_name": "v", "status": "pass"}') AS a) x;"
+until_printed b 'backend '
+until_waiting b
+say a "DELETE FROM ops.releases WHERE release_id = '$R5'; COMMIT;"
+finish a; finish b
+grep -q '^b: unknown_release$' "$dir/b.out" || fail "a sender that waited while its release was deleted: $(cat "$dir/b.out")"
+orphans=$(q "SELECT count(*) FROM ops.release_locks WHERE release_id = '$R5'")
+[ "$orphans" -eq 0 ] || fail "the deleted release kept $orphans lock row"
+rm -f "$dir"/a.* "$dir"/b.*
+echo "ok 5 - ops release lock: an ingest finishing a deployment waits behind a direct edit of its release (whose fact write then takes the lock) and is accepted, no deadlock; a sender that waited while the release was deleted is answered unknown_release and leaves no lock row"
 echo "ok 3 - ops identity: one login with two personas and no JWT is one actor (its exception approved by itself: $decided, refused); a persona's COPY (INSERT ... RETURNING) TO STDOUT is refused by the promotion block like an INSERT"
 
 echo "ok 1 - ops ingest, a repeated check result (not evaluated again) against a REPEATABLE READ direct writer of an earlier-dated result of the same check: the writer fails with 40001 and the stored G1 ($stored) equals a fresh evaluation"

@@ -693,7 +693,6 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
         GRANT USAGE ON SCHEMA ops TO service_role;
         GRANT SELECT ON ALL TABLES IN SCHEMA ops TO service_role;
-        REVOKE SELECT ON ops.release_locks FROM service_role;  -- holds no data: owner only
         GRANT EXECUTE ON FUNCTION ops.ingest_event(jsonb), ops.evaluate_gate(uuid),
             ops.is_eligible_for_promotion(uuid, text), ops.promotion_status(uuid, text) TO service_role;
     END IF;

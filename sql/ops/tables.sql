@@ -40,13 +40,13 @@ COMMENT ON TABLE ops.releases IS 'One row per release; created by a release_crea
 CREATE INDEX releases_created_by ON ops.releases (created_by);
 SELECT pg_catalog.pg_extension_config_dump('ops.releases', '');
 
--- The lock the events of one release are applied under (ops::store::lock_release_row): every
--- writer that evaluates the release rewrites its row here (an upsert that changes nothing), so
--- writers of one release take turns, and a REPEATABLE READ writer whose snapshot misses an
--- earlier writer's commit fails with 40001 when it takes the row instead of storing statuses
--- from stale facts. It holds no data: UNLOGGED (taking it writes no WAL and checks none of
--- ops.releases' constraints), emptied by a crash and never dumped; a row comes back the next
--- time its release is taken. Owner only.
+-- Part of the lock the events of one release are applied under (ops::store::lock_release_row):
+-- every writer that evaluates the release locks the release's row, then rewrites its row here
+-- (an upsert that changes nothing), so a REPEATABLE READ writer whose snapshot misses an earlier
+-- writer's commit fails with 40001 when it takes the row instead of storing statuses from stale
+-- facts (a lock alone is not a concurrent update to Postgres). It holds no data: UNLOGGED (the
+-- rewrite writes no WAL and checks none of ops.releases' constraints), emptied by a crash and
+-- never dumped; a row comes back the next time its release is taken. Owner only.
 CREATE UNLOGGED TABLE ops.release_locks (
     release_id uuid PRIMARY KEY
 );

@@ -132,29 +132,33 @@ fn log_args<'a>(r: &'a Received<'a>, bytes: &'a str) -> [Option<&'a str>; 9] {
     ]
 }
 
-/// The statement that takes the lock of the release `$release` (a `uuid` placeholder: a text
-/// one cast in the filter would be parsed again for every row a small table is scanned for) when
-/// `$cond` holds and the release exists (see [`lock_release_row`]): an upsert into
-/// `ops.release_locks` that changes nothing, or in a schema from before that table (an earlier
-/// version's, until `ALTER EXTENSION flowgate UPDATE`) an update of the release's own row that
-/// changes nothing.
+/// The common table expressions that take the lock of the release `$release` (a `uuid`
+/// placeholder: a text one cast in the filter would be parsed again for every row a small table
+/// is scanned for) when `$cond` holds and the release exists (see [`lock_release_row`]); the
+/// CTE `locked` returns `taken` when it did. The release's row is locked (`FOR NO KEY UPDATE`),
+/// then its row in `ops.release_locks` is rewritten by an upsert that changes nothing; in a
+/// schema from before that table (an earlier version's, until `ALTER EXTENSION flowgate
+/// UPDATE`) the release's own row is rewritten instead.
 macro_rules! take_release {
     (lock_row, $release:literal, $cond:literal) => {
         concat!(
-            "INSERT INTO ops.release_locks AS l (release_id) \
-             SELECT r.release_id FROM ops.releases r WHERE r.release_id = ",
+            "release AS (SELECT r.release_id FROM ops.releases r WHERE r.release_id = ",
             $release,
             " AND ",
             $cond,
-            " ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id"
+            " FOR NO KEY UPDATE OF r), \
+             locked AS (INSERT INTO ops.release_locks AS l (release_id) SELECT release_id FROM release \
+                        ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id \
+                        RETURNING true AS taken)"
         )
     };
     (release_row, $release:literal, $cond:literal) => {
         concat!(
-            "UPDATE ops.releases r SET status = r.status WHERE r.release_id = ",
+            "locked AS (UPDATE ops.releases r SET status = r.status WHERE r.release_id = ",
             $release,
             " AND ",
-            $cond
+            $cond,
+            " RETURNING true AS taken)"
         )
     };
 }
@@ -227,10 +231,9 @@ pub fn precheck(
             concat!(
                 "WITH held AS (",
                 held!(),
-                "), locked AS (",
+                "), ",
                 take_release!($form, "$3", "NOT EXISTS (SELECT FROM held)"),
-                " RETURNING true AS taken) \
-                 SELECT (SELECT id FROM held), (SELECT answer FROM held), (SELECT received_by FROM held), \
+                " SELECT (SELECT id FROM held), (SELECT answer FROM held), (SELECT received_by FROM held), \
                         (SELECT taken FROM locked)"
             )
         };
@@ -321,28 +324,42 @@ pub fn log(
 // ---------------------------------------------------------------------------------------------
 
 /// Take the release's lock, so events of one release are applied (and its gates evaluated) one
-/// at a time; false when the release does not exist. The lock is the release's row in
-/// `ops.release_locks`, rewritten (an upsert that changes nothing): that locks it as
-/// `FOR NO KEY UPDATE` would and is also a concurrent update to Postgres, which a lock alone is
-/// not: a `REPEATABLE READ` transaction whose snapshot is older than another evaluation of the
-/// release would otherwise evaluate from facts that miss what that one wrote (two events can
-/// each leave the stored statuses as they were while their facts together change them). With
-/// the rewrite, that transaction fails with 40001 when it takes the row. The table is UNLOGGED
-/// and narrow: taking the lock writes no WAL and checks none of `ops.releases`' constraints.
+/// at a time; false when the release does not exist (also when it was deleted while this
+/// waited). Two rows are taken, in this order:
+/// - the release's row in `ops.releases`, `FOR NO KEY UPDATE`: writers of the release wait here,
+///   in the order every writer of a release takes its rows (the release first: a direct edit of
+///   the release, a deletion of it), and a writer that waited finds a release deleted meanwhile
+///   gone;
+/// - its row in `ops.release_locks`, rewritten by an upsert that changes nothing: a lock alone is
+///   no concurrent update to Postgres, a rewrite is. A `REPEATABLE READ` transaction whose
+///   snapshot is older than another evaluation of the release would otherwise evaluate from
+///   facts that miss what that one wrote (two events can each leave the stored statuses as they
+///   were while their facts together change them); with the rewrite it fails with 40001 here.
+///   The table is UNLOGGED and narrow: the rewrite writes no WAL and checks no constraint, where
+///   rewriting the release's own row ran its six CHECKs and logged a new version of it.
+///
 /// Before `ALTER EXTENSION flowgate UPDATE` has made the table, the release's own row is
 /// rewritten instead (as the earlier version did).
 ///
 /// The lock is taken by this transaction itself, not by the subtransaction an envelope's
-/// handler runs in: a rewrite of a row its parent had locked would record both in a new
-/// MultiXact, on every event. An envelope refused after the precheck leaves that row version
-/// (its log row is written all the same).
+/// handler runs in: rows its parent had locked, locked or rewritten again by the
+/// subtransaction, would record both in a new MultiXact, on every event. An envelope refused
+/// after the precheck leaves the lock row's new version (its log row is written all the same).
 pub(super) fn lock_release_row(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<bool> {
     let t = prepared::run(
         client,
         if has_lock_rows() {
-            concat!(take_release!(lock_row, "$1", "true"), " RETURNING true")
+            concat!(
+                "WITH ",
+                take_release!(lock_row, "$1", "true"),
+                " SELECT taken FROM locked"
+            )
         } else {
-            concat!(take_release!(release_row, "$1", "true"), " RETURNING true")
+            concat!(
+                "WITH ",
+                take_release!(release_row, "$1", "true"),
+                " SELECT taken FROM locked"
+            )
         },
         &[UUID],
         &[uuid_arg(release_id)?],
