@@ -141,10 +141,10 @@ pub(super) enum Written {
 /// follows G2's status) holds a bypass that has expired: expiry is the one way time changes an
 /// evaluation, and the stored status is then out of date.
 ///
-/// The repeat path relies on the lock's rewrite too: a `REPEATABLE READ` transaction whose snapshot misses
-/// this result could otherwise write a result of the same check dated before it (a direct
-/// insert may set `recorded_at` to its transaction's start) and store an evaluation in which
-/// its own result is the latest. Instead it fails with 40001 when it takes the release.
+/// The repeat path relies on the lock's rewrite too: a `REPEATABLE READ` transaction whose
+/// snapshot misses this result could otherwise write a result of the same check dated before it
+/// (a direct insert may set `recorded_at` to its transaction's start) and store an evaluation in
+/// which its own result is the latest. Instead it fails with 40001 when it takes the release.
 pub(super) fn write_check(
     client: &mut SpiClient<'_>,
     release_id: &str,
