@@ -202,8 +202,8 @@ pub enum ReleaseLock {
 /// lock of the release the envelope is about as [`lock_release_row`] does (so events of one
 /// release are applied one at a time): one statement. The look uses the statement's snapshot,
 /// taken before any lock wait, so it does not see what the previous lock holder committed; the
-/// statements after it do. A concurrent sender of the same key is found later: by the accepted log row's
-/// insert, or by the look again after a refusal. The lock is held until the caller's
+/// statements after it do. A concurrent sender of the same key is found later: by the accepted
+/// log row's insert, or by the look again after a refusal. The lock is held until the caller's
 /// transaction ends, also when the event is refused.
 ///
 /// A held key's answer, should this envelope be its duplicate under the ingest id `receipt`, is
