@@ -7,17 +7,14 @@ use pgrx::pg_sys;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 
 use super::envelope::{self, EventType, Header};
-use super::error::{OpsError, OpsResult};
+use super::error::OpsResult;
 use super::personas;
 use crate::core::answer::JsonbAnswer;
-use crate::core::error::CoreError;
 use crate::core::prepared::{self, JSONB, TEXT, UUID};
 
 /// A release id (checked by the envelope) as a `uuid` argument.
 pub(super) fn uuid_arg(id: &str) -> OpsResult<DatumWithOid<'static>> {
-    let checked = envelope::check_uuid("release_id", id)?;
-    let parsed = uuid::Uuid::parse_str(&checked)
-        .map_err(|e| OpsError::Core(CoreError::Internal(format!("release id {checked}: {e}"))))?;
+    let parsed = envelope::parse_uuid("release_id", id)?;
     Ok(pgrx::Uuid::from_bytes(*parsed.as_bytes()).into())
 }
 

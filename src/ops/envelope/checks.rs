@@ -51,15 +51,18 @@ pub(super) fn opt_text(
 }
 
 pub fn check_uuid(field: &str, s: &str) -> OpsResult<String> {
-    uuid::Uuid::parse_str(s)
-        .map(|u| u.hyphenated().to_string())
-        .map_err(|_| {
-            OpsError::invalid(
-                field,
-                format!("{:?} is not a UUID", truncate(s, 64)),
-                "a UUID such as 4f1c2a9e-8d3b-4c55-9a7e-0b6d2f1e3c4a",
-            )
-        })
+    parse_uuid(field, s).map(|u| u.hyphenated().to_string())
+}
+
+/// `s` as a UUID; 400 `invalid_field` naming `field` when it is not one.
+pub fn parse_uuid(field: &str, s: &str) -> OpsResult<uuid::Uuid> {
+    uuid::Uuid::parse_str(s).map_err(|_| {
+        OpsError::invalid(
+            field,
+            format!("{:?} is not a UUID", truncate(s, 64)),
+            "a UUID such as 4f1c2a9e-8d3b-4c55-9a7e-0b6d2f1e3c4a",
+        )
+    })
 }
 
 pub(super) fn opt_uuid(field: &str, s: Option<String>) -> OpsResult<Option<String>> {

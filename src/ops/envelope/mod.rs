@@ -29,7 +29,7 @@ pub use body::*;
 use checks::{
     check_artifact, check_object, check_text, header_text, json_kind, required_text, truncate,
 };
-pub use checks::{check_timestamp, check_uuid, text_ok, uri_ok};
+pub use checks::{check_timestamp, check_uuid, parse_uuid, text_ok, uri_ok};
 
 /// Largest envelope accepted, as JSON text.
 pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
