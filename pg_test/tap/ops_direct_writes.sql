@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(103);
+SELECT plan(107);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -269,6 +269,23 @@ SELECT throws_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name,
                    SELECT gate_id, release_id, 'sast', 'pass', 'ci-bot', 'github actions!' FROM ops.release_gates
                     WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G1'$$,
                  '23514', NULL, 'so is a source_system outside A-Za-z0-9_.:/-');
+-- The rules of a check result are domains (ops.check_status, ops.check_run_id, ops.absolute_uri):
+-- a direct write is refused by each of them, as by a CHECK.
+SELECT throws_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, reported_by, source_system)
+                   SELECT gate_id, release_id, 'sast', 'passed', 'ci-bot', 'github_actions' FROM ops.release_gates
+                    WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G1'$$,
+                 '23514', 'value for domain ops.check_status violates check constraint "check_status_check"',
+                 'a check status outside pass, fail, pending, skipped is refused');
+SELECT throws_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, run_id, reported_by, source_system)
+                   SELECT gate_id, release_id, 'sast', 'pass', '   ', 'ci-bot', 'github_actions' FROM ops.release_gates
+                    WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G1'$$,
+                 '23514', NULL, 'so is a blank run_id');
+SELECT throws_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, details_url, reported_by, source_system)
+                   SELECT gate_id, release_id, 'sast', 'pass', 'ci/runs/7', 'ci-bot', 'github_actions' FROM ops.release_gates
+                    WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G1'$$,
+                 '23514', NULL, 'and a details_url that is not an absolute URI');
+SELECT is((SELECT count(*)::int FROM ops.gate_checks WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND check_name = 'sast'), 0,
+          'none of the refused check results was written');
 SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (release_id, artifact_type, uri, submitted_by)
                    VALUES ('d6000000-0000-4000-8000-000000000001', 'test_report', 'see the wiki', 'ci-bot')$$,
                  '23514', NULL, 'evidence needs an absolute URI');
