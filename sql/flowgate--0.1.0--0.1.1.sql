@@ -94,69 +94,6 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'is_absolute_uri_wrapper';
 COMMENT ON FUNCTION ops.is_absolute_uri(text) IS
   'CHECK helper: an absolute URI (a scheme), at most 2048 bytes, no whitespace or control characters. The rule ops.ingest_event checks URIs with.';
 
--- The rules of ops.gate_checks (and of a release's source_system) are domains, compiled once
--- per session instead of in every statement that writes the table (sql/ops/tables.sql). Each
--- domain is made without its check, the columns take it (the same text: no table rewrite, the
--- indexes kept), and then the check is added (a scan every stored row passes: the same rules).
--- The one view that reads these columns is made again around the change.
-DROP VIEW ops.v_release_gate_summary;
-CREATE DOMAIN ops.source_system AS text;
-COMMENT ON DOMAIN ops.source_system IS 'The system an event came from: 1 to 64 of A-Za-z0-9_.:/- (e.g. github_actions).';
-CREATE DOMAIN ops.check_name AS text;
-COMMENT ON DOMAIN ops.check_name IS 'A check''s name: one line of at most 128 characters, not blank.';
-CREATE DOMAIN ops.check_run_id AS text;
-COMMENT ON DOMAIN ops.check_run_id IS 'The CI run that reported a check: one line of at most 128 characters, not blank.';
-CREATE DOMAIN ops.absolute_uri AS text;
-COMMENT ON DOMAIN ops.absolute_uri IS 'An absolute URI (scheme:rest), one line.';
-CREATE DOMAIN ops.check_status AS text;
-COMMENT ON DOMAIN ops.check_status IS 'A check''s reported result.';
-ALTER TABLE ops.releases DROP CONSTRAINT releases_source_system_check,
-    ALTER COLUMN source_system TYPE ops.source_system;
-ALTER TABLE ops.gate_checks DROP CONSTRAINT gate_checks_check_name_check, DROP CONSTRAINT gate_checks_status_check,
-    DROP CONSTRAINT gate_checks_run_id_check, DROP CONSTRAINT gate_checks_details_url_check,
-    DROP CONSTRAINT gate_checks_source_system_check,
-    ALTER COLUMN check_name TYPE ops.check_name, ALTER COLUMN status TYPE ops.check_status,
-    ALTER COLUMN run_id TYPE ops.check_run_id, ALTER COLUMN details_url TYPE ops.absolute_uri,
-    ALTER COLUMN source_system TYPE ops.source_system;
-ALTER DOMAIN ops.source_system ADD CONSTRAINT source_system_check CHECK (VALUE ~ '^[A-Za-z0-9_.:/-]{1,64}$');
-ALTER DOMAIN ops.check_name ADD CONSTRAINT check_name_check CHECK (ops.is_valid_text(VALUE, 128, false));
-ALTER DOMAIN ops.check_run_id ADD CONSTRAINT check_run_id_check CHECK (ops.is_valid_text(VALUE, 128, false));
-ALTER DOMAIN ops.absolute_uri ADD CONSTRAINT absolute_uri_check CHECK (ops.is_absolute_uri(VALUE));
-CREATE VIEW ops.v_release_gate_summary WITH (security_invoker = true) AS
-SELECT r.release_id, r.version, r.status AS release_status, g.gate_id, g.gate_code, g.status, g.status_reason,
-       g.required_checks,
-       coalesce(c.reported, 0) AS checks_reported,
-       coalesce(c.passed, 0) AS checks_passed,
-       coalesce(c.failed, 0) AS checks_failed,
-       coalesce(c.reported - c.passed - c.failed, 0) AS checks_open,
-       (SELECT count(*) FROM ops.evidence_artifacts a
-         WHERE a.gate_id = g.gate_id
-            OR a.check_id IN (SELECT gc.check_id FROM ops.gate_checks gc WHERE gc.gate_id = g.gate_id)) AS evidence_count,
-       g.bypass_exception_id, g.bypass_expires_at, g.passed_at, g.evaluated_at
-  FROM ops.releases r
-  JOIN ops.release_gates g ON g.release_id = r.release_id
-  LEFT JOIN LATERAL (
-        SELECT count(*) AS reported,
-               count(*) FILTER (WHERE l.status = 'pass') AS passed,
-               count(*) FILTER (WHERE l.status = 'fail') AS failed
-          FROM (SELECT DISTINCT ON (gc.check_name) gc.status
-                  FROM ops.gate_checks gc WHERE gc.gate_id = g.gate_id
-                 ORDER BY gc.check_name, gc.recorded_at DESC) l) c ON true;
-COMMENT ON VIEW ops.v_release_gate_summary IS
-  'Per release and gate: status and why, latest result per check (reported/passed/failed/open), evidence count, bypass.';
-DO $domains$
-DECLARE
-    s text;
-BEGIN
-    FOR s IN SELECT c FROM ops.value_constraints() c WHERE c LIKE 'ALTER DOMAIN %' LOOP
-        EXECUTE s;
-    END LOOP;
-END
-$domains$;
-ALTER FUNCTION ops.value_constraints() STABLE;  -- it reads the catalog: which columns are typed by their domain
-COMMENT ON FUNCTION ops.value_constraints() IS
-  'The CHECK constraints that hold each value list of ops (statuses, environments, severities, ...) in its columns or their domains, generated from the lists ops.ingest_event checks envelopes against. The install runs them; owner only.';
-
 -- A TRUNCATE of a fact table (owner only) changes the facts of every release at once: each
 -- release's gates are re-evaluated, so no stored status outlives the facts it came from.
 CREATE FUNCTION ops.on_facts_truncated() RETURNS trigger
@@ -1023,7 +960,6 @@ COMMENT ON FUNCTION flowgate.link_identity(text, text, text) IS
 DO $exposure$
 DECLARE
     r text;
-    s text;
 BEGIN
     FOR r IN
         SELECT rolname FROM pg_catalog.pg_roles WHERE rolname IN ('anon', 'authenticated')
@@ -1052,12 +988,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.direct_effects() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.drop_release_locks() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE ops.release_locks FROM %I', r);
-        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE ops.v_release_gate_summary FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
-    END LOOP;
-    -- The view made again above: the personas read it (the persona matrix's grant).
-    FOR s IN SELECT p FROM ops.persona_privileges() p WHERE p LIKE 'GRANT SELECT ON ops.v\_%' LOOP
-        EXECUTE s;
     END LOOP;
     -- service_role keeps its reads and API, never an owner's rights (0.1.0 left what default
     -- privileges gave it, whoever installed it): taken back as a fresh install does

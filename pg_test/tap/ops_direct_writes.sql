@@ -269,12 +269,10 @@ SELECT throws_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name,
                    SELECT gate_id, release_id, 'sast', 'pass', 'ci-bot', 'github actions!' FROM ops.release_gates
                     WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G1'$$,
                  '23514', NULL, 'so is a source_system outside A-Za-z0-9_.:/-');
--- The rules of a check result are domains (ops.check_status, ops.check_run_id, ops.absolute_uri):
--- a direct write is refused by each of them, as by a CHECK.
 SELECT throws_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, reported_by, source_system)
                    SELECT gate_id, release_id, 'sast', 'passed', 'ci-bot', 'github_actions' FROM ops.release_gates
                     WHERE release_id = 'd6000000-0000-4000-8000-000000000001' AND gate_code = 'G1'$$,
-                 '23514', 'value for domain ops.check_status violates check constraint "check_status_check"',
+                 '23514', 'new row for relation "gate_checks" violates check constraint "gate_checks_status_check"',
                  'a check status outside pass, fail, pending, skipped is refused');
 SELECT throws_ok($$INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, run_id, reported_by, source_system)
                    SELECT gate_id, release_id, 'sast', 'pass', '   ', 'ci-bot', 'github_actions' FROM ops.release_gates

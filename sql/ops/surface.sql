@@ -1,9 +1,8 @@
 -- ops surface: gate statuses kept by triggers, the rules of direct writes, personas' grants and
 -- policies, reporting views; loaded after every Rust function it names (requires in src/ops/mod.rs).
 
--- The value lists of ops (src/ops/values.rs) as CHECK constraints of the columns, or the
--- domains, that hold them (23514 for a direct write outside a list), before anything else is
--- added.
+-- The value lists of ops (src/ops/values.rs) as CHECK constraints of the columns that hold
+-- them (23514 for a direct write outside a list), before anything else is added.
 DO $values$
 DECLARE
     s text;

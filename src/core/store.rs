@@ -65,20 +65,6 @@ pub fn column_exists(schema: &CStr, name: &CStr, column: &CStr) -> bool {
     })
 }
 
-/// Whether the type of the column `column` of `schema.name` is a domain, from the catalog cache:
-/// an older version's script made the column with the domain's base type.
-pub fn column_is_domain(schema: &CStr, name: &CStr, column: &CStr) -> bool {
-    relation_id(schema, name).is_some_and(|table| {
-        // SAFETY: catalog cache look-ups by a NUL-terminated column name and by type id.
-        unsafe {
-            let attnum = pg_sys::get_attnum(table, column.as_ptr());
-            attnum != pg_sys::InvalidAttrNumber as i16
-                && pg_sys::get_typtype(pg_sys::get_atttype(table, attnum))
-                    == pg_sys::TYPTYPE_DOMAIN as std::ffi::c_char
-        }
-    })
-}
-
 /// The calling role: `current_user` as the caller sees it. Inside a function running with its
 /// owner's rights this is still the caller (Postgres' "outer" user), never the function's owner, so identity
 /// and trust cannot be borrowed from a definer.

@@ -451,33 +451,23 @@ mod ops {
     #[documented]
     #[pg_extern(stable, parallel_safe)]
     fn persona_privileges() -> SetOfIterator<'static, String> {
-        let has_column = |t: &str, c: &str| ops_column(t, c, core_store::column_exists);
-        SetOfIterator::new(crate::ops::personas::privileges(&has_column))
-    }
-
-    /// Ask the catalog `test` about the column `column` of `ops.table`.
-    fn ops_column(
-        table: &str,
-        column: &str,
-        test: fn(&std::ffi::CStr, &std::ffi::CStr, &std::ffi::CStr) -> bool,
-    ) -> bool {
-        match (
+        let has_column = |table: &str, column: &str| match (
             std::ffi::CString::new(table),
             std::ffi::CString::new(column),
         ) {
-            (Ok(t), Ok(c)) => test(c"ops", &t, &c),
+            (Ok(t), Ok(c)) => core_store::column_exists(c"ops", &t, &c),
             _ => false,
-        }
+        };
+        SetOfIterator::new(crate::ops::personas::privileges(&has_column))
     }
 
     /// The CHECK constraints that hold each value list of ops (statuses, environments,
-    /// severities, ...) in its columns or their domains, generated from the lists
-    /// ops.ingest_event checks envelopes against. The install runs them; owner only.
+    /// severities, ...) in its columns, generated from the lists ops.ingest_event checks
+    /// envelopes against. The install runs them; owner only.
     #[documented]
-    #[pg_extern(stable, parallel_safe)]
+    #[pg_extern(immutable, parallel_safe)]
     fn value_constraints() -> SetOfIterator<'static, String> {
-        let typed_by_domain = |t: &str, c: &str| ops_column(t, c, core_store::column_is_domain);
-        SetOfIterator::new(crate::ops::values::constraints(&typed_by_domain))
+        SetOfIterator::new(crate::ops::values::constraints())
     }
 
     /// What each gate (G1 to G4) requires: one row per gate with its name, the evidence types any

@@ -1,9 +1,9 @@
 //! The value lists of `ops`, written once. Pure.
 //!
 //! The envelope checks (`envelope`) refuse a value outside these lists before anything is
-//! written, with the list in the error; the tables hold the same lists as CHECK constraints of
-//! their columns or of their domains (23514 for a direct write), generated from here by
-//! `ops.value_constraints()`, which the install runs.
+//! written, with the list in the error; the tables hold the same lists as CHECK constraints
+//! (23514 for a direct write), generated from here by `ops.value_constraints()`, which the
+//! install runs.
 
 /// Where a deployment goes, and what environment events, incidents and drills are about.
 pub const ENVIRONMENTS: &[&str] = &["dev", "staging", "production"];
@@ -73,30 +73,16 @@ pub const COLUMNS: &[(&str, &str, &[&str])] = &[
     ("environment_gate_requirements", "gate_code", GATE_CODES),
 ];
 
-/// The columns of [`COLUMNS`] whose type is a domain, and its name: (table, column, domain). A
-/// table written on the hot path holds its rules in domains, whose checks Postgres keeps compiled
-/// (sql/ops/tables.sql); an earlier version's schema has the column typed `text`.
-pub const DOMAINS: &[(&str, &str, &str)] = &[("gate_checks", "status", "check_status")];
-
-/// The CHECK constraint of each column of [`COLUMNS`]: the column's, named as Postgres names a
-/// column's CHECK (`<table>_<column>_check`), or, when `typed_by_domain(table, column)` says the
-/// column's type is its domain of [`DOMAINS`], the domain's (`<domain>_check`).
-pub fn constraints(typed_by_domain: &dyn Fn(&str, &str) -> bool) -> Vec<String> {
+/// The CHECK constraints of [`COLUMNS`], named as Postgres names a column's CHECK
+/// (`<table>_<column>_check`).
+pub fn constraints() -> Vec<String> {
     COLUMNS
         .iter()
         .map(|(table, column, list)| {
-            let list = list.join("', '");
-            let domain = DOMAINS
-                .iter()
-                .find(|(t, c, _)| t == table && c == column && typed_by_domain(t, c));
-            match domain {
-                Some((_, _, d)) => format!(
-                    "ALTER DOMAIN ops.{d} ADD CONSTRAINT {d}_check CHECK (VALUE IN ('{list}'))"
-                ),
-                None => format!(
-                    "ALTER TABLE ops.{table} ADD CONSTRAINT {table}_{column}_check CHECK ({column} IN ('{list}'))"
-                ),
-            }
+            format!(
+                "ALTER TABLE ops.{table} ADD CONSTRAINT {table}_{column}_check CHECK ({column} IN ('{}'))",
+                list.join("', '")
+            )
         })
         .collect()
 }
@@ -141,30 +127,8 @@ mod unit_tests {
                 );
             }
         }
-        let current = constraints(&|_, _| true);
-        let earlier = constraints(&|_, _| false);
-        assert_eq!(current.len(), COLUMNS.len());
-        assert_eq!(earlier.len(), COLUMNS.len());
-        let status = COLUMNS
-            .iter()
-            .position(|(t, c, _)| (*t, *c) == ("gate_checks", "status"))
-            .unwrap_or_default();
-        assert_eq!(
-            current[status],
-            "ALTER DOMAIN ops.check_status ADD CONSTRAINT check_status_check CHECK (VALUE IN ('pass', 'fail', 'pending', 'skipped'))"
-        );
-        assert_eq!(
-            earlier[status],
-            "ALTER TABLE ops.gate_checks ADD CONSTRAINT gate_checks_status_check CHECK (status IN ('pass', 'fail', 'pending', 'skipped'))"
-        );
-        assert_eq!(
-            current
-                .iter()
-                .filter(|s| s.starts_with("ALTER DOMAIN"))
-                .count(),
-            DOMAINS.len()
-        );
-        assert!(current[0].starts_with(
+        assert_eq!(constraints().len(), COLUMNS.len());
+        assert!(constraints()[0].starts_with(
             "ALTER TABLE ops.releases ADD CONSTRAINT releases_status_check CHECK (status IN ('open', "
         ));
     }
