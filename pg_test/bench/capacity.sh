@@ -53,11 +53,12 @@ printf '%s\n' '\set n random(1, 10000)' \
   "SELECT bench_ref.record_event('CR-2026-' || lpad(:n::text, 6, '0'), 'AWS_PROCUREMENT_STARTED');" > /tmp/fg-bench-plpgsql.sql
 source "$FLOWGATE_ROOT/pg_test/bench/turns.sh"
 BENCH_TURN=$(bench_turn_seconds "$SECS")
+idle_busy=$(bench_machine_check)
 rows=()
 for c in 1 8 32; do rows+=("$c|$(bench_alternate "$c" /tmp/fg-bench-rust.sql /tmp/fg-bench-plpgsql.sql)"); done
 events=$(psql_at "$BENCH_PORT" "$BENCH_DB" -tAc "SELECT count(*) FROM capacity.capacity_request_events")
 
-printf '\nCapacity transitions per second (%s turns of %s s per side and client count, 10,000 requests, %s cores; %s events recorded by flowgate)\n\n' "$BENCH_ROUNDS" "$BENCH_TURN" "$(nproc)" "$events"
+printf '\nCapacity transitions per second (%s turns of %s s per side and client count, 10,000 requests, %s cores, %s%% busy before; %s events recorded by flowgate)\n\n' "$BENCH_ROUNDS" "$BENCH_TURN" "$(nproc)" "$idle_busy" "$events"
 printf '| %7s | %29s | %26s | %7s | %29s |\n' "clients" "record_capacity_event (tps)" "PL/pgSQL reference (tps)" "ratio" "ratio per turn"
 printf '|%s|%s|%s|%s|%s|\n' "---------" "-------------------------------" "----------------------------" "---------" "-------------------------------"
 for row in "${rows[@]}"; do

@@ -59,6 +59,7 @@ printf '%s\n' '\set r random(1, 100)' '\set m random(1, 1000)' \
    ON CONFLICT (idempotency_key) DO NOTHING;" > /tmp/fg-bench-floor.sql
 source "$FLOWGATE_ROOT/pg_test/bench/turns.sh"
 BENCH_TURN=$(bench_turn_seconds "$SECS")
+idle_busy=$(bench_machine_check)
 rows=()
 for c in 1 8 32; do rows+=("$c|$(bench_alternate "$c" /tmp/fg-bench-ingest.sql /tmp/fg-bench-floor.sql)"); done
 read -r accepted dup other <<<"$(psql_at "$BENCH_PORT" "$BENCH_DB" -tAc "SELECT count(*) FILTER (WHERE processing_status = 'accepted'),
@@ -119,7 +120,7 @@ stored=$(timed "SELECT count(*) FILTER (WHERE ok) FROM (SELECT g.release_id, boo
                  WHERE g.release_id::text LIKE 'e1e1e1e1-%' GROUP BY g.release_id) x")
 stored_eligible=$(cat /tmp/fg-bench-out)
 
-printf '\nops.ingest_event, events per second (%s turns of %s s per side and client count, 30%% repeated keys, 100 releases, %s cores)\n\n' "$BENCH_ROUNDS" "$BENCH_TURN" "$(nproc)"
+printf '\nops.ingest_event, events per second (%s turns of %s s per side and client count, 30%% repeated keys, 100 releases, %s cores, %s%% busy before)\n\n' "$BENCH_ROUNDS" "$BENCH_TURN" "$(nproc)" "$idle_busy"
 printf '| %7s | %22s | %37s | %7s | %29s |\n' "clients" "ops.ingest_event (eps)" "floor: INSERT ... ON CONFLICT (eps)" "ratio" "ratio per turn"
 printf '|%s|%s|%s|%s|%s|\n' "---------" "------------------------" "---------------------------------------" "---------" "-------------------------------"
 for row in "${rows[@]}"; do

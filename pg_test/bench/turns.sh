@@ -6,6 +6,24 @@
 # Needs SOCKET_DIR, BENCH_PORT, BENCH_DB; set BENCH_TURN from the seconds per side.
 BENCH_ROUNDS=5
 
+# bench_machine_check: how busy the machine is before anything is timed (2 s of /proc/stat),
+# with a warning naming the busiest processes when it is over 10%. Alternating turns cancel a
+# drift, not a neighbour: another cluster's flowgate worker waking every 200 ms spread
+# identical turns by ±20% (±4% with it stopped).
+bench_machine_check() {
+  local b a busy
+  read -r _ u n s i w q sq _ < /proc/stat; b=("$u" "$n" "$s" "$i" "$w" "$q" "$sq")
+  sleep 2
+  read -r _ u n s i w q sq _ < /proc/stat; a=("$u" "$n" "$s" "$i" "$w" "$q" "$sq")
+  busy=$(awk -v u=$(( a[0]-b[0] + a[1]-b[1] + a[2]-b[2] + a[5]-b[5] + a[6]-b[6] )) -v t=$(( a[0]-b[0] + a[1]-b[1] + a[2]-b[2] + a[3]-b[3] + a[4]-b[4] + a[5]-b[5] + a[6]-b[6] )) \
+    'BEGIN { printf "%d", (t > 0 ? 100 * u / t : 0) }')
+  if [ "$busy" -gt 10 ]; then
+    echo "warning: the machine was ${busy}% busy before the bench began; its figures will be noisy. Busiest:" >&2
+    ps -eo pcpu=,args= --sort=-pcpu | head -3 | sed 's/^/  /' >&2
+  fi
+  echo "$busy"
+}
+
 # bench_turn_seconds SECS: each turn's length, SECS per side split into the rounds
 bench_turn_seconds() { echo $(( ($1 + BENCH_ROUNDS - 1) / BENCH_ROUNDS )); }
 
