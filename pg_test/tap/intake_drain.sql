@@ -284,8 +284,14 @@ ROLLBACK;
 
 -- ---- Paused pools, metrics (not kept) ---------------------------------------------------------
 BEGIN;
--- The background worker samples every pool every few seconds: keep it out of this block (its
--- sampling starts by folding intake.outcome_log) and forget its samples of this file's pools.
+-- The background worker samples every pool every few seconds: keep it out of this block and
+-- forget its samples of this file's pools. Each pool's sample holds the pool's metrics lock (a
+-- transaction-level advisory lock, src/intake/metrics.rs) and a sample finding it taken skips
+-- the pool: taken here first (waiting for a sample under way), the worker skips these pools and
+-- this block's own samples are not taken for the worker's. Then its folding of
+-- intake.outcome_log, for the other pools, waits for this block.
+SELECT count(pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('flowgate.intake.metrics:' || p, 0)))
+  FROM unnest(pg_temp.pools()) p \g /dev/null
 LOCK TABLE intake.outcome_log IN EXCLUSIVE MODE;
 DELETE FROM intake.engine_metrics WHERE pool_id = ANY (pg_temp.pools());
 UPDATE intake.engine_config SET paused = true WHERE pool_id = 'tap_reject';
