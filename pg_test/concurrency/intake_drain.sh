@@ -55,7 +55,11 @@ c_keys=$(stat intake:$P:commit: distinct_keys); c_max=$(stat intake:$P:commit: m
 v_keys=$(stat intake:$P:validate: distinct_keys); v_max=$(stat intake:$P:validate: max_per_key)
 [ "$c_keys" -eq "$N" ] && [ "$c_max" -eq 1 ] || fail "ledger saw $c_keys intents, up to $c_max times each (want $N, once)"
 [ "$v_keys" -eq "$N" ] && [ "$v_max" -eq 1 ] || fail "webhook saw $v_keys intents, up to $v_max times each (want $N, once)"
-metrics=$(q "SELECT (m ->> 'committed') || '/' || (m ->> 'queue_depth') || '/' || (m ->> 'available_slots') FROM jsonb_array_elements(intake.collect_metrics('$P')) m")
+# The pool's metrics lock first (src/intake/metrics.rs): a sample the worker is taking of it
+# would make collect_metrics skip the pool; this waits for that one and keeps the next out.
+metrics=$(q "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('flowgate.intake.metrics:$P', 0));
+             SELECT (m ->> 'committed') || '/' || (m ->> 'queue_depth') || '/' || (m ->> 'available_slots')
+               FROM jsonb_array_elements(intake.collect_metrics('$P')) m" | tail -n 1)
 [ "$metrics" = "$N/0/0" ] || fail "metrics say committed/queue/available = $metrics, want $N/0/0"
 attempts=$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'intake' AND owner_id LIKE '$P:%'")
 q "SELECT intake.drop_pool('$P')" >/dev/null
