@@ -285,11 +285,11 @@ ROLLBACK;
 -- ---- Paused pools, metrics (not kept) ---------------------------------------------------------
 BEGIN;
 -- The background worker samples every pool every few seconds: keep it out of this block and
--- forget its samples of this file's pools. Each pool's sample holds the pool's metrics lock (a
--- transaction-level advisory lock, src/intake/metrics.rs) and a sample finding it taken skips
--- the pool: taken here first (waiting for a sample under way), the worker skips these pools and
--- this block's own samples are not taken for the worker's. Then its folding of
--- intake.outcome_log, for the other pools, waits for this block.
+-- forget its samples of this file's pools. A sample holds its pool's metrics lock (a
+-- transaction-level advisory lock, src/intake/metrics.rs), and a sample that finds the lock
+-- taken skips the pool. Taken here first (after any sample under way), they make the worker
+-- skip these pools, and no sample below finds one of them taken by the worker. Its folding of
+-- intake.outcome_log, for the other pools, then waits for this block.
 SELECT count(pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('flowgate.intake.metrics:' || p, 0)))
   FROM unnest(pg_temp.pools()) p \g /dev/null
 LOCK TABLE intake.outcome_log IN EXCLUSIVE MODE;
