@@ -13,16 +13,33 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'flowgate worker'")" -eq 1 ] || fail "no flowgate worker process"
+# Run statement $1 in a transaction left open for $2 seconds, in the background (its pid in
+# $held), and wait until it is sleeping in that transaction.
+hold_open() {
+  psql -X -q -c "BEGIN" -c "$1" -c "SELECT pg_sleep($2)" -c "COMMIT" >/dev/null &
+  held=$!
+  for _ in $(seq 1 50); do
+    [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep($2)' AND state = 'active'")" -eq 1 ] && return
+    sleep 0.1
+  done
+  fail "the transaction holding '$1' did not start"
+}
+# Enqueue a delivery to testd's /ok under key $1 and wait up to $2 polls of 50 ms for the
+# worker to send it; prints its status then.
+deliver() {
+  q "SELECT flowgate.enqueue_delivery('worker', 'w1', '$FLOWGATE_TESTD_URL/ok', '$1')" >/dev/null
+  for _ in $(seq 1 "$2"); do
+    [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$1'")" = delivered ] && break
+    sleep 0.05
+  done
+  q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$1'"
+}
 q "SELECT flowgate.set_setting('flowgate.http_transport', '\"native\"')" >/dev/null
 key="worker-$$"
-q "SELECT flowgate.enqueue_delivery('worker', 'w1', '$FLOWGATE_TESTD_URL/ok', '$key')" >/dev/null
 start=$(date +%s%N)
-for _ in $(seq 1 100); do
-  [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key'")" = delivered ] && break
-  sleep 0.05
-done
+first_status=$(deliver "$key" 100)
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
-[ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key'")" = delivered ] || fail "not delivered after ${ms} ms"
+[ "$first_status" = delivered ] || fail "not delivered after ${ms} ms"
 [ "$ms" -lt 2000 ] || fail "delivered only after ${ms} ms"
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key'"
 [ "$(q "SELECT last_runner || ' ' || last_status FROM flowgate.job_status WHERE job = 'flowgate.dispatch'")" = "worker ok" ] \
@@ -34,20 +51,11 @@ q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key'"
 # (A pool with a claim, so that the open run holds that pool's totals too.)
 q "SELECT intake.create_pool('worker_held_$$', 5, '{\"drain_mode\": \"external\"}')" >/dev/null
 q "SELECT intake.claim_resource('worker_held_$$', 'held-user')" >/dev/null
-psql -X -q -c "BEGIN" -c "SELECT flowgate.run_job('intake.metrics')" -c "SELECT pg_sleep(5)" -c "COMMIT" >/dev/null &
-holder=$!
-for _ in $(seq 1 50); do
-  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'")" -eq 1 ] && break
-  sleep 0.1
-done
+hold_open "SELECT flowgate.run_job('intake.metrics')" 5
+holder=$held
 sleep 0.5  # the worker's next ticks reach intake.metrics
 key="worker-held-$$"
-q "SELECT flowgate.enqueue_delivery('worker', 'w1', '$FLOWGATE_TESTD_URL/ok', '$key')" >/dev/null
-for _ in $(seq 1 40); do
-  [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key'")" = delivered ] && break
-  sleep 0.05
-done
-held_status=$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key'")
+held_status=$(deliver "$key" 40)
 wait "$holder"
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key'"
 q "SELECT intake.drop_pool('worker_held_$$')" >/dev/null
@@ -96,16 +104,43 @@ for _ in $(seq 1 150); do
 done
 [ -n "$new_pid" ] || fail "the worker did not come back within 15 s of pg_terminate_backend"
 key2="worker-back-$$"
-q "SELECT flowgate.enqueue_delivery('worker', 'w2', '$FLOWGATE_TESTD_URL/ok', '$key2')" >/dev/null
-for _ in $(seq 1 100); do
-  [ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key2'")" = delivered ] && break
-  sleep 0.05
-done
-[ "$(q "SELECT status FROM flowgate.deliveries WHERE idempotency_key = '$key2'")" = delivered ] || fail "the restarted worker did not deliver"
+[ "$(deliver "$key2" 100)" = delivered ] || fail "the restarted worker did not deliver"
 for _ in $(seq 1 100); do
   [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%' AND status = 'in_flight'")" -eq 0 ] && break
   sleep 0.1
 done
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%'"
+# DROP EXTENSION while jobs run: every job takes the extension's lock before any table of
+# flowgate's, as DROP EXTENSION does first, so a DROP waits for a job under way (on the
+# extension's lock, holding no table) and the worker's ticks wait for the DROP, instead of the
+# two deadlocking (a job holding a table DROP needs and waiting for one DROP holds: 40P01).
+hold_open "SELECT flowgate.run_job('flowgate.prune')" 3
+job=$held
+dropper_log=$(mktemp)
+psql -X -q -v ON_ERROR_STOP=1 -c "SET lock_timeout = '30s'" -c "BEGIN" -c "DROP EXTENSION flowgate CASCADE" \
+  -c "SELECT pg_sleep(1.5)" -c "ROLLBACK" >"$dropper_log" 2>&1 &
+dropper=$!
+# The lock a session (picked by a condition on pg_stat_activity) waits for, polled for up to 5 s.
+lock_awaited() {
+  local what=""
+  for _ in $(seq 1 50); do
+    what=$(q "SELECT l.locktype || ' ' || coalesce(l.classid::regclass::text, l.relation::regclass::text, '')
+                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE $1 AND NOT l.granted")
+    [ -n "$what" ] && break
+    sleep 0.1
+  done
+  echo "$what"
+}
+drop_wait=$(lock_awaited "a.query = 'DROP EXTENSION flowgate CASCADE'")
+wait "$job" || fail "the job run beside DROP EXTENSION failed"
+worker_wait=$(lock_awaited "a.backend_type = 'flowgate worker'")
+drop_rc=0; wait "$dropper" || drop_rc=$?
+drop_out=$(cat "$dropper_log"); rm -f "$dropper_log"
+[ "$drop_rc" -eq 0 ] || fail "DROP EXTENSION beside a running job failed: $drop_out"
+[ "$drop_wait" = "object pg_extension" ] || fail "DROP EXTENSION waited for a running job on '$drop_wait', not on the extension's lock"
+[ "$worker_wait" = "object pg_extension" ] || fail "the worker waited for DROP EXTENSION on '$worker_wait', not on the extension's lock"
+key3="worker-after-drop-$$"
+[ "$(deliver "$key3" 100)" = delivered ] || fail "the worker did not deliver after a rolled-back DROP EXTENSION"
+q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key3'"
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 8 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered"
+echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered; a DROP EXTENSION beside a running job waited on the extension's lock, as did the worker's next tick, with no deadlock"

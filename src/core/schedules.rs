@@ -243,6 +243,8 @@ pub fn run_recorded(job: &Job, runner: Runner) -> CoreResult<Outcome> {
             ),
         });
     }
+    // First of all, before any table of flowgate's: a DROP EXTENSION waits for this job.
+    super::store::require_extension()?;
     let started = Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()")?;
     let t0 = std::time::Instant::now();
     // Every command is one "SELECT f(...)": its result is read as text.

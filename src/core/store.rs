@@ -56,6 +56,45 @@ pub fn relation_id(schema: &CStr, name: &CStr) -> Option<pg_sys::Oid> {
     }
 }
 
+/// Whether flowgate is installed in this database, holding its extension's lock (ACCESS SHARE)
+/// until the transaction ends when it is. Background work (a worker tick, a scheduled job, an
+/// outbox step) calls it before touching any of flowgate's tables: `DROP EXTENSION` takes the
+/// extension's lock (ACCESS EXCLUSIVE) before any of its objects' locks, so it waits for a job
+/// under way instead of deadlocking with it, and a job that waited for a `DROP EXTENSION` sees
+/// that flowgate is gone.
+pub fn hold_extension() -> bool {
+    // SAFETY: catalog look-ups by a NUL-terminated name (missing_ok) and a lock on a database
+    // object, inside a transaction; the lock is released at its end.
+    unsafe {
+        let before = pg_sys::get_extension_oid(c"flowgate".as_ptr(), true);
+        if before == pg_sys::InvalidOid {
+            return false;
+        }
+        pg_sys::LockDatabaseObject(
+            pg_sys::ExtensionRelationId,
+            before,
+            0,
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
+        // Taking a lock not yet held reads the invalidations sent meanwhile: a DROP EXTENSION
+        // that committed while this waited is seen here.
+        pg_sys::get_extension_oid(c"flowgate".as_ptr(), true) == before
+    }
+}
+
+/// [`hold_extension`] for a step that cannot go on without flowgate: `NotFound` (P0002) when
+/// it was dropped.
+pub fn require_extension() -> CoreResult<()> {
+    if hold_extension() {
+        Ok(())
+    } else {
+        Err(CoreError::NotFound {
+            kind: "extension".into(),
+            id: "flowgate".into(),
+        })
+    }
+}
+
 /// Whether the table `schema.name` has the column `column` (not dropped), from the catalog
 /// cache: the schema an older version's script made lacks the columns added since.
 pub fn column_exists(schema: &CStr, name: &CStr, column: &CStr) -> bool {

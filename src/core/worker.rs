@@ -111,19 +111,13 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
                 continue;
             }
             BackgroundWorker::transaction(|| {
-                let installed = Spi::get_one::<bool>(
-                    "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'flowgate')",
-                );
-                match installed {
-                    Ok(Some(true)) => {
-                        if let Err(e) =
-                            super::schedules::run_recorded(job, super::schedules::Runner::Worker)
-                        {
-                            warning!("flowgate worker: recording job {} failed: {e}", job.name);
-                        }
+                // Dropped (or not yet created): nothing to run.
+                if super::store::hold_extension() {
+                    if let Err(e) =
+                        super::schedules::run_recorded(job, super::schedules::Runner::Worker)
+                    {
+                        warning!("flowgate worker: recording job {} failed: {e}", job.name);
                     }
-                    Ok(_) => {}
-                    Err(e) => warning!("flowgate worker: cannot check for the extension: {e}"),
                 }
             });
         }
@@ -151,15 +145,7 @@ fn stop_requested() -> bool {
 /// The outbox job, natively: claim and record in transactions of their own, send in none.
 fn run_outbox() {
     let t0 = std::time::Instant::now();
-    let installed = BackgroundWorker::transaction(|| {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'flowgate')",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-    });
-    if !installed {
+    if !BackgroundWorker::transaction(super::store::hold_extension) {
         return;
     }
     let mut tx = WorkerTransactions;
@@ -196,12 +182,17 @@ struct WorkerTransactions;
 
 impl Transactions for WorkerTransactions {
     fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
-        BackgroundWorker::transaction(AssertUnwindSafe(|| match subxact::run(step) {
-            Ok(result) => result,
-            Err(caught) => Err(CoreError::Internal(format!(
-                "{}: {}",
-                caught.sqlstate, caught.message
-            ))),
+        BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            match subxact::run(|| {
+                super::store::require_extension()?;
+                step()
+            }) {
+                Ok(result) => result,
+                Err(caught) => Err(CoreError::Internal(format!(
+                    "{}: {}",
+                    caught.sqlstate, caught.message
+                ))),
+            }
         }))
     }
 

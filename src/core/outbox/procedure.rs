@@ -161,7 +161,7 @@ impl Transactions for Procedure {
             pg_sys::EnsurePortalSnapshotExists();
         }
         pin_search_path();
-        let result = step();
+        let result = crate::core::store::require_extension().and_then(|()| step());
         // SAFETY: as above; SPI_commit/SPI_rollback release the portal snapshot and start the
         // next transaction.
         unsafe {
