@@ -56,15 +56,15 @@ pub fn relation_id(schema: &CStr, name: &CStr) -> Option<pg_sys::Oid> {
     }
 }
 
-/// Whether flowgate is installed in this database, holding its extension's lock (SHARE) until
-/// the transaction ends when it is. Background work (a worker tick, a scheduled job, an outbox
-/// step) calls it before touching any of flowgate's tables. `DROP EXTENSION` takes that lock
-/// (ACCESS EXCLUSIVE) before any of its objects' locks, and every upgrade script's first
-/// statement takes it too (SHARE UPDATE EXCLUSIVE, through `COMMENT ON EXTENSION`): either waits
-/// for the jobs under way instead of deadlocking with them (a job holding one table and waiting
-/// for another the DROP or update already holds), and the next job waits for it. Jobs do not
-/// wait for each other (SHARE does not conflict with itself). A job that waited for a
-/// `DROP EXTENSION` sees that flowgate is gone.
+/// Whether flowgate is installed in this database, holding its extension's lock (ACCESS SHARE)
+/// until the transaction ends when it is. Background work (a worker tick, a scheduled job, an
+/// outbox step) calls it before touching any of flowgate's tables. `DROP EXTENSION` takes that
+/// lock (ACCESS EXCLUSIVE) before any of its objects' locks, and so does every upgrade script's
+/// first statement: either waits for the jobs under way instead of deadlocking with them (a job
+/// holding one table while it waits for another the DROP or update already holds), and the
+/// next job waits for it. Nothing else conflicts with it: jobs do not wait for each other, nor
+/// for a pool's `ALTER EXTENSION ... ADD SEQUENCE` (SHARE UPDATE EXCLUSIVE). A job that waited
+/// for a `DROP EXTENSION` sees that flowgate is gone.
 pub fn hold_extension() -> bool {
     // SAFETY: catalog look-ups by a NUL-terminated name (missing_ok) and a lock on a database
     // object, inside a transaction; the lock is released at its end.
@@ -77,7 +77,7 @@ pub fn hold_extension() -> bool {
             pg_sys::ExtensionRelationId,
             before,
             0,
-            pg_sys::ShareLock as pg_sys::LOCKMODE,
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
         );
         // Taking a lock not yet held reads the invalidations sent meanwhile: a DROP EXTENSION
         // that committed while this waited is seen here.
