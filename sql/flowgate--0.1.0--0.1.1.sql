@@ -1,16 +1,6 @@
 -- flowgate 0.1.0 -> 0.1.1 (ALTER EXTENSION flowgate UPDATE TO '0.1.1')
 \echo Use "ALTER EXTENSION flowgate UPDATE" to load this file. \quit
 
--- First, before any table of flowgate's: take the extension's own lock (ACCESS EXCLUSIVE), as
--- DROP EXTENSION does. Every periodic job and outbox step takes it (ACCESS SHARE) before its
--- tables, so the update waits for the jobs under way and the next ones wait for the update,
--- instead of a job holding one table while it waits for another the update holds (a deadlock,
--- 40P01). SQL has no LOCK statement for an extension; ALTER ... DEPENDS ON EXTENSION takes this
--- lock, and the NO DEPENDS right after it removes the dependency again, so the pair changes
--- nothing but the lock. Every upgrade script starts with this pair (pg_test/release_check.sh).
-ALTER FUNCTION flowgate.current_actor() DEPENDS ON EXTENSION flowgate;
-ALTER FUNCTION flowgate.current_actor() NO DEPENDS ON EXTENSION flowgate;
-
 -- 0.1.1 refuses to be installed in a database that is not UTF8 (flowgate reads text as UTF-8).
 -- An existing install there is updated, with a warning.
 DO $encoding$

@@ -112,13 +112,14 @@ done
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%'"
 # DROP EXTENSION while jobs run: every job takes the extension's lock before any table of
 # flowgate's, as DROP EXTENSION does first, so a DROP waits for a job under way (on the
-# extension's lock, holding no table) and the worker's ticks wait for the DROP, instead of the
-# two deadlocking (a job holding a table DROP needs and waiting for one DROP holds: 40P01).
+# extension's lock, holding no table) and a job started meanwhile waits for the DROP, instead of
+# the two deadlocking (a job holding a table DROP needs and waiting for one DROP holds: 40P01).
+# The worker does not wait: it skips its ticks while a DROP holds the lock or waits for it.
 hold_open "SELECT flowgate.run_job('flowgate.prune')" 3
 job=$held
 dropper_log=$(mktemp)
 psql -X -q -v ON_ERROR_STOP=1 -c "SET lock_timeout = '30s'" -c "BEGIN" -c "DROP EXTENSION flowgate CASCADE" \
-  -c "SELECT pg_sleep(1.5)" -c "ROLLBACK" >"$dropper_log" 2>&1 &
+  -c "SELECT pg_sleep(2.5)" -c "ROLLBACK" >"$dropper_log" 2>&1 &
 dropper=$!
 # The lock a session (picked by a condition on pg_stat_activity) waits for, polled for up to 5 s.
 lock_awaited() {
@@ -131,16 +132,35 @@ lock_awaited() {
   done
   echo "$what"
 }
+# How many of $1 samples, 50 ms apart, found the worker waiting for a lock.
+worker_waits() {
+  local n=0
+  for _ in $(seq 1 "$1"); do
+    n=$(( n + $(q "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                    WHERE a.backend_type = 'flowgate worker' AND NOT l.granted") ))
+    sleep 0.05
+  done
+  echo "$n"
+}
 drop_wait=$(lock_awaited "a.query = 'DROP EXTENSION flowgate CASCADE'")
+waits_queued=$(worker_waits 10)
 wait "$job" || fail "the job run beside DROP EXTENSION failed"
-worker_wait=$(lock_awaited "a.backend_type = 'flowgate worker'")
+runner_log=$(mktemp)
+psql -X -q -v ON_ERROR_STOP=1 -c "SELECT flowgate.run_job('flowgate.prune', 'manual')" >"$runner_log" 2>&1 &
+runner=$!
+runner_wait=$(lock_awaited "a.query = 'SELECT flowgate.run_job(''flowgate.prune'', ''manual'')'")
+waits_held=$(worker_waits 6)
 drop_rc=0; wait "$dropper" || drop_rc=$?
-drop_out=$(cat "$dropper_log"); rm -f "$dropper_log"
+runner_rc=0; wait "$runner" || runner_rc=$?
+drop_out=$(cat "$dropper_log" "$runner_log"); rm -f "$dropper_log" "$runner_log"
 [ "$drop_rc" -eq 0 ] || fail "DROP EXTENSION beside a running job failed: $drop_out"
+[ "$runner_rc" -eq 0 ] || fail "a job started while DROP EXTENSION held the lock failed after its ROLLBACK: $drop_out"
 [ "$drop_wait" = "object pg_extension" ] || fail "DROP EXTENSION waited for a running job on '$drop_wait', not on the extension's lock"
-[ "$worker_wait" = "object pg_extension" ] || fail "the worker waited for DROP EXTENSION on '$worker_wait', not on the extension's lock"
+[ "$runner_wait" = "object pg_extension" ] || fail "a job started during DROP EXTENSION waited on '$runner_wait', not on the extension's lock"
+[ "$waits_queued" -eq 0 ] && [ "$waits_held" -eq 0 ] \
+  || fail "the worker waited for a lock while DROP EXTENSION was queued ($waits_queued of 10 samples) or held it ($waits_held of 6)"
 key3="worker-after-drop-$$"
 [ "$(deliver "$key3" 100)" = delivered ] || fail "the worker did not deliver after a rolled-back DROP EXTENSION"
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key3'"
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered; a DROP EXTENSION beside a running job waited on the extension's lock, as did the worker's next tick, with no deadlock"
+echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered; a DROP EXTENSION beside a running job waited on the extension's lock, as did a job started while it held it, with no deadlock, and the worker skipped its ticks meanwhile"

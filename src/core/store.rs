@@ -57,15 +57,25 @@ pub fn relation_id(schema: &CStr, name: &CStr) -> Option<pg_sys::Oid> {
 }
 
 /// Whether flowgate is installed in this database, holding its extension's lock (ACCESS SHARE)
-/// until the transaction ends when it is. Background work (a worker tick, a scheduled job, an
-/// outbox step) calls it before touching any of flowgate's tables. `DROP EXTENSION` takes that
-/// lock (ACCESS EXCLUSIVE) before any of its objects' locks, and so does every upgrade script's
-/// first statement: either waits for the jobs under way instead of deadlocking with them (a job
-/// holding one table while it waits for another the DROP or update already holds), and the
-/// next job waits for it. Nothing else conflicts with it: jobs do not wait for each other, nor
-/// for a pool's `ALTER EXTENSION ... ADD SEQUENCE` (SHARE UPDATE EXCLUSIVE). A job that waited
-/// for a `DROP EXTENSION` sees that flowgate is gone.
+/// until the transaction ends when it is. Background work (a scheduled job, an outbox step)
+/// calls it before touching any of flowgate's tables: `DROP EXTENSION` takes that lock (ACCESS
+/// EXCLUSIVE) before any of its objects' locks, so it waits for a job under way instead of
+/// deadlocking with it (the job holding one table while it waits for another the DROP already
+/// holds), and the next job waits for the DROP. Nothing else conflicts with it: jobs do not wait
+/// for each other, nor for a pool's `ALTER EXTENSION ... ADD SEQUENCE` (SHARE UPDATE
+/// EXCLUSIVE). A job that waited for a `DROP EXTENSION` sees that flowgate is gone.
 pub fn hold_extension() -> bool {
+    hold_extension_lock(true)
+}
+
+/// [`hold_extension`] without waiting: false also while a `DROP EXTENSION` holds the lock or
+/// waits for it. The background worker skips its tick then, rather than wait on a DROP that
+/// itself waits for some session's open transaction.
+pub fn try_hold_extension() -> bool {
+    hold_extension_lock(false)
+}
+
+fn hold_extension_lock(wait: bool) -> bool {
     // SAFETY: catalog look-ups by a NUL-terminated name (missing_ok) and a lock on a database
     // object, inside a transaction; the lock is released at its end.
     unsafe {
@@ -73,14 +83,19 @@ pub fn hold_extension() -> bool {
         if before == pg_sys::InvalidOid {
             return false;
         }
-        pg_sys::LockDatabaseObject(
+        let mode = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        if wait {
+            pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, before, 0, mode);
+        } else if !pg_sys::ConditionalLockDatabaseObject(
             pg_sys::ExtensionRelationId,
             before,
             0,
-            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
-        );
-        // Taking a lock not yet held reads the invalidations sent meanwhile: a DROP EXTENSION
-        // that committed while this waited is seen here.
+            mode,
+        ) {
+            return false;
+        }
+        // A DROP EXTENSION that committed since the look-up (while this waited) is seen here.
+        pg_sys::AcceptInvalidationMessages();
         pg_sys::get_extension_oid(c"flowgate".as_ptr(), true) == before
     }
 }

@@ -111,8 +111,8 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
                 continue;
             }
             BackgroundWorker::transaction(|| {
-                // Dropped (or not yet created): nothing to run.
-                if super::store::hold_extension() {
+                // Dropped, not yet created, or being dropped: nothing to run this tick.
+                if super::store::try_hold_extension() {
                     if let Err(e) =
                         super::schedules::run_recorded(job, super::schedules::Runner::Worker)
                     {
@@ -145,7 +145,7 @@ fn stop_requested() -> bool {
 /// The outbox job, natively: claim and record in transactions of their own, send in none.
 fn run_outbox() {
     let t0 = std::time::Instant::now();
-    if !BackgroundWorker::transaction(super::store::hold_extension) {
+    if !BackgroundWorker::transaction(super::store::try_hold_extension) {
         return;
     }
     let mut tx = WorkerTransactions;

@@ -88,6 +88,8 @@ fn call(max: Option<i32>, runner: Option<&str>, atomic: bool) -> CoreResult<Json
                 .into(),
         });
     }
+    // Before the settings are read: a DROP EXTENSION waits for this CALL's transaction.
+    crate::core::store::require_extension()?;
     let limits = Limits::from_settings(max.map(i64::from))?;
     pin_search_path();
     let started = Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()")?;
