@@ -56,21 +56,29 @@ pub fn relation_id(schema: &CStr, name: &CStr) -> Option<pg_sys::Oid> {
     }
 }
 
-/// Whether flowgate is installed in this database, holding its extension's lock (ACCESS SHARE)
-/// until the transaction ends when it is. Background work (a scheduled job, an outbox step)
+/// Hold flowgate's extension lock (ACCESS SHARE) until the transaction ends; `NotFound`
+/// (P0002) when flowgate is not installed. Background work (a scheduled job, an outbox step)
 /// calls it before touching any of flowgate's tables: `DROP EXTENSION` takes that lock (ACCESS
 /// EXCLUSIVE) before any of its objects' locks, so it waits for a job under way instead of
 /// deadlocking with it (the job holding one table while it waits for another the DROP already
 /// holds), and the next job waits for the DROP. Nothing else conflicts with it: jobs do not wait
 /// for each other, nor for a pool's `ALTER EXTENSION ... ADD SEQUENCE` (SHARE UPDATE
-/// EXCLUSIVE). A job that waited for a `DROP EXTENSION` sees that flowgate is gone.
-pub fn hold_extension() -> bool {
-    hold_extension_lock(true)
+/// EXCLUSIVE). A job that waited for a `DROP EXTENSION` finds flowgate gone.
+pub fn require_extension() -> CoreResult<()> {
+    if hold_extension_lock(true) {
+        Ok(())
+    } else {
+        Err(CoreError::NotFound {
+            kind: "extension".into(),
+            id: "flowgate".into(),
+        })
+    }
 }
 
-/// [`hold_extension`] without waiting: false also while a `DROP EXTENSION` holds the lock or
-/// waits for it. The background worker skips its tick then, rather than wait on a DROP that
-/// itself waits for some session's open transaction.
+/// [`require_extension`] without waiting: whether flowgate is installed and its lock was free,
+/// false also while a `DROP EXTENSION` holds the lock or waits for it. The background worker
+/// skips its tick then, rather than wait on a DROP that itself waits for some session's open
+/// transaction.
 pub fn try_hold_extension() -> bool {
     hold_extension_lock(false)
 }
@@ -97,19 +105,6 @@ fn hold_extension_lock(wait: bool) -> bool {
         // A DROP EXTENSION that committed since the look-up (while this waited) is seen here.
         pg_sys::AcceptInvalidationMessages();
         pg_sys::get_extension_oid(c"flowgate".as_ptr(), true) == before
-    }
-}
-
-/// [`hold_extension`] for a step that cannot go on without flowgate: `NotFound` (P0002) when
-/// it was dropped.
-pub fn require_extension() -> CoreResult<()> {
-    if hold_extension() {
-        Ok(())
-    } else {
-        Err(CoreError::NotFound {
-            kind: "extension".into(),
-            id: "flowgate".into(),
-        })
     }
 }
 
