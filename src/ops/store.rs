@@ -343,20 +343,21 @@ pub fn log(
 /// subtransaction, would record both in a new MultiXact, on every event. An envelope refused
 /// after the precheck leaves the lock row's new version (its log row is written all the same).
 pub(super) fn lock_release_row(client: &mut SpiClient<'_>, release_id: &str) -> OpsResult<bool> {
+    macro_rules! lock {
+        ($form:ident) => {
+            concat!(
+                "WITH ",
+                take_release!($form, "$1", "true"),
+                " SELECT taken FROM locked"
+            )
+        };
+    }
     let t = prepared::run(
         client,
         if has_lock_rows() {
-            concat!(
-                "WITH ",
-                take_release!(lock_row, "$1", "true"),
-                " SELECT taken FROM locked"
-            )
+            lock!(lock_row)
         } else {
-            concat!(
-                "WITH ",
-                take_release!(release_row, "$1", "true"),
-                " SELECT taken FROM locked"
-            )
+            lock!(release_row)
         },
         &[UUID],
         &[uuid_arg(release_id)?],
