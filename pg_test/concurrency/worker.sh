@@ -24,6 +24,17 @@ hold_open() {
   done
   fail "the transaction holding '$1' did not start"
 }
+# Wait up to 15 s for the postmaster to start the worker again after $old_pid ended (its pid in
+# $new_pid).
+worker_back() {
+  new_pid=""
+  for _ in $(seq 1 150); do
+    new_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowgate worker' AND pid <> $old_pid")
+    [ -n "$new_pid" ] && return
+    sleep 0.1
+  done
+  fail "the worker did not come back within 15 s of pg_terminate_backend"
+}
 # Enqueue a delivery to testd's /ok under key $1 and wait up to $2 polls of 50 ms for the
 # worker to send it; prints its status then.
 deliver() {
@@ -96,13 +107,7 @@ for _ in $(seq 1 100); do
 done
 old_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowgate worker'")
 q "SELECT pg_terminate_backend($old_pid)" >/dev/null
-new_pid=""
-for _ in $(seq 1 150); do
-  new_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowgate worker' AND pid <> $old_pid")
-  [ -n "$new_pid" ] && break
-  sleep 0.1
-done
-[ -n "$new_pid" ] || fail "the worker did not come back within 15 s of pg_terminate_backend"
+worker_back
 key2="worker-back-$$"
 [ "$(deliver "$key2" 100)" = delivered ] || fail "the restarted worker did not deliver"
 for _ in $(seq 1 100); do
@@ -162,5 +167,41 @@ drop_out=$(cat "$dropper_log" "$runner_log"); rm -f "$dropper_log" "$runner_log"
 key3="worker-after-drop-$$"
 [ "$(deliver "$key3" 100)" = delivered ] || fail "the worker did not deliver after a rolled-back DROP EXTENSION"
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key3'"
+# A job waiting for a lock some session holds gives up after flowgate.worker_lock_timeout_ms
+# (1 s by default) instead of stalling the worker: here a LOCK TABLE of the table intake.metrics
+# writes on every tick, held for 8 s. The job's failure is recorded (55P03), the outbox goes on
+# delivering meanwhile, and a pg_terminate_backend reaches the worker within about that second
+# (it stops between two steps), not when the lock is released.
+q "SELECT intake.create_pool('worker_locked_$$', 5, '{\"drain_mode\": \"external\"}')" >/dev/null
+failures_before=$(q "SELECT coalesce((SELECT failures FROM flowgate.job_status WHERE job = 'intake.metrics'), 0)")
+hold_open "LOCK TABLE intake.engine_metrics IN SHARE MODE" 8
+locker=$held
+worker_lock=$(lock_awaited "a.backend_type = 'flowgate worker'")
+[ "$worker_lock" = "relation intake.engine_metrics" ] || fail "the worker's metrics job did not reach the held lock (waiting on '$worker_lock')"
+key4="worker-locked-$$"
+start=$(date +%s%N)
+locked_status=$(deliver "$key4" 60)
+locked_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+[ "$locked_status" = delivered ] || fail "with a table held locked, the worker stalled (delivery $locked_status after ${locked_ms} ms)"
+lock_wait=$(lock_awaited "a.backend_type = 'flowgate worker'")
+[ "$lock_wait" = "relation intake.engine_metrics" ] || fail "the worker did not wait for the held lock again (waiting on '$lock_wait')"
+old_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowgate worker'")
+start=$(date +%s%N)
+q "SELECT pg_terminate_backend($old_pid)" >/dev/null
+for _ in $(seq 1 50); do
+  [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE pid = $old_pid")" -eq 0 ] && break
+  sleep 0.1
+done
+stop_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+[ "$(q "SELECT count(*) FROM pg_stat_activity WHERE pid = $old_pid")" -eq 0 ] || fail "terminated while waiting for a lock, the worker was still running after ${stop_ms} ms"
+kill -0 "$locker" 2>/dev/null || fail "the lock was released before the worker stopped (${stop_ms} ms): nothing was tested"
+wait "$locker"
+failures=$(q "SELECT failures FROM flowgate.job_status WHERE job = 'intake.metrics'")
+last_error=$(q "SELECT last_error FROM flowgate.job_status WHERE job = 'intake.metrics'")
+[ "$failures" -gt "$failures_before" ] || fail "the job that gave up waiting for a lock was not recorded as failed"
+case "$last_error" in 55P03:*) ;; *) fail "last_error of the job that waited for a lock: $last_error";; esac
+worker_back
+q "SELECT intake.drop_pool('worker_locked_$$')" >/dev/null
+q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key4'"
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered; a DROP EXTENSION beside a running job waited on the extension's lock, as did a job started while it held it, with no deadlock, and the worker skipped its ticks meanwhile"
+echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered; a DROP EXTENSION beside a running job waited on the extension's lock, as did a job started while it held it, with no deadlock, and the worker skipped its ticks meanwhile; with a table its metrics job writes held locked, the job gave up after its lock timeout ($last_error), a delivery was sent in ${locked_ms} ms, and pg_terminate_backend stopped the worker in ${stop_ms} ms"

@@ -4,9 +4,10 @@
 //!
 //! Enabled by preloading flowgate and naming a database:
 //! `shared_preload_libraries = 'flowgate'`, `flowgate.worker_database = 'mydb'`, optionally
-//! `flowgate.worker_interval_ms = 1000` (reloadable). Each tick is its own transaction; a tick
-//! that raises is logged by Postgres, the worker exits and the postmaster restarts it after
-//! five seconds.
+//! `flowgate.worker_interval_ms = 1000` and `flowgate.worker_lock_timeout_ms = 1000` (both
+//! reloadable). Each job runs in a transaction of its own (the outbox in its claim, send and
+//! record steps) and a failing job is recorded, not raised; the worker exits on SIGTERM, and
+//! the postmaster restarts it after five seconds unless the server is shutting down.
 
 use std::ffi::CString;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::core::error::SqlError;
 
 static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static WORKER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static WORKER_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// Register the GUCs, and the worker when flowgate is being preloaded with a database set.
 pub fn init() {
@@ -53,6 +55,17 @@ pub fn init() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"flowgate.worker_lock_timeout_ms",
+        c"Longest wait of a background worker's job for a lock, in milliseconds (0: no limit).",
+        c"A job that waits longer fails for this tick (55P03, recorded) and the worker goes on \
+          with the next; the outbox's recording of what it sent always waits. Reloadable.",
+        &WORKER_LOCK_TIMEOUT_MS,
+        0,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     let configured = WORKER_DATABASE
         .get()
@@ -113,6 +126,7 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
             BackgroundWorker::transaction(|| {
                 // Dropped, not yet created, or being dropped: nothing to run this tick.
                 if super::store::try_hold_extension() {
+                    limit_lock_waits();
                     if let Err(e) =
                         super::schedules::run_recorded(job, super::schedules::Runner::Worker)
                     {
@@ -140,6 +154,20 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
 fn stop_requested() -> bool {
     // SAFETY: a flag of this process, set by its signal handler; read only.
     unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
+}
+
+/// Bound how long the current transaction waits for a lock (`flowgate.worker_lock_timeout_ms`,
+/// as `SET LOCAL lock_timeout`). The worker is one process running every job in turn: a job
+/// waiting for a lock some session holds (an open transaction's row lock, an operator's
+/// `LOCK TABLE`, a `CREATE INDEX` or `VACUUM FULL` of a flowgate table) would otherwise stall
+/// the outbox, the timers and every other job until that session ends, and SIGTERM (a
+/// shutdown, `pg_terminate_backend`) reaches the worker only between two steps.
+fn limit_lock_waits() {
+    let ms = WORKER_LOCK_TIMEOUT_MS.get().max(0);
+    // An integer of a bounded GUC: no quoting needed.
+    if let Err(e) = Spi::run(&format!("SET LOCAL lock_timeout = {ms}")) {
+        warning!("flowgate worker: could not set lock_timeout: {e}");
+    }
 }
 
 /// The outbox job, natively: claim and record in transactions of their own, send in none.
@@ -180,9 +208,13 @@ fn run_outbox() {
 /// subtransaction is rolled back and the empty transaction commits).
 struct WorkerTransactions;
 
-impl Transactions for WorkerTransactions {
-    fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
+impl WorkerTransactions {
+    /// One step in a transaction of its own; its lock waits bounded when `bounded`.
+    fn run<R>(bounded: bool, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            if bounded {
+                limit_lock_waits();
+            }
             match subxact::run(|| {
                 super::store::require_extension()?;
                 step()
@@ -194,6 +226,16 @@ impl Transactions for WorkerTransactions {
                 ))),
             }
         }))
+    }
+}
+
+impl Transactions for WorkerTransactions {
+    fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
+        Self::run(true, step)
+    }
+
+    fn record_step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
+        Self::run(false, step)
     }
 
     fn stopping(&self) -> bool {
