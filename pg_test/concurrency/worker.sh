@@ -168,9 +168,9 @@ key3="worker-after-drop-$$"
 [ "$(deliver "$key3" 100)" = delivered ] || fail "the worker did not deliver after a rolled-back DROP EXTENSION"
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key3'"
 # A job waiting for a lock some session holds gives up after flowgate.worker_lock_timeout_ms
-# (1 s by default) instead of stalling the worker: here a LOCK TABLE of the table intake.metrics
+# (500 ms by default) instead of stalling the worker: here a LOCK TABLE of the table intake.metrics
 # writes on every tick, held for 8 s. The job's failure is recorded (55P03), the outbox goes on
-# delivering meanwhile, and a pg_terminate_backend reaches the worker within about that second
+# delivering meanwhile, and a pg_terminate_backend reaches the worker within about that time
 # (it stops between two steps), not when the lock is released.
 q "SELECT intake.create_pool('worker_locked_$$', 5, '{\"drain_mode\": \"external\"}')" >/dev/null
 failures_before=$(q "SELECT coalesce((SELECT failures FROM flowgate.job_status WHERE job = 'intake.metrics'), 0)")
@@ -203,5 +203,33 @@ case "$last_error" in 55P03:*) ;; *) fail "last_error of the job that waited for
 worker_back
 q "SELECT intake.drop_pool('worker_locked_$$')" >/dev/null
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key = '$key4'"
+# In a deadlock with a session that began waiting a little earlier, the job gives way: its lock
+# timeout (500 ms) is below deadlock_timeout (1 s), so it gives up before the session's deadlock
+# check runs. The session holds intake.engine_metrics and then waits for the pool's totals row,
+# which the metrics job holds (a trigger keeps it there for 300 ms) before it waits for the
+# table. The session's UPDATE must succeed (with no limit, or one of 1 s, it failed with 40P01).
+q "SELECT intake.create_pool('worker_dl_$$', 5, '{\"drain_mode\": \"external\"}')" >/dev/null
+q "CREATE OR REPLACE FUNCTION public.fg_worker_nap() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END \$\$"
+q "CREATE TRIGGER fg_worker_nap AFTER UPDATE ON intake.pool_totals FOR EACH ROW WHEN (NEW.pool_id = 'worker_dl_$$') EXECUTE FUNCTION public.fg_worker_nap()"
+failures_before=$(q "SELECT failures FROM flowgate.job_status WHERE job = 'intake.metrics'")
+deadlock_rc=0
+deadlock_out=$(psql -X -q -v ON_ERROR_STOP=1 -c "BEGIN" -c "LOCK TABLE intake.engine_metrics IN SHARE MODE" -c "
+  DO \$\$ BEGIN
+    FOR i IN 1 .. 500 LOOP
+      PERFORM pg_stat_clear_snapshot();
+      IF EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'flowgate worker' AND wait_event = 'PgSleep') THEN
+        RETURN;
+      END IF;
+      PERFORM pg_sleep(0.01);
+    END LOOP;
+    RAISE EXCEPTION 'the metrics job never reached the pool''s totals';
+  END \$\$" -c "UPDATE intake.pool_totals SET updated_at = updated_at WHERE pool_id = 'worker_dl_$$'" -c "COMMIT" 2>&1) || deadlock_rc=$?
+failures=$(q "SELECT failures FROM flowgate.job_status WHERE job = 'intake.metrics'")
+last_error=$(q "SELECT last_error FROM flowgate.job_status WHERE job = 'intake.metrics'")
+q "DROP TRIGGER fg_worker_nap ON intake.pool_totals; DROP FUNCTION public.fg_worker_nap()"
+q "SELECT intake.drop_pool('worker_dl_$$')" >/dev/null
+[ "$deadlock_rc" -eq 0 ] || fail "a session in a deadlock with the worker's metrics job lost: $deadlock_out"
+[ "$failures" -gt "$failures_before" ] && case "$last_error" in 55P03:*) true;; *) false;; esac \
+  || fail "the metrics job did not give way in the deadlock (failures $failures_before -> $failures, last error: $last_error): nothing was tested"
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered; a DROP EXTENSION beside a running job waited on the extension's lock, as did a job started while it held it, with no deadlock, and the worker skipped its ticks meanwhile; with a table its metrics job writes held locked, the job gave up after its lock timeout ($last_error), a delivery was sent in ${locked_ms} ms, and pg_terminate_backend stopped the worker in ${stop_ms} ms"
+echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered; a DROP EXTENSION beside a running job waited on the extension's lock, as did a job started while it held it, with no deadlock, and the worker skipped its ticks meanwhile; with a table its metrics job writes held locked, the job gave up after its lock timeout ($last_error), a delivery was sent in ${locked_ms} ms, and pg_terminate_backend stopped the worker in ${stop_ms} ms; in a deadlock with a session, the job gave way"

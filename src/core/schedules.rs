@@ -28,6 +28,15 @@ impl Job {
         self.command.starts_with("CALL ")
     }
 
+    /// Whether the background worker bounds this job's lock waits
+    /// (`flowgate.worker_lock_timeout_ms`): a job that gives up fails for that tick, rolled back,
+    /// and runs again on the next. Not collect: it runs the response handlers of the deliveries
+    /// it records, and keeps a handler's error with its delivery for good (a lock timeout there
+    /// would need `flowgate.rerun_handlers`). Nor the outbox (a procedure, `is_procedure`).
+    pub fn gives_way_to_locks(&self) -> bool {
+        self.name != "flowgate.collect"
+    }
+
     /// What pg_cron runs: through flowgate.run_job, so that flowgate records the outcome,
     /// duration and error of every run (pg_cron 1.4 records only "SELECT 1"); a procedure is
     /// called directly and records its own.

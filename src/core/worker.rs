@@ -4,7 +4,7 @@
 //!
 //! Enabled by preloading flowgate and naming a database:
 //! `shared_preload_libraries = 'flowgate'`, `flowgate.worker_database = 'mydb'`, optionally
-//! `flowgate.worker_interval_ms = 1000` and `flowgate.worker_lock_timeout_ms = 1000` (both
+//! `flowgate.worker_interval_ms = 1000` and `flowgate.worker_lock_timeout_ms = 500` (both
 //! reloadable). Each job runs in a transaction of its own (the outbox in its claim, send and
 //! record steps) and a failing job is recorded, not raised; the worker exits on SIGTERM, and
 //! the postmaster restarts it after five seconds unless the server is shutting down.
@@ -27,7 +27,7 @@ use crate::core::error::SqlError;
 
 static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static WORKER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
-static WORKER_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static WORKER_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
 
 /// Register the GUCs, and the worker when flowgate is being preloaded with a database set.
 pub fn init() {
@@ -60,7 +60,8 @@ pub fn init() {
         c"flowgate.worker_lock_timeout_ms",
         c"Longest wait of a background worker's job for a lock, in milliseconds (0: no limit).",
         c"A job that waits longer fails for this tick (55P03, recorded) and the worker goes on \
-          with the next; the outbox's recording of what it sent always waits. Reloadable.",
+          with the next. Below deadlock_timeout, so that in a deadlock the job gives way. \
+          The outbox and collect always wait. Reloadable.",
         &WORKER_LOCK_TIMEOUT_MS,
         0,
         3_600_000,
@@ -126,7 +127,9 @@ pub extern "C-unwind" fn flowgate_worker_main(_arg: pg_sys::Datum) {
             BackgroundWorker::transaction(|| {
                 // Dropped, not yet created, or being dropped: nothing to run this tick.
                 if super::store::try_hold_extension() {
-                    limit_lock_waits();
+                    if job.gives_way_to_locks() {
+                        limit_lock_waits();
+                    }
                     if let Err(e) =
                         super::schedules::run_recorded(job, super::schedules::Runner::Worker)
                     {
@@ -161,7 +164,9 @@ fn stop_requested() -> bool {
 /// waiting for a lock some session holds (an open transaction's row lock, an operator's
 /// `LOCK TABLE`, a `CREATE INDEX` or `VACUUM FULL` of a flowgate table) would otherwise stall
 /// the outbox, the timers and every other job until that session ends, and SIGTERM (a
-/// shutdown, `pg_terminate_backend`) reaches the worker only between two steps.
+/// shutdown, `pg_terminate_backend`) reaches the worker only between two steps. Below
+/// `deadlock_timeout` (1 s), the job is also the side that gives way in a deadlock with a
+/// session (an `ALTER EXTENSION flowgate UPDATE`, say) that began waiting a little earlier.
 fn limit_lock_waits() {
     let ms = WORKER_LOCK_TIMEOUT_MS.get().max(0);
     // An integer of a bounded GUC: no quoting needed.
@@ -208,13 +213,9 @@ fn run_outbox() {
 /// subtransaction is rolled back and the empty transaction commits).
 struct WorkerTransactions;
 
-impl WorkerTransactions {
-    /// One step in a transaction of its own; its lock waits bounded when `bounded`.
-    fn run<R>(bounded: bool, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
+impl Transactions for WorkerTransactions {
+    fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
         BackgroundWorker::transaction(AssertUnwindSafe(|| {
-            if bounded {
-                limit_lock_waits();
-            }
             match subxact::run(|| {
                 super::store::require_extension()?;
                 step()
@@ -226,16 +227,6 @@ impl WorkerTransactions {
                 ))),
             }
         }))
-    }
-}
-
-impl Transactions for WorkerTransactions {
-    fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
-        Self::run(true, step)
-    }
-
-    fn record_step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
-        Self::run(false, step)
     }
 
     fn stopping(&self) -> bool {

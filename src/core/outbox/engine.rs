@@ -425,12 +425,6 @@ pub fn record(sent: &[Sent]) -> CoreResult<Counts> {
 pub trait Transactions {
     /// Run `step` in a transaction of its own and commit it; roll it back when it fails.
     fn step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R>;
-    /// Run the step that records what was sent: as [`Transactions::step`], except that it must
-    /// not give up waiting for a lock (a send left unrecorded is sent once more, after its
-    /// lease).
-    fn record_step<R>(&mut self, step: impl FnOnce() -> CoreResult<R>) -> CoreResult<R> {
-        self.step(step)
-    }
     /// Called after a claim has committed and before the send: from here until the next step
     /// this backend holds no transaction resources.
     fn between(&mut self) {}
@@ -534,7 +528,7 @@ pub fn run(tx: &mut impl Transactions, limits: Limits) -> CoreResult<Summary> {
         // under held interrupts is not possible: Postgres's regex engine, which the table's
         // CHECKs use, aborts on a pending cancel regardless.)
         pgrx::check_for_interrupts!();
-        let counts = tx.record_step(|| record(&sent))?;
+        let counts = tx.step(|| record(&sent))?;
         summary.counts.merge(&counts);
     }
     Ok(summary)
