@@ -85,10 +85,17 @@ wide_calls=$((calls - big_calls))
 
 # A 30 MB text argument naming whom to act for, from a caller who may not: refused (42501)
 # before the value is looked at, never copied into the error.
-q "DROP TABLE IF EXISTS public.fg_long; CREATE TABLE public.fg_long AS SELECT repeat(chr(127), 30000000) AS v;
+q "DROP TABLE IF EXISTS public.fg_long; CREATE TABLE public.fg_long AS SELECT repeat(chr(127), 30000000) AS v, 'sys:' || repeat(chr(127), 30000000) AS sys;
    GRANT SELECT ON public.fg_long TO PUBLIC"
 long="(SELECT v FROM public.fg_long)"
 probe authenticated '{"sub":"u-1","role":"authenticated"}' "flowgate.current_actor_info($long)" 42501
 probe authenticated '{"sub":"u-1","role":"authenticated"}' "capacity.record_capacity_event('CR-2026-000001', 'COMMERCIAL_APPROVED', '{}', NULL, $long)" 42501
+# The same 30 MB of control characters where a caller may send text that an error quotes (a
+# pool id, an event name, an idempotency key, an environment): quoted whole, it would escape to
+# 180 MB before the report was cut; the message quotes its first characters only.
+probe authenticated '{"sub":"u-1","role":"authenticated"}' "intake.claim($long)" 22023
+probe authenticated '{"sub":"u-1","role":"authenticated"}' "capacity.record_capacity_event('CR-2026-000001', $long)" 22023
+probe authenticated '{"sub":"u-1","role":"authenticated"}' "capacity.record_capacity_event('CR-2026-000001', 'COMMERCIAL_APPROVED', '{}', (SELECT sys FROM public.fg_long))" 22023
+probe postgres '' "ops.is_eligible_for_promotion('a0000000-0000-4000-8000-00000000beef', $long)" 22023
 q "DROP TABLE public.fg_long"
-echo "ok 1 - memory: $big_calls calls with a 30 MB jsonb argument ($size), $wide_calls with $wide_size bytes of jsonb numbers that print as 393 MB and $((calls - big_calls - wide_calls)) with a 30 MB on_behalf_of from an untrusted caller, each refused or answered with its SQLSTATE; peak memory grew at most $max kB (limit $LIMIT_KB kB)"
+echo "ok 1 - memory: $big_calls calls with a 30 MB jsonb argument ($size), $wide_calls with $wide_size bytes of jsonb numbers that print as 393 MB and $((calls - big_calls - wide_calls)) with 30 MB of control characters as on_behalf_of, a pool id, an event name, an idempotency key or an environment, each refused or answered with its SQLSTATE; peak memory grew at most $max kB (limit $LIMIT_KB kB)"

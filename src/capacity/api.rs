@@ -25,7 +25,10 @@ mod capacity {
         Event::parse(name).ok_or_else(|| {
             CoreError::invalid(
                 "event_type",
-                format!("{name:?} is not a capacity event"),
+                format!(
+                    "{} is not a capacity event",
+                    crate::core::error::quoted(name)
+                ),
                 crate::capacity::machine::EVENTS
                     .iter()
                     .map(|e| e.as_str())

@@ -267,7 +267,10 @@ impl Request {
         if !is_region(&self.region) {
             return Err(CoreError::invalid(
                 "region",
-                format!("{:?} is not an AWS region name", self.region),
+                format!(
+                    "{} is not an AWS region name",
+                    crate::core::error::quoted(&self.region)
+                ),
                 "a region such as us-east-1, eu-west-2 or ap-southeast-1",
             ));
         }
@@ -279,8 +282,8 @@ impl Request {
             return Err(CoreError::invalid(
                 "infra_owner_group",
                 format!(
-                    "{:?} has characters a group name cannot have",
-                    self.infra_owner_group
+                    "{} has characters a group name cannot have",
+                    crate::core::error::quoted(&self.infra_owner_group)
                 ),
                 "1 to 63 of A-Za-z0-9_.-, e.g. infra",
             ));

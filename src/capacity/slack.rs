@@ -136,14 +136,22 @@ pub fn parse_command(text: &str) -> Result<CreateCommand, CoreError> {
     let mut words = text.split_whitespace();
     match words.next() {
         Some("create") => {}
-        other => return Err(bad(format!("unknown subcommand {:?}", other.unwrap_or("")))),
+        other => {
+            return Err(bad(format!(
+                "unknown subcommand {}",
+                crate::core::error::quoted(other.unwrap_or(""))
+            )))
+        }
     }
     let (mut owner, mut group, mut size, mut qty, mut region, mut cost) =
         (None, None, None, None, None, None);
     for w in words {
-        let (k, v) = w
-            .split_once('=')
-            .ok_or_else(|| bad(format!("{w:?} is not key=value")))?;
+        let (k, v) = w.split_once('=').ok_or_else(|| {
+            bad(format!(
+                "{} is not key=value",
+                crate::core::error::quoted(w)
+            ))
+        })?;
         match k {
             // Slack escapes mentions as <@U123|name> or <@U123>.
             "owner" => {
@@ -160,19 +168,28 @@ pub fn parse_command(text: &str) -> Result<CreateCommand, CoreError> {
             "group" => group = Some(v.to_string()),
             "size" => size = Some(v.to_string()),
             "qty" => {
-                qty = Some(
-                    v.parse::<i32>()
-                        .map_err(|_| bad(format!("qty {v:?} is not a whole number")))?,
-                )
+                qty = Some(v.parse::<i32>().map_err(|_| {
+                    bad(format!(
+                        "qty {} is not a whole number",
+                        crate::core::error::quoted(v)
+                    ))
+                })?)
             }
             "region" => region = Some(v.to_string()),
             "cost" => {
-                cost = Some(
-                    v.parse::<f64>()
-                        .map_err(|_| bad(format!("cost {v:?} is not a number")))?,
-                )
+                cost = Some(v.parse::<f64>().map_err(|_| {
+                    bad(format!(
+                        "cost {} is not a number",
+                        crate::core::error::quoted(v)
+                    ))
+                })?)
             }
-            other => return Err(bad(format!("unknown key {other:?}"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown key {}",
+                    crate::core::error::quoted(other)
+                )))
+            }
         }
     }
     let need = |v: Option<String>, k: &str| {
@@ -194,7 +211,7 @@ pub fn parse_action_value(value: &str) -> Result<(String, Event), CoreError> {
     let bad = || {
         CoreError::invalid(
             "action value",
-            format!("{value:?}"),
+            crate::core::error::quoted(value),
             "CR-<year>-<number>:<EVENT>",
         )
     };

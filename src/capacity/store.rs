@@ -503,15 +503,18 @@ pub fn describe(id: &str, recent: i64) -> CoreResult<Value> {
 /// Keys starting with `sys:` belong to flowgate's own events (timers, threshold approvals).
 pub fn check_user_key(key: Option<&str>) -> CoreResult<()> {
     match key {
-        Some(k) if k.starts_with("sys:") => Err(CoreError::invalid(
-            "idempotency_key",
-            format!("{k:?} uses the reserved prefix sys:"),
-            "any key not starting with sys:",
-        )),
         Some(k) if k.is_empty() || k.len() > 255 => Err(CoreError::invalid(
             "idempotency_key",
             "it is empty or longer than 255 bytes",
             "1 to 255 bytes",
+        )),
+        Some(k) if k.starts_with("sys:") => Err(CoreError::invalid(
+            "idempotency_key",
+            format!(
+                "{} uses the reserved prefix sys:",
+                crate::core::error::quoted(k)
+            ),
+            "any key not starting with sys:",
         )),
         _ => Ok(()),
     }

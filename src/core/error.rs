@@ -29,7 +29,7 @@ pub enum CoreError {
     InvalidJson { what: String, problem: String },
 
     /// The entity a call names does not exist.
-    #[error("{kind} {id:?} does not exist")]
+    #[error("{kind} {} does not exist", quoted(.id))]
     NotFound { kind: String, id: String },
 
     /// A workflow event that the current state does not accept.
@@ -49,7 +49,7 @@ pub enum CoreError {
     },
 
     /// A unique key is already taken.
-    #[error("{kind} {key:?} already exists")]
+    #[error("{kind} {} already exists", quoted(.key))]
     Duplicate { kind: String, key: String },
 
     /// A required extension or server feature is missing.
@@ -157,6 +157,19 @@ pub trait SqlError: std::fmt::Display {
 /// client's answer and the server log.
 pub const MAX_REPORT_BYTES: usize = 1024;
 
+/// Caller text as a message quotes it: escaped as a Rust string literal, at most
+/// [`QUOTED_CHARS`] characters of it, then "…" and its length. Quoted whole, a 30 MB argument of
+/// control characters would escape to 180 MB before [`bounded`] cut the report.
+pub fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
+    }
+}
+
+/// Most characters of caller text [`quoted`] shows.
+pub const QUOTED_CHARS: usize = 64;
+
 /// `text` cut to [`MAX_REPORT_BYTES`] (at a character boundary), saying how long it was.
 pub fn bounded(text: String) -> String {
     if text.len() <= MAX_REPORT_BYTES {
@@ -252,6 +265,34 @@ mod unit_tests {
         assert!(cut.len() < MAX_REPORT_BYTES + 40, "{} bytes", cut.len());
         assert!(cut.ends_with(&format!("… ({} bytes in all)", long.len())));
         assert!(cut.starts_with("éé"));
+    }
+
+    #[test]
+    fn caller_text_is_quoted_short_whatever_its_length() {
+        assert_eq!(quoted("us-east-1"), "\"us-east-1\"");
+        assert_eq!(quoted("a\u{7f}"), "\"a\\u{7f}\"");
+        // Control characters escape to six bytes each: 30 MB of them must not become 180 MB.
+        let hostile = "\u{7f}".repeat(1_000_000);
+        let q = quoted(&hostile);
+        assert!(q.len() < QUOTED_CHARS * 6 + 40, "{} bytes", q.len());
+        assert!(q.ends_with("… (1000000 bytes)"), "{q}");
+        // Cut at a character, never inside one.
+        let wide = "é".repeat(QUOTED_CHARS + 1);
+        assert_eq!(
+            quoted(&wide),
+            format!("{:?}… ({} bytes)", "é".repeat(QUOTED_CHARS), wide.len())
+        );
+        assert!(
+            CoreError::not_found("pool", hostile.clone())
+                .to_string()
+                .len()
+                < 500
+        );
+        let dup = CoreError::Duplicate {
+            kind: "key".into(),
+            key: hostile,
+        };
+        assert!(dup.to_string().len() < 500);
     }
 
     #[test]

@@ -523,7 +523,10 @@ pub fn request_identity_link(provider: &str) -> CoreResult<serde_json::Value> {
     if !providers.contains(&provider) {
         return Err(CoreError::invalid(
             "provider",
-            format!("{provider:?} does not redeem link codes"),
+            format!(
+                "{} does not redeem link codes",
+                crate::core::error::quoted(provider)
+            ),
             providers.join(", "),
         ));
     }

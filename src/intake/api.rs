@@ -67,7 +67,7 @@ mod intake {
             if let Some(bad) = cfg.keys().find(|k| !CONFIG_KEYS.contains(&k.as_str())) {
                 return Err(CoreError::invalid(
                     "config",
-                    format!("unknown key {bad:?}"),
+                    format!("unknown key {}", crate::core::error::quoted(bad)),
                     CONFIG_KEYS.join(", "),
                 ));
             }

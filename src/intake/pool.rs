@@ -23,7 +23,7 @@ impl PoolId {
         } else {
             Err(CoreError::invalid(
                 "pool_id",
-                format!("{id:?}"),
+                crate::core::error::quoted(id),
                 "1 to 36 characters from a-z, 0-9 and _, starting with a letter",
             ))
         }

@@ -298,7 +298,10 @@ pub fn commit_locally(
                 client,
                 pool,
                 intent,
-                &format!("the ledger refused the commit: {kind} {key:?} already exists"),
+                &format!(
+                    "the ledger refused the commit: {kind} {} already exists",
+                    crate::core::error::quoted(&key)
+                ),
             )?;
             Ok("dead_lettered")
         }

@@ -166,7 +166,7 @@ mod ops {
                 // retried as a whole, so it is not this envelope's outcome.
                 Err(c) if c.sqlstate == "40001" || c.sqlstate == "40P01" => {
                     return Err(OpsError::Core(CoreError::Busy {
-                        what: format!("idempotency_key {key:?}"),
+                        what: format!("idempotency_key {}", crate::core::error::quoted(key)),
                         hint: format!("{} ({}); retry the transaction", c.message, c.sqlstate),
                     }))
                 }
@@ -197,7 +197,7 @@ mod ops {
             return finished.log(&ingest_id, &received);
         }
         Err(OpsError::Core(CoreError::Busy {
-            what: format!("idempotency_key {key:?}"),
+            what: format!("idempotency_key {}", crate::core::error::quoted(key)),
             hint: "the key is being accepted and released by concurrent senders; send the envelope again".into(),
         }))
     }

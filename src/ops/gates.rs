@@ -39,7 +39,7 @@ impl GateCode {
             "G4" => Ok(GateCode::G4),
             other => Err(OpsError::invalid(
                 "gate_code",
-                format!("{other:?} is not a gate"),
+                format!("{} is not a gate", crate::core::error::quoted(other)),
                 "G1, G2, G3 or G4",
             )),
         }

@@ -56,7 +56,7 @@ impl Caller {
         match named {
             Some(n) if *n != self.actor_id && !self.trusted => Err(OpsError::Forbidden {
                 actor: self.actor_id.clone(),
-                action: format!("set {field} to someone else ({n:?})"),
+                action: format!("set {field} to someone else ({})", crate::core::error::quoted(n)),
                 allowed: format!(
                     "omit {field} to act as yourself; only trusted sessions may name another identity"
                 ),

@@ -66,7 +66,7 @@ mod provisioning {
             if !ok_slug {
                 return Err(CoreError::invalid(
                     "slug",
-                    format!("{slug:?}"),
+                    crate::core::error::quoted(slug),
                     "3 to 40 of a-z, 0-9 and -, starting with a letter",
                 )
                 .into());

@@ -215,7 +215,10 @@ fn check_environment(environment: &str) -> OpsResult<()> {
     }
     Err(OpsError::Core(crate::core::error::CoreError::invalid(
         "target_env",
-        format!("{environment:?} is not an environment"),
+        format!(
+            "{} is not an environment",
+            crate::core::error::quoted(environment)
+        ),
         values::ENVIRONMENTS.join(", "),
     )))
 }
