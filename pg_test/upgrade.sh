@@ -170,7 +170,14 @@ SET request.jwt.claims = '{"sub": "rm-2", "role": "release_manager"}';
 CREATE TABLE public.upg_revoke AS SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/x-rv',
        'event_type', 'exception_decided', 'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001',
        'exception_id', 'a1a1a1a1-0000-4000-8000-0000000000e1', 'decision', 'revoked', 'comment', 'back early')) ->> 'status' AS status;
+-- ops: qa-1 signs G2 off; the old version named the signer as its evidence's submitter
+SET request.jwt.claims = '{"sub": "qa-1", "role": "qa_tester"}';
+SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'upg/qa', 'event_type', 'gate_signoff',
+       'source_system', 'upgrade', 'release_id', 'a1a1a1a1-0000-4000-8000-000000000001'));
 RESET request.jwt.claims;
+SET session_replication_role = replica;
+UPDATE ops.evidence_artifacts SET submitted_by = 'qa-1' WHERE artifact_type = 'qa_signoff';
+SET session_replication_role = origin;
 -- provisioning: a tenant whose job is queued
 SELECT flowgate.set_setting('provisioning.organization_id', '"org-upgrade"');
 SELECT flowgate.set_setting('provisioning.management_api_url', to_jsonb('$TESTD/mgmt/ok'::text));
@@ -226,10 +233,12 @@ exact=$(q "SELECT count(*) FROM ops.release_gates WHERE status <> ops.evaluate_g
 revocation=$(q "SELECT decided_by || ' ' || decision_comment || ' / ' || revoked_by || ' ' || revoke_comment FROM ops.exceptions
                 WHERE exception_id = 'a1a1a1a1-0000-4000-8000-0000000000e1'")
 [ "$revocation" = "rm-1 one day / rm-2 back early" ] || fail "the revoked exception after the upgrade: $revocation"
+signoff=$(q "SELECT string_agg(submitted_by, ', ') FROM ops.evidence_artifacts WHERE artifact_type = 'qa_signoff'")
+[ "$signoff" = "qa_tester (gate_signoff)" ] || fail "the signoff's evidence after the upgrade is submitted by '$signoff', not by the signing persona"
 queue_grants=$(q "SELECT count(*) FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
                   WHERE c.relnamespace = 'pgmq'::regnamespace AND c.relname LIKE '%intake\_upg%' AND a.grantee <> c.relowner")
 [ "$queue_grants" -eq 0 ] || fail "the pool's queue tables still grant $queue_grants privileges to other roles after the upgrade"
-echo "ok 5 - upgrade: in flight across it: the request reached ACTIVATED, 6 queued intents drained into the ledger, the pending delivery was sent, the tenant's jobs finished (ready), the release's G1 re-evaluated on a new check (failed, all statuses exact), a revoked exception keeps its approver beside its revoker, the pool's queue tables are owner-only"
+echo "ok 5 - upgrade: in flight across it: the request reached ACTIVATED, 6 queued intents drained into the ledger, the pending delivery was sent, the tenant's jobs finished (ready), the release's G1 re-evaluated on a new check (failed, all statuses exact), a revoked exception keeps its approver beside its revoker, a signoff's evidence names the persona, not the signer, the pool's queue tables are owner-only"
 
 # ---- the upgraded catalog equals a fresh install ---------------------------------------------------
 # (The pool's own objects, which create_pool makes, go first: a fresh install has none.)

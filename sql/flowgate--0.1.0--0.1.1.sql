@@ -76,6 +76,11 @@ CREATE INDEX event_ingest_log_received ON ops.event_ingest_log USING brin (recei
 ALTER TABLE ops.evidence_artifacts ADD COLUMN recorded_at timestamptz;
 ALTER TABLE ops.evidence_artifacts DISABLE TRIGGER USER;
 UPDATE ops.evidence_artifacts SET recorded_at = created_at;
+-- A gate_signoff's qa_signoff evidence names the signing persona, not the signer: every persona
+-- reads evidence, fewer read ops.approvals, which says who signed off.
+UPDATE ops.evidence_artifacts e SET submitted_by = a.persona_role || ' (gate_signoff)'
+  FROM ops.approvals a
+ WHERE e.artifact_type = 'qa_signoff' AND e.ingest_id IS NOT NULL AND a.ingest_id = e.ingest_id;
 ALTER TABLE ops.evidence_artifacts ENABLE TRIGGER USER;
 ALTER TABLE ops.evidence_artifacts ALTER COLUMN recorded_at SET DEFAULT clock_timestamp(),
                                    ALTER COLUMN recorded_at SET NOT NULL;

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(174);
+SELECT plan(175);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -308,9 +308,13 @@ RESET request.jwt.claims;
 SELECT is((SELECT status_reason FROM ops.release_gates WHERE release_id = 'a0000000-0000-4000-8000-000000000004' AND gate_code = 'G3'),
           'release approval rejected (release_manager)', 'and the stored reason does not name the approver');
 SELECT ok(NOT EXISTS (SELECT FROM ops.evidence_artifacts a JOIN ops.approvals p ON p.release_id = a.release_id
-                      WHERE a.artifact_type = 'qa_signoff' AND strpos(a.description, p.approver_id) > 0)
+                      WHERE a.artifact_type = 'qa_signoff'
+                        AND (strpos(a.description, p.approver_id) > 0 OR a.submitted_by = p.approver_id))
           AND EXISTS (SELECT FROM ops.evidence_artifacts WHERE artifact_type = 'qa_signoff'),
-          'nor does a signoff''s evidence row, which every persona reads');
+          'nor does a signoff''s evidence row, which every persona reads (description or submitter)');
+SELECT is((SELECT string_agg(DISTINCT submitted_by, ', ') FROM ops.evidence_artifacts a
+            WHERE artifact_type = 'qa_signoff' AND EXISTS (SELECT FROM ops.approvals p WHERE p.ingest_id = a.ingest_id)),
+          'qa_tester (gate_signoff)', 'a signoff''s evidence is submitted by the signing persona');
 
 -- R3: everything but G3's approval; G3 bypassed by an approved exception.
 SELECT ops.ingest_event(pg_temp.ev('r3', 'release_created', '{"version": "3"}', 'a0000000-0000-4000-8000-000000000003')) \g /dev/null

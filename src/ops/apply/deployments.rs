@@ -160,7 +160,7 @@ pub(super) fn health(
         sha256: None,
         description: Some(format!("{environment} health check: {}", b.status)),
     };
-    insert_artifact(client, ctx, r, Some(&g), None, &a)?;
+    insert_artifact(client, ctx, r, Some(&g), None, &a, &ctx.caller.actor_id)?;
     let log = EnvironmentLog {
         environment: &environment,
         kind: "health_check",

@@ -107,15 +107,17 @@ pub(super) fn signoff(
             artifact_type: "qa_signoff".into(),
             uri,
             sha256: None,
-            // Every persona reads evidence; who signed off stays in ops.approvals, which
-            // row security shows to fewer of them.
             description: Some(format!(
                 "{} signoff ({}): {decision}",
                 b.gate,
                 persona.as_str()
             )),
         };
-        insert_artifact(client, ctx, r, Some(&g), None, &a)?;
+        // Every persona reads evidence; who signed off stays in ops.approvals, which row
+        // security shows to fewer of them: the row names the persona, in its description and
+        // as its submitter, never the signer.
+        let submitter = format!("{} (gate_signoff)", persona.as_str());
+        insert_artifact(client, ctx, r, Some(&g), None, &a, &submitter)?;
     }
     out.attach_gate = Some(b.gate);
     Ok(())
@@ -151,6 +153,7 @@ pub(super) fn attach(
         g.as_deref(),
         b.check_id.as_deref(),
         &b.artifact,
+        &ctx.caller.actor_id,
     )?;
     out.set("artifact_id", id);
     Ok(())

@@ -131,7 +131,15 @@ pub fn apply<'a>(
             let mut ids = Vec::new();
             for a in &env.evidence {
                 let check = out.attach_check.as_deref();
-                ids.push(insert_artifact(client, ctx, r, g.as_deref(), check, a)?);
+                ids.push(insert_artifact(
+                    client,
+                    ctx,
+                    r,
+                    g.as_deref(),
+                    check,
+                    a,
+                    &ctx.caller.actor_id,
+                )?);
             }
             out.set("artifact_ids", json!(ids));
         }
@@ -184,7 +192,8 @@ fn unknown_gate(release_id: &str, gate: GateCode) -> OpsError {
     }
 }
 
-/// Attach an artifact to the release, or to one of its gates or checks.
+/// Attach an artifact to the release, or to one of its gates or checks, as submitted by
+/// `submitted_by` (the caller's actor, but for a signoff's own evidence).
 fn insert_artifact(
     client: &mut SpiClient<'_>,
     ctx: &Apply<'_>,
@@ -192,6 +201,7 @@ fn insert_artifact(
     gate_id: Option<&str>,
     check_id: Option<&str>,
     a: &Artifact,
+    submitted_by: &str,
 ) -> OpsResult<String> {
     ctx.caller.may_attach(&a.artifact_type)?;
     let t = write(
@@ -207,7 +217,7 @@ fn insert_artifact(
             Some(&a.uri),
             a.sha256.as_deref(),
             a.description.as_deref(),
-            Some(&ctx.caller.actor_id),
+            Some(submitted_by),
             Some(ctx.ingest_id),
         ],
     )?;
