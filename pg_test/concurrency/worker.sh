@@ -99,8 +99,11 @@ case "$last_error" in P0001:*"metrics are broken"*) ;; *) fail "last_error of th
 # the postmaster starts it again after its restart time (5 s), and it delivers on its own.
 # Terminated while it is sending (a slow endpoint keeps a request on the wire): the send loop
 # stops early on the signal, and the worker must still stop (pgrx clears its SIGTERM flag when
-# read, so a signal the send loop noticed was once forgotten and the worker ran on).
-q "SELECT flowgate.enqueue_delivery('worker', 'w3', '$FLOWGATE_TESTD_URL/slow/2000', 'wslow-$$-' || g) FROM generate_series(1, 3) g" >/dev/null
+# read, so a signal the send loop noticed was once forgotten and the worker ran on). Six
+# requests two at a time: the four never started go back to pending with their attempt not
+# counted, so each of the six is delivered at its first attempt, sent once.
+q "SELECT flowgate.set_setting('flowgate.http_concurrency', '2')" >/dev/null
+q "SELECT flowgate.enqueue_delivery('worker', 'w3', '$FLOWGATE_TESTD_URL/slow/2000', 'wslow-$$-' || g) FROM generate_series(1, 6) g" >/dev/null
 for _ in $(seq 1 100); do
   [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%' AND status = 'in_flight'")" -gt 0 ] && break
   sleep 0.05
@@ -110,11 +113,17 @@ q "SELECT pg_terminate_backend($old_pid)" >/dev/null
 worker_back
 key2="worker-back-$$"
 [ "$(deliver "$key2" 100)" = delivered ] || fail "the restarted worker did not deliver"
-for _ in $(seq 1 100); do
-  [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%' AND status = 'in_flight'")" -eq 0 ] && break
+for _ in $(seq 1 200); do
+  [ "$(q "SELECT count(*) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%' AND status = 'delivered'")" -eq 6 ] && break
   sleep 0.1
 done
+slow=$(q "SELECT string_agg(status || ' ' || attempts, ', ' ORDER BY id) FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%'")
+slow_stats=$(curl -fs "$FLOWGATE_TESTD_URL/_stats/wslow-$$-")
 q "DELETE FROM flowgate.deliveries WHERE idempotency_key LIKE 'wslow-$$-%'"
+q "SELECT flowgate.reset_setting('flowgate.http_concurrency')" >/dev/null
+[ "$slow" = "$(printf 'delivered 1, %.0s' 1 2 3 4 5)delivered 1" ] \
+  || fail "requests a terminated worker never sent used up an attempt or were lost: $slow"
+[ "$slow_stats" = '{"requests":6,"distinct_keys":6,"max_per_key":1}' ] || fail "requests seen across the termination: $slow_stats"
 # DROP EXTENSION while jobs run: every job takes the extension's lock before any table of
 # flowgate's, as DROP EXTENSION does first, so a DROP waits for a job under way (on the
 # extension's lock, holding no table) and a job started meanwhile waits for the DROP, instead of
@@ -232,4 +241,4 @@ q "SELECT intake.drop_pool('worker_dl_$$')" >/dev/null
 [ "$failures" -gt "$failures_before" ] && case "$last_error" in 55P03:*) true;; *) false;; esac \
   || fail "the metrics job did not give way in the deadlock (failures $failures_before -> $failures, last error: $last_error): nothing was tested"
 q "SELECT flowgate.reset_setting('flowgate.http_transport')" >/dev/null
-echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered; a DROP EXTENSION beside a running job waited on the extension's lock, as did a job started while it held it, with no deadlock, and the worker skipped its ticks meanwhile; with a table its metrics job writes held locked, the job gave up after its lock timeout ($last_error), a delivery was sent in ${locked_ms} ms, and pg_terminate_backend stopped the worker in ${stop_ms} ms; in a deadlock with a session, the job gave way"
+echo "ok 9 - worker: running, delivered a committed delivery by itself in ${ms} ms (interval 200 ms), and with a job's status row held by an open transaction; with intake.metrics failing on every tick ($((failures - failures_before)) failures recorded), 20 deliveries were sent once each; terminated by pg_terminate_backend while sending, it stopped and came back (pid $old_pid -> $new_pid) and delivered, the requests it never started at their first attempt, each sent once; a DROP EXTENSION beside a running job waited on the extension's lock, as did a job started while it held it, with no deadlock, and the worker skipped its ticks meanwhile; with a table its metrics job writes held locked, the job gave up after its lock timeout ($last_error), a delivery was sent in ${locked_ms} ms, and pg_terminate_backend stopped the worker in ${stop_ms} ms; in a deadlock with a session, the job gave way"

@@ -101,6 +101,9 @@ pub struct Sent {
     pub max_attempts: i32,
     pub flow_key: String,
     pub observation: Observation,
+    /// False when the request never left (a stop came first, or its lease would have run out):
+    /// [`record`] puts it back to pending without counting the attempt.
+    pub started: bool,
 }
 
 /// Claim up to `max` due deliveries, within each flow key's limits. Runs in the caller's
@@ -385,6 +388,7 @@ pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> 
                 lease,
                 max_attempts,
                 flow_key,
+                started: r.started,
                 observation: Observation {
                     attempt: Ok(r.attempt),
                     body: answered.then_some(r.body),
@@ -396,10 +400,37 @@ pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> 
 }
 
 /// Record what was sent, each under its lease, in a new transaction: one statement for the
-/// round, then each owner's response handler in its own subtransaction.
+/// round, then each owner's response handler in its own subtransaction. A request that never
+/// left goes back to pending, due now, and its attempt does not count: a shutdown in the middle
+/// of a batch (or a lease about to run out) must not use up the attempts of requests no server
+/// saw, nor make a delivery allowed one attempt dead. Counted as `retry`.
 pub fn record(sent: &[Sent]) -> CoreResult<Counts> {
     let policy = record::retry_policy()?;
     let mut counts = Counts::default();
+    let (sent, unsent): (Vec<&Sent>, Vec<&Sent>) = sent.iter().partition(|s| s.started);
+    if !unsent.is_empty() {
+        let ids: Vec<i64> = unsent.iter().map(|s| s.id).collect();
+        let leases: Vec<i32> = unsent.iter().map(|s| s.lease).collect();
+        let released = Spi::connect_mut(|client| {
+            prepared::exec(
+                client,
+                "UPDATE flowgate.deliveries d \
+                    SET status = 'pending', attempts = d.attempts - 1, next_attempt_at = clock_timestamp(), \
+                        transport_ref = NULL, updated_at = clock_timestamp() \
+                   FROM unnest($1::bigint[], $2::int[]) AS u(id, lease) \
+                  WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.lease \
+                 RETURNING d.id",
+                &[ids.into(), leases.into()],
+            )
+            .map(|t| t.len())
+        })?;
+        for _ in 0..released {
+            counts.add(Recorded::Retry);
+        }
+        for _ in released..unsent.len() {
+            counts.add(Recorded::Skipped);
+        }
+    }
     let items: Vec<record::Batched<'_>> = sent
         .iter()
         .map(|s| record::Batched {
@@ -522,7 +553,7 @@ pub fn run(tx: &mut impl Transactions, limits: Limits) -> CoreResult<Summary> {
         }
         tx.between();
         let sent = send(claimed.native, claimed.concurrency, &|| tx.stopping());
-        summary.sent += sent.len();
+        summary.sent += sent.iter().filter(|s| s.started).count();
         // A cancel or timeout that arrived during the send ends the call here: the claims stay
         // leased and are sent once more, with the same key, after the lease. (Recording first
         // under held interrupts is not possible: Postgres's regex engine, which the table's

@@ -29,8 +29,8 @@ pub struct Request {
     pub carries_secret: bool,
     /// The latest moment the request may start and still be answered (or time out) before its
     /// claim's lease runs out; `None`: no limit. A request still waiting for a free sender then
-    /// is not sent (its attempt is recorded as not reaching the destination, and retried), so
-    /// it never goes out while a runner that took it over after the lease sends it too.
+    /// is not sent (its delivery goes back to pending, the attempt not counted), so it never
+    /// goes out while a runner that took it over after the lease sends it too.
     pub start_by: Option<Instant>,
 }
 
@@ -42,6 +42,9 @@ pub struct Response {
     pub body: String,
     pub content_type: Option<String>,
     pub elapsed: Duration,
+    /// False when the request never left: a stop came first, or its lease would have run out.
+    /// Its delivery goes back to pending without the attempt counting (`engine::record`).
+    pub started: bool,
 }
 
 impl Response {
@@ -131,6 +134,7 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
         body: String::new(),
         content_type: None,
         elapsed: started.elapsed(),
+        started: true,
     };
     let mut builder = ureq::http::Request::builder()
         .method(req.method.as_str())
@@ -176,6 +180,7 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
                 body,
                 content_type,
                 elapsed: started.elapsed(),
+                started: true,
             }
         }
         Err(e) => failed(classify(&e)),
@@ -187,7 +192,8 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
 /// The calling thread only waits: it wakes when the last request finishes, and asks `stop()`
 /// every 20 ms meanwhile; once that returns true no new
 /// request is started (those in flight finish within their timeouts) and the ones never started
-/// come back as transport errors. The backend passes "is a cancel or shutdown pending?".
+/// come back as transport errors that were not `started`. The backend passes "is a cancel or
+/// shutdown pending?".
 pub fn send_batch(
     requests: &[Request],
     concurrency: usize,
@@ -224,6 +230,7 @@ pub fn send_batch(
                             body: String::new(),
                             content_type: None,
                             elapsed: Duration::ZERO,
+                            started: false,
                         });
                     }
                     let (count, signal) = &finished;
@@ -240,6 +247,7 @@ pub fn send_batch(
                     body: String::new(),
                     content_type: None,
                     elapsed: started.elapsed(),
+                    started: true,
                 });
                 if let Ok(mut slots) = results.lock() {
                     slots[i] = Some(outcome);
@@ -274,6 +282,7 @@ pub fn send_batch(
                 body: String::new(),
                 content_type: None,
                 elapsed: Duration::ZERO,
+                started: false,
             })
         })
         .collect()
@@ -312,6 +321,7 @@ mod unit_tests {
             "{:?}",
             out[0].attempt
         );
+        assert!(!out[0].started);
         // The server never saw the key: the next send of it is its first.
         let mut on_time = req(901, format!("{base}/ok"));
         on_time.start_by = Some(Instant::now() + Duration::from_secs(60));
@@ -396,7 +406,11 @@ mod unit_tests {
         assert!(out
             .iter()
             .filter(|r| r.status().is_none())
-            .all(|r| matches!(r.attempt, Attempt::Transport(_))));
+            .all(|r| matches!(r.attempt, Attempt::Transport(_)) && !r.started));
+        assert!(out
+            .iter()
+            .filter(|r| r.status().is_some())
+            .all(|r| r.started));
         assert!(started.elapsed() < Duration::from_millis(1500));
     }
 

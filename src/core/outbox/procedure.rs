@@ -185,8 +185,15 @@ impl Transactions for Procedure {
     }
 
     fn stopping(&self) -> bool {
-        // SAFETY: a flag Postgres sets from signal handlers; read on the backend's main thread.
-        unsafe { pg_sys::InterruptPending != 0 }
+        // A cancel (statement_timeout, pg_cancel_backend) or a termination. Not InterruptPending
+        // alone: it is also set by interrupts that stop nothing (a ProcSignal barrier,
+        // pg_log_backend_memory_contexts, client_connection_check_interval), which would leave
+        // the rest of a batch unsent.
+        // SAFETY: flags Postgres sets from signal handlers; read on the backend's main thread.
+        unsafe {
+            std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+                || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+        }
     }
 }
 
