@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(43);
+SELECT plan(44);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -92,6 +92,15 @@ ROLLBACK TO SAVEPOINT abort_auto;
 SELECT is(intake.claim_resource('tap_auto', 'a3') ->> 'status', 'sold_out', 'an aborted claim''s slot makes a pool look sold out');
 SELECT intake.collect_metrics('tap_auto') \g /dev/null
 SELECT is(intake.claim_resource('tap_auto', 'a3') ->> 'slot', '2', 'until the metrics job gives it back');
+-- A sample dated in the future (the clock stepped back, or a restore onto a server whose clock
+-- is behind) does not stop the scheduled sampling (every 4.5 s), and the reclaim it drives.
+UPDATE intake.engine_metrics SET collected_at = collected_at - interval '1 minute' WHERE pool_id = 'tap_auto';
+INSERT INTO intake.engine_metrics (pool_id, available_slots, claimed, queue_depth, dlq_depth, committed, rejected, processing_velocity, collected_at)
+VALUES ('tap_auto', 0, 2, 2, 0, 0, 0, 0, clock_timestamp() + interval '1 hour');
+SELECT count(*) AS auto_samples FROM intake.engine_metrics WHERE pool_id = 'tap_auto' \gset
+SELECT intake.collect_metrics(NULL, 4.5) \g /dev/null
+SELECT is((SELECT count(*) FROM intake.engine_metrics WHERE pool_id = 'tap_auto') - :auto_samples, 1::bigint,
+          'a pool whose latest sample is dated an hour ahead is sampled on schedule');
 -- A claim's answer (the jsonb its statement built) is exactly the claim: its slot, its resource,
 -- the intent's msg_id, with these keys and types, also when many claims run in one statement.
 SELECT is((SELECT intake.claim_resource('tap_drop', 'u9')),

@@ -167,7 +167,9 @@ pub fn status(client: &SpiClient<'_>, pool: &PoolId) -> CoreResult<Value> {
 }
 
 /// Sample every pool (or `only` that one) not sampled in the last `min_interval_seconds`;
-/// the samples taken. P0002 for an unknown pool.
+/// the samples taken. P0002 for an unknown pool. A sample dated after now (the clock stepped
+/// back, or a restore onto a server whose clock is behind) is no recent sample: it would stop
+/// the sampling, and the slot reclaim it drives, until the clock caught up.
 pub fn collect_due(
     client: &mut SpiClient<'_>,
     only: Option<&PoolId>,
@@ -177,7 +179,8 @@ pub fn collect_due(
         "SELECT c.pool_id, c.inventory FROM intake.engine_config c \
           WHERE ($1::text IS NULL OR c.pool_id = $1) \
             AND NOT EXISTS (SELECT FROM intake.engine_metrics m WHERE m.pool_id = c.pool_id \
-                             AND m.collected_at > clock_timestamp() - make_interval(secs => $2)) \
+                             AND m.collected_at > clock_timestamp() - make_interval(secs => $2) \
+                             AND m.collected_at <= clock_timestamp()) \
           ORDER BY c.pool_id",
         None,
         &[only.map(|p| p.as_str()).into(), min_interval_seconds.into()],

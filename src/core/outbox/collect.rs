@@ -138,13 +138,24 @@ pub fn collect() -> CoreResult<Collected> {
     } else {
         "false".to_owned()
     };
+    // Answered in this epoch and waiting to be collected (more answers than one collection
+    // reads, after collect did not run for a while): recorded by the next collection with its
+    // answer, never expired as timed out and sent again.
+    let answered = if has_pg_net {
+        format!(
+            "(transport = 'pg_net' AND EXISTS (SELECT FROM net._http_response resp \
+                                             WHERE resp.id = d.transport_ref {same_epoch}))"
+        )
+    } else {
+        "false".to_owned()
+    };
     let expired: Vec<(i64, Gone, Option<i64>)> = Spi::connect_mut(|client| {
         let rows = prepared::exec(
             client,
             &format!(
                 "SELECT id, CASE WHEN {lapsed} THEN 0 WHEN {gone} THEN 1 ELSE 2 END, \
-                        CASE WHEN transport = 'pg_net' AND NOT {gone} THEN transport_ref END FROM flowgate.deliveries \
-                  WHERE status = 'in_flight' AND ({lapsed} OR {gone} OR {restarted}) \
+                        CASE WHEN transport = 'pg_net' AND NOT {gone} THEN transport_ref END FROM flowgate.deliveries d \
+                  WHERE status = 'in_flight' AND ({lapsed} OR {gone} OR {restarted}) AND NOT {answered} \
                   ORDER BY id LIMIT $2 \
                     FOR UPDATE SKIP LOCKED"
             ),
