@@ -1,7 +1,7 @@
 -- Capacity Requests through SQL, as PostgREST callers (SET LOCAL ROLE + request.jwt.claims).
 -- The capacity workflow's corner cases, bad input with exact SQLSTATEs, RLS, timers, metrics.
 BEGIN;
-SELECT plan(84);
+SELECT plan(85);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -179,6 +179,13 @@ SELECT capacity.create_capacity_request('ae-1', 'infra', '20XL', 1, 'us-east-1',
 SELECT is(capacity.get_capacity_request(:'cr5') -> 'request' ->> 'state', 'TECHNICAL_REVIEW_REQUIRED', 'a cheap request skips commercial approval');
 SELECT is((SELECT actor_id || ' ' || (payload ->> 'reason') FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr5' AND event_type = 'COMMERCIAL_APPROVED'),
           'system auto-approved: estimated monthly cost 5000 USD is below the 10000 USD threshold', 'recorded as an event by system');
+-- The auto-approval's own key is flowgate's (sys:): a caller's key "auto-approval" is theirs,
+-- and a retry with it returns the request it made.
+SELECT capacity.create_capacity_request('ae-1', 'infra', '20XL', 1, 'us-east-1', estimated_monthly_cost_usd => 5000,
+       idempotency_key => 'auto-approval') -> 'request' ->> 'id' AS cr_key \gset
+SELECT is(capacity.create_capacity_request('ae-1', 'infra', '20XL', 1, 'us-east-1', estimated_monthly_cost_usd => 5000,
+          idempotency_key => 'auto-approval') -> 'request' ->> 'id' || ' ' || (capacity.get_capacity_request(:'cr_key') -> 'request' ->> 'state'),
+          :'cr_key' || ' TECHNICAL_REVIEW_REQUIRED', 'a cheap request sent with the key auto-approval is made, auto-approved, and its retry returns it');
 
 -- A requester's own estimate approves nothing unless the operator allows it.
 SET LOCAL ROLE authenticated;

@@ -11,10 +11,10 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(93);
+SELECT plan(95);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['tap_local', 'tap_reject', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict', 'tap_gone'] $$;
+    SELECT ARRAY['tap_local', 'tap_reject', 'tap_busy', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict', 'tap_gone'] $$;
 -- Until none of this file's deliveries is in flight or due (the worker may be sending them).
 CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -148,6 +148,20 @@ SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_reject) + (SELECT count(*
 SELECT is((SELECT claims FROM intake.user_claims WHERE pool_id = 'tap_reject' AND user_id = 'r1'), 0, 'the user''s claim is given back');
 SELECT is(intake.claim_resource('tap_reject', 'r1') ->> 'status', 'claimed', 'so the user may claim again');
 SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_reject'), 0, 'nothing reached the ledger');
+-- A 409 from the webhook is a request with this key still in progress (an earlier attempt timed
+-- out here, and its charge may yet go through): the resource stays the buyer's and the intent
+-- waits to be sent again with the same key.
+SELECT intake.create_pool('tap_busy', 2, '{"validation_webhook_url": "http://127.0.0.1:5597/status/409", "drain_mode": "external"}') \g /dev/null
+SELECT intake.claim_resource('tap_busy', 'b1') \g /dev/null
+SELECT intake.drain('tap_busy') \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle() \g /dev/null
+SELECT is((SELECT string_agg(last_status_code::text, ',') FROM flowgate.deliveries WHERE owner_id LIKE 'tap_busy:%'), '409',
+          'the webhook answers 409');
+SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_busy' AND slot = 1) || ' ' || (SELECT count(*) FROM pgmq.q_intake_tap_busy)
+          || ' ' || (SELECT claims FROM intake.user_claims WHERE pool_id = 'tap_busy' AND user_id = 'b1'),
+          'locked 1 1', 'a 409 keeps the resource, the intent and the user''s claim: it is sent again, not released');
+SELECT intake.drop_pool('tap_busy') \g /dev/null
 
 -- ---- The outbox behind the drain: reads counted while the request waits are not failures -------
 SELECT intake.create_pool('tap_lag', 2, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "visibility_timeout_seconds": 1,

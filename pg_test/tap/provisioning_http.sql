@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(55);
+SELECT plan(57);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -196,6 +196,29 @@ SELECT is((SELECT count(*) || ' ' || count(DISTINCT d.wire_key) || ' ' || count(
           '2 1 1 true',
           'both creates are one request: one Idempotency-Key for the client and body, the same body (the password kept from the first)');
 
+-- ---- A project of the client's name in another organization is someone else's ----------------------------
+-- The token reaches both organizations: the lookup after a failed create finds the other
+-- organization's project of that name, and must create this client's own, not adopt it (its
+-- keys and database would become the tenant's).
+-- (The other organization's project is made on the fake API directly, by the server's curl.)
+CREATE TEMP TABLE twin_elsewhere (answer text);
+DO $$ BEGIN
+    EXECUTE format('COPY twin_elsewhere FROM PROGRAM %L',
+        format('curl -s -X POST -H ''Authorization: Bearer another-token'' -H ''Content-Type: application/json'' '
+               '-d ''{"name":"%s","organization_id":"org-other","db_pass":"p","region":"us-east-1"}'' '
+               'http://127.0.0.1:5597/mgmt/ok/v1/projects', pg_temp.slug('twin')));
+END $$;
+SELECT pg_temp.api('flaky') \g /dev/null
+SELECT provisioning.enqueue_client(pg_temp.slug('twin'), 'Twin Here') \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
+SELECT pg_temp.due() \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
+SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part(d.owner_id, ':', 3), ',' ORDER BY d.id)
+             FROM flowgate.deliveries d JOIN provisioning.client_provisioning_jobs j ON d.owner_id LIKE j.job_id || ':%'
+            WHERE j.client_id = pg_temp.client('twin') AND j.job_type = 'create_project'),
+          '1:create,2:lookup,2:create,2:api_keys', 'a project of the same name in another organization is not adopted: the client gets its own');
+SELECT is((SELECT answer::jsonb ->> 'organization_id' FROM twin_elsewhere), 'org-other', '(the other organization''s project was there)');
+
 -- ---- An answer after the attempt's lease ran out (its request waited in the outbox) --------------------
 -- The answer is progress: the lease runs again from it, the attempt goes on and finishes, and no
 -- second attempt sends its steps again. (Scheduled claims are held off meanwhile by an empty
@@ -336,7 +359,7 @@ CREATE TEMP TABLE secrets AS
 SELECT k.anon_key AS s FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
 UNION ALL SELECT k.service_key FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
 UNION ALL SELECT k.db_pass FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t);
-SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 24, 'eight tenants, three secrets each');
+SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 27, 'nine tenants, three secrets each');
 CREATE FUNCTION pg_temp.plain_text_hits() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     rel regclass;

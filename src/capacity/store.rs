@@ -449,7 +449,7 @@ pub fn create(
                 Event::CommercialApproved,
                 || Ok(payload),
                 &Actor::system(),
-                Some("auto-approval"),
+                Some("sys:auto-approval"),
             )?;
         }
     }

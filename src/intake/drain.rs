@@ -82,6 +82,19 @@ pub fn classify(status: Option<i32>) -> Reply {
     }
 }
 
+/// Classify the validation webhook's answer: as [`classify`], but 409 is transient. A payment
+/// API answers 409 while a request with the same Idempotency-Key is still being processed (an
+/// earlier attempt timed out here, and the charge may yet go through): releasing the resource
+/// then could charge a buyer who gets nothing. Sent again after the visibility timeout, with the
+/// same key, it gets the final answer; a webhook that keeps answering 409 sends the intent to
+/// the DLQ after `max_retries` reads, its resource held, for an operator.
+pub fn classify_validation(status: Option<i32>) -> Reply {
+    match status {
+        Some(409) => Reply::Transient,
+        other => classify(other),
+    }
+}
+
 /// What to do after a validation or commit reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -299,6 +312,9 @@ mod unit_tests {
         assert_eq!(classify(Some(400)), Reply::Refused);
         assert_eq!(classify(Some(402)), Reply::Refused);
         assert_eq!(classify(Some(409)), Reply::Refused);
+        assert_eq!(classify_validation(Some(409)), Reply::Transient);
+        assert_eq!(classify_validation(Some(402)), Reply::Refused);
+        assert_eq!(classify_validation(Some(200)), Reply::Success);
         for t in [
             Some(408),
             Some(425),

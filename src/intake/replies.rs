@@ -110,7 +110,9 @@ fn on_validations(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> Core
                 continue; // already validated
             }
             let r = reply(call);
-            if drain::after_validation(drain::classify(r.status)) == Action::MarkValidated {
+            if drain::after_validation(drain::classify_validation(r.status))
+                == Action::MarkValidated
+            {
                 records.push((msg_id, drain::validation_record(r.response, r.text)));
                 validated.push(intent);
             } else if store::apply_validation(client, &pool, msg_id, &r, true)? == "retry_later" {

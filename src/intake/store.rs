@@ -459,7 +459,7 @@ pub fn apply_validation(
     if intent.state() != IntentState::Queued {
         return Ok("already_validated");
     }
-    match drain::after_validation(drain::classify(reply.status)) {
+    match drain::after_validation(drain::classify_validation(reply.status)) {
         Action::MarkValidated => {
             mark_validated(
                 client,

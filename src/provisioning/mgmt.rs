@@ -119,8 +119,16 @@ pub fn parse_created(response: Option<&Value>) -> CoreResult<Project> {
     })
 }
 
-/// The project named `name` in a `GET /v1/projects` listing.
-pub fn find_project(listing: Option<&Value>, name: &str) -> CoreResult<Option<Project>> {
+/// The project named `name` in the organization `organization_id`, in a `GET /v1/projects`
+/// listing: the project an earlier create of this client made. The listing holds every
+/// organization the token reaches, and a name is unique in none: a project of that name in
+/// another organization is someone else's, and two in this one cannot be told apart (an error
+/// for an operator, never a guess whose database gets the tenant's migrations and keys).
+pub fn find_project(
+    listing: Option<&Value>,
+    name: &str,
+    organization_id: &str,
+) -> CoreResult<Option<Project>> {
     let Some(items) = listing.and_then(Value::as_array) else {
         return Err(CoreError::invalid(
             "Management API response to GET /v1/projects",
@@ -128,10 +136,20 @@ pub fn find_project(listing: Option<&Value>, name: &str) -> CoreResult<Option<Pr
             "an array of projects",
         ));
     };
-    Ok(items
+    let found: Vec<Project> = items
         .iter()
         .filter(|p| p.get("name").and_then(Value::as_str) == Some(name))
-        .find_map(project_of))
+        .filter(|p| p.get("organization_id").and_then(Value::as_str) == Some(organization_id))
+        .filter_map(project_of)
+        .collect();
+    match found.len() {
+        0 | 1 => Ok(found.into_iter().next()),
+        n => Err(CoreError::invalid(
+            "Management API response to GET /v1/projects",
+            format!("{n} projects are named {name:?} in organization {organization_id:?}"),
+            "one: delete or rename the others, or set the client's project_ref by hand",
+        )),
+    }
 }
 
 /// The tenant keys in a `GET /v1/projects/{ref}/api-keys` answer: (anon, service_role).
@@ -211,15 +229,29 @@ mod unit_tests {
         assert_eq!(p.region.as_deref(), Some("us-east-1"));
         assert!(parse_created(Some(&json!({"id": "Not-A-Ref"}))).is_err());
         assert!(parse_created(None).is_err());
-        let listing = json!([{"id": "bbbbbbbbbbbbbbbbbbbb", "name": "other"}, created]);
+        let elsewhere =
+            json!({"id": "cccccccccccccccccccc", "organization_id": "org2", "name": "acme"});
+        let listing = json!([{"id": "bbbbbbbbbbbbbbbbbbbb", "name": "other"}, elsewhere, created]);
         assert_eq!(
-            find_project(Some(&listing), "acme")
+            find_project(Some(&listing), "acme", "org1")
                 .unwrap()
                 .unwrap()
                 .project_ref,
             "abcdefghijklmnopqrst"
         );
-        assert_eq!(find_project(Some(&listing), "nobody").unwrap(), None);
+        assert_eq!(
+            find_project(Some(&listing), "nobody", "org1").unwrap(),
+            None
+        );
+        // Another organization's project of that name is never adopted.
+        assert_eq!(find_project(Some(&listing), "acme", "org3").unwrap(), None);
+        assert_eq!(
+            find_project(Some(&json!([elsewhere])), "acme", "org1").unwrap(),
+            None
+        );
+        // Two of that name in the organization: an error, not a guess.
+        let twin = json!({"id": "dddddddddddddddddddd", "organization_id": "org1", "name": "acme"});
+        assert!(find_project(Some(&json!([created, twin])), "acme", "org1").is_err());
         let keys = json!([{"name": "anon", "api_key": "a.b.c"}, {"name": "service_role", "api_key": "s.e.c"}]);
         assert_eq!(
             parse_api_keys(Some(&keys)).unwrap(),

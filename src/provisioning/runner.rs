@@ -406,7 +406,11 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
     let next: Option<Step> = match &step {
         // A late create of an earlier attempt was recorded meanwhile: that is the project.
         Step::Lookup if c.project_ref.is_some() => Some(Step::ApiKeys),
-        Step::Lookup => match mgmt::find_project(call.response.as_ref(), &c.slug) {
+        Step::Lookup => match mgmt::find_project(
+            call.response.as_ref(),
+            &c.slug,
+            &core_store::get_text("provisioning.organization_id")?,
+        ) {
             Ok(Some(p)) => {
                 save_project(client, &c, &p)?;
                 Some(Step::ApiKeys)

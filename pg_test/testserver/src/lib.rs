@@ -331,8 +331,11 @@ fn top_level_keys(body: &str) -> Vec<String> {
 
 /// Projects the fake Management API has created: name → (ref, number of POSTs that created or
 /// re-created it).
-fn projects() -> &'static Mutex<HashMap<String, (String, u32)>> {
-    static P: OnceLock<Mutex<HashMap<String, (String, u32)>>> = OnceLock::new();
+/// Projects by name: ref, creates, organization, region.
+type Projects = HashMap<String, (String, u32, String, String)>;
+
+fn projects() -> &'static Mutex<Projects> {
+    static P: OnceLock<Mutex<Projects>> = OnceLock::new();
     P.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -419,7 +422,7 @@ fn management_api(method: &str, rest: &str, auth: &str, body: &str) -> (u16, Str
                 .lock()
                 .map(|p| {
                     p.iter()
-                        .map(|(name, (r, _))| format!("{{\"id\":\"{r}\",\"name\":\"{name}\",\"region\":\"us-east-1\",\"organization_id\":\"org-test\",\"status\":\"ACTIVE_HEALTHY\"}}"))
+                        .map(|(name, (r, _, org, region))| format!("{{\"id\":\"{r}\",\"name\":\"{name}\",\"region\":\"{region}\",\"organization_id\":\"{org}\",\"status\":\"ACTIVE_HEALTHY\"}}"))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -449,7 +452,9 @@ fn management_api(method: &str, rest: &str, auth: &str, body: &str) -> (u16, Str
             }
             let r = project_ref(name);
             if let Ok(mut p) = projects().lock() {
-                p.entry(name.to_string()).or_insert((r.clone(), 0)).1 += 1;
+                p.entry(name.to_string())
+                    .or_insert((r.clone(), 0, org.clone(), region.clone()))
+                    .1 += 1;
             }
             if mode == "slow" {
                 std::thread::sleep(Duration::from_secs(3));
