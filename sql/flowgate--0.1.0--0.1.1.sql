@@ -644,6 +644,19 @@ END
 $queues$;
 
 -- A NULL where a value is required is 22023, not a NULL answer (PostgREST answered 200 null).
+-- The highest message id each dropped pool used: a pool made again under that id numbers its
+-- intents after it, since their ledger keys and requests carry the pool id and message id (also
+-- once the dropped pool's deliveries were pruned, or its ledger is another database's).
+CREATE TABLE intake.retired_pools (
+    pool_id     text PRIMARY KEY CHECK (pool_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    last_msg_id bigint NOT NULL CHECK (last_msg_id >= 0),
+    dropped_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE intake.retired_pools IS
+  'The highest message id of each dropped pool, written by intake.drop_pool: a pool created again under its id numbers its intents after it.';
+SELECT pg_catalog.pg_extension_config_dump('intake.retired_pools', '');
+REVOKE ALL ON intake.retired_pools FROM PUBLIC;
+
 ALTER FUNCTION intake.claim(text) CALLED ON NULL INPUT;
 ALTER FUNCTION capacity.get_capacity_request(text, integer) CALLED ON NULL INPUT;
 ALTER FUNCTION capacity.my_standing(text) CALLED ON NULL INPUT;
@@ -993,6 +1006,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.direct_effects() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.drop_release_locks() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE ops.release_locks FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE intake.retired_pools FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
     -- service_role keeps its reads and API, never an owner's rights (0.1.0 left what default
@@ -1005,6 +1019,7 @@ BEGIN
         REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM service_role;
         REVOKE ALL ON TABLE flowgate.secrets FROM service_role;
         REVOKE ALL ON TABLE ops.release_locks FROM service_role;
+        REVOKE ALL ON TABLE intake.retired_pools FROM service_role;
     END IF;
 END
 $exposure$;

@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(44);
+SELECT plan(45);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -92,6 +92,15 @@ ROLLBACK TO SAVEPOINT abort_auto;
 SELECT is(intake.claim_resource('tap_auto', 'a3') ->> 'status', 'sold_out', 'an aborted claim''s slot makes a pool look sold out');
 SELECT intake.collect_metrics('tap_auto') \g /dev/null
 SELECT is(intake.claim_resource('tap_auto', 'a3') ->> 'slot', '2', 'until the metrics job gives it back');
+-- A pool made again under a dropped pool's id numbers its intents after the old one's, though
+-- nothing of the old one is left to tell (no ledger row here, no delivery: an external drain,
+-- or deliveries pruned): the ids are its ledger keys and request keys.
+SELECT intake.create_pool('tap_reborn', 5) \g /dev/null
+SELECT intake.claim_resource('tap_reborn', 'r' || g) FROM generate_series(1, 3) g \g /dev/null
+SELECT intake.drop_pool('tap_reborn') \g /dev/null
+SELECT intake.create_pool('tap_reborn', 5) \g /dev/null
+SELECT is((intake.claim_resource('tap_reborn', 'r9') ->> 'msg_id')::bigint, 4::bigint, 'its first intent is message 4, after the dropped pool''s three');
+SELECT intake.drop_pool('tap_reborn') \g /dev/null
 -- A sample dated in the future (the clock stepped back, or a restore onto a server whose clock
 -- is behind) does not stop the scheduled sampling (every 4.5 s), and the reclaim it drives.
 UPDATE intake.engine_metrics SET collected_at = collected_at - interval '1 minute' WHERE pool_id = 'tap_auto';

@@ -148,6 +148,19 @@ SELECT pg_catalog.pg_extension_config_dump('intake.pool_totals', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log', '');
 SELECT pg_catalog.pg_extension_config_dump('intake.outcome_log_id_seq', '');
 
+-- The highest message id each dropped pool used: a pool made again under that id numbers its
+-- intents after it, since their ledger keys and requests carry the pool id and message id (also
+-- once the dropped pool's deliveries were pruned, or its ledger is another database's).
+CREATE TABLE intake.retired_pools (
+    pool_id     text PRIMARY KEY CHECK (pool_id ~ '^[a-z][a-z0-9_]{0,39}$'),
+    last_msg_id bigint NOT NULL CHECK (last_msg_id >= 0),
+    dropped_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE intake.retired_pools IS
+  'The highest message id of each dropped pool, written by intake.drop_pool: a pool created again under its id numbers its intents after it.';
+SELECT pg_catalog.pg_extension_config_dump('intake.retired_pools', '');
+REVOKE ALL ON intake.retired_pools FROM PUBLIC;
+
 -- The ledger (the core database's side; the same extension serves both roles). One finalized row per
 -- idempotency key; each user reads only their own rows (RLS, flowgate.current_actor() = JWT sub).
 CREATE TABLE intake.transactions (

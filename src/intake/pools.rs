@@ -15,13 +15,21 @@ use crate::intake::store::log_outcome;
 /// highest its predecessor used, as its ledger rows (`<pool>:<msg id>`) and its requests
 /// (`intake:<pool>:<stage>:<msg id>`) still carry them; a new queue would number from 1 again,
 /// and its intents would find those taken (a duplicate in the ledger, a request already
-/// delivered).
+/// delivered, an old answer applied to a new intent). The drop kept that highest id in
+/// `intake.retired_pools`; a pool dropped before that table existed is judged by its ledger
+/// rows and its deliveries not yet pruned.
 fn continue_message_ids(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<()> {
     let seq = format!("pgmq.\"q_{}_msg_id_seq\"", pool.queue());
+    let retired = if has_retired_pools() {
+        "(SELECT last_msg_id FROM intake.retired_pools WHERE pool_id = $1)"
+    } else {
+        "NULL"
+    };
     client.update(
         &format!(
             "SELECT setval('{seq}', m) FROM ( \
                SELECT greatest((SELECT max(msg_id) FROM intake.transactions WHERE pool_id = $1), \
+                               {retired}, \
                                (SELECT max(split_part(idempotency_key, ':', 4)::bigint) FROM flowgate.deliveries \
                                  WHERE owner_module = 'intake' AND split_part(owner_id, ':', 1) = $1 \
                                    AND idempotency_key ~ '^intake:[a-z0-9_]+:(validate|commit):[0-9]{{1,18}}$')) AS m) x \
@@ -31,6 +39,11 @@ fn continue_message_ids(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult
         &[pool.as_str().into()],
     )?;
     Ok(())
+}
+
+/// Whether the schema has `intake.retired_pools` (it is older until the extension is updated).
+fn has_retired_pools() -> bool {
+    crate::core::store::relation_id(c"intake", c"retired_pools").is_some()
 }
 
 /// Create a pool from its checked configuration `cfg` (engine_config columns, with `pool_id`
@@ -244,6 +257,23 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
             None,
             &[],
         )?;
+    }
+    // The highest message id the pool used (its queue's counter; a replayed intent takes a new
+    // one there), kept for a pool made again under its id (`continue_message_ids`). (Not before
+    // `ALTER EXTENSION flowgate UPDATE` has made the table.)
+    if has_retired_pools() {
+        client.update(
+        "INSERT INTO intake.retired_pools AS r (pool_id, last_msg_id) \
+         SELECT $1, m FROM (SELECT greatest(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass($2)), \
+                                            (SELECT max(msg_id) FROM intake.transactions WHERE pool_id = $1)) AS m) x \
+          WHERE m IS NOT NULL \
+         ON CONFLICT (pool_id) DO UPDATE SET last_msg_id = greatest(r.last_msg_id, EXCLUDED.last_msg_id), dropped_at = now()",
+        None,
+        &[
+            pool.as_str().into(),
+            format!("pgmq.\"q_{}_msg_id_seq\"", pool.queue()).into(),
+        ],
+    )?;
     }
     for q in [pool.queue(), pool.dlq()] {
         client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
