@@ -214,6 +214,29 @@ grep -q '^b: unknown_release$' "$dir/b.out" || fail "a sender that waited while 
 orphans=$(q "SELECT count(*) FROM ops.release_locks WHERE release_id = '$R5'")
 [ "$orphans" -eq 0 ] || fail "the deleted release kept $orphans lock row"
 rm -f "$dir"/a.* "$dir"/b.*
+# ---- 6. an event applied after waiting for the release lock reads what the holder committed ------
+# A deployment to staging is sent while another sender, holding the release's lock, reports the
+# build that passes G1 (G2 passed before). After its wait, the deployment's eligibility must be
+# read from what that sender committed, not from the statement's snapshot taken before the wait
+# (which said G1 pending: a false 409 "not eligible", or with the facts the other way round, an
+# "eligible" the promotion trigger then refused as an internal error).
+R5=$(q "SELECT gen_random_uuid()")
+D6=$(q "SELECT gen_random_uuid()")
+q "SELECT $(ev5 create release_created '{"version": "iso-6"}')" >/dev/null
+q "SET request.jwt.claims = '{\"sub\": \"qa-6\", \"role\": \"qa_tester\"}'; SELECT $(ev5 qa gate_signoff '{}')" >/dev/null
+session a; session b
+say a "BEGIN; SELECT $(ev5 build build_complete '{"status": "pass"}') #>> '{detail,gates,G1}'; SELECT 'a applied';"
+until_printed a 'a applied'
+say b "SELECT 'backend ' || pg_backend_pid(); SELECT 'b: ' || coalesce(a #>> '{detail,error}', a ->> 'status')
+         FROM (SELECT $(ev5 dep deployment_started "{\"environment\": \"staging\", \"deployment_id\": \"$D6\"}") AS a) x;"
+until_printed b 'backend '
+until_waiting b
+say a "COMMIT;"
+finish a; finish b
+grep -q '^passed$' "$dir/a.out" || fail "the build did not pass G1: $(cat "$dir/a.out")"
+grep -q '^b: accepted$' "$dir/b.out" || fail "a staging deployment sent while the build that made it eligible held the lock: $(cat "$dir/b.out")"
+rm -f "$dir"/a.* "$dir"/b.*
+echo "ok 6 - ops ingest: a staging deployment that waited for the release lock while the build that passed G1 committed was judged on that build (accepted), not on the snapshot taken before its wait"
 echo "ok 5 - ops release lock: an ingest finishing a deployment waits behind a direct edit of its release (whose fact write then takes the lock) and is accepted, no deadlock; a sender that waited while the release was deleted is answered unknown_release and leaves no lock row"
 echo "ok 3 - ops identity: one login with two personas and no JWT is one actor (its exception approved by itself: $decided, refused); a persona's COPY (INSERT ... RETURNING) TO STDOUT is refused by the promotion block like an INSERT"
 

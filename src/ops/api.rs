@@ -133,6 +133,14 @@ mod ops {
                 lock,
             };
             let applied = subxact::run(|| -> Result<JsonbAnswer, Step> {
+                // The handler's reads run read-only while its subtransaction has no transaction
+                // id, and a read-only statement uses the calling statement's snapshot, taken
+                // before this sender waited for the release lock: it would judge the event (a
+                // deployment's eligibility, a gate or check looked up) without what the lock's
+                // previous holder committed. With an id, each statement reads a fresh snapshot.
+                // (The handler writes anyway, so this assigns an id it would have taken.)
+                // SAFETY: inside the subtransaction subxact::run began; assigns its id.
+                unsafe { pgrx::pg_sys::GetCurrentTransactionId() };
                 let _applying = env
                     .release_id()
                     .and_then(|r| uuid::Uuid::parse_str(r).ok())
