@@ -84,16 +84,20 @@ finish() {  # \q, not EOF: the other session's psql holds a copy of this FIFO's 
   local fd pid; eval "fd=\$fd_$1; pid=\$pid_$1"
   echo '\q' >&"$fd"; exec {fd}>&-; wait "$pid" || true
 }
-race() {  # LABEL ENVELOPE-SQL [SETUP-SQL]: A applies and holds, B sends the same, A commits
-  local setup=${3:-}
+hold_then_send() {  # A-SQL B-SQL: A runs A-SQL in a transaction it holds open, B runs B-SQL and
+                    # is seen waiting for A, then A commits; their output in $dir/a.out, b.out
   session a; session b
-  say a "BEGIN; $setup SELECT ops.ingest_event($2) ->> 'status'; SELECT 'a applied';"
+  say a "BEGIN; $1 SELECT 'a applied';"
   until_printed a 'a applied'
-  say b "SELECT 'backend ' || pg_backend_pid(); $setup SELECT 'b: ' || (ops.ingest_event($2) ->> 'status');"
+  say b "SELECT 'backend ' || pg_backend_pid(); $2"
   until_printed b 'backend '
   until_waiting b
   say a "COMMIT;"
   finish a; finish b
+}
+race() {  # LABEL ENVELOPE-SQL [SETUP-SQL]: A applies and holds, B sends the same, A commits
+  local setup=${3:-}
+  hold_then_send "$setup SELECT ops.ingest_event($2) ->> 'status';" "$setup SELECT 'b: ' || (ops.ingest_event($2) ->> 'status');"
   grep -q '^accepted$' "$dir/a.out" || fail "$1: the first sender was not accepted: $(cat "$dir/a.out")"
   grep -q '^b: duplicate$' "$dir/b.out" || fail "$1: the second sender was not a duplicate: $(cat "$dir/b.out")"
   rm -f "$dir"/a.* "$dir"/b.*
@@ -224,15 +228,9 @@ R5=$(q "SELECT gen_random_uuid()")
 D6=$(q "SELECT gen_random_uuid()")
 q "SELECT $(ev5 create release_created '{"version": "iso-6"}')" >/dev/null
 q "SET request.jwt.claims = '{\"sub\": \"qa-6\", \"role\": \"qa_tester\"}'; SELECT $(ev5 qa gate_signoff '{}')" >/dev/null
-session a; session b
-say a "BEGIN; SELECT $(ev5 build build_complete '{"status": "pass"}') #>> '{detail,gates,G1}'; SELECT 'a applied';"
-until_printed a 'a applied'
-say b "SELECT 'backend ' || pg_backend_pid(); SELECT 'b: ' || coalesce(a #>> '{detail,error}', a ->> 'status')
-         FROM (SELECT $(ev5 dep deployment_started "{\"environment\": \"staging\", \"deployment_id\": \"$D6\"}") AS a) x;"
-until_printed b 'backend '
-until_waiting b
-say a "COMMIT;"
-finish a; finish b
+hold_then_send "SELECT $(ev5 build build_complete '{"status": "pass"}') #>> '{detail,gates,G1}';" \
+  "SELECT 'b: ' || coalesce(a #>> '{detail,error}', a ->> 'status')
+     FROM (SELECT $(ev5 dep deployment_started "{\"environment\": \"staging\", \"deployment_id\": \"$D6\"}") AS a) x;"
 grep -q '^passed$' "$dir/a.out" || fail "the build did not pass G1: $(cat "$dir/a.out")"
 grep -q '^b: accepted$' "$dir/b.out" || fail "a staging deployment sent while the build that made it eligible held the lock: $(cat "$dir/b.out")"
 rm -f "$dir"/a.* "$dir"/b.*
