@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(57);
+SELECT plan(58);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -386,6 +386,12 @@ BEGIN;
 SET LOCAL flowgate.tenant_key_passphrase = '';
 SELECT throws_ok(format($$SELECT * FROM provisioning.tenant_keys(%L)$$, pg_temp.client('happy')), '0A000', NULL,
                  'without flowgate.tenant_key_passphrase the keys cannot be read');
+SAVEPOINT wrong_passphrase;
+SET LOCAL flowgate.tenant_key_passphrase = 'another-servers-passphrase-0123';
+SELECT throws_like(format($$SELECT * FROM provisioning.tenant_keys(%L)$$, pg_temp.client('happy')),
+                   '%tenant keys of client ' || pg_temp.client('happy') || '%flowgate.tenant_key_passphrase%',
+                   'under another passphrase (a backup restored elsewhere) the error names the client and what to restore');
+ROLLBACK TO SAVEPOINT wrong_passphrase;
 SELECT provisioning.enqueue_client(pg_temp.slug('nokey'), 'No Key Tenant') \g /dev/null
 SELECT provisioning.run_jobs() \g /dev/null
 SELECT alike((SELECT provisioning_status || ': ' || provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('nokey')),

@@ -68,14 +68,17 @@ pub fn read(client_id: &str) -> CoreResult<(Option<String>, Option<String>, Opti
         Ok(read) => read,
         Err(caught) if caught.sqlstate.starts_with("22") || caught.sqlstate.starts_with("39") => {
             Err(CoreError::MissingDependency {
-                feature: "reading tenant keys".into(),
+                feature: format!("reading the tenant keys of client {client_id}"),
                 dependency:
                     "the Vault root key or flowgate.tenant_key_passphrase they were stored with"
                         .into(),
                 hint: "restore that key (or passphrase) on this server".into(),
             })
         }
-        Err(caught) => Err(secrets::vault_read_failed("tenant keys", &caught)),
+        Err(caught) => Err(secrets::vault_read_failed(
+            &format!("tenant keys of client {client_id}"),
+            &caught,
+        )),
     }
 }
 
