@@ -593,13 +593,13 @@ CREATE TRIGGER timeline_effects AFTER INSERT OR UPDATE ON ops.incidents FOR EACH
 CREATE TRIGGER timeline_effects AFTER INSERT ON ops.recovery_drills FOR EACH ROW
     WHEN (pg_catalog.row_security_active('ops.recovery_drills'::regclass)) EXECUTE FUNCTION ops.direct_effects();
 
--- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp(); the view:
--- its statement's start, which keeps it one plan), not by the transaction's start: a transaction
--- that began before an exception expired cannot promote on it after.
+-- Expiry is judged by the clock when an evaluation or a read runs (clock_timestamp(), the view
+-- included), not by the transaction's or the statement's start: a transaction that began before
+-- an exception expired cannot promote on it after.
 CREATE OR REPLACE VIEW ops.v_promotion_eligibility WITH (security_invoker = true) AS
 WITH stored AS (
     SELECT g.release_id, e.environment,
-           count(*) = 4 AND NOT coalesce(bool_or(g.bypass_expires_at <= statement_timestamp()), false) AS exact,
+           count(*) = 4 AS complete, min(g.bypass_expires_at) AS first_expiry,
            coalesce(bool_and(g.status IN ('passed', 'bypassed')) FILTER (WHERE q.gate_code IS NOT NULL), true) AS eligible,
            coalesce(array_agg(g.gate_code || ' ' || g.status || ': ' || coalesce(g.status_reason, '') ORDER BY g.gate_code)
                     FILTER (WHERE q.gate_code IS NOT NULL AND g.status NOT IN ('passed', 'bypassed')), '{}') AS blocking
@@ -609,10 +609,12 @@ WITH stored AS (
      GROUP BY g.release_id, e.environment)
 -- CASE, not a lateral join: only a release whose stored statuses are not exact now pays for a
 -- fresh evaluation (a lateral join's condition is checked after its function ran).
+-- The stored statuses are exact unless a bypass has expired by the clock: compared out here, so
+-- the clock (volatile) keeps the aggregate above inlined into one plan.
 SELECT r.release_id, r.version, r.status AS release_status, s.environment,
-       CASE WHEN s.exact THEN s.eligible
+       CASE WHEN s.complete AND NOT coalesce(s.first_expiry <= clock_timestamp(), false) THEN s.eligible
             ELSE (ops.promotion_status(r.release_id, s.environment)->>'eligible')::boolean END AS eligible,
-       CASE WHEN s.exact THEN s.blocking
+       CASE WHEN s.complete AND NOT coalesce(s.first_expiry <= clock_timestamp(), false) THEN s.blocking
             ELSE ARRAY(SELECT jsonb_array_elements_text(ops.promotion_status(r.release_id, s.environment)->'blocking')) END AS blocking
   FROM ops.releases r
   JOIN stored s ON s.release_id = r.release_id;

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(175);
+SELECT plan(176);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -378,6 +378,23 @@ SELECT ok(NOT ops.is_eligible_for_promotion('a0000000-0000-4000-8000-00000000000
           'an expired exception no longer bypasses (decided at evaluation time)');
 SELECT is((SELECT eligible FROM ops.v_promotion_eligibility WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND environment = 'production'),
           false, 'v_promotion_eligibility sees the expiry too (it evaluates a release with an expired bypass afresh)');
+-- ... by the clock, not by its statement's start: read in the one statement (a DO block) during
+-- which the bypass expired.
+CREATE TEMP TABLE view_late (eligible boolean);
+DO $$
+BEGIN
+    ALTER TABLE ops.exceptions DISABLE TRIGGER refresh_gates_update;
+    UPDATE ops.exceptions SET expires_at = clock_timestamp() + interval '200 milliseconds'
+     WHERE release_id = 'a0000000-0000-4000-8000-000000000003';
+    UPDATE ops.release_gates g SET bypass_expires_at = x.expires_at FROM ops.exceptions x
+     WHERE x.gate_id = g.gate_id AND g.release_id = 'a0000000-0000-4000-8000-000000000003';
+    ALTER TABLE ops.exceptions ENABLE TRIGGER refresh_gates_update;
+    PERFORM pg_sleep(0.3);
+    INSERT INTO view_late SELECT eligible FROM ops.v_promotion_eligibility
+     WHERE release_id = 'a0000000-0000-4000-8000-000000000003' AND environment = 'production';
+END $$;
+SELECT is((SELECT eligible FROM view_late), false,
+          'v_promotion_eligibility judges expiry by the clock: a bypass that expired during its statement bypasses nothing');
 SELECT is(ops.promotion_status('a0000000-0000-4000-8000-000000000003', 'production') -> 'blocking',
           '["G3 pending: waiting for a release_manager approval, a rollback_plan artifact"]'::jsonb,
           'and promotion_status gives the reason the fresh evaluation gives');
