@@ -262,18 +262,14 @@ pub fn drop(client: &mut SpiClient<'_>, pool: &PoolId) -> CoreResult<bool> {
     // one there), kept for a pool made again under its id (`continue_message_ids`). (Not before
     // `ALTER EXTENSION flowgate UPDATE` has made the table.)
     if has_retired_pools() {
-        client.update(
-        "INSERT INTO intake.retired_pools AS r (pool_id, last_msg_id) \
-         SELECT $1, m FROM (SELECT greatest(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass($2)), \
-                                            (SELECT max(msg_id) FROM intake.transactions WHERE pool_id = $1)) AS m) x \
-          WHERE m IS NOT NULL \
-         ON CONFLICT (pool_id) DO UPDATE SET last_msg_id = greatest(r.last_msg_id, EXCLUDED.last_msg_id), dropped_at = now()",
-        None,
-        &[
-            pool.as_str().into(),
-            format!("pgmq.\"q_{}_msg_id_seq\"", pool.queue()).into(),
-        ],
-    )?;
+        const KEEP: &str = "INSERT INTO intake.retired_pools AS r (pool_id, last_msg_id) \
+             SELECT $1, m FROM (SELECT greatest(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass($2)), \
+                                                (SELECT max(msg_id) FROM intake.transactions WHERE pool_id = $1)) AS m) x \
+              WHERE m IS NOT NULL \
+             ON CONFLICT (pool_id) DO UPDATE SET last_msg_id = greatest(r.last_msg_id, EXCLUDED.last_msg_id), \
+                                                 dropped_at = now()";
+        let seq = format!("pgmq.\"q_{}_msg_id_seq\"", pool.queue());
+        client.update(KEEP, None, &[pool.as_str().into(), seq.as_str().into()])?;
     }
     for q in [pool.queue(), pool.dlq()] {
         client.update("SELECT pgmq.drop_queue($1)", None, &[q.into()])?;
