@@ -1,6 +1,6 @@
 -- flowgate.settings: documented keys, validated values, owner-only writes.
 BEGIN;
-SELECT plan(27);
+SELECT plan(29);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -43,6 +43,18 @@ SELECT throws_ok($$SELECT flowgate.reset_setting('no.such_key')$$, '42501', NULL
     'nor reset them: refused before the key is looked at');
 SELECT is((SELECT count(*) FROM flowgate.settings), (SELECT n FROM before_count), 'the refused write stored nothing');
 RESET ROLE;
+-- A role granted writes on the table but under its row security (which has no write policy)
+-- could change nothing: it is refused, not told a reset happened that did not.
+SELECT flowgate.set_setting('flowgate.http_timeout_ms', '7000') \g /dev/null
+CREATE ROLE tap_settings_writer;
+GRANT USAGE ON SCHEMA flowgate TO tap_settings_writer;
+GRANT SELECT, INSERT, UPDATE, DELETE ON flowgate.settings TO tap_settings_writer;
+SET LOCAL ROLE tap_settings_writer;
+SELECT throws_ok($$SELECT flowgate.reset_setting('flowgate.http_timeout_ms')$$, '42501', NULL,
+    'a role granted DELETE on the table but under its row security is refused the reset');
+RESET ROLE;
+SELECT is(flowgate.get_setting('flowgate.http_timeout_ms'), '7000'::jsonb, 'and the setting keeps its value');
+SELECT flowgate.reset_setting('flowgate.http_timeout_ms') \g /dev/null
 
 SELECT ok((SELECT count(*) > 0 FROM flowgate.setting_definitions() WHERE description <> ''),
     'every setting is documented');

@@ -363,15 +363,26 @@ pub fn validate(key: &str, value: &Value) -> CoreResult<&'static Definition> {
     Ok(def)
 }
 
-/// Check a pg_cron schedule. A sixth field is refused: pg_cron 1.4 accepts it and silently
-/// ignores it (so "*/5 * * * * *" would run every five minutes, not seconds).
+/// A schedule's number as pg_cron reads one: ASCII digits only (Rust's parse would also take a
+/// leading `+`, which pg_cron refuses).
+fn cron_number(t: &str) -> Option<u32> {
+    if t.is_empty() || t.len() > 9 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+/// Check a pg_cron schedule as pg_cron will: a value it refuses would make
+/// `flowgate.install_schedules()` fail for every job. A sixth field is refused: pg_cron 1.4
+/// accepts it and silently ignores it (so "*/5 * * * * *" would run every five minutes, not
+/// seconds). A step follows `*` or a range only (pg_cron refuses "5/15").
 pub fn check_schedule(s: &str) -> Result<(), String> {
     let shown = || format!("{:?}", s.chars().take(64).collect::<String>());
     if let Some(n) = s
         .strip_suffix(" seconds")
         .or_else(|| s.strip_suffix(" second"))
     {
-        return match n.trim().parse::<u32>() {
+        return match cron_number(n.trim()).ok_or(()) {
             Ok(n) if (1..=59).contains(&n) => Ok(()),
             _ => Err(format!("{} is not 1 to 59 seconds", shown())),
         };
@@ -388,22 +399,18 @@ pub fn check_schedule(s: &str) -> Result<(), String> {
         ("day of week", 0, 7),
     ];
     for (field, (name, lo, hi)) in fields.iter().zip(RANGES) {
-        let in_range = |t: &str| t.parse::<u32>().is_ok_and(|v| (lo..=hi).contains(&v));
-        let ok = field.split(',').all(|part| {
-            let (base, step) = match part.split_once('/') {
-                Some((b, st)) => (b, Some(st)),
-                None => (part, None),
-            };
-            let step_ok = step.is_none_or(|st| {
-                st.parse::<u32>()
-                    .is_ok_and(|v| (1..=hi.max(1)).contains(&v))
-            });
-            let base_ok = base == "*"
-                || in_range(base)
-                || base.split_once('-').is_some_and(|(a, b)| {
-                    in_range(a) && in_range(b) && a.parse::<u32>().ok() <= b.parse::<u32>().ok()
-                });
-            step_ok && base_ok
+        let in_range = |t: &str| cron_number(t).is_some_and(|v| (lo..=hi).contains(&v));
+        let range = |t: &str| {
+            t.split_once('-').is_some_and(|(a, b)| {
+                in_range(a) && in_range(b) && cron_number(a) <= cron_number(b)
+            })
+        };
+        let ok = field.split(',').all(|part| match part.split_once('/') {
+            Some((base, step)) => {
+                (base == "*" || range(base))
+                    && cron_number(step).is_some_and(|v| (1..=hi.max(1)).contains(&v))
+            }
+            None => part == "*" || in_range(part) || range(part),
         });
         if !ok {
             return Err(format!(

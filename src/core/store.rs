@@ -359,10 +359,15 @@ pub fn require_deleter(table: &str, action: &str) -> CoreResult<()> {
     require_privileges(table, &["DELETE"], action)
 }
 
-/// 42501 unless the calling role holds every one of `privileges` on `table`.
+/// 42501 unless the calling role holds every one of `privileges` on `table`, and row security
+/// does not apply to it there: flowgate's owner-only tables with row security have no write
+/// policy, so a role granted the privileges but under row security could write nothing (an
+/// insert refused by the policy, a delete that silently removes no row and would report a
+/// reset that did not happen).
 fn require_privileges(table: &str, privileges: &[&str], action: &str) -> CoreResult<()> {
     let may = Spi::get_one_with_args::<bool>(
-        "SELECT bool_and(pg_catalog.has_table_privilege($1, p)) FROM pg_catalog.unnest($2::text[]) p",
+        "SELECT bool_and(pg_catalog.has_table_privilege($1, p)) AND NOT pg_catalog.row_security_active($1) \
+           FROM pg_catalog.unnest($2::text[]) p",
         &[table.into(), privileges.to_vec().into()],
     )?
     .unwrap_or(false);
@@ -373,7 +378,7 @@ fn require_privileges(table: &str, privileges: &[&str], action: &str) -> CoreRes
         actor: current_user(),
         action: action.into(),
         allowed: format!(
-            "the extension owner, or roles it granted {} on {table}",
+            "the extension owner, or roles it granted {} on {table} (and BYPASSRLS where row security is on)",
             privileges.join(" and ")
         ),
     })

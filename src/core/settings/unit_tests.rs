@@ -66,6 +66,8 @@ fn schedules_are_checked_before_they_reach_pg_cron() {
         "10 seconds",
         "1 second",
         "0 0 1 1 7",
+        "0-30/10 * * * *",
+        "5 seconds",
     ] {
         assert!(check_schedule(ok).is_ok(), "{ok}");
     }
@@ -79,6 +81,11 @@ fn schedules_are_checked_before_they_reach_pg_cron() {
         "* * * * 8",
         "*/0 * * * *",
         "5-1 * * * *",
+        // pg_cron refuses a step on a single number, and a sign.
+        "5/15 * * * *",
+        "+5 * * * *",
+        "* * * * +1",
+        "+5 seconds",
         "0 seconds",
         "60 seconds",
         "",
