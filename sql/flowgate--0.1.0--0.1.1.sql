@@ -645,7 +645,6 @@ BEGIN
 END
 $queues$;
 
--- A NULL where a value is required is 22023, not a NULL answer (PostgREST answered 200 null).
 -- The highest message id each dropped pool used: a pool made again under that id numbers its
 -- intents after it, since their ledger keys and requests carry the pool id and message id (also
 -- once the dropped pool's deliveries were pruned, or its ledger is another database's).
@@ -659,6 +658,7 @@ COMMENT ON TABLE intake.retired_pools IS
 SELECT pg_catalog.pg_extension_config_dump('intake.retired_pools', '');
 REVOKE ALL ON intake.retired_pools FROM PUBLIC;
 
+-- A NULL where a value is required is 22023, not a NULL answer (PostgREST answered 200 null).
 ALTER FUNCTION intake.claim(text) CALLED ON NULL INPUT;
 ALTER FUNCTION capacity.get_capacity_request(text, integer) CALLED ON NULL INPUT;
 ALTER FUNCTION capacity.my_standing(text) CALLED ON NULL INPUT;
