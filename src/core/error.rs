@@ -161,7 +161,12 @@ pub const MAX_REPORT_BYTES: usize = 1024;
 /// [`QUOTED_CHARS`] characters of it, then "…" and its length. Quoted whole, a 30 MB argument of
 /// control characters would escape to 180 MB before [`bounded`] cut the report.
 pub fn quoted(text: &str) -> String {
-    match text.char_indices().nth(QUOTED_CHARS) {
+    quoted_upto(text, QUOTED_CHARS)
+}
+
+/// [`quoted`] showing at most `max_chars` characters (a field whose values are shorter).
+pub fn quoted_upto(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
         None => format!("{text:?}"),
         Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
     }

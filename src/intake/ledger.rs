@@ -88,7 +88,7 @@ pub fn parse(payload: &Value) -> CoreResult<Entry> {
     if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
         return Err(CoreError::invalid(
             "idempotency_key",
-            format!("{:?}", truncate(&key)),
+            crate::core::error::quoted_upto(&key, 80),
             "1 to 200 bytes without control characters",
         ));
     }
@@ -96,7 +96,7 @@ pub fn parse(payload: &Value) -> CoreResult<Entry> {
     if !is_uuid(&raw.resource_id) {
         return Err(CoreError::invalid(
             "resource_id",
-            format!("{:?}", truncate(&raw.resource_id)),
+            crate::core::error::quoted_upto(&raw.resource_id, 80),
             "a UUID such as 0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e90",
         ));
     }

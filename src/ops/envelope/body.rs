@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::checks::{
     check_artifact, check_object, check_text, check_timestamp, check_uri, check_uuid, gate, one_of,
-    opt_text, opt_uuid, truncate,
+    opt_text, opt_uuid,
 };
 use super::EventType;
 use crate::ops::error::{OpsError, OpsResult};
@@ -346,7 +346,10 @@ pub(super) fn parse_body(
                 {
                     return Err(OpsError::invalid(
                         "commit_sha",
-                        format!("{:?} is not a commit hash", truncate(sha, 70)),
+                        format!(
+                            "{} is not a commit hash",
+                            crate::core::error::quoted_upto(sha, 70)
+                        ),
                         "7 to 64 lowercase hex digits",
                     ));
                 }
@@ -532,7 +535,10 @@ pub(super) fn parse_body(
             {
                 return Err(OpsError::invalid(
                     "event_kind",
-                    format!("{:?} is not accepted", truncate(&b.event_kind, 64)),
+                    format!(
+                        "{} is not accepted",
+                        crate::core::error::quoted_upto(&b.event_kind, 64)
+                    ),
                     "1 to 64 of a-z, 0-9 and _ (e.g. config_change, maintenance_started)",
                 ));
             }

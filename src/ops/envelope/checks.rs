@@ -59,7 +59,7 @@ pub fn parse_uuid(field: &str, s: &str) -> OpsResult<uuid::Uuid> {
     uuid::Uuid::parse_str(s).map_err(|_| {
         OpsError::invalid(
             field,
-            format!("{:?} is not a UUID", truncate(s, 64)),
+            format!("{} is not a UUID", crate::core::error::quoted_upto(s, 64)),
             "a UUID such as 4f1c2a9e-8d3b-4c55-9a7e-0b6d2f1e3c4a",
         )
     })
@@ -89,7 +89,10 @@ pub(super) fn check_uri(field: &str, s: &str) -> OpsResult<()> {
     }
     Err(OpsError::invalid(
         field,
-        format!("{:?} is not an absolute URI", truncate(s, 80)),
+        format!(
+            "{} is not an absolute URI",
+            crate::core::error::quoted_upto(s, 80)
+        ),
         "an absolute URI of at most 2048 characters (https://..., s3://...)",
     ))
 }
@@ -100,7 +103,7 @@ pub(super) fn one_of(field: &str, s: &str, allowed: &[&str]) -> OpsResult<()> {
     } else {
         Err(OpsError::invalid(
             field,
-            format!("{:?} is not accepted", truncate(s, 64)),
+            format!("{} is not accepted", crate::core::error::quoted_upto(s, 64)),
             allowed.join(", "),
         ))
     }
@@ -140,7 +143,10 @@ pub fn check_timestamp(field: &str, s: &str) -> OpsResult<()> {
     let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
         OpsError::invalid(
             field,
-            format!("{:?} is not an RFC 3339 time ({e})", truncate(s, 64)),
+            format!(
+                "{} is not an RFC 3339 time ({e})",
+                crate::core::error::quoted_upto(s, 64)
+            ),
             allowed,
         )
     })?;
@@ -154,8 +160,8 @@ pub fn check_timestamp(field: &str, s: &str) -> OpsResult<()> {
         return Err(OpsError::invalid(
             field,
             format!(
-                "{:?} is out of range (a year from 1, an offset within ±15:59, no fraction of a leap second)",
-                truncate(s, 64)
+                "{} is out of range (a year from 1, an offset within ±15:59, no fraction of a leap second)",
+                crate::core::error::quoted_upto(s, 64)
             ),
             allowed,
         ));
@@ -196,7 +202,7 @@ pub(super) fn gate(
         (Some(s), _) => GateCode::parse(s).map_err(|_| {
             OpsError::invalid(
                 field,
-                format!("{:?} is not a gate", truncate(s, 16)),
+                format!("{} is not a gate", crate::core::error::quoted_upto(s, 16)),
                 "G1, G2, G3 or G4",
             )
         }),

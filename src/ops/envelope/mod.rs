@@ -271,7 +271,10 @@ fn parse_object(mut obj: Map<String, Value>) -> OpsResult<Envelope> {
     {
         return Err(OpsError::invalid(
             "source_system",
-            format!("{:?} is not accepted", truncate(source, 64)),
+            format!(
+                "{} is not accepted",
+                crate::core::error::quoted_upto(source, 64)
+            ),
             "1 to 64 of A-Za-z0-9_.:/- (e.g. github_actions, n8n)",
         ));
     }
