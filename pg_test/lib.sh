@@ -13,8 +13,9 @@ APT_PACKAGES=(build-essential pkg-config libssl-dev libclang-dev clang sudo curl
   postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-cron
   postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl)
 # Only the test suite needs these: libfaketime moves a test server's clock, Chromium renders
-# the dashboard. pg_test/test.sh adds them (install_dependencies test).
-TEST_APT_PACKAGES=(libfaketime chromium)
+# the dashboard, pgaudit logs every statement's parameters (concurrency/secret_logs.sh).
+# pg_test/test.sh adds them (install_dependencies test).
+TEST_APT_PACKAGES=(libfaketime chromium postgresql-$PG_MAJOR-pgaudit)
 
 # The demo cluster (setup.sh) and the throwaway test cluster (test.sh); both outside $HOME,
 # which the postgres user cannot enter.
@@ -128,6 +129,8 @@ cluster_start() {
   local dir=$1 port=$2 db=$3 preload=pg_cron worker_conf=""
   if [ "${4:-}" = worker ]; then
     preload=pg_cron,flowgate
+    # The test cluster: pgaudit, inert until a database or session sets pgaudit.log.
+    [ -f "$("$PG_CONFIG" --pkglibdir)/pgaudit.so" ] && preload="$preload,pgaudit"
     worker_conf=$(printf "flowgate.worker_database = '%s'\nflowgate.worker_interval_ms = 200" "$db")
   elif [ "${4:-}" = preload ]; then
     preload=pg_cron,flowgate   # loaded once by the postmaster, not by every new backend

@@ -1,13 +1,15 @@
 //! Secrets at rest: Supabase Vault when it is installed, else pgcrypto's `pgp_sym_encrypt` under a
 //! passphrase that lives only in the server configuration (`flowgate.tenant_key_passphrase`:
 //! superuser-only, hidden from SHOW ALL, never in a dump). Neither a table read nor pg_dump
-//! reveals a value, and no value is ever put into an error, a notice or a log line.
+//! reveals a value, and no value is ever put into an error, a notice, a log line or a statement's
+//! parameters (pgcrypto is called directly: [`pgp_encrypt`], [`pgp_decrypt`]).
 //!
 //! Named secrets (`flowgate.set_secret`: bot tokens, API keys for deliveries) and the modules'
 //! own secrets (tenant keys) are kept the same way.
 
 use std::ffi::CString;
 
+use pgrx::fn_call::{fn_call, Arg, FnCallError};
 use pgrx::spi::SpiClient;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -146,6 +148,86 @@ pub fn storage(client: &SpiClient<'_>, feature: &str) -> CoreResult<Storage> {
             hint: "CREATE EXTENSION pgcrypto (and set flowgate.tenant_key_passphrase), or install Supabase Vault".into(),
         }),
     }
+}
+
+/// pgcrypto's `pgp_sym_encrypt(value, passphrase, 'cipher-algo=aes256')` (pgcrypto in the quoted
+/// `schema`). Called through the function manager, not by a statement: neither the value nor the
+/// passphrase ever becomes a statement's parameter, which pgaudit's `log_parameter` (or any
+/// executor hook) would write to the server log. The statement that stores the result binds
+/// only the ciphertext.
+pub fn pgp_encrypt(
+    client: &SpiClient<'_>,
+    schema: &str,
+    value: &str,
+    passphrase: &str,
+) -> CoreResult<Vec<u8>> {
+    let f = pgcrypto_function(client, schema, "pgp_sym_encrypt", "text, text, text")?;
+    fn_call::<Vec<u8>>(
+        &f,
+        &[
+            &Arg::Value(value),
+            &Arg::Value(passphrase),
+            &Arg::Value("cipher-algo=aes256"),
+        ],
+    )
+    .map_err(|e| direct_call_failed(&f, &e))?
+    .ok_or_else(|| CoreError::Internal(format!("{f} returned NULL")))
+}
+
+/// pgcrypto's `pgp_sym_decrypt(data, passphrase)`, called the way [`pgp_encrypt`] is: the
+/// passphrase is never a statement's parameter, the plain text never a statement's result.
+/// A wrong passphrase or damaged data raises pgcrypto's error (class 39); the callers catch it.
+pub fn pgp_decrypt(
+    client: &SpiClient<'_>,
+    schema: &str,
+    data: &[u8],
+    passphrase: &str,
+) -> CoreResult<String> {
+    let f = pgcrypto_function(client, schema, "pgp_sym_decrypt", "bytea, text")?;
+    fn_call::<String>(&f, &[&Arg::Value(data), &Arg::Value(passphrase)])
+        .map_err(|e| direct_call_failed(&f, &e))?
+        .ok_or_else(|| CoreError::Internal(format!("{f} returned NULL")))
+}
+
+/// `schema.name`, once the caller (flowgate's owner, in its SECURITY DEFINER functions) may
+/// execute `schema.name(args)`: a direct call skips the executor's privilege check, so it is made
+/// here, and a revoked EXECUTE is honoured as it would be in a statement.
+fn pgcrypto_function(
+    client: &SpiClient<'_>,
+    schema: &str,
+    name: &str,
+    args: &str,
+) -> CoreResult<String> {
+    let f = format!("{schema}.{name}");
+    let signature = format!("{f}({args})");
+    let may = client
+        .select(
+            "SELECT pg_catalog.has_function_privilege(pg_catalog.to_regprocedure($1), 'EXECUTE')",
+            Some(1),
+            &[signature.as_str().into()],
+        )?
+        .first()
+        .get_one::<bool>()?;
+    match may {
+        Some(true) => Ok(f),
+        Some(false) => Err(CoreError::PermissionDenied {
+            actor: "flowgate's owner".into(),
+            action: format!("execute {signature}"),
+            allowed: format!(
+                "GRANT EXECUTE ON FUNCTION {signature} to the owner of flowgate's functions"
+            ),
+        }),
+        None => Err(CoreError::MissingDependency {
+            feature: "secrets stored with pgcrypto".into(),
+            dependency: format!("pgcrypto's {signature}"),
+            hint: "CREATE EXTENSION pgcrypto, or ALTER EXTENSION pgcrypto UPDATE".into(),
+        }),
+    }
+}
+
+/// A direct call that could not be made (the function changed shape under its name).
+fn direct_call_failed(function: &str, e: &FnCallError) -> CoreError {
+    CoreError::Internal(format!("calling {function}: {e}"))
 }
 
 /// What a failed Vault read means. Vault decrypts in its view: a data exception (class 22:

@@ -47,13 +47,15 @@ pub fn store(
         }
         Storage::Pgcrypto(schema) => {
             let pass = passphrase("storing tenant keys")?;
+            // Encrypted here: the statement binds the ciphertext, never the key or the passphrase.
+            let sealed = secrets::pgp_encrypt(client, &schema, secret, &pass)?;
             client.update(
                 &format!(
-                    "UPDATE provisioning.clients SET {enc_col} = {schema}.pgp_sym_encrypt($2, $3, 'cipher-algo=aes256'), \
+                    "UPDATE provisioning.clients SET {enc_col} = $2, \
                             {id_col} = NULL, key_storage = 'pgcrypto' WHERE client_id = $1::uuid"
                 ),
                 None,
-                &[client_id.into(), secret.into(), pass.as_str().into()],
+                &[client_id.into(), sealed.as_slice().into()],
             )?;
         }
     }
@@ -92,16 +94,19 @@ fn read_stored(client_id: &str) -> CoreResult<(Option<String>, Option<String>, O
         if t.is_empty() {
             return Err(CoreError::not_found("client", client_id));
         }
-        let t = match t.first().get_one::<String>()?.as_deref() {
-            None => return Ok((None, None, None)),
-            Some("vault") => client.select(
-                "SELECT (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.anon_key_secret_id), \
-                        (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.service_key_secret_id), \
-                        (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.db_pass_secret_id) \
-                   FROM provisioning.clients c WHERE c.client_id = $1::uuid",
-                None,
-                &[client_id.into()],
-            )?,
+        match t.first().get_one::<String>()?.as_deref() {
+            None => Ok((None, None, None)),
+            Some("vault") => Ok(client
+                .select(
+                    "SELECT (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.anon_key_secret_id), \
+                            (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.service_key_secret_id), \
+                            (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.db_pass_secret_id) \
+                       FROM provisioning.clients c WHERE c.client_id = $1::uuid",
+                    None,
+                    &[client_id.into()],
+                )?
+                .first()
+                .get_three::<String, String, String>()?),
             Some(_) => {
                 let schema = secrets::pgcrypto_schema(client)?.ok_or_else(|| CoreError::MissingDependency {
                     feature: "reading tenant keys".into(),
@@ -109,17 +114,24 @@ fn read_stored(client_id: &str) -> CoreResult<(Option<String>, Option<String>, O
                     hint: "the keys were stored with pgcrypto; CREATE EXTENSION pgcrypto".into(),
                 })?;
                 let pass = passphrase("reading tenant keys")?;
-                let s = schema;
-                client.select(
-                    &format!(
-                        "SELECT {s}.pgp_sym_decrypt(anon_key_encrypted, $2), {s}.pgp_sym_decrypt(service_key_encrypted, $2), \
-                                {s}.pgp_sym_decrypt(db_pass_encrypted, $2) FROM provisioning.clients WHERE client_id = $1::uuid"
-                    ),
-                    None,
-                    &[client_id.into(), pass.as_str().into()],
-                )?
+                // The ciphertexts are read; each is decrypted here (`secrets::pgp_decrypt`), so
+                // the passphrase is never a statement's parameter.
+                let (anon, service, db_pass) = client
+                    .select(
+                        "SELECT anon_key_encrypted, service_key_encrypted, db_pass_encrypted \
+                           FROM provisioning.clients WHERE client_id = $1::uuid",
+                        None,
+                        &[client_id.into()],
+                    )?
+                    .first()
+                    .get_three::<Vec<u8>, Vec<u8>, Vec<u8>>()?;
+                let open = |sealed: Option<Vec<u8>>| {
+                    sealed
+                        .map(|d| secrets::pgp_decrypt(client, &schema, &d, &pass))
+                        .transpose()
+                };
+                Ok((open(anon)?, open(service)?, open(db_pass)?))
             }
-        };
-        Ok(t.first().get_three::<String, String, String>()?)
+        }
     })
 }

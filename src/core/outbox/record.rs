@@ -204,6 +204,26 @@ pub fn record_with(
         .unwrap_or(Recorded::Skipped))
 }
 
+/// Of the deliveries `ids`, those that are sensitive (their answers hold secrets: tenant API
+/// keys). Their response bodies are handed to their handlers only, never bound to a statement:
+/// a statement's parameters can be logged (pgaudit's `log_parameter`), and the column would
+/// drop them anyway.
+fn sensitive_among(ids: &[i64]) -> CoreResult<std::collections::HashSet<i64>> {
+    let found = Spi::get_one_with_args::<Vec<i64>>(
+        "SELECT coalesce(array_agg(id), '{}') FROM flowgate.deliveries WHERE id = ANY ($1) AND sensitive",
+        &[ids.to_vec().into()],
+    )?;
+    Ok(found.unwrap_or_default().into_iter().collect())
+}
+
+/// The response body a statement may store for delivery `id`: none for a sensitive one.
+fn storable_body(id: i64, observed: &Observation) -> CoreResult<Option<String>> {
+    Ok(match sensitive_among(&[id])?.is_empty() {
+        true => observed.body.clone(),
+        false => None,
+    })
+}
+
 /// The delivery whose handler failed, kept: a 2xx stays delivered (sending again could post a
 /// Slack message twice), anything else is failed; `handler_error` says why.
 fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> CoreResult<Recorded> {
@@ -211,7 +231,7 @@ fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> Cor
         "UPDATE flowgate.deliveries \
             SET status = CASE WHEN $2 BETWEEN 200 AND 299 THEN 'delivered' ELSE 'failed' END::flowgate.delivery_status, \
                 delivered_at = CASE WHEN $2 BETWEEN 200 AND 299 THEN clock_timestamp() END, \
-                last_status_code = $2, response_body = CASE WHEN sensitive THEN NULL ELSE $3 END, response_content_type = $4, \
+                last_status_code = $2, response_body = $3, response_content_type = $4, \
                 last_error = CASE WHEN $2 BETWEEN 200 AND 299 \
                                   THEN 'delivered, but the response handler failed; fix it, then flowgate.rerun_handlers()' \
                                   ELSE 'recording the outcome or running the response handler failed; fix the cause, then flowgate.replay_dead()' END, \
@@ -220,7 +240,7 @@ fn keep_after_handler_error(id: i64, observed: &Observation, error: &str) -> Cor
         &[
             id.into(),
             observed.status_code().into(),
-            observed.body.clone().into(),
+            storable_body(id, observed)?.into(),
             observed.content_type.clone().into(),
             error.chars().take(2000).collect::<String>().into(),
         ],
@@ -243,14 +263,14 @@ fn refused_in_answer(
         "UPDATE flowgate.deliveries \
             SET status = CASE WHEN NOT $5 THEN 'failed' WHEN attempts < max_attempts THEN 'pending' ELSE 'dead' END::flowgate.delivery_status, \
                 next_attempt_at = CASE WHEN $5 AND attempts < max_attempts THEN clock_timestamp() + interval '60 seconds' ELSE next_attempt_at END, \
-                delivered_at = NULL, last_status_code = $2, response_body = CASE WHEN sensitive THEN NULL ELSE $3 END, \
+                delivered_at = NULL, last_status_code = $2, response_body = $3, \
                 response_content_type = $4, last_error = left($6, 2000), handler_error = NULL, claimed_at = NULL, \
                 updated_at = clock_timestamp() \
           WHERE id = $1 RETURNING status::text",
         &[
             id.into(),
             observed.status_code().into(),
-            observed.body.clone().into(),
+            storable_body(id, observed)?.into(),
             observed.content_type.clone().into(),
             transient.into(),
             why.into(),
@@ -374,7 +394,14 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
     let delays: Vec<i64> = decided.iter().map(|d| d.delay_ms).collect();
     let codes: Vec<Option<i32>> = items.iter().map(|u| u.observed.status_code()).collect();
     let errors: Vec<Option<String>> = decided.iter().map(|d| d.last_error.clone()).collect();
-    let bodies: Vec<Option<String>> = items.iter().map(|u| u.observed.body.clone()).collect();
+    let sensitive = sensitive_among(&ids)?;
+    let bodies: Vec<Option<String>> = items
+        .iter()
+        .map(|u| match sensitive.contains(&u.id) {
+            true => None,
+            false => u.observed.body.clone(),
+        })
+        .collect();
     let types: Vec<Option<String>> = items
         .iter()
         .map(|u| u.observed.content_type.clone())
@@ -389,7 +416,7 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
                next_attempt_at = CASE WHEN u.status = 'pending' THEN clock_timestamp() + make_interval(secs => u.delay_ms::float8 / 1000) ELSE d.next_attempt_at END, \
                delivered_at = CASE WHEN u.status = 'delivered' THEN clock_timestamp() ELSE d.delivered_at END, \
                last_status_code = u.code, last_error = u.error, \
-               response_body = CASE WHEN d.sensitive THEN NULL ELSE u.body END, \
+               response_body = u.body, \
                response_content_type = u.content_type, claimed_at = NULL, updated_at = clock_timestamp(), \
                body = CASE WHEN d.sensitive AND u.status <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE d.body END \
              FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \

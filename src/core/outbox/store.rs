@@ -325,17 +325,22 @@ pub fn resolve_secret(client: &SpiClient<'_>, name: &str) -> CoreResult<Option<S
         )
     })?;
     let pass = secrets::passphrase(&format!("reading secret {name:?}"))?;
-    let sql = format!(
-        "SELECT {schema}.pgp_sym_decrypt(value_encrypted, $2) FROM flowgate.secrets WHERE name = $1"
-    );
-    // A wrong passphrase makes pgcrypto raise; keep that from aborting the caller's batch.
+    // A wrong passphrase makes pgcrypto raise; keep that from aborting the caller's batch. The
+    // ciphertext is read and decrypted here (`secrets::pgp_decrypt`): the passphrase is never a
+    // statement's parameter.
     match subxact::run(|| {
         Spi::connect_mut(|c| {
-            crate::core::prepared::first_text(c.update(
-                &sql,
-                Some(1),
-                &[name.into(), pass.as_str().into()],
-            )?)
+            let sealed = c
+                .update(
+                    "SELECT value_encrypted FROM flowgate.secrets WHERE name = $1",
+                    Some(1),
+                    &[name.into()],
+                )?
+                .first()
+                .get_one::<Vec<u8>>()?;
+            sealed
+                .map(|d| secrets::pgp_decrypt(c, &schema, &d, &pass))
+                .transpose()
         })
     }) {
         Ok(result) => result,
@@ -368,11 +373,13 @@ pub fn store_secret(
         }
         secrets::Storage::Pgcrypto(schema) => {
             let pass = secrets::passphrase("storing secrets")?;
-            prepared::exec(client, &format!(
-                    "INSERT INTO flowgate.secrets AS s (name, value_encrypted) \
-                     VALUES ($1, {schema}.pgp_sym_encrypt($2, $3, 'cipher-algo=aes256')) \
-                     ON CONFLICT (name) DO UPDATE SET value_encrypted = EXCLUDED.value_encrypted, updated_at = now()"
-                ), &[name.into(), value.into(), pass.as_str().into()],
+            // Encrypted here: the statement binds the ciphertext, never the value or the passphrase.
+            let sealed = secrets::pgp_encrypt(client, &schema, value, &pass)?;
+            prepared::exec(
+                client,
+                "INSERT INTO flowgate.secrets AS s (name, value_encrypted) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value_encrypted = EXCLUDED.value_encrypted, updated_at = now()",
+                &[name.into(), sealed.as_slice().into()],
             )?;
             Ok("pgcrypto")
         }
