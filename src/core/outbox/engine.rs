@@ -63,18 +63,17 @@ impl Counts {
 /// A claimed delivery on its way to the native client.
 #[derive(Debug)]
 pub struct Leased {
-    /// The delivery's attempt number when it was claimed.
-    pub lease: i32,
+    /// The claim it was taken under.
+    pub lease: record::Lease,
     pub max_attempts: i32,
     pub flow_key: String,
     pub request: native::Request,
 }
 
-/// One claimed row: its id, the attempt number it was claimed with (the lease), and what
-/// recording needs.
+/// One claimed row: its id, the claim (its lease), and what recording needs.
 struct Lease {
     id: i64,
-    attempt: i32,
+    lease: record::Lease,
     max_attempts: i32,
     flow_key: String,
 }
@@ -97,7 +96,7 @@ pub struct Claimed {
 #[derive(Debug)]
 pub struct Sent {
     pub id: i64,
-    pub lease: i32,
+    pub lease: record::Lease,
     pub max_attempts: i32,
     pub flow_key: String,
     pub observation: Observation,
@@ -141,14 +140,14 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
     for p in store::prepare(&ids)? {
         match p {
             Prepared::Unsendable { id, reason } => {
-                let lease = lease_of(id)?.attempt;
+                let lease = lease_of(id)?.lease;
                 let r = record::record(id, Some(lease), &Observation::unsendable(reason))?;
                 claimed.recorded.add(r);
             }
             Prepared::Send(request) => {
                 let l = lease_of(request.id)?;
                 let leased = Leased {
-                    lease: l.attempt,
+                    lease: l.lease,
                     max_attempts: l.max_attempts,
                     flow_key: l.flow_key.clone(),
                     request,
@@ -353,15 +352,24 @@ fn claim_rows(
                 SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
                     transport = $2, transport_ref = NULL{set_epoch}, updated_at = clock_timestamp() \
               WHERE d.id = ANY ($1) \
-             RETURNING d.id, d.attempts, d.max_attempts, d.flow_key"
+             RETURNING d.id, d.attempts, d.max_attempts, d.flow_key, d.claimed_at"
         ),
         &args,
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
+        let id = row.get::<i64>(1)?.unwrap_or_default();
+        let claimed_at = row
+            .get::<pgrx::datum::TimestampWithTimeZone>(5)?
+            .ok_or_else(|| {
+                CoreError::Internal(format!("delivery {id} was claimed without a claim time"))
+            })?;
         out.push(Lease {
-            id: row.get::<i64>(1)?.unwrap_or_default(),
-            attempt: row.get::<i32>(2)?.unwrap_or_default(),
+            id,
+            lease: record::Lease {
+                attempt: row.get::<i32>(2)?.unwrap_or_default(),
+                claimed_at,
+            },
             max_attempts: row.get::<i32>(3)?.unwrap_or(1),
             flow_key: row.get::<String>(4)?.unwrap_or_default(),
         });
@@ -410,17 +418,20 @@ pub fn record(sent: &[Sent]) -> CoreResult<Counts> {
     let (sent, unsent): (Vec<&Sent>, Vec<&Sent>) = sent.iter().partition(|s| s.started);
     if !unsent.is_empty() {
         let ids: Vec<i64> = unsent.iter().map(|s| s.id).collect();
-        let leases: Vec<i32> = unsent.iter().map(|s| s.lease).collect();
+        let leases: Vec<i32> = unsent.iter().map(|s| s.lease.attempt).collect();
+        let claims: Vec<pgrx::datum::TimestampWithTimeZone> =
+            unsent.iter().map(|s| s.lease.claimed_at).collect();
         let released = Spi::connect_mut(|client| {
             prepared::exec(
                 client,
                 "UPDATE flowgate.deliveries d \
                     SET status = 'pending', attempts = d.attempts - 1, next_attempt_at = clock_timestamp(), \
                         transport_ref = NULL, updated_at = clock_timestamp() \
-                   FROM unnest($1::bigint[], $2::int[]) AS u(id, lease) \
+                   FROM unnest($1::bigint[], $2::int[], $3::timestamptz[]) AS u(id, lease, claimed_at) \
                   WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.lease \
+                    AND d.claimed_at = u.claimed_at \
                  RETURNING d.id",
-                &[ids.into(), leases.into()],
+                &[ids.into(), leases.into(), claims.into()],
             )
             .map(|t| t.len())
         })?;

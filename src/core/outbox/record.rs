@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
@@ -132,25 +133,42 @@ impl Recorded {
     }
 }
 
+/// The claim a delivery is in flight under: the attempt number it was claimed with and the
+/// claim's time (`claimed_at`, to the microsecond). The attempt number alone repeats once
+/// `flowgate.replay_dead` resets a delivery's attempts: a record step that stalled past its
+/// lease, followed by the delivery's death, a replay and new claims, would take the new claim
+/// for its own and record its stale answer on it. The two together never repeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub attempt: i32,
+    pub claimed_at: TimestampWithTimeZone,
+}
+
 /// The row an attempt is recorded on, locked.
 struct InFlight {
-    attempts: i32,
+    lease: Lease,
     max_attempts: i32,
     flow_key: String,
 }
 
-/// Lock the delivery and check that it is still in flight under `lease` (its attempt number
-/// when it was claimed; `None` accepts any attempt, as pg_net's collector does). `None` when
-/// it is gone, no longer in flight, or leased again.
+/// Lock the delivery and check that it is still in flight under `lease` (`None` accepts any
+/// claim, as pg_net's collector does: it matches requests by pg_net's own ids). `None` when it
+/// is gone, no longer in flight, or claimed again.
 fn lock_in_flight(
     client: &mut SpiClient<'_>,
     id: i64,
-    lease: Option<i32>,
+    lease: Option<Lease>,
 ) -> CoreResult<Option<InFlight>> {
     let rows = prepared::exec(
         client,
-        "SELECT attempts, max_attempts, status::text, flow_key FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
-        &[id.into()],
+        "SELECT attempts, max_attempts, status = 'in_flight' AND ($2::int IS NULL OR (attempts = $2 AND claimed_at = $3)), \
+                flow_key, claimed_at \
+           FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
+        &[
+            id.into(),
+            lease.map(|l| l.attempt).into(),
+            lease.map(|l| l.claimed_at).into(),
+        ],
     )?;
     if rows.is_empty() {
         // Deleted meanwhile (an operator's DELETE): nothing to record, and the rest of the
@@ -158,23 +176,27 @@ fn lock_in_flight(
         return Ok(None);
     }
     let first = rows.first();
-    let status: String = first.get(3)?.unwrap_or_default();
-    let row = InFlight {
-        attempts: first.get(1)?.unwrap_or(0),
+    let (Some(claimed_at), Some(true)) = (
+        first.get::<TimestampWithTimeZone>(5)?,
+        first.get::<bool>(3)?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(InFlight {
+        lease: Lease {
+            attempt: first.get(1)?.unwrap_or(0),
+            claimed_at,
+        },
         max_attempts: first.get(2)?.unwrap_or(1),
         flow_key: first.get(4)?.unwrap_or_default(),
-    };
-    if status != "in_flight" || lease.is_some_and(|l| l != row.attempts) {
-        return Ok(None);
-    }
-    Ok(Some(row))
+    }))
 }
 
 /// Record the outcome of one attempt of an `in_flight` delivery and run its owner's handler.
 /// A handler runs in a subtransaction: when it raises, its writes are undone and the delivery
 /// is kept (a 2xx stays delivered, since sending it again could post a Slack message twice)
 /// with `handler_error` set.
-pub fn record(id: i64, lease: Option<i32>, observed: &Observation) -> CoreResult<Recorded> {
+pub fn record(id: i64, lease: Option<Lease>, observed: &Observation) -> CoreResult<Recorded> {
     record_with(id, lease, observed, &retry_policy()?)
 }
 
@@ -183,7 +205,7 @@ pub fn record(id: i64, lease: Option<i32>, observed: &Observation) -> CoreResult
 /// pauses its flow key.
 pub fn record_with(
     id: i64,
-    lease: Option<i32>,
+    lease: Option<Lease>,
     observed: &Observation,
     policy: &RetryPolicy,
 ) -> CoreResult<Recorded> {
@@ -195,7 +217,7 @@ pub fn record_with(
     }
     let item = Batched {
         id,
-        lease: row.attempts,
+        lease: row.lease,
         max_attempts: row.max_attempts,
         observed,
     };
@@ -370,8 +392,8 @@ fn decide(
 /// One attempt to record in a batch.
 pub struct Batched<'a> {
     pub id: i64,
-    /// The attempt number it was claimed with.
-    pub lease: i32,
+    /// The claim it was sent under.
+    pub lease: Lease,
     pub max_attempts: i32,
     pub observed: &'a Observation,
 }
@@ -386,10 +408,11 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
     }
     let decided: Vec<Decided> = items
         .iter()
-        .map(|u| decide(u.lease, u.max_attempts, u.observed, policy))
+        .map(|u| decide(u.lease.attempt, u.max_attempts, u.observed, policy))
         .collect();
     let ids: Vec<i64> = items.iter().map(|u| u.id).collect();
-    let leases: Vec<i32> = items.iter().map(|u| u.lease).collect();
+    let leases: Vec<i32> = items.iter().map(|u| u.lease.attempt).collect();
+    let claims: Vec<TimestampWithTimeZone> = items.iter().map(|u| u.lease.claimed_at).collect();
     let statuses: Vec<&str> = decided.iter().map(|d| d.status).collect();
     let delays: Vec<i64> = decided.iter().map(|d| d.delay_ms).collect();
     let codes: Vec<Option<i32>> = items.iter().map(|u| u.observed.status_code()).collect();
@@ -419,10 +442,11 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
                response_body = u.body, \
                response_content_type = u.content_type, claimed_at = NULL, updated_at = clock_timestamp(), \
                body = CASE WHEN d.sensitive AND u.status <> 'pending' THEN '{\"redacted\": true}'::jsonb ELSE d.body END \
-             FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \
-                  AS u(id, lease, status, delay_ms, code, error, body, content_type), \
+             FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[], $9::timestamptz[]) \
+                  AS u(id, lease, status, delay_ms, code, error, body, content_type, claimed_at), \
                   (SELECT x.id, x.body FROM flowgate.deliveries x WHERE x.id = ANY ($1)) AS sent \
             WHERE d.id = u.id AND sent.id = u.id AND d.status = 'in_flight' AND d.attempts = u.lease \
+              AND d.claimed_at = u.claimed_at \
             RETURNING d.id, d.handler, d.owner_module, d.owner_id, sent.body",
             &[
                 ids.into(),
@@ -433,6 +457,7 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
                 errors.into(),
                 bodies.into(),
                 types.into(),
+                claims.into(),
             ],
         )?;
         let mut out = std::collections::HashMap::with_capacity(rows.len());

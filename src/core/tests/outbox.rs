@@ -103,6 +103,42 @@ mod tests {
         );
     }
 
+    /// A record step that stalled past its lease must not take a later claim of the same
+    /// delivery for its own: after a death and `replay_dead` (attempts back to 0), the next
+    /// claim has the stalled one's attempt number again, but not its claim time.
+    #[pg_test]
+    fn a_stale_record_after_a_replay_does_not_match_the_new_claim() {
+        force_native();
+        let id = enqueue("/ok", "stale-1", ", max_attempts => 1");
+        let first = engine::claim(10).unwrap();
+        assert_eq!(first.native.len(), 1);
+        let stalled = engine::send(first.native, 1, &|| false);
+        assert_eq!(stalled[0].lease.attempt, 1);
+        // Meanwhile its lease ran out, it died, an operator replayed it, and it was claimed again.
+        Spi::run(&format!(
+            "UPDATE flowgate.deliveries SET status = 'dead', claimed_at = NULL WHERE id = {id}"
+        ))
+        .unwrap();
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT (flowgate.replay_dead(ARRAY[{id}]) ->> 'replayed')::int"
+            )),
+            1
+        );
+        let again = engine::claim(10).unwrap();
+        assert_eq!(again.native.len(), 1);
+        assert_eq!(again.native[0].lease.attempt, 1, "the same attempt number");
+        // The stalled step records now: skipped, the new claim untouched.
+        let counts = engine::record(&stalled).unwrap();
+        assert_eq!(counts.to_json()["skipped"], 1, "{:?}", counts.to_json());
+        assert_eq!(status(id), "in_flight");
+        // Its own record lands.
+        let sent = engine::send(again.native, 1, &|| false);
+        assert_eq!(engine::record(&sent).unwrap().to_json()["delivered"], 1);
+        assert_eq!(status(id), "delivered");
+        assert_eq!(hit_count("/ok", "stale-1"), 2, "sent twice, with one key");
+    }
+
     #[pg_test]
     fn a_429_honours_retry_after() {
         force_native();
