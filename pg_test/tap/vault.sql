@@ -19,7 +19,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'supabase_va
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(20);
+SELECT plan(22);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'supabase_vault') AS made_vault \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS supabase_vault CASCADE;
@@ -118,6 +118,19 @@ SELECT is((SELECT anon_key FROM provisioning.tenant_keys((SELECT client_id FROM 
           'and read back from Vault as the API returned them');
 SELECT ok(NOT EXISTS (SELECT FROM flowgate.deliveries WHERE body::text LIKE '%eyJhbGciOiJIUzI1NiJ9.anon-%' OR response_body LIKE '%eyJhbGciOiJIUzI1NiJ9%'),
           'no key in any delivery');
+-- Keys stored across both storages (the database password with pgcrypto before Vault was
+-- installed, the API keys in Vault after): each is read where it is, whatever key_storage says.
+UPDATE provisioning.clients
+   SET db_pass_secret_id = NULL,
+       db_pass_encrypted = pgp_sym_encrypt('pgcrypto-era-db-pass-0001', current_setting('flowgate.tenant_key_passphrase'), 'cipher-algo=aes256')
+ WHERE slug = (SELECT slug FROM t);
+SELECT is((SELECT k.db_pass || ' ' || (k.anon_key LIKE '%.fgtestsig') FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k
+            WHERE c.slug = (SELECT slug FROM t) AND c.key_storage = 'vault'),
+          'pgcrypto-era-db-pass-0001 true', 'a key stored with pgcrypto before Vault reads back beside the ones in Vault');
+UPDATE provisioning.clients SET key_storage = 'pgcrypto' WHERE slug = (SELECT slug FROM t);
+SELECT is((SELECT k.db_pass || ' ' || (k.anon_key LIKE '%.fgtestsig') FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k
+            WHERE c.slug = (SELECT slug FROM t)),
+          'pgcrypto-era-db-pass-0001 true', 'and so do the Vault ones when key_storage names pgcrypto');
 
 -- ---- Leave the database as found ------------------------------------------------------------------
 SELECT flowgate.reset_setting(k) FROM unnest(ARRAY['flowgate.http_transport', 'provisioning.organization_id', 'provisioning.request_timeout_ms',

@@ -86,52 +86,70 @@ pub fn read(client_id: &str) -> CoreResult<(Option<String>, Option<String>, Opti
 
 fn read_stored(client_id: &str) -> CoreResult<(Option<String>, Option<String>, Option<String>)> {
     Spi::connect(|client| {
+        // Each key is read where it was stored: a Vault secret id, else pgcrypto ciphertext.
+        // A client's keys can sit in both (some stored before Vault was installed, some after),
+        // and `key_storage` names only the storage used last.
         let t = client.select(
-            "SELECT key_storage FROM provisioning.clients WHERE client_id = $1::uuid",
+            "SELECT anon_key_secret_id::text, service_key_secret_id::text, db_pass_secret_id::text, \
+                    anon_key_encrypted, service_key_encrypted, db_pass_encrypted \
+               FROM provisioning.clients WHERE client_id = $1::uuid",
             None,
             &[client_id.into()],
         )?;
         if t.is_empty() {
             return Err(CoreError::not_found("client", client_id));
         }
-        match t.first().get_one::<String>()?.as_deref() {
-            None => Ok((None, None, None)),
-            Some("vault") => Ok(client
-                .select(
-                    "SELECT (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.anon_key_secret_id), \
-                            (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.service_key_secret_id), \
-                            (SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = c.db_pass_secret_id) \
-                       FROM provisioning.clients c WHERE c.client_id = $1::uuid",
-                    None,
-                    &[client_id.into()],
-                )?
-                .first()
-                .get_three::<String, String, String>()?),
-            Some(_) => {
-                let schema = secrets::pgcrypto_schema(client)?.ok_or_else(|| CoreError::MissingDependency {
-                    feature: "reading tenant keys".into(),
-                    dependency: "pgcrypto".into(),
-                    hint: "the keys were stored with pgcrypto; CREATE EXTENSION pgcrypto".into(),
-                })?;
-                let pass = passphrase("reading tenant keys")?;
-                // The ciphertexts are read; each is decrypted here (`secrets::pgp_decrypt`), so
-                // the passphrase is never a statement's parameter.
-                let (anon, service, db_pass) = client
-                    .select(
-                        "SELECT anon_key_encrypted, service_key_encrypted, db_pass_encrypted \
-                           FROM provisioning.clients WHERE client_id = $1::uuid",
-                        None,
-                        &[client_id.into()],
-                    )?
-                    .first()
-                    .get_three::<Vec<u8>, Vec<u8>, Vec<u8>>()?;
-                let open = |sealed: Option<Vec<u8>>| {
-                    sealed
-                        .map(|d| secrets::pgp_decrypt(client, &schema, &d, &pass))
-                        .transpose()
+        let row = t.first();
+        let stored: [(Option<String>, Option<Vec<u8>>); 3] = [
+            (row.get(1)?, row.get(4)?),
+            (row.get(2)?, row.get(5)?),
+            (row.get(3)?, row.get(6)?),
+        ];
+        // Looked up once, when a key needs it.
+        let mut vault_checked = false;
+        let mut pgcrypto: Option<(String, String)> = None;
+        let mut open =
+            |(id, sealed): (Option<String>, Option<Vec<u8>>)| -> CoreResult<Option<String>> {
+                if let Some(id) = id {
+                    if !vault_checked && !secrets::vault_installed(client)? {
+                        return Err(CoreError::MissingDependency {
+                        feature: "reading tenant keys".into(),
+                        dependency: "Supabase Vault".into(),
+                        hint: "the keys were stored in Vault; install supabase_vault with the root key they were stored under".into(),
+                    });
+                    }
+                    vault_checked = true;
+                    return crate::core::prepared::first_text(client.select(
+                        "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = $1::uuid",
+                        Some(1),
+                        &[id.as_str().into()],
+                    )?);
+                }
+                let Some(sealed) = sealed else {
+                    return Ok(None);
                 };
-                Ok((open(anon)?, open(service)?, open(db_pass)?))
-            }
-        }
+                let (schema, pass) = match pgcrypto.take() {
+                    Some(found) => found,
+                    None => (
+                        secrets::pgcrypto_schema(client)?.ok_or_else(|| {
+                            CoreError::MissingDependency {
+                                feature: "reading tenant keys".into(),
+                                dependency: "pgcrypto".into(),
+                                hint:
+                                    "the keys were stored with pgcrypto; CREATE EXTENSION pgcrypto"
+                                        .into(),
+                            }
+                        })?,
+                        passphrase("reading tenant keys")?,
+                    ),
+                };
+                // Decrypted here (`secrets::pgp_decrypt`): the passphrase is never a statement's
+                // parameter.
+                let opened = secrets::pgp_decrypt(client, &schema, &sealed, &pass);
+                pgcrypto = Some((schema, pass));
+                opened.map(Some)
+            };
+        let [anon, service, db_pass] = stored;
+        Ok((open(anon)?, open(service)?, open(db_pass)?))
     })
 }
