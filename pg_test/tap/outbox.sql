@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(53);
+SELECT plan(57);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -271,6 +271,19 @@ SET flowgate.tenant_key_passphrase_file = '/tmp/flowgate-tap-no-such-passphrase'
 SELECT alike(pg_temp.err($$SELECT flowgate.set_secret('tap_file_token', 'tap-file-token-0003')$$),
              '0A000:%/tmp/flowgate-tap-no-such-passphrase%', 'so is one the server cannot read, by its path');
 RESET flowgate.tenant_key_passphrase_file;
+-- Never where every role reads it: pg_db_role_setting (ALTER DATABASE/ROLE ... SET, which
+-- pg_dumpall also writes out) or pg_proc (a function's SET clause).
+SELECT is(pg_temp.err(format('ALTER DATABASE %I SET flowgate.tenant_key_passphrase = %L', current_database(), 'db-level-passphrase-0123456789')),
+          '22023: flowgate.tenant_key_passphrase cannot be set for a database, a role or a function | '
+          || 'Set flowgate.tenant_key_passphrase in postgresql.conf or with ALTER SYSTEM, or name a file with flowgate.tenant_key_passphrase_file.',
+          'ALTER DATABASE ... SET flowgate.tenant_key_passphrase is refused (22023), saying where to set it and not quoting the value');
+SELECT throws_ok($$ALTER ROLE CURRENT_USER SET flowgate.tenant_key_passphrase = 'role-level-passphrase-0123456789'$$,
+                 '22023', NULL, 'so is ALTER ROLE ... SET');
+SELECT throws_ok($$CREATE FUNCTION pg_temp.with_passphrase() RETURNS int LANGUAGE sql
+                   SET flowgate.tenant_key_passphrase = 'fn-level-passphrase-0123456789' AS 'SELECT 1'$$,
+                 '22023', NULL, 'and a function''s SET clause');
+SELECT ok(NOT EXISTS (SELECT FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE c LIKE 'flowgate.tenant_key_passphrase=%'),
+          'nothing of it was stored');
 
 -- Leave the database as found.
 SELECT pg_temp.settle(:'run' || '-%') \g /dev/null

@@ -11,7 +11,7 @@ use std::ffi::CString;
 
 use pgrx::fn_call::{fn_call, Arg, FnCallError};
 use pgrx::spi::SpiClient;
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_guard, pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
 use super::error::{CoreError, CoreResult};
 
@@ -26,14 +26,21 @@ pub const MAX_SECRET_BYTES: usize = 8192;
 
 /// Register `flowgate.tenant_key_passphrase` (every backend that loads flowgate).
 pub fn init() {
-    GucRegistry::define_string_guc(
-        c"flowgate.tenant_key_passphrase",
-        c"Passphrase that encrypts flowgate's secrets (named secrets, tenant keys) with pgcrypto when Supabase Vault is not installed.",
-        c"Set it in postgresql.conf (superuser-only; not shown by SHOW ALL; never in a dump). Changing it makes stored secrets unreadable.",
-        &PASSPHRASE,
-        GucContext::Suset,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
-    );
+    // SAFETY: the check hook is a plain function of its arguments, guarded, for the life of
+    // the backend.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"flowgate.tenant_key_passphrase",
+            c"Passphrase that encrypts flowgate's secrets (named secrets, tenant keys) with pgcrypto when Supabase Vault is not installed.",
+            c"Set it in postgresql.conf or with ALTER SYSTEM (superuser-only; not shown by SHOW ALL; never in a dump); ALTER DATABASE/ROLE ... SET and a function's SET clause are refused. Changing it makes stored secrets unreadable.",
+            &PASSPHRASE,
+            GucContext::Suset,
+            GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
+            Some(passphrase_check),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_string_guc(
         c"flowgate.tenant_key_passphrase_file",
         c"File holding the passphrase that encrypts flowgate's secrets with pgcrypto when Supabase Vault is not installed; used instead of flowgate.tenant_key_passphrase when set.",
@@ -42,6 +49,47 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+}
+
+/// Where a passphrase must not be set: `ALTER DATABASE … SET` and `ALTER ROLE … SET` store it in
+/// `pg_db_role_setting`, which every role can read and `pg_dumpall` writes out, and a function's
+/// `SET` clause stores it in `pg_proc`. Those are checked with the sources below (`PGC_S_TEST`
+/// when the setting is stored; the others when a session applies one stored before flowgate
+/// was loaded, which it then ignores with a warning). An empty value is harmless.
+fn stored_in_a_catalog(source: pg_sys::GucSource::Type) -> bool {
+    use pg_sys::GucSource::*;
+    matches!(
+        source,
+        PGC_S_TEST | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
+    )
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn passphrase_check(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: Postgres hands a valid pointer to the proposed value (NULL or a C string).
+    let empty = unsafe { newval.is_null() || (*newval).is_null() || **newval == 0 };
+    if empty || !stored_in_a_catalog(source) {
+        return true;
+    }
+    // SAFETY: the messages Postgres reports for a refused value, palloc'd as it expects. The
+    // message is set too: the default one quotes the value.
+    unsafe {
+        pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
+            c"flowgate.tenant_key_passphrase cannot be set for a database, a role or a function"
+                .as_ptr(),
+        );
+        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
+            c"ALTER DATABASE/ROLE ... SET and a function's SET clause store the passphrase in a catalog every role can read (and pg_dumpall writes out).".as_ptr(),
+        );
+        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
+            c"Set flowgate.tenant_key_passphrase in postgresql.conf or with ALTER SYSTEM, or name a file with flowgate.tenant_key_passphrase_file.".as_ptr(),
+        );
+    }
+    false
 }
 
 /// The passphrase: from `flowgate.tenant_key_passphrase_file` when it is set, else
