@@ -40,7 +40,7 @@ q -c "SELECT flowgate.set_secret('audit' || '_token_canary', '${secret:0:$half}'
 q -c "SELECT flowgate.set_secret('supabase_access_token', '${token:0:6}' || '${token:6}')" >/dev/null
 q -c "SELECT flowgate.set_setting('flowgate.http_transport', '\"native\"')" >/dev/null
 q -c "INSERT INTO flowgate.deliveries (owner_module, owner_id, url, idempotency_key, auth_secret)
-      VALUES ('secret_logs', 'r1', '$TESTD/ok', 'secret-logs-$$', 'audit_token_canary')" >/dev/null
+      VALUES ('secret_logs', 'r1', '$TESTD/ok', 'secret-logs-$$', 'audit' || '_token_canary')" >/dev/null
 
 # A tenant, provisioned through the outbox: create, api-keys (its answer holds the keys), schema sync.
 q -c "SELECT flowgate.set_setting('provisioning.organization_id', '\"org-test\"')" \
@@ -65,7 +65,8 @@ case "$anon $service" in *fgtestsig*fgtestsig*) ;; *) fail "the tenant keys did 
 
 written=$(tail -c +"$((offset + 1))" "$LOG")
 # (grep reads a here-string: with pipefail, `echo | grep -q` fails when grep stops reading early.)
-grep -q 'AUDIT: .*audit_token_canary' <<<"$written" \
+# (Only as a bound parameter, in the field after the statement: "<name>,\x<ciphertext>".)
+grep -q 'AUDIT: .*"audit_token_canary,\\x' <<<"$written" \
   || fail "pgaudit logged no statement parameters (the canary name, bound only inside flowgate, is not in the log)"
 audited=$(grep -c 'AUDIT: ' <<<"$written" || true)
 for what in passphrase secret token anon service db_pass; do

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(176);
+SELECT plan(177);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -279,6 +279,15 @@ RESET request.jwt.claims;
 SELECT is((SELECT (r ->> 'status') || ' ' || (r #>> '{detail,http_status}') FROM nameless)
             || ' ' || ((SELECT count(*) FROM ops.approvals) = (SELECT n FROM approvals_before))::text,
           'rejected 403 true', 'a JWT with no subject is refused (403, logged) and approves nothing');
+-- Refused before anything the parse found: a malformed envelope from it is a 403 too, and
+-- its answer says nothing of the envelope's checks.
+SET LOCAL ROLE release_manager;
+SET LOCAL request.jwt.claims = '{"role": "release_manager"}';
+CREATE TEMP TABLE nameless_bad AS SELECT ops.ingest_event('{"schema_version": "1.0", "event_type": "approval", "idempotency_key": "nameless-2", "release_id": 7}'::jsonb) AS r;
+RESET ROLE;
+RESET request.jwt.claims;
+SELECT is((SELECT (r ->> 'status') || ' ' || (r #>> '{detail,http_status}') || ' ' || (r::text LIKE '%release_id%')::text FROM nameless_bad),
+          'rejected 403 false', 'an anonymous sender''s malformed envelope is refused (403) without the parse''s findings');
 
 -- R4: a check result re-evaluates the gates it can change, and only those: G3 follows G2.
 SELECT ops.ingest_event(pg_temp.ev('r4', 'release_created', '{"version": "4"}', 'a0000000-0000-4000-8000-000000000004')) \g /dev/null

@@ -275,7 +275,7 @@ RESET flowgate.tenant_key_passphrase_file;
 -- pg_dumpall also writes out) or pg_proc (a function's SET clause).
 SELECT is(pg_temp.err(format('ALTER DATABASE %I SET flowgate.tenant_key_passphrase = %L', current_database(), 'db-level-passphrase-0123456789')),
           '22023: flowgate.tenant_key_passphrase cannot be set for a database, a role or a function | '
-          || 'Set flowgate.tenant_key_passphrase in postgresql.conf or with ALTER SYSTEM, or name a file with flowgate.tenant_key_passphrase_file.',
+          || 'Name a file holding it with flowgate.tenant_key_passphrase_file (the passphrase then appears in no SQL statement or log), or set flowgate.tenant_key_passphrase in postgresql.conf.',
           'ALTER DATABASE ... SET flowgate.tenant_key_passphrase is refused (22023), saying where to set it and not quoting the value');
 SELECT throws_ok($$ALTER ROLE CURRENT_USER SET flowgate.tenant_key_passphrase = 'role-level-passphrase-0123456789'$$,
                  '22023', NULL, 'so is ALTER ROLE ... SET');

@@ -182,7 +182,7 @@ pub fn resolve(facts: &SessionFacts<'_>) -> CoreResult<Actor> {
         let value: serde_json::Value =
             serde_json::from_str(raw).map_err(|e| CoreError::InvalidJson {
                 what: "request.jwt.claims".into(),
-                problem: e.to_string(),
+                problem: super::error::json_problem(&e),
             })?;
         let obj = value.as_object().ok_or_else(|| CoreError::InvalidJson {
             what: "request.jwt.claims".into(),

@@ -227,7 +227,7 @@ pub fn parse_bounded(what: &str, text: &str) -> CoreResult<Value> {
     }
     serde_json::from_str(text).map_err(|e| CoreError::InvalidJson {
         what: what.into(),
-        problem: e.to_string(),
+        problem: super::error::json_problem(&e),
     })
 }
 

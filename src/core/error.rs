@@ -172,6 +172,42 @@ pub fn quoted_upto(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// What serde_json says is wrong with caller JSON, with the caller's text in it cut as
+/// [`quoted`] cuts it: serde quotes the offending value whole (`invalid type: string "…"`,
+/// `unknown field `…``), and an envelope may hold a 64 KiB string (or a pasted token).
+pub fn json_problem(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let mut out = String::with_capacity(msg.len().min(256));
+    let mut rest = msg.as_str();
+    // Each quoted segment ("..." with backslash escapes, or `...`) is cut on its own.
+    while let Some(start) = rest.find(['"', '`']) {
+        let close = rest.as_bytes()[start] as char;
+        out.push_str(&rest[..=start]);
+        let inner = &rest[start + 1..];
+        let mut escaped = false;
+        let end = inner.char_indices().find_map(|(i, c)| {
+            let at = !escaped && c == close;
+            escaped = close == '"' && !escaped && c == '\\';
+            at.then_some(i)
+        });
+        let Some(end) = end else {
+            rest = inner;
+            break;
+        };
+        let segment = &inner[..end];
+        match segment.char_indices().nth(QUOTED_CHARS) {
+            None => out.push_str(segment),
+            Some((cut, _)) => {
+                out.push_str(&format!("{}… ({} bytes)", &segment[..cut], segment.len()))
+            }
+        }
+        out.push(close);
+        rest = &inner[end + 1..];
+    }
+    out.push_str(rest);
+    bounded(out)
+}
+
 /// Most characters of caller text [`quoted`] shows.
 pub const QUOTED_CHARS: usize = 64;
 
@@ -260,6 +296,28 @@ pub type CoreResult<T> = Result<T, CoreError>;
 
 #[cfg(test)]
 mod unit_tests {
+    #[test]
+    fn json_problems_cut_the_callers_text() {
+        let long = "x".repeat(5000);
+        let e = serde_json::from_str::<u32>(&format!("{long:?}")).unwrap_err();
+        let p = super::json_problem(&e);
+        assert!(p.len() < 200, "{p}");
+        assert!(p.contains("(5000 bytes)"), "{p}");
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct S {
+            a: u8,
+        }
+        let e = serde_json::from_str::<S>(&format!("{{\"{long}\": 1}}")).unwrap_err();
+        let p = super::json_problem(&e);
+        assert!(p.starts_with("unknown field `xxxx"), "{p}");
+        assert!(p.contains("(5000 bytes)`"), "{p}");
+        assert!(p.len() < 300, "{p}");
+        let short = serde_json::from_str::<u32>("\"a\\\"b\"").unwrap_err();
+        assert_eq!(super::json_problem(&short), short.to_string());
+    }
+
     use super::*;
 
     #[test]

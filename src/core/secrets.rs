@@ -32,7 +32,7 @@ pub fn init() {
         GucRegistry::define_string_guc_with_hooks(
             c"flowgate.tenant_key_passphrase",
             c"Passphrase that encrypts flowgate's secrets (named secrets, tenant keys) with pgcrypto when Supabase Vault is not installed.",
-            c"Set it in postgresql.conf or with ALTER SYSTEM (superuser-only; not shown by SHOW ALL; never in a dump); ALTER DATABASE/ROLE ... SET and a function's SET clause are refused. Changing it makes stored secrets unreadable.",
+            c"Prefer flowgate.tenant_key_passphrase_file; else set it in postgresql.conf (superuser-only; not shown by SHOW ALL; never in a dump). ALTER DATABASE/ROLE ... SET and a function's SET clause are refused where flowgate is loaded. Changing it makes stored secrets unreadable.",
             &PASSPHRASE,
             GucContext::Suset,
             GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
@@ -60,7 +60,7 @@ fn stored_in_a_catalog(source: pg_sys::GucSource::Type) -> bool {
     use pg_sys::GucSource::*;
     matches!(
         source,
-        PGC_S_TEST | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
+        PGC_S_TEST | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
     )
 }
 
@@ -72,7 +72,11 @@ unsafe extern "C-unwind" fn passphrase_check(
 ) -> bool {
     // SAFETY: Postgres hands a valid pointer to the proposed value (NULL or a C string).
     let empty = unsafe { newval.is_null() || (*newval).is_null() || **newval == 0 };
-    if empty || !stored_in_a_catalog(source) {
+    // pg_upgrade replays what the old cluster stored and stops at the first error: there the
+    // value is let through (it is in the old cluster's catalogs already).
+    // SAFETY: a flag of this process, set at its start.
+    let upgrading = unsafe { pg_sys::IsBinaryUpgrade };
+    if empty || upgrading || !stored_in_a_catalog(source) {
         return true;
     }
     // SAFETY: the messages Postgres reports for a refused value, palloc'd as it expects. The
@@ -86,7 +90,7 @@ unsafe extern "C-unwind" fn passphrase_check(
             c"ALTER DATABASE/ROLE ... SET and a function's SET clause store the passphrase in a catalog every role can read (and pg_dumpall writes out).".as_ptr(),
         );
         pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
-            c"Set flowgate.tenant_key_passphrase in postgresql.conf or with ALTER SYSTEM, or name a file with flowgate.tenant_key_passphrase_file.".as_ptr(),
+            c"Name a file holding it with flowgate.tenant_key_passphrase_file (the passphrase then appears in no SQL statement or log), or set flowgate.tenant_key_passphrase in postgresql.conf.".as_ptr(),
         );
     }
     false
@@ -209,7 +213,11 @@ pub fn pgp_encrypt(
     value: &str,
     passphrase: &str,
 ) -> CoreResult<Vec<u8>> {
-    let f = pgcrypto_function(client, schema, "pgp_sym_encrypt", "text, text, text")?;
+    let f = direct_function(
+        client,
+        &format!("{schema}.pgp_sym_encrypt"),
+        "text, text, text",
+    )?;
     fn_call::<Vec<u8>>(
         &f,
         &[
@@ -231,23 +239,19 @@ pub fn pgp_decrypt(
     data: &[u8],
     passphrase: &str,
 ) -> CoreResult<String> {
-    let f = pgcrypto_function(client, schema, "pgp_sym_decrypt", "bytea, text")?;
+    let f = direct_function(client, &format!("{schema}.pgp_sym_decrypt"), "bytea, text")?;
     fn_call::<String>(&f, &[&Arg::Value(data), &Arg::Value(passphrase)])
         .map_err(|e| direct_call_failed(&f, &e))?
         .ok_or_else(|| CoreError::Internal(format!("{f} returned NULL")))
 }
 
-/// `schema.name`, once the caller (flowgate's owner, in its SECURITY DEFINER functions) may
-/// execute `schema.name(args)`: a direct call skips the executor's privilege check, so it is made
-/// here, and a revoked EXECUTE is honoured as it would be in a statement.
-fn pgcrypto_function(
-    client: &SpiClient<'_>,
-    schema: &str,
-    name: &str,
-    args: &str,
-) -> CoreResult<String> {
-    let f = format!("{schema}.{name}");
-    let signature = format!("{f}({args})");
+/// `function` (schema-qualified), once the caller (flowgate's owner, in its SECURITY DEFINER
+/// functions) may execute `function(args)`: a direct call skips the executor's privilege check,
+/// so it is made here, and a revoked EXECUTE is honoured as it would be in a statement. Either
+/// way a missing or forbidden function is a missing dependency: the outbox fails the one
+/// delivery whose secret it cannot read, not its whole round.
+fn direct_function(client: &SpiClient<'_>, function: &str, args: &str) -> CoreResult<String> {
+    let signature = format!("{function}({args})");
     let may = client
         .select(
             "SELECT pg_catalog.has_function_privilege(pg_catalog.to_regprocedure($1), 'EXECUTE')",
@@ -256,26 +260,31 @@ fn pgcrypto_function(
         )?
         .first()
         .get_one::<bool>()?;
+    let missing = |dependency: String, hint: String| CoreError::MissingDependency {
+        feature: "flowgate's secrets".into(),
+        dependency,
+        hint,
+    };
     match may {
-        Some(true) => Ok(f),
-        Some(false) => Err(CoreError::PermissionDenied {
-            actor: "flowgate's owner".into(),
-            action: format!("execute {signature}"),
-            allowed: format!(
-                "GRANT EXECUTE ON FUNCTION {signature} to the owner of flowgate's functions"
-            ),
-        }),
-        None => Err(CoreError::MissingDependency {
-            feature: "secrets stored with pgcrypto".into(),
-            dependency: format!("pgcrypto's {signature}"),
-            hint: "CREATE EXTENSION pgcrypto, or ALTER EXTENSION pgcrypto UPDATE".into(),
-        }),
+        Some(true) => Ok(function.to_owned()),
+        Some(false) => Err(missing(
+            format!("EXECUTE on {signature}"),
+            format!("GRANT EXECUTE ON FUNCTION {signature} to the owner of flowgate's functions"),
+        )),
+        None => Err(missing(
+            signature,
+            "install (or update) the extension that provides it".into(),
+        )),
     }
 }
 
 /// A direct call that could not be made (the function changed shape under its name).
 fn direct_call_failed(function: &str, e: &FnCallError) -> CoreError {
-    CoreError::Internal(format!("calling {function}: {e}"))
+    CoreError::MissingDependency {
+        feature: "flowgate's secrets".into(),
+        dependency: format!("{function} as flowgate calls it ({e})"),
+        hint: "install a version of the extension that provides it".into(),
+    }
 }
 
 /// What a failed Vault read means. Vault decrypts in its view: a data exception (class 22:
@@ -353,11 +362,30 @@ pub fn vault_upsert(
         }
         None => vault_create(client, name, description)?,
     };
-    client.update(
-        "SELECT vault.update_secret($1::uuid, $2)",
-        None,
-        &[id.as_str().into(), value.into()],
+    // Called directly, not by a statement of flowgate's: the value is never its parameter.
+    // (Vault's own function binds it in its UPDATE; README, "Secrets".)
+    let f = direct_function(
+        client,
+        "vault.update_secret",
+        "uuid, text, text, text, uuid",
     )?;
+    let uuid = pgrx::Uuid::from_slice(
+        uuid::Uuid::parse_str(&id)
+            .map_err(|_| CoreError::Internal(format!("Vault returned secret id {id:?}")))?
+            .as_bytes(),
+    )
+    .map_err(CoreError::Internal)?;
+    fn_call::<()>(
+        &f,
+        &[
+            &Arg::Value(uuid),
+            &Arg::Value(value),
+            &Arg::<&str>::Default,
+            &Arg::<&str>::Default,
+            &Arg::<pgrx::Uuid>::Default,
+        ],
+    )
+    .map_err(|e| direct_call_failed(&f, &e))?;
     Ok(id)
 }
 

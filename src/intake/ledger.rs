@@ -80,7 +80,7 @@ pub fn parse(payload: &Value) -> CoreResult<Entry> {
         ));
     }
     let raw: Raw = serde_json::from_value(payload.clone())
-        .map_err(|e| CoreError::invalid("payload", e.to_string(), FIELDS))?;
+        .map_err(|e| CoreError::invalid("payload", crate::core::error::json_problem(&e), FIELDS))?;
     let key = match raw.idempotency_key {
         Key::Text(s) => s,
         Key::Number(n) => n.to_string(),

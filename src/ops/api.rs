@@ -81,20 +81,22 @@ mod ops {
             trusted: actor.trusted,
             memberships: store::memberships(),
         };
-        // Anonymous callers (the anon role, a JWT without a subject) first: every one of them
-        // would be the same actor, so an approval in its name would be no one's (403, logged).
-        let parsed = parsed.and_then(|env| {
-            actor
-                .refuse_anonymous("send ops events anonymously")
-                .map_err(OpsError::Core)?;
-            roles::authorize(
-                env.event_type,
-                &caller.actor_id,
-                &caller.memberships,
-                caller.trusted,
-            )
-            .map(|_| env)
-        });
+        // Anonymous callers (the anon role, a JWT without a subject) first, before anything
+        // the parse found: every one of them would be the same actor, so an approval in its
+        // name would be no one's (403, logged), and they learn nothing of the envelope's
+        // checks. Then the parse, then whether the sender's personas may send this event.
+        let parsed = match actor.refuse_anonymous("send ops events anonymously") {
+            Err(e) => Err(OpsError::Core(e)),
+            Ok(()) => parsed.and_then(|env| {
+                roles::authorize(
+                    env.event_type,
+                    &caller.actor_id,
+                    &caller.memberships,
+                    caller.trusted,
+                )
+                .map(|_| env)
+            }),
+        };
         let mut received = Received {
             header: &header,
             envelope: keep_envelope,

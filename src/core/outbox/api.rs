@@ -55,10 +55,11 @@ fn enqueue_delivery(
         let headers = args::required("headers", headers)?;
         let headers = match headers.value("headers", MAX_JSON_ARG_BYTES)? {
             Value::Object(m) => m,
+            // Its kind only: misplaced headers may well hold a credential.
             other => {
                 return Err(CoreError::invalid(
                     "headers",
-                    format!("got {other}"),
+                    format!("got a JSON {}", args::json_kind(&other)),
                     "a JSON object of header name to string",
                 ))
             }

@@ -311,7 +311,8 @@ enum Parsed {
 
 fn body<T: DeserializeOwned>(event: EventType, rest: Map<String, Value>) -> OpsResult<T> {
     serde_json::from_value(Value::Object(rest)).map_err(|e| {
-        let msg = e.to_string();
+        // Caller text in serde's message is cut (a 64 KiB string is quoted whole otherwise).
+        let msg = crate::core::error::json_problem(&e);
         if let Some(field) = msg
             .strip_prefix("missing field `")
             .and_then(|m| m.split('`').next())

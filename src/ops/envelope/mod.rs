@@ -340,7 +340,7 @@ fn parse_object(mut obj: Map<String, Value>) -> OpsResult<Envelope> {
                 let a: Artifact = serde_json::from_value(item.clone()).map_err(|e| {
                     OpsError::invalid(
                         format!("evidence[{i}]"),
-                        e.to_string(),
+                        crate::core::error::json_problem(&e),
                         "{artifact_type, uri, sha256?, description?}",
                     )
                 })?;
