@@ -10,7 +10,7 @@
 -- removes the request, its deliveries, the settings, secrets and group members it added.
 -- Also run with the server clock moved to a weekend (test.sh, database flowgate_calendar,
 -- no worker there: the CALLs send everything).
-SELECT plan(56);
+SELECT plan(58);
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
 -- Until none of the request's deliveries is in flight or due (the worker may be sending them).
@@ -194,6 +194,19 @@ SELECT 'payload=' || replace(replace(jsonb_build_object(
   FROM (VALUES ('U0INFRA', 'CUSTOMER_CONFIRMED', '1700000100.1'), ('U0SA', 'CUSTOMER_CONFIRMED', '1700000101.1')) v(u, ev, a);
 SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, pg_temp.sig(body, extract(epoch FROM now())::bigint::text)) ->> 'response_type'
              FROM slack_click WHERE u = 'U0INFRA'), 'ephemeral', 'infra cannot confirm for the customer: a private refusal');
+-- Another feature's button of the same Slack app (its clicks reach the same URL), with a value
+-- shaped like capacity's: refused (22023), nothing recorded.
+CREATE TEMP TABLE slack_foreign AS
+SELECT 'payload=' || replace(replace(jsonb_build_object(
+           'type', 'block_actions', 'user', jsonb_build_object('id', 'U0SA'),
+           'channel', jsonb_build_object('id', 'C0TEST'), 'message', jsonb_build_object('ts', '1700000000.000100'),
+           'actions', jsonb_build_array(jsonb_build_object('action_id', 'deploy:approve',
+                                                           'value', :'cr' || ':CUSTOMER_CONFIRMED', 'action_ts', '1700000099.1'))
+       )::text, '{', '%7B'), '}', '%7D') AS body, extract(epoch FROM now())::bigint::text AS ts;
+SELECT throws_ok(format('SELECT capacity.handle_slack_action(%L, %L, %L)', body, ts, pg_temp.sig(body, ts)), '22023', NULL,
+                 'a click on another feature''s button is refused (22023)') FROM slack_foreign;
+SELECT is((SELECT count(*)::int FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr' AND event_type = 'CUSTOMER_CONFIRMED'), 0,
+          'and confirms nothing');
 -- A click refused in one state, sent again once the request has moved to a state that would
 -- allow it (a replay, or a retry): the same refusal, nothing recorded.
 CREATE TEMP TABLE slack_early AS

@@ -553,6 +553,17 @@ mod capacity {
         let action = &payload["actions"][0];
         let (id, event) =
             crate::capacity::slack::parse_action_value(action["value"].as_str().unwrap_or(""))?;
+        // One Slack app sends every interactive element's clicks to one URL: only capacity's
+        // own buttons (`capacity:<EVENT>`, naming the value's event) act on a request.
+        let action_id = action["action_id"].as_str().unwrap_or("");
+        let own = format!("capacity:{}", event.as_str());
+        if action_id != own {
+            return Err(CoreError::invalid(
+                "Slack action_id",
+                crate::core::error::quoted(action_id),
+                format!("{own} (a capacity button)"),
+            ));
+        }
         let key = format!("slack:{}", action["action_ts"].as_str().unwrap_or(""));
         store::check_user_key(Some(&key))?;
         let note = json!({"via": "slack", "channel": payload["channel"]["id"], "message_ts": payload["message"]["ts"]});
