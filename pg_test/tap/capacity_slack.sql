@@ -149,6 +149,14 @@ SELECT 'command=%2Fcapacity&text=create+owner%3D%3C%40U0AE%7Cana%3E+group%3Dinfr
        extract(epoch FROM now())::bigint::text AS ts;
 CREATE FUNCTION pg_temp.sig(body text, ts text, secret text DEFAULT 'sekrit-signing') RETURNS text LANGUAGE sql AS $$
     SELECT 'v0=' || encode(hmac('v0:' || ts || ':' || body, secret, 'sha256'), 'hex') $$;
+-- The body of a click on a button of a message (form-encoded, as Slack posts it).
+CREATE FUNCTION pg_temp.click(slack_user text, action_id text, value text, action_ts text, message_ts text DEFAULT '1700000000.000100')
+RETURNS text LANGUAGE sql AS $$
+    SELECT 'payload=' || replace(replace(jsonb_build_object(
+               'type', 'block_actions', 'user', jsonb_build_object('id', slack_user),
+               'channel', jsonb_build_object('id', 'C0TEST'), 'message', jsonb_build_object('ts', message_ts),
+               'actions', jsonb_build_array(jsonb_build_object('action_id', action_id, 'value', value, 'action_ts', action_ts))
+           )::text, '{', '%7B'), '}', '%7D') $$;
 
 SELECT matches((SELECT capacity.handle_slack_command(body, ts, pg_temp.sig(body, ts)) ->> 'text' FROM slack_req), '^Created CR-[0-9]{4}-[0-9]{6} \(COMMERCIAL_APPROVAL_REQUIRED\)$',
                'a signed slash command creates a request');
@@ -186,23 +194,15 @@ SELECT is((SELECT capacity.handle_slack_command(b, ts, pg_temp.sig(b, ts)) ->> '
 
 -- === Slack buttons ==========================================================================
 CREATE TEMP TABLE slack_click AS
-SELECT 'payload=' || replace(replace(jsonb_build_object(
-           'type', 'block_actions', 'user', jsonb_build_object('id', u),
-           'channel', jsonb_build_object('id', 'C0TEST'), 'message', jsonb_build_object('ts', '1700000000.000100'),
-           'actions', jsonb_build_array(jsonb_build_object('action_id', 'capacity:' || ev, 'value', :'cr' || ':' || ev, 'action_ts', a))
-       )::text, '{', '%7B'), '}', '%7D') AS body, u, ev
+SELECT pg_temp.click(u, 'capacity:' || ev, :'cr' || ':' || ev, a) AS body, u, ev
   FROM (VALUES ('U0INFRA', 'CUSTOMER_CONFIRMED', '1700000100.1'), ('U0SA', 'CUSTOMER_CONFIRMED', '1700000101.1')) v(u, ev, a);
 SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, pg_temp.sig(body, extract(epoch FROM now())::bigint::text)) ->> 'response_type'
              FROM slack_click WHERE u = 'U0INFRA'), 'ephemeral', 'infra cannot confirm for the customer: a private refusal');
 -- Another feature's button of the same Slack app (its clicks reach the same URL), with a value
 -- shaped like capacity's: refused (22023), nothing recorded.
 CREATE TEMP TABLE slack_foreign AS
-SELECT 'payload=' || replace(replace(jsonb_build_object(
-           'type', 'block_actions', 'user', jsonb_build_object('id', 'U0SA'),
-           'channel', jsonb_build_object('id', 'C0TEST'), 'message', jsonb_build_object('ts', '1700000000.000100'),
-           'actions', jsonb_build_array(jsonb_build_object('action_id', 'deploy:approve',
-                                                           'value', :'cr' || ':CUSTOMER_CONFIRMED', 'action_ts', '1700000099.1'))
-       )::text, '{', '%7B'), '}', '%7D') AS body, extract(epoch FROM now())::bigint::text AS ts;
+SELECT pg_temp.click('U0SA', 'deploy:approve', :'cr' || ':CUSTOMER_CONFIRMED', '1700000099.1') AS body,
+       extract(epoch FROM now())::bigint::text AS ts;
 SELECT throws_ok(format('SELECT capacity.handle_slack_action(%L, %L, %L)', body, ts, pg_temp.sig(body, ts)), '22023', NULL,
                  'a click on another feature''s button is refused (22023)') FROM slack_foreign;
 SELECT is((SELECT count(*)::int FROM capacity.capacity_request_events WHERE capacity_request_id = :'cr' AND event_type = 'CUSTOMER_CONFIRMED'), 0,
@@ -210,12 +210,8 @@ SELECT is((SELECT count(*)::int FROM capacity.capacity_request_events WHERE capa
 -- A click refused in one state, sent again once the request has moved to a state that would
 -- allow it (a replay, or a retry): the same refusal, nothing recorded.
 CREATE TEMP TABLE slack_early AS
-SELECT 'payload=' || replace(replace(jsonb_build_object(
-           'type', 'block_actions', 'user', jsonb_build_object('id', 'U0INFRA'),
-           'channel', jsonb_build_object('id', 'C0TEST'), 'message', jsonb_build_object('ts', '1700000000.000100'),
-           'actions', jsonb_build_array(jsonb_build_object('action_id', 'capacity:AWS_CAPACITY_READY',
-                                                           'value', :'cr' || ':AWS_CAPACITY_READY', 'action_ts', '1700000102.1'))
-       )::text, '{', '%7B'), '}', '%7D') AS body, extract(epoch FROM now())::bigint::text AS ts;
+SELECT pg_temp.click('U0INFRA', 'capacity:AWS_CAPACITY_READY', :'cr' || ':AWS_CAPACITY_READY', '1700000102.1') AS body,
+       extract(epoch FROM now())::bigint::text AS ts;
 SELECT is((SELECT capacity.handle_slack_action(body, ts, pg_temp.sig(body, ts)) ->> 'response_type' FROM slack_early), 'ephemeral',
           'capacity ready before the customer confirmed: refused, privately');
 SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, pg_temp.sig(body, extract(epoch FROM now())::bigint::text)) ->> 'text'
@@ -279,12 +275,7 @@ RESET ROLE;
 RESET SESSION AUTHORIZATION;
 SELECT set_config('request.jwt.claims', '', true) \g /dev/null
 CREATE TEMP TABLE slack_approve AS
-SELECT 'payload=' || replace(replace(jsonb_build_object(
-           'type', 'block_actions', 'user', jsonb_build_object('id', u),
-           'channel', jsonb_build_object('id', 'C0TEST'), 'message', jsonb_build_object('ts', '1700000000.000200'),
-           'actions', jsonb_build_array(jsonb_build_object('action_id', 'capacity:COMMERCIAL_APPROVED',
-                                                           'value', :'cr_api' || ':COMMERCIAL_APPROVED', 'action_ts', a))
-       )::text, '{', '%7B'), '}', '%7D') AS body, u
+SELECT pg_temp.click(u, 'capacity:COMMERCIAL_APPROVED', :'cr_api' || ':COMMERCIAL_APPROVED', a, '1700000000.000200') AS body, u
   FROM (VALUES ('U0STRANGER', '1700000200.1'), ('U0AEJWT', '1700000201.1')) v(u, a);
 SELECT is((SELECT capacity.handle_slack_action(body, extract(epoch FROM now())::bigint::text, pg_temp.sig(body, extract(epoch FROM now())::bigint::text)) ->> 'response_type'
              FROM slack_approve WHERE u = 'U0STRANGER'), 'ephemeral', 'an unlinked Slack user is not the commercial owner');
