@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(58);
+SELECT plan(60);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -320,6 +320,42 @@ SELECT is((SELECT d.last_error FROM flowgate.deliveries d JOIN provisioning.clie
             WHERE j.client_id = pg_temp.client('stall')),
           'superseded: the attempt it belonged to ended before it was sent', 'saying why it was never sent');
 
+-- ---- An answer from before an operator reset --------------------------------------------------------------------
+-- Attempt 1's create is being sent (a runner holds it) when the job ends; the operator retries,
+-- and the new attempt is numbered 1 again. The old create's answer then comes: it is not the
+-- running attempt's (that one was enqueued before its claim), so it moves no step on (the
+-- project it names is only adopted, as a late create's is).
+SELECT pg_temp.api('ok') \g /dev/null
+BEGIN;
+SELECT provisioning.enqueue_client(pg_temp.slug('rerun'), 'Rerun Tenant') \g /dev/null
+SELECT provisioning.run_jobs() \g /dev/null
+UPDATE flowgate.deliveries d SET status = 'in_flight', attempts = 1, claimed_at = clock_timestamp(), next_attempt_at = now() + interval '1 hour'
+  FROM pg_temp.jobs() j WHERE d.owner_id = j.job_id || ':1:create' AND j.client_id = pg_temp.client('rerun') \g /dev/null
+COMMIT;
+SELECT d.id AS stale_create FROM flowgate.deliveries d JOIN pg_temp.jobs() j ON d.owner_id = j.job_id || ':1:create'
+ WHERE j.client_id = pg_temp.client('rerun') \gset
+-- The attempt ended (its lease ran out and its attempts with it), as the reducer would leave it.
+UPDATE provisioning.client_provisioning_jobs
+   SET status = 'failed', claimed_at = NULL, claimed_by = NULL, lease_expires_at = NULL, finished_at = now()
+ WHERE client_id = pg_temp.client('rerun') \g /dev/null
+SELECT provisioning.retry(pg_temp.client('rerun')) \g /dev/null
+BEGIN;
+SELECT provisioning.run_jobs() \g /dev/null
+UPDATE flowgate.deliveries d SET next_attempt_at = now() + interval '1 hour'
+  FROM pg_temp.jobs() j WHERE d.owner_id LIKE j.job_id || ':1:%' AND d.status = 'pending' AND j.client_id = pg_temp.client('rerun') \g /dev/null
+COMMIT;
+SELECT flowgate.record_attempt(:stale_create, 201, NULL,
+    '{"id": "rerunstaleprojectref", "ref": "rerunstaleprojectref", "organization_id": "org-test", "name": "' || pg_temp.slug('rerun')
+    || '", "region": "us-east-1", "created_at": "2026-11-23T12:00:00Z", "status": "COMING_UP"}', 'application/json', NULL, NULL) \g /dev/null
+SELECT is((SELECT string_agg(split_part(d.owner_id, ':', 2) || ':' || split_part(d.owner_id, ':', 3) || ' ' || d.status, ',' ORDER BY d.id)
+             FROM flowgate.deliveries d JOIN pg_temp.jobs() j ON d.owner_id LIKE j.job_id || ':%' WHERE j.client_id = pg_temp.client('rerun')),
+          '1:create delivered,1:lookup pending',
+          'a create answered after an operator reset moves the new attempt 1 no step on (no api_keys)');
+UPDATE flowgate.deliveries d SET next_attempt_at = now()
+  FROM pg_temp.jobs() j WHERE d.owner_id LIKE j.job_id || ':%' AND d.status = 'pending' AND j.client_id = pg_temp.client('rerun') \g /dev/null
+CALL pg_temp.run_jobs() \g /dev/null
+SELECT is((SELECT provisioning_status FROM provisioning.clients WHERE slug = pg_temp.slug('rerun')), 'ready', 'the new attempt finishes');
+
 -- ---- A failed migration, fixed, resumed where it stopped ------------------------------------------------------
 DELETE FROM provisioning.migrations \g /dev/null
 INSERT INTO provisioning.migrations (version, name, sql) VALUES
@@ -359,7 +395,7 @@ CREATE TEMP TABLE secrets AS
 SELECT k.anon_key AS s FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
 UNION ALL SELECT k.service_key FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t)
 UNION ALL SELECT k.db_pass FROM provisioning.clients c, provisioning.tenant_keys(c.client_id) k WHERE c.slug LIKE 'tap-%-' || (SELECT run FROM t);
-SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 27, 'nine tenants, three secrets each');
+SELECT is((SELECT count(*)::int FROM secrets WHERE s IS NOT NULL), 30, 'ten tenants, three secrets each');
 CREATE FUNCTION pg_temp.plain_text_hits() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     rel regclass;

@@ -352,15 +352,23 @@ fn response(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<()
         )));
     };
     // A late answer for an attempt that is no longer running (lease lost, operator reset) is
-    // history: ignore it. The job is locked first, before the client row its step writes: a
+    // history: ignore it. An operator reset numbers attempts from 1 again, so the number alone
+    // does not tell: the request must also have been made under the running claim (enqueued
+    // no earlier than it). The job is locked first, before the client row its step writes: a
     // reclaim of the expired lease locks the job, then the client, so the two wait for each
     // other in that one order (and the answer finds the attempt over and is ignored).
     let t = client.update(
         "SELECT client_id::text FROM provisioning.client_provisioning_jobs \
           WHERE job_id = $1::uuid AND status = 'running' AND attempts = $2 AND claimed_by = $3 \
+            AND claimed_at <= (SELECT d.created_at FROM flowgate.deliveries d WHERE d.id = $4) \
             FOR UPDATE",
         None,
-        &[job_id.as_str().into(), attempt.into(), WORKER.into()],
+        &[
+            job_id.as_str().into(),
+            attempt.into(),
+            WORKER.into(),
+            call.delivery_id.into(),
+        ],
     )?;
     if t.is_empty() {
         // Except a project a late create made: recorded on a client without one, so no later
