@@ -658,6 +658,25 @@ COMMENT ON TABLE intake.retired_pools IS
 SELECT pg_catalog.pg_extension_config_dump('intake.retired_pools', '');
 REVOKE ALL ON intake.retired_pools FROM PUBLIC;
 
+-- A pool's id and inventory are fixed when it is made (sql/intake/tables.sql): a direct UPDATE
+-- of either broke its claims (slots with no row, or sales past the inventory).
+CREATE FUNCTION intake.fixed_pool_shape() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.pool_id IS DISTINCT FROM OLD.pool_id OR NEW.inventory IS DISTINCT FROM OLD.inventory THEN
+        RAISE EXCEPTION 'pool % keeps the id and inventory it was created with', OLD.pool_id
+            USING ERRCODE = '55000',
+                  HINT = 'for more (or fewer) items, create another pool with intake.create_pool and pause or drop this one';
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION intake.fixed_pool_shape() FROM PUBLIC;
+CREATE TRIGGER fixed_pool_shape BEFORE UPDATE OF pool_id, inventory ON intake.engine_config
+    FOR EACH ROW EXECUTE FUNCTION intake.fixed_pool_shape();
+
 -- A NULL where a value is required is 22023, not a NULL answer (PostgREST answered 200 null).
 ALTER FUNCTION intake.claim(text) CALLED ON NULL INPUT;
 ALTER FUNCTION capacity.get_capacity_request(text, integer) CALLED ON NULL INPUT;
@@ -1009,6 +1028,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.drop_release_locks() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE ops.release_locks FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE intake.retired_pools FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION intake.fixed_pool_shape() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
     -- service_role keeps its reads and API, never an owner's rights (0.1.0 left what default

@@ -1,7 +1,7 @@
 -- Intake pools and claims: results, limits, bad input (exact SQLSTATEs, nothing written), and
 -- slots lost to aborted claims given back.
 BEGIN;
-SELECT plan(45);
+SELECT plan(47);
 -- The message (and detail) of the error a statement raises.
 CREATE FUNCTION pg_temp.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE m text; d text;
@@ -57,6 +57,11 @@ SELECT lives_ok($$UPDATE intake.engine_config SET commit_target = 'http://127.0.
 SELECT is((SELECT coalesce(validation_webhook_url, '-') || ' ' || commit_target FROM intake.engine_config WHERE pool_id = 'tap_drop'),
           '- http://127.0.0.1:5597/ok', 'the refused writes left nothing');
 UPDATE intake.engine_config SET commit_target = NULL WHERE pool_id = 'tap_drop';
+-- Its id and inventory are fixed: nothing re-sizes its slots.
+SELECT throws_ok($$UPDATE intake.engine_config SET inventory = inventory + 10 WHERE pool_id = 'tap_drop'$$,
+                 '55000', 'pool tap_drop keeps the id and inventory it was created with', 'a direct update of a pool''s inventory is refused (55000)');
+SELECT throws_ok($$UPDATE intake.engine_config SET pool_id = 'tap_renamed' WHERE pool_id = 'tap_drop'$$,
+                 '55000', NULL, 'and so is one of its id');
 SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"commit_target": 5}')$$, '22023', NULL,
                  'a URL that is not a JSON string is refused as a bad argument (22023), not by the table''s CHECK');
 SELECT throws_ok($$SELECT intake.create_pool('tap_other', 3, '{"batchsize": 5}')$$, '22023', NULL, 'unknown config keys are refused');

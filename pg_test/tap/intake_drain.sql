@@ -11,7 +11,7 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(95);
+SELECT plan(99);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['tap_local', 'tap_reject', 'tap_busy', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict', 'tap_gone'] $$;
@@ -183,6 +183,25 @@ SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_la
           'the answer comes and finds its intent: validated, booked once');
 SELECT is((SELECT count(*)::int FROM pgmq.q_intake_tap_lag) + (SELECT count(*)::int FROM pgmq.q_intake_tap_lag_dlq), 0, 'both queues are empty');
 
+-- ---- A 2xx whose handler failed: the payment was taken, so the intent waits for the handler -------
+SELECT intake.create_pool('tap_hfail', 2, '{"validation_webhook_url": "http://127.0.0.1:5597/ok", "visibility_timeout_seconds": 1,
+                                            "max_retries": 1, "drain_mode": "external"}') \g /dev/null
+SELECT intake.claim_resource('tap_hfail', 'h1') \g /dev/null
+BEGIN;
+SELECT intake.drain('tap_hfail') \g /dev/null
+-- (As the outbox records it when the webhook answered 2xx and the handler then raised.)
+UPDATE flowgate.deliveries SET status = 'delivered', attempts = 1, delivered_at = now(), last_status_code = 200,
+       response_body = '{"payment": "pi_h1"}', handler_error = 'XX000: the handler failed'
+ WHERE owner_id LIKE 'tap_hfail:%' \g /dev/null
+COMMIT;
+SELECT pg_sleep(1.1) \g /dev/null
+CREATE TEMP TABLE dhfail AS SELECT intake.drain('tap_hfail') AS r;
+SELECT is((SELECT coalesce(r ->> 'dead_lettered', '0') || ' ' || (SELECT count(*) FROM pgmq.q_intake_tap_hfail_dlq) FROM dhfail), '0 0',
+          'read 2 > max_retries with its webhook''s 2xx not yet applied: not dead-lettered with the payment taken');
+SELECT flowgate.rerun_handlers(ARRAY(SELECT id FROM flowgate.deliveries WHERE owner_id LIKE 'tap_hfail:%')) \g /dev/null
+SELECT is((SELECT validation ->> 'payment' FROM intake.transactions WHERE pool_id = 'tap_hfail'), 'pi_h1',
+          'flowgate.rerun_handlers applies the answer: validated and booked');
+
 -- ---- A webhook that is down: retried after the visibility timeout, DLQ, replay once it is back --
 SELECT intake.create_pool('tap_down', 3, '{"validation_webhook_url": "http://127.0.0.1:1/refused", "commit_target": "http://127.0.0.1:5597/ok",
                                            "visibility_timeout_seconds": 2, "max_retries": 2, "drain_mode": "external"}') \g /dev/null
@@ -272,6 +291,9 @@ SELECT is((SELECT status FROM intake.allocations WHERE pool_id = 'tap_refused' A
 -- ---- External worker API (an Edge Function doing the HTTP itself) -----------------------------
 SELECT intake.create_pool('tap_ext', 2, '{"validation_webhook_url": "https://payments.example.com/validate", "drain_mode": "external"}') \g /dev/null
 SELECT intake.claim_resource('tap_ext', 'e1') \g /dev/null
+SELECT throws_ok(format('SELECT intake.report_commit(%L, %s, 200)', 'tap_ext', (SELECT msg_id FROM pgmq.q_intake_tap_ext)), '55000', NULL,
+                 'a ledger reply for an intent its webhook has not validated is refused (55000)');
+SELECT is((SELECT count(*)::int FROM intake.transactions WHERE pool_id = 'tap_ext'), 0, 'and commits nothing');
 SELECT is((SELECT step || ' ' || url || ' ' || (body ->> 'idempotency_key' = msg_id::text)::text FROM intake.read_intents('tap_ext')),
           'validate https://payments.example.com/validate true', 'read_intents hands out the step, URL and body');
 SELECT is(intake.report_validation('tap_ext', (SELECT msg_id FROM pgmq.q_intake_tap_ext), 200, '{"payment": "pi_42"}'), 'committed',

@@ -183,6 +183,27 @@ COMMENT ON TABLE intake.transactions IS
 SELECT pg_catalog.pg_extension_config_dump('intake.transactions', '');
 ALTER TABLE intake.transactions ENABLE ROW LEVEL SECURITY;
 
+-- A pool's id and inventory are fixed when it is made: its queue tables are named after its id,
+-- and its slots (intake.allocations), slot counter and reclaims follow its inventory, which
+-- nothing re-sizes (a larger one left claims drawing slots with no row; a smaller one sold past
+-- it). Every other column is read live.
+CREATE FUNCTION intake.fixed_pool_shape() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.pool_id IS DISTINCT FROM OLD.pool_id OR NEW.inventory IS DISTINCT FROM OLD.inventory THEN
+        RAISE EXCEPTION 'pool % keeps the id and inventory it was created with', OLD.pool_id
+            USING ERRCODE = '55000',
+                  HINT = 'for more (or fewer) items, create another pool with intake.create_pool and pause or drop this one';
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION intake.fixed_pool_shape() FROM PUBLIC;
+CREATE TRIGGER fixed_pool_shape BEFORE UPDATE OF pool_id, inventory ON intake.engine_config
+    FOR EACH ROW EXECUTE FUNCTION intake.fixed_pool_shape();
+
 REVOKE ALL ON intake.engine_config, intake.allocations, intake.released_slots, intake.user_claims, intake.pool_state,
     intake.outcome_log, intake.pool_totals, intake.drain_clock, intake.engine_metrics, intake.transactions FROM PUBLIC;
 -- engine_config names webhook URLs and secrets: only the owner and service_role read it.

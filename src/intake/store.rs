@@ -355,11 +355,14 @@ fn request_outstanding(
         .map(|s| drain::wire_key(pool.as_str(), origin, *s))
         .collect();
     // A statement that writes nothing but takes a new snapshot: an answer recorded since the
-    // drain's statement began counts.
+    // drain's statement began counts. So does a 2xx whose handler failed: the webhook took the
+    // payment, and the intent waits for `flowgate.rerun_handlers` to apply it, instead of going
+    // to the dead-letter queue with the payment taken.
     let t = prepared::exec(
         client,
         "SELECT EXISTS (SELECT FROM flowgate.deliveries WHERE idempotency_key = ANY ($1) AND owner_module = 'intake' \
-                          AND (status = 'in_flight' OR (status = 'pending' AND next_attempt_at <> 'infinity')))",
+                          AND (status = 'in_flight' OR (status = 'pending' AND next_attempt_at <> 'infinity') \
+                               OR (status = 'delivered' AND handler_error IS NOT NULL)))",
         &[keys.into()],
     )?;
     Ok(t.first().get_one::<bool>()?.unwrap_or(false))
@@ -506,6 +509,16 @@ pub fn apply_commit(
     let Some(intent) = lock(client, pool, msg_id)? else {
         return Ok("gone");
     };
+    // A pool with a validation webhook commits only what the webhook validated (a reply for an
+    // intent still queued would sell an unpaid slot).
+    if intent.state() == IntentState::Queued && pools::load_config(client, pool)?.webhook.is_some()
+    {
+        return Err(CoreError::IllegalTransition {
+            state: "queued (not validated)".into(),
+            event: "commit".into(),
+            allowed: vec!["validation (intake.report_validation)".into()],
+        });
+    }
     match drain::after_commit(drain::classify(status), status) {
         Action::Complete => {
             complete(client, pool, &intent)?;
