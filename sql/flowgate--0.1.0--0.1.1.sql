@@ -674,6 +674,8 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION intake.fixed_pool_shape() FROM PUBLIC;
+COMMENT ON FUNCTION intake.fixed_pool_shape() IS
+  'Trigger on intake.engine_config: a pool keeps the id and inventory it was created with (55000); its other settings are read live.';
 CREATE TRIGGER fixed_pool_shape BEFORE UPDATE OF pool_id, inventory ON intake.engine_config
     FOR EACH ROW EXECUTE FUNCTION intake.fixed_pool_shape();
 

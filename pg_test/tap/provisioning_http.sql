@@ -12,7 +12,7 @@
 -- until this file's jobs have settled, back-offs are long (a job waiting to be retried stays
 -- put until pg_temp.due() makes it due), and checks of what a call did before anything is
 -- sent run in the transaction that made the call. The end removes what the file created.
-SELECT plan(60);
+SELECT plan(61);
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 RESET client_min_messages;
@@ -265,6 +265,8 @@ SELECT provisioning.enqueue_client(pg_temp.slug('creds'), 'Creds Tenant') \g /de
 CALL pg_temp.run_jobs() \g /dev/null
 SELECT is((SELECT status || ' ' || attempts || ' ' || last_status_code FROM provisioning.client_provisioning_jobs WHERE client_id = pg_temp.client('creds')),
           'failed 1 401', 'a 401 fails the job at once: no retry');
+SELECT is((SELECT count(*)::int FROM flowgate.secrets WHERE name = 'provisioning.' || pg_temp.slug('creds') || '.db_pass'), 0,
+          'the failed client keeps no named copy of its database password (only its tenant keys do)');
 SELECT is((SELECT provisioning_error FROM provisioning.clients WHERE slug = pg_temp.slug('creds')),
           'create: HTTP 401 is a permanent error (not retried) (Unauthorized)',
           'the client is failed with the reason, saying "not retried" once');

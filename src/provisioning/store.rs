@@ -82,6 +82,16 @@ impl Workflow for JobFlow {
                         &[TEXT, TEXT],
                         &[client_id.as_str().into(), error.into()],
                     )?;
+                    // Nor is the create's copy of the database password kept once the client has
+                    // failed (a named secret any delivery could name; the password stays in its
+                    // tenant keys): a retry's create stores it again.
+                    prepared::run(
+                        client,
+                        "SELECT flowgate.drop_secret('provisioning.' || slug || '.db_pass') \
+                           FROM provisioning.clients WHERE client_id = $1::uuid",
+                        &[TEXT],
+                        &[client_id.as_str().into()],
+                    )?;
                 }
                 Effect::ClientReady => {
                     prepared::run(
