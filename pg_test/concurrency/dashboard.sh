@@ -26,7 +26,8 @@ q "SELECT count(*) || E'\\n' || flowgate.dashboard() FROM intake.engine_metrics 
 samples=$(head -1 "$WORK/both")
 tail -n +2 "$WORK/both" > "$WORK/dashboard.html"
 [ "$samples" -ge 7 ] || fail "only $samples samples"
-points=$(grep -o "id=\"pool-$POOL\".*</svg>" "$WORK/dashboard.html" | grep -o 'data-points="[0-9]*"' | sort | uniq -c | tr -s ' ')
+# (This pool's own chart block: up to its first </svg>, not another pool's after it.)
+points=$(grep -oP "id=\"pool-$POOL\".*?</svg>" "$WORK/dashboard.html" | grep -o 'data-points="[0-9]*"' | sort | uniq -c | tr -s ' ')
 [ "$points" = " 4 data-points=\"$samples\"" ] || fail "the pool's charts: $points (want 4 charts of $samples points)"
 grep -q '&lt;script&gt;alert(1)&lt;/script&gt;' "$WORK/dashboard.html" || fail "the release version was not escaped"
 grep -qi '<script' "$WORK/dashboard.html" && fail "the page carries a script"

@@ -14,7 +14,7 @@
 SELECT plan(99);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['tap_local', 'tap_reject', 'tap_busy', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict', 'tap_gone'] $$;
+    SELECT ARRAY['tap_local', 'tap_reject', 'tap_busy', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict', 'tap_gone', 'tap_hfail'] $$;
 -- Until none of this file's deliveries is in flight or due (the worker may be sending them).
 CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -201,6 +201,7 @@ SELECT is((SELECT coalesce(r ->> 'dead_lettered', '0') || ' ' || (SELECT count(*
 SELECT flowgate.rerun_handlers(ARRAY(SELECT id FROM flowgate.deliveries WHERE owner_id LIKE 'tap_hfail:%')) \g /dev/null
 SELECT is((SELECT validation ->> 'payment' FROM intake.transactions WHERE pool_id = 'tap_hfail'), 'pi_h1',
           'flowgate.rerun_handlers applies the answer: validated and booked');
+SELECT intake.drop_pool('tap_hfail') \g /dev/null
 
 -- ---- A webhook that is down: retried after the visibility timeout, DLQ, replay once it is back --
 SELECT intake.create_pool('tap_down', 3, '{"validation_webhook_url": "http://127.0.0.1:1/refused", "commit_target": "http://127.0.0.1:5597/ok",
