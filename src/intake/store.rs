@@ -329,7 +329,15 @@ pub fn settle(
             complete(client, pool, intent)?;
             Ok("committed")
         }
-        Step::DeadLetter(_) if request_outstanding(client, pool, intent)? => Ok("waiting"),
+        Step::DeadLetter(_) if request_outstanding(client, pool, intent)? => {
+            // A 2xx whose handler failed (the payment taken): its stored answer is applied now,
+            // in a subtransaction, to the intent this read holds; the next read commits it.
+            // While the handler still fails, the intent waits: never dead-lettered paid.
+            if let Some(id) = unhandled_answer(client, pool, intent)? {
+                let _ = subxact::run(|| crate::core::outbox::record::rerun_handler(id));
+            }
+            Ok("waiting")
+        }
         Step::DeadLetter(reason) => {
             let reason = match intent.message.get("last_error").and_then(Value::as_str) {
                 Some(last) => format!("{reason}; last error: {last}"),
@@ -349,11 +357,7 @@ fn request_outstanding(
     pool: &PoolId,
     intent: &Intent,
 ) -> CoreResult<bool> {
-    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
-    let keys: Vec<String> = [Stage::Validate, Stage::Commit]
-        .iter()
-        .map(|s| drain::wire_key(pool.as_str(), origin, *s))
-        .collect();
+    let keys = request_keys(pool, intent);
     // A statement that writes nothing but takes a new snapshot: an answer recorded since the
     // drain's statement began counts. So does a 2xx whose handler failed: the webhook took the
     // payment, and the intent waits for `flowgate.rerun_handlers` to apply it, instead of going
@@ -366,6 +370,35 @@ fn request_outstanding(
         &[keys.into()],
     )?;
     Ok(t.first().get_one::<bool>()?.unwrap_or(false))
+}
+
+/// The idempotency keys of the intent's requests (validation and commit), by the message id it
+/// was first queued under (kept across replays from the DLQ).
+fn request_keys(pool: &PoolId, intent: &Intent) -> Vec<String> {
+    let origin = drain::origin_msg_id(&intent.message, intent.msg_id);
+    [Stage::Validate, Stage::Commit]
+        .iter()
+        .map(|s| drain::wire_key(pool.as_str(), origin, *s))
+        .collect()
+}
+
+/// A delivered request of the intent whose response handler failed, if there is one.
+fn unhandled_answer(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intent: &Intent,
+) -> CoreResult<Option<i64>> {
+    let keys = request_keys(pool, intent);
+    let t = prepared::exec(
+        client,
+        "SELECT id FROM flowgate.deliveries WHERE idempotency_key = ANY ($1) AND owner_module = 'intake' \
+            AND status = 'delivered' AND handler_error IS NOT NULL ORDER BY id LIMIT 1",
+        &[keys.into()],
+    )?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    Ok(t.first().get_one::<i64>()?)
 }
 
 /// What one drain did, for its summary.
