@@ -317,6 +317,17 @@ BEGIN
     IF ops.restore_loading() THEN
         RETURN NEW;
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.environment = OLD.environment AND NEW.release_id = OLD.release_id THEN
+        RETURN NEW;
+    END IF;
+    -- Writers of a release take turns, as ops.ingest_event does, before its statuses are read:
+    -- the statement after the wait reads what the lock's previous holder committed (a revoked
+    -- exception, a failed check), not the snapshot from before it.
+    PERFORM 1 FROM ops.releases r WHERE r.release_id = NEW.release_id FOR NO KEY UPDATE OF r;
+    IF FOUND THEN
+        INSERT INTO ops.release_locks AS l (release_id) VALUES (NEW.release_id)
+            ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
+    END IF;
     verdict := ops.promotion_status(NEW.release_id, NEW.environment);
     IF NOT (verdict->>'eligible')::boolean THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -327,6 +338,11 @@ BEGIN
     RETURN NEW;
 END
 $$;
+-- It also guards a deployment moved to another environment or release, and takes the release's
+-- lock before it reads the statuses, as ingest does.
+DROP TRIGGER promotion_block ON ops.deployments;
+CREATE TRIGGER promotion_block BEFORE INSERT OR UPDATE OF environment, release_id ON ops.deployments
+    FOR EACH ROW EXECUTE FUNCTION ops.check_promotion();
 
 COMMENT ON FUNCTION ops.ingest_applying(uuid) IS
   'Whether ops.ingest_event in this session is applying an event to the release right now, or a restore is loading the table (a COPY by a role row security does not apply to); the gate triggers then leave the release''s evaluation to the ingest, or its stored statuses as the dump has them.';

@@ -235,6 +235,22 @@ grep -q '^passed$' "$dir/a.out" || fail "the build did not pass G1: $(cat "$dir/
 grep -q '^b: accepted$' "$dir/b.out" || fail "a staging deployment sent while the build that made it eligible held the lock: $(cat "$dir/b.out")"
 rm -f "$dir"/a.* "$dir"/b.*
 echo "ok 6 - ops ingest: a staging deployment that waited for the release lock while the build that passed G1 committed was judged on that build (accepted), not on the snapshot taken before its wait"
+
+# ---- 7. a deployment written directly takes the release lock before the promotion check --------
+# The same race with the deployment INSERTed directly (the owner; a persona under its policy
+# alike): the promotion block waits for the release's lock, then judges the statuses the build
+# committed. (It read them before the wait: refused as not eligible here, or, with the facts the
+# other way round, a production deployment of a release a revoked exception had just made
+# ineligible let in.)
+R5=$(q "SELECT gen_random_uuid()")
+q "SELECT $(ev5 create release_created '{"version": "iso-7"}')" >/dev/null
+q "SET request.jwt.claims = '{\"sub\": \"qa-7\", \"role\": \"qa_tester\"}'; SELECT $(ev5 qa gate_signoff '{}')" >/dev/null
+hold_then_send "SELECT $(ev5 build build_complete '{"status": "pass"}') #>> '{detail,gates,G1}';" \
+  "INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('$R5', 'staging', 'iso-7') RETURNING 'b: inserted';"
+grep -q '^passed$' "$dir/a.out" || fail "case 7: the build did not pass G1: $(cat "$dir/a.out")"
+grep -q '^b: inserted$' "$dir/b.out" || fail "a staging deployment inserted while the build that made it eligible held the lock: $(cat "$dir/b.out")"
+rm -f "$dir"/a.* "$dir"/b.*
+echo "ok 7 - ops direct writes: a staging deployment INSERTed while the build that passed G1 held the release lock waited for it and was judged on that build (inserted), not on the snapshot from before"
 echo "ok 5 - ops release lock: an ingest finishing a deployment waits behind a direct edit of its release (whose fact write then takes the lock) and is accepted, no deadlock; a sender that waited while the release was deleted is answered unknown_release and leaves no lock row"
 echo "ok 3 - ops identity: one login with two personas and no JWT is one actor (its exception approved by itself: $decided, refused); a persona's COPY (INSERT ... RETURNING) TO STDOUT is refused by the promotion block like an INSERT"
 

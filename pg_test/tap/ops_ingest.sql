@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(177);
+SELECT plan(179);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -247,6 +247,8 @@ SELECT throws_ok($$INSERT INTO ops.deployments (release_id, environment, deploye
                  '55000', NULL, 'and so is a direct production insert (promotion block trigger)');
 SELECT lives_ok($$INSERT INTO ops.deployments (release_id, environment, deployed_by) VALUES ('a0000000-0000-4000-8000-000000000002', 'dev', 'me')$$,
                 'dev requires no gates');
+SELECT throws_ok($$UPDATE ops.deployments SET environment = 'production' WHERE release_id = 'a0000000-0000-4000-8000-000000000002' AND environment = 'dev'$$,
+                 '55000', NULL, 'nor may a dev deployment be moved to production (the promotion block guards updates too)');
 
 -- A key is its sender's: another caller sending an accepted key gets a 409 that says nothing of
 -- the original, and the original's sender still gets its duplicate.
@@ -298,6 +300,9 @@ SELECT is(ops.ingest_event(pg_temp.ev('r4-rm', 'approval',
               '{"decision": "approved", "evidence": [{"artifact_type": "rollback_plan", "uri": "https://wiki.example/r4/rollback"}]}',
               'a0000000-0000-4000-8000-000000000004')) #>> '{detail,gates,G3}', 'passed', 'setup: R4''s G3 passed (G2 passed too)');
 RESET request.jwt.claims;
+SELECT is((SELECT string_agg(submitted_by, ',') FROM ops.evidence_artifacts
+            WHERE release_id = 'a0000000-0000-4000-8000-000000000004' AND uri = 'https://wiki.example/r4/rollback'),
+          'release_manager (approval)', 'an approval''s evidence names the persona that approved, not who (every persona reads evidence)');
 SELECT is(ops.ingest_event(pg_temp.ev('r4-e2e', 'check_result', '{"gate_code": "G2", "check_name": "e2e", "status": "fail"}',
               'a0000000-0000-4000-8000-000000000004')) -> 'detail' -> 'gates',
           jsonb_build_object('G1', 'passed', 'G2', 'failed', 'G3', ops.evaluate_gate((SELECT gate_id FROM ops.release_gates

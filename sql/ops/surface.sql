@@ -107,7 +107,8 @@ CREATE TRIGGER evidence_release BEFORE INSERT OR UPDATE ON ops.evidence_artifact
     FOR EACH ROW EXECUTE FUNCTION ops.evidence_release();
 
 -- The production promotion block: no staging or production deployment of a release that is
--- not eligible, however the row is written; except by a restore loading the table (a COPY by a
+-- not eligible, however the row is written (inserted, or moved to another environment or
+-- release); except by a restore loading the table (a COPY by a
 -- role row security does not apply to: pg_restore and psql load dumps so), whose deployments
 -- were allowed when they were made and whose facts may not all be loaded yet.
 CREATE FUNCTION ops.check_promotion() RETURNS trigger
@@ -120,6 +121,17 @@ BEGIN
     IF ops.restore_loading() THEN
         RETURN NEW;
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.environment = OLD.environment AND NEW.release_id = OLD.release_id THEN
+        RETURN NEW;
+    END IF;
+    -- Writers of a release take turns, as ops.ingest_event does, before its statuses are read:
+    -- the statement after the wait reads what the lock's previous holder committed (a revoked
+    -- exception, a failed check), not the snapshot from before it.
+    PERFORM 1 FROM ops.releases r WHERE r.release_id = NEW.release_id FOR NO KEY UPDATE OF r;
+    IF FOUND THEN
+        INSERT INTO ops.release_locks AS l (release_id) VALUES (NEW.release_id)
+            ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
+    END IF;
     verdict := ops.promotion_status(NEW.release_id, NEW.environment);
     IF NOT (verdict->>'eligible')::boolean THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -131,7 +143,8 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION ops.check_promotion() FROM PUBLIC;
-CREATE TRIGGER promotion_block BEFORE INSERT ON ops.deployments FOR EACH ROW EXECUTE FUNCTION ops.check_promotion();
+CREATE TRIGGER promotion_block BEFORE INSERT OR UPDATE OF environment, release_id ON ops.deployments
+    FOR EACH ROW EXECUTE FUNCTION ops.check_promotion();
 
 -- Direct writes keep the rules of ops.ingest_event. Personas write some tables directly (the
 -- grants and policies below); everything ingest checks before it writes holds for those rows

@@ -120,6 +120,11 @@ pub(super) fn signoff(
         insert_artifact(client, ctx, r, Some(&g), None, &a, &submitter)?;
     }
     out.attach_gate = Some(b.gate);
+    out.evidence_submitter = Some(format!(
+        "{} ({})",
+        persona.as_str(),
+        env.event_type.as_str()
+    ));
     Ok(())
 }
 

@@ -56,6 +56,10 @@ struct Applied<'a> {
     attach_check: Option<String>,
     /// A check result left for the evaluation to write (`evaluation::refresh_locked`).
     new_check: Option<evaluation::NewCheck<'a>>,
+    /// Who the envelope's extra evidence is recorded as submitted by, when not the caller: a
+    /// decision's evidence names the persona that decided, never the person (every persona
+    /// reads evidence; fewer read ops.approvals, which says who).
+    evidence_submitter: Option<String>,
 }
 
 impl Applied<'_> {
@@ -131,6 +135,10 @@ pub fn apply<'a>(
             let mut ids = Vec::new();
             for a in &env.evidence {
                 let check = out.attach_check.as_deref();
+                let submitter = out
+                    .evidence_submitter
+                    .as_deref()
+                    .unwrap_or(&ctx.caller.actor_id);
                 ids.push(insert_artifact(
                     client,
                     ctx,
@@ -138,7 +146,7 @@ pub fn apply<'a>(
                     g.as_deref(),
                     check,
                     a,
-                    &ctx.caller.actor_id,
+                    submitter,
                 )?);
             }
             out.set("artifact_ids", json!(ids));

@@ -138,8 +138,24 @@ pub(super) fn check_object(field: &str, m: &Option<Map<String, Value>>) -> OpsRe
     Ok(())
 }
 
+/// Longest RFC 3339 time taken: `YYYY-MM-DDTHH:MM:SS.fffffffff+HH:MM`.
+const MAX_TIMESTAMP_CHARS: usize = 35;
+
 pub fn check_timestamp(field: &str, s: &str) -> OpsResult<()> {
     let allowed = "an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z";
+    // chrono skips any number of fraction digits; Postgres refuses a time longer than about 150
+    // characters (22007, quoting it whole, after the envelope was accepted as valid). Nine
+    // digits (nanoseconds) is more than either keeps: `2026-11-30T12:00:00.123456789+15:59`.
+    if s.len() > MAX_TIMESTAMP_CHARS {
+        return Err(OpsError::invalid(
+            field,
+            format!(
+                "{} is longer than an RFC 3339 time ({MAX_TIMESTAMP_CHARS} characters, nine fraction digits)",
+                crate::core::error::quoted_upto(s, 64)
+            ),
+            allowed,
+        ));
+    }
     let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
         OpsError::invalid(
             field,

@@ -144,9 +144,15 @@ fn times_are_ones_postgres_can_store() {
         "2026-01-01T00:00:00-15:59",
         "9999-12-31T23:59:59.999999Z",
         "2026-12-31T23:59:60Z",
+        "2026-11-30T12:00:00.123456789+15:59",
     ] {
         assert!(check_timestamp("occurred_at", ok).is_ok(), "{ok}");
     }
+    // chrono reads any number of fraction digits; Postgres refuses a time over ~150 characters.
+    let long = format!("2026-12-01T00:00:00.{}Z", "1".repeat(200));
+    let e = check_timestamp("expires_at", &long).unwrap_err();
+    assert_eq!(e.http_status(), 400);
+    assert!(e.to_string().len() < 300, "{e}");
     for bad in [
         "0000-06-01T00:00:00Z",
         "2026-06-01T00:00:00+20:00",
