@@ -142,30 +142,24 @@ pub(super) fn check_object(field: &str, m: &Option<Map<String, Value>>) -> OpsRe
 const MAX_TIMESTAMP_CHARS: usize = 35;
 
 pub fn check_timestamp(field: &str, s: &str) -> OpsResult<()> {
-    let allowed = "an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z";
+    // Each refusal quotes the value (cut) and says what is wrong with it.
+    let refused = |problem: String| {
+        OpsError::invalid(
+            field,
+            format!("{} {problem}", crate::core::error::quoted_upto(s, 64)),
+            "an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z",
+        )
+    };
     // chrono skips any number of fraction digits; Postgres refuses a time longer than about 150
     // characters (22007, quoting it whole, after the envelope was accepted as valid). Nine
     // digits (nanoseconds) is more than either keeps: `2026-11-30T12:00:00.123456789+15:59`.
     if s.len() > MAX_TIMESTAMP_CHARS {
-        return Err(OpsError::invalid(
-            field,
-            format!(
-                "{} is longer than an RFC 3339 time ({MAX_TIMESTAMP_CHARS} characters, nine fraction digits)",
-                crate::core::error::quoted_upto(s, 64)
-            ),
-            allowed,
-        ));
+        return Err(refused(format!(
+            "is longer than an RFC 3339 time ({MAX_TIMESTAMP_CHARS} characters, nine fraction digits)"
+        )));
     }
-    let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
-        OpsError::invalid(
-            field,
-            format!(
-                "{} is not an RFC 3339 time ({e})",
-                crate::core::error::quoted_upto(s, 64)
-            ),
-            allowed,
-        )
-    })?;
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .map_err(|e| refused(format!("is not an RFC 3339 time ({e})")))?;
     // RFC 3339 allows what a timestamptz does not: year 0, offsets past ±15:59, and a leap
     // second with a fraction (`:60.5`; chrono holds a leap second as a nanosecond count past
     // one second; `:60` alone Postgres reads as the next minute).
@@ -173,13 +167,9 @@ pub fn check_timestamp(field: &str, s: &str) -> OpsResult<()> {
         || t.offset().local_minus_utc().abs() > MAX_OFFSET_SECONDS
         || t.nanosecond() > 1_000_000_000
     {
-        return Err(OpsError::invalid(
-            field,
-            format!(
-                "{} is out of range (a year from 1, an offset within ±15:59, no fraction of a leap second)",
-                crate::core::error::quoted_upto(s, 64)
-            ),
-            allowed,
+        return Err(refused(
+            "is out of range (a year from 1, an offset within ±15:59, no fraction of a leap second)"
+                .into(),
         ));
     }
     Ok(())
