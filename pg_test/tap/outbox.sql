@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(57);
+SELECT plan(59);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -271,6 +271,11 @@ SET flowgate.tenant_key_passphrase_file = '/tmp/flowgate-tap-no-such-passphrase'
 SELECT alike(pg_temp.err($$SELECT flowgate.set_secret('tap_file_token', 'tap-file-token-0003')$$),
              '0A000:%/tmp/flowgate-tap-no-such-passphrase%', 'so is one the server cannot read, by its path');
 RESET flowgate.tenant_key_passphrase_file;
+-- What an Edge Function reports is bounded before anything is recorded (22023).
+SELECT throws_ok($$SELECT flowgate.record_attempt(1, NULL, NULL, NULL, NULL, 'transport', repeat('x', 9000))$$,
+                 '22023', NULL, 'record_attempt refuses an error text over 8 KiB (22023)');
+SELECT throws_ok($$SELECT flowgate.record_attempt(1, 200, NULL, repeat('x', 1048577), 'text/plain', NULL, NULL)$$,
+                 '22023', NULL, 'and a body over 1 MiB');
 -- Never where every role reads it: pg_db_role_setting (ALTER DATABASE/ROLE ... SET, which
 -- pg_dumpall also writes out) or pg_proc (a function's SET clause).
 SELECT is(pg_temp.err(format('ALTER DATABASE %I SET flowgate.tenant_key_passphrase = %L', current_database(), 'db-level-passphrase-0123456789')),

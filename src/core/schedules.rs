@@ -129,7 +129,11 @@ fn install_schedules() -> Result<
         let mut rows = Vec::new();
         for job in jobs() {
             let mut schedule = store::get_text(job.schedule_setting)?;
-            if !seconds_ok && schedule.trim_end().ends_with("seconds") {
+            let in_seconds = {
+                let s = schedule.trim_end();
+                s.ends_with(" seconds") || s.ends_with(" second")
+            };
+            if !seconds_ok && in_seconds {
                 pgrx::notice!(
                     "{}: pg_cron before 1.5 has no {:?} schedules; running it every minute (the background worker runs it every tick)",
                     job.name,

@@ -153,6 +153,9 @@ fn rerun_handlers(ids: Option<Vec<Option<i64>>>) -> Result<i32, ErrorReport> {
     Ok(ok)
 }
 
+/// Longest header value `record_attempt` takes (`retry_after`, `content_type`, `error_kind`).
+const MAX_HEADER_ARG_BYTES: usize = 1024;
+
 /// Record one attempt of an in-flight delivery sent elsewhere (pg_net, an Edge Function) and
 /// run its owner's handler; returns `delivered`, `retry`, `failed`, `dead`, `skipped` or
 /// `handler_error`. Extension owner only.
@@ -171,15 +174,31 @@ fn record_attempt(
     error_kind: Option<String>,
     error: Option<String>,
 ) -> Result<String, ErrorReport> {
-    let observed = Observed {
-        status_code,
-        retry_after,
-        body,
-        content_type,
-        error_kind,
-        error,
+    let run = || -> crate::core::error::CoreResult<String> {
+        let id = args::required("id", id)?;
+        // What an Edge Function reports is bounded as the native client's own reading is.
+        for (what, text, limit) in [
+            ("body", &body, MAX_BODY_ARG_BYTES),
+            ("error", &error, args::MAX_ERROR_TEXT_BYTES),
+            ("retry_after", &retry_after, MAX_HEADER_ARG_BYTES),
+            ("content_type", &content_type, MAX_HEADER_ARG_BYTES),
+            ("error_kind", &error_kind, MAX_HEADER_ARG_BYTES),
+        ] {
+            if let Some(t) = text {
+                args::check_text_size(what, t, limit)?;
+            }
+        }
+        let observed = Observed {
+            status_code,
+            retry_after,
+            body,
+            content_type,
+            error_kind,
+            error,
+        };
+        Ok(record::record(id, None, &observed.typed())?
+            .as_str()
+            .to_owned())
     };
-    Ok(args::required("id", id)
-        .and_then(|id| record::record(id, None, &observed.typed()))
-        .map(|r| r.as_str().to_owned())?)
+    Ok(run()?)
 }

@@ -40,6 +40,8 @@ pub fn collect() -> CoreResult<Collected> {
     let policy = record::retry_policy()?;
     let lease = settings::get_i64("flowgate.in_flight_lease_seconds")?;
     let mut out = Collected::default();
+    // The flow pauses the recorded answers ask for: applied together at the end, in key order.
+    let mut pauses: Vec<(String, std::time::Duration)> = Vec::new();
     // pg_net's responses, where this role may read them (a role pg_net was closed to finds
     // none: its in-flight pg_net deliveries lapse, and everything else is still collected).
     let has_pg_net = Spi::get_one::<bool>(
@@ -102,8 +104,13 @@ pub fn collect() -> CoreResult<Collected> {
             },
         )?;
         for (id, sensitive, transport_ref, observed) in answered {
-            out.counts
-                .add(record::record_with(id, None, &observed.typed(), &policy)?);
+            out.counts.add(record::record_deferring_pause(
+                id,
+                None,
+                &observed.typed(),
+                &policy,
+                &mut pauses,
+            )?);
             // pg_net keeps responses for hours: a sensitive one (API keys) goes once read.
             if sensitive {
                 Spi::run_with_args(
@@ -208,10 +215,18 @@ pub fn collect() -> CoreResult<Collected> {
             (Gone::PgNetEpoch, _) => &lost,
             (Gone::Restarted, _) => &restarted,
         };
-        out.counts
-            .add(record::record_with(id, None, observed, &policy)?);
+        out.counts.add(record::record_deferring_pause(
+            id,
+            None,
+            observed,
+            &policy,
+            &mut pauses,
+        )?);
         out.expired += 1;
     }
+    let pauses: Vec<(&str, std::time::Duration)> =
+        pauses.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+    record::pause_flows(&pauses)?;
     Ok(out)
 }
 

@@ -255,15 +255,11 @@ fn claim_rows(
         let rows = prepared::exec(
             client,
             "SELECT fs.flow_key, fs.tokens, extract(epoch FROM fs.refilled_at)::float8, \
-                    extract(epoch FROM fs.paused_until)::float8, \
-                    (SELECT count(*) FROM flowgate.deliveries d \
-                      WHERE d.status = 'in_flight' AND d.flow_key = fs.flow_key)::int, \
-                    extract(epoch FROM clock_timestamp())::float8 \
+                    extract(epoch FROM fs.paused_until)::float8 \
                FROM flowgate.flow_state fs WHERE fs.flow_key = ANY ($1) \
               ORDER BY fs.flow_key FOR UPDATE",
             &[keys.clone().into()],
         )?;
-        let mut clock = None;
         for row in rows {
             let key: String = row.get(1)?.unwrap_or_default();
             let bucket = flow::Bucket {
@@ -271,15 +267,27 @@ fn claim_rows(
                 refilled_at: row.get::<f64>(3)?.unwrap_or(0.0),
                 paused_until: row.get::<f64>(4)?,
             };
-            let in_flight = row.get::<i32>(5)?.unwrap_or(0).max(0) as u32;
-            clock = row.get::<f64>(6)?;
-            state.insert(key, (Some(bucket), in_flight));
+            state.insert(key, (Some(bucket), 0));
         }
-        now = match clock {
-            Some(c) => c,
-            None => Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")?
-                .unwrap_or_default(),
-        };
+        // Counted by a later statement than the lock's: its snapshot is taken after the wait,
+        // so it sees the deliveries the lock's previous holder claimed (counted in the locking
+        // statement, whose snapshot predates the wait, they were missed and the cap was taken
+        // twice).
+        let counts = prepared::exec(
+            client,
+            "SELECT d.flow_key, count(*)::int \
+               FROM flowgate.deliveries d WHERE d.status = 'in_flight' AND d.flow_key = ANY ($1) \
+              GROUP BY d.flow_key",
+            &[keys.clone().into()],
+        )?;
+        for row in counts {
+            let key: String = row.get(1)?.unwrap_or_default();
+            if let Some(entry) = state.get_mut(&key) {
+                entry.1 = row.get::<i32>(2)?.unwrap_or(0).max(0) as u32;
+            }
+        }
+        now = Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")?
+            .unwrap_or_default();
     }
     // Allowance per key, decided once; then walk the candidates in due order.
     let mut allowance: std::collections::HashMap<&str, (u32, Option<flow::Bucket>, u32)> =

@@ -84,14 +84,19 @@ pub fn take(bucket: Bucket, n: u32) -> Bucket {
 
 /// Seconds from `now` until the `k`-th (1-based) waiting delivery of a rate-limited key may
 /// go: how a runner spaces out the ones it could not take, so they do not fill every claim.
+/// At most a day: a tiny `per_second` (a 0.1.0 setting allowed any rate above 0) would put the
+/// wait past what a timestamp holds, and every claim would fail on it.
 pub fn wait_for(limit: &Limit, bucket: &Bucket, k: u32, now: f64) -> f64 {
     let paused = bucket.paused_until.map_or(0.0, |u| (u - now).max(0.0));
     let rated = match limit.per_second {
         Some(rate) if rate > 0.0 => ((f64::from(k) - bucket.tokens).max(0.0)) / rate,
         _ => 0.0,
     };
-    paused.max(rated)
+    paused.max(rated).min(MAX_WAIT_SECONDS)
 }
+
+/// Longest a claim defers a rate-limited delivery in one go.
+const MAX_WAIT_SECONDS: f64 = 86_400.0;
 
 /// The limits configured for `key`: an exact entry, else the longest matching `prefix*`.
 pub fn limit_for(limits: &[(String, Limit)], key: &str) -> Option<Limit> {
@@ -193,6 +198,21 @@ pub fn host_key(url: &str) -> String {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+
+    #[test]
+    fn a_tiny_rate_defers_at_most_a_day() {
+        let l = Limit {
+            max_in_flight: None,
+            per_second: Some(1e-13),
+            burst: 1.0,
+        };
+        let b = Bucket {
+            tokens: 0.0,
+            refilled_at: 0.0,
+            paused_until: None,
+        };
+        assert_eq!(wait_for(&l, &b, 2, 0.0), MAX_WAIT_SECONDS);
+    }
     use proptest::prelude::*;
     use serde_json::json;
 

@@ -44,7 +44,7 @@ pub struct Observed {
 impl Observed {
     /// The typed observation: a status outside 100..=599 is a transport error.
     pub fn typed(&self) -> Observation {
-        let detail = || self.error.clone().unwrap_or_default();
+        let detail = || crate::core::error::bounded(self.error.clone().unwrap_or_default());
         let attempt = match self.error_kind.as_deref() {
             None => match self.status_code {
                 Some(s) if (100..=599).contains(&s) => Ok(Attempt::Response {
@@ -62,7 +62,11 @@ impl Observed {
         };
         Observation {
             attempt,
-            body: self.body.clone(),
+            // Stored as the native client stores a response: at most MAX_STORED_BODY bytes.
+            body: self
+                .body
+                .as_deref()
+                .map(|b| super::native::stored_text(b.as_bytes())),
             content_type: self.content_type.clone(),
         }
     }
@@ -209,11 +213,29 @@ pub fn record_with(
     observed: &Observation,
     policy: &RetryPolicy,
 ) -> CoreResult<Recorded> {
+    let mut pauses = Vec::new();
+    let recorded = record_deferring_pause(id, lease, observed, policy, &mut pauses)?;
+    let pauses: Vec<(&str, Duration)> = pauses.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+    pause_flows(&pauses)?;
+    Ok(recorded)
+}
+
+/// [`record_with`], leaving the flow pause its answer asks for in `pauses` for the caller to
+/// apply with the others of its transaction, at once and in key order ([`pause_flows`]): a
+/// caller recording many answers (`collect`) that paused each as it went would lock flow keys
+/// in delivery order, against claims that lock them in key order, and hold each until it ends.
+pub fn record_deferring_pause(
+    id: i64,
+    lease: Option<Lease>,
+    observed: &Observation,
+    policy: &RetryPolicy,
+    pauses: &mut Vec<(String, Duration)>,
+) -> CoreResult<Recorded> {
     let Some(row) = Spi::connect_mut(|client| lock_in_flight(client, id, lease))? else {
         return Ok(Recorded::Skipped);
     };
     if let Some(d) = pause_of(observed, policy) {
-        pause_flows(&[(row.flow_key.as_str(), d)])?;
+        pauses.push((row.flow_key.clone(), d));
     }
     let item = Batched {
         id,
