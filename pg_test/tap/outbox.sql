@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(59);
+SELECT plan(60);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -271,6 +271,14 @@ SET flowgate.tenant_key_passphrase_file = '/tmp/flowgate-tap-no-such-passphrase'
 SELECT alike(pg_temp.err($$SELECT flowgate.set_secret('tap_file_token', 'tap-file-token-0003')$$),
              '0A000:%/tmp/flowgate-tap-no-such-passphrase%', 'so is one the server cannot read, by its path');
 RESET flowgate.tenant_key_passphrase_file;
+-- A delivery the HTTP client cannot build a request from (a host that is not ASCII) fails at
+-- its first attempt: sending it again could not go otherwise.
+INSERT INTO flowgate.deliveries (owner_module, owner_id, url, idempotency_key, max_attempts)
+VALUES ('tap_outbox', 'r-idn', 'https://bücher.example/x', :'run' || '-idn', 5);
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'run' || '-idn') \g /dev/null
+SELECT alike((SELECT status || ' ' || attempts || ' ' || last_error FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-idn'),
+             'failed 1 the request cannot be sent: %(not retried)', 'a request the client cannot build is failed at once, not retried');
 -- What an Edge Function reports is bounded before anything is recorded (22023).
 SELECT throws_ok($$SELECT flowgate.record_attempt(1, NULL, NULL, NULL, NULL, 'transport', repeat('x', 9000))$$,
                  '22023', NULL, 'record_attempt refuses an error text over 8 KiB (22023)');

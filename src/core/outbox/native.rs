@@ -144,7 +144,7 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
     }
     let request = match builder.body(req.body.clone().unwrap_or_default()) {
         Ok(r) => r,
-        Err(e) => return failed(Attempt::Transport(format!("invalid request: {e}"))),
+        Err(e) => return failed(Attempt::Invalid(format!("invalid request: {e}"))),
     };
     let request = agent
         .configure_request(request)

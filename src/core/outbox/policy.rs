@@ -19,6 +19,9 @@ pub enum Attempt {
     Connect(String),
     /// Anything else that prevented a response; retried like a connection error.
     Transport(String),
+    /// The request could not be built from the delivery (a URL or header value the HTTP client
+    /// refuses): sending it again cannot go otherwise, so it is not retried.
+    Invalid(String),
 }
 
 /// Retry tuning, from settings.
@@ -115,6 +118,11 @@ pub fn decide(
         Attempt::Timeout => ("timed out".to_string(), None),
         Attempt::Connect(e) => (format!("connection failed: {e}"), None),
         Attempt::Transport(e) => (format!("transport error: {e}"), None),
+        Attempt::Invalid(e) => {
+            return Verdict::Failed {
+                reason: format!("the request cannot be sent: {e} (not retried)"),
+            }
+        }
     };
     if attempt >= max_attempts {
         return Verdict::Dead {
@@ -135,6 +143,19 @@ mod unit_tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_built_is_not_retried() {
+        let v = decide(
+            1,
+            5,
+            &Attempt::Invalid("invalid uri character".into()),
+            &RetryPolicy::default(),
+            0.5,
+            at(0),
+        );
+        assert!(matches!(v, Verdict::Failed { reason } if reason.contains("not retried")));
     }
 
     fn resp(status: u16) -> Attempt {
