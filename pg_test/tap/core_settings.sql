@@ -1,6 +1,6 @@
 -- flowgate.settings: documented keys, validated values, owner-only writes.
 BEGIN;
-SELECT plan(29);
+SELECT plan(30);
 
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
@@ -31,6 +31,8 @@ SELECT throws_ok($$SELECT flowgate.set_setting('capacity.slack_token_secret', '"
     'and a *_secret setting a secret''s name');
 SELECT throws_ok($$SELECT flowgate.set_setting('flowgate.nope', '1')$$, '22023', NULL, 'an unknown key raises 22023');
 SELECT throws_ok($$SELECT flowgate.get_setting('flowgate.nope')$$, '22023', NULL, 'reading an unknown key raises 22023');
+SELECT throws_ok($$INSERT INTO flowgate.settings (key, value) VALUES ('capacity.slack_api_url', '"https://bot:hunter2@slack.example/api"')$$, '22023', NULL,
+                 'a direct write holds to set_setting''s rules too: a URL with credentials is refused (22023)');
 SELECT throws_ok($$INSERT INTO flowgate.settings (key, value) VALUES ('flowgate.trusted_roles', '[1]')$$, '22023', NULL,
     'the trigger validates direct writes too');
 SELECT is((SELECT count(*) FROM flowgate.settings), (SELECT n FROM before_count), 'rejected writes stored nothing');
