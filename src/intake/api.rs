@@ -15,7 +15,9 @@ mod intake {
     };
     use crate::core::error::{CoreError, CoreResult};
     use crate::intake::pool::PoolId;
-    use crate::intake::{book, claim, drain, ledger, metrics, pools, recovery, requests, store};
+    use crate::intake::{
+        book, claim, drain, ledger, metrics, pools, recovery, replies, requests, store,
+    };
 
     const CONFIG_KEYS: &[&str] = &[
         "batch_size",
@@ -418,11 +420,11 @@ mod intake {
             let r = args::optional(response, "response", MAX_RESPONSE_ARG_BYTES)?;
             Spi::connect_mut(|client| {
                 pools::held(client, &pool)?;
-                store::apply_validation(
+                replies::apply_validation(
                     client,
                     &pool,
                     msg_id,
-                    &store::HttpReply {
+                    &replies::HttpReply {
                         status: status_code,
                         response: r.as_ref(),
                         text: "",
@@ -458,7 +460,7 @@ mod intake {
             }
             Spi::connect_mut(|client| {
                 pools::held(client, &pool)?;
-                store::apply_commit(client, &pool, msg_id, status_code, error).map(str::to_owned)
+                replies::apply_commit(client, &pool, msg_id, status_code, error).map(str::to_owned)
             })
         };
         Ok(run()?)

@@ -10,13 +10,14 @@
 use std::collections::BTreeMap;
 
 use pgrx::spi::SpiClient;
+use serde_json::Value;
 
 use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::handlers::{BatchHandler, Handler, HandlerCall};
 use crate::core::outbox::store as outbox;
 use crate::intake::drain::{self, Action, IntentState, Stage};
 use crate::intake::pool::PoolId;
-use crate::intake::store::{self, HttpReply};
+use crate::intake::store;
 use crate::intake::{pools, requests};
 
 /// The outbox response handlers of the drain.
@@ -57,7 +58,7 @@ fn on_validation(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResu
     if !pools::hold(client, &pool)? {
         return Ok(()); // dropped while the request was out (held to the end otherwise)
     }
-    if store::apply_validation(client, &pool, msg_id, &reply(call), true)? == "retry_later" {
+    if apply_validation(client, &pool, msg_id, &reply(call), true)? == "retry_later" {
         // Not dead: the intent's next read sends it again.
         outbox::park(client, call.delivery_id)?;
     }
@@ -69,9 +70,7 @@ fn on_commit(client: &mut SpiClient<'_>, call: &HandlerCall<'_>) -> CoreResult<(
     if !pools::hold(client, &pool)? {
         return Ok(());
     }
-    if store::apply_commit(client, &pool, msg_id, call.status_code, call.last_error)?
-        == "retry_later"
-    {
+    if apply_commit(client, &pool, msg_id, call.status_code, call.last_error)? == "retry_later" {
         outbox::park(client, call.delivery_id)?;
     }
     Ok(())
@@ -115,7 +114,7 @@ fn on_validations(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> Core
             {
                 records.push((msg_id, drain::validation_record(r.response, r.text)));
                 validated.push(intent);
-            } else if store::apply_validation(client, &pool, msg_id, &r, true)? == "retry_later" {
+            } else if apply_validation(client, &pool, msg_id, &r, true)? == "retry_later" {
                 outbox::park(client, call.delivery_id)?;
             }
         }
@@ -155,7 +154,7 @@ fn on_commits(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> CoreResu
                 == Action::Complete
             {
                 done.push(intent);
-            } else if store::apply_commit(client, &pool, msg_id, call.status_code, call.last_error)?
+            } else if apply_commit(client, &pool, msg_id, call.status_code, call.last_error)?
                 == "retry_later"
             {
                 outbox::park(client, call.delivery_id)?;
@@ -164,4 +163,110 @@ fn on_commits(client: &mut SpiClient<'_>, calls: &[HandlerCall<'_>]) -> CoreResu
         store::complete_many(client, &pool, &done)?;
     }
     Ok(())
+}
+
+/// What came back from an HTTP call (or did not: status None).
+#[derive(Debug, Default)]
+pub struct HttpReply<'a> {
+    pub status: Option<i32>,
+    pub response: Option<&'a Value>,
+    pub text: &'a str,
+    pub error: Option<&'a str>,
+}
+
+/// Apply a validation reply to an intent (outbox handler and `intake.report_validation`).
+/// `enqueue_commit`: start the commit delivery now (the drain's own path); an external worker
+/// commits by itself. Returns what happened.
+pub fn apply_validation(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    msg_id: i64,
+    reply: &HttpReply<'_>,
+    enqueue_commit: bool,
+) -> CoreResult<&'static str> {
+    let Some(mut intent) = store::lock(client, pool, msg_id)? else {
+        return Ok("gone");
+    };
+    if intent.state() != IntentState::Queued {
+        return Ok("already_validated");
+    }
+    match drain::after_validation(drain::classify_validation(reply.status)) {
+        Action::MarkValidated => {
+            store::mark_validated(
+                client,
+                pool,
+                &mut intent,
+                drain::validation_record(reply.response, reply.text),
+            )?;
+            let cfg = pools::load_config(client, pool)?;
+            if cfg.commit_target.is_none() {
+                return store::commit_locally(client, pool, &intent);
+            }
+            if enqueue_commit {
+                outbox::rearm(
+                    client,
+                    &requests::delivery(&cfg, pool, &intent, Stage::Commit)?,
+                )?;
+            }
+            Ok("validated")
+        }
+        Action::Release => {
+            store::release(client, pool, &intent)?;
+            Ok("released")
+        }
+        _ => {
+            store::note_error(
+                client,
+                pool,
+                &intent,
+                &reply_error("validation", reply.status, reply.error),
+            )?;
+            Ok("retry_later")
+        }
+    }
+}
+
+/// Apply a ledger reply (outbox handler and `intake.report_commit`).
+pub fn apply_commit(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    msg_id: i64,
+    status: Option<i32>,
+    error: Option<&str>,
+) -> CoreResult<&'static str> {
+    let Some(intent) = store::lock(client, pool, msg_id)? else {
+        return Ok("gone");
+    };
+    // A pool with a validation webhook commits only what the webhook validated (a reply for an
+    // intent still queued would sell an unpaid slot).
+    if intent.state() == IntentState::Queued && pools::load_config(client, pool)?.webhook.is_some()
+    {
+        return Err(CoreError::IllegalTransition {
+            state: "queued (not validated)".into(),
+            event: "commit".into(),
+            allowed: vec!["validation (intake.report_validation)".into()],
+        });
+    }
+    match drain::after_commit(drain::classify(status), status) {
+        Action::Complete => {
+            store::complete(client, pool, &intent)?;
+            Ok("committed")
+        }
+        Action::DeadLetter(reason) => {
+            store::dead_letter(client, pool, &intent, &reason)?;
+            Ok("dead_lettered")
+        }
+        _ => {
+            store::note_error(client, pool, &intent, &reply_error("commit", status, error))?;
+            Ok("retry_later")
+        }
+    }
+}
+
+fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String {
+    match (status, error) {
+        (Some(s), _) => format!("{stage}: HTTP {s}"),
+        (None, Some(e)) => format!("{stage}: {e}"),
+        (None, None) => format!("{stage}: no response"),
+    }
 }

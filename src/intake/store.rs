@@ -14,7 +14,7 @@ use crate::core::error::{CoreError, CoreResult};
 use crate::core::outbox::store::{self as outbox, Rearmed};
 use crate::core::prepared;
 use crate::core::subxact;
-use crate::intake::drain::{self, Action, IntentState, Stage, Step};
+use crate::intake::drain::{self, IntentState, Stage, Step};
 use crate::intake::ledger;
 use crate::intake::pool::PoolId;
 use crate::intake::pools::{self, Config};
@@ -98,7 +98,7 @@ fn slot_of(message: &Value) -> Option<i32> {
 }
 
 /// Validation passed: remember it (and what the webhook said) on the intent.
-fn mark_validated(
+pub(super) fn mark_validated(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
     intent: &mut Intent,
@@ -115,7 +115,11 @@ fn mark_validated(
 
 /// Validation refused: the resource returns to the pool, the user's claim is given back and the
 /// intent is deleted.
-fn release(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<()> {
+pub(super) fn release(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intent: &Intent,
+) -> CoreResult<()> {
     if let Some(slot) = slot_of(&intent.message) {
         let freed = prepared::exec(client, "UPDATE intake.allocations SET status = 'available', locked_by = NULL, locked_at = NULL, msg_id = NULL \
               WHERE pool_id = $1 AND slot = $2 AND status = 'locked' RETURNING 1", &[pool.as_str().into(), slot.into()],
@@ -139,7 +143,11 @@ fn release(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreRe
 
 /// The ledger has the intent: the resource is consumed, the intent archived (the archive stays
 /// part of the logged record `recover_pool` reads).
-fn complete(client: &mut SpiClient<'_>, pool: &PoolId, intent: &Intent) -> CoreResult<()> {
+pub(super) fn complete(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+    intent: &Intent,
+) -> CoreResult<()> {
     complete_many(client, pool, std::slice::from_ref(intent))
 }
 
@@ -242,7 +250,7 @@ pub fn complete_many(
 
 /// Park the intent in the dead-letter queue with the reason; its resource stays locked (never
 /// sold twice, never lost) until an operator replays it.
-fn dead_letter(
+pub(super) fn dead_letter(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
     intent: &Intent,
@@ -270,7 +278,7 @@ fn dead_letter(
     log_outcome(client, pool, "dead_lettered", 1)
 }
 
-fn note_error(
+pub(super) fn note_error(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
     intent: &Intent,
@@ -334,7 +342,7 @@ pub fn settle(
             // in a subtransaction, to the intent this read holds; the next read commits it.
             // While the handler still fails, the intent waits: never dead-lettered paid.
             if let Some(id) = unhandled_answer(client, pool, intent)? {
-                let _ = subxact::run(|| crate::core::outbox::record::rerun_handler(id));
+                let _ = subxact::run(|| crate::core::outbox::handler_runs::rerun_handler(id));
             }
             Ok("waiting")
         }
@@ -462,118 +470,12 @@ pub fn start(
             // holds. A validated intent then commits on its next read, instead of being read
             // until it is dead-lettered with its payment taken.
             Rearmed::Unhandled(id) => {
-                let _ = subxact::run(|| crate::core::outbox::record::rerun_handler(id));
+                let _ = subxact::run(|| crate::core::outbox::handler_runs::rerun_handler(id));
                 out.waiting += 1;
             }
         }
     }
     Ok(out)
-}
-
-/// What came back from an HTTP call (or did not: status None).
-#[derive(Debug, Default)]
-pub struct HttpReply<'a> {
-    pub status: Option<i32>,
-    pub response: Option<&'a Value>,
-    pub text: &'a str,
-    pub error: Option<&'a str>,
-}
-
-/// Apply a validation reply to an intent (outbox handler and `intake.report_validation`).
-/// `enqueue_commit`: start the commit delivery now (the drain's own path); an external worker
-/// commits by itself. Returns what happened.
-pub fn apply_validation(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    msg_id: i64,
-    reply: &HttpReply<'_>,
-    enqueue_commit: bool,
-) -> CoreResult<&'static str> {
-    let Some(mut intent) = lock(client, pool, msg_id)? else {
-        return Ok("gone");
-    };
-    if intent.state() != IntentState::Queued {
-        return Ok("already_validated");
-    }
-    match drain::after_validation(drain::classify_validation(reply.status)) {
-        Action::MarkValidated => {
-            mark_validated(
-                client,
-                pool,
-                &mut intent,
-                drain::validation_record(reply.response, reply.text),
-            )?;
-            let cfg = pools::load_config(client, pool)?;
-            if cfg.commit_target.is_none() {
-                return commit_locally(client, pool, &intent);
-            }
-            if enqueue_commit {
-                outbox::rearm(
-                    client,
-                    &requests::delivery(&cfg, pool, &intent, Stage::Commit)?,
-                )?;
-            }
-            Ok("validated")
-        }
-        Action::Release => {
-            release(client, pool, &intent)?;
-            Ok("released")
-        }
-        _ => {
-            note_error(
-                client,
-                pool,
-                &intent,
-                &reply_error("validation", reply.status, reply.error),
-            )?;
-            Ok("retry_later")
-        }
-    }
-}
-
-/// Apply a ledger reply (outbox handler and `intake.report_commit`).
-pub fn apply_commit(
-    client: &mut SpiClient<'_>,
-    pool: &PoolId,
-    msg_id: i64,
-    status: Option<i32>,
-    error: Option<&str>,
-) -> CoreResult<&'static str> {
-    let Some(intent) = lock(client, pool, msg_id)? else {
-        return Ok("gone");
-    };
-    // A pool with a validation webhook commits only what the webhook validated (a reply for an
-    // intent still queued would sell an unpaid slot).
-    if intent.state() == IntentState::Queued && pools::load_config(client, pool)?.webhook.is_some()
-    {
-        return Err(CoreError::IllegalTransition {
-            state: "queued (not validated)".into(),
-            event: "commit".into(),
-            allowed: vec!["validation (intake.report_validation)".into()],
-        });
-    }
-    match drain::after_commit(drain::classify(status), status) {
-        Action::Complete => {
-            complete(client, pool, &intent)?;
-            Ok("committed")
-        }
-        Action::DeadLetter(reason) => {
-            dead_letter(client, pool, &intent, &reason)?;
-            Ok("dead_lettered")
-        }
-        _ => {
-            note_error(client, pool, &intent, &reply_error("commit", status, error))?;
-            Ok("retry_later")
-        }
-    }
-}
-
-fn reply_error(stage: &str, status: Option<i32>, error: Option<&str>) -> String {
-    match (status, error) {
-        (Some(s), _) => format!("{stage}: HTTP {s}"),
-        (None, Some(e)) => format!("{stage}: {e}"),
-        (None, None) => format!("{stage}: no response"),
-    }
 }
 
 /// One drain of a pool (`intake.drain`): start the next step of up to a batch of intents and say

@@ -146,7 +146,7 @@ fn rerun_handlers(ids: Option<Vec<Option<i64>>>) -> Result<i32, ErrorReport> {
     for id in ids.into_iter().flatten() {
         // Each in its own subtransaction: one that fails again keeps its handler_error and
         // is not counted; the others go on.
-        if let Ok(Ok(true)) = crate::core::subxact::run(|| record::rerun_handler(id)) {
+        if let Ok(Ok(true)) = crate::core::subxact::run(|| super::handler_runs::rerun_handler(id)) {
             ok += 1;
         }
     }

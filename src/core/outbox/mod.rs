@@ -12,6 +12,7 @@ pub mod collect;
 pub mod delivery;
 pub mod engine;
 pub mod flow;
+pub mod handler_runs;
 pub mod handlers;
 pub mod native;
 pub mod policy;

@@ -173,7 +173,7 @@ pub enum Rearmed {
     /// Already delivered.
     Delivered(i64),
     /// Delivered, but its handler failed (a lock it waited for, a timeout): its owner id is
-    /// now this call's, so [`super::record::rerun_handler`] applies the stored response to what
+    /// now this call's, so [`super::handler_runs::rerun_handler`] applies the stored response to what
     /// the owner has now (intake: the intent's message id after a replay from the DLQ).
     Unhandled(i64),
 }
