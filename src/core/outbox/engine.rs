@@ -65,6 +65,8 @@ impl Counts {
 pub struct Leased {
     /// The claim it was taken under.
     pub lease: record::Lease,
+    /// Its answer holds secrets (tenant API keys): never bound to a statement.
+    pub sensitive: bool,
     pub max_attempts: i32,
     pub flow_key: String,
     pub request: native::Request,
@@ -74,6 +76,7 @@ pub struct Leased {
 struct Lease {
     id: i64,
     lease: record::Lease,
+    sensitive: bool,
     max_attempts: i32,
     flow_key: String,
 }
@@ -97,6 +100,7 @@ pub struct Claimed {
 pub struct Sent {
     pub id: i64,
     pub lease: record::Lease,
+    pub sensitive: bool,
     pub max_attempts: i32,
     pub flow_key: String,
     pub observation: Observation,
@@ -148,6 +152,7 @@ pub fn claim(max: i64) -> CoreResult<Claimed> {
                 let l = lease_of(request.id)?;
                 let leased = Leased {
                     lease: l.lease,
+                    sensitive: l.sensitive,
                     max_attempts: l.max_attempts,
                     flow_key: l.flow_key.clone(),
                     request,
@@ -360,7 +365,7 @@ fn claim_rows(
                 SET status = 'in_flight', attempts = d.attempts + 1, claimed_at = clock_timestamp(), \
                     transport = $2, transport_ref = NULL{set_epoch}, updated_at = clock_timestamp() \
               WHERE d.id = ANY ($1) \
-             RETURNING d.id, d.attempts, d.max_attempts, d.flow_key, d.claimed_at"
+             RETURNING d.id, d.attempts, d.max_attempts, d.flow_key, d.claimed_at, d.sensitive"
         ),
         &args,
     )?;
@@ -380,6 +385,7 @@ fn claim_rows(
             },
             max_attempts: row.get::<i32>(3)?.unwrap_or(1),
             flow_key: row.get::<String>(4)?.unwrap_or_default(),
+            sensitive: row.get::<bool>(6)?.unwrap_or(false),
         });
     }
     Ok(out)
@@ -392,16 +398,17 @@ pub fn send(batch: Vec<Leased>, concurrency: usize, stop: &dyn Fn() -> bool) -> 
     let mut leases = Vec::with_capacity(batch.len());
     for l in batch {
         requests.push(l.request);
-        leases.push((l.lease, l.max_attempts, l.flow_key));
+        leases.push((l.lease, l.sensitive, l.max_attempts, l.flow_key));
     }
     native::send_batch(&requests, concurrency, stop)
         .into_iter()
         .zip(leases)
-        .map(|(r, (lease, max_attempts, flow_key))| {
+        .map(|(r, (lease, sensitive, max_attempts, flow_key))| {
             let answered = r.status().is_some();
             Sent {
                 id: r.id,
                 lease,
+                sensitive,
                 max_attempts,
                 flow_key,
                 started: r.started,
@@ -455,6 +462,7 @@ pub fn record(sent: &[Sent]) -> CoreResult<Counts> {
         .map(|s| record::Batched {
             id: s.id,
             lease: s.lease,
+            sensitive: s.sensitive,
             max_attempts: s.max_attempts,
             observed: &s.observation,
         })

@@ -13,23 +13,17 @@ use crate::core::error::{CoreError, CoreResult, SqlError};
 use crate::core::prepared;
 use crate::core::subxact;
 
-/// Of the deliveries `ids`, those that are sensitive (their answers hold secrets: tenant API
-/// keys). Their response bodies are handed to their handlers only, never bound to a statement:
-/// a statement's parameters can be logged (pgaudit's `log_parameter`), and the column would
-/// drop them anyway.
-pub(super) fn sensitive_among(ids: &[i64]) -> CoreResult<std::collections::HashSet<i64>> {
-    let found = Spi::get_one_with_args::<Vec<i64>>(
-        "SELECT coalesce(array_agg(id), '{}') FROM flowgate.deliveries WHERE id = ANY ($1) AND sensitive",
-        &[ids.to_vec().into()],
-    )?;
-    Ok(found.unwrap_or_default().into_iter().collect())
-}
-
-/// The response body a statement may store for delivery `id`: none for a sensitive one.
+/// The response body a statement may store for delivery `id`: none for a sensitive one (its
+/// answer holds secrets, tenant API keys; a statement's parameters can be logged: pgaudit's
+/// `log_parameter`). A handler's failure is rare: looked up here, not carried.
 fn storable_body(id: i64, observed: &Observation) -> CoreResult<Option<String>> {
-    Ok(match sensitive_among(&[id])?.is_empty() {
-        true => observed.body.clone(),
-        false => None,
+    let sensitive = Spi::get_one_with_args::<bool>(
+        "SELECT sensitive FROM flowgate.deliveries WHERE id = $1",
+        &[id.into()],
+    )?;
+    Ok(match sensitive {
+        Some(false) => observed.body.clone(),
+        _ => None,
     })
 }
 

@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 
-use super::handler_runs::{run_handler, sensitive_among};
+use super::handler_runs::run_handler;
 use super::handlers::{self, HandlerCall, Outcome};
 use super::policy::{self, Attempt, RetryPolicy, Verdict};
 use crate::core::error::{CoreError, CoreResult};
@@ -151,6 +151,7 @@ pub struct Lease {
 /// The row an attempt is recorded on, locked.
 struct InFlight {
     lease: Lease,
+    sensitive: bool,
     max_attempts: i32,
     flow_key: String,
 }
@@ -166,7 +167,7 @@ fn lock_in_flight(
     let rows = prepared::exec(
         client,
         "SELECT attempts, max_attempts, status = 'in_flight' AND ($2::int IS NULL OR (attempts = $2 AND claimed_at = $3)), \
-                flow_key, claimed_at \
+                flow_key, claimed_at, sensitive \
            FROM flowgate.deliveries WHERE id = $1 FOR UPDATE",
         &[
             id.into(),
@@ -191,6 +192,7 @@ fn lock_in_flight(
             attempt: first.get(1)?.unwrap_or(0),
             claimed_at,
         },
+        sensitive: first.get(6)?.unwrap_or(false),
         max_attempts: first.get(2)?.unwrap_or(1),
         flow_key: first.get(4)?.unwrap_or_default(),
     }))
@@ -240,6 +242,7 @@ pub fn record_deferring_pause(
     let item = Batched {
         id,
         lease: row.lease,
+        sensitive: row.sensitive,
         max_attempts: row.max_attempts,
         observed,
     };
@@ -337,6 +340,9 @@ pub struct Batched<'a> {
     pub id: i64,
     /// The claim it was sent under.
     pub lease: Lease,
+    /// Its answer holds secrets: handed to its handler only, never bound to a statement (a
+    /// statement's parameters can be logged: pgaudit's `log_parameter`).
+    pub sensitive: bool,
     pub max_attempts: i32,
     pub observed: &'a Observation,
 }
@@ -360,10 +366,9 @@ pub fn record_batch(items: &[Batched<'_>], policy: &RetryPolicy) -> CoreResult<V
     let delays: Vec<i64> = decided.iter().map(|d| d.delay_ms).collect();
     let codes: Vec<Option<i32>> = items.iter().map(|u| u.observed.status_code()).collect();
     let errors: Vec<Option<String>> = decided.iter().map(|d| d.last_error.clone()).collect();
-    let sensitive = sensitive_among(&ids)?;
     let bodies: Vec<Option<String>> = items
         .iter()
-        .map(|u| match sensitive.contains(&u.id) {
+        .map(|u| match u.sensitive {
             true => None,
             false => u.observed.body.clone(),
         })
