@@ -379,6 +379,12 @@ COMMENT ON TABLE ops.exceptions IS
   'Gate bypasses. A gate counts as bypassed only while its exception is approved and expires_at is in the future '
   '(every exception expires: expires_at is required, at most 90 days after the request). The requester cannot decide their own exception. '
   'A revoked exception keeps its approval (decided_by, decided_at, decision_comment) beside its revocation (revoked_by, revoked_at, revoke_comment).';
+-- A report through ops.ingest_event that repeats its check's latest result adds no check row
+-- (from 0.1.1): the table holds results as they change.
+COMMENT ON TABLE ops.gate_checks IS
+  'Check results as they change; the latest per (gate, check_name) counts. A report through ops.ingest_event that '
+  'repeats its check''s latest result (same status and required flag, no evidence) adds no row: its accepted row in '
+  'ops.event_ingest_log is the report, and its answer names the row that holds the result.';
 CREATE OR REPLACE FUNCTION ops.stamp_transition() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp

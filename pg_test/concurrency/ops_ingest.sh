@@ -71,8 +71,22 @@ orphans=$(q "SELECT count(*) FROM ops.event_ingest_log d LEFT JOIN ops.event_ing
               WHERE d.idempotency_key LIKE 'conc/github_actions/%' AND d.processing_status = 'duplicate'
                 AND (a.idempotency_key IS DISTINCT FROM d.idempotency_key OR a.processing_status <> 'accepted')")
 [ "$orphans" -eq 0 ] || fail "$orphans duplicates do not point at their key's accepted row"
-applied=$(q "SELECT count(*) FROM ops.gate_checks WHERE run_id::int BETWEEN 1 AND 700 AND release_id::text LIKE 'c0c0c0c0-%'")
-[ "$applied" -eq 700 ] || fail "$applied check rows for 700 accepted events"
+# Every accepted event's answer names the check row that holds its result; a row was written
+# exactly for the events that did not repeat their check's latest result, and so no check has
+# two rows in a row with the same status.
+unheld=$(q "SELECT count(*) FROM ops.event_ingest_log l LEFT JOIN ops.gate_checks c ON c.check_id = (l.result #>> '{detail,check_id}')::uuid
+             WHERE l.idempotency_key LIKE 'conc/github_actions/%' AND l.processing_status = 'accepted'
+               AND (c.check_id IS NULL OR c.release_id <> l.release_id OR c.check_name <> l.envelope ->> 'check_name'
+                    OR c.status <> l.envelope ->> 'status')")
+[ "$unheld" -eq 0 ] || fail "$unheld accepted events name no check row that holds their result"
+read -r rows written <<<"$(q "SELECT (SELECT count(*) FROM ops.gate_checks WHERE run_id::int BETWEEN 1 AND 700 AND release_id::text LIKE 'c0c0c0c0-%'),
+                                     count(*) FILTER (WHERE result #> '{detail,repeated}' IS NULL)
+                                FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/github_actions/%' AND processing_status = 'accepted'" | tr '|' ' ')"
+[ "$rows" -eq "$written" ] || fail "$rows check rows for $written accepted events that were not repeats"
+[ "$rows" -lt 700 ] || fail "every one of 700 events wrote a check row: no repeat was recognised"
+again=$(q "SELECT count(*) FROM (SELECT status, lag(status) OVER (PARTITION BY gate_id, check_name ORDER BY recorded_at) AS before
+                                    FROM ops.gate_checks WHERE release_id::text LIKE 'c0c0c0c0-%') x WHERE status = before")
+[ "$again" -eq 0 ] || fail "$again check rows repeat the result before them"
 stale=$(q "SELECT count(*) FROM ops.release_gates g WHERE g.release_id::text LIKE 'c0c0c0c0-%' AND g.status <> ops.evaluate_gate(g.gate_id)")
 [ "$stale" -eq 0 ] || fail "$stale gates store a status that differs from a fresh evaluation"
 statuses=$(q "SELECT string_agg(DISTINCT status, ',') FROM ops.release_gates WHERE release_id::text LIKE 'c0c0c0c0-%' AND gate_code = 'G1'")
@@ -104,4 +118,4 @@ gates=$(q "SELECT count(*) FROM ops.release_gates WHERE release_id::text LIKE 'c
 q "REVOKE ALL ON public.fg_ops_creates FROM ci_service_role; REVOKE ALL ON SEQUENCE public.fg_ops_seq FROM ci_service_role;
    DROP TABLE public.fg_ops_creates; DROP SEQUENCE public.fg_ops_seq"
 echo "ok 3 - ops ingest: 4 sessions at once on each of 40 release_created keys: 40 accepted, 120 duplicates, none refused, 160 gates"
-echo "ok 6 - ops ingest: 100 sessions, 1000 sends of 700 keys (300 raced duplicates) in ${secs%.*}s: 700 accepted once each, 300 duplicates pointing at them, 1000 log rows, 700 checks applied, stored G1 statuses ($statuses) equal a fresh evaluation"
+echo "ok 6 - ops ingest: 100 sessions, 1000 sends of 700 keys (300 raced duplicates) in ${secs%.*}s: 700 accepted once each, 300 duplicates pointing at them, 1000 log rows, 700 checks applied ($rows rows for the results that changed, none repeating the one before), stored G1 statuses ($statuses) equal a fresh evaluation"

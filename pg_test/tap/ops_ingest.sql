@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(179);
+SELECT plan(185);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -422,8 +422,8 @@ SELECT is((SELECT status FROM ops.release_gates WHERE release_id = 'a0000000-000
 
 -- ---- A repeated check result -------------------------------------------------------------------
 -- A result that repeats its check's latest one (same status, same required) changes no
--- evaluation, so the ingest writes it without evaluating the release again: a mark put on the
--- stored reason stays. The release's lock row is rewritten all the same (a REPEATABLE READ
+-- evaluation, so the ingest neither writes a check row for it (its log row is the report) nor
+-- evaluates the release again: a mark put on the stored reason stays. The release's lock row is rewritten all the same (a REPEATABLE READ
 -- transaction that misses the result must fail when it takes the release). Any other result, or a repeat
 -- while a bypass of a gate the check's evaluation reads has expired, is evaluated.
 CREATE FUNCTION pg_temp.chk(key text, body text) RETURNS jsonb LANGUAGE sql AS $$
@@ -451,12 +451,29 @@ CREATE TEMP TABLE r9_before AS SELECT pg_temp.r9_ctid() AS row_at, (SELECT count
   WHERE release_id = 'a0000000-0000-4000-8000-000000000009') AS checks;
 CREATE TEMP TABLE r9_repeat AS SELECT pg_temp.chk('r9-unit-2', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') AS r;
 SELECT is((SELECT r #>> '{detail,gates,G1}' FROM r9_repeat), 'failed', 'a repeated result is accepted with the gate statuses');
-SELECT ok((SELECT r #>> '{detail,check_id}' FROM r9_repeat) IN (SELECT check_id::text FROM ops.gate_checks WHERE check_name = 'unit'),
-          'and its check row is written');
+SELECT is((SELECT r #>> '{detail,check_id}' FROM r9_repeat),
+          (SELECT check_id::text FROM ops.gate_checks WHERE release_id = 'a0000000-0000-4000-8000-000000000009' AND check_name = 'unit'),
+          'its check_id is the row that holds the result (the first report of it)');
+SELECT is((SELECT r #>> '{detail,repeated}' FROM r9_repeat), 'true', 'and the answer says the report repeated it');
 SELECT is((SELECT count(*) FROM ops.gate_checks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
-          (SELECT checks + 1 FROM r9_before), 'one row more');
+          (SELECT checks FROM r9_before), 'no check row is written for it');
+SELECT is((SELECT envelope ->> 'check_name' FROM ops.event_ingest_log WHERE idempotency_key = 'r9-unit-2' AND processing_status = 'accepted'),
+          'unit', 'the report itself is its accepted log row');
 SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint, unit [mark]', 'the release was not evaluated again (the mark stays)');
 SELECT isnt(pg_temp.r9_ctid(), (SELECT row_at FROM r9_before), 'but its release lock row was rewritten (a REPEATABLE READ writer that missed it fails on it)');
+SELECT is(pg_temp.chk('r9-unit-2b', '{"gate_code": "G1", "check_name": "unit", "status": "fail", "run_id": "run-77",
+                                      "details_url": "https://ci.example/run-77"}') #>> '{detail,repeated}',
+          'true', 'a repeat from another run is a repeat too');
+SELECT is((SELECT count(*) FROM ops.gate_checks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
+          (SELECT checks FROM r9_before), '  and writes no row either; its run is in its log row')
+  FROM ops.event_ingest_log WHERE idempotency_key = 'r9-unit-2b' AND envelope ->> 'run_id' = 'run-77';
+CREATE TEMP TABLE r9_evidence AS SELECT ops.ingest_event(pg_temp.ev('r9-unit-2c', 'check_result',
+    '{"gate_code": "G1", "check_name": "unit", "status": "fail",
+      "evidence": [{"artifact_type": "test_report", "uri": "https://ci.example/run-78/report"}]}',
+    'a0000000-0000-4000-8000-000000000009')) AS r;
+SELECT is((SELECT count(*) FROM ops.evidence_artifacts a JOIN ops.gate_checks c ON c.check_id = a.check_id
+            WHERE c.check_id::text = (SELECT r #>> '{detail,check_id}' FROM r9_evidence) AND c.ingest_id::text = (SELECT r ->> 'ingest_id' FROM r9_evidence)),
+          1::bigint, 'a repeat with evidence writes its own check row, which the evidence is attached to');
 SELECT pg_temp.chk('r9-unit-3', '{"gate_code": "G1", "check_name": "unit", "status": "pass"}') \g /dev/null
 SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: lint', 'a new status is evaluated and stored');
 SELECT is(pg_temp.chk('r9-lint-2', '{"gate_code": "G1", "check_name": "lint", "status": "fail", "required": false}') #>> '{detail,gates,G1}',
@@ -480,6 +497,9 @@ SELECT pg_temp.expire_bypass('a0000000-0000-4000-8000-000000000009', 'G1') \g /d
 SELECT is(pg_temp.chk('r9-unit-6', '{"gate_code": "G1", "check_name": "unit", "status": "fail"}') #>> '{detail,gates,G1}',
           'failed', 'a repeat after the bypass expired is evaluated: G1 is failed');
 SELECT is(pg_temp.r9_g1(), 'failed: required check(s) failed: unit', 'and stored so');
+SELECT is((SELECT count(*) FROM ops.gate_checks c JOIN ops.event_ingest_log l ON l.ingest_id = c.ingest_id
+            WHERE l.idempotency_key IN ('r9-unit-5', 'r9-unit-6')), 0::bigint,
+          'neither repeat wrote a check row (the evaluation reads the row that holds the result)');
 -- G3 follows G2: after G2's bypass expired, a repeated G3 check is evaluated too.
 CREATE FUNCTION pg_temp.r10(key text, type text, body jsonb) RETURNS jsonb LANGUAGE sql AS $$
     SELECT ops.ingest_event(pg_temp.ev(key, type, body, 'a0000000-0000-4000-8000-000000000010'))

@@ -116,8 +116,9 @@ mod ops {
         // duplicate and writes only its log row) or else locks the release the envelope is
         // about. The event is applied in a subtransaction, and the accepted log row, written
         // last, takes the key; when a concurrent sender took it meanwhile (the insert waits for
-        // its commit), the subtransaction is rolled back and the envelope is a duplicate of that
-        // sender's. A refused or failing event leaves nothing but its log row.
+        // its commit, then raises a unique violation), the subtransaction is rolled back and the
+        // envelope is a duplicate of that sender's. A refused or failing event leaves nothing
+        // but its log row.
         let key = &env.idempotency_key;
         // Twice is enough: losing the key means its holder committed, and the next look (a new
         // snapshot) sees it. A third round means the key changed hands again meanwhile; the
@@ -134,7 +135,9 @@ mod ops {
                 caller: &caller,
                 lock,
             };
-            let applied = subxact::run(|| -> Result<JsonbAnswer, Step> {
+            // Set while the accepted row is written: a unique violation then is the key's.
+            let logging = std::cell::Cell::new(false);
+            let applied = subxact::run(|| -> OpsResult<JsonbAnswer> {
                 // The handler's reads run read-only while its subtransaction has no transaction
                 // id, and a read-only statement uses the calling statement's snapshot, taken
                 // before this sender waited for the release lock: it would judge the event (a
@@ -147,12 +150,11 @@ mod ops {
                     .release_id()
                     .and_then(|r| uuid::Uuid::parse_str(r).ok())
                     .map(evaluation::Applying::start);
-                let detail = Spi::connect_mut(|client| apply::apply(client, &ctx, &env))
-                    .map_err(Step::Refused)?;
+                let detail = Spi::connect_mut(|client| apply::apply(client, &ctx, &env))?;
                 // Built once, outside SPI: logged and answered as the same datum.
-                let body =
-                    answer(json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail}))
-                        .map_err(Step::Refused)?;
+                let body = answer(
+                    json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail}),
+                )?;
                 let accepted = Outcome {
                     status: "accepted",
                     http_status: 200,
@@ -161,17 +163,14 @@ mod ops {
                     result: Some(body.datum()),
                     original_ingest_id: None,
                 };
-                match Spi::connect_mut(|client| {
-                    store::log(client, &ingest_id, &received, &accepted)
-                }) {
-                    Ok(true) => Ok(body),
-                    Ok(false) => Err(Step::KeyTaken),
-                    Err(e) => Err(Step::Refused(e)),
-                }
+                logging.set(true);
+                Spi::connect_mut(|client| store::log(client, &ingest_id, &received, &accepted))?;
+                Ok(body)
             });
             let failure = match applied {
                 Ok(Ok(body)) => return Ok(body),
-                Ok(Err(Step::KeyTaken)) => continue,
+                // A concurrent sender's accepted row took the key first: the next look finds it.
+                Err(c) if logging.get() && c.sqlstate == "23505" => continue,
                 // A serialization failure or a deadlock: the caller's transaction has to be
                 // retried as a whole, so it is not this envelope's outcome.
                 Err(c) if c.sqlstate == "40001" || c.sqlstate == "40P01" => {
@@ -180,7 +179,8 @@ mod ops {
                         hint: format!("{} ({}); retry the transaction", c.message, c.sqlstate),
                     }))
                 }
-                Ok(Err(Step::Refused(e))) => Ok(e),
+                // The handler (or the log write) refused the event, or failed.
+                Ok(Err(e)) => Ok(e),
                 Err(c) => Err(c),
             };
             // A concurrent sender of the same key may have committed while this one waited
@@ -210,14 +210,6 @@ mod ops {
             what: format!("idempotency_key {}", crate::core::error::quoted(key)),
             hint: "the key is being accepted and released by concurrent senders; send the envelope again".into(),
         }))
-    }
-
-    /// Why an applying subtransaction was rolled back.
-    enum Step {
-        /// The handler (or the log write) refused the event, or failed.
-        Refused(OpsError),
-        /// A concurrent sender's accepted row took the idempotency key first.
-        KeyTaken,
     }
 
     /// An envelope whose key an accepted row holds: from the same sender, a duplicate of it;

@@ -97,13 +97,15 @@ pub struct Outcome<'a> {
     pub original_ingest_id: Option<&'a str>,
 }
 
-/// The log row's insert; an accepted row takes the idempotency key (see [`log`]).
+/// The log row's insert; an accepted row takes the idempotency key (see [`log`]). A plain
+/// insert, not `ON CONFLICT DO NOTHING`: only an accepted row can conflict, and a conflict is a
+/// race lost to a concurrent sender of the same key, which the caller's subtransaction catches
+/// (speculative insertion would cost every row a confirmation record in the WAL).
 const LOG_INSERT: &str = "INSERT INTO ops.event_ingest_log (ingest_id, idempotency_key, event_type, received_event_type, \
         schema_version, source_system, release_id, processing_status, http_status, error, error_message, result, \
         original_ingest_id, envelope, envelope_bytes, occurred_at, received_by) \
      VALUES ($17::uuid, $1, $2::ops.ops_event_type, $3, $4, $5, $6::uuid, $11, $12::int, $13, $14, $15, \
              $16::uuid, $7, $8::int, $9::timestamptz, $10) \
-     ON CONFLICT (idempotency_key) WHERE processing_status = 'accepted' DO NOTHING \
      RETURNING pg_catalog.set_config('response.status', $12, true)";
 
 fn log_args<'a>(r: &'a Received<'a>, bytes: &'a str) -> [Option<&'a str>; 9] {
@@ -271,14 +273,15 @@ pub fn precheck(
 
 /// Write the envelope's log row, once, with its outcome, and make PostgREST answer with the
 /// outcome's HTTP status (`response.status`, set by the same statement). An accepted row takes
-/// the idempotency key: false when an accepted row holds it already (the insert waits for a
-/// concurrent sender of the same key to commit or roll back), and nothing was written.
+/// the idempotency key: when an accepted row holds it already, the insert waits for that
+/// concurrent sender to commit or roll back, and raises a unique violation (23505) if it
+/// committed. Only an accepted row can: the unique index holds accepted rows alone.
 pub fn log(
     client: &mut SpiClient<'_>,
     ingest_id: &str,
     r: &Received<'_>,
     o: &Outcome<'_>,
-) -> OpsResult<bool> {
+) -> OpsResult<()> {
     let bytes = r.envelope_bytes.to_string();
     let a = log_args(r, &bytes);
     let http = o.http_status.to_string();
@@ -312,8 +315,8 @@ pub fn log(
     let mut types = [TEXT; 17];
     types[6] = JSONB;
     types[14] = JSONB;
-    let t = prepared::run(client, LOG_INSERT, &types, &args)?;
-    Ok(!t.is_empty())
+    prepared::run(client, LOG_INSERT, &types, &args)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

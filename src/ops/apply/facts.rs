@@ -9,10 +9,10 @@ use crate::ops::error::{OpsError, OpsResult};
 use crate::ops::evaluation::NewCheck;
 use crate::ops::roles;
 
-/// A check's result on a gate of the release; the envelope's evidence goes to the check. Without
-/// evidence, the result is left for the evaluation to write, with the look at the check's latest
-/// result that spares the evaluation when it is repeated (the hot path: CI reports checks all
-/// day).
+/// A check's result on a gate of the release; the envelope's evidence goes to the check, which
+/// is therefore a row of its own. Without evidence, the result is left for the evaluation to
+/// record, with the look at the check's latest result that spares both the row and the
+/// evaluation when it is repeated (the hot path: CI reports checks all day).
 pub(super) fn check<'a>(
     client: &mut SpiClient<'_>,
     ctx: &Apply<'a>,

@@ -160,6 +160,11 @@ pub fn apply<'a>(
                 .check_id
                 .ok_or_else(|| unknown_gate(r, c.report.gate))?;
             out.set("check_id", id);
+            if refreshed.repeated {
+                // The report repeats its check's latest result: `check_id` is that result's
+                // row, and the report is this envelope's log row alone.
+                out.set("repeated", true);
+            }
         }
         let statuses: Map<String, Value> = refreshed
             .statuses

@@ -120,69 +120,106 @@ pub(super) fn facts_sql(inputs: &[GateCode]) -> Rc<str> {
 pub(super) enum Written {
     /// The release has no such gate: nothing was written.
     NoGate,
-    /// The result repeats its check's latest one: no evaluation changes, and the stored
-    /// statuses (every gate's, by code) are the answer.
-    Repeat {
+    /// The result repeats its check's latest one and no evaluation can change: nothing was
+    /// written, and the stored statuses (every gate's, by code) are the answer. `check_id` is
+    /// the row that holds the result.
+    Unchanged {
         check_id: String,
         statuses: Vec<(GateCode, String)>,
     },
-    /// The release's gates are to be evaluated, with the result (written) among their facts.
-    Evaluate { check_id: String },
+    /// The release's gates are to be evaluated, with the result among their facts: in the row
+    /// `check_id`, written now, or (`repeated`) the row that holds it already.
+    Evaluate { check_id: String, repeated: bool },
 }
 
-/// Write a check result of the release `release_id`, whose lock the caller holds
-/// (`store::lock_release_row`, and the ingest's precheck, which takes the same lock). The
-/// statement also reads the check's latest result before this one, so the release is not
-/// evaluated again when the new result repeats it: the rules read the latest result per check
-/// and nothing of the order results came in (`gates::required_names`), so every evaluation
-/// stays as stored. CI reports the same results all day; this is their path.
+/// Record a check result of the release `release_id`, whose lock the caller holds
+/// (`store::lock_release_row`, and the ingest's precheck, which takes the same lock).
 ///
-/// It is evaluated all the same when a gate whose facts the evaluation reads (`inputs`: G3
-/// follows G2's status) holds a bypass that has expired: expiry is the one way time changes an
-/// evaluation, and the stored status is then out of date.
+/// `ops.gate_checks` holds a check's results as they change: a result that repeats its check's
+/// latest one (same status, same `required`) is not written again, and the answer names the row
+/// that holds it. No evaluation can change either: the rules read the latest result per check
+/// and nothing of the order or number of reports (`gates::required_names`), so every stored
+/// status stays exact. CI reports the same results all day; this is their path, and the report
+/// itself is the envelope's row in `ops.event_ingest_log`. (An envelope with evidence writes its
+/// own check row, for the evidence to attach to: `apply::facts::check`.)
 ///
-/// The repeat path relies on the lock's rewrite too: a `REPEATABLE READ` transaction whose
-/// snapshot misses this result could otherwise write a result of the same check dated before it
-/// (a direct insert may set `recorded_at` to its transaction's start) and store an evaluation in
-/// which its own result is the latest. Instead it fails with 40001 when it takes the release.
+/// A repeat is evaluated all the same (and still not written) when a gate whose facts the
+/// evaluation reads (`inputs`: G3 follows G2's status) holds a bypass that has expired: expiry
+/// is the one way time changes an evaluation, and the stored status is then out of date.
+///
+/// The repeat path relies on the lock's rewrite: a `REPEATABLE READ` transaction whose snapshot
+/// misses a result could otherwise judge its own report against an older latest result. Instead
+/// it fails with 40001 when it takes the release.
 pub(super) fn write_check(
     client: &mut SpiClient<'_>,
     release_id: &str,
     c: &NewCheck<'_>,
     inputs: &[GateCode],
 ) -> OpsResult<Written> {
-    // The release's gates are read once (the CTE `g`, used twice, is computed once). The check's
-    // latest result is read by the main query: every part of a statement reads one snapshot,
-    // so it does not see the row `written` inserts.
-    const SQL: &str = "WITH g AS ( \
-           SELECT gate_id, release_id, gate_code, status, bypass_expires_at FROM ops.release_gates \
-            WHERE release_id = $1), \
-         written AS ( \
-           INSERT INTO ops.gate_checks (check_id, gate_id, release_id, check_name, status, required, run_id, \
-                                        details_url, reported_by, source_system, ingest_id) \
-           SELECT $12::uuid, g.gate_id, g.release_id, $3, $4, $5, $6, $7, $8, $9, $10::uuid \
-             FROM g WHERE g.gate_code = $2 \
-           RETURNING check_id, gate_id) \
-         SELECT w.check_id::text, \
-                EXISTS (SELECT FROM (SELECT c.status, c.required FROM ops.gate_checks c \
-                                      WHERE c.gate_id = w.gate_id AND c.check_name COLLATE \"C\" = $3 \
-                                      ORDER BY c.recorded_at DESC LIMIT 1) l \
-                         WHERE l.status = $4 AND l.required = $5) \
-                AND NOT coalesce(s.expired, false), s.statuses \
-           FROM (SELECT array_agg(gate_code || ' ' || status ORDER BY gate_code) AS statuses, \
-                        bool_or(gate_code = ANY ($11) AND bypass_expires_at <= clock_timestamp()) AS expired \
-                   FROM g) s \
-           LEFT JOIN written w ON true";
+    // One row per gate of the release; the reported gate's row carries its check's latest
+    // result when that result is the same. Run as a write: a statement of its own snapshot,
+    // taken after the release lock was.
+    const LOOK: &str = "SELECT g.gate_code, g.status, g.gate_id::text, \
+                g.gate_code = ANY ($6) AND g.bypass_expires_at <= clock_timestamp(), l.check_id::text \
+           FROM ops.release_gates g \
+           LEFT JOIN LATERAL ( \
+                SELECT c.check_id, c.status, c.required FROM ops.gate_checks c \
+                 WHERE g.gate_code = $2 AND c.gate_id = g.gate_id AND c.check_name COLLATE \"C\" = $3 \
+                 ORDER BY c.recorded_at DESC LIMIT 1) l ON l.status = $4 AND l.required = $5 \
+          WHERE g.release_id = $1 \
+          ORDER BY g.gate_code";
     let codes: Vec<String> = inputs.iter().map(|g| g.as_str().to_owned()).collect();
     let t = prepared::run(
         client,
-        SQL,
-        &[
-            UUID, TEXT, TEXT, TEXT, BOOL, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT_ARRAY, TEXT,
-        ],
+        LOOK,
+        &[UUID, TEXT, TEXT, TEXT, BOOL, TEXT_ARRAY],
         &[
             uuid_arg(release_id)?,
             c.report.gate.as_str().into(),
+            c.report.check_name.as_str().into(),
+            c.report.status.as_str().into(),
+            c.report.required.into(),
+            codes.into(),
+        ],
+    )?;
+    let (mut gate_id, mut latest, mut expired) = (None, None, false);
+    let mut statuses = Vec::new();
+    for row in t {
+        let code = GateCode::parse(&row.get::<String>(1)?.unwrap_or_default())?;
+        statuses.push((code, row.get::<String>(2)?.unwrap_or_default()));
+        expired |= row.get::<bool>(4)? == Some(true);
+        if code == c.report.gate {
+            gate_id = row.get::<String>(3)?;
+            latest = row.get::<String>(5)?;
+        }
+    }
+    let Some(gate_id) = gate_id else {
+        return Ok(Written::NoGate);
+    };
+    match (latest, expired) {
+        (Some(check_id), false) => return Ok(Written::Unchanged { check_id, statuses }),
+        (Some(check_id), true) => {
+            return Ok(Written::Evaluate {
+                check_id,
+                repeated: true,
+            })
+        }
+        (None, _) => {}
+    }
+    // A v4 UUID as the column's default makes, without OpenSSL's generator.
+    let check_id = crate::core::store::new_id();
+    prepared::run(
+        client,
+        "INSERT INTO ops.gate_checks (check_id, gate_id, release_id, check_name, status, required, run_id, \
+                                      details_url, reported_by, source_system, ingest_id) \
+         VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11::uuid)",
+        &[
+            TEXT, TEXT, UUID, TEXT, TEXT, BOOL, TEXT, TEXT, TEXT, TEXT, TEXT,
+        ],
+        &[
+            check_id.as_str().into(),
+            gate_id.as_str().into(),
+            uuid_arg(release_id)?,
             c.report.check_name.as_str().into(),
             c.report.status.as_str().into(),
             c.report.required.into(),
@@ -191,25 +228,12 @@ pub(super) fn write_check(
             c.reported_by.into(),
             c.source_system.into(),
             c.ingest_id.into(),
-            codes.into(),
-            // A v4 UUID as the column's default makes, without OpenSSL's generator.
-            crate::core::store::new_id().into(),
         ],
     )?;
-    let row = t.first();
-    let Some(check_id) = row.get::<String>(1)? else {
-        return Ok(Written::NoGate);
-    };
-    if row.get::<bool>(2)? != Some(true) {
-        return Ok(Written::Evaluate { check_id });
-    }
-    let mut statuses = Vec::new();
-    for pair in row.get::<Vec<String>>(3)?.unwrap_or_default() {
-        if let Some((code, status)) = pair.split_once(' ') {
-            statuses.push((GateCode::parse(code)?, status.to_owned()));
-        }
-    }
-    Ok(Written::Repeat { check_id, statuses })
+    Ok(Written::Evaluate {
+        check_id,
+        repeated: false,
+    })
 }
 
 /// What `ops.release_gates` holds for a gate now: status, reason, bypassing exception and when

@@ -103,16 +103,20 @@ pub struct Refreshed {
     pub evaluations: Vec<gates::Evaluation>,
     /// Every gate's status now: evaluated, or stored (a gate the new check cannot change).
     pub statuses: Vec<(GateCode, String)>,
-    /// The id of the `NewCheck` written; None when there was none, or the release has no such
-    /// gate (then nothing was written).
+    /// The id of the check row that holds the `NewCheck`'s result; None when there was none, or
+    /// the release has no such gate (then nothing was written).
     pub check_id: Option<String>,
+    /// Whether the new check repeated its check's latest result: `check_id` is that result's
+    /// row, and nothing was written.
+    pub repeated: bool,
 }
 
 /// Recompute and store the gate statuses of a release whose lock the caller holds
 /// (`store::lock_release_row`, or the ingest's precheck), after
 /// writing `new_check` if there is one. A new check is evaluated with the gates it can change,
 /// from their facts alone (`GateCode::scope`), unless it repeats its check's latest result
-/// (`facts::write_check`); otherwise every gate is. Only statuses that changed are written.
+/// (`facts::write_check`: then nothing is written or evaluated); otherwise every gate is. Only
+/// statuses that changed are written.
 pub fn refresh_locked(
     client: &mut SpiClient<'_>,
     release_id: &str,
@@ -122,18 +126,19 @@ pub fn refresh_locked(
         Some(c) => c.report.gate.scope(),
         None => (&gates::ALL_GATES[..], &gates::ALL_GATES[..]),
     };
-    let check_id = match new_check {
-        None => None,
+    let (check_id, repeated) = match new_check {
+        None => (None, false),
         Some(c) => match facts::write_check(client, release_id, c, inputs)? {
             Written::NoGate => return Ok(Refreshed::default()),
-            Written::Repeat { check_id, statuses } => {
+            Written::Unchanged { check_id, statuses } => {
                 return Ok(Refreshed {
                     evaluations: Vec::new(),
                     statuses,
                     check_id: Some(check_id),
+                    repeated: true,
                 })
             }
-            Written::Evaluate { check_id } => Some(check_id),
+            Written::Evaluate { check_id, repeated } => (Some(check_id), repeated),
         },
     };
     // A later statement than the check's write: the facts include it.
@@ -190,6 +195,7 @@ pub fn refresh_locked(
         evaluations,
         statuses,
         check_id,
+        repeated,
     })
 }
 
