@@ -385,6 +385,35 @@ COMMENT ON TABLE ops.gate_checks IS
   'Check results as they change; the latest per (gate, check_name) counts. A report through ops.ingest_event that '
   'repeats its check''s latest result (same status and required flag, no evidence) adds no row: its accepted row in '
   'ops.event_ingest_log is the report, and its answer names the row that holds the result.';
+-- A check result written directly (by a persona) takes its release's turn before the row exists
+-- (from 0.1.1),
+-- as ops.ingest_event does, and is dated when it got the turn: results of one check are then
+-- ordered as they were recorded, whoever wrote them. (ops.ingest_event keeps a report that
+-- repeats its check's latest result in its log alone; a row dated at its transaction's start
+-- could otherwise outrank reports made after that.) A time outside the writing transaction is
+-- left for ops.check_direct_insert to refuse.
+CREATE FUNCTION ops.take_turn_for_check() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM ops.releases r WHERE r.release_id = NEW.release_id FOR NO KEY UPDATE OF r;
+    IF FOUND THEN
+        INSERT INTO ops.release_locks AS l (release_id) VALUES (NEW.release_id)
+            ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
+    END IF;
+    IF NEW.recorded_at >= now() AND NEW.recorded_at <= clock_timestamp() THEN
+        NEW.recorded_at := clock_timestamp();
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.take_turn_for_check() FROM PUBLIC;
+COMMENT ON FUNCTION ops.take_turn_for_check() IS
+  'Trigger: a check result a persona writes directly takes its release''s turn first and is dated when it got it.';
+CREATE TRIGGER take_turn BEFORE INSERT ON ops.gate_checks FOR EACH ROW
+    WHEN (pg_catalog.row_security_active('ops.gate_checks'::regclass)) EXECUTE FUNCTION ops.take_turn_for_check();
+
 CREATE OR REPLACE FUNCTION ops.stamp_transition() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1053,6 +1082,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE ops.release_locks FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE intake.retired_pools FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION intake.fixed_pool_shape() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.take_turn_for_check() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
     -- service_role keeps its reads and API, never an owner's rights (0.1.0 left what default

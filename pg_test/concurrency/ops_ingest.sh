@@ -77,15 +77,16 @@ orphans=$(q "SELECT count(*) FROM ops.event_ingest_log d LEFT JOIN ops.event_ing
 unheld=$(q "SELECT count(*) FROM ops.event_ingest_log l LEFT JOIN ops.gate_checks c ON c.check_id = (l.result #>> '{detail,check_id}')::uuid
              WHERE l.idempotency_key LIKE 'conc/github_actions/%' AND l.processing_status = 'accepted'
                AND (c.check_id IS NULL OR c.release_id <> l.release_id OR c.check_name <> l.envelope ->> 'check_name'
-                    OR c.status <> l.envelope ->> 'status')")
+                    OR c.status <> l.envelope ->> 'status' OR c.required <> coalesce((l.envelope ->> 'required')::boolean, true))")
 [ "$unheld" -eq 0 ] || fail "$unheld accepted events name no check row that holds their result"
 read -r rows written <<<"$(q "SELECT (SELECT count(*) FROM ops.gate_checks WHERE run_id::int BETWEEN 1 AND 700 AND release_id::text LIKE 'c0c0c0c0-%'),
                                      count(*) FILTER (WHERE result #> '{detail,repeated}' IS NULL)
                                 FROM ops.event_ingest_log WHERE idempotency_key LIKE 'conc/github_actions/%' AND processing_status = 'accepted'" | tr '|' ' ')"
 [ "$rows" -eq "$written" ] || fail "$rows check rows for $written accepted events that were not repeats"
 [ "$rows" -lt 700 ] || fail "every one of 700 events wrote a check row: no repeat was recognised"
-again=$(q "SELECT count(*) FROM (SELECT status, lag(status) OVER (PARTITION BY gate_id, check_name ORDER BY recorded_at) AS before
-                                    FROM ops.gate_checks WHERE release_id::text LIKE 'c0c0c0c0-%') x WHERE status = before")
+again=$(q "SELECT count(*) FROM (SELECT (status, required) AS result,
+                                           lag((status, required)) OVER (PARTITION BY gate_id, check_name ORDER BY recorded_at) AS before
+                                    FROM ops.gate_checks WHERE release_id::text LIKE 'c0c0c0c0-%') x WHERE result = before")
 [ "$again" -eq 0 ] || fail "$again check rows repeat the result before them"
 stale=$(q "SELECT count(*) FROM ops.release_gates g WHERE g.release_id::text LIKE 'c0c0c0c0-%' AND g.status <> ops.evaluate_gate(g.gate_id)")
 [ "$stale" -eq 0 ] || fail "$stale gates store a status that differs from a fresh evaluation"

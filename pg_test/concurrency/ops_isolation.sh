@@ -12,13 +12,14 @@
 # 2. Two senders of one key at once, for events that cannot be applied twice (release_created,
 # exception_decided): the second waits for the first (on its release row, or on the release
 # lock), fails on the first's effects, and must answer as its duplicate, not 409.
-# 3. A repeated check result against a REPEATABLE READ direct writer of the same check. G1
+# 3. A REPEATABLE READ direct writer (a persona, under row security) of a check's result. G1
 # requires u, whose latest result is fail. Session S takes its snapshot; CI reports u fail again
-# (a repeat: the release is not evaluated again) and commits; then S inserts u pass directly,
-# dated at its transaction's start (allowed: within the writing transaction), so CI's fail is
-# the latest. S's trigger evaluates from a snapshot where its own pass is the latest: S must
-# fail with 40001 when it takes the release lock (the repeat rewrote its row), and the stored G1 must equal
-# a fresh evaluation (failed).
+# (a repeat: no row, no evaluation, no turn on the release) and commits; then S inserts u pass.
+# S's row takes the release's turn first and is dated when it got it, after CI's report, so it
+# is the latest result and S's evaluation from its snapshot is exact: S commits, and the stored
+# G1 (passed) equals a fresh evaluation. Had CI's event changed a result instead (v pass, a row
+# and an evaluation), S's snapshot would miss a fact: S must fail with 40001 when it takes the
+# turn, and the stored G1 must equal a fresh evaluation.
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
@@ -117,6 +118,19 @@ race exception_decided "jsonb_build_object('schema_version', '1.0', 'idempotency
 logged=$(q "SELECT string_agg(processing_status, ',' ORDER BY processing_status) FROM ops.event_ingest_log
              WHERE idempotency_key IN ('iso/create', 'iso/decide')")
 [ "$logged" = "accepted,accepted,duplicate,duplicate" ] || fail "log rows of the two races: $logged"
+# A REPEATABLE READ second sender can never see the first's row in its snapshot: it fails with
+# 40001 (the whole transaction is retried), logs nothing, and its retry is the duplicate.
+R2b=c5c5c5c5-0000-4000-8000-00000000002b
+q "DELETE FROM ops.releases WHERE release_id = '$R2b'"
+created="jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/create-rr', 'event_type', 'release_created',
+      'source_system', 'github_actions', 'release_id', '$R2b', 'version', 'iso-2b')"
+hold_then_send "SELECT ops.ingest_event($created) ->> 'status';" \
+  "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 'b: ' || (ops.ingest_event($created) ->> 'status'); COMMIT;"
+grep -q 'retry the transaction' "$dir/b.out" || fail "the REPEATABLE READ second sender was not told to retry: $(cat "$dir/b.out")"
+rm -f "$dir"/a.* "$dir"/b.*
+retried=$(q "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT ops.ingest_event($created) ->> 'status'; COMMIT;")
+rows=$(q "SELECT string_agg(processing_status, ',' ORDER BY processing_status) FROM ops.event_ingest_log WHERE idempotency_key = 'iso/create-rr'")
+[ "$retried" = duplicate ] && [ "$rows" = "accepted,duplicate" ] || fail "the retry answered $retried; log rows: $rows"
 # ---- 3. a repeated result against a REPEATABLE READ direct writer --------------------------------
 R3=c5c5c5c5-0000-4000-8000-000000000003
 q "DELETE FROM ops.releases WHERE release_id = '$R3'"
@@ -128,21 +142,46 @@ q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempote
       'source_system', 'github_actions', 'release_id', '$R3', 'version', 'iso-3'))" >/dev/null
 g1=$(q "SELECT ops.ingest_event($(ev3 1 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) #>> '{detail,gates,G1}'")
 [ "$g1" = failed ] || fail "setup: G1 is $g1 after u failed"
+ci_claims="SET ROLE ci_service_role; SET request.jwt.claims = '{\"sub\": \"ci-bot\", \"role\": \"ci_service_role\"}';"
+direct_u_pass="INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, reported_by, source_system)
+                 SELECT gate_id, release_id, 'u', 'pass', 'ci-bot', 'direct' FROM ops.release_gates
+                  WHERE release_id = '$R3' AND gate_code = 'G1';"
 session s
-say s "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 'snapshot taken';"
+say s "$ci_claims BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 'snapshot taken';"
 until_printed s 'snapshot taken'
-g1=$(q "SELECT ops.ingest_event($(ev3 2 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) #>> '{detail,gates,G1}'")
-[ "$g1" = failed ] || fail "the repeated u fail answered G1 $g1"
-say s "INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, reported_by, source_system, recorded_at)
-         SELECT gate_id, release_id, 'u', 'pass', current_user, 'direct', now() FROM ops.release_gates
-          WHERE release_id = '$R3' AND gate_code = 'G1';
-       SELECT 'inserted'; COMMIT;"
+repeat=$(q "SELECT ops.ingest_event($(ev3 2 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) #>> '{detail,repeated}'")
+[ "$repeat" = true ] || fail "the second u fail was not answered as a repeat: $repeat"
+say s "$direct_u_pass SELECT 'inserted'; COMMIT;"
 finish s
 out=$(cat "$dir/s.out")
+grep -q '^inserted$' <<<"$out" || fail "the REPEATABLE READ direct writer of u pass failed after a repeat: $out"
+read -r stored fresh later <<<"$(q "SELECT g.status, ops.evaluate_gate(g.gate_id),
+                                          (SELECT c.recorded_at > l.received_at FROM ops.gate_checks c, ops.event_ingest_log l
+                                            WHERE c.release_id = g.release_id AND c.check_name = 'u' AND c.status = 'pass'
+                                              AND l.idempotency_key = 'iso/r3/2')
+                                     FROM ops.release_gates g WHERE g.release_id = '$R3' AND g.gate_code = 'G1'" | tr '|' ' ')"
+[ "$stored" = "$fresh" ] && [ "$stored" = passed ] || fail "after the direct u pass: stored G1 $stored, a fresh evaluation says $fresh"
+[ "$later" = t ] || fail "the direct u pass is not dated after the repeat it followed"
+g1=$(q "SELECT ops.ingest_event($(ev3 3 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) #>> '{detail,gates,G1}'")
+[ "$g1" = failed ] || fail "setup: G1 is $g1 after u failed again"
+session s2
+say s2 "$ci_claims BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 'snapshot taken';"
+until_printed s2 'snapshot taken'
+g1=$(q "SELECT ops.ingest_event($(ev3 4 '{"gate_code": "G1", "check_name": "v", "status": "pass", "required": false}')) #>> '{detail,gates,G1}'")
+[ "$g1" = failed ] || fail "v pass answered G1 $g1"
+say s2 "$direct_u_pass SELECT 'inserted'; COMMIT;"
+finish s2
+out=$(cat "$dir/s2.out")
 grep -q 'could not serialize access' <<<"$out" \
-  || fail "the REPEATABLE READ direct writer was not refused with 40001: $out"
+  || fail "the REPEATABLE READ direct writer that missed a new result was not refused with 40001: $out"
 read -r stored fresh <<<"$(q "SELECT status, ops.evaluate_gate(gate_id) FROM ops.release_gates WHERE release_id = '$R3' AND gate_code = 'G1'" | tr '|' ' ')"
 [ "$stored" = "$fresh" ] && [ "$stored" = failed ] || fail "after the refused writer: stored G1 $stored, a fresh evaluation says $fresh"
+# The same repeat answers the same, recorded without the turn (READ COMMITTED) or under it
+# (REPEATABLE READ, where it is applied as any event is).
+unlocked=$(q "SELECT ops.ingest_event($(ev3 5 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) -> 'detail'")
+locked=$(q "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT ops.ingest_event($(ev3 6 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) -> 'detail'; COMMIT;")
+[ -n "$unlocked" ] && [ "$unlocked" = "$locked" ] || fail "a repeat answered $unlocked without the turn and $locked with it"
+grep -q '"repeated": true' <<<"$locked" || fail "the repeat under the turn is not answered as one: $locked"
 # ---- 4. one login, two personas; a persona's COPY ------------------------------------------------
 # A login that is a member of developer and release_manager (and sre), without JWT claims, is
 # one actor whatever role it sets: it cannot request an exception as a developer and approve it
@@ -254,7 +293,7 @@ echo "ok 7 - ops direct writes: a staging deployment INSERTed while the build th
 echo "ok 5 - ops release lock: an ingest finishing a deployment waits behind a direct edit of its release (whose fact write then takes the lock) and is accepted, no deadlock; a sender that waited while the release was deleted is answered unknown_release and leaves no lock row"
 echo "ok 3 - ops identity: one login with two personas and no JWT is one actor (its exception approved by itself: $decided, refused); a persona's COPY (INSERT ... RETURNING) TO STDOUT is refused by the promotion block like an INSERT"
 
-echo "ok 1 - ops ingest, a repeated check result (not evaluated again) against a REPEATABLE READ direct writer of an earlier-dated result of the same check: the writer fails with 40001 and the stored G1 ($stored) equals a fresh evaluation"
+echo "ok 1 - ops direct writes under REPEATABLE READ: a persona's check result written after a repeated result (no row, no turn) takes the turn, is dated after it and commits (stored G1 passed, as a fresh evaluation); written after a new result its snapshot missed, it fails with 40001 and the stored G1 ($stored) equals a fresh evaluation; a repeat answers the same with and without the turn"
 
-echo "ok 2 - ops ingest, one key sent twice at once for release_created and for exception_decided: the second sender waits, then answers as the first's duplicate (no 409), one log row each"
+echo "ok 2 - ops ingest, one key sent twice at once for release_created and for exception_decided: the second sender waits, then answers as the first's duplicate (no 409), one log row each; a REPEATABLE READ second sender fails with 40001, logs nothing, and its retry is the duplicate"
 echo "ok 4 - ops ingest under REPEATABLE READ: a sender whose snapshot misses a committed check of the release fails with 40001 and logs nothing, the stored G1 ($stored) equals a fresh evaluation, and the retry passes G1"

@@ -295,12 +295,6 @@ pub fn check_commercial_owner(owner: &str) -> CoreResult<()> {
     ))
 }
 
-/// Whether the transaction reads one snapshot throughout (REPEATABLE READ, SERIALIZABLE).
-fn snapshot_per_transaction() -> bool {
-    // SAFETY: reads the transaction's isolation level, set for the whole transaction.
-    unsafe { pgrx::pg_sys::XactIsoLevel >= pgrx::pg_sys::XACT_REPEATABLE_READ as i32 }
-}
-
 /// 40001 for a creation whose key a concurrent call used after this transaction's snapshot.
 fn key_taken_since_snapshot(key: &str) -> CoreError {
     CoreError::Busy {
@@ -354,7 +348,7 @@ pub fn create(
                 &[actor.id.as_str().into(), k.into()],
             )
             .map_err(CoreError::from)?;
-            if snapshot_per_transaction() {
+            if core_store::snapshot_per_transaction() {
                 return Err(key_taken_since_snapshot(k));
             }
         }
@@ -421,7 +415,7 @@ pub fn create(
     // A REPEATABLE READ or SERIALIZABLE caller whose snapshot is older than a concurrent
     // creation with the same key did not see it: the key's unique index refuses this one, and
     // the caller is told to retry (40001), which returns that request.
-    if key.is_some() && snapshot_per_transaction() {
+    if key.is_some() && core_store::snapshot_per_transaction() {
         let created = crate::core::subxact::run_only(&["23505"], || {
             eventstore::apply::<CapacityFlow>(&id, &cmd, actor, key)
         });

@@ -117,6 +117,12 @@ pub fn column_exists(schema: &CStr, name: &CStr, column: &CStr) -> bool {
     })
 }
 
+/// Whether the transaction reads one snapshot throughout (REPEATABLE READ, SERIALIZABLE).
+pub fn snapshot_per_transaction() -> bool {
+    // SAFETY: reads the transaction's isolation level, set for the whole transaction.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
 /// The calling role: `current_user` as the caller sees it. Inside a function running with its
 /// owner's rights this is still the caller (Postgres' "outer" user), never the function's owner, so identity
 /// and trust cannot be borrowed from a definer.

@@ -124,6 +124,19 @@ mod ops {
         // snapshot) sees it. A third round means the key changed hands again meanwhile; the
         // caller retries.
         for _ in 0..CLAIM_ROUNDS {
+            // A check result that repeats its check's latest one changes nothing but the log:
+            // under READ COMMITTED it is recorded without the release's turn (a transaction
+            // that reads one snapshot throughout takes the turn, below, which fails it with
+            // 40001 when that snapshot missed an event of the release).
+            if let Some((release, report)) =
+                apply::repeat_candidate(&env).filter(|_| !core_store::snapshot_per_transaction())
+            {
+                match accept_repeat(&received, &ingest_id, key, release, report)? {
+                    Repeat::Answered(body) => return Ok(body),
+                    Repeat::KeyTaken => continue,
+                    Repeat::NotOne => {}
+                }
+            }
             let lock = match Spi::connect_mut(|client| {
                 store::precheck(client, key, &ingest_id, apply::release_to_lock(&env))
             })? {
@@ -151,26 +164,24 @@ mod ops {
                     .and_then(|r| uuid::Uuid::parse_str(r).ok())
                     .map(evaluation::Applying::start);
                 let detail = Spi::connect_mut(|client| apply::apply(client, &ctx, &env))?;
-                // Built once, outside SPI: logged and answered as the same datum.
-                let body = answer(
-                    json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail}),
-                )?;
-                let accepted = Outcome {
-                    status: "accepted",
-                    http_status: 200,
-                    error: None,
-                    error_message: None,
-                    result: Some(body.datum()),
-                    original_ingest_id: None,
-                };
+                let body = accepted_answer(&ingest_id, detail)?;
                 logging.set(true);
-                Spi::connect_mut(|client| store::log(client, &ingest_id, &received, &accepted))?;
+                Spi::connect_mut(|client| {
+                    store::log(client, &ingest_id, &received, &Outcome::accepted(&body))
+                })?;
                 Ok(body)
             });
             let failure = match applied {
                 Ok(Ok(body)) => return Ok(body),
-                // A concurrent sender's accepted row took the key first: the next look finds it.
-                Err(c) if logging.get() && c.sqlstate == "23505" => continue,
+                // A concurrent sender's accepted row took the key first: the next look finds it,
+                // unless the transaction reads one snapshot throughout (then it must be retried
+                // as a whole, as for a serialization failure).
+                Err(c) if logging.get() && c.sqlstate == "23505" => {
+                    if core_store::snapshot_per_transaction() {
+                        return Err(key_taken_since_snapshot(key));
+                    }
+                    continue;
+                }
                 // A serialization failure or a deadlock: the caller's transaction has to be
                 // retried as a whole, so it is not this envelope's outcome.
                 Err(c) if c.sqlstate == "40001" || c.sqlstate == "40P01" => {
@@ -210,6 +221,65 @@ mod ops {
             what: format!("idempotency_key {}", crate::core::error::quoted(key)),
             hint: "the key is being accepted and released by concurrent senders; send the envelope again".into(),
         }))
+    }
+
+    /// 40001-class (`Busy`): a concurrent sender took the key after this transaction's snapshot,
+    /// which can never see that sender's row.
+    fn key_taken_since_snapshot(key: &str) -> OpsError {
+        OpsError::Core(CoreError::Busy {
+            what: format!("idempotency_key {}", crate::core::error::quoted(key)),
+            hint: "a concurrent sender's envelope took the key after this transaction's snapshot; retry the transaction".into(),
+        })
+    }
+
+    /// What [`accept_repeat`] did.
+    enum Repeat {
+        /// The envelope was logged and answered: as a repeat, or as a held key's duplicate.
+        Answered(JsonbAnswer),
+        /// A concurrent sender's accepted row took the key first: look again.
+        KeyTaken,
+        /// Not a repeat of its check's latest result (or its log row failed): apply it under
+        /// the release's lock.
+        NotOne,
+    }
+
+    /// Record a check result that repeats its check's latest result without the release's lock
+    /// (`evaluation::unchanged_repeat`): the key's look, the repeat's look, and the log row in a
+    /// subtransaction, answered as `apply` answers it. A report that changes a result, a
+    /// release or gate that does not exist, an expired bypass, or any failure of the log row
+    /// leaves the envelope to the locked path, which judges and logs it.
+    fn accept_repeat(
+        received: &Received<'_>,
+        ingest_id: &str,
+        key: &str,
+        release: &str,
+        report: &crate::ops::envelope::CheckReport,
+    ) -> OpsResult<Repeat> {
+        if let Precheck::Held(held) =
+            Spi::connect_mut(|client| store::precheck(client, key, ingest_id, None))?
+        {
+            return answer_held(received, ingest_id, held).map(Repeat::Answered);
+        }
+        let Some(repeat) =
+            Spi::connect_mut(|client| evaluation::unchanged_repeat(client, release, report))?
+        else {
+            return Ok(Repeat::NotOne);
+        };
+        let body = accepted_answer(
+            ingest_id,
+            apply::repeated_check_detail(release, report, &repeat.check_id, repeat.statuses),
+        )?;
+        Ok(
+            match subxact::run(|| {
+                Spi::connect_mut(|client| {
+                    store::log(client, ingest_id, received, &Outcome::accepted(&body))
+                })
+            }) {
+                Ok(Ok(())) => Repeat::Answered(body),
+                Err(c) if c.sqlstate == "23505" => Repeat::KeyTaken,
+                Ok(Err(_)) | Err(_) => Repeat::NotOne,
+            },
+        )
     }
 
     /// An envelope whose key an accepted row holds: from the same sender, a duplicate of it;
@@ -316,6 +386,12 @@ mod ops {
             Spi::connect_mut(|client| store::log(client, ingest_id, received, &outcome))?;
             Ok(body)
         }
+    }
+
+    /// The answer of an accepted envelope, built once, outside SPI: logged and answered as the
+    /// same datum.
+    fn accepted_answer(ingest_id: &str, detail: Value) -> OpsResult<JsonbAnswer> {
+        answer(json!({"ingest_id": ingest_id, "status": "accepted", "detail": detail}))
     }
 
     /// An answer as a `jsonb` datum of the call (outside any `Spi::connect`).

@@ -97,6 +97,20 @@ pub struct Outcome<'a> {
     pub original_ingest_id: Option<&'a str>,
 }
 
+impl Outcome<'_> {
+    /// An accepted envelope's outcome, logged with its answer.
+    pub fn accepted(answer: &JsonbAnswer) -> Outcome<'static> {
+        Outcome {
+            status: "accepted",
+            http_status: 200,
+            error: None,
+            error_message: None,
+            result: Some(answer.datum()),
+            original_ingest_id: None,
+        }
+    }
+}
+
 /// The log row's insert; an accepted row takes the idempotency key (see [`log`]). A plain
 /// insert, not `ON CONFLICT DO NOTHING`: only an accepted row can conflict, and a conflict is a
 /// race lost to a concurrent sender of the same key, which the caller's subtransaction catches

@@ -11,7 +11,7 @@
 use pgrx::spi::SpiClient;
 use serde_json::{json, Map, Value};
 
-use super::envelope::{Artifact, Body, Envelope, OnEnvironment, OnRelease};
+use super::envelope::{Artifact, Body, CheckReport, Envelope, OnEnvironment, OnRelease};
 use super::error::{OpsError, OpsResult};
 use super::evaluation;
 use super::gates::GateCode;
@@ -42,6 +42,19 @@ pub fn release_to_lock(env: &Envelope) -> Option<&str> {
         } => None,
         Body::Release { release_id, .. } => Some(release_id),
         Body::Environment { release_id, .. } => release_id.as_deref(),
+    }
+}
+
+/// The check result an envelope reports when it is one a sender may record without the
+/// release's lock should it repeat its check's latest result (`evaluation::unchanged_repeat`):
+/// a check or build result without evidence (evidence needs a row of its own to attach to).
+pub fn repeat_candidate(env: &Envelope) -> Option<(&str, &CheckReport)> {
+    match &env.body {
+        Body::Release {
+            release_id,
+            event: OnRelease::Check(report),
+        } if env.evidence.is_empty() => Some((release_id, report)),
+        _ => None,
     }
 }
 
@@ -166,14 +179,36 @@ pub fn apply<'a>(
                 out.set("repeated", true);
             }
         }
-        let statuses: Map<String, Value> = refreshed
-            .statuses
-            .into_iter()
-            .map(|(code, status)| (code.as_str().to_owned(), json!(status)))
-            .collect();
-        out.set("gates", Value::Object(statuses));
+        out.set("gates", gates_detail(refreshed.statuses));
     }
     Ok(Value::Object(out.detail))
+}
+
+/// Every gate's status, as `detail.gates` answers it.
+fn gates_detail(statuses: Vec<(GateCode, String)>) -> Value {
+    let statuses: Map<String, Value> = statuses
+        .into_iter()
+        .map(|(code, status)| (code.as_str().to_owned(), json!(status)))
+        .collect();
+    Value::Object(statuses)
+}
+
+/// The `detail` [`apply`] answers for a check result without evidence that repeats its check's
+/// latest result (`evaluation::unchanged_repeat`), built without applying anything: the row
+/// that holds the result and the stored statuses.
+pub fn repeated_check_detail(
+    release_id: &str,
+    report: &CheckReport,
+    check_id: &str,
+    statuses: Vec<(GateCode, String)>,
+) -> Value {
+    json!({
+        "release_id": release_id,
+        "gate_code": report.gate.as_str(),
+        "check_id": check_id,
+        "repeated": true,
+        "gates": gates_detail(statuses),
+    })
 }
 
 /// Lock the release row, unless the caller did; 409 when it does not exist.

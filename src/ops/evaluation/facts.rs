@@ -156,43 +156,12 @@ pub(super) fn write_check(
     c: &NewCheck<'_>,
     inputs: &[GateCode],
 ) -> OpsResult<Written> {
-    // One row per gate of the release; the reported gate's row carries its check's latest
-    // result when that result is the same. Run as a write: a statement of its own snapshot,
-    // taken after the release lock was.
-    const LOOK: &str = "SELECT g.gate_code, g.status, g.gate_id::text, \
-                g.gate_code = ANY ($6) AND g.bypass_expires_at <= clock_timestamp(), l.check_id::text \
-           FROM ops.release_gates g \
-           LEFT JOIN LATERAL ( \
-                SELECT c.check_id, c.status, c.required FROM ops.gate_checks c \
-                 WHERE g.gate_code = $2 AND c.gate_id = g.gate_id AND c.check_name COLLATE \"C\" = $3 \
-                 ORDER BY c.recorded_at DESC LIMIT 1) l ON l.status = $4 AND l.required = $5 \
-          WHERE g.release_id = $1 \
-          ORDER BY g.gate_code";
-    let codes: Vec<String> = inputs.iter().map(|g| g.as_str().to_owned()).collect();
-    let t = prepared::run(
-        client,
-        LOOK,
-        &[UUID, TEXT, TEXT, TEXT, BOOL, TEXT_ARRAY],
-        &[
-            uuid_arg(release_id)?,
-            c.report.gate.as_str().into(),
-            c.report.check_name.as_str().into(),
-            c.report.status.as_str().into(),
-            c.report.required.into(),
-            codes.into(),
-        ],
-    )?;
-    let (mut gate_id, mut latest, mut expired) = (None, None, false);
-    let mut statuses = Vec::new();
-    for row in t {
-        let code = GateCode::parse(&row.get::<String>(1)?.unwrap_or_default())?;
-        statuses.push((code, row.get::<String>(2)?.unwrap_or_default()));
-        expired |= row.get::<bool>(4)? == Some(true);
-        if code == c.report.gate {
-            gate_id = row.get::<String>(3)?;
-            latest = row.get::<String>(5)?;
-        }
-    }
+    let Look {
+        gate_id,
+        latest,
+        expired,
+        statuses,
+    } = look(client, release_id, c.report, inputs)?;
     let Some(gate_id) = gate_id else {
         return Ok(Written::NoGate);
     };
@@ -234,6 +203,73 @@ pub(super) fn write_check(
         check_id,
         repeated: false,
     })
+}
+
+/// What [`look`] found of a release's gates and a check's latest result.
+pub(super) struct Look {
+    /// The reported gate's id; None when the release has no such gate (or does not exist).
+    pub gate_id: Option<String>,
+    /// The row of the check's latest result, when that result is the reported one (same
+    /// status, same `required`).
+    pub latest: Option<String>,
+    /// Whether a gate whose facts the check's evaluation reads holds a bypass that has expired.
+    pub expired: bool,
+    /// Every gate's stored status, by code.
+    pub statuses: Vec<(GateCode, String)>,
+}
+
+/// Read a release's gates with their stored statuses, and whether a check's latest result is
+/// `report`'s (one statement, run as a write: its own snapshot, taken now). `inputs` are the
+/// gates whose facts the check's evaluation reads.
+pub(super) fn look(
+    client: &mut SpiClient<'_>,
+    release_id: &str,
+    report: &CheckReport,
+    inputs: &[GateCode],
+) -> OpsResult<Look> {
+    // One row per gate of the release; the reported gate's row carries its check's latest
+    // result when that result is the same.
+    const LOOK: &str = "SELECT g.gate_code, g.status, g.gate_id::text, \
+                g.gate_code = ANY ($6) AND g.bypass_expires_at <= clock_timestamp(), l.check_id::text \
+           FROM ops.release_gates g \
+           LEFT JOIN LATERAL ( \
+                SELECT c.check_id, c.status, c.required FROM ops.gate_checks c \
+                 WHERE g.gate_code = $2 AND c.gate_id = g.gate_id AND c.check_name COLLATE \"C\" = $3 \
+                 ORDER BY c.recorded_at DESC LIMIT 1) l ON l.status = $4 AND l.required = $5 \
+          WHERE g.release_id = $1 \
+          ORDER BY g.gate_code";
+    let codes: Vec<String> = inputs.iter().map(|g| g.as_str().to_owned()).collect();
+    let t = prepared::run(
+        client,
+        LOOK,
+        &[UUID, TEXT, TEXT, TEXT, BOOL, TEXT_ARRAY],
+        &[
+            uuid_arg(release_id)?,
+            report.gate.as_str().into(),
+            report.check_name.as_str().into(),
+            report.status.as_str().into(),
+            report.required.into(),
+            codes.into(),
+        ],
+    )?;
+    let mut found = Look {
+        gate_id: None,
+        latest: None,
+        expired: false,
+        statuses: Vec::new(),
+    };
+    for row in t {
+        let code = GateCode::parse(&row.get::<String>(1)?.unwrap_or_default())?;
+        found
+            .statuses
+            .push((code, row.get::<String>(2)?.unwrap_or_default()));
+        found.expired |= row.get::<bool>(4)? == Some(true);
+        if code == report.gate {
+            found.gate_id = row.get::<String>(3)?;
+            found.latest = row.get::<String>(5)?;
+        }
+    }
+    Ok(found)
 }
 
 /// What `ops.release_gates` holds for a gate now: status, reason, bypassing exception and when

@@ -22,6 +22,7 @@ use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 
+use super::envelope::CheckReport;
 use super::error::{OpsError, OpsResult};
 use super::gates::{self, GateCode};
 use super::store::{lock_release_row, read, write};
@@ -197,6 +198,36 @@ pub fn refresh_locked(
         check_id,
         repeated,
     })
+}
+
+/// A check result that repeats its check's latest result (same status, same `required`) while
+/// no bypass its evaluation reads has expired: the row that holds the result and every gate's
+/// stored status, or None (the release or gate does not exist, or the result is new). Read
+/// without the release's lock, from one snapshot taken now: such a report changes no fact and
+/// no status, so it needs no turn (`ops.ingest_event` under READ COMMITTED). Statuses are
+/// stored in the transaction that writes the facts they come from, so one snapshot holds both.
+pub fn unchanged_repeat(
+    client: &mut SpiClient<'_>,
+    release_id: &str,
+    report: &CheckReport,
+) -> OpsResult<Option<Repeat>> {
+    let (_, inputs) = report.gate.scope();
+    let found = facts::look(client, release_id, report, inputs)?;
+    Ok(match (found.gate_id, found.latest, found.expired) {
+        (Some(_), Some(check_id), false) => Some(Repeat {
+            check_id,
+            statuses: found.statuses,
+        }),
+        _ => None,
+    })
+}
+
+/// A check result that repeats its check's latest result ([`unchanged_repeat`]).
+pub struct Repeat {
+    /// The row that holds the result.
+    pub check_id: String,
+    /// Every gate's stored status, by code.
+    pub statuses: Vec<(GateCode, String)>,
 }
 
 /// Whether an evaluation says what is stored: status, reason, bypassing exception, and when
