@@ -289,10 +289,10 @@ pub fn load_facts(client: &SpiClient<'_>, release_id: &str) -> OpsResult<Release
     Ok(load(t)?.facts)
 }
 
-/// Checks are reported again and again (every CI run), so a release collects many rows per
-/// check. The latest per check is found by walking the `(gate_id, check_name, recorded_at)`
-/// index from name to name, one probe per distinct check, instead of sorting every row: the
-/// cost follows the number of checks, not the number of reports.
+/// A release still collects many rows per check (every change of a result, every report with
+/// evidence, direct writes). The latest per check is found by walking the `(gate_id,
+/// check_name, recorded_at)` index from name to name, one probe per distinct check, instead of
+/// sorting every row: the cost follows the number of checks, not the number of rows.
 pub(super) fn load(t: SpiTupleTable<'_>) -> OpsResult<Loaded> {
     let raw = if t.is_empty() {
         None
