@@ -131,6 +131,23 @@ rm -f "$dir"/a.* "$dir"/b.*
 retried=$(q "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT ops.ingest_event($created) ->> 'status'; COMMIT;")
 rows=$(q "SELECT string_agg(processing_status, ',' ORDER BY processing_status) FROM ops.event_ingest_log WHERE idempotency_key = 'iso/create-rr'")
 [ "$retried" = duplicate ] && [ "$rows" = "accepted,duplicate" ] || fail "the retry answered $retried; log rows: $rows"
+# The same for a key a READ COMMITTED repeat holds (it takes no lock, so the second sender
+# waits on the key itself): the REPEATABLE READ sender is told to retry, and its retry is the
+# repeat's duplicate.
+R2c=c5c5c5c5-0000-4000-8000-00000000002c
+q "DELETE FROM ops.releases WHERE release_id = '$R2c'"
+q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/r2c/create', 'event_type', 'release_created',
+      'source_system', 'github_actions', 'release_id', '$R2c', 'version', 'iso-2c'))" >/dev/null
+r2c() { echo "jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'iso/r2c/$1', 'event_type', 'check_result',
+        'source_system', 'github_actions', 'release_id', '$R2c', 'gate_code', 'G1', 'check_name', 'u', 'status', 'pass')"; }
+q "SELECT ops.ingest_event($(r2c first))" >/dev/null
+hold_then_send "SELECT ops.ingest_event($(r2c again)) #>> '{detail,repeated}';" \
+  "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 'b: ' || (ops.ingest_event($(r2c again)) ->> 'status'); COMMIT;"
+grep -q '^true$' "$dir/a.out" || fail "the READ COMMITTED sender was not a repeat: $(cat "$dir/a.out")"
+grep -q 'retry the transaction' "$dir/b.out" || fail "the REPEATABLE READ sender of a repeat's key was not told to retry: $(cat "$dir/b.out")"
+rm -f "$dir"/a.* "$dir"/b.*
+rows=$(q "SELECT string_agg(processing_status, ',' ORDER BY processing_status) FROM ops.event_ingest_log WHERE idempotency_key = 'iso/r2c/again'")
+[ "$rows" = accepted ] || fail "log rows of the repeat's key after the refused sender: $rows"
 # ---- 3. a repeated result against a REPEATABLE READ direct writer --------------------------------
 R3=c5c5c5c5-0000-4000-8000-000000000003
 q "DELETE FROM ops.releases WHERE release_id = '$R3'"
@@ -143,8 +160,9 @@ q "SELECT ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempote
 g1=$(q "SELECT ops.ingest_event($(ev3 1 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) #>> '{detail,gates,G1}'")
 [ "$g1" = failed ] || fail "setup: G1 is $g1 after u failed"
 ci_claims="SET ROLE ci_service_role; SET request.jwt.claims = '{\"sub\": \"ci-bot\", \"role\": \"ci_service_role\"}';"
-direct_u_pass="INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, reported_by, source_system)
-                 SELECT gate_id, release_id, 'u', 'pass', 'ci-bot', 'direct' FROM ops.release_gates
+# Dated at its transaction's start (allowed), before the repeat: the turn dates it anew.
+direct_u_pass="INSERT INTO ops.gate_checks (gate_id, release_id, check_name, status, reported_by, source_system, recorded_at)
+                 SELECT gate_id, release_id, 'u', 'pass', 'ci-bot', 'direct', now() FROM ops.release_gates
                   WHERE release_id = '$R3' AND gate_code = 'G1';"
 session s
 say s "$ci_claims BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 'snapshot taken';"
@@ -176,6 +194,15 @@ grep -q 'could not serialize access' <<<"$out" \
   || fail "the REPEATABLE READ direct writer that missed a new result was not refused with 40001: $out"
 read -r stored fresh <<<"$(q "SELECT status, ops.evaluate_gate(gate_id) FROM ops.release_gates WHERE release_id = '$R3' AND gate_code = 'G1'" | tr '|' ' ')"
 [ "$stored" = "$fresh" ] && [ "$stored" = failed ] || fail "after the refused writer: stored G1 $stored, a fresh evaluation says $fresh"
+# A repeat takes no turn: with the release's lock held by a sender of a new result (not yet
+# committed), a repeat sent under a 2 s lock_timeout is answered at once from what is committed.
+session h
+say h "BEGIN; SELECT 'held ' || (ops.ingest_event($(ev3 4h '{"gate_code": "G1", "check_name": "w", "status": "pass", "required": false}')) ->> 'status');"
+until_printed h 'held accepted'
+unheld=$(q "SET lock_timeout = '2s'; SELECT ops.ingest_event($(ev3 4r '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) #>> '{detail,repeated}'")
+say h "COMMIT;"
+finish h
+[ "$unheld" = true ] || fail "a repeat did not pass a held release lock: $unheld"
 # The same repeat answers the same, recorded without the turn (READ COMMITTED) or under it
 # (REPEATABLE READ, where it is applied as any event is).
 unlocked=$(q "SELECT ops.ingest_event($(ev3 5 '{"gate_code": "G1", "check_name": "u", "status": "fail"}')) -> 'detail'")
@@ -293,7 +320,7 @@ echo "ok 7 - ops direct writes: a staging deployment INSERTed while the build th
 echo "ok 5 - ops release lock: an ingest finishing a deployment waits behind a direct edit of its release (whose fact write then takes the lock) and is accepted, no deadlock; a sender that waited while the release was deleted is answered unknown_release and leaves no lock row"
 echo "ok 3 - ops identity: one login with two personas and no JWT is one actor (its exception approved by itself: $decided, refused); a persona's COPY (INSERT ... RETURNING) TO STDOUT is refused by the promotion block like an INSERT"
 
-echo "ok 1 - ops direct writes under REPEATABLE READ: a persona's check result written after a repeated result (no row, no turn) takes the turn, is dated after it and commits (stored G1 passed, as a fresh evaluation); written after a new result its snapshot missed, it fails with 40001 and the stored G1 ($stored) equals a fresh evaluation; a repeat answers the same with and without the turn"
+echo "ok 1 - ops direct writes under REPEATABLE READ: a persona's check result dated at its transaction's start, written after a repeated result (no row, no turn), takes the turn, is dated anew after it and commits (stored G1 passed, as a fresh evaluation); written after a new result its snapshot missed, it fails with 40001 and the stored G1 ($stored) equals a fresh evaluation; a repeat passes a held release lock, and answers the same with and without the turn"
 
-echo "ok 2 - ops ingest, one key sent twice at once for release_created and for exception_decided: the second sender waits, then answers as the first's duplicate (no 409), one log row each; a REPEATABLE READ second sender fails with 40001, logs nothing, and its retry is the duplicate"
+echo "ok 2 - ops ingest, one key sent twice at once for release_created and for exception_decided: the second sender waits, then answers as the first's duplicate (no 409), one log row each; a REPEATABLE READ second sender (of a release_created, or of a key a lock-free repeat holds) fails with 40001, logs nothing, and its retry is the duplicate"
 echo "ok 4 - ops ingest under REPEATABLE READ: a sender whose snapshot misses a committed check of the release fails with 40001 and logs nothing, the stored G1 ($stored) equals a fresh evaluation, and the retry passes G1"

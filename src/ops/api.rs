@@ -127,7 +127,7 @@ mod ops {
             // A check result that repeats its check's latest one changes nothing but the log:
             // under READ COMMITTED it is recorded without the release's turn (a transaction
             // that reads one snapshot throughout takes the turn, below, which fails it with
-            // 40001 when that snapshot missed an event of the release).
+            // 40001 when that snapshot missed an event of the release that changed something).
             if let Some((release, report)) =
                 apply::repeat_candidate(&env).filter(|_| !core_store::snapshot_per_transaction())
             {
@@ -277,6 +277,13 @@ mod ops {
             }) {
                 Ok(Ok(())) => Repeat::Answered(body),
                 Err(c) if c.sqlstate == "23505" => Repeat::KeyTaken,
+                // As on the locked path: the caller's transaction is retried as a whole.
+                Err(c) if c.sqlstate == "40001" || c.sqlstate == "40P01" => {
+                    return Err(OpsError::Core(CoreError::Busy {
+                        what: format!("idempotency_key {}", crate::core::error::quoted(key)),
+                        hint: format!("{} ({}); retry the transaction", c.message, c.sqlstate),
+                    }))
+                }
                 Ok(Err(_)) | Err(_) => Repeat::NotOne,
             },
         )

@@ -147,9 +147,10 @@ pub(super) enum Written {
 /// evaluation reads (`inputs`: G3 follows G2's status) holds a bypass that has expired: expiry
 /// is the one way time changes an evaluation, and the stored status is then out of date.
 ///
-/// The repeat path relies on the lock's rewrite: a `REPEATABLE READ` transaction whose snapshot
-/// misses a result could otherwise judge its own report against an older latest result. Instead
-/// it fails with 40001 when it takes the release.
+/// Under the lock, the repeat path relies on the lock's rewrite: a `REPEATABLE READ`
+/// transaction whose snapshot misses a new result could otherwise judge its own report against
+/// an older latest result. Instead it fails with 40001 when it takes the release. (A
+/// `READ COMMITTED` sender records a repeat without the lock: `unchanged_repeat`.)
 pub(super) fn write_check(
     client: &mut SpiClient<'_>,
     release_id: &str,
