@@ -414,6 +414,37 @@ COMMENT ON FUNCTION ops.take_turn_for_check() IS
 CREATE TRIGGER take_turn BEFORE INSERT ON ops.gate_checks FOR EACH ROW
     WHEN (pg_catalog.row_security_active('ops.gate_checks'::regclass)) EXECUTE FUNCTION ops.take_turn_for_check();
 
+-- Evidence attached to a gate or check belongs to that gate's release (filled in when omitted,
+-- refused when contradicted), and a check it names is of the gate it names (from 0.1.1).
+CREATE OR REPLACE FUNCTION ops.evidence_release() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner uuid;
+    check_gate uuid;
+BEGIN
+    IF NEW.check_id IS NOT NULL THEN
+        SELECT c.release_id, c.gate_id INTO owner, check_gate FROM ops.gate_checks c WHERE c.check_id = NEW.check_id;
+        IF NEW.gate_id IS NOT NULL AND check_gate IS DISTINCT FROM NEW.gate_id THEN
+            RAISE EXCEPTION USING ERRCODE = '23514',
+                MESSAGE = format('check %s of this artifact is not a check of gate %s', NEW.check_id, NEW.gate_id),
+                HINT = 'omit gate_id (the check''s gate counts), or name the check''s own gate';
+        END IF;
+    ELSIF NEW.gate_id IS NOT NULL THEN
+        SELECT g.release_id INTO owner FROM ops.release_gates g WHERE g.gate_id = NEW.gate_id;
+    END IF;
+    IF owner IS NOT NULL THEN
+        IF NEW.release_id IS NOT NULL AND NEW.release_id <> owner THEN
+            RAISE EXCEPTION USING ERRCODE = '23514',
+                MESSAGE = format('the gate or check of this artifact belongs to release %s, not %s', owner, NEW.release_id),
+                HINT = 'omit release_id, or name a gate or check of the same release';
+        END IF;
+        NEW.release_id := owner;
+    END IF;
+    RETURN NEW;
+END
+$$;
 CREATE OR REPLACE FUNCTION ops.stamp_transition() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp

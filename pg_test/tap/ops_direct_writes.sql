@@ -5,7 +5,7 @@
 -- carry, 55000 a move no event can make) and leaves nothing behind; each legitimate direct write
 -- still works, and so does ingest, which writes through the same tables.
 BEGIN;
-SELECT plan(107);
+SELECT plan(116);
 
 -- Three releases, created through ingest by a trusted session: X (exceptions and values),
 -- D (deployments; made eligible for staging) and I (everything again through ingest).
@@ -296,6 +296,45 @@ SELECT is(ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempote
               'artifact_type', 'qa_signoff', 'uri', 'https://x.example/fake')) #>> '{detail,http_status}', '403',
           'nor through ingest (403)');
 SELECT is((SELECT count(*)::int FROM ops.evidence_artifacts WHERE uri = 'https://x.example/fake'), 0, 'and no such artifact was written');
+-- Evidence belongs to the release of the gate or check it is attached to (filled in when
+-- omitted), and a check it names is of the gate it names: for every writer (23514).
+SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (release_id, gate_id, artifact_type, uri, submitted_by)
+                   SELECT 'd6000000-0000-4000-8000-000000000001', gate_id, 'test_report', 'https://x.example/mixed', 'ci-bot'
+                     FROM ops.release_gates WHERE release_id = 'd6000000-0000-4000-8000-000000000002' AND gate_code = 'G1'$$,
+                 '23514', NULL, 'evidence of one release attached to another release''s gate is refused');
+SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (release_id, check_id, artifact_type, uri, submitted_by)
+                   SELECT 'd6000000-0000-4000-8000-000000000001', check_id, 'test_report', 'https://x.example/mixed', 'ci-bot'
+                     FROM ops.gate_checks WHERE release_id = 'd6000000-0000-4000-8000-000000000002' AND check_name = 'build'$$,
+                 '23514', NULL, 'so is one attached to another release''s check');
+SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (release_id, gate_id, check_id, artifact_type, uri, submitted_by)
+                   SELECT g.release_id, g.gate_id, c.check_id, 'test_report', 'https://x.example/mixed', 'ci-bot'
+                     FROM ops.release_gates g, ops.gate_checks c
+                    WHERE g.release_id = 'd6000000-0000-4000-8000-000000000002' AND g.gate_code = 'G2'
+                      AND c.release_id = g.release_id AND c.check_name = 'build'$$,
+                 '23514', NULL, 'and one attached to a gate and a check of another gate');
+SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (gate_id, check_id, artifact_type, uri, submitted_by)
+                   SELECT g.gate_id, c.check_id, 'test_report', 'https://x.example/mixed', 'ci-bot'
+                     FROM ops.release_gates g, ops.gate_checks c
+                    WHERE g.release_id = 'd6000000-0000-4000-8000-000000000001' AND g.gate_code = 'G1'
+                      AND c.release_id = 'd6000000-0000-4000-8000-000000000002' AND c.check_name = 'build'$$,
+                 '23514', NULL, 'and one attached to a gate of one release and a check of another');
+SELECT is((SELECT count(*)::int FROM ops.evidence_artifacts WHERE uri = 'https://x.example/mixed'), 0, 'none of them was written');
+SELECT lives_ok($$INSERT INTO ops.evidence_artifacts (gate_id, artifact_type, uri, submitted_by)
+                  SELECT gate_id, 'test_report', 'https://x.example/gate-only', 'ci-bot'
+                    FROM ops.release_gates WHERE release_id = 'd6000000-0000-4000-8000-000000000002' AND gate_code = 'G1'$$,
+                'evidence attached to a gate alone is written');
+SELECT is((SELECT release_id::text FROM ops.evidence_artifacts WHERE uri = 'https://x.example/gate-only'),
+          'd6000000-0000-4000-8000-000000000002', '  with its gate''s release');
+SELECT lives_ok($$INSERT INTO ops.evidence_artifacts (release_id, gate_id, check_id, artifact_type, uri, submitted_by)
+                  SELECT g.release_id, g.gate_id, c.check_id, 'build_log', 'https://x.example/build.log', 'ci-bot'
+                    FROM ops.release_gates g JOIN ops.gate_checks c ON c.gate_id = g.gate_id
+                   WHERE g.release_id = 'd6000000-0000-4000-8000-000000000002' AND g.gate_code = 'G1' AND c.check_name = 'build'$$,
+                'evidence of a release, its gate and a check of that gate is written');
+SELECT is(ops.ingest_event(jsonb_build_object('schema_version', '1.0', 'idempotency_key', 'dw-mixed', 'event_type', 'evidence_attached',
+              'source_system', 'github_actions', 'release_id', 'd6000000-0000-4000-8000-000000000002', 'gate_code', 'G2',
+              'check_id', (SELECT check_id FROM ops.gate_checks WHERE release_id = 'd6000000-0000-4000-8000-000000000002' AND check_name = 'build'),
+              'artifact_type', 'test_report', 'uri', 'https://x.example/mixed')) #>> '{detail,error}', 'unknown_reference',
+          'through ingest, a check of another gate than the one named is an unknown reference (409)');
 SELECT throws_ok($$INSERT INTO ops.releases (release_id, version, created_by, source_system) VALUES ('d6000000-0000-4000-8000-000000000009', '   ', 'ci-bot', 'github_actions')$$,
                  '23514', NULL, 'a release with a blank version is refused');
 SELECT lives_ok($$INSERT INTO ops.releases (release_id, version, created_by, source_system) VALUES ('d6000000-0000-4000-8000-000000000004', 'dw-direct', 'ci-bot', 'github_actions')$$,

@@ -78,16 +78,22 @@ CREATE TRIGGER refresh_gates_truncate AFTER TRUNCATE ON ops.deployments
     FOR EACH STATEMENT EXECUTE FUNCTION ops.on_facts_truncated();
 
 -- Evidence attached to a gate or check belongs to that gate's release (filled in when omitted,
--- refused when contradicted).
+-- refused when contradicted), and a check it names is of the gate it names.
 CREATE FUNCTION ops.evidence_release() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     owner uuid;
+    check_gate uuid;
 BEGIN
     IF NEW.check_id IS NOT NULL THEN
-        SELECT c.release_id INTO owner FROM ops.gate_checks c WHERE c.check_id = NEW.check_id;
+        SELECT c.release_id, c.gate_id INTO owner, check_gate FROM ops.gate_checks c WHERE c.check_id = NEW.check_id;
+        IF NEW.gate_id IS NOT NULL AND check_gate IS DISTINCT FROM NEW.gate_id THEN
+            RAISE EXCEPTION USING ERRCODE = '23514',
+                MESSAGE = format('check %s of this artifact is not a check of gate %s', NEW.check_id, NEW.gate_id),
+                HINT = 'omit gate_id (the check''s gate counts), or name the check''s own gate';
+        END IF;
     ELSIF NEW.gate_id IS NOT NULL THEN
         SELECT g.release_id INTO owner FROM ops.release_gates g WHERE g.gate_id = NEW.gate_id;
     END IF;

@@ -139,15 +139,20 @@ pub(super) fn attach(
 ) -> OpsResult<()> {
     let g = b.gate.map(|g| gate_id(client, r, g)).transpose()?;
     if let Some(c) = &b.check_id {
+        // A check of the release, and of the gate the envelope names, if it names one.
         let t = read(
             client,
-            "SELECT 1 FROM ops.gate_checks WHERE check_id = $1::uuid AND release_id = $2::uuid",
-            &[Some(c), Some(r)],
+            "SELECT 1 FROM ops.gate_checks WHERE check_id = $1::uuid AND release_id = $2::uuid \
+                AND ($3::uuid IS NULL OR gate_id = $3::uuid)",
+            &[Some(c), Some(r), g.as_deref()],
         )?;
         if t.is_empty() {
             return Err(OpsError::UnknownReference {
                 kind: "check".into(),
-                id: format!("{c} of release {r}"),
+                id: match b.gate {
+                    Some(gate) => format!("{c} of gate {} of release {r}", gate.as_str()),
+                    None => format!("{c} of release {r}"),
+                },
             });
         }
     }
