@@ -384,7 +384,8 @@ COMMENT ON TABLE ops.exceptions IS
 COMMENT ON TABLE ops.gate_checks IS
   'Check results as they change; the latest per (gate, check_name) counts. A report through ops.ingest_event that '
   'repeats its check''s latest result (same status and required flag, no evidence) adds no row: its accepted row in '
-  'ops.event_ingest_log is the report, and its answer names the row that holds the result.';
+  'ops.event_ingest_log is the report (ops.v_check_reports lists every report), and its answer names the row that '
+  'holds the result.';
 -- A check result written directly (by a persona) takes its release's turn before the row exists
 -- (from 0.1.1),
 -- as ops.ingest_event does, and is dated when it got the turn: results of one check are then
@@ -560,6 +561,36 @@ SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
   FROM ops.exceptions x
   JOIN ops.release_gates g ON g.gate_id = x.gate_id
   JOIN ops.releases r ON r.release_id = x.release_id;
+-- Every accepted check report with its run: what ops.gate_checks held per report until a report
+-- that repeats its check's latest result stopped adding a row there (0.1.1). Not
+-- security_invoker: it runs as its owner, so a persona reads every report's check fields (all six
+-- read every check result) and nothing else of the ingest log, whose row-level security keeps
+-- the envelopes (their metadata and evidence) and every other event to their readers.
+CREATE VIEW ops.v_check_reports AS
+SELECT l.ingest_id, l.release_id,
+       coalesce(l.envelope ->> 'gate_code', 'G1') AS gate_code,
+       coalesce(l.envelope ->> 'check_name', 'build') AS check_name,
+       l.envelope ->> 'status' AS status,
+       coalesce((l.envelope ->> 'required')::boolean, true) AS required,
+       l.envelope ->> 'run_id' AS run_id,
+       l.envelope ->> 'details_url' AS details_url,
+       l.received_by AS reported_by, l.source_system, l.received_at,
+       (l.result #>> '{detail,check_id}')::uuid AS check_id,
+       coalesce((l.result #>> '{detail,repeated}')::boolean, false) AS repeated
+  FROM ops.event_ingest_log l
+ WHERE l.processing_status = 'accepted' AND l.event_type IN ('check_result', 'build_complete');
+COMMENT ON VIEW ops.v_check_reports IS
+  'Every accepted check report (check_result, build_complete) with its run_id and details_url; check_id is the '
+  'ops.gate_checks row that holds its result, repeated whether it repeated that result (and so added no row).';
+
+DO $check_reports$
+BEGIN
+    GRANT SELECT ON ops.v_check_reports TO ci_service_role, release_manager, qa_tester, sre, developer, audit_reader;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT SELECT ON ops.v_check_reports TO service_role;
+    END IF;
+END
+$check_reports$;
 -- The statements of the persona matrix now follow the columns the tables have (an earlier
 -- version's script run with this library gets that version's grants and policies), so they are
 -- no longer immutable.
@@ -1114,6 +1145,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE intake.retired_pools FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION intake.fixed_pool_shape() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.take_turn_for_check() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE ops.v_check_reports FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;
     -- service_role keeps its reads and API, never an owner's rights (0.1.0 left what default

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(185);
+SELECT plan(187);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -52,8 +52,9 @@ SELECT ok((SELECT indisunique FROM pg_index WHERE indexrelid = 'ops.event_ingest
 SELECT is((SELECT count(*)::int FROM pg_roles WHERE rolname IN ('ci_service_role', 'release_manager', 'qa_tester', 'sre', 'developer', 'audit_reader')
              AND NOT rolcanlogin), 6, 'the six persona roles exist, NOLOGIN');
 SELECT is((SELECT count(*)::int FROM pg_views WHERE schemaname = 'ops' AND viewname IN
-            ('v_release_gate_summary', 'v_promotion_eligibility', 'v_evidence_completeness', 'v_exception_status', 'v_deployment_history')),
-          5, 'the five reporting views exist');
+            ('v_release_gate_summary', 'v_promotion_eligibility', 'v_evidence_completeness', 'v_exception_status', 'v_deployment_history',
+             'v_check_reports')),
+          6, 'the six reporting views exist');
 SELECT throws_ok($$INSERT INTO ops.evidence_artifacts (artifact_type, uri, submitted_by) VALUES ('test_report', 'https://x', 'me')$$,
                  '23514', NULL, 'evidence other than a reference must be attached to a release, gate or check');
 SELECT lives_ok($$INSERT INTO ops.evidence_artifacts (artifact_type, uri, submitted_by) VALUES ('reference', 'https://runbook', 'me')$$,
@@ -469,6 +470,18 @@ SELECT is(pg_temp.chk('r9-unit-2b', '{"gate_code": "G1", "check_name": "unit", "
 SELECT is((SELECT count(*) FROM ops.gate_checks WHERE release_id = 'a0000000-0000-4000-8000-000000000009'),
           (SELECT checks FROM r9_before), '  and writes no row either; its run is in its log row')
   FROM ops.event_ingest_log WHERE idempotency_key = 'r9-unit-2b' AND envelope ->> 'run_id' = 'run-77';
+-- Every persona reads every report's run in ops.v_check_reports, a developer too, who reads no
+-- row of CI's in the ingest log.
+SELECT r #>> '{detail,check_id}' AS r9_check FROM r9_repeat \gset
+SET LOCAL ROLE developer;
+SET LOCAL request.jwt.claims = '{"sub": "dev-dana", "role": "developer"}';
+SELECT is((SELECT run_id || ' ' || details_url || ' ' || repeated || ' ' || (check_id::text = :'r9_check')
+             FROM ops.v_check_reports
+            WHERE release_id = 'a0000000-0000-4000-8000-000000000009' AND check_name = 'unit' AND run_id = 'run-77'),
+          'run-77 https://ci.example/run-77 true true', 'a developer reads the repeat''s run and the row that holds its result in ops.v_check_reports');
+SELECT throws_ok($$SELECT count(*) FROM ops.event_ingest_log$$, '42501', NULL, '  who cannot read the ingest log itself');
+RESET ROLE;
+RESET request.jwt.claims;
 CREATE TEMP TABLE r9_evidence AS SELECT ops.ingest_event(pg_temp.ev('r9-unit-2c', 'check_result',
     '{"gate_code": "G1", "check_name": "unit", "status": "fail",
       "evidence": [{"artifact_type": "test_report", "uri": "https://ci.example/run-78/report"}]}',

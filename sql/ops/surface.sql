@@ -722,6 +722,28 @@ SELECT d.deployment_id, d.release_id, r.version, d.environment, d.status, d.g4_s
 COMMENT ON VIEW ops.v_deployment_history IS
   'Deployments and rollbacks per environment with G4 status, the version they replaced and when health was checked.';
 
+-- Every accepted check report with its run: what ops.gate_checks held per report until a report
+-- that repeats its check's latest result stopped adding a row there (0.1.1). Not
+-- security_invoker: it runs as its owner, so a persona reads every report's check fields (all six
+-- read every check result) and nothing else of the ingest log, whose row-level security keeps
+-- the envelopes (their metadata and evidence) and every other event to their readers.
+CREATE VIEW ops.v_check_reports AS
+SELECT l.ingest_id, l.release_id,
+       coalesce(l.envelope ->> 'gate_code', 'G1') AS gate_code,
+       coalesce(l.envelope ->> 'check_name', 'build') AS check_name,
+       l.envelope ->> 'status' AS status,
+       coalesce((l.envelope ->> 'required')::boolean, true) AS required,
+       l.envelope ->> 'run_id' AS run_id,
+       l.envelope ->> 'details_url' AS details_url,
+       l.received_by AS reported_by, l.source_system, l.received_at,
+       (l.result #>> '{detail,check_id}')::uuid AS check_id,
+       coalesce((l.result #>> '{detail,repeated}')::boolean, false) AS repeated
+  FROM ops.event_ingest_log l
+ WHERE l.processing_status = 'accepted' AND l.event_type IN ('check_result', 'build_complete');
+COMMENT ON VIEW ops.v_check_reports IS
+  'Every accepted check report (check_result, build_complete) with its run_id and details_url; check_id is the '
+  'ops.gate_checks row that holds its result, repeated whether it repeated that result (and so added no row).';
+
 -- Personas: the roles, their GRANTs, row-level security policies and the CHECK on an approval's
 -- persona, all from the persona matrix (src/ops/personas.rs), which also decides who may send
 -- which event. Anything not granted is refused with 42501 (insufficient privilege) or filtered

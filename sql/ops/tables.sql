@@ -95,7 +95,8 @@ CREATE TABLE ops.gate_checks (
 COMMENT ON TABLE ops.gate_checks IS
   'Check results as they change; the latest per (gate, check_name) counts. A report through ops.ingest_event that '
   'repeats its check''s latest result (same status and required flag, no evidence) adds no row: its accepted row in '
-  'ops.event_ingest_log is the report, and its answer names the row that holds the result.';
+  'ops.event_ingest_log is the report (ops.v_check_reports lists every report), and its answer names the row that '
+  'holds the result.';
 -- The gate evaluator walks this index from check name to check name (bytewise order: it needs
 -- the distinct names, not a language's sort order, and bytewise comparison is the cheap one).
 CREATE INDEX gate_checks_latest ON ops.gate_checks (gate_id, check_name COLLATE "C", recorded_at DESC);

@@ -297,13 +297,15 @@ fn quoted(roles: &[&str]) -> String {
     roles.join(", ")
 }
 
-/// The reporting views; every persona reads them (each sees what its policies allow).
+/// The reporting views; every persona reads them (each sees what its policies allow; the check
+/// reports, every report's check fields, as every persona reads every check result).
 pub const VIEWS: &[&str] = &[
     "v_release_gate_summary",
     "v_promotion_eligibility",
     "v_evidence_completeness",
     "v_exception_status",
     "v_deployment_history",
+    "v_check_reports",
 ];
 
 /// The statements that give every persona its access, in order: the roles (NOLOGIN, created
@@ -411,15 +413,19 @@ pub fn privileges(has_column: &dyn Fn(&str, &str) -> bool) -> Vec<String> {
             ));
         }
     }
-    out.push(format!(
-        "GRANT SELECT ON {} TO {}",
-        VIEWS
-            .iter()
-            .map(|v| format!("ops.{v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        quoted(PERSONAS)
-    ));
+    // The views the schema has: an earlier version's script run with this library made fewer.
+    let views: Vec<String> = VIEWS
+        .iter()
+        .filter(|v| has_column(v, "release_id"))
+        .map(|v| format!("ops.{v}"))
+        .collect();
+    if !views.is_empty() {
+        out.push(format!(
+            "GRANT SELECT ON {} TO {}",
+            views.join(", "),
+            quoted(PERSONAS)
+        ));
+    }
     // Ingest for every persona that may send some event; evaluation for all six; creating a
     // release's gates for those that create releases.
     let senders: Vec<&str> = PERSONAS
