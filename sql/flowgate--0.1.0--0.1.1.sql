@@ -565,8 +565,10 @@ SELECT x.exception_id, x.release_id, r.version, g.gate_code, x.status,
 -- that repeats its check's latest result stopped adding a row there (0.1.1). Not
 -- security_invoker: it runs as its owner, so a persona reads every report's check fields (all six
 -- read every check result) and nothing else of the ingest log, whose row-level security keeps
--- the envelopes (their metadata and evidence) and every other event to their readers.
-CREATE VIEW ops.v_check_reports AS
+-- the envelopes (their metadata and evidence) and every other event to their readers. A security
+-- barrier: a reader's own conditions (a cast that fails, a function that prints its argument)
+-- see only rows the view's condition let through.
+CREATE VIEW ops.v_check_reports WITH (security_barrier = true) AS
 SELECT l.ingest_id, l.release_id,
        coalesce(l.envelope ->> 'gate_code', 'G1') AS gate_code,
        coalesce(l.envelope ->> 'check_name', 'build') AS check_name,

@@ -3,7 +3,7 @@
 -- the log row written), the gate rules through events, exceptions and their expiry,
 -- the promotion block, and the DDL guarantees.
 BEGIN;
-SELECT plan(187);
+SELECT plan(188);
 
 -- Everything a handler may write, to prove a rejection wrote none of it.
 CREATE FUNCTION pg_temp.domain_rows() RETURNS bigint LANGUAGE sql AS $$
@@ -473,6 +473,13 @@ SELECT is((SELECT count(*) FROM ops.gate_checks WHERE release_id = 'a0000000-000
 -- Every persona reads every report's run in ops.v_check_reports, a developer too, who reads no
 -- row of CI's in the ingest log.
 SELECT r #>> '{detail,check_id}' AS r9_check FROM r9_repeat \gset
+-- A condition cheaper than the view's own, which fails on a row the view does not show (the
+-- release's release_created).
+SELECT ingest_id AS r9_hidden FROM ops.event_ingest_log
+ WHERE release_id = 'a0000000-0000-4000-8000-000000000009' AND processing_status = 'accepted' AND event_type = 'release_created' \gset
+SELECT format($f$CREATE FUNCTION pg_temp.seen(id uuid) RETURNS boolean LANGUAGE plpgsql COST 0.0001 AS $b$
+                 BEGIN IF id = %L THEN RAISE EXCEPTION 'a row the view does not show'; END IF; RETURN true; END $b$$f$,
+              :'r9_hidden') \gexec
 SET LOCAL ROLE developer;
 SET LOCAL request.jwt.claims = '{"sub": "dev-dana", "role": "developer"}';
 SELECT is((SELECT run_id || ' ' || details_url || ' ' || repeated || ' ' || (check_id::text = :'r9_check')
@@ -480,6 +487,8 @@ SELECT is((SELECT run_id || ' ' || details_url || ' ' || repeated || ' ' || (che
             WHERE release_id = 'a0000000-0000-4000-8000-000000000009' AND check_name = 'unit' AND run_id = 'run-77'),
           'run-77 https://ci.example/run-77 true true', 'a developer reads the repeat''s run and the row that holds its result in ops.v_check_reports');
 SELECT throws_ok($$SELECT count(*) FROM ops.event_ingest_log$$, '42501', NULL, '  who cannot read the ingest log itself');
+SELECT lives_ok($$SELECT count(*) FROM ops.v_check_reports WHERE pg_temp.seen(ingest_id)$$,
+                '  nor through the view: a reader''s own condition, however cheap, sees only the rows it shows (a security barrier)');
 RESET ROLE;
 RESET request.jwt.claims;
 CREATE TEMP TABLE r9_evidence AS SELECT ops.ingest_event(pg_temp.ev('r9-unit-2c', 'check_result',
