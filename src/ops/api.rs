@@ -178,17 +178,21 @@ mod ops {
                 // as a whole, as for a serialization failure).
                 Err(c) if logging.get() && c.sqlstate == "23505" => {
                     if core_store::snapshot_per_transaction() {
-                        return Err(key_taken_since_snapshot(key));
+                        // This transaction's snapshot can never see that sender's row.
+                        return Err(busy(
+                            key,
+                            "a concurrent sender's envelope took the key after this transaction's snapshot; retry the transaction".into(),
+                        ));
                     }
                     continue;
                 }
                 // A serialization failure or a deadlock: the caller's transaction has to be
                 // retried as a whole, so it is not this envelope's outcome.
                 Err(c) if c.sqlstate == "40001" || c.sqlstate == "40P01" => {
-                    return Err(OpsError::Core(CoreError::Busy {
-                        what: format!("idempotency_key {}", crate::core::error::quoted(key)),
-                        hint: format!("{} ({}); retry the transaction", c.message, c.sqlstate),
-                    }))
+                    return Err(busy(
+                        key,
+                        format!("{} ({}); retry the transaction", c.message, c.sqlstate),
+                    ))
                 }
                 // The handler (or the log write) refused the event, or failed.
                 Ok(Err(e)) => Ok(e),
@@ -217,18 +221,19 @@ mod ops {
             };
             return finished.log(&ingest_id, &received);
         }
-        Err(OpsError::Core(CoreError::Busy {
-            what: format!("idempotency_key {}", crate::core::error::quoted(key)),
-            hint: "the key is being accepted and released by concurrent senders; send the envelope again".into(),
-        }))
+        Err(busy(
+            key,
+            "the key is being accepted and released by concurrent senders; send the envelope again"
+                .into(),
+        ))
     }
 
-    /// 40001-class (`Busy`): a concurrent sender took the key after this transaction's snapshot,
-    /// which can never see that sender's row.
-    fn key_taken_since_snapshot(key: &str) -> OpsError {
+    /// 40001-class (`Busy`): the envelope of `key` cannot be judged now; `hint` says whether to
+    /// send it again or to retry the caller's whole transaction. Nothing is logged.
+    fn busy(key: &str, hint: String) -> OpsError {
         OpsError::Core(CoreError::Busy {
             what: format!("idempotency_key {}", crate::core::error::quoted(key)),
-            hint: "a concurrent sender's envelope took the key after this transaction's snapshot; retry the transaction".into(),
+            hint,
         })
     }
 
@@ -279,10 +284,10 @@ mod ops {
                 Err(c) if c.sqlstate == "23505" => Repeat::KeyTaken,
                 // As on the locked path: the caller's transaction is retried as a whole.
                 Err(c) if c.sqlstate == "40001" || c.sqlstate == "40P01" => {
-                    return Err(OpsError::Core(CoreError::Busy {
-                        what: format!("idempotency_key {}", crate::core::error::quoted(key)),
-                        hint: format!("{} ({}); retry the transaction", c.message, c.sqlstate),
-                    }))
+                    return Err(busy(
+                        key,
+                        format!("{} ({}); retry the transaction", c.message, c.sqlstate),
+                    ))
                 }
                 Ok(Err(_)) | Err(_) => Repeat::NotOne,
             },

@@ -6,7 +6,7 @@ use pgrx::spi::SpiClient;
 use super::{first_text, gate_id, insert_artifact, read, unknown_gate, write, Applied, Apply};
 use crate::ops::envelope::{Artifact, Attachment, CheckReport, Envelope, EventType, Signoff};
 use crate::ops::error::{OpsError, OpsResult};
-use crate::ops::evaluation::NewCheck;
+use crate::ops::evaluation::{insert_check, NewCheck};
 use crate::ops::roles;
 
 /// A check's result on a gate of the release; the envelope's evidence goes to the check, which
@@ -22,41 +22,17 @@ pub(super) fn check<'a>(
     out: &mut Applied<'a>,
 ) -> OpsResult<()> {
     out.set("gate_code", b.gate.as_str());
+    let check = NewCheck {
+        report: b,
+        reported_by: &ctx.caller.actor_id,
+        source_system: &env.source_system,
+        ingest_id: ctx.ingest_id,
+    };
     if env.evidence.is_empty() {
-        out.new_check = Some(NewCheck {
-            report: b,
-            reported_by: &ctx.caller.actor_id,
-            source_system: &env.source_system,
-            ingest_id: ctx.ingest_id,
-        });
+        out.new_check = Some(check);
         return Ok(());
     }
-    let required = b.required.to_string();
-    let t = write(
-        client,
-        "INSERT INTO ops.gate_checks (check_id, gate_id, release_id, check_name, status, required, run_id, \
-                                      details_url, reported_by, source_system, ingest_id) \
-         SELECT $11::uuid, g.gate_id, g.release_id, $3, $4, $5::boolean, $6, $7, $8, $9, $10::uuid \
-           FROM ops.release_gates g WHERE g.release_id = $2::uuid AND g.gate_code = $1 \
-         RETURNING check_id::text",
-        &[
-            Some(b.gate.as_str()),
-            Some(r),
-            Some(&b.check_name),
-            Some(&b.status),
-            Some(&required),
-            b.run_id.as_deref(),
-            b.details_url.as_deref(),
-            Some(&ctx.caller.actor_id),
-            Some(&env.source_system),
-            Some(ctx.ingest_id),
-            Some(&crate::core::store::new_id()),
-        ],
-    )?;
-    if t.is_empty() {
-        return Err(unknown_gate(r, b.gate));
-    }
-    let check_id = first_text(t)?.unwrap_or_default();
+    let check_id = insert_check(client, r, &check)?.ok_or_else(|| unknown_gate(r, b.gate))?;
     out.set("check_id", check_id.as_str());
     out.attach_gate = Some(b.gate);
     out.attach_check = Some(check_id);

@@ -158,14 +158,14 @@ pub(super) fn write_check(
     inputs: &[GateCode],
 ) -> OpsResult<Written> {
     let Look {
-        gate_id,
+        has_gate,
         latest,
         expired,
         statuses,
     } = look(client, release_id, c.report, inputs)?;
-    let Some(gate_id) = gate_id else {
+    if !has_gate {
         return Ok(Written::NoGate);
-    };
+    }
     match (latest, expired) {
         (Some(check_id), false) => return Ok(Written::Unchanged { check_id, statuses }),
         (Some(check_id), true) => {
@@ -176,20 +176,38 @@ pub(super) fn write_check(
         }
         (None, _) => {}
     }
+    // Under the lock the gate that `look` found is still there.
+    let Some(check_id) = insert_check(client, release_id, c)? else {
+        return Ok(Written::NoGate);
+    };
+    Ok(Written::Evaluate {
+        check_id,
+        repeated: false,
+    })
+}
+
+/// Write a check result as a row of its own on its gate of the release `release_id`: its id, or
+/// None when the release has no such gate (nothing was written).
+pub fn insert_check(
+    client: &mut SpiClient<'_>,
+    release_id: &str,
+    c: &NewCheck<'_>,
+) -> OpsResult<Option<String>> {
     // A v4 UUID as the column's default makes, without OpenSSL's generator.
     let check_id = crate::core::store::new_id();
-    prepared::run(
+    let t = prepared::run(
         client,
         "INSERT INTO ops.gate_checks (check_id, gate_id, release_id, check_name, status, required, run_id, \
                                       details_url, reported_by, source_system, ingest_id) \
-         VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11::uuid)",
+         SELECT $1::uuid, g.gate_id, g.release_id, $4, $5, $6, $7, $8, $9, $10, $11::uuid \
+           FROM ops.release_gates g WHERE g.release_id = $2 AND g.gate_code = $3",
         &[
-            TEXT, TEXT, UUID, TEXT, TEXT, BOOL, TEXT, TEXT, TEXT, TEXT, TEXT,
+            TEXT, UUID, TEXT, TEXT, TEXT, BOOL, TEXT, TEXT, TEXT, TEXT, TEXT,
         ],
         &[
             check_id.as_str().into(),
-            gate_id.as_str().into(),
             uuid_arg(release_id)?,
+            c.report.gate.as_str().into(),
             c.report.check_name.as_str().into(),
             c.report.status.as_str().into(),
             c.report.required.into(),
@@ -200,16 +218,13 @@ pub(super) fn write_check(
             c.ingest_id.into(),
         ],
     )?;
-    Ok(Written::Evaluate {
-        check_id,
-        repeated: false,
-    })
+    Ok((t.len() == 1).then_some(check_id))
 }
 
 /// What [`look`] found of a release's gates and a check's latest result.
 pub(super) struct Look {
-    /// The reported gate's id; None when the release has no such gate (or does not exist).
-    pub gate_id: Option<String>,
+    /// Whether the release has the reported gate (false also when the release does not exist).
+    pub has_gate: bool,
     /// The row of the check's latest result, when that result is the reported one (same
     /// status, same `required`).
     pub latest: Option<String>,
@@ -230,7 +245,7 @@ pub(super) fn look(
 ) -> OpsResult<Look> {
     // One row per gate of the release; the reported gate's row carries its check's latest
     // result when that result is the same.
-    const LOOK: &str = "SELECT g.gate_code, g.status, g.gate_id::text, \
+    const LOOK: &str = "SELECT g.gate_code, g.status, \
                 g.gate_code = ANY ($6) AND g.bypass_expires_at <= clock_timestamp(), l.check_id::text \
            FROM ops.release_gates g \
            LEFT JOIN LATERAL ( \
@@ -254,7 +269,7 @@ pub(super) fn look(
         ],
     )?;
     let mut found = Look {
-        gate_id: None,
+        has_gate: false,
         latest: None,
         expired: false,
         statuses: Vec::new(),
@@ -264,10 +279,10 @@ pub(super) fn look(
         found
             .statuses
             .push((code, row.get::<String>(2)?.unwrap_or_default()));
-        found.expired |= row.get::<bool>(4)? == Some(true);
+        found.expired |= row.get::<bool>(3)? == Some(true);
         if code == report.gate {
-            found.gate_id = row.get::<String>(3)?;
-            found.latest = row.get::<String>(5)?;
+            found.has_gate = true;
+            found.latest = row.get::<String>(4)?;
         }
     }
     Ok(found)

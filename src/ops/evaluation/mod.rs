@@ -32,7 +32,7 @@ use crate::core::prepared::{self, JSONB, TEXT};
 
 mod facts;
 
-pub use facts::{load_facts, NewCheck};
+pub use facts::{insert_check, load_facts, NewCheck};
 use facts::{Loaded, Written};
 
 // ---------------------------------------------------------------------------------------------
@@ -218,8 +218,8 @@ pub fn unchanged_repeat(
     }
     let (_, inputs) = report.gate.scope();
     let found = facts::look(client, release_id, report, inputs)?;
-    Ok(match (found.gate_id, found.latest, found.expired) {
-        (Some(_), Some(check_id), false) => Some(Repeat {
+    Ok(match (found.has_gate, found.latest, found.expired) {
+        (true, Some(check_id), false) => Some(Repeat {
             check_id,
             statuses: found.statuses,
         }),
