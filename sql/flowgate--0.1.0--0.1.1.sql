@@ -297,6 +297,28 @@ SELECT pg_catalog.setval('intake.outcome_log_id_seq', x.m)
   FROM (SELECT max(id) AS m FROM intake.outcome_log) x, intake.outcome_log_id_seq s
  WHERE x.m > CASE WHEN s.is_called THEN s.last_value ELSE 0 END;
 
+-- A writer of a release takes its turn as ops.ingest_event does (store::lock_release_row): the
+-- release's row locked FOR NO KEY UPDATE, then its row in ops.release_locks rewritten, so a
+-- REPEATABLE READ transaction whose snapshot missed an earlier writer fails with 40001. False
+-- when the release does not exist. For the triggers (owner only; from 0.1.1).
+CREATE FUNCTION ops.take_release_turn(release uuid) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM ops.releases r WHERE r.release_id = release FOR NO KEY UPDATE OF r;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO ops.release_locks AS l (release_id) VALUES (release)
+        ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
+    RETURN true;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.take_release_turn(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION ops.take_release_turn(uuid) IS
+  'A writer of a release takes its turn as ops.ingest_event does (row lock, then the lock row rewritten); false when it does not exist.';
+
 -- A restore loads ops.deployments by COPY, possibly before the facts that made each
 -- deployment eligible: the promotion block lets a restore's COPY through (a COPY by a role row
 -- security does not apply to; the gate triggers step aside too, in ops.ingest_applying), so a
@@ -323,11 +345,7 @@ BEGIN
     -- Writers of a release take turns, as ops.ingest_event does, before its statuses are read:
     -- the statement after the wait reads what the lock's previous holder committed (a revoked
     -- exception, a failed check), not the snapshot from before it.
-    PERFORM 1 FROM ops.releases r WHERE r.release_id = NEW.release_id FOR NO KEY UPDATE OF r;
-    IF FOUND THEN
-        INSERT INTO ops.release_locks AS l (release_id) VALUES (NEW.release_id)
-            ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
-    END IF;
+    PERFORM ops.take_release_turn(NEW.release_id);
     verdict := ops.promotion_status(NEW.release_id, NEW.environment);
     IF NOT (verdict->>'eligible')::boolean THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -398,11 +416,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM 1 FROM ops.releases r WHERE r.release_id = NEW.release_id FOR NO KEY UPDATE OF r;
-    IF FOUND THEN
-        INSERT INTO ops.release_locks AS l (release_id) VALUES (NEW.release_id)
-            ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
-    END IF;
+    PERFORM ops.take_release_turn(NEW.release_id);
     IF NEW.recorded_at >= now() AND NEW.recorded_at <= clock_timestamp() THEN
         NEW.recorded_at := clock_timestamp();
     END IF;
@@ -1147,6 +1161,7 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE intake.retired_pools FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION intake.fixed_pool_shape() FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.take_turn_for_check() FROM %I', r);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION ops.take_release_turn(uuid) FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE ops.v_check_reports FROM %I', r);
         EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA flowgate, capacity, intake, provisioning, ops FROM %I', r);
     END LOOP;

@@ -112,6 +112,28 @@ REVOKE EXECUTE ON FUNCTION ops.evidence_release() FROM PUBLIC;
 CREATE TRIGGER evidence_release BEFORE INSERT OR UPDATE ON ops.evidence_artifacts
     FOR EACH ROW EXECUTE FUNCTION ops.evidence_release();
 
+-- A writer of a release takes its turn as ops.ingest_event does (store::lock_release_row): the
+-- release's row locked FOR NO KEY UPDATE, then its row in ops.release_locks rewritten, so a
+-- REPEATABLE READ transaction whose snapshot missed an earlier writer fails with 40001. False
+-- when the release does not exist. For the triggers (owner only).
+CREATE FUNCTION ops.take_release_turn(release uuid) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM ops.releases r WHERE r.release_id = release FOR NO KEY UPDATE OF r;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO ops.release_locks AS l (release_id) VALUES (release)
+        ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
+    RETURN true;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION ops.take_release_turn(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION ops.take_release_turn(uuid) IS
+  'A writer of a release takes its turn as ops.ingest_event does (row lock, then the lock row rewritten); false when it does not exist.';
+
 -- The production promotion block: no staging or production deployment of a release that is
 -- not eligible, however the row is written (inserted, or moved to another environment or
 -- release); except by a restore loading the table (a COPY by a
@@ -133,11 +155,7 @@ BEGIN
     -- Writers of a release take turns, as ops.ingest_event does, before its statuses are read:
     -- the statement after the wait reads what the lock's previous holder committed (a revoked
     -- exception, a failed check), not the snapshot from before it.
-    PERFORM 1 FROM ops.releases r WHERE r.release_id = NEW.release_id FOR NO KEY UPDATE OF r;
-    IF FOUND THEN
-        INSERT INTO ops.release_locks AS l (release_id) VALUES (NEW.release_id)
-            ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
-    END IF;
+    PERFORM ops.take_release_turn(NEW.release_id);
     verdict := ops.promotion_status(NEW.release_id, NEW.environment);
     IF NOT (verdict->>'eligible')::boolean THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -237,11 +255,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM 1 FROM ops.releases r WHERE r.release_id = NEW.release_id FOR NO KEY UPDATE OF r;
-    IF FOUND THEN
-        INSERT INTO ops.release_locks AS l (release_id) VALUES (NEW.release_id)
-            ON CONFLICT (release_id) DO UPDATE SET release_id = EXCLUDED.release_id;
-    END IF;
+    PERFORM ops.take_release_turn(NEW.release_id);
     IF NEW.recorded_at >= now() AND NEW.recorded_at <= clock_timestamp() THEN
         NEW.recorded_at := clock_timestamp();
     END IF;
