@@ -3,17 +3,26 @@
 -- decide the actor's standing (admins from settings, infra group membership), lock the row,
 -- check the transition table and the permission, update the changed columns and updated_at,
 -- append the event with from/to states, and answer as it does ({request, event, replayed,
--- allowed_events}; pg_test/bench/capacity.sh checks the two answers agree). Tables are copies of
--- capacity's (LIKE ... INCLUDING ALL), in schema bench_ref.
+-- allowed_events}; pg_test/bench/capacity.sh checks the two answers agree).
+-- Its tables (schema bench_ref), and the floor's that capacity.sh times beside both (schema
+-- bench_floor), are copies of capacity's (LIKE ... INCLUDING ALL: columns, defaults, identity,
+-- CHECKs and indexes) with the event log's foreign key and append-only trigger, so every side
+-- writes the same rows into the same shape of table.
 DROP SCHEMA IF EXISTS bench_ref CASCADE;
-CREATE SCHEMA bench_ref;
-CREATE TABLE bench_ref.capacity_requests (LIKE capacity.capacity_requests INCLUDING ALL);
--- The event log as capacity has it (columns, defaults, identity, CHECKs and indexes), so both
--- sides write the same rows into the same shape of table.
-CREATE TABLE bench_ref.capacity_request_events (LIKE capacity.capacity_request_events INCLUDING ALL);
-ALTER TABLE bench_ref.capacity_request_events
-    ADD FOREIGN KEY (capacity_request_id) REFERENCES bench_ref.capacity_requests (id);
-SELECT flowgate.make_append_only('bench_ref.capacity_request_events');
+DROP SCHEMA IF EXISTS bench_floor CASCADE;
+DO $copies$
+DECLARE
+    s text;
+BEGIN
+    FOREACH s IN ARRAY ARRAY['bench_ref', 'bench_floor'] LOOP
+        EXECUTE format('CREATE SCHEMA %I', s);
+        EXECUTE format('CREATE TABLE %I.capacity_requests (LIKE capacity.capacity_requests INCLUDING ALL)', s);
+        EXECUTE format('CREATE TABLE %I.capacity_request_events (LIKE capacity.capacity_request_events INCLUDING ALL)', s);
+        EXECUTE format('ALTER TABLE %1$I.capacity_request_events ADD FOREIGN KEY (capacity_request_id) REFERENCES %1$I.capacity_requests (id)', s);
+        PERFORM flowgate.make_append_only(format('%I.capacity_request_events', s));
+    END LOOP;
+END
+$copies$;
 
 CREATE FUNCTION bench_ref.next_state(s capacity.cr_state, e capacity.cr_event) RETURNS capacity.cr_state
 LANGUAGE sql IMMUTABLE AS $$

@@ -33,15 +33,25 @@ bench_turn() {
     | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -1
 }
 
-# bench_alternate CLIENTS SCRIPT_A SCRIPT_B: "A per second|B per second|A / B|ratio per turn"
+# bench_alternate CLIENTS SCRIPT_A SCRIPT_B [SCRIPT_C ...]: each round runs every script once, in
+# order; prints "A per second|B per second[|C per second ...]|A / B|A / B per turn"
 bench_alternate() {
-  local a=0 b=0 x y turns=() secs
+  local clients=$1; shift
+  local n=$# totals=() turns=() x first secs i
+  for (( i = 0; i < n; i++ )); do totals+=(0); done
   for _ in $(seq 1 "$BENCH_ROUNDS"); do
-    x=$(bench_turn "$1" "$2")
-    y=$(bench_turn "$1" "$3")
-    a=$(( a + x )); b=$(( b + y ))
-    turns+=("$(awk -v a="$x" -v b="$y" 'BEGIN { printf "%.2f", a / b }')")
+    i=0
+    for script in "$@"; do
+      x=$(bench_turn "$clients" "$script")
+      totals[i]=$(( totals[i] + x ))
+      if [ "$i" = 0 ]; then first=$x; fi
+      if [ "$i" = 1 ]; then turns+=("$(awk -v a="$first" -v b="$x" 'BEGIN { printf "%.2f", a / b }')"); fi
+      i=$(( i + 1 ))
+    done
   done
   secs=$(( BENCH_TURN * BENCH_ROUNDS ))
-  echo "$(( a / secs ))|$(( b / secs ))|$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')|${turns[*]}"
+  local rates=()
+  for (( i = 0; i < n; i++ )); do rates+=("$(( totals[i] / secs ))"); done
+  local IFS='|'
+  echo "${rates[*]}|$(awk -v a="${totals[0]}" -v b="${totals[1]}" 'BEGIN { printf "%.2f", a / b }')|$(IFS=' '; echo "${turns[*]}")"
 }
