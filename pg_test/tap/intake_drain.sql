@@ -11,10 +11,10 @@
 -- background worker does not drain them, though it may send what they enqueue), every check
 -- after a CALL reads the rows once the pools' deliveries have settled, checks that must leave
 -- nothing behind run in BEGIN … ROLLBACK blocks, and the end removes what the file created.
-SELECT plan(99);
+SELECT plan(102);
 
 CREATE FUNCTION pg_temp.pools() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['tap_local', 'tap_reject', 'tap_busy', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict', 'tap_gone', 'tap_hfail'] $$;
+    SELECT ARRAY['tap_local', 'tap_reject', 'tap_busy', 'tap_down', 'tap_ledger', 'tap_refused', 'tap_ext', 'tap_batch', 'tap_lag', 'tap_strict', 'tap_gone', 'tap_hfail', 'tap_oldmq'] $$;
 -- Until none of this file's deliveries is in flight or due (the worker may be sending them).
 CREATE FUNCTION pg_temp.settle() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -304,6 +304,20 @@ SELECT is(intake.report_validation('tap_ext', 999999, 200), 'gone', 'a report fo
 SELECT throws_ok($$SELECT intake.report_validation('tap_ext', 1, 999)$$, '22023', NULL, 'status codes are HTTP statuses');
 SELECT throws_ok($$SELECT intake.report_commit('tap_nope', 1, 200)$$, 'P0002', NULL, 'unknown pools are P0002');
 
+-- ---- Queue tables of an older pgmq (Supabase images ship 1.4: no headers, no last_read_at) ---
+-- The archive move keeps the columns the queue and its archive both have: here the archive is
+-- shaped as pgmq 1.4 makes one, the queue keeps what this pgmq's read needs.
+SELECT intake.create_pool('tap_oldmq', 2, '{"validation_webhook_url": "https://payments.example.com/validate", "drain_mode": "external"}') \g /dev/null
+ALTER TABLE pgmq.a_intake_tap_oldmq DROP COLUMN headers, DROP COLUMN last_read_at;
+ALTER TABLE pgmq.q_intake_tap_oldmq DROP COLUMN headers;
+SELECT intake.claim_resource('tap_oldmq', 'o1') \g /dev/null
+SELECT is(intake.report_validation('tap_oldmq', (SELECT msg_id FROM pgmq.q_intake_tap_oldmq), 200, '{"payment": "pi_7"}'), 'committed',
+          'an intent of a pool whose queue tables lack pgmq 1.5''s and 1.10''s columns commits');
+SELECT is((SELECT (message ->> 'state') || ' ' || (message ->> 'user_id') || ' ' || read_ct || ' ' || (enqueued_at IS NOT NULL)::text
+             FROM pgmq.a_intake_tap_oldmq), 'committed o1 0 true',
+          'and is archived with its message, read count and enqueue time');
+SELECT is((SELECT validation ->> 'payment' FROM intake.transactions WHERE pool_id = 'tap_oldmq'), 'pi_7', 'its ledger row written');
+
 -- ---- Realtime: the ledger joins supabase_realtime when that publication exists (not kept) -----
 BEGIN;
 SELECT is(intake.publish_realtime(), false, 'no supabase_realtime publication: nothing to join');
@@ -341,7 +355,7 @@ SELECT is((SELECT (m ->> 'queue_depth') || '/' || (m ->> 'rejected') || '/' || (
 SELECT is((SELECT count(*)::int FROM intake.outcome_log WHERE pool_id IN ('tap_local', 'tap_reject')), 0, 'the outcome log is folded into totals');
 SELECT is((SELECT array_agg(m ->> 'pool_id' ORDER BY m ->> 'pool_id') FROM jsonb_array_elements(intake.collect_metrics(NULL, 60)) m
             WHERE m ->> 'pool_id' = ANY (pg_temp.pools())),
-          ARRAY['tap_down', 'tap_ext', 'tap_lag', 'tap_ledger', 'tap_refused'], 'a pool sampled less than min_interval ago is skipped');
+          ARRAY['tap_down', 'tap_ext', 'tap_lag', 'tap_ledger', 'tap_oldmq', 'tap_refused'], 'a pool sampled less than min_interval ago is skipped');
 SELECT throws_ok($$SELECT intake.collect_metrics('tap_nope')$$, 'P0002', NULL, 'metrics of an unknown pool is P0002');
 ROLLBACK;
 

@@ -214,7 +214,7 @@ pub fn mark_validated_many(
     log_outcome(client, pool, "validated", intents.len() as i64)
 }
 
-/// [`complete`] for many intents in three statements.
+/// [`complete`] for many intents in four statements.
 pub fn complete_many(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
@@ -225,13 +225,25 @@ pub fn complete_many(
     }
     let ids: Vec<i64> = intents.iter().map(|i| i.msg_id).collect();
     let slots: Vec<i32> = intents.iter().filter_map(|i| slot_of(&i.message)).collect();
+    let columns = archived_columns(client, pool)?;
+    let moved = columns
+        .iter()
+        .map(|(name, quoted)| match name.as_str() {
+            "message" => "message || $2 AS message".to_owned(),
+            _ => quoted.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let columns = columns
+        .into_iter()
+        .map(|(_, quoted)| quoted)
+        .collect::<Vec<_>>()
+        .join(", ");
     prepared::exec(
         client,
         &format!(
-            "WITH moved AS (DELETE FROM {queue} WHERE msg_id = ANY ($1) \
-                            RETURNING msg_id, read_ct, enqueued_at, last_read_at, vt, message || $2 AS message, headers) \
-             INSERT INTO {archive} (msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers) \
-             SELECT msg_id, read_ct, enqueued_at, last_read_at, vt, message, headers FROM moved",
+            "WITH moved AS (DELETE FROM {queue} WHERE msg_id = ANY ($1) RETURNING {moved}) \
+             INSERT INTO {archive} ({columns}) SELECT {columns} FROM moved",
             queue = pool.queue_table(),
             archive = pool.archive_table()
         ),
@@ -246,6 +258,44 @@ pub fn complete_many(
         &[pool.as_str().into(), slots.into()],
     )?;
     log_outcome(client, pool, "committed", intents.len() as i64)
+}
+
+/// The columns a message keeps when it moves to the pool's archive: those its queue table and
+/// archive table both have (name and quoted name, in the queue's order), read from the catalog
+/// on each move.
+/// They differ between pgmq versions (`headers` came in 1.5, `last_read_at` in 1.10; Supabase
+/// images ship older ones), and pgmq's upgrades add them to existing queues.
+fn archived_columns(
+    client: &mut SpiClient<'_>,
+    pool: &PoolId,
+) -> CoreResult<Vec<(String, String)>> {
+    let rows = prepared::exec(
+        client,
+        "SELECT q.attname::text, quote_ident(q.attname) FROM pg_catalog.pg_attribute q \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = $2::regclass AND a.attname = q.attname \
+                                        AND a.attnum > 0 AND NOT a.attisdropped \
+          WHERE q.attrelid = $1::regclass AND q.attnum > 0 AND NOT q.attisdropped \
+          ORDER BY q.attnum",
+        &[
+            pool.queue_table().as_str().into(),
+            pool.archive_table().as_str().into(),
+        ],
+    )?;
+    let mut columns = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let (Some(name), Some(quoted)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+            columns.push((name, quoted));
+        }
+    }
+    for needed in ["msg_id", "message"] {
+        if !columns.iter().any(|(name, _)| name == needed) {
+            return Err(CoreError::Internal(format!(
+                "the queue and archive tables of pool {} share no {needed} column",
+                pool.as_str()
+            )));
+        }
+    }
+    Ok(columns)
 }
 
 /// Park the intent in the dead-letter queue with the reason; its resource stays locked (never
