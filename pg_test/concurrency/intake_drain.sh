@@ -5,7 +5,9 @@
 # while the validation webhook is down (connection refused) for the first seconds, then the
 # ledger (the commit target) is down, then both recover. Checked against the
 # servers' own request counts: every intent committed exactly once, none lost, none validated
-# twice, nothing in the DLQ.
+# twice, nothing in the DLQ. Then one ledger key written by two transactions at once: the
+# second waits for the first and gets its row (the same entry) or 23505 (another user), never
+# an internal error.
 set -euo pipefail
 q() { psql -X -q -v ON_ERROR_STOP=1 -tAc "$1"; }
 fail() { echo "not ok: $*" >&2; exit 1; }
@@ -64,3 +66,23 @@ metrics=$(q "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended
 attempts=$(q "SELECT count(*) FROM flowgate.deliveries WHERE owner_module = 'intake' AND owner_id LIKE '$P:%'")
 q "SELECT intake.drop_pool('$P')" >/dev/null
 echo "ok 5 - intake drain: $N intents, 4 sessions + worker, webhook then ledger down, then back ($attempts attempts): all committed once, none validated twice ($validated_early waited validated), DLQ empty, metrics agree"
+
+# ledger_race USER N: one ledger key written by a held transaction for u1 and, meanwhile, for
+# USER (resource N); prints "<the second's status or SQLSTATE>|<ms it took>"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/race.sh"
+L=cledger_$$
+q "SELECT intake.create_pool('$L', 2)" >/dev/null
+ledger_race() {
+  local entry="{\"idempotency_key\": \"$L:$1\", \"pool_id\": \"$L\", \"resource_id\": \"0b9e4c1a-6f0e-4d8e-9b43-2f1c3a5d7e9$2\", \"user_id\": \"u1\"}"
+  hold_and_race "SELECT intake.finalize_transaction('$entry')" \
+                "SELECT intake.finalize_transaction('${entry/\"u1\"/\"$1\"}') ->> 'status'"
+}
+IFS='|' read -r got waited <<<"$(ledger_race u1 1)"
+[ "$waited" -ge 700 ] || fail "the second ledger write did not wait for the first ($waited ms)"
+[ "$got" = duplicate ] || fail "the same entry written again while the first committed answered '$got', not duplicate"
+IFS='|' read -r got2 waited2 <<<"$(ledger_race mallory 2)"
+[ "$waited2" -ge 700 ] || fail "the other user's ledger write did not wait for the first ($waited2 ms)"
+[ "$got2" = 23505 ] || fail "the same key for another user while the first committed answered '$got2', not 23505"
+q "SELECT intake.drop_pool('$L')" >/dev/null
+q "DELETE FROM intake.transactions WHERE pool_id = '$L'"
+echo "ok 1 - intake ledger: one key written by two transactions at once: the second waited ${waited} ms and got the first's entry (duplicate), or 23505 after ${waited2} ms (another user)"

@@ -7,7 +7,7 @@
 -- setting it stores. The test server's background worker runs the outbox in this database too,
 -- so a committed delivery may be sent by the worker before this file's CALL: the checks read
 -- the rows (and flowgate-testd's per-key counts in the responses) once they have settled.
-SELECT plan(60);
+SELECT plan(61);
 
 -- The SQLSTATE and message of a statement's error, or 'ok'.
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -58,6 +58,15 @@ SELECT is((SELECT (response_body::jsonb ->> 'key') FROM flowgate.deliveries WHER
           'the server saw the Idempotency-Key header');
 SELECT ok((SELECT delivered_at IS NOT NULL AND claimed_at IS NULL AND attempts = 1 FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-ok-1'),
           'delivered_at set, claim released, one attempt');
+
+-- An answer of 2 MiB: its first 64 KiB are kept (the character the cut splits left out), and
+-- no more of it is read.
+SELECT flowgate.enqueue_delivery('tap_outbox', 'r1', 'http://127.0.0.1:5597/huge', :'run' || '-huge', max_attempts => 1) \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'run' || '-%') \g /dev/null
+SELECT is((SELECT status::text || ' ' || last_status_code || ' ' || octet_length(response_body) || ' ' || left(response_body, 3)
+             FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-huge'), 'dead 500 65535 <éé',
+          'a 2 MiB answer is stored as its first 64 KiB, cut before the character the limit splits');
 
 -- A permanent failure, retries, and a Retry-After.
 SELECT flowgate.enqueue_delivery('tap_outbox', 'r2', 'http://127.0.0.1:5597/status/404', :'run' || '-404') \g /dev/null

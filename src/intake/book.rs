@@ -37,7 +37,9 @@ pub fn finalize(client: &mut SpiClient<'_>, e: &ledger::Entry) -> CoreResult<Val
             .unwrap_or(Value::Null);
         return Ok(json!({"status": "finalized", "transaction": row}));
     }
-    let existing = prepared::read(client, &format!(
+    // Its own statement and snapshot: the conflicting row may have been committed while the
+    // insert waited for it (see core::outbox::store::enqueue).
+    let existing = prepared::exec(client, &format!(
             "SELECT {row_json}, (pool_id, resource_id::text, user_id) = ($2, $3, $4) FROM intake.transactions WHERE idempotency_key = $1"
         ), &[
             e.idempotency_key.as_str().into(),
@@ -47,9 +49,10 @@ pub fn finalize(client: &mut SpiClient<'_>, e: &ledger::Entry) -> CoreResult<Val
         ],
     )?;
     if existing.is_empty() {
-        return Err(CoreError::Internal(
-            "ledger key conflict without a row".into(),
-        ));
+        return Err(CoreError::Busy {
+            what: format!("ledger idempotency key {}", e.idempotency_key),
+            hint: "its entry was deleted while this one was written: send it again".into(),
+        });
     }
     let (row, same) = existing.first().get_two::<JsonB, bool>()?;
     if same != Some(true) {

@@ -128,10 +128,19 @@ fn handle(stream: TcpStream) {
             continue;
         }
         // Bodies that are not valid text: Latin-1 (not UTF-8), and UTF-8 holding a NUL, as
-        // servers do send; with a 500, so the response is kept on the delivery.
+        // servers do send; and a 2 MiB answer whose 64 KiB-th byte falls inside a character
+        // ("é" is two bytes); each with a 500, so the response is kept on the delivery.
+        let huge: Vec<u8> = if path == "/huge" {
+            let mut b = b"<".to_vec();
+            b.extend("é".repeat(1024 * 1024).into_bytes());
+            b
+        } else {
+            Vec::new()
+        };
         let raw: Option<&[u8]> = match path.as_str() {
             "/latin1" => Some(b"<p>Caf\xe9</p>"),
             "/nul" => Some(b"<p>a\x00b</p>"),
+            "/huge" => Some(&huge),
             _ => None,
         };
         if let Some(payload) = raw {

@@ -4,16 +4,16 @@
 //! Pure Rust: requests go in as owned data and results come out as owned data, so nothing
 //! here touches a Postgres API (which must only ever run on the backend's main thread).
 
+use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::policy::Attempt;
 
-/// Bodies longer than this are truncated before they are stored.
+/// Bodies longer than this are truncated before they are stored; no more of a response is read
+/// (256 requests in flight hold at most 16 MiB of answers).
 pub const MAX_STORED_BODY: usize = 64 * 1024;
-/// Responses longer than this are not read further.
-const MAX_READ_BODY: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -161,13 +161,16 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
             };
             let retry_after = header("retry-after");
             let content_type = header("content-type");
-            let body = resp
+            // The part of the body that is stored, read as bytes: a longer answer, or one that
+            // is not UTF-8, keeps its beginning as text (see stored_text).
+            let mut bytes = Vec::new();
+            let body = match resp
                 .body_mut()
-                .with_config()
-                .limit(MAX_READ_BODY)
-                .read_to_string();
-            let body = match body {
-                Ok(b) => truncate(without_nul(b)),
+                .as_reader()
+                .take(MAX_STORED_BODY as u64)
+                .read_to_end(&mut bytes)
+            {
+                Ok(_) => stored_text(&bytes),
                 // The status arrived; an unreadable body does not change the outcome.
                 Err(e) => format!("(body unreadable: {e})"),
             };

@@ -32,16 +32,21 @@ pub fn enqueue(client: &mut SpiClient<'_>, d: &NewDelivery) -> CoreResult<Enqueu
     if let Some(id) = insert(client, std::slice::from_ref(d), false)?.remove(&d.idempotency_key) {
         return Ok(Enqueued { id, created: true });
     }
-    let existing = prepared::read(
+    // A statement of its own, with a snapshot of its own: the row the insert conflicted with
+    // may have been committed by another transaction while the insert waited for it, after
+    // this statement's snapshot (under READ COMMITTED; a REPEATABLE READ insert fails with
+    // 40001 instead).
+    let existing = prepared::exec(
         client,
         "SELECT id, owner_module, owner_id FROM flowgate.deliveries WHERE idempotency_key = $1",
         &[d.idempotency_key.as_str().into()],
     )?;
     if existing.is_empty() {
-        // Conflicting row deleted concurrently; cannot happen through flowgate's own API.
-        return Err(CoreError::Internal(
-            "idempotency key conflict without a row".into(),
-        ));
+        // Its row deleted since the conflict (by the owner, or pruned): enqueue it again.
+        return Err(CoreError::Busy {
+            what: format!("delivery idempotency key {}", d.idempotency_key),
+            hint: "its delivery was deleted while this one was enqueued: enqueue it again".into(),
+        });
     }
     let (id, module, owner) = existing.first().get_three::<i64, String, String>()?;
     let id = id.ok_or_else(|| CoreError::Internal("delivery without id".into()))?;
