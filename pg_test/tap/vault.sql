@@ -19,7 +19,7 @@ SELECT NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'supabase_va
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 RESET client_min_messages;
-SELECT plan(22);
+SELECT plan(23);
 SELECT NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'supabase_vault') AS made_vault \gset
 SET client_min_messages = error;
 CREATE EXTENSION IF NOT EXISTS supabase_vault CASCADE;
@@ -85,6 +85,13 @@ CALL flowgate.run_outbox() \gset
 SELECT pg_temp.settle(:'run' || '-%') \g /dev/null
 SELECT is((SELECT status::text || ' ' || last_status_code FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-auth-1'), 'delivered 200',
           'a delivery authenticates with the secret read from Vault');
+SELECT flowgate.enqueue_delivery('tap', 'vault', 'http://127.0.0.1:5597/echo-auth', :'run' || '-echo-1', '{}', auth_secret => 'tap_vault_token',
+                                 max_attempts => 1) \g /dev/null
+CALL flowgate.run_outbox() \gset
+SELECT pg_temp.settle(:'run' || '-%') \g /dev/null
+SELECT is((SELECT status::text || ' ' || last_status_code || ' ' || response_body FROM flowgate.deliveries WHERE idempotency_key = :'run' || '-echo-1'),
+          'failed 401 {"error":"invalid_auth","received":"Bearer [secret]"}',
+          'an answer that repeats the secret is stored without it (and so dumped without it)');
 SELECT flowgate.set_secret('tap_vault_dropped', 'to-be-dropped-0001') \g /dev/null
 SELECT is(flowgate.drop_secret('tap_vault_dropped'), true, 'drop_secret forgets a secret stored in Vault');
 SELECT is((SELECT count(*)::int FROM vault.secrets WHERE name = 'tap_vault_dropped'), 0, 'it is gone from Vault, so no delivery sends it');

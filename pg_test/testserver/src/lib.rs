@@ -185,6 +185,21 @@ fn handle(stream: TcpStream) {
 /// Supabase's API gateway in front of PostgREST (`/rest/v1/...`): the project's key in the
 /// `apikey` header; a legacy JWT key also as `Authorization: Bearer`, and a new `sb_` secret
 /// key never there.
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 fn supabase_gateway_admits(apikey: &str, auth: &str) -> bool {
     let key_ok = apikey == TEST_TOKEN || apikey == format!("sb_secret_{TEST_TOKEN}");
     let bearer_ok = if apikey.starts_with("sb_") {
@@ -211,6 +226,12 @@ fn respond(path: &str, key: &str, auth: &str, body: &str, seen: u32) -> (u16, St
         ("nuljson", _) => (200, String::new(), r#"{"ok":true,"ts":"1\u00002"}"#.into()),
         ("auth", _) if auth == format!("Bearer {TEST_TOKEN}") => ok(),
         ("auth", _) => (401, String::new(), "{\"error\":\"invalid_auth\"}".into()),
+        // A gateway that repeats the credential it refused in its answer.
+        ("echo-auth", _) => (
+            401,
+            String::new(),
+            format!("{{\"error\":\"invalid_auth\",\"received\":{}}}", json_string(auth)),
+        ),
         ("status", Some(code)) => (
             code.parse().unwrap_or(500),
             String::new(),

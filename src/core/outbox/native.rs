@@ -27,6 +27,9 @@ pub struct Request {
     /// True when the request holds a resolved secret (a header, a body field) or the delivery
     /// is sensitive (its answer holds secrets): such requests never go through pg_net.
     pub carries_secret: bool,
+    /// The secret values the request carries (resolved from the secret store, never logged):
+    /// an answer that repeats one has it replaced before the answer is stored.
+    pub secret_values: Vec<String>,
     /// The latest moment the request may start and still be answered (or time out) before its
     /// claim's lease runs out; `None`: no limit. A request still waiting for a free sender then
     /// is not sent (its delivery goes back to pending, the attempt not counted), so it never
@@ -106,6 +109,26 @@ pub fn stored_text(bytes: &[u8]) -> String {
     truncate(without_nul(text))
 }
 
+/// What a destination's answer is stored as when it repeats a secret the request carried (a
+/// gateway echoing the Authorization header in its 401, say): `[secret]` in its place.
+const SECRET_MARK: &str = "[secret]";
+
+/// `body` with each of `secrets` (as sent, and as written inside a JSON string) replaced by
+/// [`SECRET_MARK`]. Values shorter than 4 bytes are left alone: they would match ordinary text.
+pub fn without_secrets(mut body: String, secrets: &[String]) -> String {
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        let escaped = serde_json::to_string(secret)
+            .map(|q| q[1..q.len() - 1].to_owned())
+            .unwrap_or_default();
+        for form in [secret.as_str(), escaped.as_str()] {
+            if form.len() >= 4 && body.contains(form) {
+                body = body.replace(form, SECRET_MARK);
+            }
+        }
+    }
+    body
+}
+
 /// `s` with NUL replaced by U+FFFD.
 fn without_nul(s: String) -> String {
     if s.contains('\0') {
@@ -170,7 +193,7 @@ fn send_one(agent: &ureq::Agent, req: &Request) -> Response {
                 .take(MAX_STORED_BODY as u64)
                 .read_to_end(&mut bytes)
             {
-                Ok(_) => stored_text(&bytes),
+                Ok(_) => without_secrets(stored_text(&bytes), &req.secret_values),
                 // The status arrived; an unreadable body does not change the outcome.
                 Err(e) => format!("(body unreadable: {e})"),
             };
@@ -308,8 +331,25 @@ mod unit_tests {
             body: Some(b"{\"a\":1}".to_vec()),
             timeout: Duration::from_millis(500),
             carries_secret: false,
+            secret_values: Vec::new(),
             start_by: None,
         }
+    }
+
+    #[test]
+    fn an_answer_repeating_a_secret_is_stored_without_it() {
+        let secrets = vec!["sk-live-\"abc\"".to_owned(), "abc".to_owned()];
+        assert_eq!(
+            without_secrets(
+                r#"{"got": "Bearer sk-live-\"abc\""} raw: sk-live-"abc" abc"#.to_owned(),
+                &secrets
+            ),
+            r#"{"got": "Bearer [secret]"} raw: [secret] abc"#
+        );
+        assert_eq!(
+            without_secrets("nothing here".into(), &secrets),
+            "nothing here"
+        );
     }
 
     #[test]
@@ -330,6 +370,21 @@ mod unit_tests {
         on_time.start_by = Some(Instant::now() + Duration::from_secs(60));
         let out = send_batch(&[on_time], 1, &|| false);
         assert!(out[0].body.contains("\"seen\":1"), "{}", out[0].body);
+    }
+
+    #[test]
+    fn a_secret_the_destination_repeats_is_not_kept() {
+        let base = base_url();
+        let mut r = req(902, format!("{base}/echo-auth"));
+        r.headers
+            .push(("Authorization".into(), "Bearer sk-echo-\"7Qx\"".into()));
+        r.secret_values = vec!["sk-echo-\"7Qx\"".into()];
+        let out = send_batch(&[r], 1, &|| false);
+        assert_eq!(out[0].status(), Some(401));
+        assert_eq!(
+            out[0].body,
+            r#"{"error":"invalid_auth","received":"Bearer [secret]"}"#
+        );
     }
 
     #[test]

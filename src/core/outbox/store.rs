@@ -448,8 +448,15 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
                 Some(JsonB(Value::Object(m))) => m,
                 _ => Map::new(),
             };
+            let mut secret_values: Vec<String> = auth.iter().map(|(_, _, v)| v.clone()).collect();
             if !body_secrets.is_empty() {
-                match with_secrets(client, &mut secrets, body.as_deref(), &body_secrets)? {
+                match with_secrets(
+                    client,
+                    &mut secrets,
+                    body.as_deref(),
+                    &body_secrets,
+                    &mut secret_values,
+                )? {
                     Ok(text) => body = Some(text),
                     Err(reason) => {
                         out.push(Prepared::Unsendable { id, reason });
@@ -477,6 +484,7 @@ pub fn prepare(ids: &[i64]) -> CoreResult<Vec<Prepared>> {
                 carries_secret: auth.is_some()
                     || !body_secrets.is_empty()
                     || row.get::<bool>(12)? == Some(true),
+                secret_values,
             }));
         }
         Ok(out)
@@ -530,12 +538,13 @@ impl Secrets {
 }
 
 /// The stored body with its secret fields set (`body_secrets`: field -> secret name), as the
-/// text sent; or why it cannot be sent.
+/// text sent; or why it cannot be sent. Each value set is pushed to `values`.
 fn with_secrets(
     client: &SpiClient<'_>,
     secrets: &mut Secrets,
     body: Option<&str>,
     body_secrets: &Map<String, Value>,
+    values: &mut Vec<String>,
 ) -> CoreResult<Result<String, String>> {
     let mut object = match body.map(serde_json::from_str::<Value>) {
         Some(Ok(Value::Object(m))) => m,
@@ -547,6 +556,7 @@ fn with_secrets(
         };
         match secrets.get(client, name)? {
             Ok(value) => {
+                values.push(value.clone());
                 object.insert(field.clone(), Value::String(value));
             }
             Err(reason) => return Ok(Err(reason)),
