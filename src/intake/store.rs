@@ -262,9 +262,8 @@ pub fn complete_many(
 
 /// The columns a message keeps when it moves to the pool's archive: those its queue table and
 /// archive table both have (name and quoted name, in the queue's order), read from the catalog
-/// on each move.
-/// They differ between pgmq versions (`headers` came in 1.5, `last_read_at` in 1.10; Supabase
-/// images ship older ones), and pgmq's upgrades add them to existing queues.
+/// on each move. They differ between pgmq versions (`headers` came in 1.5, `last_read_at` in
+/// 1.10; Supabase images ship older ones), and pgmq's upgrades add them to existing queues.
 fn archived_columns(
     client: &mut SpiClient<'_>,
     pool: &PoolId,
